@@ -1,0 +1,196 @@
+//! The transformer pieces both CLIP towers share, mirroring transformers' `modeling_clip.py`
+//! (`CLIPAttention`, `CLIPMLP`, `CLIPEncoderLayer`). Weights are looked up by the checkpoint's names.
+//!
+//! candle's fused layer-norm and softmax kernels have no backward pass; CoOp back-propagates through the
+//! frozen text tower, so each op picks the fused kernel only when no gradient flows through its input.
+
+use candle_core::{DType, Module, Result, Tensor, D};
+use candle_nn::VarBuilder;
+
+use super::config::HiddenAct;
+
+/// `nn.Linear` applied over the last dimension, computed as one 2-D matmul whatever the batch shape
+/// (broadcasting the weight over batches is much slower in candle's CPU gemm).
+#[derive(Debug, Clone)]
+pub struct Linear {
+    weight: Tensor,
+    bias: Option<Tensor>,
+}
+
+impl Linear {
+    pub fn load(in_dim: usize, out_dim: usize, bias: bool, vb: VarBuilder) -> Result<Self> {
+        let weight = vb.get((out_dim, in_dim), "weight")?;
+        let bias = if bias { Some(vb.get(out_dim, "bias")?) } else { None };
+        Ok(Self { weight, bias })
+    }
+
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+}
+
+impl Module for Linear {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dims = x.dims().to_vec();
+        let in_dim = *dims.last().expect("linear input has at least one dimension");
+        let rows = x.elem_count() / in_dim.max(1);
+        let y = x.reshape((rows, in_dim))?.matmul(&self.weight.t()?)?;
+        let y = match &self.bias {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        };
+        let mut out_dims = dims;
+        *out_dims.last_mut().expect("non-empty") = self.weight.dim(0)?;
+        y.reshape(out_dims)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct LayerNorm {
+    weight: Tensor,
+    bias: Tensor,
+    eps: f64,
+}
+
+impl LayerNorm {
+    pub fn load(dim: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
+        Ok(Self { weight: vb.get(dim, "weight")?, bias: vb.get(dim, "bias")?, eps })
+    }
+}
+
+impl Module for LayerNorm {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if !x.track_op() && x.is_contiguous() && x.dtype() == DType::F32 {
+            return candle_nn::ops::layer_norm(x, &self.weight, &self.bias, self.eps as f32);
+        }
+        let d = x.dim(D::Minus1)? as f64;
+        let centred = x.broadcast_sub(&(x.sum_keepdim(D::Minus1)? / d)?)?;
+        let var = (centred.sqr()?.sum_keepdim(D::Minus1)? / d)?;
+        centred.broadcast_div(&(var + self.eps)?.sqrt()?)?.broadcast_mul(&self.weight)?.broadcast_add(&self.bias)
+    }
+}
+
+pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    if !x.track_op() && x.is_contiguous() {
+        candle_nn::ops::softmax_last_dim(x)
+    } else {
+        candle_nn::ops::softmax(x, D::Minus1)
+    }
+}
+
+pub fn activation(act: HiddenAct, x: &Tensor) -> Result<Tensor> {
+    match act {
+        HiddenAct::QuickGelu => x.mul(&candle_nn::ops::sigmoid(&(x * 1.702)?)?),
+        HiddenAct::Gelu => x.gelu_erf(),
+        HiddenAct::GeluTanh => x.gelu(),
+    }
+}
+
+/// Multi-head self-attention (`CLIPAttention`).
+#[derive(Debug, Clone)]
+pub struct Attention {
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    out_proj: Linear,
+    heads: usize,
+    head_dim: usize,
+}
+
+impl Attention {
+    pub fn load(dim: usize, heads: usize, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            q_proj: Linear::load(dim, dim, true, vb.pp("q_proj"))?,
+            k_proj: Linear::load(dim, dim, true, vb.pp("k_proj"))?,
+            v_proj: Linear::load(dim, dim, true, vb.pp("v_proj"))?,
+            out_proj: Linear::load(dim, dim, true, vb.pp("out_proj"))?,
+            heads,
+            head_dim: dim / heads,
+        })
+    }
+
+    fn split_heads(&self, x: &Tensor, b: usize, t: usize) -> Result<Tensor> {
+        x.reshape((b, t, self.heads, self.head_dim))?.transpose(1, 2)?.contiguous()
+    }
+
+    /// Returns the output and, when asked, the attention probabilities `[B, heads, T, T]`.
+    /// `mask` is additive, broadcastable to `[B, heads, T, T]`.
+    pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>, want_probs: bool) -> Result<(Tensor, Option<Tensor>)> {
+        let (b, t, d) = x.dims3()?;
+        let scale = (self.head_dim as f64).powf(-0.5);
+        let q = self.split_heads(&(self.q_proj.forward(x)? * scale)?, b, t)?;
+        let k = self.split_heads(&self.k_proj.forward(x)?, b, t)?;
+        let v = self.split_heads(&self.v_proj.forward(x)?, b, t)?;
+        let mut scores = q.matmul(&k.t()?)?;
+        if let Some(m) = mask {
+            scores = scores.broadcast_add(m)?;
+        }
+        let probs = softmax_last_dim(&scores)?;
+        let ctx = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, t, d))?;
+        let out = self.out_proj.forward(&ctx)?;
+        Ok((out, want_probs.then_some(probs)))
+    }
+
+    /// The value path alone: `out_proj(v_proj(x))` per token, without query-key mixing (MaskCLIP-style
+    /// dense features for alignment maps).
+    pub fn value_path(&self, x: &Tensor) -> Result<Tensor> {
+        self.out_proj.forward(&self.v_proj.forward(x)?)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Mlp {
+    fc1: Linear,
+    fc2: Linear,
+    act: HiddenAct,
+}
+
+impl Mlp {
+    pub fn load(dim: usize, inter: usize, act: HiddenAct, vb: VarBuilder) -> Result<Self> {
+        Ok(Self { fc1: Linear::load(dim, inter, true, vb.pp("fc1"))?, fc2: Linear::load(inter, dim, true, vb.pp("fc2"))?, act })
+    }
+}
+
+impl Module for Mlp {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.fc2.forward(&activation(self.act, &self.fc1.forward(x)?)?)
+    }
+}
+
+/// One pre-LayerNorm transformer block (`CLIPEncoderLayer`), callable on its own so that methods such as
+/// SsVP can re-run the last block on a subset of tokens.
+#[derive(Debug, Clone)]
+pub struct EncoderLayer {
+    pub self_attn: Attention,
+    pub layer_norm1: LayerNorm,
+    pub mlp: Mlp,
+    pub layer_norm2: LayerNorm,
+}
+
+impl EncoderLayer {
+    pub fn load(dim: usize, inter: usize, heads: usize, act: HiddenAct, eps: f64, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            self_attn: Attention::load(dim, heads, vb.pp("self_attn"))?,
+            layer_norm1: LayerNorm::load(dim, eps, vb.pp("layer_norm1"))?,
+            mlp: Mlp::load(dim, inter, act, vb.pp("mlp"))?,
+            layer_norm2: LayerNorm::load(dim, eps, vb.pp("layer_norm2"))?,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>, want_probs: bool) -> Result<(Tensor, Option<Tensor>)> {
+        let (attn, probs) = self.self_attn.forward(&self.layer_norm1.forward(x)?, mask, want_probs)?;
+        let x = (x + attn)?;
+        let x = (&x + self.mlp.forward(&self.layer_norm2.forward(&x)?)?)?;
+        Ok((x, probs))
+    }
+}
+
+pub fn load_layers(n: usize, dim: usize, inter: usize, heads: usize, act: HiddenAct, eps: f64, vb: VarBuilder) -> Result<Vec<EncoderLayer>> {
+    (0..n).map(|i| EncoderLayer::load(dim, inter, heads, act, eps, vb.pp(i))).collect()
+}
+
+/// Additive causal mask `[t, t]`: 0 on and below the diagonal, -inf above.
+pub fn causal_mask(t: usize, device: &candle_core::Device) -> Result<Tensor> {
+    let mask: Vec<f32> = (0..t).flat_map(|i| (0..t).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 })).collect();
+    Tensor::from_vec(mask, (t, t), device)
+}

@@ -1,0 +1,171 @@
+//! Finding and loading a CLIP checkpoint: a local folder in the Hugging Face layout, or a hub id fetched
+//! once into the standard Hugging Face cache.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device};
+use candle_nn::VarBuilder;
+
+use super::config::ClipConfig;
+use super::model::ClipModel;
+use super::preprocess::PreprocessConfig;
+use super::tokenizer::ClipTokenizer;
+use crate::error::{Error, Result};
+
+const CONFIG: &str = "config.json";
+const WEIGHTS: &str = "model.safetensors";
+const TOKENIZER: &str = "tokenizer.json";
+const PREPROCESSOR: &str = "preprocessor_config.json";
+
+/// A model ready to use, with everything the user should know about where it came from.
+pub struct LoadedClip {
+    pub model: ClipModel,
+    pub tokenizer: ClipTokenizer,
+    pub preprocess: PreprocessConfig,
+    pub dir: PathBuf,
+    /// What the user passed (folder path or hub id), recorded in exports.
+    pub id: String,
+    pub device: Device,
+}
+
+impl LoadedClip {
+    /// One-line description for logs and the UI.
+    pub fn describe(&self) -> String {
+        let c = &self.model.config;
+        format!(
+            "{} (ViT {}×{} px, patch {}, text {}-d, {} layers / vision {}-d, {} layers, projection {}); tokenizer: {}",
+            self.id,
+            c.vision_config.image_size,
+            c.vision_config.image_size,
+            c.vision_config.patch_size,
+            c.text_config.hidden_size,
+            c.text_config.num_hidden_layers,
+            c.vision_config.hidden_size,
+            c.vision_config.num_hidden_layers,
+            c.projection_dim,
+            self.tokenizer.source
+        )
+    }
+}
+
+/// `model` is a folder, or a hub id such as `openai/clip-vit-base-patch32`.
+pub fn load(model: &str, device: &Device) -> Result<LoadedClip> {
+    let dir = resolve(model)?;
+    load_dir(&dir, model, device)
+}
+
+pub fn resolve(model: &str) -> Result<PathBuf> {
+    let path = Path::new(model);
+    if path.is_dir() {
+        return Ok(path.to_path_buf());
+    }
+    if path.is_file() {
+        return Err(Error::bad_file(
+            path,
+            "is a file, not a model folder",
+            "pass the folder that holds config.json and model.safetensors",
+        ));
+    }
+    if looks_like_hub_id(model) {
+        return fetch_from_hub(model);
+    }
+    Err(Error::Missing {
+        path: path.to_path_buf(),
+        fix: "pass a CLIP model folder (config.json, model.safetensors, tokenizer.json) or a hub id such as openai/clip-vit-base-patch32".into(),
+    })
+}
+
+fn looks_like_hub_id(s: &str) -> bool {
+    let parts: Vec<&str> = s.split('/').collect();
+    parts.len() == 2
+        && parts.iter().all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)))
+        && !s.starts_with('.')
+}
+
+/// Downloads the files a CLIP folder needs, once: the cache is looked at first, so no network is needed
+/// for a model already fetched.
+fn fetch_from_hub(id: &str) -> Result<PathBuf> {
+    let cache = hf_hub::Cache::from_env().model(id.to_string());
+    if let (Some(cfg), Some(_)) = (cache.get(CONFIG), cache.get(WEIGHTS)) {
+        return Ok(cfg.parent().map(Path::to_path_buf).unwrap_or_default());
+    }
+    let hub_err = |e: &dyn std::fmt::Display| Error::Hub {
+        id: id.to_string(),
+        reason: format!(
+            "not a local folder, and downloading it from the Hugging Face hub failed ({e}). Without network \
+             access, copy the model folder (config.json, model.safetensors, tokenizer.json) to this machine \
+             and pass its path: --model /path/to/folder"
+        ),
+    };
+    let api = hf_hub::api::sync::ApiBuilder::from_env().with_progress(true).build().map_err(|e| hub_err(&e))?;
+    let repo = api.model(id.to_string());
+    let cfg = repo.get(CONFIG).map_err(|e| hub_err(&e))?;
+    repo.get(WEIGHTS).map_err(|e| hub_err(&format!("{WEIGHTS}: {e}")))?;
+    for optional in [TOKENIZER, PREPROCESSOR] {
+        let _ = repo.get(optional);
+    }
+    Ok(cfg.parent().map(Path::to_path_buf).unwrap_or_default())
+}
+
+pub fn read_config(dir: &Path) -> Result<ClipConfig> {
+    let path = dir.join(CONFIG);
+    let fix = "a CLIP folder needs the config.json of CLIPModel (with text_config and vision_config)";
+    let text = std::fs::read_to_string(&path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => Error::Missing { path: path.clone(), fix: fix.into() },
+        _ => Error::io(&path, e),
+    })?;
+    let cfg: ClipConfig = serde_json::from_str(&text)
+        .map_err(|e| Error::bad_file(&path, format!("not a CLIP config ({e})"), fix))?;
+    cfg.validate().map_err(|e| Error::bad_file(&path, e, fix))?;
+    Ok(cfg)
+}
+
+pub fn load_dir(dir: &Path, id: &str, device: &Device) -> Result<LoadedClip> {
+    let config = read_config(dir)?;
+    let weights = dir.join(WEIGHTS);
+    if !weights.is_file() {
+        return Err(Error::Missing {
+            path: weights,
+            fix: "promptscope reads safetensors weights; convert pytorch_model.bin with transformers' save_pretrained(safe_serialization=True)".into(),
+        });
+    }
+    let vb = mmap_weights(&weights, device)?;
+    let model = ClipModel::load(&config, vb).map_err(|e| {
+        Error::bad_file(&weights, format!("does not match config.json ({e})"), "use the config.json and model.safetensors of the same CLIP checkpoint")
+    })?;
+    let tok_path = dir.join(TOKENIZER);
+    let max_len = config.text_config.max_position_embeddings;
+    let tokenizer = if tok_path.is_file() {
+        ClipTokenizer::from_file(&tok_path, max_len)?
+    } else {
+        ClipTokenizer::bundled(max_len)?
+    };
+    if tokenizer.vocab_size() > config.text_config.vocab_size {
+        return Err(Error::bad_file(
+            &tok_path,
+            format!("has {} tokens but the model's vocabulary has {}", tokenizer.vocab_size(), config.text_config.vocab_size),
+            "use the tokenizer of this model",
+        ));
+    }
+    let image_size = config.vision_config.image_size;
+    let pre_path = dir.join(PREPROCESSOR);
+    let preprocess =
+        if pre_path.is_file() { PreprocessConfig::from_file(&pre_path, image_size)? } else { PreprocessConfig::clip(image_size) };
+    if preprocess.output_size() != Some((image_size, image_size)) {
+        return Err(Error::bad_file(
+            &pre_path,
+            format!("produces {:?} images but the model takes {image_size}×{image_size}", preprocess.output_size()),
+            "use the preprocessor_config.json of this model",
+        ));
+    }
+    Ok(LoadedClip { model, tokenizer, preprocess, dir: dir.to_path_buf(), id: id.to_string(), device: device.clone() })
+}
+
+/// Memory-maps a safetensors file; a truncated or foreign file is reported, not trusted.
+pub fn mmap_weights(path: &Path, device: &Device) -> Result<VarBuilder<'static>> {
+    // SAFETY: the file is mapped read-only; as with every mmap-based loader, it must not be modified
+    // while the model is in use.
+    unsafe { VarBuilder::from_mmaped_safetensors(&[path], DType::F32, device) }.map_err(|e| {
+        Error::bad_file(path, format!("unreadable safetensors ({e})"), "the file is truncated or corrupt: download or copy it again")
+    })
+}

@@ -1,0 +1,6 @@
+//! Datasets on disk and the images in them.
+
+pub mod folder;
+pub mod synth;
+
+pub use folder::{DatasetFolder, Sample, Split};

@@ -1,0 +1,103 @@
+//! One error type for the library. Every variant that concerns user input names the file and says what
+//! to do about it, because the user sees these messages as-is on the command line and in the app.
+
+use std::path::PathBuf;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{path}: {reason}. {fix}")]
+    BadFile { path: PathBuf, reason: String, fix: String },
+
+    #[error("{path}: not found. {fix}")]
+    Missing { path: PathBuf, fix: String },
+
+    #[error("{path}: {reason}")]
+    Io { path: PathBuf, reason: String },
+
+    #[error("could not read image {path}: {reason}. Remove or replace the file")]
+    Image { path: PathBuf, reason: String },
+
+    #[error("dataset {path}: {reason}")]
+    Dataset { path: PathBuf, reason: String },
+
+    #[error("model '{id}': {reason}")]
+    Hub { id: String, reason: String },
+
+    #[error("{0}")]
+    Invalid(String),
+
+    #[error("cancelled")]
+    Cancelled,
+
+    #[error(transparent)]
+    Tensor(#[from] candle_core::Error),
+}
+
+impl Error {
+    pub fn bad_file(path: impl Into<PathBuf>, reason: impl ToString, fix: impl Into<String>) -> Self {
+        Error::BadFile { path: path.into(), reason: reason.to_string(), fix: fix.into() }
+    }
+
+    pub fn io(path: impl Into<PathBuf>, err: impl ToString) -> Self {
+        Error::Io { path: path.into(), reason: err.to_string() }
+    }
+
+    pub fn invalid(msg: impl Into<String>) -> Self {
+        Error::Invalid(msg.into())
+    }
+}
+
+/// Writes `bytes` to `path` atomically: a crash or a full disk never leaves a half-written file where the
+/// user's output (or an earlier good file) should be.
+pub fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    if !dir.is_dir() {
+        return Err(Error::Missing {
+            path: dir,
+            fix: format!("create the folder first, or choose another path for {}", path.display()),
+        });
+    }
+    let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = dir.join(format!(".{file_name}.{}.tmp", std::process::id()));
+    let result = (|| -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(Error::io(path, e));
+    }
+    Ok(())
+}
+
+/// Builds a new folder at `dir` through `fill`, which writes into a temporary sibling that is renamed
+/// into place only when complete: an interrupted run never leaves a half-made model or dataset behind.
+pub fn create_dir_atomic(dir: &std::path::Path, fill: impl FnOnce(&std::path::Path) -> Result<()>) -> Result<()> {
+    if dir.exists() && std::fs::read_dir(dir).map(|mut d| d.next().is_some()).unwrap_or(true) {
+        return Err(Error::bad_file(dir, "already exists and is not empty", "choose a new folder or remove this one"));
+    }
+    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "out".into());
+    let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+    std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+    let tmp = parent.join(format!(".{name}.{}.partial", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    let result = fill(&tmp).and_then(|()| {
+        if dir.exists() {
+            std::fs::remove_dir(dir).map_err(|e| Error::io(dir, e))?;
+        }
+        std::fs::rename(&tmp, dir).map_err(|e| Error::io(dir, e))
+    });
+    if result.is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    result
+}

@@ -1,0 +1,4 @@
+//! Scoring prompts against images.
+
+pub mod metrics;
+pub mod zeroshot;

@@ -1,0 +1,75 @@
+//! Hand-crafted prompts: one template, or CLIP's ensemble (mean of normalised features over templates,
+//! normalised again), scored against every image of a split.
+
+use candle_core::{Tensor, D};
+use serde::Serialize;
+
+use super::metrics::{evaluate, Evaluation};
+use crate::clip::encode::{image_features, text_features};
+use crate::clip::{l2_normalize, LoadedClip};
+use crate::data::{DatasetFolder, Sample};
+use crate::error::{Error, Result};
+use crate::progress::Progress;
+
+pub const DEFAULT_TEMPLATE: &str = "a photo of a {}.";
+
+/// Fills `{}` with the class name (a template without `{}` gets the name appended).
+pub fn fill(template: &str, class_name: &str) -> String {
+    if template.contains("{}") {
+        template.replace("{}", class_name)
+    } else {
+        format!("{template} {class_name}")
+    }
+}
+
+/// Normalised class weights `[C, P]` from one or several templates.
+pub fn class_weights(clip: &LoadedClip, class_names: &[String], templates: &[String], progress: &dyn Progress) -> Result<Tensor> {
+    if templates.is_empty() {
+        return Err(Error::invalid("no prompt template given"));
+    }
+    let mut sum: Option<Tensor> = None;
+    for t in templates {
+        let texts: Vec<String> = class_names.iter().map(|c| fill(t, c)).collect();
+        let f = l2_normalize(&text_features(clip, &texts, 256, progress)?)?;
+        sum = Some(match sum {
+            Some(s) => (s + f)?,
+            None => f,
+        });
+    }
+    let mean = (sum.expect("templates is not empty") / templates.len() as f64)?;
+    Ok(l2_normalize(&mean)?)
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ZeroShotReport {
+    pub model: String,
+    pub templates: Vec<String>,
+    pub classes: Vec<String>,
+    pub split: &'static str,
+    #[serde(flatten)]
+    pub eval: Evaluation,
+}
+
+/// Logits `logit_scale · cos` of normalised image features against normalised class weights.
+pub fn logits(image_feats: &Tensor, weights: &Tensor, scale: f32) -> Result<Vec<Vec<f32>>> {
+    let img = l2_normalize(image_feats)?;
+    Ok((img.matmul(&weights.t()?)? * f64::from(scale))?.to_vec2::<f32>()?)
+}
+
+pub fn run(clip: &LoadedClip, data: &DatasetFolder, templates: &[String], batch: usize, progress: &dyn Progress) -> Result<ZeroShotReport> {
+    let samples: &[Sample] = data.eval_samples();
+    let weights = class_weights(clip, &data.class_names, templates, progress)?;
+    let paths: Vec<_> = samples.iter().map(|s| s.path.clone()).collect();
+    let feats = image_features(clip, &paths, batch, progress)?;
+    let logits = logits(&feats, &weights, clip.model.logit_scale())?;
+    let labels: Vec<usize> = samples.iter().map(|s| s.label).collect();
+    let names: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+    debug_assert_eq!(feats.dim(D::Minus1).ok(), Some(clip.model.config.projection_dim));
+    Ok(ZeroShotReport {
+        model: clip.id.clone(),
+        templates: templates.to_vec(),
+        classes: data.class_names.clone(),
+        split: if data.test.is_some() { "test" } else { "all" },
+        eval: evaluate(&logits, &labels, &names, &data.class_names),
+    })
+}

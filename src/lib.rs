@@ -1,0 +1,15 @@
+//! promptscope: interactive prompt tuning for CLIP-style vision-language models.
+//!
+//! Data flows one way: [`data`] → [`clip`] → [`eval`] (and later prompt learning, alignment, fusion)
+//! → [`app`]. Every capability is a library function that the CLI and the desktop app both call.
+
+pub mod app;
+pub mod bench;
+pub mod clip;
+pub mod data;
+pub mod device;
+pub mod error;
+pub mod eval;
+pub mod progress;
+
+pub use error::{Error, Result};

@@ -1,0 +1,155 @@
+//! The `promptscope` binary: no verb opens the desktop app; each verb runs headless and prints text, or
+//! JSON with `--format json`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+
+mod cli;
+
+#[derive(Parser)]
+#[command(name = "promptscope", version, about = "Interactive prompt tuning for CLIP-style vision-language models")]
+struct Cli {
+    #[command(subcommand)]
+    verb: Option<Verb>,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum Format {
+    Text,
+    Json,
+}
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct ModelArgs {
+    /// A CLIP model folder (config.json, model.safetensors, tokenizer.json) or a hub id such as
+    /// openai/clip-vit-base-patch32 (downloaded once into the Hugging Face cache).
+    #[arg(long)]
+    pub model: String,
+    /// cpu, cuda or auto.
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+}
+
+#[derive(Subcommand)]
+enum Verb {
+    /// Open the desktop app (the default).
+    App {
+        #[arg(long)]
+        model: Option<String>,
+        #[arg(long)]
+        data: Option<PathBuf>,
+    },
+    /// Projected (not normalised) text and image features, as transformers' get_text_features /
+    /// get_image_features.
+    Embed {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[arg(long = "text")]
+        texts: Vec<String>,
+        #[arg(long = "image")]
+        images: Vec<PathBuf>,
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+    },
+    /// Zero-shot classification of a dataset folder with hand-crafted prompts (several templates =
+    /// CLIP's prompt ensemble).
+    ZeroShot {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[arg(long)]
+        data: PathBuf,
+        /// A prompt template with {} for the class name; repeat for an ensemble.
+        #[arg(long = "template")]
+        templates: Vec<String>,
+        #[arg(long, default_value_t = 32)]
+        batch: usize,
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+    },
+    /// Image-tower images/s and text-tower prompts/s.
+    Bench {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[arg(long, default_value_t = 16)]
+        batch: usize,
+        #[arg(long, default_value_t = 64)]
+        images: usize,
+        #[arg(long, default_value_t = 64)]
+        text_batch: usize,
+        #[arg(long, default_value_t = 256)]
+        texts: usize,
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+    },
+    /// Write a random-weight CLIP in the Hugging Face layout (for tests, benchmarks and the sample).
+    SynthModel {
+        #[arg(long)]
+        out: PathBuf,
+        /// tiny, tiny-gelu, vit-b-32, vit-b-16, vit-l-14 or vit-l-14-336.
+        #[arg(long, default_value = "tiny")]
+        preset: String,
+    },
+    /// Write a generated dataset of coloured shapes.
+    SynthDataset {
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 6)]
+        classes: usize,
+        #[arg(long, default_value_t = 8)]
+        per_class: usize,
+        /// Write train/val/test sub-folders with this many images per class each, e.g. 16,4,8.
+        #[arg(long)]
+        splits: Option<String>,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+    /// Write the sample model and dataset into a folder and run zero-shot on them.
+    Sample {
+        #[arg(long, default_value = "samples")]
+        out: PathBuf,
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.verb {
+        None => promptscope::app::run(None, None),
+        Some(verb) => run(verb),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(verb: Verb) -> Result<()> {
+    match verb {
+        Verb::App { model, data } => promptscope::app::run(model, data),
+        Verb::Embed { model, texts, images, format } => cli::embed(&model, &texts, &images, format),
+        Verb::ZeroShot { model, data, templates, batch, format } => cli::zero_shot(&model, &data, templates, batch, format),
+        Verb::Bench { model, batch, images, text_batch, texts, format } => {
+            cli::bench(&model, batch, images, text_batch, texts, format)
+        }
+        Verb::SynthModel { out, preset } => {
+            let cfg = cli::preset(&preset)?;
+            promptscope::clip::synth::write_model_folder(&cfg, &out).with_context(|| format!("writing {}", out.display()))?;
+            eprintln!("wrote a random-weight '{preset}' CLIP to {}", out.display());
+            Ok(())
+        }
+        Verb::SynthDataset { out, classes, per_class, splits, seed } => {
+            let split = splits.map(|s| cli::parse_splits(&s)).transpose()?;
+            promptscope::data::synth::write_dataset(&out, classes, per_class, split, seed)?;
+            eprintln!("wrote a generated dataset of {classes} classes to {}", out.display());
+            Ok(())
+        }
+        Verb::Sample { out, format } => cli::sample(&out, format),
+    }
+}
