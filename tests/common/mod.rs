@@ -1,0 +1,95 @@
+//! Shared by the integration tests: the random-weight checkpoints of `scripts/make_fixtures.py`,
+//! rebuilt here bit for bit, and comparison helpers.
+#![allow(dead_code)]
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use promptscope::clip::{synth, ClipConfig, HiddenAct};
+
+pub fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+pub fn reference() -> serde_json::Value {
+    let text = std::fs::read_to_string(fixtures().join("clip_reference.json")).expect("clip_reference.json");
+    serde_json::from_str(&text).expect("valid JSON")
+}
+
+pub fn preset(name: &str) -> ClipConfig {
+    match name {
+        "tiny" => ClipConfig::tiny(HiddenAct::QuickGelu, 1e-5),
+        "tiny-gelu" => ClipConfig::tiny(HiddenAct::Gelu, 1e-6),
+        other => panic!("no preset {other}"),
+    }
+}
+
+/// transformers' own CLIP tokenizer.json, as `make_fixtures.py` saved it.
+pub fn hf_tokenizer_json() -> Vec<u8> {
+    let gz = std::fs::read(fixtures().join("hf_clip_tokenizer.json.gz")).expect("tokenizer fixture");
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(gz.as_slice()).read_to_end(&mut out).expect("gzip");
+    out
+}
+
+/// Writes the preset's checkpoint with the HF-made tokenizer.json into a fresh temp folder, and checks
+/// that the weights are the ones the reference was computed on.
+pub fn model_dir(name: &str, reference: &serde_json::Value) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    synth::write_model_folder(&preset(name), dir.path()).unwrap();
+    std::fs::write(dir.path().join("tokenizer.json"), hf_tokenizer_json()).unwrap();
+    let bytes = std::fs::read(dir.path().join("model.safetensors")).unwrap();
+    let sha = sha256_hex(&bytes);
+    assert_eq!(
+        Some(sha.as_str()),
+        reference[name]["weights_sha256"].as_str(),
+        "the synthetic weights changed since the fixtures were made: run `cargo build && python3 scripts/make_fixtures.py`"
+    );
+    dir
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// All numbers of a nested JSON array, flattened.
+pub fn flat(v: &serde_json::Value) -> Vec<f32> {
+    match v {
+        serde_json::Value::Array(a) => a.iter().flat_map(flat).collect(),
+        serde_json::Value::Number(n) => vec![n.as_f64().unwrap() as f32],
+        other => panic!("not a number array: {other}"),
+    }
+}
+
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "length mismatch");
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
+    let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+    let na: f32 = a.iter().map(|x| x * x).sum::<f32>().sqrt();
+    let nb: f32 = b.iter().map(|x| x * x).sum::<f32>().sqrt();
+    dot / (na * nb)
+}
+
+/// `make_fixtures.py`'s pattern_pixels: exactly representable, so both sides see the same input.
+pub fn pattern_pixels(batch: usize, size: usize) -> Vec<f32> {
+    let mut v = Vec::with_capacity(batch * 3 * size * size);
+    for b in 0..batch {
+        for c in 0..3 {
+            for y in 0..size {
+                for x in 0..size {
+                    v.push(((7 * x + 13 * y + 31 * c + 17 * b) % 255) as f32 / 127.5 - 1.0);
+                }
+            }
+        }
+    }
+    v
+}
+
+/// `make_fixtures.py`'s pattern_embeds.
+pub fn pattern_embeds(n: usize) -> Vec<f32> {
+    (0..n).map(|i| ((3 * i + 5) % 97) as f32 / 48.5 - 1.0).collect()
+}
