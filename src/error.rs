@@ -37,7 +37,11 @@ pub enum Error {
 
 impl Error {
     pub fn bad_file(path: impl Into<PathBuf>, reason: impl ToString, fix: impl Into<String>) -> Self {
-        Error::BadFile { path: path.into(), reason: reason.to_string(), fix: fix.into() }
+        Error::BadFile { path: path.into(), reason: reason.to_string(), fix: sentence(fix.into()) }
+    }
+
+    pub fn missing(path: impl Into<PathBuf>, fix: impl Into<String>) -> Self {
+        Error::Missing { path: path.into(), fix: sentence(fix.into()) }
     }
 
     pub fn io(path: impl Into<PathBuf>, err: impl ToString) -> Self {
@@ -46,6 +50,15 @@ impl Error {
 
     pub fn invalid(msg: impl Into<String>) -> Self {
         Error::Invalid(msg.into())
+    }
+}
+
+/// Messages read as "path: what is wrong. What to do.": the advice starts a sentence.
+fn sentence(s: String) -> String {
+    let mut c = s.chars();
+    match c.next() {
+        Some(first) => first.to_uppercase().chain(c).collect(),
+        None => s,
     }
 }
 
@@ -58,10 +71,7 @@ pub fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
         _ => PathBuf::from("."),
     };
     if !dir.is_dir() {
-        return Err(Error::Missing {
-            path: dir,
-            fix: format!("create the folder first, or choose another path for {}", path.display()),
-        });
+        return Err(Error::missing(dir, format!("create the folder first, or choose another path for {}", path.display())));
     }
     let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let tmp = dir.join(format!(".{file_name}.{}.tmp", std::process::id()));

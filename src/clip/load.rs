@@ -69,10 +69,7 @@ pub fn resolve(model: &str) -> Result<PathBuf> {
     if looks_like_hub_id(model) {
         return fetch_from_hub(model);
     }
-    Err(Error::Missing {
-        path: path.to_path_buf(),
-        fix: "pass a CLIP model folder (config.json, model.safetensors, tokenizer.json) or a hub id such as openai/clip-vit-base-patch32".into(),
-    })
+    Err(Error::missing(path.to_path_buf(), "pass a CLIP model folder (config.json, model.safetensors, tokenizer.json) or a hub id such as openai/clip-vit-base-patch32"))
 }
 
 fn looks_like_hub_id(s: &str) -> bool {
@@ -111,7 +108,7 @@ pub fn read_config(dir: &Path) -> Result<ClipConfig> {
     let path = dir.join(CONFIG);
     let fix = "a CLIP folder needs the config.json of CLIPModel (with text_config and vision_config)";
     let text = std::fs::read_to_string(&path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => Error::Missing { path: path.clone(), fix: fix.into() },
+        std::io::ErrorKind::NotFound => Error::missing(path.clone(), fix),
         _ => Error::io(&path, e),
     })?;
     let cfg: ClipConfig = serde_json::from_str(&text)
@@ -124,10 +121,7 @@ pub fn load_dir(dir: &Path, id: &str, device: &Device) -> Result<LoadedClip> {
     let config = read_config(dir)?;
     let weights = dir.join(WEIGHTS);
     if !weights.is_file() {
-        return Err(Error::Missing {
-            path: weights,
-            fix: "promptscope reads safetensors weights; convert pytorch_model.bin with transformers' save_pretrained(safe_serialization=True)".into(),
-        });
+        return Err(Error::missing(weights, "promptscope reads safetensors weights; convert pytorch_model.bin with transformers' save_pretrained(safe_serialization=True)"));
     }
     let vb = mmap_weights(&weights, device)?;
     let model = ClipModel::load(&config, vb).map_err(|e| {

@@ -227,6 +227,45 @@ mod tests {
         assert_eq!(out, img);
     }
 
+    /// A JPEG with an EXIF APP1 segment saying "rotate 90° clockwise" (orientation 6).
+    fn jpeg_with_orientation(w: u32, h: u32, orientation: u8) -> Vec<u8> {
+        let img = RgbImage::from_fn(w, h, |x, _| image::Rgb([if x < w / 2 { 255 } else { 0 }, 0, 0]));
+        let mut jpeg = Vec::new();
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 95).encode_image(&img).unwrap();
+        // TIFF header (little endian), one IFD entry: tag 0x0112 (orientation), SHORT, count 1.
+        let mut tiff = vec![b'I', b'I', 42, 0, 8, 0, 0, 0, 1, 0, 0x12, 0x01, 3, 0, 1, 0, 0, 0, orientation, 0, 0, 0];
+        tiff.extend([0, 0, 0, 0]);
+        let mut app1 = b"Exif\0\0".to_vec();
+        app1.extend(tiff);
+        let len = (app1.len() + 2) as u16;
+        let mut out = jpeg[..2].to_vec();
+        out.extend([0xFF, 0xE1]);
+        out.extend(len.to_be_bytes());
+        out.extend(app1);
+        out.extend(&jpeg[2..]);
+        out
+    }
+
+    #[test]
+    fn exif_orientation_is_applied() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("phone.jpg");
+        std::fs::write(&path, jpeg_with_orientation(40, 20, 6)).unwrap();
+        let img = load_image(&path).unwrap().to_rgb8();
+        assert_eq!((img.width(), img.height()), (20, 40));
+        // The red left half of the stored image is the top half once rotated clockwise.
+        assert!(img.get_pixel(10, 5)[0] > 200 && img.get_pixel(10, 35)[0] < 60);
+    }
+
+    #[test]
+    fn unreadable_image_names_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("broken.png");
+        std::fs::write(&path, b"\x89PNG not really").unwrap();
+        let err = load_image(&path).unwrap_err().to_string();
+        assert!(err.contains("broken.png"), "{err}");
+    }
+
     #[test]
     fn crop_pads_small_images_with_zeros() {
         let img = RgbImage::from_pixel(2, 2, image::Rgb([9, 9, 9]));

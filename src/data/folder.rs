@@ -77,10 +77,7 @@ fn class_dirs_in(dir: &Path) -> Result<Vec<String>> {
 impl DatasetFolder {
     pub fn open(root: &Path) -> Result<Self> {
         if !root.is_dir() {
-            return Err(Error::Missing {
-                path: root.to_path_buf(),
-                fix: "pass a dataset folder with one sub-folder of images per class".into(),
-            });
+            return Err(Error::missing(root.to_path_buf(), "pass a dataset folder with one sub-folder of images per class"));
         }
         let split_dirs: Vec<(Split, PathBuf)> = [Split::Train, Split::Val, Split::Test]
             .into_iter()
@@ -143,7 +140,7 @@ impl DatasetFolder {
             let cdir = dir.join(class);
             if !cdir.is_dir() {
                 if require_all {
-                    return Err(Error::Missing { path: cdir, fix: "every class needs a folder".into() });
+                    return Err(Error::missing(cdir, "every class needs a folder"));
                 }
                 continue;
             }
