@@ -10,6 +10,9 @@ pub mod data;
 pub mod device;
 pub mod error;
 pub mod eval;
+pub mod export;
 pub mod progress;
+pub mod prompt;
+pub mod train;
 
 pub use error::{Error, Result};

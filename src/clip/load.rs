@@ -163,3 +163,26 @@ pub fn mmap_weights(path: &Path, device: &Device) -> Result<VarBuilder<'static>>
         Error::bad_file(path, format!("unreadable safetensors ({e})"), "the file is truncated or corrupt: download or copy it again")
     })
 }
+
+/// A cheap identity for a model folder, recorded in exports and cache keys: sha256 over config.json,
+/// the weights file's length and its first and last MiB (hashing all of a 1.7 GB file on each load would
+/// cost seconds).
+pub fn fingerprint(dir: &Path) -> Result<String> {
+    use sha2::Digest;
+    use std::io::{Read, Seek, SeekFrom};
+    let mut h = sha2::Sha256::new();
+    let cfg = dir.join(CONFIG);
+    h.update(std::fs::read(&cfg).map_err(|e| Error::io(&cfg, e))?);
+    let weights = dir.join(WEIGHTS);
+    let mut f = std::fs::File::open(&weights).map_err(|e| Error::io(&weights, e))?;
+    let len = f.metadata().map_err(|e| Error::io(&weights, e))?.len();
+    h.update(len.to_le_bytes());
+    const MIB: u64 = 1 << 20;
+    let mut buf = vec![0u8; MIB.min(len) as usize];
+    f.read_exact(&mut buf).map_err(|e| Error::io(&weights, e))?;
+    h.update(&buf);
+    f.seek(SeekFrom::Start(len - buf.len() as u64)).map_err(|e| Error::io(&weights, e))?;
+    f.read_exact(&mut buf).map_err(|e| Error::io(&weights, e))?;
+    h.update(&buf);
+    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}

@@ -1,0 +1,154 @@
+#!/usr/bin/env python3
+"""Regenerates tests/fixtures/coop_reference.json: CoOp trained in PyTorch, the way CoOp's own code does it
+(PromptLearner over the full 77-token prompts, torch.optim.SGD, constant warm-up then cosine lr per epoch),
+on promptscope's tiny random-weight CLIP, full batch, no augmentation, from fixed image features.
+
+    cargo build && python3 scripts/make_coop_fixtures.py     # needs torch, transformers, numpy
+
+The Rust test (tests/coop_parity.rs) runs the same maths and compares the context after every epoch.
+"""
+import gzip
+import json
+import math
+import os
+import subprocess
+import tempfile
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FIX = os.path.join(ROOT, "tests", "fixtures")
+CLASSES = ["red circle", "green square", "blue stripes"]
+N_IMAGES = 9
+OPTIM = dict(lr=0.5, momentum=0.9, weight_decay=5e-4, warmup_epochs=1, warmup_lr=0.05, epochs=5)
+
+
+def pattern(n, a, b, m, scale=1.0):
+    """((a·i + b) % m) / (m/2) - 1, times scale: exactly representable, rebuilt bit for bit in Rust."""
+    i = np.arange(n)
+    v = ((a * i + b) % m).astype(np.float32) / np.float32(m / 2) - np.float32(1.0)
+    return v * np.float32(scale)
+
+
+class PromptLearner(nn.Module):
+    """CoOp's trainers/coop.py PromptLearner, on a transformers CLIPModel."""
+
+    def __init__(self, classnames, model, tok, n_ctx, ctx_init, csc, position, init_ctx):
+        super().__init__()
+        emb = model.text_model.embeddings.token_embedding
+        with torch.no_grad():
+            if ctx_init:
+                ids = tok(ctx_init)["input_ids"]
+                n_ctx = len(ids) - 2
+                ctx_vectors = emb(torch.tensor([ids]))[0, 1 : 1 + n_ctx, :]
+                if csc:
+                    ctx_vectors = ctx_vectors.unsqueeze(0).repeat(len(classnames), 1, 1)
+                prompt_prefix = ctx_init
+            else:
+                ctx_vectors = init_ctx
+                prompt_prefix = " ".join(["X"] * n_ctx)
+        self.ctx = nn.Parameter(ctx_vectors.clone())
+        self.name_lens = [len(tok(n)["input_ids"]) - 2 for n in classnames]
+        prompts = [prompt_prefix + " " + n + "." for n in classnames]
+        self.tokenized = torch.tensor(tok(prompts, padding="max_length", max_length=77)["input_ids"])
+        with torch.no_grad():
+            embedding = emb(self.tokenized)
+        self.register_buffer("token_prefix", embedding[:, :1, :])
+        self.register_buffer("token_suffix", embedding[:, 1 + n_ctx :, :])
+        self.n_cls, self.n_ctx, self.position, self.csc = len(classnames), n_ctx, position, csc
+
+    def forward(self):
+        ctx = self.ctx
+        if ctx.dim() == 2:
+            ctx = ctx.unsqueeze(0).expand(self.n_cls, -1, -1)
+        prefix, suffix = self.token_prefix, self.token_suffix
+        if self.position == "end":
+            return torch.cat([prefix, ctx, suffix], dim=1)
+        half = self.n_ctx // 2
+        prompts = []
+        for i in range(self.n_cls):
+            l = self.name_lens[i]
+            p, cls, rest = prefix[i : i + 1], suffix[i : i + 1, :l], suffix[i : i + 1, l:]
+            c = ctx[i : i + 1]
+            if self.position == "middle":
+                prompts.append(torch.cat([p, c[:, :half], cls, c[:, half:], rest], dim=1))
+            else:
+                prompts.append(torch.cat([p, cls, c, rest], dim=1))
+        return torch.cat(prompts, dim=0)
+
+
+def text_encoder(model, prompts, tokenized):
+    """CoOp's TextEncoder: all 77 positions, pooled at the end-of-text token (first 49407)."""
+    from transformers.masking_utils import create_causal_mask
+
+    tm = model.text_model
+    h = tm.embeddings(inputs_embeds=prompts)
+    mask = create_causal_mask(config=tm.config, inputs_embeds=h, attention_mask=None, past_key_values=None)
+    h = tm.final_layer_norm(tm.encoder(inputs_embeds=h, attention_mask=mask, is_causal=True).last_hidden_state)
+    eot = (tokenized == 49407).int().argmax(dim=-1)
+    return model.text_projection(h[torch.arange(h.shape[0]), eot])
+
+
+def lr_at(e):
+    o = OPTIM
+    if e < o["warmup_epochs"]:
+        return o["warmup_lr"]
+    return o["lr"] * (1 + math.cos(math.pi * (e - o["warmup_epochs"]) / o["epochs"])) / 2
+
+
+def run_case(model, tok, feats, labels, **kw):
+    learner = PromptLearner(CLASSES, model, tok, **kw)
+    opt = torch.optim.SGD([learner.ctx], lr=OPTIM["lr"], momentum=OPTIM["momentum"], weight_decay=OPTIM["weight_decay"])
+    scale = model.logit_scale.exp().detach()
+    img = feats / feats.norm(dim=-1, keepdim=True)
+    out = {"init": learner.ctx.detach().flatten().tolist(), "shape": list(learner.ctx.shape), "ctx": [], "loss": [], "lr": []}
+    for e in range(OPTIM["epochs"]):
+        lr = lr_at(e)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        txt = text_encoder(model, learner(), learner.tokenized)
+        txt = txt / txt.norm(dim=-1, keepdim=True)
+        loss = F.cross_entropy(scale * img @ txt.t(), labels)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        out["ctx"].append(learner.ctx.detach().flatten().tolist())
+        out["loss"].append(float(loss))
+        out["lr"].append(lr)
+    d = np.array(out["ctx"][-1]) - np.array(out["init"])
+    print(f"{kw['position']} csc={kw['csc']}: loss {out['loss'][0]:.4f} -> {out['loss'][-1]:.4f}, |ctx change| {np.linalg.norm(d):.4f}")
+    return out
+
+
+def main():
+    from transformers import AutoTokenizer, CLIPModel
+
+    torch.manual_seed(0)
+    with tempfile.TemporaryDirectory() as work:
+        mdir = os.path.join(work, "tiny")
+        subprocess.run([os.path.join(ROOT, "target", "debug", "promptscope"), "synth-model", "--preset", "tiny", "--out", mdir], check=True)
+        with gzip.open(os.path.join(FIX, "hf_clip_tokenizer.json.gz"), "rb") as f, open(os.path.join(mdir, "tokenizer.json"), "wb") as g:
+            g.write(f.read())
+        model = CLIPModel.from_pretrained(mdir, torch_dtype=torch.float32, attn_implementation="eager").eval()
+        for p in model.parameters():
+            p.requires_grad_(False)
+        tok = AutoTokenizer.from_pretrained(mdir)
+        p_dim = model.config.projection_dim
+        d = model.config.text_config.hidden_size
+        feats = torch.from_numpy(pattern(N_IMAGES * p_dim, 5, 3, 53).reshape(N_IMAGES, p_dim))
+        labels = torch.tensor([i % len(CLASSES) for i in range(N_IMAGES)])
+        ref = {"classes": CLASSES, "optim": OPTIM, "n_images": N_IMAGES, "labels": labels.tolist()}
+        ref["unified_end_phrase"] = run_case(model, tok, feats, labels, n_ctx=0, ctx_init="a photo of a", csc=False, position="end", init_ctx=None)
+        init = torch.from_numpy(pattern(len(CLASSES) * 4 * d, 7, 1, 41, 0.02).reshape(len(CLASSES), 4, d))
+        ref["csc_middle_random"] = run_case(model, tok, feats, labels, n_ctx=4, ctx_init=None, csc=True, position="middle", init_ctx=init)
+        init = torch.from_numpy(pattern(4 * d, 7, 1, 41, 0.02).reshape(4, d))
+        ref["unified_front_random"] = run_case(model, tok, feats, labels, n_ctx=4, ctx_init=None, csc=False, position="front", init_ctx=init)
+    with open(os.path.join(FIX, "coop_reference.json"), "w") as f:
+        json.dump(ref, f)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,120 @@
+//! The "Model & data" side panel: where the model and the dataset come from, and what the dataset holds.
+
+use egui::{Grid, RichText, ScrollArea, TextEdit};
+
+use super::state::{AppState, OpenedDataset};
+use super::worker::PickTarget;
+use super::Action;
+
+/// Label of the model path field; tests find the field by it.
+pub const MODEL_FIELD: &str = "Model folder or hub id";
+/// Label of the dataset path field.
+pub const DATASET_FIELD: &str = "Dataset folder";
+
+/// The two path fields, as typed (they are only read when Load / Open is pressed).
+#[derive(Default)]
+pub struct DataPanel {
+    pub model_path: String,
+    pub dataset_path: String,
+}
+
+impl DataPanel {
+    pub fn ui(&mut self, ui: &mut egui::Ui, state: &AppState, actions: &mut Vec<Action>) {
+        ui.heading("Model & data");
+        ui.add_space(4.0);
+        ScrollArea::vertical().auto_shrink([false; 2]).show(ui, |ui| {
+            self.model_ui(ui, state, actions);
+            ui.add_space(8.0);
+            ui.separator();
+            self.dataset_ui(ui, state, actions);
+        });
+    }
+
+    fn model_ui(&mut self, ui: &mut egui::Ui, state: &AppState, actions: &mut Vec<Action>) {
+        let label = ui.label(MODEL_FIELD);
+        let field = ui
+            .add(
+                TextEdit::singleline(&mut self.model_path)
+                    .hint_text("path/to/clip or openai/clip-vit-base-patch32")
+                    .desired_width(f32::INFINITY),
+            )
+            .labelled_by(label.id);
+        let submitted = field.lost_focus() && ui.input(|i| i.key_pressed(egui::Key::Enter));
+        let busy = state.loading_model.is_some();
+        ui.horizontal(|ui| {
+            if ui.button("Browse…").on_hover_text("Choose a model folder").clicked() {
+                actions.push(Action::Browse(PickTarget::Model));
+            }
+            let load = ui.add_enabled(!busy, egui::Button::new("Load"));
+            if load.clicked() || (submitted && !busy) {
+                actions.push(Action::LoadModel(self.model_path.trim().to_string()));
+            }
+            if busy {
+                ui.spinner();
+                ui.label("loading…");
+            }
+        });
+        if let Some(model) = &state.model {
+            ui.add(egui::Label::new(RichText::new(format!("✔ {}", model.clip.id)).small()).truncate())
+                .on_hover_text(&model.description);
+        }
+    }
+
+    fn dataset_ui(&mut self, ui: &mut egui::Ui, state: &AppState, actions: &mut Vec<Action>) {
+        let label = ui.label(DATASET_FIELD);
+        let field = ui
+            .add(TextEdit::singleline(&mut self.dataset_path).hint_text("ROOT/<class>/<images>").desired_width(f32::INFINITY))
+            .labelled_by(label.id);
+        let submitted = field.lost_focus() && ui.input(|i| i.key_pressed(egui::Key::Enter));
+        let busy = state.opening_dataset.is_some();
+        ui.horizontal(|ui| {
+            if ui.button("Browse…").on_hover_text("Choose a dataset folder").clicked() {
+                actions.push(Action::Browse(PickTarget::Dataset));
+            }
+            let open = ui.add_enabled(!busy, egui::Button::new("Open"));
+            if open.clicked() || (submitted && !busy) {
+                actions.push(Action::OpenDataset(self.dataset_path.trim().into()));
+            }
+            if busy {
+                ui.spinner();
+                ui.label("scanning…");
+            }
+        });
+        ui.add_space(4.0);
+        match &state.dataset {
+            Some(ds) => dataset_summary_ui(ui, ds),
+            None => {
+                ui.weak("Open a folder with one sub-folder of images per class (optionally inside train/, val/, test/), or drop it onto the window.");
+            }
+        }
+    }
+}
+
+fn dataset_summary_ui(ui: &mut egui::Ui, ds: &OpenedDataset) {
+    let s = &ds.summary;
+    let names = &ds.folder.class_names;
+    ui.add(egui::Label::new(RichText::new(ds.folder.root.display().to_string()).small()).truncate())
+        .on_hover_text(ds.folder.root.display().to_string());
+    ui.label(format!(
+        "{} classes · {} images · {} skipped non-image file{}",
+        names.len(),
+        s.images,
+        s.skipped_files,
+        if s.skipped_files == 1 { "" } else { "s" }
+    ));
+    ui.add_space(4.0);
+    Grid::new("dataset_classes").striped(true).num_columns(1 + s.columns.len()).show(ui, |ui| {
+        ui.strong("class");
+        for column in &s.columns {
+            ui.strong(*column);
+        }
+        ui.end_row();
+        for (name, counts) in names.iter().zip(&s.counts) {
+            ui.label(name);
+            for n in counts {
+                ui.label(n.to_string());
+            }
+            ui.end_row();
+        }
+    });
+}

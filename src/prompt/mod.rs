@@ -1,0 +1,3 @@
+//! Prompts: templates, CoOp contexts.
+
+pub mod coop;

@@ -1,0 +1,4 @@
+//! Training: optimiser, schedule, feature cache, jobs.
+pub mod optim;
+pub mod coop;
+pub mod features;

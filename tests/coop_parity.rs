@@ -1,0 +1,108 @@
+//! CoOp in promptscope against CoOp's PyTorch code (scripts/make_coop_fixtures.py) on the same tiny CLIP
+//! and image features: full batch, no augmentation; the context after every epoch must agree.
+
+mod common;
+
+use std::sync::atomic::AtomicBool;
+
+use candle_core::{Device, Tensor};
+use common::*;
+use promptscope::prompt::coop::{ClassPosition, CoopConfig, PromptLearner};
+use promptscope::train::coop::{Features, TrainConfig, TrainEvent, Trainer};
+use promptscope::train::optim::OptimConfig;
+
+fn coop_reference() -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(fixtures().join("coop_reference.json")).unwrap()).unwrap()
+}
+
+/// `make_coop_fixtures.py`'s pattern().
+fn pattern(n: usize, a: usize, b: usize, m: usize, scale: f32) -> Vec<f32> {
+    (0..n).map(|i| (((a * i + b) % m) as f32 / (m as f32 / 2.0) - 1.0) * scale).collect()
+}
+
+fn relative(ours: &[f32], theirs: &[f32], base: &[f32]) -> f64 {
+    // Compared on the change from the initial context: comparing raw contexts would hide a wrong update
+    // behind the (identical) starting point.
+    let num: f64 = ours.iter().zip(theirs).map(|(a, b)| f64::from(a - b).powi(2)).sum::<f64>().sqrt();
+    let den: f64 = theirs.iter().zip(base).map(|(a, b)| f64::from(a - b).powi(2)).sum::<f64>().sqrt();
+    num / den
+}
+
+fn trajectory_matches(case: &str, cfg: CoopConfig, set_init: bool) {
+    let r = coop_reference();
+    let c = &r[case];
+    let dir = model_dir("tiny", &reference());
+    let clip = promptscope::clip::load(dir.path().to_str().unwrap(), &Device::Cpu).unwrap();
+    let classes: Vec<String> = serde_json::from_value(r["classes"].clone()).unwrap();
+    let mut learner = PromptLearner::new(&clip.model.text, &clip.tokenizer, &classes, &cfg).unwrap();
+    let shape: Vec<usize> = serde_json::from_value(c["shape"].clone()).unwrap();
+    assert_eq!(learner.ctx.dims(), shape.as_slice());
+    let init = flat(&c["init"]);
+    if set_init {
+        learner.set_ctx(&Tensor::from_vec(init.clone(), shape.clone(), &Device::Cpu).unwrap()).unwrap();
+    } else {
+        let ours: Vec<f32> = learner.ctx.as_tensor().flatten_all().unwrap().to_vec1().unwrap();
+        assert!(max_abs_diff(&ours, &init) < 1e-7, "phrase initialisation differs from CoOp's");
+    }
+    let o = &r["optim"];
+    let optim = OptimConfig {
+        lr: o["lr"].as_f64().unwrap(),
+        momentum: o["momentum"].as_f64().unwrap(),
+        weight_decay: o["weight_decay"].as_f64().unwrap(),
+        warmup_epochs: o["warmup_epochs"].as_u64().unwrap() as usize,
+        warmup_lr: o["warmup_lr"].as_f64().unwrap(),
+        epochs: o["epochs"].as_u64().unwrap() as usize,
+    };
+    let n = r["n_images"].as_u64().unwrap() as usize;
+    let p = clip.model.config.projection_dim;
+    let train = Features {
+        feats: Tensor::from_vec(pattern(n * p, 5, 3, 53, 1.0), (n, p), &Device::Cpu).unwrap(),
+        labels: serde_json::from_value(r["labels"].clone()).unwrap(),
+        views: 1,
+    };
+    let epochs = optim.epochs;
+    let mut trainer = Trainer::new(&clip.model.text, learner, TrainConfig { optim, batch_size: None, seed: 1 }, clip.model.logit_scale());
+    let mut ctx_per_epoch = vec![];
+    let mut losses = vec![];
+    let mut lrs = vec![];
+    let cancel = AtomicBool::new(false);
+    let progress = promptscope::progress::Reporter { cancel: &cancel, on_update: |_: &str, _, _| {} };
+    // Epoch by epoch, reading the context after each.
+    for e in 0..epochs {
+        let mut on_event = |ev: TrainEvent| {
+            if let TrainEvent::Epoch(s) = ev {
+                losses.push(s.loss);
+                lrs.push(s.lr);
+            }
+        };
+        trainer.run_until(&train, None, e + 1, None, &progress, &mut on_event).unwrap();
+        assert_eq!(trainer.epoch, e + 1);
+        ctx_per_epoch.push(trainer.learner.ctx.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap());
+    }
+    let theirs: Vec<Vec<f32>> = c["ctx"].as_array().unwrap().iter().map(flat).collect();
+    for (e, (ours, theirs)) in ctx_per_epoch.iter().zip(&theirs).enumerate() {
+        let rel = relative(ours, theirs, &init);
+        println!("{case} epoch {e}: relative difference of the context change {rel:.2e}, loss {:.6} vs {:.6}", losses[e], c["loss"][e].as_f64().unwrap());
+        assert!(rel <= 1e-4, "{case} epoch {e}: relative difference {rel}");
+        assert!((losses[e] - c["loss"][e].as_f64().unwrap()).abs() < 1e-4);
+        assert!((lrs[e] - c["lr"][e].as_f64().unwrap()).abs() < 1e-12);
+    }
+}
+
+#[test]
+fn unified_end_phrase_init_follows_pytorch() {
+    let cfg = CoopConfig { n_ctx: 0, ctx_init: Some("a photo of a".into()), csc: false, class_position: ClassPosition::End, seed: 1 };
+    trajectory_matches("unified_end_phrase", cfg, false);
+}
+
+#[test]
+fn csc_middle_follows_pytorch() {
+    let cfg = CoopConfig { n_ctx: 4, ctx_init: None, csc: true, class_position: ClassPosition::Middle, seed: 1 };
+    trajectory_matches("csc_middle_random", cfg, true);
+}
+
+#[test]
+fn unified_front_follows_pytorch() {
+    let cfg = CoopConfig { n_ctx: 4, ctx_init: None, csc: false, class_position: ClassPosition::Front, seed: 1 };
+    trajectory_matches("unified_front_random", cfg, true);
+}
