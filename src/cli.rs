@@ -165,3 +165,354 @@ pub fn sample(out: &Path, format: Format) -> Result<()> {
     let args = ModelArgs { model: model.display().to_string(), device: "auto".into() };
     zero_shot(&args, &data, vec![], 32, format)
 }
+
+/// `K` or `all`.
+fn parse_shots(s: &str) -> Result<Option<usize>> {
+    match s {
+        "all" => Ok(None),
+        n => Ok(Some(n.parse().map_err(|_| anyhow::anyhow!("--shots takes a number or 'all', not '{n}'"))?)),
+    }
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct SplitArgs {
+    /// Images per class for training: 1, 2, 4, 8, 16, ... or all.
+    #[arg(long, default_value = "16")]
+    pub shots: String,
+    /// Seed of the few-shot draw (CoOp reports the mean over seeds 1, 2, 3).
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Seed of the train/val/test split derived for folders without split sub-folders.
+    #[arg(long, default_value_t = 0)]
+    pub split_seed: u64,
+    /// Feature cache folder (default: $PROMPTSCOPE_CACHE or ~/.cache/promptscope/features).
+    #[arg(long)]
+    pub cache: Option<PathBuf>,
+    /// Do not read or write the feature cache.
+    #[arg(long)]
+    pub no_cache: bool,
+}
+
+impl SplitArgs {
+    fn cache_dir(&self) -> Option<PathBuf> {
+        if self.no_cache {
+            None
+        } else {
+            Some(self.cache.clone().unwrap_or_else(promptscope::train::features::default_cache_dir))
+        }
+    }
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct TrainArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[arg(long)]
+    pub data: PathBuf,
+    #[command(flatten)]
+    pub split: SplitArgs,
+    /// Context length M (random N(0, 0.02²) initialisation).
+    #[arg(long, default_value_t = 16, conflicts_with = "ctx_init")]
+    pub n_ctx: usize,
+    /// Initialise the context from a phrase (M = its token count), e.g. "a photo of a".
+    #[arg(long)]
+    pub ctx_init: Option<String>,
+    /// Class-specific contexts.
+    #[arg(long)]
+    pub csc: bool,
+    #[arg(long, default_value = "end")]
+    pub class_position: String,
+    /// Default: CoOp's 50/100/100/200/200 for 1/2/4/8/16 shots.
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    /// A number, or `full` for one batch of the whole train set.
+    #[arg(long, default_value = "32")]
+    pub batch_size: String,
+    #[arg(long, default_value_t = 0.002)]
+    pub lr: f64,
+    #[arg(long, default_value_t = 0.9)]
+    pub momentum: f64,
+    #[arg(long, default_value_t = 5e-4)]
+    pub weight_decay: f64,
+    #[arg(long, default_value_t = 1)]
+    pub warmup_epochs: usize,
+    #[arg(long, default_value_t = 1e-5)]
+    pub warmup_lr: f64,
+    /// none, or crop-flip (CoOp's random resized crop + flip, as cached views).
+    #[arg(long, default_value = "crop-flip")]
+    pub augment: String,
+    /// Cached augmented views per training image.
+    #[arg(long, default_value_t = 4)]
+    pub views: usize,
+    /// The hand-crafted template reported beside the learned context.
+    #[arg(long, default_value = "a photo of a {}.")]
+    pub template: String,
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Continue from the checkpoint a killed run left next to --out.
+    #[arg(long)]
+    pub resume: bool,
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: Format,
+}
+
+impl TrainArgs {
+    pub fn to_run(&self) -> Result<promptscope::train::pipeline::CoopRun> {
+        use promptscope::prompt::coop::CoopConfig;
+        use promptscope::train::coop::TrainConfig;
+        use promptscope::train::optim::{default_epochs, OptimConfig};
+        use promptscope::train::pipeline::{Augment, CoopRun};
+        let shots = parse_shots(&self.split.shots)?;
+        let batch_size = match self.batch_size.as_str() {
+            "full" => None,
+            n => Some(n.parse().map_err(|_| anyhow::anyhow!("--batch-size takes a number or 'full'"))?),
+        };
+        let augment = match self.augment.as_str() {
+            "none" => Augment::None,
+            "crop-flip" => Augment::CropFlip,
+            other => bail!("--augment takes none or crop-flip, not '{other}'"),
+        };
+        Ok(CoopRun {
+            shots,
+            seed: self.split.seed,
+            split_seed: self.split.split_seed,
+            coop: CoopConfig {
+                n_ctx: self.n_ctx,
+                ctx_init: self.ctx_init.clone(),
+                csc: self.csc,
+                class_position: self.class_position.parse().map_err(anyhow::Error::msg)?,
+                seed: self.split.seed,
+            },
+            train: TrainConfig {
+                optim: OptimConfig {
+                    lr: self.lr,
+                    momentum: self.momentum,
+                    weight_decay: self.weight_decay,
+                    warmup_epochs: self.warmup_epochs,
+                    warmup_lr: self.warmup_lr,
+                    epochs: self.epochs.unwrap_or_else(|| default_epochs(shots)),
+                },
+                batch_size,
+                seed: self.split.seed,
+            },
+            augment,
+            views: self.views,
+            template: self.template.clone(),
+        })
+    }
+}
+
+pub fn train(args: &TrainArgs) -> Result<()> {
+    use promptscope::train::coop::TrainEvent;
+    let run = args.to_run()?;
+    let ds = DatasetFolder::open(&args.data)?;
+    let clip = load_model(&args.model)?;
+    let cache = args.split.cache_dir();
+    let rd = {
+        let bar = Bar::new();
+        promptscope::train::pipeline::prepare(&clip, &ds, &run, cache.as_deref(), &bar)?
+    };
+    for note in &rd.split.notes {
+        eprintln!("note: {note}");
+    }
+    eprintln!(
+        "split: {} train, {} val, {} test images over {} classes",
+        rd.split.train.len(),
+        rd.split.val.len(),
+        rd.split.test.len(),
+        ds.num_classes()
+    );
+    let bar = Bar::new();
+    let json = args.format == Format::Json;
+    let mut on_event = |ev: TrainEvent| {
+        if let TrainEvent::Epoch(s) = ev {
+            if json {
+                println!("{}", serde_json::json!({"epoch": s.epoch, "loss": s.loss, "lr": s.lr, "train_acc": s.train_acc, "val_acc": s.val_acc}));
+            } else {
+                bar.0.println(format!(
+                    "epoch {:>4}/{}  loss {:.4}  lr {:.2e}  train acc {:5.1}%  val acc {}",
+                    s.epoch + 1,
+                    s.epochs,
+                    s.loss,
+                    s.lr,
+                    100.0 * s.train_acc,
+                    s.val_acc.map_or("-".into(), |v| format!("{:5.1}%", 100.0 * v))
+                ));
+            }
+        }
+    };
+    let outcome = promptscope::train::pipeline::train(&clip, &ds, &rd, &run, Some(&args.out), args.resume, &bar, &mut on_event)?;
+    drop(bar);
+    let m = &outcome.metrics;
+    if json {
+        print_json(&serde_json::json!({"summary": m, "out": args.out}))
+    } else {
+        println!(
+            "learned context: val {:.2}%, test {:.2}%; hand-crafted {:?}: test {:.2}%  ({} epochs, {:.1} s)",
+            100.0 * m.val_acc,
+            100.0 * m.test_acc,
+            m.handcrafted_template,
+            100.0 * m.handcrafted_test_acc,
+            m.epochs_run,
+            m.train_seconds
+        );
+        println!("wrote {}", args.out.display());
+        Ok(())
+    }
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct EvalArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[arg(long)]
+    pub data: PathBuf,
+    /// A prompts file exported by `train` or `import-coop`.
+    #[arg(long, conflicts_with = "templates")]
+    pub prompts: Option<PathBuf>,
+    /// Hand-crafted templates (several = ensemble).
+    #[arg(long = "template")]
+    pub templates: Vec<String>,
+    #[command(flatten)]
+    pub split: SplitArgs,
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: Format,
+}
+
+fn print_eval(what: &str, e: &promptscope::eval::metrics::Evaluation, format: Format) -> Result<()> {
+    match format {
+        Format::Json => print_json(&serde_json::json!({"prompts": what, "eval": e})),
+        Format::Text => {
+            println!("{what}: {:.2}% ({}/{})", 100.0 * e.accuracy, e.correct, e.total);
+            for c in &e.per_class {
+                println!("  {:24} {:6.2}% ({}/{})", c.name, 100.0 * c.accuracy, c.correct, c.total);
+            }
+            Ok(())
+        }
+    }
+}
+
+pub fn eval(args: &EvalArgs) -> Result<()> {
+    use promptscope::train::features::extract;
+    let ds = DatasetFolder::open(&args.data)?;
+    let clip = load_model(&args.model)?;
+    let split = promptscope::data::fewshot::few_shot(&ds, None, args.split.seed, args.split.split_seed)?;
+    let bar = Bar::new();
+    let feats = extract(&clip, &split.test, 0, 0, args.split.cache_dir().as_deref(), &bar)?;
+    let (what, weights) = match &args.prompts {
+        Some(path) => {
+            let file = promptscope::export::prompt_file::PromptFile::load(path)?;
+            if file.meta.class_names != ds.class_names {
+                bail!(
+                    "{}: trained for classes {:?}, but {} has {:?}",
+                    path.display(),
+                    file.meta.class_names,
+                    args.data.display(),
+                    ds.class_names
+                );
+            }
+            let learner = file.learner(&clip, path)?;
+            let w = promptscope::clip::l2_normalize(&learner.text_features(&clip.model.text)?)?;
+            (path.display().to_string(), w)
+        }
+        None => {
+            let templates = if args.templates.is_empty() { vec![zeroshot::DEFAULT_TEMPLATE.to_string()] } else { args.templates.clone() };
+            (templates.join(" | "), zeroshot::class_weights(&clip, &ds.class_names, &templates, &bar)?)
+        }
+    };
+    drop(bar);
+    let e = promptscope::train::pipeline::evaluate_weights(&clip, &weights, &feats, &split.test, &ds.class_names)?;
+    print_eval(&what, &e, args.format)
+}
+
+pub fn interpret(file: &Path, args: &ModelArgs, k: usize, format: Format) -> Result<()> {
+    let clip = load_model(args)?;
+    let f = promptscope::export::prompt_file::PromptFile::load(file)?;
+    f.check_model(&clip, file)?;
+    let words = promptscope::export::interpret::nearest_tokens(&f.ctx, &clip.model.text.token_embedding, &clip.tokenizer, k)?;
+    match format {
+        Format::Json => print_json(&words),
+        Format::Text => {
+            for w in &words {
+                let class = w.class.map(|c| format!("{} ", f.meta.class_names.get(c).cloned().unwrap_or_default())).unwrap_or_default();
+                let near: Vec<String> = w.nearest.iter().map(|n| format!("{:?} ({:.3})", n.token, n.distance)).collect();
+                println!("{class}[V]{}: {}", w.position + 1, near.join(", "));
+            }
+            Ok(())
+        }
+    }
+}
+
+pub fn import_coop(ckpt: &Path, args: &ModelArgs, classnames: &Path, position: &str, out: &Path) -> Result<()> {
+    use promptscope::export::prompt_file::PromptFile;
+    use promptscope::prompt::coop::{CoopConfig, PromptLearner};
+    let names: Vec<String> = std::fs::read_to_string(classnames)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", classnames.display()))?
+        .lines()
+        .map(|l| l.trim().to_string())
+        .filter(|l| !l.is_empty())
+        .collect();
+    let c = promptscope::export::coop_import::read(ckpt)?;
+    if c.num_classes != names.len() {
+        bail!("{}: the checkpoint has {} classes but {} lists {}", ckpt.display(), c.num_classes, classnames.display(), names.len());
+    }
+    let clip = load_model(args)?;
+    if c.width != clip.model.config.text_config.hidden_size {
+        bail!(
+            "{}: context width {} does not match the model's token width {} (dimension mismatch): use the CLIP the checkpoint was trained with",
+            ckpt.display(),
+            c.width,
+            clip.model.config.text_config.hidden_size
+        );
+    }
+    let cfg = CoopConfig { n_ctx: c.n_ctx, ctx_init: None, csc: c.csc, class_position: position.parse().map_err(anyhow::Error::msg)?, seed: 0 };
+    let mut learner = PromptLearner::new(&clip.model.text, &clip.tokenizer, &names, &cfg)?;
+    learner.set_ctx(&c.ctx.to_device(&clip.device)?)?;
+    let weights = promptscope::clip::l2_normalize(&learner.text_features(&clip.model.text)?)?;
+    let mut file = PromptFile::new(&clip, &learner, weights)?;
+    file.meta.source = format!("coop-checkpoint:{}", ckpt.display());
+    file.save(out)?;
+    eprintln!("imported {} ({} classes, {} context vectors{}) into {}", ckpt.display(), names.len(), c.n_ctx, if c.csc { ", class-specific" } else { "" }, out.display());
+    Ok(())
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct ProbeArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[arg(long)]
+    pub data: PathBuf,
+    #[command(flatten)]
+    pub split: SplitArgs,
+    #[arg(long, default_value_t = 300)]
+    pub iters: usize,
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: Format,
+}
+
+pub fn linear_probe(args: &ProbeArgs) -> Result<()> {
+    use promptscope::eval::linear_probe::LinearProbe;
+    use promptscope::train::features::extract;
+    let ds = DatasetFolder::open(&args.data)?;
+    let clip = load_model(&args.model)?;
+    let shots = parse_shots(&args.split.shots)?;
+    let split = promptscope::data::fewshot::few_shot(&ds, shots, args.split.seed, args.split.split_seed)?;
+    let bar = Bar::new();
+    let cache = args.split.cache_dir();
+    let f = |s: &[promptscope::data::Sample]| extract(&clip, s, 0, 0, cache.as_deref(), &bar);
+    let (train, val, test) = (f(&split.train)?, f(&split.val)?, f(&split.test)?);
+    let (probe, search) =
+        LinearProbe::search((&train.feats, &train.labels), (&val.feats, &val.labels), ds.num_classes(), args.iters, &bar)?;
+    let test_acc = probe.accuracy(&test.feats, &test.labels)?;
+    drop(bar);
+    match args.format {
+        Format::Json => print_json(&serde_json::json!({"lambda": probe.lambda, "search": search, "test_acc": test_acc})),
+        Format::Text => {
+            for s in &search {
+                println!("  lambda {:8.0e}: val {:6.2}%", s.lambda, 100.0 * s.val_acc);
+            }
+            println!("linear probe (lambda {:.0e}): test {:.2}%", probe.lambda, 100.0 * test_acc);
+            Ok(())
+        }
+    }
+}

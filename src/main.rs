@@ -84,6 +84,35 @@ enum Verb {
         #[arg(long, value_enum, default_value = "text")]
         format: Format,
     },
+    /// Train a CoOp context few-shot, evaluate it against the hand-crafted baseline, export it.
+    Train(cli::TrainArgs),
+    /// Accuracy of hand-crafted templates or of exported prompts on the test split.
+    Eval(cli::EvalArgs),
+    /// Nearest vocabulary tokens of each learned context vector.
+    Interpret {
+        file: PathBuf,
+        #[command(flatten)]
+        model: ModelArgs,
+        #[arg(long, default_value_t = 5)]
+        top_k: usize,
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+    },
+    /// Convert CoOp's own checkpoint (prompt_learner/model.pth.tar-N) into a promptscope export.
+    ImportCoop {
+        checkpoint: PathBuf,
+        #[command(flatten)]
+        model: ModelArgs,
+        /// A text file with one class name per line, in CoOp's class order.
+        #[arg(long)]
+        classnames: PathBuf,
+        #[arg(long, default_value = "end")]
+        class_position: String,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// CoOp's linear-probe baseline: logistic regression on the few-shot features, L2 chosen on val.
+    LinearProbe(cli::ProbeArgs),
     /// Write a random-weight CLIP in the Hugging Face layout (for tests, benchmarks and the sample).
     SynthModel {
         #[arg(long)]
@@ -151,5 +180,12 @@ fn run(verb: Verb) -> Result<()> {
             Ok(())
         }
         Verb::Sample { out, format } => cli::sample(&out, format),
+        Verb::Train(args) => cli::train(&args),
+        Verb::Eval(args) => cli::eval(&args),
+        Verb::Interpret { file, model, top_k, format } => cli::interpret(&file, &model, top_k, format),
+        Verb::ImportCoop { checkpoint, model, classnames, class_position, out } => {
+            cli::import_coop(&checkpoint, &model, &classnames, &class_position, &out)
+        }
+        Verb::LinearProbe(args) => cli::linear_probe(&args),
     }
 }

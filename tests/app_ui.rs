@@ -61,8 +61,10 @@ fn type_into(h: &mut Harness<'_, PromptscopeApp>, field: &str, text: &str) {
     h.step();
 }
 
+/// Clicks, then runs a second frame so the widgets reflect what the click did.
 fn click(h: &mut Harness<'_, PromptscopeApp>, label: &str) {
     h.get_by_label(label).click();
+    h.step();
     h.step();
 }
 
@@ -200,6 +202,7 @@ fn templates_can_be_added_and_removed() {
     type_into(&mut h, "Template 2", "a drawing of a {}.");
     assert_eq!(h.state().settings().templates, ["a photo of a {}.", "a drawing of a {}."]);
     h.get_all_by_label("Remove").next().expect("a Remove button").click();
+    h.step();
     h.step();
     assert_eq!(h.state().settings().templates, ["a drawing of a {}."]);
     // The last template cannot be removed.

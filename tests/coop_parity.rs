@@ -58,7 +58,7 @@ fn trajectory_matches(case: &str, cfg: CoopConfig, set_init: bool) {
     let train = Features {
         feats: Tensor::from_vec(pattern(n * p, 5, 3, 53, 1.0), (n, p), &Device::Cpu).unwrap(),
         labels: serde_json::from_value(r["labels"].clone()).unwrap(),
-        views: 1,
+        views_per_image: 1,
     };
     let epochs = optim.epochs;
     let mut trainer = Trainer::new(&clip.model.text, learner, TrainConfig { optim, batch_size: None, seed: 1 }, clip.model.logit_scale());

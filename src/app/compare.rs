@@ -1,6 +1,6 @@
 //! The Compare tab: hand-written prompt templates scored zero-shot on the dataset.
 
-use egui::{Grid, ProgressBar, RichText, ScrollArea, TextEdit};
+use egui::{Color32, Grid, ProgressBar, RichText, ScrollArea, TextEdit};
 
 use crate::eval::zeroshot::{ZeroShotReport, DEFAULT_TEMPLATE};
 
@@ -42,7 +42,7 @@ impl ComparePanel {
                 ui.weak("The last run was cancelled.");
             }
             None => {
-                ui.weak("No results yet.");
+                ui.weak(format!("No results yet: press {RUN_BUTTON} to see the accuracy overall and per class."));
             }
         }
     }
@@ -82,12 +82,20 @@ impl ComparePanel {
         };
         ui.horizontal(|ui| {
             let can_run = missing.is_none() && state.zero_shot.is_none();
-            let run = ui.add_enabled(can_run, egui::Button::new(RichText::new(RUN_BUTTON).strong()));
-            if run.clicked() {
+            let accent = ui.visuals().selection.bg_fill;
+            let button = egui::Button::new(RichText::new(RUN_BUTTON).strong().color(Color32::WHITE)).fill(accent);
+            if ui.add_enabled(can_run, button).clicked() {
                 actions.push(Action::RunZeroShot(templates));
             }
-            if let Some(why) = missing {
-                ui.weak(why);
+            match (missing, &state.dataset) {
+                (Some(why), _) => {
+                    ui.weak(why);
+                }
+                (None, Some(ds)) => {
+                    let split = if ds.folder.test.is_some() { "test split" } else { "whole dataset" };
+                    ui.weak(format!("scores the {} images of the {split}", ds.folder.eval_samples().len()));
+                }
+                (None, None) => {}
             }
         });
         if let Some(running) = &state.zero_shot {

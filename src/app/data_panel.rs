@@ -55,7 +55,7 @@ impl DataPanel {
             }
         });
         if let Some(model) = &state.model {
-            ui.add(egui::Label::new(RichText::new(format!("✔ {}", model.clip.id)).small()).truncate())
+            ui.add(egui::Label::new(RichText::new(format!("loaded: {}", model.clip.id)).small()).truncate())
                 .on_hover_text(&model.description);
         }
     }

@@ -120,7 +120,7 @@ pub fn few_shot(data: &DatasetFolder, shots: Option<usize>, seed: u64, split_see
             return Err(Error::Dataset { path: class_dir, reason });
         }
         let mut order = pool;
-        shuffle(&mut order, &mut stream(seed, TAG_SHOTS, c));
+        stream(seed, TAG_SHOTS, c).shuffle(&mut order);
         let rest = order.split_off(k);
         train.extend(sorted(order));
         leftovers.push(rest);
@@ -132,7 +132,7 @@ pub fn few_shot(data: &DatasetFolder, shots: Option<usize>, seed: u64, split_see
     match pools.val {
         Some(val_pools) => {
             for (c, mut pool) in val_pools.into_iter().enumerate() {
-                shuffle(&mut pool, &mut stream(seed, TAG_VAL, c));
+                stream(seed, TAG_VAL, c).shuffle(&mut pool);
                 let take = want.unwrap_or(pool.len()).min(pool.len());
                 if want.is_some_and(|w| take < w) {
                     short.push(format!("'{}' ({take})", data.class_names[c]));
@@ -225,7 +225,7 @@ fn derive_split(classes: Vec<Vec<Sample>>, split_seed: u64, carve_val: bool) -> 
     let (mut train, mut val, mut test) = (Vec::new(), Vec::new(), Vec::new());
     for (c, mut pool) in classes.into_iter().enumerate() {
         let len = pool.len();
-        shuffle(&mut pool, &mut stream(split_seed, TAG_SPLIT, c));
+        stream(split_seed, TAG_SPLIT, c).shuffle(&mut pool);
         let n_test = percent(len, DERIVED_TEST_PERCENT).max(1).min(len);
         let n_val = if !carve_val {
             0
@@ -247,14 +247,6 @@ fn derive_split(classes: Vec<Vec<Sample>>, split_seed: u64, carve_val: bool) -> 
 /// `len · p / 100` rounded half up, in integers so no platform's floating point can change a split.
 fn percent(len: usize, p: usize) -> usize {
     (len * p + 50) / 100
-}
-
-/// Fisher–Yates with the caller's stream.
-fn shuffle<T>(v: &mut [T], rng: &mut Rng) {
-    for i in (1..v.len()).rev() {
-        let j = (rng.next_u64() % (i as u64 + 1)) as usize;
-        v.swap(i, j);
-    }
 }
 
 /// An independent stream for (seed, purpose, class), mixed through splitmix so nearby seeds and classes

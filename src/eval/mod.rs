@@ -1,4 +1,5 @@
 //! Scoring prompts against images.
 
+pub mod linear_probe;
 pub mod metrics;
 pub mod zeroshot;

@@ -17,18 +17,16 @@ use crate::error::{write_atomic, Error, Result};
 use crate::progress::Progress;
 use crate::prompt::coop::PromptLearner;
 
-/// Image features of a set, `views` rows per image (image-major), with one label per image.
-#[derive(Debug, Clone)]
-pub struct Features {
-    /// `[N·views, P]`, projected, not normalised.
-    pub feats: Tensor,
-    pub labels: Vec<usize>,
-    pub views: usize,
-}
+pub use super::features::FeatureSet as Features;
 
 impl Features {
     pub fn num_images(&self) -> usize {
-        self.labels.len()
+        self.labels.len() / self.views_per_image.max(1)
+    }
+
+    /// The label of image `i`.
+    pub fn label_of_image(&self, i: usize) -> usize {
+        self.labels[i * self.views_per_image.max(1)]
     }
 }
 
@@ -81,15 +79,15 @@ pub fn accuracy(feats: &Features, weights: &Tensor, scale: f32) -> Result<f64> {
     }
     let img = l2_normalize(&first_views(feats)?)?;
     let pred: Vec<u32> = (img.matmul(&weights.t()?)? * f64::from(scale))?.argmax(D::Minus1)?.to_vec1()?;
-    let correct = pred.iter().zip(&feats.labels).filter(|(p, l)| **p as usize == **l).count();
+    let correct = pred.iter().enumerate().filter(|(i, p)| **p as usize == feats.label_of_image(*i)).count();
     Ok(correct as f64 / feats.num_images() as f64)
 }
 
 fn first_views(f: &Features) -> Result<Tensor> {
-    if f.views <= 1 {
+    if f.views_per_image <= 1 {
         return Ok(f.feats.clone());
     }
-    let idx: Vec<u32> = (0..f.num_images()).map(|i| (i * f.views) as u32).collect();
+    let idx: Vec<u32> = (0..f.num_images()).map(|i| (i * f.views_per_image) as u32).collect();
     Ok(f.feats.index_select(&Tensor::new(idx.as_slice(), f.feats.device())?, 0)?)
 }
 
@@ -116,7 +114,11 @@ impl<'a> Trainer<'a> {
         }
         let rows: Vec<usize> = order
             .iter()
-            .map(|&i| if train.views > 1 { i * train.views + (self.rng.next_u64() % train.views as u64) as usize } else { i })
+            .map(|&i| {
+                let v = train.views_per_image.max(1);
+                // A cached augmented view per image and epoch stands in for CoOp's fresh augmentation.
+                if v > 1 { i * v + (self.rng.next_u64() % v as u64) as usize } else { i }
+            })
             .collect();
         if batch >= n {
             return vec![rows];
@@ -127,7 +129,7 @@ impl<'a> Trainer<'a> {
     fn step(&mut self, train: &Features, rows: &[usize], lr: f64) -> Result<(f64, usize)> {
         let dev = train.feats.device();
         let idx = Tensor::new(rows.iter().map(|&r| r as u32).collect::<Vec<_>>().as_slice(), dev)?;
-        let labels: Vec<u32> = rows.iter().map(|&r| train.labels[r / train.views.max(1)] as u32).collect();
+        let labels: Vec<u32> = rows.iter().map(|&r| train.labels[r] as u32).collect();
         let labels = Tensor::new(labels.as_slice(), dev)?;
         let img = l2_normalize(&train.feats.index_select(&idx, 0)?)?;
         let txt = l2_normalize(&self.learner.text_features(self.text)?)?;

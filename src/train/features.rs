@@ -63,10 +63,9 @@ impl View {
 
     /// The image and view of feature row `row` when each image has `views` views (0 = the eval view).
     pub fn of_row(views: usize, row: usize) -> (usize, View) {
-        if views == 0 {
-            (row, View::Eval)
-        } else {
-            (row / views, View::Augmented { index: (row % views) as u32 })
+        match row.checked_div(views) {
+            None => (row, View::Eval),
+            Some(image) => (image, View::Augmented { index: (row % views) as u32 }),
         }
     }
 }

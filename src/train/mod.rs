@@ -2,3 +2,4 @@
 pub mod optim;
 pub mod coop;
 pub mod features;
+pub mod pipeline;

@@ -1,0 +1,157 @@
+//! A whole CoOp experiment as the CLI and the app run it: few-shot split → cached features → training
+//! (resumable) → evaluation against the hand-crafted baseline → export.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::Tensor;
+use serde::{Deserialize, Serialize};
+
+use super::coop::{checkpoint_path, Features, TrainConfig, TrainEvent, Trainer};
+use super::features::extract;
+use crate::clip::LoadedClip;
+use crate::data::fewshot::{few_shot, FewShotSplit};
+use crate::data::{DatasetFolder, Sample};
+use crate::error::Result;
+use crate::eval::metrics::{evaluate, Evaluation};
+use crate::eval::zeroshot;
+use crate::export::prompt_file::PromptFile;
+use crate::progress::Progress;
+use crate::prompt::coop::{CoopConfig, PromptLearner};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Augment {
+    #[default]
+    None,
+    /// CoOp's random resized crop (0.08–1) + horizontal flip, as cached views.
+    CropFlip,
+}
+
+/// Everything that defines a CoOp run, shared by the CLI, the app and the export's metadata.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CoopRun {
+    /// None: every training image.
+    pub shots: Option<usize>,
+    /// Seed of the shots (CoOp averages 1, 2, 3).
+    pub seed: u64,
+    /// Seed of the derived train/val/test split of folders without split sub-folders.
+    pub split_seed: u64,
+    pub coop: CoopConfig,
+    pub train: TrainConfig,
+    pub augment: Augment,
+    /// Cached augmented views per training image (with `augment = crop-flip`).
+    pub views: usize,
+    /// The hand-crafted template reported beside the learned context.
+    pub template: String,
+}
+
+/// The split and its features, computed once per run (and cached on disk across runs).
+pub struct RunData {
+    pub split: FewShotSplit,
+    pub train: Features,
+    pub val: Features,
+    pub test: Features,
+}
+
+pub fn prepare(clip: &LoadedClip, data: &DatasetFolder, run: &CoopRun, cache: Option<&Path>, progress: &dyn Progress) -> Result<RunData> {
+    let split = few_shot(data, run.shots, run.seed, run.split_seed)?;
+    let views = if run.augment == Augment::CropFlip { run.views.max(1) } else { 0 };
+    let train = extract(clip, &split.train, views, run.seed, cache, progress)?;
+    let val = extract(clip, &split.val, 0, run.seed, cache, progress)?;
+    let test = extract(clip, &split.test, 0, run.seed, cache, progress)?;
+    Ok(RunData { split, train, val, test })
+}
+
+/// Accuracy overall, per class, per image and the confusion matrix of normalised class weights on a set.
+pub fn evaluate_weights(clip: &LoadedClip, weights: &Tensor, feats: &Features, samples: &[Sample], class_names: &[String]) -> Result<Evaluation> {
+    let logits = zeroshot::logits(&feats.feats, weights, clip.model.logit_scale())?;
+    let labels: Vec<usize> = samples.iter().map(|s| s.label).collect();
+    let paths: Vec<String> = samples.iter().map(|s| s.path.display().to_string()).collect();
+    Ok(evaluate(&logits, &labels, &paths, class_names))
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RunMetrics {
+    pub train_images: usize,
+    pub val_images: usize,
+    pub test_images: usize,
+    pub val_acc: f64,
+    pub test_acc: f64,
+    pub handcrafted_template: String,
+    pub handcrafted_test_acc: f64,
+    pub epochs_run: usize,
+    pub final_loss: Option<f64>,
+    pub train_seconds: f64,
+}
+
+pub struct Outcome {
+    pub learner: PromptLearner,
+    pub class_weights: Tensor,
+    pub metrics: RunMetrics,
+    pub test_eval: Evaluation,
+    pub history: Vec<super::coop::EpochStats>,
+}
+
+/// Trains (resuming from `out`'s checkpoint when `resume` and it exists), evaluates, and writes the
+/// export to `out`. The checkpoint is removed once the export is written.
+#[allow(clippy::too_many_arguments)]
+pub fn train(
+    clip: &LoadedClip,
+    data: &DatasetFolder,
+    rd: &RunData,
+    run: &CoopRun,
+    out: Option<&Path>,
+    resume: bool,
+    progress: &dyn Progress,
+    on_event: &mut dyn FnMut(TrainEvent),
+) -> Result<Outcome> {
+    if let Some(out) = out {
+        // Fail before hours of training, not after, when the export cannot be written.
+        let dir = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        if !dir.is_dir() {
+            return Err(crate::Error::missing(dir, format!("create the folder first, or choose another path for {}", out.display())));
+        }
+    }
+    let names = &data.class_names;
+    let learner = PromptLearner::new(&clip.model.text, &clip.tokenizer, names, &run.coop)?;
+    let mut trainer = Trainer::new(&clip.model.text, learner, run.train.clone(), clip.model.logit_scale());
+    let ckpt: Option<PathBuf> = out.map(checkpoint_path);
+    if let (true, Some(c)) = (resume, &ckpt) {
+        if c.is_file() {
+            trainer.resume(c)?;
+        }
+    }
+    trainer.run(&rd.train, Some(&rd.val), ckpt.as_deref(), progress, on_event)?;
+    let weights = trainer.class_weights()?;
+    let val_eval = evaluate_weights(clip, &weights, &rd.val, &rd.split.val, names)?;
+    let test_eval = evaluate_weights(clip, &weights, &rd.test, &rd.split.test, names)?;
+    let hand = zeroshot::class_weights(clip, names, std::slice::from_ref(&run.template), progress)?;
+    let hand_eval = evaluate_weights(clip, &hand, &rd.test, &rd.split.test, names)?;
+    let metrics = RunMetrics {
+        train_images: rd.split.train.len(),
+        val_images: rd.split.val.len(),
+        test_images: rd.split.test.len(),
+        val_acc: val_eval.accuracy,
+        test_acc: test_eval.accuracy,
+        handcrafted_template: run.template.clone(),
+        handcrafted_test_acc: hand_eval.accuracy,
+        epochs_run: trainer.epoch,
+        final_loss: trainer.history.last().map(|h| h.loss),
+        train_seconds: trainer.history.last().map_or(0.0, |h| h.elapsed_s),
+    };
+    let history = trainer.history.clone();
+    let learner = trainer.learner;
+    if let Some(out) = out {
+        let mut file = PromptFile::new(clip, &learner, weights.clone())?;
+        file.meta.train = Some(run.train.clone());
+        file.meta.shots = run.shots;
+        file.meta.augment = serde_json::to_value(run.augment).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
+        file.meta.views = run.views;
+        file.meta.metrics = serde_json::json!({"run": run, "metrics": metrics});
+        file.save(out)?;
+        if let Some(c) = &ckpt {
+            let _ = std::fs::remove_file(c);
+        }
+    }
+    Ok(Outcome { learner, class_weights: weights, metrics, test_eval, history })
+}
