@@ -329,7 +329,7 @@ pub fn train(args: &TrainArgs) -> Result<()> {
             if json {
                 println!("{}", serde_json::json!({"epoch": s.epoch, "loss": s.loss, "lr": s.lr, "train_acc": s.train_acc, "val_acc": s.val_acc}));
             } else {
-                bar.0.println(format!(
+                bar.0.suspend(|| eprintln!(
                     "epoch {:>4}/{}  loss {:.4}  lr {:.2e}  train acc {:5.1}%  val acc {}",
                     s.epoch + 1,
                     s.epochs,

@@ -109,12 +109,16 @@ fn load_open_and_run_zero_shot_through_the_ui() {
     assert_eq!(report.eval.per_class.len(), 3);
     assert_eq!(report.eval.total, 9);
     assert!(h.query_by_label("Zero-shot accuracy").is_some());
-    assert_eq!(labels_containing(&h, "overall"), 1);
-    // One row per class in the results table: its name (now also in the side panel) and correct / total.
+    // An overall row, then one row per class: its name (now also in the side panel) and correct / total.
+    assert!(h.query_by_label("overall").is_some());
+    let overall = format!("{} / 9", report.eval.correct);
+    assert!(h.query_by_label(&overall).is_some());
     for class in ["red circle", "red square", "red stripes"] {
         assert_eq!(h.query_all_by_label(class).count(), 2, "{class} in the results");
     }
     assert_eq!(labels_containing(&h, " / 3"), 3);
+    // Each row's accuracy bar says its percentage.
+    assert_eq!(labels_containing(&h, "%"), 4);
     h.check_accessibility();
 }
 
@@ -264,3 +268,4 @@ fn cancelled_and_superseded_results_are_handled() {
     assert!(state.is_idle());
     assert_eq!(state.errors, ["internal error"]);
 }
+

@@ -38,6 +38,7 @@ impl ComparePanel {
         ui.separator();
         match &state.report {
             Some(report) => report_ui(ui, report),
+            None if state.zero_shot.is_some() => {}
             None if state.last_run_cancelled => {
                 ui.weak("The last run was cancelled.");
             }
@@ -123,11 +124,8 @@ fn progress_ui(ui: &mut egui::Ui, running: &RunningEval, actions: &mut Vec<Actio
 fn report_ui(ui: &mut egui::Ui, report: &ZeroShotReport) {
     let e = &report.eval;
     ui.heading(RESULTS_HEADING);
-    ui.label(format!(
-        "{:.1}% overall ({}/{}) on the {} split · {} · {} template{}",
-        100.0 * e.accuracy,
-        e.correct,
-        e.total,
+    ui.weak(format!(
+        "{} split · {} · {} template{}",
         report.split,
         report.model,
         report.templates.len(),
@@ -140,13 +138,41 @@ fn report_ui(ui: &mut egui::Ui, report: &ZeroShotReport) {
             ui.strong("correct / total");
             ui.strong("accuracy");
             ui.end_row();
+            ui.strong("overall");
+            ui.strong(format!("{} / {}", e.correct, e.total));
+            accuracy_bar(ui, e.accuracy, e.total);
+            ui.end_row();
             for class in &e.per_class {
                 ui.label(&class.name);
                 ui.label(format!("{} / {}", class.correct, class.total));
-                let text = if class.total == 0 { "no images".to_string() } else { format!("{:.1}%", 100.0 * class.accuracy) };
-                ui.add(ProgressBar::new(class.accuracy as f32).desired_width(160.0).text(text));
+                accuracy_bar(ui, class.accuracy, class.total);
                 ui.end_row();
             }
         });
     });
+}
+
+/// A bar with the percentage on it. egui's `ProgressBar` always paints a rounded stub, which reads as
+/// a few percent where the accuracy is zero.
+fn accuracy_bar(ui: &mut egui::Ui, accuracy: f64, total: usize) {
+    let text = if total == 0 { "no images".to_string() } else { format!("{:.1}%", 100.0 * accuracy) };
+    let size = egui::vec2(180.0, ui.spacing().interact_size.y * 0.9);
+    let (rect, response) = ui.allocate_exact_size(size, egui::Sense::hover());
+    response.widget_info(|| {
+        let mut info = egui::WidgetInfo::labeled(egui::Role::ProgressIndicator, ui.is_enabled(), &text);
+        info.value = Some(100.0 * accuracy);
+        info
+    });
+    if !ui.is_rect_visible(rect) {
+        return;
+    }
+    let visuals = ui.visuals();
+    let painter = ui.painter();
+    painter.rect_filled(rect, 3.0, visuals.extreme_bg_color);
+    if accuracy > 0.0 {
+        let filled = egui::Rect::from_min_size(rect.min, egui::vec2(rect.width() * accuracy.clamp(0.0, 1.0) as f32, rect.height()));
+        painter.rect_filled(filled, 3.0, visuals.selection.bg_fill);
+    }
+    let font = egui::TextStyle::Body.resolve(ui.style());
+    painter.text(rect.left_center() + egui::vec2(6.0, 0.0), egui::Align2::LEFT_CENTER, text, font, visuals.strong_text_color());
 }

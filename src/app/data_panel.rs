@@ -93,7 +93,7 @@ impl DataPanel {
 fn dataset_summary_ui(ui: &mut egui::Ui, ds: &OpenedDataset) {
     let s = &ds.summary;
     let names = &ds.folder.class_names;
-    ui.add(egui::Label::new(RichText::new(ds.folder.root.display().to_string()).small()).truncate())
+    ui.add(egui::Label::new(RichText::new(format!("open: {}", ds.folder.root.display())).small()).truncate())
         .on_hover_text(ds.folder.root.display().to_string());
     ui.label(format!(
         "{} classes · {} images · {} skipped non-image file{}",

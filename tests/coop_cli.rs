@@ -1,0 +1,213 @@
+//! CoOp end to end through the `promptscope` verbs: determinism, resume, export/import round trips, and
+//! bad input that must fail clearly without writing anything.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use candle_core::Device;
+use promptscope::clip::{synth, ClipConfig, HiddenAct};
+use promptscope::export::prompt_file::PromptFile;
+
+fn promptscope(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_promptscope")).args(args).output().expect("run promptscope")
+}
+
+fn ok(out: &Output) -> String {
+    assert!(out.status.success(), "failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+fn error_line(out: &Output) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    stderr.lines().find(|l| l.starts_with("error: ")).unwrap_or_else(|| panic!("no error line: {stderr}")).to_string()
+}
+
+struct Setup {
+    dir: tempfile::TempDir,
+}
+
+impl Setup {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        synth::write_model_folder(&ClipConfig::tiny(HiddenAct::QuickGelu, 1e-5), &dir.path().join("m")).unwrap();
+        promptscope::data::synth::write_dataset(&dir.path().join("d"), 3, 0, Some((4, 2, 3)), 5).unwrap();
+        Self { dir }
+    }
+    fn p(&self, rel: &str) -> String {
+        self.dir.path().join(rel).to_str().unwrap().to_string()
+    }
+    fn train(&self, out: &str, extra: &[&str]) -> Output {
+        let (m, d, o, c) = (self.p("m"), self.p("d"), self.p(out), self.p("cache"));
+        let mut args = vec!["train", "--model", &m, "--data", &d, "--shots", "2", "--n-ctx", "4", "--epochs", "3", "--batch-size", "4", "--lr", "0.05", "--views", "2", "--cache", &c, "--out", &o, "--format", "json"];
+        args.extend_from_slice(extra);
+        promptscope(&args)
+    }
+}
+
+fn ctx_bits(path: &str) -> Vec<u32> {
+    let f = PromptFile::load(Path::new(path)).unwrap();
+    f.ctx.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|x| x.to_bits()).collect()
+}
+
+#[test]
+fn the_same_command_twice_gives_bit_identical_context() {
+    let s = Setup::new();
+    let first = ok(&s.train("a.safetensors", &[]));
+    // The second run reads the features from the cache the first one wrote.
+    ok(&s.train("b.safetensors", &[]));
+    assert_eq!(ctx_bits(&s.p("a.safetensors")), ctx_bits(&s.p("b.safetensors")));
+    let lines: Vec<serde_json::Value> = first.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 4, "3 epoch lines and a summary");
+    for (e, l) in lines[..3].iter().enumerate() {
+        assert_eq!(l["epoch"], e);
+        for k in ["loss", "lr", "train_acc", "val_acc"] {
+            assert!(l[k].is_number(), "{k} in {l}");
+        }
+    }
+    assert!(lines[3]["summary"]["test_acc"].is_number());
+    // Training moved the context away from its initialisation.
+    let f = PromptFile::load(Path::new(&s.p("a.safetensors"))).unwrap();
+    let init = promptscope::prompt::coop::normal_init(4 * 32, 0.02, 1);
+    let now: Vec<f32> = f.ctx.flatten_all().unwrap().to_vec1().unwrap();
+    assert!(common::max_abs_diff(&now, &init) > 1e-4);
+}
+
+#[test]
+fn a_killed_run_resumes_to_the_same_result() {
+    let s = Setup::new();
+    ok(&s.train("full.safetensors", &[]));
+    // A run stopped after its second epoch leaves a checkpoint next to its output.
+    let clip = promptscope::clip::load(&s.p("m"), &Device::Cpu).unwrap();
+    let ds = promptscope::data::DatasetFolder::open(Path::new(&s.p("d"))).unwrap();
+    // The same settings as Setup::train's command line.
+    let run = {
+        use promptscope::prompt::coop::CoopConfig;
+        use promptscope::train::coop::TrainConfig;
+        use promptscope::train::optim::OptimConfig;
+        use promptscope::train::pipeline::{Augment, CoopRun};
+        CoopRun {
+            shots: Some(2),
+            seed: 1,
+            split_seed: 0,
+            coop: CoopConfig { n_ctx: 4, ..Default::default() },
+            train: TrainConfig { optim: OptimConfig { lr: 0.05, epochs: 3, ..Default::default() }, batch_size: Some(4), seed: 1 },
+            augment: Augment::CropFlip,
+            views: 2,
+            template: "a photo of a {}.".into(),
+        }
+    };
+    let cache = s.dir.path().join("cache");
+    let rd = promptscope::train::pipeline::prepare(&clip, &ds, &run, Some(&cache), &promptscope::progress::Silent).unwrap();
+    let learner = promptscope::prompt::coop::PromptLearner::new(&clip.model.text, &clip.tokenizer, &ds.class_names, &run.coop).unwrap();
+    let mut t = promptscope::train::coop::Trainer::new(&clip.model.text, learner, run.train.clone(), clip.model.logit_scale());
+    let out = s.p("resumed.safetensors");
+    let ckpt = promptscope::train::coop::checkpoint_path(Path::new(&out));
+    t.run_until(&rd.train, Some(&rd.val), 2, Some(&ckpt), &promptscope::progress::Silent, &mut |_| {}).unwrap();
+    assert!(ckpt.is_file());
+    let resumed = ok(&s.train("resumed.safetensors", &["--resume"]));
+    assert_eq!(resumed.lines().count(), 2, "only the third epoch ran: {resumed}");
+    assert_eq!(ctx_bits(&out), ctx_bits(&s.p("full.safetensors")));
+    assert!(!ckpt.exists(), "the checkpoint is removed once the export is written");
+}
+
+#[test]
+fn coop_checkpoint_imports_and_round_trips() {
+    let s = Setup::new();
+    let fx = common::fixtures().join("coop_checkpoint");
+    let out = s.p("imported.safetensors");
+    ok(&promptscope(&[
+        "import-coop", fx.join("model.pth.tar-3").to_str().unwrap(), "--model", &s.p("m"),
+        "--classnames", fx.join("classnames.txt").to_str().unwrap(), "--class-position", "middle", "--out", &out,
+    ]));
+    let f = PromptFile::load(Path::new(&out)).unwrap();
+    assert_eq!(f.ctx.dims(), &[3, 4, 32]);
+    assert!(f.meta.coop.csc);
+    assert_eq!(f.meta.class_names, vec!["red circle", "green square", "blue stripes"]);
+    // The context is CoOp's, value for value (make_coop_checkpoint.py's formula).
+    let want: Vec<f32> = (0..384).map(|i| (((11 * i + 7) % 89) as f32 / 44.5 - 1.0) * 0.05).collect();
+    let got: Vec<f32> = f.ctx.flatten_all().unwrap().to_vec1().unwrap();
+    assert!(common::max_abs_diff(&got, &want) == 0.0);
+    // class_embeds are the normalised features of the prompts the context makes.
+    let clip = promptscope::clip::load(&s.p("m"), &Device::Cpu).unwrap();
+    let learner = f.learner(&clip, Path::new(&out)).unwrap();
+    let w = promptscope::clip::l2_normalize(&learner.text_features(&clip.model.text).unwrap()).unwrap();
+    let d = common::max_abs_diff(&w.flatten_all().unwrap().to_vec1().unwrap(), &f.class_embeds.flatten_all().unwrap().to_vec1().unwrap());
+    assert!(d < 1e-6, "{d}");
+    // interpret works on class-specific contexts: one row per (class, position).
+    let v: serde_json::Value =
+        serde_json::from_str(&ok(&promptscope(&["interpret", &out, "--model", &s.p("m"), "--top-k", "3", "--format", "json"]))).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 12);
+    assert_eq!(v[5]["class"], 1);
+    assert_eq!(v[5]["nearest"].as_array().unwrap().len(), 3);
+}
+
+#[test]
+fn export_loads_back_with_the_same_accuracy_and_in_python() {
+    let s = Setup::new();
+    let summary = ok(&s.train("p.safetensors", &[]));
+    let test_acc = serde_json::from_str::<serde_json::Value>(summary.lines().last().unwrap()).unwrap()["summary"]["test_acc"].as_f64().unwrap();
+    let e: serde_json::Value = serde_json::from_str(&ok(&promptscope(&[
+        "eval", "--model", &s.p("m"), "--data", &s.p("d"), "--prompts", &s.p("p.safetensors"), "--cache", &s.p("cache"), "--format", "json",
+    ])))
+    .unwrap();
+    assert_eq!(e["eval"]["accuracy"].as_f64().unwrap(), test_acc);
+
+    let script = format!(
+        "from safetensors.numpy import load_file\nfrom safetensors import safe_open\nimport json\n\
+         t = load_file({p:?})\nassert t['ctx'].shape == (4, 32), t['ctx'].shape\nassert t['class_embeds'].shape == (3, 24)\n\
+         m = safe_open({p:?}, 'np').metadata()\nassert json.loads(m['class_names']) == ['red circle', 'red square', 'red stripes'], m['class_names']\n\
+         assert json.loads(m['coop'])['n_ctx'] == 4\nassert m['format'] == 'promptscope-coop/1'\nprint('ok')",
+        p = s.p("p.safetensors")
+    );
+    let py = Command::new("python3").args(["-c", &script]).output().expect("python3 (scripts/setup.sh installs safetensors)");
+    assert!(py.status.success(), "{}", String::from_utf8_lossy(&py.stderr));
+}
+
+#[test]
+fn too_many_shots_names_the_class_and_its_count() {
+    let s = Setup::new();
+    let (m, d, o) = (s.p("m"), s.p("d"), s.p("x.safetensors"));
+    let out = promptscope(&["train", "--model", &m, "--data", &d, "--shots", "16", "--out", &o]);
+    let line = error_line(&out);
+    assert!(line.contains("red circle") && line.contains("4 training images") && line.contains("16"), "{line}");
+    assert!(!Path::new(&o).exists());
+}
+
+#[test]
+fn export_into_a_missing_folder_fails_before_training() {
+    let s = Setup::new();
+    let out = s.train("no/such/folder/p.safetensors", &[]);
+    let line = error_line(&out);
+    assert!(line.contains("no/such/folder"), "{line}");
+    assert!(String::from_utf8_lossy(&out.stdout).is_empty(), "no epoch ran");
+}
+
+#[test]
+fn class_name_past_77_tokens_is_a_clear_error() {
+    let s = Setup::new();
+    // Folder names are too short for such a class name, so the class list goes to the library directly.
+    let long = "very ".repeat(80) + "long";
+    let clip = promptscope::clip::load(&s.p("m"), &Device::Cpu).unwrap();
+    let err = promptscope::prompt::coop::PromptLearner::new(&clip.model.text, &clip.tokenizer, &[long.clone()], &Default::default())
+        .err()
+        .expect("must fail")
+        .to_string();
+    assert!(err.contains("81 tokens") && err.contains("77"), "{err}");
+}
+
+#[test]
+fn prompts_file_from_another_model_names_the_mismatch() {
+    let s = Setup::new();
+    ok(&s.train("p.safetensors", &[]));
+    let mut other = ClipConfig::tiny(HiddenAct::QuickGelu, 1e-5);
+    other.text_config.hidden_size = 64;
+    other.text_config.intermediate_size = 128;
+    synth::write_model_folder(&other, &s.dir.path().join("m64")).unwrap();
+    let out = promptscope(&["eval", "--model", &s.p("m64"), "--data", &s.p("d"), "--prompts", &s.p("p.safetensors"), "--no-cache"]);
+    let line = error_line(&out);
+    assert!(line.contains("p.safetensors") && line.contains("dimension mismatch") && line.contains("64"), "{line}");
+}
