@@ -21,7 +21,8 @@ import torch.nn.functional as F
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIX = os.path.join(ROOT, "tests", "fixtures")
-CLASSES = ["red circle", "green square", "blue stripes"]
+# Names of different token counts, so prompts end at different positions.
+CLASSES = ["red circle", "dog", "st. bernard with stripes!"]
 N_IMAGES = 9
 OPTIM = dict(lr=0.5, momentum=0.9, weight_decay=5e-4, warmup_epochs=1, warmup_lr=0.05, epochs=5)
 

@@ -3,8 +3,9 @@
 # lavapipe renders on the CPU when there is no GPU), the X11 libraries winit opens at run time, and Xvfb
 # for headless windows (GUI tests, screenshots). The Rust toolchain comes from rustup.
 set -euo pipefail
-pkgs=(python3 python3-pip xvfb xauth mesa-vulkan-drivers libvulkan1 libegl1 libgl1 libxkbcommon-x11-0 libxcursor1 libxrandr2 libxi6 libx11-xcb1 fonts-dejavu-core)
+pkgs=(xvfb xauth mesa-vulkan-drivers libvulkan1 libegl1 libgl1 libxkbcommon-x11-0 libxcursor1 libxrandr2 libxi6 libx11-xcb1 fonts-dejavu-core)
 missing=()
+command -v python3 >/dev/null || pkgs+=(python3 python3-pip)
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then
   sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"

@@ -58,3 +58,64 @@ pub fn run(clip: &LoadedClip, batch: usize, images: usize, text_batch: usize, te
 }
 
 const WORDS: [&str; 8] = ["golden retriever", "tabby cat", "red fox", "sports car", "sunflower", "airliner", "espresso", "lighthouse"];
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CoopBenchReport {
+    pub model: String,
+    pub device: String,
+    pub classes: usize,
+    pub n_ctx: usize,
+    pub batch: usize,
+    pub csc: bool,
+    pub steps: usize,
+    /// Forward + backward + SGD update, mean over `steps` after one warm-up step.
+    pub ms_per_step: f64,
+    /// Longest end-of-text position + 1: the positions the text tower runs.
+    pub text_positions: usize,
+    pub peak_rss_mb: Option<f64>,
+}
+
+/// Peak resident memory of this process (Linux), in MiB.
+pub fn peak_rss_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+/// Times CoOp training steps: `classes` prompts through the text tower and back, on random cached
+/// image features of a `batch`.
+pub fn coop_step(clip: &LoadedClip, classes: usize, n_ctx: usize, batch: usize, csc: bool, steps: usize) -> Result<CoopBenchReport> {
+    use crate::prompt::coop::{CoopConfig, PromptLearner};
+    use crate::train::coop::{Features, TrainConfig, Trainer};
+    use crate::train::optim::OptimConfig;
+    let names: Vec<String> = (0..classes).map(|i| format!("{} {}", WORDS[i % WORDS.len()], i / WORDS.len())).collect();
+    let cfg = CoopConfig { n_ctx, csc, ..Default::default() };
+    let learner = PromptLearner::new(&clip.model.text, &clip.tokenizer, &names, &cfg)?;
+    let text_positions = learner.eot.iter().max().map_or(0, |m| m + 1);
+    let p = clip.model.config.projection_dim;
+    let train = Features {
+        feats: Tensor::randn(0f32, 1f32, (batch, p), &clip.device)?,
+        labels: (0..batch).map(|i| i % classes).collect(),
+        views_per_image: 1,
+    };
+    let steps = steps.max(1);
+    let optim = OptimConfig { epochs: steps + 1, warmup_epochs: 0, ..Default::default() };
+    let mut trainer = Trainer::new(&clip.model.text, learner, TrainConfig { optim, batch_size: None, seed: 0 }, clip.model.logit_scale());
+    let silent = crate::progress::Silent;
+    trainer.run_until(&train, None, 1, None, &silent, &mut |_| {})?;
+    let t = Instant::now();
+    trainer.run_until(&train, None, steps + 1, None, &silent, &mut |_| {})?;
+    Ok(CoopBenchReport {
+        model: clip.id.clone(),
+        device: crate::device::describe(&clip.device),
+        classes,
+        n_ctx,
+        batch,
+        csc,
+        steps,
+        ms_per_step: t.elapsed().as_secs_f64() * 1000.0 / steps as f64,
+        text_positions,
+        peak_rss_mb: peak_rss_mb(),
+    })
+}

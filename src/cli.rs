@@ -151,6 +151,28 @@ pub fn bench(args: &ModelArgs, batch: usize, images: usize, text_batch: usize, t
     }
 }
 
+pub fn bench_coop(args: &ModelArgs, classes: usize, n_ctx: usize, batch: usize, csc: bool, steps: usize, format: Format) -> Result<()> {
+    let clip = load_model(args)?;
+    let r = promptscope::bench::coop_step(&clip, classes, n_ctx, batch, csc, steps)?;
+    match format {
+        Format::Json => print_json(&r),
+        Format::Text => {
+            println!(
+                "CoOp step ({} classes, M = {}, batch {}{}, {} text positions): {:.1} ms/step over {} steps; peak RSS {}",
+                r.classes,
+                r.n_ctx,
+                r.batch,
+                if r.csc { ", CSC" } else { "" },
+                r.text_positions,
+                r.ms_per_step,
+                r.steps,
+                r.peak_rss_mb.map_or("n/a".into(), |m| format!("{m:.0} MiB"))
+            );
+            Ok(())
+        }
+    }
+}
+
 /// The bundled sample: a tiny random-weight CLIP and a generated dataset, then zero-shot on them.
 pub fn sample(out: &Path, format: Format) -> Result<()> {
     let model = out.join("tiny-clip");

@@ -81,6 +81,17 @@ enum Verb {
         text_batch: usize,
         #[arg(long, default_value_t = 256)]
         texts: usize,
+        /// Time CoOp training steps instead (forward + backward + update over --classes prompts).
+        #[arg(long)]
+        coop: bool,
+        #[arg(long, default_value_t = 100)]
+        classes: usize,
+        #[arg(long, default_value_t = 16)]
+        n_ctx: usize,
+        #[arg(long)]
+        csc: bool,
+        #[arg(long, default_value_t = 3)]
+        steps: usize,
         #[arg(long, value_enum, default_value = "text")]
         format: Format,
     },
@@ -153,7 +164,9 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
+            // One line: tensor errors carry a backtrace after the message when RUST_BACKTRACE is set.
+            let msg = format!("{e:#}");
+            eprintln!("error: {}", msg.lines().next().unwrap_or_default());
             ExitCode::FAILURE
         }
     }
@@ -164,8 +177,12 @@ fn run(verb: Verb) -> Result<()> {
         Verb::App { model, data } => promptscope::app::run(model, data),
         Verb::Embed { model, texts, images, format } => cli::embed(&model, &texts, &images, format),
         Verb::ZeroShot { model, data, templates, batch, format } => cli::zero_shot(&model, &data, templates, batch, format),
-        Verb::Bench { model, batch, images, text_batch, texts, format } => {
-            cli::bench(&model, batch, images, text_batch, texts, format)
+        Verb::Bench { model, batch, images, text_batch, texts, coop, classes, n_ctx, csc, steps, format } => {
+            if coop {
+                cli::bench_coop(&model, classes, n_ctx, batch, csc, steps, format)
+            } else {
+                cli::bench(&model, batch, images, text_batch, texts, format)
+            }
         }
         Verb::SynthModel { out, preset } => {
             let cfg = cli::preset(&preset)?;

@@ -167,7 +167,7 @@ impl Worker {
             let event = std::panic::catch_unwind(AssertUnwindSafe(|| work(job, &tx))).unwrap_or_else(|panic| {
                 let detail = panic
                     .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
+                    .map(ToString::to_string)
                     .or_else(|| panic.downcast_ref::<String>().cloned())
                     .unwrap_or_else(|| "no details".into());
                 Event::Crashed { job, message: format!("internal error during {what}: {detail}") }

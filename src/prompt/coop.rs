@@ -76,8 +76,8 @@ pub struct PromptLearner {
     prefix: Tensor,
     /// Per class: the class name's token embeddings `[len_i, D]`.
     names: Vec<Tensor>,
-    /// `[C, S, D]`: `.`, end-of-text and end-of-text padding up to the longest prompt.
-    tail: Tensor,
+    /// Per class: `.`, end-of-text and end-of-text padding, so that every prompt has the same length.
+    tails: Vec<Tensor>,
     /// Class-name token counts.
     pub name_lens: Vec<usize>,
     /// End-of-text position of each class's prompt.
@@ -170,7 +170,7 @@ impl PromptLearner {
             n_ctx,
             prefix,
             names,
-            tail: Tensor::stack(&tails, 0)?,
+            tails,
             name_lens,
             eot,
         })
@@ -213,7 +213,7 @@ impl PromptLearner {
                 };
                 // Class names differ in length, so [name, tail] is assembled per class first.
                 let rests: Vec<Tensor> = (0..c)
-                    .map(|i| Tensor::cat(&[&self.names[i], &self.tail.get(i)?], 0))
+                    .map(|i| Tensor::cat(&[&self.names[i], &self.tails[i]], 0))
                     .collect::<candle_core::Result<_>>()?;
                 let rest = Tensor::stack(&rests, 0)?;
                 Tensor::cat(&[&self.prefix, &ctx, &rest], 1)?
@@ -228,7 +228,7 @@ impl PromptLearner {
                             ctx.narrow(0, 0, half)?,
                             self.names[i].clone(),
                             ctx.narrow(0, half, m - half)?,
-                            self.tail.get(i)?,
+                            self.tails[i].clone(),
                         ];
                         Tensor::cat(&parts.iter().filter(|t| t.dim(0).unwrap_or(0) > 0).collect::<Vec<_>>(), 0)
                     })
