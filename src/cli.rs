@@ -198,9 +198,10 @@ fn parse_shots(s: &str) -> Result<Option<usize>> {
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct SplitArgs {
-    /// Images per class for training: 1, 2, 4, 8, 16, ... or all.
-    #[arg(long, default_value = "16")]
-    pub shots: String,
+    /// Images per class for training: 1, 2, 4, 8, 16, ... or all (default: 16 for train and
+    /// linear-probe, all for eval).
+    #[arg(long)]
+    pub shots: Option<String>,
     /// Seed of the few-shot draw (CoOp reports the mean over seeds 1, 2, 3).
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -216,6 +217,10 @@ pub struct SplitArgs {
 }
 
 impl SplitArgs {
+    fn shots_or(&self, default: &str) -> Result<Option<usize>> {
+        parse_shots(self.shots.as_deref().unwrap_or(default))
+    }
+
     fn cache_dir(&self) -> Option<PathBuf> {
         if self.no_cache {
             None
@@ -284,7 +289,7 @@ impl TrainArgs {
         use promptscope::train::coop::TrainConfig;
         use promptscope::train::optim::{default_epochs, OptimConfig};
         use promptscope::train::pipeline::{Augment, CoopRun};
-        let shots = parse_shots(&self.split.shots)?;
+        let shots = self.split.shots_or("16")?;
         let batch_size = match self.batch_size.as_str() {
             "full" => None,
             n => Some(n.parse().map_err(|_| anyhow::anyhow!("--batch-size takes a number or 'full'"))?),
@@ -397,6 +402,9 @@ pub struct EvalArgs {
     pub templates: Vec<String>,
     #[command(flatten)]
     pub split: SplitArgs,
+    /// Which images to score: test, or val (min(K, 4) per class with --shots K, all of val otherwise).
+    #[arg(long = "on", default_value = "test")]
+    pub on: String,
     #[arg(long, value_enum, default_value = "text")]
     pub format: Format,
 }
@@ -418,9 +426,14 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
     use promptscope::train::features::extract;
     let ds = DatasetFolder::open(&args.data)?;
     let clip = load_model(&args.model)?;
-    let split = promptscope::data::fewshot::few_shot(&ds, None, args.split.seed, args.split.split_seed)?;
+    let split = promptscope::data::fewshot::few_shot(&ds, args.split.shots_or("all")?, args.split.seed, args.split.split_seed)?;
+    let samples = match args.on.as_str() {
+        "test" => &split.test,
+        "val" => &split.val,
+        other => bail!("--on takes test or val, not '{other}'"),
+    };
     let bar = Bar::new();
-    let feats = extract(&clip, &split.test, 0, 0, args.split.cache_dir().as_deref(), &bar)?;
+    let feats = extract(&clip, samples, 0, 0, args.split.cache_dir().as_deref(), &bar)?;
     let (what, weights) = match &args.prompts {
         Some(path) => {
             let file = promptscope::export::prompt_file::PromptFile::load(path)?;
@@ -443,7 +456,7 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
         }
     };
     drop(bar);
-    let e = promptscope::train::pipeline::evaluate_weights(&clip, &weights, &feats, &split.test, &ds.class_names)?;
+    let e = promptscope::train::pipeline::evaluate_weights(&clip, &weights, &feats, samples, &ds.class_names)?;
     print_eval(&what, &e, args.format)
 }
 
@@ -517,8 +530,7 @@ pub fn linear_probe(args: &ProbeArgs) -> Result<()> {
     use promptscope::train::features::extract;
     let ds = DatasetFolder::open(&args.data)?;
     let clip = load_model(&args.model)?;
-    let shots = parse_shots(&args.split.shots)?;
-    let split = promptscope::data::fewshot::few_shot(&ds, shots, args.split.seed, args.split.split_seed)?;
+    let split = promptscope::data::fewshot::few_shot(&ds, args.split.shots_or("16")?, args.split.seed, args.split.split_seed)?;
     let bar = Bar::new();
     let cache = args.split.cache_dir();
     let f = |s: &[promptscope::data::Sample]| extract(&clip, s, 0, 0, cache.as_deref(), &bar);

@@ -60,7 +60,10 @@ impl LayerNorm {
 
 impl Module for LayerNorm {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        if !x.track_op() && x.is_contiguous() && x.dtype() == DType::F32 {
+        // Trained weights (MP-FGVC's stage 1 tunes vision blocks) need the differentiable path even when
+        // the input is a constant, such as cached hidden states entering the first trained block.
+        let tracked = x.track_op() || self.weight.track_op() || self.bias.track_op();
+        if !tracked && x.is_contiguous() && x.dtype() == DType::F32 {
             return candle_nn::ops::layer_norm(x, &self.weight, &self.bias, self.eps as f32);
         }
         let d = x.dim(D::Minus1)? as f64;
@@ -80,7 +83,7 @@ pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
 
 pub fn activation(act: HiddenAct, x: &Tensor) -> Result<Tensor> {
     match act {
-        HiddenAct::QuickGelu => x.mul(&candle_nn::ops::sigmoid(&(x * 1.702)?)?),
+        HiddenAct::QuickGelu => super::fused::quick_gelu(x),
         HiddenAct::Gelu => x.gelu_erf(),
         HiddenAct::GeluTanh => x.gelu(),
     }
@@ -118,10 +121,12 @@ impl Attention {
     pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>, want_probs: bool) -> Result<(Tensor, Option<Tensor>)> {
         let (b, t, d) = x.dims3()?;
         let scale = (self.head_dim as f64).powf(-0.5);
-        let q = self.split_heads(&(self.q_proj.forward(x)? * scale)?, b, t)?;
+        let q = self.split_heads(&self.q_proj.forward(x)?, b, t)?;
         let k = self.split_heads(&self.k_proj.forward(x)?, b, t)?;
         let v = self.split_heads(&self.v_proj.forward(x)?, b, t)?;
-        let mut scores = q.matmul(&k.t()?)?;
+        // Scaling the [B, H, T, T] scores rather than q: fewer elements, one less [B, T, D] tensor kept for
+        // the backward pass.
+        let mut scores = (q.matmul(&k.t()?)? * scale)?;
         if let Some(m) = mask {
             scores = scores.broadcast_add(m)?;
         }
@@ -193,4 +198,52 @@ pub fn load_layers(n: usize, dim: usize, inter: usize, heads: usize, act: Hidden
 pub fn causal_mask(t: usize, device: &candle_core::Device) -> Result<Tensor> {
     let mask: Vec<f32> = (0..t).flat_map(|i| (0..t).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 })).collect();
     Tensor::from_vec(mask, (t, t), device)
+}
+
+/// Rebuilding a block with other tensors in place of its weights (MP-FGVC trains the last vision blocks:
+/// their weights become `Var`s). `f` gets each weight's name relative to the block, as the checkpoint
+/// names it (`self_attn.q_proj.weight`, `mlp.fc1.bias`, ...), and its current value.
+impl EncoderLayer {
+    pub fn map_tensors(&self, f: &mut dyn FnMut(&str, &Tensor) -> Result<Tensor>) -> Result<Self> {
+        let a = &self.self_attn;
+        Ok(Self {
+            self_attn: Attention {
+                q_proj: a.q_proj.map_tensors("self_attn.q_proj", f)?,
+                k_proj: a.k_proj.map_tensors("self_attn.k_proj", f)?,
+                v_proj: a.v_proj.map_tensors("self_attn.v_proj", f)?,
+                out_proj: a.out_proj.map_tensors("self_attn.out_proj", f)?,
+                heads: a.heads,
+                head_dim: a.head_dim,
+            },
+            layer_norm1: self.layer_norm1.map_tensors("layer_norm1", f)?,
+            mlp: Mlp { fc1: self.mlp.fc1.map_tensors("mlp.fc1", f)?, fc2: self.mlp.fc2.map_tensors("mlp.fc2", f)?, act: self.mlp.act },
+            layer_norm2: self.layer_norm2.map_tensors("layer_norm2", f)?,
+        })
+    }
+}
+
+impl Linear {
+    /// A linear map from its weight `[out, in]` and optional bias `[out]` (e.g. `Var`-backed tensors).
+    pub fn from_parts(weight: Tensor, bias: Option<Tensor>) -> Self {
+        Self { weight, bias }
+    }
+
+    fn map_tensors(&self, prefix: &str, f: &mut dyn FnMut(&str, &Tensor) -> Result<Tensor>) -> Result<Self> {
+        let weight = f(&format!("{prefix}.weight"), &self.weight)?;
+        let bias = match &self.bias {
+            Some(b) => Some(f(&format!("{prefix}.bias"), b)?),
+            None => None,
+        };
+        Ok(Self { weight, bias })
+    }
+}
+
+impl LayerNorm {
+    pub fn from_parts(weight: Tensor, bias: Tensor, eps: f64) -> Self {
+        Self { weight, bias, eps }
+    }
+
+    fn map_tensors(&self, prefix: &str, f: &mut dyn FnMut(&str, &Tensor) -> Result<Tensor>) -> Result<Self> {
+        Ok(Self { weight: f(&format!("{prefix}.weight"), &self.weight)?, bias: f(&format!("{prefix}.bias"), &self.bias)?, eps: self.eps })
+    }
 }

@@ -2,6 +2,7 @@
 
 pub mod config;
 pub mod encode;
+pub mod fused;
 pub mod layers;
 pub mod load;
 pub mod model;
