@@ -3,6 +3,8 @@
 //! Data flows one way: [`data`] → [`clip`] → [`eval`] (and later prompt learning, alignment, fusion)
 //! → [`app`]. Every capability is a library function that the CLI and the desktop app both call.
 
+pub mod align;
+#[cfg(feature = "gui")]
 pub mod app;
 pub mod bench;
 pub mod clip;
@@ -11,8 +13,10 @@ pub mod device;
 pub mod error;
 pub mod eval;
 pub mod export;
+pub mod fusion;
 pub mod progress;
 pub mod prompt;
+pub mod render;
 pub mod train;
 
 pub use error::{Error, Result};

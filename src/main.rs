@@ -8,6 +8,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 
 mod cli;
+mod cli_align;
 
 #[derive(Parser)]
 #[command(name = "promptscope", version, about = "Interactive prompt tuning for CLIP-style vision-language models")]
@@ -124,6 +125,12 @@ enum Verb {
     },
     /// CoOp's linear-probe baseline: logistic regression on the few-shot features, L2 chosen on val.
     LinearProbe(cli::ProbeArgs),
+    /// FILIP token-wise alignment of one image with one prompt: similarity matrix, s_I/s_T, word maps.
+    Align(cli_align::AlignArgs),
+    /// SsVP: the patches the penultimate block's class token attends to most, and the image feature from them.
+    Ssvp(cli_align::SsvpArgs),
+    /// Accuracy of token-wise scores and of SsVP beside the global feature, on a dataset's test split.
+    AlignEval(cli_align::AlignEvalArgs),
     /// Write a random-weight CLIP in the Hugging Face layout (for tests, benchmarks and the sample).
     SynthModel {
         #[arg(long)]
@@ -158,7 +165,7 @@ enum Verb {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.verb {
-        None => promptscope::app::run(None, None),
+        None => open_app(None, None),
         Some(verb) => run(verb),
     };
     match result {
@@ -172,9 +179,19 @@ fn main() -> ExitCode {
     }
 }
 
+#[cfg(feature = "gui")]
+fn open_app(model: Option<String>, data: Option<PathBuf>) -> Result<()> {
+    promptscope::app::run(model, data)
+}
+
+#[cfg(not(feature = "gui"))]
+fn open_app(_: Option<String>, _: Option<PathBuf>) -> Result<()> {
+    anyhow::bail!("this promptscope was built without the desktop app (feature `gui`); use a verb, see --help")
+}
+
 fn run(verb: Verb) -> Result<()> {
     match verb {
-        Verb::App { model, data } => promptscope::app::run(model, data),
+        Verb::App { model, data } => open_app(model, data),
         Verb::Embed { model, texts, images, format } => cli::embed(&model, &texts, &images, format),
         Verb::ZeroShot { model, data, templates, batch, format } => cli::zero_shot(&model, &data, templates, batch, format),
         Verb::Bench { model, batch, images, text_batch, texts, coop, classes, n_ctx, csc, steps, format } => {
@@ -204,5 +221,8 @@ fn run(verb: Verb) -> Result<()> {
             cli::import_coop(&checkpoint, &model, &classnames, &class_position, &out)
         }
         Verb::LinearProbe(args) => cli::linear_probe(&args),
+        Verb::Align(args) => cli_align::align_verb(&args),
+        Verb::Ssvp(args) => cli_align::ssvp_verb(&args),
+        Verb::AlignEval(args) => cli_align::align_eval_verb(&args),
     }
 }

@@ -1,3 +1,4 @@
+#![cfg(feature = "gui")]
 //! The desktop app driven headless through egui_kittest: type paths, press buttons, wait for the worker,
 //! read what the window shows. No GPU or display is needed (nothing is rendered to pixels).
 

@@ -19,7 +19,7 @@ fn towers_match(name: &str) {
     let r = reference();
     let r_model = &r[name];
     let dir = model_dir(name, &r);
-    let clip = promptscope::clip::load(dir.path().to_str().unwrap(), &Device::Cpu).unwrap();
+    let clip = promptscope::clip::load(dir.path().to_str().unwrap(), &device()).unwrap();
     assert!(clip.tokenizer.source.ends_with("tokenizer.json"), "{}", clip.tokenizer.source);
 
     // Text from ids: a batch whose end-of-text tokens sit at different positions.
@@ -39,7 +39,7 @@ fn towers_match(name: &str) {
     // Text from embeddings (CoOp's entry point).
     let shape: Vec<usize> = serde_json::from_value(r_model["embeds_shape"].clone()).unwrap();
     let eot: Vec<usize> = serde_json::from_value(r_model["embeds_eot"].clone()).unwrap();
-    let emb = Tensor::from_vec(pattern_embeds(shape.iter().product()), (shape[0], shape[1], shape[2]), &Device::Cpu).unwrap();
+    let emb = Tensor::from_vec(pattern_embeds(shape.iter().product()), (shape[0], shape[1], shape[2]), &clip.device).unwrap();
     let out = clip.model.text.forward_embeds(&emb, &eot, false).unwrap();
     check(
         &format!("{name} text features from embeddings"),
@@ -49,7 +49,7 @@ fn towers_match(name: &str) {
 
     // Vision: pooled feature and the internals FILIP and SsVP use.
     let s = clip.model.config.vision_config.image_size;
-    let px = Tensor::from_vec(pattern_pixels(2, s), (2, 3, s, s), &Device::Cpu).unwrap();
+    let px = Tensor::from_vec(pattern_pixels(2, s), (2, 3, s, s), &clip.device).unwrap();
     let block = r_model["attention_block"].as_u64().unwrap() as usize;
     let into = r_model["hidden_into_block"].as_u64().unwrap() as usize;
     let req = VisionRequest { tokens: true, attention_of: Some(block), hidden_into: Some(into) };
@@ -78,10 +78,10 @@ fn gelu_towers_with_other_eps_match_transformers() {
 fn blocks_run_one_by_one_give_the_same_feature() {
     let r = reference();
     let dir = model_dir("tiny", &r);
-    let clip = promptscope::clip::load(dir.path().to_str().unwrap(), &Device::Cpu).unwrap();
+    let clip = promptscope::clip::load(dir.path().to_str().unwrap(), &device()).unwrap();
     let v = &clip.model.vision;
     let s = v.config.image_size;
-    let px = Tensor::from_vec(pattern_pixels(2, s), (2, 3, s, s), &Device::Cpu).unwrap();
+    let px = Tensor::from_vec(pattern_pixels(2, s), (2, 3, s, s), &clip.device).unwrap();
     let n = v.layers.len();
     let x = v.embed(&px).unwrap();
     let x = v.run_blocks(&x, 0, n - 1).unwrap();

@@ -31,7 +31,7 @@ impl ClipModel {
 
     /// transformers' `get_text_features`: projected, not normalised.
     pub fn text_features(&self, ids: &[Vec<u32>]) -> Result<Tensor> {
-        Ok(self.text.forward_ids(ids, false)?.pooled)
+        self.text.forward_ids_auto(ids)
     }
 
     /// transformers' `get_image_features`: projected, not normalised.

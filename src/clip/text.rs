@@ -131,8 +131,53 @@ impl TextTower {
         Ok(TextOutput { pooled, tokens })
     }
 
+    /// Pooled features of C sequences that share their first P tokens: `prefix` `[1, P, D]` and `rest`
+    /// `[C, S, D]` token embeddings (no position embedding), `eot[i]` the absolute end-of-text position of
+    /// sequence i (≥ P). The prefix runs once; exact, and differentiable through both parts.
+    pub fn forward_prefixed(&self, prefix: &Tensor, rest: &Tensor, eot: &[usize]) -> Result<Tensor> {
+        let (_, p, d) = prefix.dims3()?;
+        let (c, s, _) = rest.dims3()?;
+        if eot.len() != c || eot.iter().any(|&e| e < p || e >= p + s) {
+            candle_core::bail!("end-of-text positions {eot:?} must lie after the {p}-token prefix and within {s} more tokens");
+        }
+        let len = eot.iter().max().map_or(p, |m| m + 1);
+        if len > self.config.max_position_embeddings {
+            candle_core::bail!("text of {len} tokens exceeds the model's {} positions", self.config.max_position_embeddings);
+        }
+        let s = len - p;
+        let mut xp = prefix.broadcast_add(&self.position_embedding.narrow(0, 0, p)?)?;
+        let mut xc = rest.narrow(1, 0, s)?.broadcast_add(&self.position_embedding.narrow(0, p, s)?)?;
+        for layer in &self.layers {
+            (xp, xc) = layer.forward_prefixed(&xp, &xc)?;
+        }
+        let xc = self.final_layer_norm.forward(&xc)?;
+        let rows: Vec<u32> = eot.iter().enumerate().map(|(i, &e)| (i * s + e - p) as u32).collect();
+        let pooled = xc.reshape((c * s, d))?.index_select(&Tensor::new(rows.as_slice(), xc.device())?, 0)?;
+        self.projection.forward(&pooled)
+    }
+
+    /// Pooled features of token-id rows, through the shared-prefix path when the rows share at least
+    /// two leading tokens (a template such as "a photo of a {}." filled with many class names).
+    pub fn forward_ids_auto(&self, batch: &[Vec<u32>]) -> Result<Tensor> {
+        let eot = self.eot_positions(batch)?;
+        let common = common_prefix_len(batch).min(eot.iter().copied().min().unwrap_or(0));
+        if batch.len() < 2 || common < 2 {
+            return Ok(self.forward_ids(batch, false)?.pooled);
+        }
+        let prefix = self.embed_ids(&batch[0][..common])?.unsqueeze(0)?;
+        let rests: Vec<Vec<u32>> = batch.iter().map(|r| r[common..].to_vec()).collect();
+        let (rest, _) = self.embed_batch(&rests)?;
+        self.forward_prefixed(&prefix, &rest, &eot)
+    }
+
     /// Row `i` of the token-embedding table.
     pub fn token_vector(&self, id: u32) -> Result<Tensor> {
         self.token_embedding.i(id as usize)
     }
+}
+
+/// How many leading tokens every row shares.
+pub fn common_prefix_len(batch: &[Vec<u32>]) -> usize {
+    let Some(first) = batch.first() else { return 0 };
+    (0..first.len()).take_while(|&i| batch.iter().all(|r| r.get(i) == Some(&first[i]))).count()
 }

@@ -82,6 +82,9 @@ pub struct PromptLearner {
     pub name_lens: Vec<usize>,
     /// End-of-text position of each class's prompt.
     pub eot: Vec<usize>,
+    /// Run the start token and the leading (unified) context once for all classes (exact; see
+    /// `TextTower::forward_prefixed`). Off only to compare against the plain path.
+    pub shared_prefix: bool,
 }
 
 /// N(0, std²) values from the deterministic generator (Box–Muller), the same on every machine.
@@ -173,6 +176,7 @@ impl PromptLearner {
             tails,
             name_lens,
             eot,
+            shared_prefix: true,
         })
     }
 
@@ -240,9 +244,34 @@ impl PromptLearner {
     }
 
     /// Projected (not normalised) text features `[C, P]` of the class prompts; differentiable w.r.t. the
-    /// context.
+    /// context. Picks the fastest exact path: with a unified context at the end or in the middle, every
+    /// prompt starts with the same `[SOS] ctx…` tokens, which then run once.
     pub fn text_features(&self, text: &TextTower) -> Result<Tensor> {
+        if let Some((prefix, rest)) = self.split_shared()? {
+            return Ok(text.forward_prefixed(&prefix, &rest, &self.eot)?);
+        }
         let (prompts, eot) = self.prompts()?;
         Ok(text.forward_embeds(&prompts, eot, false)?.pooled)
+    }
+
+    /// The shared prefix `[1, P, D]` and the per-class rest `[C, S, D]`, when the variant has one.
+    fn split_shared(&self) -> Result<Option<(Tensor, Tensor)>> {
+        let m = self.n_ctx;
+        let shared = match self.config.class_position {
+            _ if self.config.csc || !self.shared_prefix => return Ok(None),
+            ClassPosition::End => m,
+            ClassPosition::Middle => m / 2,
+            ClassPosition::Front => return Ok(None),
+        };
+        let ctx = self.ctx.as_tensor();
+        let prefix = Tensor::cat(&[&self.prefix.get(0)?, &ctx.narrow(0, 0, shared)?], 0)?.unsqueeze(0)?;
+        let rest_ctx = ctx.narrow(0, shared, m - shared)?;
+        let rows: Vec<Tensor> = (0..self.num_classes())
+            .map(|i| {
+                let parts = [self.names[i].clone(), rest_ctx.clone(), self.tails[i].clone()];
+                Tensor::cat(&parts.iter().filter(|t| t.dim(0).unwrap_or(0) > 0).collect::<Vec<_>>(), 0)
+            })
+            .collect::<candle_core::Result<_>>()?;
+        Ok(Some((prefix, Tensor::stack(&rows, 0)?)))
     }
 }

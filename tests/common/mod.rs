@@ -7,7 +7,20 @@ use std::path::{Path, PathBuf};
 
 use promptscope::clip::{synth, ClipConfig, HiddenAct};
 
+/// The device parity tests run on: the CPU, or `PROMPTSCOPE_TEST_DEVICE=cuda` on a GPU machine.
+pub fn device() -> candle_core::Device {
+    match std::env::var("PROMPTSCOPE_TEST_DEVICE").as_deref() {
+        Ok("cuda") => candle_core::Device::new_cuda(0).expect("PROMPTSCOPE_TEST_DEVICE=cuda needs a CUDA build and GPU"),
+        _ => candle_core::Device::Cpu,
+    }
+}
+
+/// Fixtures are found next to the sources, or under `PROMPTSCOPE_FIXTURES` when the test binaries run
+/// from another checkout (a GPU machine).
 pub fn fixtures() -> PathBuf {
+    if let Ok(dir) = std::env::var("PROMPTSCOPE_FIXTURES") {
+        return PathBuf::from(dir);
+    }
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
 

@@ -1,0 +1,77 @@
+//! The shared-prefix text path against the plain one: features and context gradients must agree
+//! (relative 1e-5) for unified+end, unified+middle and a hand-crafted template prefix.
+
+mod common;
+
+use candle_core::{Tensor, Var};
+use common::*;
+use promptscope::prompt::coop::{ClassPosition, CoopConfig, PromptLearner};
+
+fn rel(a: &Tensor, b: &Tensor) -> f64 {
+    let a: Vec<f32> = a.flatten_all().unwrap().to_vec1().unwrap();
+    let b: Vec<f32> = b.flatten_all().unwrap().to_vec1().unwrap();
+    let num: f64 = a.iter().zip(&b).map(|(x, y)| f64::from(x - y).powi(2)).sum::<f64>().sqrt();
+    let den: f64 = b.iter().map(|y| f64::from(*y).powi(2)).sum::<f64>().sqrt();
+    num / den
+}
+
+/// Features and d(loss)/d(ctx) for a fixed loss, through the chosen path.
+fn features_and_grad(learner: &PromptLearner, clip: &promptscope::clip::LoadedClip) -> (Tensor, Tensor) {
+    let f = learner.text_features(&clip.model.text).unwrap();
+    let probe = Tensor::from_vec(pattern_embeds(f.elem_count()), f.dims(), &clip.device).unwrap();
+    let g = (&f * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+    let grad = g.get(learner.ctx.as_tensor()).expect("gradient reaches the context").clone();
+    (f.detach(), grad)
+}
+
+fn check(position: ClassPosition, ctx_init: Option<&str>) {
+    let r = reference();
+    let dir = model_dir("tiny", &r);
+    let clip = promptscope::clip::load(dir.path().to_str().unwrap(), &device()).unwrap();
+    // Names of 1 to 6 tokens, so continuations end at different positions.
+    let names: Vec<String> =
+        ["dog", "golden retriever", "st. bernard!", "a very long class name with words"].iter().map(|s| s.to_string()).collect();
+    let cfg = CoopConfig { n_ctx: 6, ctx_init: ctx_init.map(str::to_string), csc: false, class_position: position, seed: 3 };
+    let mut learner = PromptLearner::new(&clip.model.text, &clip.tokenizer, &names, &cfg).unwrap();
+    learner.shared_prefix = true;
+    let (f_shared, g_shared) = features_and_grad(&learner, &clip);
+    learner.shared_prefix = false;
+    let (f_plain, g_plain) = features_and_grad(&learner, &clip);
+    let (rf, rg) = (rel(&f_shared, &f_plain), rel(&g_shared, &g_plain));
+    println!("{position:?}: features rel diff {rf:.2e}, context gradient rel diff {rg:.2e}");
+    assert!(rf <= 1e-5 && rg <= 1e-5, "features {rf}, gradient {rg}");
+}
+
+#[test]
+fn unified_end_shared_prefix_is_exact() {
+    check(ClassPosition::End, None);
+}
+
+#[test]
+fn unified_middle_shared_prefix_is_exact() {
+    check(ClassPosition::Middle, Some("a photo of a nice"));
+}
+
+#[test]
+fn template_prefix_is_exact() {
+    let r = reference();
+    let dir = model_dir("tiny", &r);
+    let clip = promptscope::clip::load(dir.path().to_str().unwrap(), &device()).unwrap();
+    let texts: Vec<Vec<u32>> = ["dog", "golden retriever", "st. bernard", "sea lion"]
+        .iter()
+        .map(|n| clip.tokenizer.encode(&format!("a photo of a {n}, a type of pet.")).unwrap())
+        .collect();
+    assert_eq!(promptscope::clip::text::common_prefix_len(&texts), 5);
+    let shared = clip.model.text.forward_ids_auto(&texts).unwrap();
+    let plain = clip.model.text.forward_ids(&texts, false).unwrap().pooled;
+    let rf = rel(&shared, &plain);
+    println!("template prefix: features rel diff {rf:.2e}");
+    assert!(rf <= 1e-5, "{rf}");
+    // Gradients through a template prefix's embeddings as well (a learned prompt could sit there).
+    let emb = Var::from_tensor(&clip.model.text.embed_ids(&texts[0][..5]).unwrap().unsqueeze(0).unwrap()).unwrap();
+    let rests: Vec<Vec<u32>> = texts.iter().map(|t| t[5..].to_vec()).collect();
+    let (rest, _) = clip.model.text.embed_batch(&rests).unwrap();
+    let eot: Vec<usize> = texts.iter().map(|t| t.len() - 1).collect();
+    let f = clip.model.text.forward_prefixed(emb.as_tensor(), &rest, &eot).unwrap();
+    assert!(f.sum_all().unwrap().backward().unwrap().get(emb.as_tensor()).is_some());
+}
