@@ -28,21 +28,26 @@ pub fn run(clip: &LoadedClip, batch: usize, images: usize, text_batch: usize, te
     let batch = batch.max(1);
     let pixels = Tensor::randn(0f32, 1f32, (batch, 3, s, s), &clip.device)?.to_dtype(DType::F32)?;
     clip.model.image_features(&pixels)?;
+    // GPU work is queued asynchronously: wait for it at both ends of the timed region (no-op on the CPU).
+    clip.device.synchronize()?;
     let rounds = images.div_ceil(batch).max(1);
     let t = Instant::now();
     for _ in 0..rounds {
         clip.model.image_features(&pixels)?;
     }
+    clip.device.synchronize()?;
     let images_per_s = (rounds * batch) as f64 / t.elapsed().as_secs_f64();
 
     let text_batch = text_batch.max(1);
     let prompts: Vec<String> = (0..texts.max(1)).map(|i| format!("a photo of a {}.", WORDS[i % WORDS.len()])).collect();
     let ids = clip.tokenizer.encode_batch(&prompts)?;
     clip.model.text_features(&ids[..text_batch.min(ids.len())])?;
+    clip.device.synchronize()?;
     let t = Instant::now();
     for chunk in ids.chunks(text_batch) {
         clip.model.text_features(chunk)?;
     }
+    clip.device.synchronize()?;
     let prompts_per_s = ids.len() as f64 / t.elapsed().as_secs_f64();
     Ok(BenchReport {
         model: clip.id.clone(),
@@ -104,8 +109,11 @@ pub fn coop_step(clip: &LoadedClip, classes: usize, n_ctx: usize, batch: usize, 
     let mut trainer = Trainer::new(&clip.model.text, learner, TrainConfig { optim, batch_size: None, seed: 0 }, clip.model.logit_scale());
     let silent = crate::progress::Silent;
     trainer.run_until(&train, None, 1, None, &silent, &mut |_| {})?;
+    clip.device.synchronize()?;
     let t = Instant::now();
     trainer.run_until(&train, None, steps + 1, None, &silent, &mut |_| {})?;
+    clip.device.synchronize()?;
+    let ms_per_step = t.elapsed().as_secs_f64() * 1000.0 / steps as f64;
     Ok(CoopBenchReport {
         model: clip.id.clone(),
         device: crate::device::describe(&clip.device),
@@ -114,7 +122,7 @@ pub fn coop_step(clip: &LoadedClip, classes: usize, n_ctx: usize, batch: usize, 
         batch,
         csc,
         steps,
-        ms_per_step: t.elapsed().as_secs_f64() * 1000.0 / steps as f64,
+        ms_per_step,
         text_positions,
         peak_rss_mb: peak_rss_mb(),
     })

@@ -1,11 +1,12 @@
 //! CoOp in promptscope against CoOp's PyTorch code (scripts/make_coop_fixtures.py) on the same tiny CLIP
-//! and image features: full batch, no augmentation; the context after every epoch must agree.
+//! and image features: full batch, no augmentation; the context after every epoch must agree. Runs on
+//! `common::device()` (the CPU, or a GPU with `PROMPTSCOPE_TEST_DEVICE=cuda`).
 
 mod common;
 
 use std::sync::atomic::AtomicBool;
 
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use common::*;
 use promptscope::prompt::coop::{ClassPosition, CoopConfig, PromptLearner};
 use promptscope::train::coop::{Features, TrainConfig, TrainEvent, Trainer};
@@ -32,14 +33,14 @@ fn trajectory_matches(case: &str, cfg: CoopConfig, set_init: bool) {
     let r = coop_reference();
     let c = &r[case];
     let dir = model_dir("tiny", &reference());
-    let clip = promptscope::clip::load(dir.path().to_str().unwrap(), &Device::Cpu).unwrap();
+    let clip = promptscope::clip::load(dir.path().to_str().unwrap(), &device()).unwrap();
     let classes: Vec<String> = serde_json::from_value(r["classes"].clone()).unwrap();
     let mut learner = PromptLearner::new(&clip.model.text, &clip.tokenizer, &classes, &cfg).unwrap();
     let shape: Vec<usize> = serde_json::from_value(c["shape"].clone()).unwrap();
     assert_eq!(learner.ctx.dims(), shape.as_slice());
     let init = flat(&c["init"]);
     if set_init {
-        learner.set_ctx(&Tensor::from_vec(init.clone(), shape.clone(), &Device::Cpu).unwrap()).unwrap();
+        learner.set_ctx(&Tensor::from_vec(init.clone(), shape.clone(), &clip.device).unwrap()).unwrap();
     } else {
         let ours: Vec<f32> = learner.ctx.as_tensor().flatten_all().unwrap().to_vec1().unwrap();
         assert!(max_abs_diff(&ours, &init) < 1e-7, "phrase initialisation differs from CoOp's");
@@ -56,7 +57,7 @@ fn trajectory_matches(case: &str, cfg: CoopConfig, set_init: bool) {
     let n = r["n_images"].as_u64().unwrap() as usize;
     let p = clip.model.config.projection_dim;
     let train = Features {
-        feats: Tensor::from_vec(pattern(n * p, 5, 3, 53, 1.0), (n, p), &Device::Cpu).unwrap(),
+        feats: Tensor::from_vec(pattern(n * p, 5, 3, 53, 1.0), (n, p), &clip.device).unwrap(),
         labels: serde_json::from_value(r["labels"].clone()).unwrap(),
         views_per_image: 1,
     };
