@@ -4,5 +4,7 @@ pub mod augment;
 pub mod fewshot;
 pub mod folder;
 pub mod synth;
+pub mod synth_fine;
+pub mod synth_region;
 
 pub use folder::{DatasetFolder, Sample, Split};

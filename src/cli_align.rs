@@ -1,0 +1,295 @@
+//! The alignment verbs' bodies (`align`, `ssvp`, `align-eval`): call `promptscope::align`, draw PNGs with
+//! `promptscope::render`, print text or JSON. Progress and notes go to stderr, results to stdout.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use candle_core::Tensor;
+use image::RgbImage;
+use promptscope::align::classify::{compare_accuracy, ClassPrompts, CompareConfig, TokenScore};
+use promptscope::align::{align, ssvp, AlignConfig, AlignMode, TextSource};
+use promptscope::clip::preprocess::{load_image, resize_and_crop, to_chw};
+use promptscope::clip::LoadedClip;
+use promptscope::data::DatasetFolder;
+use promptscope::export::prompt_file::PromptFile;
+use promptscope::render::heatmap::{outline_patches, overlay, overlay_labels, save_png};
+use promptscope::render::{Colormap, GridMap, HeatmapStyle};
+
+use crate::cli::load_model;
+use crate::{Format, ModelArgs};
+
+/// Where and how to draw a map.
+#[derive(clap::Args, Debug, Clone)]
+pub struct PngArgs {
+    /// Write the map over the model-input image (the resized, cropped picture the model saw) as PNG.
+    #[arg(long)]
+    pub png: Option<PathBuf>,
+    /// viridis or jet.
+    #[arg(long, default_value = "viridis")]
+    pub colormap: Colormap,
+    /// 0 shows only the image, 1 only the map.
+    #[arg(long, default_value_t = 0.55)]
+    pub opacity: f32,
+    /// Draw the patch grid.
+    #[arg(long)]
+    pub grid_lines: bool,
+}
+
+impl PngArgs {
+    fn style(&self) -> HeatmapStyle {
+        HeatmapStyle { colormap: self.colormap, opacity: self.opacity, grid_lines: self.grid_lines }
+    }
+
+    /// Fails before any model work when the PNG could not be written anyway.
+    fn check(&self) -> Result<()> {
+        if !(0.0..=1.0).contains(&self.opacity) {
+            bail!("--opacity must be between 0 and 1, not {}", self.opacity);
+        }
+        if let Some(p) = &self.png {
+            let dir = p.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+            if !dir.is_dir() {
+                bail!("{}: the folder for --png does not exist; create it first or choose another path", dir.display());
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct AlignArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[arg(long)]
+    pub image: PathBuf,
+    /// A hand-crafted prompt, e.g. "a photo of a dog.".
+    #[arg(long, required_unless_present = "prompts", conflicts_with = "prompts")]
+    pub text: Option<String>,
+    /// A prompts file exported by `train` (or `import-coop`); the prompt of --class is aligned.
+    #[arg(long, requires = "class")]
+    pub prompts: Option<PathBuf>,
+    /// The class whose learned prompt (context + class name) is aligned.
+    #[arg(long, requires = "prompts")]
+    pub class: Option<String>,
+    /// token: the model's output tokens (FILIP); value: the last block's value path (MaskCLIP-style).
+    #[arg(long, default_value = "token")]
+    pub mode: AlignMode,
+    /// Count the class token among the image tokens.
+    #[arg(long)]
+    pub with_cls: bool,
+    /// Count the start-of-text token among the text tokens.
+    #[arg(long)]
+    pub with_sos: bool,
+    /// Fraction of tokens kept for s_I and s_T, ranked by their max similarity (FILIP used 0.25).
+    #[arg(long, default_value_t = 1.0)]
+    pub top_fraction: f64,
+    /// Draw this word's map (0-based index into the text tokens); without it, the PNG shows which word
+    /// each patch aligns with best.
+    #[arg(long)]
+    pub word: Option<usize>,
+    #[command(flatten)]
+    pub png: PngArgs,
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: Format,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct SsvpArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[arg(long)]
+    pub image: PathBuf,
+    /// Patches kept (default: a quarter of them).
+    #[arg(long)]
+    pub k: Option<usize>,
+    #[command(flatten)]
+    pub png: PngArgs,
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: Format,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct AlignEvalArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// A dataset folder; its test split (or every image) is classified.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Hand-crafted class prompts.
+    #[arg(long, default_value = "a photo of a {}.", conflicts_with = "prompts")]
+    pub template: String,
+    /// Learned class prompts (a file exported by `train`).
+    #[arg(long)]
+    pub prompts: Option<PathBuf>,
+    #[arg(long, default_value = "token")]
+    pub mode: AlignMode,
+    #[arg(long)]
+    pub with_cls: bool,
+    #[arg(long)]
+    pub with_sos: bool,
+    #[arg(long, default_value_t = 1.0)]
+    pub top_fraction: f64,
+    /// The token-wise score that ranks classes: i (s_I), t (s_T) or mean.
+    #[arg(long, default_value = "mean")]
+    pub score: TokenScore,
+    /// SsVP's K for the SsVP accuracy (default: a quarter of the patches).
+    #[arg(long)]
+    pub k: Option<usize>,
+    #[arg(long, default_value_t = 16)]
+    pub batch: usize,
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: Format,
+}
+
+/// One JSON line on stdout; a closed pipe (`| head`) is an error, not a panic.
+fn print_json(v: &impl serde::Serialize) -> Result<()> {
+    use std::io::Write;
+    writeln!(std::io::stdout().lock(), "{}", serde_json::to_string(v)?).context("writing to stdout")?;
+    Ok(())
+}
+
+/// The model-input picture (for drawing) and its pixel tensor `[1, 3, H, W]`, from one decode.
+fn model_input(clip: &LoadedClip, path: &Path) -> Result<(RgbImage, Tensor)> {
+    let img = load_image(path)?;
+    let base = resize_and_crop(&img, &clip.preprocess);
+    let (w, h) = (base.width() as usize, base.height() as usize);
+    let pixels = Tensor::from_vec(to_chw(&base, &clip.preprocess), (1, 3, h, w), &clip.device)?;
+    Ok((base, pixels))
+}
+
+pub fn align_verb(args: &AlignArgs) -> Result<()> {
+    args.png.check()?;
+    promptscope::align::filip::check_fraction(args.top_fraction)?;
+    let file = args.prompts.as_ref().map(|p| PromptFile::load(p).map(|f| (p, f))).transpose()?;
+    let clip = load_model(&args.model)?;
+    let learned = match &file {
+        Some((path, f)) => {
+            let name = args.class.as_deref().unwrap_or_default();
+            let class = f.meta.class_names.iter().position(|c| c == name).with_context(|| {
+                format!("{}: has no class {name:?}; its classes are: {}", path.display(), f.meta.class_names.join(", "))
+            })?;
+            Some((f.learner(&clip, path)?, class))
+        }
+        None => None,
+    };
+    let source = match (&learned, &args.text) {
+        (Some((learner, class)), _) => TextSource::Learned { learner, class: *class },
+        (None, Some(t)) => TextSource::Text(t),
+        (None, None) => bail!("pass --text, or --prompts with --class"),
+    };
+    let cfg = AlignConfig { mode: args.mode, with_cls: args.with_cls, with_sos: args.with_sos, top_fraction: args.top_fraction };
+    let (base, pixels) = model_input(&clip, &args.image)?;
+    let a = align(&clip, &pixels, &source, &cfg)?;
+    if let Some(path) = &args.png.png {
+        let img = match args.word {
+            Some(r) => overlay(&base, &GridMap::new(&a.word_map(r)?, a.grid)?, &args.png.style())?,
+            None => overlay_labels(&base, &a.argmax_word_map(), a.grid, args.png.opacity, args.png.grid_lines)?,
+        };
+        save_png(&img, path)?;
+        eprintln!("wrote {} ({} mode, {})", path.display(), a.mode, match args.word {
+            Some(r) => format!("map of word {r} {:?}", a.text_tokens[r]),
+            None => "best-aligned word per patch".into(),
+        });
+    } else if let Some(r) = args.word {
+        a.word_map(r)?;
+    }
+    match args.format {
+        Format::Json => {
+            let mut v = serde_json::to_value(&a)?;
+            v["argmax_word"] = serde_json::to_value(a.argmax_word_map())?;
+            print_json(&v)
+        }
+        Format::Text => {
+            let what = args.text.as_ref().map_or_else(|| format!("class {:?}'s learned prompt", args.class.as_deref().unwrap_or_default()), |t| format!("{t:?}"));
+            println!(
+                "{} mode: {} against {what}; {}×{} patches, {} text tokens",
+                a.mode,
+                args.image.display(),
+                a.grid[0],
+                a.grid[1],
+                a.text_tokens.len()
+            );
+            println!("s_I = {:.4}   s_T = {:.4}   (top fraction {})", a.s_i, a.s_t, a.top_fraction);
+            let counts = a.argmax_word_map().iter().fold(vec![0usize; a.text_tokens.len()], |mut c, &w| {
+                c[w] += 1;
+                c
+            });
+            let width = a.text_tokens.iter().map(|t| t.chars().count()).max().unwrap_or(4).max(4);
+            println!("  #  {:width$}  max sim  best patch (row, col)  patches won", "word");
+            for (r, label) in a.text_tokens.iter().enumerate() {
+                let map = a.word_map(r)?;
+                let (best, v) = map.iter().enumerate().fold((0, f32::NEG_INFINITY), |b, (i, &v)| if v > b.1 { (i, v) } else { b });
+                let pos = format!("({}, {})", best / a.grid[1], best % a.grid[1]);
+                println!("{r:3}  {label:width$}  {v:+.4}  {pos:>21}  {}", counts[r]);
+            }
+            Ok(())
+        }
+    }
+}
+
+pub fn ssvp_verb(args: &SsvpArgs) -> Result<()> {
+    args.png.check()?;
+    let clip = load_model(&args.model)?;
+    let (base, pixels) = model_input(&clip, &args.image)?;
+    let sel = ssvp(&clip.model.vision, &pixels, args.k)?.into_iter().next().context("no SsVP result")?;
+    if let Some(path) = &args.png.png {
+        let mut img = overlay(&base, &GridMap::new(&sel.attention, sel.grid)?, &args.png.style())?;
+        outline_patches(&mut img, sel.grid, &sel.indices, [255, 255, 255])?;
+        save_png(&img, path)?;
+        eprintln!("wrote {} (class-token attention of the penultimate block; the {} kept patches outlined)", path.display(), sel.k);
+    }
+    match args.format {
+        Format::Json => print_json(&sel),
+        Format::Text => {
+            println!("SsVP on {}: kept {} of {} patches", args.image.display(), sel.k, sel.grid[0] * sel.grid[1]);
+            for (&p, s) in sel.indices.iter().zip(&sel.scores) {
+                println!("  patch {p:4} (row {}, col {})  attention {s:.4}", p / sel.grid[1], p % sel.grid[1]);
+            }
+            let head: Vec<String> = sel.image_embeds.iter().take(6).map(|x| format!("{x:+.4}")).collect();
+            println!("image feature: [{}, …] (dim {})", head.join(", "), sel.image_embeds.len());
+            Ok(())
+        }
+    }
+}
+
+pub fn align_eval_verb(args: &AlignEvalArgs) -> Result<()> {
+    promptscope::align::filip::check_fraction(args.top_fraction)?;
+    let ds = DatasetFolder::open(&args.data)?;
+    let file = args.prompts.as_ref().map(|p| PromptFile::load(p).map(|f| (p, f))).transpose()?;
+    if let Some((path, f)) = &file {
+        if f.meta.class_names != ds.class_names {
+            bail!("{}: trained for classes {:?}, but {} has {:?}", path.display(), f.meta.class_names, args.data.display(), ds.class_names);
+        }
+    }
+    let clip = load_model(&args.model)?;
+    let learner = file.as_ref().map(|(path, f)| f.learner(&clip, path)).transpose()?;
+    let prompts = match &learner {
+        Some(l) => ClassPrompts::Learned(l),
+        None => ClassPrompts::Template { template: &args.template, class_names: &ds.class_names },
+    };
+    let cmp = CompareConfig {
+        align: AlignConfig { mode: args.mode, with_cls: args.with_cls, with_sos: args.with_sos, top_fraction: args.top_fraction },
+        score: args.score,
+        ssvp_k: args.k,
+        batch: args.batch,
+    };
+    let report = compare_accuracy(&clip, ds.eval_samples(), &prompts, &cmp, &promptscope::progress::Silent)?;
+    match args.format {
+        Format::Json => print_json(&report),
+        Format::Text => {
+            println!("{} images, {} classes", report.images, report.classes.len());
+            println!("  global feature:          {:6.2}%", 100.0 * report.global_accuracy);
+            println!(
+                "  token-wise ({} mode, {:?} score, top fraction {}): {:6.2}%",
+                report.config.mode,
+                report.score,
+                report.config.top_fraction,
+                100.0 * report.tokenwise_accuracy
+            );
+            match report.ssvp_accuracy {
+                Some(a) => println!("  SsVP (K = {}):            {:6.2}%", report.ssvp_k, 100.0 * a),
+                None => println!("  SsVP: the vision tower has a single block"),
+            }
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,418 @@
+//! MP-FGVC's two training stages (METHODS §5), each an epoch loop that reports through CoOp's
+//! [`TrainEvent`]s (the app's live curves) and stops between steps when cancelled.
+//!
+//! - Stage 1: the text tower is frozen; the DaTP tokens, the last n vision blocks and a linear head on the
+//!   image feature V are trained with `L_v + L_i2t`: `L_v` the cross-entropy of the head, `L_i2t` the
+//!   cross-entropy of the cosine similarities between V and the C DaTP text features over τ = 0.07.
+//! - Stage 2: everything of stage 1 is frozen; VLFM and its classifier are trained with cross-entropy on
+//!   cached embeddings (E_V from stage 1's image path, E_T from the DaTP prompts), both L2-normalised.
+//!
+//! Both stages use CoOp's optimiser (SGD with momentum and weight decay, one state per parameter) and its
+//! schedule (constant warm-up, then cosine), so a run reads like a CoOp run with two curves.
+
+use std::time::Instant;
+
+use candle_core::{DType, Tensor, Var, D};
+use serde::{Deserialize, Serialize};
+
+use super::params::ParamLinear;
+use super::tail::VisionTail;
+use super::vlfm::Vlfm;
+use crate::clip::l2_normalize;
+use crate::clip::text::TextTower;
+use crate::data::synth::Rng;
+use crate::error::{Error, Result};
+use crate::progress::{check, Progress};
+use crate::prompt::coop::PromptLearner;
+use crate::train::coop::{EpochStats, TrainEvent};
+use crate::train::optim::{OptimConfig, Sgd};
+
+/// The temperature of stage 1's image-to-text loss (the paper's fixed τ).
+pub const TEMPERATURE: f64 = 0.07;
+
+/// Which update rule a stage uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum OptimizerKind {
+    /// CoOp's SGD with momentum (`OptimConfig::momentum`, `weight_decay`).
+    #[default]
+    Sgd,
+    /// AdamW (β = 0.9, 0.999; decoupled `weight_decay`); `momentum` is not used.
+    AdamW,
+}
+
+impl std::str::FromStr for OptimizerKind {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "sgd" => Ok(Self::Sgd),
+            "adamw" => Ok(Self::AdamW),
+            other => Err(format!("unknown optimiser '{other}': sgd or adamw")),
+        }
+    }
+}
+
+/// How one stage is optimised.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StageConfig {
+    pub optim: OptimConfig,
+    /// None: one batch of the whole train set.
+    pub batch_size: Option<usize>,
+    pub optimizer: OptimizerKind,
+}
+
+/// A CoOp training event tagged with its stage (1 or 2). For stage 1, `EpochStats::train_acc` and
+/// `val_acc` are the linear head's accuracy (the prediction `L_v` trains); `val_acc_i2t` is the
+/// image-to-text (DaTP prompt) accuracy on the validation split.
+#[derive(Debug, Clone, Serialize)]
+pub struct StageEvent {
+    pub stage: u8,
+    pub event: TrainEvent,
+    pub val_acc_i2t: Option<f64>,
+}
+
+/// One split as a stage sees it: an input row per image (stage-1 inputs, or stage-2 embeddings) and
+/// the labels.
+pub struct Split {
+    pub inputs: Tensor,
+    pub labels: Vec<usize>,
+}
+
+impl Split {
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+
+    fn rows(&self, rows: &[usize]) -> Result<(Tensor, Tensor)> {
+        let dev = self.inputs.device();
+        let idx = Tensor::new(rows.iter().map(|&r| r as u32).collect::<Vec<_>>().as_slice(), dev)?;
+        let labels = Tensor::new(rows.iter().map(|&r| self.labels[r] as u32).collect::<Vec<_>>().as_slice(), dev)?;
+        Ok((self.inputs.index_select(&idx, 0)?, labels))
+    }
+}
+
+/// The fraction of `pred` equal to `labels`.
+pub fn accuracy(pred: &[u32], labels: &[usize]) -> f64 {
+    if labels.is_empty() {
+        return 0.0;
+    }
+    pred.iter().zip(labels).filter(|(p, l)| **p as usize == **l).count() as f64 / labels.len() as f64
+}
+
+fn correct(logits: &Tensor, labels: &Tensor) -> Result<usize> {
+    Ok(logits.argmax(D::Minus1)?.eq(labels)?.to_dtype(DType::U32)?.sum_all()?.to_scalar::<u32>()? as usize)
+}
+
+/// A stage's optimiser state over its parameters (fixed order).
+enum Optimizer {
+    /// One CoOp SGD state per parameter.
+    Sgd(Vec<Sgd>),
+    AdamW(Box<candle_nn::AdamW>),
+}
+
+impl Optimizer {
+    fn new(config: &StageConfig, params: &[(String, Var)]) -> Result<Self> {
+        let o = &config.optim;
+        Ok(match config.optimizer {
+            OptimizerKind::Sgd => Self::Sgd(params.iter().map(|_| Sgd::new(o.momentum, o.weight_decay)).collect()),
+            OptimizerKind::AdamW => {
+                use candle_nn::Optimizer as _;
+                let p = candle_nn::ParamsAdamW { lr: o.lr, weight_decay: o.weight_decay, ..Default::default() };
+                Self::AdamW(Box::new(candle_nn::AdamW::new(params.iter().map(|(_, v)| v.clone()).collect(), p)?))
+            }
+        })
+    }
+
+    /// One step on every parameter from the gradients of `loss`.
+    fn update(&mut self, loss: &Tensor, params: &[(String, Var)], lr: f64) -> Result<()> {
+        let grads = loss.backward()?;
+        // A parameter without a gradient is a wiring bug (a detached path), not something to skip.
+        for (name, var) in params {
+            if grads.get(var.as_tensor()).is_none() {
+                return Err(Error::invalid(format!("no gradient reached {name}")));
+            }
+        }
+        match self {
+            Self::Sgd(opts) => {
+                for ((_, var), opt) in params.iter().zip(opts.iter_mut()) {
+                    let g = grads.get(var.as_tensor()).expect("checked above");
+                    opt.step(var, g, lr)?;
+                }
+            }
+            Self::AdamW(opt) => {
+                use candle_nn::Optimizer as _;
+                opt.set_learning_rate(lr);
+                opt.step(&grads)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What the epoch loop needs of a stage.
+trait StageModel {
+    /// Trains on `rows` of the train split; returns the batch loss and how many rows it got right.
+    fn step(&mut self, rows: &[usize], lr: f64) -> Result<(f64, usize)>;
+    /// Validation accuracy, and for stage 1 the image-to-text one.
+    fn validate(&self) -> Result<(Option<f64>, Option<f64>)>;
+}
+
+/// The batches of one epoch, as CoOp's loader makes them: shuffled, the last partial batch dropped when
+/// the set is larger than a batch.
+fn epoch_batches(rng: &mut Rng, n: usize, batch: Option<usize>) -> Vec<Vec<usize>> {
+    let mut order: Vec<usize> = (0..n).collect();
+    let batch = batch.unwrap_or(n).max(1);
+    if batch >= n {
+        return vec![order];
+    }
+    rng.shuffle(&mut order);
+    order.chunks(batch).filter(|c| c.len() == batch).map(<[usize]>::to_vec).collect()
+}
+
+/// Where a stage's epoch loop stands.
+pub struct LoopState {
+    pub config: StageConfig,
+    rng: Rng,
+    /// The next epoch to run (0-based).
+    pub epoch: usize,
+    pub history: Vec<EpochStats>,
+}
+
+impl LoopState {
+    pub fn new(config: StageConfig, seed: u64) -> Self {
+        Self { config, rng: Rng::new(seed), epoch: 0, history: vec![] }
+    }
+
+    fn run(&mut self, model: &mut dyn StageModel, stage: u8, n_train: usize, progress: &dyn Progress, on_event: &mut dyn FnMut(StageEvent)) -> Result<()> {
+        if n_train == 0 {
+            return Err(Error::invalid("the training set is empty"));
+        }
+        let start = Instant::now();
+        let first = self.epoch;
+        let epochs = self.config.optim.epochs;
+        let elapsed_before = self.history.last().map_or(0.0, |h| h.elapsed_s);
+        while self.epoch < epochs {
+            let e = self.epoch;
+            let lr = self.config.optim.lr_at(e);
+            let batches = epoch_batches(&mut self.rng, n_train, self.config.batch_size);
+            let steps = batches.len();
+            let (mut loss_sum, mut right, mut seen) = (0.0, 0, 0);
+            for (s, rows) in batches.iter().enumerate() {
+                check(progress)?;
+                let (loss, c) = model.step(rows, lr)?;
+                if !loss.is_finite() {
+                    return Err(Error::invalid(format!("stage {stage}: the loss became {loss} at epoch {}; lower the learning rate", e + 1)));
+                }
+                loss_sum += loss;
+                right += c;
+                seen += rows.len();
+                on_event(StageEvent { stage, event: TrainEvent::Step { epoch: e, step: s, steps, loss, lr }, val_acc_i2t: None });
+            }
+            let (val_acc, val_acc_i2t) = model.validate()?;
+            self.epoch += 1;
+            let per_epoch = start.elapsed().as_secs_f64() / (self.epoch - first) as f64;
+            let stats = EpochStats {
+                epoch: e,
+                epochs,
+                loss: loss_sum / steps.max(1) as f64,
+                lr,
+                train_acc: right as f64 / seen.max(1) as f64,
+                val_acc,
+                elapsed_s: elapsed_before + start.elapsed().as_secs_f64(),
+                eta_s: per_epoch * (epochs - self.epoch) as f64,
+            };
+            self.history.push(stats.clone());
+            progress.update(if stage == 1 { "stage 1 epochs" } else { "stage 2 epochs" }, self.epoch, epochs);
+            on_event(StageEvent { stage, event: TrainEvent::Epoch(stats), val_acc_i2t });
+        }
+        Ok(())
+    }
+}
+
+/// The stage-1 model: DaTP prompts, the trainable vision tail and the linear head on V.
+pub struct Stage1Model<'a> {
+    pub text: &'a TextTower,
+    pub learner: PromptLearner,
+    pub tail: VisionTail<'a>,
+    pub head: ParamLinear,
+}
+
+/// Stage-1 predictions of a set of images.
+#[derive(Debug, Clone)]
+pub struct Stage1Predictions {
+    /// Projected image features V `[N, P]` (not normalised), detached.
+    pub features: Tensor,
+    /// Argmax of the linear head.
+    pub head: Vec<u32>,
+    /// Argmax of the image-to-text similarity.
+    pub i2t: Vec<u32>,
+}
+
+impl<'a> Stage1Model<'a> {
+    /// Every trained parameter, named as it is saved: the DaTP tokens, the head, the vision blocks.
+    pub fn named_vars(&self) -> Vec<(String, Var)> {
+        let mut v = vec![("datp.ctx".to_string(), self.learner.ctx.clone())];
+        v.extend(self.head.named_vars("head"));
+        v.extend(self.tail.vars.iter().cloned());
+        v
+    }
+
+    /// Normalised DaTP text features `[C, P]`, without gradient: E_T for stage 2 and the i2t classifier.
+    pub fn text_embeddings(&self) -> Result<Tensor> {
+        Ok(l2_normalize(&self.learner.text_features(self.text)?.detach())?)
+    }
+
+    /// `L_v + L_i2t` on a batch, with the head's logits.
+    fn loss(&self, inputs: &Tensor, labels: &Tensor) -> Result<(Tensor, Tensor)> {
+        let v = self.tail.image_features(inputs)?;
+        let head_logits = self.head.forward(&v)?;
+        let txt = l2_normalize(&self.learner.text_features(self.text)?)?;
+        let i2t = (l2_normalize(&v)?.matmul(&txt.t()?)? / TEMPERATURE)?;
+        let l_v = candle_nn::loss::cross_entropy(&head_logits, labels)?;
+        let l_i2t = candle_nn::loss::cross_entropy(&i2t, labels)?;
+        Ok(((l_v + l_i2t)?, head_logits))
+    }
+
+    pub fn predict(&self, inputs: &Tensor, progress: &dyn Progress) -> Result<Stage1Predictions> {
+        let features = self.tail.image_features_batched(inputs, progress)?;
+        if features.dim(0)? == 0 {
+            return Ok(Stage1Predictions { features, head: vec![], i2t: vec![] });
+        }
+        let head = self.head.forward(&features)?.detach().argmax(D::Minus1)?.to_vec1()?;
+        let i2t = l2_normalize(&features)?.matmul(&self.text_embeddings()?.t()?)?.argmax(D::Minus1)?.to_vec1()?;
+        Ok(Stage1Predictions { features, head, i2t })
+    }
+}
+
+pub struct Stage1<'a> {
+    pub model: Stage1Model<'a>,
+    pub state: LoopState,
+    params: Vec<(String, Var)>,
+    opt: Optimizer,
+    train: &'a Split,
+    val: Option<&'a Split>,
+}
+
+impl<'a> Stage1<'a> {
+    pub fn new(model: Stage1Model<'a>, config: StageConfig, seed: u64, train: &'a Split, val: Option<&'a Split>) -> Result<Self> {
+        let params = model.named_vars();
+        let opt = Optimizer::new(&config, &params)?;
+        Ok(Self { model, state: LoopState::new(config, seed), params, opt, train, val })
+    }
+
+    pub fn run(&mut self, progress: &dyn Progress, on_event: &mut dyn FnMut(StageEvent)) -> Result<()> {
+        // The loop state is taken out while the stage lends itself to the loop as the model.
+        let placeholder = LoopState::new(self.state.config.clone(), 0);
+        let mut state = std::mem::replace(&mut self.state, placeholder);
+        let n = self.train.len();
+        let result = state.run(self, 1, n, progress, on_event);
+        self.state = state;
+        result
+    }
+}
+
+impl StageModel for Stage1<'_> {
+    fn step(&mut self, rows: &[usize], lr: f64) -> Result<(f64, usize)> {
+        let (inputs, labels) = self.train.rows(rows)?;
+        let (loss, head_logits) = self.model.loss(&inputs, &labels)?;
+        let right = correct(&head_logits, &labels)?;
+        self.opt.update(&loss, &self.params, lr)?;
+        Ok((f64::from(loss.to_scalar::<f32>()?), right))
+    }
+
+    fn validate(&self) -> Result<(Option<f64>, Option<f64>)> {
+        match self.val {
+            Some(v) if !v.is_empty() => {
+                let p = self.model.predict(&v.inputs, &crate::progress::Silent)?;
+                Ok((Some(accuracy(&p.head, &v.labels)), Some(accuracy(&p.i2t, &v.labels))))
+            }
+            _ => Ok((None, None)),
+        }
+    }
+}
+
+/// Stage 2's inputs from stage 1's outputs: L2-normalised, because the two towers' output scales are
+/// unrelated and stage 1's contrastive loss aligns directions only; on the unit sphere Q0·K0 and Q0·K_c
+/// compare like with like.
+pub fn fusion_inputs(features: &Tensor) -> Result<Tensor> {
+    Ok(l2_normalize(features)?)
+}
+
+/// The stage-2 trainer: VLFM over cached, normalised E_V rows (`train.inputs`) and E_T (`text`).
+pub struct Stage2<'a> {
+    pub vlfm: Vlfm,
+    pub state: LoopState,
+    text: Tensor,
+    params: Vec<(String, Var)>,
+    opt: Optimizer,
+    train: &'a Split,
+    val: Option<&'a Split>,
+}
+
+impl<'a> Stage2<'a> {
+    pub fn new(vlfm: Vlfm, text: Tensor, config: StageConfig, seed: u64, train: &'a Split, val: Option<&'a Split>) -> Result<Self> {
+        let params = vlfm.named_vars();
+        let opt = Optimizer::new(&config, &params)?;
+        Ok(Self { vlfm, state: LoopState::new(config, seed), text, params, opt, train, val })
+    }
+
+    pub fn run(&mut self, progress: &dyn Progress, on_event: &mut dyn FnMut(StageEvent)) -> Result<()> {
+        // The loop state is taken out while the stage lends itself to the loop as the model.
+        let placeholder = LoopState::new(self.state.config.clone(), 0);
+        let mut state = std::mem::replace(&mut self.state, placeholder);
+        let n = self.train.len();
+        let result = state.run(self, 2, n, progress, on_event);
+        self.state = state;
+        result
+    }
+}
+
+/// VLFM's predictions for normalised E_V rows, in batches.
+pub fn vlfm_predict(vlfm: &Vlfm, e_v: &Tensor, e_t: &Tensor) -> Result<Vec<u32>> {
+    let n = e_v.dim(0)?;
+    let mut out = Vec::with_capacity(n);
+    for start in (0..n).step_by(256) {
+        let len = 256.min(n - start);
+        let logits = vlfm.forward(&e_v.narrow(0, start, len)?, e_t)?.logits.detach();
+        out.extend(logits.argmax(D::Minus1)?.to_vec1::<u32>()?);
+    }
+    Ok(out)
+}
+
+impl StageModel for Stage2<'_> {
+    fn step(&mut self, rows: &[usize], lr: f64) -> Result<(f64, usize)> {
+        let (e_v, labels) = self.train.rows(rows)?;
+        let logits = self.vlfm.forward(&e_v, &self.text)?.logits;
+        let loss = candle_nn::loss::cross_entropy(&logits, &labels)?;
+        let right = correct(&logits, &labels)?;
+        self.opt.update(&loss, &self.params, lr)?;
+        Ok((f64::from(loss.to_scalar::<f32>()?), right))
+    }
+
+    fn validate(&self) -> Result<(Option<f64>, Option<f64>)> {
+        match self.val {
+            Some(v) if !v.is_empty() => Ok((Some(accuracy(&vlfm_predict(&self.vlfm, &v.inputs, &self.text)?, &v.labels)), None)),
+            _ => Ok((None, None)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_follow_coop_loader() {
+        let mut rng = Rng::new(3);
+        assert_eq!(epoch_batches(&mut rng, 5, None), vec![vec![0, 1, 2, 3, 4]]);
+        assert_eq!(epoch_batches(&mut rng, 5, Some(8)), vec![vec![0, 1, 2, 3, 4]]);
+        let b = epoch_batches(&mut rng, 7, Some(3));
+        assert_eq!(b.len(), 2);
+        assert!(b.iter().all(|c| c.len() == 3));
+        assert_eq!(accuracy(&[0, 1, 1], &[0, 1, 2]), 2.0 / 3.0);
+    }
+}

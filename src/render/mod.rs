@@ -1,0 +1,9 @@
+//! Drawing maps over images: colormaps, and heatmap/selection overlays written as PNG by the CLI. The
+//! same normalised grid values ([`heatmap::GridMap`]) and colormap lookup tables are what the app's GPU
+//! shader samples, so the PNG and the window show the same picture.
+
+pub mod colormap;
+pub mod heatmap;
+
+pub use colormap::Colormap;
+pub use heatmap::{GridMap, HeatmapStyle};

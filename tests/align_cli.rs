@@ -1,0 +1,188 @@
+//! The `align`, `ssvp` and `align-eval` verbs end to end: JSON shapes, PNGs, and bad input that must fail
+//! with one clear `error:` line (exit code 1), before writing anything.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use candle_core::Device;
+use promptscope::clip::{l2_normalize, synth, ClipConfig, HiddenAct};
+use promptscope::export::prompt_file::PromptFile;
+use promptscope::prompt::coop::{CoopConfig, PromptLearner};
+
+fn promptscope(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_promptscope")).args(args).output().expect("run promptscope")
+}
+
+fn ok_json(out: &Output) -> serde_json::Value {
+    assert!(out.status.success(), "failed: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("one JSON document on stdout")
+}
+
+fn error_line(out: &Output) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    stderr.lines().find(|l| l.starts_with("error: ")).unwrap_or_else(|| panic!("no error line: {stderr}")).to_string()
+}
+
+struct Setup {
+    dir: tempfile::TempDir,
+}
+
+impl Setup {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        synth::write_model_folder(&ClipConfig::tiny(HiddenAct::QuickGelu, 1e-5), &dir.path().join("m")).unwrap();
+        Self { dir }
+    }
+    fn p(&self, rel: &str) -> String {
+        self.dir.path().join(rel).to_str().unwrap().to_string()
+    }
+    fn image() -> String {
+        common::fixtures().join("nonsquare_320x213.png").to_str().unwrap().to_string()
+    }
+    fn align(&self, extra: &[&str]) -> Output {
+        let (m, img) = (self.p("m"), Self::image());
+        let mut args = vec!["align", "--model", &m, "--device", "cpu", "--image", &img, "--format", "json"];
+        args.extend_from_slice(extra);
+        promptscope(&args)
+    }
+    fn ssvp(&self, extra: &[&str]) -> Output {
+        let (m, img) = (self.p("m"), Self::image());
+        let mut args = vec!["ssvp", "--model", &m, "--device", "cpu", "--image", &img, "--format", "json"];
+        args.extend_from_slice(extra);
+        promptscope(&args)
+    }
+    /// A prompts file (2 classes, 4 context vectors) made on the model in `model_dir`.
+    fn prompts_for(&self, model_dir: &str, out: &str) -> String {
+        self.prompts_with(model_dir, out, &["golden retriever", "cat"])
+    }
+    fn prompts_with(&self, model_dir: &str, out: &str, names: &[&str]) -> String {
+        let clip = promptscope::clip::load(&self.p(model_dir), &Device::Cpu).unwrap();
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let learner = PromptLearner::new(&clip.model.text, &clip.tokenizer, &names, &CoopConfig { n_ctx: 4, ..CoopConfig::default() }).unwrap();
+        let w = l2_normalize(&learner.text_features(&clip.model.text).unwrap()).unwrap();
+        PromptFile::new(&clip, &learner, w).unwrap().save(Path::new(&self.p(out))).unwrap();
+        self.p(out)
+    }
+}
+
+fn png_size(path: &str) -> (u32, u32) {
+    let img = image::open(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    (img.width(), img.height())
+}
+
+#[test]
+fn align_prints_the_matrix_scores_and_draws_pngs() {
+    let s = Setup::new();
+    let png = s.p("words.png");
+    let j = ok_json(&s.align(&["--text", "a photo of a golden retriever.", "--png", &png, "--grid-lines"]));
+    assert_eq!(j["grid"], serde_json::json!([7, 7]));
+    assert_eq!(j["mode"], "token");
+    let words: Vec<String> = serde_json::from_value(j["text_tokens"].clone()).unwrap();
+    assert_eq!(words, ["a", "photo", "of", "a", "golden", "retriever", ".", "<|endoftext|>"]);
+    let sim = j["sim"].as_array().unwrap();
+    assert_eq!(sim.len(), 49);
+    assert!(sim.iter().all(|r| r.as_array().unwrap().len() == 8));
+    assert!(j["s_i"].is_number() && j["s_t"].is_number());
+    assert_eq!(j["argmax_word"].as_array().unwrap().len(), 49);
+    assert_eq!(png_size(&png), (224, 224));
+
+    // Value mode, one word's map in jet, class and start tokens included, FILIP's top 25%.
+    let png = s.p("word5.png");
+    let j = ok_json(&s.align(&[
+        "--text", "a photo of a golden retriever.", "--mode", "value", "--word", "6", "--png", &png, "--colormap", "jet",
+        "--with-cls", "--with-sos", "--top-fraction", "0.25",
+    ]));
+    assert_eq!(j["mode"], "value");
+    assert_eq!(j["sim"].as_array().unwrap().len(), 50);
+    assert_eq!(j["text_tokens"][0], "<|startoftext|>");
+    assert_eq!(j["top_fraction"], 0.25);
+    assert_eq!(png_size(&png), (224, 224));
+}
+
+#[test]
+fn align_takes_a_learned_prompt_and_ssvp_selects_patches() {
+    let s = Setup::new();
+    let file = s.prompts_for("m", "p.safetensors");
+    let j = ok_json(&s.align(&["--prompts", &file, "--class", "golden retriever"]));
+    let words: Vec<String> = serde_json::from_value(j["text_tokens"].clone()).unwrap();
+    assert_eq!(words, ["[V1]", "[V2]", "[V3]", "[V4]", "golden", "retriever", ".", "<|endoftext|>"]);
+
+    let png = s.p("ssvp.png");
+    let j = ok_json(&s.ssvp(&["--k", "12", "--png", &png]));
+    let idx: Vec<usize> = serde_json::from_value(j["indices"].clone()).unwrap();
+    assert_eq!(idx.len(), 12);
+    assert!(idx.windows(2).all(|w| w[0] < w[1]) && idx.iter().all(|&i| i < 49));
+    assert_eq!(j["scores"].as_array().unwrap().len(), 12);
+    assert_eq!(j["image_embeds"].as_array().unwrap().len(), 24);
+    assert_eq!(png_size(&png), (224, 224));
+    // The default K is N/4.
+    assert_eq!(ok_json(&s.ssvp(&[]))["indices"].as_array().unwrap().len(), 12);
+}
+
+#[test]
+fn align_eval_compares_three_accuracies() {
+    let s = Setup::new();
+    promptscope::data::synth_region::write_dataset(&s.dir.path().join("d"), 4, 3, 224, 32, 1).unwrap();
+    let (m, d) = (s.p("m"), s.p("d"));
+    let out = promptscope(&["align-eval", "--model", &m, "--device", "cpu", "--data", &d, "--template", "a {} square.", "--mode", "value", "--score", "t", "--k", "8", "--format", "json"]);
+    let j = ok_json(&out);
+    assert_eq!(j["images"], 12);
+    assert_eq!(j["ssvp_k"], 8);
+    assert_eq!(j["score"], "t");
+    for k in ["global_accuracy", "tokenwise_accuracy", "ssvp_accuracy"] {
+        let a = j[k].as_f64().unwrap_or_else(|| panic!("{k} in {j}"));
+        assert!((0.0..=1.0).contains(&a), "{k} = {a}");
+    }
+    // Learned prompts for the dataset's classes (folder order).
+    let file = s.prompts_with("m", "p.safetensors", &["blue", "green", "red", "yellow"]);
+    let j = ok_json(&promptscope(&["align-eval", "--model", &m, "--device", "cpu", "--data", &d, "--prompts", &file, "--format", "json"]));
+    assert_eq!(j["classes"], serde_json::json!(["blue", "green", "red", "yellow"]));
+    assert!(j["tokenwise_accuracy"].is_number());
+}
+
+#[test]
+fn bad_input_fails_clearly() {
+    let s = Setup::new();
+    // K outside 1..=N.
+    let e = error_line(&s.ssvp(&["--k", "50"]));
+    assert!(e.contains("K = 50") && e.contains("49 patches"), "{e}");
+    let e = error_line(&s.ssvp(&["--k", "0"]));
+    assert!(e.contains("K = 0"), "{e}");
+    // An empty prompt, or one of only spaces.
+    for text in ["", "   "] {
+        let e = error_line(&s.align(&["--text", text]));
+        assert!(e.contains("is empty"), "{e}");
+    }
+    // A top fraction outside (0, 1].
+    for f in ["0", "1.5"] {
+        let e = error_line(&s.align(&["--text", "a dog", "--top-fraction", f]));
+        assert!(e.contains("fraction"), "{e}");
+    }
+    // A word index past the prompt's tokens.
+    let e = error_line(&s.align(&["--text", "a dog", "--word", "9"]));
+    assert!(e.contains("word 9") && e.contains("3 tokens"), "{e}");
+    // A PNG into a folder that does not exist: refused before any work, nothing written.
+    let missing = s.p("no/such/dir/x.png");
+    let e = error_line(&s.align(&["--text", "a dog", "--png", &missing]));
+    assert!(e.contains("does not exist"), "{e}");
+    assert!(!Path::new(&missing).exists());
+
+    // A prompts file made for a model of other dimensions (text width 16, projection 12).
+    let mut other = ClipConfig::tiny(HiddenAct::QuickGelu, 1e-5);
+    other.text_config.hidden_size = 16;
+    other.text_config.intermediate_size = 32;
+    other.projection_dim = 12;
+    synth::write_model_folder(&other, &s.dir.path().join("other")).unwrap();
+    let file = s.prompts_for("other", "other.safetensors");
+    let e = error_line(&s.align(&["--prompts", &file, "--class", "cat"]));
+    assert!(e.contains("dimension mismatch") && e.contains("width 16"), "{e}");
+
+    // A class the prompts file does not have.
+    let file = s.prompts_for("m", "p.safetensors");
+    let e = error_line(&s.align(&["--prompts", &file, "--class", "zebra"]));
+    assert!(e.contains("\"zebra\"") && e.contains("golden retriever, cat"), "{e}");
+}
