@@ -55,6 +55,30 @@ impl PngArgs {
     }
 }
 
+/// Which tokens are compared and how they are scored, shared by `align` and `align-eval`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct TokenArgs {
+    /// token: the model's output tokens (FILIP); value: the last block's value path (MaskCLIP-style).
+    #[arg(long, default_value = "token")]
+    pub mode: AlignMode,
+    /// Count the class token among the image tokens.
+    #[arg(long)]
+    pub with_cls: bool,
+    /// Count the start-of-text token among the text tokens.
+    #[arg(long)]
+    pub with_sos: bool,
+    /// Fraction of tokens kept for s_I and s_T, ranked by their max similarity (FILIP used 0.25).
+    #[arg(long, default_value_t = 1.0)]
+    pub top_fraction: f64,
+}
+
+impl TokenArgs {
+    fn config(&self) -> Result<AlignConfig> {
+        promptscope::align::filip::check_fraction(self.top_fraction)?;
+        Ok(AlignConfig { mode: self.mode, with_cls: self.with_cls, with_sos: self.with_sos, top_fraction: self.top_fraction })
+    }
+}
+
 #[derive(clap::Args, Debug, Clone)]
 pub struct AlignArgs {
     #[command(flatten)]
@@ -70,18 +94,8 @@ pub struct AlignArgs {
     /// The class whose learned prompt (context + class name) is aligned.
     #[arg(long, requires = "prompts")]
     pub class: Option<String>,
-    /// token: the model's output tokens (FILIP); value: the last block's value path (MaskCLIP-style).
-    #[arg(long, default_value = "token")]
-    pub mode: AlignMode,
-    /// Count the class token among the image tokens.
-    #[arg(long)]
-    pub with_cls: bool,
-    /// Count the start-of-text token among the text tokens.
-    #[arg(long)]
-    pub with_sos: bool,
-    /// Fraction of tokens kept for s_I and s_T, ranked by their max similarity (FILIP used 0.25).
-    #[arg(long, default_value_t = 1.0)]
-    pub top_fraction: f64,
+    #[command(flatten)]
+    pub tokens: TokenArgs,
     /// Draw this word's map (0-based index into the text tokens); without it, the PNG shows which word
     /// each patch aligns with best.
     #[arg(long)]
@@ -120,14 +134,8 @@ pub struct AlignEvalArgs {
     /// Learned class prompts (a file exported by `train`).
     #[arg(long)]
     pub prompts: Option<PathBuf>,
-    #[arg(long, default_value = "token")]
-    pub mode: AlignMode,
-    #[arg(long)]
-    pub with_cls: bool,
-    #[arg(long)]
-    pub with_sos: bool,
-    #[arg(long, default_value_t = 1.0)]
-    pub top_fraction: f64,
+    #[command(flatten)]
+    pub tokens: TokenArgs,
     /// The token-wise score that ranks classes: i (s_I), t (s_T) or mean.
     #[arg(long, default_value = "mean")]
     pub score: TokenScore,
@@ -158,7 +166,8 @@ fn model_input(clip: &LoadedClip, path: &Path) -> Result<(RgbImage, Tensor)> {
 
 pub fn align_verb(args: &AlignArgs) -> Result<()> {
     args.png.check()?;
-    promptscope::align::filip::check_fraction(args.top_fraction)?;
+    // Checked before the model loads, so a bad flag fails at once.
+    let cfg = args.tokens.config()?;
     let file = args.prompts.as_ref().map(|p| PromptFile::load(p).map(|f| (p, f))).transpose()?;
     let clip = load_model(&args.model)?;
     let learned = match &file {
@@ -176,7 +185,6 @@ pub fn align_verb(args: &AlignArgs) -> Result<()> {
         (None, Some(t)) => TextSource::Text(t),
         (None, None) => bail!("pass --text, or --prompts with --class"),
     };
-    let cfg = AlignConfig { mode: args.mode, with_cls: args.with_cls, with_sos: args.with_sos, top_fraction: args.top_fraction };
     let (base, pixels) = model_input(&clip, &args.image)?;
     let a = align(&clip, &pixels, &source, &cfg)?;
     if let Some(path) = &args.png.png {
@@ -252,7 +260,7 @@ pub fn ssvp_verb(args: &SsvpArgs) -> Result<()> {
 }
 
 pub fn align_eval_verb(args: &AlignEvalArgs) -> Result<()> {
-    promptscope::align::filip::check_fraction(args.top_fraction)?;
+    let align = args.tokens.config()?;
     let ds = DatasetFolder::open(&args.data)?;
     let file = args.prompts.as_ref().map(|p| PromptFile::load(p).map(|f| (p, f))).transpose()?;
     if let Some((path, f)) = &file {
@@ -267,7 +275,7 @@ pub fn align_eval_verb(args: &AlignEvalArgs) -> Result<()> {
         None => ClassPrompts::Template { template: &args.template, class_names: &ds.class_names },
     };
     let cmp = CompareConfig {
-        align: AlignConfig { mode: args.mode, with_cls: args.with_cls, with_sos: args.with_sos, top_fraction: args.top_fraction },
+        align,
         score: args.score,
         ssvp_k: args.k,
         batch: args.batch,

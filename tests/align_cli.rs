@@ -4,27 +4,17 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
 use candle_core::Device;
 use promptscope::clip::{l2_normalize, synth, ClipConfig, HiddenAct};
 use promptscope::export::prompt_file::PromptFile;
 use promptscope::prompt::coop::{CoopConfig, PromptLearner};
-
-fn promptscope(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_promptscope")).args(args).output().expect("run promptscope")
-}
+use common::{error_line, promptscope};
 
 fn ok_json(out: &Output) -> serde_json::Value {
     assert!(out.status.success(), "failed: {}", String::from_utf8_lossy(&out.stderr));
     serde_json::from_slice(&out.stdout).expect("one JSON document on stdout")
-}
-
-fn error_line(out: &Output) -> String {
-    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(!stderr.contains("panicked"), "{stderr}");
-    stderr.lines().find(|l| l.starts_with("error: ")).unwrap_or_else(|| panic!("no error line: {stderr}")).to_string()
 }
 
 struct Setup {

@@ -4,30 +4,18 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
 use promptscope::clip::{synth, ClipConfig, HiddenAct};
-
-fn promptscope(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_promptscope"))
-        .args(args)
-        // A closed local port: hub look-ups fail at once, never reach the network.
-        .env("HF_ENDPOINT", "http://127.0.0.1:9")
-        .env("HF_HOME", std::env::temp_dir().join("promptscope-test-hf-home"))
-        .output()
-        .expect("run promptscope")
-}
+use common::promptscope;
 
 /// Asserts a clean failure: exit code 1, one `error:` line on stderr that mentions every `needle`.
 fn assert_clean_error(out: &Output, needles: &[&str]) -> String {
-    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-    assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
-    assert!(!stderr.contains("panicked"), "panic: {stderr}");
-    let line = stderr.lines().find(|l| l.starts_with("error: ")).unwrap_or_else(|| panic!("no error line in {stderr}"));
+    let line = common::error_line(out);
     for n in needles {
         assert!(line.contains(n), "{n:?} not in {line:?}");
     }
-    line.to_string()
+    line
 }
 
 fn tiny_model(dir: &Path) {

@@ -9,21 +9,11 @@ use std::process::{Command, Output};
 use candle_core::Device;
 use promptscope::clip::{synth, ClipConfig, HiddenAct};
 use promptscope::export::prompt_file::PromptFile;
-
-fn promptscope(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_promptscope")).args(args).output().expect("run promptscope")
-}
+use common::{error_line, promptscope};
 
 fn ok(out: &Output) -> String {
     assert!(out.status.success(), "failed: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).to_string()
-}
-
-fn error_line(out: &Output) -> String {
-    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(!stderr.contains("panicked"), "{stderr}");
-    stderr.lines().find(|l| l.starts_with("error: ")).unwrap_or_else(|| panic!("no error line: {stderr}")).to_string()
 }
 
 struct Setup {

@@ -4,6 +4,7 @@
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
 
 use promptscope::clip::{synth, ClipConfig, HiddenAct};
 
@@ -105,4 +106,23 @@ pub fn pattern_pixels(batch: usize, size: usize) -> Vec<f32> {
 /// `make_fixtures.py`'s pattern_embeds.
 pub fn pattern_embeds(n: usize) -> Vec<f32> {
     (0..n).map(|i| ((3 * i + 5) % 97) as f32 / 48.5 - 1.0).collect()
+}
+
+/// Runs the `promptscope` binary. Hub look-ups go to a closed local port, so they fail at once and never
+/// reach the network.
+pub fn promptscope(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_promptscope"))
+        .args(args)
+        .env("HF_ENDPOINT", "http://127.0.0.1:9")
+        .env("HF_HOME", std::env::temp_dir().join("promptscope-test-hf-home"))
+        .output()
+        .expect("run promptscope")
+}
+
+/// A clean failure: exit code 1, no panic, and the one `error:` line it printed.
+pub fn error_line(out: &Output) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
+    assert!(!stderr.contains("panicked"), "panic: {stderr}");
+    stderr.lines().find(|l| l.starts_with("error: ")).unwrap_or_else(|| panic!("no error line in {stderr}")).to_string()
 }
