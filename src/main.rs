@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 mod cli;
 mod cli_align;
+mod cli_fusion;
 
 #[derive(Parser)]
 #[command(name = "promptscope", version, about = "Interactive prompt tuning for CLIP-style vision-language models")]
@@ -131,6 +132,8 @@ enum Verb {
     Ssvp(cli_align::SsvpArgs),
     /// Accuracy of token-wise scores and of SsVP beside the global feature, on a dataset's test split.
     AlignEval(cli_align::AlignEvalArgs),
+    /// MP-FGVC: DaTP prompts, two-stage training with VLFM (`mpfgvc train`), and evaluation (`mpfgvc eval`).
+    Mpfgvc(cli_fusion::MpfgvcArgs),
     /// Write a random-weight CLIP in the Hugging Face layout (for tests, benchmarks and the sample).
     SynthModel {
         #[arg(long)]
@@ -224,5 +227,6 @@ fn run(verb: Verb) -> Result<()> {
         Verb::Align(args) => cli_align::align_verb(&args),
         Verb::Ssvp(args) => cli_align::ssvp_verb(&args),
         Verb::AlignEval(args) => cli_align::align_eval_verb(&args),
+        Verb::Mpfgvc(args) => cli_fusion::run(&args),
     }
 }

@@ -1,0 +1,271 @@
+//! `promptscope mpfgvc train|eval`: MP-FGVC's two-stage training and evaluation, with the conventions of
+//! `train`/`eval` (one JSON line per epoch with `--format json`, then a summary; progress on stderr).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use promptscope::data::DatasetFolder;
+use promptscope::fusion::datp::DatpConfig;
+use promptscope::fusion::pipeline::{self, Accuracies, MpFgvcRun};
+use promptscope::fusion::two_stage::{OptimizerKind, StageConfig, StageEvent};
+use promptscope::progress::Progress;
+use promptscope::train::coop::TrainEvent;
+use promptscope::train::optim::OptimConfig;
+
+use crate::{Format, ModelArgs};
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct MpfgvcArgs {
+    #[command(subcommand)]
+    pub cmd: MpfgvcCmd,
+}
+
+#[derive(clap::Subcommand, Debug, Clone)]
+pub enum MpfgvcCmd {
+    /// Stage 1 (DaTP prompts + the last N vision blocks + a linear head, L_v + L_i2t), then stage 2
+    /// (VLFM on cached embeddings); evaluate both on the test split; export the weights.
+    Train(TrainArgs),
+    /// Stage-1 and stage-2 accuracy of an exported weights file on the test split.
+    Eval(EvalArgs),
+}
+
+/// Where features are cached.
+#[derive(clap::Args, Debug, Clone)]
+pub struct CacheArgs {
+    /// Feature cache folder (default: $PROMPTSCOPE_CACHE or ~/.cache/promptscope/features); used when
+    /// the vision tower is frozen (--train-blocks 0).
+    #[arg(long)]
+    pub cache: Option<PathBuf>,
+    /// Do not read or write the feature cache.
+    #[arg(long)]
+    pub no_cache: bool,
+}
+
+impl CacheArgs {
+    fn dir(&self) -> Option<PathBuf> {
+        if self.no_cache {
+            None
+        } else {
+            Some(self.cache.clone().unwrap_or_else(promptscope::train::features::default_cache_dir))
+        }
+    }
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct TrainArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[arg(long)]
+    pub data: PathBuf,
+    /// The super-category word every DaTP prompt ends with (bird, dog, food, ...).
+    #[arg(long)]
+    pub super_category: String,
+    /// Training images per class: a number, or all.
+    #[arg(long, default_value = "all")]
+    pub shots: String,
+    /// Seed of the shots, the initialisations and the batch order.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Seed of the train/val/test split derived for folders without split sub-folders.
+    #[arg(long, default_value_t = 0)]
+    pub split_seed: u64,
+    /// J, the learned DaTP tokens per class.
+    #[arg(long, default_value_t = 16)]
+    pub n_ctx: usize,
+    /// Vision blocks trained in stage 1, counted from the last: 0 keeps the tower frozen (its features
+    /// are cached); the paper fine-tunes the whole tower.
+    #[arg(long, default_value_t = 0)]
+    pub train_blocks: usize,
+    #[arg(long, default_value_t = 20)]
+    pub epochs1: usize,
+    #[arg(long, default_value_t = 30)]
+    pub epochs2: usize,
+    /// Stage-1 learning rate (DaTP tokens, head and vision blocks alike).
+    #[arg(long, default_value_t = 1e-4)]
+    pub lr1: f64,
+    /// Stage-2 (VLFM) learning rate.
+    #[arg(long, default_value_t = 1e-3)]
+    pub lr2: f64,
+    /// adamw, or sgd (CoOp's SGD with momentum 0.9).
+    #[arg(long, default_value = "adamw")]
+    pub optim1: String,
+    #[arg(long, default_value = "adamw")]
+    pub optim2: String,
+    #[arg(long, default_value_t = 5e-4)]
+    pub weight_decay: f64,
+    /// A number, or `full` for one batch of the whole train set.
+    #[arg(long, default_value = "32")]
+    pub batch_size: String,
+    #[command(flatten)]
+    pub cache: CacheArgs,
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: Format,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct EvalArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[arg(long)]
+    pub data: PathBuf,
+    /// A weights file written by `mpfgvc train --out`.
+    #[arg(long)]
+    pub weights: PathBuf,
+    #[command(flatten)]
+    pub cache: CacheArgs,
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: Format,
+}
+
+/// An indicatif bar on stderr (hidden when stderr is not a terminal).
+struct Bar(ProgressBar);
+
+impl Bar {
+    fn new() -> Self {
+        let pb = ProgressBar::new(0);
+        pb.set_style(ProgressStyle::with_template("{msg:>8} [{bar:30}] {pos}/{len} eta {eta}").expect("valid template"));
+        Bar(pb)
+    }
+}
+
+impl Progress for Bar {
+    fn update(&self, stage: &str, done: usize, total: usize) {
+        self.0.set_message(stage.to_string());
+        self.0.set_length(total as u64);
+        self.0.set_position(done as u64);
+    }
+}
+
+impl Drop for Bar {
+    fn drop(&mut self) {
+        self.0.finish_and_clear();
+    }
+}
+
+pub fn run(args: &MpfgvcArgs) -> Result<()> {
+    match &args.cmd {
+        MpfgvcCmd::Train(a) => train(a),
+        MpfgvcCmd::Eval(a) => eval(a),
+    }
+}
+
+impl TrainArgs {
+    pub fn to_run(&self) -> Result<MpFgvcRun> {
+        let shots = match self.shots.as_str() {
+            "all" => None,
+            n => Some(n.parse().map_err(|_| anyhow::anyhow!("--shots takes a number or 'all', not '{n}'"))?),
+        };
+        let batch_size = match self.batch_size.as_str() {
+            "full" => None,
+            n => Some(n.parse().map_err(|_| anyhow::anyhow!("--batch-size takes a number or 'full', not '{n}'"))?),
+        };
+        let stage = |lr: f64, epochs: usize, optim: &str, flag: &str| -> Result<StageConfig> {
+            let optimizer: OptimizerKind = optim.parse().map_err(|e: String| anyhow::anyhow!("--{flag}: {e}"))?;
+            if !(lr.is_finite() && lr > 0.0) {
+                bail!("the learning rates must be positive, got {lr}");
+            }
+            Ok(StageConfig {
+                optim: OptimConfig { lr, momentum: 0.9, weight_decay: self.weight_decay, warmup_epochs: 1, warmup_lr: lr / 10.0, epochs },
+                batch_size,
+                optimizer,
+            })
+        };
+        Ok(MpFgvcRun {
+            shots,
+            seed: self.seed,
+            split_seed: self.split_seed,
+            datp: DatpConfig { n_ctx: self.n_ctx, super_category: self.super_category.clone(), seed: self.seed },
+            train_blocks: self.train_blocks,
+            stage1: stage(self.lr1, self.epochs1, &self.optim1, "optim1")?,
+            stage2: stage(self.lr2, self.epochs2, &self.optim2, "optim2")?,
+        })
+    }
+}
+
+fn train(args: &TrainArgs) -> Result<()> {
+    let run = args.to_run()?;
+    let ds = DatasetFolder::open(&args.data)?;
+    let clip = crate::cli::load_model(&args.model)?;
+    let cache = args.cache.dir();
+    let rd = {
+        let bar = Bar::new();
+        pipeline::prepare(&clip, &ds, &run, cache.as_deref(), &bar)?
+    };
+    for note in &rd.split.notes {
+        eprintln!("note: {note}");
+    }
+    eprintln!(
+        "split: {} train, {} val, {} test images over {} classes; training the last {} of {} vision blocks",
+        rd.split.train.len(),
+        rd.split.val.len(),
+        rd.split.test.len(),
+        ds.num_classes(),
+        run.train_blocks,
+        clip.model.vision.layers.len()
+    );
+    let bar = Bar::new();
+    let json = args.format == Format::Json;
+    let mut on_event = |ev: StageEvent| {
+        if let TrainEvent::Epoch(s) = &ev.event {
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"stage": ev.stage, "epoch": s.epoch, "loss": s.loss, "lr": s.lr, "train_acc": s.train_acc, "val_acc": s.val_acc, "val_acc_i2t": ev.val_acc_i2t})
+                );
+            } else {
+                let pct = |v: Option<f64>| v.map_or("-".into(), |v| format!("{:5.1}%", 100.0 * v));
+                bar.0.suspend(|| {
+                    eprintln!(
+                        "stage {} epoch {:>4}/{}  loss {:.4}  lr {:.2e}  train acc {:5.1}%  val acc {}{}",
+                        ev.stage,
+                        s.epoch + 1,
+                        s.epochs,
+                        s.loss,
+                        s.lr,
+                        100.0 * s.train_acc,
+                        pct(s.val_acc),
+                        ev.val_acc_i2t.map_or(String::new(), |v| format!(" (image-to-text {:.1}%)", 100.0 * v))
+                    )
+                });
+            }
+        }
+    };
+    let outcome = pipeline::train(&clip, &ds, &rd, &run, Some(&args.out), &bar, &mut on_event)?;
+    drop(bar);
+    let m = &outcome.metrics;
+    if json {
+        println!("{}", serde_json::json!({"summary": m, "out": args.out}));
+    } else {
+        print_accuracies("test", &m.test);
+        println!("({} + {} epochs, {:.1} s + {:.1} s)", m.epochs1, m.epochs2, m.stage1_seconds, m.stage2_seconds);
+        println!("wrote {}", args.out.display());
+    }
+    Ok(())
+}
+
+fn print_accuracies(what: &str, a: &Accuracies) {
+    println!(
+        "{what} ({} images): stage 1 image-to-text {:.2}%, stage 1 linear head {:.2}%, stage 2 VLFM {}",
+        a.images,
+        100.0 * a.stage1_i2t,
+        100.0 * a.stage1_head,
+        a.stage2.map_or("- (not trained)".into(), |v| format!("{:.2}%", 100.0 * v))
+    );
+}
+
+fn eval(args: &EvalArgs) -> Result<()> {
+    let ds = DatasetFolder::open(&args.data)?;
+    let clip = crate::cli::load_model(&args.model)?;
+    let acc = {
+        let bar = Bar::new();
+        pipeline::evaluate_file(&clip, &ds, Path::new(&args.weights), args.cache.dir().as_deref(), &bar)?
+    };
+    match args.format {
+        Format::Json => println!("{}", serde_json::json!({"weights": args.weights, "eval": acc})),
+        Format::Text => print_accuracies(&args.weights.display().to_string(), &acc),
+    }
+    Ok(())
+}
