@@ -13,10 +13,10 @@ use promptscope::progress::Progress;
 use crate::{Format, ModelArgs};
 
 /// An indicatif bar on stderr, hidden when stderr is not a terminal.
-struct Bar(ProgressBar);
+pub(crate) struct Bar(pub(crate) ProgressBar);
 
 impl Bar {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let pb = ProgressBar::new(0);
         pb.set_style(ProgressStyle::with_template("{msg:>8} [{bar:30}] {pos}/{len} {per_sec} eta {eta}").expect("valid template"));
         Bar(pb)
@@ -208,6 +208,13 @@ pub struct SplitArgs {
     /// Seed of the train/val/test split derived for folders without split sub-folders.
     #[arg(long, default_value_t = 0)]
     pub split_seed: u64,
+    #[command(flatten)]
+    pub cache: CacheArgs,
+}
+
+/// Where image features are cached.
+#[derive(clap::Args, Debug, Clone)]
+pub struct CacheArgs {
     /// Feature cache folder (default: $PROMPTSCOPE_CACHE or ~/.cache/promptscope/features).
     #[arg(long)]
     pub cache: Option<PathBuf>,
@@ -216,17 +223,23 @@ pub struct SplitArgs {
     pub no_cache: bool,
 }
 
+impl CacheArgs {
+    pub fn dir(&self) -> Option<PathBuf> {
+        if self.no_cache {
+            None
+        } else {
+            Some(self.cache.clone().unwrap_or_else(promptscope::train::features::default_cache_dir))
+        }
+    }
+}
+
 impl SplitArgs {
     fn shots_or(&self, default: &str) -> Result<Option<usize>> {
         parse_shots(self.shots.as_deref().unwrap_or(default))
     }
 
     fn cache_dir(&self) -> Option<PathBuf> {
-        if self.no_cache {
-            None
-        } else {
-            Some(self.cache.clone().unwrap_or_else(promptscope::train::features::default_cache_dir))
-        }
+        self.cache.dir()
     }
 }
 

@@ -4,15 +4,14 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
-use indicatif::{ProgressBar, ProgressStyle};
 use promptscope::data::DatasetFolder;
 use promptscope::fusion::datp::DatpConfig;
 use promptscope::fusion::pipeline::{self, Accuracies, MpFgvcRun};
 use promptscope::fusion::two_stage::{OptimizerKind, StageConfig, StageEvent};
-use promptscope::progress::Progress;
 use promptscope::train::coop::TrainEvent;
 use promptscope::train::optim::OptimConfig;
 
+use crate::cli::{Bar, CacheArgs};
 use crate::{Format, ModelArgs};
 
 #[derive(clap::Args, Debug, Clone)]
@@ -28,28 +27,6 @@ pub enum MpfgvcCmd {
     Train(TrainArgs),
     /// Stage-1 and stage-2 accuracy of an exported weights file on the test split.
     Eval(EvalArgs),
-}
-
-/// Where features are cached.
-#[derive(clap::Args, Debug, Clone)]
-pub struct CacheArgs {
-    /// Feature cache folder (default: $PROMPTSCOPE_CACHE or ~/.cache/promptscope/features); used when
-    /// the vision tower is frozen (--train-blocks 0).
-    #[arg(long)]
-    pub cache: Option<PathBuf>,
-    /// Do not read or write the feature cache.
-    #[arg(long)]
-    pub no_cache: bool,
-}
-
-impl CacheArgs {
-    fn dir(&self) -> Option<PathBuf> {
-        if self.no_cache {
-            None
-        } else {
-            Some(self.cache.clone().unwrap_or_else(promptscope::train::features::default_cache_dir))
-        }
-    }
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -118,31 +95,6 @@ pub struct EvalArgs {
     pub cache: CacheArgs,
     #[arg(long, value_enum, default_value = "text")]
     pub format: Format,
-}
-
-/// An indicatif bar on stderr (hidden when stderr is not a terminal).
-struct Bar(ProgressBar);
-
-impl Bar {
-    fn new() -> Self {
-        let pb = ProgressBar::new(0);
-        pb.set_style(ProgressStyle::with_template("{msg:>8} [{bar:30}] {pos}/{len} eta {eta}").expect("valid template"));
-        Bar(pb)
-    }
-}
-
-impl Progress for Bar {
-    fn update(&self, stage: &str, done: usize, total: usize) {
-        self.0.set_message(stage.to_string());
-        self.0.set_length(total as u64);
-        self.0.set_position(done as u64);
-    }
-}
-
-impl Drop for Bar {
-    fn drop(&mut self) {
-        self.0.finish_and_clear();
-    }
 }
 
 pub fn run(args: &MpfgvcArgs) -> Result<()> {
