@@ -66,7 +66,7 @@ pub fn parse_splits(s: &str) -> Result<(usize, usize, usize)> {
 }
 
 fn print_json(v: &impl serde::Serialize) -> Result<()> {
-    println!("{}", serde_json::to_string(v)?);
+    outln!("{}", serde_json::to_string(v)?);
     Ok(())
 }
 
@@ -92,12 +92,12 @@ pub fn embed(args: &ModelArgs, texts: &[String], images: &[PathBuf], format: For
                 format!("[{}{}] (dim {})", head.join(", "), if v.len() > 6 { ", …" } else { "" }, v.len())
             };
             for (t, e) in texts.iter().zip(&text_embeds) {
-                println!("text  {t:?}: {}", show(e));
+                outln!("text  {t:?}: {}", show(e));
             }
             for (p, e) in images.iter().zip(&image_embeds) {
-                println!("image {}: {}", p.display(), show(e));
+                outln!("image {}: {}", p.display(), show(e));
             }
-            println!("logit_scale (exp): {logit_scale:.4}");
+            outln!("logit_scale (exp): {logit_scale:.4}");
             Ok(())
         }
     }
@@ -119,7 +119,7 @@ pub fn zero_shot(args: &ModelArgs, data: &Path, mut templates: Vec<String>, batc
     match format {
         Format::Json => print_json(&report),
         Format::Text => {
-            println!(
+            outln!(
                 "zero-shot on {} ({} split, {} images, {} classes), {} template(s)",
                 data.display(),
                 report.split,
@@ -129,9 +129,9 @@ pub fn zero_shot(args: &ModelArgs, data: &Path, mut templates: Vec<String>, batc
             );
             let width = report.classes.iter().map(|c| c.len()).max().unwrap_or(5).max(5);
             for c in &report.eval.per_class {
-                println!("  {:width$}  {:6.2}%  ({}/{})", c.name, 100.0 * c.accuracy, c.correct, c.total);
+                outln!("  {:width$}  {:6.2}%  ({}/{})", c.name, 100.0 * c.accuracy, c.correct, c.total);
             }
-            println!("  {:width$}  {:6.2}%  ({}/{})", "overall", 100.0 * report.eval.accuracy, report.eval.correct, report.eval.total);
+            outln!("  {:width$}  {:6.2}%  ({}/{})", "overall", 100.0 * report.eval.accuracy, report.eval.correct, report.eval.total);
             Ok(())
         }
     }
@@ -143,9 +143,9 @@ pub fn bench(args: &ModelArgs, batch: usize, images: usize, text_batch: usize, t
     match format {
         Format::Json => print_json(&r),
         Format::Text => {
-            println!("device: {} ({} threads)", r.device, r.threads);
-            println!("image tower: {:8.2} images/s  (batch {}, {} images)", r.images_per_s, r.batch, r.images);
-            println!("text tower:  {:8.2} prompts/s (batch {}, {} prompts)", r.prompts_per_s, r.text_batch, r.texts);
+            outln!("device: {} ({} threads)", r.device, r.threads);
+            outln!("image tower: {:8.2} images/s  (batch {}, {} images)", r.images_per_s, r.batch, r.images);
+            outln!("text tower:  {:8.2} prompts/s (batch {}, {} prompts)", r.prompts_per_s, r.text_batch, r.texts);
             Ok(())
         }
     }
@@ -157,7 +157,7 @@ pub fn bench_coop(args: &ModelArgs, classes: usize, n_ctx: usize, batch: usize, 
     match format {
         Format::Json => print_json(&r),
         Format::Text => {
-            println!(
+            outln!(
                 "CoOp step ({} classes, M = {}, batch {}{}, {} text positions): {:.1} ms/step over {} steps; peak RSS {}",
                 r.classes,
                 r.n_ctx,
@@ -387,7 +387,7 @@ pub fn train(args: &TrainArgs) -> Result<()> {
     if json {
         print_json(&serde_json::json!({"summary": m, "out": args.out}))
     } else {
-        println!(
+        outln!(
             "learned context: val {:.2}%, test {:.2}%; hand-crafted {:?}: test {:.2}%  ({} epochs, {:.1} s)",
             100.0 * m.val_acc,
             100.0 * m.test_acc,
@@ -396,7 +396,7 @@ pub fn train(args: &TrainArgs) -> Result<()> {
             m.epochs_run,
             m.train_seconds
         );
-        println!("wrote {}", args.out.display());
+        outln!("wrote {}", args.out.display());
         Ok(())
     }
 }
@@ -426,9 +426,9 @@ fn print_eval(what: &str, e: &promptscope::eval::metrics::Evaluation, format: Fo
     match format {
         Format::Json => print_json(&serde_json::json!({"prompts": what, "eval": e})),
         Format::Text => {
-            println!("{what}: {:.2}% ({}/{})", 100.0 * e.accuracy, e.correct, e.total);
+            outln!("{what}: {:.2}% ({}/{})", 100.0 * e.accuracy, e.correct, e.total);
             for c in &e.per_class {
-                println!("  {:24} {:6.2}% ({}/{})", c.name, 100.0 * c.accuracy, c.correct, c.total);
+                outln!("  {:24} {:6.2}% ({}/{})", c.name, 100.0 * c.accuracy, c.correct, c.total);
             }
             Ok(())
         }
@@ -484,7 +484,7 @@ pub fn interpret(file: &Path, args: &ModelArgs, k: usize, format: Format) -> Res
             for w in &words {
                 let class = w.class.map(|c| format!("{} ", f.meta.class_names.get(c).cloned().unwrap_or_default())).unwrap_or_default();
                 let near: Vec<String> = w.nearest.iter().map(|n| format!("{:?} ({:.3})", n.token, n.distance)).collect();
-                println!("{class}[V]{}: {}", w.position + 1, near.join(", "));
+                outln!("{class}[V]{}: {}", w.position + 1, near.join(", "));
             }
             Ok(())
         }
@@ -556,9 +556,9 @@ pub fn linear_probe(args: &ProbeArgs) -> Result<()> {
         Format::Json => print_json(&serde_json::json!({"lambda": probe.lambda, "search": search, "test_acc": test_acc})),
         Format::Text => {
             for s in &search {
-                println!("  lambda {:8.0e}: val {:6.2}%", s.lambda, 100.0 * s.val_acc);
+                outln!("  lambda {:8.0e}: val {:6.2}%", s.lambda, 100.0 * s.val_acc);
             }
-            println!("linear probe (lambda {:.0e}): test {:.2}%", probe.lambda, 100.0 * test_acc);
+            outln!("linear probe (lambda {:.0e}): test {:.2}%", probe.lambda, 100.0 * test_acc);
             Ok(())
         }
     }

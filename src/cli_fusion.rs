@@ -189,11 +189,11 @@ fn train(args: &TrainArgs) -> Result<()> {
     drop(bar);
     let m = &outcome.metrics;
     if json {
-        println!("{}", serde_json::json!({"summary": m, "out": args.out}));
+        outln!("{}", serde_json::json!({"summary": m, "out": args.out}));
     } else {
         print_accuracies("test", &m.test);
-        println!("({} + {} epochs, {:.1} s + {:.1} s)", m.epochs1, m.epochs2, m.stage1_seconds, m.stage2_seconds);
-        println!("wrote {}", args.out.display());
+        outln!("({} + {} epochs, {:.1} s + {:.1} s)", m.epochs1, m.epochs2, m.stage1_seconds, m.stage2_seconds);
+        outln!("wrote {}", args.out.display());
     }
     Ok(())
 }
@@ -216,7 +216,7 @@ fn eval(args: &EvalArgs) -> Result<()> {
         pipeline::evaluate_file(&clip, &ds, Path::new(&args.weights), args.cache.dir().as_deref(), &bar)?
     };
     match args.format {
-        Format::Json => println!("{}", serde_json::json!({"weights": args.weights, "eval": acc})),
+        Format::Json => outln!("{}", serde_json::json!({"weights": args.weights, "eval": acc})),
         Format::Text => print_accuracies(&args.weights.display().to_string(), &acc),
     }
     Ok(())

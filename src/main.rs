@@ -7,6 +7,14 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 
+/// `println!` that turns a closed stdout (`promptscope ... | head`) into an error instead of a panic.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        anyhow::Context::context(writeln!(std::io::stdout().lock(), $($arg)*), "writing to stdout")?
+    }};
+}
+
 mod cli;
 mod cli_align;
 mod cli_fusion;
