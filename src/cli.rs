@@ -342,6 +342,19 @@ impl TrainArgs {
     }
 }
 
+/// The few-shot split's notes and sizes, on stderr; `extra` continues the sizes line.
+pub(crate) fn report_split(split: &promptscope::data::fewshot::FewShotSplit, classes: usize, extra: &str) {
+    for note in &split.notes {
+        eprintln!("note: {note}");
+    }
+    eprintln!(
+        "split: {} train, {} val, {} test images over {classes} classes{extra}",
+        split.train.len(),
+        split.val.len(),
+        split.test.len()
+    );
+}
+
 pub fn train(args: &TrainArgs) -> Result<()> {
     use promptscope::train::coop::TrainEvent;
     let run = args.to_run()?;
@@ -352,16 +365,7 @@ pub fn train(args: &TrainArgs) -> Result<()> {
         let bar = Bar::new();
         promptscope::train::pipeline::prepare(&clip, &ds, &run, cache.as_deref(), &bar)?
     };
-    for note in &rd.split.notes {
-        eprintln!("note: {note}");
-    }
-    eprintln!(
-        "split: {} train, {} val, {} test images over {} classes",
-        rd.split.train.len(),
-        rd.split.val.len(),
-        rd.split.test.len(),
-        ds.num_classes()
-    );
+    report_split(&rd.split, ds.num_classes(), "");
     let bar = Bar::new();
     let json = args.format == Format::Json;
     let mut on_event = |ev: TrainEvent| {

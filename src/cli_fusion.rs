@@ -146,18 +146,8 @@ fn train(args: &TrainArgs) -> Result<()> {
         let bar = Bar::new();
         pipeline::prepare(&clip, &ds, &run, cache.as_deref(), &bar)?
     };
-    for note in &rd.split.notes {
-        eprintln!("note: {note}");
-    }
-    eprintln!(
-        "split: {} train, {} val, {} test images over {} classes; training the last {} of {} vision blocks",
-        rd.split.train.len(),
-        rd.split.val.len(),
-        rd.split.test.len(),
-        ds.num_classes(),
-        run.train_blocks,
-        clip.model.vision.layers.len()
-    );
+    let blocks = format!("; training the last {} of {} vision blocks", run.train_blocks, clip.model.vision.layers.len());
+    crate::cli::report_split(&rd.split, ds.num_classes(), &blocks);
     let bar = Bar::new();
     let json = args.format == Format::Json;
     let mut on_event = |ev: StageEvent| {

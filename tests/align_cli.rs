@@ -13,8 +13,7 @@ use promptscope::prompt::coop::{CoopConfig, PromptLearner};
 use common::{error_line, promptscope};
 
 fn ok_json(out: &Output) -> serde_json::Value {
-    assert!(out.status.success(), "failed: {}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).expect("one JSON document on stdout")
+    serde_json::from_str(&common::ok(out)).expect("one JSON document on stdout")
 }
 
 struct Setup {

@@ -9,12 +9,7 @@ use std::process::{Command, Output};
 use candle_core::Device;
 use promptscope::clip::{synth, ClipConfig, HiddenAct};
 use promptscope::export::prompt_file::PromptFile;
-use common::{error_line, promptscope};
-
-fn ok(out: &Output) -> String {
-    assert!(out.status.success(), "failed: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).to_string()
-}
+use common::{error_line, ok, promptscope};
 
 struct Setup {
     dir: tempfile::TempDir,

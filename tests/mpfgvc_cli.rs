@@ -6,13 +6,8 @@ mod common;
 use std::path::Path;
 use std::process::Output;
 
-use common::{error_line, promptscope};
+use common::{error_line, ok, promptscope};
 use promptscope::clip::{synth, ClipConfig, HiddenAct};
-
-fn ok(out: &Output) -> String {
-    assert!(out.status.success(), "failed: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).to_string()
-}
 
 struct Setup {
     dir: tempfile::TempDir,

@@ -126,3 +126,9 @@ pub fn error_line(out: &Output) -> String {
     assert!(!stderr.contains("panicked"), "panic: {stderr}");
     stderr.lines().find(|l| l.starts_with("error: ")).unwrap_or_else(|| panic!("no error line in {stderr}")).to_string()
 }
+
+/// The stdout of a run that must have succeeded.
+pub fn ok(out: &Output) -> String {
+    assert!(out.status.success(), "failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
