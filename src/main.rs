@@ -163,6 +163,11 @@ enum Verb {
         splits: Option<String>,
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// shapes: coloured shapes, one class a shape; crest: birds that differ only in a small crest's
+        /// colour; dimorphic: birds whose species is a combination of plumage colour and sex (the two
+        /// fine-grained kinds are for `mpfgvc` and need --splits).
+        #[arg(long, value_enum, default_value = "shapes")]
+        kind: DatasetKind,
     },
     /// Write the sample model and dataset into a folder and run zero-shot on them.
     Sample {
@@ -171,6 +176,13 @@ enum Verb {
         #[arg(long, value_enum, default_value = "text")]
         format: Format,
     },
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy)]
+enum DatasetKind {
+    Shapes,
+    Crest,
+    Dimorphic,
 }
 
 fn main() -> ExitCode {
@@ -218,9 +230,15 @@ fn run(verb: Verb) -> Result<()> {
             eprintln!("wrote a random-weight '{preset}' CLIP to {}", out.display());
             Ok(())
         }
-        Verb::SynthDataset { out, classes, per_class, splits, seed } => {
+        Verb::SynthDataset { out, classes, per_class, splits, seed, kind } => {
             let split = splits.map(|s| cli::parse_splits(&s)).transpose()?;
-            promptscope::data::synth::write_dataset(&out, classes, per_class, split, seed)?;
+            use promptscope::data::{synth, synth_fine};
+            match (kind, split) {
+                (DatasetKind::Shapes, split) => synth::write_dataset(&out, classes, per_class, split, seed)?,
+                (DatasetKind::Crest, Some(split)) => synth_fine::write_dataset(&out, classes, split, 14, seed)?,
+                (DatasetKind::Dimorphic, Some(split)) => synth_fine::write_dimorphic_dataset(&out, classes, split, seed)?,
+                (_, None) => anyhow::bail!("--kind crest and dimorphic write train/val/test folders: give --splits, e.g. 16,4,16"),
+            }
             eprintln!("wrote a generated dataset of {classes} classes to {}", out.display());
             Ok(())
         }
