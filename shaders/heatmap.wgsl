@@ -10,6 +10,11 @@ struct Uniforms {
     // 1.0 draws patch-grid lines, 0.0 does not.
     grid_lines: f32,
     grid_size: vec2<f32>,
+    // 1.0 when the target is an sRGB format (the hardware encodes on write, so we output linear).
+    srgb_target: f32,
+    _pad0: f32,
+    _pad1: f32,
+    _pad2: f32,
 };
 
 @group(0) @binding(0) var<uniform> u: Uniforms;
@@ -51,7 +56,10 @@ fn fs_main(in: VertexOut) -> @location(0) vec4<f32> {
     let v01 = textureLoad(heat_tex, vec2<i32>(vec2<f32>(p0.x, p1.y)), 0).r;
     let v11 = textureLoad(heat_tex, vec2<i32>(p1), 0).r;
     let v = mix(mix(v00, v10, f.x), mix(v01, v11, f.x), f.y);
-    let heat = textureSample(lut_tex, linear_sampler, vec2<f32>(clamp(v, 0.0, 1.0), 0.5)).rgb;
+    // Texel centres: 0 lands on the first entry and 1 on the last, as the CPU colormap samples.
+    let n = f32(textureDimensions(lut_tex).x);
+    let lut_u = (clamp(v, 0.0, 1.0) * (n - 1.0) + 0.5) / n;
+    let heat = textureSample(lut_tex, linear_sampler, vec2<f32>(lut_u, 0.5)).rgb;
     var rgb = mix(base.rgb, heat, u.opacity);
     if (u.grid_lines > 0.5) {
         let cell = fract(in.uv * u.grid_size);
@@ -60,5 +68,15 @@ fn fs_main(in: VertexOut) -> @location(0) vec4<f32> {
             rgb = mix(rgb, vec3<f32>(1.0, 1.0, 1.0), 0.5);
         }
     }
+    if (u.srgb_target > 0.5) {
+        rgb = to_linear(rgb);
+    }
     return vec4<f32>(rgb, 1.0);
+}
+
+// The image, the colormap and the blend are in gamma space, as egui's own colours are.
+fn to_linear(c: vec3<f32>) -> vec3<f32> {
+    let lo = c / 12.92;
+    let hi = pow((c + vec3<f32>(0.055)) / 1.055, vec3<f32>(2.4));
+    return select(hi, lo, c <= vec3<f32>(0.04045));
 }

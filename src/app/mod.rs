@@ -7,6 +7,7 @@
 mod compare;
 mod data_panel;
 mod errors;
+pub mod overlay;
 mod placeholders;
 pub mod state;
 mod top_bar;
