@@ -1,24 +1,38 @@
-//! The Compare tab: hand-written prompt templates scored zero-shot on the dataset.
+//! The Compare tab: hand-written templates one by one and as an ensemble, learned contexts and a linear
+//! probe, scored on the same test split; per-class accuracy, a class's images with their top-5, and
+//! the confusion matrix.
 
 use egui::{Color32, Grid, ProgressBar, RichText, ScrollArea, TextEdit};
 
-use crate::eval::zeroshot::{ZeroShotReport, DEFAULT_TEMPLATE};
+use crate::eval::zeroshot::DEFAULT_TEMPLATE;
+
+use super::compare_job::{Comparison, MethodResult};
 
 use super::state::{AppState, RunningEval};
 use super::Action;
 
 pub const RUN_BUTTON: &str = "Run zero-shot";
 /// Heading above the results table; tests wait for it.
-pub const RESULTS_HEADING: &str = "Zero-shot accuracy";
+pub const RESULTS_HEADING: &str = "Accuracy on the test split";
 
 pub struct ComparePanel {
     /// As typed, blank lines included; cleaned when a run starts.
     pub templates: Vec<String>,
+    pub linear_probe: bool,
+    pub view: CompareView,
+}
+
+/// What of the results is looked at: a method's column, a class's images, the confusion matrix.
+#[derive(Default)]
+pub struct CompareView {
+    pub method: usize,
+    pub class: Option<usize>,
+    pub confusion: bool,
 }
 
 impl Default for ComparePanel {
     fn default() -> Self {
-        ComparePanel { templates: vec![DEFAULT_TEMPLATE.to_string()] }
+        ComparePanel { templates: vec![DEFAULT_TEMPLATE.to_string()], linear_probe: false, view: CompareView::default() }
     }
 }
 
@@ -37,7 +51,7 @@ impl ComparePanel {
         ui.add_space(8.0);
         ui.separator();
         match &state.report {
-            Some(report) => report_ui(ui, report),
+            Some(report) => report_ui(ui, report, &mut self.view),
             None if state.zero_shot.is_some() => {}
             None if state.last_run_cancelled => {
                 ui.weak("The last run was cancelled.");
@@ -88,13 +102,17 @@ impl ComparePanel {
             if ui.add_enabled(can_run, button).clicked() {
                 actions.push(Action::RunZeroShot(templates));
             }
+            ui.checkbox(&mut self.linear_probe, "linear probe").on_hover_text("Also fit a logistic regression on the train split's features");
             match (missing, &state.dataset) {
                 (Some(why), _) => {
                     ui.weak(why);
                 }
-                (None, Some(ds)) => {
-                    let split = if ds.folder.test.is_some() { "test split" } else { "whole dataset" };
-                    ui.weak(format!("scores the {} images of the {split}", ds.folder.eval_samples().len()));
+                (None, Some(_)) => {
+                    let learned = state.prompts.len();
+                    ui.weak(format!(
+                        "on the test split{}",
+                        if learned > 0 { format!(", with {learned} learned prompt file{}", if learned == 1 { "" } else { "s" }) } else { String::new() }
+                    ));
                 }
                 (None, None) => {}
             }
@@ -121,31 +139,92 @@ fn progress_ui(ui: &mut egui::Ui, running: &RunningEval, actions: &mut Vec<Actio
     });
 }
 
-fn report_ui(ui: &mut egui::Ui, report: &ZeroShotReport) {
-    let e = &report.eval;
+fn report_ui(ui: &mut egui::Ui, report: &Comparison, view: &mut CompareView) {
     ui.heading(RESULTS_HEADING);
-    ui.weak(format!(
-        "{} split · {} · {} template{}",
-        report.split,
-        report.model,
-        report.templates.len(),
-        if report.templates.len() == 1 { "" } else { "s" }
-    ));
+    let images = report.methods.first().map_or(0, |m| m.eval.total);
+    ui.weak(format!("{} split ({images} images) · {} · {} methods", report.split, report.model, report.methods.len()));
     ui.add_space(4.0);
-    ScrollArea::vertical().auto_shrink([false, true]).show(ui, |ui| {
-        Grid::new("zero_shot_per_class").striped(true).num_columns(3).min_col_width(80.0).show(ui, |ui| {
+    view.method = view.method.min(report.methods.len().saturating_sub(1));
+    ScrollArea::horizontal().id_salt("compare_table").show(ui, |ui| {
+        Grid::new("compare_per_class").striped(true).num_columns(1 + report.methods.len()).min_col_width(80.0).show(ui, |ui| {
             ui.strong("class");
-            ui.strong("correct / total");
-            ui.strong("accuracy");
+            for (i, m) in report.methods.iter().enumerate() {
+                ui.selectable_value(&mut view.method, i, RichText::new(&m.name).strong()).on_hover_text("Show this method's images and confusion matrix");
+            }
             ui.end_row();
             ui.strong("overall");
-            ui.strong(format!("{} / {}", e.correct, e.total));
-            accuracy_bar(ui, e.accuracy, e.total);
+            for m in &report.methods {
+                accuracy_bar(ui, m.eval.accuracy, m.eval.total);
+            }
             ui.end_row();
-            for class in &e.per_class {
-                ui.label(&class.name);
-                ui.label(format!("{} / {}", class.correct, class.total));
-                accuracy_bar(ui, class.accuracy, class.total);
+            for (c, name) in report.classes.iter().enumerate() {
+                let selected = view.class == Some(c);
+                if ui.selectable_label(selected, name).on_hover_text("Show this class's images").clicked() {
+                    view.class = if selected { None } else { Some(c) };
+                }
+                for m in &report.methods {
+                    let pc = &m.eval.per_class[c];
+                    accuracy_bar(ui, pc.accuracy, pc.total);
+                }
+                ui.end_row();
+            }
+        });
+    });
+    let Some(method) = report.methods.get(view.method) else { return };
+    ui.add_space(6.0);
+    ui.horizontal(|ui| {
+        ui.strong(format!("{}: {} / {} correct", method.name, method.eval.correct, method.eval.total));
+        ui.checkbox(&mut view.confusion, "confusion matrix");
+    });
+    if view.confusion {
+        confusion_ui(ui, &report.classes, &method.eval.confusion);
+    }
+    if let Some(c) = view.class {
+        class_images_ui(ui, report, method, c);
+    }
+}
+
+/// Counts of true (rows) against predicted (columns) classes, shaded by their share of the row.
+fn confusion_ui(ui: &mut egui::Ui, classes: &[String], confusion: &[Vec<usize>]) {
+    ScrollArea::both().id_salt("confusion").max_height(320.0).show(ui, |ui| {
+        Grid::new("confusion_matrix").num_columns(1 + classes.len()).spacing([2.0, 2.0]).show(ui, |ui| {
+            ui.weak("true \\ predicted");
+            for c in classes {
+                ui.label(RichText::new(c).small());
+            }
+            ui.end_row();
+            for (t, row) in confusion.iter().enumerate() {
+                ui.label(RichText::new(&classes[t]).small());
+                let total: usize = row.iter().sum();
+                for (p, &n) in row.iter().enumerate() {
+                    let share = if total == 0 { 0.0 } else { n as f32 / total as f32 };
+                    let base = if t == p { Color32::from_rgb(40, 160, 80) } else { Color32::from_rgb(200, 60, 50) };
+                    let fill = if n == 0 { Color32::TRANSPARENT } else { base.gamma_multiply(0.25 + 0.75 * share) };
+                    egui::Frame::new().fill(fill).inner_margin(4).show(ui, |ui| {
+                        ui.set_min_width(36.0);
+                        ui.label(n.to_string());
+                    });
+                }
+                ui.end_row();
+            }
+        });
+    });
+}
+
+/// The class's test images under one method: ✔ / ✘ and the top-5 with probabilities.
+fn class_images_ui(ui: &mut egui::Ui, report: &Comparison, method: &MethodResult, class: usize) {
+    ui.add_space(4.0);
+    ui.strong(format!("{}: images and top-5 predictions", report.classes[class]));
+    ScrollArea::vertical().id_salt("class_images").max_height(300.0).show(ui, |ui| {
+        Grid::new("class_images_grid").striped(true).num_columns(3).show(ui, |ui| {
+            for p in method.eval.predictions.iter().filter(|p| p.label == class) {
+                let ok = p.predicted == p.label;
+                let mark = if ok { RichText::new("✔").color(Color32::from_rgb(40, 170, 80)) } else { RichText::new("✘").color(ui.visuals().error_fg_color) };
+                ui.label(mark).on_hover_text(if ok { "correct" } else { "wrong" });
+                let file = std::path::Path::new(&p.path).file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+                ui.label(file).on_hover_text(&p.path);
+                let top: Vec<String> = p.top5.iter().map(|(c, pr)| format!("{} {:.0}%", report.classes[*c], 100.0 * pr)).collect();
+                ui.label(top.join(" · "));
                 ui.end_row();
             }
         });

@@ -16,6 +16,26 @@ pub const DATASET_FIELD: &str = "Dataset folder";
 pub struct DataPanel {
     pub model_path: String,
     pub dataset_path: String,
+    pub recent_models: Vec<String>,
+    pub recent_datasets: Vec<String>,
+}
+
+/// A "Recent" menu: picking an entry fills the field and loads it.
+fn recent_ui(ui: &mut egui::Ui, id: &str, recent: &[String], pick: impl Fn(String) -> Action, actions: &mut Vec<Action>) {
+    ui.add_enabled_ui(!recent.is_empty(), |ui| {
+        ui.push_id(id, |ui| {
+            ui.menu_button("Recent", |ui| {
+                for r in recent {
+                    if ui.button(r).clicked() {
+                        actions.push(pick(r.clone()));
+                        ui.close();
+                    }
+                }
+            })
+            .response
+            .on_hover_text("Models and datasets opened before");
+        });
+    });
 }
 
 impl DataPanel {
@@ -49,6 +69,7 @@ impl DataPanel {
             if load.clicked() || (submitted && !busy) {
                 actions.push(Action::LoadModel(self.model_path.trim().to_string()));
             }
+            recent_ui(ui, "recent_models", &self.recent_models, Action::PickRecentModel, actions);
             if busy {
                 ui.spinner();
                 ui.label("loading…");
@@ -75,6 +96,7 @@ impl DataPanel {
             if open.clicked() || (submitted && !busy) {
                 actions.push(Action::OpenDataset(self.dataset_path.trim().into()));
             }
+            recent_ui(ui, "recent_datasets", &self.recent_datasets, Action::PickRecentDataset, actions);
             if busy {
                 ui.spinner();
                 ui.label("scanning…");
@@ -82,7 +104,7 @@ impl DataPanel {
         });
         ui.add_space(4.0);
         match &state.dataset {
-            Some(ds) => dataset_summary_ui(ui, ds),
+            Some(ds) => dataset_summary_ui(ui, ds, &state.thumbnails),
             None => {
                 ui.weak("Open a folder with one sub-folder of images per class (optionally inside train/, val/, test/), or drop it onto the window.");
             }
@@ -90,7 +112,7 @@ impl DataPanel {
     }
 }
 
-fn dataset_summary_ui(ui: &mut egui::Ui, ds: &OpenedDataset) {
+fn dataset_summary_ui(ui: &mut egui::Ui, ds: &OpenedDataset, thumbnails: &[Vec<egui::TextureHandle>]) {
     let s = &ds.summary;
     let names = &ds.folder.class_names;
     ui.add(egui::Label::new(RichText::new(format!("open: {}", ds.folder.root.display())).small()).truncate())
@@ -117,4 +139,16 @@ fn dataset_summary_ui(ui: &mut egui::Ui, ds: &OpenedDataset) {
             ui.end_row();
         }
     });
+    if thumbnails.is_empty() {
+        return;
+    }
+    ui.add_space(6.0);
+    for (name, thumbs) in names.iter().zip(thumbnails) {
+        ui.label(RichText::new(name).small());
+        ui.horizontal_wrapped(|ui| {
+            for t in thumbs {
+                ui.add(egui::Image::new(t).fit_to_exact_size(egui::vec2(44.0, 44.0)).corner_radius(3));
+            }
+        });
+    }
 }

@@ -4,13 +4,19 @@
 //! [`worker`]; the panels own their widget state, [`state::AppState`] owns what is loaded and computed.
 //! Nothing here needs a window, so tests drive the same code through `egui_kittest`.
 
+pub mod align_job;
+mod align_panel;
 mod compare;
+pub mod compare_job;
 mod data_panel;
+mod export_panel;
+pub mod prompts_job;
 mod errors;
 pub mod overlay;
-mod placeholders;
 pub mod state;
 mod top_bar;
+pub mod train_panel;
+pub mod training;
 pub mod worker;
 
 use std::path::{Path, PathBuf};
@@ -19,10 +25,14 @@ use std::sync::Arc;
 
 use egui::{Align2, Color32, FontId, Id, LayerId, Order};
 
+use align_panel::{AlignPanel, LearnedSource};
 use compare::ComparePanel;
+use export_panel::ExportPanel;
 use data_panel::DataPanel;
 use state::{AppState, RunningEval, Settings};
 use top_bar::TopBar;
+use train_panel::TrainPanel;
+use training::{RunStatus, TrainRecord};
 use worker::{Event, PickTarget, Worker};
 
 /// Opens the window. `model` and `data`, when given, are filled in and loaded at start-up; otherwise the
@@ -41,7 +51,11 @@ pub fn run(model: Option<String>, data: Option<PathBuf>) -> anyhow::Result<()> {
     eframe::run_native(
         "promptscope",
         options,
-        Box::new(move |cc| Ok(Box::new(PromptscopeApp::new(cc.storage).with_startup(model, data)))),
+        Box::new(move |cc| {
+            let mut app = PromptscopeApp::new(cc.storage).with_startup(model, data);
+            app.gpu_format = cc.wgpu_render_state.as_ref().map(|rs| rs.target_format);
+            Ok(Box::new(app))
+        }),
     )
     .map_err(|e| {
         anyhow::anyhow!(
@@ -49,6 +63,9 @@ pub fn run(model: Option<String>, data: Option<PathBuf>) -> anyhow::Result<()> {
         )
     })
 }
+
+/// Images per class shown in the side panel.
+const THUMBNAILS_PER_CLASS: usize = 6;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Tab {
@@ -83,6 +100,19 @@ pub enum Action {
     DismissError(usize),
     /// A file or folder dropped onto the window.
     Dropped(PathBuf),
+    StartTraining(Box<crate::train::pipeline::CoopRun>),
+    PauseRun(usize),
+    /// Unpauses a paused run, or restarts a stopped one from its checkpoint.
+    ResumeRun(usize),
+    StopRun(usize),
+    ToggleRunVisible(usize),
+    LoadPrompts(PathBuf),
+    PickRecentModel(String),
+    PickRecentDataset(String),
+    LoadPromptsAs(PathBuf, String),
+    ExportRun { from: PathBuf, to: PathBuf },
+    ShowError(String),
+    Align(Box<align_job::AlignRequest>),
 }
 
 pub struct PromptscopeApp {
@@ -91,7 +121,18 @@ pub struct PromptscopeApp {
     top_bar: TopBar,
     data_panel: DataPanel,
     compare: ComparePanel,
+    pub train: TrainPanel,
+    pub align: AlignPanel,
+    pub export: ExportPanel,
     worker: Worker,
+    thumbnail_job: Option<worker::JobId>,
+    /// The window's wgpu target format; None without a wgpu renderer (the overlay is then drawn on the
+    /// CPU).
+    pub gpu_format: Option<egui_wgpu::wgpu::TextureFormat>,
+    /// Where training runs write their prompts files and checkpoints.
+    pub runs_dir: PathBuf,
+    /// Feature cache; None recomputes features every run.
+    pub cache_dir: Option<PathBuf>,
     /// Actions queued before there was a frame (and so an `egui::Context` to repaint): the command line's
     /// paths.
     pending: Vec<Action>,
@@ -107,7 +148,14 @@ impl PromptscopeApp {
             top_bar: TopBar,
             data_panel: DataPanel::default(),
             compare: ComparePanel::default(),
+            train: TrainPanel::default(),
+            align: AlignPanel::default(),
+            export: ExportPanel::default(),
             worker: Worker::default(),
+            gpu_format: None,
+            thumbnail_job: None,
+            runs_dir: default_runs_dir(),
+            cache_dir: Some(crate::train::features::default_cache_dir()),
             pending: Vec::new(),
         };
         app.apply_settings(settings);
@@ -137,12 +185,18 @@ impl PromptscopeApp {
             model: self.data_panel.model_path.clone(),
             dataset: self.data_panel.dataset_path.clone(),
             templates: self.compare.templates.clone(),
+            recent_models: self.data_panel.recent_models.clone(),
+            recent_datasets: self.data_panel.recent_datasets.clone(),
+            train: self.train.form.clone(),
         }
     }
 
     pub fn apply_settings(&mut self, settings: Settings) {
         self.data_panel.model_path = settings.model;
         self.data_panel.dataset_path = settings.dataset;
+        self.data_panel.recent_models = settings.recent_models;
+        self.data_panel.recent_datasets = settings.recent_datasets;
+        self.train.form = settings.train;
         self.compare.templates =
             if settings.templates.is_empty() { ComparePanel::default().templates } else { settings.templates };
     }
@@ -154,6 +208,46 @@ impl PromptscopeApp {
         for event in self.worker.drain() {
             match event {
                 Event::FolderPicked { target, path } => actions.push(self.folder_chosen(target, path)),
+                Event::TrainFinished { job, result: Ok(outcome) } => {
+                    // A finished run's prompts join Compare, Align and Export.
+                    if let Some(run) = self.state.runs.iter().find(|r| r.job == Some(job)) {
+                        actions.push(Action::LoadPromptsAs(outcome.prompts.clone(), run.label.clone()));
+                    }
+                    self.state.apply(Event::TrainFinished { job, result: Ok(outcome) });
+                }
+                Event::Thumbnails { job, images } => {
+                    if self.thumbnail_job == Some(job) {
+                        self.thumbnail_job = None;
+                        self.state.thumbnails = images
+                            .into_iter()
+                            .enumerate()
+                            .map(|(c, imgs)| {
+                                imgs.into_iter()
+                                    .enumerate()
+                                    .map(|(i, img)| ctx.load_texture(format!("thumb-{c}-{i}"), img, egui::TextureOptions::LINEAR))
+                                    .collect()
+                            })
+                            .collect();
+                    }
+                }
+                Event::ModelLoaded { job, result } => {
+                    if let (Ok(_), Some((j, id))) = (&result, &self.state.loading_model) {
+                        if *j == job {
+                            state::remember(&mut self.data_panel.recent_models, id);
+                        }
+                    }
+                    self.state.apply(Event::ModelLoaded { job, result });
+                }
+                Event::DatasetOpened { job, result } => {
+                    let opened = matches!((&result, &self.state.opening_dataset), (Ok(_), Some((j, _))) if *j == job);
+                    if let (true, Some((_, path))) = (opened, &self.state.opening_dataset) {
+                        state::remember(&mut self.data_panel.recent_datasets, &path.display().to_string());
+                    }
+                    self.state.apply(Event::DatasetOpened { job, result });
+                    if let (true, Some(ds)) = (opened, &self.state.dataset) {
+                        self.thumbnail_job = self.worker.thumbnails(&ctx, ds.folder.clone(), THUMBNAILS_PER_CLASS, 64).ok();
+                    }
+                }
                 other => self.state.apply(other),
             }
         }
@@ -176,10 +270,26 @@ impl PromptscopeApp {
             ui.separator();
             match self.tab {
                 Tab::Compare => self.compare.ui(ui, &self.state, &mut actions),
-                other => placeholders::ui(ui, other),
+                Tab::Train => self.train.ui(ui, &self.state, &mut actions),
+                Tab::Align => {
+                    let sources = self.learned_sources();
+                    self.align.ui(ui, &self.state, &sources, self.gpu_format, &mut actions);
+                    if let Some(req) = self.align.request(&self.state, &sources, &self.compare.cleaned_templates()) {
+                        let current = self.state.align.as_ref().map(|v| &v.request);
+                        let pending = self.state.aligning.as_ref().map(|(_, r)| r);
+                        if current != Some(&req) && pending.is_none() {
+                            actions.push(Action::Align(Box::new(req)));
+                        }
+                    }
+                }
+                Tab::Export => self.export.ui(ui, &self.state, &mut actions),
             }
         });
         drop_hint(&ctx);
+        if self.state.is_training() {
+            // Elapsed time, ETA and spinners move between worker events too.
+            ctx.request_repaint_after(std::time::Duration::from_millis(33));
+        }
 
         for action in actions {
             self.handle(action, &ctx);
@@ -225,6 +335,62 @@ impl PromptscopeApp {
                     self.state.errors.remove(i);
                 }
             }
+            Action::StartTraining(run) => self.start_training(ctx, *run),
+            Action::LoadPrompts(path) => {
+                let label = path.file_name().map_or_else(|| path.display().to_string(), |f| f.to_string_lossy().into_owned());
+                self.handle(Action::LoadPromptsAs(path, label), ctx);
+            }
+            Action::LoadPromptsAs(path, label) => {
+                let Some(model) = &self.state.model else {
+                    return self.state.error("Load the model the prompts were trained with first.");
+                };
+                if path.as_os_str().is_empty() {
+                    return self.state.error("Enter the path of a prompts file first.");
+                }
+                match self.worker.load_prompts(ctx, model.clip.clone(), path.clone(), label) {
+                    Ok(job) => self.state.loading_prompts = Some((job, path)),
+                    Err(e) => self.state.error(format!("Could not start loading prompts: {e}")),
+                }
+            }
+            Action::ExportRun { from, to } => match self.worker.export(ctx, from, to) {
+                Ok(job) => self.state.exporting = Some(job),
+                Err(e) => self.state.error(format!("Could not start the export: {e}")),
+            },
+            Action::ShowError(message) => self.state.error(message),
+            Action::PickRecentModel(m) => {
+                self.data_panel.model_path = m.clone();
+                self.handle(Action::LoadModel(m), ctx);
+            }
+            Action::PickRecentDataset(d) => {
+                self.data_panel.dataset_path = d.clone();
+                self.handle(Action::OpenDataset(d.into()), ctx);
+            }
+            Action::Align(req) => {
+                let Some(model) = &self.state.model else { return };
+                match self.worker.align(ctx, model.clip.clone(), (*req).clone()) {
+                    Ok(job) => self.state.aligning = Some((job, *req)),
+                    Err(e) => self.state.error(format!("Could not start the alignment: {e}")),
+                }
+            }
+            Action::PauseRun(n) => {
+                if let Some(run) = self.state.run_mut(n) {
+                    run.control.pause.store(true, Ordering::Relaxed);
+                    if run.status == RunStatus::Training {
+                        run.status = RunStatus::Paused;
+                    }
+                }
+            }
+            Action::ResumeRun(n) => self.resume_run(ctx, n),
+            Action::StopRun(n) => {
+                if let Some(run) = self.state.run_mut(n) {
+                    run.control.cancel.store(true, Ordering::Relaxed);
+                }
+            }
+            Action::ToggleRunVisible(n) => {
+                if let Some(run) = self.state.run_mut(n) {
+                    run.visible = !run.visible;
+                }
+            }
             Action::Dropped(path) => match classify_drop(&path) {
                 Ok(target) => {
                     let action = self.folder_chosen(target, path);
@@ -250,6 +416,59 @@ impl PromptscopeApp {
         }
     }
 
+    /// Learned prompts the Align tab can show: every loaded file, runs' included.
+    fn learned_sources(&self) -> Vec<LearnedSource> {
+        self.state
+            .prompts
+            .iter()
+            .map(|p| LearnedSource { label: p.label.clone(), path: p.path.clone(), class_names: p.meta.class_names.clone() })
+            .collect()
+    }
+
+    fn start_training(&mut self, ctx: &egui::Context, run: crate::train::pipeline::CoopRun) {
+        let (Some(model), Some(dataset)) = (&self.state.model, &self.state.dataset) else {
+            return self.state.error("Load a model and open a dataset before training.");
+        };
+        let number = self.state.runs.len() + 1;
+        // A fresh name per launch and run, so a new session never resumes an old session's checkpoint.
+        let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
+        let out = self.runs_dir.join(format!("run-{stamp}-{number}.safetensors"));
+        let mut record = TrainRecord::new(number, run.clone(), out.clone());
+        match self.worker.train(ctx, model.clip.clone(), dataset.folder.clone(), run, out, false, self.cache_dir.clone(), record.control.clone()) {
+            Ok(job) => {
+                record.job = Some(job);
+                self.state.runs.push(record);
+            }
+            Err(e) => self.state.error(format!("Could not start training: {e}")),
+        }
+    }
+
+    fn resume_run(&mut self, ctx: &egui::Context, n: usize) {
+        let (Some(model), Some(dataset)) = (&self.state.model, &self.state.dataset) else {
+            return self.state.error("Load the model and dataset of this run before resuming it.");
+        };
+        let (clip, folder) = (model.clip.clone(), dataset.folder.clone());
+        let cache = self.cache_dir.clone();
+        let Some(run) = self.state.runs.iter_mut().find(|r| r.number == n) else { return };
+        run.control.pause.store(false, Ordering::Relaxed);
+        match run.status {
+            RunStatus::Paused => run.status = RunStatus::Training,
+            RunStatus::Stopped => {
+                run.rewind_to_checkpoint();
+                run.control = Default::default();
+                run.status = RunStatus::Preparing { stage: "resuming".into(), done: 0, total: 0 };
+                match self.worker.train(ctx, clip, folder, run.run.clone(), run.out.clone(), true, cache, run.control.clone()) {
+                    Ok(job) => run.job = Some(job),
+                    Err(e) => {
+                        run.status = RunStatus::Stopped;
+                        self.state.error(format!("Could not resume the run: {e}"));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
     fn start_zero_shot(&mut self, ctx: &egui::Context, templates: Vec<String>) {
         if self.state.zero_shot.is_some() {
             return;
@@ -267,7 +486,12 @@ impl PromptscopeApp {
             ));
         }
         let cancel = Arc::new(AtomicBool::new(false));
-        match self.worker.zero_shot(ctx, model.clip.clone(), dataset.folder.clone(), templates, cancel.clone()) {
+        let req = compare_job::CompareRequest {
+            templates,
+            learned: self.state.prompts.iter().map(|p| (p.label.clone(), p.path.clone())).collect(),
+            linear_probe: self.compare.linear_probe,
+        };
+        match self.worker.compare(ctx, model.clip.clone(), dataset.folder.clone(), req, self.cache_dir.clone(), cancel.clone()) {
             Ok(job) => {
                 self.state.zero_shot = Some(RunningEval::new(job, cancel));
                 self.state.last_run_cancelled = false;
@@ -285,6 +509,15 @@ impl eframe::App for PromptscopeApp {
     fn save(&mut self, storage: &mut dyn eframe::Storage) {
         eframe::set_value(storage, eframe::APP_KEY, &self.settings());
     }
+}
+
+/// `$PROMPTSCOPE_RUNS`, else `runs/` beside the feature cache (`~/.cache/promptscope/runs`).
+pub fn default_runs_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("PROMPTSCOPE_RUNS").filter(|v| !v.is_empty()) {
+        return dir.into();
+    }
+    let features = crate::train::features::default_cache_dir();
+    features.parent().map_or_else(|| features.join("runs"), |p| p.join("runs"))
 }
 
 /// A folder with a `config.json` is a model; any other folder is a dataset.

@@ -10,8 +10,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::clip::LoadedClip;
 use crate::data::{DatasetFolder, Sample};
-use crate::eval::zeroshot::{ZeroShotReport, DEFAULT_TEMPLATE};
+use crate::eval::zeroshot::DEFAULT_TEMPLATE;
 
+use super::align_job::{AlignRequest, AlignView};
+use super::compare_job::Comparison;
+use super::prompts_job::LoadedPrompts;
+
+use super::training::{RunStatus, TrainRecord};
 use super::worker::{Event, Failure, JobId};
 
 /// What is remembered between launches (eframe storage).
@@ -21,12 +26,33 @@ pub struct Settings {
     pub model: String,
     pub dataset: String,
     pub templates: Vec<String>,
+    /// Most recent first.
+    pub recent_models: Vec<String>,
+    pub recent_datasets: Vec<String>,
+    pub train: super::train_panel::TrainForm,
 }
 
 impl Default for Settings {
     fn default() -> Self {
-        Settings { model: String::new(), dataset: String::new(), templates: vec![DEFAULT_TEMPLATE.to_string()] }
+        Settings {
+            model: String::new(),
+            dataset: String::new(),
+            templates: vec![DEFAULT_TEMPLATE.to_string()],
+            recent_models: Vec::new(),
+            recent_datasets: Vec::new(),
+            train: Default::default(),
+        }
     }
+}
+
+/// Entries kept in each recent list.
+pub const RECENT: usize = 8;
+
+/// Moves `item` to the front of `list`, keeping at most [`RECENT`].
+pub fn remember(list: &mut Vec<String>, item: &str) {
+    list.retain(|x| x != item);
+    list.insert(0, item.to_string());
+    list.truncate(RECENT);
 }
 
 pub struct LoadedModel {
@@ -100,7 +126,7 @@ impl RunningEval {
 pub struct AppState {
     pub model: Option<LoadedModel>,
     pub dataset: Option<OpenedDataset>,
-    pub report: Option<ZeroShotReport>,
+    pub report: Option<Comparison>,
     /// Shown until dismissed, oldest first.
     pub errors: Vec<String>,
     /// The model load under way, if any.
@@ -110,12 +136,39 @@ pub struct AppState {
     pub zero_shot: Option<RunningEval>,
     /// Set when the last zero-shot run was cancelled, so the panel can say so.
     pub last_run_cancelled: bool,
+    /// Training runs, oldest first.
+    pub runs: Vec<TrainRecord>,
+    /// Learned prompts: finished runs' and files the user loaded.
+    pub prompts: Vec<LoadedPrompts>,
+    pub loading_prompts: Option<(JobId, PathBuf)>,
+    pub exporting: Option<JobId>,
+    pub last_export: Option<PathBuf>,
+    pub align: Option<AlignView>,
+    pub aligning: Option<(JobId, AlignRequest)>,
+    /// A few decoded images per class of the open dataset, for the side panel.
+    pub thumbnails: Vec<Vec<egui::TextureHandle>>,
 }
 
 impl AppState {
     /// True while no worker job is under way.
     pub fn is_idle(&self) -> bool {
         self.loading_model.is_none() && self.opening_dataset.is_none() && self.zero_shot.is_none()
+            && !self.is_training()
+            && self.loading_prompts.is_none()
+            && self.exporting.is_none()
+            && self.aligning.is_none()
+    }
+
+    pub fn is_training(&self) -> bool {
+        self.runs.iter().any(TrainRecord::is_active)
+    }
+
+    pub fn run_mut(&mut self, number: usize) -> Option<&mut TrainRecord> {
+        self.runs.iter_mut().find(|r| r.number == number)
+    }
+
+    fn run_of_job(&mut self, job: JobId) -> Option<&mut TrainRecord> {
+        self.runs.iter_mut().find(|r| r.job == Some(job))
     }
 
     pub fn error(&mut self, message: impl Into<String>) {
@@ -150,6 +203,7 @@ impl AppState {
                 let Some((_, path)) = self.opening_dataset.take_if(|(j, _)| *j == job) else { return };
                 match result {
                     Ok(ds) => {
+                        self.thumbnails.clear();
                         self.dataset = Some(ds);
                         self.report = None;
                     }
@@ -169,16 +223,90 @@ impl AppState {
                     Err(f) => self.fail(f, "Zero-shot"),
                 }
             }
+            Event::PromptsLoaded { job, result } => {
+                let Some((_, path)) = self.loading_prompts.take_if(|(j, _)| *j == job) else { return };
+                match result {
+                    Ok(p) => {
+                        // Loading the same file again refreshes it rather than listing it twice.
+                        self.prompts.retain(|q| q.path != p.path);
+                        self.prompts.push(p);
+                    }
+                    Err(f) => self.fail(f, &format!("Loading prompts {}", path.display())),
+                }
+            }
+            Event::Exported { job, result } => {
+                if self.exporting.take_if(|j| *j == job).is_none() {
+                    return;
+                }
+                match result {
+                    Ok(path) => self.last_export = Some(path),
+                    Err(f) => self.fail(f, "Export"),
+                }
+            }
+            Event::AlignDone { job, result } => {
+                if self.aligning.take_if(|(j, _)| *j == job).is_none() {
+                    return;
+                }
+                match result {
+                    Ok(view) => self.align = Some(view),
+                    Err(f) => self.fail(f, "Alignment"),
+                }
+            }
+            Event::TrainProgress { job, stage, done, total } => {
+                if let Some(run) = self.run_of_job(job).filter(|r| matches!(r.status, RunStatus::Preparing { .. })) {
+                    run.status = RunStatus::Preparing { stage, done, total };
+                }
+            }
+            Event::TrainReady { job, train_images } => {
+                if let Some(run) = self.run_of_job(job) {
+                    run.train_images = train_images;
+                    run.status = if run.is_paused() { RunStatus::Paused } else { RunStatus::Training };
+                }
+            }
+            Event::TrainStep { job, epoch, step, steps, loss } => {
+                if let Some(run) = self.run_of_job(job) {
+                    run.steps.push([epoch as f64 + (step + 1) as f64 / steps.max(1) as f64, loss]);
+                }
+            }
+            Event::TrainEpoch { job, stats } => {
+                if let Some(run) = self.run_of_job(job) {
+                    run.epochs.push(stats);
+                }
+            }
+            Event::TrainFinished { job, result } => {
+                let Some(run) = self.run_of_job(job) else { return };
+                run.job = None;
+                match result {
+                    Ok(outcome) => {
+                        run.status = RunStatus::Finished;
+                        run.outcome = Some(outcome);
+                    }
+                    Err(Failure::Cancelled) => run.status = RunStatus::Stopped,
+                    Err(Failure::Error(message)) => {
+                        let context = format!("Training run {}", run.label);
+                        run.status = RunStatus::Failed(message.clone());
+                        self.error(format!("{context}: {message}"));
+                    }
+                }
+            }
             Event::Crashed { job, message } => {
-                let mine = self.loading_model.take_if(|(j, _)| *j == job).is_some()
+                let was_run = self.run_of_job(job).map(|run| {
+                    run.job = None;
+                    run.status = RunStatus::Failed(message.clone());
+                });
+                let mine = was_run.is_some()
+                    | self.loading_model.take_if(|(j, _)| *j == job).is_some()
                     | self.opening_dataset.take_if(|(j, _)| *j == job).is_some()
-                    | self.zero_shot.take_if(|r| r.job == job).is_some();
+                    | self.zero_shot.take_if(|r| r.job == job).is_some()
+                    | self.loading_prompts.take_if(|(j, _)| *j == job).is_some()
+                    | self.exporting.take_if(|j| *j == job).is_some()
+                    | self.aligning.take_if(|(j, _)| *j == job).is_some();
                 if mine {
                     self.error(message);
                 }
             }
-            // Fills a text field: the app handles it, not the domain state.
-            Event::FolderPicked { .. } => {}
+            // Fill a text field, or need the egui context for textures: the app handles them.
+            Event::FolderPicked { .. } | Event::Thumbnails { .. } => {}
         }
     }
 

@@ -3,24 +3,26 @@
 
 use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::Arc;
 
 use crate::clip::LoadedClip;
 use crate::data::DatasetFolder;
 use crate::error::Error;
-use crate::eval::zeroshot::{self, ZeroShotReport};
+use super::align_job::{self, AlignRequest, AlignView};
+use super::compare_job::{self, CompareRequest, Comparison};
+use super::prompts_job::{self, LoadedPrompts};
 use crate::progress::Reporter;
 
 use super::state::{DatasetSummary, LoadedModel, OpenedDataset};
+use super::training::{TrainControl, TrainOutcome};
+use crate::train::coop::{EpochStats, TrainEvent};
+use crate::train::pipeline::{self, CoopRun};
 
 /// Identifies one job, so a result that arrives after the user started a newer job of the same kind
 /// is recognised as stale and dropped.
 pub type JobId = u64;
-
-/// Images per forward pass of the vision tower, as the CLI's default.
-const ZERO_SHOT_BATCH: usize = 32;
 
 /// Why a job produced nothing.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,7 +52,19 @@ pub enum Event {
     Progress { job: JobId, stage: String, done: usize, total: usize },
     ModelLoaded { job: JobId, result: Result<LoadedModel, Failure> },
     DatasetOpened { job: JobId, result: Result<OpenedDataset, Failure> },
-    ZeroShotFinished { job: JobId, result: Result<ZeroShotReport, Failure> },
+    ZeroShotFinished { job: JobId, result: Result<Comparison, Failure> },
+    PromptsLoaded { job: JobId, result: Result<LoadedPrompts, Failure> },
+    Exported { job: JobId, result: Result<PathBuf, Failure> },
+    AlignDone { job: JobId, result: Result<AlignView, Failure> },
+    /// Per class, a few small decoded images (files that fail to decode are left out).
+    Thumbnails { job: JobId, images: Vec<Vec<egui::ColorImage>> },
+    /// Preparing a training run: split and image features.
+    TrainProgress { job: JobId, stage: String, done: usize, total: usize },
+    /// The split is drawn and the features are ready; training starts.
+    TrainReady { job: JobId, train_images: usize },
+    TrainStep { job: JobId, epoch: usize, step: usize, steps: usize, loss: f64 },
+    TrainEpoch { job: JobId, stats: EpochStats },
+    TrainFinished { job: JobId, result: Result<TrainOutcome, Failure> },
     /// The job panicked; whatever task it belonged to is over.
     Crashed { job: JobId, message: String },
     FolderPicked { target: PickTarget, path: PathBuf },
@@ -100,12 +114,13 @@ impl Worker {
         })
     }
 
-    pub fn zero_shot(
+    pub fn compare(
         &mut self,
         ctx: &egui::Context,
         clip: Arc<LoadedClip>,
         data: Arc<DatasetFolder>,
-        templates: Vec<String>,
+        req: CompareRequest,
+        cache: Option<PathBuf>,
         cancel: Arc<AtomicBool>,
     ) -> std::io::Result<JobId> {
         let progress_ctx = ctx.clone();
@@ -118,8 +133,87 @@ impl Worker {
                     progress_ctx.request_repaint();
                 },
             };
-            let result = zeroshot::run(&clip, &data, &templates, ZERO_SHOT_BATCH, &reporter).map_err(Failure::from);
+            let result = compare_job::run(&clip, &data, &req, cache.as_deref(), &reporter).map_err(Failure::from);
             Event::ZeroShotFinished { job, result }
+        })
+    }
+
+    pub fn load_prompts(&mut self, ctx: &egui::Context, clip: Arc<LoadedClip>, path: PathBuf, label: String) -> std::io::Result<JobId> {
+        self.spawn(ctx, "load prompts", move |job, _| Event::PromptsLoaded {
+            job,
+            result: prompts_job::load(&clip, &path, label).map_err(Failure::from),
+        })
+    }
+
+    pub fn export(&mut self, ctx: &egui::Context, from: PathBuf, to: PathBuf) -> std::io::Result<JobId> {
+        self.spawn(ctx, "export", move |job, _| Event::Exported { job, result: prompts_job::export(&from, &to).map_err(Failure::from) })
+    }
+
+    pub fn thumbnails(&mut self, ctx: &egui::Context, data: Arc<DatasetFolder>, per_class: usize, side: u32) -> std::io::Result<JobId> {
+        self.spawn(ctx, "thumbnails", move |job, _| {
+            let mut images = vec![Vec::new(); data.num_classes()];
+            for s in &data.all {
+                if images[s.label].len() >= per_class {
+                    continue;
+                }
+                if let Ok(img) = crate::clip::preprocess::load_image(&s.path) {
+                    let t = img.thumbnail(side, side).to_rgba8();
+                    images[s.label].push(egui::ColorImage::from_rgba_unmultiplied([t.width() as usize, t.height() as usize], t.as_raw()));
+                }
+            }
+            Event::Thumbnails { job, images }
+        })
+    }
+
+    pub fn align(&mut self, ctx: &egui::Context, clip: Arc<LoadedClip>, req: AlignRequest) -> std::io::Result<JobId> {
+        self.spawn(ctx, "align", move |job, _| Event::AlignDone { job, result: align_job::run(&clip, &req).map_err(Failure::from) })
+    }
+
+    /// Trains one CoOp run (resuming from `out`'s checkpoint when `resume`), reporting every step and
+    /// epoch. `control.pause` holds the run between steps; `control.cancel` stops it there.
+    #[allow(clippy::too_many_arguments)]
+    pub fn train(
+        &mut self,
+        ctx: &egui::Context,
+        clip: Arc<LoadedClip>,
+        data: Arc<DatasetFolder>,
+        run: CoopRun,
+        out: PathBuf,
+        resume: bool,
+        cache: Option<PathBuf>,
+        control: Arc<TrainControl>,
+    ) -> std::io::Result<JobId> {
+        let repaint = ctx.clone();
+        self.spawn(ctx, "training", move |job, tx| {
+            let send = |event: Event| {
+                let _ = tx.send(event);
+                repaint.request_repaint();
+            };
+            let reporter = Reporter {
+                cancel: &control.cancel,
+                on_update: |stage: &str, done, total| send(Event::TrainProgress { job, stage: stage.to_string(), done, total }),
+            };
+            let result = (|| -> crate::Result<TrainOutcome> {
+                if let Some(dir) = out.parent() {
+                    std::fs::create_dir_all(dir).map_err(|e| crate::Error::io(dir, e))?;
+                }
+                let rd = pipeline::prepare(&clip, &data, &run, cache.as_deref(), &reporter)?;
+                send(Event::TrainReady { job, train_images: rd.split.train.len() });
+                let mut on_event = |event: TrainEvent| {
+                    match event {
+                        TrainEvent::Step { epoch, step, steps, loss, .. } => send(Event::TrainStep { job, epoch, step, steps, loss }),
+                        TrainEvent::Epoch(stats) => send(Event::TrainEpoch { job, stats }),
+                    }
+                    // Paused: hold here, between steps, until resumed or stopped.
+                    while control.pause.load(Ordering::Relaxed) && !control.cancel.load(Ordering::Relaxed) {
+                        std::thread::sleep(std::time::Duration::from_millis(20));
+                    }
+                };
+                let o = pipeline::train(&clip, &data, &rd, &run, Some(&out), resume, &reporter, &mut on_event)?;
+                Ok(TrainOutcome { metrics: o.metrics, prompts: out.clone() })
+            })()
+            .map_err(Failure::from);
+            Event::TrainFinished { job, result }
         })
     }
 
