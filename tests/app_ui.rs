@@ -122,10 +122,10 @@ fn load_open_and_run_zero_shot_through_the_ui() {
     // Each row's accuracy bar says its percentage.
     assert_eq!(labels_containing(&h, "%"), 4);
 
-    // A class's images with ✔/✘ and top-5; the confusion matrix adds up to the images.
+    // A class's images marked correct / wrong, with their top-5; the confusion matrix adds up to the images.
     click(&mut h, "red square");
     assert_eq!(labels_containing(&h, "images and top-5 predictions"), 1);
-    assert_eq!(h.query_all_by_label("✔").count() + h.query_all_by_label("✘").count(), 3);
+    assert_eq!(h.query_all_by_label("correct").count() + h.query_all_by_label("wrong").count(), 3);
     click(&mut h, "confusion matrix");
     assert!(h.query_by_label("true \\ predicted").is_some());
     let cells: usize = eval.confusion.iter().flatten().sum();
@@ -397,4 +397,63 @@ fn training_runs_live_pauses_stops_resumes_and_exports() {
         assert!((m.eval.accuracy - test_acc).abs() < 1e-9, "{}: {} vs the run's {test_acc}", m.name, m.eval.accuracy);
     }
     h.check_accessibility();
+}
+
+/// The Align tab through a real wgpu renderer (Mesa's software Vulkan in CI): the heatmap of the chosen
+/// word is drawn by the shader over the image, and clicking another word redraws it.
+#[test]
+fn the_alignment_view_draws_the_chosen_words_heatmap_on_the_gpu() {
+    use egui_kittest::wgpu::{create_render_state, default_wgpu_setup, WgpuTestRenderer};
+    use promptscope::render::{Colormap, GridMap};
+    let fx = fixture();
+    let render_state = create_render_state(default_wgpu_setup(), egui_wgpu::RendererOptions::default());
+    let mut app = PromptscopeApp::new_headless().with_startup(Some(fx.model.display().to_string()), Some(fx.data.clone()));
+    app.gpu_format = Some(render_state.target_format);
+    app.cache_dir = None;
+    app.align.style.opacity = 1.0;
+    let mut h = Harness::builder()
+        .with_size(egui::vec2(1280.0, 900.0))
+        .renderer(WgpuTestRenderer::from_render_state(render_state))
+        .build_ui_state(|ui, app: &mut PromptscopeApp| app.show(ui), app);
+    wait_idle(&mut h);
+    click(&mut h, "Align");
+    wait_idle(&mut h);
+    assert!(h.state().state.errors.is_empty(), "{:?}", h.state().state.errors);
+    let tokens = h.state().state.align.as_ref().expect("an alignment").alignment.text_tokens.clone();
+    assert_eq!(tokens.first().map(String::as_str), Some("a"), "{tokens:?}");
+    assert!(h.query_by_label_contains("s_I").is_some());
+    assert!(h.query_by_label_contains("kept patches outlined").is_some());
+
+    let ppp = h.ctx.pixels_per_point();
+    let mut check_word = |h: &mut Harness<'_, PromptscopeApp>, word: usize| {
+        let view = h.state().state.align.as_ref().unwrap();
+        let map = GridMap::new(&view.alignment.word_map(word).unwrap(), view.alignment.grid).unwrap();
+        let rect = h.get_by_label("alignment map").rect();
+        let img = h.render().expect("a rendered frame");
+        let [gh, gw] = map.grid;
+        let mut worst = 0u8;
+        for r in 0..gh {
+            for c in 0..gw {
+                // The centre of patch (r, c): the shader's bilinear value there is the patch's own.
+                let x = rect.min.x + (c as f32 + 0.5) * rect.width() / gw as f32;
+                let y = rect.min.y + (r as f32 + 0.5) * rect.height() / gh as f32;
+                let p = img.get_pixel((x * ppp) as u32, (y * ppp) as u32);
+                let want = Colormap::Viridis.sample_u8(map.values[r * gw + c]);
+                for ch in 0..3 {
+                    worst = worst.max(p[ch].abs_diff(want[ch]));
+                }
+            }
+        }
+        assert!(worst <= 4, "word {word}: the drawn heatmap differs from the map by {worst}/255");
+        map
+    };
+    let first = check_word(&mut h, 0);
+    // Click the class word's token: the panel switches to its map and the GPU draws that one.
+    let word = tokens.iter().position(|t| t == "circle" || t == "square" || t == "stripes").expect("a class word");
+    h.get_all_by_label(&tokens[word]).find(|n| n.accesskit_node().role() == egui::accesskit::Role::Button).expect("the word's button").click();
+    h.step();
+    h.step();
+    assert_eq!(h.state().align.word, word);
+    let second = check_word(&mut h, word);
+    assert_ne!(first.values, second.values, "two words, two maps");
 }

@@ -124,10 +124,10 @@ impl AlignPanel {
     ) {
         ui.horizontal(|ui| {
             ui.label("Image");
-            if ui.button("◀").on_hover_text("Previous image").clicked() {
+            if ui.button("Previous").on_hover_text("Previous image").clicked() {
                 self.image = self.image.checked_sub(1).unwrap_or(samples.len() - 1);
             }
-            if ui.button("▶").on_hover_text("Next image").clicked() {
+            if ui.button("Next").on_hover_text("Next image").clicked() {
                 self.image = (self.image + 1) % samples.len();
             }
             let s = &samples[self.image];
@@ -210,8 +210,8 @@ impl AlignPanel {
             }
         }
         let Some((_, _, word_map, ssvp_map)) = self.overlays.clone() else { return };
-        let side = ((ui.available_width() - 40.0) / 2.0).clamp(160.0, 512.0);
         ui.columns(2, |cols| {
+            let side = cols[0].available_width().min(cols[1].available_width()).clamp(120.0, 512.0);
             cols[0].strong(format!("\"{}\" ({} mode)", a.text_tokens.get(self.word).cloned().unwrap_or_default(), a.mode));
             let word_map_lo_hi = (word_map.map.min, word_map.map.max);
             overlay_ui(&mut cols[0], 1, &word_map, &self.style, gpu, side, &[], "alignment map");

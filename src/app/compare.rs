@@ -211,7 +211,7 @@ fn confusion_ui(ui: &mut egui::Ui, classes: &[String], confusion: &[Vec<usize>])
     });
 }
 
-/// The class's test images under one method: ✔ / ✘ and the top-5 with probabilities.
+/// The class's test images under one method: correct / wrong and the top-5 with probabilities.
 fn class_images_ui(ui: &mut egui::Ui, report: &Comparison, method: &MethodResult, class: usize) {
     ui.add_space(4.0);
     ui.strong(format!("{}: images and top-5 predictions", report.classes[class]));
@@ -219,8 +219,8 @@ fn class_images_ui(ui: &mut egui::Ui, report: &Comparison, method: &MethodResult
         Grid::new("class_images_grid").striped(true).num_columns(3).show(ui, |ui| {
             for p in method.eval.predictions.iter().filter(|p| p.label == class) {
                 let ok = p.predicted == p.label;
-                let mark = if ok { RichText::new("✔").color(Color32::from_rgb(40, 170, 80)) } else { RichText::new("✘").color(ui.visuals().error_fg_color) };
-                ui.label(mark).on_hover_text(if ok { "correct" } else { "wrong" });
+                let mark = if ok { RichText::new("correct").color(Color32::from_rgb(40, 170, 80)) } else { RichText::new("wrong").color(ui.visuals().error_fg_color) };
+                ui.label(mark.strong());
                 let file = std::path::Path::new(&p.path).file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
                 ui.label(file).on_hover_text(&p.path);
                 let top: Vec<String> = p.top5.iter().map(|(c, pr)| format!("{} {:.0}%", report.classes[*c], 100.0 * pr)).collect();
