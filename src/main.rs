@@ -51,6 +51,19 @@ enum Verb {
         model: Option<String>,
         #[arg(long)]
         data: Option<PathBuf>,
+        /// The tab to open: compare, train, align or export.
+        #[arg(long, default_value = "compare")]
+        tab: String,
+        /// Once the model and dataset are loaded, run the tab's main job (zero-shot on Compare,
+        /// training with the remembered settings on Train): for demos and screenshots.
+        #[arg(long)]
+        autorun: bool,
+        /// Training epochs for --autorun on the Train tab (default: the remembered setting).
+        #[arg(long)]
+        epochs: Option<usize>,
+        /// A prompts file to load once the model is loaded (it joins Compare, Align and Export).
+        #[arg(long)]
+        prompts: Option<PathBuf>,
     },
     /// Projected (not normalised) text and image features, as transformers' get_text_features /
     /// get_image_features.
@@ -102,6 +115,16 @@ enum Verb {
         csc: bool,
         #[arg(long, default_value_t = 3)]
         steps: usize,
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+    },
+    /// Time the GPU heatmap overlay (shaders/heatmap.wgsl) drawing a 7×7 map over an image into a
+    /// size×size target, each draw submitted and waited for.
+    BenchOverlay {
+        #[arg(long, default_value_t = 512)]
+        size: u32,
+        #[arg(long, default_value_t = 50)]
+        repeats: usize,
         #[arg(long, value_enum, default_value = "text")]
         format: Format,
     },
@@ -188,7 +211,7 @@ enum DatasetKind {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.verb {
-        None => open_app(None, None),
+        None => open_app(None, None, Default::default()),
         Some(verb) => run(verb),
     };
     match result {
@@ -202,19 +225,61 @@ fn main() -> ExitCode {
     }
 }
 
+#[derive(Default)]
+struct AppStart {
+    tab: String,
+    autorun: bool,
+    epochs: Option<usize>,
+    prompts: Option<PathBuf>,
+}
+
 #[cfg(feature = "gui")]
-fn open_app(model: Option<String>, data: Option<PathBuf>) -> Result<()> {
-    promptscope::app::run(model, data)
+fn open_app(model: Option<String>, data: Option<PathBuf>, start: AppStart) -> Result<()> {
+    let tab = match start.tab.as_str() {
+        "" | "compare" => promptscope::app::Tab::Compare,
+        "train" => promptscope::app::Tab::Train,
+        "align" => promptscope::app::Tab::Align,
+        "export" => promptscope::app::Tab::Export,
+        other => anyhow::bail!("--tab takes compare, train, align or export, not '{other}'"),
+    };
+    promptscope::app::run(model, data, promptscope::app::Startup { tab, autorun: start.autorun, epochs: start.epochs, prompts: start.prompts })
+}
+
+#[cfg(feature = "gui")]
+fn bench_overlay(size: u32, repeats: usize, format: Format) -> Result<()> {
+    use promptscope::app::overlay::{headless_device, render_offscreen, OverlayData, OverlayStyle};
+    let (device, queue, adapter) = headless_device()?;
+    let values: Vec<f32> = (0..49).map(|i| ((i * 37) % 49) as f32).collect();
+    let map = promptscope::render::GridMap::new(&values, [7, 7])?;
+    let image: Vec<u8> = (0..224 * 224).flat_map(|i| [(i % 224) as u8, (i / 224) as u8, 128, 255]).collect();
+    let data = OverlayData { id: 1, image, size: [224, 224], map };
+    let style = OverlayStyle { colormap: promptscope::render::Colormap::Viridis, opacity: 0.55, grid_lines: true };
+    // The first draw compiles the pipeline's shaders: not counted.
+    let (_, mut times) = render_offscreen(&device, &queue, &data, &style, [size, size], repeats.max(1) + 1)?;
+    times.remove(0);
+    times.sort_by(f64::total_cmp);
+    let median = times[times.len() / 2] * 1e3;
+    let p99 = times[((times.len() - 1) as f64 * 0.99).round() as usize] * 1e3;
+    match format {
+        Format::Json => outln!("{}", serde_json::json!({"adapter": adapter, "size": size, "repeats": times.len(), "median_ms": median, "p99_ms": p99})),
+        Format::Text => outln!("overlay {size}×{size} on {adapter}: median {median:.3} ms, p99 {p99:.3} ms per draw ({} draws, submit + wait)", times.len()),
+    }
+    Ok(())
 }
 
 #[cfg(not(feature = "gui"))]
-fn open_app(_: Option<String>, _: Option<PathBuf>) -> Result<()> {
+fn bench_overlay(_: u32, _: usize, _: Format) -> Result<()> {
+    anyhow::bail!("this promptscope was built without the GPU overlay (feature `gui`)")
+}
+
+#[cfg(not(feature = "gui"))]
+fn open_app(_: Option<String>, _: Option<PathBuf>, _: AppStart) -> Result<()> {
     anyhow::bail!("this promptscope was built without the desktop app (feature `gui`); use a verb, see --help")
 }
 
 fn run(verb: Verb) -> Result<()> {
     match verb {
-        Verb::App { model, data } => open_app(model, data),
+        Verb::App { model, data, tab, autorun, epochs, prompts } => open_app(model, data, AppStart { tab, autorun, epochs, prompts }),
         Verb::Embed { model, texts, images, format } => cli::embed(&model, &texts, &images, format),
         Verb::ZeroShot { model, data, templates, batch, format } => cli::zero_shot(&model, &data, templates, batch, format),
         Verb::Bench { model, batch, images, text_batch, texts, coop, classes, n_ctx, csc, steps, format } => {
@@ -224,6 +289,7 @@ fn run(verb: Verb) -> Result<()> {
                 cli::bench(&model, batch, images, text_batch, texts, format)
             }
         }
+        Verb::BenchOverlay { size, repeats, format } => bench_overlay(size, repeats, format),
         Verb::SynthModel { out, preset } => {
             let cfg = cli::preset(&preset)?;
             promptscope::clip::synth::write_model_folder(&cfg, &out).with_context(|| format!("writing {}", out.display()))?;

@@ -142,7 +142,8 @@ fn progress_ui(ui: &mut egui::Ui, running: &RunningEval, actions: &mut Vec<Actio
 fn report_ui(ui: &mut egui::Ui, report: &Comparison, view: &mut CompareView) {
     ui.heading(RESULTS_HEADING);
     let images = report.methods.first().map_or(0, |m| m.eval.total);
-    ui.weak(format!("{} split ({images} images) · {} · {} methods", report.split, report.model, report.methods.len()));
+    let n = report.methods.len();
+    ui.weak(format!("{} split ({images} images) · {} · {n} method{}", report.split, report.model, if n == 1 { "" } else { "s" }));
     ui.add_space(4.0);
     view.method = view.method.min(report.methods.len().saturating_sub(1));
     ScrollArea::horizontal().id_salt("compare_table").show(ui, |ui| {

@@ -37,7 +37,16 @@ use worker::{Event, PickTarget, Worker};
 
 /// Opens the window. `model` and `data`, when given, are filled in and loaded at start-up; otherwise the
 /// paths of the last session are filled in.
-pub fn run(model: Option<String>, data: Option<PathBuf>) -> anyhow::Result<()> {
+/// How the window opens: which tab, and whether to start that tab's job once loaded.
+#[derive(Debug, Clone, Default)]
+pub struct Startup {
+    pub tab: Tab,
+    pub autorun: bool,
+    pub epochs: Option<usize>,
+    pub prompts: Option<PathBuf>,
+}
+
+pub fn run(model: Option<String>, data: Option<PathBuf>, startup: Startup) -> anyhow::Result<()> {
     let options = eframe::NativeOptions {
         viewport: egui::ViewportBuilder::default()
             .with_title("promptscope")
@@ -54,6 +63,13 @@ pub fn run(model: Option<String>, data: Option<PathBuf>) -> anyhow::Result<()> {
         Box::new(move |cc| {
             let mut app = PromptscopeApp::new(cc.storage).with_startup(model, data);
             app.gpu_format = cc.wgpu_render_state.as_ref().map(|rs| rs.target_format);
+            app.tab = startup.tab;
+            app.autorun = startup.autorun;
+            app.startup_prompts = startup.prompts;
+            if let Some(e) = startup.epochs {
+                app.train.form.epochs = e;
+            }
+            app.frame_log = std::env::var_os("PROMPTSCOPE_FRAME_LOG").map(PathBuf::from);
             Ok(Box::new(app))
         }),
     )
@@ -126,6 +142,13 @@ pub struct PromptscopeApp {
     pub export: ExportPanel,
     worker: Worker,
     thumbnail_job: Option<worker::JobId>,
+    /// Start the tab's job once a model and a dataset are loaded (`app --autorun`).
+    pub autorun: bool,
+    /// A prompts file to load once the model is there (`app --prompts`).
+    pub startup_prompts: Option<PathBuf>,
+    /// Frame intervals, written as statistics to `frame_log` ($PROMPTSCOPE_FRAME_LOG) every second.
+    pub frames: FrameTimes,
+    pub frame_log: Option<PathBuf>,
     /// The window's wgpu target format; None without a wgpu renderer (the overlay is then drawn on the
     /// CPU).
     pub gpu_format: Option<egui_wgpu::wgpu::TextureFormat>,
@@ -154,6 +177,10 @@ impl PromptscopeApp {
             worker: Worker::default(),
             gpu_format: None,
             thumbnail_job: None,
+            autorun: false,
+            startup_prompts: None,
+            frames: FrameTimes::default(),
+            frame_log: None,
             runs_dir: default_runs_dir(),
             cache_dir: Some(crate::train::features::default_cache_dir()),
             pending: Vec::new(),
@@ -204,6 +231,12 @@ impl PromptscopeApp {
     /// Draws one frame and acts on what the user did in it.
     pub fn show(&mut self, ui: &mut egui::Ui) {
         let ctx = ui.ctx().clone();
+        let started = std::time::Instant::now();
+        let training = self.state.is_training();
+        self.frames.tick(training);
+        if let Some(path) = &self.frame_log {
+            self.frames.maybe_write(path);
+        }
         let mut actions = std::mem::take(&mut self.pending);
         for event in self.worker.drain() {
             match event {
@@ -291,8 +324,27 @@ impl PromptscopeApp {
             ctx.request_repaint_after(std::time::Duration::from_millis(33));
         }
 
+        let mut queued_prompts = false;
+        if self.state.model.is_some() && self.state.is_idle() {
+            if let Some(p) = self.startup_prompts.take() {
+                actions.push(Action::LoadPrompts(p));
+                queued_prompts = true;
+            }
+        }
+        // Not in the frame that queued the prompts: the run should include them.
+        if self.autorun && !queued_prompts && self.startup_prompts.is_none() && self.state.model.is_some() && self.state.dataset.is_some() && self.state.is_idle() {
+            self.autorun = false;
+            match self.tab {
+                Tab::Compare => actions.push(Action::RunZeroShot(self.compare.cleaned_templates())),
+                Tab::Train => actions.push(Action::StartTraining(Box::new(self.train.form.to_run()))),
+                _ => {}
+            }
+        }
         for action in actions {
             self.handle(action, &ctx);
+        }
+        if training {
+            self.frames.training_build_ms.push(started.elapsed().as_secs_f64() * 1e3);
         }
     }
 
@@ -508,6 +560,61 @@ impl eframe::App for PromptscopeApp {
 
     fn save(&mut self, storage: &mut dyn eframe::Storage) {
         eframe::set_value(storage, eframe::APP_KEY, &self.settings());
+    }
+}
+
+/// Intervals between frames, split by whether a training run was under way, for the frame-time
+/// statistics (median and p99) the README reports.
+#[derive(Default)]
+pub struct FrameTimes {
+    last: Option<std::time::Instant>,
+    pub training_ms: Vec<f64>,
+    pub idle_ms: Vec<f64>,
+    /// Time spent laying out each frame while training (the app's own share of a frame).
+    pub training_build_ms: Vec<f64>,
+    written: Option<std::time::Instant>,
+}
+
+impl FrameTimes {
+    fn tick(&mut self, training: bool) {
+        let now = std::time::Instant::now();
+        if let Some(last) = self.last.replace(now) {
+            let ms = (now - last).as_secs_f64() * 1e3;
+            let v = if training { &mut self.training_ms } else { &mut self.idle_ms };
+            // A bounded history: the last ~10 minutes at 60 fps.
+            if v.len() >= 36_000 {
+                v.drain(..18_000);
+            }
+            v.push(ms);
+        }
+    }
+
+    /// (frames, median, p99) in ms.
+    pub fn stats(v: &[f64]) -> Option<(usize, f64, f64)> {
+        if v.is_empty() {
+            return None;
+        }
+        let mut s = v.to_vec();
+        s.sort_by(f64::total_cmp);
+        let at = |q: f64| s[((s.len() - 1) as f64 * q).round() as usize];
+        Some((s.len(), at(0.5), at(0.99)))
+    }
+
+    fn maybe_write(&mut self, path: &Path) {
+        let now = std::time::Instant::now();
+        if self.written.is_some_and(|w| now - w < std::time::Duration::from_secs(1)) {
+            return;
+        }
+        self.written = Some(now);
+        let json = |v: &[f64]| {
+            Self::stats(v).map_or(serde_json::Value::Null, |(n, med, p99)| serde_json::json!({"frames": n, "median_ms": med, "p99_ms": p99}))
+        };
+        let body = serde_json::json!({
+            "training": json(&self.training_ms),
+            "training_build": json(&self.training_build_ms),
+            "idle": json(&self.idle_ms),
+        });
+        let _ = crate::error::write_atomic(path, body.to_string().as_bytes());
     }
 }
 
