@@ -123,7 +123,13 @@ fn load_open_and_run_zero_shot_through_the_ui() {
     assert_eq!(labels_containing(&h, "%"), 4);
 
     // A class's images marked correct / wrong, with their top-5; the confusion matrix adds up to the images.
-    click(&mut h, "red square");
+    // The class name in the results table (it is also in the side panel), a selectable label.
+    h.get_all_by_label("red square")
+        .find(|n| n.accesskit_node().role() != egui::accesskit::Role::Label)
+        .expect("the results row's class button")
+        .click();
+    h.step();
+    h.step();
     assert_eq!(labels_containing(&h, "images and top-5 predictions"), 1);
     assert_eq!(h.query_all_by_label("correct").count() + h.query_all_by_label("wrong").count(), 3);
     click(&mut h, "confusion matrix");
