@@ -62,10 +62,9 @@ fn sentence(s: String) -> String {
     }
 }
 
-/// Writes `bytes` to `path` atomically: a crash or a full disk never leaves a half-written file where the
-/// user's output (or an earlier good file) should be.
-pub fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
+/// The folder `path` will be written into (`.` for a bare file name), or an error naming it when it does
+/// not exist: long jobs call this before they start, so they fail at once rather than at the export.
+pub fn output_dir(path: &std::path::Path) -> Result<PathBuf> {
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
@@ -73,6 +72,14 @@ pub fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
     if !dir.is_dir() {
         return Err(Error::missing(dir, format!("create the folder first, or choose another path for {}", path.display())));
     }
+    Ok(dir)
+}
+
+/// Writes `bytes` to `path` atomically: a crash or a full disk never leaves a half-written file where the
+/// user's output (or an earlier good file) should be.
+pub fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let dir = output_dir(path)?;
     let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let tmp = dir.join(format!(".{file_name}.{}.tmp", std::process::id()));
     let result = (|| -> std::io::Result<()> {

@@ -60,10 +60,7 @@ pub fn export(from: &Path, to: &Path) -> Result<PathBuf> {
     if to.as_os_str().is_empty() {
         return Err(Error::invalid("choose where to save the prompts (a .safetensors path)"));
     }
-    let dir = to.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    if !dir.is_dir() {
-        return Err(Error::missing(dir, format!("create the folder first, or choose another path for {}", to.display())));
-    }
+    crate::error::output_dir(to)?;
     let bytes = std::fs::read(from).map_err(|e| Error::io(from, e))?;
     crate::error::write_atomic(to, &bytes)?;
     Ok(to.to_path_buf())

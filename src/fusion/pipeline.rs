@@ -157,10 +157,7 @@ pub fn train(
 ) -> Result<Outcome> {
     if let Some(out) = out {
         // Fail before training, not after, when the export cannot be written.
-        let dir = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        if !dir.is_dir() {
-            return Err(Error::missing(dir, format!("create the folder first, or choose another path for {}", out.display())));
-        }
+        crate::error::output_dir(out)?;
     }
     let names = &data.class_names;
     let c = names.len();
