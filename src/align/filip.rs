@@ -7,7 +7,8 @@ use candle_core::Tensor;
 use serde::{Deserialize, Serialize, Serializer};
 
 use super::pass::VisionPass;
-use super::tokens::{image_tokens, prompt_tokens, AlignMode, TextSource};
+use super::tokens::{image_tokens, prompt_tokens, AlignMode, PromptTokens, TextSource};
+use crate::clip::vision::VisionTower;
 use crate::clip::LoadedClip;
 use crate::error::{Error, Result};
 
@@ -153,15 +154,32 @@ impl Alignment {
 /// Aligns the image `pixels` (`[1, 3, H, W]`, preprocessed) with one prompt.
 pub fn align(clip: &LoadedClip, pixels: &Tensor, text: &TextSource, cfg: &AlignConfig) -> Result<Alignment> {
     check_fraction(cfg.top_fraction)?;
-    let b = pixels.dim(0)?;
+    check_one_image(pixels)?;
+    // The prompt first: an empty prompt fails before the image tower runs.
+    let prompt = prompt_tokens(clip, text, cfg.with_sos)?;
+    let pass = VisionPass::run(&clip.model.vision, pixels)?;
+    finish(&clip.model.vision, &pass, prompt, cfg)
+}
+
+/// [`align`] from a vision pass already run, so a view that also shows SsVP and the global feature
+/// runs the tower once.
+pub fn align_pass(clip: &LoadedClip, pass: &VisionPass, text: &TextSource, cfg: &AlignConfig) -> Result<Alignment> {
+    check_fraction(cfg.top_fraction)?;
+    check_one_image(&pass.last)?;
+    let prompt = prompt_tokens(clip, text, cfg.with_sos)?;
+    finish(&clip.model.vision, pass, prompt, cfg)
+}
+
+fn check_one_image(batch: &Tensor) -> Result<()> {
+    let b = batch.dim(0)?;
     if b != 1 {
         return Err(Error::invalid(format!("align takes one image, got a batch of {b}")));
     }
-    // The prompt first: an empty prompt fails before the image tower runs.
-    let prompt = prompt_tokens(clip, text, cfg.with_sos)?;
-    let vision = &clip.model.vision;
-    let pass = VisionPass::run(vision, pixels)?;
-    let img = image_tokens(vision, &pass, cfg.mode, cfg.with_cls)?.squeeze(0)?;
+    Ok(())
+}
+
+fn finish(vision: &VisionTower, pass: &VisionPass, prompt: PromptTokens, cfg: &AlignConfig) -> Result<Alignment> {
+    let img = image_tokens(vision, pass, cfg.mode, cfg.with_cls)?.squeeze(0)?;
     let sim = SimMatrix::from_tokens(&img, &prompt.tokens[0])?;
     let (s_i, s_t) = scores(&sim, cfg.top_fraction);
     let g = vision.config.grid();

@@ -6,7 +6,10 @@ use std::path::PathBuf;
 
 use candle_core::Tensor;
 
-use crate::align::{align, ssvp, AlignConfig, Alignment, TextSource};
+use crate::align::filip::align_pass;
+use crate::align::pass::VisionPass;
+use crate::align::ssvp::ssvp_from_pass;
+use crate::align::{AlignConfig, Alignment, TextSource};
 use crate::clip::preprocess::{load_image, resize_and_crop, to_chw};
 use crate::clip::{l2_normalize, LoadedClip};
 use crate::error::{Error, Result};
@@ -54,9 +57,12 @@ pub fn run(clip: &LoadedClip, req: &AlignRequest) -> Result<AlignView> {
     let base = resize_and_crop(&img, &clip.preprocess);
     let (w, h) = (base.width() as usize, base.height() as usize);
     let pixels = Tensor::from_vec(to_chw(&base, &clip.preprocess), (1, 3, h, w), &clip.device)?;
+    // One pass of the vision tower serves the alignment, SsVP and the global feature.
+    let vision = &clip.model.vision;
+    let pass = VisionPass::run(vision, &pixels)?;
     let (alignment, weights, names) = match &req.prompt {
         PromptChoice::Text(text) => {
-            let a = align(clip, &pixels, &TextSource::Text(text), &req.config)?;
+            let a = align_pass(clip, &pass, &TextSource::Text(text), &req.config)?;
             let weights = crate::eval::zeroshot::class_weights(clip, &req.classes, &req.templates, &crate::progress::Silent)?;
             (a, weights, req.classes.clone())
         }
@@ -66,12 +72,12 @@ pub fn run(clip: &LoadedClip, req: &AlignRequest) -> Result<AlignView> {
             if *class >= f.meta.class_names.len() {
                 return Err(Error::invalid(format!("{}: has {} classes, no class {class}", file.display(), f.meta.class_names.len())));
             }
-            let a = align(clip, &pixels, &TextSource::Learned { learner: &learner, class: *class }, &req.config)?;
+            let a = align_pass(clip, &pass, &TextSource::Learned { learner: &learner, class: *class }, &req.config)?;
             (a, l2_normalize(&f.class_embeds.to_device(&clip.device)?)?, f.meta.class_names.clone())
         }
     };
-    let selection = ssvp::ssvp(&clip.model.vision, &pixels, req.k)?.remove(0);
-    let global = clip.model.image_features(&pixels)?;
+    let selection = ssvp_from_pass(vision, &pass, req.k)?.remove(0);
+    let global = pass.pooled(vision)?;
     let ssvp_feat = Tensor::from_vec(selection.image_embeds.clone(), (1, selection.image_embeds.len()), &clip.device)?;
     let scale = clip.model.logit_scale();
     let top = |feat: &Tensor| -> Result<TopK> {
