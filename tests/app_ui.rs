@@ -463,3 +463,17 @@ fn the_alignment_view_draws_the_chosen_words_heatmap_on_the_gpu() {
     let second = check_word(&mut h, word);
     assert_ne!(first.values, second.values, "two words, two maps");
 }
+
+/// Without a wgpu renderer the Align tab still shows both maps (drawn on the CPU).
+#[test]
+fn the_alignment_view_works_without_wgpu() {
+    let fx = fixture();
+    let mut h = loaded(&fx);
+    assert!(h.state().gpu_format.is_none());
+    click(&mut h, "Align");
+    wait_idle(&mut h);
+    assert!(h.state().state.errors.is_empty(), "{:?}", h.state().state.errors);
+    assert!(h.state().state.align.is_some());
+    assert!(h.query_by_label("alignment map").is_some() && h.query_by_label("SsVP attention").is_some());
+    h.check_accessibility();
+}

@@ -36,7 +36,11 @@ pub struct AlignPanel {
     /// The map uploaded to the GPU, rebuilt when the view or the word changes.
     overlays: Option<(u64, usize, Arc<OverlayData>, Arc<OverlayData>)>,
     next_overlay_id: u64,
+    /// Without wgpu: the CPU-drawn picture per slot, with the content and style it was drawn for.
+    cpu_overlays: CpuOverlays,
 }
+
+type CpuOverlays = std::collections::HashMap<u64, (u64, OverlayStyle, egui::TextureHandle)>;
 
 impl Default for AlignPanel {
     fn default() -> Self {
@@ -51,6 +55,7 @@ impl Default for AlignPanel {
             style: OverlayStyle { colormap: Colormap::Viridis, opacity: 0.55, grid_lines: false },
             overlays: None,
             next_overlay_id: 1,
+            cpu_overlays: CpuOverlays::new(),
         }
     }
 }
@@ -165,16 +170,16 @@ impl AlignPanel {
             ui.radio_value(&mut self.config.mode, AlignMode::Token, "token").on_hover_text("FILIP: the model's output tokens");
             ui.radio_value(&mut self.config.mode, AlignMode::Value, "value").on_hover_text("MaskCLIP: the last block's value path");
             ui.separator();
-            ui.label("Opacity");
-            ui.add(egui::Slider::new(&mut self.style.opacity, 0.0..=1.0).fixed_decimals(2));
+            let l = ui.label("Opacity");
+            ui.add(egui::Slider::new(&mut self.style.opacity, 0.0..=1.0).fixed_decimals(2)).labelled_by(l.id);
             egui::ComboBox::from_label("colormap").selected_text(format!("{:?}", self.style.colormap).to_lowercase()).show_ui(ui, |ui| {
                 ui.selectable_value(&mut self.style.colormap, Colormap::Viridis, "viridis");
                 ui.selectable_value(&mut self.style.colormap, Colormap::Jet, "jet");
             });
             ui.checkbox(&mut self.style.grid_lines, "grid");
             ui.separator();
-            ui.label("SsVP K");
-            ui.add(egui::Slider::new(&mut self.k, 1..=n.max(1)));
+            let l = ui.label("SsVP K");
+            ui.add(egui::Slider::new(&mut self.k, 1..=n.max(1))).labelled_by(l.id);
         });
     }
 
@@ -214,10 +219,10 @@ impl AlignPanel {
             let side = cols[0].available_width().min(cols[1].available_width()).clamp(120.0, 512.0);
             cols[0].strong(format!("\"{}\" ({} mode)", a.text_tokens.get(self.word).cloned().unwrap_or_default(), a.mode));
             let word_map_lo_hi = (word_map.map.min, word_map.map.max);
-            overlay_ui(&mut cols[0], 1, &word_map, &self.style, gpu, side, &[], "alignment map");
+            overlay_ui(&mut cols[0], 1, &word_map, &self.style, gpu, &mut self.cpu_overlays, side, &[], "alignment map");
             cols[0].weak(format!("similarity {:.3} … {:.3}", word_map_lo_hi.0, word_map_lo_hi.1));
             cols[1].strong(format!("SsVP: {} of {} patches kept", view.ssvp.k, view.ssvp.attention.len()));
-            overlay_ui(&mut cols[1], 2, &ssvp_map, &self.style, gpu, side, &view.ssvp.indices, "SsVP attention");
+            overlay_ui(&mut cols[1], 2, &ssvp_map, &self.style, gpu, &mut self.cpu_overlays, side, &view.ssvp.indices, "SsVP attention");
             cols[1].weak("penultimate block's class-token attention, kept patches outlined");
         });
         ui.add_space(6.0);
@@ -229,7 +234,8 @@ impl AlignPanel {
 }
 
 /// The image with `data`'s map over it, drawn by the GPU shader when there is a wgpu renderer, else by
-/// the CPU overlay as a texture; `outlined` patches get a box.
+/// the CPU overlay as a texture (redrawn only when the map or the style changes); `outlined` patches
+/// get a box.
 #[allow(clippy::too_many_arguments)]
 fn overlay_ui(
     ui: &mut egui::Ui,
@@ -237,6 +243,7 @@ fn overlay_ui(
     data: &Arc<OverlayData>,
     style: &OverlayStyle,
     gpu: Option<egui_wgpu::wgpu::TextureFormat>,
+    cpu: &mut CpuOverlays,
     side: f32,
     outlined: &[usize],
     what: &str,
@@ -252,12 +259,17 @@ fn overlay_ui(
         }
         None => {
             // No wgpu renderer (e.g. the glow backend): the same picture from the CPU.
-            let base = image::RgbaImage::from_raw(w, h, data.image.clone()).map(|i| image::DynamicImage::ImageRgba8(i).to_rgb8());
-            let hs = crate::render::HeatmapStyle { colormap: style.colormap, opacity: style.opacity, grid_lines: style.grid_lines };
-            if let Some(Ok(img)) = base.map(|b| crate::render::heatmap::overlay(&b, &data.map, &hs)) {
-                let pixels: Vec<u8> = img.pixels().flat_map(|p| [p[0], p[1], p[2], 255]).collect();
-                let colour = egui::ColorImage::from_rgba_unmultiplied([w as usize, h as usize], &pixels);
-                let tex = ui.ctx().load_texture(format!("overlay-{slot}"), colour, egui::TextureOptions::LINEAR);
+            if cpu.get(&slot).is_none_or(|(id, s, _)| (*id, s) != (data.id, style)) {
+                let base = image::RgbaImage::from_raw(w, h, data.image.clone()).map(|i| image::DynamicImage::ImageRgba8(i).to_rgb8());
+                let hs = crate::render::HeatmapStyle { colormap: style.colormap, opacity: style.opacity, grid_lines: style.grid_lines };
+                if let Some(Ok(img)) = base.map(|b| crate::render::heatmap::overlay(&b, &data.map, &hs)) {
+                    let pixels: Vec<u8> = img.pixels().flat_map(|p| [p[0], p[1], p[2], 255]).collect();
+                    let colour = egui::ColorImage::from_rgba_unmultiplied([w as usize, h as usize], &pixels);
+                    let tex = ui.ctx().load_texture(format!("overlay-{slot}"), colour, egui::TextureOptions::LINEAR);
+                    cpu.insert(slot, (data.id, *style, tex));
+                }
+            }
+            if let Some((_, _, tex)) = cpu.get(&slot) {
                 ui.painter().image(tex.id(), rect, egui::Rect::from_min_max(egui::pos2(0.0, 0.0), egui::pos2(1.0, 1.0)), Color32::WHITE);
             }
         }
