@@ -272,12 +272,15 @@ impl PromptscopeApp {
                     self.state.apply(Event::ModelLoaded { job, result });
                 }
                 Event::DatasetOpened { job, result } => {
-                    let opened = matches!((&result, &self.state.opening_dataset), (Ok(_), Some((j, _))) if *j == job);
-                    if let (true, Some((_, path))) = (opened, &self.state.opening_dataset) {
-                        state::remember(&mut self.data_panel.recent_datasets, &path.display().to_string());
+                    let opened = match (&result, &self.state.opening_dataset) {
+                        (Ok(_), Some((j, path))) if *j == job => Some(path.display().to_string()),
+                        _ => None,
+                    };
+                    if let Some(path) = &opened {
+                        state::remember(&mut self.data_panel.recent_datasets, path);
                     }
                     self.state.apply(Event::DatasetOpened { job, result });
-                    if let (true, Some(ds)) = (opened, &self.state.dataset) {
+                    if let (Some(_), Some(ds)) = (opened, &self.state.dataset) {
                         self.thumbnail_job = self.worker.thumbnails(&ctx, ds.folder.clone(), THUMBNAILS_PER_CLASS, 64).ok();
                     }
                 }
@@ -344,7 +347,7 @@ impl PromptscopeApp {
             self.handle(action, &ctx);
         }
         if training {
-            self.frames.training_build_ms.push(started.elapsed().as_secs_f64() * 1e3);
+            self.frames.built(started.elapsed().as_secs_f64() * 1e3);
         }
     }
 
@@ -580,13 +583,12 @@ impl FrameTimes {
         let now = std::time::Instant::now();
         if let Some(last) = self.last.replace(now) {
             let ms = (now - last).as_secs_f64() * 1e3;
-            let v = if training { &mut self.training_ms } else { &mut self.idle_ms };
-            // A bounded history: the last ~10 minutes at 60 fps.
-            if v.len() >= 36_000 {
-                v.drain(..18_000);
-            }
-            v.push(ms);
+            push_bounded(if training { &mut self.training_ms } else { &mut self.idle_ms }, ms);
         }
+    }
+
+    fn built(&mut self, ms: f64) {
+        push_bounded(&mut self.training_build_ms, ms);
     }
 
     /// (frames, median, p99) in ms.
@@ -616,6 +618,14 @@ impl FrameTimes {
         });
         let _ = crate::error::write_atomic(path, body.to_string().as_bytes());
     }
+}
+
+/// Appends to a bounded history: the last ~10 minutes at 60 fps.
+fn push_bounded(v: &mut Vec<f64>, ms: f64) {
+    if v.len() >= 36_000 {
+        v.drain(..18_000);
+    }
+    v.push(ms);
 }
 
 /// `$PROMPTSCOPE_RUNS`, else `runs/` beside the feature cache (`~/.cache/promptscope/runs`).
