@@ -257,12 +257,11 @@ fn bench_overlay(size: u32, repeats: usize, format: Format) -> Result<()> {
     // The first draw compiles the pipeline's shaders: not counted.
     let (_, mut times) = render_offscreen(&device, &queue, &data, &style, [size, size], repeats.max(1) + 1)?;
     times.remove(0);
-    times.sort_by(f64::total_cmp);
-    let median = times[times.len() / 2] * 1e3;
-    let p99 = times[((times.len() - 1) as f64 * 0.99).round() as usize] * 1e3;
+    let ms: Vec<f64> = times.iter().map(|t| t * 1e3).collect();
+    let (n, median, p99) = promptscope::app::FrameTimes::stats(&ms).expect("at least one draw");
     match format {
-        Format::Json => outln!("{}", serde_json::json!({"adapter": adapter, "size": size, "repeats": times.len(), "median_ms": median, "p99_ms": p99})),
-        Format::Text => outln!("overlay {size}×{size} on {adapter}: median {median:.3} ms, p99 {p99:.3} ms per draw ({} draws, submit + wait)", times.len()),
+        Format::Json => outln!("{}", serde_json::json!({"adapter": adapter, "size": size, "repeats": n, "median_ms": median, "p99_ms": p99})),
+        Format::Text => outln!("overlay {size}×{size} on {adapter}: median {median:.3} ms, p99 {p99:.3} ms per draw ({n} draws, submit + wait)"),
     }
     Ok(())
 }
