@@ -431,7 +431,7 @@ fn the_alignment_view_draws_the_chosen_words_heatmap_on_the_gpu() {
     assert!(h.query_by_label_contains("kept patches outlined").is_some());
 
     let ppp = h.ctx.pixels_per_point();
-    let mut check_word = |h: &mut Harness<'_, PromptscopeApp>, word: usize| {
+    let check_word = |h: &mut Harness<'_, PromptscopeApp>, word: usize| {
         let view = h.state().state.align.as_ref().unwrap();
         let map = GridMap::new(&view.alignment.word_map(word).unwrap(), view.alignment.grid).unwrap();
         let rect = h.get_by_label("alignment map").rect();
