@@ -209,6 +209,7 @@ enum DatasetKind {
 }
 
 fn main() -> ExitCode {
+    promptscope::alloc::keep_freed_memory();
     let cli = Cli::parse();
     let result = match cli.verb {
         None => open_app(None, None, Default::default()),

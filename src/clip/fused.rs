@@ -4,7 +4,9 @@
 //! and quick-GELU three `[N, 4D]` ones. As single ops they leave one each. Used when gradients flow
 //! (CoOp and MP-FGVC training) on the CPU; inference uses candle's own fused kernels.
 
+use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, DType, Layout, Result, Shape, Tensor, D};
+use rayon::prelude::*;
 
 fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
     let data = match s {
@@ -86,6 +88,55 @@ impl CustomOp3 for LayerNormOp {
     }
 }
 
+/// `x · Wᵀ + b` for a frozen `W` `[out, in]` and `b` `[out]`, `x` `[rows, in]`. candle's matmul backward
+/// always computes the right operand's gradient too, a product as large as the forward one, even for
+/// weights nothing will read; through the frozen text tower that was a third of CoOp's matrix work.
+/// This op's backward computes only `∂x = g · W`.
+struct FrozenLinear;
+
+impl CustomOp3 for FrozenLinear {
+    fn name(&self) -> &'static str {
+        "promptscope-frozen-linear"
+    }
+
+    fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout, ws: &CpuStorage, wl: &Layout, bs: &CpuStorage, bl: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (rows, inp) = xl.shape().dims2()?;
+        let (out, w_in) = wl.shape().dims2()?;
+        if w_in != inp {
+            candle_core::bail!("{}: input width {inp} vs weight {out}×{w_in}", self.name());
+        }
+        let y = xs.matmul(ws, (1, rows, out, inp), xl, &wl.transpose(0, 1)?)?;
+        let mut y = match y {
+            CpuStorage::F32(v) => v,
+            _ => candle_core::bail!("{}: only f32 is supported", self.name()),
+        };
+        let b = contiguous_f32(bs, bl, self.name())?;
+        if b.len() != out {
+            candle_core::bail!("{}: bias of {} for {out} outputs", self.name(), b.len());
+        }
+        y.par_chunks_mut(out * 64).for_each(|block| {
+            for row in block.chunks_exact_mut(out) {
+                row.iter_mut().zip(b).for_each(|(v, b)| *v += b);
+            }
+        });
+        Ok((CpuStorage::F32(y), Shape::from((rows, out))))
+    }
+
+    fn bwd(&self, _x: &Tensor, w: &Tensor, _b: &Tensor, _y: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        Ok((Some(g.matmul(w)?), None, None))
+    }
+}
+
+/// `x · Wᵀ + b` over 2-D `x`, as one node whose backward skips the weights' gradients, when the weights
+/// are frozen and gradients flow through `x` on the CPU; `None` otherwise (the caller composes it).
+pub fn frozen_linear(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Option<Tensor>> {
+    if x.track_op() && !w.track_op() && !b.track_op() && usable(x) && usable(w) && usable(b) {
+        Ok(Some(x.contiguous()?.apply_op3(&w.contiguous()?, &b.contiguous()?, FrozenLinear)?))
+    } else {
+        Ok(None)
+    }
+}
+
 fn usable(x: &Tensor) -> bool {
     x.device().is_cpu() && x.dtype() == DType::F32
 }
@@ -126,6 +177,15 @@ mod tests {
         for (a, b) in y1.iter().zip(&y2).chain(g1.iter().zip(&g2)) {
             assert!((a - b).abs() < 1e-5, "{a} vs {b}");
         }
+    }
+
+    #[test]
+    fn frozen_linear_matches_matmul_values_and_input_gradients() {
+        let w = Tensor::randn(0f32, 0.3, (7, 7), &Device::Cpu).unwrap();
+        let b = Tensor::randn(0f32, 0.3, 7, &Device::Cpu).unwrap();
+        grads_match(|x| Ok(frozen_linear(x, &w, &b)?.expect("tracked cpu f32")), |x| x.matmul(&w.t()?)?.broadcast_add(&b));
+        let constant = Tensor::ones((2, 7), DType::F32, &Device::Cpu).unwrap();
+        assert!(frozen_linear(&constant, &w, &b).unwrap().is_none(), "no gradient flows: the plain path is as fast");
     }
 
     #[test]

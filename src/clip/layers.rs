@@ -27,6 +27,10 @@ impl Linear {
     pub fn weight(&self) -> &Tensor {
         &self.weight
     }
+
+    pub fn bias(&self) -> Option<&Tensor> {
+        self.bias.as_ref()
+    }
 }
 
 impl Module for Linear {
@@ -34,10 +38,15 @@ impl Module for Linear {
         let dims = x.dims().to_vec();
         let in_dim = *dims.last().expect("linear input has at least one dimension");
         let rows = x.elem_count() / in_dim.max(1);
-        let y = x.reshape((rows, in_dim))?.matmul(&self.weight.t()?)?;
-        let y = match &self.bias {
-            Some(b) => y.broadcast_add(b)?,
-            None => y,
+        let x = x.reshape((rows, in_dim))?;
+        let frozen = match &self.bias {
+            Some(b) => super::fused::frozen_linear(&x, &self.weight, b)?,
+            None => None,
+        };
+        let y = match (frozen, &self.bias) {
+            (Some(y), _) => y,
+            (None, Some(b)) => x.matmul(&self.weight.t()?)?.broadcast_add(b)?,
+            (None, None) => x.matmul(&self.weight.t()?)?,
         };
         let mut out_dims = dims;
         *out_dims.last_mut().expect("non-empty") = self.weight.dim(0)?;
@@ -55,6 +64,18 @@ pub struct LayerNorm {
 impl LayerNorm {
     pub fn load(dim: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
         Ok(Self { weight: vb.get(dim, "weight")?, bias: vb.get(dim, "bias")?, eps })
+    }
+
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+
+    pub fn bias(&self) -> &Tensor {
+        &self.bias
+    }
+
+    pub fn eps(&self) -> f64 {
+        self.eps
     }
 }
 
@@ -110,6 +131,22 @@ impl Attention {
             heads,
             head_dim: dim / heads,
         })
+    }
+
+    pub fn q_proj(&self) -> &Linear {
+        &self.q_proj
+    }
+
+    pub fn k_proj(&self) -> &Linear {
+        &self.k_proj
+    }
+
+    pub fn v_proj(&self) -> &Linear {
+        &self.v_proj
+    }
+
+    pub fn out_proj(&self) -> &Linear {
+        &self.out_proj
     }
 
     fn split_heads(&self, x: &Tensor, b: usize, t: usize) -> Result<Tensor> {
@@ -184,6 +221,14 @@ pub struct Mlp {
 impl Mlp {
     pub fn load(dim: usize, inter: usize, act: HiddenAct, vb: VarBuilder) -> Result<Self> {
         Ok(Self { fc1: Linear::load(dim, inter, true, vb.pp("fc1"))?, fc2: Linear::load(inter, dim, true, vb.pp("fc2"))?, act })
+    }
+
+    pub fn fc1(&self) -> &Linear {
+        &self.fc1
+    }
+
+    pub fn fc2(&self) -> &Linear {
+        &self.fc2
     }
 }
 

@@ -10,6 +10,7 @@ pub mod preprocess;
 pub mod resample;
 pub mod synth;
 pub mod text;
+pub mod text_cpu;
 pub mod tokenizer;
 pub mod vision;
 

@@ -133,9 +133,18 @@ impl TextTower {
 
     /// Pooled features of C sequences that share their first P tokens: `prefix` `[1, P, D]` and `rest`
     /// `[C, S, D]` token embeddings (no position embedding), `eot[i]` the absolute end-of-text position of
-    /// sequence i (≥ P). The prefix runs once; exact, and differentiable through both parts.
+    /// sequence i (≥ P). The prefix runs once; exact, and differentiable through both parts. On the CPU
+    /// this runs `text_cpu`'s kernels; elsewhere (and in [`Self::forward_prefixed_autograd`]) candle's ops.
     pub fn forward_prefixed(&self, prefix: &Tensor, rest: &Tensor, eot: &[usize]) -> Result<Tensor> {
-        let (_, p, d) = prefix.dims3()?;
+        self.check_prefixed(prefix, rest, eot)?;
+        if super::text_cpu::supports(self) {
+            return super::text_cpu::forward_prefixed(self, prefix, rest, eot);
+        }
+        self.forward_prefixed_autograd(prefix, rest, eot)
+    }
+
+    fn check_prefixed(&self, prefix: &Tensor, rest: &Tensor, eot: &[usize]) -> Result<()> {
+        let (_, p, _) = prefix.dims3()?;
         let (c, s, _) = rest.dims3()?;
         if eot.len() != c || eot.iter().any(|&e| e < p || e >= p + s) {
             candle_core::bail!("end-of-text positions {eot:?} must lie after the {p}-token prefix and within {s} more tokens");
@@ -144,6 +153,15 @@ impl TextTower {
         if len > self.config.max_position_embeddings {
             candle_core::bail!("text of {len} tokens exceeds the model's {} positions", self.config.max_position_embeddings);
         }
+        Ok(())
+    }
+
+    /// [`Self::forward_prefixed`] composed of candle ops, differentiable through candle's autograd.
+    pub fn forward_prefixed_autograd(&self, prefix: &Tensor, rest: &Tensor, eot: &[usize]) -> Result<Tensor> {
+        self.check_prefixed(prefix, rest, eot)?;
+        let (_, p, d) = prefix.dims3()?;
+        let (c, _, _) = rest.dims3()?;
+        let len = eot.iter().max().map_or(p, |m| m + 1);
         let s = len - p;
         let mut xp = prefix.broadcast_add(&self.position_embedding.narrow(0, 0, p)?)?;
         let mut xc = rest.narrow(1, 0, s)?.broadcast_add(&self.position_embedding.narrow(0, p, s)?)?;

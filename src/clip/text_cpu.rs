@@ -1,0 +1,596 @@
+//! The text tower over a shared prefix and its continuations as explicit CPU kernels, with a
+//! hand-written backward to the input embeddings: CoOp's hot loop.
+//!
+//! Through candle's autograd the same maths cost about three times its matrix work: every op allocates
+//! and zero-fills its gradient before adding to it, the matmul backward also computes the frozen
+//! weights' gradients, element-wise ops run on a second thread pool that spins against the matmul's, and
+//! the short attention (a continuation sees ~20 keys) is a dozen tiny tensor ops per layer. Here one
+//! buffer holds every row (the P prefix rows, then each class's S rows), the per-row work (layer norms,
+//! linears, GELU, residuals) runs once over all of them, the attention is a loop per row and head, and
+//! the backward computes only what reaches the embeddings. Values and gradients equal the autograd path
+//! (`text.rs`' `forward_prefixed`) to float rounding; tests below and in `tests/shared_prefix.rs` check it.
+
+use std::ops::Deref;
+use std::sync::Mutex;
+
+use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Storage, Tensor};
+use gemm::Parallelism;
+use rayon::prelude::*;
+
+use super::config::HiddenAct;
+use super::layers::{EncoderLayer, LayerNorm, Linear};
+use super::text::TextTower;
+
+/// A weight tensor's f32 data, borrowed from candle's storage for as long as the guard lives.
+struct Held<'t> {
+    guard: Box<dyn Deref<Target = Storage> + Sync + 't>,
+    start: usize,
+    len: usize,
+}
+
+impl<'t> Held<'t> {
+    fn new(t: &'t Tensor) -> Result<Self> {
+        let (guard, layout) = t.storage_and_layout();
+        let Some((start, end)) = layout.contiguous_offsets() else { candle_core::bail!("text_cpu: weight is not contiguous") };
+        match &*guard {
+            Storage::Cpu(CpuStorage::F32(v)) if end <= v.len() => {}
+            _ => candle_core::bail!("text_cpu: weights must be f32 on the CPU"),
+        }
+        Ok(Self { guard: Box::new(guard), start, len: end - start })
+    }
+
+    fn data(&self) -> &[f32] {
+        match &**self.guard {
+            Storage::Cpu(CpuStorage::F32(v)) => &v[self.start..self.start + self.len],
+            _ => unreachable!("checked in Held::new"),
+        }
+    }
+}
+
+struct HeldLinear<'t> {
+    w: Held<'t>,
+    b: Option<Held<'t>>,
+}
+
+impl<'t> HeldLinear<'t> {
+    fn new(l: &'t Linear) -> Result<Self> {
+        Ok(Self { w: Held::new(l.weight())?, b: l.bias().map(Held::new).transpose()? })
+    }
+}
+
+struct HeldNorm<'t> {
+    w: Held<'t>,
+    b: Held<'t>,
+    eps: f32,
+}
+
+impl<'t> HeldNorm<'t> {
+    fn new(n: &'t LayerNorm) -> Result<Self> {
+        Ok(Self { w: Held::new(n.weight())?, b: Held::new(n.bias())?, eps: n.eps() as f32 })
+    }
+}
+
+struct HeldLayer<'t> {
+    ln1: HeldNorm<'t>,
+    q: HeldLinear<'t>,
+    k: HeldLinear<'t>,
+    v: HeldLinear<'t>,
+    o: HeldLinear<'t>,
+    ln2: HeldNorm<'t>,
+    fc1: HeldLinear<'t>,
+    fc2: HeldLinear<'t>,
+}
+
+impl<'t> HeldLayer<'t> {
+    fn new(l: &'t EncoderLayer) -> Result<Self> {
+        let a = &l.self_attn;
+        Ok(Self {
+            ln1: HeldNorm::new(&l.layer_norm1)?,
+            q: HeldLinear::new(a.q_proj())?,
+            k: HeldLinear::new(a.k_proj())?,
+            v: HeldLinear::new(a.v_proj())?,
+            o: HeldLinear::new(a.out_proj())?,
+            ln2: HeldNorm::new(&l.layer_norm2)?,
+            fc1: HeldLinear::new(l.mlp.fc1())?,
+            fc2: HeldLinear::new(l.mlp.fc2())?,
+        })
+    }
+}
+
+/// The tower's weights, borrowed for one forward or backward pass.
+struct HeldTower<'t> {
+    pos: Held<'t>,
+    layers: Vec<HeldLayer<'t>>,
+    final_norm: HeldNorm<'t>,
+    proj: HeldLinear<'t>,
+}
+
+impl<'t> HeldTower<'t> {
+    fn new(t: &'t TextTower) -> Result<Self> {
+        Ok(Self {
+            pos: Held::new(&t.position_embedding)?,
+            layers: t.layers.iter().map(HeldLayer::new).collect::<Result<_>>()?,
+            final_norm: HeldNorm::new(&t.final_layer_norm)?,
+            proj: HeldLinear::new(&t.projection)?,
+        })
+    }
+}
+
+/// Whether this engine can run `tower`: f32 on the CPU with an activation it implements.
+pub fn supports(tower: &TextTower) -> bool {
+    tower.token_embedding.device().is_cpu()
+        && tower.token_embedding.dtype() == DType::F32
+        && matches!(tower.config.hidden_act, HiddenAct::QuickGelu | HiddenAct::Gelu)
+}
+
+/// Sizes of one pass: P prefix rows, then C continuations of S rows each.
+#[derive(Debug, Clone, Copy)]
+struct Dims {
+    p: usize,
+    c: usize,
+    s: usize,
+    d: usize,
+    heads: usize,
+    inter: usize,
+    proj: usize,
+}
+
+impl Dims {
+    fn rows(&self) -> usize {
+        self.p + self.c * self.s
+    }
+    fn hd(&self) -> usize {
+        self.d / self.heads
+    }
+    /// Attention probabilities kept per row and head: P prefix keys and up to S own keys.
+    fn keys(&self) -> usize {
+        self.p + self.s
+    }
+}
+
+/// What the backward pass needs from one layer's forward.
+struct LayerTape {
+    x_in: Vec<f32>,
+    stats1: Vec<(f32, f32)>,
+    qkv: Vec<f32>,
+    probs: Vec<f32>,
+    x_mid: Vec<f32>,
+    stats2: Vec<(f32, f32)>,
+    pre_act: Vec<f32>,
+}
+
+/// Everything the backward pass needs, kept from the forward.
+pub struct Tape {
+    dims: Dims,
+    layers: Vec<LayerTape>,
+    /// Row of each class's end-of-text token.
+    eot_rows: Vec<usize>,
+    final_in: Vec<f32>,
+    final_stats: Vec<(f32, f32)>,
+}
+
+fn threads() -> Parallelism {
+    match rayon::current_num_threads() {
+        0 | 1 => Parallelism::None,
+        n => Parallelism::Rayon(n),
+    }
+}
+
+/// `out[m×n] (+)= a[m×k] · B`, with B given row-major as `[k×n]`, or as `[n×k]` when `b_t` (then B is its
+/// transpose, as for `x·Wᵀ` with torch's `[out, in]` weights). `a` and `out` have row strides `a_rs` and
+/// `out_rs` (column blocks of wider buffers).
+#[allow(clippy::too_many_arguments)]
+fn matmul(out: &mut [f32], out_rs: usize, a: &[f32], a_rs: usize, b: &[f32], b_t: bool, m: usize, k: usize, n: usize, accumulate: bool) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(out.len() >= (m - 1) * out_rs + n && a.len() >= (m - 1) * a_rs + k && b.len() >= k * n, "matmul: buffer too small");
+    let (b_rs, b_cs) = if b_t { (1, k as isize) } else { (n as isize, 1) };
+    // SAFETY: the assert above keeps every index the strides reach inside the three slices.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            out.as_mut_ptr(),
+            1,
+            out_rs as isize,
+            accumulate,
+            a.as_ptr(),
+            1,
+            a_rs as isize,
+            b.as_ptr(),
+            b_cs,
+            b_rs,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            threads(),
+        )
+    }
+}
+
+/// Rows of `width` at a time, enough of them per task to be worth a thread.
+fn row_chunk(width: usize) -> usize {
+    (16384 / width.max(1)).max(1)
+}
+
+fn add_bias(y: &mut [f32], y_rs: usize, bias: &[f32]) {
+    y.par_chunks_mut(y_rs * row_chunk(y_rs)).for_each(|block| {
+        for row in block.chunks_mut(y_rs) {
+            row[..bias.len()].iter_mut().zip(bias).for_each(|(v, b)| *v += b);
+        }
+    });
+}
+
+/// `out[:, ..n] (+)= x · Wᵀ + b` for `x` `[m, k]` (row stride k).
+fn linear(out: &mut [f32], out_rs: usize, x: &[f32], l: &HeldLinear, m: usize, k: usize, n: usize, accumulate: bool) {
+    matmul(out, out_rs, x, k, l.w.data(), true, m, k, n, accumulate);
+    if let Some(b) = &l.b {
+        add_bias(out, out_rs, b.data());
+    }
+}
+
+fn layer_norm_fwd(x: &[f32], n: &HeldNorm, d: usize, out: &mut [f32]) -> Vec<(f32, f32)> {
+    let (w, b, eps) = (n.w.data(), n.b.data(), f64::from(n.eps));
+    let mut stats = vec![(0f32, 0f32); x.len() / d];
+    let rows = row_chunk(d);
+    out.par_chunks_mut(d * rows).zip(x.par_chunks(d * rows)).zip(stats.par_chunks_mut(rows)).for_each(|((out, x), stats)| {
+        for ((o, x), st) in out.chunks_mut(d).zip(x.chunks(d)).zip(stats.iter_mut()) {
+            let mean = x.iter().map(|&v| f64::from(v)).sum::<f64>() / d as f64;
+            let var = x.iter().map(|&v| (f64::from(v) - mean).powi(2)).sum::<f64>() / d as f64;
+            let rstd = (1.0 / (var + eps).sqrt()) as f32;
+            let mean = mean as f32;
+            for i in 0..d {
+                o[i] = (x[i] - mean) * rstd * w[i] + b[i];
+            }
+            *st = (mean, rstd);
+        }
+    });
+    stats
+}
+
+/// `dx += ∂LN/∂x · dy`.
+fn layer_norm_bwd(dy: &[f32], x: &[f32], stats: &[(f32, f32)], n: &HeldNorm, d: usize, dx: &mut [f32]) {
+    let w = n.w.data();
+    let rows = row_chunk(d);
+    dx.par_chunks_mut(d * rows).zip(dy.par_chunks(d * rows)).zip(x.par_chunks(d * rows)).zip(stats.par_chunks(rows)).for_each(
+        |(((dx, dy), x), stats)| {
+            for (((dx, dy), x), &(mean, rstd)) in dx.chunks_mut(d).zip(dy.chunks(d)).zip(x.chunks(d)).zip(stats) {
+                let (mut sum_g, mut sum_gx) = (0f32, 0f32);
+                for i in 0..d {
+                    let g = dy[i] * w[i];
+                    sum_g += g;
+                    sum_gx += g * (x[i] - mean) * rstd;
+                }
+                let (mean_g, mean_gx) = (sum_g / d as f32, sum_gx / d as f32);
+                for i in 0..d {
+                    let xhat = (x[i] - mean) * rstd;
+                    dx[i] += rstd * (dy[i] * w[i] - mean_g - xhat * mean_gx);
+                }
+            }
+        },
+    );
+}
+
+fn gelu(act: HiddenAct, a: f32) -> f32 {
+    match act {
+        HiddenAct::QuickGelu => a / (1.0 + (-1.702 * a).exp()),
+        _ => 0.5 * a * (1.0 + candle_core::cpu::erf::erf_f32(a * std::f32::consts::FRAC_1_SQRT_2)),
+    }
+}
+
+fn gelu_grad(act: HiddenAct, a: f32) -> f32 {
+    match act {
+        HiddenAct::QuickGelu => {
+            let s = 1.0 / (1.0 + (-1.702 * a).exp());
+            s + 1.702 * a * s * (1.0 - s)
+        }
+        _ => {
+            let cdf = 0.5 * (1.0 + candle_core::cpu::erf::erf_f32(a * std::f32::consts::FRAC_1_SQRT_2));
+            let pdf = (-0.5 * a * a).exp() / (2.0 * std::f32::consts::PI).sqrt();
+            cdf + a * pdf
+        }
+    }
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+/// The rows row `r` attends to, as two ranges: prefix rows, then its own continuation's rows.
+fn key_ranges(dm: &Dims, r: usize) -> (std::ops::Range<usize>, std::ops::Range<usize>) {
+    if r < dm.p {
+        (0..r + 1, 0..0)
+    } else {
+        let (c, j) = ((r - dm.p) / dm.s, (r - dm.p) % dm.s);
+        let own = dm.p + c * dm.s;
+        (0..dm.p, own..own + j + 1)
+    }
+}
+
+/// Causal attention of every row over its keys (see [`key_ranges`]); returns the per-head
+/// output `[R, D]` and the probabilities `[R, heads, P + S]`.
+fn attention_fwd(dm: &Dims, qkv: &[f32]) -> (Vec<f32>, Vec<f32>) {
+    let (d, hd, kw) = (dm.d, dm.hd(), dm.keys());
+    let scale = (hd as f32).powf(-0.5);
+    let rows = dm.rows();
+    let mut out = vec![0f32; rows * d];
+    let mut probs = vec![0f32; rows * dm.heads * kw];
+    out.par_chunks_mut(d).zip(probs.par_chunks_mut(dm.heads * kw)).enumerate().for_each(|(r, (out, probs))| {
+        let (pre, own) = key_ranges(dm, r);
+        let keys: Vec<usize> = pre.chain(own).collect();
+        for h in 0..dm.heads {
+            let q = &qkv[r * 3 * d + h * hd..][..hd];
+            let p = &mut probs[h * kw..][..keys.len()];
+            for (pk, &key) in p.iter_mut().zip(&keys) {
+                *pk = dot(q, &qkv[key * 3 * d + d + h * hd..][..hd]) * scale;
+            }
+            let max = p.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let mut sum = 0f32;
+            for v in p.iter_mut() {
+                *v = (*v - max).exp();
+                sum += *v;
+            }
+            let o = &mut out[h * hd..][..hd];
+            for (pk, &key) in p.iter_mut().zip(&keys) {
+                *pk /= sum;
+                let v = &qkv[key * 3 * d + 2 * d + h * hd..][..hd];
+                o.iter_mut().zip(v).for_each(|(o, v)| *o += *pk * v);
+            }
+        }
+    });
+    (out, probs)
+}
+
+fn add_scaled(acc: &mut [f32], x: &[f32], scale: f32) {
+    acc.iter_mut().zip(x).for_each(|(a, b)| *a += scale * b);
+}
+
+/// One row's attention backward for all heads: adds its query gradient to `dq` `[D]` and hands each
+/// key's gradient contributions to `add_kv(key, head, q, dout, ds, p)` (dk += ds·q, dv += p·dout).
+fn attention_row_bwd(
+    dm: &Dims,
+    qkv: &[f32],
+    probs: &[f32],
+    dout: &[f32],
+    r: usize,
+    dq: &mut [f32],
+    add_kv: &mut dyn FnMut(usize, usize, &[f32], &[f32], f32, f32),
+) {
+    let (d, hd, kw) = (dm.d, dm.hd(), dm.keys());
+    let scale = (hd as f32).powf(-0.5);
+    let (pre, own) = key_ranges(dm, r);
+    let keys: Vec<usize> = pre.chain(own).collect();
+    let mut dp = vec![0f32; keys.len()];
+    for h in 0..dm.heads {
+        let pr = &probs[(r * dm.heads + h) * kw..][..keys.len()];
+        let go = &dout[r * d + h * hd..][..hd];
+        for (dpk, &key) in dp.iter_mut().zip(&keys) {
+            *dpk = dot(go, &qkv[key * 3 * d + 2 * d + h * hd..][..hd]);
+        }
+        let inner = dot(pr, &dp);
+        let q = &qkv[r * 3 * d + h * hd..][..hd];
+        for ((&pk, &dpk), &key) in pr.iter().zip(&dp).zip(&keys) {
+            let ds = pk * (dpk - inner) * scale;
+            add_scaled(&mut dq[h * hd..][..hd], &qkv[key * 3 * d + d + h * hd..][..hd], ds);
+            add_kv(key, h, q, go, ds, pk);
+        }
+    }
+}
+
+/// Adds one key's contributions to its `[dk | dv]` row (`2D` wide).
+fn add_kv_row(kv: &mut [f32], d: usize, hd: usize, h: usize, q: &[f32], go: &[f32], ds: f32, pk: f32) {
+    add_scaled(&mut kv[h * hd..][..hd], q, ds);
+    add_scaled(&mut kv[d + h * hd..][..hd], go, pk);
+}
+
+/// Gradients of the attention's q, k and v (`[R, 3D]`, as `qkv`) from the output's `dout` `[R, D]`.
+fn attention_bwd(dm: &Dims, qkv: &[f32], probs: &[f32], dout: &[f32]) -> Vec<f32> {
+    let (d, hd, p) = (dm.d, dm.hd(), dm.p);
+    let mut dqkv = vec![0f32; dm.rows() * 3 * d];
+    let (dpre, dcont) = dqkv.split_at_mut(p * 3 * d);
+    // Continuations in parallel, one class per task: its own keys are written by it alone, the shared
+    // prefix keys are summed in a per-task buffer and reduced after.
+    let mut prefix_kv = dcont
+        .par_chunks_mut(dm.s * 3 * d)
+        .enumerate()
+        .fold(
+            || vec![0f32; p * 2 * d],
+            |mut acc, (c, block)| {
+                let first = p + c * dm.s;
+                for j in 0..dm.s {
+                    let (before, rest) = block.split_at_mut(j * 3 * d);
+                    let (dq, kv) = rest[..3 * d].split_at_mut(d);
+                    attention_row_bwd(dm, qkv, probs, dout, first + j, dq, &mut |key, h, q, go, ds, pk| {
+                        let row = if key < p {
+                            &mut acc[key * 2 * d..][..2 * d]
+                        } else if key == first + j {
+                            &mut *kv
+                        } else {
+                            &mut before[(key - first) * 3 * d + d..][..2 * d]
+                        };
+                        add_kv_row(row, d, hd, h, q, go, ds, pk);
+                    });
+                }
+                acc
+            },
+        )
+        .reduce(
+            || vec![0f32; p * 2 * d],
+            |mut a, b| {
+                a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
+                a
+            },
+        );
+    // The prefix rows attend only to each other (a few rows: serial).
+    for r in 0..p {
+        let (head, _) = dpre.split_at_mut((r + 1) * 3 * d);
+        let dq = &mut head[r * 3 * d..][..d];
+        attention_row_bwd(dm, qkv, probs, dout, r, dq, &mut |key, h, q, go, ds, pk| {
+            add_kv_row(&mut prefix_kv[key * 2 * d..][..2 * d], d, hd, h, q, go, ds, pk)
+        });
+    }
+    for key in 0..p {
+        dpre[key * 3 * d + d..][..2 * d].iter_mut().zip(&prefix_kv[key * 2 * d..][..2 * d]).for_each(|(a, b)| *a += b);
+    }
+    dqkv
+}
+
+/// Runs the tower over `prefix` `[P, D]` and `rest` (C rows of `rest_len` token embeddings, of which the
+/// first S = max(eot) + 1 − P are used). Returns the pooled, projected features `[C, proj]` and, when
+/// `keep_tape`, what the backward pass needs.
+fn forward(tower: &TextTower, prefix: &[f32], rest: &[f32], rest_len: usize, eot: &[usize], keep_tape: bool) -> Result<(Vec<f32>, Option<Tape>)> {
+    let cfg = &tower.config;
+    let d = cfg.hidden_size;
+    let p = prefix.len() / d;
+    let c = eot.len();
+    let len = eot.iter().max().map_or(p, |m| m + 1);
+    let s = len - p;
+    let dm = Dims { p, c, s, d, heads: cfg.num_attention_heads, inter: cfg.intermediate_size, proj: tower.projection.weight().dim(0)? };
+    let held = HeldTower::new(tower)?;
+    let pos = held.pos.data();
+    let rows = dm.rows();
+    let mut x = vec![0f32; rows * d];
+    for i in 0..p {
+        for k in 0..d {
+            x[i * d + k] = prefix[i * d + k] + pos[i * d + k];
+        }
+    }
+    for ci in 0..c {
+        for j in 0..s {
+            let (dst, src) = ((p + ci * s + j) * d, (ci * rest_len + j) * d);
+            for k in 0..d {
+                x[dst + k] = rest[src + k] + pos[(p + j) * d + k];
+            }
+        }
+    }
+    let mut tapes = Vec::new();
+    let mut h = vec![0f32; rows * d];
+    for l in &held.layers {
+        let stats1 = layer_norm_fwd(&x, &l.ln1, d, &mut h);
+        let mut qkv = vec![0f32; rows * 3 * d];
+        for (i, w) in [&l.q, &l.k, &l.v].into_iter().enumerate() {
+            linear(&mut qkv[i * d..], 3 * d, &h, w, rows, d, d, false);
+        }
+        let (att, probs) = attention_fwd(&dm, &qkv);
+        let mut x_mid = x.clone();
+        linear(&mut x_mid, d, &att, &l.o, rows, d, d, true);
+        let stats2 = layer_norm_fwd(&x_mid, &l.ln2, d, &mut h);
+        let mut pre_act = vec![0f32; rows * dm.inter];
+        linear(&mut pre_act, dm.inter, &h, &l.fc1, rows, d, dm.inter, false);
+        let act = cfg.hidden_act;
+        let mut u = vec![0f32; rows * dm.inter];
+        u.par_chunks_mut(16384).zip(pre_act.par_chunks(16384)).for_each(|(u, a)| u.iter_mut().zip(a).for_each(|(u, &a)| *u = gelu(act, a)));
+        let mut x_out = x_mid.clone();
+        linear(&mut x_out, d, &u, &l.fc2, rows, dm.inter, d, true);
+        if keep_tape {
+            tapes.push(LayerTape { x_in: std::mem::take(&mut x), stats1, qkv, probs, x_mid, stats2, pre_act });
+        }
+        x = x_out;
+    }
+    let eot_rows: Vec<usize> = eot.iter().enumerate().map(|(ci, &e)| p + ci * s + (e - p)).collect();
+    let mut final_in = vec![0f32; c * d];
+    for (ci, &r) in eot_rows.iter().enumerate() {
+        final_in[ci * d..][..d].copy_from_slice(&x[r * d..][..d]);
+    }
+    let mut normed = vec![0f32; c * d];
+    let final_stats = layer_norm_fwd(&final_in, &held.final_norm, d, &mut normed);
+    let mut pooled = vec![0f32; c * dm.proj];
+    linear(&mut pooled, dm.proj, &normed, &held.proj, c, d, dm.proj, false);
+    let tape = keep_tape.then_some(Tape { dims: dm, layers: tapes, eot_rows, final_in, final_stats });
+    Ok((pooled, tape))
+}
+
+/// Gradients of the prefix `[P, D]` and of the used continuation rows `[C, S, D]` from `dpooled`.
+fn backward(tower: &TextTower, tape: &Tape, dpooled: &[f32]) -> Result<(Vec<f32>, Vec<f32>)> {
+    let held = HeldTower::new(tower)?;
+    let dm = tape.dims;
+    let (d, rows, act) = (dm.d, dm.rows(), tower.config.hidden_act);
+    let mut dnormed = vec![0f32; dm.c * d];
+    matmul(&mut dnormed, d, dpooled, dm.proj, held.proj.w.data(), false, dm.c, dm.proj, d, false);
+    let mut dfinal = vec![0f32; dm.c * d];
+    layer_norm_bwd(&dnormed, &tape.final_in, &tape.final_stats, &held.final_norm, d, &mut dfinal);
+    let mut dx = vec![0f32; rows * d];
+    for (ci, &r) in tape.eot_rows.iter().enumerate() {
+        dx[r * d..][..d].copy_from_slice(&dfinal[ci * d..][..d]);
+    }
+    let mut dh = vec![0f32; rows * d];
+    for (l, t) in held.layers.iter().zip(&tape.layers).rev() {
+        // MLP: x_out = x_mid + fc2(gelu(fc1(ln2(x_mid)))).
+        let mut da = vec![0f32; rows * dm.inter];
+        matmul(&mut da, dm.inter, &dx, d, l.fc2.w.data(), false, rows, d, dm.inter, false);
+        da.par_chunks_mut(16384).zip(t.pre_act.par_chunks(16384)).for_each(|(g, a)| g.iter_mut().zip(a).for_each(|(g, &a)| *g *= gelu_grad(act, a)));
+        matmul(&mut dh, d, &da, dm.inter, l.fc1.w.data(), false, rows, dm.inter, d, false);
+        layer_norm_bwd(&dh, &t.x_mid, &t.stats2, &l.ln2, d, &mut dx);
+        // Attention: x_mid = x_in + out_proj(attn(ln1(x_in))).
+        let mut datt = vec![0f32; rows * d];
+        matmul(&mut datt, d, &dx, d, l.o.w.data(), false, rows, d, d, false);
+        let dqkv = attention_bwd(&dm, &t.qkv, &t.probs, &datt);
+        for (i, w) in [&l.q, &l.k, &l.v].into_iter().enumerate() {
+            matmul(&mut dh, d, &dqkv[i * d..], 3 * d, w.w.data(), false, rows, d, d, i > 0);
+        }
+        layer_norm_bwd(&dh, &t.x_in, &t.stats1, &l.ln1, d, &mut dx);
+    }
+    let (dprefix, drest) = dx.split_at(dm.p * d);
+    Ok((dprefix.to_vec(), drest.to_vec()))
+}
+
+fn cpu_f32<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
+    match (s, l.contiguous_offsets()) {
+        (CpuStorage::F32(v), Some((a, b))) => Ok(&v[a..b]),
+        _ => candle_core::bail!("text_cpu: inputs must be contiguous f32"),
+    }
+}
+
+/// The tower as one autograd node over (prefix, rest): forward and backward are this module's kernels.
+struct PrefixedTower {
+    tower: TextTower,
+    eot: Vec<usize>,
+    tape: Mutex<Option<Tape>>,
+}
+
+impl CustomOp2 for PrefixedTower {
+    fn name(&self) -> &'static str {
+        "promptscope-text-tower"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (_, rest_len, _) = l2.shape().dims3()?;
+        let (pooled, tape) = forward(&self.tower, cpu_f32(s1, l1)?, cpu_f32(s2, l2)?, rest_len, &self.eot, true)?;
+        *self.tape.lock().expect("tape lock") = tape;
+        let proj = pooled.len() / self.eot.len();
+        Ok((CpuStorage::F32(pooled), Shape::from((self.eot.len(), proj))))
+    }
+
+    fn bwd(&self, prefix: &Tensor, rest: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let guard = self.tape.lock().expect("tape lock");
+        let Some(tape) = guard.as_ref() else { candle_core::bail!("text_cpu: backward without a forward") };
+        let g: Vec<f32> = grad.flatten_all()?.to_vec1()?;
+        let (dprefix, drest) = backward(&self.tower, tape, &g)?;
+        let (c, rest_len, d) = rest.dims3()?;
+        let s = tape.dims.s;
+        let mut full = vec![0f32; c * rest_len * d];
+        for ci in 0..c {
+            full[ci * rest_len * d..][..s * d].copy_from_slice(&drest[ci * s * d..][..s * d]);
+        }
+        Ok((Some(Tensor::from_vec(dprefix, prefix.shape(), prefix.device())?), Some(Tensor::from_vec(full, (c, rest_len, d), rest.device())?)))
+    }
+}
+
+/// Pooled features `[C, proj]` of a `[1, P, D]` prefix and `[C, S, D]` continuations (see
+/// `TextTower::forward_prefixed`, whose checks the caller has made), through this module's kernels:
+/// differentiable with respect to both inputs.
+pub fn forward_prefixed(tower: &TextTower, prefix: &Tensor, rest: &Tensor, eot: &[usize]) -> Result<Tensor> {
+    let op = PrefixedTower { tower: tower.clone(), eot: eot.to_vec(), tape: Mutex::new(None) };
+    let (prefix, rest) = (prefix.contiguous()?, rest.contiguous()?);
+    if prefix.track_op() || rest.track_op() {
+        return prefix.apply_op2(&rest, op);
+    }
+    let a: Vec<f32> = prefix.flatten_all()?.to_vec1()?;
+    let b: Vec<f32> = rest.flatten_all()?.to_vec1()?;
+    let (pooled, _) = forward(tower, &a, &b, rest.dim(1)?, eot, false)?;
+    Tensor::from_vec(pooled, (eot.len(), op.tower.projection.weight().dim(0)?), prefix.device())
+}
