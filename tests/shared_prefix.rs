@@ -1,5 +1,6 @@
-//! The shared-prefix text path against the plain one: features and context gradients must agree
-//! (relative 1e-5) for unified+end, unified+middle and a hand-crafted template prefix.
+//! The fast text paths (a shared prefix run once; on the CPU, `text_cpu`'s kernels with their hand-written
+//! backward) against the plain one (whole prompts through candle's ops and autograd): features and
+//! context gradients must agree (relative 1e-5) for every CoOp variant and a hand-crafted template prefix.
 
 mod common;
 
@@ -24,32 +25,47 @@ fn features_and_grad(learner: &PromptLearner, clip: &promptscope::clip::LoadedCl
     (f.detach(), grad)
 }
 
-fn check(position: ClassPosition, ctx_init: Option<&str>) {
+fn check(position: ClassPosition, ctx_init: Option<&str>, csc: bool) {
+    check_model("tiny", position, ctx_init, csc);
+}
+
+fn check_model(model: &str, position: ClassPosition, ctx_init: Option<&str>, csc: bool) {
     let r = reference();
-    let dir = model_dir("tiny", &r);
+    let dir = model_dir(model, &r);
     let clip = promptscope::clip::load(dir.path().to_str().unwrap(), &device()).unwrap();
     // Names of 1 to 6 tokens, so continuations end at different positions.
     let names: Vec<String> =
         ["dog", "golden retriever", "st. bernard!", "a very long class name with words"].iter().map(|s| s.to_string()).collect();
-    let cfg = CoopConfig { n_ctx: 6, ctx_init: ctx_init.map(str::to_string), csc: false, class_position: position, seed: 3 };
+    let cfg = CoopConfig { n_ctx: 6, ctx_init: ctx_init.map(str::to_string), csc, class_position: position, seed: 3 };
     let mut learner = PromptLearner::new(&clip.model.text, &clip.tokenizer, &names, &cfg).unwrap();
-    learner.shared_prefix = true;
     let (f_shared, g_shared) = features_and_grad(&learner, &clip);
-    learner.shared_prefix = false;
+    learner.reference_path = true;
     let (f_plain, g_plain) = features_and_grad(&learner, &clip);
     let (rf, rg) = (rel(&f_shared, &f_plain), rel(&g_shared, &g_plain));
-    println!("{position:?}: features rel diff {rf:.2e}, context gradient rel diff {rg:.2e}");
+    println!("{position:?} csc={csc}: features rel diff {rf:.2e}, context gradient rel diff {rg:.2e}");
     assert!(rf <= 1e-5 && rg <= 1e-5, "features {rf}, gradient {rg}");
 }
 
 #[test]
 fn unified_end_shared_prefix_is_exact() {
-    check(ClassPosition::End, None);
+    check(ClassPosition::End, None, false);
+}
+
+#[test]
+fn class_specific_and_front_contexts_through_the_fast_path_are_exact() {
+    check(ClassPosition::End, None, true);
+    check(ClassPosition::Front, None, false);
+    check(ClassPosition::Middle, None, true);
+}
+
+#[test]
+fn exact_with_erf_gelu_too() {
+    check_model("tiny-gelu", ClassPosition::End, None, false);
 }
 
 #[test]
 fn unified_middle_shared_prefix_is_exact() {
-    check(ClassPosition::Middle, Some("a photo of a nice"));
+    check(ClassPosition::Middle, Some("a photo of a nice"), false);
 }
 
 #[test]
@@ -72,6 +88,13 @@ fn template_prefix_is_exact() {
     let rests: Vec<Vec<u32>> = texts.iter().map(|t| t[5..].to_vec()).collect();
     let (rest, _) = clip.model.text.embed_batch(&rests).unwrap();
     let eot: Vec<usize> = texts.iter().map(|t| t.len() - 1).collect();
-    let f = clip.model.text.forward_prefixed(emb.as_tensor(), &rest, &eot).unwrap();
-    assert!(f.sum_all().unwrap().backward().unwrap().get(emb.as_tensor()).is_some());
+    let grad_of = |f: Tensor| {
+        let probe = Tensor::from_vec(pattern_embeds(f.elem_count()), f.dims(), &clip.device).unwrap();
+        (&f * &probe).unwrap().sum_all().unwrap().backward().unwrap().get(emb.as_tensor()).expect("gradient reaches the prefix").clone()
+    };
+    let fast = grad_of(clip.model.text.forward_prefixed(emb.as_tensor(), &rest, &eot).unwrap());
+    let reference = grad_of(clip.model.text.forward_prefixed_autograd(emb.as_tensor(), &rest, &eot).unwrap());
+    let rg = rel(&fast, &reference);
+    println!("template prefix: prefix gradient rel diff {rg:.2e}");
+    assert!(rg <= 1e-5, "{rg}");
 }

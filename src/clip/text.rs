@@ -179,7 +179,10 @@ impl TextTower {
     pub fn forward_ids_auto(&self, batch: &[Vec<u32>]) -> Result<Tensor> {
         let eot = self.eot_positions(batch)?;
         let common = common_prefix_len(batch).min(eot.iter().copied().min().unwrap_or(0));
-        if batch.len() < 2 || common < 2 {
+        // The CPU kernels gain even from the start token alone (and from their attention); candle's ops
+        // only from a longer prefix.
+        let worth = if super::text_cpu::supports(self) { 1 } else { 2 };
+        if batch.len() < 2 || common < worth {
             return Ok(self.forward_ids(batch, false)?.pooled);
         }
         let prefix = self.embed_ids(&batch[0][..common])?.unsqueeze(0)?;

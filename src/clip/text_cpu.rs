@@ -8,7 +8,8 @@
 //! buffer holds every row (the P prefix rows, then each class's S rows), the per-row work (layer norms,
 //! linears, GELU, residuals) runs once over all of them, the attention is a loop per row and head, and
 //! the backward computes only what reaches the embeddings. Values and gradients equal the autograd path
-//! (`text.rs`' `forward_prefixed`) to float rounding; tests below and in `tests/shared_prefix.rs` check it.
+//! (`TextTower::forward_prefixed_autograd`) to float rounding, as `tests/shared_prefix.rs` checks for
+//! every CoOp variant, both activations and a template prefix.
 
 use std::ops::Deref;
 use std::sync::Mutex;

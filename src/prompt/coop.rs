@@ -82,9 +82,9 @@ pub struct PromptLearner {
     pub name_lens: Vec<usize>,
     /// End-of-text position of each class's prompt.
     pub eot: Vec<usize>,
-    /// Run the start token and the leading (unified) context once for all classes (exact; see
-    /// `TextTower::forward_prefixed`). Off only to compare against the plain path.
-    pub shared_prefix: bool,
+    /// Run every whole prompt through candle's ops and autograd, sharing nothing: the slow reference
+    /// the fast paths are tested against. Off by default.
+    pub reference_path: bool,
 }
 
 /// N(0, std²) values from the deterministic generator (Box–Muller), the same on every machine.
@@ -176,7 +176,7 @@ impl PromptLearner {
             tails,
             name_lens,
             eot,
-            shared_prefix: true,
+            reference_path: false,
         })
     }
 
@@ -251,6 +251,12 @@ impl PromptLearner {
             return Ok(text.forward_prefixed(&prefix, &rest, &self.eot)?);
         }
         let (prompts, eot) = self.prompts()?;
+        if crate::clip::text_cpu::supports(text) && !self.reference_path {
+            // Every prompt starts with the same start token: the CPU kernels' shared-prefix path with P = 1.
+            let l = prompts.dim(1)?;
+            let sos = prompts.narrow(0, 0, 1)?.narrow(1, 0, 1)?;
+            return Ok(text.forward_prefixed(&sos, &prompts.narrow(1, 1, l - 1)?, eot)?);
+        }
         Ok(text.forward_embeds(&prompts, eot, false)?.pooled)
     }
 
@@ -258,7 +264,7 @@ impl PromptLearner {
     fn split_shared(&self) -> Result<Option<(Tensor, Tensor)>> {
         let m = self.n_ctx;
         let shared = match self.config.class_position {
-            _ if self.config.csc || !self.shared_prefix => return Ok(None),
+            _ if self.config.csc || self.reference_path => return Ok(None),
             ClassPosition::End => m,
             ClassPosition::Middle => m / 2,
             ClassPosition::Front => return Ok(None),
