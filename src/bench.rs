@@ -94,7 +94,7 @@ pub fn coop_step(clip: &LoadedClip, classes: usize, n_ctx: usize, batch: usize, 
     use crate::prompt::coop::{CoopConfig, PromptLearner};
     use crate::train::coop::{Features, TrainConfig, Trainer};
     use crate::train::optim::OptimConfig;
-    let names: Vec<String> = (0..classes).map(|i| format!("{} {}", WORDS[i % WORDS.len()], i / WORDS.len())).collect();
+    let names = class_names(classes);
     let cfg = CoopConfig { n_ctx, csc, ..Default::default() };
     let learner = PromptLearner::new(&clip.model.text, &clip.tokenizer, &names, &cfg)?;
     let text_positions = learner.eot.iter().max().map_or(0, |m| m + 1);
@@ -126,4 +126,44 @@ pub fn coop_step(clip: &LoadedClip, classes: usize, n_ctx: usize, batch: usize, 
         text_positions,
         peak_rss_mb: peak_rss_mb(),
     })
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ZeroShotBenchReport {
+    pub model: String,
+    pub device: String,
+    pub classes: usize,
+    pub templates: usize,
+    /// Encoding classes × templates prompts and averaging them into normalised class weights.
+    pub seconds: f64,
+    pub prompts_per_s: f64,
+    pub peak_rss_mb: Option<f64>,
+}
+
+/// Times CLIP's prompt ensemble: `classes` class names × the first `templates` of CLIP's 80 ImageNet
+/// templates, encoded and averaged into class weights.
+pub fn zero_shot_ensemble(clip: &LoadedClip, classes: usize, templates: usize) -> Result<ZeroShotBenchReport> {
+    use crate::eval::templates::IMAGENET;
+    let names = class_names(classes);
+    let templates: Vec<String> = IMAGENET.iter().cycle().take(templates.max(1)).map(|s| s.to_string()).collect();
+    let silent = crate::progress::Silent;
+    crate::eval::zeroshot::class_weights(clip, &names[..names.len().min(8)], &templates[..1], &silent)?;
+    let t = Instant::now();
+    crate::eval::zeroshot::class_weights(clip, &names, &templates, &silent)?;
+    clip.device.synchronize()?;
+    let seconds = t.elapsed().as_secs_f64();
+    Ok(ZeroShotBenchReport {
+        model: clip.id.clone(),
+        device: crate::device::describe(&clip.device),
+        classes,
+        templates: templates.len(),
+        seconds,
+        prompts_per_s: (classes * templates.len()) as f64 / seconds,
+        peak_rss_mb: peak_rss_mb(),
+    })
+}
+
+/// `classes` distinct names of one to four tokens ("golden retriever 3").
+fn class_names(classes: usize) -> Vec<String> {
+    (0..classes).map(|i| format!("{} {}", WORDS[i % WORDS.len()], i / WORDS.len())).collect()
 }

@@ -173,6 +173,25 @@ pub fn bench_coop(args: &ModelArgs, classes: usize, n_ctx: usize, batch: usize, 
     }
 }
 
+pub fn bench_zero_shot(args: &ModelArgs, classes: usize, templates: usize, format: Format) -> Result<()> {
+    let clip = load_model(args)?;
+    let r = promptscope::bench::zero_shot_ensemble(&clip, classes, templates)?;
+    match format {
+        Format::Json => print_json(&r),
+        Format::Text => {
+            outln!(
+                "prompt ensemble ({} classes × {} templates): {:.1} s, {:.0} prompts/s; peak RSS {}",
+                r.classes,
+                r.templates,
+                r.seconds,
+                r.prompts_per_s,
+                r.peak_rss_mb.map_or("n/a".into(), |m| format!("{m:.0} MiB"))
+            );
+            Ok(())
+        }
+    }
+}
+
 /// The bundled sample: a tiny random-weight CLIP and a generated dataset, then zero-shot on them.
 pub fn sample(out: &Path, format: Format) -> Result<()> {
     let model = out.join("tiny-clip");
@@ -414,7 +433,7 @@ pub struct EvalArgs {
     /// A prompts file exported by `train` or `import-coop`.
     #[arg(long, conflicts_with = "templates")]
     pub prompts: Option<PathBuf>,
-    /// Hand-crafted templates (several = ensemble).
+    /// Hand-crafted templates (several = ensemble; `@imagenet` = CLIP's 80 ImageNet templates).
     #[arg(long = "template")]
     pub templates: Vec<String>,
     #[command(flatten)]

@@ -84,7 +84,8 @@ enum Verb {
         model: ModelArgs,
         #[arg(long)]
         data: PathBuf,
-        /// A prompt template with {} for the class name; repeat for an ensemble.
+        /// A prompt template with {} for the class name; repeat for an ensemble. `@imagenet` stands for
+        /// CLIP's 80 ImageNet templates.
         #[arg(long = "template")]
         templates: Vec<String>,
         #[arg(long, default_value_t = 32)]
@@ -115,6 +116,9 @@ enum Verb {
         csc: bool,
         #[arg(long, default_value_t = 3)]
         steps: usize,
+        /// Time CLIP's prompt ensemble instead: --classes names × this many of the 80 ImageNet templates.
+        #[arg(long)]
+        zero_shot_templates: Option<usize>,
         #[arg(long, value_enum, default_value = "text")]
         format: Format,
     },
@@ -282,8 +286,10 @@ fn run(verb: Verb) -> Result<()> {
         Verb::App { model, data, tab, autorun, epochs, prompts } => open_app(model, data, AppStart { tab, autorun, epochs, prompts }),
         Verb::Embed { model, texts, images, format } => cli::embed(&model, &texts, &images, format),
         Verb::ZeroShot { model, data, templates, batch, format } => cli::zero_shot(&model, &data, templates, batch, format),
-        Verb::Bench { model, batch, images, text_batch, texts, coop, classes, n_ctx, csc, steps, format } => {
-            if coop {
+        Verb::Bench { model, batch, images, text_batch, texts, coop, classes, n_ctx, csc, steps, zero_shot_templates, format } => {
+            if let Some(templates) = zero_shot_templates {
+                cli::bench_zero_shot(&model, classes, templates, format)
+            } else if coop {
                 cli::bench_coop(&model, classes, n_ctx, batch, csc, steps, format)
             } else {
                 cli::bench(&model, batch, images, text_batch, texts, format)

@@ -2,4 +2,5 @@
 
 pub mod linear_probe;
 pub mod metrics;
+pub mod templates;
 pub mod zeroshot;

@@ -24,13 +24,16 @@ pub fn fill(template: &str, class_name: &str) -> String {
 
 /// Normalised class weights `[C, P]` from one or several templates.
 pub fn class_weights(clip: &LoadedClip, class_names: &[String], templates: &[String], progress: &dyn Progress) -> Result<Tensor> {
+    let templates = super::templates::expand(templates);
     if templates.is_empty() {
         return Err(Error::invalid("no prompt template given"));
     }
     let mut sum: Option<Tensor> = None;
-    for t in templates {
+    for (i, t) in templates.iter().enumerate() {
         let texts: Vec<String> = class_names.iter().map(|c| fill(t, c)).collect();
-        let f = l2_normalize(&text_features(clip, &texts, 256, progress)?)?;
+        let f = l2_normalize(&text_features(clip, &texts, 256, &crate::progress::Silent)?)?;
+        crate::progress::check(progress)?;
+        progress.update("templates", i + 1, templates.len());
         sum = Some(match sum {
             Some(s) => (s + f)?,
             None => f,
