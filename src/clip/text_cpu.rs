@@ -124,28 +124,52 @@ pub fn supports(tower: &TextTower) -> bool {
         && matches!(tower.config.hidden_act, HiddenAct::QuickGelu | HiddenAct::Gelu)
 }
 
-/// Sizes of one pass: P prefix rows, then C continuations of S rows each.
-#[derive(Debug, Clone, Copy)]
+/// Sizes and row layout of one pass: P prefix rows, then each class's rows up to and including its
+/// end-of-text token (classes differ in length; nothing is padded).
+#[derive(Debug, Clone)]
 struct Dims {
     p: usize,
-    c: usize,
-    s: usize,
     d: usize,
     heads: usize,
     inter: usize,
     proj: usize,
+    /// First row of each class.
+    start: Vec<usize>,
+    /// Rows of each class (its end-of-text position + 1 − P).
+    len: Vec<usize>,
+    /// The class of each continuation row (row − P).
+    class_of: Vec<u32>,
 }
 
 impl Dims {
+    fn new(p: usize, eot: &[usize], d: usize, heads: usize, inter: usize, proj: usize) -> Self {
+        let len: Vec<usize> = eot.iter().map(|&e| e + 1 - p).collect();
+        let mut start = Vec::with_capacity(len.len());
+        let mut class_of = Vec::new();
+        let mut next = p;
+        for (c, &l) in len.iter().enumerate() {
+            start.push(next);
+            class_of.extend(std::iter::repeat_n(c as u32, l));
+            next += l;
+        }
+        Self { p, d, heads, inter, proj, start, len, class_of }
+    }
+    fn classes(&self) -> usize {
+        self.len.len()
+    }
     fn rows(&self) -> usize {
-        self.p + self.c * self.s
+        self.p + self.class_of.len()
     }
     fn hd(&self) -> usize {
         self.d / self.heads
     }
-    /// Attention probabilities kept per row and head: P prefix keys and up to S own keys.
+    /// Attention probabilities kept per query row and head: P prefix keys and up to the longest class.
     fn keys(&self) -> usize {
-        self.p + self.s
+        self.p + self.len.iter().copied().max().unwrap_or(0)
+    }
+    /// Each class's end-of-text row (the last of its rows).
+    fn eot_rows(&self) -> Vec<usize> {
+        self.start.iter().zip(&self.len).map(|(s, l)| s + l - 1).collect()
     }
 }
 
@@ -163,9 +187,8 @@ struct LayerTape {
 /// Everything the backward pass needs, kept from the forward.
 pub struct Tape {
     dims: Dims,
+    rest_len: usize,
     layers: Vec<LayerTape>,
-    /// Row of each class's end-of-text token.
-    eot_rows: Vec<usize>,
     final_in: Vec<f32>,
     final_stats: Vec<(f32, f32)>,
 }
@@ -301,26 +324,24 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
-/// The rows row `r` attends to, as two ranges: prefix rows, then its own continuation's rows.
+/// The rows row `r` attends to, as two ranges: prefix rows, then its own class's rows.
 fn key_ranges(dm: &Dims, r: usize) -> (std::ops::Range<usize>, std::ops::Range<usize>) {
     if r < dm.p {
         (0..r + 1, 0..0)
     } else {
-        let (c, j) = ((r - dm.p) / dm.s, (r - dm.p) % dm.s);
-        let own = dm.p + c * dm.s;
-        (0..dm.p, own..own + j + 1)
+        let own = dm.start[dm.class_of[r - dm.p] as usize];
+        (0..dm.p, own..r + 1)
     }
 }
 
-/// Causal attention of every row over its keys (see [`key_ranges`]); returns the per-head
-/// output `[R, D]` and the probabilities `[R, heads, P + S]`.
-fn attention_fwd(dm: &Dims, qkv: &[f32]) -> (Vec<f32>, Vec<f32>) {
+/// Causal attention of the query rows `queries` (ascending) over their keys (see [`key_ranges`]);
+/// returns the per-head output `[Q, D]` and the probabilities `[Q, heads, keys]`.
+fn attention_fwd(dm: &Dims, qkv: &[f32], queries: &[usize]) -> (Vec<f32>, Vec<f32>) {
     let (d, hd, kw) = (dm.d, dm.hd(), dm.keys());
     let scale = (hd as f32).powf(-0.5);
-    let rows = dm.rows();
-    let mut out = vec![0f32; rows * d];
-    let mut probs = vec![0f32; rows * dm.heads * kw];
-    out.par_chunks_mut(d).zip(probs.par_chunks_mut(dm.heads * kw)).enumerate().for_each(|(r, (out, probs))| {
+    let mut out = vec![0f32; queries.len() * d];
+    let mut probs = vec![0f32; queries.len() * dm.heads * kw];
+    out.par_chunks_mut(d).zip(probs.par_chunks_mut(dm.heads * kw)).zip(queries.par_iter()).for_each(|((out, probs), &r)| {
         let (pre, own) = key_ranges(dm, r);
         let keys: Vec<usize> = pre.chain(own).collect();
         for h in 0..dm.heads {
@@ -338,8 +359,7 @@ fn attention_fwd(dm: &Dims, qkv: &[f32]) -> (Vec<f32>, Vec<f32>) {
             let o = &mut out[h * hd..][..hd];
             for (pk, &key) in p.iter_mut().zip(&keys) {
                 *pk /= sum;
-                let v = &qkv[key * 3 * d + 2 * d + h * hd..][..hd];
-                o.iter_mut().zip(v).for_each(|(o, v)| *o += *pk * v);
+                add_scaled(o, &qkv[key * 3 * d + 2 * d + h * hd..][..hd], *pk);
             }
         }
     });
@@ -350,8 +370,9 @@ fn add_scaled(acc: &mut [f32], x: &[f32], scale: f32) {
     acc.iter_mut().zip(x).for_each(|(a, b)| *a += scale * b);
 }
 
-/// One row's attention backward for all heads: adds its query gradient to `dq` `[D]` and hands each
-/// key's gradient contributions to `add_kv(key, head, q, dout, ds, p)` (dk += ds·q, dv += p·dout).
+/// One query row's attention backward for all heads: `probs` `[heads, keys]` and `dout` `[D]` are the
+/// row's; adds its query gradient to `dq` `[D]` and hands each key's contributions to
+/// `add_kv(key, head, q, dout, ds, p)` (dk += ds·q, dv += p·dout).
 fn attention_row_bwd(
     dm: &Dims,
     qkv: &[f32],
@@ -367,8 +388,8 @@ fn attention_row_bwd(
     let keys: Vec<usize> = pre.chain(own).collect();
     let mut dp = vec![0f32; keys.len()];
     for h in 0..dm.heads {
-        let pr = &probs[(r * dm.heads + h) * kw..][..keys.len()];
-        let go = &dout[r * d + h * hd..][..hd];
+        let pr = &probs[h * kw..][..keys.len()];
+        let go = &dout[h * hd..][..hd];
         for (dpk, &key) in dp.iter_mut().zip(&keys) {
             *dpk = dot(go, &qkv[key * 3 * d + 2 * d + h * hd..][..hd]);
         }
@@ -383,32 +404,41 @@ fn attention_row_bwd(
 }
 
 /// Adds one key's contributions to its `[dk | dv]` row (`2D` wide).
+#[allow(clippy::too_many_arguments)]
 fn add_kv_row(kv: &mut [f32], d: usize, hd: usize, h: usize, q: &[f32], go: &[f32], ds: f32, pk: f32) {
     add_scaled(&mut kv[h * hd..][..hd], q, ds);
     add_scaled(&mut kv[d + h * hd..][..hd], go, pk);
 }
 
-/// Gradients of the attention's q, k and v (`[R, 3D]`, as `qkv`) from the output's `dout` `[R, D]`.
-fn attention_bwd(dm: &Dims, qkv: &[f32], probs: &[f32], dout: &[f32]) -> Vec<f32> {
-    let (d, hd, p) = (dm.d, dm.hd(), dm.p);
+/// Gradients of q, k and v (`[R, 3D]`, as `qkv`) from the attention output's gradient `dout` `[Q, D]`
+/// of the query rows `queries` (ascending, as in the forward).
+fn attention_bwd(dm: &Dims, qkv: &[f32], probs: &[f32], dout: &[f32], queries: &[usize]) -> Vec<f32> {
+    let (d, hd, p, pw) = (dm.d, dm.hd(), dm.p, dm.heads * dm.keys());
     let mut dqkv = vec![0f32; dm.rows() * 3 * d];
-    let (dpre, dcont) = dqkv.split_at_mut(p * 3 * d);
+    let (dpre, mut dcont) = dqkv.split_at_mut(p * 3 * d);
     // Continuations in parallel, one class per task: its own keys are written by it alone, the shared
     // prefix keys are summed in a per-task buffer and reduced after.
-    let mut prefix_kv = dcont
-        .par_chunks_mut(dm.s * 3 * d)
-        .enumerate()
+    let mut blocks = Vec::with_capacity(dm.classes());
+    for (c, &len) in dm.len.iter().enumerate() {
+        let (block, rest) = std::mem::take(&mut dcont).split_at_mut(len * 3 * d);
+        let lo = queries.partition_point(|&r| r < dm.start[c]);
+        let hi = queries.partition_point(|&r| r < dm.start[c] + len);
+        blocks.push((dm.start[c], block, lo..hi));
+        dcont = rest;
+    }
+    let mut prefix_kv = blocks
+        .into_par_iter()
         .fold(
             || vec![0f32; p * 2 * d],
-            |mut acc, (c, block)| {
-                let first = p + c * dm.s;
-                for j in 0..dm.s {
-                    let (before, rest) = block.split_at_mut(j * 3 * d);
+            |mut acc, (first, block, qi)| {
+                for i in qi {
+                    let r = queries[i];
+                    let (before, rest) = block.split_at_mut((r - first) * 3 * d);
                     let (dq, kv) = rest[..3 * d].split_at_mut(d);
-                    attention_row_bwd(dm, qkv, probs, dout, first + j, dq, &mut |key, h, q, go, ds, pk| {
+                    attention_row_bwd(dm, qkv, &probs[i * pw..][..pw], &dout[i * d..][..d], r, dq, &mut |key, h, q, go, ds, pk| {
                         let row = if key < p {
                             &mut acc[key * 2 * d..][..2 * d]
-                        } else if key == first + j {
+                        } else if key == r {
                             &mut *kv
                         } else {
                             &mut before[(key - first) * 3 * d + d..][..2 * d]
@@ -426,11 +456,10 @@ fn attention_bwd(dm: &Dims, qkv: &[f32], probs: &[f32], dout: &[f32]) -> Vec<f32
                 a
             },
         );
-    // The prefix rows attend only to each other (a few rows: serial).
-    for r in 0..p {
-        let (head, _) = dpre.split_at_mut((r + 1) * 3 * d);
-        let dq = &mut head[r * 3 * d..][..d];
-        attention_row_bwd(dm, qkv, probs, dout, r, dq, &mut |key, h, q, go, ds, pk| {
+    // Prefix queries attend only to prefix rows (a few rows: serial).
+    for (i, &r) in queries.iter().enumerate().take_while(|(_, &r)| r < p) {
+        let dq = &mut dpre[r * 3 * d..][..d];
+        attention_row_bwd(dm, qkv, &probs[i * pw..][..pw], &dout[i * d..][..d], r, dq, &mut |key, h, q, go, ds, pk| {
             add_kv_row(&mut prefix_kv[key * 2 * d..][..2 * d], d, hd, h, q, go, ds, pk)
         });
     }
@@ -440,103 +469,125 @@ fn attention_bwd(dm: &Dims, qkv: &[f32], probs: &[f32], dout: &[f32]) -> Vec<f32
     dqkv
 }
 
-/// Runs the tower over `prefix` `[P, D]` and `rest` (C rows of `rest_len` token embeddings, of which the
-/// first S = max(eot) + 1 − P are used). Returns the pooled, projected features `[C, proj]` and, when
-/// `keep_tape`, what the backward pass needs.
+/// `out[i] = x[rows[i]]` for rows of width `d`.
+fn gather(x: &[f32], rows: &[usize], d: usize) -> Vec<f32> {
+    rows.iter().flat_map(|&r| &x[r * d..][..d]).copied().collect()
+}
+
+/// Runs the tower over `prefix` `[P, D]` and `rest` (C rows of `rest_len` token embeddings, of which
+/// each class uses those up to its end-of-text token). Returns the pooled, projected features
+/// `[C, proj]` and, when `keep_tape`, what the backward pass needs. The last layer runs its queries,
+/// output projection and MLP on the end-of-text rows alone: nothing else reaches the pooled features.
 fn forward(tower: &TextTower, prefix: &[f32], rest: &[f32], rest_len: usize, eot: &[usize], keep_tape: bool) -> Result<(Vec<f32>, Option<Tape>)> {
     let cfg = &tower.config;
     let d = cfg.hidden_size;
     let p = prefix.len() / d;
-    let c = eot.len();
-    let len = eot.iter().max().map_or(p, |m| m + 1);
-    let s = len - p;
-    let dm = Dims { p, c, s, d, heads: cfg.num_attention_heads, inter: cfg.intermediate_size, proj: tower.projection.weight().dim(0)? };
+    let dm = Dims::new(p, eot, d, cfg.num_attention_heads, cfg.intermediate_size, tower.projection.weight().dim(0)?);
     let held = HeldTower::new(tower)?;
     let pos = held.pos.data();
     let rows = dm.rows();
     let mut x = vec![0f32; rows * d];
-    for i in 0..p {
-        for k in 0..d {
-            x[i * d + k] = prefix[i * d + k] + pos[i * d + k];
+    for (i, row) in x[..p * d].chunks_mut(d).enumerate() {
+        row.iter_mut().zip(&prefix[i * d..][..d]).zip(&pos[i * d..][..d]).for_each(|((x, e), q)| *x = e + q);
+    }
+    for (c, (&start, &len)) in dm.start.iter().zip(&dm.len).enumerate() {
+        for j in 0..len {
+            let (dst, src, at) = ((start + j) * d, (c * rest_len + j) * d, (p + j) * d);
+            x[dst..][..d].iter_mut().zip(&rest[src..][..d]).zip(&pos[at..][..d]).for_each(|((x, e), q)| *x = e + q);
         }
     }
-    for ci in 0..c {
-        for j in 0..s {
-            let (dst, src) = ((p + ci * s + j) * d, (ci * rest_len + j) * d);
-            for k in 0..d {
-                x[dst + k] = rest[src + k] + pos[(p + j) * d + k];
-            }
-        }
-    }
+    let all: Vec<usize> = (0..rows).collect();
+    let eot_rows = dm.eot_rows();
+    let act = cfg.hidden_act;
     let mut tapes = Vec::new();
     let mut h = vec![0f32; rows * d];
-    for l in &held.layers {
+    for (li, l) in held.layers.iter().enumerate() {
+        let queries: &[usize] = if li + 1 == held.layers.len() { &eot_rows } else { &all };
+        let q = queries.len();
         let stats1 = layer_norm_fwd(&x, &l.ln1, d, &mut h);
         let mut qkv = vec![0f32; rows * 3 * d];
         for (i, w) in [&l.q, &l.k, &l.v].into_iter().enumerate() {
             linear(&mut qkv[i * d..], 3 * d, &h, w, rows, d, d, false);
         }
-        let (att, probs) = attention_fwd(&dm, &qkv);
-        let mut x_mid = x.clone();
-        linear(&mut x_mid, d, &att, &l.o, rows, d, d, true);
-        let stats2 = layer_norm_fwd(&x_mid, &l.ln2, d, &mut h);
-        let mut pre_act = vec![0f32; rows * dm.inter];
-        linear(&mut pre_act, dm.inter, &h, &l.fc1, rows, d, dm.inter, false);
-        let act = cfg.hidden_act;
-        let mut u = vec![0f32; rows * dm.inter];
+        let (att, probs) = attention_fwd(&dm, &qkv, queries);
+        let mut x_mid = if q == rows { x.clone() } else { gather(&x, queries, d) };
+        linear(&mut x_mid, d, &att, &l.o, q, d, d, true);
+        let mut h2 = vec![0f32; q * d];
+        let stats2 = layer_norm_fwd(&x_mid, &l.ln2, d, &mut h2);
+        let mut pre_act = vec![0f32; q * dm.inter];
+        linear(&mut pre_act, dm.inter, &h2, &l.fc1, q, d, dm.inter, false);
+        let mut u = vec![0f32; q * dm.inter];
         u.par_chunks_mut(16384).zip(pre_act.par_chunks(16384)).for_each(|(u, a)| u.iter_mut().zip(a).for_each(|(u, &a)| *u = gelu(act, a)));
         let mut x_out = x_mid.clone();
-        linear(&mut x_out, d, &u, &l.fc2, rows, dm.inter, d, true);
+        linear(&mut x_out, d, &u, &l.fc2, q, dm.inter, d, true);
         if keep_tape {
             tapes.push(LayerTape { x_in: std::mem::take(&mut x), stats1, qkv, probs, x_mid, stats2, pre_act });
         }
         x = x_out;
     }
-    let eot_rows: Vec<usize> = eot.iter().enumerate().map(|(ci, &e)| p + ci * s + (e - p)).collect();
-    let mut final_in = vec![0f32; c * d];
-    for (ci, &r) in eot_rows.iter().enumerate() {
-        final_in[ci * d..][..d].copy_from_slice(&x[r * d..][..d]);
-    }
+    let final_in = if held.layers.is_empty() { gather(&x, &eot_rows, d) } else { x };
+    let c = eot.len();
     let mut normed = vec![0f32; c * d];
     let final_stats = layer_norm_fwd(&final_in, &held.final_norm, d, &mut normed);
     let mut pooled = vec![0f32; c * dm.proj];
     linear(&mut pooled, dm.proj, &normed, &held.proj, c, d, dm.proj, false);
-    let tape = keep_tape.then_some(Tape { dims: dm, layers: tapes, eot_rows, final_in, final_stats });
+    let tape = keep_tape.then_some(Tape { dims: dm, rest_len, layers: tapes, final_in, final_stats });
     Ok((pooled, tape))
 }
 
-/// Gradients of the prefix `[P, D]` and of the used continuation rows `[C, S, D]` from `dpooled`.
+/// `out[rows[i]] += x[i]` into a zeroed `[n, d]`.
+fn scatter(x: &[f32], rows: &[usize], n: usize, d: usize) -> Vec<f32> {
+    let mut out = vec![0f32; n * d];
+    for (i, &r) in rows.iter().enumerate() {
+        out[r * d..][..d].iter_mut().zip(&x[i * d..][..d]).for_each(|(a, b)| *a += b);
+    }
+    out
+}
+
+/// Gradients of the prefix `[P, D]` and of `rest` `[C, rest_len, D]` from `dpooled` `[C, proj]`.
 fn backward(tower: &TextTower, tape: &Tape, dpooled: &[f32]) -> Result<(Vec<f32>, Vec<f32>)> {
     let held = HeldTower::new(tower)?;
-    let dm = tape.dims;
-    let (d, rows, act) = (dm.d, dm.rows(), tower.config.hidden_act);
-    let mut dnormed = vec![0f32; dm.c * d];
-    matmul(&mut dnormed, d, dpooled, dm.proj, held.proj.w.data(), false, dm.c, dm.proj, d, false);
-    let mut dfinal = vec![0f32; dm.c * d];
-    layer_norm_bwd(&dnormed, &tape.final_in, &tape.final_stats, &held.final_norm, d, &mut dfinal);
-    let mut dx = vec![0f32; rows * d];
-    for (ci, &r) in tape.eot_rows.iter().enumerate() {
-        dx[r * d..][..d].copy_from_slice(&dfinal[ci * d..][..d]);
+    let dm = &tape.dims;
+    let (d, rows, act, c) = (dm.d, dm.rows(), tower.config.hidden_act, dm.classes());
+    let mut dnormed = vec![0f32; c * d];
+    matmul(&mut dnormed, d, dpooled, dm.proj, held.proj.w.data(), false, c, dm.proj, d, false);
+    let mut dx = vec![0f32; c * d];
+    layer_norm_bwd(&dnormed, &tape.final_in, &tape.final_stats, &held.final_norm, d, &mut dx);
+    let all: Vec<usize> = (0..rows).collect();
+    let eot_rows = dm.eot_rows();
+    if held.layers.is_empty() {
+        dx = scatter(&dx, &eot_rows, rows, d);
     }
-    let mut dh = vec![0f32; rows * d];
-    for (l, t) in held.layers.iter().zip(&tape.layers).rev() {
-        // MLP: x_out = x_mid + fc2(gelu(fc1(ln2(x_mid)))).
-        let mut da = vec![0f32; rows * dm.inter];
-        matmul(&mut da, dm.inter, &dx, d, l.fc2.w.data(), false, rows, d, dm.inter, false);
+    let n_layers = held.layers.len();
+    for (li, (l, t)) in held.layers.iter().zip(&tape.layers).enumerate().rev() {
+        let queries: &[usize] = if li + 1 == n_layers { &eot_rows } else { &all };
+        let q = queries.len();
+        // MLP: x_out = x_mid + fc2(gelu(fc1(ln2(x_mid)))), on the query rows.
+        let mut da = vec![0f32; q * dm.inter];
+        matmul(&mut da, dm.inter, &dx, d, l.fc2.w.data(), false, q, d, dm.inter, false);
         da.par_chunks_mut(16384).zip(t.pre_act.par_chunks(16384)).for_each(|(g, a)| g.iter_mut().zip(a).for_each(|(g, &a)| *g *= gelu_grad(act, a)));
-        matmul(&mut dh, d, &da, dm.inter, l.fc1.w.data(), false, rows, dm.inter, d, false);
+        let mut dh = vec![0f32; q * d];
+        matmul(&mut dh, d, &da, dm.inter, l.fc1.w.data(), false, q, dm.inter, d, false);
         layer_norm_bwd(&dh, &t.x_mid, &t.stats2, &l.ln2, d, &mut dx);
-        // Attention: x_mid = x_in + out_proj(attn(ln1(x_in))).
-        let mut datt = vec![0f32; rows * d];
-        matmul(&mut datt, d, &dx, d, l.o.w.data(), false, rows, d, d, false);
-        let dqkv = attention_bwd(&dm, &t.qkv, &t.probs, &datt);
+        // Attention: x_mid = x_in + out_proj(attn(ln1(x_in))); its keys and values come from every row.
+        let mut datt = vec![0f32; q * d];
+        matmul(&mut datt, d, &dx, d, l.o.w.data(), false, q, d, d, false);
+        let dqkv = attention_bwd(dm, &t.qkv, &t.probs, &datt, queries);
+        let mut dh = vec![0f32; rows * d];
         for (i, w) in [&l.q, &l.k, &l.v].into_iter().enumerate() {
             matmul(&mut dh, d, &dqkv[i * d..], 3 * d, w.w.data(), false, rows, d, d, i > 0);
         }
+        if q != rows {
+            dx = scatter(&dx, queries, rows, d);
+        }
         layer_norm_bwd(&dh, &t.x_in, &t.stats1, &l.ln1, d, &mut dx);
     }
-    let (dprefix, drest) = dx.split_at(dm.p * d);
-    Ok((dprefix.to_vec(), drest.to_vec()))
+    let mut drest = vec![0f32; c * tape.rest_len * d];
+    for (ci, (&start, &len)) in dm.start.iter().zip(&dm.len).enumerate() {
+        drest[ci * tape.rest_len * d..][..len * d].copy_from_slice(&dx[start * d..][..len * d]);
+    }
+    dx.truncate(dm.p * d);
+    Ok((dx, drest))
 }
 
 fn cpu_f32<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
@@ -571,13 +622,7 @@ impl CustomOp2 for PrefixedTower {
         let Some(tape) = guard.as_ref() else { candle_core::bail!("text_cpu: backward without a forward") };
         let g: Vec<f32> = grad.flatten_all()?.to_vec1()?;
         let (dprefix, drest) = backward(&self.tower, tape, &g)?;
-        let (c, rest_len, d) = rest.dims3()?;
-        let s = tape.dims.s;
-        let mut full = vec![0f32; c * rest_len * d];
-        for ci in 0..c {
-            full[ci * rest_len * d..][..s * d].copy_from_slice(&drest[ci * s * d..][..s * d]);
-        }
-        Ok((Some(Tensor::from_vec(dprefix, prefix.shape(), prefix.device())?), Some(Tensor::from_vec(full, (c, rest_len, d), rest.device())?)))
+        Ok((Some(Tensor::from_vec(dprefix, prefix.shape(), prefix.device())?), Some(Tensor::from_vec(drest, rest.shape(), rest.device())?)))
     }
 }
 
