@@ -31,7 +31,7 @@ pub fn class_weights(clip: &LoadedClip, class_names: &[String], templates: &[Str
     let mut sum: Option<Tensor> = None;
     for (i, t) in templates.iter().enumerate() {
         let texts: Vec<String> = class_names.iter().map(|c| fill(t, c)).collect();
-        let f = l2_normalize(&text_features(clip, &texts, 1024, &crate::progress::Silent)?)?;
+        let f = l2_normalize(&text_features(clip, &texts, 256, &crate::progress::Silent)?)?;
         crate::progress::check(progress)?;
         progress.update("templates", i + 1, templates.len());
         sum = Some(match sum {
