@@ -28,6 +28,11 @@ fn towers_match(name: &str) {
     for (t, expected) in texts.iter().zip(&ids) {
         assert_eq!(&clip.tokenizer.encode(t).unwrap(), expected, "ids of {t:?}");
     }
+    check(
+        &format!("{name} text features (model.text_features)"),
+        &clip.model.text_features(&ids).unwrap().flatten_all().unwrap().to_vec1().unwrap(),
+        &flat(&r_model["text_embeds"]),
+    );
     let out = clip.model.text.forward_ids(&ids, true).unwrap();
     check(&format!("{name} text features from ids"), &out.pooled.flatten_all().unwrap().to_vec1().unwrap(), &flat(&r_model["text_embeds"]));
     check(
@@ -56,6 +61,8 @@ fn towers_match(name: &str) {
     let v = clip.model.vision.forward(&px, req).unwrap();
     let f = |t: Option<Tensor>| t.unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
     check(&format!("{name} image features"), &f(Some(v.pooled)), &flat(&r_model["image_embeds"]));
+    // What feature extraction runs: on the CPU, the explicit-kernel tower.
+    check(&format!("{name} image features (model.image_features)"), &f(Some(clip.model.image_features(&px).unwrap())), &flat(&r_model["image_embeds"]));
     check(&format!("{name} image tokens"), &f(v.tokens), &flat(&r_model["image_tokens"]));
     check(&format!("{name} attention of block {block}"), &f(v.attention), &flat(&r_model["attention"]));
     check(&format!("{name} hidden states into block {into}"), &f(v.hidden), &flat(&r_model["hidden"]));

@@ -10,7 +10,7 @@ pub mod preprocess;
 pub mod resample;
 pub mod synth;
 pub mod text;
-pub mod text_cpu;
+pub mod cpu_tower;
 pub mod tokenizer;
 pub mod vision;
 

@@ -36,6 +36,9 @@ impl ClipModel {
 
     /// transformers' `get_image_features`: projected, not normalised.
     pub fn image_features(&self, pixels: &Tensor) -> Result<Tensor> {
+        if super::cpu_tower::supports_vision(&self.vision) {
+            return super::cpu_tower::vision_pooled(&self.vision, pixels);
+        }
         Ok(self.vision.forward(pixels, VisionRequest::default())?.pooled)
     }
 }

@@ -134,11 +134,11 @@ impl TextTower {
     /// Pooled features of C sequences that share their first P tokens: `prefix` `[1, P, D]` and `rest`
     /// `[C, S, D]` token embeddings (no position embedding), `eot[i]` the absolute end-of-text position of
     /// sequence i (≥ P). The prefix runs once; exact, and differentiable through both parts. On the CPU
-    /// this runs `text_cpu`'s kernels; elsewhere (and in [`Self::forward_prefixed_autograd`]) candle's ops.
+    /// this runs `cpu_tower`'s kernels; elsewhere (and in [`Self::forward_prefixed_autograd`]) candle's ops.
     pub fn forward_prefixed(&self, prefix: &Tensor, rest: &Tensor, eot: &[usize]) -> Result<Tensor> {
         self.check_prefixed(prefix, rest, eot)?;
-        if super::text_cpu::supports(self) {
-            return super::text_cpu::forward_prefixed(self, prefix, rest, eot);
+        if super::cpu_tower::supports(self) {
+            return super::cpu_tower::forward_prefixed(self, prefix, rest, eot);
         }
         self.forward_prefixed_autograd(prefix, rest, eot)
     }
@@ -181,7 +181,7 @@ impl TextTower {
         let common = common_prefix_len(batch).min(eot.iter().copied().min().unwrap_or(0));
         // The CPU kernels gain even from the start token alone (and from their attention); candle's ops
         // only from a longer prefix.
-        let worth = if super::text_cpu::supports(self) { 1 } else { 2 };
+        let worth = if super::cpu_tower::supports(self) { 1 } else { 2 };
         if batch.len() < 2 || common < worth {
             return Ok(self.forward_ids(batch, false)?.pooled);
         }

@@ -1,15 +1,16 @@
-//! The text tower over a shared prefix and its continuations as explicit CPU kernels, with a
-//! hand-written backward to the input embeddings: CoOp's hot loop.
+//! Both towers' transformer blocks as explicit CPU kernels, and for the text tower a hand-written
+//! backward to its input embeddings: CoOp's hot loop, and the bulk of feature extraction.
 //!
-//! Through candle's autograd the same maths cost about three times its matrix work: every op allocates
-//! and zero-fills its gradient before adding to it, the matmul backward also computes the frozen
-//! weights' gradients, element-wise ops run on a second thread pool that spins against the matmul's, and
-//! the short attention (a continuation sees ~20 keys) is a dozen tiny tensor ops per layer. Here one
-//! buffer holds every row (the P prefix rows, then each class's S rows), the per-row work (layer norms,
-//! linears, GELU, residuals) runs once over all of them, the attention is a loop per row and head, and
-//! the backward computes only what reaches the embeddings. Values and gradients equal the autograd path
-//! (`TextTower::forward_prefixed_autograd`) to float rounding, as `tests/shared_prefix.rs` checks for
-//! every CoOp variant, both activations and a template prefix.
+//! Through candle's autograd the text tower's maths cost about three times its matrix work: every op
+//! allocates and zero-fills its gradient before adding to it, the matmul backward also computes the
+//! frozen weights' gradients, element-wise ops run on a second thread pool that spins against the
+//! matmul's, and the short attention (a continuation sees ~20 keys) is a dozen tiny tensor ops per layer.
+//! Here one buffer holds every row (a shared prefix's P rows, then each sequence's rows), the per-row
+//! work (layer norms, linears, GELU, residuals) runs once over all of them, the attention is a loop per
+//! row and head, and the backward computes only what reaches the embeddings. The last block runs its
+//! queries, output projection and MLP only on the rows the pooled feature reads (end-of-text tokens,
+//! class tokens). Values and gradients equal candle's path (`TextTower::forward_prefixed_autograd`,
+//! `VisionTower::forward`) to float rounding, as `tests/shared_prefix.rs` and `tests/clip_parity.rs` check.
 
 use std::ops::Deref;
 use std::sync::Mutex;
@@ -21,6 +22,7 @@ use rayon::prelude::*;
 use super::config::HiddenAct;
 use super::layers::{EncoderLayer, LayerNorm, Linear};
 use super::text::TextTower;
+use super::vision::VisionTower;
 
 /// A weight tensor's f32 data, borrowed from candle's storage for as long as the guard lives.
 struct Held<'t> {
@@ -32,10 +34,10 @@ struct Held<'t> {
 impl<'t> Held<'t> {
     fn new(t: &'t Tensor) -> Result<Self> {
         let (guard, layout) = t.storage_and_layout();
-        let Some((start, end)) = layout.contiguous_offsets() else { candle_core::bail!("text_cpu: weight is not contiguous") };
+        let Some((start, end)) = layout.contiguous_offsets() else { candle_core::bail!("cpu_tower: weight is not contiguous") };
         match &*guard {
             Storage::Cpu(CpuStorage::F32(v)) if end <= v.len() => {}
-            _ => candle_core::bail!("text_cpu: weights must be f32 on the CPU"),
+            _ => candle_core::bail!("cpu_tower: weights must be f32 on the CPU"),
         }
         Ok(Self { guard: Box::new(guard), start, len: end - start })
     }
@@ -117,11 +119,48 @@ impl<'t> HeldTower<'t> {
     }
 }
 
-/// Whether this engine can run `tower`: f32 on the CPU with an activation it implements.
+/// `PROMPTSCOPE_CANDLE_OPS=1` turns these kernels off (everything then runs as candle ops): for
+/// benchmarking one against the other.
+fn runs_here(weights: &Tensor, act: HiddenAct) -> bool {
+    static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let off = *OFF.get_or_init(|| std::env::var_os("PROMPTSCOPE_CANDLE_OPS").is_some_and(|v| v == "1"));
+    !off && weights.device().is_cpu() && weights.dtype() == DType::F32 && matches!(act, HiddenAct::QuickGelu | HiddenAct::Gelu)
+}
+
+/// Whether these kernels can run `tower`: f32 on the CPU with an activation they implement.
 pub fn supports(tower: &TextTower) -> bool {
-    tower.token_embedding.device().is_cpu()
-        && tower.token_embedding.dtype() == DType::F32
-        && matches!(tower.config.hidden_act, HiddenAct::QuickGelu | HiddenAct::Gelu)
+    runs_here(&tower.token_embedding, tower.config.hidden_act)
+}
+
+/// As [`supports`], for the vision tower.
+pub fn supports_vision(tower: &VisionTower) -> bool {
+    runs_here(&tower.patch_weight, tower.config.hidden_act)
+}
+
+/// Pooled, projected image features `[B, proj]` (transformers' `get_image_features`) of pixels
+/// `[B, C, H, W]`: the patch embedding through candle, the blocks here, the last block on the class
+/// tokens alone.
+pub fn vision_pooled(tower: &VisionTower, pixels: &Tensor) -> Result<Tensor> {
+    let x = tower.embed(pixels)?;
+    let (b, t, d) = x.dims3()?;
+    let cfg = &tower.config;
+    let layers: Vec<HeldLayer> = tower.layers.iter().map(HeldLayer::new).collect::<Result<_>>()?;
+    let (post, proj) = (HeldNorm::new(&tower.post_layernorm)?, HeldLinear::new(&tower.projection)?);
+    let proj_dim = tower.projection.weight().dim(0)?;
+    let dm = Dims::blocks(0, vec![t; b], false, d, cfg.num_attention_heads, cfg.intermediate_size, proj_dim);
+    let all: Vec<usize> = (0..dm.rows()).collect();
+    let cls = dm.start.clone();
+    let mut x: Vec<f32> = x.flatten_all()?.to_vec1()?;
+    for (li, l) in layers.iter().enumerate() {
+        let queries: &[usize] = if li + 1 == layers.len() { &cls } else { &all };
+        x = block_forward(&dm, l, cfg.hidden_act, x, queries, false).0;
+    }
+    let x = if layers.is_empty() { gather(&x, &cls, d) } else { x };
+    let mut normed = vec![0f32; b * d];
+    layer_norm_fwd(&x, &post, d, &mut normed);
+    let mut pooled = vec![0f32; b * proj_dim];
+    linear(&mut pooled, proj_dim, &normed, &proj, b, d, proj_dim, false);
+    Tensor::from_vec(pooled, (b, proj_dim), pixels.device())
 }
 
 /// Sizes and row layout of one pass: P prefix rows, then each class's rows up to and including its
@@ -139,11 +178,19 @@ struct Dims {
     len: Vec<usize>,
     /// The class of each continuation row (row − P).
     class_of: Vec<u32>,
+    /// Text: each row sees the rows before it. Images: each row sees its whole block.
+    causal: bool,
 }
 
 impl Dims {
-    fn new(p: usize, eot: &[usize], d: usize, heads: usize, inter: usize, proj: usize) -> Self {
+    /// Causal text: a P-row prefix, then each sequence up to its end-of-text position `eot`.
+    fn text(p: usize, eot: &[usize], d: usize, heads: usize, inter: usize, proj: usize) -> Self {
         let len: Vec<usize> = eot.iter().map(|&e| e + 1 - p).collect();
+        Self::blocks(p, len, true, d, heads, inter, proj)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn blocks(p: usize, len: Vec<usize>, causal: bool, d: usize, heads: usize, inter: usize, proj: usize) -> Self {
         let mut start = Vec::with_capacity(len.len());
         let mut class_of = Vec::new();
         let mut next = p;
@@ -152,7 +199,7 @@ impl Dims {
             class_of.extend(std::iter::repeat_n(c as u32, l));
             next += l;
         }
-        Self { p, d, heads, inter, proj, start, len, class_of }
+        Self { p, d, heads, inter, proj, start, len, class_of, causal }
     }
     fn classes(&self) -> usize {
         self.len.len()
@@ -337,10 +384,11 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 /// The rows row `r` attends to, as two ranges: prefix rows, then its own class's rows.
 fn key_ranges(dm: &Dims, r: usize) -> (std::ops::Range<usize>, std::ops::Range<usize>) {
     if r < dm.p {
-        (0..r + 1, 0..0)
+        (0..if dm.causal { r + 1 } else { dm.p }, 0..0)
     } else {
-        let own = dm.start[dm.class_of[r - dm.p] as usize];
-        (0..dm.p, own..r + 1)
+        let c = dm.class_of[r - dm.p] as usize;
+        let own = dm.start[c];
+        (0..dm.p, own..if dm.causal { r + 1 } else { own + dm.len[c] })
     }
 }
 
@@ -423,6 +471,8 @@ fn add_kv_row(kv: &mut [f32], d: usize, hd: usize, h: usize, q: &[f32], go: &[f3
 /// Gradients of q, k and v (`[R, 3D]`, as `qkv`) from the attention output's gradient `dout` `[Q, D]`
 /// of the query rows `queries` (ascending, as in the forward).
 fn attention_bwd(dm: &Dims, qkv: &[f32], probs: &[f32], dout: &[f32], queries: &[usize]) -> Vec<f32> {
+    // Below, a row's own keys are the rows before it in its block.
+    assert!(dm.causal, "the attention backward is written for causal (text) blocks");
     let (d, hd, p, pw) = (dm.d, dm.hd(), dm.p, dm.heads * dm.keys());
     let mut dqkv = vec![0f32; dm.rows() * 3 * d];
     let (dpre, mut dcont) = dqkv.split_at_mut(p * 3 * d);
@@ -484,6 +534,31 @@ fn gather(x: &[f32], rows: &[usize], d: usize) -> Vec<f32> {
     rows.iter().flat_map(|&r| &x[r * d..][..d]).copied().collect()
 }
 
+/// One pre-LN block (`CLIPEncoderLayer`): every row feeds the keys and values, `queries` (ascending) are
+/// the rows whose outputs are computed, `[Q, D]`; with `keep`, what its backward needs.
+fn block_forward(dm: &Dims, l: &HeldLayer, act: HiddenAct, x: Vec<f32>, queries: &[usize], keep: bool) -> (Vec<f32>, Option<LayerTape>) {
+    let (d, rows, q) = (dm.d, dm.rows(), queries.len());
+    let mut h = vec![0f32; rows * d];
+    let stats1 = layer_norm_fwd(&x, &l.ln1, d, &mut h);
+    let mut qkv = vec![0f32; rows * 3 * d];
+    for (i, w) in [&l.q, &l.k, &l.v].into_iter().enumerate() {
+        linear(&mut qkv[i * d..], 3 * d, &h, w, rows, d, d, false);
+    }
+    let (att, probs) = attention_fwd(dm, &qkv, queries);
+    let mut x_mid = if q == rows { x.clone() } else { gather(&x, queries, d) };
+    linear(&mut x_mid, d, &att, &l.o, q, d, d, true);
+    h.truncate(q * d);
+    let stats2 = layer_norm_fwd(&x_mid, &l.ln2, d, &mut h);
+    let mut pre_act = vec![0f32; q * dm.inter];
+    linear(&mut pre_act, dm.inter, &h, &l.fc1, q, d, dm.inter, false);
+    let mut u = vec![0f32; q * dm.inter];
+    u.par_chunks_mut(16384).zip(pre_act.par_chunks(16384)).for_each(|(u, a)| u.iter_mut().zip(a).for_each(|(u, &a)| *u = gelu(act, a)));
+    let mut x_out = x_mid.clone();
+    linear(&mut x_out, d, &u, &l.fc2, q, dm.inter, d, true);
+    let tape = keep.then(|| LayerTape { x_in: x, stats1, qkv, probs, x_mid, stats2, pre_act });
+    (x_out, tape)
+}
+
 /// Runs the tower over `prefix` `[P, D]` and `rest` (C rows of `rest_len` token embeddings, of which
 /// each class uses those up to its end-of-text token). Returns the pooled, projected features
 /// `[C, proj]` and, when `keep_tape`, what the backward pass needs. The last layer runs its queries,
@@ -492,7 +567,7 @@ fn forward(tower: &TextTower, prefix: &[f32], rest: &[f32], rest_len: usize, eot
     let cfg = &tower.config;
     let d = cfg.hidden_size;
     let p = prefix.len() / d;
-    let dm = Dims::new(p, eot, d, cfg.num_attention_heads, cfg.intermediate_size, tower.projection.weight().dim(0)?);
+    let dm = Dims::text(p, eot, d, cfg.num_attention_heads, cfg.intermediate_size, tower.projection.weight().dim(0)?);
     let held = HeldTower::new(tower)?;
     let pos = held.pos.data();
     let rows = dm.rows();
@@ -510,29 +585,10 @@ fn forward(tower: &TextTower, prefix: &[f32], rest: &[f32], rest_len: usize, eot
     let eot_rows = dm.eot_rows();
     let act = cfg.hidden_act;
     let mut tapes = Vec::new();
-    let mut h = vec![0f32; rows * d];
     for (li, l) in held.layers.iter().enumerate() {
         let queries: &[usize] = if li + 1 == held.layers.len() { &eot_rows } else { &all };
-        let q = queries.len();
-        let stats1 = layer_norm_fwd(&x, &l.ln1, d, &mut h);
-        let mut qkv = vec![0f32; rows * 3 * d];
-        for (i, w) in [&l.q, &l.k, &l.v].into_iter().enumerate() {
-            linear(&mut qkv[i * d..], 3 * d, &h, w, rows, d, d, false);
-        }
-        let (att, probs) = attention_fwd(&dm, &qkv, queries);
-        let mut x_mid = if q == rows { x.clone() } else { gather(&x, queries, d) };
-        linear(&mut x_mid, d, &att, &l.o, q, d, d, true);
-        let mut h2 = vec![0f32; q * d];
-        let stats2 = layer_norm_fwd(&x_mid, &l.ln2, d, &mut h2);
-        let mut pre_act = vec![0f32; q * dm.inter];
-        linear(&mut pre_act, dm.inter, &h2, &l.fc1, q, d, dm.inter, false);
-        let mut u = vec![0f32; q * dm.inter];
-        u.par_chunks_mut(16384).zip(pre_act.par_chunks(16384)).for_each(|(u, a)| u.iter_mut().zip(a).for_each(|(u, &a)| *u = gelu(act, a)));
-        let mut x_out = x_mid.clone();
-        linear(&mut x_out, d, &u, &l.fc2, q, dm.inter, d, true);
-        if keep_tape {
-            tapes.push(LayerTape { x_in: std::mem::take(&mut x), stats1, qkv, probs, x_mid, stats2, pre_act });
-        }
+        let (x_out, tape) = block_forward(&dm, l, act, x, queries, keep_tape);
+        tapes.extend(tape);
         x = x_out;
     }
     let final_in = if held.layers.is_empty() { gather(&x, &eot_rows, d) } else { x };
@@ -603,7 +659,7 @@ fn backward(tower: &TextTower, tape: &Tape, dpooled: &[f32]) -> Result<(Vec<f32>
 fn cpu_f32<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
     match (s, l.contiguous_offsets()) {
         (CpuStorage::F32(v), Some((a, b))) => Ok(&v[a..b]),
-        _ => candle_core::bail!("text_cpu: inputs must be contiguous f32"),
+        _ => candle_core::bail!("cpu_tower: inputs must be contiguous f32"),
     }
 }
 
@@ -629,7 +685,7 @@ impl CustomOp2 for PrefixedTower {
 
     fn bwd(&self, prefix: &Tensor, rest: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let guard = self.tape.lock().expect("tape lock");
-        let Some(tape) = guard.as_ref() else { candle_core::bail!("text_cpu: backward without a forward") };
+        let Some(tape) = guard.as_ref() else { candle_core::bail!("cpu_tower: backward without a forward") };
         let g: Vec<f32> = grad.flatten_all()?.to_vec1()?;
         let (dprefix, drest) = backward(&self.tower, tape, &g)?;
         Ok((Some(Tensor::from_vec(dprefix, prefix.shape(), prefix.device())?), Some(Tensor::from_vec(drest, rest.shape(), rest.device())?)))
