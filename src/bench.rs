@@ -167,3 +167,116 @@ pub fn zero_shot_ensemble(clip: &LoadedClip, classes: usize, templates: usize) -
 fn class_names(classes: usize) -> Vec<String> {
     (0..classes).map(|i| format!("{} {}", WORDS[i % WORDS.len()], i / WORDS.len())).collect()
 }
+
+/// Mean seconds per call of `f` over `repeats` calls, after one warm-up call.
+fn time_per_call(device: &candle_core::Device, repeats: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+    f()?;
+    device.synchronize()?;
+    let t = Instant::now();
+    for _ in 0..repeats.max(1) {
+        f()?;
+    }
+    device.synchronize()?;
+    Ok(t.elapsed().as_secs_f64() / repeats.max(1) as f64)
+}
+
+/// FILIP's token-wise similarity of one image's patch tokens with `prompts` prompts' word tokens, and
+/// their `s_I`/`s_T` scores (tokens computed beforehand, as the Align view and token-wise classification
+/// reuse them): milliseconds per image.
+pub fn filip_ms(clip: &LoadedClip, prompts: usize, repeats: usize) -> Result<f64> {
+    use crate::align::classify::{tokenwise_scores, TokenScore};
+    use crate::align::tokens::AlignMode;
+    let s = clip.model.config.vision_config.image_size;
+    let pixels = Tensor::randn(0f32, 1f32, (1, 3, s, s), &clip.device)?;
+    let pass = crate::align::pass::VisionPass::run(&clip.model.vision, &pixels)?;
+    let image = crate::align::tokens::image_tokens(&clip.model.vision, &pass, AlignMode::Token, false)?;
+    let texts: Vec<String> = class_names(prompts).iter().map(|n| format!("a photo of a {n}.")).collect();
+    let words = crate::align::tokens::text_tokens(clip, &texts, false)?;
+    let secs = time_per_call(&clip.device, repeats, || tokenwise_scores(&image, &words, 0.25, TokenScore::Mean).map(|_| ()))?;
+    Ok(secs * 1e3)
+}
+
+/// SsVP on `batch` images whose vision pass has run: the class token's attention read out, the top K
+/// patches picked and the last block re-run on them. Images per second.
+pub fn ssvp_images_per_s(clip: &LoadedClip, batch: usize, repeats: usize) -> Result<f64> {
+    let s = clip.model.config.vision_config.image_size;
+    let pixels = Tensor::randn(0f32, 1f32, (batch.max(1), 3, s, s), &clip.device)?;
+    let pass = crate::align::pass::VisionPass::run(&clip.model.vision, &pixels)?;
+    let secs = time_per_call(&clip.device, repeats, || crate::align::ssvp::ssvp_from_pass(&clip.model.vision, &pass, None).map(|_| ()))?;
+    Ok(batch.max(1) as f64 / secs)
+}
+
+/// Decoding and preprocessing `files` (JPEG, PNG) into a pixel batch, in parallel: images per second.
+pub fn loading_images_per_s(clip: &LoadedClip, files: &[std::path::PathBuf], repeats: usize) -> Result<f64> {
+    let secs = time_per_call(&clip.device, repeats, || crate::clip::encode::pixel_batch(clip, files).map(|_| ()))?;
+    Ok(files.len() as f64 / secs)
+}
+
+/// `n` photo-sized JPEGs (500×375, quality 90, a smooth gradient with noise so they compress like
+/// photos) in `dir`, for the loading benchmark; the same bytes on every machine.
+pub fn write_photo_jpegs(dir: &std::path::Path, n: usize) -> Result<Vec<std::path::PathBuf>> {
+    std::fs::create_dir_all(dir).map_err(|e| crate::error::Error::io(dir, e))?;
+    let mut rng = crate::data::synth::Rng::new(7);
+    (0..n)
+        .map(|i| {
+            let path = dir.join(format!("photo_{i:03}.jpg"));
+            if !path.exists() {
+                let img = image::RgbImage::from_fn(500, 375, |x, y| {
+                    let noise = (rng.next_u64() % 24) as u32;
+                    image::Rgb([((x * 255 / 500 + noise) % 256) as u8, ((y * 255 / 375 + noise + i as u32 * 9) % 256) as u8, ((x + y + noise) % 256) as u8])
+                });
+                let mut bytes = Vec::new();
+                image::codecs::jpeg::JpegEncoder::new_with_quality(&mut bytes, 90)
+                    .encode_image(&img)
+                    .map_err(|e| crate::error::Error::invalid(format!("encoding {}: {e}", path.display())))?;
+                crate::error::write_atomic(&path, &bytes)?;
+            }
+            Ok(path)
+        })
+        .collect()
+}
+
+/// Every benchmark of the suite on one model, as `promptscope bench --suite` prints it.
+#[derive(Debug, Clone, Serialize)]
+pub struct SuiteReport {
+    pub model: String,
+    pub device: String,
+    pub threads: usize,
+    /// Image tower images/s at batch 1, 16 and 64.
+    pub image_per_s: Vec<(usize, f64)>,
+    pub text_prompts_per_s: f64,
+    /// CoOp step (forward + backward + update) in ms, per class count, M = 16, batch 32.
+    pub coop_ms: Vec<(usize, f64)>,
+    pub coop_peak_rss_mb: Option<f64>,
+    pub filip_1x100_ms: f64,
+    pub ssvp_images_per_s: f64,
+    pub loading_images_per_s: f64,
+}
+
+/// Runs the whole suite; `coop_classes` are the class counts timed (100 and 1000 in the issue),
+/// `photos` the folder the loading benchmark writes its JPEGs to.
+pub fn suite(clip: &LoadedClip, coop_classes: &[usize], photos: &std::path::Path) -> Result<SuiteReport> {
+    let mut image_per_s = Vec::new();
+    for b in [1, 16, 64] {
+        image_per_s.push((b, run(clip, b, if b < 16 { 16 } else { 2 * b }, 64, 64)?.images_per_s));
+    }
+    let text_prompts_per_s = run(clip, 1, 1, 64, 256)?.prompts_per_s;
+    let mut coop_ms = Vec::new();
+    for &c in coop_classes {
+        coop_ms.push((c, coop_step(clip, c, 16, 32, false, 3)?.ms_per_step));
+    }
+    let coop_peak_rss_mb = peak_rss_mb();
+    let files = write_photo_jpegs(photos, 64)?;
+    Ok(SuiteReport {
+        model: clip.id.clone(),
+        device: crate::device::describe(&clip.device),
+        threads: rayon::current_num_threads(),
+        image_per_s,
+        text_prompts_per_s,
+        coop_ms,
+        coop_peak_rss_mb,
+        filip_1x100_ms: filip_ms(clip, 100, 20)?,
+        ssvp_images_per_s: ssvp_images_per_s(clip, 16, 5)?,
+        loading_images_per_s: loading_images_per_s(clip, &files, 3)?,
+    })
+}

@@ -173,6 +173,30 @@ pub fn bench_coop(args: &ModelArgs, classes: usize, n_ctx: usize, batch: usize, 
     }
 }
 
+pub fn bench_suite(args: &ModelArgs, format: Format) -> Result<()> {
+    let clip = load_model(args)?;
+    let photos = std::env::temp_dir().join("promptscope-bench-photos");
+    let r = promptscope::bench::suite(&clip, &[100, 1000], &photos)?;
+    match format {
+        Format::Json => print_json(&r),
+        Format::Text => {
+            outln!("{} on {} ({} threads)", r.model, r.device, r.threads);
+            for (b, v) in &r.image_per_s {
+                outln!("image tower, batch {b:<3}          {v:10.2} images/s");
+            }
+            outln!("text tower                      {:10.1} prompts/s", r.text_prompts_per_s);
+            for (c, ms) in &r.coop_ms {
+                outln!("CoOp step, {c:>4} classes, M = 16 {ms:10.1} ms");
+            }
+            outln!("FILIP, 1 image × 100 prompts    {:10.2} ms", r.filip_1x100_ms);
+            outln!("SsVP (batch 16)                 {:10.1} images/s", r.ssvp_images_per_s);
+            outln!("JPEG loading + preprocessing    {:10.1} images/s", r.loading_images_per_s);
+            outln!("peak RSS                        {}", r.coop_peak_rss_mb.map_or("n/a".into(), |m| format!("{m:.0} MiB")));
+            Ok(())
+        }
+    }
+}
+
 pub fn bench_zero_shot(args: &ModelArgs, classes: usize, templates: usize, format: Format) -> Result<()> {
     let clip = load_model(args)?;
     let r = promptscope::bench::zero_shot_ensemble(&clip, classes, templates)?;

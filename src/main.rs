@@ -119,6 +119,10 @@ enum Verb {
         /// Time CLIP's prompt ensemble instead: --classes names × this many of the 80 ImageNet templates.
         #[arg(long)]
         zero_shot_templates: Option<usize>,
+        /// Run the whole suite instead: image tower at batch 1/16/64, text tower, CoOp steps for 100 and
+        /// 1000 classes, FILIP 1 image × 100 prompts, SsVP, JPEG loading + preprocessing.
+        #[arg(long)]
+        suite: bool,
         #[arg(long, value_enum, default_value = "text")]
         format: Format,
     },
@@ -286,8 +290,10 @@ fn run(verb: Verb) -> Result<()> {
         Verb::App { model, data, tab, autorun, epochs, prompts } => open_app(model, data, AppStart { tab, autorun, epochs, prompts }),
         Verb::Embed { model, texts, images, format } => cli::embed(&model, &texts, &images, format),
         Verb::ZeroShot { model, data, templates, batch, format } => cli::zero_shot(&model, &data, templates, batch, format),
-        Verb::Bench { model, batch, images, text_batch, texts, coop, classes, n_ctx, csc, steps, zero_shot_templates, format } => {
-            if let Some(templates) = zero_shot_templates {
+        Verb::Bench { model, batch, images, text_batch, texts, coop, classes, n_ctx, csc, steps, zero_shot_templates, suite, format } => {
+            if suite {
+                cli::bench_suite(&model, format)
+            } else if let Some(templates) = zero_shot_templates {
                 cli::bench_zero_shot(&model, classes, templates, format)
             } else if coop {
                 cli::bench_coop(&model, classes, n_ctx, batch, csc, steps, format)
