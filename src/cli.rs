@@ -143,7 +143,7 @@ pub fn bench(args: &ModelArgs, batch: usize, images: usize, text_batch: usize, t
     match format {
         Format::Json => print_json(&r),
         Format::Text => {
-            outln!("device: {} ({} threads)", r.device, r.threads);
+            outln!("device: {}", r.device);
             outln!("image tower: {:8.2} images/s  (batch {}, {} images)", r.images_per_s, r.batch, r.images);
             outln!("text tower:  {:8.2} prompts/s (batch {}, {} prompts)", r.prompts_per_s, r.text_batch, r.texts);
             Ok(())
@@ -180,7 +180,7 @@ pub fn bench_suite(args: &ModelArgs, format: Format) -> Result<()> {
     match format {
         Format::Json => print_json(&r),
         Format::Text => {
-            outln!("{} on {} ({} threads)", r.model, r.device, r.threads);
+            outln!("{} on {}", r.model, r.device);
             for (b, v) in &r.image_per_s {
                 outln!("image tower, batch {b:<3}          {v:10.2} images/s");
             }

@@ -141,16 +141,22 @@ pub fn supports_vision(tower: &VisionTower) -> bool {
 /// `[B, C, H, W]`: the patch embedding through candle, the blocks here, the last block on the class
 /// tokens alone.
 pub fn vision_pooled(tower: &VisionTower, pixels: &Tensor) -> Result<Tensor> {
-    let x = tower.embed(pixels)?;
-    let (b, t, d) = x.dims3()?;
+    vision_pooled_from(tower, &tower.embed(pixels)?, 0)
+}
+
+/// The pooled feature of hidden states `[B, T, D]` (class token first) entering block `from`: blocks
+/// `from..`, the last on the class tokens alone, then `post_layernorm` and the projection. SsVP re-runs
+/// the last block this way on the class token and its kept patches.
+pub fn vision_pooled_from(tower: &VisionTower, hidden: &Tensor, from: usize) -> Result<Tensor> {
+    let (b, t, d) = hidden.dims3()?;
     let cfg = &tower.config;
-    let layers: Vec<HeldLayer> = tower.layers.iter().map(HeldLayer::new).collect::<Result<_>>()?;
+    let layers: Vec<HeldLayer> = tower.layers.get(from..).unwrap_or(&[]).iter().map(HeldLayer::new).collect::<Result<_>>()?;
     let (post, proj) = (HeldNorm::new(&tower.post_layernorm)?, HeldLinear::new(&tower.projection)?);
     let proj_dim = tower.projection.weight().dim(0)?;
     let dm = Dims::blocks(0, vec![t; b], false, d, cfg.num_attention_heads, cfg.intermediate_size, proj_dim);
     let all: Vec<usize> = (0..dm.rows()).collect();
     let cls = dm.start.clone();
-    let mut x: Vec<f32> = x.flatten_all()?.to_vec1()?;
+    let mut x: Vec<f32> = hidden.flatten_all()?.to_vec1()?;
     for (li, l) in layers.iter().enumerate() {
         let queries: &[usize] = if li + 1 == layers.len() { &cls } else { &all };
         x = block_forward(&dm, l, cfg.hidden_act, x, queries, false).0;
@@ -160,7 +166,7 @@ pub fn vision_pooled(tower: &VisionTower, pixels: &Tensor) -> Result<Tensor> {
     layer_norm_fwd(&x, &post, d, &mut normed);
     let mut pooled = vec![0f32; b * proj_dim];
     linear(&mut pooled, proj_dim, &normed, &proj, b, d, proj_dim, false);
-    Tensor::from_vec(pooled, (b, proj_dim), pixels.device())
+    Tensor::from_vec(pooled, (b, proj_dim), hidden.device())
 }
 
 /// Sizes and row layout of one pass: P prefix rows, then each class's rows up to and including its
