@@ -91,29 +91,10 @@ pub fn peak_rss_mb() -> Option<f64> {
 /// Times CoOp training steps: `classes` prompts through the text tower and back, on random cached
 /// image features of a `batch`.
 pub fn coop_step(clip: &LoadedClip, classes: usize, n_ctx: usize, batch: usize, csc: bool, steps: usize) -> Result<CoopBenchReport> {
-    use crate::prompt::coop::{CoopConfig, PromptLearner};
-    use crate::train::coop::{Features, TrainConfig, Trainer};
-    use crate::train::optim::OptimConfig;
-    let names = class_names(classes);
-    let cfg = CoopConfig { n_ctx, csc, ..Default::default() };
-    let learner = PromptLearner::new(&clip.model.text, &clip.tokenizer, &names, &cfg)?;
-    let text_positions = learner.eot.iter().max().map_or(0, |m| m + 1);
-    let p = clip.model.config.projection_dim;
-    let train = Features {
-        feats: Tensor::randn(0f32, 1f32, (batch, p), &clip.device)?,
-        labels: (0..batch).map(|i| i % classes).collect(),
-        views_per_image: 1,
-    };
+    let mut stepper = CoopStepper::new(clip, classes, n_ctx, batch, csc)?;
+    let text_positions = stepper.text_positions;
     let steps = steps.max(1);
-    let optim = OptimConfig { epochs: steps + 1, warmup_epochs: 0, ..Default::default() };
-    let mut trainer = Trainer::new(&clip.model.text, learner, TrainConfig { optim, batch_size: None, seed: 0 }, clip.model.logit_scale());
-    let silent = crate::progress::Silent;
-    trainer.run_until(&train, None, 1, None, &silent, &mut |_| {})?;
-    clip.device.synchronize()?;
-    let t = Instant::now();
-    trainer.run_until(&train, None, steps + 1, None, &silent, &mut |_| {})?;
-    clip.device.synchronize()?;
-    let ms_per_step = t.elapsed().as_secs_f64() * 1000.0 / steps as f64;
+    let secs = time_per_call(&clip.device, steps, || stepper.step())?;
     Ok(CoopBenchReport {
         model: clip.id.clone(),
         device: crate::device::describe(&clip.device),
@@ -122,10 +103,48 @@ pub fn coop_step(clip: &LoadedClip, classes: usize, n_ctx: usize, batch: usize, 
         batch,
         csc,
         steps,
-        ms_per_step,
+        ms_per_step: secs * 1000.0,
         text_positions,
         peak_rss_mb: peak_rss_mb(),
     })
+}
+
+/// A CoOp trainer on random cached image features, stepped one batch at a time (full batch: one step
+/// is one epoch): what `bench --coop` and the criterion suite time.
+pub struct CoopStepper<'a> {
+    trainer: crate::train::coop::Trainer<'a>,
+    train: crate::train::coop::Features,
+    done: usize,
+    /// Longest end-of-text position + 1: the positions the text tower runs.
+    pub text_positions: usize,
+}
+
+impl<'a> CoopStepper<'a> {
+    pub fn new(clip: &'a LoadedClip, classes: usize, n_ctx: usize, batch: usize, csc: bool) -> Result<Self> {
+        use crate::prompt::coop::{CoopConfig, PromptLearner};
+        use crate::train::coop::{Features, TrainConfig, Trainer};
+        use crate::train::optim::OptimConfig;
+        let names = class_names(classes);
+        let cfg = CoopConfig { n_ctx, csc, ..Default::default() };
+        let learner = PromptLearner::new(&clip.model.text, &clip.tokenizer, &names, &cfg)?;
+        let text_positions = learner.eot.iter().max().map_or(0, |m| m + 1);
+        let p = clip.model.config.projection_dim;
+        let train = Features {
+            feats: Tensor::randn(0f32, 1f32, (batch, p), &clip.device)?,
+            labels: (0..batch).map(|i| i % classes).collect(),
+            views_per_image: 1,
+        };
+        // Enough epochs for any number of steps; the schedule does not change the work of a step.
+        let optim = OptimConfig { epochs: usize::MAX / 2, warmup_epochs: 0, ..Default::default() };
+        let trainer = Trainer::new(&clip.model.text, learner, TrainConfig { optim, batch_size: None, seed: 0 }, clip.model.logit_scale());
+        Ok(Self { trainer, train, done: 0, text_positions })
+    }
+
+    /// One forward + backward + SGD update over every class prompt.
+    pub fn step(&mut self) -> Result<()> {
+        self.done += 1;
+        self.trainer.run_until(&self.train, None, self.done, None, &crate::progress::Silent, &mut |_| {})
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
