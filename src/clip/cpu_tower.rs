@@ -263,30 +263,43 @@ fn matmul(out: &mut [f32], out_rs: usize, a: &[f32], a_rs: usize, b: &[f32], b_t
     }
     assert!(out.len() >= (m - 1) * out_rs + n && a.len() >= (m - 1) * a_rs + k && b.len() >= k * n, "matmul: buffer too small");
     let (b_rs, b_cs) = if b_t { (1, k as isize) } else { (n as isize, 1) };
-    // SAFETY: the assert above keeps every index the strides reach inside the three slices.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            out.as_mut_ptr(),
-            1,
-            out_rs as isize,
-            accumulate,
-            a.as_ptr(),
-            1,
-            a_rs as isize,
-            b.as_ptr(),
-            b_cs,
-            b_rs,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            threads(),
-        )
-    }
+    let workers = rayon::current_num_threads();
+    // Few rows (one image is 50): gemm then runs on one thread and re-packs the whole weight from memory,
+    // so split the output's columns over the threads ourselves, each packing only its share.
+    let split = if m < 128 && workers > 1 && n >= 64 * workers { workers } else { 1 };
+    let width = n.div_ceil(split);
+    let (po, pa, pb) = (SharedOut(out.as_mut_ptr()), a.as_ptr() as usize, b.as_ptr() as usize);
+    (0..split).into_par_iter().for_each(move |part| {
+        let po = po;
+        let n0 = part * width;
+        let cols = width.min(n - n0);
+        let b0 = if b_t { n0 * k } else { n0 };
+        // SAFETY: the assert above keeps every index the strides reach inside the three slices; the
+        // parts write disjoint column ranges n0..n0+cols of `out`.
+        unsafe {
+            gemm::gemm(
+                m,
+                cols,
+                k,
+                po.0.add(n0),
+                1,
+                out_rs as isize,
+                accumulate,
+                pa as *const f32,
+                1,
+                a_rs as isize,
+                (pb as *const f32).add(b0),
+                b_cs,
+                b_rs,
+                1.0,
+                1.0,
+                false,
+                false,
+                false,
+                if split > 1 { Parallelism::None } else { threads() },
+            )
+        }
+    });
 }
 
 /// Rows of `width` at a time, enough of them per task to be worth a thread.
@@ -436,7 +449,7 @@ fn attention_fwd(dm: &Dims, qkv: &[f32], queries: &[usize]) -> (Vec<f32>, Vec<f3
 /// A pointer that tasks writing disjoint parts of one buffer may share.
 #[derive(Clone, Copy)]
 struct SharedOut(*mut f32);
-// SAFETY: only used by `attention_fwd_blocks`, whose tasks write disjoint elements.
+// SAFETY: only used by tasks that write disjoint elements (`attention_fwd_blocks`, `matmul`).
 unsafe impl Send for SharedOut {}
 unsafe impl Sync for SharedOut {}
 
