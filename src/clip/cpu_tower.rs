@@ -154,19 +154,36 @@ pub fn vision_pooled_from(tower: &VisionTower, hidden: &Tensor, from: usize) -> 
     let (post, proj) = (HeldNorm::new(&tower.post_layernorm)?, HeldLinear::new(&tower.projection)?);
     let proj_dim = tower.projection.weight().dim(0)?;
     let dm = Dims::blocks(0, vec![t; b], false, d, cfg.num_attention_heads, cfg.intermediate_size, proj_dim);
-    let all: Vec<usize> = (0..dm.rows()).collect();
     let cls = dm.start.clone();
-    let mut x: Vec<f32> = hidden.flatten_all()?.to_vec1()?;
-    for (li, l) in layers.iter().enumerate() {
-        let queries: &[usize] = if li + 1 == layers.len() { &cls } else { &all };
-        x = block_forward(&dm, l, cfg.hidden_act, x, queries, false).0;
-    }
-    let x = if layers.is_empty() { gather(&x, &cls, d) } else { x };
-    let mut normed = vec![0f32; b * d];
-    layer_norm_fwd(&x, &post, d, &mut normed);
-    let mut pooled = vec![0f32; b * proj_dim];
-    linear(&mut pooled, proj_dim, &normed, &proj, b, d, proj_dim, false);
+    let (x, _) = run_blocks(&dm, &layers, cfg.hidden_act, hidden.flatten_all()?.to_vec1()?, &cls, false);
+    let (pooled, _) = pool(&x, &post, &proj, d, proj_dim);
     Tensor::from_vec(pooled, (b, proj_dim), hidden.device())
+}
+
+/// Runs `layers` over every row of `x`, the last one only for the `readout` rows (ascending) the pooled
+/// feature reads; returns those rows' outputs `[readout, D]` and, with `keep`, each block's tape.
+fn run_blocks(dm: &Dims, layers: &[HeldLayer], act: HiddenAct, mut x: Vec<f32>, readout: &[usize], keep: bool) -> (Vec<f32>, Vec<LayerTape>) {
+    let all: Vec<usize> = (0..dm.rows()).collect();
+    let mut tapes = Vec::new();
+    for (li, l) in layers.iter().enumerate() {
+        let queries = if li + 1 == layers.len() { readout } else { &all };
+        let (x_out, tape) = block_forward(dm, l, act, x, queries, keep);
+        tapes.extend(tape);
+        x = x_out;
+    }
+    let x = if layers.is_empty() { gather(&x, readout, dm.d) } else { x };
+    (x, tapes)
+}
+
+/// The final layer norm and projection of the read-out rows `x` `[n, D]`: `[n, proj]` and the norm's
+/// statistics (for the backward).
+fn pool(x: &[f32], norm: &HeldNorm, proj: &HeldLinear, d: usize, proj_dim: usize) -> (Vec<f32>, Vec<(f32, f32)>) {
+    let n = x.len() / d;
+    let mut normed = vec![0f32; n * d];
+    let stats = layer_norm_fwd(x, norm, d, &mut normed);
+    let mut pooled = vec![0f32; n * proj_dim];
+    linear(&mut pooled, proj_dim, &normed, proj, n, d, proj_dim, false);
+    (pooled, stats)
 }
 
 /// Sizes and row layout of one pass: P prefix rows, then each class's rows up to and including its
@@ -651,22 +668,8 @@ fn forward(tower: &TextTower, prefix: &[f32], rest: &[f32], rest_len: usize, eot
             x[dst..][..d].iter_mut().zip(&rest[src..][..d]).zip(&pos[at..][..d]).for_each(|((x, e), q)| *x = e + q);
         }
     }
-    let all: Vec<usize> = (0..rows).collect();
-    let eot_rows = dm.eot_rows();
-    let act = cfg.hidden_act;
-    let mut tapes = Vec::new();
-    for (li, l) in held.layers.iter().enumerate() {
-        let queries: &[usize] = if li + 1 == held.layers.len() { &eot_rows } else { &all };
-        let (x_out, tape) = block_forward(&dm, l, act, x, queries, keep_tape);
-        tapes.extend(tape);
-        x = x_out;
-    }
-    let final_in = if held.layers.is_empty() { gather(&x, &eot_rows, d) } else { x };
-    let c = eot.len();
-    let mut normed = vec![0f32; c * d];
-    let final_stats = layer_norm_fwd(&final_in, &held.final_norm, d, &mut normed);
-    let mut pooled = vec![0f32; c * dm.proj];
-    linear(&mut pooled, dm.proj, &normed, &held.proj, c, d, dm.proj, false);
+    let (final_in, tapes) = run_blocks(&dm, &held.layers, cfg.hidden_act, x, &dm.eot_rows(), keep_tape);
+    let (pooled, final_stats) = pool(&final_in, &held.final_norm, &held.proj, d, dm.proj);
     let tape = keep_tape.then_some(Tape { dims: dm, rest_len, layers: tapes, final_in, final_stats });
     Ok((pooled, tape))
 }
@@ -766,13 +769,12 @@ impl CustomOp2 for PrefixedTower {
 /// `TextTower::forward_prefixed`, whose checks the caller has made), through this module's kernels:
 /// differentiable with respect to both inputs.
 pub fn forward_prefixed(tower: &TextTower, prefix: &Tensor, rest: &Tensor, eot: &[usize]) -> Result<Tensor> {
-    let op = PrefixedTower { tower: tower.clone(), eot: eot.to_vec(), tape: Mutex::new(None) };
     let (prefix, rest) = (prefix.contiguous()?, rest.contiguous()?);
     if prefix.track_op() || rest.track_op() {
-        return prefix.apply_op2(&rest, op);
+        return prefix.apply_op2(&rest, PrefixedTower { tower: tower.clone(), eot: eot.to_vec(), tape: Mutex::new(None) });
     }
     let a: Vec<f32> = prefix.flatten_all()?.to_vec1()?;
     let b: Vec<f32> = rest.flatten_all()?.to_vec1()?;
     let (pooled, _) = forward(tower, &a, &b, rest.dim(1)?, eot, false)?;
-    Tensor::from_vec(pooled, (eot.len(), op.tower.projection.weight().dim(0)?), prefix.device())
+    Tensor::from_vec(pooled, (eot.len(), tower.projection.weight().dim(0)?), prefix.device())
 }
