@@ -22,33 +22,25 @@ pub struct BenchReport {
 }
 
 /// Times the image tower on `images` random images in batches of `batch`, and the text tower on `texts`
-/// prompts of the form `a photo of a <name>.`, after one warm-up batch each.
+/// prompts of the form `a photo of a <name>.` in batches of `text_batch`, after a warm-up round each
+/// (GPU work is waited for at both ends of the timed region).
 pub fn run(clip: &LoadedClip, batch: usize, images: usize, text_batch: usize, texts: usize) -> Result<BenchReport> {
     let s = clip.model.config.vision_config.image_size;
     let batch = batch.max(1);
     let pixels = Tensor::randn(0f32, 1f32, (batch, 3, s, s), &clip.device)?.to_dtype(DType::F32)?;
-    clip.model.image_features(&pixels)?;
-    // GPU work is queued asynchronously: wait for it at both ends of the timed region (no-op on the CPU).
-    clip.device.synchronize()?;
     let rounds = images.div_ceil(batch).max(1);
-    let t = Instant::now();
-    for _ in 0..rounds {
-        clip.model.image_features(&pixels)?;
-    }
-    clip.device.synchronize()?;
-    let images_per_s = (rounds * batch) as f64 / t.elapsed().as_secs_f64();
+    let images_per_s = batch as f64 / time_per_call(&clip.device, rounds, || clip.model.image_features(&pixels).map(|_| ()).map_err(Into::into))?;
 
     let text_batch = text_batch.max(1);
     let prompts: Vec<String> = (0..texts.max(1)).map(|i| format!("a photo of a {}.", WORDS[i % WORDS.len()])).collect();
     let ids = clip.tokenizer.encode_batch(&prompts)?;
-    clip.model.text_features(&ids[..text_batch.min(ids.len())])?;
-    clip.device.synchronize()?;
-    let t = Instant::now();
-    for chunk in ids.chunks(text_batch) {
-        clip.model.text_features(chunk)?;
-    }
-    clip.device.synchronize()?;
-    let prompts_per_s = ids.len() as f64 / t.elapsed().as_secs_f64();
+    let all_texts = || -> Result<()> {
+        for chunk in ids.chunks(text_batch) {
+            clip.model.text_features(chunk)?;
+        }
+        Ok(())
+    };
+    let prompts_per_s = ids.len() as f64 / time_per_call(&clip.device, 1, all_texts)?;
     Ok(BenchReport {
         model: clip.id.clone(),
         device: crate::device::describe(&clip.device),
