@@ -1,0 +1,190 @@
+//! The per-row kernels: matrix products through `gemm` (strided, no copies), bias, layer norm forward
+//! and backward, GELU and its derivative, lane-wise reductions, row gathers.
+
+use gemm::Parallelism;
+use rayon::prelude::*;
+
+use super::weights::{HeldLinear, HeldNorm};
+use crate::clip::config::HiddenAct;
+
+pub(super) fn threads() -> Parallelism {
+    match rayon::current_num_threads() {
+        0 | 1 => Parallelism::None,
+        n => Parallelism::Rayon(n),
+    }
+}
+
+/// `out[m×n] (+)= a[m×k] · B`, with B given row-major as `[k×n]`, or as `[n×k]` when `b_t` (then B is its
+/// transpose, as for `x·Wᵀ` with torch's `[out, in]` weights). `a` and `out` have row strides `a_rs` and
+/// `out_rs` (column blocks of wider buffers).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn matmul(out: &mut [f32], out_rs: usize, a: &[f32], a_rs: usize, b: &[f32], b_t: bool, m: usize, k: usize, n: usize, accumulate: bool) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(out.len() >= (m - 1) * out_rs + n && a.len() >= (m - 1) * a_rs + k && b.len() >= k * n, "matmul: buffer too small");
+    let (b_rs, b_cs) = if b_t { (1, k as isize) } else { (n as isize, 1) };
+    let workers = rayon::current_num_threads();
+    // Few rows (one image is 50): gemm then runs on one thread and re-packs the whole weight from memory,
+    // so split the output's columns over the threads ourselves, each packing only its share.
+    let split = if m < 128 && workers > 1 && n >= 64 * workers { workers } else { 1 };
+    let width = n.div_ceil(split);
+    let (po, pa, pb) = (SharedOut(out.as_mut_ptr()), a.as_ptr() as usize, b.as_ptr() as usize);
+    (0..split).into_par_iter().for_each(move |part| {
+        let po = po;
+        let n0 = part * width;
+        let cols = width.min(n - n0);
+        let b0 = if b_t { n0 * k } else { n0 };
+        // SAFETY: the assert above keeps every index the strides reach inside the three slices; the
+        // parts write disjoint column ranges n0..n0+cols of `out`.
+        unsafe {
+            gemm::gemm(
+                m,
+                cols,
+                k,
+                po.0.add(n0),
+                1,
+                out_rs as isize,
+                accumulate,
+                pa as *const f32,
+                1,
+                a_rs as isize,
+                (pb as *const f32).add(b0),
+                b_cs,
+                b_rs,
+                1.0,
+                1.0,
+                false,
+                false,
+                false,
+                if split > 1 { Parallelism::None } else { threads() },
+            )
+        }
+    });
+}
+
+/// Rows of `width` at a time, enough of them per task to be worth a thread.
+pub(super) fn row_chunk(width: usize) -> usize {
+    (16384 / width.max(1)).max(1)
+}
+
+pub(super) fn add_bias(y: &mut [f32], y_rs: usize, bias: &[f32]) {
+    y.par_chunks_mut(y_rs * row_chunk(y_rs)).for_each(|block| {
+        for row in block.chunks_mut(y_rs) {
+            row[..bias.len()].iter_mut().zip(bias).for_each(|(v, b)| *v += b);
+        }
+    });
+}
+
+/// `out[:, ..n] (+)= x · Wᵀ + b` for `x` `[m, k]` (row stride k).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn linear(out: &mut [f32], out_rs: usize, x: &[f32], l: &HeldLinear, m: usize, k: usize, n: usize, accumulate: bool) {
+    matmul(out, out_rs, x, k, l.w.data(), true, m, k, n, accumulate);
+    if let Some(b) = &l.b {
+        add_bias(out, out_rs, b.data());
+    }
+}
+
+pub(super) fn layer_norm_fwd(x: &[f32], n: &HeldNorm, d: usize, out: &mut [f32]) -> Vec<(f32, f32)> {
+    let (w, b, eps) = (n.w.data(), n.b.data(), f64::from(n.eps));
+    let mut stats = vec![(0f32, 0f32); x.len() / d];
+    let rows = row_chunk(d);
+    out.par_chunks_mut(d * rows).zip(x.par_chunks(d * rows)).zip(stats.par_chunks_mut(rows)).for_each(|((out, x), stats)| {
+        for ((o, x), st) in out.chunks_mut(d).zip(x.chunks(d)).zip(stats.iter_mut()) {
+            let mean = lanes_sum(x, x, |v, _| v) / d as f32;
+            let var = lanes_sum(x, x, |v, _| (v - mean) * (v - mean)) / d as f32;
+            let rstd = (1.0 / (f64::from(var) + eps).sqrt()) as f32;
+            for i in 0..d {
+                o[i] = (x[i] - mean) * rstd * w[i] + b[i];
+            }
+            *st = (mean, rstd);
+        }
+    });
+    stats
+}
+
+/// `dx += ∂LN/∂x · dy`.
+pub(super) fn layer_norm_bwd(dy: &[f32], x: &[f32], stats: &[(f32, f32)], n: &HeldNorm, d: usize, dx: &mut [f32]) {
+    let w = n.w.data();
+    let rows = row_chunk(d);
+    dx.par_chunks_mut(d * rows).zip(dy.par_chunks(d * rows)).zip(x.par_chunks(d * rows)).zip(stats.par_chunks(rows)).for_each(
+        |(((dx, dy), x), stats)| {
+            for (((dx, dy), x), &(mean, rstd)) in dx.chunks_mut(d).zip(dy.chunks(d)).zip(x.chunks(d)).zip(stats) {
+                let gw: Vec<f32> = dy.iter().zip(w).map(|(g, w)| g * w).collect();
+                let sum_g = lanes_sum(&gw, &gw, |g, _| g);
+                let sum_gx = lanes_sum(&gw, x, |g, x| g * (x - mean)) * rstd;
+                let (mean_g, mean_gx) = (sum_g / d as f32, sum_gx / d as f32);
+                for i in 0..d {
+                    let xhat = (x[i] - mean) * rstd;
+                    dx[i] += rstd * (gw[i] - mean_g - xhat * mean_gx);
+                }
+            }
+        },
+    );
+}
+
+pub(super) fn gelu(act: HiddenAct, a: f32) -> f32 {
+    match act {
+        HiddenAct::QuickGelu => a / (1.0 + (-1.702 * a).exp()),
+        _ => 0.5 * a * (1.0 + candle_core::cpu::erf::erf_f32(a * std::f32::consts::FRAC_1_SQRT_2)),
+    }
+}
+
+pub(super) fn gelu_grad(act: HiddenAct, a: f32) -> f32 {
+    match act {
+        HiddenAct::QuickGelu => {
+            let s = 1.0 / (1.0 + (-1.702 * a).exp());
+            s + 1.702 * a * s * (1.0 - s)
+        }
+        _ => {
+            let cdf = 0.5 * (1.0 + candle_core::cpu::erf::erf_f32(a * std::f32::consts::FRAC_1_SQRT_2));
+            let pdf = (-0.5 * a * a).exp() / (2.0 * std::f32::consts::PI).sqrt();
+            cdf + a * pdf
+        }
+    }
+}
+
+/// Sum of `f(a[i], b[i])` in 16 independent lanes: a plain running sum is one long chain of dependent
+/// additions the compiler may not reorder, four times slower on these 64- to 3072-wide rows.
+pub(super) fn lanes_sum(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) -> f32 {
+    let mut acc = [0f32; 16];
+    let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
+    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(&x, &y)| f(x, y)).sum();
+    for (x, y) in ca.zip(cb) {
+        for i in 0..16 {
+            acc[i] += f(x[i], y[i]);
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+pub(super) fn dot(a: &[f32], b: &[f32]) -> f32 {
+    lanes_sum(a, b, |x, y| x * y)
+}
+
+/// A pointer that tasks writing disjoint parts of one buffer may share.
+#[derive(Clone, Copy)]
+pub(super) struct SharedOut(pub(super) *mut f32);
+
+// SAFETY: only used by tasks that write disjoint elements (`attention_fwd_blocks`, `matmul`).
+unsafe impl Send for SharedOut {}
+
+unsafe impl Sync for SharedOut {}
+
+pub(super) fn add_scaled(acc: &mut [f32], x: &[f32], scale: f32) {
+    acc.iter_mut().zip(x).for_each(|(a, b)| *a += scale * b);
+}
+
+/// `out[i] = x[rows[i]]` for rows of width `d`.
+pub(super) fn gather(x: &[f32], rows: &[usize], d: usize) -> Vec<f32> {
+    rows.iter().flat_map(|&r| &x[r * d..][..d]).copied().collect()
+}
+
+/// `out[rows[i]] += x[i]` into a zeroed `[n, d]`.
+pub(super) fn scatter(x: &[f32], rows: &[usize], n: usize, d: usize) -> Vec<f32> {
+    let mut out = vec![0f32; n * d];
+    for (i, &r) in rows.iter().enumerate() {
+        out[r * d..][..d].iter_mut().zip(&x[i * d..][..d]).for_each(|(a, b)| *a += b);
+    }
+    out
+}

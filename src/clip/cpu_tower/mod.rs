@@ -1,0 +1,191 @@
+//! Both towers' transformer blocks as explicit CPU kernels, and for the text tower a hand-written
+//! backward to its input embeddings: CoOp's hot loop, and the bulk of feature extraction.
+//!
+//! Through candle's autograd the text tower's maths cost about three times its matrix work: every op
+//! allocates and zero-fills its gradient before adding to it, the matmul backward also computes the
+//! frozen weights' gradients, element-wise ops run on a second thread pool that spins against the
+//! matmul's, and the short attention (a continuation sees ~20 keys) is a dozen tiny tensor ops per layer.
+//! Here one buffer holds every row (a shared prefix's P rows, then each sequence's rows), the per-row
+//! work (layer norms, linears, GELU, residuals) runs once over all of them, the attention is a loop per
+//! row and head, and the backward computes only what reaches the embeddings. The last block runs its
+//! queries, output projection and MLP only on the rows the pooled feature reads (end-of-text tokens,
+//! class tokens). Values and gradients equal candle's path (`TextTower::forward_prefixed_autograd`,
+//! `VisionTower::forward`) to float rounding, as `tests/shared_prefix.rs` and `tests/clip_parity.rs` check.
+
+mod attention;
+mod kernels;
+mod text;
+mod weights;
+
+use candle_core::{DType, Result, Tensor};
+use rayon::prelude::*;
+
+use self::attention::attention_fwd;
+use self::kernels::{gather, gelu, layer_norm_fwd, linear};
+use self::weights::{HeldLayer, HeldLinear, HeldNorm};
+use super::config::HiddenAct;
+use super::text::TextTower;
+use super::vision::VisionTower;
+
+pub use self::text::forward_prefixed;
+
+/// `PROMPTSCOPE_CANDLE_OPS=1` turns these kernels off (everything then runs as candle ops): for
+/// benchmarking one against the other.
+fn runs_here(weights: &Tensor, act: HiddenAct) -> bool {
+    static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let off = *OFF.get_or_init(|| std::env::var_os("PROMPTSCOPE_CANDLE_OPS").is_some_and(|v| v == "1"));
+    !off && weights.device().is_cpu() && weights.dtype() == DType::F32 && matches!(act, HiddenAct::QuickGelu | HiddenAct::Gelu)
+}
+
+/// Whether these kernels can run `tower`: f32 on the CPU with an activation they implement.
+pub fn supports(tower: &TextTower) -> bool {
+    runs_here(&tower.token_embedding, tower.config.hidden_act)
+}
+
+/// As [`supports`], for the vision tower.
+pub fn supports_vision(tower: &VisionTower) -> bool {
+    runs_here(&tower.patch_weight, tower.config.hidden_act)
+}
+
+/// Pooled, projected image features `[B, proj]` (transformers' `get_image_features`) of pixels
+/// `[B, C, H, W]`: the patch embedding through candle, the blocks here, the last block on the class
+/// tokens alone.
+pub fn vision_pooled(tower: &VisionTower, pixels: &Tensor) -> Result<Tensor> {
+    vision_pooled_from(tower, &tower.embed(pixels)?, 0)
+}
+
+/// The pooled feature of hidden states `[B, T, D]` (class token first) entering block `from`: blocks
+/// `from..`, the last on the class tokens alone, then `post_layernorm` and the projection. SsVP re-runs
+/// the last block this way on the class token and its kept patches.
+pub fn vision_pooled_from(tower: &VisionTower, hidden: &Tensor, from: usize) -> Result<Tensor> {
+    let (b, t, d) = hidden.dims3()?;
+    let cfg = &tower.config;
+    let layers: Vec<HeldLayer> = tower.layers.get(from..).unwrap_or(&[]).iter().map(HeldLayer::new).collect::<Result<_>>()?;
+    let (post, proj) = (HeldNorm::new(&tower.post_layernorm)?, HeldLinear::new(&tower.projection)?);
+    let proj_dim = tower.projection.weight().dim(0)?;
+    let dm = Dims::blocks(0, vec![t; b], false, d, cfg.num_attention_heads, cfg.intermediate_size, proj_dim);
+    let cls = dm.start.clone();
+    let (x, _) = run_blocks(&dm, &layers, cfg.hidden_act, hidden.flatten_all()?.to_vec1()?, &cls, false);
+    let (pooled, _) = pool(&x, &post, &proj, d, proj_dim);
+    Tensor::from_vec(pooled, (b, proj_dim), hidden.device())
+}
+
+/// Runs `layers` over every row of `x`, the last one only for the `readout` rows (ascending) the pooled
+/// feature reads; returns those rows' outputs `[readout, D]` and, with `keep`, each block's tape.
+fn run_blocks(dm: &Dims, layers: &[HeldLayer], act: HiddenAct, mut x: Vec<f32>, readout: &[usize], keep: bool) -> (Vec<f32>, Vec<LayerTape>) {
+    let all: Vec<usize> = (0..dm.rows()).collect();
+    let mut tapes = Vec::new();
+    for (li, l) in layers.iter().enumerate() {
+        let queries = if li + 1 == layers.len() { readout } else { &all };
+        let (x_out, tape) = block_forward(dm, l, act, x, queries, keep);
+        tapes.extend(tape);
+        x = x_out;
+    }
+    let x = if layers.is_empty() { gather(&x, readout, dm.d) } else { x };
+    (x, tapes)
+}
+
+/// The final layer norm and projection of the read-out rows `x` `[n, D]`: `[n, proj]` and the norm's
+/// statistics (for the backward).
+fn pool(x: &[f32], norm: &HeldNorm, proj: &HeldLinear, d: usize, proj_dim: usize) -> (Vec<f32>, Vec<(f32, f32)>) {
+    let n = x.len() / d;
+    let mut normed = vec![0f32; n * d];
+    let stats = layer_norm_fwd(x, norm, d, &mut normed);
+    let mut pooled = vec![0f32; n * proj_dim];
+    linear(&mut pooled, proj_dim, &normed, proj, n, d, proj_dim, false);
+    (pooled, stats)
+}
+
+/// Sizes and row layout of one pass: P prefix rows, then each class's rows up to and including its
+/// end-of-text token (classes differ in length; nothing is padded).
+#[derive(Debug, Clone)]
+struct Dims {
+    p: usize,
+    d: usize,
+    heads: usize,
+    inter: usize,
+    proj: usize,
+    /// First row of each class.
+    start: Vec<usize>,
+    /// Rows of each class (its end-of-text position + 1 − P).
+    len: Vec<usize>,
+    /// The class of each continuation row (row − P).
+    class_of: Vec<u32>,
+    /// Text: each row sees the rows before it. Images: each row sees its whole block.
+    causal: bool,
+}
+
+impl Dims {
+    /// Causal text: a P-row prefix, then each sequence up to its end-of-text position `eot`.
+    fn text(p: usize, eot: &[usize], d: usize, heads: usize, inter: usize, proj: usize) -> Self {
+        let len: Vec<usize> = eot.iter().map(|&e| e + 1 - p).collect();
+        Self::blocks(p, len, true, d, heads, inter, proj)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn blocks(p: usize, len: Vec<usize>, causal: bool, d: usize, heads: usize, inter: usize, proj: usize) -> Self {
+        let mut start = Vec::with_capacity(len.len());
+        let mut class_of = Vec::new();
+        let mut next = p;
+        for (c, &l) in len.iter().enumerate() {
+            start.push(next);
+            class_of.extend(std::iter::repeat_n(c as u32, l));
+            next += l;
+        }
+        Self { p, d, heads, inter, proj, start, len, class_of, causal }
+    }
+    fn classes(&self) -> usize {
+        self.len.len()
+    }
+    fn rows(&self) -> usize {
+        self.p + self.class_of.len()
+    }
+    fn hd(&self) -> usize {
+        self.d / self.heads
+    }
+    /// Attention probabilities kept per query row and head: P prefix keys and up to the longest class.
+    fn keys(&self) -> usize {
+        self.p + self.len.iter().copied().max().unwrap_or(0)
+    }
+    /// Each class's end-of-text row (the last of its rows).
+    fn eot_rows(&self) -> Vec<usize> {
+        self.start.iter().zip(&self.len).map(|(s, l)| s + l - 1).collect()
+    }
+}
+
+/// What the backward pass needs from one layer's forward.
+struct LayerTape {
+    x_in: Vec<f32>,
+    stats1: Vec<(f32, f32)>,
+    qkv: Vec<f32>,
+    probs: Vec<f32>,
+    x_mid: Vec<f32>,
+    stats2: Vec<(f32, f32)>,
+    pre_act: Vec<f32>,
+}
+
+/// One pre-LN block (`CLIPEncoderLayer`): every row feeds the keys and values, `queries` (ascending) are
+/// the rows whose outputs are computed, `[Q, D]`; with `keep`, what its backward needs.
+fn block_forward(dm: &Dims, l: &HeldLayer, act: HiddenAct, x: Vec<f32>, queries: &[usize], keep: bool) -> (Vec<f32>, Option<LayerTape>) {
+    let (d, rows, q) = (dm.d, dm.rows(), queries.len());
+    let mut h = vec![0f32; rows * d];
+    let stats1 = layer_norm_fwd(&x, &l.ln1, d, &mut h);
+    let mut qkv = vec![0f32; rows * 3 * d];
+    for (i, w) in [&l.q, &l.k, &l.v].into_iter().enumerate() {
+        linear(&mut qkv[i * d..], 3 * d, &h, w, rows, d, d, false);
+    }
+    let (att, probs) = attention_fwd(dm, &qkv, queries);
+    let mut x_mid = if q == rows { x.clone() } else { gather(&x, queries, d) };
+    linear(&mut x_mid, d, &att, &l.o, q, d, d, true);
+    h.truncate(q * d);
+    let stats2 = layer_norm_fwd(&x_mid, &l.ln2, d, &mut h);
+    let mut pre_act = vec![0f32; q * dm.inter];
+    linear(&mut pre_act, dm.inter, &h, &l.fc1, q, d, dm.inter, false);
+    let mut u = vec![0f32; q * dm.inter];
+    u.par_chunks_mut(16384).zip(pre_act.par_chunks(16384)).for_each(|(u, a)| u.iter_mut().zip(a).for_each(|(u, &a)| *u = gelu(act, a)));
+    let mut x_out = x_mid.clone();
+    linear(&mut x_out, d, &u, &l.fc2, q, dm.inter, d, true);
+    let tape = keep.then_some(LayerTape { x_in: x, stats1, qkv, probs, x_mid, stats2, pre_act });
+    (x_out, tape)
+}
+

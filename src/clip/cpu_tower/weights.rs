@@ -1,0 +1,103 @@
+//! The towers' weights as f32 slices borrowed from candle's storage for one pass (no copies).
+
+use std::ops::Deref;
+
+use candle_core::{CpuStorage, Result, Storage, Tensor};
+
+use crate::clip::layers::{EncoderLayer, LayerNorm, Linear};
+use crate::clip::text::TextTower;
+
+/// A weight tensor's f32 data, borrowed from candle's storage for as long as the guard lives.
+pub(super) struct Held<'t> {
+    guard: Box<dyn Deref<Target = Storage> + Sync + 't>,
+    start: usize,
+    len: usize,
+}
+
+impl<'t> Held<'t> {
+    pub(super) fn new(t: &'t Tensor) -> Result<Self> {
+        let (guard, layout) = t.storage_and_layout();
+        let Some((start, end)) = layout.contiguous_offsets() else { candle_core::bail!("cpu_tower: weight is not contiguous") };
+        match &*guard {
+            Storage::Cpu(CpuStorage::F32(v)) if end <= v.len() => {}
+            _ => candle_core::bail!("cpu_tower: weights must be f32 on the CPU"),
+        }
+        Ok(Self { guard: Box::new(guard), start, len: end - start })
+    }
+
+    pub(super) fn data(&self) -> &[f32] {
+        match &**self.guard {
+            Storage::Cpu(CpuStorage::F32(v)) => &v[self.start..self.start + self.len],
+            _ => unreachable!("checked in Held::new"),
+        }
+    }
+}
+
+pub(super) struct HeldLinear<'t> {
+    pub(super) w: Held<'t>,
+    pub(super) b: Option<Held<'t>>,
+}
+
+impl<'t> HeldLinear<'t> {
+    pub(super) fn new(l: &'t Linear) -> Result<Self> {
+        Ok(Self { w: Held::new(l.weight())?, b: l.bias().map(Held::new).transpose()? })
+    }
+}
+
+pub(super) struct HeldNorm<'t> {
+    pub(super) w: Held<'t>,
+    pub(super) b: Held<'t>,
+    pub(super) eps: f32,
+}
+
+impl<'t> HeldNorm<'t> {
+    pub(super) fn new(n: &'t LayerNorm) -> Result<Self> {
+        Ok(Self { w: Held::new(n.weight())?, b: Held::new(n.bias())?, eps: n.eps() as f32 })
+    }
+}
+
+pub(super) struct HeldLayer<'t> {
+    pub(super) ln1: HeldNorm<'t>,
+    pub(super) q: HeldLinear<'t>,
+    pub(super) k: HeldLinear<'t>,
+    pub(super) v: HeldLinear<'t>,
+    pub(super) o: HeldLinear<'t>,
+    pub(super) ln2: HeldNorm<'t>,
+    pub(super) fc1: HeldLinear<'t>,
+    pub(super) fc2: HeldLinear<'t>,
+}
+
+impl<'t> HeldLayer<'t> {
+    pub(super) fn new(l: &'t EncoderLayer) -> Result<Self> {
+        let a = &l.self_attn;
+        Ok(Self {
+            ln1: HeldNorm::new(&l.layer_norm1)?,
+            q: HeldLinear::new(a.q_proj())?,
+            k: HeldLinear::new(a.k_proj())?,
+            v: HeldLinear::new(a.v_proj())?,
+            o: HeldLinear::new(a.out_proj())?,
+            ln2: HeldNorm::new(&l.layer_norm2)?,
+            fc1: HeldLinear::new(l.mlp.fc1())?,
+            fc2: HeldLinear::new(l.mlp.fc2())?,
+        })
+    }
+}
+
+/// The tower's weights, borrowed for one forward or backward pass.
+pub(super) struct HeldTower<'t> {
+    pub(super) pos: Held<'t>,
+    pub(super) layers: Vec<HeldLayer<'t>>,
+    pub(super) final_norm: HeldNorm<'t>,
+    pub(super) proj: HeldLinear<'t>,
+}
+
+impl<'t> HeldTower<'t> {
+    pub(super) fn new(t: &'t TextTower) -> Result<Self> {
+        Ok(Self {
+            pos: Held::new(&t.position_embedding)?,
+            layers: t.layers.iter().map(HeldLayer::new).collect::<Result<_>>()?,
+            final_norm: HeldNorm::new(&t.final_layer_norm)?,
+            proj: HeldLinear::new(&t.projection)?,
+        })
+    }
+}
