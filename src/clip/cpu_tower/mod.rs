@@ -181,8 +181,9 @@ fn block_forward(dm: &Dims, l: &HeldLayer, act: HiddenAct, x: Vec<f32>, queries:
     let stats2 = layer_norm_fwd(&x_mid, &l.ln2, d, &mut h);
     let mut pre_act = vec![0f32; q * dm.inter];
     linear(&mut pre_act, dm.inter, &h, &l.fc1, q, d, dm.inter, false);
-    let mut u = vec![0f32; q * dm.inter];
-    u.par_chunks_mut(16384).zip(pre_act.par_chunks(16384)).for_each(|(u, a)| u.iter_mut().zip(a).for_each(|(u, &a)| *u = gelu(act, a)));
+    // The backward needs the pre-activation; without a tape the activation overwrites it.
+    let mut u = if keep { pre_act.clone() } else { std::mem::take(&mut pre_act) };
+    u.par_chunks_mut(16384).for_each(|u| u.iter_mut().for_each(|v| *v = gelu(act, *v)));
     let mut x_out = x_mid.clone();
     linear(&mut x_out, d, &u, &l.fc2, q, dm.inter, d, true);
     let tape = keep.then_some(LayerTape { x_in: x, stats1, qkv, probs, x_mid, stats2, pre_act });
