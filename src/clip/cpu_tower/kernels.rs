@@ -25,15 +25,19 @@ pub(super) fn matmul(out: &mut [f32], out_rs: usize, a: &[f32], a_rs: usize, b: 
     assert!(out.len() >= (m - 1) * out_rs + n && a.len() >= (m - 1) * a_rs + k && b.len() >= k * n, "matmul: buffer too small");
     let (b_rs, b_cs) = if b_t { (1, k as isize) } else { (n as isize, 1) };
     let workers = rayon::current_num_threads();
-    // Few rows (one image is 50): gemm then runs on one thread and re-packs the whole weight from memory,
-    // so split the output's columns over the threads ourselves, each packing only its share.
-    let split = if m < 128 && workers > 1 && n >= 64 * workers { workers } else { 1 };
+    // Few rows (one image is 50): gemm then runs on one thread and re-packs the whole weight from memory
+    // for little work. Panels of ~96 output columns as tasks instead: each packs only its slice of the
+    // weight, and the threads share them (batch 1: 6.9 → 16.4 img/s).
+    let split = if m < 128 && workers > 1 { n.div_ceil(96).max(1) } else { 1 };
     let width = n.div_ceil(split);
     let (po, pa, pb) = (SharedOut(out.as_mut_ptr()), a.as_ptr() as usize, b.as_ptr() as usize);
     (0..split).into_par_iter().for_each(move |part| {
         let po = po;
         let n0 = part * width;
-        let cols = width.min(n - n0);
+        let cols = width.min(n.saturating_sub(n0));
+        if cols == 0 {
+            return;
+        }
         let b0 = if b_t { n0 * k } else { n0 };
         // SAFETY: the assert above keeps every index the strides reach inside the three slices; the
         // parts write disjoint column ranges n0..n0+cols of `out`.
