@@ -6,9 +6,9 @@
 
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, DType, Layout, Result, Shape, Tensor, D};
-use rayon::prelude::*;
 
-fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
+/// The f32 data of a contiguous CPU storage, or an error naming `what`.
+pub(crate) fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
     let data = match s {
         CpuStorage::F32(v) => v.as_slice(),
         _ => candle_core::bail!("{what}: only f32 is supported"),
@@ -114,11 +114,7 @@ impl CustomOp3 for FrozenLinear {
         if b.len() != out {
             candle_core::bail!("{}: bias of {} for {out} outputs", self.name(), b.len());
         }
-        y.par_chunks_mut(out * 64).for_each(|block| {
-            for row in block.chunks_exact_mut(out) {
-                row.iter_mut().zip(b).for_each(|(v, b)| *v += b);
-            }
-        });
+        super::cpu_tower::add_bias(&mut y, out, b);
         Ok((CpuStorage::F32(y), Shape::from((rows, out))))
     }
 

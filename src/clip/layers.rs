@@ -39,14 +39,12 @@ impl Module for Linear {
         let in_dim = *dims.last().expect("linear input has at least one dimension");
         let rows = x.elem_count() / in_dim.max(1);
         let x = x.reshape((rows, in_dim))?;
-        let frozen = match &self.bias {
-            Some(b) => super::fused::frozen_linear(&x, &self.weight, b)?,
-            None => None,
-        };
-        let y = match (frozen, &self.bias) {
-            (Some(y), _) => y,
-            (None, Some(b)) => x.matmul(&self.weight.t()?)?.broadcast_add(b)?,
-            (None, None) => x.matmul(&self.weight.t()?)?,
+        let y = match &self.bias {
+            Some(b) => match super::fused::frozen_linear(&x, &self.weight, b)? {
+                Some(y) => y,
+                None => x.matmul(&self.weight.t()?)?.broadcast_add(b)?,
+            },
+            None => x.matmul(&self.weight.t()?)?,
         };
         let mut out_dims = dims;
         *out_dims.last_mut().expect("non-empty") = self.weight.dim(0)?;

@@ -136,11 +136,11 @@ impl TextTower {
     /// sequence i (≥ P). The prefix runs once; exact, and differentiable through both parts. On the CPU
     /// this runs `cpu_tower`'s kernels; elsewhere (and in [`Self::forward_prefixed_autograd`]) candle's ops.
     pub fn forward_prefixed(&self, prefix: &Tensor, rest: &Tensor, eot: &[usize]) -> Result<Tensor> {
-        self.check_prefixed(prefix, rest, eot)?;
-        if super::cpu_tower::supports(self) {
-            return super::cpu_tower::forward_prefixed(self, prefix, rest, eot);
+        if !super::cpu_tower::supports(self) {
+            return self.forward_prefixed_autograd(prefix, rest, eot);
         }
-        self.forward_prefixed_autograd(prefix, rest, eot)
+        self.check_prefixed(prefix, rest, eot)?;
+        super::cpu_tower::forward_prefixed(self, prefix, rest, eot)
     }
 
     fn check_prefixed(&self, prefix: &Tensor, rest: &Tensor, eot: &[usize]) -> Result<()> {

@@ -72,7 +72,8 @@ pub(super) fn row_chunk(width: usize) -> usize {
     (16384 / width.max(1)).max(1)
 }
 
-pub(super) fn add_bias(y: &mut [f32], y_rs: usize, bias: &[f32]) {
+/// `y[r, ..bias.len()] += bias` for every row `r` of width `y_rs`, rows in parallel.
+pub(crate) fn add_bias(y: &mut [f32], y_rs: usize, bias: &[f32]) {
     y.par_chunks_mut(y_rs * row_chunk(y_rs)).for_each(|block| {
         for row in block.chunks_mut(y_rs) {
             row[..bias.len()].iter_mut().zip(bias).for_each(|(v, b)| *v += b);

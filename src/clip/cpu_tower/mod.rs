@@ -27,6 +27,7 @@ use super::config::HiddenAct;
 use super::text::TextTower;
 use super::vision::VisionTower;
 
+pub(crate) use self::kernels::add_bias;
 pub use self::text::forward_prefixed;
 
 /// `PROMPTSCOPE_CANDLE_OPS=1` turns these kernels off (everything then runs as candle ops): for

@@ -6,10 +6,11 @@ use std::sync::Mutex;
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::kernels::{gelu_grad, layer_norm_bwd, matmul, scatter};
 use super::attention::attention_bwd;
+use super::kernels::{gelu_grad, layer_norm_bwd, matmul, scatter};
 use super::weights::HeldTower;
 use super::{pool, run_blocks, Dims, LayerTape};
+use crate::clip::fused::contiguous_f32;
 use crate::clip::text::TextTower;
 
 /// Everything the backward pass needs, kept from the forward.
@@ -95,13 +96,6 @@ fn backward(tower: &TextTower, tape: &Tape, dpooled: &[f32]) -> Result<(Vec<f32>
     Ok((dx, drest))
 }
 
-fn cpu_f32<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
-    match (s, l.contiguous_offsets()) {
-        (CpuStorage::F32(v), Some((a, b))) => Ok(&v[a..b]),
-        _ => candle_core::bail!("cpu_tower: inputs must be contiguous f32"),
-    }
-}
-
 /// The tower as one autograd node over (prefix, rest): forward and backward are this module's kernels.
 struct PrefixedTower {
     tower: TextTower,
@@ -116,7 +110,7 @@ impl CustomOp2 for PrefixedTower {
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let (_, rest_len, _) = l2.shape().dims3()?;
-        let (pooled, tape) = forward(&self.tower, cpu_f32(s1, l1)?, cpu_f32(s2, l2)?, rest_len, &self.eot, true)?;
+        let (pooled, tape) = forward(&self.tower, contiguous_f32(s1, l1, self.name())?, contiguous_f32(s2, l2, self.name())?, rest_len, &self.eot, true)?;
         *self.tape.lock().expect("tape lock") = tape;
         let proj = pooled.len() / self.eot.len();
         Ok((CpuStorage::F32(pooled), Shape::from((self.eot.len(), proj))))
