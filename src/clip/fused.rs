@@ -1,11 +1,18 @@
-//! Fused CPU kernels with a backward pass for the two element-wise pieces of the transformer block that
-//! dominate training memory. candle's autograd keeps every intermediate tensor (and its gradient) until
-//! the backward pass ends; composed from primitive ops, a layer norm leaves five `[N, D]` tensors behind
-//! and quick-GELU three `[N, 4D]` ones. As single ops they leave one each. Used when gradients flow
-//! (CoOp and MP-FGVC training) on the CPU; inference uses candle's own fused kernels.
+//! Fused ops with a backward pass for the element-wise and per-row pieces of the transformer block, on
+//! the CPU and (with the `cuda` feature) the GPU. candle's autograd keeps every intermediate tensor (and
+//! its gradient) until the backward pass ends; composed from primitive ops, a layer norm leaves five
+//! `[N, D]` tensors behind and quick-GELU three `[N, 4D]` ones, and on the GPU each primitive is a kernel
+//! launch: a layer norm was ~10 launches forward and ~20 backward. As single ops they leave one tensor
+//! and take one launch each way. Used when gradients flow (CoOp on the GPU, MP-FGVC training); CPU
+//! inference and CoOp go through `cpu_tower`.
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp1, CustomOp3, DType, Layout, Result, Shape, Tensor, D};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, D};
+#[cfg(feature = "cuda")]
+use candle_core::CudaStorage;
+
+#[cfg(feature = "cuda")]
+use super::cuda_kernels;
 
 /// The f32 data of a contiguous CPU storage, or an error naming `what`.
 pub(crate) fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
@@ -33,11 +40,110 @@ impl CustomOp1 for QuickGelu {
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
+        Ok((cuda_kernels::quick_gelu(s, l)?, l.shape().clone()))
+    }
+
     fn bwd(&self, x: &Tensor, _y: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(x.apply_op2_no_bwd(&g.contiguous()?, &QuickGeluGrad)?))
+    }
+}
+
+/// `∂x` of quick-GELU from `(x, ∂y)`.
+struct QuickGeluGrad;
+
+impl CustomOp2 for QuickGeluGrad {
+    fn name(&self) -> &'static str {
+        "promptscope-quick-gelu-grad"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (x, g) = (contiguous_f32(s1, l1, self.name())?, contiguous_f32(s2, l2, self.name())?);
+        if x.len() != g.len() {
+            candle_core::bail!("{}: gradient of {} elements for {}", self.name(), g.len(), x.len());
+        }
         // d/dx x·s(ax) = s + a·x·s·(1 - s), s = σ(ax).
-        let s = candle_nn::ops::sigmoid(&(x * 1.702)?)?;
-        let ds = (&s + ((x * 1.702)? * &s)?.mul(&(1.0 - &s)?)?)?;
-        Ok(Some(g.mul(&ds)?))
+        let dx = x
+            .iter()
+            .zip(g)
+            .map(|(&v, &g)| {
+                let s = 1.0 / (1.0 + (-1.702 * v).exp());
+                g * (s + 1.702 * v * s * (1.0 - s))
+            })
+            .collect();
+        Ok((CpuStorage::F32(dx), l1.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, s1: &CudaStorage, l1: &Layout, s2: &CudaStorage, l2: &Layout) -> Result<(CudaStorage, Shape)> {
+        Ok((cuda_kernels::quick_gelu_bwd(s1, l1, s2, l2)?, l1.shape().clone()))
+    }
+}
+
+/// Softmax over the last dimension.
+struct SoftmaxLastDim;
+
+impl CustomOp1 for SoftmaxLastDim {
+    fn name(&self) -> &'static str {
+        "promptscope-softmax"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(s, l, self.name())?;
+        let d = l.shape().dims().last().copied().unwrap_or(1).max(1);
+        let mut y = vec![0f32; x.len()];
+        for (row, out) in x.chunks_exact(d).zip(y.chunks_exact_mut(d)) {
+            let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let m = if m == f32::NEG_INFINITY { 0.0 } else { m };
+            let mut total = 0.0;
+            for (o, &v) in out.iter_mut().zip(row) {
+                *o = (v - m).exp();
+                total += *o;
+            }
+            let inv = if total > 0.0 { 1.0 / total } else { 0.0 };
+            out.iter_mut().for_each(|o| *o *= inv);
+        }
+        Ok((CpuStorage::F32(y), l.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
+        Ok((cuda_kernels::softmax(s, l)?, l.shape().clone()))
+    }
+
+    fn bwd(&self, _x: &Tensor, y: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(y.apply_op2_no_bwd(&g.contiguous()?, &SoftmaxGrad)?))
+    }
+}
+
+/// `∂x` of the softmax from `(y, ∂y)`: `y · (∂y - Σ ∂y·y)` per row.
+struct SoftmaxGrad;
+
+impl CustomOp2 for SoftmaxGrad {
+    fn name(&self) -> &'static str {
+        "promptscope-softmax-grad"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (y, g) = (contiguous_f32(s1, l1, self.name())?, contiguous_f32(s2, l2, self.name())?);
+        let d = l1.shape().dims().last().copied().unwrap_or(1).max(1);
+        if y.len() != g.len() {
+            candle_core::bail!("{}: gradient of {} elements for {}", self.name(), g.len(), y.len());
+        }
+        let mut dx = vec![0f32; y.len()];
+        for ((yr, gr), out) in y.chunks_exact(d).zip(g.chunks_exact(d)).zip(dx.chunks_exact_mut(d)) {
+            let dot: f32 = yr.iter().zip(gr).map(|(a, b)| a * b).sum();
+            for ((o, &yv), &gv) in out.iter_mut().zip(yr).zip(gr) {
+                *o = yv * (gv - dot);
+            }
+        }
+        Ok((CpuStorage::F32(dx), l1.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, s1: &CudaStorage, l1: &Layout, s2: &CudaStorage, l2: &Layout) -> Result<(CudaStorage, Shape)> {
+        Ok((cuda_kernels::softmax_bwd(s1, l1, s2, l2)?, l1.shape().clone()))
     }
 }
 
@@ -71,20 +177,71 @@ impl CustomOp3 for LayerNormOp {
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, s1: &CudaStorage, l1: &Layout, s2: &CudaStorage, l2: &Layout, s3: &CudaStorage, l3: &Layout) -> Result<(CudaStorage, Shape)> {
+        Ok((cuda_kernels::layer_norm(s1, l1, s2, l2, s3, l3, self.eps as f32)?, l1.shape().clone()))
+    }
+
     fn bwd(&self, x: &Tensor, w: &Tensor, b: &Tensor, _y: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let d = x.dim(D::Minus1)? as f64;
-        let centred = x.broadcast_sub(&(x.sum_keepdim(D::Minus1)? / d)?)?;
-        let rstd = ((centred.sqr()?.sum_keepdim(D::Minus1)? / d)? + self.eps)?.sqrt()?.recip()?;
-        let xhat = centred.broadcast_mul(&rstd)?;
-        let gw = g.broadcast_mul(w)?;
-        let mean_gw = (gw.sum_keepdim(D::Minus1)? / d)?;
-        let mean_gwx = ((&gw * &xhat)?.sum_keepdim(D::Minus1)? / d)?;
-        let dx = gw.broadcast_sub(&mean_gw)?.sub(&xhat.broadcast_mul(&mean_gwx)?)?.broadcast_mul(&rstd)?;
+        let g = g.contiguous()?;
+        let dx = x.apply_op3_no_bwd(w, &g, &LayerNormGrad { eps: self.eps })?;
         let rows = g.elem_count() / w.elem_count();
         let flat = |t: &Tensor| t.reshape((rows, w.elem_count()));
-        let dw = if w.track_op() { Some(flat(&(g * &xhat)?)?.sum(0)?) } else { None };
-        let db = if b.track_op() { Some(flat(g)?.sum(0)?) } else { None };
+        // Weight and bias gradients only where they are trained (MP-FGVC's vision blocks): composed.
+        let dw = if w.track_op() {
+            let d = x.dim(D::Minus1)? as f64;
+            let centred = x.broadcast_sub(&(x.sum_keepdim(D::Minus1)? / d)?)?;
+            let rstd = ((centred.sqr()?.sum_keepdim(D::Minus1)? / d)? + self.eps)?.sqrt()?.recip()?;
+            Some(flat(&(&g * centred.broadcast_mul(&rstd)?)?)?.sum(0)?)
+        } else {
+            None
+        };
+        let db = if b.track_op() { Some(flat(&g)?.sum(0)?) } else { None };
         Ok((Some(dx), dw, db))
+    }
+}
+
+/// `∂x` of the layer norm from `(x, weight, ∂y)`: `rstd · (g·w - mean(g·w) - x̂ · mean(g·w·x̂))`.
+struct LayerNormGrad {
+    eps: f64,
+}
+
+impl CustomOp3 for LayerNormGrad {
+    fn name(&self) -> &'static str {
+        "promptscope-layer-norm-grad"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(s1, l1, self.name())?;
+        let w = contiguous_f32(s2, l2, self.name())?;
+        let g = contiguous_f32(s3, l3, self.name())?;
+        let d = w.len();
+        if d == 0 || x.len() % d != 0 || g.len() != x.len() {
+            candle_core::bail!("{}: shape mismatch", self.name());
+        }
+        let mut dx = vec![0f32; x.len()];
+        for ((xr, gr), out) in x.chunks_exact(d).zip(g.chunks_exact(d)).zip(dx.chunks_exact_mut(d)) {
+            let mean = xr.iter().map(|&v| f64::from(v)).sum::<f64>() / d as f64;
+            let var = xr.iter().map(|&v| (f64::from(v) - mean).powi(2)).sum::<f64>() / d as f64;
+            let rstd = 1.0 / (var + self.eps).sqrt();
+            let (mut sg, mut sgx) = (0f64, 0f64);
+            for i in 0..d {
+                let gw = f64::from(gr[i]) * f64::from(w[i]);
+                sg += gw;
+                sgx += gw * (f64::from(xr[i]) - mean) * rstd;
+            }
+            let (sg, sgx) = (sg / d as f64, sgx / d as f64);
+            for i in 0..d {
+                let xh = (f64::from(xr[i]) - mean) * rstd;
+                out[i] = (rstd * (f64::from(gr[i]) * f64::from(w[i]) - sg - xh * sgx)) as f32;
+            }
+        }
+        Ok((CpuStorage::F32(dx), l1.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, s1: &CudaStorage, l1: &Layout, s2: &CudaStorage, l2: &Layout, s3: &CudaStorage, l3: &Layout) -> Result<(CudaStorage, Shape)> {
+        Ok((cuda_kernels::layer_norm_bwd(s1, l1, s2, l2, s3, l3, self.eps as f32)?, l1.shape().clone()))
     }
 }
 
@@ -118,13 +275,23 @@ impl CustomOp3 for FrozenLinear {
         Ok((CpuStorage::F32(y), Shape::from((rows, out))))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, xs: &CudaStorage, xl: &Layout, ws: &CudaStorage, wl: &Layout, bs: &CudaStorage, bl: &Layout) -> Result<(CudaStorage, Shape)> {
+        let (rows, inp) = xl.shape().dims2()?;
+        let (out, w_in) = wl.shape().dims2()?;
+        if w_in != inp || bl.shape().elem_count() != out {
+            candle_core::bail!("{}: input width {inp} vs weight {out}×{w_in}, bias {}", self.name(), bl.shape().elem_count());
+        }
+        Ok((cuda_kernels::linear(xs, xl, ws, wl, bs, bl)?, Shape::from((rows, out))))
+    }
+
     fn bwd(&self, _x: &Tensor, w: &Tensor, _b: &Tensor, _y: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         Ok((Some(g.matmul(w)?), None, None))
     }
 }
 
 /// `x · Wᵀ + b` over 2-D `x`, as one node whose backward skips the weights' gradients, when the weights
-/// are frozen and gradients flow through `x` on the CPU; `None` otherwise (the caller composes it).
+/// are frozen and gradients flow through `x`; `None` otherwise (the caller composes it).
 pub fn frozen_linear(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Option<Tensor>> {
     if x.track_op() && !w.track_op() && !b.track_op() && usable(x) && usable(w) && usable(b) {
         Ok(Some(x.contiguous()?.apply_op3(&w.contiguous()?, &b.contiguous()?, FrozenLinear)?))
@@ -133,11 +300,21 @@ pub fn frozen_linear(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Option<Tensor
     }
 }
 
+/// Whether the fused ops run on `x`'s device and dtype (f32 on the CPU, or on CUDA once the kernels
+/// compiled).
 fn usable(x: &Tensor) -> bool {
-    x.device().is_cpu() && x.dtype() == DType::F32
+    if x.dtype() != DType::F32 {
+        return false;
+    }
+    match x.device() {
+        candle_core::Device::Cpu => true,
+        #[cfg(feature = "cuda")]
+        candle_core::Device::Cuda(_) => cuda_kernels::available(),
+        _ => false,
+    }
 }
 
-/// Quick-GELU as one autograd node on the CPU, else composed from primitives.
+/// Quick-GELU as one op (one autograd node), else composed from primitives.
 pub fn quick_gelu(x: &Tensor) -> Result<Tensor> {
     if usable(x) {
         x.contiguous()?.apply_op1(QuickGelu)
@@ -146,7 +323,17 @@ pub fn quick_gelu(x: &Tensor) -> Result<Tensor> {
     }
 }
 
-/// Differentiable layer norm as one autograd node on the CPU, else `None` (the caller composes it).
+/// Differentiable softmax over the last dimension as one autograd node, else `None` (the caller
+/// composes it).
+pub fn softmax_last_dim(x: &Tensor) -> Result<Option<Tensor>> {
+    if usable(x) {
+        Ok(Some(x.contiguous()?.apply_op1(SoftmaxLastDim)?))
+    } else {
+        Ok(None)
+    }
+}
+
+/// Differentiable layer norm as one autograd node, else `None` (the caller composes it).
 pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<Option<Tensor>> {
     if usable(x) && usable(w) && usable(b) {
         Ok(Some(x.contiguous()?.apply_op3(w, b, LayerNormOp { eps })?))

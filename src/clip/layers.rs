@@ -2,7 +2,8 @@
 //! (`CLIPAttention`, `CLIPMLP`, `CLIPEncoderLayer`). Weights are looked up by the checkpoint's names.
 //!
 //! candle's fused layer-norm and softmax kernels have no backward pass; CoOp back-propagates through the
-//! frozen text tower, so each op picks the fused kernel only when no gradient flows through its input.
+//! frozen text tower, so where a gradient flows each op takes our fused op with a backward
+//! (`fused.rs`), or on other devices composes it from primitives.
 
 use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
@@ -85,6 +86,9 @@ impl Module for LayerNorm {
         if !tracked && x.is_contiguous() && x.dtype() == DType::F32 {
             return candle_nn::ops::layer_norm(x, &self.weight, &self.bias, self.eps as f32);
         }
+        if let Some(y) = super::fused::layer_norm(x, &self.weight, &self.bias, self.eps)? {
+            return Ok(y);
+        }
         let d = x.dim(D::Minus1)? as f64;
         let centred = x.broadcast_sub(&(x.sum_keepdim(D::Minus1)? / d)?)?;
         let var = (centred.sqr()?.sum_keepdim(D::Minus1)? / d)?;
@@ -94,9 +98,11 @@ impl Module for LayerNorm {
 
 pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
     if !x.track_op() && x.is_contiguous() {
-        candle_nn::ops::softmax_last_dim(x)
-    } else {
-        candle_nn::ops::softmax(x, D::Minus1)
+        return candle_nn::ops::softmax_last_dim(x);
+    }
+    match super::fused::softmax_last_dim(x)? {
+        Some(y) => Ok(y),
+        None => candle_nn::ops::softmax(x, D::Minus1),
     }
 }
 

@@ -1,6 +1,8 @@
 //! CLIP as Hugging Face transformers runs it, with the internals prompt methods need.
 
 pub mod config;
+#[cfg(feature = "cuda")]
+mod cuda_kernels;
 pub mod encode;
 pub mod fused;
 pub mod layers;
