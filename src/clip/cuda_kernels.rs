@@ -5,7 +5,7 @@
 use std::sync::OnceLock;
 
 use candle_core::backend::BackendStorage;
-use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, LaunchConfig, PushKernelArg};
+use candle_core::cuda_backend::cudarc::driver::{CudaFunction, CudaSlice, CudaView, LaunchConfig, PushKernelArg};
 use candle_core::cuda_backend::cudarc::nvrtc::{compile_ptx_with_opts, CompileOptions};
 use candle_core::cuda_backend::{CudaDevice, WrapErr};
 use candle_core::{CudaStorage, Layout, Result};
@@ -25,9 +25,13 @@ fn ptx() -> std::result::Result<&'static str, &'static str> {
 }
 
 /// Whether the kernels compiled; if not (no NVRTC at run time), callers compose the ops from candle's
-/// primitives instead, and the reason is printed once.
+/// primitives instead, and the reason is printed once. `PROMPTSCOPE_CANDLE_OPS=1` turns them off for
+/// comparison, as it does the CPU kernels.
 pub fn available() -> bool {
     static WARNED: OnceLock<()> = OnceLock::new();
+    if crate::clip::cpu_tower::candle_ops_forced() {
+        return false;
+    }
     match ptx() {
         Ok(_) => true,
         Err(e) => {
@@ -37,9 +41,21 @@ pub fn available() -> bool {
     }
 }
 
-fn launch_fn(dev: &CudaDevice, name: &str) -> Result<candle_core::cuda_backend::CudaFunc> {
+fn load(dev: &CudaDevice, name: &str) -> Result<CudaFunction> {
     let ptx = ptx().map_err(|e| candle_core::Error::Msg(format!("compiling fused_kernels.cu: {e}")))?;
-    dev.get_or_load_custom_func(name, MODULE, ptx)
+    Ok(dev.get_or_load_custom_func(name, MODULE, ptx)?.into_cuda_function())
+}
+
+/// Launches kernel `$name` on the device's stream with the arguments given.
+macro_rules! launch {
+    ($dev:expr, $name:expr, $cfg:expr, $($arg:expr),+ $(,)?) => {{
+        let func = load($dev, $name)?;
+        let stream = $dev.cuda_stream();
+        let mut builder = stream.launch_builder(&func);
+        $( builder.arg($arg); )+
+        // SAFETY: each call site passes arguments matching its kernel's signature in fused_kernels.cu.
+        unsafe { builder.launch($cfg) }.w()?;
+    }};
 }
 
 fn view<'a>(s: &'a CudaStorage, l: &Layout, what: &str) -> Result<CudaView<'a, f32>> {
@@ -78,12 +94,8 @@ pub fn quick_gelu(x: &CudaStorage, xl: &Layout) -> Result<CudaStorage> {
     let n = xl.shape().elem_count();
     // SAFETY: every element is written by the kernel before the buffer is read.
     let mut y = unsafe { dev.alloc::<f32>(n)? };
-    let f = launch_fn(dev, "ps_quick_gelu_fwd")?;
     let n64 = n as u64;
-    let mut b = f.builder();
-    b.arg(&xv).arg(&mut y).arg(&n64);
-    // SAFETY: argument types and counts match the kernel's signature.
-    unsafe { b.launch(elementwise_cfg(n)) }.w()?;
+    launch!(dev, "ps_quick_gelu_fwd", elementwise_cfg(n), &xv, &mut y, &n64);
     Ok(wrap(y, dev))
 }
 
@@ -96,12 +108,8 @@ pub fn quick_gelu_bwd(x: &CudaStorage, xl: &Layout, g: &CudaStorage, gl: &Layout
     }
     // SAFETY: written in full by the kernel.
     let mut dx = unsafe { dev.alloc::<f32>(n)? };
-    let f = launch_fn(dev, "ps_quick_gelu_bwd")?;
     let n64 = n as u64;
-    let mut b = f.builder();
-    b.arg(&xv).arg(&gv).arg(&mut dx).arg(&n64);
-    // SAFETY: as above.
-    unsafe { b.launch(elementwise_cfg(n)) }.w()?;
+    launch!(dev, "ps_quick_gelu_bwd", elementwise_cfg(n), &xv, &gv, &mut dx, &n64);
     Ok(wrap(dx, dev))
 }
 
@@ -109,12 +117,8 @@ pub fn quick_gelu_bwd(x: &CudaStorage, xl: &Layout, g: &CudaStorage, gl: &Layout
 pub fn add_bias(y: &mut CudaSlice<f32>, bias: &CudaStorage, bl: &Layout, cols: usize, dev: &CudaDevice) -> Result<()> {
     let bv = view(bias, bl, "bias")?;
     let n = y.len();
-    let f = launch_fn(dev, "ps_bias_add")?;
     let (n64, cols32) = (n as u64, cols as u32);
-    let mut b = f.builder();
-    b.arg(y).arg(&bv).arg(&n64).arg(&cols32);
-    // SAFETY: as above.
-    unsafe { b.launch(elementwise_cfg(n)) }.w()?;
+    launch!(dev, "ps_bias_add", elementwise_cfg(n), y, &bv, &n64, &cols32);
     Ok(())
 }
 
@@ -134,12 +138,8 @@ pub fn layer_norm(x: &CudaStorage, xl: &Layout, w: &CudaStorage, wl: &Layout, bi
     let (rows, d) = rows_of(xl)?;
     // SAFETY: written in full by the kernel.
     let mut y = unsafe { dev.alloc::<f32>(rows * d)? };
-    let f = launch_fn(dev, "ps_layer_norm_fwd")?;
     let (r, d32) = (rows as i32, d as i32);
-    let mut b = f.builder();
-    b.arg(&xv).arg(&wv).arg(&bv).arg(&mut y).arg(&r).arg(&d32).arg(&eps);
-    // SAFETY: as above.
-    unsafe { b.launch(rows_cfg(rows)) }.w()?;
+    launch!(dev, "ps_layer_norm_fwd", rows_cfg(rows), &xv, &wv, &bv, &mut y, &r, &d32, &eps);
     Ok(wrap(y, dev))
 }
 
@@ -150,12 +150,8 @@ pub fn layer_norm_bwd(x: &CudaStorage, xl: &Layout, w: &CudaStorage, wl: &Layout
     let (rows, d) = rows_of(xl)?;
     // SAFETY: written in full by the kernel.
     let mut dx = unsafe { dev.alloc::<f32>(rows * d)? };
-    let f = launch_fn(dev, "ps_layer_norm_bwd")?;
     let (r, d32) = (rows as i32, d as i32);
-    let mut b = f.builder();
-    b.arg(&xv).arg(&wv).arg(&gv).arg(&mut dx).arg(&r).arg(&d32).arg(&eps);
-    // SAFETY: as above.
-    unsafe { b.launch(rows_cfg(rows)) }.w()?;
+    launch!(dev, "ps_layer_norm_bwd", rows_cfg(rows), &xv, &wv, &gv, &mut dx, &r, &d32, &eps);
     Ok(wrap(dx, dev))
 }
 
@@ -165,12 +161,8 @@ pub fn softmax(x: &CudaStorage, xl: &Layout) -> Result<CudaStorage> {
     let (rows, d) = rows_of(xl)?;
     // SAFETY: written in full by the kernel.
     let mut y = unsafe { dev.alloc::<f32>(rows * d)? };
-    let f = launch_fn(dev, "ps_softmax_fwd")?;
     let (r, d32) = (rows as i32, d as i32);
-    let mut b = f.builder();
-    b.arg(&xv).arg(&mut y).arg(&r).arg(&d32);
-    // SAFETY: as above.
-    unsafe { b.launch(rows_cfg(rows)) }.w()?;
+    launch!(dev, "ps_softmax_fwd", rows_cfg(rows), &xv, &mut y, &r, &d32);
     Ok(wrap(y, dev))
 }
 
@@ -181,11 +173,7 @@ pub fn softmax_bwd(y: &CudaStorage, yl: &Layout, g: &CudaStorage, gl: &Layout) -
     let (rows, d) = rows_of(yl)?;
     // SAFETY: written in full by the kernel.
     let mut dx = unsafe { dev.alloc::<f32>(rows * d)? };
-    let f = launch_fn(dev, "ps_softmax_bwd")?;
     let (r, d32) = (rows as i32, d as i32);
-    let mut b = f.builder();
-    b.arg(&yv).arg(&gv).arg(&mut dx).arg(&r).arg(&d32);
-    // SAFETY: as above.
-    unsafe { b.launch(rows_cfg(rows)) }.w()?;
+    launch!(dev, "ps_softmax_bwd", rows_cfg(rows), &yv, &gv, &mut dx, &r, &d32);
     Ok(wrap(dx, dev))
 }

@@ -30,12 +30,15 @@ use super::vision::VisionTower;
 pub(crate) use self::kernels::add_bias;
 pub use self::text::forward_prefixed;
 
-/// `PROMPTSCOPE_CANDLE_OPS=1` turns these kernels off (everything then runs as candle ops): for
+/// `PROMPTSCOPE_CANDLE_OPS=1` turns our kernels off (everything then runs as candle ops): for
 /// benchmarking one against the other.
-fn runs_here(weights: &Tensor, act: HiddenAct) -> bool {
+pub(crate) fn candle_ops_forced() -> bool {
     static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    let off = *OFF.get_or_init(|| std::env::var_os("PROMPTSCOPE_CANDLE_OPS").is_some_and(|v| v == "1"));
-    !off && weights.device().is_cpu() && weights.dtype() == DType::F32 && matches!(act, HiddenAct::QuickGelu | HiddenAct::Gelu)
+    *OFF.get_or_init(|| std::env::var_os("PROMPTSCOPE_CANDLE_OPS").is_some_and(|v| v == "1"))
+}
+
+fn runs_here(weights: &Tensor, act: HiddenAct) -> bool {
+    !candle_ops_forced() && weights.device().is_cpu() && weights.dtype() == DType::F32 && matches!(act, HiddenAct::QuickGelu | HiddenAct::Gelu)
 }
 
 /// Whether these kernels can run `tower`: f32 on the CPU with an activation they implement.
