@@ -83,12 +83,10 @@ pub fn ssvp_from_pass(vision: &VisionTower, pass: &VisionPass, k: Option<usize>)
         picked.push(idx);
     }
     let x = Tensor::stack(&kept_hidden, 0)?;
-    let last = vision.layers.last().ok_or_else(|| Error::invalid("the vision tower has no blocks"))?;
-    let pooled = if crate::clip::cpu_tower::supports_vision(vision) {
-        crate::clip::cpu_tower::vision_pooled_from(vision, &x, vision.layers.len() - 1)?
-    } else {
-        vision.pool(&last.forward(&x, None, false)?.0)?
-    };
+    if vision.layers.is_empty() {
+        return Err(Error::invalid("the vision tower has no blocks"));
+    }
+    let pooled = vision.pooled_from(&x, vision.layers.len() - 1)?;
     let feats: Vec<Vec<f32>> = pooled.to_vec2()?;
     Ok(picked
         .into_iter()

@@ -208,6 +208,19 @@ impl Attention {
         Ok((out_p, self.out_proj.forward(&oc)?))
     }
 
+    /// The first token's output alone `[B, 1, D]`: its query against every key and value of `x`
+    /// `[B, T, D]`. What the pooled image feature reads of the last block.
+    pub fn forward_first_query(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, t, d) = x.dims3()?;
+        let scale = (self.head_dim as f64).powf(-0.5);
+        let q = self.split_heads(&self.q_proj.forward(&x.narrow(1, 0, 1)?.contiguous()?)?, b, 1)?;
+        let k = self.split_heads(&self.k_proj.forward(x)?, b, t)?;
+        let v = self.split_heads(&self.v_proj.forward(x)?, b, t)?;
+        let probs = softmax_last_dim(&(q.matmul(&k.t()?)? * scale)?)?;
+        let ctx = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, 1, d))?;
+        self.out_proj.forward(&ctx)
+    }
+
     /// The value path alone: `out_proj(v_proj(x))` per token, without query-key mixing (MaskCLIP-style
     /// dense features for alignment maps).
     pub fn value_path(&self, x: &Tensor) -> Result<Tensor> {
@@ -271,6 +284,15 @@ impl EncoderLayer {
 }
 
 impl EncoderLayer {
+    /// The block's output at the first token alone `[B, 1, D]` (keys and values from all of `x`): the
+    /// last vision block as the pooled feature needs it, with a query, out-projection and MLP for one
+    /// token instead of all.
+    pub fn forward_first_token(&self, x: &Tensor) -> Result<Tensor> {
+        let attn = self.self_attn.forward_first_query(&self.layer_norm1.forward(x)?)?;
+        let x = (x.narrow(1, 0, 1)? + attn)?;
+        &x + self.mlp.forward(&self.layer_norm2.forward(&x)?)?
+    }
+
     /// One block over a shared prefix and its continuations (see [`Attention::forward_prefixed`]).
     pub fn forward_prefixed(&self, xp: &Tensor, xc: &Tensor) -> Result<(Tensor, Tensor)> {
         let (ap, ac) = self.self_attn.forward_prefixed(&self.layer_norm1.forward(xp)?, &self.layer_norm1.forward(xc)?)?;

@@ -5,7 +5,7 @@ use candle_nn::VarBuilder;
 
 use super::config::ClipConfig;
 use super::text::TextTower;
-use super::vision::{VisionRequest, VisionTower};
+use super::vision::VisionTower;
 
 #[derive(Debug, Clone)]
 pub struct ClipModel {
@@ -36,10 +36,7 @@ impl ClipModel {
 
     /// transformers' `get_image_features`: projected, not normalised.
     pub fn image_features(&self, pixels: &Tensor) -> Result<Tensor> {
-        if super::cpu_tower::supports_vision(&self.vision) {
-            return super::cpu_tower::vision_pooled(&self.vision, pixels);
-        }
-        Ok(self.vision.forward(pixels, VisionRequest::default())?.pooled)
+        self.vision.pooled_from(&self.vision.embed(pixels)?, 0)
     }
 }
 

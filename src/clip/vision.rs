@@ -105,6 +105,21 @@ impl VisionTower {
         Ok(x)
     }
 
+    /// The pooled feature of hidden states `[B, T, D]` entering block `from`: blocks `from..`, the last
+    /// one on the class token alone (nothing else of it is read), then `post_layernorm` and the
+    /// projection. Equal to [`Self::pool`] of the full forward pass. On the CPU, `cpu_tower`'s kernels.
+    pub fn pooled_from(&self, hidden: &Tensor, from: usize) -> Result<Tensor> {
+        if super::cpu_tower::supports_vision(self) {
+            return super::cpu_tower::vision_pooled_from(self, hidden, from);
+        }
+        let n = self.layers.len();
+        if from >= n {
+            return self.pool(hidden);
+        }
+        let x = self.run_blocks(hidden, from, n - 1)?;
+        self.pool(&self.layers[n - 1].forward_first_token(&x)?)
+    }
+
     /// The pooled feature from a final hidden state `[B, T, D]` (class token first).
     pub fn pool(&self, hidden: &Tensor) -> Result<Tensor> {
         let cls = hidden.narrow(1, 0, 1)?.squeeze(1)?;

@@ -51,13 +51,6 @@ pub fn supports_vision(tower: &VisionTower) -> bool {
     runs_here(&tower.patch_weight, tower.config.hidden_act)
 }
 
-/// Pooled, projected image features `[B, proj]` (transformers' `get_image_features`) of pixels
-/// `[B, C, H, W]`: the patch embedding through candle, the blocks here, the last block on the class
-/// tokens alone.
-pub fn vision_pooled(tower: &VisionTower, pixels: &Tensor) -> Result<Tensor> {
-    vision_pooled_from(tower, &tower.embed(pixels)?, 0)
-}
-
 /// The pooled feature of hidden states `[B, T, D]` (class token first) entering block `from`: blocks
 /// `from..`, the last on the class tokens alone, then `post_layernorm` and the projection. SsVP re-runs
 /// the last block this way on the class token and its kept patches.
