@@ -100,6 +100,23 @@ fn frozen_linear_matches_matmul() {
 }
 
 #[test]
+fn untracked_frozen_linear_is_fused_on_the_gpu_only() {
+    let dev = common::device();
+    let w = Tensor::randn(0f32, 0.05, (40, 96), &Device::Cpu).unwrap().to_device(&dev).unwrap();
+    let b = Tensor::randn(0f32, 0.3, 40, &Device::Cpu).unwrap().to_device(&dev).unwrap();
+    let x = Tensor::randn(0f32, 1.0, (50, 96), &Device::Cpu).unwrap().to_device(&dev).unwrap();
+    match fused::frozen_linear(&x, &w, &b).unwrap() {
+        None => assert!(dev.is_cpu(), "fused on the GPU even without a gradient"),
+        Some(y) => {
+            assert!(!dev.is_cpu(), "on the CPU untracked products stay with candle's matmul");
+            let want = x.matmul(&w.t().unwrap()).unwrap().broadcast_add(&b).unwrap();
+            let diff = (y - want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(diff < 1e-5, "{diff}");
+        }
+    }
+}
+
+#[test]
 fn other_dtypes_fall_back_to_composed_ops() {
     let dev = common::device();
     let x = Tensor::ones((2, 8), DType::F64, &dev).unwrap();

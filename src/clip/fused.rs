@@ -291,9 +291,13 @@ impl CustomOp3 for FrozenLinear {
 }
 
 /// `x · Wᵀ + b` over 2-D `x`, as one node whose backward skips the weights' gradients, when the weights
-/// are frozen and gradients flow through `x`; `None` otherwise (the caller composes it).
+/// are frozen and gradients flow through `x` (on the GPU, whenever the weights are frozen); `None`
+/// otherwise (the caller composes it).
 pub fn frozen_linear(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Option<Tensor>> {
-    if x.track_op() && !w.track_op() && !b.track_op() && usable(x) && usable(w) && usable(b) {
+    // On the GPU also where no gradient flows: candle's broadcast add of the bias indexes every element
+    // through the broadcast strides, and was a fifth of the image tower's GPU time (ours: 1/10 of that).
+    let wanted = x.track_op() || !x.device().is_cpu();
+    if wanted && !w.track_op() && !b.track_op() && usable(x) && usable(w) && usable(b) {
         Ok(Some(x.contiguous()?.apply_op3(&w.contiguous()?, &b.contiguous()?, FrozenLinear)?))
     } else {
         Ok(None)

@@ -181,7 +181,9 @@ impl Attention {
     /// follow it. The prefix attends only to itself (so it is computed once, not C times); each
     /// continuation attends to the prefix's keys and values and, causally, to its own. Equal to running
     /// the C full sequences, because under a causal mask the prefix never sees what follows it.
-    pub fn forward_prefixed(&self, xp: &Tensor, xc: &Tensor) -> Result<(Tensor, Tensor)> {
+    /// `masks`: the causal masks of the prefix `[P, P]` and of the continuations `[S, S]` ([`causal_mask`]),
+    /// made once for all blocks.
+    pub fn forward_prefixed(&self, xp: &Tensor, xc: &Tensor, masks: (&Tensor, &Tensor)) -> Result<(Tensor, Tensor)> {
         let (_, p, d) = xp.dims3()?;
         let (c, s, _) = xc.dims3()?;
         let (h, hd) = (self.heads, self.head_dim);
@@ -189,7 +191,7 @@ impl Attention {
         let qp = self.split_heads(&self.q_proj.forward(xp)?, 1, p)?.squeeze(0)?;
         let kp = self.split_heads(&self.k_proj.forward(xp)?, 1, p)?.squeeze(0)?;
         let vp = self.split_heads(&self.v_proj.forward(xp)?, 1, p)?.squeeze(0)?;
-        let sp = (qp.matmul(&kp.t()?)? * scale)?.broadcast_add(&causal_mask(p, xp.device())?)?;
+        let sp = (qp.matmul(&kp.t()?)? * scale)?.broadcast_add(masks.0)?;
         let op = softmax_last_dim(&sp)?.matmul(&vp)?.transpose(0, 1)?.reshape((1, p, d))?;
         let out_p = self.out_proj.forward(&op)?;
 
@@ -199,7 +201,7 @@ impl Attention {
         // Against the prefix: one [C·S, hd] × [hd, P] product per head instead of C broadcast copies.
         let qh = qc.transpose(0, 1)?.contiguous()?.reshape((h, c * s, hd))?;
         let s_pre = (qh.matmul(&kp.t()?)? * scale)?.reshape((h, c, s, p))?.transpose(0, 1)?;
-        let s_own = (qc.matmul(&kc.t()?)? * scale)?.broadcast_add(&causal_mask(s, xc.device())?)?;
+        let s_own = (qc.matmul(&kc.t()?)? * scale)?.broadcast_add(masks.1)?;
         let probs = softmax_last_dim(&Tensor::cat(&[&s_pre, &s_own], 3)?)?;
         let pre = probs.narrow(3, 0, p)?.transpose(0, 1)?.contiguous()?.reshape((h, c * s, p))?;
         let o_pre = pre.matmul(&vp)?.reshape((h, c, s, hd))?.transpose(0, 1)?;
@@ -294,8 +296,8 @@ impl EncoderLayer {
     }
 
     /// One block over a shared prefix and its continuations (see [`Attention::forward_prefixed`]).
-    pub fn forward_prefixed(&self, xp: &Tensor, xc: &Tensor) -> Result<(Tensor, Tensor)> {
-        let (ap, ac) = self.self_attn.forward_prefixed(&self.layer_norm1.forward(xp)?, &self.layer_norm1.forward(xc)?)?;
+    pub fn forward_prefixed(&self, xp: &Tensor, xc: &Tensor, masks: (&Tensor, &Tensor)) -> Result<(Tensor, Tensor)> {
+        let (ap, ac) = self.self_attn.forward_prefixed(&self.layer_norm1.forward(xp)?, &self.layer_norm1.forward(xc)?, masks)?;
         let (xp, xc) = ((xp + ap)?, (xc + ac)?);
         let xp = (&xp + self.mlp.forward(&self.layer_norm2.forward(&xp)?)?)?;
         let xc = (&xc + self.mlp.forward(&self.layer_norm2.forward(&xc)?)?)?;
