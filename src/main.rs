@@ -235,6 +235,7 @@ fn main() -> ExitCode {
 }
 
 #[derive(Default)]
+#[cfg_attr(not(feature = "gui"), allow(dead_code))]
 struct AppStart {
     tab: String,
     autorun: bool,

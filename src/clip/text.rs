@@ -182,7 +182,7 @@ impl TextTower {
         let common = common_prefix_len(batch).min(eot.iter().copied().min().unwrap_or(0));
         // The CPU kernels gain even from the start token alone (and from their attention). Elsewhere
         // (the GPU) the work saved is small next to the extra kernel launches of the split attention:
-        // measured on an H200, the plain padded batch ran at 1.5–2× the prompts/s.
+        // on an H200, 256 prompts in batches of 64 went from 5.5–8.5k to 14–19k prompts/s without it.
         if !super::cpu_tower::supports(self) || batch.len() < 2 || common < 1 {
             return Ok(self.forward_ids(batch, false)?.pooled);
         }
