@@ -133,26 +133,27 @@ pub fn linear(x: &CudaStorage, xl: &Layout, w: &CudaStorage, wl: &Layout, bias: 
 }
 
 pub fn layer_norm(x: &CudaStorage, xl: &Layout, w: &CudaStorage, wl: &Layout, bias: &CudaStorage, bl: &Layout, eps: f32) -> Result<CudaStorage> {
-    let dev = x.device();
-    let (xv, wv, bv) = (view(x, xl, "layer norm")?, view(w, wl, "layer norm")?, view(bias, bl, "layer norm")?);
-    let (rows, d) = rows_of(xl)?;
-    // SAFETY: written in full by the kernel.
-    let mut y = unsafe { dev.alloc::<f32>(rows * d)? };
-    let (r, d32) = (rows as i32, d as i32);
-    launch!(dev, "ps_layer_norm_fwd", rows_cfg(rows), &xv, &wv, &bv, &mut y, &r, &d32, &eps);
-    Ok(wrap(y, dev))
+    layer_norm_kernel("ps_layer_norm_fwd", (x, xl), (w, wl), (bias, bl), eps)
 }
 
 /// `∂x` of the layer norm, given `x`, its weight and the output gradient `g`.
 pub fn layer_norm_bwd(x: &CudaStorage, xl: &Layout, w: &CudaStorage, wl: &Layout, g: &CudaStorage, gl: &Layout, eps: f32) -> Result<CudaStorage> {
-    let dev = x.device();
-    let (xv, wv, gv) = (view(x, xl, "layer norm backward")?, view(w, wl, "layer norm backward")?, view(g, gl, "layer norm backward")?);
-    let (rows, d) = rows_of(xl)?;
+    layer_norm_kernel("ps_layer_norm_bwd", (x, xl), (w, wl), (g, gl), eps)
+}
+
+/// Both layer-norm kernels take `(x, weight, bias or ∂y, out, rows, d, eps)`.
+fn layer_norm_kernel(name: &str, x: (&CudaStorage, &Layout), w: (&CudaStorage, &Layout), third: (&CudaStorage, &Layout), eps: f32) -> Result<CudaStorage> {
+    let dev = x.0.device();
+    let (xv, wv, tv) = (view(x.0, x.1, name)?, view(w.0, w.1, name)?, view(third.0, third.1, name)?);
+    let (rows, d) = rows_of(x.1)?;
+    if wv.len() != d || tv.len() % d != 0 {
+        candle_core::bail!("{name}: weight of {} and operand of {} for rows of {d}", wv.len(), tv.len());
+    }
     // SAFETY: written in full by the kernel.
-    let mut dx = unsafe { dev.alloc::<f32>(rows * d)? };
+    let mut y = unsafe { dev.alloc::<f32>(rows * d)? };
     let (r, d32) = (rows as i32, d as i32);
-    launch!(dev, "ps_layer_norm_bwd", rows_cfg(rows), &xv, &wv, &gv, &mut dx, &r, &d32, &eps);
-    Ok(wrap(dx, dev))
+    launch!(dev, name, rows_cfg(rows), &xv, &wv, &tv, &mut y, &r, &d32, &eps);
+    Ok(wrap(y, dev))
 }
 
 pub fn softmax(x: &CudaStorage, xl: &Layout) -> Result<CudaStorage> {
