@@ -10,6 +10,8 @@ use candle_core::cuda_backend::cudarc::nvrtc::{compile_ptx_with_opts, CompileOpt
 use candle_core::cuda_backend::{CudaDevice, WrapErr};
 use candle_core::{CudaStorage, Layout, Result};
 
+use super::fused::rows_of;
+
 const SOURCE: &str = include_str!("fused_kernels.cu");
 const MODULE: &str = "promptscope_fused";
 
@@ -82,12 +84,6 @@ fn wrap(y: CudaSlice<f32>, dev: &CudaDevice) -> CudaStorage {
     CudaStorage::wrap_cuda_slice(y, dev.clone())
 }
 
-/// `rows × d` of a layout whose last dimension is `d`.
-fn rows_of(l: &Layout) -> Result<(usize, usize)> {
-    let d = l.shape().dims().last().copied().unwrap_or(1).max(1);
-    Ok((l.shape().elem_count() / d, d))
-}
-
 pub fn quick_gelu(x: &CudaStorage, xl: &Layout) -> Result<CudaStorage> {
     let dev = x.device();
     let xv = view(x, xl, "quick-gelu")?;
@@ -145,7 +141,7 @@ pub fn layer_norm_bwd(x: &CudaStorage, xl: &Layout, w: &CudaStorage, wl: &Layout
 fn layer_norm_kernel(name: &str, x: (&CudaStorage, &Layout), w: (&CudaStorage, &Layout), third: (&CudaStorage, &Layout), eps: f32) -> Result<CudaStorage> {
     let dev = x.0.device();
     let (xv, wv, tv) = (view(x.0, x.1, name)?, view(w.0, w.1, name)?, view(third.0, third.1, name)?);
-    let (rows, d) = rows_of(x.1)?;
+    let (rows, d) = rows_of(x.1);
     if wv.len() != d || tv.len() % d != 0 {
         candle_core::bail!("{name}: weight of {} and operand of {} for rows of {d}", wv.len(), tv.len());
     }
@@ -159,7 +155,7 @@ fn layer_norm_kernel(name: &str, x: (&CudaStorage, &Layout), w: (&CudaStorage, &
 pub fn softmax(x: &CudaStorage, xl: &Layout) -> Result<CudaStorage> {
     let dev = x.device();
     let xv = view(x, xl, "softmax")?;
-    let (rows, d) = rows_of(xl)?;
+    let (rows, d) = rows_of(xl);
     // SAFETY: written in full by the kernel.
     let mut y = unsafe { dev.alloc::<f32>(rows * d)? };
     let (r, d32) = (rows as i32, d as i32);
@@ -171,7 +167,7 @@ pub fn softmax(x: &CudaStorage, xl: &Layout) -> Result<CudaStorage> {
 pub fn softmax_bwd(y: &CudaStorage, yl: &Layout, g: &CudaStorage, gl: &Layout) -> Result<CudaStorage> {
     let dev = y.device();
     let (yv, gv) = (view(y, yl, "softmax backward")?, view(g, gl, "softmax backward")?);
-    let (rows, d) = rows_of(yl)?;
+    let (rows, d) = rows_of(yl);
     // SAFETY: written in full by the kernel.
     let mut dx = unsafe { dev.alloc::<f32>(rows * d)? };
     let (r, d32) = (rows as i32, d as i32);

@@ -14,6 +14,12 @@ use candle_core::CudaStorage;
 #[cfg(feature = "cuda")]
 use super::cuda_kernels;
 
+/// `rows × d` of a layout whose last dimension is `d` (the per-row ops' view of any shape).
+pub(crate) fn rows_of(l: &Layout) -> (usize, usize) {
+    let d = l.shape().dims().last().copied().unwrap_or(1).max(1);
+    (l.shape().elem_count() / d, d)
+}
+
 /// The f32 data of a contiguous CPU storage, or an error naming `what`.
 pub(crate) fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
     let data = match s {
@@ -91,7 +97,7 @@ impl CustomOp1 for SoftmaxLastDim {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = contiguous_f32(s, l, self.name())?;
-        let d = l.shape().dims().last().copied().unwrap_or(1).max(1);
+        let (_, d) = rows_of(l);
         let mut y = vec![0f32; x.len()];
         for (row, out) in x.chunks_exact(d).zip(y.chunks_exact_mut(d)) {
             let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
@@ -127,7 +133,7 @@ impl CustomOp2 for SoftmaxGrad {
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let (y, g) = (contiguous_f32(s1, l1, self.name())?, contiguous_f32(s2, l2, self.name())?);
-        let d = l1.shape().dims().last().copied().unwrap_or(1).max(1);
+        let (_, d) = rows_of(l1);
         if y.len() != g.len() {
             candle_core::bail!("{}: gradient of {} elements for {}", self.name(), g.len(), y.len());
         }
@@ -167,9 +173,7 @@ impl CustomOp3 for LayerNormOp {
         }
         let mut y = vec![0f32; x.len()];
         for (row, out) in x.chunks_exact(d).zip(y.chunks_exact_mut(d)) {
-            let mean = row.iter().map(|&v| f64::from(v)).sum::<f64>() / d as f64;
-            let var = row.iter().map(|&v| (f64::from(v) - mean).powi(2)).sum::<f64>() / d as f64;
-            let rstd = 1.0 / (var + self.eps).sqrt();
+            let (mean, rstd) = row_stats(row, self.eps);
             for i in 0..d {
                 out[i] = ((f64::from(row[i]) - mean) * rstd) as f32 * w[i] + b[i];
             }
@@ -201,6 +205,14 @@ impl CustomOp3 for LayerNormOp {
     }
 }
 
+/// Mean and 1/std of one row, in f64 (both layer-norm passes).
+fn row_stats(row: &[f32], eps: f64) -> (f64, f64) {
+    let d = row.len() as f64;
+    let mean = row.iter().map(|&v| f64::from(v)).sum::<f64>() / d;
+    let var = row.iter().map(|&v| (f64::from(v) - mean).powi(2)).sum::<f64>() / d;
+    (mean, 1.0 / (var + eps).sqrt())
+}
+
 /// `∂x` of the layer norm from `(x, weight, ∂y)`: `rstd · (g·w - mean(g·w) - x̂ · mean(g·w·x̂))`.
 struct LayerNormGrad {
     eps: f64,
@@ -221,9 +233,7 @@ impl CustomOp3 for LayerNormGrad {
         }
         let mut dx = vec![0f32; x.len()];
         for ((xr, gr), out) in x.chunks_exact(d).zip(g.chunks_exact(d)).zip(dx.chunks_exact_mut(d)) {
-            let mean = xr.iter().map(|&v| f64::from(v)).sum::<f64>() / d as f64;
-            let var = xr.iter().map(|&v| (f64::from(v) - mean).powi(2)).sum::<f64>() / d as f64;
-            let rstd = 1.0 / (var + self.eps).sqrt();
+            let (mean, rstd) = row_stats(xr, self.eps);
             let (mut sg, mut sgx) = (0f64, 0f64);
             for i in 0..d {
                 let gw = f64::from(gr[i]) * f64::from(w[i]);

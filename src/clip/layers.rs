@@ -160,19 +160,25 @@ impl Attention {
     /// Returns the output and, when asked, the attention probabilities `[B, heads, T, T]`.
     /// `mask` is additive, broadcastable to `[B, heads, T, T]`.
     pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>, want_probs: bool) -> Result<(Tensor, Option<Tensor>)> {
+        self.attend(x, x, mask, want_probs)
+    }
+
+    /// The queries of the tokens `queries` `[B, Q, D]` against every key and value of `x` `[B, T, D]`.
+    fn attend(&self, queries: &Tensor, x: &Tensor, mask: Option<&Tensor>, want_probs: bool) -> Result<(Tensor, Option<Tensor>)> {
         let (b, t, d) = x.dims3()?;
+        let nq = queries.dim(1)?;
         let scale = (self.head_dim as f64).powf(-0.5);
-        let q = self.split_heads(&self.q_proj.forward(x)?, b, t)?;
+        let q = self.split_heads(&self.q_proj.forward(queries)?, b, nq)?;
         let k = self.split_heads(&self.k_proj.forward(x)?, b, t)?;
         let v = self.split_heads(&self.v_proj.forward(x)?, b, t)?;
-        // Scaling the [B, H, T, T] scores rather than q: fewer elements, one less [B, T, D] tensor kept for
+        // Scaling the [B, H, Q, T] scores rather than q: fewer elements, one less [B, T, D] tensor kept for
         // the backward pass.
         let mut scores = (q.matmul(&k.t()?)? * scale)?;
         if let Some(m) = mask {
             scores = scores.broadcast_add(m)?;
         }
         let probs = softmax_last_dim(&scores)?;
-        let ctx = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, t, d))?;
+        let ctx = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, nq, d))?;
         let out = self.out_proj.forward(&ctx)?;
         Ok((out, want_probs.then_some(probs)))
     }
@@ -213,14 +219,7 @@ impl Attention {
     /// The first token's output alone `[B, 1, D]`: its query against every key and value of `x`
     /// `[B, T, D]`. What the pooled image feature reads of the last block.
     pub fn forward_first_query(&self, x: &Tensor) -> Result<Tensor> {
-        let (b, t, d) = x.dims3()?;
-        let scale = (self.head_dim as f64).powf(-0.5);
-        let q = self.split_heads(&self.q_proj.forward(&x.narrow(1, 0, 1)?.contiguous()?)?, b, 1)?;
-        let k = self.split_heads(&self.k_proj.forward(x)?, b, t)?;
-        let v = self.split_heads(&self.v_proj.forward(x)?, b, t)?;
-        let probs = softmax_last_dim(&(q.matmul(&k.t()?)? * scale)?)?;
-        let ctx = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, 1, d))?;
-        self.out_proj.forward(&ctx)
+        Ok(self.attend(&x.narrow(1, 0, 1)?.contiguous()?, x, None, false)?.0)
     }
 
     /// The value path alone: `out_proj(v_proj(x))` per token, without query-key mixing (MaskCLIP-style
