@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Regenerates tests/fixtures/align_reference.json: FILIP token-wise similarity (token and value modes) and
 SsVP computed with Hugging Face transformers' modules on promptscope's tiny random-weight CLIP, for
-tests/align_parity.rs.
+tests/integration/align_parity.rs.
 
     cargo build && python3 scripts/make_align_fixtures.py      # needs torch, transformers, numpy, safetensors
 

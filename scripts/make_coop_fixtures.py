@@ -5,7 +5,7 @@ on promptscope's tiny random-weight CLIP, full batch, no augmentation, from fixe
 
     cargo build && python3 scripts/make_coop_fixtures.py     # needs torch, transformers, numpy
 
-The Rust test (tests/coop_parity.rs) runs the same maths and compares the context after every epoch.
+The Rust test (tests/integration/coop_parity.rs) runs the same maths and compares the context after every epoch.
 """
 import gzip
 import json

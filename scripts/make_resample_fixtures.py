@@ -7,7 +7,7 @@ it byte for byte. This script builds a few small deterministic RGB images,
 resizes each with Pillow to several sizes (non-integer down-scales, up-scales,
 one axis only, the typical CLIP 320x213 -> 336x224 case) and writes inputs,
 outputs and an index `cases.json` to `tests/fixtures/resample/`. The
-integration test `tests/resample_pil.rs` replays every case.
+integration test `tests/integration/resample_pil.rs` replays every case.
 
 Usage: python3 scripts/make_resample_fixtures.py   (needs numpy and Pillow)
 Re-running is deterministic for a given Pillow version. Use Pillow >= 13:

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Regenerates tests/fixtures/vlfm_reference.json: MP-FGVC's VLFM forward pass in PyTorch on fixed weights
-and inputs, for tests/vlfm_parity.rs.
+and inputs, for tests/integration/vlfm_parity.rs.
 
     python3 scripts/make_vlfm_fixtures.py     # needs torch and numpy
 

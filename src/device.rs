@@ -18,8 +18,32 @@ pub fn select(name: &str) -> Result<Device> {
 
 pub fn describe(device: &Device) -> String {
     match device {
-        Device::Cpu => format!("CPU ({} threads)", rayon::current_num_threads()),
+        Device::Cpu => format!("CPU ({} threads, {} kernels)", rayon::current_num_threads(), cpu_kernels()),
         Device::Cuda(_) => "CUDA GPU 0".into(),
         Device::Metal(_) => "Metal GPU".into(),
+    }
+}
+
+/// The instruction set of the CPU matrix kernels this build runs here: gemm picks AVX-512 at run time
+/// only when built with the `avx512` feature and the CPU has AVX-512F, else AVX2+FMA. Results differ
+/// between them in the last bits (another summation order), so every benchmark and test log names it.
+pub fn cpu_kernels() -> &'static str {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if cfg!(feature = "avx512") && std::arch::is_x86_feature_detected!("avx512f") {
+            return "AVX-512";
+        }
+        if std::arch::is_x86_feature_detected!("fma") {
+            return "AVX2+FMA";
+        }
+        "scalar"
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        "NEON"
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        "scalar"
     }
 }

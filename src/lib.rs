@@ -18,6 +18,8 @@ pub mod fusion;
 pub mod progress;
 pub mod prompt;
 pub mod render;
+#[doc(hidden)]
+pub mod testing;
 pub mod train;
 
 pub use error::{Error, Result};

@@ -180,7 +180,8 @@ mod tests {
             let input = if n == 0 { want.clone() } else { hidden };
             let got = tail.image_features(&input).unwrap();
             let diff = (got - &want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-            assert!(diff < 1e-5, "n = {n}: {diff}");
+            // The tail's blocks through candle's autograd ops vs the tower's CPU kernels: MEASURED_TAIL.
+            crate::testing::within(&format!("vision tail, {n} trained blocks: candle ops vs kernels"), diff as f64, 1e-5);
         }
         let err = VisionTail::new(v, 4).err().unwrap().to_string();
         assert!(err.contains("--train-blocks 4 but the vision tower has 3 blocks"), "{err}");

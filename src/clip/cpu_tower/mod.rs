@@ -10,7 +10,7 @@
 //! row and head, and the backward computes only what reaches the embeddings. The last block runs its
 //! queries, output projection and MLP only on the rows the pooled feature reads (end-of-text tokens,
 //! class tokens). Values and gradients equal candle's path (`TextTower::forward_prefixed_autograd`,
-//! `VisionTower::forward`) to float rounding, as `tests/shared_prefix.rs` and `tests/clip_parity.rs` check.
+//! `VisionTower::forward`) to float rounding, as `tests/integration/shared_prefix.rs` and `tests/integration/clip_parity.rs` check.
 
 mod attention;
 mod kernels;

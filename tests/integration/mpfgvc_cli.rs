@@ -1,7 +1,7 @@
 //! `promptscope mpfgvc train|eval` end to end, and bad input that must fail with one clear line and
 //! write nothing.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::Output;

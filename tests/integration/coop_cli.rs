@@ -1,7 +1,7 @@
 //! CoOp end to end through the `promptscope` verbs: determinism, resume, export/import round trips, and
 //! bad input that must fail clearly without writing anything.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -121,7 +121,8 @@ fn coop_checkpoint_imports_and_round_trips() {
     let learner = f.learner(&clip, Path::new(&out)).unwrap();
     let w = promptscope::clip::l2_normalize(&learner.text_features(&clip.model.text).unwrap()).unwrap();
     let d = common::max_abs_diff(&w.flatten_all().unwrap().to_vec1().unwrap(), &f.class_embeds.flatten_all().unwrap().to_vec1().unwrap());
-    assert!(d < 1e-6, "{d}");
+    // The export's class_embeds were computed in the same process order as here: MEASURED_COOPCLI.
+    common::within("imported CoOp context: class_embeds vs recomputed", d as f64, 1e-6);
     // interpret works on class-specific contexts: one row per (class, position).
     let v: serde_json::Value =
         serde_json::from_str(&ok(&promptscope(&["interpret", &out, "--model", &s.p("m"), "--top-k", "3", "--format", "json"]))).unwrap();

@@ -1,7 +1,7 @@
 //! Token ids against transformers' CLIPTokenizer for tricky strings, both for the model's own
 //! tokenizer.json and for the bundled fallback built from OpenAI's BPE table.
 
-mod common;
+use crate::common;
 
 use promptscope::clip::ClipTokenizer;
 

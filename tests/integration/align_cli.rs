@@ -1,7 +1,7 @@
 //! The `align`, `ssvp` and `align-eval` verbs end to end: JSON shapes, PNGs, and bad input that must fail
 //! with one clear `error:` line (exit code 1), before writing anything.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::Output;

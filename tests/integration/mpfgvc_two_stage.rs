@@ -188,7 +188,7 @@ fn a_run_cancelled_in_stage_two_leaves_the_stage_one_export() {
     assert_eq!((acc.stage2, acc.images), (None, 12));
 }
 
-/// The numbers quoted at the top, for seeds 1 to 3 (a few minutes): `cargo test --test mpfgvc_two_stage
+/// The numbers quoted at the top, for seeds 1 to 3 (a few minutes): `cargo test --test integration mpfgvc_two_stage
 /// -- --ignored --nocapture`.
 #[test]
 #[ignore]

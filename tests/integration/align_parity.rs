@@ -3,7 +3,7 @@
 //! random-weight CLIP: values within 1e-4, SsVP indices identical. On the CPU, or on a GPU with
 //! `PROMPTSCOPE_TEST_DEVICE=cuda`.
 
-mod common;
+use crate::common;
 
 use std::path::PathBuf;
 
@@ -13,7 +13,8 @@ use promptscope::align::{align, ssvp, AlignConfig, AlignMode, Alignment, TextSou
 use promptscope::clip::LoadedClip;
 use promptscope::prompt::coop::{CoopConfig, PromptLearner};
 
-const TOL: f32 = 1e-4;
+/// Parity with the reference: the project-wide bound, not a measured spread.
+const TOL: f64 = 1e-4;
 
 fn align_reference() -> serde_json::Value {
     let text = std::fs::read_to_string(fixtures().join("align_reference.json")).expect("align_reference.json");
@@ -21,9 +22,7 @@ fn align_reference() -> serde_json::Value {
 }
 
 fn check(what: &str, ours: &[f32], theirs: &[f32]) {
-    let d = max_abs_diff(ours, theirs);
-    println!("{what}: max abs diff {d:.3e} over {} values", ours.len());
-    assert!(d <= TOL, "{what}: max abs diff {d} > {TOL}");
+    within(&format!("{what} vs transformers ({} values)", ours.len()), max_abs_diff(ours, theirs) as f64, TOL);
 }
 
 struct Fixture {

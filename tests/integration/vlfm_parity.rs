@@ -1,12 +1,12 @@
 //! VLFM's forward pass against the PyTorch reference of `scripts/make_vlfm_fixtures.py` (1x1 convolutions
 //! over the multimodal sequence, as the paper describes it) on the same weights and inputs.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 
 use candle_core::{Device, Tensor};
-use common::{fixtures, flat, max_abs_diff};
+use common::{fixtures, flat, max_abs_diff, within};
 use promptscope::fusion::vlfm::{Vlfm, VlfmConfig};
 
 /// `make_vlfm_fixtures.py`'s pattern(), from a `[a, b, m, scale]` spec.
@@ -37,8 +37,7 @@ fn vlfm_forward_matches_pytorch() {
     let mut worst = 0f32;
     for (name, ours) in [("attention", &out.attention), ("fused", &out.fused), ("refined", &out.refined), ("logits", &out.logits)] {
         let diff = max_abs_diff(&values(ours), &flat(&r[name]));
-        println!("VLFM {name}: max |ours - PyTorch| = {diff:.2e}");
-        assert!(diff < 1e-4, "{name}: {diff}");
+        within(&format!("VLFM {name} vs PyTorch"), diff as f64, 1e-4);
         worst = worst.max(diff);
     }
     println!("VLFM max difference over attention, E'_V, Ê_V and logits: {worst:.2e}");

@@ -1,0 +1,23 @@
+//! Every integration test in one crate: one binary links egui, wgpu and candle once instead of once per
+//! file (the separate binaries were most of a fresh `cargo test`). Each module is one area; run one with
+//! `cargo test --test integration -- clip_parity::`.
+
+mod common;
+
+mod align_cli;
+mod align_parity;
+mod align_region;
+mod app_ui;
+mod cli;
+mod clip_parity;
+mod coop_cli;
+mod coop_parity;
+mod fused_ops;
+mod mpfgvc_cli;
+mod mpfgvc_two_stage;
+mod overlay_gpu;
+mod preprocess_parity;
+mod resample_pil;
+mod shared_prefix;
+mod tokenizer_parity;
+mod vlfm_parity;
