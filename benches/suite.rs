@@ -9,6 +9,10 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use promptscope::bench::{write_photo_jpegs, CoopStepper};
 use promptscope::clip::LoadedClip;
 
+// As the `promptscope` binary does (why: `promptscope::alloc`), so the benches time what users run.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn model() -> LoadedClip {
     promptscope::alloc::keep_freed_memory();
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench-models/vit-b-32");

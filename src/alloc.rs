@@ -1,9 +1,8 @@
-//! The process allocator. candle allocates a fresh buffer for every tensor op and frees it soon after; with
-//! glibc's malloc the large ones go back to the kernel on free and come back as page faults on the next
-//! op (≈ 20 % of a CoOp training step). mimalloc with purging off keeps freed memory for reuse.
-
-#[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+//! Settings for the process allocator. candle allocates a fresh buffer for every tensor op and frees it
+//! soon after; with glibc's malloc the large ones go back to the kernel on free and come back as page
+//! faults on the next op (≈ 20 % of a CoOp training step). mimalloc with purging off keeps freed memory
+//! for reuse. A library does not choose its users' allocator: the `promptscope` binary and the benches
+//! declare `#[global_allocator] static ALLOC: mimalloc::MiMalloc` and call [`keep_freed_memory`].
 
 /// `mi_option_purge_delay` in mimalloc.h (v2); not exported by libmimalloc-sys.
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;

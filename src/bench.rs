@@ -227,7 +227,7 @@ pub fn loading_images_per_s(clip: &LoadedClip, files: &[std::path::PathBuf], rep
 /// photos) in `dir`, for the loading benchmark; the same bytes on every machine.
 pub fn write_photo_jpegs(dir: &std::path::Path, n: usize) -> Result<Vec<std::path::PathBuf>> {
     std::fs::create_dir_all(dir).map_err(|e| crate::error::Error::io(dir, e))?;
-    let mut rng = crate::data::synth::Rng::new(7);
+    let mut rng = crate::rng::Rng::new(7);
     (0..n)
         .map(|i| {
             let path = dir.join(format!("photo_{i:03}.jpg"));

@@ -18,6 +18,7 @@ pub mod fusion;
 pub mod progress;
 pub mod prompt;
 pub mod render;
+pub mod rng;
 #[doc(hidden)]
 pub mod testing;
 pub mod train;

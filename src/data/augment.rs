@@ -12,7 +12,7 @@ use image::{DynamicImage, RgbImage};
 use crate::clip::preprocess::to_chw;
 use crate::clip::resample::resize_bicubic_pil;
 use crate::clip::PreprocessConfig;
-use crate::data::synth::Rng;
+use crate::rng::Rng;
 
 /// Range of the crop's share of the image area.
 pub const SCALE: (f64, f64) = (0.08, 1.0);

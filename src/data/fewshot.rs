@@ -8,7 +8,7 @@
 
 use std::path::PathBuf;
 
-use crate::data::synth::Rng;
+use crate::rng::Rng;
 use crate::data::{DatasetFolder, Sample};
 use crate::error::{Error, Result};
 

@@ -7,40 +7,10 @@ use std::path::Path;
 use image::{Rgb, RgbImage};
 
 use crate::error::{Error, Result};
+use crate::rng::Rng;
 
 const COLOURS: [(&str, [u8; 3]); 4] = [("red", [220, 40, 40]), ("green", [40, 180, 60]), ("blue", [40, 70, 220]), ("yellow", [230, 210, 40])];
 const SHAPES: [&str; 3] = ["circle", "square", "stripes"];
-
-/// A small deterministic generator (splitmix64); reproducible on every platform.
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Self {
-        Rng(seed)
-    }
-    /// The whole generator state, for checkpoints: `Rng::new(r.state())` continues where `r` is.
-    pub fn state(&self) -> u64 {
-        self.0
-    }
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    /// A Fisher–Yates shuffle.
-    pub fn shuffle<T>(&mut self, v: &mut [T]) {
-        for i in (1..v.len()).rev() {
-            let j = (self.next_u64() % (i as u64 + 1)) as usize;
-            v.swap(i, j);
-        }
-    }
-    /// Uniform in `lo..hi` (hi exclusive, hi > lo).
-    pub fn range(&mut self, lo: u32, hi: u32) -> u32 {
-        lo + (self.next_u64() % u64::from(hi - lo)) as u32
-    }
-}
 
 pub fn class_dir_names(n: usize) -> Vec<String> {
     COLOURS.iter().flat_map(|(c, _)| SHAPES.iter().map(move |s| format!("{c}_{s}"))).take(n).collect()

@@ -13,7 +13,7 @@ use std::path::Path;
 
 use image::{Rgb, RgbImage};
 
-use super::synth::Rng;
+use crate::rng::Rng;
 use crate::error::{Error, Result};
 
 /// The crest colours: one sub-category each.

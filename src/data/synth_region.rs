@@ -8,7 +8,7 @@ use std::path::Path;
 use image::{Rgb, RgbImage};
 use serde::{Deserialize, Serialize};
 
-use super::synth::Rng;
+use crate::rng::Rng;
 use crate::error::{Error, Result};
 
 pub const REGION_COLOURS: [(&str, [u8; 3]); 4] =

@@ -111,7 +111,7 @@ mod tests {
     fn separable_clusters_are_learned_and_search_picks_a_lambda() {
         let dev = Device::Cpu;
         // Three clusters around orthogonal directions, with deterministic jitter.
-        let mut rng = crate::data::synth::Rng::new(3);
+        let mut rng = crate::rng::Rng::new(3);
         let mut v = vec![];
         let mut labels = vec![];
         for i in 0..60 {

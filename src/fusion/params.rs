@@ -5,7 +5,7 @@
 use candle_core::{Device, Module, Tensor, Var};
 
 use crate::clip::layers::Linear;
-use crate::data::synth::Rng;
+use crate::rng::Rng;
 use crate::error::{Error, Result};
 
 pub struct ParamLinear {

@@ -1,5 +1,6 @@
-//! MP-FGVC's two training stages (METHODS §5), each an epoch loop that reports through CoOp's
-//! [`TrainEvent`]s (the app's live curves) and stops between steps when cancelled.
+//! MP-FGVC's two training stages (METHODS §5), each a trainer on the one epoch loop
+//! (`train::epoch_loop`): the same batching, schedule, [`TrainEvent`]s (the app's live curves) and
+//! cancellation between steps as CoOp.
 //!
 //! - Stage 1: the text tower is frozen; the DaTP tokens, the last n vision blocks and a linear head on the
 //!   image feature V are trained with `L_v + L_i2t`: `L_v` the cross-entropy of the head, `L_i2t` the
@@ -13,8 +14,6 @@
 //! random-weight ones have cosine ≈ 0.95), and there SGD either stays at chance or diverges while AdamW's
 //! per-parameter step sizes fit it (measured in the tests below).
 
-use std::time::Instant;
-
 use candle_core::{DType, Tensor, Var, D};
 use serde::{Deserialize, Serialize};
 
@@ -23,11 +22,10 @@ use super::tail::VisionTail;
 use super::vlfm::Vlfm;
 use crate::clip::l2_normalize;
 use crate::clip::text::TextTower;
-use crate::data::synth::Rng;
 use crate::error::{Error, Result};
-use crate::progress::{check, Progress};
+use crate::progress::Progress;
 use crate::prompt::coop::PromptLearner;
-use crate::train::coop::{EpochStats, TrainEvent};
+use crate::train::epoch_loop::{self, EpochLoop, TrainEvent, TrainSet, TrainStep};
 use crate::train::optim::{OptimConfig, Sgd};
 
 /// The temperature of stage 1's image-to-text loss (the paper's fixed τ).
@@ -157,86 +155,6 @@ impl Optimizer {
     }
 }
 
-/// What the epoch loop needs of a stage.
-trait StageModel {
-    /// Trains on `rows` of the train split; returns the batch loss and how many rows it got right.
-    fn step(&mut self, rows: &[usize], lr: f64) -> Result<(f64, usize)>;
-    /// Validation accuracy, and for stage 1 the image-to-text one.
-    fn validate(&self) -> Result<(Option<f64>, Option<f64>)>;
-}
-
-/// The batches of one epoch, as CoOp's loader makes them: shuffled, the last partial batch dropped when
-/// the set is larger than a batch.
-fn epoch_batches(rng: &mut Rng, n: usize, batch: Option<usize>) -> Vec<Vec<usize>> {
-    let mut order: Vec<usize> = (0..n).collect();
-    let batch = batch.unwrap_or(n).max(1);
-    if batch >= n {
-        return vec![order];
-    }
-    rng.shuffle(&mut order);
-    order.chunks(batch).filter(|c| c.len() == batch).map(<[usize]>::to_vec).collect()
-}
-
-/// Where a stage's epoch loop stands.
-pub struct LoopState {
-    pub config: StageConfig,
-    rng: Rng,
-    /// The next epoch to run (0-based).
-    pub epoch: usize,
-    pub history: Vec<EpochStats>,
-}
-
-impl LoopState {
-    pub fn new(config: StageConfig, seed: u64) -> Self {
-        Self { config, rng: Rng::new(seed), epoch: 0, history: vec![] }
-    }
-
-    fn run(&mut self, model: &mut dyn StageModel, stage: u8, n_train: usize, progress: &dyn Progress, on_event: &mut dyn FnMut(StageEvent)) -> Result<()> {
-        if n_train == 0 {
-            return Err(Error::invalid("the training set is empty"));
-        }
-        let start = Instant::now();
-        let first = self.epoch;
-        let epochs = self.config.optim.epochs;
-        let elapsed_before = self.history.last().map_or(0.0, |h| h.elapsed_s);
-        while self.epoch < epochs {
-            let e = self.epoch;
-            let lr = self.config.optim.lr_at(e);
-            let batches = epoch_batches(&mut self.rng, n_train, self.config.batch_size);
-            let steps = batches.len();
-            let (mut loss_sum, mut right, mut seen) = (0.0, 0, 0);
-            for (s, rows) in batches.iter().enumerate() {
-                check(progress)?;
-                let (loss, c) = model.step(rows, lr)?;
-                if !loss.is_finite() {
-                    return Err(Error::invalid(format!("stage {stage}: the loss became {loss} at epoch {}; lower the learning rate", e + 1)));
-                }
-                loss_sum += loss;
-                right += c;
-                seen += rows.len();
-                on_event(StageEvent { stage, event: TrainEvent::Step { epoch: e, step: s, steps, loss, lr }, val_acc_i2t: None });
-            }
-            let (val_acc, val_acc_i2t) = model.validate()?;
-            self.epoch += 1;
-            let per_epoch = start.elapsed().as_secs_f64() / (self.epoch - first) as f64;
-            let stats = EpochStats {
-                epoch: e,
-                epochs,
-                loss: loss_sum / steps.max(1) as f64,
-                lr,
-                train_acc: right as f64 / seen.max(1) as f64,
-                val_acc,
-                elapsed_s: elapsed_before + start.elapsed().as_secs_f64(),
-                eta_s: per_epoch * (epochs - self.epoch) as f64,
-            };
-            self.history.push(stats.clone());
-            progress.update(if stage == 1 { "stage 1 epochs" } else { "stage 2 epochs" }, self.epoch, epochs);
-            on_event(StageEvent { stage, event: TrainEvent::Epoch(stats), val_acc_i2t });
-        }
-        Ok(())
-    }
-}
-
 /// The stage-1 model: DaTP prompts, the trainable vision tail and the linear head on V.
 pub struct Stage1Model<'a> {
     pub text: &'a TextTower,
@@ -294,7 +212,7 @@ impl<'a> Stage1Model<'a> {
 
 pub struct Stage1<'a> {
     pub model: Stage1Model<'a>,
-    pub state: LoopState,
+    pub state: EpochLoop,
     params: Vec<(String, Var)>,
     opt: Optimizer,
     train: &'a Split,
@@ -305,21 +223,28 @@ impl<'a> Stage1<'a> {
     pub fn new(model: Stage1Model<'a>, config: StageConfig, seed: u64, train: &'a Split, val: Option<&'a Split>) -> Result<Self> {
         let params = model.named_vars();
         let opt = Optimizer::new(&config, &params)?;
-        Ok(Self { model, state: LoopState::new(config, seed), params, opt, train, val })
+        Ok(Self { model, state: EpochLoop::new(config.optim, config.batch_size, seed), params, opt, train, val })
     }
 
     pub fn run(&mut self, progress: &dyn Progress, on_event: &mut dyn FnMut(StageEvent)) -> Result<()> {
-        // The loop state is taken out while the stage lends itself to the loop as the model.
-        let placeholder = LoopState::new(self.state.config.clone(), 0);
-        let mut state = std::mem::replace(&mut self.state, placeholder);
-        let n = self.train.len();
-        let result = state.run(self, 1, n, progress, on_event);
-        self.state = state;
-        result
+        let set = TrainSet { items: self.train.len(), views: 1 };
+        run_stage(self, 1, set, progress, on_event)
     }
 }
 
-impl StageModel for Stage1<'_> {
+/// Runs a stage's remaining epochs on the epoch loop, its events tagged with the stage.
+fn run_stage(stage: &mut dyn TrainStep, number: u8, set: TrainSet, progress: &dyn Progress, on_event: &mut dyn FnMut(StageEvent)) -> Result<()> {
+    let epochs = stage.state().optim.epochs;
+    epoch_loop::run_until(stage, set, epochs, &format!("stage {number}"), progress, &mut |event, val_acc_i2t| {
+        on_event(StageEvent { stage: number, event, val_acc_i2t })
+    })
+}
+
+impl TrainStep for Stage1<'_> {
+    fn state(&mut self) -> &mut EpochLoop {
+        &mut self.state
+    }
+
     fn step(&mut self, rows: &[usize], lr: f64) -> Result<(f64, usize)> {
         let (inputs, labels) = self.train.rows(rows)?;
         let (loss, head_logits) = self.model.loss(&inputs, &labels)?;
@@ -328,7 +253,7 @@ impl StageModel for Stage1<'_> {
         Ok((f64::from(loss.to_scalar::<f32>()?), right))
     }
 
-    fn validate(&self) -> Result<(Option<f64>, Option<f64>)> {
+    fn validate(&mut self) -> Result<(Option<f64>, Option<f64>)> {
         match self.val {
             Some(v) if !v.is_empty() => {
                 let p = self.model.predict(&v.inputs, &crate::progress::Silent)?;
@@ -349,7 +274,7 @@ pub fn fusion_inputs(features: &Tensor) -> Result<Tensor> {
 /// The stage-2 trainer: VLFM over cached, normalised E_V rows (`train.inputs`) and E_T (`text`).
 pub struct Stage2<'a> {
     pub vlfm: Vlfm,
-    pub state: LoopState,
+    pub state: EpochLoop,
     text: Tensor,
     params: Vec<(String, Var)>,
     opt: Optimizer,
@@ -361,17 +286,12 @@ impl<'a> Stage2<'a> {
     pub fn new(vlfm: Vlfm, text: Tensor, config: StageConfig, seed: u64, train: &'a Split, val: Option<&'a Split>) -> Result<Self> {
         let params = vlfm.named_vars();
         let opt = Optimizer::new(&config, &params)?;
-        Ok(Self { vlfm, state: LoopState::new(config, seed), text, params, opt, train, val })
+        Ok(Self { vlfm, state: EpochLoop::new(config.optim, config.batch_size, seed), text, params, opt, train, val })
     }
 
     pub fn run(&mut self, progress: &dyn Progress, on_event: &mut dyn FnMut(StageEvent)) -> Result<()> {
-        // The loop state is taken out while the stage lends itself to the loop as the model.
-        let placeholder = LoopState::new(self.state.config.clone(), 0);
-        let mut state = std::mem::replace(&mut self.state, placeholder);
-        let n = self.train.len();
-        let result = state.run(self, 2, n, progress, on_event);
-        self.state = state;
-        result
+        let set = TrainSet { items: self.train.len(), views: 1 };
+        run_stage(self, 2, set, progress, on_event)
     }
 }
 
@@ -387,7 +307,11 @@ pub fn vlfm_predict(vlfm: &Vlfm, e_v: &Tensor, e_t: &Tensor) -> Result<Vec<u32>>
     Ok(out)
 }
 
-impl StageModel for Stage2<'_> {
+impl TrainStep for Stage2<'_> {
+    fn state(&mut self) -> &mut EpochLoop {
+        &mut self.state
+    }
+
     fn step(&mut self, rows: &[usize], lr: f64) -> Result<(f64, usize)> {
         let (e_v, labels) = self.train.rows(rows)?;
         let logits = self.vlfm.forward(&e_v, &self.text)?.logits;
@@ -397,7 +321,7 @@ impl StageModel for Stage2<'_> {
         Ok((f64::from(loss.to_scalar::<f32>()?), right))
     }
 
-    fn validate(&self) -> Result<(Option<f64>, Option<f64>)> {
+    fn validate(&mut self) -> Result<(Option<f64>, Option<f64>)> {
         match self.val {
             Some(v) if !v.is_empty() => Ok((Some(accuracy(&vlfm_predict(&self.vlfm, &v.inputs, &self.text)?, &v.labels)), None)),
             _ => Ok((None, None)),
@@ -409,6 +333,7 @@ impl StageModel for Stage2<'_> {
 mod tests {
     use super::*;
     use crate::fusion::vlfm::VlfmConfig;
+    use crate::rng::Rng;
 
     /// Normalised rows sharing one large direction (random-weight CLIP features have cosine ≈ 0.95
     /// between any two images) plus a small class direction: why stage 2 defaults to AdamW. Measured on
@@ -452,13 +377,8 @@ mod tests {
     }
 
     #[test]
-    fn batches_follow_coop_loader() {
-        let mut rng = Rng::new(3);
-        assert_eq!(epoch_batches(&mut rng, 5, None), vec![vec![0, 1, 2, 3, 4]]);
-        assert_eq!(epoch_batches(&mut rng, 5, Some(8)), vec![vec![0, 1, 2, 3, 4]]);
-        let b = epoch_batches(&mut rng, 7, Some(3));
-        assert_eq!(b.len(), 2);
-        assert!(b.iter().all(|c| c.len() == 3));
+    fn accuracy_is_the_fraction_right() {
         assert_eq!(accuracy(&[0, 1, 1], &[0, 1, 2]), 2.0 / 3.0);
+        assert_eq!(accuracy(&[], &[]), 0.0);
     }
 }

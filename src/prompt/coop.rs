@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::clip::text::TextTower;
 use crate::clip::ClipTokenizer;
-use crate::data::synth::Rng;
+use crate::rng::Rng;
 use crate::error::{Error, Result};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]

@@ -22,7 +22,7 @@ use crate::clip::encode::image_features;
 use crate::clip::preprocess::{load_image, preprocess};
 use crate::clip::{LoadedClip, PreprocessConfig};
 use crate::data::augment::{augment, view_seed};
-use crate::data::synth::Rng;
+use crate::rng::Rng;
 use crate::data::Sample;
 use crate::error::{Error, Result};
 use crate::progress::{check, Progress};

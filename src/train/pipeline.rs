@@ -132,11 +132,11 @@ pub fn train(
         test_acc: test_eval.accuracy,
         handcrafted_template: run.template.clone(),
         handcrafted_test_acc: hand_eval.accuracy,
-        epochs_run: trainer.epoch,
-        final_loss: trainer.history.last().map(|h| h.loss),
-        train_seconds: trainer.history.last().map_or(0.0, |h| h.elapsed_s),
+        epochs_run: trainer.state.epoch,
+        final_loss: trainer.state.history.last().map(|h| h.loss),
+        train_seconds: trainer.state.history.last().map_or(0.0, |h| h.elapsed_s),
     };
-    let history = trainer.history.clone();
+    let history = trainer.state.history.clone();
     let learner = trainer.learner;
     if let Some(out) = out {
         let mut file = PromptFile::new(clip, &learner, weights.clone())?;

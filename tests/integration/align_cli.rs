@@ -11,51 +11,42 @@ use promptscope::clip::{l2_normalize, synth, ClipConfig, HiddenAct};
 use promptscope::export::prompt_file::PromptFile;
 use promptscope::prompt::coop::{CoopConfig, PromptLearner};
 use common::{error_line, promptscope};
+use common::Scratch as Setup;
 
 fn ok_json(out: &Output) -> serde_json::Value {
     serde_json::from_str(&common::ok(out)).expect("one JSON document on stdout")
 }
 
-struct Setup {
-    dir: tempfile::TempDir,
+fn setup() -> Setup {
+    Setup::with_tiny_model()
 }
 
-impl Setup {
-    fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        synth::write_model_folder(&ClipConfig::tiny(HiddenAct::QuickGelu, 1e-5), &dir.path().join("m")).unwrap();
-        Self { dir }
-    }
-    fn p(&self, rel: &str) -> String {
-        self.dir.path().join(rel).to_str().unwrap().to_string()
-    }
-    fn image() -> String {
-        common::fixtures().join("nonsquare_320x213.png").to_str().unwrap().to_string()
-    }
-    fn align(&self, extra: &[&str]) -> Output {
-        let (m, img) = (self.p("m"), Self::image());
-        let mut args = vec!["align", "--model", &m, "--device", "cpu", "--image", &img, "--format", "json"];
-        args.extend_from_slice(extra);
-        promptscope(&args)
-    }
-    fn ssvp(&self, extra: &[&str]) -> Output {
-        let (m, img) = (self.p("m"), Self::image());
-        let mut args = vec!["ssvp", "--model", &m, "--device", "cpu", "--image", &img, "--format", "json"];
-        args.extend_from_slice(extra);
-        promptscope(&args)
-    }
-    /// A prompts file (2 classes, 4 context vectors) made on the model in `model_dir`.
-    fn prompts_for(&self, model_dir: &str, out: &str) -> String {
-        self.prompts_with(model_dir, out, &["golden retriever", "cat"])
-    }
-    fn prompts_with(&self, model_dir: &str, out: &str, names: &[&str]) -> String {
-        let clip = promptscope::clip::load(&self.p(model_dir), &Device::Cpu).unwrap();
-        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
-        let learner = PromptLearner::new(&clip.model.text, &clip.tokenizer, &names, &CoopConfig { n_ctx: 4, ..CoopConfig::default() }).unwrap();
-        let w = l2_normalize(&learner.text_features(&clip.model.text).unwrap()).unwrap();
-        PromptFile::new(&clip, &learner, w).unwrap().save(Path::new(&self.p(out))).unwrap();
-        self.p(out)
-    }
+fn align(s: &Setup, extra: &[&str]) -> Output {
+    let (m, img) = (s.p("m"), common::fixture_image());
+    let mut args = vec!["align", "--model", &m, "--device", "cpu", "--image", &img, "--format", "json"];
+    args.extend_from_slice(extra);
+    promptscope(&args)
+}
+
+fn ssvp(s: &Setup, extra: &[&str]) -> Output {
+    let (m, img) = (s.p("m"), common::fixture_image());
+    let mut args = vec!["ssvp", "--model", &m, "--device", "cpu", "--image", &img, "--format", "json"];
+    args.extend_from_slice(extra);
+    promptscope(&args)
+}
+
+/// A prompts file (2 classes, 4 context vectors) made on the model in `model_dir`.
+fn prompts_for(s: &Setup, model_dir: &str, out: &str) -> String {
+    prompts_with(s, model_dir, out, &["golden retriever", "cat"])
+}
+
+fn prompts_with(s: &Setup, model_dir: &str, out: &str, names: &[&str]) -> String {
+    let clip = promptscope::clip::load(&s.p(model_dir), &Device::Cpu).unwrap();
+    let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    let learner = PromptLearner::new(&clip.model.text, &clip.tokenizer, &names, &CoopConfig { n_ctx: 4, ..CoopConfig::default() }).unwrap();
+    let w = l2_normalize(&learner.text_features(&clip.model.text).unwrap()).unwrap();
+    PromptFile::new(&clip, &learner, w).unwrap().save(Path::new(&s.p(out))).unwrap();
+    s.p(out)
 }
 
 fn png_size(path: &str) -> (u32, u32) {
@@ -65,9 +56,9 @@ fn png_size(path: &str) -> (u32, u32) {
 
 #[test]
 fn align_prints_the_matrix_scores_and_draws_pngs() {
-    let s = Setup::new();
+    let s = setup();
     let png = s.p("words.png");
-    let j = ok_json(&s.align(&["--text", "a photo of a golden retriever.", "--png", &png, "--grid-lines"]));
+    let j = ok_json(&align(&s, &["--text", "a photo of a golden retriever.", "--png", &png, "--grid-lines"]));
     assert_eq!(j["grid"], serde_json::json!([7, 7]));
     assert_eq!(j["mode"], "token");
     let words: Vec<String> = serde_json::from_value(j["text_tokens"].clone()).unwrap();
@@ -81,7 +72,7 @@ fn align_prints_the_matrix_scores_and_draws_pngs() {
 
     // Value mode, one word's map in jet, class and start tokens included, FILIP's top 25%.
     let png = s.p("word5.png");
-    let j = ok_json(&s.align(&[
+    let j = ok_json(&align(&s, &[
         "--text", "a photo of a golden retriever.", "--mode", "value", "--word", "6", "--png", &png, "--colormap", "jet",
         "--with-cls", "--with-sos", "--top-fraction", "0.25",
     ]));
@@ -94,14 +85,14 @@ fn align_prints_the_matrix_scores_and_draws_pngs() {
 
 #[test]
 fn align_takes_a_learned_prompt_and_ssvp_selects_patches() {
-    let s = Setup::new();
-    let file = s.prompts_for("m", "p.safetensors");
-    let j = ok_json(&s.align(&["--prompts", &file, "--class", "golden retriever"]));
+    let s = setup();
+    let file = prompts_for(&s, "m", "p.safetensors");
+    let j = ok_json(&align(&s, &["--prompts", &file, "--class", "golden retriever"]));
     let words: Vec<String> = serde_json::from_value(j["text_tokens"].clone()).unwrap();
     assert_eq!(words, ["[V1]", "[V2]", "[V3]", "[V4]", "golden", "retriever", ".", "<|endoftext|>"]);
 
     let png = s.p("ssvp.png");
-    let j = ok_json(&s.ssvp(&["--k", "12", "--png", &png]));
+    let j = ok_json(&ssvp(&s, &["--k", "12", "--png", &png]));
     let idx: Vec<usize> = serde_json::from_value(j["indices"].clone()).unwrap();
     assert_eq!(idx.len(), 12);
     assert!(idx.windows(2).all(|w| w[0] < w[1]) && idx.iter().all(|&i| i < 49));
@@ -109,12 +100,12 @@ fn align_takes_a_learned_prompt_and_ssvp_selects_patches() {
     assert_eq!(j["image_embeds"].as_array().unwrap().len(), 24);
     assert_eq!(png_size(&png), (224, 224));
     // The default K is N/4.
-    assert_eq!(ok_json(&s.ssvp(&[]))["indices"].as_array().unwrap().len(), 12);
+    assert_eq!(ok_json(&ssvp(&s, &[]))["indices"].as_array().unwrap().len(), 12);
 }
 
 #[test]
 fn align_eval_compares_three_accuracies() {
-    let s = Setup::new();
+    let s = setup();
     promptscope::data::synth_region::write_dataset(&s.dir.path().join("d"), 4, 3, 224, 32, 1).unwrap();
     let (m, d) = (s.p("m"), s.p("d"));
     let out = promptscope(&["align-eval", "--model", &m, "--device", "cpu", "--data", &d, "--template", "a {} square.", "--mode", "value", "--score", "t", "--k", "8", "--format", "json"]);
@@ -127,7 +118,7 @@ fn align_eval_compares_three_accuracies() {
         assert!((0.0..=1.0).contains(&a), "{k} = {a}");
     }
     // Learned prompts for the dataset's classes (folder order).
-    let file = s.prompts_with("m", "p.safetensors", &["blue", "green", "red", "yellow"]);
+    let file = prompts_with(&s, "m", "p.safetensors", &["blue", "green", "red", "yellow"]);
     let j = ok_json(&promptscope(&["align-eval", "--model", &m, "--device", "cpu", "--data", &d, "--prompts", &file, "--format", "json"]));
     assert_eq!(j["classes"], serde_json::json!(["blue", "green", "red", "yellow"]));
     assert!(j["tokenwise_accuracy"].is_number());
@@ -135,28 +126,28 @@ fn align_eval_compares_three_accuracies() {
 
 #[test]
 fn bad_input_fails_clearly() {
-    let s = Setup::new();
+    let s = setup();
     // K outside 1..=N.
-    let e = error_line(&s.ssvp(&["--k", "50"]));
+    let e = error_line(&ssvp(&s, &["--k", "50"]));
     assert!(e.contains("K = 50") && e.contains("49 patches"), "{e}");
-    let e = error_line(&s.ssvp(&["--k", "0"]));
+    let e = error_line(&ssvp(&s, &["--k", "0"]));
     assert!(e.contains("K = 0"), "{e}");
     // An empty prompt, or one of only spaces.
     for text in ["", "   "] {
-        let e = error_line(&s.align(&["--text", text]));
+        let e = error_line(&align(&s, &["--text", text]));
         assert!(e.contains("is empty"), "{e}");
     }
     // A top fraction outside (0, 1].
     for f in ["0", "1.5"] {
-        let e = error_line(&s.align(&["--text", "a dog", "--top-fraction", f]));
+        let e = error_line(&align(&s, &["--text", "a dog", "--top-fraction", f]));
         assert!(e.contains("fraction"), "{e}");
     }
     // A word index past the prompt's tokens.
-    let e = error_line(&s.align(&["--text", "a dog", "--word", "9"]));
+    let e = error_line(&align(&s, &["--text", "a dog", "--word", "9"]));
     assert!(e.contains("word 9") && e.contains("3 tokens"), "{e}");
     // A PNG into a folder that does not exist: refused before any work, nothing written.
     let missing = s.p("no/such/dir/x.png");
-    let e = error_line(&s.align(&["--text", "a dog", "--png", &missing]));
+    let e = error_line(&align(&s, &["--text", "a dog", "--png", &missing]));
     assert!(e.contains("does not exist"), "{e}");
     assert!(!Path::new(&missing).exists());
 
@@ -166,12 +157,12 @@ fn bad_input_fails_clearly() {
     other.text_config.intermediate_size = 32;
     other.projection_dim = 12;
     synth::write_model_folder(&other, &s.dir.path().join("other")).unwrap();
-    let file = s.prompts_for("other", "other.safetensors");
-    let e = error_line(&s.align(&["--prompts", &file, "--class", "cat"]));
+    let file = prompts_for(&s, "other", "other.safetensors");
+    let e = error_line(&align(&s, &["--prompts", &file, "--class", "cat"]));
     assert!(e.contains("dimension mismatch") && e.contains("width 16"), "{e}");
 
     // A class the prompts file does not have.
-    let file = s.prompts_for("m", "p.safetensors");
-    let e = error_line(&s.align(&["--prompts", &file, "--class", "zebra"]));
+    let file = prompts_for(&s, "m", "p.safetensors");
+    let e = error_line(&align(&s, &["--prompts", &file, "--class", "zebra"]));
     assert!(e.contains("\"zebra\"") && e.contains("golden retriever, cat"), "{e}");
 }

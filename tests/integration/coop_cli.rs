@@ -10,27 +10,19 @@ use candle_core::Device;
 use promptscope::clip::{synth, ClipConfig, HiddenAct};
 use promptscope::export::prompt_file::PromptFile;
 use common::{error_line, ok, promptscope};
+use common::Scratch as Setup;
 
-struct Setup {
-    dir: tempfile::TempDir,
+fn setup() -> Setup {
+    let s = Setup::with_tiny_model();
+    promptscope::data::synth::write_dataset(&s.dir.path().join("d"), 3, 0, Some((4, 2, 3)), 5).unwrap();
+    s
 }
 
-impl Setup {
-    fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        synth::write_model_folder(&ClipConfig::tiny(HiddenAct::QuickGelu, 1e-5), &dir.path().join("m")).unwrap();
-        promptscope::data::synth::write_dataset(&dir.path().join("d"), 3, 0, Some((4, 2, 3)), 5).unwrap();
-        Self { dir }
-    }
-    fn p(&self, rel: &str) -> String {
-        self.dir.path().join(rel).to_str().unwrap().to_string()
-    }
-    fn train(&self, out: &str, extra: &[&str]) -> Output {
-        let (m, d, o, c) = (self.p("m"), self.p("d"), self.p(out), self.p("cache"));
-        let mut args = vec!["train", "--model", &m, "--data", &d, "--shots", "2", "--n-ctx", "4", "--epochs", "3", "--batch-size", "4", "--lr", "0.05", "--views", "2", "--cache", &c, "--out", &o, "--format", "json"];
-        args.extend_from_slice(extra);
-        promptscope(&args)
-    }
+fn train(s: &Setup, out: &str, extra: &[&str]) -> Output {
+    let (m, d, o, c) = (s.p("m"), s.p("d"), s.p(out), s.p("cache"));
+    let mut args = vec!["train", "--model", &m, "--data", &d, "--shots", "2", "--n-ctx", "4", "--epochs", "3", "--batch-size", "4", "--lr", "0.05", "--views", "2", "--cache", &c, "--out", &o, "--format", "json"];
+    args.extend_from_slice(extra);
+    promptscope(&args)
 }
 
 fn ctx_bits(path: &str) -> Vec<u32> {
@@ -40,10 +32,10 @@ fn ctx_bits(path: &str) -> Vec<u32> {
 
 #[test]
 fn the_same_command_twice_gives_bit_identical_context() {
-    let s = Setup::new();
-    let first = ok(&s.train("a.safetensors", &[]));
+    let s = setup();
+    let first = ok(&train(&s, "a.safetensors", &[]));
     // The second run reads the features from the cache the first one wrote.
-    ok(&s.train("b.safetensors", &[]));
+    ok(&train(&s, "b.safetensors", &[]));
     assert_eq!(ctx_bits(&s.p("a.safetensors")), ctx_bits(&s.p("b.safetensors")));
     let lines: Vec<serde_json::Value> = first.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(lines.len(), 4, "3 epoch lines and a summary");
@@ -63,8 +55,8 @@ fn the_same_command_twice_gives_bit_identical_context() {
 
 #[test]
 fn a_killed_run_resumes_to_the_same_result() {
-    let s = Setup::new();
-    ok(&s.train("full.safetensors", &[]));
+    let s = setup();
+    ok(&train(&s, "full.safetensors", &[]));
     // A run stopped after its second epoch leaves a checkpoint next to its output.
     let clip = promptscope::clip::load(&s.p("m"), &Device::Cpu).unwrap();
     let ds = promptscope::data::DatasetFolder::open(Path::new(&s.p("d"))).unwrap();
@@ -93,7 +85,7 @@ fn a_killed_run_resumes_to_the_same_result() {
     let ckpt = promptscope::train::coop::checkpoint_path(Path::new(&out));
     t.run_until(&rd.train, Some(&rd.val), 2, Some(&ckpt), &promptscope::progress::Silent, &mut |_| {}).unwrap();
     assert!(ckpt.is_file());
-    let resumed = ok(&s.train("resumed.safetensors", &["--resume"]));
+    let resumed = ok(&train(&s, "resumed.safetensors", &["--resume"]));
     assert_eq!(resumed.lines().count(), 2, "only the third epoch ran: {resumed}");
     assert_eq!(ctx_bits(&out), ctx_bits(&s.p("full.safetensors")));
     assert!(!ckpt.exists(), "the checkpoint is removed once the export is written");
@@ -101,7 +93,7 @@ fn a_killed_run_resumes_to_the_same_result() {
 
 #[test]
 fn coop_checkpoint_imports_and_round_trips() {
-    let s = Setup::new();
+    let s = setup();
     let fx = common::fixtures().join("coop_checkpoint");
     let out = s.p("imported.safetensors");
     ok(&promptscope(&[
@@ -133,8 +125,8 @@ fn coop_checkpoint_imports_and_round_trips() {
 
 #[test]
 fn export_loads_back_with_the_same_accuracy_and_in_python() {
-    let s = Setup::new();
-    let summary = ok(&s.train("p.safetensors", &[]));
+    let s = setup();
+    let summary = ok(&train(&s, "p.safetensors", &[]));
     let test_acc = serde_json::from_str::<serde_json::Value>(summary.lines().last().unwrap()).unwrap()["summary"]["test_acc"].as_f64().unwrap();
     let e: serde_json::Value = serde_json::from_str(&ok(&promptscope(&[
         "eval", "--model", &s.p("m"), "--data", &s.p("d"), "--prompts", &s.p("p.safetensors"), "--cache", &s.p("cache"), "--format", "json",
@@ -155,7 +147,7 @@ fn export_loads_back_with_the_same_accuracy_and_in_python() {
 
 #[test]
 fn too_many_shots_names_the_class_and_its_count() {
-    let s = Setup::new();
+    let s = setup();
     let (m, d, o) = (s.p("m"), s.p("d"), s.p("x.safetensors"));
     let out = promptscope(&["train", "--model", &m, "--data", &d, "--shots", "16", "--out", &o]);
     let line = error_line(&out);
@@ -165,8 +157,8 @@ fn too_many_shots_names_the_class_and_its_count() {
 
 #[test]
 fn export_into_a_missing_folder_fails_before_training() {
-    let s = Setup::new();
-    let out = s.train("no/such/folder/p.safetensors", &[]);
+    let s = setup();
+    let out = train(&s, "no/such/folder/p.safetensors", &[]);
     let line = error_line(&out);
     assert!(line.contains("no/such/folder"), "{line}");
     assert!(String::from_utf8_lossy(&out.stdout).is_empty(), "no epoch ran");
@@ -174,7 +166,7 @@ fn export_into_a_missing_folder_fails_before_training() {
 
 #[test]
 fn class_name_past_77_tokens_is_a_clear_error() {
-    let s = Setup::new();
+    let s = setup();
     // Folder names are too short for such a class name, so the class list goes to the library directly.
     let long = "very ".repeat(80) + "long";
     let clip = promptscope::clip::load(&s.p("m"), &Device::Cpu).unwrap();
@@ -187,8 +179,8 @@ fn class_name_past_77_tokens_is_a_clear_error() {
 
 #[test]
 fn prompts_file_from_another_model_names_the_mismatch() {
-    let s = Setup::new();
-    ok(&s.train("p.safetensors", &[]));
+    let s = setup();
+    ok(&train(&s, "p.safetensors", &[]));
     let mut other = ClipConfig::tiny(HiddenAct::QuickGelu, 1e-5);
     other.text_config.hidden_size = 64;
     other.text_config.intermediate_size = 128;

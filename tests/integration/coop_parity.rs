@@ -77,13 +77,13 @@ fn trajectory_matches(case: &str, cfg: CoopConfig, set_init: bool) {
             }
         };
         trainer.run_until(&train, None, e + 1, None, &progress, &mut on_event).unwrap();
-        assert_eq!(trainer.epoch, e + 1);
+        assert_eq!(trainer.state.epoch, e + 1);
         ctx_per_epoch.push(trainer.learner.ctx.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap());
     }
     let theirs: Vec<Vec<f32>> = c["ctx"].as_array().unwrap().iter().map(flat).collect();
     for (e, (ours, theirs)) in ctx_per_epoch.iter().zip(&theirs).enumerate() {
         let rel = relative(ours, theirs, &init);
-        within(&format!("{case} epoch {e}: context change vs PyTorch (relative)"), rel as f64, 1e-4);
+        within(&format!("{case} epoch {e}: context change vs PyTorch (relative)"), rel, 1e-4);
         within(&format!("{case} epoch {e}: loss vs PyTorch"), (losses[e] - c["loss"][e].as_f64().unwrap()).abs(), 1e-4);
         assert!((lrs[e] - c["lr"][e].as_f64().unwrap()).abs() < 1e-12);
     }

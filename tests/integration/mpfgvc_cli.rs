@@ -8,45 +8,37 @@ use std::process::Output;
 
 use common::{error_line, ok, promptscope};
 use promptscope::clip::{synth, ClipConfig, HiddenAct};
+use common::Scratch as Setup;
 
-struct Setup {
-    dir: tempfile::TempDir,
+fn setup() -> Setup {
+    let s = Setup::with_tiny_model();
+    promptscope::data::synth_fine::write_dataset(&s.dir.path().join("d"), 3, (4, 2, 3), 14, 5).unwrap();
+    s
 }
 
-impl Setup {
-    fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        synth::write_model_folder(&ClipConfig::tiny(HiddenAct::QuickGelu, 1e-5), &dir.path().join("m")).unwrap();
-        promptscope::data::synth_fine::write_dataset(&dir.path().join("d"), 3, (4, 2, 3), 14, 5).unwrap();
-        Self { dir }
-    }
-    fn p(&self, rel: &str) -> String {
-        self.dir.path().join(rel).to_str().unwrap().to_string()
-    }
-    /// A small run; `set` replaces (or adds) flags, as `[("--train-blocks", "4")]`.
-    fn train(&self, out: &str, set: &[(&str, &str)]) -> Output {
-        let (m, d, o, c) = (self.p("m"), self.p("d"), self.p(out), self.p("cache"));
-        let mut flags: Vec<(&str, &str)> = vec![
-            ("--model", &m), ("--data", &d), ("--super-category", "bird"), ("--n-ctx", "2"), ("--train-blocks", "1"),
-            ("--epochs1", "2"), ("--epochs2", "3"), ("--lr1", "0.003"), ("--lr2", "0.003"), ("--batch-size", "4"),
-            ("--cache", &c), ("--out", &o), ("--format", "json"),
-        ];
-        for (k, v) in set {
-            match flags.iter_mut().find(|(f, _)| f == k) {
-                Some(entry) => entry.1 = v,
-                None => flags.push((k, v)),
-            }
+/// A small run; `set` replaces (or adds) flags, as `[("--train-blocks", "4")]`.
+fn train(s: &Setup, out: &str, set: &[(&str, &str)]) -> Output {
+    let (m, d, o, c) = (s.p("m"), s.p("d"), s.p(out), s.p("cache"));
+    let mut flags: Vec<(&str, &str)> = vec![
+        ("--model", &m), ("--data", &d), ("--super-category", "bird"), ("--n-ctx", "2"), ("--train-blocks", "1"),
+        ("--epochs1", "2"), ("--epochs2", "3"), ("--lr1", "0.003"), ("--lr2", "0.003"), ("--batch-size", "4"),
+        ("--cache", &c), ("--out", &o), ("--format", "json"),
+    ];
+    for (k, v) in set {
+        match flags.iter_mut().find(|(f, _)| f == k) {
+            Some(entry) => entry.1 = v,
+            None => flags.push((k, v)),
         }
-        let mut args = vec!["mpfgvc", "train"];
-        args.extend(flags.iter().flat_map(|(k, v)| [*k, *v]));
-        promptscope(&args)
     }
+    let mut args = vec!["mpfgvc", "train"];
+    args.extend(flags.iter().flat_map(|(k, v)| [*k, *v]));
+    promptscope(&args)
 }
 
 #[test]
 fn train_prints_epochs_of_both_stages_and_eval_reads_the_export_back() {
-    let s = Setup::new();
-    let stdout = ok(&s.train("w.safetensors", &[]));
+    let s = setup();
+    let stdout = ok(&train(&s, "w.safetensors", &[]));
     let lines: Vec<serde_json::Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(lines.len(), 2 + 3 + 1, "2 stage-1 epochs, 3 stage-2 epochs, a summary: {stdout}");
     for (l, (stage, epoch)) in lines.iter().zip([(1, 0), (1, 1), (2, 0), (2, 1), (2, 2)]) {
@@ -72,30 +64,30 @@ fn train_prints_epochs_of_both_stages_and_eval_reads_the_export_back() {
 
 #[test]
 fn blank_super_category_is_refused_before_anything_is_written() {
-    let s = Setup::new();
+    let s = setup();
     for word in ["", "   "] {
-        let err = error_line(&s.train("w.safetensors", &[("--super-category", word)]));
+        let err = error_line(&train(&s, "w.safetensors", &[("--super-category", word)]));
         assert!(err.contains("--super-category") && err.contains("has no tokens"), "{err}");
     }
-    let err = error_line(&s.train("w.safetensors", &[("--super-category", "<|endoftext|>")]));
+    let err = error_line(&train(&s, "w.safetensors", &[("--super-category", "<|endoftext|>")]));
     assert!(err.contains("end-of-text"), "{err}");
     assert!(!Path::new(&s.p("w.safetensors")).exists());
 }
 
 #[test]
 fn more_train_blocks_than_the_tower_has_is_refused() {
-    let s = Setup::new();
-    let err = error_line(&s.train("w.safetensors", &[("--train-blocks", "4")]));
+    let s = setup();
+    let err = error_line(&train(&s, "w.safetensors", &[("--train-blocks", "4")]));
     assert!(err.contains("--train-blocks 4 but the vision tower has 3 blocks"), "{err}");
     assert!(!Path::new(&s.p("w.safetensors")).exists());
-    let err = error_line(&s.train("w.safetensors", &[("--optim2", "lion")]));
+    let err = error_line(&train(&s, "w.safetensors", &[("--optim2", "lion")]));
     assert!(err.contains("--optim2") && err.contains("sgd or adamw"), "{err}");
 }
 
 #[test]
 fn weights_for_another_model_or_dataset_are_refused() {
-    let s = Setup::new();
-    ok(&s.train("w.safetensors", &[]));
+    let s = setup();
+    ok(&train(&s, "w.safetensors", &[]));
     let (d, w) = (s.p("d"), s.p("w.safetensors"));
     // Same shapes, other weights.
     synth::write_model_folder(&ClipConfig::tiny(HiddenAct::Gelu, 1e-6), &s.dir.path().join("other")).unwrap();

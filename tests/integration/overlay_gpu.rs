@@ -5,7 +5,7 @@
 
 use image::{Rgb, RgbImage};
 use promptscope::app::overlay::{headless_device, render_offscreen, OverlayData, OverlayStyle};
-use promptscope::data::synth::Rng;
+use promptscope::rng::Rng;
 use promptscope::render::heatmap::overlay;
 use promptscope::render::{Colormap, GridMap, HeatmapStyle};
 

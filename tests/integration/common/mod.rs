@@ -134,3 +134,26 @@ pub fn ok(out: &Output) -> String {
 }
 
 pub use promptscope::testing::within;
+
+/// A temp folder for one test: the tiny random-weight model at `m`, and whatever the test writes beside it.
+pub struct Scratch {
+    pub dir: tempfile::TempDir,
+}
+
+impl Scratch {
+    pub fn with_tiny_model() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        synth::write_model_folder(&preset("tiny"), &dir.path().join("m")).unwrap();
+        Self { dir }
+    }
+
+    /// A path inside the folder, as the CLI takes it.
+    pub fn p(&self, rel: &str) -> String {
+        self.dir.path().join(rel).to_str().unwrap().to_string()
+    }
+}
+
+/// The non-square PNG fixture, as the CLI takes it.
+pub fn fixture_image() -> String {
+    fixtures().join("nonsquare_320x213.png").to_str().unwrap().to_string()
+}

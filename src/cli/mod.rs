@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context as _, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use promptscope::clip::encode::{image_features, text_features};
 use promptscope::clip::{ClipConfig, HiddenAct, LoadedClip};
@@ -10,7 +10,15 @@ use promptscope::data::DatasetFolder;
 use promptscope::eval::zeroshot;
 use promptscope::progress::Progress;
 
-use crate::{Format, ModelArgs};
+pub mod align;
+mod app;
+pub mod args;
+pub mod fusion;
+
+pub use args::{Format, ModelArgs};
+use args::{DatasetKind, Verb};
+use app::{bench_overlay, open_app, AppStart};
+pub use app::open_default_app;
 
 /// An indicatif bar on stderr, hidden when stderr is not a terminal.
 pub(crate) struct Bar(pub(crate) ProgressBar);
@@ -608,5 +616,56 @@ pub fn linear_probe(args: &ProbeArgs) -> Result<()> {
             outln!("linear probe (lambda {:.0e}): test {:.2}%", probe.lambda, 100.0 * test_acc);
             Ok(())
         }
+    }
+}
+
+/// Runs one verb.
+pub fn run(verb: Verb) -> Result<()> {
+    match verb {
+        Verb::App { model, data, tab, autorun, epochs, prompts } => open_app(model, data, AppStart { tab, autorun, epochs, prompts }),
+        Verb::Embed { model, texts, images, format } => embed(&model, &texts, &images, format),
+        Verb::ZeroShot { model, data, templates, batch, format } => zero_shot(&model, &data, templates, batch, format),
+        Verb::Bench { model, batch, images, text_batch, texts, coop, classes, n_ctx, csc, steps, zero_shot_templates, suite, format } => {
+            if suite {
+                bench_suite(&model, format)
+            } else if let Some(templates) = zero_shot_templates {
+                bench_zero_shot(&model, classes, templates, format)
+            } else if coop {
+                bench_coop(&model, classes, n_ctx, batch, csc, steps, format)
+            } else {
+                bench(&model, batch, images, text_batch, texts, format)
+            }
+        }
+        Verb::BenchOverlay { size, repeats, format } => bench_overlay(size, repeats, format),
+        Verb::SynthModel { out, preset } => {
+            let cfg = self::preset(&preset)?;
+            promptscope::clip::synth::write_model_folder(&cfg, &out).with_context(|| format!("writing {}", out.display()))?;
+            eprintln!("wrote a random-weight '{preset}' CLIP to {}", out.display());
+            Ok(())
+        }
+        Verb::SynthDataset { out, classes, per_class, splits, seed, kind } => {
+            let split = splits.map(|s| parse_splits(&s)).transpose()?;
+            use promptscope::data::{synth, synth_fine};
+            match (kind, split) {
+                (DatasetKind::Shapes, split) => synth::write_dataset(&out, classes, per_class, split, seed)?,
+                (DatasetKind::Crest, Some(split)) => synth_fine::write_dataset(&out, classes, split, 14, seed)?,
+                (DatasetKind::Dimorphic, Some(split)) => synth_fine::write_dimorphic_dataset(&out, classes, split, seed)?,
+                (_, None) => anyhow::bail!("--kind crest and dimorphic write train/val/test folders: give --splits, e.g. 16,4,16"),
+            }
+            eprintln!("wrote a generated dataset of {classes} classes to {}", out.display());
+            Ok(())
+        }
+        Verb::Sample { out, format } => sample(&out, format),
+        Verb::Train(args) => train(&args),
+        Verb::Eval(args) => eval(&args),
+        Verb::Interpret { file, model, top_k, format } => interpret(&file, &model, top_k, format),
+        Verb::ImportCoop { checkpoint, model, classnames, class_position, out } => {
+            import_coop(&checkpoint, &model, &classnames, &class_position, &out)
+        }
+        Verb::LinearProbe(args) => linear_probe(&args),
+        Verb::Align(args) => align::align_verb(&args),
+        Verb::Ssvp(args) => align::ssvp_verb(&args),
+        Verb::AlignEval(args) => align::align_eval_verb(&args),
+        Verb::Mpfgvc(args) => fusion::run(&args),
     }
 }

@@ -16,7 +16,7 @@ use promptscope::render::heatmap::{outline_patches, overlay, overlay_labels, sav
 use promptscope::render::{Colormap, GridMap, HeatmapStyle};
 
 use crate::cli::load_model;
-use crate::{Format, ModelArgs};
+use super::{Format, ModelArgs};
 
 /// Where and how to draw a map.
 #[derive(clap::Args, Debug, Clone)]

@@ -12,7 +12,7 @@ use promptscope::train::coop::TrainEvent;
 use promptscope::train::optim::OptimConfig;
 
 use crate::cli::{Bar, CacheArgs};
-use crate::{Format, ModelArgs};
+use super::{Format, ModelArgs};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct MpfgvcArgs {

@@ -1,0 +1,64 @@
+//! The verbs that need the desktop stack: the app itself and the GPU overlay benchmark (errors that say
+//! so in a build without the `gui` feature).
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+
+use super::args::{Format, TabArg};
+
+/// No verb: the app on its first tab, with what it remembers.
+pub fn open_default_app() -> Result<()> {
+    open_app(None, None, AppStart::default())
+}
+
+#[derive(Default)]
+#[cfg_attr(not(feature = "gui"), allow(dead_code))]
+pub struct AppStart {
+    pub tab: TabArg,
+    pub autorun: bool,
+    pub epochs: Option<usize>,
+    pub prompts: Option<PathBuf>,
+}
+
+#[cfg(feature = "gui")]
+pub fn open_app(model: Option<String>, data: Option<PathBuf>, start: AppStart) -> Result<()> {
+    let tab = match start.tab {
+        TabArg::Compare => promptscope::app::Tab::Compare,
+        TabArg::Train => promptscope::app::Tab::Train,
+        TabArg::Align => promptscope::app::Tab::Align,
+        TabArg::Export => promptscope::app::Tab::Export,
+    };
+    promptscope::app::run(model, data, promptscope::app::Startup { tab, autorun: start.autorun, epochs: start.epochs, prompts: start.prompts })
+}
+
+#[cfg(feature = "gui")]
+pub fn bench_overlay(size: u32, repeats: usize, format: Format) -> Result<()> {
+    use promptscope::app::overlay::{headless_device, render_offscreen, OverlayData, OverlayStyle};
+    let (device, queue, adapter) = headless_device()?;
+    let values: Vec<f32> = (0..49).map(|i| ((i * 37) % 49) as f32).collect();
+    let map = promptscope::render::GridMap::new(&values, [7, 7])?;
+    let image: Vec<u8> = (0..224 * 224).flat_map(|i| [(i % 224) as u8, (i / 224) as u8, 128, 255]).collect();
+    let data = OverlayData { id: 1, image, size: [224, 224], map };
+    let style = OverlayStyle { colormap: promptscope::render::Colormap::Viridis, opacity: 0.55, grid_lines: true };
+    // The first draw compiles the pipeline's shaders: not counted.
+    let (_, mut times) = render_offscreen(&device, &queue, &data, &style, [size, size], repeats.max(1) + 1)?;
+    times.remove(0);
+    let ms: Vec<f64> = times.iter().map(|t| t * 1e3).collect();
+    let (n, median, p99) = promptscope::app::FrameTimes::stats(&ms).expect("at least one draw");
+    match format {
+        Format::Json => outln!("{}", serde_json::json!({"adapter": adapter, "size": size, "repeats": n, "median_ms": median, "p99_ms": p99})),
+        Format::Text => outln!("overlay {size}×{size} on {adapter}: median {median:.3} ms, p99 {p99:.3} ms per draw ({n} draws, submit + wait)"),
+    }
+    Ok(())
+}
+
+#[cfg(not(feature = "gui"))]
+pub fn bench_overlay(_: u32, _: usize, _: Format) -> Result<()> {
+    anyhow::bail!("this promptscope was built without the GPU overlay (feature `gui`)")
+}
+
+#[cfg(not(feature = "gui"))]
+pub fn open_app(_: Option<String>, _: Option<PathBuf>, _: AppStart) -> Result<()> {
+    anyhow::bail!("this promptscope was built without the desktop app (feature `gui`); use a verb, see --help")
+}

@@ -1,0 +1,214 @@
+//! The command line: every verb and its arguments (clap derive). The verbs' code is in the sibling
+//! modules; `super::run` maps one to the other.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Parser)]
+#[command(name = "promptscope", version, about = "Interactive prompt tuning for CLIP-style vision-language models")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub verb: Option<Verb>,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum Format {
+    Text,
+    Json,
+}
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct ModelArgs {
+    /// A CLIP model folder (config.json, model.safetensors, tokenizer.json) or a hub id such as
+    /// openai/clip-vit-base-patch32 (downloaded once into the Hugging Face cache).
+    #[arg(long)]
+    pub model: String,
+    /// cpu, cuda or auto.
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+}
+
+#[derive(Subcommand)]
+pub enum Verb {
+    /// Open the desktop app (the default).
+    App {
+        #[arg(long)]
+        model: Option<String>,
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// The tab to open.
+        #[arg(long, value_enum, default_value = "compare")]
+        tab: TabArg,
+        /// Once the model and dataset are loaded, run the tab's main job (zero-shot on Compare,
+        /// training with the remembered settings on Train): for demos and screenshots.
+        #[arg(long)]
+        autorun: bool,
+        /// Training epochs for --autorun on the Train tab (default: the remembered setting).
+        #[arg(long)]
+        epochs: Option<usize>,
+        /// A prompts file to load once the model is loaded (it joins Compare, Align and Export).
+        #[arg(long)]
+        prompts: Option<PathBuf>,
+    },
+    /// Projected (not normalised) text and image features, as transformers' get_text_features /
+    /// get_image_features.
+    Embed {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[arg(long = "text")]
+        texts: Vec<String>,
+        #[arg(long = "image")]
+        images: Vec<PathBuf>,
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+    },
+    /// Zero-shot classification of a dataset folder with hand-crafted prompts (several templates =
+    /// CLIP's prompt ensemble).
+    ZeroShot {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[arg(long)]
+        data: PathBuf,
+        /// A prompt template with {} for the class name; repeat for an ensemble. `@imagenet` stands for
+        /// CLIP's 80 ImageNet templates.
+        #[arg(long = "template")]
+        templates: Vec<String>,
+        #[arg(long, default_value_t = 32)]
+        batch: usize,
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+    },
+    /// Image-tower images/s and text-tower prompts/s.
+    Bench {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[arg(long, default_value_t = 16)]
+        batch: usize,
+        #[arg(long, default_value_t = 64)]
+        images: usize,
+        #[arg(long, default_value_t = 64)]
+        text_batch: usize,
+        #[arg(long, default_value_t = 256)]
+        texts: usize,
+        /// Time CoOp training steps instead (forward + backward + update over --classes prompts).
+        #[arg(long)]
+        coop: bool,
+        #[arg(long, default_value_t = 100)]
+        classes: usize,
+        #[arg(long, default_value_t = 16)]
+        n_ctx: usize,
+        #[arg(long)]
+        csc: bool,
+        #[arg(long, default_value_t = 3)]
+        steps: usize,
+        /// Time CLIP's prompt ensemble instead: --classes names × this many of the 80 ImageNet templates.
+        #[arg(long)]
+        zero_shot_templates: Option<usize>,
+        /// Run the whole suite instead: image tower at batch 1/16/64, text tower, CoOp steps for 100 and
+        /// 1000 classes, FILIP 1 image × 100 prompts, SsVP, JPEG loading + preprocessing.
+        #[arg(long)]
+        suite: bool,
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+    },
+    /// Time the GPU heatmap overlay (shaders/heatmap.wgsl) drawing a 7×7 map over an image into a
+    /// size×size target, each draw submitted and waited for.
+    BenchOverlay {
+        #[arg(long, default_value_t = 512)]
+        size: u32,
+        #[arg(long, default_value_t = 50)]
+        repeats: usize,
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+    },
+    /// Train a CoOp context few-shot, evaluate it against the hand-crafted baseline, export it.
+    Train(super::TrainArgs),
+    /// Accuracy of hand-crafted templates or of exported prompts on the test split.
+    Eval(super::EvalArgs),
+    /// Nearest vocabulary tokens of each learned context vector.
+    Interpret {
+        file: PathBuf,
+        #[command(flatten)]
+        model: ModelArgs,
+        #[arg(long, default_value_t = 5)]
+        top_k: usize,
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+    },
+    /// Convert CoOp's own checkpoint (prompt_learner/model.pth.tar-N) into a promptscope export.
+    ImportCoop {
+        checkpoint: PathBuf,
+        #[command(flatten)]
+        model: ModelArgs,
+        /// A text file with one class name per line, in CoOp's class order.
+        #[arg(long)]
+        classnames: PathBuf,
+        #[arg(long, default_value = "end")]
+        class_position: String,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// CoOp's linear-probe baseline: logistic regression on the few-shot features, L2 chosen on val.
+    LinearProbe(super::ProbeArgs),
+    /// FILIP token-wise alignment of one image with one prompt: similarity matrix, s_I/s_T, word maps.
+    Align(super::align::AlignArgs),
+    /// SsVP: the patches the penultimate block's class token attends to most, and the image feature from them.
+    Ssvp(super::align::SsvpArgs),
+    /// Accuracy of token-wise scores and of SsVP beside the global feature, on a dataset's test split.
+    AlignEval(super::align::AlignEvalArgs),
+    /// MP-FGVC: DaTP prompts, two-stage training with VLFM (`mpfgvc train`), and evaluation (`mpfgvc eval`).
+    Mpfgvc(super::fusion::MpfgvcArgs),
+    /// Write a random-weight CLIP in the Hugging Face layout (for tests, benchmarks and the sample).
+    SynthModel {
+        #[arg(long)]
+        out: PathBuf,
+        /// tiny, tiny-gelu, vit-b-32, vit-b-16, vit-l-14 or vit-l-14-336.
+        #[arg(long, default_value = "tiny")]
+        preset: String,
+    },
+    /// Write a generated dataset of coloured shapes.
+    SynthDataset {
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 6)]
+        classes: usize,
+        #[arg(long, default_value_t = 8)]
+        per_class: usize,
+        /// Write train/val/test sub-folders with this many images per class each, e.g. 16,4,8.
+        #[arg(long)]
+        splits: Option<String>,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// shapes: coloured shapes, one class a shape; crest: birds that differ only in a small crest's
+        /// colour; dimorphic: birds whose species is a combination of plumage colour and sex (the two
+        /// fine-grained kinds are for `mpfgvc` and need --splits).
+        #[arg(long, value_enum, default_value = "shapes")]
+        kind: DatasetKind,
+    },
+    /// Write the sample model and dataset into a folder and run zero-shot on them.
+    Sample {
+        #[arg(long, default_value = "samples")]
+        out: PathBuf,
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+    },
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy)]
+pub enum DatasetKind {
+    Shapes,
+    Crest,
+    Dimorphic,
+}
+
+
+/// The app's tabs, as `--tab` takes them.
+#[derive(Clone, Copy, Debug, Default, ValueEnum, PartialEq, Eq)]
+pub enum TabArg {
+    #[default]
+    Compare,
+    Train,
+    Align,
+    Export,
+}

@@ -1,0 +1,238 @@
+//! The one epoch loop every trainer runs on (CoOp, both MP-FGVC stages, and the methods after them):
+//! CoOp's batching, the learning-rate schedule, per-step and per-epoch events (what the CLI prints and
+//! the app plots), validation, cancellation between steps, a hook after every epoch (checkpoints), and
+//! the loop's own state (next epoch, batch-order generator, history) that a checkpoint saves for a
+//! bit-exact resume. A trainer supplies only what differs: one step, its evaluation, its checkpoint.
+
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use super::optim::OptimConfig;
+use crate::rng::Rng;
+use crate::error::{Error, Result};
+use crate::progress::{check, Progress};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EpochStats {
+    pub epoch: usize,
+    pub epochs: usize,
+    pub loss: f64,
+    pub lr: f64,
+    pub train_acc: f64,
+    pub val_acc: Option<f64>,
+    pub elapsed_s: f64,
+    pub eta_s: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "event", rename_all = "lowercase")]
+pub enum TrainEvent {
+    Step { epoch: usize, step: usize, steps: usize, loss: f64, lr: f64 },
+    Epoch(EpochStats),
+}
+
+/// Where a trainer's loop stands: everything a checkpoint needs besides the trainer's own parameters.
+#[derive(Debug, Clone)]
+pub struct EpochLoop {
+    pub optim: OptimConfig,
+    /// None: one batch of the whole train set.
+    pub batch_size: Option<usize>,
+    /// Batch order and view choice.
+    pub rng: Rng,
+    /// The next epoch to run (0-based).
+    pub epoch: usize,
+    pub history: Vec<EpochStats>,
+}
+
+/// What differs between trainers.
+pub trait TrainStep {
+    fn state(&mut self) -> &mut EpochLoop;
+    /// Trains on `rows` (rows of the training features) at learning rate `lr`; returns the batch's loss
+    /// and how many of its rows the model got right.
+    fn step(&mut self, rows: &[usize], lr: f64) -> Result<(f64, usize)>;
+    /// Validation accuracy after an epoch, and a second one where the method has it (MP-FGVC stage 1's
+    /// image-to-text accuracy beside its head's).
+    fn validate(&mut self) -> Result<(Option<f64>, Option<f64>)>;
+    /// After every epoch, once its stats are in the history: where a trainer writes its checkpoint.
+    fn end_epoch(&mut self) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// The training set as the loop sees it: `items` images, each with `views` consecutive feature rows
+/// (cached augmented views; one is picked per image and epoch).
+#[derive(Debug, Clone, Copy)]
+pub struct TrainSet {
+    pub items: usize,
+    pub views: usize,
+}
+
+/// One epoch's event as a trainer reports it: the event, and the second validation accuracy if any.
+pub type OnEvent<'f> = dyn FnMut(TrainEvent, Option<f64>) + 'f;
+
+impl EpochLoop {
+    pub fn new(optim: OptimConfig, batch_size: Option<usize>, seed: u64) -> Self {
+        Self { optim, batch_size, rng: Rng::new(seed), epoch: 0, history: vec![] }
+    }
+
+    /// The batches of one epoch as CoOp's loader makes them: shuffled, the last partial batch dropped,
+    /// when the set is larger than a batch; one batch in order otherwise. With several views per image,
+    /// a view is drawn for every image (dropped ones too) after the shuffle.
+    pub fn epoch_batches(&mut self, set: TrainSet) -> Vec<Vec<usize>> {
+        let n = set.items;
+        let mut order: Vec<usize> = (0..n).collect();
+        let batch = self.batch_size.unwrap_or(n).max(1);
+        if batch < n {
+            self.rng.shuffle(&mut order);
+        }
+        let v = set.views.max(1);
+        let rows: Vec<usize> = if v > 1 { order.iter().map(|&i| i * v + (self.rng.next_u64() % v as u64) as usize).collect() } else { order };
+        if batch >= n {
+            return vec![rows];
+        }
+        rows.chunks(batch).filter(|c| c.len() == batch).map(<[usize]>::to_vec).collect()
+    }
+}
+
+/// Runs `trainer`'s epochs until `until` (exclusive, at most the configured count): the app pauses this
+/// way, at an epoch boundary. `name` prefixes progress and errors ("stage 1"; empty for a one-stage run).
+/// A loss that stops being finite ends the run with an error instead of training on NaNs.
+pub fn run_until<T: TrainStep + ?Sized>(
+    trainer: &mut T,
+    set: TrainSet,
+    until: usize,
+    name: &str,
+    progress: &dyn Progress,
+    on_event: &mut OnEvent,
+) -> Result<()> {
+    if set.items == 0 {
+        return Err(Error::invalid("the training set is empty"));
+    }
+    let label = if name.is_empty() { "epochs".to_string() } else { format!("{name} epochs") };
+    let start = Instant::now();
+    let (first, epochs, elapsed_before) = {
+        let s = trainer.state();
+        (s.epoch, s.optim.epochs, s.history.last().map_or(0.0, |h| h.elapsed_s))
+    };
+    while trainer.state().epoch < until.min(epochs) {
+        let e = trainer.state().epoch;
+        let lr = trainer.state().optim.lr_at(e);
+        let batches = trainer.state().epoch_batches(set);
+        let steps = batches.len();
+        let (mut loss_sum, mut right, mut seen) = (0.0, 0, 0);
+        for (s, rows) in batches.iter().enumerate() {
+            check(progress)?;
+            let (loss, c) = trainer.step(rows, lr)?;
+            if !loss.is_finite() {
+                let who = if name.is_empty() { String::new() } else { format!("{name}: ") };
+                return Err(Error::invalid(format!("{who}the loss became {loss} at epoch {}; lower the learning rate", e + 1)));
+            }
+            loss_sum += loss;
+            right += c;
+            seen += rows.len();
+            on_event(TrainEvent::Step { epoch: e, step: s, steps, loss, lr }, None);
+        }
+        let (val_acc, val_extra) = trainer.validate()?;
+        let state = trainer.state();
+        state.epoch += 1;
+        let per_epoch = start.elapsed().as_secs_f64() / (state.epoch - first) as f64;
+        let stats = EpochStats {
+            epoch: e,
+            epochs,
+            loss: loss_sum / steps.max(1) as f64,
+            lr,
+            train_acc: right as f64 / seen.max(1) as f64,
+            val_acc,
+            elapsed_s: elapsed_before + start.elapsed().as_secs_f64(),
+            eta_s: per_epoch * (epochs - state.epoch) as f64,
+        };
+        state.history.push(stats.clone());
+        progress.update(&label, state.epoch, epochs);
+        on_event(TrainEvent::Epoch(stats), val_extra);
+        trainer.end_epoch()?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn looped(batch: Option<usize>) -> EpochLoop {
+        let optim = OptimConfig { lr: 0.1, momentum: 0.9, weight_decay: 0.0, warmup_epochs: 0, warmup_lr: 0.0, epochs: 3 };
+        EpochLoop::new(optim, batch, 3)
+    }
+
+    #[test]
+    fn batches_follow_coops_loader() {
+        let one = |items| TrainSet { items, views: 1 };
+        assert_eq!(looped(None).epoch_batches(one(5)), vec![vec![0, 1, 2, 3, 4]]);
+        assert_eq!(looped(Some(8)).epoch_batches(one(5)), vec![vec![0, 1, 2, 3, 4]]);
+        let b = looped(Some(3)).epoch_batches(one(7));
+        assert_eq!(b.len(), 2, "the last partial batch is dropped");
+        assert!(b.iter().all(|c| c.len() == 3));
+        let mut all: Vec<usize> = b.concat();
+        all.sort_unstable();
+        all.dedup();
+        assert_eq!(all.len(), 6, "no image twice in an epoch");
+        // Views: row = image × views + the view drawn for it.
+        let rows = looped(None).epoch_batches(TrainSet { items: 4, views: 3 });
+        assert!(rows[0].iter().enumerate().all(|(i, r)| r / 3 == i), "{rows:?}");
+    }
+
+    /// A trainer whose loss is its step count: checks the order of events, the schedule, the stats and
+    /// that `until` pauses at an epoch boundary and the next call continues.
+    struct Counting {
+        state: EpochLoop,
+        steps: usize,
+        ends: usize,
+        nan_at: Option<usize>,
+    }
+
+    impl TrainStep for Counting {
+        fn state(&mut self) -> &mut EpochLoop {
+            &mut self.state
+        }
+        fn step(&mut self, rows: &[usize], _lr: f64) -> Result<(f64, usize)> {
+            self.steps += 1;
+            if self.nan_at == Some(self.steps) {
+                return Ok((f64::NAN, 0));
+            }
+            Ok((self.steps as f64, rows.len() / 2))
+        }
+        fn validate(&mut self) -> Result<(Option<f64>, Option<f64>)> {
+            Ok((Some(0.5), Some(0.25)))
+        }
+        fn end_epoch(&mut self) -> Result<()> {
+            self.ends += 1;
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn epochs_report_steps_stats_and_pause_at_a_boundary() {
+        let mut t = Counting { state: looped(Some(2)), steps: 0, ends: 0, nan_at: None };
+        let set = TrainSet { items: 4, views: 1 };
+        let mut events = vec![];
+        run_until(&mut t, set, 1, "", &crate::progress::Silent, &mut |e, x| events.push((e, x))).unwrap();
+        assert_eq!((t.state.epoch, t.ends, events.len()), (1, 1, 3), "two steps and an epoch, then a pause");
+        run_until(&mut t, set, 99, "", &crate::progress::Silent, &mut |e, x| events.push((e, x))).unwrap();
+        assert_eq!((t.state.epoch, t.ends, t.steps), (3, 3, 6));
+        let stats: Vec<&EpochStats> = events.iter().filter_map(|(e, _)| if let TrainEvent::Epoch(s) = e { Some(s) } else { None }).collect();
+        assert_eq!(stats.iter().map(|s| s.epoch).collect::<Vec<_>>(), vec![0, 1, 2]);
+        assert_eq!(stats[1].loss, 3.5, "mean of steps 3 and 4");
+        assert_eq!((stats[2].train_acc, stats[2].val_acc, stats[2].eta_s), (0.5, Some(0.5), 0.0));
+        assert!(events.iter().all(|(e, x)| matches!(e, TrainEvent::Step { .. }) == x.is_none()));
+        assert_eq!(t.state.history.len(), 3);
+    }
+
+    #[test]
+    fn a_loss_that_stops_being_finite_is_an_error_naming_the_epoch() {
+        let mut t = Counting { state: looped(Some(2)), steps: 0, ends: 0, nan_at: Some(3) };
+        let err = run_until(&mut t, TrainSet { items: 4, views: 1 }, 3, "stage 2", &crate::progress::Silent, &mut |_, _| {}).unwrap_err();
+        assert!(err.to_string().contains("stage 2: the loss became NaN at epoch 2"), "{err}");
+        let empty = run_until(&mut t, TrainSet { items: 0, views: 1 }, 3, "", &crate::progress::Silent, &mut |_, _| {}).unwrap_err();
+        assert!(empty.to_string().contains("the training set is empty"), "{empty}");
+    }
+}
