@@ -19,6 +19,8 @@ pub mod progress;
 pub mod prompt;
 pub mod render;
 pub mod rng;
+pub mod run;
+pub mod tensor_file;
 #[doc(hidden)]
 pub mod testing;
 pub mod train;

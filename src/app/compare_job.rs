@@ -14,7 +14,7 @@ use crate::eval::zeroshot;
 use crate::export::prompt_file::PromptFile;
 use crate::progress::Progress;
 use crate::train::features::extract;
-use crate::train::pipeline::evaluate_weights;
+use crate::run::coop::evaluate_weights;
 
 /// Linear probe optimisation steps per λ.
 const PROBE_ITERS: usize = 300;

@@ -116,7 +116,7 @@ pub enum Action {
     DismissError(usize),
     /// A file or folder dropped onto the window.
     Dropped(PathBuf),
-    StartTraining(Box<crate::train::pipeline::CoopRun>),
+    StartTraining(Box<crate::train::config::CoopRun>),
     PauseRun(usize),
     /// Unpauses a paused run, or restarts a stopped one from its checkpoint.
     ResumeRun(usize),
@@ -480,7 +480,7 @@ impl PromptscopeApp {
             .collect()
     }
 
-    fn start_training(&mut self, ctx: &egui::Context, run: crate::train::pipeline::CoopRun) {
+    fn start_training(&mut self, ctx: &egui::Context, run: crate::train::config::CoopRun) {
         let (Some(model), Some(dataset)) = (&self.state.model, &self.state.dataset) else {
             return self.state.error("Load a model and open a dataset before training.");
         };

@@ -8,7 +8,7 @@ use crate::eval::zeroshot::DEFAULT_TEMPLATE;
 use crate::prompt::coop::{ClassPosition, CoopConfig};
 use crate::train::coop::TrainConfig;
 use crate::train::optim::{default_epochs, OptimConfig};
-use crate::train::pipeline::{Augment, CoopRun};
+use crate::train::config::{Augment, CoopRun};
 
 use super::state::AppState;
 use super::training::{RunStatus, TrainRecord};

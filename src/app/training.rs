@@ -6,7 +6,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use crate::train::coop::EpochStats;
-use crate::train::pipeline::{CoopRun, RunMetrics};
+use crate::run::coop::RunMetrics;
+use crate::train::config::CoopRun;
 
 use super::worker::JobId;
 

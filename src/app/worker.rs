@@ -18,7 +18,8 @@ use crate::progress::Reporter;
 use super::state::{DatasetSummary, LoadedModel, OpenedDataset};
 use super::training::{TrainControl, TrainOutcome};
 use crate::train::coop::{EpochStats, TrainEvent};
-use crate::train::pipeline::{self, CoopRun};
+use crate::run::coop as pipeline;
+use crate::train::config::CoopRun;
 
 /// Identifies one job, so a result that arrives after the user started a newer job of the same kind
 /// is recognised as stale and dropped.

@@ -5,9 +5,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
 use promptscope::data::DatasetFolder;
-use promptscope::fusion::datp::DatpConfig;
-use promptscope::fusion::pipeline::{self, Accuracies, MpFgvcRun};
-use promptscope::fusion::two_stage::{OptimizerKind, StageConfig, StageEvent};
+use promptscope::prompt::datp::DatpConfig;
+use promptscope::run::mpfgvc::{self as pipeline, Accuracies};
+use promptscope::train::config::MpFgvcRun;
+use promptscope::train::mpfgvc::{OptimizerKind, StageConfig, StageEvent};
 use promptscope::train::coop::TrainEvent;
 use promptscope::train::optim::OptimConfig;
 

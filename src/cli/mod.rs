@@ -348,11 +348,11 @@ pub struct TrainArgs {
 }
 
 impl TrainArgs {
-    pub fn to_run(&self) -> Result<promptscope::train::pipeline::CoopRun> {
+    pub fn to_run(&self) -> Result<promptscope::train::config::CoopRun> {
         use promptscope::prompt::coop::CoopConfig;
         use promptscope::train::coop::TrainConfig;
         use promptscope::train::optim::{default_epochs, OptimConfig};
-        use promptscope::train::pipeline::{Augment, CoopRun};
+        use promptscope::train::config::{Augment, CoopRun};
         let shots = self.split.shots_or("16")?;
         let batch_size = match self.batch_size.as_str() {
             "full" => None,
@@ -414,7 +414,7 @@ pub fn train(args: &TrainArgs) -> Result<()> {
     let cache = args.split.cache_dir();
     let rd = {
         let bar = Bar::new();
-        promptscope::train::pipeline::prepare(&clip, &ds, &run, cache.as_deref(), &bar)?
+        promptscope::run::coop::prepare(&clip, &ds, &run, cache.as_deref(), &bar)?
     };
     report_split(&rd.split, ds.num_classes(), "");
     let bar = Bar::new();
@@ -436,7 +436,7 @@ pub fn train(args: &TrainArgs) -> Result<()> {
             }
         }
     };
-    let outcome = promptscope::train::pipeline::train(&clip, &ds, &rd, &run, Some(&args.out), args.resume, &bar, &mut on_event)?;
+    let outcome = promptscope::run::coop::train(&clip, &ds, &rd, &run, Some(&args.out), args.resume, &bar, &mut on_event)?;
     drop(bar);
     let m = &outcome.metrics;
     if json {
@@ -524,7 +524,7 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
         }
     };
     drop(bar);
-    let e = promptscope::train::pipeline::evaluate_weights(&clip, &weights, &feats, samples, &ds.class_names)?;
+    let e = promptscope::run::coop::evaluate_weights(&clip, &weights, &feats, samples, &ds.class_names)?;
     print_eval(&what, &e, args.format)
 }
 

@@ -12,6 +12,9 @@ use super::preprocess::{load_image, preprocess};
 use crate::error::{Error, Result};
 use crate::progress::{check, Progress};
 
+/// Images per forward pass of the image tower where the caller does not choose.
+pub const BATCH: usize = 32;
+
 /// Loads and preprocesses images into one `[B, 3, H, W]` batch (in parallel).
 pub fn pixel_batch(clip: &LoadedClip, paths: &[PathBuf]) -> Result<Tensor> {
     let s = clip.model.config.vision_config.image_size;

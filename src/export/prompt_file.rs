@@ -11,7 +11,7 @@ use std::path::Path;
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
-use super::{read_safetensors, safetensors_bytes};
+use crate::tensor_file::{read_safetensors, safetensors_bytes};
 use crate::clip::LoadedClip;
 use crate::error::{write_atomic, Error, Result};
 use crate::prompt::coop::{CoopConfig, PromptLearner};

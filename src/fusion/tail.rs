@@ -8,18 +8,14 @@
 //! and an image is just its projected feature, read from the on-disk feature cache.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
 
 use candle_core::{Tensor, Var};
 
-use crate::clip::encode::pixel_batch;
 use crate::clip::layers::EncoderLayer;
 use crate::clip::vision::VisionTower;
-use crate::clip::LoadedClip;
-use crate::data::Sample;
 use crate::error::{Error, Result};
 use crate::progress::{check, Progress};
-use crate::train::features::{extract, BATCH};
+use crate::clip::encode::BATCH;
 
 /// Progress stage while the frozen blocks run over the images.
 pub const HIDDEN_STAGE: &str = "frozen vision blocks";
@@ -131,31 +127,6 @@ impl<'a> VisionTail<'a> {
     }
 }
 
-/// What stage 1 keeps of `samples` (eval view): with `n` trained blocks the hidden states entering the
-/// first of them `[N, T, D]` (in memory), with `n = 0` the projected features `[N, P]` (through the
-/// feature cache in `cache_dir`).
-pub fn stage_inputs(clip: &LoadedClip, samples: &[Sample], n: usize, cache_dir: Option<&Path>, progress: &dyn Progress) -> Result<Tensor> {
-    let vision = &clip.model.vision;
-    check_blocks(vision, n)?;
-    if n == 0 {
-        return Ok(extract(clip, samples, 0, 0, cache_dir, progress)?.feats);
-    }
-    let first = vision.layers.len() - n;
-    let cfg = &vision.config;
-    if samples.is_empty() {
-        return Ok(Tensor::zeros((0, cfg.num_patches() + 1, cfg.hidden_size), candle_core::DType::F32, &clip.device)?);
-    }
-    let paths: Vec<PathBuf> = samples.iter().map(|s| s.path.clone()).collect();
-    let mut out = Vec::new();
-    progress.update(HIDDEN_STAGE, 0, paths.len());
-    for (b, chunk) in paths.chunks(BATCH).enumerate() {
-        check(progress)?;
-        let pixels = pixel_batch(clip, chunk)?;
-        out.push(vision.run_blocks(&vision.embed(&pixels)?, 0, first)?);
-        progress.update(HIDDEN_STAGE, (b * BATCH + chunk.len()).min(paths.len()), paths.len());
-    }
-    Ok(Tensor::cat(&out, 0)?)
-}
 
 #[cfg(test)]
 mod tests {

@@ -1,3 +1,7 @@
-//! Prompts: templates, CoOp contexts.
+//! Prompts: CoOp contexts, MP-FGVC's DaTP prompts, and the method enum that a run carries.
 
 pub mod coop;
+pub mod datp;
+pub mod method;
+
+pub use method::{PromptMethod, PromptMethodKind};

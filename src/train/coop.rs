@@ -126,12 +126,12 @@ impl<'a> Trainer<'a> {
             ("coop_config".to_string(), serde_json::to_string(&self.learner.config).unwrap_or_default()),
             ("history".to_string(), serde_json::to_string(&self.state.history).unwrap_or_default()),
         ]);
-        write_atomic(path, &crate::export::safetensors_bytes(&tensors, meta)?)
+        write_atomic(path, &crate::tensor_file::safetensors_bytes(&tensors, meta)?)
     }
 
     /// Continues a run from its checkpoint; the settings must be the ones it was started with.
     pub fn resume(&mut self, path: &Path) -> Result<()> {
-        let (tensors, meta) = crate::export::read_safetensors(path)?;
+        let (tensors, meta) = crate::tensor_file::read_safetensors(path)?;
         let bad = |why: String| Error::bad_file(path, why, "start the run again without --resume, or pass the checkpoint of this run");
         let get = |k: &str| meta.get(k).cloned().ok_or_else(|| bad(format!("has no '{k}' entry: not a promptscope checkpoint")));
         let train_config: TrainConfig = serde_json::from_str(&get("train_config")?).map_err(|e| bad(e.to_string()))?;

@@ -27,8 +27,7 @@ use crate::data::Sample;
 use crate::error::{Error, Result};
 use crate::progress::{check, Progress};
 
-/// Rows per forward pass of the image tower.
-pub const BATCH: usize = 32;
+pub use crate::clip::encode::BATCH;
 /// Progress stage while augmented views are encoded (eval views report `encode`'s "images").
 pub const AUGMENTED_STAGE: &str = "augmented views";
 /// Progress stage reported (as done) when the features came from the cache.

@@ -65,7 +65,7 @@ fn a_killed_run_resumes_to_the_same_result() {
         use promptscope::prompt::coop::CoopConfig;
         use promptscope::train::coop::TrainConfig;
         use promptscope::train::optim::OptimConfig;
-        use promptscope::train::pipeline::{Augment, CoopRun};
+        use promptscope::train::config::{Augment, CoopRun};
         CoopRun {
             shots: Some(2),
             seed: 1,
@@ -78,7 +78,7 @@ fn a_killed_run_resumes_to_the_same_result() {
         }
     };
     let cache = s.dir.path().join("cache");
-    let rd = promptscope::train::pipeline::prepare(&clip, &ds, &run, Some(&cache), &promptscope::progress::Silent).unwrap();
+    let rd = promptscope::run::coop::prepare(&clip, &ds, &run, Some(&cache), &promptscope::progress::Silent).unwrap();
     let learner = promptscope::prompt::coop::PromptLearner::new(&clip.model.text, &clip.tokenizer, &ds.class_names, &run.coop).unwrap();
     let mut t = promptscope::train::coop::Trainer::new(&clip.model.text, learner, run.train.clone(), clip.model.logit_scale());
     let out = s.p("resumed.safetensors");

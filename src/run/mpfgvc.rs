@@ -2,39 +2,27 @@
 //! stage 1 → export (stage 1 only) → cached embeddings → stage 2 → evaluation of both stages on the test
 //! split → export (both stages). A run cancelled during stage 2 leaves the stage-1 file at `out`.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
-use super::datp::{self, DatpConfig};
-use super::export::MpFgvcFile;
-use super::params::ParamLinear;
-use super::tail::{check_blocks, stage_inputs, VisionTail};
-use super::two_stage::{accuracy, fusion_inputs, vlfm_predict, Split, Stage1, Stage1Model, Stage2, StageConfig, StageEvent};
-use super::vlfm::{Vlfm, VlfmConfig, EXPANSION};
+use crate::export::mpfgvc_file::MpFgvcFile;
+use crate::fusion::params::ParamLinear;
+use crate::fusion::tail::{check_blocks, VisionTail, HIDDEN_STAGE};
+use crate::clip::encode::pixel_batch;
+use crate::train::features::{extract, BATCH};
+use crate::progress::check;
+use crate::fusion::vlfm::{Vlfm, VlfmConfig, EXPANSION};
+use crate::prompt::datp;
+use crate::train::config::MpFgvcRun;
+use crate::train::mpfgvc::{accuracy, fusion_inputs, vlfm_predict, Split, Stage1, Stage1Model, Stage2, StageEvent};
 use crate::clip::LoadedClip;
 use crate::data::fewshot::{few_shot, FewShotSplit};
 use crate::data::{DatasetFolder, Sample};
 use crate::error::{Error, Result};
 use crate::progress::Progress;
 use crate::train::coop::EpochStats;
-
-/// Everything that defines an MP-FGVC run, shared by the CLI and the export's metadata.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct MpFgvcRun {
-    /// None: every training image.
-    pub shots: Option<usize>,
-    /// Seed of the shots, of every initialisation (DaTP tokens, head, VLFM) and of the batch order.
-    pub seed: u64,
-    /// Seed of the derived train/val/test split of folders without split sub-folders.
-    pub split_seed: u64,
-    pub datp: DatpConfig,
-    /// n: the last n vision blocks are trained in stage 1 (0 = frozen tower, cached features).
-    pub train_blocks: usize,
-    pub stage1: StageConfig,
-    pub stage2: StageConfig,
-}
 
 /// The split and what each stage-1 input row holds, computed once per run.
 pub struct RunData {
@@ -46,6 +34,32 @@ pub struct RunData {
 
 fn split_of(clip: &LoadedClip, samples: &[Sample], n: usize, cache: Option<&Path>, progress: &dyn Progress) -> Result<Split> {
     Ok(Split { inputs: stage_inputs(clip, samples, n, cache, progress)?, labels: samples.iter().map(|s| s.label).collect() })
+}
+
+/// What stage 1 keeps of `samples` (eval view): with `n` trained blocks the hidden states entering the
+/// first of them `[N, T, D]` (in memory), with `n = 0` the projected features `[N, P]` (through the
+/// feature cache in `cache_dir`).
+pub fn stage_inputs(clip: &LoadedClip, samples: &[Sample], n: usize, cache_dir: Option<&Path>, progress: &dyn Progress) -> Result<Tensor> {
+    let vision = &clip.model.vision;
+    check_blocks(vision, n)?;
+    if n == 0 {
+        return Ok(extract(clip, samples, 0, 0, cache_dir, progress)?.feats);
+    }
+    let first = vision.layers.len() - n;
+    let cfg = &vision.config;
+    if samples.is_empty() {
+        return Ok(Tensor::zeros((0, cfg.num_patches() + 1, cfg.hidden_size), candle_core::DType::F32, &clip.device)?);
+    }
+    let paths: Vec<PathBuf> = samples.iter().map(|s| s.path.clone()).collect();
+    let mut out = Vec::new();
+    progress.update(HIDDEN_STAGE, 0, paths.len());
+    for (b, chunk) in paths.chunks(BATCH).enumerate() {
+        check(progress)?;
+        let pixels = pixel_batch(clip, chunk)?;
+        out.push(vision.run_blocks(&vision.embed(&pixels)?, 0, first)?);
+        progress.update(HIDDEN_STAGE, (b * BATCH + chunk.len()).min(paths.len()), paths.len());
+    }
+    Ok(Tensor::cat(&out, 0)?)
 }
 
 /// Checks the settings that need no data, then draws the split and computes the stage-1 inputs.

@@ -2,7 +2,7 @@
 //!
 //! Tensors: `datp.ctx` `[C, J, D_text]`, `datp.class_embeds` `[C, P]` (the normalised DaTP text features,
 //! E_T), `head.weight`/`head.bias` (stage 1's linear head), `vision.layers.<i>.<checkpoint name>` for
-//! each trained vision block, and, once stage 2 has run, `vlfm.<name>` (see [`super::vlfm`]). Metadata:
+//! each trained vision block, and, once stage 2 has run, `vlfm.<name>` (see [`crate::fusion::vlfm`]). Metadata:
 //! `format`, `promptscope` (the whole [`MpFgvcMeta`] as JSON) and a few of its fields as plain strings.
 
 use std::collections::HashMap;
@@ -11,11 +11,11 @@ use std::path::Path;
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
-use super::pipeline::MpFgvcRun;
-use super::vlfm::VlfmConfig;
+use crate::fusion::vlfm::VlfmConfig;
+use crate::train::config::MpFgvcRun;
 use crate::clip::LoadedClip;
 use crate::error::{write_atomic, Error, Result};
-use crate::export::{read_safetensors, safetensors_bytes};
+use crate::tensor_file::{read_safetensors, safetensors_bytes};
 
 pub const FORMAT: &str = "promptscope-mpfgvc/1";
 const FIX: &str = "pass a weights file written by `promptscope mpfgvc train --out`";

@@ -17,9 +17,9 @@
 use candle_core::{DType, Tensor, Var, D};
 use serde::{Deserialize, Serialize};
 
-use super::params::ParamLinear;
-use super::tail::VisionTail;
-use super::vlfm::Vlfm;
+use crate::fusion::params::ParamLinear;
+use crate::fusion::tail::VisionTail;
+use crate::fusion::vlfm::Vlfm;
 use crate::clip::l2_normalize;
 use crate::clip::text::TextTower;
 use crate::error::{Error, Result};

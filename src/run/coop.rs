@@ -4,10 +4,11 @@
 use std::path::{Path, PathBuf};
 
 use candle_core::Tensor;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
-use super::coop::{checkpoint_path, Features, TrainConfig, TrainEvent, Trainer};
-use super::features::extract;
+use crate::train::config::{Augment, CoopRun};
+use crate::train::coop::{checkpoint_path, Features, TrainEvent, Trainer};
+use crate::train::features::extract;
 use crate::clip::LoadedClip;
 use crate::data::fewshot::{few_shot, FewShotSplit};
 use crate::data::{DatasetFolder, Sample};
@@ -16,34 +17,7 @@ use crate::eval::metrics::{evaluate, Evaluation};
 use crate::eval::zeroshot;
 use crate::export::prompt_file::PromptFile;
 use crate::progress::Progress;
-use crate::prompt::coop::{CoopConfig, PromptLearner};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "kebab-case")]
-pub enum Augment {
-    #[default]
-    None,
-    /// CoOp's random resized crop (0.08–1) + horizontal flip, as cached views.
-    CropFlip,
-}
-
-/// Everything that defines a CoOp run, shared by the CLI, the app and the export's metadata.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct CoopRun {
-    /// None: every training image.
-    pub shots: Option<usize>,
-    /// Seed of the shots (CoOp averages 1, 2, 3).
-    pub seed: u64,
-    /// Seed of the derived train/val/test split of folders without split sub-folders.
-    pub split_seed: u64,
-    pub coop: CoopConfig,
-    pub train: TrainConfig,
-    pub augment: Augment,
-    /// Cached augmented views per training image (with `augment = crop-flip`).
-    pub views: usize,
-    /// The hand-crafted template reported beside the learned context.
-    pub template: String,
-}
+use crate::prompt::coop::PromptLearner;
 
 /// The split and its features, computed once per run (and cached on disk across runs).
 pub struct RunData {
@@ -89,7 +63,7 @@ pub struct Outcome {
     pub class_weights: Tensor,
     pub metrics: RunMetrics,
     pub test_eval: Evaluation,
-    pub history: Vec<super::coop::EpochStats>,
+    pub history: Vec<crate::train::epoch_loop::EpochStats>,
 }
 
 /// Trains (resuming from `out`'s checkpoint when `resume` and it exists), evaluates, and writes the

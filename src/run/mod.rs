@@ -1,0 +1,5 @@
+//! Whole experiments as the CLI and the app run them: split → cached features → training on the epoch
+//! loop (resumable) → evaluation → export. One file a method family.
+
+pub mod coop;
+pub mod mpfgvc;

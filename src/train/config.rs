@@ -1,0 +1,248 @@
+//! What a training run is: one description per method, with the defaults and the validation that both
+//! front ends (the CLI's flags, the app's Train form) go through, so the two cannot drift. A run is data:
+//! it is what exports record in their metadata and what a checkpoint must match to be resumed.
+
+use serde::{Deserialize, Serialize};
+
+use super::coop::TrainConfig;
+use super::mpfgvc::{OptimizerKind, StageConfig};
+use super::optim::{default_epochs, OptimConfig};
+use crate::error::{Error, Result};
+use crate::eval::zeroshot::DEFAULT_TEMPLATE;
+use crate::prompt::coop::CoopConfig;
+use crate::prompt::datp::DatpConfig;
+use crate::prompt::{PromptMethod, PromptMethodKind};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Augment {
+    #[default]
+    None,
+    /// CoOp's random resized crop (0.08–1) + horizontal flip, as cached views.
+    CropFlip,
+}
+
+/// Everything that defines a CoOp run, shared by the CLI, the app and the export's metadata.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CoopRun {
+    /// None: every training image.
+    pub shots: Option<usize>,
+    /// Seed of the shots (CoOp averages 1, 2, 3).
+    pub seed: u64,
+    /// Seed of the derived train/val/test split of folders without split sub-folders.
+    pub split_seed: u64,
+    pub coop: CoopConfig,
+    pub train: TrainConfig,
+    pub augment: Augment,
+    /// Cached augmented views per training image (with `augment = crop-flip`).
+    pub views: usize,
+    /// The hand-crafted template reported beside the learned context.
+    pub template: String,
+}
+
+/// CoOp's recipe: 16 shots, M = 16 random context, SGD at 0.002 with one warm-up epoch, cosine decay over
+/// 200 epochs, batch 32, random resized crop + flip (as 4 cached views).
+impl Default for CoopRun {
+    fn default() -> Self {
+        let shots = Some(16);
+        let seed = 1;
+        CoopRun {
+            shots,
+            seed,
+            split_seed: 0,
+            coop: CoopConfig { seed, ..CoopConfig::default() },
+            train: TrainConfig { optim: OptimConfig { epochs: default_epochs(shots), ..OptimConfig::default() }, batch_size: Some(32), seed },
+            augment: Augment::CropFlip,
+            views: 4,
+            template: DEFAULT_TEMPLATE.to_string(),
+        }
+    }
+}
+
+impl CoopRun {
+    /// Sets the shots and the seed everywhere it is used (shots, context initialisation, batch order).
+    pub fn with_seed(mut self, seed: u64) -> Self {
+        self.seed = seed;
+        self.coop.seed = seed;
+        self.train.seed = seed;
+        self
+    }
+
+    /// What a run needs to make sense; the message names the setting as both front ends call it.
+    pub fn validate(&self) -> Result<()> {
+        if self.coop.ctx_init.as_deref().is_none_or(|p| p.trim().is_empty()) && self.coop.n_ctx == 0 {
+            return Err(Error::invalid("the context length (--n-ctx) must be at least 1"));
+        }
+        if self.views == 0 {
+            return Err(Error::invalid("--views must be at least 1"));
+        }
+        if !self.template.contains("{}") {
+            return Err(Error::invalid(format!("the template '{}' has no {{}} for the class name", self.template)));
+        }
+        check_common(self.shots, &self.train.optim, self.train.batch_size, "")
+    }
+}
+
+/// Everything that defines an MP-FGVC run, shared by the CLI, the app and the export's metadata.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MpFgvcRun {
+    /// None: every training image.
+    pub shots: Option<usize>,
+    /// Seed of the shots, of every initialisation (DaTP tokens, head, VLFM) and of the batch order.
+    pub seed: u64,
+    /// Seed of the derived train/val/test split of folders without split sub-folders.
+    pub split_seed: u64,
+    pub datp: DatpConfig,
+    /// n: the last n vision blocks are trained in stage 1 (0 = frozen tower, cached features).
+    pub train_blocks: usize,
+    pub stage1: StageConfig,
+    pub stage2: StageConfig,
+}
+
+/// A stage's recipe: one warm-up epoch at a tenth of the rate, then cosine decay; weight decay 5e-4.
+pub fn stage(lr: f64, epochs: usize, optimizer: OptimizerKind, batch_size: Option<usize>) -> StageConfig {
+    StageConfig {
+        optim: OptimConfig { lr, momentum: 0.9, weight_decay: 5e-4, warmup_epochs: 1, warmup_lr: lr / 10.0, epochs },
+        batch_size,
+        optimizer,
+    }
+}
+
+/// AdamW for both stages (why: `train::mpfgvc`), 20 epochs at 1e-4 then 30 at 1e-3, all shots, J = 16, a
+/// frozen vision tower. The super-category word has no default: the user names it.
+impl Default for MpFgvcRun {
+    fn default() -> Self {
+        let seed = 1;
+        MpFgvcRun {
+            shots: None,
+            seed,
+            split_seed: 0,
+            datp: DatpConfig { n_ctx: 16, super_category: String::new(), seed },
+            train_blocks: 0,
+            stage1: stage(1e-4, 20, OptimizerKind::AdamW, Some(32)),
+            stage2: stage(1e-3, 30, OptimizerKind::AdamW, Some(32)),
+        }
+    }
+}
+
+impl MpFgvcRun {
+    pub fn validate(&self) -> Result<()> {
+        if self.datp.super_category.trim().is_empty() {
+            return Err(Error::invalid("MP-FGVC needs the super-category word (--super-category): bird, dog, food, ..."));
+        }
+        if self.datp.n_ctx == 0 {
+            return Err(Error::invalid("--n-ctx must be at least 1: DaTP learns J ≥ 1 tokens per class"));
+        }
+        check_common(self.shots, &self.stage1.optim, self.stage1.batch_size, "stage 1 ")?;
+        check_common(self.shots, &self.stage2.optim, self.stage2.batch_size, "stage 2 ")
+    }
+}
+
+fn check_common(shots: Option<usize>, optim: &OptimConfig, batch_size: Option<usize>, what: &str) -> Result<()> {
+    if shots == Some(0) {
+        return Err(Error::invalid("--shots must be at least 1 (or all)"));
+    }
+    if optim.epochs == 0 {
+        return Err(Error::invalid(format!("the {what}epoch count must be at least 1")));
+    }
+    if batch_size == Some(0) {
+        return Err(Error::invalid("--batch-size must be at least 1 (or full)"));
+    }
+    if !(optim.lr.is_finite() && optim.lr > 0.0) {
+        return Err(Error::invalid(format!("the {what}learning rate must be positive, got {}", optim.lr)));
+    }
+    if !(optim.warmup_lr.is_finite() && optim.warmup_lr >= 0.0) || !(0.0..1.0).contains(&optim.momentum) || !(optim.weight_decay >= 0.0) {
+        return Err(Error::invalid(format!("the {what}warm-up rate, momentum (0 ≤ m < 1) and weight decay must be non-negative")));
+    }
+    Ok(())
+}
+
+/// One training run of any method: what the app's Train tab starts and the CLI's `train` / `mpfgvc train`
+/// build. The arm is the method; [`RunConfig::method`] is its prompt learner's configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "method", rename_all = "kebab-case")]
+pub enum RunConfig {
+    Coop(CoopRun),
+    MpFgvc(MpFgvcRun),
+}
+
+impl RunConfig {
+    /// The defaults of a method.
+    pub fn default_for(kind: PromptMethodKind) -> Self {
+        match kind {
+            PromptMethodKind::Coop => Self::Coop(CoopRun::default()),
+            PromptMethodKind::Datp => Self::MpFgvc(MpFgvcRun::default()),
+        }
+    }
+
+    pub fn method(&self) -> PromptMethod {
+        match self {
+            Self::Coop(r) => PromptMethod::Coop(r.coop.clone()),
+            Self::MpFgvc(r) => PromptMethod::Datp(r.datp.clone()),
+        }
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        match self {
+            Self::Coop(r) => r.validate(),
+            Self::MpFgvc(r) => r.validate(),
+        }
+    }
+
+    pub fn shots(&self) -> Option<usize> {
+        match self {
+            Self::Coop(r) => r.shots,
+            Self::MpFgvc(r) => r.shots,
+        }
+    }
+
+    /// Epochs of every stage together (the x range of the app's curves).
+    pub fn total_epochs(&self) -> usize {
+        match self {
+            Self::Coop(r) => r.train.optim.epochs,
+            Self::MpFgvc(r) => r.stage1.optim.epochs + r.stage2.optim.epochs,
+        }
+    }
+
+    /// "16-shot · unified · end · M=16", "all shots · DaTP 'bird' · J=16 · 2 stages" and the like.
+    pub fn describe(&self) -> String {
+        let shots = self.shots().map_or("all shots".to_string(), |k| format!("{k}-shot"));
+        format!("{shots} · {}", self.method().describe())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_bad_settings_are_named() {
+        for kind in [PromptMethodKind::Coop, PromptMethodKind::Datp] {
+            let mut r = RunConfig::default_for(kind);
+            if let RunConfig::MpFgvc(m) = &mut r {
+                assert!(m.validate().unwrap_err().to_string().contains("super-category"));
+                m.datp.super_category = "bird".into();
+            }
+            r.validate().unwrap();
+            assert_eq!(r.method().kind(), kind);
+        }
+        let mut c = CoopRun::default();
+        assert_eq!((c.train.optim.epochs, c.augment, c.views), (200, Augment::CropFlip, 4), "CoOp's recipe");
+        c.coop.n_ctx = 0;
+        assert!(c.validate().unwrap_err().to_string().contains("--n-ctx"));
+        c.coop.ctx_init = Some("a photo of a".into());
+        c.validate().unwrap();
+        c.train.optim.lr = f64::NAN;
+        assert!(c.validate().unwrap_err().to_string().contains("learning rate"));
+        let seeded = CoopRun::default().with_seed(3);
+        assert_eq!((seeded.seed, seeded.coop.seed, seeded.train.seed), (3, 3, 3));
+    }
+
+    #[test]
+    fn a_run_round_trips_through_json_with_its_method_named() {
+        let r = RunConfig::default_for(PromptMethodKind::Coop);
+        let j = serde_json::to_value(&r).unwrap();
+        assert_eq!(j["method"], "coop");
+        assert_eq!(serde_json::from_value::<RunConfig>(j).unwrap(), r);
+    }
+}
