@@ -33,7 +33,7 @@ impl ExportPanel {
             let path = self.export_paths.entry(run.number).or_insert_with(|| format!("prompts-run{}.safetensors", run.number));
             ui.horizontal(|ui| {
                 ui.label(RichText::new(&run.label).strong());
-                ui.weak(format!("test {:.1}%", 100.0 * outcome.metrics.test_acc));
+                ui.weak(format!("test {:.1}%", 100.0 * outcome.test_acc));
             });
             ui.horizontal(|ui| {
                 let l = ui.label(EXPORT_FIELD);

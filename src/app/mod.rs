@@ -19,6 +19,7 @@ pub mod train_panel;
 pub mod training;
 pub mod worker;
 
+use crate::train::config::RunConfig;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -67,7 +68,7 @@ pub fn run(model: Option<String>, data: Option<PathBuf>, startup: Startup) -> an
             app.autorun = startup.autorun;
             app.startup_prompts = startup.prompts;
             if let Some(e) = startup.epochs {
-                app.train.form.epochs = e;
+                app.train.form.set_epochs(e);
             }
             app.frame_log = std::env::var_os("PROMPTSCOPE_FRAME_LOG").map(PathBuf::from);
             Ok(Box::new(app))
@@ -116,7 +117,7 @@ pub enum Action {
     DismissError(usize),
     /// A file or folder dropped onto the window.
     Dropped(PathBuf),
-    StartTraining(Box<crate::train::config::CoopRun>),
+    StartTraining(Box<RunConfig>),
     PauseRun(usize),
     /// Unpauses a paused run, or restarts a stopped one from its checkpoint.
     ResumeRun(usize),
@@ -242,8 +243,8 @@ impl PromptscopeApp {
             match event {
                 Event::FolderPicked { target, path } => actions.push(self.folder_chosen(target, path)),
                 Event::TrainFinished { job, result: Ok(outcome) } => {
-                    // A finished run's prompts join Compare, Align and Export.
-                    if let Some(run) = self.state.runs.iter().find(|r| r.job == Some(job)) {
+                    // A finished CoOp run's prompts join Compare, Align and Export.
+                    if let Some(run) = self.state.runs.iter().find(|r| r.job == Some(job) && matches!(r.run, RunConfig::Coop(_))) {
                         actions.push(Action::LoadPromptsAs(outcome.prompts.clone(), run.label.clone()));
                     }
                     self.state.apply(Event::TrainFinished { job, result: Ok(outcome) });
@@ -339,7 +340,10 @@ impl PromptscopeApp {
             self.autorun = false;
             match self.tab {
                 Tab::Compare => actions.push(Action::RunZeroShot(self.compare.cleaned_templates())),
-                Tab::Train => actions.push(Action::StartTraining(Box::new(self.train.form.to_run()))),
+                Tab::Train => match self.train.form.to_run() {
+                    Ok(run) => actions.push(Action::StartTraining(Box::new(run))),
+                    Err(e) => self.state.error(format!("Cannot start training: {e}")),
+                },
                 _ => {}
             }
         }
@@ -480,7 +484,7 @@ impl PromptscopeApp {
             .collect()
     }
 
-    fn start_training(&mut self, ctx: &egui::Context, run: crate::train::config::CoopRun) {
+    fn start_training(&mut self, ctx: &egui::Context, run: RunConfig) {
         let (Some(model), Some(dataset)) = (&self.state.model, &self.state.dataset) else {
             return self.state.error("Load a model and open a dataset before training.");
         };

@@ -1,96 +1,53 @@
-//! The Train tab: every CoOp option in a form, start / pause / stop / resume, and live curves of loss
-//! (per step), learning rate and train / validation accuracy (per epoch) for every run, overlaid.
+//! The Train tab: a method (CoOp, or MP-FGVC's two stages) and every option the CLI has, start / pause /
+//! stop / resume, and live curves of loss (per step), learning rate and train / validation accuracy (per
+//! epoch) for every run, overlaid.
 
 use egui::{Color32, DragValue, RichText, ScrollArea, TextEdit};
 use egui_plot::{Legend, Line, Plot, PlotPoints};
 
-use crate::eval::zeroshot::DEFAULT_TEMPLATE;
-use crate::prompt::coop::{ClassPosition, CoopConfig};
-use crate::train::coop::TrainConfig;
+use crate::prompt::coop::ClassPosition;
+use crate::prompt::PromptMethodKind;
+use crate::train::config::{Augment, CoopRun, MpFgvcRun, RunConfig};
+use crate::train::mpfgvc::OptimizerKind;
 use crate::train::optim::{default_epochs, OptimConfig};
-use crate::train::config::{Augment, CoopRun};
 
 use super::state::AppState;
+use crate::train::epoch_loop::EpochStats;
 use super::training::{RunStatus, TrainRecord};
 use super::Action;
 
 pub const START_BUTTON: &str = "Start training";
 pub const SHOT_CHOICES: [Option<usize>; 6] = [Some(1), Some(2), Some(4), Some(8), Some(16), None];
 
-/// The form's values; `to_run` turns them into the engine's [`CoopRun`].
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+/// The form's state: a run of each method, edited in place, so the form and the CLI share one set of
+/// defaults (`CoopRun::default()`, `MpFgvcRun::default()`) and one validation (`RunConfig::validate`).
+#[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(default)]
 pub struct TrainForm {
-    pub shots: Option<usize>,
-    pub n_ctx: usize,
-    /// Empty: random N(0, 0.02²) initialisation.
-    pub ctx_init: String,
-    pub csc: bool,
-    pub class_position: ClassPosition,
-    pub epochs: usize,
-    pub lr: f64,
-    pub batch_size: usize,
-    pub momentum: f64,
-    pub weight_decay: f64,
-    pub warmup_epochs: usize,
-    pub augment: bool,
-    pub views: usize,
-    pub seed: u64,
-    pub template: String,
-}
-
-impl Default for TrainForm {
-    fn default() -> Self {
-        let o = OptimConfig::default();
-        TrainForm {
-            shots: Some(16),
-            n_ctx: 16,
-            ctx_init: String::new(),
-            csc: false,
-            class_position: ClassPosition::End,
-            epochs: default_epochs(Some(16)),
-            lr: o.lr,
-            batch_size: 32,
-            momentum: o.momentum,
-            weight_decay: o.weight_decay,
-            warmup_epochs: o.warmup_epochs,
-            augment: false,
-            views: 4,
-            seed: 1,
-            template: DEFAULT_TEMPLATE.to_string(),
-        }
-    }
+    pub method: PromptMethodKind,
+    pub coop: CoopRun,
+    pub mpfgvc: MpFgvcRun,
 }
 
 impl TrainForm {
-    pub fn to_run(&self) -> CoopRun {
-        let init = self.ctx_init.trim();
-        CoopRun {
-            shots: self.shots,
-            seed: self.seed,
-            split_seed: 0,
-            coop: CoopConfig {
-                n_ctx: self.n_ctx.max(1),
-                ctx_init: (!init.is_empty()).then(|| init.to_string()),
-                csc: self.csc,
-                class_position: self.class_position,
-                seed: self.seed,
-            },
-            train: TrainConfig {
-                optim: OptimConfig {
-                    lr: self.lr,
-                    momentum: self.momentum,
-                    weight_decay: self.weight_decay,
-                    warmup_epochs: self.warmup_epochs,
-                    warmup_lr: OptimConfig::default().warmup_lr,
-                    epochs: self.epochs.max(1),
-                },
-                batch_size: Some(self.batch_size.max(1)),
-                seed: self.seed,
-            },
-            augment: if self.augment { Augment::CropFlip } else { Augment::None },
-            views: self.views.max(1),
-            template: self.template.clone(),
+    /// The run the form describes, or why it cannot start.
+    pub fn to_run(&self) -> crate::Result<RunConfig> {
+        let run = match self.method {
+            PromptMethodKind::Coop => RunConfig::Coop(self.coop.clone()),
+            PromptMethodKind::Datp => RunConfig::MpFgvc(self.mpfgvc.clone()),
+        };
+        run.validate()?;
+        Ok(run)
+    }
+
+    /// `app --epochs N`: the chosen method's epochs (each stage's, for MP-FGVC).
+    pub fn set_epochs(&mut self, epochs: usize) {
+        match self.method {
+            PromptMethodKind::Coop => self.coop.train.optim.epochs = epochs,
+            PromptMethodKind::Datp => {
+                self.mpfgvc.stage1.optim.epochs = epochs;
+                self.mpfgvc.stage2.optim.epochs = epochs;
+            }
         }
     }
 }
@@ -107,20 +64,31 @@ pub fn run_colour(number: usize) -> Color32 {
 }
 
 /// The series a run contributes to the plots: (plot, name, points). The plots draw exactly these, so
-/// tests read the curves' data here.
+/// tests read the curves' data here. An MP-FGVC run's stages are separate series on one epoch axis.
 pub fn series(run: &TrainRecord) -> Vec<(&'static str, String, Vec<[f64; 2]>)> {
-    let e = &run.epochs;
-    // Epoch k's statistics are drawn at its end, k + 1.
-    let at = |f: &dyn Fn(&crate::train::coop::EpochStats) -> Option<f64>| -> Vec<[f64; 2]> {
-        e.iter().filter_map(|s| f(s).map(|v| [(s.epoch + 1) as f64, v])).collect()
+    let parts: Vec<(String, std::ops::Range<usize>)> = match &run.run {
+        RunConfig::Coop(_) => vec![(String::new(), 0..usize::MAX)],
+        RunConfig::MpFgvc(m) => {
+            let first = m.stage1.optim.epochs;
+            vec![("stage 1 ".to_string(), 0..first), ("stage 2 ".to_string(), first..usize::MAX)]
+        }
     };
-    vec![
-        ("loss", format!("{} step loss", run.label), run.steps.clone()),
-        ("loss", format!("{} epoch loss", run.label), at(&|s| Some(s.loss))),
-        ("accuracy", format!("{} train", run.label), at(&|s| Some(100.0 * s.train_acc))),
-        ("accuracy", format!("{} val", run.label), at(&|s| s.val_acc.map(|v| 100.0 * v))),
-        ("lr", format!("{} lr", run.label), at(&|s| Some(s.lr))),
-    ]
+    let mut out = Vec::new();
+    for (stage, range) in parts {
+        let e: Vec<&EpochStats> = run.epochs.iter().filter(|s| range.contains(&s.epoch)).collect();
+        // Epoch k's statistics are drawn at its end, k + 1.
+        let at = |f: &dyn Fn(&EpochStats) -> Option<f64>| -> Vec<[f64; 2]> { e.iter().filter_map(|s| f(s).map(|v| [(s.epoch + 1) as f64, v])).collect() };
+        let steps = run.steps.iter().filter(|p| p[0] > range.start as f64 && p[0] <= range.end as f64).copied().collect();
+        let name = |what: &str| format!("{} {stage}{what}", run.label);
+        out.extend([
+            ("loss", name("step loss"), steps),
+            ("loss", name("epoch loss"), at(&|s| Some(s.loss))),
+            ("accuracy", name("train"), at(&|s| Some(100.0 * s.train_acc))),
+            ("accuracy", name("val"), at(&|s| s.val_acc.map(|v| 100.0 * v))),
+            ("lr", name("lr"), at(&|s| Some(s.lr))),
+        ]);
+    }
+    out
 }
 
 impl TrainPanel {
@@ -137,91 +105,193 @@ impl TrainPanel {
 
     fn form_ui(&mut self, ui: &mut egui::Ui, state: &AppState, actions: &mut Vec<Action>) {
         let f = &mut self.form;
-        ui.heading("CoOp");
-        ui.label("Shots per class");
+        ui.heading("Method");
         ui.horizontal_wrapped(|ui| {
-            for k in SHOT_CHOICES {
-                let label = k.map_or("all".to_string(), |k| format!("{k}-shot"));
-                if ui.selectable_value(&mut f.shots, k, label).clicked() {
-                    f.epochs = default_epochs(f.shots);
-                }
+            for kind in PromptMethodKind::ALL {
+                ui.selectable_value(&mut f.method, kind, kind.label());
             }
         });
-        egui::Grid::new("train_form_grid").num_columns(2).spacing([8.0, 6.0]).show(ui, |ui| {
-            ui.label("Context");
-            ui.horizontal(|ui| {
-                ui.radio_value(&mut f.csc, false, "unified");
-                ui.radio_value(&mut f.csc, true, "class-specific");
-            });
-            ui.end_row();
-            ui.label("Class token");
-            ui.horizontal(|ui| {
-                for p in [ClassPosition::End, ClassPosition::Middle, ClassPosition::Front] {
-                    ui.radio_value(&mut f.class_position, p, format!("{p:?}").to_lowercase());
-                }
-            });
-            ui.end_row();
-            let l = ui.label("Init phrase");
-            ui.add(TextEdit::singleline(&mut f.ctx_init).hint_text("random").desired_width(150.0)).labelled_by(l.id)
-                .on_hover_text("Initialise the context from a phrase, e.g. \"a photo of a\"; M is then its length.");
-            ui.end_row();
-            ui.label("Context tokens M");
-            ui.add_enabled(f.ctx_init.trim().is_empty(), DragValue::new(&mut f.n_ctx).range(1..=64));
-            ui.end_row();
-            ui.label("Epochs");
-            ui.horizontal(|ui| {
-                ui.add(DragValue::new(&mut f.epochs).range(1..=2000));
-                if ui.small_button("CoOp's").on_hover_text("50 for 1 shot, 100 for 2–4, 200 for 8 or more").clicked() {
-                    f.epochs = default_epochs(f.shots);
-                }
-            });
-            ui.end_row();
-            ui.label("Learning rate");
-            ui.add(DragValue::new(&mut f.lr).range(1e-6..=10.0).speed(0.0005).max_decimals(5));
-            ui.end_row();
-            ui.label("Batch size");
-            ui.add(DragValue::new(&mut f.batch_size).range(1..=4096));
-            ui.end_row();
-            ui.label("Momentum");
-            ui.add(DragValue::new(&mut f.momentum).range(0.0..=0.999).speed(0.01));
-            ui.end_row();
-            ui.label("Weight decay");
-            ui.add(DragValue::new(&mut f.weight_decay).range(0.0..=1.0).speed(0.0001).max_decimals(5));
-            ui.end_row();
-            ui.label("Warm-up epochs");
-            ui.add(DragValue::new(&mut f.warmup_epochs).range(0..=100));
-            ui.end_row();
-            ui.label("Augment");
-            ui.horizontal(|ui| {
-                ui.checkbox(&mut f.augment, "crop + flip");
-                ui.add_enabled(f.augment, DragValue::new(&mut f.views).range(1..=64).suffix(" views"));
-            });
-            ui.end_row();
-            ui.label("Seed");
-            ui.add(DragValue::new(&mut f.seed).range(0..=u32::MAX as u64));
-            ui.end_row();
-            let l = ui.label("Baseline");
-            ui.add(TextEdit::singleline(&mut f.template).desired_width(150.0)).labelled_by(l.id)
-                .on_hover_text("The hand-crafted template the learned context is compared with");
-            ui.end_row();
-        });
+        match f.method {
+            PromptMethodKind::Coop => coop_form(ui, &mut f.coop),
+            PromptMethodKind::Datp => mpfgvc_form(ui, &mut f.mpfgvc),
+        }
         ui.add_space(8.0);
+        let run = f.to_run();
         let missing = if state.model.is_none() {
-            Some("Load a model first.")
+            Some("Load a model first.".to_string())
         } else if state.dataset.is_none() {
-            Some("Open a dataset first.")
+            Some("Open a dataset first.".to_string())
         } else {
-            None
+            run.as_ref().err().map(|e| e.to_string())
         };
         let accent = ui.visuals().selection.bg_fill;
         let button = egui::Button::new(RichText::new(START_BUTTON).strong().color(Color32::WHITE)).fill(accent);
         if ui.add_enabled(missing.is_none(), button).clicked() {
-            actions.push(Action::StartTraining(Box::new(f.to_run())));
+            if let Ok(run) = run {
+                actions.push(Action::StartTraining(Box::new(run)));
+            }
         }
         if let Some(why) = missing {
             ui.weak(why);
         }
     }
+}
+
+/// Shots per class, shared by both methods; `on_change` sees the new choice (CoOp resets its epochs).
+fn shots_ui(ui: &mut egui::Ui, shots: &mut Option<usize>, mut on_change: impl FnMut(Option<usize>)) {
+    ui.label("Shots per class");
+    ui.horizontal_wrapped(|ui| {
+        for k in SHOT_CHOICES {
+            let label = k.map_or("all".to_string(), |k| format!("{k}-shot"));
+            if ui.selectable_value(shots, k, label).clicked() {
+                on_change(k);
+            }
+        }
+    });
+}
+
+/// An optional number with a checkbox for its `None` meaning (batch size: "full").
+fn optional_count(ui: &mut egui::Ui, value: &mut Option<usize>, none_label: &str, default: usize) {
+    ui.horizontal(|ui| {
+        let mut none = value.is_none();
+        if ui.checkbox(&mut none, none_label).changed() {
+            *value = if none { None } else { Some(default) };
+        }
+        if let Some(v) = value {
+            ui.add(DragValue::new(v).range(1..=4096));
+        }
+    });
+}
+
+fn seed_rows(ui: &mut egui::Ui, seed: &mut u64, split_seed: &mut u64) -> bool {
+    ui.label("Seed");
+    let changed = ui.add(DragValue::new(seed).range(0..=u32::MAX as u64)).on_hover_text("Shots, initialisation and batch order").changed();
+    ui.end_row();
+    ui.label("Split seed");
+    ui.add(DragValue::new(split_seed).range(0..=u32::MAX as u64))
+        .on_hover_text("The train/val/test split derived for folders without split sub-folders");
+    ui.end_row();
+    changed
+}
+
+fn optim_rows(ui: &mut egui::Ui, o: &mut OptimConfig, momentum: bool) {
+    ui.label("Learning rate");
+    ui.add(DragValue::new(&mut o.lr).range(1e-7..=10.0).speed(0.0005).max_decimals(6));
+    ui.end_row();
+    if momentum {
+        ui.label("Momentum");
+        ui.add(DragValue::new(&mut o.momentum).range(0.0..=0.999).speed(0.01));
+        ui.end_row();
+    }
+    ui.label("Weight decay");
+    ui.add(DragValue::new(&mut o.weight_decay).range(0.0..=1.0).speed(0.0001).max_decimals(5));
+    ui.end_row();
+    ui.label("Warm-up");
+    ui.horizontal(|ui| {
+        ui.add(DragValue::new(&mut o.warmup_epochs).range(0..=100).suffix(" epochs at"));
+        ui.add(DragValue::new(&mut o.warmup_lr).range(0.0..=10.0).speed(0.00001).max_decimals(7));
+    });
+    ui.end_row();
+}
+
+fn coop_form(ui: &mut egui::Ui, r: &mut CoopRun) {
+    let epochs = &mut r.train.optim.epochs;
+    shots_ui(ui, &mut r.shots, |k| *epochs = default_epochs(k));
+    egui::Grid::new("train_form_grid").num_columns(2).spacing([8.0, 6.0]).show(ui, |ui| {
+        ui.label("Context");
+        ui.horizontal(|ui| {
+            ui.radio_value(&mut r.coop.csc, false, "unified");
+            ui.radio_value(&mut r.coop.csc, true, "class-specific");
+        });
+        ui.end_row();
+        ui.label("Class token");
+        ui.horizontal(|ui| {
+            for p in [ClassPosition::End, ClassPosition::Middle, ClassPosition::Front] {
+                ui.radio_value(&mut r.coop.class_position, p, format!("{p:?}").to_lowercase());
+            }
+        });
+        ui.end_row();
+        let l = ui.label("Init phrase");
+        let mut init = r.coop.ctx_init.clone().unwrap_or_default();
+        let edit = ui.add(TextEdit::singleline(&mut init).hint_text("random").desired_width(150.0)).labelled_by(l.id);
+        if edit.on_hover_text("Initialise the context from a phrase, e.g. \"a photo of a\"; M is then its length.").changed() {
+            r.coop.ctx_init = (!init.trim().is_empty()).then(|| init.trim().to_string());
+        }
+        ui.end_row();
+        ui.label("Context tokens M");
+        ui.add_enabled(r.coop.ctx_init.is_none(), DragValue::new(&mut r.coop.n_ctx).range(0..=64));
+        ui.end_row();
+        ui.label("Epochs");
+        ui.horizontal(|ui| {
+            ui.add(DragValue::new(&mut r.train.optim.epochs).range(0..=2000));
+            if ui.small_button("CoOp's").on_hover_text("50 for 1 shot, 100 for 2–4, 200 for 8 or more").clicked() {
+                r.train.optim.epochs = default_epochs(r.shots);
+            }
+        });
+        ui.end_row();
+        optim_rows(ui, &mut r.train.optim, true);
+        ui.label("Batch size");
+        optional_count(ui, &mut r.train.batch_size, "full", 32);
+        ui.end_row();
+        ui.label("Augment");
+        ui.horizontal(|ui| {
+            let mut on = r.augment == Augment::CropFlip;
+            if ui.checkbox(&mut on, "crop + flip").changed() {
+                r.augment = if on { Augment::CropFlip } else { Augment::None };
+            }
+            ui.add_enabled(on, DragValue::new(&mut r.views).range(1..=64).suffix(" views"));
+        });
+        ui.end_row();
+        let mut seed = r.seed;
+        if seed_rows(ui, &mut seed, &mut r.split_seed) {
+            *r = r.clone().with_seed(seed);
+        }
+        let l = ui.label("Baseline");
+        ui.add(TextEdit::singleline(&mut r.template).desired_width(150.0)).labelled_by(l.id)
+            .on_hover_text("The hand-crafted template the learned context is compared with");
+        ui.end_row();
+    });
+}
+
+fn mpfgvc_form(ui: &mut egui::Ui, r: &mut MpFgvcRun) {
+    shots_ui(ui, &mut r.shots, |_| {});
+    egui::Grid::new("mpfgvc_form_grid").num_columns(2).spacing([8.0, 6.0]).show(ui, |ui| {
+        let l = ui.label("Super-category");
+        ui.add(TextEdit::singleline(&mut r.datp.super_category).hint_text("bird, dog, food…").desired_width(150.0)).labelled_by(l.id)
+            .on_hover_text("The word every DaTP prompt ends with; the sub-category names are never used");
+        ui.end_row();
+        ui.label("DaTP tokens J");
+        ui.add(DragValue::new(&mut r.datp.n_ctx).range(0..=64));
+        ui.end_row();
+        ui.label("Trained blocks");
+        ui.add(DragValue::new(&mut r.train_blocks).range(0..=48))
+            .on_hover_text("Vision blocks trained in stage 1, from the last; 0 keeps the tower frozen (cached features)");
+        ui.end_row();
+        for (n, stage) in [(1, &mut r.stage1), (2, &mut r.stage2)] {
+            ui.strong(format!("Stage {n}"));
+            ui.label(if n == 1 { "DaTP tokens, head, blocks: L_v + L_i2t" } else { "VLFM on cached embeddings" });
+            ui.end_row();
+            ui.label("Epochs");
+            ui.add(DragValue::new(&mut stage.optim.epochs).range(0..=2000));
+            ui.end_row();
+            ui.label("Optimiser");
+            ui.horizontal(|ui| {
+                ui.radio_value(&mut stage.optimizer, OptimizerKind::AdamW, "AdamW");
+                ui.radio_value(&mut stage.optimizer, OptimizerKind::Sgd, "SGD");
+            });
+            ui.end_row();
+            let sgd = stage.optimizer == OptimizerKind::Sgd;
+            optim_rows(ui, &mut stage.optim, sgd);
+            ui.label("Batch size");
+            optional_count(ui, &mut stage.batch_size, "full", 32);
+            ui.end_row();
+        }
+        let mut seed = r.seed;
+        if seed_rows(ui, &mut seed, &mut r.split_seed) {
+            r.seed = seed;
+            r.datp.seed = seed;
+        }
+    });
 }
 
 fn runs_ui(ui: &mut egui::Ui, state: &AppState, actions: &mut Vec<Action>) {
@@ -243,7 +313,7 @@ fn runs_ui(ui: &mut egui::Ui, state: &AppState, actions: &mut Vec<Action>) {
 
 fn status_ui(ui: &mut egui::Ui, run: &TrainRecord, actions: &mut Vec<Action>) {
     let n = run.number;
-    let epochs = run.run.train.optim.epochs;
+    let epochs = run.run.total_epochs();
     match &run.status {
         RunStatus::Preparing { stage, done, total } => {
             if ui.button("Stop").clicked() {
@@ -279,14 +349,7 @@ fn status_ui(ui: &mut egui::Ui, run: &TrainRecord, actions: &mut Vec<Action>) {
         }
         RunStatus::Finished => {
             if let Some(o) = &run.outcome {
-                let m = &o.metrics;
-                ui.label(format!(
-                    "test {:.1}% (hand-crafted {:.1}%) · {} epochs in {}",
-                    100.0 * m.test_acc,
-                    100.0 * m.handcrafted_test_acc,
-                    m.epochs_run,
-                    seconds(m.train_seconds)
-                ));
+                ui.label(format!("{} in {}", o.summary, seconds(o.train_seconds)));
             }
         }
         RunStatus::Failed(message) => {

@@ -18,8 +18,10 @@ use crate::progress::Reporter;
 use super::state::{DatasetSummary, LoadedModel, OpenedDataset};
 use super::training::{TrainControl, TrainOutcome};
 use crate::train::coop::{EpochStats, TrainEvent};
-use crate::run::coop as pipeline;
-use crate::train::config::CoopRun;
+use crate::run::coop as coop_run;
+use crate::run::mpfgvc as mpfgvc_run;
+use crate::train::config::RunConfig;
+use crate::train::mpfgvc::StageEvent;
 
 /// Identifies one job, so a result that arrives after the user started a newer job of the same kind
 /// is recognised as stale and dropped.
@@ -170,15 +172,16 @@ impl Worker {
         self.spawn(ctx, "align", move |job, _| Event::AlignDone { job, result: align_job::run(&clip, &req).map_err(Failure::from) })
     }
 
-    /// Trains one CoOp run (resuming from `out`'s checkpoint when `resume`), reporting every step and
-    /// epoch. `control.pause` holds the run between steps; `control.cancel` stops it there.
+    /// Trains one run of any method (resuming from `out`'s checkpoint when `resume`), reporting every step
+    /// and epoch (an MP-FGVC run's stage 2 continues stage 1's epoch numbers). `control.pause` holds the
+    /// run between steps; `control.cancel` stops it there.
     #[allow(clippy::too_many_arguments)]
     pub fn train(
         &mut self,
         ctx: &egui::Context,
         clip: Arc<LoadedClip>,
         data: Arc<DatasetFolder>,
-        run: CoopRun,
+        run: RunConfig,
         out: PathBuf,
         resume: bool,
         cache: Option<PathBuf>,
@@ -194,24 +197,53 @@ impl Worker {
                 cancel: &control.cancel,
                 on_update: |stage: &str, done, total| send(Event::TrainProgress { job, stage: stage.to_string(), done, total }),
             };
+            // Every event, then (paused) a hold here, between steps, until resumed or stopped.
+            let report = |event: TrainEvent, epoch_offset: usize| {
+                match event {
+                    TrainEvent::Step { epoch, step, steps, loss, .. } => send(Event::TrainStep { job, epoch: epoch + epoch_offset, step, steps, loss }),
+                    TrainEvent::Epoch(mut stats) => {
+                        stats.epoch += epoch_offset;
+                        send(Event::TrainEpoch { job, stats })
+                    }
+                }
+                while control.pause.load(Ordering::Relaxed) && !control.cancel.load(Ordering::Relaxed) {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+            };
             let result = (|| -> crate::Result<TrainOutcome> {
                 if let Some(dir) = out.parent() {
                     std::fs::create_dir_all(dir).map_err(|e| crate::Error::io(dir, e))?;
                 }
-                let rd = pipeline::prepare(&clip, &data, &run, cache.as_deref(), &reporter)?;
-                send(Event::TrainReady { job, train_images: rd.split.train.len() });
-                let mut on_event = |event: TrainEvent| {
-                    match event {
-                        TrainEvent::Step { epoch, step, steps, loss, .. } => send(Event::TrainStep { job, epoch, step, steps, loss }),
-                        TrainEvent::Epoch(stats) => send(Event::TrainEpoch { job, stats }),
+                match &run {
+                    RunConfig::Coop(run) => {
+                        let rd = coop_run::prepare(&clip, &data, run, cache.as_deref(), &reporter)?;
+                        send(Event::TrainReady { job, train_images: rd.split.train.len() });
+                        let o = coop_run::train(&clip, &data, &rd, run, Some(&out), resume, &reporter, &mut |e| report(e, 0))?;
+                        let m = &o.metrics;
+                        Ok(TrainOutcome {
+                            test_acc: m.test_acc,
+                            summary: format!("test {:.1}% (hand-crafted {:.1}%) · {} epochs", 100.0 * m.test_acc, 100.0 * m.handcrafted_test_acc, m.epochs_run),
+                            train_seconds: m.train_seconds,
+                            prompts: out.clone(),
+                        })
                     }
-                    // Paused: hold here, between steps, until resumed or stopped.
-                    while control.pause.load(Ordering::Relaxed) && !control.cancel.load(Ordering::Relaxed) {
-                        std::thread::sleep(std::time::Duration::from_millis(20));
+                    RunConfig::MpFgvc(run) => {
+                        let rd = mpfgvc_run::prepare(&clip, &data, run, cache.as_deref(), &reporter)?;
+                        send(Event::TrainReady { job, train_images: rd.split.train.len() });
+                        let first = run.stage1.optim.epochs;
+                        let mut on_event = |e: StageEvent| report(e.event, if e.stage == 2 { first } else { 0 });
+                        let o = mpfgvc_run::train(&clip, &data, &rd, run, Some(&out), resume, &reporter, &mut on_event)?;
+                        let (m, t) = (&o.metrics, &o.metrics.test);
+                        let last = t.stage2.unwrap_or(t.stage1_i2t);
+                        let stage2 = t.stage2.map_or(String::new(), |a| format!("stage 2 {:.1}%, ", 100.0 * a));
+                        Ok(TrainOutcome {
+                            test_acc: last,
+                            summary: format!("test: {stage2}stage 1 {:.1}% (i2t), {:.1}% (head) · {} epochs", 100.0 * t.stage1_i2t, 100.0 * t.stage1_head, m.epochs1 + m.epochs2),
+                            train_seconds: m.stage1_seconds + m.stage2_seconds,
+                            prompts: out.clone(),
+                        })
                     }
-                };
-                let o = pipeline::train(&clip, &data, &rd, &run, Some(&out), resume, &reporter, &mut on_event)?;
-                Ok(TrainOutcome { metrics: o.metrics, prompts: out.clone() })
+                }
             })()
             .map_err(Failure::from);
             Event::TrainFinished { job, result }

@@ -3,16 +3,15 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use promptscope::data::DatasetFolder;
 use promptscope::prompt::datp::DatpConfig;
 use promptscope::run::mpfgvc::{self as pipeline, Accuracies};
-use promptscope::train::config::MpFgvcRun;
+use promptscope::train::config::{MpFgvcRun, RunConfig};
 use promptscope::train::mpfgvc::{OptimizerKind, StageConfig, StageEvent};
 use promptscope::train::coop::TrainEvent;
-use promptscope::train::optim::OptimConfig;
 
-use crate::cli::{Bar, CacheArgs};
+use crate::cli::{batch_text, parse_batch, parse_shots, shots_text, Bar, CacheArgs};
 use super::{Format, ModelArgs};
 
 #[derive(clap::Args, Debug, Clone)]
@@ -30,6 +29,11 @@ pub enum MpfgvcCmd {
     Eval(EvalArgs),
 }
 
+/// The defaults every flag below shows: the library's, which the app's Train form starts from too.
+fn defaults() -> MpFgvcRun {
+    MpFgvcRun::default()
+}
+
 #[derive(clap::Args, Debug, Clone)]
 pub struct TrainArgs {
     #[command(flatten)]
@@ -40,47 +44,57 @@ pub struct TrainArgs {
     #[arg(long)]
     pub super_category: String,
     /// Training images per class: a number, or all.
-    #[arg(long, default_value = "all")]
+    #[arg(long, default_value_t = shots_text(defaults().shots))]
     pub shots: String,
     /// Seed of the shots, the initialisations and the batch order.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = defaults().seed)]
     pub seed: u64,
     /// Seed of the train/val/test split derived for folders without split sub-folders.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = defaults().split_seed)]
     pub split_seed: u64,
     /// J, the learned DaTP tokens per class.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = defaults().datp.n_ctx)]
     pub n_ctx: usize,
     /// Vision blocks trained in stage 1, counted from the last: 0 keeps the tower frozen (its features
     /// are cached); the paper fine-tunes the whole tower.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = defaults().train_blocks)]
     pub train_blocks: usize,
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = defaults().stage1.optim.epochs)]
     pub epochs1: usize,
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, default_value_t = defaults().stage2.optim.epochs)]
     pub epochs2: usize,
     /// Stage-1 learning rate (DaTP tokens, head and vision blocks alike).
-    #[arg(long, default_value_t = 1e-4)]
+    #[arg(long, default_value_t = defaults().stage1.optim.lr)]
     pub lr1: f64,
     /// Stage-2 (VLFM) learning rate.
-    #[arg(long, default_value_t = 1e-3)]
+    #[arg(long, default_value_t = defaults().stage2.optim.lr)]
     pub lr2: f64,
     /// adamw, or sgd (CoOp's SGD with momentum 0.9).
-    #[arg(long, default_value = "adamw")]
+    #[arg(long, default_value_t = optimizer_text(defaults().stage1.optimizer))]
     pub optim1: String,
-    #[arg(long, default_value = "adamw")]
+    #[arg(long, default_value_t = optimizer_text(defaults().stage2.optimizer))]
     pub optim2: String,
-    #[arg(long, default_value_t = 5e-4)]
+    #[arg(long, default_value_t = defaults().stage1.optim.weight_decay)]
     pub weight_decay: f64,
     /// A number, or `full` for one batch of the whole train set.
-    #[arg(long, default_value = "32")]
+    #[arg(long, default_value_t = batch_text(defaults().stage1.batch_size))]
     pub batch_size: String,
     #[command(flatten)]
     pub cache: CacheArgs,
     #[arg(long)]
     pub out: PathBuf,
+    /// Continue from the checkpoint a killed run left next to --out.
+    #[arg(long)]
+    pub resume: bool,
+    /// Print the run's settings as JSON (what the app's Train form would start) and exit.
+    #[arg(long)]
+    pub dry_run: bool,
     #[arg(long, value_enum, default_value = "text")]
     pub format: Format,
+}
+
+fn optimizer_text(k: OptimizerKind) -> String {
+    serde_json::to_value(k).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -106,40 +120,34 @@ pub fn run(args: &MpfgvcArgs) -> Result<()> {
 }
 
 impl TrainArgs {
+    /// The library's defaults with every flag applied, validated as the app validates its form.
     pub fn to_run(&self) -> Result<MpFgvcRun> {
-        let shots = match self.shots.as_str() {
-            "all" => None,
-            n => Some(n.parse().map_err(|_| anyhow::anyhow!("--shots takes a number or 'all', not '{n}'"))?),
-        };
-        let batch_size = match self.batch_size.as_str() {
-            "full" => None,
-            n => Some(n.parse().map_err(|_| anyhow::anyhow!("--batch-size takes a number or 'full', not '{n}'"))?),
-        };
+        let batch_size = parse_batch(&self.batch_size)?;
         let stage = |lr: f64, epochs: usize, optim: &str, flag: &str| -> Result<StageConfig> {
             let optimizer: OptimizerKind = optim.parse().map_err(|e: String| anyhow::anyhow!("--{flag}: {e}"))?;
-            if !(lr.is_finite() && lr > 0.0) {
-                bail!("the learning rates must be positive, got {lr}");
-            }
-            Ok(StageConfig {
-                optim: OptimConfig { lr, momentum: 0.9, weight_decay: self.weight_decay, warmup_epochs: 1, warmup_lr: lr / 10.0, epochs },
-                batch_size,
-                optimizer,
-            })
+            let mut s = promptscope::train::config::stage(lr, epochs, optimizer, batch_size);
+            s.optim.weight_decay = self.weight_decay;
+            Ok(s)
         };
-        Ok(MpFgvcRun {
-            shots,
-            seed: self.seed,
-            split_seed: self.split_seed,
-            datp: DatpConfig { n_ctx: self.n_ctx, super_category: self.super_category.clone(), seed: self.seed },
-            train_blocks: self.train_blocks,
-            stage1: stage(self.lr1, self.epochs1, &self.optim1, "optim1")?,
-            stage2: stage(self.lr2, self.epochs2, &self.optim2, "optim2")?,
-        })
+        let mut run = defaults();
+        run.shots = parse_shots(&self.shots)?;
+        run.seed = self.seed;
+        run.split_seed = self.split_seed;
+        run.datp = DatpConfig { n_ctx: self.n_ctx, super_category: self.super_category.clone(), seed: self.seed };
+        run.train_blocks = self.train_blocks;
+        run.stage1 = stage(self.lr1, self.epochs1, &self.optim1, "optim1")?;
+        run.stage2 = stage(self.lr2, self.epochs2, &self.optim2, "optim2")?;
+        run.validate()?;
+        Ok(run)
     }
 }
 
 fn train(args: &TrainArgs) -> Result<()> {
     let run = args.to_run()?;
+    if args.dry_run {
+        outln!("{}", serde_json::to_string_pretty(&RunConfig::MpFgvc(run))?);
+        return Ok(());
+    }
     let ds = DatasetFolder::open(&args.data)?;
     let clip = crate::cli::load_model(&args.model)?;
     let cache = args.cache.dir();
@@ -176,7 +184,7 @@ fn train(args: &TrainArgs) -> Result<()> {
             }
         }
     };
-    let outcome = pipeline::train(&clip, &ds, &rd, &run, Some(&args.out), &bar, &mut on_event)?;
+    let outcome = pipeline::train(&clip, &ds, &rd, &run, Some(&args.out), args.resume, &bar, &mut on_event)?;
     drop(bar);
     let m = &outcome.metrics;
     if json {

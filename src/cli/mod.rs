@@ -9,6 +9,8 @@ use promptscope::clip::{ClipConfig, HiddenAct, LoadedClip};
 use promptscope::data::DatasetFolder;
 use promptscope::eval::zeroshot;
 use promptscope::progress::Progress;
+use promptscope::train::config::{Augment, CoopRun, RunConfig};
+use promptscope::train::optim::{default_epochs, OptimConfig};
 
 pub mod align;
 mod app;
@@ -240,11 +242,31 @@ pub fn sample(out: &Path, format: Format) -> Result<()> {
 }
 
 /// `K` or `all`.
-fn parse_shots(s: &str) -> Result<Option<usize>> {
+pub fn parse_shots(s: &str) -> Result<Option<usize>> {
     match s {
         "all" => Ok(None),
         n => Ok(Some(n.parse().map_err(|_| anyhow::anyhow!("--shots takes a number or 'all', not '{n}'"))?)),
     }
+}
+
+pub fn shots_text(shots: Option<usize>) -> String {
+    shots.map_or("all".into(), |k| k.to_string())
+}
+
+pub fn parse_batch(s: &str) -> Result<Option<usize>> {
+    match s {
+        "full" => Ok(None),
+        n => Ok(Some(n.parse().map_err(|_| anyhow::anyhow!("--batch-size takes a number or 'full', not '{n}'"))?)),
+    }
+}
+
+pub fn batch_text(batch: Option<usize>) -> String {
+    batch.map_or("full".into(), |b| b.to_string())
+}
+
+/// The CoOp defaults every flag of `train` shows: the library's, which the app's Train form starts from too.
+fn coop_defaults() -> CoopRun {
+    CoopRun::default()
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -254,10 +276,10 @@ pub struct SplitArgs {
     #[arg(long)]
     pub shots: Option<String>,
     /// Seed of the few-shot draw (CoOp reports the mean over seeds 1, 2, 3).
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = coop_defaults().seed)]
     pub seed: u64,
     /// Seed of the train/val/test split derived for folders without split sub-folders.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = coop_defaults().split_seed)]
     pub split_seed: u64,
     #[command(flatten)]
     pub cache: CacheArgs,
@@ -303,7 +325,7 @@ pub struct TrainArgs {
     #[command(flatten)]
     pub split: SplitArgs,
     /// Context length M (random N(0, 0.02²) initialisation).
-    #[arg(long, default_value_t = 16, conflicts_with = "ctx_init")]
+    #[arg(long, default_value_t = coop_defaults().coop.n_ctx, conflicts_with = "ctx_init")]
     pub n_ctx: usize,
     /// Initialise the context from a phrase (M = its token count), e.g. "a photo of a".
     #[arg(long)]
@@ -311,85 +333,74 @@ pub struct TrainArgs {
     /// Class-specific contexts.
     #[arg(long)]
     pub csc: bool,
-    #[arg(long, default_value = "end")]
+    #[arg(long, default_value_t = format!("{:?}", coop_defaults().coop.class_position).to_lowercase())]
     pub class_position: String,
     /// Default: CoOp's 50/100/100/200/200 for 1/2/4/8/16 shots.
     #[arg(long)]
     pub epochs: Option<usize>,
     /// A number, or `full` for one batch of the whole train set.
-    #[arg(long, default_value = "32")]
+    #[arg(long, default_value_t = batch_text(coop_defaults().train.batch_size))]
     pub batch_size: String,
-    #[arg(long, default_value_t = 0.002)]
+    #[arg(long, default_value_t = coop_defaults().train.optim.lr)]
     pub lr: f64,
-    #[arg(long, default_value_t = 0.9)]
+    #[arg(long, default_value_t = coop_defaults().train.optim.momentum)]
     pub momentum: f64,
-    #[arg(long, default_value_t = 5e-4)]
+    #[arg(long, default_value_t = coop_defaults().train.optim.weight_decay)]
     pub weight_decay: f64,
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = coop_defaults().train.optim.warmup_epochs)]
     pub warmup_epochs: usize,
-    #[arg(long, default_value_t = 1e-5)]
+    #[arg(long, default_value_t = coop_defaults().train.optim.warmup_lr)]
     pub warmup_lr: f64,
     /// none, or crop-flip (CoOp's random resized crop + flip, as cached views).
-    #[arg(long, default_value = "crop-flip")]
+    #[arg(long, default_value_t = augment_text(coop_defaults().augment))]
     pub augment: String,
     /// Cached augmented views per training image.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = coop_defaults().views)]
     pub views: usize,
     /// The hand-crafted template reported beside the learned context.
-    #[arg(long, default_value = "a photo of a {}.")]
+    #[arg(long, default_value_t = coop_defaults().template)]
     pub template: String,
     #[arg(long)]
     pub out: PathBuf,
     /// Continue from the checkpoint a killed run left next to --out.
     #[arg(long)]
     pub resume: bool,
+    /// Print the run's settings as JSON (what the app's Train form would start) and exit.
+    #[arg(long)]
+    pub dry_run: bool,
     #[arg(long, value_enum, default_value = "text")]
     pub format: Format,
 }
 
+fn augment_text(a: Augment) -> String {
+    serde_json::to_value(a).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
+}
+
 impl TrainArgs {
-    pub fn to_run(&self) -> Result<promptscope::train::config::CoopRun> {
-        use promptscope::prompt::coop::CoopConfig;
-        use promptscope::train::coop::TrainConfig;
-        use promptscope::train::optim::{default_epochs, OptimConfig};
-        use promptscope::train::config::{Augment, CoopRun};
-        let shots = self.split.shots_or("16")?;
-        let batch_size = match self.batch_size.as_str() {
-            "full" => None,
-            n => Some(n.parse().map_err(|_| anyhow::anyhow!("--batch-size takes a number or 'full'"))?),
+    /// The library's defaults with every flag applied, validated as the app validates its form.
+    pub fn to_run(&self) -> Result<CoopRun> {
+        let mut run = coop_defaults().with_seed(self.split.seed);
+        run.shots = self.split.shots_or(&shots_text(run.shots))?;
+        run.split_seed = self.split.split_seed;
+        run.coop.n_ctx = self.n_ctx;
+        run.coop.ctx_init = self.ctx_init.clone();
+        run.coop.csc = self.csc;
+        run.coop.class_position = self.class_position.parse().map_err(anyhow::Error::msg)?;
+        run.train.optim = OptimConfig {
+            lr: self.lr,
+            momentum: self.momentum,
+            weight_decay: self.weight_decay,
+            warmup_epochs: self.warmup_epochs,
+            warmup_lr: self.warmup_lr,
+            epochs: self.epochs.unwrap_or_else(|| default_epochs(run.shots)),
         };
-        let augment = match self.augment.as_str() {
-            "none" => Augment::None,
-            "crop-flip" => Augment::CropFlip,
-            other => bail!("--augment takes none or crop-flip, not '{other}'"),
-        };
-        Ok(CoopRun {
-            shots,
-            seed: self.split.seed,
-            split_seed: self.split.split_seed,
-            coop: CoopConfig {
-                n_ctx: self.n_ctx,
-                ctx_init: self.ctx_init.clone(),
-                csc: self.csc,
-                class_position: self.class_position.parse().map_err(anyhow::Error::msg)?,
-                seed: self.split.seed,
-            },
-            train: TrainConfig {
-                optim: OptimConfig {
-                    lr: self.lr,
-                    momentum: self.momentum,
-                    weight_decay: self.weight_decay,
-                    warmup_epochs: self.warmup_epochs,
-                    warmup_lr: self.warmup_lr,
-                    epochs: self.epochs.unwrap_or_else(|| default_epochs(shots)),
-                },
-                batch_size,
-                seed: self.split.seed,
-            },
-            augment,
-            views: self.views,
-            template: self.template.clone(),
-        })
+        run.train.batch_size = parse_batch(&self.batch_size)?;
+        run.augment = serde_json::from_value(serde_json::Value::String(self.augment.clone()))
+            .map_err(|_| anyhow::anyhow!("--augment takes none or crop-flip, not '{}'", self.augment))?;
+        run.views = self.views;
+        run.template = self.template.clone();
+        run.validate()?;
+        Ok(run)
     }
 }
 
@@ -409,6 +420,10 @@ pub(crate) fn report_split(split: &promptscope::data::fewshot::FewShotSplit, cla
 pub fn train(args: &TrainArgs) -> Result<()> {
     use promptscope::train::coop::TrainEvent;
     let run = args.to_run()?;
+    if args.dry_run {
+        outln!("{}", serde_json::to_string_pretty(&RunConfig::Coop(run))?);
+        return Ok(());
+    }
     let ds = DatasetFolder::open(&args.data)?;
     let clip = load_model(&args.model)?;
     let cache = args.split.cache_dir();

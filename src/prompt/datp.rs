@@ -35,9 +35,7 @@ impl DatpConfig {
 pub fn super_category_tokens(tok: &ClipTokenizer, word: &str) -> Result<Vec<u32>> {
     let ids = tok.encode_words(word.trim())?;
     if ids.is_empty() {
-        return Err(Error::invalid(format!(
-            "--super-category {word:?} has no tokens: give the word naming what every class is, e.g. --super-category bird"
-        )));
+        return Err(no_tokens(word));
     }
     if ids.iter().any(|&i| i == tok.bos_id || i == tok.eos_id) {
         return Err(Error::invalid(format!(
@@ -45,6 +43,11 @@ pub fn super_category_tokens(tok: &ClipTokenizer, word: &str) -> Result<Vec<u32>
         )));
     }
     Ok(ids)
+}
+
+/// The error for a super-category word without tokens (blank, or only characters the tokenizer drops).
+pub fn no_tokens(word: &str) -> Error {
+    Error::invalid(format!("--super-category {word:?} has no tokens: give the word naming what every class is, e.g. --super-category bird"))
 }
 
 /// The DaTP learner for `num_classes` sub-categories.

@@ -2,6 +2,7 @@
 //! stage 1 → export (stage 1 only) → cached embeddings → stage 2 → evaluation of both stages on the test
 //! split → export (both stages). A run cancelled during stage 2 leaves the stage-1 file at `out`.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::Tensor;
@@ -16,7 +17,8 @@ use crate::progress::check;
 use crate::fusion::vlfm::{Vlfm, VlfmConfig, EXPANSION};
 use crate::prompt::datp;
 use crate::train::config::MpFgvcRun;
-use crate::train::mpfgvc::{accuracy, fusion_inputs, vlfm_predict, Split, Stage1, Stage1Model, Stage2, StageEvent};
+use crate::train::coop::checkpoint_path;
+use crate::train::mpfgvc::{accuracy, fusion_inputs, vlfm_predict, Checkpoint, CheckpointSink, Split, Stage1, Stage1Model, Stage2, StageEvent};
 use crate::clip::LoadedClip;
 use crate::data::fewshot::{few_shot, FewShotSplit};
 use crate::data::{DatasetFolder, Sample};
@@ -158,7 +160,27 @@ fn save(clip: &LoadedClip, names: &[String], run: &MpFgvcRun, trained: &Trained,
     MpFgvcFile { tensors: trained.tensors()?, meta }.save(out)
 }
 
-/// Trains both stages, evaluates them on the test split and writes the export to `out`.
+/// The checkpoint's format tag; a checkpoint also records the run it belongs to.
+const CHECKPOINT_FORMAT: &str = "promptscope-mpfgvc-checkpoint/1";
+
+/// The checkpoint of `run` next to `out`, when resuming and there is one; it must be this run's.
+fn read_checkpoint(path: &Path, run_json: &str) -> Result<Option<Checkpoint>> {
+    if !path.is_file() {
+        return Ok(None);
+    }
+    let ckpt = Checkpoint::read(path)?;
+    if ckpt.get("format")? != CHECKPOINT_FORMAT {
+        return Err(ckpt.bad("is not an MP-FGVC checkpoint"));
+    }
+    if ckpt.get("run")? != run_json {
+        return Err(ckpt.bad("was made with other settings"));
+    }
+    Ok(Some(ckpt))
+}
+
+/// Trains both stages, evaluates them on the test split and writes the export to `out`. A checkpoint next
+/// to `out` is rewritten after every epoch of either stage; with `resume` a killed or stopped run continues
+/// from it to the same result, bit for bit.
 #[allow(clippy::too_many_arguments)]
 pub fn train(
     clip: &LoadedClip,
@@ -166,6 +188,7 @@ pub fn train(
     rd: &RunData,
     run: &MpFgvcRun,
     out: Option<&Path>,
+    resume: bool,
     progress: &dyn Progress,
     on_event: &mut dyn FnMut(StageEvent),
 ) -> Result<Outcome> {
@@ -175,10 +198,22 @@ pub fn train(
     }
     let names = &data.class_names;
     let c = names.len();
+    let ckpt_path: Option<PathBuf> = out.map(checkpoint_path);
+    let run_json = serde_json::to_string(run).unwrap_or_default();
+    let ckpt = match (&ckpt_path, resume) {
+        (Some(p), true) => read_checkpoint(p, &run_json)?,
+        _ => None,
+    };
+    let base_meta = HashMap::from([("format".to_string(), CHECKPOINT_FORMAT.to_string()), ("run".to_string(), run_json)]);
     let model = stage1_model(clip, c, run)?;
     let mut s1 = Stage1::new(model, run.stage1.clone(), run.seed, &rd.train, Some(&rd.val))?;
+    if let Some(ckpt) = &ckpt {
+        s1.restore(ckpt)?;
+    }
+    s1.checkpoint = ckpt_path.clone().map(|path| CheckpointSink { path, tensors: vec![], meta: base_meta.clone() });
     s1.run(progress, on_event)?;
     let history1 = s1.state.history.clone();
+    let (s1_tensors, mut s1_meta) = s1.snapshot();
     let mut trained = Trained { stage1: s1.model, vlfm: None };
     if let Some(out) = out {
         save(clip, names, run, &trained, serde_json::json!({"run": run, "stage": 1}), out)?;
@@ -195,6 +230,11 @@ pub fn train(
     let vlfm = Vlfm::new(&cfg, &clip.device)?;
     // Another batch-order stream than stage 1's.
     let mut s2 = Stage2::new(vlfm, e_t, run.stage2.clone(), run.seed ^ 0x5354_4147_4532, &train2, Some(&val2))?;
+    if let Some(ckpt) = ckpt.as_ref().filter(|c| c.meta.contains_key("s2.epoch")) {
+        s2.restore(ckpt)?;
+    }
+    s1_meta.extend(base_meta);
+    s2.checkpoint = ckpt_path.clone().map(|path| CheckpointSink { path, tensors: s1_tensors, meta: s1_meta });
     s2.run(progress, on_event)?;
     let history2 = s2.state.history.clone();
     trained.vlfm = Some(s2.vlfm);
@@ -215,6 +255,9 @@ pub fn train(
     };
     if let Some(out) = out {
         save(clip, names, run, &trained, serde_json::json!({"run": run, "metrics": metrics}), out)?;
+        if let Some(c) = &ckpt_path {
+            let _ = std::fs::remove_file(c);
+        }
     }
     Ok(Outcome { metrics, history1, history2 })
 }

@@ -128,7 +128,7 @@ impl Default for MpFgvcRun {
 impl MpFgvcRun {
     pub fn validate(&self) -> Result<()> {
         if self.datp.super_category.trim().is_empty() {
-            return Err(Error::invalid("MP-FGVC needs the super-category word (--super-category): bird, dog, food, ..."));
+            return Err(crate::prompt::datp::no_tokens(&self.datp.super_category));
         }
         if self.datp.n_ctx == 0 {
             return Err(Error::invalid("--n-ctx must be at least 1: DaTP learns J ≥ 1 tokens per class"));

@@ -14,6 +14,9 @@
 //! random-weight ones have cosine ≈ 0.95), and there SGD either stays at chance or diverges while AdamW's
 //! per-parameter step sizes fit it (measured in the tests below).
 
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
 use candle_core::{DType, Tensor, Var, D};
 use serde::{Deserialize, Serialize};
 
@@ -22,11 +25,12 @@ use crate::fusion::tail::VisionTail;
 use crate::fusion::vlfm::Vlfm;
 use crate::clip::l2_normalize;
 use crate::clip::text::TextTower;
-use crate::error::{Error, Result};
+use crate::error::{write_atomic, Error, Result};
+use crate::rng::Rng;
 use crate::progress::Progress;
 use crate::prompt::coop::PromptLearner;
 use crate::train::epoch_loop::{self, EpochLoop, TrainEvent, TrainSet, TrainStep};
-use crate::train::optim::{OptimConfig, Sgd};
+use crate::train::optim::{AdamW, OptimConfig, Sgd};
 
 /// The temperature of stage 1's image-to-text loss (the paper's fixed τ).
 pub const TEMPERATURE: f64 = 0.07;
@@ -113,7 +117,7 @@ fn correct(logits: &Tensor, labels: &Tensor) -> Result<usize> {
 enum Optimizer {
     /// One CoOp SGD state per parameter.
     Sgd(Vec<Sgd>),
-    AdamW(Box<candle_nn::AdamW>),
+    AdamW(Vec<AdamW>),
 }
 
 impl Optimizer {
@@ -121,12 +125,49 @@ impl Optimizer {
         let o = &config.optim;
         Ok(match config.optimizer {
             OptimizerKind::Sgd => Self::Sgd(params.iter().map(|_| Sgd::new(o.momentum, o.weight_decay)).collect()),
-            OptimizerKind::AdamW => {
-                use candle_nn::Optimizer as _;
-                let p = candle_nn::ParamsAdamW { lr: o.lr, weight_decay: o.weight_decay, ..Default::default() };
-                Self::AdamW(Box::new(candle_nn::AdamW::new(params.iter().map(|(_, v)| v.clone()).collect(), p)?))
-            }
+            OptimizerKind::AdamW => Self::AdamW(params.iter().map(|_| AdamW::new(o.weight_decay)).collect()),
         })
+    }
+
+    /// Each parameter's state as named tensors (SGD's momentum buffer; AdamW's moments and step count).
+    fn save(&self, prefix: &str, params: &[(String, Var)], tensors: &mut Vec<(String, Tensor)>, meta: &mut HashMap<String, String>) {
+        match self {
+            Self::Sgd(opts) => {
+                for ((name, _), o) in params.iter().zip(opts) {
+                    if let Some(b) = &o.buf {
+                        tensors.push((format!("{prefix}.opt.{name}.buf"), b.clone()));
+                    }
+                }
+            }
+            Self::AdamW(opts) => {
+                for ((name, _), o) in params.iter().zip(opts) {
+                    if let Some((m, v)) = &o.moments {
+                        tensors.push((format!("{prefix}.opt.{name}.m"), m.clone()));
+                        tensors.push((format!("{prefix}.opt.{name}.v"), v.clone()));
+                    }
+                    meta.insert(format!("{prefix}.opt.{name}.t"), o.t.to_string());
+                }
+            }
+        }
+    }
+
+    fn restore(&mut self, prefix: &str, params: &[(String, Var)], ckpt: &Checkpoint) -> Result<()> {
+        match self {
+            Self::Sgd(opts) => {
+                for ((name, var), o) in params.iter().zip(opts.iter_mut()) {
+                    o.buf = ckpt.optional(&format!("{prefix}.opt.{name}.buf"), var)?;
+                }
+            }
+            Self::AdamW(opts) => {
+                for ((name, var), o) in params.iter().zip(opts.iter_mut()) {
+                    let m = ckpt.optional(&format!("{prefix}.opt.{name}.m"), var)?;
+                    let v = ckpt.optional(&format!("{prefix}.opt.{name}.v"), var)?;
+                    o.moments = m.zip(v);
+                    o.t = ckpt.number(&format!("{prefix}.opt.{name}.t"))?;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// One step on every parameter from the gradients of `loss`.
@@ -145,14 +186,95 @@ impl Optimizer {
                     opt.step(var, g, lr)?;
                 }
             }
-            Self::AdamW(opt) => {
-                use candle_nn::Optimizer as _;
-                opt.set_learning_rate(lr);
-                opt.step(&grads)?;
+            Self::AdamW(opts) => {
+                for ((_, var), opt) in params.iter().zip(opts.iter_mut()) {
+                    let g = grads.get(var.as_tensor()).expect("checked above");
+                    opt.step(var, g, lr)?;
+                }
             }
         }
         Ok(())
     }
+}
+
+/// A checkpoint of a run's stages as read back, for resuming.
+pub struct Checkpoint {
+    pub path: PathBuf,
+    pub tensors: HashMap<String, Tensor>,
+    pub meta: HashMap<String, String>,
+}
+
+impl Checkpoint {
+    pub fn read(path: &Path) -> Result<Self> {
+        let (tensors, meta) = crate::tensor_file::read_safetensors(path)?;
+        Ok(Self { path: path.to_path_buf(), tensors, meta })
+    }
+
+    pub fn bad(&self, why: impl Into<String>) -> Error {
+        Error::bad_file(&self.path, why.into(), "start the run again without resuming, or pass the checkpoint of this run")
+    }
+
+    pub fn get(&self, key: &str) -> Result<&str> {
+        self.meta.get(key).map(String::as_str).ok_or_else(|| self.bad(format!("has no '{key}' entry: not a checkpoint of this kind of run")))
+    }
+
+    pub fn number<T: std::str::FromStr>(&self, key: &str) -> Result<T> {
+        self.get(key)?.parse().map_err(|_| self.bad(format!("has a bad '{key}'")))
+    }
+
+    /// The tensor `key`, shaped like `like` and on its device; None when absent.
+    fn optional(&self, key: &str, like: &Var) -> Result<Option<Tensor>> {
+        let Some(t) = self.tensors.get(key) else { return Ok(None) };
+        if t.dims() != like.dims() {
+            return Err(self.bad(format!("holds {key} of shape {:?}, the run has {:?}", t.dims(), like.dims())));
+        }
+        Ok(Some(t.to_device(like.device())?.to_dtype(like.dtype())?))
+    }
+
+    fn required(&self, key: &str, like: &Var) -> Result<Tensor> {
+        self.optional(key, like)?.ok_or_else(|| self.bad(format!("has no {key}")))
+    }
+}
+
+/// Where a stage writes its checkpoint after every epoch, and what goes in beside the stage's own state
+/// (the run's description; in stage 2, stage 1's finished state).
+pub struct CheckpointSink {
+    pub path: PathBuf,
+    pub tensors: Vec<(String, Tensor)>,
+    pub meta: HashMap<String, String>,
+}
+
+impl CheckpointSink {
+    fn write(&self, extra: (Vec<(String, Tensor)>, HashMap<String, String>)) -> Result<()> {
+        let (mut tensors, mut meta) = (self.tensors.clone(), self.meta.clone());
+        tensors.extend(extra.0);
+        meta.extend(extra.1);
+        let named: Vec<(&str, Tensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t.clone())).collect();
+        write_atomic(&self.path, &crate::tensor_file::safetensors_bytes(&named, meta)?)
+    }
+}
+
+/// A stage's parameters, optimiser and loop state under `prefix` ("s1", "s2").
+fn stage_snapshot(prefix: &str, params: &[(String, Var)], opt: &Optimizer, state: &EpochLoop) -> (Vec<(String, Tensor)>, HashMap<String, String>) {
+    let mut tensors: Vec<(String, Tensor)> = params.iter().map(|(n, v)| (format!("{prefix}.param.{n}"), v.as_tensor().clone())).collect();
+    let mut meta = HashMap::from([
+        (format!("{prefix}.epoch"), state.epoch.to_string()),
+        (format!("{prefix}.rng_state"), state.rng.state().to_string()),
+        (format!("{prefix}.history"), serde_json::to_string(&state.history).unwrap_or_default()),
+    ]);
+    opt.save(prefix, params, &mut tensors, &mut meta);
+    (tensors, meta)
+}
+
+fn stage_restore(prefix: &str, params: &[(String, Var)], opt: &mut Optimizer, state: &mut EpochLoop, ckpt: &Checkpoint) -> Result<()> {
+    for (name, var) in params {
+        var.set(&ckpt.required(&format!("{prefix}.param.{name}"), var)?)?;
+    }
+    opt.restore(prefix, params, ckpt)?;
+    state.epoch = ckpt.number(&format!("{prefix}.epoch"))?;
+    state.rng = Rng::new(ckpt.number(&format!("{prefix}.rng_state"))?);
+    state.history = serde_json::from_str(ckpt.get(&format!("{prefix}.history"))?).map_err(|e| ckpt.bad(e.to_string()))?;
+    Ok(())
 }
 
 /// The stage-1 model: DaTP prompts, the trainable vision tail and the linear head on V.
@@ -213,6 +335,8 @@ impl<'a> Stage1Model<'a> {
 pub struct Stage1<'a> {
     pub model: Stage1Model<'a>,
     pub state: EpochLoop,
+    /// Written after every epoch when set.
+    pub checkpoint: Option<CheckpointSink>,
     params: Vec<(String, Var)>,
     opt: Optimizer,
     train: &'a Split,
@@ -223,12 +347,22 @@ impl<'a> Stage1<'a> {
     pub fn new(model: Stage1Model<'a>, config: StageConfig, seed: u64, train: &'a Split, val: Option<&'a Split>) -> Result<Self> {
         let params = model.named_vars();
         let opt = Optimizer::new(&config, &params)?;
-        Ok(Self { model, state: EpochLoop::new(config.optim, config.batch_size, seed), params, opt, train, val })
+        Ok(Self { model, state: EpochLoop::new(config.optim, config.batch_size, seed), checkpoint: None, params, opt, train, val })
     }
 
     pub fn run(&mut self, progress: &dyn Progress, on_event: &mut dyn FnMut(StageEvent)) -> Result<()> {
         let set = TrainSet { items: self.train.len(), views: 1 };
         run_stage(self, 1, set, progress, on_event)
+    }
+
+    /// Parameters, optimiser and loop state, as a checkpoint holds them.
+    pub fn snapshot(&self) -> (Vec<(String, Tensor)>, HashMap<String, String>) {
+        stage_snapshot("s1", &self.params, &self.opt, &self.state)
+    }
+
+    /// Continues from a checkpoint's stage-1 state.
+    pub fn restore(&mut self, ckpt: &Checkpoint) -> Result<()> {
+        stage_restore("s1", &self.params, &mut self.opt, &mut self.state, ckpt)
     }
 }
 
@@ -243,6 +377,13 @@ fn run_stage(stage: &mut dyn TrainStep, number: u8, set: TrainSet, progress: &dy
 impl TrainStep for Stage1<'_> {
     fn state(&mut self) -> &mut EpochLoop {
         &mut self.state
+    }
+
+    fn end_epoch(&mut self) -> Result<()> {
+        match &self.checkpoint {
+            Some(sink) => sink.write(self.snapshot()),
+            None => Ok(()),
+        }
     }
 
     fn step(&mut self, rows: &[usize], lr: f64) -> Result<(f64, usize)> {
@@ -275,6 +416,8 @@ pub fn fusion_inputs(features: &Tensor) -> Result<Tensor> {
 pub struct Stage2<'a> {
     pub vlfm: Vlfm,
     pub state: EpochLoop,
+    /// Written after every epoch when set.
+    pub checkpoint: Option<CheckpointSink>,
     text: Tensor,
     params: Vec<(String, Var)>,
     opt: Optimizer,
@@ -286,12 +429,17 @@ impl<'a> Stage2<'a> {
     pub fn new(vlfm: Vlfm, text: Tensor, config: StageConfig, seed: u64, train: &'a Split, val: Option<&'a Split>) -> Result<Self> {
         let params = vlfm.named_vars();
         let opt = Optimizer::new(&config, &params)?;
-        Ok(Self { vlfm, state: EpochLoop::new(config.optim, config.batch_size, seed), text, params, opt, train, val })
+        Ok(Self { vlfm, state: EpochLoop::new(config.optim, config.batch_size, seed), checkpoint: None, text, params, opt, train, val })
     }
 
     pub fn run(&mut self, progress: &dyn Progress, on_event: &mut dyn FnMut(StageEvent)) -> Result<()> {
         let set = TrainSet { items: self.train.len(), views: 1 };
         run_stage(self, 2, set, progress, on_event)
+    }
+
+    /// Continues from a checkpoint's stage-2 state.
+    pub fn restore(&mut self, ckpt: &Checkpoint) -> Result<()> {
+        stage_restore("s2", &self.params, &mut self.opt, &mut self.state, ckpt)
     }
 }
 
@@ -310,6 +458,13 @@ pub fn vlfm_predict(vlfm: &Vlfm, e_v: &Tensor, e_t: &Tensor) -> Result<Vec<u32>>
 impl TrainStep for Stage2<'_> {
     fn state(&mut self) -> &mut EpochLoop {
         &mut self.state
+    }
+
+    fn end_epoch(&mut self) -> Result<()> {
+        match &self.checkpoint {
+            Some(sink) => sink.write(stage_snapshot("s2", &self.params, &self.opt, &self.state)),
+            None => Ok(()),
+        }
     }
 
     fn step(&mut self, rows: &[usize], lr: f64) -> Result<(f64, usize)> {
@@ -333,7 +488,6 @@ impl TrainStep for Stage2<'_> {
 mod tests {
     use super::*;
     use crate::fusion::vlfm::VlfmConfig;
-    use crate::rng::Rng;
 
     /// Normalised rows sharing one large direction (random-weight CLIP features have cosine ≈ 0.95
     /// between any two images) plus a small class direction: why stage 2 defaults to AdamW. Measured on

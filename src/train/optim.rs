@@ -1,4 +1,5 @@
-//! SGD with momentum and CoOp's learning-rate schedule, exactly as PyTorch and Dassl compute them.
+//! SGD with momentum and CoOp's learning-rate schedule, exactly as PyTorch and Dassl compute them, and
+//! AdamW as candle computes it.
 
 use candle_core::{Tensor, Var};
 use serde::{Deserialize, Serialize};
@@ -69,9 +70,71 @@ impl Sgd {
     }
 }
 
+/// AdamW (β = 0.9, 0.999, ε = 1e-8, decoupled weight decay) on one parameter, op for op as
+/// `candle_nn::AdamW` computes it, with its state in the open so a checkpoint can save and restore it.
+#[derive(Debug, Clone)]
+pub struct AdamW {
+    pub weight_decay: f64,
+    /// Steps taken (the bias corrections' t).
+    pub t: usize,
+    /// First and second moments, after the first step.
+    pub moments: Option<(Tensor, Tensor)>,
+}
+
+impl AdamW {
+    const BETA1: f64 = 0.9;
+    const BETA2: f64 = 0.999;
+    const EPS: f64 = 1e-8;
+
+    pub fn new(weight_decay: f64) -> Self {
+        Self { weight_decay, t: 0, moments: None }
+    }
+
+    pub fn step(&mut self, p: &Var, g: &Tensor, lr: f64) -> Result<()> {
+        self.t += 1;
+        let (b1, b2) = (Self::BETA1, Self::BETA2);
+        let scale_m = 1f64 / (1f64 - b1.powi(self.t as i32));
+        let scale_v = 1f64 / (1f64 - b2.powi(self.t as i32));
+        let (m, v) = match self.moments.take() {
+            Some(mv) => mv,
+            None => (p.as_tensor().zeros_like()?, p.as_tensor().zeros_like()?),
+        };
+        let next_m = ((m * b1)? + (g * (1.0 - b1))?)?;
+        let next_v = ((v * b2)? + (g.sqr()? * (1.0 - b2))?)?;
+        let m_hat = (&next_m * scale_m)?;
+        let v_hat = (&next_v * scale_v)?;
+        let next_p = (p.as_tensor() * (1f64 - lr * self.weight_decay))?;
+        let adjusted = (m_hat / (v_hat.sqrt()? + Self::EPS)?)?;
+        p.set(&(next_p - (adjusted * lr)?)?)?;
+        self.moments = Some((next_m, next_v));
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn adamw_steps_equal_candles_bit_for_bit() {
+        use candle_nn::Optimizer as _;
+        let dev = candle_core::Device::Cpu;
+        let init = Tensor::new(&[[0.5f32, -1.25, 2.0], [0.0, 3.5, -0.75]], &dev).unwrap();
+        let (ours, theirs) = (Var::from_tensor(&init).unwrap(), Var::from_tensor(&init).unwrap());
+        let mut opt = AdamW::new(5e-4);
+        let params = candle_nn::ParamsAdamW { lr: 0.01, weight_decay: 5e-4, ..Default::default() };
+        let mut reference = candle_nn::AdamW::new(vec![theirs.clone()], params).unwrap();
+        for (k, lr) in [0.01, 0.005, 0.02].into_iter().enumerate() {
+            let g = ((theirs.as_tensor().sqr().unwrap() * (k as f64 + 1.0)).unwrap() - 0.3).unwrap();
+            reference.set_learning_rate(lr);
+            let loss = (theirs.as_tensor() * &g.detach()).unwrap().sum_all().unwrap();
+            reference.step(&loss.backward().unwrap()).unwrap();
+            opt.step(&ours, &g, lr).unwrap();
+        }
+        let bits = |v: &Var| v.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&ours), bits(&theirs));
+        assert_eq!(opt.t, 3);
+    }
 
     #[test]
     fn schedule_follows_the_formula_for_w1_e5() {

@@ -257,7 +257,11 @@ fn paths_and_templates_are_remembered_between_launches() {
         templates: vec!["a photo of a {}, a type of pet.".into(), "a blurry photo of a {}.".into()],
         recent_models: vec!["openai/clip-vit-base-patch32".into(), "/models/b16".into()],
         recent_datasets: vec!["/data/pets".into()],
-        train: promptscope::app::train_panel::TrainForm { shots: Some(4), csc: true, ..Default::default() },
+        train: {
+            let mut form = promptscope::app::train_panel::TrainForm::default();
+            (form.coop.shots, form.coop.coop.csc) = (Some(4), true);
+            form
+        },
     };
     first.apply_settings(remembered.clone());
     eframe::App::save(&mut first, &mut storage);
@@ -328,10 +332,10 @@ fn training_runs_live_pauses_stops_resumes_and_exports() {
     let mut h = loaded(&fx);
     click(&mut h, "Train");
     click(&mut h, "2-shot");
-    assert_eq!(h.state().train.form.shots, Some(2));
-    assert_eq!(h.state().train.form.epochs, 100, "CoOp's epochs for 2 shots");
+    assert_eq!(h.state().train.form.coop.shots, Some(2));
+    assert_eq!(h.state().train.form.coop.train.optim.epochs, 100, "CoOp's epochs for 2 shots");
     // A long run to pause and stop, then a short one that finishes.
-    h.state_mut().train.form.epochs = 2000;
+    h.state_mut().train.form.coop.train.optim.epochs = 2000;
     click(&mut h, "Start training");
     assert_eq!(h.state().state.runs.len(), 1);
     wait_for(&mut h, "a few epochs", |a| a.state.runs[0].epochs.len() >= 3);
@@ -363,7 +367,7 @@ fn training_runs_live_pauses_stops_resumes_and_exports() {
     click(&mut h, "Stop");
     wait_for(&mut h, "the second stop", |a| !a.state.is_training());
 
-    h.state_mut().train.form.epochs = 5;
+    h.state_mut().train.form.coop.train.optim.epochs = 5;
     click(&mut h, "Start training");
     wait_for(&mut h, "the short run and its prompts", |a| a.state.is_idle() && a.state.prompts.len() == 1);
     let run = &h.state().state.runs[1];
@@ -372,7 +376,7 @@ fn training_runs_live_pauses_stops_resumes_and_exports() {
     assert!(run.outcome.as_ref().unwrap().prompts.is_file());
 
     // Export to a path of our choosing, load it back, and compare it with the template.
-    let test_acc = run.outcome.as_ref().unwrap().metrics.test_acc;
+    let test_acc = run.outcome.as_ref().unwrap().test_acc;
     click(&mut h, "Export");
     let out = fx._dir.path().join("exported.safetensors");
     h.state_mut().export.export_paths.insert(2, out.display().to_string());
@@ -476,4 +480,60 @@ fn the_alignment_view_works_without_wgpu() {
     assert!(h.state().state.align.is_some());
     assert!(h.query_by_label("alignment map").is_some() && h.query_by_label("SsVP attention").is_some());
     h.check_accessibility();
+}
+
+#[test]
+fn an_mpfgvc_run_trains_both_stages_from_the_train_tab_with_live_curves_stops_and_resumes() {
+    use promptscope::app::train_panel::series;
+    use promptscope::app::training::RunStatus;
+    use promptscope::prompt::PromptMethodKind;
+    let fx = fixture();
+    let mut h = loaded(&fx);
+    click(&mut h, "Train");
+    click(&mut h, PromptMethodKind::Datp.label());
+    assert_eq!(h.state().train.form.method, PromptMethodKind::Datp);
+    // Without the super-category word the run cannot start, and the form says why.
+    assert!(h.get_by_label("Start training").accesskit_node().is_disabled());
+    assert!(labels_containing(&h, "has no tokens") >= 1, "the form shows why it cannot start");
+    type_into(&mut h, "Super-category", "shape");
+    let form = &mut h.state_mut().train.form.mpfgvc;
+    (form.stage1.optim.epochs, form.stage2.optim.epochs) = (300, 4);
+    (form.stage1.optim.lr, form.stage2.optim.lr) = (0.003, 0.003);
+    click(&mut h, "Start training");
+    assert_eq!(h.state().state.runs.len(), 1);
+    wait_for(&mut h, "a few stage-1 epochs", |a| a.state.runs[0].epochs.len() >= 2);
+    // Stop in stage 1, resume from its checkpoint: the epoch numbers carry on.
+    click(&mut h, "Stop");
+    wait_for(&mut h, "the stop", |a| a.state.runs[0].status == RunStatus::Stopped);
+    let stopped_at = epochs_of(&h, 0);
+    click(&mut h, "Resume");
+    wait_for(&mut h, "epochs after resuming", |a| a.state.runs[0].epochs.len() >= stopped_at + 1);
+    let numbers: Vec<usize> = h.state().state.runs[0].epochs.iter().map(|e| e.epoch).collect();
+    assert_eq!(numbers, (0..numbers.len()).collect::<Vec<_>>(), "resumed where it stopped");
+    // Shorten stage 1 by stopping the long run and starting a short one that reaches stage 2 and ends.
+    click(&mut h, "Stop");
+    wait_for(&mut h, "the second stop", |a| !a.state.is_training());
+    let form = &mut h.state_mut().train.form.mpfgvc;
+    form.stage1.optim.epochs = 3;
+    click(&mut h, "Start training");
+    wait_for(&mut h, "the short MP-FGVC run", |a| a.state.runs.len() == 2 && a.state.is_idle());
+    let run = &h.state().state.runs[1];
+    assert_eq!(run.status, RunStatus::Finished, "{:?}", run.status);
+    assert_eq!(run.epochs.iter().map(|e| e.epoch).collect::<Vec<_>>(), (0..7).collect::<Vec<_>>(), "stage 2 continues the epoch axis");
+    // Both stages' curves, each on its own epochs.
+    let s = series(run);
+    let points = |name: &str| s.iter().find(|(_, n, _)| n.ends_with(name)).map_or(0, |(_, _, p)| p.len());
+    assert_eq!((points("stage 1 epoch loss"), points("stage 2 epoch loss")), (3, 4));
+    assert!(points("stage 1 step loss") >= 3 && points("stage 2 step loss") >= 4 && points("stage 2 val") == 4);
+    let outcome = run.outcome.as_ref().unwrap();
+    assert!(outcome.prompts.is_file() && outcome.summary.contains("stage 2"), "{}", outcome.summary);
+    let file = promptscope::export::mpfgvc_file::MpFgvcFile::load(&outcome.prompts).unwrap();
+    assert_eq!(file.meta.stages, 2);
+    // The finished run is offered for export like a CoOp run.
+    click(&mut h, "Export");
+    assert!(labels_containing(&h, &run_label(&h, 1)) >= 1);
+}
+
+fn run_label(h: &Harness<'_, PromptscopeApp>, index: usize) -> String {
+    h.state().state.runs[index].label.clone()
 }

@@ -18,6 +18,7 @@ mod mpfgvc_two_stage;
 mod overlay_gpu;
 mod preprocess_parity;
 mod resample_pil;
+mod run_config;
 mod shared_prefix;
 mod tokenizer_parity;
 mod vlfm_parity;
