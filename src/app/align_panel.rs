@@ -12,7 +12,7 @@ use crate::render::{Colormap, GridMap};
 use super::align_job::{AlignRequest, AlignView, PromptChoice};
 use super::overlay::{OverlayCallback, OverlayData, OverlayStyle};
 use super::state::AppState;
-use super::Action;
+use super::events::Action;
 
 /// Where the learned prompts come from: a finished run or a loaded file, by its path.
 #[derive(Debug, Clone, PartialEq)]
@@ -122,7 +122,7 @@ impl AlignPanel {
     fn controls_ui(
         &mut self,
         ui: &mut egui::Ui,
-        ds: &super::state::OpenedDataset,
+        ds: &super::events::OpenedDataset,
         samples: &[crate::data::Sample],
         sources: &[LearnedSource],
         n: usize,

@@ -9,7 +9,7 @@ use crate::eval::zeroshot::DEFAULT_TEMPLATE;
 use super::compare_job::{Comparison, MethodResult};
 
 use super::state::{AppState, RunningEval};
-use super::Action;
+use super::events::Action;
 
 pub const RUN_BUTTON: &str = "Run zero-shot";
 /// Heading above the results table; tests wait for it.

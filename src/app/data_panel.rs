@@ -2,9 +2,10 @@
 
 use egui::{Grid, RichText, ScrollArea, TextEdit};
 
-use super::state::{AppState, OpenedDataset};
-use super::worker::PickTarget;
-use super::Action;
+use super::events::OpenedDataset;
+use super::state::AppState;
+use super::events::PickTarget;
+use super::events::Action;
 
 /// Label of the model path field; tests find the field by it.
 pub const MODEL_FIELD: &str = "Model folder or hub id";

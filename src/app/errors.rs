@@ -2,7 +2,7 @@
 
 use egui::{Frame, Label, Margin, RichText};
 
-use super::Action;
+use super::events::Action;
 
 pub const DISMISS: &str = "Dismiss";
 

@@ -6,7 +6,7 @@ use egui::{RichText, ScrollArea, TextEdit};
 use super::prompts_job::LoadedPrompts;
 use super::state::AppState;
 use super::training::RunStatus;
-use super::Action;
+use super::events::Action;
 
 pub const EXPORT_FIELD: &str = "Export to";
 pub const LOAD_FIELD: &str = "Prompts file";

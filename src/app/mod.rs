@@ -9,12 +9,14 @@ mod align_panel;
 mod compare;
 pub mod compare_job;
 mod data_panel;
+pub mod events;
 mod export_panel;
 pub mod prompts_job;
 mod errors;
 pub mod overlay;
 pub mod state;
 mod top_bar;
+pub mod train_form;
 pub mod train_panel;
 pub mod training;
 pub mod worker;
@@ -34,7 +36,9 @@ use state::{AppState, RunningEval, Settings};
 use top_bar::TopBar;
 use train_panel::TrainPanel;
 use training::{RunStatus, TrainRecord};
-use worker::{Event, PickTarget, Worker};
+pub use events::Action;
+use events::{Event, PickTarget};
+use worker::Worker;
 
 /// Opens the window. `model` and `data`, when given, are filled in and loaded at start-up; otherwise the
 /// paths of the last session are filled in.
@@ -106,32 +110,6 @@ impl Tab {
     }
 }
 
-/// What a panel asks the app to do; handled after the frame is laid out.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Action {
-    LoadModel(String),
-    OpenDataset(PathBuf),
-    Browse(PickTarget),
-    RunZeroShot(Vec<String>),
-    CancelZeroShot,
-    DismissError(usize),
-    /// A file or folder dropped onto the window.
-    Dropped(PathBuf),
-    StartTraining(Box<RunConfig>),
-    PauseRun(usize),
-    /// Unpauses a paused run, or restarts a stopped one from its checkpoint.
-    ResumeRun(usize),
-    StopRun(usize),
-    ToggleRunVisible(usize),
-    LoadPrompts(PathBuf),
-    PickRecentModel(String),
-    PickRecentDataset(String),
-    LoadPromptsAs(PathBuf, String),
-    ExportRun { from: PathBuf, to: PathBuf },
-    ShowError(String),
-    Align(Box<align_job::AlignRequest>),
-}
-
 pub struct PromptscopeApp {
     pub state: AppState,
     pub tab: Tab,
@@ -142,7 +120,7 @@ pub struct PromptscopeApp {
     pub align: AlignPanel,
     pub export: ExportPanel,
     worker: Worker,
-    thumbnail_job: Option<worker::JobId>,
+    thumbnail_job: Option<events::JobId>,
     /// Start the tab's job once a model and a dataset are loaded (`app --autorun`).
     pub autorun: bool,
     /// A prompts file to load once the model is there (`app --prompts`).

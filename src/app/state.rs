@@ -8,8 +8,6 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::clip::LoadedClip;
-use crate::data::{DatasetFolder, Sample};
 use crate::eval::zeroshot::DEFAULT_TEMPLATE;
 
 use super::align_job::{AlignRequest, AlignView};
@@ -17,7 +15,7 @@ use super::compare_job::Comparison;
 use super::prompts_job::LoadedPrompts;
 
 use super::training::{RunStatus, TrainRecord};
-use super::worker::{Event, Failure, JobId};
+use super::events::{Event, Failure, JobId, LoadedModel, OpenedDataset};
 
 /// What is remembered between launches (eframe storage).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -29,7 +27,7 @@ pub struct Settings {
     /// Most recent first.
     pub recent_models: Vec<String>,
     pub recent_datasets: Vec<String>,
-    pub train: super::train_panel::TrainForm,
+    pub train: super::train_form::TrainForm,
 }
 
 impl Default for Settings {
@@ -53,45 +51,6 @@ pub fn remember(list: &mut Vec<String>, item: &str) {
     list.retain(|x| x != item);
     list.insert(0, item.to_string());
     list.truncate(RECENT);
-}
-
-pub struct LoadedModel {
-    pub clip: Arc<LoadedClip>,
-    /// [`LoadedClip::describe`], computed once.
-    pub description: String,
-    pub device: String,
-}
-
-pub struct OpenedDataset {
-    pub folder: Arc<DatasetFolder>,
-    pub summary: DatasetSummary,
-}
-
-/// Image counts per class and split, computed once when the folder is opened rather than every frame.
-#[derive(Debug, Clone, PartialEq)]
-pub struct DatasetSummary {
-    /// Column names: the splits present, or "images" for a folder without splits.
-    pub columns: Vec<&'static str>,
-    /// `counts[class][column]`.
-    pub counts: Vec<Vec<usize>>,
-    pub images: usize,
-    pub skipped_files: usize,
-}
-
-impl DatasetSummary {
-    pub fn of(ds: &DatasetFolder) -> Self {
-        let splits: Vec<(&'static str, &[Sample])> = [("train", &ds.train), ("val", &ds.val), ("test", &ds.test)]
-            .into_iter()
-            .filter_map(|(name, samples)| samples.as_deref().map(|s| (name, s)))
-            .collect();
-        let (columns, per_column): (Vec<&'static str>, Vec<Vec<usize>>) = if splits.is_empty() {
-            (vec!["images"], vec![ds.counts(&ds.all)])
-        } else {
-            splits.into_iter().map(|(name, samples)| (name, ds.counts(samples))).unzip()
-        };
-        let counts = (0..ds.num_classes()).map(|class| per_column.iter().map(|col| col[class]).collect()).collect();
-        DatasetSummary { columns, counts, images: ds.all.len(), skipped_files: ds.skipped_files }
-    }
 }
 
 /// A zero-shot run under way.

@@ -12,45 +12,13 @@ use crate::train::mpfgvc::OptimizerKind;
 use crate::train::optim::{default_epochs, OptimConfig};
 
 use super::state::AppState;
+use super::train_form::TrainForm;
 use crate::train::epoch_loop::EpochStats;
 use super::training::{RunStatus, TrainRecord};
-use super::Action;
+use super::events::Action;
 
 pub const START_BUTTON: &str = "Start training";
 pub const SHOT_CHOICES: [Option<usize>; 6] = [Some(1), Some(2), Some(4), Some(8), Some(16), None];
-
-/// The form's state: a run of each method, edited in place, so the form and the CLI share one set of
-/// defaults (`CoopRun::default()`, `MpFgvcRun::default()`) and one validation (`RunConfig::validate`).
-#[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
-#[serde(default)]
-pub struct TrainForm {
-    pub method: PromptMethodKind,
-    pub coop: CoopRun,
-    pub mpfgvc: MpFgvcRun,
-}
-
-impl TrainForm {
-    /// The run the form describes, or why it cannot start.
-    pub fn to_run(&self) -> crate::Result<RunConfig> {
-        let run = match self.method {
-            PromptMethodKind::Coop => RunConfig::Coop(self.coop.clone()),
-            PromptMethodKind::Datp => RunConfig::MpFgvc(self.mpfgvc.clone()),
-        };
-        run.validate()?;
-        Ok(run)
-    }
-
-    /// `app --epochs N`: the chosen method's epochs (each stage's, for MP-FGVC).
-    pub fn set_epochs(&mut self, epochs: usize) {
-        match self.method {
-            PromptMethodKind::Coop => self.coop.train.optim.epochs = epochs,
-            PromptMethodKind::Datp => {
-                self.mpfgvc.stage1.optim.epochs = epochs;
-                self.mpfgvc.stage2.optim.epochs = epochs;
-            }
-        }
-    }
-}
 
 #[derive(Default)]
 pub struct TrainPanel {

@@ -2,21 +2,13 @@
 //! the worker thread that trains them. Several runs are kept so their curves can be overlaid.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use crate::train::config::RunConfig;
 use crate::train::epoch_loop::EpochStats;
 
-use super::worker::JobId;
-
-/// Flags the worker checks between steps: `cancel` ends the run (the last epoch's checkpoint stays, so
-/// it can be resumed), `pause` holds it until cleared.
-#[derive(Default)]
-pub struct TrainControl {
-    pub cancel: AtomicBool,
-    pub pause: AtomicBool,
-}
+use super::events::{JobId, TrainControl, TrainOutcome};
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum RunStatus {
@@ -28,19 +20,6 @@ pub enum RunStatus {
     Stopped,
     Finished,
     Failed(String),
-}
-
-/// What a finished run leaves: its test accuracy, a line for the run list and the file it wrote.
-#[derive(Debug, Clone)]
-pub struct TrainOutcome {
-    /// The learned prompts' (CoOp) or the last stage's (MP-FGVC) accuracy on the test split.
-    pub test_acc: f64,
-    /// "test 84.0% (hand-crafted 61.2%) · 200 epochs", "test: stage 2 71.0%, stage 1 64.5% (i2t) · 50 epochs".
-    pub summary: String,
-    pub train_seconds: f64,
-    /// The engine's export (a prompts file for CoOp, the weights for MP-FGVC), in the app's runs folder
-    /// until exported.
-    pub prompts: PathBuf,
 }
 
 pub struct TrainRecord {

@@ -9,69 +9,17 @@ use std::sync::Arc;
 
 use crate::clip::LoadedClip;
 use crate::data::DatasetFolder;
-use crate::error::Error;
-use super::align_job::{self, AlignRequest, AlignView};
-use super::compare_job::{self, CompareRequest, Comparison};
-use super::prompts_job::{self, LoadedPrompts};
 use crate::progress::Reporter;
-
-use super::state::{DatasetSummary, LoadedModel, OpenedDataset};
-use super::training::{TrainControl, TrainOutcome};
-use crate::train::coop::{EpochStats, TrainEvent};
 use crate::run::coop as coop_run;
 use crate::run::mpfgvc as mpfgvc_run;
 use crate::train::config::RunConfig;
+use crate::train::epoch_loop::TrainEvent;
 use crate::train::mpfgvc::StageEvent;
 
-/// Identifies one job, so a result that arrives after the user started a newer job of the same kind
-/// is recognised as stale and dropped.
-pub type JobId = u64;
-
-/// Why a job produced nothing.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Failure {
-    Cancelled,
-    /// The library's message, which names the file at fault and the fix.
-    Error(String),
-}
-
-impl From<Error> for Failure {
-    fn from(e: Error) -> Self {
-        match e {
-            Error::Cancelled => Failure::Cancelled,
-            other => Failure::Error(other.to_string()),
-        }
-    }
-}
-
-/// Which field a folder picked in the file dialog fills.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PickTarget {
-    Model,
-    Dataset,
-}
-
-pub enum Event {
-    Progress { job: JobId, stage: String, done: usize, total: usize },
-    ModelLoaded { job: JobId, result: Result<LoadedModel, Failure> },
-    DatasetOpened { job: JobId, result: Result<OpenedDataset, Failure> },
-    ZeroShotFinished { job: JobId, result: Result<Comparison, Failure> },
-    PromptsLoaded { job: JobId, result: Result<LoadedPrompts, Failure> },
-    Exported { job: JobId, result: Result<PathBuf, Failure> },
-    AlignDone { job: JobId, result: Result<AlignView, Failure> },
-    /// Per class, a few small decoded images (files that fail to decode are left out).
-    Thumbnails { job: JobId, images: Vec<Vec<egui::ColorImage>> },
-    /// Preparing a training run: split and image features.
-    TrainProgress { job: JobId, stage: String, done: usize, total: usize },
-    /// The split is drawn and the features are ready; training starts.
-    TrainReady { job: JobId, train_images: usize },
-    TrainStep { job: JobId, epoch: usize, step: usize, steps: usize, loss: f64 },
-    TrainEpoch { job: JobId, stats: EpochStats },
-    TrainFinished { job: JobId, result: Result<TrainOutcome, Failure> },
-    /// The job panicked; whatever task it belonged to is over.
-    Crashed { job: JobId, message: String },
-    FolderPicked { target: PickTarget, path: PathBuf },
-}
+use super::align_job::{self, AlignRequest};
+use super::compare_job::{self, CompareRequest};
+use super::events::{DatasetSummary, Event, Failure, JobId, LoadedModel, OpenedDataset, PickTarget, TrainControl, TrainOutcome};
+use super::prompts_job;
 
 pub struct Worker {
     tx: Sender<Event>,

@@ -12,7 +12,7 @@ use eframe::Storage as _;
 use egui_kittest::kittest::{NodeT as _, Queryable};
 use egui_kittest::Harness;
 use promptscope::app::state::{AppState, RunningEval, Settings};
-use promptscope::app::worker::{Event, Failure};
+use promptscope::app::events::{Event, Failure};
 use promptscope::app::PromptscopeApp;
 use promptscope::clip::{synth, ClipConfig, HiddenAct};
 
@@ -258,7 +258,7 @@ fn paths_and_templates_are_remembered_between_launches() {
         recent_models: vec!["openai/clip-vit-base-patch32".into(), "/models/b16".into()],
         recent_datasets: vec!["/data/pets".into()],
         train: {
-            let mut form = promptscope::app::train_panel::TrainForm::default();
+            let mut form = promptscope::app::train_form::TrainForm::default();
             (form.coop.shots, form.coop.coop.csc) = (Some(4), true);
             form
         },

@@ -5,7 +5,7 @@
 use crate::common;
 
 use common::{error_line, ok, promptscope};
-use promptscope::app::train_panel::TrainForm;
+use promptscope::app::train_form::TrainForm;
 use promptscope::prompt::PromptMethodKind;
 use promptscope::train::config::{Augment, RunConfig};
 use promptscope::train::optim::default_epochs;

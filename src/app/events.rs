@@ -1,0 +1,153 @@
+//! The app's messages and the types they carry: what a panel asks the app to do ([`Action`]) and what the
+//! worker threads send back ([`Event`]). One module, so the worker, the app state and the panels all
+//! depend on it and not on each other.
+
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use crate::clip::LoadedClip;
+use crate::data::{DatasetFolder, Sample};
+use crate::error::Error;
+use crate::train::config::RunConfig;
+use crate::train::epoch_loop::EpochStats;
+
+use super::align_job::{AlignRequest, AlignView};
+use super::compare_job::Comparison;
+use super::prompts_job::LoadedPrompts;
+
+/// Identifies one job, so a result that arrives after the user started a newer job of the same kind
+/// is recognised as stale and dropped.
+pub type JobId = u64;
+
+/// Why a job produced nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    Cancelled,
+    /// The library's message, which names the file at fault and the fix.
+    Error(String),
+}
+
+impl From<Error> for Failure {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::Cancelled => Failure::Cancelled,
+            other => Failure::Error(other.to_string()),
+        }
+    }
+}
+
+/// Which field a folder picked in the file dialog fills.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PickTarget {
+    Model,
+    Dataset,
+}
+
+pub enum Event {
+    Progress { job: JobId, stage: String, done: usize, total: usize },
+    ModelLoaded { job: JobId, result: Result<LoadedModel, Failure> },
+    DatasetOpened { job: JobId, result: Result<OpenedDataset, Failure> },
+    ZeroShotFinished { job: JobId, result: Result<Comparison, Failure> },
+    PromptsLoaded { job: JobId, result: Result<LoadedPrompts, Failure> },
+    Exported { job: JobId, result: Result<PathBuf, Failure> },
+    AlignDone { job: JobId, result: Result<AlignView, Failure> },
+    /// Per class, a few small decoded images (files that fail to decode are left out).
+    Thumbnails { job: JobId, images: Vec<Vec<egui::ColorImage>> },
+    /// Preparing a training run: split and image features.
+    TrainProgress { job: JobId, stage: String, done: usize, total: usize },
+    /// The split is drawn and the features are ready; training starts.
+    TrainReady { job: JobId, train_images: usize },
+    TrainStep { job: JobId, epoch: usize, step: usize, steps: usize, loss: f64 },
+    TrainEpoch { job: JobId, stats: EpochStats },
+    TrainFinished { job: JobId, result: Result<TrainOutcome, Failure> },
+    /// The job panicked; whatever task it belonged to is over.
+    Crashed { job: JobId, message: String },
+    FolderPicked { target: PickTarget, path: PathBuf },
+}
+
+pub struct LoadedModel {
+    pub clip: Arc<LoadedClip>,
+    /// [`LoadedClip::describe`], computed once.
+    pub description: String,
+    pub device: String,
+}
+
+pub struct OpenedDataset {
+    pub folder: Arc<DatasetFolder>,
+    pub summary: DatasetSummary,
+}
+
+/// Image counts per class and split, computed once when the folder is opened rather than every frame.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DatasetSummary {
+    /// Column names: the splits present, or "images" for a folder without splits.
+    pub columns: Vec<&'static str>,
+    /// `counts[class][column]`.
+    pub counts: Vec<Vec<usize>>,
+    pub images: usize,
+    pub skipped_files: usize,
+}
+
+impl DatasetSummary {
+    pub fn of(ds: &DatasetFolder) -> Self {
+        let splits: Vec<(&'static str, &[Sample])> = [("train", &ds.train), ("val", &ds.val), ("test", &ds.test)]
+            .into_iter()
+            .filter_map(|(name, samples)| samples.as_deref().map(|s| (name, s)))
+            .collect();
+        let (columns, per_column): (Vec<&'static str>, Vec<Vec<usize>>) = if splits.is_empty() {
+            (vec!["images"], vec![ds.counts(&ds.all)])
+        } else {
+            splits.into_iter().map(|(name, samples)| (name, ds.counts(samples))).unzip()
+        };
+        let counts = (0..ds.num_classes()).map(|class| per_column.iter().map(|col| col[class]).collect()).collect();
+        DatasetSummary { columns, counts, images: ds.all.len(), skipped_files: ds.skipped_files }
+    }
+}
+
+/// Flags the worker checks between steps: `cancel` ends the run (the last epoch's checkpoint stays, so
+/// it can be resumed), `pause` holds it until cleared.
+#[derive(Default)]
+pub struct TrainControl {
+    pub cancel: AtomicBool,
+    pub pause: AtomicBool,
+}
+
+/// What a finished run leaves: its test accuracy, a line for the run list and the file it wrote.
+#[derive(Debug, Clone)]
+pub struct TrainOutcome {
+    /// The learned prompts' (CoOp) or the last stage's (MP-FGVC) accuracy on the test split.
+    pub test_acc: f64,
+    /// "test 84.0% (hand-crafted 61.2%) · 200 epochs", "test: stage 2 71.0%, stage 1 64.5% (i2t) · 50 epochs".
+    pub summary: String,
+    pub train_seconds: f64,
+    /// The engine's export (a prompts file for CoOp, the weights for MP-FGVC), in the app's runs folder
+    /// until exported.
+    pub prompts: PathBuf,
+}
+
+/// What a panel asks the app to do; handled after the frame is laid out.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    LoadModel(String),
+    OpenDataset(PathBuf),
+    Browse(PickTarget),
+    RunZeroShot(Vec<String>),
+    CancelZeroShot,
+    DismissError(usize),
+    /// A file or folder dropped onto the window.
+    Dropped(PathBuf),
+    StartTraining(Box<RunConfig>),
+    PauseRun(usize),
+    /// Unpauses a paused run, or restarts a stopped one from its checkpoint.
+    ResumeRun(usize),
+    StopRun(usize),
+    ToggleRunVisible(usize),
+    LoadPrompts(PathBuf),
+    PickRecentModel(String),
+    PickRecentDataset(String),
+    LoadPromptsAs(PathBuf, String),
+    ExportRun { from: PathBuf, to: PathBuf },
+    ShowError(String),
+    Align(Box<AlignRequest>),
+}
