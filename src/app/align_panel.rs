@@ -7,10 +7,10 @@ use std::sync::Arc;
 use egui::{Color32, RichText, Sense, Stroke};
 
 use crate::align::{AlignConfig, AlignMode};
-use crate::render::{Colormap, GridMap};
+use crate::render::{Colormap, GridMap, HeatmapStyle};
 
 use super::align_job::{AlignRequest, AlignView, PromptChoice};
-use super::overlay::{OverlayCallback, OverlayData, OverlayStyle};
+use super::overlay::{OverlayCallback, OverlayData};
 use super::state::AppState;
 use super::events::Action;
 
@@ -32,7 +32,7 @@ pub struct AlignPanel {
     pub config: AlignConfig,
     pub k: usize,
     pub word: usize,
-    pub style: OverlayStyle,
+    pub style: HeatmapStyle,
     /// The map uploaded to the GPU, rebuilt when the view or the word changes.
     overlays: Option<(u64, usize, Arc<OverlayData>, Arc<OverlayData>)>,
     next_overlay_id: u64,
@@ -40,7 +40,7 @@ pub struct AlignPanel {
     cpu_overlays: CpuOverlays,
 }
 
-type CpuOverlays = std::collections::HashMap<u64, (u64, OverlayStyle, egui::TextureHandle)>;
+type CpuOverlays = std::collections::HashMap<u64, (u64, HeatmapStyle, egui::TextureHandle)>;
 
 impl Default for AlignPanel {
     fn default() -> Self {
@@ -52,7 +52,7 @@ impl Default for AlignPanel {
             config: AlignConfig::default(),
             k: 0,
             word: 0,
-            style: OverlayStyle { colormap: Colormap::Viridis, opacity: 0.55, grid_lines: false },
+            style: HeatmapStyle::default(),
             overlays: None,
             next_overlay_id: 1,
             cpu_overlays: CpuOverlays::new(),
@@ -172,9 +172,10 @@ impl AlignPanel {
             ui.separator();
             let l = ui.label("Opacity");
             ui.add(egui::Slider::new(&mut self.style.opacity, 0.0..=1.0).fixed_decimals(2)).labelled_by(l.id);
-            egui::ComboBox::from_label("colormap").selected_text(format!("{:?}", self.style.colormap).to_lowercase()).show_ui(ui, |ui| {
-                ui.selectable_value(&mut self.style.colormap, Colormap::Viridis, "viridis");
-                ui.selectable_value(&mut self.style.colormap, Colormap::Jet, "jet");
+            egui::ComboBox::from_label("colormap").selected_text(self.style.colormap.name()).show_ui(ui, |ui| {
+                for c in Colormap::ALL {
+                    ui.selectable_value(&mut self.style.colormap, c, c.name());
+                }
             });
             ui.checkbox(&mut self.style.grid_lines, "grid");
             ui.separator();
@@ -241,7 +242,7 @@ fn overlay_ui(
     ui: &mut egui::Ui,
     slot: u64,
     data: &Arc<OverlayData>,
-    style: &OverlayStyle,
+    style: &HeatmapStyle,
     gpu: Option<egui_wgpu::wgpu::TextureFormat>,
     cpu: &mut CpuOverlays,
     side: f32,
@@ -261,8 +262,7 @@ fn overlay_ui(
             // No wgpu renderer (e.g. the glow backend): the same picture from the CPU.
             if cpu.get(&slot).is_none_or(|(id, s, _)| (*id, s) != (data.id, style)) {
                 let base = image::RgbaImage::from_raw(w, h, data.image.clone()).map(|i| image::DynamicImage::ImageRgba8(i).to_rgb8());
-                let hs = crate::render::HeatmapStyle { colormap: style.colormap, opacity: style.opacity, grid_lines: style.grid_lines };
-                if let Some(Ok(img)) = base.map(|b| crate::render::heatmap::overlay(&b, &data.map, &hs)) {
+                if let Some(Ok(img)) = base.map(|b| crate::render::heatmap::overlay(&b, &data.map, style)) {
                     let pixels: Vec<u8> = img.pixels().flat_map(|p| [p[0], p[1], p[2], 255]).collect();
                     let colour = egui::ColorImage::from_rgba_unmultiplied([w as usize, h as usize], &pixels);
                     let tex = ui.ctx().load_texture(format!("overlay-{slot}"), colour, egui::TextureOptions::LINEAR);

@@ -8,7 +8,10 @@ use std::sync::Arc;
 
 use egui_wgpu::wgpu;
 
-use crate::render::{Colormap, GridMap};
+use crate::render::{Colormap, GridMap, HeatmapStyle};
+
+/// The overlay shader (compiled into the binary, so the file cannot go missing at run time).
+pub const HEATMAP_WGSL: &str = include_str!("../../shaders/heatmap.wgsl");
 
 /// Texels of the colormap lookup texture.
 const LUT_SIZE: usize = 256;
@@ -21,14 +24,6 @@ pub struct OverlayData {
     pub image: Vec<u8>,
     pub size: [u32; 2],
     pub map: GridMap,
-}
-
-/// How it is drawn; cheap to change every frame.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct OverlayStyle {
-    pub colormap: Colormap,
-    pub opacity: f32,
-    pub grid_lines: bool,
 }
 
 #[repr(C)]
@@ -73,7 +68,7 @@ impl OverlayPipeline {
     pub fn new(device: &wgpu::Device, format: wgpu::TextureFormat) -> Self {
         let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
             label: Some("promptscope heatmap"),
-            source: wgpu::ShaderSource::Wgsl(crate::render::HEATMAP_WGSL.into()),
+            source: wgpu::ShaderSource::Wgsl(HEATMAP_WGSL.into()),
         });
         let tex = |binding, filterable| wgpu::BindGroupLayoutEntry {
             binding,
@@ -190,7 +185,7 @@ impl OverlayPipeline {
         OverlayTextures { content: data.id, colormap, uniforms, bind_group, grid: data.map.grid }
     }
 
-    pub fn write_style(&self, queue: &wgpu::Queue, tex: &OverlayTextures, style: &OverlayStyle) {
+    pub fn write_style(&self, queue: &wgpu::Queue, tex: &OverlayTextures, style: &HeatmapStyle) {
         let [gh, gw] = tex.grid;
         let u = Uniforms {
             // The callback's viewport is the overlay's rectangle: cover it all, top-left first.
@@ -224,7 +219,7 @@ pub struct OverlayCallback {
     pub slot: u64,
     pub format: wgpu::TextureFormat,
     pub data: Arc<OverlayData>,
-    pub style: OverlayStyle,
+    pub style: HeatmapStyle,
 }
 
 impl egui_wgpu::CallbackTrait for OverlayCallback {
@@ -278,7 +273,7 @@ pub fn render_offscreen(
     device: &wgpu::Device,
     queue: &wgpu::Queue,
     data: &OverlayData,
-    style: &OverlayStyle,
+    style: &HeatmapStyle,
     [width, height]: [u32; 2],
     repeats: usize,
 ) -> anyhow::Result<(image::RgbaImage, Vec<f64>)> {
@@ -353,4 +348,18 @@ pub fn render_offscreen(
     let pixels: Vec<u8> = mapped.chunks_exact(padded).flat_map(|r| r[..row].iter().copied()).collect();
     let img = image::RgbaImage::from_raw(width, height, pixels).ok_or_else(|| anyhow::anyhow!("readback size"))?;
     Ok((img, times))
+}
+
+#[cfg(test)]
+mod shader_tests {
+    /// A typo in the shader fails here, not in front of a user.
+    #[test]
+    fn heatmap_shader_parses_and_validates() {
+        use wgpu::naga;
+        let module = naga::front::wgsl::parse_str(super::HEATMAP_WGSL).unwrap_or_else(|e| panic!("{}", e.emit_to_string(super::HEATMAP_WGSL)));
+        naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::empty())
+            .validate(&module)
+            .expect("valid shader");
+        assert!(module.entry_points.iter().any(|e| e.name == "fs_main"));
+    }
 }

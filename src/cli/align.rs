@@ -25,10 +25,10 @@ pub struct PngArgs {
     #[arg(long)]
     pub png: Option<PathBuf>,
     /// viridis or jet.
-    #[arg(long, default_value = "viridis")]
+    #[arg(long, default_value_t = HeatmapStyle::default().colormap)]
     pub colormap: Colormap,
     /// 0 shows only the image, 1 only the map.
-    #[arg(long, default_value_t = 0.55)]
+    #[arg(long, default_value_t = HeatmapStyle::default().opacity)]
     pub opacity: f32,
     /// Draw the patch grid.
     #[arg(long)]

@@ -34,13 +34,13 @@ pub fn open_app(model: Option<String>, data: Option<PathBuf>, start: AppStart) -
 
 #[cfg(feature = "gui")]
 pub fn bench_overlay(size: u32, repeats: usize, format: Format) -> Result<()> {
-    use promptscope::app::overlay::{headless_device, render_offscreen, OverlayData, OverlayStyle};
+    use promptscope::app::overlay::{headless_device, render_offscreen, OverlayData};
     let (device, queue, adapter) = headless_device()?;
     let values: Vec<f32> = (0..49).map(|i| ((i * 37) % 49) as f32).collect();
     let map = promptscope::render::GridMap::new(&values, [7, 7])?;
     let image: Vec<u8> = (0..224 * 224).flat_map(|i| [(i % 224) as u8, (i / 224) as u8, 128, 255]).collect();
     let data = OverlayData { id: 1, image, size: [224, 224], map };
-    let style = OverlayStyle { colormap: promptscope::render::Colormap::Viridis, opacity: 0.55, grid_lines: true };
+    let style = promptscope::render::HeatmapStyle { grid_lines: true, ..Default::default() };
     // The first draw compiles the pipeline's shaders: not counted.
     let (_, mut times) = render_offscreen(&device, &queue, &data, &style, [size, size], repeats.max(1) + 1)?;
     times.remove(0);

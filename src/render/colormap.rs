@@ -55,6 +55,17 @@ pub const CATEGORICAL: [[u8; 3]; 10] = [
 ];
 
 impl Colormap {
+    /// Every colormap, in the order pickers list them.
+    pub const ALL: [Colormap; 2] = [Colormap::Viridis, Colormap::Jet];
+
+    /// The name the CLI takes and pickers show.
+    pub fn name(self) -> &'static str {
+        match self {
+            Colormap::Viridis => "viridis",
+            Colormap::Jet => "jet",
+        }
+    }
+
     fn table(self) -> &'static [[f32; 3]] {
         match self {
             Colormap::Viridis => &VIRIDIS,
@@ -89,14 +100,19 @@ impl Colormap {
     }
 }
 
+impl std::fmt::Display for Colormap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 impl std::str::FromStr for Colormap {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "viridis" => Ok(Self::Viridis),
-            "jet" => Ok(Self::Jet),
-            other => Err(format!("unknown colormap '{other}': viridis or jet")),
-        }
+        Self::ALL.into_iter().find(|c| c.name() == s).ok_or_else(|| {
+            let names: Vec<&str> = Self::ALL.iter().map(|c| c.name()).collect();
+            format!("unknown colormap '{s}': {}", names.join(" or "))
+        })
     }
 }
 

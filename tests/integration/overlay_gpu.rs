@@ -4,7 +4,7 @@
 //! software Vulkan (lavapipe).
 
 use image::{Rgb, RgbImage};
-use promptscope::app::overlay::{headless_device, render_offscreen, OverlayData, OverlayStyle};
+use promptscope::app::overlay::{headless_device, render_offscreen, OverlayData};
 use promptscope::rng::Rng;
 use promptscope::render::heatmap::overlay;
 use promptscope::render::{Colormap, GridMap, HeatmapStyle};
@@ -26,7 +26,7 @@ fn the_shader_draws_what_the_cpu_overlay_draws() {
     let map = GridMap::new(&values, [7, 7]).unwrap();
     let base = picture(224, 224);
     for (colormap, opacity) in [(Colormap::Viridis, 0.55), (Colormap::Jet, 1.0), (Colormap::Viridis, 0.0)] {
-        let style = OverlayStyle { colormap, opacity, grid_lines: false };
+        let style = HeatmapStyle { colormap, opacity, grid_lines: false };
         let (gpu, _) = render_offscreen(&device, &queue, &data(&base, map.clone()), &style, [224, 224], 1).unwrap();
         let cpu = overlay(&base, &map, &HeatmapStyle { colormap, opacity, grid_lines: false }).unwrap();
         let mut worst = 0u8;
@@ -46,7 +46,7 @@ fn the_overlay_upsamples_a_coarse_grid_smoothly_at_any_size() {
     // One hot patch in a 2×2 grid, drawn at 512×512 over a black image at full opacity.
     let map = GridMap::new(&[1.0, 0.0, 0.0, 0.0], [2, 2]).unwrap();
     let base = RgbImage::new(64, 64);
-    let style = OverlayStyle { colormap: Colormap::Viridis, opacity: 1.0, grid_lines: false };
+    let style = HeatmapStyle { colormap: Colormap::Viridis, opacity: 1.0, grid_lines: false };
     let (img, times) = render_offscreen(&device, &queue, &data(&base, map), &style, [512, 512], 3).unwrap();
     assert_eq!(times.len(), 3);
     let hot = Colormap::Viridis.sample_u8(1.0);
