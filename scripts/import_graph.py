@@ -9,7 +9,7 @@ def module_of(path, root):
     rel = os.path.relpath(path, root)[:-3].split(os.sep)
     if rel[-1] == "mod":
         rel = rel[:-1]
-    return rel  # e.g. ["clip", "cpu_tower", "text"]
+    return rel  # e.g. ["clip", "kernels", "cpu"]
 
 def resolve(cur, ref):
     parts = ref.split("::")
@@ -35,12 +35,18 @@ def main():
     known = set(tuple(module_of(f, a.root)[: a.depth]) for f in lib_files)
     edges = defaultdict(set)
     pat = re.compile(r"\b((?:crate|super|self)(?:::\w+)+)")
+    group = re.compile(r"\b((?:crate|super|self)(?:::\w+)*)::\{([^{}]*)\}")
     for f in lib_files:
         cur = module_of(f, a.root)
         anchor = cur
         src = tuple(cur[: a.depth])
         text = re.sub(r"//.*", "", open(f, encoding="utf-8").read())
-        for ref in pat.findall(text):
+        refs = pat.findall(text)
+        # Grouped imports: `use super::{a, b::c}` names super::a and super::b::c.
+        for base, items in group.findall(text):
+            refs += [f"{base}::{item.strip().split('::')[0]}" for item in items.split(",") if item.strip() and item.strip() != "self"]
+            refs.append(base)
+        for ref in refs:
             tgt = resolve(anchor, ref)
             for k in range(a.depth, 0, -1):
                 t = tuple(tgt[:k])

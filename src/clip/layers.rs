@@ -9,6 +9,7 @@ use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
 
 use super::config::HiddenAct;
+use super::kernels::{BlockWeights, LinearWeights, NormWeights};
 
 /// `nn.Linear` applied over the last dimension, computed as one 2-D matmul whatever the batch shape
 /// (broadcasting the weight over batches is much slower in candle's CPU gemm).
@@ -41,7 +42,7 @@ impl Module for Linear {
         let rows = x.elem_count() / in_dim.max(1);
         let x = x.reshape((rows, in_dim))?;
         let y = match &self.bias {
-            Some(b) => match super::fused::frozen_linear(&x, &self.weight, b)? {
+            Some(b) => match super::kernels::fused::frozen_linear(&x, &self.weight, b)? {
                 Some(y) => y,
                 None => x.matmul(&self.weight.t()?)?.broadcast_add(b)?,
             },
@@ -86,7 +87,7 @@ impl Module for LayerNorm {
         if !tracked && x.is_contiguous() && x.dtype() == DType::F32 {
             return candle_nn::ops::layer_norm(x, &self.weight, &self.bias, self.eps as f32);
         }
-        if let Some(y) = super::fused::layer_norm(x, &self.weight, &self.bias, self.eps)? {
+        if let Some(y) = super::kernels::fused::layer_norm(x, &self.weight, &self.bias, self.eps)? {
             return Ok(y);
         }
         let d = x.dim(D::Minus1)? as f64;
@@ -100,7 +101,7 @@ pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
     if !x.track_op() && x.is_contiguous() {
         return candle_nn::ops::softmax_last_dim(x);
     }
-    match super::fused::softmax_last_dim(x)? {
+    match super::kernels::fused::softmax_last_dim(x)? {
         Some(y) => Ok(y),
         None => candle_nn::ops::softmax(x, D::Minus1),
     }
@@ -108,7 +109,7 @@ pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
 
 pub fn activation(act: HiddenAct, x: &Tensor) -> Result<Tensor> {
     match act {
-        HiddenAct::QuickGelu => super::fused::quick_gelu(x),
+        HiddenAct::QuickGelu => super::kernels::fused::quick_gelu(x),
         HiddenAct::Gelu => x.gelu_erf(),
         HiddenAct::GeluTanh => x.gelu(),
     }
@@ -359,5 +360,34 @@ impl LayerNorm {
 
     fn map_tensors(&self, prefix: &str, f: &mut dyn FnMut(&str, &Tensor) -> Result<Tensor>) -> Result<Self> {
         Ok(Self { weight: f(&format!("{prefix}.weight"), &self.weight)?, bias: f(&format!("{prefix}.bias"), &self.bias)?, eps: self.eps })
+    }
+}
+
+impl Linear {
+    /// The weights as the kernels read them.
+    pub fn kernel_weights(&self) -> LinearWeights {
+        LinearWeights { weight: self.weight.clone(), bias: self.bias.clone() }
+    }
+}
+
+impl LayerNorm {
+    pub fn kernel_weights(&self) -> NormWeights {
+        NormWeights { weight: self.weight.clone(), bias: self.bias.clone(), eps: self.eps }
+    }
+}
+
+impl EncoderLayer {
+    pub fn kernel_weights(&self) -> BlockWeights {
+        let a = &self.self_attn;
+        BlockWeights {
+            ln1: self.layer_norm1.kernel_weights(),
+            q: a.q_proj().kernel_weights(),
+            k: a.k_proj().kernel_weights(),
+            v: a.v_proj().kernel_weights(),
+            o: a.out_proj().kernel_weights(),
+            ln2: self.layer_norm2.kernel_weights(),
+            fc1: self.mlp.fc1().kernel_weights(),
+            fc2: self.mlp.fc2().kernel_weights(),
+        }
     }
 }

@@ -1,10 +1,8 @@
 //! CLIP as Hugging Face transformers runs it, with the internals prompt methods need.
 
 pub mod config;
-#[cfg(feature = "cuda")]
-mod cuda_kernels;
 pub mod encode;
-pub mod fused;
+pub mod kernels;
 pub mod layers;
 pub mod load;
 pub mod model;
@@ -12,7 +10,6 @@ pub mod preprocess;
 pub mod resample;
 pub mod synth;
 pub mod text;
-pub mod cpu_tower;
 pub mod tokenizer;
 pub mod vision;
 

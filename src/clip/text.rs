@@ -9,6 +9,7 @@ use candle_core::{Device, IndexOp, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use super::config::TextConfig;
+use super::kernels::{cpu, TowerWeights};
 use super::layers::{causal_mask, load_layers, EncoderLayer, LayerNorm, Linear};
 
 #[derive(Debug, Clone)]
@@ -29,6 +30,26 @@ pub struct TextOutput {
     /// `[B, L, projection_dim]` for every position up to the batch's longest end-of-text position
     /// (FILIP's text tokens), when asked for. Positions after a row's own end-of-text are padding.
     pub tokens: Option<Tensor>,
+}
+
+impl TextTower {
+    /// Whether the CPU kernels run this tower: f32 on the CPU with an activation they implement.
+    pub fn kernels_run(&self) -> bool {
+        cpu::runs_here(&self.token_embedding, self.config.hidden_act)
+    }
+
+    /// The weights as the kernels read them (tensor handles: nothing is copied).
+    pub fn kernel_weights(&self) -> TowerWeights {
+        TowerWeights {
+            positions: Some(self.position_embedding.clone()),
+            blocks: self.layers.iter().map(EncoderLayer::kernel_weights).collect(),
+            final_norm: self.final_layer_norm.kernel_weights(),
+            projection: self.projection.kernel_weights(),
+            act: self.config.hidden_act,
+            heads: self.config.num_attention_heads,
+            intermediate: self.config.intermediate_size,
+        }
+    }
 }
 
 impl TextTower {
@@ -134,13 +155,13 @@ impl TextTower {
     /// Pooled features of C sequences that share their first P tokens: `prefix` `[1, P, D]` and `rest`
     /// `[C, S, D]` token embeddings (no position embedding), `eot[i]` the absolute end-of-text position of
     /// sequence i (≥ P). The prefix runs once; exact, and differentiable through both parts. On the CPU
-    /// this runs `cpu_tower`'s kernels; elsewhere (and in [`Self::forward_prefixed_autograd`]) candle's ops.
+    /// this runs the CPU kernels (`kernels::cpu`); elsewhere (and in [`Self::forward_prefixed_autograd`]) candle's ops.
     pub fn forward_prefixed(&self, prefix: &Tensor, rest: &Tensor, eot: &[usize]) -> Result<Tensor> {
-        if !super::cpu_tower::supports(self) {
+        if !self.kernels_run() {
             return self.forward_prefixed_autograd(prefix, rest, eot);
         }
         self.check_prefixed(prefix, rest, eot)?;
-        super::cpu_tower::forward_prefixed(self, prefix, rest, eot)
+        cpu::forward_prefixed(&self.kernel_weights(), prefix, rest, eot)
     }
 
     fn check_prefixed(&self, prefix: &Tensor, rest: &Tensor, eot: &[usize]) -> Result<()> {
@@ -183,7 +204,7 @@ impl TextTower {
         // The CPU kernels gain even from the start token alone (and from their attention). Elsewhere
         // (the GPU) the work saved is small next to the extra kernel launches of the split attention:
         // on an H200, 256 prompts in batches of 64 went from 5.5–8.5k to 14–19k prompts/s without it.
-        if !super::cpu_tower::supports(self) || batch.len() < 2 || common < 1 {
+        if !self.kernels_run() || batch.len() < 2 || common < 1 {
             return Ok(self.forward_ids(batch, false)?.pooled);
         }
         let prefix = self.embed_ids(&batch[0][..common])?.unsqueeze(0)?;

@@ -6,6 +6,7 @@ use candle_core::{Device, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use super::config::VisionConfig;
+use super::kernels::{cpu, TowerWeights};
 use super::layers::{load_layers, EncoderLayer, LayerNorm, Linear};
 
 #[derive(Debug, Clone)]
@@ -41,6 +42,21 @@ pub struct VisionOutput {
     pub tokens: Option<Tensor>,
     pub attention: Option<Tensor>,
     pub hidden: Option<Tensor>,
+}
+
+impl VisionTower {
+    /// The weights as the kernels read them (tensor handles: nothing is copied).
+    pub fn kernel_weights(&self) -> TowerWeights {
+        TowerWeights {
+            positions: None,
+            blocks: self.layers.iter().map(EncoderLayer::kernel_weights).collect(),
+            final_norm: self.post_layernorm.kernel_weights(),
+            projection: self.projection.kernel_weights(),
+            act: self.config.hidden_act,
+            heads: self.config.num_attention_heads,
+            intermediate: self.config.intermediate_size,
+        }
+    }
 }
 
 impl VisionTower {
@@ -107,10 +123,10 @@ impl VisionTower {
 
     /// The pooled feature of hidden states `[B, T, D]` entering block `from`: blocks `from..`, the last
     /// one on the class token alone (nothing else of it is read), then `post_layernorm` and the
-    /// projection. Equal to [`Self::pool`] of the full forward pass. On the CPU, `cpu_tower`'s kernels.
+    /// projection. Equal to [`Self::pool`] of the full forward pass. On the CPU, the kernels of `kernels::cpu`.
     pub fn pooled_from(&self, hidden: &Tensor, from: usize) -> Result<Tensor> {
-        if super::cpu_tower::supports_vision(self) {
-            return super::cpu_tower::vision_pooled_from(self, hidden, from);
+        if cpu::runs_here(&self.patch_weight, self.config.hidden_act) {
+            return cpu::vision_pooled_from(&self.kernel_weights(), hidden, from);
         }
         let n = self.layers.len();
         if from >= n {

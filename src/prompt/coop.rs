@@ -251,7 +251,7 @@ impl PromptLearner {
             return Ok(text.forward_prefixed(&prefix, &rest, &self.eot)?);
         }
         let (prompts, eot) = self.prompts()?;
-        if crate::clip::cpu_tower::supports(text) && !self.reference_path {
+        if text.kernels_run() && !self.reference_path {
             // Every prompt starts with the same start token: the CPU kernels' shared-prefix path with P = 1.
             let l = prompts.dim(1)?;
             let sos = prompts.narrow(0, 0, 1)?.narrow(1, 0, 1)?;

@@ -1,4 +1,4 @@
-//! The fused ops (`clip::fused`) against the same maths composed from candle's primitives: values and
+//! The fused ops (`clip::kernels::fused`) against the same maths composed from candle's primitives: values and
 //! gradients, on the test device (the CPU, or the GPU with `PROMPTSCOPE_TEST_DEVICE=cuda`, where they
 //! are the NVRTC kernels of `fused_kernels.cu`). Shapes as in the towers: rows wider than a warp,
 //! row counts that are not a multiple of the rows per block, a causally masked softmax.
@@ -6,7 +6,7 @@
 use crate::common;
 
 use candle_core::{DType, Device, Result, Tensor, Var, D};
-use promptscope::clip::fused;
+use promptscope::clip::kernels::fused;
 
 /// Fused vs composed, relative to the largest value: worst 2.6e-7 on the AVX-512 kernels, 5.7e-7 on AVX2+FMA (random inputs each run; ≥ 17× margin).
 const BOUND: f64 = 1e-5;

@@ -1,4 +1,4 @@
-//! The fast text paths (a shared prefix run once; on the CPU, `cpu_tower`'s kernels with their hand-written
+//! The fast text paths (a shared prefix run once; on the CPU, `clip::kernels::cpu` with their hand-written
 //! backward) against the plain one (whole prompts through candle's ops and autograd): features and
 //! context gradients must agree (relative 1e-5) for every CoOp variant and a hand-crafted template prefix.
 

@@ -10,8 +10,7 @@ use super::attention::attention_bwd;
 use super::kernels::{gelu_grad, layer_norm_bwd, matmul, scatter};
 use super::weights::HeldTower;
 use super::{pool, run_blocks, Dims, LayerTape};
-use crate::clip::fused::contiguous_f32;
-use crate::clip::text::TextTower;
+use crate::clip::kernels::{contiguous_f32, TowerWeights};
 
 /// Everything the backward pass needs, kept from the forward.
 struct Tape {
@@ -26,11 +25,10 @@ struct Tape {
 /// each class uses those up to its end-of-text token). Returns the pooled, projected features
 /// `[C, proj]` and, when `keep_tape`, what the backward pass needs. The last layer runs its queries,
 /// output projection and MLP on the end-of-text rows alone: nothing else reaches the pooled features.
-fn forward(tower: &TextTower, prefix: &[f32], rest: &[f32], rest_len: usize, eot: &[usize], keep_tape: bool) -> Result<(Vec<f32>, Option<Tape>)> {
-    let cfg = &tower.config;
-    let d = cfg.hidden_size;
+fn forward(tower: &TowerWeights, prefix: &[f32], rest: &[f32], rest_len: usize, eot: &[usize], keep_tape: bool) -> Result<(Vec<f32>, Option<Tape>)> {
+    let d = tower.final_norm.weight.dim(0)?;
     let p = prefix.len() / d;
-    let dm = Dims::text(p, eot, d, cfg.num_attention_heads, cfg.intermediate_size, tower.projection.weight().dim(0)?);
+    let dm = Dims::text(p, eot, d, tower.heads, tower.intermediate, tower.projection_dim()?);
     let held = HeldTower::new(tower)?;
     let pos = held.pos.data();
     let rows = dm.rows();
@@ -44,17 +42,17 @@ fn forward(tower: &TextTower, prefix: &[f32], rest: &[f32], rest_len: usize, eot
             x[dst..][..d].iter_mut().zip(&rest[src..][..d]).zip(&pos[at..][..d]).for_each(|((x, e), q)| *x = e + q);
         }
     }
-    let (final_in, tapes) = run_blocks(&dm, &held.layers, cfg.hidden_act, x, &dm.eot_rows(), keep_tape);
+    let (final_in, tapes) = run_blocks(&dm, &held.layers, tower.act, x, &dm.eot_rows(), keep_tape);
     let (pooled, final_stats) = pool(&final_in, &held.final_norm, &held.proj, d, dm.proj);
     let tape = keep_tape.then_some(Tape { dims: dm, rest_len, layers: tapes, final_in, final_stats });
     Ok((pooled, tape))
 }
 
 /// Gradients of the prefix `[P, D]` and of `rest` `[C, rest_len, D]` from `dpooled` `[C, proj]`.
-fn backward(tower: &TextTower, tape: &Tape, dpooled: &[f32]) -> Result<(Vec<f32>, Vec<f32>)> {
+fn backward(tower: &TowerWeights, tape: &Tape, dpooled: &[f32]) -> Result<(Vec<f32>, Vec<f32>)> {
     let held = HeldTower::new(tower)?;
     let dm = &tape.dims;
-    let (d, rows, act, c) = (dm.d, dm.rows(), tower.config.hidden_act, dm.classes());
+    let (d, rows, act, c) = (dm.d, dm.rows(), tower.act, dm.classes());
     let mut dnormed = vec![0f32; c * d];
     matmul(&mut dnormed, d, dpooled, dm.proj, held.proj.w.data(), false, c, dm.proj, d, false);
     let mut dx = vec![0f32; c * d];
@@ -98,7 +96,7 @@ fn backward(tower: &TextTower, tape: &Tape, dpooled: &[f32]) -> Result<(Vec<f32>
 
 /// The tower as one autograd node over (prefix, rest): forward and backward are this module's kernels.
 struct PrefixedTower {
-    tower: TextTower,
+    tower: TowerWeights,
     eot: Vec<usize>,
     tape: Mutex<Option<Tape>>,
 }
@@ -118,7 +116,7 @@ impl CustomOp2 for PrefixedTower {
 
     fn bwd(&self, prefix: &Tensor, rest: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let guard = self.tape.lock().expect("tape lock");
-        let Some(tape) = guard.as_ref() else { candle_core::bail!("cpu_tower: backward without a forward") };
+        let Some(tape) = guard.as_ref() else { candle_core::bail!("cpu kernels: backward without a forward") };
         let g: Vec<f32> = grad.flatten_all()?.to_vec1()?;
         let (dprefix, drest) = backward(&self.tower, tape, &g)?;
         Ok((Some(Tensor::from_vec(dprefix, prefix.shape(), prefix.device())?), Some(Tensor::from_vec(drest, rest.shape(), rest.device())?)))
@@ -128,7 +126,7 @@ impl CustomOp2 for PrefixedTower {
 /// Pooled features `[C, proj]` of a `[1, P, D]` prefix and `[C, S, D]` continuations (see
 /// `TextTower::forward_prefixed`, whose checks the caller has made), through this module's kernels:
 /// differentiable with respect to both inputs.
-pub fn forward_prefixed(tower: &TextTower, prefix: &Tensor, rest: &Tensor, eot: &[usize]) -> Result<Tensor> {
+pub fn forward_prefixed(tower: &TowerWeights, prefix: &Tensor, rest: &Tensor, eot: &[usize]) -> Result<Tensor> {
     let (prefix, rest) = (prefix.contiguous()?, rest.contiguous()?);
     if prefix.track_op() || rest.track_op() {
         return prefix.apply_op2(&rest, PrefixedTower { tower: tower.clone(), eot: eot.to_vec(), tape: Mutex::new(None) });
@@ -136,5 +134,5 @@ pub fn forward_prefixed(tower: &TextTower, prefix: &Tensor, rest: &Tensor, eot: 
     let a: Vec<f32> = prefix.flatten_all()?.to_vec1()?;
     let b: Vec<f32> = rest.flatten_all()?.to_vec1()?;
     let (pooled, _) = forward(tower, &a, &b, rest.dim(1)?, eot, false)?;
-    Tensor::from_vec(pooled, (eot.len(), tower.projection.weight().dim(0)?), prefix.device())
+    Tensor::from_vec(pooled, (eot.len(), tower.projection_dim()?), prefix.device())
 }

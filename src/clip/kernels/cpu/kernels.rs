@@ -6,6 +6,7 @@ use rayon::prelude::*;
 
 use super::weights::{HeldLinear, HeldNorm};
 use crate::clip::config::HiddenAct;
+use crate::clip::kernels::{add_bias, row_chunk};
 
 pub(super) fn threads() -> Parallelism {
     match rayon::current_num_threads() {
@@ -63,20 +64,6 @@ pub(super) fn matmul(out: &mut [f32], out_rs: usize, a: &[f32], a_rs: usize, b: 
                 false,
                 if split > 1 { Parallelism::None } else { threads() },
             )
-        }
-    });
-}
-
-/// Rows of `width` at a time, enough of them per task to be worth a thread.
-pub(super) fn row_chunk(width: usize) -> usize {
-    (16384 / width.max(1)).max(1)
-}
-
-/// `y[r, ..bias.len()] += bias` for every row `r` of width `y_rs`, rows in parallel.
-pub(crate) fn add_bias(y: &mut [f32], y_rs: usize, bias: &[f32]) {
-    y.par_chunks_mut(y_rs * row_chunk(y_rs)).for_each(|block| {
-        for row in block.chunks_mut(y_rs) {
-            row[..bias.len()].iter_mut().zip(bias).for_each(|(v, b)| *v += b);
         }
     });
 }

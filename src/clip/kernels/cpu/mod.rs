@@ -23,46 +23,28 @@ use rayon::prelude::*;
 use self::attention::attention_fwd;
 use self::kernels::{gather, gelu, layer_norm_fwd, linear};
 use self::weights::{HeldLayer, HeldLinear, HeldNorm};
-use super::config::HiddenAct;
-use super::text::TextTower;
-use super::vision::VisionTower;
+use super::TowerWeights;
+use crate::clip::config::HiddenAct;
 
-pub(crate) use self::kernels::add_bias;
 pub use self::text::forward_prefixed;
 
-/// `PROMPTSCOPE_CANDLE_OPS=1` turns our kernels off (everything then runs as candle ops): for
-/// benchmarking one against the other.
-pub(crate) fn candle_ops_forced() -> bool {
-    static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *OFF.get_or_init(|| std::env::var_os("PROMPTSCOPE_CANDLE_OPS").is_some_and(|v| v == "1"))
-}
-
-fn runs_here(weights: &Tensor, act: HiddenAct) -> bool {
-    !candle_ops_forced() && weights.device().is_cpu() && weights.dtype() == DType::F32 && matches!(act, HiddenAct::QuickGelu | HiddenAct::Gelu)
-}
-
-/// Whether these kernels can run `tower`: f32 on the CPU with an activation they implement.
-pub fn supports(tower: &TextTower) -> bool {
-    runs_here(&tower.token_embedding, tower.config.hidden_act)
-}
-
-/// As [`supports`], for the vision tower.
-pub fn supports_vision(tower: &VisionTower) -> bool {
-    runs_here(&tower.patch_weight, tower.config.hidden_act)
+/// Whether these kernels can run a tower whose weights are like `weights` with activation `act`: f32 on
+/// the CPU with an activation they implement (and `PROMPTSCOPE_CANDLE_OPS` unset).
+pub fn runs_here(weights: &Tensor, act: HiddenAct) -> bool {
+    !super::candle_ops_forced() && weights.device().is_cpu() && weights.dtype() == DType::F32 && matches!(act, HiddenAct::QuickGelu | HiddenAct::Gelu)
 }
 
 /// The pooled feature of hidden states `[B, T, D]` (class token first) entering block `from`: blocks
 /// `from..`, the last on the class tokens alone, then `post_layernorm` and the projection. SsVP re-runs
 /// the last block this way on the class token and its kept patches.
-pub fn vision_pooled_from(tower: &VisionTower, hidden: &Tensor, from: usize) -> Result<Tensor> {
+pub fn vision_pooled_from(tower: &TowerWeights, hidden: &Tensor, from: usize) -> Result<Tensor> {
     let (b, t, d) = hidden.dims3()?;
-    let cfg = &tower.config;
-    let layers: Vec<HeldLayer> = tower.layers.get(from..).unwrap_or(&[]).iter().map(HeldLayer::new).collect::<Result<_>>()?;
-    let (post, proj) = (HeldNorm::new(&tower.post_layernorm)?, HeldLinear::new(&tower.projection)?);
-    let proj_dim = tower.projection.weight().dim(0)?;
-    let dm = Dims::blocks(0, vec![t; b], false, d, cfg.num_attention_heads, cfg.intermediate_size, proj_dim);
+    let layers: Vec<HeldLayer> = tower.blocks.get(from..).unwrap_or(&[]).iter().map(HeldLayer::new).collect::<Result<_>>()?;
+    let (post, proj) = (HeldNorm::new(&tower.final_norm)?, HeldLinear::new(&tower.projection)?);
+    let proj_dim = tower.projection_dim()?;
+    let dm = Dims::blocks(0, vec![t; b], false, d, tower.heads, tower.intermediate, proj_dim);
     let cls = dm.start.clone();
-    let (x, _) = run_blocks(&dm, &layers, cfg.hidden_act, hidden.flatten_all()?.to_vec1()?, &cls, false);
+    let (x, _) = run_blocks(&dm, &layers, tower.act, hidden.flatten_all()?.to_vec1()?, &cls, false);
     let (pooled, _) = pool(&x, &post, &proj, d, proj_dim);
     Tensor::from_vec(pooled, (b, proj_dim), hidden.device())
 }

@@ -1,5 +1,5 @@
 // CUDA side of src/clip/fused.rs: the element-wise and per-row pieces of the transformer block as single
-// kernels with their backward passes. Compiled at run time by NVRTC (src/clip/cuda_kernels.rs), so a
+// kernels with their backward passes. Compiled at run time by NVRTC (src/clip/kernels/cuda.rs), so a
 // CUDA build needs no extra build step. All f32, contiguous, row-major.
 //
 // Row kernels run one warp per row (blockDim = (32, ROWS_PER_BLOCK)): rows are at most a few thousand

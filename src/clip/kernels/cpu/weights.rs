@@ -4,8 +4,7 @@ use std::ops::Deref;
 
 use candle_core::{CpuStorage, Result, Storage, Tensor};
 
-use crate::clip::layers::{EncoderLayer, LayerNorm, Linear};
-use crate::clip::text::TextTower;
+use crate::clip::kernels::{BlockWeights, LinearWeights, NormWeights, TowerWeights};
 
 /// A weight tensor's f32 data, borrowed from candle's storage for as long as the guard lives.
 pub(super) struct Held<'t> {
@@ -17,10 +16,10 @@ pub(super) struct Held<'t> {
 impl<'t> Held<'t> {
     pub(super) fn new(t: &'t Tensor) -> Result<Self> {
         let (guard, layout) = t.storage_and_layout();
-        let Some((start, end)) = layout.contiguous_offsets() else { candle_core::bail!("cpu_tower: weight is not contiguous") };
+        let Some((start, end)) = layout.contiguous_offsets() else { candle_core::bail!("cpu kernels: weight is not contiguous") };
         match &*guard {
             Storage::Cpu(CpuStorage::F32(v)) if end <= v.len() => {}
-            _ => candle_core::bail!("cpu_tower: weights must be f32 on the CPU"),
+            _ => candle_core::bail!("cpu kernels: weights must be f32 on the CPU"),
         }
         Ok(Self { guard: Box::new(guard), start, len: end - start })
     }
@@ -39,8 +38,8 @@ pub(super) struct HeldLinear<'t> {
 }
 
 impl<'t> HeldLinear<'t> {
-    pub(super) fn new(l: &'t Linear) -> Result<Self> {
-        Ok(Self { w: Held::new(l.weight())?, b: l.bias().map(Held::new).transpose()? })
+    pub(super) fn new(l: &'t LinearWeights) -> Result<Self> {
+        Ok(Self { w: Held::new(&l.weight)?, b: l.bias.as_ref().map(Held::new).transpose()? })
     }
 }
 
@@ -51,8 +50,8 @@ pub(super) struct HeldNorm<'t> {
 }
 
 impl<'t> HeldNorm<'t> {
-    pub(super) fn new(n: &'t LayerNorm) -> Result<Self> {
-        Ok(Self { w: Held::new(n.weight())?, b: Held::new(n.bias())?, eps: n.eps() as f32 })
+    pub(super) fn new(n: &'t NormWeights) -> Result<Self> {
+        Ok(Self { w: Held::new(&n.weight)?, b: Held::new(&n.bias)?, eps: n.eps as f32 })
     }
 }
 
@@ -68,17 +67,16 @@ pub(super) struct HeldLayer<'t> {
 }
 
 impl<'t> HeldLayer<'t> {
-    pub(super) fn new(l: &'t EncoderLayer) -> Result<Self> {
-        let a = &l.self_attn;
+    pub(super) fn new(l: &'t BlockWeights) -> Result<Self> {
         Ok(Self {
-            ln1: HeldNorm::new(&l.layer_norm1)?,
-            q: HeldLinear::new(a.q_proj())?,
-            k: HeldLinear::new(a.k_proj())?,
-            v: HeldLinear::new(a.v_proj())?,
-            o: HeldLinear::new(a.out_proj())?,
-            ln2: HeldNorm::new(&l.layer_norm2)?,
-            fc1: HeldLinear::new(l.mlp.fc1())?,
-            fc2: HeldLinear::new(l.mlp.fc2())?,
+            ln1: HeldNorm::new(&l.ln1)?,
+            q: HeldLinear::new(&l.q)?,
+            k: HeldLinear::new(&l.k)?,
+            v: HeldLinear::new(&l.v)?,
+            o: HeldLinear::new(&l.o)?,
+            ln2: HeldNorm::new(&l.ln2)?,
+            fc1: HeldLinear::new(&l.fc1)?,
+            fc2: HeldLinear::new(&l.fc2)?,
         })
     }
 }
@@ -92,11 +90,12 @@ pub(super) struct HeldTower<'t> {
 }
 
 impl<'t> HeldTower<'t> {
-    pub(super) fn new(t: &'t TextTower) -> Result<Self> {
+    pub(super) fn new(t: &'t TowerWeights) -> Result<Self> {
+        let Some(pos) = &t.positions else { candle_core::bail!("cpu kernels: the text tower's position embeddings are missing") };
         Ok(Self {
-            pos: Held::new(&t.position_embedding)?,
-            layers: t.layers.iter().map(HeldLayer::new).collect::<Result<_>>()?,
-            final_norm: HeldNorm::new(&t.final_layer_norm)?,
+            pos: Held::new(pos)?,
+            layers: t.blocks.iter().map(HeldLayer::new).collect::<Result<_>>()?,
+            final_norm: HeldNorm::new(&t.final_norm)?,
             proj: HeldLinear::new(&t.projection)?,
         })
     }

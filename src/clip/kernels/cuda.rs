@@ -10,7 +10,7 @@ use candle_core::cuda_backend::cudarc::nvrtc::{compile_ptx_with_opts, CompileOpt
 use candle_core::cuda_backend::{CudaDevice, WrapErr};
 use candle_core::{CudaStorage, Layout, Result};
 
-use super::fused::rows_of;
+use super::rows_of;
 
 const SOURCE: &str = include_str!("fused_kernels.cu");
 const MODULE: &str = "promptscope_fused";
@@ -31,7 +31,7 @@ fn ptx() -> std::result::Result<&'static str, &'static str> {
 /// comparison, as it does the CPU kernels.
 pub fn available() -> bool {
     static WARNED: OnceLock<()> = OnceLock::new();
-    if crate::clip::cpu_tower::candle_ops_forced() {
+    if super::candle_ops_forced() {
         return false;
     }
     match ptx() {

@@ -4,7 +4,7 @@
 //! `[N, D]` tensors behind and quick-GELU three `[N, 4D]` ones, and on the GPU each primitive is a kernel
 //! launch: a layer norm was ~10 launches forward and ~20 backward. As single ops they leave one tensor
 //! and take one launch each way. Used when gradients flow (CoOp on the GPU, MP-FGVC training); CPU
-//! inference and CoOp go through `cpu_tower`.
+//! inference and CoOp go through `kernels::cpu`.
 
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, D};
@@ -12,25 +12,8 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Re
 use candle_core::CudaStorage;
 
 #[cfg(feature = "cuda")]
-use super::cuda_kernels;
-
-/// `rows × d` of a layout whose last dimension is `d` (the per-row ops' view of any shape).
-pub(crate) fn rows_of(l: &Layout) -> (usize, usize) {
-    let d = l.shape().dims().last().copied().unwrap_or(1).max(1);
-    (l.shape().elem_count() / d, d)
-}
-
-/// The f32 data of a contiguous CPU storage, or an error naming `what`.
-pub(crate) fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
-    let data = match s {
-        CpuStorage::F32(v) => v.as_slice(),
-        _ => candle_core::bail!("{what}: only f32 is supported"),
-    };
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&data[a..b]),
-        None => candle_core::bail!("{what}: input must be contiguous"),
-    }
-}
+use super::cuda as cuda_kernels;
+use super::{add_bias, contiguous_f32, rows_of};
 
 /// `x · σ(1.702 x)`.
 struct QuickGelu;
@@ -281,7 +264,7 @@ impl CustomOp3 for FrozenLinear {
         if b.len() != out {
             candle_core::bail!("{}: bias of {} for {out} outputs", self.name(), b.len());
         }
-        super::cpu_tower::add_bias(&mut y, out, b);
+        add_bias(&mut y, out, b);
         Ok((CpuStorage::F32(y), Shape::from((rows, out))))
     }
 
