@@ -11,7 +11,7 @@ use promptscope::train::config::{MpFgvcRun, RunConfig};
 use promptscope::train::mpfgvc::{OptimizerKind, StageConfig, StageEvent};
 use promptscope::train::coop::TrainEvent;
 
-use crate::cli::{batch_text, parse_batch, parse_shots, shots_text, Bar, CacheArgs};
+use crate::cli::{serde_name, Bar, CacheArgs, RunOutputArgs, BATCH, SHOTS};
 use super::{Format, ModelArgs};
 
 #[derive(clap::Args, Debug, Clone)]
@@ -44,7 +44,7 @@ pub struct TrainArgs {
     #[arg(long)]
     pub super_category: String,
     /// Training images per class: a number, or all.
-    #[arg(long, default_value_t = shots_text(defaults().shots))]
+    #[arg(long, default_value_t = SHOTS.text(defaults().shots))]
     pub shots: String,
     /// Seed of the shots, the initialisations and the batch order.
     #[arg(long, default_value_t = defaults().seed)]
@@ -70,31 +70,19 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = defaults().stage2.optim.lr)]
     pub lr2: f64,
     /// adamw, or sgd (CoOp's SGD with momentum 0.9).
-    #[arg(long, default_value_t = optimizer_text(defaults().stage1.optimizer))]
+    #[arg(long, default_value_t = serde_name(defaults().stage1.optimizer))]
     pub optim1: String,
-    #[arg(long, default_value_t = optimizer_text(defaults().stage2.optimizer))]
+    #[arg(long, default_value_t = serde_name(defaults().stage2.optimizer))]
     pub optim2: String,
     #[arg(long, default_value_t = defaults().stage1.optim.weight_decay)]
     pub weight_decay: f64,
     /// A number, or `full` for one batch of the whole train set.
-    #[arg(long, default_value_t = batch_text(defaults().stage1.batch_size))]
+    #[arg(long, default_value_t = BATCH.text(defaults().stage1.batch_size))]
     pub batch_size: String,
     #[command(flatten)]
     pub cache: CacheArgs,
-    #[arg(long)]
-    pub out: PathBuf,
-    /// Continue from the checkpoint a killed run left next to --out.
-    #[arg(long)]
-    pub resume: bool,
-    /// Print the run's settings as JSON (what the app's Train form would start) and exit.
-    #[arg(long)]
-    pub dry_run: bool,
-    #[arg(long, value_enum, default_value = "text")]
-    pub format: Format,
-}
-
-fn optimizer_text(k: OptimizerKind) -> String {
-    serde_json::to_value(k).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
+    #[command(flatten)]
+    pub output: RunOutputArgs,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -122,7 +110,7 @@ pub fn run(args: &MpfgvcArgs) -> Result<()> {
 impl TrainArgs {
     /// The library's defaults with every flag applied, validated as the app validates its form.
     pub fn to_run(&self) -> Result<MpFgvcRun> {
-        let batch_size = parse_batch(&self.batch_size)?;
+        let batch_size = BATCH.parse(&self.batch_size)?;
         let stage = |lr: f64, epochs: usize, optim: &str, flag: &str| -> Result<StageConfig> {
             let optimizer: OptimizerKind = optim.parse().map_err(|e: String| anyhow::anyhow!("--{flag}: {e}"))?;
             let mut s = promptscope::train::config::stage(lr, epochs, optimizer, batch_size);
@@ -130,7 +118,7 @@ impl TrainArgs {
             Ok(s)
         };
         let mut run = defaults();
-        run.shots = parse_shots(&self.shots)?;
+        run.shots = SHOTS.parse(&self.shots)?;
         run.seed = self.seed;
         run.split_seed = self.split_seed;
         run.datp = DatpConfig { n_ctx: self.n_ctx, super_category: self.super_category.clone(), seed: self.seed };
@@ -144,7 +132,7 @@ impl TrainArgs {
 
 fn train(args: &TrainArgs) -> Result<()> {
     let run = args.to_run()?;
-    if args.dry_run {
+    if args.output.dry_run {
         outln!("{}", serde_json::to_string_pretty(&RunConfig::MpFgvc(run))?);
         return Ok(());
     }
@@ -158,7 +146,7 @@ fn train(args: &TrainArgs) -> Result<()> {
     let blocks = format!("; training the last {} of {} vision blocks", run.train_blocks, clip.model.vision.layers.len());
     crate::cli::report_split(&rd.split, ds.num_classes(), &blocks);
     let bar = Bar::new();
-    let json = args.format == Format::Json;
+    let json = args.output.format == Format::Json;
     let mut on_event = |ev: StageEvent| {
         if let TrainEvent::Epoch(s) = &ev.event {
             if json {
@@ -184,15 +172,15 @@ fn train(args: &TrainArgs) -> Result<()> {
             }
         }
     };
-    let outcome = pipeline::train(&clip, &ds, &rd, &run, Some(&args.out), args.resume, &bar, &mut on_event)?;
+    let outcome = pipeline::train(&clip, &ds, &rd, &run, Some(&args.output.out), args.output.resume, &bar, &mut on_event)?;
     drop(bar);
     let m = &outcome.metrics;
     if json {
-        outln!("{}", serde_json::json!({"summary": m, "out": args.out}));
+        outln!("{}", serde_json::json!({"summary": m, "out": args.output.out}));
     } else {
         print_accuracies("test", &m.test);
         outln!("({} + {} epochs, {:.1} s + {:.1} s)", m.epochs1, m.epochs2, m.stage1_seconds, m.stage2_seconds);
-        outln!("wrote {}", args.out.display());
+        outln!("wrote {}", args.output.out.display());
     }
     Ok(())
 }

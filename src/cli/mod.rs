@@ -9,7 +9,7 @@ use promptscope::clip::{ClipConfig, HiddenAct, LoadedClip};
 use promptscope::data::DatasetFolder;
 use promptscope::eval::zeroshot;
 use promptscope::progress::Progress;
-use promptscope::train::config::{Augment, CoopRun, RunConfig};
+use promptscope::train::config::{CoopRun, RunConfig};
 use promptscope::train::optim::{default_epochs, OptimConfig};
 
 pub mod align;
@@ -241,27 +241,46 @@ pub fn sample(out: &Path, format: Format) -> Result<()> {
     zero_shot(&args, &data, vec![], 32, format)
 }
 
-/// `K` or `all`.
-pub fn parse_shots(s: &str) -> Result<Option<usize>> {
-    match s {
-        "all" => Ok(None),
-        n => Ok(Some(n.parse().map_err(|_| anyhow::anyhow!("--shots takes a number or 'all', not '{n}'"))?)),
+/// A count flag whose `word` means None: `--shots K|all`, `--batch-size N|full`.
+pub struct CountFlag {
+    pub flag: &'static str,
+    pub word: &'static str,
+}
+
+pub const SHOTS: CountFlag = CountFlag { flag: "--shots", word: "all" };
+pub const BATCH: CountFlag = CountFlag { flag: "--batch-size", word: "full" };
+
+impl CountFlag {
+    pub fn parse(&self, s: &str) -> Result<Option<usize>> {
+        if s == self.word {
+            return Ok(None);
+        }
+        Ok(Some(s.parse().map_err(|_| anyhow::anyhow!("{} takes a number or '{}', not '{s}'", self.flag, self.word))?))
+    }
+
+    pub fn text(&self, v: Option<usize>) -> String {
+        v.map_or(self.word.into(), |k| k.to_string())
     }
 }
 
-pub fn shots_text(shots: Option<usize>) -> String {
-    shots.map_or("all".into(), |k| k.to_string())
+/// A unit enum's name as the library serialises it (and the CLI takes it): `crop-flip`, `adamw`.
+pub fn serde_name(v: impl serde::Serialize) -> String {
+    serde_json::to_value(v).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
 }
 
-pub fn parse_batch(s: &str) -> Result<Option<usize>> {
-    match s {
-        "full" => Ok(None),
-        n => Ok(Some(n.parse().map_err(|_| anyhow::anyhow!("--batch-size takes a number or 'full', not '{n}'"))?)),
-    }
-}
-
-pub fn batch_text(batch: Option<usize>) -> String {
-    batch.map_or("full".into(), |b| b.to_string())
+/// Where a training verb writes, and how it reports.
+#[derive(clap::Args, Debug, Clone)]
+pub struct RunOutputArgs {
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Continue from the checkpoint a killed run left next to --out.
+    #[arg(long)]
+    pub resume: bool,
+    /// Print the run's settings as JSON (what the app's Train form would start) and exit.
+    #[arg(long)]
+    pub dry_run: bool,
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: Format,
 }
 
 /// The CoOp defaults every flag of `train` shows: the library's, which the app's Train form starts from too.
@@ -308,7 +327,7 @@ impl CacheArgs {
 
 impl SplitArgs {
     fn shots_or(&self, default: &str) -> Result<Option<usize>> {
-        parse_shots(self.shots.as_deref().unwrap_or(default))
+        SHOTS.parse(self.shots.as_deref().unwrap_or(default))
     }
 
     fn cache_dir(&self) -> Option<PathBuf> {
@@ -339,7 +358,7 @@ pub struct TrainArgs {
     #[arg(long)]
     pub epochs: Option<usize>,
     /// A number, or `full` for one batch of the whole train set.
-    #[arg(long, default_value_t = batch_text(coop_defaults().train.batch_size))]
+    #[arg(long, default_value_t = BATCH.text(coop_defaults().train.batch_size))]
     pub batch_size: String,
     #[arg(long, default_value_t = coop_defaults().train.optim.lr)]
     pub lr: f64,
@@ -352,7 +371,7 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = coop_defaults().train.optim.warmup_lr)]
     pub warmup_lr: f64,
     /// none, or crop-flip (CoOp's random resized crop + flip, as cached views).
-    #[arg(long, default_value_t = augment_text(coop_defaults().augment))]
+    #[arg(long, default_value_t = serde_name(coop_defaults().augment))]
     pub augment: String,
     /// Cached augmented views per training image.
     #[arg(long, default_value_t = coop_defaults().views)]
@@ -360,27 +379,15 @@ pub struct TrainArgs {
     /// The hand-crafted template reported beside the learned context.
     #[arg(long, default_value_t = coop_defaults().template)]
     pub template: String,
-    #[arg(long)]
-    pub out: PathBuf,
-    /// Continue from the checkpoint a killed run left next to --out.
-    #[arg(long)]
-    pub resume: bool,
-    /// Print the run's settings as JSON (what the app's Train form would start) and exit.
-    #[arg(long)]
-    pub dry_run: bool,
-    #[arg(long, value_enum, default_value = "text")]
-    pub format: Format,
-}
-
-fn augment_text(a: Augment) -> String {
-    serde_json::to_value(a).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
+    #[command(flatten)]
+    pub output: RunOutputArgs,
 }
 
 impl TrainArgs {
     /// The library's defaults with every flag applied, validated as the app validates its form.
     pub fn to_run(&self) -> Result<CoopRun> {
         let mut run = coop_defaults().with_seed(self.split.seed);
-        run.shots = self.split.shots_or(&shots_text(run.shots))?;
+        run.shots = self.split.shots_or(&SHOTS.text(run.shots))?;
         run.split_seed = self.split.split_seed;
         run.coop.n_ctx = self.n_ctx;
         run.coop.ctx_init = self.ctx_init.clone();
@@ -394,7 +401,7 @@ impl TrainArgs {
             warmup_lr: self.warmup_lr,
             epochs: self.epochs.unwrap_or_else(|| default_epochs(run.shots)),
         };
-        run.train.batch_size = parse_batch(&self.batch_size)?;
+        run.train.batch_size = BATCH.parse(&self.batch_size)?;
         run.augment = serde_json::from_value(serde_json::Value::String(self.augment.clone()))
             .map_err(|_| anyhow::anyhow!("--augment takes none or crop-flip, not '{}'", self.augment))?;
         run.views = self.views;
@@ -420,7 +427,7 @@ pub(crate) fn report_split(split: &promptscope::data::fewshot::FewShotSplit, cla
 pub fn train(args: &TrainArgs) -> Result<()> {
     use promptscope::train::coop::TrainEvent;
     let run = args.to_run()?;
-    if args.dry_run {
+    if args.output.dry_run {
         outln!("{}", serde_json::to_string_pretty(&RunConfig::Coop(run))?);
         return Ok(());
     }
@@ -433,7 +440,7 @@ pub fn train(args: &TrainArgs) -> Result<()> {
     };
     report_split(&rd.split, ds.num_classes(), "");
     let bar = Bar::new();
-    let json = args.format == Format::Json;
+    let json = args.output.format == Format::Json;
     let mut on_event = |ev: TrainEvent| {
         if let TrainEvent::Epoch(s) = ev {
             if json {
@@ -451,11 +458,11 @@ pub fn train(args: &TrainArgs) -> Result<()> {
             }
         }
     };
-    let outcome = promptscope::run::coop::train(&clip, &ds, &rd, &run, Some(&args.out), args.resume, &bar, &mut on_event)?;
+    let outcome = promptscope::run::coop::train(&clip, &ds, &rd, &run, Some(&args.output.out), args.output.resume, &bar, &mut on_event)?;
     drop(bar);
     let m = &outcome.metrics;
     if json {
-        print_json(&serde_json::json!({"summary": m, "out": args.out}))
+        print_json(&serde_json::json!({"summary": m, "out": args.output.out}))
     } else {
         outln!(
             "learned context: val {:.2}%, test {:.2}%; hand-crafted {:?}: test {:.2}%  ({} epochs, {:.1} s)",
@@ -466,7 +473,7 @@ pub fn train(args: &TrainArgs) -> Result<()> {
             m.epochs_run,
             m.train_seconds
         );
-        outln!("wrote {}", args.out.display());
+        outln!("wrote {}", args.output.out.display());
         Ok(())
     }
 }
