@@ -49,6 +49,8 @@ pub struct Startup {
     pub autorun: bool,
     pub epochs: Option<usize>,
     pub prompts: Option<PathBuf>,
+    pub method: Option<crate::prompt::PromptMethodKind>,
+    pub super_category: Option<String>,
 }
 
 pub fn run(model: Option<String>, data: Option<PathBuf>, startup: Startup) -> anyhow::Result<()> {
@@ -71,6 +73,12 @@ pub fn run(model: Option<String>, data: Option<PathBuf>, startup: Startup) -> an
             app.tab = startup.tab;
             app.autorun = startup.autorun;
             app.startup_prompts = startup.prompts;
+            if let Some(m) = startup.method {
+                app.train.form.method = m;
+            }
+            if let Some(word) = startup.super_category {
+                app.train.form.mpfgvc.datp.super_category = word;
+            }
             if let Some(e) = startup.epochs {
                 app.train.form.set_epochs(e);
             }

@@ -3,7 +3,7 @@
 //! epoch) for every run, overlaid.
 
 use egui::{Color32, DragValue, RichText, ScrollArea, TextEdit};
-use egui_plot::{Legend, Line, Plot, PlotPoints};
+use egui_plot::{Legend, Line, LineStyle, Plot, PlotPoints};
 
 use crate::prompt::coop::ClassPosition;
 use crate::prompt::PromptMethodKind;
@@ -356,7 +356,9 @@ fn plots_ui(ui: &mut egui::Ui, runs: &[TrainRecord]) {
                     continue;
                 }
                 let faint = name.ends_with("step loss") || name.ends_with(" train");
-                let line = Line::new(name, PlotPoints::from(points)).color(if faint { colour.gamma_multiply(0.45) } else { colour });
+                // A later stage of the same run: same colour, dashed.
+                let style = if name.contains(" stage 2 ") { LineStyle::dashed_dense() } else { LineStyle::Solid };
+                let line = Line::new(name, PlotPoints::from(points)).color(if faint { colour.gamma_multiply(0.45) } else { colour }).style(style);
                 p.line(line.width(if faint { 1.0 } else { 2.0 }));
             }
         }

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 
-use super::args::{Format, TabArg};
+use super::args::{Format, MethodArg, TabArg};
 
 /// No verb: the app on its first tab, with what it remembers.
 pub fn open_default_app() -> Result<()> {
@@ -19,6 +19,8 @@ pub struct AppStart {
     pub autorun: bool,
     pub epochs: Option<usize>,
     pub prompts: Option<PathBuf>,
+    pub method: Option<MethodArg>,
+    pub super_category: Option<String>,
 }
 
 #[cfg(feature = "gui")]
@@ -29,7 +31,12 @@ pub fn open_app(model: Option<String>, data: Option<PathBuf>, start: AppStart) -
         TabArg::Align => promptscope::app::Tab::Align,
         TabArg::Export => promptscope::app::Tab::Export,
     };
-    promptscope::app::run(model, data, promptscope::app::Startup { tab, autorun: start.autorun, epochs: start.epochs, prompts: start.prompts })
+    let method = start.method.map(|m| match m {
+        MethodArg::Coop => promptscope::prompt::PromptMethodKind::Coop,
+        MethodArg::Mpfgvc => promptscope::prompt::PromptMethodKind::Datp,
+    });
+    let startup = promptscope::app::Startup { tab, autorun: start.autorun, epochs: start.epochs, prompts: start.prompts, method, super_category: start.super_category };
+    promptscope::app::run(model, data, startup)
 }
 
 #[cfg(feature = "gui")]

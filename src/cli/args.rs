@@ -50,6 +50,12 @@ pub enum Verb {
         /// A prompts file to load once the model is loaded (it joins Compare, Align and Export).
         #[arg(long)]
         prompts: Option<PathBuf>,
+        /// The Train tab's method (default: the remembered one); with mpfgvc, --super-category names
+        /// the word its prompts end with.
+        #[arg(long, value_enum)]
+        method: Option<MethodArg>,
+        #[arg(long)]
+        super_category: Option<String>,
     },
     /// Projected (not normalised) text and image features, as transformers' get_text_features /
     /// get_image_features.
@@ -202,6 +208,13 @@ pub enum DatasetKind {
     Dimorphic,
 }
 
+
+/// The Train tab's methods, as `app --method` takes them.
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum MethodArg {
+    Coop,
+    Mpfgvc,
+}
 
 /// The app's tabs, as `--tab` takes them.
 #[derive(Clone, Copy, Debug, Default, ValueEnum, PartialEq, Eq)]

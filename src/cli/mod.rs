@@ -644,7 +644,9 @@ pub fn linear_probe(args: &ProbeArgs) -> Result<()> {
 /// Runs one verb.
 pub fn run(verb: Verb) -> Result<()> {
     match verb {
-        Verb::App { model, data, tab, autorun, epochs, prompts } => open_app(model, data, AppStart { tab, autorun, epochs, prompts }),
+        Verb::App { model, data, tab, autorun, epochs, prompts, method, super_category } => {
+            open_app(model, data, AppStart { tab, autorun, epochs, prompts, method, super_category })
+        }
         Verb::Embed { model, texts, images, format } => embed(&model, &texts, &images, format),
         Verb::ZeroShot { model, data, templates, batch, format } => zero_shot(&model, &data, templates, batch, format),
         Verb::Bench { model, batch, images, text_batch, texts, coop, classes, n_ctx, csc, steps, zero_shot_templates, suite, format } => {

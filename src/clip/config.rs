@@ -108,11 +108,11 @@ impl ClipConfig {
         let t = &self.text_config;
         let v = &self.vision_config;
         let checks = [
-            (t.hidden_size == 0 || t.num_attention_heads == 0 || t.hidden_size % t.num_attention_heads != 0,
+            (t.hidden_size == 0 || t.num_attention_heads == 0 || !t.hidden_size.is_multiple_of(t.num_attention_heads),
              format!("text hidden_size {} is not divisible by num_attention_heads {}", t.hidden_size, t.num_attention_heads)),
-            (v.hidden_size == 0 || v.num_attention_heads == 0 || v.hidden_size % v.num_attention_heads != 0,
+            (v.hidden_size == 0 || v.num_attention_heads == 0 || !v.hidden_size.is_multiple_of(v.num_attention_heads),
              format!("vision hidden_size {} is not divisible by num_attention_heads {}", v.hidden_size, v.num_attention_heads)),
-            (v.patch_size == 0 || v.image_size % v.patch_size != 0,
+            (v.patch_size == 0 || !v.image_size.is_multiple_of(v.patch_size),
              format!("vision image_size {} is not a multiple of patch_size {}", v.image_size, v.patch_size)),
             (t.max_position_embeddings < 2, "text max_position_embeddings must be at least 2".to_string()),
             (self.projection_dim == 0, "projection_dim must be positive".to_string()),

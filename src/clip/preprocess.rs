@@ -11,6 +11,8 @@ use super::resample::resize_bicubic_pil;
 use crate::error::{Error, Result};
 
 pub const OPENAI_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
+// The literals of CLIP's preprocessing, digit for digit (they round to the same f32).
+#[allow(clippy::excessive_precision)]
 pub const OPENAI_STD: [f32; 3] = [0.268_629_54, 0.261_302_58, 0.275_777_11];
 
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
@@ -100,7 +102,7 @@ impl PreprocessConfig {
         if flag("do_normalize") == Some(false) {
             cfg.normalize = false;
         }
-        if cfg.std.iter().any(|&s| s == 0.0) {
+        if cfg.std.contains(&0.0) {
             return Err("\"image_std\" has a zero".into());
         }
         Ok(cfg)

@@ -151,7 +151,8 @@ fn check_common(shots: Option<usize>, optim: &OptimConfig, batch_size: Option<us
     if !(optim.lr.is_finite() && optim.lr > 0.0) {
         return Err(Error::invalid(format!("the {what}learning rate must be positive, got {}", optim.lr)));
     }
-    if !(optim.warmup_lr.is_finite() && optim.warmup_lr >= 0.0) || !(0.0..1.0).contains(&optim.momentum) || !(optim.weight_decay >= 0.0) {
+    let non_negative = |v: f64| v.is_finite() && v >= 0.0;
+    if !non_negative(optim.warmup_lr) || !(0.0..1.0).contains(&optim.momentum) || !non_negative(optim.weight_decay) {
         return Err(Error::invalid(format!("the {what}warm-up rate, momentum (0 ≤ m < 1) and weight decay must be non-negative")));
     }
     Ok(())

@@ -170,7 +170,7 @@ fn class_name_past_77_tokens_is_a_clear_error() {
     // Folder names are too short for such a class name, so the class list goes to the library directly.
     let long = "very ".repeat(80) + "long";
     let clip = promptscope::clip::load(&s.p("m"), &Device::Cpu).unwrap();
-    let err = promptscope::prompt::coop::PromptLearner::new(&clip.model.text, &clip.tokenizer, &[long.clone()], &Default::default())
+    let err = promptscope::prompt::coop::PromptLearner::new(&clip.model.text, &clip.tokenizer, std::slice::from_ref(&long), &Default::default())
         .err()
         .expect("must fail")
         .to_string();

@@ -228,9 +228,8 @@ fn a_run_stopped_in_either_stage_and_resumed_ends_bit_for_bit_where_an_uninterru
     pipeline::train(&s.clip, &s.data, &rd, &run, Some(&straight), false, &promptscope::progress::Silent, &mut |_| {}).unwrap();
 
     let out = s.dir.path().join("stopped.safetensors");
-    let mut stops = 0;
     // Stop at the second step of stage 1's epoch 2, then at the second step of stage 2's epoch 2.
-    for (stage, epoch) in [(1u8, 1usize), (2, 1)] {
+    for (stops, (stage, epoch)) in [(1u8, 1usize), (2, 1)].into_iter().enumerate() {
         let cancel = AtomicBool::new(false);
         let progress = Reporter { cancel: &cancel, on_update: |_: &str, _, _| {} };
         let mut on_event = |ev: StageEvent| {
@@ -242,7 +241,6 @@ fn a_run_stopped_in_either_stage_and_resumed_ends_bit_for_bit_where_an_uninterru
         };
         let err = pipeline::train(&s.clip, &s.data, &rd, &run, Some(&out), stops > 0, &progress, &mut on_event).err().unwrap();
         assert!(matches!(err, Error::Cancelled), "{err}");
-        stops += 1;
     }
     let ckpt = promptscope::train::coop::checkpoint_path(&out);
     assert!(ckpt.is_file());
