@@ -9,7 +9,7 @@ use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
 
 use super::config::HiddenAct;
-use super::kernels::{BlockWeights, LinearWeights, NormWeights};
+use super::kernels::{BlockWeights, LinearWeights, NormWeights, TowerWeights};
 
 /// `nn.Linear` applied over the last dimension, computed as one 2-D matmul whatever the batch shape
 /// (broadcasting the weight over batches is much slower in candle's CPU gemm).
@@ -373,6 +373,20 @@ impl Linear {
 impl LayerNorm {
     pub fn kernel_weights(&self) -> NormWeights {
         NormWeights { weight: self.weight.clone(), bias: self.bias.clone(), eps: self.eps }
+    }
+}
+
+/// A tower's weights as the kernels read them: its blocks, final norm and projection (tensor handles,
+/// nothing is copied); `positions` for the text tower, whose kernels add them.
+pub fn tower_weights(positions: Option<&Tensor>, layers: &[EncoderLayer], final_norm: &LayerNorm, projection: &Linear, act: HiddenAct, heads: usize, intermediate: usize) -> TowerWeights {
+    TowerWeights {
+        positions: positions.cloned(),
+        blocks: layers.iter().map(EncoderLayer::kernel_weights).collect(),
+        final_norm: final_norm.kernel_weights(),
+        projection: projection.kernel_weights(),
+        act,
+        heads,
+        intermediate,
     }
 }
 

@@ -10,7 +10,7 @@ use candle_nn::VarBuilder;
 
 use super::config::TextConfig;
 use super::kernels::{cpu, TowerWeights};
-use super::layers::{causal_mask, load_layers, EncoderLayer, LayerNorm, Linear};
+use super::layers::{causal_mask, load_layers, tower_weights, EncoderLayer, LayerNorm, Linear};
 
 #[derive(Debug, Clone)]
 pub struct TextTower {
@@ -40,15 +40,8 @@ impl TextTower {
 
     /// The weights as the kernels read them (tensor handles: nothing is copied).
     pub fn kernel_weights(&self) -> TowerWeights {
-        TowerWeights {
-            positions: Some(self.position_embedding.clone()),
-            blocks: self.layers.iter().map(EncoderLayer::kernel_weights).collect(),
-            final_norm: self.final_layer_norm.kernel_weights(),
-            projection: self.projection.kernel_weights(),
-            act: self.config.hidden_act,
-            heads: self.config.num_attention_heads,
-            intermediate: self.config.intermediate_size,
-        }
+        let c = &self.config;
+        tower_weights(Some(&self.position_embedding), &self.layers, &self.final_layer_norm, &self.projection, c.hidden_act, c.num_attention_heads, c.intermediate_size)
     }
 }
 

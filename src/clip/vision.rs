@@ -7,7 +7,7 @@ use candle_nn::VarBuilder;
 
 use super::config::VisionConfig;
 use super::kernels::{cpu, TowerWeights};
-use super::layers::{load_layers, EncoderLayer, LayerNorm, Linear};
+use super::layers::{load_layers, tower_weights, EncoderLayer, LayerNorm, Linear};
 
 #[derive(Debug, Clone)]
 pub struct VisionTower {
@@ -47,15 +47,8 @@ pub struct VisionOutput {
 impl VisionTower {
     /// The weights as the kernels read them (tensor handles: nothing is copied).
     pub fn kernel_weights(&self) -> TowerWeights {
-        TowerWeights {
-            positions: None,
-            blocks: self.layers.iter().map(EncoderLayer::kernel_weights).collect(),
-            final_norm: self.post_layernorm.kernel_weights(),
-            projection: self.projection.kernel_weights(),
-            act: self.config.hidden_act,
-            heads: self.config.num_attention_heads,
-            intermediate: self.config.intermediate_size,
-        }
+        let c = &self.config;
+        tower_weights(None, &self.layers, &self.post_layernorm, &self.projection, c.hidden_act, c.num_attention_heads, c.intermediate_size)
     }
 }
 
