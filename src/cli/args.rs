@@ -192,6 +192,21 @@ pub enum Verb {
         #[arg(long, value_enum, default_value = "shapes")]
         kind: DatasetKind,
     },
+    /// Write generated image–caption pairs (NNNNNN.png + .txt + .json with the objects, for masks): the
+    /// captioned scenes FILIP/CLIP pretraining uses.
+    SynthScenes {
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 1000)]
+        count: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long, default_value_t = 224)]
+        size: u32,
+        /// Include the held-out colour–shape pairs (for evaluating composition; pretraining leaves them out).
+        #[arg(long)]
+        held_out: bool,
+    },
     /// Write the sample model and dataset into a folder and run zero-shot on them.
     Sample {
         #[arg(long, default_value = "samples")]

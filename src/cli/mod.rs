@@ -679,6 +679,12 @@ pub fn run(verb: Verb) -> Result<()> {
             eprintln!("wrote a generated dataset of {classes} classes to {}", out.display());
             Ok(())
         }
+        Verb::SynthScenes { out, count, seed, size, held_out } => {
+            use promptscope::data::scenes::{write_pairs, SceneConfig};
+            write_pairs(&out, count, seed, &SceneConfig { size, allow_held_out: held_out, ..SceneConfig::default() })?;
+            eprintln!("wrote {count} captioned scenes to {}", out.display());
+            Ok(())
+        }
         Verb::Sample { out, format } => sample(&out, format),
         Verb::Train(args) => train(&args),
         Verb::Eval(args) => eval(&args),
