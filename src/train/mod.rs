@@ -1,6 +1,7 @@
 //! Training: the one epoch loop and the trainers on it (CoOp, MP-FGVC's two stages), their optimisers
 //! and schedule, the run descriptions both front ends fill (`config`), and the image-feature cache.
 pub mod config;
+pub mod contrastive;
 pub mod coop;
 pub mod epoch_loop;
 pub mod features;
