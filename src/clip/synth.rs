@@ -117,11 +117,20 @@ pub fn tensor_values(name: &str, shape: &[usize]) -> Vec<f32> {
 /// Writes `config.json`, `model.safetensors`, `tokenizer.json` (the bundled OpenAI BPE) and
 /// `preprocessor_config.json` into `dir`.
 pub fn write_model_folder(config: &ClipConfig, dir: &Path) -> Result<()> {
-    config.validate().map_err(Error::invalid)?;
-    crate::error::create_dir_atomic(dir, |tmp| write_files(config, tmp))
+    write_model_folder_with(config, dir, &|name, shape| Ok(tensor_values(name, shape)))
 }
 
-fn write_files(config: &ClipConfig, dir: &Path) -> Result<()> {
+/// A tensor's values (row-major f32) by name and shape.
+pub type TensorValues<'a> = dyn Fn(&str, &[usize]) -> Result<Vec<f32>> + 'a;
+
+/// As [`write_model_folder`], with each tensor's values (row-major, f32) from `values(name, shape)`: what
+/// pretraining writes its trained weights through.
+pub fn write_model_folder_with(config: &ClipConfig, dir: &Path, values: &TensorValues) -> Result<()> {
+    config.validate().map_err(Error::invalid)?;
+    crate::error::create_dir_atomic(dir, |tmp| write_files(config, tmp, values))
+}
+
+fn write_files(config: &ClipConfig, dir: &Path, values: &TensorValues) -> Result<()> {
     let mut cfg_json = serde_json::to_value(config).map_err(|e| Error::invalid(e.to_string()))?;
     cfg_json["architectures"] = serde_json::json!(["CLIPModel"]);
     cfg_json["model_type"] = serde_json::json!("clip");
@@ -131,8 +140,8 @@ fn write_files(config: &ClipConfig, dir: &Path) -> Result<()> {
     let shapes = parameter_shapes(config);
     let data: Vec<Vec<u8>> = shapes
         .iter()
-        .map(|(name, shape)| tensor_values(name, shape).iter().flat_map(|x| x.to_le_bytes()).collect())
-        .collect();
+        .map(|(name, shape)| Ok(values(name, shape)?.iter().flat_map(|x| x.to_le_bytes()).collect()))
+        .collect::<Result<_>>()?;
     let views: Vec<(String, safetensors::tensor::TensorView)> = shapes
         .iter()
         .zip(&data)

@@ -7,3 +7,4 @@ pub mod epoch_loop;
 pub mod features;
 pub mod mpfgvc;
 pub mod optim;
+pub mod pretrain;

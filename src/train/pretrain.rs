@@ -1,0 +1,309 @@
+//! Pretraining a CLIP's two towers on image–caption pairs with FILIP's or CLIP's loss (METHODS §7), on
+//! the one epoch loop: every weight is a variable, AdamW with decoupled weight decay, warm-up + cosine,
+//! and the learnable temperature clamped at 100 after each step as CLIP does. The towers run through
+//! candle's ops (the CPU kernels compute no weight gradients).
+
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor, Var, D};
+use candle_nn::{VarBuilder, VarMap};
+use serde::{Deserialize, Serialize};
+
+use super::contrastive::{clip_loss, filip_scores};
+use super::epoch_loop::{EpochLoop, TrainStep};
+use super::optim::{AdamW, OptimConfig};
+use crate::clip::config::ClipConfig;
+use crate::clip::model::ClipModel;
+use crate::clip::synth::parameter_shapes;
+use crate::clip::vision::VisionRequest;
+use crate::error::{Error, Result};
+use crate::rng::Rng;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PretrainLoss {
+    /// Token-wise late interaction over patch and word tokens.
+    Filip,
+    /// Cosine of the pooled features.
+    Clip,
+}
+
+/// CLIP's ceiling on the temperature, `ln 100` on the stored log.
+pub const MAX_LOGIT_SCALE_LOG: f64 = 4.605_170_185_988_092;
+
+/// A CLIP whose every weight is a variable, named as in `CLIPModel`'s state dict.
+pub struct TrainableClip {
+    pub config: ClipConfig,
+    pub varmap: VarMap,
+    pub model: ClipModel,
+    pub logit_scale: Var,
+}
+
+impl TrainableClip {
+    /// Random weights as transformers' `CLIPPreTrainedModel._init_weights` draws them (normal with its
+    /// per-tensor deviations, layer norms at 1 and 0, biases 0, the temperature at 1/0.07), from `seed`.
+    pub fn init(config: &ClipConfig, seed: u64, device: &Device) -> Result<Self> {
+        config.validate().map_err(Error::invalid)?;
+        let varmap = VarMap::new();
+        let mut rng = Rng::new(seed);
+        for (name, shape) in parameter_shapes(config) {
+            let n: usize = shape.iter().product();
+            let values = match init_std(config, &name) {
+                Init::Normal(std) => normal(&mut rng, n, std),
+                Init::Const(v) => vec![v; n],
+            };
+            let var = Var::from_vec(values, shape.as_slice(), device)?;
+            varmap.data().lock().map_err(|_| Error::invalid("the variable map is poisoned"))?.insert(name, var);
+        }
+        Self::from_varmap(config, varmap, device)
+    }
+
+    /// Every weight of a CLIP folder as a variable (fine-tuning an existing model).
+    pub fn from_folder(dir: &Path, device: &Device) -> Result<Self> {
+        let config = crate::clip::load::read_config(dir)?;
+        let mut model = Self::init(&config, 0, device)?;
+        let weights = dir.join("model.safetensors");
+        model.varmap.load(&weights).map_err(|e| Error::bad_file(&weights, format!("could not be read into the model ({e})"), "pass a CLIP folder whose config.json matches its weights"))?;
+        // The towers hold the same variables, so they see the loaded values; the temperature too.
+        model.model.logit_scale_log = model.logit_scale.as_tensor().to_scalar::<f32>()?;
+        Ok(model)
+    }
+
+    fn from_varmap(config: &ClipConfig, varmap: VarMap, device: &Device) -> Result<Self> {
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, device);
+        let model = ClipModel::load(config, vb)?;
+        let logit_scale = varmap.data().lock().map_err(|_| Error::invalid("the variable map is poisoned"))?.get("logit_scale").cloned();
+        let logit_scale = logit_scale.ok_or_else(|| Error::invalid("the model has no logit_scale"))?;
+        Ok(Self { config: config.clone(), varmap, model, logit_scale })
+    }
+
+    /// Every variable with its name, in name order (a fixed order for the optimiser and checkpoints).
+    pub fn named_vars(&self) -> Vec<(String, Var)> {
+        let data = self.varmap.data().lock().expect("variable map lock");
+        let mut v: Vec<(String, Var)> = data.iter().map(|(n, v)| (n.clone(), v.clone())).collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    /// Writes the model as a Hugging Face folder (`config.json`, `model.safetensors`, the bundled
+    /// `tokenizer.json`, `preprocessor_config.json`) that `clip::load` and transformers' `CLIPModel` read.
+    pub fn save_folder(&self, dir: &Path) -> Result<()> {
+        let vars = self.named_vars();
+        crate::clip::synth::write_model_folder_with(&self.config, dir, &|name, _| {
+            let var = vars.iter().find(|(n, _)| n == name).map(|(_, v)| v).ok_or_else(|| Error::invalid(format!("no variable {name}")))?;
+            Ok(var.as_tensor().flatten_all()?.to_vec1::<f32>()?)
+        })
+    }
+}
+
+enum Init {
+    Normal(f32),
+    Const(f32),
+}
+
+/// transformers' CLIP initialisation (initializer_factor 1, initializer_range 0.02), by tensor name.
+fn init_std(c: &ClipConfig, name: &str) -> Init {
+    let (tower_width, layers) = if name.starts_with("text_model") {
+        (c.text_config.hidden_size, c.text_config.num_hidden_layers)
+    } else {
+        (c.vision_config.hidden_size, c.vision_config.num_hidden_layers)
+    };
+    let d = tower_width as f32;
+    let in_proj = d.powf(-0.5) * (2.0 * layers as f32).powf(-0.5);
+    if name == "logit_scale" {
+        return Init::Const(c.logit_scale_init_value as f32);
+    }
+    if name.ends_with(".bias") {
+        return Init::Const(0.0);
+    }
+    if ["layer_norm", "layrnorm", "layernorm"].iter().any(|n| name.contains(n)) {
+        return Init::Const(1.0);
+    }
+    let std = match () {
+        _ if name.ends_with("text_projection.weight") => c.text_config.hidden_size as f32,
+        _ if name.ends_with("visual_projection.weight") => c.vision_config.hidden_size as f32,
+        _ => 0.0,
+    };
+    if std > 0.0 {
+        return Init::Normal(std.powf(-0.5));
+    }
+    Init::Normal(match () {
+        _ if name.contains("token_embedding") => 0.02,
+        _ if name.contains("class_embedding") => d.powf(-0.5),
+        _ if name.contains("embedding") => 0.02,
+        _ if name.contains("q_proj") || name.contains("k_proj") || name.contains("v_proj") => in_proj,
+        _ if name.contains("out_proj") => d.powf(-0.5),
+        _ if name.contains("fc1") => (2.0 * d).powf(-0.5),
+        _ if name.contains("fc2") => in_proj,
+        _ => 0.02,
+    })
+}
+
+/// Box–Muller normals from the project's generator.
+fn normal(rng: &mut Rng, n: usize, std: f32) -> Vec<f32> {
+    let mut u = || ((rng.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+    (0..n).map(|_| ((-2.0 * u().ln()).sqrt() * (2.0 * std::f64::consts::PI * u()).cos()) as f32 * std).collect()
+}
+
+/// Everything a pretraining run is besides the data.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PretrainConfig {
+    pub loss: PretrainLoss,
+    /// FILIP's token selection: the share of each side's tokens (by their max similarity) in the means.
+    pub top_fraction: f64,
+    pub optim: OptimConfig,
+    pub batch_size: usize,
+    pub seed: u64,
+}
+
+impl Default for PretrainConfig {
+    fn default() -> Self {
+        let optim = OptimConfig { lr: 5e-4, momentum: 0.9, weight_decay: 0.1, warmup_epochs: 1, warmup_lr: 5e-5, epochs: 30 };
+        Self { loss: PretrainLoss::Filip, top_fraction: 1.0, optim, batch_size: 32, seed: 0 }
+    }
+}
+
+/// The pairs as the towers take them: pixels `[N, 3, S, S]` and each caption's token ids.
+pub struct PairTensors {
+    pub pixels: Tensor,
+    pub ids: Vec<Vec<u32>>,
+}
+
+/// A pretraining run lent to the epoch loop.
+pub struct Pretrainer<'a> {
+    pub model: &'a TrainableClip,
+    pub config: PretrainConfig,
+    pub state: EpochLoop,
+    params: Vec<(String, Var)>,
+    opt: Vec<AdamW>,
+    data: &'a PairTensors,
+}
+
+impl<'a> Pretrainer<'a> {
+    pub fn new(model: &'a TrainableClip, config: PretrainConfig, data: &'a PairTensors) -> Result<Self> {
+        if data.ids.len() != data.pixels.dim(0)? || data.ids.len() < 2 {
+            return Err(Error::invalid(format!("pretraining needs at least two pairs and a caption per image ({} images, {} captions)", data.pixels.dim(0)?, data.ids.len())));
+        }
+        let params = model.named_vars();
+        // No decay on gains, biases, embeddings and the temperature, as CLIP's recipe.
+        let opt = params
+            .iter()
+            .map(|(n, _)| AdamW::new(if n.ends_with(".weight") && !n.contains("norm") && !n.contains("embedding") { config.optim.weight_decay } else { 0.0 }))
+            .collect();
+        let state = EpochLoop::new(config.optim.clone(), Some(config.batch_size), config.seed);
+        Ok(Self { model, config, state, params, opt, data })
+    }
+
+    /// The loss of a batch of pairs and how many images picked their own caption.
+    pub fn loss(&self, rows: &[usize]) -> Result<(Tensor, usize)> {
+        let dev = self.data.pixels.device();
+        let idx = Tensor::new(rows.iter().map(|&r| r as u32).collect::<Vec<_>>().as_slice(), dev)?;
+        let pixels = self.data.pixels.index_select(&idx, 0)?;
+        let ids: Vec<Vec<u32>> = rows.iter().map(|&r| self.data.ids[r].clone()).collect();
+        let m = &self.model.model;
+        let filip = self.config.loss == PretrainLoss::Filip;
+        let scale = self.model.logit_scale.as_tensor().exp()?;
+        let vision = m.vision.forward(&pixels, VisionRequest { tokens: filip, ..Default::default() })?;
+        let text = m.text.forward_ids(&ids, filip)?;
+        let (loss, scores) = if filip {
+            let img_tokens = vision.tokens.as_ref().expect("asked for").narrow(1, 1, m.config.vision_config.num_patches())?;
+            let txt_tokens = text.tokens.as_ref().expect("asked for");
+            let len = txt_tokens.dim(1)?;
+            let eot = m.text.eot_positions(&ids)?;
+            let mask: Vec<f32> = eot.iter().flat_map(|&e| (0..len).map(move |t| if t <= e { 1.0 } else { 0.0 })).collect();
+            let mask = Tensor::from_vec(mask, (rows.len(), len), dev)?;
+            let (s_i, s_t) = filip_scores(&img_tokens, txt_tokens, &mask, self.config.top_fraction)?;
+            let target = Tensor::arange(0u32, rows.len() as u32, dev)?;
+            let a = candle_nn::loss::cross_entropy(&s_i.broadcast_mul(&scale)?, &target)?;
+            let b = candle_nn::loss::cross_entropy(&s_t.t()?.broadcast_mul(&scale)?, &target)?;
+            (((a + b)? * 0.5)?, s_i)
+        } else {
+            let scores = crate::clip::l2_normalize(&vision.pooled)?.matmul(&crate::clip::l2_normalize(&text.pooled)?.t()?)?;
+            (clip_loss(&vision.pooled, &text.pooled, &scale)?, scores)
+        };
+        let picked: Vec<u32> = scores.argmax(D::Minus1)?.to_vec1()?;
+        let right = picked.iter().enumerate().filter(|(i, p)| **p as usize == *i).count();
+        Ok((loss, right))
+    }
+}
+
+impl TrainStep for Pretrainer<'_> {
+    fn state(&mut self) -> &mut EpochLoop {
+        &mut self.state
+    }
+
+    fn step(&mut self, rows: &[usize], lr: f64) -> Result<(f64, usize)> {
+        let (loss, right) = self.loss(rows)?;
+        let grads = loss.backward()?;
+        for ((name, var), opt) in self.params.iter().zip(self.opt.iter_mut()) {
+            let g = grads.get(var.as_tensor()).ok_or_else(|| Error::invalid(format!("no gradient reached {name}")))?;
+            opt.step(var, g, lr)?;
+        }
+        let s = &self.model.logit_scale;
+        s.set(&s.as_tensor().clamp(0f64, MAX_LOGIT_SCALE_LOG)?)?;
+        Ok((f64::from(loss.to_scalar::<f32>()?), right))
+    }
+
+    fn validate(&mut self) -> Result<(Option<f64>, Option<f64>)> {
+        Ok((None, None))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clip::config::HiddenAct;
+    use crate::data::scenes::{generate, SceneConfig};
+    use crate::train::epoch_loop::{run_until, TrainSet};
+
+    fn small() -> ClipConfig {
+        let mut c = ClipConfig::tiny(HiddenAct::QuickGelu, 1e-5);
+        c.vision_config.image_size = 64;
+        c.vision_config.patch_size = 16;
+        c
+    }
+
+    fn pairs(model: &TrainableClip, n: usize) -> PairTensors {
+        let tok = crate::clip::ClipTokenizer::bundled(77).unwrap();
+        let cfg = SceneConfig { size: 64, max_objects: 1, allow_held_out: false };
+        let scenes: Vec<_> = (0..n).map(|i| generate(3, i as u64, &cfg).unwrap()).collect();
+        let pre = crate::clip::PreprocessConfig::clip(64);
+        let px: Vec<f32> = scenes.iter().flat_map(|s| crate::clip::preprocess::preprocess(&image::DynamicImage::ImageRgb8(s.image.clone()), &pre)).collect();
+        let pixels = Tensor::from_vec(px, (n, 3, 64, 64), &Device::Cpu).unwrap();
+        let ids = tok.encode_batch(&scenes.iter().map(|s| s.caption.clone()).collect::<Vec<_>>()).unwrap();
+        let _ = model;
+        PairTensors { pixels, ids }
+    }
+
+    #[test]
+    fn both_losses_train_every_weight_and_the_saved_folder_loads_back() {
+        for loss in [PretrainLoss::Filip, PretrainLoss::Clip] {
+            let model = TrainableClip::init(&small(), 1, &Device::Cpu).unwrap();
+            let data = pairs(&model, 16);
+            let optim = OptimConfig { lr: 2e-3, momentum: 0.9, weight_decay: 0.1, warmup_epochs: 1, warmup_lr: 2e-4, epochs: 12 };
+            let mut t = Pretrainer::new(&model, PretrainConfig { loss, top_fraction: 1.0, optim, batch_size: 8, seed: 1 }, &data).unwrap();
+            let before = t.loss(&(0..16).collect::<Vec<_>>()).unwrap().0.to_scalar::<f32>().unwrap();
+            let first: Vec<f32> = model.named_vars()[5].1.as_tensor().flatten_all().unwrap().to_vec1().unwrap();
+            run_until(&mut t, TrainSet { items: 16, views: 1 }, 12, "", &crate::progress::Silent, &mut |_, _| {}).unwrap();
+            let after = t.loss(&(0..16).collect::<Vec<_>>()).unwrap().0.to_scalar::<f32>().unwrap();
+            println!("{loss:?}: loss over the 16 pairs {before:.3} → {after:.3}");
+            assert!(after < 0.8 * before, "{loss:?}: {before} → {after}");
+            let now: Vec<f32> = model.named_vars()[5].1.as_tensor().flatten_all().unwrap().to_vec1().unwrap();
+            assert_ne!(first, now, "weights move");
+            let scale = model.logit_scale.as_tensor().to_scalar::<f32>().unwrap();
+            assert!(f64::from(scale) <= MAX_LOGIT_SCALE_LOG + 1e-6);
+
+            // Saved as a Hugging Face folder: the loader's features equal the trained model's.
+            let dir = tempfile::tempdir().unwrap();
+            let out = dir.path().join("m");
+            model.save_folder(&out).unwrap();
+            let loaded = crate::clip::load::load_dir(&out, "trained", &Device::Cpu).unwrap();
+            let px = data.pixels.narrow(0, 0, 4).unwrap();
+            let ours = model.model.vision.forward(&px, VisionRequest::default()).unwrap().pooled;
+            let theirs = loaded.model.image_features(&px).unwrap();
+            let diff = (ours - theirs).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            crate::testing::within("saved and reloaded image features (kernels vs candle ops)", f64::from(diff), 1e-5);
+            assert!((loaded.model.logit_scale_log - scale).abs() < 1e-7);
+        }
+    }
+}
