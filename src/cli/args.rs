@@ -192,6 +192,8 @@ pub enum Verb {
         #[arg(long, value_enum, default_value = "shapes")]
         kind: DatasetKind,
     },
+    /// Pretrain both towers of a CLIP on image–caption pairs with FILIP's or CLIP's loss.
+    Pretrain(super::pretrain::PretrainArgs),
     /// Write generated image–caption pairs (NNNNNN.png + .txt + .json with the objects, for masks): the
     /// captioned scenes FILIP/CLIP pretraining uses.
     SynthScenes {

@@ -16,6 +16,7 @@ pub mod align;
 mod app;
 pub mod args;
 pub mod fusion;
+pub mod pretrain;
 
 pub use args::{Format, ModelArgs};
 use args::{DatasetKind, Verb};
@@ -58,12 +59,13 @@ pub fn load_model(args: &ModelArgs) -> Result<LoadedClip> {
 pub fn preset(name: &str) -> Result<ClipConfig> {
     Ok(match name {
         "tiny" => ClipConfig::tiny(HiddenAct::QuickGelu, 1e-5),
+        "scenes" => ClipConfig::scenes(),
         "tiny-gelu" => ClipConfig::tiny(HiddenAct::Gelu, 1e-6),
         "vit-b-32" => ClipConfig::vit_b_32(),
         "vit-b-16" => ClipConfig::vit_b_16(),
         "vit-l-14" => ClipConfig::vit_l_14(224),
         "vit-l-14-336" => ClipConfig::vit_l_14(336),
-        other => bail!("unknown preset '{other}': tiny, tiny-gelu, vit-b-32, vit-b-16, vit-l-14, vit-l-14-336"),
+        other => bail!("unknown preset '{other}': tiny, scenes, tiny-gelu, vit-b-32, vit-b-16, vit-l-14, vit-l-14-336"),
     })
 }
 
@@ -685,6 +687,7 @@ pub fn run(verb: Verb) -> Result<()> {
             eprintln!("wrote {count} captioned scenes to {}", out.display());
             Ok(())
         }
+        Verb::Pretrain(args) => pretrain::pretrain(&args),
         Verb::Sample { out, format } => sample(&out, format),
         Verb::Train(args) => train(&args),
         Verb::Eval(args) => eval(&args),

@@ -163,6 +163,26 @@ impl ClipConfig {
         c
     }
 
+    /// The demo models' architecture (pretrained here on captioned scenes): the real 49,408-token
+    /// vocabulary at a narrow text width, a 7×7 patch grid at 112 px, FILIP's projection width 256.
+    pub fn scenes() -> Self {
+        let act = HiddenAct::QuickGelu;
+        Self {
+            text_config: TextConfig {
+                vocab_size: 49408, hidden_size: 64, intermediate_size: 256, num_hidden_layers: 4,
+                num_attention_heads: 4, max_position_embeddings: 77, hidden_act: act, layer_norm_eps: 1e-5,
+                bos_token_id: 49406, eos_token_id: 49407,
+            },
+            vision_config: VisionConfig {
+                hidden_size: 128, intermediate_size: 512, num_hidden_layers: 6, num_attention_heads: 4,
+                image_size: 112, patch_size: 16, num_channels: 3, hidden_act: act, layer_norm_eps: 1e-5,
+            },
+            projection_dim: 256,
+            logit_scale_init_value: 2.6592,
+            model_type: Some("clip".into()),
+        }
+    }
+
     /// A small model with the real vocabulary and the real layout, for tests, samples and fixtures.
     pub fn tiny(hidden_act: HiddenAct, layer_norm_eps: f64) -> Self {
         Self {

@@ -3,3 +3,4 @@
 
 pub mod coop;
 pub mod mpfgvc;
+pub mod pretrain;

@@ -156,6 +156,19 @@ pub struct PretrainConfig {
     pub seed: u64,
 }
 
+impl PretrainConfig {
+    pub fn validate(&self) -> Result<()> {
+        crate::align::filip::check_fraction(self.top_fraction)?;
+        if self.batch_size < 2 {
+            return Err(Error::invalid("--batch-size must be at least 2: the loss contrasts each pair with the others in its batch"));
+        }
+        if self.optim.epochs == 0 || !(self.optim.lr.is_finite() && self.optim.lr > 0.0) {
+            return Err(Error::invalid("the epoch count must be at least 1 and the learning rate positive"));
+        }
+        Ok(())
+    }
+}
+
 impl Default for PretrainConfig {
     fn default() -> Self {
         let optim = OptimConfig { lr: 5e-4, momentum: 0.9, weight_decay: 0.1, warmup_epochs: 1, warmup_lr: 5e-5, epochs: 30 };

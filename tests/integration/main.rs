@@ -17,6 +17,7 @@ mod mpfgvc_cli;
 mod mpfgvc_two_stage;
 mod overlay_gpu;
 mod preprocess_parity;
+mod pretrain_cli;
 mod resample_pil;
 mod run_config;
 mod shared_prefix;

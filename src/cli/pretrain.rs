@@ -1,0 +1,89 @@
+//! `promptscope pretrain`: both towers trained on image–caption pairs with FILIP's or CLIP's loss, from
+//! random weights (`--preset`) or an existing CLIP (`--init`), written as a Hugging Face folder.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use promptscope::data::scenes::read_pairs;
+use promptscope::train::optim::OptimConfig;
+use promptscope::train::pretrain::{PretrainConfig, PretrainLoss, TrainableClip};
+
+use super::{Bar, Format};
+
+fn defaults() -> PretrainConfig {
+    PretrainConfig::default()
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct PretrainArgs {
+    /// A folder of pairs: NAME.jpg + NAME.txt (as img2dataset writes), or images beside a captions.tsv /
+    /// captions.jsonl (`promptscope synth-scenes` writes captioned scenes).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// The new model's folder (must not exist yet, or be empty).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// filip (token-wise late interaction) or clip (pooled features).
+    #[arg(long, default_value_t = super::serde_name(defaults().loss))]
+    pub loss: String,
+    /// The architecture to start from random weights (scenes, tiny, vit-b-32, ...).
+    #[arg(long, default_value = "scenes", conflicts_with = "init")]
+    pub preset: String,
+    /// Start from this CLIP folder's weights instead (fine-tuning).
+    #[arg(long)]
+    pub init: Option<PathBuf>,
+    /// FILIP's token selection: the share of each side's tokens that enter the means (FILIP: 0.25).
+    #[arg(long, default_value_t = defaults().top_fraction)]
+    pub top_fraction: f64,
+    #[arg(long, default_value_t = defaults().optim.epochs)]
+    pub epochs: usize,
+    #[arg(long, default_value_t = defaults().batch_size)]
+    pub batch_size: usize,
+    #[arg(long, default_value_t = defaults().optim.lr)]
+    pub lr: f64,
+    #[arg(long, default_value_t = defaults().optim.weight_decay)]
+    pub weight_decay: f64,
+    #[arg(long, default_value_t = defaults().optim.warmup_epochs)]
+    pub warmup_epochs: usize,
+    #[arg(long, default_value_t = defaults().seed)]
+    pub seed: u64,
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: Format,
+}
+
+pub fn pretrain(args: &PretrainArgs) -> Result<()> {
+    let loss: PretrainLoss = serde_json::from_value(serde_json::Value::String(args.loss.clone()))
+        .map_err(|_| anyhow::anyhow!("--loss takes filip or clip, not '{}'", args.loss))?;
+    let optim = OptimConfig { lr: args.lr, momentum: 0.9, weight_decay: args.weight_decay, warmup_epochs: args.warmup_epochs, warmup_lr: args.lr / 10.0, epochs: args.epochs };
+    let config = PretrainConfig { loss, top_fraction: args.top_fraction, optim, batch_size: args.batch_size, seed: args.seed };
+    config.validate()?;
+    let device = candle_core::Device::Cpu;
+    let (model, tok) = match &args.init {
+        Some(dir) => (TrainableClip::from_folder(dir, &device)?, promptscope::clip::load::load_dir(dir, &dir.display().to_string(), &device)?.tokenizer),
+        None => {
+            let cfg = super::preset(&args.preset)?;
+            (TrainableClip::init(&cfg, args.seed, &device)?, promptscope::clip::ClipTokenizer::bundled(cfg.text_config.max_position_embeddings)?)
+        }
+    };
+    let pairs = read_pairs(&args.data)?;
+    let bar = Bar::new();
+    let data = promptscope::run::pretrain::prepare(&pairs, model.config.vision_config.image_size, &tok, &device, &bar)?;
+    eprintln!("pretraining on {} pairs from {} ({} loss, {} epochs)", pairs.len(), args.data.display(), args.loss, args.epochs);
+    let json = args.format == Format::Json;
+    let mut on_epoch = |s: &promptscope::train::epoch_loop::EpochStats| {
+        if json {
+            println!("{}", serde_json::json!({"epoch": s.epoch, "loss": s.loss, "lr": s.lr, "batch_acc": s.train_acc}));
+        } else {
+            bar.0.suspend(|| eprintln!("epoch {:>4}/{}  loss {:.4}  lr {:.2e}  in-batch retrieval {:5.1}%", s.epoch + 1, s.epochs, s.loss, s.lr, 100.0 * s.train_acc));
+        }
+    };
+    let history = promptscope::run::pretrain::train(&model, &data, &config, &args.out, &bar, &mut on_epoch)?;
+    drop(bar);
+    let last = history.last();
+    if json {
+        println!("{}", serde_json::json!({"out": args.out, "epochs": history.len(), "final_loss": last.map(|h| h.loss), "seconds": last.map(|h| h.elapsed_s)}));
+    } else {
+        println!("wrote {} ({} epochs, final loss {:.4})", args.out.display(), history.len(), last.map_or(f64::NAN, |h| h.loss));
+    }
+    Ok(())
+}
