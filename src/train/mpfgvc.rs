@@ -15,7 +15,6 @@
 //! per-parameter step sizes fit it (measured in the tests below).
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Tensor, Var, D};
 use serde::{Deserialize, Serialize};
@@ -25,11 +24,12 @@ use crate::fusion::tail::VisionTail;
 use crate::fusion::vlfm::Vlfm;
 use crate::clip::l2_normalize;
 use crate::clip::text::TextTower;
-use crate::error::{write_atomic, Error, Result};
-use crate::rng::Rng;
+use crate::error::Result;
 use crate::progress::Progress;
 use crate::prompt::coop::PromptLearner;
 use crate::train::epoch_loop::{self, EpochLoop, TrainEvent, TrainSet, TrainStep};
+use crate::train::checkpoint::{restore, snapshot, ParamOptimizer};
+pub use crate::train::checkpoint::{Checkpoint, CheckpointSink};
 use crate::train::optim::{AdamW, OptimConfig, Sgd};
 
 /// The temperature of stage 1's image-to-text loss (the paper's fixed τ).
@@ -113,168 +113,13 @@ fn correct(logits: &Tensor, labels: &Tensor) -> Result<usize> {
     Ok(logits.argmax(D::Minus1)?.eq(labels)?.to_dtype(DType::U32)?.sum_all()?.to_scalar::<u32>()? as usize)
 }
 
-/// A stage's optimiser state over its parameters (fixed order).
-enum Optimizer {
-    /// One CoOp SGD state per parameter.
-    Sgd(Vec<Sgd>),
-    AdamW(Vec<AdamW>),
-}
-
-impl Optimizer {
-    fn new(config: &StageConfig, params: &[(String, Var)]) -> Result<Self> {
-        let o = &config.optim;
-        Ok(match config.optimizer {
-            OptimizerKind::Sgd => Self::Sgd(params.iter().map(|_| Sgd::new(o.momentum, o.weight_decay)).collect()),
-            OptimizerKind::AdamW => Self::AdamW(params.iter().map(|_| AdamW::new(o.weight_decay)).collect()),
-        })
+/// A stage's optimiser over its parameters.
+fn stage_optimizer(config: &StageConfig, params: &[(String, Var)]) -> ParamOptimizer {
+    let o = &config.optim;
+    match config.optimizer {
+        OptimizerKind::Sgd => ParamOptimizer::Sgd(params.iter().map(|_| Sgd::new(o.momentum, o.weight_decay)).collect()),
+        OptimizerKind::AdamW => ParamOptimizer::AdamW(params.iter().map(|_| AdamW::new(o.weight_decay)).collect()),
     }
-
-    /// Each parameter's state as named tensors (SGD's momentum buffer; AdamW's moments and step count).
-    fn save(&self, prefix: &str, params: &[(String, Var)], tensors: &mut Vec<(String, Tensor)>, meta: &mut HashMap<String, String>) {
-        match self {
-            Self::Sgd(opts) => {
-                for ((name, _), o) in params.iter().zip(opts) {
-                    if let Some(b) = &o.buf {
-                        tensors.push((format!("{prefix}.opt.{name}.buf"), b.clone()));
-                    }
-                }
-            }
-            Self::AdamW(opts) => {
-                for ((name, _), o) in params.iter().zip(opts) {
-                    if let Some((m, v)) = &o.moments {
-                        tensors.push((format!("{prefix}.opt.{name}.m"), m.clone()));
-                        tensors.push((format!("{prefix}.opt.{name}.v"), v.clone()));
-                    }
-                    meta.insert(format!("{prefix}.opt.{name}.t"), o.t.to_string());
-                }
-            }
-        }
-    }
-
-    fn restore(&mut self, prefix: &str, params: &[(String, Var)], ckpt: &Checkpoint) -> Result<()> {
-        match self {
-            Self::Sgd(opts) => {
-                for ((name, var), o) in params.iter().zip(opts.iter_mut()) {
-                    o.buf = ckpt.optional(&format!("{prefix}.opt.{name}.buf"), var)?;
-                }
-            }
-            Self::AdamW(opts) => {
-                for ((name, var), o) in params.iter().zip(opts.iter_mut()) {
-                    let m = ckpt.optional(&format!("{prefix}.opt.{name}.m"), var)?;
-                    let v = ckpt.optional(&format!("{prefix}.opt.{name}.v"), var)?;
-                    o.moments = m.zip(v);
-                    o.t = ckpt.number(&format!("{prefix}.opt.{name}.t"))?;
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// One step on every parameter from the gradients of `loss`.
-    fn update(&mut self, loss: &Tensor, params: &[(String, Var)], lr: f64) -> Result<()> {
-        let grads = loss.backward()?;
-        // A parameter without a gradient is a wiring bug (a detached path), not something to skip.
-        for (name, var) in params {
-            if grads.get(var.as_tensor()).is_none() {
-                return Err(Error::invalid(format!("no gradient reached {name}")));
-            }
-        }
-        match self {
-            Self::Sgd(opts) => {
-                for ((_, var), opt) in params.iter().zip(opts.iter_mut()) {
-                    let g = grads.get(var.as_tensor()).expect("checked above");
-                    opt.step(var, g, lr)?;
-                }
-            }
-            Self::AdamW(opts) => {
-                for ((_, var), opt) in params.iter().zip(opts.iter_mut()) {
-                    let g = grads.get(var.as_tensor()).expect("checked above");
-                    opt.step(var, g, lr)?;
-                }
-            }
-        }
-        Ok(())
-    }
-}
-
-/// A checkpoint of a run's stages as read back, for resuming.
-pub struct Checkpoint {
-    pub path: PathBuf,
-    pub tensors: HashMap<String, Tensor>,
-    pub meta: HashMap<String, String>,
-}
-
-impl Checkpoint {
-    pub fn read(path: &Path) -> Result<Self> {
-        let (tensors, meta) = crate::tensor_file::read_safetensors(path)?;
-        Ok(Self { path: path.to_path_buf(), tensors, meta })
-    }
-
-    pub fn bad(&self, why: impl Into<String>) -> Error {
-        Error::bad_file(&self.path, why.into(), "start the run again without resuming, or pass the checkpoint of this run")
-    }
-
-    pub fn get(&self, key: &str) -> Result<&str> {
-        self.meta.get(key).map(String::as_str).ok_or_else(|| self.bad(format!("has no '{key}' entry: not a checkpoint of this kind of run")))
-    }
-
-    pub fn number<T: std::str::FromStr>(&self, key: &str) -> Result<T> {
-        self.get(key)?.parse().map_err(|_| self.bad(format!("has a bad '{key}'")))
-    }
-
-    /// The tensor `key`, shaped like `like` and on its device; None when absent.
-    fn optional(&self, key: &str, like: &Var) -> Result<Option<Tensor>> {
-        let Some(t) = self.tensors.get(key) else { return Ok(None) };
-        if t.dims() != like.dims() {
-            return Err(self.bad(format!("holds {key} of shape {:?}, the run has {:?}", t.dims(), like.dims())));
-        }
-        Ok(Some(t.to_device(like.device())?.to_dtype(like.dtype())?))
-    }
-
-    fn required(&self, key: &str, like: &Var) -> Result<Tensor> {
-        self.optional(key, like)?.ok_or_else(|| self.bad(format!("has no {key}")))
-    }
-}
-
-/// Where a stage writes its checkpoint after every epoch, and what goes in beside the stage's own state
-/// (the run's description; in stage 2, stage 1's finished state).
-pub struct CheckpointSink {
-    pub path: PathBuf,
-    pub tensors: Vec<(String, Tensor)>,
-    pub meta: HashMap<String, String>,
-}
-
-impl CheckpointSink {
-    fn write(&self, extra: (Vec<(String, Tensor)>, HashMap<String, String>)) -> Result<()> {
-        let (mut tensors, mut meta) = (self.tensors.clone(), self.meta.clone());
-        tensors.extend(extra.0);
-        meta.extend(extra.1);
-        let named: Vec<(&str, Tensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t.clone())).collect();
-        write_atomic(&self.path, &crate::tensor_file::safetensors_bytes(&named, meta)?)
-    }
-}
-
-/// A stage's parameters, optimiser and loop state under `prefix` ("s1", "s2").
-fn stage_snapshot(prefix: &str, params: &[(String, Var)], opt: &Optimizer, state: &EpochLoop) -> (Vec<(String, Tensor)>, HashMap<String, String>) {
-    let mut tensors: Vec<(String, Tensor)> = params.iter().map(|(n, v)| (format!("{prefix}.param.{n}"), v.as_tensor().clone())).collect();
-    let mut meta = HashMap::from([
-        (format!("{prefix}.epoch"), state.epoch.to_string()),
-        (format!("{prefix}.rng_state"), state.rng.state().to_string()),
-        (format!("{prefix}.history"), serde_json::to_string(&state.history).unwrap_or_default()),
-    ]);
-    opt.save(prefix, params, &mut tensors, &mut meta);
-    (tensors, meta)
-}
-
-fn stage_restore(prefix: &str, params: &[(String, Var)], opt: &mut Optimizer, state: &mut EpochLoop, ckpt: &Checkpoint) -> Result<()> {
-    for (name, var) in params {
-        var.set(&ckpt.required(&format!("{prefix}.param.{name}"), var)?)?;
-    }
-    opt.restore(prefix, params, ckpt)?;
-    state.epoch = ckpt.number(&format!("{prefix}.epoch"))?;
-    state.rng = Rng::new(ckpt.number(&format!("{prefix}.rng_state"))?);
-    state.history = serde_json::from_str(ckpt.get(&format!("{prefix}.history"))?).map_err(|e| ckpt.bad(e.to_string()))?;
-    Ok(())
 }
 
 /// The stage-1 model: DaTP prompts, the trainable vision tail and the linear head on V.
@@ -338,7 +183,7 @@ pub struct Stage1<'a> {
     /// Written after every epoch when set.
     pub checkpoint: Option<CheckpointSink>,
     params: Vec<(String, Var)>,
-    opt: Optimizer,
+    opt: ParamOptimizer,
     train: &'a Split,
     val: Option<&'a Split>,
 }
@@ -346,7 +191,7 @@ pub struct Stage1<'a> {
 impl<'a> Stage1<'a> {
     pub fn new(model: Stage1Model<'a>, config: StageConfig, seed: u64, train: &'a Split, val: Option<&'a Split>) -> Result<Self> {
         let params = model.named_vars();
-        let opt = Optimizer::new(&config, &params)?;
+        let opt = stage_optimizer(&config, &params);
         Ok(Self { model, state: EpochLoop::new(config.optim, config.batch_size, seed), checkpoint: None, params, opt, train, val })
     }
 
@@ -357,12 +202,12 @@ impl<'a> Stage1<'a> {
 
     /// Parameters, optimiser and loop state, as a checkpoint holds them.
     pub fn snapshot(&self) -> (Vec<(String, Tensor)>, HashMap<String, String>) {
-        stage_snapshot("s1", &self.params, &self.opt, &self.state)
+        snapshot("s1", &self.params, &self.opt, &self.state)
     }
 
     /// Continues from a checkpoint's stage-1 state.
     pub fn restore(&mut self, ckpt: &Checkpoint) -> Result<()> {
-        stage_restore("s1", &self.params, &mut self.opt, &mut self.state, ckpt)
+        restore("s1", &self.params, &mut self.opt, &mut self.state, ckpt)
     }
 }
 
@@ -420,7 +265,7 @@ pub struct Stage2<'a> {
     pub checkpoint: Option<CheckpointSink>,
     text: Tensor,
     params: Vec<(String, Var)>,
-    opt: Optimizer,
+    opt: ParamOptimizer,
     train: &'a Split,
     val: Option<&'a Split>,
 }
@@ -428,7 +273,7 @@ pub struct Stage2<'a> {
 impl<'a> Stage2<'a> {
     pub fn new(vlfm: Vlfm, text: Tensor, config: StageConfig, seed: u64, train: &'a Split, val: Option<&'a Split>) -> Result<Self> {
         let params = vlfm.named_vars();
-        let opt = Optimizer::new(&config, &params)?;
+        let opt = stage_optimizer(&config, &params);
         Ok(Self { vlfm, state: EpochLoop::new(config.optim, config.batch_size, seed), checkpoint: None, text, params, opt, train, val })
     }
 
@@ -439,7 +284,7 @@ impl<'a> Stage2<'a> {
 
     /// Continues from a checkpoint's stage-2 state.
     pub fn restore(&mut self, ckpt: &Checkpoint) -> Result<()> {
-        stage_restore("s2", &self.params, &mut self.opt, &mut self.state, ckpt)
+        restore("s2", &self.params, &mut self.opt, &mut self.state, ckpt)
     }
 }
 
@@ -462,7 +307,7 @@ impl TrainStep for Stage2<'_> {
 
     fn end_epoch(&mut self) -> Result<()> {
         match &self.checkpoint {
-            Some(sink) => sink.write(stage_snapshot("s2", &self.params, &self.opt, &self.state)),
+            Some(sink) => sink.write(snapshot("s2", &self.params, &self.opt, &self.state)),
             None => Ok(()),
         }
     }
@@ -488,6 +333,7 @@ impl TrainStep for Stage2<'_> {
 mod tests {
     use super::*;
     use crate::fusion::vlfm::VlfmConfig;
+    use crate::rng::Rng;
 
     /// Normalised rows sharing one large direction (random-weight CLIP features have cosine ≈ 0.95
     /// between any two images) plus a small class direction: why stage 2 defaults to AdamW. Measured on
