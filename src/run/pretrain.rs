@@ -1,6 +1,7 @@
 //! A pretraining run as the CLI runs it: read the pairs, preprocess every image once and tokenize every
 //! caption, train both towers on the epoch loop, write the model as a Hugging Face folder.
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{Device, Tensor};
@@ -11,6 +12,8 @@ use crate::clip::{ClipTokenizer, PreprocessConfig};
 use crate::data::scenes::CaptionPair;
 use crate::error::Result;
 use crate::progress::{check, Progress};
+use crate::train::checkpoint::{Checkpoint, CheckpointSink};
+use crate::train::coop::checkpoint_path;
 use crate::train::epoch_loop::{run_until, EpochStats, TrainEvent, TrainSet};
 use crate::train::pretrain::{PairTensors, PretrainConfig, Pretrainer, TrainableClip};
 
@@ -30,14 +33,43 @@ pub fn prepare(pairs: &[CaptionPair], image_size: usize, tok: &ClipTokenizer, de
     Ok(PairTensors { pixels, ids })
 }
 
-/// Trains `model` on `data` and writes it to `out`; `on_epoch` sees every epoch's statistics.
-pub fn train(model: &TrainableClip, data: &PairTensors, config: &PretrainConfig, out: &Path, progress: &dyn Progress, on_epoch: &mut dyn FnMut(&EpochStats)) -> Result<Vec<EpochStats>> {
+const CHECKPOINT_FORMAT: &str = "promptscope-pretrain-checkpoint/1";
+
+/// Trains `model` on `data` and writes it to `out`; `on_epoch` sees every epoch's statistics. A checkpoint
+/// next to `out` (`out.ckpt`) is rewritten after every epoch; with `resume` a killed or stopped run
+/// continues from it to the same weights, bit for bit. `run` describes the run (model, data, settings):
+/// a checkpoint of another run is refused.
+#[allow(clippy::too_many_arguments)]
+pub fn train(
+    model: &TrainableClip,
+    data: &PairTensors,
+    config: &PretrainConfig,
+    run: &serde_json::Value,
+    out: &Path,
+    resume: bool,
+    progress: &dyn Progress,
+    on_epoch: &mut dyn FnMut(&EpochStats),
+) -> Result<Vec<EpochStats>> {
     crate::error::output_dir(out)?;
     if out.exists() && std::fs::read_dir(out).map(|mut d| d.next().is_some()).unwrap_or(true) {
         // Before training, not after it.
         return Err(crate::error::Error::bad_file(out, "already exists and is not empty", "choose a new folder or remove this one"));
     }
     let mut t = Pretrainer::new(model, config.clone(), data)?;
+    let ckpt_path = checkpoint_path(out);
+    let run_json = serde_json::json!({ "run": run, "config": config }).to_string();
+    if resume && ckpt_path.is_file() {
+        let ckpt = Checkpoint::read(&ckpt_path)?;
+        if ckpt.get("format")? != CHECKPOINT_FORMAT {
+            return Err(ckpt.bad("is not a pretraining checkpoint"));
+        }
+        if ckpt.get("run")? != run_json {
+            return Err(ckpt.bad("was made with other settings"));
+        }
+        t.restore(&ckpt)?;
+    }
+    let meta = HashMap::from([("format".to_string(), CHECKPOINT_FORMAT.to_string()), ("run".to_string(), run_json)]);
+    t.checkpoint = Some(CheckpointSink { path: ckpt_path.clone(), tensors: vec![], meta });
     let set = TrainSet { items: data.ids.len(), views: 1 };
     run_until(&mut t, set, config.optim.epochs, "", progress, &mut |e, _| {
         if let TrainEvent::Epoch(s) = &e {
@@ -45,5 +77,6 @@ pub fn train(model: &TrainableClip, data: &PairTensors, config: &PretrainConfig,
         }
     })?;
     model.save_folder(out)?;
+    let _ = std::fs::remove_file(&ckpt_path);
     Ok(t.state.history)
 }

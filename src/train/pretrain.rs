@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::contrastive::{clip_loss, filip_scores};
 use super::epoch_loop::{EpochLoop, TrainStep};
+use super::checkpoint::{restore, snapshot, Checkpoint, CheckpointSink, ParamOptimizer};
 use super::optim::{AdamW, OptimConfig};
 use crate::clip::config::ClipConfig;
 use crate::clip::model::ClipModel;
@@ -187,8 +188,10 @@ pub struct Pretrainer<'a> {
     pub model: &'a TrainableClip,
     pub config: PretrainConfig,
     pub state: EpochLoop,
+    /// Written after every epoch when set.
+    pub checkpoint: Option<CheckpointSink>,
     params: Vec<(String, Var)>,
-    opt: Vec<AdamW>,
+    opt: ParamOptimizer,
     data: &'a PairTensors,
 }
 
@@ -199,12 +202,15 @@ impl<'a> Pretrainer<'a> {
         }
         let params = model.named_vars();
         // No decay on gains, biases, embeddings and the temperature, as CLIP's recipe.
-        let opt = params
-            .iter()
-            .map(|(n, _)| AdamW::new(if n.ends_with(".weight") && !n.contains("norm") && !n.contains("embedding") { config.optim.weight_decay } else { 0.0 }))
-            .collect();
+        let decays = |n: &str| n.ends_with(".weight") && !n.contains("norm") && !n.contains("embedding");
+        let opt = ParamOptimizer::AdamW(params.iter().map(|(n, _)| AdamW::new(if decays(n) { config.optim.weight_decay } else { 0.0 })).collect());
         let state = EpochLoop::new(config.optim.clone(), Some(config.batch_size), config.seed);
-        Ok(Self { model, config, state, params, opt, data })
+        Ok(Self { model, config, state, checkpoint: None, params, opt, data })
+    }
+
+    /// Continues from a checkpoint of this run (its weights, optimiser and loop state).
+    pub fn restore(&mut self, ckpt: &Checkpoint) -> Result<()> {
+        restore("p", &self.params, &mut self.opt, &mut self.state, ckpt)
     }
 
     /// The loss of a batch of pairs and how many images picked their own caption.
@@ -247,11 +253,7 @@ impl TrainStep for Pretrainer<'_> {
 
     fn step(&mut self, rows: &[usize], lr: f64) -> Result<(f64, usize)> {
         let (loss, right) = self.loss(rows)?;
-        let grads = loss.backward()?;
-        for ((name, var), opt) in self.params.iter().zip(self.opt.iter_mut()) {
-            let g = grads.get(var.as_tensor()).ok_or_else(|| Error::invalid(format!("no gradient reached {name}")))?;
-            opt.step(var, g, lr)?;
-        }
+        self.opt.update(&loss, &self.params, lr)?;
         let s = &self.model.logit_scale;
         s.set(&s.as_tensor().clamp(0f64, MAX_LOGIT_SCALE_LOG)?)?;
         Ok((f64::from(loss.to_scalar::<f32>()?), right))
@@ -259,6 +261,13 @@ impl TrainStep for Pretrainer<'_> {
 
     fn validate(&mut self) -> Result<(Option<f64>, Option<f64>)> {
         Ok((None, None))
+    }
+
+    fn end_epoch(&mut self) -> Result<()> {
+        match &self.checkpoint {
+            Some(sink) => sink.write(snapshot("p", &self.params, &self.opt, &self.state)),
+            None => Ok(()),
+        }
     }
 }
 

@@ -59,3 +59,51 @@ fn bad_pretraining_input_is_a_clean_error() {
     let err = error_line(&run(&["--out", &s.p("z")]));
     assert!(err.contains("000001.png"), "{err}");
 }
+
+/// Stopped after its first epoch and resumed from the checkpoint, a run writes the same weights as one
+/// that never stopped, byte for byte; a checkpoint of other settings is refused.
+#[test]
+fn pretraining_stopped_and_resumed_ends_byte_for_byte_where_an_uninterrupted_run_does() {
+    use promptscope::train::optim::OptimConfig;
+    use promptscope::train::pretrain::{PretrainConfig, PretrainLoss, TrainableClip};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let s = Scratch::with_tiny_model();
+    let pairs = promptscope::data::scenes::read_pairs(std::path::Path::new(&scenes(&s, "8"))).unwrap();
+    let dev = candle_core::Device::Cpu;
+    let tok = promptscope::clip::ClipTokenizer::bundled(77).unwrap();
+    let cfg = common::preset("tiny");
+    let data = promptscope::run::pretrain::prepare(&pairs, 224, &tok, &dev, &promptscope::progress::Silent).unwrap();
+    let optim = OptimConfig { lr: 1e-3, momentum: 0.9, weight_decay: 0.1, warmup_epochs: 1, warmup_lr: 1e-4, epochs: 3 };
+    let config = PretrainConfig { loss: PretrainLoss::Filip, top_fraction: 0.5, optim, batch_size: 4, seed: 2 };
+    let run = serde_json::json!({"test": 1});
+    // Returns the run's history and how many epochs this call trained.
+    let train = |out: &std::path::Path, resume: bool, cancel_after_first: bool, config: &PretrainConfig| {
+        let model = TrainableClip::init(&cfg, 1, &dev).unwrap();
+        let cancel = AtomicBool::new(false);
+        let progress = promptscope::progress::Reporter { cancel: &cancel, on_update: |_: &str, _, _| {} };
+        let mut epochs_here = 0;
+        let r = promptscope::run::pretrain::train(&model, &data, config, &run, out, resume, &progress, &mut |_| {
+            epochs_here += 1;
+            if cancel_after_first {
+                cancel.store(true, Ordering::Relaxed);
+            }
+        });
+        r.map(|h| (h, epochs_here))
+    };
+    let straight = s.dir.path().join("straight");
+    train(&straight, false, false, &config).unwrap();
+    let stopped = s.dir.path().join("stopped");
+    assert!(matches!(train(&stopped, false, true, &config), Err(promptscope::Error::Cancelled)));
+    let ckpt = s.dir.path().join("stopped.ckpt");
+    assert!(ckpt.is_file() && !stopped.exists());
+    let mut other = config.clone();
+    other.top_fraction = 1.0;
+    let err = train(&stopped, true, false, &other).unwrap_err().to_string();
+    assert!(err.contains("stopped.ckpt") && err.contains("other settings"), "{err}");
+    let (history, epochs_here) = train(&stopped, true, false, &config).unwrap();
+    assert_eq!(epochs_here, 2, "the resumed run trains the two epochs left, not three");
+    assert_eq!(history.iter().map(|h| h.epoch).collect::<Vec<_>>(), vec![0, 1, 2], "the history carries on");
+    let bytes = |dir: &std::path::Path| std::fs::read(dir.join("model.safetensors")).unwrap();
+    assert!(bytes(&straight) == bytes(&stopped), "resumed weights differ from the uninterrupted run's");
+    assert!(!ckpt.exists(), "a finished run removes its checkpoint");
+}
