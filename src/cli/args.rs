@@ -194,6 +194,22 @@ pub enum Verb {
     },
     /// Pretrain both towers of a CLIP on image–caption pairs with FILIP's or CLIP's loss.
     Pretrain(super::pretrain::PretrainArgs),
+    /// FILIP's visual claim on captioned scenes: how often the shape word's map peaks on the object
+    /// (the pointing game), and the map's mass inside it, in token and value mode.
+    Pointing {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[arg(long, default_value_t = 200)]
+        count: usize,
+        /// The scenes' seed (pretraining used others: `synth-scenes --seed`).
+        #[arg(long, default_value_t = 1000)]
+        seed: u64,
+        /// Scenes may contain the colour–shape pairs held out of pretraining.
+        #[arg(long)]
+        held_out: bool,
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+    },
     /// Write generated image–caption pairs (NNNNNN.png + .txt + .json with the objects, for masks): the
     /// captioned scenes FILIP/CLIP pretraining uses.
     SynthScenes {

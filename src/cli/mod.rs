@@ -688,6 +688,7 @@ pub fn run(verb: Verb) -> Result<()> {
             Ok(())
         }
         Verb::Pretrain(args) => pretrain::pretrain(&args),
+        Verb::Pointing { model, count, seed, held_out, format } => pretrain::pointing(&model, count, seed, held_out, format),
         Verb::Sample { out, format } => sample(&out, format),
         Verb::Train(args) => train(&args),
         Verb::Eval(args) => eval(&args),

@@ -93,3 +93,34 @@ pub fn pretrain(args: &PretrainArgs) -> Result<()> {
     }
     Ok(())
 }
+
+pub fn pointing(model: &super::ModelArgs, count: usize, seed: u64, held_out: bool, format: Format) -> Result<()> {
+    use promptscope::align::AlignMode;
+    use promptscope::data::scenes::{generate, SceneConfig};
+    let clip = super::load_model(model)?;
+    let cfg = SceneConfig { size: clip.model.config.vision_config.image_size as u32, allow_held_out: held_out, ..SceneConfig::default() };
+    let scenes = (0..count as u64).map(|i| generate(seed, i, &cfg)).collect::<promptscope::Result<Vec<_>>>()?;
+    let bar = Bar::new();
+    let reports = [AlignMode::Token, AlignMode::Value]
+        .into_iter()
+        .map(|mode| promptscope::align::pointing::pointing_game(&clip, &scenes, mode, &bar))
+        .collect::<promptscope::Result<Vec<_>>>()?;
+    drop(bar);
+    match format {
+        Format::Json => outln!("{}", serde_json::to_string(&reports)?),
+        Format::Text => {
+            for r in &reports {
+                outln!(
+                    "{:?} mode: {} of {} objects hit ({:.1}%; a random patch: {:.1}%), mean map mass on the object {:.1}%",
+                    r.mode,
+                    r.hits,
+                    r.objects,
+                    100.0 * r.hit_rate,
+                    100.0 * r.chance,
+                    100.0 * r.mean_mass_inside
+                );
+            }
+        }
+    }
+    Ok(())
+}

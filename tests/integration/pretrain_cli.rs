@@ -30,6 +30,17 @@ fn pretrain_writes_a_model_the_other_verbs_load_with_either_loss() {
         let v: serde_json::Value = serde_json::from_str(&ok(&promptscope(&["embed", "--model", &out, "--text", "a red circle.", "--image", &img, "--format", "json", "--device", "cpu"]))).unwrap();
         assert_eq!(v["text_embeds"][0].as_array().unwrap().len(), 24);
     }
+    // The pointing game reads the trained model: both modes, every object of every scene counted.
+    let v: serde_json::Value = serde_json::from_str(&ok(&promptscope(&["pointing", "--model", &s.p("model-filip"), "--count", "3", "--format", "json"]))).unwrap();
+    let reports = v.as_array().unwrap();
+    assert_eq!((reports.len(), reports[0]["mode"].as_str(), reports[1]["mode"].as_str()), (2, Some("token"), Some("value")));
+    for r in reports {
+        assert_eq!(r["scenes"], 3);
+        assert!(r["objects"].as_u64().unwrap() >= 3);
+        for k in ["hit_rate", "mean_mass_inside", "chance"] {
+            assert!((0.0..=1.0).contains(&r[k].as_f64().unwrap()), "{k}: {r}");
+        }
+    }
     // Fine-tuning starts from a model folder.
     let tuned = s.p("tuned");
     ok(&promptscope(&["pretrain", "--data", &pairs, "--out", &tuned, "--init", &s.p("model-filip"), "--epochs", "1", "--batch-size", "4"]));
