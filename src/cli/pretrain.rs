@@ -47,6 +47,9 @@ pub struct PretrainArgs {
     pub warmup_epochs: usize,
     #[arg(long, default_value_t = defaults().seed)]
     pub seed: u64,
+    /// Store the weights as f16 (half the size; loaded back as f32).
+    #[arg(long)]
+    pub fp16: bool,
     /// Continue from the checkpoint a killed run left next to --out (OUT.ckpt).
     #[arg(long)]
     pub resume: bool,
@@ -80,10 +83,11 @@ pub fn pretrain(args: &PretrainArgs) -> Result<()> {
             bar.0.suspend(|| eprintln!("epoch {:>4}/{}  loss {:.4}  lr {:.2e}  in-batch retrieval {:5.1}%", s.epoch + 1, s.epochs, s.loss, s.lr, 100.0 * s.train_acc));
         }
     };
+    let storage = if args.fp16 { promptscope::clip::synth::Storage::F16 } else { promptscope::clip::synth::Storage::F32 };
     // What a checkpoint must match to be continued: the model it started from and the data.
     let start = args.init.as_ref().map_or(format!("preset {}", args.preset), |d| format!("init {}", d.display()));
     let run = serde_json::json!({ "start": start, "data": args.data, "pairs": pairs.len() });
-    let history = promptscope::run::pretrain::train(&model, &data, &config, &run, &args.out, args.resume, &bar, &mut on_epoch)?;
+    let history = promptscope::run::pretrain::train(&model, &data, &config, &run, &args.out, storage, args.resume, &bar, &mut on_epoch)?;
     drop(bar);
     let last = history.last();
     if json {

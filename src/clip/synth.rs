@@ -117,7 +117,14 @@ pub fn tensor_values(name: &str, shape: &[usize]) -> Vec<f32> {
 /// Writes `config.json`, `model.safetensors`, `tokenizer.json` (the bundled OpenAI BPE) and
 /// `preprocessor_config.json` into `dir`.
 pub fn write_model_folder(config: &ClipConfig, dir: &Path) -> Result<()> {
-    write_model_folder_with(config, dir, &|name, shape| Ok(tensor_values(name, shape)))
+    write_model_folder_with(config, dir, Storage::F32, &|name, shape| Ok(tensor_values(name, shape)))
+}
+
+/// How `model.safetensors` stores the weights: f32, or f16 (half the size; loaded back as f32).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Storage {
+    F32,
+    F16,
 }
 
 /// A tensor's values (row-major f32) by name and shape.
@@ -125,12 +132,12 @@ pub type TensorValues<'a> = dyn Fn(&str, &[usize]) -> Result<Vec<f32>> + 'a;
 
 /// As [`write_model_folder`], with each tensor's values (row-major, f32) from `values(name, shape)`: what
 /// pretraining writes its trained weights through.
-pub fn write_model_folder_with(config: &ClipConfig, dir: &Path, values: &TensorValues) -> Result<()> {
+pub fn write_model_folder_with(config: &ClipConfig, dir: &Path, storage: Storage, values: &TensorValues) -> Result<()> {
     config.validate().map_err(Error::invalid)?;
-    crate::error::create_dir_atomic(dir, |tmp| write_files(config, tmp, values))
+    crate::error::create_dir_atomic(dir, |tmp| write_files(config, tmp, storage, values))
 }
 
-fn write_files(config: &ClipConfig, dir: &Path, values: &TensorValues) -> Result<()> {
+fn write_files(config: &ClipConfig, dir: &Path, storage: Storage, values: &TensorValues) -> Result<()> {
     let mut cfg_json = serde_json::to_value(config).map_err(|e| Error::invalid(e.to_string()))?;
     cfg_json["architectures"] = serde_json::json!(["CLIPModel"]);
     cfg_json["model_type"] = serde_json::json!("clip");
@@ -140,13 +147,23 @@ fn write_files(config: &ClipConfig, dir: &Path, values: &TensorValues) -> Result
     let shapes = parameter_shapes(config);
     let data: Vec<Vec<u8>> = shapes
         .iter()
-        .map(|(name, shape)| Ok(values(name, shape)?.iter().flat_map(|x| x.to_le_bytes()).collect()))
+        .map(|(name, shape)| {
+            let v = values(name, shape)?;
+            Ok(match storage {
+                Storage::F32 => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+                Storage::F16 => v.iter().flat_map(|x| half::f16::from_f32(*x).to_le_bytes()).collect(),
+            })
+        })
         .collect::<Result<_>>()?;
+    let dtype = match storage {
+        Storage::F32 => safetensors::Dtype::F32,
+        Storage::F16 => safetensors::Dtype::F16,
+    };
     let views: Vec<(String, safetensors::tensor::TensorView)> = shapes
         .iter()
         .zip(&data)
         .map(|((name, shape), bytes)| {
-            let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), bytes)
+            let view = safetensors::tensor::TensorView::new(dtype, shape.clone(), bytes)
                 .map_err(|e| Error::invalid(format!("{name}: {e}")))?;
             Ok((name.clone(), view))
         })

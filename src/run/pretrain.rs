@@ -8,6 +8,7 @@ use candle_core::{Device, Tensor};
 use rayon::prelude::*;
 
 use crate::clip::preprocess::{load_image, preprocess};
+use crate::clip::synth::Storage;
 use crate::clip::{ClipTokenizer, PreprocessConfig};
 use crate::data::scenes::CaptionPair;
 use crate::error::Result;
@@ -46,6 +47,7 @@ pub fn train(
     config: &PretrainConfig,
     run: &serde_json::Value,
     out: &Path,
+    storage: Storage,
     resume: bool,
     progress: &dyn Progress,
     on_epoch: &mut dyn FnMut(&EpochStats),
@@ -76,7 +78,7 @@ pub fn train(
             on_epoch(s)
         }
     })?;
-    model.save_folder(out)?;
+    model.save_folder(out, storage)?;
     let _ = std::fs::remove_file(&ckpt_path);
     Ok(t.state.history)
 }

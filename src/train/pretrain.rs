@@ -15,7 +15,7 @@ use super::checkpoint::{restore, snapshot, Checkpoint, CheckpointSink, ParamOpti
 use super::optim::{AdamW, OptimConfig};
 use crate::clip::config::ClipConfig;
 use crate::clip::model::ClipModel;
-use crate::clip::synth::parameter_shapes;
+use crate::clip::synth::{parameter_shapes, Storage};
 use crate::clip::vision::VisionRequest;
 use crate::error::{Error, Result};
 use crate::rng::Rng;
@@ -88,9 +88,9 @@ impl TrainableClip {
 
     /// Writes the model as a Hugging Face folder (`config.json`, `model.safetensors`, the bundled
     /// `tokenizer.json`, `preprocessor_config.json`) that `clip::load` and transformers' `CLIPModel` read.
-    pub fn save_folder(&self, dir: &Path) -> Result<()> {
+    pub fn save_folder(&self, dir: &Path, storage: Storage) -> Result<()> {
         let vars = self.named_vars();
-        crate::clip::synth::write_model_folder_with(&self.config, dir, &|name, _| {
+        crate::clip::synth::write_model_folder_with(&self.config, dir, storage, &|name, _| {
             let var = vars.iter().find(|(n, _)| n == name).map(|(_, v)| v).ok_or_else(|| Error::invalid(format!("no variable {name}")))?;
             Ok(var.as_tensor().flatten_all()?.to_vec1::<f32>()?)
         })
@@ -318,7 +318,7 @@ mod tests {
             // Saved as a Hugging Face folder: the loader's features equal the trained model's.
             let dir = tempfile::tempdir().unwrap();
             let out = dir.path().join("m");
-            model.save_folder(&out).unwrap();
+            model.save_folder(&out, Storage::F32).unwrap();
             let loaded = crate::clip::load::load_dir(&out, "trained", &Device::Cpu).unwrap();
             let px = data.pixels.narrow(0, 0, 4).unwrap();
             let ours = model.model.vision.forward(&px, VisionRequest::default()).unwrap().pooled;

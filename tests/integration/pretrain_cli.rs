@@ -41,9 +41,14 @@ fn pretrain_writes_a_model_the_other_verbs_load_with_either_loss() {
             assert!((0.0..=1.0).contains(&r[k].as_f64().unwrap()), "{k}: {r}");
         }
     }
-    // Fine-tuning starts from a model folder.
+    // Fine-tuning starts from a model folder; --fp16 halves the file, and the model reads back as f32.
     let tuned = s.p("tuned");
-    ok(&promptscope(&["pretrain", "--data", &pairs, "--out", &tuned, "--init", &s.p("model-filip"), "--epochs", "1", "--batch-size", "4"]));
+    ok(&promptscope(&["pretrain", "--data", &pairs, "--out", &tuned, "--init", &s.p("model-filip"), "--epochs", "1", "--batch-size", "4", "--fp16"]));
+    let size = |d: &str| std::fs::metadata(format!("{d}/model.safetensors")).unwrap().len() as f64;
+    let ratio = size(&tuned) / size(&s.p("model-filip"));
+    assert!((0.49..0.51).contains(&ratio), "{ratio}");
+    let img = format!("{pairs}/000000.png");
+    ok(&promptscope(&["embed", "--model", &tuned, "--text", "a red circle.", "--image", &img, "--device", "cpu"]));
 }
 
 #[test]
@@ -93,7 +98,7 @@ fn pretraining_stopped_and_resumed_ends_byte_for_byte_where_an_uninterrupted_run
         let cancel = AtomicBool::new(false);
         let progress = promptscope::progress::Reporter { cancel: &cancel, on_update: |_: &str, _, _| {} };
         let mut epochs_here = 0;
-        let r = promptscope::run::pretrain::train(&model, &data, config, &run, out, resume, &progress, &mut |_| {
+        let r = promptscope::run::pretrain::train(&model, &data, config, &run, out, promptscope::clip::synth::Storage::F32, resume, &progress, &mut |_| {
             epochs_here += 1;
             if cancel_after_first {
                 cancel.store(true, Ordering::Relaxed);
