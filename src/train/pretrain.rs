@@ -301,6 +301,7 @@ mod tests {
     fn both_losses_train_every_weight_and_the_saved_folder_loads_back() {
         for loss in [PretrainLoss::Filip, PretrainLoss::Clip] {
             let model = TrainableClip::init(&small(), 1, &Device::Cpu).unwrap();
+            assert!(!model.model.text.kernels_run(), "a tower being trained must not take the gradient-less kernels");
             let data = pairs(&model, 16);
             let optim = OptimConfig { lr: 2e-3, momentum: 0.9, weight_decay: 0.1, warmup_epochs: 1, warmup_lr: 2e-4, epochs: 12 };
             let mut t = Pretrainer::new(&model, PretrainConfig { loss, top_fraction: 1.0, optim, batch_size: 8, seed: 1 }, &data).unwrap();
@@ -320,6 +321,7 @@ mod tests {
             let out = dir.path().join("m");
             model.save_folder(&out, Storage::F32).unwrap();
             let loaded = crate::clip::load::load_dir(&out, "trained", &Device::Cpu).unwrap();
+            assert!(loaded.model.text.kernels_run());
             let px = data.pixels.narrow(0, 0, 4).unwrap();
             let ours = model.model.vision.forward(&px, VisionRequest::default()).unwrap().pooled;
             let theirs = loaded.model.image_features(&px).unwrap();

@@ -29,9 +29,14 @@ use crate::clip::config::HiddenAct;
 pub use self::text::forward_prefixed;
 
 /// Whether these kernels can run a tower whose weights are like `weights` with activation `act`: f32 on
-/// the CPU with an activation they implement (and `PROMPTSCOPE_CANDLE_OPS` unset).
+/// the CPU with an activation they implement (and `PROMPTSCOPE_CANDLE_OPS` unset), and frozen: they
+/// compute no weight gradients, so a tower being trained takes candle's ops.
 pub fn runs_here(weights: &Tensor, act: HiddenAct) -> bool {
-    !super::candle_ops_forced() && weights.device().is_cpu() && weights.dtype() == DType::F32 && matches!(act, HiddenAct::QuickGelu | HiddenAct::Gelu)
+    !super::candle_ops_forced()
+        && !weights.track_op()
+        && weights.device().is_cpu()
+        && weights.dtype() == DType::F32
+        && matches!(act, HiddenAct::QuickGelu | HiddenAct::Gelu)
 }
 
 /// The pooled feature of hidden states `[B, T, D]` (class token first) entering block `from`: blocks
