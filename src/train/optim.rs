@@ -65,7 +65,8 @@ impl Sgd {
             _ => d,
         };
         p.set(&(p.as_tensor() - (&buf * lr)?)?)?;
-        self.buf = Some(buf);
+        // Detached, or the buffer's op history would keep every earlier step's graph alive.
+        self.buf = Some(buf.detach());
         Ok(())
     }
 }
@@ -106,7 +107,9 @@ impl AdamW {
         let next_p = (p.as_tensor() * (1f64 - lr * self.weight_decay))?;
         let adjusted = (m_hat / (v_hat.sqrt()? + Self::EPS)?)?;
         p.set(&(next_p - (adjusted * lr)?)?)?;
-        self.moments = Some((next_m, next_v));
+        // Detached: kept with their op history, the moments would hold every step's whole backward graph
+        // (all activations) alive, and memory would grow with every step.
+        self.moments = Some((next_m.detach(), next_v.detach()));
         Ok(())
     }
 }
