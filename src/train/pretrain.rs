@@ -326,6 +326,7 @@ mod tests {
             let ours = model.model.vision.forward(&px, VisionRequest::default()).unwrap().pooled;
             let theirs = loaded.model.image_features(&px).unwrap();
             let diff = (ours - theirs).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            // Measured 4.8e-7 / 6.0e-7 (FILIP / CLIP model) on both the AVX-512 and AVX2+FMA kernels: 16× margin.
             crate::testing::within("saved and reloaded image features (kernels vs candle ops)", f64::from(diff), 1e-5);
             assert!((loaded.model.logit_scale_log - scale).abs() < 1e-7);
         }
