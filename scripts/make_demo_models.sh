@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Pretrains the two demo models from fixed seeds: assets/models/scenes-filip and assets/models/scenes-clip,
+# the same architecture (--preset scenes), data, steps and seed, only the loss differs. Each takes about
+# 20 minutes on a 2-core machine (release build). Then `promptscope pointing --model DIR` measures FILIP's
+# visual claim on scenes neither model saw.
+#
+# Usage: scripts/make_demo_models.sh [EPOCHS]   (default 25)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+epochs=${1:-25}
+cargo build --release --locked --bin promptscope
+bin=target/release/promptscope
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+"$bin" synth-scenes --out "$work/pairs" --count 4000 --size 112 --seed 1
+mkdir -p assets/models
+for loss in filip clip; do
+    out=assets/models/scenes-$loss
+    rm -rf "$out" "$out.ckpt"
+    "$bin" pretrain --data "$work/pairs" --out "$out" --preset scenes --loss "$loss" --epochs "$epochs" \
+        --batch-size 64 --lr 1e-3 --seed 0 --fp16
+    "$bin" pointing --model "$out" --count 200 --seed 1000
+done
