@@ -95,12 +95,19 @@ pub fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
-/// Builds a new folder at `dir` through `fill`, which writes into a temporary sibling that is renamed
-/// into place only when complete: an interrupted run never leaves a half-made model or dataset behind.
-pub fn create_dir_atomic(dir: &std::path::Path, fill: impl FnOnce(&std::path::Path) -> Result<()>) -> Result<()> {
+/// A folder that [`create_dir_atomic`] may fill: absent, or empty. Checked up front by jobs that would
+/// otherwise find out only after hours of work.
+pub fn check_new_dir(dir: &std::path::Path) -> Result<()> {
     if dir.exists() && std::fs::read_dir(dir).map(|mut d| d.next().is_some()).unwrap_or(true) {
         return Err(Error::bad_file(dir, "already exists and is not empty", "choose a new folder or remove this one"));
     }
+    Ok(())
+}
+
+/// Builds a new folder at `dir` through `fill`, which writes into a temporary sibling that is renamed
+/// into place only when complete: an interrupted run never leaves a half-made model or dataset behind.
+pub fn create_dir_atomic(dir: &std::path::Path, fill: impl FnOnce(&std::path::Path) -> Result<()>) -> Result<()> {
+    check_new_dir(dir)?;
     let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "out".into());
     let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
     std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;

@@ -163,21 +163,6 @@ fn save(clip: &LoadedClip, names: &[String], run: &MpFgvcRun, trained: &Trained,
 /// The checkpoint's format tag; a checkpoint also records the run it belongs to.
 const CHECKPOINT_FORMAT: &str = "promptscope-mpfgvc-checkpoint/1";
 
-/// The checkpoint of `run` next to `out`, when resuming and there is one; it must be this run's.
-fn read_checkpoint(path: &Path, run_json: &str) -> Result<Option<Checkpoint>> {
-    if !path.is_file() {
-        return Ok(None);
-    }
-    let ckpt = Checkpoint::read(path)?;
-    if ckpt.get("format")? != CHECKPOINT_FORMAT {
-        return Err(ckpt.bad("is not an MP-FGVC checkpoint"));
-    }
-    if ckpt.get("run")? != run_json {
-        return Err(ckpt.bad("was made with other settings"));
-    }
-    Ok(Some(ckpt))
-}
-
 /// Trains both stages, evaluates them on the test split and writes the export to `out`. A checkpoint next
 /// to `out` is rewritten after every epoch of either stage; with `resume` a killed or stopped run continues
 /// from it to the same result, bit for bit.
@@ -201,7 +186,7 @@ pub fn train(
     let ckpt_path: Option<PathBuf> = out.map(checkpoint_path);
     let run_json = serde_json::to_string(run).unwrap_or_default();
     let ckpt = match (&ckpt_path, resume) {
-        (Some(p), true) => read_checkpoint(p, &run_json)?,
+        (Some(p), true) => Checkpoint::read_matching(p, CHECKPOINT_FORMAT, "an MP-FGVC", &run_json)?,
         _ => None,
     };
     let base_meta = HashMap::from([("format".to_string(), CHECKPOINT_FORMAT.to_string()), ("run".to_string(), run_json)]);

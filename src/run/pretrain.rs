@@ -53,22 +53,15 @@ pub fn train(
     on_epoch: &mut dyn FnMut(&EpochStats),
 ) -> Result<Vec<EpochStats>> {
     crate::error::output_dir(out)?;
-    if out.exists() && std::fs::read_dir(out).map(|mut d| d.next().is_some()).unwrap_or(true) {
-        // Before training, not after it.
-        return Err(crate::error::Error::bad_file(out, "already exists and is not empty", "choose a new folder or remove this one"));
-    }
+    // Before training, not after it.
+    crate::error::check_new_dir(out)?;
     let mut t = Pretrainer::new(model, config.clone(), data)?;
     let ckpt_path = checkpoint_path(out);
     let run_json = serde_json::json!({ "run": run, "config": config }).to_string();
-    if resume && ckpt_path.is_file() {
-        let ckpt = Checkpoint::read(&ckpt_path)?;
-        if ckpt.get("format")? != CHECKPOINT_FORMAT {
-            return Err(ckpt.bad("is not a pretraining checkpoint"));
+    if resume {
+        if let Some(ckpt) = Checkpoint::read_matching(&ckpt_path, CHECKPOINT_FORMAT, "a pretraining", &run_json)? {
+            t.restore(&ckpt)?;
         }
-        if ckpt.get("run")? != run_json {
-            return Err(ckpt.bad("was made with other settings"));
-        }
-        t.restore(&ckpt)?;
     }
     let meta = HashMap::from([("format".to_string(), CHECKPOINT_FORMAT.to_string()), ("run".to_string(), run_json)]);
     t.checkpoint = Some(CheckpointSink { path: ckpt_path.clone(), tensors: vec![], meta });

@@ -102,6 +102,22 @@ impl Checkpoint {
         Ok(Self { path: path.to_path_buf(), tensors, meta })
     }
 
+    /// The checkpoint at `path` if there is one, refused unless it has `format` (named `kind` in the
+    /// error, "an MP-FGVC") and was made by the run described by `run`.
+    pub fn read_matching(path: &Path, format: &str, kind: &str, run: &str) -> Result<Option<Self>> {
+        if !path.is_file() {
+            return Ok(None);
+        }
+        let ckpt = Self::read(path)?;
+        if ckpt.get("format")? != format {
+            return Err(ckpt.bad(format!("is not {kind} checkpoint")));
+        }
+        if ckpt.get("run")? != run {
+            return Err(ckpt.bad("was made with other settings"));
+        }
+        Ok(Some(ckpt))
+    }
+
     pub fn bad(&self, why: impl Into<String>) -> Error {
         Error::bad_file(&self.path, why.into(), "start the run again without resuming, or pass the checkpoint of this run")
     }
