@@ -137,6 +137,31 @@ pub struct AccuracyComparison {
     /// single block.
     pub ssvp_accuracy: Option<f64>,
     pub ssvp_k: usize,
+    /// Per class (in `classes` order): its images, and how many each way got right.
+    pub per_class: Vec<ClassCounts>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ClassCounts {
+    pub images: usize,
+    pub global: usize,
+    pub tokenwise: usize,
+    pub ssvp: usize,
+}
+
+impl AccuracyComparison {
+    /// Mean per-class accuracy (global, token-wise, SsVP) over the classes `keep` accepts that have images.
+    pub fn mean_over(&self, keep: impl Fn(usize) -> bool) -> (f64, f64, f64) {
+        let classes: Vec<&ClassCounts> = self.per_class.iter().enumerate().filter(|(i, c)| keep(*i) && c.images > 0).map(|(_, c)| c).collect();
+        let mean = |f: &dyn Fn(&ClassCounts) -> usize| {
+            if classes.is_empty() {
+                0.0
+            } else {
+                classes.iter().map(|c| f(c) as f64 / c.images as f64).sum::<f64>() / classes.len() as f64
+            }
+        };
+        (mean(&|c| c.global), mean(&|c| c.tokenwise), mean(&|c| c.ssvp))
+    }
 }
 
 fn argmax(row: &[f32]) -> usize {
@@ -164,6 +189,7 @@ pub fn compare_accuracy(clip: &LoadedClip, samples: &[Sample], prompts: &ClassPr
     }
     let has_ssvp = vision.layers.len() >= 2;
     let (mut global, mut tokenwise, mut ssvp_ok) = (0usize, 0usize, 0usize);
+    let mut per_class = vec![ClassCounts::default(); class_names.len()];
     let mut done = 0;
     for chunk in samples.chunks(cmp.batch.max(1)) {
         check(progress)?;
@@ -173,19 +199,26 @@ pub fn compare_accuracy(clip: &LoadedClip, samples: &[Sample], prompts: &ClassPr
         let pass = VisionPass::run(vision, &pixels)?;
         let g = l2_normalize(&pass.pooled(vision)?)?.matmul(&tokens.pooled.t()?)?.to_vec2::<f32>()?;
         let t = tokenwise_scores(&image_tokens(vision, &pass, cfg.mode, cfg.with_cls)?, &tokens, cfg.top_fraction, cmp.score)?;
-        global += g.iter().zip(&truth).filter(|(r, &l)| argmax(r) == l).count();
-        tokenwise += t.iter().zip(&truth).filter(|(r, &l)| argmax(r) == l).count();
+        for ((g, t), &l) in g.iter().zip(&t).zip(&truth) {
+            let c = &mut per_class[l];
+            c.images += 1;
+            c.global += usize::from(argmax(g) == l);
+            c.tokenwise += usize::from(argmax(t) == l);
+        }
         if has_ssvp {
             for (sel, &l) in ssvp_from_pass(vision, &pass, Some(k))?.iter().zip(&truth) {
                 let f = Tensor::new(sel.image_embeds.as_slice(), tokens.pooled.device())?.unsqueeze(0)?;
                 let s = l2_normalize(&f)?.matmul(&tokens.pooled.t()?)?.to_vec2::<f32>()?;
-                ssvp_ok += usize::from(argmax(&s[0]) == l);
+                per_class[l].ssvp += usize::from(argmax(&s[0]) == l);
             }
         }
         done += chunk.len();
         progress.update("images", done, samples.len());
     }
     let total = samples.len() as f64;
+    for c in &per_class {
+        (global, tokenwise, ssvp_ok) = (global + c.global, tokenwise + c.tokenwise, ssvp_ok + c.ssvp);
+    }
     Ok(AccuracyComparison {
         images: samples.len(),
         classes: class_names,
@@ -195,5 +228,6 @@ pub fn compare_accuracy(clip: &LoadedClip, samples: &[Sample], prompts: &ClassPr
         tokenwise_accuracy: tokenwise as f64 / total,
         ssvp_accuracy: has_ssvp.then(|| ssvp_ok as f64 / total),
         ssvp_k: k,
+        per_class,
     })
 }

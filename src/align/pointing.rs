@@ -3,7 +3,12 @@
 //! (the mean of that word's token columns) is read: a hit when its highest patch lies on the object
 //! (at least a quarter of the patch covered by the object's visible pixels). Also the map's mass inside
 //! the object (the map shifted to a zero minimum, weighted by each patch's coverage) and the chance
-//! rate of a random patch.
+//! rate of a random patch. Two rules are reported: the strict one above, and the pointing game as the
+//! literature plays it (Zhang et al. 2016, "Top-down neural attention by excitation backprop"): the
+//! map's peak point (the centre of its highest patch, where the bilinearly upsampled map the app draws
+//! peaks) lies on the object's mask within 15 px at 224 px (scaled to the image). Small thin objects (a
+//! ring, a star) may cover under a quarter of every patch; `hittable` counts the objects the strict
+//! rule can hit at all.
 
 use candle_core::Tensor;
 use serde::Serialize;
@@ -11,10 +16,11 @@ use serde::Serialize;
 use super::filip::{align_pass, AlignConfig};
 use super::pass::VisionPass;
 use super::region::{above_min, mass_inside};
+use super::ssvp::{default_k, ssvp_from_pass};
 use super::tokens::{AlignMode, TextSource};
 use crate::clip::preprocess::preprocess;
 use crate::clip::LoadedClip;
-use crate::data::scenes::Scene;
+use crate::data::scenes::{Scene, SHAPES};
 use crate::error::{Error, Result};
 use crate::progress::{check, Progress};
 
@@ -32,6 +38,39 @@ pub struct PointingReport {
     pub mean_mass_inside: f64,
     /// Mean over objects of the share of patches that would count as a hit.
     pub chance: f64,
+    /// Objects with at least one patch the strict rule counts.
+    pub hittable: usize,
+    /// The pointing game's rule: the peak point within `tolerance_px` of the mask.
+    pub tolerance_px: f32,
+    pub point_hits: usize,
+    pub point_rate: f64,
+    /// The same for a random patch's centre.
+    pub point_chance: f64,
+    /// SsVP (MP-FGVC's patch selection, default K): the mean share of its K patches that lie on an
+    /// object (strict rule), and the same share for K patches picked at random.
+    pub ssvp_k: usize,
+    pub ssvp_object_share: f64,
+    pub random_object_share: f64,
+    /// Objects and strict hits per shape word (which words localise), and per size (small, large).
+    pub by_shape: Vec<(String, usize, usize)>,
+    pub by_size: [(usize, usize); 2],
+}
+
+/// The pointing game's tolerance: 15 px at 224 px, scaled to the image.
+pub fn tolerance_px(size: usize) -> f32 {
+    15.0 * size as f32 / 224.0
+}
+
+/// Per patch of a `grid`×`grid` layout: whether its centre lies within `tol` px of the mask.
+pub fn centres_near_mask(mask: &[bool], size: usize, grid: usize, tol: f32) -> Vec<bool> {
+    let on: Vec<(f32, f32)> = (0..size * size).filter(|&p| mask[p]).map(|p| ((p % size) as f32 + 0.5, (p / size) as f32 + 0.5)).collect();
+    let cell = size as f32 / grid as f32;
+    (0..grid * grid)
+        .map(|k| {
+            let (cx, cy) = (((k % grid) as f32 + 0.5) * cell, ((k / grid) as f32 + 0.5) * cell);
+            on.iter().any(|&(x, y)| (x - cx).powi(2) + (y - cy).powi(2) <= tol * tol)
+        })
+        .collect()
 }
 
 /// Per patch of a `grid`×`grid` layout over a `size`×`size` mask: the share of its pixels in the mask.
@@ -54,6 +93,12 @@ pub fn pointing_game(clip: &LoadedClip, scenes: &[Scene], mode: AlignMode, progr
     let grid = clip.model.config.vision_config.grid();
     let cfg = AlignConfig { mode, ..AlignConfig::default() };
     let (mut objects, mut hits, mut mass, mut chance) = (0usize, 0usize, 0f64, 0f64);
+    let (mut hittable, mut point_hits, mut point_chance) = (0usize, 0usize, 0f64);
+    let tol = tolerance_px(size);
+    let (mut ssvp_share, mut random_share) = (0f64, 0f64);
+    let k = default_k(clip.model.config.vision_config.num_patches());
+    let mut by_shape: Vec<(String, usize, usize)> = SHAPES.iter().map(|s| (s.to_string(), 0, 0)).collect();
+    let mut by_size = [(0usize, 0usize); 2];
     for (n, scene) in scenes.iter().enumerate() {
         check(progress)?;
         if scene.image.width() as usize != size || scene.image.height() as usize != size {
@@ -61,6 +106,16 @@ pub fn pointing_game(clip: &LoadedClip, scenes: &[Scene], mode: AlignMode, progr
         }
         let px = preprocess(&image::DynamicImage::ImageRgb8(scene.image.clone()), &clip.preprocess);
         let pass = VisionPass::run(&clip.model.vision, &Tensor::from_vec(px, (1, 3, size, size), &clip.device)?)?;
+        let on_object: Vec<bool> = {
+            let covs: Vec<Vec<f32>> = (0..scene.objects.len()).map(|i| mask_coverage(&scene.mask(i), size, grid)).collect();
+            (0..grid * grid).map(|p| covs.iter().any(|c| c[p] >= HIT_COVERAGE)).collect()
+        };
+        // SsVP needs a penultimate block.
+        let sel = if clip.model.vision.layers.len() >= 2 { ssvp_from_pass(&clip.model.vision, &pass, Some(k))? } else { vec![] };
+        if let Some(sel) = sel.first() {
+            ssvp_share += sel.indices.iter().filter(|&&p| on_object[p]).count() as f64 / k as f64;
+        }
+        random_share += on_object.iter().filter(|&&o| o).count() as f64 / on_object.len() as f64;
         for (i, o) in scene.objects.iter().enumerate() {
             let prompt = format!("a {} {}.", o.colour_name(), o.shape_name());
             let a = align_pass(clip, &pass, &TextSource::Text(&prompt), &cfg)?;
@@ -68,14 +123,40 @@ pub fn pointing_game(clip: &LoadedClip, scenes: &[Scene], mode: AlignMode, progr
             let cov = mask_coverage(&scene.mask(i), size, grid);
             let best = map.iter().enumerate().max_by(|x, y| x.1.total_cmp(y.1)).map_or(0, |(k, _)| k);
             objects += 1;
-            hits += usize::from(cov[best] >= HIT_COVERAGE);
+            let hit = usize::from(cov[best] >= HIT_COVERAGE);
+            hits += hit;
+            (by_shape[o.shape].1, by_shape[o.shape].2) = (by_shape[o.shape].1 + 1, by_shape[o.shape].2 + hit);
+            let by = &mut by_size[usize::from(o.large)];
+            (by.0, by.1) = (by.0 + 1, by.1 + hit);
             mass += f64::from(mass_inside(&above_min(&map), &cov)?);
             chance += cov.iter().filter(|&&c| c >= HIT_COVERAGE).count() as f64 / cov.len() as f64;
+            hittable += usize::from(cov.iter().any(|&c| c >= HIT_COVERAGE));
+            let near = centres_near_mask(&scene.mask(i), size, grid, tol);
+            point_hits += usize::from(near[best]);
+            point_chance += near.iter().filter(|&&n| n).count() as f64 / near.len() as f64;
         }
         progress.update("scenes", n + 1, scenes.len());
     }
     let per = |v: f64| if objects == 0 { 0.0 } else { v / objects as f64 };
-    Ok(PointingReport { mode, scenes: scenes.len(), objects, hits, hit_rate: per(hits as f64), mean_mass_inside: per(mass), chance: per(chance) })
+    Ok(PointingReport {
+        mode,
+        scenes: scenes.len(),
+        objects,
+        hits,
+        hit_rate: per(hits as f64),
+        mean_mass_inside: per(mass),
+        chance: per(chance),
+        hittable,
+        tolerance_px: tol,
+        point_hits,
+        point_rate: per(point_hits as f64),
+        point_chance: per(point_chance),
+        ssvp_k: k,
+        ssvp_object_share: if scenes.is_empty() { 0.0 } else { ssvp_share / scenes.len() as f64 },
+        random_object_share: if scenes.is_empty() { 0.0 } else { random_share / scenes.len() as f64 },
+        by_shape,
+        by_size,
+    })
 }
 
 /// The mean map of the shape word's tokens: the word pieces just before the prompt's closing ".".
@@ -103,5 +184,9 @@ mod tests {
         }
         let cov = mask_coverage(&mask, size, 2);
         assert_eq!(cov, vec![0.5, 0.0, 0.0, 0.0]);
+        // Patch centres at (2, 2), (6, 2), (2, 6), (6, 6); the mask spans x < 2, y < 4.
+        assert_eq!(centres_near_mask(&mask, size, 2, 0.75), vec![true, false, false, false]);
+        assert_eq!(centres_near_mask(&mask, size, 2, 0.6), vec![false; 4]);
+        assert_eq!(centres_near_mask(&mask, size, 2, 2.6), vec![true, false, true, false]);
     }
 }

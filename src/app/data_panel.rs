@@ -39,6 +39,21 @@ fn recent_ui(ui: &mut egui::Ui, id: &str, recent: &[String], pick: impl Fn(Strin
     });
 }
 
+/// The shipped demo models, one click each (greyed out where the checkout has no `assets/models`).
+fn demo_ui(ui: &mut egui::Ui, actions: &mut Vec<Action>) {
+    ui.menu_button("Demo models", |ui| {
+        for (name, note) in crate::clip::demo::DEMO_MODELS {
+            let found = crate::clip::demo::find(name).is_some();
+            if ui.add_enabled(found, egui::Button::new(name)).on_hover_text(note).clicked() {
+                actions.push(Action::PickModel(name.to_string()));
+                ui.close();
+            }
+        }
+    })
+    .response
+    .on_hover_text("The small models shipped with promptscope, pretrained on generated scenes");
+}
+
 impl DataPanel {
     pub fn ui(&mut self, ui: &mut egui::Ui, state: &AppState, actions: &mut Vec<Action>) {
         ui.heading("Model & data");
@@ -70,7 +85,8 @@ impl DataPanel {
             if load.clicked() || (submitted && !busy) {
                 actions.push(Action::LoadModel(self.model_path.trim().to_string()));
             }
-            recent_ui(ui, "recent_models", &self.recent_models, Action::PickRecentModel, actions);
+            demo_ui(ui, actions);
+            recent_ui(ui, "recent_models", &self.recent_models, Action::PickModel, actions);
             if busy {
                 ui.spinner();
                 ui.label("loading…");

@@ -144,7 +144,7 @@ pub enum Action {
     StopRun(usize),
     ToggleRunVisible(usize),
     LoadPrompts(PathBuf),
-    PickRecentModel(String),
+    PickModel(String),
     PickRecentDataset(String),
     LoadPromptsAs(PathBuf, String),
     ExportRun { from: PathBuf, to: PathBuf },

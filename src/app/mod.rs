@@ -53,6 +53,14 @@ pub struct Startup {
     pub super_category: Option<String>,
 }
 
+/// The window's title: the model, and that it is a small demo model when it is one.
+pub fn window_title(clip: &crate::clip::LoadedClip) -> String {
+    match clip.demo_note {
+        Some(_) => format!("promptscope — {} (small demo model)", clip.id),
+        None => format!("promptscope — {}", clip.id),
+    }
+}
+
 pub fn run(model: Option<String>, data: Option<PathBuf>, startup: Startup) -> anyhow::Result<()> {
     let options = eframe::NativeOptions {
         viewport: egui::ViewportBuilder::default()
@@ -257,6 +265,9 @@ impl PromptscopeApp {
                         }
                     }
                     self.state.apply(Event::ModelLoaded { job, result });
+                    if let Some(model) = &self.state.model {
+                        ctx.send_viewport_cmd(egui::ViewportCommand::Title(window_title(&model.clip)));
+                    }
                 }
                 Event::DatasetOpened { job, result } => {
                     let opened = match (&result, &self.state.opening_dataset) {
@@ -402,7 +413,7 @@ impl PromptscopeApp {
                 Err(e) => self.state.error(format!("Could not start the export: {e}")),
             },
             Action::ShowError(message) => self.state.error(message),
-            Action::PickRecentModel(m) => {
+            Action::PickModel(m) => {
                 self.data_panel.model_path = m.clone();
                 self.handle(Action::LoadModel(m), ctx);
             }

@@ -22,6 +22,9 @@ impl TopBar {
                         ui.label(format!("loading {id}…"));
                     }
                     (Some(model), None) => {
+                        if let Some(note) = &model.clip.demo_note {
+                            ui.label(RichText::new("demo model").color(ui.visuals().warn_fg_color).strong()).on_hover_text(note);
+                        }
                         ui.add(Label::new(&model.description).truncate()).on_hover_text(&model.description);
                     }
                     (None, None) => {

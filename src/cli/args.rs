@@ -20,8 +20,9 @@ pub enum Format {
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct ModelArgs {
-    /// A CLIP model folder (config.json, model.safetensors, tokenizer.json) or a hub id such as
-    /// openai/clip-vit-base-patch32 (downloaded once into the Hugging Face cache).
+    /// A CLIP model folder (config.json, model.safetensors, tokenizer.json), a hub id such as
+    /// openai/clip-vit-base-patch32 (downloaded once into the Hugging Face cache), or the name of a
+    /// shipped demo model: scenes-filip, scenes-clip.
     #[arg(long)]
     pub model: String,
     /// cpu, cuda or auto.
@@ -188,9 +189,14 @@ pub enum Verb {
         seed: u64,
         /// shapes: coloured shapes, one class a shape; crest: birds that differ only in a small crest's
         /// colour; dimorphic: birds whose species is a combination of plumage colour and sex (the two
-        /// fine-grained kinds are for `mpfgvc` and need --splits).
+        /// fine-grained kinds are for `mpfgvc` and need --splits); objects: the scenes' 64 colour–shape
+        /// pairs (held-out ones included); outlines: the 8 scene shapes drawn as outlines. The two scene
+        /// kinds have fixed classes and need --splits.
         #[arg(long, value_enum, default_value = "shapes")]
         kind: DatasetKind,
+        /// Image side in px for the scene kinds (the demo models take 112).
+        #[arg(long, default_value_t = 112)]
+        size: u32,
     },
     /// Pretrain both towers of a CLIP on image–caption pairs with FILIP's or CLIP's loss.
     Pretrain(super::pretrain::PretrainArgs),
@@ -225,7 +231,8 @@ pub enum Verb {
         #[arg(long)]
         held_out: bool,
     },
-    /// Write the sample model and dataset into a folder and run zero-shot on them.
+    /// Write the sample dataset (outlined shapes) into a folder and run zero-shot on it with the shipped
+    /// FILIP demo model.
     Sample {
         #[arg(long, default_value = "samples")]
         out: PathBuf,
@@ -239,6 +246,8 @@ pub enum DatasetKind {
     Shapes,
     Crest,
     Dimorphic,
+    Objects,
+    Outlines,
 }
 
 

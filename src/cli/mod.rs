@@ -230,17 +230,25 @@ pub fn bench_zero_shot(args: &ModelArgs, classes: usize, templates: usize, forma
 
 /// The bundled sample: a tiny random-weight CLIP and a generated dataset, then zero-shot on them.
 pub fn sample(out: &Path, format: Format) -> Result<()> {
-    let model = out.join("tiny-clip");
-    let data = out.join("shapes");
-    if !model.exists() {
-        promptscope::clip::synth::write_model_folder(&preset("tiny")?, &model)?;
-    }
+    use promptscope::data::scene_sets::{write_scene_set, SceneSet};
+    let data = out.join("outlines");
     if !data.is_dir() {
-        promptscope::data::synth::write_dataset(&data, 6, 0, Some((16, 4, 8)), 0)?;
+        write_scene_set(&data, SceneSet::Outlines, (16, 4, 25), 112, 0)?;
     }
-    eprintln!("sample model: {}\nsample dataset: {}", model.display(), data.display());
-    let args = ModelArgs { model: model.display().to_string(), device: "auto".into() };
-    zero_shot(&args, &data, vec![], 32, format)
+    // The shipped FILIP demo model; a random-weight one only where the checkout has no assets/models.
+    let model = match promptscope::clip::demo::find("scenes-filip") {
+        Some(_) => "scenes-filip".to_string(),
+        None => {
+            let dir = out.join("tiny-clip");
+            if !dir.exists() {
+                promptscope::clip::synth::write_model_folder(&preset("tiny")?, &dir)?;
+            }
+            eprintln!("warning: the demo models (assets/models) are missing; using a random-weight model, whose results mean nothing");
+            dir.display().to_string()
+        }
+    };
+    eprintln!("sample model: {model}\nsample dataset: {}", data.display());
+    zero_shot(&ModelArgs { model, device: "auto".into() }, &data, vec![], 32, format)
 }
 
 /// A count flag whose `word` means None: `--shots K|all`, `--batch-size N|full`.
@@ -669,16 +677,19 @@ pub fn run(verb: Verb) -> Result<()> {
             eprintln!("wrote a random-weight '{preset}' CLIP to {}", out.display());
             Ok(())
         }
-        Verb::SynthDataset { out, classes, per_class, splits, seed, kind } => {
+        Verb::SynthDataset { out, classes, per_class, splits, seed, kind, size } => {
             let split = splits.map(|s| parse_splits(&s)).transpose()?;
+            use promptscope::data::scene_sets::{self, SceneSet};
             use promptscope::data::{synth, synth_fine};
             match (kind, split) {
                 (DatasetKind::Shapes, split) => synth::write_dataset(&out, classes, per_class, split, seed)?,
                 (DatasetKind::Crest, Some(split)) => synth_fine::write_dataset(&out, classes, split, 14, seed)?,
                 (DatasetKind::Dimorphic, Some(split)) => synth_fine::write_dimorphic_dataset(&out, classes, split, seed)?,
-                (_, None) => anyhow::bail!("--kind crest and dimorphic write train/val/test folders: give --splits, e.g. 16,4,16"),
+                (DatasetKind::Objects, Some(split)) => scene_sets::write_scene_set(&out, SceneSet::Objects, split, size, seed)?,
+                (DatasetKind::Outlines, Some(split)) => scene_sets::write_scene_set(&out, SceneSet::Outlines, split, size, seed)?,
+                (_, None) => anyhow::bail!("--kind crest, dimorphic, objects and outlines write train/val/test folders: give --splits, e.g. 16,4,16"),
             }
-            eprintln!("wrote a generated dataset of {classes} classes to {}", out.display());
+            eprintln!("wrote a generated dataset to {}", out.display());
             Ok(())
         }
         Verb::SynthScenes { out, count, seed, size, held_out } => {

@@ -32,6 +32,12 @@ pub struct PretrainArgs {
     /// Start from this CLIP folder's weights instead (fine-tuning).
     #[arg(long)]
     pub init: Option<PathBuf>,
+    /// Override the preset's input size (px); images are resized to it.
+    #[arg(long, conflicts_with = "init")]
+    pub image_size: Option<usize>,
+    /// Override the preset's patch size (px): a finer grid gives finer maps at more cost.
+    #[arg(long, conflicts_with = "init")]
+    pub patch_size: Option<usize>,
     /// FILIP's token selection: the share of each side's tokens that enter the means (FILIP: 0.25).
     #[arg(long, default_value_t = defaults().top_fraction)]
     pub top_fraction: f64,
@@ -67,7 +73,10 @@ pub fn pretrain(args: &PretrainArgs) -> Result<()> {
     let (model, tok) = match &args.init {
         Some(dir) => (TrainableClip::from_folder(dir, &device)?, promptscope::clip::load::load_dir(dir, &dir.display().to_string(), &device)?.tokenizer),
         None => {
-            let cfg = super::preset(&args.preset)?;
+            let mut cfg = super::preset(&args.preset)?;
+            let v = &mut cfg.vision_config;
+            (v.image_size, v.patch_size) = (args.image_size.unwrap_or(v.image_size), args.patch_size.unwrap_or(v.patch_size));
+            cfg.validate().map_err(|e| anyhow::anyhow!("--image-size / --patch-size: {e}"))?;
             (TrainableClip::init(&cfg, args.seed, &device)?, promptscope::clip::ClipTokenizer::bundled(cfg.text_config.max_position_embeddings)?)
         }
     };
@@ -86,7 +95,8 @@ pub fn pretrain(args: &PretrainArgs) -> Result<()> {
     let storage = if args.fp16 { promptscope::clip::synth::Storage::F16 } else { promptscope::clip::synth::Storage::F32 };
     // What a checkpoint must match to be continued: the model it started from and the data.
     let start = args.init.as_ref().map_or(format!("preset {}", args.preset), |d| format!("init {}", d.display()));
-    let run = serde_json::json!({ "start": start, "data": args.data, "pairs": pairs.len() });
+    let v = &model.config.vision_config;
+    let run = serde_json::json!({ "start": start, "image_size": v.image_size, "patch_size": v.patch_size, "data": args.data, "pairs": pairs.len() });
     let history = promptscope::run::pretrain::train(&model, &data, &config, &run, &args.out, storage, args.resume, &bar, &mut on_epoch)?;
     drop(bar);
     let last = history.last();
@@ -115,14 +125,24 @@ pub fn pointing(model: &super::ModelArgs, count: usize, seed: u64, held_out: boo
         Format::Text => {
             for r in &reports {
                 outln!(
-                    "{:?} mode: {} of {} objects hit ({:.1}%; a random patch: {:.1}%), mean map mass on the object {:.1}%",
+                    "{:?} mode: pointing game (peak within {:.1} px of the object) {} of {} objects, {:.1}% (a random patch: {:.1}%); strict (peak patch at least a quarter on the object) {:.1}% (random {:.1}%; {} hittable); mean map mass on the object {:.1}%",
                     r.mode,
-                    r.hits,
+                    r.tolerance_px,
+                    r.point_hits,
                     r.objects,
+                    100.0 * r.point_rate,
+                    100.0 * r.point_chance,
                     100.0 * r.hit_rate,
                     100.0 * r.chance,
+                    r.hittable,
                     100.0 * r.mean_mass_inside
                 );
+                let rate = |(n, h): (usize, usize)| if n == 0 { 0.0 } else { 100.0 * h as f64 / n as f64 };
+                let shapes: Vec<String> = r.by_shape.iter().map(|(s, n, h)| format!("{s} {:.0}%", rate((*n, *h)))).collect();
+                outln!("  strict, by shape: {}; small {:.0}%, large {:.0}%", shapes.join(", "), rate(r.by_size[0]), rate(r.by_size[1]));
+            }
+            if let Some(r) = reports.first() {
+                outln!("SsVP: {:.1}% of its top-{} patches lie on an object (a random pick: {:.1}%)", 100.0 * r.ssvp_object_share, r.ssvp_k, 100.0 * r.random_object_share);
             }
         }
     }

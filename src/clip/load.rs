@@ -26,14 +26,17 @@ pub struct LoadedClip {
     /// What the user passed (folder path or hub id), recorded in exports.
     pub id: String,
     pub device: Device,
+    /// Set for the shipped demo models ([`super::demo`]): what they are, said wherever the model is named.
+    pub demo_note: Option<String>,
 }
 
 impl LoadedClip {
     /// One-line description for logs and the UI.
     pub fn describe(&self) -> String {
         let c = &self.model.config;
+        let demo = self.demo_note.as_ref().map_or(String::new(), |n| format!(" [{n}]"));
         format!(
-            "{} (ViT {}×{} px, patch {}, text {}-d, {} layers / vision {}-d, {} layers, projection {}); tokenizer: {}",
+            "{}{demo} (ViT {}×{} px, patch {}, text {}-d, {} layers / vision {}-d, {} layers, projection {}); tokenizer: {}",
             self.id,
             c.vision_config.image_size,
             c.vision_config.image_size,
@@ -59,6 +62,9 @@ pub fn resolve(model: &str) -> Result<PathBuf> {
     if path.is_dir() {
         return Ok(path.to_path_buf());
     }
+    if let Some(dir) = super::demo::find(model) {
+        return Ok(dir);
+    }
     if path.is_file() {
         return Err(Error::bad_file(
             path,
@@ -69,7 +75,7 @@ pub fn resolve(model: &str) -> Result<PathBuf> {
     if looks_like_hub_id(model) {
         return fetch_from_hub(model);
     }
-    Err(Error::missing(path.to_path_buf(), "pass a CLIP model folder (config.json, model.safetensors, tokenizer.json) or a hub id such as openai/clip-vit-base-patch32"))
+    Err(Error::missing(path.to_path_buf(), "pass a CLIP model folder (config.json, model.safetensors, tokenizer.json), a hub id such as openai/clip-vit-base-patch32, or a demo model name (scenes-filip, scenes-clip)"))
 }
 
 fn looks_like_hub_id(s: &str) -> bool {
@@ -152,7 +158,7 @@ pub fn load_dir(dir: &Path, id: &str, device: &Device) -> Result<LoadedClip> {
             "use the preprocessor_config.json of this model",
         ));
     }
-    Ok(LoadedClip { model, tokenizer, preprocess, dir: dir.to_path_buf(), id: id.to_string(), device: device.clone() })
+    Ok(LoadedClip { model, tokenizer, preprocess, dir: dir.to_path_buf(), id: id.to_string(), device: device.clone(), demo_note: super::demo::note(dir) })
 }
 
 /// Memory-maps a safetensors file; a truncated or foreign file is reported, not trusted.

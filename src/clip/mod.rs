@@ -1,6 +1,7 @@
 //! CLIP as Hugging Face transformers runs it, with the internals prompt methods need.
 
 pub mod config;
+pub mod demo;
 pub mod encode;
 pub mod kernels;
 pub mod layers;

@@ -3,6 +3,7 @@
 pub mod augment;
 pub mod fewshot;
 pub mod folder;
+pub mod scene_sets;
 pub mod scenes;
 pub mod synth;
 pub mod synth_fine;

@@ -156,6 +156,16 @@ impl Scene {
     }
 }
 
+/// How objects are drawn: filled as in pretraining, or as thin outlines (a rendering shift, like
+/// sketches next to photos, that a hand-crafted prompt reads less well).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Style {
+    #[default]
+    Filled,
+    Outline,
+}
+
 /// What a generator draws.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SceneConfig {
@@ -164,11 +174,14 @@ pub struct SceneConfig {
     pub max_objects: usize,
     /// Pretraining scenes leave out [`HELD_OUT`]; evaluation scenes may contain them.
     pub allow_held_out: bool,
+    /// One object of this (shape, colour) and nothing else (classification sets).
+    pub only: Option<(usize, usize)>,
+    pub style: Style,
 }
 
 impl Default for SceneConfig {
     fn default() -> Self {
-        Self { size: 224, max_objects: 3, allow_held_out: false }
+        Self { size: 224, max_objects: 3, allow_held_out: false, only: None, style: Style::Filled }
     }
 }
 
@@ -181,15 +194,15 @@ pub fn generate(seed: u64, index: u64, cfg: &SceneConfig) -> Result<Scene> {
     let s = cfg.size as f32;
     let background = Background::ALL[rng.range(0, 4) as usize];
     let mut image = draw_background(background, cfg.size, &mut rng);
-    let n = 1 + rng.range(0, cfg.max_objects as u32) as usize;
+    let n = if cfg.only.is_some() { 1 } else { 1 + rng.range(0, cfg.max_objects as u32) as usize };
     let mut objects: Vec<SceneObject> = Vec::with_capacity(n);
     for _ in 0..n {
-        let (shape, colour) = loop {
+        let (shape, colour) = cfg.only.unwrap_or_else(|| loop {
             let pair = (rng.range(0, COLOURS.len() as u32) as usize, rng.range(0, SHAPES.len() as u32) as usize);
             if cfg.allow_held_out || !HELD_OUT.contains(&pair) {
                 break (pair.1, pair.0);
             }
-        };
+        });
         let large = rng.range(0, 2) == 1;
         let radius = s * if large { 0.17 } else { 0.10 } * (0.9 + 0.2 * unit(&mut rng));
         // Places apart from the others (a few tries; a crowded scene keeps fewer objects).
@@ -201,7 +214,7 @@ pub fn generate(seed: u64, index: u64, cfg: &SceneConfig) -> Result<Scene> {
         objects.push(SceneObject { shape, colour, texture, large, cx, cy, radius });
     }
     for o in &objects {
-        draw_object(&mut image, o);
+        draw_object(&mut image, o, cfg.style);
     }
     let caption = caption(&objects, background, s, &mut rng);
     Ok(Scene { image, objects, background, caption })
@@ -245,7 +258,7 @@ fn draw_background(bg: Background, size: u32, rng: &mut Rng) -> RgbImage {
     img
 }
 
-fn draw_object(img: &mut RgbImage, o: &SceneObject) {
+fn draw_object(img: &mut RgbImage, o: &SceneObject, style: Style) {
     let (w, h) = img.dimensions();
     let c = COLOURS[o.colour].1;
     // Stripes and dots alternate with a darker shade of the same colour (a lighter one for black), so
@@ -258,6 +271,17 @@ fn draw_object(img: &mut RgbImage, o: &SceneObject) {
     for y in y0..y1 {
         for x in x0..x1 {
             if !o.covers(x, y) {
+                continue;
+            }
+            if style == Style::Outline {
+                // A stroke about 2 px wide: inside pixels with an outside pixel within 2 px.
+                let edge = [(-2i32, 0i32), (2, 0), (0, -2), (0, 2)].iter().any(|&(dx, dy)| {
+                    let (nx, ny) = (x as i32 + dx, y as i32 + dy);
+                    nx < 0 || ny < 0 || !o.covers(nx as u32, ny as u32)
+                });
+                if edge {
+                    img.put_pixel(x, y, Rgb(c));
+                }
                 continue;
             }
             let (fx, fy) = (x as f32 - o.cx, y as f32 - o.cy);

@@ -287,7 +287,7 @@ mod tests {
 
     fn pairs(model: &TrainableClip, n: usize) -> PairTensors {
         let tok = crate::clip::ClipTokenizer::bundled(77).unwrap();
-        let cfg = SceneConfig { size: 64, max_objects: 1, allow_held_out: false };
+        let cfg = SceneConfig { size: 64, max_objects: 1, ..SceneConfig::default() };
         let scenes: Vec<_> = (0..n).map(|i| generate(3, i as u64, &cfg).unwrap()).collect();
         let pre = crate::clip::PreprocessConfig::clip(64);
         let px: Vec<f32> = scenes.iter().flat_map(|s| crate::clip::preprocess::preprocess(&image::DynamicImage::ImageRgb8(s.image.clone()), &pre)).collect();

@@ -12,6 +12,8 @@ mod cli;
 mod clip_parity;
 mod coop_cli;
 mod coop_parity;
+mod demo_claims;
+mod filip_parity;
 mod fused_ops;
 mod mpfgvc_cli;
 mod mpfgvc_two_stage;
