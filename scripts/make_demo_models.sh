@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Pretrains the two demo models from fixed seeds: assets/models/scenes-filip and assets/models/scenes-clip,
 # the same architecture (--preset scenes), data, steps and seed, only the loss differs. Each takes about
-# 20 minutes on a 2-core machine (release build). Then `promptscope pointing --model DIR` measures FILIP's
+# 7 minutes on a 2-core machine (release build). Then `promptscope pointing --model DIR` measures FILIP's
 # visual claim on scenes neither model saw.
 #
-# Usage: scripts/make_demo_models.sh [EPOCHS]   (default 25)
+# Usage: scripts/make_demo_models.sh [EPOCHS]   (default 10)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-epochs=${1:-25}
+epochs=${1:-10}
 cargo build --release --locked --bin promptscope
 bin=target/release/promptscope
 work=$(mktemp -d)

@@ -190,8 +190,9 @@ pub enum Verb {
         /// shapes: coloured shapes, one class a shape; crest: birds that differ only in a small crest's
         /// colour; dimorphic: birds whose species is a combination of plumage colour and sex (the two
         /// fine-grained kinds are for `mpfgvc` and need --splits); objects: the scenes' 64 colour–shape
-        /// pairs (held-out ones included); outlines: the 8 scene shapes drawn as outlines. The two scene
-        /// kinds have fixed classes and need --splits.
+        /// pairs (held-out ones included); scene-shapes: the 8 scene shapes, filled; outlines: the same as
+        /// outlines; warm-light: the 8 colours under a warm colour cast. The scene kinds have fixed classes
+        /// and need --splits.
         #[arg(long, value_enum, default_value = "shapes")]
         kind: DatasetKind,
         /// Image side in px for the scene kinds (the demo models take 112).
@@ -231,8 +232,8 @@ pub enum Verb {
         #[arg(long)]
         held_out: bool,
     },
-    /// Write the sample dataset (outlined shapes) into a folder and run zero-shot on it with the shipped
-    /// FILIP demo model.
+    /// Write the sample dataset (scene objects under a warm colour cast, a class per colour) into a folder
+    /// and run zero-shot on it with the shipped FILIP demo model.
     Sample {
         #[arg(long, default_value = "samples")]
         out: PathBuf,
@@ -247,7 +248,9 @@ pub enum DatasetKind {
     Crest,
     Dimorphic,
     Objects,
+    SceneShapes,
     Outlines,
+    WarmLight,
 }
 
 

@@ -231,9 +231,9 @@ pub fn bench_zero_shot(args: &ModelArgs, classes: usize, templates: usize, forma
 /// The bundled sample: a tiny random-weight CLIP and a generated dataset, then zero-shot on them.
 pub fn sample(out: &Path, format: Format) -> Result<()> {
     use promptscope::data::scene_sets::{write_scene_set, SceneSet};
-    let data = out.join("outlines");
+    let data = out.join("warm-light");
     if !data.is_dir() {
-        write_scene_set(&data, SceneSet::Outlines, (16, 4, 25), 112, 0)?;
+        write_scene_set(&data, SceneSet::WarmLight, (16, 4, 25), 112, 0)?;
     }
     // The shipped FILIP demo model; a random-weight one only where the checkout has no assets/models.
     let model = match promptscope::clip::demo::find("scenes-filip") {
@@ -686,8 +686,10 @@ pub fn run(verb: Verb) -> Result<()> {
                 (DatasetKind::Crest, Some(split)) => synth_fine::write_dataset(&out, classes, split, 14, seed)?,
                 (DatasetKind::Dimorphic, Some(split)) => synth_fine::write_dimorphic_dataset(&out, classes, split, seed)?,
                 (DatasetKind::Objects, Some(split)) => scene_sets::write_scene_set(&out, SceneSet::Objects, split, size, seed)?,
+                (DatasetKind::WarmLight, Some(split)) => scene_sets::write_scene_set(&out, SceneSet::WarmLight, split, size, seed)?,
+                (DatasetKind::SceneShapes, Some(split)) => scene_sets::write_scene_set(&out, SceneSet::Shapes, split, size, seed)?,
                 (DatasetKind::Outlines, Some(split)) => scene_sets::write_scene_set(&out, SceneSet::Outlines, split, size, seed)?,
-                (_, None) => anyhow::bail!("--kind crest, dimorphic, objects and outlines write train/val/test folders: give --splits, e.g. 16,4,16"),
+                (_, None) => anyhow::bail!("--kind crest, dimorphic and the scene kinds write train/val/test folders: give --splits, e.g. 16,4,16"),
             }
             eprintln!("wrote a generated dataset to {}", out.display());
             Ok(())

@@ -3,8 +3,9 @@
 //!
 //! - `objects`: a class per colour–shape pair, "red star", all 64 of them, including the [`HELD_OUT`]
 //!   pairs pretraining never showed: zero-shot on those tests composition (FILIP's zero-shot claim).
-//! - `outlines`: a class per shape, drawn as thin outlines: a rendering shift from the filled shapes of
-//!   pretraining, where a hand-crafted prompt is weak and learned prompts earn their keep (CoOp's claim).
+//! - `shapes`: a class per shape, filled, any colour; `outlines`: the same drawn as outlines.
+//! - `warm-light`: a class per colour, under a warm colour cast: a rendering shift from pretraining where
+//!   the hand-crafted prompt is weak and learned prompts earn their keep (CoOp's claim).
 
 use std::path::Path;
 
@@ -14,7 +15,12 @@ use crate::error::{Error, Result};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SceneSet {
     Objects,
+    /// A class per shape, filled, any colour.
+    Shapes,
     Outlines,
+    /// A class per colour, any shape, seen under warm sodium-like light: every pixel's channels scaled by
+    /// (1.0, 0.7, 0.3), so a white shape looks orange and a blue one nearly black.
+    WarmLight,
 }
 
 impl SceneSet {
@@ -24,7 +30,8 @@ impl SceneSet {
             SceneSet::Objects => (0..COLOURS.len())
                 .flat_map(|c| (0..SHAPES.len()).map(move |s| (format!("{}_{}", COLOURS[c].0, SHAPES[s]), s, Some(c))))
                 .collect(),
-            SceneSet::Outlines => SHAPES.iter().enumerate().map(|(s, name)| (name.to_string(), s, None)).collect(),
+            SceneSet::Shapes | SceneSet::Outlines => SHAPES.iter().enumerate().map(|(s, name)| (name.to_string(), s, None)).collect(),
+            SceneSet::WarmLight => COLOURS.iter().enumerate().map(|(c, (name, _))| (name.to_string(), usize::MAX, Some(c))).collect(),
         }
     }
 }
@@ -50,8 +57,14 @@ pub fn write_scene_set(root: &Path, set: SceneSet, split: (usize, usize, usize),
                     // Every (split, class, image) its own stream position: splits never share an image.
                     let index = ((s * 1000 + k) * 100_000 + i) as u64;
                     let colour = colour.unwrap_or((i * 3 + k + s) % COLOURS.len());
+                    let shape = if shape == usize::MAX { (i * 5 + k + s) % SHAPES.len() } else { shape };
                     let cfg = SceneConfig { size, max_objects: 1, allow_held_out: true, only: Some((shape, colour)), style };
-                    let scene = generate(seed, index, &cfg)?;
+                    let mut scene = generate(seed, index, &cfg)?;
+                    if set == SceneSet::WarmLight {
+                        for p in scene.image.pixels_mut() {
+                            p.0 = [p.0[0], (f32::from(p.0[1]) * 0.7) as u8, (f32::from(p.0[2]) * 0.3) as u8];
+                        }
+                    }
                     let path = dir.join(format!("{i:04}.png"));
                     scene.image.save(&path).map_err(|e| Error::invalid(format!("writing {}: {e}", path.display())))?;
                 }

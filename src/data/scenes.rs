@@ -274,10 +274,12 @@ fn draw_object(img: &mut RgbImage, o: &SceneObject, style: Style) {
                 continue;
             }
             if style == Style::Outline {
-                // A stroke about 2 px wide: inside pixels with an outside pixel within 2 px.
-                let edge = [(-2i32, 0i32), (2, 0), (0, -2), (0, 2)].iter().any(|&(dx, dy)| {
-                    let (nx, ny) = (x as i32 + dx, y as i32 + dy);
-                    nx < 0 || ny < 0 || !o.covers(nx as u32, ny as u32)
+                // A stroke a third of the half-size wide (at least 2 px): inside pixels with an outside
+                // pixel that far away in one of eight directions. Thick enough that the shape stays legible.
+                let w = (o.radius / 3.0).max(2.0);
+                let edge = [(1f32, 0f32), (-1.0, 0.0), (0.0, 1.0), (0.0, -1.0), (0.7, 0.7), (-0.7, 0.7), (0.7, -0.7), (-0.7, -0.7)].iter().any(|&(dx, dy)| {
+                    let (nx, ny) = (x as f32 + dx * w, y as f32 + dy * w);
+                    nx < 0.0 || ny < 0.0 || !o.covers(nx.round() as u32, ny.round() as u32)
                 });
                 if edge {
                     img.put_pixel(x, y, Rgb(c));
@@ -300,9 +302,8 @@ fn draw_object(img: &mut RgbImage, o: &SceneObject, style: Style) {
 
 /// One of many templates, naming some or all objects.
 fn caption(objects: &[SceneObject], bg: Background, size: f32, rng: &mut Rng) -> String {
-    let pick = |rng: &mut Rng| (rng.range(0, 2) == 1, rng.range(0, 2) == 1);
     let phrase = |o: &SceneObject, rng: &mut Rng| {
-        let (size, texture) = pick(rng);
+        let (size, texture) = (rng.range(0, 2) == 1, rng.range(0, 2) == 1);
         o.phrase(size, texture)
     };
     let with_bg = rng.range(0, 3) == 0;

@@ -151,6 +151,6 @@ fn sample_runs_its_main_job() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["classes"].as_array().unwrap().len(), 8);
-    // On the shipped FILIP demo model, zero-shot on the outlines is far above chance (1/8).
+    // On the shipped FILIP demo model, zero-shot under the colour cast is far above chance (1/8).
     assert!(v["accuracy"].as_f64().unwrap() > 0.25, "{v}");
 }

@@ -57,22 +57,23 @@ fn demo_models_classify_unseen_colour_shape_pairs_zero_shot() {
 }
 
 /// The hand-crafted prompts a user would try first; the CoOp claim is against the best of them.
-const TEMPLATES: [&str; 6] = ["a {}.", "a photo of a {}.", "a drawing of a {}.", "a sketch of a {}.", "an outline of a {}.", "a {} shape."];
+const TEMPLATES: [&str; 5] = ["a {}.", "a {} shape.", "a photo of a {} shape.", "a photo of a {} object.", "a {} object in warm light."];
 
-/// CoOp's claim: under a rendering shift from pretraining (outlines, where the model saw filled shapes)
-/// 16-shot learned context beats the best hand-crafted template by at least 10 points.
+/// CoOp's claim: under a rendering shift from pretraining (a warm colour cast over the scenes, classes
+/// by colour) 16-shot learned context beats the best hand-crafted template by at least 10 points.
 #[test]
-fn coop_beats_the_best_template_on_outlines() {
+fn coop_beats_the_best_template_under_a_colour_cast() {
     use promptscope::eval::zeroshot::class_weights;
     use promptscope::run::coop::{evaluate_weights, prepare, train};
     use promptscope::train::config::{Augment, CoopRun};
     let scratch = tempfile::tempdir().unwrap();
-    let root = scratch.path().join("outlines");
-    write_scene_set(&root, SceneSet::Outlines, (16, 4, 25), 112, 5).unwrap();
+    let root = scratch.path().join("warm-light");
+    write_scene_set(&root, SceneSet::WarmLight, (16, 4, 25), 112, 0).unwrap();
     let ds = DatasetFolder::open(&root).unwrap();
     let clip = demo("scenes-filip");
+    // CoOp's recipe for 16 shots on cached features, without the augmented views (a fifth of the time).
     let mut run = CoopRun::default();
-    (run.augment, run.train.optim.epochs) = (Augment::None, 40);
+    run.augment = Augment::None;
     let rd = prepare(&clip, &ds, &run, None, &Silent).unwrap();
     let out = train(&clip, &ds, &rd, &run, None, false, &Silent, &mut |_| {}).unwrap();
     let best = TEMPLATES
@@ -82,6 +83,6 @@ fn coop_beats_the_best_template_on_outlines() {
             (evaluate_weights(&clip, &w, &rd.test, &rd.split.test, &ds.class_names).unwrap().accuracy, *t)
         })
         .fold((0.0, ""), |a, b| if b.0 > a.0 { b } else { a });
-    println!("outlines, 16 shots: CoOp {:.3}, best template {:?} {:.3}", out.metrics.test_acc, best.1, best.0);
+    println!("warm light, 16 shots: CoOp {:.3}, best template {:?} {:.3}", out.metrics.test_acc, best.1, best.0);
     assert!(out.metrics.test_acc >= best.0 + 0.10, "CoOp {:.3} vs '{}' {:.3}", out.metrics.test_acc, best.1, best.0);
 }
