@@ -1,13 +1,14 @@
 #!/usr/bin/env python3
-"""CoOp's Fig. 3 in miniature: test accuracy against shots (1/2/4/8/16) on the sample outlines (a
-rendering shift from the filled shapes the demo model was pretrained on), for CoOp (one unified context),
+"""CoOp's Fig. 3 in miniature: test accuracy against shots (1/2/4/8/16) on the sample warm-light set (scene
+objects under a warm colour cast, a class per colour: a rendering shift from what the demo model was
+pretrained on), for CoOp (one unified context),
 CoOp with class-specific contexts (CSC), a linear probe on the image features, and zero-shot with each
 hand-crafted template (the best one drawn as the line). Three seeds per point, mean ± std.
 
     cargo build --release && python3 scripts/shots_curve.py [--model scenes-filip] [--seeds 1,2,3]
 
-Writes assets/figures/outlines-shots.json (every run) and, when matplotlib is installed,
-assets/figures/outlines-shots.png.
+Writes assets/figures/warm-light-shots.json (every run) and, when matplotlib is installed,
+assets/figures/warm-light-shots.png.
 """
 import argparse
 import json
@@ -19,7 +20,7 @@ import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(ROOT, "target", "release", "promptscope")
-TEMPLATES = ["a {}.", "a photo of a {}.", "a drawing of a {}.", "a sketch of a {}.", "an outline of a {}.", "a {} shape."]
+TEMPLATES = ["a {}.", "a {} shape.", "a photo of a {} shape.", "a photo of a {} object.", "a {} object in warm light."]
 SHOTS = [1, 2, 4, 8, 16]
 
 
@@ -32,13 +33,13 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="scenes-filip")
     ap.add_argument("--seeds", default="1,2,3")
-    ap.add_argument("--out", default=os.path.join(ROOT, "assets", "figures", "outlines-shots"))
+    ap.add_argument("--out", default=os.path.join(ROOT, "assets", "figures", "warm-light-shots"))
     a = ap.parse_args()
     seeds = [int(s) for s in a.seeds.split(",")]
     results = {"model": a.model, "zero_shot": {}, "runs": []}
     with tempfile.TemporaryDirectory() as tmp:
-        data = os.path.join(tmp, "outlines")
-        subprocess.run([BIN, "synth-dataset", "--kind", "outlines", "--splits", "16,4,25", "--seed", "0", "--out", data], check=True)
+        data = os.path.join(tmp, "warm-light")
+        subprocess.run([BIN, "synth-dataset", "--kind", "warm-light", "--splits", "16,4,25", "--seed", "0", "--out", data], check=True)
         for t in TEMPLATES:
             r = run("zero-shot", "--model", a.model, "--data", data, "--template", t)
             results["zero_shot"][t] = r["accuracy"]
@@ -85,7 +86,7 @@ def main():
     ax.set_xticks(SHOTS, [str(s) for s in SHOTS])
     ax.set_xlabel("shots per class")
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title(f"Outlined shapes, {a.model}")
+    ax.set_title(f"Colours under warm light, {a.model}")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
