@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Takes assets/screenshots/{compare,train,align,export}.png: the real app on the sample model and a
-# generated dataset, on a virtual X screen, drawn by wgpu on Mesa's software Vulkan (lavapipe), so no
+# Takes assets/screenshots/{compare,train,align,export}.png: the real app on the shipped FILIP demo model
+# (assets/models/scenes-filip) and generated scene datasets, on a virtual X screen, drawn by wgpu on Mesa's software Vulkan (lavapipe), so no
 # display or GPU is needed. The Train shot is taken while training; the frame times of that run are
 # written to assets/screenshots/frame-times.json (median and p99 ms between frames, and of the app's
 # own layout work).
@@ -23,24 +23,23 @@ cargo build --profile "$profile" --bin promptscope
 target_dir=$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
 bin="$target_dir/$([ "$profile" = dev ] && echo debug || echo "$profile")/promptscope"
 
-# `sample` refuses to overwrite, so an existing sample is reused.
-if [ ! -d samples/tiny-clip ] || [ ! -d samples/shapes ]; then
-    "$bin" sample --out samples
-fi
+model=scenes-filip
 mkdir -p "$outdir"
 scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"' EXIT
-# A dataset with train/val/test splits, so the Train tab can run 4-shot CoOp.
-"$bin" synth-dataset --out "$scratch/shapes" --classes 6 --splits 16,4,6 --seed 3 2>/dev/null
-# Learned prompts for the Align and Export shots.
-"$bin" train --model samples/tiny-clip --data "$scratch/shapes" --shots 4 --epochs 30 --no-cache \
+# The sample set (a class per colour under a warm colour cast, where learned prompts beat the template)
+# for Compare, Train and Export; single objects by colour and shape for Align's word maps.
+"$bin" synth-dataset --out "$scratch/warm-light" --kind warm-light --splits 16,4,25 --seed 3 2>/dev/null
+"$bin" synth-dataset --out "$scratch/objects" --kind objects --splits 0,0,2 --seed 5 2>/dev/null
+# Learned prompts for the Compare and Export shots.
+"$bin" train --model "$model" --data "$scratch/warm-light" --shots 16 --no-cache \
     --out "$scratch/prompts.safetensors" >/dev/null 2>&1
 
 # Runs inside the virtual X server: start the app on a tab, wait, shoot the screen, stop it.
 inner='
 set -euo pipefail
-bin=$1 out=$2 wait_s=$3 log=$4 data=$5 tab=$6; shift 6
-"$bin" app --model samples/tiny-clip --data "$data" --tab "$tab" "$@" >"$log" 2>&1 &
+bin=$1 out=$2 wait_s=$3 log=$4 data=$5 tab=$6 model=$7; shift 7
+"$bin" app --model "$model" --data "$data" --tab "$tab" "$@" >"$log" 2>&1 &
 app=$!
 sleep "$wait_s"
 if ! kill -0 "$app" 2>/dev/null; then
@@ -54,18 +53,18 @@ kill "$app"
 wait "$app" 2>/dev/null || true
 '
 
-shoot() { # tab, extra app arguments...
-    local tab=$1; shift
+shoot() { # tab, dataset, extra app arguments...
+    local tab=$1 data=$2; shift 2
     XDG_DATA_HOME="$scratch/data-$tab" PROMPTSCOPE_CACHE="$scratch/cache" PROMPTSCOPE_RUNS="$scratch/runs" \
     PROMPTSCOPE_FRAME_LOG="$scratch/frames-$tab.json" WGPU_BACKEND=${WGPU_BACKEND:-vulkan} \
-        xvfb-run -a -s "-screen 0 1280x800x24" bash -c "$inner" screenshot "$bin" "$outdir/$tab.png" "$wait_s" "$scratch/app-$tab.log" "$scratch/shapes" "$tab" "$@"
+        xvfb-run -a -s "-screen 0 1280x800x24" bash -c "$inner" screenshot "$bin" "$outdir/$tab.png" "$wait_s" "$scratch/app-$tab.log" "$data" "$tab" "$model" "$@"
     echo "wrote $outdir/$tab.png"
 }
 
-shoot compare --autorun --prompts "$scratch/prompts.safetensors"
-shoot train --autorun --epochs 100000
+shoot compare "$scratch/warm-light" --autorun --prompts "$scratch/prompts.safetensors"
+shoot train "$scratch/warm-light" --autorun --epochs 100000
 cp "$scratch/frames-train.json" "$outdir/frame-times.json"
-shoot align --prompts "$scratch/prompts.safetensors"
-shoot export --prompts "$scratch/prompts.safetensors"
+shoot align "$scratch/objects"
+shoot export "$scratch/warm-light" --prompts "$scratch/prompts.safetensors"
 cp "$outdir/compare.png" "$outdir/main.png"
 echo "frame times while training: $(cat "$outdir/frame-times.json")"

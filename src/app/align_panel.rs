@@ -33,6 +33,8 @@ pub struct AlignPanel {
     pub k: usize,
     pub word: usize,
     pub style: HeatmapStyle,
+    /// The tokens of the last prompt shown: a new prompt starts on its class word.
+    shown_tokens: Vec<String>,
     /// The map uploaded to the GPU, rebuilt when the view or the word changes.
     overlays: Option<(u64, usize, Arc<OverlayData>, Arc<OverlayData>)>,
     next_overlay_id: u64,
@@ -53,6 +55,7 @@ impl Default for AlignPanel {
             k: 0,
             word: 0,
             style: HeatmapStyle::default(),
+            shown_tokens: Vec::new(),
             overlays: None,
             next_overlay_id: 1,
             cpu_overlays: CpuOverlays::new(),
@@ -186,6 +189,16 @@ impl AlignPanel {
 
     fn view_ui(&mut self, ui: &mut egui::Ui, view: &AlignView, gpu: Option<egui_wgpu::wgpu::TextureFormat>, actions: &mut Vec<Action>) {
         let a = &view.alignment;
+        if a.text_tokens != self.shown_tokens {
+            // A new prompt opens on the word that names the object (the last before the closing
+            // punctuation and end-of-text), the map a user came for; "a" is rarely it.
+            let named = a.text_tokens.iter().rposition(|t| {
+                let t = t.trim();
+                !t.is_empty() && t != "<|endoftext|>" && t.chars().any(char::is_alphanumeric)
+            });
+            self.word = named.unwrap_or(0);
+            self.shown_tokens = a.text_tokens.clone();
+        }
         self.word = self.word.min(a.text_tokens.len().saturating_sub(1));
         ui.horizontal_wrapped(|ui| {
             ui.label("Word");

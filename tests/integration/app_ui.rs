@@ -188,6 +188,30 @@ fn command_line_paths_load_at_start_up() {
     assert_eq!(h.state().settings().dataset, fx.data.display().to_string());
 }
 
+#[test]
+fn the_demo_models_are_one_click_away_and_say_what_they_are() {
+    let mut h = harness(PromptscopeApp::new_headless().with_startup(Some("scenes-filip".into()), None));
+    wait_idle(&mut h);
+    let model = h.state().state.model.as_ref().expect("the FILIP demo model loads by name").clip.clone();
+    assert!(model.demo_note.as_deref().is_some_and(|n| n.contains("FILIP")), "{:?}", model.demo_note);
+    assert_eq!(promptscope::app::window_title(&model), "promptscope — scenes-filip (small demo model)");
+    assert!(h.query_by_label("demo model").is_some(), "the top bar marks it");
+    // The picker offers both shipped models; choosing the CLIP twin loads it.
+    click(&mut h, "Demo models");
+    assert!(h.query_by_label("scenes-filip").is_some());
+    click(&mut h, "scenes-clip");
+    wait_idle(&mut h);
+    let s = &h.state().state;
+    assert!(s.errors.is_empty(), "{:?}", s.errors);
+    assert_eq!(s.model.as_ref().unwrap().clip.id, "scenes-clip");
+    // An ordinary folder is not called a demo model.
+    let fx = fixture();
+    let mut h = harness(PromptscopeApp::new_headless().with_startup(Some(fx.model.display().to_string()), None));
+    wait_idle(&mut h);
+    assert!(h.state().state.model.as_ref().unwrap().clip.demo_note.is_none());
+    assert!(h.query_by_label("demo model").is_none());
+}
+
 /// What a window system hands egui when a folder is dropped.
 #[derive(Debug)]
 struct DroppedFolder(PathBuf);
@@ -465,14 +489,16 @@ fn the_alignment_view_draws_the_chosen_words_heatmap_on_the_gpu() {
         assert!(worst <= 4, "word {word}: the drawn heatmap differs from the map by {worst}/255");
         map
     };
-    let first = check_word(&mut h, 0);
-    // Click the class word's token: the panel switches to its map and the GPU draws that one.
-    let word = tokens.iter().position(|t| t == "circle" || t == "square" || t == "stripes").expect("a class word");
-    h.get_all_by_label(&tokens[word]).find(|n| n.accesskit_node().role() == egui::accesskit::Role::Button).expect("the word's button").click();
+    // A new prompt opens on its class word, the map a user came for.
+    let word = tokens.iter().rposition(|t| t == "circle" || t == "square" || t == "stripes").expect("a class word");
+    assert_eq!(h.state().align.word, word, "{tokens:?}");
+    let first = check_word(&mut h, word);
+    // Click another word's token: the panel switches to its map and the GPU draws that one.
+    h.get_all_by_label(&tokens[0]).find(|n| n.accesskit_node().role() == egui::accesskit::Role::Button).expect("the word's button").click();
     h.step();
     h.step();
-    assert_eq!(h.state().align.word, word);
-    let second = check_word(&mut h, word);
+    assert_eq!(h.state().align.word, 0);
+    let second = check_word(&mut h, 0);
     assert_ne!(first.values, second.values, "two words, two maps");
 }
 
