@@ -11,6 +11,7 @@ use super::events::Action;
 pub const EXPORT_FIELD: &str = "Export to";
 pub const LOAD_FIELD: &str = "Prompts file";
 pub const SAVE_BUTTON: &str = "Save prompts";
+pub const LOAD_MODEL_BUTTON: &str = "Load this model";
 
 #[derive(Default)]
 pub struct ExportPanel {
@@ -30,6 +31,16 @@ impl ExportPanel {
         }
         for run in finished {
             let Some(outcome) = &run.outcome else { continue };
+            // A pretraining run wrote a model folder, not prompts: it is loaded, not exported.
+            if matches!(run.run, crate::train::config::RunConfig::Pretrain(_)) {
+                ui.horizontal(|ui| {
+                    ui.label(RichText::new(&run.label).strong());
+                    if ui.button(LOAD_MODEL_BUTTON).on_hover_text(outcome.prompts.display().to_string()).clicked() {
+                        actions.push(Action::LoadModel(outcome.prompts.display().to_string()));
+                    }
+                });
+                continue;
+            }
             let path = self.export_paths.entry(run.number).or_insert_with(|| format!("prompts-run{}.safetensors", run.number));
             ui.horizontal(|ui| {
                 ui.label(RichText::new(&run.label).strong());

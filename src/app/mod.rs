@@ -482,15 +482,18 @@ impl PromptscopeApp {
     }
 
     fn start_training(&mut self, ctx: &egui::Context, run: RunConfig) {
-        let (Some(model), Some(dataset)) = (&self.state.model, &self.state.dataset) else {
+        let pretraining = matches!(run, RunConfig::Pretrain(_));
+        let (clip, data) = (self.state.model.as_ref().map(|m| m.clip.clone()), self.state.dataset.as_ref().map(|d| d.folder.clone()));
+        if !pretraining && (clip.is_none() || data.is_none()) {
             return self.state.error("Load a model and open a dataset before training.");
-        };
+        }
         let number = self.state.runs.len() + 1;
         // A fresh name per launch and run, so a new session never resumes an old session's checkpoint.
+        // Pretraining writes a model folder; the prompt methods a prompts file.
         let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
-        let out = self.runs_dir.join(format!("run-{stamp}-{number}.safetensors"));
+        let out = self.runs_dir.join(if pretraining { format!("model-{stamp}-{number}") } else { format!("run-{stamp}-{number}.safetensors") });
         let mut record = TrainRecord::new(number, run.clone(), out.clone());
-        match self.worker.train(ctx, model.clip.clone(), dataset.folder.clone(), run, out, false, self.cache_dir.clone(), record.control.clone()) {
+        match self.worker.train(ctx, clip, data, run, out, false, self.cache_dir.clone(), record.control.clone()) {
             Ok(job) => {
                 record.job = Some(job);
                 self.state.runs.push(record);
@@ -500,12 +503,12 @@ impl PromptscopeApp {
     }
 
     fn resume_run(&mut self, ctx: &egui::Context, n: usize) {
-        let (Some(model), Some(dataset)) = (&self.state.model, &self.state.dataset) else {
-            return self.state.error("Load the model and dataset of this run before resuming it.");
-        };
-        let (clip, folder) = (model.clip.clone(), dataset.folder.clone());
+        let (clip, folder) = (self.state.model.as_ref().map(|m| m.clip.clone()), self.state.dataset.as_ref().map(|d| d.folder.clone()));
         let cache = self.cache_dir.clone();
         let Some(run) = self.state.runs.iter_mut().find(|r| r.number == n) else { return };
+        if !matches!(run.run, RunConfig::Pretrain(_)) && (clip.is_none() || folder.is_none()) {
+            return self.state.error("Load the model and dataset of this run before resuming it.");
+        }
         run.control.pause.store(false, Ordering::Relaxed);
         match run.status {
             RunStatus::Paused => run.status = RunStatus::Training,

@@ -7,7 +7,7 @@ use egui_plot::{Legend, Line, LineStyle, Plot, PlotPoints};
 
 use crate::prompt::coop::ClassPosition;
 use crate::prompt::PromptMethodKind;
-use crate::train::config::{Augment, CoopRun, MpFgvcRun, RunConfig};
+use crate::train::config::{Augment, CoopRun, MpFgvcRun, PretrainRun, RunConfig};
 use crate::train::mpfgvc::OptimizerKind;
 use crate::train::optim::{default_epochs, OptimConfig};
 
@@ -18,6 +18,9 @@ use super::training::{RunStatus, TrainRecord};
 use super::events::Action;
 
 pub const START_BUTTON: &str = "Start training";
+pub const PRETRAIN_METHOD: &str = "Pretrain (FILIP / CLIP)";
+/// Label of the pairs-folder field of the pretraining form.
+pub const PAIRS_FIELD: &str = "Image–caption pairs";
 pub const SHOT_CHOICES: [Option<usize>; 6] = [Some(1), Some(2), Some(4), Some(8), Some(16), None];
 
 #[derive(Default)]
@@ -35,7 +38,7 @@ pub fn run_colour(number: usize) -> Color32 {
 /// tests read the curves' data here. An MP-FGVC run's stages are separate series on one epoch axis.
 pub fn series(run: &TrainRecord) -> Vec<(&'static str, String, Vec<[f64; 2]>)> {
     let parts: Vec<(String, std::ops::Range<usize>)> = match &run.run {
-        RunConfig::Coop(_) => vec![(String::new(), 0..usize::MAX)],
+        RunConfig::Coop(_) | RunConfig::Pretrain(_) => vec![(String::new(), 0..usize::MAX)],
         RunConfig::MpFgvc(m) => {
             let first = m.stage1.optim.epochs;
             vec![("stage 1 ".to_string(), 0..first), ("stage 2 ".to_string(), first..usize::MAX)]
@@ -76,18 +79,25 @@ impl TrainPanel {
         ui.heading("Method");
         ui.horizontal_wrapped(|ui| {
             for kind in PromptMethodKind::ALL {
-                ui.selectable_value(&mut f.method, kind, kind.label());
+                if ui.selectable_label(!f.pretraining && f.method == kind, kind.label()).clicked() {
+                    (f.method, f.pretraining) = (kind, false);
+                }
+            }
+            if ui.selectable_label(f.pretraining, PRETRAIN_METHOD).on_hover_text("Train both towers of a CLIP on image–caption pairs").clicked() {
+                f.pretraining = true;
             }
         });
-        match f.method {
-            PromptMethodKind::Coop => coop_form(ui, &mut f.coop),
-            PromptMethodKind::Datp => mpfgvc_form(ui, &mut f.mpfgvc),
+        match (f.pretraining, f.method) {
+            (true, _) => pretrain_form(ui, &mut f.pretrain, state),
+            (false, PromptMethodKind::Coop) => coop_form(ui, &mut f.coop),
+            (false, PromptMethodKind::Datp) => mpfgvc_form(ui, &mut f.mpfgvc),
         }
         ui.add_space(8.0);
         let run = f.to_run();
-        let missing = if state.model.is_none() {
+        // Pretraining needs only its pairs (and a model only to fine-tune, which the form checks).
+        let missing = if state.model.is_none() && !f.pretraining {
             Some("Load a model first.".to_string())
-        } else if state.dataset.is_none() {
+        } else if state.dataset.is_none() && !f.pretraining {
             Some("Open a dataset first.".to_string())
         } else {
             run.as_ref().err().map(|e| e.to_string())
@@ -103,6 +113,62 @@ impl TrainPanel {
             ui.weak(why);
         }
     }
+}
+
+/// Pretraining: the pairs, where to start (random weights of the demo architecture, or the loaded model
+/// to fine-tune), the loss and the optimiser.
+fn pretrain_form(ui: &mut egui::Ui, p: &mut PretrainRun, state: &AppState) {
+    use crate::train::config::PretrainStart;
+    use crate::train::pretrain::PretrainLoss;
+    let l = ui.label(PAIRS_FIELD);
+    let mut pairs = p.pairs.display().to_string();
+    if ui.add(TextEdit::singleline(&mut pairs).hint_text("folder of NAME.jpg + NAME.txt").desired_width(f32::INFINITY)).labelled_by(l.id).changed() {
+        p.pairs = pairs.trim().into();
+    }
+    ui.weak("A folder of NAME.jpg + NAME.txt (as img2dataset writes), or images beside captions.tsv / captions.jsonl; `promptscope synth-scenes` writes captioned scenes.");
+    egui::Grid::new("pretrain_form").num_columns(2).spacing([12.0, 6.0]).show(ui, |ui| {
+        ui.label("Start from");
+        ui.vertical(|ui| {
+            if ui.radio(matches!(p.start, PretrainStart::Preset(_)), "random weights (demo architecture)").clicked() {
+                p.start = PretrainStart::Preset("scenes".into());
+            }
+            let loaded = state.model.as_ref().map(|m| m.clip.dir.clone());
+            let fine_tune = ui.add_enabled(loaded.is_some(), egui::RadioButton::new(matches!(p.start, PretrainStart::Init(_)), "the loaded model (fine-tune)"));
+            if let (true, Some(dir)) = (fine_tune.clicked(), loaded) {
+                p.start = PretrainStart::Init(dir);
+            }
+        });
+        ui.end_row();
+        ui.label("Loss");
+        ui.horizontal(|ui| {
+            ui.radio_value(&mut p.config.loss, PretrainLoss::Filip, "FILIP (token-wise)");
+            ui.radio_value(&mut p.config.loss, PretrainLoss::Clip, "CLIP (pooled)");
+        });
+        ui.end_row();
+        ui.label("Token fraction");
+        ui.add(DragValue::new(&mut p.config.top_fraction).range(0.05..=1.0).speed(0.01)).on_hover_text("FILIP's token selection: 0.25 keeps each side's top quarter");
+        ui.end_row();
+        ui.label("Epochs");
+        ui.add(DragValue::new(&mut p.config.optim.epochs).range(1..=100_000));
+        ui.end_row();
+        ui.label("Batch size");
+        ui.add(DragValue::new(&mut p.config.batch_size).range(2..=4096));
+        ui.end_row();
+        ui.label("Learning rate");
+        ui.add(DragValue::new(&mut p.config.optim.lr).speed(1e-5).range(1e-7..=1.0).max_decimals(6));
+        ui.end_row();
+        ui.label("Weight decay");
+        ui.add(DragValue::new(&mut p.config.optim.weight_decay).speed(1e-3).range(0.0..=1.0));
+        ui.end_row();
+        ui.label("Seed");
+        ui.add(DragValue::new(&mut p.config.seed));
+        ui.end_row();
+        ui.label("Storage");
+        ui.checkbox(&mut p.fp16, "f16 weights (half the size)");
+        ui.end_row();
+    });
+    // The warm-up starts at a tenth of the rate, as the CLI's `pretrain` does.
+    p.config.optim.warmup_lr = p.config.optim.lr / 10.0;
 }
 
 /// Shots per class, shared by both methods; `on_change` sees the new choice (CoOp resets its epochs).

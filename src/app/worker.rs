@@ -12,6 +12,7 @@ use crate::data::DatasetFolder;
 use crate::progress::Reporter;
 use crate::run::coop as coop_run;
 use crate::run::mpfgvc as mpfgvc_run;
+use crate::run::pretrain as pretrain_run;
 use crate::train::config::RunConfig;
 use crate::train::epoch_loop::TrainEvent;
 use crate::train::mpfgvc::StageEvent;
@@ -127,8 +128,8 @@ impl Worker {
     pub fn train(
         &mut self,
         ctx: &egui::Context,
-        clip: Arc<LoadedClip>,
-        data: Arc<DatasetFolder>,
+        clip: Option<Arc<LoadedClip>>,
+        data: Option<Arc<DatasetFolder>>,
         run: RunConfig,
         out: PathBuf,
         resume: bool,
@@ -162,11 +163,40 @@ impl Worker {
                 if let Some(dir) = out.parent() {
                     std::fs::create_dir_all(dir).map_err(|e| crate::Error::io(dir, e))?;
                 }
+                let need = || -> crate::Result<(&LoadedClip, &DatasetFolder)> {
+                    match (&clip, &data) {
+                        (Some(c), Some(d)) => Ok((c, d)),
+                        _ => Err(crate::Error::invalid("load a model and open a dataset before training prompts")),
+                    }
+                };
                 match &run {
+                    RunConfig::Pretrain(p) => {
+                        let device = candle_core::Device::Cpu;
+                        let pairs = crate::data::scenes::read_pairs(&p.pairs)?;
+                        let (model, tok) = pretrain_run::start_model(&p.start, p.config.seed, (None, None), &device)?;
+                        let tensors = pretrain_run::prepare(&pairs, model.config.vision_config.image_size, &tok, &device, &reporter)?;
+                        send(Event::TrainReady { job, train_images: pairs.len() });
+                        let storage = if p.fp16 { crate::clip::synth::Storage::F16 } else { crate::clip::synth::Storage::F32 };
+                        let describe = serde_json::json!({ "start": p.start, "pairs": p.pairs, "count": pairs.len() });
+                        let history = pretrain_run::train(&model, &tensors, &p.config, &describe, &out, storage, resume, &reporter, &mut |e| report(e, 0))?;
+                        let last = history.last();
+                        Ok(TrainOutcome {
+                            test_acc: last.map_or(0.0, |h| h.train_acc),
+                            summary: format!(
+                                "model written to {} · final loss {:.4} · in-batch retrieval {:.1}%",
+                                out.display(),
+                                last.map_or(f64::NAN, |h| h.loss),
+                                100.0 * last.map_or(0.0, |h| h.train_acc)
+                            ),
+                            train_seconds: last.map_or(0.0, |h| h.elapsed_s),
+                            prompts: out.clone(),
+                        })
+                    }
                     RunConfig::Coop(run) => {
-                        let rd = coop_run::prepare(&clip, &data, run, cache.as_deref(), &reporter)?;
+                        let (clip, data) = need()?;
+                        let rd = coop_run::prepare(clip, data, run, cache.as_deref(), &reporter)?;
                         send(Event::TrainReady { job, train_images: rd.split.train.len() });
-                        let o = coop_run::train(&clip, &data, &rd, run, Some(&out), resume, &reporter, &mut |e| report(e, 0))?;
+                        let o = coop_run::train(clip, data, &rd, run, Some(&out), resume, &reporter, &mut |e| report(e, 0))?;
                         let m = &o.metrics;
                         Ok(TrainOutcome {
                             test_acc: m.test_acc,
@@ -176,11 +206,12 @@ impl Worker {
                         })
                     }
                     RunConfig::MpFgvc(run) => {
-                        let rd = mpfgvc_run::prepare(&clip, &data, run, cache.as_deref(), &reporter)?;
+                        let (clip, data) = need()?;
+                        let rd = mpfgvc_run::prepare(clip, data, run, cache.as_deref(), &reporter)?;
                         send(Event::TrainReady { job, train_images: rd.split.train.len() });
                         let first = run.stage1.optim.epochs;
                         let mut on_event = |e: StageEvent| report(e.event, if e.stage == 2 { first } else { 0 });
-                        let o = mpfgvc_run::train(&clip, &data, &rd, run, Some(&out), resume, &reporter, &mut on_event)?;
+                        let o = mpfgvc_run::train(clip, data, &rd, run, Some(&out), resume, &reporter, &mut on_event)?;
                         let (m, t) = (&o.metrics, &o.metrics.test);
                         let last = t.stage2.unwrap_or(t.stage1_i2t);
                         let stage2 = t.stage2.map_or(String::new(), |a| format!("stage 2 {:.1}%, ", 100.0 * a));

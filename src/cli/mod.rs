@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context as _, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use promptscope::clip::encode::{image_features, text_features};
-use promptscope::clip::{ClipConfig, HiddenAct, LoadedClip};
+use promptscope::clip::{ClipConfig, LoadedClip};
 use promptscope::data::DatasetFolder;
 use promptscope::eval::zeroshot;
 use promptscope::progress::Progress;
@@ -57,16 +57,7 @@ pub fn load_model(args: &ModelArgs) -> Result<LoadedClip> {
 }
 
 pub fn preset(name: &str) -> Result<ClipConfig> {
-    Ok(match name {
-        "tiny" => ClipConfig::tiny(HiddenAct::QuickGelu, 1e-5),
-        "scenes" => ClipConfig::scenes(),
-        "tiny-gelu" => ClipConfig::tiny(HiddenAct::Gelu, 1e-6),
-        "vit-b-32" => ClipConfig::vit_b_32(),
-        "vit-b-16" => ClipConfig::vit_b_16(),
-        "vit-l-14" => ClipConfig::vit_l_14(224),
-        "vit-l-14-336" => ClipConfig::vit_l_14(336),
-        other => bail!("unknown preset '{other}': tiny, scenes, tiny-gelu, vit-b-32, vit-b-16, vit-l-14, vit-l-14-336"),
-    })
+    ClipConfig::preset(name).map_err(anyhow::Error::msg)
 }
 
 pub fn parse_splits(s: &str) -> Result<(usize, usize, usize)> {

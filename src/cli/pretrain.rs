@@ -5,8 +5,9 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use promptscope::data::scenes::read_pairs;
+use promptscope::train::config::PretrainStart;
 use promptscope::train::optim::OptimConfig;
-use promptscope::train::pretrain::{PretrainConfig, PretrainLoss, TrainableClip};
+use promptscope::train::pretrain::{PretrainConfig, PretrainLoss};
 
 use super::{Bar, Format};
 
@@ -70,22 +71,18 @@ pub fn pretrain(args: &PretrainArgs) -> Result<()> {
     let config = PretrainConfig { loss, top_fraction: args.top_fraction, optim, batch_size: args.batch_size, seed: args.seed };
     config.validate()?;
     let device = candle_core::Device::Cpu;
-    let (model, tok) = match &args.init {
-        Some(dir) => (TrainableClip::from_folder(dir, &device)?, promptscope::clip::load::load_dir(dir, &dir.display().to_string(), &device)?.tokenizer),
-        None => {
-            let mut cfg = super::preset(&args.preset)?;
-            let v = &mut cfg.vision_config;
-            (v.image_size, v.patch_size) = (args.image_size.unwrap_or(v.image_size), args.patch_size.unwrap_or(v.patch_size));
-            cfg.validate().map_err(|e| anyhow::anyhow!("--image-size / --patch-size: {e}"))?;
-            (TrainableClip::init(&cfg, args.seed, &device)?, promptscope::clip::ClipTokenizer::bundled(cfg.text_config.max_position_embeddings)?)
-        }
+    let start = match &args.init {
+        Some(dir) => PretrainStart::Init(dir.clone()),
+        None => PretrainStart::Preset(args.preset.clone()),
     };
+    let (model, tok) = promptscope::run::pretrain::start_model(&start, args.seed, (args.image_size, args.patch_size), &device)?;
     let pairs = read_pairs(&args.data)?;
     let bar = Bar::new();
     let data = promptscope::run::pretrain::prepare(&pairs, model.config.vision_config.image_size, &tok, &device, &bar)?;
     eprintln!("pretraining on {} pairs from {} ({} loss, {} epochs)", pairs.len(), args.data.display(), args.loss, args.epochs);
     let json = args.format == Format::Json;
-    let mut on_epoch = |s: &promptscope::train::epoch_loop::EpochStats| {
+    let mut on_event = |e: promptscope::train::epoch_loop::TrainEvent| {
+        let promptscope::train::epoch_loop::TrainEvent::Epoch(s) = e else { return };
         if json {
             println!("{}", serde_json::json!({"epoch": s.epoch, "loss": s.loss, "lr": s.lr, "batch_acc": s.train_acc}));
         } else {
@@ -97,7 +94,7 @@ pub fn pretrain(args: &PretrainArgs) -> Result<()> {
     let start = args.init.as_ref().map_or(format!("preset {}", args.preset), |d| format!("init {}", d.display()));
     let v = &model.config.vision_config;
     let run = serde_json::json!({ "start": start, "image_size": v.image_size, "patch_size": v.patch_size, "data": args.data, "pairs": pairs.len() });
-    let history = promptscope::run::pretrain::train(&model, &data, &config, &run, &args.out, storage, args.resume, &bar, &mut on_epoch)?;
+    let history = promptscope::run::pretrain::train(&model, &data, &config, &run, &args.out, storage, args.resume, &bar, &mut on_event)?;
     drop(bar);
     let last = history.last();
     if json {

@@ -123,6 +123,20 @@ impl ClipConfig {
         }
     }
 
+    /// An architecture by name: the small ones promptscope defines and the OpenAI CLIP sizes.
+    pub fn preset(name: &str) -> Result<Self, String> {
+        Ok(match name {
+            "tiny" => Self::tiny(HiddenAct::QuickGelu, 1e-5),
+            "scenes" => Self::scenes(),
+            "tiny-gelu" => Self::tiny(HiddenAct::Gelu, 1e-6),
+            "vit-b-32" => Self::vit_b_32(),
+            "vit-b-16" => Self::vit_b_16(),
+            "vit-l-14" => Self::vit_l_14(224),
+            "vit-l-14-336" => Self::vit_l_14(336),
+            other => return Err(format!("unknown preset '{other}': tiny, scenes, tiny-gelu, vit-b-32, vit-b-16, vit-l-14, vit-l-14-336")),
+        })
+    }
+
     /// The architecture of `openai/clip-vit-base-patch32`.
     pub fn vit_b_32() -> Self {
         Self {

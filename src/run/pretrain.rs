@@ -16,7 +16,28 @@ use crate::progress::{check, Progress};
 use crate::train::checkpoint::{Checkpoint, CheckpointSink};
 use crate::train::coop::checkpoint_path;
 use crate::train::epoch_loop::{run_until, EpochStats, TrainEvent, TrainSet};
+use crate::train::config::PretrainStart;
 use crate::train::pretrain::{PairTensors, PretrainConfig, Pretrainer, TrainableClip};
+
+/// The model pretraining starts from and the tokenizer its captions take: random weights of a preset
+/// (optionally with another input and patch size) or every weight of an existing CLIP folder.
+pub fn start_model(start: &PretrainStart, seed: u64, sizes: (Option<usize>, Option<usize>), device: &Device) -> Result<(TrainableClip, ClipTokenizer)> {
+    match start {
+        PretrainStart::Init(dir) => {
+            if sizes != (None, None) {
+                return Err(crate::Error::invalid("the image and patch size of a model being fine-tuned are its own: drop --image-size / --patch-size"));
+            }
+            Ok((TrainableClip::from_folder(dir, device)?, crate::clip::load::load_dir(dir, &dir.display().to_string(), device)?.tokenizer))
+        }
+        PretrainStart::Preset(name) => {
+            let mut cfg = crate::clip::ClipConfig::preset(name).map_err(crate::Error::invalid)?;
+            let v = &mut cfg.vision_config;
+            (v.image_size, v.patch_size) = (sizes.0.unwrap_or(v.image_size), sizes.1.unwrap_or(v.patch_size));
+            cfg.validate().map_err(|e| crate::Error::invalid(format!("image size / patch size: {e}")))?;
+            Ok((TrainableClip::init(&cfg, seed, device)?, ClipTokenizer::bundled(cfg.text_config.max_position_embeddings)?))
+        }
+    }
+}
 
 /// Pixels at the model's input size and token ids of every pair, in parallel; an unreadable image is an
 /// error naming it.
@@ -36,7 +57,8 @@ pub fn prepare(pairs: &[CaptionPair], image_size: usize, tok: &ClipTokenizer, de
 
 const CHECKPOINT_FORMAT: &str = "promptscope-pretrain-checkpoint/1";
 
-/// Trains `model` on `data` and writes it to `out`; `on_epoch` sees every epoch's statistics. A checkpoint
+/// Trains `model` on `data` and writes it to `out`; `on_event` sees every step and epoch (and may hold
+/// the run there: the app pauses that way). A checkpoint
 /// next to `out` (`out.ckpt`) is rewritten after every epoch; with `resume` a killed or stopped run
 /// continues from it to the same weights, bit for bit. `run` describes the run (model, data, settings):
 /// a checkpoint of another run is refused.
@@ -50,7 +72,7 @@ pub fn train(
     storage: Storage,
     resume: bool,
     progress: &dyn Progress,
-    on_epoch: &mut dyn FnMut(&EpochStats),
+    on_event: &mut dyn FnMut(TrainEvent),
 ) -> Result<Vec<EpochStats>> {
     crate::error::output_dir(out)?;
     // Before training, not after it.
@@ -66,11 +88,7 @@ pub fn train(
     let meta = HashMap::from([("format".to_string(), CHECKPOINT_FORMAT.to_string()), ("run".to_string(), run_json)]);
     t.checkpoint = Some(CheckpointSink { path: ckpt_path.clone(), tensors: vec![], meta });
     let set = TrainSet { items: data.ids.len(), views: 1 };
-    run_until(&mut t, set, config.optim.epochs, "", progress, &mut |e, _| {
-        if let TrainEvent::Epoch(s) = &e {
-            on_epoch(s)
-        }
-    })?;
+    run_until(&mut t, set, config.optim.epochs, "", progress, &mut |e, _| on_event(e))?;
     model.save_folder(out, storage)?;
     let _ = std::fs::remove_file(&ckpt_path);
     Ok(t.state.history)

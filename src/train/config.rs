@@ -2,9 +2,12 @@
 //! front ends (the CLI's flags, the app's Train form) go through, so the two cannot drift. A run is data:
 //! it is what exports record in their metadata and what a checkpoint must match to be resumed.
 
+use std::path::PathBuf;
+
 use serde::{Deserialize, Serialize};
 
 use super::coop::TrainConfig;
+use super::pretrain::PretrainConfig;
 use super::mpfgvc::{OptimizerKind, StageConfig};
 use super::optim::{default_epochs, OptimConfig};
 use crate::error::{Error, Result};
@@ -165,6 +168,44 @@ fn check_common(shots: Option<usize>, optim: &OptimConfig, batch_size: Option<us
 pub enum RunConfig {
     Coop(CoopRun),
     MpFgvc(MpFgvcRun),
+    /// Both towers of a CLIP on image–caption pairs (FILIP's or CLIP's loss).
+    Pretrain(PretrainRun),
+}
+
+/// Where pretraining starts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PretrainStart {
+    /// Random weights of a named architecture (`scenes`, `tiny`, `vit-b-32`, ...).
+    Preset(String),
+    /// Every weight of an existing CLIP folder (fine-tuning).
+    Init(PathBuf),
+}
+
+/// A pretraining run: the pairs, the start, the loss and optimiser, the storage of the written model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PretrainRun {
+    /// A folder of image–caption pairs (`data::scenes::read_pairs`).
+    pub pairs: PathBuf,
+    pub start: PretrainStart,
+    pub config: PretrainConfig,
+    /// Write the weights as f16 (half the size).
+    pub fp16: bool,
+}
+
+impl Default for PretrainRun {
+    fn default() -> Self {
+        Self { pairs: PathBuf::new(), start: PretrainStart::Preset("scenes".into()), config: PretrainConfig::default(), fp16: true }
+    }
+}
+
+impl PretrainRun {
+    pub fn validate(&self) -> Result<()> {
+        if self.pairs.as_os_str().is_empty() {
+            return Err(Error::invalid("choose a folder of image–caption pairs (NAME.jpg + NAME.txt, or captions.tsv / captions.jsonl)"));
+        }
+        self.config.validate()
+    }
 }
 
 impl RunConfig {
@@ -176,10 +217,12 @@ impl RunConfig {
         }
     }
 
-    pub fn method(&self) -> PromptMethod {
+    /// The prompt method a run learns (pretraining learns none).
+    pub fn method(&self) -> Option<PromptMethod> {
         match self {
-            Self::Coop(r) => PromptMethod::Coop(r.coop.clone()),
-            Self::MpFgvc(r) => PromptMethod::Datp(r.datp.clone()),
+            Self::Coop(r) => Some(PromptMethod::Coop(r.coop.clone())),
+            Self::MpFgvc(r) => Some(PromptMethod::Datp(r.datp.clone())),
+            Self::Pretrain(_) => None,
         }
     }
 
@@ -187,6 +230,7 @@ impl RunConfig {
         match self {
             Self::Coop(r) => r.validate(),
             Self::MpFgvc(r) => r.validate(),
+            Self::Pretrain(r) => r.validate(),
         }
     }
 
@@ -194,6 +238,7 @@ impl RunConfig {
         match self {
             Self::Coop(r) => r.shots,
             Self::MpFgvc(r) => r.shots,
+            Self::Pretrain(_) => None,
         }
     }
 
@@ -202,13 +247,27 @@ impl RunConfig {
         match self {
             Self::Coop(r) => r.train.optim.epochs,
             Self::MpFgvc(r) => r.stage1.optim.epochs + r.stage2.optim.epochs,
+            Self::Pretrain(r) => r.config.optim.epochs,
         }
     }
 
     /// "16-shot · unified · end · M=16", "all shots · DaTP 'bird' · J=16 · 2 stages" and the like.
     pub fn describe(&self) -> String {
-        let shots = self.shots().map_or("all shots".to_string(), |k| format!("{k}-shot"));
-        format!("{shots} · {}", self.method().describe())
+        match (self, self.method()) {
+            (Self::Pretrain(p), _) => {
+                let loss = serde_json::to_value(p.config.loss).ok().and_then(|v| v.as_str().map(str::to_uppercase)).unwrap_or_default();
+                let from = match &p.start {
+                    PretrainStart::Preset(name) => format!("from random ({name})"),
+                    PretrainStart::Init(dir) => format!("from {}", dir.file_name().map_or_else(|| dir.display().to_string(), |n| n.to_string_lossy().into_owned())),
+                };
+                format!("pretrain · {loss} loss · {from}")
+            }
+            (_, Some(method)) => {
+                let shots = self.shots().map_or("all shots".to_string(), |k| format!("{k}-shot"));
+                format!("{shots} · {}", method.describe())
+            }
+            (_, None) => String::new(),
+        }
     }
 }
 
@@ -225,7 +284,7 @@ mod tests {
                 m.datp.super_category = "bird".into();
             }
             r.validate().unwrap();
-            assert_eq!(r.method().kind(), kind);
+            assert_eq!(r.method().map(|m| m.kind()), Some(kind));
         }
         let mut c = CoopRun::default();
         assert_eq!((c.train.optim.epochs, c.augment, c.views), (200, Augment::CropFlip, 4), "CoOp's recipe");

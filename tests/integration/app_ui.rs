@@ -349,6 +349,53 @@ fn epochs_of(h: &Harness<'_, PromptscopeApp>, run: usize) -> usize {
 }
 
 #[test]
+fn pretraining_runs_from_the_train_tab_stops_resumes_and_its_model_loads() {
+    use promptscope::app::train_panel::{series, PAIRS_FIELD, PRETRAIN_METHOD};
+    use promptscope::app::training::RunStatus;
+    use promptscope::data::scenes::{write_pairs, SceneConfig};
+    let fx = fixture();
+    let pairs = fx._dir.path().join("pairs");
+    write_pairs(&pairs, 16, 4, &SceneConfig { size: 224, ..SceneConfig::default() }).unwrap();
+    let mut h = loaded(&fx);
+    click(&mut h, "Train");
+    click(&mut h, PRETRAIN_METHOD);
+    assert!(h.state().train.form.pretraining);
+    type_into(&mut h, PAIRS_FIELD, pairs.to_str().unwrap());
+    click(&mut h, "the loaded model (fine-tune)");
+    {
+        let p = &mut h.state_mut().train.form.pretrain;
+        assert!(matches!(&p.start, promptscope::train::config::PretrainStart::Init(d) if d == &fx.model), "{:?}", p.start);
+        (p.config.optim.epochs, p.config.batch_size) = (2000, 8);
+    }
+    click(&mut h, "Start training");
+    wait_for(&mut h, "a few pretraining epochs", |a| a.state.runs[0].epochs.len() >= 2);
+    let s = series(&h.state().state.runs[0]);
+    assert!(s.iter().any(|(_, n, p)| n.ends_with("step loss") && p.len() >= 4), "a loss point per step");
+    click(&mut h, "Stop");
+    wait_for(&mut h, "the stop", |a| a.state.runs[0].status == RunStatus::Stopped);
+    let stopped_at = epochs_of(&h, 0);
+    click(&mut h, "Resume");
+    wait_for(&mut h, "epochs after resuming", |a| a.state.runs[0].epochs.len() >= stopped_at + 2);
+    let numbers: Vec<usize> = h.state().state.runs[0].epochs.iter().map(|e| e.epoch).collect();
+    assert!(numbers.windows(2).all(|w| w[1] == w[0] + 1), "the checkpoint carries the epochs on: {numbers:?}");
+    click(&mut h, "Stop");
+    wait_for(&mut h, "the second stop", |a| !a.state.is_training());
+
+    h.state_mut().train.form.pretrain.config.optim.epochs = 3;
+    click(&mut h, "Start training");
+    wait_for(&mut h, "the short pretraining run", |a| a.state.runs[1].status == RunStatus::Finished);
+    let out = h.state().state.runs[1].outcome.as_ref().unwrap().prompts.clone();
+    assert_eq!(epochs_of(&h, 1), 3);
+    assert!(out.join("model.safetensors").is_file() && out.join("config.json").is_file(), "{}", out.display());
+    // The written model is one click from being the loaded one.
+    click(&mut h, "Export");
+    click(&mut h, "Load this model");
+    wait_idle(&mut h);
+    assert!(h.state().state.errors.is_empty(), "{:?}", h.state().state.errors);
+    assert_eq!(h.state().state.model.as_ref().unwrap().clip.id, out.display().to_string());
+}
+
+#[test]
 fn training_runs_live_pauses_stops_resumes_and_exports() {
     use promptscope::app::train_panel::series;
     use promptscope::app::training::RunStatus;

@@ -98,10 +98,12 @@ fn pretraining_stopped_and_resumed_ends_byte_for_byte_where_an_uninterrupted_run
         let cancel = AtomicBool::new(false);
         let progress = promptscope::progress::Reporter { cancel: &cancel, on_update: |_: &str, _, _| {} };
         let mut epochs_here = 0;
-        let r = promptscope::run::pretrain::train(&model, &data, config, &run, out, promptscope::clip::synth::Storage::F32, resume, &progress, &mut |_| {
-            epochs_here += 1;
-            if cancel_after_first {
-                cancel.store(true, Ordering::Relaxed);
+        let r = promptscope::run::pretrain::train(&model, &data, config, &run, out, promptscope::clip::synth::Storage::F32, resume, &progress, &mut |e| {
+            if let promptscope::train::epoch_loop::TrainEvent::Epoch(_) = e {
+                epochs_here += 1;
+                if cancel_after_first {
+                    cancel.store(true, Ordering::Relaxed);
+                }
             }
         });
         r.map(|h| (h, epochs_here))
