@@ -348,6 +348,23 @@ fn epochs_of(h: &Harness<'_, PromptscopeApp>, run: usize) -> usize {
     h.state().state.runs[run].epochs.len()
 }
 
+/// Stops the first run, resumes it from its checkpoint (the epoch numbers carry on, no gap or repeat)
+/// and stops it again.
+fn stop_resume_stop(h: &mut Harness<'_, PromptscopeApp>) {
+    use promptscope::app::training::RunStatus;
+    click(h, "Stop");
+    assert!(h.state().state.runs[0].control.cancel.load(std::sync::atomic::Ordering::Relaxed), "Stop did not reach the run");
+    wait_for(h, "the stop", |a| a.state.runs[0].status == RunStatus::Stopped);
+    let stopped_at = epochs_of(h, 0);
+    assert!(stopped_at < h.state().state.runs[0].run.total_epochs());
+    click(h, "Resume");
+    wait_for(h, "epochs after resuming a stopped run", |a| a.state.runs[0].epochs.len() >= stopped_at + 2);
+    let numbers: Vec<usize> = h.state().state.runs[0].epochs.iter().map(|e| e.epoch).collect();
+    assert!(numbers.windows(2).all(|w| w[1] == w[0] + 1), "epochs 0, 1, 2, … without gaps or repeats: {numbers:?}");
+    click(h, "Stop");
+    wait_for(h, "the second stop", |a| !a.state.is_training());
+}
+
 #[test]
 fn pretraining_runs_from_the_train_tab_stops_resumes_and_its_model_loads() {
     use promptscope::app::train_panel::{series, PAIRS_FIELD, PRETRAIN_METHOD};
@@ -371,15 +388,7 @@ fn pretraining_runs_from_the_train_tab_stops_resumes_and_its_model_loads() {
     wait_for(&mut h, "a few pretraining epochs", |a| a.state.runs[0].epochs.len() >= 2);
     let s = series(&h.state().state.runs[0]);
     assert!(s.iter().any(|(_, n, p)| n.ends_with("step loss") && p.len() >= 4), "a loss point per step");
-    click(&mut h, "Stop");
-    wait_for(&mut h, "the stop", |a| a.state.runs[0].status == RunStatus::Stopped);
-    let stopped_at = epochs_of(&h, 0);
-    click(&mut h, "Resume");
-    wait_for(&mut h, "epochs after resuming", |a| a.state.runs[0].epochs.len() >= stopped_at + 2);
-    let numbers: Vec<usize> = h.state().state.runs[0].epochs.iter().map(|e| e.epoch).collect();
-    assert!(numbers.windows(2).all(|w| w[1] == w[0] + 1), "the checkpoint carries the epochs on: {numbers:?}");
-    click(&mut h, "Stop");
-    wait_for(&mut h, "the second stop", |a| !a.state.is_training());
+    stop_resume_stop(&mut h);
 
     h.state_mut().train.form.pretrain.config.optim.epochs = 3;
     click(&mut h, "Start training");
@@ -425,18 +434,7 @@ fn training_runs_live_pauses_stops_resumes_and_exports() {
     assert!(epochs_of(&h, 0) <= paused_at + 1, "paused, yet epochs went on: {paused_at} → {}", epochs_of(&h, 0));
     click(&mut h, "Resume");
     wait_for(&mut h, "epochs after resuming", |a| a.state.runs[0].epochs.len() >= paused_at + 3);
-    click(&mut h, "Stop");
-    assert!(h.state().state.runs[0].control.cancel.load(std::sync::atomic::Ordering::Relaxed), "Stop did not reach the run");
-    wait_for(&mut h, "the stop", |a| a.state.runs[0].status == RunStatus::Stopped);
-    let stopped_at = epochs_of(&h, 0);
-    assert!(stopped_at < 2000);
-    // Resume continues from the checkpoint: the epoch numbers carry on.
-    click(&mut h, "Resume");
-    wait_for(&mut h, "epochs after resuming a stopped run", |a| a.state.runs[0].epochs.len() >= stopped_at + 2);
-    let numbers: Vec<usize> = h.state().state.runs[0].epochs.iter().map(|e| e.epoch).collect();
-    assert!(numbers.windows(2).all(|w| w[1] == w[0] + 1), "epochs 0, 1, 2, … without gaps or repeats: {numbers:?}");
-    click(&mut h, "Stop");
-    wait_for(&mut h, "the second stop", |a| !a.state.is_training());
+    stop_resume_stop(&mut h);
 
     h.state_mut().train.form.coop.train.optim.epochs = 5;
     click(&mut h, "Start training");
