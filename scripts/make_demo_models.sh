@@ -17,8 +17,10 @@ mkdir -p assets/models
 for loss in filip clip; do
     out=assets/models/scenes-$loss
     rm -rf "$out" "$out.ckpt"
+    start=$SECONDS
     "$bin" pretrain --data "$work/pairs" --out "$out" --preset scenes --loss "$loss" --epochs "$epochs" \
         --batch-size 64 --lr 1e-3 --seed 0 --fp16
+    echo "scenes-$loss: pretrained in $((SECONDS - start)) s"
     note=$(case $loss in filip) echo "small demo model: pretrained on generated scenes with FILIP's token-wise loss (its word maps localise)";;
         clip) echo "small demo model: the same, with CLIP's pooled loss (the control: its word maps do not localise)";; esac)
     printf '{"name": "scenes-%s", "loss": "%s", "note": "%s", "made_by": "scripts/make_demo_models.sh %s"}\n' \
