@@ -188,7 +188,6 @@ pub fn compare_accuracy(clip: &LoadedClip, samples: &[Sample], prompts: &ClassPr
         return Err(Error::invalid(format!("{}: label {} but only {} classes", bad.path.display(), bad.label, class_names.len())));
     }
     let has_ssvp = vision.layers.len() >= 2;
-    let (mut global, mut tokenwise, mut ssvp_ok) = (0usize, 0usize, 0usize);
     let mut per_class = vec![ClassCounts::default(); class_names.len()];
     let mut done = 0;
     for chunk in samples.chunks(cmp.batch.max(1)) {
@@ -216,17 +215,16 @@ pub fn compare_accuracy(clip: &LoadedClip, samples: &[Sample], prompts: &ClassPr
         progress.update("images", done, samples.len());
     }
     let total = samples.len() as f64;
-    for c in &per_class {
-        (global, tokenwise, ssvp_ok) = (global + c.global, tokenwise + c.tokenwise, ssvp_ok + c.ssvp);
-    }
+    let sum = |f: fn(&ClassCounts) -> usize| per_class.iter().map(f).sum::<usize>() as f64;
+    let (global, tokenwise, ssvp_ok) = (sum(|c| c.global), sum(|c| c.tokenwise), sum(|c| c.ssvp));
     Ok(AccuracyComparison {
         images: samples.len(),
         classes: class_names,
         config: *cfg,
         score: cmp.score,
-        global_accuracy: global as f64 / total,
-        tokenwise_accuracy: tokenwise as f64 / total,
-        ssvp_accuracy: has_ssvp.then(|| ssvp_ok as f64 / total),
+        global_accuracy: global / total,
+        tokenwise_accuracy: tokenwise / total,
+        ssvp_accuracy: has_ssvp.then(|| ssvp_ok / total),
         ssvp_k: k,
         per_class,
     })

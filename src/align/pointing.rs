@@ -106,10 +106,10 @@ pub fn pointing_game(clip: &LoadedClip, scenes: &[Scene], mode: AlignMode, progr
         }
         let px = preprocess(&image::DynamicImage::ImageRgb8(scene.image.clone()), &clip.preprocess);
         let pass = VisionPass::run(&clip.model.vision, &Tensor::from_vec(px, (1, 3, size, size), &clip.device)?)?;
-        let on_object: Vec<bool> = {
-            let covs: Vec<Vec<f32>> = (0..scene.objects.len()).map(|i| mask_coverage(&scene.mask(i), size, grid)).collect();
-            (0..grid * grid).map(|p| covs.iter().any(|c| c[p] >= HIT_COVERAGE)).collect()
-        };
+        // Each object's mask and patch coverage, once per scene.
+        let masks: Vec<Vec<bool>> = (0..scene.objects.len()).map(|i| scene.mask(i)).collect();
+        let covs: Vec<Vec<f32>> = masks.iter().map(|m| mask_coverage(m, size, grid)).collect();
+        let on_object: Vec<bool> = (0..grid * grid).map(|p| covs.iter().any(|c| c[p] >= HIT_COVERAGE)).collect();
         // SsVP needs a penultimate block.
         let sel = if clip.model.vision.layers.len() >= 2 { ssvp_from_pass(&clip.model.vision, &pass, Some(k))? } else { vec![] };
         if let Some(sel) = sel.first() {
@@ -120,7 +120,7 @@ pub fn pointing_game(clip: &LoadedClip, scenes: &[Scene], mode: AlignMode, progr
             let prompt = format!("a {} {}.", o.colour_name(), o.shape_name());
             let a = align_pass(clip, &pass, &TextSource::Text(&prompt), &cfg)?;
             let map = shape_word_map(clip, &a, o.shape_name())?;
-            let cov = mask_coverage(&scene.mask(i), size, grid);
+            let cov = &covs[i];
             let best = map.iter().enumerate().max_by(|x, y| x.1.total_cmp(y.1)).map_or(0, |(k, _)| k);
             objects += 1;
             let hit = usize::from(cov[best] >= HIT_COVERAGE);
@@ -128,10 +128,10 @@ pub fn pointing_game(clip: &LoadedClip, scenes: &[Scene], mode: AlignMode, progr
             (by_shape[o.shape].1, by_shape[o.shape].2) = (by_shape[o.shape].1 + 1, by_shape[o.shape].2 + hit);
             let by = &mut by_size[usize::from(o.large)];
             (by.0, by.1) = (by.0 + 1, by.1 + hit);
-            mass += f64::from(mass_inside(&above_min(&map), &cov)?);
+            mass += f64::from(mass_inside(&above_min(&map), cov)?);
             chance += cov.iter().filter(|&&c| c >= HIT_COVERAGE).count() as f64 / cov.len() as f64;
             hittable += usize::from(cov.iter().any(|&c| c >= HIT_COVERAGE));
-            let near = centres_near_mask(&scene.mask(i), size, grid, tol);
+            let near = centres_near_mask(&masks[i], size, grid, tol);
             point_hits += usize::from(near[best]);
             point_chance += near.iter().filter(|&&n| n).count() as f64 / near.len() as f64;
         }

@@ -173,8 +173,8 @@ impl Worker {
                     RunConfig::Pretrain(p) => {
                         let device = candle_core::Device::Cpu;
                         let pairs = crate::data::scenes::read_pairs(&p.pairs)?;
-                        let (model, tok) = pretrain_run::start_model(&p.start, p.config.seed, (None, None), &device)?;
-                        let tensors = pretrain_run::prepare(&pairs, model.config.vision_config.image_size, &tok, &device, &reporter)?;
+                        let (model, tok, pre) = pretrain_run::start_model(&p.start, p.config.seed, (None, None), &device)?;
+                        let tensors = pretrain_run::prepare(&pairs, model.config.vision_config.image_size, &pre, &tok, &device, &reporter)?;
                         send(Event::TrainReady { job, train_images: pairs.len() });
                         let storage = if p.fp16 { crate::clip::synth::Storage::F16 } else { crate::clip::synth::Storage::F32 };
                         let describe = serde_json::json!({ "start": p.start, "pairs": p.pairs, "count": pairs.len() });

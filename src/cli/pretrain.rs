@@ -75,10 +75,10 @@ pub fn pretrain(args: &PretrainArgs) -> Result<()> {
         Some(dir) => PretrainStart::Init(dir.clone()),
         None => PretrainStart::Preset(args.preset.clone()),
     };
-    let (model, tok) = promptscope::run::pretrain::start_model(&start, args.seed, (args.image_size, args.patch_size), &device)?;
+    let (model, tok, pre) = promptscope::run::pretrain::start_model(&start, args.seed, (args.image_size, args.patch_size), &device)?;
     let pairs = read_pairs(&args.data)?;
     let bar = Bar::new();
-    let data = promptscope::run::pretrain::prepare(&pairs, model.config.vision_config.image_size, &tok, &device, &bar)?;
+    let data = promptscope::run::pretrain::prepare(&pairs, model.config.vision_config.image_size, &pre, &tok, &device, &bar)?;
     eprintln!("pretraining on {} pairs from {} ({} loss, {} epochs)", pairs.len(), args.data.display(), args.loss, args.epochs);
     let json = args.format == Format::Json;
     let mut on_event = |e: promptscope::train::epoch_loop::TrainEvent| {

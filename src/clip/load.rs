@@ -123,16 +123,9 @@ pub fn read_config(dir: &Path) -> Result<ClipConfig> {
     Ok(cfg)
 }
 
-pub fn load_dir(dir: &Path, id: &str, device: &Device) -> Result<LoadedClip> {
-    let config = read_config(dir)?;
-    let weights = dir.join(WEIGHTS);
-    if !weights.is_file() {
-        return Err(Error::missing(weights, "promptscope reads safetensors weights; convert pytorch_model.bin with transformers' save_pretrained(safe_serialization=True)"));
-    }
-    let vb = mmap_weights(&weights, device)?;
-    let model = ClipModel::load(&config, vb).map_err(|e| {
-        Error::bad_file(&weights, format!("does not match config.json ({e})"), "use the config.json and model.safetensors of the same CLIP checkpoint")
-    })?;
+/// The tokenizer and preprocessing a model folder comes with (the bundled BPE and CLIP's defaults where
+/// it has none), checked against its config; the weights are not read.
+pub fn companions(dir: &Path, config: &ClipConfig) -> Result<(ClipTokenizer, PreprocessConfig)> {
     let tok_path = dir.join(TOKENIZER);
     let max_len = config.text_config.max_position_embeddings;
     let tokenizer = if tok_path.is_file() {
@@ -158,6 +151,20 @@ pub fn load_dir(dir: &Path, id: &str, device: &Device) -> Result<LoadedClip> {
             "use the preprocessor_config.json of this model",
         ));
     }
+    Ok((tokenizer, preprocess))
+}
+
+pub fn load_dir(dir: &Path, id: &str, device: &Device) -> Result<LoadedClip> {
+    let config = read_config(dir)?;
+    let weights = dir.join(WEIGHTS);
+    if !weights.is_file() {
+        return Err(Error::missing(weights, "promptscope reads safetensors weights; convert pytorch_model.bin with transformers' save_pretrained(safe_serialization=True)"));
+    }
+    let vb = mmap_weights(&weights, device)?;
+    let model = ClipModel::load(&config, vb).map_err(|e| {
+        Error::bad_file(&weights, format!("does not match config.json ({e})"), "use the config.json and model.safetensors of the same CLIP checkpoint")
+    })?;
+    let (tokenizer, preprocess) = companions(dir, &config)?;
     Ok(LoadedClip { model, tokenizer, preprocess, dir: dir.to_path_buf(), id: id.to_string(), device: device.clone(), demo_note: super::demo::note(dir) })
 }
 

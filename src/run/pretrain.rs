@@ -19,34 +19,37 @@ use crate::train::epoch_loop::{run_until, EpochStats, TrainEvent, TrainSet};
 use crate::train::config::PretrainStart;
 use crate::train::pretrain::{PairTensors, PretrainConfig, Pretrainer, TrainableClip};
 
-/// The model pretraining starts from and the tokenizer its captions take: random weights of a preset
-/// (optionally with another input and patch size) or every weight of an existing CLIP folder.
-pub fn start_model(start: &PretrainStart, seed: u64, sizes: (Option<usize>, Option<usize>), device: &Device) -> Result<(TrainableClip, ClipTokenizer)> {
+/// The model pretraining starts from, the tokenizer its captions take and the preprocessing its images
+/// take: random weights of a preset (optionally with another input and patch size; CLIP's preprocessing)
+/// or every weight of an existing CLIP folder (with that folder's tokenizer and preprocessing).
+pub fn start_model(start: &PretrainStart, seed: u64, sizes: (Option<usize>, Option<usize>), device: &Device) -> Result<(TrainableClip, ClipTokenizer, PreprocessConfig)> {
     match start {
         PretrainStart::Init(dir) => {
             if sizes != (None, None) {
                 return Err(crate::Error::invalid("the image and patch size of a model being fine-tuned are its own: drop --image-size / --patch-size"));
             }
-            Ok((TrainableClip::from_folder(dir, device)?, crate::clip::load::load_dir(dir, &dir.display().to_string(), device)?.tokenizer))
+            let model = TrainableClip::from_folder(dir, device)?;
+            let (tokenizer, preprocess) = crate::clip::load::companions(dir, &model.config)?;
+            Ok((model, tokenizer, preprocess))
         }
         PretrainStart::Preset(name) => {
             let mut cfg = crate::clip::ClipConfig::preset(name).map_err(crate::Error::invalid)?;
             let v = &mut cfg.vision_config;
             (v.image_size, v.patch_size) = (sizes.0.unwrap_or(v.image_size), sizes.1.unwrap_or(v.patch_size));
             cfg.validate().map_err(|e| crate::Error::invalid(format!("image size / patch size: {e}")))?;
-            Ok((TrainableClip::init(&cfg, seed, device)?, ClipTokenizer::bundled(cfg.text_config.max_position_embeddings)?))
+            let preprocess = PreprocessConfig::clip(cfg.vision_config.image_size);
+            Ok((TrainableClip::init(&cfg, seed, device)?, ClipTokenizer::bundled(cfg.text_config.max_position_embeddings)?, preprocess))
         }
     }
 }
 
-/// Pixels at the model's input size and token ids of every pair, in parallel; an unreadable image is an
-/// error naming it.
-pub fn prepare(pairs: &[CaptionPair], image_size: usize, tok: &ClipTokenizer, device: &Device, progress: &dyn Progress) -> Result<PairTensors> {
-    let pre = PreprocessConfig::clip(image_size);
+/// Pixels at the model's input size (`image_size`, through `pre`) and token ids of every pair, in
+/// parallel; an unreadable image is an error naming it.
+pub fn prepare(pairs: &[CaptionPair], image_size: usize, pre: &PreprocessConfig, tok: &ClipTokenizer, device: &Device, progress: &dyn Progress) -> Result<PairTensors> {
     let mut pixels = Vec::with_capacity(pairs.len() * 3 * image_size * image_size);
     for (b, chunk) in pairs.chunks(256).enumerate() {
         check(progress)?;
-        let px: Vec<Vec<f32>> = chunk.par_iter().map(|p| Ok(preprocess(&load_image(&p.image)?, &pre))).collect::<Result<_>>()?;
+        let px: Vec<Vec<f32>> = chunk.par_iter().map(|p| Ok(preprocess(&load_image(&p.image)?, pre))).collect::<Result<_>>()?;
         pixels.extend(px.into_iter().flatten());
         progress.update("images", (b * 256 + chunk.len()).min(pairs.len()), pairs.len());
     }

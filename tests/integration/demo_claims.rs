@@ -72,8 +72,7 @@ fn coop_beats_the_best_template_under_a_colour_cast() {
     let ds = DatasetFolder::open(&root).unwrap();
     let clip = demo("scenes-filip");
     // CoOp's recipe for 16 shots on cached features, without the augmented views (a fifth of the time).
-    let mut run = CoopRun::default();
-    run.augment = Augment::None;
+    let run = CoopRun { augment: Augment::None, ..CoopRun::default() };
     let rd = prepare(&clip, &ds, &run, None, &Silent).unwrap();
     let out = train(&clip, &ds, &rd, &run, None, false, &Silent, &mut |_| {}).unwrap();
     let best = TEMPLATES

@@ -88,7 +88,7 @@ fn pretraining_stopped_and_resumed_ends_byte_for_byte_where_an_uninterrupted_run
     let dev = candle_core::Device::Cpu;
     let tok = promptscope::clip::ClipTokenizer::bundled(77).unwrap();
     let cfg = common::preset("tiny");
-    let data = promptscope::run::pretrain::prepare(&pairs, 224, &tok, &dev, &promptscope::progress::Silent).unwrap();
+    let data = promptscope::run::pretrain::prepare(&pairs, 224, &promptscope::clip::PreprocessConfig::clip(224), &tok, &dev, &promptscope::progress::Silent).unwrap();
     let optim = OptimConfig { lr: 1e-3, momentum: 0.9, weight_decay: 0.1, warmup_epochs: 1, warmup_lr: 1e-4, epochs: 3 };
     let config = PretrainConfig { loss: PretrainLoss::Filip, top_fraction: 0.5, optim, batch_size: 4, seed: 2 };
     let run = serde_json::json!({"test": 1});
