@@ -12,7 +12,8 @@ struct Uniforms {
     grid_size: vec2<f32>,
     // 1.0 when the target is an sRGB format (the hardware encodes on write, so we output linear).
     srgb_target: f32,
-    _pad0: f32,
+    // Map values below this keep the image alone.
+    threshold: f32,
     _pad1: f32,
     _pad2: f32,
 };
@@ -60,7 +61,8 @@ fn fs_main(in: VertexOut) -> @location(0) vec4<f32> {
     let n = f32(textureDimensions(lut_tex).x);
     let lut_u = (clamp(v, 0.0, 1.0) * (n - 1.0) + 0.5) / n;
     let heat = textureSample(lut_tex, linear_sampler, vec2<f32>(lut_u, 0.5)).rgb;
-    var rgb = mix(base.rgb, heat, u.opacity);
+    let alpha = select(u.opacity, 0.0, v < u.threshold);
+    var rgb = mix(base.rgb, heat, alpha);
     if (u.grid_lines > 0.5) {
         let cell = fract(in.uv * u.grid_size);
         let edge = min(min(cell.x, 1.0 - cell.x), min(cell.y, 1.0 - cell.y));

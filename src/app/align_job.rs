@@ -28,11 +28,45 @@ pub enum PromptChoice {
 pub struct AlignRequest {
     pub image: PathBuf,
     pub prompt: PromptChoice,
+    /// The class the prompt names: its softmax probability is shown with the map, so a map of an
+    /// absent object is not read as a detection.
+    pub class: Option<String>,
     pub config: AlignConfig,
     pub k: Option<usize>,
-    /// The dataset's class names and templates, for the predictions with a hand-crafted prompt.
+    /// The class names and templates of the hand-crafted prompt (its predictions and probabilities).
     pub classes: Vec<String>,
     pub templates: Vec<String>,
+    /// (label, prompts file) to show side by side with the hand-crafted prompt: the map of `class`'s
+    /// word under each.
+    pub side_by_side: Option<Vec<(String, PathBuf)>>,
+}
+
+/// The map of the class word under one prompt, with how sure the model is of the class.
+#[derive(Debug, Clone)]
+pub struct ClassMap {
+    /// "hand-crafted" or the prompts file's label.
+    pub label: String,
+    pub tokens: Vec<String>,
+    /// The token whose map this is (the class name's last word).
+    pub word: usize,
+    pub map: Vec<f32>,
+    pub grid: [usize; 2],
+    /// p(class | image) over the classes of this prompt (softmax of logit_scale · cos).
+    pub prob: f32,
+    /// The class this prompt puts first, and its probability.
+    pub best: (String, f32),
+}
+
+/// The index of the word a prompt names its object with: the last word before the closing
+/// punctuation and end-of-text ("a photo of a red circle ." → "circle"), the map a user came for.
+pub fn named_word(tokens: &[String]) -> usize {
+    tokens
+        .iter()
+        .rposition(|t| {
+            let t = t.trim();
+            !t.is_empty() && t != "<|endoftext|>" && t.chars().any(char::is_alphanumeric)
+        })
+        .unwrap_or(0)
 }
 
 /// (class name, probability), best first.
@@ -50,6 +84,10 @@ pub struct AlignView {
     /// Top-5 with the global image feature and with SsVP's.
     pub global: TopK,
     pub with_ssvp: TopK,
+    /// p(request.class | image) under the prompt's own class weights.
+    pub class_prob: Option<f32>,
+    /// The hand-crafted prompt first, then each learned file (or why that file could not be drawn).
+    pub side_by_side: Vec<(String, std::result::Result<ClassMap, String>)>,
 }
 
 pub fn run(clip: &LoadedClip, req: &AlignRequest) -> Result<AlignView> {
@@ -60,33 +98,70 @@ pub fn run(clip: &LoadedClip, req: &AlignRequest) -> Result<AlignView> {
     // One pass of the vision tower serves the alignment, SsVP and the global feature.
     let vision = &clip.model.vision;
     let pass = VisionPass::run(vision, &pixels)?;
-    let (alignment, weights, names) = match &req.prompt {
-        PromptChoice::Text(text) => {
-            let a = align_pass(clip, &pass, &TextSource::Text(text), &req.config)?;
-            let weights = crate::eval::zeroshot::class_weights(clip, &req.classes, &req.templates, &crate::progress::Silent)?;
-            (a, weights, req.classes.clone())
+    let global = pass.pooled(vision)?;
+    let scale = clip.model.logit_scale();
+    let probs = |feat: &Tensor, weights: &Tensor| -> Result<Vec<f32>> {
+        Ok(crate::eval::metrics::softmax(&crate::eval::zeroshot::logits(feat, weights, scale)?.remove(0)))
+    };
+    let hand_weights = || -> Result<Option<Tensor>> {
+        if req.classes.is_empty() {
+            return Ok(None);
         }
+        Ok(Some(crate::eval::zeroshot::class_weights(clip, &req.classes, &req.templates, &crate::progress::Silent)?))
+    };
+    let (alignment, weights, names) = match &req.prompt {
+        PromptChoice::Text(text) => (align_pass(clip, &pass, &TextSource::Text(text), &req.config)?, hand_weights()?, req.classes.clone()),
         PromptChoice::Learned { file, class } => {
-            let f = PromptFile::load(file)?;
-            let learner = f.learner(clip, file)?;
-            if *class >= f.meta.class_names.len() {
-                return Err(Error::invalid(format!("{}: has {} classes, no class {class}", file.display(), f.meta.class_names.len())));
+            let (learner, weights, names) = learned(clip, file)?;
+            if *class >= names.len() {
+                return Err(Error::invalid(format!("{}: has {} classes, no class {class}", file.display(), names.len())));
             }
             let a = align_pass(clip, &pass, &TextSource::Learned { learner: &learner, class: *class }, &req.config)?;
-            (a, l2_normalize(&f.class_embeds.to_device(&clip.device)?)?, f.meta.class_names.clone())
+            (a, Some(weights), names)
         }
     };
     let selection = ssvp_from_pass(vision, &pass, req.k)?.remove(0);
-    let global = pass.pooled(vision)?;
     let ssvp_feat = Tensor::from_vec(selection.image_embeds.clone(), (1, selection.image_embeds.len()), &clip.device)?;
-    let scale = clip.model.logit_scale();
     let top = |feat: &Tensor| -> Result<TopK> {
-        let logits = crate::eval::zeroshot::logits(feat, &weights, scale)?.remove(0);
-        let p = crate::eval::metrics::softmax(&logits);
+        let Some(weights) = &weights else { return Ok(Vec::new()) };
+        let p = probs(feat, weights)?;
         let mut order: Vec<usize> = (0..p.len()).collect();
         order.sort_by(|&a, &b| p[b].total_cmp(&p[a]));
         Ok(order.into_iter().take(5).map(|i| (names[i].clone(), p[i])).collect())
     };
+    let class_prob = match (&weights, req.class.as_ref().and_then(|c| names.iter().position(|n| n == c))) {
+        (Some(w), Some(i)) => Some(probs(&global, w)?[i]),
+        _ => None,
+    };
+    // Side by side: the class word's map under the hand-crafted prompt and under each learned context,
+    // from the same vision pass.
+    let mut side_by_side = Vec::new();
+    if let (Some(files), Some(class)) = (&req.side_by_side, &req.class) {
+        let class_map = |label: String, source: TextSource<'_>, weights: &Tensor, names: &[String]| -> Result<ClassMap> {
+            let a = align_pass(clip, &pass, &source, &req.config)?;
+            let word = named_word(&a.text_tokens);
+            let p = probs(&global, weights)?;
+            let i = names.iter().position(|n| n == class).unwrap_or(0);
+            let best = (0..p.len()).max_by(|&a, &b| p[a].total_cmp(&p[b])).unwrap_or(0);
+            Ok(ClassMap { label, word, map: a.word_map(word)?, grid: a.grid, tokens: a.text_tokens, prob: p[i], best: (names[best].clone(), p[best]) })
+        };
+        let template = req.templates.first().cloned().unwrap_or_else(|| crate::eval::zeroshot::DEFAULT_TEMPLATE.into());
+        let hand = match hand_weights()? {
+            Some(w) => class_map("hand-crafted".into(), TextSource::Text(&crate::eval::zeroshot::fill(&template, class)), &w, &req.classes).map_err(|e| e.to_string()),
+            None => Err("no class names to score the hand-crafted prompt with".into()),
+        };
+        side_by_side.push((format!("\"{template}\""), hand));
+        for (label, file) in files {
+            let one = (|| -> Result<ClassMap> {
+                let (learner, weights, names) = learned(clip, file)?;
+                let c = names.iter().position(|n| n == class).ok_or_else(|| {
+                    Error::bad_file(file, format!("has no class '{class}' (it was trained on {})", names.join(", ")), "choose one of its classes")
+                })?;
+                class_map(label.clone(), TextSource::Learned { learner: &learner, class: c }, &weights, &names)
+            })();
+            side_by_side.push((label.clone(), one.map_err(|e| e.to_string())));
+        }
+    }
     let rgba = base.pixels().flat_map(|p| [p[0], p[1], p[2], 255]).collect();
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
     Ok(AlignView {
@@ -98,5 +173,15 @@ pub fn run(clip: &LoadedClip, req: &AlignRequest) -> Result<AlignView> {
         with_ssvp: top(&ssvp_feat)?,
         alignment,
         ssvp: selection,
+        class_prob,
+        side_by_side,
     })
+}
+
+/// A prompts file's learner (checked against the model), its class weights and class names.
+fn learned(clip: &LoadedClip, file: &std::path::Path) -> Result<(crate::prompt::coop::PromptLearner, Tensor, Vec<String>)> {
+    let f = PromptFile::load(file)?;
+    let learner = f.learner(clip, file)?;
+    let weights = l2_normalize(&f.class_embeds.to_device(&clip.device)?)?;
+    Ok((learner, weights, f.meta.class_names))
 }

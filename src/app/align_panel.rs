@@ -1,6 +1,8 @@
 //! The Align tab: an image with the alignment map of one prompt word drawn over it by the GPU shader
-//! (click a word to switch), token / value mode, opacity and colormap; beside it SsVP's patch attention
-//! with the kept patches outlined, a K slider, and the top-5 classes with and without SsVP.
+//! (click a word to switch), token / value mode, opacity, threshold and colormap; beside it SsVP's patch
+//! attention with the kept patches outlined, a K slider, and the top-5 classes with and without SsVP.
+//! Side by side, the class word's map under the hand-crafted prompt and under each learned context,
+//! each with the class's probability, so a map of an absent object is not read as a detection.
 
 use std::sync::Arc;
 
@@ -9,7 +11,7 @@ use egui::{Color32, RichText, Sense, Stroke};
 use crate::align::{AlignConfig, AlignMode};
 use crate::render::{Colormap, GridMap, HeatmapStyle};
 
-use super::align_job::{AlignRequest, AlignView, PromptChoice};
+use super::align_job::{named_word, AlignRequest, AlignView, ClassMap, PromptChoice};
 use super::overlay::{OverlayCallback, OverlayData};
 use super::state::AppState;
 use super::events::Action;
@@ -25,10 +27,15 @@ pub struct LearnedSource {
 pub struct AlignPanel {
     /// Index into the dataset's evaluation images.
     pub image: usize,
-    /// Hand-crafted text (`{}` is the image's class) or a learned prompt.
+    /// An image file dropped or opened instead of the dataset's.
+    pub image_file: Option<std::path::PathBuf>,
+    /// Hand-crafted text (`{}` is the class) or a learned prompt.
     pub learned: Option<usize>,
     pub text: String,
-    pub class: usize,
+    /// The class the prompt names, by index into the classes shown; None: the image's own class.
+    pub class: Option<usize>,
+    /// Show the class word's map under the hand-crafted prompt and each learned file, side by side.
+    pub side_by_side: bool,
     pub config: AlignConfig,
     pub k: usize,
     pub word: usize,
@@ -37,6 +44,8 @@ pub struct AlignPanel {
     shown_tokens: Vec<String>,
     /// The map uploaded to the GPU, rebuilt when the view or the word changes.
     overlays: Option<(u64, usize, Arc<OverlayData>, Arc<OverlayData>)>,
+    /// The side-by-side maps uploaded for a view.
+    side_overlays: Option<(u64, Vec<Option<Arc<OverlayData>>>)>,
     next_overlay_id: u64,
     /// Without wgpu: the CPU-drawn picture per slot, with the content and style it was drawn for.
     cpu_overlays: CpuOverlays,
@@ -48,15 +57,18 @@ impl Default for AlignPanel {
     fn default() -> Self {
         AlignPanel {
             image: 0,
+            image_file: None,
             learned: None,
             text: "a photo of a {}.".into(),
-            class: 0,
+            class: None,
+            side_by_side: false,
             config: AlignConfig::default(),
             k: 0,
             word: 0,
             style: HeatmapStyle::default(),
             shown_tokens: Vec::new(),
             overlays: None,
+            side_overlays: None,
             next_overlay_id: 1,
             cpu_overlays: CpuOverlays::new(),
         }
@@ -64,23 +76,53 @@ impl Default for AlignPanel {
 }
 
 impl AlignPanel {
-    /// What the current choices ask the worker to compute; None without a model or images.
-    pub fn request(&self, state: &AppState, sources: &[LearnedSource], templates: &[String]) -> Option<AlignRequest> {
-        let (model, ds) = (state.model.as_ref()?, state.dataset.as_ref()?);
-        let samples = ds.folder.eval_samples();
+    /// The classes prompts can name: the dataset's, else (an image dropped without a dataset) the first
+    /// learned file's.
+    fn classes<'a>(state: &'a AppState, sources: &'a [LearnedSource]) -> &'a [String] {
+        match (&state.dataset, sources.first()) {
+            (Some(ds), _) => &ds.folder.class_names,
+            (None, Some(src)) => &src.class_names,
+            (None, None) => &[],
+        }
+    }
+
+    /// The image shown and its class, if it has one: a dropped file, else the dataset's current image.
+    fn current_image(&self, state: &AppState) -> Option<(std::path::PathBuf, Option<usize>)> {
+        if let Some(file) = &self.image_file {
+            return Some((file.clone(), None));
+        }
+        let samples = state.dataset.as_ref()?.folder.eval_samples();
         let sample = samples.get(self.image.min(samples.len().checked_sub(1)?))?;
+        Some((sample.path.clone(), Some(sample.label)))
+    }
+
+    /// What the current choices ask the worker to compute; None without a model or an image.
+    pub fn request(&self, state: &AppState, sources: &[LearnedSource]) -> Option<AlignRequest> {
+        let model = state.model.as_ref()?;
+        let (image, label) = self.current_image(state)?;
+        let classes = Self::classes(state, sources);
+        let class = self.class.or(label).and_then(|c| classes.get(c)).cloned();
         let n = model.clip.model.vision.config.num_patches();
         let prompt = match self.learned.and_then(|i| sources.get(i)) {
-            Some(src) => PromptChoice::Learned { file: src.path.clone(), class: self.class.min(src.class_names.len().saturating_sub(1)) },
-            None => PromptChoice::Text(crate::eval::zeroshot::fill(&self.text, &ds.folder.class_names[sample.label])),
+            Some(src) => {
+                let c = class.as_ref().and_then(|c| src.class_names.iter().position(|n| n == c)).unwrap_or(0);
+                PromptChoice::Learned { file: src.path.clone(), class: c }
+            }
+            None => PromptChoice::Text(class.as_ref().map_or_else(|| self.text.replace("{}", "").trim().to_string(), |c| crate::eval::zeroshot::fill(&self.text, c))),
         };
+        let side_by_side = (self.side_by_side && !sources.is_empty() && class.is_some())
+            .then(|| sources.iter().map(|s| (s.label.clone(), s.path.clone())).collect());
         Some(AlignRequest {
-            image: sample.path.clone(),
+            image,
             prompt,
+            class,
             config: self.config,
             k: Some(if self.k == 0 { crate::align::ssvp::default_k(n) } else { self.k.min(n) }),
-            classes: ds.folder.class_names.clone(),
-            templates: templates.to_vec(),
+            classes: classes.to_vec(),
+            // The Align tab's own text is the template of the hand-crafted prompt's class weights, so its
+            // top-5 and probabilities are those of the prompt whose map is shown.
+            templates: vec![self.text.clone()],
+            side_by_side,
         })
     }
 
@@ -92,23 +134,33 @@ impl AlignPanel {
         gpu: Option<egui_wgpu::wgpu::TextureFormat>,
         actions: &mut Vec<Action>,
     ) {
-        let (Some(model), Some(ds)) = (&state.model, &state.dataset) else {
-            ui.weak("Load a model and open a dataset to see which image patches each word of a prompt aligns with.");
+        let Some(model) = &state.model else {
+            ui.weak("Load a model and open a dataset (or drop an image here) to see which image patches each word of a prompt aligns with.");
             return;
         };
-        let samples = ds.folder.eval_samples();
-        if samples.is_empty() {
-            ui.weak("The dataset has no images to show.");
+        let samples = state.dataset.as_ref().map_or(&[][..], |d| d.folder.eval_samples());
+        if samples.is_empty() && self.image_file.is_none() {
+            ui.weak("Open a dataset with images, or drop an image file onto the window, to align it.");
             return;
         }
-        self.image = self.image.min(samples.len() - 1);
+        self.image = self.image.min(samples.len().saturating_sub(1));
         let n = model.clip.model.vision.config.num_patches();
         if self.k == 0 {
             self.k = crate::align::ssvp::default_k(n);
         }
-        self.controls_ui(ui, ds, samples, sources, n);
+        self.controls_ui(ui, state, samples, sources, n, actions);
         ui.separator();
+        if let Some((req, why)) = &state.align_failed {
+            if self.request(state, sources).as_ref() == Some(req) {
+                ui.colored_label(ui.visuals().error_fg_color, format!("Could not align {}: {why}", req.image.display()));
+                if ui.button("Retry").on_hover_text("Try this alignment again").clicked() {
+                    actions.push(Action::RetryAlign);
+                }
+                return;
+            }
+        }
         match &state.align {
+            Some(view) if self.side_by_side && !view.side_by_side.is_empty() => self.side_by_side_ui(ui, view, gpu),
             Some(view) => self.view_ui(ui, view, gpu, actions),
             None if state.aligning.is_some() => {
                 ui.horizontal(|ui| {
@@ -122,25 +174,33 @@ impl AlignPanel {
         }
     }
 
-    fn controls_ui(
-        &mut self,
-        ui: &mut egui::Ui,
-        ds: &super::events::OpenedDataset,
-        samples: &[crate::data::Sample],
-        sources: &[LearnedSource],
-        n: usize,
-    ) {
+    fn controls_ui(&mut self, ui: &mut egui::Ui, state: &AppState, samples: &[crate::data::Sample], sources: &[LearnedSource], n: usize, actions: &mut Vec<Action>) {
+        let classes = Self::classes(state, sources);
         ui.horizontal(|ui| {
             ui.label("Image");
-            if ui.button("Previous").on_hover_text("Previous image").clicked() {
-                self.image = self.image.checked_sub(1).unwrap_or(samples.len() - 1);
+            match &self.image_file {
+                Some(file) => {
+                    let name = file.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+                    ui.label(RichText::new(format!("dropped: {name}")).strong()).on_hover_text(file.display().to_string());
+                    if !samples.is_empty() && ui.button("Dataset images").on_hover_text("Back to the dataset's images").clicked() {
+                        self.image_file = None;
+                    }
+                }
+                None => {
+                    if ui.button("Previous").on_hover_text("Previous image").clicked() {
+                        self.image = self.image.checked_sub(1).unwrap_or(samples.len() - 1);
+                    }
+                    if ui.button("Next").on_hover_text("Next image").clicked() {
+                        self.image = (self.image + 1) % samples.len();
+                    }
+                    let s = &samples[self.image];
+                    let name = s.path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+                    ui.label(format!("{} / {} · {} · {name}", self.image + 1, samples.len(), classes.get(s.label).map_or("", String::as_str)));
+                }
             }
-            if ui.button("Next").on_hover_text("Next image").clicked() {
-                self.image = (self.image + 1) % samples.len();
+            if ui.button("Open image…").on_hover_text("Align an image file (or drop one onto the window)").clicked() {
+                actions.push(Action::Browse(super::events::PickTarget::Image));
             }
-            let s = &samples[self.image];
-            let name = s.path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
-            ui.label(format!("{} / {} · {} · {name}", self.image + 1, samples.len(), ds.folder.class_names[s.label]));
         });
         ui.horizontal(|ui| {
             ui.label("Prompt");
@@ -148,26 +208,28 @@ impl AlignPanel {
             for (i, src) in sources.iter().enumerate() {
                 ui.radio_value(&mut self.learned, Some(i), &src.label);
             }
+            ui.separator();
+            ui.add_enabled(!sources.is_empty(), egui::Checkbox::new(&mut self.side_by_side, "side by side"))
+                .on_hover_text("The class word's map under the hand-crafted prompt and under each learned context, for the same image");
         });
-        match self.learned.and_then(|i| sources.get(i)) {
-            None => {
-                ui.horizontal(|ui| {
-                    let l = ui.label("Text");
-                    ui.text_edit_singleline(&mut self.text).labelled_by(l.id).on_hover_text("{} is replaced by the image's class");
-                });
+        ui.horizontal(|ui| {
+            if self.learned.is_none() || self.side_by_side {
+                let l = ui.label("Text");
+                ui.text_edit_singleline(&mut self.text).labelled_by(l.id).on_hover_text("{} is replaced by the class");
             }
-            Some(src) => {
-                ui.horizontal(|ui| {
-                    egui::ComboBox::from_label("Class")
-                        .selected_text(src.class_names.get(self.class).cloned().unwrap_or_default())
-                        .show_ui(ui, |ui| {
-                            for (i, c) in src.class_names.iter().enumerate() {
-                                ui.selectable_value(&mut self.class, i, c);
-                            }
-                        });
-                });
-            }
-        }
+            let image_class = if self.image_file.is_none() { samples.get(self.image).map(|s| s.label) } else { None };
+            let shown = |c: Option<usize>| match (c, image_class) {
+                (None, Some(l)) => format!("the image's ({})", classes.get(l).map_or("", String::as_str)),
+                (None, None) => classes.first().cloned().map_or("none".into(), |c| format!("{c} (first)")),
+                (Some(c), _) => classes.get(c).cloned().unwrap_or_default(),
+            };
+            egui::ComboBox::from_label("Class").selected_text(shown(self.class)).show_ui(ui, |ui| {
+                ui.selectable_value(&mut self.class, None, shown(None));
+                for (i, c) in classes.iter().enumerate() {
+                    ui.selectable_value(&mut self.class, Some(i), c);
+                }
+            });
+        });
         ui.horizontal(|ui| {
             ui.label("Mode");
             ui.radio_value(&mut self.config.mode, AlignMode::Token, "token").on_hover_text("FILIP: the model's output tokens");
@@ -175,6 +237,10 @@ impl AlignPanel {
             ui.separator();
             let l = ui.label("Opacity");
             ui.add(egui::Slider::new(&mut self.style.opacity, 0.0..=1.0).fixed_decimals(2)).labelled_by(l.id);
+            let l = ui.label("Threshold");
+            ui.add(egui::Slider::new(&mut self.style.threshold, 0.0..=1.0).fixed_decimals(2))
+                .labelled_by(l.id)
+                .on_hover_text("Colour only where the map is at least this share of its range; the rest shows the image");
             egui::ComboBox::from_label("colormap").selected_text(self.style.colormap.name()).show_ui(ui, |ui| {
                 for c in Colormap::ALL {
                     ui.selectable_value(&mut self.style.colormap, c, c.name());
@@ -190,13 +256,9 @@ impl AlignPanel {
     fn view_ui(&mut self, ui: &mut egui::Ui, view: &AlignView, gpu: Option<egui_wgpu::wgpu::TextureFormat>, actions: &mut Vec<Action>) {
         let a = &view.alignment;
         if a.text_tokens != self.shown_tokens {
-            // A new prompt opens on the word that names the object (the last before the closing
-            // punctuation and end-of-text), the map a user came for; "a" is rarely it.
-            let named = a.text_tokens.iter().rposition(|t| {
-                let t = t.trim();
-                !t.is_empty() && t != "<|endoftext|>" && t.chars().any(char::is_alphanumeric)
-            });
-            self.word = named.unwrap_or(0);
+            // A new prompt opens on the word that names the object, the map a user came for; "a" is
+            // rarely it.
+            self.word = named_word(&a.text_tokens);
             self.shown_tokens = a.text_tokens.clone();
         }
         self.word = self.word.min(a.text_tokens.len().saturating_sub(1));
@@ -209,6 +271,9 @@ impl AlignPanel {
             }
         });
         ui.label(format!("s_I {:.4} · s_T {:.4} · {} mode · kept fraction {}", a.s_i, a.s_t, a.mode, a.top_fraction));
+        if let (Some(p), Some(class)) = (view.class_prob, &view.request.class) {
+            presence_ui(ui, class, p, view.global.first());
+        }
         let key = (view.id, self.word);
         if self.overlays.as_ref().is_none_or(|(v, w, _, _)| (*v, *w) != key) {
             let word = a.word_map(self.word).and_then(|m| GridMap::new(&m, a.grid));
@@ -245,6 +310,77 @@ impl AlignPanel {
             top5_ui(&mut cols[1], "Top-5, SsVP feature", &view.with_ssvp);
         });
     }
+}
+
+impl AlignPanel {
+    /// The class word's map under each prompt, in a row, each with p(class) under that prompt.
+    fn side_by_side_ui(&mut self, ui: &mut egui::Ui, view: &AlignView, gpu: Option<egui_wgpu::wgpu::TextureFormat>) {
+        if self.side_overlays.as_ref().is_none_or(|(id, _)| *id != view.id) {
+            let maps = view
+                .side_by_side
+                .iter()
+                .map(|(_, m)| {
+                    let m = m.as_ref().ok()?;
+                    let map = GridMap::new(&m.map, m.grid).ok()?;
+                    self.next_overlay_id += 1;
+                    Some(Arc::new(OverlayData { id: self.next_overlay_id, image: view.image.clone(), size: view.size, map }))
+                })
+                .collect();
+            self.side_overlays = Some((view.id, maps));
+        }
+        let Some((_, overlays)) = self.side_overlays.clone() else { return };
+        let class = view.request.class.clone().unwrap_or_default();
+        ui.strong(format!("\"{class}\": the class word's map under each prompt ({} mode)", view.alignment.mode));
+        let n = view.side_by_side.len().max(1);
+        ui.columns(n, |cols| {
+            let side = cols.iter().map(|c| c.available_width()).fold(f32::INFINITY, f32::min).clamp(120.0, 400.0);
+            for (i, ((label, result), overlay)) in view.side_by_side.iter().zip(&overlays).enumerate() {
+                let ui = &mut cols[i];
+                ui.strong(label);
+                match (result, overlay) {
+                    (Ok(m), Some(data)) => {
+                        overlay_ui(ui, 10 + i as u64, data, &self.style, gpu, &mut self.cpu_overlays, side, &[], &format!("{label} map"));
+                        class_map_caption(ui, m, &class);
+                    }
+                    (Err(why), _) => {
+                        ui.colored_label(ui.visuals().error_fg_color, why);
+                    }
+                    (Ok(_), None) => {
+                        ui.colored_label(ui.visuals().error_fg_color, "the map could not be drawn");
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// Below a side-by-side map: which word it is, p(class), and a warning when the model does not see the
+/// class here.
+fn class_map_caption(ui: &mut egui::Ui, m: &ClassMap, class: &str) {
+    ui.weak(format!("word \"{}\" · similarity {:.3} … {:.3}", m.tokens.get(m.word).map_or("", String::as_str), min(&m.map), max(&m.map)));
+    presence_ui(ui, class, m.prob, Some(&m.best));
+}
+
+/// p(class | image) beside a map. A map always has a brightest patch; when the model gives the class
+/// little probability, that patch is where the word fits best, not a detection.
+fn presence_ui(ui: &mut egui::Ui, class: &str, p: f32, best: Option<&(String, f32)>) {
+    let text = format!("p({class}) = {:.1}%", 100.0 * p);
+    match best.filter(|(b, _)| b != class) {
+        None => {
+            ui.label(RichText::new(text).strong().color(Color32::from_rgb(40, 170, 80)));
+        }
+        Some((b, pb)) => {
+            ui.colored_label(ui.visuals().warn_fg_color, format!("{text}: the model sees {b} ({:.0}%), so this map is not a detection", 100.0 * pb));
+        }
+    }
+}
+
+fn min(v: &[f32]) -> f32 {
+    v.iter().copied().fold(f32::INFINITY, f32::min)
+}
+
+fn max(v: &[f32]) -> f32 {
+    v.iter().copied().fold(f32::NEG_INFINITY, f32::max)
 }
 
 /// The image with `data`'s map over it, drawn by the GPU shader when there is a wgpu renderer, else by

@@ -6,12 +6,14 @@ use egui::{Color32, Grid, ProgressBar, RichText, ScrollArea, TextEdit};
 
 use crate::eval::zeroshot::DEFAULT_TEMPLATE;
 
-use super::compare_job::{Comparison, MethodResult};
+use super::compare_job::{Comparison, MethodResult, ProbeShots};
 
 use super::state::{AppState, RunningEval};
 use super::events::Action;
 
 pub const RUN_BUTTON: &str = "Run zero-shot";
+/// Side of a picture in the class view.
+const THUMB: f32 = 72.0;
 /// Heading above the results table; tests wait for it.
 pub const RESULTS_HEADING: &str = "Accuracy on the test split";
 
@@ -19,6 +21,8 @@ pub struct ComparePanel {
     /// As typed, blank lines included; cleaned when a run starts.
     pub templates: Vec<String>,
     pub linear_probe: bool,
+    /// The probe's training images: the learned prompts' shots by default, so the baseline is fair.
+    pub probe_shots: ProbeShots,
     pub view: CompareView,
 }
 
@@ -32,7 +36,7 @@ pub struct CompareView {
 
 impl Default for ComparePanel {
     fn default() -> Self {
-        ComparePanel { templates: vec![DEFAULT_TEMPLATE.to_string()], linear_probe: false, view: CompareView::default() }
+        ComparePanel { templates: vec![DEFAULT_TEMPLATE.to_string()], linear_probe: false, probe_shots: ProbeShots::SameAsLearned, view: CompareView::default() }
     }
 }
 
@@ -46,12 +50,14 @@ impl ComparePanel {
         ui.label("Prompt templates. {} is replaced by the class name; several templates are averaged (CLIP's prompt ensemble).");
         ui.add_space(4.0);
         self.templates_ui(ui);
+        ui.add_space(6.0);
+        learned_ui(ui, state, actions);
         ui.add_space(8.0);
         self.run_ui(ui, state, actions);
         ui.add_space(8.0);
         ui.separator();
         match &state.report {
-            Some(report) => report_ui(ui, report, &mut self.view),
+            Some(report) => report_ui(ui, report, &mut self.view, state, actions),
             None if state.zero_shot.is_some() => {}
             None if state.last_run_cancelled => {
                 ui.weak("The last run was cancelled.");
@@ -103,6 +109,15 @@ impl ComparePanel {
                 actions.push(Action::RunZeroShot(templates));
             }
             ui.checkbox(&mut self.linear_probe, "linear probe").on_hover_text("Also fit a logistic regression on the train split's features");
+            ui.add_enabled_ui(self.linear_probe, |ui| {
+                egui::ComboBox::from_id_salt("probe_shots").selected_text(self.probe_shots.label()).show_ui(ui, |ui| {
+                    for choice in ProbeShots::CHOICES {
+                        ui.selectable_value(&mut self.probe_shots, choice, choice.label());
+                    }
+                })
+                .response
+                .on_hover_text("The probe's training images: the same K shots (and seed) as the learned prompts is the fair comparison");
+            });
             match (missing, &state.dataset) {
                 (Some(why), _) => {
                     ui.weak(why);
@@ -139,23 +154,30 @@ fn progress_ui(ui: &mut egui::Ui, running: &RunningEval, actions: &mut Vec<Actio
     });
 }
 
-fn report_ui(ui: &mut egui::Ui, report: &Comparison, view: &mut CompareView) {
+fn report_ui(ui: &mut egui::Ui, report: &Comparison, view: &mut CompareView, state: &AppState, actions: &mut Vec<Action>) {
     ui.heading(RESULTS_HEADING);
     let images = report.methods.first().map_or(0, |m| m.eval.total);
     let n = report.methods.len();
-    ui.weak(format!("{} split ({images} images) · {} · {n} method{}", report.split, report.model, if n == 1 { "" } else { "s" }));
+    ui.weak(format!("{} ({images} images) · {} · {n} method{}", report.split, report.model, if n == 1 { "" } else { "s" }));
     ui.add_space(4.0);
     view.method = view.method.min(report.methods.len().saturating_sub(1));
+    let error = ui.visuals().error_fg_color;
     ScrollArea::horizontal().id_salt("compare_table").show(ui, |ui| {
-        Grid::new("compare_per_class").striped(true).num_columns(1 + report.methods.len()).min_col_width(80.0).show(ui, |ui| {
+        Grid::new("compare_per_class").striped(true).num_columns(1 + report.methods.len() + report.rejected.len()).min_col_width(80.0).show(ui, |ui| {
             ui.strong("class");
             for (i, m) in report.methods.iter().enumerate() {
                 ui.selectable_value(&mut view.method, i, RichText::new(&m.name).strong()).on_hover_text("Show this method's images and confusion matrix");
+            }
+            for r in &report.rejected {
+                ui.label(RichText::new(&r.name).strong().strikethrough()).on_hover_text(&r.reason);
             }
             ui.end_row();
             ui.strong("overall");
             for m in &report.methods {
                 accuracy_bar(ui, m.eval.accuracy, m.eval.total);
+            }
+            for r in &report.rejected {
+                ui.colored_label(error, "not compared").on_hover_text(&r.reason);
             }
             ui.end_row();
             for (c, name) in report.classes.iter().enumerate() {
@@ -171,6 +193,9 @@ fn report_ui(ui: &mut egui::Ui, report: &Comparison, view: &mut CompareView) {
             }
         });
     });
+    for r in &report.rejected {
+        ui.colored_label(error, format!("{} not compared: {}", r.name, r.reason));
+    }
     let Some(method) = report.methods.get(view.method) else { return };
     ui.add_space(6.0);
     ui.horizontal(|ui| {
@@ -181,8 +206,37 @@ fn report_ui(ui: &mut egui::Ui, report: &Comparison, view: &mut CompareView) {
         confusion_ui(ui, &report.classes, &method.eval.confusion);
     }
     if let Some(c) = view.class {
-        class_images_ui(ui, report, method, c);
+        class_images_ui(ui, report, method, c, state, actions);
     }
+}
+
+/// The learned prompts files that join the comparison, each with what makes it unusable here (checked
+/// against the model and dataset loaded now), and Reload / Unload.
+fn learned_ui(ui: &mut egui::Ui, state: &AppState, actions: &mut Vec<Action>) {
+    if state.prompts.is_empty() {
+        ui.weak("Learned prompts join the comparison when a run finishes or a file is loaded (Export tab).");
+        return;
+    }
+    ui.strong("Learned prompts");
+    Grid::new("learned_prompts").num_columns(4).spacing([8.0, 4.0]).show(ui, |ui| {
+        for p in &state.prompts {
+            ui.label(&p.label).on_hover_text(p.path.display().to_string());
+            match p.problem(state.model.as_ref(), state.dataset.as_ref()) {
+                Some(why) => ui.colored_label(ui.visuals().error_fg_color, why),
+                None => {
+                    let shots = p.meta.shots.map_or("all images".to_string(), |k| format!("{k}-shot"));
+                    ui.weak(format!("{} classes · {shots}", p.meta.class_names.len()))
+                }
+            };
+            if ui.add_enabled(state.loading_prompts.is_none(), egui::Button::new("Reload")).on_hover_text(format!("Read {} again", p.label)).clicked() {
+                actions.push(Action::ReloadPrompts(p.path.clone()));
+            }
+            if ui.button("Unload").on_hover_text(format!("Remove {} from the comparison", p.label)).clicked() {
+                actions.push(Action::UnloadPrompts(p.path.clone()));
+            }
+            ui.end_row();
+        }
+    });
 }
 
 /// Counts of true (rows) against predicted (columns) classes, shaded by their share of the row.
@@ -212,14 +266,36 @@ fn confusion_ui(ui: &mut egui::Ui, classes: &[String], confusion: &[Vec<usize>])
     });
 }
 
-/// The class's test images under one method: correct / wrong and the top-5 with probabilities.
-fn class_images_ui(ui: &mut egui::Ui, report: &Comparison, method: &MethodResult, class: usize) {
+/// The class's test images under one method: the picture, correct / wrong and the top-5 with
+/// probabilities.
+fn class_images_ui(ui: &mut egui::Ui, report: &Comparison, method: &MethodResult, class: usize, state: &AppState, actions: &mut Vec<Action>) {
     ui.add_space(4.0);
     ui.strong(format!("{}: images and top-5 predictions", report.classes[class]));
-    ScrollArea::vertical().id_salt("class_images").max_height(300.0).show(ui, |ui| {
-        Grid::new("class_images_grid").striped(true).num_columns(3).show(ui, |ui| {
-            for p in method.eval.predictions.iter().filter(|p| p.label == class) {
+    let shown: Vec<_> = method.eval.predictions.iter().filter(|p| p.label == class).collect();
+    let missing: Vec<std::path::PathBuf> =
+        shown.iter().map(|p| std::path::PathBuf::from(&p.path)).filter(|p| !state.images.contains_key(p) && !state.images_pending.contains(p)).collect();
+    if !missing.is_empty() {
+        actions.push(Action::WantImages(missing));
+    }
+    ScrollArea::vertical().id_salt("class_images").max_height(360.0).show(ui, |ui| {
+        Grid::new("class_images_grid").striped(true).num_columns(4).show(ui, |ui| {
+            for p in shown {
                 let ok = p.predicted == p.label;
+                let side = egui::vec2(THUMB, THUMB);
+                match state.images.get(std::path::Path::new(&p.path)) {
+                    Some(Some(texture)) => {
+                        let frame = if ok { Color32::from_rgb(40, 170, 80) } else { ui.visuals().error_fg_color };
+                        egui::Frame::new().stroke(egui::Stroke::new(2.0, frame)).show(ui, |ui| {
+                            ui.add(egui::Image::new(texture).fit_to_exact_size(side).alt_text(&p.path));
+                        });
+                    }
+                    Some(None) => {
+                        ui.weak("unreadable");
+                    }
+                    None => {
+                        ui.add_sized(side, egui::Spinner::new());
+                    }
+                }
                 let mark = if ok { RichText::new("correct").color(Color32::from_rgb(40, 170, 80)) } else { RichText::new("wrong").color(ui.visuals().error_fg_color) };
                 ui.label(mark.strong());
                 let file = std::path::Path::new(&p.path).file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();

@@ -24,13 +24,78 @@ pub struct CompareRequest {
     pub templates: Vec<String>,
     /// (label, prompts file).
     pub learned: Vec<(String, PathBuf)>,
-    pub linear_probe: bool,
+    /// The linear probe's training images, when it is fitted.
+    pub linear_probe: Option<ProbeSet>,
+}
+
+/// Which training images the linear probe is fitted on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProbeSet {
+    /// K per class; None: every training image.
+    pub shots: Option<usize>,
+    /// Draws the K shots (CoOp's `--seed`).
+    pub seed: u64,
+}
+
+/// The Compare tab's choice of the probe's images.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProbeShots {
+    /// The shots and seed of the first loaded few-shot prompts file (16 shots, seed 1 when there is none):
+    /// the fair baseline beside K-shot learned prompts.
+    SameAsLearned,
+    Shots(usize),
+    All,
+}
+
+impl ProbeShots {
+    pub const CHOICES: [ProbeShots; 7] = [
+        ProbeShots::SameAsLearned,
+        ProbeShots::Shots(1),
+        ProbeShots::Shots(2),
+        ProbeShots::Shots(4),
+        ProbeShots::Shots(8),
+        ProbeShots::Shots(16),
+        ProbeShots::All,
+    ];
+
+    pub fn label(self) -> String {
+        match self {
+            ProbeShots::SameAsLearned => "same shots as the learned prompts".into(),
+            ProbeShots::Shots(k) => format!("{k} shots"),
+            ProbeShots::All => "all training images".into(),
+        }
+    }
+
+    /// The images this choice means, given the loaded prompts files' metadata.
+    pub fn resolve<'a>(self, learned: impl IntoIterator<Item = &'a crate::export::prompt_file::PromptMeta>) -> ProbeSet {
+        const DEFAULT: ProbeSet = ProbeSet { shots: Some(16), seed: 1 };
+        match self {
+            ProbeShots::Shots(k) => ProbeSet { shots: Some(k), seed: DEFAULT.seed },
+            ProbeShots::All => ProbeSet { shots: None, seed: DEFAULT.seed },
+            ProbeShots::SameAsLearned => learned
+                .into_iter()
+                .find_map(|m| {
+                    let seed = m.metrics.pointer("/run/seed").and_then(|v| v.as_u64()).unwrap_or(DEFAULT.seed);
+                    m.shots.map(|k| ProbeSet { shots: Some(k), seed })
+                })
+                .unwrap_or(DEFAULT),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
 pub struct MethodResult {
     pub name: String,
     pub eval: Evaluation,
+}
+
+/// A learned prompts file that could not be scored on this model and dataset, and why: shown in its
+/// own column, while the rest of the comparison stands.
+#[derive(Debug, Clone)]
+pub struct Rejected {
+    pub name: String,
+    pub path: PathBuf,
+    pub reason: String,
 }
 
 #[derive(Debug, Clone)]
@@ -41,6 +106,7 @@ pub struct Comparison {
     pub classes: Vec<String>,
     pub paths: Vec<PathBuf>,
     pub methods: Vec<MethodResult>,
+    pub rejected: Vec<Rejected>,
 }
 
 pub fn run(clip: &LoadedClip, data: &DatasetFolder, req: &CompareRequest, cache: Option<&Path>, progress: &dyn Progress) -> Result<Comparison> {
@@ -48,56 +114,88 @@ pub fn run(clip: &LoadedClip, data: &DatasetFolder, req: &CompareRequest, cache:
         return Err(Error::invalid("write at least one prompt template"));
     }
     // The split CoOp runs are evaluated on (train --split-seed 0), so every row sees the same images.
-    let split = few_shot(data, None, 1, 0)?;
+    let test_samples = few_shot(data, None, 1, 0)?.test;
+    let split_name = "test split".to_string();
     let names = &data.class_names;
-    let test = extract(clip, &split.test, 0, 0, cache, progress)?;
+    let test = extract(clip, &test_samples, 0, 0, cache, progress)?;
     let mut methods = Vec::new();
     for t in &req.templates {
         let w = zeroshot::class_weights(clip, names, std::slice::from_ref(t), progress)?;
-        methods.push(MethodResult { name: format!("\"{t}\""), eval: evaluate_weights(clip, &w, &test, &split.test, names)? });
+        methods.push(MethodResult { name: format!("\"{t}\""), eval: evaluate_weights(clip, &w, &test, &test_samples, names)? });
     }
     if req.templates.len() > 1 {
         let w = zeroshot::class_weights(clip, names, &req.templates, progress)?;
         let name = format!("ensemble of {}", req.templates.len());
-        methods.push(MethodResult { name, eval: evaluate_weights(clip, &w, &test, &split.test, names)? });
+        methods.push(MethodResult { name, eval: evaluate_weights(clip, &w, &test, &test_samples, names)? });
     }
+    let mut rejected = Vec::new();
     for (label, path) in &req.learned {
-        let f = PromptFile::load(path)?;
-        f.check_model(clip, path)?;
-        if &f.meta.class_names != names {
-            return Err(Error::bad_file(
-                path,
-                format!("was trained on the classes {} but the dataset has {}", f.meta.class_names.join(", "), names.join(", ")),
-                "compare it on the dataset it was trained on",
-            ));
+        let scored = (|| -> Result<Evaluation> {
+            let f = PromptFile::load(path)?;
+            f.check_model(clip, path)?;
+            check_classes(&f.meta.class_names, names, path)?;
+            let w = l2_normalize(&f.class_embeds.to_device(&clip.device)?)?;
+            evaluate_weights(clip, &w, &test, &test_samples, names)
+        })();
+        match scored {
+            Ok(eval) => methods.push(MethodResult { name: label.clone(), eval }),
+            Err(Error::Cancelled) => return Err(Error::Cancelled),
+            Err(e) => rejected.push(Rejected { name: label.clone(), path: path.clone(), reason: e.to_string() }),
         }
-        let w = l2_normalize(&f.class_embeds.to_device(&clip.device)?)?;
-        methods.push(MethodResult { name: label.clone(), eval: evaluate_weights(clip, &w, &test, &split.test, names)? });
     }
-    if req.linear_probe {
+    if let Some(probe) = req.linear_probe {
+        // The split seed is the one every row's test images come from, so the probe never sees them.
+        let split = few_shot(data, probe.shots, probe.seed, 0)?;
         let train = extract(clip, &split.train, 0, 0, cache, progress)?;
         let val = extract(clip, &split.val, 0, 0, cache, progress)?;
         let val_set = if val.labels.is_empty() { &train } else { &val };
-        let (probe, _) = LinearProbe::search(
+        let (lp, _) = LinearProbe::search(
             (&train.feats, &train.labels),
             (&val_set.feats, &val_set.labels),
             names.len(),
             PROBE_ITERS,
             progress,
         )?;
-        let logits: Vec<Vec<f32>> = probe.logits(&test.feats)?.to_vec2()?;
-        let labels: Vec<usize> = split.test.iter().map(|s| s.label).collect();
-        let paths: Vec<String> = split.test.iter().map(|s| s.path.display().to_string()).collect();
-        methods.push(MethodResult {
-            name: format!("linear probe ({} train images)", split.train.len()),
-            eval: evaluate(&logits, &labels, &paths, names),
-        });
+        let logits: Vec<Vec<f32>> = lp.logits(&test.feats)?.to_vec2()?;
+        let labels: Vec<usize> = test_samples.iter().map(|s| s.label).collect();
+        let paths: Vec<String> = test_samples.iter().map(|s| s.path.display().to_string()).collect();
+        let shots = probe.shots.map_or("all training images".to_string(), |k| format!("{k}-shot, seed {}", probe.seed));
+        methods.push(MethodResult { name: format!("linear probe ({shots})"), eval: evaluate(&logits, &labels, &paths, names) });
     }
     Ok(Comparison {
         model: clip.id.clone(),
-        split: "test".into(),
+        split: split_name,
         classes: names.clone(),
-        paths: split.test.iter().map(|s| s.path.clone()).collect(),
+        paths: test_samples.iter().map(|s| s.path.clone()).collect(),
         methods,
+        rejected,
     })
+}
+
+/// A prompts file scores a dataset only with the same classes in the same order: its class weights are
+/// rows by class index.
+pub fn check_classes(file_classes: &[String], dataset_classes: &[String], path: &Path) -> Result<()> {
+    if file_classes == dataset_classes {
+        return Ok(());
+    }
+    Err(Error::bad_file(path, classes_problem(file_classes, dataset_classes), "compare it on the dataset it was trained on (or give that dataset the same class names)"))
+}
+
+/// Why two class lists differ, in a line: how many, which are missing, or only the order.
+pub fn classes_problem(file_classes: &[String], dataset_classes: &[String]) -> String {
+    let missing: Vec<&str> = dataset_classes.iter().filter(|c| !file_classes.contains(c)).map(String::as_str).collect();
+    let extra: Vec<&str> = file_classes.iter().filter(|c| !dataset_classes.contains(c)).map(String::as_str).collect();
+    let list = |v: &[&str]| if v.len() > 4 { format!("{}, … ({} in all)", v[..4].join(", "), v.len()) } else { v.join(", ") };
+    if missing.is_empty() && extra.is_empty() {
+        format!("has the dataset's {} classes in another order", dataset_classes.len())
+    } else {
+        let mut why = format!("was trained on {} classes, the dataset has {}", file_classes.len(), dataset_classes.len());
+        if !extra.is_empty() {
+            why += &format!("; not in the dataset: {}", list(&extra));
+        }
+        if !missing.is_empty() {
+            why += &format!("; not in the file: {}", list(&missing));
+        }
+        why
+    }
 }

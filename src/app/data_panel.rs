@@ -17,6 +17,9 @@ pub const DATASET_FIELD: &str = "Dataset folder";
 pub struct DataPanel {
     pub model_path: String,
     pub dataset_path: String,
+    /// CoOp's `classnames.txt` for a dataset whose folders are ids (`n01440764 tench`); empty: the
+    /// folder names are the class names.
+    pub classnames_path: String,
     pub recent_models: Vec<String>,
     pub recent_datasets: Vec<String>,
 }

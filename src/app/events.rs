@@ -37,11 +37,41 @@ impl From<Error> for Failure {
     }
 }
 
-/// Which field a folder picked in the file dialog fills.
+/// What a path chosen in a file dialog (or dropped) is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PickTarget {
+    /// A model folder.
     Model,
+    /// A dataset folder.
     Dataset,
+    /// CoOp's `classnames.txt` for the dataset.
+    ClassNames,
+    /// A prompts file (or CoOp checkpoint) to load.
+    Prompts,
+    /// Where to save run `n`'s prompts file.
+    ExportRun(usize),
+    /// One image for the Align tab.
+    Image,
+    /// One image to classify with the selected prompts (Export tab).
+    ClassifyImage,
+}
+
+impl PickTarget {
+    /// Folder targets open a folder dialog, `ExportRun` a save dialog, the rest a file dialog.
+    pub fn is_folder(self) -> bool {
+        matches!(self, PickTarget::Model | PickTarget::Dataset)
+    }
+
+    pub fn title(self) -> &'static str {
+        match self {
+            PickTarget::Model => "Choose a CLIP model folder",
+            PickTarget::Dataset => "Choose a dataset folder",
+            PickTarget::ClassNames => "Choose a classnames.txt (one \"<folder> <class name>\" per line)",
+            PickTarget::Prompts => "Open a prompts file or a CoOp checkpoint",
+            PickTarget::ExportRun(_) => "Save the learned prompts",
+            PickTarget::Image | PickTarget::ClassifyImage => "Choose an image",
+        }
+    }
 }
 
 pub enum Event {
@@ -63,11 +93,17 @@ pub enum Event {
     TrainFinished { job: JobId, result: Result<TrainOutcome, Failure> },
     /// The job panicked; whatever task it belonged to is over.
     Crashed { job: JobId, message: String },
-    FolderPicked { target: PickTarget, path: PathBuf },
+    Picked { target: PickTarget, path: PathBuf },
+    /// Small decoded images by path (None: the file did not decode).
+    Images { job: JobId, images: Vec<(PathBuf, Option<egui::ColorImage>)> },
+    RunsListed { job: JobId, result: Result<Vec<super::runs::RunEntry>, Failure> },
+    Classified { job: JobId, result: Result<super::classify_job::Classified, Failure> },
 }
 
 pub struct LoadedModel {
     pub clip: Arc<LoadedClip>,
+    /// `clip::load::fingerprint` of its folder: prompts files made on another model are flagged.
+    pub fingerprint: String,
     /// [`LoadedClip::describe`], computed once.
     pub description: String,
     pub device: String,
@@ -150,4 +186,19 @@ pub enum Action {
     ExportRun { from: PathBuf, to: PathBuf },
     ShowError(String),
     Align(Box<AlignRequest>),
+    /// Forget the failed alignment so the Align tab tries again.
+    RetryAlign,
+    UnloadPrompts(PathBuf),
+    /// Reads a loaded prompts file again (re-checked against the model and dataset now loaded).
+    ReloadPrompts(PathBuf),
+    /// Small pictures of these images are wanted (the Compare tab's class view).
+    WantImages(Vec<PathBuf>),
+    /// Scan the runs folder again.
+    ListRuns,
+    /// Delete a run's files from the runs folder.
+    DeleteRun(PathBuf),
+    /// Load a run from the runs folder: its prompts into the app, or its model folder as the model.
+    OpenRun(PathBuf),
+    /// Classify one image with a loaded prompts file.
+    Classify { prompts: PathBuf, image: PathBuf },
 }

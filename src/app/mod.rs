@@ -6,12 +6,14 @@
 
 pub mod align_job;
 mod align_panel;
+pub mod classify_job;
 mod compare;
 pub mod compare_job;
 mod data_panel;
 pub mod events;
 mod export_panel;
 pub mod prompts_job;
+pub mod runs;
 mod errors;
 pub mod overlay;
 pub mod state;
@@ -37,7 +39,8 @@ use top_bar::TopBar;
 use train_panel::TrainPanel;
 use training::{RunStatus, TrainRecord};
 pub use events::Action;
-use events::{Event, PickTarget};
+pub use events::PickTarget;
+use events::Event;
 use worker::Worker;
 
 /// Opens the window. `model` and `data`, when given, are filled in and loaded at start-up; otherwise the
@@ -103,6 +106,8 @@ pub fn run(model: Option<String>, data: Option<PathBuf>, startup: Startup) -> an
 
 /// Images per class shown in the side panel.
 const THUMBNAILS_PER_CLASS: usize = 6;
+/// Side in px of the pictures in the Compare tab's class view.
+const IMAGE_SIDE: u32 = 96;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Tab {
@@ -131,7 +136,7 @@ pub struct PromptscopeApp {
     pub tab: Tab,
     top_bar: TopBar,
     data_panel: DataPanel,
-    compare: ComparePanel,
+    pub compare: ComparePanel,
     pub train: TrainPanel,
     pub align: AlignPanel,
     pub export: ExportPanel,
@@ -235,8 +240,18 @@ impl PromptscopeApp {
         let mut actions = std::mem::take(&mut self.pending);
         for event in self.worker.drain() {
             match event {
-                Event::FolderPicked { target, path } => actions.push(self.folder_chosen(target, path)),
+                Event::Picked { target, path } => actions.extend(self.picked(target, path)),
+                Event::Images { job: _, images } => {
+                    for (path, image) in images {
+                        self.state.images_pending.remove(&path);
+                        let texture = image.map(|img| ctx.load_texture(format!("image-{}", path.display()), img, egui::TextureOptions::LINEAR));
+                        self.state.images.insert(path, texture);
+                    }
+                }
                 Event::TrainFinished { job, result: Ok(outcome) } => {
+                    if self.state.runs_on_disk.is_some() {
+                        actions.push(Action::ListRuns);
+                    }
                     // A finished CoOp run's prompts join Compare, Align and Export.
                     if let Some(run) = self.state.runs.iter().find(|r| r.job == Some(job) && matches!(r.run, RunConfig::Coop(_))) {
                         actions.push(Action::LoadPromptsAs(outcome.prompts.clone(), run.label.clone()));
@@ -308,15 +323,17 @@ impl PromptscopeApp {
                 Tab::Align => {
                     let sources = self.learned_sources();
                     self.align.ui(ui, &self.state, &sources, self.gpu_format, &mut actions);
-                    if let Some(req) = self.align.request(&self.state, &sources, &self.compare.cleaned_templates()) {
+                    if let Some(req) = self.align.request(&self.state, &sources) {
                         let current = self.state.align.as_ref().map(|v| &v.request);
                         let pending = self.state.aligning.as_ref().map(|(_, r)| r);
-                        if current != Some(&req) && pending.is_none() {
+                        // A request that failed waits for the user (Retry, or another choice).
+                        let failed = self.state.align_failed.as_ref().map(|(r, _)| r);
+                        if current != Some(&req) && pending.is_none() && failed != Some(&req) {
                             actions.push(Action::Align(Box::new(req)));
                         }
                     }
                 }
-                Tab::Export => self.export.ui(ui, &self.state, &mut actions),
+                Tab::Export => self.export.ui(ui, &self.state, &self.runs_dir, &mut actions),
             }
         });
         drop_hint(&ctx);
@@ -373,12 +390,8 @@ impl PromptscopeApp {
                 }
             }
             Action::Browse(target) => {
-                let current = match target {
-                    PickTarget::Model => &self.data_panel.model_path,
-                    PickTarget::Dataset => &self.data_panel.dataset_path,
-                };
-                let start = (!current.is_empty()).then(|| PathBuf::from(current));
-                self.worker.pick_folder(ctx, target, start);
+                let start = self.dialog_start(target);
+                self.worker.pick(ctx, target, start);
             }
             Action::RunZeroShot(templates) => self.start_zero_shot(ctx, templates),
             Action::CancelZeroShot => {
@@ -403,7 +416,8 @@ impl PromptscopeApp {
                 if path.as_os_str().is_empty() {
                     return self.state.error("Enter the path of a prompts file first.");
                 }
-                match self.worker.load_prompts(ctx, model.clip.clone(), path.clone(), label) {
+                let names = self.state.dataset.as_ref().map(|d| d.folder.class_names.clone());
+                match self.worker.load_prompts(ctx, model.clip.clone(), path.clone(), label, names, self.runs_dir.clone()) {
                     Ok(job) => self.state.loading_prompts = Some((job, path)),
                     Err(e) => self.state.error(format!("Could not start loading prompts: {e}")),
                 }
@@ -449,27 +463,122 @@ impl PromptscopeApp {
             }
             Action::Dropped(path) => match classify_drop(&path) {
                 Ok(target) => {
-                    let action = self.folder_chosen(target, path);
-                    self.handle(action, ctx);
+                    if let Some(action) = self.picked(target, path) {
+                        self.handle(action, ctx);
+                    }
                 }
                 Err(message) => self.state.error(message),
             },
+            Action::RetryAlign => self.state.align_failed = None,
+            Action::UnloadPrompts(path) => self.state.prompts.retain(|p| p.path != path),
+            Action::ReloadPrompts(path) => {
+                if let Some(p) = self.state.prompts.iter().find(|p| p.path == path) {
+                    let label = p.label.clone();
+                    self.handle(Action::LoadPromptsAs(path, label), ctx);
+                }
+            }
+            Action::WantImages(paths) => {
+                let state = &mut self.state;
+                let wanted: Vec<PathBuf> = paths.into_iter().filter(|p| !state.images.contains_key(p) && !state.images_pending.contains(p)).collect();
+                if wanted.is_empty() {
+                    return;
+                }
+                match self.worker.images(ctx, wanted.clone(), IMAGE_SIDE) {
+                    Ok(_) => self.state.images_pending.extend(wanted),
+                    Err(e) => self.state.error(format!("Could not start decoding images: {e}")),
+                }
+            }
+            Action::ListRuns => self.list_runs(ctx, None),
+            Action::DeleteRun(path) => self.list_runs(ctx, Some(path)),
+            Action::OpenRun(path) => {
+                if path.is_dir() {
+                    self.data_panel.model_path = path.display().to_string();
+                    self.handle(Action::LoadModel(path.display().to_string()), ctx);
+                } else {
+                    self.handle(Action::LoadPrompts(path), ctx);
+                }
+            }
+            Action::Classify { prompts, image } => {
+                let Some(model) = &self.state.model else {
+                    return self.state.error("Load the model the prompts were trained with first.");
+                };
+                match self.worker.classify(ctx, model.clip.clone(), prompts, image) {
+                    Ok(job) => self.state.classifying = Some(job),
+                    Err(e) => self.state.error(format!("Could not start classifying: {e}")),
+                }
+            }
         }
     }
 
-    /// A folder picked in the dialog or dropped: it fills its field and is used at once.
-    fn folder_chosen(&mut self, target: PickTarget, path: PathBuf) -> Action {
+    fn list_runs(&mut self, ctx: &egui::Context, delete: Option<PathBuf>) {
+        if self.state.listing_runs.is_some() {
+            return;
+        }
+        match self.worker.list_runs(ctx, self.runs_dir.clone(), delete) {
+            Ok(job) => self.state.listing_runs = Some(job),
+            Err(e) => self.state.error(format!("Could not list the runs folder: {e}")),
+        }
+    }
+
+    /// Where a file dialog opens: the field's current path, else a folder the user has just used.
+    fn dialog_start(&self, target: PickTarget) -> Option<PathBuf> {
+        let non_empty = |s: &str| (!s.trim().is_empty()).then(|| PathBuf::from(s.trim()));
+        let dataset_dir = self.state.dataset.as_ref().map(|d| d.folder.root.clone());
         match target {
+            PickTarget::Model => non_empty(&self.data_panel.model_path),
+            PickTarget::Dataset => non_empty(&self.data_panel.dataset_path),
+            PickTarget::ClassNames => non_empty(&self.data_panel.classnames_path).or(dataset_dir),
+            PickTarget::Prompts => non_empty(&self.export.load_path).or_else(|| self.export.export_dir(&self.state)),
+            PickTarget::ExportRun(n) => Some(self.export.export_path(n, &self.state)),
+            PickTarget::Image | PickTarget::ClassifyImage => dataset_dir,
+        }
+    }
+
+    /// What a file dialog answered (or a test, standing in for one): handled on the next frame.
+    pub fn choose(&mut self, target: PickTarget, path: PathBuf) {
+        let action = self.picked(target, path);
+        self.pending.extend(action);
+    }
+
+    /// A path picked in a dialog or dropped: it fills its field and is used at once.
+    fn picked(&mut self, target: PickTarget, path: PathBuf) -> Option<Action> {
+        let shown = path.display().to_string();
+        Some(match target {
             PickTarget::Model => {
-                let model = path.display().to_string();
-                self.data_panel.model_path = model.clone();
-                Action::LoadModel(model)
+                self.data_panel.model_path = shown.clone();
+                Action::LoadModel(shown)
             }
             PickTarget::Dataset => {
-                self.data_panel.dataset_path = path.display().to_string();
+                self.data_panel.dataset_path = shown;
                 Action::OpenDataset(path)
             }
-        }
+            PickTarget::ClassNames => {
+                self.data_panel.classnames_path = shown;
+                let dataset = self.data_panel.dataset_path.trim();
+                if dataset.is_empty() {
+                    return None;
+                }
+                Action::OpenDataset(dataset.into())
+            }
+            PickTarget::Prompts => {
+                self.export.load_path = shown;
+                Action::LoadPrompts(path)
+            }
+            PickTarget::ExportRun(n) => {
+                let from = self.state.runs.iter().find(|r| r.number == n)?.outcome.as_ref()?.prompts.clone();
+                self.export.export_paths.insert(n, shown);
+                Action::ExportRun { from, to: path }
+            }
+            PickTarget::Image => {
+                self.tab = Tab::Align;
+                self.align.image_file = Some(path);
+                return None;
+            }
+            PickTarget::ClassifyImage => {
+                let prompts = self.state.prompts.get(self.export.selected)?.path.clone();
+                Action::Classify { prompts, image: path }
+            }
+        })
     }
 
     /// Learned prompts the Align tab can show: every loaded file, runs' included.
@@ -548,7 +657,7 @@ impl PromptscopeApp {
         let req = compare_job::CompareRequest {
             templates,
             learned: self.state.prompts.iter().map(|p| (p.label.clone(), p.path.clone())).collect(),
-            linear_probe: self.compare.linear_probe,
+            linear_probe: self.compare.linear_probe.then(|| self.compare.probe_shots.resolve(self.state.prompts.iter().map(|p| &p.meta))),
         };
         match self.worker.compare(ctx, model.clip.clone(), dataset.folder.clone(), req, self.cache_dir.clone(), cancel.clone()) {
             Ok(job) => {
@@ -641,12 +750,23 @@ pub fn default_runs_dir() -> PathBuf {
     features.parent().map_or_else(|| features.join("runs"), |p| p.join("runs"))
 }
 
-/// A folder with a `config.json` is a model; any other folder is a dataset.
+/// A folder with a `config.json` is a model; any other folder is a dataset; an image file is aligned
+/// in the Align tab; a prompts file or CoOp checkpoint is loaded.
 fn classify_drop(path: &Path) -> Result<PickTarget, String> {
-    if !path.is_dir() {
-        return Err(format!("{}: not a folder. Drop a model folder (with config.json) or a dataset folder.", path.display()));
+    if path.is_dir() {
+        return Ok(if path.join("config.json").is_file() { PickTarget::Model } else { PickTarget::Dataset });
     }
-    Ok(if path.join("config.json").is_file() { PickTarget::Model } else { PickTarget::Dataset })
+    let ext = path.extension().map(|e| e.to_string_lossy().to_ascii_lowercase()).unwrap_or_default();
+    if path.is_file() && crate::data::folder::IMAGE_EXTENSIONS.contains(&ext.as_str()) {
+        return Ok(PickTarget::Image);
+    }
+    if path.is_file() && (ext == "safetensors" || crate::export::coop_import::is_coop_checkpoint(path)) {
+        return Ok(PickTarget::Prompts);
+    }
+    Err(format!(
+        "{}: not something promptscope opens. Drop a model folder (with config.json), a dataset folder, an image, or a prompts file.",
+        path.display()
+    ))
 }
 
 /// While files are dragged over the window, says what dropping them does.
@@ -660,7 +780,7 @@ fn drop_hint(ctx: &egui::Context) {
     painter.text(
         rect.center(),
         Align2::CENTER_CENTER,
-        "Drop a model folder (with config.json) or a dataset folder",
+        "Drop a model folder, a dataset folder, an image (to align) or a prompts file",
         FontId::proportional(22.0),
         Color32::WHITE,
     );

@@ -34,13 +34,14 @@ struct Uniforms {
     grid_lines: f32,
     grid_size: [f32; 2],
     srgb_target: f32,
-    _pad: [f32; 3],
+    threshold: f32,
+    _pad: [f32; 2],
 }
 
 impl Uniforms {
     fn bytes(&self) -> Vec<u8> {
         let mut v = Vec::with_capacity(48);
-        for f in self.rect.into_iter().chain([self.opacity, self.grid_lines]).chain(self.grid_size).chain([self.srgb_target]).chain(self._pad) {
+        for f in self.rect.into_iter().chain([self.opacity, self.grid_lines]).chain(self.grid_size).chain([self.srgb_target, self.threshold]).chain(self._pad) {
             v.extend_from_slice(&f.to_le_bytes());
         }
         v
@@ -194,7 +195,8 @@ impl OverlayPipeline {
             grid_lines: if style.grid_lines { 1.0 } else { 0.0 },
             grid_size: [gw as f32, gh as f32],
             srgb_target: if self.srgb { 1.0 } else { 0.0 },
-            _pad: [0.0; 3],
+            threshold: style.threshold.clamp(0.0, 1.0),
+            _pad: [0.0; 2],
         };
         queue.write_buffer(&tex.uniforms, 0, &u.bytes());
     }

@@ -20,6 +20,16 @@ pub struct LoadedPrompts {
 }
 
 impl LoadedPrompts {
+    /// Why this file cannot be scored with what is loaded now (another model's weights, other classes),
+    /// re-checked whenever the model or the dataset changes; None when it can.
+    pub fn problem(&self, model: Option<&super::events::LoadedModel>, dataset: Option<&super::events::OpenedDataset>) -> Option<String> {
+        if let Some(m) = model.filter(|m| !m.fingerprint.is_empty() && m.fingerprint != self.meta.model_fingerprint) {
+            return Some(format!("made for model '{}', not the loaded '{}'", self.meta.model_id, m.clip.id));
+        }
+        let ds = dataset?;
+        (self.meta.class_names != ds.folder.class_names).then(|| super::compare_job::classes_problem(&self.meta.class_names, &ds.folder.class_names))
+    }
+
     /// A plain-text summary to copy: where it came from, its settings, its accuracy, its nearest words.
     pub fn summary(&self) -> String {
         let m = &self.meta;
@@ -48,7 +58,22 @@ impl LoadedPrompts {
     }
 }
 
-pub fn load(clip: &LoadedClip, path: &Path, label: String) -> Result<LoadedPrompts> {
+/// Loads a prompts file; CoOp's own checkpoint (`model.pth.tar-N`) is imported first with the open
+/// dataset's class names (CoOp does not store them) into `imports`, and that file is loaded.
+pub fn load(clip: &LoadedClip, path: &Path, label: String, class_names: Option<&[String]>, imports: &Path) -> Result<LoadedPrompts> {
+    let path = &if crate::export::coop_import::is_coop_checkpoint(path) {
+        let names = class_names.ok_or_else(|| {
+            Error::bad_file(path, "is a CoOp checkpoint, which does not record its class names", "open the dataset it was trained on first (with its classnames.txt), then load it again")
+        })?;
+        let file = crate::export::coop_import::to_prompt_file(clip, path, names, Default::default())?;
+        let stem: String = path.file_name().map(|n| n.to_string_lossy().replace(['.', ' '], "-")).unwrap_or_default();
+        let out = imports.join(format!("imported-{stem}.safetensors"));
+        std::fs::create_dir_all(imports).map_err(|e| Error::io(imports, e))?;
+        file.save(&out)?;
+        out
+    } else {
+        path.to_path_buf()
+    };
     let file = PromptFile::load(path)?;
     file.check_model(clip, path)?;
     let words = nearest_tokens(&file.ctx, &clip.model.text.token_embedding, &clip.tokenizer, NEAREST)?;

@@ -104,6 +104,18 @@ pub struct AppState {
     pub last_export: Option<PathBuf>,
     pub align: Option<AlignView>,
     pub aligning: Option<(JobId, AlignRequest)>,
+    /// The last alignment that failed and why: it is not asked again until something in it changes or
+    /// the user retries (a corrupt image would otherwise be re-sent every frame).
+    pub align_failed: Option<(AlignRequest, String)>,
+    /// Small pictures of single images (the Compare tab's class view) by path; None: did not decode.
+    pub images: std::collections::HashMap<PathBuf, Option<egui::TextureHandle>>,
+    /// Images asked of the worker and not back yet.
+    pub images_pending: std::collections::HashSet<PathBuf>,
+    /// The runs folder as last listed; None until listed.
+    pub runs_on_disk: Option<Vec<super::runs::RunEntry>>,
+    pub listing_runs: Option<JobId>,
+    pub classifying: Option<JobId>,
+    pub classified: Option<super::classify_job::Classified>,
     /// A few decoded images per class of the open dataset, for the side panel.
     pub thumbnails: Vec<Vec<egui::TextureHandle>>,
 }
@@ -116,6 +128,8 @@ impl AppState {
             && self.loading_prompts.is_none()
             && self.exporting.is_none()
             && self.aligning.is_none()
+            && self.listing_runs.is_none()
+            && self.classifying.is_none()
     }
 
     pub fn is_training(&self) -> bool {
@@ -203,12 +217,17 @@ impl AppState {
                 }
             }
             Event::AlignDone { job, result } => {
-                if self.aligning.take_if(|(j, _)| *j == job).is_none() {
-                    return;
-                }
+                let Some((_, request)) = self.aligning.take_if(|(j, _)| *j == job) else { return };
                 match result {
-                    Ok(view) => self.align = Some(view),
-                    Err(f) => self.fail(f, "Alignment"),
+                    Ok(view) => {
+                        self.align = Some(view);
+                        self.align_failed = None;
+                    }
+                    Err(Failure::Cancelled) => {}
+                    Err(Failure::Error(message)) => {
+                        self.error(format!("Alignment of {}: {message}", request.image.display()));
+                        self.align_failed = Some((request, message));
+                    }
                 }
             }
             Event::TrainProgress { job, stage, done, total } => {
@@ -259,13 +278,33 @@ impl AppState {
                     | self.zero_shot.take_if(|r| r.job == job).is_some()
                     | self.loading_prompts.take_if(|(j, _)| *j == job).is_some()
                     | self.exporting.take_if(|j| *j == job).is_some()
-                    | self.aligning.take_if(|(j, _)| *j == job).is_some();
+                    | self.aligning.take_if(|(j, _)| *j == job).is_some()
+                    | self.listing_runs.take_if(|j| *j == job).is_some()
+                    | self.classifying.take_if(|j| *j == job).is_some();
                 if mine {
                     self.error(message);
                 }
             }
+            Event::RunsListed { job, result } => {
+                if self.listing_runs.take_if(|j| *j == job).is_none() {
+                    return;
+                }
+                match result {
+                    Ok(runs) => self.runs_on_disk = Some(runs),
+                    Err(f) => self.fail(f, "Listing the runs folder"),
+                }
+            }
+            Event::Classified { job, result } => {
+                if self.classifying.take_if(|j| *j == job).is_none() {
+                    return;
+                }
+                match result {
+                    Ok(c) => self.classified = Some(c),
+                    Err(f) => self.fail(f, "Classifying the image"),
+                }
+            }
             // Fill a text field, or need the egui context for textures: the app handles them.
-            Event::FolderPicked { .. } | Event::Thumbnails { .. } => {}
+            Event::Picked { .. } | Event::Thumbnails { .. } | Event::Images { .. } => {}
         }
     }
 

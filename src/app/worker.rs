@@ -47,6 +47,7 @@ impl Worker {
                 let device = crate::device::select("auto")?;
                 let clip = crate::clip::load(&model, &device)?;
                 Ok(LoadedModel {
+                    fingerprint: crate::clip::load::fingerprint(&clip.dir)?,
                     description: clip.describe(),
                     device: crate::device::describe(&device),
                     clip: Arc::new(clip),
@@ -90,11 +91,55 @@ impl Worker {
         })
     }
 
-    pub fn load_prompts(&mut self, ctx: &egui::Context, clip: Arc<LoadedClip>, path: PathBuf, label: String) -> std::io::Result<JobId> {
+    /// `class_names`: the open dataset's, for importing a CoOp checkpoint into `imports`.
+    pub fn load_prompts(
+        &mut self,
+        ctx: &egui::Context,
+        clip: Arc<LoadedClip>,
+        path: PathBuf,
+        label: String,
+        class_names: Option<Vec<String>>,
+        imports: PathBuf,
+    ) -> std::io::Result<JobId> {
         self.spawn(ctx, "load prompts", move |job, _| Event::PromptsLoaded {
             job,
-            result: prompts_job::load(&clip, &path, label).map_err(Failure::from),
+            result: prompts_job::load(&clip, &path, label, class_names.as_deref(), &imports).map_err(Failure::from),
         })
+    }
+
+    /// Small pictures (at most `side` px) of `paths`, for the Compare tab's class view.
+    pub fn images(&mut self, ctx: &egui::Context, paths: Vec<PathBuf>, side: u32) -> std::io::Result<JobId> {
+        self.spawn(ctx, "images", move |job, _| {
+            let images = paths
+                .into_iter()
+                .map(|p| {
+                    let img = crate::clip::preprocess::load_image(&p).ok().map(|img| {
+                        let t = img.thumbnail(side, side).to_rgba8();
+                        egui::ColorImage::from_rgba_unmultiplied([t.width() as usize, t.height() as usize], t.as_raw())
+                    });
+                    (p, img)
+                })
+                .collect();
+            Event::Images { job, images }
+        })
+    }
+
+    /// Lists the runs folder, first deleting `delete` from it when given.
+    pub fn list_runs(&mut self, ctx: &egui::Context, dir: PathBuf, delete: Option<PathBuf>) -> std::io::Result<JobId> {
+        self.spawn(ctx, "runs", move |job, _| {
+            let result = (|| {
+                if let Some(run) = &delete {
+                    super::runs::delete(&dir, run)?;
+                }
+                super::runs::list(&dir)
+            })()
+            .map_err(Failure::from);
+            Event::RunsListed { job, result }
+        })
+    }
+
+    pub fn classify(&mut self, ctx: &egui::Context, clip: Arc<LoadedClip>, prompts: PathBuf, image: PathBuf) -> std::io::Result<JobId> {
+        self.spawn(ctx, "classify", move |job, _| Event::Classified { job, result: super::classify_job::run(&clip, &prompts, &image).map_err(Failure::from) })
     }
 
     pub fn export(&mut self, ctx: &egui::Context, from: PathBuf, to: PathBuf) -> std::io::Result<JobId> {
@@ -229,29 +274,29 @@ impl Worker {
         })
     }
 
-    /// Opens the system folder dialog without freezing the window; the choice arrives as
-    /// [`Event::FolderPicked`].
-    pub fn pick_folder(&self, ctx: &egui::Context, target: PickTarget, start: Option<PathBuf>) {
+    /// Opens the system file dialog `target` calls for (folder, file or save) without freezing the
+    /// window, starting in `start` (a folder, or a file to suggest); the choice arrives as [`Event::Picked`].
+    pub fn pick(&self, ctx: &egui::Context, target: PickTarget, start: Option<PathBuf>) {
         // AppKit only opens dialogs from the main thread; elsewhere a thread keeps the UI painting.
         if cfg!(target_os = "macos") {
-            if let Some(path) = folder_dialog(target, start) {
-                let _ = self.tx.send(Event::FolderPicked { target, path });
+            if let Some(path) = dialog(target, start) {
+                let _ = self.tx.send(Event::Picked { target, path });
             }
             return;
         }
         let tx = self.tx.clone();
         let ctx = ctx.clone();
         let thread_start = start.clone();
-        let spawned = std::thread::Builder::new().name("promptscope folder dialog".into()).spawn(move || {
-            if let Some(path) = folder_dialog(target, thread_start) {
-                let _ = tx.send(Event::FolderPicked { target, path });
+        let spawned = std::thread::Builder::new().name("promptscope file dialog".into()).spawn(move || {
+            if let Some(path) = dialog(target, thread_start) {
+                let _ = tx.send(Event::Picked { target, path });
                 ctx.request_repaint();
             }
         });
         if spawned.is_err() {
             // Without a spare thread, a dialog that blocks the window is still better than none.
-            if let Some(path) = folder_dialog(target, start) {
-                let _ = self.tx.send(Event::FolderPicked { target, path });
+            if let Some(path) = dialog(target, start) {
+                let _ = self.tx.send(Event::Picked { target, path });
             }
         }
     }
@@ -285,13 +330,24 @@ impl Worker {
     }
 }
 
-fn folder_dialog(target: PickTarget, start: Option<PathBuf>) -> Option<PathBuf> {
-    let mut dialog = rfd::FileDialog::new().set_title(match target {
-        PickTarget::Model => "Choose a CLIP model folder",
-        PickTarget::Dataset => "Choose a dataset folder",
-    });
-    if let Some(dir) = start.filter(|d| d.is_dir()) {
-        dialog = dialog.set_directory(dir);
+fn dialog(target: PickTarget, start: Option<PathBuf>) -> Option<PathBuf> {
+    let mut dialog = rfd::FileDialog::new().set_title(target.title());
+    if let Some(start) = &start {
+        // A suggested file: open in its folder with its name filled in.
+        let (dir, name) = if start.is_dir() { (Some(start.as_path()), None) } else { (start.parent(), start.file_name()) };
+        if let Some(dir) = dir.filter(|d| d.is_dir()) {
+            dialog = dialog.set_directory(dir);
+        }
+        if let Some(name) = name {
+            dialog = dialog.set_file_name(name.to_string_lossy());
+        }
     }
-    dialog.pick_folder()
+    match target {
+        PickTarget::Model | PickTarget::Dataset => dialog.pick_folder(),
+        PickTarget::ExportRun(_) => dialog.add_filter("safetensors", &["safetensors"]).save_file(),
+        // No extension filter: CoOp names its checkpoints model.pth.tar-50.
+        PickTarget::Prompts => dialog.pick_file(),
+        PickTarget::ClassNames => dialog.add_filter("text", &["txt"]).add_filter("any file", &["*"]).pick_file(),
+        PickTarget::Image | PickTarget::ClassifyImage => dialog.add_filter("images", crate::data::folder::IMAGE_EXTENSIONS).pick_file(),
+    }
 }

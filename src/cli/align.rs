@@ -37,7 +37,7 @@ pub struct PngArgs {
 
 impl PngArgs {
     fn style(&self) -> HeatmapStyle {
-        HeatmapStyle { colormap: self.colormap, opacity: self.opacity, grid_lines: self.grid_lines }
+        HeatmapStyle { colormap: self.colormap, opacity: self.opacity, grid_lines: self.grid_lines, threshold: 0.0 }
     }
 
     /// Fails before any model work when the PNG could not be written anyway.

@@ -38,3 +38,43 @@ pub fn read(path: &Path) -> Result<CoopCheckpoint> {
     }
     Ok(CoopCheckpoint { ctx, num_classes, csc, n_ctx, width })
 }
+
+/// Turns CoOp's checkpoint into a promptscope prompts file for `clip` and `class_names` (CoOp's class
+/// order, which its checkpoint does not record): the context as trained, the class weights recomputed.
+pub fn to_prompt_file(
+    clip: &crate::clip::LoadedClip,
+    ckpt_path: &Path,
+    class_names: &[String],
+    class_position: crate::prompt::coop::ClassPosition,
+) -> Result<crate::export::prompt_file::PromptFile> {
+    use crate::prompt::coop::{CoopConfig, PromptLearner};
+    let c = read(ckpt_path)?;
+    if c.num_classes != class_names.len() {
+        return Err(Error::bad_file(
+            ckpt_path,
+            format!("has {} classes but {} class names were given", c.num_classes, class_names.len()),
+            "give the class names of the dataset it was trained on, in CoOp's order (a classnames.txt)",
+        ));
+    }
+    let width = clip.model.config.text_config.hidden_size;
+    if c.width != width {
+        return Err(Error::bad_file(
+            ckpt_path,
+            format!("has context width {} but the model '{}' has token width {width} (dimension mismatch)", c.width, clip.id),
+            "use the CLIP the checkpoint was trained with",
+        ));
+    }
+    let cfg = CoopConfig { n_ctx: c.n_ctx, ctx_init: None, csc: c.csc, class_position, seed: 0 };
+    let mut learner = PromptLearner::new(&clip.model.text, &clip.tokenizer, class_names, &cfg)?;
+    learner.set_ctx(&c.ctx.to_device(&clip.device)?).map_err(|e| Error::bad_file(ckpt_path, e, "export it again from CoOp"))?;
+    let weights = crate::clip::l2_normalize(&learner.text_features(&clip.model.text)?)?;
+    let mut file = crate::export::prompt_file::PromptFile::new(clip, &learner, weights)?;
+    file.meta.source = format!("coop-checkpoint:{}", ckpt_path.display());
+    Ok(file)
+}
+
+/// CoOp's checkpoint names: `model.pth.tar-50`, `model.pth.tar`, `model.pth`.
+pub fn is_coop_checkpoint(path: &Path) -> bool {
+    let name = path.file_name().map(|n| n.to_string_lossy().to_lowercase()).unwrap_or_default();
+    name.ends_with(".pth") || name.contains(".pth.tar")
+}

@@ -76,11 +76,14 @@ pub struct HeatmapStyle {
     pub opacity: f32,
     /// Thin lines on the patch borders.
     pub grid_lines: bool,
+    /// Map values (0..1 of the map's range) below this show the image alone: only the strongest
+    /// patches stay coloured.
+    pub threshold: f32,
 }
 
 impl Default for HeatmapStyle {
     fn default() -> Self {
-        Self { colormap: Colormap::Viridis, opacity: 0.55, grid_lines: false }
+        Self { colormap: Colormap::Viridis, opacity: 0.55, grid_lines: false, threshold: 0.0 }
     }
 }
 
@@ -103,7 +106,8 @@ pub fn overlay(base: &RgbImage, map: &GridMap, style: &HeatmapStyle) -> Result<R
     let up = map.upsample(width, height);
     let mut out = RgbImage::from_fn(width, height, |x, y| {
         let t = up[(y * width + x) as usize];
-        blend(*base.get_pixel(x, y), style.colormap.sample_u8(t), style.opacity)
+        let alpha = if t < style.threshold { 0.0 } else { style.opacity };
+        blend(*base.get_pixel(x, y), style.colormap.sample_u8(t), alpha)
     });
     if style.grid_lines {
         draw_grid(&mut out, map.grid);
@@ -211,7 +215,7 @@ mod tests {
     fn overlays_keep_the_image_size_and_blend() {
         let base = RgbImage::from_pixel(64, 64, Rgb([100, 100, 100]));
         let m = GridMap::new(&[0.0, 1.0, 0.0, 1.0], [2, 2]).unwrap();
-        let style = HeatmapStyle { colormap: Colormap::Jet, opacity: 1.0, grid_lines: false };
+        let style = HeatmapStyle { colormap: Colormap::Jet, opacity: 1.0, grid_lines: false, threshold: 0.0 };
         let out = overlay(&base, &m, &style).unwrap();
         assert_eq!(out.dimensions(), (64, 64));
         assert_eq!(out.get_pixel(0, 0).0, Colormap::Jet.sample_u8(0.0));
@@ -219,6 +223,19 @@ mod tests {
         let none = overlay(&base, &m, &HeatmapStyle { opacity: 0.0, ..style }).unwrap();
         assert_eq!(none, base);
         assert!(overlay(&base, &m, &HeatmapStyle { opacity: 1.5, ..style }).is_err());
+        // Above the threshold the map, below it the image untouched.
+        let cut = overlay(&base, &m, &HeatmapStyle { threshold: 0.5, ..style }).unwrap();
+        let (w, h) = cut.dimensions();
+        let up = m.upsample(w, h);
+        for (i, (px, t)) in cut.pixels().zip(&up).enumerate() {
+            let (x, y) = (i as u32 % w, i as u32 / w);
+            if *t < 0.5 {
+                assert_eq!(px, base.get_pixel(x, y), "below the threshold at {x},{y}");
+            } else {
+                assert_eq!(px.0, style.colormap.sample_u8(*t), "above the threshold at {x},{y}");
+            }
+        }
+        assert!(up.iter().any(|&t| t < 0.5) && up.iter().any(|&t| t >= 0.5), "the test map straddles the threshold");
         let lined = overlay(&base, &m, &HeatmapStyle { grid_lines: true, ..style }).unwrap();
         assert_ne!(lined.get_pixel(32, 5), out.get_pixel(32, 5));
 

@@ -111,6 +111,14 @@ pub fn run_until<T: TrainStep + ?Sized>(
     }
     let label = if name.is_empty() { "epochs".to_string() } else { format!("{name} epochs") };
     let start = Instant::now();
+    // Time inside `on_event` is the caller's (the app holds a paused run there), not training: it is left
+    // out of the elapsed time, the ETA and so the rates shown from them.
+    let outside = std::cell::Cell::new(std::time::Duration::ZERO);
+    let mut emit = |event: TrainEvent, extra: Option<f64>| {
+        let t = Instant::now();
+        on_event(event, extra);
+        outside.set(outside.get() + t.elapsed());
+    };
     let (first, epochs, elapsed_before) = {
         let s = trainer.state();
         (s.epoch, s.optim.epochs, s.history.last().map_or(0.0, |h| h.elapsed_s))
@@ -131,12 +139,13 @@ pub fn run_until<T: TrainStep + ?Sized>(
             loss_sum += loss;
             right += c;
             seen += rows.len();
-            on_event(TrainEvent::Step { epoch: e, step: s, steps, loss, lr }, None);
+            emit(TrainEvent::Step { epoch: e, step: s, steps, loss, lr }, None);
         }
         let (val_acc, val_extra) = trainer.validate()?;
         let state = trainer.state();
         state.epoch += 1;
-        let per_epoch = start.elapsed().as_secs_f64() / (state.epoch - first) as f64;
+        let trained = start.elapsed().saturating_sub(outside.get()).as_secs_f64();
+        let per_epoch = trained / (state.epoch - first) as f64;
         let stats = EpochStats {
             epoch: e,
             epochs,
@@ -144,12 +153,12 @@ pub fn run_until<T: TrainStep + ?Sized>(
             lr,
             train_acc: right as f64 / seen.max(1) as f64,
             val_acc,
-            elapsed_s: elapsed_before + start.elapsed().as_secs_f64(),
+            elapsed_s: elapsed_before + trained,
             eta_s: per_epoch * (epochs - state.epoch) as f64,
         };
         state.history.push(stats.clone());
         progress.update(&label, state.epoch, epochs);
-        on_event(TrainEvent::Epoch(stats), val_extra);
+        emit(TrainEvent::Epoch(stats), val_extra);
         trainer.end_epoch()?;
     }
     Ok(())
@@ -225,6 +234,21 @@ mod tests {
         assert_eq!((stats[2].train_acc, stats[2].val_acc, stats[2].eta_s), (0.5, Some(0.5), 0.0));
         assert!(events.iter().all(|(e, x)| matches!(e, TrainEvent::Step { .. }) == x.is_none()));
         assert_eq!(t.state.history.len(), 3);
+    }
+
+    #[test]
+    fn time_held_in_the_callers_hands_is_not_training_time() {
+        // A caller that holds every step for 40 ms (the app's pause): 6 steps = 240 ms outside training;
+        // the steps themselves take microseconds.
+        let mut t = Counting { state: looped(Some(2)), steps: 0, ends: 0, nan_at: None };
+        let mut last = None;
+        run_until(&mut t, TrainSet { items: 4, views: 1 }, 3, "", &crate::progress::Silent, &mut |e, _| match e {
+            TrainEvent::Step { .. } => std::thread::sleep(std::time::Duration::from_millis(40)),
+            TrainEvent::Epoch(s) => last = Some(s),
+        })
+        .unwrap();
+        let s = last.unwrap();
+        assert!(s.elapsed_s < 0.1, "paused time counted as training: {} s", s.elapsed_s);
     }
 
     #[test]

@@ -16,19 +16,19 @@ use promptscope::app::events::{Event, Failure};
 use promptscope::app::PromptscopeApp;
 use promptscope::clip::{synth, ClipConfig, HiddenAct};
 
-const MODEL_FIELD: &str = "Model folder or hub id";
-const DATASET_FIELD: &str = "Dataset folder";
+pub(crate) const MODEL_FIELD: &str = "Model folder or hub id";
+pub(crate) const DATASET_FIELD: &str = "Dataset folder";
 /// Far above what the tiny model needs, so only a hung worker fails the wait.
 const WORKER_TIMEOUT: Duration = Duration::from_secs(60);
 
-struct Fixture {
-    _dir: tempfile::TempDir,
-    model: PathBuf,
-    data: PathBuf,
+pub(crate) struct Fixture {
+    pub(crate) _dir: tempfile::TempDir,
+    pub(crate) model: PathBuf,
+    pub(crate) data: PathBuf,
 }
 
 /// A random-weight tiny CLIP and 3 classes × (4 train, 2 val, 3 test) generated images.
-fn fixture() -> Fixture {
+pub(crate) fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let model = dir.path().join("tiny-clip");
     let data = dir.path().join("shapes");
@@ -37,13 +37,13 @@ fn fixture() -> Fixture {
     Fixture { _dir: dir, model, data }
 }
 
-fn harness(app: PromptscopeApp) -> Harness<'static, PromptscopeApp> {
+pub(crate) fn harness(app: PromptscopeApp) -> Harness<'static, PromptscopeApp> {
     Harness::builder().with_size(egui::vec2(1280.0, 800.0)).build_ui_state(|ui, app: &mut PromptscopeApp| app.show(ui), app)
 }
 
 /// Runs frames until no worker job is under way (the worker repaints from its own thread, so
 /// `Harness::run` would not know when to stop).
-fn wait_idle(h: &mut Harness<'_, PromptscopeApp>) {
+pub(crate) fn wait_idle(h: &mut Harness<'_, PromptscopeApp>) {
     let deadline = Instant::now() + WORKER_TIMEOUT;
     h.step();
     while !h.state().state.is_idle() {
@@ -55,7 +55,7 @@ fn wait_idle(h: &mut Harness<'_, PromptscopeApp>) {
     h.step();
 }
 
-fn type_into(h: &mut Harness<'_, PromptscopeApp>, field: &str, text: &str) {
+pub(crate) fn type_into(h: &mut Harness<'_, PromptscopeApp>, field: &str, text: &str) {
     h.get_by_label(field).click();
     h.step();
     h.get_by_label(field).type_text(text);
@@ -63,13 +63,13 @@ fn type_into(h: &mut Harness<'_, PromptscopeApp>, field: &str, text: &str) {
 }
 
 /// Clicks, then runs a second frame so the widgets reflect what the click did.
-fn click(h: &mut Harness<'_, PromptscopeApp>, label: &str) {
+pub(crate) fn click(h: &mut Harness<'_, PromptscopeApp>, label: &str) {
     h.get_by_label(label).click();
     h.step();
     h.step();
 }
 
-fn labels_containing(h: &Harness<'_, PromptscopeApp>, text: &str) -> usize {
+pub(crate) fn labels_containing(h: &Harness<'_, PromptscopeApp>, text: &str) -> usize {
     h.query_all_by_label_contains(text).count()
 }
 
@@ -214,7 +214,7 @@ fn the_demo_models_are_one_click_away_and_say_what_they_are() {
 
 /// What a window system hands egui when a folder is dropped.
 #[derive(Debug)]
-struct DroppedFolder(PathBuf);
+pub(crate) struct DroppedFolder(pub(crate) PathBuf);
 
 impl egui::DroppedFile for DroppedFolder {
     fn path(&self) -> &Path {
@@ -319,7 +319,7 @@ fn cancelled_and_superseded_results_are_handled() {
 
 
 /// An app with the fixture loaded, writing its runs and caches into the fixture's folder.
-fn loaded(fx: &Fixture) -> Harness<'static, PromptscopeApp> {
+pub(crate) fn loaded(fx: &Fixture) -> Harness<'static, PromptscopeApp> {
     let mut app = PromptscopeApp::new_headless().with_startup(Some(fx.model.display().to_string()), Some(fx.data.clone()));
     app.runs_dir = fx._dir.path().join("runs");
     app.cache_dir = None;
@@ -330,7 +330,7 @@ fn loaded(fx: &Fixture) -> Harness<'static, PromptscopeApp> {
 }
 
 /// Runs frames until `done` holds (the worker reports from its own thread).
-fn wait_for(h: &mut Harness<'_, PromptscopeApp>, what: &str, done: impl Fn(&PromptscopeApp) -> bool) {
+pub(crate) fn wait_for(h: &mut Harness<'_, PromptscopeApp>, what: &str, done: impl Fn(&PromptscopeApp) -> bool) {
     let deadline = Instant::now() + WORKER_TIMEOUT;
     while !done(h.state()) {
         assert!(
@@ -406,8 +406,10 @@ fn pretraining_runs_from_the_train_tab_stops_resumes_and_its_model_loads() {
 
 #[test]
 fn training_runs_live_pauses_stops_resumes_and_exports() {
+    use promptscope::app::runs::RunKind;
     use promptscope::app::train_panel::series;
     use promptscope::app::training::RunStatus;
+    use promptscope::app::PickTarget;
     let fx = fixture();
     let mut h = loaded(&fx);
     click(&mut h, "Train");
@@ -444,12 +446,21 @@ fn training_runs_live_pauses_stops_resumes_and_exports() {
     assert_eq!(run.epochs.len(), 5);
     assert!(run.outcome.as_ref().unwrap().prompts.is_file());
 
-    // Export to a path of our choosing, load it back, and compare it with the template.
+    // Export to a path of our choosing (as the Save as… dialog answers), load it back, and compare it
+    // with the template.
     let test_acc = run.outcome.as_ref().unwrap().test_acc;
     click(&mut h, "Export");
+    wait_idle(&mut h);
+    let suggested = h.state().export.export_paths.get(&2).cloned().expect("a suggested export path");
+    assert!(Path::new(&suggested).is_absolute() && suggested.ends_with("prompts-shapes-run2.safetensors"), "{suggested}");
+    // The runs folder: the stopped run left only its checkpoint, the finished one its prompts.
+    let on_disk = h.state().state.runs_on_disk.clone().expect("the runs folder listed");
+    let kinds: Vec<_> = on_disk.iter().map(|r| r.kind).collect();
+    assert_eq!(on_disk.len(), 2, "{on_disk:?}");
+    assert!(kinds.contains(&RunKind::Unfinished) && kinds.contains(&RunKind::Prompts), "{kinds:?}");
+    assert_eq!(labels_containing(&h, "checkpoint only"), 1);
     let out = fx._dir.path().join("exported.safetensors");
-    h.state_mut().export.export_paths.insert(2, out.display().to_string());
-    click(&mut h, "Save prompts");
+    h.state_mut().choose(PickTarget::ExportRun(2), out.clone());
     wait_idle(&mut h);
     assert_eq!(h.state().state.last_export.as_deref(), Some(out.as_path()));
     assert!(h.query_by_label_contains("saved").is_some());

@@ -7,6 +7,7 @@ mod common;
 mod align_cli;
 mod align_parity;
 mod align_region;
+mod app_first_hour;
 mod app_ui;
 mod cli;
 mod clip_parity;

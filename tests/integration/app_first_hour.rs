@@ -1,0 +1,299 @@
+#![cfg(feature = "gui")]
+//! What stops or misleads a user in their first hour with the app, each driven through the window:
+//! prompts files checked against the model and dataset and rejected in their own Compare column,
+//! unload / reload, a failed alignment that waits instead of looping, the class view's pictures, the
+//! K-shot probe, CoOp checkpoints in the Export tab, the runs folder, classifying one image, and the
+//! Align tab's side-by-side maps with the class probability.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use candle_core::Device;
+use egui_kittest::kittest::{NodeT as _, Queryable};
+use egui_kittest::Harness;
+use promptscope::app::{PickTarget, PromptscopeApp, Tab};
+use promptscope::clip::{synth, ClipConfig, HiddenAct};
+use promptscope::export::prompt_file::PromptFile;
+use promptscope::prompt::coop::{CoopConfig, PromptLearner};
+
+use super::app_ui::{click, fixture, labels_containing, loaded, type_into, wait_for, wait_idle, MODEL_FIELD};
+
+/// A prompts file for `model` and `classes` with a random context (what it scores does not matter
+/// here, only that it is a real file of the real format), recorded as trained on `shots`.
+fn prompts_file(model: &Path, classes: &[String], shots: Option<usize>, out: &Path) -> PathBuf {
+    let clip = promptscope::clip::load(model.to_str().unwrap(), &Device::Cpu).unwrap();
+    let cfg = CoopConfig { n_ctx: 4, ..Default::default() };
+    let learner = PromptLearner::new(&clip.model.text, &clip.tokenizer, classes, &cfg).unwrap();
+    let weights = promptscope::clip::l2_normalize(&learner.text_features(&clip.model.text).unwrap()).unwrap();
+    let mut file = PromptFile::new(&clip, &learner, weights).unwrap();
+    file.meta.shots = shots;
+    file.save(out).unwrap();
+    out.to_path_buf()
+}
+
+/// The buttons labelled `label` (not the text nodes inside them), in the order drawn.
+fn buttons<'h>(h: &'h Harness<'_, PromptscopeApp>, label: &'h str) -> impl Iterator<Item = egui_kittest::Node<'h>> + 'h {
+    h.get_all_by_label(label).filter(|n| n.accesskit_node().role() == egui::accesskit::Role::Button)
+}
+
+fn dataset_classes(h: &Harness<'_, PromptscopeApp>) -> Vec<String> {
+    h.state().state.dataset.as_ref().expect("a dataset").folder.class_names.clone()
+}
+
+/// Loads a prompts file as the Export tab's Open… dialog would, and waits for it.
+fn open_prompts(h: &mut Harness<'_, PromptscopeApp>, path: &Path) {
+    h.state_mut().choose(PickTarget::Prompts, path.to_path_buf());
+    wait_idle(h);
+}
+
+fn run_zero_shot(h: &mut Harness<'_, PromptscopeApp>) {
+    click(h, "Compare");
+    click(h, "Run zero-shot");
+    wait_idle(h);
+    assert!(h.state().state.report.is_some(), "no comparison: {:?}", h.state().state.errors);
+}
+
+#[test]
+fn compare_rejects_a_mismatched_prompts_file_in_its_own_column_and_rechecks_when_the_dataset_changes() {
+    let fx = fixture();
+    let mut h = loaded(&fx);
+    let dir = fx._dir.path();
+    let classes = dataset_classes(&h);
+    let good = prompts_file(&fx.model, &classes, Some(2), &dir.join("good.safetensors"));
+    let animals: Vec<String> = ["cat", "dog", "bird"].map(String::from).to_vec();
+    let other = prompts_file(&fx.model, &animals, Some(2), &dir.join("animals.safetensors"));
+    open_prompts(&mut h, &good);
+    open_prompts(&mut h, &other);
+    assert_eq!(h.state().state.prompts.len(), 2, "{:?}", h.state().state.errors);
+
+    // Before any run, the list says which file cannot be scored here and why.
+    click(&mut h, "Compare");
+    assert_eq!(labels_containing(&h, "not in the dataset: cat, dog, bird"), 1);
+    assert_eq!(labels_containing(&h, "3 classes · 2-shot"), 1, "the good file's line");
+
+    // The comparison stands; the mismatched file gets its own column saying why. The probe is fitted
+    // on the learned prompts' 2 shots, not every training image.
+    h.state_mut().compare.linear_probe = true;
+    run_zero_shot(&mut h);
+    let report = h.state().state.report.clone().unwrap();
+    let names: Vec<&str> = report.methods.iter().map(|m| m.name.as_str()).collect();
+    assert_eq!(names, ["\"a photo of a {}.\"", "good.safetensors", "linear probe (2-shot, seed 1)"]);
+    assert_eq!(report.rejected.len(), 1);
+    assert_eq!(report.rejected[0].name, "animals.safetensors");
+    assert!(report.rejected[0].reason.contains("not in the dataset: cat, dog, bird"), "{}", report.rejected[0].reason);
+    assert_eq!(labels_containing(&h, "not compared"), 2, "the column's cell and the line under the table");
+    assert!(h.state().state.errors.is_empty(), "{:?}", h.state().state.errors);
+
+    // A class's test images are shown as pictures, framed correct / wrong.
+    h.get_all_by_label(&classes[1]).find(|n| n.accesskit_node().role() != egui::accesskit::Role::Label).unwrap().click();
+    wait_for(&mut h, "the class's pictures", |a| a.state.images.len() == 3 && a.state.images_pending.is_empty());
+    assert!(h.state().state.images.values().all(Option::is_some), "every test image decodes");
+    let shown = report.paths.iter().filter(|p| h.query_by_label(&p.display().to_string()).is_some()).count();
+    assert_eq!(shown, 3, "the three pictures of the class, each labelled by its file");
+
+    // Unload the mismatched file: the next run has no rejected column.
+    buttons(&h, "Unload").nth(1).expect("a second Unload button").click_accesskit();
+    h.step();
+    h.step();
+    assert_eq!(h.state().state.prompts.iter().map(|p| p.label.as_str()).collect::<Vec<_>>(), ["good.safetensors"]);
+    h.state_mut().compare.linear_probe = false;
+    run_zero_shot(&mut h);
+    assert!(h.state().state.report.as_ref().unwrap().rejected.is_empty());
+
+    // Another dataset (four classes): the loaded file is kept but re-checked, and rejected in its column.
+    let four = dir.join("four");
+    promptscope::data::synth::write_dataset(&four, 4, 0, Some((2, 1, 2)), 3).unwrap();
+    h.state_mut().choose(PickTarget::Dataset, four.clone());
+    wait_idle(&mut h);
+    assert_eq!(dataset_classes(&h).len(), 4);
+    assert_eq!(labels_containing(&h, "was trained on 3 classes, the dataset has 4"), 1);
+    run_zero_shot(&mut h);
+    let report = h.state().state.report.as_ref().unwrap();
+    assert_eq!(report.methods.len(), 1);
+    assert_eq!(report.rejected.len(), 1);
+    // Reload reads the file again; it is still the same file, still listed once.
+    click(&mut h, "Reload");
+    wait_idle(&mut h);
+    assert_eq!(h.state().state.prompts.len(), 1);
+    h.check_accessibility();
+}
+
+#[test]
+fn a_prompts_file_from_another_model_is_refused_naming_both_models() {
+    let fx = fixture();
+    let mut h = loaded(&fx);
+    let dir = fx._dir.path();
+    // Same dimensions, other weights: only the fingerprint tells them apart.
+    let twin = dir.join("twin-clip");
+    synth::write_model_folder(&ClipConfig::tiny(HiddenAct::QuickGelu, 1e-6), &twin).unwrap();
+    let classes = dataset_classes(&h);
+    let theirs = prompts_file(&twin, &classes, None, &dir.join("twin.safetensors"));
+    let ours = prompts_file(&fx.model, &classes, None, &dir.join("ours.safetensors"));
+    open_prompts(&mut h, &theirs);
+    let errors = h.state().state.errors.clone();
+    assert_eq!(h.state().state.prompts.len(), 0);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(errors[0].contains("twin-clip") && errors[0].contains("tiny-clip"), "both models named: {}", errors[0]);
+
+    // A file loaded with its model, then another model loaded: flagged, and rejected by Compare.
+    h.state_mut().state.errors.clear();
+    open_prompts(&mut h, &ours);
+    assert_eq!(h.state().state.prompts.len(), 1);
+    type_into(&mut h, MODEL_FIELD, &format!("{}", twin.display()));
+    click(&mut h, "Load");
+    wait_idle(&mut h);
+    assert!(h.state().state.model.as_ref().unwrap().clip.id.contains("twin-clip"));
+    click(&mut h, "Compare");
+    assert_eq!(labels_containing(&h, "not the loaded"), 1);
+    run_zero_shot(&mut h);
+    let report = h.state().state.report.as_ref().unwrap();
+    assert_eq!(report.rejected.len(), 1);
+    assert!(report.rejected[0].reason.contains("tiny-clip"), "{}", report.rejected[0].reason);
+}
+
+#[test]
+fn a_failed_alignment_is_reported_once_and_waits_for_the_user() {
+    let fx = fixture();
+    // The first test image is corrupt.
+    let ds = promptscope::data::DatasetFolder::open(&fx.data).unwrap();
+    let bad = ds.eval_samples()[0].path.clone();
+    std::fs::write(&bad, b"not a png").unwrap();
+    let mut h = loaded(&fx);
+    h.state_mut().tab = Tab::Align;
+    wait_for(&mut h, "the failed alignment", |a| a.state.align_failed.is_some());
+    // No busy loop: frame after frame, nothing is asked of the worker again.
+    for _ in 0..30 {
+        h.step();
+        assert!(h.state().state.aligning.is_none(), "the failed request was sent again");
+    }
+    let errors = h.state().state.errors.clone();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(errors[0].contains(&bad.display().to_string()), "{}", errors[0]);
+    assert_eq!(labels_containing(&h, "Could not align"), 1);
+    // Retry tries once more (and fails the same way, once).
+    click(&mut h, "Retry");
+    wait_for(&mut h, "the retried alignment", |a| a.state.aligning.is_none() && a.state.align_failed.is_some());
+    for _ in 0..10 {
+        h.step();
+        assert!(h.state().state.aligning.is_none());
+    }
+    // The next image aligns.
+    click(&mut h, "Next");
+    wait_for(&mut h, "the next image's alignment", |a| a.state.align.is_some());
+    assert!(h.state().state.align_failed.is_none());
+}
+
+#[test]
+fn align_shows_the_class_word_under_each_prompt_side_by_side_with_its_probability_and_aligns_a_dropped_image() {
+    let fx = fixture();
+    let mut h = loaded(&fx);
+    let classes = dataset_classes(&h);
+    let learned = prompts_file(&fx.model, &classes, Some(2), &fx._dir.path().join("learned.safetensors"));
+    open_prompts(&mut h, &learned);
+    click(&mut h, "Align");
+    wait_for(&mut h, "the first alignment", |a| a.state.align.is_some() && a.state.aligning.is_none());
+    assert!(h.query_all_by_label("Threshold").count() >= 1);
+    let view = h.state().state.align.as_ref().unwrap();
+    let p = view.class_prob.expect("the class probability of the hand-crafted prompt");
+    assert!(p > 0.0 && p <= 1.0);
+    assert_eq!(labels_containing(&h, &format!("p({})", classes[0])), 1);
+
+    click(&mut h, "side by side");
+    wait_for(&mut h, "the side-by-side maps", |a| a.state.align.as_ref().is_some_and(|v| v.side_by_side.len() == 2) && a.state.aligning.is_none());
+    let view = h.state().state.align.as_ref().unwrap();
+    let labels: Vec<&str> = view.side_by_side.iter().map(|(l, _)| l.as_str()).collect();
+    assert_eq!(labels, ["\"a photo of a {}.\"", "learned.safetensors"]);
+    for (label, m) in &view.side_by_side {
+        let m = m.as_ref().unwrap_or_else(|e| panic!("{label}: {e}"));
+        // "a photo of a red circle ." → the map of "circle"; the learned prompt ends in the class too.
+        assert_eq!(m.tokens[m.word].trim(), classes[0].split(' ').next_back().unwrap(), "{label}: {:?}", m.tokens);
+        assert_eq!(m.map.len(), 49);
+        assert!(m.prob > 0.0 && m.prob <= 1.0);
+    }
+    assert_eq!(labels_containing(&h, &format!("p({})", classes[0])), 2, "a probability under each map");
+    assert!(h.query_by_label("learned.safetensors map").is_some());
+
+    // Another class for the same image: its maps and probabilities.
+    h.state_mut().align.class = Some(2);
+    wait_for(&mut h, "the maps of another class", |a| a.state.align.as_ref().is_some_and(|v| v.request.class.as_deref() == Some(classes[2].as_str())) && a.state.aligning.is_none());
+    assert_eq!(labels_containing(&h, &format!("p({})", classes[2])), 2);
+
+    // An image file dropped onto the window is aligned in the Align tab.
+    let png = PathBuf::from(super::common::fixture_image());
+    h.input_mut().dropped_files.push(Arc::new(super::app_ui::DroppedFolder(png.clone())));
+    wait_for(&mut h, "the dropped image's alignment", |a| a.state.align.as_ref().is_some_and(|v| v.request.image == png) && a.state.aligning.is_none());
+    assert_eq!(h.state().tab, Tab::Align);
+    assert!(labels_containing(&h, "dropped: nonsquare_320x213.png") == 1);
+    h.check_accessibility();
+}
+
+
+#[test]
+fn coop_checkpoints_runs_on_disk_and_classifying_an_image_from_the_export_tab() {
+    use promptscope::app::runs::RunKind;
+    let fx = fixture();
+    let mut h = loaded(&fx);
+    let classes = dataset_classes(&h);
+    let runs = fx._dir.path().join("runs");
+    std::fs::create_dir_all(&runs).unwrap();
+    prompts_file(&fx.model, &classes, Some(2), &runs.join("run-1-1.safetensors"));
+    std::fs::write(runs.join("run-2-2.safetensors.ckpt"), [0u8; 10]).unwrap();
+
+    // CoOp's own checkpoint opens in the Export tab, imported with the open dataset's class names.
+    let ckpt = super::common::fixtures().join("coop_checkpoint").join("model.pth.tar-3");
+    open_prompts(&mut h, &ckpt);
+    assert!(h.state().state.errors.is_empty(), "{:?}", h.state().state.errors);
+    let imported = &h.state().state.prompts[0];
+    assert!(imported.meta.source.starts_with("coop-checkpoint:"), "{}", imported.meta.source);
+    assert_eq!(imported.meta.class_names, classes);
+    assert!(imported.meta.coop.csc && imported.words.len() == 12);
+
+    // The runs folder: each run with its size; Load run, Delete (asked twice).
+    click(&mut h, "Export");
+    wait_idle(&mut h);
+    assert!(h.query_by_label("Runs on disk").is_some());
+    let listed = h.state().state.runs_on_disk.clone().unwrap();
+    let kinds: Vec<(String, RunKind)> = listed.iter().map(|r| (r.name(), r.kind)).collect();
+    assert!(kinds.contains(&("run-1-1.safetensors".into(), RunKind::Prompts)), "{kinds:?}");
+    assert!(kinds.contains(&("run-2-2.safetensors".into(), RunKind::Unfinished)), "{kinds:?}");
+    assert_eq!(labels_containing(&h, "10 B"), 1, "the checkpoint's size");
+    // One Load run per prompts row, in the listed order.
+    let prompts_rows: Vec<String> = listed.iter().filter(|r| r.kind == RunKind::Prompts).map(|r| r.name()).collect();
+    let row = prompts_rows.iter().position(|n| *n == "run-1-1.safetensors").unwrap();
+    buttons(&h, "Load run").nth(row).unwrap().click_accesskit();
+    h.step();
+    wait_idle(&mut h);
+    assert!(h.state().state.prompts.iter().any(|p| p.label == "run-1-1.safetensors"), "{:?}", h.state().state.errors);
+    let deletes: Vec<_> = buttons(&h, "Delete").collect();
+    // One Delete per row, in the listed order (the imported checkpoint's file is in the runs folder too).
+    assert_eq!(deletes.len(), listed.len());
+    deletes[listed.iter().position(|r| r.kind == RunKind::Unfinished).unwrap()].click_accesskit();
+    h.step();
+    h.step();
+    h.get_by_label("Really delete?").click_accesskit();
+    h.step();
+    wait_idle(&mut h);
+    assert!(!runs.join("run-2-2.safetensors.ckpt").exists());
+    assert!(runs.join("run-1-1.safetensors").exists(), "only the chosen run is deleted");
+    assert!(h.state().state.runs_on_disk.as_ref().unwrap().iter().all(|r| r.kind != RunKind::Unfinished));
+
+    // Classify one image with the selected prompts (as the Classify an image… dialog answers).
+    let image = promptscope::data::DatasetFolder::open(&fx.data).unwrap().eval_samples()[0].path.clone();
+    h.state_mut().export.selected = 0;
+    h.state_mut().choose(PickTarget::ClassifyImage, image.clone());
+    wait_idle(&mut h);
+    let c = h.state().state.classified.clone().expect("a classification");
+    assert_eq!(c.image, image);
+    assert_eq!(c.top.len(), 3, "three classes");
+    let sum: f32 = c.top.iter().map(|(_, p)| p).sum();
+    assert!((sum - 1.0).abs() < 1e-4, "{sum}");
+    assert!(c.top.windows(2).all(|w| w[0].1 >= w[1].1));
+    assert_eq!(labels_containing(&h, &format!("{}: {}", image.file_name().unwrap().to_string_lossy(), c.top[0].0)), 1);
+
+    // Without a dataset, a checkpoint cannot be imported: the error says what to do.
+    let mut bare = super::app_ui::harness(PromptscopeApp::new_headless().with_startup(Some(fx.model.display().to_string()), None));
+    wait_idle(&mut bare);
+    open_prompts(&mut bare, &ckpt);
+    let errors = &bare.state().state.errors;
+    assert!(errors.len() == 1 && errors[0].contains("pen the dataset it was trained on"), "{errors:?}");
+}
