@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Takes assets/screenshots/{compare,train,align,export}.png: the real app on the shipped FILIP demo model
+# Takes assets/screenshots/{compare,train,align,align-side-by-side,export}.png: the real app on the shipped FILIP demo model
 # (assets/models/scenes-filip) and generated scene datasets, on a virtual X screen, drawn by wgpu on Mesa's software Vulkan (lavapipe), so no
 # display or GPU is needed. The Train shot is taken while training; the frame times of that run are
 # written to assets/screenshots/frame-times.json (median and p99 ms between frames, and of the app's
@@ -31,9 +31,13 @@ trap 'rm -rf "$scratch"' EXIT
 # for Compare, Train and Export; single objects by colour and shape for Align's word maps.
 "$bin" synth-dataset --out "$scratch/warm-light" --kind warm-light --splits 16,4,25 --seed 3 2>/dev/null
 "$bin" synth-dataset --out "$scratch/objects" --kind objects --splits 0,0,2 --seed 5 2>/dev/null
-# Learned prompts for the Compare and Export shots.
+# Learned prompts for the Compare and Export shots, and a file trained on other classes (shapes) that
+# Compare rejects in its own column.
 "$bin" train --model "$model" --data "$scratch/warm-light" --shots 16 --no-cache \
     --out "$scratch/prompts.safetensors" >/dev/null 2>&1
+"$bin" synth-dataset --out "$scratch/shapes" --kind scene-shapes --splits 1,1,1 --seed 4 2>/dev/null
+"$bin" train --model "$model" --data "$scratch/shapes" --shots 1 --epochs 2 --no-cache \
+    --out "$scratch/shapes-prompts.safetensors" >/dev/null 2>&1
 
 # Runs inside the virtual X server: start the app on a tab, wait, shoot the screen, stop it.
 inner='
@@ -53,18 +57,20 @@ kill "$app"
 wait "$app" 2>/dev/null || true
 '
 
-shoot() { # tab, dataset, extra app arguments...
-    local tab=$1 data=$2; shift 2
-    XDG_DATA_HOME="$scratch/data-$tab" PROMPTSCOPE_CACHE="$scratch/cache" PROMPTSCOPE_RUNS="$scratch/runs" \
-    PROMPTSCOPE_FRAME_LOG="$scratch/frames-$tab.json" WGPU_BACKEND=${WGPU_BACKEND:-vulkan} \
-        xvfb-run -a -s "-screen 0 1280x800x24" bash -c "$inner" screenshot "$bin" "$outdir/$tab.png" "$wait_s" "$scratch/app-$tab.log" "$data" "$tab" "$model" "$@"
-    echo "wrote $outdir/$tab.png"
+shoot() { # picture name, tab, dataset, extra app arguments...
+    local name=$1 tab=$2 data=$3; shift 3
+    XDG_DATA_HOME="$scratch/data-$name" PROMPTSCOPE_CACHE="$scratch/cache" PROMPTSCOPE_RUNS="$scratch/runs" \
+    PROMPTSCOPE_FRAME_LOG="$scratch/frames-$name.json" WGPU_BACKEND=${WGPU_BACKEND:-vulkan} \
+        xvfb-run -a -s "-screen 0 1280x800x24" bash -c "$inner" screenshot "$bin" "$outdir/$name.png" "$wait_s" "$scratch/app-$name.log" "$data" "$tab" "$model" "$@"
+    echo "wrote $outdir/$name.png"
 }
 
-shoot compare "$scratch/warm-light" --autorun --prompts "$scratch/prompts.safetensors"
-shoot train "$scratch/warm-light" --autorun --epochs 100000
+shoot compare compare "$scratch/warm-light" --autorun --prompts "$scratch/prompts.safetensors" --prompts "$scratch/shapes-prompts.safetensors"
+shoot train train "$scratch/warm-light" --autorun --epochs 100000
 cp "$scratch/frames-train.json" "$outdir/frame-times.json"
-shoot align "$scratch/objects"
-shoot export "$scratch/warm-light" --prompts "$scratch/prompts.safetensors"
+shoot align align "$scratch/objects"
+shoot align-side-by-side align "$scratch/warm-light" --prompts "$scratch/prompts.safetensors" --side-by-side
+# The train shot's stopped run left its checkpoint in the runs folder: Export lists it.
+shoot export export "$scratch/warm-light" --prompts "$scratch/prompts.safetensors"
 cp "$outdir/compare.png" "$outdir/main.png"
 echo "frame times while training: $(cat "$outdir/frame-times.json")"

@@ -265,7 +265,7 @@ impl AlignPanel {
         ui.horizontal_wrapped(|ui| {
             ui.label("Word");
             for (r, token) in a.text_tokens.iter().enumerate() {
-                if ui.selectable_label(self.word == r, token).on_hover_text(format!("Show the map of word {r}")).clicked() {
+                if ui.selectable_label(self.word == r, super::glyphs::displayable(token)).on_hover_text(format!("Show the map of word {r}")).clicked() {
                     self.word = r;
                 }
             }
@@ -296,7 +296,7 @@ impl AlignPanel {
         let Some((_, _, word_map, ssvp_map)) = self.overlays.clone() else { return };
         ui.columns(2, |cols| {
             let side = cols[0].available_width().min(cols[1].available_width()).clamp(120.0, 512.0);
-            cols[0].strong(format!("\"{}\" ({} mode)", a.text_tokens.get(self.word).cloned().unwrap_or_default(), a.mode));
+            cols[0].strong(format!("\"{}\" ({} mode)", super::glyphs::displayable(a.text_tokens.get(self.word).map_or("", String::as_str)), a.mode));
             let word_map_lo_hi = (word_map.map.min, word_map.map.max);
             overlay_ui(&mut cols[0], 1, &word_map, &self.style, gpu, &mut self.cpu_overlays, side, &[], "alignment map");
             cols[0].weak(format!("similarity {:.3} … {:.3}", word_map_lo_hi.0, word_map_lo_hi.1));
@@ -357,7 +357,7 @@ impl AlignPanel {
 /// Below a side-by-side map: which word it is, p(class), and a warning when the model does not see the
 /// class here.
 fn class_map_caption(ui: &mut egui::Ui, m: &ClassMap, class: &str) {
-    ui.weak(format!("word \"{}\" · similarity {:.3} … {:.3}", m.tokens.get(m.word).map_or("", String::as_str), min(&m.map), max(&m.map)));
+    ui.weak(format!("word \"{}\" · similarity {:.3} … {:.3}", super::glyphs::displayable(m.tokens.get(m.word).map_or("", String::as_str)), min(&m.map), max(&m.map)));
     presence_ui(ui, class, m.prob, Some(&m.best));
 }
 

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use egui::{RichText, ScrollArea, TextEdit};
 
 use super::events::{Action, PickTarget};
+use super::glyphs::displayable;
 use super::prompts_job::LoadedPrompts;
 use super::runs::{human_size, RunKind};
 use super::state::AppState;
@@ -70,10 +71,10 @@ impl ExportPanel {
             self.load_ui(ui, state, actions);
             ui.add_space(8.0);
             ui.separator();
-            self.details_ui(ui, state, actions);
+            self.runs_ui(ui, state, runs_dir, actions);
             ui.add_space(8.0);
             ui.separator();
-            self.runs_ui(ui, state, runs_dir, actions);
+            self.details_ui(ui, state, actions);
         });
     }
 
@@ -246,13 +247,14 @@ fn words_ui(ui: &mut egui::Ui, p: &LoadedPrompts) {
             for w in &p.words {
                 ui.label(w.class.and_then(|c| p.meta.class_names.get(c)).cloned().unwrap_or_else(|| "all".into()));
                 ui.label((w.position + 1).to_string());
-                let near: Vec<String> = w.nearest.iter().map(|n| format!("{} ({:.2})", n.token, n.distance)).collect();
+                let near: Vec<String> = w.nearest.iter().map(|n| format!("{} ({:.2})", displayable(&n.token), n.distance)).collect();
                 ui.label(near.join(", "));
                 ui.end_row();
             }
         });
     });
     ui.add_space(4.0);
-    let mut text = summary;
+    // What is shown uses the fonts' glyphs; Copy summary copies the tokens as they are.
+    let mut text = displayable(&summary).into_owned();
     ui.add(TextEdit::multiline(&mut text).code_editor().desired_rows(6).desired_width(f32::INFINITY).interactive(true));
 }

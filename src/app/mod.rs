@@ -15,6 +15,7 @@ mod export_panel;
 pub mod prompts_job;
 pub mod runs;
 mod errors;
+mod glyphs;
 pub mod overlay;
 pub mod state;
 mod top_bar;
@@ -51,7 +52,8 @@ pub struct Startup {
     pub tab: Tab,
     pub autorun: bool,
     pub epochs: Option<usize>,
-    pub prompts: Option<PathBuf>,
+    pub prompts: Vec<PathBuf>,
+    pub side_by_side: bool,
     pub method: Option<crate::prompt::PromptMethodKind>,
     pub super_category: Option<String>,
 }
@@ -84,6 +86,7 @@ pub fn run(model: Option<String>, data: Option<PathBuf>, startup: Startup) -> an
             app.tab = startup.tab;
             app.autorun = startup.autorun;
             app.startup_prompts = startup.prompts;
+            app.align.side_by_side = startup.side_by_side;
             if let Some(m) = startup.method {
                 app.train.form.method = m;
             }
@@ -144,8 +147,8 @@ pub struct PromptscopeApp {
     thumbnail_job: Option<events::JobId>,
     /// Start the tab's job once a model and a dataset are loaded (`app --autorun`).
     pub autorun: bool,
-    /// A prompts file to load once the model is there (`app --prompts`).
-    pub startup_prompts: Option<PathBuf>,
+    /// Prompts files to load once the model is there, one after the other (`app --prompts`).
+    pub startup_prompts: Vec<PathBuf>,
     /// Frame intervals, written as statistics to `frame_log` ($PROMPTSCOPE_FRAME_LOG) every second.
     pub frames: FrameTimes,
     pub frame_log: Option<PathBuf>,
@@ -178,7 +181,7 @@ impl PromptscopeApp {
             gpu_format: None,
             thumbnail_job: None,
             autorun: false,
-            startup_prompts: None,
+            startup_prompts: Vec::new(),
             frames: FrameTimes::default(),
             frame_log: None,
             runs_dir: default_runs_dir(),
@@ -344,13 +347,14 @@ impl PromptscopeApp {
 
         let mut queued_prompts = false;
         if self.state.model.is_some() && self.state.is_idle() {
-            if let Some(p) = self.startup_prompts.take() {
+            if !self.startup_prompts.is_empty() {
+                let p = self.startup_prompts.remove(0);
                 actions.push(Action::LoadPrompts(p));
                 queued_prompts = true;
             }
         }
         // Not in the frame that queued the prompts: the run should include them.
-        if self.autorun && !queued_prompts && self.startup_prompts.is_none() && self.state.model.is_some() && self.state.dataset.is_some() && self.state.is_idle() {
+        if self.autorun && !queued_prompts && self.startup_prompts.is_empty() && self.state.model.is_some() && self.state.dataset.is_some() && self.state.is_idle() {
             self.autorun = false;
             match self.tab {
                 Tab::Compare => actions.push(Action::RunZeroShot(self.compare.cleaned_templates())),

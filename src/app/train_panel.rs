@@ -3,7 +3,7 @@
 //! epoch) for every run, overlaid.
 
 use egui::{Color32, DragValue, RichText, ScrollArea, TextEdit};
-use egui_plot::{Legend, Line, LineStyle, Plot, PlotPoints};
+use egui_plot::{Corner, Legend, Line, LineStyle, Plot, PlotPoints};
 
 use crate::prompt::coop::ClassPosition;
 use crate::prompt::PromptMethodKind;
@@ -68,6 +68,9 @@ impl TrainPanel {
             ScrollArea::vertical().auto_shrink([false; 2]).show(ui, |ui| self.form_ui(ui, state, actions));
         });
         ScrollArea::vertical().auto_shrink([false; 2]).show(ui, |ui| {
+            // Rows and plots fit the visible width (a wide row would widen the plots past the window's
+            // edge at 1280 px).
+            ui.set_max_width(ui.available_width());
             runs_ui(ui, state, actions);
             ui.separator();
             plots_ui(ui, &state.runs);
@@ -334,7 +337,7 @@ fn runs_ui(ui: &mut egui::Ui, state: &AppState, actions: &mut Vec<Action>) {
         return;
     }
     for run in &state.runs {
-        ui.horizontal(|ui| {
+        ui.horizontal_wrapped(|ui| {
             let mut visible = run.visible;
             if ui.checkbox(&mut visible, "").on_hover_text("Show in the plots").changed() {
                 actions.push(Action::ToggleRunVisible(run.number));
@@ -405,10 +408,12 @@ fn seconds(s: f64) -> String {
 fn plots_ui(ui: &mut egui::Ui, runs: &[TrainRecord]) {
     let shown: Vec<&TrainRecord> = runs.iter().filter(|r| r.visible).collect();
     let height = ((ui.available_height() - 60.0) / 2.0).clamp(160.0, 320.0);
-    let plot = |id: &'static str, y: &'static str| {
+    // Each legend in the corner its curves leave empty: loss falls to the right, accuracy rises, the
+    // learning rate starts high and decays.
+    let plot = |id: &'static str, y: &'static str, corner: Corner| {
         Plot::new(id)
             .height(height)
-            .legend(Legend::default())
+            .legend(Legend::default().position(corner))
             .x_axis_label("epoch")
             .y_axis_label(y)
             .link_axis(egui::Id::unique("train_plots_x"), [true, false])
@@ -430,11 +435,11 @@ fn plots_ui(ui: &mut egui::Ui, runs: &[TrainRecord]) {
         }
     };
     ui.strong("Loss");
-    plot("train_loss", "loss").show(ui, |p| draw(p, "loss"));
+    plot("train_loss", "loss", Corner::RightTop).show(ui, |p| draw(p, "loss"));
     ui.columns(2, |cols| {
         cols[0].strong("Accuracy (%)");
-        plot("train_accuracy", "%").include_y(0.0).include_y(100.0).height(height * 0.8).show(&mut cols[0], |p| draw(p, "accuracy"));
+        plot("train_accuracy", "%", Corner::RightBottom).include_y(0.0).include_y(100.0).height(height * 0.8).show(&mut cols[0], |p| draw(p, "accuracy"));
         cols[1].strong("Learning rate");
-        plot("train_lr", "lr").include_y(0.0).height(height * 0.8).show(&mut cols[1], |p| draw(p, "lr"));
+        plot("train_lr", "lr", Corner::LeftBottom).include_y(0.0).height(height * 0.8).show(&mut cols[1], |p| draw(p, "lr"));
     });
 }

@@ -18,7 +18,8 @@ pub struct AppStart {
     pub tab: TabArg,
     pub autorun: bool,
     pub epochs: Option<usize>,
-    pub prompts: Option<PathBuf>,
+    pub prompts: Vec<PathBuf>,
+    pub side_by_side: bool,
     pub method: Option<MethodArg>,
     pub super_category: Option<String>,
 }
@@ -35,7 +36,7 @@ pub fn open_app(model: Option<String>, data: Option<PathBuf>, start: AppStart) -
         MethodArg::Coop => promptscope::prompt::PromptMethodKind::Coop,
         MethodArg::Mpfgvc => promptscope::prompt::PromptMethodKind::Datp,
     });
-    let startup = promptscope::app::Startup { tab, autorun: start.autorun, epochs: start.epochs, prompts: start.prompts, method, super_category: start.super_category };
+    let startup = promptscope::app::Startup { tab, autorun: start.autorun, epochs: start.epochs, prompts: start.prompts, side_by_side: start.side_by_side, method, super_category: start.super_category };
     promptscope::app::run(model, data, startup)
 }
 

@@ -48,9 +48,13 @@ pub enum Verb {
         /// Training epochs for --autorun on the Train tab (default: the remembered setting).
         #[arg(long)]
         epochs: Option<usize>,
-        /// A prompts file to load once the model is loaded (it joins Compare, Align and Export).
+        /// A prompts file to load once the model is loaded (it joins Compare, Align and Export); repeat
+        /// for several.
         #[arg(long)]
-        prompts: Option<PathBuf>,
+        prompts: Vec<PathBuf>,
+        /// Open the Align tab's side-by-side view (the class word's map under each prompt).
+        #[arg(long)]
+        side_by_side: bool,
         /// The Train tab's method (default: the remembered one); with mpfgvc, --super-category names
         /// the word its prompts end with.
         #[arg(long, value_enum)]

@@ -645,8 +645,8 @@ pub fn linear_probe(args: &ProbeArgs) -> Result<()> {
 /// Runs one verb.
 pub fn run(verb: Verb) -> Result<()> {
     match verb {
-        Verb::App { model, data, tab, autorun, epochs, prompts, method, super_category } => {
-            open_app(model, data, AppStart { tab, autorun, epochs, prompts, method, super_category })
+        Verb::App { model, data, tab, autorun, epochs, prompts, side_by_side, method, super_category } => {
+            open_app(model, data, AppStart { tab, autorun, epochs, prompts, side_by_side, method, super_category })
         }
         Verb::Embed { model, texts, images, format } => embed(&model, &texts, &images, format),
         Verb::ZeroShot { model, data, templates, batch, format } => zero_shot(&model, &data, templates, batch, format),

@@ -297,3 +297,63 @@ fn coop_checkpoints_runs_on_disk_and_classifying_an_image_from_the_export_tab() 
     let errors = &bare.state().state.errors;
     assert!(errors.len() == 1 && errors[0].contains("pen the dataset it was trained on"), "{errors:?}");
 }
+
+/// README's "first hour", step by step, on the shipped FILIP demo model and the sample dataset
+/// (`promptscope sample` writes the same set): load, compare, train, align, export, classify.
+#[test]
+fn the_first_hour_walkthrough_in_readme_works_on_the_demo_model_and_sample() {
+    use promptscope::app::training::RunStatus;
+    use promptscope::data::scene_sets::{write_scene_set, SceneSet};
+    let scratch = tempfile::tempdir().unwrap();
+    let sample = scratch.path().join("warm-light");
+    write_scene_set(&sample, SceneSet::WarmLight, (16, 4, 25), 112, 0).unwrap();
+    // 1. Load: the demo model by name and the sample folder (what scripts/run.sh opens).
+    let mut app = PromptscopeApp::new_headless().with_startup(Some("scenes-filip".into()), Some(sample.clone()));
+    app.runs_dir = scratch.path().join("runs");
+    app.cache_dir = None;
+    let mut h = super::app_ui::harness(app);
+    wait_idle(&mut h);
+    assert!(h.state().state.errors.is_empty(), "{:?}", h.state().state.errors);
+    assert!(labels_containing(&h, "small demo model") >= 1, "the top bar says it is a small demo model");
+
+    // 2. Compare: the template, well above chance (8 classes).
+    run_zero_shot(&mut h);
+    let template = h.state().state.report.as_ref().unwrap().methods[0].eval.accuracy;
+    assert!(template > 2.0 / 8.0, "zero-shot {template}");
+
+    // 3. Train: CoOp, 16 shots (fewer epochs than CoOp's 200, to keep the test short).
+    click(&mut h, "Train");
+    click(&mut h, "16-shot");
+    h.state_mut().train.form.coop.train.optim.epochs = 20;
+    click(&mut h, "Start training");
+    wait_for(&mut h, "the run and its prompts", |a| a.state.is_idle() && a.state.prompts.len() == 1);
+    let run = &h.state().state.runs[0];
+    assert_eq!(run.status, RunStatus::Finished, "{:?}", h.state().state.errors);
+
+    // Compare again: the learned prompts beside the template, on the same images.
+    run_zero_shot(&mut h);
+    let report = h.state().state.report.clone().unwrap();
+    assert_eq!(report.methods.len(), 2);
+    let learned = report.methods[1].eval.accuracy;
+    println!("walkthrough: template {template:.3}, CoOp 16-shot × 20 epochs {learned:.3}");
+    assert!(learned > template, "learned prompts {learned} vs the template {template}");
+
+    // 4. Align: the class word under the template and under the learned context, side by side.
+    click(&mut h, "Align");
+    click(&mut h, "side by side");
+    wait_for(&mut h, "the side-by-side maps", |a| a.state.align.as_ref().is_some_and(|v| v.side_by_side.len() == 2) && a.state.aligning.is_none());
+    let view = h.state().state.align.as_ref().unwrap();
+    assert!(view.side_by_side.iter().all(|(_, m)| m.is_ok()));
+
+    // 5. Export: Save as… (the dialog's answer), then 6. classify one image with it.
+    click(&mut h, "Export");
+    let out = scratch.path().join("my-prompts.safetensors");
+    h.state_mut().choose(PickTarget::ExportRun(1), out.clone());
+    wait_idle(&mut h);
+    assert!(out.is_file(), "{:?}", h.state().state.errors);
+    let image = promptscope::data::DatasetFolder::open(&sample).unwrap().eval_samples()[0].path.clone();
+    h.state_mut().choose(PickTarget::ClassifyImage, image);
+    wait_idle(&mut h);
+    let c = h.state().state.classified.clone().expect("a classification");
+    assert_eq!(c.top.len(), 5);
+}
