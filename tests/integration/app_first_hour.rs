@@ -357,3 +357,28 @@ fn the_first_hour_walkthrough_in_readme_works_on_the_demo_model_and_sample() {
     let c = h.state().state.classified.clone().expect("a classification");
     assert_eq!(c.top.len(), 5);
 }
+
+/// The app's Compare and the CLI's zero-shot score the same images by the same rule: a flat folder's
+/// derived test split, a folder with only test/ (no training images needed for zero-shot).
+#[test]
+fn compare_and_the_cli_report_the_same_numbers_on_a_flat_folder_and_a_test_only_folder() {
+    let fx = fixture();
+    let dir = fx._dir.path();
+    let flat = dir.join("flat");
+    promptscope::data::synth::write_dataset(&flat, 3, 10, None, 5).unwrap();
+    let test_only = dir.join("test-only");
+    promptscope::data::synth::write_dataset(&test_only, 3, 0, Some((0, 0, 4)), 6).unwrap();
+    std::fs::remove_dir_all(test_only.join("train")).ok();
+    std::fs::remove_dir_all(test_only.join("val")).ok();
+    for data in [&flat, &test_only] {
+        let mut h = super::app_ui::harness(PromptscopeApp::new_headless().with_startup(Some(fx.model.display().to_string()), Some(data.clone())));
+        h.state_mut().cache_dir = None;
+        wait_idle(&mut h);
+        run_zero_shot(&mut h);
+        let app = &h.state().state.report.as_ref().unwrap().methods[0].eval;
+        let out = super::common::promptscope(&["zero-shot", "--model", &fx.model.display().to_string(), "--data", &data.display().to_string(), "--format", "json"]);
+        let cli: serde_json::Value = serde_json::from_str(&super::common::ok(&out)).unwrap();
+        assert_eq!(cli["total"].as_u64().unwrap() as usize, app.total, "{}: same images", data.display());
+        assert_eq!(cli["correct"].as_u64().unwrap() as usize, app.correct, "{}: same predictions", data.display());
+    }
+}
