@@ -189,3 +189,27 @@ fn prompts_file_from_another_model_names_the_mismatch() {
     let line = error_line(&out);
     assert!(line.contains("p.safetensors") && line.contains("dimension mismatch") && line.contains("64"), "{line}");
 }
+
+#[test]
+fn prompts_file_from_a_model_with_other_weights_names_both_models() {
+    let s = setup();
+    ok(&train(&s, "p.safetensors", &[]));
+    // The same architecture (every width equal), other weights.
+    let other = s.dir.path().join("other");
+    let values = |name: &str, shape: &[usize]| {
+        let noise = synth::uniform_values(&format!("other.{name}"), shape.iter().product());
+        Ok(synth::tensor_values(name, shape).iter().zip(noise).map(|(v, n)| v + 0.01 * n).collect())
+    };
+    synth::write_model_folder_with(&ClipConfig::tiny(HiddenAct::QuickGelu, 1e-5), &other, synth::Storage::F32, &values).unwrap();
+    let (m, o) = (s.p("m"), s.p("other"));
+    for verb in [
+        vec!["eval", "--model", &o, "--data", &s.p("d"), "--prompts", &s.p("p.safetensors"), "--no-cache"],
+        vec!["interpret", &s.p("p.safetensors"), "--model", &o],
+    ] {
+        let line = error_line(&promptscope(&verb));
+        assert!(line.contains("p.safetensors") && line.contains("same shapes but other weights"), "{line}");
+        assert!(line.contains(&format!("'{m}'")) && line.contains(&format!("'{o}'")), "both models named: {line}");
+    }
+    // The model it was trained on still takes it.
+    ok(&promptscope(&["eval", "--model", &m, "--data", &s.p("d"), "--prompts", &s.p("p.safetensors"), "--no-cache"]));
+}
