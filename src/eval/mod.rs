@@ -1,5 +1,6 @@
 //! Scoring prompts against images.
 
+pub mod classify;
 pub mod linear_probe;
 pub mod metrics;
 pub mod templates;
