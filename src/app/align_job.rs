@@ -11,7 +11,7 @@ use crate::align::pass::VisionPass;
 use crate::align::ssvp::ssvp_from_pass;
 use crate::align::{AlignConfig, Alignment, TextSource};
 use crate::clip::preprocess::{load_image, resize_and_crop, to_chw};
-use crate::clip::{l2_normalize, LoadedClip};
+use crate::clip::LoadedClip;
 use crate::error::{Error, Result};
 use crate::export::prompt_file::PromptFile;
 
@@ -182,6 +182,6 @@ pub fn run(clip: &LoadedClip, req: &AlignRequest) -> Result<AlignView> {
 fn learned(clip: &LoadedClip, file: &std::path::Path) -> Result<(crate::prompt::coop::PromptLearner, Tensor, Vec<String>)> {
     let f = PromptFile::load(file)?;
     let learner = f.learner(clip, file)?;
-    let weights = l2_normalize(&f.class_embeds.to_device(&clip.device)?)?;
+    let weights = f.class_weights(clip, file)?;
     Ok((learner, weights, f.meta.class_names))
 }

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::clip::{l2_normalize, LoadedClip};
+use crate::clip::LoadedClip;
 use crate::error::Result;
 use crate::export::prompt_file::PromptFile;
 
@@ -20,8 +20,7 @@ pub struct Classified {
 
 pub fn run(clip: &LoadedClip, prompts: &Path, image: &Path) -> Result<Classified> {
     let file = PromptFile::load(prompts)?;
-    file.check_model(clip, prompts)?;
-    let weights = l2_normalize(&file.class_embeds.to_device(&clip.device)?)?;
+    let weights = file.class_weights(clip, prompts)?;
     let mut predictions = crate::eval::classify::top_k(clip, &weights, &file.meta.class_names, &[image.to_path_buf()], TOP_K, &crate::progress::Silent)?;
     Ok(Classified { prompts: prompts.to_path_buf(), image: image.to_path_buf(), top: predictions.remove(0).top })
 }

@@ -4,8 +4,8 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::clip::{l2_normalize, LoadedClip};
-use crate::data::fewshot::few_shot;
+use crate::clip::LoadedClip;
+use crate::data::fewshot::{few_shot, test_split};
 use crate::data::DatasetFolder;
 use crate::error::{Error, Result};
 use crate::eval::linear_probe::LinearProbe;
@@ -101,7 +101,7 @@ pub struct Rejected {
 #[derive(Debug, Clone)]
 pub struct Comparison {
     pub model: String,
-    /// "test" (the dataset's test/ folder, or the derived test split of a flat folder).
+    /// Which images: "test/ folder", or the derived test split of a folder without one.
     pub split: String,
     pub classes: Vec<String>,
     pub paths: Vec<PathBuf>,
@@ -113,9 +113,10 @@ pub fn run(clip: &LoadedClip, data: &DatasetFolder, req: &CompareRequest, cache:
     if req.templates.is_empty() {
         return Err(Error::invalid("write at least one prompt template"));
     }
-    // The split CoOp runs are evaluated on (train --split-seed 0), so every row sees the same images.
-    let test_samples = few_shot(data, None, 1, 0)?.test;
-    let split_name = "test split".to_string();
+    // The split CoOp runs are evaluated on (train --split-seed 0) and the CLI's zero-shot scores, so
+    // every row sees the same images as the commands do.
+    let split = test_split(data, 0)?;
+    let (test_samples, split_name) = (split.samples, split.description);
     let names = &data.class_names;
     let test = extract(clip, &test_samples, 0, 0, cache, progress)?;
     let mut methods = Vec::new();
@@ -132,9 +133,8 @@ pub fn run(clip: &LoadedClip, data: &DatasetFolder, req: &CompareRequest, cache:
     for (label, path) in &req.learned {
         let scored = (|| -> Result<Evaluation> {
             let f = PromptFile::load(path)?;
-            f.check_model(clip, path)?;
+            let w = f.class_weights(clip, path)?;
             check_classes(&f.meta.class_names, names, path)?;
-            let w = l2_normalize(&f.class_embeds.to_device(&clip.device)?)?;
             evaluate_weights(clip, &w, &test, &test_samples, names)
         })();
         match scored {

@@ -11,6 +11,8 @@ use super::events::Action;
 pub const MODEL_FIELD: &str = "Model folder or hub id";
 /// Label of the dataset path field.
 pub const DATASET_FIELD: &str = "Dataset folder";
+/// Label of the optional class-names file field.
+pub const CLASSNAMES_FIELD: &str = "Class names (optional)";
 
 /// The two path fields, as typed (they are only read when Load / Open is pressed).
 #[derive(Default)]
@@ -121,6 +123,18 @@ impl DataPanel {
                 ui.spinner();
                 ui.label("scanning…");
             }
+        });
+        // Folders named by id (ImageNet's n01440764) read their class names from CoOp's classnames.txt.
+        let l = ui.label(CLASSNAMES_FIELD);
+        ui.horizontal(|ui| {
+            if ui.button("Browse…").on_hover_text("Choose a classnames.txt").clicked() {
+                actions.push(Action::Browse(PickTarget::ClassNames));
+            }
+            // Last in the row and as wide as what is left: a fixed width would overflow the panel and
+            // widen it frame after frame.
+            ui.add(TextEdit::singleline(&mut self.classnames_path).hint_text("classnames.txt").desired_width(f32::INFINITY))
+                .labelled_by(l.id)
+                .on_hover_text("CoOp's classnames.txt: one \"<folder name> <class name>\" per line. Leave empty to use the folder names.");
         });
         ui.add_space(4.0);
         match &state.dataset {

@@ -214,6 +214,7 @@ impl PromptscopeApp {
         Settings {
             model: self.data_panel.model_path.clone(),
             dataset: self.data_panel.dataset_path.clone(),
+            classnames: self.data_panel.classnames_path.clone(),
             templates: self.compare.templates.clone(),
             recent_models: self.data_panel.recent_models.clone(),
             recent_datasets: self.data_panel.recent_datasets.clone(),
@@ -224,6 +225,7 @@ impl PromptscopeApp {
     pub fn apply_settings(&mut self, settings: Settings) {
         self.data_panel.model_path = settings.model;
         self.data_panel.dataset_path = settings.dataset;
+        self.data_panel.classnames_path = settings.classnames;
         self.data_panel.recent_models = settings.recent_models;
         self.data_panel.recent_datasets = settings.recent_datasets;
         self.train.form = settings.train;
@@ -282,9 +284,16 @@ impl PromptscopeApp {
                             state::remember(&mut self.data_panel.recent_models, id);
                         }
                     }
+                    let fresh = matches!((&result, &self.state.loading_model), (Ok(_), Some((j, _))) if *j == job);
                     self.state.apply(Event::ModelLoaded { job, result });
                     if let Some(model) = &self.state.model {
                         ctx.send_viewport_cmd(egui::ViewportCommand::Title(window_title(&model.clip)));
+                        // What the download fell back on (a missing tokenizer or preprocessing file) is said,
+                        // not silently assumed.
+                        let warnings: Vec<String> = if fresh { model.clip.warnings.iter().map(|w| format!("Model '{}': {w}", model.clip.id)).collect() } else { Vec::new() };
+                        for w in warnings {
+                            self.state.error(w);
+                        }
                     }
                 }
                 Event::DatasetOpened { job, result } => {
@@ -388,7 +397,9 @@ impl PromptscopeApp {
                 if path.as_os_str().is_empty() {
                     return self.state.error("Enter a dataset folder first.");
                 }
-                match self.worker.open_dataset(ctx, path.clone()) {
+                let names = self.data_panel.classnames_path.trim();
+                let classnames = (!names.is_empty()).then(|| PathBuf::from(names));
+                match self.worker.open_dataset(ctx, path.clone(), classnames) {
                     Ok(job) => self.state.opening_dataset = Some((job, path)),
                     Err(e) => self.state.error(format!("Could not start opening the dataset: {e}")),
                 }

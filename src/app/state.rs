@@ -23,6 +23,8 @@ use super::events::{Event, Failure, JobId, LoadedModel, OpenedDataset};
 pub struct Settings {
     pub model: String,
     pub dataset: String,
+    /// CoOp's classnames.txt for the dataset, if any.
+    pub classnames: String,
     pub templates: Vec<String>,
     /// Most recent first.
     pub recent_models: Vec<String>,
@@ -35,6 +37,7 @@ impl Default for Settings {
         Settings {
             model: String::new(),
             dataset: String::new(),
+            classnames: String::new(),
             templates: vec![DEFAULT_TEMPLATE.to_string()],
             recent_models: Vec::new(),
             recent_datasets: Vec::new(),

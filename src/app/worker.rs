@@ -58,11 +58,18 @@ impl Worker {
         })
     }
 
-    pub fn open_dataset(&mut self, ctx: &egui::Context, path: PathBuf) -> std::io::Result<JobId> {
+    /// Scans a dataset folder; `classnames` (CoOp's classnames.txt) names its class folders.
+    pub fn open_dataset(&mut self, ctx: &egui::Context, path: PathBuf, classnames: Option<PathBuf>) -> std::io::Result<JobId> {
         self.spawn(ctx, "open dataset", move |job, _| {
-            let result = DatasetFolder::open(&path)
-                .map(|folder| OpenedDataset { summary: DatasetSummary::of(&folder), folder: Arc::new(folder) })
-                .map_err(Failure::from);
+            let result = (|| {
+                let mut folder = DatasetFolder::open(&path)?;
+                if let Some(file) = &classnames {
+                    folder.apply_class_names(file)?;
+                }
+                Ok(folder)
+            })()
+            .map(|folder| OpenedDataset { summary: DatasetSummary::of(&folder), folder: Arc::new(folder) })
+            .map_err(|e: crate::Error| Failure::from(e));
             Event::DatasetOpened { job, result }
         })
     }

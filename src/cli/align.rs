@@ -10,13 +10,12 @@ use promptscope::align::classify::{compare_accuracy, ClassPrompts, CompareConfig
 use promptscope::align::{align, ssvp, AlignConfig, AlignMode, TextSource};
 use promptscope::clip::preprocess::{load_image, resize_and_crop, to_chw};
 use promptscope::clip::LoadedClip;
-use promptscope::data::DatasetFolder;
 use promptscope::export::prompt_file::PromptFile;
 use promptscope::render::heatmap::{outline_patches, overlay, overlay_labels, save_png};
 use promptscope::render::{Colormap, GridMap, HeatmapStyle};
 
-use crate::cli::load_model;
-use super::{Format, ModelArgs};
+use crate::cli::{load_model, open_dataset, Bar};
+use super::{DataArgs, Format, ModelArgs};
 
 /// Where and how to draw a map.
 #[derive(clap::Args, Debug, Clone)]
@@ -125,9 +124,12 @@ pub struct SsvpArgs {
 pub struct AlignEvalArgs {
     #[command(flatten)]
     pub model: ModelArgs,
-    /// A dataset folder; its test split (or every image) is classified.
-    #[arg(long)]
-    pub data: PathBuf,
+    /// Its test/ folder is classified, or the 30 % test split set aside by --split-seed.
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// Seed of the test split set aside when the folder has no test/ (as `train --split-seed`).
+    #[arg(long, default_value_t = 0)]
+    pub split_seed: u64,
     /// Hand-crafted class prompts.
     #[arg(long, default_value = "a photo of a {}.", conflicts_with = "prompts")]
     pub template: String,
@@ -150,8 +152,7 @@ pub struct AlignEvalArgs {
 
 /// One JSON line on stdout; a closed pipe (`| head`) is an error, not a panic.
 fn print_json(v: &impl serde::Serialize) -> Result<()> {
-    use std::io::Write;
-    writeln!(std::io::stdout().lock(), "{}", serde_json::to_string(v)?).context("writing to stdout")?;
+    outln!("{}", serde_json::to_string(v)?);
     Ok(())
 }
 
@@ -208,7 +209,7 @@ pub fn align_verb(args: &AlignArgs) -> Result<()> {
         }
         Format::Text => {
             let what = args.text.as_ref().map_or_else(|| format!("class {:?}'s learned prompt", args.class.as_deref().unwrap_or_default()), |t| format!("{t:?}"));
-            println!(
+            outln!(
                 "{} mode: {} against {what}; {}×{} patches, {} text tokens",
                 a.mode,
                 args.image.display(),
@@ -216,18 +217,18 @@ pub fn align_verb(args: &AlignArgs) -> Result<()> {
                 a.grid[1],
                 a.text_tokens.len()
             );
-            println!("s_I = {:.4}   s_T = {:.4}   (top fraction {})", a.s_i, a.s_t, a.top_fraction);
+            outln!("s_I = {:.4}   s_T = {:.4}   (top fraction {})", a.s_i, a.s_t, a.top_fraction);
             let counts = a.argmax_word_map().iter().fold(vec![0usize; a.text_tokens.len()], |mut c, &w| {
                 c[w] += 1;
                 c
             });
             let width = a.text_tokens.iter().map(|t| t.chars().count()).max().unwrap_or(4).max(4);
-            println!("  #  {:width$}  max sim  best patch (row, col)  patches won", "word");
+            outln!("  #  {:width$}  max sim  best patch (row, col)  patches won", "word");
             for (r, label) in a.text_tokens.iter().enumerate() {
                 let map = a.word_map(r)?;
                 let (best, v) = map.iter().enumerate().fold((0, f32::NEG_INFINITY), |b, (i, &v)| if v > b.1 { (i, v) } else { b });
                 let pos = format!("({}, {})", best / a.grid[1], best % a.grid[1]);
-                println!("{r:3}  {label:width$}  {v:+.4}  {pos:>21}  {}", counts[r]);
+                outln!("{r:3}  {label:width$}  {v:+.4}  {pos:>21}  {}", counts[r]);
             }
             Ok(())
         }
@@ -248,12 +249,12 @@ pub fn ssvp_verb(args: &SsvpArgs) -> Result<()> {
     match args.format {
         Format::Json => print_json(&sel),
         Format::Text => {
-            println!("SsVP on {}: kept {} of {} patches", args.image.display(), sel.k, sel.grid[0] * sel.grid[1]);
+            outln!("SsVP on {}: kept {} of {} patches", args.image.display(), sel.k, sel.grid[0] * sel.grid[1]);
             for (&p, s) in sel.indices.iter().zip(&sel.scores) {
-                println!("  patch {p:4} (row {}, col {})  attention {s:.4}", p / sel.grid[1], p % sel.grid[1]);
+                outln!("  patch {p:4} (row {}, col {})  attention {s:.4}", p / sel.grid[1], p % sel.grid[1]);
             }
             let head: Vec<String> = sel.image_embeds.iter().take(6).map(|x| format!("{x:+.4}")).collect();
-            println!("image feature: [{}, …] (dim {})", head.join(", "), sel.image_embeds.len());
+            outln!("image feature: [{}, …] (dim {})", head.join(", "), sel.image_embeds.len());
             Ok(())
         }
     }
@@ -261,11 +262,12 @@ pub fn ssvp_verb(args: &SsvpArgs) -> Result<()> {
 
 pub fn align_eval_verb(args: &AlignEvalArgs) -> Result<()> {
     let align = args.tokens.config()?;
-    let ds = DatasetFolder::open(&args.data)?;
+    let ds = open_dataset(&args.data)?;
+    let split = promptscope::data::fewshot::test_split(&ds, args.split_seed)?;
     let file = args.prompts.as_ref().map(|p| PromptFile::load(p).map(|f| (p, f))).transpose()?;
     if let Some((path, f)) = &file {
         if f.meta.class_names != ds.class_names {
-            bail!("{}: trained for classes {:?}, but {} has {:?}", path.display(), f.meta.class_names, args.data.display(), ds.class_names);
+            bail!("{}: trained for classes {:?}, but {} has {:?}", path.display(), f.meta.class_names, args.data.data.display(), ds.class_names);
         }
     }
     let clip = load_model(&args.model)?;
@@ -280,13 +282,20 @@ pub fn align_eval_verb(args: &AlignEvalArgs) -> Result<()> {
         ssvp_k: args.k,
         batch: args.batch,
     };
-    let report = compare_accuracy(&clip, ds.eval_samples(), &prompts, &cmp, &promptscope::progress::Silent)?;
+    let report = {
+        let bar = Bar::new();
+        compare_accuracy(&clip, &split.samples, &prompts, &cmp, &bar)?
+    };
     match args.format {
-        Format::Json => print_json(&report),
+        Format::Json => {
+            let mut v = serde_json::to_value(&report)?;
+            v["split"] = serde_json::Value::String(split.description.clone());
+            print_json(&v)
+        }
         Format::Text => {
-            println!("{} images, {} classes", report.images, report.classes.len());
-            println!("  global feature:          {:6.2}%", 100.0 * report.global_accuracy);
-            println!(
+            outln!("{} images ({}), {} classes", report.images, split.description, report.classes.len());
+            outln!("  global feature:          {:6.2}%", 100.0 * report.global_accuracy);
+            outln!(
                 "  token-wise ({} mode, {:?} score, top fraction {}): {:6.2}%",
                 report.config.mode,
                 report.score,
@@ -294,8 +303,8 @@ pub fn align_eval_verb(args: &AlignEvalArgs) -> Result<()> {
                 100.0 * report.tokenwise_accuracy
             );
             match report.ssvp_accuracy {
-                Some(a) => println!("  SsVP (K = {}):            {:6.2}%", report.ssvp_k, 100.0 * a),
-                None => println!("  SsVP: the vision tower has a single block"),
+                Some(a) => outln!("  SsVP (K = {}):            {:6.2}%", report.ssvp_k, 100.0 * a),
+                None => outln!("  SsVP: the vision tower has a single block"),
             }
             Ok(())
         }

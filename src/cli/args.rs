@@ -30,6 +30,18 @@ pub struct ModelArgs {
     pub device: String,
 }
 
+/// A dataset folder and, optionally, the names its classes go by in prompts.
+#[derive(clap::Args, Clone, Debug)]
+pub struct DataArgs {
+    /// A dataset folder: ROOT/<class>/<images>, or ROOT/train|val|test/<class>/<images>.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// CoOp's classnames.txt: one class a line as '<folder name> <class name>' (e.g. 'n01440764 tench');
+    /// prompts then use these names instead of the folder names.
+    #[arg(long)]
+    pub classnames: Option<PathBuf>,
+}
+
 #[derive(Subcommand)]
 pub enum Verb {
     /// Open the desktop app (the default).
@@ -79,8 +91,12 @@ pub enum Verb {
     ZeroShot {
         #[command(flatten)]
         model: ModelArgs,
-        #[arg(long)]
-        data: PathBuf,
+        #[command(flatten)]
+        data: DataArgs,
+        /// Seed of the 30 % test split set aside when the folder has no test/ (the split `train
+        /// --split-seed` trains beside, so learned and hand-crafted prompts meet the same images).
+        #[arg(long, default_value_t = 0)]
+        split_seed: u64,
         /// A prompt template with {} for the class name; repeat for an ensemble. `@imagenet` stands for
         /// CLIP's 80 ImageNet templates.
         #[arg(long = "template")]
@@ -147,14 +163,21 @@ pub enum Verb {
         #[arg(long, value_enum, default_value = "text")]
         format: Format,
     },
+    /// The top classes of single images, from a prompts file or hand-crafted templates.
+    Classify(super::classify::ClassifyArgs),
     /// Convert CoOp's own checkpoint (prompt_learner/model.pth.tar-N) into a promptscope export.
     ImportCoop {
         checkpoint: PathBuf,
         #[command(flatten)]
         model: ModelArgs,
-        /// A text file with one class name per line, in CoOp's class order.
+        /// The class names in CoOp's class order: one name a line, or CoOp's classnames.txt
+        /// ('<folder name> <class name>' a line).
         #[arg(long)]
         classnames: PathBuf,
+        /// How --classnames lists the classes: coop or plain (default: coop when every line starts with a
+        /// folder name that has a digit, as WordNet ids do).
+        #[arg(long)]
+        classnames_format: Option<String>,
         #[arg(long, default_value = "end")]
         class_position: String,
         #[arg(long)]

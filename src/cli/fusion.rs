@@ -4,15 +4,14 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
-use promptscope::data::DatasetFolder;
 use promptscope::prompt::datp::DatpConfig;
 use promptscope::run::mpfgvc::{self as pipeline, Accuracies};
 use promptscope::train::config::{MpFgvcRun, RunConfig};
 use promptscope::train::mpfgvc::{OptimizerKind, StageConfig, StageEvent};
 use promptscope::train::coop::TrainEvent;
 
-use crate::cli::{serde_name, Bar, CacheArgs, RunOutputArgs, BATCH, SHOTS};
-use super::{Format, ModelArgs};
+use crate::cli::{interrupt, output, serde_name, Bar, CacheArgs, RunOutputArgs, BATCH, SHOTS};
+use super::{DataArgs, Format, ModelArgs};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct MpfgvcArgs {
@@ -38,8 +37,8 @@ fn defaults() -> MpFgvcRun {
 pub struct TrainArgs {
     #[command(flatten)]
     pub model: ModelArgs,
-    #[arg(long)]
-    pub data: PathBuf,
+    #[command(flatten)]
+    pub data: DataArgs,
     /// The super-category word every DaTP prompt ends with (bird, dog, food, ...).
     #[arg(long)]
     pub super_category: String,
@@ -89,8 +88,8 @@ pub struct TrainArgs {
 pub struct EvalArgs {
     #[command(flatten)]
     pub model: ModelArgs,
-    #[arg(long)]
-    pub data: PathBuf,
+    #[command(flatten)]
+    pub data: DataArgs,
     /// A weights file written by `mpfgvc train --out`.
     #[arg(long)]
     pub weights: PathBuf,
@@ -136,7 +135,7 @@ fn train(args: &TrainArgs) -> Result<()> {
         outln!("{}", serde_json::to_string_pretty(&RunConfig::MpFgvc(run))?);
         return Ok(());
     }
-    let ds = DatasetFolder::open(&args.data)?;
+    let ds = crate::cli::open_dataset(&args.data)?;
     let clip = crate::cli::load_model(&args.model)?;
     let cache = args.cache.dir();
     let rd = {
@@ -147,11 +146,11 @@ fn train(args: &TrainArgs) -> Result<()> {
     crate::cli::report_split(&rd.split, ds.num_classes(), &blocks);
     let bar = Bar::new();
     let json = args.output.format == Format::Json;
+    let lines = output::Lines::default();
     let mut on_event = |ev: StageEvent| {
         if let TrainEvent::Epoch(s) = &ev.event {
             if json {
-                println!(
-                    "{}",
+                lines.line(
                     serde_json::json!({"stage": ev.stage, "epoch": s.epoch, "loss": s.loss, "lr": s.lr, "train_acc": s.train_acc, "val_acc": s.val_acc, "val_acc_i2t": ev.val_acc_i2t})
                 );
             } else {
@@ -172,31 +171,34 @@ fn train(args: &TrainArgs) -> Result<()> {
             }
         }
     };
-    let outcome = pipeline::train(&clip, &ds, &rd, &run, Some(&args.output.out), args.output.resume, &bar, &mut on_event)?;
+    let outcome = pipeline::train(&clip, &ds, &rd, &run, Some(&args.output.out), args.output.resume, &bar, &mut on_event)
+        .map_err(|e| interrupt::resume_hint(e, &promptscope::train::coop::checkpoint_path(&args.output.out)))?;
     drop(bar);
+    lines.finish()?;
     let m = &outcome.metrics;
     if json {
         outln!("{}", serde_json::json!({"summary": m, "out": args.output.out}));
     } else {
-        print_accuracies("test", &m.test);
+        print_accuracies("test", &m.test)?;
         outln!("({} + {} epochs, {:.1} s + {:.1} s)", m.epochs1, m.epochs2, m.stage1_seconds, m.stage2_seconds);
         outln!("wrote {}", args.output.out.display());
     }
     Ok(())
 }
 
-fn print_accuracies(what: &str, a: &Accuracies) {
-    println!(
+fn print_accuracies(what: &str, a: &Accuracies) -> Result<()> {
+    outln!(
         "{what} ({} images): stage 1 image-to-text {:.2}%, stage 1 linear head {:.2}%, stage 2 VLFM {}",
         a.images,
         100.0 * a.stage1_i2t,
         100.0 * a.stage1_head,
         a.stage2.map_or("- (not trained)".into(), |v| format!("{:.2}%", 100.0 * v))
     );
+    Ok(())
 }
 
 fn eval(args: &EvalArgs) -> Result<()> {
-    let ds = DatasetFolder::open(&args.data)?;
+    let ds = crate::cli::open_dataset(&args.data)?;
     let clip = crate::cli::load_model(&args.model)?;
     let acc = {
         let bar = Bar::new();
@@ -204,7 +206,7 @@ fn eval(args: &EvalArgs) -> Result<()> {
     };
     match args.format {
         Format::Json => outln!("{}", serde_json::json!({"weights": args.weights, "eval": acc})),
-        Format::Text => print_accuracies(&args.weights.display().to_string(), &acc),
+        Format::Text => print_accuracies(&args.weights.display().to_string(), &acc)?,
     }
     Ok(())
 }

@@ -15,22 +15,26 @@ use promptscope::train::optim::{default_epochs, OptimConfig};
 pub mod align;
 mod app;
 pub mod args;
+pub mod classify;
 pub mod fusion;
+pub mod interrupt;
+pub mod output;
 pub mod pretrain;
 
-pub use args::{Format, ModelArgs};
+pub use args::{DataArgs, Format, ModelArgs};
 use args::{DatasetKind, Verb};
 use app::{bench_overlay, open_app, AppStart};
 pub use app::open_default_app;
 
-/// An indicatif bar on stderr, hidden when stderr is not a terminal.
-pub(crate) struct Bar(pub(crate) ProgressBar);
+/// An indicatif bar on stderr, hidden when stderr is not a terminal. While one is alive, Ctrl-C asks the
+/// job to stop at its next batch (`interrupt`) instead of ending the process.
+pub(crate) struct Bar(pub(crate) ProgressBar, interrupt::Listening);
 
 impl Bar {
     pub(crate) fn new() -> Self {
         let pb = ProgressBar::new(0);
         pb.set_style(ProgressStyle::with_template("{msg:>8} [{bar:30}] {pos}/{len} {per_sec} eta {eta}").expect("valid template"));
-        Bar(pb)
+        Bar(pb, interrupt::Listening::new())
     }
 }
 
@@ -39,6 +43,10 @@ impl Progress for Bar {
         self.0.set_message(stage.to_string());
         self.0.set_length(total as u64);
         self.0.set_position(done as u64);
+    }
+
+    fn cancelled(&self) -> bool {
+        interrupt::requested()
     }
 }
 
@@ -52,8 +60,23 @@ pub fn load_model(args: &ModelArgs) -> Result<LoadedClip> {
     let device = promptscope::device::select(&args.device)?;
     let clip = promptscope::clip::load(&args.model, &device)?;
     eprintln!("model: {}", clip.describe());
+    for w in &clip.warnings {
+        eprintln!("warning: {w}");
+    }
     eprintln!("device: {}", promptscope::device::describe(&device));
     Ok(clip)
+}
+
+/// Opens `--data`, names its classes from `--classnames` when given, and says what was skipped.
+pub fn open_dataset(args: &DataArgs) -> Result<DatasetFolder> {
+    let mut ds = DatasetFolder::open(&args.data)?;
+    if let Some(file) = &args.classnames {
+        ds.apply_class_names(file)?;
+    }
+    if ds.skipped_files > 0 {
+        eprintln!("skipped {} files that are not images", ds.skipped_files);
+    }
+    Ok(ds)
 }
 
 pub fn preset(name: &str) -> Result<ClipConfig> {
@@ -106,26 +129,24 @@ pub fn embed(args: &ModelArgs, texts: &[String], images: &[PathBuf], format: For
     }
 }
 
-pub fn zero_shot(args: &ModelArgs, data: &Path, mut templates: Vec<String>, batch: usize, format: Format) -> Result<()> {
-    let ds = DatasetFolder::open(data)?;
-    if ds.skipped_files > 0 {
-        eprintln!("skipped {} files that are not images", ds.skipped_files);
-    }
+pub fn zero_shot(args: &ModelArgs, data: &DataArgs, split_seed: u64, mut templates: Vec<String>, batch: usize, format: Format) -> Result<()> {
+    let ds = open_dataset(data)?;
+    let split = promptscope::data::fewshot::test_split(&ds, split_seed)?;
     let clip = load_model(args)?;
     if templates.is_empty() {
         templates.push(zeroshot::DEFAULT_TEMPLATE.to_string());
     }
     let report = {
         let bar = Bar::new();
-        zeroshot::run(&clip, &ds, &templates, batch, &bar)?
+        zeroshot::run(&clip, &ds, &split, &templates, batch, &bar)?
     };
     match format {
         Format::Json => print_json(&report),
         Format::Text => {
             outln!(
-                "zero-shot on {} ({} split, {} images, {} classes), {} template(s)",
-                data.display(),
-                report.split,
+                "zero-shot on {} ({}, {} images, {} classes), {} template(s)",
+                data.data.display(),
+                report.split_description,
                 report.eval.total,
                 report.classes.len(),
                 templates.len()
@@ -239,7 +260,7 @@ pub fn sample(out: &Path, format: Format) -> Result<()> {
         }
     };
     eprintln!("sample model: {model}\nsample dataset: {}", data.display());
-    zero_shot(&ModelArgs { model, device: "auto".into() }, &data, vec![], 32, format)
+    zero_shot(&ModelArgs { model, device: "auto".into() }, &DataArgs { data, classnames: None }, 0, vec![], 32, format)
 }
 
 /// A count flag whose `word` means None: `--shots K|all`, `--batch-size N|full`.
@@ -340,8 +361,8 @@ impl SplitArgs {
 pub struct TrainArgs {
     #[command(flatten)]
     pub model: ModelArgs,
-    #[arg(long)]
-    pub data: PathBuf,
+    #[command(flatten)]
+    pub data: DataArgs,
     #[command(flatten)]
     pub split: SplitArgs,
     /// Context length M (random N(0, 0.02²) initialisation).
@@ -432,7 +453,7 @@ pub fn train(args: &TrainArgs) -> Result<()> {
         outln!("{}", serde_json::to_string_pretty(&RunConfig::Coop(run))?);
         return Ok(());
     }
-    let ds = DatasetFolder::open(&args.data)?;
+    let ds = open_dataset(&args.data)?;
     let clip = load_model(&args.model)?;
     let cache = args.split.cache_dir();
     let rd = {
@@ -442,10 +463,11 @@ pub fn train(args: &TrainArgs) -> Result<()> {
     report_split(&rd.split, ds.num_classes(), "");
     let bar = Bar::new();
     let json = args.output.format == Format::Json;
+    let lines = output::Lines::default();
     let mut on_event = |ev: TrainEvent| {
         if let TrainEvent::Epoch(s) = ev {
             if json {
-                println!("{}", serde_json::json!({"epoch": s.epoch, "loss": s.loss, "lr": s.lr, "train_acc": s.train_acc, "val_acc": s.val_acc}));
+                lines.line(serde_json::json!({"epoch": s.epoch, "loss": s.loss, "lr": s.lr, "train_acc": s.train_acc, "val_acc": s.val_acc}));
             } else {
                 bar.0.suspend(|| eprintln!(
                     "epoch {:>4}/{}  loss {:.4}  lr {:.2e}  train acc {:5.1}%  val acc {}",
@@ -459,8 +481,10 @@ pub fn train(args: &TrainArgs) -> Result<()> {
             }
         }
     };
-    let outcome = promptscope::run::coop::train(&clip, &ds, &rd, &run, Some(&args.output.out), args.output.resume, &bar, &mut on_event)?;
+    let outcome = promptscope::run::coop::train(&clip, &ds, &rd, &run, Some(&args.output.out), args.output.resume, &bar, &mut on_event)
+        .map_err(|e| interrupt::resume_hint(e, &promptscope::train::coop::checkpoint_path(&args.output.out)))?;
     drop(bar);
+    lines.finish()?;
     let m = &outcome.metrics;
     if json {
         print_json(&serde_json::json!({"summary": m, "out": args.output.out}))
@@ -483,8 +507,8 @@ pub fn train(args: &TrainArgs) -> Result<()> {
 pub struct EvalArgs {
     #[command(flatten)]
     pub model: ModelArgs,
-    #[arg(long)]
-    pub data: PathBuf,
+    #[command(flatten)]
+    pub data: DataArgs,
     /// A prompts file exported by `train` or `import-coop`.
     #[arg(long, conflicts_with = "templates")]
     pub prompts: Option<PathBuf>,
@@ -500,11 +524,11 @@ pub struct EvalArgs {
     pub format: Format,
 }
 
-fn print_eval(what: &str, e: &promptscope::eval::metrics::Evaluation, format: Format) -> Result<()> {
+fn print_eval(what: &str, split: &str, e: &promptscope::eval::metrics::Evaluation, format: Format) -> Result<()> {
     match format {
-        Format::Json => print_json(&serde_json::json!({"prompts": what, "eval": e})),
+        Format::Json => print_json(&serde_json::json!({"prompts": what, "split": split, "eval": e})),
         Format::Text => {
-            outln!("{what}: {:.2}% ({}/{})", 100.0 * e.accuracy, e.correct, e.total);
+            outln!("{what} on {split}: {:.2}% ({}/{})", 100.0 * e.accuracy, e.correct, e.total);
             for c in &e.per_class {
                 outln!("  {:24} {:6.2}% ({}/{})", c.name, 100.0 * c.accuracy, c.correct, c.total);
             }
@@ -515,14 +539,22 @@ fn print_eval(what: &str, e: &promptscope::eval::metrics::Evaluation, format: Fo
 
 pub fn eval(args: &EvalArgs) -> Result<()> {
     use promptscope::train::features::extract;
-    let ds = DatasetFolder::open(&args.data)?;
-    let clip = load_model(&args.model)?;
-    let split = promptscope::data::fewshot::few_shot(&ds, args.split.shots_or("all")?, args.split.seed, args.split.split_seed)?;
-    let samples = match args.on.as_str() {
-        "test" => &split.test,
-        "val" => &split.val,
+    use promptscope::data::fewshot::{few_shot, test_split};
+    let ds = open_dataset(&args.data)?;
+    // The test images are the ones every evaluation shares (`test_split`); validation needs the shots.
+    let (samples, split) = match args.on.as_str() {
+        "test" => {
+            let t = test_split(&ds, args.split.split_seed)?;
+            (t.samples, t.description)
+        }
+        "val" => {
+            let f = few_shot(&ds, args.split.shots_or("all")?, args.split.seed, args.split.split_seed)?;
+            (f.val, format!("validation images (seed {}, split seed {})", args.split.seed, args.split.split_seed))
+        }
         other => bail!("--on takes test or val, not '{other}'"),
     };
+    let samples = &samples;
+    let clip = load_model(&args.model)?;
     let bar = Bar::new();
     let feats = extract(&clip, samples, 0, 0, args.split.cache_dir().as_deref(), &bar)?;
     let (what, weights) = match &args.prompts {
@@ -533,7 +565,7 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
                     "{}: trained for classes {:?}, but {} has {:?}",
                     path.display(),
                     file.meta.class_names,
-                    args.data.display(),
+                    args.data.data.display(),
                     ds.class_names
                 );
             }
@@ -548,7 +580,7 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
     };
     drop(bar);
     let e = promptscope::run::coop::evaluate_weights(&clip, &weights, &feats, samples, &ds.class_names)?;
-    print_eval(&what, &e, args.format)
+    print_eval(&what, &split, &e, args.format)
 }
 
 pub fn interpret(file: &Path, args: &ModelArgs, k: usize, format: Format) -> Result<()> {
@@ -569,36 +601,26 @@ pub fn interpret(file: &Path, args: &ModelArgs, k: usize, format: Format) -> Res
     }
 }
 
-pub fn import_coop(ckpt: &Path, args: &ModelArgs, classnames: &Path, position: &str, out: &Path) -> Result<()> {
-    use promptscope::export::prompt_file::PromptFile;
-    use promptscope::prompt::coop::{CoopConfig, PromptLearner};
-    let names: Vec<String> = std::fs::read_to_string(classnames)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", classnames.display()))?
-        .lines()
-        .map(|l| l.trim().to_string())
-        .filter(|l| !l.is_empty())
-        .collect();
-    let c = promptscope::export::coop_import::read(ckpt)?;
-    if c.num_classes != names.len() {
-        bail!("{}: the checkpoint has {} classes but {} lists {}", ckpt.display(), c.num_classes, classnames.display(), names.len());
-    }
+pub fn import_coop(ckpt: &Path, args: &ModelArgs, classnames: &Path, names_format: Option<&str>, position: &str, out: &Path) -> Result<()> {
+    use promptscope::data::classnames::{read_names, Format as NamesFormat};
+    let names_format: Option<NamesFormat> =
+        names_format.map(|f| f.parse().map_err(|e: String| anyhow::anyhow!("--classnames-format {e}"))).transpose()?;
+    let (names, read_as) = read_names(classnames, names_format)?;
+    eprintln!(
+        "{} class names from {} ({})",
+        names.len(),
+        classnames.display(),
+        match read_as {
+            NamesFormat::Coop => "CoOp's '<folder name> <class name>' lines",
+            NamesFormat::Plain => "one name a line",
+        }
+    );
+    let position = position.parse().map_err(anyhow::Error::msg)?;
     let clip = load_model(args)?;
-    if c.width != clip.model.config.text_config.hidden_size {
-        bail!(
-            "{}: context width {} does not match the model's token width {} (dimension mismatch): use the CLIP the checkpoint was trained with",
-            ckpt.display(),
-            c.width,
-            clip.model.config.text_config.hidden_size
-        );
-    }
-    let cfg = CoopConfig { n_ctx: c.n_ctx, ctx_init: None, csc: c.csc, class_position: position.parse().map_err(anyhow::Error::msg)?, seed: 0 };
-    let mut learner = PromptLearner::new(&clip.model.text, &clip.tokenizer, &names, &cfg)?;
-    learner.set_ctx(&c.ctx.to_device(&clip.device)?)?;
-    let weights = promptscope::clip::l2_normalize(&learner.text_features(&clip.model.text)?)?;
-    let mut file = PromptFile::new(&clip, &learner, weights)?;
-    file.meta.source = format!("coop-checkpoint:{}", ckpt.display());
+    let file = promptscope::export::coop_import::to_prompt_file(&clip, ckpt, &names, position)?;
     file.save(out)?;
-    eprintln!("imported {} ({} classes, {} context vectors{}) into {}", ckpt.display(), names.len(), c.n_ctx, if c.csc { ", class-specific" } else { "" }, out.display());
+    let (n_ctx, csc) = (file.meta.coop.n_ctx, file.meta.coop.csc);
+    eprintln!("imported {} ({} classes, {n_ctx} context vectors{}) into {}", ckpt.display(), names.len(), if csc { ", class-specific" } else { "" }, out.display());
     Ok(())
 }
 
@@ -606,8 +628,8 @@ pub fn import_coop(ckpt: &Path, args: &ModelArgs, classnames: &Path, position: &
 pub struct ProbeArgs {
     #[command(flatten)]
     pub model: ModelArgs,
-    #[arg(long)]
-    pub data: PathBuf,
+    #[command(flatten)]
+    pub data: DataArgs,
     #[command(flatten)]
     pub split: SplitArgs,
     #[arg(long, default_value_t = 300)]
@@ -619,7 +641,7 @@ pub struct ProbeArgs {
 pub fn linear_probe(args: &ProbeArgs) -> Result<()> {
     use promptscope::eval::linear_probe::LinearProbe;
     use promptscope::train::features::extract;
-    let ds = DatasetFolder::open(&args.data)?;
+    let ds = open_dataset(&args.data)?;
     let clip = load_model(&args.model)?;
     let split = promptscope::data::fewshot::few_shot(&ds, args.split.shots_or("16")?, args.split.seed, args.split.split_seed)?;
     let bar = Bar::new();
@@ -649,7 +671,7 @@ pub fn run(verb: Verb) -> Result<()> {
             open_app(model, data, AppStart { tab, autorun, epochs, prompts, side_by_side, method, super_category })
         }
         Verb::Embed { model, texts, images, format } => embed(&model, &texts, &images, format),
-        Verb::ZeroShot { model, data, templates, batch, format } => zero_shot(&model, &data, templates, batch, format),
+        Verb::ZeroShot { model, data, split_seed, templates, batch, format } => zero_shot(&model, &data, split_seed, templates, batch, format),
         Verb::Bench { model, batch, images, text_batch, texts, coop, classes, n_ctx, csc, steps, zero_shot_templates, suite, format } => {
             if suite {
                 bench_suite(&model, format)
@@ -697,9 +719,10 @@ pub fn run(verb: Verb) -> Result<()> {
         Verb::Train(args) => train(&args),
         Verb::Eval(args) => eval(&args),
         Verb::Interpret { file, model, top_k, format } => interpret(&file, &model, top_k, format),
-        Verb::ImportCoop { checkpoint, model, classnames, class_position, out } => {
-            import_coop(&checkpoint, &model, &classnames, &class_position, &out)
+        Verb::ImportCoop { checkpoint, model, classnames, classnames_format, class_position, out } => {
+            import_coop(&checkpoint, &model, &classnames, classnames_format.as_deref(), &class_position, &out)
         }
+        Verb::Classify(args) => classify::classify(&args),
         Verb::LinearProbe(args) => linear_probe(&args),
         Verb::Align(args) => align::align_verb(&args),
         Verb::Ssvp(args) => align::ssvp_verb(&args),

@@ -81,10 +81,11 @@ pub fn pretrain(args: &PretrainArgs) -> Result<()> {
     let data = promptscope::run::pretrain::prepare(&pairs, model.config.vision_config.image_size, &pre, &tok, &device, &bar)?;
     eprintln!("pretraining on {} pairs from {} ({} loss, {} epochs)", pairs.len(), args.data.display(), args.loss, args.epochs);
     let json = args.format == Format::Json;
+    let lines = super::output::Lines::default();
     let mut on_event = |e: promptscope::train::epoch_loop::TrainEvent| {
         let promptscope::train::epoch_loop::TrainEvent::Epoch(s) = e else { return };
         if json {
-            println!("{}", serde_json::json!({"epoch": s.epoch, "loss": s.loss, "lr": s.lr, "batch_acc": s.train_acc}));
+            lines.line(serde_json::json!({"epoch": s.epoch, "loss": s.loss, "lr": s.lr, "batch_acc": s.train_acc}));
         } else {
             bar.0.suspend(|| eprintln!("epoch {:>4}/{}  loss {:.4}  lr {:.2e}  in-batch retrieval {:5.1}%", s.epoch + 1, s.epochs, s.loss, s.lr, 100.0 * s.train_acc));
         }
@@ -94,13 +95,15 @@ pub fn pretrain(args: &PretrainArgs) -> Result<()> {
     let start = args.init.as_ref().map_or(format!("preset {}", args.preset), |d| format!("init {}", d.display()));
     let v = &model.config.vision_config;
     let run = serde_json::json!({ "start": start, "image_size": v.image_size, "patch_size": v.patch_size, "data": args.data, "pairs": pairs.len() });
-    let history = promptscope::run::pretrain::train(&model, &data, &config, &run, &args.out, storage, args.resume, &bar, &mut on_event)?;
+    let history = promptscope::run::pretrain::train(&model, &data, &config, &run, &args.out, storage, args.resume, &bar, &mut on_event)
+        .map_err(|e| super::interrupt::resume_hint(e, &promptscope::train::coop::checkpoint_path(&args.out)))?;
     drop(bar);
+    lines.finish()?;
     let last = history.last();
     if json {
-        println!("{}", serde_json::json!({"out": args.out, "epochs": history.len(), "final_loss": last.map(|h| h.loss), "seconds": last.map(|h| h.elapsed_s)}));
+        outln!("{}", serde_json::json!({"out": args.out, "epochs": history.len(), "final_loss": last.map(|h| h.loss), "seconds": last.map(|h| h.elapsed_s)}));
     } else {
-        println!("wrote {} ({} epochs, final loss {:.4})", args.out.display(), history.len(), last.map_or(f64::NAN, |h| h.loss));
+        outln!("wrote {} ({} epochs, final loss {:.4})", args.out.display(), history.len(), last.map_or(f64::NAN, |h| h.loss));
     }
     Ok(())
 }

@@ -28,6 +28,9 @@ pub struct LoadedClip {
     pub device: Device,
     /// Set for the shipped demo models ([`super::demo`]): what they are, said wherever the model is named.
     pub demo_note: Option<String>,
+    /// What the user should be told about how the model was found: an optional file a hub repository
+    /// does not have, and the default used instead. The CLI prints them; the app shows them.
+    pub warnings: Vec<String>,
 }
 
 impl LoadedClip {
@@ -51,19 +54,37 @@ impl LoadedClip {
     }
 }
 
-/// `model` is a folder, or a hub id such as `openai/clip-vit-base-patch32`.
+/// `model` is a folder, a demo model name, or a hub id such as `openai/clip-vit-base-patch32`.
 pub fn load(model: &str, device: &Device) -> Result<LoadedClip> {
-    let dir = resolve(model)?;
-    load_dir(&dir, model, device)
+    let found = locate(model)?;
+    let mut clip = load_dir(&found.dir, model, device)?;
+    clip.warnings = found.warnings;
+    Ok(clip)
 }
 
+/// Where a model's folder is, and what the user should know about how it was found.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Located {
+    pub dir: PathBuf,
+    /// See [`LoadedClip::warnings`].
+    pub warnings: Vec<String>,
+}
+
+/// The folder of `model` (see [`locate`]).
 pub fn resolve(model: &str) -> Result<PathBuf> {
+    locate(model).map(|l| l.dir)
+}
+
+/// The folder of `model`: a folder as given, a shipped demo model, or a hub id downloaded once into the
+/// Hugging Face cache.
+pub fn locate(model: &str) -> Result<Located> {
     let path = Path::new(model);
+    let local = |dir: PathBuf| Ok(Located { dir, warnings: vec![] });
     if path.is_dir() {
-        return Ok(path.to_path_buf());
+        return local(path.to_path_buf());
     }
     if let Some(dir) = super::demo::find(model) {
-        return Ok(dir);
+        return local(dir);
     }
     if path.is_file() {
         return Err(Error::bad_file(
@@ -85,13 +106,17 @@ fn looks_like_hub_id(s: &str) -> bool {
         && !s.starts_with('.')
 }
 
+/// The files a model folder may lack, and what is used instead.
+const OPTIONAL: [(&str, &str); 2] =
+    [(TOKENIZER, "the bundled OpenAI CLIP tokenizer"), (PREPROCESSOR, "CLIP's default preprocessing")];
+
 /// Downloads the files a CLIP folder needs, once: the cache is looked at first, so no network is needed
-/// for a model already fetched.
-fn fetch_from_hub(id: &str) -> Result<PathBuf> {
+/// for a model already fetched. An optional file the repository does not have (HTTP 404) is remembered as
+/// absent, as the Python hub client does (`.no_exist/<commit>/<file>`), and reported in the warnings;
+/// any other failure to get one is an error, since the default might not be this model's.
+fn fetch_from_hub(id: &str) -> Result<Located> {
+    use std::cell::OnceCell;
     let cache = hf_hub::Cache::from_env().model(id.to_string());
-    if let (Some(cfg), Some(_)) = (cache.get(CONFIG), cache.get(WEIGHTS)) {
-        return Ok(cfg.parent().map(Path::to_path_buf).unwrap_or_default());
-    }
     let hub_err = |e: &dyn std::fmt::Display| Error::Hub {
         id: id.to_string(),
         reason: format!(
@@ -100,14 +125,81 @@ fn fetch_from_hub(id: &str) -> Result<PathBuf> {
              and pass its path: --model /path/to/folder"
         ),
     };
-    let api = hf_hub::api::sync::ApiBuilder::from_env().with_progress(true).build().map_err(|e| hub_err(&e))?;
-    let repo = api.model(id.to_string());
-    let cfg = repo.get(CONFIG).map_err(|e| hub_err(&e))?;
-    repo.get(WEIGHTS).map_err(|e| hub_err(&format!("{WEIGHTS}: {e}")))?;
-    for optional in [TOKENIZER, PREPROCESSOR] {
-        let _ = repo.get(optional);
+    let api = OnceCell::new();
+    let repo = || -> Result<&hf_hub::api::sync::ApiRepo> {
+        if api.get().is_none() {
+            let built = hf_hub::api::sync::ApiBuilder::from_env().with_progress(true).build().map_err(|e| hub_err(&e))?;
+            let _ = api.set(built.model(id.to_string()));
+        }
+        Ok(api.get().expect("set above"))
+    };
+    let cfg = match (cache.get(CONFIG), cache.get(WEIGHTS)) {
+        (Some(cfg), Some(_)) => cfg,
+        _ => {
+            let cfg = repo()?.get(CONFIG).map_err(|e| hub_err(&e))?;
+            repo()?.get(WEIGHTS).map_err(|e| hub_err(&format!("{WEIGHTS}: {e}")))?;
+            cfg
+        }
+    };
+    let dir = cfg.parent().map(Path::to_path_buf).unwrap_or_default();
+    let mut warnings = Vec::new();
+    for (file, default) in OPTIONAL {
+        if dir.join(file).is_file() {
+            continue;
+        }
+        let absent = || format!("model '{id}' has no {file} on the hub: using {default}");
+        let marker = no_exist_marker(&dir, file);
+        if marker.as_ref().is_some_and(|m| m.is_file()) {
+            warnings.push(absent());
+            continue;
+        }
+        match repo()?.get(file) {
+            Ok(got) if got.parent() == Some(dir.as_path()) => {}
+            Ok(_) => {
+                return Err(Error::Hub {
+                    id: id.to_string(),
+                    reason: format!("the hub has a newer revision than the cached {CONFIG}, and {file} came from it. Run again to download the whole model anew"),
+                })
+            }
+            Err(e) if is_not_found(&e) => {
+                // Remembered, so later runs need no network to know; failing to write it costs one lookup.
+                if let Some(m) = &marker {
+                    let _ = m.parent().map_or(Ok(()), std::fs::create_dir_all).and_then(|()| std::fs::write(m, b""));
+                }
+                warnings.push(absent());
+            }
+            Err(e) => {
+                return Err(Error::Hub {
+                    id: id.to_string(),
+                    reason: format!(
+                        "downloading {file} failed ({e}); without it promptscope would use {default}, which may not be this \
+                         model's. Retry with network access, or copy the model folder with its {file} to this machine and \
+                         pass its path: --model /path/to/folder"
+                    ),
+                })
+            }
+        }
     }
-    Ok(cfg.parent().map(Path::to_path_buf).unwrap_or_default())
+    Ok(Located { dir, warnings })
+}
+
+/// `<repo cache>/.no_exist/<commit>/<file>` for a snapshot folder `<repo cache>/snapshots/<commit>`: where
+/// the hub clients note that a revision has no such file.
+fn no_exist_marker(snapshot: &Path, file: &str) -> Option<PathBuf> {
+    let commit = snapshot.file_name()?;
+    let repo = snapshot.parent()?.parent()?;
+    Some(repo.join(".no_exist").join(commit).join(file))
+}
+
+/// Whether a failed download means the repository has no such file (HTTP 404), rather than a network,
+/// permission, server or disk failure.
+fn is_not_found(e: &hf_hub::api::sync::ApiError) -> bool {
+    use hf_hub::api::sync::ApiError;
+    match e {
+        ApiError::RequestError(r) => matches!(**r, ureq::Error::Status(404, _)),
+        ApiError::TooManyRetries(inner) => is_not_found(inner),
+        _ => false,
+    }
 }
 
 pub fn read_config(dir: &Path) -> Result<ClipConfig> {
@@ -165,7 +257,7 @@ pub fn load_dir(dir: &Path, id: &str, device: &Device) -> Result<LoadedClip> {
         Error::bad_file(&weights, format!("does not match config.json ({e})"), "use the config.json and model.safetensors of the same CLIP checkpoint")
     })?;
     let (tokenizer, preprocess) = companions(dir, &config)?;
-    Ok(LoadedClip { model, tokenizer, preprocess, dir: dir.to_path_buf(), id: id.to_string(), device: device.clone(), demo_note: super::demo::note(dir) })
+    Ok(LoadedClip { model, tokenizer, preprocess, dir: dir.to_path_buf(), id: id.to_string(), device: device.clone(), demo_note: super::demo::note(dir), warnings: vec![] })
 }
 
 /// Memory-maps a safetensors file; a truncated or foreign file is reported, not trusted.
@@ -198,4 +290,35 @@ pub fn fingerprint(dir: &Path) -> Result<String> {
     f.read_exact(&mut buf).map_err(|e| Error::io(&weights, e))?;
     h.update(&buf);
     Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hf_hub::api::sync::ApiError;
+
+    fn status(code: u16) -> ApiError {
+        let response = ureq::Response::new(code, "status", "").unwrap();
+        ApiError::RequestError(Box::new(ureq::Error::Status(code, response)))
+    }
+
+    #[test]
+    fn only_a_404_means_the_file_is_absent() {
+        assert!(is_not_found(&status(404)));
+        assert!(is_not_found(&ApiError::TooManyRetries(Box::new(status(404)))));
+        for code in [401, 403, 500, 503] {
+            assert!(!is_not_found(&status(code)), "{code}");
+        }
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        assert!(!is_not_found(&ApiError::IoError(io)));
+    }
+
+    #[test]
+    fn the_absent_marker_sits_beside_the_snapshots() {
+        let snap = Path::new("/hf/hub/models--openai--clip/snapshots/abc123");
+        assert_eq!(
+            no_exist_marker(snap, TOKENIZER).unwrap(),
+            Path::new("/hf/hub/models--openai--clip/.no_exist/abc123/tokenizer.json")
+        );
+    }
 }

@@ -38,6 +38,48 @@ pub struct FewShotSplit {
     pub notes: Vec<String>,
 }
 
+/// The images every evaluation scores (zero-shot, learned prompts, the app's Compare tab), and how they
+/// were chosen.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TestSplit {
+    /// In class order, then path order.
+    pub samples: Vec<Sample>,
+    /// True when the images were set aside here by `split_seed` rather than read from `test/`.
+    pub derived: bool,
+    /// One line for the user: "test/ folder", or "derived 30 % test split, split seed 0".
+    pub description: String,
+}
+
+/// The test images of `data`: its `test/` folder when there is one (no `train/` needed: zero-shot trains
+/// nothing), else exactly the images [`few_shot`] with the same `split_seed` sets aside for testing, so
+/// prompts trained on that split are never scored on their own training images.
+pub fn test_split(data: &DatasetFolder, split_seed: u64) -> Result<TestSplit> {
+    let n = data.num_classes();
+    if let Some(test) = &data.test {
+        let samples = by_class(test, n)?.into_iter().flatten().collect();
+        return Ok(TestSplit { samples, derived: false, description: "test/ folder".into() });
+    }
+    let (pool, of) = match (data.has_splits(), &data.train) {
+        (false, _) => (&data.all, ""),
+        (true, Some(train)) => (train, " of train/"),
+        (true, None) => {
+            return Err(Error::Dataset {
+                path: data.root.clone(),
+                reason: "has neither a test folder nor a train folder to set test images aside from; add \
+                         ROOT/test/<class>/, or put every image in ROOT/<class>/ to have promptscope split them"
+                    .into(),
+            })
+        }
+    };
+    // The test part of a derived split does not depend on whether validation is carved too.
+    let (_, _, test) = derive_split(by_class(pool, n)?, split_seed, false);
+    Ok(TestSplit {
+        samples: test.into_iter().flatten().collect(),
+        derived: true,
+        description: format!("derived {DERIVED_TEST_PERCENT} % test split{of}, split seed {split_seed}"),
+    })
+}
+
 /// Draws CoOp's few-shot split. `shots = None` uses every training image.
 ///
 /// - With `train/`, `val/`, `test/` folders: K images per class drawn by `seed` from `train/`; validation
@@ -70,7 +112,7 @@ pub fn few_shot(data: &DatasetFolder, shots: Option<usize>, seed: u64, split_see
         let train = by_class(train, n)?;
         let val = data.val.as_deref().map(|v| by_class(v, n)).transpose()?;
         match &data.test {
-            Some(test) => Pools { train, val, test: by_class(test, n)?, class_root: train_dir, held_out: None },
+            Some(_) => Pools { train, val, class_root: train_dir, held_out: None },
             None => {
                 derived = true;
                 let carve_val = val.is_none();
@@ -80,7 +122,7 @@ pub fn few_shot(data: &DatasetFolder, shots: Option<usize>, seed: u64, split_see
                     if carve_val { format!(" (and {DERIVED_VAL_PERCENT}% for validation)") } else { String::new() }
                 ));
                 let held_out = Some(HeldOut { carved_val: carve_val, folder_counts: counts_of(&tr, &va, &te, carve_val) });
-                Pools { train: tr, val: if carve_val { Some(va) } else { val }, test: te, class_root: train_dir, held_out }
+                Pools { train: tr, val: if carve_val { Some(va) } else { val }, class_root: train_dir, held_out }
             }
         }
     } else {
@@ -90,7 +132,7 @@ pub fn few_shot(data: &DatasetFolder, shots: Option<usize>, seed: u64, split_see
             "no train/val/test folders: split each class {DERIVED_TEST_PERCENT}% test / {DERIVED_VAL_PERCENT}% validation / rest training by split seed {split_seed}"
         ));
         let held_out = Some(HeldOut { carved_val: true, folder_counts: counts_of(&tr, &va, &te, true) });
-        Pools { train: tr, val: Some(va), test: te, class_root: data.root.clone(), held_out }
+        Pools { train: tr, val: Some(va), class_root: data.root.clone(), held_out }
     };
 
     let mut train = Vec::new();
@@ -168,25 +210,19 @@ pub fn few_shot(data: &DatasetFolder, shots: Option<usize>, seed: u64, split_see
         ));
     }
 
-    let mut test = Vec::new();
-    let mut untested = Vec::new();
-    for (c, pool) in pools.test.into_iter().enumerate() {
-        if pool.is_empty() {
-            untested.push(format!("'{}'", data.class_names[c]));
-        }
-        test.extend(pool);
-    }
+    let test = test_split(data, split_seed)?.samples;
+    let counts = data.counts(&test);
+    let untested: Vec<String> = (0..n).filter(|&c| counts[c] == 0).map(|c| format!("'{}'", data.class_names[c])).collect();
     if !untested.is_empty() {
         notes.push(format!("no test images for {}", untested.join(", ")));
     }
     Ok(FewShotSplit { train, val, test, derived, notes })
 }
 
-/// Per-class image pools before the shots are drawn.
+/// Per-class image pools before the shots are drawn (the test images are [`test_split`]'s).
 struct Pools {
     train: Vec<Vec<Sample>>,
     val: Option<Vec<Vec<Sample>>>,
-    test: Vec<Vec<Sample>>,
     /// Where the class folders of the training images are, for error messages.
     class_root: PathBuf,
     held_out: Option<HeldOut>,
@@ -388,5 +424,37 @@ mod tests {
         let (_d, ds) = split_dataset(&["a"], [0, 2, 2]);
         let err = few_shot(&ds, Some(1), 1, 0).unwrap_err().to_string();
         assert!(err.contains("no train folder"), "{err}");
+    }
+
+    #[test]
+    fn test_split_is_the_test_part_few_shot_sets_aside() {
+        let flat = flat_dataset(&[("a", 10), ("b", 5), ("c", 3), ("d", 2)]);
+        let no_test_no_val = split_dataset(&["a", "b"], [9, 0, 0]);
+        let no_test = split_dataset(&["a", "b"], [9, 2, 0]);
+        let with_test = split_dataset(&["a", "b"], [4, 2, 3]);
+        for (_d, ds) in [&flat, &no_test_no_val, &no_test, &with_test] {
+            for split_seed in [0, 1, 7] {
+                let t = test_split(ds, split_seed).unwrap();
+                for (shots, seed) in [(None, 1), (Some(1), 3)] {
+                    assert_eq!(t.samples, few_shot(ds, shots, seed, split_seed).unwrap().test, "{}", ds.root.display());
+                }
+                assert_eq!(t.derived, ds.test.is_none());
+            }
+        }
+        assert_eq!(test_split(&flat.1, 0).unwrap().description, "derived 30 % test split, split seed 0");
+        assert_eq!(test_split(&no_test.1, 3).unwrap().description, "derived 30 % test split of train/, split seed 3");
+        let t = test_split(&with_test.1, 5).unwrap();
+        assert_eq!((t.samples.as_slice(), t.description.as_str()), (with_test.1.test.as_deref().unwrap(), "test/ folder"));
+    }
+
+    #[test]
+    fn test_split_needs_no_train_folder() {
+        let (_d, ds) = split_dataset(&["a", "b"], [0, 0, 3]);
+        assert!(few_shot(&ds, None, 1, 0).is_err());
+        let t = test_split(&ds, 0).unwrap();
+        assert_eq!(ds.counts(&t.samples), [3, 3]);
+        let (_d, ds) = split_dataset(&["a"], [0, 2, 0]);
+        let err = test_split(&ds, 0).unwrap_err().to_string();
+        assert!(err.contains("neither a test folder nor a train folder"), "{err}");
     }
 }

@@ -2,7 +2,7 @@
 //! Classes are the sorted folder names (`_` shown as a space); files that are not images are skipped and
 //! counted so the user can see what was ignored.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
@@ -179,6 +179,26 @@ impl DatasetFolder {
         self.test.as_deref().unwrap_or(&self.all)
     }
 
+    /// Replaces the class names by those a CoOp class-name file gives the class folders (`<folder>
+    /// <class name>` a line: [`super::classnames`]). Every class folder needs a line; lines for other
+    /// folders are ignored, so one file for all of ImageNet serves any subset of it. On error the names
+    /// are left as they were.
+    pub fn apply_class_names(&mut self, file: &Path) -> Result<()> {
+        let entries = super::classnames::read_coop(file)?;
+        let by_folder: HashMap<&str, &str> = entries.iter().map(|c| (c.folder.as_str(), c.name.as_str())).collect();
+        let missing: Vec<&String> = self.class_dirs.iter().filter(|d| !by_folder.contains_key(d.as_str())).collect();
+        if let Some(first) = missing.first() {
+            let more = if missing.len() > 1 { format!(" (and {} more)", missing.len() - 1) } else { String::new() };
+            return Err(Error::bad_file(
+                file,
+                format!("has no line for class folder '{first}'{more} of {}", self.root.display()),
+                format!("add a line '{first} <class name>' for it"),
+            ));
+        }
+        self.class_names = self.class_dirs.iter().map(|d| by_folder[d.as_str()].to_string()).collect();
+        Ok(())
+    }
+
     /// Image count per class over `samples`.
     pub fn counts(&self, samples: &[Sample]) -> Vec<usize> {
         let mut c = vec![0; self.num_classes()];
@@ -235,5 +255,36 @@ mod tests {
         touch(&d.path().join("full/1.jpg"));
         let err = DatasetFolder::open(d.path()).unwrap_err().to_string();
         assert!(err.contains("empty_class") && err.contains("no images"), "{err}");
+    }
+
+    #[test]
+    fn class_names_come_from_a_coop_file() {
+        let d = tempfile::tempdir().unwrap();
+        touch(&d.path().join("data/n02/1.jpg"));
+        touch(&d.path().join("data/n01/1.jpg"));
+        let mut ds = DatasetFolder::open(&d.path().join("data")).unwrap();
+        let file = d.path().join("classnames.txt");
+        // Lines in any order; a folder the dataset lacks is fine.
+        std::fs::write(&file, "n02 great white shark
+n09 goldfish
+
+n01 tench
+").unwrap();
+        ds.apply_class_names(&file).unwrap();
+        assert_eq!(ds.class_names, ["tench", "great white shark"]);
+        assert_eq!(ds.class_dirs, ["n01", "n02"]);
+
+        // A class folder without a line: an error naming the folder and the file, names unchanged.
+        std::fs::write(&file, "n02 shark
+").unwrap();
+        let err = ds.apply_class_names(&file).unwrap_err().to_string();
+        assert!(err.contains("classnames.txt") && err.contains("'n01'") && err.contains("Add a line 'n01 <class name>'"), "{err}");
+        assert_eq!(ds.class_names, ["tench", "great white shark"]);
+        // Two folders with one name.
+        std::fs::write(&file, "n01 shark
+n02 shark
+").unwrap();
+        let err = ds.apply_class_names(&file).unwrap_err().to_string();
+        assert!(err.contains("'shark' to two folders"), "{err}");
     }
 }

@@ -1,6 +1,7 @@
 //! Datasets on disk and the images in them.
 
 pub mod augment;
+pub mod classnames;
 pub mod fewshot;
 pub mod folder;
 pub mod scene_sets;

@@ -7,6 +7,7 @@ use serde::Serialize;
 use super::metrics::{evaluate, Evaluation};
 use crate::clip::encode::{image_features, text_features};
 use crate::clip::{l2_normalize, LoadedClip};
+use crate::data::fewshot::TestSplit;
 use crate::data::{DatasetFolder, Sample};
 use crate::error::{Error, Result};
 use crate::progress::Progress;
@@ -48,7 +49,10 @@ pub struct ZeroShotReport {
     pub model: String,
     pub templates: Vec<String>,
     pub classes: Vec<String>,
+    /// "test" (the test/ folder) or "derived-test" (set aside by a split seed): see `fewshot::test_split`.
     pub split: &'static str,
+    /// The split in words, e.g. "derived 30 % test split, split seed 0".
+    pub split_description: String,
     #[serde(flatten)]
     pub eval: Evaluation,
 }
@@ -59,8 +63,9 @@ pub fn logits(image_feats: &Tensor, weights: &Tensor, scale: f32) -> Result<Vec<
     Ok((img.matmul(&weights.t()?)? * f64::from(scale))?.to_vec2::<f32>()?)
 }
 
-pub fn run(clip: &LoadedClip, data: &DatasetFolder, templates: &[String], batch: usize, progress: &dyn Progress) -> Result<ZeroShotReport> {
-    let samples: &[Sample] = data.eval_samples();
+/// Scores `split` (from `fewshot::test_split`, the split every evaluation shares) with `templates`.
+pub fn run(clip: &LoadedClip, data: &DatasetFolder, split: &TestSplit, templates: &[String], batch: usize, progress: &dyn Progress) -> Result<ZeroShotReport> {
+    let samples: &[Sample] = &split.samples;
     let weights = class_weights(clip, &data.class_names, templates, progress)?;
     let paths: Vec<_> = samples.iter().map(|s| s.path.clone()).collect();
     let feats = image_features(clip, &paths, batch, progress)?;
@@ -72,7 +77,8 @@ pub fn run(clip: &LoadedClip, data: &DatasetFolder, templates: &[String], batch:
         model: clip.id.clone(),
         templates: templates.to_vec(),
         classes: data.class_names.clone(),
-        split: if data.test.is_some() { "test" } else { "all" },
+        split: if split.derived { "derived-test" } else { "test" },
+        split_description: split.description.clone(),
         eval: evaluate(&logits, &labels, &names, &data.class_names),
     })
 }

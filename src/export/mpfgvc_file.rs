@@ -15,6 +15,7 @@ use crate::fusion::vlfm::VlfmConfig;
 use crate::train::config::MpFgvcRun;
 use crate::clip::LoadedClip;
 use crate::error::{write_atomic, Error, Result};
+use crate::export::model_check::{check_model, MadeOn};
 use crate::tensor_file::{read_safetensors, safetensors_bytes};
 
 pub const FORMAT: &str = "promptscope-mpfgvc/1";
@@ -95,27 +96,17 @@ impl MpFgvcFile {
     pub fn check_model(&self, clip: &LoadedClip, path: &Path) -> Result<()> {
         let c = &clip.model.config;
         let m = &self.meta;
-        let ours = (m.text_hidden_size, m.vision_hidden_size, m.vision_layers, m.projection_dim);
-        let theirs = (c.text_config.hidden_size, c.vision_config.hidden_size, c.vision_config.num_hidden_layers, c.projection_dim);
-        if ours != theirs {
-            return Err(Error::bad_file(
-                path,
-                format!(
-                    "was trained on model '{}' (text width {}, vision width {}, {} vision blocks, projection {}) but '{}' has {}, {}, {}, {}: dimension mismatch",
-                    m.model_id, ours.0, ours.1, ours.2, ours.3, clip.id, theirs.0, theirs.1, theirs.2, theirs.3
-                ),
-                "evaluate it with the model it was trained on",
-            ));
-        }
-        let fingerprint = crate::clip::load::fingerprint(&clip.dir)?;
-        if fingerprint != m.model_fingerprint {
-            return Err(Error::bad_file(
-                path,
-                format!("was trained on model '{}', and '{}' has the same shapes but other weights (fingerprint {} vs {})", m.model_id, clip.id, &m.model_fingerprint[..12.min(m.model_fingerprint.len())], &fingerprint[..12]),
-                "evaluate it with the model it was trained on",
-            ));
-        }
-        Ok(())
+        let made = MadeOn {
+            model_id: &m.model_id,
+            fingerprint: &m.model_fingerprint,
+            dims: vec![
+                ("text width", m.text_hidden_size, c.text_config.hidden_size),
+                ("vision width", m.vision_hidden_size, c.vision_config.hidden_size),
+                ("vision blocks", m.vision_layers, c.vision_config.num_hidden_layers),
+                ("projection", m.projection_dim, c.projection_dim),
+            ],
+        };
+        check_model(path, &made, clip)
     }
 
     /// The tensors whose names start with `prefix`, with the prefix removed.

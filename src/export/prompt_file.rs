@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::tensor_file::{read_safetensors, safetensors_bytes};
 use crate::clip::LoadedClip;
 use crate::error::{write_atomic, Error, Result};
+use crate::export::model_check::{check_model, MadeOn};
 use crate::prompt::coop::{CoopConfig, PromptLearner};
 use crate::train::coop::TrainConfig;
 
@@ -100,25 +101,26 @@ impl PromptFile {
         Ok(Self { ctx: get("ctx")?, class_embeds: get("class_embeds")?, meta })
     }
 
-    /// Refuses a file made for a model of other dimensions, naming both.
+    /// Refuses a file made on another model: other dimensions, or the same shapes with other weights
+    /// (a learned context only means something on the text tower it was trained against).
     pub fn check_model(&self, clip: &LoadedClip, path: &Path) -> Result<()> {
         let c = &clip.model.config;
-        let d = *self.ctx.dims().last().unwrap_or(&0);
-        if d != c.text_config.hidden_size || self.class_embeds.dim(1)? != c.projection_dim {
-            return Err(Error::bad_file(
-                path,
-                format!(
-                    "was made for model '{}' (context width {d}, projection {}) but '{}' has width {} and projection {}: dimension mismatch",
-                    self.meta.model_id,
-                    self.class_embeds.dim(1)?,
-                    clip.id,
-                    c.text_config.hidden_size,
-                    c.projection_dim
-                ),
-                "load it with the model it was trained on",
-            ));
-        }
-        Ok(())
+        let made = MadeOn {
+            model_id: &self.meta.model_id,
+            fingerprint: &self.meta.model_fingerprint,
+            dims: vec![
+                ("text width", *self.ctx.dims().last().unwrap_or(&0), c.text_config.hidden_size),
+                ("projection", self.class_embeds.dims().get(1).copied().unwrap_or(0), c.projection_dim),
+            ],
+        };
+        check_model(path, &made, clip)
+    }
+
+    /// The normalised class weights `[C, P]` on `clip`'s device, after [`Self::check_model`]: what
+    /// zero-shot scoring and `eval::classify::top_k` take.
+    pub fn class_weights(&self, clip: &LoadedClip, path: &Path) -> Result<Tensor> {
+        self.check_model(clip, path)?;
+        Ok(crate::clip::l2_normalize(&self.class_embeds.to_device(&clip.device)?)?)
     }
 
     /// Rebuilds the prompt learner with this context on `clip`.

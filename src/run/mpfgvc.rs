@@ -20,7 +20,7 @@ use crate::train::config::MpFgvcRun;
 use crate::train::coop::checkpoint_path;
 use crate::train::mpfgvc::{accuracy, fusion_inputs, vlfm_predict, Checkpoint, CheckpointSink, Split, Stage1, Stage1Model, Stage2, StageEvent};
 use crate::clip::LoadedClip;
-use crate::data::fewshot::{few_shot, FewShotSplit};
+use crate::data::fewshot::{few_shot, test_split, FewShotSplit};
 use crate::data::{DatasetFolder, Sample};
 use crate::error::{Error, Result};
 use crate::progress::Progress;
@@ -265,7 +265,8 @@ pub fn load_trained<'a>(clip: &'a LoadedClip, file: &MpFgvcFile, path: &Path) ->
     Ok(Trained { stage1: Stage1Model { text: &clip.model.text, learner, tail, head }, vlfm })
 }
 
-/// Test accuracies of a weights file on a dataset (its test split, drawn as `few_shot` draws it).
+/// Test accuracies of a weights file on a dataset: its `test_split` by the run's split seed, the images
+/// `few_shot` set aside when it trained.
 pub fn evaluate_file(clip: &LoadedClip, data: &DatasetFolder, path: &Path, cache: Option<&Path>, progress: &dyn Progress) -> Result<Accuracies> {
     let file = MpFgvcFile::load(path)?;
     if file.meta.class_names != data.class_names {
@@ -277,7 +278,7 @@ pub fn evaluate_file(clip: &LoadedClip, data: &DatasetFolder, path: &Path, cache
     }
     let trained = load_trained(clip, &file, path)?;
     let run = &file.meta.run;
-    let split = few_shot(data, None, run.seed, run.split_seed)?;
-    let test = split_of(clip, &split.test, run.train_blocks, cache, progress)?;
+    let split = test_split(data, run.split_seed)?;
+    let test = split_of(clip, &split.samples, run.train_blocks, cache, progress)?;
     trained.evaluate(&test, progress)
 }

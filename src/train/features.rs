@@ -9,7 +9,6 @@
 //! dataset folder keeps the cache valid.
 
 use std::ffi::OsString;
-use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::sync_channel;
 
@@ -37,9 +36,6 @@ pub const CACHED_STAGE: &str = "image features (cached)";
 const FORMAT: &str = "promptscope-features-v1";
 /// Part of the key, so a change to the augmentation recipe cannot reuse old views.
 const AUGMENTATION: &str = "RandomResizedCrop(scale=(0.08,1.0),ratio=(3/4,4/3),bicubic-pil)+HorizontalFlip(0.5);view_seed(seed,image,view)";
-/// How much of the start and end of the weights file the model fingerprint reads: enough to tell
-/// checkpoints apart (header with every tensor's offsets, first and last tensors) without hashing GBs.
-const FINGERPRINT_SPAN: u64 = 1 << 20;
 const FEATURES: &str = "features";
 
 /// How one row's pixels are made from its image.
@@ -156,7 +152,7 @@ pub fn cache_key(clip: &LoadedClip, samples: &[Sample], views: usize, seed: u64)
     };
     field(FORMAT.as_bytes());
     field(AUGMENTATION.as_bytes());
-    field(&model_fingerprint(&clip.dir)?);
+    field(crate::clip::load::fingerprint(&clip.dir)?.as_bytes());
     field(format!("{:?}", clip.preprocess).as_bytes());
     field(&(views as u64).to_le_bytes());
     field(&(if views == 0 { 0 } else { seed }).to_le_bytes());
@@ -173,31 +169,6 @@ pub fn cache_key(clip: &LoadedClip, samples: &[Sample], views: usize, seed: u64)
         field(&(s.label as u64).to_le_bytes());
     }
     Ok(hex(&h.finalize()))
-}
-
-/// sha256 of `config.json`, the weights file's length, and its first and last MiB.
-fn model_fingerprint(dir: &Path) -> Result<[u8; 32]> {
-    let config = dir.join("config.json");
-    let config_bytes = std::fs::read(&config).map_err(|e| Error::io(&config, e))?;
-    let weights = dir.join("model.safetensors");
-    let read_span = || -> std::io::Result<(u64, Vec<u8>, Vec<u8>)> {
-        let mut f = std::fs::File::open(&weights)?;
-        let len = f.metadata()?.len();
-        let span = len.min(FINGERPRINT_SPAN);
-        let mut head = vec![0; span as usize];
-        f.read_exact(&mut head)?;
-        let mut tail = vec![0; span as usize];
-        f.seek(SeekFrom::Start(len - span))?;
-        f.read_exact(&mut tail)?;
-        Ok((len, head, tail))
-    };
-    let (len, head, tail) = read_span().map_err(|e| Error::io(&weights, e))?;
-    let mut h = Sha256::new();
-    h.update(Sha256::digest(&config_bytes));
-    h.update(len.to_le_bytes());
-    h.update(&head);
-    h.update(&tail);
-    Ok(h.finalize().into())
 }
 
 fn hex(bytes: &[u8]) -> String {

@@ -371,7 +371,7 @@ mod tests {
     fn adamw_fits_vlfm_where_inputs_share_a_large_direction() {
         let adamw = train_acc(OptimizerKind::AdamW, 0.01).unwrap();
         let sgd = train_acc(OptimizerKind::Sgd, 0.05).unwrap();
-        println!("train accuracy after 100 epochs: AdamW {adamw:.3}, SGD {sgd:.3}");
+        eprintln!("train accuracy after 100 epochs: AdamW {adamw:.3}, SGD {sgd:.3}");
         assert!(adamw >= 0.95, "{adamw}");
         assert!(sgd < 0.6, "{sgd}");
     }

@@ -309,7 +309,7 @@ mod tests {
             let first: Vec<f32> = model.named_vars()[5].1.as_tensor().flatten_all().unwrap().to_vec1().unwrap();
             run_until(&mut t, TrainSet { items: 16, views: 1 }, 12, "", &crate::progress::Silent, &mut |_, _| {}).unwrap();
             let after = t.loss(&(0..16).collect::<Vec<_>>()).unwrap().0.to_scalar::<f32>().unwrap();
-            println!("{loss:?}: loss over the 16 pairs {before:.3} → {after:.3}");
+            eprintln!("{loss:?}: loss over the 16 pairs {before:.3} → {after:.3}");
             assert!(after < 0.8 * before, "{loss:?}: {before} → {after}");
             let now: Vec<f32> = model.named_vars()[5].1.as_tensor().flatten_all().unwrap().to_vec1().unwrap();
             assert_ne!(first, now, "weights move");

@@ -110,7 +110,9 @@ fn align_eval_compares_three_accuracies() {
     let (m, d) = (s.p("m"), s.p("d"));
     let out = promptscope(&["align-eval", "--model", &m, "--device", "cpu", "--data", &d, "--template", "a {} square.", "--mode", "value", "--score", "t", "--k", "8", "--format", "json"]);
     let j = ok_json(&out);
-    assert_eq!(j["images"], 12);
+    // A flat folder: the derived 30 % test split every evaluation shares (one of each class's 3 images).
+    assert_eq!(j["images"], 4);
+    assert_eq!(j["split"], "derived 30 % test split, split seed 0");
     assert_eq!(j["ssvp_k"], 8);
     assert_eq!(j["score"], "t");
     for k in ["global_accuracy", "tokenwise_accuracy", "ssvp_accuracy"] {

@@ -112,8 +112,10 @@ fn tokenwise_classification_scores_are_the_alignment_scores_and_accuracies_are_c
     let ds = DatasetFolder::open(&root).unwrap();
     let cmp = CompareConfig { align: cfg, score: TokenScore::Mean, ssvp_k: None, batch: 8 };
     let class_prompts = ClassPrompts::Template { template, class_names: &ds.class_names };
-    let r = compare_accuracy(&clip, ds.eval_samples(), &class_prompts, &cmp, &Silent).unwrap();
-    let zs = promptscope::eval::zeroshot::run(&clip, &ds, &[template.to_string()], 8, &Silent).unwrap();
+    // Every image, for both (zero-shot takes any split).
+    let split = promptscope::data::fewshot::TestSplit { samples: ds.all.clone(), derived: false, description: "every image".into() };
+    let r = compare_accuracy(&clip, &split.samples, &class_prompts, &cmp, &Silent).unwrap();
+    let zs = promptscope::eval::zeroshot::run(&clip, &ds, &split, &[template.to_string()], 8, &Silent).unwrap();
     println!(
         "{} images: global {:.3}, token-wise ({} mode, mean score) {:.3}, SsVP K={} {:.3} (zero-shot {:.3}; chance 0.25, random weights)",
         r.images,

@@ -16,7 +16,7 @@ use promptscope::clip::{synth, ClipConfig, HiddenAct};
 use promptscope::export::prompt_file::PromptFile;
 use promptscope::prompt::coop::{CoopConfig, PromptLearner};
 
-use super::app_ui::{click, fixture, labels_containing, loaded, type_into, wait_for, wait_idle, MODEL_FIELD};
+use super::app_ui::{click, fixture, labels_containing, loaded, wait_for, wait_idle};
 
 /// A prompts file for `model` and `classes` with a random context (what it scores does not matter
 /// here, only that it is a real file of the real format), recorded as trained on `shots`.
@@ -139,8 +139,7 @@ fn a_prompts_file_from_another_model_is_refused_naming_both_models() {
     h.state_mut().state.errors.clear();
     open_prompts(&mut h, &ours);
     assert_eq!(h.state().state.prompts.len(), 1);
-    type_into(&mut h, MODEL_FIELD, &format!("{}", twin.display()));
-    click(&mut h, "Load");
+    h.state_mut().choose(PickTarget::Model, twin.clone());
     wait_idle(&mut h);
     assert!(h.state().state.model.as_ref().unwrap().clip.id.contains("twin-clip"));
     click(&mut h, "Compare");
@@ -381,4 +380,31 @@ fn compare_and_the_cli_report_the_same_numbers_on_a_flat_folder_and_a_test_only_
         assert_eq!(cli["total"].as_u64().unwrap() as usize, app.total, "{}: same images", data.display());
         assert_eq!(cli["correct"].as_u64().unwrap() as usize, app.correct, "{}: same predictions", data.display());
     }
+}
+
+/// Folders named by id take their class names from CoOp's classnames.txt, in the app as in the CLI.
+#[test]
+fn a_classnames_file_names_the_class_folders() {
+    let fx = fixture();
+    let mut h = loaded(&fx);
+    let dirs = h.state().state.dataset.as_ref().unwrap().folder.class_dirs.clone();
+    let names = ["tench", "goldfish", "great white shark"];
+    let file = fx._dir.path().join("classnames.txt");
+    let lines: Vec<String> = dirs.iter().zip(names).map(|(d, n)| format!("{d} {n}")).collect();
+    std::fs::write(&file, lines.join("\n")).unwrap();
+    h.state_mut().choose(PickTarget::ClassNames, file.clone());
+    wait_idle(&mut h);
+    assert!(h.state().state.errors.is_empty(), "{:?}", h.state().state.errors);
+    assert_eq!(dataset_classes(&h), names);
+    assert_eq!(h.query_all_by_label("great white shark").count(), 1, "the side panel lists the names");
+    run_zero_shot(&mut h);
+    assert_eq!(h.state().state.report.as_ref().unwrap().classes, names);
+    assert_eq!(h.state().settings().classnames, file.display().to_string(), "remembered with the dataset");
+    // A file that misses a folder is an error naming both, and the dataset stays as it was.
+    std::fs::write(&file, format!("{} tench\n", dirs[0])).unwrap();
+    h.state_mut().choose(PickTarget::ClassNames, file.clone());
+    wait_idle(&mut h);
+    let errors = &h.state().state.errors;
+    assert!(errors.len() == 1 && errors[0].contains(&dirs[1]) && errors[0].contains("classnames.txt"), "{errors:?}");
+    assert_eq!(dataset_classes(&h), names);
 }

@@ -278,6 +278,7 @@ fn paths_and_templates_are_remembered_between_launches() {
     let remembered = Settings {
         model: "openai/clip-vit-base-patch32".into(),
         dataset: "/data/pets".into(),
+        classnames: "/data/pets/classnames.txt".into(),
         templates: vec!["a photo of a {}, a type of pet.".into(), "a blurry photo of a {}.".into()],
         recent_models: vec!["openai/clip-vit-base-patch32".into(), "/models/b16".into()],
         recent_datasets: vec!["/data/pets".into()],

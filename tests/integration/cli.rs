@@ -154,3 +154,176 @@ fn sample_runs_its_main_job() {
     // On the shipped FILIP demo model, zero-shot under the colour cast is far above chance (1/8).
     assert!(v["accuracy"].as_f64().unwrap() > 0.25, "{v}");
 }
+
+#[test]
+fn classnames_file_names_the_classes_in_prompts_and_reports() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (model, ds) = (tmp.path().join("m"), tmp.path().join("d"));
+    tiny_model(&model);
+    data(&ds);
+    let names = tmp.path().join("classnames.txt");
+    // CoOp's format, lines in any order, a folder the dataset lacks.
+    std::fs::write(&names, "red_stripes a striped banner\nred_circle a round disc\n\nblue_moon not here\nred_square a square box\n").unwrap();
+    let (m, d, n) = (model.to_str().unwrap(), ds.to_str().unwrap(), names.to_str().unwrap());
+    let v: serde_json::Value =
+        serde_json::from_str(&common::ok(&promptscope(&["zero-shot", "--model", m, "--data", d, "--classnames", n, "--format", "json"]))).unwrap();
+    assert_eq!(v["classes"], serde_json::json!(["a round disc", "a square box", "a striped banner"]));
+    let e: serde_json::Value = serde_json::from_str(&common::ok(&promptscope(&[
+        "eval", "--model", m, "--data", d, "--classnames", n, "--template", "a photo of {}.", "--no-cache", "--format", "json",
+    ])))
+    .unwrap();
+    assert_eq!(e["eval"]["per_class"][2]["name"], "a striped banner");
+    for verb in [&["linear-probe", "--shots", "1", "--no-cache"][..], &["align-eval"]] {
+        let mut args = vec![verb[0], "--model", m, "--data", d, "--classnames", n];
+        args.extend_from_slice(&verb[1..]);
+        common::ok(&promptscope(&args));
+    }
+
+    // A class folder the file does not name: an error naming both.
+    std::fs::write(&names, "red_circle a round disc\nred_square a square box\n").unwrap();
+    assert_clean_error(&promptscope(&["zero-shot", "--model", m, "--data", d, "--classnames", n]), &["classnames.txt", "'red_stripes'"]);
+    // Two folders, one name.
+    std::fs::write(&names, "red_circle disc\nred_square disc\nred_stripes banner\n").unwrap();
+    assert_clean_error(&promptscope(&["zero-shot", "--model", m, "--data", d, "--classnames", n]), &["classnames.txt", "'disc' to two folders"]);
+}
+
+#[test]
+fn zero_shot_and_eval_score_the_split_training_leaves_for_testing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (model, flat) = (tmp.path().join("m"), tmp.path().join("flat"));
+    tiny_model(&model);
+    promptscope::data::synth::write_dataset(&flat, 3, 10, None, 7).unwrap();
+    let m = model.to_str().unwrap();
+    let ds = promptscope::data::DatasetFolder::open(&flat).unwrap();
+    let test = promptscope::data::fewshot::test_split(&ds, 0).unwrap();
+    assert_eq!(test.samples.len(), 9);
+    let v: serde_json::Value =
+        serde_json::from_str(&common::ok(&promptscope(&["zero-shot", "--model", m, "--data", flat.to_str().unwrap(), "--format", "json"]))).unwrap();
+    assert_eq!((v["total"].as_u64(), v["split"].as_str()), (Some(9), Some("derived-test")), "not all 30 images");
+    let scored: Vec<&str> = v["predictions"].as_array().unwrap().iter().map(|p| p["path"].as_str().unwrap()).collect();
+    let want: Vec<String> = test.samples.iter().map(|s| s.path.display().to_string()).collect();
+    assert_eq!(scored, want);
+    // The text report says which split it scored.
+    let text = common::ok(&promptscope(&["zero-shot", "--model", m, "--data", flat.to_str().unwrap(), "--split-seed", "3"]));
+    assert!(text.lines().next().unwrap().contains("derived 30 % test split, split seed 3"), "{text}");
+    let e: serde_json::Value = serde_json::from_str(&common::ok(&promptscope(&[
+        "eval", "--model", m, "--data", flat.to_str().unwrap(), "--template", "a photo of a {}.", "--no-cache", "--format", "json",
+    ])))
+    .unwrap();
+    assert_eq!((e["eval"]["total"].as_u64(), e["split"].as_str()), (Some(9), Some("derived 30 % test split, split seed 0")));
+
+    // Only test/: zero-shot needs no training images, and eval with templates neither.
+    let only_test = tmp.path().join("only-test");
+    data(&only_test);
+    std::fs::remove_dir_all(only_test.join("train")).unwrap();
+    std::fs::remove_dir_all(only_test.join("val")).unwrap();
+    let t = only_test.to_str().unwrap();
+    let v: serde_json::Value = serde_json::from_str(&common::ok(&promptscope(&["zero-shot", "--model", m, "--data", t, "--format", "json"]))).unwrap();
+    assert_eq!((v["total"].as_u64(), v["split"].as_str()), (Some(6), Some("test")));
+    let e: serde_json::Value =
+        serde_json::from_str(&common::ok(&promptscope(&["eval", "--model", m, "--data", t, "--no-cache", "--format", "json"]))).unwrap();
+    assert_eq!((e["eval"]["total"].as_u64(), e["split"].as_str()), (Some(6), Some("test/ folder")));
+}
+
+/// Runs a verb whose stdout reader has gone before the first line.
+fn with_closed_stdout(args: &[&str]) -> Output {
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_promptscope"))
+        .args(args)
+        .env("HF_ENDPOINT", "http://127.0.0.1:9")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn a_closed_stdout_ends_quietly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (model, ds) = (tmp.path().join("m"), tmp.path().join("d"));
+    tiny_model(&model);
+    data(&ds);
+    let (m, d, img) = (model.to_str().unwrap(), ds.to_str().unwrap(), common::fixture_image());
+    for args in [
+        vec!["align", "--model", m, "--image", &img, "--text", "a photo of a dog."],
+        vec!["ssvp", "--model", m, "--image", &img],
+        vec!["align-eval", "--model", m, "--data", d],
+        vec!["zero-shot", "--model", m, "--data", d],
+        vec!["classify", "--model", m, "--image", &img, "--classes", "dog,cat"],
+    ] {
+        let out = with_closed_stdout(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("panicked") && !stderr.contains("error"), "{}: {stderr}", args[0]);
+        assert_eq!(out.status.code(), Some(0), "{}: {stderr}", args[0]);
+    }
+}
+
+/// A Hugging Face cache (under `hf_home`) holding `id`'s config and weights only, as a download that
+/// lost its optional files leaves it.
+fn cached_hub_model(hf_home: &Path, id: &str) -> std::path::PathBuf {
+    let repo = hf_home.join("hub").join(format!("models--{}", id.replace('/', "--")));
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::write(repo.join("refs/main"), "0123abcd").unwrap();
+    let snapshot = repo.join("snapshots/0123abcd");
+    let full = hf_home.join("full");
+    tiny_model(&full);
+    std::fs::create_dir_all(&snapshot).unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(full.join(f), snapshot.join(f)).unwrap();
+    }
+    repo
+}
+
+fn embed_from_hub(hf_home: &Path, endpoint: &str) -> Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_promptscope"))
+        .args(["embed", "--model", "test/tiny-clip", "--text", "a dog", "--device", "cpu"])
+        .env("HF_ENDPOINT", endpoint)
+        .env("HF_HOME", hf_home)
+        .output()
+        .unwrap()
+}
+
+/// Answers every HTTP request on a loopback port with 404 for a few seconds: a hub without the file.
+fn hub_without_files() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    listener.set_nonblocking(true).unwrap();
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while std::time::Instant::now() < end {
+            match listener.accept() {
+                Ok((mut stream, _)) => {
+                    stream.set_nonblocking(false).unwrap();
+                    let mut buf = [0u8; 4096];
+                    let _ = stream.read(&mut buf);
+                    let _ = stream.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+                }
+                Err(_) => std::thread::sleep(std::time::Duration::from_millis(10)),
+            }
+        }
+    });
+    format!("http://{addr}")
+}
+
+#[test]
+fn hub_files_that_fail_to_download_are_reported() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = cached_hub_model(tmp.path(), "test/tiny-clip");
+    // No network: the tokenizer cannot be fetched, so the model is not used with a guessed one.
+    let out = embed_from_hub(tmp.path(), "http://127.0.0.1:9");
+    assert_clean_error(&out, &["test/tiny-clip", "tokenizer.json", "--model /path/to/folder"]);
+
+    // The hub says the files do not exist: the defaults, with a warning for each, remembered as absent.
+    let out = embed_from_hub(tmp.path(), &hub_without_files());
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("warning: model 'test/tiny-clip' has no tokenizer.json on the hub: using the bundled"), "{stderr}");
+    assert!(stderr.contains("warning: model 'test/tiny-clip' has no preprocessor_config.json on the hub"), "{stderr}");
+    assert!(repo.join(".no_exist/0123abcd/tokenizer.json").is_file());
+    // ... so a later run needs no network to know.
+    let out = embed_from_hub(tmp.path(), "http://127.0.0.1:9");
+    assert!(out.status.success() && String::from_utf8_lossy(&out.stderr).contains("has no tokenizer.json"));
+}

@@ -189,3 +189,157 @@ fn prompts_file_from_another_model_names_the_mismatch() {
     let line = error_line(&out);
     assert!(line.contains("p.safetensors") && line.contains("dimension mismatch") && line.contains("64"), "{line}");
 }
+
+#[test]
+fn prompts_file_from_a_model_with_other_weights_names_both_models() {
+    let s = setup();
+    ok(&train(&s, "p.safetensors", &[]));
+    // The same architecture (every width equal), other weights.
+    let other = s.dir.path().join("other");
+    let values = |name: &str, shape: &[usize]| {
+        let noise = synth::uniform_values(&format!("other.{name}"), shape.iter().product());
+        Ok(synth::tensor_values(name, shape).iter().zip(noise).map(|(v, n)| v + 0.01 * n).collect())
+    };
+    synth::write_model_folder_with(&ClipConfig::tiny(HiddenAct::QuickGelu, 1e-5), &other, synth::Storage::F32, &values).unwrap();
+    let (m, o) = (s.p("m"), s.p("other"));
+    for verb in [
+        vec!["eval", "--model", &o, "--data", &s.p("d"), "--prompts", &s.p("p.safetensors"), "--no-cache"],
+        vec!["interpret", &s.p("p.safetensors"), "--model", &o],
+    ] {
+        let line = error_line(&promptscope(&verb));
+        assert!(line.contains("p.safetensors") && line.contains("same shapes but other weights"), "{line}");
+        assert!(line.contains(&format!("'{m}'")) && line.contains(&format!("'{o}'")), "both models named: {line}");
+    }
+    // The model it was trained on still takes it.
+    ok(&promptscope(&["eval", "--model", &m, "--data", &s.p("d"), "--prompts", &s.p("p.safetensors"), "--no-cache"]));
+}
+
+#[test]
+fn classify_ranks_an_image_as_eval_does() {
+    let s = setup();
+    ok(&train(&s, "p.safetensors", &[]));
+    let p = s.p("p.safetensors");
+    let e: serde_json::Value =
+        serde_json::from_str(&ok(&promptscope(&["eval", "--model", &s.p("m"), "--data", &s.p("d"), "--prompts", &p, "--no-cache", "--format", "json"]))).unwrap();
+    let names = PromptFile::load(Path::new(&p)).unwrap().meta.class_names;
+    for pred in e["eval"]["predictions"].as_array().unwrap().iter().take(3) {
+        let image = pred["path"].as_str().unwrap();
+        // No --model: the one the prompts file was made with.
+        let c: serde_json::Value =
+            serde_json::from_str(&ok(&promptscope(&["classify", "--prompts", &p, "--image", image, "--top-k", "2", "--format", "json"]))).unwrap();
+        let top = c["images"][0]["top"].as_array().unwrap();
+        assert_eq!(top.len(), 2);
+        let probs: Vec<f64> = top.iter().map(|t| t["probability"].as_f64().unwrap()).collect();
+        assert!(probs[0] >= probs[1] && probs.iter().sum::<f64>() <= 1.0 + 1e-6, "{probs:?}");
+        assert_eq!(top[0]["class"], names[pred["predicted"].as_u64().unwrap() as usize], "{image}");
+        // The same probability eval gives (image features batched differently: float rounding only).
+        let eval_p = pred["top5"][0][1].as_f64().unwrap();
+        assert!((probs[0] - eval_p).abs() < 1e-4, "{} vs {eval_p}", probs[0]);
+        assert_eq!(c["images"][0]["path"], image);
+    }
+
+    // Hand-crafted prompts over listed classes: every class when k exceeds them, summing to 1.
+    let image = e["eval"]["predictions"][0]["path"].as_str().unwrap().to_string();
+    let text = ok(&promptscope(&["classify", "--model", &s.p("m"), "--classes", "red circle,red square", "--template", "a photo of a {}.", "--image", &image]));
+    let pcts: Vec<f64> = text.lines().skip(1).map(|l| l.trim().trim_end_matches('%').rsplit(' ').next().unwrap().parse().unwrap()).collect();
+    assert_eq!(pcts.len(), 2, "{text}");
+    assert!((pcts.iter().sum::<f64>() - 100.0).abs() < 0.02, "{text}");
+
+    // An image that is not there, or not an image: an error naming it.
+    let line = error_line(&promptscope(&["classify", "--prompts", &p, "--image", &s.p("missing.png")]));
+    assert!(line.contains("missing.png"), "{line}");
+    std::fs::write(s.p("broken.jpg"), b"not a jpeg").unwrap();
+    let line = error_line(&promptscope(&["classify", "--prompts", &p, "--image", &image, "--image", &s.p("broken.jpg")]));
+    assert!(line.contains("broken.jpg"), "{line}");
+}
+
+#[test]
+fn import_coop_reads_coops_classnames_format() {
+    let s = setup();
+    let fx = common::fixtures().join("coop_checkpoint");
+    std::fs::write(s.p("classnames.txt"), "n00000001 red circle\n\nn00000002 green square\nn00000003 blue stripes\n").unwrap();
+    let out = s.p("imported.safetensors");
+    ok(&promptscope(&[
+        "import-coop", fx.join("model.pth.tar-3").to_str().unwrap(), "--model", &s.p("m"), "--classnames", &s.p("classnames.txt"),
+        "--class-position", "middle", "--out", &out,
+    ]));
+    assert_eq!(PromptFile::load(Path::new(&out)).unwrap().meta.class_names, ["red circle", "green square", "blue stripes"]);
+}
+
+/// Sends SIGINT to `pid` (libc is not a dependency; `kill` is in every POSIX shell environment).
+fn interrupt(pid: u32) {
+    let status = Command::new("kill").args(["-INT", &pid.to_string()]).status().expect("kill");
+    assert!(status.success());
+}
+
+#[test]
+fn ctrl_c_stops_training_keeps_the_checkpoint_and_exits_130() {
+    use std::io::BufRead;
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+    let s = setup();
+    let (m, d, o, c) = (s.p("m"), s.p("d"), s.p("long.safetensors"), s.p("cache"));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_promptscope"))
+        .args(["train", "--model", &m, "--data", &d, "--shots", "2", "--n-ctx", "4", "--epochs", "100000", "--batch-size", "4", "--augment", "none", "--cache", &c, "--out", &o])
+        .env("HF_ENDPOINT", "http://127.0.0.1:9")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut seen = Vec::new();
+    // Interrupt once an epoch has finished, while the job polls for cancellation.
+    loop {
+        let line = rx.recv_timeout(Duration::from_secs(120)).unwrap_or_else(|_| panic!("no epoch line: {seen:?}"));
+        seen.push(line);
+        if seen.last().unwrap().starts_with("epoch") {
+            break;
+        }
+    }
+    interrupt(child.id());
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if start.elapsed() > Duration::from_secs(10) {
+            child.kill().unwrap();
+            panic!("still running 10 s after Ctrl-C");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    seen.extend(rx.iter());
+    let stderr = seen.join("\n");
+    assert_eq!(status.code(), Some(130), "{stderr}");
+    assert!(stderr.lines().any(|l| l == "cancelled"), "{stderr}");
+    assert!(stderr.contains("--resume") && stderr.contains("long.safetensors.ckpt"), "says how to resume: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(Path::new(&format!("{o}.ckpt")).is_file(), "the checkpoint is kept");
+    assert!(!Path::new(&o).exists(), "no export from a cancelled run");
+}
+
+#[test]
+fn training_with_closed_stdout_finishes_and_exits_quietly() {
+    let s = setup();
+    let (m, d, o, c) = (s.p("m"), s.p("d"), s.p("q.safetensors"), s.p("cache"));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_promptscope"))
+        .args(["train", "--model", &m, "--data", &d, "--shots", "2", "--n-ctx", "4", "--epochs", "3", "--batch-size", "4", "--augment", "none", "--cache", &c, "--out", &o, "--format", "json"])
+        .env("HF_ENDPOINT", "http://127.0.0.1:9")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The reader goes away before the first line: every write to stdout fails.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked") && !stderr.contains("error"), "{stderr}");
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(Path::new(&o).is_file(), "the run went on to its export");
+}
