@@ -355,12 +355,9 @@ impl PromptscopeApp {
         }
 
         let mut queued_prompts = false;
-        if self.state.model.is_some() && self.state.is_idle() {
-            if !self.startup_prompts.is_empty() {
-                let p = self.startup_prompts.remove(0);
-                actions.push(Action::LoadPrompts(p));
-                queued_prompts = true;
-            }
+        if self.state.model.is_some() && self.state.is_idle() && !self.startup_prompts.is_empty() {
+            actions.push(Action::LoadPrompts(self.startup_prompts.remove(0)));
+            queued_prompts = true;
         }
         // Not in the frame that queued the prompts: the run should include them.
         if self.autorun && !queued_prompts && self.startup_prompts.is_empty() && self.state.model.is_some() && self.state.dataset.is_some() && self.state.is_idle() {

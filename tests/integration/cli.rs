@@ -327,3 +327,30 @@ fn hub_files_that_fail_to_download_are_reported() {
     let out = embed_from_hub(tmp.path(), "http://127.0.0.1:9");
     assert!(out.status.success() && String::from_utf8_lossy(&out.stderr).contains("has no tokenizer.json"));
 }
+
+/// README's "first hour" from a shell, on the shipped FILIP demo model and the sample set: zero-shot,
+/// CoOp 16-shot, eval of the export, and classify with it (which agrees with eval, image for image).
+#[test]
+fn the_first_hour_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |rel: &str| dir.path().join(rel).display().to_string();
+    common::ok(&promptscope(&["sample", "--out", &p("samples")]));
+    let data = p("samples/warm-light");
+    let json = |out: &Output| -> serde_json::Value { serde_json::from_str(common::ok(out).lines().last().unwrap()).unwrap() };
+    let zs = json(&promptscope(&["zero-shot", "--model", "scenes-filip", "--data", &data, "--format", "json"]));
+    let template = zs["accuracy"].as_f64().unwrap();
+    common::ok(&promptscope(&["train", "--model", "scenes-filip", "--data", &data, "--shots", "16", "--epochs", "20", "--no-cache", "--out", &p("my-prompts.safetensors")]));
+    let ev = json(&promptscope(&["eval", "--model", "scenes-filip", "--data", &data, "--prompts", &p("my-prompts.safetensors"), "--format", "json"]));
+    let ev = &ev["eval"];
+    let learned = ev["accuracy"].as_f64().unwrap();
+    println!("first hour (CLI): template {template:.3}, CoOp 16-shot × 20 epochs {learned:.3}");
+    assert!(template > 2.0 / 8.0 && learned > template, "template {template}, learned {learned}");
+    // classify: --model defaults to the model the file records; its top-1 is eval's prediction.
+    let preds = ev["predictions"].as_array().unwrap();
+    let first = &preds[0];
+    let cl = json(&promptscope(&["classify", "--prompts", &p("my-prompts.safetensors"), "--image", first["path"].as_str().unwrap(), "--top-k", "5", "--format", "json"]));
+    let top = cl["images"][0]["top"].as_array().unwrap();
+    assert_eq!(top.len(), 5);
+    let classes = zs["classes"].as_array().unwrap();
+    assert_eq!(top[0]["class"], classes[first["predicted"].as_u64().unwrap() as usize], "classify and eval agree");
+}
