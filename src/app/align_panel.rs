@@ -101,7 +101,8 @@ impl AlignPanel {
         let model = state.model.as_ref()?;
         let (image, label) = self.current_image(state)?;
         let classes = Self::classes(state, sources);
-        let class = self.class.or(label).and_then(|c| classes.get(c)).cloned();
+        // A chosen class that the classes no longer have (another dataset) falls back to the image's.
+        let class = self.class.filter(|&c| c < classes.len()).or(label).and_then(|c| classes.get(c)).cloned();
         let n = model.clip.model.vision.config.num_patches();
         let prompt = match self.learned.and_then(|i| sources.get(i)) {
             Some(src) => {
@@ -230,7 +231,8 @@ impl AlignPanel {
                 }
             });
         });
-        ui.horizontal(|ui| {
+        // Wraps rather than widening the tab past the window (the maps below size to the tab's width).
+        ui.horizontal_wrapped(|ui| {
             ui.label("Mode");
             ui.radio_value(&mut self.config.mode, AlignMode::Token, "token").on_hover_text("FILIP: the model's output tokens");
             ui.radio_value(&mut self.config.mode, AlignMode::Value, "value").on_hover_text("MaskCLIP: the last block's value path");

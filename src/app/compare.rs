@@ -218,25 +218,27 @@ fn learned_ui(ui: &mut egui::Ui, state: &AppState, actions: &mut Vec<Action>) {
         return;
     }
     ui.strong("Learned prompts");
-    Grid::new("learned_prompts").num_columns(4).spacing([8.0, 4.0]).show(ui, |ui| {
-        for p in &state.prompts {
-            ui.label(&p.label).on_hover_text(p.path.display().to_string());
-            match p.problem(state.model.as_ref(), state.dataset.as_ref()) {
-                Some(why) => ui.colored_label(ui.visuals().error_fg_color, why),
-                None => {
-                    let shots = p.meta.shots.map_or("all images".to_string(), |k| format!("{k}-shot"));
-                    ui.weak(format!("{} classes · {shots}", p.meta.class_names.len()))
-                }
-            };
+    for p in &state.prompts {
+        ui.horizontal(|ui| {
             if ui.add_enabled(state.loading_prompts.is_none(), egui::Button::new("Reload")).on_hover_text(format!("Read {} again", p.label)).clicked() {
                 actions.push(Action::ReloadPrompts(p.path.clone()));
             }
             if ui.button("Unload").on_hover_text(format!("Remove {} from the comparison", p.label)).clicked() {
                 actions.push(Action::UnloadPrompts(p.path.clone()));
             }
-            ui.end_row();
-        }
-    });
+            ui.label(&p.label).on_hover_text(p.path.display().to_string());
+            // Last in the row and truncated (all of it on hover): a long class list would otherwise widen
+            // the tab past the window.
+            let (text, colour) = match p.problem(state.model.as_ref(), state.dataset.as_ref()) {
+                Some(why) => (why, ui.visuals().error_fg_color),
+                None => {
+                    let shots = p.meta.shots.map_or("all images".to_string(), |k| format!("{k}-shot"));
+                    (format!("{} classes · {shots}", p.meta.class_names.len()), ui.visuals().weak_text_color())
+                }
+            };
+            ui.add(egui::Label::new(RichText::new(&text).color(colour)).truncate()).on_hover_text(text);
+        });
+    }
 }
 
 /// Counts of true (rows) against predicted (columns) classes, shaded by their share of the row.

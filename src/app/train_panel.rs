@@ -408,16 +408,19 @@ fn seconds(s: f64) -> String {
 fn plots_ui(ui: &mut egui::Ui, runs: &[TrainRecord]) {
     let shown: Vec<&TrainRecord> = runs.iter().filter(|r| r.visible).collect();
     let height = ((ui.available_height() - 60.0) / 2.0).clamp(160.0, 320.0);
-    // Each legend in the corner its curves leave empty: loss falls to the right, accuracy rises, the
-    // learning rate starts high and decays.
-    let plot = |id: &'static str, y: &'static str, corner: Corner| {
-        Plot::new(id)
+    // Each legend in the corner its curves leave empty (loss falls to the right, accuracy rises); the
+    // narrow lr plot has none: its one curve per run has the run's colour, named in the list above.
+    let plot = |id: &'static str, y: &'static str, corner: Option<Corner>| {
+        let p = Plot::new(id)
             .height(height)
-            .legend(Legend::default().position(corner))
             .x_axis_label("epoch")
             .y_axis_label(y)
             .link_axis(egui::Id::unique("train_plots_x"), [true, false])
-            .auto_bounds([true, true])
+            .auto_bounds([true, true]);
+        match corner {
+            Some(c) => p.legend(Legend::default().position(c)),
+            None => p,
+        }
     };
     let draw = |p: &mut egui_plot::PlotUi<'_>, which: &str| {
         for run in &shown {
@@ -435,11 +438,11 @@ fn plots_ui(ui: &mut egui::Ui, runs: &[TrainRecord]) {
         }
     };
     ui.strong("Loss");
-    plot("train_loss", "loss", Corner::RightTop).show(ui, |p| draw(p, "loss"));
+    plot("train_loss", "loss", Some(Corner::RightTop)).show(ui, |p| draw(p, "loss"));
     ui.columns(2, |cols| {
         cols[0].strong("Accuracy (%)");
-        plot("train_accuracy", "%", Corner::RightBottom).include_y(0.0).include_y(100.0).height(height * 0.8).show(&mut cols[0], |p| draw(p, "accuracy"));
+        plot("train_accuracy", "%", Some(Corner::RightBottom)).include_y(0.0).include_y(100.0).height(height * 0.8).show(&mut cols[0], |p| draw(p, "accuracy"));
         cols[1].strong("Learning rate");
-        plot("train_lr", "lr", Corner::LeftBottom).include_y(0.0).height(height * 0.8).show(&mut cols[1], |p| draw(p, "lr"));
+        plot("train_lr", "lr", None).include_y(0.0).height(height * 0.8).show(&mut cols[1], |p| draw(p, "lr"));
     });
 }

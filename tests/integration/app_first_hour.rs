@@ -36,6 +36,12 @@ fn buttons<'h>(h: &'h Harness<'_, PromptscopeApp>, label: &'h str) -> impl Itera
     h.get_all_by_label(label).filter(|n| n.accesskit_node().role() == egui::accesskit::Role::Button)
 }
 
+/// Widgets that reach past the right edge of the 1280 px window (clipped for the user).
+pub(crate) fn clipped(h: &Harness<'_, PromptscopeApp>) -> Vec<String> {
+    let by = egui_kittest::kittest::By::new().predicate(|n| n.bounding_box().is_some_and(|b| b.x1 > 1281.0));
+    h.query_all(by).map(|n| format!("{:?} {:?} {:?}", n.accesskit_node().role(), n.accesskit_node().label(), n.rect())).collect()
+}
+
 fn dataset_classes(h: &Harness<'_, PromptscopeApp>) -> Vec<String> {
     h.state().state.dataset.as_ref().expect("a dataset").folder.class_names.clone()
 }
@@ -210,6 +216,7 @@ fn align_shows_the_class_word_under_each_prompt_side_by_side_with_its_probabilit
         assert!(m.prob > 0.0 && m.prob <= 1.0);
     }
     assert_eq!(labels_containing(&h, &format!("p({})", classes[0])), 2, "a probability under each map");
+    assert_eq!(clipped(&h), Vec::<String>::new(), "everything fits 1280 px");
     assert!(h.query_by_label("learned.safetensors map").is_some());
 
     // Another class for the same image: its maps and probabilities.
@@ -343,6 +350,7 @@ fn the_first_hour_walkthrough_in_readme_works_on_the_demo_model_and_sample() {
     wait_for(&mut h, "the side-by-side maps", |a| a.state.align.as_ref().is_some_and(|v| v.side_by_side.len() == 2) && a.state.aligning.is_none());
     let view = h.state().state.align.as_ref().unwrap();
     assert!(view.side_by_side.iter().all(|(_, m)| m.is_ok()));
+    assert_eq!(clipped(&h), Vec::<String>::new(), "the Align tab fits 1280 px");
 
     // 5. Export: Save as… (the dialog's answer), then 6. classify one image with it.
     click(&mut h, "Export");
