@@ -100,7 +100,7 @@ def lr_at(e):
     return o["lr"] * (1 + math.cos(math.pi * (e - o["warmup_epochs"]) / o["epochs"])) / 2
 
 
-def run_case(model, tok, feats, labels, **kw):
+def run_case(model, tok, feats, labels, kg_lambda=0.0, anchor=None, **kw):
     learner = PromptLearner(CLASSES, model, tok, **kw)
     opt = torch.optim.SGD([learner.ctx], lr=OPTIM["lr"], momentum=OPTIM["momentum"], weight_decay=OPTIM["weight_decay"])
     scale = model.logit_scale.exp().detach()
@@ -113,6 +113,10 @@ def run_case(model, tok, feats, labels, **kw):
         txt = text_encoder(model, learner(), learner.tokenized)
         txt = txt / txt.norm(dim=-1, keepdim=True)
         loss = F.cross_entropy(scale * img @ txt.t(), labels)
+        if kg_lambda > 0:
+            # KgCoOp (trainers/kgcoop.py): 1 - mean cosine to the hand-crafted prompt's class features.
+            score = F.cosine_similarity(txt, anchor, dim=1, eps=1e-07)
+            loss = loss + kg_lambda * (1.0 - torch.mean(score))
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -147,6 +151,16 @@ def main():
         ref["csc_middle_random"] = run_case(model, tok, feats, labels, n_ctx=4, ctx_init=None, csc=True, position="middle", init_ctx=init)
         init = torch.from_numpy(pattern(4 * d, 7, 1, 41, 0.02).reshape(4, d))
         ref["unified_front_random"] = run_case(model, tok, feats, labels, n_ctx=4, ctx_init=None, csc=False, position="front", init_ctx=init)
+        # KgCoOp: CoOp's loss plus λ = 8 times the distance to "a photo of a {}."'s class features.
+        hand = tok([f"a photo of a {c}." for c in CLASSES], padding=True, return_tensors="pt")
+        with torch.no_grad():
+            anchor = model.get_text_features(**hand)
+            anchor = getattr(anchor, "pooler_output", anchor)  # transformers 5 wraps the projected features
+            anchor = anchor / anchor.norm(dim=-1, keepdim=True)
+        ref["kg_template"] = "a photo of a {}."
+        ref["kgcoop_unified_end_random"] = run_case(
+            model, tok, feats, labels, kg_lambda=8.0, anchor=anchor, n_ctx=4, ctx_init=None, csc=False, position="end", init_ctx=init
+        )
     with open(os.path.join(FIX, "coop_reference.json"), "w") as f:
         json.dump(ref, f)
 

@@ -128,7 +128,7 @@ impl<'a> CoopStepper<'a> {
         };
         // Enough epochs for any number of steps; the schedule does not change the work of a step.
         let optim = OptimConfig { epochs: usize::MAX / 2, warmup_epochs: 0, ..Default::default() };
-        let trainer = Trainer::new(&clip.model.text, learner, TrainConfig { optim, batch_size: None, seed: 0 }, clip.model.logit_scale());
+        let trainer = Trainer::new(&clip.model.text, learner, TrainConfig { optim, batch_size: None, seed: 0, kg_lambda: 0.0 }, clip.model.logit_scale());
         Ok(Self { trainer, train, done: 0, text_positions })
     }
 

@@ -21,7 +21,8 @@ pub struct ComparePanel {
     /// As typed, blank lines included; cleaned when a run starts.
     pub templates: Vec<String>,
     pub linear_probe: bool,
-    /// The probe's training images: the learned prompts' shots by default, so the baseline is fair.
+    pub tip_adapter: bool,
+    /// The probe's (and Tip-Adapter's) training images: the learned prompts' shots by default, so the baseline is fair.
     pub probe_shots: ProbeShots,
     pub view: CompareView,
 }
@@ -36,7 +37,7 @@ pub struct CompareView {
 
 impl Default for ComparePanel {
     fn default() -> Self {
-        ComparePanel { templates: vec![DEFAULT_TEMPLATE.to_string()], linear_probe: false, probe_shots: ProbeShots::SameAsLearned, view: CompareView::default() }
+        ComparePanel { templates: vec![DEFAULT_TEMPLATE.to_string()], linear_probe: false, tip_adapter: false, probe_shots: ProbeShots::SameAsLearned, view: CompareView::default() }
     }
 }
 
@@ -109,7 +110,11 @@ impl ComparePanel {
                 actions.push(Action::RunZeroShot(templates));
             }
             ui.checkbox(&mut self.linear_probe, "linear probe").on_hover_text("Also fit a logistic regression on the train split's features");
-            ui.add_enabled_ui(self.linear_probe, |ui| {
+            ui.checkbox(&mut self.tip_adapter, "Tip-Adapter").on_hover_text(
+                "Training-free Tip-Adapter: a cache of the K-shot features (10 augmented views each) added to the first template's zero-shot \
+                 logits. α and β are searched on the validation split (Tip-Adapter's published ImageNet script searches them on test).",
+            );
+            ui.add_enabled_ui(self.linear_probe || self.tip_adapter, |ui| {
                 egui::ComboBox::from_id_salt("probe_shots").selected_text(self.probe_shots.label()).show_ui(ui, |ui| {
                     for choice in ProbeShots::CHOICES {
                         ui.selectable_value(&mut self.probe_shots, choice, choice.label());

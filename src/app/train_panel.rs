@@ -20,6 +20,8 @@ use super::events::Action;
 pub const START_BUTTON: &str = "Start training";
 pub const PRETRAIN_METHOD: &str = "Pretrain (FILIP / CLIP)";
 /// Label of the pairs-folder field of the pretraining form.
+/// The CoOp form's KgCoOp weight.
+pub const KG_FIELD: &str = "KgCoOp λ";
 pub const PAIRS_FIELD: &str = "Image–caption pairs";
 pub const SHOT_CHOICES: [Option<usize>; 6] = [Some(1), Some(2), Some(4), Some(8), Some(16), None];
 
@@ -285,7 +287,18 @@ fn coop_form(ui: &mut egui::Ui, r: &mut CoopRun) {
         }
         let l = ui.label("Baseline");
         ui.add(TextEdit::singleline(&mut r.template).desired_width(150.0)).labelled_by(l.id)
-            .on_hover_text("The hand-crafted template the learned context is compared with");
+            .on_hover_text("The hand-crafted template the learned context is compared with (and KgCoOp's anchor)");
+        ui.end_row();
+        let l = ui.label(KG_FIELD);
+        ui.horizontal(|ui| {
+            ui.add(egui::DragValue::new(&mut r.train.kg_lambda).range(0.0..=100.0).speed(0.1)).labelled_by(l.id).on_hover_text(
+                "KgCoOp: pulls each learned class weight towards the baseline template's by λ·(1 − mean cos), keeping what CLIP \
+                 knows about classes it was not trained on. 0 trains plain CoOp; KgCoOp uses 8.",
+            );
+            if ui.small_button("KgCoOp's").on_hover_text("λ = 8").clicked() {
+                r.train.kg_lambda = 8.0;
+            }
+        });
         ui.end_row();
     });
 }

@@ -185,6 +185,9 @@ pub enum Verb {
     },
     /// CoOp's linear-probe baseline: logistic regression on the few-shot features, L2 chosen on val.
     LinearProbe(super::ProbeArgs),
+    /// Tip-Adapter (training-free): a cache of the K-shot features added to zero-shot; α and β searched on
+    /// the validation split (its published ImageNet script searches on test).
+    TipAdapter(super::TipArgs),
     /// FILIP token-wise alignment of one image with one prompt: similarity matrix, s_I/s_T, word maps.
     Align(super::align::AlignArgs),
     /// SsVP: the patches the penultimate block's class token attends to most, and the image feature from them.

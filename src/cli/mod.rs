@@ -398,9 +398,13 @@ pub struct TrainArgs {
     /// Cached augmented views per training image.
     #[arg(long, default_value_t = coop_defaults().views)]
     pub views: usize,
-    /// The hand-crafted template reported beside the learned context.
+    /// The hand-crafted template reported beside the learned context (and KgCoOp's anchor).
     #[arg(long, default_value_t = coop_defaults().template)]
     pub template: String,
+    /// KgCoOp: the weight λ of the pull of each learned class weight towards the template's (KgCoOp
+    /// uses 8); 0 trains plain CoOp.
+    #[arg(long, default_value_t = coop_defaults().train.kg_lambda)]
+    pub kg_lambda: f64,
     #[command(flatten)]
     pub output: RunOutputArgs,
 }
@@ -428,6 +432,7 @@ impl TrainArgs {
             .map_err(|_| anyhow::anyhow!("--augment takes none or crop-flip, not '{}'", self.augment))?;
         run.views = self.views;
         run.template = self.template.clone();
+        run.train.kg_lambda = self.kg_lambda;
         run.validate()?;
         Ok(run)
     }
@@ -664,6 +669,57 @@ pub fn linear_probe(args: &ProbeArgs) -> Result<()> {
     }
 }
 
+#[derive(clap::Args, Debug, Clone)]
+pub struct TipArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub data: DataArgs,
+    #[command(flatten)]
+    pub split: SplitArgs,
+    /// Augmented views of each cached image (Tip-Adapter's augment_epoch).
+    #[arg(long, default_value_t = promptscope::run::tip::TipRun::default().views)]
+    pub views: usize,
+    /// The hand-crafted template of the zero-shot part.
+    #[arg(long, default_value_t = promptscope::run::tip::TipRun::default().template)]
+    pub template: String,
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: Format,
+}
+
+pub fn tip_adapter(args: &TipArgs) -> Result<()> {
+    use promptscope::run::tip::{run, TipRun};
+    let ds = open_dataset(&args.data)?;
+    let clip = load_model(&args.model)?;
+    let tip = TipRun {
+        shots: args.split.shots_or("16")?,
+        seed: args.split.seed,
+        split_seed: args.split.split_seed,
+        views: args.views,
+        template: args.template.clone(),
+    };
+    let report = {
+        let bar = Bar::new();
+        run(&clip, &ds, &tip, args.split.cache.dir().as_deref(), &bar)?
+    };
+    match args.format {
+        Format::Json => print_json(&report),
+        Format::Text => {
+            let s = &report.searched;
+            outln!(
+                "Tip-Adapter, cache of {} images × {} views: α {:.3}, β {:.3} (searched on val: {:.2}%)",
+                report.cache_images,
+                tip.views,
+                s.alpha,
+                s.beta,
+                100.0 * s.val_acc
+            );
+            outln!("{}: test {:.2}% (zero-shot \"{}\" {:.2}%)", report.split, 100.0 * report.test.accuracy, tip.template, 100.0 * report.zero_shot_test_acc);
+            Ok(())
+        }
+    }
+}
+
 /// Runs one verb.
 pub fn run(verb: Verb) -> Result<()> {
     match verb {
@@ -724,6 +780,7 @@ pub fn run(verb: Verb) -> Result<()> {
         }
         Verb::Classify(args) => classify::classify(&args),
         Verb::LinearProbe(args) => linear_probe(&args),
+        Verb::TipAdapter(args) => tip_adapter(&args),
         Verb::Align(args) => align::align_verb(&args),
         Verb::Ssvp(args) => align::ssvp_verb(&args),
         Verb::AlignEval(args) => align::align_eval_verb(&args),

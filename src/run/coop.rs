@@ -86,6 +86,11 @@ pub fn train(
     let names = &data.class_names;
     let learner = PromptLearner::new(&clip.model.text, &clip.tokenizer, names, &run.coop)?;
     let mut trainer = Trainer::new(&clip.model.text, learner, run.train.clone(), clip.model.logit_scale());
+    // The hand-crafted baseline's weights: KgCoOp's anchor while training, the baseline row after.
+    let hand = zeroshot::class_weights(clip, names, std::slice::from_ref(&run.template), progress)?;
+    if run.train.kg_lambda > 0.0 {
+        trainer.set_kg_anchor(hand.clone())?;
+    }
     let ckpt: Option<PathBuf> = out.map(checkpoint_path);
     if let (true, Some(c)) = (resume, &ckpt) {
         if c.is_file() {
@@ -96,7 +101,6 @@ pub fn train(
     let weights = trainer.class_weights()?;
     let val_eval = evaluate_weights(clip, &weights, &rd.val, &rd.split.val, names)?;
     let test_eval = evaluate_weights(clip, &weights, &rd.test, &rd.split.test, names)?;
-    let hand = zeroshot::class_weights(clip, names, std::slice::from_ref(&run.template), progress)?;
     let hand_eval = evaluate_weights(clip, &hand, &rd.test, &rd.split.test, names)?;
     let metrics = RunMetrics {
         train_images: rd.split.train.len(),

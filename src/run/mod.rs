@@ -4,3 +4,4 @@
 pub mod coop;
 pub mod mpfgvc;
 pub mod pretrain;
+pub mod tip;

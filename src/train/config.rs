@@ -54,7 +54,7 @@ impl Default for CoopRun {
             seed,
             split_seed: 0,
             coop: CoopConfig { seed, ..CoopConfig::default() },
-            train: TrainConfig { optim: OptimConfig { epochs: default_epochs(shots), ..OptimConfig::default() }, batch_size: Some(32), seed },
+            train: TrainConfig { optim: OptimConfig { epochs: default_epochs(shots), ..OptimConfig::default() }, batch_size: Some(32), seed, kg_lambda: 0.0 },
             augment: Augment::CropFlip,
             views: 4,
             template: DEFAULT_TEMPLATE.to_string(),
@@ -81,6 +81,9 @@ impl CoopRun {
         }
         if !self.template.contains("{}") {
             return Err(Error::invalid(format!("the template '{}' has no {{}} for the class name", self.template)));
+        }
+        if !(self.train.kg_lambda >= 0.0 && self.train.kg_lambda.is_finite()) {
+            return Err(Error::invalid(format!("KgCoOp's λ (--kg-lambda) must be 0 or more, not {}", self.train.kg_lambda)));
         }
         check_common(self.shots, &self.train.optim, self.train.batch_size, "")
     }
@@ -264,7 +267,11 @@ impl RunConfig {
             }
             (_, Some(method)) => {
                 let shots = self.shots().map_or("all shots".to_string(), |k| format!("{k}-shot"));
-                format!("{shots} · {}", method.describe())
+                let kg = match self {
+                    Self::Coop(r) if r.train.kg_lambda > 0.0 => format!("KgCoOp λ={} · ", r.train.kg_lambda),
+                    _ => String::new(),
+                };
+                format!("{kg}{shots} · {}", method.describe())
             }
             (_, None) => String::new(),
         }

@@ -37,6 +37,10 @@ pub struct TrainConfig {
     pub batch_size: Option<usize>,
     /// Seed of batch order and view choice.
     pub seed: u64,
+    /// KgCoOp's λ: the loss adds λ·(1 − mean_i cos(w_i, w_i^clip)), pulling each learned class weight
+    /// towards the hand-crafted prompt's (the knowledge CoOp forgets on unseen classes). 0: plain CoOp.
+    #[serde(default)]
+    pub kg_lambda: f64,
 }
 
 pub use super::epoch_loop::{EpochStats, TrainEvent};
@@ -49,6 +53,8 @@ pub struct Trainer<'a> {
     opt: Sgd,
     /// Next epoch, batch-order generator and history: what a checkpoint saves besides the context.
     pub state: EpochLoop,
+    /// KgCoOp's anchor: the hand-crafted prompt's normalised class weights `[C, P]`.
+    kg_anchor: Option<Tensor>,
 }
 
 /// Accuracy of `feats` (eval view) against normalised class weights.
@@ -74,7 +80,18 @@ impl<'a> Trainer<'a> {
     pub fn new(text: &'a TextTower, learner: PromptLearner, config: TrainConfig, logit_scale: f32) -> Self {
         let opt = Sgd::new(config.optim.momentum, config.optim.weight_decay);
         let state = EpochLoop::new(config.optim.clone(), config.batch_size, config.seed);
-        Self { text, learner, config, logit_scale, opt, state }
+        Self { text, learner, config, logit_scale, opt, state, kg_anchor: None }
+    }
+
+    /// KgCoOp's anchor (normalised class weights of the hand-crafted prompt), needed when
+    /// `config.kg_lambda > 0`.
+    pub fn set_kg_anchor(&mut self, hand_weights: Tensor) -> Result<()> {
+        let want = (self.learner.class_names.len(), hand_weights.dim(1)?);
+        if hand_weights.dims2()? != want {
+            return Err(Error::invalid(format!("KgCoOp's anchor has shape {:?}, expected {want:?}", hand_weights.dims())));
+        }
+        self.kg_anchor = Some(hand_weights.detach());
+        Ok(())
     }
 
     /// Normalised class weights `[C, P]` from the current context (no gradient).
@@ -177,7 +194,14 @@ impl TrainStep for CoopStep<'_, '_> {
         let img = l2_normalize(&train.feats.index_select(&idx, 0)?)?;
         let txt = l2_normalize(&t.learner.text_features(t.text)?)?;
         let logits = (img.matmul(&txt.t()?)? * f64::from(t.logit_scale))?;
-        let loss = candle_nn::loss::cross_entropy(&logits, &labels)?;
+        let mut loss = candle_nn::loss::cross_entropy(&logits, &labels)?;
+        let lambda = t.config.kg_lambda;
+        if lambda > 0.0 {
+            let anchor = t.kg_anchor.as_ref().ok_or_else(|| Error::invalid("KgCoOp (kg_lambda > 0) needs the hand-crafted class weights: set_kg_anchor"))?;
+            // 1 − mean_i cos(w_i, w_i^clip); both are unit vectors, so the cosine is their dot product.
+            let cos = (&txt * anchor)?.sum(D::Minus1)?.mean_all()?;
+            loss = (loss + cos.affine(-lambda, lambda)?)?;
+        }
         let correct = logits.argmax(D::Minus1)?.eq(&labels)?.to_dtype(candle_core::DType::U32)?.sum_all()?.to_scalar::<u32>()?;
         let grads = loss.backward()?;
         let g = grads.get(t.learner.ctx.as_tensor()).ok_or_else(|| Error::invalid("no gradient reached the context"))?;

@@ -71,7 +71,7 @@ fn a_killed_run_resumes_to_the_same_result() {
             seed: 1,
             split_seed: 0,
             coop: CoopConfig { n_ctx: 4, ..Default::default() },
-            train: TrainConfig { optim: OptimConfig { lr: 0.05, epochs: 3, ..Default::default() }, batch_size: Some(4), seed: 1 },
+            train: TrainConfig { optim: OptimConfig { lr: 0.05, epochs: 3, ..Default::default() }, batch_size: Some(4), seed: 1, kg_lambda: 0.0 },
             augment: Augment::CropFlip,
             views: 2,
             template: "a photo of a {}.".into(),
@@ -342,4 +342,33 @@ fn training_with_closed_stdout_finishes_and_exits_quietly() {
     assert!(!stderr.contains("panicked") && !stderr.contains("error"), "{stderr}");
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     assert!(Path::new(&o).is_file(), "the run went on to its export");
+}
+
+/// KgCoOp from the CLI: the pull towards the template changes the context, is recorded in the export,
+/// and a negative λ is refused.
+#[test]
+fn kgcoop_trains_from_the_cli_and_is_recorded() {
+    let s = setup();
+    ok(&train(&s, "coop.safetensors", &[]));
+    ok(&train(&s, "kg.safetensors", &["--kg-lambda", "8"]));
+    assert_ne!(ctx_bits(&s.p("coop.safetensors")), ctx_bits(&s.p("kg.safetensors")), "λ = 8 changes the trajectory");
+    let f = PromptFile::load(Path::new(&s.p("kg.safetensors"))).unwrap();
+    assert_eq!(f.meta.train.as_ref().unwrap().kg_lambda, 8.0);
+    let bad = train(&s, "bad.safetensors", &["--kg-lambda=-1"]);
+    assert!(error_line(&bad).contains("--kg-lambda"), "{}", error_line(&bad));
+}
+
+/// Tip-Adapter from the CLI: α and β come from the grid and the validation split, the test split is
+/// scored, and the report says which split.
+#[test]
+fn tip_adapter_reports_its_searched_parameters_and_test_accuracy() {
+    let s = setup();
+    let out = ok(&promptscope(&["tip-adapter", "--model", &s.p("m"), "--data", &s.p("d"), "--shots", "2", "--views", "2", "--no-cache", "--format", "json"]));
+    let v: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+    let (alpha, beta) = (v["searched"]["alpha"].as_f64().unwrap(), v["searched"]["beta"].as_f64().unwrap());
+    assert!((0.1..3.0).contains(&alpha) && (0.1..7.0).contains(&beta), "{v}");
+    assert_eq!(v["total"], 9, "the 3 × 3 test images");
+    assert_eq!(v["cache_images"], 6, "2 shots × 3 classes");
+    assert_eq!(v["split"], "test/ folder");
+    assert!(v["zero_shot_test_acc"].as_f64().is_some() && v["accuracy"].as_f64().is_some());
 }

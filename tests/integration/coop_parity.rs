@@ -29,7 +29,8 @@ fn relative(ours: &[f32], theirs: &[f32], base: &[f32]) -> f64 {
     num / den
 }
 
-fn trajectory_matches(case: &str, cfg: CoopConfig, set_init: bool) {
+/// `kg_lambda > 0`: KgCoOp, anchored on the fixture's hand-crafted template.
+fn trajectory_matches(case: &str, cfg: CoopConfig, set_init: bool, kg_lambda: f64) {
     let r = coop_reference();
     let c = &r[case];
     let dir = model_dir("tiny", &reference());
@@ -62,7 +63,14 @@ fn trajectory_matches(case: &str, cfg: CoopConfig, set_init: bool) {
         views_per_image: 1,
     };
     let epochs = optim.epochs;
-    let mut trainer = Trainer::new(&clip.model.text, learner, TrainConfig { optim, batch_size: None, seed: 1 }, clip.model.logit_scale());
+    let anchor = (kg_lambda > 0.0).then(|| {
+        let template = r["kg_template"].as_str().unwrap().to_string();
+        promptscope::eval::zeroshot::class_weights(&clip, &classes, &[template], &promptscope::progress::Silent).unwrap()
+    });
+    let mut trainer = Trainer::new(&clip.model.text, learner, TrainConfig { optim, batch_size: None, seed: 1, kg_lambda }, clip.model.logit_scale());
+    if let Some(a) = anchor {
+        trainer.set_kg_anchor(a).unwrap();
+    }
     let mut ctx_per_epoch = vec![];
     let mut losses = vec![];
     let mut lrs = vec![];
@@ -92,17 +100,25 @@ fn trajectory_matches(case: &str, cfg: CoopConfig, set_init: bool) {
 #[test]
 fn unified_end_phrase_init_follows_pytorch() {
     let cfg = CoopConfig { n_ctx: 0, ctx_init: Some("a photo of a".into()), csc: false, class_position: ClassPosition::End, seed: 1 };
-    trajectory_matches("unified_end_phrase", cfg, false);
+    trajectory_matches("unified_end_phrase", cfg, false, 0.0);
 }
 
 #[test]
 fn csc_middle_follows_pytorch() {
     let cfg = CoopConfig { n_ctx: 4, ctx_init: None, csc: true, class_position: ClassPosition::Middle, seed: 1 };
-    trajectory_matches("csc_middle_random", cfg, true);
+    trajectory_matches("csc_middle_random", cfg, true, 0.0);
 }
 
 #[test]
 fn unified_front_follows_pytorch() {
     let cfg = CoopConfig { n_ctx: 4, ctx_init: None, csc: false, class_position: ClassPosition::Front, seed: 1 };
-    trajectory_matches("unified_front_random", cfg, true);
+    trajectory_matches("unified_front_random", cfg, true, 0.0);
+}
+
+/// KgCoOp (Yao et al. 2023): CoOp's loss plus λ·(1 − mean cos) to the hand-crafted prompt's class
+/// features, λ = 8, against KgCoOp's PyTorch loss on the same model.
+#[test]
+fn kgcoop_follows_pytorch() {
+    let cfg = CoopConfig { n_ctx: 4, ctx_init: None, csc: false, class_position: ClassPosition::End, seed: 1 };
+    trajectory_matches("kgcoop_unified_end_random", cfg, true, 8.0);
 }

@@ -24,5 +24,6 @@ mod pretrain_cli;
 mod resample_pil;
 mod run_config;
 mod shared_prefix;
+mod tip_parity;
 mod tokenizer_parity;
 mod vlfm_parity;
