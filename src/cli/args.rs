@@ -188,6 +188,9 @@ pub enum Verb {
     /// Tip-Adapter (training-free): a cache of the K-shot features added to zero-shot; α and β searched on
     /// the validation split (its published ImageNet script searches on test).
     TipAdapter(super::TipArgs),
+    /// CoCoOp's base-to-novel protocol: learn on the first half of the (sorted) classes, score base and
+    /// novel classes and their harmonic mean, over seeds (mean ± std), beside zero-shot.
+    BaseToNovel(super::BaseToNovelArgs),
     /// FILIP token-wise alignment of one image with one prompt: similarity matrix, s_I/s_T, word maps.
     Align(super::align::AlignArgs),
     /// SsVP: the patches the penultimate block's class token attends to most, and the image feature from them.

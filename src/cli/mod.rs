@@ -720,6 +720,80 @@ pub fn tip_adapter(args: &TipArgs) -> Result<()> {
     }
 }
 
+#[derive(clap::Args, Debug, Clone)]
+pub struct BaseToNovelArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// Shots per base class (default 16).
+    #[arg(long)]
+    pub shots: Option<String>,
+    /// The seeds to average over, e.g. 1,2,3.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,3")]
+    pub seeds: Vec<u64>,
+    #[arg(long, default_value_t = coop_defaults().split_seed)]
+    pub split_seed: u64,
+    /// Context length M (ignored with --ctx-init).
+    #[arg(long, default_value_t = coop_defaults().coop.n_ctx, conflicts_with = "ctx_init")]
+    pub n_ctx: usize,
+    #[arg(long)]
+    pub ctx_init: Option<String>,
+    /// Default: CoOp's epochs for the shots.
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    /// KgCoOp's λ (8 in its paper); 0 learns plain CoOp.
+    #[arg(long, default_value_t = coop_defaults().train.kg_lambda)]
+    pub kg_lambda: f64,
+    /// The hand-crafted template: the zero-shot row, and KgCoOp's anchor.
+    #[arg(long, default_value_t = coop_defaults().template)]
+    pub template: String,
+    #[command(flatten)]
+    pub cache: CacheArgs,
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: Format,
+}
+
+pub fn base_to_novel(args: &BaseToNovelArgs) -> Result<()> {
+    use promptscope::run::base_to_novel::{method_name, run};
+    let mut coop = coop_defaults();
+    coop.shots = SHOTS.parse(args.shots.as_deref().unwrap_or("16"))?;
+    coop.split_seed = args.split_seed;
+    coop.coop.n_ctx = args.n_ctx;
+    coop.coop.ctx_init = args.ctx_init.clone();
+    coop.train.optim.epochs = args.epochs.unwrap_or_else(|| default_epochs(coop.shots));
+    coop.train.kg_lambda = args.kg_lambda;
+    coop.template = args.template.clone();
+    coop.validate()?;
+    let ds = open_dataset(&args.data)?;
+    let clip = load_model(&args.model)?;
+    let bar = Bar::new();
+    let method = method_name(&coop);
+    let mut on_event = |seed: u64, ev: promptscope::train::coop::TrainEvent| {
+        if let promptscope::train::coop::TrainEvent::Epoch(s) = ev {
+            bar.update(&format!("{method} seed {seed}: epochs"), s.epoch + 1, s.epochs);
+        }
+    };
+    let report = run(&clip, &ds, &coop, &args.seeds, args.cache.dir().as_deref(), &bar, &mut on_event)?;
+    drop(bar);
+    match args.format {
+        Format::Json => print_json(&report),
+        Format::Text => {
+            let shots = report.shots.map_or("all".to_string(), |k| k.to_string());
+            outln!("base ({}): {}", report.base_classes.len(), report.base_classes.join(", "));
+            outln!("novel ({}): {}", report.novel_classes.len(), report.novel_classes.join(", "));
+            outln!("{shots} shots per base class, seeds {:?}; accuracy % (mean ± std over seeds)", args.seeds);
+            let width = report.rows.iter().map(|r| r.method.chars().count()).max().unwrap_or(6).max(6);
+            outln!("  {:width$}  {:>13}  {:>13}  {:>13}", "method", "base", "novel", "H");
+            for r in &report.rows {
+                let cell = |m: f64, s: f64| format!("{:5.1} ± {:4.1}", 100.0 * m, 100.0 * s);
+                outln!("  {:width$}  {:>13}  {:>13}  {:>13}", r.method, cell(r.mean.base, r.std.base), cell(r.mean.novel, r.std.novel), cell(r.mean.harmonic, r.std.harmonic));
+            }
+            Ok(())
+        }
+    }
+}
+
 /// Runs one verb.
 pub fn run(verb: Verb) -> Result<()> {
     match verb {
@@ -781,6 +855,7 @@ pub fn run(verb: Verb) -> Result<()> {
         Verb::Classify(args) => classify::classify(&args),
         Verb::LinearProbe(args) => linear_probe(&args),
         Verb::TipAdapter(args) => tip_adapter(&args),
+        Verb::BaseToNovel(args) => base_to_novel(&args),
         Verb::Align(args) => align::align_verb(&args),
         Verb::Ssvp(args) => align::ssvp_verb(&args),
         Verb::AlignEval(args) => align::align_eval_verb(&args),

@@ -199,6 +199,30 @@ impl DatasetFolder {
         Ok(())
     }
 
+    /// The same folder restricted to `classes` (indices, in the order given), relabelled 0.. in that
+    /// order: base-to-novel trains on one such subset and scores another.
+    pub fn subset(&self, classes: &[usize]) -> Result<DatasetFolder> {
+        if let Some(&bad) = classes.iter().find(|&&c| c >= self.num_classes()) {
+            return Err(Error::invalid(format!("class {bad} of a {}-class dataset", self.num_classes())));
+        }
+        let relabel = |samples: &[Sample]| -> Vec<Sample> {
+            samples
+                .iter()
+                .filter_map(|s| classes.iter().position(|&c| c == s.label).map(|label| Sample { path: s.path.clone(), label }))
+                .collect()
+        };
+        Ok(DatasetFolder {
+            root: self.root.clone(),
+            class_dirs: classes.iter().map(|&c| self.class_dirs[c].clone()).collect(),
+            class_names: classes.iter().map(|&c| self.class_names[c].clone()).collect(),
+            train: self.train.as_deref().map(relabel),
+            val: self.val.as_deref().map(relabel),
+            test: self.test.as_deref().map(relabel),
+            all: relabel(&self.all),
+            skipped_files: self.skipped_files,
+        })
+    }
+
     /// Image count per class over `samples`.
     pub fn counts(&self, samples: &[Sample]) -> Vec<usize> {
         let mut c = vec![0; self.num_classes()];

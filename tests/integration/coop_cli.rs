@@ -372,3 +372,28 @@ fn tip_adapter_reports_its_searched_parameters_and_test_accuracy() {
     assert_eq!(v["split"], "test/ folder");
     assert!(v["zero_shot_test_acc"].as_f64().is_some() && v["accuracy"].as_f64().is_some());
 }
+
+/// Base-to-novel: the first half of the sorted classes are base, the rest novel; one row per method with
+/// base, novel and H over the seeds, and class-specific contexts refused (nothing carries to new names).
+#[test]
+fn base_to_novel_reports_base_novel_and_h_per_method_over_seeds() {
+    let s = Setup::with_tiny_model();
+    promptscope::data::synth::write_dataset(&s.dir.path().join("d"), 5, 0, Some((4, 2, 3)), 5).unwrap();
+    let args = ["base-to-novel", "--model", &s.p("m"), "--data", &s.p("d"), "--shots", "2", "--epochs", "2", "--n-ctx", "4", "--seeds", "1,2", "--no-cache", "--format", "json"];
+    let v: serde_json::Value = serde_json::from_str(ok(&promptscope(&args)).lines().last().unwrap()).unwrap();
+    assert_eq!(v["base_classes"].as_array().unwrap().len(), 3, "⌈5/2⌉ base classes");
+    assert_eq!(v["novel_classes"].as_array().unwrap().len(), 2);
+    let rows = v["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[1]["method"], "CoOp");
+    assert_eq!(rows[1]["seeds"].as_array().unwrap().len(), 2);
+    for r in rows {
+        let (b, n, h) = (r["mean"]["base"].as_f64().unwrap(), r["mean"]["novel"].as_f64().unwrap(), r["mean"]["harmonic"].as_f64().unwrap());
+        let want = if b + n > 0.0 { 2.0 * b * n / (b + n) } else { 0.0 };
+        assert!((h - want).abs() < 1e-12, "{r}");
+    }
+    // Zero-shot does not depend on the seed.
+    assert_eq!(rows[0]["std"]["base"], 0.0);
+    let kg = serde_json::from_str::<serde_json::Value>(ok(&promptscope(&[&args[..], &["--kg-lambda", "8"]].concat())).lines().last().unwrap()).unwrap();
+    assert_eq!(kg["rows"][1]["method"], "KgCoOp λ=8");
+}
