@@ -1,5 +1,6 @@
 //! Training: the one epoch loop and the trainers on it (CoOp, MP-FGVC's two stages), their optimisers
 //! and schedule, the run descriptions both front ends fill (`config`), and the image-feature cache.
+pub mod adapters;
 pub mod checkpoint;
 pub mod config;
 pub mod contrastive;

@@ -76,6 +76,8 @@ impl Sgd {
 #[derive(Debug, Clone)]
 pub struct AdamW {
     pub weight_decay: f64,
+    /// ε of the denominator (1e-8 as torch's default; Tip-Adapter-F uses 1e-4).
+    pub eps: f64,
     /// Steps taken (the bias corrections' t).
     pub t: usize,
     /// First and second moments, after the first step.
@@ -88,7 +90,12 @@ impl AdamW {
     const EPS: f64 = 1e-8;
 
     pub fn new(weight_decay: f64) -> Self {
-        Self { weight_decay, t: 0, moments: None }
+        Self { weight_decay, eps: Self::EPS, t: 0, moments: None }
+    }
+
+    pub fn with_eps(mut self, eps: f64) -> Self {
+        self.eps = eps;
+        self
     }
 
     pub fn step(&mut self, p: &Var, g: &Tensor, lr: f64) -> Result<()> {
@@ -105,7 +112,7 @@ impl AdamW {
         let m_hat = (&next_m * scale_m)?;
         let v_hat = (&next_v * scale_v)?;
         let next_p = (p.as_tensor() * (1f64 - lr * self.weight_decay))?;
-        let adjusted = (m_hat / (v_hat.sqrt()? + Self::EPS)?)?;
+        let adjusted = (m_hat / (v_hat.sqrt()? + self.eps)?)?;
         p.set(&(next_p - (adjusted * lr)?)?)?;
         // Detached: kept with their op history, the moments would hold every step's whole backward graph
         // (all activations) alive, and memory would grow with every step.

@@ -10,6 +10,7 @@ mod align_region;
 mod app_first_hour;
 mod app_ui;
 mod cli;
+mod adapter_parity;
 mod clip_parity;
 mod coop_cli;
 mod coop_parity;
