@@ -21,7 +21,10 @@ pub struct ComparePanel {
     /// As typed, blank lines included; cleaned when a run starts.
     pub templates: Vec<String>,
     pub linear_probe: bool,
+    /// Feature-level baselines to fit beside the probe.
     pub tip_adapter: bool,
+    pub tip_adapter_f: bool,
+    pub clip_adapter: bool,
     /// The probe's (and Tip-Adapter's) training images: the learned prompts' shots by default, so the baseline is fair.
     pub probe_shots: ProbeShots,
     pub view: CompareView,
@@ -37,11 +40,20 @@ pub struct CompareView {
 
 impl Default for ComparePanel {
     fn default() -> Self {
-        ComparePanel { templates: vec![DEFAULT_TEMPLATE.to_string()], linear_probe: false, tip_adapter: false, probe_shots: ProbeShots::SameAsLearned, view: CompareView::default() }
+        ComparePanel { templates: vec![DEFAULT_TEMPLATE.to_string()], linear_probe: false, tip_adapter: false, tip_adapter_f: false, clip_adapter: false, probe_shots: ProbeShots::SameAsLearned, view: CompareView::default() }
     }
 }
 
 impl ComparePanel {
+    /// The feature-level baselines ticked, in column order.
+    pub fn adapter_methods(&self) -> Vec<crate::run::tip::AdapterMethod> {
+        use crate::run::tip::AdapterMethod::*;
+        [(self.tip_adapter, TipAdapter), (self.tip_adapter_f, TipAdapterF { epochs: 20 }), (self.clip_adapter, ClipAdapter { epochs: 200 })]
+            .into_iter()
+            .filter_map(|(on, m)| on.then_some(m))
+            .collect()
+    }
+
     /// The templates a run would use: trimmed, blanks dropped.
     pub fn cleaned_templates(&self) -> Vec<String> {
         self.templates.iter().map(|t| t.trim()).filter(|t| !t.is_empty()).map(str::to_string).collect()
@@ -114,7 +126,9 @@ impl ComparePanel {
                 "Training-free Tip-Adapter: a cache of the K-shot features (10 augmented views each) added to the first template's zero-shot \
                  logits. α and β are searched on the validation split (Tip-Adapter's published ImageNet script searches them on test).",
             );
-            ui.add_enabled_ui(self.linear_probe || self.tip_adapter, |ui| {
+            ui.checkbox(&mut self.tip_adapter_f, "Tip-Adapter-F").on_hover_text("Tip-Adapter with its cache keys trained (AdamW, 20 epochs); α and β searched on validation after");
+            ui.checkbox(&mut self.clip_adapter, "CLIP-Adapter").on_hover_text("A bottleneck MLP on the image feature (reduction 4, residual ratio 0.2), trained 200 epochs with CoOp's SGD recipe");
+            ui.add_enabled_ui(self.linear_probe || !self.adapter_methods().is_empty(), |ui| {
                 egui::ComboBox::from_id_salt("probe_shots").selected_text(self.probe_shots.label()).show_ui(ui, |ui| {
                     for choice in ProbeShots::CHOICES {
                         ui.selectable_value(&mut self.probe_shots, choice, choice.label());

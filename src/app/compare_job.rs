@@ -26,8 +26,8 @@ pub struct CompareRequest {
     pub learned: Vec<(String, PathBuf)>,
     /// The linear probe's training images, when it is fitted.
     pub linear_probe: Option<ProbeSet>,
-    /// Tip-Adapter's cache images, when it is scored (α and β searched on validation).
-    pub tip_adapter: Option<ProbeSet>,
+    /// Feature-level baselines (Tip-Adapter, -F, CLIP-Adapter) on these K shots.
+    pub adapters: Option<(ProbeSet, Vec<crate::run::tip::AdapterMethod>)>,
 }
 
 /// Which training images the linear probe is fitted on.
@@ -164,12 +164,10 @@ pub fn run(clip: &LoadedClip, data: &DatasetFolder, req: &CompareRequest, cache:
         let shots = probe.shots.map_or("all training images".to_string(), |k| format!("{k}-shot, seed {}", probe.seed));
         methods.push(MethodResult { name: format!("linear probe ({shots})"), eval: evaluate(&logits, &labels, &paths, names) });
     }
-    if let Some(set) = req.tip_adapter {
-        let run = crate::run::tip::TipRun { shots: set.shots, seed: set.seed, template: req.templates[0].clone(), ..Default::default() };
-        let r = crate::run::tip::run(clip, data, &run, cache, progress)?;
-        let shots = set.shots.map_or("all training images".to_string(), |k| format!("{k}-shot"));
-        let s = r.searched;
-        methods.push(MethodResult { name: format!("Tip-Adapter ({shots}, α {:.2}, β {:.2})", s.alpha, s.beta), eval: r.test });
+    for (set, method) in req.adapters.iter().flat_map(|(set, methods)| methods.iter().map(move |m| (set, *m))) {
+        let run = crate::run::tip::TipRun { shots: set.shots, seed: set.seed, template: req.templates[0].clone(), method, ..Default::default() };
+        let r = crate::run::tip::run(clip, data, &run, cache, progress, &mut |_| {})?;
+        methods.push(MethodResult { name: r.label(), eval: r.test });
     }
     Ok(Comparison {
         model: clip.id.clone(),

@@ -670,7 +670,10 @@ impl PromptscopeApp {
             templates,
             learned: self.state.prompts.iter().map(|p| (p.label.clone(), p.path.clone())).collect(),
             linear_probe: self.compare.linear_probe.then(|| self.compare.probe_shots.resolve(self.state.prompts.iter().map(|p| &p.meta))),
-            tip_adapter: self.compare.tip_adapter.then(|| self.compare.probe_shots.resolve(self.state.prompts.iter().map(|p| &p.meta))),
+            adapters: {
+                let methods = self.compare.adapter_methods();
+                (!methods.is_empty()).then(|| (self.compare.probe_shots.resolve(self.state.prompts.iter().map(|p| &p.meta)), methods))
+            },
         };
         match self.worker.compare(ctx, model.clip.clone(), dataset.folder.clone(), req, self.cache_dir.clone(), cancel.clone()) {
             Ok(job) => {

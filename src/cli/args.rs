@@ -185,9 +185,9 @@ pub enum Verb {
     },
     /// CoOp's linear-probe baseline: logistic regression on the few-shot features, L2 chosen on val.
     LinearProbe(super::ProbeArgs),
-    /// Tip-Adapter (training-free): a cache of the K-shot features added to zero-shot; α and β searched on
-    /// the validation split (its published ImageNet script searches on test).
-    TipAdapter(super::TipArgs),
+    /// Feature-level baselines on K shots: Tip-Adapter (training-free cache; α and β searched on the
+    /// validation split, where its published ImageNet script searches on test), Tip-Adapter-F, CLIP-Adapter.
+    Adapter(super::AdapterArgs),
     /// CoCoOp's base-to-novel protocol: learn on the first half of the (sorted) classes, score base and
     /// novel classes and their harmonic mean, over seeds (mean ± std), beside zero-shot.
     BaseToNovel(super::BaseToNovelArgs),

@@ -670,14 +670,20 @@ pub fn linear_probe(args: &ProbeArgs) -> Result<()> {
 }
 
 #[derive(clap::Args, Debug, Clone)]
-pub struct TipArgs {
+pub struct AdapterArgs {
     #[command(flatten)]
     pub model: ModelArgs,
     #[command(flatten)]
     pub data: DataArgs,
     #[command(flatten)]
     pub split: SplitArgs,
-    /// Augmented views of each cached image (Tip-Adapter's augment_epoch).
+    /// tip-adapter (training-free), tip-adapter-f (its cache keys trained) or clip-adapter.
+    #[arg(long, default_value = "tip-adapter")]
+    pub method: String,
+    /// Training epochs (default: Tip-Adapter-F's 20, CLIP-Adapter's 200).
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    /// Augmented views of each training image (Tip-Adapter's augment_epoch).
     #[arg(long, default_value_t = promptscope::run::tip::TipRun::default().views)]
     pub views: usize,
     /// The hand-crafted template of the zero-shot part.
@@ -687,8 +693,17 @@ pub struct TipArgs {
     pub format: Format,
 }
 
-pub fn tip_adapter(args: &TipArgs) -> Result<()> {
-    use promptscope::run::tip::{run, TipRun};
+pub fn adapter(args: &AdapterArgs) -> Result<()> {
+    use promptscope::run::tip::{run, AdapterMethod, TipRun};
+    let method = match args.method.as_str() {
+        "tip-adapter" => AdapterMethod::TipAdapter,
+        "tip-adapter-f" => AdapterMethod::TipAdapterF { epochs: args.epochs.unwrap_or(20) },
+        "clip-adapter" => AdapterMethod::ClipAdapter { epochs: args.epochs.unwrap_or(200) },
+        other => bail!("--method takes tip-adapter, tip-adapter-f or clip-adapter, not '{other}'"),
+    };
+    if args.epochs == Some(0) {
+        bail!("--epochs must be at least 1");
+    }
     let ds = open_dataset(&args.data)?;
     let clip = load_model(&args.model)?;
     let tip = TipRun {
@@ -697,23 +712,22 @@ pub fn tip_adapter(args: &TipArgs) -> Result<()> {
         split_seed: args.split.split_seed,
         views: args.views,
         template: args.template.clone(),
+        method,
     };
     let report = {
         let bar = Bar::new();
-        run(&clip, &ds, &tip, args.split.cache.dir().as_deref(), &bar)?
+        let mut on_event = |ev: promptscope::train::epoch_loop::TrainEvent| {
+            if let promptscope::train::epoch_loop::TrainEvent::Epoch(s) = ev {
+                bar.update(&format!("{} epochs", method.name()), s.epoch + 1, s.epochs);
+            }
+        };
+        run(&clip, &ds, &tip, args.split.cache.dir().as_deref(), &bar, &mut on_event)?
     };
     match args.format {
         Format::Json => print_json(&report),
         Format::Text => {
-            let s = &report.searched;
-            outln!(
-                "Tip-Adapter, cache of {} images × {} views: α {:.3}, β {:.3} (searched on val: {:.2}%)",
-                report.cache_images,
-                tip.views,
-                s.alpha,
-                s.beta,
-                100.0 * s.val_acc
-            );
+            let searched = report.searched.map_or(String::new(), |s| format!(": α {:.3}, β {:.3} searched on val", s.alpha, s.beta));
+            outln!("{}, {} training images × {} views{searched} (val {:.2}%)", method.name(), report.cache_images, tip.views, 100.0 * report.val_acc);
             outln!("{}: test {:.2}% (zero-shot \"{}\" {:.2}%)", report.split, 100.0 * report.test.accuracy, tip.template, 100.0 * report.zero_shot_test_acc);
             Ok(())
         }
@@ -854,7 +868,7 @@ pub fn run(verb: Verb) -> Result<()> {
         }
         Verb::Classify(args) => classify::classify(&args),
         Verb::LinearProbe(args) => linear_probe(&args),
-        Verb::TipAdapter(args) => tip_adapter(&args),
+        Verb::Adapter(args) => adapter(&args),
         Verb::BaseToNovel(args) => base_to_novel(&args),
         Verb::Align(args) => align::align_verb(&args),
         Verb::Ssvp(args) => align::ssvp_verb(&args),

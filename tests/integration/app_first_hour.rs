@@ -81,11 +81,14 @@ fn compare_rejects_a_mismatched_prompts_file_in_its_own_column_and_rechecks_when
     // on the learned prompts' 2 shots, not every training image.
     h.state_mut().compare.linear_probe = true;
     h.state_mut().compare.tip_adapter = true;
+    h.state_mut().compare.tip_adapter_f = true;
+    h.state_mut().compare.clip_adapter = true;
     run_zero_shot(&mut h);
     let report = h.state().state.report.clone().unwrap();
     let names: Vec<&str> = report.methods.iter().map(|m| m.name.as_str()).collect();
     assert_eq!(names[..3], ["\"a photo of a {}.\"", "good.safetensors", "linear probe (2-shot, seed 1)"]);
-    assert!(names.len() == 4 && names[3].starts_with("Tip-Adapter (2-shot, α "), "{names:?}");
+    assert!(names.len() == 6 && names[3].starts_with("Tip-Adapter (2-shot, α ") && names[4].starts_with("Tip-Adapter-F (2-shot, α "), "{names:?}");
+    assert_eq!(names[5], "CLIP-Adapter (2-shot)");
     assert!(report.methods.iter().all(|m| m.eval.total == 9), "every column on the same 9 test images");
     assert_eq!(report.rejected.len(), 1);
     assert_eq!(report.rejected[0].name, "animals.safetensors");
@@ -107,6 +110,8 @@ fn compare_rejects_a_mismatched_prompts_file_in_its_own_column_and_rechecks_when
     assert_eq!(h.state().state.prompts.iter().map(|p| p.label.as_str()).collect::<Vec<_>>(), ["good.safetensors"]);
     h.state_mut().compare.linear_probe = false;
     h.state_mut().compare.tip_adapter = false;
+    h.state_mut().compare.tip_adapter_f = false;
+    h.state_mut().compare.clip_adapter = false;
     run_zero_shot(&mut h);
     assert!(h.state().state.report.as_ref().unwrap().rejected.is_empty());
 

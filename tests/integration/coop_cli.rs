@@ -361,16 +361,27 @@ fn kgcoop_trains_from_the_cli_and_is_recorded() {
 /// Tip-Adapter from the CLI: α and β come from the grid and the validation split, the test split is
 /// scored, and the report says which split.
 #[test]
-fn tip_adapter_reports_its_searched_parameters_and_test_accuracy() {
+fn feature_adapters_report_their_parameters_and_test_accuracy() {
     let s = setup();
-    let out = ok(&promptscope(&["tip-adapter", "--model", &s.p("m"), "--data", &s.p("d"), "--shots", "2", "--views", "2", "--no-cache", "--format", "json"]));
-    let v: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
-    let (alpha, beta) = (v["searched"]["alpha"].as_f64().unwrap(), v["searched"]["beta"].as_f64().unwrap());
-    assert!((0.1..3.0).contains(&alpha) && (0.1..7.0).contains(&beta), "{v}");
-    assert_eq!(v["total"], 9, "the 3 × 3 test images");
-    assert_eq!(v["cache_images"], 6, "2 shots × 3 classes");
-    assert_eq!(v["split"], "test/ folder");
-    assert!(v["zero_shot_test_acc"].as_f64().is_some() && v["accuracy"].as_f64().is_some());
+    let run = |method: &str| -> serde_json::Value {
+        let args = ["adapter", "--method", method, "--model", &s.p("m"), "--data", &s.p("d"), "--shots", "2", "--views", "2", "--epochs", "3", "--no-cache", "--format", "json"];
+        serde_json::from_str(ok(&promptscope(&args)).lines().last().unwrap()).unwrap()
+    };
+    for method in ["tip-adapter", "tip-adapter-f", "clip-adapter"] {
+        let v = run(method);
+        assert_eq!(v["total"], 9, "{method}: the 3 × 3 test images");
+        assert_eq!(v["cache_images"], 6, "2 shots × 3 classes");
+        assert_eq!(v["split"], "test/ folder");
+        assert!(v["zero_shot_test_acc"].as_f64().is_some() && v["accuracy"].as_f64().is_some() && v["val_acc"].as_f64().is_some());
+        if method == "clip-adapter" {
+            assert!(v["searched"].is_null(), "CLIP-Adapter has no α, β");
+        } else {
+            let (alpha, beta) = (v["searched"]["alpha"].as_f64().unwrap(), v["searched"]["beta"].as_f64().unwrap());
+            assert!((0.1..3.0).contains(&alpha) && (0.1..7.0).contains(&beta), "{v}");
+        }
+    }
+    let bad = promptscope(&["adapter", "--method", "tip", "--model", &s.p("m"), "--data", &s.p("d")]);
+    assert!(error_line(&bad).contains("tip-adapter-f"), "{}", error_line(&bad));
 }
 
 /// Base-to-novel: the first half of the sorted classes are base, the rest novel; one row per method with
