@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """CoOp's Fig. 3 in miniature: test accuracy against shots (1/2/4/8/16) on the sample warm-light set (scene
 objects under a warm colour cast, a class per colour: a rendering shift from what the demo model was
-pretrained on), for CoOp (one unified context),
-CoOp with class-specific contexts (CSC), a linear probe on the image features, and zero-shot with each
-hand-crafted template (the best one drawn as the line). Three seeds per point, mean ± std.
+pretrained on), for CoOp (one unified context), CoOp with class-specific contexts (CSC), KgCoOp (λ = 8),
+a linear probe on the image features, Tip-Adapter, Tip-Adapter-F, CLIP-Adapter, and zero-shot with each
+hand-crafted template (the best one drawn as the line). Three seeds per point, mean ± std; each run's
+wall time and peak memory (max RSS of its process) are recorded too.
 
     cargo build --release && python3 scripts/shots_curve.py [--model scenes-filip] [--seeds 1,2,3]
 
@@ -25,8 +26,18 @@ SHOTS = [1, 2, 4, 8, 16]
 
 
 def run(*args):
-    out = subprocess.run([BIN, *args, "--format", "json"], check=True, capture_output=True, text=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
+    """The verb's JSON, plus its process's wall seconds and peak RSS in MiB."""
+    import time
+
+    t = time.time()
+    p = subprocess.Popen([BIN, *args, "--format", "json"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    out = p.stdout.read()
+    _, status, usage = os.wait4(p.pid, 0)
+    if status != 0:
+        raise SystemExit(f"{args[0]} failed ({status})")
+    r = json.loads(out.strip().splitlines()[-1])
+    r["_seconds"], r["_peak_mib"] = time.time() - t, usage.ru_maxrss / 1024
+    return r
 
 
 def main():
@@ -34,26 +45,39 @@ def main():
     ap.add_argument("--model", default="scenes-filip")
     ap.add_argument("--seeds", default="1,2,3")
     ap.add_argument("--out", default=os.path.join(ROOT, "assets", "figures", "warm-light-shots"))
+    ap.add_argument("--replot", action="store_true", help="redraw the table and plot from OUT.json, running nothing")
     a = ap.parse_args()
     seeds = [int(s) for s in a.seeds.split(",")]
     results = {"model": a.model, "zero_shot": {}, "runs": []}
-    with tempfile.TemporaryDirectory() as tmp:
-        data = os.path.join(tmp, "warm-light")
-        subprocess.run([BIN, "synth-dataset", "--kind", "warm-light", "--splits", "16,4,25", "--seed", "0", "--out", data], check=True)
-        for t in TEMPLATES:
-            r = run("zero-shot", "--model", a.model, "--data", data, "--template", t)
-            results["zero_shot"][t] = r["accuracy"]
-            print(f"zero-shot {t!r}: {100 * r['accuracy']:.1f}%", file=sys.stderr)
-        for shots in SHOTS:
-            for seed in seeds:
-                common = ["--model", a.model, "--data", data, "--shots", str(shots), "--seed", str(seed), "--no-cache"]
-                for method, extra in [("CoOp", []), ("CoOp CSC", ["--csc"])]:
-                    out = os.path.join(tmp, f"p-{method}-{shots}-{seed}.safetensors".replace(" ", ""))
-                    r = run("train", *common, *extra, "--out", out)
-                    results["runs"].append({"method": method, "shots": shots, "seed": seed, "test_acc": r["summary"]["test_acc"]})
-                r = run("linear-probe", *common)
-                results["runs"].append({"method": "linear probe", "shots": shots, "seed": seed, "test_acc": r["test_acc"]})
-                print(f"{shots} shots, seed {seed}: " + ", ".join(f"{x['method']} {100 * x['test_acc']:.1f}%" for x in results["runs"][-3:]), file=sys.stderr)
+    if a.replot:
+        with open(a.out + ".json") as f:
+            results = json.load(f)
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            data = os.path.join(tmp, "warm-light")
+            subprocess.run([BIN, "synth-dataset", "--kind", "warm-light", "--splits", "16,4,25", "--seed", "0", "--out", data], check=True)
+            for t in TEMPLATES:
+                r = run("zero-shot", "--model", a.model, "--data", data, "--template", t)
+                results["zero_shot"][t] = r["accuracy"]
+                print(f"zero-shot {t!r}: {100 * r['accuracy']:.1f}%", file=sys.stderr)
+            for shots in SHOTS:
+                for seed in seeds:
+                    common = ["--model", a.model, "--data", data, "--shots", str(shots), "--seed", str(seed), "--no-cache"]
+                    first = len(results["runs"])
+
+                    def add(method, r, acc):
+                        results["runs"].append({"method": method, "shots": shots, "seed": seed, "test_acc": acc, "seconds": r["_seconds"], "peak_mib": r["_peak_mib"]})
+
+                    for method, extra in [("CoOp", []), ("CoOp CSC", ["--csc"]), ("KgCoOp (λ = 8)", ["--kg-lambda", "8"])]:
+                        out = os.path.join(tmp, f"p-{len(results['runs'])}.safetensors")
+                        r = run("train", *common, *extra, "--out", out)
+                        add(method, r, r["summary"]["test_acc"])
+                    r = run("linear-probe", *common)
+                    add("linear probe", r, r["test_acc"])
+                    for method in ["tip-adapter", "tip-adapter-f", "clip-adapter"]:
+                        r = run("adapter", "--method", method, *common)
+                        add({"tip-adapter": "Tip-Adapter", "tip-adapter-f": "Tip-Adapter-F", "clip-adapter": "CLIP-Adapter"}[method], r, r["accuracy"])
+                    print(f"{shots} shots, seed {seed}: " + ", ".join(f"{x['method']} {100 * x['test_acc']:.1f}%" for x in results["runs"][first:]), file=sys.stderr)
     os.makedirs(os.path.dirname(a.out), exist_ok=True)
     with open(a.out + ".json.tmp", "w") as f:
         json.dump(results, f, indent=1)
@@ -68,6 +92,12 @@ def main():
         cells = [f"{statistics.mean(by[s]):.1f} ± {statistics.pstdev(by[s]):.1f}" for s in SHOTS]
         print(f"| {m} | " + " | ".join(cells) + " |")
     print(f"| zero-shot, best template `{best_t}` | " + " | ".join(f"{100 * results['zero_shot'][best_t]:.1f}" for _ in SHOTS) + " |")
+    # Cost of a 16-shot run per method: wall time and peak memory of its whole process (model load,
+    # feature extraction without cache, training, evaluation), mean over seeds.
+    print("\n| method (16 shots) | wall time (s) | peak memory (MiB) |\n|---|---|---|")
+    for m in table:
+        rs = [r for r in results["runs"] if r["method"] == m and r["shots"] == 16]
+        print(f"| {m} | {statistics.mean(r['seconds'] for r in rs):.1f} | {statistics.mean(r['peak_mib'] for r in rs):.0f} |")
     try:
         import matplotlib
 
@@ -76,7 +106,7 @@ def main():
     except ImportError:
         print("matplotlib is not installed: no plot", file=sys.stderr)
         return
-    fig, ax = plt.subplots(figsize=(5.2, 3.6), dpi=130)
+    fig, ax = plt.subplots(figsize=(7.0, 3.6), dpi=130)
     for m, by in table.items():
         ys = [statistics.mean(by[s]) for s in SHOTS]
         es = [statistics.pstdev(by[s]) for s in SHOTS]
@@ -88,7 +118,7 @@ def main():
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(f"Colours under warm light, {a.model}")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(a.out + ".png")
     print(f"wrote {a.out}.png", file=sys.stderr)

@@ -30,7 +30,7 @@ fn the_cli_and_the_train_form_build_equal_runs_from_their_defaults() {
 fn every_cli_option_is_a_field_the_form_edits() {
     let cli = dry_run(&[
         "train", "--shots", "4", "--seed", "3", "--split-seed", "7", "--csc", "--class-position", "middle", "--batch-size", "full",
-        "--warmup-lr", "0.0001", "--warmup-epochs", "2", "--augment", "none", "--lr", "0.01", "--template", "a sketch of a {}.",
+        "--warmup-lr", "0.0001", "--warmup-epochs", "2", "--augment", "none", "--lr", "0.01", "--template", "a sketch of a {}.", "--kg-lambda", "8",
     ]);
     let mut form = TrainForm::default();
     let r = &mut form.coop;
@@ -46,6 +46,7 @@ fn every_cli_option_is_a_field_the_form_edits() {
     r.augment = Augment::None;
     r.train.optim.lr = 0.01;
     r.template = "a sketch of a {}.".into();
+    r.train.kg_lambda = 8.0;
     assert_eq!(cli, form.to_run().unwrap());
 }
 
