@@ -165,7 +165,7 @@ pub fn run(clip: &LoadedClip, data: &DatasetFolder, req: &CompareRequest, cache:
         methods.push(MethodResult { name: format!("linear probe ({shots})"), eval: evaluate(&logits, &labels, &paths, names) });
     }
     for (set, method) in req.adapters.iter().flat_map(|(set, methods)| methods.iter().map(move |m| (set, *m))) {
-        let run = crate::run::tip::TipRun { shots: set.shots, seed: set.seed, template: req.templates[0].clone(), method, ..Default::default() };
+        let run = crate::run::tip::AdapterRun { shots: set.shots, seed: set.seed, template: req.templates[0].clone(), method, ..Default::default() };
         let r = crate::run::tip::run(clip, data, &run, cache, progress, &mut |_| {})?;
         methods.push(MethodResult { name: r.label(), eval: r.test });
     }

@@ -86,6 +86,14 @@ impl ExportPanel {
         }
         for run in finished {
             let Some(outcome) = &run.outcome else { continue };
+            // A feature adapter wrote nothing: its result is its score.
+            if matches!(run.run, crate::train::config::RunConfig::Adapter(_)) {
+                ui.horizontal(|ui| {
+                    ui.label(RichText::new(&run.label).strong());
+                    ui.weak(&outcome.summary);
+                });
+                continue;
+            }
             // A pretraining run wrote a model folder, not prompts: it is loaded, not exported.
             if matches!(run.run, crate::train::config::RunConfig::Pretrain(_)) {
                 ui.horizontal(|ui| {

@@ -635,6 +635,11 @@ impl PromptscopeApp {
             RunStatus::Paused => run.status = RunStatus::Training,
             RunStatus::Stopped => {
                 run.rewind_to_checkpoint();
+                // Feature adapters keep no checkpoint: a stopped one starts over.
+                if matches!(run.run, RunConfig::Adapter(_)) {
+                    run.epochs.clear();
+                    run.steps.clear();
+                }
                 run.control = Default::default();
                 run.status = RunStatus::Preparing { stage: "resuming".into(), done: 0, total: 0 };
                 match self.worker.train(ctx, clip, folder, run.run.clone(), run.out.clone(), true, cache, run.control.clone()) {

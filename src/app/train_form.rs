@@ -2,7 +2,7 @@
 //! by `train_panel`, so the form and the CLI share one set of defaults and one validation.
 
 use crate::prompt::PromptMethodKind;
-use crate::train::config::{CoopRun, MpFgvcRun, PretrainRun, RunConfig};
+use crate::train::config::{AdapterMethod, AdapterRun, CoopRun, MpFgvcRun, PretrainRun, RunConfig};
 
 /// The form's state: a run of each method, edited in place, so the form and the CLI share one set of
 /// defaults (`CoopRun::default()`, `MpFgvcRun::default()`) and one validation (`RunConfig::validate`).
@@ -12,6 +12,9 @@ pub struct TrainForm {
     pub method: PromptMethodKind,
     /// Pretraining a model (both towers) instead of learning prompts for one.
     pub pretraining: bool,
+    /// A feature-level baseline (Tip-Adapter, -F, CLIP-Adapter) instead of learning prompts.
+    pub adapting: bool,
+    pub adapter: AdapterRun,
     pub coop: CoopRun,
     pub mpfgvc: MpFgvcRun,
     pub pretrain: PretrainRun,
@@ -20,10 +23,11 @@ pub struct TrainForm {
 impl TrainForm {
     /// The run the form describes, or why it cannot start.
     pub fn to_run(&self) -> crate::Result<RunConfig> {
-        let run = match (self.pretraining, self.method) {
-            (true, _) => RunConfig::Pretrain(self.pretrain.clone()),
-            (false, PromptMethodKind::Coop) => RunConfig::Coop(self.coop.clone()),
-            (false, PromptMethodKind::Datp) => RunConfig::MpFgvc(self.mpfgvc.clone()),
+        let run = match (self.pretraining, self.adapting, self.method) {
+            (true, _, _) => RunConfig::Pretrain(self.pretrain.clone()),
+            (false, true, _) => RunConfig::Adapter(self.adapter.clone()),
+            (false, false, PromptMethodKind::Coop) => RunConfig::Coop(self.coop.clone()),
+            (false, false, PromptMethodKind::Datp) => RunConfig::MpFgvc(self.mpfgvc.clone()),
         };
         run.validate()?;
         Ok(run)
@@ -33,6 +37,12 @@ impl TrainForm {
     pub fn set_epochs(&mut self, epochs: usize) {
         if self.pretraining {
             self.pretrain.config.optim.epochs = epochs;
+            return;
+        }
+        if self.adapting {
+            if let AdapterMethod::TipAdapterF { epochs: e } | AdapterMethod::ClipAdapter { epochs: e } = &mut self.adapter.method {
+                *e = epochs;
+            }
             return;
         }
         match self.method {

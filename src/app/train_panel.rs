@@ -7,7 +7,7 @@ use egui_plot::{Corner, Legend, Line, LineStyle, Plot, PlotPoints};
 
 use crate::prompt::coop::ClassPosition;
 use crate::prompt::PromptMethodKind;
-use crate::train::config::{Augment, CoopRun, MpFgvcRun, PretrainRun, RunConfig};
+use crate::train::config::{AdapterMethod, AdapterRun, Augment, CoopRun, MpFgvcRun, PretrainRun, RunConfig};
 use crate::train::mpfgvc::OptimizerKind;
 use crate::train::optim::{default_epochs, OptimConfig};
 
@@ -20,6 +20,53 @@ use super::events::Action;
 pub const START_BUTTON: &str = "Start training";
 pub const PRETRAIN_METHOD: &str = "Pretrain (FILIP / CLIP)";
 /// Label of the pairs-folder field of the pretraining form.
+/// The method button of the feature adapters.
+pub const ADAPTER_METHOD: &str = "Feature adapters";
+
+/// Tip-Adapter, Tip-Adapter-F or CLIP-Adapter, their shots, epochs, views and template.
+fn adapter_form(ui: &mut egui::Ui, r: &mut AdapterRun) {
+    ui.horizontal_wrapped(|ui| {
+        let current = r.method;
+        let epochs = r.epochs();
+        let choices = [
+            AdapterMethod::TipAdapter,
+            AdapterMethod::TipAdapterF { epochs: if matches!(current, AdapterMethod::TipAdapterF { .. }) { epochs } else { 20 } },
+            AdapterMethod::ClipAdapter { epochs: if matches!(current, AdapterMethod::ClipAdapter { .. }) { epochs } else { 200 } },
+        ];
+        for m in choices {
+            let on = std::mem::discriminant(&current) == std::mem::discriminant(&m);
+            let help = match m {
+                AdapterMethod::TipAdapter => "A cache of the K-shot features added to zero-shot; α, β searched on validation (its ImageNet script searches on test)",
+                AdapterMethod::TipAdapterF { .. } => "Tip-Adapter with its cache keys trained (AdamW 1e-3, ε 1e-4), α, β searched again",
+                AdapterMethod::ClipAdapter { .. } => "A bottleneck MLP on the image feature (reduction 4, residual 0.2), CoOp's SGD recipe",
+            };
+            if ui.selectable_label(on, m.name()).on_hover_text(help).clicked() {
+                r.method = m;
+            }
+        }
+    });
+    shots_ui(ui, &mut r.shots, |_| {});
+    egui::Grid::new("adapter_form_grid").num_columns(2).spacing([8.0, 6.0]).show(ui, |ui| {
+        if let AdapterMethod::TipAdapterF { epochs } | AdapterMethod::ClipAdapter { epochs } = &mut r.method {
+            let l = ui.label("Epochs");
+            ui.add(DragValue::new(epochs).range(1..=10_000)).labelled_by(l.id);
+            ui.end_row();
+        }
+        let l = ui.label("Views");
+        ui.add(DragValue::new(&mut r.views).range(1..=64)).labelled_by(l.id).on_hover_text("Augmented views of each training image (Tip-Adapter's 10)");
+        ui.end_row();
+        let l = ui.label("Seed");
+        ui.add(DragValue::new(&mut r.seed)).labelled_by(l.id);
+        ui.end_row();
+        let l = ui.label("Split seed");
+        ui.add(DragValue::new(&mut r.split_seed)).labelled_by(l.id);
+        ui.end_row();
+        let l = ui.label("Template");
+        ui.add(TextEdit::singleline(&mut r.template).desired_width(150.0)).labelled_by(l.id).on_hover_text("The zero-shot part's hand-crafted template");
+        ui.end_row();
+    });
+}
+
 /// The CoOp form's KgCoOp weight.
 pub const KG_FIELD: &str = "KgCoOp λ";
 pub const PAIRS_FIELD: &str = "Image–caption pairs";
@@ -40,7 +87,7 @@ pub fn run_colour(number: usize) -> Color32 {
 /// tests read the curves' data here. An MP-FGVC run's stages are separate series on one epoch axis.
 pub fn series(run: &TrainRecord) -> Vec<(&'static str, String, Vec<[f64; 2]>)> {
     let parts: Vec<(String, std::ops::Range<usize>)> = match &run.run {
-        RunConfig::Coop(_) | RunConfig::Pretrain(_) => vec![(String::new(), 0..usize::MAX)],
+        RunConfig::Coop(_) | RunConfig::Pretrain(_) | RunConfig::Adapter(_) => vec![(String::new(), 0..usize::MAX)],
         RunConfig::MpFgvc(m) => {
             let first = m.stage1.optim.epochs;
             vec![("stage 1 ".to_string(), 0..first), ("stage 2 ".to_string(), first..usize::MAX)]
@@ -84,18 +131,23 @@ impl TrainPanel {
         ui.heading("Method");
         ui.horizontal_wrapped(|ui| {
             for kind in PromptMethodKind::ALL {
-                if ui.selectable_label(!f.pretraining && f.method == kind, kind.label()).clicked() {
-                    (f.method, f.pretraining) = (kind, false);
+                if ui.selectable_label(!f.pretraining && !f.adapting && f.method == kind, kind.label()).clicked() {
+                    (f.method, f.pretraining, f.adapting) = (kind, false, false);
                 }
             }
+            let hover = "Baselines on the image features: Tip-Adapter (training-free), Tip-Adapter-F, CLIP-Adapter";
+            if ui.selectable_label(f.adapting && !f.pretraining, ADAPTER_METHOD).on_hover_text(hover).clicked() {
+                (f.adapting, f.pretraining) = (true, false);
+            }
             if ui.selectable_label(f.pretraining, PRETRAIN_METHOD).on_hover_text("Train both towers of a CLIP on image–caption pairs").clicked() {
-                f.pretraining = true;
+                (f.pretraining, f.adapting) = (true, false);
             }
         });
-        match (f.pretraining, f.method) {
-            (true, _) => pretrain_form(ui, &mut f.pretrain, state),
-            (false, PromptMethodKind::Coop) => coop_form(ui, &mut f.coop),
-            (false, PromptMethodKind::Datp) => mpfgvc_form(ui, &mut f.mpfgvc),
+        match (f.pretraining, f.adapting, f.method) {
+            (true, _, _) => pretrain_form(ui, &mut f.pretrain, state),
+            (false, true, _) => adapter_form(ui, &mut f.adapter),
+            (false, false, PromptMethodKind::Coop) => coop_form(ui, &mut f.coop),
+            (false, false, PromptMethodKind::Datp) => mpfgvc_form(ui, &mut f.mpfgvc),
         }
         ui.add_space(8.0);
         let run = f.to_run();

@@ -244,6 +244,20 @@ impl Worker {
                             prompts: out.clone(),
                         })
                     }
+                    RunConfig::Adapter(run) => {
+                        // Feature-level: nothing is written (no checkpoint either: a stopped run starts over).
+                        let (clip, data) = need()?;
+                        let prepared = crate::run::tip::prepare(clip, data, run, cache.as_deref(), &reporter)?;
+                        send(Event::TrainReady { job, train_images: prepared.split.train.len() });
+                        let r = crate::run::tip::fit(clip, data, &prepared, run, &reporter, &mut |e| report(e, 0))?;
+                        let searched = r.searched.map_or(String::new(), |s| format!(" · α {:.2}, β {:.2}", s.alpha, s.beta));
+                        Ok(TrainOutcome {
+                            test_acc: r.test.accuracy,
+                            summary: format!("test {:.1}% (zero-shot {:.1}%){searched}", 100.0 * r.test.accuracy, 100.0 * r.zero_shot_test_acc),
+                            train_seconds: r.train_seconds,
+                            prompts: out.clone(),
+                        })
+                    }
                     RunConfig::Coop(run) => {
                         let (clip, data) = need()?;
                         let rd = coop_run::prepare(clip, data, run, cache.as_deref(), &reporter)?;

@@ -684,17 +684,17 @@ pub struct AdapterArgs {
     #[arg(long)]
     pub epochs: Option<usize>,
     /// Augmented views of each training image (Tip-Adapter's augment_epoch).
-    #[arg(long, default_value_t = promptscope::run::tip::TipRun::default().views)]
+    #[arg(long, default_value_t = promptscope::run::tip::AdapterRun::default().views)]
     pub views: usize,
     /// The hand-crafted template of the zero-shot part.
-    #[arg(long, default_value_t = promptscope::run::tip::TipRun::default().template)]
+    #[arg(long, default_value_t = promptscope::run::tip::AdapterRun::default().template)]
     pub template: String,
     #[arg(long, value_enum, default_value = "text")]
     pub format: Format,
 }
 
 pub fn adapter(args: &AdapterArgs) -> Result<()> {
-    use promptscope::run::tip::{run, AdapterMethod, TipRun};
+    use promptscope::run::tip::{run, AdapterMethod, AdapterRun};
     let method = match args.method.as_str() {
         "tip-adapter" => AdapterMethod::TipAdapter,
         "tip-adapter-f" => AdapterMethod::TipAdapterF { epochs: args.epochs.unwrap_or(20) },
@@ -706,7 +706,7 @@ pub fn adapter(args: &AdapterArgs) -> Result<()> {
     }
     let ds = open_dataset(&args.data)?;
     let clip = load_model(&args.model)?;
-    let tip = TipRun {
+    let tip = AdapterRun {
         shots: args.split.shots_or("16")?,
         seed: args.split.seed,
         split_seed: args.split.split_seed,

@@ -173,6 +173,88 @@ pub enum RunConfig {
     MpFgvc(MpFgvcRun),
     /// Both towers of a CLIP on image–caption pairs (FILIP's or CLIP's loss).
     Pretrain(PretrainRun),
+    /// A feature-level baseline (Tip-Adapter, Tip-Adapter-F, CLIP-Adapter) on cached image features.
+    Adapter(AdapterRun),
+}
+
+/// What defines a feature-adapter run (Tip-Adapter, Tip-Adapter-F, CLIP-Adapter).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AdapterRun {
+    /// K per class; None: every training image.
+    pub shots: Option<usize>,
+    /// Draws the shots (CoOp's `--seed`).
+    pub seed: u64,
+    pub split_seed: u64,
+    /// Augmented views per cached image (Tip-Adapter's `augment_epoch`, 10).
+    pub views: usize,
+    /// The hand-crafted template of the zero-shot part.
+    pub template: String,
+    /// What is trained on the features, if anything.
+    pub method: AdapterMethod,
+}
+
+/// The three feature-level baselines.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AdapterMethod {
+    /// Training-free: the cache as built.
+    TipAdapter,
+    /// The cache's keys trained: AdamW at 1e-3 (ε 1e-4, weight decay 0.01), cosine decay, batch 256.
+    TipAdapterF { epochs: usize },
+    /// A bottleneck MLP on the image feature: CoOp's SGD recipe (lr 0.002, momentum 0.9, weight decay
+    /// 5e-4, one warm-up epoch at 1e-5, cosine), batch 32.
+    ClipAdapter { epochs: usize },
+}
+
+impl AdapterMethod {
+    pub fn name(self) -> &'static str {
+        match self {
+            AdapterMethod::TipAdapter => "Tip-Adapter",
+            AdapterMethod::TipAdapterF { .. } => "Tip-Adapter-F",
+            AdapterMethod::ClipAdapter { .. } => "CLIP-Adapter",
+        }
+    }
+
+    /// The optimiser settings and batch size the method trains with.
+    pub fn recipe(self) -> Option<(OptimConfig, Option<usize>)> {
+        match self {
+            AdapterMethod::TipAdapter => None,
+            AdapterMethod::TipAdapterF { epochs } => {
+                Some((OptimConfig { lr: 1e-3, momentum: 0.0, weight_decay: 0.01, warmup_epochs: 0, warmup_lr: 0.0, epochs }, Some(256)))
+            }
+            AdapterMethod::ClipAdapter { epochs } => Some((OptimConfig { epochs, ..OptimConfig::default() }, Some(32))),
+        }
+    }
+}
+
+impl Default for AdapterRun {
+    fn default() -> Self {
+        AdapterRun { shots: Some(16), seed: 1, split_seed: 0, views: 10, template: DEFAULT_TEMPLATE.to_string(), method: AdapterMethod::TipAdapter }
+    }
+}
+
+impl AdapterRun {
+    pub fn validate(&self) -> Result<()> {
+        if self.views == 0 {
+            return Err(Error::invalid("--views must be at least 1"));
+        }
+        if !self.template.contains("{}") {
+            return Err(Error::invalid(format!("the template '{}' has no {{}} for the class name", self.template)));
+        }
+        match self.method {
+            AdapterMethod::TipAdapterF { epochs: 0 } | AdapterMethod::ClipAdapter { epochs: 0 } => Err(Error::invalid("--epochs must be at least 1")),
+            _ if self.shots == Some(0) => Err(Error::invalid("--shots must be at least 1")),
+            _ => Ok(()),
+        }
+    }
+
+    /// Training epochs (none for training-free Tip-Adapter).
+    pub fn epochs(&self) -> usize {
+        match self.method {
+            AdapterMethod::TipAdapter => 0,
+            AdapterMethod::TipAdapterF { epochs } | AdapterMethod::ClipAdapter { epochs } => epochs,
+        }
+    }
 }
 
 /// Where pretraining starts.
@@ -225,7 +307,7 @@ impl RunConfig {
         match self {
             Self::Coop(r) => Some(PromptMethod::Coop(r.coop.clone())),
             Self::MpFgvc(r) => Some(PromptMethod::Datp(r.datp.clone())),
-            Self::Pretrain(_) => None,
+            Self::Pretrain(_) | Self::Adapter(_) => None,
         }
     }
 
@@ -234,6 +316,7 @@ impl RunConfig {
             Self::Coop(r) => r.validate(),
             Self::MpFgvc(r) => r.validate(),
             Self::Pretrain(r) => r.validate(),
+            Self::Adapter(r) => r.validate(),
         }
     }
 
@@ -241,6 +324,7 @@ impl RunConfig {
         match self {
             Self::Coop(r) => r.shots,
             Self::MpFgvc(r) => r.shots,
+            Self::Adapter(r) => r.shots,
             Self::Pretrain(_) => None,
         }
     }
@@ -251,6 +335,7 @@ impl RunConfig {
             Self::Coop(r) => r.train.optim.epochs,
             Self::MpFgvc(r) => r.stage1.optim.epochs + r.stage2.optim.epochs,
             Self::Pretrain(r) => r.config.optim.epochs,
+            Self::Adapter(r) => r.epochs(),
         }
     }
 
@@ -264,6 +349,10 @@ impl RunConfig {
                     PretrainStart::Init(dir) => format!("from {}", dir.file_name().map_or_else(|| dir.display().to_string(), |n| n.to_string_lossy().into_owned())),
                 };
                 format!("pretrain · {loss} loss · {from}")
+            }
+            (Self::Adapter(r), _) => {
+                let shots = r.shots.map_or("all shots".to_string(), |k| format!("{k}-shot"));
+                format!("{shots} · {}", r.method.name())
             }
             (_, Some(method)) => {
                 let shots = self.shots().map_or("all shots".to_string(), |k| format!("{k}-shot"));

@@ -425,3 +425,47 @@ fn a_classnames_file_names_the_class_folders() {
     assert!(errors.len() == 1 && errors[0].contains(&dirs[1]) && errors[0].contains("classnames.txt"), "{errors:?}");
     assert_eq!(dataset_classes(&h), names);
 }
+
+/// Tip-Adapter-F and CLIP-Adapter train from the Train tab on the same seam as CoOp: live epochs,
+/// pause / stop, and a stopped adapter (no checkpoint) starts over when resumed.
+#[test]
+fn feature_adapters_train_from_the_train_tab_with_live_curves() {
+    use promptscope::app::train_panel::{series, ADAPTER_METHOD};
+    use promptscope::app::training::RunStatus;
+    let fx = fixture();
+    let mut h = loaded(&fx);
+    click(&mut h, "Train");
+    click(&mut h, ADAPTER_METHOD);
+    click(&mut h, "Tip-Adapter-F");
+    click(&mut h, "2-shot");
+    h.state_mut().train.form.adapter.views = 2;
+    click(&mut h, "Start training");
+    wait_for(&mut h, "the Tip-Adapter-F run", |a| !a.state.is_training() && !a.state.runs.is_empty());
+    let run = &h.state().state.runs[0];
+    assert_eq!(run.status, RunStatus::Finished, "{:?}", h.state().state.errors);
+    assert_eq!(run.epochs.len(), 20, "Tip-Adapter-F's 20 epochs, each reported");
+    assert!(run.label.contains("2-shot · Tip-Adapter-F"), "{}", run.label);
+    let outcome = run.outcome.as_ref().unwrap();
+    assert!(outcome.summary.contains("zero-shot") && outcome.summary.contains("α "), "{}", outcome.summary);
+    let s = series(run);
+    assert!(s.iter().any(|(plot, _, p)| *plot == "accuracy" && p.len() == 20), "a validation point per epoch");
+    assert!(h.state().state.prompts.is_empty(), "an adapter adds no prompts file");
+
+    // CLIP-Adapter, long enough to stop; resumed, it starts over from epoch 0.
+    click(&mut h, "CLIP-Adapter");
+    h.state_mut().train.form.adapter.method = promptscope::train::config::AdapterMethod::ClipAdapter { epochs: 5000 };
+    click(&mut h, "Start training");
+    wait_for(&mut h, "a few CLIP-Adapter epochs", |a| a.state.runs[1].epochs.len() >= 3);
+    h.state_mut().state.runs[1].control.cancel.store(true, std::sync::atomic::Ordering::Relaxed);
+    wait_for(&mut h, "the stop", |a| a.state.runs[1].status == RunStatus::Stopped);
+    h.state_mut().state.runs[1].control.cancel.store(false, std::sync::atomic::Ordering::Relaxed);
+    let resume = h.get_all_by_label("Resume").find(|n| n.accesskit_node().role() == egui::accesskit::Role::Button).unwrap();
+    resume.click_accesskit();
+    h.step();
+    wait_for(&mut h, "epochs after the restart", |a| a.state.runs[1].epochs.len() >= 2);
+    let numbers: Vec<usize> = h.state().state.runs[1].epochs.iter().map(|e| e.epoch).collect();
+    assert_eq!(numbers[0], 0, "a restarted adapter's curve starts at epoch 0: {numbers:?}");
+    assert!(numbers.windows(2).all(|w| w[1] == w[0] + 1), "{numbers:?}");
+    h.state_mut().state.runs[1].control.cancel.store(true, std::sync::atomic::Ordering::Relaxed);
+    wait_for(&mut h, "the second stop", |a| !a.state.is_training());
+}
