@@ -12,16 +12,6 @@ use promptscope::train::epoch_loop::{run_until, TrainSet};
 use promptscope::train::features::FeatureSet;
 use promptscope::train::optim::OptimConfig;
 
-fn pattern(n: usize, a: usize, b: usize, m: usize, scale: f32) -> Vec<f32> {
-    (0..n).map(|i| (((a * i + b) % m) as f32 / (m as f32 / 2.0) - 1.0) * scale).collect()
-}
-
-fn relative(ours: &[f32], theirs: &[f32], base: &[f32]) -> f64 {
-    let num: f64 = ours.iter().zip(theirs).map(|(a, b)| f64::from(a - b).powi(2)).sum::<f64>().sqrt();
-    let den: f64 = theirs.iter().zip(base).map(|(a, b)| f64::from(a - b).powi(2)).sum::<f64>().sqrt();
-    num / den
-}
-
 fn optim(o: &serde_json::Value) -> OptimConfig {
     let f = |k: &str| o[k].as_f64().unwrap_or(0.0);
     OptimConfig {
@@ -54,7 +44,7 @@ fn follows(name: &str, case: &serde_json::Value, r: &serde_json::Value, adapter:
             serde_json::Value::Array(a) if a.first().is_some_and(|x| x.is_array()) => a.iter().flat_map(flat).collect(),
             v => flat(v),
         };
-        within(&format!("{name} epoch {e}: parameter change vs PyTorch (relative)"), relative(&ours, &theirs, &init), 1e-4);
+        within(&format!("{name} epoch {e}: parameter change vs PyTorch (relative)"), common::relative_change(&ours, &theirs, &init), 1e-4);
         within(&format!("{name} epoch {e}: loss vs PyTorch"), (loss.unwrap() - case["loss"][e].as_f64().unwrap()).abs(), 1e-4);
     }
 }
@@ -66,7 +56,7 @@ fn clip_adapter_and_tip_adapter_f_follow_pytorch() {
     let (c, p, n) = (dim("C"), dim("P"), dim("N"));
     let d = Device::Cpu;
     let train = FeatureSet {
-        feats: Tensor::from_vec(pattern(n * p, 5, 3, 53, 1.0), (n, p), &d).unwrap(),
+        feats: Tensor::from_vec(common::pattern(n * p, 5, 3, 53, 1.0), (n, p), &d).unwrap(),
         labels: serde_json::from_value(r["labels"].clone()).unwrap(),
         views_per_image: 1,
     };

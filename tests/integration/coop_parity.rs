@@ -16,19 +16,6 @@ fn coop_reference() -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(fixtures().join("coop_reference.json")).unwrap()).unwrap()
 }
 
-/// `make_coop_fixtures.py`'s pattern().
-fn pattern(n: usize, a: usize, b: usize, m: usize, scale: f32) -> Vec<f32> {
-    (0..n).map(|i| (((a * i + b) % m) as f32 / (m as f32 / 2.0) - 1.0) * scale).collect()
-}
-
-fn relative(ours: &[f32], theirs: &[f32], base: &[f32]) -> f64 {
-    // Compared on the change from the initial context: comparing raw contexts would hide a wrong update
-    // behind the (identical) starting point.
-    let num: f64 = ours.iter().zip(theirs).map(|(a, b)| f64::from(a - b).powi(2)).sum::<f64>().sqrt();
-    let den: f64 = theirs.iter().zip(base).map(|(a, b)| f64::from(a - b).powi(2)).sum::<f64>().sqrt();
-    num / den
-}
-
 /// `kg_lambda > 0`: KgCoOp, anchored on the fixture's hand-crafted template.
 fn trajectory_matches(case: &str, cfg: CoopConfig, set_init: bool, kg_lambda: f64) {
     let r = coop_reference();
@@ -58,7 +45,7 @@ fn trajectory_matches(case: &str, cfg: CoopConfig, set_init: bool, kg_lambda: f6
     let n = r["n_images"].as_u64().unwrap() as usize;
     let p = clip.model.config.projection_dim;
     let train = Features {
-        feats: Tensor::from_vec(pattern(n * p, 5, 3, 53, 1.0), (n, p), &clip.device).unwrap(),
+        feats: Tensor::from_vec(common::pattern(n * p, 5, 3, 53, 1.0), (n, p), &clip.device).unwrap(),
         labels: serde_json::from_value(r["labels"].clone()).unwrap(),
         views_per_image: 1,
     };
@@ -90,7 +77,7 @@ fn trajectory_matches(case: &str, cfg: CoopConfig, set_init: bool, kg_lambda: f6
     }
     let theirs: Vec<Vec<f32>> = c["ctx"].as_array().unwrap().iter().map(flat).collect();
     for (e, (ours, theirs)) in ctx_per_epoch.iter().zip(&theirs).enumerate() {
-        let rel = relative(ours, theirs, &init);
+        let rel = common::relative_change(ours, theirs, &init);
         within(&format!("{case} epoch {e}: context change vs PyTorch (relative)"), rel, 1e-4);
         within(&format!("{case} epoch {e}: loss vs PyTorch"), (losses[e] - c["loss"][e].as_f64().unwrap()).abs(), 1e-4);
         assert!((lrs[e] - c["lr"][e].as_f64().unwrap()).abs() < 1e-12);

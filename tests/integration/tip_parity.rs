@@ -8,11 +8,6 @@ use common::{fixtures, flat};
 use promptscope::eval::tip_adapter::{SearchGrid, TipCache};
 use promptscope::train::features::FeatureSet;
 
-/// `make_tip_fixtures.py`'s pattern().
-fn pattern(n: usize, a: usize, b: usize, m: usize, scale: f32) -> Vec<f32> {
-    (0..n).map(|i| (((a * i + b) % m) as f32 / (m as f32 / 2.0) - 1.0) * scale).collect()
-}
-
 #[test]
 fn tip_adapter_searches_and_scores_as_its_pytorch_code() {
     let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixtures().join("tip_reference.json")).unwrap()).unwrap();
@@ -20,7 +15,7 @@ fn tip_adapter_searches_and_scores_as_its_pytorch_code() {
     let (c, p, k, v, n_val, n_test) = (dim("C"), dim("P"), dim("K"), dim("V"), dim("n_val"), dim("n_test"));
     let d = Device::Cpu;
     let n_train = c * k;
-    let train_raw = pattern(n_train * v * p, 5, 3, 53, 1.0);
+    let train_raw = common::pattern(n_train * v * p, 5, 3, 53, 1.0);
     let train = FeatureSet {
         feats: Tensor::from_vec(train_raw.clone(), (n_train * v, p), &d).unwrap(),
         labels: (0..n_train * v).map(|row| row / v / k).collect(),
@@ -32,11 +27,11 @@ fn tip_adapter_searches_and_scores_as_its_pytorch_code() {
     };
     let val_labels: Vec<usize> = serde_json::from_value(r["val_labels"].clone()).unwrap();
     let val = FeatureSet {
-        feats: Tensor::from_vec(copy(n_val, 1, pattern(n_val * p, 7, 5, 61, 0.9)), (n_val, p), &d).unwrap(),
+        feats: Tensor::from_vec(copy(n_val, 1, common::pattern(n_val * p, 7, 5, 61, 0.9)), (n_val, p), &d).unwrap(),
         labels: val_labels,
         views_per_image: 1,
     };
-    let test = Tensor::from_vec(copy(n_test, 2, pattern(n_test * p, 11, 4, 67, 0.9)), (n_test, p), &d).unwrap();
+    let test = Tensor::from_vec(copy(n_test, 2, common::pattern(n_test * p, 11, 4, 67, 0.9)), (n_test, p), &d).unwrap();
     let weights = Tensor::from_vec(flat(&r["weights"]), (c, p), &d).unwrap();
     let scale = r["scale"].as_f64().unwrap();
 

@@ -157,3 +157,17 @@ impl Scratch {
 pub fn fixture_image() -> String {
     fixtures().join("nonsquare_320x213.png").to_str().unwrap().to_string()
 }
+
+/// The fixture scripts' pattern(): `((a·i + b) % m) / (m/2) − 1`, times `scale`: exactly representable,
+/// so PyTorch and the test build the same numbers bit for bit.
+pub fn pattern(n: usize, a: usize, b: usize, m: usize, scale: f32) -> Vec<f32> {
+    (0..n).map(|i| (((a * i + b) % m) as f32 / (m as f32 / 2.0) - 1.0) * scale).collect()
+}
+
+/// How far `ours` is from `theirs`, relative to how far `theirs` moved from `base`: a trajectory is
+/// compared on its change, or the shared starting point would hide a wrong update.
+pub fn relative_change(ours: &[f32], theirs: &[f32], base: &[f32]) -> f64 {
+    let num: f64 = ours.iter().zip(theirs).map(|(a, b)| f64::from(a - b).powi(2)).sum::<f64>().sqrt();
+    let den: f64 = theirs.iter().zip(base).map(|(a, b)| f64::from(a - b).powi(2)).sum::<f64>().sqrt();
+    num / den
+}
