@@ -93,8 +93,8 @@ def text_encoder(model, prompts, tokenized):
     return model.text_projection(h[torch.arange(h.shape[0]), eot])
 
 
-def lr_at(e):
-    o = OPTIM
+def lr_at(e, o=None):
+    o = o or OPTIM
     if e < o["warmup_epochs"]:
         return o["warmup_lr"]
     return o["lr"] * (1 + math.cos(math.pi * (e - o["warmup_epochs"]) / o["epochs"])) / 2
@@ -128,6 +128,47 @@ def run_case(model, tok, feats, labels, kg_lambda=0.0, anchor=None, **kw):
     return out
 
 
+COCOOP_OPTIM = dict(OPTIM, lr=0.05, warmup_lr=0.005)
+
+
+def run_cocoop(model, tok, feats, labels):
+    """CoCoOp (trainers/cocoop.py): per image, ctx + meta_net(normalised image feature) in every prompt."""
+    learner = PromptLearner(CLASSES, model, tok, n_ctx=0, ctx_init="a photo of a", csc=False, position="end", init_ctx=None)
+    p_dim, d = model.config.projection_dim, model.config.text_config.hidden_size
+    hidden = max(p_dim // 16, 1)
+    meta = nn.Sequential(nn.Linear(p_dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, d))
+    with torch.no_grad():
+        meta[0].weight.copy_(torch.from_numpy(pattern(hidden * p_dim, 7, 1, 41, 0.2).reshape(hidden, p_dim)))
+        meta[0].bias.copy_(torch.from_numpy(pattern(hidden, 3, 1, 11, 0.1)))
+        meta[2].weight.copy_(torch.from_numpy(pattern(d * hidden, 11, 2, 43, 0.2).reshape(d, hidden)))
+        meta[2].bias.copy_(torch.from_numpy(pattern(d, 5, 4, 13, 0.01)))
+    params = [learner.ctx] + list(meta.parameters())
+    o = COCOOP_OPTIM
+    opt = torch.optim.SGD(params, lr=o["lr"], momentum=o["momentum"], weight_decay=o["weight_decay"])
+    scale = model.logit_scale.exp().detach()
+    out = {"optim": o, "init": [p.detach().flatten().tolist() for p in params], "params": [], "loss": []}
+    for e in range(o["epochs"]):
+        for g in opt.param_groups:
+            g["lr"] = lr_at(e, o)
+        f = feats / feats.norm(dim=-1, keepdim=True)
+        shift = meta(f)
+        logits = []
+        for i in range(f.shape[0]):
+            ctx = (learner.ctx + shift[i]).unsqueeze(0).expand(len(CLASSES), -1, -1)
+            prompts = torch.cat([learner.token_prefix, ctx, learner.token_suffix], dim=1)
+            txt = text_encoder(model, prompts, learner.tokenized)
+            txt = txt / txt.norm(dim=-1, keepdim=True)
+            logits.append(scale * f[i] @ txt.t())
+        loss = F.cross_entropy(torch.stack(logits), labels)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        out["params"].append([p.detach().flatten().tolist() for p in params])
+        out["loss"].append(float(loss))
+    print(f"CoCoOp: loss {out['loss'][0]:.4f} -> {out['loss'][-1]:.4f}")
+    return out
+
+
 def main():
     from transformers import AutoTokenizer, CLIPModel
 
@@ -157,6 +198,7 @@ def main():
             anchor = model.get_text_features(**hand)
             anchor = getattr(anchor, "pooler_output", anchor)  # transformers 5 wraps the projected features
             anchor = anchor / anchor.norm(dim=-1, keepdim=True)
+        ref["cocoop_end_phrase"] = run_cocoop(model, tok, feats, labels)
         ref["kg_template"] = "a photo of a {}."
         ref["kgcoop_unified_end_random"] = run_case(
             model, tok, feats, labels, kg_lambda=8.0, anchor=anchor, n_ctx=4, ctx_init=None, csc=False, position="end", init_ctx=init

@@ -260,6 +260,22 @@ impl PromptLearner {
         Ok(text.forward_embeds(&prompts, eot, false)?.pooled)
     }
 
+    /// Text features `[C, P]` of the class prompts with `shift` `[D]` added to every context token
+    /// (CoCoOp's `ctx + π(x)` for one image); differentiable w.r.t. the context and the shift. For one
+    /// image every class prompt still starts `[SOS] ctx+π`, so the shared-prefix path runs; a unified
+    /// context at the end is what CoCoOp learns, and the only layout this takes.
+    pub fn text_features_shifted(&self, text: &TextTower, shift: &Tensor) -> Result<Tensor> {
+        if self.config.csc || self.config.class_position != ClassPosition::End {
+            return Err(Error::invalid("CoCoOp's per-image context needs a unified context with the class token at the end"));
+        }
+        let ctx = self.ctx.as_tensor().broadcast_add(shift)?;
+        let prefix = Tensor::cat(&[&self.prefix.get(0)?, &ctx], 0)?.unsqueeze(0)?;
+        let rows: Vec<Tensor> = (0..self.num_classes())
+            .map(|i| Tensor::cat(&[&self.names[i], &self.tails[i]], 0))
+            .collect::<candle_core::Result<_>>()?;
+        Ok(text.forward_prefixed(&prefix, &Tensor::stack(&rows, 0)?, &self.eot)?)
+    }
+
     /// The shared prefix `[1, P, D]` and the per-class rest `[C, S, D]`, when the variant has one.
     fn split_shared(&self) -> Result<Option<(Tensor, Tensor)>> {
         let m = self.n_ctx;

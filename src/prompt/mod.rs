@@ -1,5 +1,6 @@
 //! Prompts: CoOp contexts, MP-FGVC's DaTP prompts, and the method enum that a run carries.
 
+pub mod cocoop;
 pub mod coop;
 pub mod datp;
 pub mod method;

@@ -2,6 +2,7 @@
 //! and schedule, the run descriptions both front ends fill (`config`), and the image-feature cache.
 pub mod adapters;
 pub mod checkpoint;
+pub mod cocoop;
 pub mod config;
 pub mod contrastive;
 pub mod coop;

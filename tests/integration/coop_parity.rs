@@ -109,3 +109,60 @@ fn kgcoop_follows_pytorch() {
     let cfg = CoopConfig { n_ctx: 4, ctx_init: None, csc: false, class_position: ClassPosition::End, seed: 1 };
     trajectory_matches("kgcoop_unified_end_random", cfg, true, 8.0);
 }
+
+/// CoCoOp (Zhou et al. 2022): the context and the meta-net together, each image with its own prompts
+/// (`ctx + π(x)`), against CoCoOp's PyTorch forward on the same model and features.
+#[test]
+fn cocoop_follows_pytorch() {
+    use candle_core::Var;
+    use promptscope::prompt::cocoop::MetaNet;
+    use promptscope::train::cocoop::CocoopTrainer;
+    use promptscope::train::epoch_loop::{run_until, TrainSet};
+    let r = coop_reference();
+    let c = &r["cocoop_end_phrase"];
+    let dir = model_dir("tiny", &reference());
+    let clip = promptscope::clip::load(dir.path().to_str().unwrap(), &device()).unwrap();
+    let classes: Vec<String> = serde_json::from_value(r["classes"].clone()).unwrap();
+    let cfg = CoopConfig { n_ctx: 0, ctx_init: Some("a photo of a".into()), csc: false, class_position: ClassPosition::End, seed: 1 };
+    let learner = PromptLearner::new(&clip.model.text, &clip.tokenizer, &classes, &cfg).unwrap();
+    let init: Vec<Vec<f32>> = c["init"].as_array().unwrap().iter().map(flat).collect();
+    let ours: Vec<f32> = learner.ctx.as_tensor().flatten_all().unwrap().to_vec1().unwrap();
+    assert!(max_abs_diff(&ours, &init[0]) < 1e-7, "phrase initialisation differs from CoCoOp's");
+    let (p, d) = (clip.model.config.projection_dim, clip.model.config.text_config.hidden_size);
+    let h = (p / 16).max(1);
+    let var = |v: &[f32], shape: &[usize]| Var::from_tensor(&Tensor::from_vec(v.to_vec(), shape, &clip.device).unwrap()).unwrap();
+    let meta = MetaNet { w1: var(&init[1], &[h, p]), b1: var(&init[2], &[h]), w2: var(&init[3], &[d, h]), b2: var(&init[4], &[d]) };
+    let o = &c["optim"];
+    let optim = OptimConfig {
+        lr: o["lr"].as_f64().unwrap(),
+        momentum: o["momentum"].as_f64().unwrap(),
+        weight_decay: o["weight_decay"].as_f64().unwrap(),
+        warmup_epochs: o["warmup_epochs"].as_u64().unwrap() as usize,
+        warmup_lr: o["warmup_lr"].as_f64().unwrap(),
+        epochs: o["epochs"].as_u64().unwrap() as usize,
+    };
+    let n = r["n_images"].as_u64().unwrap() as usize;
+    let train = Features {
+        feats: Tensor::from_vec(common::pattern(n * p, 5, 3, 53, 1.0), (n, p), &clip.device).unwrap(),
+        labels: serde_json::from_value(r["labels"].clone()).unwrap(),
+        views_per_image: 1,
+    };
+    let epochs = optim.epochs;
+    let config = TrainConfig { optim, batch_size: None, seed: 1, kg_lambda: 0.0 };
+    let mut t = CocoopTrainer::new(&clip.model.text, learner, meta, &config, clip.model.logit_scale(), &train, None);
+    let base: Vec<f32> = init.concat();
+    for e in 0..epochs {
+        let mut loss = None;
+        run_until(&mut t, TrainSet { items: n, views: 1 }, e + 1, "", &promptscope::progress::Silent, &mut |ev, _| {
+            if let TrainEvent::Epoch(s) = ev {
+                loss = Some(s.loss);
+            }
+        })
+        .unwrap();
+        let [w1, b1, w2, b2] = t.meta.vars();
+        let ours: Vec<f32> = [&t.learner.ctx, w1, b1, w2, b2].iter().flat_map(|v| v.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap()).collect();
+        let theirs: Vec<f32> = c["params"][e].as_array().unwrap().iter().flat_map(flat).collect();
+        within(&format!("CoCoOp epoch {e}: context and meta-net change vs PyTorch (relative)"), common::relative_change(&ours, &theirs, &base), 1e-4);
+        within(&format!("CoCoOp epoch {e}: loss vs PyTorch"), (loss.unwrap() - c["loss"][e].as_f64().unwrap()).abs(), 1e-4);
+    }
+}

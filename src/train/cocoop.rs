@@ -1,0 +1,95 @@
+//! CoCoOp training on cached image features: the context and the meta-net learn together; each image's
+//! logits come from its own prompts (`ctx + π(x)`), so one step runs the text tower once per image
+//! (through the shared-prefix path: every class prompt of an image starts with the same tokens). That
+//! per-image text pass is CoCoOp's cost against CoOp, whose class prompts serve the whole batch.
+
+use candle_core::{Tensor, D};
+
+use super::coop::TrainConfig;
+use super::epoch_loop::{EpochLoop, TrainStep};
+use super::features::FeatureSet;
+use super::optim::Sgd;
+use crate::clip::l2_normalize;
+use crate::clip::text::TextTower;
+use crate::error::{Error, Result};
+use crate::prompt::cocoop::MetaNet;
+use crate::prompt::coop::PromptLearner;
+
+/// Logits `[B, C]` of image features `[B, P]` (normalised here), each image against its own prompts.
+pub fn logits(text: &TextTower, learner: &PromptLearner, meta: &MetaNet, scale: f32, feats: &Tensor) -> Result<Tensor> {
+    let f = l2_normalize(feats)?;
+    let shift = meta.forward(&f)?;
+    let rows: Vec<Tensor> = (0..f.dim(0)?)
+        .map(|i| -> Result<Tensor> {
+            let w = l2_normalize(&learner.text_features_shifted(text, &shift.get(i)?)?)?;
+            Ok((f.get(i)?.unsqueeze(0)?.matmul(&w.t()?)? * f64::from(scale))?)
+        })
+        .collect::<Result<_>>()?;
+    Ok(Tensor::cat(&rows, 0)?)
+}
+
+/// Accuracy on a set (first view of each image), batched to bound memory.
+pub fn accuracy(text: &TextTower, learner: &PromptLearner, meta: &MetaNet, scale: f32, set: &FeatureSet) -> Result<f64> {
+    let views = set.views_per_image.max(1);
+    let n = set.labels.len() / views;
+    if n == 0 {
+        return Ok(0.0);
+    }
+    let mut right = 0;
+    for start in (0..n).step_by(64) {
+        let idx: Vec<u32> = (start..(start + 64).min(n)).map(|i| (i * views) as u32).collect();
+        let feats = set.feats.index_select(&Tensor::new(idx.as_slice(), set.feats.device())?, 0)?;
+        let pred: Vec<u32> = logits(text, learner, meta, scale, &feats)?.detach().argmax(D::Minus1)?.to_vec1()?;
+        right += pred.iter().zip(&idx).filter(|(p, &row)| **p as usize == set.labels[row as usize]).count();
+    }
+    Ok(right as f64 / n as f64)
+}
+
+pub struct CocoopTrainer<'a> {
+    pub text: &'a TextTower,
+    pub learner: PromptLearner,
+    pub meta: MetaNet,
+    pub logit_scale: f32,
+    train: &'a FeatureSet,
+    val: Option<&'a FeatureSet>,
+    /// One SGD per parameter: the context, then the meta-net's four.
+    opts: Vec<Sgd>,
+    pub state: EpochLoop,
+}
+
+impl<'a> CocoopTrainer<'a> {
+    pub fn new(text: &'a TextTower, learner: PromptLearner, meta: MetaNet, config: &TrainConfig, logit_scale: f32, train: &'a FeatureSet, val: Option<&'a FeatureSet>) -> Self {
+        let opts = (0..5).map(|_| Sgd::new(config.optim.momentum, config.optim.weight_decay)).collect();
+        let state = EpochLoop::new(config.optim.clone(), config.batch_size, config.seed);
+        CocoopTrainer { text, learner, meta, logit_scale, train, val, opts, state }
+    }
+}
+
+impl TrainStep for CocoopTrainer<'_> {
+    fn state(&mut self) -> &mut EpochLoop {
+        &mut self.state
+    }
+
+    fn step(&mut self, rows: &[usize], lr: f64) -> Result<(f64, usize)> {
+        let dev = self.train.feats.device();
+        let idx = Tensor::new(rows.iter().map(|&r| r as u32).collect::<Vec<_>>().as_slice(), dev)?;
+        let labels = Tensor::new(rows.iter().map(|&r| self.train.labels[r] as u32).collect::<Vec<_>>().as_slice(), dev)?;
+        let logits = logits(self.text, &self.learner, &self.meta, self.logit_scale, &self.train.feats.index_select(&idx, 0)?)?;
+        let loss = candle_nn::loss::cross_entropy(&logits, &labels)?;
+        let correct = logits.argmax(D::Minus1)?.eq(&labels)?.to_dtype(candle_core::DType::U32)?.sum_all()?.to_scalar::<u32>()?;
+        let grads = loss.backward()?;
+        let [w1, b1, w2, b2] = self.meta.vars();
+        for (var, opt) in [&self.learner.ctx, w1, b1, w2, b2].into_iter().zip(&mut self.opts) {
+            let g = grads.get(var.as_tensor()).ok_or_else(|| Error::invalid("no gradient reached CoCoOp's context or meta-net"))?;
+            opt.step(var, g, lr)?;
+        }
+        Ok((f64::from(loss.to_scalar::<f32>()?), correct as usize))
+    }
+
+    fn validate(&mut self) -> Result<(Option<f64>, Option<f64>)> {
+        Ok(match self.val {
+            Some(v) if !v.labels.is_empty() => (Some(accuracy(self.text, &self.learner, &self.meta, self.logit_scale, v)?), None),
+            _ => (None, None),
+        })
+    }
+}
