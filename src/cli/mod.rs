@@ -759,6 +759,13 @@ pub struct BaseToNovelArgs {
     /// KgCoOp's λ (8 in its paper); 0 learns plain CoOp.
     #[arg(long, default_value_t = coop_defaults().train.kg_lambda)]
     pub kg_lambda: f64,
+    /// CoCoOp: a meta-net adds π(x) to the context per image. Its recipe unless given: context
+    /// "a photo of a", 10 epochs, batch 1.
+    #[arg(long, conflicts_with = "kg_lambda")]
+    pub cocoop: bool,
+    /// Images per step (default: CoOp's 32; CoCoOp's 1 with --cocoop).
+    #[arg(long)]
+    pub batch_size: Option<usize>,
     /// The hand-crafted template: the zero-shot row, and KgCoOp's anchor.
     #[arg(long, default_value_t = coop_defaults().template)]
     pub template: String,
@@ -777,18 +784,29 @@ pub fn base_to_novel(args: &BaseToNovelArgs) -> Result<()> {
     coop.coop.ctx_init = args.ctx_init.clone();
     coop.train.optim.epochs = args.epochs.unwrap_or_else(|| default_epochs(coop.shots));
     coop.train.kg_lambda = args.kg_lambda;
+    if let Some(b) = args.batch_size {
+        coop.train.batch_size = Some(b.max(1));
+    }
+    if args.cocoop {
+        // CoCoOp's recipe for what was not given.
+        if args.ctx_init.is_none() && args.n_ctx == coop_defaults().coop.n_ctx {
+            coop.coop.ctx_init = Some("a photo of a".into());
+        }
+        coop.train.optim.epochs = args.epochs.unwrap_or(10);
+        coop.train.batch_size = Some(args.batch_size.unwrap_or(1).max(1));
+    }
     coop.template = args.template.clone();
     coop.validate()?;
     let ds = open_dataset(&args.data)?;
     let clip = load_model(&args.model)?;
     let bar = Bar::new();
-    let method = method_name(&coop);
+    let method = method_name(&coop, args.cocoop);
     let mut on_event = |seed: u64, ev: promptscope::train::coop::TrainEvent| {
         if let promptscope::train::coop::TrainEvent::Epoch(s) = ev {
             bar.update(&format!("{method} seed {seed}: epochs"), s.epoch + 1, s.epochs);
         }
     };
-    let report = run(&clip, &ds, &coop, &args.seeds, args.cache.dir().as_deref(), &bar, &mut on_event)?;
+    let report = run(&clip, &ds, &coop, args.cocoop, &args.seeds, args.cache.dir().as_deref(), &bar, &mut on_event)?;
     drop(bar);
     match args.format {
         Format::Json => print_json(&report),

@@ -16,7 +16,10 @@ use crate::eval::zeroshot;
 use crate::progress::Progress;
 use crate::prompt::coop::{CoopConfig, PromptLearner};
 use crate::train::config::CoopRun;
+use crate::prompt::cocoop::MetaNet;
+use crate::train::cocoop::{self, CocoopTrainer};
 use crate::train::coop::TrainEvent;
+use crate::train::epoch_loop::{run_until, TrainSet};
 use crate::train::features::{extract, FeatureSet};
 
 use super::coop::{evaluate_weights, prepare, train};
@@ -78,20 +81,25 @@ pub struct Report {
     pub rows: Vec<Row>,
 }
 
-/// The learned method of `run` ("CoOp" or "KgCoOp λ=8").
-pub fn method_name(run: &CoopRun) -> String {
-    if run.train.kg_lambda > 0.0 {
+/// The learned method of `run` ("CoOp", "KgCoOp λ=8" or "CoCoOp").
+pub fn method_name(run: &CoopRun, cocoop: bool) -> String {
+    if cocoop {
+        "CoCoOp".to_string()
+    } else if run.train.kg_lambda > 0.0 {
         format!("KgCoOp λ={}", run.train.kg_lambda)
     } else {
         "CoOp".to_string()
     }
 }
 
-/// Zero-shot and `run`'s method (trained once per seed on the base classes), on base and novel.
+/// Zero-shot and `run`'s method (trained once per seed on the base classes), on base and novel;
+/// `cocoop` learns a meta-net beside the context (CoCoOp) with `run`'s optimiser settings.
+#[allow(clippy::too_many_arguments)]
 pub fn run(
     clip: &LoadedClip,
     data: &DatasetFolder,
     run: &CoopRun,
+    cocoop: bool,
     seeds: &[u64],
     cache: Option<&Path>,
     progress: &dyn Progress,
@@ -127,20 +135,35 @@ pub fn run(
     for &seed in seeds {
         let seeded = run.clone().with_seed(seed);
         let rd = prepare(clip, &base, &seeded, cache, progress)?;
-        let outcome = train(clip, &base, &rd, &seeded, None, false, progress, &mut |e| on_event(seed, e))?;
         // The learned context with the novel class names in it.
         let cfg = CoopConfig { ctx_init: None, ..seeded.coop.clone() };
         let mut on_novel = PromptLearner::new(&clip.model.text, &clip.tokenizer, &novel.class_names, &cfg)?;
-        on_novel.set_ctx(outcome.learner.ctx.as_tensor())?;
-        let novel_weights = l2_normalize(&on_novel.text_features(&clip.model.text)?.detach())?;
-        let base_acc = score(&base, &base_test, &outcome.class_weights)?;
-        learned.push((seed, BaseNovel::new(base_acc, score(&novel, &novel_test, &novel_weights)?)));
+        let result = if cocoop {
+            let text = &clip.model.text;
+            let learner = PromptLearner::new(text, &clip.tokenizer, &base.class_names, &seeded.coop)?;
+            let meta = MetaNet::new(clip.model.config.projection_dim, clip.model.config.text_config.hidden_size, seed, &clip.device)?;
+            let scale = clip.model.logit_scale();
+            let mut t = CocoopTrainer::new(text, learner, meta, &seeded.train, scale, &rd.train, Some(&rd.val));
+            let set = TrainSet { items: rd.train.num_images(), views: rd.train.views_per_image.max(1) };
+            run_until(&mut t, set, usize::MAX, "", progress, &mut |e, _| on_event(seed, e))?;
+            on_novel.set_ctx(t.learner.ctx.as_tensor())?;
+            BaseNovel::new(
+                cocoop::accuracy(text, &t.learner, &t.meta, scale, &base_test.1)?,
+                cocoop::accuracy(text, &on_novel, &t.meta, scale, &novel_test.1)?,
+            )
+        } else {
+            let outcome = train(clip, &base, &rd, &seeded, None, false, progress, &mut |e| on_event(seed, e))?;
+            on_novel.set_ctx(outcome.learner.ctx.as_tensor())?;
+            let novel_weights = l2_normalize(&on_novel.text_features(&clip.model.text)?.detach())?;
+            BaseNovel::new(score(&base, &base_test, &outcome.class_weights)?, score(&novel, &novel_test, &novel_weights)?)
+        };
+        learned.push((seed, result));
     }
     Ok(Report {
         base_classes: base.class_names.clone(),
         novel_classes: novel.class_names.clone(),
         shots: run.shots,
-        rows: vec![Row::new(format!("zero-shot \"{}\"", run.template), seeds.iter().map(|&s| (s, zero)).collect()), Row::new(method_name(run), learned)],
+        rows: vec![Row::new(format!("zero-shot \"{}\"", run.template), seeds.iter().map(|&s| (s, zero)).collect()), Row::new(method_name(run, cocoop), learned)],
     })
 }
 

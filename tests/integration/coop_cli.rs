@@ -407,4 +407,8 @@ fn base_to_novel_reports_base_novel_and_h_per_method_over_seeds() {
     assert_eq!(rows[0]["std"]["base"], 0.0);
     let kg = serde_json::from_str::<serde_json::Value>(ok(&promptscope(&[&args[..], &["--kg-lambda", "8"]].concat())).lines().last().unwrap()).unwrap();
     assert_eq!(kg["rows"][1]["method"], "KgCoOp λ=8");
+    // CoCoOp: the meta-net's per-image prompts, scored on both halves; its recipe fills what is not given.
+    let co = serde_json::from_str::<serde_json::Value>(ok(&promptscope(&[&args[..], &["--cocoop", "--batch-size", "4"]].concat())).lines().last().unwrap()).unwrap();
+    assert_eq!(co["rows"][1]["method"], "CoCoOp");
+    assert!(co["rows"][1]["mean"]["novel"].as_f64().is_some());
 }
