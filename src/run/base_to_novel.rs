@@ -135,9 +135,13 @@ pub fn run(
     for &seed in seeds {
         let seeded = run.clone().with_seed(seed);
         let rd = prepare(clip, &base, &seeded, cache, progress)?;
-        // The learned context with the novel class names in it.
-        let cfg = CoopConfig { ctx_init: None, ..seeded.coop.clone() };
-        let mut on_novel = PromptLearner::new(&clip.model.text, &clip.tokenizer, &novel.class_names, &cfg)?;
+        // The learned context (M tokens, however it was initialised) with the novel class names in it.
+        let on_novel = |learned: &PromptLearner| -> Result<PromptLearner> {
+            let cfg = CoopConfig { ctx_init: None, n_ctx: learned.n_ctx, ..seeded.coop.clone() };
+            let mut l = PromptLearner::new(&clip.model.text, &clip.tokenizer, &novel.class_names, &cfg)?;
+            l.set_ctx(learned.ctx.as_tensor())?;
+            Ok(l)
+        };
         let result = if cocoop {
             let text = &clip.model.text;
             let learner = PromptLearner::new(text, &clip.tokenizer, &base.class_names, &seeded.coop)?;
@@ -146,15 +150,13 @@ pub fn run(
             let mut t = CocoopTrainer::new(text, learner, meta, &seeded.train, scale, &rd.train, Some(&rd.val));
             let set = TrainSet { items: rd.train.num_images(), views: rd.train.views_per_image.max(1) };
             run_until(&mut t, set, usize::MAX, "", progress, &mut |e, _| on_event(seed, e))?;
-            on_novel.set_ctx(t.learner.ctx.as_tensor())?;
             BaseNovel::new(
                 cocoop::accuracy(text, &t.learner, &t.meta, scale, &base_test.1)?,
-                cocoop::accuracy(text, &on_novel, &t.meta, scale, &novel_test.1)?,
+                cocoop::accuracy(text, &on_novel(&t.learner)?, &t.meta, scale, &novel_test.1)?,
             )
         } else {
             let outcome = train(clip, &base, &rd, &seeded, None, false, progress, &mut |e| on_event(seed, e))?;
-            on_novel.set_ctx(outcome.learner.ctx.as_tensor())?;
-            let novel_weights = l2_normalize(&on_novel.text_features(&clip.model.text)?.detach())?;
+            let novel_weights = l2_normalize(&on_novel(&outcome.learner)?.text_features(&clip.model.text)?.detach())?;
             BaseNovel::new(score(&base, &base_test, &outcome.class_weights)?, score(&novel, &novel_test, &novel_weights)?)
         };
         learned.push((seed, result));

@@ -408,7 +408,9 @@ fn base_to_novel_reports_base_novel_and_h_per_method_over_seeds() {
     let kg = serde_json::from_str::<serde_json::Value>(ok(&promptscope(&[&args[..], &["--kg-lambda", "8"]].concat())).lines().last().unwrap()).unwrap();
     assert_eq!(kg["rows"][1]["method"], "KgCoOp λ=8");
     // CoCoOp: the meta-net's per-image prompts, scored on both halves; its recipe fills what is not given.
-    let co = serde_json::from_str::<serde_json::Value>(ok(&promptscope(&[&args[..], &["--cocoop", "--batch-size", "4"]].concat())).lines().last().unwrap()).unwrap();
+    // (Without --n-ctx: its "a photo of a" context, 4 tokens, carried to the novel names.)
+    let no_n_ctx: Vec<&str> = args.iter().copied().filter(|a| *a != "--n-ctx" && *a != "4").collect();
+    let co = serde_json::from_str::<serde_json::Value>(ok(&promptscope(&[&no_n_ctx[..], &["--cocoop", "--batch-size", "4"]].concat())).lines().last().unwrap()).unwrap();
     assert_eq!(co["rows"][1]["method"], "CoCoOp");
     assert!(co["rows"][1]["mean"]["novel"].as_f64().is_some());
 }
