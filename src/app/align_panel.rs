@@ -139,6 +139,7 @@ impl AlignPanel {
             ui.weak("Load a model and open a dataset (or drop an image here) to see which image patches each word of a prompt aligns with.");
             return;
         };
+        super::fit_visible_width(ui);
         let samples = state.dataset.as_ref().map_or(&[][..], |d| d.folder.eval_samples());
         if samples.is_empty() && self.image_file.is_none() {
             ui.weak("Open a dataset with images, or drop an image file onto the window, to align it.");

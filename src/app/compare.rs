@@ -60,6 +60,7 @@ impl ComparePanel {
     }
 
     pub fn ui(&mut self, ui: &mut egui::Ui, state: &AppState, actions: &mut Vec<Action>) {
+        super::fit_visible_width(ui);
         ui.label("Prompt templates. {} is replaced by the class name; several templates are averaged (CLIP's prompt ensemble).");
         ui.add_space(4.0);
         self.templates_ui(ui);
@@ -114,7 +115,7 @@ impl ComparePanel {
         } else {
             None
         };
-        ui.horizontal(|ui| {
+        ui.horizontal_wrapped(|ui| {
             let can_run = missing.is_none() && state.zero_shot.is_none();
             let accent = ui.visuals().selection.bg_fill;
             let button = egui::Button::new(RichText::new(RUN_BUTTON).strong().color(Color32::WHITE)).fill(accent);

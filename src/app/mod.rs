@@ -762,6 +762,15 @@ fn push_bounded(v: &mut Vec<f64>, ms: f64) {
     v.push(ms);
 }
 
+/// Keeps a tab's layout within what is visible: wrapped rows and columns size to the visible width even
+/// when the panel's rectangle reaches past the window's edge (seen at 1280 px on the first frames).
+fn fit_visible_width(ui: &mut egui::Ui) {
+    let visible = ui.clip_rect().right() - ui.max_rect().left();
+    if visible > 0.0 && visible < ui.max_rect().width() {
+        ui.set_max_width(visible);
+    }
+}
+
 /// `$PROMPTSCOPE_RUNS`, else `runs/` beside the feature cache (`~/.cache/promptscope/runs`).
 pub fn default_runs_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("PROMPTSCOPE_RUNS").filter(|v| !v.is_empty()) {
