@@ -144,12 +144,8 @@ impl TrainStep for AdapterTrainer<'_> {
     }
 
     fn step(&mut self, rows: &[usize], lr: f64) -> Result<(f64, usize)> {
-        let dev = self.train.feats.device();
-        let idx = Tensor::new(rows.iter().map(|&r| r as u32).collect::<Vec<_>>().as_slice(), dev)?;
-        let labels = Tensor::new(rows.iter().map(|&r| self.train.labels[r] as u32).collect::<Vec<_>>().as_slice(), dev)?;
-        let logits = self.adapter.logits(&self.train.feats.index_select(&idx, 0)?, &self.weights, self.scale)?;
-        let loss = candle_nn::loss::cross_entropy(&logits, &labels)?;
-        let correct = logits.argmax(D::Minus1)?.eq(&labels)?.to_dtype(candle_core::DType::U32)?.sum_all()?.to_scalar::<u32>()?;
+        let (feats, labels) = super::epoch_loop::batch(self.train, rows)?;
+        let (loss, correct) = super::epoch_loop::cross_entropy(&self.adapter.logits(&feats, &self.weights, self.scale)?, &labels)?;
         let grads = loss.backward()?;
         let vars = self.adapter.vars();
         for (i, v) in vars.iter().enumerate() {
@@ -159,7 +155,7 @@ impl TrainStep for AdapterTrainer<'_> {
                 Optimizers::AdamW(o) => o[i].step(v, g, lr)?,
             }
         }
-        Ok((f64::from(loss.to_scalar::<f32>()?), correct as usize))
+        Ok((f64::from(loss.to_scalar::<f32>()?), correct))
     }
 
     fn validate(&mut self) -> Result<(Option<f64>, Option<f64>)> {

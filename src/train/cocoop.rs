@@ -71,19 +71,15 @@ impl TrainStep for CocoopTrainer<'_> {
     }
 
     fn step(&mut self, rows: &[usize], lr: f64) -> Result<(f64, usize)> {
-        let dev = self.train.feats.device();
-        let idx = Tensor::new(rows.iter().map(|&r| r as u32).collect::<Vec<_>>().as_slice(), dev)?;
-        let labels = Tensor::new(rows.iter().map(|&r| self.train.labels[r] as u32).collect::<Vec<_>>().as_slice(), dev)?;
-        let logits = logits(self.text, &self.learner, &self.meta, self.logit_scale, &self.train.feats.index_select(&idx, 0)?)?;
-        let loss = candle_nn::loss::cross_entropy(&logits, &labels)?;
-        let correct = logits.argmax(D::Minus1)?.eq(&labels)?.to_dtype(candle_core::DType::U32)?.sum_all()?.to_scalar::<u32>()?;
+        let (feats, labels) = super::epoch_loop::batch(self.train, rows)?;
+        let (loss, correct) = super::epoch_loop::cross_entropy(&logits(self.text, &self.learner, &self.meta, self.logit_scale, &feats)?, &labels)?;
         let grads = loss.backward()?;
         let [w1, b1, w2, b2] = self.meta.vars();
         for (var, opt) in [&self.learner.ctx, w1, b1, w2, b2].into_iter().zip(&mut self.opts) {
             let g = grads.get(var.as_tensor()).ok_or_else(|| Error::invalid("no gradient reached CoCoOp's context or meta-net"))?;
             opt.step(var, g, lr)?;
         }
-        Ok((f64::from(loss.to_scalar::<f32>()?), correct as usize))
+        Ok((f64::from(loss.to_scalar::<f32>()?), correct))
     }
 
     fn validate(&mut self) -> Result<(Option<f64>, Option<f64>)> {

@@ -187,14 +187,10 @@ impl TrainStep for CoopStep<'_, '_> {
 
     fn step(&mut self, rows: &[usize], lr: f64) -> Result<(f64, usize)> {
         let (t, train) = (&mut *self.trainer, self.train);
-        let dev = train.feats.device();
-        let idx = Tensor::new(rows.iter().map(|&r| r as u32).collect::<Vec<_>>().as_slice(), dev)?;
-        let labels: Vec<u32> = rows.iter().map(|&r| train.labels[r] as u32).collect();
-        let labels = Tensor::new(labels.as_slice(), dev)?;
-        let img = l2_normalize(&train.feats.index_select(&idx, 0)?)?;
+        let (feats, labels) = epoch_loop::batch(train, rows)?;
+        let img = l2_normalize(&feats)?;
         let txt = l2_normalize(&t.learner.text_features(t.text)?)?;
-        let logits = (img.matmul(&txt.t()?)? * f64::from(t.logit_scale))?;
-        let mut loss = candle_nn::loss::cross_entropy(&logits, &labels)?;
+        let (mut loss, correct) = epoch_loop::cross_entropy(&(img.matmul(&txt.t()?)? * f64::from(t.logit_scale))?, &labels)?;
         let lambda = t.config.kg_lambda;
         if lambda > 0.0 {
             let anchor = t.kg_anchor.as_ref().ok_or_else(|| Error::invalid("KgCoOp (kg_lambda > 0) needs the hand-crafted class weights: set_kg_anchor"))?;
@@ -202,11 +198,10 @@ impl TrainStep for CoopStep<'_, '_> {
             let cos = (&txt * anchor)?.sum(D::Minus1)?.mean_all()?;
             loss = (loss + cos.affine(-lambda, lambda)?)?;
         }
-        let correct = logits.argmax(D::Minus1)?.eq(&labels)?.to_dtype(candle_core::DType::U32)?.sum_all()?.to_scalar::<u32>()?;
         let grads = loss.backward()?;
         let g = grads.get(t.learner.ctx.as_tensor()).ok_or_else(|| Error::invalid("no gradient reached the context"))?;
         t.opt.step(&t.learner.ctx, g, lr)?;
-        Ok((f64::from(loss.to_scalar::<f32>()?), correct as usize))
+        Ok((f64::from(loss.to_scalar::<f32>()?), correct))
     }
 
     fn validate(&mut self) -> Result<(Option<f64>, Option<f64>)> {

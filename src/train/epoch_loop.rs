@@ -68,6 +68,22 @@ pub struct TrainSet {
     pub views: usize,
 }
 
+/// The feature rows `rows` of a set and their labels (u32), on the set's device: a step's batch.
+pub fn batch(set: &super::features::FeatureSet, rows: &[usize]) -> Result<(candle_core::Tensor, candle_core::Tensor)> {
+    use candle_core::Tensor;
+    let dev = set.feats.device();
+    let idx = Tensor::new(rows.iter().map(|&r| r as u32).collect::<Vec<_>>().as_slice(), dev)?;
+    let labels = Tensor::new(rows.iter().map(|&r| set.labels[r] as u32).collect::<Vec<_>>().as_slice(), dev)?;
+    Ok((set.feats.index_select(&idx, 0)?, labels))
+}
+
+/// Cross-entropy of `logits` against `labels` (differentiable) and how many rows the logits get right.
+pub fn cross_entropy(logits: &candle_core::Tensor, labels: &candle_core::Tensor) -> Result<(candle_core::Tensor, usize)> {
+    let loss = candle_nn::loss::cross_entropy(logits, labels)?;
+    let right = logits.argmax(candle_core::D::Minus1)?.eq(labels)?.to_dtype(candle_core::DType::U32)?.sum_all()?.to_scalar::<u32>()?;
+    Ok((loss, right as usize))
+}
+
 /// One epoch's event as a trainer reports it: the event, and the second validation accuracy if any.
 pub type OnEvent<'f> = dyn FnMut(TrainEvent, Option<f64>) + 'f;
 

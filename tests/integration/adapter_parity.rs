@@ -10,24 +10,11 @@ use promptscope::eval::tip_adapter::TipCache;
 use promptscope::train::adapters::{Adapter, AdapterTrainer};
 use promptscope::train::epoch_loop::{run_until, TrainSet};
 use promptscope::train::features::FeatureSet;
-use promptscope::train::optim::OptimConfig;
-
-fn optim(o: &serde_json::Value) -> OptimConfig {
-    let f = |k: &str| o[k].as_f64().unwrap_or(0.0);
-    OptimConfig {
-        lr: f("lr"),
-        momentum: f("momentum"),
-        weight_decay: f("weight_decay"),
-        warmup_epochs: o["warmup_epochs"].as_u64().unwrap_or(0) as usize,
-        warmup_lr: f("warmup_lr"),
-        epochs: o["epochs"].as_u64().unwrap() as usize,
-    }
-}
 
 /// Trains `adapter` epoch by epoch and compares its parameters with the fixture's after each.
 fn follows(name: &str, case: &serde_json::Value, r: &serde_json::Value, adapter: Adapter, train: &FeatureSet, weights: &Tensor) {
     let init: Vec<f32> = adapter.vars().iter().flat_map(|v| v.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap()).collect();
-    let o = optim(&case["optim"]);
+    let o = common::optim_config(&case["optim"]);
     let epochs = o.epochs;
     let mut t = AdapterTrainer::new(adapter, weights.clone(), r["scale"].as_f64().unwrap(), train, None, o, None, 1);
     let set = TrainSet { items: train.labels.len(), views: 1 };

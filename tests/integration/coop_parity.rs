@@ -10,7 +10,6 @@ use candle_core::Tensor;
 use common::*;
 use promptscope::prompt::coop::{ClassPosition, CoopConfig, PromptLearner};
 use promptscope::train::coop::{Features, TrainConfig, TrainEvent, Trainer};
-use promptscope::train::optim::OptimConfig;
 
 fn coop_reference() -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(fixtures().join("coop_reference.json")).unwrap()).unwrap()
@@ -33,15 +32,7 @@ fn trajectory_matches(case: &str, cfg: CoopConfig, set_init: bool, kg_lambda: f6
         let ours: Vec<f32> = learner.ctx.as_tensor().flatten_all().unwrap().to_vec1().unwrap();
         assert!(max_abs_diff(&ours, &init) < 1e-7, "phrase initialisation differs from CoOp's");
     }
-    let o = &r["optim"];
-    let optim = OptimConfig {
-        lr: o["lr"].as_f64().unwrap(),
-        momentum: o["momentum"].as_f64().unwrap(),
-        weight_decay: o["weight_decay"].as_f64().unwrap(),
-        warmup_epochs: o["warmup_epochs"].as_u64().unwrap() as usize,
-        warmup_lr: o["warmup_lr"].as_f64().unwrap(),
-        epochs: o["epochs"].as_u64().unwrap() as usize,
-    };
+    let optim = common::optim_config(&r["optim"]);
     let n = r["n_images"].as_u64().unwrap() as usize;
     let p = clip.model.config.projection_dim;
     let train = Features {
@@ -132,15 +123,7 @@ fn cocoop_follows_pytorch() {
     let h = (p / 16).max(1);
     let var = |v: &[f32], shape: &[usize]| Var::from_tensor(&Tensor::from_vec(v.to_vec(), shape, &clip.device).unwrap()).unwrap();
     let meta = MetaNet { w1: var(&init[1], &[h, p]), b1: var(&init[2], &[h]), w2: var(&init[3], &[d, h]), b2: var(&init[4], &[d]) };
-    let o = &c["optim"];
-    let optim = OptimConfig {
-        lr: o["lr"].as_f64().unwrap(),
-        momentum: o["momentum"].as_f64().unwrap(),
-        weight_decay: o["weight_decay"].as_f64().unwrap(),
-        warmup_epochs: o["warmup_epochs"].as_u64().unwrap() as usize,
-        warmup_lr: o["warmup_lr"].as_f64().unwrap(),
-        epochs: o["epochs"].as_u64().unwrap() as usize,
-    };
+    let optim = common::optim_config(&c["optim"]);
     let n = r["n_images"].as_u64().unwrap() as usize;
     let train = Features {
         feats: Tensor::from_vec(common::pattern(n * p, 5, 3, 53, 1.0), (n, p), &clip.device).unwrap(),

@@ -171,3 +171,17 @@ pub fn relative_change(ours: &[f32], theirs: &[f32], base: &[f32]) -> f64 {
     let den: f64 = theirs.iter().zip(base).map(|(a, b)| f64::from(a - b).powi(2)).sum::<f64>().sqrt();
     num / den
 }
+
+/// A fixture's optimiser settings (`lr`, `momentum`, `weight_decay`, `warmup_epochs`, `warmup_lr`,
+/// `epochs`; missing ones are 0).
+pub fn optim_config(o: &serde_json::Value) -> promptscope::train::optim::OptimConfig {
+    let f = |k: &str| o[k].as_f64().unwrap_or(0.0);
+    promptscope::train::optim::OptimConfig {
+        lr: f("lr"),
+        momentum: f("momentum"),
+        weight_decay: f("weight_decay"),
+        warmup_epochs: o["warmup_epochs"].as_u64().unwrap_or(0) as usize,
+        warmup_lr: f("warmup_lr"),
+        epochs: o["epochs"].as_u64().unwrap() as usize,
+    }
+}
