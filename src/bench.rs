@@ -64,6 +64,8 @@ pub struct CoopBenchReport {
     pub n_ctx: usize,
     pub batch: usize,
     pub csc: bool,
+    /// CoCoOp's step (meta-net, per-image prompts) rather than CoOp's.
+    pub cocoop: bool,
     pub steps: usize,
     /// Forward + backward + SGD update, mean over `steps` after one warm-up step.
     pub ms_per_step: f64,
@@ -94,6 +96,46 @@ pub fn coop_step(clip: &LoadedClip, classes: usize, n_ctx: usize, batch: usize, 
         n_ctx,
         batch,
         csc,
+        cocoop: false,
+        steps,
+        ms_per_step: secs * 1000.0,
+        text_positions,
+        peak_rss_mb: peak_rss_mb(),
+    })
+}
+
+/// Times CoCoOp training steps: the meta-net's shift for each of `batch` images, the `classes` prompts
+/// of each image through the text tower and back, SGD on the context and the meta-net.
+pub fn cocoop_step(clip: &LoadedClip, classes: usize, n_ctx: usize, batch: usize, steps: usize) -> Result<CoopBenchReport> {
+    use crate::prompt::cocoop::MetaNet;
+    use crate::prompt::coop::{CoopConfig, PromptLearner};
+    use crate::train::cocoop::CocoopTrainer;
+    use crate::train::coop::{Features, TrainConfig};
+    use crate::train::epoch_loop::{run_until, TrainSet};
+    use crate::train::optim::OptimConfig;
+    let names = class_names(classes);
+    let learner = PromptLearner::new(&clip.model.text, &clip.tokenizer, &names, &CoopConfig { n_ctx, ..Default::default() })?;
+    let text_positions = learner.eot.iter().max().map_or(0, |m| m + 1);
+    let (p, d) = (clip.model.config.projection_dim, clip.model.config.text_config.hidden_size);
+    let meta = MetaNet::new(p, d, 0, &clip.device)?;
+    let train = Features { feats: Tensor::randn(0f32, 1f32, (batch, p), &clip.device)?, labels: (0..batch).map(|i| i % classes).collect(), views_per_image: 1 };
+    let optim = OptimConfig { epochs: usize::MAX / 2, warmup_epochs: 0, ..Default::default() };
+    let config = TrainConfig { optim, batch_size: None, seed: 0, kg_lambda: 0.0 };
+    let mut trainer = CocoopTrainer::new(&clip.model.text, learner, meta, &config, clip.model.logit_scale(), &train, None);
+    let mut done = 0;
+    let steps = steps.max(1);
+    let secs = time_per_call(&clip.device, steps, || {
+        done += 1;
+        run_until(&mut trainer, TrainSet { items: batch, views: 1 }, done, "", &crate::progress::Silent, &mut |_, _| {})
+    })?;
+    Ok(CoopBenchReport {
+        model: clip.id.clone(),
+        device: crate::device::describe(&clip.device),
+        classes,
+        n_ctx,
+        batch,
+        csc: false,
+        cocoop: true,
         steps,
         ms_per_step: secs * 1000.0,
         text_positions,

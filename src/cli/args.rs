@@ -127,6 +127,10 @@ pub enum Verb {
         n_ctx: usize,
         #[arg(long)]
         csc: bool,
+        /// With --coop: time CoCoOp's steps (the meta-net's per-image prompts: the text tower runs once
+        /// per image of the --batch) instead of CoOp's.
+        #[arg(long, requires = "coop", conflicts_with = "csc")]
+        cocoop: bool,
         #[arg(long, default_value_t = 3)]
         steps: usize,
         /// Time CLIP's prompt ensemble instead: --classes names × this many of the 80 ImageNet templates.

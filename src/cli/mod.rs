@@ -175,14 +175,18 @@ pub fn bench(args: &ModelArgs, batch: usize, images: usize, text_batch: usize, t
     }
 }
 
-pub fn bench_coop(args: &ModelArgs, classes: usize, n_ctx: usize, batch: usize, csc: bool, steps: usize, format: Format) -> Result<()> {
+pub fn bench_coop(args: &ModelArgs, classes: usize, n_ctx: usize, batch: usize, kind: StepKind, steps: usize, format: Format) -> Result<()> {
     let clip = load_model(args)?;
-    let r = promptscope::bench::coop_step(&clip, classes, n_ctx, batch, csc, steps)?;
+    let r = match kind {
+        StepKind::Cocoop => promptscope::bench::cocoop_step(&clip, classes, n_ctx, batch, steps)?,
+        _ => promptscope::bench::coop_step(&clip, classes, n_ctx, batch, kind == StepKind::Csc, steps)?,
+    };
     match format {
         Format::Json => print_json(&r),
         Format::Text => {
             outln!(
-                "CoOp step ({} classes, M = {}, batch {}{}, {} text positions): {:.1} ms/step over {} steps; peak RSS {}",
+                "{} step ({} classes, M = {}, batch {}{}, {} text positions): {:.1} ms/step over {} steps; peak RSS {}",
+                if r.cocoop { "CoCoOp" } else { "CoOp" },
                 r.classes,
                 r.n_ctx,
                 r.batch,
@@ -195,6 +199,14 @@ pub fn bench_coop(args: &ModelArgs, classes: usize, n_ctx: usize, batch: usize, 
             Ok(())
         }
     }
+}
+
+/// Which training step `bench --coop` times.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StepKind {
+    Coop,
+    Csc,
+    Cocoop,
 }
 
 pub fn bench_suite(args: &ModelArgs, format: Format) -> Result<()> {
@@ -834,13 +846,13 @@ pub fn run(verb: Verb) -> Result<()> {
         }
         Verb::Embed { model, texts, images, format } => embed(&model, &texts, &images, format),
         Verb::ZeroShot { model, data, split_seed, templates, batch, format } => zero_shot(&model, &data, split_seed, templates, batch, format),
-        Verb::Bench { model, batch, images, text_batch, texts, coop, classes, n_ctx, csc, steps, zero_shot_templates, suite, format } => {
+        Verb::Bench { model, batch, images, text_batch, texts, coop, classes, n_ctx, csc, cocoop, steps, zero_shot_templates, suite, format } => {
             if suite {
                 bench_suite(&model, format)
             } else if let Some(templates) = zero_shot_templates {
                 bench_zero_shot(&model, classes, templates, format)
             } else if coop {
-                bench_coop(&model, classes, n_ctx, batch, csc, steps, format)
+                bench_coop(&model, classes, n_ctx, batch, if cocoop { StepKind::Cocoop } else if csc { StepKind::Csc } else { StepKind::Coop }, steps, format)
             } else {
                 bench(&model, batch, images, text_batch, texts, format)
             }

@@ -414,3 +414,21 @@ fn base_to_novel_reports_base_novel_and_h_per_method_over_seeds() {
     assert_eq!(co["rows"][1]["method"], "CoCoOp");
     assert!(co["rows"][1]["mean"]["novel"].as_f64().is_some());
 }
+
+/// `bench --coop --cocoop` times CoCoOp's step beside CoOp's on the same classes and batch: the text
+/// tower runs once per image, so a batch of 4 costs more than CoOp's one pass over the classes.
+#[test]
+fn bench_times_cocoop_steps_beside_coops() {
+    let s = Setup::with_tiny_model();
+    let m = s.p("m");
+    let bench = |extra: &[&str]| -> serde_json::Value {
+        let args = [&["bench", "--model", &m, "--coop", "--classes", "5", "--n-ctx", "4", "--batch", "4", "--steps", "2", "--format", "json"][..], extra].concat();
+        serde_json::from_str(ok(&promptscope(&args)).lines().last().unwrap()).unwrap()
+    };
+    let (coop, cocoop) = (bench(&[]), bench(&["--cocoop"]));
+    assert_eq!((coop["cocoop"].as_bool(), cocoop["cocoop"].as_bool()), (Some(false), Some(true)));
+    assert!(coop["ms_per_step"].as_f64().unwrap() > 0.0 && cocoop["ms_per_step"].as_f64().unwrap() > 0.0);
+    assert!(cocoop["peak_rss_mb"].as_f64().is_some_and(|m| m > 0.0));
+    let bad = promptscope(&["bench", "--model", &s.p("m"), "--cocoop"]);
+    assert!(!bad.status.success(), "--cocoop needs --coop");
+}
