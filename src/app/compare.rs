@@ -249,7 +249,9 @@ fn learned_ui(ui: &mut egui::Ui, state: &AppState, actions: &mut Vec<Action>) {
             ui.label(&p.label).on_hover_text(p.path.display().to_string());
             // Last in the row and truncated (all of it on hover): a long class list would otherwise widen
             // the tab past the window.
-            let (text, colour) = match p.problem(state.model.as_ref(), state.dataset.as_ref()) {
+            let model = state.model.as_ref().map(|m| (m.clip.id.as_str(), m.fingerprint.as_str()));
+            let classes = state.dataset.as_ref().map(|d| d.folder.class_names.as_slice());
+            let (text, colour) = match p.problem(model, classes) {
                 Some(why) => (why, ui.visuals().error_fg_color),
                 None => {
                     let shots = p.meta.shots.map_or("all images".to_string(), |k| format!("{k}-shot"));

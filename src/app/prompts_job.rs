@@ -20,14 +20,15 @@ pub struct LoadedPrompts {
 }
 
 impl LoadedPrompts {
-    /// Why this file cannot be scored with what is loaded now (another model's weights, other classes),
-    /// re-checked whenever the model or the dataset changes; None when it can.
-    pub fn problem(&self, model: Option<&super::events::LoadedModel>, dataset: Option<&super::events::OpenedDataset>) -> Option<String> {
-        if let Some(m) = model.filter(|m| !m.fingerprint.is_empty() && m.fingerprint != self.meta.model_fingerprint) {
-            return Some(format!("made for model '{}', not the loaded '{}'", self.meta.model_id, m.clip.id));
+    /// Why this file cannot be scored with what is loaded now, re-checked whenever the model or the
+    /// dataset changes: `model` is the loaded model's (id, fingerprint), `classes` the open dataset's
+    /// class names. None when it can.
+    pub fn problem(&self, model: Option<(&str, &str)>, classes: Option<&[String]>) -> Option<String> {
+        if let Some((id, _)) = model.filter(|(_, fp)| !fp.is_empty() && *fp != self.meta.model_fingerprint) {
+            return Some(format!("made for model '{}', not the loaded '{id}'", self.meta.model_id));
         }
-        let ds = dataset?;
-        (self.meta.class_names != ds.folder.class_names).then(|| super::compare_job::classes_problem(&self.meta.class_names, &ds.folder.class_names))
+        let classes = classes?;
+        (self.meta.class_names != classes).then(|| super::compare_job::classes_problem(&self.meta.class_names, classes))
     }
 
     /// A plain-text summary to copy: where it came from, its settings, its accuracy, its nearest words.

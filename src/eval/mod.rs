@@ -4,5 +4,4 @@ pub mod classify;
 pub mod linear_probe;
 pub mod metrics;
 pub mod templates;
-pub mod tip_adapter;
 pub mod zeroshot;

@@ -12,7 +12,7 @@ use crate::data::fewshot::{few_shot, test_split};
 use crate::data::DatasetFolder;
 use crate::error::Result;
 use crate::eval::metrics::{evaluate, Evaluation};
-use crate::eval::tip_adapter::{SearchGrid, Searched, TipCache};
+use crate::train::tip_adapter::{SearchGrid, Searched, TipCache};
 use crate::eval::zeroshot;
 use crate::progress::Progress;
 pub use crate::train::config::{AdapterMethod, AdapterRun};

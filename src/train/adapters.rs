@@ -17,7 +17,7 @@ use super::features::FeatureSet;
 use super::optim::{AdamW, OptimConfig, Sgd};
 use crate::clip::l2_normalize;
 use crate::error::{Error, Result};
-use crate::eval::tip_adapter::TipCache;
+use crate::train::tip_adapter::TipCache;
 use crate::rng::Rng;
 
 /// CLIP-Adapter's bottleneck and residual ratio.

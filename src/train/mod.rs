@@ -11,3 +11,4 @@ pub mod features;
 pub mod mpfgvc;
 pub mod optim;
 pub mod pretrain;
+pub mod tip_adapter;

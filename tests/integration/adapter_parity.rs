@@ -6,7 +6,7 @@ use crate::common;
 
 use candle_core::{Device, Tensor, Var};
 use common::{fixtures, flat, within};
-use promptscope::eval::tip_adapter::TipCache;
+use promptscope::train::tip_adapter::TipCache;
 use promptscope::train::adapters::{Adapter, AdapterTrainer};
 use promptscope::train::epoch_loop::{run_until, TrainSet};
 use promptscope::train::features::FeatureSet;

@@ -5,7 +5,7 @@ use crate::common;
 
 use candle_core::{Device, Tensor};
 use common::{fixtures, flat};
-use promptscope::eval::tip_adapter::{SearchGrid, TipCache};
+use promptscope::train::tip_adapter::{SearchGrid, TipCache};
 use promptscope::train::features::FeatureSet;
 
 #[test]

@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use crate::clip::l2_normalize;
 use crate::error::{Error, Result};
-use crate::train::features::FeatureSet;
+use super::features::FeatureSet;
 
 /// The cache: normalised keys `[N, P]` and one-hot values `[N, C]`.
 pub struct TipCache {
