@@ -103,14 +103,15 @@ pub fn run(clip: &LoadedClip, req: &AlignRequest) -> Result<AlignView> {
     let probs = |feat: &Tensor, weights: &Tensor| -> Result<Vec<f32>> {
         Ok(crate::eval::metrics::softmax(&crate::eval::zeroshot::logits(feat, weights, scale)?.remove(0)))
     };
-    let hand_weights = || -> Result<Option<Tensor>> {
-        if req.classes.is_empty() {
-            return Ok(None);
-        }
-        Ok(Some(crate::eval::zeroshot::class_weights(clip, &req.classes, &req.templates, &crate::progress::Silent)?))
+    // The hand-crafted prompt's class weights, computed once for the main view and the side by side.
+    let needs_hand = matches!(req.prompt, PromptChoice::Text(_)) || req.side_by_side.is_some();
+    let hand_weights = if needs_hand && !req.classes.is_empty() {
+        Some(crate::eval::zeroshot::class_weights(clip, &req.classes, &req.templates, &crate::progress::Silent)?)
+    } else {
+        None
     };
     let (alignment, weights, names) = match &req.prompt {
-        PromptChoice::Text(text) => (align_pass(clip, &pass, &TextSource::Text(text), &req.config)?, hand_weights()?, req.classes.clone()),
+        PromptChoice::Text(text) => (align_pass(clip, &pass, &TextSource::Text(text), &req.config)?, hand_weights.clone(), req.classes.clone()),
         PromptChoice::Learned { file, class } => {
             let (learner, weights, names) = learned(clip, file)?;
             if *class >= names.len() {
@@ -146,8 +147,8 @@ pub fn run(clip: &LoadedClip, req: &AlignRequest) -> Result<AlignView> {
             Ok(ClassMap { label, word, map: a.word_map(word)?, grid: a.grid, tokens: a.text_tokens, prob: p[i], best: (names[best].clone(), p[best]) })
         };
         let template = req.templates.first().cloned().unwrap_or_else(|| crate::eval::zeroshot::DEFAULT_TEMPLATE.into());
-        let hand = match hand_weights()? {
-            Some(w) => class_map("hand-crafted".into(), TextSource::Text(&crate::eval::zeroshot::fill(&template, class)), &w, &req.classes).map_err(|e| e.to_string()),
+        let hand = match &hand_weights {
+            Some(w) => class_map("hand-crafted".into(), TextSource::Text(&crate::eval::zeroshot::fill(&template, class)), w, &req.classes).map_err(|e| e.to_string()),
             None => Err("no class names to score the hand-crafted prompt with".into()),
         };
         side_by_side.push((format!("\"{template}\""), hand));

@@ -296,8 +296,7 @@ fn class_images_ui(ui: &mut egui::Ui, report: &Comparison, method: &MethodResult
     ui.add_space(4.0);
     ui.strong(format!("{}: images and top-5 predictions", report.classes[class]));
     let shown: Vec<_> = method.eval.predictions.iter().filter(|p| p.label == class).collect();
-    let missing: Vec<std::path::PathBuf> =
-        shown.iter().map(|p| std::path::PathBuf::from(&p.path)).filter(|p| !state.images.contains_key(p) && !state.images_pending.contains(p)).collect();
+    let missing: Vec<std::path::PathBuf> = shown.iter().map(|p| std::path::PathBuf::from(&p.path)).filter(|p| state.wants_image(p)).collect();
     if !missing.is_empty() {
         actions.push(Action::WantImages(missing));
     }

@@ -164,10 +164,14 @@ pub fn run(clip: &LoadedClip, data: &DatasetFolder, req: &CompareRequest, cache:
         let shots = probe.shots.map_or("all training images".to_string(), |k| format!("{k}-shot, seed {}", probe.seed));
         methods.push(MethodResult { name: format!("linear probe ({shots})"), eval: evaluate(&logits, &labels, &paths, names) });
     }
-    for (set, method) in req.adapters.iter().flat_map(|(set, methods)| methods.iter().map(move |m| (set, *m))) {
-        let run = crate::run::tip::AdapterRun { shots: set.shots, seed: set.seed, template: req.templates[0].clone(), method, ..Default::default() };
-        let r = crate::run::tip::run(clip, data, &run, cache, progress, &mut |_| {})?;
-        methods.push(MethodResult { name: r.label(), eval: r.test });
+    if let Some((set, adapters)) = &req.adapters {
+        // The adapters share the shots, views and template: their features are prepared once.
+        let base = crate::run::tip::AdapterRun { shots: set.shots, seed: set.seed, template: req.templates[0].clone(), ..Default::default() };
+        let prepared = crate::run::tip::prepare(clip, data, &base, cache, progress)?;
+        for &method in adapters {
+            let r = crate::run::tip::fit(clip, data, &prepared, &crate::run::tip::AdapterRun { method, ..base.clone() }, progress, &mut |_| {})?;
+            methods.push(MethodResult { name: r.label(), eval: r.test });
+        }
     }
     Ok(Comparison {
         model: clip.id.clone(),

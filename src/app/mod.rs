@@ -490,8 +490,7 @@ impl PromptscopeApp {
                 }
             }
             Action::WantImages(paths) => {
-                let state = &mut self.state;
-                let wanted: Vec<PathBuf> = paths.into_iter().filter(|p| !state.images.contains_key(p) && !state.images_pending.contains(p)).collect();
+                let wanted: Vec<PathBuf> = paths.into_iter().filter(|p| self.state.wants_image(p)).collect();
                 if wanted.is_empty() {
                     return;
                 }
@@ -504,8 +503,7 @@ impl PromptscopeApp {
             Action::DeleteRun(path) => self.list_runs(ctx, Some(path)),
             Action::OpenRun(path) => {
                 if path.is_dir() {
-                    self.data_panel.model_path = path.display().to_string();
-                    self.handle(Action::LoadModel(path.display().to_string()), ctx);
+                    self.handle(Action::PickModel(path.display().to_string()), ctx);
                 } else {
                     self.handle(Action::LoadPrompts(path), ctx);
                 }
@@ -671,14 +669,14 @@ impl PromptscopeApp {
             ));
         }
         let cancel = Arc::new(AtomicBool::new(false));
+        // The probe and the adapters are fitted on the same K shots.
+        let shots = self.compare.probe_shots.resolve(self.state.prompts.iter().map(|p| &p.meta));
+        let adapters = self.compare.adapter_methods();
         let req = compare_job::CompareRequest {
             templates,
             learned: self.state.prompts.iter().map(|p| (p.label.clone(), p.path.clone())).collect(),
-            linear_probe: self.compare.linear_probe.then(|| self.compare.probe_shots.resolve(self.state.prompts.iter().map(|p| &p.meta))),
-            adapters: {
-                let methods = self.compare.adapter_methods();
-                (!methods.is_empty()).then(|| (self.compare.probe_shots.resolve(self.state.prompts.iter().map(|p| &p.meta)), methods))
-            },
+            linear_probe: self.compare.linear_probe.then_some(shots),
+            adapters: (!adapters.is_empty()).then_some((shots, adapters)),
         };
         match self.worker.compare(ctx, model.clip.clone(), dataset.folder.clone(), req, self.cache_dir.clone(), cancel.clone()) {
             Ok(job) => {

@@ -135,6 +135,11 @@ impl AppState {
             && self.classifying.is_none()
     }
 
+    /// Whether a picture of `path` is neither decoded (or known not to decode) nor on its way.
+    pub fn wants_image(&self, path: &std::path::Path) -> bool {
+        !self.images.contains_key(path) && !self.images_pending.contains(path)
+    }
+
     pub fn is_training(&self) -> bool {
         self.runs.iter().any(TrainRecord::is_active)
     }
