@@ -110,17 +110,12 @@ pub fn cocoop_step(clip: &LoadedClip, classes: usize, n_ctx: usize, batch: usize
     use crate::prompt::cocoop::MetaNet;
     use crate::prompt::coop::{CoopConfig, PromptLearner};
     use crate::train::cocoop::CocoopTrainer;
-    use crate::train::coop::{Features, TrainConfig};
     use crate::train::epoch_loop::{run_until, TrainSet};
-    use crate::train::optim::OptimConfig;
     let names = class_names(classes);
     let learner = PromptLearner::new(&clip.model.text, &clip.tokenizer, &names, &CoopConfig { n_ctx, ..Default::default() })?;
     let text_positions = learner.eot.iter().max().map_or(0, |m| m + 1);
-    let (p, d) = (clip.model.config.projection_dim, clip.model.config.text_config.hidden_size);
-    let meta = MetaNet::new(p, d, 0, &clip.device)?;
-    let train = Features { feats: Tensor::randn(0f32, 1f32, (batch, p), &clip.device)?, labels: (0..batch).map(|i| i % classes).collect(), views_per_image: 1 };
-    let optim = OptimConfig { epochs: usize::MAX / 2, warmup_epochs: 0, ..Default::default() };
-    let config = TrainConfig { optim, batch_size: None, seed: 0, kg_lambda: 0.0 };
+    let meta = MetaNet::new(clip.model.config.projection_dim, clip.model.config.text_config.hidden_size, 0, &clip.device)?;
+    let (train, config) = step_set(clip, classes, batch)?;
     let mut trainer = CocoopTrainer::new(&clip.model.text, learner, meta, &config, clip.model.logit_scale(), &train, None);
     let mut done = 0;
     let steps = steps.max(1);
@@ -143,6 +138,21 @@ pub fn cocoop_step(clip: &LoadedClip, classes: usize, n_ctx: usize, batch: usize
     })
 }
 
+/// What a timed training step runs on: `batch` random cached image features over `classes` labels, one
+/// full batch per step, and enough epochs for any number of steps (the schedule does not change the
+/// work of a step).
+fn step_set(clip: &LoadedClip, classes: usize, batch: usize) -> Result<(crate::train::coop::Features, crate::train::coop::TrainConfig)> {
+    use crate::train::optim::OptimConfig;
+    let p = clip.model.config.projection_dim;
+    let train = crate::train::coop::Features {
+        feats: Tensor::randn(0f32, 1f32, (batch, p), &clip.device)?,
+        labels: (0..batch).map(|i| i % classes).collect(),
+        views_per_image: 1,
+    };
+    let optim = OptimConfig { epochs: usize::MAX / 2, warmup_epochs: 0, ..Default::default() };
+    Ok((train, crate::train::coop::TrainConfig { optim, batch_size: None, seed: 0, kg_lambda: 0.0 }))
+}
+
 /// A CoOp trainer on random cached image features, stepped one batch at a time (full batch: one step
 /// is one epoch): what `bench --coop` and the criterion suite time.
 pub struct CoopStepper<'a> {
@@ -156,21 +166,13 @@ pub struct CoopStepper<'a> {
 impl<'a> CoopStepper<'a> {
     pub fn new(clip: &'a LoadedClip, classes: usize, n_ctx: usize, batch: usize, csc: bool) -> Result<Self> {
         use crate::prompt::coop::{CoopConfig, PromptLearner};
-        use crate::train::coop::{Features, TrainConfig, Trainer};
-        use crate::train::optim::OptimConfig;
+        use crate::train::coop::Trainer;
         let names = class_names(classes);
         let cfg = CoopConfig { n_ctx, csc, ..Default::default() };
         let learner = PromptLearner::new(&clip.model.text, &clip.tokenizer, &names, &cfg)?;
         let text_positions = learner.eot.iter().max().map_or(0, |m| m + 1);
-        let p = clip.model.config.projection_dim;
-        let train = Features {
-            feats: Tensor::randn(0f32, 1f32, (batch, p), &clip.device)?,
-            labels: (0..batch).map(|i| i % classes).collect(),
-            views_per_image: 1,
-        };
-        // Enough epochs for any number of steps; the schedule does not change the work of a step.
-        let optim = OptimConfig { epochs: usize::MAX / 2, warmup_epochs: 0, ..Default::default() };
-        let trainer = Trainer::new(&clip.model.text, learner, TrainConfig { optim, batch_size: None, seed: 0, kg_lambda: 0.0 }, clip.model.logit_scale());
+        let (train, config) = step_set(clip, classes, batch)?;
+        let trainer = Trainer::new(&clip.model.text, learner, config, clip.model.logit_scale());
         Ok(Self { trainer, train, done: 0, text_positions })
     }
 

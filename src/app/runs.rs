@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use crate::error::{Error, Result};
+use crate::train::coop::{checkpoint_path, CHECKPOINT_SUFFIX};
 
 /// What a run produced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,7 +37,6 @@ impl RunEntry {
     }
 }
 
-const CHECKPOINT_SUFFIX: &str = ".ckpt";
 
 /// The runs in `dir`, newest first. A folder that does not exist yet holds no runs.
 pub fn list(dir: &Path) -> Result<Vec<RunEntry>> {
@@ -101,9 +101,7 @@ pub fn delete(dir: &Path, run: &Path) -> Result<()> {
     if run.parent() != Some(dir) || run.file_name().is_none() {
         return Err(Error::invalid(format!("{} is not a run in {}", run.display(), dir.display())));
     }
-    let mut checkpoint = run.as_os_str().to_os_string();
-    checkpoint.push(CHECKPOINT_SUFFIX);
-    for part in [run.to_path_buf(), PathBuf::from(checkpoint)] {
+    for part in [run.to_path_buf(), checkpoint_path(run)] {
         let removed = if part.is_dir() { std::fs::remove_dir_all(&part) } else { std::fs::remove_file(&part) };
         match removed {
             Ok(()) => {}

@@ -117,16 +117,7 @@ impl Worker {
     /// Small pictures (at most `side` px) of `paths`, for the Compare tab's class view.
     pub fn images(&mut self, ctx: &egui::Context, paths: Vec<PathBuf>, side: u32) -> std::io::Result<JobId> {
         self.spawn(ctx, "images", move |job, _| {
-            let images = paths
-                .into_iter()
-                .map(|p| {
-                    let img = crate::clip::preprocess::load_image(&p).ok().map(|img| {
-                        let t = img.thumbnail(side, side).to_rgba8();
-                        egui::ColorImage::from_rgba_unmultiplied([t.width() as usize, t.height() as usize], t.as_raw())
-                    });
-                    (p, img)
-                })
-                .collect();
+            let images = paths.into_iter().map(|p| { let img = small_image(&p, side); (p, img) }).collect();
             Event::Images { job, images }
         })
     }
@@ -160,9 +151,8 @@ impl Worker {
                 if images[s.label].len() >= per_class {
                     continue;
                 }
-                if let Ok(img) = crate::clip::preprocess::load_image(&s.path) {
-                    let t = img.thumbnail(side, side).to_rgba8();
-                    images[s.label].push(egui::ColorImage::from_rgba_unmultiplied([t.width() as usize, t.height() as usize], t.as_raw()));
+                if let Some(img) = small_image(&s.path, side) {
+                    images[s.label].push(img);
                 }
             }
             Event::Thumbnails { job, images }
@@ -349,6 +339,12 @@ impl Worker {
         })?;
         Ok(job)
     }
+}
+
+/// An image decoded and shrunk to at most `side` px for the panels; None when the file does not decode.
+fn small_image(path: &std::path::Path, side: u32) -> Option<egui::ColorImage> {
+    let t = crate::clip::preprocess::load_image(path).ok()?.thumbnail(side, side).to_rgba8();
+    Some(egui::ColorImage::from_rgba_unmultiplied([t.width() as usize, t.height() as usize], t.as_raw()))
 }
 
 fn dialog(target: PickTarget, start: Option<PathBuf>) -> Option<PathBuf> {

@@ -713,11 +713,6 @@ pub fn adapter(args: &AdapterArgs) -> Result<()> {
         "clip-adapter" => AdapterMethod::ClipAdapter { epochs: args.epochs.unwrap_or(200) },
         other => bail!("--method takes tip-adapter, tip-adapter-f or clip-adapter, not '{other}'"),
     };
-    if args.epochs == Some(0) {
-        bail!("--epochs must be at least 1");
-    }
-    let ds = open_dataset(&args.data)?;
-    let clip = load_model(&args.model)?;
     let tip = AdapterRun {
         shots: args.split.shots_or("16")?,
         seed: args.split.seed,
@@ -726,6 +721,10 @@ pub fn adapter(args: &AdapterArgs) -> Result<()> {
         template: args.template.clone(),
         method,
     };
+    // The run's own checks, before the model loads.
+    tip.validate()?;
+    let ds = open_dataset(&args.data)?;
+    let clip = load_model(&args.model)?;
     let report = {
         let bar = Bar::new();
         let mut on_event = |ev: promptscope::train::epoch_loop::TrainEvent| {

@@ -9,7 +9,7 @@
 //!
 //! Both train on the epoch loop ([`super::epoch_loop`]) like CoOp, one view per image per epoch.
 
-use candle_core::{Tensor, Var, D};
+use candle_core::{Tensor, Var};
 use serde::{Deserialize, Serialize};
 
 use super::epoch_loop::{EpochLoop, TrainStep};
@@ -123,15 +123,10 @@ impl<'a> AdapterTrainer<'a> {
 
     /// Accuracy of the current adapter on a set (first view of each image).
     pub fn accuracy(&self, set: &FeatureSet) -> Result<f64> {
-        let views = set.views_per_image.max(1);
-        let n = set.labels.len() / views;
-        if n == 0 {
+        if set.num_images() == 0 {
             return Ok(0.0);
         }
-        let idx: Vec<u32> = (0..n).map(|i| (i * views) as u32).collect();
-        let feats = set.feats.index_select(&Tensor::new(idx.as_slice(), set.feats.device())?, 0)?;
-        let pred: Vec<u32> = self.adapter.logits(&feats, &self.weights, self.scale)?.argmax(D::Minus1)?.to_vec1()?;
-        Ok(pred.iter().enumerate().filter(|(i, p)| **p as usize == set.labels[i * views]).count() as f64 / n as f64)
+        set.accuracy_of(&self.adapter.logits(&set.first_views()?, &self.weights, self.scale)?)
     }
 }
 

@@ -3,7 +3,7 @@
 //! (through the shared-prefix path: every class prompt of an image starts with the same tokens). That
 //! per-image text pass is CoCoOp's cost against CoOp, whose class prompts serve the whole batch.
 
-use candle_core::{Tensor, D};
+use candle_core::Tensor;
 
 use super::coop::TrainConfig;
 use super::epoch_loop::{EpochLoop, TrainStep};
@@ -30,19 +30,17 @@ pub fn logits(text: &TextTower, learner: &PromptLearner, meta: &MetaNet, scale: 
 
 /// Accuracy on a set (first view of each image), batched to bound memory.
 pub fn accuracy(text: &TextTower, learner: &PromptLearner, meta: &MetaNet, scale: f32, set: &FeatureSet) -> Result<f64> {
-    let views = set.views_per_image.max(1);
-    let n = set.labels.len() / views;
+    let n = set.num_images();
     if n == 0 {
         return Ok(0.0);
     }
-    let mut right = 0;
-    for start in (0..n).step_by(64) {
-        let idx: Vec<u32> = (start..(start + 64).min(n)).map(|i| (i * views) as u32).collect();
-        let feats = set.feats.index_select(&Tensor::new(idx.as_slice(), set.feats.device())?, 0)?;
-        let pred: Vec<u32> = logits(text, learner, meta, scale, &feats)?.detach().argmax(D::Minus1)?.to_vec1()?;
-        right += pred.iter().zip(&idx).filter(|(p, &row)| **p as usize == set.labels[row as usize]).count();
-    }
-    Ok(right as f64 / n as f64)
+    let feats = set.first_views()?;
+    // 64 images at a time: each runs the text tower over every class, with its graph.
+    let chunks: Vec<Tensor> = (0..n)
+        .step_by(64)
+        .map(|start| Ok(logits(text, learner, meta, scale, &feats.narrow(0, start, 64.min(n - start))?)?.detach()))
+        .collect::<Result<_>>()?;
+    set.accuracy_of(&Tensor::cat(&chunks, 0)?)
 }
 
 pub struct CocoopTrainer<'a> {

@@ -19,16 +19,6 @@ use crate::prompt::coop::PromptLearner;
 
 pub use super::features::FeatureSet as Features;
 
-impl Features {
-    pub fn num_images(&self) -> usize {
-        self.labels.len() / self.views_per_image.max(1)
-    }
-
-    /// The label of image `i`.
-    pub fn label_of_image(&self, i: usize) -> usize {
-        self.labels[i * self.views_per_image.max(1)]
-    }
-}
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrainConfig {
@@ -62,18 +52,8 @@ pub fn accuracy(feats: &Features, weights: &Tensor, scale: f32) -> Result<f64> {
     if feats.num_images() == 0 {
         return Ok(0.0);
     }
-    let img = l2_normalize(&first_views(feats)?)?;
-    let pred: Vec<u32> = (img.matmul(&weights.t()?)? * f64::from(scale))?.argmax(D::Minus1)?.to_vec1()?;
-    let correct = pred.iter().enumerate().filter(|(i, p)| **p as usize == feats.label_of_image(*i)).count();
-    Ok(correct as f64 / feats.num_images() as f64)
-}
-
-fn first_views(f: &Features) -> Result<Tensor> {
-    if f.views_per_image <= 1 {
-        return Ok(f.feats.clone());
-    }
-    let idx: Vec<u32> = (0..f.num_images()).map(|i| (i * f.views_per_image) as u32).collect();
-    Ok(f.feats.index_select(&Tensor::new(idx.as_slice(), f.feats.device())?, 0)?)
+    let img = l2_normalize(&feats.first_views()?)?;
+    feats.accuracy_of(&(img.matmul(&weights.t()?)? * f64::from(scale))?)
 }
 
 impl<'a> Trainer<'a> {
@@ -219,9 +199,12 @@ impl TrainStep for CoopStep<'_, '_> {
     }
 }
 
+/// What a run's checkpoint adds to its output's name.
+pub const CHECKPOINT_SUFFIX: &str = ".ckpt";
+
 /// Where a run's checkpoint lives next to its output file.
 pub fn checkpoint_path(out: &Path) -> PathBuf {
     let mut name = out.file_name().map(|n| n.to_os_string()).unwrap_or_default();
-    name.push(".ckpt");
+    name.push(CHECKPOINT_SUFFIX);
     out.with_file_name(name)
 }

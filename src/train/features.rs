@@ -74,6 +74,42 @@ pub struct FeatureSet {
     pub views_per_image: usize,
 }
 
+impl FeatureSet {
+    pub fn num_images(&self) -> usize {
+        self.labels.len() / self.views_per_image.max(1)
+    }
+
+    /// The label of image `i`.
+    pub fn label_of_image(&self, i: usize) -> usize {
+        self.labels[i * self.views_per_image.max(1)]
+    }
+
+    /// One row per image, its first view `[N, P]`: what evaluation scores.
+    pub fn first_views(&self) -> Result<Tensor> {
+        if self.views_per_image <= 1 {
+            return Ok(self.feats.clone());
+        }
+        let idx: Vec<u32> = (0..self.num_images()).map(|i| (i * self.views_per_image) as u32).collect();
+        Ok(self.feats.index_select(&Tensor::new(idx.as_slice(), self.feats.device())?, 0)?)
+    }
+
+    /// Each image's label, in the order of [`Self::first_views`].
+    pub fn image_labels(&self) -> Vec<usize> {
+        (0..self.num_images()).map(|i| self.label_of_image(i)).collect()
+    }
+
+    /// The share of images whose highest logit (one row per image, as [`Self::first_views`]) is their
+    /// label; 0 for an empty set.
+    pub fn accuracy_of(&self, logits: &Tensor) -> Result<f64> {
+        let n = self.num_images();
+        if n == 0 {
+            return Ok(0.0);
+        }
+        let pred: Vec<u32> = logits.argmax(candle_core::D::Minus1)?.to_vec1()?;
+        Ok(pred.iter().enumerate().filter(|(i, p)| **p as usize == self.label_of_image(*i)).count() as f64 / n as f64)
+    }
+}
+
 /// The image features of `samples`: the eval view when `views == 0`, else `views` augmented views per
 /// image. With `cache_dir`, a cached copy is used when present and a fresh result is stored; the cache
 /// is an optimisation, so a corrupt or unwritable cache only warns on stderr.

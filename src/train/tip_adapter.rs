@@ -54,14 +54,14 @@ impl TipCache {
     /// The cache of a training set (views of an image are consecutive rows), `classes` wide.
     pub fn build(train: &FeatureSet, classes: usize) -> Result<Self> {
         let views = train.views_per_image.max(1);
-        let n = train.labels.len() / views;
+        let n = train.num_images();
         if n == 0 {
             return Err(Error::invalid("Tip-Adapter needs at least one training image per class"));
         }
         let p = train.feats.dim(1)?;
         // Mean over the augmented views, then normalised (Tip-Adapter's build_cache_model).
         let keys = l2_normalize(&train.feats.reshape((n, views, p))?.mean(1)?)?;
-        let labels: Vec<u32> = (0..n).map(|i| train.labels[i * views] as u32).collect();
+        let labels: Vec<u32> = train.image_labels().into_iter().map(|l| l as u32).collect();
         if let Some(&bad) = labels.iter().find(|&&l| l as usize >= classes) {
             return Err(Error::invalid(format!("label {bad} in the cache of a {classes}-class set")));
         }
@@ -88,10 +88,11 @@ impl TipCache {
         if val.labels.is_empty() {
             return Err(Error::invalid("Tip-Adapter searches α and β on the validation split, which is empty: add val/ images or use more shots"));
         }
-        let f = l2_normalize(&first_views(val)?)?;
+        let f = l2_normalize(&val.first_views()?)?;
         let clip_logits = (f.matmul(&weights.t()?)? * scale)?;
         let affinity = self.affinity(&f)?;
-        let labels = Tensor::new(val_labels(val).as_slice(), f.device())?;
+        let labels: Vec<u32> = val.image_labels().into_iter().map(|l| l as u32).collect();
+        let labels = Tensor::new(labels.as_slice(), f.device())?;
         let mut best = Searched { alpha: 1.0, beta: 1.0, val_acc: -1.0 };
         for beta in grid.betas() {
             let cache = affinity.affine(beta, -beta)?.exp()?.matmul(&self.values)?;
@@ -121,21 +122,6 @@ fn one_hot(labels: &[u32], classes: usize, device: &candle_core::Device) -> Resu
         v[i * classes + l as usize] = 1.0;
     }
     Ok(Tensor::from_vec(v, (labels.len(), classes), device)?)
-}
-
-/// One row per image (its first view) and the image labels.
-fn first_views(f: &FeatureSet) -> Result<Tensor> {
-    let views = f.views_per_image.max(1);
-    if views == 1 {
-        return Ok(f.feats.clone());
-    }
-    let idx: Vec<u32> = (0..f.labels.len() / views).map(|i| (i * views) as u32).collect();
-    Ok(f.feats.index_select(&Tensor::new(idx.as_slice(), f.feats.device())?, 0)?)
-}
-
-fn val_labels(f: &FeatureSet) -> Vec<u32> {
-    let views = f.views_per_image.max(1);
-    (0..f.labels.len() / views).map(|i| f.labels[i * views] as u32).collect()
 }
 
 #[cfg(test)]
