@@ -12,10 +12,11 @@ import json
 import math
 import os
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from fixture_pattern import pattern
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIX = os.path.join(ROOT, "tests", "fixtures")
@@ -23,12 +24,6 @@ C, P, N, EPOCHS, SCALE = 3, 16, 9, 5, 14.0
 CLIP_OPTIM = dict(lr=0.5, momentum=0.9, weight_decay=5e-4, warmup_epochs=1, warmup_lr=0.05, epochs=EPOCHS)
 TIP_OPTIM = dict(lr=0.01, weight_decay=0.01, eps=1e-4, epochs=EPOCHS)
 ALPHA, BETA, RATIO = 1.17, 1.0, 0.2
-
-
-def pattern(n, a, b, m, scale=1.0):
-    i = np.arange(n)
-    v = ((a * i + b) % m).astype(np.float32) / np.float32(m / 2) - np.float32(1.0)
-    return v * np.float32(scale)
 
 
 def norm(x):

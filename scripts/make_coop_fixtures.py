@@ -19,19 +19,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from fixture_pattern import pattern
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIX = os.path.join(ROOT, "tests", "fixtures")
 # Names of different token counts, so prompts end at different positions.
 CLASSES = ["red circle", "dog", "st. bernard with stripes!"]
 N_IMAGES = 9
 OPTIM = dict(lr=0.5, momentum=0.9, weight_decay=5e-4, warmup_epochs=1, warmup_lr=0.05, epochs=5)
-
-
-def pattern(n, a, b, m, scale=1.0):
-    """((a·i + b) % m) / (m/2) - 1, times scale: exactly representable, rebuilt bit for bit in Rust."""
-    i = np.arange(n)
-    v = ((a * i + b) % m).astype(np.float32) / np.float32(m / 2) - np.float32(1.0)
-    return v * np.float32(scale)
 
 
 class PromptLearner(nn.Module):

@@ -11,21 +11,15 @@ The Rust test (tests/integration/tip_parity.rs) compares the searched alpha, bet
 import json
 import os
 
-import numpy as np
 import torch
+
+from fixture_pattern import pattern
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIX = os.path.join(ROOT, "tests", "fixtures")
 C, P, K, V, N_VAL, N_TEST = 3, 8, 2, 3, 6, 9
 SCALE = 100.0
 SEARCH = dict(search_scale=[7, 3], search_step=[200, 20])
-
-
-def pattern(n, a, b, m, scale=1.0):
-    """((a·i + b) % m) / (m/2) - 1, times scale: exactly representable, rebuilt bit for bit in Rust."""
-    i = np.arange(n)
-    v = ((a * i + b) % m).astype(np.float32) / np.float32(m / 2) - np.float32(1.0)
-    return v * np.float32(scale)
 
 
 def norm(x):

@@ -19,17 +19,12 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from fixture_pattern import pattern
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIX = os.path.join(ROOT, "tests", "fixtures")
 D, C, B, EXPANSION = 8, 3, 4, 4
 H = EXPANSION * D
-
-
-def pattern(n, a, b, m, scale=1.0):
-    """((a·i + b) % m) / (m/2) - 1, times scale: exactly representable, rebuilt bit for bit in Rust."""
-    i = np.arange(n)
-    v = ((a * i + b) % m).astype(np.float32) / np.float32(m / 2) - np.float32(1.0)
-    return v * np.float32(scale)
 
 
 # name -> (shape as promptscope stores it: [out, in] or [out]), pattern (a, b, m, scale).
