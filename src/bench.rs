@@ -24,19 +24,33 @@ pub struct BenchReport {
 /// Times the image tower on `images` random images in batches of `batch`, and the text tower on `texts`
 /// prompts of the form `a photo of a <name>.` in batches of `text_batch`, after a warm-up round each
 /// (GPU work is waited for at both ends of the timed region).
-pub fn run(clip: &LoadedClip, batch: usize, images: usize, text_batch: usize, texts: usize) -> Result<BenchReport> {
-    let s = clip.model.config.vision_config.image_size;
+pub fn run(
+    clip: &LoadedClip,
+    batch: usize,
+    images: usize,
+    text_batch: usize,
+    texts: usize,
+) -> Result<BenchReport> {
+    let s = clip.model()?.config.vision_config.image_size;
     let batch = batch.max(1);
     let pixels = Tensor::randn(0f32, 1f32, (batch, 3, s, s), &clip.device)?.to_dtype(DType::F32)?;
     let rounds = images.div_ceil(batch).max(1);
-    let images_per_s = batch as f64 / time_per_call(&clip.device, rounds, || clip.model.image_features(&pixels).map(|_| ()).map_err(Into::into))?;
+    let images_per_s = batch as f64
+        / time_per_call(&clip.device, rounds, || {
+            clip.model()?
+                .image_features(&pixels)
+                .map(|_| ())
+                .map_err(Into::into)
+        })?;
 
     let text_batch = text_batch.max(1);
-    let prompts: Vec<String> = (0..texts.max(1)).map(|i| format!("a photo of a {}.", WORDS[i % WORDS.len()])).collect();
-    let ids = clip.tokenizer.encode_batch(&prompts)?;
+    let prompts: Vec<String> = (0..texts.max(1))
+        .map(|i| format!("a photo of a {}.", WORDS[i % WORDS.len()]))
+        .collect();
+    let ids = clip.tokenizer()?.encode_batch(&prompts)?;
     let all_texts = || -> Result<()> {
         for chunk in ids.chunks(text_batch) {
-            clip.model.text_features(chunk)?;
+            clip.model()?.text_features(chunk)?;
         }
         Ok(())
     };
@@ -54,7 +68,16 @@ pub fn run(clip: &LoadedClip, batch: usize, images: usize, text_batch: usize, te
     })
 }
 
-const WORDS: [&str; 8] = ["golden retriever", "tabby cat", "red fox", "sports car", "sunflower", "airliner", "espresso", "lighthouse"];
+const WORDS: [&str; 8] = [
+    "golden retriever",
+    "tabby cat",
+    "red fox",
+    "sports car",
+    "sunflower",
+    "airliner",
+    "espresso",
+    "lighthouse",
+];
 
 #[derive(Debug, Clone, Serialize)]
 pub struct CoopBenchReport {
@@ -84,7 +107,14 @@ pub fn peak_rss_mb() -> Option<f64> {
 
 /// Times CoOp training steps: `classes` prompts through the text tower and back, on random cached
 /// image features of a `batch`.
-pub fn coop_step(clip: &LoadedClip, classes: usize, n_ctx: usize, batch: usize, csc: bool, steps: usize) -> Result<CoopBenchReport> {
+pub fn coop_step(
+    clip: &LoadedClip,
+    classes: usize,
+    n_ctx: usize,
+    batch: usize,
+    csc: bool,
+    steps: usize,
+) -> Result<CoopBenchReport> {
     let mut stepper = CoopStepper::new(clip, classes, n_ctx, batch, csc)?;
     let text_positions = stepper.text_positions;
     let steps = steps.max(1);
@@ -106,22 +136,59 @@ pub fn coop_step(clip: &LoadedClip, classes: usize, n_ctx: usize, batch: usize, 
 
 /// Times CoCoOp training steps: the meta-net's shift for each of `batch` images, the `classes` prompts
 /// of each image through the text tower and back, SGD on the context and the meta-net.
-pub fn cocoop_step(clip: &LoadedClip, classes: usize, n_ctx: usize, batch: usize, steps: usize) -> Result<CoopBenchReport> {
+pub fn cocoop_step(
+    clip: &LoadedClip,
+    classes: usize,
+    n_ctx: usize,
+    batch: usize,
+    steps: usize,
+) -> Result<CoopBenchReport> {
     use crate::prompt::cocoop::MetaNet;
     use crate::prompt::coop::{CoopConfig, PromptLearner};
     use crate::train::cocoop::CocoopTrainer;
     use crate::train::epoch_loop::{run_until, TrainSet};
     let names = class_names(classes);
-    let learner = PromptLearner::new(&clip.model.text, &clip.tokenizer, &names, &CoopConfig { n_ctx, ..Default::default() })?;
+    let learner = PromptLearner::new(
+        &clip.model()?.text,
+        clip.tokenizer()?,
+        &names,
+        &CoopConfig {
+            n_ctx,
+            ..Default::default()
+        },
+    )?;
     let text_positions = learner.eot.iter().max().map_or(0, |m| m + 1);
-    let meta = MetaNet::new(clip.model.config.projection_dim, clip.model.config.text_config.hidden_size, 0, &clip.device)?;
+    let meta = MetaNet::new(
+        clip.model()?.config.projection_dim,
+        clip.model()?.config.text_config.hidden_size,
+        0,
+        &clip.device,
+    )?;
     let (train, config) = step_set(clip, classes, batch)?;
-    let mut trainer = CocoopTrainer::new(&clip.model.text, learner, meta, &config, clip.model.logit_scale(), &train, None);
+    let mut trainer = CocoopTrainer::new(
+        &clip.model()?.text,
+        learner,
+        meta,
+        &config,
+        clip.model()?.logit_scale(),
+        &train,
+        None,
+    );
     let mut done = 0;
     let steps = steps.max(1);
     let secs = time_per_call(&clip.device, steps, || {
         done += 1;
-        run_until(&mut trainer, TrainSet { items: batch, views: 1 }, done, "", &crate::progress::Silent, &mut |_, _| {})
+        run_until(
+            &mut trainer,
+            TrainSet {
+                items: batch,
+                views: 1,
+            },
+            done,
+            "",
+            &crate::progress::Silent,
+            &mut |_, _| {},
+        )
     })?;
     Ok(CoopBenchReport {
         model: clip.id.clone(),
@@ -141,16 +208,35 @@ pub fn cocoop_step(clip: &LoadedClip, classes: usize, n_ctx: usize, batch: usize
 /// What a timed training step runs on: `batch` random cached image features over `classes` labels, one
 /// full batch per step, and enough epochs for any number of steps (the schedule does not change the
 /// work of a step).
-fn step_set(clip: &LoadedClip, classes: usize, batch: usize) -> Result<(crate::train::coop::Features, crate::train::coop::TrainConfig)> {
+fn step_set(
+    clip: &LoadedClip,
+    classes: usize,
+    batch: usize,
+) -> Result<(
+    crate::train::coop::Features,
+    crate::train::coop::TrainConfig,
+)> {
     use crate::train::optim::OptimConfig;
-    let p = clip.model.config.projection_dim;
+    let p = clip.model()?.config.projection_dim;
     let train = crate::train::coop::Features {
         feats: Tensor::randn(0f32, 1f32, (batch, p), &clip.device)?,
         labels: (0..batch).map(|i| i % classes).collect(),
         views_per_image: 1,
     };
-    let optim = OptimConfig { epochs: usize::MAX / 2, warmup_epochs: 0, ..Default::default() };
-    Ok((train, crate::train::coop::TrainConfig { optim, batch_size: None, seed: 0, kg_lambda: 0.0 }))
+    let optim = OptimConfig {
+        epochs: usize::MAX / 2,
+        warmup_epochs: 0,
+        ..Default::default()
+    };
+    Ok((
+        train,
+        crate::train::coop::TrainConfig {
+            optim,
+            batch_size: None,
+            seed: 0,
+            kg_lambda: 0.0,
+        },
+    ))
 }
 
 /// A CoOp trainer on random cached image features, stepped one batch at a time (full batch: one step
@@ -164,22 +250,49 @@ pub struct CoopStepper<'a> {
 }
 
 impl<'a> CoopStepper<'a> {
-    pub fn new(clip: &'a LoadedClip, classes: usize, n_ctx: usize, batch: usize, csc: bool) -> Result<Self> {
+    pub fn new(
+        clip: &'a LoadedClip,
+        classes: usize,
+        n_ctx: usize,
+        batch: usize,
+        csc: bool,
+    ) -> Result<Self> {
         use crate::prompt::coop::{CoopConfig, PromptLearner};
         use crate::train::coop::Trainer;
         let names = class_names(classes);
-        let cfg = CoopConfig { n_ctx, csc, ..Default::default() };
-        let learner = PromptLearner::new(&clip.model.text, &clip.tokenizer, &names, &cfg)?;
+        let cfg = CoopConfig {
+            n_ctx,
+            csc,
+            ..Default::default()
+        };
+        let learner = PromptLearner::new(&clip.model()?.text, clip.tokenizer()?, &names, &cfg)?;
         let text_positions = learner.eot.iter().max().map_or(0, |m| m + 1);
         let (train, config) = step_set(clip, classes, batch)?;
-        let trainer = Trainer::new(&clip.model.text, learner, config, clip.model.logit_scale());
-        Ok(Self { trainer, train, done: 0, text_positions })
+        let trainer = Trainer::new(
+            &clip.model()?.text,
+            learner,
+            config,
+            clip.model()?.logit_scale(),
+        );
+        Ok(Self {
+            trainer,
+            train,
+            done: 0,
+            text_positions,
+        })
     }
 
     /// One forward + backward + SGD update over every class prompt.
     pub fn step(&mut self) -> Result<()> {
         self.done += 1;
-        self.trainer.run_until(&self.train, None, self.done, None, &crate::progress::Silent, &mut |_| {})
+        self.trainer.run_until(
+            &self.train,
+            None,
+            self.done,
+            None,
+            &crate::progress::Silent,
+            &mut |_| {},
+        )
     }
 }
 
@@ -197,12 +310,26 @@ pub struct ZeroShotBenchReport {
 
 /// Times CLIP's prompt ensemble: `classes` class names × the first `templates` of CLIP's 80 ImageNet
 /// templates, encoded and averaged into class weights.
-pub fn zero_shot_ensemble(clip: &LoadedClip, classes: usize, templates: usize) -> Result<ZeroShotBenchReport> {
+pub fn zero_shot_ensemble(
+    clip: &LoadedClip,
+    classes: usize,
+    templates: usize,
+) -> Result<ZeroShotBenchReport> {
     use crate::eval::templates::IMAGENET;
     let names = class_names(classes);
-    let templates: Vec<String> = IMAGENET.iter().cycle().take(templates.max(1)).map(|s| s.to_string()).collect();
+    let templates: Vec<String> = IMAGENET
+        .iter()
+        .cycle()
+        .take(templates.max(1))
+        .map(|s| s.to_string())
+        .collect();
     let silent = crate::progress::Silent;
-    crate::eval::zeroshot::class_weights(clip, &names[..names.len().min(8)], &templates[..1], &silent)?;
+    crate::eval::zeroshot::class_weights(
+        clip,
+        &names[..names.len().min(8)],
+        &templates[..1],
+        &silent,
+    )?;
     let t = Instant::now();
     crate::eval::zeroshot::class_weights(clip, &names, &templates, &silent)?;
     clip.device.synchronize()?;
@@ -220,11 +347,17 @@ pub fn zero_shot_ensemble(clip: &LoadedClip, classes: usize, templates: usize) -
 
 /// `classes` distinct names of one to four tokens ("golden retriever 3").
 fn class_names(classes: usize) -> Vec<String> {
-    (0..classes).map(|i| format!("{} {}", WORDS[i % WORDS.len()], i / WORDS.len())).collect()
+    (0..classes)
+        .map(|i| format!("{} {}", WORDS[i % WORDS.len()], i / WORDS.len()))
+        .collect()
 }
 
 /// Mean seconds per call of `f` over `repeats` calls, after one warm-up call.
-fn time_per_call(device: &candle_core::Device, repeats: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+fn time_per_call(
+    device: &candle_core::Device,
+    repeats: usize,
+    mut f: impl FnMut() -> Result<()>,
+) -> Result<f64> {
     f()?;
     device.synchronize()?;
     let t = Instant::now();
@@ -241,29 +374,43 @@ fn time_per_call(device: &candle_core::Device, repeats: usize, mut f: impl FnMut
 pub fn filip_ms(clip: &LoadedClip, prompts: usize, repeats: usize) -> Result<f64> {
     use crate::align::classify::{tokenwise_scores, TokenScore};
     use crate::align::tokens::AlignMode;
-    let s = clip.model.config.vision_config.image_size;
+    let s = clip.model()?.config.vision_config.image_size;
     let pixels = Tensor::randn(0f32, 1f32, (1, 3, s, s), &clip.device)?;
-    let pass = crate::align::pass::VisionPass::run(&clip.model.vision, &pixels)?;
-    let image = crate::align::tokens::image_tokens(&clip.model.vision, &pass, AlignMode::Token, false)?;
-    let texts: Vec<String> = class_names(prompts).iter().map(|n| format!("a photo of a {n}.")).collect();
+    let pass = crate::align::pass::VisionPass::run(&clip.model()?.vision, &pixels)?;
+    let image =
+        crate::align::tokens::image_tokens(&clip.model()?.vision, &pass, AlignMode::Token, false)?;
+    let texts: Vec<String> = class_names(prompts)
+        .iter()
+        .map(|n| format!("a photo of a {n}."))
+        .collect();
     let words = crate::align::tokens::text_tokens(clip, &texts, false)?;
-    let secs = time_per_call(&clip.device, repeats, || tokenwise_scores(&image, &words, 0.25, TokenScore::Mean).map(|_| ()))?;
+    let secs = time_per_call(&clip.device, repeats, || {
+        tokenwise_scores(&image, &words, 0.25, TokenScore::Mean).map(|_| ())
+    })?;
     Ok(secs * 1e3)
 }
 
 /// SsVP on `batch` images whose vision pass has run: the class token's attention read out, the top K
 /// patches picked and the last block re-run on them. Images per second.
 pub fn ssvp_images_per_s(clip: &LoadedClip, batch: usize, repeats: usize) -> Result<f64> {
-    let s = clip.model.config.vision_config.image_size;
+    let s = clip.model()?.config.vision_config.image_size;
     let pixels = Tensor::randn(0f32, 1f32, (batch.max(1), 3, s, s), &clip.device)?;
-    let pass = crate::align::pass::VisionPass::run(&clip.model.vision, &pixels)?;
-    let secs = time_per_call(&clip.device, repeats, || crate::align::ssvp::ssvp_from_pass(&clip.model.vision, &pass, None).map(|_| ()))?;
+    let pass = crate::align::pass::VisionPass::run(&clip.model()?.vision, &pixels)?;
+    let secs = time_per_call(&clip.device, repeats, || {
+        crate::align::ssvp::ssvp_from_pass(&clip.model()?.vision, &pass, None).map(|_| ())
+    })?;
     Ok(batch.max(1) as f64 / secs)
 }
 
 /// Decoding and preprocessing `files` (JPEG, PNG) into a pixel batch, in parallel: images per second.
-pub fn loading_images_per_s(clip: &LoadedClip, files: &[std::path::PathBuf], repeats: usize) -> Result<f64> {
-    let secs = time_per_call(&clip.device, repeats, || crate::clip::encode::pixel_batch(clip, files).map(|_| ()))?;
+pub fn loading_images_per_s(
+    clip: &LoadedClip,
+    files: &[std::path::PathBuf],
+    repeats: usize,
+) -> Result<f64> {
+    let secs = time_per_call(&clip.device, repeats, || {
+        crate::clip::encode::pixel_batch(clip, files).map(|_| ())
+    })?;
     Ok(files.len() as f64 / secs)
 }
 
@@ -278,12 +425,18 @@ pub fn write_photo_jpegs(dir: &std::path::Path, n: usize) -> Result<Vec<std::pat
             if !path.exists() {
                 let img = image::RgbImage::from_fn(500, 375, |x, y| {
                     let noise = (rng.next_u64() % 24) as u32;
-                    image::Rgb([((x * 255 / 500 + noise) % 256) as u8, ((y * 255 / 375 + noise + i as u32 * 9) % 256) as u8, ((x + y + noise) % 256) as u8])
+                    image::Rgb([
+                        ((x * 255 / 500 + noise) % 256) as u8,
+                        ((y * 255 / 375 + noise + i as u32 * 9) % 256) as u8,
+                        ((x + y + noise) % 256) as u8,
+                    ])
                 });
                 let mut bytes = Vec::new();
                 image::codecs::jpeg::JpegEncoder::new_with_quality(&mut bytes, 90)
                     .encode_image(&img)
-                    .map_err(|e| crate::error::Error::invalid(format!("encoding {}: {e}", path.display())))?;
+                    .map_err(|e| {
+                        crate::error::Error::invalid(format!("encoding {}: {e}", path.display()))
+                    })?;
                 crate::error::write_atomic(&path, &bytes)?;
             }
             Ok(path)
@@ -310,10 +463,17 @@ pub struct SuiteReport {
 
 /// Runs the whole suite; `coop_classes` are the class counts timed (100 and 1000 in the issue),
 /// `photos` the folder the loading benchmark writes its JPEGs to.
-pub fn suite(clip: &LoadedClip, coop_classes: &[usize], photos: &std::path::Path) -> Result<SuiteReport> {
+pub fn suite(
+    clip: &LoadedClip,
+    coop_classes: &[usize],
+    photos: &std::path::Path,
+) -> Result<SuiteReport> {
     let mut image_per_s = Vec::new();
     for b in [1, 16, 64] {
-        image_per_s.push((b, run(clip, b, if b < 16 { 16 } else { 2 * b }, 64, 64)?.images_per_s));
+        image_per_s.push((
+            b,
+            run(clip, b, if b < 16 { 16 } else { 2 * b }, 64, 64)?.images_per_s,
+        ));
     }
     let text_prompts_per_s = run(clip, 1, 1, 64, 256)?.prompts_per_s;
     let mut coop_ms = Vec::new();

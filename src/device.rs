@@ -18,7 +18,11 @@ pub fn select(name: &str) -> Result<Device> {
 
 pub fn describe(device: &Device) -> String {
     match device {
-        Device::Cpu => format!("CPU ({} threads, {} kernels)", rayon::current_num_threads(), cpu_kernels()),
+        Device::Cpu => format!(
+            "CPU ({} threads, {} kernels)",
+            rayon::current_num_threads(),
+            cpu_kernels()
+        ),
         Device::Cuda(_) => "CUDA GPU 0".into(),
         Device::Metal(_) => "Metal GPU".into(),
     }

@@ -8,7 +8,11 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("{path}: {reason}. {fix}")]
-    BadFile { path: PathBuf, reason: String, fix: String },
+    BadFile {
+        path: PathBuf,
+        reason: String,
+        fix: String,
+    },
 
     #[error("{path}: not found. {fix}")]
     Missing { path: PathBuf, fix: String },
@@ -36,16 +40,30 @@ pub enum Error {
 }
 
 impl Error {
-    pub fn bad_file(path: impl Into<PathBuf>, reason: impl ToString, fix: impl Into<String>) -> Self {
-        Error::BadFile { path: path.into(), reason: reason.to_string(), fix: sentence(fix.into()) }
+    pub fn bad_file(
+        path: impl Into<PathBuf>,
+        reason: impl ToString,
+        fix: impl Into<String>,
+    ) -> Self {
+        Error::BadFile {
+            path: path.into(),
+            reason: reason.to_string(),
+            fix: sentence(fix.into()),
+        }
     }
 
     pub fn missing(path: impl Into<PathBuf>, fix: impl Into<String>) -> Self {
-        Error::Missing { path: path.into(), fix: sentence(fix.into()) }
+        Error::Missing {
+            path: path.into(),
+            fix: sentence(fix.into()),
+        }
     }
 
     pub fn io(path: impl Into<PathBuf>, err: impl ToString) -> Self {
-        Error::Io { path: path.into(), reason: err.to_string() }
+        Error::Io {
+            path: path.into(),
+            reason: err.to_string(),
+        }
     }
 
     pub fn invalid(msg: impl Into<String>) -> Self {
@@ -70,7 +88,13 @@ pub fn output_dir(path: &std::path::Path) -> Result<PathBuf> {
         _ => PathBuf::from("."),
     };
     if !dir.is_dir() {
-        return Err(Error::missing(dir, format!("create the folder first, or choose another path for {}", path.display())));
+        return Err(Error::missing(
+            dir,
+            format!(
+                "create the folder first, or choose another path for {}",
+                path.display()
+            ),
+        ));
     }
     Ok(dir)
 }
@@ -80,7 +104,10 @@ pub fn output_dir(path: &std::path::Path) -> Result<PathBuf> {
 pub fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
     let dir = output_dir(path)?;
-    let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let file_name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tmp = dir.join(format!(".{file_name}.{}.tmp", std::process::id()));
     let result = (|| -> std::io::Result<()> {
         let mut f = std::fs::File::create(&tmp)?;
@@ -98,18 +125,35 @@ pub fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
 /// A folder that [`create_dir_atomic`] may fill: absent, or empty. Checked up front by jobs that would
 /// otherwise find out only after hours of work.
 pub fn check_new_dir(dir: &std::path::Path) -> Result<()> {
-    if dir.exists() && std::fs::read_dir(dir).map(|mut d| d.next().is_some()).unwrap_or(true) {
-        return Err(Error::bad_file(dir, "already exists and is not empty", "choose a new folder or remove this one"));
+    if dir.exists()
+        && std::fs::read_dir(dir)
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(true)
+    {
+        return Err(Error::bad_file(
+            dir,
+            "already exists and is not empty",
+            "choose a new folder or remove this one",
+        ));
     }
     Ok(())
 }
 
 /// Builds a new folder at `dir` through `fill`, which writes into a temporary sibling that is renamed
 /// into place only when complete: an interrupted run never leaves a half-made model or dataset behind.
-pub fn create_dir_atomic(dir: &std::path::Path, fill: impl FnOnce(&std::path::Path) -> Result<()>) -> Result<()> {
+pub fn create_dir_atomic(
+    dir: &std::path::Path,
+    fill: impl FnOnce(&std::path::Path) -> Result<()>,
+) -> Result<()> {
     check_new_dir(dir)?;
-    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "out".into());
-    let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "out".into());
+    let parent = dir
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
     std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
     let tmp = parent.join(format!(".{name}.{}.partial", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);

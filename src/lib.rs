@@ -3,8 +3,8 @@
 //! Data flows one way: [`data`] → [`clip`] → [`eval`] (and later prompt learning, alignment, fusion)
 //! → [`app`]. Every capability is a library function that the CLI and the desktop app both call.
 
-pub mod alloc;
 pub mod align;
+pub mod alloc;
 #[cfg(feature = "gui")]
 pub mod app;
 pub mod bench;

@@ -9,12 +9,22 @@ use candle_core::{Device, Tensor};
 use crate::error::{Error, Result};
 
 /// Serialises f32 tensors with string metadata (safetensors).
-pub fn safetensors_bytes(tensors: &[(&str, Tensor)], meta: HashMap<String, String>) -> Result<Vec<u8>> {
+pub fn safetensors_bytes(
+    tensors: &[(&str, Tensor)],
+    meta: HashMap<String, String>,
+) -> Result<Vec<u8>> {
     let data: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
         .iter()
         .map(|(name, t)| {
-            let v: Vec<f32> = t.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1()?;
-            Ok((name.to_string(), t.dims().to_vec(), v.iter().flat_map(|x| x.to_le_bytes()).collect()))
+            let v: Vec<f32> = t
+                .to_dtype(candle_core::DType::F32)?
+                .flatten_all()?
+                .to_vec1()?;
+            Ok((
+                name.to_string(),
+                t.dims().to_vec(),
+                v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            ))
         })
         .collect::<Result<_>>()?;
     let views = data
@@ -31,7 +41,13 @@ pub fn safetensors_bytes(tensors: &[(&str, Tensor)], meta: HashMap<String, Strin
 /// Reads every tensor (as f32, on the CPU) and the metadata of a safetensors file.
 pub fn read_safetensors(path: &Path) -> Result<(HashMap<String, Tensor>, HashMap<String, String>)> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let bad = |e: &dyn std::fmt::Display| Error::bad_file(path, format!("not a readable safetensors file ({e})"), "the file is truncated or of another kind: export it again");
+    let bad = |e: &dyn std::fmt::Display| {
+        Error::bad_file(
+            path,
+            format!("not a readable safetensors file ({e})"),
+            "the file is truncated or of another kind: export it again",
+        )
+    };
     let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| bad(&e))?;
     let meta = header.metadata().clone().unwrap_or_default();
     let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| bad(&e))?;

@@ -5,6 +5,12 @@
 /// grep '^spread'` lists every tolerance beside what this machine gave, which is how the bounds' comments
 /// were measured (AVX-512 and AVX2+FMA kernels: `scripts/test.sh` runs both where the CPU has AVX-512).
 pub fn within(what: &str, diff: f64, bound: f64) {
-    eprintln!("spread {what}: {diff:.2e} (bound {bound:.0e}; {} kernels)", crate::device::cpu_kernels());
-    assert!(diff <= bound, "{what}: difference {diff:e} exceeds {bound:e}");
+    eprintln!(
+        "spread {what}: {diff:.2e} (bound {bound:.0e}; {} kernels)",
+        crate::device::cpu_kernels()
+    );
+    assert!(
+        diff <= bound,
+        "{what}: difference {diff:e} exceeds {bound:e}"
+    );
 }

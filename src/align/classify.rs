@@ -57,7 +57,10 @@ impl TokenScore {
 #[derive(Clone, Copy)]
 pub enum ClassPrompts<'a> {
     /// A template with `{}` filled by each class name.
-    Template { template: &'a str, class_names: &'a [String] },
+    Template {
+        template: &'a str,
+        class_names: &'a [String],
+    },
     /// A learned CoOp prompt (its own class names).
     Learned(&'a PromptLearner),
 }
@@ -65,7 +68,10 @@ pub enum ClassPrompts<'a> {
 impl ClassPrompts<'_> {
     pub fn tokens(&self, clip: &LoadedClip, with_sos: bool) -> Result<PromptTokens> {
         match *self {
-            ClassPrompts::Template { template, class_names } => {
+            ClassPrompts::Template {
+                template,
+                class_names,
+            } => {
                 let texts: Vec<String> = class_names.iter().map(|c| fill(template, c)).collect();
                 text_tokens(clip, &texts, with_sos)
             }
@@ -78,11 +84,20 @@ impl ClassPrompts<'_> {
 }
 
 /// Token-wise class scores `[B][C]` of an image batch's tokens `[B, n, P]` against each class prompt.
-pub fn tokenwise_scores(image: &Tensor, prompts: &PromptTokens, top_fraction: f64, score: TokenScore) -> Result<Vec<Vec<f32>>> {
+pub fn tokenwise_scores(
+    image: &Tensor,
+    prompts: &PromptTokens,
+    top_fraction: f64,
+    score: TokenScore,
+) -> Result<Vec<Vec<f32>>> {
     check_fraction(top_fraction)?;
     // All classes' words side by side: one matmul per image, then split by class.
     let words = Tensor::cat(&prompts.tokens, 0)?;
-    let widths: Vec<usize> = prompts.tokens.iter().map(|t| t.dim(0)).collect::<candle_core::Result<_>>()?;
+    let widths: Vec<usize> = prompts
+        .tokens
+        .iter()
+        .map(|t| t.dim(0))
+        .collect::<candle_core::Result<_>>()?;
     let b = image.dim(0)?;
     let mut out = Vec::with_capacity(b);
     for i in 0..b {
@@ -90,7 +105,11 @@ pub fn tokenwise_scores(image: &Tensor, prompts: &PromptTokens, top_fraction: f6
         let mut row = Vec::with_capacity(widths.len());
         let mut start = 0;
         for &w in &widths {
-            let data: Vec<f32> = all.data.chunks(all.cols).flat_map(|r| r[start..start + w].iter().copied()).collect();
+            let data: Vec<f32> = all
+                .data
+                .chunks(all.cols)
+                .flat_map(|r| r[start..start + w].iter().copied())
+                .collect();
             let (s_i, s_t) = scores(&SimMatrix::new(all.rows, w, data)?, top_fraction);
             row.push(score.of(s_i, s_t));
             start += w;
@@ -101,10 +120,21 @@ pub fn tokenwise_scores(image: &Tensor, prompts: &PromptTokens, top_fraction: f6
 }
 
 /// Token-wise class scores `[B][C]` of preprocessed images `[B, 3, H, W]`.
-pub fn classify_tokenwise(clip: &LoadedClip, pixels: &Tensor, prompts: &PromptTokens, cfg: &AlignConfig, score: TokenScore) -> Result<Vec<Vec<f32>>> {
-    let vision = &clip.model.vision;
+pub fn classify_tokenwise(
+    clip: &LoadedClip,
+    pixels: &Tensor,
+    prompts: &PromptTokens,
+    cfg: &AlignConfig,
+    score: TokenScore,
+) -> Result<Vec<Vec<f32>>> {
+    let vision = &clip.model()?.vision;
     let pass = VisionPass::run(vision, pixels)?;
-    tokenwise_scores(&image_tokens(vision, &pass, cfg.mode, cfg.with_cls)?, prompts, cfg.top_fraction, score)
+    tokenwise_scores(
+        &image_tokens(vision, &pass, cfg.mode, cfg.with_cls)?,
+        prompts,
+        cfg.top_fraction,
+        score,
+    )
 }
 
 /// How to compare: the token-wise settings, the score, SsVP's K (None: N/4) and the image batch size.
@@ -118,7 +148,12 @@ pub struct CompareConfig {
 
 impl Default for CompareConfig {
     fn default() -> Self {
-        Self { align: AlignConfig::default(), score: TokenScore::Mean, ssvp_k: None, batch: 16 }
+        Self {
+            align: AlignConfig::default(),
+            score: TokenScore::Mean,
+            ssvp_k: None,
+            batch: 16,
+        }
     }
 }
 
@@ -152,30 +187,56 @@ pub struct ClassCounts {
 impl AccuracyComparison {
     /// Mean per-class accuracy (global, token-wise, SsVP) over the classes `keep` accepts that have images.
     pub fn mean_over(&self, keep: impl Fn(usize) -> bool) -> (f64, f64, f64) {
-        let classes: Vec<&ClassCounts> = self.per_class.iter().enumerate().filter(|(i, c)| keep(*i) && c.images > 0).map(|(_, c)| c).collect();
+        let classes: Vec<&ClassCounts> = self
+            .per_class
+            .iter()
+            .enumerate()
+            .filter(|(i, c)| keep(*i) && c.images > 0)
+            .map(|(_, c)| c)
+            .collect();
         let mean = |f: &dyn Fn(&ClassCounts) -> usize| {
             if classes.is_empty() {
                 0.0
             } else {
-                classes.iter().map(|c| f(c) as f64 / c.images as f64).sum::<f64>() / classes.len() as f64
+                classes
+                    .iter()
+                    .map(|c| f(c) as f64 / c.images as f64)
+                    .sum::<f64>()
+                    / classes.len() as f64
             }
         };
-        (mean(&|c| c.global), mean(&|c| c.tokenwise), mean(&|c| c.ssvp))
+        (
+            mean(&|c| c.global),
+            mean(&|c| c.tokenwise),
+            mean(&|c| c.ssvp),
+        )
     }
 }
 
 fn argmax(row: &[f32]) -> usize {
-    row.iter().enumerate().fold((0, f32::NEG_INFINITY), |b, (i, &v)| if v > b.1 { (i, v) } else { b }).0
+    row.iter()
+        .enumerate()
+        .fold(
+            (0, f32::NEG_INFINITY),
+            |b, (i, &v)| if v > b.1 { (i, v) } else { b },
+        )
+        .0
 }
 
 /// Classifies `samples` three ways (global feature, token-wise, SsVP) from one vision pass per batch.
-pub fn compare_accuracy(clip: &LoadedClip, samples: &[Sample], prompts: &ClassPrompts, cmp: &CompareConfig, progress: &dyn Progress) -> Result<AccuracyComparison> {
+pub fn compare_accuracy(
+    clip: &LoadedClip,
+    samples: &[Sample],
+    prompts: &ClassPrompts,
+    cmp: &CompareConfig,
+    progress: &dyn Progress,
+) -> Result<AccuracyComparison> {
     let cfg = &cmp.align;
     check_fraction(cfg.top_fraction)?;
     if samples.is_empty() {
         return Err(Error::invalid("no images to classify"));
     }
-    let vision = &clip.model.vision;
+    let vision = &clip.model()?.vision;
     let n = vision.config.num_patches();
     let k = cmp.ssvp_k.unwrap_or_else(|| default_k(n));
     check_k(k, n)?;
@@ -185,7 +246,12 @@ pub fn compare_accuracy(clip: &LoadedClip, samples: &[Sample], prompts: &ClassPr
         ClassPrompts::Learned(l) => l.class_names.clone(),
     };
     if let Some(bad) = samples.iter().find(|s| s.label >= class_names.len()) {
-        return Err(Error::invalid(format!("{}: label {} but only {} classes", bad.path.display(), bad.label, class_names.len())));
+        return Err(Error::invalid(format!(
+            "{}: label {} but only {} classes",
+            bad.path.display(),
+            bad.label,
+            class_names.len()
+        )));
     }
     let has_ssvp = vision.layers.len() >= 2;
     let mut per_class = vec![ClassCounts::default(); class_names.len()];
@@ -196,8 +262,15 @@ pub fn compare_accuracy(clip: &LoadedClip, samples: &[Sample], prompts: &ClassPr
         let truth: Vec<usize> = chunk.iter().map(|s| s.label).collect();
         let pixels = pixel_batch(clip, &paths)?;
         let pass = VisionPass::run(vision, &pixels)?;
-        let g = l2_normalize(&pass.pooled(vision)?)?.matmul(&tokens.pooled.t()?)?.to_vec2::<f32>()?;
-        let t = tokenwise_scores(&image_tokens(vision, &pass, cfg.mode, cfg.with_cls)?, &tokens, cfg.top_fraction, cmp.score)?;
+        let g = l2_normalize(&pass.pooled(vision)?)?
+            .matmul(&tokens.pooled.t()?)?
+            .to_vec2::<f32>()?;
+        let t = tokenwise_scores(
+            &image_tokens(vision, &pass, cfg.mode, cfg.with_cls)?,
+            &tokens,
+            cfg.top_fraction,
+            cmp.score,
+        )?;
         for ((g, t), &l) in g.iter().zip(&t).zip(&truth) {
             let c = &mut per_class[l];
             c.images += 1;
@@ -206,8 +279,11 @@ pub fn compare_accuracy(clip: &LoadedClip, samples: &[Sample], prompts: &ClassPr
         }
         if has_ssvp {
             for (sel, &l) in ssvp_from_pass(vision, &pass, Some(k))?.iter().zip(&truth) {
-                let f = Tensor::new(sel.image_embeds.as_slice(), tokens.pooled.device())?.unsqueeze(0)?;
-                let s = l2_normalize(&f)?.matmul(&tokens.pooled.t()?)?.to_vec2::<f32>()?;
+                let f = Tensor::new(sel.image_embeds.as_slice(), tokens.pooled.device())?
+                    .unsqueeze(0)?;
+                let s = l2_normalize(&f)?
+                    .matmul(&tokens.pooled.t()?)?
+                    .to_vec2::<f32>()?;
                 per_class[l].ssvp += usize::from(argmax(&s[0]) == l);
             }
         }

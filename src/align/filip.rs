@@ -23,7 +23,11 @@ pub struct SimMatrix {
 impl SimMatrix {
     pub fn new(rows: usize, cols: usize, data: Vec<f32>) -> Result<Self> {
         if data.len() != rows * cols || rows == 0 || cols == 0 {
-            return Err(Error::invalid(format!("a {rows}×{cols} similarity matrix needs {} values, got {}", rows * cols, data.len())));
+            return Err(Error::invalid(format!(
+                "a {rows}×{cols} similarity matrix needs {} values, got {}",
+                rows * cols,
+                data.len()
+            )));
         }
         Ok(Self { rows, cols, data })
     }
@@ -41,12 +45,21 @@ impl SimMatrix {
 
     /// Per image token: its best-matching word's similarity.
     pub fn row_max(&self) -> Vec<f32> {
-        self.data.chunks(self.cols).map(|row| row.iter().copied().fold(f32::NEG_INFINITY, f32::max)).collect()
+        self.data
+            .chunks(self.cols)
+            .map(|row| row.iter().copied().fold(f32::NEG_INFINITY, f32::max))
+            .collect()
     }
 
     /// Per word: its best-matching image token's similarity.
     pub fn col_max(&self) -> Vec<f32> {
-        (0..self.cols).map(|r| (0..self.rows).map(|k| self.at(k, r)).fold(f32::NEG_INFINITY, f32::max)).collect()
+        (0..self.cols)
+            .map(|r| {
+                (0..self.rows)
+                    .map(|k| self.at(k, r))
+                    .fold(f32::NEG_INFINITY, f32::max)
+            })
+            .collect()
     }
 
     /// Column `r` (word r's similarity with every image token).
@@ -58,7 +71,15 @@ impl SimMatrix {
     pub fn row_argmax(&self) -> Vec<usize> {
         self.data
             .chunks(self.cols)
-            .map(|row| row.iter().enumerate().fold((0, f32::NEG_INFINITY), |b, (i, &v)| if v > b.1 { (i, v) } else { b }).0)
+            .map(|row| {
+                row.iter()
+                    .enumerate()
+                    .fold(
+                        (0, f32::NEG_INFINITY),
+                        |b, (i, &v)| if v > b.1 { (i, v) } else { b },
+                    )
+                    .0
+            })
             .collect()
     }
 }
@@ -86,7 +107,10 @@ pub fn top_mean(values: &[f32], fraction: f64) -> f32 {
 
 /// `(s_I, s_T)` of a similarity matrix over the top `fraction` of image tokens and of words respectively.
 pub fn scores(s: &SimMatrix, fraction: f64) -> (f32, f32) {
-    (top_mean(&s.row_max(), fraction), top_mean(&s.col_max(), fraction))
+    (
+        top_mean(&s.row_max(), fraction),
+        top_mean(&s.col_max(), fraction),
+    )
 }
 
 pub fn check_fraction(fraction: f64) -> Result<()> {
@@ -111,7 +135,12 @@ pub struct AlignConfig {
 
 impl Default for AlignConfig {
     fn default() -> Self {
-        Self { mode: AlignMode::Token, with_cls: false, with_sos: false, top_fraction: 1.0 }
+        Self {
+            mode: AlignMode::Token,
+            with_cls: false,
+            with_sos: false,
+            top_fraction: 1.0,
+        }
     }
 }
 
@@ -140,7 +169,11 @@ impl Alignment {
     /// Word r's alignment map: its similarity with every patch (grid order), without the class token.
     pub fn word_map(&self, r: usize) -> Result<Vec<f32>> {
         if r >= self.sim.cols {
-            return Err(Error::invalid(format!("word {r} asked of a prompt with {} tokens (0..{})", self.sim.cols, self.sim.cols - 1)));
+            return Err(Error::invalid(format!(
+                "word {r} asked of a prompt with {} tokens (0..{})",
+                self.sim.cols,
+                self.sim.cols - 1
+            )));
         }
         Ok(self.sim.column(r)[self.first_patch_row()..].to_vec())
     }
@@ -152,33 +185,50 @@ impl Alignment {
 }
 
 /// Aligns the image `pixels` (`[1, 3, H, W]`, preprocessed) with one prompt.
-pub fn align(clip: &LoadedClip, pixels: &Tensor, text: &TextSource, cfg: &AlignConfig) -> Result<Alignment> {
+pub fn align(
+    clip: &LoadedClip,
+    pixels: &Tensor,
+    text: &TextSource,
+    cfg: &AlignConfig,
+) -> Result<Alignment> {
     check_fraction(cfg.top_fraction)?;
     check_one_image(pixels)?;
     // The prompt first: an empty prompt fails before the image tower runs.
     let prompt = prompt_tokens(clip, text, cfg.with_sos)?;
-    let pass = VisionPass::run(&clip.model.vision, pixels)?;
-    finish(&clip.model.vision, &pass, prompt, cfg)
+    let pass = VisionPass::run(&clip.model()?.vision, pixels)?;
+    finish(&clip.model()?.vision, &pass, prompt, cfg)
 }
 
 /// [`align`] from a vision pass already run, so a view that also shows SsVP and the global feature
 /// runs the tower once.
-pub fn align_pass(clip: &LoadedClip, pass: &VisionPass, text: &TextSource, cfg: &AlignConfig) -> Result<Alignment> {
+pub fn align_pass(
+    clip: &LoadedClip,
+    pass: &VisionPass,
+    text: &TextSource,
+    cfg: &AlignConfig,
+) -> Result<Alignment> {
     check_fraction(cfg.top_fraction)?;
     check_one_image(&pass.last)?;
     let prompt = prompt_tokens(clip, text, cfg.with_sos)?;
-    finish(&clip.model.vision, pass, prompt, cfg)
+    finish(&clip.model()?.vision, pass, prompt, cfg)
 }
 
 fn check_one_image(batch: &Tensor) -> Result<()> {
     let b = batch.dim(0)?;
     if b != 1 {
-        return Err(Error::invalid(format!("align takes one image, got a batch of {b}")));
+        return Err(Error::invalid(format!(
+            "align takes one image, got a batch of {b}"
+        )));
     }
     Ok(())
 }
 
-fn finish(vision: &VisionTower, pass: &VisionPass, prompt: PromptTokens, cfg: &AlignConfig) -> Result<Alignment> {
+fn finish(
+    vision: &VisionTower,
+    pass: &VisionPass,
+    prompt: PromptTokens,
+    cfg: &AlignConfig,
+) -> Result<Alignment> {
     let img = image_tokens(vision, pass, cfg.mode, cfg.with_cls)?.squeeze(0)?;
     let sim = SimMatrix::from_tokens(&img, &prompt.tokens[0])?;
     let (s_i, s_t) = scores(&sim, cfg.top_fraction);

@@ -33,7 +33,11 @@ impl VisionPass {
             attention = probs;
         }
         let last = vision.layers[n - 1].forward(&x, None, false)?.0;
-        Ok(Self { into_last: x, last, penultimate_attention: attention })
+        Ok(Self {
+            into_last: x,
+            last,
+            penultimate_attention: attention,
+        })
     }
 
     /// transformers' `get_image_features` (projected, not normalised), `[B, P]`.

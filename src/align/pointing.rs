@@ -63,12 +63,19 @@ pub fn tolerance_px(size: usize) -> f32 {
 
 /// Per patch of a `grid`×`grid` layout: whether its centre lies within `tol` px of the mask.
 pub fn centres_near_mask(mask: &[bool], size: usize, grid: usize, tol: f32) -> Vec<bool> {
-    let on: Vec<(f32, f32)> = (0..size * size).filter(|&p| mask[p]).map(|p| ((p % size) as f32 + 0.5, (p / size) as f32 + 0.5)).collect();
+    let on: Vec<(f32, f32)> = (0..size * size)
+        .filter(|&p| mask[p])
+        .map(|p| ((p % size) as f32 + 0.5, (p / size) as f32 + 0.5))
+        .collect();
     let cell = size as f32 / grid as f32;
     (0..grid * grid)
         .map(|k| {
-            let (cx, cy) = (((k % grid) as f32 + 0.5) * cell, ((k / grid) as f32 + 0.5) * cell);
-            on.iter().any(|&(x, y)| (x - cx).powi(2) + (y - cy).powi(2) <= tol * tol)
+            let (cx, cy) = (
+                ((k % grid) as f32 + 0.5) * cell,
+                ((k / grid) as f32 + 0.5) * cell,
+            );
+            on.iter()
+                .any(|&(x, y)| (x - cx).powi(2) + (y - cy).powi(2) <= tol * tol)
         })
         .collect()
 }
@@ -88,30 +95,54 @@ pub fn mask_coverage(mask: &[bool], size: usize, grid: usize) -> Vec<f32> {
 }
 
 /// The pointing game of `clip` on `scenes` (drawn at the model's input size).
-pub fn pointing_game(clip: &LoadedClip, scenes: &[Scene], mode: AlignMode, progress: &dyn Progress) -> Result<PointingReport> {
-    let size = clip.model.config.vision_config.image_size;
-    let grid = clip.model.config.vision_config.grid();
-    let cfg = AlignConfig { mode, ..AlignConfig::default() };
+pub fn pointing_game(
+    clip: &LoadedClip,
+    scenes: &[Scene],
+    mode: AlignMode,
+    progress: &dyn Progress,
+) -> Result<PointingReport> {
+    let size = clip.model()?.config.vision_config.image_size;
+    let grid = clip.model()?.config.vision_config.grid();
+    let cfg = AlignConfig {
+        mode,
+        ..AlignConfig::default()
+    };
     let (mut objects, mut hits, mut mass, mut chance) = (0usize, 0usize, 0f64, 0f64);
     let (mut hittable, mut point_hits, mut point_chance) = (0usize, 0usize, 0f64);
     let tol = tolerance_px(size);
     let (mut ssvp_share, mut random_share) = (0f64, 0f64);
-    let k = default_k(clip.model.config.vision_config.num_patches());
-    let mut by_shape: Vec<(String, usize, usize)> = SHAPES.iter().map(|s| (s.to_string(), 0, 0)).collect();
+    let k = default_k(clip.model()?.config.vision_config.num_patches());
+    let mut by_shape: Vec<(String, usize, usize)> =
+        SHAPES.iter().map(|s| (s.to_string(), 0, 0)).collect();
     let mut by_size = [(0usize, 0usize); 2];
     for (n, scene) in scenes.iter().enumerate() {
         check(progress)?;
         if scene.image.width() as usize != size || scene.image.height() as usize != size {
-            return Err(Error::invalid(format!("scenes for the pointing game must be drawn at the model's {size} px, not {} px", scene.image.width())));
+            return Err(Error::invalid(format!(
+                "scenes for the pointing game must be drawn at the model's {size} px, not {} px",
+                scene.image.width()
+            )));
         }
-        let px = preprocess(&image::DynamicImage::ImageRgb8(scene.image.clone()), &clip.preprocess);
-        let pass = VisionPass::run(&clip.model.vision, &Tensor::from_vec(px, (1, 3, size, size), &clip.device)?)?;
+        let px = preprocess(
+            &image::DynamicImage::ImageRgb8(scene.image.clone()),
+            &clip.preprocess,
+        );
+        let pass = VisionPass::run(
+            &clip.model()?.vision,
+            &Tensor::from_vec(px, (1, 3, size, size), &clip.device)?,
+        )?;
         // Each object's mask and patch coverage, once per scene.
         let masks: Vec<Vec<bool>> = (0..scene.objects.len()).map(|i| scene.mask(i)).collect();
         let covs: Vec<Vec<f32>> = masks.iter().map(|m| mask_coverage(m, size, grid)).collect();
-        let on_object: Vec<bool> = (0..grid * grid).map(|p| covs.iter().any(|c| c[p] >= HIT_COVERAGE)).collect();
+        let on_object: Vec<bool> = (0..grid * grid)
+            .map(|p| covs.iter().any(|c| c[p] >= HIT_COVERAGE))
+            .collect();
         // SsVP needs a penultimate block.
-        let sel = if clip.model.vision.layers.len() >= 2 { ssvp_from_pass(&clip.model.vision, &pass, Some(k))? } else { vec![] };
+        let sel = if clip.model()?.vision.layers.len() >= 2 {
+            ssvp_from_pass(&clip.model()?.vision, &pass, Some(k))?
+        } else {
+            vec![]
+        };
         if let Some(sel) = sel.first() {
             ssvp_share += sel.indices.iter().filter(|&&p| on_object[p]).count() as f64 / k as f64;
         }
@@ -121,11 +152,16 @@ pub fn pointing_game(clip: &LoadedClip, scenes: &[Scene], mode: AlignMode, progr
             let a = align_pass(clip, &pass, &TextSource::Text(&prompt), &cfg)?;
             let map = shape_word_map(clip, &a, o.shape_name())?;
             let cov = &covs[i];
-            let best = map.iter().enumerate().max_by(|x, y| x.1.total_cmp(y.1)).map_or(0, |(k, _)| k);
+            let best = map
+                .iter()
+                .enumerate()
+                .max_by(|x, y| x.1.total_cmp(y.1))
+                .map_or(0, |(k, _)| k);
             objects += 1;
             let hit = usize::from(cov[best] >= HIT_COVERAGE);
             hits += hit;
-            (by_shape[o.shape].1, by_shape[o.shape].2) = (by_shape[o.shape].1 + 1, by_shape[o.shape].2 + hit);
+            (by_shape[o.shape].1, by_shape[o.shape].2) =
+                (by_shape[o.shape].1 + 1, by_shape[o.shape].2 + hit);
             let by = &mut by_size[usize::from(o.large)];
             (by.0, by.1) = (by.0 + 1, by.1 + hit);
             mass += f64::from(mass_inside(&above_min(&map), cov)?);
@@ -137,7 +173,13 @@ pub fn pointing_game(clip: &LoadedClip, scenes: &[Scene], mode: AlignMode, progr
         }
         progress.update("scenes", n + 1, scenes.len());
     }
-    let per = |v: f64| if objects == 0 { 0.0 } else { v / objects as f64 };
+    let per = |v: f64| {
+        if objects == 0 {
+            0.0
+        } else {
+            v / objects as f64
+        }
+    };
     Ok(PointingReport {
         mode,
         scenes: scenes.len(),
@@ -152,8 +194,16 @@ pub fn pointing_game(clip: &LoadedClip, scenes: &[Scene], mode: AlignMode, progr
         point_rate: per(point_hits as f64),
         point_chance: per(point_chance),
         ssvp_k: k,
-        ssvp_object_share: if scenes.is_empty() { 0.0 } else { ssvp_share / scenes.len() as f64 },
-        random_object_share: if scenes.is_empty() { 0.0 } else { random_share / scenes.len() as f64 },
+        ssvp_object_share: if scenes.is_empty() {
+            0.0
+        } else {
+            ssvp_share / scenes.len() as f64
+        },
+        random_object_share: if scenes.is_empty() {
+            0.0
+        } else {
+            random_share / scenes.len() as f64
+        },
         by_shape,
         by_size,
     })
@@ -161,12 +211,18 @@ pub fn pointing_game(clip: &LoadedClip, scenes: &[Scene], mode: AlignMode, progr
 
 /// The mean map of the shape word's tokens: the word pieces just before the prompt's closing ".".
 fn shape_word_map(clip: &LoadedClip, a: &super::filip::Alignment, shape: &str) -> Result<Vec<f32>> {
-    let pieces = clip.tokenizer.encode_words(shape)?.len().max(1);
-    let dot = a.text_tokens.iter().rposition(|t| t.trim() == ".").ok_or_else(|| Error::invalid("the pointing prompt lost its closing period"))?;
+    let pieces = clip.tokenizer()?.encode_words(shape)?.len().max(1);
+    let dot = a
+        .text_tokens
+        .iter()
+        .rposition(|t| t.trim() == ".")
+        .ok_or_else(|| Error::invalid("the pointing prompt lost its closing period"))?;
     let cols: Vec<usize> = (dot.saturating_sub(pieces)..dot).collect();
     let maps: Vec<Vec<f32>> = cols.iter().map(|&r| a.word_map(r)).collect::<Result<_>>()?;
     let n = maps[0].len();
-    Ok((0..n).map(|k| maps.iter().map(|m| m[k]).sum::<f32>() / maps.len() as f32).collect())
+    Ok((0..n)
+        .map(|k| maps.iter().map(|m| m[k]).sum::<f32>() / maps.len() as f32)
+        .collect())
 }
 
 #[cfg(test)]
@@ -185,8 +241,14 @@ mod tests {
         let cov = mask_coverage(&mask, size, 2);
         assert_eq!(cov, vec![0.5, 0.0, 0.0, 0.0]);
         // Patch centres at (2, 2), (6, 2), (2, 6), (6, 6); the mask spans x < 2, y < 4.
-        assert_eq!(centres_near_mask(&mask, size, 2, 0.75), vec![true, false, false, false]);
+        assert_eq!(
+            centres_near_mask(&mask, size, 2, 0.75),
+            vec![true, false, false, false]
+        );
         assert_eq!(centres_near_mask(&mask, size, 2, 0.6), vec![false; 4]);
-        assert_eq!(centres_near_mask(&mask, size, 2, 2.6), vec![true, false, true, false]);
+        assert_eq!(
+            centres_near_mask(&mask, size, 2, 2.6),
+            vec![true, false, true, false]
+        );
     }
 }

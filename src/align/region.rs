@@ -24,7 +24,11 @@ pub fn patch_coverage(grid: [usize; 2], image_size: usize, b: &PixelBox) -> Vec<
 /// of the image; one entirely inside the box scores 1.
 pub fn mass_inside(map: &[f32], coverage: &[f32]) -> Result<f32> {
     if map.len() != coverage.len() {
-        return Err(Error::invalid(format!("a map of {} patches with a coverage of {}", map.len(), coverage.len())));
+        return Err(Error::invalid(format!(
+            "a map of {} patches with a coverage of {}",
+            map.len(),
+            coverage.len()
+        )));
     }
     if map.iter().any(|&v| v < 0.0 || !v.is_finite()) {
         return Err(Error::invalid("mass is defined for maps without negative or non-finite values: shift or rectify the map first"));
@@ -50,7 +54,16 @@ mod tests {
     #[test]
     fn coverage_and_mass() {
         // 2×2 grid on a 64 px image (32 px patches); a box over the top-left patch and half of the one right of it.
-        let cov = patch_coverage([2, 2], 64, &PixelBox { x0: 0, y0: 0, x1: 48, y1: 32 });
+        let cov = patch_coverage(
+            [2, 2],
+            64,
+            &PixelBox {
+                x0: 0,
+                y0: 0,
+                x1: 48,
+                y1: 32,
+            },
+        );
         assert_eq!(cov, vec![1.0, 0.5, 0.0, 0.0]);
         assert!((mass_inside(&[1.0, 1.0, 1.0, 1.0], &cov).unwrap() - 0.375).abs() < 1e-6);
         assert!((mass_inside(&[2.0, 0.0, 0.0, 0.0], &cov).unwrap() - 1.0).abs() < 1e-6);

@@ -60,12 +60,19 @@ pub fn ssvp(vision: &VisionTower, pixels: &Tensor, k: Option<usize>) -> Result<V
 }
 
 /// SsVP from a pass already run (shared with the other methods when comparing on a split).
-pub fn ssvp_from_pass(vision: &VisionTower, pass: &VisionPass, k: Option<usize>) -> Result<Vec<SsvpSelection>> {
+pub fn ssvp_from_pass(
+    vision: &VisionTower,
+    pass: &VisionPass,
+    k: Option<usize>,
+) -> Result<Vec<SsvpSelection>> {
     let n = vision.config.num_patches();
     let k = k.unwrap_or_else(|| default_k(n));
     check_k(k, n)?;
     let probs = pass.penultimate_attention.as_ref().ok_or_else(|| {
-        Error::invalid(format!("SsVP reads the penultimate block's attention, but this vision tower has {} block", vision.layers.len()))
+        Error::invalid(format!(
+            "SsVP reads the penultimate block's attention, but this vision tower has {} block",
+            vision.layers.len()
+        ))
     })?;
     // [B, heads, T, T] → the class token's row over the patches, summed over heads: [B, N].
     let cls_row = probs.i((.., .., 0, 1..))?.sum(1)?;
@@ -77,7 +84,9 @@ pub fn ssvp_from_pass(vision: &VisionTower, pass: &VisionPass, k: Option<usize>)
     for (i, att) in attention.iter().enumerate() {
         let idx = top_k_indices(att, k);
         // Token 0 is the class token; patch p is token p + 1.
-        let rows: Vec<u32> = std::iter::once(0).chain(idx.iter().map(|&p| p as u32 + 1)).collect();
+        let rows: Vec<u32> = std::iter::once(0)
+            .chain(idx.iter().map(|&p| p as u32 + 1))
+            .collect();
         let rows = Tensor::new(rows.as_slice(), pass.into_last.device())?;
         kept_hidden.push(pass.into_last.get(i)?.index_select(&rows, 0)?);
         picked.push(idx);
@@ -120,7 +129,10 @@ mod tests {
         assert_eq!(default_k(196), 49);
         assert_eq!(default_k(3), 1);
         assert!(check_k(0, 49).is_err());
-        assert!(check_k(50, 49).unwrap_err().to_string().contains("49 patches"));
+        assert!(check_k(50, 49)
+            .unwrap_err()
+            .to_string()
+            .contains("49 patches"));
         assert!(check_k(49, 49).is_ok());
     }
 }

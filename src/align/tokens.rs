@@ -51,17 +51,31 @@ impl std::fmt::Display for AlignMode {
 
 /// Image tokens `[B, n, P]`, L2-normalised: the N patch tokens in grid order (row-major), preceded by the
 /// class token when `with_cls`.
-pub fn image_tokens(vision: &VisionTower, pass: &VisionPass, mode: AlignMode, with_cls: bool) -> Result<Tensor> {
+pub fn image_tokens(
+    vision: &VisionTower,
+    pass: &VisionPass,
+    mode: AlignMode,
+    with_cls: bool,
+) -> Result<Tensor> {
     let projected = match mode {
         AlignMode::Token => vision.project_tokens(&pass.last)?,
         AlignMode::Value => {
-            let last = vision.layers.last().ok_or_else(|| Error::invalid("the vision tower has no blocks"))?;
-            let v = last.self_attn.value_path(&last.layer_norm1.forward(&pass.into_last)?)?;
+            let last = vision
+                .layers
+                .last()
+                .ok_or_else(|| Error::invalid("the vision tower has no blocks"))?;
+            let v = last
+                .self_attn
+                .value_path(&last.layer_norm1.forward(&pass.into_last)?)?;
             vision.project_tokens(&v)?
         }
     };
     let t = projected.dim(1)?;
-    let kept = if with_cls { projected } else { projected.narrow(1, 1, t - 1)?.contiguous()? };
+    let kept = if with_cls {
+        projected
+    } else {
+        projected.narrow(1, 1, t - 1)?.contiguous()?
+    };
     Ok(l2_normalize(&kept)?)
 }
 
@@ -71,7 +85,10 @@ pub enum TextSource<'a> {
     /// A hand-crafted text such as "a photo of a dog."
     Text(&'a str),
     /// Class `class` of a learned CoOp prompt (context vectors + that class's name).
-    Learned { learner: &'a PromptLearner, class: usize },
+    Learned {
+        learner: &'a PromptLearner,
+        class: usize,
+    },
 }
 
 /// Text tokens of one or more prompts.
@@ -91,42 +108,58 @@ pub fn text_tokens(clip: &LoadedClip, texts: &[String], with_sos: bool) -> Resul
         return Err(Error::invalid("no prompt given"));
     }
     for t in texts {
-        if clip.tokenizer.encode_words(t)?.is_empty() {
+        if clip.tokenizer()?.encode_words(t)?.is_empty() {
             return Err(Error::invalid(format!(
                 "the prompt {t:?} is empty: it has no words to align with the image; give a text such as \"a photo of a dog.\""
             )));
         }
     }
-    let ids = clip.tokenizer.encode_batch(texts)?;
-    let eot = clip.model.text.eot_positions(&ids)?;
-    let out = clip.model.text.forward_ids(&ids, true)?;
+    let tok = clip.tokenizer()?;
+    let ids = tok.encode_batch(texts)?;
+    let eot = clip.model()?.text.eot_positions(&ids)?;
+    let out = clip.model()?.text.forward_ids(&ids, true)?;
     let labels = ids
         .iter()
         .zip(&eot)
-        .map(|(row, &e)| row[usize::from(!with_sos)..=e].iter().map(|&id| clip.tokenizer.token_text(id)).collect())
+        .map(|(row, &e)| {
+            row[usize::from(!with_sos)..=e]
+                .iter()
+                .map(|&id| tok.token_text(id))
+                .collect()
+        })
         .collect();
     finish(out, &eot, labels, with_sos)
 }
 
 /// Text tokens of the learned prompts of `classes` (a learner's `prompts()` rows through
 /// `forward_embeds`).
-pub fn learned_tokens(clip: &LoadedClip, learner: &PromptLearner, classes: &[usize], with_sos: bool) -> Result<PromptTokens> {
+pub fn learned_tokens(
+    clip: &LoadedClip,
+    learner: &PromptLearner,
+    classes: &[usize],
+    with_sos: bool,
+) -> Result<PromptTokens> {
     let c = learner.num_classes();
     if let Some(&bad) = classes.iter().find(|&&i| i >= c) {
-        return Err(Error::invalid(format!("class {bad} asked of a prompt with {c} classes")));
+        return Err(Error::invalid(format!(
+            "class {bad} asked of a prompt with {c} classes"
+        )));
     }
     let (prompts, eot) = learner.prompts()?;
     let idx: Vec<u32> = classes.iter().map(|&i| i as u32).collect();
     let rows = prompts.index_select(&Tensor::new(idx.as_slice(), prompts.device())?, 0)?;
     let eot: Vec<usize> = classes.iter().map(|&i| eot[i]).collect();
-    let out = clip.model.text.forward_embeds(&rows, &eot, true)?;
+    let out = clip.model()?.text.forward_embeds(&rows, &eot, true)?;
     let labels = classes
         .iter()
         .zip(&eot)
         .map(|(&i, &e)| {
-            let all = learned_labels(&clip.tokenizer, learner, i)?;
+            let all = learned_labels(clip.tokenizer()?, learner, i)?;
             if all.len() != e + 1 {
-                return Err(Error::invalid(format!("labels of class {i}'s prompt: {} tokens for end-of-text at {e}", all.len())));
+                return Err(Error::invalid(format!(
+                    "labels of class {i}'s prompt: {} tokens for end-of-text at {e}",
+                    all.len()
+                )));
             }
             Ok(all[usize::from(!with_sos)..].to_vec())
         })
@@ -134,21 +167,42 @@ pub fn learned_tokens(clip: &LoadedClip, learner: &PromptLearner, classes: &[usi
     finish(out, &eot, labels, with_sos)
 }
 
-fn finish(out: crate::clip::text::TextOutput, eot: &[usize], labels: Vec<Vec<String>>, with_sos: bool) -> Result<PromptTokens> {
-    let all = out.tokens.ok_or_else(|| Error::invalid("the text tower returned no tokens"))?;
+fn finish(
+    out: crate::clip::text::TextOutput,
+    eot: &[usize],
+    labels: Vec<Vec<String>>,
+    with_sos: bool,
+) -> Result<PromptTokens> {
+    let all = out
+        .tokens
+        .ok_or_else(|| Error::invalid("the text tower returned no tokens"))?;
     let start = usize::from(!with_sos);
     let tokens = eot
         .iter()
         .enumerate()
-        .map(|(i, &e)| Ok(l2_normalize(&all.get(i)?.narrow(0, start, e + 1 - start)?)?))
+        .map(|(i, &e)| {
+            Ok(l2_normalize(&all.get(i)?.narrow(
+                0,
+                start,
+                e + 1 - start,
+            )?)?)
+        })
         .collect::<Result<_>>()?;
-    Ok(PromptTokens { tokens, labels, pooled: l2_normalize(&out.pooled)? })
+    Ok(PromptTokens {
+        tokens,
+        labels,
+        pooled: l2_normalize(&out.pooled)?,
+    })
 }
 
 /// The token labels of class `class`'s learned prompt, start token to end-of-text: context vectors show as
 /// `[V1]`, `[V2]`…, the rest as decoded tokens. The class name is tokenised as `PromptLearner::new` does
 /// it (inside the placeholder prompt, so punctuation merges the same way).
-pub fn learned_labels(tok: &ClipTokenizer, learner: &PromptLearner, class: usize) -> Result<Vec<String>> {
+pub fn learned_labels(
+    tok: &ClipTokenizer,
+    learner: &PromptLearner,
+    class: usize,
+) -> Result<Vec<String>> {
     let m = learner.n_ctx;
     let placeholder = match &learner.config.ctx_init {
         Some(phrase) => phrase.trim().to_string(),
@@ -156,7 +210,12 @@ pub fn learned_labels(tok: &ClipTokenizer, learner: &PromptLearner, class: usize
     };
     let name = &learner.class_names[class];
     let words = tok.encode_words(&format!("{placeholder} {name}."))?;
-    let mut suffix: Vec<String> = words.get(m..).unwrap_or_default().iter().map(|&id| tok.token_text(id)).collect();
+    let mut suffix: Vec<String> = words
+        .get(m..)
+        .unwrap_or_default()
+        .iter()
+        .map(|&id| tok.token_text(id))
+        .collect();
     suffix.push(EOT.to_string());
     let l = learner.name_lens[class].min(suffix.len());
     let (name_part, tail) = suffix.split_at(l);
@@ -184,7 +243,11 @@ pub fn learned_labels(tok: &ClipTokenizer, learner: &PromptLearner, class: usize
 }
 
 /// One prompt's tokens from either source.
-pub fn prompt_tokens(clip: &LoadedClip, source: &TextSource, with_sos: bool) -> Result<PromptTokens> {
+pub fn prompt_tokens(
+    clip: &LoadedClip,
+    source: &TextSource,
+    with_sos: bool,
+) -> Result<PromptTokens> {
     match *source {
         TextSource::Text(t) => text_tokens(clip, &[t.to_string()], with_sos),
         TextSource::Learned { learner, class } => learned_tokens(clip, learner, &[class], with_sos),

@@ -20,7 +20,10 @@ use crate::export::prompt_file::PromptFile;
 pub enum PromptChoice {
     Text(String),
     /// Class `class` of a learned prompts file.
-    Learned { file: PathBuf, class: usize },
+    Learned {
+        file: PathBuf,
+        class: usize,
+    },
 }
 
 /// Everything one alignment depends on; a change of any of it means computing again.
@@ -96,41 +99,79 @@ pub fn run(clip: &LoadedClip, req: &AlignRequest) -> Result<AlignView> {
     let (w, h) = (base.width() as usize, base.height() as usize);
     let pixels = Tensor::from_vec(to_chw(&base, &clip.preprocess), (1, 3, h, w), &clip.device)?;
     // One pass of the vision tower serves the alignment, SsVP and the global feature.
-    let vision = &clip.model.vision;
+    let vision = &clip.model()?.vision;
     let pass = VisionPass::run(vision, &pixels)?;
     let global = pass.pooled(vision)?;
-    let scale = clip.model.logit_scale();
+    let scale = clip.model()?.logit_scale();
     let probs = |feat: &Tensor, weights: &Tensor| -> Result<Vec<f32>> {
-        Ok(crate::eval::metrics::softmax(&crate::eval::zeroshot::logits(feat, weights, scale)?.remove(0)))
+        Ok(crate::eval::metrics::softmax(
+            &crate::eval::zeroshot::logits(feat, weights, scale)?.remove(0),
+        ))
     };
     // The hand-crafted prompt's class weights, computed once for the main view and the side by side.
     let needs_hand = matches!(req.prompt, PromptChoice::Text(_)) || req.side_by_side.is_some();
     let hand_weights = if needs_hand && !req.classes.is_empty() {
-        Some(crate::eval::zeroshot::class_weights(clip, &req.classes, &req.templates, &crate::progress::Silent)?)
+        Some(crate::eval::zeroshot::class_weights(
+            clip,
+            &req.classes,
+            &req.templates,
+            &crate::progress::Silent,
+        )?)
     } else {
         None
     };
     let (alignment, weights, names) = match &req.prompt {
-        PromptChoice::Text(text) => (align_pass(clip, &pass, &TextSource::Text(text), &req.config)?, hand_weights.clone(), req.classes.clone()),
+        PromptChoice::Text(text) => (
+            align_pass(clip, &pass, &TextSource::Text(text), &req.config)?,
+            hand_weights.clone(),
+            req.classes.clone(),
+        ),
         PromptChoice::Learned { file, class } => {
             let (learner, weights, names) = learned(clip, file)?;
             if *class >= names.len() {
-                return Err(Error::invalid(format!("{}: has {} classes, no class {class}", file.display(), names.len())));
+                return Err(Error::invalid(format!(
+                    "{}: has {} classes, no class {class}",
+                    file.display(),
+                    names.len()
+                )));
             }
-            let a = align_pass(clip, &pass, &TextSource::Learned { learner: &learner, class: *class }, &req.config)?;
+            let a = align_pass(
+                clip,
+                &pass,
+                &TextSource::Learned {
+                    learner: &learner,
+                    class: *class,
+                },
+                &req.config,
+            )?;
             (a, Some(weights), names)
         }
     };
     let selection = ssvp_from_pass(vision, &pass, req.k)?.remove(0);
-    let ssvp_feat = Tensor::from_vec(selection.image_embeds.clone(), (1, selection.image_embeds.len()), &clip.device)?;
+    let ssvp_feat = Tensor::from_vec(
+        selection.image_embeds.clone(),
+        (1, selection.image_embeds.len()),
+        &clip.device,
+    )?;
     let top = |feat: &Tensor| -> Result<TopK> {
-        let Some(weights) = &weights else { return Ok(Vec::new()) };
+        let Some(weights) = &weights else {
+            return Ok(Vec::new());
+        };
         let p = probs(feat, weights)?;
         let mut order: Vec<usize> = (0..p.len()).collect();
         order.sort_by(|&a, &b| p[b].total_cmp(&p[a]));
-        Ok(order.into_iter().take(5).map(|i| (names[i].clone(), p[i])).collect())
+        Ok(order
+            .into_iter()
+            .take(5)
+            .map(|i| (names[i].clone(), p[i]))
+            .collect())
     };
-    let class_prob = match (&weights, req.class.as_ref().and_then(|c| names.iter().position(|n| n == c))) {
+    let class_prob = match (
+        &weights,
+        req.class
+            .as_ref()
+            .and_then(|c| names.iter().position(|n| n == c)),
+    ) {
         (Some(w), Some(i)) => Some(probs(&global, w)?[i]),
         _ => None,
     };
@@ -138,17 +179,41 @@ pub fn run(clip: &LoadedClip, req: &AlignRequest) -> Result<AlignView> {
     // from the same vision pass.
     let mut side_by_side = Vec::new();
     if let (Some(files), Some(class)) = (&req.side_by_side, &req.class) {
-        let class_map = |label: String, source: TextSource<'_>, weights: &Tensor, names: &[String]| -> Result<ClassMap> {
+        let class_map = |label: String,
+                         source: TextSource<'_>,
+                         weights: &Tensor,
+                         names: &[String]|
+         -> Result<ClassMap> {
             let a = align_pass(clip, &pass, &source, &req.config)?;
             let word = named_word(&a.text_tokens);
             let p = probs(&global, weights)?;
             let i = names.iter().position(|n| n == class).unwrap_or(0);
-            let best = (0..p.len()).max_by(|&a, &b| p[a].total_cmp(&p[b])).unwrap_or(0);
-            Ok(ClassMap { label, word, map: a.word_map(word)?, grid: a.grid, tokens: a.text_tokens, prob: p[i], best: (names[best].clone(), p[best]) })
+            let best = (0..p.len())
+                .max_by(|&a, &b| p[a].total_cmp(&p[b]))
+                .unwrap_or(0);
+            Ok(ClassMap {
+                label,
+                word,
+                map: a.word_map(word)?,
+                grid: a.grid,
+                tokens: a.text_tokens,
+                prob: p[i],
+                best: (names[best].clone(), p[best]),
+            })
         };
-        let template = req.templates.first().cloned().unwrap_or_else(|| crate::eval::zeroshot::DEFAULT_TEMPLATE.into());
+        let template = req
+            .templates
+            .first()
+            .cloned()
+            .unwrap_or_else(|| crate::eval::zeroshot::DEFAULT_TEMPLATE.into());
         let hand = match &hand_weights {
-            Some(w) => class_map("hand-crafted".into(), TextSource::Text(&crate::eval::zeroshot::fill(&template, class)), w, &req.classes).map_err(|e| e.to_string()),
+            Some(w) => class_map(
+                "hand-crafted".into(),
+                TextSource::Text(&crate::eval::zeroshot::fill(&template, class)),
+                w,
+                &req.classes,
+            )
+            .map_err(|e| e.to_string()),
             None => Err("no class names to score the hand-crafted prompt with".into()),
         };
         side_by_side.push((format!("\"{template}\""), hand));
@@ -156,14 +221,32 @@ pub fn run(clip: &LoadedClip, req: &AlignRequest) -> Result<AlignView> {
             let one = (|| -> Result<ClassMap> {
                 let (learner, weights, names) = learned(clip, file)?;
                 let c = names.iter().position(|n| n == class).ok_or_else(|| {
-                    Error::bad_file(file, format!("has no class '{class}' (it was trained on {})", names.join(", ")), "choose one of its classes")
+                    Error::bad_file(
+                        file,
+                        format!(
+                            "has no class '{class}' (it was trained on {})",
+                            names.join(", ")
+                        ),
+                        "choose one of its classes",
+                    )
                 })?;
-                class_map(label.clone(), TextSource::Learned { learner: &learner, class: c }, &weights, &names)
+                class_map(
+                    label.clone(),
+                    TextSource::Learned {
+                        learner: &learner,
+                        class: c,
+                    },
+                    &weights,
+                    &names,
+                )
             })();
             side_by_side.push((label.clone(), one.map_err(|e| e.to_string())));
         }
     }
-    let rgba = base.pixels().flat_map(|p| [p[0], p[1], p[2], 255]).collect();
+    let rgba = base
+        .pixels()
+        .flat_map(|p| [p[0], p[1], p[2], 255])
+        .collect();
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
     Ok(AlignView {
         id: NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
@@ -180,7 +263,10 @@ pub fn run(clip: &LoadedClip, req: &AlignRequest) -> Result<AlignView> {
 }
 
 /// A prompts file's learner (checked against the model), its class weights and class names.
-fn learned(clip: &LoadedClip, file: &std::path::Path) -> Result<(crate::prompt::coop::PromptLearner, Tensor, Vec<String>)> {
+fn learned(
+    clip: &LoadedClip,
+    file: &std::path::Path,
+) -> Result<(crate::prompt::coop::PromptLearner, Tensor, Vec<String>)> {
     let f = PromptFile::load(file)?;
     let learner = f.learner(clip, file)?;
     let weights = f.class_weights(clip, file)?;

@@ -12,9 +12,9 @@ use crate::align::{AlignConfig, AlignMode};
 use crate::render::{Colormap, GridMap, HeatmapStyle};
 
 use super::align_job::{named_word, AlignRequest, AlignView, ClassMap, PromptChoice};
+use super::events::Action;
 use super::overlay::{OverlayCallback, OverlayData};
 use super::state::AppState;
-use super::events::Action;
 
 /// Where the learned prompts come from: a finished run or a loaded file, by its path.
 #[derive(Debug, Clone, PartialEq)]
@@ -102,23 +102,46 @@ impl AlignPanel {
         let (image, label) = self.current_image(state)?;
         let classes = Self::classes(state, sources);
         // A chosen class that the classes no longer have (another dataset) falls back to the image's.
-        let class = self.class.filter(|&c| c < classes.len()).or(label).and_then(|c| classes.get(c)).cloned();
-        let n = model.clip.model.vision.config.num_patches();
+        let class = self
+            .class
+            .filter(|&c| c < classes.len())
+            .or(label)
+            .and_then(|c| classes.get(c))
+            .cloned();
+        let n = model.clip.model().ok()?.vision.config.num_patches();
         let prompt = match self.learned.and_then(|i| sources.get(i)) {
             Some(src) => {
-                let c = class.as_ref().and_then(|c| src.class_names.iter().position(|n| n == c)).unwrap_or(0);
-                PromptChoice::Learned { file: src.path.clone(), class: c }
+                let c = class
+                    .as_ref()
+                    .and_then(|c| src.class_names.iter().position(|n| n == c))
+                    .unwrap_or(0);
+                PromptChoice::Learned {
+                    file: src.path.clone(),
+                    class: c,
+                }
             }
-            None => PromptChoice::Text(class.as_ref().map_or_else(|| self.text.replace("{}", "").trim().to_string(), |c| crate::eval::zeroshot::fill(&self.text, c))),
+            None => PromptChoice::Text(class.as_ref().map_or_else(
+                || self.text.replace("{}", "").trim().to_string(),
+                |c| crate::eval::zeroshot::fill(&self.text, c),
+            )),
         };
-        let side_by_side = (self.side_by_side && !sources.is_empty() && class.is_some())
-            .then(|| sources.iter().map(|s| (s.label.clone(), s.path.clone())).collect());
+        let side_by_side =
+            (self.side_by_side && !sources.is_empty() && class.is_some()).then(|| {
+                sources
+                    .iter()
+                    .map(|s| (s.label.clone(), s.path.clone()))
+                    .collect()
+            });
         Some(AlignRequest {
             image,
             prompt,
             class,
             config: self.config,
-            k: Some(if self.k == 0 { crate::align::ssvp::default_k(n) } else { self.k.min(n) }),
+            k: Some(if self.k == 0 {
+                crate::align::ssvp::default_k(n)
+            } else {
+                self.k.min(n)
+            }),
             classes: classes.to_vec(),
             // The Align tab's own text is the template of the hand-crafted prompt's class weights, so its
             // top-5 and probabilities are those of the prompt whose map is shown.
@@ -140,13 +163,22 @@ impl AlignPanel {
             return;
         };
         super::fit_visible_width(ui);
-        let samples = state.dataset.as_ref().map_or(&[][..], |d| d.folder.eval_samples());
+        let samples = state
+            .dataset
+            .as_ref()
+            .map_or(&[][..], |d| d.folder.eval_samples());
         if samples.is_empty() && self.image_file.is_none() {
-            ui.weak("Open a dataset with images, or drop an image file onto the window, to align it.");
+            ui.weak(
+                "Open a dataset with images, or drop an image file onto the window, to align it.",
+            );
             return;
         }
         self.image = self.image.min(samples.len().saturating_sub(1));
-        let n = model.clip.model.vision.config.num_patches();
+        let Ok(clip) = model.clip.model() else {
+            ui.weak(format!("{} is a {} model: the maps need CLIP's token-level access. Load a CLIP or FILIP model to align words with patches.", model.clip.id, model.clip.family().name()));
+            return;
+        };
+        let n = clip.vision.config.num_patches();
         if self.k == 0 {
             self.k = crate::align::ssvp::default_k(n);
         }
@@ -154,15 +186,24 @@ impl AlignPanel {
         ui.separator();
         if let Some((req, why)) = &state.align_failed {
             if self.request(state, sources).as_ref() == Some(req) {
-                ui.colored_label(ui.visuals().error_fg_color, format!("Could not align {}: {why}", req.image.display()));
-                if ui.button("Retry").on_hover_text("Try this alignment again").clicked() {
+                ui.colored_label(
+                    ui.visuals().error_fg_color,
+                    format!("Could not align {}: {why}", req.image.display()),
+                );
+                if ui
+                    .button("Retry")
+                    .on_hover_text("Try this alignment again")
+                    .clicked()
+                {
                     actions.push(Action::RetryAlign);
                 }
                 return;
             }
         }
         match &state.align {
-            Some(view) if self.side_by_side && !view.side_by_side.is_empty() => self.side_by_side_ui(ui, view, gpu),
+            Some(view) if self.side_by_side && !view.side_by_side.is_empty() => {
+                self.side_by_side_ui(ui, view, gpu)
+            }
             Some(view) => self.view_ui(ui, view, gpu, actions),
             None if state.aligning.is_some() => {
                 ui.horizontal(|ui| {
@@ -176,31 +217,65 @@ impl AlignPanel {
         }
     }
 
-    fn controls_ui(&mut self, ui: &mut egui::Ui, state: &AppState, samples: &[crate::data::Sample], sources: &[LearnedSource], n: usize, actions: &mut Vec<Action>) {
+    fn controls_ui(
+        &mut self,
+        ui: &mut egui::Ui,
+        state: &AppState,
+        samples: &[crate::data::Sample],
+        sources: &[LearnedSource],
+        n: usize,
+        actions: &mut Vec<Action>,
+    ) {
         let classes = Self::classes(state, sources);
         ui.horizontal(|ui| {
             ui.label("Image");
             match &self.image_file {
                 Some(file) => {
-                    let name = file.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
-                    ui.label(RichText::new(format!("dropped: {name}")).strong()).on_hover_text(file.display().to_string());
-                    if !samples.is_empty() && ui.button("Dataset images").on_hover_text("Back to the dataset's images").clicked() {
+                    let name = file
+                        .file_name()
+                        .map(|f| f.to_string_lossy().into_owned())
+                        .unwrap_or_default();
+                    ui.label(RichText::new(format!("dropped: {name}")).strong())
+                        .on_hover_text(file.display().to_string());
+                    if !samples.is_empty()
+                        && ui
+                            .button("Dataset images")
+                            .on_hover_text("Back to the dataset's images")
+                            .clicked()
+                    {
                         self.image_file = None;
                     }
                 }
                 None => {
-                    if ui.button("Previous").on_hover_text("Previous image").clicked() {
+                    if ui
+                        .button("Previous")
+                        .on_hover_text("Previous image")
+                        .clicked()
+                    {
                         self.image = self.image.checked_sub(1).unwrap_or(samples.len() - 1);
                     }
                     if ui.button("Next").on_hover_text("Next image").clicked() {
                         self.image = (self.image + 1) % samples.len();
                     }
                     let s = &samples[self.image];
-                    let name = s.path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
-                    ui.label(format!("{} / {} · {} · {name}", self.image + 1, samples.len(), classes.get(s.label).map_or("", String::as_str)));
+                    let name = s
+                        .path
+                        .file_name()
+                        .map(|f| f.to_string_lossy().into_owned())
+                        .unwrap_or_default();
+                    ui.label(format!(
+                        "{} / {} · {} · {name}",
+                        self.image + 1,
+                        samples.len(),
+                        classes.get(s.label).map_or("", String::as_str)
+                    ));
                 }
             }
-            if ui.button("Open image…").on_hover_text("Align an image file (or drop one onto the window)").clicked() {
+            if ui
+                .button("Open image…")
+                .on_hover_text("Align an image file (or drop one onto the window)")
+                .clicked()
+            {
                 actions.push(Action::Browse(super::events::PickTarget::Image));
             }
         });
@@ -217,20 +292,34 @@ impl AlignPanel {
         ui.horizontal(|ui| {
             if self.learned.is_none() || self.side_by_side {
                 let l = ui.label("Text");
-                ui.text_edit_singleline(&mut self.text).labelled_by(l.id).on_hover_text("{} is replaced by the class");
+                ui.text_edit_singleline(&mut self.text)
+                    .labelled_by(l.id)
+                    .on_hover_text("{} is replaced by the class");
             }
-            let image_class = if self.image_file.is_none() { samples.get(self.image).map(|s| s.label) } else { None };
+            let image_class = if self.image_file.is_none() {
+                samples.get(self.image).map(|s| s.label)
+            } else {
+                None
+            };
             let shown = |c: Option<usize>| match (c, image_class) {
-                (None, Some(l)) => format!("the image's ({})", classes.get(l).map_or("", String::as_str)),
-                (None, None) => classes.first().cloned().map_or("none".into(), |c| format!("{c} (first)")),
+                (None, Some(l)) => format!(
+                    "the image's ({})",
+                    classes.get(l).map_or("", String::as_str)
+                ),
+                (None, None) => classes
+                    .first()
+                    .cloned()
+                    .map_or("none".into(), |c| format!("{c} (first)")),
                 (Some(c), _) => classes.get(c).cloned().unwrap_or_default(),
             };
-            egui::ComboBox::from_label("Class").selected_text(shown(self.class)).show_ui(ui, |ui| {
-                ui.selectable_value(&mut self.class, None, shown(None));
-                for (i, c) in classes.iter().enumerate() {
-                    ui.selectable_value(&mut self.class, Some(i), c);
-                }
-            });
+            egui::ComboBox::from_label("Class")
+                .selected_text(shown(self.class))
+                .show_ui(ui, |ui| {
+                    ui.selectable_value(&mut self.class, None, shown(None));
+                    for (i, c) in classes.iter().enumerate() {
+                        ui.selectable_value(&mut self.class, Some(i), c);
+                    }
+                });
         });
         // Wraps rather than widening the tab past the window (the maps below size to the tab's width).
         ui.horizontal_wrapped(|ui| {
@@ -256,7 +345,13 @@ impl AlignPanel {
         });
     }
 
-    fn view_ui(&mut self, ui: &mut egui::Ui, view: &AlignView, gpu: Option<egui_wgpu::wgpu::TextureFormat>, actions: &mut Vec<Action>) {
+    fn view_ui(
+        &mut self,
+        ui: &mut egui::Ui,
+        view: &AlignView,
+        gpu: Option<egui_wgpu::wgpu::TextureFormat>,
+        actions: &mut Vec<Action>,
+    ) {
         let a = &view.alignment;
         if a.text_tokens != self.shown_tokens {
             // A new prompt opens on the word that names the object, the map a user came for; "a" is
@@ -268,24 +363,40 @@ impl AlignPanel {
         ui.horizontal_wrapped(|ui| {
             ui.label("Word");
             for (r, token) in a.text_tokens.iter().enumerate() {
-                if ui.selectable_label(self.word == r, super::glyphs::displayable(token)).on_hover_text(format!("Show the map of word {r}")).clicked() {
+                if ui
+                    .selectable_label(self.word == r, super::glyphs::displayable(token))
+                    .on_hover_text(format!("Show the map of word {r}"))
+                    .clicked()
+                {
                     self.word = r;
                 }
             }
         });
-        ui.label(format!("s_I {:.4} · s_T {:.4} · {} mode · kept fraction {}", a.s_i, a.s_t, a.mode, a.top_fraction));
+        ui.label(format!(
+            "s_I {:.4} · s_T {:.4} · {} mode · kept fraction {}",
+            a.s_i, a.s_t, a.mode, a.top_fraction
+        ));
         if let (Some(p), Some(class)) = (view.class_prob, &view.request.class) {
             presence_ui(ui, class, p, view.global.first());
         }
         let key = (view.id, self.word);
-        if self.overlays.as_ref().is_none_or(|(v, w, _, _)| (*v, *w) != key) {
+        if self
+            .overlays
+            .as_ref()
+            .is_none_or(|(v, w, _, _)| (*v, *w) != key)
+        {
             let word = a.word_map(self.word).and_then(|m| GridMap::new(&m, a.grid));
             let attention = GridMap::new(&view.ssvp.attention, view.ssvp.grid);
             match (word, attention) {
                 (Ok(word), Ok(attention)) => {
                     let mut data = |map| {
                         self.next_overlay_id += 1;
-                        Arc::new(OverlayData { id: self.next_overlay_id, image: view.image.clone(), size: view.size, map })
+                        Arc::new(OverlayData {
+                            id: self.next_overlay_id,
+                            image: view.image.clone(),
+                            size: view.size,
+                            map,
+                        })
                     };
                     let (w, s) = (data(word), data(attention));
                     self.overlays = Some((key.0, key.1, w, s));
@@ -296,15 +407,51 @@ impl AlignPanel {
                 }
             }
         }
-        let Some((_, _, word_map, ssvp_map)) = self.overlays.clone() else { return };
+        let Some((_, _, word_map, ssvp_map)) = self.overlays.clone() else {
+            return;
+        };
         ui.columns(2, |cols| {
-            let side = cols[0].available_width().min(cols[1].available_width()).clamp(120.0, 512.0);
-            cols[0].strong(format!("\"{}\" ({} mode)", super::glyphs::displayable(a.text_tokens.get(self.word).map_or("", String::as_str)), a.mode));
+            let side = cols[0]
+                .available_width()
+                .min(cols[1].available_width())
+                .clamp(120.0, 512.0);
+            cols[0].strong(format!(
+                "\"{}\" ({} mode)",
+                super::glyphs::displayable(a.text_tokens.get(self.word).map_or("", String::as_str)),
+                a.mode
+            ));
             let word_map_lo_hi = (word_map.map.min, word_map.map.max);
-            overlay_ui(&mut cols[0], 1, &word_map, &self.style, gpu, &mut self.cpu_overlays, side, &[], "alignment map");
-            cols[0].weak(format!("similarity {:.3} … {:.3}", word_map_lo_hi.0, word_map_lo_hi.1));
-            cols[1].strong(format!("SsVP: {} of {} patches kept", view.ssvp.k, view.ssvp.attention.len()));
-            overlay_ui(&mut cols[1], 2, &ssvp_map, &self.style, gpu, &mut self.cpu_overlays, side, &view.ssvp.indices, "SsVP attention");
+            overlay_ui(
+                &mut cols[0],
+                1,
+                &word_map,
+                &self.style,
+                gpu,
+                &mut self.cpu_overlays,
+                side,
+                &[],
+                "alignment map",
+            );
+            cols[0].weak(format!(
+                "similarity {:.3} … {:.3}",
+                word_map_lo_hi.0, word_map_lo_hi.1
+            ));
+            cols[1].strong(format!(
+                "SsVP: {} of {} patches kept",
+                view.ssvp.k,
+                view.ssvp.attention.len()
+            ));
+            overlay_ui(
+                &mut cols[1],
+                2,
+                &ssvp_map,
+                &self.style,
+                gpu,
+                &mut self.cpu_overlays,
+                side,
+                &view.ssvp.indices,
+                "SsVP attention",
+            );
             cols[1].weak("penultimate block's class-token attention, kept patches outlined");
         });
         ui.add_space(6.0);
@@ -317,8 +464,17 @@ impl AlignPanel {
 
 impl AlignPanel {
     /// The class word's map under each prompt, in a row, each with p(class) under that prompt.
-    fn side_by_side_ui(&mut self, ui: &mut egui::Ui, view: &AlignView, gpu: Option<egui_wgpu::wgpu::TextureFormat>) {
-        if self.side_overlays.as_ref().is_none_or(|(id, _)| *id != view.id) {
+    fn side_by_side_ui(
+        &mut self,
+        ui: &mut egui::Ui,
+        view: &AlignView,
+        gpu: Option<egui_wgpu::wgpu::TextureFormat>,
+    ) {
+        if self
+            .side_overlays
+            .as_ref()
+            .is_none_or(|(id, _)| *id != view.id)
+        {
             let maps = view
                 .side_by_side
                 .iter()
@@ -326,23 +482,49 @@ impl AlignPanel {
                     let m = m.as_ref().ok()?;
                     let map = GridMap::new(&m.map, m.grid).ok()?;
                     self.next_overlay_id += 1;
-                    Some(Arc::new(OverlayData { id: self.next_overlay_id, image: view.image.clone(), size: view.size, map }))
+                    Some(Arc::new(OverlayData {
+                        id: self.next_overlay_id,
+                        image: view.image.clone(),
+                        size: view.size,
+                        map,
+                    }))
                 })
                 .collect();
             self.side_overlays = Some((view.id, maps));
         }
-        let Some((_, overlays)) = self.side_overlays.clone() else { return };
+        let Some((_, overlays)) = self.side_overlays.clone() else {
+            return;
+        };
         let class = view.request.class.clone().unwrap_or_default();
-        ui.strong(format!("\"{class}\": the class word's map under each prompt ({} mode)", view.alignment.mode));
+        ui.strong(format!(
+            "\"{class}\": the class word's map under each prompt ({} mode)",
+            view.alignment.mode
+        ));
         let n = view.side_by_side.len().max(1);
         ui.columns(n, |cols| {
-            let side = cols.iter().map(|c| c.available_width()).fold(f32::INFINITY, f32::min).clamp(120.0, 400.0);
-            for (i, ((label, result), overlay)) in view.side_by_side.iter().zip(&overlays).enumerate() {
+            let side = cols
+                .iter()
+                .map(|c| c.available_width())
+                .fold(f32::INFINITY, f32::min)
+                .clamp(120.0, 400.0);
+            for (i, ((label, result), overlay)) in
+                view.side_by_side.iter().zip(&overlays).enumerate()
+            {
                 let ui = &mut cols[i];
                 ui.strong(label);
                 match (result, overlay) {
                     (Ok(m), Some(data)) => {
-                        overlay_ui(ui, 10 + i as u64, data, &self.style, gpu, &mut self.cpu_overlays, side, &[], &format!("{label} map"));
+                        overlay_ui(
+                            ui,
+                            10 + i as u64,
+                            data,
+                            &self.style,
+                            gpu,
+                            &mut self.cpu_overlays,
+                            side,
+                            &[],
+                            &format!("{label} map"),
+                        );
                         class_map_caption(ui, m, &class);
                     }
                     (Err(why), _) => {
@@ -360,7 +542,12 @@ impl AlignPanel {
 /// Below a side-by-side map: which word it is, p(class), and a warning when the model does not see the
 /// class here.
 fn class_map_caption(ui: &mut egui::Ui, m: &ClassMap, class: &str) {
-    ui.weak(format!("word \"{}\" · similarity {:.3} … {:.3}", super::glyphs::displayable(m.tokens.get(m.word).map_or("", String::as_str)), min(&m.map), max(&m.map)));
+    ui.weak(format!(
+        "word \"{}\" · similarity {:.3} … {:.3}",
+        super::glyphs::displayable(m.tokens.get(m.word).map_or("", String::as_str)),
+        min(&m.map),
+        max(&m.map)
+    ));
     presence_ui(ui, class, m.prob, Some(&m.best));
 }
 
@@ -370,10 +557,20 @@ fn presence_ui(ui: &mut egui::Ui, class: &str, p: f32, best: Option<&(String, f3
     let text = format!("p({class}) = {:.1}%", 100.0 * p);
     match best.filter(|(b, _)| b != class) {
         None => {
-            ui.label(RichText::new(text).strong().color(Color32::from_rgb(40, 170, 80)));
+            ui.label(
+                RichText::new(text)
+                    .strong()
+                    .color(Color32::from_rgb(40, 170, 80)),
+            );
         }
         Some((b, pb)) => {
-            ui.colored_label(ui.visuals().warn_fg_color, format!("{text}: the model sees {b} ({:.0}%), so this map is not a detection", 100.0 * pb));
+            ui.colored_label(
+                ui.visuals().warn_fg_color,
+                format!(
+                    "{text}: the model sees {b} ({:.0}%), so this map is not a detection",
+                    100.0 * pb
+                ),
+            );
         }
     }
 }
@@ -407,22 +604,45 @@ fn overlay_ui(
     response.widget_info(|| egui::WidgetInfo::labeled(egui::Role::Image, true, what));
     match gpu {
         Some(format) => {
-            let callback = OverlayCallback { slot, format, data: data.clone(), style: *style };
-            ui.painter().add(egui_wgpu::Callback::new_paint_callback(rect, callback));
+            let callback = OverlayCallback {
+                slot,
+                format,
+                data: data.clone(),
+                style: *style,
+            };
+            ui.painter()
+                .add(egui_wgpu::Callback::new_paint_callback(rect, callback));
         }
         None => {
             // No wgpu renderer (e.g. the glow backend): the same picture from the CPU.
-            if cpu.get(&slot).is_none_or(|(id, s, _)| (*id, s) != (data.id, style)) {
-                let base = image::RgbaImage::from_raw(w, h, data.image.clone()).map(|i| image::DynamicImage::ImageRgba8(i).to_rgb8());
-                if let Some(Ok(img)) = base.map(|b| crate::render::heatmap::overlay(&b, &data.map, style)) {
-                    let pixels: Vec<u8> = img.pixels().flat_map(|p| [p[0], p[1], p[2], 255]).collect();
-                    let colour = egui::ColorImage::from_rgba_unmultiplied([w as usize, h as usize], &pixels);
-                    let tex = ui.ctx().load_texture(format!("overlay-{slot}"), colour, egui::TextureOptions::LINEAR);
+            if cpu
+                .get(&slot)
+                .is_none_or(|(id, s, _)| (*id, s) != (data.id, style))
+            {
+                let base = image::RgbaImage::from_raw(w, h, data.image.clone())
+                    .map(|i| image::DynamicImage::ImageRgba8(i).to_rgb8());
+                if let Some(Ok(img)) =
+                    base.map(|b| crate::render::heatmap::overlay(&b, &data.map, style))
+                {
+                    let pixels: Vec<u8> =
+                        img.pixels().flat_map(|p| [p[0], p[1], p[2], 255]).collect();
+                    let colour =
+                        egui::ColorImage::from_rgba_unmultiplied([w as usize, h as usize], &pixels);
+                    let tex = ui.ctx().load_texture(
+                        format!("overlay-{slot}"),
+                        colour,
+                        egui::TextureOptions::LINEAR,
+                    );
                     cpu.insert(slot, (data.id, *style, tex));
                 }
             }
             if let Some((_, _, tex)) = cpu.get(&slot) {
-                ui.painter().image(tex.id(), rect, egui::Rect::from_min_max(egui::pos2(0.0, 0.0), egui::pos2(1.0, 1.0)), Color32::WHITE);
+                ui.painter().image(
+                    tex.id(),
+                    rect,
+                    egui::Rect::from_min_max(egui::pos2(0.0, 0.0), egui::pos2(1.0, 1.0)),
+                    Color32::WHITE,
+                );
             }
         }
     }
@@ -431,17 +651,25 @@ fn overlay_ui(
     for &p in outlined {
         let (r, c) = (p / gw, p % gw);
         let min = rect.min + egui::vec2(c as f32 * cell.x, r as f32 * cell.y);
-        ui.painter().rect_stroke(egui::Rect::from_min_size(min, cell).shrink(1.0), 0.0, Stroke::new(2.0, Color32::from_rgb(255, 80, 40)), egui::StrokeKind::Inside);
+        ui.painter().rect_stroke(
+            egui::Rect::from_min_size(min, cell).shrink(1.0),
+            0.0,
+            Stroke::new(2.0, Color32::from_rgb(255, 80, 40)),
+            egui::StrokeKind::Inside,
+        );
     }
 }
 
 fn top5_ui(ui: &mut egui::Ui, title: &str, top: &[(String, f32)]) {
     ui.strong(title);
-    egui::Grid::new(title).striped(true).num_columns(2).show(ui, |ui| {
-        for (name, p) in top {
-            ui.label(name);
-            ui.label(RichText::new(format!("{:.1}%", 100.0 * p)).monospace());
-            ui.end_row();
-        }
-    });
+    egui::Grid::new(title)
+        .striped(true)
+        .num_columns(2)
+        .show(ui, |ui| {
+            for (name, p) in top {
+                ui.label(name);
+                ui.label(RichText::new(format!("{:.1}%", 100.0 * p)).monospace());
+                ui.end_row();
+            }
+        });
 }

@@ -21,6 +21,17 @@ pub struct Classified {
 pub fn run(clip: &LoadedClip, prompts: &Path, image: &Path) -> Result<Classified> {
     let file = PromptFile::load(prompts)?;
     let weights = file.class_weights(clip, prompts)?;
-    let mut predictions = crate::eval::classify::top_k(clip, &weights, &file.meta.class_names, &[image.to_path_buf()], TOP_K, &crate::progress::Silent)?;
-    Ok(Classified { prompts: prompts.to_path_buf(), image: image.to_path_buf(), top: predictions.remove(0).top })
+    let mut predictions = crate::eval::classify::top_k(
+        clip,
+        &weights,
+        &file.meta.class_names,
+        &[image.to_path_buf()],
+        TOP_K,
+        &crate::progress::Silent,
+    )?;
+    Ok(Classified {
+        prompts: prompts.to_path_buf(),
+        image: image.to_path_buf(),
+        top: predictions.remove(0).top,
+    })
 }

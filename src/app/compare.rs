@@ -8,8 +8,8 @@ use crate::eval::zeroshot::DEFAULT_TEMPLATE;
 
 use super::compare_job::{Comparison, MethodResult, ProbeShots};
 
-use super::state::{AppState, RunningEval};
 use super::events::Action;
+use super::state::{AppState, RunningEval};
 
 pub const RUN_BUTTON: &str = "Run zero-shot";
 /// Side of a picture in the class view.
@@ -40,7 +40,15 @@ pub struct CompareView {
 
 impl Default for ComparePanel {
     fn default() -> Self {
-        ComparePanel { templates: vec![DEFAULT_TEMPLATE.to_string()], linear_probe: false, tip_adapter: false, tip_adapter_f: false, clip_adapter: false, probe_shots: ProbeShots::SameAsLearned, view: CompareView::default() }
+        ComparePanel {
+            templates: vec![DEFAULT_TEMPLATE.to_string()],
+            linear_probe: false,
+            tip_adapter: false,
+            tip_adapter_f: false,
+            clip_adapter: false,
+            probe_shots: ProbeShots::SameAsLearned,
+            view: CompareView::default(),
+        }
     }
 }
 
@@ -48,15 +56,24 @@ impl ComparePanel {
     /// The feature-level baselines ticked, in column order.
     pub fn adapter_methods(&self) -> Vec<crate::run::tip::AdapterMethod> {
         use crate::run::tip::AdapterMethod::*;
-        [(self.tip_adapter, TipAdapter), (self.tip_adapter_f, TipAdapterF { epochs: 20 }), (self.clip_adapter, ClipAdapter { epochs: 200 })]
-            .into_iter()
-            .filter_map(|(on, m)| on.then_some(m))
-            .collect()
+        [
+            (self.tip_adapter, TipAdapter),
+            (self.tip_adapter_f, TipAdapterF { epochs: 20 }),
+            (self.clip_adapter, ClipAdapter { epochs: 200 }),
+        ]
+        .into_iter()
+        .filter_map(|(on, m)| on.then_some(m))
+        .collect()
     }
 
     /// The templates a run would use: trimmed, blanks dropped.
     pub fn cleaned_templates(&self) -> Vec<String> {
-        self.templates.iter().map(|t| t.trim()).filter(|t| !t.is_empty()).map(str::to_string).collect()
+        self.templates
+            .iter()
+            .map(|t| t.trim())
+            .filter(|t| !t.is_empty())
+            .map(str::to_string)
+            .collect()
     }
 
     pub fn ui(&mut self, ui: &mut egui::Ui, state: &AppState, actions: &mut Vec<Action>) {
@@ -77,7 +94,9 @@ impl ComparePanel {
                 ui.weak("The last run was cancelled.");
             }
             None => {
-                ui.weak(format!("No results yet: press {RUN_BUTTON} to see the accuracy overall and per class."));
+                ui.weak(format!(
+                    "No results yet: press {RUN_BUTTON} to see the accuracy overall and per class."
+                ));
             }
         }
     }
@@ -88,9 +107,15 @@ impl ComparePanel {
         for (i, template) in self.templates.iter_mut().enumerate() {
             ui.horizontal(|ui| {
                 let label = ui.label(format!("Template {}", i + 1));
-                ui.add(TextEdit::singleline(template).hint_text(DEFAULT_TEMPLATE).desired_width(ui.available_width() - 90.0))
-                    .labelled_by(label.id);
-                let button = ui.add_enabled(removable, egui::Button::new("Remove")).on_hover_text(format!("Remove template {}", i + 1));
+                ui.add(
+                    TextEdit::singleline(template)
+                        .hint_text(DEFAULT_TEMPLATE)
+                        .desired_width(ui.available_width() - 90.0),
+                )
+                .labelled_by(label.id);
+                let button = ui
+                    .add_enabled(removable, egui::Button::new("Remove"))
+                    .on_hover_text(format!("Remove template {}", i + 1));
                 if button.clicked() {
                     remove = Some(i);
                 }
@@ -167,59 +192,96 @@ fn progress_ui(ui: &mut egui::Ui, running: &RunningEval, actions: &mut Vec<Actio
         } else {
             format!("{} {}/{}", running.stage, running.done, running.total)
         };
-        ui.add(ProgressBar::new(running.fraction()).desired_width(ui.available_width() - 80.0).text(text).animate(true));
-        if ui.add_enabled(!running.cancel_requested(), egui::Button::new("Cancel")).clicked() {
+        ui.add(
+            ProgressBar::new(running.fraction())
+                .desired_width(ui.available_width() - 80.0)
+                .text(text)
+                .animate(true),
+        );
+        if ui
+            .add_enabled(!running.cancel_requested(), egui::Button::new("Cancel"))
+            .clicked()
+        {
             actions.push(Action::CancelZeroShot);
         }
     });
 }
 
-fn report_ui(ui: &mut egui::Ui, report: &Comparison, view: &mut CompareView, state: &AppState, actions: &mut Vec<Action>) {
+fn report_ui(
+    ui: &mut egui::Ui,
+    report: &Comparison,
+    view: &mut CompareView,
+    state: &AppState,
+    actions: &mut Vec<Action>,
+) {
     ui.heading(RESULTS_HEADING);
     let images = report.methods.first().map_or(0, |m| m.eval.total);
     let n = report.methods.len();
-    ui.weak(format!("{} ({images} images) · {} · {n} method{}", report.split, report.model, if n == 1 { "" } else { "s" }));
+    ui.weak(format!(
+        "{} ({images} images) · {} · {n} method{}",
+        report.split,
+        report.model,
+        if n == 1 { "" } else { "s" }
+    ));
     ui.add_space(4.0);
     view.method = view.method.min(report.methods.len().saturating_sub(1));
     let error = ui.visuals().error_fg_color;
-    ScrollArea::horizontal().id_salt("compare_table").show(ui, |ui| {
-        Grid::new("compare_per_class").striped(true).num_columns(1 + report.methods.len() + report.rejected.len()).min_col_width(80.0).show(ui, |ui| {
-            ui.strong("class");
-            for (i, m) in report.methods.iter().enumerate() {
-                ui.selectable_value(&mut view.method, i, RichText::new(&m.name).strong()).on_hover_text("Show this method's images and confusion matrix");
-            }
-            for r in &report.rejected {
-                ui.label(RichText::new(&r.name).strong().strikethrough()).on_hover_text(&r.reason);
-            }
-            ui.end_row();
-            ui.strong("overall");
-            for m in &report.methods {
-                accuracy_bar(ui, m.eval.accuracy, m.eval.total);
-            }
-            for r in &report.rejected {
-                ui.colored_label(error, "not compared").on_hover_text(&r.reason);
-            }
-            ui.end_row();
-            for (c, name) in report.classes.iter().enumerate() {
-                let selected = view.class == Some(c);
-                if ui.selectable_label(selected, name).on_hover_text("Show this class's images").clicked() {
-                    view.class = if selected { None } else { Some(c) };
-                }
-                for m in &report.methods {
-                    let pc = &m.eval.per_class[c];
-                    accuracy_bar(ui, pc.accuracy, pc.total);
-                }
-                ui.end_row();
-            }
+    ScrollArea::horizontal()
+        .id_salt("compare_table")
+        .show(ui, |ui| {
+            Grid::new("compare_per_class")
+                .striped(true)
+                .num_columns(1 + report.methods.len() + report.rejected.len())
+                .min_col_width(80.0)
+                .show(ui, |ui| {
+                    ui.strong("class");
+                    for (i, m) in report.methods.iter().enumerate() {
+                        ui.selectable_value(&mut view.method, i, RichText::new(&m.name).strong())
+                            .on_hover_text("Show this method's images and confusion matrix");
+                    }
+                    for r in &report.rejected {
+                        ui.label(RichText::new(&r.name).strong().strikethrough())
+                            .on_hover_text(&r.reason);
+                    }
+                    ui.end_row();
+                    ui.strong("overall");
+                    for m in &report.methods {
+                        accuracy_bar(ui, m.eval.accuracy, m.eval.total);
+                    }
+                    for r in &report.rejected {
+                        ui.colored_label(error, "not compared")
+                            .on_hover_text(&r.reason);
+                    }
+                    ui.end_row();
+                    for (c, name) in report.classes.iter().enumerate() {
+                        let selected = view.class == Some(c);
+                        if ui
+                            .selectable_label(selected, name)
+                            .on_hover_text("Show this class's images")
+                            .clicked()
+                        {
+                            view.class = if selected { None } else { Some(c) };
+                        }
+                        for m in &report.methods {
+                            let pc = &m.eval.per_class[c];
+                            accuracy_bar(ui, pc.accuracy, pc.total);
+                        }
+                        ui.end_row();
+                    }
+                });
         });
-    });
     for r in &report.rejected {
         ui.colored_label(error, format!("{} not compared: {}", r.name, r.reason));
     }
-    let Some(method) = report.methods.get(view.method) else { return };
+    let Some(method) = report.methods.get(view.method) else {
+        return;
+    };
     ui.add_space(6.0);
     ui.horizontal(|ui| {
-        ui.strong(format!("{}: {} / {} correct", method.name, method.eval.correct, method.eval.total));
+        ui.strong(format!(
+            "{}: {} / {} correct",
+            method.name, method.eval.correct, method.eval.total
+        ));
         ui.checkbox(&mut view.confusion, "confusion matrix");
     });
     if view.confusion {
@@ -240,105 +302,199 @@ fn learned_ui(ui: &mut egui::Ui, state: &AppState, actions: &mut Vec<Action>) {
     ui.strong("Learned prompts");
     for p in &state.prompts {
         ui.horizontal(|ui| {
-            if ui.add_enabled(state.loading_prompts.is_none(), egui::Button::new("Reload")).on_hover_text(format!("Read {} again", p.label)).clicked() {
+            if ui
+                .add_enabled(state.loading_prompts.is_none(), egui::Button::new("Reload"))
+                .on_hover_text(format!("Read {} again", p.label))
+                .clicked()
+            {
                 actions.push(Action::ReloadPrompts(p.path.clone()));
             }
-            if ui.button("Unload").on_hover_text(format!("Remove {} from the comparison", p.label)).clicked() {
+            if ui
+                .button("Unload")
+                .on_hover_text(format!("Remove {} from the comparison", p.label))
+                .clicked()
+            {
                 actions.push(Action::UnloadPrompts(p.path.clone()));
             }
-            ui.label(&p.label).on_hover_text(p.path.display().to_string());
+            ui.label(&p.label)
+                .on_hover_text(p.path.display().to_string());
             // Last in the row and truncated (all of it on hover): a long class list would otherwise widen
             // the tab past the window.
-            let model = state.model.as_ref().map(|m| (m.clip.id.as_str(), m.fingerprint.as_str()));
-            let classes = state.dataset.as_ref().map(|d| d.folder.class_names.as_slice());
+            let model = state
+                .model
+                .as_ref()
+                .map(|m| (m.clip.id.as_str(), m.fingerprint.as_str()));
+            let classes = state
+                .dataset
+                .as_ref()
+                .map(|d| d.folder.class_names.as_slice());
             let (text, colour) = match p.problem(model, classes) {
                 Some(why) => (why, ui.visuals().error_fg_color),
                 None => {
-                    let shots = p.meta.shots.map_or("all images".to_string(), |k| format!("{k}-shot"));
-                    (format!("{} classes · {shots}", p.meta.class_names.len()), ui.visuals().weak_text_color())
+                    let shots = p
+                        .meta
+                        .shots
+                        .map_or("all images".to_string(), |k| format!("{k}-shot"));
+                    (
+                        format!("{} classes · {shots}", p.meta.class_names.len()),
+                        ui.visuals().weak_text_color(),
+                    )
                 }
             };
-            ui.add(egui::Label::new(RichText::new(&text).color(colour)).truncate()).on_hover_text(text);
+            ui.add(egui::Label::new(RichText::new(&text).color(colour)).truncate())
+                .on_hover_text(text);
         });
     }
 }
 
 /// Counts of true (rows) against predicted (columns) classes, shaded by their share of the row.
 fn confusion_ui(ui: &mut egui::Ui, classes: &[String], confusion: &[Vec<usize>]) {
-    ScrollArea::both().id_salt("confusion").max_height(320.0).show(ui, |ui| {
-        Grid::new("confusion_matrix").num_columns(1 + classes.len()).spacing([2.0, 2.0]).show(ui, |ui| {
-            ui.weak("true \\ predicted");
-            for c in classes {
-                ui.label(RichText::new(c).small());
-            }
-            ui.end_row();
-            for (t, row) in confusion.iter().enumerate() {
-                ui.label(RichText::new(&classes[t]).small());
-                let total: usize = row.iter().sum();
-                for (p, &n) in row.iter().enumerate() {
-                    let share = if total == 0 { 0.0 } else { n as f32 / total as f32 };
-                    let base = if t == p { Color32::from_rgb(40, 160, 80) } else { Color32::from_rgb(200, 60, 50) };
-                    let fill = if n == 0 { Color32::TRANSPARENT } else { base.gamma_multiply(0.25 + 0.75 * share) };
-                    egui::Frame::new().fill(fill).inner_margin(4).show(ui, |ui| {
-                        ui.set_min_width(36.0);
-                        ui.label(n.to_string());
-                    });
-                }
-                ui.end_row();
-            }
+    ScrollArea::both()
+        .id_salt("confusion")
+        .max_height(320.0)
+        .show(ui, |ui| {
+            Grid::new("confusion_matrix")
+                .num_columns(1 + classes.len())
+                .spacing([2.0, 2.0])
+                .show(ui, |ui| {
+                    ui.weak("true \\ predicted");
+                    for c in classes {
+                        ui.label(RichText::new(c).small());
+                    }
+                    ui.end_row();
+                    for (t, row) in confusion.iter().enumerate() {
+                        ui.label(RichText::new(&classes[t]).small());
+                        let total: usize = row.iter().sum();
+                        for (p, &n) in row.iter().enumerate() {
+                            let share = if total == 0 {
+                                0.0
+                            } else {
+                                n as f32 / total as f32
+                            };
+                            let base = if t == p {
+                                Color32::from_rgb(40, 160, 80)
+                            } else {
+                                Color32::from_rgb(200, 60, 50)
+                            };
+                            let fill = if n == 0 {
+                                Color32::TRANSPARENT
+                            } else {
+                                base.gamma_multiply(0.25 + 0.75 * share)
+                            };
+                            egui::Frame::new()
+                                .fill(fill)
+                                .inner_margin(4)
+                                .show(ui, |ui| {
+                                    ui.set_min_width(36.0);
+                                    ui.label(n.to_string());
+                                });
+                        }
+                        ui.end_row();
+                    }
+                });
         });
-    });
 }
 
 /// The class's test images under one method: the picture, correct / wrong and the top-5 with
 /// probabilities.
-fn class_images_ui(ui: &mut egui::Ui, report: &Comparison, method: &MethodResult, class: usize, state: &AppState, actions: &mut Vec<Action>) {
+fn class_images_ui(
+    ui: &mut egui::Ui,
+    report: &Comparison,
+    method: &MethodResult,
+    class: usize,
+    state: &AppState,
+    actions: &mut Vec<Action>,
+) {
     ui.add_space(4.0);
-    ui.strong(format!("{}: images and top-5 predictions", report.classes[class]));
-    let shown: Vec<_> = method.eval.predictions.iter().filter(|p| p.label == class).collect();
-    let missing: Vec<std::path::PathBuf> = shown.iter().map(|p| std::path::PathBuf::from(&p.path)).filter(|p| state.wants_image(p)).collect();
+    ui.strong(format!(
+        "{}: images and top-5 predictions",
+        report.classes[class]
+    ));
+    let shown: Vec<_> = method
+        .eval
+        .predictions
+        .iter()
+        .filter(|p| p.label == class)
+        .collect();
+    let missing: Vec<std::path::PathBuf> = shown
+        .iter()
+        .map(|p| std::path::PathBuf::from(&p.path))
+        .filter(|p| state.wants_image(p))
+        .collect();
     if !missing.is_empty() {
         actions.push(Action::WantImages(missing));
     }
-    ScrollArea::vertical().id_salt("class_images").max_height(360.0).show(ui, |ui| {
-        Grid::new("class_images_grid").striped(true).num_columns(4).show(ui, |ui| {
-            for p in shown {
-                let ok = p.predicted == p.label;
-                let side = egui::vec2(THUMB, THUMB);
-                match state.images.get(std::path::Path::new(&p.path)) {
-                    Some(Some(texture)) => {
-                        let frame = if ok { Color32::from_rgb(40, 170, 80) } else { ui.visuals().error_fg_color };
-                        egui::Frame::new().stroke(egui::Stroke::new(2.0, frame)).show(ui, |ui| {
-                            ui.add(egui::Image::new(texture).fit_to_exact_size(side).alt_text(&p.path));
-                        });
+    ScrollArea::vertical()
+        .id_salt("class_images")
+        .max_height(360.0)
+        .show(ui, |ui| {
+            Grid::new("class_images_grid")
+                .striped(true)
+                .num_columns(4)
+                .show(ui, |ui| {
+                    for p in shown {
+                        let ok = p.predicted == p.label;
+                        let side = egui::vec2(THUMB, THUMB);
+                        match state.images.get(std::path::Path::new(&p.path)) {
+                            Some(Some(texture)) => {
+                                let frame = if ok {
+                                    Color32::from_rgb(40, 170, 80)
+                                } else {
+                                    ui.visuals().error_fg_color
+                                };
+                                egui::Frame::new()
+                                    .stroke(egui::Stroke::new(2.0, frame))
+                                    .show(ui, |ui| {
+                                        ui.add(
+                                            egui::Image::new(texture)
+                                                .fit_to_exact_size(side)
+                                                .alt_text(&p.path),
+                                        );
+                                    });
+                            }
+                            Some(None) => {
+                                ui.weak("unreadable");
+                            }
+                            None => {
+                                ui.add_sized(side, egui::Spinner::new());
+                            }
+                        }
+                        let mark = if ok {
+                            RichText::new("correct").color(Color32::from_rgb(40, 170, 80))
+                        } else {
+                            RichText::new("wrong").color(ui.visuals().error_fg_color)
+                        };
+                        ui.label(mark.strong());
+                        let file = std::path::Path::new(&p.path)
+                            .file_name()
+                            .map(|f| f.to_string_lossy().into_owned())
+                            .unwrap_or_default();
+                        ui.label(file).on_hover_text(&p.path);
+                        let top: Vec<String> = p
+                            .top5
+                            .iter()
+                            .map(|(c, pr)| format!("{} {:.0}%", report.classes[*c], 100.0 * pr))
+                            .collect();
+                        ui.label(top.join(" · "));
+                        ui.end_row();
                     }
-                    Some(None) => {
-                        ui.weak("unreadable");
-                    }
-                    None => {
-                        ui.add_sized(side, egui::Spinner::new());
-                    }
-                }
-                let mark = if ok { RichText::new("correct").color(Color32::from_rgb(40, 170, 80)) } else { RichText::new("wrong").color(ui.visuals().error_fg_color) };
-                ui.label(mark.strong());
-                let file = std::path::Path::new(&p.path).file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
-                ui.label(file).on_hover_text(&p.path);
-                let top: Vec<String> = p.top5.iter().map(|(c, pr)| format!("{} {:.0}%", report.classes[*c], 100.0 * pr)).collect();
-                ui.label(top.join(" · "));
-                ui.end_row();
-            }
+                });
         });
-    });
 }
 
 /// A bar with the percentage on it. egui's `ProgressBar` always paints a rounded stub, which reads as
 /// a few percent where the accuracy is zero.
 fn accuracy_bar(ui: &mut egui::Ui, accuracy: f64, total: usize) {
-    let text = if total == 0 { "no images".to_string() } else { format!("{:.1}%", 100.0 * accuracy) };
+    let text = if total == 0 {
+        "no images".to_string()
+    } else {
+        format!("{:.1}%", 100.0 * accuracy)
+    };
     let size = egui::vec2(180.0, ui.spacing().interact_size.y * 0.9);
     let (rect, response) = ui.allocate_exact_size(size, egui::Sense::hover());
     response.widget_info(|| {
-        let mut info = egui::WidgetInfo::labeled(egui::Role::ProgressIndicator, ui.is_enabled(), &text);
+        let mut info =
+            egui::WidgetInfo::labeled(egui::Role::ProgressIndicator, ui.is_enabled(), &text);
         info.value = Some(100.0 * accuracy);
         info
     });
@@ -349,9 +505,21 @@ fn accuracy_bar(ui: &mut egui::Ui, accuracy: f64, total: usize) {
     let painter = ui.painter();
     painter.rect_filled(rect, 3.0, visuals.extreme_bg_color);
     if accuracy > 0.0 {
-        let filled = egui::Rect::from_min_size(rect.min, egui::vec2(rect.width() * accuracy.clamp(0.0, 1.0) as f32, rect.height()));
+        let filled = egui::Rect::from_min_size(
+            rect.min,
+            egui::vec2(
+                rect.width() * accuracy.clamp(0.0, 1.0) as f32,
+                rect.height(),
+            ),
+        );
         painter.rect_filled(filled, 3.0, visuals.selection.bg_fill);
     }
     let font = egui::TextStyle::Body.resolve(ui.style());
-    painter.text(rect.left_center() + egui::vec2(6.0, 0.0), egui::Align2::LEFT_CENTER, text, font, visuals.strong_text_color());
+    painter.text(
+        rect.left_center() + egui::vec2(6.0, 0.0),
+        egui::Align2::LEFT_CENTER,
+        text,
+        font,
+        visuals.strong_text_color(),
+    );
 }

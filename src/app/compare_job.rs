@@ -13,8 +13,8 @@ use crate::eval::metrics::{evaluate, Evaluation};
 use crate::eval::zeroshot;
 use crate::export::prompt_file::PromptFile;
 use crate::progress::Progress;
-use crate::train::features::extract;
 use crate::run::coop::evaluate_weights;
+use crate::train::features::extract;
 
 /// Linear probe optimisation steps per λ.
 const PROBE_ITERS: usize = 300;
@@ -69,16 +69,35 @@ impl ProbeShots {
     }
 
     /// The images this choice means, given the loaded prompts files' metadata.
-    pub fn resolve<'a>(self, learned: impl IntoIterator<Item = &'a crate::export::prompt_file::PromptMeta>) -> ProbeSet {
-        const DEFAULT: ProbeSet = ProbeSet { shots: Some(16), seed: 1 };
+    pub fn resolve<'a>(
+        self,
+        learned: impl IntoIterator<Item = &'a crate::export::prompt_file::PromptMeta>,
+    ) -> ProbeSet {
+        const DEFAULT: ProbeSet = ProbeSet {
+            shots: Some(16),
+            seed: 1,
+        };
         match self {
-            ProbeShots::Shots(k) => ProbeSet { shots: Some(k), seed: DEFAULT.seed },
-            ProbeShots::All => ProbeSet { shots: None, seed: DEFAULT.seed },
+            ProbeShots::Shots(k) => ProbeSet {
+                shots: Some(k),
+                seed: DEFAULT.seed,
+            },
+            ProbeShots::All => ProbeSet {
+                shots: None,
+                seed: DEFAULT.seed,
+            },
             ProbeShots::SameAsLearned => learned
                 .into_iter()
                 .find_map(|m| {
-                    let seed = m.metrics.pointer("/run/seed").and_then(|v| v.as_u64()).unwrap_or(DEFAULT.seed);
-                    m.shots.map(|k| ProbeSet { shots: Some(k), seed })
+                    let seed = m
+                        .metrics
+                        .pointer("/run/seed")
+                        .and_then(|v| v.as_u64())
+                        .unwrap_or(DEFAULT.seed);
+                    m.shots.map(|k| ProbeSet {
+                        shots: Some(k),
+                        seed,
+                    })
                 })
                 .unwrap_or(DEFAULT),
         }
@@ -111,7 +130,13 @@ pub struct Comparison {
     pub rejected: Vec<Rejected>,
 }
 
-pub fn run(clip: &LoadedClip, data: &DatasetFolder, req: &CompareRequest, cache: Option<&Path>, progress: &dyn Progress) -> Result<Comparison> {
+pub fn run(
+    clip: &LoadedClip,
+    data: &DatasetFolder,
+    req: &CompareRequest,
+    cache: Option<&Path>,
+    progress: &dyn Progress,
+) -> Result<Comparison> {
     if req.templates.is_empty() {
         return Err(Error::invalid("write at least one prompt template"));
     }
@@ -124,12 +149,18 @@ pub fn run(clip: &LoadedClip, data: &DatasetFolder, req: &CompareRequest, cache:
     let mut methods = Vec::new();
     for t in &req.templates {
         let w = zeroshot::class_weights(clip, names, std::slice::from_ref(t), progress)?;
-        methods.push(MethodResult { name: format!("\"{t}\""), eval: evaluate_weights(clip, &w, &test, &test_samples, names)? });
+        methods.push(MethodResult {
+            name: format!("\"{t}\""),
+            eval: evaluate_weights(clip, &w, &test, &test_samples, names)?,
+        });
     }
     if req.templates.len() > 1 {
         let w = zeroshot::class_weights(clip, names, &req.templates, progress)?;
         let name = format!("ensemble of {}", req.templates.len());
-        methods.push(MethodResult { name, eval: evaluate_weights(clip, &w, &test, &test_samples, names)? });
+        methods.push(MethodResult {
+            name,
+            eval: evaluate_weights(clip, &w, &test, &test_samples, names)?,
+        });
     }
     let mut rejected = Vec::new();
     for (label, path) in &req.learned {
@@ -140,9 +171,16 @@ pub fn run(clip: &LoadedClip, data: &DatasetFolder, req: &CompareRequest, cache:
             evaluate_weights(clip, &w, &test, &test_samples, names)
         })();
         match scored {
-            Ok(eval) => methods.push(MethodResult { name: label.clone(), eval }),
+            Ok(eval) => methods.push(MethodResult {
+                name: label.clone(),
+                eval,
+            }),
             Err(Error::Cancelled) => return Err(Error::Cancelled),
-            Err(e) => rejected.push(Rejected { name: label.clone(), path: path.clone(), reason: e.to_string() }),
+            Err(e) => rejected.push(Rejected {
+                name: label.clone(),
+                path: path.clone(),
+                reason: e.to_string(),
+            }),
         }
     }
     if let Some(probe) = req.linear_probe {
@@ -160,17 +198,43 @@ pub fn run(clip: &LoadedClip, data: &DatasetFolder, req: &CompareRequest, cache:
         )?;
         let logits: Vec<Vec<f32>> = lp.logits(&test.feats)?.to_vec2()?;
         let labels: Vec<usize> = test_samples.iter().map(|s| s.label).collect();
-        let paths: Vec<String> = test_samples.iter().map(|s| s.path.display().to_string()).collect();
-        let shots = probe.shots.map_or("all training images".to_string(), |k| format!("{k}-shot, seed {}", probe.seed));
-        methods.push(MethodResult { name: format!("linear probe ({shots})"), eval: evaluate(&logits, &labels, &paths, names) });
+        let paths: Vec<String> = test_samples
+            .iter()
+            .map(|s| s.path.display().to_string())
+            .collect();
+        let shots = probe.shots.map_or("all training images".to_string(), |k| {
+            format!("{k}-shot, seed {}", probe.seed)
+        });
+        methods.push(MethodResult {
+            name: format!("linear probe ({shots})"),
+            eval: evaluate(&logits, &labels, &paths, names),
+        });
     }
     if let Some((set, adapters)) = &req.adapters {
         // The adapters share the shots, views and template: their features are prepared once.
-        let base = crate::run::tip::AdapterRun { shots: set.shots, seed: set.seed, template: req.templates[0].clone(), ..Default::default() };
+        let base = crate::run::tip::AdapterRun {
+            shots: set.shots,
+            seed: set.seed,
+            template: req.templates[0].clone(),
+            ..Default::default()
+        };
         let prepared = crate::run::tip::prepare(clip, data, &base, cache, progress)?;
         for &method in adapters {
-            let r = crate::run::tip::fit(clip, data, &prepared, &crate::run::tip::AdapterRun { method, ..base.clone() }, progress, &mut |_| {})?;
-            methods.push(MethodResult { name: r.label(), eval: r.test });
+            let r = crate::run::tip::fit(
+                clip,
+                data,
+                &prepared,
+                &crate::run::tip::AdapterRun {
+                    method,
+                    ..base.clone()
+                },
+                progress,
+                &mut |_| {},
+            )?;
+            methods.push(MethodResult {
+                name: r.label(),
+                eval: r.test,
+            });
         }
     }
     Ok(Comparison {
@@ -185,22 +249,51 @@ pub fn run(clip: &LoadedClip, data: &DatasetFolder, req: &CompareRequest, cache:
 
 /// A prompts file scores a dataset only with the same classes in the same order: its class weights are
 /// rows by class index.
-pub fn check_classes(file_classes: &[String], dataset_classes: &[String], path: &Path) -> Result<()> {
+pub fn check_classes(
+    file_classes: &[String],
+    dataset_classes: &[String],
+    path: &Path,
+) -> Result<()> {
     if file_classes == dataset_classes {
         return Ok(());
     }
-    Err(Error::bad_file(path, classes_problem(file_classes, dataset_classes), "compare it on the dataset it was trained on (or give that dataset the same class names)"))
+    Err(Error::bad_file(
+        path,
+        classes_problem(file_classes, dataset_classes),
+        "compare it on the dataset it was trained on (or give that dataset the same class names)",
+    ))
 }
 
 /// Why two class lists differ, in a line: how many, which are missing, or only the order.
 pub fn classes_problem(file_classes: &[String], dataset_classes: &[String]) -> String {
-    let missing: Vec<&str> = dataset_classes.iter().filter(|c| !file_classes.contains(c)).map(String::as_str).collect();
-    let extra: Vec<&str> = file_classes.iter().filter(|c| !dataset_classes.contains(c)).map(String::as_str).collect();
-    let list = |v: &[&str]| if v.len() > 4 { format!("{}, … ({} in all)", v[..4].join(", "), v.len()) } else { v.join(", ") };
+    let missing: Vec<&str> = dataset_classes
+        .iter()
+        .filter(|c| !file_classes.contains(c))
+        .map(String::as_str)
+        .collect();
+    let extra: Vec<&str> = file_classes
+        .iter()
+        .filter(|c| !dataset_classes.contains(c))
+        .map(String::as_str)
+        .collect();
+    let list = |v: &[&str]| {
+        if v.len() > 4 {
+            format!("{}, … ({} in all)", v[..4].join(", "), v.len())
+        } else {
+            v.join(", ")
+        }
+    };
     if missing.is_empty() && extra.is_empty() {
-        format!("has the dataset's {} classes in another order", dataset_classes.len())
+        format!(
+            "has the dataset's {} classes in another order",
+            dataset_classes.len()
+        )
     } else {
-        let mut why = format!("was trained on {} classes, the dataset has {}", file_classes.len(), dataset_classes.len());
+        let mut why = format!(
+            "was trained on {} classes, the dataset has {}",
+            file_classes.len(),
+            dataset_classes.len()
+        );
         if !extra.is_empty() {
             why += &format!("; not in the dataset: {}", list(&extra));
         }

@@ -2,10 +2,10 @@
 
 use egui::{Grid, RichText, ScrollArea, TextEdit};
 
-use super::events::OpenedDataset;
-use super::state::AppState;
-use super::events::PickTarget;
 use super::events::Action;
+use super::events::OpenedDataset;
+use super::events::PickTarget;
+use super::state::AppState;
 
 /// Label of the model path field; tests find the field by it.
 pub const MODEL_FIELD: &str = "Model folder or hub id";
@@ -27,7 +27,13 @@ pub struct DataPanel {
 }
 
 /// A "Recent" menu: picking an entry fills the field and loads it.
-fn recent_ui(ui: &mut egui::Ui, id: &str, recent: &[String], pick: impl Fn(String) -> Action, actions: &mut Vec<Action>) {
+fn recent_ui(
+    ui: &mut egui::Ui,
+    id: &str,
+    recent: &[String],
+    pick: impl Fn(String) -> Action,
+    actions: &mut Vec<Action>,
+) {
     ui.add_enabled_ui(!recent.is_empty(), |ui| {
         ui.push_id(id, |ui| {
             ui.menu_button("Recent", |ui| {
@@ -49,7 +55,11 @@ fn demo_ui(ui: &mut egui::Ui, actions: &mut Vec<Action>) {
     ui.menu_button("Demo models", |ui| {
         for (name, note) in crate::clip::demo::DEMO_MODELS {
             let found = crate::clip::demo::find(name).is_some();
-            if ui.add_enabled(found, egui::Button::new(name)).on_hover_text(note).clicked() {
+            if ui
+                .add_enabled(found, egui::Button::new(name))
+                .on_hover_text(note)
+                .clicked()
+            {
                 actions.push(Action::PickModel(name.to_string()));
                 ui.close();
             }
@@ -63,12 +73,14 @@ impl DataPanel {
     pub fn ui(&mut self, ui: &mut egui::Ui, state: &AppState, actions: &mut Vec<Action>) {
         ui.heading("Model & data");
         ui.add_space(4.0);
-        ScrollArea::vertical().auto_shrink([false; 2]).show(ui, |ui| {
-            self.model_ui(ui, state, actions);
-            ui.add_space(8.0);
-            ui.separator();
-            self.dataset_ui(ui, state, actions);
-        });
+        ScrollArea::vertical()
+            .auto_shrink([false; 2])
+            .show(ui, |ui| {
+                self.model_ui(ui, state, actions);
+                ui.add_space(8.0);
+                ui.separator();
+                self.dataset_ui(ui, state, actions);
+            });
     }
 
     fn model_ui(&mut self, ui: &mut egui::Ui, state: &AppState, actions: &mut Vec<Action>) {
@@ -83,7 +95,11 @@ impl DataPanel {
         let submitted = field.lost_focus() && ui.input(|i| i.key_pressed(egui::Key::Enter));
         let busy = state.loading_model.is_some();
         ui.horizontal(|ui| {
-            if ui.button("Browse…").on_hover_text("Choose a model folder").clicked() {
+            if ui
+                .button("Browse…")
+                .on_hover_text("Choose a model folder")
+                .clicked()
+            {
                 actions.push(Action::Browse(PickTarget::Model));
             }
             let load = ui.add_enabled(!busy, egui::Button::new("Load"));
@@ -91,34 +107,57 @@ impl DataPanel {
                 actions.push(Action::LoadModel(self.model_path.trim().to_string()));
             }
             demo_ui(ui, actions);
-            recent_ui(ui, "recent_models", &self.recent_models, Action::PickModel, actions);
+            recent_ui(
+                ui,
+                "recent_models",
+                &self.recent_models,
+                Action::PickModel,
+                actions,
+            );
             if busy {
                 ui.spinner();
                 ui.label("loading…");
             }
         });
         if let Some(model) = &state.model {
-            ui.add(egui::Label::new(RichText::new(format!("loaded: {}", model.clip.id)).small()).truncate())
-                .on_hover_text(&model.description);
+            ui.add(
+                egui::Label::new(RichText::new(format!("loaded: {}", model.clip.id)).small())
+                    .truncate(),
+            )
+            .on_hover_text(&model.description);
         }
     }
 
     fn dataset_ui(&mut self, ui: &mut egui::Ui, state: &AppState, actions: &mut Vec<Action>) {
         let label = ui.label(DATASET_FIELD);
         let field = ui
-            .add(TextEdit::singleline(&mut self.dataset_path).hint_text("ROOT/<class>/<images>").desired_width(f32::INFINITY))
+            .add(
+                TextEdit::singleline(&mut self.dataset_path)
+                    .hint_text("ROOT/<class>/<images>")
+                    .desired_width(f32::INFINITY),
+            )
             .labelled_by(label.id);
         let submitted = field.lost_focus() && ui.input(|i| i.key_pressed(egui::Key::Enter));
         let busy = state.opening_dataset.is_some();
         ui.horizontal(|ui| {
-            if ui.button("Browse…").on_hover_text("Choose a dataset folder").clicked() {
+            if ui
+                .button("Browse…")
+                .on_hover_text("Choose a dataset folder")
+                .clicked()
+            {
                 actions.push(Action::Browse(PickTarget::Dataset));
             }
             let open = ui.add_enabled(!busy, egui::Button::new("Open"));
             if open.clicked() || (submitted && !busy) {
                 actions.push(Action::OpenDataset(self.dataset_path.trim().into()));
             }
-            recent_ui(ui, "recent_datasets", &self.recent_datasets, Action::PickRecentDataset, actions);
+            recent_ui(
+                ui,
+                "recent_datasets",
+                &self.recent_datasets,
+                Action::PickRecentDataset,
+                actions,
+            );
             if busy {
                 ui.spinner();
                 ui.label("scanning…");
@@ -146,11 +185,18 @@ impl DataPanel {
     }
 }
 
-fn dataset_summary_ui(ui: &mut egui::Ui, ds: &OpenedDataset, thumbnails: &[Vec<egui::TextureHandle>]) {
+fn dataset_summary_ui(
+    ui: &mut egui::Ui,
+    ds: &OpenedDataset,
+    thumbnails: &[Vec<egui::TextureHandle>],
+) {
     let s = &ds.summary;
     let names = &ds.folder.class_names;
-    ui.add(egui::Label::new(RichText::new(format!("open: {}", ds.folder.root.display())).small()).truncate())
-        .on_hover_text(ds.folder.root.display().to_string());
+    ui.add(
+        egui::Label::new(RichText::new(format!("open: {}", ds.folder.root.display())).small())
+            .truncate(),
+    )
+    .on_hover_text(ds.folder.root.display().to_string());
     ui.label(format!(
         "{} classes · {} images · {} skipped non-image file{}",
         names.len(),
@@ -159,20 +205,23 @@ fn dataset_summary_ui(ui: &mut egui::Ui, ds: &OpenedDataset, thumbnails: &[Vec<e
         if s.skipped_files == 1 { "" } else { "s" }
     ));
     ui.add_space(4.0);
-    Grid::new("dataset_classes").striped(true).num_columns(1 + s.columns.len()).show(ui, |ui| {
-        ui.strong("class");
-        for column in &s.columns {
-            ui.strong(*column);
-        }
-        ui.end_row();
-        for (name, counts) in names.iter().zip(&s.counts) {
-            ui.label(name);
-            for n in counts {
-                ui.label(n.to_string());
+    Grid::new("dataset_classes")
+        .striped(true)
+        .num_columns(1 + s.columns.len())
+        .show(ui, |ui| {
+            ui.strong("class");
+            for column in &s.columns {
+                ui.strong(*column);
             }
             ui.end_row();
-        }
-    });
+            for (name, counts) in names.iter().zip(&s.counts) {
+                ui.label(name);
+                for n in counts {
+                    ui.label(n.to_string());
+                }
+                ui.end_row();
+            }
+        });
     if thumbnails.is_empty() {
         return;
     }
@@ -181,7 +230,11 @@ fn dataset_summary_ui(ui: &mut egui::Ui, ds: &OpenedDataset, thumbnails: &[Vec<e
         ui.label(RichText::new(name).small());
         ui.horizontal_wrapped(|ui| {
             for t in thumbs {
-                ui.add(egui::Image::new(t).fit_to_exact_size(egui::vec2(44.0, 44.0)).corner_radius(3));
+                ui.add(
+                    egui::Image::new(t)
+                        .fit_to_exact_size(egui::vec2(44.0, 44.0))
+                        .corner_radius(3),
+                );
             }
         });
     }

@@ -18,7 +18,11 @@ pub fn ui(ui: &mut egui::Ui, errors: &[String], actions: &mut Vec<Action>) {
                 ui.set_width(ui.available_width());
                 ui.horizontal_top(|ui| {
                     // The button goes first so it keeps its place however long the message wraps.
-                    if ui.button(DISMISS).on_hover_text("Hide this message").clicked() {
+                    if ui
+                        .button(DISMISS)
+                        .on_hover_text("Hide this message")
+                        .clicked()
+                    {
                         actions.push(Action::DismissError(i));
                     }
                     ui.add(Label::new(RichText::new(message).color(red)).wrap());

@@ -66,7 +66,9 @@ impl PickTarget {
         match self {
             PickTarget::Model => "Choose a CLIP model folder",
             PickTarget::Dataset => "Choose a dataset folder",
-            PickTarget::ClassNames => "Choose a classnames.txt (one \"<folder> <class name>\" per line)",
+            PickTarget::ClassNames => {
+                "Choose a classnames.txt (one \"<folder> <class name>\" per line)"
+            }
             PickTarget::Prompts => "Open a prompts file or a CoOp checkpoint",
             PickTarget::ExportRun(_) => "Save the learned prompts",
             PickTarget::Image | PickTarget::ClassifyImage => "Choose an image",
@@ -75,29 +77,90 @@ impl PickTarget {
 }
 
 pub enum Event {
-    Progress { job: JobId, stage: String, done: usize, total: usize },
-    ModelLoaded { job: JobId, result: Result<LoadedModel, Failure> },
-    DatasetOpened { job: JobId, result: Result<OpenedDataset, Failure> },
-    ZeroShotFinished { job: JobId, result: Result<Comparison, Failure> },
-    PromptsLoaded { job: JobId, result: Result<LoadedPrompts, Failure> },
-    Exported { job: JobId, result: Result<PathBuf, Failure> },
-    AlignDone { job: JobId, result: Result<AlignView, Failure> },
+    Progress {
+        job: JobId,
+        stage: String,
+        done: usize,
+        total: usize,
+    },
+    ModelLoaded {
+        job: JobId,
+        result: Result<LoadedModel, Failure>,
+    },
+    DatasetOpened {
+        job: JobId,
+        result: Result<OpenedDataset, Failure>,
+    },
+    ZeroShotFinished {
+        job: JobId,
+        result: Result<Comparison, Failure>,
+    },
+    PromptsLoaded {
+        job: JobId,
+        result: Result<LoadedPrompts, Failure>,
+    },
+    Exported {
+        job: JobId,
+        result: Result<PathBuf, Failure>,
+    },
+    AlignDone {
+        job: JobId,
+        result: Result<AlignView, Failure>,
+    },
     /// Per class, a few small decoded images (files that fail to decode are left out).
-    Thumbnails { job: JobId, images: Vec<Vec<egui::ColorImage>> },
+    Thumbnails {
+        job: JobId,
+        images: Vec<Vec<egui::ColorImage>>,
+    },
     /// Preparing a training run: split and image features.
-    TrainProgress { job: JobId, stage: String, done: usize, total: usize },
+    TrainProgress {
+        job: JobId,
+        stage: String,
+        done: usize,
+        total: usize,
+    },
     /// The split is drawn and the features are ready; training starts.
-    TrainReady { job: JobId, train_images: usize },
-    TrainStep { job: JobId, epoch: usize, step: usize, steps: usize, loss: f64 },
-    TrainEpoch { job: JobId, stats: EpochStats },
-    TrainFinished { job: JobId, result: Result<TrainOutcome, Failure> },
+    TrainReady {
+        job: JobId,
+        train_images: usize,
+    },
+    TrainStep {
+        job: JobId,
+        epoch: usize,
+        step: usize,
+        steps: usize,
+        loss: f64,
+    },
+    TrainEpoch {
+        job: JobId,
+        stats: EpochStats,
+    },
+    TrainFinished {
+        job: JobId,
+        result: Result<TrainOutcome, Failure>,
+    },
     /// The job panicked; whatever task it belonged to is over.
-    Crashed { job: JobId, message: String },
-    Picked { target: PickTarget, path: PathBuf },
+    Crashed {
+        job: JobId,
+        message: String,
+    },
+    Picked {
+        target: PickTarget,
+        path: PathBuf,
+    },
     /// Small decoded images by path (None: the file did not decode).
-    Images { job: JobId, images: Vec<(PathBuf, Option<egui::ColorImage>)> },
-    RunsListed { job: JobId, result: Result<Vec<super::runs::RunEntry>, Failure> },
-    Classified { job: JobId, result: Result<super::classify_job::Classified, Failure> },
+    Images {
+        job: JobId,
+        images: Vec<(PathBuf, Option<egui::ColorImage>)>,
+    },
+    RunsListed {
+        job: JobId,
+        result: Result<Vec<super::runs::RunEntry>, Failure>,
+    },
+    Classified {
+        job: JobId,
+        result: Result<super::classify_job::Classified, Failure>,
+    },
 }
 
 pub struct LoadedModel {
@@ -127,17 +190,28 @@ pub struct DatasetSummary {
 
 impl DatasetSummary {
     pub fn of(ds: &DatasetFolder) -> Self {
-        let splits: Vec<(&'static str, &[Sample])> = [("train", &ds.train), ("val", &ds.val), ("test", &ds.test)]
-            .into_iter()
-            .filter_map(|(name, samples)| samples.as_deref().map(|s| (name, s)))
-            .collect();
+        let splits: Vec<(&'static str, &[Sample])> =
+            [("train", &ds.train), ("val", &ds.val), ("test", &ds.test)]
+                .into_iter()
+                .filter_map(|(name, samples)| samples.as_deref().map(|s| (name, s)))
+                .collect();
         let (columns, per_column): (Vec<&'static str>, Vec<Vec<usize>>) = if splits.is_empty() {
             (vec!["images"], vec![ds.counts(&ds.all)])
         } else {
-            splits.into_iter().map(|(name, samples)| (name, ds.counts(samples))).unzip()
+            splits
+                .into_iter()
+                .map(|(name, samples)| (name, ds.counts(samples)))
+                .unzip()
         };
-        let counts = (0..ds.num_classes()).map(|class| per_column.iter().map(|col| col[class]).collect()).collect();
-        DatasetSummary { columns, counts, images: ds.all.len(), skipped_files: ds.skipped_files }
+        let counts = (0..ds.num_classes())
+            .map(|class| per_column.iter().map(|col| col[class]).collect())
+            .collect();
+        DatasetSummary {
+            columns,
+            counts,
+            images: ds.all.len(),
+            skipped_files: ds.skipped_files,
+        }
     }
 }
 
@@ -183,7 +257,10 @@ pub enum Action {
     PickModel(String),
     PickRecentDataset(String),
     LoadPromptsAs(PathBuf, String),
-    ExportRun { from: PathBuf, to: PathBuf },
+    ExportRun {
+        from: PathBuf,
+        to: PathBuf,
+    },
     ShowError(String),
     Align(Box<AlignRequest>),
     /// Forget the failed alignment so the Align tab tries again.
@@ -200,5 +277,8 @@ pub enum Action {
     /// Load a run from the runs folder: its prompts into the app, or its model folder as the model.
     OpenRun(PathBuf),
     /// Classify one image with a loaded prompts file.
-    Classify { prompts: PathBuf, image: PathBuf },
+    Classify {
+        prompts: PathBuf,
+        image: PathBuf,
+    },
 }

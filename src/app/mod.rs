@@ -10,13 +10,13 @@ pub mod classify_job;
 mod compare;
 pub mod compare_job;
 mod data_panel;
+mod errors;
 pub mod events;
 mod export_panel;
-pub mod prompts_job;
-pub mod runs;
-mod errors;
 mod glyphs;
 pub mod overlay;
+pub mod prompts_job;
+pub mod runs;
 pub mod state;
 mod top_bar;
 pub mod train_form;
@@ -33,15 +33,15 @@ use egui::{Align2, Color32, FontId, Id, LayerId, Order};
 
 use align_panel::{AlignPanel, LearnedSource};
 use compare::ComparePanel;
-use export_panel::ExportPanel;
 use data_panel::DataPanel;
+pub use events::Action;
+use events::Event;
+pub use events::PickTarget;
+use export_panel::ExportPanel;
 use state::{AppState, RunningEval, Settings};
 use top_bar::TopBar;
 use train_panel::TrainPanel;
 use training::{RunStatus, TrainRecord};
-pub use events::Action;
-pub use events::PickTarget;
-use events::Event;
 use worker::Worker;
 
 /// Opens the window. `model` and `data`, when given, are filled in and loaded at start-up; otherwise the
@@ -167,7 +167,9 @@ pub struct PromptscopeApp {
 impl PromptscopeApp {
     /// Restores the paths and templates of the last session from `storage`, when there is one.
     pub fn new(storage: Option<&dyn eframe::Storage>) -> Self {
-        let settings: Settings = storage.and_then(|s| eframe::get_value(s, eframe::APP_KEY)).unwrap_or_default();
+        let settings: Settings = storage
+            .and_then(|s| eframe::get_value(s, eframe::APP_KEY))
+            .unwrap_or_default();
         let mut app = PromptscopeApp {
             state: AppState::default(),
             tab: Tab::default(),
@@ -229,8 +231,11 @@ impl PromptscopeApp {
         self.data_panel.recent_models = settings.recent_models;
         self.data_panel.recent_datasets = settings.recent_datasets;
         self.train.form = settings.train;
-        self.compare.templates =
-            if settings.templates.is_empty() { ComparePanel::default().templates } else { settings.templates };
+        self.compare.templates = if settings.templates.is_empty() {
+            ComparePanel::default().templates
+        } else {
+            settings.templates
+        };
     }
 
     /// Draws one frame and acts on what the user did in it.
@@ -249,19 +254,39 @@ impl PromptscopeApp {
                 Event::Images { job: _, images } => {
                     for (path, image) in images {
                         self.state.images_pending.remove(&path);
-                        let texture = image.map(|img| ctx.load_texture(format!("image-{}", path.display()), img, egui::TextureOptions::LINEAR));
+                        let texture = image.map(|img| {
+                            ctx.load_texture(
+                                format!("image-{}", path.display()),
+                                img,
+                                egui::TextureOptions::LINEAR,
+                            )
+                        });
                         self.state.images.insert(path, texture);
                     }
                 }
-                Event::TrainFinished { job, result: Ok(outcome) } => {
+                Event::TrainFinished {
+                    job,
+                    result: Ok(outcome),
+                } => {
                     if self.state.runs_on_disk.is_some() {
                         actions.push(Action::ListRuns);
                     }
                     // A finished CoOp run's prompts join Compare, Align and Export.
-                    if let Some(run) = self.state.runs.iter().find(|r| r.job == Some(job) && matches!(r.run, RunConfig::Coop(_))) {
-                        actions.push(Action::LoadPromptsAs(outcome.prompts.clone(), run.label.clone()));
+                    if let Some(run) = self
+                        .state
+                        .runs
+                        .iter()
+                        .find(|r| r.job == Some(job) && matches!(r.run, RunConfig::Coop(_)))
+                    {
+                        actions.push(Action::LoadPromptsAs(
+                            outcome.prompts.clone(),
+                            run.label.clone(),
+                        ));
                     }
-                    self.state.apply(Event::TrainFinished { job, result: Ok(outcome) });
+                    self.state.apply(Event::TrainFinished {
+                        job,
+                        result: Ok(outcome),
+                    });
                 }
                 Event::Thumbnails { job, images } => {
                     if self.thumbnail_job == Some(job) {
@@ -272,7 +297,13 @@ impl PromptscopeApp {
                             .map(|(c, imgs)| {
                                 imgs.into_iter()
                                     .enumerate()
-                                    .map(|(i, img)| ctx.load_texture(format!("thumb-{c}-{i}"), img, egui::TextureOptions::LINEAR))
+                                    .map(|(i, img)| {
+                                        ctx.load_texture(
+                                            format!("thumb-{c}-{i}"),
+                                            img,
+                                            egui::TextureOptions::LINEAR,
+                                        )
+                                    })
                                     .collect()
                             })
                             .collect();
@@ -287,10 +318,21 @@ impl PromptscopeApp {
                     let fresh = matches!((&result, &self.state.loading_model), (Ok(_), Some((j, _))) if *j == job);
                     self.state.apply(Event::ModelLoaded { job, result });
                     if let Some(model) = &self.state.model {
-                        ctx.send_viewport_cmd(egui::ViewportCommand::Title(window_title(&model.clip)));
+                        ctx.send_viewport_cmd(egui::ViewportCommand::Title(window_title(
+                            &model.clip,
+                        )));
                         // What the download fell back on (a missing tokenizer or preprocessing file) is said,
                         // not silently assumed.
-                        let warnings: Vec<String> = if fresh { model.clip.warnings.iter().map(|w| format!("Model '{}': {w}", model.clip.id)).collect() } else { Vec::new() };
+                        let warnings: Vec<String> = if fresh {
+                            model
+                                .clip
+                                .warnings
+                                .iter()
+                                .map(|w| format!("Model '{}': {w}", model.clip.id))
+                                .collect()
+                        } else {
+                            Vec::new()
+                        };
                         for w in warnings {
                             self.state.error(w);
                         }
@@ -306,13 +348,22 @@ impl PromptscopeApp {
                     }
                     self.state.apply(Event::DatasetOpened { job, result });
                     if let (Some(_), Some(ds)) = (opened, &self.state.dataset) {
-                        self.thumbnail_job = self.worker.thumbnails(&ctx, ds.folder.clone(), THUMBNAILS_PER_CLASS, 64).ok();
+                        self.thumbnail_job = self
+                            .worker
+                            .thumbnails(&ctx, ds.folder.clone(), THUMBNAILS_PER_CLASS, 64)
+                            .ok();
                     }
                 }
                 other => self.state.apply(other),
             }
         }
-        let dropped: Vec<PathBuf> = ctx.input(|i| i.raw.dropped_files.iter().map(|f| f.path().to_path_buf()).collect());
+        let dropped: Vec<PathBuf> = ctx.input(|i| {
+            i.raw
+                .dropped_files
+                .iter()
+                .map(|f| f.path().to_path_buf())
+                .collect()
+        });
         actions.extend(dropped.into_iter().map(Action::Dropped));
 
         egui::Panel::top("top_bar").show(ui, |ui| self.top_bar.ui(ui, &self.state));
@@ -334,7 +385,8 @@ impl PromptscopeApp {
                 Tab::Train => self.train.ui(ui, &self.state, &mut actions),
                 Tab::Align => {
                     let sources = self.learned_sources();
-                    self.align.ui(ui, &self.state, &sources, self.gpu_format, &mut actions);
+                    self.align
+                        .ui(ui, &self.state, &sources, self.gpu_format, &mut actions);
                     if let Some(req) = self.align.request(&self.state, &sources) {
                         let current = self.state.align.as_ref().map(|v| &v.request);
                         let pending = self.state.aligning.as_ref().map(|(_, r)| r);
@@ -345,7 +397,9 @@ impl PromptscopeApp {
                         }
                     }
                 }
-                Tab::Export => self.export.ui(ui, &self.state, &self.runs_dir, &mut actions),
+                Tab::Export => self
+                    .export
+                    .ui(ui, &self.state, &self.runs_dir, &mut actions),
             }
         });
         drop_hint(&ctx);
@@ -360,7 +414,13 @@ impl PromptscopeApp {
             queued_prompts = true;
         }
         // Not in the frame that queued the prompts: the run should include them.
-        if self.autorun && !queued_prompts && self.startup_prompts.is_empty() && self.state.model.is_some() && self.state.dataset.is_some() && self.state.is_idle() {
+        if self.autorun
+            && !queued_prompts
+            && self.startup_prompts.is_empty()
+            && self.state.model.is_some()
+            && self.state.dataset.is_some()
+            && self.state.is_idle()
+        {
             self.autorun = false;
             match self.tab {
                 Tab::Compare => actions.push(Action::RunZeroShot(self.compare.cleaned_templates())),
@@ -387,7 +447,9 @@ impl PromptscopeApp {
                 }
                 match self.worker.load_model(ctx, model.clone()) {
                     Ok(job) => self.state.loading_model = Some((job, model)),
-                    Err(e) => self.state.error(format!("Could not start loading the model: {e}")),
+                    Err(e) => self
+                        .state
+                        .error(format!("Could not start loading the model: {e}")),
                 }
             }
             Action::OpenDataset(path) => {
@@ -398,7 +460,9 @@ impl PromptscopeApp {
                 let classnames = (!names.is_empty()).then(|| PathBuf::from(names));
                 match self.worker.open_dataset(ctx, path.clone(), classnames) {
                     Ok(job) => self.state.opening_dataset = Some((job, path)),
-                    Err(e) => self.state.error(format!("Could not start opening the dataset: {e}")),
+                    Err(e) => self
+                        .state
+                        .error(format!("Could not start opening the dataset: {e}")),
                 }
             }
             Action::Browse(target) => {
@@ -418,20 +482,38 @@ impl PromptscopeApp {
             }
             Action::StartTraining(run) => self.start_training(ctx, *run),
             Action::LoadPrompts(path) => {
-                let label = path.file_name().map_or_else(|| path.display().to_string(), |f| f.to_string_lossy().into_owned());
+                let label = path.file_name().map_or_else(
+                    || path.display().to_string(),
+                    |f| f.to_string_lossy().into_owned(),
+                );
                 self.handle(Action::LoadPromptsAs(path, label), ctx);
             }
             Action::LoadPromptsAs(path, label) => {
                 let Some(model) = &self.state.model else {
-                    return self.state.error("Load the model the prompts were trained with first.");
+                    return self
+                        .state
+                        .error("Load the model the prompts were trained with first.");
                 };
                 if path.as_os_str().is_empty() {
                     return self.state.error("Enter the path of a prompts file first.");
                 }
-                let names = self.state.dataset.as_ref().map(|d| d.folder.class_names.clone());
-                match self.worker.load_prompts(ctx, model.clip.clone(), path.clone(), label, names, self.runs_dir.clone()) {
+                let names = self
+                    .state
+                    .dataset
+                    .as_ref()
+                    .map(|d| d.folder.class_names.clone());
+                match self.worker.load_prompts(
+                    ctx,
+                    model.clip.clone(),
+                    path.clone(),
+                    label,
+                    names,
+                    self.runs_dir.clone(),
+                ) {
                     Ok(job) => self.state.loading_prompts = Some((job, path)),
-                    Err(e) => self.state.error(format!("Could not start loading prompts: {e}")),
+                    Err(e) => self
+                        .state
+                        .error(format!("Could not start loading prompts: {e}")),
                 }
             }
             Action::ExportRun { from, to } => match self.worker.export(ctx, from, to) {
@@ -448,10 +530,14 @@ impl PromptscopeApp {
                 self.handle(Action::OpenDataset(d.into()), ctx);
             }
             Action::Align(req) => {
-                let Some(model) = &self.state.model else { return };
+                let Some(model) = &self.state.model else {
+                    return;
+                };
                 match self.worker.align(ctx, model.clip.clone(), (*req).clone()) {
                     Ok(job) => self.state.aligning = Some((job, *req)),
-                    Err(e) => self.state.error(format!("Could not start the alignment: {e}")),
+                    Err(e) => self
+                        .state
+                        .error(format!("Could not start the alignment: {e}")),
                 }
             }
             Action::PauseRun(n) => {
@@ -490,13 +576,18 @@ impl PromptscopeApp {
                 }
             }
             Action::WantImages(paths) => {
-                let wanted: Vec<PathBuf> = paths.into_iter().filter(|p| self.state.wants_image(p)).collect();
+                let wanted: Vec<PathBuf> = paths
+                    .into_iter()
+                    .filter(|p| self.state.wants_image(p))
+                    .collect();
                 if wanted.is_empty() {
                     return;
                 }
                 match self.worker.images(ctx, wanted.clone(), IMAGE_SIDE) {
                     Ok(_) => self.state.images_pending.extend(wanted),
-                    Err(e) => self.state.error(format!("Could not start decoding images: {e}")),
+                    Err(e) => self
+                        .state
+                        .error(format!("Could not start decoding images: {e}")),
                 }
             }
             Action::ListRuns => self.list_runs(ctx, None),
@@ -510,11 +601,18 @@ impl PromptscopeApp {
             }
             Action::Classify { prompts, image } => {
                 let Some(model) = &self.state.model else {
-                    return self.state.error("Load the model the prompts were trained with first.");
+                    return self
+                        .state
+                        .error("Load the model the prompts were trained with first.");
                 };
-                match self.worker.classify(ctx, model.clip.clone(), prompts, image) {
+                match self
+                    .worker
+                    .classify(ctx, model.clip.clone(), prompts, image)
+                {
                     Ok(job) => self.state.classifying = Some(job),
-                    Err(e) => self.state.error(format!("Could not start classifying: {e}")),
+                    Err(e) => self
+                        .state
+                        .error(format!("Could not start classifying: {e}")),
                 }
             }
         }
@@ -526,7 +624,9 @@ impl PromptscopeApp {
         }
         match self.worker.list_runs(ctx, self.runs_dir.clone(), delete) {
             Ok(job) => self.state.listing_runs = Some(job),
-            Err(e) => self.state.error(format!("Could not list the runs folder: {e}")),
+            Err(e) => self
+                .state
+                .error(format!("Could not list the runs folder: {e}")),
         }
     }
 
@@ -538,7 +638,9 @@ impl PromptscopeApp {
             PickTarget::Model => non_empty(&self.data_panel.model_path),
             PickTarget::Dataset => non_empty(&self.data_panel.dataset_path),
             PickTarget::ClassNames => non_empty(&self.data_panel.classnames_path).or(dataset_dir),
-            PickTarget::Prompts => non_empty(&self.export.load_path).or_else(|| self.export.export_dir(&self.state)),
+            PickTarget::Prompts => {
+                non_empty(&self.export.load_path).or_else(|| self.export.export_dir(&self.state))
+            }
             PickTarget::ExportRun(n) => Some(self.export.export_path(n, &self.state)),
             PickTarget::Image | PickTarget::ClassifyImage => dataset_dir,
         }
@@ -575,7 +677,15 @@ impl PromptscopeApp {
                 Action::LoadPrompts(path)
             }
             PickTarget::ExportRun(n) => {
-                let from = self.state.runs.iter().find(|r| r.number == n)?.outcome.as_ref()?.prompts.clone();
+                let from = self
+                    .state
+                    .runs
+                    .iter()
+                    .find(|r| r.number == n)?
+                    .outcome
+                    .as_ref()?
+                    .prompts
+                    .clone();
                 self.export.export_paths.insert(n, shown);
                 Action::ExportRun { from, to: path }
             }
@@ -586,7 +696,10 @@ impl PromptscopeApp {
             }
             PickTarget::ClassifyImage => {
                 let prompts = self.state.prompts.get(self.export.selected)?.path.clone();
-                Action::Classify { prompts, image: path }
+                Action::Classify {
+                    prompts,
+                    image: path,
+                }
             }
         })
     }
@@ -596,23 +709,47 @@ impl PromptscopeApp {
         self.state
             .prompts
             .iter()
-            .map(|p| LearnedSource { label: p.label.clone(), path: p.path.clone(), class_names: p.meta.class_names.clone() })
+            .map(|p| LearnedSource {
+                label: p.label.clone(),
+                path: p.path.clone(),
+                class_names: p.meta.class_names.clone(),
+            })
             .collect()
     }
 
     fn start_training(&mut self, ctx: &egui::Context, run: RunConfig) {
         let pretraining = matches!(run, RunConfig::Pretrain(_));
-        let (clip, data) = (self.state.model.as_ref().map(|m| m.clip.clone()), self.state.dataset.as_ref().map(|d| d.folder.clone()));
+        let (clip, data) = (
+            self.state.model.as_ref().map(|m| m.clip.clone()),
+            self.state.dataset.as_ref().map(|d| d.folder.clone()),
+        );
         if !pretraining && (clip.is_none() || data.is_none()) {
-            return self.state.error("Load a model and open a dataset before training.");
+            return self
+                .state
+                .error("Load a model and open a dataset before training.");
         }
         let number = self.state.runs.len() + 1;
         // A fresh name per launch and run, so a new session never resumes an old session's checkpoint.
         // Pretraining writes a model folder; the prompt methods a prompts file.
-        let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
-        let out = self.runs_dir.join(if pretraining { format!("model-{stamp}-{number}") } else { format!("run-{stamp}-{number}.safetensors") });
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        let out = self.runs_dir.join(if pretraining {
+            format!("model-{stamp}-{number}")
+        } else {
+            format!("run-{stamp}-{number}.safetensors")
+        });
         let mut record = TrainRecord::new(number, run.clone(), out.clone());
-        match self.worker.train(ctx, clip, data, run, out, false, self.cache_dir.clone(), record.control.clone()) {
+        match self.worker.train(
+            ctx,
+            clip,
+            data,
+            run,
+            out,
+            false,
+            self.cache_dir.clone(),
+            record.control.clone(),
+        ) {
             Ok(job) => {
                 record.job = Some(job);
                 self.state.runs.push(record);
@@ -622,11 +759,18 @@ impl PromptscopeApp {
     }
 
     fn resume_run(&mut self, ctx: &egui::Context, n: usize) {
-        let (clip, folder) = (self.state.model.as_ref().map(|m| m.clip.clone()), self.state.dataset.as_ref().map(|d| d.folder.clone()));
+        let (clip, folder) = (
+            self.state.model.as_ref().map(|m| m.clip.clone()),
+            self.state.dataset.as_ref().map(|d| d.folder.clone()),
+        );
         let cache = self.cache_dir.clone();
-        let Some(run) = self.state.runs.iter_mut().find(|r| r.number == n) else { return };
+        let Some(run) = self.state.runs.iter_mut().find(|r| r.number == n) else {
+            return;
+        };
         if !matches!(run.run, RunConfig::Pretrain(_)) && (clip.is_none() || folder.is_none()) {
-            return self.state.error("Load the model and dataset of this run before resuming it.");
+            return self
+                .state
+                .error("Load the model and dataset of this run before resuming it.");
         }
         run.control.pause.store(false, Ordering::Relaxed);
         match run.status {
@@ -639,8 +783,21 @@ impl PromptscopeApp {
                     run.steps.clear();
                 }
                 run.control = Default::default();
-                run.status = RunStatus::Preparing { stage: "resuming".into(), done: 0, total: 0 };
-                match self.worker.train(ctx, clip, folder, run.run.clone(), run.out.clone(), true, cache, run.control.clone()) {
+                run.status = RunStatus::Preparing {
+                    stage: "resuming".into(),
+                    done: 0,
+                    total: 0,
+                };
+                match self.worker.train(
+                    ctx,
+                    clip,
+                    folder,
+                    run.run.clone(),
+                    run.out.clone(),
+                    true,
+                    cache,
+                    run.control.clone(),
+                ) {
                     Ok(job) => run.job = Some(job),
                     Err(e) => {
                         run.status = RunStatus::Stopped;
@@ -657,7 +814,9 @@ impl PromptscopeApp {
             return;
         }
         let (Some(model), Some(dataset)) = (&self.state.model, &self.state.dataset) else {
-            return self.state.error("Load a model and open a dataset before running zero-shot.");
+            return self
+                .state
+                .error("Load a model and open a dataset before running zero-shot.");
         };
         if templates.is_empty() {
             return self.state.error("Write at least one prompt template.");
@@ -670,15 +829,30 @@ impl PromptscopeApp {
         }
         let cancel = Arc::new(AtomicBool::new(false));
         // The probe and the adapters are fitted on the same K shots.
-        let shots = self.compare.probe_shots.resolve(self.state.prompts.iter().map(|p| &p.meta));
+        let shots = self
+            .compare
+            .probe_shots
+            .resolve(self.state.prompts.iter().map(|p| &p.meta));
         let adapters = self.compare.adapter_methods();
         let req = compare_job::CompareRequest {
             templates,
-            learned: self.state.prompts.iter().map(|p| (p.label.clone(), p.path.clone())).collect(),
+            learned: self
+                .state
+                .prompts
+                .iter()
+                .map(|p| (p.label.clone(), p.path.clone()))
+                .collect(),
             linear_probe: self.compare.linear_probe.then_some(shots),
             adapters: (!adapters.is_empty()).then_some((shots, adapters)),
         };
-        match self.worker.compare(ctx, model.clip.clone(), dataset.folder.clone(), req, self.cache_dir.clone(), cancel.clone()) {
+        match self.worker.compare(
+            ctx,
+            model.clip.clone(),
+            dataset.folder.clone(),
+            req,
+            self.cache_dir.clone(),
+            cancel.clone(),
+        ) {
             Ok(job) => {
                 self.state.zero_shot = Some(RunningEval::new(job, cancel));
                 self.state.last_run_cancelled = false;
@@ -715,7 +889,14 @@ impl FrameTimes {
         let now = std::time::Instant::now();
         if let Some(last) = self.last.replace(now) {
             let ms = (now - last).as_secs_f64() * 1e3;
-            push_bounded(if training { &mut self.training_ms } else { &mut self.idle_ms }, ms);
+            push_bounded(
+                if training {
+                    &mut self.training_ms
+                } else {
+                    &mut self.idle_ms
+                },
+                ms,
+            );
         }
     }
 
@@ -736,12 +917,18 @@ impl FrameTimes {
 
     fn maybe_write(&mut self, path: &Path) {
         let now = std::time::Instant::now();
-        if self.written.is_some_and(|w| now - w < std::time::Duration::from_secs(1)) {
+        if self
+            .written
+            .is_some_and(|w| now - w < std::time::Duration::from_secs(1))
+        {
             return;
         }
         self.written = Some(now);
         let json = |v: &[f64]| {
-            Self::stats(v).map_or(serde_json::Value::Null, |(n, med, p99)| serde_json::json!({"frames": n, "median_ms": med, "p99_ms": p99}))
+            Self::stats(v).map_or(
+                serde_json::Value::Null,
+                |(n, med, p99)| serde_json::json!({"frames": n, "median_ms": med, "p99_ms": p99}),
+            )
         };
         let body = serde_json::json!({
             "training": json(&self.training_ms),
@@ -775,20 +962,31 @@ pub fn default_runs_dir() -> PathBuf {
         return dir.into();
     }
     let features = crate::train::features::default_cache_dir();
-    features.parent().map_or_else(|| features.join("runs"), |p| p.join("runs"))
+    features
+        .parent()
+        .map_or_else(|| features.join("runs"), |p| p.join("runs"))
 }
 
 /// A folder with a `config.json` is a model; any other folder is a dataset; an image file is aligned
 /// in the Align tab; a prompts file or CoOp checkpoint is loaded.
 fn classify_drop(path: &Path) -> Result<PickTarget, String> {
     if path.is_dir() {
-        return Ok(if path.join("config.json").is_file() { PickTarget::Model } else { PickTarget::Dataset });
+        return Ok(if path.join("config.json").is_file() {
+            PickTarget::Model
+        } else {
+            PickTarget::Dataset
+        });
     }
-    let ext = path.extension().map(|e| e.to_string_lossy().to_ascii_lowercase()).unwrap_or_default();
+    let ext = path
+        .extension()
+        .map(|e| e.to_string_lossy().to_ascii_lowercase())
+        .unwrap_or_default();
     if path.is_file() && crate::data::folder::IMAGE_EXTENSIONS.contains(&ext.as_str()) {
         return Ok(PickTarget::Image);
     }
-    if path.is_file() && (ext == "safetensors" || crate::export::coop_import::is_coop_checkpoint(path)) {
+    if path.is_file()
+        && (ext == "safetensors" || crate::export::coop_import::is_coop_checkpoint(path))
+    {
         return Ok(PickTarget::Prompts);
     }
     Err(format!(

@@ -41,7 +41,14 @@ struct Uniforms {
 impl Uniforms {
     fn bytes(&self) -> Vec<u8> {
         let mut v = Vec::with_capacity(48);
-        for f in self.rect.into_iter().chain([self.opacity, self.grid_lines]).chain(self.grid_size).chain([self.srgb_target, self.threshold]).chain(self._pad) {
+        for f in self
+            .rect
+            .into_iter()
+            .chain([self.opacity, self.grid_lines])
+            .chain(self.grid_size)
+            .chain([self.srgb_target, self.threshold])
+            .chain(self._pad)
+        {
             v.extend_from_slice(&f.to_le_bytes());
         }
         v
@@ -87,7 +94,11 @@ impl OverlayPipeline {
                 wgpu::BindGroupLayoutEntry {
                     binding: 0,
                     visibility: wgpu::ShaderStages::VERTEX_FRAGMENT,
-                    ty: wgpu::BindingType::Buffer { ty: wgpu::BufferBindingType::Uniform, has_dynamic_offset: false, min_binding_size: None },
+                    ty: wgpu::BindingType::Buffer {
+                        ty: wgpu::BufferBindingType::Uniform,
+                        has_dynamic_offset: false,
+                        min_binding_size: None,
+                    },
                     count: None,
                 },
                 tex(1, true),
@@ -121,7 +132,11 @@ impl OverlayPipeline {
             fragment: Some(wgpu::FragmentState {
                 module: &module,
                 entry_point: Some("fs_main"),
-                targets: &[Some(wgpu::ColorTargetState { format, blend: None, write_mask: wgpu::ColorWrites::ALL })],
+                targets: &[Some(wgpu::ColorTargetState {
+                    format,
+                    blend: None,
+                    write_mask: wgpu::ColorWrites::ALL,
+                })],
                 compilation_options: wgpu::PipelineCompilationOptions::default(),
             }),
             multiview_mask: None,
@@ -135,13 +150,33 @@ impl OverlayPipeline {
             address_mode_v: wgpu::AddressMode::ClampToEdge,
             ..Default::default()
         });
-        Self { pipeline, layout, sampler, srgb: format.is_srgb() }
+        Self {
+            pipeline,
+            layout,
+            sampler,
+            srgb: format.is_srgb(),
+        }
     }
 
     /// Uploads the image, the heat grid and the colormap.
-    pub fn upload(&self, device: &wgpu::Device, queue: &wgpu::Queue, data: &OverlayData, colormap: Colormap) -> OverlayTextures {
-        let texture = |label, width: u32, height: u32, format: wgpu::TextureFormat, bytes: &[u8], texel: u32| {
-            let size = wgpu::Extent3d { width, height, depth_or_array_layers: 1 };
+    pub fn upload(
+        &self,
+        device: &wgpu::Device,
+        queue: &wgpu::Queue,
+        data: &OverlayData,
+        colormap: Colormap,
+    ) -> OverlayTextures {
+        let texture = |label,
+                       width: u32,
+                       height: u32,
+                       format: wgpu::TextureFormat,
+                       bytes: &[u8],
+                       texel: u32| {
+            let size = wgpu::Extent3d {
+                width,
+                height,
+                depth_or_array_layers: 1,
+            };
             let t = device.create_texture(&wgpu::TextureDescriptor {
                 label: Some(label),
                 size,
@@ -155,17 +190,42 @@ impl OverlayPipeline {
             queue.write_texture(
                 t.as_image_copy(),
                 bytes,
-                wgpu::TexelCopyBufferLayout { offset: 0, bytes_per_row: Some(texel * width), rows_per_image: Some(height) },
+                wgpu::TexelCopyBufferLayout {
+                    offset: 0,
+                    bytes_per_row: Some(texel * width),
+                    rows_per_image: Some(height),
+                },
                 size,
             );
             t.create_view(&wgpu::TextureViewDescriptor::default())
         };
         let [w, h] = data.size;
-        let image = texture("overlay image", w, h, wgpu::TextureFormat::Rgba8Unorm, &data.image, 4);
+        let image = texture(
+            "overlay image",
+            w,
+            h,
+            wgpu::TextureFormat::Rgba8Unorm,
+            &data.image,
+            4,
+        );
         let [gh, gw] = data.map.grid;
-        let heat = texture("overlay heat", gw as u32, gh as u32, wgpu::TextureFormat::R32Float, &data.map.texture_bytes(), 4);
+        let heat = texture(
+            "overlay heat",
+            gw as u32,
+            gh as u32,
+            wgpu::TextureFormat::R32Float,
+            &data.map.texture_bytes(),
+            4,
+        );
         let lut_bytes: Vec<u8> = colormap.lut(LUT_SIZE).into_iter().flatten().collect();
-        let lut = texture("overlay colormap", LUT_SIZE as u32, 1, wgpu::TextureFormat::Rgba8Unorm, &lut_bytes, 4);
+        let lut = texture(
+            "overlay colormap",
+            LUT_SIZE as u32,
+            1,
+            wgpu::TextureFormat::Rgba8Unorm,
+            &lut_bytes,
+            4,
+        );
         let uniforms = device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("overlay uniforms"),
             size: 48,
@@ -176,14 +236,35 @@ impl OverlayPipeline {
             label: Some("overlay"),
             layout: &self.layout,
             entries: &[
-                wgpu::BindGroupEntry { binding: 0, resource: uniforms.as_entire_binding() },
-                wgpu::BindGroupEntry { binding: 1, resource: wgpu::BindingResource::TextureView(&image) },
-                wgpu::BindGroupEntry { binding: 2, resource: wgpu::BindingResource::TextureView(&heat) },
-                wgpu::BindGroupEntry { binding: 3, resource: wgpu::BindingResource::TextureView(&lut) },
-                wgpu::BindGroupEntry { binding: 4, resource: wgpu::BindingResource::Sampler(&self.sampler) },
+                wgpu::BindGroupEntry {
+                    binding: 0,
+                    resource: uniforms.as_entire_binding(),
+                },
+                wgpu::BindGroupEntry {
+                    binding: 1,
+                    resource: wgpu::BindingResource::TextureView(&image),
+                },
+                wgpu::BindGroupEntry {
+                    binding: 2,
+                    resource: wgpu::BindingResource::TextureView(&heat),
+                },
+                wgpu::BindGroupEntry {
+                    binding: 3,
+                    resource: wgpu::BindingResource::TextureView(&lut),
+                },
+                wgpu::BindGroupEntry {
+                    binding: 4,
+                    resource: wgpu::BindingResource::Sampler(&self.sampler),
+                },
             ],
         });
-        OverlayTextures { content: data.id, colormap, uniforms, bind_group, grid: data.map.grid }
+        OverlayTextures {
+            content: data.id,
+            colormap,
+            uniforms,
+            bind_group,
+            grid: data.map.grid,
+        }
     }
 
     pub fn write_style(&self, queue: &wgpu::Queue, tex: &OverlayTextures, style: &HeatmapStyle) {
@@ -237,18 +318,37 @@ impl egui_wgpu::CallbackTrait for OverlayCallback {
             resources.insert(OverlayCache::default());
         }
         let cache: &mut OverlayCache = resources.get_mut().expect("inserted above");
-        let pipeline = cache.pipelines.entry(self.format).or_insert_with(|| OverlayPipeline::new(device, self.format));
-        let stale = cache.slots.get(&self.slot).is_none_or(|t| t.content != self.data.id || t.colormap != self.style.colormap);
+        let pipeline = cache
+            .pipelines
+            .entry(self.format)
+            .or_insert_with(|| OverlayPipeline::new(device, self.format));
+        let stale = cache
+            .slots
+            .get(&self.slot)
+            .is_none_or(|t| t.content != self.data.id || t.colormap != self.style.colormap);
         if stale {
-            cache.slots.insert(self.slot, pipeline.upload(device, queue, &self.data, self.style.colormap));
+            cache.slots.insert(
+                self.slot,
+                pipeline.upload(device, queue, &self.data, self.style.colormap),
+            );
         }
         pipeline.write_style(queue, &cache.slots[&self.slot], &self.style);
         Vec::new()
     }
 
-    fn paint(&self, _info: egui::PaintCallbackInfo, pass: &mut wgpu::RenderPass<'static>, resources: &egui_wgpu::CallbackResources) {
-        let Some(cache) = resources.get::<OverlayCache>() else { return };
-        if let (Some(p), Some(t)) = (cache.pipelines.get(&self.format), cache.slots.get(&self.slot)) {
+    fn paint(
+        &self,
+        _info: egui::PaintCallbackInfo,
+        pass: &mut wgpu::RenderPass<'static>,
+        resources: &egui_wgpu::CallbackResources,
+    ) {
+        let Some(cache) = resources.get::<OverlayCache>() else {
+            return;
+        };
+        if let (Some(p), Some(t)) = (
+            cache.pipelines.get(&self.format),
+            cache.slots.get(&self.slot),
+        ) {
             p.draw(pass, t);
         }
     }
@@ -266,7 +366,11 @@ pub fn headless_device() -> anyhow::Result<(wgpu::Device, wgpu::Queue, String)> 
     ))
     .map_err(|e| anyhow::anyhow!("no GPU adapter (install Mesa's lavapipe, mesa-vulkan-drivers, for a software one): {e}"))?;
     let info = state.adapter.get_info();
-    Ok((state.device, state.queue, format!("{} ({:?})", info.name, info.backend)))
+    Ok((
+        state.device,
+        state.queue,
+        format!("{} ({:?})", info.name, info.backend),
+    ))
 }
 
 /// Draws `data` offscreen into a `width`×`height` RGBA8 target; returns the pixels and
@@ -283,7 +387,11 @@ pub fn render_offscreen(
     let pipeline = OverlayPipeline::new(device, format);
     let tex = pipeline.upload(device, queue, data, style.colormap);
     pipeline.write_style(queue, &tex, style);
-    let size = wgpu::Extent3d { width, height, depth_or_array_layers: 1 };
+    let size = wgpu::Extent3d {
+        width,
+        height,
+        depth_or_array_layers: 1,
+    };
     let target = device.create_texture(&wgpu::TextureDescriptor {
         label: Some("overlay target"),
         size,
@@ -297,13 +405,18 @@ pub fn render_offscreen(
     let view = target.create_view(&wgpu::TextureViewDescriptor::default());
     let wait = |index| {
         device
-            .poll(wgpu::PollType::Wait { submission_index: Some(index), timeout: Some(std::time::Duration::from_secs(30)) })
+            .poll(wgpu::PollType::Wait {
+                submission_index: Some(index),
+                timeout: Some(std::time::Duration::from_secs(30)),
+            })
             .map_err(|e| anyhow::anyhow!("the GPU did not finish: {e}"))
     };
     let mut times = Vec::with_capacity(repeats);
     for _ in 0..repeats.max(1) {
         let start = std::time::Instant::now();
-        let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("overlay") });
+        let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
+            label: Some("overlay"),
+        });
         {
             let mut pass = encoder.begin_render_pass(&wgpu::RenderPassDescriptor {
                 label: Some("overlay"),
@@ -311,7 +424,10 @@ pub fn render_offscreen(
                     view: &view,
                     depth_slice: None,
                     resolve_target: None,
-                    ops: wgpu::Operations { load: wgpu::LoadOp::Clear(wgpu::Color::BLACK), store: wgpu::StoreOp::Store },
+                    ops: wgpu::Operations {
+                        load: wgpu::LoadOp::Clear(wgpu::Color::BLACK),
+                        store: wgpu::StoreOp::Store,
+                    },
                 })],
                 depth_stencil_attachment: None,
                 timestamp_writes: None,
@@ -332,23 +448,39 @@ pub fn render_offscreen(
         usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
         mapped_at_creation: false,
     });
-    let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("readback") });
+    let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
+        label: Some("readback"),
+    });
     encoder.copy_texture_to_buffer(
         target.as_image_copy(),
         wgpu::TexelCopyBufferInfo {
             buffer: &buffer,
-            layout: wgpu::TexelCopyBufferLayout { offset: 0, bytes_per_row: Some(padded as u32), rows_per_image: None },
+            layout: wgpu::TexelCopyBufferLayout {
+                offset: 0,
+                bytes_per_row: Some(padded as u32),
+                rows_per_image: None,
+            },
         },
         size,
     );
     let index = queue.submit([encoder.finish()]);
     let (tx, rx) = std::sync::mpsc::channel();
-    buffer.slice(..).map_async(wgpu::MapMode::Read, move |r| drop(tx.send(r)));
+    buffer
+        .slice(..)
+        .map_async(wgpu::MapMode::Read, move |r| drop(tx.send(r)));
     wait(index)?;
-    rx.recv()?.map_err(|e| anyhow::anyhow!("reading the overlay back: {e}"))?;
-    let mapped = buffer.slice(..).get_mapped_range().map_err(|e| anyhow::anyhow!("reading the overlay back: {e}"))?;
-    let pixels: Vec<u8> = mapped.chunks_exact(padded).flat_map(|r| r[..row].iter().copied()).collect();
-    let img = image::RgbaImage::from_raw(width, height, pixels).ok_or_else(|| anyhow::anyhow!("readback size"))?;
+    rx.recv()?
+        .map_err(|e| anyhow::anyhow!("reading the overlay back: {e}"))?;
+    let mapped = buffer
+        .slice(..)
+        .get_mapped_range()
+        .map_err(|e| anyhow::anyhow!("reading the overlay back: {e}"))?;
+    let pixels: Vec<u8> = mapped
+        .chunks_exact(padded)
+        .flat_map(|r| r[..row].iter().copied())
+        .collect();
+    let img = image::RgbaImage::from_raw(width, height, pixels)
+        .ok_or_else(|| anyhow::anyhow!("readback size"))?;
     Ok((img, times))
 }
 
@@ -358,10 +490,14 @@ mod shader_tests {
     #[test]
     fn heatmap_shader_parses_and_validates() {
         use wgpu::naga;
-        let module = naga::front::wgsl::parse_str(super::HEATMAP_WGSL).unwrap_or_else(|e| panic!("{}", e.emit_to_string(super::HEATMAP_WGSL)));
-        naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::empty())
-            .validate(&module)
-            .expect("valid shader");
+        let module = naga::front::wgsl::parse_str(super::HEATMAP_WGSL)
+            .unwrap_or_else(|e| panic!("{}", e.emit_to_string(super::HEATMAP_WGSL)));
+        naga::valid::Validator::new(
+            naga::valid::ValidationFlags::all(),
+            naga::valid::Capabilities::empty(),
+        )
+        .validate(&module)
+        .expect("valid shader");
         assert!(module.entry_points.iter().any(|e| e.name == "fs_main"));
     }
 }

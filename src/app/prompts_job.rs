@@ -23,12 +23,22 @@ impl LoadedPrompts {
     /// Why this file cannot be scored with what is loaded now, re-checked whenever the model or the
     /// dataset changes: `model` is the loaded model's (id, fingerprint), `classes` the open dataset's
     /// class names. None when it can.
-    pub fn problem(&self, model: Option<(&str, &str)>, classes: Option<&[String]>) -> Option<String> {
-        if let Some((id, _)) = model.filter(|(_, fp)| !fp.is_empty() && *fp != self.meta.model_fingerprint) {
-            return Some(format!("made for model '{}', not the loaded '{id}'", self.meta.model_id));
+    pub fn problem(
+        &self,
+        model: Option<(&str, &str)>,
+        classes: Option<&[String]>,
+    ) -> Option<String> {
+        if let Some((id, _)) =
+            model.filter(|(_, fp)| !fp.is_empty() && *fp != self.meta.model_fingerprint)
+        {
+            return Some(format!(
+                "made for model '{}', not the loaded '{id}'",
+                self.meta.model_id
+            ));
         }
         let classes = classes?;
-        (self.meta.class_names != classes).then(|| super::compare_job::classes_problem(&self.meta.class_names, classes))
+        (self.meta.class_names != classes)
+            .then(|| super::compare_job::classes_problem(&self.meta.class_names, classes))
     }
 
     /// A plain-text summary to copy: where it came from, its settings, its accuracy, its nearest words.
@@ -40,19 +50,47 @@ impl LoadedPrompts {
             m.model_id,
             m.class_names.len(),
             m.class_names.join(", "),
-            if m.coop.csc { "class-specific" } else { "unified" },
-            self.words.iter().filter(|w| w.class.unwrap_or(0) == 0).count(),
-            m.coop.ctx_init.as_deref().map_or("random init".to_string(), |p| format!("init \"{p}\"")),
+            if m.coop.csc {
+                "class-specific"
+            } else {
+                "unified"
+            },
+            self.words
+                .iter()
+                .filter(|w| w.class.unwrap_or(0) == 0)
+                .count(),
+            m.coop
+                .ctx_init
+                .as_deref()
+                .map_or("random init".to_string(), |p| format!("init \"{p}\"")),
             format!("{:?}", m.coop.class_position).to_lowercase(),
         );
-        if let Some(acc) = m.metrics.pointer("/metrics/test_acc").and_then(|v| v.as_f64()) {
-            let hand = m.metrics.pointer("/metrics/handcrafted_test_acc").and_then(|v| v.as_f64()).unwrap_or(f64::NAN);
-            s += &format!("test accuracy: {:.2}% (hand-crafted {:.2}%)\n", 100.0 * acc, 100.0 * hand);
+        if let Some(acc) = m
+            .metrics
+            .pointer("/metrics/test_acc")
+            .and_then(|v| v.as_f64())
+        {
+            let hand = m
+                .metrics
+                .pointer("/metrics/handcrafted_test_acc")
+                .and_then(|v| v.as_f64())
+                .unwrap_or(f64::NAN);
+            s += &format!(
+                "test accuracy: {:.2}% (hand-crafted {:.2}%)\n",
+                100.0 * acc,
+                100.0 * hand
+            );
         }
         s += "nearest words per context vector:\n";
         for w in &self.words {
-            let class = w.class.map_or(String::new(), |c| format!("{} ", m.class_names.get(c).cloned().unwrap_or_default()));
-            let near: Vec<String> = w.nearest.iter().map(|n| format!("{} ({:.3})", n.token, n.distance)).collect();
+            let class = w.class.map_or(String::new(), |c| {
+                format!("{} ", m.class_names.get(c).cloned().unwrap_or_default())
+            });
+            let near: Vec<String> = w
+                .nearest
+                .iter()
+                .map(|n| format!("{} ({:.3})", n.token, n.distance))
+                .collect();
             s += &format!("  {class}{}: {}\n", w.position + 1, near.join(", "));
         }
         s
@@ -61,13 +99,23 @@ impl LoadedPrompts {
 
 /// Loads a prompts file; CoOp's own checkpoint (`model.pth.tar-N`) is imported first with the open
 /// dataset's class names (CoOp does not store them) into `imports`, and that file is loaded.
-pub fn load(clip: &LoadedClip, path: &Path, label: String, class_names: Option<&[String]>, imports: &Path) -> Result<LoadedPrompts> {
+pub fn load(
+    clip: &LoadedClip,
+    path: &Path,
+    label: String,
+    class_names: Option<&[String]>,
+    imports: &Path,
+) -> Result<LoadedPrompts> {
     let path = &if crate::export::coop_import::is_coop_checkpoint(path) {
         let names = class_names.ok_or_else(|| {
             Error::bad_file(path, "is a CoOp checkpoint, which does not record its class names", "open the dataset it was trained on first (with its classnames.txt), then load it again")
         })?;
-        let file = crate::export::coop_import::to_prompt_file(clip, path, names, Default::default())?;
-        let stem: String = path.file_name().map(|n| n.to_string_lossy().replace(['.', ' '], "-")).unwrap_or_default();
+        let file =
+            crate::export::coop_import::to_prompt_file(clip, path, names, Default::default())?;
+        let stem: String = path
+            .file_name()
+            .map(|n| n.to_string_lossy().replace(['.', ' '], "-"))
+            .unwrap_or_default();
         let out = imports.join(format!("imported-{stem}.safetensors"));
         std::fs::create_dir_all(imports).map_err(|e| Error::io(imports, e))?;
         file.save(&out)?;
@@ -77,14 +125,26 @@ pub fn load(clip: &LoadedClip, path: &Path, label: String, class_names: Option<&
     };
     let file = PromptFile::load(path)?;
     file.check_model(clip, path)?;
-    let words = nearest_tokens(&file.ctx, &clip.model.text.token_embedding, &clip.tokenizer, NEAREST)?;
-    Ok(LoadedPrompts { path: path.to_path_buf(), label, meta: file.meta, words })
+    let words = nearest_tokens(
+        &file.ctx,
+        &clip.model()?.text.token_embedding,
+        clip.tokenizer()?,
+        NEAREST,
+    )?;
+    Ok(LoadedPrompts {
+        path: path.to_path_buf(),
+        label,
+        meta: file.meta,
+        words,
+    })
 }
 
 /// Copies a prompts file atomically (a half-written export never replaces a good one).
 pub fn export(from: &Path, to: &Path) -> Result<PathBuf> {
     if to.as_os_str().is_empty() {
-        return Err(Error::invalid("choose where to save the prompts (a .safetensors path)"));
+        return Err(Error::invalid(
+            "choose where to save the prompts (a .safetensors path)",
+        ));
     }
     crate::error::output_dir(to)?;
     let bytes = std::fs::read(from).map_err(|e| Error::io(from, e))?;

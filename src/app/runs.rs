@@ -33,10 +33,12 @@ pub struct RunEntry {
 
 impl RunEntry {
     pub fn name(&self) -> String {
-        self.path.file_name().map_or_else(|| self.path.display().to_string(), |n| n.to_string_lossy().into_owned())
+        self.path.file_name().map_or_else(
+            || self.path.display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        )
     }
 }
-
 
 /// The runs in `dir`, newest first. A folder that does not exist yet holds no runs.
 pub fn list(dir: &Path) -> Result<Vec<RunEntry>> {
@@ -67,20 +69,30 @@ pub fn list(dir: &Path) -> Result<Vec<RunEntry>> {
             modified: None,
         });
         if path == run.path {
-            run.kind = if path.is_dir() { RunKind::Model } else { RunKind::Prompts };
+            run.kind = if path.is_dir() {
+                RunKind::Model
+            } else {
+                RunKind::Prompts
+            };
         }
         run.parts.push(path);
         run.bytes += bytes;
         run.modified = run.modified.max(modified);
     }
     let mut runs: Vec<RunEntry> = by_output.into_values().collect();
-    runs.sort_by(|a, b| b.modified.cmp(&a.modified).then_with(|| a.path.cmp(&b.path)));
+    runs.sort_by(|a, b| {
+        b.modified
+            .cmp(&a.modified)
+            .then_with(|| a.path.cmp(&b.path))
+    });
     Ok(runs)
 }
 
 /// Size (a folder's files summed) and last change of a path; unreadable parts count as empty.
 fn size_and_time(path: &Path) -> (u64, Option<SystemTime>) {
-    let Ok(meta) = std::fs::symlink_metadata(path) else { return (0, None) };
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return (0, None);
+    };
     let modified = meta.modified().ok();
     if !meta.is_dir() {
         return (meta.len(), modified);
@@ -99,10 +111,18 @@ fn size_and_time(path: &Path) -> (u64, Option<SystemTime>) {
 /// stale or crafted entry can never remove files elsewhere.
 pub fn delete(dir: &Path, run: &Path) -> Result<()> {
     if run.parent() != Some(dir) || run.file_name().is_none() {
-        return Err(Error::invalid(format!("{} is not a run in {}", run.display(), dir.display())));
+        return Err(Error::invalid(format!(
+            "{} is not a run in {}",
+            run.display(),
+            dir.display()
+        )));
     }
     for part in [run.to_path_buf(), checkpoint_path(run)] {
-        let removed = if part.is_dir() { std::fs::remove_dir_all(&part) } else { std::fs::remove_file(&part) };
+        let removed = if part.is_dir() {
+            std::fs::remove_dir_all(&part)
+        } else {
+            std::fs::remove_file(&part)
+        };
         match removed {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -142,23 +162,52 @@ mod tests {
         std::fs::write(d.join("model-3-3").join("model.safetensors"), [0u8; 1000]).unwrap();
         std::fs::write(d.join(".tmp-write"), [0u8; 1]).unwrap();
         let runs = list(d).unwrap();
-        let find = |n: &str| runs.iter().find(|r| r.name() == n).unwrap_or_else(|| panic!("{n} in {runs:?}"));
+        let find = |n: &str| {
+            runs.iter()
+                .find(|r| r.name() == n)
+                .unwrap_or_else(|| panic!("{n} in {runs:?}"))
+        };
         assert_eq!(runs.len(), 3, "{runs:?}");
-        assert_eq!((find("run-1-1.safetensors").kind, find("run-1-1.safetensors").bytes), (RunKind::Prompts, 150));
-        assert_eq!((find("run-2-2.safetensors").kind, find("run-2-2.safetensors").bytes), (RunKind::Unfinished, 7));
-        assert_eq!((find("model-3-3").kind, find("model-3-3").bytes), (RunKind::Model, 1000));
+        assert_eq!(
+            (
+                find("run-1-1.safetensors").kind,
+                find("run-1-1.safetensors").bytes
+            ),
+            (RunKind::Prompts, 150)
+        );
+        assert_eq!(
+            (
+                find("run-2-2.safetensors").kind,
+                find("run-2-2.safetensors").bytes
+            ),
+            (RunKind::Unfinished, 7)
+        );
+        assert_eq!(
+            (find("model-3-3").kind, find("model-3-3").bytes),
+            (RunKind::Model, 1000)
+        );
 
         let outside = tempfile::tempdir().unwrap();
         let victim = outside.path().join("keep.safetensors");
         std::fs::write(&victim, b"x").unwrap();
         assert!(delete(d, &victim).is_err());
-        assert!(victim.exists(), "a path outside the runs folder is never deleted");
+        assert!(
+            victim.exists(),
+            "a path outside the runs folder is never deleted"
+        );
 
         delete(d, &d.join("run-1-1.safetensors")).unwrap();
         delete(d, &d.join("model-3-3")).unwrap();
         let left: Vec<String> = list(d).unwrap().iter().map(RunEntry::name).collect();
         assert_eq!(left, ["run-2-2.safetensors"]);
-        assert_eq!(list(&d.join("missing")).unwrap(), vec![], "no runs folder yet: no runs");
-        assert_eq!((human_size(999), human_size(1500), human_size(3_200_000)), ("999 B".into(), "1.5 kB".into(), "3.2 MB".into()));
+        assert_eq!(
+            list(&d.join("missing")).unwrap(),
+            vec![],
+            "no runs folder yet: no runs"
+        );
+        assert_eq!(
+            (human_size(999), human_size(1500), human_size(3_200_000)),
+            ("999 B".into(), "1.5 kB".into(), "3.2 MB".into())
+        );
     }
 }

@@ -14,8 +14,8 @@ use super::align_job::{AlignRequest, AlignView};
 use super::compare_job::Comparison;
 use super::prompts_job::LoadedPrompts;
 
-use super::training::{RunStatus, TrainRecord};
 use super::events::{Event, Failure, JobId, LoadedModel, OpenedDataset};
+use super::training::{RunStatus, TrainRecord};
 
 /// What is remembered between launches (eframe storage).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -68,7 +68,13 @@ pub struct RunningEval {
 
 impl RunningEval {
     pub fn new(job: JobId, cancel: Arc<AtomicBool>) -> Self {
-        RunningEval { job, stage: "starting".into(), done: 0, total: 0, cancel }
+        RunningEval {
+            job,
+            stage: "starting".into(),
+            done: 0,
+            total: 0,
+            cancel,
+        }
     }
 
     pub fn fraction(&self) -> f32 {
@@ -126,7 +132,9 @@ pub struct AppState {
 impl AppState {
     /// True while no worker job is under way.
     pub fn is_idle(&self) -> bool {
-        self.loading_model.is_none() && self.opening_dataset.is_none() && self.zero_shot.is_none()
+        self.loading_model.is_none()
+            && self.opening_dataset.is_none()
+            && self.zero_shot.is_none()
             && !self.is_training()
             && self.loading_prompts.is_none()
             && self.exporting.is_none()
@@ -163,7 +171,12 @@ impl AppState {
     /// Folds one worker event into the state. Results of jobs that were superseded are dropped.
     pub fn apply(&mut self, event: Event) {
         match event {
-            Event::Progress { job, stage, done, total } => {
+            Event::Progress {
+                job,
+                stage,
+                done,
+                total,
+            } => {
                 if let Some(run) = self.zero_shot.as_mut().filter(|r| r.job == job) {
                     run.stage = stage;
                     run.done = done;
@@ -171,7 +184,9 @@ impl AppState {
                 }
             }
             Event::ModelLoaded { job, result } => {
-                let Some((_, id)) = self.loading_model.take_if(|(j, _)| *j == job) else { return };
+                let Some((_, id)) = self.loading_model.take_if(|(j, _)| *j == job) else {
+                    return;
+                };
                 match result {
                     Ok(model) => {
                         self.model = Some(model);
@@ -181,7 +196,9 @@ impl AppState {
                 }
             }
             Event::DatasetOpened { job, result } => {
-                let Some((_, path)) = self.opening_dataset.take_if(|(j, _)| *j == job) else { return };
+                let Some((_, path)) = self.opening_dataset.take_if(|(j, _)| *j == job) else {
+                    return;
+                };
                 match result {
                     Ok(ds) => {
                         self.thumbnails.clear();
@@ -205,7 +222,9 @@ impl AppState {
                 }
             }
             Event::PromptsLoaded { job, result } => {
-                let Some((_, path)) = self.loading_prompts.take_if(|(j, _)| *j == job) else { return };
+                let Some((_, path)) = self.loading_prompts.take_if(|(j, _)| *j == job) else {
+                    return;
+                };
                 match result {
                     Ok(p) => {
                         // Loading the same file again refreshes it rather than listing it twice.
@@ -225,7 +244,9 @@ impl AppState {
                 }
             }
             Event::AlignDone { job, result } => {
-                let Some((_, request)) = self.aligning.take_if(|(j, _)| *j == job) else { return };
+                let Some((_, request)) = self.aligning.take_if(|(j, _)| *j == job) else {
+                    return;
+                };
                 match result {
                     Ok(view) => {
                         self.align = Some(view);
@@ -233,25 +254,47 @@ impl AppState {
                     }
                     Err(Failure::Cancelled) => {}
                     Err(Failure::Error(message)) => {
-                        self.error(format!("Alignment of {}: {message}", request.image.display()));
+                        self.error(format!(
+                            "Alignment of {}: {message}",
+                            request.image.display()
+                        ));
                         self.align_failed = Some((request, message));
                     }
                 }
             }
-            Event::TrainProgress { job, stage, done, total } => {
-                if let Some(run) = self.run_of_job(job).filter(|r| matches!(r.status, RunStatus::Preparing { .. })) {
+            Event::TrainProgress {
+                job,
+                stage,
+                done,
+                total,
+            } => {
+                if let Some(run) = self
+                    .run_of_job(job)
+                    .filter(|r| matches!(r.status, RunStatus::Preparing { .. }))
+                {
                     run.status = RunStatus::Preparing { stage, done, total };
                 }
             }
             Event::TrainReady { job, train_images } => {
                 if let Some(run) = self.run_of_job(job) {
                     run.train_images = train_images;
-                    run.status = if run.is_paused() { RunStatus::Paused } else { RunStatus::Training };
+                    run.status = if run.is_paused() {
+                        RunStatus::Paused
+                    } else {
+                        RunStatus::Training
+                    };
                 }
             }
-            Event::TrainStep { job, epoch, step, steps, loss } => {
+            Event::TrainStep {
+                job,
+                epoch,
+                step,
+                steps,
+                loss,
+            } => {
                 if let Some(run) = self.run_of_job(job) {
-                    run.steps.push([epoch as f64 + (step + 1) as f64 / steps.max(1) as f64, loss]);
+                    run.steps
+                        .push([epoch as f64 + (step + 1) as f64 / steps.max(1) as f64, loss]);
                 }
             }
             Event::TrainEpoch { job, stats } => {
@@ -260,7 +303,9 @@ impl AppState {
                 }
             }
             Event::TrainFinished { job, result } => {
-                let Some(run) = self.run_of_job(job) else { return };
+                let Some(run) = self.run_of_job(job) else {
+                    return;
+                };
                 run.job = None;
                 match result {
                     Ok(outcome) => {

@@ -9,7 +9,12 @@ pub struct TopBar;
 
 impl TopBar {
     pub fn ui(&mut self, ui: &mut egui::Ui, state: &AppState) {
-        let device = state.model.as_ref().map_or("device: picked when a model loads".to_string(), |m| format!("device: {}", m.device));
+        let device = state
+            .model
+            .as_ref()
+            .map_or("device: picked when a model loads".to_string(), |m| {
+                format!("device: {}", m.device)
+            });
         // The right side goes first so a long model description is truncated, not the device.
         egui::Sides::new().shrink_left().truncate().show(
             ui,
@@ -23,9 +28,15 @@ impl TopBar {
                     }
                     (Some(model), None) => {
                         if let Some(note) = &model.clip.demo_note {
-                            ui.label(RichText::new("demo model").color(ui.visuals().warn_fg_color).strong()).on_hover_text(note);
+                            ui.label(
+                                RichText::new("demo model")
+                                    .color(ui.visuals().warn_fg_color)
+                                    .strong(),
+                            )
+                            .on_hover_text(note);
                         }
-                        ui.add(Label::new(&model.description).truncate()).on_hover_text(&model.description);
+                        ui.add(Label::new(&model.description).truncate())
+                            .on_hover_text(&model.description);
                     }
                     (None, None) => {
                         ui.weak("no model loaded");

@@ -40,7 +40,9 @@ impl TrainForm {
             return;
         }
         if self.adapting {
-            if let AdapterMethod::TipAdapterF { epochs: e } | AdapterMethod::ClipAdapter { epochs: e } = &mut self.adapter.method {
+            if let AdapterMethod::TipAdapterF { epochs: e }
+            | AdapterMethod::ClipAdapter { epochs: e } = &mut self.adapter.method
+            {
                 *e = epochs;
             }
             return;

@@ -7,15 +7,17 @@ use egui_plot::{Corner, Legend, Line, LineStyle, Plot, PlotPoints};
 
 use crate::prompt::coop::ClassPosition;
 use crate::prompt::PromptMethodKind;
-use crate::train::config::{AdapterMethod, AdapterRun, Augment, CoopRun, MpFgvcRun, PretrainRun, RunConfig};
+use crate::train::config::{
+    AdapterMethod, AdapterRun, Augment, CoopRun, MpFgvcRun, PretrainRun, RunConfig,
+};
 use crate::train::mpfgvc::OptimizerKind;
 use crate::train::optim::{default_epochs, OptimConfig};
 
+use super::events::Action;
 use super::state::AppState;
 use super::train_form::TrainForm;
-use crate::train::epoch_loop::EpochStats;
 use super::training::{RunStatus, TrainRecord};
-use super::events::Action;
+use crate::train::epoch_loop::EpochStats;
 
 pub const START_BUTTON: &str = "Start training";
 pub const PRETRAIN_METHOD: &str = "Pretrain (FILIP / CLIP)";
@@ -46,25 +48,35 @@ fn adapter_form(ui: &mut egui::Ui, r: &mut AdapterRun) {
         }
     });
     shots_ui(ui, &mut r.shots, |_| {});
-    egui::Grid::new("adapter_form_grid").num_columns(2).spacing([8.0, 6.0]).show(ui, |ui| {
-        if let AdapterMethod::TipAdapterF { epochs } | AdapterMethod::ClipAdapter { epochs } = &mut r.method {
-            let l = ui.label("Epochs");
-            ui.add(DragValue::new(epochs).range(1..=10_000)).labelled_by(l.id);
+    egui::Grid::new("adapter_form_grid")
+        .num_columns(2)
+        .spacing([8.0, 6.0])
+        .show(ui, |ui| {
+            if let AdapterMethod::TipAdapterF { epochs } | AdapterMethod::ClipAdapter { epochs } =
+                &mut r.method
+            {
+                let l = ui.label("Epochs");
+                ui.add(DragValue::new(epochs).range(1..=10_000))
+                    .labelled_by(l.id);
+                ui.end_row();
+            }
+            let l = ui.label("Views");
+            ui.add(DragValue::new(&mut r.views).range(1..=64))
+                .labelled_by(l.id)
+                .on_hover_text("Augmented views of each training image (Tip-Adapter's 10)");
             ui.end_row();
-        }
-        let l = ui.label("Views");
-        ui.add(DragValue::new(&mut r.views).range(1..=64)).labelled_by(l.id).on_hover_text("Augmented views of each training image (Tip-Adapter's 10)");
-        ui.end_row();
-        let l = ui.label("Seed");
-        ui.add(DragValue::new(&mut r.seed)).labelled_by(l.id);
-        ui.end_row();
-        let l = ui.label("Split seed");
-        ui.add(DragValue::new(&mut r.split_seed)).labelled_by(l.id);
-        ui.end_row();
-        let l = ui.label("Template");
-        ui.add(TextEdit::singleline(&mut r.template).desired_width(150.0)).labelled_by(l.id).on_hover_text("The zero-shot part's hand-crafted template");
-        ui.end_row();
-    });
+            let l = ui.label("Seed");
+            ui.add(DragValue::new(&mut r.seed)).labelled_by(l.id);
+            ui.end_row();
+            let l = ui.label("Split seed");
+            ui.add(DragValue::new(&mut r.split_seed)).labelled_by(l.id);
+            ui.end_row();
+            let l = ui.label("Template");
+            ui.add(TextEdit::singleline(&mut r.template).desired_width(150.0))
+                .labelled_by(l.id)
+                .on_hover_text("The zero-shot part's hand-crafted template");
+            ui.end_row();
+        });
 }
 
 /// The CoOp form's KgCoOp weight.
@@ -79,7 +91,8 @@ pub struct TrainPanel {
 
 /// A distinct colour per run number.
 pub fn run_colour(number: usize) -> Color32 {
-    let [r, g, b] = crate::render::colormap::CATEGORICAL[(number.saturating_sub(1)) % crate::render::colormap::CATEGORICAL.len()];
+    let [r, g, b] = crate::render::colormap::CATEGORICAL
+        [(number.saturating_sub(1)) % crate::render::colormap::CATEGORICAL.len()];
     Color32::from_rgb(r, g, b)
 }
 
@@ -87,24 +100,50 @@ pub fn run_colour(number: usize) -> Color32 {
 /// tests read the curves' data here. An MP-FGVC run's stages are separate series on one epoch axis.
 pub fn series(run: &TrainRecord) -> Vec<(&'static str, String, Vec<[f64; 2]>)> {
     let parts: Vec<(String, std::ops::Range<usize>)> = match &run.run {
-        RunConfig::Coop(_) | RunConfig::Pretrain(_) | RunConfig::Adapter(_) => vec![(String::new(), 0..usize::MAX)],
+        RunConfig::Coop(_) | RunConfig::Pretrain(_) | RunConfig::Adapter(_) => {
+            vec![(String::new(), 0..usize::MAX)]
+        }
         RunConfig::MpFgvc(m) => {
             let first = m.stage1.optim.epochs;
-            vec![("stage 1 ".to_string(), 0..first), ("stage 2 ".to_string(), first..usize::MAX)]
+            vec![
+                ("stage 1 ".to_string(), 0..first),
+                ("stage 2 ".to_string(), first..usize::MAX),
+            ]
         }
     };
     let mut out = Vec::new();
     for (stage, range) in parts {
-        let e: Vec<&EpochStats> = run.epochs.iter().filter(|s| range.contains(&s.epoch)).collect();
+        let e: Vec<&EpochStats> = run
+            .epochs
+            .iter()
+            .filter(|s| range.contains(&s.epoch))
+            .collect();
         // Epoch k's statistics are drawn at its end, k + 1.
-        let at = |f: &dyn Fn(&EpochStats) -> Option<f64>| -> Vec<[f64; 2]> { e.iter().filter_map(|s| f(s).map(|v| [(s.epoch + 1) as f64, v])).collect() };
-        let steps = run.steps.iter().filter(|p| p[0] > range.start as f64 && p[0] <= range.end as f64).copied().collect();
+        let at = |f: &dyn Fn(&EpochStats) -> Option<f64>| -> Vec<[f64; 2]> {
+            e.iter()
+                .filter_map(|s| f(s).map(|v| [(s.epoch + 1) as f64, v]))
+                .collect()
+        };
+        let steps = run
+            .steps
+            .iter()
+            .filter(|p| p[0] > range.start as f64 && p[0] <= range.end as f64)
+            .copied()
+            .collect();
         let name = |what: &str| format!("{} {stage}{what}", run.label);
         out.extend([
             ("loss", name("step loss"), steps),
             ("loss", name("epoch loss"), at(&|s| Some(s.loss))),
-            ("accuracy", name("train"), at(&|s| Some(100.0 * s.train_acc))),
-            ("accuracy", name("val"), at(&|s| s.val_acc.map(|v| 100.0 * v))),
+            (
+                "accuracy",
+                name("train"),
+                at(&|s| Some(100.0 * s.train_acc)),
+            ),
+            (
+                "accuracy",
+                name("val"),
+                at(&|s| s.val_acc.map(|v| 100.0 * v)),
+            ),
             ("lr", name("lr"), at(&|s| Some(s.lr))),
         ]);
     }
@@ -113,17 +152,24 @@ pub fn series(run: &TrainRecord) -> Vec<(&'static str, String, Vec<[f64; 2]>)> {
 
 impl TrainPanel {
     pub fn ui(&mut self, ui: &mut egui::Ui, state: &AppState, actions: &mut Vec<Action>) {
-        egui::Panel::left("train_form").resizable(true).default_size(300.0).show(ui, |ui| {
-            ScrollArea::vertical().auto_shrink([false; 2]).show(ui, |ui| self.form_ui(ui, state, actions));
-        });
-        ScrollArea::vertical().auto_shrink([false; 2]).show(ui, |ui| {
-            // Rows and plots fit the visible width (a wide row would widen the plots past the window's
-            // edge at 1280 px).
-            ui.set_max_width(ui.available_width());
-            runs_ui(ui, state, actions);
-            ui.separator();
-            plots_ui(ui, &state.runs);
-        });
+        egui::Panel::left("train_form")
+            .resizable(true)
+            .default_size(300.0)
+            .show(ui, |ui| {
+                ScrollArea::vertical()
+                    .auto_shrink([false; 2])
+                    .show(ui, |ui| self.form_ui(ui, state, actions));
+            });
+        ScrollArea::vertical()
+            .auto_shrink([false; 2])
+            .show(ui, |ui| {
+                // Rows and plots fit the visible width (a wide row would widen the plots past the window's
+                // edge at 1280 px).
+                ui.set_max_width(ui.available_width());
+                runs_ui(ui, state, actions);
+                ui.separator();
+                plots_ui(ui, &state.runs);
+            });
     }
 
     fn form_ui(&mut self, ui: &mut egui::Ui, state: &AppState, actions: &mut Vec<Action>) {
@@ -160,7 +206,8 @@ impl TrainPanel {
             run.as_ref().err().map(|e| e.to_string())
         };
         let accent = ui.visuals().selection.bg_fill;
-        let button = egui::Button::new(RichText::new(START_BUTTON).strong().color(Color32::WHITE)).fill(accent);
+        let button = egui::Button::new(RichText::new(START_BUTTON).strong().color(Color32::WHITE))
+            .fill(accent);
         if ui.add_enabled(missing.is_none(), button).clicked() {
             if let Ok(run) = run {
                 actions.push(Action::StartTraining(Box::new(run)));
@@ -179,57 +226,102 @@ fn pretrain_form(ui: &mut egui::Ui, p: &mut PretrainRun, state: &AppState) {
     use crate::train::pretrain::PretrainLoss;
     let l = ui.label(PAIRS_FIELD);
     let mut pairs = p.pairs.display().to_string();
-    if ui.add(TextEdit::singleline(&mut pairs).hint_text("folder of NAME.jpg + NAME.txt").desired_width(f32::INFINITY)).labelled_by(l.id).changed() {
+    if ui
+        .add(
+            TextEdit::singleline(&mut pairs)
+                .hint_text("folder of NAME.jpg + NAME.txt")
+                .desired_width(f32::INFINITY),
+        )
+        .labelled_by(l.id)
+        .changed()
+    {
         p.pairs = pairs.trim().into();
     }
     ui.weak("A folder of NAME.jpg + NAME.txt (as img2dataset writes), or images beside captions.tsv / captions.jsonl; `promptscope synth-scenes` writes captioned scenes.");
-    egui::Grid::new("pretrain_form").num_columns(2).spacing([12.0, 6.0]).show(ui, |ui| {
-        ui.label("Start from");
-        ui.vertical(|ui| {
-            if ui.radio(matches!(p.start, PretrainStart::Preset(_)), "random weights (demo architecture)").clicked() {
-                p.start = PretrainStart::Preset("scenes".into());
-            }
-            let loaded = state.model.as_ref().map(|m| m.clip.dir.clone());
-            let fine_tune = ui.add_enabled(loaded.is_some(), egui::RadioButton::new(matches!(p.start, PretrainStart::Init(_)), "the loaded model (fine-tune)"));
-            if let (true, Some(dir)) = (fine_tune.clicked(), loaded) {
-                p.start = PretrainStart::Init(dir);
-            }
+    egui::Grid::new("pretrain_form")
+        .num_columns(2)
+        .spacing([12.0, 6.0])
+        .show(ui, |ui| {
+            ui.label("Start from");
+            ui.vertical(|ui| {
+                if ui
+                    .radio(
+                        matches!(p.start, PretrainStart::Preset(_)),
+                        "random weights (demo architecture)",
+                    )
+                    .clicked()
+                {
+                    p.start = PretrainStart::Preset("scenes".into());
+                }
+                let loaded = state.model.as_ref().map(|m| m.clip.dir.clone());
+                let fine_tune = ui.add_enabled(
+                    loaded.is_some(),
+                    egui::RadioButton::new(
+                        matches!(p.start, PretrainStart::Init(_)),
+                        "the loaded model (fine-tune)",
+                    ),
+                );
+                if let (true, Some(dir)) = (fine_tune.clicked(), loaded) {
+                    p.start = PretrainStart::Init(dir);
+                }
+            });
+            ui.end_row();
+            ui.label("Loss");
+            ui.horizontal(|ui| {
+                ui.radio_value(
+                    &mut p.config.loss,
+                    PretrainLoss::Filip,
+                    "FILIP (token-wise)",
+                );
+                ui.radio_value(&mut p.config.loss, PretrainLoss::Clip, "CLIP (pooled)");
+            });
+            ui.end_row();
+            ui.label("Token fraction");
+            ui.add(
+                DragValue::new(&mut p.config.top_fraction)
+                    .range(0.05..=1.0)
+                    .speed(0.01),
+            )
+            .on_hover_text("FILIP's token selection: 0.25 keeps each side's top quarter");
+            ui.end_row();
+            ui.label("Epochs");
+            ui.add(DragValue::new(&mut p.config.optim.epochs).range(1..=100_000));
+            ui.end_row();
+            ui.label("Batch size");
+            ui.add(DragValue::new(&mut p.config.batch_size).range(2..=4096));
+            ui.end_row();
+            ui.label("Learning rate");
+            ui.add(
+                DragValue::new(&mut p.config.optim.lr)
+                    .speed(1e-5)
+                    .range(1e-7..=1.0)
+                    .max_decimals(6),
+            );
+            ui.end_row();
+            ui.label("Weight decay");
+            ui.add(
+                DragValue::new(&mut p.config.optim.weight_decay)
+                    .speed(1e-3)
+                    .range(0.0..=1.0),
+            );
+            ui.end_row();
+            ui.label("Seed");
+            ui.add(DragValue::new(&mut p.config.seed));
+            ui.end_row();
+            ui.label("Storage");
+            ui.checkbox(&mut p.fp16, "f16 weights (half the size)");
+            ui.end_row();
         });
-        ui.end_row();
-        ui.label("Loss");
-        ui.horizontal(|ui| {
-            ui.radio_value(&mut p.config.loss, PretrainLoss::Filip, "FILIP (token-wise)");
-            ui.radio_value(&mut p.config.loss, PretrainLoss::Clip, "CLIP (pooled)");
-        });
-        ui.end_row();
-        ui.label("Token fraction");
-        ui.add(DragValue::new(&mut p.config.top_fraction).range(0.05..=1.0).speed(0.01)).on_hover_text("FILIP's token selection: 0.25 keeps each side's top quarter");
-        ui.end_row();
-        ui.label("Epochs");
-        ui.add(DragValue::new(&mut p.config.optim.epochs).range(1..=100_000));
-        ui.end_row();
-        ui.label("Batch size");
-        ui.add(DragValue::new(&mut p.config.batch_size).range(2..=4096));
-        ui.end_row();
-        ui.label("Learning rate");
-        ui.add(DragValue::new(&mut p.config.optim.lr).speed(1e-5).range(1e-7..=1.0).max_decimals(6));
-        ui.end_row();
-        ui.label("Weight decay");
-        ui.add(DragValue::new(&mut p.config.optim.weight_decay).speed(1e-3).range(0.0..=1.0));
-        ui.end_row();
-        ui.label("Seed");
-        ui.add(DragValue::new(&mut p.config.seed));
-        ui.end_row();
-        ui.label("Storage");
-        ui.checkbox(&mut p.fp16, "f16 weights (half the size)");
-        ui.end_row();
-    });
     // The warm-up starts at a tenth of the rate, as the CLI's `pretrain` does.
     p.config.optim.warmup_lr = p.config.optim.lr / 10.0;
 }
 
 /// Shots per class, shared by both methods; `on_change` sees the new choice (CoOp resets its epochs).
-fn shots_ui(ui: &mut egui::Ui, shots: &mut Option<usize>, mut on_change: impl FnMut(Option<usize>)) {
+fn shots_ui(
+    ui: &mut egui::Ui,
+    shots: &mut Option<usize>,
+    mut on_change: impl FnMut(Option<usize>),
+) {
     ui.label("Shots per class");
     ui.horizontal_wrapped(|ui| {
         for k in SHOT_CHOICES {
@@ -256,7 +348,10 @@ fn optional_count(ui: &mut egui::Ui, value: &mut Option<usize>, none_label: &str
 
 fn seed_rows(ui: &mut egui::Ui, seed: &mut u64, split_seed: &mut u64) -> bool {
     ui.label("Seed");
-    let changed = ui.add(DragValue::new(seed).range(0..=u32::MAX as u64)).on_hover_text("Shots, initialisation and batch order").changed();
+    let changed = ui
+        .add(DragValue::new(seed).range(0..=u32::MAX as u64))
+        .on_hover_text("Shots, initialisation and batch order")
+        .changed();
     ui.end_row();
     ui.label("Split seed");
     ui.add(DragValue::new(split_seed).range(0..=u32::MAX as u64))
@@ -267,20 +362,43 @@ fn seed_rows(ui: &mut egui::Ui, seed: &mut u64, split_seed: &mut u64) -> bool {
 
 fn optim_rows(ui: &mut egui::Ui, o: &mut OptimConfig, momentum: bool) {
     ui.label("Learning rate");
-    ui.add(DragValue::new(&mut o.lr).range(1e-7..=10.0).speed(0.0005).max_decimals(6));
+    ui.add(
+        DragValue::new(&mut o.lr)
+            .range(1e-7..=10.0)
+            .speed(0.0005)
+            .max_decimals(6),
+    );
     ui.end_row();
     if momentum {
         ui.label("Momentum");
-        ui.add(DragValue::new(&mut o.momentum).range(0.0..=0.999).speed(0.01));
+        ui.add(
+            DragValue::new(&mut o.momentum)
+                .range(0.0..=0.999)
+                .speed(0.01),
+        );
         ui.end_row();
     }
     ui.label("Weight decay");
-    ui.add(DragValue::new(&mut o.weight_decay).range(0.0..=1.0).speed(0.0001).max_decimals(5));
+    ui.add(
+        DragValue::new(&mut o.weight_decay)
+            .range(0.0..=1.0)
+            .speed(0.0001)
+            .max_decimals(5),
+    );
     ui.end_row();
     ui.label("Warm-up");
     ui.horizontal(|ui| {
-        ui.add(DragValue::new(&mut o.warmup_epochs).range(0..=100).suffix(" epochs at"));
-        ui.add(DragValue::new(&mut o.warmup_lr).range(0.0..=10.0).speed(0.00001).max_decimals(7));
+        ui.add(
+            DragValue::new(&mut o.warmup_epochs)
+                .range(0..=100)
+                .suffix(" epochs at"),
+        );
+        ui.add(
+            DragValue::new(&mut o.warmup_lr)
+                .range(0.0..=10.0)
+                .speed(0.00001)
+                .max_decimals(7),
+        );
     });
     ui.end_row();
 }
@@ -404,10 +522,18 @@ fn runs_ui(ui: &mut egui::Ui, state: &AppState, actions: &mut Vec<Action>) {
     for run in &state.runs {
         ui.horizontal_wrapped(|ui| {
             let mut visible = run.visible;
-            if ui.checkbox(&mut visible, "").on_hover_text("Show in the plots").changed() {
+            if ui
+                .checkbox(&mut visible, "")
+                .on_hover_text("Show in the plots")
+                .changed()
+            {
                 actions.push(Action::ToggleRunVisible(run.number));
             }
-            ui.label(RichText::new(&run.label).color(run_colour(run.number)).strong());
+            ui.label(
+                RichText::new(&run.label)
+                    .color(run_colour(run.number))
+                    .strong(),
+            );
             status_ui(ui, run, actions);
         });
     }
@@ -422,13 +548,22 @@ fn status_ui(ui: &mut egui::Ui, run: &TrainRecord, actions: &mut Vec<Action>) {
                 actions.push(Action::StopRun(n));
             }
             ui.spinner();
-            ui.label(if *total > 0 { format!("{stage} {done}/{total}") } else { format!("{stage}…") });
+            ui.label(if *total > 0 {
+                format!("{stage} {done}/{total}")
+            } else {
+                format!("{stage}…")
+            });
         }
         RunStatus::Training | RunStatus::Paused => {
             let paused = matches!(run.status, RunStatus::Paused);
             let done = run.epochs.len();
-            let eta = run.epochs.last().map_or(String::new(), |e| format!(" · ETA {}", seconds(e.eta_s)));
-            let speed = run.throughput().map_or(String::new(), |t| format!(" · {t:.0} img/s"));
+            let eta = run
+                .epochs
+                .last()
+                .map_or(String::new(), |e| format!(" · ETA {}", seconds(e.eta_s)));
+            let speed = run
+                .throughput()
+                .map_or(String::new(), |t| format!(" · {t:.0} img/s"));
             // Buttons first: text whose width changes every epoch would otherwise move them under the pointer.
             if paused {
                 if ui.button("Resume").clicked() {
@@ -440,12 +575,26 @@ fn status_ui(ui: &mut egui::Ui, run: &TrainRecord, actions: &mut Vec<Action>) {
             if ui.button("Stop").clicked() {
                 actions.push(Action::StopRun(n));
             }
-            ui.add(egui::ProgressBar::new(done as f32 / epochs.max(1) as f32).desired_width(160.0).text(format!("epoch {done}/{epochs}")));
-            ui.label(format!("{}{eta}{speed}", if paused { "paused" } else { "training" }));
+            ui.add(
+                egui::ProgressBar::new(done as f32 / epochs.max(1) as f32)
+                    .desired_width(160.0)
+                    .text(format!("epoch {done}/{epochs}")),
+            );
+            ui.label(format!(
+                "{}{eta}{speed}",
+                if paused { "paused" } else { "training" }
+            ));
         }
         RunStatus::Stopped => {
-            ui.label(format!("stopped after {} of {epochs} epochs", run.epochs.len()));
-            if ui.button("Resume").on_hover_text("Continue from the last finished epoch").clicked() {
+            ui.label(format!(
+                "stopped after {} of {epochs} epochs",
+                run.epochs.len()
+            ));
+            if ui
+                .button("Resume")
+                .on_hover_text("Continue from the last finished epoch")
+                .clicked()
+            {
                 actions.push(Action::ResumeRun(n));
             }
         }
@@ -462,7 +611,11 @@ fn status_ui(ui: &mut egui::Ui, run: &TrainRecord, actions: &mut Vec<Action>) {
 
 fn seconds(s: f64) -> String {
     if s >= 3600.0 {
-        format!("{:.0} h {:.0} min", (s / 3600.0).floor(), (s % 3600.0) / 60.0)
+        format!(
+            "{:.0} h {:.0} min",
+            (s / 3600.0).floor(),
+            (s % 3600.0) / 60.0
+        )
     } else if s >= 60.0 {
         format!("{:.0} min {:.0} s", (s / 60.0).floor(), s % 60.0)
     } else {
@@ -496,8 +649,18 @@ fn plots_ui(ui: &mut egui::Ui, runs: &[TrainRecord]) {
                 }
                 let faint = name.ends_with("step loss") || name.ends_with(" train");
                 // A later stage of the same run: same colour, dashed.
-                let style = if name.contains(" stage 2 ") { LineStyle::dashed_dense() } else { LineStyle::Solid };
-                let line = Line::new(name, PlotPoints::from(points)).color(if faint { colour.gamma_multiply(0.45) } else { colour }).style(style);
+                let style = if name.contains(" stage 2 ") {
+                    LineStyle::dashed_dense()
+                } else {
+                    LineStyle::Solid
+                };
+                let line = Line::new(name, PlotPoints::from(points))
+                    .color(if faint {
+                        colour.gamma_multiply(0.45)
+                    } else {
+                        colour
+                    })
+                    .style(style);
                 p.line(line.width(if faint { 1.0 } else { 2.0 }));
             }
         }
@@ -506,8 +669,15 @@ fn plots_ui(ui: &mut egui::Ui, runs: &[TrainRecord]) {
     plot("train_loss", "loss", Some(Corner::RightTop)).show(ui, |p| draw(p, "loss"));
     ui.columns(2, |cols| {
         cols[0].strong("Accuracy (%)");
-        plot("train_accuracy", "%", Some(Corner::RightBottom)).include_y(0.0).include_y(100.0).height(height * 0.8).show(&mut cols[0], |p| draw(p, "accuracy"));
+        plot("train_accuracy", "%", Some(Corner::RightBottom))
+            .include_y(0.0)
+            .include_y(100.0)
+            .height(height * 0.8)
+            .show(&mut cols[0], |p| draw(p, "accuracy"));
         cols[1].strong("Learning rate");
-        plot("train_lr", "lr", None).include_y(0.0).height(height * 0.8).show(&mut cols[1], |p| draw(p, "lr"));
+        plot("train_lr", "lr", None)
+            .include_y(0.0)
+            .height(height * 0.8)
+            .show(&mut cols[1], |p| draw(p, "lr"));
     });
 }

@@ -13,7 +13,11 @@ use super::events::{JobId, TrainControl, TrainOutcome};
 #[derive(Debug, Clone, PartialEq)]
 pub enum RunStatus {
     /// Few-shot split and image features (`stage`, `done` of `total`).
-    Preparing { stage: String, done: usize, total: usize },
+    Preparing {
+        stage: String,
+        done: usize,
+        total: usize,
+    },
     Training,
     Paused,
     /// Stopped by the user; resumable from the last finished epoch.
@@ -51,7 +55,11 @@ impl TrainRecord {
             out,
             job: None,
             control: Arc::default(),
-            status: RunStatus::Preparing { stage: "starting".into(), done: 0, total: 0 },
+            status: RunStatus::Preparing {
+                stage: "starting".into(),
+                done: 0,
+                total: 0,
+            },
             steps: Vec::new(),
             epochs: Vec::new(),
             outcome: None,
@@ -78,6 +86,7 @@ impl TrainRecord {
     /// Images per second of training over the finished epochs.
     pub fn throughput(&self) -> Option<f64> {
         let last = self.epochs.last()?;
-        (last.elapsed_s > 0.0 && self.train_images > 0).then(|| (self.epochs.len() * self.train_images) as f64 / last.elapsed_s)
+        (last.elapsed_s > 0.0 && self.train_images > 0)
+            .then(|| (self.epochs.len() * self.train_images) as f64 / last.elapsed_s)
     }
 }

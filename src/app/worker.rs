@@ -19,7 +19,10 @@ use crate::train::mpfgvc::StageEvent;
 
 use super::align_job::{self, AlignRequest};
 use super::compare_job::{self, CompareRequest};
-use super::events::{DatasetSummary, Event, Failure, JobId, LoadedModel, OpenedDataset, PickTarget, TrainControl, TrainOutcome};
+use super::events::{
+    DatasetSummary, Event, Failure, JobId, LoadedModel, OpenedDataset, PickTarget, TrainControl,
+    TrainOutcome,
+};
 use super::prompts_job;
 
 pub struct Worker {
@@ -31,7 +34,11 @@ pub struct Worker {
 impl Default for Worker {
     fn default() -> Self {
         let (tx, rx) = mpsc::channel();
-        Worker { tx, rx, next_job: 1 }
+        Worker {
+            tx,
+            rx,
+            next_job: 1,
+        }
     }
 }
 
@@ -59,7 +66,12 @@ impl Worker {
     }
 
     /// Scans a dataset folder; `classnames` (CoOp's classnames.txt) names its class folders.
-    pub fn open_dataset(&mut self, ctx: &egui::Context, path: PathBuf, classnames: Option<PathBuf>) -> std::io::Result<JobId> {
+    pub fn open_dataset(
+        &mut self,
+        ctx: &egui::Context,
+        path: PathBuf,
+        classnames: Option<PathBuf>,
+    ) -> std::io::Result<JobId> {
         self.spawn(ctx, "open dataset", move |job, _| {
             let result = (|| {
                 let mut folder = DatasetFolder::open(&path)?;
@@ -68,7 +80,10 @@ impl Worker {
                 }
                 Ok(folder)
             })()
-            .map(|folder| OpenedDataset { summary: DatasetSummary::of(&folder), folder: Arc::new(folder) })
+            .map(|folder| OpenedDataset {
+                summary: DatasetSummary::of(&folder),
+                folder: Arc::new(folder),
+            })
             .map_err(|e: crate::Error| Failure::from(e));
             Event::DatasetOpened { job, result }
         })
@@ -89,11 +104,17 @@ impl Worker {
                 cancel: &cancel,
                 on_update: |stage: &str, done, total| {
                     // A closed channel means the app is gone; the result would be dropped anyway.
-                    let _ = tx.send(Event::Progress { job, stage: stage.to_string(), done, total });
+                    let _ = tx.send(Event::Progress {
+                        job,
+                        stage: stage.to_string(),
+                        done,
+                        total,
+                    });
                     progress_ctx.request_repaint();
                 },
             };
-            let result = compare_job::run(&clip, &data, &req, cache.as_deref(), &reporter).map_err(Failure::from);
+            let result = compare_job::run(&clip, &data, &req, cache.as_deref(), &reporter)
+                .map_err(Failure::from);
             Event::ZeroShotFinished { job, result }
         })
     }
@@ -110,20 +131,37 @@ impl Worker {
     ) -> std::io::Result<JobId> {
         self.spawn(ctx, "load prompts", move |job, _| Event::PromptsLoaded {
             job,
-            result: prompts_job::load(&clip, &path, label, class_names.as_deref(), &imports).map_err(Failure::from),
+            result: prompts_job::load(&clip, &path, label, class_names.as_deref(), &imports)
+                .map_err(Failure::from),
         })
     }
 
     /// Small pictures (at most `side` px) of `paths`, for the Compare tab's class view.
-    pub fn images(&mut self, ctx: &egui::Context, paths: Vec<PathBuf>, side: u32) -> std::io::Result<JobId> {
+    pub fn images(
+        &mut self,
+        ctx: &egui::Context,
+        paths: Vec<PathBuf>,
+        side: u32,
+    ) -> std::io::Result<JobId> {
         self.spawn(ctx, "images", move |job, _| {
-            let images = paths.into_iter().map(|p| { let img = small_image(&p, side); (p, img) }).collect();
+            let images = paths
+                .into_iter()
+                .map(|p| {
+                    let img = small_image(&p, side);
+                    (p, img)
+                })
+                .collect();
             Event::Images { job, images }
         })
     }
 
     /// Lists the runs folder, first deleting `delete` from it when given.
-    pub fn list_runs(&mut self, ctx: &egui::Context, dir: PathBuf, delete: Option<PathBuf>) -> std::io::Result<JobId> {
+    pub fn list_runs(
+        &mut self,
+        ctx: &egui::Context,
+        dir: PathBuf,
+        delete: Option<PathBuf>,
+    ) -> std::io::Result<JobId> {
         self.spawn(ctx, "runs", move |job, _| {
             let result = (|| {
                 if let Some(run) = &delete {
@@ -136,15 +174,38 @@ impl Worker {
         })
     }
 
-    pub fn classify(&mut self, ctx: &egui::Context, clip: Arc<LoadedClip>, prompts: PathBuf, image: PathBuf) -> std::io::Result<JobId> {
-        self.spawn(ctx, "classify", move |job, _| Event::Classified { job, result: super::classify_job::run(&clip, &prompts, &image).map_err(Failure::from) })
+    pub fn classify(
+        &mut self,
+        ctx: &egui::Context,
+        clip: Arc<LoadedClip>,
+        prompts: PathBuf,
+        image: PathBuf,
+    ) -> std::io::Result<JobId> {
+        self.spawn(ctx, "classify", move |job, _| Event::Classified {
+            job,
+            result: super::classify_job::run(&clip, &prompts, &image).map_err(Failure::from),
+        })
     }
 
-    pub fn export(&mut self, ctx: &egui::Context, from: PathBuf, to: PathBuf) -> std::io::Result<JobId> {
-        self.spawn(ctx, "export", move |job, _| Event::Exported { job, result: prompts_job::export(&from, &to).map_err(Failure::from) })
+    pub fn export(
+        &mut self,
+        ctx: &egui::Context,
+        from: PathBuf,
+        to: PathBuf,
+    ) -> std::io::Result<JobId> {
+        self.spawn(ctx, "export", move |job, _| Event::Exported {
+            job,
+            result: prompts_job::export(&from, &to).map_err(Failure::from),
+        })
     }
 
-    pub fn thumbnails(&mut self, ctx: &egui::Context, data: Arc<DatasetFolder>, per_class: usize, side: u32) -> std::io::Result<JobId> {
+    pub fn thumbnails(
+        &mut self,
+        ctx: &egui::Context,
+        data: Arc<DatasetFolder>,
+        per_class: usize,
+        side: u32,
+    ) -> std::io::Result<JobId> {
         self.spawn(ctx, "thumbnails", move |job, _| {
             let mut images = vec![Vec::new(); data.num_classes()];
             for s in &data.all {
@@ -159,8 +220,16 @@ impl Worker {
         })
     }
 
-    pub fn align(&mut self, ctx: &egui::Context, clip: Arc<LoadedClip>, req: AlignRequest) -> std::io::Result<JobId> {
-        self.spawn(ctx, "align", move |job, _| Event::AlignDone { job, result: align_job::run(&clip, &req).map_err(Failure::from) })
+    pub fn align(
+        &mut self,
+        ctx: &egui::Context,
+        clip: Arc<LoadedClip>,
+        req: AlignRequest,
+    ) -> std::io::Result<JobId> {
+        self.spawn(ctx, "align", move |job, _| Event::AlignDone {
+            job,
+            result: align_job::run(&clip, &req).map_err(Failure::from),
+        })
     }
 
     /// Trains one run of any method (resuming from `out`'s checkpoint when `resume`), reporting every step
@@ -298,12 +367,14 @@ impl Worker {
         let tx = self.tx.clone();
         let ctx = ctx.clone();
         let thread_start = start.clone();
-        let spawned = std::thread::Builder::new().name("promptscope file dialog".into()).spawn(move || {
-            if let Some(path) = dialog(target, thread_start) {
-                let _ = tx.send(Event::Picked { target, path });
-                ctx.request_repaint();
-            }
-        });
+        let spawned = std::thread::Builder::new()
+            .name("promptscope file dialog".into())
+            .spawn(move || {
+                if let Some(path) = dialog(target, thread_start) {
+                    let _ = tx.send(Event::Picked { target, path });
+                    ctx.request_repaint();
+                }
+            });
         if spawned.is_err() {
             // Without a spare thread, a dialog that blocks the window is still better than none.
             if let Some(path) = dialog(target, start) {
@@ -325,33 +396,49 @@ impl Worker {
         let tx = self.tx.clone();
         let ctx = ctx.clone();
         let what = what.to_string();
-        std::thread::Builder::new().name(format!("promptscope {what}")).spawn(move || {
-            let event = std::panic::catch_unwind(AssertUnwindSafe(|| work(job, &tx))).unwrap_or_else(|panic| {
-                let detail = panic
-                    .downcast_ref::<&str>()
-                    .map(ToString::to_string)
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "no details".into());
-                Event::Crashed { job, message: format!("internal error during {what}: {detail}") }
-            });
-            let _ = tx.send(event);
-            ctx.request_repaint();
-        })?;
+        std::thread::Builder::new()
+            .name(format!("promptscope {what}"))
+            .spawn(move || {
+                let event = std::panic::catch_unwind(AssertUnwindSafe(|| work(job, &tx)))
+                    .unwrap_or_else(|panic| {
+                        let detail = panic
+                            .downcast_ref::<&str>()
+                            .map(ToString::to_string)
+                            .or_else(|| panic.downcast_ref::<String>().cloned())
+                            .unwrap_or_else(|| "no details".into());
+                        Event::Crashed {
+                            job,
+                            message: format!("internal error during {what}: {detail}"),
+                        }
+                    });
+                let _ = tx.send(event);
+                ctx.request_repaint();
+            })?;
         Ok(job)
     }
 }
 
 /// An image decoded and shrunk to at most `side` px for the panels; None when the file does not decode.
 fn small_image(path: &std::path::Path, side: u32) -> Option<egui::ColorImage> {
-    let t = crate::clip::preprocess::load_image(path).ok()?.thumbnail(side, side).to_rgba8();
-    Some(egui::ColorImage::from_rgba_unmultiplied([t.width() as usize, t.height() as usize], t.as_raw()))
+    let t = crate::clip::preprocess::load_image(path)
+        .ok()?
+        .thumbnail(side, side)
+        .to_rgba8();
+    Some(egui::ColorImage::from_rgba_unmultiplied(
+        [t.width() as usize, t.height() as usize],
+        t.as_raw(),
+    ))
 }
 
 fn dialog(target: PickTarget, start: Option<PathBuf>) -> Option<PathBuf> {
     let mut dialog = rfd::FileDialog::new().set_title(target.title());
     if let Some(start) = &start {
         // A suggested file: open in its folder with its name filled in.
-        let (dir, name) = if start.is_dir() { (Some(start.as_path()), None) } else { (start.parent(), start.file_name()) };
+        let (dir, name) = if start.is_dir() {
+            (Some(start.as_path()), None)
+        } else {
+            (start.parent(), start.file_name())
+        };
         if let Some(dir) = dir.filter(|d| d.is_dir()) {
             dialog = dialog.set_directory(dir);
         }
@@ -361,10 +448,17 @@ fn dialog(target: PickTarget, start: Option<PathBuf>) -> Option<PathBuf> {
     }
     match target {
         PickTarget::Model | PickTarget::Dataset => dialog.pick_folder(),
-        PickTarget::ExportRun(_) => dialog.add_filter("safetensors", &["safetensors"]).save_file(),
+        PickTarget::ExportRun(_) => dialog
+            .add_filter("safetensors", &["safetensors"])
+            .save_file(),
         // No extension filter: CoOp names its checkpoints model.pth.tar-50.
         PickTarget::Prompts => dialog.pick_file(),
-        PickTarget::ClassNames => dialog.add_filter("text", &["txt"]).add_filter("any file", &["*"]).pick_file(),
-        PickTarget::Image | PickTarget::ClassifyImage => dialog.add_filter("images", crate::data::folder::IMAGE_EXTENSIONS).pick_file(),
+        PickTarget::ClassNames => dialog
+            .add_filter("text", &["txt"])
+            .add_filter("any file", &["*"])
+            .pick_file(),
+        PickTarget::Image | PickTarget::ClassifyImage => dialog
+            .add_filter("images", crate::data::folder::IMAGE_EXTENSIONS)
+            .pick_file(),
     }
 }

@@ -14,8 +14,8 @@ use promptscope::export::prompt_file::PromptFile;
 use promptscope::render::heatmap::{outline_patches, overlay, overlay_labels, save_png};
 use promptscope::render::{Colormap, GridMap, HeatmapStyle};
 
-use crate::cli::{load_model, open_dataset, Bar};
 use super::{DataArgs, Format, ModelArgs};
+use crate::cli::{load_model, open_dataset, Bar};
 
 /// Where and how to draw a map.
 #[derive(clap::Args, Debug, Clone)]
@@ -36,7 +36,12 @@ pub struct PngArgs {
 
 impl PngArgs {
     fn style(&self) -> HeatmapStyle {
-        HeatmapStyle { colormap: self.colormap, opacity: self.opacity, grid_lines: self.grid_lines, threshold: 0.0 }
+        HeatmapStyle {
+            colormap: self.colormap,
+            opacity: self.opacity,
+            grid_lines: self.grid_lines,
+            threshold: 0.0,
+        }
     }
 
     /// Fails before any model work when the PNG could not be written anyway.
@@ -45,7 +50,10 @@ impl PngArgs {
             bail!("--opacity must be between 0 and 1, not {}", self.opacity);
         }
         if let Some(p) = &self.png {
-            let dir = p.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+            let dir = p
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
             if !dir.is_dir() {
                 bail!("{}: the folder for --png does not exist; create it first or choose another path", dir.display());
             }
@@ -74,7 +82,12 @@ pub struct TokenArgs {
 impl TokenArgs {
     fn config(&self) -> Result<AlignConfig> {
         promptscope::align::filip::check_fraction(self.top_fraction)?;
-        Ok(AlignConfig { mode: self.mode, with_cls: self.with_cls, with_sos: self.with_sos, top_fraction: self.top_fraction })
+        Ok(AlignConfig {
+            mode: self.mode,
+            with_cls: self.with_cls,
+            with_sos: self.with_sos,
+            top_fraction: self.top_fraction,
+        })
     }
 }
 
@@ -169,20 +182,36 @@ pub fn align_verb(args: &AlignArgs) -> Result<()> {
     args.png.check()?;
     // Checked before the model loads, so a bad flag fails at once.
     let cfg = args.tokens.config()?;
-    let file = args.prompts.as_ref().map(|p| PromptFile::load(p).map(|f| (p, f))).transpose()?;
+    let file = args
+        .prompts
+        .as_ref()
+        .map(|p| PromptFile::load(p).map(|f| (p, f)))
+        .transpose()?;
     let clip = load_model(&args.model)?;
     let learned = match &file {
         Some((path, f)) => {
             let name = args.class.as_deref().unwrap_or_default();
-            let class = f.meta.class_names.iter().position(|c| c == name).with_context(|| {
-                format!("{}: has no class {name:?}; its classes are: {}", path.display(), f.meta.class_names.join(", "))
-            })?;
+            let class = f
+                .meta
+                .class_names
+                .iter()
+                .position(|c| c == name)
+                .with_context(|| {
+                    format!(
+                        "{}: has no class {name:?}; its classes are: {}",
+                        path.display(),
+                        f.meta.class_names.join(", ")
+                    )
+                })?;
             Some((f.learner(&clip, path)?, class))
         }
         None => None,
     };
     let source = match (&learned, &args.text) {
-        (Some((learner, class)), _) => TextSource::Learned { learner, class: *class },
+        (Some((learner, class)), _) => TextSource::Learned {
+            learner,
+            class: *class,
+        },
         (None, Some(t)) => TextSource::Text(t),
         (None, None) => bail!("pass --text, or --prompts with --class"),
     };
@@ -190,14 +219,29 @@ pub fn align_verb(args: &AlignArgs) -> Result<()> {
     let a = align(&clip, &pixels, &source, &cfg)?;
     if let Some(path) = &args.png.png {
         let img = match args.word {
-            Some(r) => overlay(&base, &GridMap::new(&a.word_map(r)?, a.grid)?, &args.png.style())?,
-            None => overlay_labels(&base, &a.argmax_word_map(), a.grid, args.png.opacity, args.png.grid_lines)?,
+            Some(r) => overlay(
+                &base,
+                &GridMap::new(&a.word_map(r)?, a.grid)?,
+                &args.png.style(),
+            )?,
+            None => overlay_labels(
+                &base,
+                &a.argmax_word_map(),
+                a.grid,
+                args.png.opacity,
+                args.png.grid_lines,
+            )?,
         };
         save_png(&img, path)?;
-        eprintln!("wrote {} ({} mode, {})", path.display(), a.mode, match args.word {
-            Some(r) => format!("map of word {r} {:?}", a.text_tokens[r]),
-            None => "best-aligned word per patch".into(),
-        });
+        eprintln!(
+            "wrote {} ({} mode, {})",
+            path.display(),
+            a.mode,
+            match args.word {
+                Some(r) => format!("map of word {r} {:?}", a.text_tokens[r]),
+                None => "best-aligned word per patch".into(),
+            }
+        );
     } else if let Some(r) = args.word {
         a.word_map(r)?;
     }
@@ -208,7 +252,15 @@ pub fn align_verb(args: &AlignArgs) -> Result<()> {
             print_json(&v)
         }
         Format::Text => {
-            let what = args.text.as_ref().map_or_else(|| format!("class {:?}'s learned prompt", args.class.as_deref().unwrap_or_default()), |t| format!("{t:?}"));
+            let what = args.text.as_ref().map_or_else(
+                || {
+                    format!(
+                        "class {:?}'s learned prompt",
+                        args.class.as_deref().unwrap_or_default()
+                    )
+                },
+                |t| format!("{t:?}"),
+            );
             outln!(
                 "{} mode: {} against {what}; {}×{} patches, {} text tokens",
                 a.mode,
@@ -217,16 +269,39 @@ pub fn align_verb(args: &AlignArgs) -> Result<()> {
                 a.grid[1],
                 a.text_tokens.len()
             );
-            outln!("s_I = {:.4}   s_T = {:.4}   (top fraction {})", a.s_i, a.s_t, a.top_fraction);
-            let counts = a.argmax_word_map().iter().fold(vec![0usize; a.text_tokens.len()], |mut c, &w| {
-                c[w] += 1;
-                c
-            });
-            let width = a.text_tokens.iter().map(|t| t.chars().count()).max().unwrap_or(4).max(4);
-            outln!("  #  {:width$}  max sim  best patch (row, col)  patches won", "word");
+            outln!(
+                "s_I = {:.4}   s_T = {:.4}   (top fraction {})",
+                a.s_i,
+                a.s_t,
+                a.top_fraction
+            );
+            let counts =
+                a.argmax_word_map()
+                    .iter()
+                    .fold(vec![0usize; a.text_tokens.len()], |mut c, &w| {
+                        c[w] += 1;
+                        c
+                    });
+            let width = a
+                .text_tokens
+                .iter()
+                .map(|t| t.chars().count())
+                .max()
+                .unwrap_or(4)
+                .max(4);
+            outln!(
+                "  #  {:width$}  max sim  best patch (row, col)  patches won",
+                "word"
+            );
             for (r, label) in a.text_tokens.iter().enumerate() {
                 let map = a.word_map(r)?;
-                let (best, v) = map.iter().enumerate().fold((0, f32::NEG_INFINITY), |b, (i, &v)| if v > b.1 { (i, v) } else { b });
+                let (best, v) =
+                    map.iter()
+                        .enumerate()
+                        .fold(
+                            (0, f32::NEG_INFINITY),
+                            |b, (i, &v)| if v > b.1 { (i, v) } else { b },
+                        );
                 let pos = format!("({}, {})", best / a.grid[1], best % a.grid[1]);
                 outln!("{r:3}  {label:width$}  {v:+.4}  {pos:>21}  {}", counts[r]);
             }
@@ -239,9 +314,16 @@ pub fn ssvp_verb(args: &SsvpArgs) -> Result<()> {
     args.png.check()?;
     let clip = load_model(&args.model)?;
     let (base, pixels) = model_input(&clip, &args.image)?;
-    let sel = ssvp(&clip.model.vision, &pixels, args.k)?.into_iter().next().context("no SsVP result")?;
+    let sel = ssvp(&clip.model()?.vision, &pixels, args.k)?
+        .into_iter()
+        .next()
+        .context("no SsVP result")?;
     if let Some(path) = &args.png.png {
-        let mut img = overlay(&base, &GridMap::new(&sel.attention, sel.grid)?, &args.png.style())?;
+        let mut img = overlay(
+            &base,
+            &GridMap::new(&sel.attention, sel.grid)?,
+            &args.png.style(),
+        )?;
         outline_patches(&mut img, sel.grid, &sel.indices, [255, 255, 255])?;
         save_png(&img, path)?;
         eprintln!("wrote {} (class-token attention of the penultimate block; the {} kept patches outlined)", path.display(), sel.k);
@@ -249,12 +331,30 @@ pub fn ssvp_verb(args: &SsvpArgs) -> Result<()> {
     match args.format {
         Format::Json => print_json(&sel),
         Format::Text => {
-            outln!("SsVP on {}: kept {} of {} patches", args.image.display(), sel.k, sel.grid[0] * sel.grid[1]);
+            outln!(
+                "SsVP on {}: kept {} of {} patches",
+                args.image.display(),
+                sel.k,
+                sel.grid[0] * sel.grid[1]
+            );
             for (&p, s) in sel.indices.iter().zip(&sel.scores) {
-                outln!("  patch {p:4} (row {}, col {})  attention {s:.4}", p / sel.grid[1], p % sel.grid[1]);
+                outln!(
+                    "  patch {p:4} (row {}, col {})  attention {s:.4}",
+                    p / sel.grid[1],
+                    p % sel.grid[1]
+                );
             }
-            let head: Vec<String> = sel.image_embeds.iter().take(6).map(|x| format!("{x:+.4}")).collect();
-            outln!("image feature: [{}, …] (dim {})", head.join(", "), sel.image_embeds.len());
+            let head: Vec<String> = sel
+                .image_embeds
+                .iter()
+                .take(6)
+                .map(|x| format!("{x:+.4}"))
+                .collect();
+            outln!(
+                "image feature: [{}, …] (dim {})",
+                head.join(", "),
+                sel.image_embeds.len()
+            );
             Ok(())
         }
     }
@@ -264,17 +364,33 @@ pub fn align_eval_verb(args: &AlignEvalArgs) -> Result<()> {
     let align = args.tokens.config()?;
     let ds = open_dataset(&args.data)?;
     let split = promptscope::data::fewshot::test_split(&ds, args.split_seed)?;
-    let file = args.prompts.as_ref().map(|p| PromptFile::load(p).map(|f| (p, f))).transpose()?;
+    let file = args
+        .prompts
+        .as_ref()
+        .map(|p| PromptFile::load(p).map(|f| (p, f)))
+        .transpose()?;
     if let Some((path, f)) = &file {
         if f.meta.class_names != ds.class_names {
-            bail!("{}: trained for classes {:?}, but {} has {:?}", path.display(), f.meta.class_names, args.data.data.display(), ds.class_names);
+            bail!(
+                "{}: trained for classes {:?}, but {} has {:?}",
+                path.display(),
+                f.meta.class_names,
+                args.data.data.display(),
+                ds.class_names
+            );
         }
     }
     let clip = load_model(&args.model)?;
-    let learner = file.as_ref().map(|(path, f)| f.learner(&clip, path)).transpose()?;
+    let learner = file
+        .as_ref()
+        .map(|(path, f)| f.learner(&clip, path))
+        .transpose()?;
     let prompts = match &learner {
         Some(l) => ClassPrompts::Learned(l),
-        None => ClassPrompts::Template { template: &args.template, class_names: &ds.class_names },
+        None => ClassPrompts::Template {
+            template: &args.template,
+            class_names: &ds.class_names,
+        },
     };
     let cmp = CompareConfig {
         align,
@@ -293,8 +409,16 @@ pub fn align_eval_verb(args: &AlignEvalArgs) -> Result<()> {
             print_json(&v)
         }
         Format::Text => {
-            outln!("{} images ({}), {} classes", report.images, split.description, report.classes.len());
-            outln!("  global feature:          {:6.2}%", 100.0 * report.global_accuracy);
+            outln!(
+                "{} images ({}), {} classes",
+                report.images,
+                split.description,
+                report.classes.len()
+            );
+            outln!(
+                "  global feature:          {:6.2}%",
+                100.0 * report.global_accuracy
+            );
             outln!(
                 "  token-wise ({} mode, {:?} score, top fraction {}): {:6.2}%",
                 report.config.mode,
@@ -303,7 +427,11 @@ pub fn align_eval_verb(args: &AlignEvalArgs) -> Result<()> {
                 100.0 * report.tokenwise_accuracy
             );
             match report.ssvp_accuracy {
-                Some(a) => outln!("  SsVP (K = {}):            {:6.2}%", report.ssvp_k, 100.0 * a),
+                Some(a) => outln!(
+                    "  SsVP (K = {}):            {:6.2}%",
+                    report.ssvp_k,
+                    100.0 * a
+                ),
                 None => outln!("  SsVP: the vision tower has a single block"),
             }
             Ok(())

@@ -36,7 +36,15 @@ pub fn open_app(model: Option<String>, data: Option<PathBuf>, start: AppStart) -
         MethodArg::Coop => promptscope::prompt::PromptMethodKind::Coop,
         MethodArg::Mpfgvc => promptscope::prompt::PromptMethodKind::Datp,
     });
-    let startup = promptscope::app::Startup { tab, autorun: start.autorun, epochs: start.epochs, prompts: start.prompts, side_by_side: start.side_by_side, method, super_category: start.super_category };
+    let startup = promptscope::app::Startup {
+        tab,
+        autorun: start.autorun,
+        epochs: start.epochs,
+        prompts: start.prompts,
+        side_by_side: start.side_by_side,
+        method,
+        super_category: start.super_category,
+    };
     promptscope::app::run(model, data, startup)
 }
 
@@ -46,11 +54,28 @@ pub fn bench_overlay(size: u32, repeats: usize, format: Format) -> Result<()> {
     let (device, queue, adapter) = headless_device()?;
     let values: Vec<f32> = (0..49).map(|i| ((i * 37) % 49) as f32).collect();
     let map = promptscope::render::GridMap::new(&values, [7, 7])?;
-    let image: Vec<u8> = (0..224 * 224).flat_map(|i| [(i % 224) as u8, (i / 224) as u8, 128, 255]).collect();
-    let data = OverlayData { id: 1, image, size: [224, 224], map };
-    let style = promptscope::render::HeatmapStyle { grid_lines: true, ..Default::default() };
+    let image: Vec<u8> = (0..224 * 224)
+        .flat_map(|i| [(i % 224) as u8, (i / 224) as u8, 128, 255])
+        .collect();
+    let data = OverlayData {
+        id: 1,
+        image,
+        size: [224, 224],
+        map,
+    };
+    let style = promptscope::render::HeatmapStyle {
+        grid_lines: true,
+        ..Default::default()
+    };
     // The first draw compiles the pipeline's shaders: not counted.
-    let (_, mut times) = render_offscreen(&device, &queue, &data, &style, [size, size], repeats.max(1) + 1)?;
+    let (_, mut times) = render_offscreen(
+        &device,
+        &queue,
+        &data,
+        &style,
+        [size, size],
+        repeats.max(1) + 1,
+    )?;
     times.remove(0);
     let ms: Vec<f64> = times.iter().map(|t| t * 1e3).collect();
     let (n, median, p99) = promptscope::app::FrameTimes::stats(&ms).expect("at least one draw");

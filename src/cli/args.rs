@@ -6,7 +6,11 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Parser)]
-#[command(name = "promptscope", version, about = "Interactive prompt tuning for CLIP-style vision-language models")]
+#[command(
+    name = "promptscope",
+    version,
+    about = "Interactive prompt tuning for CLIP-style vision-language models"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub verb: Option<Verb>,
@@ -289,7 +293,6 @@ pub enum DatasetKind {
     Outlines,
     WarmLight,
 }
-
 
 /// The Train tab's methods, as `app --method` takes them.
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]

@@ -43,7 +43,11 @@ pub struct ClassifyArgs {
 
 pub fn classify(args: &ClassifyArgs) -> Result<()> {
     // Every input is checked before the model loads, so a bad flag fails at once.
-    let file = args.prompts.as_ref().map(|p| PromptFile::load(p).map(|f| (p, f))).transpose()?;
+    let file = args
+        .prompts
+        .as_ref()
+        .map(|p| PromptFile::load(p).map(|f| (p, f)))
+        .transpose()?;
     let names: Vec<String> = match (&file, &args.classnames) {
         (Some((_, f)), _) => f.meta.class_names.clone(),
         (None, Some(path)) => promptscope::data::classnames::read_names(path, None)?.0,
@@ -51,7 +55,10 @@ pub fn classify(args: &ClassifyArgs) -> Result<()> {
         (None, None) => bail!("pass --prompts FILE, or the classes for hand-crafted prompts: --classes a,b,c or --classnames FILE"),
     };
     if names.iter().any(String::is_empty) {
-        bail!("--classes has an empty class name: {:?}", args.classes.join(","));
+        bail!(
+            "--classes has an empty class name: {:?}",
+            args.classes.join(",")
+        );
     }
     let model = match (&args.model, &file) {
         (Some(m), _) => m.clone(),
@@ -64,10 +71,20 @@ pub fn classify(args: &ClassifyArgs) -> Result<()> {
     })?;
     let bar = Bar::new();
     let (weights, source) = match &file {
-        Some((path, f)) => (f.class_weights(&clip, path)?, serde_json::json!({"prompts": path})),
+        Some((path, f)) => (
+            f.class_weights(&clip, path)?,
+            serde_json::json!({"prompts": path}),
+        ),
         None => {
-            let templates = if args.templates.is_empty() { vec![zeroshot::DEFAULT_TEMPLATE.to_string()] } else { args.templates.clone() };
-            (zeroshot::class_weights(&clip, &names, &templates, &bar)?, serde_json::json!({"templates": templates}))
+            let templates = if args.templates.is_empty() {
+                vec![zeroshot::DEFAULT_TEMPLATE.to_string()]
+            } else {
+                args.templates.clone()
+            };
+            (
+                zeroshot::class_weights(&clip, &names, &templates, &bar)?,
+                serde_json::json!({"templates": templates}),
+            )
         }
     };
     let predictions = top_k(&clip, &weights, &names, &args.images, args.top_k, &bar)?;
@@ -77,13 +94,19 @@ pub fn classify(args: &ClassifyArgs) -> Result<()> {
             let images: Vec<serde_json::Value> = predictions
                 .iter()
                 .map(|p| {
-                    let top: Vec<serde_json::Value> =
-                        p.top.iter().map(|(c, prob)| serde_json::json!({"class": c, "probability": prob})).collect();
+                    let top: Vec<serde_json::Value> = p
+                        .top
+                        .iter()
+                        .map(|(c, prob)| serde_json::json!({"class": c, "probability": prob}))
+                        .collect();
                     serde_json::json!({"path": p.path, "top": top})
                 })
                 .collect();
-            let mut v = serde_json::json!({"model": clip.id, "classes": names.len(), "images": images});
-            v.as_object_mut().expect("an object").extend(source.as_object().cloned().unwrap_or_default());
+            let mut v =
+                serde_json::json!({"model": clip.id, "classes": names.len(), "images": images});
+            v.as_object_mut()
+                .expect("an object")
+                .extend(source.as_object().cloned().unwrap_or_default());
             outln!("{v}");
         }
         Format::Text => {

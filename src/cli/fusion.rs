@@ -7,11 +7,11 @@ use anyhow::Result;
 use promptscope::prompt::datp::DatpConfig;
 use promptscope::run::mpfgvc::{self as pipeline, Accuracies};
 use promptscope::train::config::{MpFgvcRun, RunConfig};
-use promptscope::train::mpfgvc::{OptimizerKind, StageConfig, StageEvent};
 use promptscope::train::coop::TrainEvent;
+use promptscope::train::mpfgvc::{OptimizerKind, StageConfig, StageEvent};
 
-use crate::cli::{interrupt, output, serde_name, Bar, CacheArgs, RunOutputArgs, BATCH, SHOTS};
 use super::{DataArgs, Format, ModelArgs};
+use crate::cli::{interrupt, output, serde_name, Bar, CacheArgs, RunOutputArgs, BATCH, SHOTS};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct MpfgvcArgs {
@@ -111,7 +111,9 @@ impl TrainArgs {
     pub fn to_run(&self) -> Result<MpFgvcRun> {
         let batch_size = BATCH.parse(&self.batch_size)?;
         let stage = |lr: f64, epochs: usize, optim: &str, flag: &str| -> Result<StageConfig> {
-            let optimizer: OptimizerKind = optim.parse().map_err(|e: String| anyhow::anyhow!("--{flag}: {e}"))?;
+            let optimizer: OptimizerKind = optim
+                .parse()
+                .map_err(|e: String| anyhow::anyhow!("--{flag}: {e}"))?;
             let mut s = promptscope::train::config::stage(lr, epochs, optimizer, batch_size);
             s.optim.weight_decay = self.weight_decay;
             Ok(s)
@@ -120,7 +122,11 @@ impl TrainArgs {
         run.shots = SHOTS.parse(&self.shots)?;
         run.seed = self.seed;
         run.split_seed = self.split_seed;
-        run.datp = DatpConfig { n_ctx: self.n_ctx, super_category: self.super_category.clone(), seed: self.seed };
+        run.datp = DatpConfig {
+            n_ctx: self.n_ctx,
+            super_category: self.super_category.clone(),
+            seed: self.seed,
+        };
         run.train_blocks = self.train_blocks;
         run.stage1 = stage(self.lr1, self.epochs1, &self.optim1, "optim1")?;
         run.stage2 = stage(self.lr2, self.epochs2, &self.optim2, "optim2")?;
@@ -142,7 +148,11 @@ fn train(args: &TrainArgs) -> Result<()> {
         let bar = Bar::new();
         pipeline::prepare(&clip, &ds, &run, cache.as_deref(), &bar)?
     };
-    let blocks = format!("; training the last {} of {} vision blocks", run.train_blocks, clip.model.vision.layers.len());
+    let blocks = format!(
+        "; training the last {} of {} vision blocks",
+        run.train_blocks,
+        clip.model()?.vision.layers.len()
+    );
     crate::cli::report_split(&rd.split, ds.num_classes(), &blocks);
     let bar = Bar::new();
     let json = args.output.format == Format::Json;
@@ -171,16 +181,39 @@ fn train(args: &TrainArgs) -> Result<()> {
             }
         }
     };
-    let outcome = pipeline::train(&clip, &ds, &rd, &run, Some(&args.output.out), args.output.resume, &bar, &mut on_event)
-        .map_err(|e| interrupt::resume_hint(e, &promptscope::train::coop::checkpoint_path(&args.output.out)))?;
+    let outcome = pipeline::train(
+        &clip,
+        &ds,
+        &rd,
+        &run,
+        Some(&args.output.out),
+        args.output.resume,
+        &bar,
+        &mut on_event,
+    )
+    .map_err(|e| {
+        interrupt::resume_hint(
+            e,
+            &promptscope::train::coop::checkpoint_path(&args.output.out),
+        )
+    })?;
     drop(bar);
     lines.finish()?;
     let m = &outcome.metrics;
     if json {
-        outln!("{}", serde_json::json!({"summary": m, "out": args.output.out}));
+        outln!(
+            "{}",
+            serde_json::json!({"summary": m, "out": args.output.out})
+        );
     } else {
         print_accuracies("test", &m.test)?;
-        outln!("({} + {} epochs, {:.1} s + {:.1} s)", m.epochs1, m.epochs2, m.stage1_seconds, m.stage2_seconds);
+        outln!(
+            "({} + {} epochs, {:.1} s + {:.1} s)",
+            m.epochs1,
+            m.epochs2,
+            m.stage1_seconds,
+            m.stage2_seconds
+        );
         outln!("wrote {}", args.output.out.display());
     }
     Ok(())
@@ -202,10 +235,19 @@ fn eval(args: &EvalArgs) -> Result<()> {
     let clip = crate::cli::load_model(&args.model)?;
     let acc = {
         let bar = Bar::new();
-        pipeline::evaluate_file(&clip, &ds, Path::new(&args.weights), args.cache.dir().as_deref(), &bar)?
+        pipeline::evaluate_file(
+            &clip,
+            &ds,
+            Path::new(&args.weights),
+            args.cache.dir().as_deref(),
+            &bar,
+        )?
     };
     match args.format {
-        Format::Json => outln!("{}", serde_json::json!({"weights": args.weights, "eval": acc})),
+        Format::Json => outln!(
+            "{}",
+            serde_json::json!({"weights": args.weights, "eval": acc})
+        ),
         Format::Text => print_accuracies(&args.weights.display().to_string(), &acc)?,
     }
     Ok(())

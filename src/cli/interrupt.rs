@@ -70,6 +70,11 @@ pub fn resume_hint(e: promptscope::Error, ckpt: &Path) -> anyhow::Error {
 
 /// Whether `e` is a cancellation, and the hint to print with it.
 pub fn cancelled(e: &anyhow::Error) -> Option<Option<&ResumeHint>> {
-    let is_cancel = e.chain().any(|c| matches!(c.downcast_ref::<promptscope::Error>(), Some(promptscope::Error::Cancelled)));
+    let is_cancel = e.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<promptscope::Error>(),
+            Some(promptscope::Error::Cancelled)
+        )
+    });
     is_cancel.then(|| e.downcast_ref::<ResumeHint>())
 }

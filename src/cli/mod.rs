@@ -21,10 +21,10 @@ pub mod interrupt;
 pub mod output;
 pub mod pretrain;
 
+pub use app::open_default_app;
+use app::{bench_overlay, open_app, AppStart};
 pub use args::{DataArgs, Format, ModelArgs};
 use args::{DatasetKind, Verb};
-use app::{bench_overlay, open_app, AppStart};
-pub use app::open_default_app;
 
 /// An indicatif bar on stderr, hidden when stderr is not a terminal. While one is alive, Ctrl-C asks the
 /// job to stop at its next batch (`interrupt`) instead of ending the process.
@@ -33,7 +33,10 @@ pub(crate) struct Bar(pub(crate) ProgressBar, interrupt::Listening);
 impl Bar {
     pub(crate) fn new() -> Self {
         let pb = ProgressBar::new(0);
-        pb.set_style(ProgressStyle::with_template("{msg:>8} [{bar:30}] {pos}/{len} {per_sec} eta {eta}").expect("valid template"));
+        pb.set_style(
+            ProgressStyle::with_template("{msg:>8} [{bar:30}] {pos}/{len} {per_sec} eta {eta}")
+                .expect("valid template"),
+        );
         Bar(pb, interrupt::Listening::new())
     }
 }
@@ -84,7 +87,10 @@ pub fn preset(name: &str) -> Result<ClipConfig> {
 }
 
 pub fn parse_splits(s: &str) -> Result<(usize, usize, usize)> {
-    let v: Vec<usize> = s.split(',').map(|x| x.trim().parse()).collect::<std::result::Result<_, _>>()?;
+    let v: Vec<usize> = s
+        .split(',')
+        .map(|x| x.trim().parse())
+        .collect::<std::result::Result<_, _>>()?;
     match v.as_slice() {
         [a, b, c] => Ok((*a, *b, *c)),
         _ => bail!("--splits takes three counts: train,val,test (e.g. 16,4,8)"),
@@ -102,12 +108,18 @@ pub fn embed(args: &ModelArgs, texts: &[String], images: &[PathBuf], format: For
     }
     let clip = load_model(args)?;
     let bar = Bar::new();
-    let text_embeds: Vec<Vec<f32>> =
-        if texts.is_empty() { vec![] } else { text_features(&clip, texts, 64, &bar)?.to_vec2()? };
-    let image_embeds: Vec<Vec<f32>> =
-        if images.is_empty() { vec![] } else { image_features(&clip, images, 16, &bar)?.to_vec2()? };
+    let text_embeds: Vec<Vec<f32>> = if texts.is_empty() {
+        vec![]
+    } else {
+        text_features(&clip, texts, 64, &bar)?.to_vec2()?
+    };
+    let image_embeds: Vec<Vec<f32>> = if images.is_empty() {
+        vec![]
+    } else {
+        image_features(&clip, images, 16, &bar)?.to_vec2()?
+    };
     drop(bar);
-    let logit_scale = clip.model.logit_scale();
+    let logit_scale = clip.logit_scale();
     match format {
         Format::Json => print_json(&serde_json::json!({
             "text_embeds": text_embeds, "image_embeds": image_embeds, "logit_scale": logit_scale
@@ -115,7 +127,12 @@ pub fn embed(args: &ModelArgs, texts: &[String], images: &[PathBuf], format: For
         Format::Text => {
             let show = |v: &[f32]| {
                 let head: Vec<String> = v.iter().take(6).map(|x| format!("{x:+.4}")).collect();
-                format!("[{}{}] (dim {})", head.join(", "), if v.len() > 6 { ", …" } else { "" }, v.len())
+                format!(
+                    "[{}{}] (dim {})",
+                    head.join(", "),
+                    if v.len() > 6 { ", …" } else { "" },
+                    v.len()
+                )
             };
             for (t, e) in texts.iter().zip(&text_embeds) {
                 outln!("text  {t:?}: {}", show(e));
@@ -129,7 +146,14 @@ pub fn embed(args: &ModelArgs, texts: &[String], images: &[PathBuf], format: For
     }
 }
 
-pub fn zero_shot(args: &ModelArgs, data: &DataArgs, split_seed: u64, mut templates: Vec<String>, batch: usize, format: Format) -> Result<()> {
+pub fn zero_shot(
+    args: &ModelArgs,
+    data: &DataArgs,
+    split_seed: u64,
+    mut templates: Vec<String>,
+    batch: usize,
+    format: Format,
+) -> Result<()> {
     let ds = open_dataset(data)?;
     let split = promptscope::data::fewshot::test_split(&ds, split_seed)?;
     let clip = load_model(args)?;
@@ -151,35 +175,85 @@ pub fn zero_shot(args: &ModelArgs, data: &DataArgs, split_seed: u64, mut templat
                 report.classes.len(),
                 templates.len()
             );
-            let width = report.classes.iter().map(|c| c.len()).max().unwrap_or(5).max(5);
+            let width = report
+                .classes
+                .iter()
+                .map(|c| c.len())
+                .max()
+                .unwrap_or(5)
+                .max(5);
             for c in &report.eval.per_class {
-                outln!("  {:width$}  {:6.2}%  ({}/{})", c.name, 100.0 * c.accuracy, c.correct, c.total);
+                outln!(
+                    "  {:width$}  {:6.2}%  ({}/{})",
+                    c.name,
+                    100.0 * c.accuracy,
+                    c.correct,
+                    c.total
+                );
             }
-            outln!("  {:width$}  {:6.2}%  ({}/{})", "overall", 100.0 * report.eval.accuracy, report.eval.correct, report.eval.total);
+            outln!(
+                "  {:width$}  {:6.2}%  ({}/{})",
+                "overall",
+                100.0 * report.eval.accuracy,
+                report.eval.correct,
+                report.eval.total
+            );
             Ok(())
         }
     }
 }
 
-pub fn bench(args: &ModelArgs, batch: usize, images: usize, text_batch: usize, texts: usize, format: Format) -> Result<()> {
+pub fn bench(
+    args: &ModelArgs,
+    batch: usize,
+    images: usize,
+    text_batch: usize,
+    texts: usize,
+    format: Format,
+) -> Result<()> {
     let clip = load_model(args)?;
     let r = promptscope::bench::run(&clip, batch, images, text_batch, texts)?;
     match format {
         Format::Json => print_json(&r),
         Format::Text => {
             outln!("device: {}", r.device);
-            outln!("image tower: {:8.2} images/s  (batch {}, {} images)", r.images_per_s, r.batch, r.images);
-            outln!("text tower:  {:8.2} prompts/s (batch {}, {} prompts)", r.prompts_per_s, r.text_batch, r.texts);
+            outln!(
+                "image tower: {:8.2} images/s  (batch {}, {} images)",
+                r.images_per_s,
+                r.batch,
+                r.images
+            );
+            outln!(
+                "text tower:  {:8.2} prompts/s (batch {}, {} prompts)",
+                r.prompts_per_s,
+                r.text_batch,
+                r.texts
+            );
             Ok(())
         }
     }
 }
 
-pub fn bench_coop(args: &ModelArgs, classes: usize, n_ctx: usize, batch: usize, kind: StepKind, steps: usize, format: Format) -> Result<()> {
+pub fn bench_coop(
+    args: &ModelArgs,
+    classes: usize,
+    n_ctx: usize,
+    batch: usize,
+    kind: StepKind,
+    steps: usize,
+    format: Format,
+) -> Result<()> {
     let clip = load_model(args)?;
     let r = match kind {
         StepKind::Cocoop => promptscope::bench::cocoop_step(&clip, classes, n_ctx, batch, steps)?,
-        _ => promptscope::bench::coop_step(&clip, classes, n_ctx, batch, kind == StepKind::Csc, steps)?,
+        _ => promptscope::bench::coop_step(
+            &clip,
+            classes,
+            n_ctx,
+            batch,
+            kind == StepKind::Csc,
+            steps,
+        )?,
     };
     match format {
         Format::Json => print_json(&r),
@@ -220,20 +294,41 @@ pub fn bench_suite(args: &ModelArgs, format: Format) -> Result<()> {
             for (b, v) in &r.image_per_s {
                 outln!("image tower, batch {b:<3}          {v:10.2} images/s");
             }
-            outln!("text tower                      {:10.1} prompts/s", r.text_prompts_per_s);
+            outln!(
+                "text tower                      {:10.1} prompts/s",
+                r.text_prompts_per_s
+            );
             for (c, ms) in &r.coop_ms {
                 outln!("CoOp step, {c:>4} classes, M = 16 {ms:10.1} ms");
             }
-            outln!("FILIP, 1 image × 100 prompts    {:10.2} ms", r.filip_1x100_ms);
-            outln!("SsVP (batch 16)                 {:10.1} images/s", r.ssvp_images_per_s);
-            outln!("JPEG loading + preprocessing    {:10.1} images/s", r.loading_images_per_s);
-            outln!("peak RSS                        {}", r.coop_peak_rss_mb.map_or("n/a".into(), |m| format!("{m:.0} MiB")));
+            outln!(
+                "FILIP, 1 image × 100 prompts    {:10.2} ms",
+                r.filip_1x100_ms
+            );
+            outln!(
+                "SsVP (batch 16)                 {:10.1} images/s",
+                r.ssvp_images_per_s
+            );
+            outln!(
+                "JPEG loading + preprocessing    {:10.1} images/s",
+                r.loading_images_per_s
+            );
+            outln!(
+                "peak RSS                        {}",
+                r.coop_peak_rss_mb
+                    .map_or("n/a".into(), |m| format!("{m:.0} MiB"))
+            );
             Ok(())
         }
     }
 }
 
-pub fn bench_zero_shot(args: &ModelArgs, classes: usize, templates: usize, format: Format) -> Result<()> {
+pub fn bench_zero_shot(
+    args: &ModelArgs,
+    classes: usize,
+    templates: usize,
+    format: Format,
+) -> Result<()> {
     let clip = load_model(args)?;
     let r = promptscope::bench::zero_shot_ensemble(&clip, classes, templates)?;
     match format {
@@ -272,7 +367,20 @@ pub fn sample(out: &Path, format: Format) -> Result<()> {
         }
     };
     eprintln!("sample model: {model}\nsample dataset: {}", data.display());
-    zero_shot(&ModelArgs { model, device: "auto".into() }, &DataArgs { data, classnames: None }, 0, vec![], 32, format)
+    zero_shot(
+        &ModelArgs {
+            model,
+            device: "auto".into(),
+        },
+        &DataArgs {
+            data,
+            classnames: None,
+        },
+        0,
+        vec![],
+        32,
+        format,
+    )
 }
 
 /// A count flag whose `word` means None: `--shots K|all`, `--batch-size N|full`.
@@ -281,15 +389,23 @@ pub struct CountFlag {
     pub word: &'static str,
 }
 
-pub const SHOTS: CountFlag = CountFlag { flag: "--shots", word: "all" };
-pub const BATCH: CountFlag = CountFlag { flag: "--batch-size", word: "full" };
+pub const SHOTS: CountFlag = CountFlag {
+    flag: "--shots",
+    word: "all",
+};
+pub const BATCH: CountFlag = CountFlag {
+    flag: "--batch-size",
+    word: "full",
+};
 
 impl CountFlag {
     pub fn parse(&self, s: &str) -> Result<Option<usize>> {
         if s == self.word {
             return Ok(None);
         }
-        Ok(Some(s.parse().map_err(|_| anyhow::anyhow!("{} takes a number or '{}', not '{s}'", self.flag, self.word))?))
+        Ok(Some(s.parse().map_err(|_| {
+            anyhow::anyhow!("{} takes a number or '{}', not '{s}'", self.flag, self.word)
+        })?))
     }
 
     pub fn text(&self, v: Option<usize>) -> String {
@@ -299,7 +415,10 @@ impl CountFlag {
 
 /// A unit enum's name as the library serialises it (and the CLI takes it): `crop-flip`, `adamw`.
 pub fn serde_name(v: impl serde::Serialize) -> String {
-    serde_json::to_value(v).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
+    serde_json::to_value(v)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
 }
 
 /// Where a training verb writes, and how it reports.
@@ -354,7 +473,11 @@ impl CacheArgs {
         if self.no_cache {
             None
         } else {
-            Some(self.cache.clone().unwrap_or_else(promptscope::train::features::default_cache_dir))
+            Some(
+                self.cache
+                    .clone()
+                    .unwrap_or_else(promptscope::train::features::default_cache_dir),
+            )
         }
     }
 }
@@ -441,7 +564,9 @@ impl TrainArgs {
         };
         run.train.batch_size = BATCH.parse(&self.batch_size)?;
         run.augment = serde_json::from_value(serde_json::Value::String(self.augment.clone()))
-            .map_err(|_| anyhow::anyhow!("--augment takes none or crop-flip, not '{}'", self.augment))?;
+            .map_err(|_| {
+                anyhow::anyhow!("--augment takes none or crop-flip, not '{}'", self.augment)
+            })?;
         run.views = self.views;
         run.template = self.template.clone();
         run.train.kg_lambda = self.kg_lambda;
@@ -451,7 +576,11 @@ impl TrainArgs {
 }
 
 /// The few-shot split's notes and sizes, on stderr; `extra` continues the sizes line.
-pub(crate) fn report_split(split: &promptscope::data::fewshot::FewShotSplit, classes: usize, extra: &str) {
+pub(crate) fn report_split(
+    split: &promptscope::data::fewshot::FewShotSplit,
+    classes: usize,
+    extra: &str,
+) {
     for note in &split.notes {
         eprintln!("note: {note}");
     }
@@ -486,20 +615,37 @@ pub fn train(args: &TrainArgs) -> Result<()> {
             if json {
                 lines.line(serde_json::json!({"epoch": s.epoch, "loss": s.loss, "lr": s.lr, "train_acc": s.train_acc, "val_acc": s.val_acc}));
             } else {
-                bar.0.suspend(|| eprintln!(
-                    "epoch {:>4}/{}  loss {:.4}  lr {:.2e}  train acc {:5.1}%  val acc {}",
-                    s.epoch + 1,
-                    s.epochs,
-                    s.loss,
-                    s.lr,
-                    100.0 * s.train_acc,
-                    s.val_acc.map_or("-".into(), |v| format!("{:5.1}%", 100.0 * v))
-                ));
+                bar.0.suspend(|| {
+                    eprintln!(
+                        "epoch {:>4}/{}  loss {:.4}  lr {:.2e}  train acc {:5.1}%  val acc {}",
+                        s.epoch + 1,
+                        s.epochs,
+                        s.loss,
+                        s.lr,
+                        100.0 * s.train_acc,
+                        s.val_acc
+                            .map_or("-".into(), |v| format!("{:5.1}%", 100.0 * v))
+                    )
+                });
             }
         }
     };
-    let outcome = promptscope::run::coop::train(&clip, &ds, &rd, &run, Some(&args.output.out), args.output.resume, &bar, &mut on_event)
-        .map_err(|e| interrupt::resume_hint(e, &promptscope::train::coop::checkpoint_path(&args.output.out)))?;
+    let outcome = promptscope::run::coop::train(
+        &clip,
+        &ds,
+        &rd,
+        &run,
+        Some(&args.output.out),
+        args.output.resume,
+        &bar,
+        &mut on_event,
+    )
+    .map_err(|e| {
+        interrupt::resume_hint(
+            e,
+            &promptscope::train::coop::checkpoint_path(&args.output.out),
+        )
+    })?;
     drop(bar);
     lines.finish()?;
     let m = &outcome.metrics;
@@ -541,13 +687,31 @@ pub struct EvalArgs {
     pub format: Format,
 }
 
-fn print_eval(what: &str, split: &str, e: &promptscope::eval::metrics::Evaluation, format: Format) -> Result<()> {
+fn print_eval(
+    what: &str,
+    split: &str,
+    e: &promptscope::eval::metrics::Evaluation,
+    format: Format,
+) -> Result<()> {
     match format {
-        Format::Json => print_json(&serde_json::json!({"prompts": what, "split": split, "eval": e})),
+        Format::Json => {
+            print_json(&serde_json::json!({"prompts": what, "split": split, "eval": e}))
+        }
         Format::Text => {
-            outln!("{what} on {split}: {:.2}% ({}/{})", 100.0 * e.accuracy, e.correct, e.total);
+            outln!(
+                "{what} on {split}: {:.2}% ({}/{})",
+                100.0 * e.accuracy,
+                e.correct,
+                e.total
+            );
             for c in &e.per_class {
-                outln!("  {:24} {:6.2}% ({}/{})", c.name, 100.0 * c.accuracy, c.correct, c.total);
+                outln!(
+                    "  {:24} {:6.2}% ({}/{})",
+                    c.name,
+                    100.0 * c.accuracy,
+                    c.correct,
+                    c.total
+                );
             }
             Ok(())
         }
@@ -555,8 +719,8 @@ fn print_eval(what: &str, split: &str, e: &promptscope::eval::metrics::Evaluatio
 }
 
 pub fn eval(args: &EvalArgs) -> Result<()> {
-    use promptscope::train::features::extract;
     use promptscope::data::fewshot::{few_shot, test_split};
+    use promptscope::train::features::extract;
     let ds = open_dataset(&args.data)?;
     // The test images are the ones every evaluation shares (`test_split`); validation needs the shots.
     let (samples, split) = match args.on.as_str() {
@@ -565,15 +729,33 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
             (t.samples, t.description)
         }
         "val" => {
-            let f = few_shot(&ds, args.split.shots_or("all")?, args.split.seed, args.split.split_seed)?;
-            (f.val, format!("validation images (seed {}, split seed {})", args.split.seed, args.split.split_seed))
+            let f = few_shot(
+                &ds,
+                args.split.shots_or("all")?,
+                args.split.seed,
+                args.split.split_seed,
+            )?;
+            (
+                f.val,
+                format!(
+                    "validation images (seed {}, split seed {})",
+                    args.split.seed, args.split.split_seed
+                ),
+            )
         }
         other => bail!("--on takes test or val, not '{other}'"),
     };
     let samples = &samples;
     let clip = load_model(&args.model)?;
     let bar = Bar::new();
-    let feats = extract(&clip, samples, 0, 0, args.split.cache_dir().as_deref(), &bar)?;
+    let feats = extract(
+        &clip,
+        samples,
+        0,
+        0,
+        args.split.cache_dir().as_deref(),
+        &bar,
+    )?;
     let (what, weights) = match &args.prompts {
         Some(path) => {
             let file = promptscope::export::prompt_file::PromptFile::load(path)?;
@@ -587,16 +769,29 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
                 );
             }
             let learner = file.learner(&clip, path)?;
-            let w = promptscope::clip::l2_normalize(&learner.text_features(&clip.model.text)?)?;
+            let w = promptscope::clip::l2_normalize(&learner.text_features(&clip.model()?.text)?)?;
             (path.display().to_string(), w)
         }
         None => {
-            let templates = if args.templates.is_empty() { vec![zeroshot::DEFAULT_TEMPLATE.to_string()] } else { args.templates.clone() };
-            (templates.join(" | "), zeroshot::class_weights(&clip, &ds.class_names, &templates, &bar)?)
+            let templates = if args.templates.is_empty() {
+                vec![zeroshot::DEFAULT_TEMPLATE.to_string()]
+            } else {
+                args.templates.clone()
+            };
+            (
+                templates.join(" | "),
+                zeroshot::class_weights(&clip, &ds.class_names, &templates, &bar)?,
+            )
         }
     };
     drop(bar);
-    let e = promptscope::run::coop::evaluate_weights(&clip, &weights, &feats, samples, &ds.class_names)?;
+    let e = promptscope::run::coop::evaluate_weights(
+        &clip,
+        &weights,
+        &feats,
+        samples,
+        &ds.class_names,
+    )?;
     print_eval(&what, &split, &e, args.format)
 }
 
@@ -604,13 +799,30 @@ pub fn interpret(file: &Path, args: &ModelArgs, k: usize, format: Format) -> Res
     let clip = load_model(args)?;
     let f = promptscope::export::prompt_file::PromptFile::load(file)?;
     f.check_model(&clip, file)?;
-    let words = promptscope::export::interpret::nearest_tokens(&f.ctx, &clip.model.text.token_embedding, &clip.tokenizer, k)?;
+    let words = promptscope::export::interpret::nearest_tokens(
+        &f.ctx,
+        &clip.model()?.text.token_embedding,
+        clip.tokenizer()?,
+        k,
+    )?;
     match format {
         Format::Json => print_json(&words),
         Format::Text => {
             for w in &words {
-                let class = w.class.map(|c| format!("{} ", f.meta.class_names.get(c).cloned().unwrap_or_default())).unwrap_or_default();
-                let near: Vec<String> = w.nearest.iter().map(|n| format!("{:?} ({:.3})", n.token, n.distance)).collect();
+                let class = w
+                    .class
+                    .map(|c| {
+                        format!(
+                            "{} ",
+                            f.meta.class_names.get(c).cloned().unwrap_or_default()
+                        )
+                    })
+                    .unwrap_or_default();
+                let near: Vec<String> = w
+                    .nearest
+                    .iter()
+                    .map(|n| format!("{:?} ({:.3})", n.token, n.distance))
+                    .collect();
                 outln!("{class}[V]{}: {}", w.position + 1, near.join(", "));
             }
             Ok(())
@@ -618,10 +830,21 @@ pub fn interpret(file: &Path, args: &ModelArgs, k: usize, format: Format) -> Res
     }
 }
 
-pub fn import_coop(ckpt: &Path, args: &ModelArgs, classnames: &Path, names_format: Option<&str>, position: &str, out: &Path) -> Result<()> {
+pub fn import_coop(
+    ckpt: &Path,
+    args: &ModelArgs,
+    classnames: &Path,
+    names_format: Option<&str>,
+    position: &str,
+    out: &Path,
+) -> Result<()> {
     use promptscope::data::classnames::{read_names, Format as NamesFormat};
-    let names_format: Option<NamesFormat> =
-        names_format.map(|f| f.parse().map_err(|e: String| anyhow::anyhow!("--classnames-format {e}"))).transpose()?;
+    let names_format: Option<NamesFormat> = names_format
+        .map(|f| {
+            f.parse()
+                .map_err(|e: String| anyhow::anyhow!("--classnames-format {e}"))
+        })
+        .transpose()?;
     let (names, read_as) = read_names(classnames, names_format)?;
     eprintln!(
         "{} class names from {} ({})",
@@ -637,7 +860,13 @@ pub fn import_coop(ckpt: &Path, args: &ModelArgs, classnames: &Path, names_forma
     let file = promptscope::export::coop_import::to_prompt_file(&clip, ckpt, &names, position)?;
     file.save(out)?;
     let (n_ctx, csc) = (file.meta.coop.n_ctx, file.meta.coop.csc);
-    eprintln!("imported {} ({} classes, {n_ctx} context vectors{}) into {}", ckpt.display(), names.len(), if csc { ", class-specific" } else { "" }, out.display());
+    eprintln!(
+        "imported {} ({} classes, {n_ctx} context vectors{}) into {}",
+        ckpt.display(),
+        names.len(),
+        if csc { ", class-specific" } else { "" },
+        out.display()
+    );
     Ok(())
 }
 
@@ -660,22 +889,38 @@ pub fn linear_probe(args: &ProbeArgs) -> Result<()> {
     use promptscope::train::features::extract;
     let ds = open_dataset(&args.data)?;
     let clip = load_model(&args.model)?;
-    let split = promptscope::data::fewshot::few_shot(&ds, args.split.shots_or("16")?, args.split.seed, args.split.split_seed)?;
+    let split = promptscope::data::fewshot::few_shot(
+        &ds,
+        args.split.shots_or("16")?,
+        args.split.seed,
+        args.split.split_seed,
+    )?;
     let bar = Bar::new();
     let cache = args.split.cache_dir();
     let f = |s: &[promptscope::data::Sample]| extract(&clip, s, 0, 0, cache.as_deref(), &bar);
     let (train, val, test) = (f(&split.train)?, f(&split.val)?, f(&split.test)?);
-    let (probe, search) =
-        LinearProbe::search((&train.feats, &train.labels), (&val.feats, &val.labels), ds.num_classes(), args.iters, &bar)?;
+    let (probe, search) = LinearProbe::search(
+        (&train.feats, &train.labels),
+        (&val.feats, &val.labels),
+        ds.num_classes(),
+        args.iters,
+        &bar,
+    )?;
     let test_acc = probe.accuracy(&test.feats, &test.labels)?;
     drop(bar);
     match args.format {
-        Format::Json => print_json(&serde_json::json!({"lambda": probe.lambda, "search": search, "test_acc": test_acc})),
+        Format::Json => print_json(
+            &serde_json::json!({"lambda": probe.lambda, "search": search, "test_acc": test_acc}),
+        ),
         Format::Text => {
             for s in &search {
                 outln!("  lambda {:8.0e}: val {:6.2}%", s.lambda, 100.0 * s.val_acc);
             }
-            outln!("linear probe (lambda {:.0e}): test {:.2}%", probe.lambda, 100.0 * test_acc);
+            outln!(
+                "linear probe (lambda {:.0e}): test {:.2}%",
+                probe.lambda,
+                100.0 * test_acc
+            );
             Ok(())
         }
     }
@@ -709,8 +954,12 @@ pub fn adapter(args: &AdapterArgs) -> Result<()> {
     use promptscope::run::tip::{run, AdapterMethod, AdapterRun};
     let method = match args.method.as_str() {
         "tip-adapter" => AdapterMethod::TipAdapter,
-        "tip-adapter-f" => AdapterMethod::TipAdapterF { epochs: args.epochs.unwrap_or(20) },
-        "clip-adapter" => AdapterMethod::ClipAdapter { epochs: args.epochs.unwrap_or(200) },
+        "tip-adapter-f" => AdapterMethod::TipAdapterF {
+            epochs: args.epochs.unwrap_or(20),
+        },
+        "clip-adapter" => AdapterMethod::ClipAdapter {
+            epochs: args.epochs.unwrap_or(200),
+        },
         other => bail!("--method takes tip-adapter, tip-adapter-f or clip-adapter, not '{other}'"),
     };
     let tip = AdapterRun {
@@ -732,14 +981,35 @@ pub fn adapter(args: &AdapterArgs) -> Result<()> {
                 bar.update(&format!("{} epochs", method.name()), s.epoch + 1, s.epochs);
             }
         };
-        run(&clip, &ds, &tip, args.split.cache.dir().as_deref(), &bar, &mut on_event)?
+        run(
+            &clip,
+            &ds,
+            &tip,
+            args.split.cache.dir().as_deref(),
+            &bar,
+            &mut on_event,
+        )?
     };
     match args.format {
         Format::Json => print_json(&report),
         Format::Text => {
-            let searched = report.searched.map_or(String::new(), |s| format!(": α {:.3}, β {:.3} searched on val", s.alpha, s.beta));
-            outln!("{}, {} training images × {} views{searched} (val {:.2}%)", method.name(), report.cache_images, tip.views, 100.0 * report.val_acc);
-            outln!("{}: test {:.2}% (zero-shot \"{}\" {:.2}%)", report.split, 100.0 * report.test.accuracy, tip.template, 100.0 * report.zero_shot_test_acc);
+            let searched = report.searched.map_or(String::new(), |s| {
+                format!(": α {:.3}, β {:.3} searched on val", s.alpha, s.beta)
+            });
+            outln!(
+                "{}, {} training images × {} views{searched} (val {:.2}%)",
+                method.name(),
+                report.cache_images,
+                tip.views,
+                100.0 * report.val_acc
+            );
+            outln!(
+                "{}: test {:.2}% (zero-shot \"{}\" {:.2}%)",
+                report.split,
+                100.0 * report.test.accuracy,
+                tip.template,
+                100.0 * report.zero_shot_test_acc
+            );
             Ok(())
         }
     }
@@ -814,23 +1084,65 @@ pub fn base_to_novel(args: &BaseToNovelArgs) -> Result<()> {
     let method = method_name(&coop, args.cocoop);
     let mut on_event = |seed: u64, ev: promptscope::train::coop::TrainEvent| {
         if let promptscope::train::coop::TrainEvent::Epoch(s) = ev {
-            bar.update(&format!("{method} seed {seed}: epochs"), s.epoch + 1, s.epochs);
+            bar.update(
+                &format!("{method} seed {seed}: epochs"),
+                s.epoch + 1,
+                s.epochs,
+            );
         }
     };
-    let report = run(&clip, &ds, &coop, args.cocoop, &args.seeds, args.cache.dir().as_deref(), &bar, &mut on_event)?;
+    let report = run(
+        &clip,
+        &ds,
+        &coop,
+        args.cocoop,
+        &args.seeds,
+        args.cache.dir().as_deref(),
+        &bar,
+        &mut on_event,
+    )?;
     drop(bar);
     match args.format {
         Format::Json => print_json(&report),
         Format::Text => {
             let shots = report.shots.map_or("all".to_string(), |k| k.to_string());
-            outln!("base ({}): {}", report.base_classes.len(), report.base_classes.join(", "));
-            outln!("novel ({}): {}", report.novel_classes.len(), report.novel_classes.join(", "));
-            outln!("{shots} shots per base class, seeds {:?}; accuracy % (mean ± std over seeds)", args.seeds);
-            let width = report.rows.iter().map(|r| r.method.chars().count()).max().unwrap_or(6).max(6);
-            outln!("  {:width$}  {:>13}  {:>13}  {:>13}", "method", "base", "novel", "H");
+            outln!(
+                "base ({}): {}",
+                report.base_classes.len(),
+                report.base_classes.join(", ")
+            );
+            outln!(
+                "novel ({}): {}",
+                report.novel_classes.len(),
+                report.novel_classes.join(", ")
+            );
+            outln!(
+                "{shots} shots per base class, seeds {:?}; accuracy % (mean ± std over seeds)",
+                args.seeds
+            );
+            let width = report
+                .rows
+                .iter()
+                .map(|r| r.method.chars().count())
+                .max()
+                .unwrap_or(6)
+                .max(6);
+            outln!(
+                "  {:width$}  {:>13}  {:>13}  {:>13}",
+                "method",
+                "base",
+                "novel",
+                "H"
+            );
             for r in &report.rows {
                 let cell = |m: f64, s: f64| format!("{:5.1} ± {:4.1}", 100.0 * m, 100.0 * s);
-                outln!("  {:width$}  {:>13}  {:>13}  {:>13}", r.method, cell(r.mean.base, r.std.base), cell(r.mean.novel, r.std.novel), cell(r.mean.harmonic, r.std.harmonic));
+                outln!(
+                    "  {:width$}  {:>13}  {:>13}  {:>13}",
+                    r.method,
+                    cell(r.mean.base, r.std.base),
+                    cell(r.mean.novel, r.std.novel),
+                    cell(r.mean.harmonic, r.std.harmonic)
+                );
             }
             Ok(())
         }
@@ -840,30 +1152,104 @@ pub fn base_to_novel(args: &BaseToNovelArgs) -> Result<()> {
 /// Runs one verb.
 pub fn run(verb: Verb) -> Result<()> {
     match verb {
-        Verb::App { model, data, tab, autorun, epochs, prompts, side_by_side, method, super_category } => {
-            open_app(model, data, AppStart { tab, autorun, epochs, prompts, side_by_side, method, super_category })
-        }
-        Verb::Embed { model, texts, images, format } => embed(&model, &texts, &images, format),
-        Verb::ZeroShot { model, data, split_seed, templates, batch, format } => zero_shot(&model, &data, split_seed, templates, batch, format),
-        Verb::Bench { model, batch, images, text_batch, texts, coop, classes, n_ctx, csc, cocoop, steps, zero_shot_templates, suite, format } => {
+        Verb::App {
+            model,
+            data,
+            tab,
+            autorun,
+            epochs,
+            prompts,
+            side_by_side,
+            method,
+            super_category,
+        } => open_app(
+            model,
+            data,
+            AppStart {
+                tab,
+                autorun,
+                epochs,
+                prompts,
+                side_by_side,
+                method,
+                super_category,
+            },
+        ),
+        Verb::Embed {
+            model,
+            texts,
+            images,
+            format,
+        } => embed(&model, &texts, &images, format),
+        Verb::ZeroShot {
+            model,
+            data,
+            split_seed,
+            templates,
+            batch,
+            format,
+        } => zero_shot(&model, &data, split_seed, templates, batch, format),
+        Verb::Bench {
+            model,
+            batch,
+            images,
+            text_batch,
+            texts,
+            coop,
+            classes,
+            n_ctx,
+            csc,
+            cocoop,
+            steps,
+            zero_shot_templates,
+            suite,
+            format,
+        } => {
             if suite {
                 bench_suite(&model, format)
             } else if let Some(templates) = zero_shot_templates {
                 bench_zero_shot(&model, classes, templates, format)
             } else if coop {
-                bench_coop(&model, classes, n_ctx, batch, if cocoop { StepKind::Cocoop } else if csc { StepKind::Csc } else { StepKind::Coop }, steps, format)
+                bench_coop(
+                    &model,
+                    classes,
+                    n_ctx,
+                    batch,
+                    if cocoop {
+                        StepKind::Cocoop
+                    } else if csc {
+                        StepKind::Csc
+                    } else {
+                        StepKind::Coop
+                    },
+                    steps,
+                    format,
+                )
             } else {
                 bench(&model, batch, images, text_batch, texts, format)
             }
         }
-        Verb::BenchOverlay { size, repeats, format } => bench_overlay(size, repeats, format),
+        Verb::BenchOverlay {
+            size,
+            repeats,
+            format,
+        } => bench_overlay(size, repeats, format),
         Verb::SynthModel { out, preset } => {
             let cfg = self::preset(&preset)?;
-            promptscope::clip::synth::write_model_folder(&cfg, &out).with_context(|| format!("writing {}", out.display()))?;
+            promptscope::clip::synth::write_model_folder(&cfg, &out)
+                .with_context(|| format!("writing {}", out.display()))?;
             eprintln!("wrote a random-weight '{preset}' CLIP to {}", out.display());
             Ok(())
         }
-        Verb::SynthDataset { out, classes, per_class, splits, seed, kind, size } => {
+        Verb::SynthDataset {
+            out,
+            classes,
+            per_class,
+            splits,
+            seed,
+            kind,
+            size,
+        } => {
             let split = splits.map(|s| parse_splits(&s)).transpose()?;
             use promptscope::data::scene_sets::{self, SceneSet};
             use promptscope::data::{synth, synth_fine};
@@ -880,21 +1266,59 @@ pub fn run(verb: Verb) -> Result<()> {
             eprintln!("wrote a generated dataset to {}", out.display());
             Ok(())
         }
-        Verb::SynthScenes { out, count, seed, size, held_out } => {
+        Verb::SynthScenes {
+            out,
+            count,
+            seed,
+            size,
+            held_out,
+        } => {
             use promptscope::data::scenes::{write_pairs, SceneConfig};
-            write_pairs(&out, count, seed, &SceneConfig { size, allow_held_out: held_out, ..SceneConfig::default() })?;
+            write_pairs(
+                &out,
+                count,
+                seed,
+                &SceneConfig {
+                    size,
+                    allow_held_out: held_out,
+                    ..SceneConfig::default()
+                },
+            )?;
             eprintln!("wrote {count} captioned scenes to {}", out.display());
             Ok(())
         }
         Verb::Pretrain(args) => pretrain::pretrain(&args),
-        Verb::Pointing { model, count, seed, held_out, format } => pretrain::pointing(&model, count, seed, held_out, format),
+        Verb::Pointing {
+            model,
+            count,
+            seed,
+            held_out,
+            format,
+        } => pretrain::pointing(&model, count, seed, held_out, format),
         Verb::Sample { out, format } => sample(&out, format),
         Verb::Train(args) => train(&args),
         Verb::Eval(args) => eval(&args),
-        Verb::Interpret { file, model, top_k, format } => interpret(&file, &model, top_k, format),
-        Verb::ImportCoop { checkpoint, model, classnames, classnames_format, class_position, out } => {
-            import_coop(&checkpoint, &model, &classnames, classnames_format.as_deref(), &class_position, &out)
-        }
+        Verb::Interpret {
+            file,
+            model,
+            top_k,
+            format,
+        } => interpret(&file, &model, top_k, format),
+        Verb::ImportCoop {
+            checkpoint,
+            model,
+            classnames,
+            classnames_format,
+            class_position,
+            out,
+        } => import_coop(
+            &checkpoint,
+            &model,
+            &classnames,
+            classnames_format.as_deref(),
+            &class_position,
+            &out,
+        ),
         Verb::Classify(args) => classify::classify(&args),
         Verb::LinearProbe(args) => linear_probe(&args),
         Verb::Adapter(args) => adapter(&args),

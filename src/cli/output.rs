@@ -15,7 +15,10 @@ pub fn line(text: impl Display) -> Result<()> {
 /// True when `e` comes from writing to a pipe whose reader has gone: the user stopped reading, so there
 /// is nothing to report.
 pub fn is_broken_pipe(e: &anyhow::Error) -> bool {
-    e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe))
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 /// Lines written from a job's callbacks (one JSON line per epoch), which cannot return errors: the first

@@ -65,55 +65,139 @@ pub struct PretrainArgs {
 }
 
 pub fn pretrain(args: &PretrainArgs) -> Result<()> {
-    let loss: PretrainLoss = serde_json::from_value(serde_json::Value::String(args.loss.clone()))
-        .map_err(|_| anyhow::anyhow!("--loss takes filip or clip, not '{}'", args.loss))?;
-    let optim = OptimConfig { lr: args.lr, momentum: 0.9, weight_decay: args.weight_decay, warmup_epochs: args.warmup_epochs, warmup_lr: args.lr / 10.0, epochs: args.epochs };
-    let config = PretrainConfig { loss, top_fraction: args.top_fraction, optim, batch_size: args.batch_size, seed: args.seed };
+    let loss: PretrainLoss =
+        serde_json::from_value(serde_json::Value::String(args.loss.clone()))
+            .map_err(|_| anyhow::anyhow!("--loss takes filip or clip, not '{}'", args.loss))?;
+    let optim = OptimConfig {
+        lr: args.lr,
+        momentum: 0.9,
+        weight_decay: args.weight_decay,
+        warmup_epochs: args.warmup_epochs,
+        warmup_lr: args.lr / 10.0,
+        epochs: args.epochs,
+    };
+    let config = PretrainConfig {
+        loss,
+        top_fraction: args.top_fraction,
+        optim,
+        batch_size: args.batch_size,
+        seed: args.seed,
+    };
     config.validate()?;
     let device = candle_core::Device::Cpu;
     let start = match &args.init {
         Some(dir) => PretrainStart::Init(dir.clone()),
         None => PretrainStart::Preset(args.preset.clone()),
     };
-    let (model, tok, pre) = promptscope::run::pretrain::start_model(&start, args.seed, (args.image_size, args.patch_size), &device)?;
+    let (model, tok, pre) = promptscope::run::pretrain::start_model(
+        &start,
+        args.seed,
+        (args.image_size, args.patch_size),
+        &device,
+    )?;
     let pairs = read_pairs(&args.data)?;
     let bar = Bar::new();
-    let data = promptscope::run::pretrain::prepare(&pairs, model.config.vision_config.image_size, &pre, &tok, &device, &bar)?;
-    eprintln!("pretraining on {} pairs from {} ({} loss, {} epochs)", pairs.len(), args.data.display(), args.loss, args.epochs);
+    let data = promptscope::run::pretrain::prepare(
+        &pairs,
+        model.config.vision_config.image_size,
+        &pre,
+        &tok,
+        &device,
+        &bar,
+    )?;
+    eprintln!(
+        "pretraining on {} pairs from {} ({} loss, {} epochs)",
+        pairs.len(),
+        args.data.display(),
+        args.loss,
+        args.epochs
+    );
     let json = args.format == Format::Json;
     let lines = super::output::Lines::default();
     let mut on_event = |e: promptscope::train::epoch_loop::TrainEvent| {
-        let promptscope::train::epoch_loop::TrainEvent::Epoch(s) = e else { return };
+        let promptscope::train::epoch_loop::TrainEvent::Epoch(s) = e else {
+            return;
+        };
         if json {
             lines.line(serde_json::json!({"epoch": s.epoch, "loss": s.loss, "lr": s.lr, "batch_acc": s.train_acc}));
         } else {
-            bar.0.suspend(|| eprintln!("epoch {:>4}/{}  loss {:.4}  lr {:.2e}  in-batch retrieval {:5.1}%", s.epoch + 1, s.epochs, s.loss, s.lr, 100.0 * s.train_acc));
+            bar.0.suspend(|| {
+                eprintln!(
+                    "epoch {:>4}/{}  loss {:.4}  lr {:.2e}  in-batch retrieval {:5.1}%",
+                    s.epoch + 1,
+                    s.epochs,
+                    s.loss,
+                    s.lr,
+                    100.0 * s.train_acc
+                )
+            });
         }
     };
-    let storage = if args.fp16 { promptscope::clip::synth::Storage::F16 } else { promptscope::clip::synth::Storage::F32 };
+    let storage = if args.fp16 {
+        promptscope::clip::synth::Storage::F16
+    } else {
+        promptscope::clip::synth::Storage::F32
+    };
     // What a checkpoint must match to be continued: the model it started from and the data.
-    let start = args.init.as_ref().map_or(format!("preset {}", args.preset), |d| format!("init {}", d.display()));
+    let start = args
+        .init
+        .as_ref()
+        .map_or(format!("preset {}", args.preset), |d| {
+            format!("init {}", d.display())
+        });
     let v = &model.config.vision_config;
     let run = serde_json::json!({ "start": start, "image_size": v.image_size, "patch_size": v.patch_size, "data": args.data, "pairs": pairs.len() });
-    let history = promptscope::run::pretrain::train(&model, &data, &config, &run, &args.out, storage, args.resume, &bar, &mut on_event)
-        .map_err(|e| super::interrupt::resume_hint(e, &promptscope::train::coop::checkpoint_path(&args.out)))?;
+    let history = promptscope::run::pretrain::train(
+        &model,
+        &data,
+        &config,
+        &run,
+        &args.out,
+        storage,
+        args.resume,
+        &bar,
+        &mut on_event,
+    )
+    .map_err(|e| {
+        super::interrupt::resume_hint(e, &promptscope::train::coop::checkpoint_path(&args.out))
+    })?;
     drop(bar);
     lines.finish()?;
     let last = history.last();
     if json {
-        outln!("{}", serde_json::json!({"out": args.out, "epochs": history.len(), "final_loss": last.map(|h| h.loss), "seconds": last.map(|h| h.elapsed_s)}));
+        outln!(
+            "{}",
+            serde_json::json!({"out": args.out, "epochs": history.len(), "final_loss": last.map(|h| h.loss), "seconds": last.map(|h| h.elapsed_s)})
+        );
     } else {
-        outln!("wrote {} ({} epochs, final loss {:.4})", args.out.display(), history.len(), last.map_or(f64::NAN, |h| h.loss));
+        outln!(
+            "wrote {} ({} epochs, final loss {:.4})",
+            args.out.display(),
+            history.len(),
+            last.map_or(f64::NAN, |h| h.loss)
+        );
     }
     Ok(())
 }
 
-pub fn pointing(model: &super::ModelArgs, count: usize, seed: u64, held_out: bool, format: Format) -> Result<()> {
+pub fn pointing(
+    model: &super::ModelArgs,
+    count: usize,
+    seed: u64,
+    held_out: bool,
+    format: Format,
+) -> Result<()> {
     use promptscope::align::AlignMode;
     use promptscope::data::scenes::{generate, SceneConfig};
     let clip = super::load_model(model)?;
-    let cfg = SceneConfig { size: clip.model.config.vision_config.image_size as u32, allow_held_out: held_out, ..SceneConfig::default() };
-    let scenes = (0..count as u64).map(|i| generate(seed, i, &cfg)).collect::<promptscope::Result<Vec<_>>>()?;
+    let cfg = SceneConfig {
+        size: clip.model()?.config.vision_config.image_size as u32,
+        allow_held_out: held_out,
+        ..SceneConfig::default()
+    };
+    let scenes = (0..count as u64)
+        .map(|i| generate(seed, i, &cfg))
+        .collect::<promptscope::Result<Vec<_>>>()?;
     let bar = Bar::new();
     let reports = [AlignMode::Token, AlignMode::Value]
         .into_iter()
@@ -137,12 +221,32 @@ pub fn pointing(model: &super::ModelArgs, count: usize, seed: u64, held_out: boo
                     r.hittable,
                     100.0 * r.mean_mass_inside
                 );
-                let rate = |(n, h): (usize, usize)| if n == 0 { 0.0 } else { 100.0 * h as f64 / n as f64 };
-                let shapes: Vec<String> = r.by_shape.iter().map(|(s, n, h)| format!("{s} {:.0}%", rate((*n, *h)))).collect();
-                outln!("  strict, by shape: {}; small {:.0}%, large {:.0}%", shapes.join(", "), rate(r.by_size[0]), rate(r.by_size[1]));
+                let rate = |(n, h): (usize, usize)| {
+                    if n == 0 {
+                        0.0
+                    } else {
+                        100.0 * h as f64 / n as f64
+                    }
+                };
+                let shapes: Vec<String> = r
+                    .by_shape
+                    .iter()
+                    .map(|(s, n, h)| format!("{s} {:.0}%", rate((*n, *h))))
+                    .collect();
+                outln!(
+                    "  strict, by shape: {}; small {:.0}%, large {:.0}%",
+                    shapes.join(", "),
+                    rate(r.by_size[0]),
+                    rate(r.by_size[1])
+                );
             }
             if let Some(r) = reports.first() {
-                outln!("SsVP: {:.1}% of its top-{} patches lie on an object (a random pick: {:.1}%)", 100.0 * r.ssvp_object_share, r.ssvp_k, 100.0 * r.random_object_share);
+                outln!(
+                    "SsVP: {:.1}% of its top-{} patches lie on an object (a random pick: {:.1}%)",
+                    100.0 * r.ssvp_object_share,
+                    r.ssvp_k,
+                    100.0 * r.random_object_share
+                );
             }
         }
     }

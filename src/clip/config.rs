@@ -14,24 +14,60 @@ pub enum HiddenAct {
     GeluTanh,
 }
 
-fn d_vocab() -> usize { 49408 }
-fn d_text_hidden() -> usize { 512 }
-fn d_text_inter() -> usize { 2048 }
-fn d_text_heads() -> usize { 8 }
-fn d_max_pos() -> usize { 77 }
-fn d_layers() -> usize { 12 }
-fn d_act() -> HiddenAct { HiddenAct::QuickGelu }
-fn d_eps() -> f64 { 1e-5 }
-fn d_bos() -> u32 { 49406 }
-fn d_eos() -> u32 { 49407 }
-fn d_vision_hidden() -> usize { 768 }
-fn d_vision_inter() -> usize { 3072 }
-fn d_vision_heads() -> usize { 12 }
-fn d_image_size() -> usize { 224 }
-fn d_patch() -> usize { 32 }
-fn d_channels() -> usize { 3 }
-fn d_proj() -> usize { 512 }
-fn d_logit_scale() -> f64 { 2.6592 }
+fn d_vocab() -> usize {
+    49408
+}
+fn d_text_hidden() -> usize {
+    512
+}
+fn d_text_inter() -> usize {
+    2048
+}
+fn d_text_heads() -> usize {
+    8
+}
+fn d_max_pos() -> usize {
+    77
+}
+fn d_layers() -> usize {
+    12
+}
+fn d_act() -> HiddenAct {
+    HiddenAct::QuickGelu
+}
+fn d_eps() -> f64 {
+    1e-5
+}
+fn d_bos() -> u32 {
+    49406
+}
+fn d_eos() -> u32 {
+    49407
+}
+fn d_vision_hidden() -> usize {
+    768
+}
+fn d_vision_inter() -> usize {
+    3072
+}
+fn d_vision_heads() -> usize {
+    12
+}
+fn d_image_size() -> usize {
+    224
+}
+fn d_patch() -> usize {
+    32
+}
+fn d_channels() -> usize {
+    3
+}
+fn d_proj() -> usize {
+    512
+}
+fn d_logit_scale() -> f64 {
+    2.6592
+}
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TextConfig {
@@ -108,14 +144,39 @@ impl ClipConfig {
         let t = &self.text_config;
         let v = &self.vision_config;
         let checks = [
-            (t.hidden_size == 0 || t.num_attention_heads == 0 || !t.hidden_size.is_multiple_of(t.num_attention_heads),
-             format!("text hidden_size {} is not divisible by num_attention_heads {}", t.hidden_size, t.num_attention_heads)),
-            (v.hidden_size == 0 || v.num_attention_heads == 0 || !v.hidden_size.is_multiple_of(v.num_attention_heads),
-             format!("vision hidden_size {} is not divisible by num_attention_heads {}", v.hidden_size, v.num_attention_heads)),
-            (v.patch_size == 0 || !v.image_size.is_multiple_of(v.patch_size),
-             format!("vision image_size {} is not a multiple of patch_size {}", v.image_size, v.patch_size)),
-            (t.max_position_embeddings < 2, "text max_position_embeddings must be at least 2".to_string()),
-            (self.projection_dim == 0, "projection_dim must be positive".to_string()),
+            (
+                t.hidden_size == 0
+                    || t.num_attention_heads == 0
+                    || !t.hidden_size.is_multiple_of(t.num_attention_heads),
+                format!(
+                    "text hidden_size {} is not divisible by num_attention_heads {}",
+                    t.hidden_size, t.num_attention_heads
+                ),
+            ),
+            (
+                v.hidden_size == 0
+                    || v.num_attention_heads == 0
+                    || !v.hidden_size.is_multiple_of(v.num_attention_heads),
+                format!(
+                    "vision hidden_size {} is not divisible by num_attention_heads {}",
+                    v.hidden_size, v.num_attention_heads
+                ),
+            ),
+            (
+                v.patch_size == 0 || !v.image_size.is_multiple_of(v.patch_size),
+                format!(
+                    "vision image_size {} is not a multiple of patch_size {}",
+                    v.image_size, v.patch_size
+                ),
+            ),
+            (
+                t.max_position_embeddings < 2,
+                "text max_position_embeddings must be at least 2".to_string(),
+            ),
+            (
+                self.projection_dim == 0,
+                "projection_dim must be positive".to_string(),
+            ),
         ];
         match checks.into_iter().find(|(bad, _)| *bad) {
             Some((_, msg)) => Err(msg),
@@ -141,13 +202,26 @@ impl ClipConfig {
     pub fn vit_b_32() -> Self {
         Self {
             text_config: TextConfig {
-                vocab_size: 49408, hidden_size: 512, intermediate_size: 2048, num_hidden_layers: 12,
-                num_attention_heads: 8, max_position_embeddings: 77, hidden_act: HiddenAct::QuickGelu,
-                layer_norm_eps: 1e-5, bos_token_id: 49406, eos_token_id: 49407,
+                vocab_size: 49408,
+                hidden_size: 512,
+                intermediate_size: 2048,
+                num_hidden_layers: 12,
+                num_attention_heads: 8,
+                max_position_embeddings: 77,
+                hidden_act: HiddenAct::QuickGelu,
+                layer_norm_eps: 1e-5,
+                bos_token_id: 49406,
+                eos_token_id: 49407,
             },
             vision_config: VisionConfig {
-                hidden_size: 768, intermediate_size: 3072, num_hidden_layers: 12, num_attention_heads: 12,
-                image_size: 224, patch_size: 32, num_channels: 3, hidden_act: HiddenAct::QuickGelu,
+                hidden_size: 768,
+                intermediate_size: 3072,
+                num_hidden_layers: 12,
+                num_attention_heads: 12,
+                image_size: 224,
+                patch_size: 32,
+                num_channels: 3,
+                hidden_act: HiddenAct::QuickGelu,
                 layer_norm_eps: 1e-5,
             },
             projection_dim: 512,
@@ -170,8 +244,15 @@ impl ClipConfig {
         c.text_config.intermediate_size = 3072;
         c.text_config.num_attention_heads = 12;
         c.vision_config = VisionConfig {
-            hidden_size: 1024, intermediate_size: 4096, num_hidden_layers: 24, num_attention_heads: 16,
-            image_size, patch_size: 14, num_channels: 3, hidden_act: HiddenAct::QuickGelu, layer_norm_eps: 1e-5,
+            hidden_size: 1024,
+            intermediate_size: 4096,
+            num_hidden_layers: 24,
+            num_attention_heads: 16,
+            image_size,
+            patch_size: 14,
+            num_channels: 3,
+            hidden_act: HiddenAct::QuickGelu,
+            layer_norm_eps: 1e-5,
         };
         c.projection_dim = 768;
         c
@@ -183,13 +264,27 @@ impl ClipConfig {
         let act = HiddenAct::QuickGelu;
         Self {
             text_config: TextConfig {
-                vocab_size: 49408, hidden_size: 64, intermediate_size: 256, num_hidden_layers: 4,
-                num_attention_heads: 4, max_position_embeddings: 77, hidden_act: act, layer_norm_eps: 1e-5,
-                bos_token_id: 49406, eos_token_id: 49407,
+                vocab_size: 49408,
+                hidden_size: 64,
+                intermediate_size: 256,
+                num_hidden_layers: 4,
+                num_attention_heads: 4,
+                max_position_embeddings: 77,
+                hidden_act: act,
+                layer_norm_eps: 1e-5,
+                bos_token_id: 49406,
+                eos_token_id: 49407,
             },
             vision_config: VisionConfig {
-                hidden_size: 128, intermediate_size: 512, num_hidden_layers: 6, num_attention_heads: 4,
-                image_size: 112, patch_size: 16, num_channels: 3, hidden_act: act, layer_norm_eps: 1e-5,
+                hidden_size: 128,
+                intermediate_size: 512,
+                num_hidden_layers: 6,
+                num_attention_heads: 4,
+                image_size: 112,
+                patch_size: 16,
+                num_channels: 3,
+                hidden_act: act,
+                layer_norm_eps: 1e-5,
             },
             projection_dim: 256,
             logit_scale_init_value: 2.6592,
@@ -201,13 +296,27 @@ impl ClipConfig {
     pub fn tiny(hidden_act: HiddenAct, layer_norm_eps: f64) -> Self {
         Self {
             text_config: TextConfig {
-                vocab_size: 49408, hidden_size: 32, intermediate_size: 64, num_hidden_layers: 2,
-                num_attention_heads: 4, max_position_embeddings: 77, hidden_act, layer_norm_eps,
-                bos_token_id: 49406, eos_token_id: 49407,
+                vocab_size: 49408,
+                hidden_size: 32,
+                intermediate_size: 64,
+                num_hidden_layers: 2,
+                num_attention_heads: 4,
+                max_position_embeddings: 77,
+                hidden_act,
+                layer_norm_eps,
+                bos_token_id: 49406,
+                eos_token_id: 49407,
             },
             vision_config: VisionConfig {
-                hidden_size: 48, intermediate_size: 96, num_hidden_layers: 3, num_attention_heads: 4,
-                image_size: 224, patch_size: 32, num_channels: 3, hidden_act, layer_norm_eps,
+                hidden_size: 48,
+                intermediate_size: 96,
+                num_hidden_layers: 3,
+                num_attention_heads: 4,
+                image_size: 224,
+                patch_size: 32,
+                num_channels: 3,
+                hidden_act,
+                layer_norm_eps,
             },
             projection_dim: 24,
             logit_scale_init_value: 2.6592,
@@ -222,7 +331,9 @@ mod tests {
 
     #[test]
     fn old_configs_get_transformers_defaults() {
-        let c: ClipConfig = serde_json::from_str(r#"{"text_config": {}, "vision_config": {"patch_size": 16}}"#).unwrap();
+        let c: ClipConfig =
+            serde_json::from_str(r#"{"text_config": {}, "vision_config": {"patch_size": 16}}"#)
+                .unwrap();
         assert_eq!(c.text_config.vocab_size, 49408);
         assert_eq!(c.text_config.hidden_act, HiddenAct::QuickGelu);
         assert_eq!(c.vision_config.grid(), 14);

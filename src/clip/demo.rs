@@ -19,14 +19,23 @@ pub fn models_dir() -> Option<PathBuf> {
     if let Some(dir) = std::env::var_os("PROMPTSCOPE_MODELS") {
         return Some(PathBuf::from(dir));
     }
-    let from_exe = std::env::current_exe().ok().and_then(|exe| exe.ancestors().nth(3).map(|root| root.join("assets/models")));
+    let from_exe = std::env::current_exe().ok().and_then(|exe| {
+        exe.ancestors()
+            .nth(3)
+            .map(|root| root.join("assets/models"))
+    });
     let built = Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/models");
     from_exe.into_iter().chain([built]).find(|d| d.is_dir())
 }
 
 /// A shipped model's folder, by name.
 pub fn find(name: &str) -> Option<PathBuf> {
-    DEMO_MODELS.iter().any(|(n, _)| *n == name).then(|| models_dir().map(|d| d.join(name))).flatten().filter(|d| d.is_dir())
+    DEMO_MODELS
+        .iter()
+        .any(|(n, _)| *n == name)
+        .then(|| models_dir().map(|d| d.join(name)))
+        .flatten()
+        .filter(|d| d.is_dir())
 }
 
 /// The demo note of a model folder, if it is one.
@@ -44,7 +53,10 @@ mod tests {
     fn demo_models_are_found_by_name_and_carry_their_note() {
         for (name, _) in DEMO_MODELS {
             let dir = find(name).unwrap_or_else(|| panic!("{name} is shipped in assets/models"));
-            assert!(note(&dir).is_some_and(|n| n.contains("demo")), "{name} has a demo note");
+            assert!(
+                note(&dir).is_some_and(|n| n.contains("demo")),
+                "{name} has a demo note"
+            );
         }
         assert!(find("not-a-demo").is_none());
         assert!(note(Path::new(env!("CARGO_MANIFEST_DIR"))).is_none());

@@ -17,20 +17,33 @@ pub const BATCH: usize = 32;
 
 /// Loads and preprocesses images into one `[B, 3, H, W]` batch (in parallel).
 pub fn pixel_batch(clip: &LoadedClip, paths: &[PathBuf]) -> Result<Tensor> {
-    let s = clip.model.config.vision_config.image_size;
+    let s = clip.image_size();
     let chw: Vec<Vec<f32>> = paths
         .par_iter()
         .map(|p| load_image(p).map(|img| preprocess(&img, &clip.preprocess)))
         .collect::<Result<_>>()?;
     let flat: Vec<f32> = chw.into_iter().flatten().collect();
-    Ok(Tensor::from_vec(flat, (paths.len(), 3, s, s), &clip.device)?)
+    Ok(Tensor::from_vec(
+        flat,
+        (paths.len(), 3, s, s),
+        &clip.device,
+    )?)
 }
 
 /// Projected (not normalised) image features `[N, P]`, in `paths` order.
-pub fn image_features(clip: &LoadedClip, paths: &[PathBuf], batch: usize, progress: &dyn Progress) -> Result<Tensor> {
+pub fn image_features(
+    clip: &LoadedClip,
+    paths: &[PathBuf],
+    batch: usize,
+    progress: &dyn Progress,
+) -> Result<Tensor> {
     let batch = batch.max(1);
     if paths.is_empty() {
-        return Ok(Tensor::zeros((0, clip.model.config.projection_dim), candle_core::DType::F32, &clip.device)?);
+        return Ok(Tensor::zeros(
+            (0, clip.projection_dim()),
+            candle_core::DType::F32,
+            &clip.device,
+        )?);
     }
     let chunks: Vec<Vec<PathBuf>> = paths.chunks(batch).map(<[PathBuf]>::to_vec).collect();
     let total = paths.len();
@@ -51,7 +64,7 @@ pub fn image_features(clip: &LoadedClip, paths: &[PathBuf], batch: usize, progre
             check(progress)?;
             let pixels = pixels?;
             done += pixels.dim(0)?;
-            feats.push(clip.model.image_features(&pixels)?);
+            feats.push(clip.image_features(&pixels)?);
             progress.update("images", done, total);
         }
         Ok(Tensor::cat(&feats, 0)?)
@@ -60,15 +73,19 @@ pub fn image_features(clip: &LoadedClip, paths: &[PathBuf], batch: usize, progre
 
 /// Projected (not normalised) text features `[N, P]` of `texts`, tokenised and truncated to the model's
 /// context.
-pub fn text_features(clip: &LoadedClip, texts: &[String], batch: usize, progress: &dyn Progress) -> Result<Tensor> {
-    let ids = clip.tokenizer.encode_batch(texts)?;
+pub fn text_features(
+    clip: &LoadedClip,
+    texts: &[String],
+    batch: usize,
+    progress: &dyn Progress,
+) -> Result<Tensor> {
     let mut feats = Vec::new();
     let mut done = 0;
-    for chunk in ids.chunks(batch.max(1)) {
+    for chunk in texts.chunks(batch.max(1)) {
         check(progress)?;
-        feats.push(clip.model.text_features(chunk)?);
+        feats.push(clip.text_features(chunk)?);
         done += chunk.len();
-        progress.update("texts", done, ids.len());
+        progress.update("texts", done, texts.len());
     }
     if feats.is_empty() {
         return Err(Error::invalid("no texts to encode"));

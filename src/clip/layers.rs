@@ -22,7 +22,11 @@ pub struct Linear {
 impl Linear {
     pub fn load(in_dim: usize, out_dim: usize, bias: bool, vb: VarBuilder) -> Result<Self> {
         let weight = vb.get((out_dim, in_dim), "weight")?;
-        let bias = if bias { Some(vb.get(out_dim, "bias")?) } else { None };
+        let bias = if bias {
+            Some(vb.get(out_dim, "bias")?)
+        } else {
+            None
+        };
         Ok(Self { weight, bias })
     }
 
@@ -38,7 +42,9 @@ impl Linear {
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let dims = x.dims().to_vec();
-        let in_dim = *dims.last().expect("linear input has at least one dimension");
+        let in_dim = *dims
+            .last()
+            .expect("linear input has at least one dimension");
         let rows = x.elem_count() / in_dim.max(1);
         let x = x.reshape((rows, in_dim))?;
         let y = match &self.bias {
@@ -63,7 +69,11 @@ pub struct LayerNorm {
 
 impl LayerNorm {
     pub fn load(dim: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
-        Ok(Self { weight: vb.get(dim, "weight")?, bias: vb.get(dim, "bias")?, eps })
+        Ok(Self {
+            weight: vb.get(dim, "weight")?,
+            bias: vb.get(dim, "bias")?,
+            eps,
+        })
     }
 
     pub fn weight(&self) -> &Tensor {
@@ -93,7 +103,10 @@ impl Module for LayerNorm {
         let d = x.dim(D::Minus1)? as f64;
         let centred = x.broadcast_sub(&(x.sum_keepdim(D::Minus1)? / d)?)?;
         let var = (centred.sqr()?.sum_keepdim(D::Minus1)? / d)?;
-        centred.broadcast_div(&(var + self.eps)?.sqrt()?)?.broadcast_mul(&self.weight)?.broadcast_add(&self.bias)
+        centred
+            .broadcast_div(&(var + self.eps)?.sqrt()?)?
+            .broadcast_mul(&self.weight)?
+            .broadcast_add(&self.bias)
     }
 }
 
@@ -155,17 +168,30 @@ impl Attention {
     }
 
     fn split_heads(&self, x: &Tensor, b: usize, t: usize) -> Result<Tensor> {
-        x.reshape((b, t, self.heads, self.head_dim))?.transpose(1, 2)?.contiguous()
+        x.reshape((b, t, self.heads, self.head_dim))?
+            .transpose(1, 2)?
+            .contiguous()
     }
 
     /// Returns the output and, when asked, the attention probabilities `[B, heads, T, T]`.
     /// `mask` is additive, broadcastable to `[B, heads, T, T]`.
-    pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>, want_probs: bool) -> Result<(Tensor, Option<Tensor>)> {
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        mask: Option<&Tensor>,
+        want_probs: bool,
+    ) -> Result<(Tensor, Option<Tensor>)> {
         self.attend(x, x, mask, want_probs)
     }
 
     /// The queries of the tokens `queries` `[B, Q, D]` against every key and value of `x` `[B, T, D]`.
-    fn attend(&self, queries: &Tensor, x: &Tensor, mask: Option<&Tensor>, want_probs: bool) -> Result<(Tensor, Option<Tensor>)> {
+    fn attend(
+        &self,
+        queries: &Tensor,
+        x: &Tensor,
+        mask: Option<&Tensor>,
+        want_probs: bool,
+    ) -> Result<(Tensor, Option<Tensor>)> {
         let (b, t, d) = x.dims3()?;
         let nq = queries.dim(1)?;
         let scale = (self.head_dim as f64).powf(-0.5);
@@ -190,16 +216,30 @@ impl Attention {
     /// the C full sequences, because under a causal mask the prefix never sees what follows it.
     /// `masks`: the causal masks of the prefix `[P, P]` and of the continuations `[S, S]` ([`causal_mask`]),
     /// made once for all blocks.
-    pub fn forward_prefixed(&self, xp: &Tensor, xc: &Tensor, masks: (&Tensor, &Tensor)) -> Result<(Tensor, Tensor)> {
+    pub fn forward_prefixed(
+        &self,
+        xp: &Tensor,
+        xc: &Tensor,
+        masks: (&Tensor, &Tensor),
+    ) -> Result<(Tensor, Tensor)> {
         let (_, p, d) = xp.dims3()?;
         let (c, s, _) = xc.dims3()?;
         let (h, hd) = (self.heads, self.head_dim);
         let scale = (hd as f64).powf(-0.5);
-        let qp = self.split_heads(&self.q_proj.forward(xp)?, 1, p)?.squeeze(0)?;
-        let kp = self.split_heads(&self.k_proj.forward(xp)?, 1, p)?.squeeze(0)?;
-        let vp = self.split_heads(&self.v_proj.forward(xp)?, 1, p)?.squeeze(0)?;
+        let qp = self
+            .split_heads(&self.q_proj.forward(xp)?, 1, p)?
+            .squeeze(0)?;
+        let kp = self
+            .split_heads(&self.k_proj.forward(xp)?, 1, p)?
+            .squeeze(0)?;
+        let vp = self
+            .split_heads(&self.v_proj.forward(xp)?, 1, p)?
+            .squeeze(0)?;
         let sp = (qp.matmul(&kp.t()?)? * scale)?.broadcast_add(masks.0)?;
-        let op = softmax_last_dim(&sp)?.matmul(&vp)?.transpose(0, 1)?.reshape((1, p, d))?;
+        let op = softmax_last_dim(&sp)?
+            .matmul(&vp)?
+            .transpose(0, 1)?
+            .reshape((1, p, d))?;
         let out_p = self.out_proj.forward(&op)?;
 
         let qc = self.split_heads(&self.q_proj.forward(xc)?, c, s)?;
@@ -207,10 +247,16 @@ impl Attention {
         let vc = self.split_heads(&self.v_proj.forward(xc)?, c, s)?;
         // Against the prefix: one [C·S, hd] × [hd, P] product per head instead of C broadcast copies.
         let qh = qc.transpose(0, 1)?.contiguous()?.reshape((h, c * s, hd))?;
-        let s_pre = (qh.matmul(&kp.t()?)? * scale)?.reshape((h, c, s, p))?.transpose(0, 1)?;
+        let s_pre = (qh.matmul(&kp.t()?)? * scale)?
+            .reshape((h, c, s, p))?
+            .transpose(0, 1)?;
         let s_own = (qc.matmul(&kc.t()?)? * scale)?.broadcast_add(masks.1)?;
         let probs = softmax_last_dim(&Tensor::cat(&[&s_pre, &s_own], 3)?)?;
-        let pre = probs.narrow(3, 0, p)?.transpose(0, 1)?.contiguous()?.reshape((h, c * s, p))?;
+        let pre = probs
+            .narrow(3, 0, p)?
+            .transpose(0, 1)?
+            .contiguous()?
+            .reshape((h, c * s, p))?;
         let o_pre = pre.matmul(&vp)?.reshape((h, c, s, hd))?.transpose(0, 1)?;
         let o_own = probs.narrow(3, p, s)?.contiguous()?.matmul(&vc)?;
         let oc = (o_pre + o_own)?.transpose(1, 2)?.reshape((c, s, d))?;
@@ -220,7 +266,9 @@ impl Attention {
     /// The first token's output alone `[B, 1, D]`: its query against every key and value of `x`
     /// `[B, T, D]`. What the pooled image feature reads of the last block.
     pub fn forward_first_query(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(self.attend(&x.narrow(1, 0, 1)?.contiguous()?, x, None, false)?.0)
+        Ok(self
+            .attend(&x.narrow(1, 0, 1)?.contiguous()?, x, None, false)?
+            .0)
     }
 
     /// The value path alone: `out_proj(v_proj(x))` per token, without query-key mixing (MaskCLIP-style
@@ -239,7 +287,11 @@ pub struct Mlp {
 
 impl Mlp {
     pub fn load(dim: usize, inter: usize, act: HiddenAct, vb: VarBuilder) -> Result<Self> {
-        Ok(Self { fc1: Linear::load(dim, inter, true, vb.pp("fc1"))?, fc2: Linear::load(inter, dim, true, vb.pp("fc2"))?, act })
+        Ok(Self {
+            fc1: Linear::load(dim, inter, true, vb.pp("fc1"))?,
+            fc2: Linear::load(inter, dim, true, vb.pp("fc2"))?,
+            act,
+        })
     }
 
     pub fn fc1(&self) -> &Linear {
@@ -253,7 +305,8 @@ impl Mlp {
 
 impl Module for Mlp {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.fc2.forward(&activation(self.act, &self.fc1.forward(x)?)?)
+        self.fc2
+            .forward(&activation(self.act, &self.fc1.forward(x)?)?)
     }
 }
 
@@ -268,7 +321,14 @@ pub struct EncoderLayer {
 }
 
 impl EncoderLayer {
-    pub fn load(dim: usize, inter: usize, heads: usize, act: HiddenAct, eps: f64, vb: VarBuilder) -> Result<Self> {
+    pub fn load(
+        dim: usize,
+        inter: usize,
+        heads: usize,
+        act: HiddenAct,
+        eps: f64,
+        vb: VarBuilder,
+    ) -> Result<Self> {
         Ok(Self {
             self_attn: Attention::load(dim, heads, vb.pp("self_attn"))?,
             layer_norm1: LayerNorm::load(dim, eps, vb.pp("layer_norm1"))?,
@@ -277,8 +337,15 @@ impl EncoderLayer {
         })
     }
 
-    pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>, want_probs: bool) -> Result<(Tensor, Option<Tensor>)> {
-        let (attn, probs) = self.self_attn.forward(&self.layer_norm1.forward(x)?, mask, want_probs)?;
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        mask: Option<&Tensor>,
+        want_probs: bool,
+    ) -> Result<(Tensor, Option<Tensor>)> {
+        let (attn, probs) =
+            self.self_attn
+                .forward(&self.layer_norm1.forward(x)?, mask, want_probs)?;
         let x = (x + attn)?;
         let x = (&x + self.mlp.forward(&self.layer_norm2.forward(&x)?)?)?;
         Ok((x, probs))
@@ -290,14 +357,25 @@ impl EncoderLayer {
     /// last vision block as the pooled feature needs it, with a query, out-projection and MLP for one
     /// token instead of all.
     pub fn forward_first_token(&self, x: &Tensor) -> Result<Tensor> {
-        let attn = self.self_attn.forward_first_query(&self.layer_norm1.forward(x)?)?;
+        let attn = self
+            .self_attn
+            .forward_first_query(&self.layer_norm1.forward(x)?)?;
         let x = (x.narrow(1, 0, 1)? + attn)?;
         &x + self.mlp.forward(&self.layer_norm2.forward(&x)?)?
     }
 
     /// One block over a shared prefix and its continuations (see [`Attention::forward_prefixed`]).
-    pub fn forward_prefixed(&self, xp: &Tensor, xc: &Tensor, masks: (&Tensor, &Tensor)) -> Result<(Tensor, Tensor)> {
-        let (ap, ac) = self.self_attn.forward_prefixed(&self.layer_norm1.forward(xp)?, &self.layer_norm1.forward(xc)?, masks)?;
+    pub fn forward_prefixed(
+        &self,
+        xp: &Tensor,
+        xc: &Tensor,
+        masks: (&Tensor, &Tensor),
+    ) -> Result<(Tensor, Tensor)> {
+        let (ap, ac) = self.self_attn.forward_prefixed(
+            &self.layer_norm1.forward(xp)?,
+            &self.layer_norm1.forward(xc)?,
+            masks,
+        )?;
         let (xp, xc) = ((xp + ap)?, (xc + ac)?);
         let xp = (&xp + self.mlp.forward(&self.layer_norm2.forward(&xp)?)?)?;
         let xc = (&xc + self.mlp.forward(&self.layer_norm2.forward(&xc)?)?)?;
@@ -305,13 +383,25 @@ impl EncoderLayer {
     }
 }
 
-pub fn load_layers(n: usize, dim: usize, inter: usize, heads: usize, act: HiddenAct, eps: f64, vb: VarBuilder) -> Result<Vec<EncoderLayer>> {
-    (0..n).map(|i| EncoderLayer::load(dim, inter, heads, act, eps, vb.pp(i))).collect()
+pub fn load_layers(
+    n: usize,
+    dim: usize,
+    inter: usize,
+    heads: usize,
+    act: HiddenAct,
+    eps: f64,
+    vb: VarBuilder,
+) -> Result<Vec<EncoderLayer>> {
+    (0..n)
+        .map(|i| EncoderLayer::load(dim, inter, heads, act, eps, vb.pp(i)))
+        .collect()
 }
 
 /// Additive causal mask `[t, t]`: 0 on and below the diagonal, -inf above.
 pub fn causal_mask(t: usize, device: &candle_core::Device) -> Result<Tensor> {
-    let mask: Vec<f32> = (0..t).flat_map(|i| (0..t).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 })).collect();
+    let mask: Vec<f32> = (0..t)
+        .flat_map(|i| (0..t).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 }))
+        .collect();
     Tensor::from_vec(mask, (t, t), device)
 }
 
@@ -331,7 +421,11 @@ impl EncoderLayer {
                 head_dim: a.head_dim,
             },
             layer_norm1: self.layer_norm1.map_tensors("layer_norm1", f)?,
-            mlp: Mlp { fc1: self.mlp.fc1.map_tensors("mlp.fc1", f)?, fc2: self.mlp.fc2.map_tensors("mlp.fc2", f)?, act: self.mlp.act },
+            mlp: Mlp {
+                fc1: self.mlp.fc1.map_tensors("mlp.fc1", f)?,
+                fc2: self.mlp.fc2.map_tensors("mlp.fc2", f)?,
+                act: self.mlp.act,
+            },
             layer_norm2: self.layer_norm2.map_tensors("layer_norm2", f)?,
         })
     }
@@ -343,7 +437,11 @@ impl Linear {
         Self { weight, bias }
     }
 
-    fn map_tensors(&self, prefix: &str, f: &mut dyn FnMut(&str, &Tensor) -> Result<Tensor>) -> Result<Self> {
+    fn map_tensors(
+        &self,
+        prefix: &str,
+        f: &mut dyn FnMut(&str, &Tensor) -> Result<Tensor>,
+    ) -> Result<Self> {
         let weight = f(&format!("{prefix}.weight"), &self.weight)?;
         let bias = match &self.bias {
             Some(b) => Some(f(&format!("{prefix}.bias"), b)?),
@@ -358,27 +456,50 @@ impl LayerNorm {
         Self { weight, bias, eps }
     }
 
-    fn map_tensors(&self, prefix: &str, f: &mut dyn FnMut(&str, &Tensor) -> Result<Tensor>) -> Result<Self> {
-        Ok(Self { weight: f(&format!("{prefix}.weight"), &self.weight)?, bias: f(&format!("{prefix}.bias"), &self.bias)?, eps: self.eps })
+    fn map_tensors(
+        &self,
+        prefix: &str,
+        f: &mut dyn FnMut(&str, &Tensor) -> Result<Tensor>,
+    ) -> Result<Self> {
+        Ok(Self {
+            weight: f(&format!("{prefix}.weight"), &self.weight)?,
+            bias: f(&format!("{prefix}.bias"), &self.bias)?,
+            eps: self.eps,
+        })
     }
 }
 
 impl Linear {
     /// The weights as the kernels read them.
     pub fn kernel_weights(&self) -> LinearWeights {
-        LinearWeights { weight: self.weight.clone(), bias: self.bias.clone() }
+        LinearWeights {
+            weight: self.weight.clone(),
+            bias: self.bias.clone(),
+        }
     }
 }
 
 impl LayerNorm {
     pub fn kernel_weights(&self) -> NormWeights {
-        NormWeights { weight: self.weight.clone(), bias: self.bias.clone(), eps: self.eps }
+        NormWeights {
+            weight: self.weight.clone(),
+            bias: self.bias.clone(),
+            eps: self.eps,
+        }
     }
 }
 
 /// A tower's weights as the kernels read them: its blocks, final norm and projection (tensor handles,
 /// nothing is copied); `positions` for the text tower, whose kernels add them.
-pub fn tower_weights(positions: Option<&Tensor>, layers: &[EncoderLayer], final_norm: &LayerNorm, projection: &Linear, act: HiddenAct, heads: usize, intermediate: usize) -> TowerWeights {
+pub fn tower_weights(
+    positions: Option<&Tensor>,
+    layers: &[EncoderLayer],
+    final_norm: &LayerNorm,
+    projection: &Linear,
+    act: HiddenAct,
+    heads: usize,
+    intermediate: usize,
+) -> TowerWeights {
     TowerWeights {
         positions: positions.cloned(),
         blocks: layers.iter().map(EncoderLayer::kernel_weights).collect(),

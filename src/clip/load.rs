@@ -3,10 +3,11 @@
 
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Device};
+use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
 use super::config::ClipConfig;
+use super::family::{Family, GlobalModel};
 use super::model::ClipModel;
 use super::preprocess::PreprocessConfig;
 use super::tokenizer::ClipTokenizer;
@@ -17,10 +18,11 @@ const WEIGHTS: &str = "model.safetensors";
 const TOKENIZER: &str = "tokenizer.json";
 const PREPROCESSOR: &str = "preprocessor_config.json";
 
-/// A model ready to use, with everything the user should know about where it came from.
+/// A model ready to use, with everything the user should know about where it came from. Usually our CLIP
+/// (FILIP models are CLIP checkpoints); a SigLIP or Chinese-CLIP folder loads too, for what needs only
+/// global features ([`super::family`]).
 pub struct LoadedClip {
-    pub model: ClipModel,
-    pub tokenizer: ClipTokenizer,
+    towers: Towers,
     pub preprocess: PreprocessConfig,
     pub dir: PathBuf,
     /// What the user passed (folder path or hub id), recorded in exports.
@@ -33,11 +35,116 @@ pub struct LoadedClip {
     pub warnings: Vec<String>,
 }
 
+enum Towers {
+    Clip {
+        model: ClipModel,
+        tokenizer: ClipTokenizer,
+    },
+    Global(GlobalModel),
+}
+
 impl LoadedClip {
+    /// Our CLIP, with the token-level access prompt learning and the maps need; for another family, an
+    /// error that says what `need`s it and what the model can do instead.
+    pub fn model(&self) -> Result<&ClipModel> {
+        match &self.towers {
+            Towers::Clip { model, .. } => Ok(model),
+            Towers::Global(g) => Err(self.not_token_level(g.family)),
+        }
+    }
+
+    /// CLIP's BPE tokenizer (see [`Self::model`]).
+    pub fn tokenizer(&self) -> Result<&ClipTokenizer> {
+        match &self.towers {
+            Towers::Clip { tokenizer, .. } => Ok(tokenizer),
+            Towers::Global(g) => Err(self.not_token_level(g.family)),
+        }
+    }
+
+    fn not_token_level(&self, family: Family) -> Error {
+        Error::invalid(format!(
+            "model '{}' is a {} model: prompt learning (CoOp, CoCoOp, KgCoOp, MP-FGVC) and the token maps need CLIP's \
+             token-level access. With this model promptscope runs zero-shot, template ensembles, the linear probe, \
+             Tip-Adapter(-F), CLIP-Adapter and Compare; load a CLIP (or FILIP) model for the rest",
+            self.id,
+            family.name()
+        ))
+    }
+
+    /// The SigLIP or Chinese-CLIP model, when that is what was loaded.
+    pub fn global(&self) -> Option<&GlobalModel> {
+        match &self.towers {
+            Towers::Clip { .. } => None,
+            Towers::Global(g) => Some(g),
+        }
+    }
+
+    pub fn family(&self) -> Family {
+        match &self.towers {
+            Towers::Clip { .. } => Family::Clip,
+            Towers::Global(g) => g.family,
+        }
+    }
+
+    /// Projected (not normalised) image features `[B, P]` of preprocessed pixels, for any family.
+    pub fn image_features(&self, pixels: &Tensor) -> Result<Tensor> {
+        match &self.towers {
+            Towers::Clip { model, .. } => Ok(model.image_features(pixels)?),
+            Towers::Global(g) => g.image_features(pixels),
+        }
+    }
+
+    /// Projected (not normalised) text features `[N, P]` of whole texts, tokenised as the family does.
+    pub fn text_features(&self, texts: &[String]) -> Result<Tensor> {
+        match &self.towers {
+            Towers::Clip { model, tokenizer } => {
+                Ok(model.text_features(&tokenizer.encode_batch(texts)?)?)
+            }
+            Towers::Global(g) => g.text_features(texts),
+        }
+    }
+
+    /// `exp(logit_scale)`: the temperature of the model's softmax (SigLIP's sigmoid) logits.
+    pub fn logit_scale(&self) -> f32 {
+        match &self.towers {
+            Towers::Clip { model, .. } => model.logit_scale(),
+            Towers::Global(g) => g.logit_scale,
+        }
+    }
+
+    /// The square input side, in pixels.
+    pub fn image_size(&self) -> usize {
+        match &self.towers {
+            Towers::Clip { model, .. } => model.config.vision_config.image_size,
+            Towers::Global(g) => g.image_size,
+        }
+    }
+
+    /// The width of the joint embedding.
+    pub fn projection_dim(&self) -> usize {
+        match &self.towers {
+            Towers::Clip { model, .. } => model.config.projection_dim,
+            Towers::Global(g) => g.projection_dim,
+        }
+    }
+
     /// One-line description for logs and the UI.
     pub fn describe(&self) -> String {
-        let c = &self.model.config;
-        let demo = self.demo_note.as_ref().map_or(String::new(), |n| format!(" [{n}]"));
+        let demo = self
+            .demo_note
+            .as_ref()
+            .map_or(String::new(), |n| format!(" [{n}]"));
+        let (c, tokenizer) = match &self.towers {
+            Towers::Clip { model, tokenizer } => (&model.config, tokenizer),
+            Towers::Global(g) => {
+                return format!(
+                    "{}{demo}: {}; {}",
+                    self.id,
+                    g.summary,
+                    self.family().supports()
+                )
+            }
+        };
         format!(
             "{}{demo} (ViT {}×{} px, patch {}, text {}-d, {} layers / vision {}-d, {} layers, projection {}); tokenizer: {}",
             self.id,
@@ -49,7 +156,7 @@ impl LoadedClip {
             c.vision_config.hidden_size,
             c.vision_config.num_hidden_layers,
             c.projection_dim,
-            self.tokenizer.source
+            tokenizer.source
         )
     }
 }
@@ -79,7 +186,12 @@ pub fn resolve(model: &str) -> Result<PathBuf> {
 /// Hugging Face cache.
 pub fn locate(model: &str) -> Result<Located> {
     let path = Path::new(model);
-    let local = |dir: PathBuf| Ok(Located { dir, warnings: vec![] });
+    let local = |dir: PathBuf| {
+        Ok(Located {
+            dir,
+            warnings: vec![],
+        })
+    };
     if path.is_dir() {
         return local(path.to_path_buf());
     }
@@ -102,13 +214,19 @@ pub fn locate(model: &str) -> Result<Located> {
 fn looks_like_hub_id(s: &str) -> bool {
     let parts: Vec<&str> = s.split('/').collect();
     parts.len() == 2
-        && parts.iter().all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)))
+        && parts.iter().all(|p| {
+            !p.is_empty()
+                && p.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        })
         && !s.starts_with('.')
 }
 
 /// The files a model folder may lack, and what is used instead.
-const OPTIONAL: [(&str, &str); 2] =
-    [(TOKENIZER, "the bundled OpenAI CLIP tokenizer"), (PREPROCESSOR, "CLIP's default preprocessing")];
+const OPTIONAL: [(&str, &str); 2] = [
+    (TOKENIZER, "the bundled OpenAI CLIP tokenizer"),
+    (PREPROCESSOR, "CLIP's default preprocessing"),
+];
 
 /// Downloads the files a CLIP folder needs, once: the cache is looked at first, so no network is needed
 /// for a model already fetched. An optional file the repository does not have (HTTP 404) is remembered as
@@ -117,18 +235,23 @@ const OPTIONAL: [(&str, &str); 2] =
 fn fetch_from_hub(id: &str) -> Result<Located> {
     use std::cell::OnceCell;
     let cache = hf_hub::Cache::from_env().model(id.to_string());
-    let hub_err = |e: &dyn std::fmt::Display| Error::Hub {
+    let hub_err = |e: &dyn std::fmt::Display| {
+        Error::Hub {
         id: id.to_string(),
         reason: format!(
             "not a local folder, and downloading it from the Hugging Face hub failed ({e}). Without network \
              access, copy the model folder (config.json, model.safetensors, tokenizer.json) to this machine \
              and pass its path: --model /path/to/folder"
         ),
+    }
     };
     let api = OnceCell::new();
     let repo = || -> Result<&hf_hub::api::sync::ApiRepo> {
         if api.get().is_none() {
-            let built = hf_hub::api::sync::ApiBuilder::from_env().with_progress(true).build().map_err(|e| hub_err(&e))?;
+            let built = hf_hub::api::sync::ApiBuilder::from_env()
+                .with_progress(true)
+                .build()
+                .map_err(|e| hub_err(&e))?;
             let _ = api.set(built.model(id.to_string()));
         }
         Ok(api.get().expect("set above"))
@@ -137,7 +260,9 @@ fn fetch_from_hub(id: &str) -> Result<Located> {
         (Some(cfg), Some(_)) => cfg,
         _ => {
             let cfg = repo()?.get(CONFIG).map_err(|e| hub_err(&e))?;
-            repo()?.get(WEIGHTS).map_err(|e| hub_err(&format!("{WEIGHTS}: {e}")))?;
+            repo()?
+                .get(WEIGHTS)
+                .map_err(|e| hub_err(&format!("{WEIGHTS}: {e}")))?;
             cfg
         }
     };
@@ -204,7 +329,8 @@ fn is_not_found(e: &hf_hub::api::sync::ApiError) -> bool {
 
 pub fn read_config(dir: &Path) -> Result<ClipConfig> {
     let path = dir.join(CONFIG);
-    let fix = "a CLIP folder needs the config.json of CLIPModel (with text_config and vision_config)";
+    let fix =
+        "a CLIP folder needs the config.json of CLIPModel (with text_config and vision_config)";
     let text = std::fs::read_to_string(&path).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => Error::missing(path.clone(), fix),
         _ => Error::io(&path, e),
@@ -228,36 +354,95 @@ pub fn companions(dir: &Path, config: &ClipConfig) -> Result<(ClipTokenizer, Pre
     if tokenizer.vocab_size() > config.text_config.vocab_size {
         return Err(Error::bad_file(
             &tok_path,
-            format!("has {} tokens but the model's vocabulary has {}", tokenizer.vocab_size(), config.text_config.vocab_size),
+            format!(
+                "has {} tokens but the model's vocabulary has {}",
+                tokenizer.vocab_size(),
+                config.text_config.vocab_size
+            ),
             "use the tokenizer of this model",
         ));
     }
-    let image_size = config.vision_config.image_size;
+    Ok((
+        tokenizer,
+        preprocess_of(dir, config.vision_config.image_size)?,
+    ))
+}
+
+/// The folder's `preprocessor_config.json` (CLIP's defaults without one), checked against the input size.
+fn preprocess_of(dir: &Path, image_size: usize) -> Result<PreprocessConfig> {
     let pre_path = dir.join(PREPROCESSOR);
-    let preprocess =
-        if pre_path.is_file() { PreprocessConfig::from_file(&pre_path, image_size)? } else { PreprocessConfig::clip(image_size) };
+    let preprocess = if pre_path.is_file() {
+        PreprocessConfig::from_file(&pre_path, image_size)?
+    } else {
+        PreprocessConfig::clip(image_size)
+    };
     if preprocess.output_size() != Some((image_size, image_size)) {
         return Err(Error::bad_file(
             &pre_path,
-            format!("produces {:?} images but the model takes {image_size}×{image_size}", preprocess.output_size()),
+            format!(
+                "produces {:?} images but the model takes {image_size}×{image_size}",
+                preprocess.output_size()
+            ),
             "use the preprocessor_config.json of this model",
         ));
     }
-    Ok((tokenizer, preprocess))
+    Ok(preprocess)
 }
 
 pub fn load_dir(dir: &Path, id: &str, device: &Device) -> Result<LoadedClip> {
-    let config = read_config(dir)?;
+    let (family, raw) = read_family(dir)?;
     let weights = dir.join(WEIGHTS);
     if !weights.is_file() {
         return Err(Error::missing(weights, "promptscope reads safetensors weights; convert pytorch_model.bin with transformers' save_pretrained(safe_serialization=True)"));
     }
     let vb = mmap_weights(&weights, device)?;
-    let model = ClipModel::load(&config, vb).map_err(|e| {
-        Error::bad_file(&weights, format!("does not match config.json ({e})"), "use the config.json and model.safetensors of the same CLIP checkpoint")
+    let (towers, preprocess) = if family == Family::Clip {
+        let config = read_config(dir)?;
+        let model = ClipModel::load(&config, vb).map_err(|e| {
+            Error::bad_file(
+                &weights,
+                format!("does not match config.json ({e})"),
+                "use the config.json and model.safetensors of the same CLIP checkpoint",
+            )
+        })?;
+        let (tokenizer, preprocess) = companions(dir, &config)?;
+        (Towers::Clip { model, tokenizer }, preprocess)
+    } else {
+        let model = GlobalModel::load(family, dir, &raw, &weights, vb)?;
+        let preprocess = preprocess_of(dir, model.image_size)?;
+        (Towers::Global(model), preprocess)
+    };
+    Ok(LoadedClip {
+        towers,
+        preprocess,
+        dir: dir.to_path_buf(),
+        id: id.to_string(),
+        device: device.clone(),
+        demo_note: super::demo::note(dir),
+        warnings: vec![],
+    })
+}
+
+/// The family a folder's `config.json` names, and the parsed file.
+pub fn read_family(dir: &Path) -> Result<(Family, serde_json::Value)> {
+    let path = dir.join(CONFIG);
+    let fix = "a model folder needs the config.json saved with the model (CLIPModel, SiglipModel or ChineseCLIPModel)";
+    let text = std::fs::read_to_string(&path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => Error::missing(path.clone(), fix),
+        _ => Error::io(&path, e),
     })?;
-    let (tokenizer, preprocess) = companions(dir, &config)?;
-    Ok(LoadedClip { model, tokenizer, preprocess, dir: dir.to_path_buf(), id: id.to_string(), device: device.clone(), demo_note: super::demo::note(dir), warnings: vec![] })
+    // Unparsable JSON is left to the CLIP reader, whose message says what a CLIP config needs.
+    let Ok(raw) = serde_json::from_str::<serde_json::Value>(&text) else {
+        return Ok((Family::Clip, serde_json::Value::Null));
+    };
+    let family = Family::of_config(&raw).map_err(|e| {
+        Error::bad_file(
+            &path,
+            e,
+            "load a CLIP, FILIP, SigLIP or Chinese-CLIP folder",
+        )
+    })?;
+    Ok((family, raw))
 }
 
 /// Memory-maps a safetensors file; a truncated or foreign file is reported, not trusted.
@@ -265,7 +450,11 @@ pub fn mmap_weights(path: &Path, device: &Device) -> Result<VarBuilder<'static>>
     // SAFETY: the file is mapped read-only; as with every mmap-based loader, it must not be modified
     // while the model is in use.
     unsafe { VarBuilder::from_mmaped_safetensors(&[path], DType::F32, device) }.map_err(|e| {
-        Error::bad_file(path, format!("unreadable safetensors ({e})"), "the file is truncated or corrupt: download or copy it again")
+        Error::bad_file(
+            path,
+            format!("unreadable safetensors ({e})"),
+            "the file is truncated or corrupt: download or copy it again",
+        )
     })
 }
 
@@ -286,7 +475,8 @@ pub fn fingerprint(dir: &Path) -> Result<String> {
     let mut buf = vec![0u8; MIB.min(len) as usize];
     f.read_exact(&mut buf).map_err(|e| Error::io(&weights, e))?;
     h.update(&buf);
-    f.seek(SeekFrom::Start(len - buf.len() as u64)).map_err(|e| Error::io(&weights, e))?;
+    f.seek(SeekFrom::Start(len - buf.len() as u64))
+        .map_err(|e| Error::io(&weights, e))?;
     f.read_exact(&mut buf).map_err(|e| Error::io(&weights, e))?;
     h.update(&buf);
     Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
@@ -305,7 +495,9 @@ mod tests {
     #[test]
     fn only_a_404_means_the_file_is_absent() {
         assert!(is_not_found(&status(404)));
-        assert!(is_not_found(&ApiError::TooManyRetries(Box::new(status(404)))));
+        assert!(is_not_found(&ApiError::TooManyRetries(Box::new(status(
+            404
+        )))));
         for code in [401, 403, 500, 503] {
             assert!(!is_not_found(&status(code)), "{code}");
         }

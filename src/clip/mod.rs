@@ -3,6 +3,7 @@
 pub mod config;
 pub mod demo;
 pub mod encode;
+pub mod family;
 pub mod kernels;
 pub mod layers;
 pub mod load;
@@ -15,6 +16,7 @@ pub mod tokenizer;
 pub mod vision;
 
 pub use config::{ClipConfig, HiddenAct, TextConfig, VisionConfig};
+pub use family::Family;
 pub use load::{load, LoadedClip};
 pub use model::{l2_normalize, ClipModel};
 pub use preprocess::PreprocessConfig;

@@ -21,7 +21,12 @@ impl ClipModel {
         let text = TextTower::load(&config.text_config, config.projection_dim, vb.clone())?;
         let vision = VisionTower::load(&config.vision_config, config.projection_dim, vb.clone())?;
         let logit_scale_log = vb.get((), "logit_scale")?.to_scalar::<f32>()?;
-        Ok(Self { config: config.clone(), text, vision, logit_scale_log })
+        Ok(Self {
+            config: config.clone(),
+            text,
+            vision,
+            logit_scale_log,
+        })
     }
 
     /// `exp(logit_scale)`, ≈100 for OpenAI's weights.

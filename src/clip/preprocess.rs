@@ -51,10 +51,20 @@ impl PreprocessConfig {
     /// Reads a `preprocessor_config.json`; fields it lacks keep CLIP's defaults.
     pub fn from_file(path: &Path, image_size: usize) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let v: Value = serde_json::from_str(&text)
-            .map_err(|e| Error::bad_file(path, format!("not valid JSON ({e})"), "fix or delete the file (CLIP's defaults are used without it)"))?;
-        Self::from_json(&v, image_size)
-            .map_err(|e| Error::bad_file(path, e, "fix or delete the file (CLIP's defaults are used without it)"))
+        let v: Value = serde_json::from_str(&text).map_err(|e| {
+            Error::bad_file(
+                path,
+                format!("not valid JSON ({e})"),
+                "fix or delete the file (CLIP's defaults are used without it)",
+            )
+        })?;
+        Self::from_json(&v, image_size).map_err(|e| {
+            Error::bad_file(
+                path,
+                e,
+                "fix or delete the file (CLIP's defaults are used without it)",
+            )
+        })
     }
 
     pub fn from_json(v: &Value, image_size: usize) -> std::result::Result<Self, String> {
@@ -63,9 +73,12 @@ impl PreprocessConfig {
         if let Some(size) = v.get("size") {
             cfg.resize = match size {
                 Value::Number(n) => Resize::ShortestEdge(as_usize(n)?),
-                Value::Object(o) => match (o.get("shortest_edge"), o.get("height"), o.get("width")) {
+                Value::Object(o) => match (o.get("shortest_edge"), o.get("height"), o.get("width"))
+                {
                     (Some(Value::Number(n)), _, _) => Resize::ShortestEdge(as_usize(n)?),
-                    (_, Some(Value::Number(h)), Some(Value::Number(w))) => Resize::Exact(as_usize(h)?, as_usize(w)?),
+                    (_, Some(Value::Number(h)), Some(Value::Number(w))) => {
+                        Resize::Exact(as_usize(h)?, as_usize(w)?)
+                    }
                     _ => return Err(format!("unsupported \"size\": {size}")),
                 },
                 _ => return Err(format!("unsupported \"size\": {size}")),
@@ -78,7 +91,9 @@ impl PreprocessConfig {
             cfg.crop = Some(match crop {
                 Value::Number(n) => (as_usize(n)?, as_usize(n)?),
                 Value::Object(o) => match (o.get("height"), o.get("width")) {
-                    (Some(Value::Number(h)), Some(Value::Number(w))) => (as_usize(h)?, as_usize(w)?),
+                    (Some(Value::Number(h)), Some(Value::Number(w))) => {
+                        (as_usize(h)?, as_usize(w)?)
+                    }
                     _ => return Err(format!("unsupported \"crop_size\": {crop}")),
                 },
                 _ => return Err(format!("unsupported \"crop_size\": {crop}")),
@@ -95,8 +110,14 @@ impl PreprocessConfig {
         }
         for (key, dst) in [("image_mean", &mut cfg.mean), ("image_std", &mut cfg.std)] {
             if let Some(arr) = v.get(key).and_then(Value::as_array) {
-                let vals: Vec<f32> = arr.iter().filter_map(Value::as_f64).map(|x| x as f32).collect();
-                *dst = vals.try_into().map_err(|_| format!("\"{key}\" must hold 3 numbers"))?;
+                let vals: Vec<f32> = arr
+                    .iter()
+                    .filter_map(Value::as_f64)
+                    .map(|x| x as f32)
+                    .collect();
+                *dst = vals
+                    .try_into()
+                    .map_err(|_| format!("\"{key}\" must hold 3 numbers"))?;
             }
         }
         if flag("do_normalize") == Some(false) {
@@ -118,16 +139,27 @@ impl PreprocessConfig {
 }
 
 fn as_usize(n: &serde_json::Number) -> std::result::Result<usize, String> {
-    n.as_u64().filter(|&x| x > 0).map(|x| x as usize).ok_or_else(|| format!("{n} is not a positive size"))
+    n.as_u64()
+        .filter(|&x| x > 0)
+        .map(|x| x as usize)
+        .ok_or_else(|| format!("{n} is not a positive size"))
 }
 
 /// Decodes an image file with its EXIF orientation applied.
 pub fn load_image(path: &Path) -> Result<DynamicImage> {
     use image::ImageDecoder;
-    let err = |e: &dyn std::fmt::Display| Error::Image { path: path.to_path_buf(), reason: e.to_string() };
-    let reader = image::ImageReader::open(path).map_err(|e| err(&e))?.with_guessed_format().map_err(|e| err(&e))?;
+    let err = |e: &dyn std::fmt::Display| Error::Image {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    };
+    let reader = image::ImageReader::open(path)
+        .map_err(|e| err(&e))?
+        .with_guessed_format()
+        .map_err(|e| err(&e))?;
     let mut decoder = reader.into_decoder().map_err(|e| err(&e))?;
-    let orientation = decoder.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
+    let orientation = decoder
+        .orientation()
+        .unwrap_or(image::metadata::Orientation::NoTransforms);
     let mut img = DynamicImage::from_decoder(decoder).map_err(|e| err(&e))?;
     img.apply_orientation(orientation);
     Ok(img)
@@ -152,7 +184,11 @@ pub fn resize_and_crop(img: &DynamicImage, cfg: &PreprocessConfig) -> RgbImage {
         Resize::Exact(th, tw) => (tw, th),
         Resize::None => (w, h),
     };
-    let resized = if (nw, nh) == (w, h) { rgb } else { resize_bicubic_pil(&rgb, nw.max(1) as u32, nh.max(1) as u32) };
+    let resized = if (nw, nh) == (w, h) {
+        rgb
+    } else {
+        resize_bicubic_pil(&rgb, nw.max(1) as u32, nh.max(1) as u32)
+    };
     match cfg.crop {
         Some((ch, cw)) => center_crop(&resized, ch, cw),
         None => resized,
@@ -224,18 +260,50 @@ mod tests {
 
     #[test]
     fn image_at_model_size_is_not_resampled() {
-        let img = RgbImage::from_fn(224, 224, |x, y| image::Rgb([(x % 256) as u8, (y % 256) as u8, ((x * y) % 256) as u8]));
-        let out = resize_and_crop(&DynamicImage::ImageRgb8(img.clone()), &PreprocessConfig::clip(224));
+        let img = RgbImage::from_fn(224, 224, |x, y| {
+            image::Rgb([(x % 256) as u8, (y % 256) as u8, ((x * y) % 256) as u8])
+        });
+        let out = resize_and_crop(
+            &DynamicImage::ImageRgb8(img.clone()),
+            &PreprocessConfig::clip(224),
+        );
         assert_eq!(out, img);
     }
 
     /// A JPEG with an EXIF APP1 segment saying "rotate 90° clockwise" (orientation 6).
     fn jpeg_with_orientation(w: u32, h: u32, orientation: u8) -> Vec<u8> {
-        let img = RgbImage::from_fn(w, h, |x, _| image::Rgb([if x < w / 2 { 255 } else { 0 }, 0, 0]));
+        let img = RgbImage::from_fn(w, h, |x, _| {
+            image::Rgb([if x < w / 2 { 255 } else { 0 }, 0, 0])
+        });
         let mut jpeg = Vec::new();
-        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 95).encode_image(&img).unwrap();
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 95)
+            .encode_image(&img)
+            .unwrap();
         // TIFF header (little endian), one IFD entry: tag 0x0112 (orientation), SHORT, count 1.
-        let mut tiff = vec![b'I', b'I', 42, 0, 8, 0, 0, 0, 1, 0, 0x12, 0x01, 3, 0, 1, 0, 0, 0, orientation, 0, 0, 0];
+        let mut tiff = vec![
+            b'I',
+            b'I',
+            42,
+            0,
+            8,
+            0,
+            0,
+            0,
+            1,
+            0,
+            0x12,
+            0x01,
+            3,
+            0,
+            1,
+            0,
+            0,
+            0,
+            orientation,
+            0,
+            0,
+            0,
+        ];
         tiff.extend([0, 0, 0, 0]);
         let mut app1 = b"Exif\0\0".to_vec();
         app1.extend(tiff);

@@ -26,7 +26,11 @@ pub fn parameter_shapes(c: &ClipConfig) -> Vec<(String, Vec<usize>)> {
     let t = &c.text_config;
     let v = &c.vision_config;
     let mut push = |name: String, shape: Vec<usize>| out.push((name, shape));
-    let layers = |push: &mut dyn FnMut(String, Vec<usize>), prefix: &str, n: usize, d: usize, inter: usize| {
+    let layers = |push: &mut dyn FnMut(String, Vec<usize>),
+                  prefix: &str,
+                  n: usize,
+                  d: usize,
+                  inter: usize| {
         for i in 0..n {
             let p = format!("{prefix}.encoder.layers.{i}");
             for proj in ["q_proj", "k_proj", "v_proj", "out_proj"] {
@@ -43,45 +47,105 @@ pub fn parameter_shapes(c: &ClipConfig) -> Vec<(String, Vec<usize>)> {
             push(format!("{p}.mlp.fc2.bias"), vec![d]);
         }
     };
-    push("text_model.embeddings.token_embedding.weight".into(), vec![t.vocab_size, t.hidden_size]);
-    push("text_model.embeddings.position_embedding.weight".into(), vec![t.max_position_embeddings, t.hidden_size]);
-    layers(&mut push, "text_model", t.num_hidden_layers, t.hidden_size, t.intermediate_size);
-    push("text_model.final_layer_norm.weight".into(), vec![t.hidden_size]);
-    push("text_model.final_layer_norm.bias".into(), vec![t.hidden_size]);
-    push("vision_model.embeddings.class_embedding".into(), vec![v.hidden_size]);
+    push(
+        "text_model.embeddings.token_embedding.weight".into(),
+        vec![t.vocab_size, t.hidden_size],
+    );
+    push(
+        "text_model.embeddings.position_embedding.weight".into(),
+        vec![t.max_position_embeddings, t.hidden_size],
+    );
+    layers(
+        &mut push,
+        "text_model",
+        t.num_hidden_layers,
+        t.hidden_size,
+        t.intermediate_size,
+    );
+    push(
+        "text_model.final_layer_norm.weight".into(),
+        vec![t.hidden_size],
+    );
+    push(
+        "text_model.final_layer_norm.bias".into(),
+        vec![t.hidden_size],
+    );
+    push(
+        "vision_model.embeddings.class_embedding".into(),
+        vec![v.hidden_size],
+    );
     push(
         "vision_model.embeddings.patch_embedding.weight".into(),
         vec![v.hidden_size, v.num_channels, v.patch_size, v.patch_size],
     );
-    push("vision_model.embeddings.position_embedding.weight".into(), vec![v.num_patches() + 1, v.hidden_size]);
-    push("vision_model.pre_layrnorm.weight".into(), vec![v.hidden_size]);
+    push(
+        "vision_model.embeddings.position_embedding.weight".into(),
+        vec![v.num_patches() + 1, v.hidden_size],
+    );
+    push(
+        "vision_model.pre_layrnorm.weight".into(),
+        vec![v.hidden_size],
+    );
     push("vision_model.pre_layrnorm.bias".into(), vec![v.hidden_size]);
-    layers(&mut push, "vision_model", v.num_hidden_layers, v.hidden_size, v.intermediate_size);
-    push("vision_model.post_layernorm.weight".into(), vec![v.hidden_size]);
-    push("vision_model.post_layernorm.bias".into(), vec![v.hidden_size]);
-    push("visual_projection.weight".into(), vec![c.projection_dim, v.hidden_size]);
-    push("text_projection.weight".into(), vec![c.projection_dim, t.hidden_size]);
+    layers(
+        &mut push,
+        "vision_model",
+        v.num_hidden_layers,
+        v.hidden_size,
+        v.intermediate_size,
+    );
+    push(
+        "vision_model.post_layernorm.weight".into(),
+        vec![v.hidden_size],
+    );
+    push(
+        "vision_model.post_layernorm.bias".into(),
+        vec![v.hidden_size],
+    );
+    push(
+        "visual_projection.weight".into(),
+        vec![c.projection_dim, v.hidden_size],
+    );
+    push(
+        "text_projection.weight".into(),
+        vec![c.projection_dim, t.hidden_size],
+    );
     push("logit_scale".into(), vec![]);
     out
 }
 
 fn init_for(name: &str, shape: &[usize]) -> Init {
-    let is_norm = name.contains("layer_norm") || name.contains("layrnorm") || name.contains("layernorm");
+    let is_norm =
+        name.contains("layer_norm") || name.contains("layrnorm") || name.contains("layernorm");
     if is_norm && name.ends_with(".weight") {
-        Init { offset: 1.0, scale: 0.1 }
+        Init {
+            offset: 1.0,
+            scale: 0.1,
+        }
     } else if name.ends_with(".bias") {
-        Init { offset: 0.0, scale: 0.1 }
+        Init {
+            offset: 0.0,
+            scale: 0.1,
+        }
     } else if name.contains("embedding") && !name.contains("patch_embedding") {
-        Init { offset: 0.0, scale: 0.5 }
+        Init {
+            offset: 0.0,
+            scale: 0.5,
+        }
     } else {
         // Weights `[out, in, ...]`: variance 1/fan_in keeps activations of order one through the depth.
         let fan_in: usize = shape[1..].iter().product::<usize>().max(1);
-        Init { offset: 0.0, scale: (3.0 / fan_in as f32).sqrt() }
+        Init {
+            offset: 0.0,
+            scale: (3.0 / fan_in as f32).sqrt(),
+        }
     }
 }
 
 fn fnv1a(s: &str) -> u64 {
-    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 fn splitmix64(state: u64) -> u64 {
@@ -97,7 +161,8 @@ pub fn uniform_values(seed_name: &str, n: usize) -> Vec<f32> {
     (0..n)
         .into_par_iter()
         .map(|i| {
-            let z = splitmix64(seed.wrapping_add((i as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15)));
+            let z =
+                splitmix64(seed.wrapping_add((i as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15)));
             ((z >> 40) as f32) * (2.0 / 16_777_216.0) - 1.0
         })
         .collect()
@@ -110,14 +175,17 @@ pub fn tensor_values(name: &str, shape: &[usize]) -> Vec<f32> {
     }
     let init = init_for(name, shape);
     let mut v = uniform_values(name, shape.iter().product());
-    v.par_iter_mut().for_each(|x| *x = init.offset + init.scale * *x);
+    v.par_iter_mut()
+        .for_each(|x| *x = init.offset + init.scale * *x);
     v
 }
 
 /// Writes `config.json`, `model.safetensors`, `tokenizer.json` (the bundled OpenAI BPE) and
 /// `preprocessor_config.json` into `dir`.
 pub fn write_model_folder(config: &ClipConfig, dir: &Path) -> Result<()> {
-    write_model_folder_with(config, dir, Storage::F32, &|name, shape| Ok(tensor_values(name, shape)))
+    write_model_folder_with(config, dir, Storage::F32, &|name, shape| {
+        Ok(tensor_values(name, shape))
+    })
 }
 
 /// How `model.safetensors` stores the weights: f32, or f16 (half the size; loaded back as f32).
@@ -132,16 +200,27 @@ pub type TensorValues<'a> = dyn Fn(&str, &[usize]) -> Result<Vec<f32>> + 'a;
 
 /// As [`write_model_folder`], with each tensor's values (row-major, f32) from `values(name, shape)`: what
 /// pretraining writes its trained weights through.
-pub fn write_model_folder_with(config: &ClipConfig, dir: &Path, storage: Storage, values: &TensorValues) -> Result<()> {
+pub fn write_model_folder_with(
+    config: &ClipConfig,
+    dir: &Path,
+    storage: Storage,
+    values: &TensorValues,
+) -> Result<()> {
     config.validate().map_err(Error::invalid)?;
     crate::error::create_dir_atomic(dir, |tmp| write_files(config, tmp, storage, values))
 }
 
-fn write_files(config: &ClipConfig, dir: &Path, storage: Storage, values: &TensorValues) -> Result<()> {
+fn write_files(
+    config: &ClipConfig,
+    dir: &Path,
+    storage: Storage,
+    values: &TensorValues,
+) -> Result<()> {
     let mut cfg_json = serde_json::to_value(config).map_err(|e| Error::invalid(e.to_string()))?;
     cfg_json["architectures"] = serde_json::json!(["CLIPModel"]);
     cfg_json["model_type"] = serde_json::json!("clip");
-    let cfg_text = serde_json::to_string_pretty(&cfg_json).map_err(|e| Error::invalid(e.to_string()))?;
+    let cfg_text =
+        serde_json::to_string_pretty(&cfg_json).map_err(|e| Error::invalid(e.to_string()))?;
     write_atomic(&dir.join("config.json"), cfg_text.as_bytes())?;
 
     let shapes = parameter_shapes(config);
@@ -151,7 +230,10 @@ fn write_files(config: &ClipConfig, dir: &Path, storage: Storage, values: &Tenso
             let v = values(name, shape)?;
             Ok(match storage {
                 Storage::F32 => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-                Storage::F16 => v.iter().flat_map(|x| half::f16::from_f32(*x).to_le_bytes()).collect(),
+                Storage::F16 => v
+                    .iter()
+                    .flat_map(|x| half::f16::from_f32(*x).to_le_bytes())
+                    .collect(),
             })
         })
         .collect::<Result<_>>()?;
@@ -169,10 +251,12 @@ fn write_files(config: &ClipConfig, dir: &Path, storage: Storage, values: &Tenso
         })
         .collect::<Result<_>>()?;
     let meta = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
-    let bytes = safetensors::serialize(views, Some(meta)).map_err(|e| Error::invalid(e.to_string()))?;
+    let bytes =
+        safetensors::serialize(views, Some(meta)).map_err(|e| Error::invalid(e.to_string()))?;
     write_atomic(&dir.join("model.safetensors"), &bytes)?;
 
-    ClipTokenizer::bundled(config.text_config.max_position_embeddings)?.save(&dir.join("tokenizer.json"))?;
+    ClipTokenizer::bundled(config.text_config.max_position_embeddings)?
+        .save(&dir.join("tokenizer.json"))?;
     let s = config.vision_config.image_size;
     let pre = serde_json::json!({
         "crop_size": {"height": s, "width": s}, "do_center_crop": true, "do_convert_rgb": true,
@@ -181,7 +265,12 @@ fn write_files(config: &ClipConfig, dir: &Path, storage: Storage, values: &Tenso
         "image_processor_type": "CLIPImageProcessor", "resample": 3, "rescale_factor": 1.0 / 255.0,
         "size": {"shortest_edge": s}
     });
-    write_atomic(&dir.join("preprocessor_config.json"), serde_json::to_string_pretty(&pre).unwrap_or_default().as_bytes())?;
+    write_atomic(
+        &dir.join("preprocessor_config.json"),
+        serde_json::to_string_pretty(&pre)
+            .unwrap_or_default()
+            .as_bytes(),
+    )?;
     Ok(())
 }
 
@@ -201,7 +290,10 @@ mod tests {
 
     #[test]
     fn vit_b_32_has_the_published_parameter_count() {
-        let n: usize = parameter_shapes(&ClipConfig::vit_b_32()).iter().map(|(_, s)| s.iter().product::<usize>()).sum();
+        let n: usize = parameter_shapes(&ClipConfig::vit_b_32())
+            .iter()
+            .map(|(_, s)| s.iter().product::<usize>())
+            .sum();
         // openai/clip-vit-base-patch32: 151,277,313 parameters.
         assert_eq!(n, 151_277_313);
     }

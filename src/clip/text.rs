@@ -41,7 +41,15 @@ impl TextTower {
     /// The weights as the kernels read them (tensor handles: nothing is copied).
     pub fn kernel_weights(&self) -> TowerWeights {
         let c = &self.config;
-        tower_weights(Some(&self.position_embedding), &self.layers, &self.final_layer_norm, &self.projection, c.hidden_act, c.num_attention_heads, c.intermediate_size)
+        tower_weights(
+            Some(&self.position_embedding),
+            &self.layers,
+            &self.final_layer_norm,
+            &self.projection,
+            c.hidden_act,
+            c.num_attention_heads,
+            c.intermediate_size,
+        )
     }
 }
 
@@ -51,7 +59,9 @@ impl TextTower {
         let t = vb.pp("text_model");
         let emb = t.pp("embeddings");
         Ok(Self {
-            token_embedding: emb.pp("token_embedding").get((cfg.vocab_size, cfg.hidden_size), "weight")?,
+            token_embedding: emb
+                .pp("token_embedding")
+                .get((cfg.vocab_size, cfg.hidden_size), "weight")?,
             position_embedding: emb
                 .pp("position_embedding")
                 .get((cfg.max_position_embeddings, cfg.hidden_size), "weight")?,
@@ -64,8 +74,17 @@ impl TextTower {
                 cfg.layer_norm_eps,
                 t.pp("encoder").pp("layers"),
             )?,
-            final_layer_norm: LayerNorm::load(cfg.hidden_size, cfg.layer_norm_eps, t.pp("final_layer_norm"))?,
-            projection: Linear::load(cfg.hidden_size, projection_dim, false, vb.pp("text_projection"))?,
+            final_layer_norm: LayerNorm::load(
+                cfg.hidden_size,
+                cfg.layer_norm_eps,
+                t.pp("final_layer_norm"),
+            )?,
+            projection: Linear::load(
+                cfg.hidden_size,
+                projection_dim,
+                false,
+                vb.pp("text_projection"),
+            )?,
             config: cfg.clone(),
         })
     }
@@ -91,11 +110,17 @@ impl TextTower {
         let mut flat = Vec::with_capacity(batch.len() * len);
         for row in batch {
             flat.extend_from_slice(row);
-            flat.extend(std::iter::repeat_n(self.config.eos_token_id, len - row.len()));
+            flat.extend(std::iter::repeat_n(
+                self.config.eos_token_id,
+                len - row.len(),
+            ));
         }
         let ids = Tensor::from_vec(flat, (batch.len(), len), self.device())?;
         let emb = self.token_embedding.index_select(&ids.flatten_all()?, 0)?;
-        Ok((emb.reshape((batch.len(), len, self.config.hidden_size))?, eot))
+        Ok((
+            emb.reshape((batch.len(), len, self.config.hidden_size))?,
+            eot,
+        ))
     }
 
     /// The first end-of-text position of each row.
@@ -104,9 +129,14 @@ impl TextTower {
             .iter()
             .enumerate()
             .map(|(i, row)| {
-                row.iter().position(|&id| id == self.config.eos_token_id).ok_or_else(|| {
-                    candle_core::Error::Msg(format!("text {i} has no end-of-text token ({})", self.config.eos_token_id))
-                })
+                row.iter()
+                    .position(|&id| id == self.config.eos_token_id)
+                    .ok_or_else(|| {
+                        candle_core::Error::Msg(format!(
+                            "text {i} has no end-of-text token ({})",
+                            self.config.eos_token_id
+                        ))
+                    })
             })
             .collect()
     }
@@ -118,17 +148,28 @@ impl TextTower {
 
     /// `embeds`: `[B, T, D]` token embeddings (position embeddings are added here, as CoOp's
     /// `TextEncoder` does); `eot[b]`: where row b's end-of-text token sits.
-    pub fn forward_embeds(&self, embeds: &Tensor, eot: &[usize], want_tokens: bool) -> Result<TextOutput> {
+    pub fn forward_embeds(
+        &self,
+        embeds: &Tensor,
+        eot: &[usize],
+        want_tokens: bool,
+    ) -> Result<TextOutput> {
         let (b, t, d) = embeds.dims3()?;
         if eot.len() != b {
             candle_core::bail!("{} end-of-text positions for a batch of {b}", eot.len());
         }
         let len = eot.iter().max().map_or(0, |m| m + 1);
         if len == 0 || len > t {
-            candle_core::bail!("end-of-text position {} outside the {t} given tokens", len.saturating_sub(1));
+            candle_core::bail!(
+                "end-of-text position {} outside the {t} given tokens",
+                len.saturating_sub(1)
+            );
         }
         if len > self.config.max_position_embeddings {
-            candle_core::bail!("text of {len} tokens exceeds the model's {} positions", self.config.max_position_embeddings);
+            candle_core::bail!(
+                "text of {len} tokens exceeds the model's {} positions",
+                self.config.max_position_embeddings
+            );
         }
         let x = embeds.narrow(1, 0, len)?;
         let mut x = x.broadcast_add(&self.position_embedding.narrow(0, 0, len)?)?;
@@ -137,11 +178,19 @@ impl TextTower {
             x = layer.forward(&x, Some(&mask), false)?.0;
         }
         let x = self.final_layer_norm.forward(&x)?;
-        let rows: Vec<u32> = eot.iter().enumerate().map(|(i, &p)| (i * len + p) as u32).collect();
+        let rows: Vec<u32> = eot
+            .iter()
+            .enumerate()
+            .map(|(i, &p)| (i * len + p) as u32)
+            .collect();
         let rows = Tensor::new(rows.as_slice(), x.device())?;
         let pooled = x.reshape((b * len, d))?.index_select(&rows, 0)?;
         let pooled = self.projection.forward(&pooled)?;
-        let tokens = if want_tokens { Some(self.projection.forward(&x)?) } else { None };
+        let tokens = if want_tokens {
+            Some(self.projection.forward(&x)?)
+        } else {
+            None
+        };
         Ok(TextOutput { pooled, tokens })
     }
 
@@ -149,7 +198,12 @@ impl TextTower {
     /// `[C, S, D]` token embeddings (no position embedding), `eot[i]` the absolute end-of-text position of
     /// sequence i (≥ P). The prefix runs once; exact, and differentiable through both parts. On the CPU
     /// this runs the CPU kernels (`kernels::cpu`); elsewhere (and in [`Self::forward_prefixed_autograd`]) candle's ops.
-    pub fn forward_prefixed(&self, prefix: &Tensor, rest: &Tensor, eot: &[usize]) -> Result<Tensor> {
+    pub fn forward_prefixed(
+        &self,
+        prefix: &Tensor,
+        rest: &Tensor,
+        eot: &[usize],
+    ) -> Result<Tensor> {
         if !self.kernels_run() {
             return self.forward_prefixed_autograd(prefix, rest, eot);
         }
@@ -165,27 +219,46 @@ impl TextTower {
         }
         let len = eot.iter().max().map_or(p, |m| m + 1);
         if len > self.config.max_position_embeddings {
-            candle_core::bail!("text of {len} tokens exceeds the model's {} positions", self.config.max_position_embeddings);
+            candle_core::bail!(
+                "text of {len} tokens exceeds the model's {} positions",
+                self.config.max_position_embeddings
+            );
         }
         Ok(())
     }
 
     /// [`Self::forward_prefixed`] composed of candle ops, differentiable through candle's autograd.
-    pub fn forward_prefixed_autograd(&self, prefix: &Tensor, rest: &Tensor, eot: &[usize]) -> Result<Tensor> {
+    pub fn forward_prefixed_autograd(
+        &self,
+        prefix: &Tensor,
+        rest: &Tensor,
+        eot: &[usize],
+    ) -> Result<Tensor> {
         self.check_prefixed(prefix, rest, eot)?;
         let (_, p, d) = prefix.dims3()?;
         let (c, _, _) = rest.dims3()?;
         let len = eot.iter().max().map_or(p, |m| m + 1);
         let s = len - p;
         let mut xp = prefix.broadcast_add(&self.position_embedding.narrow(0, 0, p)?)?;
-        let mut xc = rest.narrow(1, 0, s)?.broadcast_add(&self.position_embedding.narrow(0, p, s)?)?;
-        let masks = (causal_mask(p, prefix.device())?, causal_mask(s, prefix.device())?);
+        let mut xc = rest
+            .narrow(1, 0, s)?
+            .broadcast_add(&self.position_embedding.narrow(0, p, s)?)?;
+        let masks = (
+            causal_mask(p, prefix.device())?,
+            causal_mask(s, prefix.device())?,
+        );
         for layer in &self.layers {
             (xp, xc) = layer.forward_prefixed(&xp, &xc, (&masks.0, &masks.1))?;
         }
         let xc = self.final_layer_norm.forward(&xc)?;
-        let rows: Vec<u32> = eot.iter().enumerate().map(|(i, &e)| (i * s + e - p) as u32).collect();
-        let pooled = xc.reshape((c * s, d))?.index_select(&Tensor::new(rows.as_slice(), xc.device())?, 0)?;
+        let rows: Vec<u32> = eot
+            .iter()
+            .enumerate()
+            .map(|(i, &e)| (i * s + e - p) as u32)
+            .collect();
+        let pooled = xc
+            .reshape((c * s, d))?
+            .index_select(&Tensor::new(rows.as_slice(), xc.device())?, 0)?;
         self.projection.forward(&pooled)
     }
 
@@ -215,5 +288,7 @@ impl TextTower {
 /// How many leading tokens every row shares.
 pub fn common_prefix_len(batch: &[Vec<u32>]) -> usize {
     let Some(first) = batch.first() else { return 0 };
-    (0..first.len()).take_while(|&i| batch.iter().all(|r| r.get(i) == Some(&first[i]))).count()
+    (0..first.len())
+        .take_while(|&i| batch.iter().all(|r| r.get(i) == Some(&first[i])))
+        .count()
 }

@@ -37,14 +37,30 @@ impl ClipTokenizer {
     /// The standard OpenAI CLIP tokenizer, built from the BPE table shipped with promptscope.
     pub fn bundled(max_len: usize) -> Result<Self> {
         let json = bundled_tokenizer_json()?;
-        let tok = Tokenizer::from_bytes(json.as_bytes()).map_err(|e| Error::invalid(format!("bundled tokenizer: {e}")))?;
-        Self::new(tok, "bundled OpenAI CLIP BPE (assets/bpe_simple_vocab_16e6.txt.gz)".into(), max_len).map_err(Error::invalid)
+        let tok = Tokenizer::from_bytes(json.as_bytes())
+            .map_err(|e| Error::invalid(format!("bundled tokenizer: {e}")))?;
+        Self::new(
+            tok,
+            "bundled OpenAI CLIP BPE (assets/bpe_simple_vocab_16e6.txt.gz)".into(),
+            max_len,
+        )
+        .map_err(Error::invalid)
     }
 
     fn new(tok: Tokenizer, source: String, max_len: usize) -> std::result::Result<Self, String> {
-        let bos_id = tok.token_to_id(SOT).ok_or_else(|| format!("has no {SOT} token: it is not a CLIP tokenizer"))?;
-        let eos_id = tok.token_to_id(EOT).ok_or_else(|| format!("has no {EOT} token: it is not a CLIP tokenizer"))?;
-        Ok(Self { tok, source, bos_id, eos_id, max_len })
+        let bos_id = tok
+            .token_to_id(SOT)
+            .ok_or_else(|| format!("has no {SOT} token: it is not a CLIP tokenizer"))?;
+        let eos_id = tok
+            .token_to_id(EOT)
+            .ok_or_else(|| format!("has no {EOT} token: it is not a CLIP tokenizer"))?;
+        Ok(Self {
+            tok,
+            source,
+            bos_id,
+            eos_id,
+            max_len,
+        })
     }
 
     pub fn vocab_size(&self) -> usize {
@@ -53,7 +69,10 @@ impl ClipTokenizer {
 
     /// The BPE tokens of `text`, without start/end tokens (a class name inside a CoOp prompt).
     pub fn encode_words(&self, text: &str) -> Result<Vec<u32>> {
-        let enc = self.tok.encode(text, false).map_err(|e| Error::invalid(format!("tokenizing {text:?}: {e}")))?;
+        let enc = self
+            .tok
+            .encode(text, false)
+            .map_err(|e| Error::invalid(format!("tokenizing {text:?}: {e}")))?;
         Ok(enc.get_ids().to_vec())
     }
 
@@ -84,7 +103,10 @@ impl ClipTokenizer {
             Some(t) => {
                 let word = t.strip_suffix("</w>").unwrap_or(&t);
                 let table = unicode_to_byte();
-                let bytes: Vec<u8> = word.chars().filter_map(|c| table.get(&c).copied()).collect();
+                let bytes: Vec<u8> = word
+                    .chars()
+                    .filter_map(|c| table.get(&c).copied())
+                    .collect();
                 String::from_utf8_lossy(&bytes).into_owned()
             }
             None => format!("<{id}>"),
@@ -97,14 +119,20 @@ impl ClipTokenizer {
 
     /// Saves the tokenizer as `tokenizer.json` (used when we write a model folder).
     pub fn save(&self, path: &Path) -> Result<()> {
-        let json = self.tok.to_string(false).map_err(|e| Error::invalid(e.to_string()))?;
+        let json = self
+            .tok
+            .to_string(false)
+            .map_err(|e| Error::invalid(e.to_string()))?;
         crate::error::write_atomic(path, json.as_bytes())
     }
 }
 
 /// GPT-2/CLIP's reversible map from bytes to printable characters.
 fn bytes_to_unicode() -> Vec<(u8, char)> {
-    let mut bs: Vec<u32> = (u32::from(b'!')..=u32::from(b'~')).chain(0xA1..=0xAC).chain(0xAE..=0xFF).collect();
+    let mut bs: Vec<u32> = (u32::from(b'!')..=u32::from(b'~'))
+        .chain(0xA1..=0xAC)
+        .chain(0xAE..=0xFF)
+        .collect();
     let mut cs = bs.clone();
     let mut n = 0;
     for b in 0..256u32 {
@@ -114,11 +142,17 @@ fn bytes_to_unicode() -> Vec<(u8, char)> {
             n += 1;
         }
     }
-    bs.into_iter().zip(cs).map(|(b, c)| (b as u8, char::from_u32(c).expect("valid code point"))).collect()
+    bs.into_iter()
+        .zip(cs)
+        .map(|(b, c)| (b as u8, char::from_u32(c).expect("valid code point")))
+        .collect()
 }
 
 fn unicode_to_byte() -> std::collections::HashMap<char, u8> {
-    bytes_to_unicode().into_iter().map(|(b, c)| (c, b)).collect()
+    bytes_to_unicode()
+        .into_iter()
+        .map(|(b, c)| (c, b))
+        .collect()
 }
 
 /// The `tokenizer.json` that transformers' `CLIPConverter` produces from OpenAI's vocabulary.
@@ -129,14 +163,20 @@ pub fn bundled_tokenizer_json() -> Result<String> {
         .read_to_string(&mut text)
         .map_err(|e| Error::invalid(format!("bundled BPE table is corrupt: {e}")))?;
     let merges: Vec<&str> = text.lines().skip(1).take(NUM_MERGES).collect();
-    let byte_chars: Vec<String> = bytes_to_unicode().into_iter().map(|(_, c)| c.to_string()).collect();
+    let byte_chars: Vec<String> = bytes_to_unicode()
+        .into_iter()
+        .map(|(_, c)| c.to_string())
+        .collect();
     let mut vocab: Vec<String> = byte_chars.clone();
     vocab.extend(byte_chars.iter().map(|c| format!("{c}</w>")));
     vocab.extend(merges.iter().map(|m| m.replace(' ', "")));
     vocab.push(SOT.into());
     vocab.push(EOT.into());
-    let vocab_map: serde_json::Map<String, serde_json::Value> =
-        vocab.into_iter().enumerate().map(|(i, t)| (t, serde_json::Value::from(i))).collect();
+    let vocab_map: serde_json::Map<String, serde_json::Value> = vocab
+        .into_iter()
+        .enumerate()
+        .map(|(i, t)| (t, serde_json::Value::from(i)))
+        .collect();
     let special = |id: usize, content: &str| {
         serde_json::json!({"id": id, "content": content, "single_word": false, "lstrip": false,
                            "rstrip": false, "normalized": false, "special": true})

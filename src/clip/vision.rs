@@ -48,7 +48,15 @@ impl VisionTower {
     /// The weights as the kernels read them (tensor handles: nothing is copied).
     pub fn kernel_weights(&self) -> TowerWeights {
         let c = &self.config;
-        tower_weights(None, &self.layers, &self.post_layernorm, &self.projection, c.hidden_act, c.num_attention_heads, c.intermediate_size)
+        tower_weights(
+            None,
+            &self.layers,
+            &self.post_layernorm,
+            &self.projection,
+            c.hidden_act,
+            c.num_attention_heads,
+            c.intermediate_size,
+        )
     }
 }
 
@@ -61,7 +69,9 @@ impl VisionTower {
         Ok(Self {
             patch_weight: patch.reshape((d, c * p * p))?,
             class_embedding: emb.get(d, "class_embedding")?,
-            position_embedding: emb.pp("position_embedding").get((cfg.num_patches() + 1, d), "weight")?,
+            position_embedding: emb
+                .pp("position_embedding")
+                .get((cfg.num_patches() + 1, d), "weight")?,
             pre_layrnorm: LayerNorm::load(d, cfg.layer_norm_eps, v.pp("pre_layrnorm"))?,
             layers: load_layers(
                 cfg.num_hidden_layers,
@@ -99,8 +109,13 @@ impl VisionTower {
             .permute(vec![0, 2, 4, 1, 3, 5])?
             .contiguous()?
             .reshape((b * g * g, c * p * p))?;
-        let patches = patches.matmul(&self.patch_weight.t()?)?.reshape((b, g * g, d))?;
-        let cls = self.class_embedding.reshape((1, 1, d))?.broadcast_as((b, 1, d))?;
+        let patches = patches
+            .matmul(&self.patch_weight.t()?)?
+            .reshape((b, g * g, d))?;
+        let cls = self
+            .class_embedding
+            .reshape((1, 1, d))?
+            .broadcast_as((b, 1, d))?;
         let x = Tensor::cat(&[&cls, &patches], 1)?.broadcast_add(&self.position_embedding)?;
         self.pre_layrnorm.forward(&x)
     }
@@ -132,12 +147,14 @@ impl VisionTower {
     /// The pooled feature from a final hidden state `[B, T, D]` (class token first).
     pub fn pool(&self, hidden: &Tensor) -> Result<Tensor> {
         let cls = hidden.narrow(1, 0, 1)?.squeeze(1)?;
-        self.projection.forward(&self.post_layernorm.forward(&cls.contiguous()?)?)
+        self.projection
+            .forward(&self.post_layernorm.forward(&cls.contiguous()?)?)
     }
 
     /// Every token of a final hidden state through `post_layernorm` and `visual_projection`.
     pub fn project_tokens(&self, hidden: &Tensor) -> Result<Tensor> {
-        self.projection.forward(&self.post_layernorm.forward(hidden)?)
+        self.projection
+            .forward(&self.post_layernorm.forward(hidden)?)
     }
 
     pub fn forward(&self, pixels: &Tensor, req: VisionRequest) -> Result<VisionOutput> {
@@ -146,7 +163,9 @@ impl VisionTower {
             candle_core::bail!("block {i} requested but the vision tower has {n} blocks");
         }
         if let Some(i) = req.hidden_into.filter(|&i| i > n) {
-            candle_core::bail!("hidden states into block {i} requested but the vision tower has {n} blocks");
+            candle_core::bail!(
+                "hidden states into block {i} requested but the vision tower has {n} blocks"
+            );
         }
         let mut x = self.embed(pixels)?;
         let mut attention = None;
@@ -165,7 +184,16 @@ impl VisionTower {
             hidden = Some(x.clone());
         }
         let pooled = self.pool(&x)?;
-        let tokens = if req.tokens { Some(self.project_tokens(&x)?) } else { None };
-        Ok(VisionOutput { pooled, tokens, attention, hidden })
+        let tokens = if req.tokens {
+            Some(self.project_tokens(&x)?)
+        } else {
+            None
+        };
+        Ok(VisionOutput {
+            pooled,
+            tokens,
+            attention,
+            hidden,
+        })
     }
 }

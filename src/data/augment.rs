@@ -87,7 +87,12 @@ pub fn random_resized_crop(width: u32, height: u32, rng: &mut Rng) -> CropBox {
             // `torch.randint(0, height - h + 1)`, then the same for the width.
             let top = below(rng, height - h + 1);
             let left = below(rng, width - w + 1);
-            return CropBox { top, left, height: h, width: w };
+            return CropBox {
+                top,
+                left,
+                height: h,
+                width: w,
+            };
         }
     }
     let in_ratio = wf / hf;
@@ -99,7 +104,12 @@ pub fn random_resized_crop(width: u32, height: u32, rng: &mut Rng) -> CropBox {
         (width, height)
     };
     let (w, h) = (w.min(width), h.min(height));
-    CropBox { top: (height - h) / 2, left: (width - w) / 2, height: h, width: w }
+    CropBox {
+        top: (height - h) / 2,
+        left: (width - w) / 2,
+        height: h,
+        width: w,
+    }
 }
 
 /// The seed of view `view` of image `image` in a run seeded with `seed`: every view gets an unrelated
@@ -126,7 +136,13 @@ mod tests {
     use super::*;
 
     fn test_image(w: u32, h: u32) -> DynamicImage {
-        DynamicImage::ImageRgb8(RgbImage::from_fn(w, h, |x, y| image::Rgb([(x * 255 / w) as u8, (y * 255 / h) as u8, ((x + y) % 256) as u8])))
+        DynamicImage::ImageRgb8(RgbImage::from_fn(w, h, |x, y| {
+            image::Rgb([
+                (x * 255 / w) as u8,
+                (y * 255 / h) as u8,
+                ((x + y) % 256) as u8,
+            ])
+        }))
     }
 
     #[test]
@@ -135,10 +151,16 @@ mod tests {
         let cfg = PreprocessConfig::clip(32);
         let a = augment(&img, &cfg, 32, &mut Rng::new(view_seed(1, 0, 0)));
         assert_eq!(a.len(), 3 * 32 * 32);
-        assert_eq!(a, augment(&img, &cfg, 32, &mut Rng::new(view_seed(1, 0, 0))));
+        assert_eq!(
+            a,
+            augment(&img, &cfg, 32, &mut Rng::new(view_seed(1, 0, 0)))
+        );
         let b = augment(&img, &cfg, 32, &mut Rng::new(view_seed(1, 0, 1)));
         assert_ne!(a, b);
-        assert_ne!(random_resized_crop(160, 120, &mut Rng::new(1)), random_resized_crop(160, 120, &mut Rng::new(2)));
+        assert_ne!(
+            random_resized_crop(160, 120, &mut Rng::new(1)),
+            random_resized_crop(160, 120, &mut Rng::new(2))
+        );
     }
 
     #[test]
@@ -148,7 +170,10 @@ mod tests {
         let mut largest: f64 = 0.0;
         for seed in 0..2000 {
             let c = random_resized_crop(w, h, &mut Rng::new(seed));
-            assert!(c.width >= 1 && c.height >= 1 && c.left + c.width <= w && c.top + c.height <= h, "{c:?}");
+            assert!(
+                c.width >= 1 && c.height >= 1 && c.left + c.width <= w && c.top + c.height <= h,
+                "{c:?}"
+            );
             let share = f64::from(c.width * c.height) / f64::from(w * h);
             smallest = smallest.min(share);
             largest = largest.max(share);
@@ -159,17 +184,40 @@ mod tests {
     #[test]
     fn impossible_draws_fall_back_to_torchvisions_centre_crop() {
         // Any crop of at least 8% of a 1000×10 image is taller than 10 px, so all ten draws fail.
-        assert_eq!(random_resized_crop(1000, 10, &mut Rng::new(5)), CropBox { top: 0, left: 493, height: 10, width: 13 });
-        assert_eq!(random_resized_crop(10, 1000, &mut Rng::new(5)), CropBox { top: 493, left: 0, height: 13, width: 10 });
+        assert_eq!(
+            random_resized_crop(1000, 10, &mut Rng::new(5)),
+            CropBox {
+                top: 0,
+                left: 493,
+                height: 10,
+                width: 13
+            }
+        );
+        assert_eq!(
+            random_resized_crop(10, 1000, &mut Rng::new(5)),
+            CropBox {
+                top: 493,
+                left: 0,
+                height: 13,
+                width: 10
+            }
+        );
     }
 
     #[test]
     fn flip_happens_about_half_the_time_and_mirrors() {
-        let flips = (0..4000).filter(|&s| sample_params(160, 120, &mut Rng::new(view_seed(s, 3, 1))).flip).count();
+        let flips = (0..4000)
+            .filter(|&s| sample_params(160, 120, &mut Rng::new(view_seed(s, 3, 1))).flip)
+            .count();
         assert!((1800..2200).contains(&flips), "{flips} flips of 4000");
 
         let rgb = test_image(50, 40).to_rgb8();
-        let crop = CropBox { top: 3, left: 5, height: 30, width: 40 };
+        let crop = CropBox {
+            top: 3,
+            left: 5,
+            height: 30,
+            width: 40,
+        };
         let plain = apply(&rgb, AugmentParams { crop, flip: false }, 24);
         let mirrored = apply(&rgb, AugmentParams { crop, flip: true }, 24);
         assert_ne!(plain, mirrored);

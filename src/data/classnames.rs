@@ -8,7 +8,8 @@ use std::path::Path;
 
 use crate::error::{Error, Result};
 
-const COOP_FIX: &str = "write one class a line as '<folder name> <class name>', e.g. 'n01440764 tench'";
+const COOP_FIX: &str =
+    "write one class a line as '<folder name> <class name>', e.g. 'n01440764 tench'";
 
 /// One line of a CoOp class-name file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,14 +40,19 @@ impl std::str::FromStr for Format {
 
 fn read_text(path: &Path) -> Result<String> {
     std::fs::read_to_string(path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => Error::missing(path, "pass a class-name file: ".to_string() + COOP_FIX),
+        std::io::ErrorKind::NotFound => {
+            Error::missing(path, "pass a class-name file: ".to_string() + COOP_FIX)
+        }
         _ => Error::io(path, e),
     })
 }
 
 /// The non-blank lines of `text`, trimmed, with their 1-based line numbers.
 fn lines(text: &str) -> impl Iterator<Item = (usize, &str)> {
-    text.lines().enumerate().map(|(i, l)| (i + 1, l.trim())).filter(|(_, l)| !l.is_empty())
+    text.lines()
+        .enumerate()
+        .map(|(i, l)| (i + 1, l.trim()))
+        .filter(|(_, l)| !l.is_empty())
 }
 
 /// The entries of a CoOp class-name file, in file order. A line without a class name, a folder listed
@@ -61,11 +67,19 @@ fn parse_coop(text: &str, path: &Path) -> Result<Vec<ClassName>> {
     let mut names: HashMap<String, usize> = HashMap::new();
     for (n, line) in lines(text) {
         let Some((folder, name)) = line.split_once(char::is_whitespace) else {
-            return Err(Error::bad_file(path, format!("line {n} ('{line}') has a folder name but no class name"), COOP_FIX));
+            return Err(Error::bad_file(
+                path,
+                format!("line {n} ('{line}') has a folder name but no class name"),
+                COOP_FIX,
+            ));
         };
         let name = name.split_whitespace().collect::<Vec<_>>().join(" ");
         if let Some(first) = folders.insert(folder.to_string(), n) {
-            return Err(Error::bad_file(path, format!("lists folder '{folder}' twice (lines {first} and {n})"), "keep one line per class folder"));
+            return Err(Error::bad_file(
+                path,
+                format!("lists folder '{folder}' twice (lines {first} and {n})"),
+                "keep one line per class folder",
+            ));
         }
         if let Some(first) = names.insert(name.clone(), n) {
             return Err(Error::bad_file(
@@ -74,7 +88,10 @@ fn parse_coop(text: &str, path: &Path) -> Result<Vec<ClassName>> {
                 "give every class its own name, or prompts cannot tell them apart",
             ));
         }
-        out.push(ClassName { folder: folder.to_string(), name });
+        out.push(ClassName {
+            folder: folder.to_string(),
+            name,
+        });
     }
     if out.is_empty() {
         return Err(Error::bad_file(path, "lists no classes", COOP_FIX));
@@ -107,18 +124,28 @@ pub fn read_names(path: &Path, format: Option<Format>) -> Result<(Vec<String>, F
     let text = read_text(path)?;
     let format = format.unwrap_or_else(|| detect(&text));
     let names: Vec<String> = match format {
-        Format::Coop => parse_coop(&text, path)?.into_iter().map(|c| c.name).collect(),
+        Format::Coop => parse_coop(&text, path)?
+            .into_iter()
+            .map(|c| c.name)
+            .collect(),
         Format::Plain => lines(&text).map(|(_, l)| l.to_string()).collect(),
     };
     if names.is_empty() {
-        return Err(Error::bad_file(path, "lists no classes", "write one class name a line"));
+        return Err(Error::bad_file(
+            path,
+            "lists no classes",
+            "write one class name a line",
+        ));
     }
     let mut seen: HashMap<&str, usize> = HashMap::new();
     for (i, n) in names.iter().enumerate() {
         if let Some(first) = seen.insert(n, i + 1) {
             return Err(Error::bad_file(
                 path,
-                format!("lists the class name '{n}' twice (classes {first} and {})", i + 1),
+                format!(
+                    "lists the class name '{n}' twice (classes {first} and {})",
+                    i + 1
+                ),
                 "give every class its own name, or prompts cannot tell them apart",
             ));
         }
@@ -136,26 +163,50 @@ mod tests {
 
     #[test]
     fn coop_lines_split_at_the_first_space_and_skip_blank_lines() {
-        let got = parse("n01440764 tench\n\n  n01443537   goldfish  \nn01484850 great  white shark\n").unwrap();
-        let pairs: Vec<(&str, &str)> = got.iter().map(|c| (c.folder.as_str(), c.name.as_str())).collect();
-        assert_eq!(pairs, [("n01440764", "tench"), ("n01443537", "goldfish"), ("n01484850", "great white shark")]);
+        let got =
+            parse("n01440764 tench\n\n  n01443537   goldfish  \nn01484850 great  white shark\n")
+                .unwrap();
+        let pairs: Vec<(&str, &str)> = got
+            .iter()
+            .map(|c| (c.folder.as_str(), c.name.as_str()))
+            .collect();
+        assert_eq!(
+            pairs,
+            [
+                ("n01440764", "tench"),
+                ("n01443537", "goldfish"),
+                ("n01484850", "great white shark")
+            ]
+        );
     }
 
     #[test]
     fn bad_coop_files_name_the_file_and_line() {
         let e = parse("n01 tench\nn02\n").unwrap_err().to_string();
-        assert!(e.contains("classnames.txt") && e.contains("line 2") && e.contains("no class name"), "{e}");
+        assert!(
+            e.contains("classnames.txt") && e.contains("line 2") && e.contains("no class name"),
+            "{e}"
+        );
         let e = parse("n01 tench\nn01 goldfish\n").unwrap_err().to_string();
         assert!(e.contains("folder 'n01' twice (lines 1 and 2)"), "{e}");
         let e = parse("n01 tench\nn02 tench\n").unwrap_err().to_string();
         assert!(e.contains("'tench' to two folders"), "{e}");
-        assert!(parse("\n \n").unwrap_err().to_string().contains("no classes"));
+        assert!(parse("\n \n")
+            .unwrap_err()
+            .to_string()
+            .contains("no classes"));
     }
 
     #[test]
     fn format_is_detected_from_the_folder_names() {
-        assert_eq!(detect("n01440764 tench\nn01443537 goldfish\n"), Format::Coop);
-        assert_eq!(detect("001.Black_footed_Albatross Black footed Albatross\n"), Format::Coop);
+        assert_eq!(
+            detect("n01440764 tench\nn01443537 goldfish\n"),
+            Format::Coop
+        );
+        assert_eq!(
+            detect("001.Black_footed_Albatross Black footed Albatross\n"),
+            Format::Coop
+        );
         assert_eq!(detect("red circle\ngreen square\n"), Format::Plain);
         assert_eq!(detect("n01440764 tench\ngoldfish\n"), Format::Plain);
         assert_eq!(detect(""), Format::Plain);
@@ -166,14 +217,28 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let coop = d.path().join("coop.txt");
         std::fs::write(&coop, "n01 tench\nn02 great white shark\n").unwrap();
-        assert_eq!(read_names(&coop, None).unwrap(), (vec!["tench".to_string(), "great white shark".to_string()], Format::Coop));
+        assert_eq!(
+            read_names(&coop, None).unwrap(),
+            (
+                vec!["tench".to_string(), "great white shark".to_string()],
+                Format::Coop
+            )
+        );
         // Forced plain: every line is a name as it stands.
-        assert_eq!(read_names(&coop, Some(Format::Plain)).unwrap().0, ["n01 tench", "n02 great white shark"]);
+        assert_eq!(
+            read_names(&coop, Some(Format::Plain)).unwrap().0,
+            ["n01 tench", "n02 great white shark"]
+        );
         let plain = d.path().join("plain.txt");
         std::fs::write(&plain, "red circle\n\ngreen square\nred circle\n").unwrap();
         let e = read_names(&plain, None).unwrap_err().to_string();
-        assert!(e.contains("plain.txt") && e.contains("'red circle' twice"), "{e}");
-        let e = read_names(&d.path().join("none.txt"), None).unwrap_err().to_string();
+        assert!(
+            e.contains("plain.txt") && e.contains("'red circle' twice"),
+            "{e}"
+        );
+        let e = read_names(&d.path().join("none.txt"), None)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("none.txt") && e.contains("not found"), "{e}");
     }
 }

@@ -8,9 +8,9 @@
 
 use std::path::PathBuf;
 
-use crate::rng::Rng;
 use crate::data::{DatasetFolder, Sample};
 use crate::error::{Error, Result};
+use crate::rng::Rng;
 
 /// CoOp validates on min(K, 4) images per class.
 pub const MAX_VAL_PER_CLASS: usize = 4;
@@ -57,7 +57,11 @@ pub fn test_split(data: &DatasetFolder, split_seed: u64) -> Result<TestSplit> {
     let n = data.num_classes();
     if let Some(test) = &data.test {
         let samples = by_class(test, n)?.into_iter().flatten().collect();
-        return Ok(TestSplit { samples, derived: false, description: "test/ folder".into() });
+        return Ok(TestSplit {
+            samples,
+            derived: false,
+            description: "test/ folder".into(),
+        });
     }
     let (pool, of) = match (data.has_splits(), &data.train) {
         (false, _) => (&data.all, ""),
@@ -76,7 +80,9 @@ pub fn test_split(data: &DatasetFolder, split_seed: u64) -> Result<TestSplit> {
     Ok(TestSplit {
         samples: test.into_iter().flatten().collect(),
         derived: true,
-        description: format!("derived {DERIVED_TEST_PERCENT} % test split{of}, split seed {split_seed}"),
+        description: format!(
+            "derived {DERIVED_TEST_PERCENT} % test split{of}, split seed {split_seed}"
+        ),
     })
 }
 
@@ -94,9 +100,16 @@ pub fn test_split(data: &DatasetFolder, split_seed: u64) -> Result<TestSplit> {
 ///   `seed` (CoOp averages seeds 1, 2, 3) varies the shots and never the test set.
 ///
 /// A class with fewer training images than K is an error naming the class and its count.
-pub fn few_shot(data: &DatasetFolder, shots: Option<usize>, seed: u64, split_seed: u64) -> Result<FewShotSplit> {
+pub fn few_shot(
+    data: &DatasetFolder,
+    shots: Option<usize>,
+    seed: u64,
+    split_seed: u64,
+) -> Result<FewShotSplit> {
     if shots == Some(0) {
-        return Err(Error::invalid("--shots must be at least 1 (leave it out to train on every training image)"));
+        return Err(Error::invalid(
+            "--shots must be at least 1 (leave it out to train on every training image)",
+        ));
     }
     let n = data.num_classes();
     let mut notes = Vec::new();
@@ -112,7 +125,12 @@ pub fn few_shot(data: &DatasetFolder, shots: Option<usize>, seed: u64, split_see
         let train = by_class(train, n)?;
         let val = data.val.as_deref().map(|v| by_class(v, n)).transpose()?;
         match &data.test {
-            Some(_) => Pools { train, val, class_root: train_dir, held_out: None },
+            Some(_) => Pools {
+                train,
+                val,
+                class_root: train_dir,
+                held_out: None,
+            },
             None => {
                 derived = true;
                 let carve_val = val.is_none();
@@ -121,8 +139,16 @@ pub fn few_shot(data: &DatasetFolder, shots: Option<usize>, seed: u64, split_see
                     "no test folder: {DERIVED_TEST_PERCENT}% of each class's training images{} set aside for testing by split seed {split_seed}",
                     if carve_val { format!(" (and {DERIVED_VAL_PERCENT}% for validation)") } else { String::new() }
                 ));
-                let held_out = Some(HeldOut { carved_val: carve_val, folder_counts: counts_of(&tr, &va, &te, carve_val) });
-                Pools { train: tr, val: if carve_val { Some(va) } else { val }, class_root: train_dir, held_out }
+                let held_out = Some(HeldOut {
+                    carved_val: carve_val,
+                    folder_counts: counts_of(&tr, &va, &te, carve_val),
+                });
+                Pools {
+                    train: tr,
+                    val: if carve_val { Some(va) } else { val },
+                    class_root: train_dir,
+                    held_out,
+                }
             }
         }
     } else {
@@ -131,8 +157,16 @@ pub fn few_shot(data: &DatasetFolder, shots: Option<usize>, seed: u64, split_see
         notes.push(format!(
             "no train/val/test folders: split each class {DERIVED_TEST_PERCENT}% test / {DERIVED_VAL_PERCENT}% validation / rest training by split seed {split_seed}"
         ));
-        let held_out = Some(HeldOut { carved_val: true, folder_counts: counts_of(&tr, &va, &te, true) });
-        Pools { train: tr, val: Some(va), class_root: data.root.clone(), held_out }
+        let held_out = Some(HeldOut {
+            carved_val: true,
+            folder_counts: counts_of(&tr, &va, &te, true),
+        });
+        Pools {
+            train: tr,
+            val: Some(va),
+            class_root: data.root.clone(),
+            held_out,
+        }
     };
 
     let mut train = Vec::new();
@@ -144,7 +178,10 @@ pub fn few_shot(data: &DatasetFolder, shots: Option<usize>, seed: u64, split_see
         let k = shots.unwrap_or(have);
         if have == 0 || k > have {
             let mut reason = if have == 0 {
-                format!("class '{name}' has no training images; add images to {}", class_dir.display())
+                format!(
+                    "class '{name}' has no training images; add images to {}",
+                    class_dir.display()
+                )
             } else {
                 format!(
                     "class '{name}' has {have} training image{}, fewer than --shots {k}; lower --shots or add images",
@@ -159,7 +196,10 @@ pub fn few_shot(data: &DatasetFolder, shots: Option<usize>, seed: u64, split_see
                     if h.carved_val { " and validation" } else { "" }
                 ));
             }
-            return Err(Error::Dataset { path: class_dir, reason });
+            return Err(Error::Dataset {
+                path: class_dir,
+                reason,
+            });
         }
         let mut order = pool;
         stream(seed, TAG_SHOTS, c).shuffle(&mut order);
@@ -212,11 +252,20 @@ pub fn few_shot(data: &DatasetFolder, shots: Option<usize>, seed: u64, split_see
 
     let test = test_split(data, split_seed)?.samples;
     let counts = data.counts(&test);
-    let untested: Vec<String> = (0..n).filter(|&c| counts[c] == 0).map(|c| format!("'{}'", data.class_names[c])).collect();
+    let untested: Vec<String> = (0..n)
+        .filter(|&c| counts[c] == 0)
+        .map(|c| format!("'{}'", data.class_names[c]))
+        .collect();
     if !untested.is_empty() {
         notes.push(format!("no test images for {}", untested.join(", ")));
     }
-    Ok(FewShotSplit { train, val, test, derived, notes })
+    Ok(FewShotSplit {
+        train,
+        val,
+        test,
+        derived,
+        notes,
+    })
 }
 
 /// Per-class image pools before the shots are drawn (the test images are [`test_split`]'s).
@@ -234,8 +283,15 @@ struct HeldOut {
     folder_counts: Vec<usize>,
 }
 
-fn counts_of(tr: &[Vec<Sample>], va: &[Vec<Sample>], te: &[Vec<Sample>], with_val: bool) -> Vec<usize> {
-    (0..tr.len()).map(|c| tr[c].len() + te[c].len() + if with_val { va[c].len() } else { 0 }).collect()
+fn counts_of(
+    tr: &[Vec<Sample>],
+    va: &[Vec<Sample>],
+    te: &[Vec<Sample>],
+    with_val: bool,
+) -> Vec<usize> {
+    (0..tr.len())
+        .map(|c| tr[c].len() + te[c].len() + if with_val { va[c].len() } else { 0 })
+        .collect()
 }
 
 /// Samples grouped by label, each group sorted by path so the input order never matters.
@@ -243,7 +299,13 @@ fn by_class(samples: &[Sample], n: usize) -> Result<Vec<Vec<Sample>>> {
     let mut out = vec![Vec::new(); n];
     for s in samples {
         out.get_mut(s.label)
-            .ok_or_else(|| Error::invalid(format!("{}: label {} but the dataset has {n} classes", s.path.display(), s.label)))?
+            .ok_or_else(|| {
+                Error::invalid(format!(
+                    "{}: label {} but the dataset has {n} classes",
+                    s.path.display(),
+                    s.label
+                ))
+            })?
             .push(s.clone());
     }
     Ok(out.into_iter().map(sorted).collect())
@@ -257,7 +319,11 @@ fn sorted(mut v: Vec<Sample>) -> Vec<Sample> {
 /// Splits each class into (train, val, test) by `split_seed`; see [`few_shot`] for the proportions.
 /// Without `carve_val` the validation part stays in training.
 #[allow(clippy::type_complexity)]
-fn derive_split(classes: Vec<Vec<Sample>>, split_seed: u64, carve_val: bool) -> (Vec<Vec<Sample>>, Vec<Vec<Sample>>, Vec<Vec<Sample>>) {
+fn derive_split(
+    classes: Vec<Vec<Sample>>,
+    split_seed: u64,
+    carve_val: bool,
+) -> (Vec<Vec<Sample>>, Vec<Vec<Sample>>, Vec<Vec<Sample>>) {
     let (mut train, mut val, mut test) = (Vec::new(), Vec::new(), Vec::new());
     for (c, mut pool) in classes.into_iter().enumerate() {
         let len = pool.len();
@@ -329,7 +395,8 @@ mod tests {
     }
 
     fn is_class_then_file_order(s: &[Sample]) -> bool {
-        s.windows(2).all(|w| (w[0].label, &w[0].path) < (w[1].label, &w[1].path))
+        s.windows(2)
+            .all(|w| (w[0].label, &w[0].path) < (w[1].label, &w[1].path))
     }
 
     #[test]
@@ -341,8 +408,14 @@ mod tests {
         assert_eq!(s.test, *ds.test.as_ref().unwrap());
         assert!(!s.derived);
         assert!(is_class_then_file_order(&s.train) && is_class_then_file_order(&s.val));
-        assert!(s.train.iter().all(|x| x.path.starts_with(ds.root.join("train"))));
-        assert!(s.val.iter().all(|x| x.path.starts_with(ds.root.join("val"))));
+        assert!(s
+            .train
+            .iter()
+            .all(|x| x.path.starts_with(ds.root.join("train"))));
+        assert!(s
+            .val
+            .iter()
+            .all(|x| x.path.starts_with(ds.root.join("val"))));
 
         let two = few_shot(&ds, Some(2), 1, 0).unwrap();
         assert_eq!(ds.counts(&two.val), vec![2, 2, 2]);
@@ -372,7 +445,13 @@ mod tests {
         assert_eq!(ds.counts(&s.test), vec![3, 2, 1, 1]);
         assert_eq!(ds.counts(&s.val), vec![1, 1, 1, 0]);
         assert_eq!(ds.counts(&s.train), vec![1, 1, 1, 1]);
-        assert!(s.notes.iter().any(|n| n.contains("fewer than 1 validation images for class: 'd' (0)")), "{:?}", s.notes);
+        assert!(
+            s.notes
+                .iter()
+                .any(|n| n.contains("fewer than 1 validation images for class: 'd' (0)")),
+            "{:?}",
+            s.notes
+        );
         let all = few_shot(&ds, None, 1, 7).unwrap();
         // 10 → 3 test, 2 val, 5 train; 5 → 2, 1, 2; 3 → 1, 1, 1; 2 → 1, 0, 1.
         assert_eq!(ds.counts(&all.train), vec![5, 2, 1, 1]);
@@ -396,8 +475,14 @@ mod tests {
 
         let (_d, ds) = flat_dataset(&[("red_circle", 5)]);
         let err = few_shot(&ds, Some(4), 1, 0).unwrap_err().to_string();
-        assert!(err.contains("class 'red circle' has 2 training images, fewer than --shots 4"), "{err}");
-        assert!(err.contains("5 images, of which 3 were set aside for testing and validation"), "{err}");
+        assert!(
+            err.contains("class 'red circle' has 2 training images, fewer than --shots 4"),
+            "{err}"
+        );
+        assert!(
+            err.contains("5 images, of which 3 were set aside for testing and validation"),
+            "{err}"
+        );
         assert!(few_shot(&ds, Some(0), 1, 0).is_err());
     }
 
@@ -407,8 +492,15 @@ mod tests {
         let s = few_shot(&ds, Some(4), 3, 0).unwrap();
         assert_eq!(ds.counts(&s.train), vec![4, 4]);
         assert_eq!(ds.counts(&s.val), vec![3, 3]);
-        assert!(s.val.iter().all(|x| !s.train.contains(x) && x.path.starts_with(ds.root.join("train"))));
-        assert!(s.notes.iter().any(|n| n.contains("no val folder")), "{:?}", s.notes);
+        assert!(s
+            .val
+            .iter()
+            .all(|x| !s.train.contains(x) && x.path.starts_with(ds.root.join("train"))));
+        assert!(
+            s.notes.iter().any(|n| n.contains("no val folder")),
+            "{:?}",
+            s.notes
+        );
         assert!(!s.derived);
     }
 
@@ -419,7 +511,10 @@ mod tests {
         assert!(s.derived);
         assert_eq!(ds.counts(&s.test), vec![3, 3]);
         assert_eq!(ds.counts(&s.val), vec![2, 2]);
-        assert!(s.test.iter().all(|x| x.path.starts_with(ds.root.join("train")) && !s.train.contains(x)));
+        assert!(s
+            .test
+            .iter()
+            .all(|x| x.path.starts_with(ds.root.join("train")) && !s.train.contains(x)));
 
         let (_d, ds) = split_dataset(&["a"], [0, 2, 2]);
         let err = few_shot(&ds, Some(1), 1, 0).unwrap_err().to_string();
@@ -436,15 +531,29 @@ mod tests {
             for split_seed in [0, 1, 7] {
                 let t = test_split(ds, split_seed).unwrap();
                 for (shots, seed) in [(None, 1), (Some(1), 3)] {
-                    assert_eq!(t.samples, few_shot(ds, shots, seed, split_seed).unwrap().test, "{}", ds.root.display());
+                    assert_eq!(
+                        t.samples,
+                        few_shot(ds, shots, seed, split_seed).unwrap().test,
+                        "{}",
+                        ds.root.display()
+                    );
                 }
                 assert_eq!(t.derived, ds.test.is_none());
             }
         }
-        assert_eq!(test_split(&flat.1, 0).unwrap().description, "derived 30 % test split, split seed 0");
-        assert_eq!(test_split(&no_test.1, 3).unwrap().description, "derived 30 % test split of train/, split seed 3");
+        assert_eq!(
+            test_split(&flat.1, 0).unwrap().description,
+            "derived 30 % test split, split seed 0"
+        );
+        assert_eq!(
+            test_split(&no_test.1, 3).unwrap().description,
+            "derived 30 % test split of train/, split seed 3"
+        );
         let t = test_split(&with_test.1, 5).unwrap();
-        assert_eq!((t.samples.as_slice(), t.description.as_str()), (with_test.1.test.as_deref().unwrap(), "test/ folder"));
+        assert_eq!(
+            (t.samples.as_slice(), t.description.as_str()),
+            (with_test.1.test.as_deref().unwrap(), "test/ folder")
+        );
     }
 
     #[test]
@@ -455,6 +564,9 @@ mod tests {
         assert_eq!(ds.counts(&t.samples), [3, 3]);
         let (_d, ds) = split_dataset(&["a"], [0, 2, 0]);
         let err = test_split(&ds, 0).unwrap_err().to_string();
-        assert!(err.contains("neither a test folder nor a train folder"), "{err}");
+        assert!(
+            err.contains("neither a test folder nor a train folder"),
+            "{err}"
+        );
     }
 }

@@ -9,7 +9,9 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 
-pub const IMAGE_EXTENSIONS: &[&str] = &["jpg", "jpeg", "png", "bmp", "gif", "webp", "tif", "tiff", "ppm", "pgm", "pnm", "tga", "qoi"];
+pub const IMAGE_EXTENSIONS: &[&str] = &[
+    "jpg", "jpeg", "png", "bmp", "gif", "webp", "tif", "tiff", "ppm", "pgm", "pnm", "tga", "qoi",
+];
 pub const SPLIT_NAMES: [&str; 3] = ["train", "val", "test"];
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -62,7 +64,11 @@ fn list_dir(dir: &Path) -> Result<Vec<PathBuf>> {
 }
 
 fn is_visible_dir(p: &Path) -> bool {
-    p.is_dir() && !p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.'))
+    p.is_dir()
+        && !p
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with('.'))
 }
 
 /// Class sub-folders of `dir`, sorted.
@@ -77,7 +83,10 @@ fn class_dirs_in(dir: &Path) -> Result<Vec<String>> {
 impl DatasetFolder {
     pub fn open(root: &Path) -> Result<Self> {
         if !root.is_dir() {
-            return Err(Error::missing(root.to_path_buf(), "pass a dataset folder with one sub-folder of images per class"));
+            return Err(Error::missing(
+                root.to_path_buf(),
+                "pass a dataset folder with one sub-folder of images per class",
+            ));
         }
         let split_dirs: Vec<(Split, PathBuf)> = [Split::Train, Split::Val, Split::Test]
             .into_iter()
@@ -116,9 +125,18 @@ impl DatasetFolder {
                     Split::Test => ds.test = Some(samples),
                 }
             }
-            ds.all = [&ds.train, &ds.val, &ds.test].into_iter().flatten().flatten().cloned().collect();
+            ds.all = [&ds.train, &ds.val, &ds.test]
+                .into_iter()
+                .flatten()
+                .flatten()
+                .cloned()
+                .collect();
         }
-        ds.class_names = ds.class_dirs.iter().map(|d| class_name_from_dir(d)).collect();
+        ds.class_names = ds
+            .class_dirs
+            .iter()
+            .map(|d| class_name_from_dir(d))
+            .collect();
         ds.skipped_files = skipped;
         Ok(ds)
     }
@@ -185,17 +203,35 @@ impl DatasetFolder {
     /// are left as they were.
     pub fn apply_class_names(&mut self, file: &Path) -> Result<()> {
         let entries = super::classnames::read_coop(file)?;
-        let by_folder: HashMap<&str, &str> = entries.iter().map(|c| (c.folder.as_str(), c.name.as_str())).collect();
-        let missing: Vec<&String> = self.class_dirs.iter().filter(|d| !by_folder.contains_key(d.as_str())).collect();
+        let by_folder: HashMap<&str, &str> = entries
+            .iter()
+            .map(|c| (c.folder.as_str(), c.name.as_str()))
+            .collect();
+        let missing: Vec<&String> = self
+            .class_dirs
+            .iter()
+            .filter(|d| !by_folder.contains_key(d.as_str()))
+            .collect();
         if let Some(first) = missing.first() {
-            let more = if missing.len() > 1 { format!(" (and {} more)", missing.len() - 1) } else { String::new() };
+            let more = if missing.len() > 1 {
+                format!(" (and {} more)", missing.len() - 1)
+            } else {
+                String::new()
+            };
             return Err(Error::bad_file(
                 file,
-                format!("has no line for class folder '{first}'{more} of {}", self.root.display()),
+                format!(
+                    "has no line for class folder '{first}'{more} of {}",
+                    self.root.display()
+                ),
                 format!("add a line '{first} <class name>' for it"),
             ));
         }
-        self.class_names = self.class_dirs.iter().map(|d| by_folder[d.as_str()].to_string()).collect();
+        self.class_names = self
+            .class_dirs
+            .iter()
+            .map(|d| by_folder[d.as_str()].to_string())
+            .collect();
         Ok(())
     }
 
@@ -203,18 +239,35 @@ impl DatasetFolder {
     /// order: base-to-novel trains on one such subset and scores another.
     pub fn subset(&self, classes: &[usize]) -> Result<DatasetFolder> {
         if let Some(&bad) = classes.iter().find(|&&c| c >= self.num_classes()) {
-            return Err(Error::invalid(format!("class {bad} of a {}-class dataset", self.num_classes())));
+            return Err(Error::invalid(format!(
+                "class {bad} of a {}-class dataset",
+                self.num_classes()
+            )));
         }
         let relabel = |samples: &[Sample]| -> Vec<Sample> {
             samples
                 .iter()
-                .filter_map(|s| classes.iter().position(|&c| c == s.label).map(|label| Sample { path: s.path.clone(), label }))
+                .filter_map(|s| {
+                    classes
+                        .iter()
+                        .position(|&c| c == s.label)
+                        .map(|label| Sample {
+                            path: s.path.clone(),
+                            label,
+                        })
+                })
                 .collect()
         };
         Ok(DatasetFolder {
             root: self.root.clone(),
-            class_dirs: classes.iter().map(|&c| self.class_dirs[c].clone()).collect(),
-            class_names: classes.iter().map(|&c| self.class_names[c].clone()).collect(),
+            class_dirs: classes
+                .iter()
+                .map(|&c| self.class_dirs[c].clone())
+                .collect(),
+            class_names: classes
+                .iter()
+                .map(|&c| self.class_names[c].clone())
+                .collect(),
             train: self.train.as_deref().map(relabel),
             val: self.val.as_deref().map(relabel),
             test: self.test.as_deref().map(relabel),
@@ -278,7 +331,10 @@ mod tests {
         std::fs::create_dir_all(d.path().join("empty_class")).unwrap();
         touch(&d.path().join("full/1.jpg"));
         let err = DatasetFolder::open(d.path()).unwrap_err().to_string();
-        assert!(err.contains("empty_class") && err.contains("no images"), "{err}");
+        assert!(
+            err.contains("empty_class") && err.contains("no images"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -289,25 +345,42 @@ mod tests {
         let mut ds = DatasetFolder::open(&d.path().join("data")).unwrap();
         let file = d.path().join("classnames.txt");
         // Lines in any order; a folder the dataset lacks is fine.
-        std::fs::write(&file, "n02 great white shark
+        std::fs::write(
+            &file,
+            "n02 great white shark
 n09 goldfish
 
 n01 tench
-").unwrap();
+",
+        )
+        .unwrap();
         ds.apply_class_names(&file).unwrap();
         assert_eq!(ds.class_names, ["tench", "great white shark"]);
         assert_eq!(ds.class_dirs, ["n01", "n02"]);
 
         // A class folder without a line: an error naming the folder and the file, names unchanged.
-        std::fs::write(&file, "n02 shark
-").unwrap();
+        std::fs::write(
+            &file,
+            "n02 shark
+",
+        )
+        .unwrap();
         let err = ds.apply_class_names(&file).unwrap_err().to_string();
-        assert!(err.contains("classnames.txt") && err.contains("'n01'") && err.contains("Add a line 'n01 <class name>'"), "{err}");
+        assert!(
+            err.contains("classnames.txt")
+                && err.contains("'n01'")
+                && err.contains("Add a line 'n01 <class name>'"),
+            "{err}"
+        );
         assert_eq!(ds.class_names, ["tench", "great white shark"]);
         // Two folders with one name.
-        std::fs::write(&file, "n01 shark
+        std::fs::write(
+            &file,
+            "n01 shark
 n02 shark
-").unwrap();
+",
+        )
+        .unwrap();
         let err = ds.apply_class_names(&file).unwrap_err().to_string();
         assert!(err.contains("'shark' to two folders"), "{err}");
     }

@@ -16,7 +16,9 @@ use serde::{Deserialize, Serialize};
 use crate::error::{write_atomic, Error, Result};
 use crate::rng::Rng;
 
-pub const SHAPES: [&str; 8] = ["circle", "square", "triangle", "star", "ring", "cross", "diamond", "hexagon"];
+pub const SHAPES: [&str; 8] = [
+    "circle", "square", "triangle", "star", "ring", "cross", "diamond", "hexagon",
+];
 pub const COLOURS: [(&str, [u8; 3]); 8] = [
     ("red", [214, 39, 40]),
     ("green", [44, 160, 44]),
@@ -48,7 +50,12 @@ pub enum Background {
 }
 
 impl Background {
-    const ALL: [Background; 4] = [Background::Plain, Background::Noise, Background::Gradient, Background::Clutter];
+    const ALL: [Background; 4] = [
+        Background::Plain,
+        Background::Noise,
+        Background::Gradient,
+        Background::Clutter,
+    ];
 
     fn word(self) -> &'static str {
         match self {
@@ -85,7 +92,10 @@ impl SceneObject {
 
     /// Whether pixel (x, y) (its centre) lies inside the object's outline.
     pub fn covers(&self, x: u32, y: u32) -> bool {
-        let (u, v) = ((x as f32 + 0.5 - self.cx) / self.radius, (y as f32 + 0.5 - self.cy) / self.radius);
+        let (u, v) = (
+            (x as f32 + 0.5 - self.cx) / self.radius,
+            (y as f32 + 0.5 - self.cy) / self.radius,
+        );
         inside(self.shape, u, v)
     }
 
@@ -97,7 +107,11 @@ impl SceneObject {
         }
         words.push(self.colour_name());
         if texture && self.texture != Texture::Solid {
-            words.push(if self.texture == Texture::Striped { "striped" } else { "dotted" });
+            words.push(if self.texture == Texture::Striped {
+                "striped"
+            } else {
+                "dotted"
+            });
         }
         words.push(self.shape_name());
         words.join(" ")
@@ -124,7 +138,10 @@ fn inside(shape: usize, u: f32, v: f32) -> bool {
 fn in_star(u: f32, v: f32) -> bool {
     use std::f32::consts::PI;
     let vertex = |i: usize| {
-        let (a, r) = (-PI / 2.0 + i as f32 * PI / 5.0, if i.is_multiple_of(2) { 1.0 } else { 0.42 });
+        let (a, r) = (
+            -PI / 2.0 + i as f32 * PI / 5.0,
+            if i.is_multiple_of(2) { 1.0 } else { 0.42 },
+        );
         (r * a.cos(), r * a.sin())
     };
     let sector = ((v.atan2(u) + PI / 2.0).rem_euclid(2.0 * PI) / (PI / 5.0)) as usize % 10;
@@ -149,7 +166,8 @@ impl Scene {
         let mut mask = vec![false; (w * h) as usize];
         for y in 0..h {
             for x in 0..w {
-                mask[(y * w + x) as usize] = self.objects[i].covers(x, y) && !self.objects[i + 1..].iter().any(|o| o.covers(x, y));
+                mask[(y * w + x) as usize] = self.objects[i].covers(x, y)
+                    && !self.objects[i + 1..].iter().any(|o| o.covers(x, y));
             }
         }
         mask
@@ -181,24 +199,40 @@ pub struct SceneConfig {
 
 impl Default for SceneConfig {
     fn default() -> Self {
-        Self { size: 224, max_objects: 3, allow_held_out: false, only: None, style: Style::Filled }
+        Self {
+            size: 224,
+            max_objects: 3,
+            allow_held_out: false,
+            only: None,
+            style: Style::Filled,
+        }
     }
 }
 
 /// Scene `index` of the stream `seed`.
 pub fn generate(seed: u64, index: u64, cfg: &SceneConfig) -> Result<Scene> {
     if cfg.size < 32 || cfg.max_objects == 0 {
-        return Err(Error::invalid(format!("scenes need images of at least 32 px and one object (got {} px, {})", cfg.size, cfg.max_objects)));
+        return Err(Error::invalid(format!(
+            "scenes need images of at least 32 px and one object (got {} px, {})",
+            cfg.size, cfg.max_objects
+        )));
     }
     let mut rng = Rng::new(seed ^ index.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 0x5ce4e5);
     let s = cfg.size as f32;
     let background = Background::ALL[rng.range(0, 4) as usize];
     let mut image = draw_background(background, cfg.size, &mut rng);
-    let n = if cfg.only.is_some() { 1 } else { 1 + rng.range(0, cfg.max_objects as u32) as usize };
+    let n = if cfg.only.is_some() {
+        1
+    } else {
+        1 + rng.range(0, cfg.max_objects as u32) as usize
+    };
     let mut objects: Vec<SceneObject> = Vec::with_capacity(n);
     for _ in 0..n {
         let (shape, colour) = cfg.only.unwrap_or_else(|| loop {
-            let pair = (rng.range(0, COLOURS.len() as u32) as usize, rng.range(0, SHAPES.len() as u32) as usize);
+            let pair = (
+                rng.range(0, COLOURS.len() as u32) as usize,
+                rng.range(0, SHAPES.len() as u32) as usize,
+            );
             if cfg.allow_held_out || !HELD_OUT.contains(&pair) {
                 break (pair.1, pair.0);
             }
@@ -206,18 +240,40 @@ pub fn generate(seed: u64, index: u64, cfg: &SceneConfig) -> Result<Scene> {
         let large = rng.range(0, 2) == 1;
         let radius = s * if large { 0.17 } else { 0.10 } * (0.9 + 0.2 * unit(&mut rng));
         // Places apart from the others (a few tries; a crowded scene keeps fewer objects).
-        let place = (0..40).map(|_| (radius + unit(&mut rng) * (s - 2.0 * radius), radius + unit(&mut rng) * (s - 2.0 * radius))).find(|&(x, y)| {
-            objects.iter().all(|o| ((o.cx - x).powi(2) + (o.cy - y).powi(2)).sqrt() > (o.radius + radius) * 1.05)
-        });
+        let place = (0..40)
+            .map(|_| {
+                (
+                    radius + unit(&mut rng) * (s - 2.0 * radius),
+                    radius + unit(&mut rng) * (s - 2.0 * radius),
+                )
+            })
+            .find(|&(x, y)| {
+                objects.iter().all(|o| {
+                    ((o.cx - x).powi(2) + (o.cy - y).powi(2)).sqrt() > (o.radius + radius) * 1.05
+                })
+            });
         let Some((cx, cy)) = place else { continue };
         let texture = [Texture::Solid, Texture::Striped, Texture::Dotted][rng.range(0, 3) as usize];
-        objects.push(SceneObject { shape, colour, texture, large, cx, cy, radius });
+        objects.push(SceneObject {
+            shape,
+            colour,
+            texture,
+            large,
+            cx,
+            cy,
+            radius,
+        });
     }
     for o in &objects {
         draw_object(&mut image, o, cfg.style);
     }
     let caption = caption(&objects, background, s, &mut rng);
-    Ok(Scene { image, objects, background, caption })
+    Ok(Scene {
+        image,
+        objects,
+        background,
+        caption,
+    })
 }
 
 fn unit(rng: &mut Rng) -> f32 {
@@ -245,7 +301,11 @@ fn draw_background(bg: Background, size: u32, rng: &mut Rng) -> RgbImage {
             let (horizontal, len) = (rng.range(0, 2) == 0, rng.range(size / 10, size / 3));
             let colour = Rgb(b.map(|v| v as u8));
             for k in 0..len {
-                let (x, y) = if horizontal { (x0 + k, y0) } else { (x0, y0 + k) };
+                let (x, y) = if horizontal {
+                    (x0 + k, y0)
+                } else {
+                    (x0, y0 + k)
+                };
                 for t in 0..3 {
                     let (px, py) = if horizontal { (x, y + t) } else { (x + t, y) };
                     if px < size && py < size {
@@ -264,10 +324,22 @@ fn draw_object(img: &mut RgbImage, o: &SceneObject, style: Style) {
     // Stripes and dots alternate with a darker shade of the same colour (a lighter one for black), so
     // the colour word stays true.
     let dark = c.iter().map(|&v| u32::from(v)).sum::<u32>() < 120;
-    let shade = c.map(|v| if dark { v + ((255 - v) as f32 * 0.45) as u8 } else { (v as f32 * 0.55) as u8 });
+    let shade = c.map(|v| {
+        if dark {
+            v + ((255 - v) as f32 * 0.45) as u8
+        } else {
+            (v as f32 * 0.55) as u8
+        }
+    });
     let period = (o.radius / 2.5).max(3.0);
-    let (x0, x1) = ((o.cx - o.radius).floor().max(0.0) as u32, ((o.cx + o.radius).ceil() as u32).min(w));
-    let (y0, y1) = ((o.cy - o.radius).floor().max(0.0) as u32, ((o.cy + o.radius).ceil() as u32).min(h));
+    let (x0, x1) = (
+        (o.cx - o.radius).floor().max(0.0) as u32,
+        ((o.cx + o.radius).ceil() as u32).min(w),
+    );
+    let (y0, y1) = (
+        (o.cy - o.radius).floor().max(0.0) as u32,
+        ((o.cy + o.radius).ceil() as u32).min(h),
+    );
     for y in y0..y1 {
         for x in x0..x1 {
             if !o.covers(x, y) {
@@ -277,7 +349,18 @@ fn draw_object(img: &mut RgbImage, o: &SceneObject, style: Style) {
                 // A stroke a third of the half-size wide (at least 2 px): inside pixels with an outside
                 // pixel that far away in one of eight directions. Thick enough that the shape stays legible.
                 let w = (o.radius / 3.0).max(2.0);
-                let edge = [(1f32, 0f32), (-1.0, 0.0), (0.0, 1.0), (0.0, -1.0), (0.7, 0.7), (-0.7, 0.7), (0.7, -0.7), (-0.7, -0.7)].iter().any(|&(dx, dy)| {
+                let edge = [
+                    (1f32, 0f32),
+                    (-1.0, 0.0),
+                    (0.0, 1.0),
+                    (0.0, -1.0),
+                    (0.7, 0.7),
+                    (-0.7, 0.7),
+                    (0.7, -0.7),
+                    (-0.7, -0.7),
+                ]
+                .iter()
+                .any(|&(dx, dy)| {
                     let (nx, ny) = (x as f32 + dx * w, y as f32 + dy * w);
                     nx < 0.0 || ny < 0.0 || !o.covers(nx.round() as u32, ny.round() as u32)
                 });
@@ -291,7 +374,10 @@ fn draw_object(img: &mut RgbImage, o: &SceneObject, style: Style) {
                 Texture::Solid => false,
                 Texture::Striped => ((fx + fy) / period).floor().rem_euclid(2.0) == 1.0,
                 Texture::Dotted => {
-                    let (gx, gy) = ((fx / period).rem_euclid(1.0) - 0.5, (fy / period).rem_euclid(1.0) - 0.5);
+                    let (gx, gy) = (
+                        (fx / period).rem_euclid(1.0) - 0.5,
+                        (fy / period).rem_euclid(1.0) - 0.5,
+                    );
                     gx * gx + gy * gy < 0.09
                 }
             };
@@ -307,24 +393,48 @@ fn caption(objects: &[SceneObject], bg: Background, size: f32, rng: &mut Rng) ->
         o.phrase(size, texture)
     };
     let with_bg = rng.range(0, 3) == 0;
-    let tail = if with_bg { format!(" on a {} background", bg.word()) } else { String::new() };
+    let tail = if with_bg {
+        format!(" on a {} background", bg.word())
+    } else {
+        String::new()
+    };
     let text = match objects {
-        [] => format!("a empty{} picture", if with_bg { format!(" {}", bg.word()) } else { String::new() }),
+        [] => format!(
+            "a empty{} picture",
+            if with_bg {
+                format!(" {}", bg.word())
+            } else {
+                String::new()
+            }
+        ),
         [a] => match rng.range(0, 4) {
             0 => format!("a {}{tail}", phrase(a, rng)),
             1 => format!("a photo of a {}{tail}", phrase(a, rng)),
-            2 => format!("there is a {} in the {}{tail}", phrase(a, rng), place_word(a, size)),
+            2 => format!(
+                "there is a {} in the {}{tail}",
+                phrase(a, rng),
+                place_word(a, size)
+            ),
             _ => format!("a single {}{tail}", phrase(a, rng)),
         },
         [a, b, rest @ ..] => {
             let (pa, pb) = (phrase(a, rng), phrase(b, rng));
             let relation = relation(a, b);
             let all = rest.is_empty() || rng.range(0, 2) == 0;
-            let more = if all { rest.iter().map(|o| format!(" and a {}", o.phrase(false, false))).collect::<String>() } else { String::new() };
+            let more = if all {
+                rest.iter()
+                    .map(|o| format!(" and a {}", o.phrase(false, false)))
+                    .collect::<String>()
+            } else {
+                String::new()
+            };
             match rng.range(0, 4) {
                 0 => format!("a {pa} {relation} a {pb}{more}{tail}"),
                 1 => format!("a {pa} and a {pb}{more}{tail}"),
-                2 => format!("{} shapes: a {pa}, a {pb}{more}{tail}", number_word(objects.len())),
+                2 => format!(
+                    "{} shapes: a {pa}, a {pb}{more}{tail}",
+                    number_word(objects.len())
+                ),
                 _ => format!("a {pa}{tail}"),
             }
         }
@@ -337,7 +447,10 @@ fn with_articles(text: &str) -> String {
     let words: Vec<&str> = text.split(' ').collect();
     let mut out = Vec::with_capacity(words.len());
     for (i, w) in words.iter().enumerate() {
-        let next_vowel = words.get(i + 1).and_then(|n| n.chars().next()).is_some_and(|c| "aeiou".contains(c));
+        let next_vowel = words
+            .get(i + 1)
+            .and_then(|n| n.chars().next())
+            .is_some_and(|c| "aeiou".contains(c));
         out.push(if *w == "a" && next_vowel { "an" } else { w });
     }
     out.join(" ")
@@ -346,7 +459,11 @@ fn with_articles(text: &str) -> String {
 fn relation(a: &SceneObject, b: &SceneObject) -> &'static str {
     let (dx, dy) = (b.cx - a.cx, b.cy - a.cy);
     if dx.abs() >= dy.abs() {
-        if dx > 0.0 { "left of" } else { "right of" }
+        if dx > 0.0 {
+            "left of"
+        } else {
+            "right of"
+        }
     } else if dy > 0.0 {
         "above"
     } else {
@@ -357,12 +474,19 @@ fn relation(a: &SceneObject, b: &SceneObject) -> &'static str {
 /// Which third of the image, across and down, the object's centre is in.
 fn place_word(o: &SceneObject, size: f32) -> &'static str {
     let third = |v: f32| (3.0 * v / size).floor().clamp(0.0, 2.0) as usize;
-    let words = [["top left", "top", "top right"], ["left", "middle", "right"], ["bottom left", "bottom", "bottom right"]];
+    let words = [
+        ["top left", "top", "top right"],
+        ["left", "middle", "right"],
+        ["bottom left", "bottom", "bottom right"],
+    ];
     words[third(o.cy)][third(o.cx)]
 }
 
 fn number_word(n: usize) -> &'static str {
-    ["no", "one", "two", "three", "four"].get(n).copied().unwrap_or("many")
+    ["no", "one", "two", "three", "four"]
+        .get(n)
+        .copied()
+        .unwrap_or("many")
 }
 
 /// Writes `n` pairs as `NNNNNN.png` + `NNNNNN.txt` (the layout img2dataset writes) and `NNNNNN.json`
@@ -373,7 +497,10 @@ pub fn write_pairs(dir: &Path, n: usize, seed: u64, cfg: &SceneConfig) -> Result
         let scene = generate(seed, i as u64, cfg)?;
         let stem = dir.join(format!("{i:06}"));
         let png = stem.with_extension("png");
-        scene.image.save(&png).map_err(|e| Error::invalid(format!("writing {}: {e}", png.display())))?;
+        scene
+            .image
+            .save(&png)
+            .map_err(|e| Error::invalid(format!("writing {}: {e}", png.display())))?;
         write_atomic(&stem.with_extension("txt"), scene.caption.as_bytes())?;
         let meta = serde_json::json!({ "objects": scene.objects, "background": scene.background });
         write_atomic(&stem.with_extension("json"), meta.to_string().as_bytes())?;
@@ -391,33 +518,61 @@ pub struct CaptionPair {
 /// The pairs of a folder: `captions.tsv` (`file<TAB>caption`) or `captions.jsonl` (`{"image": …,
 /// "caption": …}`) beside the images, else every image with a same-named `.txt`. Sorted by file name.
 pub fn read_pairs(dir: &Path) -> Result<Vec<CaptionPair>> {
-    let bad = |file: &Path, why: String| Error::bad_file(file, why, "one image path and one caption per line");
+    let bad = |file: &Path, why: String| {
+        Error::bad_file(file, why, "one image path and one caption per line")
+    };
     let mut pairs = Vec::new();
     let tsv = dir.join("captions.tsv");
     let jsonl = dir.join("captions.jsonl");
     if tsv.is_file() || jsonl.is_file() {
-        let (file, is_tsv) = if tsv.is_file() { (tsv, true) } else { (jsonl, false) };
+        let (file, is_tsv) = if tsv.is_file() {
+            (tsv, true)
+        } else {
+            (jsonl, false)
+        };
         let text = std::fs::read_to_string(&file).map_err(|e| Error::io(&file, e))?;
-        for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        for (n, line) in text
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty())
+        {
             let (image, caption) = if is_tsv {
-                let (a, b) = line.split_once('\t').ok_or_else(|| bad(&file, format!("line {} has no tab between file and caption", n + 1)))?;
+                let (a, b) = line.split_once('\t').ok_or_else(|| {
+                    bad(
+                        &file,
+                        format!("line {} has no tab between file and caption", n + 1),
+                    )
+                })?;
                 (a.to_string(), b.to_string())
             } else {
-                let v: serde_json::Value = serde_json::from_str(line).map_err(|e| bad(&file, format!("line {}: {e}", n + 1)))?;
-                let field = |k: &str| v[k].as_str().map(str::to_string).ok_or_else(|| bad(&file, format!("line {} has no \"{k}\" string", n + 1)));
+                let v: serde_json::Value = serde_json::from_str(line)
+                    .map_err(|e| bad(&file, format!("line {}: {e}", n + 1)))?;
+                let field = |k: &str| {
+                    v[k].as_str()
+                        .map(str::to_string)
+                        .ok_or_else(|| bad(&file, format!("line {} has no \"{k}\" string", n + 1)))
+                };
                 (field("image")?, field("caption")?)
             };
-            pairs.push(CaptionPair { image: dir.join(image.trim()), caption: caption.trim().to_string() });
+            pairs.push(CaptionPair {
+                image: dir.join(image.trim()),
+                caption: caption.trim().to_string(),
+            });
         }
     } else {
         let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
         for entry in entries {
             let path = entry.map_err(|e| Error::io(dir, e))?.path();
-            let is_image = path.extension().and_then(|e| e.to_str()).is_some_and(|e| super::folder::IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()));
+            let is_image = path.extension().and_then(|e| e.to_str()).is_some_and(|e| {
+                super::folder::IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str())
+            });
             let txt = path.with_extension("txt");
             if is_image && txt.is_file() {
                 let caption = std::fs::read_to_string(&txt).map_err(|e| Error::io(&txt, e))?;
-                pairs.push(CaptionPair { image: path, caption: caption.trim().to_string() });
+                pairs.push(CaptionPair {
+                    image: path,
+                    caption: caption.trim().to_string(),
+                });
             }
         }
     }
@@ -426,7 +581,11 @@ pub fn read_pairs(dir: &Path) -> Result<Vec<CaptionPair>> {
         return Err(Error::bad_file(dir, "holds no image–caption pairs", "give a folder of NAME.jpg + NAME.txt, or a captions.tsv / captions.jsonl beside the images"));
     }
     if let Some(p) = pairs.iter().find(|p| !p.image.is_file()) {
-        return Err(Error::bad_file(&p.image, "is listed with a caption but does not exist", "fix the captions file or add the image"));
+        return Err(Error::bad_file(
+            &p.image,
+            "is listed with a caption but does not exist",
+            "fix the captions file or add the image",
+        ));
     }
     Ok(pairs)
 }
@@ -437,45 +596,86 @@ mod tests {
 
     #[test]
     fn scenes_are_deterministic_varied_and_keep_out_the_held_out_pairs() {
-        let cfg = SceneConfig { size: 96, ..SceneConfig::default() };
+        let cfg = SceneConfig {
+            size: 96,
+            ..SceneConfig::default()
+        };
         let a = generate(7, 3, &cfg).unwrap();
         let b = generate(7, 3, &cfg).unwrap();
-        assert_eq!((a.image.as_raw(), &a.caption, &a.objects), (b.image.as_raw(), &b.caption, &b.objects));
+        assert_eq!(
+            (a.image.as_raw(), &a.caption, &a.objects),
+            (b.image.as_raw(), &b.caption, &b.objects)
+        );
         let scenes: Vec<Scene> = (0..300).map(|i| generate(7, i, &cfg).unwrap()).collect();
         let objects: Vec<&SceneObject> = scenes.iter().flat_map(|s| &s.objects).collect();
         for o in &objects {
-            assert!(!HELD_OUT.contains(&(o.colour, o.shape)), "a held-out pair in pretraining: {o:?}");
+            assert!(
+                !HELD_OUT.contains(&(o.colour, o.shape)),
+                "a held-out pair in pretraining: {o:?}"
+            );
         }
-        let seen = |f: &dyn Fn(&SceneObject) -> usize, n: usize| (0..n).all(|k| objects.iter().any(|o| f(o) == k));
-        assert!(seen(&|o| o.shape, SHAPES.len()) && seen(&|o| o.colour, COLOURS.len()), "every shape and colour occurs");
-        assert!(Background::ALL.iter().all(|bg| scenes.iter().any(|s| s.background == *bg)));
+        let seen = |f: &dyn Fn(&SceneObject) -> usize, n: usize| {
+            (0..n).all(|k| objects.iter().any(|o| f(o) == k))
+        };
+        assert!(
+            seen(&|o| o.shape, SHAPES.len()) && seen(&|o| o.colour, COLOURS.len()),
+            "every shape and colour occurs"
+        );
+        assert!(Background::ALL
+            .iter()
+            .all(|bg| scenes.iter().any(|s| s.background == *bg)));
         assert!((1..=3).all(|n| scenes.iter().any(|s| s.objects.len() == n)));
-        let captions: std::collections::HashSet<&str> = scenes.iter().map(|s| s.caption.as_str()).collect();
+        let captions: std::collections::HashSet<&str> =
+            scenes.iter().map(|s| s.caption.as_str()).collect();
         assert!(captions.len() > 250, "captions vary: {}", captions.len());
-        assert!(scenes.iter().any(|s| s.caption.contains(" left of ") || s.caption.contains(" above ")));
+        assert!(scenes
+            .iter()
+            .any(|s| s.caption.contains(" left of ") || s.caption.contains(" above ")));
         // Every caption names the first object's shape and colour.
         for s in &scenes {
             let o = &s.objects[0];
-            assert!(s.caption.contains(o.shape_name()) && s.caption.contains(o.colour_name()), "{} for {o:?}", s.caption);
+            assert!(
+                s.caption.contains(o.shape_name()) && s.caption.contains(o.colour_name()),
+                "{} for {o:?}",
+                s.caption
+            );
         }
         // Evaluation scenes can hold them.
-        let eval = SceneConfig { allow_held_out: true, ..cfg };
-        assert!((0..300).flat_map(|i| generate(7, i, &eval).unwrap().objects).any(|o| HELD_OUT.contains(&(o.colour, o.shape))));
+        let eval = SceneConfig {
+            allow_held_out: true,
+            ..cfg
+        };
+        assert!((0..300)
+            .flat_map(|i| generate(7, i, &eval).unwrap().objects)
+            .any(|o| HELD_OUT.contains(&(o.colour, o.shape))));
     }
 
     #[test]
     fn masks_are_the_visible_pixels_drawn_in_the_object_colour() {
-        let cfg = SceneConfig { size: 128, ..SceneConfig::default() };
+        let cfg = SceneConfig {
+            size: 128,
+            ..SceneConfig::default()
+        };
         for i in 0..40 {
             let s = generate(1, i, &cfg).unwrap();
             for (k, o) in s.objects.iter().enumerate() {
                 let mask = s.mask(k);
                 let on: Vec<usize> = (0..mask.len()).filter(|&p| mask[p]).collect();
                 let area = std::f32::consts::PI * o.radius * o.radius;
-                assert!(on.len() as f32 > 0.2 * area, "object {k} of scene {i} is mostly hidden");
+                assert!(
+                    on.len() as f32 > 0.2 * area,
+                    "object {k} of scene {i} is mostly hidden"
+                );
                 let c = COLOURS[o.colour].1;
-                let in_colour = on.iter().filter(|&&p| s.image.get_pixel(p as u32 % 128, p as u32 / 128).0 == c).count();
-                assert!(in_colour as f32 >= 0.4 * on.len() as f32, "scene {i} object {k}: {in_colour} of {} pixels in its colour", on.len());
+                let in_colour = on
+                    .iter()
+                    .filter(|&&p| s.image.get_pixel(p as u32 % 128, p as u32 / 128).0 == c)
+                    .count();
+                assert!(
+                    in_colour as f32 >= 0.4 * on.len() as f32,
+                    "scene {i} object {k}: {in_colour} of {} pixels in its colour",
+                    on.len()
+                );
             }
         }
     }
@@ -483,21 +683,37 @@ mod tests {
     #[test]
     fn pairs_are_read_from_txt_files_tsv_and_jsonl() {
         let dir = tempfile::tempdir().unwrap();
-        let cfg = SceneConfig { size: 64, ..SceneConfig::default() };
+        let cfg = SceneConfig {
+            size: 64,
+            ..SceneConfig::default()
+        };
         write_pairs(dir.path(), 3, 5, &cfg).unwrap();
         let pairs = read_pairs(dir.path()).unwrap();
         assert_eq!(pairs.len(), 3);
         assert_eq!(pairs[1].caption, generate(5, 1, &cfg).unwrap().caption);
-        std::fs::write(dir.path().join("captions.tsv"), "000002.png\ta tsv caption\n000000.png\tanother\n").unwrap();
+        std::fs::write(
+            dir.path().join("captions.tsv"),
+            "000002.png\ta tsv caption\n000000.png\tanother\n",
+        )
+        .unwrap();
         let tsv = read_pairs(dir.path()).unwrap();
         assert_eq!((tsv.len(), tsv[1].caption.as_str()), (2, "a tsv caption"));
         std::fs::remove_file(dir.path().join("captions.tsv")).unwrap();
         std::fs::write(dir.path().join("captions.jsonl"), "{\"image\": \"000001.png\", \"caption\": \"from jsonl\"}\n{\"image\": \"missing.png\", \"caption\": \"x\"}\n").unwrap();
         let err = read_pairs(dir.path()).unwrap_err().to_string();
-        assert!(err.contains("missing.png") && err.contains("does not exist"), "{err}");
+        assert!(
+            err.contains("missing.png") && err.contains("does not exist"),
+            "{err}"
+        );
         std::fs::write(dir.path().join("captions.jsonl"), "{\"image\": 3}\n").unwrap();
-        assert!(read_pairs(dir.path()).unwrap_err().to_string().contains("\"image\" string"));
+        assert!(read_pairs(dir.path())
+            .unwrap_err()
+            .to_string()
+            .contains("\"image\" string"));
         let empty = tempfile::tempdir().unwrap();
-        assert!(read_pairs(empty.path()).unwrap_err().to_string().contains("no image–caption pairs"));
+        assert!(read_pairs(empty.path())
+            .unwrap_err()
+            .to_string()
+            .contains("no image–caption pairs"));
     }
 }

@@ -9,11 +9,20 @@ use image::{Rgb, RgbImage};
 use crate::error::{Error, Result};
 use crate::rng::Rng;
 
-const COLOURS: [(&str, [u8; 3]); 4] = [("red", [220, 40, 40]), ("green", [40, 180, 60]), ("blue", [40, 70, 220]), ("yellow", [230, 210, 40])];
+const COLOURS: [(&str, [u8; 3]); 4] = [
+    ("red", [220, 40, 40]),
+    ("green", [40, 180, 60]),
+    ("blue", [40, 70, 220]),
+    ("yellow", [230, 210, 40]),
+];
 const SHAPES: [&str; 3] = ["circle", "square", "stripes"];
 
 pub fn class_dir_names(n: usize) -> Vec<String> {
-    COLOURS.iter().flat_map(|(c, _)| SHAPES.iter().map(move |s| format!("{c}_{s}"))).take(n).collect()
+    COLOURS
+        .iter()
+        .flat_map(|(c, _)| SHAPES.iter().map(move |s| format!("{c}_{s}")))
+        .take(n)
+        .collect()
 }
 
 pub const MAX_CLASSES: usize = COLOURS.len() * SHAPES.len();
@@ -47,14 +56,30 @@ pub fn render(class: usize, rng: &mut Rng) -> RgbImage {
 
 /// Writes `classes` classes with `per_class` images each into `root/<class>/` (or into
 /// `root/{train,val,test}/<class>/` with `split = Some((train, val, test))` images per class).
-pub fn write_dataset(root: &Path, classes: usize, per_class: usize, split: Option<(usize, usize, usize)>, seed: u64) -> Result<()> {
+pub fn write_dataset(
+    root: &Path,
+    classes: usize,
+    per_class: usize,
+    split: Option<(usize, usize, usize)>,
+    seed: u64,
+) -> Result<()> {
     if classes == 0 || classes > MAX_CLASSES {
-        return Err(Error::invalid(format!("the generated dataset has 1 to {MAX_CLASSES} classes")));
+        return Err(Error::invalid(format!(
+            "the generated dataset has 1 to {MAX_CLASSES} classes"
+        )));
     }
-    crate::error::create_dir_atomic(root, |tmp| write_images(tmp, classes, per_class, split, seed))
+    crate::error::create_dir_atomic(root, |tmp| {
+        write_images(tmp, classes, per_class, split, seed)
+    })
 }
 
-fn write_images(root: &Path, classes: usize, per_class: usize, split: Option<(usize, usize, usize)>, seed: u64) -> Result<()> {
+fn write_images(
+    root: &Path,
+    classes: usize,
+    per_class: usize,
+    split: Option<(usize, usize, usize)>,
+    seed: u64,
+) -> Result<()> {
     let mut rng = Rng::new(seed);
     let names = class_dir_names(classes);
     let layout: Vec<(Option<&str>, usize)> = match split {
@@ -71,7 +96,11 @@ fn write_images(root: &Path, classes: usize, per_class: usize, split: Option<(us
             for i in 0..n {
                 let img = render(k, &mut rng);
                 // Mix formats so loaders are exercised on both.
-                let path = dir.join(if i % 2 == 0 { format!("{i:03}.png") } else { format!("{i:03}.jpg") });
+                let path = dir.join(if i % 2 == 0 {
+                    format!("{i:03}.png")
+                } else {
+                    format!("{i:03}.jpg")
+                });
                 img.save(&path).map_err(|e| Error::io(&path, e))?;
             }
         }

@@ -13,8 +13,8 @@ use std::path::Path;
 
 use image::{Rgb, RgbImage};
 
-use crate::rng::Rng;
 use crate::error::{Error, Result};
+use crate::rng::Rng;
 
 /// The crest colours: one sub-category each.
 pub const CRESTS: [(&str, [u8; 3]); 6] = [
@@ -32,7 +32,11 @@ pub const SIZE: u32 = 224;
 pub const MAX_CREST: u32 = 28;
 
 pub fn class_dir_names(n: usize) -> Vec<String> {
-    CRESTS.iter().take(n).map(|(c, _)| format!("{c}_crested")).collect()
+    CRESTS
+        .iter()
+        .take(n)
+        .map(|(c, _)| format!("{c}_crested"))
+        .collect()
 }
 
 fn jitter(rng: &mut Rng, base: [u8; 3], amount: u32) -> [u8; 3] {
@@ -71,7 +75,10 @@ fn render_bird(look: &Look, rng: &mut Rng) -> RgbImage {
     // centred (±10 px) and faces left, as in the bounding-box crops FGVC methods train on; the intra-class
     // variation is its size, shade and the background noise. Keeping the crest near one place lets the
     // small training sets of the tests learn it in seconds on a random-weight model.
-    let (rx, ry) = (rng.range(look.size[0].0, look.size[0].1) as i64, rng.range(look.size[1].0, look.size[1].1) as i64);
+    let (rx, ry) = (
+        rng.range(look.size[0].0, look.size[0].1) as i64,
+        rng.range(look.size[1].0, look.size[1].1) as i64,
+    );
     let (cx, cy) = (rng.range(102, 123) as i64, rng.range(120, 141) as i64);
     let hr = ry * 2 / 3;
     let (hx, hy) = (cx - (rx - hr / 2), cy - ry);
@@ -81,7 +88,8 @@ fn render_bird(look: &Look, rng: &mut Rng) -> RgbImage {
     let head = jitter(rng, look.head, 15);
     for y in 0..SIZE as i64 {
         for x in 0..SIZE as i64 {
-            let in_body = (x - cx) * (x - cx) * ry * ry + (y - cy) * (y - cy) * rx * rx <= rx * rx * ry * ry;
+            let in_body =
+                (x - cx) * (x - cx) * ry * ry + (y - cy) * (y - cy) * rx * rx <= rx * rx * ry * ry;
             let in_head = (x - hx) * (x - hx) + (y - hy) * (y - hy) <= hr * hr;
             let in_crest = (x - kx) * (x - kx) + (y - ky) * (y - ky) <= cr * cr;
             let colour = if in_crest {
@@ -111,37 +119,80 @@ pub const PLUMAGES: [(&str, [u8; 3]); 6] = [
 
 /// One bird of the dimorphic set: species `class` of `classes`, male or female.
 pub fn render_dimorphic(class: usize, classes: usize, male: bool, rng: &mut Rng) -> RgbImage {
-    let colour = if male { class } else { (class + classes / 2) % classes };
+    let colour = if male {
+        class
+    } else {
+        (class + classes / 2) % classes
+    };
     let body = PLUMAGES[colour].1;
     let head = body.map(|c| (u16::from(c) * 6 / 7) as u8);
     let look = if male {
-        Look { body, head, crest: None, size: [(56, 66), (34, 42)], ground: (40, 40) }
+        Look {
+            body,
+            head,
+            crest: None,
+            size: [(56, 66), (34, 42)],
+            ground: (40, 40),
+        }
     } else {
-        Look { body, head, crest: None, size: [(30, 40), (18, 26)], ground: (150, 60) }
+        Look {
+            body,
+            head,
+            crest: None,
+            size: [(30, 40), (18, 26)],
+            ground: (150, 60),
+        }
     };
     render_bird(&look, rng)
 }
 
 /// Writes `classes` sub-categories into `root/{train,val,test}/<colour>_crested/` with `split =
 /// (train, val, test)` images per class; `crest` is the radius of the deciding detail in pixels.
-pub fn write_dataset(root: &Path, classes: usize, split: (usize, usize, usize), crest: u32, seed: u64) -> Result<()> {
+pub fn write_dataset(
+    root: &Path,
+    classes: usize,
+    split: (usize, usize, usize),
+    crest: u32,
+    seed: u64,
+) -> Result<()> {
     if classes < 2 || classes > CRESTS.len() {
-        return Err(Error::invalid(format!("the fine-grained dataset has 2 to {} classes", CRESTS.len())));
+        return Err(Error::invalid(format!(
+            "the fine-grained dataset has 2 to {} classes",
+            CRESTS.len()
+        )));
     }
     if !(2..=MAX_CREST).contains(&crest) {
-        return Err(Error::invalid(format!("the crest radius is 2 to {MAX_CREST} pixels")));
+        return Err(Error::invalid(format!(
+            "the crest radius is 2 to {MAX_CREST} pixels"
+        )));
     }
-    write_splits(root, &class_dir_names(classes), split, seed, |k, _, rng| render(k, crest, rng))
+    write_splits(root, &class_dir_names(classes), split, seed, |k, _, rng| {
+        render(k, crest, rng)
+    })
 }
 
 /// Writes the dimorphic set (module docs): `classes` species (an even number, 2 to 6) into
 /// `root/{train,val,test}/<colour>_<n>/`, `split` images per species, half of them male.
-pub fn write_dimorphic_dataset(root: &Path, classes: usize, split: (usize, usize, usize), seed: u64) -> Result<()> {
+pub fn write_dimorphic_dataset(
+    root: &Path,
+    classes: usize,
+    split: (usize, usize, usize),
+    seed: u64,
+) -> Result<()> {
     if classes < 2 || classes > PLUMAGES.len() || classes % 2 == 1 {
-        return Err(Error::invalid(format!("the dimorphic dataset has an even number of species, 2 to {}", PLUMAGES.len())));
+        return Err(Error::invalid(format!(
+            "the dimorphic dataset has an even number of species, 2 to {}",
+            PLUMAGES.len()
+        )));
     }
-    let names: Vec<String> = PLUMAGES.iter().take(classes).map(|(c, _)| format!("{c}_backed")).collect();
-    write_splits(root, &names, split, seed, |k, i, rng| render_dimorphic(k, classes, i % 2 == 0, rng))
+    let names: Vec<String> = PLUMAGES
+        .iter()
+        .take(classes)
+        .map(|(c, _)| format!("{c}_backed"))
+        .collect();
+    write_splits(root, &names, split, seed, |k, i, rng| {
+        render_dimorphic(k, classes, i % 2 == 0, rng)
+    })
 }
 
 fn write_splits(
@@ -159,7 +210,9 @@ fn write_splits(
                 std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
                 for i in 0..n {
                     let path = dir.join(format!("{i:03}.png"));
-                    draw(k, i, &mut rng).save(&path).map_err(|e| Error::io(&path, e))?;
+                    draw(k, i, &mut rng)
+                        .save(&path)
+                        .map_err(|e| Error::io(&path, e))?;
                 }
             }
         }

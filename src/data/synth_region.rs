@@ -8,11 +8,15 @@ use std::path::Path;
 use image::{Rgb, RgbImage};
 use serde::{Deserialize, Serialize};
 
-use crate::rng::Rng;
 use crate::error::{Error, Result};
+use crate::rng::Rng;
 
-pub const REGION_COLOURS: [(&str, [u8; 3]); 4] =
-    [("red", [220, 40, 40]), ("green", [40, 180, 60]), ("blue", [40, 70, 220]), ("yellow", [230, 210, 40])];
+pub const REGION_COLOURS: [(&str, [u8; 3]); 4] = [
+    ("red", [220, 40, 40]),
+    ("green", [40, 180, 60]),
+    ("blue", [40, 70, 220]),
+    ("yellow", [230, 210, 40]),
+];
 
 /// A pixel rectangle `[x0, x1) × [y0, y1)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -37,10 +41,15 @@ pub struct RegionImage {
 /// colour at a random position.
 pub fn render(class: usize, size: u32, side: u32, rng: &mut Rng) -> Result<RegionImage> {
     if class >= REGION_COLOURS.len() {
-        return Err(Error::invalid(format!("the region dataset has {} classes", REGION_COLOURS.len())));
+        return Err(Error::invalid(format!(
+            "the region dataset has {} classes",
+            REGION_COLOURS.len()
+        )));
     }
     if side == 0 || side >= size {
-        return Err(Error::invalid(format!("a {side}-pixel square does not fit a {size}-pixel image")));
+        return Err(Error::invalid(format!(
+            "a {side}-pixel square does not fit a {size}-pixel image"
+        )));
     }
     let colour = REGION_COLOURS[class].1;
     let background = RgbImage::from_fn(size, size, |_, _| {
@@ -54,13 +63,32 @@ pub fn render(class: usize, size: u32, side: u32, rng: &mut Rng) -> Result<Regio
             image.put_pixel(x, y, Rgb(colour));
         }
     }
-    Ok(RegionImage { image, background, class, region: PixelBox { x0, y0, x1: x0 + side, y1: y0 + side } })
+    Ok(RegionImage {
+        image,
+        background,
+        class,
+        region: PixelBox {
+            x0,
+            y0,
+            x1: x0 + side,
+            y1: y0 + side,
+        },
+    })
 }
 
 /// `per_class` images of each of `classes` classes, class-major; the same seed gives the same images.
-pub fn generate(classes: usize, per_class: usize, size: u32, side: u32, seed: u64) -> Result<Vec<RegionImage>> {
+pub fn generate(
+    classes: usize,
+    per_class: usize,
+    size: u32,
+    side: u32,
+    seed: u64,
+) -> Result<Vec<RegionImage>> {
     let mut rng = Rng::new(seed);
-    (0..classes).flat_map(|c| std::iter::repeat_n(c, per_class)).map(|c| render(c, size, side, &mut rng)).collect()
+    (0..classes)
+        .flat_map(|c| std::iter::repeat_n(c, per_class))
+        .map(|c| render(c, size, side, &mut rng))
+        .collect()
 }
 
 /// One row of `regions.json`.
@@ -73,7 +101,14 @@ pub struct RegionRecord {
 }
 
 /// Writes `root/<colour>/NNN.png` and `root/regions.json` (each image's square).
-pub fn write_dataset(root: &Path, classes: usize, per_class: usize, size: u32, side: u32, seed: u64) -> Result<Vec<RegionRecord>> {
+pub fn write_dataset(
+    root: &Path,
+    classes: usize,
+    per_class: usize,
+    size: u32,
+    side: u32,
+    seed: u64,
+) -> Result<Vec<RegionRecord>> {
     let images = generate(classes, per_class, size, side, seed)?;
     let mut records = Vec::with_capacity(images.len());
     crate::error::create_dir_atomic(root, |tmp| {
@@ -84,9 +119,14 @@ pub fn write_dataset(root: &Path, classes: usize, per_class: usize, size: u32, s
             let rel = format!("{name}/{:03}.png", i % per_class.max(1));
             let path = tmp.join(&rel);
             im.image.save(&path).map_err(|e| Error::io(&path, e))?;
-            records.push(RegionRecord { path: rel, class: name.to_string(), region: im.region });
+            records.push(RegionRecord {
+                path: rel,
+                class: name.to_string(),
+                region: im.region,
+            });
         }
-        let json = serde_json::to_string_pretty(&records).map_err(|e| Error::invalid(e.to_string()))?;
+        let json =
+            serde_json::to_string_pretty(&records).map_err(|e| Error::invalid(e.to_string()))?;
         crate::error::write_atomic(&tmp.join("regions.json"), json.as_bytes())
     })?;
     Ok(records)
@@ -108,7 +148,12 @@ mod tests {
             assert_eq!(im.image.get_pixel(b.x0, b.y0).0, colour);
             assert_eq!(im.image.get_pixel(b.x1 - 1, b.y1 - 1).0, colour);
             assert_ne!(im.background.get_pixel(b.x0, b.y0).0, colour);
-            let differing = im.image.pixels().zip(im.background.pixels()).filter(|(a, b)| a != b).count();
+            let differing = im
+                .image
+                .pixels()
+                .zip(im.background.pixels())
+                .filter(|(a, b)| a != b)
+                .count();
             assert_eq!(differing, 40 * 40);
         }
         // Deterministic.

@@ -24,16 +24,26 @@ pub struct ImagePrediction {
 
 /// The `k` most probable of `names` (the rows of `weights`, `[C, P]`, normalised) for each image, in
 /// `images` order. An image that cannot be read is an error naming it.
-pub fn top_k(clip: &LoadedClip, weights: &Tensor, names: &[String], images: &[PathBuf], k: usize, progress: &dyn Progress) -> Result<Vec<ImagePrediction>> {
+pub fn top_k(
+    clip: &LoadedClip,
+    weights: &Tensor,
+    names: &[String],
+    images: &[PathBuf],
+    k: usize,
+    progress: &dyn Progress,
+) -> Result<Vec<ImagePrediction>> {
     if k == 0 {
         return Err(Error::invalid("--top-k must be at least 1"));
     }
     let rows = weights.dim(0)?;
     if rows != names.len() {
-        return Err(Error::invalid(format!("{rows} class weights for {} class names", names.len())));
+        return Err(Error::invalid(format!(
+            "{rows} class weights for {} class names",
+            names.len()
+        )));
     }
     let feats = image_features(clip, images, BATCH, progress)?;
-    let logits = logits(&feats, weights, clip.model.logit_scale())?;
+    let logits = logits(&feats, weights, clip.logit_scale())?;
     Ok(images
         .iter()
         .zip(&logits)
@@ -42,8 +52,15 @@ pub fn top_k(clip: &LoadedClip, weights: &Tensor, names: &[String], images: &[Pa
             let mut order: Vec<usize> = (0..row.len()).collect();
             // Ties keep class order, as `metrics::evaluate` ranks them.
             order.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
-            let top = order.into_iter().take(k).map(|c| (names[c].clone(), probs[c])).collect();
-            ImagePrediction { path: path.clone(), top }
+            let top = order
+                .into_iter()
+                .take(k)
+                .map(|c| (names[c].clone(), probs[c]))
+                .collect();
+            ImagePrediction {
+                path: path.clone(),
+                top,
+            }
         })
         .collect())
 }
@@ -58,20 +75,32 @@ mod tests {
     fn top_k_ranks_like_zero_shot_and_names_a_bad_image() {
         let dir = tempfile::tempdir().unwrap();
         let model = dir.path().join("m");
-        crate::clip::synth::write_model_folder(&ClipConfig::tiny(HiddenAct::QuickGelu, 1e-5), &model).unwrap();
+        crate::clip::synth::write_model_folder(
+            &ClipConfig::tiny(HiddenAct::QuickGelu, 1e-5),
+            &model,
+        )
+        .unwrap();
         let clip = crate::clip::load::load_dir(&model, "tiny", &candle_core::Device::Cpu).unwrap();
         let data = dir.path().join("d");
         crate::data::synth::write_dataset(&data, 4, 2, None, 0).unwrap();
         let ds = crate::data::DatasetFolder::open(&data).unwrap();
         let images: Vec<PathBuf> = ds.all.iter().map(|s| s.path.clone()).take(3).collect();
-        let w = super::super::zeroshot::class_weights(&clip, &ds.class_names, &["a photo of a {}.".into()], &Silent).unwrap();
+        let w = super::super::zeroshot::class_weights(
+            &clip,
+            &ds.class_names,
+            &["a photo of a {}.".into()],
+            &Silent,
+        )
+        .unwrap();
         let got = top_k(&clip, &w, &ds.class_names, &images, 3, &Silent).unwrap();
         assert_eq!(got.len(), 3);
         let feats = l2_normalize(&image_features(&clip, &images, 1, &Silent).unwrap()).unwrap();
         let scores: Vec<Vec<f32>> = feats.matmul(&w.t().unwrap()).unwrap().to_vec2().unwrap();
         for (p, row) in got.iter().zip(&scores) {
             assert_eq!(p.top.len(), 3);
-            let best = (0..row.len()).max_by(|&a, &b| row[a].total_cmp(&row[b])).unwrap();
+            let best = (0..row.len())
+                .max_by(|&a, &b| row[a].total_cmp(&row[b]))
+                .unwrap();
             assert_eq!(p.top[0].0, ds.class_names[best]);
             assert!(p.top.windows(2).all(|w| w[0].1 >= w[1].1));
             let sum: f32 = p.top.iter().map(|t| t.1).sum();
@@ -84,7 +113,16 @@ mod tests {
 
         let bad = dir.path().join("broken.png");
         std::fs::write(&bad, b"not a png").unwrap();
-        let err = top_k(&clip, &w, &ds.class_names, &[images[0].clone(), bad], 1, &Silent).unwrap_err().to_string();
+        let err = top_k(
+            &clip,
+            &w,
+            &ds.class_names,
+            &[images[0].clone(), bad],
+            1,
+            &Silent,
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("broken.png"), "{err}");
         assert!(top_k(&clip, &w, &ds.class_names, &images, 0, &Silent).is_err());
     }

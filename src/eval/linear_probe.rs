@@ -37,10 +37,18 @@ fn one_hot(labels: &[usize], classes: usize, dev: &Device) -> Result<Tensor> {
 
 impl LinearProbe {
     /// Minimises mean cross-entropy + λ/2·|W|² on normalised `x` `[N, P]`.
-    pub fn fit(x: &Tensor, labels: &[usize], classes: usize, lambda: f64, iters: usize) -> Result<Self> {
+    pub fn fit(
+        x: &Tensor,
+        labels: &[usize],
+        classes: usize,
+        lambda: f64,
+        iters: usize,
+    ) -> Result<Self> {
         let (n, p) = x.dims2()?;
         if n == 0 || n != labels.len() {
-            return Err(Error::invalid("the linear probe needs training features with one label each"));
+            return Err(Error::invalid(
+                "the linear probe needs training features with one label each",
+            ));
         }
         let dev = x.device();
         let x = l2_normalize(x)?;
@@ -75,7 +83,12 @@ impl LinearProbe {
             return Ok(0.0);
         }
         let pred: Vec<u32> = self.logits(x)?.argmax(D::Minus1)?.to_vec1()?;
-        Ok(pred.iter().zip(labels).filter(|(p, l)| **p as usize == **l).count() as f64 / labels.len() as f64)
+        Ok(pred
+            .iter()
+            .zip(labels)
+            .filter(|(p, l)| **p as usize == **l)
+            .count() as f64
+            / labels.len() as f64)
     }
 
     /// Fits one probe per λ and keeps the best on validation (ties: the stronger penalty).
@@ -92,7 +105,10 @@ impl LinearProbe {
             check(progress)?;
             let probe = Self::fit(train.0, train.1, classes, lambda, iters)?;
             let acc = probe.accuracy(val.0, val.1)?;
-            trace.push(ProbeSearch { lambda, val_acc: acc });
+            trace.push(ProbeSearch {
+                lambda,
+                val_acc: acc,
+            });
             progress.update("linear probe", LAMBDAS.len() - i, LAMBDAS.len());
             if best.as_ref().is_none_or(|(_, a)| acc > *a) {
                 best = Some((probe, acc));
@@ -125,8 +141,14 @@ mod tests {
         let x = Tensor::from_vec(v, (60, 8), &dev).unwrap();
         let probe = LinearProbe::fit(&x, &labels, 3, 1e-4, 300).unwrap();
         assert!(probe.accuracy(&x, &labels).unwrap() > 0.95);
-        let (best, trace) =
-            LinearProbe::search((&x, &labels), (&x, &labels), 3, 100, &crate::progress::Silent).unwrap();
+        let (best, trace) = LinearProbe::search(
+            (&x, &labels),
+            (&x, &labels),
+            3,
+            100,
+            &crate::progress::Silent,
+        )
+        .unwrap();
         assert_eq!(trace.len(), LAMBDAS.len());
         assert!(trace.iter().any(|t| t.lambda == best.lambda));
         // A huge penalty must not beat a small one on separable data.

@@ -31,7 +31,12 @@ pub struct Evaluation {
 }
 
 /// `logits[i]`: one row of class scores per sample.
-pub fn evaluate(logits: &[Vec<f32>], labels: &[usize], paths: &[String], class_names: &[String]) -> Evaluation {
+pub fn evaluate(
+    logits: &[Vec<f32>],
+    labels: &[usize],
+    paths: &[String],
+    class_names: &[String],
+) -> Evaluation {
     let c = class_names.len();
     let mut confusion = vec![vec![0; c]; c];
     let mut predictions = Vec::with_capacity(logits.len());
@@ -52,11 +57,23 @@ pub fn evaluate(logits: &[Vec<f32>], labels: &[usize], paths: &[String], class_n
         .map(|k| {
             let total: usize = confusion[k].iter().sum();
             let correct = confusion[k][k];
-            ClassAccuracy { name: class_names[k].clone(), correct, total, accuracy: ratio(correct, total) }
+            ClassAccuracy {
+                name: class_names[k].clone(),
+                correct,
+                total,
+                accuracy: ratio(correct, total),
+            }
         })
         .collect();
     let correct: usize = per_class.iter().map(|p| p.correct).sum();
-    Evaluation { accuracy: ratio(correct, labels.len()), correct, total: labels.len(), per_class, predictions, confusion }
+    Evaluation {
+        accuracy: ratio(correct, labels.len()),
+        correct,
+        total: labels.len(),
+        per_class,
+        predictions,
+        confusion,
+    }
 }
 
 fn ratio(a: usize, b: usize) -> f64 {

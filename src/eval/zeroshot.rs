@@ -24,7 +24,12 @@ pub fn fill(template: &str, class_name: &str) -> String {
 }
 
 /// Normalised class weights `[C, P]` from one or several templates.
-pub fn class_weights(clip: &LoadedClip, class_names: &[String], templates: &[String], progress: &dyn Progress) -> Result<Tensor> {
+pub fn class_weights(
+    clip: &LoadedClip,
+    class_names: &[String],
+    templates: &[String],
+    progress: &dyn Progress,
+) -> Result<Tensor> {
     let templates = super::templates::expand(templates);
     if templates.is_empty() {
         return Err(Error::invalid("no prompt template given"));
@@ -64,20 +69,31 @@ pub fn logits(image_feats: &Tensor, weights: &Tensor, scale: f32) -> Result<Vec<
 }
 
 /// Scores `split` (from `fewshot::test_split`, the split every evaluation shares) with `templates`.
-pub fn run(clip: &LoadedClip, data: &DatasetFolder, split: &TestSplit, templates: &[String], batch: usize, progress: &dyn Progress) -> Result<ZeroShotReport> {
+pub fn run(
+    clip: &LoadedClip,
+    data: &DatasetFolder,
+    split: &TestSplit,
+    templates: &[String],
+    batch: usize,
+    progress: &dyn Progress,
+) -> Result<ZeroShotReport> {
     let samples: &[Sample] = &split.samples;
     let weights = class_weights(clip, &data.class_names, templates, progress)?;
     let paths: Vec<_> = samples.iter().map(|s| s.path.clone()).collect();
     let feats = image_features(clip, &paths, batch, progress)?;
-    let logits = logits(&feats, &weights, clip.model.logit_scale())?;
+    let logits = logits(&feats, &weights, clip.logit_scale())?;
     let labels: Vec<usize> = samples.iter().map(|s| s.label).collect();
     let names: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
-    debug_assert_eq!(feats.dim(D::Minus1).ok(), Some(clip.model.config.projection_dim));
+    debug_assert_eq!(feats.dim(D::Minus1).ok(), Some(clip.projection_dim()));
     Ok(ZeroShotReport {
         model: clip.id.clone(),
         templates: templates.to_vec(),
         classes: data.class_names.clone(),
-        split: if split.derived { "derived-test" } else { "test" },
+        split: if split.derived {
+            "derived-test"
+        } else {
+            "test"
+        },
         split_description: split.description.clone(),
         eval: evaluate(&logits, &labels, &names, &data.class_names),
     })

@@ -21,22 +21,38 @@ pub fn read(path: &Path) -> Result<CoopCheckpoint> {
     if !path.is_file() {
         return Err(Error::missing(path, fix));
     }
-    let pth = candle_core::pickle::PthTensors::new(path, Some("state_dict")).map_err(|e| bad(format!("not a readable torch checkpoint ({e})")))?;
+    let pth = candle_core::pickle::PthTensors::new(path, Some("state_dict"))
+        .map_err(|e| bad(format!("not a readable torch checkpoint ({e})")))?;
     let get = |k: &str| -> Result<Tensor> {
-        pth.get(k).map_err(|e| bad(format!("cannot read '{k}' ({e})")))?.ok_or_else(|| bad(format!("its state_dict has no '{k}'")))
+        pth.get(k)
+            .map_err(|e| bad(format!("cannot read '{k}' ({e})")))?
+            .ok_or_else(|| bad(format!("its state_dict has no '{k}'")))
     };
     let ctx = get("ctx")?.to_dtype(candle_core::DType::F32)?;
     let prefix = get("token_prefix")?;
     let (csc, n_ctx, width) = match ctx.dims() {
         [m, d] => (false, *m, *d),
         [_, m, d] => (true, *m, *d),
-        other => return Err(bad(format!("ctx has shape {other:?}, expected [M, D] or [C, M, D]"))),
+        other => {
+            return Err(bad(format!(
+                "ctx has shape {other:?}, expected [M, D] or [C, M, D]"
+            )))
+        }
     };
     let num_classes = prefix.dim(0)?;
     if csc && ctx.dim(0)? != num_classes {
-        return Err(bad(format!("ctx has {} class contexts but token_prefix has {num_classes} classes", ctx.dim(0)?)));
+        return Err(bad(format!(
+            "ctx has {} class contexts but token_prefix has {num_classes} classes",
+            ctx.dim(0)?
+        )));
     }
-    Ok(CoopCheckpoint { ctx, num_classes, csc, n_ctx, width })
+    Ok(CoopCheckpoint {
+        ctx,
+        num_classes,
+        csc,
+        n_ctx,
+        width,
+    })
 }
 
 /// Turns CoOp's checkpoint into a promptscope prompts file for `clip` and `class_names` (CoOp's class
@@ -56,7 +72,7 @@ pub fn to_prompt_file(
             "give the class names of the dataset it was trained on, in CoOp's order (a classnames.txt)",
         ));
     }
-    let width = clip.model.config.text_config.hidden_size;
+    let width = clip.model()?.config.text_config.hidden_size;
     if c.width != width {
         return Err(Error::bad_file(
             ckpt_path,
@@ -64,10 +80,19 @@ pub fn to_prompt_file(
             "use the CLIP the checkpoint was trained with",
         ));
     }
-    let cfg = CoopConfig { n_ctx: c.n_ctx, ctx_init: None, csc: c.csc, class_position, seed: 0 };
-    let mut learner = PromptLearner::new(&clip.model.text, &clip.tokenizer, class_names, &cfg)?;
-    learner.set_ctx(&c.ctx.to_device(&clip.device)?).map_err(|e| Error::bad_file(ckpt_path, e, "export it again from CoOp"))?;
-    let weights = crate::clip::l2_normalize(&learner.text_features(&clip.model.text)?)?;
+    let cfg = CoopConfig {
+        n_ctx: c.n_ctx,
+        ctx_init: None,
+        csc: c.csc,
+        class_position,
+        seed: 0,
+    };
+    let mut learner =
+        PromptLearner::new(&clip.model()?.text, clip.tokenizer()?, class_names, &cfg)?;
+    learner
+        .set_ctx(&c.ctx.to_device(&clip.device)?)
+        .map_err(|e| Error::bad_file(ckpt_path, e, "export it again from CoOp"))?;
+    let weights = crate::clip::l2_normalize(&learner.text_features(&clip.model()?.text)?)?;
     let mut file = crate::export::prompt_file::PromptFile::new(clip, &learner, weights)?;
     file.meta.source = format!("coop-checkpoint:{}", ckpt_path.display());
     Ok(file)
@@ -75,6 +100,9 @@ pub fn to_prompt_file(
 
 /// CoOp's checkpoint names: `model.pth.tar-50`, `model.pth.tar`, `model.pth`.
 pub fn is_coop_checkpoint(path: &Path) -> bool {
-    let name = path.file_name().map(|n| n.to_string_lossy().to_lowercase()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_lowercase())
+        .unwrap_or_default();
     name.ends_with(".pth") || name.contains(".pth.tar")
 }

@@ -24,17 +24,28 @@ pub struct VectorWords {
 }
 
 /// `ctx`: `[M, D]` or `[C, M, D]`; `table`: the token-embedding table `[V, D]`.
-pub fn nearest_tokens(ctx: &Tensor, table: &Tensor, tok: &ClipTokenizer, k: usize) -> Result<Vec<VectorWords>> {
+pub fn nearest_tokens(
+    ctx: &Tensor,
+    table: &Tensor,
+    tok: &ClipTokenizer,
+    k: usize,
+) -> Result<Vec<VectorWords>> {
     let (classes, m, d) = match ctx.dims() {
         [m, d] => (None, *m, *d),
         [c, m, d] => (Some(*c), *m, *d),
         other => return Err(crate::Error::invalid(format!("context of shape {other:?}"))),
     };
-    let flat = ctx.reshape(((classes.unwrap_or(1) * m), d))?.to_device(table.device())?;
+    let flat = ctx
+        .reshape(((classes.unwrap_or(1) * m), d))?
+        .to_device(table.device())?;
     // |a - b|² = |a|² - 2a·b + |b|², all rows at once.
     let a2 = flat.sqr()?.sum_keepdim(D::Minus1)?;
     let b2 = table.sqr()?.sum_keepdim(D::Minus1)?.t()?;
-    let dist = a2.broadcast_add(&b2)?.broadcast_sub(&(flat.matmul(&table.t()?)? * 2.0)?)?.relu()?.sqrt()?;
+    let dist = a2
+        .broadcast_add(&b2)?
+        .broadcast_sub(&(flat.matmul(&table.t()?)? * 2.0)?)?
+        .relu()?
+        .sqrt()?;
     let rows: Vec<Vec<f32>> = dist.to_vec2()?;
     Ok(rows
         .into_iter()
@@ -50,7 +61,11 @@ pub fn nearest_tokens(ctx: &Tensor, table: &Tensor, tok: &ClipTokenizer, k: usiz
                 position: r % m,
                 nearest: idx
                     .into_iter()
-                    .map(|i| Neighbour { token: tok.token_text(i as u32), id: i as u32, distance: row[i] })
+                    .map(|i| Neighbour {
+                        token: tok.token_text(i as u32),
+                        id: i as u32,
+                        distance: row[i],
+                    })
                     .collect(),
             }
         })

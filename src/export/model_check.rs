@@ -18,10 +18,17 @@ pub struct MadeOn<'a> {
 
 /// Refuses `path` (made as `made`) on `clip` when a dimension or the weights differ, naming both models.
 pub fn check_model(path: &Path, made: &MadeOn, clip: &LoadedClip) -> Result<()> {
-    let fix = format!("use it with the model it was trained on ('{}'), or train it again on '{}'", made.model_id, clip.id);
+    let fix = format!(
+        "use it with the model it was trained on ('{}'), or train it again on '{}'",
+        made.model_id, clip.id
+    );
     if made.dims.iter().any(|(_, ours, theirs)| ours != theirs) {
         let list = |pick: fn(&(&'static str, usize, usize)) -> usize| {
-            made.dims.iter().map(|d| format!("{} {}", d.0, pick(d))).collect::<Vec<_>>().join(", ")
+            made.dims
+                .iter()
+                .map(|d| format!("{} {}", d.0, pick(d)))
+                .collect::<Vec<_>>()
+                .join(", ")
         };
         return Err(Error::bad_file(
             path,

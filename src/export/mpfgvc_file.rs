@@ -11,12 +11,12 @@ use std::path::Path;
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
-use crate::fusion::vlfm::VlfmConfig;
-use crate::train::config::MpFgvcRun;
 use crate::clip::LoadedClip;
 use crate::error::{write_atomic, Error, Result};
 use crate::export::model_check::{check_model, MadeOn};
+use crate::fusion::vlfm::VlfmConfig;
 use crate::tensor_file::{read_safetensors, safetensors_bytes};
+use crate::train::config::MpFgvcRun;
 
 pub const FORMAT: &str = "promptscope-mpfgvc/1";
 const FIX: &str = "pass a weights file written by `promptscope mpfgvc train --out`";
@@ -47,8 +47,12 @@ pub struct MpFgvcFile {
 }
 
 impl MpFgvcFile {
-    pub fn meta_for(clip: &LoadedClip, class_names: &[String], run: &MpFgvcRun) -> Result<MpFgvcMeta> {
-        let c = &clip.model.config;
+    pub fn meta_for(
+        clip: &LoadedClip,
+        class_names: &[String],
+        run: &MpFgvcRun,
+    ) -> Result<MpFgvcMeta> {
+        let c = &clip.model()?.config;
         Ok(MpFgvcMeta {
             format: FORMAT.into(),
             promptscope_version: env!("CARGO_PKG_VERSION").into(),
@@ -72,21 +76,35 @@ impl MpFgvcFile {
             ("format".to_string(), self.meta.format.clone()),
             ("model_id".to_string(), self.meta.model_id.clone()),
             ("stages".to_string(), self.meta.stages.to_string()),
-            ("super_category".to_string(), self.meta.run.datp.super_category.clone()),
+            (
+                "super_category".to_string(),
+                self.meta.run.datp.super_category.clone(),
+            ),
         ]);
         meta.insert("promptscope".into(), full.to_string());
         let mut names: Vec<&String> = self.tensors.keys().collect();
         names.sort();
-        let tensors: Vec<(&str, Tensor)> = names.iter().map(|n| (n.as_str(), self.tensors[*n].clone())).collect();
+        let tensors: Vec<(&str, Tensor)> = names
+            .iter()
+            .map(|n| (n.as_str(), self.tensors[*n].clone()))
+            .collect();
         write_atomic(path, &safetensors_bytes(&tensors, meta)?)
     }
 
     pub fn load(path: &Path) -> Result<Self> {
         let (tensors, meta) = read_safetensors(path)?;
-        let json = meta.get("promptscope").ok_or_else(|| Error::bad_file(path, "has no promptscope metadata", FIX))?;
-        let meta: MpFgvcMeta = serde_json::from_str(json).map_err(|e| Error::bad_file(path, format!("is not an MP-FGVC weights file ({e})"), FIX))?;
+        let json = meta
+            .get("promptscope")
+            .ok_or_else(|| Error::bad_file(path, "has no promptscope metadata", FIX))?;
+        let meta: MpFgvcMeta = serde_json::from_str(json).map_err(|e| {
+            Error::bad_file(path, format!("is not an MP-FGVC weights file ({e})"), FIX)
+        })?;
         if meta.format != FORMAT {
-            return Err(Error::bad_file(path, format!("is a '{}' file, not '{FORMAT}'", meta.format), FIX));
+            return Err(Error::bad_file(
+                path,
+                format!("is a '{}' file, not '{FORMAT}'", meta.format),
+                FIX,
+            ));
         }
         Ok(Self { tensors, meta })
     }
@@ -94,15 +112,23 @@ impl MpFgvcFile {
     /// Refuses a file trained on another model: other dimensions, or the same shapes with other weights
     /// (the trained vision blocks and the learned tokens are only meaningful on the model they came from).
     pub fn check_model(&self, clip: &LoadedClip, path: &Path) -> Result<()> {
-        let c = &clip.model.config;
+        let c = &clip.model()?.config;
         let m = &self.meta;
         let made = MadeOn {
             model_id: &m.model_id,
             fingerprint: &m.model_fingerprint,
             dims: vec![
                 ("text width", m.text_hidden_size, c.text_config.hidden_size),
-                ("vision width", m.vision_hidden_size, c.vision_config.hidden_size),
-                ("vision blocks", m.vision_layers, c.vision_config.num_hidden_layers),
+                (
+                    "vision width",
+                    m.vision_hidden_size,
+                    c.vision_config.hidden_size,
+                ),
+                (
+                    "vision blocks",
+                    m.vision_layers,
+                    c.vision_config.num_hidden_layers,
+                ),
                 ("projection", m.projection_dim, c.projection_dim),
             ],
         };
@@ -111,10 +137,15 @@ impl MpFgvcFile {
 
     /// The tensors whose names start with `prefix`, with the prefix removed.
     pub fn with_prefix(&self, prefix: &str) -> HashMap<String, Tensor> {
-        self.tensors.iter().filter_map(|(k, v)| k.strip_prefix(prefix).map(|s| (s.to_string(), v.clone()))).collect()
+        self.tensors
+            .iter()
+            .filter_map(|(k, v)| k.strip_prefix(prefix).map(|s| (s.to_string(), v.clone())))
+            .collect()
     }
 
     pub fn tensor(&self, name: &str, path: &Path) -> Result<&Tensor> {
-        self.tensors.get(name).ok_or_else(|| Error::bad_file(path, format!("has no '{name}' tensor"), FIX))
+        self.tensors
+            .get(name)
+            .ok_or_else(|| Error::bad_file(path, format!("has no '{name}' tensor"), FIX))
     }
 }

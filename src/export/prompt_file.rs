@@ -11,11 +11,11 @@ use std::path::Path;
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
-use crate::tensor_file::{read_safetensors, safetensors_bytes};
 use crate::clip::LoadedClip;
 use crate::error::{write_atomic, Error, Result};
 use crate::export::model_check::{check_model, MadeOn};
 use crate::prompt::coop::{CoopConfig, PromptLearner};
+use crate::tensor_file::{read_safetensors, safetensors_bytes};
 use crate::train::coop::TrainConfig;
 
 pub const FORMAT: &str = "promptscope-coop/1";
@@ -50,7 +50,7 @@ pub struct PromptFile {
 
 impl PromptFile {
     pub fn new(clip: &LoadedClip, learner: &PromptLearner, class_embeds: Tensor) -> Result<Self> {
-        let c = &clip.model.config;
+        let c = &clip.model()?.config;
         Ok(Self {
             ctx: learner.ctx.as_tensor().clone(),
             class_embeds,
@@ -79,38 +79,68 @@ impl PromptFile {
             .as_object()
             .map(|o| {
                 o.iter()
-                    .map(|(k, v)| (k.clone(), match v {
-                        serde_json::Value::String(s) => s.clone(),
-                        other => other.to_string(),
-                    }))
+                    .map(|(k, v)| {
+                        (
+                            k.clone(),
+                            match v {
+                                serde_json::Value::String(s) => s.clone(),
+                                other => other.to_string(),
+                            },
+                        )
+                    })
                     .collect()
             })
             .unwrap_or_default();
         meta.insert("promptscope".into(), full.to_string());
-        let bytes = safetensors_bytes(&[("ctx", self.ctx.clone()), ("class_embeds", self.class_embeds.clone())], meta)?;
+        let bytes = safetensors_bytes(
+            &[
+                ("ctx", self.ctx.clone()),
+                ("class_embeds", self.class_embeds.clone()),
+            ],
+            meta,
+        )?;
         write_atomic(path, &bytes)
     }
 
     pub fn load(path: &Path) -> Result<Self> {
         let (tensors, meta) = read_safetensors(path)?;
         let fix = "pass a prompts file exported by promptscope (train --out, or import-coop --out)";
-        let json = meta.get("promptscope").ok_or_else(|| Error::bad_file(path, "has no promptscope metadata", fix))?;
-        let meta: PromptMeta =
-            serde_json::from_str(json).map_err(|e| Error::bad_file(path, format!("has unreadable metadata ({e})"), fix))?;
-        let get = |k: &str| tensors.get(k).cloned().ok_or_else(|| Error::bad_file(path, format!("has no '{k}' tensor"), fix));
-        Ok(Self { ctx: get("ctx")?, class_embeds: get("class_embeds")?, meta })
+        let json = meta
+            .get("promptscope")
+            .ok_or_else(|| Error::bad_file(path, "has no promptscope metadata", fix))?;
+        let meta: PromptMeta = serde_json::from_str(json)
+            .map_err(|e| Error::bad_file(path, format!("has unreadable metadata ({e})"), fix))?;
+        let get = |k: &str| {
+            tensors
+                .get(k)
+                .cloned()
+                .ok_or_else(|| Error::bad_file(path, format!("has no '{k}' tensor"), fix))
+        };
+        Ok(Self {
+            ctx: get("ctx")?,
+            class_embeds: get("class_embeds")?,
+            meta,
+        })
     }
 
     /// Refuses a file made on another model: other dimensions, or the same shapes with other weights
     /// (a learned context only means something on the text tower it was trained against).
     pub fn check_model(&self, clip: &LoadedClip, path: &Path) -> Result<()> {
-        let c = &clip.model.config;
+        let c = &clip.model()?.config;
         let made = MadeOn {
             model_id: &self.meta.model_id,
             fingerprint: &self.meta.model_fingerprint,
             dims: vec![
-                ("text width", *self.ctx.dims().last().unwrap_or(&0), c.text_config.hidden_size),
-                ("projection", self.class_embeds.dims().get(1).copied().unwrap_or(0), c.projection_dim),
+                (
+                    "text width",
+                    *self.ctx.dims().last().unwrap_or(&0),
+                    c.text_config.hidden_size,
+                ),
+                (
+                    "projection",
+                    self.class_embeds.dims().get(1).copied().unwrap_or(0),
+                    c.projection_dim,
+                ),
             ],
         };
         check_model(path, &made, clip)
@@ -120,15 +150,27 @@ impl PromptFile {
     /// zero-shot scoring and `eval::classify::top_k` take.
     pub fn class_weights(&self, clip: &LoadedClip, path: &Path) -> Result<Tensor> {
         self.check_model(clip, path)?;
-        Ok(crate::clip::l2_normalize(&self.class_embeds.to_device(&clip.device)?)?)
+        Ok(crate::clip::l2_normalize(
+            &self.class_embeds.to_device(&clip.device)?,
+        )?)
     }
 
     /// Rebuilds the prompt learner with this context on `clip`.
     pub fn learner(&self, clip: &LoadedClip, path: &Path) -> Result<PromptLearner> {
         self.check_model(clip, path)?;
-        let cfg = CoopConfig { ctx_init: None, ..self.meta.coop.clone() };
-        let mut learner = PromptLearner::new(&clip.model.text, &clip.tokenizer, &self.meta.class_names, &cfg)?;
-        learner.set_ctx(&self.ctx.to_device(&clip.device)?).map_err(|e| Error::bad_file(path, e, "export it again"))?;
+        let cfg = CoopConfig {
+            ctx_init: None,
+            ..self.meta.coop.clone()
+        };
+        let mut learner = PromptLearner::new(
+            &clip.model()?.text,
+            clip.tokenizer()?,
+            &self.meta.class_names,
+            &cfg,
+        )?;
+        learner
+            .set_ctx(&self.ctx.to_device(&clip.device)?)
+            .map_err(|e| Error::bad_file(path, e, "export it again"))?;
         Ok(learner)
     }
 }

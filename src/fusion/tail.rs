@@ -11,11 +11,11 @@ use std::collections::HashMap;
 
 use candle_core::{Tensor, Var};
 
+use crate::clip::encode::BATCH;
 use crate::clip::layers::EncoderLayer;
 use crate::clip::vision::VisionTower;
 use crate::error::{Error, Result};
 use crate::progress::{check, Progress};
-use crate::clip::encode::BATCH;
 
 /// Progress stage while the frozen blocks run over the images.
 pub const HIDDEN_STAGE: &str = "frozen vision blocks";
@@ -48,18 +48,32 @@ impl<'a> VisionTail<'a> {
     }
 
     /// The last `n` blocks with saved weights (as [`VisionTail::vars`] names them).
-    pub fn from_tensors(vision: &'a VisionTower, n: usize, tensors: &HashMap<String, Tensor>) -> Result<Self> {
+    pub fn from_tensors(
+        vision: &'a VisionTower,
+        n: usize,
+        tensors: &HashMap<String, Tensor>,
+    ) -> Result<Self> {
         let device = vision.device().clone();
         Self::build(vision, n, &mut |name, current| {
-            let t = tensors.get(name).ok_or_else(|| Error::invalid(format!("trained vision weight '{name}' is missing")))?;
+            let t = tensors.get(name).ok_or_else(|| {
+                Error::invalid(format!("trained vision weight '{name}' is missing"))
+            })?;
             if t.dims() != current.dims() {
-                return Err(Error::invalid(format!("trained vision weight '{name}' has shape {:?}, the model's {:?}", t.dims(), current.dims())));
+                return Err(Error::invalid(format!(
+                    "trained vision weight '{name}' has shape {:?}, the model's {:?}",
+                    t.dims(),
+                    current.dims()
+                )));
             }
             Ok(t.to_device(&device)?)
         })
     }
 
-    fn build(vision: &'a VisionTower, n: usize, value: &mut dyn FnMut(&str, &Tensor) -> Result<Tensor>) -> Result<Self> {
+    fn build(
+        vision: &'a VisionTower,
+        n: usize,
+        value: &mut dyn FnMut(&str, &Tensor) -> Result<Tensor>,
+    ) -> Result<Self> {
         check_blocks(vision, n)?;
         let first = vision.layers.len() - n;
         let mut vars = Vec::new();
@@ -87,7 +101,12 @@ impl<'a> VisionTail<'a> {
                 (b, None) => blocks.push(b?),
             }
         }
-        Ok(Self { vision, first, blocks, vars })
+        Ok(Self {
+            vision,
+            first,
+            blocks,
+            vars,
+        })
     }
 
     pub fn num_blocks(&self) -> usize {
@@ -108,25 +127,35 @@ impl<'a> VisionTail<'a> {
     }
 
     /// [`VisionTail::image_features`] over many rows, in batches, without keeping a gradient graph.
-    pub fn image_features_batched(&self, inputs: &Tensor, progress: &dyn Progress) -> Result<Tensor> {
+    pub fn image_features_batched(
+        &self,
+        inputs: &Tensor,
+        progress: &dyn Progress,
+    ) -> Result<Tensor> {
         if self.blocks.is_empty() {
             return Ok(inputs.clone());
         }
         let n = inputs.dim(0)?;
         if n == 0 {
             let p = self.vision.projection.weight().dim(0)?;
-            return Ok(Tensor::zeros((0, p), candle_core::DType::F32, inputs.device())?);
+            return Ok(Tensor::zeros(
+                (0, p),
+                candle_core::DType::F32,
+                inputs.device(),
+            )?);
         }
         let mut out = Vec::new();
         for start in (0..n).step_by(BATCH) {
             check(progress)?;
             let len = BATCH.min(n - start);
-            out.push(self.image_features(&inputs.narrow(0, start, len)?)?.detach());
+            out.push(
+                self.image_features(&inputs.narrow(0, start, len)?)?
+                    .detach(),
+            );
         }
         Ok(Tensor::cat(&out, 0)?)
     }
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -138,11 +167,22 @@ mod tests {
     fn untrained_tail_reproduces_the_tower_and_n_is_checked() {
         let dir = tempfile::tempdir().unwrap();
         let model = dir.path().join("m");
-        crate::clip::synth::write_model_folder(&ClipConfig::tiny(HiddenAct::QuickGelu, 1e-5), &model).unwrap();
+        crate::clip::synth::write_model_folder(
+            &ClipConfig::tiny(HiddenAct::QuickGelu, 1e-5),
+            &model,
+        )
+        .unwrap();
         let clip = crate::clip::load::load_dir(&model, "tiny", &candle_core::Device::Cpu).unwrap();
-        let v = &clip.model.vision;
+        let v = &clip.model().unwrap().vision;
         let s = v.config.image_size;
-        let pixels = Tensor::from_vec((0..2 * 3 * s * s).map(|i| ((i % 97) as f32) / 48.0 - 1.0).collect::<Vec<_>>(), (2, 3, s, s), &clip.device).unwrap();
+        let pixels = Tensor::from_vec(
+            (0..2 * 3 * s * s)
+                .map(|i| ((i % 97) as f32) / 48.0 - 1.0)
+                .collect::<Vec<_>>(),
+            (2, 3, s, s),
+            &clip.device,
+        )
+        .unwrap();
         let want = v.forward(&pixels, VisionRequest::default()).unwrap().pooled;
         for n in 0..=3 {
             let tail = VisionTail::new(v, n).unwrap();
@@ -150,11 +190,25 @@ mod tests {
             let hidden = v.run_blocks(&v.embed(&pixels).unwrap(), 0, 3 - n).unwrap();
             let input = if n == 0 { want.clone() } else { hidden };
             let got = tail.image_features(&input).unwrap();
-            let diff = (got - &want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            let diff = (got - &want)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
             // The tail's blocks through candle's autograd ops vs the tower's CPU kernels: worst 6.6e-7 on the AVX-512 kernels, 7.2e-7 on AVX2+FMA (14× margin).
-            crate::testing::within(&format!("vision tail, {n} trained blocks: candle ops vs kernels"), diff as f64, 1e-5);
+            crate::testing::within(
+                &format!("vision tail, {n} trained blocks: candle ops vs kernels"),
+                diff as f64,
+                1e-5,
+            );
         }
         let err = VisionTail::new(v, 4).err().unwrap().to_string();
-        assert!(err.contains("--train-blocks 4 but the vision tower has 3 blocks"), "{err}");
+        assert!(
+            err.contains("--train-blocks 4 but the vision tower has 3 blocks"),
+            "{err}"
+        );
     }
 }

@@ -79,7 +79,12 @@ const NAMES: [&str; 6] = ["q", "k", "v", "trans.0", "trans.2", "classifier"];
 impl Vlfm {
     pub fn new(config: &VlfmConfig, device: &Device) -> Result<Self> {
         Self::check(config)?;
-        let (d, h, c, s) = (config.dim, config.expansion * config.dim, config.num_classes, config.seed);
+        let (d, h, c, s) = (
+            config.dim,
+            config.expansion * config.dim,
+            config.num_classes,
+            config.seed,
+        );
         Ok(Self {
             config: config.clone(),
             query: ParamLinear::new(d, d, s, "vlfm.q", device)?,
@@ -93,17 +98,31 @@ impl Vlfm {
 
     fn check(config: &VlfmConfig) -> Result<()> {
         if config.dim == 0 || config.num_classes == 0 || config.expansion == 0 {
-            return Err(Error::invalid(format!("VLFM needs a width, classes and an expansion factor, got {config:?}")));
+            return Err(Error::invalid(format!(
+                "VLFM needs a width, classes and an expansion factor, got {config:?}"
+            )));
         }
         Ok(())
     }
 
     /// From tensors named as [`Vlfm::named_vars`] names them (`q.weight`, ..., without a prefix).
-    pub fn from_tensors(config: &VlfmConfig, tensors: &HashMap<String, Tensor>, device: &Device) -> Result<Self> {
+    pub fn from_tensors(
+        config: &VlfmConfig,
+        tensors: &HashMap<String, Tensor>,
+        device: &Device,
+    ) -> Result<Self> {
         Self::check(config)?;
-        let (d, h, c) = (config.dim, config.expansion * config.dim, config.num_classes);
+        let (d, h, c) = (
+            config.dim,
+            config.expansion * config.dim,
+            config.num_classes,
+        );
         let get = |name: &str, i: usize, o: usize| -> Result<ParamLinear> {
-            let t = |k: &str| tensors.get(&format!("{name}.{k}")).ok_or_else(|| Error::invalid(format!("VLFM tensor '{name}.{k}' is missing")));
+            let t = |k: &str| {
+                tensors
+                    .get(&format!("{name}.{k}"))
+                    .ok_or_else(|| Error::invalid(format!("VLFM tensor '{name}.{k}' is missing")))
+            };
             ParamLinear::from_tensors(t("weight")?, t("bias")?, i, o, name, device)
         };
         Ok(Self {
@@ -119,8 +138,19 @@ impl Vlfm {
 
     /// Every parameter with its saved name, in a fixed order (the optimiser keeps one state per entry).
     pub fn named_vars(&self) -> Vec<(String, Var)> {
-        let maps = [&self.query, &self.key, &self.value, &self.expand, &self.reduce, &self.classifier];
-        NAMES.iter().zip(maps).flat_map(|(n, m)| m.named_vars(n)).collect()
+        let maps = [
+            &self.query,
+            &self.key,
+            &self.value,
+            &self.expand,
+            &self.reduce,
+            &self.classifier,
+        ];
+        NAMES
+            .iter()
+            .zip(maps)
+            .flat_map(|(n, m)| m.named_vars(n))
+            .collect()
     }
 
     /// `e_v`: `[B, D]` visual class embeddings; `e_t`: `[C, D]` text embeddings (shared by the batch).
@@ -146,9 +176,16 @@ impl Vlfm {
         let a0 = attention.narrow(1, 0, 1)?;
         let at = attention.narrow(1, 1, c)?;
         let fused = (a0.broadcast_mul(&v0)? + at.matmul(&vt)?)?;
-        let refined = self.reduce.forward(&self.expand.forward(&fused)?.gelu_erf()?)?;
+        let refined = self
+            .reduce
+            .forward(&self.expand.forward(&fused)?.gelu_erf()?)?;
         let logits = self.classifier.forward(&refined)?;
-        Ok(VlfmOutput { attention, fused, refined, logits })
+        Ok(VlfmOutput {
+            attention,
+            fused,
+            refined,
+            logits,
+        })
     }
 }
 
@@ -159,29 +196,93 @@ mod tests {
     #[test]
     fn attention_rows_sum_to_one_and_saving_round_trips() {
         let dev = Device::Cpu;
-        let cfg = VlfmConfig { dim: 6, num_classes: 3, expansion: EXPANSION, seed: 4 };
+        let cfg = VlfmConfig {
+            dim: 6,
+            num_classes: 3,
+            expansion: EXPANSION,
+            seed: 4,
+        };
         let m = Vlfm::new(&cfg, &dev).unwrap();
-        let ev = Tensor::from_vec((0..12).map(|i| (i as f32 * 0.37).sin()).collect::<Vec<_>>(), (2, 6), &dev).unwrap();
-        let et = Tensor::from_vec((0..18).map(|i| (i as f32 * 0.11).cos()).collect::<Vec<_>>(), (3, 6), &dev).unwrap();
+        let ev = Tensor::from_vec(
+            (0..12).map(|i| (i as f32 * 0.37).sin()).collect::<Vec<_>>(),
+            (2, 6),
+            &dev,
+        )
+        .unwrap();
+        let et = Tensor::from_vec(
+            (0..18).map(|i| (i as f32 * 0.11).cos()).collect::<Vec<_>>(),
+            (3, 6),
+            &dev,
+        )
+        .unwrap();
         let out = m.forward(&ev, &et).unwrap();
         assert_eq!(out.attention.dims(), [2, 4]);
         assert_eq!(out.logits.dims(), [2, 3]);
         let sums: Vec<f32> = out.attention.sum(1).unwrap().to_vec1().unwrap();
         assert!(sums.iter().all(|s| (s - 1.0).abs() < 1e-6), "{sums:?}");
 
-        let saved: HashMap<String, Tensor> = m.named_vars().into_iter().map(|(n, v)| (n, v.as_tensor().clone())).collect();
+        let saved: HashMap<String, Tensor> = m
+            .named_vars()
+            .into_iter()
+            .map(|(n, v)| (n, v.as_tensor().clone()))
+            .collect();
         assert_eq!(saved.len(), 12);
         let back = Vlfm::from_tensors(&cfg, &saved, &dev).unwrap();
         let again = back.forward(&ev, &et).unwrap();
-        let diff = (out.logits - again.logits).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        let diff = (out.logits - again.logits)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
         assert_eq!(diff, 0.0);
         // The same seed initialises the same module; another seed another.
-        let same = Vlfm::new(&cfg, &dev).unwrap().query.weight.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        assert_eq!(same, m.query.weight.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap());
-        let other = Vlfm::new(&VlfmConfig { seed: 5, ..cfg.clone() }, &dev).unwrap();
-        assert_ne!(same, other.query.weight.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap());
+        let same = Vlfm::new(&cfg, &dev)
+            .unwrap()
+            .query
+            .weight
+            .as_tensor()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        assert_eq!(
+            same,
+            m.query
+                .weight
+                .as_tensor()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+        );
+        let other = Vlfm::new(
+            &VlfmConfig {
+                seed: 5,
+                ..cfg.clone()
+            },
+            &dev,
+        )
+        .unwrap();
+        assert_ne!(
+            same,
+            other
+                .query
+                .weight
+                .as_tensor()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+        );
 
         let wrong = Tensor::zeros((2, 6), candle_core::DType::F32, &dev).unwrap();
-        assert!(m.forward(&ev, &wrong).unwrap_err().to_string().contains("2 text embeddings"));
+        assert!(m
+            .forward(&ev, &wrong)
+            .unwrap_err()
+            .to_string()
+            .contains("2 text embeddings"));
     }
 }

@@ -20,22 +20,38 @@ impl MetaNet {
     pub fn new(vis: usize, ctx: usize, seed: u64, device: &candle_core::Device) -> Result<Self> {
         let hidden = (vis / 16).max(1);
         if ctx == 0 || vis == 0 {
-            return Err(Error::invalid("CoCoOp's meta-net needs non-empty image and text widths"));
+            return Err(Error::invalid(
+                "CoCoOp's meta-net needs non-empty image and text widths",
+            ));
         }
         let mut rng = Rng::new(seed);
         let mut uniform = |shape: &[usize], fan_in: usize| -> Result<Var> {
             let n: usize = shape.iter().product();
             let bound = 1.0 / (fan_in as f64).sqrt();
-            let v: Vec<f32> = (0..n).map(|_| (((rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0) * bound) as f32).collect();
+            let v: Vec<f32> = (0..n)
+                .map(|_| {
+                    (((rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0) * bound)
+                        as f32
+                })
+                .collect();
             Ok(Var::from_tensor(&Tensor::from_vec(v, shape, device)?)?)
         };
-        Ok(MetaNet { w1: uniform(&[hidden, vis], vis)?, b1: uniform(&[hidden], vis)?, w2: uniform(&[ctx, hidden], hidden)?, b2: uniform(&[ctx], hidden)? })
+        Ok(MetaNet {
+            w1: uniform(&[hidden, vis], vis)?,
+            b1: uniform(&[hidden], vis)?,
+            w2: uniform(&[ctx, hidden], hidden)?,
+            b2: uniform(&[ctx], hidden)?,
+        })
     }
 
     /// `π` of normalised image features `[B, P]`: `[B, D]`.
     pub fn forward(&self, f: &Tensor) -> Result<Tensor> {
-        let h = f.matmul(&self.w1.as_tensor().t()?)?.broadcast_add(self.b1.as_tensor())?.relu()?;
-        Ok(h.matmul(&self.w2.as_tensor().t()?)?.broadcast_add(self.b2.as_tensor())?)
+        let h = f
+            .matmul(&self.w1.as_tensor().t()?)?
+            .broadcast_add(self.b1.as_tensor())?
+            .relu()?;
+        Ok(h.matmul(&self.w2.as_tensor().t()?)?
+            .broadcast_add(self.b2.as_tensor())?)
     }
 
     pub fn vars(&self) -> [&Var; 4] {

@@ -10,8 +10,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::clip::text::TextTower;
 use crate::clip::ClipTokenizer;
-use crate::rng::Rng;
 use crate::error::{Error, Result};
+use crate::rng::Rng;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -29,7 +29,9 @@ impl std::str::FromStr for ClassPosition {
             "end" => Ok(Self::End),
             "middle" => Ok(Self::Middle),
             "front" => Ok(Self::Front),
-            other => Err(format!("unknown class position '{other}': end, middle or front")),
+            other => Err(format!(
+                "unknown class position '{other}': end, middle or front"
+            )),
         }
     }
 }
@@ -60,7 +62,13 @@ pub struct CoopConfig {
 
 impl Default for CoopConfig {
     fn default() -> Self {
-        Self { n_ctx: 16, ctx_init: None, csc: false, class_position: ClassPosition::End, seed: 1 }
+        Self {
+            n_ctx: 16,
+            ctx_init: None,
+            csc: false,
+            class_position: ClassPosition::End,
+            seed: 1,
+        }
     }
 }
 
@@ -104,7 +112,12 @@ pub fn normal_init(n: usize, std: f32, seed: u64) -> Vec<f32> {
 }
 
 impl PromptLearner {
-    pub fn new(text: &TextTower, tok: &ClipTokenizer, class_names: &[String], config: &CoopConfig) -> Result<Self> {
+    pub fn new(
+        text: &TextTower,
+        tok: &ClipTokenizer,
+        class_names: &[String],
+        config: &CoopConfig,
+    ) -> Result<Self> {
         if class_names.is_empty() {
             return Err(Error::invalid("no classes to learn prompts for"));
         }
@@ -114,7 +127,9 @@ impl PromptLearner {
             Some(phrase) => {
                 let ids = tok.encode_words(phrase.trim())?;
                 if ids.is_empty() {
-                    return Err(Error::invalid(format!("--ctx-init {phrase:?} has no tokens")));
+                    return Err(Error::invalid(format!(
+                        "--ctx-init {phrase:?} has no tokens"
+                    )));
                 }
                 (ids.len(), Some(text.embed_ids(&ids)?))
             }
@@ -127,8 +142,16 @@ impl PromptLearner {
         let ctx = match (init, config.csc) {
             (Some(v), false) => v,
             (Some(v), true) => v.unsqueeze(0)?.repeat((c, 1, 1))?,
-            (None, false) => Tensor::from_vec(normal_init(n_ctx * d, INIT_STD, config.seed), (n_ctx, d), &dev)?,
-            (None, true) => Tensor::from_vec(normal_init(c * n_ctx * d, INIT_STD, config.seed), (c, n_ctx, d), &dev)?,
+            (None, false) => Tensor::from_vec(
+                normal_init(n_ctx * d, INIT_STD, config.seed),
+                (n_ctx, d),
+                &dev,
+            )?,
+            (None, true) => Tensor::from_vec(
+                normal_init(c * n_ctx * d, INIT_STD, config.seed),
+                (c, n_ctx, d),
+                &dev,
+            )?,
         };
         let max_len = text.config.max_position_embeddings;
         // CoOp tokenises the whole prompt "X X … X name." (or "phrase name.") and keeps what follows the
@@ -165,10 +188,16 @@ impl PromptLearner {
             rest.resize(longest - 1 - n_ctx - l, tok.eos_id);
             tails.push(text.embed_ids(&rest)?);
         }
-        let prefix = text.embed_ids(&[tok.bos_id])?.unsqueeze(0)?.repeat((c, 1, 1))?;
+        let prefix = text
+            .embed_ids(&[tok.bos_id])?
+            .unsqueeze(0)?
+            .repeat((c, 1, 1))?;
         Ok(Self {
             ctx: Var::from_tensor(&ctx.to_dtype(DType::F32)?)?,
-            config: CoopConfig { n_ctx, ..config.clone() },
+            config: CoopConfig {
+                n_ctx,
+                ..config.clone()
+            },
             class_names: class_names.to_vec(),
             n_ctx,
             prefix,
@@ -187,7 +216,11 @@ impl PromptLearner {
     /// Replaces the context (a loaded export, a checkpoint), checking its shape.
     pub fn set_ctx(&mut self, ctx: &Tensor) -> Result<()> {
         if ctx.dims() != self.ctx.dims() {
-            return Err(Error::invalid(format!("context of shape {:?} does not fit this learner's {:?}", ctx.dims(), self.ctx.dims())));
+            return Err(Error::invalid(format!(
+                "context of shape {:?} does not fit this learner's {:?}",
+                ctx.dims(),
+                self.ctx.dims()
+            )));
         }
         self.ctx.set(&ctx.to_dtype(DType::F32)?)?;
         Ok(())
@@ -223,7 +256,11 @@ impl PromptLearner {
                 Tensor::cat(&[&self.prefix, &ctx, &rest], 1)?
             }
             ClassPosition::Middle | ClassPosition::Front => {
-                let half = if self.config.class_position == ClassPosition::Middle { m / 2 } else { 0 };
+                let half = if self.config.class_position == ClassPosition::Middle {
+                    m / 2
+                } else {
+                    0
+                };
                 let rows: Vec<Tensor> = (0..c)
                     .map(|i| {
                         let ctx = self.ctx_of(i)?;
@@ -234,7 +271,13 @@ impl PromptLearner {
                             ctx.narrow(0, half, m - half)?,
                             self.tails[i].clone(),
                         ];
-                        Tensor::cat(&parts.iter().filter(|t| t.dim(0).unwrap_or(0) > 0).collect::<Vec<_>>(), 0)
+                        Tensor::cat(
+                            &parts
+                                .iter()
+                                .filter(|t| t.dim(0).unwrap_or(0) > 0)
+                                .collect::<Vec<_>>(),
+                            0,
+                        )
                     })
                     .collect::<candle_core::Result<_>>()?;
                 Tensor::stack(&rows, 0)?
@@ -286,12 +329,23 @@ impl PromptLearner {
             ClassPosition::Front => return Ok(None),
         };
         let ctx = self.ctx.as_tensor();
-        let prefix = Tensor::cat(&[&self.prefix.get(0)?, &ctx.narrow(0, 0, shared)?], 0)?.unsqueeze(0)?;
+        let prefix =
+            Tensor::cat(&[&self.prefix.get(0)?, &ctx.narrow(0, 0, shared)?], 0)?.unsqueeze(0)?;
         let rest_ctx = ctx.narrow(0, shared, m - shared)?;
         let rows: Vec<Tensor> = (0..self.num_classes())
             .map(|i| {
-                let parts = [self.names[i].clone(), rest_ctx.clone(), self.tails[i].clone()];
-                Tensor::cat(&parts.iter().filter(|t| t.dim(0).unwrap_or(0) > 0).collect::<Vec<_>>(), 0)
+                let parts = [
+                    self.names[i].clone(),
+                    rest_ctx.clone(),
+                    self.tails[i].clone(),
+                ];
+                Tensor::cat(
+                    &parts
+                        .iter()
+                        .filter(|t| t.dim(0).unwrap_or(0) > 0)
+                        .collect::<Vec<_>>(),
+                    0,
+                )
             })
             .collect::<candle_core::Result<_>>()?;
         Ok(Some((prefix, Tensor::stack(&rows, 0)?)))

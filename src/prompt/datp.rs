@@ -26,7 +26,13 @@ pub struct DatpConfig {
 impl DatpConfig {
     /// The CoOp configuration DaTP amounts to.
     pub fn coop(&self) -> CoopConfig {
-        CoopConfig { n_ctx: self.n_ctx, ctx_init: None, csc: true, class_position: ClassPosition::End, seed: self.seed }
+        CoopConfig {
+            n_ctx: self.n_ctx,
+            ctx_init: None,
+            csc: true,
+            class_position: ClassPosition::End,
+            seed: self.seed,
+        }
     }
 }
 
@@ -51,12 +57,19 @@ pub fn no_tokens(word: &str) -> Error {
 }
 
 /// The DaTP learner for `num_classes` sub-categories.
-pub fn learner(text: &TextTower, tok: &ClipTokenizer, num_classes: usize, config: &DatpConfig) -> Result<PromptLearner> {
+pub fn learner(
+    text: &TextTower,
+    tok: &ClipTokenizer,
+    num_classes: usize,
+    config: &DatpConfig,
+) -> Result<PromptLearner> {
     if num_classes == 0 {
         return Err(Error::invalid("no classes to learn prompts for"));
     }
     if config.n_ctx == 0 {
-        return Err(Error::invalid("--n-ctx must be at least 1: DaTP learns J ≥ 1 tokens per class"));
+        return Err(Error::invalid(
+            "--n-ctx must be at least 1: DaTP learns J ≥ 1 tokens per class",
+        ));
     }
     super_category_tokens(tok, &config.super_category)?;
     let names = vec![config.super_category.trim().to_string(); num_classes];

@@ -48,7 +48,12 @@ impl PromptMethod {
     }
 
     /// The learner of `class_names`' prompts, initialised as the method does.
-    pub fn learner(&self, text: &TextTower, tok: &ClipTokenizer, class_names: &[String]) -> Result<PromptLearner> {
+    pub fn learner(
+        &self,
+        text: &TextTower,
+        tok: &ClipTokenizer,
+        class_names: &[String],
+    ) -> Result<PromptLearner> {
         match self {
             Self::Coop(c) => PromptLearner::new(text, tok, class_names, c),
             Self::Datp(d) => datp::learner(text, tok, class_names.len(), d),
@@ -61,7 +66,10 @@ impl PromptMethod {
             Self::Coop(c) => {
                 let ctx = if c.csc { "CSC" } else { "unified" };
                 let pos = format!("{:?}", c.class_position).to_lowercase();
-                let init = c.ctx_init.as_deref().map_or(format!("M={}", c.n_ctx), |p| format!("init \"{p}\""));
+                let init = c
+                    .ctx_init
+                    .as_deref()
+                    .map_or(format!("M={}", c.n_ctx), |p| format!("init \"{p}\""));
                 format!("{ctx} · {pos} · {init}")
             }
             Self::Datp(d) => format!("DaTP '{}' · J={}", d.super_category.trim(), d.n_ctx),

@@ -81,11 +81,16 @@ impl Colormap {
         let i = (x.floor() as usize).min(table.len() - 2);
         let f = x - i as f32;
         let (a, b) = (table[i], table[i + 1]);
-        [a[0] + f * (b[0] - a[0]), a[1] + f * (b[1] - a[1]), a[2] + f * (b[2] - a[2])]
+        [
+            a[0] + f * (b[0] - a[0]),
+            a[1] + f * (b[1] - a[1]),
+            a[2] + f * (b[2] - a[2]),
+        ]
     }
 
     pub fn sample_u8(self, t: f32) -> [u8; 3] {
-        self.sample(t).map(|v| (v * 255.0).round().clamp(0.0, 255.0) as u8)
+        self.sample(t)
+            .map(|v| (v * 255.0).round().clamp(0.0, 255.0) as u8)
     }
 
     /// `n` RGBA8 texels from 0 to 1, for a 1-D lookup texture.
@@ -109,10 +114,13 @@ impl std::fmt::Display for Colormap {
 impl std::str::FromStr for Colormap {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        Self::ALL.into_iter().find(|c| c.name() == s).ok_or_else(|| {
-            let names: Vec<&str> = Self::ALL.iter().map(|c| c.name()).collect();
-            format!("unknown colormap '{s}': {}", names.join(" or "))
-        })
+        Self::ALL
+            .into_iter()
+            .find(|c| c.name() == s)
+            .ok_or_else(|| {
+                let names: Vec<&str> = Self::ALL.iter().map(|c| c.name()).collect();
+                format!("unknown colormap '{s}': {}", names.join(" or "))
+            })
     }
 }
 
@@ -127,8 +135,14 @@ mod tests {
         assert_eq!(Colormap::Jet.sample_u8(1.0), [128, 0, 0]);
         assert_eq!(Colormap::Viridis.sample_u8(0.0), [68, 1, 84]);
         assert_eq!(Colormap::Viridis.sample_u8(1.0), [253, 231, 37]);
-        assert_eq!(Colormap::Viridis.sample_u8(2.0), Colormap::Viridis.sample_u8(1.0));
-        assert_eq!(Colormap::Viridis.sample_u8(f32::NAN), Colormap::Viridis.sample_u8(0.0));
+        assert_eq!(
+            Colormap::Viridis.sample_u8(2.0),
+            Colormap::Viridis.sample_u8(1.0)
+        );
+        assert_eq!(
+            Colormap::Viridis.sample_u8(f32::NAN),
+            Colormap::Viridis.sample_u8(0.0)
+        );
         let lut = Colormap::Viridis.lut(256);
         assert_eq!(lut.len(), 256);
         assert_eq!(lut[255], [253, 231, 37, 255]);
@@ -142,7 +156,10 @@ mod tests {
             let want = [f(3.0), f(2.0), f(1.0)];
             let got = Colormap::Jet.sample(t);
             for c in 0..3 {
-                assert!((got[c] - want[c]).abs() < 1e-5, "t = {t}: {got:?} vs {want:?}");
+                assert!(
+                    (got[c] - want[c]).abs() < 1e-5,
+                    "t = {t}: {got:?} vs {want:?}"
+                );
             }
         }
     }

@@ -31,7 +31,11 @@ impl GridMap {
     pub fn new(values: &[f32], grid: [usize; 2]) -> Result<Self> {
         let [h, w] = grid;
         if h == 0 || w == 0 || values.len() != h * w {
-            return Err(Error::invalid(format!("a {h}×{w} grid needs {} values, got {}", h * w, values.len())));
+            return Err(Error::invalid(format!(
+                "a {h}×{w} grid needs {} values, got {}",
+                h * w,
+                values.len()
+            )));
         }
         if values.iter().any(|v| !v.is_finite()) {
             return Err(Error::invalid("the map has non-finite values"));
@@ -39,8 +43,16 @@ impl GridMap {
         let min = values.iter().copied().fold(f32::INFINITY, f32::min);
         let max = values.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         let span = max - min;
-        let values = values.iter().map(|v| if span > 0.0 { (v - min) / span } else { 0.0 }).collect();
-        Ok(Self { grid, values, min, max })
+        let values = values
+            .iter()
+            .map(|v| if span > 0.0 { (v - min) / span } else { 0.0 })
+            .collect();
+        Ok(Self {
+            grid,
+            values,
+            min,
+            max,
+        })
     }
 
     /// The values as little-endian f32 bytes, row-major: an `R32Float` texture of `w`×`h` texels.
@@ -65,7 +77,9 @@ impl GridMap {
 
     /// The map upsampled to `width`×`height`, row-major.
     pub fn upsample(&self, width: u32, height: u32) -> Vec<f32> {
-        (0..height).flat_map(|y| (0..width).map(move |x| self.at_pixel(x, y, width, height))).collect()
+        (0..height)
+            .flat_map(|y| (0..width).map(move |x| self.at_pixel(x, y, width, height)))
+            .collect()
     }
 }
 
@@ -83,7 +97,12 @@ pub struct HeatmapStyle {
 
 impl Default for HeatmapStyle {
     fn default() -> Self {
-        Self { colormap: Colormap::Viridis, opacity: 0.55, grid_lines: false, threshold: 0.0 }
+        Self {
+            colormap: Colormap::Viridis,
+            opacity: 0.55,
+            grid_lines: false,
+            threshold: 0.0,
+        }
     }
 }
 
@@ -91,12 +110,16 @@ fn check_opacity(opacity: f32) -> Result<()> {
     if (0.0..=1.0).contains(&opacity) {
         Ok(())
     } else {
-        Err(Error::invalid(format!("opacity must be between 0 and 1, not {opacity}")))
+        Err(Error::invalid(format!(
+            "opacity must be between 0 and 1, not {opacity}"
+        )))
     }
 }
 
 fn blend(under: Rgb<u8>, over: [u8; 3], alpha: f32) -> Rgb<u8> {
-    Rgb(std::array::from_fn(|c| (f32::from(under[c]) * (1.0 - alpha) + f32::from(over[c]) * alpha).round() as u8))
+    Rgb(std::array::from_fn(|c| {
+        (f32::from(under[c]) * (1.0 - alpha) + f32::from(over[c]) * alpha).round() as u8
+    }))
 }
 
 /// The heatmap of `map` over `base`.
@@ -106,7 +129,11 @@ pub fn overlay(base: &RgbImage, map: &GridMap, style: &HeatmapStyle) -> Result<R
     let up = map.upsample(width, height);
     let mut out = RgbImage::from_fn(width, height, |x, y| {
         let t = up[(y * width + x) as usize];
-        let alpha = if t < style.threshold { 0.0 } else { style.opacity };
+        let alpha = if t < style.threshold {
+            0.0
+        } else {
+            style.opacity
+        };
         blend(*base.get_pixel(x, y), style.colormap.sample_u8(t), alpha)
     });
     if style.grid_lines {
@@ -117,16 +144,33 @@ pub fn overlay(base: &RgbImage, map: &GridMap, style: &HeatmapStyle) -> Result<R
 
 /// A categorical map (one label per patch, e.g. the best-aligned word) over `base`, nearest-patch, one
 /// [`CATEGORICAL`] colour per label (cycling after ten).
-pub fn overlay_labels(base: &RgbImage, labels: &[usize], grid: [usize; 2], opacity: f32, grid_lines: bool) -> Result<RgbImage> {
+pub fn overlay_labels(
+    base: &RgbImage,
+    labels: &[usize],
+    grid: [usize; 2],
+    opacity: f32,
+    grid_lines: bool,
+) -> Result<RgbImage> {
     check_opacity(opacity)?;
     let [h, w] = grid;
     if labels.len() != h * w {
-        return Err(Error::invalid(format!("a {h}×{w} grid needs {} labels, got {}", h * w, labels.len())));
+        return Err(Error::invalid(format!(
+            "a {h}×{w} grid needs {} labels, got {}",
+            h * w,
+            labels.len()
+        )));
     }
     let (width, height) = base.dimensions();
     let mut out = RgbImage::from_fn(width, height, |x, y| {
-        let (r, c) = ((y as usize * h / height as usize).min(h - 1), (x as usize * w / width as usize).min(w - 1));
-        blend(*base.get_pixel(x, y), CATEGORICAL[labels[r * w + c] % CATEGORICAL.len()], opacity)
+        let (r, c) = (
+            (y as usize * h / height as usize).min(h - 1),
+            (x as usize * w / width as usize).min(w - 1),
+        );
+        blend(
+            *base.get_pixel(x, y),
+            CATEGORICAL[labels[r * w + c] % CATEGORICAL.len()],
+            opacity,
+        )
     });
     if grid_lines {
         draw_grid(&mut out, grid);
@@ -144,10 +188,17 @@ fn patch_rect(p: usize, grid: [usize; 2], width: u32, height: u32) -> (u32, u32,
 }
 
 /// SsVP's selection: patches not kept are dimmed, kept ones outlined (2 px) in `colour`.
-pub fn outline_patches(img: &mut RgbImage, grid: [usize; 2], kept: &[usize], colour: [u8; 3]) -> Result<()> {
+pub fn outline_patches(
+    img: &mut RgbImage,
+    grid: [usize; 2],
+    kept: &[usize],
+    colour: [u8; 3],
+) -> Result<()> {
     let n = grid[0] * grid[1];
     if let Some(&bad) = kept.iter().find(|&&p| p >= n) {
-        return Err(Error::invalid(format!("patch {bad} outside a grid of {n} patches")));
+        return Err(Error::invalid(format!(
+            "patch {bad} outside a grid of {n} patches"
+        )));
     }
     let (width, height) = img.dimensions();
     for p in (0..n).filter(|p| !kept.contains(p)) {
@@ -188,7 +239,8 @@ fn draw_grid(img: &mut RgbImage, grid: [usize; 2]) {
 /// Writes `img` as PNG, atomically (a crash never leaves half a file at `path`).
 pub fn save_png(img: &RgbImage, path: &Path) -> Result<()> {
     let mut bytes = Cursor::new(Vec::new());
-    img.write_to(&mut bytes, ImageFormat::Png).map_err(|e| Error::io(path, e))?;
+    img.write_to(&mut bytes, ImageFormat::Png)
+        .map_err(|e| Error::io(path, e))?;
     write_atomic(path, bytes.get_ref())
 }
 
@@ -206,7 +258,10 @@ mod tests {
         assert_eq!(up[0], 0.0);
         assert_eq!(up[15], 1.0);
         assert!((up[1] - 0.25 / 3.0).abs() < 1e-6, "{}", up[1]);
-        assert_eq!(GridMap::new(&[2.0; 4], [2, 2]).unwrap().values, vec![0.0; 4]);
+        assert_eq!(
+            GridMap::new(&[2.0; 4], [2, 2]).unwrap().values,
+            vec![0.0; 4]
+        );
         assert!(GridMap::new(&[1.0; 3], [2, 2]).is_err());
         assert_eq!(m.texture_bytes().len(), 16);
     }
@@ -215,16 +270,45 @@ mod tests {
     fn overlays_keep_the_image_size_and_blend() {
         let base = RgbImage::from_pixel(64, 64, Rgb([100, 100, 100]));
         let m = GridMap::new(&[0.0, 1.0, 0.0, 1.0], [2, 2]).unwrap();
-        let style = HeatmapStyle { colormap: Colormap::Jet, opacity: 1.0, grid_lines: false, threshold: 0.0 };
+        let style = HeatmapStyle {
+            colormap: Colormap::Jet,
+            opacity: 1.0,
+            grid_lines: false,
+            threshold: 0.0,
+        };
         let out = overlay(&base, &m, &style).unwrap();
         assert_eq!(out.dimensions(), (64, 64));
         assert_eq!(out.get_pixel(0, 0).0, Colormap::Jet.sample_u8(0.0));
         assert_eq!(out.get_pixel(63, 0).0, Colormap::Jet.sample_u8(1.0));
-        let none = overlay(&base, &m, &HeatmapStyle { opacity: 0.0, ..style }).unwrap();
+        let none = overlay(
+            &base,
+            &m,
+            &HeatmapStyle {
+                opacity: 0.0,
+                ..style
+            },
+        )
+        .unwrap();
         assert_eq!(none, base);
-        assert!(overlay(&base, &m, &HeatmapStyle { opacity: 1.5, ..style }).is_err());
+        assert!(overlay(
+            &base,
+            &m,
+            &HeatmapStyle {
+                opacity: 1.5,
+                ..style
+            }
+        )
+        .is_err());
         // Above the threshold the map, below it the image untouched.
-        let cut = overlay(&base, &m, &HeatmapStyle { threshold: 0.5, ..style }).unwrap();
+        let cut = overlay(
+            &base,
+            &m,
+            &HeatmapStyle {
+                threshold: 0.5,
+                ..style
+            },
+        )
+        .unwrap();
         let (w, h) = cut.dimensions();
         let up = m.upsample(w, h);
         for (i, (px, t)) in cut.pixels().zip(&up).enumerate() {
@@ -232,11 +316,26 @@ mod tests {
             if *t < 0.5 {
                 assert_eq!(px, base.get_pixel(x, y), "below the threshold at {x},{y}");
             } else {
-                assert_eq!(px.0, style.colormap.sample_u8(*t), "above the threshold at {x},{y}");
+                assert_eq!(
+                    px.0,
+                    style.colormap.sample_u8(*t),
+                    "above the threshold at {x},{y}"
+                );
             }
         }
-        assert!(up.iter().any(|&t| t < 0.5) && up.iter().any(|&t| t >= 0.5), "the test map straddles the threshold");
-        let lined = overlay(&base, &m, &HeatmapStyle { grid_lines: true, ..style }).unwrap();
+        assert!(
+            up.iter().any(|&t| t < 0.5) && up.iter().any(|&t| t >= 0.5),
+            "the test map straddles the threshold"
+        );
+        let lined = overlay(
+            &base,
+            &m,
+            &HeatmapStyle {
+                grid_lines: true,
+                ..style
+            },
+        )
+        .unwrap();
         assert_ne!(lined.get_pixel(32, 5), out.get_pixel(32, 5));
 
         let labels = overlay_labels(&base, &[0, 1, 2, 3], [2, 2], 1.0, false).unwrap();

@@ -14,10 +14,10 @@ use crate::data::DatasetFolder;
 use crate::error::{Error, Result};
 use crate::eval::zeroshot;
 use crate::progress::Progress;
-use crate::prompt::coop::{CoopConfig, PromptLearner};
-use crate::train::config::CoopRun;
 use crate::prompt::cocoop::MetaNet;
+use crate::prompt::coop::{CoopConfig, PromptLearner};
 use crate::train::cocoop::{self, CocoopTrainer};
+use crate::train::config::CoopRun;
 use crate::train::coop::TrainEvent;
 use crate::train::epoch_loop::{run_until, TrainSet};
 use crate::train::features::{extract, FeatureSet};
@@ -40,8 +40,16 @@ pub struct BaseNovel {
 
 impl BaseNovel {
     pub fn new(base: f64, novel: f64) -> Self {
-        let harmonic = if base + novel > 0.0 { 2.0 * base * novel / (base + novel) } else { 0.0 };
-        BaseNovel { base, novel, harmonic }
+        let harmonic = if base + novel > 0.0 {
+            2.0 * base * novel / (base + novel)
+        } else {
+            0.0
+        };
+        BaseNovel {
+            base,
+            novel,
+            harmonic,
+        }
     }
 }
 
@@ -68,8 +76,17 @@ impl Row {
             (seeds.iter().map(|(_, r)| (f(r) - m).powi(2)).sum::<f64>() / (n - 1.0)).sqrt()
         };
         let mean = BaseNovel::new(mean_of(|r| r.base), mean_of(|r| r.novel));
-        let std = BaseNovel { base: std_of(|r| r.base), novel: std_of(|r| r.novel), harmonic: std_of(|r| r.harmonic) };
-        Row { method, seeds, mean, std }
+        let std = BaseNovel {
+            base: std_of(|r| r.base),
+            novel: std_of(|r| r.novel),
+            harmonic: std_of(|r| r.harmonic),
+        };
+        Row {
+            method,
+            seeds,
+            mean,
+            std,
+        }
     }
 }
 
@@ -123,13 +140,24 @@ pub fn run(
         Ok((t.samples, f))
     };
     let (base_test, novel_test) = (test_of(&base)?, test_of(&novel)?);
-    let score = |ds: &DatasetFolder, (samples, feats): &(Vec<crate::data::Sample>, FeatureSet), weights: &candle_core::Tensor| -> Result<f64> {
+    let score = |ds: &DatasetFolder,
+                 (samples, feats): &(Vec<crate::data::Sample>, FeatureSet),
+                 weights: &candle_core::Tensor|
+     -> Result<f64> {
         Ok(evaluate_weights(clip, weights, feats, samples, &ds.class_names)?.accuracy)
     };
     let template = std::slice::from_ref(&run.template);
     let zero = BaseNovel::new(
-        score(&base, &base_test, &zeroshot::class_weights(clip, &base.class_names, template, progress)?)?,
-        score(&novel, &novel_test, &zeroshot::class_weights(clip, &novel.class_names, template, progress)?)?,
+        score(
+            &base,
+            &base_test,
+            &zeroshot::class_weights(clip, &base.class_names, template, progress)?,
+        )?,
+        score(
+            &novel,
+            &novel_test,
+            &zeroshot::class_weights(clip, &novel.class_names, template, progress)?,
+        )?,
     );
     let mut learned = Vec::new();
     for &seed in seeds {
@@ -137,27 +165,64 @@ pub fn run(
         let rd = prepare(clip, &base, &seeded, cache, progress)?;
         // The learned context (M tokens, however it was initialised) with the novel class names in it.
         let on_novel = |learned: &PromptLearner| -> Result<PromptLearner> {
-            let cfg = CoopConfig { ctx_init: None, n_ctx: learned.n_ctx, ..seeded.coop.clone() };
-            let mut l = PromptLearner::new(&clip.model.text, &clip.tokenizer, &novel.class_names, &cfg)?;
+            let cfg = CoopConfig {
+                ctx_init: None,
+                n_ctx: learned.n_ctx,
+                ..seeded.coop.clone()
+            };
+            let mut l = PromptLearner::new(
+                &clip.model()?.text,
+                clip.tokenizer()?,
+                &novel.class_names,
+                &cfg,
+            )?;
             l.set_ctx(learned.ctx.as_tensor())?;
             Ok(l)
         };
         let result = if cocoop {
-            let text = &clip.model.text;
-            let learner = PromptLearner::new(text, &clip.tokenizer, &base.class_names, &seeded.coop)?;
-            let meta = MetaNet::new(clip.model.config.projection_dim, clip.model.config.text_config.hidden_size, seed, &clip.device)?;
-            let scale = clip.model.logit_scale();
-            let mut t = CocoopTrainer::new(text, learner, meta, &seeded.train, scale, &rd.train, Some(&rd.val));
-            let set = TrainSet { items: rd.train.num_images(), views: rd.train.views_per_image.max(1) };
-            run_until(&mut t, set, usize::MAX, "", progress, &mut |e, _| on_event(seed, e))?;
+            let text = &clip.model()?.text;
+            let learner =
+                PromptLearner::new(text, clip.tokenizer()?, &base.class_names, &seeded.coop)?;
+            let meta = MetaNet::new(
+                clip.model()?.config.projection_dim,
+                clip.model()?.config.text_config.hidden_size,
+                seed,
+                &clip.device,
+            )?;
+            let scale = clip.model()?.logit_scale();
+            let mut t = CocoopTrainer::new(
+                text,
+                learner,
+                meta,
+                &seeded.train,
+                scale,
+                &rd.train,
+                Some(&rd.val),
+            );
+            let set = TrainSet {
+                items: rd.train.num_images(),
+                views: rd.train.views_per_image.max(1),
+            };
+            run_until(&mut t, set, usize::MAX, "", progress, &mut |e, _| {
+                on_event(seed, e)
+            })?;
             BaseNovel::new(
                 cocoop::accuracy(text, &t.learner, &t.meta, scale, &base_test.1)?,
                 cocoop::accuracy(text, &on_novel(&t.learner)?, &t.meta, scale, &novel_test.1)?,
             )
         } else {
-            let outcome = train(clip, &base, &rd, &seeded, None, false, progress, &mut |e| on_event(seed, e))?;
-            let novel_weights = l2_normalize(&on_novel(&outcome.learner)?.text_features(&clip.model.text)?.detach())?;
-            BaseNovel::new(score(&base, &base_test, &outcome.class_weights)?, score(&novel, &novel_test, &novel_weights)?)
+            let outcome = train(clip, &base, &rd, &seeded, None, false, progress, &mut |e| {
+                on_event(seed, e)
+            })?;
+            let novel_weights = l2_normalize(
+                &on_novel(&outcome.learner)?
+                    .text_features(&clip.model()?.text)?
+                    .detach(),
+            )?;
+            BaseNovel::new(
+                score(&base, &base_test, &outcome.class_weights)?,
+                score(&novel, &novel_test, &novel_weights)?,
+            )
         };
         learned.push((seed, result));
     }
@@ -165,7 +230,13 @@ pub fn run(
         base_classes: base.class_names.clone(),
         novel_classes: novel.class_names.clone(),
         shots: run.shots,
-        rows: vec![Row::new(format!("zero-shot \"{}\"", run.template), seeds.iter().map(|&s| (s, zero)).collect()), Row::new(method_name(run, cocoop), learned)],
+        rows: vec![
+            Row::new(
+                format!("zero-shot \"{}\"", run.template),
+                seeds.iter().map(|&s| (s, zero)).collect(),
+            ),
+            Row::new(method_name(run, cocoop), learned),
+        ],
     })
 }
 
@@ -179,9 +250,19 @@ mod tests {
         assert_eq!(split_classes(4), (vec![0, 1], vec![2, 3]));
         let h = BaseNovel::new(0.8, 0.6);
         assert!((h.harmonic - 2.0 * 0.8 * 0.6 / 1.4).abs() < 1e-12);
-        let row = Row::new("m".into(), vec![(1, BaseNovel::new(0.8, 0.6)), (2, BaseNovel::new(0.6, 0.4))]);
+        let row = Row::new(
+            "m".into(),
+            vec![(1, BaseNovel::new(0.8, 0.6)), (2, BaseNovel::new(0.6, 0.4))],
+        );
         assert!((row.mean.base - 0.7).abs() < 1e-12 && (row.mean.novel - 0.5).abs() < 1e-12);
-        assert!((row.std.base - 0.2 / 2f64.sqrt()).abs() < 1e-12, "{:?}", row.std);
-        assert!((row.mean.harmonic - 2.0 * 0.7 * 0.5 / 1.2).abs() < 1e-12, "H of the mean accuracies");
+        assert!(
+            (row.std.base - 0.2 / 2f64.sqrt()).abs() < 1e-12,
+            "{:?}",
+            row.std
+        );
+        assert!(
+            (row.mean.harmonic - 2.0 * 0.7 * 0.5 / 1.2).abs() < 1e-12,
+            "H of the mean accuracies"
+        );
     }
 }

@@ -6,9 +6,6 @@ use std::path::{Path, PathBuf};
 use candle_core::Tensor;
 use serde::Serialize;
 
-use crate::train::config::{Augment, CoopRun};
-use crate::train::coop::{checkpoint_path, Features, TrainEvent, Trainer};
-use crate::train::features::extract;
 use crate::clip::LoadedClip;
 use crate::data::fewshot::{few_shot, FewShotSplit};
 use crate::data::{DatasetFolder, Sample};
@@ -18,6 +15,9 @@ use crate::eval::zeroshot;
 use crate::export::prompt_file::PromptFile;
 use crate::progress::Progress;
 use crate::prompt::coop::PromptLearner;
+use crate::train::config::{Augment, CoopRun};
+use crate::train::coop::{checkpoint_path, Features, TrainEvent, Trainer};
+use crate::train::features::extract;
 
 /// The split and its features, computed once per run (and cached on disk across runs).
 pub struct RunData {
@@ -27,20 +27,44 @@ pub struct RunData {
     pub test: Features,
 }
 
-pub fn prepare(clip: &LoadedClip, data: &DatasetFolder, run: &CoopRun, cache: Option<&Path>, progress: &dyn Progress) -> Result<RunData> {
+pub fn prepare(
+    clip: &LoadedClip,
+    data: &DatasetFolder,
+    run: &CoopRun,
+    cache: Option<&Path>,
+    progress: &dyn Progress,
+) -> Result<RunData> {
     let split = few_shot(data, run.shots, run.seed, run.split_seed)?;
-    let views = if run.augment == Augment::CropFlip { run.views.max(1) } else { 0 };
+    let views = if run.augment == Augment::CropFlip {
+        run.views.max(1)
+    } else {
+        0
+    };
     let train = extract(clip, &split.train, views, run.seed, cache, progress)?;
     let val = extract(clip, &split.val, 0, run.seed, cache, progress)?;
     let test = extract(clip, &split.test, 0, run.seed, cache, progress)?;
-    Ok(RunData { split, train, val, test })
+    Ok(RunData {
+        split,
+        train,
+        val,
+        test,
+    })
 }
 
 /// Accuracy overall, per class, per image and the confusion matrix of normalised class weights on a set.
-pub fn evaluate_weights(clip: &LoadedClip, weights: &Tensor, feats: &Features, samples: &[Sample], class_names: &[String]) -> Result<Evaluation> {
-    let logits = zeroshot::logits(&feats.feats, weights, clip.model.logit_scale())?;
+pub fn evaluate_weights(
+    clip: &LoadedClip,
+    weights: &Tensor,
+    feats: &Features,
+    samples: &[Sample],
+    class_names: &[String],
+) -> Result<Evaluation> {
+    let logits = zeroshot::logits(&feats.feats, weights, clip.model()?.logit_scale())?;
     let labels: Vec<usize> = samples.iter().map(|s| s.label).collect();
-    let paths: Vec<String> = samples.iter().map(|s| s.path.display().to_string()).collect();
+    let paths: Vec<String> = samples
+        .iter()
+        .map(|s| s.path.display().to_string())
+        .collect();
     Ok(evaluate(&logits, &labels, &paths, class_names))
 }
 
@@ -84,8 +108,13 @@ pub fn train(
         crate::error::output_dir(out)?;
     }
     let names = &data.class_names;
-    let learner = PromptLearner::new(&clip.model.text, &clip.tokenizer, names, &run.coop)?;
-    let mut trainer = Trainer::new(&clip.model.text, learner, run.train.clone(), clip.model.logit_scale());
+    let learner = PromptLearner::new(&clip.model()?.text, clip.tokenizer()?, names, &run.coop)?;
+    let mut trainer = Trainer::new(
+        &clip.model()?.text,
+        learner,
+        run.train.clone(),
+        clip.model()?.logit_scale(),
+    );
     // The hand-crafted baseline's weights: KgCoOp's anchor while training, the baseline row after.
     let hand = zeroshot::class_weights(clip, names, std::slice::from_ref(&run.template), progress)?;
     if run.train.kg_lambda > 0.0 {
@@ -97,7 +126,13 @@ pub fn train(
             trainer.resume(c)?;
         }
     }
-    trainer.run(&rd.train, Some(&rd.val), ckpt.as_deref(), progress, on_event)?;
+    trainer.run(
+        &rd.train,
+        Some(&rd.val),
+        ckpt.as_deref(),
+        progress,
+        on_event,
+    )?;
     let weights = trainer.class_weights()?;
     let val_eval = evaluate_weights(clip, &weights, &rd.val, &rd.split.val, names)?;
     let test_eval = evaluate_weights(clip, &weights, &rd.test, &rd.split.test, names)?;
@@ -120,7 +155,10 @@ pub fn train(
         let mut file = PromptFile::new(clip, &learner, weights.clone())?;
         file.meta.train = Some(run.train.clone());
         file.meta.shots = run.shots;
-        file.meta.augment = serde_json::to_value(run.augment).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
+        file.meta.augment = serde_json::to_value(run.augment)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
         file.meta.views = run.views;
         file.meta.metrics = serde_json::json!({"run": run, "metrics": metrics});
         file.save(out)?;
@@ -128,5 +166,11 @@ pub fn train(
             let _ = std::fs::remove_file(c);
         }
     }
-    Ok(Outcome { learner, class_weights: weights, metrics, test_eval, history })
+    Ok(Outcome {
+        learner,
+        class_weights: weights,
+        metrics,
+        test_eval,
+        history,
+    })
 }

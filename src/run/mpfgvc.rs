@@ -8,23 +8,26 @@ use std::path::{Path, PathBuf};
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
-use crate::export::mpfgvc_file::MpFgvcFile;
-use crate::fusion::params::ParamLinear;
-use crate::fusion::tail::{check_blocks, VisionTail, HIDDEN_STAGE};
 use crate::clip::encode::pixel_batch;
-use crate::train::features::{extract, BATCH};
-use crate::progress::check;
-use crate::fusion::vlfm::{Vlfm, VlfmConfig, EXPANSION};
-use crate::prompt::datp;
-use crate::train::config::MpFgvcRun;
-use crate::train::coop::checkpoint_path;
-use crate::train::mpfgvc::{accuracy, fusion_inputs, vlfm_predict, Checkpoint, CheckpointSink, Split, Stage1, Stage1Model, Stage2, StageEvent};
 use crate::clip::LoadedClip;
 use crate::data::fewshot::{few_shot, test_split, FewShotSplit};
 use crate::data::{DatasetFolder, Sample};
 use crate::error::{Error, Result};
+use crate::export::mpfgvc_file::MpFgvcFile;
+use crate::fusion::params::ParamLinear;
+use crate::fusion::tail::{check_blocks, VisionTail, HIDDEN_STAGE};
+use crate::fusion::vlfm::{Vlfm, VlfmConfig, EXPANSION};
+use crate::progress::check;
 use crate::progress::Progress;
+use crate::prompt::datp;
+use crate::train::config::MpFgvcRun;
+use crate::train::coop::checkpoint_path;
 use crate::train::coop::EpochStats;
+use crate::train::features::{extract, BATCH};
+use crate::train::mpfgvc::{
+    accuracy, fusion_inputs, vlfm_predict, Checkpoint, CheckpointSink, Split, Stage1, Stage1Model,
+    Stage2, StageEvent,
+};
 
 /// The split and what each stage-1 input row holds, computed once per run.
 pub struct RunData {
@@ -34,15 +37,30 @@ pub struct RunData {
     pub test: Split,
 }
 
-fn split_of(clip: &LoadedClip, samples: &[Sample], n: usize, cache: Option<&Path>, progress: &dyn Progress) -> Result<Split> {
-    Ok(Split { inputs: stage_inputs(clip, samples, n, cache, progress)?, labels: samples.iter().map(|s| s.label).collect() })
+fn split_of(
+    clip: &LoadedClip,
+    samples: &[Sample],
+    n: usize,
+    cache: Option<&Path>,
+    progress: &dyn Progress,
+) -> Result<Split> {
+    Ok(Split {
+        inputs: stage_inputs(clip, samples, n, cache, progress)?,
+        labels: samples.iter().map(|s| s.label).collect(),
+    })
 }
 
 /// What stage 1 keeps of `samples` (eval view): with `n` trained blocks the hidden states entering the
 /// first of them `[N, T, D]` (in memory), with `n = 0` the projected features `[N, P]` (through the
 /// feature cache in `cache_dir`).
-pub fn stage_inputs(clip: &LoadedClip, samples: &[Sample], n: usize, cache_dir: Option<&Path>, progress: &dyn Progress) -> Result<Tensor> {
-    let vision = &clip.model.vision;
+pub fn stage_inputs(
+    clip: &LoadedClip,
+    samples: &[Sample],
+    n: usize,
+    cache_dir: Option<&Path>,
+    progress: &dyn Progress,
+) -> Result<Tensor> {
+    let vision = &clip.model()?.vision;
     check_blocks(vision, n)?;
     if n == 0 {
         return Ok(extract(clip, samples, 0, 0, cache_dir, progress)?.feats);
@@ -50,7 +68,11 @@ pub fn stage_inputs(clip: &LoadedClip, samples: &[Sample], n: usize, cache_dir: 
     let first = vision.layers.len() - n;
     let cfg = &vision.config;
     if samples.is_empty() {
-        return Ok(Tensor::zeros((0, cfg.num_patches() + 1, cfg.hidden_size), candle_core::DType::F32, &clip.device)?);
+        return Ok(Tensor::zeros(
+            (0, cfg.num_patches() + 1, cfg.hidden_size),
+            candle_core::DType::F32,
+            &clip.device,
+        )?);
     }
     let paths: Vec<PathBuf> = samples.iter().map(|s| s.path.clone()).collect();
     let mut out = Vec::new();
@@ -59,15 +81,25 @@ pub fn stage_inputs(clip: &LoadedClip, samples: &[Sample], n: usize, cache_dir: 
         check(progress)?;
         let pixels = pixel_batch(clip, chunk)?;
         out.push(vision.run_blocks(&vision.embed(&pixels)?, 0, first)?);
-        progress.update(HIDDEN_STAGE, (b * BATCH + chunk.len()).min(paths.len()), paths.len());
+        progress.update(
+            HIDDEN_STAGE,
+            (b * BATCH + chunk.len()).min(paths.len()),
+            paths.len(),
+        );
     }
     Ok(Tensor::cat(&out, 0)?)
 }
 
 /// Checks the settings that need no data, then draws the split and computes the stage-1 inputs.
-pub fn prepare(clip: &LoadedClip, data: &DatasetFolder, run: &MpFgvcRun, cache: Option<&Path>, progress: &dyn Progress) -> Result<RunData> {
-    check_blocks(&clip.model.vision, run.train_blocks)?;
-    datp::super_category_tokens(&clip.tokenizer, &run.datp.super_category)?;
+pub fn prepare(
+    clip: &LoadedClip,
+    data: &DatasetFolder,
+    run: &MpFgvcRun,
+    cache: Option<&Path>,
+    progress: &dyn Progress,
+) -> Result<RunData> {
+    check_blocks(&clip.model()?.vision, run.train_blocks)?;
+    datp::super_category_tokens(clip.tokenizer()?, &run.datp.super_category)?;
     if data.num_classes() < 2 {
         return Err(Error::invalid("MP-FGVC needs at least two sub-categories"));
     }
@@ -76,7 +108,12 @@ pub fn prepare(clip: &LoadedClip, data: &DatasetFolder, run: &MpFgvcRun, cache: 
     let train = split_of(clip, &split.train, n, cache, progress)?;
     let val = split_of(clip, &split.val, n, cache, progress)?;
     let test = split_of(clip, &split.test, n, cache, progress)?;
-    Ok(RunData { split, train, val, test })
+    Ok(RunData {
+        split,
+        train,
+        val,
+        test,
+    })
 }
 
 /// Test (and validation) accuracies of a run.
@@ -124,40 +161,81 @@ impl Trained<'_> {
         let stage2 = match (&self.vlfm, split.is_empty()) {
             (Some(v), false) => {
                 let e_t = self.stage1.text_embeddings()?;
-                Some(accuracy(&vlfm_predict(v, &fusion_inputs(&p.features)?, &e_t)?, &split.labels))
+                Some(accuracy(
+                    &vlfm_predict(v, &fusion_inputs(&p.features)?, &e_t)?,
+                    &split.labels,
+                ))
             }
             (Some(_), true) => Some(0.0),
             (None, _) => None,
         };
-        Ok(Accuracies { stage1_i2t: accuracy(&p.i2t, &split.labels), stage1_head: accuracy(&p.head, &split.labels), stage2, images: split.len() })
+        Ok(Accuracies {
+            stage1_i2t: accuracy(&p.i2t, &split.labels),
+            stage1_head: accuracy(&p.head, &split.labels),
+            stage2,
+            images: split.len(),
+        })
     }
 
     /// Every tensor of the export.
     fn tensors(&self) -> Result<std::collections::HashMap<String, Tensor>> {
-        let mut out: std::collections::HashMap<String, Tensor> =
-            self.stage1.named_vars().into_iter().map(|(n, v)| (n, v.as_tensor().clone())).collect();
+        let mut out: std::collections::HashMap<String, Tensor> = self
+            .stage1
+            .named_vars()
+            .into_iter()
+            .map(|(n, v)| (n, v.as_tensor().clone()))
+            .collect();
         out.insert("datp.class_embeds".into(), self.stage1.text_embeddings()?);
         if let Some(v) = &self.vlfm {
-            out.extend(v.named_vars().into_iter().map(|(n, v)| (format!("vlfm.{n}"), v.as_tensor().clone())));
+            out.extend(
+                v.named_vars()
+                    .into_iter()
+                    .map(|(n, v)| (format!("vlfm.{n}"), v.as_tensor().clone())),
+            );
         }
         Ok(out)
     }
 }
 
-fn stage1_model<'a>(clip: &'a LoadedClip, num_classes: usize, run: &MpFgvcRun) -> Result<Stage1Model<'a>> {
-    let learner = datp::learner(&clip.model.text, &clip.tokenizer, num_classes, &run.datp)?;
-    let tail = VisionTail::new(&clip.model.vision, run.train_blocks)?;
-    let p = clip.model.config.projection_dim;
+fn stage1_model<'a>(
+    clip: &'a LoadedClip,
+    num_classes: usize,
+    run: &MpFgvcRun,
+) -> Result<Stage1Model<'a>> {
+    let learner = datp::learner(
+        &clip.model()?.text,
+        clip.tokenizer()?,
+        num_classes,
+        &run.datp,
+    )?;
+    let tail = VisionTail::new(&clip.model()?.vision, run.train_blocks)?;
+    let p = clip.model()?.config.projection_dim;
     let head = ParamLinear::new(p, num_classes, run.seed, "head", &clip.device)?;
-    Ok(Stage1Model { text: &clip.model.text, learner, tail, head })
+    Ok(Stage1Model {
+        text: &clip.model()?.text,
+        learner,
+        tail,
+        head,
+    })
 }
 
-fn save(clip: &LoadedClip, names: &[String], run: &MpFgvcRun, trained: &Trained, metrics: serde_json::Value, out: &Path) -> Result<()> {
+fn save(
+    clip: &LoadedClip,
+    names: &[String],
+    run: &MpFgvcRun,
+    trained: &Trained,
+    metrics: serde_json::Value,
+    out: &Path,
+) -> Result<()> {
     let mut meta = MpFgvcFile::meta_for(clip, names, run)?;
     meta.stages = if trained.vlfm.is_some() { 2 } else { 1 };
     meta.vlfm = trained.vlfm.as_ref().map(|v| v.config.clone());
     meta.metrics = metrics;
-    MpFgvcFile { tensors: trained.tensors()?, meta }.save(out)
+    MpFgvcFile {
+        tensors: trained.tensors()?,
+        meta,
+    }
+    .save(out)
 }
 
 /// The checkpoint's format tag; a checkpoint also records the run it belongs to.
@@ -186,40 +264,87 @@ pub fn train(
     let ckpt_path: Option<PathBuf> = out.map(checkpoint_path);
     let run_json = serde_json::to_string(run).unwrap_or_default();
     let ckpt = match (&ckpt_path, resume) {
-        (Some(p), true) => Checkpoint::read_matching(p, CHECKPOINT_FORMAT, "an MP-FGVC", &run_json)?,
+        (Some(p), true) => {
+            Checkpoint::read_matching(p, CHECKPOINT_FORMAT, "an MP-FGVC", &run_json)?
+        }
         _ => None,
     };
-    let base_meta = HashMap::from([("format".to_string(), CHECKPOINT_FORMAT.to_string()), ("run".to_string(), run_json)]);
+    let base_meta = HashMap::from([
+        ("format".to_string(), CHECKPOINT_FORMAT.to_string()),
+        ("run".to_string(), run_json),
+    ]);
     let model = stage1_model(clip, c, run)?;
-    let mut s1 = Stage1::new(model, run.stage1.clone(), run.seed, &rd.train, Some(&rd.val))?;
+    let mut s1 = Stage1::new(
+        model,
+        run.stage1.clone(),
+        run.seed,
+        &rd.train,
+        Some(&rd.val),
+    )?;
     if let Some(ckpt) = &ckpt {
         s1.restore(ckpt)?;
     }
-    s1.checkpoint = ckpt_path.clone().map(|path| CheckpointSink { path, tensors: vec![], meta: base_meta.clone() });
+    s1.checkpoint = ckpt_path.clone().map(|path| CheckpointSink {
+        path,
+        tensors: vec![],
+        meta: base_meta.clone(),
+    });
     s1.run(progress, on_event)?;
     let history1 = s1.state.history.clone();
     let (s1_tensors, mut s1_meta) = s1.snapshot();
-    let mut trained = Trained { stage1: s1.model, vlfm: None };
+    let mut trained = Trained {
+        stage1: s1.model,
+        vlfm: None,
+    };
     if let Some(out) = out {
-        save(clip, names, run, &trained, serde_json::json!({"run": run, "stage": 1}), out)?;
+        save(
+            clip,
+            names,
+            run,
+            &trained,
+            serde_json::json!({"run": run, "stage": 1}),
+            out,
+        )?;
     }
 
     // Stage 2 on cached embeddings: stage 1's image path runs once per image.
     let e_t = trained.stage1.text_embeddings()?;
     let embed = |s: &Split| -> Result<Split> {
-        let v = trained.stage1.tail.image_features_batched(&s.inputs, progress)?;
-        Ok(Split { inputs: fusion_inputs(&v)?, labels: s.labels.clone() })
+        let v = trained
+            .stage1
+            .tail
+            .image_features_batched(&s.inputs, progress)?;
+        Ok(Split {
+            inputs: fusion_inputs(&v)?,
+            labels: s.labels.clone(),
+        })
     };
     let (train2, val2) = (embed(&rd.train)?, embed(&rd.val)?);
-    let cfg = VlfmConfig { dim: clip.model.config.projection_dim, num_classes: c, expansion: EXPANSION, seed: run.seed };
+    let cfg = VlfmConfig {
+        dim: clip.model()?.config.projection_dim,
+        num_classes: c,
+        expansion: EXPANSION,
+        seed: run.seed,
+    };
     let vlfm = Vlfm::new(&cfg, &clip.device)?;
     // Another batch-order stream than stage 1's.
-    let mut s2 = Stage2::new(vlfm, e_t, run.stage2.clone(), run.seed ^ 0x5354_4147_4532, &train2, Some(&val2))?;
+    let mut s2 = Stage2::new(
+        vlfm,
+        e_t,
+        run.stage2.clone(),
+        run.seed ^ 0x5354_4147_4532,
+        &train2,
+        Some(&val2),
+    )?;
     if let Some(ckpt) = ckpt.as_ref().filter(|c| c.meta.contains_key("s2.epoch")) {
         s2.restore(ckpt)?;
     }
     s1_meta.extend(base_meta);
-    s2.checkpoint = ckpt_path.clone().map(|path| CheckpointSink { path, tensors: s1_tensors, meta: s1_meta });
+    s2.checkpoint = ckpt_path.clone().map(|path| CheckpointSink {
+        path,
+        tensors: s1_tensors,
+        meta: s1_meta,
+    });
     s2.run(progress, on_event)?;
     let history2 = s2.state.history.clone();
     trained.vlfm = Some(s2.vlfm);
@@ -239,40 +364,94 @@ pub fn train(
         stage2_seconds: history2.last().map_or(0.0, |h| h.elapsed_s),
     };
     if let Some(out) = out {
-        save(clip, names, run, &trained, serde_json::json!({"run": run, "metrics": metrics}), out)?;
+        save(
+            clip,
+            names,
+            run,
+            &trained,
+            serde_json::json!({"run": run, "metrics": metrics}),
+            out,
+        )?;
         if let Some(c) = &ckpt_path {
             let _ = std::fs::remove_file(c);
         }
     }
-    Ok(Outcome { metrics, history1, history2 })
+    Ok(Outcome {
+        metrics,
+        history1,
+        history2,
+    })
 }
 
 /// Rebuilds the trained pieces from a weights file on `clip` (checked to be the model it came from).
-pub fn load_trained<'a>(clip: &'a LoadedClip, file: &MpFgvcFile, path: &Path) -> Result<Trained<'a>> {
+pub fn load_trained<'a>(
+    clip: &'a LoadedClip,
+    file: &MpFgvcFile,
+    path: &Path,
+) -> Result<Trained<'a>> {
     file.check_model(clip, path)?;
     let m = &file.meta;
-    let bad = |e: Error| Error::bad_file(path, e.to_string(), "export it again with `promptscope mpfgvc train`");
+    let bad = |e: Error| {
+        Error::bad_file(
+            path,
+            e.to_string(),
+            "export it again with `promptscope mpfgvc train`",
+        )
+    };
     let c = m.class_names.len();
-    let mut learner = datp::learner(&clip.model.text, &clip.tokenizer, c, &m.run.datp).map_err(bad)?;
-    learner.set_ctx(&file.tensor("datp.ctx", path)?.to_device(&clip.device)?).map_err(bad)?;
-    let tail = VisionTail::from_tensors(&clip.model.vision, m.run.train_blocks, &file.tensors).map_err(bad)?;
-    let p = clip.model.config.projection_dim;
-    let head = ParamLinear::from_tensors(file.tensor("head.weight", path)?, file.tensor("head.bias", path)?, p, c, "head", &clip.device).map_err(bad)?;
+    let mut learner =
+        datp::learner(&clip.model()?.text, clip.tokenizer()?, c, &m.run.datp).map_err(bad)?;
+    learner
+        .set_ctx(&file.tensor("datp.ctx", path)?.to_device(&clip.device)?)
+        .map_err(bad)?;
+    let tail = VisionTail::from_tensors(&clip.model()?.vision, m.run.train_blocks, &file.tensors)
+        .map_err(bad)?;
+    let p = clip.model()?.config.projection_dim;
+    let head = ParamLinear::from_tensors(
+        file.tensor("head.weight", path)?,
+        file.tensor("head.bias", path)?,
+        p,
+        c,
+        "head",
+        &clip.device,
+    )
+    .map_err(bad)?;
     let vlfm = match &m.vlfm {
-        Some(cfg) => Some(Vlfm::from_tensors(cfg, &file.with_prefix("vlfm."), &clip.device).map_err(bad)?),
+        Some(cfg) => {
+            Some(Vlfm::from_tensors(cfg, &file.with_prefix("vlfm."), &clip.device).map_err(bad)?)
+        }
         None => None,
     };
-    Ok(Trained { stage1: Stage1Model { text: &clip.model.text, learner, tail, head }, vlfm })
+    Ok(Trained {
+        stage1: Stage1Model {
+            text: &clip.model()?.text,
+            learner,
+            tail,
+            head,
+        },
+        vlfm,
+    })
 }
 
 /// Test accuracies of a weights file on a dataset: its `test_split` by the run's split seed, the images
 /// `few_shot` set aside when it trained.
-pub fn evaluate_file(clip: &LoadedClip, data: &DatasetFolder, path: &Path, cache: Option<&Path>, progress: &dyn Progress) -> Result<Accuracies> {
+pub fn evaluate_file(
+    clip: &LoadedClip,
+    data: &DatasetFolder,
+    path: &Path,
+    cache: Option<&Path>,
+    progress: &dyn Progress,
+) -> Result<Accuracies> {
     let file = MpFgvcFile::load(path)?;
     if file.meta.class_names != data.class_names {
         return Err(Error::bad_file(
             path,
-            format!("was trained for classes {:?}, but {} has {:?}", file.meta.class_names, data.root.display(), data.class_names),
+            format!(
+                "was trained for classes {:?}, but {} has {:?}",
+                file.meta.class_names,
+                data.root.display(),
+                data.class_names
+            ),
             "evaluate it on the dataset it was trained on",
         ));
     }

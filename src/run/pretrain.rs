@@ -14,15 +14,20 @@ use crate::data::scenes::CaptionPair;
 use crate::error::Result;
 use crate::progress::{check, Progress};
 use crate::train::checkpoint::{Checkpoint, CheckpointSink};
+use crate::train::config::PretrainStart;
 use crate::train::coop::checkpoint_path;
 use crate::train::epoch_loop::{run_until, EpochStats, TrainEvent, TrainSet};
-use crate::train::config::PretrainStart;
 use crate::train::pretrain::{PairTensors, PretrainConfig, Pretrainer, TrainableClip};
 
 /// The model pretraining starts from, the tokenizer its captions take and the preprocessing its images
 /// take: random weights of a preset (optionally with another input and patch size; CLIP's preprocessing)
 /// or every weight of an existing CLIP folder (with that folder's tokenizer and preprocessing).
-pub fn start_model(start: &PretrainStart, seed: u64, sizes: (Option<usize>, Option<usize>), device: &Device) -> Result<(TrainableClip, ClipTokenizer, PreprocessConfig)> {
+pub fn start_model(
+    start: &PretrainStart,
+    seed: u64,
+    sizes: (Option<usize>, Option<usize>),
+    device: &Device,
+) -> Result<(TrainableClip, ClipTokenizer, PreprocessConfig)> {
     match start {
         PretrainStart::Init(dir) => {
             if sizes != (None, None) {
@@ -35,23 +40,45 @@ pub fn start_model(start: &PretrainStart, seed: u64, sizes: (Option<usize>, Opti
         PretrainStart::Preset(name) => {
             let mut cfg = crate::clip::ClipConfig::preset(name).map_err(crate::Error::invalid)?;
             let v = &mut cfg.vision_config;
-            (v.image_size, v.patch_size) = (sizes.0.unwrap_or(v.image_size), sizes.1.unwrap_or(v.patch_size));
-            cfg.validate().map_err(|e| crate::Error::invalid(format!("image size / patch size: {e}")))?;
+            (v.image_size, v.patch_size) = (
+                sizes.0.unwrap_or(v.image_size),
+                sizes.1.unwrap_or(v.patch_size),
+            );
+            cfg.validate()
+                .map_err(|e| crate::Error::invalid(format!("image size / patch size: {e}")))?;
             let preprocess = PreprocessConfig::clip(cfg.vision_config.image_size);
-            Ok((TrainableClip::init(&cfg, seed, device)?, ClipTokenizer::bundled(cfg.text_config.max_position_embeddings)?, preprocess))
+            Ok((
+                TrainableClip::init(&cfg, seed, device)?,
+                ClipTokenizer::bundled(cfg.text_config.max_position_embeddings)?,
+                preprocess,
+            ))
         }
     }
 }
 
 /// Pixels at the model's input size (`image_size`, through `pre`) and token ids of every pair, in
 /// parallel; an unreadable image is an error naming it.
-pub fn prepare(pairs: &[CaptionPair], image_size: usize, pre: &PreprocessConfig, tok: &ClipTokenizer, device: &Device, progress: &dyn Progress) -> Result<PairTensors> {
+pub fn prepare(
+    pairs: &[CaptionPair],
+    image_size: usize,
+    pre: &PreprocessConfig,
+    tok: &ClipTokenizer,
+    device: &Device,
+    progress: &dyn Progress,
+) -> Result<PairTensors> {
     let mut pixels = Vec::with_capacity(pairs.len() * 3 * image_size * image_size);
     for (b, chunk) in pairs.chunks(256).enumerate() {
         check(progress)?;
-        let px: Vec<Vec<f32>> = chunk.par_iter().map(|p| Ok(preprocess(&load_image(&p.image)?, pre))).collect::<Result<_>>()?;
+        let px: Vec<Vec<f32>> = chunk
+            .par_iter()
+            .map(|p| Ok(preprocess(&load_image(&p.image)?, pre)))
+            .collect::<Result<_>>()?;
         pixels.extend(px.into_iter().flatten());
-        progress.update("images", (b * 256 + chunk.len()).min(pairs.len()), pairs.len());
+        progress.update(
+            "images",
+            (b * 256 + chunk.len()).min(pairs.len()),
+            pairs.len(),
+        );
     }
     let pixels = Tensor::from_vec(pixels, (pairs.len(), 3, image_size, image_size), device)?;
     let ids = tok.encode_batch(&pairs.iter().map(|p| p.caption.clone()).collect::<Vec<_>>())?;
@@ -84,14 +111,33 @@ pub fn train(
     let ckpt_path = checkpoint_path(out);
     let run_json = serde_json::json!({ "run": run, "config": config }).to_string();
     if resume {
-        if let Some(ckpt) = Checkpoint::read_matching(&ckpt_path, CHECKPOINT_FORMAT, "a pretraining", &run_json)? {
+        if let Some(ckpt) =
+            Checkpoint::read_matching(&ckpt_path, CHECKPOINT_FORMAT, "a pretraining", &run_json)?
+        {
             t.restore(&ckpt)?;
         }
     }
-    let meta = HashMap::from([("format".to_string(), CHECKPOINT_FORMAT.to_string()), ("run".to_string(), run_json)]);
-    t.checkpoint = Some(CheckpointSink { path: ckpt_path.clone(), tensors: vec![], meta });
-    let set = TrainSet { items: data.ids.len(), views: 1 };
-    run_until(&mut t, set, config.optim.epochs, "", progress, &mut |e, _| on_event(e))?;
+    let meta = HashMap::from([
+        ("format".to_string(), CHECKPOINT_FORMAT.to_string()),
+        ("run".to_string(), run_json),
+    ]);
+    t.checkpoint = Some(CheckpointSink {
+        path: ckpt_path.clone(),
+        tensors: vec![],
+        meta,
+    });
+    let set = TrainSet {
+        items: data.ids.len(),
+        views: 1,
+    };
+    run_until(
+        &mut t,
+        set,
+        config.optim.epochs,
+        "",
+        progress,
+        &mut |e, _| on_event(e),
+    )?;
     model.save_folder(out, storage)?;
     let _ = std::fs::remove_file(&ckpt_path);
     Ok(t.state.history)

@@ -22,7 +22,13 @@ pub enum ParamOptimizer {
 
 impl ParamOptimizer {
     /// Each parameter's state as named tensors (SGD's momentum buffer; AdamW's moments and step count).
-    pub fn save(&self, prefix: &str, params: &[(String, Var)], tensors: &mut Vec<(String, Tensor)>, meta: &mut HashMap<String, String>) {
+    pub fn save(
+        &self,
+        prefix: &str,
+        params: &[(String, Var)],
+        tensors: &mut Vec<(String, Tensor)>,
+        meta: &mut HashMap<String, String>,
+    ) {
         match self {
             Self::Sgd(opts) => {
                 for ((name, _), o) in params.iter().zip(opts) {
@@ -43,7 +49,12 @@ impl ParamOptimizer {
         }
     }
 
-    pub fn restore(&mut self, prefix: &str, params: &[(String, Var)], ckpt: &Checkpoint) -> Result<()> {
+    pub fn restore(
+        &mut self,
+        prefix: &str,
+        params: &[(String, Var)],
+        ckpt: &Checkpoint,
+    ) -> Result<()> {
         match self {
             Self::Sgd(opts) => {
                 for ((name, var), o) in params.iter().zip(opts.iter_mut()) {
@@ -99,7 +110,11 @@ pub struct Checkpoint {
 impl Checkpoint {
     pub fn read(path: &Path) -> Result<Self> {
         let (tensors, meta) = crate::tensor_file::read_safetensors(path)?;
-        Ok(Self { path: path.to_path_buf(), tensors, meta })
+        Ok(Self {
+            path: path.to_path_buf(),
+            tensors,
+            meta,
+        })
     }
 
     /// The checkpoint at `path` if there is one, refused unless it has `format` (named `kind` in the
@@ -119,28 +134,45 @@ impl Checkpoint {
     }
 
     pub fn bad(&self, why: impl Into<String>) -> Error {
-        Error::bad_file(&self.path, why.into(), "start the run again without resuming, or pass the checkpoint of this run")
+        Error::bad_file(
+            &self.path,
+            why.into(),
+            "start the run again without resuming, or pass the checkpoint of this run",
+        )
     }
 
     pub fn get(&self, key: &str) -> Result<&str> {
-        self.meta.get(key).map(String::as_str).ok_or_else(|| self.bad(format!("has no '{key}' entry: not a checkpoint of this kind of run")))
+        self.meta.get(key).map(String::as_str).ok_or_else(|| {
+            self.bad(format!(
+                "has no '{key}' entry: not a checkpoint of this kind of run"
+            ))
+        })
     }
 
     pub fn number<T: std::str::FromStr>(&self, key: &str) -> Result<T> {
-        self.get(key)?.parse().map_err(|_| self.bad(format!("has a bad '{key}'")))
+        self.get(key)?
+            .parse()
+            .map_err(|_| self.bad(format!("has a bad '{key}'")))
     }
 
     /// The tensor `key`, shaped like `like` and on its device; None when absent.
     fn optional(&self, key: &str, like: &Var) -> Result<Option<Tensor>> {
-        let Some(t) = self.tensors.get(key) else { return Ok(None) };
+        let Some(t) = self.tensors.get(key) else {
+            return Ok(None);
+        };
         if t.dims() != like.dims() {
-            return Err(self.bad(format!("holds {key} of shape {:?}, the run has {:?}", t.dims(), like.dims())));
+            return Err(self.bad(format!(
+                "holds {key} of shape {:?}, the run has {:?}",
+                t.dims(),
+                like.dims()
+            )));
         }
         Ok(Some(t.to_device(like.device())?.to_dtype(like.dtype())?))
     }
 
     fn required(&self, key: &str, like: &Var) -> Result<Tensor> {
-        self.optional(key, like)?.ok_or_else(|| self.bad(format!("has no {key}")))
+        self.optional(key, like)?
+            .ok_or_else(|| self.bad(format!("has no {key}")))
     }
 }
 
@@ -157,30 +189,54 @@ impl CheckpointSink {
         let (mut tensors, mut meta) = (self.tensors.clone(), self.meta.clone());
         tensors.extend(extra.0);
         meta.extend(extra.1);
-        let named: Vec<(&str, Tensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t.clone())).collect();
-        write_atomic(&self.path, &crate::tensor_file::safetensors_bytes(&named, meta)?)
+        let named: Vec<(&str, Tensor)> = tensors
+            .iter()
+            .map(|(n, t)| (n.as_str(), t.clone()))
+            .collect();
+        write_atomic(
+            &self.path,
+            &crate::tensor_file::safetensors_bytes(&named, meta)?,
+        )
     }
 }
 
 /// A trainer's parameters, optimiser and loop state under `prefix` ("s1", "s2", "p").
-pub fn snapshot(prefix: &str, params: &[(String, Var)], opt: &ParamOptimizer, state: &EpochLoop) -> (Vec<(String, Tensor)>, HashMap<String, String>) {
-    let mut tensors: Vec<(String, Tensor)> = params.iter().map(|(n, v)| (format!("{prefix}.param.{n}"), v.as_tensor().clone())).collect();
+pub fn snapshot(
+    prefix: &str,
+    params: &[(String, Var)],
+    opt: &ParamOptimizer,
+    state: &EpochLoop,
+) -> (Vec<(String, Tensor)>, HashMap<String, String>) {
+    let mut tensors: Vec<(String, Tensor)> = params
+        .iter()
+        .map(|(n, v)| (format!("{prefix}.param.{n}"), v.as_tensor().clone()))
+        .collect();
     let mut meta = HashMap::from([
         (format!("{prefix}.epoch"), state.epoch.to_string()),
         (format!("{prefix}.rng_state"), state.rng.state().to_string()),
-        (format!("{prefix}.history"), serde_json::to_string(&state.history).unwrap_or_default()),
+        (
+            format!("{prefix}.history"),
+            serde_json::to_string(&state.history).unwrap_or_default(),
+        ),
     ]);
     opt.save(prefix, params, &mut tensors, &mut meta);
     (tensors, meta)
 }
 
-pub fn restore(prefix: &str, params: &[(String, Var)], opt: &mut ParamOptimizer, state: &mut EpochLoop, ckpt: &Checkpoint) -> Result<()> {
+pub fn restore(
+    prefix: &str,
+    params: &[(String, Var)],
+    opt: &mut ParamOptimizer,
+    state: &mut EpochLoop,
+    ckpt: &Checkpoint,
+) -> Result<()> {
     for (name, var) in params {
         var.set(&ckpt.required(&format!("{prefix}.param.{name}"), var)?)?;
     }
     opt.restore(prefix, params, ckpt)?;
     state.epoch = ckpt.number(&format!("{prefix}.epoch"))?;
     state.rng = Rng::new(ckpt.number(&format!("{prefix}.rng_state"))?);
-    state.history = serde_json::from_str(ckpt.get(&format!("{prefix}.history"))?).map_err(|e| ckpt.bad(e.to_string()))?;
+    state.history = serde_json::from_str(ckpt.get(&format!("{prefix}.history"))?)
+        .map_err(|e| ckpt.bad(e.to_string()))?;
     Ok(())
 }

@@ -7,9 +7,9 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use super::coop::TrainConfig;
-use super::pretrain::PretrainConfig;
 use super::mpfgvc::{OptimizerKind, StageConfig};
 use super::optim::{default_epochs, OptimConfig};
+use super::pretrain::PretrainConfig;
 use crate::error::{Error, Result};
 use crate::eval::zeroshot::DEFAULT_TEMPLATE;
 use crate::prompt::coop::CoopConfig;
@@ -53,8 +53,19 @@ impl Default for CoopRun {
             shots,
             seed,
             split_seed: 0,
-            coop: CoopConfig { seed, ..CoopConfig::default() },
-            train: TrainConfig { optim: OptimConfig { epochs: default_epochs(shots), ..OptimConfig::default() }, batch_size: Some(32), seed, kg_lambda: 0.0 },
+            coop: CoopConfig {
+                seed,
+                ..CoopConfig::default()
+            },
+            train: TrainConfig {
+                optim: OptimConfig {
+                    epochs: default_epochs(shots),
+                    ..OptimConfig::default()
+                },
+                batch_size: Some(32),
+                seed,
+                kg_lambda: 0.0,
+            },
             augment: Augment::CropFlip,
             views: 4,
             template: DEFAULT_TEMPLATE.to_string(),
@@ -73,17 +84,31 @@ impl CoopRun {
 
     /// What a run needs to make sense; the message names the setting as both front ends call it.
     pub fn validate(&self) -> Result<()> {
-        if self.coop.ctx_init.as_deref().is_none_or(|p| p.trim().is_empty()) && self.coop.n_ctx == 0 {
-            return Err(Error::invalid("the context length (--n-ctx) must be at least 1"));
+        if self
+            .coop
+            .ctx_init
+            .as_deref()
+            .is_none_or(|p| p.trim().is_empty())
+            && self.coop.n_ctx == 0
+        {
+            return Err(Error::invalid(
+                "the context length (--n-ctx) must be at least 1",
+            ));
         }
         if self.views == 0 {
             return Err(Error::invalid("--views must be at least 1"));
         }
         if !self.template.contains("{}") {
-            return Err(Error::invalid(format!("the template '{}' has no {{}} for the class name", self.template)));
+            return Err(Error::invalid(format!(
+                "the template '{}' has no {{}} for the class name",
+                self.template
+            )));
         }
         if !(self.train.kg_lambda >= 0.0 && self.train.kg_lambda.is_finite()) {
-            return Err(Error::invalid(format!("KgCoOp's λ (--kg-lambda) must be 0 or more, not {}", self.train.kg_lambda)));
+            return Err(Error::invalid(format!(
+                "KgCoOp's λ (--kg-lambda) must be 0 or more, not {}",
+                self.train.kg_lambda
+            )));
         }
         check_common(self.shots, &self.train.optim, self.train.batch_size, "")
     }
@@ -106,9 +131,21 @@ pub struct MpFgvcRun {
 }
 
 /// A stage's recipe: one warm-up epoch at a tenth of the rate, then cosine decay; weight decay 5e-4.
-pub fn stage(lr: f64, epochs: usize, optimizer: OptimizerKind, batch_size: Option<usize>) -> StageConfig {
+pub fn stage(
+    lr: f64,
+    epochs: usize,
+    optimizer: OptimizerKind,
+    batch_size: Option<usize>,
+) -> StageConfig {
     StageConfig {
-        optim: OptimConfig { lr, momentum: 0.9, weight_decay: 5e-4, warmup_epochs: 1, warmup_lr: lr / 10.0, epochs },
+        optim: OptimConfig {
+            lr,
+            momentum: 0.9,
+            weight_decay: 5e-4,
+            warmup_epochs: 1,
+            warmup_lr: lr / 10.0,
+            epochs,
+        },
         batch_size,
         optimizer,
     }
@@ -123,7 +160,11 @@ impl Default for MpFgvcRun {
             shots: None,
             seed,
             split_seed: 0,
-            datp: DatpConfig { n_ctx: 16, super_category: String::new(), seed },
+            datp: DatpConfig {
+                n_ctx: 16,
+                super_category: String::new(),
+                seed,
+            },
             train_blocks: 0,
             stage1: stage(1e-4, 20, OptimizerKind::AdamW, Some(32)),
             stage2: stage(1e-3, 30, OptimizerKind::AdamW, Some(32)),
@@ -137,29 +178,56 @@ impl MpFgvcRun {
             return Err(crate::prompt::datp::no_tokens(&self.datp.super_category));
         }
         if self.datp.n_ctx == 0 {
-            return Err(Error::invalid("--n-ctx must be at least 1: DaTP learns J ≥ 1 tokens per class"));
+            return Err(Error::invalid(
+                "--n-ctx must be at least 1: DaTP learns J ≥ 1 tokens per class",
+            ));
         }
-        check_common(self.shots, &self.stage1.optim, self.stage1.batch_size, "stage 1 ")?;
-        check_common(self.shots, &self.stage2.optim, self.stage2.batch_size, "stage 2 ")
+        check_common(
+            self.shots,
+            &self.stage1.optim,
+            self.stage1.batch_size,
+            "stage 1 ",
+        )?;
+        check_common(
+            self.shots,
+            &self.stage2.optim,
+            self.stage2.batch_size,
+            "stage 2 ",
+        )
     }
 }
 
-fn check_common(shots: Option<usize>, optim: &OptimConfig, batch_size: Option<usize>, what: &str) -> Result<()> {
+fn check_common(
+    shots: Option<usize>,
+    optim: &OptimConfig,
+    batch_size: Option<usize>,
+    what: &str,
+) -> Result<()> {
     if shots == Some(0) {
         return Err(Error::invalid("--shots must be at least 1 (or all)"));
     }
     if optim.epochs == 0 {
-        return Err(Error::invalid(format!("the {what}epoch count must be at least 1")));
+        return Err(Error::invalid(format!(
+            "the {what}epoch count must be at least 1"
+        )));
     }
     if batch_size == Some(0) {
         return Err(Error::invalid("--batch-size must be at least 1 (or full)"));
     }
     if !(optim.lr.is_finite() && optim.lr > 0.0) {
-        return Err(Error::invalid(format!("the {what}learning rate must be positive, got {}", optim.lr)));
+        return Err(Error::invalid(format!(
+            "the {what}learning rate must be positive, got {}",
+            optim.lr
+        )));
     }
     let non_negative = |v: f64| v.is_finite() && v >= 0.0;
-    if !non_negative(optim.warmup_lr) || !(0.0..1.0).contains(&optim.momentum) || !non_negative(optim.weight_decay) {
-        return Err(Error::invalid(format!("the {what}warm-up rate, momentum (0 ≤ m < 1) and weight decay must be non-negative")));
+    if !non_negative(optim.warmup_lr)
+        || !(0.0..1.0).contains(&optim.momentum)
+        || !non_negative(optim.weight_decay)
+    {
+        return Err(Error::invalid(format!(
+            "the {what}warm-up rate, momentum (0 ≤ m < 1) and weight decay must be non-negative"
+        )));
     }
     Ok(())
 }
@@ -219,17 +287,38 @@ impl AdapterMethod {
     pub fn recipe(self) -> Option<(OptimConfig, Option<usize>)> {
         match self {
             AdapterMethod::TipAdapter => None,
-            AdapterMethod::TipAdapterF { epochs } => {
-                Some((OptimConfig { lr: 1e-3, momentum: 0.0, weight_decay: 0.01, warmup_epochs: 0, warmup_lr: 0.0, epochs }, Some(256)))
-            }
-            AdapterMethod::ClipAdapter { epochs } => Some((OptimConfig { epochs, ..OptimConfig::default() }, Some(32))),
+            AdapterMethod::TipAdapterF { epochs } => Some((
+                OptimConfig {
+                    lr: 1e-3,
+                    momentum: 0.0,
+                    weight_decay: 0.01,
+                    warmup_epochs: 0,
+                    warmup_lr: 0.0,
+                    epochs,
+                },
+                Some(256),
+            )),
+            AdapterMethod::ClipAdapter { epochs } => Some((
+                OptimConfig {
+                    epochs,
+                    ..OptimConfig::default()
+                },
+                Some(32),
+            )),
         }
     }
 }
 
 impl Default for AdapterRun {
     fn default() -> Self {
-        AdapterRun { shots: Some(16), seed: 1, split_seed: 0, views: 10, template: DEFAULT_TEMPLATE.to_string(), method: AdapterMethod::TipAdapter }
+        AdapterRun {
+            shots: Some(16),
+            seed: 1,
+            split_seed: 0,
+            views: 10,
+            template: DEFAULT_TEMPLATE.to_string(),
+            method: AdapterMethod::TipAdapter,
+        }
     }
 }
 
@@ -239,10 +328,15 @@ impl AdapterRun {
             return Err(Error::invalid("--views must be at least 1"));
         }
         if !self.template.contains("{}") {
-            return Err(Error::invalid(format!("the template '{}' has no {{}} for the class name", self.template)));
+            return Err(Error::invalid(format!(
+                "the template '{}' has no {{}} for the class name",
+                self.template
+            )));
         }
         match self.method {
-            AdapterMethod::TipAdapterF { epochs: 0 } | AdapterMethod::ClipAdapter { epochs: 0 } => Err(Error::invalid("--epochs must be at least 1")),
+            AdapterMethod::TipAdapterF { epochs: 0 } | AdapterMethod::ClipAdapter { epochs: 0 } => {
+                Err(Error::invalid("--epochs must be at least 1"))
+            }
             _ if self.shots == Some(0) => Err(Error::invalid("--shots must be at least 1")),
             _ => Ok(()),
         }
@@ -280,7 +374,12 @@ pub struct PretrainRun {
 
 impl Default for PretrainRun {
     fn default() -> Self {
-        Self { pairs: PathBuf::new(), start: PretrainStart::Preset("scenes".into()), config: PretrainConfig::default(), fp16: true }
+        Self {
+            pairs: PathBuf::new(),
+            start: PretrainStart::Preset("scenes".into()),
+            config: PretrainConfig::default(),
+            fp16: true,
+        }
     }
 }
 
@@ -343,21 +442,36 @@ impl RunConfig {
     pub fn describe(&self) -> String {
         match (self, self.method()) {
             (Self::Pretrain(p), _) => {
-                let loss = serde_json::to_value(p.config.loss).ok().and_then(|v| v.as_str().map(str::to_uppercase)).unwrap_or_default();
+                let loss = serde_json::to_value(p.config.loss)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_uppercase))
+                    .unwrap_or_default();
                 let from = match &p.start {
                     PretrainStart::Preset(name) => format!("from random ({name})"),
-                    PretrainStart::Init(dir) => format!("from {}", dir.file_name().map_or_else(|| dir.display().to_string(), |n| n.to_string_lossy().into_owned())),
+                    PretrainStart::Init(dir) => format!(
+                        "from {}",
+                        dir.file_name().map_or_else(
+                            || dir.display().to_string(),
+                            |n| n.to_string_lossy().into_owned()
+                        )
+                    ),
                 };
                 format!("pretrain · {loss} loss · {from}")
             }
             (Self::Adapter(r), _) => {
-                let shots = r.shots.map_or("all shots".to_string(), |k| format!("{k}-shot"));
+                let shots = r
+                    .shots
+                    .map_or("all shots".to_string(), |k| format!("{k}-shot"));
                 format!("{shots} · {}", r.method.name())
             }
             (_, Some(method)) => {
-                let shots = self.shots().map_or("all shots".to_string(), |k| format!("{k}-shot"));
+                let shots = self
+                    .shots()
+                    .map_or("all shots".to_string(), |k| format!("{k}-shot"));
                 let kg = match self {
-                    Self::Coop(r) if r.train.kg_lambda > 0.0 => format!("KgCoOp λ={} · ", r.train.kg_lambda),
+                    Self::Coop(r) if r.train.kg_lambda > 0.0 => {
+                        format!("KgCoOp λ={} · ", r.train.kg_lambda)
+                    }
                     _ => String::new(),
                 };
                 format!("{kg}{shots} · {}", method.describe())
@@ -376,22 +490,37 @@ mod tests {
         for kind in [PromptMethodKind::Coop, PromptMethodKind::Datp] {
             let mut r = RunConfig::default_for(kind);
             if let RunConfig::MpFgvc(m) = &mut r {
-                assert!(m.validate().unwrap_err().to_string().contains("super-category"));
+                assert!(m
+                    .validate()
+                    .unwrap_err()
+                    .to_string()
+                    .contains("super-category"));
                 m.datp.super_category = "bird".into();
             }
             r.validate().unwrap();
             assert_eq!(r.method().map(|m| m.kind()), Some(kind));
         }
         let mut c = CoopRun::default();
-        assert_eq!((c.train.optim.epochs, c.augment, c.views), (200, Augment::CropFlip, 4), "CoOp's recipe");
+        assert_eq!(
+            (c.train.optim.epochs, c.augment, c.views),
+            (200, Augment::CropFlip, 4),
+            "CoOp's recipe"
+        );
         c.coop.n_ctx = 0;
         assert!(c.validate().unwrap_err().to_string().contains("--n-ctx"));
         c.coop.ctx_init = Some("a photo of a".into());
         c.validate().unwrap();
         c.train.optim.lr = f64::NAN;
-        assert!(c.validate().unwrap_err().to_string().contains("learning rate"));
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("learning rate"));
         let seeded = CoopRun::default().with_seed(3);
-        assert_eq!((seeded.seed, seeded.coop.seed, seeded.train.seed), (3, 3, 3));
+        assert_eq!(
+            (seeded.seed, seeded.coop.seed, seeded.train.seed),
+            (3, 3, 3)
+        );
     }
 
     #[test]

@@ -12,7 +12,9 @@ use crate::error::{Error, Result};
 pub fn clip_loss(img: &Tensor, txt: &Tensor, scale: &Tensor) -> Result<Tensor> {
     let b = img.dim(0)?;
     check_batch(b, txt.dim(0)?)?;
-    let logits = l2_normalize(img)?.matmul(&l2_normalize(txt)?.t()?)?.broadcast_mul(scale)?;
+    let logits = l2_normalize(img)?
+        .matmul(&l2_normalize(txt)?.t()?)?
+        .broadcast_mul(scale)?;
     symmetric_ce(&logits, &logits.t()?, b)
 }
 
@@ -21,7 +23,12 @@ pub fn clip_loss(img: &Tensor, txt: &Tensor, scale: &Tensor) -> Result<Tensor> {
 /// a caption's real tokens, 0 for padding, which never takes part in a max or a mean). Tokens are
 /// L2-normalised here. `s^I_{i,j} = mean_k max_r ⟨x_{i,k}, y_{j,r}⟩`, `s^T_{i,j} = mean_r max_k ⟨…⟩`; with
 /// `top_fraction` < 1 only the top ⌈fraction·n⌉ of each side's token maxima enter the means (FILIP: 25 %).
-pub fn filip_scores(img_tokens: &Tensor, txt_tokens: &Tensor, txt_mask: &Tensor, top_fraction: f64) -> Result<(Tensor, Tensor)> {
+pub fn filip_scores(
+    img_tokens: &Tensor,
+    txt_tokens: &Tensor,
+    txt_mask: &Tensor,
+    top_fraction: f64,
+) -> Result<(Tensor, Tensor)> {
     crate::align::filip::check_fraction(top_fraction)?;
     let (bi, n1, p) = img_tokens.dims3()?;
     let (bt, n2, pt) = txt_tokens.dims3()?;
@@ -41,18 +48,35 @@ pub fn filip_scores(img_tokens: &Tensor, txt_tokens: &Tensor, txt_mask: &Tensor,
     let image_side = sim.broadcast_add(&pad)?.max(D::Minus1)?; // [bi, n1, bt]: max over r
     let text_side = sim.max(1)?; // [bi, bt, n2]: max over k
     let ones = Tensor::ones((bi, n1, bt), DType::F32, sim.device())?;
-    let s_i = top_mean(&image_side.transpose(1, 2)?.contiguous()?, &ones.transpose(1, 2)?.contiguous()?, top_fraction)?;
-    let txt_valid = mask.reshape((1, bt, n2))?.broadcast_as((bi, bt, n2))?.contiguous()?;
+    let s_i = top_mean(
+        &image_side.transpose(1, 2)?.contiguous()?,
+        &ones.transpose(1, 2)?.contiguous()?,
+        top_fraction,
+    )?;
+    let txt_valid = mask
+        .reshape((1, bt, n2))?
+        .broadcast_as((bi, bt, n2))?
+        .contiguous()?;
     let s_t = top_mean(&text_side, &txt_valid, top_fraction)?;
     Ok((s_i, s_t))
 }
 
 /// `½ (CE over captions of τ·s^I at the image's own + CE over images of τ·s^T at the caption's own)`.
-pub fn filip_loss(img_tokens: &Tensor, txt_tokens: &Tensor, txt_mask: &Tensor, scale: &Tensor, top_fraction: f64) -> Result<Tensor> {
+pub fn filip_loss(
+    img_tokens: &Tensor,
+    txt_tokens: &Tensor,
+    txt_mask: &Tensor,
+    scale: &Tensor,
+    top_fraction: f64,
+) -> Result<Tensor> {
     let b = img_tokens.dim(0)?;
     check_batch(b, txt_tokens.dim(0)?)?;
     let (s_i, s_t) = filip_scores(img_tokens, txt_tokens, txt_mask, top_fraction)?;
-    symmetric_ce(&s_i.broadcast_mul(scale)?, &s_t.t()?.broadcast_mul(scale)?, b)
+    symmetric_ce(
+        &s_i.broadcast_mul(scale)?,
+        &s_t.t()?.broadcast_mul(scale)?,
+        b,
+    )
 }
 
 fn check_batch(images: usize, captions: usize) -> Result<()> {
@@ -93,7 +117,10 @@ fn top_mean(values: &Tensor, valid: &Tensor, fraction: f64) -> Result<Tensor> {
         Tensor::from_vec(keep, values.dims(), values.device())?
     };
     let count = keep.sum_keepdim(D::Minus1)?.clamp(1f64, f64::MAX)?;
-    Ok((values * &keep)?.sum_keepdim(D::Minus1)?.broadcast_div(&count)?.squeeze(D::Minus1)?)
+    Ok((values * &keep)?
+        .sum_keepdim(D::Minus1)?
+        .broadcast_div(&count)?
+        .squeeze(D::Minus1)?)
 }
 
 #[cfg(test)]
@@ -102,7 +129,14 @@ mod tests {
     use candle_core::{Device, Var};
 
     /// The same maths in plain f64 loops, straight from METHODS §7.
-    fn reference(img: &[f64], txt: &[f64], mask: &[f64], dims: (usize, usize, usize, usize), tau: f64, fraction: f64) -> f64 {
+    fn reference(
+        img: &[f64],
+        txt: &[f64],
+        mask: &[f64],
+        dims: (usize, usize, usize, usize),
+        tau: f64,
+        fraction: f64,
+    ) -> f64 {
         let (b, n1, n2, p) = dims;
         let norm = |v: &[f64]| -> Vec<f64> {
             let s = v.iter().map(|x| x * x).sum::<f64>().sqrt();
@@ -121,8 +155,13 @@ mod tests {
             for j in 0..b {
                 let real: Vec<usize> = (0..n2).filter(|&r| mask[j * n2 + r] > 0.5).collect();
                 let s = |k: usize, r: usize| dot(&x[i * n1 + k], &y[j * n2 + r]);
-                si[i][j] = top((0..n1).map(|k| real.iter().map(|&r| s(k, r)).fold(f64::MIN, f64::max)).collect());
-                st[i][j] = top(real.iter().map(|&r| (0..n1).map(|k| s(k, r)).fold(f64::MIN, f64::max)).collect());
+                si[i][j] = top((0..n1)
+                    .map(|k| real.iter().map(|&r| s(k, r)).fold(f64::MIN, f64::max))
+                    .collect());
+                st[i][j] = top(real
+                    .iter()
+                    .map(|&r| (0..n1).map(|k| s(k, r)).fold(f64::MIN, f64::max))
+                    .collect());
             }
         }
         let ce = |row: Vec<f64>, target: usize| {
@@ -130,13 +169,23 @@ mod tests {
             let lse = m + row.iter().map(|v| (v - m).exp()).sum::<f64>().ln();
             lse - row[target]
         };
-        let li: f64 = (0..b).map(|i| ce((0..b).map(|j| tau * si[i][j]).collect(), i)).sum::<f64>() / b as f64;
-        let lt: f64 = (0..b).map(|j| ce((0..b).map(|i| tau * st[i][j]).collect(), j)).sum::<f64>() / b as f64;
+        let li: f64 = (0..b)
+            .map(|i| ce((0..b).map(|j| tau * si[i][j]).collect(), i))
+            .sum::<f64>()
+            / b as f64;
+        let lt: f64 = (0..b)
+            .map(|j| ce((0..b).map(|i| tau * st[i][j]).collect(), j))
+            .sum::<f64>()
+            / b as f64;
         (li + lt) / 2.0
     }
 
     fn pattern(n: usize, seed: usize) -> Vec<f32> {
-        (0..n).map(|i| (((i * 37 + seed * 11) % 101) as f32 / 50.0 - 1.0) * (1.0 + (i % 7) as f32 / 7.0)).collect()
+        (0..n)
+            .map(|i| {
+                (((i * 37 + seed * 11) % 101) as f32 / 50.0 - 1.0) * (1.0 + (i % 7) as f32 / 7.0)
+            })
+            .collect()
     }
 
     #[test]
@@ -150,14 +199,34 @@ mod tests {
         let mask = Tensor::from_vec(mask_v.clone(), (b, n2), &dev).unwrap();
         let tau = 10.0;
         let scale = Tensor::new(tau as f32, &dev).unwrap();
-        let as64 = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|&v| f64::from(v)).collect::<Vec<_>>();
+        let as64 = |t: &Tensor| {
+            t.flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+                .iter()
+                .map(|&v| f64::from(v))
+                .collect::<Vec<_>>()
+        };
         let mask64: Vec<f64> = mask_v.iter().map(|&v| f64::from(v)).collect();
         for fraction in [1.0, 0.5] {
-            let loss = filip_loss(img.as_tensor(), txt.as_tensor(), &mask, &scale, fraction).unwrap();
-            let want = reference(&as64(img.as_tensor()), &as64(txt.as_tensor()), &mask64, (b, n1, n2, p), tau, fraction);
+            let loss =
+                filip_loss(img.as_tensor(), txt.as_tensor(), &mask, &scale, fraction).unwrap();
+            let want = reference(
+                &as64(img.as_tensor()),
+                &as64(txt.as_tensor()),
+                &mask64,
+                (b, n1, n2, p),
+                tau,
+                fraction,
+            );
             let got = f64::from(loss.to_scalar::<f32>().unwrap());
             // Measured ≤ 1.8e-7 on both the AVX-512 and AVX2+FMA kernels (f32 against f64): 50× margin.
-            crate::testing::within(&format!("FILIP loss (top fraction {fraction}) vs the f64 formula"), (got - want).abs(), 1e-5);
+            crate::testing::within(
+                &format!("FILIP loss (top fraction {fraction}) vs the f64 formula"),
+                (got - want).abs(),
+                1e-5,
+            );
             // Gradients against central differences of the f64 formula, a few entries of each input.
             let grads = loss.backward().unwrap();
             for (var, which) in [(&img, 0), (&txt, 1)] {
@@ -167,21 +236,38 @@ mod tests {
                     let h = 1e-4;
                     let at = |d: f64| {
                         let (mut a, mut c) = (as64(img.as_tensor()), as64(txt.as_tensor()));
-                        if which == 0 { a[idx] += d } else { c[idx] += d }
+                        if which == 0 {
+                            a[idx] += d
+                        } else {
+                            c[idx] += d
+                        }
                         reference(&a, &c, &mask64, (b, n1, n2, p), tau, fraction)
                     };
                     let numeric = (at(h) - at(-h)) / (2.0 * h);
                     // Measured ≤ 2.5e-8 (f32 autograd vs f64 central differences, h = 1e-4): 40× margin.
-                    crate::testing::within(&format!("FILIP gradient of input {which}[{idx}] vs finite differences"), (g[idx] - numeric).abs(), 1e-6 * numeric.abs().max(1.0));
+                    crate::testing::within(
+                        &format!("FILIP gradient of input {which}[{idx}] vs finite differences"),
+                        (g[idx] - numeric).abs(),
+                        1e-6 * numeric.abs().max(1.0),
+                    );
                 }
             }
         }
         // Padding never counts: changing a padded token changes nothing.
-        let mut t2 = as64(txt.as_tensor()).iter().map(|&v| v as f32).collect::<Vec<_>>();
+        let mut t2 = as64(txt.as_tensor())
+            .iter()
+            .map(|&v| v as f32)
+            .collect::<Vec<_>>();
         t2[(n2 + 3) * p] += 100.0;
         let t2 = Tensor::from_vec(t2, (b, n2, p), &dev).unwrap();
-        let a = filip_loss(img.as_tensor(), txt.as_tensor(), &mask, &scale, 1.0).unwrap().to_scalar::<f32>().unwrap();
-        let c = filip_loss(img.as_tensor(), &t2, &mask, &scale, 1.0).unwrap().to_scalar::<f32>().unwrap();
+        let a = filip_loss(img.as_tensor(), txt.as_tensor(), &mask, &scale, 1.0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        let c = filip_loss(img.as_tensor(), &t2, &mask, &scale, 1.0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
         assert_eq!(a, c);
     }
 
@@ -190,13 +276,32 @@ mod tests {
         let dev = Device::Cpu;
         let f = Tensor::from_vec(pattern(4 * 8, 3), (4, 8), &dev).unwrap();
         let scale = Tensor::new(20f32, &dev).unwrap();
-        let same = clip_loss(&f, &f, &scale).unwrap().to_scalar::<f32>().unwrap();
-        let shuffled = clip_loss(&f, &Tensor::cat(&[f.narrow(0, 1, 3).unwrap(), f.narrow(0, 0, 1).unwrap()], 0).unwrap(), &scale).unwrap().to_scalar::<f32>().unwrap();
+        let same = clip_loss(&f, &f, &scale)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        let shuffled = clip_loss(
+            &f,
+            &Tensor::cat(&[f.narrow(0, 1, 3).unwrap(), f.narrow(0, 0, 1).unwrap()], 0).unwrap(),
+            &scale,
+        )
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
         assert!(same < shuffled, "{same} vs {shuffled}");
         let g = Tensor::from_vec(pattern(4 * 8, 4), (4, 8), &dev).unwrap();
-        let ab = clip_loss(&f, &g, &scale).unwrap().to_scalar::<f32>().unwrap();
-        let ba = clip_loss(&g, &f, &scale).unwrap().to_scalar::<f32>().unwrap();
+        let ab = clip_loss(&f, &g, &scale)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        let ba = clip_loss(&g, &f, &scale)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
         assert!((ab - ba).abs() < 1e-6, "{ab} vs {ba}");
-        assert!(clip_loss(&f, &g.narrow(0, 0, 3).unwrap(), &scale).unwrap_err().to_string().contains("as many captions as images"));
+        assert!(clip_loss(&f, &g.narrow(0, 0, 3).unwrap(), &scale)
+            .unwrap_err()
+            .to_string()
+            .contains("as many captions as images"));
     }
 }

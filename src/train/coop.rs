@@ -12,13 +12,12 @@ use super::epoch_loop::{self, EpochLoop, TrainSet, TrainStep};
 use super::optim::{OptimConfig, Sgd};
 use crate::clip::l2_normalize;
 use crate::clip::text::TextTower;
-use crate::rng::Rng;
 use crate::error::{write_atomic, Error, Result};
 use crate::progress::Progress;
 use crate::prompt::coop::PromptLearner;
+use crate::rng::Rng;
 
 pub use super::features::FeatureSet as Features;
-
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrainConfig {
@@ -57,10 +56,23 @@ pub fn accuracy(feats: &Features, weights: &Tensor, scale: f32) -> Result<f64> {
 }
 
 impl<'a> Trainer<'a> {
-    pub fn new(text: &'a TextTower, learner: PromptLearner, config: TrainConfig, logit_scale: f32) -> Self {
+    pub fn new(
+        text: &'a TextTower,
+        learner: PromptLearner,
+        config: TrainConfig,
+        logit_scale: f32,
+    ) -> Self {
         let opt = Sgd::new(config.optim.momentum, config.optim.weight_decay);
         let state = EpochLoop::new(config.optim.clone(), config.batch_size, config.seed);
-        Self { text, learner, config, logit_scale, opt, state, kg_anchor: None }
+        Self {
+            text,
+            learner,
+            config,
+            logit_scale,
+            opt,
+            state,
+            kg_anchor: None,
+        }
     }
 
     /// KgCoOp's anchor (normalised class weights of the hand-crafted prompt), needed when
@@ -68,7 +80,10 @@ impl<'a> Trainer<'a> {
     pub fn set_kg_anchor(&mut self, hand_weights: Tensor) -> Result<()> {
         let want = (self.learner.class_names.len(), hand_weights.dim(1)?);
         if hand_weights.dims2()? != want {
-            return Err(Error::invalid(format!("KgCoOp's anchor has shape {:?}, expected {want:?}", hand_weights.dims())));
+            return Err(Error::invalid(format!(
+                "KgCoOp's anchor has shape {:?}, expected {want:?}",
+                hand_weights.dims()
+            )));
         }
         self.kg_anchor = Some(hand_weights.detach());
         Ok(())
@@ -76,7 +91,9 @@ impl<'a> Trainer<'a> {
 
     /// Normalised class weights `[C, P]` from the current context (no gradient).
     pub fn class_weights(&self) -> Result<Tensor> {
-        Ok(l2_normalize(&self.learner.text_features(self.text)?.detach())?)
+        Ok(l2_normalize(
+            &self.learner.text_features(self.text)?.detach(),
+        )?)
     }
 
     /// Runs the remaining epochs. `on_event` sees every step and epoch; `checkpoint` is rewritten after each
@@ -104,8 +121,16 @@ impl<'a> Trainer<'a> {
         progress: &dyn Progress,
         on_event: &mut dyn FnMut(TrainEvent),
     ) -> Result<()> {
-        let set = TrainSet { items: train.num_images(), views: train.views_per_image };
-        let mut step = CoopStep { trainer: self, train, val, checkpoint };
+        let set = TrainSet {
+            items: train.num_images(),
+            views: train.views_per_image,
+        };
+        let mut step = CoopStep {
+            trainer: self,
+            train,
+            val,
+            checkpoint,
+        };
         epoch_loop::run_until(&mut step, set, until, "", progress, &mut |e, _| on_event(e))
     }
 
@@ -116,38 +141,74 @@ impl<'a> Trainer<'a> {
             tensors.push(("momentum_buf", b.clone()));
         }
         let meta = HashMap::from([
-            ("format".to_string(), "promptscope-coop-checkpoint/1".to_string()),
+            (
+                "format".to_string(),
+                "promptscope-coop-checkpoint/1".to_string(),
+            ),
             ("epoch".to_string(), self.state.epoch.to_string()),
             ("rng_state".to_string(), self.state.rng.state().to_string()),
-            ("train_config".to_string(), serde_json::to_string(&self.config).unwrap_or_default()),
-            ("coop_config".to_string(), serde_json::to_string(&self.learner.config).unwrap_or_default()),
-            ("history".to_string(), serde_json::to_string(&self.state.history).unwrap_or_default()),
+            (
+                "train_config".to_string(),
+                serde_json::to_string(&self.config).unwrap_or_default(),
+            ),
+            (
+                "coop_config".to_string(),
+                serde_json::to_string(&self.learner.config).unwrap_or_default(),
+            ),
+            (
+                "history".to_string(),
+                serde_json::to_string(&self.state.history).unwrap_or_default(),
+            ),
         ]);
-        write_atomic(path, &crate::tensor_file::safetensors_bytes(&tensors, meta)?)
+        write_atomic(
+            path,
+            &crate::tensor_file::safetensors_bytes(&tensors, meta)?,
+        )
     }
 
     /// Continues a run from its checkpoint; the settings must be the ones it was started with.
     pub fn resume(&mut self, path: &Path) -> Result<()> {
         let (tensors, meta) = crate::tensor_file::read_safetensors(path)?;
-        let bad = |why: String| Error::bad_file(path, why, "start the run again without --resume, or pass the checkpoint of this run");
-        let get = |k: &str| meta.get(k).cloned().ok_or_else(|| bad(format!("has no '{k}' entry: not a promptscope checkpoint")));
-        let train_config: TrainConfig = serde_json::from_str(&get("train_config")?).map_err(|e| bad(e.to_string()))?;
+        let bad = |why: String| {
+            Error::bad_file(
+                path,
+                why,
+                "start the run again without --resume, or pass the checkpoint of this run",
+            )
+        };
+        let get = |k: &str| {
+            meta.get(k)
+                .cloned()
+                .ok_or_else(|| bad(format!("has no '{k}' entry: not a promptscope checkpoint")))
+        };
+        let train_config: TrainConfig =
+            serde_json::from_str(&get("train_config")?).map_err(|e| bad(e.to_string()))?;
         if train_config != self.config {
             return Err(bad("was made with other training settings".into()));
         }
-        let coop: crate::prompt::coop::CoopConfig = serde_json::from_str(&get("coop_config")?).map_err(|e| bad(e.to_string()))?;
+        let coop: crate::prompt::coop::CoopConfig =
+            serde_json::from_str(&get("coop_config")?).map_err(|e| bad(e.to_string()))?;
         if coop != self.learner.config {
             return Err(bad("was made with another context configuration".into()));
         }
-        let ctx = tensors.get("ctx").ok_or_else(|| bad("has no ctx tensor".into()))?;
-        self.learner.set_ctx(&ctx.to_device(self.learner.ctx.device())?).map_err(|e| bad(e.to_string()))?;
+        let ctx = tensors
+            .get("ctx")
+            .ok_or_else(|| bad("has no ctx tensor".into()))?;
+        self.learner
+            .set_ctx(&ctx.to_device(self.learner.ctx.device())?)
+            .map_err(|e| bad(e.to_string()))?;
         self.opt.buf = match tensors.get("momentum_buf") {
             Some(b) => Some(b.to_device(self.learner.ctx.device())?),
             None => None,
         };
         self.state.epoch = get("epoch")?.parse().map_err(|_| bad("bad epoch".into()))?;
-        self.state.rng = Rng::new(get("rng_state")?.parse().map_err(|_| bad("bad rng_state".into()))?);
-        self.state.history = serde_json::from_str(&get("history")?).map_err(|e| bad(e.to_string()))?;
+        self.state.rng = Rng::new(
+            get("rng_state")?
+                .parse()
+                .map_err(|_| bad("bad rng_state".into()))?,
+        );
+        self.state.history =
+            serde_json::from_str(&get("history")?).map_err(|e| bad(e.to_string()))?;
         Ok(())
     }
 }
@@ -170,23 +231,39 @@ impl TrainStep for CoopStep<'_, '_> {
         let (feats, labels) = epoch_loop::batch(train, rows)?;
         let img = l2_normalize(&feats)?;
         let txt = l2_normalize(&t.learner.text_features(t.text)?)?;
-        let (mut loss, correct) = epoch_loop::cross_entropy(&(img.matmul(&txt.t()?)? * f64::from(t.logit_scale))?, &labels)?;
+        let (mut loss, correct) = epoch_loop::cross_entropy(
+            &(img.matmul(&txt.t()?)? * f64::from(t.logit_scale))?,
+            &labels,
+        )?;
         let lambda = t.config.kg_lambda;
         if lambda > 0.0 {
-            let anchor = t.kg_anchor.as_ref().ok_or_else(|| Error::invalid("KgCoOp (kg_lambda > 0) needs the hand-crafted class weights: set_kg_anchor"))?;
+            let anchor = t.kg_anchor.as_ref().ok_or_else(|| {
+                Error::invalid(
+                    "KgCoOp (kg_lambda > 0) needs the hand-crafted class weights: set_kg_anchor",
+                )
+            })?;
             // 1 − mean_i cos(w_i, w_i^clip); both are unit vectors, so the cosine is their dot product.
             let cos = (&txt * anchor)?.sum(D::Minus1)?.mean_all()?;
             loss = (loss + cos.affine(-lambda, lambda)?)?;
         }
         let grads = loss.backward()?;
-        let g = grads.get(t.learner.ctx.as_tensor()).ok_or_else(|| Error::invalid("no gradient reached the context"))?;
+        let g = grads
+            .get(t.learner.ctx.as_tensor())
+            .ok_or_else(|| Error::invalid("no gradient reached the context"))?;
         t.opt.step(&t.learner.ctx, g, lr)?;
         Ok((f64::from(loss.to_scalar::<f32>()?), correct))
     }
 
     fn validate(&mut self) -> Result<(Option<f64>, Option<f64>)> {
         Ok(match self.val {
-            Some(v) if v.num_images() > 0 => (Some(accuracy(v, &self.trainer.class_weights()?, self.trainer.logit_scale)?), None),
+            Some(v) if v.num_images() > 0 => (
+                Some(accuracy(
+                    v,
+                    &self.trainer.class_weights()?,
+                    self.trainer.logit_scale,
+                )?),
+                None,
+            ),
             _ => (None, None),
         })
     }
@@ -204,7 +281,10 @@ pub const CHECKPOINT_SUFFIX: &str = ".ckpt";
 
 /// Where a run's checkpoint lives next to its output file.
 pub fn checkpoint_path(out: &Path) -> PathBuf {
-    let mut name = out.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    let mut name = out
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
     name.push(CHECKPOINT_SUFFIX);
     out.with_file_name(name)
 }

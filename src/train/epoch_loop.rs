@@ -9,9 +9,9 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use super::optim::OptimConfig;
-use crate::rng::Rng;
 use crate::error::{Error, Result};
 use crate::progress::{check, Progress};
+use crate::rng::Rng;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EpochStats {
@@ -28,7 +28,13 @@ pub struct EpochStats {
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "event", rename_all = "lowercase")]
 pub enum TrainEvent {
-    Step { epoch: usize, step: usize, steps: usize, loss: f64, lr: f64 },
+    Step {
+        epoch: usize,
+        step: usize,
+        steps: usize,
+        loss: f64,
+        lr: f64,
+    },
     Epoch(EpochStats),
 }
 
@@ -69,18 +75,41 @@ pub struct TrainSet {
 }
 
 /// The feature rows `rows` of a set and their labels (u32), on the set's device: a step's batch.
-pub fn batch(set: &super::features::FeatureSet, rows: &[usize]) -> Result<(candle_core::Tensor, candle_core::Tensor)> {
+pub fn batch(
+    set: &super::features::FeatureSet,
+    rows: &[usize],
+) -> Result<(candle_core::Tensor, candle_core::Tensor)> {
     use candle_core::Tensor;
     let dev = set.feats.device();
-    let idx = Tensor::new(rows.iter().map(|&r| r as u32).collect::<Vec<_>>().as_slice(), dev)?;
-    let labels = Tensor::new(rows.iter().map(|&r| set.labels[r] as u32).collect::<Vec<_>>().as_slice(), dev)?;
+    let idx = Tensor::new(
+        rows.iter()
+            .map(|&r| r as u32)
+            .collect::<Vec<_>>()
+            .as_slice(),
+        dev,
+    )?;
+    let labels = Tensor::new(
+        rows.iter()
+            .map(|&r| set.labels[r] as u32)
+            .collect::<Vec<_>>()
+            .as_slice(),
+        dev,
+    )?;
     Ok((set.feats.index_select(&idx, 0)?, labels))
 }
 
 /// Cross-entropy of `logits` against `labels` (differentiable) and how many rows the logits get right.
-pub fn cross_entropy(logits: &candle_core::Tensor, labels: &candle_core::Tensor) -> Result<(candle_core::Tensor, usize)> {
+pub fn cross_entropy(
+    logits: &candle_core::Tensor,
+    labels: &candle_core::Tensor,
+) -> Result<(candle_core::Tensor, usize)> {
     let loss = candle_nn::loss::cross_entropy(logits, labels)?;
-    let right = logits.argmax(candle_core::D::Minus1)?.eq(labels)?.to_dtype(candle_core::DType::U32)?.sum_all()?.to_scalar::<u32>()?;
+    let right = logits
+        .argmax(candle_core::D::Minus1)?
+        .eq(labels)?
+        .to_dtype(candle_core::DType::U32)?
+        .sum_all()?
+        .to_scalar::<u32>()?;
     Ok((loss, right as usize))
 }
 
@@ -89,7 +118,13 @@ pub type OnEvent<'f> = dyn FnMut(TrainEvent, Option<f64>) + 'f;
 
 impl EpochLoop {
     pub fn new(optim: OptimConfig, batch_size: Option<usize>, seed: u64) -> Self {
-        Self { optim, batch_size, rng: Rng::new(seed), epoch: 0, history: vec![] }
+        Self {
+            optim,
+            batch_size,
+            rng: Rng::new(seed),
+            epoch: 0,
+            history: vec![],
+        }
     }
 
     /// The batches of one epoch as CoOp's loader makes them: shuffled, the last partial batch dropped,
@@ -103,11 +138,21 @@ impl EpochLoop {
             self.rng.shuffle(&mut order);
         }
         let v = set.views.max(1);
-        let rows: Vec<usize> = if v > 1 { order.iter().map(|&i| i * v + (self.rng.next_u64() % v as u64) as usize).collect() } else { order };
+        let rows: Vec<usize> = if v > 1 {
+            order
+                .iter()
+                .map(|&i| i * v + (self.rng.next_u64() % v as u64) as usize)
+                .collect()
+        } else {
+            order
+        };
         if batch >= n {
             return vec![rows];
         }
-        rows.chunks(batch).filter(|c| c.len() == batch).map(<[usize]>::to_vec).collect()
+        rows.chunks(batch)
+            .filter(|c| c.len() == batch)
+            .map(<[usize]>::to_vec)
+            .collect()
     }
 }
 
@@ -125,7 +170,11 @@ pub fn run_until<T: TrainStep + ?Sized>(
     if set.items == 0 {
         return Err(Error::invalid("the training set is empty"));
     }
-    let label = if name.is_empty() { "epochs".to_string() } else { format!("{name} epochs") };
+    let label = if name.is_empty() {
+        "epochs".to_string()
+    } else {
+        format!("{name} epochs")
+    };
     let start = Instant::now();
     // Time inside `on_event` is the caller's (the app holds a paused run there), not training: it is left
     // out of the elapsed time, the ETA and so the rates shown from them.
@@ -137,7 +186,11 @@ pub fn run_until<T: TrainStep + ?Sized>(
     };
     let (first, epochs, elapsed_before) = {
         let s = trainer.state();
-        (s.epoch, s.optim.epochs, s.history.last().map_or(0.0, |h| h.elapsed_s))
+        (
+            s.epoch,
+            s.optim.epochs,
+            s.history.last().map_or(0.0, |h| h.elapsed_s),
+        )
     };
     while trainer.state().epoch < until.min(epochs) {
         let e = trainer.state().epoch;
@@ -149,13 +202,29 @@ pub fn run_until<T: TrainStep + ?Sized>(
             check(progress)?;
             let (loss, c) = trainer.step(rows, lr)?;
             if !loss.is_finite() {
-                let who = if name.is_empty() { String::new() } else { format!("{name}: ") };
-                return Err(Error::invalid(format!("{who}the loss became {loss} at epoch {}; lower the learning rate", e + 1)));
+                let who = if name.is_empty() {
+                    String::new()
+                } else {
+                    format!("{name}: ")
+                };
+                return Err(Error::invalid(format!(
+                    "{who}the loss became {loss} at epoch {}; lower the learning rate",
+                    e + 1
+                )));
             }
             loss_sum += loss;
             right += c;
             seen += rows.len();
-            emit(TrainEvent::Step { epoch: e, step: s, steps, loss, lr }, None);
+            emit(
+                TrainEvent::Step {
+                    epoch: e,
+                    step: s,
+                    steps,
+                    loss,
+                    lr,
+                },
+                None,
+            );
         }
         let (val_acc, val_extra) = trainer.validate()?;
         let state = trainer.state();
@@ -185,15 +254,28 @@ mod tests {
     use super::*;
 
     fn looped(batch: Option<usize>) -> EpochLoop {
-        let optim = OptimConfig { lr: 0.1, momentum: 0.9, weight_decay: 0.0, warmup_epochs: 0, warmup_lr: 0.0, epochs: 3 };
+        let optim = OptimConfig {
+            lr: 0.1,
+            momentum: 0.9,
+            weight_decay: 0.0,
+            warmup_epochs: 0,
+            warmup_lr: 0.0,
+            epochs: 3,
+        };
         EpochLoop::new(optim, batch, 3)
     }
 
     #[test]
     fn batches_follow_coops_loader() {
         let one = |items| TrainSet { items, views: 1 };
-        assert_eq!(looped(None).epoch_batches(one(5)), vec![vec![0, 1, 2, 3, 4]]);
-        assert_eq!(looped(Some(8)).epoch_batches(one(5)), vec![vec![0, 1, 2, 3, 4]]);
+        assert_eq!(
+            looped(None).epoch_batches(one(5)),
+            vec![vec![0, 1, 2, 3, 4]]
+        );
+        assert_eq!(
+            looped(Some(8)).epoch_batches(one(5)),
+            vec![vec![0, 1, 2, 3, 4]]
+        );
         let b = looped(Some(3)).epoch_batches(one(7));
         assert_eq!(b.len(), 2, "the last partial batch is dropped");
         assert!(b.iter().all(|c| c.len() == 3));
@@ -203,7 +285,10 @@ mod tests {
         assert_eq!(all.len(), 6, "no image twice in an epoch");
         // Views: row = image × views + the view drawn for it.
         let rows = looped(None).epoch_batches(TrainSet { items: 4, views: 3 });
-        assert!(rows[0].iter().enumerate().all(|(i, r)| r / 3 == i), "{rows:?}");
+        assert!(
+            rows[0].iter().enumerate().all(|(i, r)| r / 3 == i),
+            "{rows:?}"
+        );
     }
 
     /// A trainer whose loss is its step count: checks the order of events, the schedule, the stats and
@@ -237,18 +322,55 @@ mod tests {
 
     #[test]
     fn epochs_report_steps_stats_and_pause_at_a_boundary() {
-        let mut t = Counting { state: looped(Some(2)), steps: 0, ends: 0, nan_at: None };
+        let mut t = Counting {
+            state: looped(Some(2)),
+            steps: 0,
+            ends: 0,
+            nan_at: None,
+        };
         let set = TrainSet { items: 4, views: 1 };
         let mut events = vec![];
-        run_until(&mut t, set, 1, "", &crate::progress::Silent, &mut |e, x| events.push((e, x))).unwrap();
-        assert_eq!((t.state.epoch, t.ends, events.len()), (1, 1, 3), "two steps and an epoch, then a pause");
-        run_until(&mut t, set, 99, "", &crate::progress::Silent, &mut |e, x| events.push((e, x))).unwrap();
+        run_until(&mut t, set, 1, "", &crate::progress::Silent, &mut |e, x| {
+            events.push((e, x))
+        })
+        .unwrap();
+        assert_eq!(
+            (t.state.epoch, t.ends, events.len()),
+            (1, 1, 3),
+            "two steps and an epoch, then a pause"
+        );
+        run_until(
+            &mut t,
+            set,
+            99,
+            "",
+            &crate::progress::Silent,
+            &mut |e, x| events.push((e, x)),
+        )
+        .unwrap();
         assert_eq!((t.state.epoch, t.ends, t.steps), (3, 3, 6));
-        let stats: Vec<&EpochStats> = events.iter().filter_map(|(e, _)| if let TrainEvent::Epoch(s) = e { Some(s) } else { None }).collect();
-        assert_eq!(stats.iter().map(|s| s.epoch).collect::<Vec<_>>(), vec![0, 1, 2]);
+        let stats: Vec<&EpochStats> = events
+            .iter()
+            .filter_map(|(e, _)| {
+                if let TrainEvent::Epoch(s) = e {
+                    Some(s)
+                } else {
+                    None
+                }
+            })
+            .collect();
+        assert_eq!(
+            stats.iter().map(|s| s.epoch).collect::<Vec<_>>(),
+            vec![0, 1, 2]
+        );
         assert_eq!(stats[1].loss, 3.5, "mean of steps 3 and 4");
-        assert_eq!((stats[2].train_acc, stats[2].val_acc, stats[2].eta_s), (0.5, Some(0.5), 0.0));
-        assert!(events.iter().all(|(e, x)| matches!(e, TrainEvent::Step { .. }) == x.is_none()));
+        assert_eq!(
+            (stats[2].train_acc, stats[2].val_acc, stats[2].eta_s),
+            (0.5, Some(0.5), 0.0)
+        );
+        assert!(events
+            .iter()
+            .all(|(e, x)| matches!(e, TrainEvent::Step { .. }) == x.is_none()));
         assert_eq!(t.state.history.len(), 3);
     }
 
@@ -256,23 +378,67 @@ mod tests {
     fn time_held_in_the_callers_hands_is_not_training_time() {
         // A caller that holds every step for 40 ms (the app's pause): 6 steps = 240 ms outside training;
         // the steps themselves take microseconds.
-        let mut t = Counting { state: looped(Some(2)), steps: 0, ends: 0, nan_at: None };
+        let mut t = Counting {
+            state: looped(Some(2)),
+            steps: 0,
+            ends: 0,
+            nan_at: None,
+        };
         let mut last = None;
-        run_until(&mut t, TrainSet { items: 4, views: 1 }, 3, "", &crate::progress::Silent, &mut |e, _| match e {
-            TrainEvent::Step { .. } => std::thread::sleep(std::time::Duration::from_millis(40)),
-            TrainEvent::Epoch(s) => last = Some(s),
-        })
+        run_until(
+            &mut t,
+            TrainSet { items: 4, views: 1 },
+            3,
+            "",
+            &crate::progress::Silent,
+            &mut |e, _| match e {
+                TrainEvent::Step { .. } => std::thread::sleep(std::time::Duration::from_millis(40)),
+                TrainEvent::Epoch(s) => last = Some(s),
+            },
+        )
         .unwrap();
         let s = last.unwrap();
-        assert!(s.elapsed_s < 0.1, "paused time counted as training: {} s", s.elapsed_s);
+        assert!(
+            s.elapsed_s < 0.1,
+            "paused time counted as training: {} s",
+            s.elapsed_s
+        );
     }
 
     #[test]
     fn a_loss_that_stops_being_finite_is_an_error_naming_the_epoch() {
-        let mut t = Counting { state: looped(Some(2)), steps: 0, ends: 0, nan_at: Some(3) };
-        let err = run_until(&mut t, TrainSet { items: 4, views: 1 }, 3, "stage 2", &crate::progress::Silent, &mut |_, _| {}).unwrap_err();
-        assert!(err.to_string().contains("stage 2: the loss became NaN at epoch 2"), "{err}");
-        let empty = run_until(&mut t, TrainSet { items: 0, views: 1 }, 3, "", &crate::progress::Silent, &mut |_, _| {}).unwrap_err();
-        assert!(empty.to_string().contains("the training set is empty"), "{empty}");
+        let mut t = Counting {
+            state: looped(Some(2)),
+            steps: 0,
+            ends: 0,
+            nan_at: Some(3),
+        };
+        let err = run_until(
+            &mut t,
+            TrainSet { items: 4, views: 1 },
+            3,
+            "stage 2",
+            &crate::progress::Silent,
+            &mut |_, _| {},
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("stage 2: the loss became NaN at epoch 2"),
+            "{err}"
+        );
+        let empty = run_until(
+            &mut t,
+            TrainSet { items: 0, views: 1 },
+            3,
+            "",
+            &crate::progress::Silent,
+            &mut |_, _| {},
+        )
+        .unwrap_err();
+        assert!(
+            empty.to_string().contains("the training set is empty"),
+            "{empty}"
+        );
     }
 }

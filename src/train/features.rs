@@ -21,10 +21,10 @@ use crate::clip::encode::image_features;
 use crate::clip::preprocess::{load_image, preprocess};
 use crate::clip::{LoadedClip, PreprocessConfig};
 use crate::data::augment::{augment, view_seed};
-use crate::rng::Rng;
 use crate::data::Sample;
 use crate::error::{Error, Result};
 use crate::progress::{check, Progress};
+use crate::rng::Rng;
 
 pub use crate::clip::encode::BATCH;
 /// Progress stage while augmented views are encoded (eval views report `encode`'s "images").
@@ -49,10 +49,19 @@ pub enum View {
 
 impl View {
     /// `[3, size, size]` floats of this view of image number `image` of a run seeded with `seed`.
-    pub fn pixels(self, img: &DynamicImage, cfg: &PreprocessConfig, size: usize, seed: u64, image: usize) -> Vec<f32> {
+    pub fn pixels(
+        self,
+        img: &DynamicImage,
+        cfg: &PreprocessConfig,
+        size: usize,
+        seed: u64,
+        image: usize,
+    ) -> Vec<f32> {
         match self {
             View::Eval => preprocess(img, cfg),
-            View::Augmented { index } => augment(img, cfg, size, &mut Rng::new(view_seed(seed, image, index))),
+            View::Augmented { index } => {
+                augment(img, cfg, size, &mut Rng::new(view_seed(seed, image, index)))
+            }
         }
     }
 
@@ -60,7 +69,12 @@ impl View {
     pub fn of_row(views: usize, row: usize) -> (usize, View) {
         match row.checked_div(views) {
             None => (row, View::Eval),
-            Some(image) => (image, View::Augmented { index: (row % views) as u32 }),
+            Some(image) => (
+                image,
+                View::Augmented {
+                    index: (row % views) as u32,
+                },
+            ),
         }
     }
 }
@@ -89,13 +103,19 @@ impl FeatureSet {
         if self.views_per_image <= 1 {
             return Ok(self.feats.clone());
         }
-        let idx: Vec<u32> = (0..self.num_images()).map(|i| (i * self.views_per_image) as u32).collect();
-        Ok(self.feats.index_select(&Tensor::new(idx.as_slice(), self.feats.device())?, 0)?)
+        let idx: Vec<u32> = (0..self.num_images())
+            .map(|i| (i * self.views_per_image) as u32)
+            .collect();
+        Ok(self
+            .feats
+            .index_select(&Tensor::new(idx.as_slice(), self.feats.device())?, 0)?)
     }
 
     /// Each image's label, in the order of [`Self::first_views`].
     pub fn image_labels(&self) -> Vec<usize> {
-        (0..self.num_images()).map(|i| self.label_of_image(i)).collect()
+        (0..self.num_images())
+            .map(|i| self.label_of_image(i))
+            .collect()
     }
 
     /// The share of images whose highest logit (one row per image, as [`Self::first_views`]) is their
@@ -106,7 +126,12 @@ impl FeatureSet {
             return Ok(0.0);
         }
         let pred: Vec<u32> = logits.argmax(candle_core::D::Minus1)?.to_vec1()?;
-        Ok(pred.iter().enumerate().filter(|(i, p)| **p as usize == self.label_of_image(*i)).count() as f64 / n as f64)
+        Ok(pred
+            .iter()
+            .enumerate()
+            .filter(|(i, p)| **p as usize == self.label_of_image(*i))
+            .count() as f64
+            / n as f64)
     }
 }
 
@@ -124,12 +149,19 @@ pub fn extract(
     progress: &dyn Progress,
 ) -> Result<FeatureSet> {
     let per_image = views.max(1);
-    let labels: Vec<usize> = samples.iter().flat_map(|s| std::iter::repeat_n(s.label, per_image)).collect();
+    let labels: Vec<usize> = samples
+        .iter()
+        .flat_map(|s| std::iter::repeat_n(s.label, per_image))
+        .collect();
     let rows = labels.len();
-    let dim = clip.model.config.projection_dim;
+    let dim = clip.projection_dim();
     if samples.is_empty() {
         let feats = Tensor::zeros((0, dim), DType::F32, &clip.device)?;
-        return Ok(FeatureSet { feats, labels, views_per_image: per_image });
+        return Ok(FeatureSet {
+            feats,
+            labels,
+            views_per_image: per_image,
+        });
     }
     let cache_file = match cache_dir {
         Some(dir) => {
@@ -137,7 +169,11 @@ pub fn extract(
             let file = dir.join(format!("{key}.safetensors"));
             if let Some(feats) = load_cached(&file, &key, rows, dim, &clip.device) {
                 progress.update(CACHED_STAGE, rows, rows);
-                return Ok(FeatureSet { feats, labels, views_per_image: per_image });
+                return Ok(FeatureSet {
+                    feats,
+                    labels,
+                    views_per_image: per_image,
+                });
             }
             Some((file, key))
         }
@@ -154,7 +190,11 @@ pub fn extract(
             eprintln!("warning: could not write the feature cache ({e}); features will be recomputed next time");
         }
     }
-    Ok(FeatureSet { feats, labels, views_per_image: per_image })
+    Ok(FeatureSet {
+        feats,
+        labels,
+        views_per_image: per_image,
+    })
 }
 
 /// Where features are cached unless the user says otherwise: `$PROMPTSCOPE_CACHE`, else
@@ -218,42 +258,77 @@ fn load_cached(file: &Path, key: &str, rows: usize, dim: usize, device: &Device)
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
         Err(e) => {
-            eprintln!("warning: ignoring feature cache {}: {e}; recomputing", file.display());
+            eprintln!(
+                "warning: ignoring feature cache {}: {e}; recomputing",
+                file.display()
+            );
             return None;
         }
     };
     match parse_cached(&bytes, key, rows, dim, device) {
         Ok(t) => Some(t),
         Err(reason) => {
-            eprintln!("warning: ignoring feature cache {}: {reason}; recomputing", file.display());
+            eprintln!(
+                "warning: ignoring feature cache {}: {reason}; recomputing",
+                file.display()
+            );
             None
         }
     }
 }
 
-fn parse_cached(bytes: &[u8], key: &str, rows: usize, dim: usize, device: &Device) -> std::result::Result<Tensor, String> {
-    let (_, meta) = safetensors::SafeTensors::read_metadata(bytes).map_err(|e| format!("not a safetensors file ({e})"))?;
+fn parse_cached(
+    bytes: &[u8],
+    key: &str,
+    rows: usize,
+    dim: usize,
+    device: &Device,
+) -> std::result::Result<Tensor, String> {
+    let (_, meta) = safetensors::SafeTensors::read_metadata(bytes)
+        .map_err(|e| format!("not a safetensors file ({e})"))?;
     let stored_key = meta.metadata().as_ref().and_then(|m| m.get("key"));
     if stored_key.map(String::as_str) != Some(key) {
         return Err("written for other inputs (its key differs from its name)".into());
     }
-    let st = safetensors::SafeTensors::deserialize(bytes).map_err(|e| format!("not a safetensors file ({e})"))?;
-    let t = st.tensor(FEATURES).map_err(|e| format!("no \"{FEATURES}\" tensor ({e})"))?;
+    let st = safetensors::SafeTensors::deserialize(bytes)
+        .map_err(|e| format!("not a safetensors file ({e})"))?;
+    let t = st
+        .tensor(FEATURES)
+        .map_err(|e| format!("no \"{FEATURES}\" tensor ({e})"))?;
     if t.dtype() != safetensors::Dtype::F32 || t.shape() != [rows, dim] {
-        return Err(format!("holds {:?} {:?}, expected F32 [{rows}, {dim}]", t.dtype(), t.shape()));
+        return Err(format!(
+            "holds {:?} {:?}, expected F32 [{rows}, {dim}]",
+            t.dtype(),
+            t.shape()
+        ));
     }
-    let values: Vec<f32> = t.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+    let values: Vec<f32> = t
+        .data()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
     Tensor::from_vec(values, (rows, dim), device).map_err(|e| e.to_string())
 }
 
-fn store(file: &Path, key: &str, feats: &Tensor, clip: &LoadedClip, views: usize, seed: u64) -> Result<()> {
+fn store(
+    file: &Path,
+    key: &str,
+    feats: &Tensor,
+    clip: &LoadedClip,
+    views: usize,
+    seed: u64,
+) -> Result<()> {
     let dir = file.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let (rows, dim) = feats.dims2()?;
-    let values = feats.to_device(&Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?;
+    let values = feats
+        .to_device(&Device::Cpu)?
+        .flatten_all()?
+        .to_vec1::<f32>()?;
     let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-    let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![rows, dim], &bytes)
-        .map_err(|e| Error::invalid(format!("{}: {e}", file.display())))?;
+    let view =
+        safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![rows, dim], &bytes)
+            .map_err(|e| Error::invalid(format!("{}: {e}", file.display())))?;
     // What a person inspecting the cache folder needs to tell files apart.
     let meta = std::collections::HashMap::from([
         ("format".to_string(), FORMAT.to_string()),
@@ -262,20 +337,30 @@ fn store(file: &Path, key: &str, feats: &Tensor, clip: &LoadedClip, views: usize
         ("views".to_string(), views.to_string()),
         ("seed".to_string(), seed.to_string()),
     ]);
-    let out = safetensors::serialize([(FEATURES, view)], Some(meta)).map_err(|e| Error::invalid(format!("{}: {e}", file.display())))?;
+    let out = safetensors::serialize([(FEATURES, view)], Some(meta))
+        .map_err(|e| Error::invalid(format!("{}: {e}", file.display())))?;
     crate::error::write_atomic(file, &out)
 }
 
 /// Encodes `views` augmented views of every sample, decoding each image once on a producer thread while
 /// the model runs on the previous batch (the pattern of `clip::encode::image_features`).
-fn augmented_features(clip: &LoadedClip, samples: &[Sample], views: usize, seed: u64, progress: &dyn Progress) -> Result<Tensor> {
+fn augmented_features(
+    clip: &LoadedClip,
+    samples: &[Sample],
+    views: usize,
+    seed: u64,
+    progress: &dyn Progress,
+) -> Result<Tensor> {
     let images_per_batch = (BATCH / views).max(1);
     let total = samples.len() * views;
     std::thread::scope(|scope| {
         let (tx, rx) = sync_channel::<Result<Tensor>>(1);
         scope.spawn(move || {
             for (b, chunk) in samples.chunks(images_per_batch).enumerate() {
-                if tx.send(view_batch(clip, chunk, b * images_per_batch, views, seed)).is_err() {
+                if tx
+                    .send(view_batch(clip, chunk, b * images_per_batch, views, seed))
+                    .is_err()
+                {
                     break;
                 }
             }
@@ -287,7 +372,7 @@ fn augmented_features(clip: &LoadedClip, samples: &[Sample], views: usize, seed:
             check(progress)?;
             let pixels = pixels?;
             done += pixels.dim(0)?;
-            feats.push(clip.model.image_features(&pixels)?);
+            feats.push(clip.image_features(&pixels)?);
             progress.update(AUGMENTED_STAGE, done, total);
         }
         Ok(Tensor::cat(&feats, 0)?)
@@ -295,8 +380,14 @@ fn augmented_features(clip: &LoadedClip, samples: &[Sample], views: usize, seed:
 }
 
 /// `[chunk.len() · views, 3, S, S]` pixels; `first` is the index of `chunk[0]` among all samples.
-fn view_batch(clip: &LoadedClip, chunk: &[Sample], first: usize, views: usize, seed: u64) -> Result<Tensor> {
-    let size = clip.model.config.vision_config.image_size;
+fn view_batch(
+    clip: &LoadedClip,
+    chunk: &[Sample],
+    first: usize,
+    views: usize,
+    seed: u64,
+) -> Result<Tensor> {
+    let size = clip.image_size();
     let per_image: Vec<Vec<f32>> = chunk
         .par_iter()
         .enumerate()
@@ -304,12 +395,18 @@ fn view_batch(clip: &LoadedClip, chunk: &[Sample], first: usize, views: usize, s
             let img = load_image(&s.path)?;
             let pixels: Vec<Vec<f32>> = (0..views as u32)
                 .into_par_iter()
-                .map(|index| View::Augmented { index }.pixels(&img, &clip.preprocess, size, seed, first + k))
+                .map(|index| {
+                    View::Augmented { index }.pixels(&img, &clip.preprocess, size, seed, first + k)
+                })
                 .collect();
             Ok(pixels.concat())
         })
         .collect::<Result<_>>()?;
-    Ok(Tensor::from_vec(per_image.concat(), (chunk.len() * views, 3, size, size), &clip.device)?)
+    Ok(Tensor::from_vec(
+        per_image.concat(),
+        (chunk.len() * views, 3, size, size),
+        &clip.device,
+    )?)
 }
 
 #[cfg(test)]
@@ -331,12 +428,20 @@ mod tests {
     fn fixture() -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let model = dir.path().join("model");
-        crate::clip::synth::write_model_folder(&ClipConfig::tiny(HiddenAct::QuickGelu, 1e-5), &model).unwrap();
+        crate::clip::synth::write_model_folder(
+            &ClipConfig::tiny(HiddenAct::QuickGelu, 1e-5),
+            &model,
+        )
+        .unwrap();
         let data = dir.path().join("data");
         crate::data::synth::write_dataset(&data, 3, 0, Some((4, 2, 3)), 0).unwrap();
         let clip = crate::clip::load::load_dir(&model, "tiny", &Device::Cpu).unwrap();
         let samples = DatasetFolder::open(&data).unwrap().train.unwrap();
-        Fixture { _dir: dir, clip, samples }
+        Fixture {
+            _dir: dir,
+            clip,
+            samples,
+        }
     }
 
     /// Remembers the stages it was told about.
@@ -365,11 +470,25 @@ mod tests {
         let set = extract(&f.clip, &f.samples, 0, 1, None, &Silent).unwrap();
         let paths: Vec<PathBuf> = f.samples.iter().map(|s| s.path.clone()).collect();
         let want = image_features(&f.clip, &paths, 5, &Silent).unwrap();
-        let diff = (&set.feats - &want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        let diff = (&set.feats - &want)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
         // Batches of 5 against extract's batching: 6.0e-7 on the AVX-512 kernels, 7.2e-7 on AVX2+FMA (14× margin).
-        crate::testing::within("eval view vs encode: image features, other batching", diff as f64, 1e-5);
+        crate::testing::within(
+            "eval view vs encode: image features, other batching",
+            diff as f64,
+            1e-5,
+        );
         assert_eq!(set.feats.dims(), [12, 24]);
-        assert_eq!(set.labels, f.samples.iter().map(|s| s.label).collect::<Vec<_>>());
+        assert_eq!(
+            set.labels,
+            f.samples.iter().map(|s| s.label).collect::<Vec<_>>()
+        );
         assert_eq!(set.views_per_image, 1);
     }
 
@@ -385,16 +504,33 @@ mod tests {
         assert!(cache_dir.join(format!("{key}.safetensors")).is_file());
 
         let second_progress = Stages::default();
-        let second = extract(&f.clip, &f.samples, 2, 7, Some(&cache_dir), &second_progress).unwrap();
+        let second = extract(
+            &f.clip,
+            &f.samples,
+            2,
+            7,
+            Some(&cache_dir),
+            &second_progress,
+        )
+        .unwrap();
         assert!(second_progress.saw(CACHED_STAGE) && !second_progress.saw(AUGMENTED_STAGE));
         let (a, b) = (rows(&first.feats), rows(&second.feats));
-        assert!(a.iter().flatten().zip(b.iter().flatten()).all(|(x, y)| x.to_bits() == y.to_bits()));
+        assert!(a
+            .iter()
+            .flatten()
+            .zip(b.iter().flatten())
+            .all(|(x, y)| x.to_bits() == y.to_bits()));
         assert_eq!(first.labels, second.labels);
         assert_eq!((first.views_per_image, first.labels.len()), (2, 24));
         assert_eq!(first.labels[..4], [0, 0, 0, 0]);
 
         // Two views of one image, and the same view index of two images, are different crops.
-        let dist = |x: &[f32], y: &[f32]| x.iter().zip(y).map(|(p, q)| (p - q).abs()).fold(0f32, f32::max);
+        let dist = |x: &[f32], y: &[f32]| {
+            x.iter()
+                .zip(y)
+                .map(|(p, q)| (p - q).abs())
+                .fold(0f32, f32::max)
+        };
         assert!(dist(&a[0], &a[1]) > 1e-4, "{}", dist(&a[0], &a[1]));
         assert!(dist(&a[2], &a[3]) > 1e-4);
         // A different seed is a different cache entry with different views.
@@ -429,7 +565,10 @@ mod tests {
         assert_ne!(key, cache_key(&f.clip, &f.samples, 1, 4).unwrap());
         assert_ne!(key, cache_key(&f.clip, &f.samples, 2, 3).unwrap());
         // The eval view does not depend on the seed, so every seed shares its features.
-        assert_eq!(cache_key(&f.clip, &f.samples, 0, 3).unwrap(), cache_key(&f.clip, &f.samples, 0, 4).unwrap());
+        assert_eq!(
+            cache_key(&f.clip, &f.samples, 0, 3).unwrap(),
+            cache_key(&f.clip, &f.samples, 0, 4).unwrap()
+        );
 
         let mut relabelled = f.samples.clone();
         relabelled[0].label = 2;
@@ -444,9 +583,14 @@ mod tests {
     fn cancellation_stops_extraction() {
         let f = fixture();
         let cancel = AtomicBool::new(true);
-        let progress = Reporter { cancel: &cancel, on_update: |_: &str, _: usize, _: usize| {} };
+        let progress = Reporter {
+            cancel: &cancel,
+            on_update: |_: &str, _: usize, _: usize| {},
+        };
         for views in [0, 2] {
-            let err = extract(&f.clip, &f.samples, views, 1, None, &progress).err().unwrap();
+            let err = extract(&f.clip, &f.samples, views, 1, None, &progress)
+                .err()
+                .unwrap();
             assert!(matches!(err, Error::Cancelled), "{err}");
         }
     }
@@ -460,11 +604,28 @@ mod tests {
     #[test]
     fn default_cache_dir_follows_the_environment() {
         let env = |pairs: &'static [(&'static str, &'static str)]| {
-            move |k: &str| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| OsString::from(v))
+            move |k: &str| {
+                pairs
+                    .iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| OsString::from(v))
+            }
         };
-        assert_eq!(cache_dir_from(env(&[("PROMPTSCOPE_CACHE", "/c"), ("HOME", "/h")])), PathBuf::from("/c"));
-        assert_eq!(cache_dir_from(env(&[("XDG_CACHE_HOME", "/x"), ("HOME", "/h")])), Path::new("/x/promptscope/features"));
-        assert_eq!(cache_dir_from(env(&[("XDG_CACHE_HOME", "rel"), ("HOME", "/h")])), Path::new("/h/.cache/promptscope/features"));
-        assert_eq!(cache_dir_from(env(&[("PROMPTSCOPE_CACHE", ""), ("HOME", "/h")])), Path::new("/h/.cache/promptscope/features"));
+        assert_eq!(
+            cache_dir_from(env(&[("PROMPTSCOPE_CACHE", "/c"), ("HOME", "/h")])),
+            PathBuf::from("/c")
+        );
+        assert_eq!(
+            cache_dir_from(env(&[("XDG_CACHE_HOME", "/x"), ("HOME", "/h")])),
+            Path::new("/x/promptscope/features")
+        );
+        assert_eq!(
+            cache_dir_from(env(&[("XDG_CACHE_HOME", "rel"), ("HOME", "/h")])),
+            Path::new("/h/.cache/promptscope/features")
+        );
+        assert_eq!(
+            cache_dir_from(env(&[("PROMPTSCOPE_CACHE", ""), ("HOME", "/h")])),
+            Path::new("/h/.cache/promptscope/features")
+        );
     }
 }

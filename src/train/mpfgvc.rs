@@ -19,17 +19,17 @@ use std::collections::HashMap;
 use candle_core::{DType, Tensor, Var, D};
 use serde::{Deserialize, Serialize};
 
-use crate::fusion::params::ParamLinear;
-use crate::fusion::tail::VisionTail;
-use crate::fusion::vlfm::Vlfm;
 use crate::clip::l2_normalize;
 use crate::clip::text::TextTower;
 use crate::error::Result;
+use crate::fusion::params::ParamLinear;
+use crate::fusion::tail::VisionTail;
+use crate::fusion::vlfm::Vlfm;
 use crate::progress::Progress;
 use crate::prompt::coop::PromptLearner;
-use crate::train::epoch_loop::{self, EpochLoop, TrainEvent, TrainSet, TrainStep};
 use crate::train::checkpoint::{restore, snapshot, ParamOptimizer};
 pub use crate::train::checkpoint::{Checkpoint, CheckpointSink};
+use crate::train::epoch_loop::{self, EpochLoop, TrainEvent, TrainSet, TrainStep};
 use crate::train::optim::{AdamW, OptimConfig, Sgd};
 
 /// The temperature of stage 1's image-to-text loss (the paper's fixed τ).
@@ -95,8 +95,20 @@ impl Split {
 
     fn rows(&self, rows: &[usize]) -> Result<(Tensor, Tensor)> {
         let dev = self.inputs.device();
-        let idx = Tensor::new(rows.iter().map(|&r| r as u32).collect::<Vec<_>>().as_slice(), dev)?;
-        let labels = Tensor::new(rows.iter().map(|&r| self.labels[r] as u32).collect::<Vec<_>>().as_slice(), dev)?;
+        let idx = Tensor::new(
+            rows.iter()
+                .map(|&r| r as u32)
+                .collect::<Vec<_>>()
+                .as_slice(),
+            dev,
+        )?;
+        let labels = Tensor::new(
+            rows.iter()
+                .map(|&r| self.labels[r] as u32)
+                .collect::<Vec<_>>()
+                .as_slice(),
+            dev,
+        )?;
         Ok((self.inputs.index_select(&idx, 0)?, labels))
     }
 }
@@ -106,19 +118,35 @@ pub fn accuracy(pred: &[u32], labels: &[usize]) -> f64 {
     if labels.is_empty() {
         return 0.0;
     }
-    pred.iter().zip(labels).filter(|(p, l)| **p as usize == **l).count() as f64 / labels.len() as f64
+    pred.iter()
+        .zip(labels)
+        .filter(|(p, l)| **p as usize == **l)
+        .count() as f64
+        / labels.len() as f64
 }
 
 fn correct(logits: &Tensor, labels: &Tensor) -> Result<usize> {
-    Ok(logits.argmax(D::Minus1)?.eq(labels)?.to_dtype(DType::U32)?.sum_all()?.to_scalar::<u32>()? as usize)
+    Ok(logits
+        .argmax(D::Minus1)?
+        .eq(labels)?
+        .to_dtype(DType::U32)?
+        .sum_all()?
+        .to_scalar::<u32>()? as usize)
 }
 
 /// A stage's optimiser over its parameters.
 fn stage_optimizer(config: &StageConfig, params: &[(String, Var)]) -> ParamOptimizer {
     let o = &config.optim;
     match config.optimizer {
-        OptimizerKind::Sgd => ParamOptimizer::Sgd(params.iter().map(|_| Sgd::new(o.momentum, o.weight_decay)).collect()),
-        OptimizerKind::AdamW => ParamOptimizer::AdamW(params.iter().map(|_| AdamW::new(o.weight_decay)).collect()),
+        OptimizerKind::Sgd => ParamOptimizer::Sgd(
+            params
+                .iter()
+                .map(|_| Sgd::new(o.momentum, o.weight_decay))
+                .collect(),
+        ),
+        OptimizerKind::AdamW => {
+            ParamOptimizer::AdamW(params.iter().map(|_| AdamW::new(o.weight_decay)).collect())
+        }
     }
 }
 
@@ -152,7 +180,9 @@ impl<'a> Stage1Model<'a> {
 
     /// Normalised DaTP text features `[C, P]`, without gradient: E_T for stage 2 and the i2t classifier.
     pub fn text_embeddings(&self) -> Result<Tensor> {
-        Ok(l2_normalize(&self.learner.text_features(self.text)?.detach())?)
+        Ok(l2_normalize(
+            &self.learner.text_features(self.text)?.detach(),
+        )?)
     }
 
     /// `L_v + L_i2t` on a batch, with the head's logits.
@@ -169,11 +199,27 @@ impl<'a> Stage1Model<'a> {
     pub fn predict(&self, inputs: &Tensor, progress: &dyn Progress) -> Result<Stage1Predictions> {
         let features = self.tail.image_features_batched(inputs, progress)?;
         if features.dim(0)? == 0 {
-            return Ok(Stage1Predictions { features, head: vec![], i2t: vec![] });
+            return Ok(Stage1Predictions {
+                features,
+                head: vec![],
+                i2t: vec![],
+            });
         }
-        let head = self.head.forward(&features)?.detach().argmax(D::Minus1)?.to_vec1()?;
-        let i2t = l2_normalize(&features)?.matmul(&self.text_embeddings()?.t()?)?.argmax(D::Minus1)?.to_vec1()?;
-        Ok(Stage1Predictions { features, head, i2t })
+        let head = self
+            .head
+            .forward(&features)?
+            .detach()
+            .argmax(D::Minus1)?
+            .to_vec1()?;
+        let i2t = l2_normalize(&features)?
+            .matmul(&self.text_embeddings()?.t()?)?
+            .argmax(D::Minus1)?
+            .to_vec1()?;
+        Ok(Stage1Predictions {
+            features,
+            head,
+            i2t,
+        })
     }
 }
 
@@ -189,14 +235,35 @@ pub struct Stage1<'a> {
 }
 
 impl<'a> Stage1<'a> {
-    pub fn new(model: Stage1Model<'a>, config: StageConfig, seed: u64, train: &'a Split, val: Option<&'a Split>) -> Result<Self> {
+    pub fn new(
+        model: Stage1Model<'a>,
+        config: StageConfig,
+        seed: u64,
+        train: &'a Split,
+        val: Option<&'a Split>,
+    ) -> Result<Self> {
         let params = model.named_vars();
         let opt = stage_optimizer(&config, &params);
-        Ok(Self { model, state: EpochLoop::new(config.optim, config.batch_size, seed), checkpoint: None, params, opt, train, val })
+        Ok(Self {
+            model,
+            state: EpochLoop::new(config.optim, config.batch_size, seed),
+            checkpoint: None,
+            params,
+            opt,
+            train,
+            val,
+        })
     }
 
-    pub fn run(&mut self, progress: &dyn Progress, on_event: &mut dyn FnMut(StageEvent)) -> Result<()> {
-        let set = TrainSet { items: self.train.len(), views: 1 };
+    pub fn run(
+        &mut self,
+        progress: &dyn Progress,
+        on_event: &mut dyn FnMut(StageEvent),
+    ) -> Result<()> {
+        let set = TrainSet {
+            items: self.train.len(),
+            views: 1,
+        };
         run_stage(self, 1, set, progress, on_event)
     }
 
@@ -212,11 +279,28 @@ impl<'a> Stage1<'a> {
 }
 
 /// Runs a stage's remaining epochs on the epoch loop, its events tagged with the stage.
-fn run_stage(stage: &mut dyn TrainStep, number: u8, set: TrainSet, progress: &dyn Progress, on_event: &mut dyn FnMut(StageEvent)) -> Result<()> {
+fn run_stage(
+    stage: &mut dyn TrainStep,
+    number: u8,
+    set: TrainSet,
+    progress: &dyn Progress,
+    on_event: &mut dyn FnMut(StageEvent),
+) -> Result<()> {
     let epochs = stage.state().optim.epochs;
-    epoch_loop::run_until(stage, set, epochs, &format!("stage {number}"), progress, &mut |event, val_acc_i2t| {
-        on_event(StageEvent { stage: number, event, val_acc_i2t })
-    })
+    epoch_loop::run_until(
+        stage,
+        set,
+        epochs,
+        &format!("stage {number}"),
+        progress,
+        &mut |event, val_acc_i2t| {
+            on_event(StageEvent {
+                stage: number,
+                event,
+                val_acc_i2t,
+            })
+        },
+    )
 }
 
 impl TrainStep for Stage1<'_> {
@@ -243,7 +327,10 @@ impl TrainStep for Stage1<'_> {
         match self.val {
             Some(v) if !v.is_empty() => {
                 let p = self.model.predict(&v.inputs, &crate::progress::Silent)?;
-                Ok((Some(accuracy(&p.head, &v.labels)), Some(accuracy(&p.i2t, &v.labels))))
+                Ok((
+                    Some(accuracy(&p.head, &v.labels)),
+                    Some(accuracy(&p.i2t, &v.labels)),
+                ))
             }
             _ => Ok((None, None)),
         }
@@ -271,14 +358,37 @@ pub struct Stage2<'a> {
 }
 
 impl<'a> Stage2<'a> {
-    pub fn new(vlfm: Vlfm, text: Tensor, config: StageConfig, seed: u64, train: &'a Split, val: Option<&'a Split>) -> Result<Self> {
+    pub fn new(
+        vlfm: Vlfm,
+        text: Tensor,
+        config: StageConfig,
+        seed: u64,
+        train: &'a Split,
+        val: Option<&'a Split>,
+    ) -> Result<Self> {
         let params = vlfm.named_vars();
         let opt = stage_optimizer(&config, &params);
-        Ok(Self { vlfm, state: EpochLoop::new(config.optim, config.batch_size, seed), checkpoint: None, text, params, opt, train, val })
+        Ok(Self {
+            vlfm,
+            state: EpochLoop::new(config.optim, config.batch_size, seed),
+            checkpoint: None,
+            text,
+            params,
+            opt,
+            train,
+            val,
+        })
     }
 
-    pub fn run(&mut self, progress: &dyn Progress, on_event: &mut dyn FnMut(StageEvent)) -> Result<()> {
-        let set = TrainSet { items: self.train.len(), views: 1 };
+    pub fn run(
+        &mut self,
+        progress: &dyn Progress,
+        on_event: &mut dyn FnMut(StageEvent),
+    ) -> Result<()> {
+        let set = TrainSet {
+            items: self.train.len(),
+            views: 1,
+        };
         run_stage(self, 2, set, progress, on_event)
     }
 
@@ -294,7 +404,10 @@ pub fn vlfm_predict(vlfm: &Vlfm, e_v: &Tensor, e_t: &Tensor) -> Result<Vec<u32>>
     let mut out = Vec::with_capacity(n);
     for start in (0..n).step_by(256) {
         let len = 256.min(n - start);
-        let logits = vlfm.forward(&e_v.narrow(0, start, len)?, e_t)?.logits.detach();
+        let logits = vlfm
+            .forward(&e_v.narrow(0, start, len)?, e_t)?
+            .logits
+            .detach();
         out.extend(logits.argmax(D::Minus1)?.to_vec1::<u32>()?);
     }
     Ok(out)
@@ -323,7 +436,13 @@ impl TrainStep for Stage2<'_> {
 
     fn validate(&mut self) -> Result<(Option<f64>, Option<f64>)> {
         match self.val {
-            Some(v) if !v.is_empty() => Ok((Some(accuracy(&vlfm_predict(&self.vlfm, &v.inputs, &self.text)?, &v.labels)), None)),
+            Some(v) if !v.is_empty() => Ok((
+                Some(accuracy(
+                    &vlfm_predict(&self.vlfm, &v.inputs, &self.text)?,
+                    &v.labels,
+                )),
+                None,
+            )),
             _ => Ok((None, None)),
         }
     }
@@ -353,18 +472,46 @@ mod tests {
         let text: Vec<f32> = (0..c * p).map(|_| u()).collect();
         let inputs = l2_normalize(&Tensor::from_vec(x, (n, p), dev).unwrap()).unwrap();
         let text = l2_normalize(&Tensor::from_vec(text, (c, p), dev).unwrap()).unwrap();
-        (Split { inputs, labels: (0..n).map(|i| i % c).collect() }, text)
+        (
+            Split {
+                inputs,
+                labels: (0..n).map(|i| i % c).collect(),
+            },
+            text,
+        )
     }
 
     fn train_acc(kind: OptimizerKind, lr: f64) -> Result<f64> {
         let dev = candle_core::Device::Cpu;
         let (train, text) = common_direction_problem(&dev);
-        let optim = OptimConfig { lr, momentum: 0.9, weight_decay: 5e-4, warmup_epochs: 1, warmup_lr: 1e-5, epochs: 100 };
-        let config = StageConfig { optim, batch_size: Some(32), optimizer: kind };
-        let vlfm = Vlfm::new(&VlfmConfig { dim: 24, num_classes: 4, expansion: 4, seed: 1 }, &dev)?;
+        let optim = OptimConfig {
+            lr,
+            momentum: 0.9,
+            weight_decay: 5e-4,
+            warmup_epochs: 1,
+            warmup_lr: 1e-5,
+            epochs: 100,
+        };
+        let config = StageConfig {
+            optim,
+            batch_size: Some(32),
+            optimizer: kind,
+        };
+        let vlfm = Vlfm::new(
+            &VlfmConfig {
+                dim: 24,
+                num_classes: 4,
+                expansion: 4,
+                seed: 1,
+            },
+            &dev,
+        )?;
         let mut s2 = Stage2::new(vlfm, text.clone(), config, 1, &train, None)?;
         s2.run(&crate::progress::Silent, &mut |_| {})?;
-        Ok(accuracy(&vlfm_predict(&s2.vlfm, &train.inputs, &text)?, &train.labels))
+        Ok(accuracy(
+            &vlfm_predict(&s2.vlfm, &train.inputs, &text)?,
+            &train.labels,
+        ))
     }
 
     #[test]

@@ -19,7 +19,14 @@ pub struct OptimConfig {
 
 impl Default for OptimConfig {
     fn default() -> Self {
-        Self { lr: 0.002, momentum: 0.9, weight_decay: 5e-4, warmup_epochs: 1, warmup_lr: 1e-5, epochs: 50 }
+        Self {
+            lr: 0.002,
+            momentum: 0.9,
+            weight_decay: 5e-4,
+            warmup_epochs: 1,
+            warmup_lr: 1e-5,
+            epochs: 50,
+        }
     }
 }
 
@@ -55,11 +62,19 @@ pub struct Sgd {
 
 impl Sgd {
     pub fn new(momentum: f64, weight_decay: f64) -> Self {
-        Self { momentum, weight_decay, buf: None }
+        Self {
+            momentum,
+            weight_decay,
+            buf: None,
+        }
     }
 
     pub fn step(&mut self, p: &Var, grad: &Tensor, lr: f64) -> Result<()> {
-        let d = if self.weight_decay != 0.0 { (grad + (p.as_tensor() * self.weight_decay)?)? } else { grad.clone() };
+        let d = if self.weight_decay != 0.0 {
+            (grad + (p.as_tensor() * self.weight_decay)?)?
+        } else {
+            grad.clone()
+        };
         let buf = match &self.buf {
             Some(b) if self.momentum != 0.0 => ((b * self.momentum)? + d)?,
             _ => d,
@@ -90,7 +105,12 @@ impl AdamW {
     const EPS: f64 = 1e-8;
 
     pub fn new(weight_decay: f64) -> Self {
-        Self { weight_decay, eps: Self::EPS, t: 0, moments: None }
+        Self {
+            weight_decay,
+            eps: Self::EPS,
+            t: 0,
+            moments: None,
+        }
     }
 
     pub fn with_eps(mut self, eps: f64) -> Self {
@@ -130,28 +150,60 @@ mod tests {
         use candle_nn::Optimizer as _;
         let dev = candle_core::Device::Cpu;
         let init = Tensor::new(&[[0.5f32, -1.25, 2.0], [0.0, 3.5, -0.75]], &dev).unwrap();
-        let (ours, theirs) = (Var::from_tensor(&init).unwrap(), Var::from_tensor(&init).unwrap());
+        let (ours, theirs) = (
+            Var::from_tensor(&init).unwrap(),
+            Var::from_tensor(&init).unwrap(),
+        );
         let mut opt = AdamW::new(5e-4);
-        let params = candle_nn::ParamsAdamW { lr: 0.01, weight_decay: 5e-4, ..Default::default() };
+        let params = candle_nn::ParamsAdamW {
+            lr: 0.01,
+            weight_decay: 5e-4,
+            ..Default::default()
+        };
         let mut reference = candle_nn::AdamW::new(vec![theirs.clone()], params).unwrap();
         for (k, lr) in [0.01, 0.005, 0.02].into_iter().enumerate() {
-            let g = ((theirs.as_tensor().sqr().unwrap() * (k as f64 + 1.0)).unwrap() - 0.3).unwrap();
+            let g =
+                ((theirs.as_tensor().sqr().unwrap() * (k as f64 + 1.0)).unwrap() - 0.3).unwrap();
             reference.set_learning_rate(lr);
-            let loss = (theirs.as_tensor() * &g.detach()).unwrap().sum_all().unwrap();
+            let loss = (theirs.as_tensor() * &g.detach())
+                .unwrap()
+                .sum_all()
+                .unwrap();
             reference.step(&loss.backward().unwrap()).unwrap();
             opt.step(&ours, &g, lr).unwrap();
         }
-        let bits = |v: &Var| v.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        let bits = |v: &Var| {
+            v.as_tensor()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+                .iter()
+                .map(|x| x.to_bits())
+                .collect::<Vec<_>>()
+        };
         assert_eq!(bits(&ours), bits(&theirs));
         assert_eq!(opt.t, 3);
     }
 
     #[test]
     fn schedule_follows_the_formula_for_w1_e5() {
-        let c = OptimConfig { lr: 0.002, warmup_epochs: 1, warmup_lr: 1e-5, epochs: 5, ..Default::default() };
+        let c = OptimConfig {
+            lr: 0.002,
+            warmup_epochs: 1,
+            warmup_lr: 1e-5,
+            epochs: 5,
+            ..Default::default()
+        };
         let got: Vec<f64> = (0..5).map(|e| c.lr_at(e)).collect();
         let pi = std::f64::consts::PI;
-        let want = [1e-5, 0.002, 0.001 * (1.0 + (pi / 5.0).cos()), 0.001 * (1.0 + (2.0 * pi / 5.0).cos()), 0.001 * (1.0 + (3.0 * pi / 5.0).cos())];
+        let want = [
+            1e-5,
+            0.002,
+            0.001 * (1.0 + (pi / 5.0).cos()),
+            0.001 * (1.0 + (2.0 * pi / 5.0).cos()),
+            0.001 * (1.0 + (3.0 * pi / 5.0).cos()),
+        ];
         for (g, w) in got.iter().zip(want) {
             assert!((g - w).abs() < 1e-15, "{got:?} vs {want:?}");
         }
@@ -166,10 +218,16 @@ mod tests {
         opt.step(&p, &g, 0.1).unwrap();
         // d = g + 0.1 p = [0.6, 0.3]; buf = d; p = p - 0.1 d = [0.94, -2.03]
         let v: Vec<f32> = p.as_tensor().to_vec1().unwrap();
-        assert!((v[0] - 0.94).abs() < 1e-6 && (v[1] + 2.03).abs() < 1e-6, "{v:?}");
+        assert!(
+            (v[0] - 0.94).abs() < 1e-6 && (v[1] + 2.03).abs() < 1e-6,
+            "{v:?}"
+        );
         opt.step(&p, &g, 0.1).unwrap();
         // d = [0.5 + 0.094, 0.5 - 0.203]; buf = 0.9 [0.6, 0.3] + d = [1.134, 0.567]
         let v: Vec<f32> = p.as_tensor().to_vec1().unwrap();
-        assert!((v[0] - (0.94 - 0.1134)).abs() < 1e-6 && (v[1] - (-2.03 - 0.0567)).abs() < 1e-6, "{v:?}");
+        assert!(
+            (v[0] - (0.94 - 0.1134)).abs() < 1e-6 && (v[1] - (-2.03 - 0.0567)).abs() < 1e-6,
+            "{v:?}"
+        );
     }
 }

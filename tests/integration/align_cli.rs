@@ -7,11 +7,11 @@ use std::path::Path;
 use std::process::Output;
 
 use candle_core::Device;
+use common::Scratch as Setup;
+use common::{error_line, promptscope};
 use promptscope::clip::{l2_normalize, synth, ClipConfig, HiddenAct};
 use promptscope::export::prompt_file::PromptFile;
 use promptscope::prompt::coop::{CoopConfig, PromptLearner};
-use common::{error_line, promptscope};
-use common::Scratch as Setup;
 
 fn ok_json(out: &Output) -> serde_json::Value {
     serde_json::from_str(&common::ok(out)).expect("one JSON document on stdout")
@@ -23,14 +23,18 @@ fn setup() -> Setup {
 
 fn align(s: &Setup, extra: &[&str]) -> Output {
     let (m, img) = (s.p("m"), common::fixture_image());
-    let mut args = vec!["align", "--model", &m, "--device", "cpu", "--image", &img, "--format", "json"];
+    let mut args = vec![
+        "align", "--model", &m, "--device", "cpu", "--image", &img, "--format", "json",
+    ];
     args.extend_from_slice(extra);
     promptscope(&args)
 }
 
 fn ssvp(s: &Setup, extra: &[&str]) -> Output {
     let (m, img) = (s.p("m"), common::fixture_image());
-    let mut args = vec!["ssvp", "--model", &m, "--device", "cpu", "--image", &img, "--format", "json"];
+    let mut args = vec![
+        "ssvp", "--model", &m, "--device", "cpu", "--image", &img, "--format", "json",
+    ];
     args.extend_from_slice(extra);
     promptscope(&args)
 }
@@ -43,9 +47,21 @@ fn prompts_for(s: &Setup, model_dir: &str, out: &str) -> String {
 fn prompts_with(s: &Setup, model_dir: &str, out: &str, names: &[&str]) -> String {
     let clip = promptscope::clip::load(&s.p(model_dir), &Device::Cpu).unwrap();
     let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
-    let learner = PromptLearner::new(&clip.model.text, &clip.tokenizer, &names, &CoopConfig { n_ctx: 4, ..CoopConfig::default() }).unwrap();
-    let w = l2_normalize(&learner.text_features(&clip.model.text).unwrap()).unwrap();
-    PromptFile::new(&clip, &learner, w).unwrap().save(Path::new(&s.p(out))).unwrap();
+    let learner = PromptLearner::new(
+        &clip.model().unwrap().text,
+        clip.tokenizer().unwrap(),
+        &names,
+        &CoopConfig {
+            n_ctx: 4,
+            ..CoopConfig::default()
+        },
+    )
+    .unwrap();
+    let w = l2_normalize(&learner.text_features(&clip.model().unwrap().text).unwrap()).unwrap();
+    PromptFile::new(&clip, &learner, w)
+        .unwrap()
+        .save(Path::new(&s.p(out)))
+        .unwrap();
     s.p(out)
 }
 
@@ -58,11 +74,32 @@ fn png_size(path: &str) -> (u32, u32) {
 fn align_prints_the_matrix_scores_and_draws_pngs() {
     let s = setup();
     let png = s.p("words.png");
-    let j = ok_json(&align(&s, &["--text", "a photo of a golden retriever.", "--png", &png, "--grid-lines"]));
+    let j = ok_json(&align(
+        &s,
+        &[
+            "--text",
+            "a photo of a golden retriever.",
+            "--png",
+            &png,
+            "--grid-lines",
+        ],
+    ));
     assert_eq!(j["grid"], serde_json::json!([7, 7]));
     assert_eq!(j["mode"], "token");
     let words: Vec<String> = serde_json::from_value(j["text_tokens"].clone()).unwrap();
-    assert_eq!(words, ["a", "photo", "of", "a", "golden", "retriever", ".", "<|endoftext|>"]);
+    assert_eq!(
+        words,
+        [
+            "a",
+            "photo",
+            "of",
+            "a",
+            "golden",
+            "retriever",
+            ".",
+            "<|endoftext|>"
+        ]
+    );
     let sim = j["sim"].as_array().unwrap();
     assert_eq!(sim.len(), 49);
     assert!(sim.iter().all(|r| r.as_array().unwrap().len() == 8));
@@ -72,10 +109,25 @@ fn align_prints_the_matrix_scores_and_draws_pngs() {
 
     // Value mode, one word's map in jet, class and start tokens included, FILIP's top 25%.
     let png = s.p("word5.png");
-    let j = ok_json(&align(&s, &[
-        "--text", "a photo of a golden retriever.", "--mode", "value", "--word", "6", "--png", &png, "--colormap", "jet",
-        "--with-cls", "--with-sos", "--top-fraction", "0.25",
-    ]));
+    let j = ok_json(&align(
+        &s,
+        &[
+            "--text",
+            "a photo of a golden retriever.",
+            "--mode",
+            "value",
+            "--word",
+            "6",
+            "--png",
+            &png,
+            "--colormap",
+            "jet",
+            "--with-cls",
+            "--with-sos",
+            "--top-fraction",
+            "0.25",
+        ],
+    ));
     assert_eq!(j["mode"], "value");
     assert_eq!(j["sim"].as_array().unwrap().len(), 50);
     assert_eq!(j["text_tokens"][0], "<|startoftext|>");
@@ -87,9 +139,24 @@ fn align_prints_the_matrix_scores_and_draws_pngs() {
 fn align_takes_a_learned_prompt_and_ssvp_selects_patches() {
     let s = setup();
     let file = prompts_for(&s, "m", "p.safetensors");
-    let j = ok_json(&align(&s, &["--prompts", &file, "--class", "golden retriever"]));
+    let j = ok_json(&align(
+        &s,
+        &["--prompts", &file, "--class", "golden retriever"],
+    ));
     let words: Vec<String> = serde_json::from_value(j["text_tokens"].clone()).unwrap();
-    assert_eq!(words, ["[V1]", "[V2]", "[V3]", "[V4]", "golden", "retriever", ".", "<|endoftext|>"]);
+    assert_eq!(
+        words,
+        [
+            "[V1]",
+            "[V2]",
+            "[V3]",
+            "[V4]",
+            "golden",
+            "retriever",
+            ".",
+            "<|endoftext|>"
+        ]
+    );
 
     let png = s.p("ssvp.png");
     let j = ok_json(&ssvp(&s, &["--k", "12", "--png", &png]));
@@ -100,15 +167,37 @@ fn align_takes_a_learned_prompt_and_ssvp_selects_patches() {
     assert_eq!(j["image_embeds"].as_array().unwrap().len(), 24);
     assert_eq!(png_size(&png), (224, 224));
     // The default K is N/4.
-    assert_eq!(ok_json(&ssvp(&s, &[]))["indices"].as_array().unwrap().len(), 12);
+    assert_eq!(
+        ok_json(&ssvp(&s, &[]))["indices"].as_array().unwrap().len(),
+        12
+    );
 }
 
 #[test]
 fn align_eval_compares_three_accuracies() {
     let s = setup();
-    promptscope::data::synth_region::write_dataset(&s.dir.path().join("d"), 4, 3, 224, 32, 1).unwrap();
+    promptscope::data::synth_region::write_dataset(&s.dir.path().join("d"), 4, 3, 224, 32, 1)
+        .unwrap();
     let (m, d) = (s.p("m"), s.p("d"));
-    let out = promptscope(&["align-eval", "--model", &m, "--device", "cpu", "--data", &d, "--template", "a {} square.", "--mode", "value", "--score", "t", "--k", "8", "--format", "json"]);
+    let out = promptscope(&[
+        "align-eval",
+        "--model",
+        &m,
+        "--device",
+        "cpu",
+        "--data",
+        &d,
+        "--template",
+        "a {} square.",
+        "--mode",
+        "value",
+        "--score",
+        "t",
+        "--k",
+        "8",
+        "--format",
+        "json",
+    ]);
     let j = ok_json(&out);
     // A flat folder: the derived 30 % test split every evaluation shares (one of each class's 3 images).
     assert_eq!(j["images"], 4);
@@ -120,9 +209,29 @@ fn align_eval_compares_three_accuracies() {
         assert!((0.0..=1.0).contains(&a), "{k} = {a}");
     }
     // Learned prompts for the dataset's classes (folder order).
-    let file = prompts_with(&s, "m", "p.safetensors", &["blue", "green", "red", "yellow"]);
-    let j = ok_json(&promptscope(&["align-eval", "--model", &m, "--device", "cpu", "--data", &d, "--prompts", &file, "--format", "json"]));
-    assert_eq!(j["classes"], serde_json::json!(["blue", "green", "red", "yellow"]));
+    let file = prompts_with(
+        &s,
+        "m",
+        "p.safetensors",
+        &["blue", "green", "red", "yellow"],
+    );
+    let j = ok_json(&promptscope(&[
+        "align-eval",
+        "--model",
+        &m,
+        "--device",
+        "cpu",
+        "--data",
+        &d,
+        "--prompts",
+        &file,
+        "--format",
+        "json",
+    ]));
+    assert_eq!(
+        j["classes"],
+        serde_json::json!(["blue", "green", "red", "yellow"])
+    );
     assert!(j["tokenwise_accuracy"].is_number());
 }
 
@@ -161,10 +270,16 @@ fn bad_input_fails_clearly() {
     synth::write_model_folder(&other, &s.dir.path().join("other")).unwrap();
     let file = prompts_for(&s, "other", "other.safetensors");
     let e = error_line(&align(&s, &["--prompts", &file, "--class", "cat"]));
-    assert!(e.contains("dimension mismatch") && e.contains("width 16"), "{e}");
+    assert!(
+        e.contains("dimension mismatch") && e.contains("width 16"),
+        "{e}"
+    );
 
     // A class the prompts file does not have.
     let file = prompts_for(&s, "m", "p.safetensors");
     let e = error_line(&align(&s, &["--prompts", &file, "--class", "zebra"]));
-    assert!(e.contains("\"zebra\"") && e.contains("golden retriever, cat"), "{e}");
+    assert!(
+        e.contains("\"zebra\"") && e.contains("golden retriever, cat"),
+        "{e}"
+    );
 }

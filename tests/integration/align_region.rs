@@ -18,7 +18,9 @@
 use crate::common;
 
 use candle_core::{Device, Tensor};
-use promptscope::align::classify::{classify_tokenwise, compare_accuracy, ClassPrompts, CompareConfig, TokenScore};
+use promptscope::align::classify::{
+    classify_tokenwise, compare_accuracy, ClassPrompts, CompareConfig, TokenScore,
+};
 use promptscope::align::region::{above_min, mass_inside, patch_coverage};
 use promptscope::align::tokens::text_tokens;
 use promptscope::align::{align, AlignConfig, AlignMode, TextSource};
@@ -30,18 +32,21 @@ use promptscope::progress::Silent;
 
 fn tiny() -> (LoadedClip, tempfile::TempDir) {
     let dir = common::model_dir("tiny", &common::reference());
-    (promptscope::clip::load(dir.path().to_str().unwrap(), &Device::Cpu).unwrap(), dir)
+    (
+        promptscope::clip::load(dir.path().to_str().unwrap(), &Device::Cpu).unwrap(),
+        dir,
+    )
 }
 
 fn pixels(clip: &LoadedClip, img: &image::RgbImage) -> Tensor {
-    let s = clip.model.config.vision_config.image_size;
+    let s = clip.model().unwrap().config.vision_config.image_size;
     Tensor::from_vec(to_chw(img, &clip.preprocess), (1, 3, s, s), &Device::Cpu).unwrap()
 }
 
 #[test]
 fn the_value_path_keeps_the_deciding_region_on_its_patches_more_than_token_mode() {
     let (clip, _dir) = tiny();
-    let s = clip.model.config.vision_config.image_size as u32;
+    let s = clip.model().unwrap().config.vision_config.image_size as u32;
     let set = generate(4, 16, s, 32, 1).unwrap();
     let mut effect = [0f32; 2];
     let mut raw = [0f32; 2];
@@ -53,9 +58,24 @@ fn the_value_path_keeps_the_deciding_region_on_its_patches_more_than_token_mode(
         area += cover.iter().sum::<f32>() / cover.len() as f32;
         let mut per_mode = [0f32; 2];
         for (i, mode) in [AlignMode::Token, AlignMode::Value].into_iter().enumerate() {
-            let cfg = AlignConfig { mode, ..AlignConfig::default() };
-            let with = align(&clip, &pixels(&clip, &im.image), &TextSource::Text(&text), &cfg).unwrap();
-            let without = align(&clip, &pixels(&clip, &im.background), &TextSource::Text(&text), &cfg).unwrap();
+            let cfg = AlignConfig {
+                mode,
+                ..AlignConfig::default()
+            };
+            let with = align(
+                &clip,
+                &pixels(&clip, &im.image),
+                &TextSource::Text(&text),
+                &cfg,
+            )
+            .unwrap();
+            let without = align(
+                &clip,
+                &pixels(&clip, &im.background),
+                &TextSource::Text(&text),
+                &cfg,
+            )
+            .unwrap();
             // Column 1 is the colour word: "a", "<colour>", "square", ".", end-of-text.
             assert_eq!(with.text_tokens[1], REGION_COLOURS[im.class].0);
             let (m, m0) = (with.word_map(1).unwrap(), without.word_map(1).unwrap());
@@ -69,19 +89,30 @@ fn the_value_path_keeps_the_deciding_region_on_its_patches_more_than_token_mode(
     let n = set.len() as f32;
     let [effect_token, effect_value] = effect.map(|x| x / n);
     let [raw_token, raw_value] = raw.map(|x| x / n);
-    println!("{} images, 32-px squares covering {:.4} of the image on average", set.len(), area / n);
+    println!(
+        "{} images, 32-px squares covering {:.4} of the image on average",
+        set.len(),
+        area / n
+    );
     println!("share of the class word's map change inside the square: token {effect_token:.4}, value {effect_value:.4} (value ahead on {value_ahead} images)");
     println!("share of the raw class-word map (minus its minimum) inside the square: token {raw_token:.4}, value {raw_value:.4}");
     // Both far above the square's area: the maps respond to the square where it is ...
     assert!(effect_token > 3.0 * area / n && effect_value > 3.0 * area / n);
     // ... and the value path keeps more of that response on the square.
-    assert!(effect_value > effect_token, "value {effect_value} vs token {effect_token}");
+    assert!(
+        effect_value > effect_token,
+        "value {effect_value} vs token {effect_token}"
+    );
 }
 
 #[test]
 fn tokenwise_classification_scores_are_the_alignment_scores_and_accuracies_are_compared() {
     let (clip, dir) = tiny();
-    let cfg = AlignConfig { mode: AlignMode::Value, top_fraction: 0.5, ..AlignConfig::default() };
+    let cfg = AlignConfig {
+        mode: AlignMode::Value,
+        top_fraction: 0.5,
+        ..AlignConfig::default()
+    };
     let names: Vec<String> = REGION_COLOURS.iter().map(|(c, _)| c.to_string()).collect();
     let template = "a {} square.";
     let texts: Vec<String> = names.iter().map(|c| template.replace("{}", c)).collect();
@@ -89,19 +120,30 @@ fn tokenwise_classification_scores_are_the_alignment_scores_and_accuracies_are_c
 
     // classify_tokenwise's row for an image = align's scores against each class prompt.
     let set = generate(4, 1, 224, 32, 9).unwrap();
-    let px = Tensor::cat(&set.iter().map(|im| pixels(&clip, &im.image)).collect::<Vec<_>>(), 0).unwrap();
+    let px = Tensor::cat(
+        &set.iter()
+            .map(|im| pixels(&clip, &im.image))
+            .collect::<Vec<_>>(),
+        0,
+    )
+    .unwrap();
     for score in [TokenScore::I, TokenScore::T, TokenScore::Mean] {
         let rows = classify_tokenwise(&clip, &px, &prompts, &cfg, score).unwrap();
         assert_eq!((rows.len(), rows[0].len()), (4, 4));
         let mut worst = 0f32;
         for (b, im) in set.iter().enumerate() {
             for (c, t) in texts.iter().enumerate() {
-                let a = align(&clip, &pixels(&clip, &im.image), &TextSource::Text(t), &cfg).unwrap();
+                let a =
+                    align(&clip, &pixels(&clip, &im.image), &TextSource::Text(t), &cfg).unwrap();
                 worst = worst.max((rows[b][c] - score.of(a.s_i, a.s_t)).abs());
             }
         }
         // A batch of 4 images against one image at a time: worst 1.2e-7 on both the AVX-512 and AVX2+FMA kernels (8× margin).
-        common::within(&format!("token-wise score {score:?}: batch of 4 vs single images"), worst as f64, 1e-6);
+        common::within(
+            &format!("token-wise score {score:?}: batch of 4 vs single images"),
+            worst as f64,
+            1e-6,
+        );
     }
 
     // Accuracies on a written dataset: global (must equal zero-shot's), token-wise and SsVP.
@@ -110,12 +152,26 @@ fn tokenwise_classification_scores_are_the_alignment_scores_and_accuracies_are_c
     assert!(root.join("regions.json").is_file());
     assert_eq!(records.len(), 24);
     let ds = DatasetFolder::open(&root).unwrap();
-    let cmp = CompareConfig { align: cfg, score: TokenScore::Mean, ssvp_k: None, batch: 8 };
-    let class_prompts = ClassPrompts::Template { template, class_names: &ds.class_names };
+    let cmp = CompareConfig {
+        align: cfg,
+        score: TokenScore::Mean,
+        ssvp_k: None,
+        batch: 8,
+    };
+    let class_prompts = ClassPrompts::Template {
+        template,
+        class_names: &ds.class_names,
+    };
     // Every image, for both (zero-shot takes any split).
-    let split = promptscope::data::fewshot::TestSplit { samples: ds.all.clone(), derived: false, description: "every image".into() };
+    let split = promptscope::data::fewshot::TestSplit {
+        samples: ds.all.clone(),
+        derived: false,
+        description: "every image".into(),
+    };
     let r = compare_accuracy(&clip, &split.samples, &class_prompts, &cmp, &Silent).unwrap();
-    let zs = promptscope::eval::zeroshot::run(&clip, &ds, &split, &[template.to_string()], 8, &Silent).unwrap();
+    let zs =
+        promptscope::eval::zeroshot::run(&clip, &ds, &split, &[template.to_string()], 8, &Silent)
+            .unwrap();
     println!(
         "{} images: global {:.3}, token-wise ({} mode, mean score) {:.3}, SsVP K={} {:.3} (zero-shot {:.3}; chance 0.25, random weights)",
         r.images,

@@ -6,8 +6,8 @@ use crate::common;
 use std::path::Path;
 use std::process::Output;
 
-use promptscope::clip::{synth, ClipConfig, HiddenAct};
 use common::promptscope;
+use promptscope::clip::{synth, ClipConfig, HiddenAct};
 
 /// Asserts a clean failure: exit code 1, one `error:` line on stderr that mentions every `needle`.
 fn assert_clean_error(out: &Output, needles: &[&str]) -> String {
@@ -33,10 +33,25 @@ fn embed_json_has_projected_features_in_argument_order() {
     tiny_model(&model);
     let img = common::fixtures().join("nonsquare_320x213.png");
     let out = promptscope(&[
-        "embed", "--model", model.to_str().unwrap(), "--text", "a dog", "--text", "a photo of a cat.",
-        "--image", img.to_str().unwrap(), "--format", "json", "--device", "cpu",
+        "embed",
+        "--model",
+        model.to_str().unwrap(),
+        "--text",
+        "a dog",
+        "--text",
+        "a photo of a cat.",
+        "--image",
+        img.to_str().unwrap(),
+        "--format",
+        "json",
+        "--device",
+        "cpu",
     ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let texts = v["text_embeds"].as_array().unwrap();
     assert_eq!(texts.len(), 2);
@@ -48,12 +63,31 @@ fn embed_json_has_projected_features_in_argument_order() {
     // on the AVX2+FMA kernels a batch of one sums in another order than the CLI's batch of two (this test
     // once compared those and failed there); for the same batch the two are bit for bit the same.
     let clip = promptscope::clip::load(model.to_str().unwrap(), &candle_core::Device::Cpu).unwrap();
-    let ids = clip.tokenizer.encode_batch(&["a dog".to_string(), "a photo of a cat.".to_string()]).unwrap();
-    let lib: Vec<f32> = clip.model.text_features(&ids).unwrap().get(1).unwrap().to_vec1().unwrap();
+    let ids = clip
+        .tokenizer()
+        .unwrap()
+        .encode_batch(&["a dog".to_string(), "a photo of a cat.".to_string()])
+        .unwrap();
+    let lib: Vec<f32> = clip
+        .model()
+        .unwrap()
+        .text_features(&ids)
+        .unwrap()
+        .get(1)
+        .unwrap()
+        .to_vec1()
+        .unwrap();
     let cli = common::flat(&texts[1]);
-    assert_eq!(common::max_abs_diff(&lib, &cli), 0.0, "JSON carries every f32 exactly");
+    assert_eq!(
+        common::max_abs_diff(&lib, &cli),
+        0.0,
+        "JSON carries every f32 exactly"
+    );
     let norm: f32 = cli.iter().map(|x| x * x).sum::<f32>().sqrt();
-    assert!((norm - 1.0).abs() > 1e-3, "features must not be normalised (norm {norm})");
+    assert!(
+        (norm - 1.0).abs() > 1e-3,
+        "features must not be normalised (norm {norm})"
+    );
 }
 
 #[test]
@@ -63,24 +97,48 @@ fn zero_shot_json_reports_overall_per_class_and_per_image() {
     tiny_model(&model);
     data(&ds);
     let out = promptscope(&[
-        "zero-shot", "--model", model.to_str().unwrap(), "--data", ds.to_str().unwrap(),
-        "--template", "a photo of a {}.", "--template", "a drawing of a {}.", "--format", "json",
+        "zero-shot",
+        "--model",
+        model.to_str().unwrap(),
+        "--data",
+        ds.to_str().unwrap(),
+        "--template",
+        "a photo of a {}.",
+        "--template",
+        "a drawing of a {}.",
+        "--format",
+        "json",
     ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["split"], "test");
     assert_eq!(v["total"], 6);
     assert_eq!(v["per_class"].as_array().unwrap().len(), 3);
     assert_eq!(v["predictions"].as_array().unwrap().len(), 6);
     assert_eq!(v["templates"].as_array().unwrap().len(), 2);
-    let correct: u64 = v["per_class"].as_array().unwrap().iter().map(|c| c["correct"].as_u64().unwrap()).sum();
+    let correct: u64 = v["per_class"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["correct"].as_u64().unwrap())
+        .sum();
     assert_eq!(Some(correct), v["correct"].as_u64());
 }
 
 #[test]
 fn missing_config_is_a_clean_error() {
     let tmp = tempfile::tempdir().unwrap();
-    let out = promptscope(&["embed", "--model", tmp.path().to_str().unwrap(), "--text", "x"]);
+    let out = promptscope(&[
+        "embed",
+        "--model",
+        tmp.path().to_str().unwrap(),
+        "--text",
+        "x",
+    ]);
     assert_clean_error(&out, &["config.json", "not found"]);
 }
 
@@ -88,8 +146,18 @@ fn missing_config_is_a_clean_error() {
 fn garbled_config_is_a_clean_error() {
     let tmp = tempfile::tempdir().unwrap();
     tiny_model(tmp.path());
-    std::fs::write(tmp.path().join("config.json"), "{\"text_config\": {\"hidden_size\": \"big\"").unwrap();
-    let out = promptscope(&["embed", "--model", tmp.path().to_str().unwrap(), "--text", "x"]);
+    std::fs::write(
+        tmp.path().join("config.json"),
+        "{\"text_config\": {\"hidden_size\": \"big\"",
+    )
+    .unwrap();
+    let out = promptscope(&[
+        "embed",
+        "--model",
+        tmp.path().to_str().unwrap(),
+        "--text",
+        "x",
+    ]);
     assert_clean_error(&out, &["config.json", "not a CLIP config"]);
 }
 
@@ -100,7 +168,13 @@ fn truncated_weights_are_a_clean_error() {
     let w = tmp.path().join("model.safetensors");
     let bytes = std::fs::read(&w).unwrap();
     std::fs::write(&w, &bytes[..bytes.len() / 2]).unwrap();
-    let out = promptscope(&["embed", "--model", tmp.path().to_str().unwrap(), "--text", "x"]);
+    let out = promptscope(&[
+        "embed",
+        "--model",
+        tmp.path().to_str().unwrap(),
+        "--text",
+        "x",
+    ]);
     assert_clean_error(&out, &["model.safetensors", "truncated"]);
 }
 
@@ -110,8 +184,18 @@ fn weights_of_another_size_are_a_clean_error() {
     tiny_model(tmp.path());
     let mut cfg = ClipConfig::tiny(HiddenAct::QuickGelu, 1e-5);
     cfg.projection_dim = 32;
-    std::fs::write(tmp.path().join("config.json"), serde_json::to_string(&cfg).unwrap()).unwrap();
-    let out = promptscope(&["embed", "--model", tmp.path().to_str().unwrap(), "--text", "x"]);
+    std::fs::write(
+        tmp.path().join("config.json"),
+        serde_json::to_string(&cfg).unwrap(),
+    )
+    .unwrap();
+    let out = promptscope(&[
+        "embed",
+        "--model",
+        tmp.path().to_str().unwrap(),
+        "--text",
+        "x",
+    ]);
     assert_clean_error(&out, &["model.safetensors", "does not match config.json"]);
 }
 
@@ -122,7 +206,13 @@ fn dataset_without_classes_is_a_clean_error() {
     tiny_model(&model);
     let empty = tmp.path().join("empty");
     std::fs::create_dir(&empty).unwrap();
-    let out = promptscope(&["zero-shot", "--model", model.to_str().unwrap(), "--data", empty.to_str().unwrap()]);
+    let out = promptscope(&[
+        "zero-shot",
+        "--model",
+        model.to_str().unwrap(),
+        "--data",
+        empty.to_str().unwrap(),
+    ]);
     assert_clean_error(&out, &["empty", "no class folders"]);
 }
 
@@ -134,21 +224,43 @@ fn corrupt_image_is_a_clean_error_naming_the_file() {
     data(&ds);
     let bad = ds.join("test").join("red_circle").join("broken.jpg");
     std::fs::write(&bad, b"\xff\xd8\xff\xe0 this is not really a jpeg").unwrap();
-    let out = promptscope(&["zero-shot", "--model", model.to_str().unwrap(), "--data", ds.to_str().unwrap()]);
+    let out = promptscope(&[
+        "zero-shot",
+        "--model",
+        model.to_str().unwrap(),
+        "--data",
+        ds.to_str().unwrap(),
+    ]);
     assert_clean_error(&out, &["broken.jpg"]);
 }
 
 #[test]
 fn unknown_hub_id_without_network_says_to_pass_a_folder() {
-    let out = promptscope(&["embed", "--model", "openai/clip-vit-base-patch32", "--text", "x"]);
+    let out = promptscope(&[
+        "embed",
+        "--model",
+        "openai/clip-vit-base-patch32",
+        "--text",
+        "x",
+    ]);
     assert_clean_error(&out, &["openai/clip-vit-base-patch32", "local"]);
 }
 
 #[test]
 fn sample_runs_its_main_job() {
     let tmp = tempfile::tempdir().unwrap();
-    let out = promptscope(&["sample", "--out", tmp.path().join("s").to_str().unwrap(), "--format", "json"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = promptscope(&[
+        "sample",
+        "--out",
+        tmp.path().join("s").to_str().unwrap(),
+        "--format",
+        "json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["classes"].as_array().unwrap().len(), 8);
     // On the shipped FILIP demo model, zero-shot under the colour cast is far above chance (1/8).
@@ -164,16 +276,47 @@ fn classnames_file_names_the_classes_in_prompts_and_reports() {
     let names = tmp.path().join("classnames.txt");
     // CoOp's format, lines in any order, a folder the dataset lacks.
     std::fs::write(&names, "red_stripes a striped banner\nred_circle a round disc\n\nblue_moon not here\nred_square a square box\n").unwrap();
-    let (m, d, n) = (model.to_str().unwrap(), ds.to_str().unwrap(), names.to_str().unwrap());
-    let v: serde_json::Value =
-        serde_json::from_str(&common::ok(&promptscope(&["zero-shot", "--model", m, "--data", d, "--classnames", n, "--format", "json"]))).unwrap();
-    assert_eq!(v["classes"], serde_json::json!(["a round disc", "a square box", "a striped banner"]));
+    let (m, d, n) = (
+        model.to_str().unwrap(),
+        ds.to_str().unwrap(),
+        names.to_str().unwrap(),
+    );
+    let v: serde_json::Value = serde_json::from_str(&common::ok(&promptscope(&[
+        "zero-shot",
+        "--model",
+        m,
+        "--data",
+        d,
+        "--classnames",
+        n,
+        "--format",
+        "json",
+    ])))
+    .unwrap();
+    assert_eq!(
+        v["classes"],
+        serde_json::json!(["a round disc", "a square box", "a striped banner"])
+    );
     let e: serde_json::Value = serde_json::from_str(&common::ok(&promptscope(&[
-        "eval", "--model", m, "--data", d, "--classnames", n, "--template", "a photo of {}.", "--no-cache", "--format", "json",
+        "eval",
+        "--model",
+        m,
+        "--data",
+        d,
+        "--classnames",
+        n,
+        "--template",
+        "a photo of {}.",
+        "--no-cache",
+        "--format",
+        "json",
     ])))
     .unwrap();
     assert_eq!(e["eval"]["per_class"][2]["name"], "a striped banner");
-    for verb in [&["linear-probe", "--shots", "1", "--no-cache"][..], &["align-eval"]] {
+    for verb in [
+        &["linear-probe", "--shots", "1", "--no-cache"][..],
+        &["align-eval"],
+    ] {
         let mut args = vec![verb[0], "--model", m, "--data", d, "--classnames", n];
         args.extend_from_slice(&verb[1..]);
         common::ok(&promptscope(&args));
@@ -181,10 +324,20 @@ fn classnames_file_names_the_classes_in_prompts_and_reports() {
 
     // A class folder the file does not name: an error naming both.
     std::fs::write(&names, "red_circle a round disc\nred_square a square box\n").unwrap();
-    assert_clean_error(&promptscope(&["zero-shot", "--model", m, "--data", d, "--classnames", n]), &["classnames.txt", "'red_stripes'"]);
+    assert_clean_error(
+        &promptscope(&["zero-shot", "--model", m, "--data", d, "--classnames", n]),
+        &["classnames.txt", "'red_stripes'"],
+    );
     // Two folders, one name.
-    std::fs::write(&names, "red_circle disc\nred_square disc\nred_stripes banner\n").unwrap();
-    assert_clean_error(&promptscope(&["zero-shot", "--model", m, "--data", d, "--classnames", n]), &["classnames.txt", "'disc' to two folders"]);
+    std::fs::write(
+        &names,
+        "red_circle disc\nred_square disc\nred_stripes banner\n",
+    )
+    .unwrap();
+    assert_clean_error(
+        &promptscope(&["zero-shot", "--model", m, "--data", d, "--classnames", n]),
+        &["classnames.txt", "'disc' to two folders"],
+    );
 }
 
 #[test]
@@ -197,20 +350,67 @@ fn zero_shot_and_eval_score_the_split_training_leaves_for_testing() {
     let ds = promptscope::data::DatasetFolder::open(&flat).unwrap();
     let test = promptscope::data::fewshot::test_split(&ds, 0).unwrap();
     assert_eq!(test.samples.len(), 9);
-    let v: serde_json::Value =
-        serde_json::from_str(&common::ok(&promptscope(&["zero-shot", "--model", m, "--data", flat.to_str().unwrap(), "--format", "json"]))).unwrap();
-    assert_eq!((v["total"].as_u64(), v["split"].as_str()), (Some(9), Some("derived-test")), "not all 30 images");
-    let scored: Vec<&str> = v["predictions"].as_array().unwrap().iter().map(|p| p["path"].as_str().unwrap()).collect();
-    let want: Vec<String> = test.samples.iter().map(|s| s.path.display().to_string()).collect();
-    assert_eq!(scored, want);
-    // The text report says which split it scored.
-    let text = common::ok(&promptscope(&["zero-shot", "--model", m, "--data", flat.to_str().unwrap(), "--split-seed", "3"]));
-    assert!(text.lines().next().unwrap().contains("derived 30 % test split, split seed 3"), "{text}");
-    let e: serde_json::Value = serde_json::from_str(&common::ok(&promptscope(&[
-        "eval", "--model", m, "--data", flat.to_str().unwrap(), "--template", "a photo of a {}.", "--no-cache", "--format", "json",
+    let v: serde_json::Value = serde_json::from_str(&common::ok(&promptscope(&[
+        "zero-shot",
+        "--model",
+        m,
+        "--data",
+        flat.to_str().unwrap(),
+        "--format",
+        "json",
     ])))
     .unwrap();
-    assert_eq!((e["eval"]["total"].as_u64(), e["split"].as_str()), (Some(9), Some("derived 30 % test split, split seed 0")));
+    assert_eq!(
+        (v["total"].as_u64(), v["split"].as_str()),
+        (Some(9), Some("derived-test")),
+        "not all 30 images"
+    );
+    let scored: Vec<&str> = v["predictions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["path"].as_str().unwrap())
+        .collect();
+    let want: Vec<String> = test
+        .samples
+        .iter()
+        .map(|s| s.path.display().to_string())
+        .collect();
+    assert_eq!(scored, want);
+    // The text report says which split it scored.
+    let text = common::ok(&promptscope(&[
+        "zero-shot",
+        "--model",
+        m,
+        "--data",
+        flat.to_str().unwrap(),
+        "--split-seed",
+        "3",
+    ]));
+    assert!(
+        text.lines()
+            .next()
+            .unwrap()
+            .contains("derived 30 % test split, split seed 3"),
+        "{text}"
+    );
+    let e: serde_json::Value = serde_json::from_str(&common::ok(&promptscope(&[
+        "eval",
+        "--model",
+        m,
+        "--data",
+        flat.to_str().unwrap(),
+        "--template",
+        "a photo of a {}.",
+        "--no-cache",
+        "--format",
+        "json",
+    ])))
+    .unwrap();
+    assert_eq!(
+        (e["eval"]["total"].as_u64(), e["split"].as_str()),
+        (Some(9), Some("derived 30 % test split, split seed 0"))
+    );
 
     // Only test/: zero-shot needs no training images, and eval with templates neither.
     let only_test = tmp.path().join("only-test");
@@ -218,11 +418,35 @@ fn zero_shot_and_eval_score_the_split_training_leaves_for_testing() {
     std::fs::remove_dir_all(only_test.join("train")).unwrap();
     std::fs::remove_dir_all(only_test.join("val")).unwrap();
     let t = only_test.to_str().unwrap();
-    let v: serde_json::Value = serde_json::from_str(&common::ok(&promptscope(&["zero-shot", "--model", m, "--data", t, "--format", "json"]))).unwrap();
-    assert_eq!((v["total"].as_u64(), v["split"].as_str()), (Some(6), Some("test")));
-    let e: serde_json::Value =
-        serde_json::from_str(&common::ok(&promptscope(&["eval", "--model", m, "--data", t, "--no-cache", "--format", "json"]))).unwrap();
-    assert_eq!((e["eval"]["total"].as_u64(), e["split"].as_str()), (Some(6), Some("test/ folder")));
+    let v: serde_json::Value = serde_json::from_str(&common::ok(&promptscope(&[
+        "zero-shot",
+        "--model",
+        m,
+        "--data",
+        t,
+        "--format",
+        "json",
+    ])))
+    .unwrap();
+    assert_eq!(
+        (v["total"].as_u64(), v["split"].as_str()),
+        (Some(6), Some("test"))
+    );
+    let e: serde_json::Value = serde_json::from_str(&common::ok(&promptscope(&[
+        "eval",
+        "--model",
+        m,
+        "--data",
+        t,
+        "--no-cache",
+        "--format",
+        "json",
+    ])))
+    .unwrap();
+    assert_eq!(
+        (e["eval"]["total"].as_u64(), e["split"].as_str()),
+        (Some(6), Some("test/ folder"))
+    );
 }
 
 /// Runs a verb whose stdout reader has gone before the first line.
@@ -245,17 +469,41 @@ fn a_closed_stdout_ends_quietly() {
     let (model, ds) = (tmp.path().join("m"), tmp.path().join("d"));
     tiny_model(&model);
     data(&ds);
-    let (m, d, img) = (model.to_str().unwrap(), ds.to_str().unwrap(), common::fixture_image());
+    let (m, d, img) = (
+        model.to_str().unwrap(),
+        ds.to_str().unwrap(),
+        common::fixture_image(),
+    );
     for args in [
-        vec!["align", "--model", m, "--image", &img, "--text", "a photo of a dog."],
+        vec![
+            "align",
+            "--model",
+            m,
+            "--image",
+            &img,
+            "--text",
+            "a photo of a dog.",
+        ],
         vec!["ssvp", "--model", m, "--image", &img],
         vec!["align-eval", "--model", m, "--data", d],
         vec!["zero-shot", "--model", m, "--data", d],
-        vec!["classify", "--model", m, "--image", &img, "--classes", "dog,cat"],
+        vec![
+            "classify",
+            "--model",
+            m,
+            "--image",
+            &img,
+            "--classes",
+            "dog,cat",
+        ],
     ] {
         let out = with_closed_stdout(&args);
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(!stderr.contains("panicked") && !stderr.contains("error"), "{}: {stderr}", args[0]);
+        assert!(
+            !stderr.contains("panicked") && !stderr.contains("error"),
+            "{}: {stderr}",
+            args[0]
+        );
         assert_eq!(out.status.code(), Some(0), "{}: {stderr}", args[0]);
     }
 }
@@ -263,7 +511,9 @@ fn a_closed_stdout_ends_quietly() {
 /// A Hugging Face cache (under `hf_home`) holding `id`'s config and weights only, as a download that
 /// lost its optional files leaves it.
 fn cached_hub_model(hf_home: &Path, id: &str) -> std::path::PathBuf {
-    let repo = hf_home.join("hub").join(format!("models--{}", id.replace('/', "--")));
+    let repo = hf_home
+        .join("hub")
+        .join(format!("models--{}", id.replace('/', "--")));
     std::fs::create_dir_all(repo.join("refs")).unwrap();
     std::fs::write(repo.join("refs/main"), "0123abcd").unwrap();
     let snapshot = repo.join("snapshots/0123abcd");
@@ -278,7 +528,15 @@ fn cached_hub_model(hf_home: &Path, id: &str) -> std::path::PathBuf {
 
 fn embed_from_hub(hf_home: &Path, endpoint: &str) -> Output {
     std::process::Command::new(env!("CARGO_BIN_EXE_promptscope"))
-        .args(["embed", "--model", "test/tiny-clip", "--text", "a dog", "--device", "cpu"])
+        .args([
+            "embed",
+            "--model",
+            "test/tiny-clip",
+            "--text",
+            "a dog",
+            "--device",
+            "cpu",
+        ])
         .env("HF_ENDPOINT", endpoint)
         .env("HF_HOME", hf_home)
         .output()
@@ -299,7 +557,9 @@ fn hub_without_files() -> String {
                     stream.set_nonblocking(false).unwrap();
                     let mut buf = [0u8; 4096];
                     let _ = stream.read(&mut buf);
-                    let _ = stream.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+                    let _ = stream.write_all(
+                        b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                    );
                 }
                 Err(_) => std::thread::sleep(std::time::Duration::from_millis(10)),
             }
@@ -314,18 +574,37 @@ fn hub_files_that_fail_to_download_are_reported() {
     let repo = cached_hub_model(tmp.path(), "test/tiny-clip");
     // No network: the tokenizer cannot be fetched, so the model is not used with a guessed one.
     let out = embed_from_hub(tmp.path(), "http://127.0.0.1:9");
-    assert_clean_error(&out, &["test/tiny-clip", "tokenizer.json", "--model /path/to/folder"]);
+    assert_clean_error(
+        &out,
+        &[
+            "test/tiny-clip",
+            "tokenizer.json",
+            "--model /path/to/folder",
+        ],
+    );
 
     // The hub says the files do not exist: the defaults, with a warning for each, remembered as absent.
     let out = embed_from_hub(tmp.path(), &hub_without_files());
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
     assert!(out.status.success(), "{stderr}");
-    assert!(stderr.contains("warning: model 'test/tiny-clip' has no tokenizer.json on the hub: using the bundled"), "{stderr}");
-    assert!(stderr.contains("warning: model 'test/tiny-clip' has no preprocessor_config.json on the hub"), "{stderr}");
+    assert!(
+        stderr.contains(
+            "warning: model 'test/tiny-clip' has no tokenizer.json on the hub: using the bundled"
+        ),
+        "{stderr}"
+    );
+    assert!(
+        stderr
+            .contains("warning: model 'test/tiny-clip' has no preprocessor_config.json on the hub"),
+        "{stderr}"
+    );
     assert!(repo.join(".no_exist/0123abcd/tokenizer.json").is_file());
     // ... so a later run needs no network to know.
     let out = embed_from_hub(tmp.path(), "http://127.0.0.1:9");
-    assert!(out.status.success() && String::from_utf8_lossy(&out.stderr).contains("has no tokenizer.json"));
+    assert!(
+        out.status.success()
+            && String::from_utf8_lossy(&out.stderr).contains("has no tokenizer.json")
+    );
 }
 
 /// README's "first hour" from a shell, on the shipped FILIP demo model and the sample set: zero-shot,
@@ -336,21 +615,71 @@ fn the_first_hour_from_the_command_line() {
     let p = |rel: &str| dir.path().join(rel).display().to_string();
     common::ok(&promptscope(&["sample", "--out", &p("samples")]));
     let data = p("samples/warm-light");
-    let json = |out: &Output| -> serde_json::Value { serde_json::from_str(common::ok(out).lines().last().unwrap()).unwrap() };
-    let zs = json(&promptscope(&["zero-shot", "--model", "scenes-filip", "--data", &data, "--format", "json"]));
+    let json = |out: &Output| -> serde_json::Value {
+        serde_json::from_str(common::ok(out).lines().last().unwrap()).unwrap()
+    };
+    let zs = json(&promptscope(&[
+        "zero-shot",
+        "--model",
+        "scenes-filip",
+        "--data",
+        &data,
+        "--format",
+        "json",
+    ]));
     let template = zs["accuracy"].as_f64().unwrap();
-    common::ok(&promptscope(&["train", "--model", "scenes-filip", "--data", &data, "--shots", "16", "--epochs", "20", "--no-cache", "--out", &p("my-prompts.safetensors")]));
-    let ev = json(&promptscope(&["eval", "--model", "scenes-filip", "--data", &data, "--prompts", &p("my-prompts.safetensors"), "--format", "json"]));
+    common::ok(&promptscope(&[
+        "train",
+        "--model",
+        "scenes-filip",
+        "--data",
+        &data,
+        "--shots",
+        "16",
+        "--epochs",
+        "20",
+        "--no-cache",
+        "--out",
+        &p("my-prompts.safetensors"),
+    ]));
+    let ev = json(&promptscope(&[
+        "eval",
+        "--model",
+        "scenes-filip",
+        "--data",
+        &data,
+        "--prompts",
+        &p("my-prompts.safetensors"),
+        "--format",
+        "json",
+    ]));
     let ev = &ev["eval"];
     let learned = ev["accuracy"].as_f64().unwrap();
     println!("first hour (CLI): template {template:.3}, CoOp 16-shot × 20 epochs {learned:.3}");
-    assert!(template > 2.0 / 8.0 && learned > template, "template {template}, learned {learned}");
+    assert!(
+        template > 2.0 / 8.0 && learned > template,
+        "template {template}, learned {learned}"
+    );
     // classify: --model defaults to the model the file records; its top-1 is eval's prediction.
     let preds = ev["predictions"].as_array().unwrap();
     let first = &preds[0];
-    let cl = json(&promptscope(&["classify", "--prompts", &p("my-prompts.safetensors"), "--image", first["path"].as_str().unwrap(), "--top-k", "5", "--format", "json"]));
+    let cl = json(&promptscope(&[
+        "classify",
+        "--prompts",
+        &p("my-prompts.safetensors"),
+        "--image",
+        first["path"].as_str().unwrap(),
+        "--top-k",
+        "5",
+        "--format",
+        "json",
+    ]));
     let top = cl["images"][0]["top"].as_array().unwrap();
     assert_eq!(top.len(), 5);
     let classes = zs["classes"].as_array().unwrap();
-    assert_eq!(top[0]["class"], classes[first["predicted"].as_u64().unwrap() as usize], "classify and eval agree");
+    assert_eq!(
+        top[0]["class"],
+        classes[first["predicted"].as_u64().unwrap() as usize],
+        "classify and eval agree"
+    );
 }

@@ -5,17 +5,31 @@
 
 use candle_core::{Device, Tensor};
 use promptscope::train::optim::OptimConfig;
-use promptscope::train::pretrain::{PairTensors, PretrainConfig, PretrainLoss, Pretrainer, TrainableClip};
+use promptscope::train::pretrain::{
+    PairTensors, PretrainConfig, PretrainLoss, Pretrainer, TrainableClip,
+};
 
 use crate::common::{fixtures, flat, model_dir, pattern_pixels, promptscope, within};
 
 fn reference() -> serde_json::Value {
-    let text = std::fs::read_to_string(fixtures().join("filip_reference.json")).expect("filip_reference.json");
+    let text = std::fs::read_to_string(fixtures().join("filip_reference.json"))
+        .expect("filip_reference.json");
     serde_json::from_str(&text).expect("valid JSON")
 }
 
 fn ids(fx: &serde_json::Value) -> Vec<Vec<u32>> {
-    fx["ids"].as_array().unwrap().iter().map(|r| r.as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect()).collect()
+    fx["ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            r.as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_u64().unwrap() as u32)
+                .collect()
+        })
+        .collect()
 }
 
 #[test]
@@ -25,31 +39,63 @@ fn filip_loss_and_weight_gradients_match_pytorch() {
     let model = TrainableClip::from_folder(dir.path(), &Device::Cpu).unwrap();
     let ids = ids(&fx);
     let size = model.config.vision_config.image_size;
-    let pixels = Tensor::from_vec(pattern_pixels(ids.len(), size), (ids.len(), 3, size, size), &Device::Cpu).unwrap();
+    let pixels = Tensor::from_vec(
+        pattern_pixels(ids.len(), size),
+        (ids.len(), 3, size, size),
+        &Device::Cpu,
+    )
+    .unwrap();
     let data = PairTensors { pixels, ids };
     let rows: Vec<usize> = (0..data.ids.len()).collect();
     let vars = model.named_vars();
     for case in fx["tiny"]["cases"].as_array().unwrap() {
         let loss: PretrainLoss = serde_json::from_value(case["loss"].clone()).unwrap();
         let fraction = case["top_fraction"].as_f64().unwrap();
-        let config = PretrainConfig { loss, top_fraction: fraction, optim: OptimConfig::default(), batch_size: rows.len(), seed: 0 };
+        let config = PretrainConfig {
+            loss,
+            top_fraction: fraction,
+            optim: OptimConfig::default(),
+            batch_size: rows.len(),
+            seed: 0,
+        };
         let t = Pretrainer::new(&model, config, &data).unwrap();
         let (value, _) = t.loss(&rows).unwrap();
         let ours = value.to_scalar::<f32>().unwrap();
         let want = case["value"].as_f64().unwrap();
         let what = format!("{loss:?} loss, top {fraction}");
         // Measured 0 .. 3.6e-7 on the AVX2+FMA kernels (the fixture's machine has no AVX-512): 28× margin.
-        within(&format!("{what}: value"), (f64::from(ours) - want).abs(), 1e-5);
+        within(
+            &format!("{what}: value"),
+            (f64::from(ours) - want).abs(),
+            1e-5,
+        );
         let grads = value.backward().unwrap();
         for (name, want) in case["grads"].as_object().unwrap() {
-            let var = &vars.iter().find(|(n, _)| n == name).unwrap_or_else(|| panic!("no variable {name}")).1;
-            let got: Vec<f32> = grads.get(var).unwrap_or_else(|| panic!("no gradient for {name}")).flatten_all().unwrap().to_vec1().unwrap();
+            let var = &vars
+                .iter()
+                .find(|(n, _)| n == name)
+                .unwrap_or_else(|| panic!("no variable {name}"))
+                .1;
+            let got: Vec<f32> = grads
+                .get(var)
+                .unwrap_or_else(|| panic!("no gradient for {name}"))
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
             let want = flat(want);
             assert_eq!(got.len(), want.len(), "{name}");
             let scale = want.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-12);
-            let diff = got.iter().zip(&want).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+            let diff = got
+                .iter()
+                .zip(&want)
+                .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
             // Relative to the gradient's largest entry; measured up to 5.0e-6 on the AVX2+FMA kernels.
-            within(&format!("{what}: gradient of {name} (relative)"), f64::from(diff / scale), 1e-4);
+            within(
+                &format!("{what}: gradient of {name} (relative)"),
+                f64::from(diff / scale),
+                1e-4,
+            );
         }
     }
 }
@@ -60,29 +106,90 @@ fn transformers_reads_a_pretrained_folder_as_we_do() {
     let p = &fx["pretrained"];
     let tmp = tempfile::tempdir().unwrap();
     // The fixture's own command, with our scratch paths for its data and output.
-    let mut args: Vec<String> = p["command"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect();
+    let mut args: Vec<String> = p["command"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
     let pairs = tmp.path().join("pairs");
     let out = tmp.path().join("trained");
-    let size = crate::common::preset("tiny").vision_config.image_size.to_string();
-    let synth = promptscope(&["synth-scenes", "--out", pairs.to_str().unwrap(), "--count", "16", "--size", &size, "--seed", "9"]);
-    assert!(synth.status.success(), "{}", String::from_utf8_lossy(&synth.stderr));
+    let size = crate::common::preset("tiny")
+        .vision_config
+        .image_size
+        .to_string();
+    let synth = promptscope(&[
+        "synth-scenes",
+        "--out",
+        pairs.to_str().unwrap(),
+        "--count",
+        "16",
+        "--size",
+        &size,
+        "--seed",
+        "9",
+    ]);
+    assert!(
+        synth.status.success(),
+        "{}",
+        String::from_utf8_lossy(&synth.stderr)
+    );
     for (flag, value) in [("--data", &pairs), ("--out", &out)] {
         let i = args.iter().position(|a| a == flag).unwrap();
         args[i + 1] = value.to_str().unwrap().to_string();
     }
     let run = promptscope(&args.iter().map(String::as_str).collect::<Vec<_>>());
-    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
     let clip = promptscope::clip::load::load_dir(&out, "trained", &Device::Cpu).unwrap();
     let ids = ids(&fx);
-    let s = clip.model.config.vision_config.image_size;
-    let pixels = Tensor::from_vec(pattern_pixels(ids.len(), s), (ids.len(), 3, s, s), &Device::Cpu).unwrap();
-    let img: Vec<f32> = clip.model.image_features(&pixels).unwrap().flatten_all().unwrap().to_vec1().unwrap();
-    let txt: Vec<f32> = clip.model.text.forward_ids(&ids, false).unwrap().pooled.flatten_all().unwrap().to_vec1().unwrap();
+    let s = clip.model().unwrap().config.vision_config.image_size;
+    let pixels = Tensor::from_vec(
+        pattern_pixels(ids.len(), s),
+        (ids.len(), 3, s, s),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let img: Vec<f32> = clip
+        .model()
+        .unwrap()
+        .image_features(&pixels)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let txt: Vec<f32> = clip
+        .model()
+        .unwrap()
+        .text
+        .forward_ids(&ids, false)
+        .unwrap()
+        .pooled
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
     let d_img = crate::common::max_abs_diff(&img, &flat(&p["image_embeds"]));
     let d_txt = crate::common::max_abs_diff(&txt, &flat(&p["text_embeds"]));
     // Retrained here, so the kernels' rounding enters twice (training, then f16 storage), then read by
     // two implementations; measured 7.2e-7 on the AVX2+FMA kernels (the fixture's own machine).
-    within("pretrained folder: image features vs transformers", f64::from(d_img), 1e-4);
-    within("pretrained folder: text features vs transformers", f64::from(d_txt), 1e-4);
-    assert!((f64::from(clip.model.logit_scale_log) - p["logit_scale"].as_f64().unwrap()).abs() < 1e-3);
+    within(
+        "pretrained folder: image features vs transformers",
+        f64::from(d_img),
+        1e-4,
+    );
+    within(
+        "pretrained folder: text features vs transformers",
+        f64::from(d_txt),
+        1e-4,
+    );
+    assert!(
+        (f64::from(clip.model().unwrap().logit_scale_log) - p["logit_scale"].as_f64().unwrap())
+            .abs()
+            < 1e-3
+    );
 }

@@ -4,17 +4,18 @@
 
 mod common;
 
+mod adapter_parity;
 mod align_cli;
 mod align_parity;
 mod align_region;
 mod app_first_hour;
 mod app_ui;
 mod cli;
-mod adapter_parity;
 mod clip_parity;
 mod coop_cli;
 mod coop_parity;
 mod demo_claims;
+mod family_parity;
 mod filip_parity;
 mod fused_ops;
 mod mpfgvc_cli;

@@ -21,13 +21,13 @@ use candle_core::Device;
 use promptscope::clip::{synth, ClipConfig, HiddenAct, LoadedClip};
 use promptscope::data::DatasetFolder;
 use promptscope::error::Error;
-use promptscope::prompt::datp::DatpConfig;
 use promptscope::export::mpfgvc_file::MpFgvcFile;
+use promptscope::progress::Reporter;
+use promptscope::prompt::datp::DatpConfig;
 use promptscope::run::mpfgvc as pipeline;
 use promptscope::train::config::MpFgvcRun;
-use promptscope::train::mpfgvc::{OptimizerKind, StageConfig, StageEvent};
-use promptscope::progress::Reporter;
 use promptscope::train::coop::TrainEvent;
+use promptscope::train::mpfgvc::{OptimizerKind, StageConfig, StageEvent};
 use promptscope::train::optim::OptimConfig;
 
 struct Setup {
@@ -57,7 +57,14 @@ fn setup_with(write: impl FnOnce(&std::path::Path) -> promptscope::error::Result
 
 fn stage(lr: f64, epochs: usize) -> StageConfig {
     StageConfig {
-        optim: OptimConfig { lr, momentum: 0.9, weight_decay: 5e-4, warmup_epochs: 1, warmup_lr: 1e-5, epochs },
+        optim: OptimConfig {
+            lr,
+            momentum: 0.9,
+            weight_decay: 5e-4,
+            warmup_epochs: 1,
+            warmup_lr: 1e-5,
+            epochs,
+        },
         batch_size: Some(32),
         optimizer: OptimizerKind::AdamW,
     }
@@ -72,7 +79,11 @@ fn seeded(train_blocks: usize, epochs1: usize, epochs2: usize, seed: u64) -> MpF
         shots: None,
         seed,
         split_seed: 0,
-        datp: DatpConfig { n_ctx: 4, super_category: "bird".into(), seed },
+        datp: DatpConfig {
+            n_ctx: 4,
+            super_category: "bird".into(),
+            seed,
+        },
         train_blocks,
         stage1: stage(0.003, epochs1),
         stage2: stage(0.003, epochs2),
@@ -91,14 +102,25 @@ fn dimorphic_run(seed: u64) -> MpFgvcRun {
 fn stage_two_beats_stage_one_where_the_species_is_a_combination_of_features() {
     let s = setup_dimorphic();
     let run = dimorphic_run(1);
-    let rd = pipeline::prepare(&s.clip, &s.data, &run, None, &promptscope::progress::Silent).unwrap();
+    let rd =
+        pipeline::prepare(&s.clip, &s.data, &run, None, &promptscope::progress::Silent).unwrap();
     let mut last = [None, None];
     let mut on_event = |ev: StageEvent| {
         if let TrainEvent::Epoch(e) = ev.event {
             last[ev.stage as usize - 1] = Some(e);
         }
     };
-    let o = pipeline::train(&s.clip, &s.data, &rd, &run, None, false, &promptscope::progress::Silent, &mut on_event).unwrap();
+    let o = pipeline::train(
+        &s.clip,
+        &s.data,
+        &rd,
+        &run,
+        None,
+        false,
+        &promptscope::progress::Silent,
+        &mut on_event,
+    )
+    .unwrap();
     let t = &o.metrics.test;
     let (stage1, stage2) = (t.stage1_i2t.max(t.stage1_head), t.stage2.unwrap());
     println!(
@@ -109,9 +131,15 @@ fn stage_two_beats_stage_one_where_the_species_is_a_combination_of_features() {
     // The gap is capacity, not training time: stage 1's linear head cannot even fit the training set
     // (95 % after 200 epochs; 400 epochs, or lr 0.1, leave its test accuracy at 95.1 / 95.6 %), VLFM can.
     let [l1, l2] = last.map(|e| e.unwrap());
-    assert!(l1.train_acc < 0.99 && l2.train_acc > l1.train_acc, "{l1:?} {l2:?}");
+    assert!(
+        l1.train_acc < 0.99 && l2.train_acc > l1.train_acc,
+        "{l1:?} {l2:?}"
+    );
     assert!(stage1 > 0.8, "stage 1 learns most of it linearly: {t:?}");
-    assert!(stage2 > stage1, "stage 2 {stage2} did not beat stage 1 {stage1}");
+    assert!(
+        stage2 > stage1,
+        "stage 2 {stage2} did not beat stage 1 {stage1}"
+    );
 }
 
 #[test]
@@ -119,7 +147,10 @@ fn both_stages_learn_the_crest_and_stage_two_stays_level() {
     let s = setup((64, 16, 64));
     let run = run(2, 50, 50);
     let cancel = AtomicBool::new(false);
-    let progress = Reporter { cancel: &cancel, on_update: |_: &str, _, _| {} };
+    let progress = Reporter {
+        cancel: &cancel,
+        on_update: |_: &str, _, _| {},
+    };
     let rd = pipeline::prepare(&s.clip, &s.data, &run, None, &progress).unwrap();
     let mut epochs = [vec![], vec![]];
     let mut steps = [0, 0];
@@ -136,10 +167,23 @@ fn both_stages_learn_the_crest_and_stage_two_stays_level() {
         }
     };
     let out = s.dir.path().join("w.safetensors");
-    let o = pipeline::train(&s.clip, &s.data, &rd, &run, Some(&out), false, &progress, &mut on_event).unwrap();
+    let o = pipeline::train(
+        &s.clip,
+        &s.data,
+        &rd,
+        &run,
+        Some(&out),
+        false,
+        &progress,
+        &mut on_event,
+    )
+    .unwrap();
     assert_eq!((epochs[0].len(), epochs[1].len()), (50, 50));
     assert_eq!(steps, [50 * 8, 50 * 8]);
-    assert!(epochs[0].iter().zip(0..).all(|(e, i)| e.epoch == i && e.epochs == 50));
+    assert!(epochs[0]
+        .iter()
+        .zip(0..)
+        .all(|(e, i)| e.epoch == i && e.epochs == 50));
     assert!(epochs[0].last().unwrap().loss < 0.5 * epochs[0][0].loss);
     assert!(epochs[1].last().unwrap().loss < 0.5 * epochs[1][0].loss);
 
@@ -151,17 +195,36 @@ fn both_stages_learn_the_crest_and_stage_two_stays_level() {
         t.images, t.stage1_i2t, t.stage1_head, stage2
     );
     assert_eq!(t.images, 256);
-    assert!(t.stage1_i2t >= 0.8 && t.stage1_head >= 0.8 && stage2 >= 0.8, "{t:?}");
-    assert!(stage2 >= stage1 - 0.05, "stage 2 {stage2} fell behind stage 1 {stage1}");
+    assert!(
+        t.stage1_i2t >= 0.8 && t.stage1_head >= 0.8 && stage2 >= 0.8,
+        "{t:?}"
+    );
+    assert!(
+        stage2 >= stage1 - 0.05,
+        "stage 2 {stage2} fell behind stage 1 {stage1}"
+    );
 
     // The export reproduces the run's accuracies when read back.
     let file = MpFgvcFile::load(&out).unwrap();
     assert_eq!(file.meta.stages, 2);
     assert_eq!(file.meta.class_names, s.data.class_names);
     assert_eq!(file.tensors["datp.ctx"].dims(), [4, 4, 32]);
-    assert_eq!(file.tensors.keys().filter(|k| k.starts_with("vision.layers.")).count(), 2 * 16);
-    assert!(file.tensors.keys().all(|k| !k.starts_with("vision.layers.0.")), "block 0 was frozen");
-    let again = pipeline::evaluate_file(&s.clip, &s.data, &out, None, &promptscope::progress::Silent).unwrap();
+    assert_eq!(
+        file.tensors
+            .keys()
+            .filter(|k| k.starts_with("vision.layers."))
+            .count(),
+        2 * 16
+    );
+    assert!(
+        file.tensors
+            .keys()
+            .all(|k| !k.starts_with("vision.layers.0.")),
+        "block 0 was frozen"
+    );
+    let again =
+        pipeline::evaluate_file(&s.clip, &s.data, &out, None, &promptscope::progress::Silent)
+            .unwrap();
     assert_eq!(&again, t);
 }
 
@@ -170,7 +233,10 @@ fn a_run_cancelled_in_stage_two_leaves_the_stage_one_export() {
     let s = setup((4, 2, 3));
     let run = run(0, 2, 3);
     let cancel = AtomicBool::new(false);
-    let progress = Reporter { cancel: &cancel, on_update: |_: &str, _, _| {} };
+    let progress = Reporter {
+        cancel: &cancel,
+        on_update: |_: &str, _, _| {},
+    };
     let cache = s.dir.path().join("cache");
     let rd = pipeline::prepare(&s.clip, &s.data, &run, Some(&cache), &progress).unwrap();
     // With the tower frozen, stage 1 works on cached features.
@@ -181,11 +247,23 @@ fn a_run_cancelled_in_stage_two_leaves_the_stage_one_export() {
         }
     };
     let out = s.dir.path().join("w.safetensors");
-    let err = pipeline::train(&s.clip, &s.data, &rd, &run, Some(&out), false, &progress, &mut on_event).err().unwrap();
+    let err = pipeline::train(
+        &s.clip,
+        &s.data,
+        &rd,
+        &run,
+        Some(&out),
+        false,
+        &progress,
+        &mut on_event,
+    )
+    .err()
+    .unwrap();
     assert!(matches!(err, Error::Cancelled), "{err}");
     let file = MpFgvcFile::load(&out).unwrap();
     assert_eq!((file.meta.stages, file.meta.vlfm.is_none()), (1, true));
-    let acc = pipeline::evaluate_file(&s.clip, &s.data, &out, None, &promptscope::progress::Silent).unwrap();
+    let acc = pipeline::evaluate_file(&s.clip, &s.data, &out, None, &promptscope::progress::Silent)
+        .unwrap();
     assert_eq!((acc.stage2, acc.images), (None, 12));
 }
 
@@ -196,9 +274,25 @@ fn a_run_cancelled_in_stage_two_leaves_the_stage_one_export() {
 fn seeds_one_to_three() {
     let s = setup_dimorphic();
     for seed in 1..=3 {
-        for run in [dimorphic_run(seed), { let mut r = dimorphic_run(seed); r.stage1 = stage(0.003, 50); r }] {
-            let rd = pipeline::prepare(&s.clip, &s.data, &run, None, &promptscope::progress::Silent).unwrap();
-            let o = pipeline::train(&s.clip, &s.data, &rd, &run, None, false, &promptscope::progress::Silent, &mut |_| {}).unwrap();
+        for run in [dimorphic_run(seed), {
+            let mut r = dimorphic_run(seed);
+            r.stage1 = stage(0.003, 50);
+            r
+        }] {
+            let rd =
+                pipeline::prepare(&s.clip, &s.data, &run, None, &promptscope::progress::Silent)
+                    .unwrap();
+            let o = pipeline::train(
+                &s.clip,
+                &s.data,
+                &rd,
+                &run,
+                None,
+                false,
+                &promptscope::progress::Silent,
+                &mut |_| {},
+            )
+            .unwrap();
             let t = &o.metrics.test;
             println!("dimorphic, seed {seed}, stage 1 {} epochs: stage 1 image-to-text {:.3}, linear head {:.3}; stage 2 VLFM {:.3}", run.stage1.optim.epochs, t.stage1_i2t, t.stage1_head, t.stage2.unwrap());
         }
@@ -206,13 +300,23 @@ fn seeds_one_to_three() {
     let s = setup((64, 16, 64));
     for seed in 1..=3 {
         let run = seeded(2, 50, 50, seed);
-        let rd = pipeline::prepare(&s.clip, &s.data, &run, None, &promptscope::progress::Silent).unwrap();
-        let o = pipeline::train(&s.clip, &s.data, &rd, &run, None, false, &promptscope::progress::Silent, &mut |_| {}).unwrap();
+        let rd = pipeline::prepare(&s.clip, &s.data, &run, None, &promptscope::progress::Silent)
+            .unwrap();
+        let o = pipeline::train(
+            &s.clip,
+            &s.data,
+            &rd,
+            &run,
+            None,
+            false,
+            &promptscope::progress::Silent,
+            &mut |_| {},
+        )
+        .unwrap();
         let t = &o.metrics.test;
         println!("crest, seed {seed}: stage 1 image-to-text {:.3}, linear head {:.3}; stage 2 VLFM {:.3}", t.stage1_i2t, t.stage1_head, t.stage2.unwrap());
     }
 }
-
 
 /// Stopped in stage 1, then in stage 2 (each mid-epoch), and resumed each time from the checkpoint: the
 /// exported weights equal an uninterrupted run's bit for bit, with SGD in one stage and AdamW in the other
@@ -223,47 +327,126 @@ fn a_run_stopped_in_either_stage_and_resumed_ends_bit_for_bit_where_an_uninterru
     let mut run = run(1, 3, 3);
     run.stage1.optimizer = OptimizerKind::Sgd;
     (run.stage1.batch_size, run.stage2.batch_size) = (Some(4), Some(4));
-    let rd = pipeline::prepare(&s.clip, &s.data, &run, None, &promptscope::progress::Silent).unwrap();
+    let rd =
+        pipeline::prepare(&s.clip, &s.data, &run, None, &promptscope::progress::Silent).unwrap();
     let straight = s.dir.path().join("straight.safetensors");
-    pipeline::train(&s.clip, &s.data, &rd, &run, Some(&straight), false, &promptscope::progress::Silent, &mut |_| {}).unwrap();
+    pipeline::train(
+        &s.clip,
+        &s.data,
+        &rd,
+        &run,
+        Some(&straight),
+        false,
+        &promptscope::progress::Silent,
+        &mut |_| {},
+    )
+    .unwrap();
 
     let out = s.dir.path().join("stopped.safetensors");
     // Stop at the second step of stage 1's epoch 2, then at the second step of stage 2's epoch 2.
     for (stops, (stage, epoch)) in [(1u8, 1usize), (2, 1)].into_iter().enumerate() {
         let cancel = AtomicBool::new(false);
-        let progress = Reporter { cancel: &cancel, on_update: |_: &str, _, _| {} };
+        let progress = Reporter {
+            cancel: &cancel,
+            on_update: |_: &str, _, _| {},
+        };
         let mut on_event = |ev: StageEvent| {
-            if let promptscope::train::epoch_loop::TrainEvent::Step { epoch: e, step: 0, .. } = ev.event {
+            if let promptscope::train::epoch_loop::TrainEvent::Step {
+                epoch: e, step: 0, ..
+            } = ev.event
+            {
                 if ev.stage == stage && e == epoch {
                     cancel.store(true, Ordering::Relaxed);
                 }
             }
         };
-        let err = pipeline::train(&s.clip, &s.data, &rd, &run, Some(&out), stops > 0, &progress, &mut on_event).err().unwrap();
+        let err = pipeline::train(
+            &s.clip,
+            &s.data,
+            &rd,
+            &run,
+            Some(&out),
+            stops > 0,
+            &progress,
+            &mut on_event,
+        )
+        .err()
+        .unwrap();
         assert!(matches!(err, Error::Cancelled), "{err}");
     }
     let ckpt = promptscope::train::coop::checkpoint_path(&out);
     assert!(ckpt.is_file());
-    pipeline::train(&s.clip, &s.data, &rd, &run, Some(&out), true, &promptscope::progress::Silent, &mut |_| {}).unwrap();
+    pipeline::train(
+        &s.clip,
+        &s.data,
+        &rd,
+        &run,
+        Some(&out),
+        true,
+        &promptscope::progress::Silent,
+        &mut |_| {},
+    )
+    .unwrap();
     assert!(!ckpt.exists(), "a finished run removes its checkpoint");
-    let (a, b) = (MpFgvcFile::load(&straight).unwrap(), MpFgvcFile::load(&out).unwrap());
-    let bits = |t: &candle_core::Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    let (a, b) = (
+        MpFgvcFile::load(&straight).unwrap(),
+        MpFgvcFile::load(&out).unwrap(),
+    );
+    let bits = |t: &candle_core::Tensor| {
+        t.flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+            .iter()
+            .map(|x| x.to_bits())
+            .collect::<Vec<_>>()
+    };
     assert_eq!(a.tensors.len(), b.tensors.len());
     for (name, t) in &a.tensors {
         assert_eq!(bits(t), bits(&b.tensors[name]), "{name}");
     }
     // A checkpoint of other settings is refused, not silently continued.
     let cancel = AtomicBool::new(false);
-    let progress = Reporter { cancel: &cancel, on_update: |_: &str, _, _| {} };
+    let progress = Reporter {
+        cancel: &cancel,
+        on_update: |_: &str, _, _| {},
+    };
     let mut after_one_epoch = |ev: StageEvent| {
-        if matches!(ev.event, promptscope::train::epoch_loop::TrainEvent::Epoch(_)) {
+        if matches!(
+            ev.event,
+            promptscope::train::epoch_loop::TrainEvent::Epoch(_)
+        ) {
             cancel.store(true, Ordering::Relaxed);
         }
     };
-    let err = pipeline::train(&s.clip, &s.data, &rd, &run, Some(&out), false, &progress, &mut after_one_epoch);
+    let err = pipeline::train(
+        &s.clip,
+        &s.data,
+        &rd,
+        &run,
+        Some(&out),
+        false,
+        &progress,
+        &mut after_one_epoch,
+    );
     assert!(matches!(err, Err(Error::Cancelled)));
     let mut other = run.clone();
     other.stage2.optim.epochs = 4;
-    let err = pipeline::train(&s.clip, &s.data, &rd, &other, Some(&out), true, &promptscope::progress::Silent, &mut |_| {}).err().unwrap();
-    assert!(err.to_string().contains("was made with other settings") && err.to_string().contains("stopped.safetensors.ckpt"), "{err}");
+    let err = pipeline::train(
+        &s.clip,
+        &s.data,
+        &rd,
+        &other,
+        Some(&out),
+        true,
+        &promptscope::progress::Silent,
+        &mut |_| {},
+    )
+    .err()
+    .unwrap();
+    assert!(
+        err.to_string().contains("was made with other settings")
+            && err.to_string().contains("stopped.safetensors.ckpt"),
+        "{err}"
+    );
 }

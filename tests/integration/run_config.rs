@@ -12,7 +12,15 @@ use promptscope::train::optim::default_epochs;
 
 fn dry_run(args: &[&str]) -> RunConfig {
     let mut all = args.to_vec();
-    all.extend(["--model", "m", "--data", "d", "--out", "o.safetensors", "--dry-run"]);
+    all.extend([
+        "--model",
+        "m",
+        "--data",
+        "d",
+        "--out",
+        "o.safetensors",
+        "--dry-run",
+    ]);
     serde_json::from_str(&ok(&promptscope(&all))).expect("a run as JSON")
 }
 
@@ -21,16 +29,44 @@ fn the_cli_and_the_train_form_build_equal_runs_from_their_defaults() {
     let form = TrainForm::default();
     assert_eq!(dry_run(&["train"]), form.to_run().unwrap());
 
-    let mut form = TrainForm { method: PromptMethodKind::Datp, ..TrainForm::default() };
+    let mut form = TrainForm {
+        method: PromptMethodKind::Datp,
+        ..TrainForm::default()
+    };
     form.mpfgvc.datp.super_category = "bird".into();
-    assert_eq!(dry_run(&["mpfgvc", "train", "--super-category", "bird"]), form.to_run().unwrap());
+    assert_eq!(
+        dry_run(&["mpfgvc", "train", "--super-category", "bird"]),
+        form.to_run().unwrap()
+    );
 }
 
 #[test]
 fn every_cli_option_is_a_field_the_form_edits() {
     let cli = dry_run(&[
-        "train", "--shots", "4", "--seed", "3", "--split-seed", "7", "--csc", "--class-position", "middle", "--batch-size", "full",
-        "--warmup-lr", "0.0001", "--warmup-epochs", "2", "--augment", "none", "--lr", "0.01", "--template", "a sketch of a {}.", "--kg-lambda", "8",
+        "train",
+        "--shots",
+        "4",
+        "--seed",
+        "3",
+        "--split-seed",
+        "7",
+        "--csc",
+        "--class-position",
+        "middle",
+        "--batch-size",
+        "full",
+        "--warmup-lr",
+        "0.0001",
+        "--warmup-epochs",
+        "2",
+        "--augment",
+        "none",
+        "--lr",
+        "0.01",
+        "--template",
+        "a sketch of a {}.",
+        "--kg-lambda",
+        "8",
     ]);
     let mut form = TrainForm::default();
     let r = &mut form.coop;
@@ -52,16 +88,47 @@ fn every_cli_option_is_a_field_the_form_edits() {
 
 #[test]
 fn both_front_ends_refuse_a_bad_setting_with_the_same_words() {
-    let cli = error_line(&promptscope(&["train", "--model", "m", "--data", "d", "--out", "o", "--dry-run", "--n-ctx", "0"]));
+    let cli = error_line(&promptscope(&[
+        "train",
+        "--model",
+        "m",
+        "--data",
+        "d",
+        "--out",
+        "o",
+        "--dry-run",
+        "--n-ctx",
+        "0",
+    ]));
     let mut form = TrainForm::default();
     form.coop.coop.n_ctx = 0;
     let app = form.to_run().unwrap_err().to_string();
     assert!(cli.contains(&app), "CLI: {cli}; app: {app}");
 
-    let cli = error_line(&promptscope(&["mpfgvc", "train", "--model", "m", "--data", "d", "--out", "o", "--dry-run", "--super-category", "bird", "--epochs2", "0"]));
-    let mut form = TrainForm { method: PromptMethodKind::Datp, ..TrainForm::default() };
+    let cli = error_line(&promptscope(&[
+        "mpfgvc",
+        "train",
+        "--model",
+        "m",
+        "--data",
+        "d",
+        "--out",
+        "o",
+        "--dry-run",
+        "--super-category",
+        "bird",
+        "--epochs2",
+        "0",
+    ]));
+    let mut form = TrainForm {
+        method: PromptMethodKind::Datp,
+        ..TrainForm::default()
+    };
     form.mpfgvc.datp.super_category = "bird".into();
     form.mpfgvc.stage2.optim.epochs = 0;
     let app = form.to_run().unwrap_err().to_string();
-    assert!(cli.contains(&app) && app.contains("stage 2"), "CLI: {cli}; app: {app}");
+    assert!(
+        cli.contains(&app) && app.contains("stage 2"),
+        "CLI: {cli}; app: {app}"
+    );
 }

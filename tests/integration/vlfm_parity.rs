@@ -13,7 +13,9 @@ use promptscope::fusion::vlfm::{Vlfm, VlfmConfig};
 fn pattern(n: usize, spec: &serde_json::Value) -> Vec<f32> {
     let s: Vec<f64> = serde_json::from_value(spec.clone()).unwrap();
     let (a, b, m, scale) = (s[0] as usize, s[1] as usize, s[2] as usize, s[3] as f32);
-    (0..n).map(|i| (((a * i + b) % m) as f32 / (m as f32 / 2.0) - 1.0) * scale).collect()
+    (0..n)
+        .map(|i| (((a * i + b) % m) as f32 / (m as f32 / 2.0) - 1.0) * scale)
+        .collect()
 }
 
 fn tensor(entry: &serde_json::Value) -> Tensor {
@@ -28,14 +30,34 @@ fn values(t: &Tensor) -> Vec<f32> {
 
 #[test]
 fn vlfm_forward_matches_pytorch() {
-    let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixtures().join("vlfm_reference.json")).unwrap()).unwrap();
+    let r: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixtures().join("vlfm_reference.json")).unwrap(),
+    )
+    .unwrap();
     let n = |k: &str| r[k].as_u64().unwrap() as usize;
-    let cfg = VlfmConfig { dim: n("dim"), num_classes: n("classes"), expansion: n("expansion"), seed: 0 };
-    let weights: HashMap<String, Tensor> = r["weights"].as_object().unwrap().iter().map(|(k, v)| (k.clone(), tensor(v))).collect();
+    let cfg = VlfmConfig {
+        dim: n("dim"),
+        num_classes: n("classes"),
+        expansion: n("expansion"),
+        seed: 0,
+    };
+    let weights: HashMap<String, Tensor> = r["weights"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), tensor(v)))
+        .collect();
     let vlfm = Vlfm::from_tensors(&cfg, &weights, &Device::Cpu).unwrap();
-    let out = vlfm.forward(&tensor(&r["inputs"]["e_v"]), &tensor(&r["inputs"]["e_t"])).unwrap();
+    let out = vlfm
+        .forward(&tensor(&r["inputs"]["e_v"]), &tensor(&r["inputs"]["e_t"]))
+        .unwrap();
     let mut worst = 0f32;
-    for (name, ours) in [("attention", &out.attention), ("fused", &out.fused), ("refined", &out.refined), ("logits", &out.logits)] {
+    for (name, ours) in [
+        ("attention", &out.attention),
+        ("fused", &out.fused),
+        ("refined", &out.refined),
+        ("logits", &out.logits),
+    ] {
         let diff = max_abs_diff(&values(ours), &flat(&r[name]));
         within(&format!("VLFM {name} vs PyTorch"), diff as f64, 1e-4);
         worst = worst.max(diff);

@@ -5,7 +5,9 @@
 use std::sync::OnceLock;
 
 use candle_core::backend::BackendStorage;
-use candle_core::cuda_backend::cudarc::driver::{CudaFunction, CudaSlice, CudaView, LaunchConfig, PushKernelArg};
+use candle_core::cuda_backend::cudarc::driver::{
+    CudaFunction, CudaSlice, CudaView, LaunchConfig, PushKernelArg,
+};
 use candle_core::cuda_backend::cudarc::nvrtc::{compile_ptx_with_opts, CompileOptions};
 use candle_core::cuda_backend::{CudaDevice, WrapErr};
 use candle_core::{CudaStorage, Layout, Result};
@@ -18,8 +20,13 @@ const MODULE: &str = "promptscope_fused";
 fn ptx() -> std::result::Result<&'static str, &'static str> {
     static PTX: OnceLock<std::result::Result<String, String>> = OnceLock::new();
     PTX.get_or_init(|| {
-        let opts = CompileOptions { name: Some("fused_kernels.cu".into()), ..Default::default() };
-        compile_ptx_with_opts(SOURCE, opts).map(|p| p.to_src()).map_err(|e| e.to_string())
+        let opts = CompileOptions {
+            name: Some("fused_kernels.cu".into()),
+            ..Default::default()
+        };
+        compile_ptx_with_opts(SOURCE, opts)
+            .map(|p| p.to_src())
+            .map_err(|e| e.to_string())
     })
     .as_ref()
     .map(String::as_str)
@@ -37,15 +44,20 @@ pub fn available() -> bool {
     match ptx() {
         Ok(_) => true,
         Err(e) => {
-            WARNED.get_or_init(|| eprintln!("warning: fused CUDA kernels unavailable, using composed ops ({e})"));
+            WARNED.get_or_init(|| {
+                eprintln!("warning: fused CUDA kernels unavailable, using composed ops ({e})")
+            });
             false
         }
     }
 }
 
 fn load(dev: &CudaDevice, name: &str) -> Result<CudaFunction> {
-    let ptx = ptx().map_err(|e| candle_core::Error::Msg(format!("compiling fused_kernels.cu: {e}")))?;
-    Ok(dev.get_or_load_custom_func(name, MODULE, ptx)?.into_cuda_function())
+    let ptx =
+        ptx().map_err(|e| candle_core::Error::Msg(format!("compiling fused_kernels.cu: {e}")))?;
+    Ok(dev
+        .get_or_load_custom_func(name, MODULE, ptx)?
+        .into_cuda_function())
 }
 
 /// Launches kernel `$name` on the device's stream with the arguments given.
@@ -71,13 +83,21 @@ fn view<'a>(s: &'a CudaStorage, l: &Layout, what: &str) -> Result<CudaView<'a, f
 fn elementwise_cfg(n: usize) -> LaunchConfig {
     // Grid-stride loops in the kernels: a bounded grid covers any length.
     let blocks = n.div_ceil(256).clamp(1, 132 * 32) as u32;
-    LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
+    LaunchConfig {
+        grid_dim: (blocks, 1, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    }
 }
 
 const ROWS_PER_BLOCK: usize = 4;
 
 fn rows_cfg(rows: usize) -> LaunchConfig {
-    LaunchConfig { grid_dim: (rows.div_ceil(ROWS_PER_BLOCK).max(1) as u32, 1, 1), block_dim: (32, ROWS_PER_BLOCK as u32, 1), shared_mem_bytes: 0 }
+    LaunchConfig {
+        grid_dim: (rows.div_ceil(ROWS_PER_BLOCK).max(1) as u32, 1, 1),
+        block_dim: (32, ROWS_PER_BLOCK as u32, 1),
+        shared_mem_bytes: 0,
+    }
 }
 
 fn wrap(y: CudaSlice<f32>, dev: &CudaDevice) -> CudaStorage {
@@ -91,35 +111,82 @@ pub fn quick_gelu(x: &CudaStorage, xl: &Layout) -> Result<CudaStorage> {
     // SAFETY: every element is written by the kernel before the buffer is read.
     let mut y = unsafe { dev.alloc::<f32>(n)? };
     let n64 = n as u64;
-    launch!(dev, "ps_quick_gelu_fwd", elementwise_cfg(n), &xv, &mut y, &n64);
+    launch!(
+        dev,
+        "ps_quick_gelu_fwd",
+        elementwise_cfg(n),
+        &xv,
+        &mut y,
+        &n64
+    );
     Ok(wrap(y, dev))
 }
 
-pub fn quick_gelu_bwd(x: &CudaStorage, xl: &Layout, g: &CudaStorage, gl: &Layout) -> Result<CudaStorage> {
+pub fn quick_gelu_bwd(
+    x: &CudaStorage,
+    xl: &Layout,
+    g: &CudaStorage,
+    gl: &Layout,
+) -> Result<CudaStorage> {
     let dev = x.device();
-    let (xv, gv) = (view(x, xl, "quick-gelu backward")?, view(g, gl, "quick-gelu backward")?);
+    let (xv, gv) = (
+        view(x, xl, "quick-gelu backward")?,
+        view(g, gl, "quick-gelu backward")?,
+    );
     let n = xl.shape().elem_count();
     if gl.shape().elem_count() != n {
-        candle_core::bail!("quick-gelu backward: gradient of {} elements for {n}", gl.shape().elem_count());
+        candle_core::bail!(
+            "quick-gelu backward: gradient of {} elements for {n}",
+            gl.shape().elem_count()
+        );
     }
     // SAFETY: written in full by the kernel.
     let mut dx = unsafe { dev.alloc::<f32>(n)? };
     let n64 = n as u64;
-    launch!(dev, "ps_quick_gelu_bwd", elementwise_cfg(n), &xv, &gv, &mut dx, &n64);
+    launch!(
+        dev,
+        "ps_quick_gelu_bwd",
+        elementwise_cfg(n),
+        &xv,
+        &gv,
+        &mut dx,
+        &n64
+    );
     Ok(wrap(dx, dev))
 }
 
 /// `y[r, c] += bias[c]` in place over a contiguous `rows × cols` buffer.
-pub fn add_bias(y: &mut CudaSlice<f32>, bias: &CudaStorage, bl: &Layout, cols: usize, dev: &CudaDevice) -> Result<()> {
+pub fn add_bias(
+    y: &mut CudaSlice<f32>,
+    bias: &CudaStorage,
+    bl: &Layout,
+    cols: usize,
+    dev: &CudaDevice,
+) -> Result<()> {
     let bv = view(bias, bl, "bias")?;
     let n = y.len();
     let (n64, cols32) = (n as u64, cols as u32);
-    launch!(dev, "ps_bias_add", elementwise_cfg(n), y, &bv, &n64, &cols32);
+    launch!(
+        dev,
+        "ps_bias_add",
+        elementwise_cfg(n),
+        y,
+        &bv,
+        &n64,
+        &cols32
+    );
     Ok(())
 }
 
 /// `x · Wᵀ + b` for `x` `[rows, in]`, `W` `[out, in]`: cuBLAS through candle's matmul, then the bias.
-pub fn linear(x: &CudaStorage, xl: &Layout, w: &CudaStorage, wl: &Layout, bias: &CudaStorage, bl: &Layout) -> Result<CudaStorage> {
+pub fn linear(
+    x: &CudaStorage,
+    xl: &Layout,
+    w: &CudaStorage,
+    wl: &Layout,
+    bias: &CudaStorage,
+    bl: &Layout,
+) -> Result<CudaStorage> {
     let (rows, inp) = xl.shape().dims2()?;
     let (out, _) = wl.shape().dims2()?;
     let mut y = x.matmul(w, (1, rows, out, inp), xl, &wl.transpose(0, 1)?)?;
@@ -128,27 +195,68 @@ pub fn linear(x: &CudaStorage, xl: &Layout, w: &CudaStorage, wl: &Layout, bias: 
     Ok(y)
 }
 
-pub fn layer_norm(x: &CudaStorage, xl: &Layout, w: &CudaStorage, wl: &Layout, bias: &CudaStorage, bl: &Layout, eps: f32) -> Result<CudaStorage> {
+pub fn layer_norm(
+    x: &CudaStorage,
+    xl: &Layout,
+    w: &CudaStorage,
+    wl: &Layout,
+    bias: &CudaStorage,
+    bl: &Layout,
+    eps: f32,
+) -> Result<CudaStorage> {
     layer_norm_kernel("ps_layer_norm_fwd", (x, xl), (w, wl), (bias, bl), eps)
 }
 
 /// `∂x` of the layer norm, given `x`, its weight and the output gradient `g`.
-pub fn layer_norm_bwd(x: &CudaStorage, xl: &Layout, w: &CudaStorage, wl: &Layout, g: &CudaStorage, gl: &Layout, eps: f32) -> Result<CudaStorage> {
+pub fn layer_norm_bwd(
+    x: &CudaStorage,
+    xl: &Layout,
+    w: &CudaStorage,
+    wl: &Layout,
+    g: &CudaStorage,
+    gl: &Layout,
+    eps: f32,
+) -> Result<CudaStorage> {
     layer_norm_kernel("ps_layer_norm_bwd", (x, xl), (w, wl), (g, gl), eps)
 }
 
 /// Both layer-norm kernels take `(x, weight, bias or ∂y, out, rows, d, eps)`.
-fn layer_norm_kernel(name: &str, x: (&CudaStorage, &Layout), w: (&CudaStorage, &Layout), third: (&CudaStorage, &Layout), eps: f32) -> Result<CudaStorage> {
+fn layer_norm_kernel(
+    name: &str,
+    x: (&CudaStorage, &Layout),
+    w: (&CudaStorage, &Layout),
+    third: (&CudaStorage, &Layout),
+    eps: f32,
+) -> Result<CudaStorage> {
     let dev = x.0.device();
-    let (xv, wv, tv) = (view(x.0, x.1, name)?, view(w.0, w.1, name)?, view(third.0, third.1, name)?);
+    let (xv, wv, tv) = (
+        view(x.0, x.1, name)?,
+        view(w.0, w.1, name)?,
+        view(third.0, third.1, name)?,
+    );
     let (rows, d) = rows_of(x.1);
     if wv.len() != d || tv.len() % d != 0 {
-        candle_core::bail!("{name}: weight of {} and operand of {} for rows of {d}", wv.len(), tv.len());
+        candle_core::bail!(
+            "{name}: weight of {} and operand of {} for rows of {d}",
+            wv.len(),
+            tv.len()
+        );
     }
     // SAFETY: written in full by the kernel.
     let mut y = unsafe { dev.alloc::<f32>(rows * d)? };
     let (r, d32) = (rows as i32, d as i32);
-    launch!(dev, name, rows_cfg(rows), &xv, &wv, &tv, &mut y, &r, &d32, &eps);
+    launch!(
+        dev,
+        name,
+        rows_cfg(rows),
+        &xv,
+        &wv,
+        &tv,
+        &mut y,
+        &r,
+        &d32,
+        &eps
+    );
     Ok(wrap(y, dev))
 }
 
@@ -164,13 +272,30 @@ pub fn softmax(x: &CudaStorage, xl: &Layout) -> Result<CudaStorage> {
 }
 
 /// `∂x` of the softmax over the last dimension, from its output `y` and the output gradient `g`.
-pub fn softmax_bwd(y: &CudaStorage, yl: &Layout, g: &CudaStorage, gl: &Layout) -> Result<CudaStorage> {
+pub fn softmax_bwd(
+    y: &CudaStorage,
+    yl: &Layout,
+    g: &CudaStorage,
+    gl: &Layout,
+) -> Result<CudaStorage> {
     let dev = y.device();
-    let (yv, gv) = (view(y, yl, "softmax backward")?, view(g, gl, "softmax backward")?);
+    let (yv, gv) = (
+        view(y, yl, "softmax backward")?,
+        view(g, gl, "softmax backward")?,
+    );
     let (rows, d) = rows_of(yl);
     // SAFETY: written in full by the kernel.
     let mut dx = unsafe { dev.alloc::<f32>(rows * d)? };
     let (r, d32) = (rows as i32, d as i32);
-    launch!(dev, "ps_softmax_bwd", rows_cfg(rows), &yv, &gv, &mut dx, &r, &d32);
+    launch!(
+        dev,
+        "ps_softmax_bwd",
+        rows_cfg(rows),
+        &yv,
+        &gv,
+        &mut dx,
+        &r,
+        &d32
+    );
     Ok(wrap(dx, dev))
 }

@@ -7,9 +7,11 @@
 //! inference and CoOp go through `kernels::cpu`.
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, D};
 #[cfg(feature = "cuda")]
 use candle_core::CudaStorage;
+use candle_core::{
+    CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, D,
+};
 
 #[cfg(feature = "cuda")]
 use super::cuda as cuda_kernels;
@@ -47,10 +49,24 @@ impl CustomOp2 for QuickGeluGrad {
         "promptscope-quick-gelu-grad"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (x, g) = (contiguous_f32(s1, l1, self.name())?, contiguous_f32(s2, l2, self.name())?);
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (x, g) = (
+            contiguous_f32(s1, l1, self.name())?,
+            contiguous_f32(s2, l2, self.name())?,
+        );
         if x.len() != g.len() {
-            candle_core::bail!("{}: gradient of {} elements for {}", self.name(), g.len(), x.len());
+            candle_core::bail!(
+                "{}: gradient of {} elements for {}",
+                self.name(),
+                g.len(),
+                x.len()
+            );
         }
         // d/dx x·s(ax) = s + a·x·s·(1 - s), s = σ(ax).
         let dx = x
@@ -65,8 +81,17 @@ impl CustomOp2 for QuickGeluGrad {
     }
 
     #[cfg(feature = "cuda")]
-    fn cuda_fwd(&self, s1: &CudaStorage, l1: &Layout, s2: &CudaStorage, l2: &Layout) -> Result<(CudaStorage, Shape)> {
-        Ok((cuda_kernels::quick_gelu_bwd(s1, l1, s2, l2)?, l1.shape().clone()))
+    fn cuda_fwd(
+        &self,
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        Ok((
+            cuda_kernels::quick_gelu_bwd(s1, l1, s2, l2)?,
+            l1.shape().clone(),
+        ))
     }
 }
 
@@ -114,14 +139,32 @@ impl CustomOp2 for SoftmaxGrad {
         "promptscope-softmax-grad"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (y, g) = (contiguous_f32(s1, l1, self.name())?, contiguous_f32(s2, l2, self.name())?);
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (y, g) = (
+            contiguous_f32(s1, l1, self.name())?,
+            contiguous_f32(s2, l2, self.name())?,
+        );
         let (_, d) = rows_of(l1);
         if y.len() != g.len() {
-            candle_core::bail!("{}: gradient of {} elements for {}", self.name(), g.len(), y.len());
+            candle_core::bail!(
+                "{}: gradient of {} elements for {}",
+                self.name(),
+                g.len(),
+                y.len()
+            );
         }
         let mut dx = vec![0f32; y.len()];
-        for ((yr, gr), out) in y.chunks_exact(d).zip(g.chunks_exact(d)).zip(dx.chunks_exact_mut(d)) {
+        for ((yr, gr), out) in y
+            .chunks_exact(d)
+            .zip(g.chunks_exact(d))
+            .zip(dx.chunks_exact_mut(d))
+        {
             let dot: f32 = yr.iter().zip(gr).map(|(a, b)| a * b).sum();
             for ((o, &yv), &gv) in out.iter_mut().zip(yr).zip(gr) {
                 *o = yv * (gv - dot);
@@ -131,8 +174,17 @@ impl CustomOp2 for SoftmaxGrad {
     }
 
     #[cfg(feature = "cuda")]
-    fn cuda_fwd(&self, s1: &CudaStorage, l1: &Layout, s2: &CudaStorage, l2: &Layout) -> Result<(CudaStorage, Shape)> {
-        Ok((cuda_kernels::softmax_bwd(s1, l1, s2, l2)?, l1.shape().clone()))
+    fn cuda_fwd(
+        &self,
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        Ok((
+            cuda_kernels::softmax_bwd(s1, l1, s2, l2)?,
+            l1.shape().clone(),
+        ))
     }
 }
 
@@ -146,7 +198,15 @@ impl CustomOp3 for LayerNormOp {
         "promptscope-layer-norm"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let x = contiguous_f32(s1, l1, self.name())?;
         let w = contiguous_f32(s2, l2, self.name())?;
         let b = contiguous_f32(s3, l3, self.name())?;
@@ -165,11 +225,29 @@ impl CustomOp3 for LayerNormOp {
     }
 
     #[cfg(feature = "cuda")]
-    fn cuda_fwd(&self, s1: &CudaStorage, l1: &Layout, s2: &CudaStorage, l2: &Layout, s3: &CudaStorage, l3: &Layout) -> Result<(CudaStorage, Shape)> {
-        Ok((cuda_kernels::layer_norm(s1, l1, s2, l2, s3, l3, self.eps as f32)?, l1.shape().clone()))
+    fn cuda_fwd(
+        &self,
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+        s3: &CudaStorage,
+        l3: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        Ok((
+            cuda_kernels::layer_norm(s1, l1, s2, l2, s3, l3, self.eps as f32)?,
+            l1.shape().clone(),
+        ))
     }
 
-    fn bwd(&self, x: &Tensor, w: &Tensor, b: &Tensor, _y: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
+        _y: &Tensor,
+        g: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let g = g.contiguous()?;
         let dx = x.apply_op3_no_bwd(w, &g, &LayerNormGrad { eps: self.eps })?;
         let rows = g.elem_count() / w.elem_count();
@@ -178,12 +256,18 @@ impl CustomOp3 for LayerNormOp {
         let dw = if w.track_op() {
             let d = x.dim(D::Minus1)? as f64;
             let centred = x.broadcast_sub(&(x.sum_keepdim(D::Minus1)? / d)?)?;
-            let rstd = ((centred.sqr()?.sum_keepdim(D::Minus1)? / d)? + self.eps)?.sqrt()?.recip()?;
+            let rstd = ((centred.sqr()?.sum_keepdim(D::Minus1)? / d)? + self.eps)?
+                .sqrt()?
+                .recip()?;
             Some(flat(&(&g * centred.broadcast_mul(&rstd)?)?)?.sum(0)?)
         } else {
             None
         };
-        let db = if b.track_op() { Some(flat(&g)?.sum(0)?) } else { None };
+        let db = if b.track_op() {
+            Some(flat(&g)?.sum(0)?)
+        } else {
+            None
+        };
         Ok((Some(dx), dw, db))
     }
 }
@@ -192,7 +276,11 @@ impl CustomOp3 for LayerNormOp {
 fn row_stats(row: &[f32], eps: f64) -> (f64, f64) {
     let d = row.len() as f64;
     let mean = row.iter().map(|&v| f64::from(v)).sum::<f64>() / d;
-    let var = row.iter().map(|&v| (f64::from(v) - mean).powi(2)).sum::<f64>() / d;
+    let var = row
+        .iter()
+        .map(|&v| (f64::from(v) - mean).powi(2))
+        .sum::<f64>()
+        / d;
     (mean, 1.0 / (var + eps).sqrt())
 }
 
@@ -206,7 +294,15 @@ impl CustomOp3 for LayerNormGrad {
         "promptscope-layer-norm-grad"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let x = contiguous_f32(s1, l1, self.name())?;
         let w = contiguous_f32(s2, l2, self.name())?;
         let g = contiguous_f32(s3, l3, self.name())?;
@@ -215,7 +311,11 @@ impl CustomOp3 for LayerNormGrad {
             candle_core::bail!("{}: shape mismatch", self.name());
         }
         let mut dx = vec![0f32; x.len()];
-        for ((xr, gr), out) in x.chunks_exact(d).zip(g.chunks_exact(d)).zip(dx.chunks_exact_mut(d)) {
+        for ((xr, gr), out) in x
+            .chunks_exact(d)
+            .zip(g.chunks_exact(d))
+            .zip(dx.chunks_exact_mut(d))
+        {
             let (mean, rstd) = row_stats(xr, self.eps);
             let (mut sg, mut sgx) = (0f64, 0f64);
             for i in 0..d {
@@ -233,8 +333,19 @@ impl CustomOp3 for LayerNormGrad {
     }
 
     #[cfg(feature = "cuda")]
-    fn cuda_fwd(&self, s1: &CudaStorage, l1: &Layout, s2: &CudaStorage, l2: &Layout, s3: &CudaStorage, l3: &Layout) -> Result<(CudaStorage, Shape)> {
-        Ok((cuda_kernels::layer_norm_bwd(s1, l1, s2, l2, s3, l3, self.eps as f32)?, l1.shape().clone()))
+    fn cuda_fwd(
+        &self,
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+        s3: &CudaStorage,
+        l3: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        Ok((
+            cuda_kernels::layer_norm_bwd(s1, l1, s2, l2, s3, l3, self.eps as f32)?,
+            l1.shape().clone(),
+        ))
     }
 }
 
@@ -249,7 +360,15 @@ impl CustomOp3 for FrozenLinear {
         "promptscope-frozen-linear"
     }
 
-    fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout, ws: &CpuStorage, wl: &Layout, bs: &CpuStorage, bl: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ws: &CpuStorage,
+        wl: &Layout,
+        bs: &CpuStorage,
+        bl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let (rows, inp) = xl.shape().dims2()?;
         let (out, w_in) = wl.shape().dims2()?;
         if w_in != inp {
@@ -269,16 +388,38 @@ impl CustomOp3 for FrozenLinear {
     }
 
     #[cfg(feature = "cuda")]
-    fn cuda_fwd(&self, xs: &CudaStorage, xl: &Layout, ws: &CudaStorage, wl: &Layout, bs: &CudaStorage, bl: &Layout) -> Result<(CudaStorage, Shape)> {
+    fn cuda_fwd(
+        &self,
+        xs: &CudaStorage,
+        xl: &Layout,
+        ws: &CudaStorage,
+        wl: &Layout,
+        bs: &CudaStorage,
+        bl: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
         let (rows, inp) = xl.shape().dims2()?;
         let (out, w_in) = wl.shape().dims2()?;
         if w_in != inp || bl.shape().elem_count() != out {
-            candle_core::bail!("{}: input width {inp} vs weight {out}×{w_in}, bias {}", self.name(), bl.shape().elem_count());
+            candle_core::bail!(
+                "{}: input width {inp} vs weight {out}×{w_in}, bias {}",
+                self.name(),
+                bl.shape().elem_count()
+            );
         }
-        Ok((cuda_kernels::linear(xs, xl, ws, wl, bs, bl)?, Shape::from((rows, out))))
+        Ok((
+            cuda_kernels::linear(xs, xl, ws, wl, bs, bl)?,
+            Shape::from((rows, out)),
+        ))
     }
 
-    fn bwd(&self, _x: &Tensor, w: &Tensor, _b: &Tensor, _y: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        _x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        _y: &Tensor,
+        g: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         Ok((Some(g.matmul(w)?), None, None))
     }
 }
@@ -291,7 +432,11 @@ pub fn frozen_linear(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Option<Tensor
     // through the broadcast strides, and was a fifth of the image tower's GPU time (ours: 1/10 of that).
     let wanted = x.track_op() || !x.device().is_cpu();
     if wanted && !w.track_op() && !b.track_op() && usable(x) && usable(w) && usable(b) {
-        Ok(Some(x.contiguous()?.apply_op3(&w.contiguous()?, &b.contiguous()?, FrozenLinear)?))
+        Ok(Some(x.contiguous()?.apply_op3(
+            &w.contiguous()?,
+            &b.contiguous()?,
+            FrozenLinear,
+        )?))
     } else {
         Ok(None)
     }
@@ -333,7 +478,11 @@ pub fn softmax_last_dim(x: &Tensor) -> Result<Option<Tensor>> {
 /// Differentiable layer norm as one autograd node, else `None` (the caller composes it).
 pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<Option<Tensor>> {
     if usable(x) && usable(w) && usable(b) {
-        Ok(Some(x.contiguous()?.apply_op3(w, b, LayerNormOp { eps })?))
+        Ok(Some(x.contiguous()?.apply_op3(
+            w,
+            b,
+            LayerNormOp { eps },
+        )?))
     } else {
         Ok(None)
     }
@@ -344,13 +493,29 @@ mod tests {
     use super::*;
     use candle_core::{Device, Var};
 
-    fn grads_match(f_fused: impl Fn(&Tensor) -> Result<Tensor>, f_ref: impl Fn(&Tensor) -> Result<Tensor>) {
+    fn grads_match(
+        f_fused: impl Fn(&Tensor) -> Result<Tensor>,
+        f_ref: impl Fn(&Tensor) -> Result<Tensor>,
+    ) {
         let x = Var::from_tensor(&Tensor::randn(0f32, 1.5, (5, 7), &Device::Cpu).unwrap()).unwrap();
         let probe = Tensor::randn(0f32, 1.0, (5, 7), &Device::Cpu).unwrap();
         let run = |f: &dyn Fn(&Tensor) -> Result<Tensor>| {
             let y = f(x.as_tensor()).unwrap();
-            let g = (&y * &probe).unwrap().sum_all().unwrap().backward().unwrap();
-            (y.flatten_all().unwrap().to_vec1::<f32>().unwrap(), g.get(x.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap())
+            let g = (&y * &probe)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            (
+                y.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                g.get(x.as_tensor())
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap(),
+            )
         };
         let (y1, g1) = run(&f_fused);
         let (y2, g2) = run(&f_ref);
@@ -363,14 +528,22 @@ mod tests {
     fn frozen_linear_matches_matmul_values_and_input_gradients() {
         let w = Tensor::randn(0f32, 0.3, (7, 7), &Device::Cpu).unwrap();
         let b = Tensor::randn(0f32, 0.3, 7, &Device::Cpu).unwrap();
-        grads_match(|x| Ok(frozen_linear(x, &w, &b)?.expect("tracked cpu f32")), |x| x.matmul(&w.t()?)?.broadcast_add(&b));
+        grads_match(
+            |x| Ok(frozen_linear(x, &w, &b)?.expect("tracked cpu f32")),
+            |x| x.matmul(&w.t()?)?.broadcast_add(&b),
+        );
         let constant = Tensor::ones((2, 7), DType::F32, &Device::Cpu).unwrap();
-        assert!(frozen_linear(&constant, &w, &b).unwrap().is_none(), "no gradient flows: the plain path is as fast");
+        assert!(
+            frozen_linear(&constant, &w, &b).unwrap().is_none(),
+            "no gradient flows: the plain path is as fast"
+        );
     }
 
     #[test]
     fn quick_gelu_matches_composed_ops() {
-        grads_match(quick_gelu, |x| x.mul(&candle_nn::ops::sigmoid(&(x * 1.702)?)?));
+        grads_match(quick_gelu, |x| {
+            x.mul(&candle_nn::ops::sigmoid(&(x * 1.702)?)?)
+        });
     }
 
     #[test]
@@ -383,7 +556,9 @@ mod tests {
             |x| {
                 let c = x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?;
                 let v = c.sqr()?.mean_keepdim(D::Minus1)?;
-                c.broadcast_div(&(v + eps)?.sqrt()?)?.broadcast_mul(&w)?.broadcast_add(&b)
+                c.broadcast_div(&(v + eps)?.sqrt()?)?
+                    .broadcast_mul(&w)?
+                    .broadcast_add(&b)
             },
         );
     }
@@ -393,7 +568,9 @@ mod tests {
         let x = Tensor::randn(0f32, 1.0, (4, 6), &Device::Cpu).unwrap();
         let w = Var::from_tensor(&Tensor::ones(6, DType::F32, &Device::Cpu).unwrap()).unwrap();
         let b = Var::from_tensor(&Tensor::zeros(6, DType::F32, &Device::Cpu).unwrap()).unwrap();
-        let y = layer_norm(&x, w.as_tensor(), b.as_tensor(), 1e-5).unwrap().unwrap();
+        let y = layer_norm(&x, w.as_tensor(), b.as_tensor(), 1e-5)
+            .unwrap()
+            .unwrap();
         let g = y.sum_all().unwrap().backward().unwrap();
         let db: Vec<f32> = g.get(b.as_tensor()).unwrap().to_vec1().unwrap();
         assert!(db.iter().all(|v| (v - 4.0).abs() < 1e-6), "{db:?}");

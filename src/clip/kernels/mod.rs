@@ -47,7 +47,10 @@ pub(crate) fn row_chunk(width: usize) -> usize {
 pub(crate) fn add_bias(y: &mut [f32], y_rs: usize, bias: &[f32]) {
     y.par_chunks_mut(y_rs * row_chunk(y_rs)).for_each(|block| {
         for row in block.chunks_mut(y_rs) {
-            row[..bias.len()].iter_mut().zip(bias).for_each(|(v, b)| *v += b);
+            row[..bias.len()]
+                .iter_mut()
+                .zip(bias)
+                .for_each(|(v, b)| *v += b);
         }
     });
 }

@@ -11,7 +11,8 @@ use promptscope::clip::{synth, ClipConfig, HiddenAct};
 /// The device parity tests run on: the CPU, or `PROMPTSCOPE_TEST_DEVICE=cuda` on a GPU machine.
 pub fn device() -> candle_core::Device {
     match std::env::var("PROMPTSCOPE_TEST_DEVICE").as_deref() {
-        Ok("cuda") => candle_core::Device::new_cuda(0).expect("PROMPTSCOPE_TEST_DEVICE=cuda needs a CUDA build and GPU"),
+        Ok("cuda") => candle_core::Device::new_cuda(0)
+            .expect("PROMPTSCOPE_TEST_DEVICE=cuda needs a CUDA build and GPU"),
         _ => candle_core::Device::Cpu,
     }
 }
@@ -26,7 +27,8 @@ pub fn fixtures() -> PathBuf {
 }
 
 pub fn reference() -> serde_json::Value {
-    let text = std::fs::read_to_string(fixtures().join("clip_reference.json")).expect("clip_reference.json");
+    let text = std::fs::read_to_string(fixtures().join("clip_reference.json"))
+        .expect("clip_reference.json");
     serde_json::from_str(&text).expect("valid JSON")
 }
 
@@ -40,9 +42,12 @@ pub fn preset(name: &str) -> ClipConfig {
 
 /// transformers' own CLIP tokenizer.json, as `make_fixtures.py` saved it.
 pub fn hf_tokenizer_json() -> Vec<u8> {
-    let gz = std::fs::read(fixtures().join("hf_clip_tokenizer.json.gz")).expect("tokenizer fixture");
+    let gz =
+        std::fs::read(fixtures().join("hf_clip_tokenizer.json.gz")).expect("tokenizer fixture");
     let mut out = Vec::new();
-    flate2::read::GzDecoder::new(gz.as_slice()).read_to_end(&mut out).expect("gzip");
+    flate2::read::GzDecoder::new(gz.as_slice())
+        .read_to_end(&mut out)
+        .expect("gzip");
     out
 }
 
@@ -64,7 +69,10 @@ pub fn model_dir(name: &str, reference: &serde_json::Value) -> tempfile::TempDir
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
-    sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// All numbers of a nested JSON array, flattened.
@@ -78,7 +86,10 @@ pub fn flat(v: &serde_json::Value) -> Vec<f32> {
 
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len(), "length mismatch");
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
@@ -105,7 +116,9 @@ pub fn pattern_pixels(batch: usize, size: usize) -> Vec<f32> {
 
 /// `make_fixtures.py`'s pattern_embeds.
 pub fn pattern_embeds(n: usize) -> Vec<f32> {
-    (0..n).map(|i| ((3 * i + 5) % 97) as f32 / 48.5 - 1.0).collect()
+    (0..n)
+        .map(|i| ((3 * i + 5) % 97) as f32 / 48.5 - 1.0)
+        .collect()
 }
 
 /// Runs the `promptscope` binary. Hub look-ups go to a closed local port, so they fail at once and never
@@ -114,7 +127,10 @@ pub fn promptscope(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_promptscope"))
         .args(args)
         .env("HF_ENDPOINT", "http://127.0.0.1:9")
-        .env("HF_HOME", std::env::temp_dir().join("promptscope-test-hf-home"))
+        .env(
+            "HF_HOME",
+            std::env::temp_dir().join("promptscope-test-hf-home"),
+        )
         .output()
         .expect("run promptscope")
 }
@@ -124,12 +140,20 @@ pub fn error_line(out: &Output) -> String {
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
     assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
     assert!(!stderr.contains("panicked"), "panic: {stderr}");
-    stderr.lines().find(|l| l.starts_with("error: ")).unwrap_or_else(|| panic!("no error line in {stderr}")).to_string()
+    stderr
+        .lines()
+        .find(|l| l.starts_with("error: "))
+        .unwrap_or_else(|| panic!("no error line in {stderr}"))
+        .to_string()
 }
 
 /// The stdout of a run that must have succeeded.
 pub fn ok(out: &Output) -> String {
-    assert!(out.status.success(), "failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).to_string()
 }
 
@@ -155,20 +179,36 @@ impl Scratch {
 
 /// The non-square PNG fixture, as the CLI takes it.
 pub fn fixture_image() -> String {
-    fixtures().join("nonsquare_320x213.png").to_str().unwrap().to_string()
+    fixtures()
+        .join("nonsquare_320x213.png")
+        .to_str()
+        .unwrap()
+        .to_string()
 }
 
 /// The fixture scripts' pattern(): `((a·i + b) % m) / (m/2) − 1`, times `scale`: exactly representable,
 /// so PyTorch and the test build the same numbers bit for bit.
 pub fn pattern(n: usize, a: usize, b: usize, m: usize, scale: f32) -> Vec<f32> {
-    (0..n).map(|i| (((a * i + b) % m) as f32 / (m as f32 / 2.0) - 1.0) * scale).collect()
+    (0..n)
+        .map(|i| (((a * i + b) % m) as f32 / (m as f32 / 2.0) - 1.0) * scale)
+        .collect()
 }
 
 /// How far `ours` is from `theirs`, relative to how far `theirs` moved from `base`: a trajectory is
 /// compared on its change, or the shared starting point would hide a wrong update.
 pub fn relative_change(ours: &[f32], theirs: &[f32], base: &[f32]) -> f64 {
-    let num: f64 = ours.iter().zip(theirs).map(|(a, b)| f64::from(a - b).powi(2)).sum::<f64>().sqrt();
-    let den: f64 = theirs.iter().zip(base).map(|(a, b)| f64::from(a - b).powi(2)).sum::<f64>().sqrt();
+    let num: f64 = ours
+        .iter()
+        .zip(theirs)
+        .map(|(a, b)| f64::from(a - b).powi(2))
+        .sum::<f64>()
+        .sqrt();
+    let den: f64 = theirs
+        .iter()
+        .zip(base)
+        .map(|(a, b)| f64::from(a - b).powi(2))
+        .sum::<f64>()
+        .sqrt();
     num / den
 }
 

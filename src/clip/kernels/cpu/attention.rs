@@ -14,7 +14,10 @@ pub(super) fn key_ranges(dm: &Dims, r: usize) -> (std::ops::Range<usize>, std::o
     } else {
         let c = dm.class_of[r - dm.p] as usize;
         let own = dm.start[c];
-        (0..dm.p, own..if dm.causal { r + 1 } else { own + dm.len[c] })
+        (
+            0..dm.p,
+            own..if dm.causal { r + 1 } else { own + dm.len[c] },
+        )
     }
 }
 
@@ -28,28 +31,31 @@ pub(super) fn attention_fwd(dm: &Dims, qkv: &[f32], queries: &[usize]) -> (Vec<f
     let scale = (hd as f32).powf(-0.5);
     let mut out = vec![0f32; queries.len() * d];
     let mut probs = vec![0f32; queries.len() * dm.heads * kw];
-    out.par_chunks_mut(d).zip(probs.par_chunks_mut(dm.heads * kw)).zip(queries.par_iter()).for_each(|((out, probs), &r)| {
-        let (pre, own) = key_ranges(dm, r);
-        let keys: Vec<usize> = pre.chain(own).collect();
-        for h in 0..dm.heads {
-            let q = &qkv[r * 3 * d + h * hd..][..hd];
-            let p = &mut probs[h * kw..][..keys.len()];
-            for (pk, &key) in p.iter_mut().zip(&keys) {
-                *pk = dot(q, &qkv[key * 3 * d + d + h * hd..][..hd]) * scale;
+    out.par_chunks_mut(d)
+        .zip(probs.par_chunks_mut(dm.heads * kw))
+        .zip(queries.par_iter())
+        .for_each(|((out, probs), &r)| {
+            let (pre, own) = key_ranges(dm, r);
+            let keys: Vec<usize> = pre.chain(own).collect();
+            for h in 0..dm.heads {
+                let q = &qkv[r * 3 * d + h * hd..][..hd];
+                let p = &mut probs[h * kw..][..keys.len()];
+                for (pk, &key) in p.iter_mut().zip(&keys) {
+                    *pk = dot(q, &qkv[key * 3 * d + d + h * hd..][..hd]) * scale;
+                }
+                let max = p.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let mut sum = 0f32;
+                for v in p.iter_mut() {
+                    *v = (*v - max).exp();
+                    sum += *v;
+                }
+                let o = &mut out[h * hd..][..hd];
+                for (pk, &key) in p.iter_mut().zip(&keys) {
+                    *pk /= sum;
+                    add_scaled(o, &qkv[key * 3 * d + 2 * d + h * hd..][..hd], *pk);
+                }
             }
-            let max = p.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let mut sum = 0f32;
-            for v in p.iter_mut() {
-                *v = (*v - max).exp();
-                sum += *v;
-            }
-            let o = &mut out[h * hd..][..hd];
-            for (pk, &key) in p.iter_mut().zip(&keys) {
-                *pk /= sum;
-                add_scaled(o, &qkv[key * 3 * d + 2 * d + h * hd..][..hd], *pk);
-            }
-        }
-    });
+        });
     (out, probs)
 }
 
@@ -63,34 +69,76 @@ pub(super) fn attention_fwd_blocks(dm: &Dims, qkv: &[f32]) -> (Vec<f32>, Vec<f32
     let mut out = vec![0f32; rows * d];
     let mut probs = vec![0f32; rows * heads * kw];
     let (po, pp) = (SharedOut(out.as_mut_ptr()), SharedOut(probs.as_mut_ptr()));
-    (0..dm.classes() * heads).into_par_iter().for_each(move |task| {
-        let (po, pp) = (po, pp);
-        let (c, h) = (task / heads, task % heads);
-        let (start, len) = (dm.start[c], dm.len[c]);
-        let q = qkv[start * 3 * d + h * hd..].as_ptr();
-        let k = qkv[start * 3 * d + d + h * hd..].as_ptr();
-        let v = qkv[start * 3 * d + 2 * d + h * hd..].as_ptr();
-        let (prs, qrs) = ((heads * kw) as isize, (3 * d) as isize);
-        // SAFETY: block c's rows of head h: scores at probs[(r·heads + h)·kw ..+ len] and outputs at
-        // out[r·d + h·hd ..+ hd] for r in start..start+len, which no other task touches; the strides keep
-        // every read inside `qkv` (rows start..start+len, columns of head h).
-        unsafe {
-            let p0 = pp.0.add((start * heads + h) * kw);
-            gemm::gemm(len, len, hd, p0, 1, prs, false, q, 1, qrs, k, qrs, 1, 0.0, scale, false, false, false, Parallelism::None);
-            for i in 0..len {
-                let row = std::slice::from_raw_parts_mut(p0.offset(i as isize * prs), len);
-                let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let mut sum = 0f32;
-                for x in row.iter_mut() {
-                    *x = (*x - max).exp();
-                    sum += *x;
+    (0..dm.classes() * heads)
+        .into_par_iter()
+        .for_each(move |task| {
+            let (po, pp) = (po, pp);
+            let (c, h) = (task / heads, task % heads);
+            let (start, len) = (dm.start[c], dm.len[c]);
+            let q = qkv[start * 3 * d + h * hd..].as_ptr();
+            let k = qkv[start * 3 * d + d + h * hd..].as_ptr();
+            let v = qkv[start * 3 * d + 2 * d + h * hd..].as_ptr();
+            let (prs, qrs) = ((heads * kw) as isize, (3 * d) as isize);
+            // SAFETY: block c's rows of head h: scores at probs[(r·heads + h)·kw ..+ len] and outputs at
+            // out[r·d + h·hd ..+ hd] for r in start..start+len, which no other task touches; the strides keep
+            // every read inside `qkv` (rows start..start+len, columns of head h).
+            unsafe {
+                let p0 = pp.0.add((start * heads + h) * kw);
+                gemm::gemm(
+                    len,
+                    len,
+                    hd,
+                    p0,
+                    1,
+                    prs,
+                    false,
+                    q,
+                    1,
+                    qrs,
+                    k,
+                    qrs,
+                    1,
+                    0.0,
+                    scale,
+                    false,
+                    false,
+                    false,
+                    Parallelism::None,
+                );
+                for i in 0..len {
+                    let row = std::slice::from_raw_parts_mut(p0.offset(i as isize * prs), len);
+                    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                    let mut sum = 0f32;
+                    for x in row.iter_mut() {
+                        *x = (*x - max).exp();
+                        sum += *x;
+                    }
+                    row.iter_mut().for_each(|x| *x /= sum);
                 }
-                row.iter_mut().for_each(|x| *x /= sum);
+                let o0 = po.0.add(start * d + h * hd);
+                gemm::gemm(
+                    len,
+                    hd,
+                    len,
+                    o0,
+                    1,
+                    d as isize,
+                    false,
+                    p0,
+                    1,
+                    prs,
+                    v,
+                    1,
+                    qrs,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    Parallelism::None,
+                );
             }
-            let o0 = po.0.add(start * d + h * hd);
-            gemm::gemm(len, hd, len, o0, 1, d as isize, false, p0, 1, prs, v, 1, qrs, 0.0, 1.0, false, false, false, Parallelism::None);
-        }
-    });
+        });
     (out, probs)
 }
 
@@ -124,7 +172,11 @@ pub(super) fn attention_row_bwd(
         let q = &qkv[r * 3 * d + h * hd..][..hd];
         for ((&pk, &dpk), &key) in pr.iter().zip(&dp).zip(&keys) {
             let ds = pk * (dpk - inner) * scale;
-            add_scaled(&mut dq[h * hd..][..hd], &qkv[key * 3 * d + d + h * hd..][..hd], ds);
+            add_scaled(
+                &mut dq[h * hd..][..hd],
+                &qkv[key * 3 * d + d + h * hd..][..hd],
+                ds,
+            );
             add_kv(key, h, q, go, ds, pk);
         }
     }
@@ -132,16 +184,34 @@ pub(super) fn attention_row_bwd(
 
 /// Adds one key's contributions to its `[dk | dv]` row (`2D` wide).
 #[allow(clippy::too_many_arguments)]
-pub(super) fn add_kv_row(kv: &mut [f32], d: usize, hd: usize, h: usize, q: &[f32], go: &[f32], ds: f32, pk: f32) {
+pub(super) fn add_kv_row(
+    kv: &mut [f32],
+    d: usize,
+    hd: usize,
+    h: usize,
+    q: &[f32],
+    go: &[f32],
+    ds: f32,
+    pk: f32,
+) {
     add_scaled(&mut kv[h * hd..][..hd], q, ds);
     add_scaled(&mut kv[d + h * hd..][..hd], go, pk);
 }
 
 /// Gradients of q, k and v (`[R, 3D]`, as `qkv`) from the attention output's gradient `dout` `[Q, D]`
 /// of the query rows `queries` (ascending, as in the forward).
-pub(super) fn attention_bwd(dm: &Dims, qkv: &[f32], probs: &[f32], dout: &[f32], queries: &[usize]) -> Vec<f32> {
+pub(super) fn attention_bwd(
+    dm: &Dims,
+    qkv: &[f32],
+    probs: &[f32],
+    dout: &[f32],
+    queries: &[usize],
+) -> Vec<f32> {
     // Below, a row's own keys are the rows before it in its block.
-    assert!(dm.causal, "the attention backward is written for causal (text) blocks");
+    assert!(
+        dm.causal,
+        "the attention backward is written for causal (text) blocks"
+    );
     let (d, hd, p, pw) = (dm.d, dm.hd(), dm.p, dm.heads * dm.keys());
     let mut dqkv = vec![0f32; dm.rows() * 3 * d];
     let (dpre, mut dcont) = dqkv.split_at_mut(p * 3 * d);
@@ -164,16 +234,24 @@ pub(super) fn attention_bwd(dm: &Dims, qkv: &[f32], probs: &[f32], dout: &[f32],
                     let r = queries[i];
                     let (before, rest) = block.split_at_mut((r - first) * 3 * d);
                     let (dq, kv) = rest[..3 * d].split_at_mut(d);
-                    attention_row_bwd(dm, qkv, &probs[i * pw..][..pw], &dout[i * d..][..d], r, dq, &mut |key, h, q, go, ds, pk| {
-                        let row = if key < p {
-                            &mut acc[key * 2 * d..][..2 * d]
-                        } else if key == r {
-                            &mut *kv
-                        } else {
-                            &mut before[(key - first) * 3 * d + d..][..2 * d]
-                        };
-                        add_kv_row(row, d, hd, h, q, go, ds, pk);
-                    });
+                    attention_row_bwd(
+                        dm,
+                        qkv,
+                        &probs[i * pw..][..pw],
+                        &dout[i * d..][..d],
+                        r,
+                        dq,
+                        &mut |key, h, q, go, ds, pk| {
+                            let row = if key < p {
+                                &mut acc[key * 2 * d..][..2 * d]
+                            } else if key == r {
+                                &mut *kv
+                            } else {
+                                &mut before[(key - first) * 3 * d + d..][..2 * d]
+                            };
+                            add_kv_row(row, d, hd, h, q, go, ds, pk);
+                        },
+                    );
                 }
                 acc
             },
@@ -188,12 +266,32 @@ pub(super) fn attention_bwd(dm: &Dims, qkv: &[f32], probs: &[f32], dout: &[f32],
     // Prefix queries attend only to prefix rows (a few rows: serial).
     for (i, &r) in queries.iter().enumerate().take_while(|(_, &r)| r < p) {
         let dq = &mut dpre[r * 3 * d..][..d];
-        attention_row_bwd(dm, qkv, &probs[i * pw..][..pw], &dout[i * d..][..d], r, dq, &mut |key, h, q, go, ds, pk| {
-            add_kv_row(&mut prefix_kv[key * 2 * d..][..2 * d], d, hd, h, q, go, ds, pk)
-        });
+        attention_row_bwd(
+            dm,
+            qkv,
+            &probs[i * pw..][..pw],
+            &dout[i * d..][..d],
+            r,
+            dq,
+            &mut |key, h, q, go, ds, pk| {
+                add_kv_row(
+                    &mut prefix_kv[key * 2 * d..][..2 * d],
+                    d,
+                    hd,
+                    h,
+                    q,
+                    go,
+                    ds,
+                    pk,
+                )
+            },
+        );
     }
     for key in 0..p {
-        dpre[key * 3 * d + d..][..2 * d].iter_mut().zip(&prefix_kv[key * 2 * d..][..2 * d]).for_each(|(a, b)| *a += b);
+        dpre[key * 3 * d + d..][..2 * d]
+            .iter_mut()
+            .zip(&prefix_kv[key * 2 * d..][..2 * d])
+            .for_each(|(a, b)| *a += b);
     }
     dqkv
 }

@@ -19,19 +19,45 @@ pub(super) fn threads() -> Parallelism {
 /// transpose, as for `x·Wᵀ` with torch's `[out, in]` weights). `a` and `out` have row strides `a_rs` and
 /// `out_rs` (column blocks of wider buffers).
 #[allow(clippy::too_many_arguments)]
-pub(super) fn matmul(out: &mut [f32], out_rs: usize, a: &[f32], a_rs: usize, b: &[f32], b_t: bool, m: usize, k: usize, n: usize, accumulate: bool) {
+pub(super) fn matmul(
+    out: &mut [f32],
+    out_rs: usize,
+    a: &[f32],
+    a_rs: usize,
+    b: &[f32],
+    b_t: bool,
+    m: usize,
+    k: usize,
+    n: usize,
+    accumulate: bool,
+) {
     if m == 0 || n == 0 {
         return;
     }
-    assert!(out.len() >= (m - 1) * out_rs + n && a.len() >= (m - 1) * a_rs + k && b.len() >= k * n, "matmul: buffer too small");
-    let (b_rs, b_cs) = if b_t { (1, k as isize) } else { (n as isize, 1) };
+    assert!(
+        out.len() >= (m - 1) * out_rs + n && a.len() >= (m - 1) * a_rs + k && b.len() >= k * n,
+        "matmul: buffer too small"
+    );
+    let (b_rs, b_cs) = if b_t {
+        (1, k as isize)
+    } else {
+        (n as isize, 1)
+    };
     let workers = rayon::current_num_threads();
     // Few rows (one image is 50): gemm then runs on one thread and re-packs the whole weight from memory
     // for little work. Panels of ~96 output columns as tasks instead: each packs only its slice of the
     // weight, and the threads share them (batch 1: 6.9 → 16.4 img/s).
-    let split = if m < 128 && workers > 1 { n.div_ceil(96).max(1) } else { 1 };
+    let split = if m < 128 && workers > 1 {
+        n.div_ceil(96).max(1)
+    } else {
+        1
+    };
     let width = n.div_ceil(split);
-    let (po, pa, pb) = (SharedOut(out.as_mut_ptr()), a.as_ptr() as usize, b.as_ptr() as usize);
+    let (po, pa, pb) = (
+        SharedOut(out.as_mut_ptr()),
+        a.as_ptr() as usize,
+        b.as_ptr() as usize,
+    );
     (0..split).into_par_iter().for_each(move |part| {
         let po = po;
         let n0 = part * width;
@@ -62,7 +88,11 @@ pub(super) fn matmul(out: &mut [f32], out_rs: usize, a: &[f32], a_rs: usize, b: 
                 false,
                 false,
                 false,
-                if split > 1 { Parallelism::None } else { threads() },
+                if split > 1 {
+                    Parallelism::None
+                } else {
+                    threads()
+                },
             )
         }
     });
@@ -70,38 +100,70 @@ pub(super) fn matmul(out: &mut [f32], out_rs: usize, a: &[f32], a_rs: usize, b: 
 
 /// `out[:, ..n] (+)= x · Wᵀ + b` for `x` `[m, k]` (row stride k).
 #[allow(clippy::too_many_arguments)]
-pub(super) fn linear(out: &mut [f32], out_rs: usize, x: &[f32], l: &HeldLinear, m: usize, k: usize, n: usize, accumulate: bool) {
+pub(super) fn linear(
+    out: &mut [f32],
+    out_rs: usize,
+    x: &[f32],
+    l: &HeldLinear,
+    m: usize,
+    k: usize,
+    n: usize,
+    accumulate: bool,
+) {
     matmul(out, out_rs, x, k, l.w.data(), true, m, k, n, accumulate);
     if let Some(b) = &l.b {
         add_bias(out, out_rs, b.data());
     }
 }
 
-pub(super) fn layer_norm_fwd(x: &[f32], n: &HeldNorm, d: usize, out: &mut [f32]) -> Vec<(f32, f32)> {
+pub(super) fn layer_norm_fwd(
+    x: &[f32],
+    n: &HeldNorm,
+    d: usize,
+    out: &mut [f32],
+) -> Vec<(f32, f32)> {
     let (w, b, eps) = (n.w.data(), n.b.data(), f64::from(n.eps));
     let mut stats = vec![(0f32, 0f32); x.len() / d];
     let rows = row_chunk(d);
-    out.par_chunks_mut(d * rows).zip(x.par_chunks(d * rows)).zip(stats.par_chunks_mut(rows)).for_each(|((out, x), stats)| {
-        for ((o, x), st) in out.chunks_mut(d).zip(x.chunks(d)).zip(stats.iter_mut()) {
-            let mean = lanes_sum(x, x, |v, _| v) / d as f32;
-            let var = lanes_sum(x, x, |v, _| (v - mean) * (v - mean)) / d as f32;
-            let rstd = (1.0 / (f64::from(var) + eps).sqrt()) as f32;
-            for i in 0..d {
-                o[i] = (x[i] - mean) * rstd * w[i] + b[i];
+    out.par_chunks_mut(d * rows)
+        .zip(x.par_chunks(d * rows))
+        .zip(stats.par_chunks_mut(rows))
+        .for_each(|((out, x), stats)| {
+            for ((o, x), st) in out.chunks_mut(d).zip(x.chunks(d)).zip(stats.iter_mut()) {
+                let mean = lanes_sum(x, x, |v, _| v) / d as f32;
+                let var = lanes_sum(x, x, |v, _| (v - mean) * (v - mean)) / d as f32;
+                let rstd = (1.0 / (f64::from(var) + eps).sqrt()) as f32;
+                for i in 0..d {
+                    o[i] = (x[i] - mean) * rstd * w[i] + b[i];
+                }
+                *st = (mean, rstd);
             }
-            *st = (mean, rstd);
-        }
-    });
+        });
     stats
 }
 
 /// `dx += ∂LN/∂x · dy`.
-pub(super) fn layer_norm_bwd(dy: &[f32], x: &[f32], stats: &[(f32, f32)], n: &HeldNorm, d: usize, dx: &mut [f32]) {
+pub(super) fn layer_norm_bwd(
+    dy: &[f32],
+    x: &[f32],
+    stats: &[(f32, f32)],
+    n: &HeldNorm,
+    d: usize,
+    dx: &mut [f32],
+) {
     let w = n.w.data();
     let rows = row_chunk(d);
-    dx.par_chunks_mut(d * rows).zip(dy.par_chunks(d * rows)).zip(x.par_chunks(d * rows)).zip(stats.par_chunks(rows)).for_each(
-        |(((dx, dy), x), stats)| {
-            for (((dx, dy), x), &(mean, rstd)) in dx.chunks_mut(d).zip(dy.chunks(d)).zip(x.chunks(d)).zip(stats) {
+    dx.par_chunks_mut(d * rows)
+        .zip(dy.par_chunks(d * rows))
+        .zip(x.par_chunks(d * rows))
+        .zip(stats.par_chunks(rows))
+        .for_each(|(((dx, dy), x), stats)| {
+            for (((dx, dy), x), &(mean, rstd)) in dx
+                .chunks_mut(d)
+                .zip(dy.chunks(d))
+                .zip(x.chunks(d))
+                .zip(stats)
+            {
                 let gw: Vec<f32> = dy.iter().zip(w).map(|(g, w)| g * w).collect();
                 let sum_g = lanes_sum(&gw, &gw, |g, _| g);
                 let sum_gx = lanes_sum(&gw, x, |g, x| g * (x - mean)) * rstd;
@@ -111,8 +173,7 @@ pub(super) fn layer_norm_bwd(dy: &[f32], x: &[f32], stats: &[(f32, f32)], n: &He
                     dx[i] += rstd * (gw[i] - mean_g - xhat * mean_gx);
                 }
             }
-        },
-    );
+        });
 }
 
 pub(super) fn gelu(act: HiddenAct, a: f32) -> f32 {
@@ -129,7 +190,8 @@ pub(super) fn gelu_grad(act: HiddenAct, a: f32) -> f32 {
             s + 1.702 * a * s * (1.0 - s)
         }
         _ => {
-            let cdf = 0.5 * (1.0 + candle_core::cpu::erf::erf_f32(a * std::f32::consts::FRAC_1_SQRT_2));
+            let cdf =
+                0.5 * (1.0 + candle_core::cpu::erf::erf_f32(a * std::f32::consts::FRAC_1_SQRT_2));
             let pdf = (-0.5 * a * a).exp() / (2.0 * std::f32::consts::PI).sqrt();
             cdf + a * pdf
         }
@@ -141,7 +203,12 @@ pub(super) fn gelu_grad(act: HiddenAct, a: f32) -> f32 {
 pub(super) fn lanes_sum(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) -> f32 {
     let mut acc = [0f32; 16];
     let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
-    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(&x, &y)| f(x, y)).sum();
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(&x, &y)| f(x, y))
+        .sum();
     for (x, y) in ca.zip(cb) {
         for i in 0..16 {
             acc[i] += f(x[i], y[i]);
@@ -169,14 +236,20 @@ pub(super) fn add_scaled(acc: &mut [f32], x: &[f32], scale: f32) {
 
 /// `out[i] = x[rows[i]]` for rows of width `d`.
 pub(super) fn gather(x: &[f32], rows: &[usize], d: usize) -> Vec<f32> {
-    rows.iter().flat_map(|&r| &x[r * d..][..d]).copied().collect()
+    rows.iter()
+        .flat_map(|&r| &x[r * d..][..d])
+        .copied()
+        .collect()
 }
 
 /// `out[rows[i]] += x[i]` into a zeroed `[n, d]`.
 pub(super) fn scatter(x: &[f32], rows: &[usize], n: usize, d: usize) -> Vec<f32> {
     let mut out = vec![0f32; n * d];
     for (i, &r) in rows.iter().enumerate() {
-        out[r * d..][..d].iter_mut().zip(&x[i * d..][..d]).for_each(|(a, b)| *a += b);
+        out[r * d..][..d]
+            .iter_mut()
+            .zip(&x[i * d..][..d])
+            .for_each(|(a, b)| *a += b);
     }
     out
 }

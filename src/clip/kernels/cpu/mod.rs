@@ -44,34 +44,79 @@ pub fn runs_here(weights: &Tensor, act: HiddenAct) -> bool {
 /// the last block this way on the class token and its kept patches.
 pub fn vision_pooled_from(tower: &TowerWeights, hidden: &Tensor, from: usize) -> Result<Tensor> {
     let (b, t, d) = hidden.dims3()?;
-    let layers: Vec<HeldLayer> = tower.blocks.get(from..).unwrap_or(&[]).iter().map(HeldLayer::new).collect::<Result<_>>()?;
-    let (post, proj) = (HeldNorm::new(&tower.final_norm)?, HeldLinear::new(&tower.projection)?);
+    let layers: Vec<HeldLayer> = tower
+        .blocks
+        .get(from..)
+        .unwrap_or(&[])
+        .iter()
+        .map(HeldLayer::new)
+        .collect::<Result<_>>()?;
+    let (post, proj) = (
+        HeldNorm::new(&tower.final_norm)?,
+        HeldLinear::new(&tower.projection)?,
+    );
     let proj_dim = tower.projection_dim()?;
-    let dm = Dims::blocks(0, vec![t; b], false, d, tower.heads, tower.intermediate, proj_dim);
+    let dm = Dims::blocks(
+        0,
+        vec![t; b],
+        false,
+        d,
+        tower.heads,
+        tower.intermediate,
+        proj_dim,
+    );
     let cls = dm.start.clone();
-    let (x, _) = run_blocks(&dm, &layers, tower.act, hidden.flatten_all()?.to_vec1()?, &cls, false);
+    let (x, _) = run_blocks(
+        &dm,
+        &layers,
+        tower.act,
+        hidden.flatten_all()?.to_vec1()?,
+        &cls,
+        false,
+    );
     let (pooled, _) = pool(&x, &post, &proj, d, proj_dim);
     Tensor::from_vec(pooled, (b, proj_dim), hidden.device())
 }
 
 /// Runs `layers` over every row of `x`, the last one only for the `readout` rows (ascending) the pooled
 /// feature reads; returns those rows' outputs `[readout, D]` and, with `keep`, each block's tape.
-fn run_blocks(dm: &Dims, layers: &[HeldLayer], act: HiddenAct, mut x: Vec<f32>, readout: &[usize], keep: bool) -> (Vec<f32>, Vec<LayerTape>) {
+fn run_blocks(
+    dm: &Dims,
+    layers: &[HeldLayer],
+    act: HiddenAct,
+    mut x: Vec<f32>,
+    readout: &[usize],
+    keep: bool,
+) -> (Vec<f32>, Vec<LayerTape>) {
     let all: Vec<usize> = (0..dm.rows()).collect();
     let mut tapes = Vec::new();
     for (li, l) in layers.iter().enumerate() {
-        let queries = if li + 1 == layers.len() { readout } else { &all };
+        let queries = if li + 1 == layers.len() {
+            readout
+        } else {
+            &all
+        };
         let (x_out, tape) = block_forward(dm, l, act, x, queries, keep);
         tapes.extend(tape);
         x = x_out;
     }
-    let x = if layers.is_empty() { gather(&x, readout, dm.d) } else { x };
+    let x = if layers.is_empty() {
+        gather(&x, readout, dm.d)
+    } else {
+        x
+    };
     (x, tapes)
 }
 
 /// The final layer norm and projection of the read-out rows `x` `[n, D]`: `[n, proj]` and the norm's
 /// statistics (for the backward).
-fn pool(x: &[f32], norm: &HeldNorm, proj: &HeldLinear, d: usize, proj_dim: usize) -> (Vec<f32>, Vec<(f32, f32)>) {
+fn pool(
+    x: &[f32],
+    norm: &HeldNorm,
+    proj: &HeldLinear,
+    d: usize,
+    proj_dim: usize,
+) -> (Vec<f32>, Vec<(f32, f32)>) {
     let n = x.len() / d;
     let mut normed = vec![0f32; n * d];
     let stats = layer_norm_fwd(x, norm, d, &mut normed);
@@ -107,7 +152,15 @@ impl Dims {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn blocks(p: usize, len: Vec<usize>, causal: bool, d: usize, heads: usize, inter: usize, proj: usize) -> Self {
+    fn blocks(
+        p: usize,
+        len: Vec<usize>,
+        causal: bool,
+        d: usize,
+        heads: usize,
+        inter: usize,
+        proj: usize,
+    ) -> Self {
         let mut start = Vec::with_capacity(len.len());
         let mut class_of = Vec::new();
         let mut next = p;
@@ -116,7 +169,17 @@ impl Dims {
             class_of.extend(std::iter::repeat_n(c as u32, l));
             next += l;
         }
-        Self { p, d, heads, inter, proj, start, len, class_of, causal }
+        Self {
+            p,
+            d,
+            heads,
+            inter,
+            proj,
+            start,
+            len,
+            class_of,
+            causal,
+        }
     }
     fn classes(&self) -> usize {
         self.len.len()
@@ -133,7 +196,11 @@ impl Dims {
     }
     /// Each class's end-of-text row (the last of its rows).
     fn eot_rows(&self) -> Vec<usize> {
-        self.start.iter().zip(&self.len).map(|(s, l)| s + l - 1).collect()
+        self.start
+            .iter()
+            .zip(&self.len)
+            .map(|(s, l)| s + l - 1)
+            .collect()
     }
 }
 
@@ -150,7 +217,14 @@ struct LayerTape {
 
 /// One pre-LN block (`CLIPEncoderLayer`): every row feeds the keys and values, `queries` (ascending) are
 /// the rows whose outputs are computed, `[Q, D]`; with `keep`, what its backward needs.
-fn block_forward(dm: &Dims, l: &HeldLayer, act: HiddenAct, x: Vec<f32>, queries: &[usize], keep: bool) -> (Vec<f32>, Option<LayerTape>) {
+fn block_forward(
+    dm: &Dims,
+    l: &HeldLayer,
+    act: HiddenAct,
+    x: Vec<f32>,
+    queries: &[usize],
+    keep: bool,
+) -> (Vec<f32>, Option<LayerTape>) {
     let (d, rows, q) = (dm.d, dm.rows(), queries.len());
     let mut h = vec![0f32; rows * d];
     let stats1 = layer_norm_fwd(&x, &l.ln1, d, &mut h);
@@ -159,18 +233,34 @@ fn block_forward(dm: &Dims, l: &HeldLayer, act: HiddenAct, x: Vec<f32>, queries:
         linear(&mut qkv[i * d..], 3 * d, &h, w, rows, d, d, false);
     }
     let (att, probs) = attention_fwd(dm, &qkv, queries);
-    let mut x_mid = if q == rows { x.clone() } else { gather(&x, queries, d) };
+    let mut x_mid = if q == rows {
+        x.clone()
+    } else {
+        gather(&x, queries, d)
+    };
     linear(&mut x_mid, d, &att, &l.o, q, d, d, true);
     h.truncate(q * d);
     let stats2 = layer_norm_fwd(&x_mid, &l.ln2, d, &mut h);
     let mut pre_act = vec![0f32; q * dm.inter];
     linear(&mut pre_act, dm.inter, &h, &l.fc1, q, d, dm.inter, false);
     // The backward needs the pre-activation; without a tape the activation overwrites it.
-    let mut u = if keep { pre_act.clone() } else { std::mem::take(&mut pre_act) };
-    u.par_chunks_mut(16384).for_each(|u| u.iter_mut().for_each(|v| *v = gelu(act, *v)));
+    let mut u = if keep {
+        pre_act.clone()
+    } else {
+        std::mem::take(&mut pre_act)
+    };
+    u.par_chunks_mut(16384)
+        .for_each(|u| u.iter_mut().for_each(|v| *v = gelu(act, *v)));
     let mut x_out = x_mid.clone();
     linear(&mut x_out, d, &u, &l.fc2, q, dm.inter, d, true);
-    let tape = keep.then_some(LayerTape { x_in: x, stats1, qkv, probs, x_mid, stats2, pre_act });
+    let tape = keep.then_some(LayerTape {
+        x_in: x,
+        stats1,
+        qkv,
+        probs,
+        x_mid,
+        stats2,
+        pre_act,
+    });
     (x_out, tape)
 }
-

@@ -25,26 +25,53 @@ struct Tape {
 /// each class uses those up to its end-of-text token). Returns the pooled, projected features
 /// `[C, proj]` and, when `keep_tape`, what the backward pass needs. The last layer runs its queries,
 /// output projection and MLP on the end-of-text rows alone: nothing else reaches the pooled features.
-fn forward(tower: &TowerWeights, prefix: &[f32], rest: &[f32], rest_len: usize, eot: &[usize], keep_tape: bool) -> Result<(Vec<f32>, Option<Tape>)> {
+fn forward(
+    tower: &TowerWeights,
+    prefix: &[f32],
+    rest: &[f32],
+    rest_len: usize,
+    eot: &[usize],
+    keep_tape: bool,
+) -> Result<(Vec<f32>, Option<Tape>)> {
     let d = tower.final_norm.weight.dim(0)?;
     let p = prefix.len() / d;
-    let dm = Dims::text(p, eot, d, tower.heads, tower.intermediate, tower.projection_dim()?);
+    let dm = Dims::text(
+        p,
+        eot,
+        d,
+        tower.heads,
+        tower.intermediate,
+        tower.projection_dim()?,
+    );
     let held = HeldTower::new(tower)?;
     let pos = held.pos.data();
     let rows = dm.rows();
     let mut x = vec![0f32; rows * d];
     for (i, row) in x[..p * d].chunks_mut(d).enumerate() {
-        row.iter_mut().zip(&prefix[i * d..][..d]).zip(&pos[i * d..][..d]).for_each(|((x, e), q)| *x = e + q);
+        row.iter_mut()
+            .zip(&prefix[i * d..][..d])
+            .zip(&pos[i * d..][..d])
+            .for_each(|((x, e), q)| *x = e + q);
     }
     for (c, (&start, &len)) in dm.start.iter().zip(&dm.len).enumerate() {
         for j in 0..len {
             let (dst, src, at) = ((start + j) * d, (c * rest_len + j) * d, (p + j) * d);
-            x[dst..][..d].iter_mut().zip(&rest[src..][..d]).zip(&pos[at..][..d]).for_each(|((x, e), q)| *x = e + q);
+            x[dst..][..d]
+                .iter_mut()
+                .zip(&rest[src..][..d])
+                .zip(&pos[at..][..d])
+                .for_each(|((x, e), q)| *x = e + q);
         }
     }
     let (final_in, tapes) = run_blocks(&dm, &held.layers, tower.act, x, &dm.eot_rows(), keep_tape);
     let (pooled, final_stats) = pool(&final_in, &held.final_norm, &held.proj, d, dm.proj);
-    let tape = keep_tape.then_some(Tape { dims: dm, rest_len, layers: tapes, final_in, final_stats });
+    let tape = keep_tape.then_some(Tape {
+        dims: dm,
+        rest_len,
+        layers: tapes,
+        final_in,
+        final_stats,
+    });
     Ok((pooled, tape))
 }
 
@@ -54,9 +81,27 @@ fn backward(tower: &TowerWeights, tape: &Tape, dpooled: &[f32]) -> Result<(Vec<f
     let dm = &tape.dims;
     let (d, rows, act, c) = (dm.d, dm.rows(), tower.act, dm.classes());
     let mut dnormed = vec![0f32; c * d];
-    matmul(&mut dnormed, d, dpooled, dm.proj, held.proj.w.data(), false, c, dm.proj, d, false);
+    matmul(
+        &mut dnormed,
+        d,
+        dpooled,
+        dm.proj,
+        held.proj.w.data(),
+        false,
+        c,
+        dm.proj,
+        d,
+        false,
+    );
     let mut dx = vec![0f32; c * d];
-    layer_norm_bwd(&dnormed, &tape.final_in, &tape.final_stats, &held.final_norm, d, &mut dx);
+    layer_norm_bwd(
+        &dnormed,
+        &tape.final_in,
+        &tape.final_stats,
+        &held.final_norm,
+        d,
+        &mut dx,
+    );
     let all: Vec<usize> = (0..rows).collect();
     let eot_rows = dm.eot_rows();
     if held.layers.is_empty() {
@@ -68,10 +113,38 @@ fn backward(tower: &TowerWeights, tape: &Tape, dpooled: &[f32]) -> Result<(Vec<f
         let q = queries.len();
         // MLP: x_out = x_mid + fc2(gelu(fc1(ln2(x_mid)))), on the query rows.
         let mut da = vec![0f32; q * dm.inter];
-        matmul(&mut da, dm.inter, &dx, d, l.fc2.w.data(), false, q, d, dm.inter, false);
-        da.par_chunks_mut(16384).zip(t.pre_act.par_chunks(16384)).for_each(|(g, a)| g.iter_mut().zip(a).for_each(|(g, &a)| *g *= gelu_grad(act, a)));
+        matmul(
+            &mut da,
+            dm.inter,
+            &dx,
+            d,
+            l.fc2.w.data(),
+            false,
+            q,
+            d,
+            dm.inter,
+            false,
+        );
+        da.par_chunks_mut(16384)
+            .zip(t.pre_act.par_chunks(16384))
+            .for_each(|(g, a)| {
+                g.iter_mut()
+                    .zip(a)
+                    .for_each(|(g, &a)| *g *= gelu_grad(act, a))
+            });
         let mut dh = vec![0f32; q * d];
-        matmul(&mut dh, d, &da, dm.inter, l.fc1.w.data(), false, q, dm.inter, d, false);
+        matmul(
+            &mut dh,
+            d,
+            &da,
+            dm.inter,
+            l.fc1.w.data(),
+            false,
+            q,
+            dm.inter,
+            d,
+            false,
+        );
         layer_norm_bwd(&dh, &t.x_mid, &t.stats2, &l.ln2, d, &mut dx);
         // Attention: x_mid = x_in + out_proj(attn(ln1(x_in))); its keys and values come from every row.
         let mut datt = vec![0f32; q * d];
@@ -79,7 +152,18 @@ fn backward(tower: &TowerWeights, tape: &Tape, dpooled: &[f32]) -> Result<(Vec<f
         let dqkv = attention_bwd(dm, &t.qkv, &t.probs, &datt, queries);
         let mut dh = vec![0f32; rows * d];
         for (i, w) in [&l.q, &l.k, &l.v].into_iter().enumerate() {
-            matmul(&mut dh, d, &dqkv[i * d..], 3 * d, w.w.data(), false, rows, d, d, i > 0);
+            matmul(
+                &mut dh,
+                d,
+                &dqkv[i * d..],
+                3 * d,
+                w.w.data(),
+                false,
+                rows,
+                d,
+                d,
+                i > 0,
+            );
         }
         if q != rows {
             dx = scatter(&dx, queries, rows, d);
@@ -106,33 +190,73 @@ impl CustomOp2 for PrefixedTower {
         "promptscope-text-tower"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let (_, rest_len, _) = l2.shape().dims3()?;
-        let (pooled, tape) = forward(&self.tower, contiguous_f32(s1, l1, self.name())?, contiguous_f32(s2, l2, self.name())?, rest_len, &self.eot, true)?;
+        let (pooled, tape) = forward(
+            &self.tower,
+            contiguous_f32(s1, l1, self.name())?,
+            contiguous_f32(s2, l2, self.name())?,
+            rest_len,
+            &self.eot,
+            true,
+        )?;
         *self.tape.lock().expect("tape lock") = tape;
         let proj = pooled.len() / self.eot.len();
         Ok((CpuStorage::F32(pooled), Shape::from((self.eot.len(), proj))))
     }
 
-    fn bwd(&self, prefix: &Tensor, rest: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        prefix: &Tensor,
+        rest: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let guard = self.tape.lock().expect("tape lock");
-        let Some(tape) = guard.as_ref() else { candle_core::bail!("cpu kernels: backward without a forward") };
+        let Some(tape) = guard.as_ref() else {
+            candle_core::bail!("cpu kernels: backward without a forward")
+        };
         let g: Vec<f32> = grad.flatten_all()?.to_vec1()?;
         let (dprefix, drest) = backward(&self.tower, tape, &g)?;
-        Ok((Some(Tensor::from_vec(dprefix, prefix.shape(), prefix.device())?), Some(Tensor::from_vec(drest, rest.shape(), rest.device())?)))
+        Ok((
+            Some(Tensor::from_vec(dprefix, prefix.shape(), prefix.device())?),
+            Some(Tensor::from_vec(drest, rest.shape(), rest.device())?),
+        ))
     }
 }
 
 /// Pooled features `[C, proj]` of a `[1, P, D]` prefix and `[C, S, D]` continuations (see
 /// `TextTower::forward_prefixed`, whose checks the caller has made), through this module's kernels:
 /// differentiable with respect to both inputs.
-pub fn forward_prefixed(tower: &TowerWeights, prefix: &Tensor, rest: &Tensor, eot: &[usize]) -> Result<Tensor> {
+pub fn forward_prefixed(
+    tower: &TowerWeights,
+    prefix: &Tensor,
+    rest: &Tensor,
+    eot: &[usize],
+) -> Result<Tensor> {
     let (prefix, rest) = (prefix.contiguous()?, rest.contiguous()?);
     if prefix.track_op() || rest.track_op() {
-        return prefix.apply_op2(&rest, PrefixedTower { tower: tower.clone(), eot: eot.to_vec(), tape: Mutex::new(None) });
+        return prefix.apply_op2(
+            &rest,
+            PrefixedTower {
+                tower: tower.clone(),
+                eot: eot.to_vec(),
+                tape: Mutex::new(None),
+            },
+        );
     }
     let a: Vec<f32> = prefix.flatten_all()?.to_vec1()?;
     let b: Vec<f32> = rest.flatten_all()?.to_vec1()?;
     let (pooled, _) = forward(tower, &a, &b, rest.dim(1)?, eot, false)?;
-    Tensor::from_vec(pooled, (eot.len(), tower.projection_dim()?), prefix.device())
+    Tensor::from_vec(
+        pooled,
+        (eot.len(), tower.projection_dim()?),
+        prefix.device(),
+    )
 }

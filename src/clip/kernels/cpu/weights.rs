@@ -16,12 +16,18 @@ pub(super) struct Held<'t> {
 impl<'t> Held<'t> {
     pub(super) fn new(t: &'t Tensor) -> Result<Self> {
         let (guard, layout) = t.storage_and_layout();
-        let Some((start, end)) = layout.contiguous_offsets() else { candle_core::bail!("cpu kernels: weight is not contiguous") };
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            candle_core::bail!("cpu kernels: weight is not contiguous")
+        };
         match &*guard {
             Storage::Cpu(CpuStorage::F32(v)) if end <= v.len() => {}
             _ => candle_core::bail!("cpu kernels: weights must be f32 on the CPU"),
         }
-        Ok(Self { guard: Box::new(guard), start, len: end - start })
+        Ok(Self {
+            guard: Box::new(guard),
+            start,
+            len: end - start,
+        })
     }
 
     pub(super) fn data(&self) -> &[f32] {
@@ -39,7 +45,10 @@ pub(super) struct HeldLinear<'t> {
 
 impl<'t> HeldLinear<'t> {
     pub(super) fn new(l: &'t LinearWeights) -> Result<Self> {
-        Ok(Self { w: Held::new(&l.weight)?, b: l.bias.as_ref().map(Held::new).transpose()? })
+        Ok(Self {
+            w: Held::new(&l.weight)?,
+            b: l.bias.as_ref().map(Held::new).transpose()?,
+        })
     }
 }
 
@@ -51,7 +60,11 @@ pub(super) struct HeldNorm<'t> {
 
 impl<'t> HeldNorm<'t> {
     pub(super) fn new(n: &'t NormWeights) -> Result<Self> {
-        Ok(Self { w: Held::new(&n.weight)?, b: Held::new(&n.bias)?, eps: n.eps as f32 })
+        Ok(Self {
+            w: Held::new(&n.weight)?,
+            b: Held::new(&n.bias)?,
+            eps: n.eps as f32,
+        })
     }
 }
 
@@ -91,7 +104,9 @@ pub(super) struct HeldTower<'t> {
 
 impl<'t> HeldTower<'t> {
     pub(super) fn new(t: &'t TowerWeights) -> Result<Self> {
-        let Some(pos) = &t.positions else { candle_core::bail!("cpu kernels: the text tower's position embeddings are missing") };
+        let Some(pos) = &t.positions else {
+            candle_core::bail!("cpu kernels: the text tower's position embeddings are missing")
+        };
         Ok(Self {
             pos: Held::new(pos)?,
             layers: t.blocks.iter().map(HeldLayer::new).collect::<Result<_>>()?,

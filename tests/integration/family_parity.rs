@@ -1,0 +1,208 @@
+//! SigLIP and Chinese-CLIP (run by candle-transformers) against transformers on tiny random-weight models
+//! in the real layout (`scripts/make_family_fixtures.py`): the ids our tokenisation gives, the pixels our
+//! preprocessing gives, and the global features and logit scale, from the model folders as a user passes
+//! them. Then what a user does with such a model: zero-shot and a feature adapter from the command line,
+//! and a clear refusal for what needs CLIP's token-level access.
+
+use std::path::PathBuf;
+
+use promptscope::clip::{encode, load, Family};
+use promptscope::progress::Silent;
+
+use super::common::{error_line, fixtures, flat, max_abs_diff, ok, promptscope, within};
+
+fn folder(name: &str) -> PathBuf {
+    fixtures().join("families").join(name)
+}
+
+fn reference(name: &str) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(folder(name).join("reference.json")).unwrap())
+        .unwrap()
+}
+
+fn images() -> Vec<PathBuf> {
+    (0..2)
+        .map(|i| fixtures().join("families").join(format!("image{i}.png")))
+        .collect()
+}
+
+fn check(name: &str, family: Family) {
+    let r = reference(name);
+    let clip = load::load(folder(name).to_str().unwrap(), &candle_core::Device::Cpu).unwrap();
+    assert_eq!(clip.family(), family);
+    let captions: Vec<String> = r["captions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap().to_string())
+        .collect();
+
+    let enc = clip.global().unwrap().encode(&captions).unwrap();
+    let want_ids: Vec<Vec<u32>> = serde_json::from_value(r["ids"].clone()).unwrap();
+    assert_eq!(enc.ids, want_ids, "{name}: token ids");
+    if let Some(mask) = r.get("mask") {
+        assert_eq!(
+            enc.mask.as_ref(),
+            Some(&serde_json::from_value::<Vec<Vec<u32>>>(mask.clone()).unwrap()),
+            "{name}: mask"
+        );
+    }
+
+    let pixels = encode::pixel_batch(&clip, &images()).unwrap();
+    let px: Vec<f32> = pixels.flatten_all().unwrap().to_vec1().unwrap();
+    within(
+        &format!("{name}: pixels vs the image processor (PIL)"),
+        f64::from(max_abs_diff(&px, &flat(&r["pixels"]))),
+        1e-5,
+    );
+
+    let text: Vec<f32> = encode::text_features(&clip, &captions, 4, &Silent)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    within(
+        &format!("{name}: text features vs transformers"),
+        f64::from(max_abs_diff(&text, &flat(&r["text"]))),
+        1e-4,
+    );
+    let image: Vec<f32> = encode::image_features(&clip, &images(), 1, &Silent)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    within(
+        &format!("{name}: image features vs transformers"),
+        f64::from(max_abs_diff(&image, &flat(&r["image"]))),
+        1e-4,
+    );
+    // The features are not all alike (a model that ignored its input would pass the bounds above on
+    // nearly constant features only if transformers did too).
+    assert!(
+        max_abs_diff(
+            &text[..clip.projection_dim()],
+            &text[clip.projection_dim()..2 * clip.projection_dim()]
+        ) > 1e-2
+    );
+
+    within(
+        &format!("{name}: logit scale"),
+        f64::from((clip.logit_scale() - r["logit_scale"].as_f64().unwrap() as f32).abs()),
+        1e-6,
+    );
+    if let Some(bias) = r.get("logit_bias") {
+        let ours = clip.global().unwrap().logit_bias.unwrap();
+        within(
+            &format!("{name}: logit bias"),
+            (f64::from(ours) - bias.as_f64().unwrap()).abs(),
+            1e-6,
+        );
+    }
+}
+
+#[test]
+fn siglip_matches_transformers() {
+    check("siglip", Family::Siglip);
+}
+
+#[test]
+fn chinese_clip_matches_transformers() {
+    check("chinese_clip", Family::ChineseClip);
+}
+
+#[test]
+fn a_global_feature_family_runs_zero_shot_and_adapters_and_refuses_prompt_learning_clearly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ds = tmp.path().join("d");
+    promptscope::data::synth::write_dataset(&ds, 3, 0, Some((2, 1, 2)), 7).unwrap();
+    let (ds, model) = (ds.to_str().unwrap(), folder("siglip"));
+    let model = model.to_str().unwrap();
+
+    let v: serde_json::Value = serde_json::from_str(&ok(&promptscope(&[
+        "zero-shot",
+        "--model",
+        model,
+        "--data",
+        ds,
+        "--format",
+        "json",
+    ])))
+    .unwrap();
+    assert_eq!(v["total"], 6);
+    let v: serde_json::Value = serde_json::from_str(&ok(&promptscope(&[
+        "adapter",
+        "--method",
+        "tip-adapter",
+        "--model",
+        model,
+        "--data",
+        ds,
+        "--shots",
+        "1",
+        "--views",
+        "1",
+        "--format",
+        "json",
+    ])))
+    .unwrap();
+    assert!(v.to_string().contains("accuracy"), "{v}");
+
+    let line = error_line(&promptscope(&[
+        "train",
+        "--model",
+        model,
+        "--data",
+        ds,
+        "--shots",
+        "1",
+        "--epochs",
+        "1",
+        "--out",
+        &tmp.path().join("p.safetensors").display().to_string(),
+    ]));
+    for needle in ["SigLIP", "token-level", "zero-shot", "Tip-Adapter"] {
+        assert!(line.contains(needle), "{needle:?} not in {line:?}");
+    }
+}
+
+#[test]
+fn an_unknown_model_type_names_the_supported_families() {
+    let tmp = tempfile::tempdir().unwrap();
+    for f in ["config.json", "model.safetensors", "tokenizer.json"] {
+        std::fs::copy(folder("siglip").join(f), tmp.path().join(f)).unwrap();
+    }
+    let cfg = std::fs::read_to_string(tmp.path().join("config.json"))
+        .unwrap()
+        .replace("\"model_type\": \"siglip\"", "\"model_type\": \"blip\"");
+    std::fs::write(tmp.path().join("config.json"), cfg).unwrap();
+    let line = error_line(&promptscope(&[
+        "embed",
+        "--model",
+        tmp.path().to_str().unwrap(),
+        "--text",
+        "x",
+    ]));
+    for needle in ["config.json", "blip", "siglip", "chinese_clip"] {
+        assert!(line.contains(needle), "{needle:?} not in {line:?}");
+    }
+    // A SigLIP folder without its tokenizer says how to get one.
+    std::fs::write(
+        tmp.path().join("config.json"),
+        std::fs::read(folder("siglip").join("config.json")).unwrap(),
+    )
+    .unwrap();
+    std::fs::remove_file(tmp.path().join("tokenizer.json")).unwrap();
+    let line = error_line(&promptscope(&[
+        "embed",
+        "--model",
+        tmp.path().to_str().unwrap(),
+        "--text",
+        "x",
+    ]));
+    assert!(
+        line.contains("tokenizer.json") && line.contains("save_pretrained"),
+        "{line}"
+    );
+}
