@@ -31,7 +31,7 @@ pub fn run(
     text_batch: usize,
     texts: usize,
 ) -> Result<BenchReport> {
-    let s = clip.model()?.config.vision_config.image_size;
+    let s = clip.image_size();
     let batch = batch.max(1);
     let pixels = Tensor::randn(0f32, 1f32, (batch, 3, s, s), &clip.device)?.to_dtype(DType::F32)?;
     let rounds = images.div_ceil(batch).max(1);
@@ -159,7 +159,7 @@ pub fn cocoop_step(
     )?;
     let text_positions = learner.eot.iter().max().map_or(0, |m| m + 1);
     let meta = MetaNet::new(
-        clip.model()?.config.projection_dim,
+        clip.projection_dim(),
         clip.model()?.config.text_config.hidden_size,
         0,
         &clip.device,
@@ -170,7 +170,7 @@ pub fn cocoop_step(
         learner,
         meta,
         &config,
-        clip.model()?.logit_scale(),
+        clip.logit_scale(),
         &train,
         None,
     );
@@ -217,7 +217,7 @@ fn step_set(
     crate::train::coop::TrainConfig,
 )> {
     use crate::train::optim::OptimConfig;
-    let p = clip.model()?.config.projection_dim;
+    let p = clip.projection_dim();
     let train = crate::train::coop::Features {
         feats: Tensor::randn(0f32, 1f32, (batch, p), &clip.device)?,
         labels: (0..batch).map(|i| i % classes).collect(),
@@ -268,12 +268,7 @@ impl<'a> CoopStepper<'a> {
         let learner = PromptLearner::new(&clip.model()?.text, clip.tokenizer()?, &names, &cfg)?;
         let text_positions = learner.eot.iter().max().map_or(0, |m| m + 1);
         let (train, config) = step_set(clip, classes, batch)?;
-        let trainer = Trainer::new(
-            &clip.model()?.text,
-            learner,
-            config,
-            clip.model()?.logit_scale(),
-        );
+        let trainer = Trainer::new(&clip.model()?.text, learner, config, clip.logit_scale());
         Ok(Self {
             trainer,
             train,
@@ -374,7 +369,7 @@ fn time_per_call(
 pub fn filip_ms(clip: &LoadedClip, prompts: usize, repeats: usize) -> Result<f64> {
     use crate::align::classify::{tokenwise_scores, TokenScore};
     use crate::align::tokens::AlignMode;
-    let s = clip.model()?.config.vision_config.image_size;
+    let s = clip.image_size();
     let pixels = Tensor::randn(0f32, 1f32, (1, 3, s, s), &clip.device)?;
     let pass = crate::align::pass::VisionPass::run(&clip.model()?.vision, &pixels)?;
     let image =
@@ -393,7 +388,7 @@ pub fn filip_ms(clip: &LoadedClip, prompts: usize, repeats: usize) -> Result<f64
 /// SsVP on `batch` images whose vision pass has run: the class token's attention read out, the top K
 /// patches picked and the last block re-run on them. Images per second.
 pub fn ssvp_images_per_s(clip: &LoadedClip, batch: usize, repeats: usize) -> Result<f64> {
-    let s = clip.model()?.config.vision_config.image_size;
+    let s = clip.image_size();
     let pixels = Tensor::randn(0f32, 1f32, (batch.max(1), 3, s, s), &clip.device)?;
     let pass = crate::align::pass::VisionPass::run(&clip.model()?.vision, &pixels)?;
     let secs = time_per_call(&clip.device, repeats, || {

@@ -101,7 +101,7 @@ pub fn pointing_game(
     mode: AlignMode,
     progress: &dyn Progress,
 ) -> Result<PointingReport> {
-    let size = clip.model()?.config.vision_config.image_size;
+    let size = clip.image_size();
     let grid = clip.model()?.config.vision_config.grid();
     let cfg = AlignConfig {
         mode,

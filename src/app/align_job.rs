@@ -102,7 +102,7 @@ pub fn run(clip: &LoadedClip, req: &AlignRequest) -> Result<AlignView> {
     let vision = &clip.model()?.vision;
     let pass = VisionPass::run(vision, &pixels)?;
     let global = pass.pooled(vision)?;
-    let scale = clip.model()?.logit_scale();
+    let scale = clip.logit_scale();
     let probs = |feat: &Tensor, weights: &Tensor| -> Result<Vec<f32>> {
         Ok(crate::eval::metrics::softmax(
             &crate::eval::zeroshot::logits(feat, weights, scale)?.remove(0),

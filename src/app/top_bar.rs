@@ -35,6 +35,18 @@ impl TopBar {
                             )
                             .on_hover_text(note);
                         }
+                        let family = model.clip.family();
+                        if !family.token_level() {
+                            ui.label(
+                                RichText::new(format!("{} · global features", family.name()))
+                                    .strong(),
+                            )
+                            .on_hover_text(format!(
+                                "With a {} model promptscope runs {}",
+                                family.name(),
+                                family.supports()
+                            ));
+                        }
                         ui.add(Label::new(&model.description).truncate())
                             .on_hover_text(&model.description);
                     }

@@ -198,8 +198,19 @@ impl TrainPanel {
         ui.add_space(8.0);
         let run = f.to_run();
         // Pretraining needs only its pairs (and a model only to fine-tune, which the form checks).
+        let global_only = state
+            .model
+            .as_ref()
+            .map(|m| m.clip.family())
+            .filter(|f| !f.token_level());
         let missing = if state.model.is_none() && !f.pretraining {
             Some("Load a model first.".to_string())
+        } else if let (Some(family), false, false) = (global_only, f.pretraining, f.adapting) {
+            Some(format!(
+                "{} learns prompts inside CLIP's text tower; the loaded {} model gives global features only. Choose {ADAPTER_METHOD}, or load a CLIP or FILIP model.",
+                f.method.label(),
+                family.name()
+            ))
         } else if state.dataset.is_none() && !f.pretraining {
             Some("Open a dataset first.".to_string())
         } else {
@@ -253,7 +264,12 @@ fn pretrain_form(ui: &mut egui::Ui, p: &mut PretrainRun, state: &AppState) {
                 {
                     p.start = PretrainStart::Preset("scenes".into());
                 }
-                let loaded = state.model.as_ref().map(|m| m.clip.dir.clone());
+                // Fine-tuning trains our CLIP's towers; another family is not one.
+                let loaded = state
+                    .model
+                    .as_ref()
+                    .filter(|m| m.clip.family().token_level())
+                    .map(|m| m.clip.dir.clone());
                 let fine_tune = ui.add_enabled(
                     loaded.is_some(),
                     egui::RadioButton::new(

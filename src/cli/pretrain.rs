@@ -191,7 +191,7 @@ pub fn pointing(
     use promptscope::data::scenes::{generate, SceneConfig};
     let clip = super::load_model(model)?;
     let cfg = SceneConfig {
-        size: clip.model()?.config.vision_config.image_size as u32,
+        size: clip.image_size() as u32,
         allow_held_out: held_out,
         ..SceneConfig::default()
     };

@@ -184,12 +184,12 @@ pub fn run(
             let learner =
                 PromptLearner::new(text, clip.tokenizer()?, &base.class_names, &seeded.coop)?;
             let meta = MetaNet::new(
-                clip.model()?.config.projection_dim,
+                clip.projection_dim(),
                 clip.model()?.config.text_config.hidden_size,
                 seed,
                 &clip.device,
             )?;
-            let scale = clip.model()?.logit_scale();
+            let scale = clip.logit_scale();
             let mut t = CocoopTrainer::new(
                 text,
                 learner,

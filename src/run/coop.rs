@@ -59,7 +59,7 @@ pub fn evaluate_weights(
     samples: &[Sample],
     class_names: &[String],
 ) -> Result<Evaluation> {
-    let logits = zeroshot::logits(&feats.feats, weights, clip.model()?.logit_scale())?;
+    let logits = zeroshot::logits(&feats.feats, weights, clip.logit_scale())?;
     let labels: Vec<usize> = samples.iter().map(|s| s.label).collect();
     let paths: Vec<String> = samples
         .iter()
@@ -113,7 +113,7 @@ pub fn train(
         &clip.model()?.text,
         learner,
         run.train.clone(),
-        clip.model()?.logit_scale(),
+        clip.logit_scale(),
     );
     // The hand-crafted baseline's weights: KgCoOp's anchor while training, the baseline row after.
     let hand = zeroshot::class_weights(clip, names, std::slice::from_ref(&run.template), progress)?;

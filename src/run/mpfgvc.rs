@@ -209,7 +209,7 @@ fn stage1_model<'a>(
         &run.datp,
     )?;
     let tail = VisionTail::new(&clip.model()?.vision, run.train_blocks)?;
-    let p = clip.model()?.config.projection_dim;
+    let p = clip.projection_dim();
     let head = ParamLinear::new(p, num_classes, run.seed, "head", &clip.device)?;
     Ok(Stage1Model {
         text: &clip.model()?.text,
@@ -321,7 +321,7 @@ pub fn train(
     };
     let (train2, val2) = (embed(&rd.train)?, embed(&rd.val)?);
     let cfg = VlfmConfig {
-        dim: clip.model()?.config.projection_dim,
+        dim: clip.projection_dim(),
         num_classes: c,
         expansion: EXPANSION,
         seed: run.seed,
@@ -406,7 +406,7 @@ pub fn load_trained<'a>(
         .map_err(bad)?;
     let tail = VisionTail::from_tensors(&clip.model()?.vision, m.run.train_blocks, &file.tensors)
         .map_err(bad)?;
-    let p = clip.model()?.config.projection_dim;
+    let p = clip.projection_dim();
     let head = ParamLinear::from_tensors(
         file.tensor("head.weight", path)?,
         file.tensor("head.bias", path)?,

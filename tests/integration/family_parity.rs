@@ -206,3 +206,64 @@ fn an_unknown_model_type_names_the_supported_families() {
         "{line}"
     );
 }
+
+#[test]
+fn the_app_says_what_a_siglip_model_can_do_compares_with_it_and_trains_only_adapters() {
+    use super::app_ui::{click, harness, labels_containing, wait_for, wait_idle};
+    use egui_kittest::kittest::{NodeT as _, Queryable as _};
+    use promptscope::app::PromptscopeApp;
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("shapes");
+    promptscope::data::synth::write_dataset(&data, 3, 0, Some((4, 2, 3)), 0).unwrap();
+    let mut app = PromptscopeApp::new_headless()
+        .with_startup(Some(folder("siglip").display().to_string()), Some(data));
+    app.runs_dir = tmp.path().join("runs");
+    app.cache_dir = None;
+    let mut h = harness(app);
+    wait_idle(&mut h);
+    assert!(
+        h.state().state.errors.is_empty(),
+        "{:?}",
+        h.state().state.errors
+    );
+    assert_eq!(labels_containing(&h, "SigLIP · global features"), 1);
+
+    click(&mut h, "Run zero-shot");
+    wait_idle(&mut h);
+    let report = h
+        .state()
+        .state
+        .report
+        .as_ref()
+        .unwrap_or_else(|| panic!("no comparison: {:?}", h.state().state.errors));
+    assert_eq!(report.methods[0].eval.total, 9);
+
+    click(&mut h, "Train");
+    assert!(
+        h.get_by_label("Start training")
+            .accesskit_node()
+            .is_disabled(),
+        "CoOp cannot start on SigLIP"
+    );
+    assert_eq!(labels_containing(&h, "gives global features only"), 1);
+    click(&mut h, promptscope::app::train_panel::ADAPTER_METHOD);
+    assert!(!h
+        .get_by_label("Start training")
+        .accesskit_node()
+        .is_disabled());
+    click(&mut h, "Tip-Adapter-F");
+    click(&mut h, "2-shot");
+    h.state_mut().train.form.adapter.views = 1;
+    click(&mut h, "Start training");
+    wait_for(&mut h, "the adapter run", |a| {
+        !a.state.is_training() && !a.state.runs.is_empty()
+    });
+    let run = &h.state().state.runs[0];
+    assert_eq!(
+        run.status,
+        promptscope::app::training::RunStatus::Finished,
+        "{:?}",
+        h.state().state.errors
+    );
+    assert_eq!(run.epochs.len(), 20);
+}
