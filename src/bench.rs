@@ -145,8 +145,7 @@ pub fn cocoop_step(
 ) -> Result<CoopBenchReport> {
     use crate::prompt::cocoop::MetaNet;
     use crate::prompt::coop::{CoopConfig, PromptLearner};
-    use crate::train::cocoop::CocoopTrainer;
-    use crate::train::epoch_loop::{run_until, TrainSet};
+    use crate::train::coop::Trainer;
     let names = class_names(classes);
     let learner = PromptLearner::new(
         &clip.model()?.text,
@@ -165,29 +164,19 @@ pub fn cocoop_step(
         &clip.device,
     )?;
     let (train, config) = step_set(clip, classes, batch)?;
-    let mut trainer = CocoopTrainer::new(
-        &clip.model()?.text,
-        learner,
-        meta,
-        &config,
-        clip.logit_scale(),
-        &train,
-        None,
-    );
+    let mut trainer =
+        Trainer::new(&clip.model()?.text, learner, config, clip.logit_scale()).with_meta_net(meta);
     let mut done = 0;
     let steps = steps.max(1);
     let secs = time_per_call(&clip.device, steps, || {
         done += 1;
-        run_until(
-            &mut trainer,
-            TrainSet {
-                items: batch,
-                views: 1,
-            },
+        trainer.run_until(
+            &train,
+            None,
             done,
-            "",
+            None,
             &crate::progress::Silent,
-            &mut |_, _| {},
+            &mut |_| {},
         )
     })?;
     Ok(CoopBenchReport {

@@ -127,7 +127,7 @@ pub fn run(clip: &LoadedClip, req: &AlignRequest) -> Result<AlignView> {
             req.classes.clone(),
         ),
         PromptChoice::Learned { file, class } => {
-            let (learner, weights, names) = learned(clip, file)?;
+            let (learner, weights, names) = learned(clip, file, &global)?;
             if *class >= names.len() {
                 return Err(Error::invalid(format!(
                     "{}: has {} classes, no class {class}",
@@ -219,7 +219,7 @@ pub fn run(clip: &LoadedClip, req: &AlignRequest) -> Result<AlignView> {
         side_by_side.push((format!("\"{template}\""), hand));
         for (label, file) in files {
             let one = (|| -> Result<ClassMap> {
-                let (learner, weights, names) = learned(clip, file)?;
+                let (learner, weights, names) = learned(clip, file, &global)?;
                 let c = names.iter().position(|n| n == class).ok_or_else(|| {
                     Error::bad_file(
                         file,
@@ -262,13 +262,14 @@ pub fn run(clip: &LoadedClip, req: &AlignRequest) -> Result<AlignView> {
     })
 }
 
-/// A prompts file's learner (checked against the model), its class weights and class names.
+/// A prompts file's learner (checked against the model) as it scores the image with global feature
+/// `global` (a CoCoOp context shifted by the image's π(x)), its class weights and class names.
 fn learned(
     clip: &LoadedClip,
     file: &std::path::Path,
+    global: &Tensor,
 ) -> Result<(crate::prompt::coop::PromptLearner, Tensor, Vec<String>)> {
     let f = PromptFile::load(file)?;
-    let learner = f.learner(clip, file)?;
-    let weights = f.class_weights(clip, file)?;
+    let (learner, weights) = f.learner_for_image(clip, file, global)?;
     Ok((learner, weights, f.meta.class_names))
 }

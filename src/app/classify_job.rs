@@ -20,10 +20,10 @@ pub struct Classified {
 
 pub fn run(clip: &LoadedClip, prompts: &Path, image: &Path) -> Result<Classified> {
     let file = PromptFile::load(prompts)?;
-    let weights = file.class_weights(clip, prompts)?;
-    let mut predictions = crate::eval::classify::top_k(
+    let scorer = file.scorer(clip, prompts)?;
+    let mut predictions = crate::eval::classify::top_k_by(
         clip,
-        &weights,
+        &|feats| scorer.logits(clip, feats),
         &file.meta.class_names,
         &[image.to_path_buf()],
         TOP_K,

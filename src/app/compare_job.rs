@@ -13,7 +13,7 @@ use crate::eval::metrics::{evaluate, Evaluation};
 use crate::eval::zeroshot;
 use crate::export::prompt_file::PromptFile;
 use crate::progress::Progress;
-use crate::run::coop::evaluate_weights;
+use crate::run::coop::{evaluate_logits, evaluate_weights};
 use crate::train::features::extract;
 
 /// Linear probe optimisation steps per λ.
@@ -166,9 +166,10 @@ pub fn run(
     for (label, path) in &req.learned {
         let scored = (|| -> Result<Evaluation> {
             let f = PromptFile::load(path)?;
-            let w = f.class_weights(clip, path)?;
+            let scorer = f.scorer(clip, path)?;
             check_classes(&f.meta.class_names, names, path)?;
-            evaluate_weights(clip, &w, &test, &test_samples, names)
+            let logits = scorer.logits(clip, &test.first_views()?)?;
+            Ok(evaluate_logits(&logits.to_vec2()?, &test_samples, names))
         })();
         match scored {
             Ok(eval) => methods.push(MethodResult {

@@ -6,7 +6,7 @@ use crate::train::config::{AdapterMethod, AdapterRun, CoopRun, MpFgvcRun, Pretra
 
 /// The form's state: a run of each method, edited in place, so the form and the CLI share one set of
 /// defaults (`CoopRun::default()`, `MpFgvcRun::default()`) and one validation (`RunConfig::validate`).
-#[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(default)]
 pub struct TrainForm {
     pub method: PromptMethodKind,
@@ -16,8 +16,25 @@ pub struct TrainForm {
     pub adapting: bool,
     pub adapter: AdapterRun,
     pub coop: CoopRun,
+    /// CoCoOp's run: CoOp's settings with its own recipe and the meta-net on.
+    pub cocoop: CoopRun,
     pub mpfgvc: MpFgvcRun,
     pub pretrain: PretrainRun,
+}
+
+impl Default for TrainForm {
+    fn default() -> Self {
+        Self {
+            method: PromptMethodKind::default(),
+            pretraining: false,
+            adapting: false,
+            adapter: AdapterRun::default(),
+            coop: CoopRun::default(),
+            cocoop: CoopRun::cocoop_recipe(),
+            mpfgvc: MpFgvcRun::default(),
+            pretrain: PretrainRun::default(),
+        }
+    }
 }
 
 impl TrainForm {
@@ -27,6 +44,7 @@ impl TrainForm {
             (true, _, _) => RunConfig::Pretrain(self.pretrain.clone()),
             (false, true, _) => RunConfig::Adapter(self.adapter.clone()),
             (false, false, PromptMethodKind::Coop) => RunConfig::Coop(self.coop.clone()),
+            (false, false, PromptMethodKind::Cocoop) => RunConfig::Coop(self.cocoop.clone()),
             (false, false, PromptMethodKind::Datp) => RunConfig::MpFgvc(self.mpfgvc.clone()),
         };
         run.validate()?;
@@ -49,6 +67,7 @@ impl TrainForm {
         }
         match self.method {
             PromptMethodKind::Coop => self.coop.train.optim.epochs = epochs,
+            PromptMethodKind::Cocoop => self.cocoop.train.optim.epochs = epochs,
             PromptMethodKind::Datp => {
                 self.mpfgvc.stage1.optim.epochs = epochs;
                 self.mpfgvc.stage2.optim.epochs = epochs;

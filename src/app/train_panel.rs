@@ -193,6 +193,7 @@ impl TrainPanel {
             (true, _, _) => pretrain_form(ui, &mut f.pretrain, state),
             (false, true, _) => adapter_form(ui, &mut f.adapter),
             (false, false, PromptMethodKind::Coop) => coop_form(ui, &mut f.coop),
+            (false, false, PromptMethodKind::Cocoop) => coop_form(ui, &mut f.cocoop),
             (false, false, PromptMethodKind::Datp) => mpfgvc_form(ui, &mut f.mpfgvc),
         }
         ui.add_space(8.0);
@@ -419,23 +420,39 @@ fn optim_rows(ui: &mut egui::Ui, o: &mut OptimConfig, momentum: bool) {
     ui.end_row();
 }
 
+/// CoOp's form; with `r.cocoop`, CoCoOp's (one unified context before the class name, its own epochs,
+/// no KgCoOp term).
 fn coop_form(ui: &mut egui::Ui, r: &mut CoopRun) {
+    let cocoop = r.cocoop;
+    if cocoop {
+        ui.weak(
+            "A meta-net (image width, a 16th of it, then text width) adds π(x) to every context token, so each image gets its own \
+             prompts. Each step runs the text tower once per image: slower and hungrier than CoOp (batch 1 by default). \
+             The export holds the meta-net.",
+        );
+    }
     let epochs = &mut r.train.optim.epochs;
-    shots_ui(ui, &mut r.shots, |k| *epochs = default_epochs(k));
+    shots_ui(ui, &mut r.shots, |k| {
+        if !cocoop {
+            *epochs = default_epochs(k);
+        }
+    });
     egui::Grid::new("train_form_grid").num_columns(2).spacing([8.0, 6.0]).show(ui, |ui| {
-        ui.label("Context");
-        ui.horizontal(|ui| {
-            ui.radio_value(&mut r.coop.csc, false, "unified");
-            ui.radio_value(&mut r.coop.csc, true, "class-specific");
-        });
-        ui.end_row();
-        ui.label("Class token");
-        ui.horizontal(|ui| {
-            for p in [ClassPosition::End, ClassPosition::Middle, ClassPosition::Front] {
-                ui.radio_value(&mut r.coop.class_position, p, format!("{p:?}").to_lowercase());
-            }
-        });
-        ui.end_row();
+        if !cocoop {
+            ui.label("Context");
+            ui.horizontal(|ui| {
+                ui.radio_value(&mut r.coop.csc, false, "unified");
+                ui.radio_value(&mut r.coop.csc, true, "class-specific");
+            });
+            ui.end_row();
+            ui.label("Class token");
+            ui.horizontal(|ui| {
+                for p in [ClassPosition::End, ClassPosition::Middle, ClassPosition::Front] {
+                    ui.radio_value(&mut r.coop.class_position, p, format!("{p:?}").to_lowercase());
+                }
+            });
+            ui.end_row();
+        }
         let l = ui.label("Init phrase");
         let mut init = r.coop.ctx_init.clone().unwrap_or_default();
         let edit = ui.add(TextEdit::singleline(&mut init).hint_text("random").desired_width(150.0)).labelled_by(l.id);
@@ -449,7 +466,11 @@ fn coop_form(ui: &mut egui::Ui, r: &mut CoopRun) {
         ui.label("Epochs");
         ui.horizontal(|ui| {
             ui.add(DragValue::new(&mut r.train.optim.epochs).range(0..=2000));
-            if ui.small_button("CoOp's").on_hover_text("50 for 1 shot, 100 for 2–4, 200 for 8 or more").clicked() {
+            if cocoop {
+                if ui.small_button("CoCoOp's").on_hover_text("10").clicked() {
+                    r.train.optim.epochs = CoopRun::cocoop_recipe().train.optim.epochs;
+                }
+            } else if ui.small_button("CoOp's").on_hover_text("50 for 1 shot, 100 for 2–4, 200 for 8 or more").clicked() {
                 r.train.optim.epochs = default_epochs(r.shots);
             }
         });
@@ -475,6 +496,9 @@ fn coop_form(ui: &mut egui::Ui, r: &mut CoopRun) {
         ui.add(TextEdit::singleline(&mut r.template).desired_width(150.0)).labelled_by(l.id)
             .on_hover_text("The hand-crafted template the learned context is compared with (and KgCoOp's anchor)");
         ui.end_row();
+        if cocoop {
+            return;
+        }
         let l = ui.label(KG_FIELD);
         ui.horizontal(|ui| {
             ui.add(egui::DragValue::new(&mut r.train.kg_lambda).range(0.0..=100.0).speed(0.1)).labelled_by(l.id).on_hover_text(

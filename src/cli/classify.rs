@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context as _, Result};
-use promptscope::eval::classify::top_k;
+use promptscope::eval::classify::{top_k, top_k_by};
 use promptscope::eval::zeroshot;
 use promptscope::export::prompt_file::PromptFile;
 
@@ -70,24 +70,36 @@ pub fn classify(args: &ClassifyArgs) -> Result<()> {
         _ => format!("loading model '{model}'"),
     })?;
     let bar = Bar::new();
-    let (weights, source) = match &file {
-        Some((path, f)) => (
-            f.class_weights(&clip, path)?,
-            serde_json::json!({"prompts": path}),
-        ),
+    let predictions = match &file {
+        Some((path, f)) => {
+            let scorer = f.scorer(&clip, path)?;
+            let source = serde_json::json!({"prompts": path});
+            (
+                top_k_by(
+                    &clip,
+                    &|feats| scorer.logits(&clip, feats),
+                    &names,
+                    &args.images,
+                    args.top_k,
+                    &bar,
+                )?,
+                source,
+            )
+        }
         None => {
             let templates = if args.templates.is_empty() {
                 vec![zeroshot::DEFAULT_TEMPLATE.to_string()]
             } else {
                 args.templates.clone()
             };
+            let weights = zeroshot::class_weights(&clip, &names, &templates, &bar)?;
             (
-                zeroshot::class_weights(&clip, &names, &templates, &bar)?,
+                top_k(&clip, &weights, &names, &args.images, args.top_k, &bar)?,
                 serde_json::json!({"templates": templates}),
             )
         }
     };
-    let predictions = top_k(&clip, &weights, &names, &args.images, args.top_k, &bar)?;
+    let (predictions, source) = predictions;
     drop(bar);
     match args.format {
         Format::Json => {

@@ -540,6 +540,10 @@ pub struct TrainArgs {
     /// uses 8); 0 trains plain CoOp.
     #[arg(long, default_value_t = coop_defaults().train.kg_lambda)]
     pub kg_lambda: f64,
+    /// CoCoOp: a meta-net, trained with the context, adds π(x) to it for each image. Its recipe for
+    /// what is not given: context "a photo of a", 10 epochs, batch 1. The export holds the meta-net.
+    #[arg(long, conflicts_with_all = ["kg_lambda", "csc"])]
+    pub cocoop: bool,
     #[command(flatten)]
     pub output: RunOutputArgs,
 }
@@ -570,6 +574,19 @@ impl TrainArgs {
         run.views = self.views;
         run.template = self.template.clone();
         run.train.kg_lambda = self.kg_lambda;
+        if self.cocoop {
+            let recipe = CoopRun::cocoop_recipe();
+            run.cocoop = true;
+            if self.ctx_init.is_none() && self.n_ctx == coop_defaults().coop.n_ctx {
+                run.coop.ctx_init = recipe.coop.ctx_init;
+            }
+            if self.epochs.is_none() {
+                run.train.optim.epochs = recipe.train.optim.epochs;
+            }
+            if self.batch_size == BATCH.text(coop_defaults().train.batch_size) {
+                run.train.batch_size = recipe.train.batch_size;
+            }
+        }
         run.validate()?;
         Ok(run)
     }
@@ -756,7 +773,7 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
         args.split.cache_dir().as_deref(),
         &bar,
     )?;
-    let (what, weights) = match &args.prompts {
+    let (what, logits) = match &args.prompts {
         Some(path) => {
             let file = promptscope::export::prompt_file::PromptFile::load(path)?;
             if file.meta.class_names != ds.class_names {
@@ -768,9 +785,10 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
                     ds.class_names
                 );
             }
-            let learner = file.learner(&clip, path)?;
-            let w = promptscope::clip::l2_normalize(&learner.text_features(&clip.model()?.text)?)?;
-            (path.display().to_string(), w)
+            let logits = file
+                .scorer(&clip, path)?
+                .logits(&clip, &feats.first_views()?)?;
+            (path.display().to_string(), logits.to_vec2()?)
         }
         None => {
             let templates = if args.templates.is_empty() {
@@ -778,20 +796,15 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
             } else {
                 args.templates.clone()
             };
+            let w = zeroshot::class_weights(&clip, &ds.class_names, &templates, &bar)?;
             (
                 templates.join(" | "),
-                zeroshot::class_weights(&clip, &ds.class_names, &templates, &bar)?,
+                zeroshot::logits(&feats.feats, &w, clip.logit_scale())?,
             )
         }
     };
     drop(bar);
-    let e = promptscope::run::coop::evaluate_weights(
-        &clip,
-        &weights,
-        &feats,
-        samples,
-        &ds.class_names,
-    )?;
+    let e = promptscope::run::coop::evaluate_logits(&logits, samples, &ds.class_names);
     print_eval(&what, &split, &e, args.format)
 }
 
@@ -1057,7 +1070,7 @@ pub struct BaseToNovelArgs {
 }
 
 pub fn base_to_novel(args: &BaseToNovelArgs) -> Result<()> {
-    use promptscope::run::base_to_novel::{method_name, run};
+    use promptscope::run::base_to_novel::run;
     let mut coop = coop_defaults();
     coop.shots = SHOTS.parse(args.shots.as_deref().unwrap_or("16"))?;
     coop.split_seed = args.split_seed;
@@ -1075,13 +1088,14 @@ pub fn base_to_novel(args: &BaseToNovelArgs) -> Result<()> {
         }
         coop.train.optim.epochs = args.epochs.unwrap_or(10);
         coop.train.batch_size = Some(args.batch_size.unwrap_or(1).max(1));
+        coop.cocoop = true;
     }
     coop.template = args.template.clone();
     coop.validate()?;
     let ds = open_dataset(&args.data)?;
     let clip = load_model(&args.model)?;
     let bar = Bar::new();
-    let method = method_name(&coop, args.cocoop);
+    let method = coop.method_name();
     let mut on_event = |seed: u64, ev: promptscope::train::coop::TrainEvent| {
         if let promptscope::train::coop::TrainEvent::Epoch(s) = ev {
             bar.update(
@@ -1095,7 +1109,6 @@ pub fn base_to_novel(args: &BaseToNovelArgs) -> Result<()> {
         &clip,
         &ds,
         &coop,
-        args.cocoop,
         &args.seeds,
         args.cache.dir().as_deref(),
         &bar,

@@ -1,6 +1,7 @@
 //! Single-image inference: the top-k classes of each image with their probabilities, from normalised
-//! class weights (hand-crafted templates through `zeroshot::class_weights`, or a prompts file's
-//! `PromptFile::class_weights`), scored as zero-shot scores: softmax of logit_scale · cos.
+//! class weights (hand-crafted templates through `zeroshot::class_weights`) scored as zero-shot scores
+//! (softmax of logit_scale · cos), or from any scorer of image features (a prompts file's
+//! `LearnedScorer`, whose CoCoOp prompts are per image).
 
 use std::path::PathBuf;
 
@@ -42,8 +43,38 @@ pub fn top_k(
             names.len()
         )));
     }
+    let scale = clip.logit_scale();
+    top_k_by(
+        clip,
+        &|feats| Ok(Tensor::new(logits(feats, weights, scale)?, feats.device())?),
+        names,
+        images,
+        k,
+        progress,
+    )
+}
+
+/// [`top_k`] with the logits `[N, C]` of the images' features `[N, P]` (not normalised) from `score`.
+pub fn top_k_by(
+    clip: &LoadedClip,
+    score: &dyn Fn(&Tensor) -> Result<Tensor>,
+    names: &[String],
+    images: &[PathBuf],
+    k: usize,
+    progress: &dyn Progress,
+) -> Result<Vec<ImagePrediction>> {
+    if k == 0 {
+        return Err(Error::invalid("--top-k must be at least 1"));
+    }
     let feats = image_features(clip, images, BATCH, progress)?;
-    let logits = logits(&feats, weights, clip.logit_scale())?;
+    let logits: Vec<Vec<f32>> = score(&feats)?.to_vec2()?;
+    if logits.first().is_some_and(|r| r.len() != names.len()) {
+        return Err(Error::invalid(format!(
+            "{} class scores for {} class names",
+            logits[0].len(),
+            names.len()
+        )));
+    }
     Ok(images
         .iter()
         .zip(&logits)

@@ -1,9 +1,11 @@
 //! The export format of learned prompts: a `.safetensors` file any safetensors reader opens.
 //!
 //! Tensors: `ctx` (`[M, D]` unified or `[C, M, D]` class-specific) and `class_embeds` (`[C, P]`, the
-//! normalised class weights: zero-shot classification with them needs no promptscope). Metadata: one
-//! string key per field of [`PromptMeta`] (JSON for lists and objects) plus `promptscope`, the whole
-//! record as JSON.
+//! normalised class weights: zero-shot classification with them needs no promptscope). A CoCoOp file
+//! adds its meta-net as `meta_net.linear1.weight`, `.linear1.bias`, `.linear2.weight`, `.linear2.bias`
+//! (CoCoOp's own names); its `class_embeds` are then the context's without the per-image shift, and
+//! scoring it as CoCoOp does needs the text tower ([`LearnedScorer`]). Metadata: one string key per
+//! field of [`PromptMeta`] (JSON for lists and objects) plus `promptscope`, the whole record as JSON.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -14,9 +16,11 @@ use serde::{Deserialize, Serialize};
 use crate::clip::LoadedClip;
 use crate::error::{write_atomic, Error, Result};
 use crate::export::model_check::{check_model, MadeOn};
+use crate::prompt::cocoop::MetaNet;
 use crate::prompt::coop::{CoopConfig, PromptLearner};
 use crate::tensor_file::{read_safetensors, safetensors_bytes};
 use crate::train::coop::TrainConfig;
+use crate::train::coop::META_NAMES;
 
 pub const FORMAT: &str = "promptscope-coop/1";
 
@@ -40,12 +44,52 @@ pub struct PromptMeta {
     pub metrics: serde_json::Value,
     /// "promptscope" or "coop-checkpoint:<path>".
     pub source: String,
+    /// The file holds CoCoOp's meta-net beside the context.
+    #[serde(default)]
+    pub cocoop: bool,
 }
 
 pub struct PromptFile {
     pub ctx: Tensor,
     pub class_embeds: Tensor,
+    /// CoCoOp's meta-net parameters, in `MetaNet::vars` order.
+    pub meta_net: Option<[Tensor; 4]>,
     pub meta: PromptMeta,
+}
+
+/// A prompts file checked against a model, ready to score images.
+pub struct LearnedScorer {
+    weights: Tensor,
+    cocoop: Option<(PromptLearner, MetaNet)>,
+}
+
+impl LearnedScorer {
+    /// Logits `[N, C]` of image features `[N, P]` (not normalised): against the class weights, or, for
+    /// CoCoOp, each image against its own prompts.
+    pub fn logits(&self, clip: &LoadedClip, feats: &Tensor) -> Result<Tensor> {
+        match &self.cocoop {
+            Some((learner, meta)) => crate::train::cocoop::logits_detached(
+                &clip.model()?.text,
+                learner,
+                meta,
+                clip.logit_scale(),
+                feats,
+            ),
+            None => Ok(
+                (crate::clip::l2_normalize(feats)?.matmul(&self.weights.t()?)?
+                    * f64::from(clip.logit_scale()))?,
+            ),
+        }
+    }
+
+    /// The normalised class weights (for CoCoOp, of the context without a shift).
+    pub fn weights(&self) -> &Tensor {
+        &self.weights
+    }
+
+    pub fn is_cocoop(&self) -> bool {
+        self.cocoop.is_some()
+    }
 }
 
 impl PromptFile {
@@ -69,7 +113,9 @@ impl PromptFile {
                 views: 0,
                 metrics: serde_json::Value::Null,
                 source: "promptscope".into(),
+                cocoop: false,
             },
+            meta_net: None,
         })
     }
 
@@ -91,14 +137,27 @@ impl PromptFile {
                     .collect()
             })
             .unwrap_or_default();
+        let mut full = full;
+        full["cocoop"] = serde_json::Value::Bool(self.meta_net.is_some());
+        meta.insert("cocoop".into(), self.meta_net.is_some().to_string());
         meta.insert("promptscope".into(), full.to_string());
-        let bytes = safetensors_bytes(
-            &[
-                ("ctx", self.ctx.clone()),
-                ("class_embeds", self.class_embeds.clone()),
-            ],
-            meta,
-        )?;
+        let mut tensors = vec![
+            ("ctx".to_string(), self.ctx.clone()),
+            ("class_embeds".to_string(), self.class_embeds.clone()),
+        ];
+        if let Some(m) = &self.meta_net {
+            tensors.extend(
+                META_NAMES
+                    .iter()
+                    .zip(m)
+                    .map(|(n, t)| (format!("meta_net.{n}"), t.clone())),
+            );
+        }
+        let tensors: Vec<(&str, Tensor)> = tensors
+            .iter()
+            .map(|(k, t)| (k.as_str(), t.clone()))
+            .collect();
+        let bytes = safetensors_bytes(&tensors, meta)?;
         write_atomic(path, &bytes)
     }
 
@@ -116,9 +175,19 @@ impl PromptFile {
                 .cloned()
                 .ok_or_else(|| Error::bad_file(path, format!("has no '{k}' tensor"), fix))
         };
+        let meta_net = if meta.cocoop || tensors.keys().any(|k| k.starts_with("meta_net.")) {
+            let parts: Vec<Tensor> = META_NAMES
+                .iter()
+                .map(|n| get(&format!("meta_net.{n}")))
+                .collect::<Result<_>>()?;
+            Some(parts.try_into().expect("four names"))
+        } else {
+            None
+        };
         Ok(Self {
             ctx: get("ctx")?,
             class_embeds: get("class_embeds")?,
+            meta_net,
             meta,
         })
     }
@@ -153,6 +222,67 @@ impl PromptFile {
         Ok(crate::clip::l2_normalize(
             &self.class_embeds.to_device(&clip.device)?,
         )?)
+    }
+
+    /// Checks the file against `clip` and readies it for scoring images.
+    pub fn scorer(&self, clip: &LoadedClip, path: &Path) -> Result<LearnedScorer> {
+        let weights = self.class_weights(clip, path)?;
+        let cocoop = match &self.meta_net {
+            None => None,
+            Some(parts) => {
+                let on = |t: &Tensor| t.to_device(&clip.device);
+                let parts = [
+                    on(&parts[0])?,
+                    on(&parts[1])?,
+                    on(&parts[2])?,
+                    on(&parts[3])?,
+                ];
+                let meta = MetaNet::from_tensors(parts)
+                    .map_err(|e| Error::bad_file(path, e, "export it again"))?;
+                let model = clip.model()?;
+                let want = (
+                    model.config.projection_dim,
+                    model.config.text_config.hidden_size,
+                );
+                if meta.widths() != want {
+                    return Err(Error::bad_file(
+                        path,
+                        format!(
+                            "has a meta-net from {} to {} but the model's widths are {} and {}",
+                            meta.widths().0,
+                            meta.widths().1,
+                            want.0,
+                            want.1
+                        ),
+                        "score it with the model it was trained on",
+                    ));
+                }
+                Some((self.learner(clip, path)?, meta))
+            }
+        };
+        Ok(LearnedScorer { weights, cocoop })
+    }
+
+    /// The prompts one image (its feature `[1, P]`) is scored with: the file's context, plus for CoCoOp
+    /// the meta-net's shift π(x) of this image; and their normalised class weights.
+    pub fn learner_for_image(
+        &self,
+        clip: &LoadedClip,
+        path: &Path,
+        image_feat: &Tensor,
+    ) -> Result<(PromptLearner, Tensor)> {
+        let mut learner = self.learner(clip, path)?;
+        let weights = match &self.scorer(clip, path)?.cocoop {
+            None => self.class_weights(clip, path)?,
+            Some((_, meta)) => {
+                let shift = meta
+                    .forward(&crate::clip::l2_normalize(image_feat)?)?
+                    .get(0)?;
+                learner.set_ctx(&learner.ctx.as_tensor().broadcast_add(&shift)?.detach())?;
+                crate::clip::l2_normalize(&learner.text_features(&clip.model()?.text)?.detach())?
+            }
+        };
+        Ok((learner, weights))
     }
 
     /// Rebuilds the prompt learner with this context on `clip`.

@@ -57,4 +57,36 @@ impl MetaNet {
     pub fn vars(&self) -> [&Var; 4] {
         [&self.w1, &self.b1, &self.w2, &self.b2]
     }
+
+    /// The parameters' current values, in [`Self::vars`] order.
+    pub fn tensors(&self) -> [Tensor; 4] {
+        self.vars().map(|v| v.as_tensor().detach())
+    }
+
+    /// A meta-net from stored parameters (`[H, P]`, `[H]`, `[D, H]`, `[D]`), their shapes checked.
+    pub fn from_tensors([w1, b1, w2, b2]: [Tensor; 4]) -> std::result::Result<Self, String> {
+        let (h, p) = w1.dims2().map_err(|e| e.to_string())?;
+        let (d, h2) = w2.dims2().map_err(|e| e.to_string())?;
+        if h != h2 || b1.dims() != [h] || b2.dims() != [d] || p == 0 || d == 0 {
+            return Err(format!(
+                "meta-net shapes do not fit together: {:?}, {:?}, {:?}, {:?}",
+                w1.dims(),
+                b1.dims(),
+                w2.dims(),
+                b2.dims()
+            ));
+        }
+        let var = |t: Tensor| Var::from_tensor(&t).map_err(|e| e.to_string());
+        Ok(MetaNet {
+            w1: var(w1)?,
+            b1: var(b1)?,
+            w2: var(w2)?,
+            b2: var(b2)?,
+        })
+    }
+
+    /// `(image width P, text width D)` the net maps between.
+    pub fn widths(&self) -> (usize, usize) {
+        (self.w1.dims()[1], self.w2.dims()[0])
+    }
 }

@@ -15,16 +15,19 @@ use crate::error::Result;
 pub enum PromptMethodKind {
     #[default]
     Coop,
+    /// CoOp's context plus a meta-net's per-image shift π(x) (conditional prompts).
+    Cocoop,
     /// MP-FGVC's discrepancy-aware text prompts, trained in two stages with the VLFM fusion module.
     Datp,
 }
 
 impl PromptMethodKind {
-    pub const ALL: [PromptMethodKind; 2] = [Self::Coop, Self::Datp];
+    pub const ALL: [PromptMethodKind; 3] = [Self::Coop, Self::Cocoop, Self::Datp];
 
     pub fn label(self) -> &'static str {
         match self {
             Self::Coop => "CoOp",
+            Self::Cocoop => "CoCoOp",
             Self::Datp => "MP-FGVC (DaTP + VLFM)",
         }
     }

@@ -14,12 +14,10 @@ use crate::data::DatasetFolder;
 use crate::error::{Error, Result};
 use crate::eval::zeroshot;
 use crate::progress::Progress;
-use crate::prompt::cocoop::MetaNet;
 use crate::prompt::coop::{CoopConfig, PromptLearner};
-use crate::train::cocoop::{self, CocoopTrainer};
+use crate::train::cocoop;
 use crate::train::config::CoopRun;
 use crate::train::coop::TrainEvent;
-use crate::train::epoch_loop::{run_until, TrainSet};
 use crate::train::features::{extract, FeatureSet};
 
 use super::coop::{evaluate_weights, prepare, train};
@@ -98,25 +96,12 @@ pub struct Report {
     pub rows: Vec<Row>,
 }
 
-/// The learned method of `run` ("CoOp", "KgCoOp λ=8" or "CoCoOp").
-pub fn method_name(run: &CoopRun, cocoop: bool) -> String {
-    if cocoop {
-        "CoCoOp".to_string()
-    } else if run.train.kg_lambda > 0.0 {
-        format!("KgCoOp λ={}", run.train.kg_lambda)
-    } else {
-        "CoOp".to_string()
-    }
-}
-
-/// Zero-shot and `run`'s method (trained once per seed on the base classes), on base and novel;
-/// `cocoop` learns a meta-net beside the context (CoCoOp) with `run`'s optimiser settings.
-#[allow(clippy::too_many_arguments)]
+/// Zero-shot and `run`'s method (CoOp, KgCoOp or CoCoOp; trained once per seed on the base classes),
+/// on base and novel.
 pub fn run(
     clip: &LoadedClip,
     data: &DatasetFolder,
     run: &CoopRun,
-    cocoop: bool,
     seeds: &[u64],
     cache: Option<&Path>,
     progress: &dyn Progress,
@@ -179,50 +164,26 @@ pub fn run(
             l.set_ctx(learned.ctx.as_tensor())?;
             Ok(l)
         };
-        let result = if cocoop {
-            let text = &clip.model()?.text;
-            let learner =
-                PromptLearner::new(text, clip.tokenizer()?, &base.class_names, &seeded.coop)?;
-            let meta = MetaNet::new(
-                clip.projection_dim(),
-                clip.model()?.config.text_config.hidden_size,
-                seed,
-                &clip.device,
-            )?;
-            let scale = clip.logit_scale();
-            let mut t = CocoopTrainer::new(
-                text,
-                learner,
-                meta,
-                &seeded.train,
-                scale,
-                &rd.train,
-                Some(&rd.val),
-            );
-            let set = TrainSet {
-                items: rd.train.num_images(),
-                views: rd.train.views_per_image.max(1),
-            };
-            run_until(&mut t, set, usize::MAX, "", progress, &mut |e, _| {
-                on_event(seed, e)
-            })?;
-            BaseNovel::new(
-                cocoop::accuracy(text, &t.learner, &t.meta, scale, &base_test.1)?,
-                cocoop::accuracy(text, &on_novel(&t.learner)?, &t.meta, scale, &novel_test.1)?,
-            )
-        } else {
-            let outcome = train(clip, &base, &rd, &seeded, None, false, progress, &mut |e| {
-                on_event(seed, e)
-            })?;
-            let novel_weights = l2_normalize(
-                &on_novel(&outcome.learner)?
-                    .text_features(&clip.model()?.text)?
-                    .detach(),
-            )?;
-            BaseNovel::new(
+        let outcome = train(clip, &base, &rd, &seeded, None, false, progress, &mut |e| {
+            on_event(seed, e)
+        })?;
+        let novel_learner = on_novel(&outcome.learner)?;
+        let text = &clip.model()?.text;
+        let scale = clip.logit_scale();
+        let result = match &outcome.meta {
+            // CoCoOp: each test image against its own prompts, the novel ones with the same meta-net.
+            Some(meta) => BaseNovel::new(
+                cocoop::accuracy(text, &outcome.learner, meta, scale, &base_test.1)?,
+                cocoop::accuracy(text, &novel_learner, meta, scale, &novel_test.1)?,
+            ),
+            None => BaseNovel::new(
                 score(&base, &base_test, &outcome.class_weights)?,
-                score(&novel, &novel_test, &novel_weights)?,
-            )
+                score(
+                    &novel,
+                    &novel_test,
+                    &l2_normalize(&novel_learner.text_features(text)?.detach())?,
+                )?,
+            ),
         };
         learned.push((seed, result));
     }
@@ -235,7 +196,7 @@ pub fn run(
                 format!("zero-shot \"{}\"", run.template),
                 seeds.iter().map(|&s| (s, zero)).collect(),
             ),
-            Row::new(method_name(run, cocoop), learned),
+            Row::new(run.method_name(), learned),
         ],
     })
 }

@@ -14,6 +14,7 @@ use crate::eval::metrics::{evaluate, Evaluation};
 use crate::eval::zeroshot;
 use crate::export::prompt_file::PromptFile;
 use crate::progress::Progress;
+use crate::prompt::cocoop::MetaNet;
 use crate::prompt::coop::PromptLearner;
 use crate::train::config::{Augment, CoopRun};
 use crate::train::coop::{checkpoint_path, Features, TrainEvent, Trainer};
@@ -60,12 +61,21 @@ pub fn evaluate_weights(
     class_names: &[String],
 ) -> Result<Evaluation> {
     let logits = zeroshot::logits(&feats.feats, weights, clip.logit_scale())?;
+    Ok(evaluate_logits(&logits, samples, class_names))
+}
+
+/// [`evaluate_weights`] of logits already computed (CoCoOp's are per image).
+pub fn evaluate_logits(
+    logits: &[Vec<f32>],
+    samples: &[Sample],
+    class_names: &[String],
+) -> Evaluation {
     let labels: Vec<usize> = samples.iter().map(|s| s.label).collect();
     let paths: Vec<String> = samples
         .iter()
         .map(|s| s.path.display().to_string())
         .collect();
-    Ok(evaluate(&logits, &labels, &paths, class_names))
+    evaluate(logits, &labels, &paths, class_names)
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -84,6 +94,8 @@ pub struct RunMetrics {
 
 pub struct Outcome {
     pub learner: PromptLearner,
+    /// CoCoOp's meta-net.
+    pub meta: Option<MetaNet>,
     pub class_weights: Tensor,
     pub metrics: RunMetrics,
     pub test_eval: Evaluation,
@@ -109,12 +121,17 @@ pub fn train(
     }
     let names = &data.class_names;
     let learner = PromptLearner::new(&clip.model()?.text, clip.tokenizer()?, names, &run.coop)?;
-    let mut trainer = Trainer::new(
-        &clip.model()?.text,
-        learner,
-        run.train.clone(),
-        clip.logit_scale(),
-    );
+    let model = clip.model()?;
+    let mut trainer = Trainer::new(&model.text, learner, run.train.clone(), clip.logit_scale());
+    if run.cocoop {
+        let meta = MetaNet::new(
+            clip.projection_dim(),
+            model.config.text_config.hidden_size,
+            run.seed,
+            &clip.device,
+        )?;
+        trainer = trainer.with_meta_net(meta);
+    }
     // The hand-crafted baseline's weights: KgCoOp's anchor while training, the baseline row after.
     let hand = zeroshot::class_weights(clip, names, std::slice::from_ref(&run.template), progress)?;
     if run.train.kg_lambda > 0.0 {
@@ -134,8 +151,15 @@ pub fn train(
         on_event,
     )?;
     let weights = trainer.class_weights()?;
-    let val_eval = evaluate_weights(clip, &weights, &rd.val, &rd.split.val, names)?;
-    let test_eval = evaluate_weights(clip, &weights, &rd.test, &rd.split.test, names)?;
+    let scored = |set: &Features, samples: &[Sample]| -> Result<Evaluation> {
+        Ok(evaluate_logits(
+            &trainer.logits(&set.first_views()?)?.to_vec2()?,
+            samples,
+            names,
+        ))
+    };
+    let val_eval = scored(&rd.val, &rd.split.val)?;
+    let test_eval = scored(&rd.test, &rd.split.test)?;
     let hand_eval = evaluate_weights(clip, &hand, &rd.test, &rd.split.test, names)?;
     let metrics = RunMetrics {
         train_images: rd.split.train.len(),
@@ -150,9 +174,10 @@ pub fn train(
         train_seconds: trainer.state.history.last().map_or(0.0, |h| h.elapsed_s),
     };
     let history = trainer.state.history.clone();
-    let learner = trainer.learner;
+    let (learner, meta) = trainer.into_parts();
     if let Some(out) = out {
         let mut file = PromptFile::new(clip, &learner, weights.clone())?;
+        file.meta_net = meta.as_ref().map(MetaNet::tensors);
         file.meta.train = Some(run.train.clone());
         file.meta.shots = run.shots;
         file.meta.augment = serde_json::to_value(run.augment)
@@ -168,6 +193,7 @@ pub fn train(
     }
     Ok(Outcome {
         learner,
+        meta,
         class_weights: weights,
         metrics,
         test_eval,

@@ -41,6 +41,9 @@ pub struct CoopRun {
     pub views: usize,
     /// The hand-crafted template reported beside the learned context.
     pub template: String,
+    /// CoCoOp: a meta-net, trained with the context, adds π(x) to every context token for each image.
+    #[serde(default)]
+    pub cocoop: bool,
 }
 
 /// CoOp's recipe: 16 shots, M = 16 random context, SGD at 0.002 with one warm-up epoch, cosine decay over
@@ -69,11 +72,37 @@ impl Default for CoopRun {
             augment: Augment::CropFlip,
             views: 4,
             template: DEFAULT_TEMPLATE.to_string(),
+            cocoop: false,
         }
     }
 }
 
 impl CoopRun {
+    /// CoCoOp's recipe (its `vit_b16_c4_ep10_batch1_ctxv1`): 16 shots, context "a photo of a" (M = 4),
+    /// SGD at 0.002 with one warm-up epoch, 10 epochs, batch 1, random resized crop + flip.
+    pub fn cocoop_recipe() -> Self {
+        let mut r = Self {
+            cocoop: true,
+            ..Self::default()
+        };
+        r.coop.ctx_init = Some("a photo of a".into());
+        r.coop.n_ctx = 4;
+        r.train.optim.epochs = 10;
+        r.train.batch_size = Some(1);
+        r
+    }
+
+    /// "CoCoOp", "KgCoOp λ=8" or "CoOp".
+    pub fn method_name(&self) -> String {
+        if self.cocoop {
+            "CoCoOp".to_string()
+        } else if self.train.kg_lambda > 0.0 {
+            format!("KgCoOp λ={}", self.train.kg_lambda)
+        } else {
+            "CoOp".to_string()
+        }
+    }
+
     /// Sets the shots and the seed everywhere it is used (shots, context initialisation, batch order).
     pub fn with_seed(mut self, seed: u64) -> Self {
         self.seed = seed;
@@ -103,6 +132,15 @@ impl CoopRun {
                 "the template '{}' has no {{}} for the class name",
                 self.template
             )));
+        }
+        if self.cocoop {
+            if self.coop.csc || self.coop.class_position != crate::prompt::coop::ClassPosition::End
+            {
+                return Err(Error::invalid("CoCoOp learns one context shared by the classes, with the class name at the end: turn off class-specific contexts (--csc) and use --class-position end"));
+            }
+            if self.train.kg_lambda > 0.0 {
+                return Err(Error::invalid("CoCoOp and KgCoOp are separate methods: set KgCoOp's λ (--kg-lambda) to 0 for CoCoOp"));
+            }
         }
         if !(self.train.kg_lambda >= 0.0 && self.train.kg_lambda.is_finite()) {
             return Err(Error::invalid(format!(
@@ -397,6 +435,7 @@ impl RunConfig {
     pub fn default_for(kind: PromptMethodKind) -> Self {
         match kind {
             PromptMethodKind::Coop => Self::Coop(CoopRun::default()),
+            PromptMethodKind::Cocoop => Self::Coop(CoopRun::cocoop_recipe()),
             PromptMethodKind::Datp => Self::MpFgvc(MpFgvcRun::default()),
         }
     }
@@ -469,8 +508,8 @@ impl RunConfig {
                     .shots()
                     .map_or("all shots".to_string(), |k| format!("{k}-shot"));
                 let kg = match self {
-                    Self::Coop(r) if r.train.kg_lambda > 0.0 => {
-                        format!("KgCoOp λ={} · ", r.train.kg_lambda)
+                    Self::Coop(r) if r.cocoop || r.train.kg_lambda > 0.0 => {
+                        format!("{} · ", r.method_name())
                     }
                     _ => String::new(),
                 };

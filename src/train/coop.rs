@@ -1,6 +1,7 @@
 //! A CoOp training run over cached image features: batches, SGD steps through the frozen text tower,
 //! per-epoch evaluation, events for the CLI and the app, cancellation between steps, and checkpoints
-//! that let a killed run resume where it stopped.
+//! that let a killed run resume where it stopped. KgCoOp adds a term to the loss; CoCoOp adds a meta-net
+//! whose per-image shift makes each image's prompts its own (`super::cocoop`).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -14,6 +15,7 @@ use crate::clip::l2_normalize;
 use crate::clip::text::TextTower;
 use crate::error::{write_atomic, Error, Result};
 use crate::progress::Progress;
+use crate::prompt::cocoop::MetaNet;
 use crate::prompt::coop::PromptLearner;
 use crate::rng::Rng;
 
@@ -44,6 +46,8 @@ pub struct Trainer<'a> {
     pub state: EpochLoop,
     /// KgCoOp's anchor: the hand-crafted prompt's normalised class weights `[C, P]`.
     kg_anchor: Option<Tensor>,
+    /// CoCoOp's meta-net and one SGD per parameter of it.
+    meta: Option<(MetaNet, [Sgd; 4])>,
 }
 
 /// Accuracy of `feats` (eval view) against normalised class weights.
@@ -72,6 +76,46 @@ impl<'a> Trainer<'a> {
             opt,
             state,
             kg_anchor: None,
+            meta: None,
+        }
+    }
+
+    /// CoCoOp: trains `meta` with the context; every image's logits then come from its own prompts.
+    pub fn with_meta_net(mut self, meta: MetaNet) -> Self {
+        let sgd = || Sgd::new(self.config.optim.momentum, self.config.optim.weight_decay);
+        self.meta = Some((meta, [sgd(), sgd(), sgd(), sgd()]));
+        self
+    }
+
+    pub fn meta_net(&self) -> Option<&MetaNet> {
+        self.meta.as_ref().map(|(m, _)| m)
+    }
+
+    /// Takes the trained learner and meta-net.
+    pub fn into_parts(self) -> (PromptLearner, Option<MetaNet>) {
+        (self.learner, self.meta.map(|(m, _)| m))
+    }
+
+    /// Logits `[N, C]` (no gradient) of image features `[N, P]` (not normalised): against the class
+    /// weights, or, with a meta-net, each image against its own prompts.
+    pub fn logits(&self, feats: &Tensor) -> Result<Tensor> {
+        match &self.meta {
+            Some((m, _)) => {
+                super::cocoop::logits_detached(self.text, &self.learner, m, self.logit_scale, feats)
+            }
+            None => Ok((l2_normalize(feats)?.matmul(&self.class_weights()?.t()?)?
+                * f64::from(self.logit_scale))?),
+        }
+    }
+
+    /// Accuracy of `set`'s first views: against the class weights, or, with a meta-net, each image
+    /// against its own prompts.
+    pub fn accuracy(&self, set: &Features) -> Result<f64> {
+        match &self.meta {
+            Some((m, _)) => {
+                super::cocoop::accuracy(self.text, &self.learner, m, self.logit_scale, set)
+            }
+            None => accuracy(set, &self.class_weights()?, self.logit_scale),
         }
     }
 
@@ -136,10 +180,23 @@ impl<'a> Trainer<'a> {
 
     /// Context, momentum buffer, next epoch, generator state and history, atomically.
     pub fn save_checkpoint(&self, path: &Path) -> Result<()> {
-        let mut tensors: Vec<(&str, Tensor)> = vec![("ctx", self.learner.ctx.as_tensor().clone())];
+        let mut tensors: Vec<(String, Tensor)> =
+            vec![("ctx".into(), self.learner.ctx.as_tensor().clone())];
         if let Some(b) = &self.opt.buf {
-            tensors.push(("momentum_buf", b.clone()));
+            tensors.push(("momentum_buf".into(), b.clone()));
         }
+        if let Some((m, opts)) = &self.meta {
+            for ((name, var), opt) in META_NAMES.iter().zip(m.vars()).zip(opts) {
+                tensors.push((format!("meta_net.{name}"), var.as_tensor().clone()));
+                if let Some(b) = &opt.buf {
+                    tensors.push((format!("meta_net.{name}.momentum_buf"), b.clone()));
+                }
+            }
+        }
+        let tensors: Vec<(&str, Tensor)> = tensors
+            .iter()
+            .map(|(k, t)| (k.as_str(), t.clone()))
+            .collect();
         let meta = HashMap::from([
             (
                 "format".to_string(),
@@ -197,10 +254,41 @@ impl<'a> Trainer<'a> {
         self.learner
             .set_ctx(&ctx.to_device(self.learner.ctx.device())?)
             .map_err(|e| bad(e.to_string()))?;
+        let device = self.learner.ctx.device().clone();
         self.opt.buf = match tensors.get("momentum_buf") {
-            Some(b) => Some(b.to_device(self.learner.ctx.device())?),
+            Some(b) => Some(b.to_device(&device)?),
             None => None,
         };
+        match (
+            &mut self.meta,
+            tensors.contains_key("meta_net.linear1.weight"),
+        ) {
+            (Some((m, opts)), true) => {
+                for ((name, var), opt) in META_NAMES.iter().zip(m.vars()).zip(opts.iter_mut()) {
+                    let key = format!("meta_net.{name}");
+                    let t = tensors
+                        .get(&key)
+                        .ok_or_else(|| bad(format!("has no {key} tensor")))?;
+                    if t.dims() != var.dims() {
+                        return Err(bad(format!(
+                            "{key} has shape {:?}, the meta-net {:?}",
+                            t.dims(),
+                            var.dims()
+                        )));
+                    }
+                    var.set(&t.to_device(&device)?)?;
+                    opt.buf = match tensors.get(&format!("{key}.momentum_buf")) {
+                        Some(b) => Some(b.to_device(&device)?),
+                        None => None,
+                    };
+                }
+            }
+            (None, false) => {}
+            (Some(_), false) => {
+                return Err(bad("is a CoOp checkpoint, and this run is CoCoOp".into()))
+            }
+            (None, true) => return Err(bad("is a CoCoOp checkpoint, and this run is CoOp".into())),
+        }
         self.state.epoch = get("epoch")?.parse().map_err(|_| bad("bad epoch".into()))?;
         self.state.rng = Rng::new(
             get("rng_state")?
@@ -229,6 +317,23 @@ impl TrainStep for CoopStep<'_, '_> {
     fn step(&mut self, rows: &[usize], lr: f64) -> Result<(f64, usize)> {
         let (t, train) = (&mut *self.trainer, self.train);
         let (feats, labels) = epoch_loop::batch(train, rows)?;
+        if let Some((meta, opts)) = &mut t.meta {
+            let logits = super::cocoop::logits(t.text, &t.learner, meta, t.logit_scale, &feats)?;
+            let (loss, correct) = epoch_loop::cross_entropy(&logits, &labels)?;
+            let grads = loss.backward()?;
+            let [w1, b1, w2, b2] = meta.vars();
+            for (var, opt) in [w1, b1, w2, b2].into_iter().zip(opts.iter_mut()) {
+                let g = grads
+                    .get(var.as_tensor())
+                    .ok_or_else(|| Error::invalid("no gradient reached CoCoOp's meta-net"))?;
+                opt.step(var, g, lr)?;
+            }
+            let g = grads
+                .get(t.learner.ctx.as_tensor())
+                .ok_or_else(|| Error::invalid("no gradient reached the context"))?;
+            t.opt.step(&t.learner.ctx, g, lr)?;
+            return Ok((f64::from(loss.to_scalar::<f32>()?), correct));
+        }
         let img = l2_normalize(&feats)?;
         let txt = l2_normalize(&t.learner.text_features(t.text)?)?;
         let (mut loss, correct) = epoch_loop::cross_entropy(
@@ -256,14 +361,7 @@ impl TrainStep for CoopStep<'_, '_> {
 
     fn validate(&mut self) -> Result<(Option<f64>, Option<f64>)> {
         Ok(match self.val {
-            Some(v) if v.num_images() > 0 => (
-                Some(accuracy(
-                    v,
-                    &self.trainer.class_weights()?,
-                    self.trainer.logit_scale,
-                )?),
-                None,
-            ),
+            Some(v) if v.num_images() > 0 => (Some(self.trainer.accuracy(v)?), None),
             _ => (None, None),
         })
     }
@@ -275,6 +373,14 @@ impl TrainStep for CoopStep<'_, '_> {
         }
     }
 }
+
+/// CoCoOp's names of the meta-net's parameters (`prompt_learner.meta_net.*`), in `MetaNet::vars` order.
+pub const META_NAMES: [&str; 4] = [
+    "linear1.weight",
+    "linear1.bias",
+    "linear2.weight",
+    "linear2.bias",
+];
 
 /// What a run's checkpoint adds to its output's name.
 pub const CHECKPOINT_SUFFIX: &str = ".ckpt";

@@ -864,3 +864,110 @@ fn feature_adapters_train_from_the_train_tab_with_live_curves() {
         .store(true, std::sync::atomic::Ordering::Relaxed);
     wait_for(&mut h, "the second stop", |a| !a.state.is_training());
 }
+
+/// CoCoOp trains from the Train tab like CoOp (live epochs, stop, resume from its checkpoint with the
+/// meta-net), its export holds the meta-net, and Compare scores it per image, as `promptscope eval` does.
+#[test]
+fn a_cocoop_run_trains_from_the_train_tab_resumes_and_compare_scores_it_per_image() {
+    use promptscope::app::training::RunStatus;
+    let fx = fixture();
+    let mut h = loaded(&fx);
+    click(&mut h, "Train");
+    click(&mut h, "CoCoOp");
+    assert!(
+        h.state().train.form.cocoop.cocoop,
+        "the CoCoOp form edits a CoCoOp run"
+    );
+    assert_eq!(
+        h.state().train.form.cocoop.train.batch_size,
+        Some(1),
+        "CoCoOp's recipe: batch 1"
+    );
+    click(&mut h, "2-shot");
+    assert_eq!(
+        h.state().train.form.cocoop.train.optim.epochs,
+        10,
+        "shots do not reset CoCoOp's 10 epochs"
+    );
+    h.state_mut().train.form.cocoop.views = 1;
+    h.state_mut().train.form.cocoop.train.optim.epochs = 2000;
+    click(&mut h, "Start training");
+    wait_for(&mut h, "a few CoCoOp epochs", |a| {
+        a.state.runs[0].epochs.len() >= 2
+    });
+    assert!(
+        h.state().state.runs[0].label.contains("CoCoOp"),
+        "{}",
+        h.state().state.runs[0].label
+    );
+    super::app_ui::stop_resume_stop(&mut h);
+    assert_eq!(h.state().state.runs[0].status, RunStatus::Stopped);
+
+    // A short run to the end: its prompts join Compare.
+    h.state_mut().train.form.cocoop.train.optim.epochs = 3;
+    click(&mut h, "Start training");
+    wait_for(&mut h, "the CoCoOp run", |a| {
+        !a.state.is_training() && a.state.runs.len() == 2
+    });
+    wait_idle(&mut h);
+    let run = &h.state().state.runs[1];
+    assert_eq!(
+        run.status,
+        RunStatus::Finished,
+        "{:?}",
+        h.state().state.errors
+    );
+    assert_eq!(run.epochs.len(), 3);
+    let (label, out) = (run.label.clone(), run.out.clone());
+    let file = PromptFile::load(&out).unwrap();
+    assert!(
+        file.meta.cocoop && file.meta_net.is_some(),
+        "the export holds the meta-net"
+    );
+    assert!(
+        h.state().state.prompts.iter().any(|p| p.label == label),
+        "the finished run's prompts are loaded"
+    );
+
+    click(&mut h, "Compare");
+    click(&mut h, "Run zero-shot");
+    wait_idle(&mut h);
+    let report = h
+        .state()
+        .state
+        .report
+        .as_ref()
+        .unwrap_or_else(|| panic!("{:?}", h.state().state.errors));
+    let column = report
+        .methods
+        .iter()
+        .find(|m| m.name == label)
+        .unwrap_or_else(|| panic!("no {label} column: {:?}", report.rejected));
+    let cli: serde_json::Value =
+        serde_json::from_str(&super::common::ok(&super::common::promptscope(&[
+            "eval",
+            "--model",
+            &fx.model.display().to_string(),
+            "--data",
+            &fx.data.display().to_string(),
+            "--prompts",
+            &out.display().to_string(),
+            "--format",
+            "json",
+        ])))
+        .unwrap();
+    assert_eq!(
+        cli["eval"]["total"].as_u64(),
+        Some(column.eval.total as u64)
+    );
+    assert_eq!(
+        cli["eval"]["correct"].as_u64(),
+        Some(column.eval.correct as u64),
+        "Compare and `eval` score CoCoOp alike"
+    );
+    let per_image = |v: &serde_json::Value| v.to_string();
+    assert_eq!(
+        per_image(&cli["eval"]["confusion"]),
+        per_image(&serde_json::to_value(&column.eval.confusion).unwrap())
+    );
+}

@@ -479,7 +479,7 @@ fn epochs_of(h: &Harness<'_, PromptscopeApp>, run: usize) -> usize {
 
 /// Stops the first run, resumes it from its checkpoint (the epoch numbers carry on, no gap or repeat)
 /// and stops it again.
-fn stop_resume_stop(h: &mut Harness<'_, PromptscopeApp>) {
+pub(crate) fn stop_resume_stop(h: &mut Harness<'_, PromptscopeApp>) {
     use promptscope::app::training::RunStatus;
     click(h, "Stop");
     assert!(

@@ -125,6 +125,7 @@ fn a_killed_run_resumes_to_the_same_result() {
             augment: Augment::CropFlip,
             views: 2,
             template: "a photo of a {}.".into(),
+            cocoop: false,
         }
     };
     let cache = s.dir.path().join("cache");
@@ -703,6 +704,125 @@ fn kgcoop_trains_from_the_cli_and_is_recorded() {
         error_line(&bad).contains("--kg-lambda"),
         "{}",
         error_line(&bad)
+    );
+}
+
+/// CoCoOp from the CLI: `train --cocoop` keeps its recipe where flags are silent, exports the meta-net
+/// (under CoCoOp's own names), and `eval` and `classify` score the file per image, agreeing with the run's
+/// own test accuracy; the same context without the meta-net scores differently.
+#[test]
+fn cocoop_trains_from_the_cli_and_its_export_scores_per_image() {
+    let s = setup();
+    let summary = ok(&train(&s, "co.safetensors", &["--cocoop"]));
+    let last: serde_json::Value = serde_json::from_str(summary.lines().last().unwrap()).unwrap();
+    let test_acc = last["summary"]["test_acc"].as_f64().unwrap();
+    let f = PromptFile::load(Path::new(&s.p("co.safetensors"))).unwrap();
+    assert!(f.meta.cocoop && f.meta_net.is_some());
+    let t = f.meta.train.as_ref().unwrap();
+    assert_eq!(
+        (t.batch_size, t.optim.epochs),
+        (Some(4), 3),
+        "flags given win over CoCoOp's recipe"
+    );
+    let eval = |file: &str| -> serde_json::Value {
+        serde_json::from_str(&ok(&promptscope(&[
+            "eval",
+            "--model",
+            &s.p("m"),
+            "--data",
+            &s.p("d"),
+            "--prompts",
+            &s.p(file),
+            "--cache",
+            &s.p("cache"),
+            "--format",
+            "json",
+        ])))
+        .unwrap()
+    };
+    let e = eval("co.safetensors");
+    assert_eq!(
+        e["eval"]["accuracy"].as_f64().unwrap(),
+        test_acc,
+        "eval scores the file as training did"
+    );
+
+    // The same file without its meta-net: CoOp scoring of the same context gives other logits.
+    let scorer = |path: &str| {
+        let clip = promptscope::clip::load(&s.p("m"), &Device::Cpu).unwrap();
+        let f = PromptFile::load(Path::new(path)).unwrap();
+        let feats = candle_core::Tensor::from_vec(
+            common::pattern(2 * 24, 5, 3, 53, 1.0),
+            (2, 24),
+            &Device::Cpu,
+        )
+        .unwrap();
+        f.scorer(&clip, Path::new(path))
+            .unwrap()
+            .logits(&clip, &feats)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+    };
+    let mut plain = PromptFile::load(Path::new(&s.p("co.safetensors"))).unwrap();
+    plain.meta_net = None;
+    plain.meta.cocoop = false;
+    plain.save(Path::new(&s.p("plain.safetensors"))).unwrap();
+    assert!(
+        common::max_abs_diff(
+            &scorer(&s.p("co.safetensors")),
+            &scorer(&s.p("plain.safetensors"))
+        ) > 1e-4,
+        "the meta-net's shift changes the logits"
+    );
+
+    let script = format!(
+        "from safetensors.numpy import load_file\nt = load_file({p:?})\n\
+         assert t['meta_net.linear1.weight'].shape == (1, 24) and t['meta_net.linear2.weight'].shape == (32, 1), {{k: v.shape for k, v in t.items()}}\nprint('ok')",
+        p = s.p("co.safetensors")
+    );
+    let py = Command::new("python3")
+        .args(["-c", &script])
+        .output()
+        .expect("python3");
+    assert!(
+        py.status.success(),
+        "{}",
+        String::from_utf8_lossy(&py.stderr)
+    );
+
+    let img = s.dir.path().join("d").join("test");
+    let one = std::fs::read_dir(&img)
+        .unwrap()
+        .flatten()
+        .flat_map(|c| std::fs::read_dir(c.path()).unwrap().flatten())
+        .next()
+        .unwrap()
+        .path();
+    let c: serde_json::Value = serde_json::from_str(&ok(&promptscope(&[
+        "classify",
+        "--model",
+        &s.p("m"),
+        "--prompts",
+        &s.p("co.safetensors"),
+        "--image",
+        one.to_str().unwrap(),
+        "--format",
+        "json",
+    ])))
+    .unwrap();
+    assert!(c.to_string().contains("red"), "{c}");
+    let refused = train(
+        &s,
+        "bad.safetensors",
+        &["--cocoop", "--class-position", "front"],
+    );
+    assert!(
+        error_line(&refused).contains("CoCoOp"),
+        "{}",
+        error_line(&refused)
     );
 }
 

@@ -188,8 +188,6 @@ fn kgcoop_follows_pytorch() {
 fn cocoop_follows_pytorch() {
     use candle_core::Var;
     use promptscope::prompt::cocoop::MetaNet;
-    use promptscope::train::cocoop::CocoopTrainer;
-    use promptscope::train::epoch_loop::{run_until, TrainSet};
     let r = coop_reference();
     let c = &r["cocoop_end_phrase"];
     let dir = model_dir("tiny", &reference());
@@ -250,32 +248,30 @@ fn cocoop_follows_pytorch() {
         seed: 1,
         kg_lambda: 0.0,
     };
-    let mut t = CocoopTrainer::new(
+    let mut t = Trainer::new(
         &clip.model().unwrap().text,
         learner,
-        meta,
-        &config,
+        config,
         clip.model().unwrap().logit_scale(),
-        &train,
-        None,
-    );
+    )
+    .with_meta_net(meta);
     let base: Vec<f32> = init.concat();
     for e in 0..epochs {
         let mut loss = None;
-        run_until(
-            &mut t,
-            TrainSet { items: n, views: 1 },
+        t.run_until(
+            &train,
+            None,
             e + 1,
-            "",
+            None,
             &promptscope::progress::Silent,
-            &mut |ev, _| {
+            &mut |ev| {
                 if let TrainEvent::Epoch(s) = ev {
                     loss = Some(s.loss);
                 }
             },
         )
         .unwrap();
-        let [w1, b1, w2, b2] = t.meta.vars();
+        let [w1, b1, w2, b2] = t.meta_net().unwrap().vars();
         let ours: Vec<f32> = [&t.learner.ctx, w1, b1, w2, b2]
             .iter()
             .flat_map(|v| {
