@@ -1060,6 +1060,15 @@ pub struct BaseToNovelArgs {
     /// Images per step (default: CoOp's 32; CoCoOp's 1 with --cocoop).
     #[arg(long)]
     pub batch_size: Option<usize>,
+    /// The methods, each with its paper's recipe, e.g. coop,kgcoop,cocoop,tip-adapter,tip-adapter-f,
+    /// clip-adapter, or `all`. The context flags above (and --epochs, --batch-size, a non-zero
+    /// --kg-lambda) then adjust every prompt method. Default: the one method the flags describe (CoOp,
+    /// KgCoOp with --kg-lambda, CoCoOp with --cocoop).
+    #[arg(long, value_delimiter = ',', conflicts_with = "cocoop")]
+    pub methods: Vec<String>,
+    /// Augmented views per image of the feature adapters (Tip-Adapter's 10).
+    #[arg(long)]
+    pub views: Option<usize>,
     /// The hand-crafted template: the zero-shot row, and KgCoOp's anchor.
     #[arg(long, default_value_t = coop_defaults().template)]
     pub template: String,
@@ -1070,33 +1079,49 @@ pub struct BaseToNovelArgs {
 }
 
 pub fn base_to_novel(args: &BaseToNovelArgs) -> Result<()> {
-    use promptscope::run::base_to_novel::run;
-    let mut coop = coop_defaults();
-    coop.shots = SHOTS.parse(args.shots.as_deref().unwrap_or("16"))?;
-    coop.split_seed = args.split_seed;
-    coop.coop.n_ctx = args.n_ctx;
-    coop.coop.ctx_init = args.ctx_init.clone();
-    coop.train.optim.epochs = args.epochs.unwrap_or_else(|| default_epochs(coop.shots));
-    coop.train.kg_lambda = args.kg_lambda;
-    if let Some(b) = args.batch_size {
-        coop.train.batch_size = Some(b.max(1));
-    }
-    if args.cocoop {
-        // CoCoOp's recipe for what was not given.
-        if args.ctx_init.is_none() && args.n_ctx == coop_defaults().coop.n_ctx {
-            coop.coop.ctx_init = Some("a photo of a".into());
-        }
-        coop.train.optim.epochs = args.epochs.unwrap_or(10);
-        coop.train.batch_size = Some(args.batch_size.unwrap_or(1).max(1));
-        coop.cocoop = true;
-    }
-    coop.template = args.template.clone();
-    coop.validate()?;
+    use promptscope::run::base_to_novel::{run, Method, METHOD_NAMES};
+    let shots = SHOTS.parse(args.shots.as_deref().unwrap_or("16"))?;
+    let names: Vec<String> = match args.methods.as_slice() {
+        [] if args.cocoop => vec!["cocoop".into()],
+        [] if args.kg_lambda > 0.0 => vec!["kgcoop".into()],
+        [] => vec!["coop".into()],
+        [all] if all == "all" => METHOD_NAMES.iter().map(|m| m.to_string()).collect(),
+        given => given.iter().map(|m| m.trim().to_lowercase()).collect(),
+    };
+    let methods: Vec<Method> = names
+        .iter()
+        .map(|name| {
+            let mut m = Method::recipe(name, shots, &args.template, args.split_seed)?;
+            match &mut m {
+                // The flags given adjust every prompt method's recipe.
+                Method::Prompts(r) => {
+                    if args.ctx_init.is_some() || args.n_ctx != coop_defaults().coop.n_ctx {
+                        r.coop.n_ctx = args.n_ctx;
+                        r.coop.ctx_init = args.ctx_init.clone();
+                    }
+                    if let Some(e) = args.epochs {
+                        r.train.optim.epochs = e;
+                    }
+                    if let Some(b) = args.batch_size {
+                        r.train.batch_size = Some(b.max(1));
+                    }
+                    if r.train.kg_lambda > 0.0 && args.kg_lambda > 0.0 {
+                        r.train.kg_lambda = args.kg_lambda;
+                    }
+                }
+                Method::Adapter(r) => {
+                    if let Some(v) = args.views {
+                        r.views = v;
+                    }
+                }
+            }
+            Ok(m)
+        })
+        .collect::<promptscope::Result<_>>()?;
     let ds = open_dataset(&args.data)?;
     let clip = load_model(&args.model)?;
     let bar = Bar::new();
-    let method = coop.method_name();
-    let mut on_event = |seed: u64, ev: promptscope::train::coop::TrainEvent| {
+    let mut on_event = |method: &str, seed: u64, ev: promptscope::train::coop::TrainEvent| {
         if let promptscope::train::coop::TrainEvent::Epoch(s) = ev {
             bar.update(
                 &format!("{method} seed {seed}: epochs"),
@@ -1108,7 +1133,9 @@ pub fn base_to_novel(args: &BaseToNovelArgs) -> Result<()> {
     let report = run(
         &clip,
         &ds,
-        &coop,
+        &args.template,
+        args.split_seed,
+        &methods,
         &args.seeds,
         args.cache.dir().as_deref(),
         &bar,

@@ -6,6 +6,7 @@
 
 use std::path::Path;
 
+use candle_core::Tensor;
 use serde::Serialize;
 
 use crate::clip::{l2_normalize, LoadedClip};
@@ -16,11 +17,12 @@ use crate::eval::zeroshot;
 use crate::progress::Progress;
 use crate::prompt::coop::{CoopConfig, PromptLearner};
 use crate::train::cocoop;
-use crate::train::config::CoopRun;
+use crate::train::config::{AdapterMethod, AdapterRun, CoopRun};
 use crate::train::coop::TrainEvent;
 use crate::train::features::{extract, FeatureSet};
 
-use super::coop::{evaluate_weights, prepare, train};
+use super::coop::{evaluate_logits, prepare, train};
+use super::tip;
 
 /// The class indices of the base and the novel half (CoCoOp's `subsample_classes`).
 pub fn split_classes(classes: usize) -> (Vec<usize>, Vec<usize>) {
@@ -96,108 +98,240 @@ pub struct Report {
     pub rows: Vec<Row>,
 }
 
-/// Zero-shot and `run`'s method (CoOp, KgCoOp or CoCoOp; trained once per seed on the base classes),
-/// on base and novel.
+/// A method base-to-novel can learn on the base classes and score on both halves.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum Method {
+    /// CoOp, KgCoOp or CoCoOp: the learned context carried to the novel class names.
+    Prompts(CoopRun),
+    /// Tip-Adapter, Tip-Adapter-F or CLIP-Adapter, fitted on the base classes' shots.
+    Adapter(AdapterRun),
+}
+
+/// The methods by the names the CLI and the app use for them, in the order of the papers' tables.
+pub const METHOD_NAMES: [&str; 6] = [
+    "coop",
+    "kgcoop",
+    "cocoop",
+    "tip-adapter",
+    "tip-adapter-f",
+    "clip-adapter",
+];
+
+impl Method {
+    /// Method `name` (one of [`METHOD_NAMES`]) with its paper's recipe for `shots` per class: CoOp's
+    /// epochs for the shots (M = 16), KgCoOp with λ = 8, CoCoOp's (M = 4 "a photo of a", 10 epochs,
+    /// batch 1), Tip-Adapter's 10 views, Tip-Adapter-F's 20 and CLIP-Adapter's 200 epochs.
+    pub fn recipe(
+        name: &str,
+        shots: Option<usize>,
+        template: &str,
+        split_seed: u64,
+    ) -> Result<Self> {
+        let prompts = |mut r: CoopRun| {
+            r.shots = shots;
+            r.split_seed = split_seed;
+            r.template = template.to_string();
+            if !r.cocoop {
+                r.train.optim.epochs = crate::train::optim::default_epochs(shots);
+            }
+            Method::Prompts(r)
+        };
+        let adapter = |method| {
+            Method::Adapter(AdapterRun {
+                shots,
+                split_seed,
+                template: template.to_string(),
+                method,
+                ..AdapterRun::default()
+            })
+        };
+        Ok(match name {
+            "coop" => prompts(CoopRun::default()),
+            "kgcoop" => {
+                let mut r = CoopRun::default();
+                r.train.kg_lambda = 8.0;
+                prompts(r)
+            }
+            "cocoop" => prompts(CoopRun::cocoop_recipe()),
+            "tip-adapter" => adapter(AdapterMethod::TipAdapter),
+            "tip-adapter-f" => adapter(AdapterMethod::TipAdapterF { epochs: 20 }),
+            "clip-adapter" => adapter(AdapterMethod::ClipAdapter { epochs: 200 }),
+            other => {
+                return Err(Error::invalid(format!(
+                    "no base-to-novel method '{other}': choose from {}",
+                    METHOD_NAMES.join(", ")
+                )))
+            }
+        })
+    }
+
+    pub fn name(&self) -> String {
+        match self {
+            Method::Prompts(r) => r.method_name(),
+            Method::Adapter(r) => r.method.name().to_string(),
+        }
+    }
+
+    fn with_seed(&self, seed: u64) -> Self {
+        match self {
+            Method::Prompts(r) => Method::Prompts(r.clone().with_seed(seed)),
+            Method::Adapter(r) => Method::Adapter(AdapterRun { seed, ..r.clone() }),
+        }
+    }
+
+    fn shots(&self) -> Option<usize> {
+        match self {
+            Method::Prompts(r) => r.shots,
+            Method::Adapter(r) => r.shots,
+        }
+    }
+}
+
+/// Zero-shot with `template`, then each method (trained once per seed on the base classes), on base and
+/// novel. `on_event` sees each training event with the method's name and the seed.
+#[allow(clippy::too_many_arguments)]
 pub fn run(
     clip: &LoadedClip,
     data: &DatasetFolder,
-    run: &CoopRun,
+    template: &str,
+    split_seed: u64,
+    methods: &[Method],
     seeds: &[u64],
     cache: Option<&Path>,
     progress: &dyn Progress,
-    on_event: &mut dyn FnMut(u64, TrainEvent),
+    on_event: &mut dyn FnMut(&str, u64, TrainEvent),
 ) -> Result<Report> {
     if data.num_classes() < 2 {
         return Err(Error::invalid("base-to-novel needs at least two classes"));
     }
-    if run.coop.csc {
+    if methods
+        .iter()
+        .any(|m| matches!(m, Method::Prompts(r) if r.coop.csc))
+    {
         return Err(Error::invalid("class-specific contexts (--csc) have nothing to carry to novel classes: use a unified context for base-to-novel"));
     }
     if seeds.is_empty() {
         return Err(Error::invalid("give at least one seed (--seeds 1,2,3)"));
     }
+    if !template.contains("{}") {
+        return Err(Error::invalid(format!(
+            "the template '{template}' has no {{}} for the class name"
+        )));
+    }
+    for m in methods {
+        match m {
+            Method::Prompts(r) => r.validate()?,
+            Method::Adapter(r) => r.validate()?,
+        }
+    }
     let (b, n) = split_classes(data.num_classes());
     let (base, novel) = (data.subset(&b)?, data.subset(&n)?);
-    // The test images of each half, encoded once for every seed.
+    // The test images of each half, encoded once for every method and seed.
     let test_of = |ds: &DatasetFolder| -> Result<(Vec<crate::data::Sample>, FeatureSet)> {
-        let t = test_split(ds, run.split_seed)?;
+        let t = test_split(ds, split_seed)?;
         let f = extract(clip, &t.samples, 0, 0, cache, progress)?;
         Ok((t.samples, f))
     };
     let (base_test, novel_test) = (test_of(&base)?, test_of(&novel)?);
-    let score = |ds: &DatasetFolder,
-                 (samples, feats): &(Vec<crate::data::Sample>, FeatureSet),
-                 weights: &candle_core::Tensor|
+    let accuracy = |(samples, _): &(Vec<crate::data::Sample>, FeatureSet),
+                    ds: &DatasetFolder,
+                    logits: &Tensor|
      -> Result<f64> {
-        Ok(evaluate_weights(clip, weights, feats, samples, &ds.class_names)?.accuracy)
+        Ok(evaluate_logits(&logits.to_vec2()?, samples, &ds.class_names).accuracy)
     };
-    let template = std::slice::from_ref(&run.template);
+    let scale = clip.logit_scale();
+    let template = [template.to_string()];
+    let weights_of =
+        |ds: &DatasetFolder| zeroshot::class_weights(clip, &ds.class_names, &template, progress);
+    let (base_w, novel_w) = (weights_of(&base)?, weights_of(&novel)?);
+    let plain = |feats: &FeatureSet, w: &Tensor| -> Result<Tensor> {
+        Ok((l2_normalize(&feats.feats)?.matmul(&w.t()?)? * f64::from(scale))?)
+    };
     let zero = BaseNovel::new(
-        score(
-            &base,
-            &base_test,
-            &zeroshot::class_weights(clip, &base.class_names, template, progress)?,
-        )?,
-        score(
-            &novel,
-            &novel_test,
-            &zeroshot::class_weights(clip, &novel.class_names, template, progress)?,
-        )?,
+        accuracy(&base_test, &base, &plain(&base_test.1, &base_w)?)?,
+        accuracy(&novel_test, &novel, &plain(&novel_test.1, &novel_w)?)?,
     );
-    let mut learned = Vec::new();
-    for &seed in seeds {
-        let seeded = run.clone().with_seed(seed);
-        let rd = prepare(clip, &base, &seeded, cache, progress)?;
-        // The learned context (M tokens, however it was initialised) with the novel class names in it.
-        let on_novel = |learned: &PromptLearner| -> Result<PromptLearner> {
-            let cfg = CoopConfig {
-                ctx_init: None,
-                n_ctx: learned.n_ctx,
-                ..seeded.coop.clone()
+    let mut rows = vec![Row::new(
+        format!("zero-shot \"{}\"", template[0]),
+        seeds.iter().map(|&s| (s, zero)).collect(),
+    )];
+    for method in methods {
+        let name = method.name();
+        let mut per_seed = Vec::new();
+        for &seed in seeds {
+            let events = &mut |e| on_event(&name, seed, e);
+            let result = match method.with_seed(seed) {
+                Method::Prompts(seeded) => {
+                    let rd = prepare(clip, &base, &seeded, cache, progress)?;
+                    let outcome = train(clip, &base, &rd, &seeded, None, false, progress, events)?;
+                    // The learned context (M tokens, however it was initialised) with the novel names in it.
+                    let cfg = CoopConfig {
+                        ctx_init: None,
+                        n_ctx: outcome.learner.n_ctx,
+                        ..seeded.coop.clone()
+                    };
+                    let text = &clip.model()?.text;
+                    let mut on_novel =
+                        PromptLearner::new(text, clip.tokenizer()?, &novel.class_names, &cfg)?;
+                    on_novel.set_ctx(outcome.learner.ctx.as_tensor())?;
+                    match &outcome.meta {
+                        // CoCoOp: each test image against its own prompts, the novel ones with the same meta-net.
+                        Some(meta) => BaseNovel::new(
+                            cocoop::accuracy(text, &outcome.learner, meta, scale, &base_test.1)?,
+                            cocoop::accuracy(text, &on_novel, meta, scale, &novel_test.1)?,
+                        ),
+                        None => BaseNovel::new(
+                            accuracy(
+                                &base_test,
+                                &base,
+                                &plain(&base_test.1, &outcome.class_weights)?,
+                            )?,
+                            accuracy(
+                                &novel_test,
+                                &novel,
+                                &plain(
+                                    &novel_test.1,
+                                    &l2_normalize(&on_novel.text_features(text)?.detach())?,
+                                )?,
+                            )?,
+                        ),
+                    }
+                }
+                Method::Adapter(seeded) => {
+                    let prepared = tip::prepare(clip, &base, &seeded, cache, progress)?;
+                    let (fitted, _) = tip::fit_adapter(
+                        clip,
+                        base.num_classes(),
+                        &prepared,
+                        &seeded,
+                        progress,
+                        events,
+                    )?;
+                    let s = f64::from(scale);
+                    BaseNovel::new(
+                        accuracy(
+                            &base_test,
+                            &base,
+                            &fitted.logits(&base_test.1.feats, &base_w, s)?,
+                        )?,
+                        accuracy(
+                            &novel_test,
+                            &novel,
+                            &fitted.logits_unseen(&novel_test.1.feats, &novel_w, s)?,
+                        )?,
+                    )
+                }
             };
-            let mut l = PromptLearner::new(
-                &clip.model()?.text,
-                clip.tokenizer()?,
-                &novel.class_names,
-                &cfg,
-            )?;
-            l.set_ctx(learned.ctx.as_tensor())?;
-            Ok(l)
-        };
-        let outcome = train(clip, &base, &rd, &seeded, None, false, progress, &mut |e| {
-            on_event(seed, e)
-        })?;
-        let novel_learner = on_novel(&outcome.learner)?;
-        let text = &clip.model()?.text;
-        let scale = clip.logit_scale();
-        let result = match &outcome.meta {
-            // CoCoOp: each test image against its own prompts, the novel ones with the same meta-net.
-            Some(meta) => BaseNovel::new(
-                cocoop::accuracy(text, &outcome.learner, meta, scale, &base_test.1)?,
-                cocoop::accuracy(text, &novel_learner, meta, scale, &novel_test.1)?,
-            ),
-            None => BaseNovel::new(
-                score(&base, &base_test, &outcome.class_weights)?,
-                score(
-                    &novel,
-                    &novel_test,
-                    &l2_normalize(&novel_learner.text_features(text)?.detach())?,
-                )?,
-            ),
-        };
-        learned.push((seed, result));
+            per_seed.push((seed, result));
+        }
+        rows.push(Row::new(name, per_seed));
     }
     Ok(Report {
         base_classes: base.class_names.clone(),
         novel_classes: novel.class_names.clone(),
-        shots: run.shots,
-        rows: vec![
-            Row::new(
-                format!("zero-shot \"{}\"", run.template),
-                seeds.iter().map(|&s| (s, zero)).collect(),
-            ),
-            Row::new(run.method_name(), learned),
-        ],
+        shots: methods.first().and_then(Method::shots),
+        rows,
     })
 }
 

@@ -5,6 +5,7 @@
 
 use std::path::Path;
 
+use candle_core::Tensor;
 use serde::Serialize;
 
 use crate::clip::LoadedClip;
@@ -113,6 +114,113 @@ pub fn run(
     fit(clip, data, &prepared, run, progress, on_event)
 }
 
+/// A fitted feature adapter: how it scores image features against normalised class weights.
+pub enum Fitted {
+    /// Tip-Adapter's cache (for -F, with its trained keys) and its searched α, β.
+    Cache(TipCache, Searched),
+    /// CLIP-Adapter's trained bottleneck.
+    Residual(Adapter),
+}
+
+impl Fitted {
+    /// Logits `[B, C]` of image features `[B, P]` against the classes the adapter was fitted on.
+    pub fn logits(&self, feats: &Tensor, weights: &Tensor, scale: f64) -> Result<Tensor> {
+        match self {
+            Fitted::Cache(cache, s) => cache.logits(feats, weights, scale, s.alpha, s.beta),
+            Fitted::Residual(adapter) => adapter.logits(feats, weights, scale),
+        }
+    }
+
+    /// Logits against classes the adapter never saw (base-to-novel's novel half): the cache holds no
+    /// image of them, so Tip-Adapter(-F) is zero-shot there; CLIP-Adapter's residual applies to any
+    /// class.
+    pub fn logits_unseen(&self, feats: &Tensor, weights: &Tensor, scale: f64) -> Result<Tensor> {
+        match self {
+            Fitted::Cache(..) => {
+                Ok((crate::clip::l2_normalize(feats)?.matmul(&weights.t()?)? * scale)?)
+            }
+            Fitted::Residual(adapter) => adapter.logits(feats, weights, scale),
+        }
+    }
+
+    pub fn searched(&self) -> Option<Searched> {
+        match self {
+            Fitted::Cache(_, s) => Some(*s),
+            Fitted::Residual(_) => None,
+        }
+    }
+}
+
+/// Builds (Tip-Adapter) or trains (the others) the adapter on prepared features; α and β are searched on
+/// the validation split. Returns it with its validation accuracy.
+pub fn fit_adapter(
+    clip: &LoadedClip,
+    classes: usize,
+    prepared: &AdapterData,
+    run: &AdapterRun,
+    progress: &dyn Progress,
+    on_event: &mut dyn FnMut(crate::train::epoch_loop::TrainEvent),
+) -> Result<(Fitted, f64)> {
+    let AdapterData {
+        train,
+        val,
+        weights,
+        ..
+    } = prepared;
+    let scale = f64::from(clip.logit_scale());
+    let grid = SearchGrid::default();
+    let searched = |cache: TipCache| -> Result<(Fitted, f64)> {
+        let s = cache.search(val, weights, scale, &grid)?;
+        Ok((Fitted::Cache(cache, s), s.val_acc))
+    };
+    let method = run.method;
+    let Some((optim, batch)) = method.recipe() else {
+        return searched(TipCache::build(train, classes)?);
+    };
+    let adapter = match method {
+        // Tip-Adapter-F trains from its cache with its initial α = β = 1, then searches them again.
+        AdapterMethod::TipAdapterF { .. } => {
+            Adapter::tip_f(&TipCache::build(train, classes)?, 1.0, 1.0)?
+        }
+        _ => Adapter::clip(
+            weights.dim(1)?,
+            ClipAdapterConfig::default(),
+            run.seed,
+            &clip.device,
+        )?,
+    };
+    let mut trainer = AdapterTrainer::new(
+        adapter,
+        weights.clone(),
+        scale,
+        train,
+        Some(val),
+        optim,
+        batch,
+        run.seed,
+    );
+    let set = TrainSet {
+        items: train.labels.len() / train.views_per_image.max(1),
+        views: train.views_per_image.max(1),
+    };
+    run_until(
+        &mut trainer,
+        set,
+        usize::MAX,
+        method.name(),
+        progress,
+        &mut |e, _| on_event(e),
+    )?;
+    let val_acc = trainer.accuracy(val)?;
+    match trainer.adapter {
+        Adapter::TipF { keys, values, .. } => searched(TipCache {
+            keys: keys.as_tensor().detach(),
+            values,
+        }),
+        adapter => Ok((Fitted::Residual(adapter), val_acc)),
+    }
+}
+
 /// Builds or trains the adapter on prepared features and scores the test split.
 pub fn fit(
     clip: &LoadedClip,
@@ -122,87 +230,19 @@ pub fn fit(
     progress: &dyn Progress,
     on_event: &mut dyn FnMut(crate::train::epoch_loop::TrainEvent),
 ) -> Result<TipReport> {
+    let names = &data.class_names;
+    let start = std::time::Instant::now();
+    let (fitted, val_acc) = fit_adapter(clip, names.len(), prepared, run, progress, on_event)?;
     let AdapterData {
         split,
         test,
-        train,
-        val,
         test_feats,
         weights,
+        ..
     } = prepared;
-    let names = &data.class_names;
-    let scale = f64::from(clip.logit_scale());
-    let grid = SearchGrid::default();
-    let start = std::time::Instant::now();
-    let (logits, searched, val_acc) = match run.method {
-        AdapterMethod::TipAdapter => {
-            let tip = TipCache::build(train, names.len())?;
-            let s = tip.search(val, weights, scale, &grid)?;
-            (
-                tip.logits(&test_feats.feats, weights, scale, s.alpha, s.beta)?,
-                Some(s),
-                s.val_acc,
-            )
-        }
-        method => {
-            let (optim, batch) = method.recipe().expect("a trained method");
-            let adapter = match method {
-                // Tip-Adapter-F trains from its cache with its initial α = β = 1, then searches them again.
-                AdapterMethod::TipAdapterF { .. } => {
-                    Adapter::tip_f(&TipCache::build(train, names.len())?, 1.0, 1.0)?
-                }
-                _ => Adapter::clip(
-                    weights.dim(1)?,
-                    ClipAdapterConfig::default(),
-                    run.seed,
-                    &clip.device,
-                )?,
-            };
-            let mut trainer = AdapterTrainer::new(
-                adapter,
-                weights.clone(),
-                scale,
-                train,
-                Some(val),
-                optim,
-                batch,
-                run.seed,
-            );
-            let set = TrainSet {
-                items: train.labels.len() / train.views_per_image.max(1),
-                views: train.views_per_image.max(1),
-            };
-            let label = method.name();
-            run_until(
-                &mut trainer,
-                set,
-                usize::MAX,
-                label,
-                progress,
-                &mut |e, _| on_event(e),
-            )?;
-            match &trainer.adapter {
-                Adapter::TipF { keys, values, .. } => {
-                    let trained = TipCache {
-                        keys: keys.as_tensor().detach(),
-                        values: values.clone(),
-                    };
-                    let s = trained.search(val, weights, scale, &grid)?;
-                    (
-                        trained.logits(&test_feats.feats, weights, scale, s.alpha, s.beta)?,
-                        Some(s),
-                        s.val_acc,
-                    )
-                }
-                adapter => (
-                    adapter.logits(&test_feats.feats, weights, scale)?,
-                    None,
-                    trainer.accuracy(val)?,
-                ),
-            }
-        }
-    };
-    let logits: Vec<Vec<f32>> = logits.to_vec2()?;
+    let logits: Vec<Vec<f32>> = fitted
+        .logits(&test_feats.feats, weights, f64::from(clip.logit_scale()))?
+        .to_vec2()?;
     let labels: Vec<usize> = test.samples.iter().map(|s| s.label).collect();
     let paths: Vec<String> = test
         .samples
@@ -213,7 +253,7 @@ pub fn fit(
     Ok(TipReport {
         run: run.clone(),
         cache_images: split.train.len(),
-        searched,
+        searched: fitted.searched(),
         val_acc,
         train_seconds: start.elapsed().as_secs_f64(),
         zero_shot_test_acc: evaluate(&zero_shot, &labels, &paths, names).accuracy,

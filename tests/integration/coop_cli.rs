@@ -969,6 +969,42 @@ fn base_to_novel_reports_base_novel_and_h_per_method_over_seeds() {
     .unwrap();
     assert_eq!(co["rows"][1]["method"], "CoCoOp");
     assert!(co["rows"][1]["mean"]["novel"].as_f64().is_some());
+    // The feature adapters, fitted on the base shots: Tip-Adapter's cache holds no novel image, so on
+    // the novel half it is zero-shot, seed for seed; CLIP-Adapter's residual applies to any class.
+    let ad = serde_json::from_str::<serde_json::Value>(
+        ok(&promptscope(
+            &[
+                &args[..],
+                &["--methods", "coop,tip-adapter,clip-adapter", "--views", "1"],
+            ]
+            .concat(),
+        ))
+        .lines()
+        .last()
+        .unwrap(),
+    )
+    .unwrap();
+    let methods: Vec<&str> = ad["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["method"].as_str().unwrap())
+        .collect();
+    assert_eq!(methods[1..], ["CoOp", "Tip-Adapter", "CLIP-Adapter"]);
+    assert_eq!(
+        ad["rows"][2]["mean"]["novel"], ad["rows"][0]["mean"]["novel"],
+        "Tip-Adapter on novel classes is zero-shot"
+    );
+    assert_eq!(
+        ad["rows"][1], v["rows"][1],
+        "CoOp's row does not depend on what else runs"
+    );
+    let bad = promptscope(&[&args[..], &["--methods", "coop,bogus"]].concat());
+    assert!(
+        error_line(&bad).contains("bogus") && error_line(&bad).contains("clip-adapter"),
+        "{}",
+        error_line(&bad)
+    );
 }
 
 /// `bench --coop --cocoop` times CoCoOp's step beside CoOp's on the same classes and batch: the text
