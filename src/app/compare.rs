@@ -1,11 +1,12 @@
 //! The Compare tab: hand-written templates one by one and as an ensemble, learned contexts and a linear
 //! probe, scored on the same test split; per-class accuracy, a class's images with their top-5, and
-//! the confusion matrix.
+//! the confusion matrix. Its second mode runs the base-to-novel protocol (`base_to_novel_panel`).
 
 use egui::{Color32, Grid, ProgressBar, RichText, ScrollArea, TextEdit};
 
 use crate::eval::zeroshot::DEFAULT_TEMPLATE;
 
+use super::base_to_novel_panel::{BaseToNovelForm, RUN_BASE_TO_NOVEL};
 use super::compare_job::{Comparison, MethodResult, ProbeShots};
 
 use super::events::Action;
@@ -28,7 +29,21 @@ pub struct ComparePanel {
     /// The probe's (and Tip-Adapter's) training images: the learned prompts' shots by default, so the baseline is fair.
     pub probe_shots: ProbeShots,
     pub view: CompareView,
+    pub mode: CompareMode,
+    pub base_to_novel: BaseToNovelForm,
 }
+
+/// All classes on the test split, or base-to-novel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CompareMode {
+    #[default]
+    AllClasses,
+    BaseToNovel,
+}
+
+/// The mode buttons' labels.
+pub const ALL_CLASSES_MODE: &str = "All classes";
+pub const BASE_TO_NOVEL_MODE: &str = "Base-to-novel";
 
 /// What of the results is looked at: a method's column, a class's images, the confusion matrix.
 #[derive(Default)]
@@ -48,6 +63,8 @@ impl Default for ComparePanel {
             clip_adapter: false,
             probe_shots: ProbeShots::SameAsLearned,
             view: CompareView::default(),
+            mode: CompareMode::default(),
+            base_to_novel: BaseToNovelForm::default(),
         }
     }
 }
@@ -76,8 +93,31 @@ impl ComparePanel {
             .collect()
     }
 
+    /// What Ctrl+Enter runs in this tab.
+    pub fn run_action(&self) -> Option<Action> {
+        match self.mode {
+            CompareMode::AllClasses => Some(Action::RunZeroShot(self.cleaned_templates())),
+            CompareMode::BaseToNovel => self
+                .base_to_novel
+                .request(self.cleaned_templates().first())
+                .ok()
+                .map(Action::RunBaseToNovel),
+        }
+    }
+
     pub fn ui(&mut self, ui: &mut egui::Ui, state: &AppState, actions: &mut Vec<Action>) {
         super::fit_visible_width(ui);
+        ui.horizontal(|ui| {
+            ui.selectable_value(&mut self.mode, CompareMode::AllClasses, ALL_CLASSES_MODE)
+                .on_hover_text("Every method on the test split of all classes");
+            ui.selectable_value(&mut self.mode, CompareMode::BaseToNovel, BASE_TO_NOVEL_MODE)
+                .on_hover_text(
+                    "CoCoOp's protocol: learn on half the classes, score on both halves",
+                );
+        });
+        if self.mode == CompareMode::BaseToNovel {
+            return self.base_to_novel_ui(ui, state, actions);
+        }
         ui.label("Prompt templates. {} is replaced by the class name; several templates are averaged (CLIP's prompt ensemble).");
         ui.add_space(4.0);
         self.templates_ui(ui);
@@ -97,6 +137,37 @@ impl ComparePanel {
                 ui.weak(format!(
                     "No results yet: press {RUN_BUTTON} to see the accuracy overall and per class."
                 ));
+            }
+        }
+    }
+
+    fn base_to_novel_ui(&mut self, ui: &mut egui::Ui, state: &AppState, actions: &mut Vec<Action>) {
+        ui.label("Zero-shot template ({} is the class name); the first one is used.");
+        ui.add_space(4.0);
+        self.templates_ui(ui);
+        ui.add_space(6.0);
+        let templates = self.cleaned_templates();
+        let missing = super::base_to_novel_panel::missing(state);
+        self.base_to_novel.ui(
+            ui,
+            templates.first(),
+            missing,
+            state.zero_shot.is_some(),
+            actions,
+        );
+        if let Some(running) = &state.zero_shot {
+            progress_ui(ui, running, actions);
+        }
+        ui.add_space(8.0);
+        ui.separator();
+        match &state.base_to_novel {
+            Some(report) => super::base_to_novel_panel::report_ui(ui, report),
+            None if state.zero_shot.is_some() => {}
+            None if state.last_run_cancelled => {
+                ui.weak("The last run was cancelled.");
+            }
+            None => {
+                ui.weak(format!("No results yet: press {RUN_BASE_TO_NOVEL} to train the methods on the base classes."));
             }
         }
     }

@@ -30,6 +30,15 @@ pub struct CompareRequest {
     pub adapters: Option<(ProbeSet, Vec<crate::run::tip::AdapterMethod>)>,
 }
 
+/// Compare's base-to-novel mode: the zero-shot row's template, the methods and the seeds (the split
+/// seed is Compare's, 0).
+#[derive(Debug, Clone, PartialEq)]
+pub struct BaseToNovelRequest {
+    pub template: String,
+    pub methods: Vec<crate::run::base_to_novel::Method>,
+    pub seeds: Vec<u64>,
+}
+
 /// Which training images the linear probe is fitted on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ProbeSet {

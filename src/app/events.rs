@@ -95,6 +95,10 @@ pub enum Event {
         job: JobId,
         result: Result<Comparison, Failure>,
     },
+    BaseToNovelFinished {
+        job: JobId,
+        result: Result<crate::run::base_to_novel::Report, Failure>,
+    },
     PromptsLoaded {
         job: JobId,
         result: Result<LoadedPrompts, Failure>,
@@ -243,6 +247,8 @@ pub enum Action {
     OpenDataset(PathBuf),
     Browse(PickTarget),
     RunZeroShot(Vec<String>),
+    /// Compare's base-to-novel mode, with its settings.
+    RunBaseToNovel(super::compare_job::BaseToNovelRequest),
     CancelZeroShot,
     DismissError(usize),
     /// A file or folder dropped onto the window.

@@ -6,8 +6,9 @@
 
 pub mod align_job;
 mod align_panel;
+pub mod base_to_novel_panel;
 pub mod classify_job;
-mod compare;
+pub mod compare;
 pub mod compare_job;
 mod data_panel;
 mod errors;
@@ -423,7 +424,7 @@ impl PromptscopeApp {
         {
             self.autorun = false;
             match self.tab {
-                Tab::Compare => actions.push(Action::RunZeroShot(self.compare.cleaned_templates())),
+                Tab::Compare => actions.extend(self.compare.run_action()),
                 Tab::Train => match self.train.form.to_run() {
                     Ok(run) => actions.push(Action::StartTraining(Box::new(run))),
                     Err(e) => self.state.error(format!("Cannot start training: {e}")),
@@ -470,6 +471,7 @@ impl PromptscopeApp {
                 self.worker.pick(ctx, target, start);
             }
             Action::RunZeroShot(templates) => self.start_zero_shot(ctx, templates),
+            Action::RunBaseToNovel(req) => self.start_base_to_novel(ctx, req),
             Action::CancelZeroShot => {
                 if let Some(run) = &self.state.zero_shot {
                     run.cancel.store(true, Ordering::Relaxed);
@@ -806,6 +808,34 @@ impl PromptscopeApp {
                 }
             }
             _ => {}
+        }
+    }
+
+    fn start_base_to_novel(&mut self, ctx: &egui::Context, req: compare_job::BaseToNovelRequest) {
+        if self.state.zero_shot.is_some() {
+            return;
+        }
+        let (Some(model), Some(dataset)) = (&self.state.model, &self.state.dataset) else {
+            return self
+                .state
+                .error("Load a model and open a dataset before running base-to-novel.");
+        };
+        let cancel = Arc::new(AtomicBool::new(false));
+        match self.worker.base_to_novel(
+            ctx,
+            model.clip.clone(),
+            dataset.folder.clone(),
+            req,
+            self.cache_dir.clone(),
+            cancel.clone(),
+        ) {
+            Ok(job) => {
+                self.state.zero_shot = Some(RunningEval::new(job, cancel));
+                self.state.last_run_cancelled = false;
+            }
+            Err(e) => self
+                .state
+                .error(format!("Could not start base-to-novel: {e}")),
         }
     }
 

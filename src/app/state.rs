@@ -95,6 +95,8 @@ pub struct AppState {
     pub model: Option<LoadedModel>,
     pub dataset: Option<OpenedDataset>,
     pub report: Option<Comparison>,
+    /// The last base-to-novel table of Compare's base-to-novel mode.
+    pub base_to_novel: Option<crate::run::base_to_novel::Report>,
     /// Shown until dismissed, oldest first.
     pub errors: Vec<String>,
     /// The model load under way, if any.
@@ -191,6 +193,7 @@ impl AppState {
                     Ok(model) => {
                         self.model = Some(model);
                         self.report = None;
+                        self.base_to_novel = None;
                     }
                     Err(f) => self.fail(f, &format!("Loading model '{id}'")),
                 }
@@ -204,8 +207,22 @@ impl AppState {
                         self.thumbnails.clear();
                         self.dataset = Some(ds);
                         self.report = None;
+                        self.base_to_novel = None;
                     }
                     Err(f) => self.fail(f, &format!("Opening dataset {}", path.display())),
+                }
+            }
+            Event::BaseToNovelFinished { job, result } => {
+                if self.zero_shot.take_if(|r| r.job == job).is_none() {
+                    return;
+                }
+                match result {
+                    Ok(report) => {
+                        self.base_to_novel = Some(report);
+                        self.last_run_cancelled = false;
+                    }
+                    Err(Failure::Cancelled) => self.last_run_cancelled = true,
+                    Err(f) => self.fail(f, "Base-to-novel"),
                 }
             }
             Event::ZeroShotFinished { job, result } => {

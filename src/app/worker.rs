@@ -98,8 +98,59 @@ impl Worker {
         cache: Option<PathBuf>,
         cancel: Arc<AtomicBool>,
     ) -> std::io::Result<JobId> {
+        self.evaluation(ctx, "zero-shot", cancel, move |job, progress| {
+            let result = compare_job::run(&clip, &data, &req, cache.as_deref(), progress)
+                .map_err(Failure::from);
+            Event::ZeroShotFinished { job, result }
+        })
+    }
+
+    /// Compare's base-to-novel mode: every method trained on the base classes, per seed.
+    pub fn base_to_novel(
+        &mut self,
+        ctx: &egui::Context,
+        clip: Arc<LoadedClip>,
+        data: Arc<DatasetFolder>,
+        req: compare_job::BaseToNovelRequest,
+        cache: Option<PathBuf>,
+        cancel: Arc<AtomicBool>,
+    ) -> std::io::Result<JobId> {
+        self.evaluation(ctx, "base-to-novel", cancel, move |job, progress| {
+            let result = crate::run::base_to_novel::run(
+                &clip,
+                &data,
+                &req.template,
+                0,
+                &req.methods,
+                &req.seeds,
+                cache.as_deref(),
+                progress,
+                // Which method and seed is training, in the stage the progress bar shows.
+                &mut |method, seed, event| {
+                    if let TrainEvent::Epoch(s) = event {
+                        progress.update(
+                            &format!("{method}, seed {seed}: epochs"),
+                            s.epoch + 1,
+                            s.epochs,
+                        );
+                    }
+                },
+            )
+            .map_err(Failure::from);
+            Event::BaseToNovelFinished { job, result }
+        })
+    }
+
+    /// A cancellable job of Compare's whose progress is shown under its Run button.
+    fn evaluation(
+        &mut self,
+        ctx: &egui::Context,
+        what: &str,
+        cancel: Arc<AtomicBool>,
+        work: impl FnOnce(JobId, &dyn crate::progress::Progress) -> Event + Send + 'static,
+    ) -> std::io::Result<JobId> {
         let progress_ctx = ctx.clone();
-        self.spawn(ctx, "zero-shot", move |job, tx| {
+        self.spawn(ctx, what, move |job, tx| {
             let reporter = Reporter {
                 cancel: &cancel,
                 on_update: |stage: &str, done, total| {
@@ -113,9 +164,7 @@ impl Worker {
                     progress_ctx.request_repaint();
                 },
             };
-            let result = compare_job::run(&clip, &data, &req, cache.as_deref(), &reporter)
-                .map_err(Failure::from);
-            Event::ZeroShotFinished { job, result }
+            work(job, &reporter)
         })
     }
 

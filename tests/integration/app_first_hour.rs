@@ -971,3 +971,85 @@ fn a_cocoop_run_trains_from_the_train_tab_resumes_and_compare_scores_it_per_imag
         per_image(&serde_json::to_value(&column.eval.confusion).unwrap())
     );
 }
+
+/// Compare's base-to-novel mode trains the ticked methods on the base half per seed and shows base,
+/// novel and H as the CLI's `base-to-novel` reports them, number for number.
+#[test]
+fn compares_base_to_novel_mode_reports_what_the_cli_does() {
+    use promptscope::app::base_to_novel_panel::{B2N_HEADING, RUN_BASE_TO_NOVEL};
+    use promptscope::app::compare::BASE_TO_NOVEL_MODE;
+    let dir = tempfile::tempdir().unwrap();
+    let (model, data) = (dir.path().join("m"), dir.path().join("d"));
+    synth::write_model_folder(&ClipConfig::tiny(HiddenAct::QuickGelu, 1e-5), &model).unwrap();
+    promptscope::data::synth::write_dataset(&data, 4, 0, Some((4, 2, 3)), 3).unwrap();
+    let mut app = PromptscopeApp::new_headless()
+        .with_startup(Some(model.display().to_string()), Some(data.clone()));
+    app.cache_dir = None;
+    let mut h = super::app_ui::harness(app);
+    wait_idle(&mut h);
+    click(&mut h, "Compare");
+    click(&mut h, BASE_TO_NOVEL_MODE);
+    {
+        let form = &mut h.state_mut().compare.base_to_novel;
+        form.methods = [true, false, false, true, false, false];
+        form.shots = 2;
+        form.seeds = 2;
+    }
+    h.step();
+    click(&mut h, RUN_BASE_TO_NOVEL);
+    assert!(h.state().state.zero_shot.is_some(), "the run did not start");
+    wait_idle(&mut h);
+    let report = h
+        .state()
+        .state
+        .base_to_novel
+        .clone()
+        .unwrap_or_else(|| panic!("{:?}", h.state().state.errors));
+    assert!(h.query_by_label(B2N_HEADING).is_some());
+    let methods: Vec<&str> = report.rows.iter().map(|r| r.method.as_str()).collect();
+    assert_eq!(methods[1..], ["CoOp", "Tip-Adapter"]);
+    assert_eq!(
+        (report.base_classes.len(), report.novel_classes.len()),
+        (2, 2)
+    );
+    // The table shows each row's H.
+    for r in &report.rows {
+        let cell = format!(
+            "{:.1} ± {:.1}",
+            100.0 * r.mean.harmonic,
+            100.0 * r.std.harmonic
+        );
+        assert!(
+            labels_containing(&h, &cell) >= 1,
+            "{cell} not shown for {}",
+            r.method
+        );
+    }
+    let cli: serde_json::Value = serde_json::from_str(
+        super::common::ok(&super::common::promptscope(&[
+            "base-to-novel",
+            "--model",
+            &model.display().to_string(),
+            "--data",
+            &data.display().to_string(),
+            "--methods",
+            "coop,tip-adapter",
+            "--shots",
+            "2",
+            "--seeds",
+            "1,2",
+            "--no-cache",
+            "--format",
+            "json",
+        ]))
+        .lines()
+        .last()
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        cli["rows"],
+        serde_json::to_value(&report.rows).unwrap(),
+        "the app and the CLI agree"
+    );
+}

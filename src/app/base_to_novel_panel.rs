@@ -1,0 +1,169 @@
+//! Compare's base-to-novel mode (CoCoOp's protocol): which methods, shots and seeds; the table of base,
+//! novel and harmonic-mean accuracy (mean ± std over seeds, each seed on hover).
+
+use egui::{Color32, DragValue, Grid, RichText};
+
+use crate::run::base_to_novel::{Method, Report, METHOD_NAMES};
+
+use super::compare_job::BaseToNovelRequest;
+use super::events::Action;
+use super::state::AppState;
+
+pub const RUN_BASE_TO_NOVEL: &str = "Run base-to-novel";
+/// Heading above the table; tests wait for it.
+pub const B2N_HEADING: &str = "Base-to-novel accuracy";
+
+/// The methods' labels, in [`METHOD_NAMES`] order.
+const LABELS: [(&str, &str); 6] = [
+    ("CoOp", "CoOp's recipe for the shots: M = 16 random context, SGD 0.002, batch 32"),
+    ("KgCoOp", "CoOp plus λ = 8 times the pull of each class weight towards the template's"),
+    ("CoCoOp", "\"a photo of a\" context plus the meta-net's per-image shift; 10 epochs, batch 1 (slow: one text pass per image)"),
+    ("Tip-Adapter", "Training-free cache of the base shots (10 views); α, β searched on validation. Its cache holds no novel class, so it is zero-shot there"),
+    ("Tip-Adapter-F", "Tip-Adapter with its cache keys trained 20 epochs; zero-shot on novel classes for the same reason"),
+    ("CLIP-Adapter", "A residual MLP on the image feature, 200 epochs; it applies to novel classes too"),
+];
+
+pub struct BaseToNovelForm {
+    /// Ticked methods, in [`METHOD_NAMES`] order.
+    pub methods: [bool; 6],
+    /// K per base class.
+    pub shots: usize,
+    /// Seeds 1..=n.
+    pub seeds: u64,
+}
+
+impl Default for BaseToNovelForm {
+    fn default() -> Self {
+        BaseToNovelForm {
+            methods: [true, true, false, true, false, false],
+            shots: 16,
+            seeds: 3,
+        }
+    }
+}
+
+impl BaseToNovelForm {
+    /// The request for the ticked methods with their papers' recipes, or why there is none.
+    pub fn request(&self, template: Option<&String>) -> Result<BaseToNovelRequest, String> {
+        let template = template.ok_or("Write a template for the zero-shot row.")?;
+        let methods: Vec<Method> = METHOD_NAMES
+            .iter()
+            .zip(self.methods)
+            .filter(|(_, on)| *on)
+            .map(|(name, _)| Method::recipe(name, Some(self.shots), template, 0))
+            .collect::<crate::Result<_>>()
+            .map_err(|e| e.to_string())?;
+        if methods.is_empty() {
+            return Err("Tick at least one method.".into());
+        }
+        Ok(BaseToNovelRequest {
+            template: template.clone(),
+            methods,
+            seeds: (1..=self.seeds.max(1)).collect(),
+        })
+    }
+
+    /// The settings row and the Run button; `missing` says why nothing can run now.
+    pub fn ui(
+        &mut self,
+        ui: &mut egui::Ui,
+        template: Option<&String>,
+        missing: Option<&str>,
+        busy: bool,
+        actions: &mut Vec<Action>,
+    ) {
+        ui.weak(
+            "The sorted classes split in two: methods learn on the first half (base) only, then are scored on the base test images \
+             and, with the other half's names, on the novel ones; H is their harmonic mean. The first template gives the zero-shot row.",
+        );
+        ui.horizontal_wrapped(|ui| {
+            for ((label, help), on) in LABELS.iter().zip(self.methods.iter_mut()) {
+                ui.checkbox(on, *label).on_hover_text(*help);
+            }
+        });
+        let request = self.request(template);
+        ui.horizontal_wrapped(|ui| {
+            let l = ui.label("Shots per base class");
+            ui.add(DragValue::new(&mut self.shots).range(1..=64))
+                .labelled_by(l.id);
+            let l = ui.label("Seeds");
+            ui.add(DragValue::new(&mut self.seeds).range(1..=10))
+                .labelled_by(l.id)
+                .on_hover_text("Seeds 1, 2, … n: mean ± std over them");
+            let why = missing
+                .map(str::to_string)
+                .or_else(|| request.as_ref().err().cloned());
+            let accent = ui.visuals().selection.bg_fill;
+            let button = egui::Button::new(
+                RichText::new(RUN_BASE_TO_NOVEL)
+                    .strong()
+                    .color(Color32::WHITE),
+            )
+            .fill(accent);
+            if ui.add_enabled(why.is_none() && !busy, button).clicked() {
+                if let Ok(req) = request {
+                    actions.push(Action::RunBaseToNovel(req));
+                }
+            }
+            if let Some(why) = why {
+                ui.weak(why);
+            }
+        });
+    }
+}
+
+/// The table: a row per method, base / novel / H as mean ± std, each seed's numbers on hover.
+pub fn report_ui(ui: &mut egui::Ui, report: &Report) {
+    ui.heading(B2N_HEADING);
+    let shots = report.shots.map_or("all".to_string(), |k| k.to_string());
+    ui.weak(format!(
+        "base ({}): {} · novel ({}): {} · {shots} shots per base class · accuracy % (mean ± std over seeds)",
+        report.base_classes.len(),
+        report.base_classes.join(", "),
+        report.novel_classes.len(),
+        report.novel_classes.join(", ")
+    ));
+    ui.add_space(4.0);
+    Grid::new("base_to_novel_table")
+        .striped(true)
+        .num_columns(4)
+        .min_col_width(90.0)
+        .show(ui, |ui| {
+            for h in ["method", "base", "novel", "H"] {
+                ui.strong(h);
+            }
+            ui.end_row();
+            let cell = |m: f64, s: f64| format!("{:.1} ± {:.1}", 100.0 * m, 100.0 * s);
+            for r in &report.rows {
+                let seeds: Vec<String> = r
+                    .seeds
+                    .iter()
+                    .map(|(seed, b)| {
+                        format!(
+                            "seed {seed}: base {:.1}, novel {:.1}, H {:.1}",
+                            100.0 * b.base,
+                            100.0 * b.novel,
+                            100.0 * b.harmonic
+                        )
+                    })
+                    .collect();
+                ui.label(&r.method).on_hover_text(seeds.join("\n"));
+                ui.label(cell(r.mean.base, r.std.base));
+                ui.label(cell(r.mean.novel, r.std.novel));
+                ui.label(RichText::new(cell(r.mean.harmonic, r.std.harmonic)).strong());
+                ui.end_row();
+            }
+        });
+}
+
+/// Whether the app can run base-to-novel now, and if not why.
+pub fn missing(state: &AppState) -> Option<&'static str> {
+    match (&state.model, &state.dataset) {
+        (None, _) => Some("Load a model first."),
+        (_, None) => Some("Open a dataset first."),
+        (_, Some(d)) if d.folder.num_classes() < 2 => {
+            Some("Base-to-novel needs at least two classes.")
+        }
+        _ => None,
+    }
+}
