@@ -2,11 +2,12 @@
 """CoOp's Fig. 3 in miniature: test accuracy against shots (1/2/4/8/16) on the sample warm-light set (scene
 objects under a warm colour cast, a class per colour: a rendering shift from what the demo model was
 pretrained on), for CoOp (one unified context), CoOp with class-specific contexts (CSC), KgCoOp (λ = 8),
-a linear probe on the image features, Tip-Adapter, Tip-Adapter-F, CLIP-Adapter, and zero-shot with each
+CoCoOp (its recipe: "a photo of a", 10 epochs, batch 1), a linear probe on the image features, Tip-Adapter, Tip-Adapter-F, CLIP-Adapter, and zero-shot with each
 hand-crafted template (the best one drawn as the line). Three seeds per point, mean ± std; each run's
 wall time and peak memory (max RSS of its process) are recorded too.
 
     cargo build --release && python3 scripts/shots_curve.py [--model scenes-filip] [--seeds 1,2,3]
+    python3 scripts/shots_curve.py --only CoCoOp      # rerun some methods, keep the other runs of OUT.json
 
 Writes assets/figures/warm-light-shots.json (every run) and, when matplotlib is installed,
 assets/figures/warm-light-shots.png.
@@ -46,17 +47,22 @@ def main():
     ap.add_argument("--seeds", default="1,2,3")
     ap.add_argument("--out", default=os.path.join(ROOT, "assets", "figures", "warm-light-shots"))
     ap.add_argument("--replot", action="store_true", help="redraw the table and plot from OUT.json, running nothing")
+    ap.add_argument("--only", help="comma-separated method names to (re)run; the other runs of OUT.json are kept")
     a = ap.parse_args()
     seeds = [int(s) for s in a.seeds.split(",")]
     results = {"model": a.model, "zero_shot": {}, "runs": []}
-    if a.replot:
+    only = set(a.only.split(",")) if a.only else None
+    if a.replot or only:
         with open(a.out + ".json") as f:
             results = json.load(f)
-    else:
+        if only:
+            results["runs"] = [r for r in results["runs"] if r["method"] not in only]
+    wanted = lambda method: only is None or method in only
+    if not a.replot:
         with tempfile.TemporaryDirectory() as tmp:
             data = os.path.join(tmp, "warm-light")
             subprocess.run([BIN, "synth-dataset", "--kind", "warm-light", "--splits", "16,4,25", "--seed", "0", "--out", data], check=True)
-            for t in TEMPLATES:
+            for t in TEMPLATES if only is None else []:
                 r = run("zero-shot", "--model", a.model, "--data", data, "--template", t)
                 results["zero_shot"][t] = r["accuracy"]
                 print(f"zero-shot {t!r}: {100 * r['accuracy']:.1f}%", file=sys.stderr)
@@ -68,15 +74,19 @@ def main():
                     def add(method, r, acc):
                         results["runs"].append({"method": method, "shots": shots, "seed": seed, "test_acc": acc, "seconds": r["_seconds"], "peak_mib": r["_peak_mib"]})
 
-                    for method, extra in [("CoOp", []), ("CoOp CSC", ["--csc"]), ("KgCoOp (λ = 8)", ["--kg-lambda", "8"])]:
+                    for method, extra in [("CoOp", []), ("CoOp CSC", ["--csc"]), ("KgCoOp (λ = 8)", ["--kg-lambda", "8"]), ("CoCoOp", ["--cocoop"])]:
+                        if not wanted(method):
+                            continue
                         out = os.path.join(tmp, f"p-{len(results['runs'])}.safetensors")
                         r = run("train", *common, *extra, "--out", out)
                         add(method, r, r["summary"]["test_acc"])
-                    r = run("linear-probe", *common)
-                    add("linear probe", r, r["test_acc"])
-                    for method in ["tip-adapter", "tip-adapter-f", "clip-adapter"]:
-                        r = run("adapter", "--method", method, *common)
-                        add({"tip-adapter": "Tip-Adapter", "tip-adapter-f": "Tip-Adapter-F", "clip-adapter": "CLIP-Adapter"}[method], r, r["accuracy"])
+                    if wanted("linear probe"):
+                        r = run("linear-probe", *common)
+                        add("linear probe", r, r["test_acc"])
+                    for method, name in [("tip-adapter", "Tip-Adapter"), ("tip-adapter-f", "Tip-Adapter-F"), ("clip-adapter", "CLIP-Adapter")]:
+                        if wanted(name):
+                            r = run("adapter", "--method", method, *common)
+                            add(name, r, r["accuracy"])
                     print(f"{shots} shots, seed {seed}: " + ", ".join(f"{x['method']} {100 * x['test_acc']:.1f}%" for x in results["runs"][first:]), file=sys.stderr)
     os.makedirs(os.path.dirname(a.out), exist_ok=True)
     with open(a.out + ".json.tmp", "w") as f:

@@ -89,7 +89,7 @@ pub fn run(model: Option<String>, data: Option<PathBuf>, startup: Startup) -> an
             app.startup_prompts = startup.prompts;
             app.align.side_by_side = startup.side_by_side;
             if let Some(m) = startup.method {
-                app.train.form.method = m;
+                app.train.form.kind = train_form::TrainKind::Prompts(m);
             }
             if let Some(word) = startup.super_category {
                 app.train.form.mpfgvc.datp.super_category = word;

@@ -9,11 +9,7 @@ use crate::train::config::{AdapterMethod, AdapterRun, CoopRun, MpFgvcRun, Pretra
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(default)]
 pub struct TrainForm {
-    pub method: PromptMethodKind,
-    /// Pretraining a model (both towers) instead of learning prompts for one.
-    pub pretraining: bool,
-    /// A feature-level baseline (Tip-Adapter, -F, CLIP-Adapter) instead of learning prompts.
-    pub adapting: bool,
+    pub kind: TrainKind,
     pub adapter: AdapterRun,
     pub coop: CoopRun,
     /// CoCoOp's run: CoOp's settings with its own recipe and the meta-net on.
@@ -22,12 +18,27 @@ pub struct TrainForm {
     pub pretrain: PretrainRun,
 }
 
+/// What the form trains: prompts (with one of the prompt methods), a feature adapter, or a model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TrainKind {
+    Prompts(PromptMethodKind),
+    /// Tip-Adapter, -F or CLIP-Adapter on the image features.
+    Adapters,
+    /// Both towers of a model, on image–caption pairs.
+    Pretrain,
+}
+
+impl Default for TrainKind {
+    fn default() -> Self {
+        TrainKind::Prompts(PromptMethodKind::default())
+    }
+}
+
 impl Default for TrainForm {
     fn default() -> Self {
         Self {
-            method: PromptMethodKind::default(),
-            pretraining: false,
-            adapting: false,
+            kind: TrainKind::default(),
             adapter: AdapterRun::default(),
             coop: CoopRun::default(),
             cocoop: CoopRun::cocoop_recipe(),
@@ -40,12 +51,12 @@ impl Default for TrainForm {
 impl TrainForm {
     /// The run the form describes, or why it cannot start.
     pub fn to_run(&self) -> crate::Result<RunConfig> {
-        let run = match (self.pretraining, self.adapting, self.method) {
-            (true, _, _) => RunConfig::Pretrain(self.pretrain.clone()),
-            (false, true, _) => RunConfig::Adapter(self.adapter.clone()),
-            (false, false, PromptMethodKind::Coop) => RunConfig::Coop(self.coop.clone()),
-            (false, false, PromptMethodKind::Cocoop) => RunConfig::Coop(self.cocoop.clone()),
-            (false, false, PromptMethodKind::Datp) => RunConfig::MpFgvc(self.mpfgvc.clone()),
+        let run = match self.kind {
+            TrainKind::Pretrain => RunConfig::Pretrain(self.pretrain.clone()),
+            TrainKind::Adapters => RunConfig::Adapter(self.adapter.clone()),
+            TrainKind::Prompts(PromptMethodKind::Coop) => RunConfig::Coop(self.coop.clone()),
+            TrainKind::Prompts(PromptMethodKind::Cocoop) => RunConfig::Coop(self.cocoop.clone()),
+            TrainKind::Prompts(PromptMethodKind::Datp) => RunConfig::MpFgvc(self.mpfgvc.clone()),
         };
         run.validate()?;
         Ok(run)
@@ -53,22 +64,18 @@ impl TrainForm {
 
     /// `app --epochs N`: the chosen method's epochs (each stage's, for MP-FGVC).
     pub fn set_epochs(&mut self, epochs: usize) {
-        if self.pretraining {
-            self.pretrain.config.optim.epochs = epochs;
-            return;
-        }
-        if self.adapting {
-            if let AdapterMethod::TipAdapterF { epochs: e }
-            | AdapterMethod::ClipAdapter { epochs: e } = &mut self.adapter.method
-            {
-                *e = epochs;
+        match self.kind {
+            TrainKind::Pretrain => self.pretrain.config.optim.epochs = epochs,
+            TrainKind::Adapters => {
+                if let AdapterMethod::TipAdapterF { epochs: e }
+                | AdapterMethod::ClipAdapter { epochs: e } = &mut self.adapter.method
+                {
+                    *e = epochs;
+                }
             }
-            return;
-        }
-        match self.method {
-            PromptMethodKind::Coop => self.coop.train.optim.epochs = epochs,
-            PromptMethodKind::Cocoop => self.cocoop.train.optim.epochs = epochs,
-            PromptMethodKind::Datp => {
+            TrainKind::Prompts(PromptMethodKind::Coop) => self.coop.train.optim.epochs = epochs,
+            TrainKind::Prompts(PromptMethodKind::Cocoop) => self.cocoop.train.optim.epochs = epochs,
+            TrainKind::Prompts(PromptMethodKind::Datp) => {
                 self.mpfgvc.stage1.optim.epochs = epochs;
                 self.mpfgvc.stage2.optim.epochs = epochs;
             }

@@ -15,7 +15,7 @@ use crate::train::optim::{default_epochs, OptimConfig};
 
 use super::events::Action;
 use super::state::AppState;
-use super::train_form::TrainForm;
+use super::train_form::{TrainForm, TrainKind};
 use super::training::{RunStatus, TrainRecord};
 use crate::train::epoch_loop::EpochStats;
 
@@ -177,24 +177,19 @@ impl TrainPanel {
         ui.heading("Method");
         ui.horizontal_wrapped(|ui| {
             for kind in PromptMethodKind::ALL {
-                if ui.selectable_label(!f.pretraining && !f.adapting && f.method == kind, kind.label()).clicked() {
-                    (f.method, f.pretraining, f.adapting) = (kind, false, false);
-                }
+                ui.selectable_value(&mut f.kind, TrainKind::Prompts(kind), kind.label());
             }
             let hover = "Baselines on the image features: Tip-Adapter (training-free), Tip-Adapter-F, CLIP-Adapter";
-            if ui.selectable_label(f.adapting && !f.pretraining, ADAPTER_METHOD).on_hover_text(hover).clicked() {
-                (f.adapting, f.pretraining) = (true, false);
-            }
-            if ui.selectable_label(f.pretraining, PRETRAIN_METHOD).on_hover_text("Train both towers of a CLIP on image–caption pairs").clicked() {
-                (f.pretraining, f.adapting) = (true, false);
-            }
+            ui.selectable_value(&mut f.kind, TrainKind::Adapters, ADAPTER_METHOD).on_hover_text(hover);
+            ui.selectable_value(&mut f.kind, TrainKind::Pretrain, PRETRAIN_METHOD)
+                .on_hover_text("Train both towers of a CLIP on image–caption pairs");
         });
-        match (f.pretraining, f.adapting, f.method) {
-            (true, _, _) => pretrain_form(ui, &mut f.pretrain, state),
-            (false, true, _) => adapter_form(ui, &mut f.adapter),
-            (false, false, PromptMethodKind::Coop) => coop_form(ui, &mut f.coop),
-            (false, false, PromptMethodKind::Cocoop) => coop_form(ui, &mut f.cocoop),
-            (false, false, PromptMethodKind::Datp) => mpfgvc_form(ui, &mut f.mpfgvc),
+        match f.kind {
+            TrainKind::Pretrain => pretrain_form(ui, &mut f.pretrain, state),
+            TrainKind::Adapters => adapter_form(ui, &mut f.adapter),
+            TrainKind::Prompts(PromptMethodKind::Coop) => coop_form(ui, &mut f.coop),
+            TrainKind::Prompts(PromptMethodKind::Cocoop) => coop_form(ui, &mut f.cocoop),
+            TrainKind::Prompts(PromptMethodKind::Datp) => mpfgvc_form(ui, &mut f.mpfgvc),
         }
         ui.add_space(8.0);
         let run = f.to_run();
@@ -204,15 +199,16 @@ impl TrainPanel {
             .as_ref()
             .map(|m| m.clip.family())
             .filter(|f| !f.token_level());
-        let missing = if state.model.is_none() && !f.pretraining {
+        let pretraining = f.kind == TrainKind::Pretrain;
+        let missing = if state.model.is_none() && !pretraining {
             Some("Load a model first.".to_string())
-        } else if let (Some(family), false, false) = (global_only, f.pretraining, f.adapting) {
+        } else if let (Some(family), TrainKind::Prompts(method)) = (global_only, f.kind) {
             Some(format!(
                 "{} learns prompts inside CLIP's text tower; the loaded {} model gives global features only. Choose {ADAPTER_METHOD}, or load a CLIP or FILIP model.",
-                f.method.label(),
+                method.label(),
                 family.name()
             ))
-        } else if state.dataset.is_none() && !f.pretraining {
+        } else if state.dataset.is_none() && !pretraining {
             Some("Open a dataset first.".to_string())
         } else {
             run.as_ref().err().map(|e| e.to_string())

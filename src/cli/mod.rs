@@ -578,7 +578,7 @@ impl TrainArgs {
             let recipe = CoopRun::cocoop_recipe();
             run.cocoop = true;
             if self.ctx_init.is_none() && self.n_ctx == coop_defaults().coop.n_ctx {
-                run.coop.ctx_init = recipe.coop.ctx_init;
+                (run.coop.ctx_init, run.coop.n_ctx) = (recipe.coop.ctx_init, recipe.coop.n_ctx);
             }
             if self.epochs.is_none() {
                 run.train.optim.epochs = recipe.train.optim.epochs;

@@ -531,7 +531,10 @@ fn pretraining_runs_from_the_train_tab_stops_resumes_and_its_model_loads() {
     let mut h = loaded(&fx);
     click(&mut h, "Train");
     click(&mut h, PRETRAIN_METHOD);
-    assert!(h.state().train.form.pretraining);
+    assert_eq!(
+        h.state().train.form.kind,
+        promptscope::app::train_form::TrainKind::Pretrain
+    );
     type_into(&mut h, PAIRS_FIELD, pairs.to_str().unwrap());
     click(&mut h, "the loaded model (fine-tune)");
     {
@@ -848,7 +851,10 @@ fn an_mpfgvc_run_trains_both_stages_from_the_train_tab_with_live_curves_stops_an
     let mut h = loaded(&fx);
     click(&mut h, "Train");
     click(&mut h, PromptMethodKind::Datp.label());
-    assert_eq!(h.state().train.form.method, PromptMethodKind::Datp);
+    assert_eq!(
+        h.state().train.form.kind,
+        promptscope::app::train_form::TrainKind::Prompts(PromptMethodKind::Datp)
+    );
     // Without the super-category word the run cannot start, and the form says why.
     assert!(h
         .get_by_label("Start training")

@@ -5,7 +5,7 @@
 use crate::common;
 
 use common::{error_line, ok, promptscope};
-use promptscope::app::train_form::TrainForm;
+use promptscope::app::train_form::{TrainForm, TrainKind};
 use promptscope::prompt::PromptMethodKind;
 use promptscope::train::config::{Augment, RunConfig};
 use promptscope::train::optim::default_epochs;
@@ -28,9 +28,18 @@ fn dry_run(args: &[&str]) -> RunConfig {
 fn the_cli_and_the_train_form_build_equal_runs_from_their_defaults() {
     let form = TrainForm::default();
     assert_eq!(dry_run(&["train"]), form.to_run().unwrap());
+    let cocoop = TrainForm {
+        kind: TrainKind::Prompts(PromptMethodKind::Cocoop),
+        ..TrainForm::default()
+    };
+    assert_eq!(
+        dry_run(&["train", "--cocoop"]),
+        cocoop.to_run().unwrap(),
+        "CoCoOp's recipe is the same in both"
+    );
 
     let mut form = TrainForm {
-        method: PromptMethodKind::Datp,
+        kind: TrainKind::Prompts(PromptMethodKind::Datp),
         ..TrainForm::default()
     };
     form.mpfgvc.datp.super_category = "bird".into();
@@ -121,7 +130,7 @@ fn both_front_ends_refuse_a_bad_setting_with_the_same_words() {
         "0",
     ]));
     let mut form = TrainForm {
-        method: PromptMethodKind::Datp,
+        kind: TrainKind::Prompts(PromptMethodKind::Datp),
         ..TrainForm::default()
     };
     form.mpfgvc.datp.super_category = "bird".into();
