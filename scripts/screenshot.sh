@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Takes assets/screenshots/{compare,train,align,align-side-by-side,export}.png: the real app on the shipped FILIP demo model
+# Takes assets/screenshots/{compare,compare-base-to-novel,train,align,align-side-by-side,export}.png: the real app on the shipped FILIP demo model
 # (assets/models/scenes-filip) and generated scene datasets, on a virtual X screen, drawn by wgpu on Mesa's software Vulkan (lavapipe), so no
 # display or GPU is needed. The Train shot is taken while training; the frame times of that run are
 # written to assets/screenshots/frame-times.json (median and p99 ms between frames, and of the app's
@@ -66,6 +66,11 @@ shoot() { # picture name, tab, dataset, extra app arguments...
 }
 
 shoot compare compare "$scratch/warm-light" --autorun --prompts "$scratch/prompts.safetensors" --prompts "$scratch/shapes-prompts.safetensors"
+# Base-to-novel trains its methods (CoOp, KgCoOp, Tip-Adapter by default) for three seeds: a longer wait.
+wait_plain=$wait_s
+wait_s=$((wait_s + ${B2N_EXTRA_WAIT:-30}))
+shoot compare-base-to-novel compare "$scratch/warm-light" --base-to-novel --autorun
+wait_s=$wait_plain
 shoot train train "$scratch/warm-light" --autorun --epochs 100000
 cp "$scratch/frames-train.json" "$outdir/frame-times.json"
 shoot align align "$scratch/objects"

@@ -57,6 +57,8 @@ pub struct Startup {
     pub side_by_side: bool,
     pub method: Option<crate::prompt::PromptMethodKind>,
     pub super_category: Option<String>,
+    /// Compare opens in its base-to-novel mode.
+    pub base_to_novel: bool,
 }
 
 /// The window's title: the model, and that it is a small demo model when it is one.
@@ -88,6 +90,9 @@ pub fn run(model: Option<String>, data: Option<PathBuf>, startup: Startup) -> an
             app.autorun = startup.autorun;
             app.startup_prompts = startup.prompts;
             app.align.side_by_side = startup.side_by_side;
+            if startup.base_to_novel {
+                app.compare.mode = compare::CompareMode::BaseToNovel;
+            }
             if let Some(m) = startup.method {
                 app.train.form.kind = train_form::TrainKind::Prompts(m);
             }

@@ -20,6 +20,7 @@ pub struct AppStart {
     pub epochs: Option<usize>,
     pub prompts: Vec<PathBuf>,
     pub side_by_side: bool,
+    pub base_to_novel: bool,
     pub method: Option<MethodArg>,
     pub super_category: Option<String>,
 }
@@ -34,6 +35,7 @@ pub fn open_app(model: Option<String>, data: Option<PathBuf>, start: AppStart) -
     };
     let method = start.method.map(|m| match m {
         MethodArg::Coop => promptscope::prompt::PromptMethodKind::Coop,
+        MethodArg::Cocoop => promptscope::prompt::PromptMethodKind::Cocoop,
         MethodArg::Mpfgvc => promptscope::prompt::PromptMethodKind::Datp,
     });
     let startup = promptscope::app::Startup {
@@ -42,6 +44,7 @@ pub fn open_app(model: Option<String>, data: Option<PathBuf>, start: AppStart) -
         epochs: start.epochs,
         prompts: start.prompts,
         side_by_side: start.side_by_side,
+        base_to_novel: start.base_to_novel,
         method,
         super_category: start.super_category,
     };

@@ -71,6 +71,9 @@ pub enum Verb {
         /// Open the Align tab's side-by-side view (the class word's map under each prompt).
         #[arg(long)]
         side_by_side: bool,
+        /// Open Compare in its base-to-novel mode (with --autorun: run it with the remembered methods).
+        #[arg(long)]
+        base_to_novel: bool,
         /// The Train tab's method (default: the remembered one); with mpfgvc, --super-category names
         /// the word its prompts end with.
         #[arg(long, value_enum)]
@@ -298,6 +301,7 @@ pub enum DatasetKind {
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
 pub enum MethodArg {
     Coop,
+    Cocoop,
     Mpfgvc,
 }
 

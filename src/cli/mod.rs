@@ -1200,6 +1200,7 @@ pub fn run(verb: Verb) -> Result<()> {
             epochs,
             prompts,
             side_by_side,
+            base_to_novel,
             method,
             super_category,
         } => open_app(
@@ -1211,6 +1212,7 @@ pub fn run(verb: Verb) -> Result<()> {
                 epochs,
                 prompts,
                 side_by_side,
+                base_to_novel,
                 method,
                 super_category,
             },
