@@ -71,22 +71,22 @@ def main():
                     common = ["--model", a.model, "--data", data, "--shots", str(shots), "--seed", str(seed), "--no-cache"]
                     first = len(results["runs"])
 
-                    def add(method, r, acc):
-                        results["runs"].append({"method": method, "shots": shots, "seed": seed, "test_acc": acc, "seconds": r["_seconds"], "peak_mib": r["_peak_mib"]})
+                    def add(method, r, acc, ms_per_step=None):
+                        results["runs"].append({"method": method, "shots": shots, "seed": seed, "test_acc": acc, "seconds": r["_seconds"], "peak_mib": r["_peak_mib"], "ms_per_step": ms_per_step})
 
                     for method, extra in [("CoOp", []), ("CoOp CSC", ["--csc"]), ("KgCoOp (λ = 8)", ["--kg-lambda", "8"]), ("CoCoOp", ["--cocoop"])]:
                         if not wanted(method):
                             continue
                         out = os.path.join(tmp, f"p-{len(results['runs'])}.safetensors")
                         r = run("train", *common, *extra, "--out", out)
-                        add(method, r, r["summary"]["test_acc"])
+                        add(method, r, r["summary"]["test_acc"], r["summary"].get("ms_per_step"))
                     if wanted("linear probe"):
                         r = run("linear-probe", *common)
                         add("linear probe", r, r["test_acc"])
                     for method, name in [("tip-adapter", "Tip-Adapter"), ("tip-adapter-f", "Tip-Adapter-F"), ("clip-adapter", "CLIP-Adapter")]:
                         if wanted(name):
                             r = run("adapter", "--method", method, *common)
-                            add(name, r, r["accuracy"])
+                            add(name, r, r["accuracy"], r.get("ms_per_step"))
                     print(f"{shots} shots, seed {seed}: " + ", ".join(f"{x['method']} {100 * x['test_acc']:.1f}%" for x in results["runs"][first:]), file=sys.stderr)
     os.makedirs(os.path.dirname(a.out), exist_ok=True)
     with open(a.out + ".json.tmp", "w") as f:
@@ -104,10 +104,14 @@ def main():
     print(f"| zero-shot, best template `{best_t}` | " + " | ".join(f"{100 * results['zero_shot'][best_t]:.1f}" for _ in SHOTS) + " |")
     # Cost of a 16-shot run per method: wall time and peak memory of its whole process (model load,
     # feature extraction without cache, training, evaluation), mean over seeds.
-    print("\n| method (16 shots) | wall time (s) | peak memory (MiB) |\n|---|---|---|")
+    # The step time: one optimiser step (forward, backward, update), validation left out; none for the
+    # methods that train nothing step-wise.
+    print("\n| method (16 shots) | step time (ms) | wall time (s) | peak memory (MiB) |\n|---|---|---|---|")
     for m in table:
         rs = [r for r in results["runs"] if r["method"] == m and r["shots"] == 16]
-        print(f"| {m} | {statistics.mean(r['seconds'] for r in rs):.1f} | {statistics.mean(r['peak_mib'] for r in rs):.0f} |")
+        steps = [r["ms_per_step"] for r in rs if r.get("ms_per_step")]
+        step = f"{statistics.mean(steps):.2f}" if steps else "–"
+        print(f"| {m} | {step} | {statistics.mean(r['seconds'] for r in rs):.1f} | {statistics.mean(r['peak_mib'] for r in rs):.0f} |")
     try:
         import matplotlib
 

@@ -670,13 +670,14 @@ pub fn train(args: &TrainArgs) -> Result<()> {
         print_json(&serde_json::json!({"summary": m, "out": args.output.out}))
     } else {
         outln!(
-            "learned context: val {:.2}%, test {:.2}%; hand-crafted {:?}: test {:.2}%  ({} epochs, {:.1} s)",
+            "learned context: val {:.2}%, test {:.2}%; hand-crafted {:?}: test {:.2}%  ({} epochs, {:.1} s{})",
             100.0 * m.val_acc,
             100.0 * m.test_acc,
             m.handcrafted_template,
             100.0 * m.handcrafted_test_acc,
             m.epochs_run,
-            m.train_seconds
+            m.train_seconds,
+            m.ms_per_step.map_or(String::new(), |ms| format!(", {ms:.2} ms/step"))
         );
         outln!("wrote {}", args.output.out.display());
         Ok(())

@@ -391,13 +391,19 @@ fn preprocess_of(dir: &Path, image_size: usize) -> Result<PreprocessConfig> {
 
 pub fn load_dir(dir: &Path, id: &str, device: &Device) -> Result<LoadedClip> {
     let (family, raw) = read_family(dir)?;
+    // A CLIP config is checked before the weights are looked for: a broken config.json is the first thing
+    // to fix.
+    let clip_config = if family == Family::Clip {
+        Some(read_config(dir)?)
+    } else {
+        None
+    };
     let weights = dir.join(WEIGHTS);
     if !weights.is_file() {
         return Err(Error::missing(weights, "promptscope reads safetensors weights; convert pytorch_model.bin with transformers' save_pretrained(safe_serialization=True)"));
     }
     let vb = mmap_weights(&weights, device)?;
-    let (towers, preprocess) = if family == Family::Clip {
-        let config = read_config(dir)?;
+    let (towers, preprocess) = if let Some(config) = clip_config {
         let model = ClipModel::load(&config, vb).map_err(|e| {
             Error::bad_file(
                 &weights,

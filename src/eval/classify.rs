@@ -33,9 +33,6 @@ pub fn top_k(
     k: usize,
     progress: &dyn Progress,
 ) -> Result<Vec<ImagePrediction>> {
-    if k == 0 {
-        return Err(Error::invalid("--top-k must be at least 1"));
-    }
     let rows = weights.dim(0)?;
     if rows != names.len() {
         return Err(Error::invalid(format!(

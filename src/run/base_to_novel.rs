@@ -300,7 +300,7 @@ pub fn run(
                 }
                 Method::Adapter(seeded) => {
                     let prepared = tip::prepare(clip, &base, &seeded, cache, progress)?;
-                    let (fitted, _) = tip::fit_adapter(
+                    let fitted = tip::fit_adapter(
                         clip,
                         base.num_classes(),
                         &prepared,
@@ -313,12 +313,14 @@ pub fn run(
                         accuracy(
                             &base_test,
                             &base,
-                            &fitted.logits(&base_test.1.feats, &base_w, s)?,
+                            &fitted.fitted.logits(&base_test.1.feats, &base_w, s)?,
                         )?,
                         accuracy(
                             &novel_test,
                             &novel,
-                            &fitted.logits_unseen(&novel_test.1.feats, &novel_w, s)?,
+                            &fitted
+                                .fitted
+                                .logits_unseen(&novel_test.1.feats, &novel_w, s)?,
                         )?,
                     )
                 }

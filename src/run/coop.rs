@@ -17,7 +17,7 @@ use crate::progress::Progress;
 use crate::prompt::cocoop::MetaNet;
 use crate::prompt::coop::PromptLearner;
 use crate::train::config::{Augment, CoopRun};
-use crate::train::coop::{checkpoint_path, Features, TrainEvent, Trainer};
+use crate::train::coop::{checkpoint_path, EpochStats, Features, TrainEvent, Trainer};
 use crate::train::features::extract;
 
 /// The split and its features, computed once per run (and cached on disk across runs).
@@ -90,6 +90,8 @@ pub struct RunMetrics {
     pub epochs_run: usize,
     pub final_loss: Option<f64>,
     pub train_seconds: f64,
+    /// Mean time of one optimiser step (forward, backward, update), validation left out.
+    pub ms_per_step: Option<f64>,
 }
 
 pub struct Outcome {
@@ -172,6 +174,11 @@ pub fn train(
         epochs_run: trainer.state.epoch,
         final_loss: trainer.state.history.last().map(|h| h.loss),
         train_seconds: trainer.state.history.last().map_or(0.0, |h| h.elapsed_s),
+        ms_per_step: trainer
+            .state
+            .history
+            .last()
+            .and_then(EpochStats::ms_per_step),
     };
     let history = trainer.state.history.clone();
     let (learner, meta) = trainer.into_parts();

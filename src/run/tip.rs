@@ -49,6 +49,8 @@ pub struct TipReport {
     /// Validation accuracy of the final adapter.
     pub val_acc: f64,
     pub train_seconds: f64,
+    /// Mean time of one training step of Tip-Adapter-F / CLIP-Adapter (None: nothing trained).
+    pub ms_per_step: Option<f64>,
     /// Zero-shot with the same template on the same test images, for comparison.
     pub zero_shot_test_acc: f64,
     pub split: String,
@@ -151,8 +153,15 @@ impl Fitted {
     }
 }
 
+/// A fitted adapter with its validation accuracy and, for the trained ones, their mean step time.
+pub struct FitOutcome {
+    pub fitted: Fitted,
+    pub val_acc: f64,
+    pub ms_per_step: Option<f64>,
+}
+
 /// Builds (Tip-Adapter) or trains (the others) the adapter on prepared features; α and β are searched on
-/// the validation split. Returns it with its validation accuracy.
+/// the validation split.
 pub fn fit_adapter(
     clip: &LoadedClip,
     classes: usize,
@@ -160,7 +169,7 @@ pub fn fit_adapter(
     run: &AdapterRun,
     progress: &dyn Progress,
     on_event: &mut dyn FnMut(crate::train::epoch_loop::TrainEvent),
-) -> Result<(Fitted, f64)> {
+) -> Result<FitOutcome> {
     let AdapterData {
         train,
         val,
@@ -169,13 +178,17 @@ pub fn fit_adapter(
     } = prepared;
     let scale = f64::from(clip.logit_scale());
     let grid = SearchGrid::default();
-    let searched = |cache: TipCache| -> Result<(Fitted, f64)> {
+    let searched = |cache: TipCache, ms_per_step| -> Result<FitOutcome> {
         let s = cache.search(val, weights, scale, &grid)?;
-        Ok((Fitted::Cache(cache, s), s.val_acc))
+        Ok(FitOutcome {
+            fitted: Fitted::Cache(cache, s),
+            val_acc: s.val_acc,
+            ms_per_step,
+        })
     };
     let method = run.method;
     let Some((optim, batch)) = method.recipe() else {
-        return searched(TipCache::build(train, classes)?);
+        return searched(TipCache::build(train, classes)?, None);
     };
     let adapter = match method {
         // Tip-Adapter-F trains from its cache with its initial α = β = 1, then searches them again.
@@ -212,12 +225,24 @@ pub fn fit_adapter(
         &mut |e, _| on_event(e),
     )?;
     let val_acc = trainer.accuracy(val)?;
+    let ms_per_step = trainer
+        .state
+        .history
+        .last()
+        .and_then(crate::train::epoch_loop::EpochStats::ms_per_step);
     match trainer.adapter {
-        Adapter::TipF { keys, values, .. } => searched(TipCache {
-            keys: keys.as_tensor().detach(),
-            values,
+        Adapter::TipF { keys, values, .. } => searched(
+            TipCache {
+                keys: keys.as_tensor().detach(),
+                values,
+            },
+            ms_per_step,
+        ),
+        adapter => Ok(FitOutcome {
+            fitted: Fitted::Residual(adapter),
+            val_acc,
+            ms_per_step,
         }),
-        adapter => Ok((Fitted::Residual(adapter), val_acc)),
     }
 }
 
@@ -232,7 +257,11 @@ pub fn fit(
 ) -> Result<TipReport> {
     let names = &data.class_names;
     let start = std::time::Instant::now();
-    let (fitted, val_acc) = fit_adapter(clip, names.len(), prepared, run, progress, on_event)?;
+    let FitOutcome {
+        fitted,
+        val_acc,
+        ms_per_step,
+    } = fit_adapter(clip, names.len(), prepared, run, progress, on_event)?;
     let AdapterData {
         split,
         test,
@@ -256,6 +285,7 @@ pub fn fit(
         searched: fitted.searched(),
         val_acc,
         train_seconds: start.elapsed().as_secs_f64(),
+        ms_per_step,
         zero_shot_test_acc: evaluate(&zero_shot, &labels, &paths, names).accuracy,
         split: test.description.clone(),
         test: evaluate(&logits, &labels, &paths, names),

@@ -23,6 +23,19 @@ pub struct EpochStats {
     pub val_acc: Option<f64>,
     pub elapsed_s: f64,
     pub eta_s: f64,
+    /// Optimiser steps so far, and the seconds spent in them (validation and checkpoints left out): a
+    /// method's step time. Older checkpoints' histories lack them (0).
+    #[serde(default)]
+    pub steps: usize,
+    #[serde(default)]
+    pub step_seconds: f64,
+}
+
+impl EpochStats {
+    /// Mean milliseconds per optimiser step so far.
+    pub fn ms_per_step(&self) -> Option<f64> {
+        (self.steps > 0).then(|| 1e3 * self.step_seconds / self.steps as f64)
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -192,6 +205,8 @@ pub fn run_until<T: TrainStep + ?Sized>(
             s.history.last().map_or(0.0, |h| h.elapsed_s),
         )
     };
+    let last = trainer.state().history.last();
+    let (mut steps_done, mut step_seconds) = last.map_or((0, 0.0), |h| (h.steps, h.step_seconds));
     while trainer.state().epoch < until.min(epochs) {
         let e = trainer.state().epoch;
         let lr = trainer.state().optim.lr_at(e);
@@ -200,7 +215,10 @@ pub fn run_until<T: TrainStep + ?Sized>(
         let (mut loss_sum, mut right, mut seen) = (0.0, 0, 0);
         for (s, rows) in batches.iter().enumerate() {
             check(progress)?;
+            let t = Instant::now();
             let (loss, c) = trainer.step(rows, lr)?;
+            step_seconds += t.elapsed().as_secs_f64();
+            steps_done += 1;
             if !loss.is_finite() {
                 let who = if name.is_empty() {
                     String::new()
@@ -240,6 +258,8 @@ pub fn run_until<T: TrainStep + ?Sized>(
             val_acc,
             elapsed_s: elapsed_before + trained,
             eta_s: per_epoch * (epochs - state.epoch) as f64,
+            steps: steps_done,
+            step_seconds,
         };
         state.history.push(stats.clone());
         progress.update(&label, state.epoch, epochs);

@@ -243,10 +243,14 @@ fn coop_checkpoint_imports_and_round_trips() {
 fn export_loads_back_with_the_same_accuracy_and_in_python() {
     let s = setup();
     let summary = ok(&train(&s, "p.safetensors", &[]));
-    let test_acc = serde_json::from_str::<serde_json::Value>(summary.lines().last().unwrap())
-        .unwrap()["summary"]["test_acc"]
-        .as_f64()
-        .unwrap();
+    let last = serde_json::from_str::<serde_json::Value>(summary.lines().last().unwrap()).unwrap();
+    let test_acc = last["summary"]["test_acc"].as_f64().unwrap();
+    assert!(
+        last["summary"]["ms_per_step"]
+            .as_f64()
+            .is_some_and(|ms| ms > 0.0),
+        "the step time: {last}"
+    );
     let e: serde_json::Value = serde_json::from_str(&ok(&promptscope(&[
         "eval",
         "--model",
@@ -861,6 +865,13 @@ fn feature_adapters_report_their_parameters_and_test_accuracy() {
             v["zero_shot_test_acc"].as_f64().is_some()
                 && v["accuracy"].as_f64().is_some()
                 && v["val_acc"].as_f64().is_some()
+        );
+        // A step time for what trains step-wise, none for the training-free cache.
+        assert_eq!(
+            v["ms_per_step"].as_f64().is_some_and(|ms| ms > 0.0),
+            method != "tip-adapter",
+            "{method}: {}",
+            v["ms_per_step"]
         );
         if method == "clip-adapter" {
             assert!(v["searched"].is_null(), "CLIP-Adapter has no α, β");
