@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Writes tests/fixtures/coop_checkpoint/model.pth.tar-3: a checkpoint in the format CoOp's trainer saves
 (`torch.save({"state_dict": prompt_learner.state_dict(), "epoch": 3, ...})`), for the tiny random-weight CLIP
-(token width 32), 3 classes, class-specific context of 4 vectors, plus the class names file.
+(token width 32), 3 classes, class-specific context of 4 vectors, plus the class names file; and
+evil.pth.tar: the same checkpoint with one more entry whose unpickling would call os.system (what a
+hostile "checkpoint" does), which promptscope must refuse without reading.
 
     python3 scripts/make_coop_checkpoint.py     # needs torch, numpy
 """
@@ -23,6 +25,16 @@ state = {
     "token_suffix": torch.zeros(3, 72, 32),
 }
 torch.save({"state_dict": state, "epoch": 3, "optimizer": None, "scheduler": None}, os.path.join(OUT, "model.pth.tar-3"))
+
+
+class Evil:
+    """torch.load(weights_only=False) would run `touch promptscope-was-here` while unpickling this."""
+
+    def __reduce__(self):
+        return (os.system, ("touch promptscope-was-here",))
+
+
+torch.save({"state_dict": state, "epoch": 3, "payload": Evil()}, os.path.join(OUT, "evil.pth.tar"))
 with open(os.path.join(OUT, "classnames.txt"), "w") as f:
     f.write("\n".join(CLASSES) + "\n")
 print("wrote", OUT)

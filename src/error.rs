@@ -100,15 +100,21 @@ pub fn output_dir(path: &std::path::Path) -> Result<PathBuf> {
 }
 
 /// Writes `bytes` to `path` atomically: a crash or a full disk never leaves a half-written file where the
-/// user's output (or an earlier good file) should be.
+/// user's output (or an earlier good file) should be. The bytes go to a temporary file beside it (named
+/// by process and call, so concurrent writers of one path never share one), are synced, then renamed
+/// over `path`; temporaries that killed processes left behind are removed.
 pub fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static CALL: AtomicU64 = AtomicU64::new(0);
     let dir = output_dir(path)?;
     let file_name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let tmp = dir.join(format!(".{file_name}.{}.tmp", std::process::id()));
+    remove_stale_temporaries(&dir, &file_name);
+    let call = CALL.fetch_add(1, Ordering::Relaxed);
+    let tmp = dir.join(format!(".{file_name}.{}-{call}.tmp", std::process::id()));
     let result = (|| -> std::io::Result<()> {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(bytes)?;
@@ -120,6 +126,32 @@ pub fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
         return Err(Error::io(path, e));
     }
     Ok(())
+}
+
+/// Removes `.{file_name}.{pid}-{n}.tmp` files of processes that no longer run (a SIGKILL between write
+/// and rename leaves one). Only where the process table can be asked (/proc); elsewhere they stay.
+fn remove_stale_temporaries(dir: &std::path::Path, file_name: &str) {
+    if !std::path::Path::new("/proc/self").exists() {
+        return;
+    }
+    let prefix = format!(".{file_name}.");
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix(&prefix)
+            .and_then(|rest| rest.strip_suffix(".tmp"))
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid != std::process::id() && !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
 }
 
 /// A folder that [`create_dir_atomic`] may fill: absent, or empty. Checked up front by jobs that would

@@ -21,6 +21,7 @@ pub fn read(path: &Path) -> Result<CoopCheckpoint> {
     if !path.is_file() {
         return Err(Error::missing(path, fix));
     }
+    super::pickle_guard::check_checkpoint(path)?;
     let pth = candle_core::pickle::PthTensors::new(path, Some("state_dict"))
         .map_err(|e| bad(format!("not a readable torch checkpoint ({e})")))?;
     let get = |k: &str| -> Result<Tensor> {

@@ -6,4 +6,5 @@ pub mod coop_import;
 pub mod interpret;
 pub mod model_check;
 pub mod mpfgvc_file;
+pub mod pickle_guard;
 pub mod prompt_file;

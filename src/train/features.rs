@@ -286,10 +286,11 @@ fn parse_cached(
 ) -> std::result::Result<Tensor, String> {
     let (_, meta) = safetensors::SafeTensors::read_metadata(bytes)
         .map_err(|e| format!("not a safetensors file ({e})"))?;
-    let stored_key = meta.metadata().as_ref().and_then(|m| m.get("key"));
-    if stored_key.map(String::as_str) != Some(key) {
+    let stored = |k: &str| meta.metadata().as_ref().and_then(|m| m.get(k)).cloned();
+    if stored("key").as_deref() != Some(key) {
         return Err("written for other inputs (its key differs from its name)".into());
     }
+    let digest = stored("sha256").ok_or("it has no checksum (an older format)")?;
     let st = safetensors::SafeTensors::deserialize(bytes)
         .map_err(|e| format!("not a safetensors file ({e})"))?;
     let t = st
@@ -301,6 +302,9 @@ fn parse_cached(
             t.dtype(),
             t.shape()
         ));
+    }
+    if hex(&Sha256::digest(t.data())) != digest {
+        return Err("its values do not match their checksum (a corrupted file)".into());
     }
     let values: Vec<f32> = t
         .data()
@@ -333,6 +337,7 @@ fn store(
     let meta = std::collections::HashMap::from([
         ("format".to_string(), FORMAT.to_string()),
         ("key".to_string(), key.to_string()),
+        ("sha256".to_string(), hex(&Sha256::digest(&bytes))),
         ("model".to_string(), clip.id.clone()),
         ("views".to_string(), views.to_string()),
         ("seed".to_string(), seed.to_string()),
@@ -554,6 +559,39 @@ mod tests {
         let again = Stages::default();
         extract(&f.clip, &f.samples, 0, 0, Some(cache.path()), &again).unwrap();
         assert!(again.saw(CACHED_STAGE));
+    }
+
+    /// A flipped bit in the values or a cut file (a killed writer, a bad disk) is caught by the checksum
+    /// or the parser, and the entry recomputed to the same features.
+    #[test]
+    fn a_corrupted_or_truncated_cache_entry_is_recomputed() {
+        let f = fixture();
+        let cache = tempfile::tempdir().unwrap();
+        let fresh = extract(&f.clip, &f.samples, 0, 0, Some(cache.path()), &Silent).unwrap();
+        let key = cache_key(&f.clip, &f.samples, 0, 0).unwrap();
+        let file = cache.path().join(format!("{key}.safetensors"));
+        let good = std::fs::read(&file).unwrap();
+        let mut flipped = good.clone();
+        let last = flipped.len() - 7;
+        flipped[last] ^= 0x10;
+        for bad in [flipped, good[..good.len() / 2].to_vec()] {
+            std::fs::write(&file, &bad).unwrap();
+            let progress = Stages::default();
+            let set = extract(&f.clip, &f.samples, 0, 0, Some(cache.path()), &progress).unwrap();
+            assert!(!progress.saw(CACHED_STAGE), "a bad entry must not be used");
+            let same = (set.feats.clone() - &fresh.feats)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert_eq!(same, 0.0);
+            let again = Stages::default();
+            extract(&f.clip, &f.samples, 0, 0, Some(cache.path()), &again).unwrap();
+            assert!(again.saw(CACHED_STAGE), "the entry was rewritten whole");
+        }
     }
 
     #[test]

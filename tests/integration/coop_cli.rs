@@ -175,6 +175,34 @@ fn a_killed_run_resumes_to_the_same_result() {
     );
 }
 
+/// A "checkpoint" whose pickle would call os.system when unpickled (scripts/make_coop_checkpoint.py) is
+/// refused before anything is read: the error names the function, nothing is written, nothing runs.
+#[test]
+fn a_checkpoint_whose_pickle_calls_os_system_is_refused() {
+    let s = setup();
+    let fx = common::fixtures().join("coop_checkpoint");
+    let out = s.p("evil.safetensors");
+    let run = promptscope(&[
+        "import-coop",
+        fx.join("evil.pth.tar").to_str().unwrap(),
+        "--model",
+        &s.p("m"),
+        "--classnames",
+        fx.join("classnames.txt").to_str().unwrap(),
+        "--out",
+        &out,
+    ]);
+    let line = error_line(&run);
+    for needle in ["evil.pth.tar", "refused", "posix.system", "torch.save"] {
+        assert!(line.contains(needle), "{needle:?} not in {line:?}");
+    }
+    assert!(!Path::new(&out).exists());
+    assert!(
+        !Path::new("promptscope-was-here").exists()
+            && !s.dir.path().join("promptscope-was-here").exists()
+    );
+}
+
 #[test]
 fn coop_checkpoint_imports_and_round_trips() {
     let s = setup();
