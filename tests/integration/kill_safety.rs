@@ -170,8 +170,8 @@ fn training_killed_at_random_instants_resumes_to_the_uninterrupted_context_bit_f
         kills += 1;
         let last_epoch = stdout
             .lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?["epoch"].as_u64())
-            .last();
+            .rev()
+            .find_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?["epoch"].as_u64());
         phases[match last_epoch {
             None => 0,
             Some(59) => 2,
