@@ -18,6 +18,7 @@ mod demo_claims;
 mod family_parity;
 mod filip_parity;
 mod fused_ops;
+mod fuzz_loaders;
 mod kill_safety;
 mod mpfgvc_cli;
 mod mpfgvc_two_stage;
