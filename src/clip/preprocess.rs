@@ -145,8 +145,24 @@ fn as_usize(n: &serde_json::Number) -> std::result::Result<usize, String> {
         .ok_or_else(|| format!("{n} is not a positive size"))
 }
 
+/// The environment variable that sets [`max_image_side`].
+pub const MAX_SIDE_VAR: &str = "PROMPTSCOPE_MAX_IMAGE_SIDE";
+
+/// The longest side an image may claim (20,000 pixels unless `PROMPTSCOPE_MAX_IMAGE_SIDE` says otherwise).
+pub fn max_image_side() -> u32 {
+    std::env::var(MAX_SIDE_VAR)
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .filter(|&n: &u32| n > 0)
+        .unwrap_or(20_000)
+}
+
 /// Decodes an image file with its EXIF orientation applied.
 pub fn load_image(path: &Path) -> Result<DynamicImage> {
+    load_image_within(path, max_image_side())
+}
+
+fn load_image_within(path: &Path, limit: u32) -> Result<DynamicImage> {
     use image::ImageDecoder;
     let err = |e: &dyn std::fmt::Display| Error::Image {
         path: path.to_path_buf(),
@@ -157,6 +173,14 @@ pub fn load_image(path: &Path) -> Result<DynamicImage> {
         .with_guessed_format()
         .map_err(|e| err(&e))?;
     let mut decoder = reader.into_decoder().map_err(|e| err(&e))?;
+    // Refused from the header, before a pixel is decoded: a few-KB file can claim gigapixels.
+    let (w, h) = decoder.dimensions();
+    if w.max(h) > limit {
+        return Err(err(&format!(
+            "it claims {w}×{h} pixels, beyond the limit of {limit} per side (a decompression bomb, or a huge scan: \
+             downscale it, or raise the limit with {MAX_SIDE_VAR}=N)"
+        )));
+    }
     let orientation = decoder
         .orientation()
         .unwrap_or(image::metadata::Orientation::NoTransforms);
@@ -236,6 +260,33 @@ pub fn preprocess(img: &DynamicImage, cfg: &PreprocessConfig) -> Vec<f32> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn an_image_claiming_too_many_pixels_is_refused_from_its_header() {
+        let dir = tempfile::tempdir().unwrap();
+        let bomb = dir.path().join("bomb.png");
+        std::fs::write(&bomb, crate::testing::claimed_png(30_000, 30_000)).unwrap();
+        let started = std::time::Instant::now();
+        let e = load_image(&bomb).unwrap_err().to_string();
+        assert!(
+            started.elapsed().as_secs_f64() < 1.0,
+            "decoded before refusing"
+        );
+        for needle in ["bomb.png", "30000×30000", "20000", MAX_SIDE_VAR] {
+            assert!(e.contains(needle), "{needle:?} not in {e}");
+        }
+        // Below the limit the header passes and the (empty) data is what fails.
+        std::fs::write(&bomb, crate::testing::claimed_png(64, 64)).unwrap();
+        assert!(!load_image(&bomb).unwrap_err().to_string().contains("limit"));
+        // The limit is a setting: a small one refuses an ordinary picture.
+        let fixture =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/nonsquare_320x213.png");
+        assert!(load_image_within(&fixture, 100)
+            .unwrap_err()
+            .to_string()
+            .contains("320×213"));
+        assert!(load_image_within(&fixture, 320).is_ok());
+    }
+
     use super::*;
 
     #[test]

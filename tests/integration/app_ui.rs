@@ -941,3 +941,140 @@ fn an_mpfgvc_run_trains_both_stages_from_the_train_tab_with_live_curves_stops_an
 fn run_label(h: &Harness<'_, PromptscopeApp>, index: usize) -> String {
     h.state().state.runs[index].label.clone()
 }
+
+/// Every kind of bad input dropped onto the window gives one dismissable error naming the file (or, for
+/// an image, Align's own error with Retry), leaves the loaded model and dataset as they were, and the
+/// app answers the next request.
+#[test]
+fn bad_inputs_dropped_on_the_window_each_give_one_error_naming_the_file() {
+    let fx = fixture();
+    let mut h = loaded(&fx);
+    let bad = fx._dir.path().join("bad");
+    std::fs::create_dir(&bad).unwrap();
+    let make = |name: &str, bytes: &[u8]| {
+        let p = bad.join(name);
+        std::fs::write(&p, bytes).unwrap();
+        p
+    };
+    let weights = std::fs::read(fx.model.join("model.safetensors")).unwrap();
+    let folder = |name: &str, files: &[(&str, &[u8])]| {
+        let d = bad.join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        for (f, bytes) in files {
+            std::fs::write(d.join(f), bytes).unwrap();
+        }
+        d
+    };
+    let config = std::fs::read(fx.model.join("config.json")).unwrap();
+    let empty_class = folder("one-empty-class", &[]);
+    std::fs::create_dir_all(empty_class.join("cats")).unwrap();
+    let inputs: Vec<(PathBuf, &str)> = vec![
+        (
+            make("cut.safetensors", &weights[..weights.len() / 3]),
+            "cut.safetensors",
+        ),
+        (make("notes.txt", b"hello"), "notes.txt"),
+        (
+            super::common::fixtures()
+                .join("coop_checkpoint")
+                .join("evil.pth.tar"),
+            "evil.pth.tar",
+        ),
+        (
+            make("garbage.pth.tar", b"PK\x03\x04 not really"),
+            "garbage.pth.tar",
+        ),
+        (
+            folder(
+                "cut-model",
+                &[
+                    ("config.json", &config),
+                    ("model.safetensors", &weights[..1000]),
+                ],
+            ),
+            "model.safetensors",
+        ),
+        (
+            folder(
+                "bad-config",
+                &[
+                    ("config.json", b"{ \"text_config\": 3 }"),
+                    ("model.safetensors", &weights),
+                ],
+            ),
+            "config.json",
+        ),
+        (folder("empty-dataset", &[]), "empty-dataset"),
+        (empty_class, "cats"),
+    ];
+    for (path, needle) in &inputs {
+        h.input_mut()
+            .dropped_files
+            .push(Arc::new(DroppedFolder(path.clone())));
+        wait_idle(&mut h);
+        let errors = h.state().state.errors.clone();
+        assert_eq!(errors.len(), 1, "{}: {errors:?}", path.display());
+        assert!(
+            errors[0].contains(needle),
+            "{needle:?} not in {:?}",
+            errors[0]
+        );
+        assert_eq!(h.query_all_by_label("Dismiss").count(), 1);
+        click(&mut h, "Dismiss");
+        assert!(h.state().state.errors.is_empty());
+        // What was loaded is still loaded.
+        let app = h.state();
+        assert!(
+            app.state
+                .model
+                .as_ref()
+                .is_some_and(|m| m.clip.dir == fx.model),
+            "{}: the model changed",
+            path.display()
+        );
+        assert!(
+            app.state
+                .dataset
+                .as_ref()
+                .is_some_and(|d| d.folder.root == fx.data),
+            "{}: the dataset changed",
+            path.display()
+        );
+    }
+    // Images go to Align: a corrupt one and one whose header claims 30000×30000 each fail there, naming
+    // the file, with Retry.
+    click(&mut h, "Align");
+    for (name, bytes) in [
+        ("corrupt.png", b"\x89PNG\r\n\x1a\n garbage".to_vec()),
+        (
+            "bomb.png",
+            promptscope::testing::claimed_png(30_000, 30_000),
+        ),
+    ] {
+        let p = make(name, &bytes);
+        h.input_mut().dropped_files.push(Arc::new(DroppedFolder(p)));
+        // The drop sets Align's image; the next frame asks for its alignment.
+        h.step();
+        wait_idle(&mut h);
+        h.step();
+        wait_idle(&mut h);
+        let failed = h
+            .state()
+            .state
+            .align_failed
+            .as_ref()
+            .map(|(_, m)| m.clone())
+            .unwrap_or_else(|| panic!("{name}: no error; {:?}", h.state().state.errors));
+        assert!(failed.contains(name), "{name} not in {failed}");
+        assert!(h.query_by_label("Retry").is_some());
+    }
+    // Still responsive: zero-shot runs.
+    click(&mut h, "Compare");
+    click(&mut h, "Run zero-shot");
+    wait_idle(&mut h);
+    assert!(
+        h.state().state.report.is_some(),
+        "{:?}",
+        h.state().state.errors
+    );
+}
