@@ -341,6 +341,18 @@ pub fn read_config(dir: &Path) -> Result<ClipConfig> {
     Ok(cfg)
 }
 
+/// A CLIP folder's config with the tokenizer and preprocessing it comes with, its start- and end-of-text
+/// ids taken from the tokenizer: the hub's OpenAI configs say 0 and 2 there (leftovers that transformers
+/// special-cases by pooling at the largest id), while the text tower pools at the tokenizer's real
+/// end-of-text token.
+pub fn read_config_for(dir: &Path) -> Result<(ClipConfig, ClipTokenizer, PreprocessConfig)> {
+    let mut config = read_config(dir)?;
+    let (tokenizer, preprocess) = companions(dir, &config)?;
+    config.text_config.eos_token_id = tokenizer.eos_id;
+    config.text_config.bos_token_id = tokenizer.bos_id;
+    Ok((config, tokenizer, preprocess))
+}
+
 /// The tokenizer and preprocessing a model folder comes with (the bundled BPE and CLIP's defaults where
 /// it has none), checked against its config; the weights are not read.
 pub fn companions(dir: &Path, config: &ClipConfig) -> Result<(ClipTokenizer, PreprocessConfig)> {
@@ -394,7 +406,7 @@ pub fn load_dir(dir: &Path, id: &str, device: &Device) -> Result<LoadedClip> {
     // A CLIP config is checked before the weights are looked for: a broken config.json is the first thing
     // to fix.
     let clip_config = if family == Family::Clip {
-        Some(read_config(dir)?)
+        Some(read_config_for(dir)?)
     } else {
         None
     };
@@ -403,7 +415,7 @@ pub fn load_dir(dir: &Path, id: &str, device: &Device) -> Result<LoadedClip> {
         return Err(Error::missing(weights, "promptscope reads safetensors weights; convert pytorch_model.bin with transformers' save_pretrained(safe_serialization=True)"));
     }
     let vb = mmap_weights(&weights, device)?;
-    let (towers, preprocess) = if let Some(config) = clip_config {
+    let (towers, preprocess) = if let Some((config, tokenizer, preprocess)) = clip_config {
         let model = ClipModel::load(&config, vb).map_err(|e| {
             Error::bad_file(
                 &weights,
@@ -411,7 +423,6 @@ pub fn load_dir(dir: &Path, id: &str, device: &Device) -> Result<LoadedClip> {
                 "use the config.json and model.safetensors of the same CLIP checkpoint",
             )
         })?;
-        let (tokenizer, preprocess) = companions(dir, &config)?;
         (Towers::Clip { model, tokenizer }, preprocess)
     } else {
         let model = GlobalModel::load(family, dir, &raw, &weights, vb)?;

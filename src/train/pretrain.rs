@@ -65,7 +65,7 @@ impl TrainableClip {
 
     /// Every weight of a CLIP folder as a variable (fine-tuning an existing model).
     pub fn from_folder(dir: &Path, device: &Device) -> Result<Self> {
-        let config = crate::clip::load::read_config(dir)?;
+        let (config, _, _) = crate::clip::load::read_config_for(dir)?;
         let mut model = Self::init(&config, 0, device)?;
         let weights = dir.join("model.safetensors");
         model.varmap.load(&weights).map_err(|e| {

@@ -683,3 +683,34 @@ fn the_first_hour_from_the_command_line() {
         "classify and eval agree"
     );
 }
+
+/// The hub's OpenAI configs say `bos_token_id: 0, eos_token_id: 2` (leftovers; transformers pools at the
+/// largest id then, which is CLIP's end-of-text token): the same model reads and embeds the same as with
+/// the real ids. (Found by the config.json fuzz target: such a config loaded and then failed on every text.)
+#[test]
+fn openai_hub_configs_with_legacy_special_token_ids_embed_the_same() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (real, legacy) = (tmp.path().join("real"), tmp.path().join("legacy"));
+    tiny_model(&real);
+    tiny_model(&legacy);
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(legacy.join("config.json")).unwrap())
+            .unwrap();
+    cfg["text_config"]["bos_token_id"] = 0.into();
+    cfg["text_config"]["eos_token_id"] = 2.into();
+    std::fs::write(legacy.join("config.json"), cfg.to_string()).unwrap();
+    let embed = |m: &Path| {
+        common::ok(&promptscope(&[
+            "embed",
+            "--model",
+            m.to_str().unwrap(),
+            "--text",
+            "a photo of a dog.",
+            "--text",
+            "x",
+            "--format",
+            "json",
+        ]))
+    };
+    assert_eq!(embed(&real), embed(&legacy));
+}
