@@ -99,6 +99,24 @@ pub fn output_dir(path: &std::path::Path) -> Result<PathBuf> {
     Ok(dir)
 }
 
+/// [`output_dir`], and a file can be created there (a read-only mount, a folder without write permission,
+/// a full disk that cannot take even an empty file): jobs call this before hours of work.
+pub fn check_writable(path: &std::path::Path) -> Result<PathBuf> {
+    let dir = output_dir(path)?;
+    let probe = dir.join(format!(".promptscope-write-probe-{}", std::process::id()));
+    match std::fs::File::create(&probe) {
+        Ok(_) => {
+            let _ = std::fs::remove_file(&probe);
+            Ok(dir)
+        }
+        Err(e) => Err(Error::bad_file(
+            &dir,
+            format!("cannot be written to ({e})"),
+            format!("choose a folder you can write for {}", path.display()),
+        )),
+    }
+}
+
 /// Writes `bytes` to `path` atomically: a crash or a full disk never leaves a half-written file where the
 /// user's output (or an earlier good file) should be. The bytes go to a temporary file beside it (named
 /// by process and call, so concurrent writers of one path never share one), are synced, then renamed

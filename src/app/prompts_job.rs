@@ -146,7 +146,7 @@ pub fn export(from: &Path, to: &Path) -> Result<PathBuf> {
             "choose where to save the prompts (a .safetensors path)",
         ));
     }
-    crate::error::output_dir(to)?;
+    crate::error::check_writable(to)?;
     let bytes = std::fs::read(from).map_err(|e| Error::io(from, e))?;
     crate::error::write_atomic(to, &bytes)?;
     Ok(to.to_path_buf())

@@ -150,6 +150,16 @@ pub enum Verb {
         #[arg(long, value_enum, default_value = "text")]
         format: Format,
     },
+    /// Time listing a dataset folder and drawing its splits (no image is decoded): how long a large
+    /// dataset takes to open.
+    BenchDataset {
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long, default_value_t = 16)]
+        shots: usize,
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+    },
     /// Time the GPU heatmap overlay (shaders/heatmap.wgsl) drawing a 7×7 map over an image into a
     /// size×size target, each draw submitted and waited for.
     BenchOverlay {

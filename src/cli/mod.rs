@@ -146,6 +146,23 @@ pub fn embed(args: &ModelArgs, texts: &[String], images: &[PathBuf], format: For
     }
 }
 
+/// Says on stderr which prompts are cut to the model's context (at most three, then how many more).
+fn note_overlong(clip: &LoadedClip, classes: &[String], templates: &[String]) -> Result<()> {
+    let long = zeroshot::overlong_prompts(clip, classes, templates)?;
+    let max = clip.tokenizer().map_or(0, |t| t.max_len);
+    for (prompt, n) in long.iter().take(3) {
+        let shown: String = prompt.chars().take(60).collect();
+        eprintln!("note: the prompt \"{shown}…\" is {n} tokens: cut to the model's {max}, end-of-text kept (CLIP's truncate=True)");
+    }
+    if long.len() > 3 {
+        eprintln!(
+            "note: and {} more prompts are cut the same way",
+            long.len() - 3
+        );
+    }
+    Ok(())
+}
+
 pub fn zero_shot(
     args: &ModelArgs,
     data: &DataArgs,
@@ -160,6 +177,7 @@ pub fn zero_shot(
     if templates.is_empty() {
         templates.push(zeroshot::DEFAULT_TEMPLATE.to_string());
     }
+    note_overlong(&clip, &ds.class_names, &templates)?;
     let report = {
         let bar = Bar::new();
         zeroshot::run(&clip, &ds, &split, &templates, batch, &bar)?
@@ -270,6 +288,31 @@ pub fn bench_coop(
                 r.steps,
                 r.peak_rss_mb.map_or("n/a".into(), |m| format!("{m:.0} MiB"))
             );
+            Ok(())
+        }
+    }
+}
+
+pub fn bench_dataset(root: &Path, shots: usize, format: Format) -> Result<()> {
+    let t = std::time::Instant::now();
+    let ds = promptscope::data::DatasetFolder::open(root)?;
+    let listed = t.elapsed().as_secs_f64();
+    let t = std::time::Instant::now();
+    let test = promptscope::data::fewshot::test_split(&ds, 0)?;
+    let split = promptscope::data::fewshot::few_shot(&ds, Some(shots), 1, 0)?;
+    let split_s = t.elapsed().as_secs_f64();
+    let files = ds.train.as_ref().map_or(0, Vec::len)
+        + ds.val.as_ref().map_or(0, Vec::len)
+        + ds.test.as_ref().map_or(0, Vec::len)
+        + ds.all.len();
+    let r = serde_json::json!({
+        "classes": ds.num_classes(), "files": files, "list_seconds": listed, "split_seconds": split_s,
+        "test_images": test.samples.len(), "train_shots": split.train.len(),
+    });
+    match format {
+        Format::Json => print_json(&r),
+        Format::Text => {
+            outln!("{} classes, {files} images: listed in {listed:.2} s, split ({shots}-shot + test) in {split_s:.2} s", ds.num_classes());
             Ok(())
         }
     }
@@ -1272,6 +1315,11 @@ pub fn run(verb: Verb) -> Result<()> {
                 bench(&model, batch, images, text_batch, texts, format)
             }
         }
+        Verb::BenchDataset {
+            data,
+            shots,
+            format,
+        } => bench_dataset(&data, shots, format),
         Verb::BenchOverlay {
             size,
             repeats,

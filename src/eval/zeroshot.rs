@@ -23,6 +23,30 @@ pub fn fill(template: &str, class_name: &str) -> String {
     }
 }
 
+/// The filled prompts longer than the model's text context, with their token counts (start and end
+/// included): they are cut to the context with the end-of-text token kept, as CLIP's `truncate=True`
+/// does, and whoever runs them should be told. Empty for families that tokenise their own way.
+pub fn overlong_prompts(
+    clip: &LoadedClip,
+    class_names: &[String],
+    templates: &[String],
+) -> Result<Vec<(String, usize)>> {
+    let Ok(tok) = clip.tokenizer() else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::new();
+    for t in super::templates::expand(templates) {
+        for c in class_names {
+            let prompt = fill(&t, c);
+            let n = tok.count_words(&prompt)? + 2;
+            if n > tok.max_len {
+                out.push((prompt, n));
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// Normalised class weights `[C, P]` from one or several templates.
 pub fn class_weights(
     clip: &LoadedClip,

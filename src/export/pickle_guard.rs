@@ -215,11 +215,18 @@ pub fn check_checkpoint(path: &Path) -> Result<()> {
                 ));
             }
         }
-        // The legacy (pre-1.6) format is a bare pickle stream.
-        Err(_) => pickles.push((
-            "pickle".into(),
-            std::fs::read(path).map_err(|e| Error::io(path, e))?,
-        )),
+        // The legacy (pre-1.6) format is a bare pickle stream, which starts with a PROTO opcode.
+        Err(_) => {
+            let data = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+            if data.first() != Some(&0x80) {
+                return Err(Error::bad_file(
+                    path,
+                    "not a torch checkpoint (neither a zip nor a pickle)",
+                    "pass CoOp's prompt_learner/model.pth.tar-N",
+                ));
+            }
+            pickles.push(("pickle".into(), data));
+        }
     }
     for (name, data) in pickles {
         check_pickle(&data).map_err(|why| bad(format!("{name}: {why}")))?;

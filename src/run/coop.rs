@@ -119,7 +119,7 @@ pub fn train(
 ) -> Result<Outcome> {
     if let Some(out) = out {
         // Fail before hours of training, not after, when the export cannot be written.
-        crate::error::output_dir(out)?;
+        crate::error::check_writable(out)?;
     }
     let names = &data.class_names;
     let learner = PromptLearner::new(&clip.model()?.text, clip.tokenizer()?, names, &run.coop)?;

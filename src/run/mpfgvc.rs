@@ -257,7 +257,7 @@ pub fn train(
 ) -> Result<Outcome> {
     if let Some(out) = out {
         // Fail before training, not after, when the export cannot be written.
-        crate::error::output_dir(out)?;
+        crate::error::check_writable(out)?;
     }
     let names = &data.class_names;
     let c = names.len();

@@ -104,7 +104,7 @@ pub fn train(
     progress: &dyn Progress,
     on_event: &mut dyn FnMut(TrainEvent),
 ) -> Result<Vec<EpochStats>> {
-    crate::error::output_dir(out)?;
+    crate::error::check_writable(out)?;
     // Before training, not after it.
     crate::error::check_new_dir(out)?;
     let mut t = Pretrainer::new(model, config.clone(), data)?;

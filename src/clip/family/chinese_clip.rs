@@ -142,6 +142,28 @@ pub fn config(v: &Value) -> Result<(ChineseClipConfig, Info), String> {
             t.position_embedding_type
         ));
     }
+    super::check_tower(
+        "text_config",
+        t.hidden_size,
+        t.num_attention_heads,
+        t.intermediate_size,
+        t.num_hidden_layers,
+    )?;
+    super::check_tower(
+        "vision_config",
+        vis.hidden_size,
+        vis.num_attention_heads,
+        vis.intermediate_size,
+        vis.num_hidden_layers,
+    )?;
+    if t.max_position_embeddings == 0
+        || t.vocab_size == 0
+        || t.type_vocab_size == 0
+        || vis.num_channels != 3
+        || c.projection_dim == 0
+    {
+        return Err("text max_position_embeddings, vocab_size, type_vocab_size and projection_dim must be positive, and images have 3 channels".into());
+    }
     if vis.patch_size == 0 || vis.image_size % vis.patch_size != 0 {
         return Err(format!(
             "image_size {} is not a multiple of patch_size {}",

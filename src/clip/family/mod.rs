@@ -63,6 +63,29 @@ impl Family {
     }
 }
 
+/// What candle's towers assume of a config without checking it (a bad value would fail deep inside a
+/// forward pass, or allocate without bound): widths split evenly into heads, every size positive.
+pub(super) fn check_tower(
+    what: &str,
+    hidden: usize,
+    heads: usize,
+    intermediate: usize,
+    layers: usize,
+) -> Result<(), String> {
+    if hidden == 0 || heads == 0 || intermediate == 0 || layers == 0 {
+        return Err(format!("{what}: hidden_size, num_attention_heads, intermediate_size and num_hidden_layers must all be positive"));
+    }
+    if hidden % heads != 0 {
+        return Err(format!(
+            "{what}: hidden_size {hidden} is not divisible by num_attention_heads {heads}"
+        ));
+    }
+    if hidden > 1 << 14 || intermediate > 1 << 17 || layers > 512 {
+        return Err(format!("{what}: sizes beyond any released model (hidden {hidden}, intermediate {intermediate}, {layers} layers)"));
+    }
+    Ok(())
+}
+
 /// A SigLIP or Chinese-CLIP model with its tokenizer, behind the global-feature interface.
 pub struct GlobalModel {
     pub family: Family,

@@ -29,6 +29,23 @@ pub fn config(v: &Value) -> Result<(Config, Info), String> {
             "vision_use_head is false: this vision tower has no pooled image feature".into(),
         );
     }
+    super::check_tower(
+        "text_config",
+        t.hidden_size,
+        t.num_attention_heads,
+        t.intermediate_size,
+        t.num_hidden_layers,
+    )?;
+    super::check_tower(
+        "vision_config",
+        vis.hidden_size,
+        vis.num_attention_heads,
+        vis.intermediate_size,
+        vis.num_hidden_layers,
+    )?;
+    if t.max_position_embeddings == 0 || t.vocab_size == 0 || vis.num_channels != 3 {
+        return Err("text max_position_embeddings and vocab_size must be positive, and images have 3 channels".into());
+    }
     if t.hidden_size != vis.hidden_size {
         return Err(format!(
             "text ({}) and vision ({}) widths differ: their features cannot be compared",
