@@ -75,7 +75,7 @@ pub(super) fn check_tower(
     if hidden == 0 || heads == 0 || intermediate == 0 || layers == 0 {
         return Err(format!("{what}: hidden_size, num_attention_heads, intermediate_size and num_hidden_layers must all be positive"));
     }
-    if hidden % heads != 0 {
+    if !hidden.is_multiple_of(heads) {
         return Err(format!(
             "{what}: hidden_size {hidden} is not divisible by num_attention_heads {heads}"
         ));
