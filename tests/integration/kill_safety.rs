@@ -285,3 +285,49 @@ fn pretraining_killed_at_random_instants_resumes_to_the_same_weights() {
         "resumed weights differ from the uninterrupted run's"
     );
 }
+
+/// Two processes filling the same feature-cache entries at once both finish with the same context, and
+/// what they leave is read back by a third run without a warning (their temporaries never collide).
+#[test]
+fn two_processes_filling_one_cache_do_not_corrupt_it() {
+    let s = Scratch::with_tiny_model();
+    promptscope::data::synth::write_dataset(&s.dir.path().join("d"), 3, 0, Some((4, 2, 3)), 6)
+        .unwrap();
+    let (m, d, cache) = (s.p("m"), s.p("d"), s.p("cache"));
+    let command = |out: &str| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_promptscope"));
+        c.args([
+            "train", "--model", &m, "--data", &d, "--shots", "2", "--n-ctx", "4", "--epochs", "3",
+            "--views", "3", "--cache", &cache, "--out", out,
+        ]);
+        c.env("HF_ENDPOINT", "http://127.0.0.1:9")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        c
+    };
+    let (a, b) = (s.p("a.safetensors"), s.p("b.safetensors"));
+    let runs: Vec<_> = [&a, &b]
+        .iter()
+        .map(|out| command(out).spawn().unwrap())
+        .collect();
+    for r in runs {
+        let out = r.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert_eq!(ctx_bits(Path::new(&a)), ctx_bits(Path::new(&b)));
+    let third = command(&s.p("c.safetensors")).output().unwrap();
+    let stderr = String::from_utf8_lossy(&third.stderr);
+    assert!(
+        third.status.success() && !stderr.contains("ignoring feature cache"),
+        "{stderr}"
+    );
+    assert_eq!(
+        ctx_bits(Path::new(&s.p("c.safetensors"))),
+        ctx_bits(Path::new(&a))
+    );
+    assert_eq!(temporaries(Path::new(&cache)), Vec::<String>::new());
+}
