@@ -156,19 +156,19 @@ pub fn config(v: &Value) -> Result<(ChineseClipConfig, Info), String> {
         vis.intermediate_size,
         vis.num_hidden_layers,
     )?;
-    if t.max_position_embeddings == 0
-        || t.vocab_size == 0
-        || t.type_vocab_size == 0
+    super::check_sizes(
+        vis.image_size,
+        vis.patch_size,
+        t.max_position_embeddings,
+        t.vocab_size,
+    )?;
+    if t.type_vocab_size == 0
+        || t.type_vocab_size > 1024
         || vis.num_channels != 3
         || c.projection_dim == 0
+        || c.projection_dim > 1 << 14
     {
-        return Err("text max_position_embeddings, vocab_size, type_vocab_size and projection_dim must be positive, and images have 3 channels".into());
-    }
-    if vis.patch_size == 0 || vis.image_size % vis.patch_size != 0 {
-        return Err(format!(
-            "image_size {} is not a multiple of patch_size {}",
-            vis.image_size, vis.patch_size
-        ));
+        return Err("type_vocab_size and projection_dim must be positive and of a released model's size, and images have 3 channels".into());
     }
     let text_config = ChineseClipTextConfig {
         vocab_size: t.vocab_size,

@@ -86,6 +86,30 @@ pub(super) fn check_tower(
     Ok(())
 }
 
+/// Image and context sizes within what any released model uses: candle builds index tensors of the
+/// patch count and the context length before it checks them against the weights, so a config claiming
+/// a gigapixel input would allocate without bound (found by the Chinese-CLIP config fuzz target, which
+/// the kernel's OOM killer ended).
+pub(super) fn check_sizes(
+    image_size: usize,
+    patch_size: usize,
+    context: usize,
+    vocab: usize,
+) -> Result<(), String> {
+    if patch_size == 0 || image_size == 0 || !image_size.is_multiple_of(patch_size) {
+        return Err(format!(
+            "image_size {image_size} is not a positive multiple of patch_size {patch_size}"
+        ));
+    }
+    if image_size > 4096 || (image_size / patch_size).pow(2) > 1 << 16 {
+        return Err(format!("image_size {image_size} with patch_size {patch_size} is beyond any released model (at most 4096 px, 65536 patches)"));
+    }
+    if context == 0 || context > 1 << 14 || vocab == 0 || vocab > 1 << 22 {
+        return Err(format!("a text context of {context} positions and a vocabulary of {vocab} are beyond any released model"));
+    }
+    Ok(())
+}
+
 /// A SigLIP or Chinese-CLIP model with its tokenizer, behind the global-feature interface.
 pub struct GlobalModel {
     pub family: Family,

@@ -43,19 +43,19 @@ pub fn config(v: &Value) -> Result<(Config, Info), String> {
         vis.intermediate_size,
         vis.num_hidden_layers,
     )?;
-    if t.max_position_embeddings == 0 || t.vocab_size == 0 || vis.num_channels != 3 {
-        return Err("text max_position_embeddings and vocab_size must be positive, and images have 3 channels".into());
+    super::check_sizes(
+        vis.image_size,
+        vis.patch_size,
+        t.max_position_embeddings,
+        t.vocab_size,
+    )?;
+    if vis.num_channels != 3 {
+        return Err("images have 3 channels".into());
     }
     if t.hidden_size != vis.hidden_size {
         return Err(format!(
             "text ({}) and vision ({}) widths differ: their features cannot be compared",
             t.hidden_size, vis.hidden_size
-        ));
-    }
-    if vis.patch_size == 0 || vis.image_size % vis.patch_size != 0 {
-        return Err(format!(
-            "image_size {} is not a multiple of patch_size {}",
-            vis.image_size, vis.patch_size
         ));
     }
     let summary = format!(
