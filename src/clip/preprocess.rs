@@ -126,6 +126,22 @@ impl PreprocessConfig {
         if cfg.std.contains(&0.0) {
             return Err("\"image_std\" has a zero".into());
         }
+        // Every image is resized to these sizes: a config asking for a gigapixel resize would allocate
+        // without bound (found by the preprocessor_config fuzz target: 34 GB, an abort).
+        let sides = match cfg.resize {
+            Resize::ShortestEdge(n) => vec![n],
+            Resize::Exact(h, w) => vec![h, w],
+            Resize::None => vec![],
+        };
+        if let Some(big) = sides
+            .into_iter()
+            .chain(cfg.crop.map(|(h, w)| [h, w]).into_iter().flatten())
+            .find(|&n| n > MAX_RESIZE)
+        {
+            return Err(format!(
+                "a resize or crop to {big} px is beyond {MAX_RESIZE} px, more than any model takes"
+            ));
+        }
         Ok(cfg)
     }
 
@@ -144,6 +160,12 @@ fn as_usize(n: &serde_json::Number) -> std::result::Result<usize, String> {
         .map(|x| x as usize)
         .ok_or_else(|| format!("{n} is not a positive size"))
 }
+
+/// The most elongated image accepted (long side over short side).
+const MAX_ASPECT: u32 = 500;
+
+/// The largest resize or crop side a `preprocessor_config.json` may ask for.
+const MAX_RESIZE: usize = 8192;
 
 /// The environment variable that sets [`max_image_side`].
 pub const MAX_SIDE_VAR: &str = "PROMPTSCOPE_MAX_IMAGE_SIDE";
@@ -180,6 +202,11 @@ fn load_image_within(path: &Path, limit: u32) -> Result<DynamicImage> {
             "it claims {w}×{h} pixels, beyond the limit of {limit} per side (a decompression bomb, or a huge scan: \
              downscale it, or raise the limit with {MAX_SIDE_VAR}=N)"
         )));
+    }
+    // Resizing the short side to the model's input scales the long side alike: a 20000×1 strip would
+    // become gigapixels. Such strips are not photographs.
+    if w.min(h) == 0 || w.max(h) / w.min(h) > MAX_ASPECT {
+        return Err(err(&format!("it is {w}×{h} pixels, a strip beyond {MAX_ASPECT}:1 that cannot be resized to the model's input; crop it first")));
     }
     let orientation = decoder
         .orientation()
@@ -261,6 +288,23 @@ pub fn preprocess(img: &DynamicImage, cfg: &PreprocessConfig) -> Vec<f32> {
 #[cfg(test)]
 mod tests {
     #[test]
+    fn a_preprocessor_config_asking_for_a_huge_resize_is_refused() {
+        let v: Value =
+            serde_json::from_str(r#"{"size": {"shortest_edge": 100000000}, "crop_size": 224}"#)
+                .unwrap();
+        assert!(PreprocessConfig::from_json(&v, 224)
+            .unwrap_err()
+            .contains("100000000"));
+        let v: Value = serde_json::from_str(
+            r#"{"size": {"height": 224, "width": 9000}, "do_center_crop": false}"#,
+        )
+        .unwrap();
+        assert!(PreprocessConfig::from_json(&v, 224)
+            .unwrap_err()
+            .contains("9000"));
+    }
+
+    #[test]
     fn an_image_claiming_too_many_pixels_is_refused_from_its_header() {
         let dir = tempfile::tempdir().unwrap();
         let bomb = dir.path().join("bomb.png");
@@ -285,6 +329,12 @@ mod tests {
             .to_string()
             .contains("320×213"));
         assert!(load_image_within(&fixture, 320).is_ok());
+        // A 20000×1 strip would be resized to gigapixels: refused from its header too.
+        std::fs::write(&bomb, crate::testing::claimed_png(20_000, 1)).unwrap();
+        assert!(load_image(&bomb)
+            .unwrap_err()
+            .to_string()
+            .contains("20000×1"));
     }
 
     use super::*;
