@@ -105,8 +105,6 @@ pub fn train(
     on_event: &mut dyn FnMut(TrainEvent),
 ) -> Result<Vec<EpochStats>> {
     crate::error::check_writable(out)?;
-    // Before training, not after it.
-    crate::error::check_new_dir(out)?;
     let mut t = Pretrainer::new(model, config.clone(), data)?;
     let ckpt_path = checkpoint_path(out);
     let run_json = serde_json::json!({ "run": run, "config": config }).to_string();
@@ -117,6 +115,18 @@ pub fn train(
             t.restore(&ckpt)?;
         }
     }
+    // Killed between writing its model (a folder renamed into place whole) and removing its
+    // checkpoint, a run has nothing left to do (found by the kill-safety test).
+    if resume
+        && t.state.epoch >= config.optim.epochs
+        && out.join("model.safetensors").is_file()
+        && out.join("config.json").is_file()
+    {
+        let _ = std::fs::remove_file(&ckpt_path);
+        return Ok(t.state.history);
+    }
+    // Before training, not after it.
+    crate::error::check_new_dir(out)?;
     let meta = HashMap::from([
         ("format".to_string(), CHECKPOINT_FORMAT.to_string()),
         ("run".to_string(), run_json),

@@ -16,17 +16,22 @@ use super::common::{ok, promptscope, Scratch};
 /// finished by itself (successfully) and its stdout so far.
 fn run_or_kill(args: &[&str], after: Duration) -> (bool, String) {
     let out = tempfile::NamedTempFile::new().unwrap();
+    let err = tempfile::NamedTempFile::new().unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_promptscope"))
         .args(args)
         .env("HF_ENDPOINT", "http://127.0.0.1:9")
         .stdout(Stdio::from(out.reopen().unwrap()))
-        .stderr(Stdio::null())
+        .stderr(Stdio::from(err.reopen().unwrap()))
         .spawn()
         .unwrap();
     let deadline = Instant::now() + after;
     let finished = loop {
         if let Some(status) = child.try_wait().unwrap() {
-            assert!(status.success(), "{args:?} failed on its own: {status}");
+            assert!(
+                status.success(),
+                "{args:?} failed on its own: {status}: {}",
+                std::fs::read_to_string(err.path()).unwrap_or_default()
+            );
             break true;
         }
         if Instant::now() >= deadline {
@@ -58,11 +63,50 @@ fn timed(args: &[&str], key: &str) -> (Duration, Duration) {
     (whole.saturating_sub(training), training)
 }
 
-/// 80–110 % of the start-up, plus up to `fraction` of the training: each killed run gets a little
-/// further than the last checkpoint, so a run takes many kills to finish.
-fn kill_time(rng: &mut Rng, startup: Duration, training: Duration, fraction: f64) -> Duration {
-    let u = |rng: &mut Rng| (rng.next_u64() % 1000) as f64 / 1000.0;
-    startup.mul_f64(0.8 + 0.3 * u(rng)) + training.mul_f64(fraction * u(rng))
+/// When to kill the next run: about when start-up ends, plus up to `reach` epochs. The start-up estimate
+/// adapts (a machine under load starts slower): a run killed before its first epoch lengthens it, one
+/// that got far shortens it. So every kill lands near the training's front and a run takes many kills
+/// to finish, however fast the machine is.
+struct KillClock {
+    startup: Duration,
+    epoch: Duration,
+    reach: f64,
+}
+
+impl KillClock {
+    fn next(&self, rng: &mut Rng) -> Duration {
+        let u = |rng: &mut Rng| (rng.next_u64() % 1000) as f64 / 1000.0;
+        self.startup.mul_f64(0.95 + 0.1 * u(rng)) + self.epoch.mul_f64(self.reach * u(rng))
+    }
+
+    /// A run killed `after` had reported `epochs` epochs: re-estimate when start-up ends.
+    fn observe(&mut self, after: Duration, epochs: usize) {
+        if epochs == 0 {
+            // Start-up was not over yet.
+            self.startup = self.startup.max(after).mul_f64(1.1);
+        } else {
+            // Start-up ended about `epochs` epochs before the kill.
+            let seen = after.saturating_sub(self.epoch * epochs as u32);
+            self.startup = (self.startup + seen) / 2;
+        }
+    }
+}
+
+/// The epochs finished according to the run's checkpoint next to `out` (0 without one).
+fn checkpoint_epoch(out: &str) -> usize {
+    let ckpt = promptscope::train::coop::checkpoint_path(Path::new(out));
+    promptscope::tensor_file::read_safetensors(&ckpt)
+        .ok()
+        .and_then(|(_, meta)| meta.get("epoch")?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The epochs a run printed (`{"epoch": …}` lines).
+fn epochs_reported(stdout: &str) -> Vec<u64> {
+    stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?["epoch"].as_u64())
+        .collect()
 }
 
 fn strs(v: &[String]) -> Vec<&str> {
@@ -109,7 +153,7 @@ fn training_killed_at_random_instants_resumes_to_the_uninterrupted_context_bit_f
             "--n-ctx",
             "4",
             "--epochs",
-            "60",
+            "100",
             "--batch-size",
             "2",
             "--lr",
@@ -144,19 +188,28 @@ fn training_killed_at_random_instants_resumes_to_the_uninterrupted_context_bit_f
     let mut rng = Rng::new(7);
     let (mut kills, mut phases) = (0, [0usize; 3]);
     let mut finished = false;
+    // Until a run has cached the features, start-up includes computing them: its own clock.
+    let epoch = training / 100;
+    let mut uncached = KillClock {
+        startup: startup_uncached,
+        epoch,
+        reach: 1.5,
+    };
+    let mut cached = KillClock {
+        startup,
+        epoch,
+        reach: 1.5,
+    };
     for _ in 0..400 {
-        // Around the end of start-up plus up to a twentieth of the training: some kills land in
-        // start-up (the first run also caches features), most a few epochs into training, some in the
-        // checkpoint writes and the export.
-        // Until a run has cached the features, start-up includes computing them.
-        let cached =
+        let has_cache =
             std::fs::read_dir(s.dir.path().join("cache")).is_ok_and(|mut d| d.next().is_some());
-        let after = kill_time(
-            &mut rng,
-            if cached { startup } else { startup_uncached },
-            training,
-            0.05,
-        );
+        let clock = if has_cache {
+            &mut cached
+        } else {
+            &mut uncached
+        };
+        let after = clock.next(&mut rng);
+        let before = checkpoint_epoch(&out);
         let (done, stdout) = run_or_kill(&args, after);
         let bytes = std::fs::read(&out).unwrap();
         assert!(
@@ -168,13 +221,12 @@ fn training_killed_at_random_instants_resumes_to_the_uninterrupted_context_bit_f
             break;
         }
         kills += 1;
-        let last_epoch = stdout
-            .lines()
-            .rev()
-            .find_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?["epoch"].as_u64());
-        phases[match last_epoch {
+        // Progress from the checkpoint (stdout may not have been flushed when the kill came).
+        let epochs = epochs_reported(&stdout);
+        clock.observe(after, checkpoint_epoch(&out) - before);
+        phases[match epochs.last() {
             None => 0,
-            Some(59) => 2,
+            Some(99) => 2,
             Some(_) => 1,
         }] += 1;
     }
@@ -256,9 +308,15 @@ fn pretraining_killed_at_random_instants_resumes_to_the_same_weights() {
     let a = strs(&a);
     let mut rng = Rng::new(11);
     let mut kills = 0;
+    let mut clock = KillClock {
+        startup,
+        epoch: training / 12,
+        reach: 1.5,
+    };
     loop {
-        let after = kill_time(&mut rng, startup, training, 0.12);
-        let (done, _) = run_or_kill(&a, after);
+        let after = clock.next(&mut rng);
+        let (done, stdout) = run_or_kill(&a, after);
+        clock.observe(after, epochs_reported(&stdout).len());
         // The model folder appears whole or not at all.
         let folder = Path::new(&out);
         assert!(
