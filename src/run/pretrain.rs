@@ -115,10 +115,11 @@ pub fn train(
             t.restore(&ckpt)?;
         }
     }
-    // Killed between writing its model (a folder renamed into place whole) and removing its
-    // checkpoint, a run has nothing left to do (found by the kill-safety test).
+    // Killed after writing its model (a folder renamed into place whole), before or after removing its
+    // checkpoint, a run has nothing left to do: resuming it is done (found by the kill-safety test).
+    let finished = t.state.epoch >= config.optim.epochs || !ckpt_path.exists();
     if resume
-        && t.state.epoch >= config.optim.epochs
+        && finished
         && out.join("model.safetensors").is_file()
         && out.join("config.json").is_file()
     {

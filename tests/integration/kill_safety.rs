@@ -223,7 +223,7 @@ fn training_killed_at_random_instants_resumes_to_the_uninterrupted_context_bit_f
         kills += 1;
         // Progress from the checkpoint (stdout may not have been flushed when the kill came).
         let epochs = epochs_reported(&stdout);
-        clock.observe(after, checkpoint_epoch(&out) - before);
+        clock.observe(after, checkpoint_epoch(&out).saturating_sub(before));
         phases[match epochs.last() {
             None => 0,
             Some(99) => 2,

@@ -1,0 +1,5 @@
+fn main() {
+    afl::fuzz!(|data: &[u8]| {
+        let _ = promptscope::export::pickle_guard::check_pickle(data);
+    });
+}
