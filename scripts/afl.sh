@@ -13,6 +13,7 @@ cargo afl build --release
 for t in pickle pth_tar prompts_file preprocessor_config captions image; do
     out=out/$t
     rm -rf "$out"
+    mkdir -p out
     AFL_SKIP_CPUFREQ=1 AFL_I_DONT_CARE_ABOUT_MISSING_CRASHES=1 AFL_NO_UI=1 AFL_TMPDIR=/tmp \
         timeout $((secs + 60)) cargo afl fuzz -V "$secs" -i "seeds/$t" -o "$out" "target/release/$t" >"out-$t.log" 2>&1 || true
     stats=$out/default/fuzzer_stats
