@@ -142,19 +142,19 @@ pub fn config(v: &Value) -> Result<(ChineseClipConfig, Info), String> {
             t.position_embedding_type
         ));
     }
-    super::check_tower(
-        "text_config",
-        t.hidden_size,
-        t.num_attention_heads,
-        t.intermediate_size,
-        t.num_hidden_layers,
-    )?;
-    super::check_tower(
-        "vision_config",
-        vis.hidden_size,
-        vis.num_attention_heads,
-        vis.intermediate_size,
-        vis.num_hidden_layers,
+    super::check_towers(
+        [
+            t.hidden_size,
+            t.num_attention_heads,
+            t.intermediate_size,
+            t.num_hidden_layers,
+        ],
+        [
+            vis.hidden_size,
+            vis.num_attention_heads,
+            vis.intermediate_size,
+            vis.num_hidden_layers,
+        ],
     )?;
     super::check_sizes(
         vis.image_size,

@@ -86,6 +86,14 @@ pub(super) fn check_tower(
     Ok(())
 }
 
+/// [`check_tower`] of the text and the vision tower, each `[hidden, heads, intermediate, layers]`.
+pub(super) fn check_towers(text: [usize; 4], vision: [usize; 4]) -> Result<(), String> {
+    for (what, [h, heads, inter, layers]) in [("text_config", text), ("vision_config", vision)] {
+        check_tower(what, h, heads, inter, layers)?;
+    }
+    Ok(())
+}
+
 /// Image and context sizes within what any released model uses: candle builds index tensors of the
 /// patch count and the context length before it checks them against the weights, so a config claiming
 /// a gigapixel input would allocate without bound (found by the Chinese-CLIP config fuzz target, which

@@ -29,19 +29,19 @@ pub fn config(v: &Value) -> Result<(Config, Info), String> {
             "vision_use_head is false: this vision tower has no pooled image feature".into(),
         );
     }
-    super::check_tower(
-        "text_config",
-        t.hidden_size,
-        t.num_attention_heads,
-        t.intermediate_size,
-        t.num_hidden_layers,
-    )?;
-    super::check_tower(
-        "vision_config",
-        vis.hidden_size,
-        vis.num_attention_heads,
-        vis.intermediate_size,
-        vis.num_hidden_layers,
+    super::check_towers(
+        [
+            t.hidden_size,
+            t.num_attention_heads,
+            t.intermediate_size,
+            t.num_hidden_layers,
+        ],
+        [
+            vis.hidden_size,
+            vis.num_attention_heads,
+            vis.intermediate_size,
+            vis.num_hidden_layers,
+        ],
     )?;
     super::check_sizes(
         vis.image_size,
