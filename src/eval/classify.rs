@@ -9,7 +9,7 @@ use candle_core::Tensor;
 use serde::Serialize;
 
 use super::metrics::softmax;
-use super::zeroshot::logits;
+use super::zeroshot::logits_tensor;
 use crate::clip::encode::{image_features, BATCH};
 use crate::clip::LoadedClip;
 use crate::error::{Error, Result};
@@ -43,7 +43,7 @@ pub fn top_k(
     let scale = clip.logit_scale();
     top_k_by(
         clip,
-        &|feats| Ok(Tensor::new(logits(feats, weights, scale)?, feats.device())?),
+        &|feats| logits_tensor(feats, weights, scale),
         names,
         images,
         k,

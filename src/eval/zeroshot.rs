@@ -88,8 +88,12 @@ pub struct ZeroShotReport {
 
 /// Logits `logit_scale · cos` of normalised image features against normalised class weights.
 pub fn logits(image_feats: &Tensor, weights: &Tensor, scale: f32) -> Result<Vec<Vec<f32>>> {
-    let img = l2_normalize(image_feats)?;
-    Ok((img.matmul(&weights.t()?)? * f64::from(scale))?.to_vec2::<f32>()?)
+    Ok(logits_tensor(image_feats, weights, scale)?.to_vec2::<f32>()?)
+}
+
+/// [`logits`] as a tensor `[N, C]`: `scale · normalise(image_feats) · weightsᵀ`.
+pub fn logits_tensor(image_feats: &Tensor, weights: &Tensor, scale: f32) -> Result<Tensor> {
+    Ok((l2_normalize(image_feats)?.matmul(&weights.t()?)? * f64::from(scale))?)
 }
 
 /// Scores `split` (from `fewshot::test_split`, the split every evaluation shares) with `templates`.

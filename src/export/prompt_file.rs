@@ -75,10 +75,7 @@ impl LearnedScorer {
                 clip.logit_scale(),
                 feats,
             ),
-            None => Ok(
-                (crate::clip::l2_normalize(feats)?.matmul(&self.weights.t()?)?
-                    * f64::from(clip.logit_scale()))?,
-            ),
+            None => crate::eval::zeroshot::logits_tensor(feats, &self.weights, clip.logit_scale()),
         }
     }
 
@@ -271,18 +268,21 @@ impl PromptFile {
         path: &Path,
         image_feat: &Tensor,
     ) -> Result<(PromptLearner, Tensor)> {
-        let mut learner = self.learner(clip, path)?;
-        let weights = match &self.scorer(clip, path)?.cocoop {
-            None => self.class_weights(clip, path)?,
-            Some((_, meta)) => {
+        // The scorer has checked the file and built what it needs; only CoCoOp's learner is shifted.
+        let LearnedScorer { weights, cocoop } = self.scorer(clip, path)?;
+        match cocoop {
+            None => Ok((self.learner(clip, path)?, weights)),
+            Some((mut learner, meta)) => {
                 let shift = meta
                     .forward(&crate::clip::l2_normalize(image_feat)?)?
                     .get(0)?;
                 learner.set_ctx(&learner.ctx.as_tensor().broadcast_add(&shift)?.detach())?;
-                crate::clip::l2_normalize(&learner.text_features(&clip.model()?.text)?.detach())?
+                let weights = crate::clip::l2_normalize(
+                    &learner.text_features(&clip.model()?.text)?.detach(),
+                )?;
+                Ok((learner, weights))
             }
-        };
-        Ok((learner, weights))
+        }
     }
 
     /// Rebuilds the prompt learner with this context on `clip`.

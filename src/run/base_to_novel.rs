@@ -246,7 +246,7 @@ pub fn run(
         |ds: &DatasetFolder| zeroshot::class_weights(clip, &ds.class_names, &template, progress);
     let (base_w, novel_w) = (weights_of(&base)?, weights_of(&novel)?);
     let plain = |feats: &FeatureSet, w: &Tensor| -> Result<Tensor> {
-        Ok((l2_normalize(&feats.feats)?.matmul(&w.t()?)? * f64::from(scale))?)
+        zeroshot::logits_tensor(&feats.feats, w, scale)
     };
     let zero = BaseNovel::new(
         accuracy(&base_test, &base, &plain(&base_test.1, &base_w)?)?,

@@ -138,9 +138,8 @@ impl Fitted {
     /// class.
     pub fn logits_unseen(&self, feats: &Tensor, weights: &Tensor, scale: f64) -> Result<Tensor> {
         match self {
-            Fitted::Cache(..) => {
-                Ok((crate::clip::l2_normalize(feats)?.matmul(&weights.t()?)? * scale)?)
-            }
+            // `scale` is the model's f32 temperature widened: narrowing it back is exact.
+            Fitted::Cache(..) => zeroshot::logits_tensor(feats, weights, scale as f32),
             Fitted::Residual(adapter) => adapter.logits(feats, weights, scale),
         }
     }

@@ -103,8 +103,11 @@ impl<'a> Trainer<'a> {
             Some((m, _)) => {
                 super::cocoop::logits_detached(self.text, &self.learner, m, self.logit_scale, feats)
             }
-            None => Ok((l2_normalize(feats)?.matmul(&self.class_weights()?.t()?)?
-                * f64::from(self.logit_scale))?),
+            None => crate::eval::zeroshot::logits_tensor(
+                feats,
+                &self.class_weights()?,
+                self.logit_scale,
+            ),
         }
     }
 
