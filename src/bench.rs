@@ -95,6 +95,27 @@ pub struct CoopBenchReport {
     /// Longest end-of-text position + 1: the positions the text tower runs.
     pub text_positions: usize,
     pub peak_rss_mb: Option<f64>,
+    /// FLOPs of the step's matrix products (the CPU kernels' count; 0 elsewhere), in GFLOP.
+    pub gemm_gflop_per_step: f64,
+    /// The CPU's ISA and GEMM peak (CPU runs only).
+    pub machine: Option<MachineReport>,
+    /// `gemm_gflop_per_step / ms_per_step` over the machine's sgemm peak: how near the step runs to
+    /// the fp32 limit.
+    pub fraction_of_sgemm_peak: Option<f64>,
+}
+
+impl CoopBenchReport {
+    fn with_machine(mut self, flops: u64) -> Self {
+        self.gemm_gflop_per_step = flops as f64 / (self.steps + 1) as f64 / 1e9;
+        if self.device.starts_with("CPU") {
+            let m = machine();
+            self.fraction_of_sgemm_peak = Some(
+                self.gemm_gflop_per_step / (self.ms_per_step / 1000.0) / m.sgemm_gflops,
+            );
+            self.machine = Some(m);
+        }
+        self
+    }
 }
 
 /// Peak resident memory of this process (Linux), in MiB.
@@ -118,7 +139,9 @@ pub fn coop_step(
     let mut stepper = CoopStepper::new(clip, classes, n_ctx, batch, csc)?;
     let text_positions = stepper.text_positions;
     let steps = steps.max(1);
+    let flops = crate::clip::kernels::cpu::gemm_flops();
     let secs = time_per_call(&clip.device, steps, || stepper.step())?;
+    let flops = crate::clip::kernels::cpu::gemm_flops() - flops;
     Ok(CoopBenchReport {
         model: clip.id.clone(),
         device: crate::device::describe(&clip.device),
@@ -131,7 +154,11 @@ pub fn coop_step(
         ms_per_step: secs * 1000.0,
         text_positions,
         peak_rss_mb: peak_rss_mb(),
-    })
+        gemm_gflop_per_step: 0.0,
+        machine: None,
+        fraction_of_sgemm_peak: None,
+    }
+    .with_machine(flops))
 }
 
 /// Times CoCoOp training steps: the meta-net's shift for each of `batch` images, the `classes` prompts
@@ -168,6 +195,7 @@ pub fn cocoop_step(
         Trainer::new(&clip.model()?.text, learner, config, clip.logit_scale()).with_meta_net(meta);
     let mut done = 0;
     let steps = steps.max(1);
+    let flops = crate::clip::kernels::cpu::gemm_flops();
     let secs = time_per_call(&clip.device, steps, || {
         done += 1;
         trainer.run_until(
@@ -179,6 +207,7 @@ pub fn cocoop_step(
             &mut |_| {},
         )
     })?;
+    let flops = crate::clip::kernels::cpu::gemm_flops() - flops;
     Ok(CoopBenchReport {
         model: clip.id.clone(),
         device: crate::device::describe(&clip.device),
@@ -191,7 +220,11 @@ pub fn cocoop_step(
         ms_per_step: secs * 1000.0,
         text_positions,
         peak_rss_mb: peak_rss_mb(),
-    })
+        gemm_gflop_per_step: 0.0,
+        machine: None,
+        fraction_of_sgemm_peak: None,
+    }
+    .with_machine(flops))
 }
 
 /// What a timed training step runs on: `batch` random cached image features over `classes` labels, one
@@ -477,5 +510,158 @@ pub fn suite(
         filip_1x100_ms: filip_ms(clip, 100, 20)?,
         ssvp_images_per_s: ssvp_images_per_s(clip, 16, 5)?,
         loading_images_per_s: loading_images_per_s(clip, &files, 3)?,
+    })
+}
+
+/// The CPU a benchmark ran on: the instruction set of the matrix kernels and the fp32 GEMM rate they
+/// reach here, so every table says what it ran on and what the limit was.
+#[derive(Debug, Clone, Serialize)]
+pub struct MachineReport {
+    /// `AVX-512`, `AVX2+FMA`, `NEON` or `scalar` (what `gemm` dispatches to on this CPU and build).
+    pub isa: String,
+    pub threads: usize,
+    /// Best of square fp32 GEMMs (1024, 1536, 2048) on every thread, through the `gemm` crate the
+    /// kernels call: GFLOP/s.
+    pub sgemm_gflops: f64,
+}
+
+/// Measures [`MachineReport`] (about a second).
+pub fn machine() -> MachineReport {
+    MachineReport {
+        isa: crate::device::cpu_kernels().into(),
+        threads: rayon::current_num_threads(),
+        sgemm_gflops: sgemm_peak_gflops(),
+    }
+}
+
+/// The machine's fp32 GEMM peak as the kernels see it: the best rate of square products large enough
+/// to hide packing, on every rayon thread.
+pub fn sgemm_peak_gflops() -> f64 {
+    let mut best = 0f64;
+    for n in [1024usize, 1536, 2048] {
+        let a: Vec<f32> = (0..n * n).map(|i| (i % 7) as f32 * 0.1).collect();
+        let b: Vec<f32> = (0..n * n).map(|i| (i % 5) as f32 * 0.1).collect();
+        let mut c = vec![0f32; n * n];
+        let run = |c: &mut [f32]| {
+            crate::clip::kernels::cpu::gemm_f32(c, n, &a, n, &b, false, n, n, n, false)
+        };
+        run(&mut c);
+        let reps = if n > 1500 { 3 } else { 6 };
+        let t = Instant::now();
+        for _ in 0..reps {
+            run(&mut c);
+        }
+        let s = t.elapsed().as_secs_f64() / reps as f64;
+        best = best.max(2.0 * (n as f64).powi(3) / s / 1e9);
+    }
+    best
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PretrainBenchReport {
+    pub preset: String,
+    pub loss: String,
+    pub batch: usize,
+    pub steps: usize,
+    pub ms_per_step: f64,
+    pub images_per_s: f64,
+    /// Longest caption of the batch in tokens (the text tower's positions).
+    pub text_positions: usize,
+    pub machine: MachineReport,
+    pub peak_rss_mb: Option<f64>,
+}
+
+/// One batch of generated scene pairs for a model of `config`: pixels as the model takes them and each
+/// caption's ids (what `pretrain` feeds its steps, without the files).
+pub fn scene_batch(
+    config: &crate::clip::ClipConfig,
+    batch: usize,
+    seed: u64,
+) -> Result<crate::train::pretrain::PairTensors> {
+    use crate::data::scenes::{generate, SceneConfig};
+    let size = config.vision_config.image_size;
+    let cfg = SceneConfig {
+        size: size as u32,
+        ..SceneConfig::default()
+    };
+    let scenes = (0..batch)
+        .map(|i| generate(seed, i as u64, &cfg))
+        .collect::<Result<Vec<_>>>()?;
+    let pre = crate::clip::PreprocessConfig::clip(size);
+    let px: Vec<f32> = scenes
+        .iter()
+        .flat_map(|s| {
+            crate::clip::preprocess::preprocess(&image::DynamicImage::ImageRgb8(s.image.clone()), &pre)
+        })
+        .collect();
+    let pixels = Tensor::from_vec(px, (batch, 3, size, size), &candle_core::Device::Cpu)?;
+    let tok = crate::clip::ClipTokenizer::bundled(config.text_config.max_position_embeddings)?;
+    let captions: Vec<String> = scenes.into_iter().map(|s| s.caption).collect();
+    let ids = tok.encode_batch(&captions)?;
+    Ok(crate::train::pretrain::PairTensors { pixels, ids })
+}
+
+/// Times pretraining steps (forward, loss, backward, AdamW, clamp: what `pretrain` runs per batch) of a
+/// random-weight `config` on one generated batch, after one warm-up step. With `save_batch`, writes the
+/// batch (pixels, ids padded with 0, lengths) and the initial weights' folder beside it, so a PyTorch
+/// script can time the same model on the same data (`scripts/bench_pretrain_torch.py`).
+pub fn pretrain_step(
+    preset: &str,
+    config: &crate::clip::ClipConfig,
+    loss: crate::train::pretrain::PretrainLoss,
+    batch: usize,
+    steps: usize,
+    save_batch: Option<&std::path::Path>,
+) -> Result<PretrainBenchReport> {
+    use crate::train::epoch_loop::TrainStep;
+    use crate::train::pretrain::{PretrainConfig, Pretrainer, TrainableClip};
+    let model = TrainableClip::init(config, 0, &candle_core::Device::Cpu)?;
+    let data = scene_batch(config, batch, 7)?;
+    if let Some(dir) = save_batch {
+        model.save_folder(&dir.join("model"), crate::clip::synth::Storage::F32)?;
+        let len = data.ids.iter().map(Vec::len).max().unwrap_or(0);
+        let padded: Vec<u32> = data
+            .ids
+            .iter()
+            .flat_map(|r| r.iter().copied().chain(std::iter::repeat(0)).take(len))
+            .collect();
+        let lens: Vec<u32> = data.ids.iter().map(|r| r.len() as u32).collect();
+        let dev = candle_core::Device::Cpu;
+        // f32 holds these small integers exactly; the file format here is f32 only.
+        let ids: Vec<f32> = padded.iter().map(|&v| v as f32).collect();
+        let lens: Vec<f32> = lens.iter().map(|&v| v as f32).collect();
+        let tensors = [
+            ("pixels", data.pixels.clone()),
+            ("ids", Tensor::from_vec(ids, (batch, len), &dev)?),
+            ("lengths", Tensor::from_vec(lens, batch, &dev)?),
+        ];
+        let bytes = crate::tensor_file::safetensors_bytes(&tensors, Default::default())?;
+        crate::error::write_atomic(&dir.join("batch.safetensors"), &bytes)?;
+    }
+    let cfg = PretrainConfig {
+        loss,
+        batch_size: batch,
+        ..PretrainConfig::default()
+    };
+    let mut trainer = Pretrainer::new(&model, cfg, &data)?;
+    let rows: Vec<usize> = (0..batch).collect();
+    let steps = steps.max(1);
+    let secs = time_per_call(&candle_core::Device::Cpu, steps, || {
+        trainer.step(&rows, 1e-4).map(|_| ())
+    })?;
+    Ok(PretrainBenchReport {
+        preset: preset.into(),
+        loss: match loss {
+            crate::train::pretrain::PretrainLoss::Filip => "filip",
+            crate::train::pretrain::PretrainLoss::Clip => "clip",
+        }
+        .into(),
+        batch,
+        steps,
+        ms_per_step: secs * 1000.0,
+        images_per_s: batch as f64 / secs,
+        text_positions: data.ids.iter().map(Vec::len).max().unwrap_or(0),
+        machine: machine(),
+        peak_rss_mb: peak_rss_mb(),
     })
 }

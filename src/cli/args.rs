@@ -150,6 +150,25 @@ pub enum Verb {
         #[arg(long, value_enum, default_value = "text")]
         format: Format,
     },
+    /// Time pretraining steps (forward, loss, backward, AdamW) of a random-weight preset on one batch of
+    /// generated scene pairs: images/s, as scripts/bench_pretrain_torch.py times PyTorch on the same.
+    BenchPretrain {
+        /// The architecture (scenes, tiny, vit-b-32, ...).
+        #[arg(long, default_value = "scenes")]
+        preset: String,
+        /// filip or clip.
+        #[arg(long, default_value = "filip")]
+        loss: String,
+        #[arg(long, default_value_t = 64)]
+        batch: usize,
+        #[arg(long, default_value_t = 5)]
+        steps: usize,
+        /// Also write the initial model (DIR/model) and the batch (DIR/batch.safetensors) for PyTorch.
+        #[arg(long)]
+        save_batch: Option<PathBuf>,
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+    },
     /// Time listing a dataset folder and drawing its splits (no image is decoded): how long a large
     /// dataset takes to open.
     BenchDataset {

@@ -288,6 +288,53 @@ pub fn bench_coop(
                 r.steps,
                 r.peak_rss_mb.map_or("n/a".into(), |m| format!("{m:.0} MiB"))
             );
+            if let (Some(m), Some(f)) = (&r.machine, r.fraction_of_sgemm_peak) {
+                outln!(
+                    "{:.1} GFLOP of matrix products a step: {:.0} GFLOP/s, {:.0} % of this CPU's sgemm peak ({:.0} GFLOP/s, {}, {} threads)",
+                    r.gemm_gflop_per_step,
+                    r.gemm_gflop_per_step / r.ms_per_step * 1000.0,
+                    100.0 * f,
+                    m.sgemm_gflops,
+                    m.isa,
+                    m.threads
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+/// `bench-pretrain`: pretraining steps of a random-weight preset on a generated batch.
+pub fn bench_pretrain(
+    preset_name: &str,
+    loss: &str,
+    batch: usize,
+    steps: usize,
+    save_batch: Option<&Path>,
+    format: Format,
+) -> Result<()> {
+    let cfg = preset(preset_name)?;
+    let loss: promptscope::train::pretrain::PretrainLoss =
+        serde_json::from_value(serde_json::Value::String(loss.into()))
+            .map_err(|_| anyhow::anyhow!("--loss takes filip or clip, not '{loss}'"))?;
+    let r = promptscope::bench::pretrain_step(preset_name, &cfg, loss, batch, steps, save_batch)?;
+    match format {
+        Format::Json => print_json(&r),
+        Format::Text => {
+            outln!(
+                "pretraining '{}' with the {} loss, batch {} ({} text positions): {:.1} ms/step, {:.1} images/s over {} steps on {} ({} threads, sgemm peak {:.0} GFLOP/s); peak RSS {}",
+                r.preset,
+                r.loss,
+                r.batch,
+                r.text_positions,
+                r.ms_per_step,
+                r.images_per_s,
+                r.steps,
+                r.machine.isa,
+                r.machine.threads,
+                r.machine.sgemm_gflops,
+                r.peak_rss_mb.map_or("n/a".into(), |m| format!("{m:.0} MiB"))
+            );
             Ok(())
         }
     }
@@ -1315,6 +1362,14 @@ pub fn run(verb: Verb) -> Result<()> {
                 bench(&model, batch, images, text_batch, texts, format)
             }
         }
+        Verb::BenchPretrain {
+            preset,
+            loss,
+            batch,
+            steps,
+            save_batch,
+            format,
+        } => bench_pretrain(&preset, &loss, batch, steps, save_batch.as_deref(), format),
         Verb::BenchDataset {
             data,
             shots,

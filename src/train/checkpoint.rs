@@ -76,22 +76,29 @@ impl ParamOptimizer {
     /// One step on every parameter from the gradients of `loss`.
     pub fn update(&mut self, loss: &Tensor, params: &[(String, Var)], lr: f64) -> Result<()> {
         let grads = loss.backward()?;
-        // A parameter without a gradient is a wiring bug (a detached path), not something to skip.
-        for (name, var) in params {
-            if grads.get(var.as_tensor()).is_none() {
-                return Err(Error::invalid(format!("no gradient reached {name}")));
-            }
-        }
+        let g = params
+            .iter()
+            .map(|(name, var)| {
+                grads
+                    .get(var.as_tensor())
+                    .cloned()
+                    // A parameter without a gradient is a wiring bug (a detached path), not something to skip.
+                    .ok_or_else(|| Error::invalid(format!("no gradient reached {name}")))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        self.apply(&g, params, lr)
+    }
+
+    /// One step on every parameter from its gradient `grads[i]`.
+    pub fn apply(&mut self, grads: &[Tensor], params: &[(String, Var)], lr: f64) -> Result<()> {
         match self {
             Self::Sgd(opts) => {
-                for ((_, var), opt) in params.iter().zip(opts.iter_mut()) {
-                    let g = grads.get(var.as_tensor()).expect("checked above");
+                for (((_, var), opt), g) in params.iter().zip(opts.iter_mut()).zip(grads) {
                     opt.step(var, g, lr)?;
                 }
             }
             Self::AdamW(opts) => {
-                for ((_, var), opt) in params.iter().zip(opts.iter_mut()) {
-                    let g = grads.get(var.as_tensor()).expect("checked above");
+                for (((_, var), opt), g) in params.iter().zip(opts.iter_mut()).zip(grads) {
                     opt.step(var, g, lr)?;
                 }
             }

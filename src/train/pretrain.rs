@@ -287,53 +287,199 @@ impl<'a> Pretrainer<'a> {
         restore("p", &self.params, &mut self.opt, &mut self.state, ckpt)
     }
 
-    /// The loss of a batch of pairs and how many images picked their own caption.
+    /// The loss of a batch of pairs and how many images picked their own caption, as one candle graph
+    /// (every tower op differentiable through candle's autograd): the reference the kernel path is
+    /// checked against, and the path off the CPU.
     pub fn loss(&self, rows: &[usize]) -> Result<(Tensor, usize)> {
-        let dev = self.data.pixels.device();
-        let idx = Tensor::new(
-            rows.iter()
-                .map(|&r| r as u32)
-                .collect::<Vec<_>>()
-                .as_slice(),
-            dev,
-        )?;
-        let pixels = self.data.pixels.index_select(&idx, 0)?;
-        let ids: Vec<Vec<u32>> = rows.iter().map(|&r| self.data.ids[r].clone()).collect();
+        let ids = self.batch_ids(rows);
         let m = &self.model.model;
         let filip = self.config.loss == PretrainLoss::Filip;
-        let scale = self.model.logit_scale.as_tensor().exp()?;
         let vision = m.vision.forward(
-            &pixels,
+            &self.batch_pixels(rows)?,
             VisionRequest {
                 tokens: filip,
                 ..Default::default()
             },
         )?;
         let text = m.text.forward_ids(&ids, filip)?;
-        let (loss, scores) = if filip {
-            let img_tokens = vision.tokens.as_ref().expect("asked for").narrow(
-                1,
-                1,
-                m.config.vision_config.num_patches(),
-            )?;
-            let txt_tokens = text.tokens.as_ref().expect("asked for");
-            let len = txt_tokens.dim(1)?;
-            let eot = m.text.eot_positions(&ids)?;
+        let eot = m.text.eot_positions(&ids)?;
+        if filip {
+            let img = vision.tokens.as_ref().expect("asked for");
+            self.contrastive(img, text.tokens.as_ref().expect("asked for"), &eot)
+        } else {
+            self.contrastive(&vision.pooled, &text.pooled, &eot)
+        }
+    }
+
+    /// Whether [`Self::gradients`] runs the towers on the CPU kernels: f32 on the CPU, an activation
+    /// they implement, `PROMPTSCOPE_CANDLE_OPS` unset.
+    pub fn kernels_run(&self) -> bool {
+        let m = &self.model.model;
+        crate::clip::kernels::cpu::trains_here(&m.vision.patch_weight, m.config.vision_config.hidden_act)
+            && crate::clip::kernels::cpu::trains_here(&m.text.token_embedding, m.config.text_config.hidden_act)
+    }
+
+    /// The loss of a batch, how many images picked their own caption and every parameter's gradient
+    /// (in [`TrainableClip::named_vars`] order): through the CPU kernels where they run, else candle's
+    /// autograd over [`Self::loss`].
+    pub fn gradients(&self, rows: &[usize]) -> Result<(f64, usize, Vec<Tensor>)> {
+        if self.kernels_run() {
+            return self.kernel_gradients(rows);
+        }
+        let (loss, right) = self.loss(rows)?;
+        let grads = loss.backward()?;
+        let g = self
+            .params
+            .iter()
+            .map(|(name, var)| {
+                grads
+                    .get(var.as_tensor())
+                    .cloned()
+                    // A parameter without a gradient is a wiring bug (a detached path), not something to skip.
+                    .ok_or_else(|| Error::invalid(format!("no gradient reached {name}")))
+            })
+            .collect::<Result<_>>()?;
+        Ok((f64::from(loss.to_scalar::<f32>()?), right, g))
+    }
+
+    /// [`Self::gradients`] on the kernels: both towers forward with their tapes, the loss as a candle
+    /// graph over the projected features (leaves here), then the towers' hand-written backward from the
+    /// features' gradients.
+    fn kernel_gradients(&self, rows: &[usize]) -> Result<(f64, usize, Vec<Tensor>)> {
+        use crate::clip::kernels::cpu::{self as k, Readout};
+        let m = &self.model.model;
+        let dev = &Device::Cpu;
+        let filip = self.config.loss == PretrainLoss::Filip;
+        let ids = self.batch_ids(rows);
+        let eot = m.text.eot_positions(&ids)?;
+        let b = rows.len();
+        let p = m.config.projection_dim;
+        let vc = &m.config.vision_config;
+        let stem = k::VisionStem {
+            patch: m.vision.patch_weight.clone(),
+            class: m.vision.class_embedding.clone(),
+            positions: m.vision.position_embedding.clone(),
+            pre_norm: m.vision.pre_layrnorm.kernel_weights(),
+            patch_size: vc.patch_size,
+            channels: vc.num_channels,
+            image_size: vc.image_size,
+        };
+        let (vt, tt) = (m.vision.kernel_weights(), m.text.kernel_weights());
+        let pixels: Vec<f32> = self.batch_pixels(rows)?.flatten_all()?.to_vec1()?;
+        let (readout_v, readout_t) = if filip {
+            (Readout::All, Readout::All)
+        } else {
+            (Readout::First, Readout::Last)
+        };
+        let (v_out, v_pass) = k::vision_forward(&stem, &vt, &pixels, b, readout_v)?;
+        let (t_out, t_pass) = k::text_forward(&m.text.token_embedding, &tt, &ids, &eot, readout_t)?;
+        let len = eot.iter().max().map_or(0, |e| e + 1);
+        let (img, txt) = if filip {
+            // Captions padded to the longest as candle's path has them; the padding (never read: the
+            // loss masks it) is 1s, which normalise without dividing by zero.
+            let mut padded = vec![1f32; b * len * p];
+            for (bi, &e) in eot.iter().enumerate() {
+                for j in 0..=e {
+                    padded[(bi * len + j) * p..][..p]
+                        .copy_from_slice(&t_out[t_pass.row(bi, j) * p..][..p]);
+                }
+            }
+            (
+                Var::from_vec(v_out, (b, v_pass.tokens(), p), dev)?,
+                Var::from_vec(padded, (b, len, p), dev)?,
+            )
+        } else {
+            (Var::from_vec(v_out, (b, p), dev)?, Var::from_vec(t_out, (b, p), dev)?)
+        };
+        let (loss, right) = self.contrastive(img.as_tensor(), txt.as_tensor(), &eot)?;
+        let grads = loss.backward()?;
+        let grad_of = |v: &Var| -> Result<Vec<f32>> {
+            Ok(match grads.get(v.as_tensor()) {
+                Some(g) => g.flatten_all()?.to_vec1()?,
+                None => vec![0f32; v.elem_count()],
+            })
+        };
+        let d_img = grad_of(&img)?;
+        let d_txt = grad_of(&txt)?;
+        let d_scale = grad_of(&self.model.logit_scale)?;
+        let d_txt = if filip {
+            let mut packed = vec![0f32; t_out_rows(&eot) * p];
+            for (bi, &e) in eot.iter().enumerate() {
+                for j in 0..=e {
+                    packed[t_pass.row(bi, j) * p..][..p]
+                        .copy_from_slice(&d_txt[(bi * len + j) * p..][..p]);
+                }
+            }
+            packed
+        } else {
+            d_txt
+        };
+        let vg = k::vision_backward(&stem, &vt, &v_pass, &d_img)?;
+        let tg = k::text_backward(&m.text.token_embedding, &tt, &t_pass, &d_txt)?;
+        let mut named = std::collections::HashMap::new();
+        named.insert("logit_scale".to_string(), d_scale);
+        name_tower_grads(&mut named, "vision_model", "post_layernorm", "visual_projection", vg.tower);
+        name_tower_grads(&mut named, "text_model", "final_layer_norm", "text_projection", tg.tower);
+        for (name, g) in [
+            ("vision_model.embeddings.patch_embedding.weight", vg.patch),
+            ("vision_model.embeddings.class_embedding", vg.class),
+            ("vision_model.embeddings.position_embedding.weight", vg.positions),
+            ("vision_model.pre_layrnorm.weight", vg.pre_norm.weight),
+            ("vision_model.pre_layrnorm.bias", vg.pre_norm.bias),
+            ("text_model.embeddings.token_embedding.weight", tg.token),
+            ("text_model.embeddings.position_embedding.weight", tg.positions),
+        ] {
+            named.insert(name.to_string(), g);
+        }
+        let g = self
+            .params
+            .iter()
+            .map(|(name, var)| {
+                let g = named
+                    .remove(name)
+                    .ok_or_else(|| Error::invalid(format!("the kernels computed no gradient for {name}")))?;
+                Ok(Tensor::from_vec(g, var.shape(), dev)?)
+            })
+            .collect::<Result<_>>()?;
+        Ok((f64::from(loss.to_scalar::<f32>()?), right, g))
+    }
+
+    fn batch_ids(&self, rows: &[usize]) -> Vec<Vec<u32>> {
+        rows.iter().map(|&r| self.data.ids[r].clone()).collect()
+    }
+
+    fn batch_pixels(&self, rows: &[usize]) -> Result<Tensor> {
+        let dev = self.data.pixels.device();
+        let idx: Vec<u32> = rows.iter().map(|&r| r as u32).collect();
+        Ok(self
+            .data
+            .pixels
+            .index_select(&Tensor::new(idx.as_slice(), dev)?, 0)?)
+    }
+
+    /// The loss over the towers' outputs and how many images picked their own caption. FILIP: `img`
+    /// every image token `[b, T, P]` (class token first), `txt` every caption token `[b, len, P]` with
+    /// `eot` marking each caption's end (later tokens are padding); CLIP: the pooled features `[b, P]`.
+    fn contrastive(&self, img: &Tensor, txt: &Tensor, eot: &[usize]) -> Result<(Tensor, usize)> {
+        let dev = img.device();
+        let b = eot.len();
+        let scale = self.model.logit_scale.as_tensor().exp()?;
+        let (loss, scores) = if self.config.loss == PretrainLoss::Filip {
+            let img_tokens = img.narrow(1, 1, img.dim(1)? - 1)?;
+            let len = txt.dim(1)?;
             let mask: Vec<f32> = eot
                 .iter()
                 .flat_map(|&e| (0..len).map(move |t| if t <= e { 1.0 } else { 0.0 }))
                 .collect();
-            let mask = Tensor::from_vec(mask, (rows.len(), len), dev)?;
-            let (s_i, s_t) =
-                filip_scores(&img_tokens, txt_tokens, &mask, self.config.top_fraction)?;
-            let target = Tensor::arange(0u32, rows.len() as u32, dev)?;
+            let mask = Tensor::from_vec(mask, (b, len), dev)?;
+            let (s_i, s_t) = filip_scores(&img_tokens, txt, &mask, self.config.top_fraction)?;
+            let target = Tensor::arange(0u32, b as u32, dev)?;
             let a = candle_nn::loss::cross_entropy(&s_i.broadcast_mul(&scale)?, &target)?;
-            let b = candle_nn::loss::cross_entropy(&s_t.t()?.broadcast_mul(&scale)?, &target)?;
-            (((a + b)? * 0.5)?, s_i)
+            let c = candle_nn::loss::cross_entropy(&s_t.t()?.broadcast_mul(&scale)?, &target)?;
+            (((a + c)? * 0.5)?, s_i)
         } else {
-            let scores = crate::clip::l2_normalize(&vision.pooled)?
-                .matmul(&crate::clip::l2_normalize(&text.pooled)?.t()?)?;
-            (clip_loss(&vision.pooled, &text.pooled, &scale)?, scores)
+            let scores = crate::clip::l2_normalize(img)?.matmul(&crate::clip::l2_normalize(txt)?.t()?)?;
+            (clip_loss(img, txt, &scale)?, scores)
         };
         let picked: Vec<u32> = scores.argmax(D::Minus1)?.to_vec1()?;
         let right = picked
@@ -345,17 +491,66 @@ impl<'a> Pretrainer<'a> {
     }
 }
 
+/// Rows of a packed text pass: each caption up to its end-of-text token.
+fn t_out_rows(eot: &[usize]) -> usize {
+    eot.iter().map(|e| e + 1).sum()
+}
+
+/// A tower's kernel gradients under `CLIPModel`'s names.
+fn name_tower_grads(
+    named: &mut std::collections::HashMap<String, Vec<f32>>,
+    prefix: &str,
+    final_norm: &str,
+    projection: &str,
+    g: crate::clip::kernels::cpu::TowerGrads,
+) {
+    use crate::clip::kernels::cpu::{LinearGrads, NormGrads};
+    let mut linear = |name: String, l: LinearGrads| {
+        if let Some(b) = l.bias {
+            named.insert(format!("{name}.bias"), b);
+        }
+        named.insert(format!("{name}.weight"), l.weight);
+    };
+    for (i, bg) in g.blocks.into_iter().enumerate() {
+        let p = format!("{prefix}.encoder.layers.{i}");
+        linear(format!("{p}.self_attn.q_proj"), bg.q);
+        linear(format!("{p}.self_attn.k_proj"), bg.k);
+        linear(format!("{p}.self_attn.v_proj"), bg.v);
+        linear(format!("{p}.self_attn.out_proj"), bg.o);
+        linear(format!("{p}.mlp.fc1"), bg.fc1);
+        linear(format!("{p}.mlp.fc2"), bg.fc2);
+        for (ln, n) in [("layer_norm1", bg.ln1), ("layer_norm2", bg.ln2)] {
+            linear(
+                format!("{p}.{ln}"),
+                LinearGrads {
+                    weight: n.weight,
+                    bias: Some(n.bias),
+                },
+            );
+        }
+    }
+    let NormGrads { weight, bias } = g.final_norm;
+    linear(
+        format!("{prefix}.{final_norm}"),
+        LinearGrads {
+            weight,
+            bias: Some(bias),
+        },
+    );
+    linear(projection.to_string(), g.projection);
+}
+
 impl TrainStep for Pretrainer<'_> {
     fn state(&mut self) -> &mut EpochLoop {
         &mut self.state
     }
 
     fn step(&mut self, rows: &[usize], lr: f64) -> Result<(f64, usize)> {
-        let (loss, right) = self.loss(rows)?;
-        self.opt.update(&loss, &self.params, lr)?;
+        let (loss, right, grads) = self.gradients(rows)?;
+        self.opt.apply(&grads, &self.params, lr)?;
         let s = &self.model.logit_scale;
         s.set(&s.as_tensor().clamp(0f64, MAX_LOGIT_SCALE_LOG)?)?;
-        Ok((f64::from(loss.to_scalar::<f32>()?), right))
+        Ok((loss, right))
     }
 
     fn validate(&mut self) -> Result<(Option<f64>, Option<f64>)> {

@@ -59,6 +59,30 @@ fn filip_loss_and_weight_gradients_match_pytorch() {
             seed: 0,
         };
         let t = Pretrainer::new(&model, config, &data).unwrap();
+        assert!(t.kernels_run(), "the tiny model trains on the CPU kernels");
+        // The kernel path (what `pretrain` runs) against the same reference: the loss and the named
+        // gradients; then candle's graph below.
+        let (kernel_loss, _, kernel_grads) = t.gradients(&rows).unwrap();
+        within(
+            &format!("{loss:?} loss, top {fraction}: kernels' value"),
+            (kernel_loss - case["value"].as_f64().unwrap()).abs(),
+            1e-5,
+        );
+        for (name, want) in case["grads"].as_object().unwrap() {
+            let i = vars.iter().position(|(n, _)| n == name).unwrap();
+            let got: Vec<f32> = kernel_grads[i].flatten_all().unwrap().to_vec1().unwrap();
+            let want = flat(want);
+            let scale = want.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-12);
+            let diff = got
+                .iter()
+                .zip(&want)
+                .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+            within(
+                &format!("{loss:?} loss, top {fraction}: kernels' gradient of {name} (relative)"),
+                f64::from(diff / scale),
+                1e-4,
+            );
+        }
         let (value, _) = t.loss(&rows).unwrap();
         let ours = value.to_scalar::<f32>().unwrap();
         let want = case["value"].as_f64().unwrap();
@@ -93,6 +117,79 @@ fn filip_loss_and_weight_gradients_match_pytorch() {
             // Relative to the gradient's largest entry; measured up to 5.0e-6 on the AVX2+FMA kernels.
             within(
                 &format!("{what}: gradient of {name} (relative)"),
+                f64::from(diff / scale),
+                1e-4,
+            );
+        }
+    }
+}
+
+/// Every weight's gradient from the CPU kernels' hand-written backward against candle's autograd over
+/// the same model and batch, both losses, all tokens and FILIP's top 25 %.
+#[test]
+fn kernel_pretraining_gradients_equal_candles_for_every_weight() {
+    let fx = reference();
+    let dir = model_dir("tiny", &fx);
+    let model = TrainableClip::from_folder(dir.path(), &Device::Cpu).unwrap();
+    let ids = ids(&fx);
+    let size = model.config.vision_config.image_size;
+    let pixels = Tensor::from_vec(
+        pattern_pixels(ids.len(), size),
+        (ids.len(), 3, size, size),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let data = PairTensors { pixels, ids };
+    let rows: Vec<usize> = (0..data.ids.len()).collect();
+    let vars = model.named_vars();
+    for (loss, fraction) in [
+        (PretrainLoss::Filip, 1.0),
+        (PretrainLoss::Filip, 0.25),
+        (PretrainLoss::Clip, 1.0),
+    ] {
+        let config = PretrainConfig {
+            loss,
+            top_fraction: fraction,
+            optim: OptimConfig::default(),
+            batch_size: rows.len(),
+            seed: 0,
+        };
+        let t = Pretrainer::new(&model, config, &data).unwrap();
+        let (kernel_loss, kernel_right, kernel_grads) = t.gradients(&rows).unwrap();
+        let (value, right) = t.loss(&rows).unwrap();
+        assert_eq!(kernel_right, right, "{loss:?}: images that picked their caption");
+        within(
+            &format!("{loss:?}, top {fraction}: loss"),
+            (kernel_loss - f64::from(value.to_scalar::<f32>().unwrap())).abs(),
+            1e-5,
+        );
+        let grads = value.backward().unwrap();
+        assert_eq!(kernel_grads.len(), vars.len());
+        let wants: Vec<Vec<f32>> = vars
+            .iter()
+            .map(|(_, var)| grads.get(var).unwrap().flatten_all().unwrap().to_vec1().unwrap())
+            .collect();
+        // A key bias's gradient is zero but for rounding (softmax ignores a shift shared by all keys):
+        // relative to itself it is noise, so each weight is measured against at least 1 % of the
+        // largest gradient of the model.
+        let largest = wants
+            .iter()
+            .flatten()
+            .fold(0f32, |m, v| m.max(v.abs()));
+        for (((name, _), got), want) in vars.iter().zip(&kernel_grads).zip(&wants) {
+            let got: Vec<f32> = got.flatten_all().unwrap().to_vec1().unwrap();
+            assert_eq!(got.len(), want.len(), "{name}");
+            let scale = want
+                .iter()
+                .fold(0f32, |m, v| m.max(v.abs()))
+                .max(0.01 * largest)
+                .max(1e-12);
+            let diff = got
+                .iter()
+                .zip(want)
+                .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+            within(
+                &format!("{loss:?}, top {fraction}: gradient of {name} (relative)"),
                 f64::from(diff / scale),
                 1e-4,
             );

@@ -207,11 +207,10 @@ pub(super) fn attention_bwd(
     dout: &[f32],
     queries: &[usize],
 ) -> Vec<f32> {
+    if !dm.causal {
+        return attention_bwd_full(dm, qkv, probs, dout, queries);
+    }
     // Below, a row's own keys are the rows before it in its block.
-    assert!(
-        dm.causal,
-        "the attention backward is written for causal (text) blocks"
-    );
     let (d, hd, p, pw) = (dm.d, dm.hd(), dm.p, dm.heads * dm.keys());
     let mut dqkv = vec![0f32; dm.rows() * 3 * d];
     let (dpre, mut dcont) = dqkv.split_at_mut(p * 3 * d);
@@ -293,5 +292,60 @@ pub(super) fn attention_bwd(
             .zip(&prefix_kv[key * 2 * d..][..2 * d])
             .for_each(|(a, b)| *a += b);
     }
+    dqkv
+}
+
+/// [`attention_bwd`] for blocks whose rows see their whole block (images) and no prefix: one task per
+/// block, which alone writes its rows' gradients.
+fn attention_bwd_full(
+    dm: &Dims,
+    qkv: &[f32],
+    probs: &[f32],
+    dout: &[f32],
+    queries: &[usize],
+) -> Vec<f32> {
+    assert_eq!(dm.p, 0, "full-block attention has no shared prefix");
+    let (d, hd, pw) = (dm.d, dm.hd(), dm.heads * dm.keys());
+    let mut dqkv = vec![0f32; dm.rows() * 3 * d];
+    let mut blocks = Vec::with_capacity(dm.classes());
+    let mut rest = dqkv.as_mut_slice();
+    for (c, &len) in dm.len.iter().enumerate() {
+        let (block, tail) = std::mem::take(&mut rest).split_at_mut(len * 3 * d);
+        let lo = queries.partition_point(|&r| r < dm.start[c]);
+        let hi = queries.partition_point(|&r| r < dm.start[c] + len);
+        blocks.push((dm.start[c], block, lo..hi));
+        rest = tail;
+    }
+    blocks.into_par_iter().for_each(|(first, block, qi)| {
+        let mut dq = vec![0f32; d];
+        for i in qi {
+            let r = queries[i];
+            dq.iter_mut().for_each(|v| *v = 0.0);
+            attention_row_bwd(
+                dm,
+                qkv,
+                &probs[i * pw..][..pw],
+                &dout[i * d..][..d],
+                r,
+                &mut dq,
+                &mut |key, h, q, go, ds, pk| {
+                    add_kv_row(
+                        &mut block[(key - first) * 3 * d + d..][..2 * d],
+                        d,
+                        hd,
+                        h,
+                        q,
+                        go,
+                        ds,
+                        pk,
+                    )
+                },
+            );
+            block[(r - first) * 3 * d..][..d]
+                .iter_mut()
+                .zip(&dq)
+                .for_each(|(a, b)| *a += b);
+        }
+    });
     dqkv
 }

@@ -15,6 +15,10 @@ pub(super) fn threads() -> Parallelism {
     }
 }
 
+/// Floating-point operations of every [`matmul`] since start: what the benchmarks divide by time and
+/// by the machine's GEMM peak (one relaxed add per product, nothing measurable).
+pub(super) static GEMM_FLOPS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// `out[m×n] (+)= a[m×k] · B`, with B given row-major as `[k×n]`, or as `[n×k]` when `b_t` (then B is its
 /// transpose, as for `x·Wᵀ` with torch's `[out, in]` weights). `a` and `out` have row strides `a_rs` and
 /// `out_rs` (column blocks of wider buffers).
@@ -34,6 +38,7 @@ pub(super) fn matmul(
     if m == 0 || n == 0 {
         return;
     }
+    GEMM_FLOPS.fetch_add(2 * (m * n * k) as u64, std::sync::atomic::Ordering::Relaxed);
     assert!(
         out.len() >= (m - 1) * out_rs + n && a.len() >= (m - 1) * a_rs + k && b.len() >= k * n,
         "matmul: buffer too small"
@@ -96,6 +101,53 @@ pub(super) fn matmul(
             )
         }
     });
+}
+
+/// `out[m×n] += aᵀ · b` for `a` `[k×m]` (row stride `a_rs`) and `b` `[k×n]` (row stride `b_rs`): a
+/// weight's gradient, summed over `k` rows, from its output's gradient and its input.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn matmul_tn(
+    out: &mut [f32],
+    a: &[f32],
+    a_rs: usize,
+    b: &[f32],
+    b_rs: usize,
+    m: usize,
+    k: usize,
+    n: usize,
+) {
+    if m == 0 || n == 0 || k == 0 {
+        return;
+    }
+    GEMM_FLOPS.fetch_add(2 * (m * n * k) as u64, std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        out.len() >= m * n && a.len() >= (k - 1) * a_rs + m && b.len() >= (k - 1) * b_rs + n,
+        "matmul_tn: buffer too small"
+    );
+    // SAFETY: the assert keeps every index the strides reach inside the three slices.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            out.as_mut_ptr(),
+            1,
+            n as isize,
+            true,
+            a.as_ptr(),
+            a_rs as isize,
+            1,
+            b.as_ptr(),
+            1,
+            b_rs as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            threads(),
+        )
+    }
 }
 
 /// `out[:, ..n] (+)= x · Wᵀ + b` for `x` `[m, k]` (row stride k).

@@ -13,8 +13,10 @@
 //! `VisionTower::forward`) to float rounding, as `tests/integration/shared_prefix.rs` and `tests/integration/clip_parity.rs` check.
 
 mod attention;
+mod backward;
 mod kernels;
 mod text;
+mod train;
 mod weights;
 
 use candle_core::{DType, Result, Tensor};
@@ -26,7 +28,35 @@ use self::weights::{HeldLayer, HeldLinear, HeldNorm};
 use super::TowerWeights;
 use crate::clip::config::HiddenAct;
 
+pub use self::backward::{BlockGrads, LinearGrads, NormGrads, TowerGrads};
 pub use self::text::forward_prefixed;
+pub use self::train::{
+    text_backward, text_forward, vision_backward, vision_forward, Readout, TextGrads, TextPass,
+    VisionGrads, VisionPass, VisionStem,
+};
+
+/// `out[m×n] (+)= a[m×k] · B` (B `[k×n]`, or `[n×k]` when `b_t`) through the kernels' GEMM: for
+/// benchmarks that measure the machine's peak the way the towers reach it.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_f32(
+    out: &mut [f32],
+    out_rs: usize,
+    a: &[f32],
+    a_rs: usize,
+    b: &[f32],
+    b_t: bool,
+    m: usize,
+    k: usize,
+    n: usize,
+    accumulate: bool,
+) {
+    kernels::matmul(out, out_rs, a, a_rs, b, b_t, m, k, n, accumulate)
+}
+
+/// Floating-point operations of the kernels' matrix products since the process started.
+pub fn gemm_flops() -> u64 {
+    kernels::GEMM_FLOPS.load(std::sync::atomic::Ordering::Relaxed)
+}
 
 /// Whether these kernels can run a tower whose weights are like `weights` with activation `act`: f32 on
 /// the CPU with an activation they implement (and `PROMPTSCOPE_CANDLE_OPS` unset), and frozen: they
@@ -34,6 +64,15 @@ pub use self::text::forward_prefixed;
 pub fn runs_here(weights: &Tensor, act: HiddenAct) -> bool {
     !super::candle_ops_forced()
         && !weights.track_op()
+        && weights.device().is_cpu()
+        && weights.dtype() == DType::F32
+        && matches!(act, HiddenAct::QuickGelu | HiddenAct::Gelu)
+}
+
+/// Whether [`train`]'s passes can train a tower whose weights are like `weights` with activation `act`:
+/// as [`runs_here`], for weights that are being trained.
+pub fn trains_here(weights: &Tensor, act: HiddenAct) -> bool {
+    !super::candle_ops_forced()
         && weights.device().is_cpu()
         && weights.dtype() == DType::F32
         && matches!(act, HiddenAct::QuickGelu | HiddenAct::Gelu)
@@ -210,6 +249,8 @@ struct LayerTape {
     stats1: Vec<(f32, f32)>,
     qkv: Vec<f32>,
     probs: Vec<f32>,
+    /// The attention's output `[Q, D]` (the output projection's input, for its weight gradient).
+    att: Vec<f32>,
     x_mid: Vec<f32>,
     stats2: Vec<(f32, f32)>,
     pre_act: Vec<f32>,
@@ -258,6 +299,7 @@ fn block_forward(
         stats1,
         qkv,
         probs,
+        att,
         x_mid,
         stats2,
         pre_act,

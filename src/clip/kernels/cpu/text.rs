@@ -4,10 +4,9 @@
 use std::sync::Mutex;
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
-use rayon::prelude::*;
 
-use super::attention::attention_bwd;
-use super::kernels::{gelu_grad, layer_norm_bwd, matmul, scatter};
+use super::backward::block_backward;
+use super::kernels::{layer_norm_bwd, matmul, scatter};
 use super::weights::HeldTower;
 use super::{pool, run_blocks, Dims, LayerTape};
 use crate::clip::kernels::{contiguous_f32, TowerWeights};
@@ -110,65 +109,7 @@ fn backward(tower: &TowerWeights, tape: &Tape, dpooled: &[f32]) -> Result<(Vec<f
     let n_layers = held.layers.len();
     for (li, (l, t)) in held.layers.iter().zip(&tape.layers).enumerate().rev() {
         let queries: &[usize] = if li + 1 == n_layers { &eot_rows } else { &all };
-        let q = queries.len();
-        // MLP: x_out = x_mid + fc2(gelu(fc1(ln2(x_mid)))), on the query rows.
-        let mut da = vec![0f32; q * dm.inter];
-        matmul(
-            &mut da,
-            dm.inter,
-            &dx,
-            d,
-            l.fc2.w.data(),
-            false,
-            q,
-            d,
-            dm.inter,
-            false,
-        );
-        da.par_chunks_mut(16384)
-            .zip(t.pre_act.par_chunks(16384))
-            .for_each(|(g, a)| {
-                g.iter_mut()
-                    .zip(a)
-                    .for_each(|(g, &a)| *g *= gelu_grad(act, a))
-            });
-        let mut dh = vec![0f32; q * d];
-        matmul(
-            &mut dh,
-            d,
-            &da,
-            dm.inter,
-            l.fc1.w.data(),
-            false,
-            q,
-            dm.inter,
-            d,
-            false,
-        );
-        layer_norm_bwd(&dh, &t.x_mid, &t.stats2, &l.ln2, d, &mut dx);
-        // Attention: x_mid = x_in + out_proj(attn(ln1(x_in))); its keys and values come from every row.
-        let mut datt = vec![0f32; q * d];
-        matmul(&mut datt, d, &dx, d, l.o.w.data(), false, q, d, d, false);
-        let dqkv = attention_bwd(dm, &t.qkv, &t.probs, &datt, queries);
-        let mut dh = vec![0f32; rows * d];
-        for (i, w) in [&l.q, &l.k, &l.v].into_iter().enumerate() {
-            matmul(
-                &mut dh,
-                d,
-                &dqkv[i * d..],
-                3 * d,
-                w.w.data(),
-                false,
-                rows,
-                d,
-                d,
-                i > 0,
-            );
-        }
-        if q != rows {
-            dx = scatter(&dx, queries, rows, d);
-        }
-        layer_norm_bwd(&dh, &t.x_in, &t.stats1, &l.ln1, d, &mut dx);
+        dx = block_backward(dm, l, act, t, queries, dx, None);
     }
     let mut drest = vec![0f32; c * tape.rest_len * d];
     for (ci, (&start, &len)) in dm.start.iter().zip(&dm.len).enumerate() {

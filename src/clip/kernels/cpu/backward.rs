@@ -1,0 +1,186 @@
+//! One transformer block's backward: the gradient of its input rows from its output rows' gradient
+//! and, when training the block itself (pretraining), of its weights. CoOp's text tower asks only for
+//! the first; `train` for both.
+
+use rayon::prelude::*;
+
+use super::attention::attention_bwd;
+use super::kernels::{gelu, gelu_grad, layer_norm_bwd, layer_norm_fwd, matmul, matmul_tn, scatter};
+use super::weights::{HeldLayer, HeldLinear, HeldNorm};
+use super::{Dims, LayerTape};
+use crate::clip::config::HiddenAct;
+
+/// A linear layer's gradients, laid out as its weights (`[out, in]`, `[out]`).
+#[derive(Debug, Clone, Default)]
+pub struct LinearGrads {
+    pub weight: Vec<f32>,
+    pub bias: Option<Vec<f32>>,
+}
+
+/// A layer norm's gain and bias gradients.
+#[derive(Debug, Clone, Default)]
+pub struct NormGrads {
+    pub weight: Vec<f32>,
+    pub bias: Vec<f32>,
+}
+
+/// One block's weight gradients, as [`super::super::BlockWeights`].
+#[derive(Debug, Clone, Default)]
+pub struct BlockGrads {
+    pub ln1: NormGrads,
+    pub q: LinearGrads,
+    pub k: LinearGrads,
+    pub v: LinearGrads,
+    pub o: LinearGrads,
+    pub ln2: NormGrads,
+    pub fc1: LinearGrads,
+    pub fc2: LinearGrads,
+}
+
+/// A tower's weight gradients, as [`super::super::TowerWeights`] (its blocks, final norm, projection).
+#[derive(Debug, Clone, Default)]
+pub struct TowerGrads {
+    pub blocks: Vec<BlockGrads>,
+    pub final_norm: NormGrads,
+    pub projection: LinearGrads,
+}
+
+impl LinearGrads {
+    pub(super) fn zeros(l: &HeldLinear) -> Self {
+        Self {
+            weight: vec![0f32; l.w.data().len()],
+            bias: l.b.as_ref().map(|b| vec![0f32; b.data().len()]),
+        }
+    }
+
+    /// `dW += dyᵀ·x`, `db += Σ dy` for output gradients `dy` `[rows, out]` (row stride `dy_rs`) and
+    /// inputs `x` `[rows, in]`.
+    pub(super) fn add(&mut self, dy: &[f32], dy_rs: usize, x: &[f32], rows: usize, out: usize) {
+        if rows == 0 {
+            return;
+        }
+        let inp = self.weight.len() / out;
+        matmul_tn(&mut self.weight, dy, dy_rs, x, inp, out, rows, inp);
+        if let Some(b) = &mut self.bias {
+            for row in dy.chunks(dy_rs).take(rows) {
+                b.iter_mut().zip(&row[..out]).for_each(|(b, g)| *b += g);
+            }
+        }
+    }
+}
+
+impl NormGrads {
+    pub(super) fn zeros(d: usize) -> Self {
+        Self {
+            weight: vec![0f32; d],
+            bias: vec![0f32; d],
+        }
+    }
+
+    /// `dγ += Σ dy ⊙ x̂`, `dβ += Σ dy` over rows of width `d`, `x̂` from `x` and the forward's statistics.
+    pub(super) fn add(&mut self, dy: &[f32], x: &[f32], stats: &[(f32, f32)], d: usize) {
+        let (gw, gb) = (&mut self.weight, &mut self.bias);
+        for ((dy, x), &(mean, rstd)) in dy.chunks(d).zip(x.chunks(d)).zip(stats) {
+            for i in 0..d {
+                gw[i] += dy[i] * (x[i] - mean) * rstd;
+                gb[i] += dy[i];
+            }
+        }
+    }
+}
+
+impl BlockGrads {
+    pub(super) fn zeros(l: &HeldLayer, d: usize) -> Self {
+        Self {
+            ln1: NormGrads::zeros(d),
+            q: LinearGrads::zeros(&l.q),
+            k: LinearGrads::zeros(&l.k),
+            v: LinearGrads::zeros(&l.v),
+            o: LinearGrads::zeros(&l.o),
+            ln2: NormGrads::zeros(d),
+            fc1: LinearGrads::zeros(&l.fc1),
+            fc2: LinearGrads::zeros(&l.fc2),
+        }
+    }
+}
+
+/// `norm(x)` again from the forward's statistics (a weight gradient needs the normalised input, which
+/// the forward does not keep: recomputing it is one pass over the rows).
+fn renorm(x: &[f32], n: &HeldNorm, d: usize) -> Vec<f32> {
+    let mut out = vec![0f32; x.len()];
+    layer_norm_fwd(x, n, d, &mut out);
+    out
+}
+
+/// The gradient of the block's input rows `[rows, D]` from `dx` `[Q, D]`, the gradient of its outputs at
+/// `queries` (ascending; every row, or the read-out rows of a last block). With `grads`, adds the
+/// block's weight gradients to them.
+pub(super) fn block_backward(
+    dm: &Dims,
+    l: &HeldLayer,
+    act: HiddenAct,
+    t: &LayerTape,
+    queries: &[usize],
+    mut dx: Vec<f32>,
+    mut grads: Option<&mut BlockGrads>,
+) -> Vec<f32> {
+    let (d, rows, q, inter) = (dm.d, dm.rows(), queries.len(), dm.inter);
+    // MLP: x_out = x_mid + fc2(gelu(fc1(ln2(x_mid)))), on the query rows.
+    let mut da = vec![0f32; q * inter];
+    matmul(&mut da, inter, &dx, d, l.fc2.w.data(), false, q, d, inter, false);
+    if let Some(g) = grads.as_deref_mut() {
+        let u: Vec<f32> = t.pre_act.par_iter().map(|&a| gelu(act, a)).collect();
+        g.fc2.add(&dx, d, &u, q, d);
+    }
+    da.par_chunks_mut(16384)
+        .zip(t.pre_act.par_chunks(16384))
+        .for_each(|(g, a)| {
+            g.iter_mut()
+                .zip(a)
+                .for_each(|(g, &a)| *g *= gelu_grad(act, a))
+        });
+    let mut dh = vec![0f32; q * d];
+    matmul(&mut dh, d, &da, inter, l.fc1.w.data(), false, q, inter, d, false);
+    if let Some(g) = grads.as_deref_mut() {
+        g.fc1.add(&da, inter, &renorm(&t.x_mid, &l.ln2, d), q, inter);
+        g.ln2.add(&dh, &t.x_mid, &t.stats2, d);
+    }
+    drop(da);
+    layer_norm_bwd(&dh, &t.x_mid, &t.stats2, &l.ln2, d, &mut dx);
+    // Attention: x_mid = x_in + out_proj(attn(ln1(x_in))); its keys and values come from every row.
+    let mut datt = vec![0f32; q * d];
+    matmul(&mut datt, d, &dx, d, l.o.w.data(), false, q, d, d, false);
+    if let Some(g) = grads.as_deref_mut() {
+        g.o.add(&dx, d, &t.att, q, d);
+    }
+    let dqkv = attention_bwd(dm, &t.qkv, &t.probs, &datt, queries);
+    drop(datt);
+    let mut dh = vec![0f32; rows * d];
+    let ws = [&l.q, &l.k, &l.v];
+    for (i, w) in ws.into_iter().enumerate() {
+        matmul(
+            &mut dh,
+            d,
+            &dqkv[i * d..],
+            3 * d,
+            w.w.data(),
+            false,
+            rows,
+            d,
+            d,
+            i > 0,
+        );
+    }
+    if q != rows {
+        dx = scatter(&dx, queries, rows, d);
+    }
+    if let Some(g) = grads {
+        let h = renorm(&t.x_in, &l.ln1, d);
+        for (i, lg) in [&mut g.q, &mut g.k, &mut g.v].into_iter().enumerate() {
+            lg.add(&dqkv[i * d..], 3 * d, &h, rows, d);
+        }
+        g.ln1.add(&dh, &t.x_in, &t.stats1, d);
+    }
+    layer_norm_bwd(&dh, &t.x_in, &t.stats1, &l.ln1, d, &mut dx);
+    dx
+}
