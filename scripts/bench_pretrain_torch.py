@@ -4,7 +4,7 @@ wrote: the same architecture (transformers' CLIPModel from DIR/model), the same 
 late interaction or CLIP's pooled one, as src/train/contrastive.rs), AdamW with the same groups and
 settings, the temperature clamped after each step, on the same pixels and token ids. Prints one JSON line.
 
-    python3 scripts/bench_pretrain_torch.py --dir DIR [--loss filip|clip] [--steps 5] [--threads 2]
+    python3 scripts/bench_pretrain_torch.py --dir DIR [--loss filip|clip] [--warmup 3] [--steps 10] [--threads 2]
 """
 import argparse
 import json
@@ -31,7 +31,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--dir", required=True)
     ap.add_argument("--loss", default="filip")
-    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--warmup", type=int, default=3, help="untimed steps first, as bench-pretrain's --warmup")
+    ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
@@ -71,7 +72,8 @@ def main():
             model.logit_scale.clamp_(0, 4.605170185988092)
         return loss.item()
 
-    step()
+    for _ in range(max(a.warmup, 1)):
+        step()
     t0 = time.perf_counter()
     for _ in range(a.steps):
         step()

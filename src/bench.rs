@@ -109,9 +109,8 @@ impl CoopBenchReport {
         self.gemm_gflop_per_step = flops as f64 / (self.steps + 1) as f64 / 1e9;
         if self.device.starts_with("CPU") {
             let m = machine();
-            self.fraction_of_sgemm_peak = Some(
-                self.gemm_gflop_per_step / (self.ms_per_step / 1000.0) / m.sgemm_gflops,
-            );
+            self.fraction_of_sgemm_peak =
+                Some(self.gemm_gflop_per_step / (self.ms_per_step / 1000.0) / m.sgemm_gflops);
             self.machine = Some(m);
         }
         self
@@ -562,6 +561,8 @@ pub struct PretrainBenchReport {
     pub preset: String,
     pub loss: String,
     pub batch: usize,
+    /// Untimed steps first (at least 1).
+    pub warmup: usize,
     pub steps: usize,
     pub ms_per_step: f64,
     pub images_per_s: f64,
@@ -591,7 +592,10 @@ pub fn scene_batch(
     let px: Vec<f32> = scenes
         .iter()
         .flat_map(|s| {
-            crate::clip::preprocess::preprocess(&image::DynamicImage::ImageRgb8(s.image.clone()), &pre)
+            crate::clip::preprocess::preprocess(
+                &image::DynamicImage::ImageRgb8(s.image.clone()),
+                &pre,
+            )
         })
         .collect();
     let pixels = Tensor::from_vec(px, (batch, 3, size, size), &candle_core::Device::Cpu)?;
@@ -610,6 +614,7 @@ pub fn pretrain_step(
     config: &crate::clip::ClipConfig,
     loss: crate::train::pretrain::PretrainLoss,
     batch: usize,
+    warmup: usize,
     steps: usize,
     save_batch: Option<&std::path::Path>,
 ) -> Result<PretrainBenchReport> {
@@ -646,6 +651,11 @@ pub fn pretrain_step(
     let mut trainer = Pretrainer::new(&model, cfg, &data)?;
     let rows: Vec<usize> = (0..batch).collect();
     let steps = steps.max(1);
+    // The first steps grow the process's memory to its working set (page faults): a run's later steps
+    // do not pay that, so neither do the timed ones. PyTorch's script warms up alike.
+    for _ in 1..warmup {
+        trainer.step(&rows, 1e-4)?;
+    }
     let secs = time_per_call(&candle_core::Device::Cpu, steps, || {
         trainer.step(&rows, 1e-4).map(|_| ())
     })?;
@@ -657,6 +667,7 @@ pub fn pretrain_step(
         }
         .into(),
         batch,
+        warmup: warmup.max(1),
         steps,
         ms_per_step: secs * 1000.0,
         images_per_s: batch as f64 / secs,

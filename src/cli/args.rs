@@ -161,7 +161,11 @@ pub enum Verb {
         loss: String,
         #[arg(long, default_value_t = 64)]
         batch: usize,
-        #[arg(long, default_value_t = 5)]
+        /// Untimed steps first: the first steps grow the process's memory (page faults) as no later
+        /// step of a run does.
+        #[arg(long, default_value_t = 3)]
+        warmup: usize,
+        #[arg(long, default_value_t = 10)]
         steps: usize,
         /// Also write the initial model (DIR/model) and the batch (DIR/batch.safetensors) for PyTorch.
         #[arg(long)]

@@ -309,6 +309,7 @@ pub fn bench_pretrain(
     preset_name: &str,
     loss: &str,
     batch: usize,
+    warmup: usize,
     steps: usize,
     save_batch: Option<&Path>,
     format: Format,
@@ -317,7 +318,15 @@ pub fn bench_pretrain(
     let loss: promptscope::train::pretrain::PretrainLoss =
         serde_json::from_value(serde_json::Value::String(loss.into()))
             .map_err(|_| anyhow::anyhow!("--loss takes filip or clip, not '{loss}'"))?;
-    let r = promptscope::bench::pretrain_step(preset_name, &cfg, loss, batch, steps, save_batch)?;
+    let r = promptscope::bench::pretrain_step(
+        preset_name,
+        &cfg,
+        loss,
+        batch,
+        warmup,
+        steps,
+        save_batch,
+    )?;
     match format {
         Format::Json => print_json(&r),
         Format::Text => {
@@ -1366,10 +1375,19 @@ pub fn run(verb: Verb) -> Result<()> {
             preset,
             loss,
             batch,
+            warmup,
             steps,
             save_batch,
             format,
-        } => bench_pretrain(&preset, &loss, batch, steps, save_batch.as_deref(), format),
+        } => bench_pretrain(
+            &preset,
+            &loss,
+            batch,
+            warmup,
+            steps,
+            save_batch.as_deref(),
+            format,
+        ),
         Verb::BenchDataset {
             data,
             shots,

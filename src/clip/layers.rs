@@ -137,6 +137,8 @@ pub struct Attention {
     out_proj: Linear,
     heads: usize,
     head_dim: usize,
+    /// q, k, v stacked for the CPU kernels, made once for frozen weights (see [`Attention::qkv`]).
+    qkv: std::sync::OnceLock<LinearWeights>,
 }
 
 impl Attention {
@@ -148,7 +150,31 @@ impl Attention {
             out_proj: Linear::load(dim, dim, true, vb.pp("out_proj"))?,
             heads,
             head_dim: dim / heads,
+            qkv: Default::default(),
         })
+    }
+
+    /// q, k and v stacked into one `[3D, D]` layer. Frozen weights are stacked once and kept (the
+    /// kernels read them every pass); weights being trained change every step, so they are stacked
+    /// afresh on each call.
+    pub fn qkv(&self) -> Result<LinearWeights> {
+        let stack = || -> Result<LinearWeights> {
+            let ws = [&self.q_proj, &self.k_proj, &self.v_proj];
+            let weight = Tensor::cat(&ws.map(|l| &l.weight), 0)?;
+            let bias = match ws.map(|l| l.bias.as_ref()) {
+                [Some(a), Some(b), Some(c)] => Some(Tensor::cat(&[a, b, c], 0)?),
+                _ => None,
+            };
+            Ok(LinearWeights { weight, bias })
+        };
+        if self.q_proj.weight.is_variable() {
+            return stack();
+        }
+        if let Some(w) = self.qkv.get() {
+            return Ok(w.clone());
+        }
+        let w = stack()?;
+        Ok(self.qkv.get_or_init(|| w).clone())
     }
 
     pub fn q_proj(&self) -> &Linear {
@@ -419,6 +445,7 @@ impl EncoderLayer {
                 out_proj: a.out_proj.map_tensors("self_attn.out_proj", f)?,
                 heads: a.heads,
                 head_dim: a.head_dim,
+                qkv: Default::default(),
             },
             layer_norm1: self.layer_norm1.map_tensors("layer_norm1", f)?,
             mlp: Mlp {
@@ -499,30 +526,34 @@ pub fn tower_weights(
     act: HiddenAct,
     heads: usize,
     intermediate: usize,
-) -> TowerWeights {
-    TowerWeights {
+) -> Result<TowerWeights> {
+    Ok(TowerWeights {
         positions: positions.cloned(),
-        blocks: layers.iter().map(EncoderLayer::kernel_weights).collect(),
+        blocks: layers
+            .iter()
+            .map(EncoderLayer::kernel_weights)
+            .collect::<Result<_>>()?,
         final_norm: final_norm.kernel_weights(),
         projection: projection.kernel_weights(),
         act,
         heads,
         intermediate,
-    }
+    })
 }
 
 impl EncoderLayer {
-    pub fn kernel_weights(&self) -> BlockWeights {
+    pub fn kernel_weights(&self) -> Result<BlockWeights> {
         let a = &self.self_attn;
-        BlockWeights {
+        Ok(BlockWeights {
             ln1: self.layer_norm1.kernel_weights(),
             q: a.q_proj().kernel_weights(),
             k: a.k_proj().kernel_weights(),
             v: a.v_proj().kernel_weights(),
+            qkv: a.qkv()?,
             o: a.out_proj().kernel_weights(),
             ln2: self.layer_norm2.kernel_weights(),
             fc1: self.mlp.fc1().kernel_weights(),
             fc2: self.mlp.fc2().kernel_weights(),
-        }
+        })
     }
 }

@@ -39,7 +39,7 @@ impl TextTower {
     }
 
     /// The weights as the kernels read them (tensor handles: nothing is copied).
-    pub fn kernel_weights(&self) -> TowerWeights {
+    pub fn kernel_weights(&self) -> Result<TowerWeights> {
         let c = &self.config;
         tower_weights(
             Some(&self.position_embedding),
@@ -208,7 +208,7 @@ impl TextTower {
             return self.forward_prefixed_autograd(prefix, rest, eot);
         }
         self.check_prefixed(prefix, rest, eot)?;
-        cpu::forward_prefixed(&self.kernel_weights(), prefix, rest, eot)
+        cpu::forward_prefixed(&self.kernel_weights()?, prefix, rest, eot)
     }
 
     fn check_prefixed(&self, prefix: &Tensor, rest: &Tensor, eot: &[usize]) -> Result<()> {

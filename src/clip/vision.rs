@@ -46,7 +46,7 @@ pub struct VisionOutput {
 
 impl VisionTower {
     /// The weights as the kernels read them (tensor handles: nothing is copied).
-    pub fn kernel_weights(&self) -> TowerWeights {
+    pub fn kernel_weights(&self) -> Result<TowerWeights> {
         let c = &self.config;
         tower_weights(
             None,
@@ -134,7 +134,7 @@ impl VisionTower {
     /// projection. Equal to [`Self::pool`] of the full forward pass. On the CPU, the kernels of `kernels::cpu`.
     pub fn pooled_from(&self, hidden: &Tensor, from: usize) -> Result<Tensor> {
         if cpu::runs_here(&self.patch_weight, self.config.hidden_act) {
-            return cpu::vision_pooled_from(&self.kernel_weights(), hidden, from);
+            return cpu::vision_pooled_from(&self.kernel_weights()?, hidden, from);
         }
         let n = self.layers.len();
         if from >= n {

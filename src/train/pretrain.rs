@@ -315,8 +315,13 @@ impl<'a> Pretrainer<'a> {
     /// they implement, `PROMPTSCOPE_CANDLE_OPS` unset.
     pub fn kernels_run(&self) -> bool {
         let m = &self.model.model;
-        crate::clip::kernels::cpu::trains_here(&m.vision.patch_weight, m.config.vision_config.hidden_act)
-            && crate::clip::kernels::cpu::trains_here(&m.text.token_embedding, m.config.text_config.hidden_act)
+        crate::clip::kernels::cpu::trains_here(
+            &m.vision.patch_weight,
+            m.config.vision_config.hidden_act,
+        ) && crate::clip::kernels::cpu::trains_here(
+            &m.text.token_embedding,
+            m.config.text_config.hidden_act,
+        )
     }
 
     /// The loss of a batch, how many images picked their own caption and every parameter's gradient
@@ -364,7 +369,7 @@ impl<'a> Pretrainer<'a> {
             channels: vc.num_channels,
             image_size: vc.image_size,
         };
-        let (vt, tt) = (m.vision.kernel_weights(), m.text.kernel_weights());
+        let (vt, tt) = (m.vision.kernel_weights()?, m.text.kernel_weights()?);
         let pixels: Vec<f32> = self.batch_pixels(rows)?.flatten_all()?.to_vec1()?;
         let (readout_v, readout_t) = if filip {
             (Readout::All, Readout::All)
@@ -389,7 +394,10 @@ impl<'a> Pretrainer<'a> {
                 Var::from_vec(padded, (b, len, p), dev)?,
             )
         } else {
-            (Var::from_vec(v_out, (b, p), dev)?, Var::from_vec(t_out, (b, p), dev)?)
+            (
+                Var::from_vec(v_out, (b, p), dev)?,
+                Var::from_vec(t_out, (b, p), dev)?,
+            )
         };
         let (loss, right) = self.contrastive(img.as_tensor(), txt.as_tensor(), &eot)?;
         let grads = loss.backward()?;
@@ -418,16 +426,34 @@ impl<'a> Pretrainer<'a> {
         let tg = k::text_backward(&m.text.token_embedding, &tt, &t_pass, &d_txt)?;
         let mut named = std::collections::HashMap::new();
         named.insert("logit_scale".to_string(), d_scale);
-        name_tower_grads(&mut named, "vision_model", "post_layernorm", "visual_projection", vg.tower);
-        name_tower_grads(&mut named, "text_model", "final_layer_norm", "text_projection", tg.tower);
+        name_tower_grads(
+            &mut named,
+            "vision_model",
+            "post_layernorm",
+            "visual_projection",
+            vg.tower,
+        );
+        name_tower_grads(
+            &mut named,
+            "text_model",
+            "final_layer_norm",
+            "text_projection",
+            tg.tower,
+        );
         for (name, g) in [
             ("vision_model.embeddings.patch_embedding.weight", vg.patch),
             ("vision_model.embeddings.class_embedding", vg.class),
-            ("vision_model.embeddings.position_embedding.weight", vg.positions),
+            (
+                "vision_model.embeddings.position_embedding.weight",
+                vg.positions,
+            ),
             ("vision_model.pre_layrnorm.weight", vg.pre_norm.weight),
             ("vision_model.pre_layrnorm.bias", vg.pre_norm.bias),
             ("text_model.embeddings.token_embedding.weight", tg.token),
-            ("text_model.embeddings.position_embedding.weight", tg.positions),
+            (
+                "text_model.embeddings.position_embedding.weight",
+                tg.positions,
+            ),
         ] {
             named.insert(name.to_string(), g);
         }
@@ -435,9 +461,9 @@ impl<'a> Pretrainer<'a> {
             .params
             .iter()
             .map(|(name, var)| {
-                let g = named
-                    .remove(name)
-                    .ok_or_else(|| Error::invalid(format!("the kernels computed no gradient for {name}")))?;
+                let g = named.remove(name).ok_or_else(|| {
+                    Error::invalid(format!("the kernels computed no gradient for {name}"))
+                })?;
                 Ok(Tensor::from_vec(g, var.shape(), dev)?)
             })
             .collect::<Result<_>>()?;
@@ -478,7 +504,8 @@ impl<'a> Pretrainer<'a> {
             let c = candle_nn::loss::cross_entropy(&s_t.t()?.broadcast_mul(&scale)?, &target)?;
             (((a + c)? * 0.5)?, s_i)
         } else {
-            let scores = crate::clip::l2_normalize(img)?.matmul(&crate::clip::l2_normalize(txt)?.t()?)?;
+            let scores =
+                crate::clip::l2_normalize(img)?.matmul(&crate::clip::l2_normalize(txt)?.t()?)?;
             (clip_loss(img, txt, &scale)?, scores)
         };
         let picked: Vec<u32> = scores.argmax(D::Minus1)?.to_vec1()?;

@@ -157,7 +157,10 @@ fn kernel_pretraining_gradients_equal_candles_for_every_weight() {
         let t = Pretrainer::new(&model, config, &data).unwrap();
         let (kernel_loss, kernel_right, kernel_grads) = t.gradients(&rows).unwrap();
         let (value, right) = t.loss(&rows).unwrap();
-        assert_eq!(kernel_right, right, "{loss:?}: images that picked their caption");
+        assert_eq!(
+            kernel_right, right,
+            "{loss:?}: images that picked their caption"
+        );
         within(
             &format!("{loss:?}, top {fraction}: loss"),
             (kernel_loss - f64::from(value.to_scalar::<f32>().unwrap())).abs(),
@@ -167,15 +170,20 @@ fn kernel_pretraining_gradients_equal_candles_for_every_weight() {
         assert_eq!(kernel_grads.len(), vars.len());
         let wants: Vec<Vec<f32>> = vars
             .iter()
-            .map(|(_, var)| grads.get(var).unwrap().flatten_all().unwrap().to_vec1().unwrap())
+            .map(|(_, var)| {
+                grads
+                    .get(var)
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1()
+                    .unwrap()
+            })
             .collect();
         // A key bias's gradient is zero but for rounding (softmax ignores a shift shared by all keys):
         // relative to itself it is noise, so each weight is measured against at least 1 % of the
         // largest gradient of the model.
-        let largest = wants
-            .iter()
-            .flatten()
-            .fold(0f32, |m, v| m.max(v.abs()));
+        let largest = wants.iter().flatten().fold(0f32, |m, v| m.max(v.abs()));
         for (((name, _), got), want) in vars.iter().zip(&kernel_grads).zip(&wants) {
             let got: Vec<f32> = got.flatten_all().unwrap().to_vec1().unwrap();
             assert_eq!(got.len(), want.len(), "{name}");

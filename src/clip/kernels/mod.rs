@@ -77,6 +77,8 @@ pub struct BlockWeights {
     pub q: LinearWeights,
     pub k: LinearWeights,
     pub v: LinearWeights,
+    /// q, k and v stacked (`[3D, D]`, `[3D]`): one product where three would each re-read the input.
+    pub qkv: LinearWeights,
     pub o: LinearWeights,
     pub ln2: NormWeights,
     pub fc1: LinearWeights,

@@ -305,6 +305,9 @@ fn attention_bwd_full(
     queries: &[usize],
 ) -> Vec<f32> {
     assert_eq!(dm.p, 0, "full-block attention has no shared prefix");
+    if queries.len() == dm.rows() {
+        return attention_bwd_blocks(dm, qkv, probs, dout);
+    }
     let (d, hd, pw) = (dm.d, dm.hd(), dm.heads * dm.keys());
     let mut dqkv = vec![0f32; dm.rows() * 3 * d];
     let mut blocks = Vec::with_capacity(dm.classes());
@@ -347,5 +350,122 @@ fn attention_bwd_full(
                 .for_each(|(a, b)| *a += b);
         }
     });
+    dqkv
+}
+
+/// `dst[m×n] = lhs[m×k] · rhs[k×n]` on one thread, every operand strided (`*_cs` along columns,
+/// `*_rs` along rows).
+#[allow(clippy::too_many_arguments)]
+unsafe fn small_gemm(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut f32,
+    dst_rs: usize,
+    lhs: *const f32,
+    lhs_cs: usize,
+    lhs_rs: usize,
+    rhs: *const f32,
+    rhs_cs: usize,
+    rhs_rs: usize,
+) {
+    gemm::gemm(
+        m,
+        n,
+        k,
+        dst,
+        1,
+        dst_rs as isize,
+        false,
+        lhs,
+        lhs_cs as isize,
+        lhs_rs as isize,
+        rhs,
+        rhs_cs as isize,
+        rhs_rs as isize,
+        0.0,
+        1.0,
+        false,
+        false,
+        false,
+        Parallelism::None,
+    )
+}
+
+/// [`attention_bwd_full`] with every row a query, as matrix products per block and head (the backward
+/// of [`attention_fwd_blocks`]): `dP = dO·Vᵀ`, `dS = P ⊙ (dP − rowsum(P ⊙ dP))·scale`, `dQ = dS·K`,
+/// `dK = dSᵀ·Q`, `dV = Pᵀ·dO`. Per query and key loops were a seventh of a pretraining step.
+fn attention_bwd_blocks(dm: &Dims, qkv: &[f32], probs: &[f32], dout: &[f32]) -> Vec<f32> {
+    let (d, hd, kw, heads) = (dm.d, dm.hd(), dm.keys(), dm.heads);
+    let scale = (hd as f32).powf(-0.5);
+    let mut dqkv = vec![0f32; dm.rows() * 3 * d];
+    let out = SharedOut(dqkv.as_mut_ptr());
+    let (prs, qrs) = (heads * kw, 3 * d);
+    (0..dm.classes() * heads)
+        .into_par_iter()
+        .for_each_init(Vec::new, move |ds, task| {
+            let out = out;
+            let (c, h) = (task / heads, task % heads);
+            let (start, len) = (dm.start[c], dm.len[c]);
+            let col = start * 3 * d + h * hd;
+            let p0 = probs[(start * heads + h) * kw..].as_ptr();
+            let go = dout[start * d + h * hd..].as_ptr();
+            ds.clear();
+            ds.resize(len * len, 0f32);
+            // SAFETY: block c's rows of head h only: reads stay inside `qkv`, `probs` and `dout` by the
+            // strides of the forward; the writes (columns of head h in rows start..start+len of each of
+            // dq, dk, dv) belong to this task alone.
+            unsafe {
+                small_gemm(
+                    len,
+                    len,
+                    hd,
+                    ds.as_mut_ptr(),
+                    len,
+                    go,
+                    1,
+                    d,
+                    qkv[col + 2 * d..].as_ptr(),
+                    qrs,
+                    1,
+                );
+                for i in 0..len {
+                    let p = std::slice::from_raw_parts(p0.add(i * prs), len);
+                    let row = &mut ds[i * len..][..len];
+                    let inner = dot(p, row);
+                    row.iter_mut()
+                        .zip(p)
+                        .for_each(|(g, &pk)| *g = pk * (*g - inner) * scale);
+                }
+                let dst = out.0.add(col);
+                small_gemm(
+                    len,
+                    hd,
+                    len,
+                    dst,
+                    qrs,
+                    ds.as_ptr(),
+                    1,
+                    len,
+                    qkv[col + d..].as_ptr(),
+                    1,
+                    qrs,
+                );
+                small_gemm(
+                    len,
+                    hd,
+                    len,
+                    dst.add(d),
+                    qrs,
+                    ds.as_ptr(),
+                    len,
+                    1,
+                    qkv[col..].as_ptr(),
+                    1,
+                    qrs,
+                );
+                small_gemm(len, hd, len, dst.add(2 * d), qrs, p0, prs, 1, go, 1, d);
+            }
+        });
     dqkv
 }

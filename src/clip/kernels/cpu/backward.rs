@@ -127,10 +127,32 @@ pub(super) fn block_backward(
     let (d, rows, q, inter) = (dm.d, dm.rows(), queries.len(), dm.inter);
     // MLP: x_out = x_mid + fc2(gelu(fc1(ln2(x_mid)))), on the query rows.
     let mut da = vec![0f32; q * inter];
-    matmul(&mut da, inter, &dx, d, l.fc2.w.data(), false, q, d, inter, false);
+    matmul(
+        &mut da,
+        inter,
+        &dx,
+        d,
+        l.fc2.w.data(),
+        false,
+        q,
+        d,
+        inter,
+        false,
+    );
     if let Some(g) = grads.as_deref_mut() {
-        let u: Vec<f32> = t.pre_act.par_iter().map(|&a| gelu(act, a)).collect();
-        g.fc2.add(&dx, d, &u, q, d);
+        let recomputed;
+        let u = match &t.post_act {
+            Some(u) => u,
+            None => {
+                recomputed = t
+                    .pre_act
+                    .par_iter()
+                    .map(|&a| gelu(act, a))
+                    .collect::<Vec<f32>>();
+                &recomputed
+            }
+        };
+        g.fc2.add(&dx, d, u, q, d);
     }
     da.par_chunks_mut(16384)
         .zip(t.pre_act.par_chunks(16384))
@@ -140,9 +162,21 @@ pub(super) fn block_backward(
                 .for_each(|(g, &a)| *g *= gelu_grad(act, a))
         });
     let mut dh = vec![0f32; q * d];
-    matmul(&mut dh, d, &da, inter, l.fc1.w.data(), false, q, inter, d, false);
+    matmul(
+        &mut dh,
+        d,
+        &da,
+        inter,
+        l.fc1.w.data(),
+        false,
+        q,
+        inter,
+        d,
+        false,
+    );
     if let Some(g) = grads.as_deref_mut() {
-        g.fc1.add(&da, inter, &renorm(&t.x_mid, &l.ln2, d), q, inter);
+        g.fc1
+            .add(&da, inter, &renorm(&t.x_mid, &l.ln2, d), q, inter);
         g.ln2.add(&dh, &t.x_mid, &t.stats2, d);
     }
     drop(da);
@@ -156,28 +190,35 @@ pub(super) fn block_backward(
     let dqkv = attention_bwd(dm, &t.qkv, &t.probs, &datt, queries);
     drop(datt);
     let mut dh = vec![0f32; rows * d];
-    let ws = [&l.q, &l.k, &l.v];
-    for (i, w) in ws.into_iter().enumerate() {
-        matmul(
-            &mut dh,
-            d,
-            &dqkv[i * d..],
-            3 * d,
-            w.w.data(),
-            false,
-            rows,
-            d,
-            d,
-            i > 0,
-        );
-    }
+    matmul(
+        &mut dh,
+        d,
+        &dqkv,
+        3 * d,
+        l.qkv.w.data(),
+        false,
+        rows,
+        3 * d,
+        d,
+        false,
+    );
     if q != rows {
         dx = scatter(&dx, queries, rows, d);
     }
     if let Some(g) = grads {
-        let h = renorm(&t.x_in, &l.ln1, d);
+        // One [3D, D] product for the three projections' gradients, then split.
+        let mut qkv = LinearGrads::zeros(&l.qkv);
+        qkv.add(&dqkv, 3 * d, &renorm(&t.x_in, &l.ln1, d), rows, 3 * d);
         for (i, lg) in [&mut g.q, &mut g.k, &mut g.v].into_iter().enumerate() {
-            lg.add(&dqkv[i * d..], 3 * d, &h, rows, d);
+            lg.weight
+                .iter_mut()
+                .zip(&qkv.weight[i * d * d..][..d * d])
+                .for_each(|(a, b)| *a += b);
+            if let (Some(a), Some(b)) = (&mut lg.bias, &qkv.bias) {
+                a.iter_mut()
+                    .zip(&b[i * d..][..d])
+                    .for_each(|(a, b)| *a += b);
+            }
         }
         g.ln1.add(&dh, &t.x_in, &t.stats1, d);
     }

@@ -124,30 +124,87 @@ pub(super) fn matmul_tn(
         out.len() >= m * n && a.len() >= (k - 1) * a_rs + m && b.len() >= (k - 1) * b_rs + n,
         "matmul_tn: buffer too small"
     );
-    // SAFETY: the assert keeps every index the strides reach inside the three slices.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            out.as_mut_ptr(),
-            1,
-            n as isize,
-            true,
-            a.as_ptr(),
-            a_rs as isize,
-            1,
-            b.as_ptr(),
-            1,
-            b_rs as isize,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            threads(),
-        )
+    // A weight gradient is a small output (a layer's [out, in]) summed over many rows: gemm splits its
+    // threads over the output, where there is little to split. The rows are split instead, each part
+    // summed on its own thread into its own buffer (a 128×128 gradient over 3,200 rows: 1 → 2 threads).
+    let workers = rayon::current_num_threads();
+    let parts = if workers > 1 && k >= 512 && m * n <= 1 << 20 {
+        workers.min(k / 256)
+    } else {
+        1
+    };
+    if parts <= 1 {
+        // SAFETY: the assert keeps every index the strides reach inside the three slices.
+        unsafe { gemm_tn(out, a, a_rs, b, b_rs, m, k, n, threads()) };
+        return;
     }
+    let chunk = k.div_ceil(parts);
+    let partial: Vec<Vec<f32>> = (0..parts)
+        .into_par_iter()
+        .map(|part| {
+            let (k0, k1) = (part * chunk, ((part + 1) * chunk).min(k));
+            let mut acc = vec![0f32; m * n];
+            if k1 > k0 {
+                // SAFETY: rows k0..k1 of `a` and `b`, inside them by the assert above.
+                unsafe {
+                    gemm_tn(
+                        &mut acc,
+                        &a[k0 * a_rs..],
+                        a_rs,
+                        &b[k0 * b_rs..],
+                        b_rs,
+                        m,
+                        k1 - k0,
+                        n,
+                        Parallelism::None,
+                    )
+                };
+            }
+            acc
+        })
+        .collect();
+    for acc in partial {
+        out[..m * n].iter_mut().zip(&acc).for_each(|(o, v)| *o += v);
+    }
+}
+
+/// `out[m×n] += aᵀ·b` through gemm (see [`matmul_tn`]).
+///
+/// # Safety
+/// `a` must hold `(k − 1)·a_rs + m` values, `b` `(k − 1)·b_rs + n`, `out` `m·n`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_tn(
+    out: &mut [f32],
+    a: &[f32],
+    a_rs: usize,
+    b: &[f32],
+    b_rs: usize,
+    m: usize,
+    k: usize,
+    n: usize,
+    par: Parallelism,
+) {
+    gemm::gemm(
+        m,
+        n,
+        k,
+        out.as_mut_ptr(),
+        1,
+        n as isize,
+        true,
+        a.as_ptr(),
+        a_rs as isize,
+        1,
+        b.as_ptr(),
+        1,
+        b_rs as isize,
+        1.0,
+        1.0,
+        false,
+        false,
+        false,
+        par,
+    )
 }
 
 /// `out[:, ..n] (+)= x · Wᵀ + b` for `x` `[m, k]` (row stride k).

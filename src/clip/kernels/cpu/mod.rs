@@ -111,21 +111,22 @@ pub fn vision_pooled_from(tower: &TowerWeights, hidden: &Tensor, from: usize) ->
         tower.act,
         hidden.flatten_all()?.to_vec1()?,
         &cls,
-        false,
+        Keep::Nothing,
     );
     let (pooled, _) = pool(&x, &post, &proj, d, proj_dim);
     Tensor::from_vec(pooled, (b, proj_dim), hidden.device())
 }
 
 /// Runs `layers` over every row of `x`, the last one only for the `readout` rows (ascending) the pooled
-/// feature reads; returns those rows' outputs `[readout, D]` and, with `keep`, each block's tape.
+/// feature reads; returns those rows' outputs `[readout, D]` and, unless `keep` is `Keep::Nothing`, each
+/// block's tape.
 fn run_blocks(
     dm: &Dims,
     layers: &[HeldLayer],
     act: HiddenAct,
     mut x: Vec<f32>,
     readout: &[usize],
-    keep: bool,
+    keep: Keep,
 ) -> (Vec<f32>, Vec<LayerTape>) {
     let all: Vec<usize> = (0..dm.rows()).collect();
     let mut tapes = Vec::new();
@@ -243,6 +244,16 @@ impl Dims {
     }
 }
 
+/// What a forward keeps for a backward.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Keep {
+    Nothing,
+    /// What the gradient of the input needs (CoOp).
+    ForInputs,
+    /// Also the activations the weight gradients need (pretraining).
+    ForWeights,
+}
+
 /// What the backward pass needs from one layer's forward.
 struct LayerTape {
     x_in: Vec<f32>,
@@ -254,6 +265,8 @@ struct LayerTape {
     x_mid: Vec<f32>,
     stats2: Vec<(f32, f32)>,
     pre_act: Vec<f32>,
+    /// The activation's output (`Keep::ForWeights`: fc2's weight gradient reads it).
+    post_act: Option<Vec<f32>>,
 }
 
 /// One pre-LN block (`CLIPEncoderLayer`): every row feeds the keys and values, `queries` (ascending) are
@@ -264,15 +277,13 @@ fn block_forward(
     act: HiddenAct,
     x: Vec<f32>,
     queries: &[usize],
-    keep: bool,
+    keep: Keep,
 ) -> (Vec<f32>, Option<LayerTape>) {
     let (d, rows, q) = (dm.d, dm.rows(), queries.len());
     let mut h = vec![0f32; rows * d];
     let stats1 = layer_norm_fwd(&x, &l.ln1, d, &mut h);
     let mut qkv = vec![0f32; rows * 3 * d];
-    for (i, w) in [&l.q, &l.k, &l.v].into_iter().enumerate() {
-        linear(&mut qkv[i * d..], 3 * d, &h, w, rows, d, d, false);
-    }
+    linear(&mut qkv, 3 * d, &h, &l.qkv, rows, d, 3 * d, false);
     let (att, probs) = attention_fwd(dm, &qkv, queries);
     let mut x_mid = if q == rows {
         x.clone()
@@ -285,7 +296,7 @@ fn block_forward(
     let mut pre_act = vec![0f32; q * dm.inter];
     linear(&mut pre_act, dm.inter, &h, &l.fc1, q, d, dm.inter, false);
     // The backward needs the pre-activation; without a tape the activation overwrites it.
-    let mut u = if keep {
+    let mut u = if keep != Keep::Nothing {
         pre_act.clone()
     } else {
         std::mem::take(&mut pre_act)
@@ -294,7 +305,7 @@ fn block_forward(
         .for_each(|u| u.iter_mut().for_each(|v| *v = gelu(act, *v)));
     let mut x_out = x_mid.clone();
     linear(&mut x_out, d, &u, &l.fc2, q, dm.inter, d, true);
-    let tape = keep.then_some(LayerTape {
+    let tape = (keep != Keep::Nothing).then(|| LayerTape {
         x_in: x,
         stats1,
         qkv,
@@ -303,6 +314,7 @@ fn block_forward(
         x_mid,
         stats2,
         pre_act,
+        post_act: (keep == Keep::ForWeights).then_some(u),
     });
     (x_out, tape)
 }

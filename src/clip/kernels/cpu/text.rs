@@ -8,7 +8,7 @@ use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use super::backward::block_backward;
 use super::kernels::{layer_norm_bwd, matmul, scatter};
 use super::weights::HeldTower;
-use super::{pool, run_blocks, Dims, LayerTape};
+use super::{pool, run_blocks, Dims, Keep, LayerTape};
 use crate::clip::kernels::{contiguous_f32, TowerWeights};
 
 /// Everything the backward pass needs, kept from the forward.
@@ -62,7 +62,12 @@ fn forward(
                 .for_each(|((x, e), q)| *x = e + q);
         }
     }
-    let (final_in, tapes) = run_blocks(&dm, &held.layers, tower.act, x, &dm.eot_rows(), keep_tape);
+    let keep = if keep_tape {
+        Keep::ForInputs
+    } else {
+        Keep::Nothing
+    };
+    let (final_in, tapes) = run_blocks(&dm, &held.layers, tower.act, x, &dm.eot_rows(), keep);
     let (pooled, final_stats) = pool(&final_in, &held.final_norm, &held.proj, d, dm.proj);
     let tape = keep_tape.then_some(Tape {
         dims: dm,

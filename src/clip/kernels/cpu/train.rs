@@ -12,7 +12,7 @@ use candle_core::{Result, Tensor};
 use super::backward::{block_backward, BlockGrads, LinearGrads, NormGrads, TowerGrads};
 use super::kernels::{gather, layer_norm_bwd, layer_norm_fwd, matmul, matmul_tn, scatter};
 use super::weights::{Held, HeldLayer, HeldLinear, HeldNorm};
-use super::{pool, run_blocks, Dims, LayerTape};
+use super::{pool, run_blocks, Dims, Keep, LayerTape};
 use crate::clip::kernels::{NormWeights, TowerWeights};
 
 /// Which rows' projected features a pass returns.
@@ -61,7 +61,7 @@ fn tower_forward(
         HeldLinear::new(&tower.projection)?,
     );
     let readout = readout_rows(&dims, readout);
-    let (final_in, tapes) = run_blocks(&dims, &layers, tower.act, x, &readout, true);
+    let (final_in, tapes) = run_blocks(&dims, &layers, tower.act, x, &readout, Keep::ForWeights);
     let (out, final_stats) = pool(&final_in, &norm, &proj, dims.d, dims.proj);
     Ok((
         out,
@@ -97,12 +97,30 @@ fn tower_backward(
     layer_norm_fwd(&tape.final_in, &norm, d, &mut normed);
     grads.projection.add(dout, dm.proj, &normed, n, dm.proj);
     let mut dnormed = vec![0f32; n * d];
-    matmul(&mut dnormed, d, dout, dm.proj, proj.w.data(), false, n, dm.proj, d, false);
+    matmul(
+        &mut dnormed,
+        d,
+        dout,
+        dm.proj,
+        proj.w.data(),
+        false,
+        n,
+        dm.proj,
+        d,
+        false,
+    );
     grads
         .final_norm
         .add(&dnormed, &tape.final_in, &tape.final_stats, d);
     let mut dx = vec![0f32; n * d];
-    layer_norm_bwd(&dnormed, &tape.final_in, &tape.final_stats, &norm, d, &mut dx);
+    layer_norm_bwd(
+        &dnormed,
+        &tape.final_in,
+        &tape.final_stats,
+        &norm,
+        d,
+        &mut dx,
+    );
     if layers.is_empty() && n != dm.rows() {
         dx = scatter(&dx, &tape.readout, dm.rows(), d);
     }
@@ -110,7 +128,15 @@ fn tower_backward(
     let last = layers.len();
     for (li, (l, t)) in layers.iter().zip(&tape.layers).enumerate().rev() {
         let queries: &[usize] = if li + 1 == last { &tape.readout } else { &all };
-        dx = block_backward(dm, l, tower.act, t, queries, dx, Some(&mut grads.blocks[li]));
+        dx = block_backward(
+            dm,
+            l,
+            tower.act,
+            t,
+            queries,
+            dx,
+            Some(&mut grads.blocks[li]),
+        );
     }
     Ok((dx, grads))
 }
@@ -193,13 +219,32 @@ pub fn vision_forward(
     for b in 0..batch {
         let img = &mut embedded[b * t * d..][..t * d];
         img[..d].copy_from_slice(cls.data());
-        matmul(&mut img[d..], d, &patches[b * n_patch * cpp..], cpp, w.data(), true, n_patch, cpp, d, false);
+        matmul(
+            &mut img[d..],
+            d,
+            &patches[b * n_patch * cpp..],
+            cpp,
+            w.data(),
+            true,
+            n_patch,
+            cpp,
+            d,
+            false,
+        );
         img.iter_mut().zip(pos.data()).for_each(|(x, q)| *x += q);
     }
     let pre = HeldNorm::new(&stem.pre_norm)?;
     let mut x = vec![0f32; embedded.len()];
     let pre_stats = layer_norm_fwd(&embedded, &pre, d, &mut x);
-    let dims = Dims::blocks(0, vec![t; batch], false, d, tower.heads, tower.intermediate, tower.projection_dim()?);
+    let dims = Dims::blocks(
+        0,
+        vec![t; batch],
+        false,
+        d,
+        tower.heads,
+        tower.intermediate,
+        tower.projection_dim()?,
+    );
     let (out, tape) = tower_forward(tower, dims, x, readout)?;
     Ok((
         out,
@@ -234,11 +279,22 @@ pub fn vision_backward(
         class.iter_mut().zip(&img[..d]).for_each(|(a, g)| *a += g);
         positions.iter_mut().zip(img).for_each(|(a, g)| *a += g);
     }
-    let patch_rows: Vec<usize> = (0..b).flat_map(|i| (1..t).map(move |j| i * t + j)).collect();
+    let patch_rows: Vec<usize> = (0..b)
+        .flat_map(|i| (1..t).map(move |j| i * t + j))
+        .collect();
     let dpatch = gather(&de, &patch_rows, d);
     let cpp = stem.channels * stem.patch_size * stem.patch_size;
     let mut patch = vec![0f32; d * cpp];
-    matmul_tn(&mut patch, &dpatch, d, &pass.patches, cpp, d, patch_rows.len(), cpp);
+    matmul_tn(
+        &mut patch,
+        &dpatch,
+        d,
+        &pass.patches,
+        cpp,
+        d,
+        patch_rows.len(),
+        cpp,
+    );
     Ok(VisionGrads {
         patch,
         class,
@@ -300,7 +356,14 @@ pub fn text_forward(
         }
         flat.extend_from_slice(&row[..=e]);
     }
-    let dims = Dims::text(0, eot, d, tower.heads, tower.intermediate, tower.projection_dim()?);
+    let dims = Dims::text(
+        0,
+        eot,
+        d,
+        tower.heads,
+        tower.intermediate,
+        tower.projection_dim()?,
+    );
     let mut x = vec![0f32; flat.len() * d];
     for (c, (&start, &len)) in dims.start.iter().zip(&dims.len).enumerate() {
         for j in 0..len {
@@ -341,8 +404,14 @@ pub fn text_backward(
         for j in 0..len {
             let g = &dx[(start + j) * d..][..d];
             let id = pass.ids[start + j] as usize;
-            token[id * d..][..d].iter_mut().zip(g).for_each(|(a, g)| *a += g);
-            positions[j * d..][..d].iter_mut().zip(g).for_each(|(a, g)| *a += g);
+            token[id * d..][..d]
+                .iter_mut()
+                .zip(g)
+                .for_each(|(a, g)| *a += g);
+            positions[j * d..][..d]
+                .iter_mut()
+                .zip(g)
+                .for_each(|(a, g)| *a += g);
         }
     }
     Ok(TextGrads {
