@@ -2,10 +2,10 @@
 //! and, when training the block itself (pretraining), of its weights. CoOp's text tower asks only for
 //! the first; `train` for both.
 
-use rayon::prelude::*;
-
 use super::attention::attention_bwd;
-use super::kernels::{gelu, gelu_grad, layer_norm_bwd, layer_norm_fwd, matmul, matmul_tn, scatter};
+use super::kernels::{
+    gelu_grad_mul, gelu_slice, layer_norm_bwd, layer_norm_fwd, matmul, matmul_tn, scatter,
+};
 use super::weights::{HeldLayer, HeldLinear, HeldNorm};
 use super::{Dims, LayerTape};
 use crate::clip::config::HiddenAct;
@@ -144,23 +144,15 @@ pub(super) fn block_backward(
         let u = match &t.post_act {
             Some(u) => u,
             None => {
-                recomputed = t
-                    .pre_act
-                    .par_iter()
-                    .map(|&a| gelu(act, a))
-                    .collect::<Vec<f32>>();
+                let mut u = t.pre_act.clone();
+                gelu_slice(act, &mut u);
+                recomputed = u;
                 &recomputed
             }
         };
         g.fc2.add(&dx, d, u, q, d);
     }
-    da.par_chunks_mut(16384)
-        .zip(t.pre_act.par_chunks(16384))
-        .for_each(|(g, a)| {
-            g.iter_mut()
-                .zip(a)
-                .for_each(|(g, &a)| *g *= gelu_grad(act, a))
-        });
+    gelu_grad_mul(act, &mut da, &t.pre_act);
     let mut dh = vec![0f32; q * d];
     matmul(
         &mut dh,

@@ -20,10 +20,9 @@ mod train;
 mod weights;
 
 use candle_core::{DType, Result, Tensor};
-use rayon::prelude::*;
 
 use self::attention::attention_fwd;
-use self::kernels::{gather, gelu, layer_norm_fwd, linear};
+use self::kernels::{gather, gelu_slice, layer_norm_fwd, linear};
 use self::weights::{HeldLayer, HeldLinear, HeldNorm};
 use super::TowerWeights;
 use crate::clip::config::HiddenAct;
@@ -301,8 +300,7 @@ fn block_forward(
     } else {
         std::mem::take(&mut pre_act)
     };
-    u.par_chunks_mut(16384)
-        .for_each(|u| u.iter_mut().for_each(|v| *v = gelu(act, *v)));
+    gelu_slice(act, &mut u);
     let mut x_out = x_mid.clone();
     linear(&mut x_out, d, &u, &l.fc2, q, dm.inter, d, true);
     let tape = (keep != Keep::Nothing).then(|| LayerTape {
