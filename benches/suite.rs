@@ -94,5 +94,60 @@ fn methods(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, towers, methods);
+/// The pretraining kernels: a whole step for each loss, and its new parts on their own (the weight
+/// gradients' row-split GEMM, the one-pass AdamW).
+fn training(c: &mut Criterion) {
+    use promptscope::train::epoch_loop::TrainStep;
+    use promptscope::train::pretrain::{PretrainConfig, PretrainLoss, Pretrainer, TrainableClip};
+    promptscope::alloc::keep_freed_memory();
+    let cfg = promptscope::clip::ClipConfig::scenes();
+    let model = TrainableClip::init(&cfg, 0, &Device::Cpu).unwrap();
+    let data = promptscope::bench::scene_batch(&cfg, 64, 7).unwrap();
+    let rows: Vec<usize> = (0..64).collect();
+    let mut g = c.benchmark_group("pretrain_step_scenes_b64");
+    g.sample_size(10);
+    g.throughput(Throughput::Elements(64));
+    for (name, loss) in [("filip", PretrainLoss::Filip), ("clip", PretrainLoss::Clip)] {
+        let config = PretrainConfig {
+            loss,
+            batch_size: 64,
+            ..PretrainConfig::default()
+        };
+        let mut t = Pretrainer::new(&model, config, &data).unwrap();
+        g.bench_function(name, |bench| bench.iter(|| t.step(&rows, 1e-4).unwrap()));
+    }
+    g.finish();
+
+    // A block's weight gradient: [out, in] summed over the rows of a batch of 64 images (50 tokens).
+    let mut g = c.benchmark_group("weight_grad_gemm");
+    for (out, inp) in [(384usize, 128usize), (512, 128), (128, 512)] {
+        let k = 64 * 50;
+        let dy = vec![0.5f32; k * out];
+        let x = vec![0.25f32; k * inp];
+        let mut w = vec![0f32; out * inp];
+        g.throughput(Throughput::Elements((2 * out * inp * k) as u64));
+        g.bench_function(format!("{out}x{inp}_over_{k}_rows"), |bench| {
+            bench.iter(|| {
+                promptscope::clip::kernels::cpu::gemm_f32_tn(&mut w, &dy, out, &x, inp, out, k, inp)
+            })
+        });
+    }
+    g.finish();
+
+    let mut g = c.benchmark_group("adamw");
+    let n = 49408 * 64;
+    let var = candle_core::Var::from_tensor(
+        &Tensor::ones(n, candle_core::DType::F32, &Device::Cpu).unwrap(),
+    )
+    .unwrap();
+    let grad = Tensor::full(0.01f32, n, &Device::Cpu).unwrap();
+    let mut opt = promptscope::train::optim::AdamW::new(0.1);
+    g.throughput(Throughput::Elements(n as u64));
+    g.bench_function("token_table_3.2m", |bench| {
+        bench.iter(|| opt.step(&var, &grad, 1e-4).unwrap())
+    });
+    g.finish();
+}
+
+criterion_group!(benches, towers, methods, training);
 criterion_main!(benches);

@@ -466,12 +466,18 @@ pub struct SuiteReport {
     pub model: String,
     pub device: String,
     pub threads: usize,
+    /// The CPU's ISA level and measured sgemm peak (every table says what it ran on).
+    pub machine: MachineReport,
     /// Image tower images/s at batch 1, 16 and 64.
     pub image_per_s: Vec<(usize, f64)>,
     pub text_prompts_per_s: f64,
     /// CoOp step (forward + backward + update) in ms, per class count, M = 16, batch 32.
     pub coop_ms: Vec<(usize, f64)>,
+    /// Each CoOp step's matrix-product rate over the sgemm peak, per class count.
+    pub coop_fraction_of_sgemm_peak: Vec<(usize, f64)>,
     pub coop_peak_rss_mb: Option<f64>,
+    /// Pretraining images/s on the `scenes` preset, batch 64: (loss, images/s).
+    pub pretrain_images_per_s: Vec<(String, f64)>,
     pub filip_1x100_ms: f64,
     pub ssvp_images_per_s: f64,
     pub loading_images_per_s: f64,
@@ -493,19 +499,36 @@ pub fn suite(
     }
     let text_prompts_per_s = run(clip, 1, 1, 64, 256)?.prompts_per_s;
     let mut coop_ms = Vec::new();
+    let mut coop_fraction_of_sgemm_peak = Vec::new();
     for &c in coop_classes {
-        coop_ms.push((c, coop_step(clip, c, 16, 32, false, 3)?.ms_per_step));
+        let r = coop_step(clip, c, 16, 32, false, 3)?;
+        coop_ms.push((c, r.ms_per_step));
+        if let Some(f) = r.fraction_of_sgemm_peak {
+            coop_fraction_of_sgemm_peak.push((c, f));
+        }
     }
     let coop_peak_rss_mb = peak_rss_mb();
+    let mut pretrain_images_per_s = Vec::new();
+    if clip.device.is_cpu() {
+        use crate::train::pretrain::PretrainLoss;
+        let scenes = crate::clip::ClipConfig::scenes();
+        for loss in [PretrainLoss::Filip, PretrainLoss::Clip] {
+            let r = pretrain_step("scenes", &scenes, loss, 64, 3, 5, None)?;
+            pretrain_images_per_s.push((r.loss, r.images_per_s));
+        }
+    }
     let files = write_photo_jpegs(photos, 64)?;
     Ok(SuiteReport {
         model: clip.id.clone(),
         device: crate::device::describe(&clip.device),
         threads: rayon::current_num_threads(),
+        machine: machine(),
         image_per_s,
         text_prompts_per_s,
         coop_ms,
+        coop_fraction_of_sgemm_peak,
         coop_peak_rss_mb,
+        pretrain_images_per_s,
         filip_1x100_ms: filip_ms(clip, 100, 20)?,
         ssvp_images_per_s: ssvp_images_per_s(clip, 16, 5)?,
         loading_images_per_s: loading_images_per_s(clip, &files, 3)?,

@@ -390,6 +390,12 @@ pub fn bench_suite(args: &ModelArgs, format: Format) -> Result<()> {
         Format::Json => print_json(&r),
         Format::Text => {
             outln!("{} on {}", r.model, r.device);
+            outln!(
+                "CPU: {} matrix kernels, {} threads, sgemm peak {:.0} GFLOP/s",
+                r.machine.isa,
+                r.machine.threads,
+                r.machine.sgemm_gflops
+            );
             for (b, v) in &r.image_per_s {
                 outln!("image tower, batch {b:<3}          {v:10.2} images/s");
             }
@@ -398,7 +404,17 @@ pub fn bench_suite(args: &ModelArgs, format: Format) -> Result<()> {
                 r.text_prompts_per_s
             );
             for (c, ms) in &r.coop_ms {
-                outln!("CoOp step, {c:>4} classes, M = 16 {ms:10.1} ms");
+                let share = r
+                    .coop_fraction_of_sgemm_peak
+                    .iter()
+                    .find(|(k, _)| k == c)
+                    .map_or(String::new(), |(_, f)| {
+                        format!("  ({:.0} % of the sgemm peak)", 100.0 * f)
+                    });
+                outln!("CoOp step, {c:>4} classes, M = 16 {ms:10.1} ms{share}");
+            }
+            for (loss, v) in &r.pretrain_images_per_s {
+                outln!("pretraining 'scenes', {loss:<5} loss {v:10.1} images/s");
             }
             outln!(
                 "FILIP, 1 image × 100 prompts    {:10.2} ms",

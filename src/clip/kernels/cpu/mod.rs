@@ -52,6 +52,22 @@ pub fn gemm_f32(
     kernels::matmul(out, out_rs, a, a_rs, b, b_t, m, k, n, accumulate)
 }
 
+/// `out[m×n] += aᵀ·b` (`a` `[k×m]`, `b` `[k×n]`, row strides `a_rs`, `b_rs`): the weight-gradient
+/// product of the kernels' backward, for its benchmark.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_f32_tn(
+    out: &mut [f32],
+    a: &[f32],
+    a_rs: usize,
+    b: &[f32],
+    b_rs: usize,
+    m: usize,
+    k: usize,
+    n: usize,
+) {
+    kernels::matmul_tn(out, a, a_rs, b, b_rs, m, k, n)
+}
+
 /// Floating-point operations of the kernels' matrix products since the process started.
 pub fn gemm_flops() -> u64 {
     kernels::GEMM_FLOPS.load(std::sync::atomic::Ordering::Relaxed)
