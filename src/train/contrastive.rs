@@ -79,6 +79,208 @@ pub fn filip_loss(
     )
 }
 
+/// FILIP's loss (as [`filip_loss`]) and its gradients, on f32 buffers in one pass: what the kernel path
+/// of pretraining runs. Through candle's ops the loss was a quarter of a FILIP step: each of a dozen
+/// ops over the `[b·n1, b·n2]` similarities (4.6 M entries at batch 64) allocates it again, and the max
+/// backward compares it whole; here the similarities and their gradient are two GEMMs each way and the
+/// gradient of a max goes only to its winner.
+#[derive(Debug, Clone)]
+pub struct FilipGrads {
+    pub loss: f64,
+    /// Images whose own caption scored highest (`s^I`).
+    pub right: usize,
+    /// `[b, n1, p]`, as `img`.
+    pub d_img: Vec<f32>,
+    /// `[b, n2, p]`, as `txt` (0 on padding).
+    pub d_txt: Vec<f32>,
+    /// Of the stored log-temperature.
+    pub d_log_scale: f32,
+}
+
+/// `img` `[b, n1, p]` patch tokens, `txt` `[b, n2, p]` caption tokens of which caption j's first
+/// `eot[j] + 1` are real (the rest is padding and never read), neither normalised; `log_scale` the stored
+/// log-temperature; `top_fraction` as [`filip_scores`].
+#[allow(clippy::too_many_arguments)]
+pub fn filip_loss_with_grads(
+    img: &[f32],
+    n1: usize,
+    txt: &[f32],
+    n2: usize,
+    eot: &[usize],
+    p: usize,
+    log_scale: f32,
+    top_fraction: f64,
+) -> Result<FilipGrads> {
+    use crate::align::filip::kept_count;
+    use crate::clip::kernels::cpu::{gemm_f32, gemm_f32_tn};
+    use rayon::prelude::*;
+    crate::align::filip::check_fraction(top_fraction)?;
+    let b = eot.len();
+    check_batch(b, b)?;
+    if img.len() != b * n1 * p || txt.len() != b * n2 * p || eot.iter().any(|&e| e >= n2) || n1 == 0
+    {
+        return Err(Error::invalid(format!(
+            "FILIP loss: {} image and {} caption values for a batch of {b} × ({n1} | {n2}) tokens of {p}",
+            img.len(),
+            txt.len()
+        )));
+    }
+    let normalise = |v: &[f32]| -> (Vec<f32>, Vec<f32>) {
+        let mut out = v.to_vec();
+        let inv: Vec<f32> = out
+            .par_chunks_mut(p)
+            .map(|row| {
+                let inv = 1.0 / row.iter().map(|x| x * x).sum::<f32>().sqrt();
+                row.iter_mut().for_each(|x| *x *= inv);
+                inv
+            })
+            .collect();
+        (out, inv)
+    };
+    let (x, x_inv) = normalise(img);
+    let (mut y, y_inv) = normalise(txt);
+    // Padding may be anything (zeros normalise to NaN): it must not reach the GEMMs' sums.
+    for (j, &e) in eot.iter().enumerate() {
+        y[(j * n2 + e + 1) * p..(j + 1) * n2 * p].fill(0.0);
+    }
+    let (rows, cols) = (b * n1, b * n2);
+    let mut sim = vec![0f32; rows * cols];
+    gemm_f32(&mut sim, cols, &x, p, &y, true, rows, p, cols, false);
+
+    // Per (image i, caption j): each image token's best caption token and the reverse, the kept ones'
+    // means, and where each kept maximum sits (its gradient goes there alone).
+    struct Pair {
+        s_i: f32,
+        s_t: f32,
+        img_win: Vec<(usize, usize)>,
+        txt_win: Vec<(usize, usize)>,
+    }
+    let top = |vals: &[f32]| -> Vec<usize> {
+        let mut idx: Vec<usize> = (0..vals.len()).collect();
+        idx.sort_by(|&a, &c| vals[c].total_cmp(&vals[a]));
+        idx.truncate(kept_count(vals.len(), top_fraction));
+        idx
+    };
+    let pairs: Vec<Pair> = (0..b * b)
+        .into_par_iter()
+        .map(|ij| {
+            let (i, j) = (ij / b, ij % b);
+            let real = eot[j] + 1;
+            let at = |k: usize, r: usize| sim[(i * n1 + k) * cols + j * n2 + r];
+            let best_r: Vec<(f32, usize)> = (0..n1)
+                .map(|k| {
+                    (0..real).fold((f32::NEG_INFINITY, 0), |m, r| {
+                        if at(k, r) > m.0 {
+                            (at(k, r), r)
+                        } else {
+                            m
+                        }
+                    })
+                })
+                .collect();
+            let best_k: Vec<(f32, usize)> = (0..real)
+                .map(|r| {
+                    (0..n1).fold((f32::NEG_INFINITY, 0), |m, k| {
+                        if at(k, r) > m.0 {
+                            (at(k, r), k)
+                        } else {
+                            m
+                        }
+                    })
+                })
+                .collect();
+            let keep_k = top(&best_r.iter().map(|v| v.0).collect::<Vec<_>>());
+            let keep_r = top(&best_k.iter().map(|v| v.0).collect::<Vec<_>>());
+            Pair {
+                s_i: keep_k.iter().map(|&k| best_r[k].0).sum::<f32>() / keep_k.len() as f32,
+                s_t: keep_r.iter().map(|&r| best_k[r].0).sum::<f32>() / keep_r.len() as f32,
+                img_win: keep_k.iter().map(|&k| (k, best_r[k].1)).collect(),
+                txt_win: keep_r.iter().map(|&r| (best_k[r].1, r)).collect(),
+            }
+        })
+        .collect();
+
+    // Both cross-entropies over τ·s, and their gradients with respect to the scores.
+    let tau = log_scale.exp();
+    let (mut loss, mut d_log_scale) = (0f64, 0f32);
+    let mut d_si = vec![0f32; b * b];
+    let mut d_st = vec![0f32; b * b];
+    for side in 0..2 {
+        for row in 0..b {
+            // Side 0: image `row` against every caption; side 1: caption `row` against every image.
+            let logit = |c: usize| {
+                tau * if side == 0 {
+                    pairs[row * b + c].s_i
+                } else {
+                    pairs[c * b + row].s_t
+                }
+            };
+            let m = (0..b).map(logit).fold(f32::NEG_INFINITY, f32::max);
+            let z: f32 = (0..b).map(|c| (logit(c) - m).exp()).sum();
+            loss += f64::from(m + z.ln() - logit(row));
+            for c in 0..b {
+                let g =
+                    ((logit(c) - m).exp() / z - if c == row { 1.0 } else { 0.0 }) / b as f32 * 0.5;
+                d_log_scale += g * logit(c);
+                if side == 0 {
+                    d_si[row * b + c] = g * tau;
+                } else {
+                    d_st[c * b + row] = g * tau;
+                }
+            }
+        }
+    }
+    let right = (0..b)
+        .filter(|&i| {
+            let row = &pairs[i * b..][..b];
+            let best = row.iter().map(|q| q.s_i).fold(f32::NEG_INFINITY, f32::max);
+            row.iter().position(|q| q.s_i == best) == Some(i)
+        })
+        .count();
+
+    // The similarities' gradient: each kept maximum receives its mean's share.
+    let mut dsim = vec![0f32; rows * cols];
+    for (ij, pair) in pairs.iter().enumerate() {
+        let (i, j) = (ij / b, ij % b);
+        let gi = d_si[ij] / pair.img_win.len() as f32;
+        for &(k, r) in &pair.img_win {
+            dsim[(i * n1 + k) * cols + j * n2 + r] += gi;
+        }
+        let gt = d_st[ij] / pair.txt_win.len() as f32;
+        for &(k, r) in &pair.txt_win {
+            dsim[(i * n1 + k) * cols + j * n2 + r] += gt;
+        }
+    }
+    let mut dx = vec![0f32; rows * p];
+    gemm_f32(&mut dx, p, &dsim, cols, &y, false, rows, cols, p, false);
+    let mut dy = vec![0f32; cols * p];
+    gemm_f32_tn(&mut dy, &dsim, cols, &x, p, cols, rows, p);
+    // Through the normalisation: du = (dx − x·⟨x, dx⟩) / |u|.
+    let unnormalise = |d: &mut [f32], v: &[f32], inv: &[f32]| {
+        d.par_chunks_mut(p)
+            .zip(v.par_chunks(p))
+            .zip(inv.par_iter())
+            .for_each(|((d, v), &inv)| {
+                let dot: f32 = d.iter().zip(v).map(|(a, c)| a * c).sum();
+                d.iter_mut()
+                    .zip(v)
+                    .for_each(|(a, c)| *a = (*a - c * dot) * inv);
+            });
+    };
+    unnormalise(&mut dx, &x, &x_inv);
+    unnormalise(&mut dy, &y, &y_inv);
+    for (j, &e) in eot.iter().enumerate() {
+        dy[(j * n2 + e + 1) * p..(j + 1) * n2 * p].fill(0.0);
+    }
+    Ok(FilipGrads {
+        loss: 0.5 * loss / b as f64,
+        right,
+        d_img: dx,
+        d_txt: dy,
+        d_log_scale,
+    })
+}
+
 fn check_batch(images: usize, captions: usize) -> Result<()> {
     if images != captions || images == 0 {
         return Err(Error::invalid(format!("a contrastive batch needs as many captions as images, and at least one (got {images} and {captions})")));
@@ -178,6 +380,72 @@ mod tests {
             .sum::<f64>()
             / b as f64;
         (li + lt) / 2.0
+    }
+
+    /// The one-pass loss and gradients against candle's graph of [`filip_loss`], with padding (zeros
+    /// there, the worst case for normalising) and top fractions.
+    #[test]
+    fn one_pass_filip_gradients_equal_candles_graph() {
+        let (b, n1, n2, p) = (3, 5, 4, 6);
+        let dev = Device::Cpu;
+        let eot = [3usize, 1, 2];
+        let img_v = pattern(b * n1 * p, 1);
+        let mut txt_v = pattern(b * n2 * p, 2);
+        for (j, &e) in eot.iter().enumerate() {
+            txt_v[(j * n2 + e + 1) * p..(j + 1) * n2 * p].fill(0.0);
+        }
+        for fraction in [1.0, 0.5, 0.25] {
+            let img = Var::from_vec(img_v.clone(), (b, n1, p), &dev).unwrap();
+            let txt = Var::from_vec(txt_v.clone(), (b, n2, p), &dev).unwrap();
+            let ls = Var::new(2.3f32, &dev).unwrap();
+            let mask: Vec<f32> = eot
+                .iter()
+                .flat_map(|&e| (0..n2).map(move |r| if r <= e { 1.0 } else { 0.0 }))
+                .collect();
+            let mask = Tensor::from_vec(mask, (b, n2), &dev).unwrap();
+            // candle's graph normalises the zero padding to NaN; give it ones there, which it masks.
+            let safe = txt
+                .as_tensor()
+                .broadcast_add(
+                    &(mask.ones_like().unwrap() - &mask)
+                        .unwrap()
+                        .unsqueeze(2)
+                        .unwrap(),
+                )
+                .unwrap();
+            let want = filip_loss(
+                img.as_tensor(),
+                &safe,
+                &mask,
+                &ls.as_tensor().exp().unwrap(),
+                fraction,
+            )
+            .unwrap();
+            let grads = want.backward().unwrap();
+            let got =
+                filip_loss_with_grads(&img_v, n1, &txt_v, n2, &eot, p, 2.3, fraction).unwrap();
+            let close = |what: &str, a: &[f32], c: &[f32]| {
+                let scale = c.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
+                let diff = a.iter().zip(c).fold(0f32, |m, (u, v)| m.max((u - v).abs()));
+                assert!(
+                    diff <= 1e-5 * scale.max(1.0),
+                    "{what} (top {fraction}): {diff:e}"
+                );
+            };
+            assert!((got.loss - f64::from(want.to_scalar::<f32>().unwrap())).abs() < 1e-5);
+            let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            close("image tokens", &got.d_img, &flat(grads.get(&img).unwrap()));
+            let mut d_txt = flat(grads.get(&txt).unwrap());
+            for (j, &e) in eot.iter().enumerate() {
+                d_txt[(j * n2 + e + 1) * p..(j + 1) * n2 * p].fill(0.0);
+            }
+            close("caption tokens", &got.d_txt, &d_txt);
+            close(
+                "log-temperature",
+                &[got.d_log_scale],
+                &flat(grads.get(&ls).unwrap()),
+            );
+        }
     }
 
     fn pattern(n: usize, seed: usize) -> Vec<f32> {

@@ -10,7 +10,7 @@ use candle_nn::{VarBuilder, VarMap};
 use serde::{Deserialize, Serialize};
 
 use super::checkpoint::{restore, snapshot, Checkpoint, CheckpointSink, ParamOptimizer};
-use super::contrastive::{clip_loss, filip_scores};
+use super::contrastive::{clip_loss, filip_loss_with_grads, filip_scores};
 use super::epoch_loop::{EpochLoop, TrainStep};
 use super::optim::{AdamW, OptimConfig};
 use crate::clip::config::ClipConfig;
@@ -378,49 +378,63 @@ impl<'a> Pretrainer<'a> {
         };
         let (v_out, v_pass) = k::vision_forward(&stem, &vt, &pixels, b, readout_v)?;
         let (t_out, t_pass) = k::text_forward(&m.text.token_embedding, &tt, &ids, &eot, readout_t)?;
-        let len = eot.iter().max().map_or(0, |e| e + 1);
-        let (img, txt) = if filip {
-            // Captions padded to the longest as candle's path has them; the padding (never read: the
-            // loss masks it) is 1s, which normalise without dividing by zero.
-            let mut padded = vec![1f32; b * len * p];
+        let (loss, right, d_img, d_txt, d_scale) = if filip {
+            // The loss on plain buffers (`filip_loss_with_grads`, checked against `contrastive`'s
+            // graph): patch tokens without the class token, captions padded to the longest.
+            let (t, len) = (v_pass.tokens(), eot.iter().max().map_or(0, |e| e + 1));
+            let patches: Vec<f32> = v_out
+                .chunks(t * p)
+                .flat_map(|img| img[p..].iter().copied())
+                .collect();
+            let mut padded = vec![0f32; b * len * p];
             for (bi, &e) in eot.iter().enumerate() {
                 for j in 0..=e {
                     padded[(bi * len + j) * p..][..p]
                         .copy_from_slice(&t_out[t_pass.row(bi, j) * p..][..p]);
                 }
             }
-            (
-                Var::from_vec(v_out, (b, v_pass.tokens(), p), dev)?,
-                Var::from_vec(padded, (b, len, p), dev)?,
-            )
-        } else {
-            (
-                Var::from_vec(v_out, (b, p), dev)?,
-                Var::from_vec(t_out, (b, p), dev)?,
-            )
-        };
-        let (loss, right) = self.contrastive(img.as_tensor(), txt.as_tensor(), &eot)?;
-        let grads = loss.backward()?;
-        let grad_of = |v: &Var| -> Result<Vec<f32>> {
-            Ok(match grads.get(v.as_tensor()) {
-                Some(g) => g.flatten_all()?.to_vec1()?,
-                None => vec![0f32; v.elem_count()],
-            })
-        };
-        let d_img = grad_of(&img)?;
-        let d_txt = grad_of(&txt)?;
-        let d_scale = grad_of(&self.model.logit_scale)?;
-        let d_txt = if filip {
-            let mut packed = vec![0f32; t_out_rows(&eot) * p];
+            let log_scale = self.model.logit_scale.as_tensor().to_scalar::<f32>()?;
+            let g = filip_loss_with_grads(
+                &patches,
+                t - 1,
+                &padded,
+                len,
+                &eot,
+                p,
+                log_scale,
+                self.config.top_fraction,
+            )?;
+            // Back to the passes' layouts: the class tokens get nothing, the captions are packed.
+            let mut d_img = vec![0f32; b * t * p];
+            for (dst, src) in d_img.chunks_mut(t * p).zip(g.d_img.chunks((t - 1) * p)) {
+                dst[p..].copy_from_slice(src);
+            }
+            let mut d_txt = vec![0f32; t_out_rows(&eot) * p];
             for (bi, &e) in eot.iter().enumerate() {
                 for j in 0..=e {
-                    packed[t_pass.row(bi, j) * p..][..p]
-                        .copy_from_slice(&d_txt[(bi * len + j) * p..][..p]);
+                    d_txt[t_pass.row(bi, j) * p..][..p]
+                        .copy_from_slice(&g.d_txt[(bi * len + j) * p..][..p]);
                 }
             }
-            packed
+            (g.loss, g.right, d_img, d_txt, vec![g.d_log_scale])
         } else {
-            d_txt
+            let img = Var::from_vec(v_out, (b, p), dev)?;
+            let txt = Var::from_vec(t_out, (b, p), dev)?;
+            let (loss, right) = self.contrastive(img.as_tensor(), txt.as_tensor(), &eot)?;
+            let grads = loss.backward()?;
+            let grad_of = |v: &Var| -> Result<Vec<f32>> {
+                Ok(match grads.get(v.as_tensor()) {
+                    Some(g) => g.flatten_all()?.to_vec1()?,
+                    None => vec![0f32; v.elem_count()],
+                })
+            };
+            (
+                f64::from(loss.to_scalar::<f32>()?),
+                right,
+                grad_of(&img)?,
+                grad_of(&txt)?,
+                grad_of(&self.model.logit_scale)?,
+            )
         };
         let vg = k::vision_backward(&stem, &vt, &v_pass, &d_img)?;
         let tg = k::text_backward(&m.text.token_embedding, &tt, &t_pass, &d_txt)?;
@@ -467,7 +481,7 @@ impl<'a> Pretrainer<'a> {
                 Ok(Tensor::from_vec(g, var.shape(), dev)?)
             })
             .collect::<Result<_>>()?;
-        Ok((f64::from(loss.to_scalar::<f32>()?), right, g))
+        Ok((loss, right, g))
     }
 
     fn batch_ids(&self, rows: &[usize]) -> Vec<Vec<u32>> {
