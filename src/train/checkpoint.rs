@@ -75,18 +75,7 @@ impl ParamOptimizer {
 
     /// One step on every parameter from the gradients of `loss`.
     pub fn update(&mut self, loss: &Tensor, params: &[(String, Var)], lr: f64) -> Result<()> {
-        let grads = loss.backward()?;
-        let g = params
-            .iter()
-            .map(|(name, var)| {
-                grads
-                    .get(var.as_tensor())
-                    .cloned()
-                    // A parameter without a gradient is a wiring bug (a detached path), not something to skip.
-                    .ok_or_else(|| Error::invalid(format!("no gradient reached {name}")))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        self.apply(&g, params, lr)
+        self.apply(&gradients_of(loss, params)?, params, lr)
     }
 
     /// One step on every parameter from its gradient `grads[i]`.
@@ -105,6 +94,21 @@ impl ParamOptimizer {
         }
         Ok(())
     }
+}
+
+/// Each parameter's gradient of `loss` (backpropagated through candle's graph), in `params` order.
+pub fn gradients_of(loss: &Tensor, params: &[(String, Var)]) -> Result<Vec<Tensor>> {
+    let grads = loss.backward()?;
+    params
+        .iter()
+        .map(|(name, var)| {
+            grads
+                .get(var.as_tensor())
+                .cloned()
+                // A parameter without a gradient is a wiring bug (a detached path), not something to skip.
+                .ok_or_else(|| Error::invalid(format!("no gradient reached {name}")))
+        })
+        .collect()
 }
 
 /// A checkpoint as read back, for resuming.

@@ -9,7 +9,9 @@ use candle_core::{DType, Device, Tensor, Var, D};
 use candle_nn::{VarBuilder, VarMap};
 use serde::{Deserialize, Serialize};
 
-use super::checkpoint::{restore, snapshot, Checkpoint, CheckpointSink, ParamOptimizer};
+use super::checkpoint::{
+    gradients_of, restore, snapshot, Checkpoint, CheckpointSink, ParamOptimizer,
+};
 use super::contrastive::{clip_loss, filip_loss_with_grads, filip_scores};
 use super::epoch_loop::{EpochLoop, TrainStep};
 use super::optim::{AdamW, OptimConfig};
@@ -332,18 +334,7 @@ impl<'a> Pretrainer<'a> {
             return self.kernel_gradients(rows);
         }
         let (loss, right) = self.loss(rows)?;
-        let grads = loss.backward()?;
-        let g = self
-            .params
-            .iter()
-            .map(|(name, var)| {
-                grads
-                    .get(var.as_tensor())
-                    .cloned()
-                    // A parameter without a gradient is a wiring bug (a detached path), not something to skip.
-                    .ok_or_else(|| Error::invalid(format!("no gradient reached {name}")))
-            })
-            .collect::<Result<_>>()?;
+        let g = gradients_of(&loss, &self.params)?;
         Ok((f64::from(loss.to_scalar::<f32>()?), right, g))
     }
 

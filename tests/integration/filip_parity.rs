@@ -32,12 +32,12 @@ fn ids(fx: &serde_json::Value) -> Vec<Vec<u32>> {
         .collect()
 }
 
-#[test]
-fn filip_loss_and_weight_gradients_match_pytorch() {
-    let fx = reference();
-    let dir = model_dir("tiny", &fx);
+/// The fixture's tiny CLIP with every weight a variable, and its batch: the fixture's captions over
+/// pattern pixels.
+fn tiny_model_and_batch(fx: &serde_json::Value) -> (TrainableClip, PairTensors) {
+    let dir = model_dir("tiny", fx);
     let model = TrainableClip::from_folder(dir.path(), &Device::Cpu).unwrap();
-    let ids = ids(&fx);
+    let ids = ids(fx);
     let size = model.config.vision_config.image_size;
     let pixels = Tensor::from_vec(
         pattern_pixels(ids.len(), size),
@@ -45,19 +45,44 @@ fn filip_loss_and_weight_gradients_match_pytorch() {
         &Device::Cpu,
     )
     .unwrap();
-    let data = PairTensors { pixels, ids };
+    (model, PairTensors { pixels, ids })
+}
+
+fn config(loss: PretrainLoss, top_fraction: f64, batch_size: usize) -> PretrainConfig {
+    PretrainConfig {
+        loss,
+        top_fraction,
+        optim: OptimConfig::default(),
+        batch_size,
+        seed: 0,
+    }
+}
+
+/// Largest difference between `got` and `want` over `scale` (at least the largest |want|).
+fn relative_diff(got: &[f32], want: &[f32], floor: f32) -> f64 {
+    assert_eq!(got.len(), want.len());
+    let scale = want
+        .iter()
+        .fold(0f32, |m, v| m.max(v.abs()))
+        .max(floor)
+        .max(1e-12);
+    let diff = got
+        .iter()
+        .zip(want)
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    f64::from(diff / scale)
+}
+
+#[test]
+fn filip_loss_and_weight_gradients_match_pytorch() {
+    let fx = reference();
+    let (model, data) = tiny_model_and_batch(&fx);
     let rows: Vec<usize> = (0..data.ids.len()).collect();
     let vars = model.named_vars();
     for case in fx["tiny"]["cases"].as_array().unwrap() {
         let loss: PretrainLoss = serde_json::from_value(case["loss"].clone()).unwrap();
         let fraction = case["top_fraction"].as_f64().unwrap();
-        let config = PretrainConfig {
-            loss,
-            top_fraction: fraction,
-            optim: OptimConfig::default(),
-            batch_size: rows.len(),
-            seed: 0,
-        };
+        let config = config(loss, fraction, rows.len());
         let t = Pretrainer::new(&model, config, &data).unwrap();
         assert!(t.kernels_run(), "the tiny model trains on the CPU kernels");
         // The kernel path (what `pretrain` runs) against the same reference: the loss and the named
@@ -71,15 +96,9 @@ fn filip_loss_and_weight_gradients_match_pytorch() {
         for (name, want) in case["grads"].as_object().unwrap() {
             let i = vars.iter().position(|(n, _)| n == name).unwrap();
             let got: Vec<f32> = kernel_grads[i].flatten_all().unwrap().to_vec1().unwrap();
-            let want = flat(want);
-            let scale = want.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-12);
-            let diff = got
-                .iter()
-                .zip(&want)
-                .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
             within(
                 &format!("{loss:?} loss, top {fraction}: kernels' gradient of {name} (relative)"),
-                f64::from(diff / scale),
+                relative_diff(&got, &flat(want), 0.0),
                 1e-4,
             );
         }
@@ -107,17 +126,10 @@ fn filip_loss_and_weight_gradients_match_pytorch() {
                 .unwrap()
                 .to_vec1()
                 .unwrap();
-            let want = flat(want);
-            assert_eq!(got.len(), want.len(), "{name}");
-            let scale = want.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-12);
-            let diff = got
-                .iter()
-                .zip(&want)
-                .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
             // Relative to the gradient's largest entry; measured up to 5.0e-6 on the AVX2+FMA kernels.
             within(
                 &format!("{what}: gradient of {name} (relative)"),
-                f64::from(diff / scale),
+                relative_diff(&got, &flat(want), 0.0),
                 1e-4,
             );
         }
@@ -129,17 +141,7 @@ fn filip_loss_and_weight_gradients_match_pytorch() {
 #[test]
 fn kernel_pretraining_gradients_equal_candles_for_every_weight() {
     let fx = reference();
-    let dir = model_dir("tiny", &fx);
-    let model = TrainableClip::from_folder(dir.path(), &Device::Cpu).unwrap();
-    let ids = ids(&fx);
-    let size = model.config.vision_config.image_size;
-    let pixels = Tensor::from_vec(
-        pattern_pixels(ids.len(), size),
-        (ids.len(), 3, size, size),
-        &Device::Cpu,
-    )
-    .unwrap();
-    let data = PairTensors { pixels, ids };
+    let (model, data) = tiny_model_and_batch(&fx);
     let rows: Vec<usize> = (0..data.ids.len()).collect();
     let vars = model.named_vars();
     for (loss, fraction) in [
@@ -147,13 +149,7 @@ fn kernel_pretraining_gradients_equal_candles_for_every_weight() {
         (PretrainLoss::Filip, 0.25),
         (PretrainLoss::Clip, 1.0),
     ] {
-        let config = PretrainConfig {
-            loss,
-            top_fraction: fraction,
-            optim: OptimConfig::default(),
-            batch_size: rows.len(),
-            seed: 0,
-        };
+        let config = config(loss, fraction, rows.len());
         let t = Pretrainer::new(&model, config, &data).unwrap();
         let (kernel_loss, kernel_right, kernel_grads) = t.gradients(&rows).unwrap();
         let (value, right) = t.loss(&rows).unwrap();
@@ -186,19 +182,9 @@ fn kernel_pretraining_gradients_equal_candles_for_every_weight() {
         let largest = wants.iter().flatten().fold(0f32, |m, v| m.max(v.abs()));
         for (((name, _), got), want) in vars.iter().zip(&kernel_grads).zip(&wants) {
             let got: Vec<f32> = got.flatten_all().unwrap().to_vec1().unwrap();
-            assert_eq!(got.len(), want.len(), "{name}");
-            let scale = want
-                .iter()
-                .fold(0f32, |m, v| m.max(v.abs()))
-                .max(0.01 * largest)
-                .max(1e-12);
-            let diff = got
-                .iter()
-                .zip(want)
-                .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
             within(
                 &format!("{loss:?}, top {fraction}: gradient of {name} (relative)"),
-                f64::from(diff / scale),
+                relative_diff(&got, want, 0.01 * largest),
                 1e-4,
             );
         }
