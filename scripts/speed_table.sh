@@ -7,7 +7,8 @@
 #     peak, vs scripts/bench_coop_torch.py (end-of-text truncation, PyTorch's fastest);
 #   - image tower images/s at batch 1/16/64 vs scripts/bench_torch.py.
 #   scripts/speed_table.sh            (THREADS=2 by default; needs python3 with torch + transformers)
-#   COOP_1000=0 scripts/speed_table.sh  skips C = 1000 (PyTorch takes ~40 s a step there)
+#   COOP_1000=0 scripts/speed_table.sh  skips C = 1000 (PyTorch takes ~50 s a step there)
+#   REPEATS=N: runs of each pretraining and image-tower row (median reported; default 3)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 threads=${THREADS:-2}
@@ -20,10 +21,20 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 out=$work/rows.jsonl
 
+# The short rows run REPEATS times, ours and PyTorch's interleaved, and report each side's median: on a
+# shared machine one run of a few seconds moves by ±15 %.
+repeats=${REPEATS:-3}
+median() {  # JSON lines on stdin → the one whose $1 is the median
+  python3 -c "import json,sys; r=sorted((json.loads(l) for l in sys.stdin if l.strip()), key=lambda x: x['$1']); print(json.dumps(r[len(r)//2]))"
+}
 for loss in filip clip; do
-  ours=$($bin bench-pretrain --loss "$loss" --save-batch "$work/$loss" --format json 2>/dev/null)
-  theirs=$(python3 scripts/bench_pretrain_torch.py --dir "$work/$loss" --loss "$loss" --threads "$threads" 2>/dev/null | tail -1)
-  echo "{\"kind\": \"pretrain\", \"ours\": $ours, \"torch\": $theirs}" >> "$out"
+  : > "$work/ours" ; : > "$work/theirs"
+  for i in $(seq "$repeats"); do
+    save=(); [ "$i" = 1 ] && save=(--save-batch "$work/$loss")
+    $bin bench-pretrain --loss "$loss" "${save[@]}" --format json 2>/dev/null >> "$work/ours"
+    python3 scripts/bench_pretrain_torch.py --dir "$work/$loss" --loss "$loss" --threads "$threads" 2>/dev/null | tail -1 >> "$work/theirs"
+  done
+  echo "{\"kind\": \"pretrain\", \"ours\": $(median images_per_s < "$work/ours"), \"torch\": $(median images_per_s < "$work/theirs")}" >> "$out"
 done
 classes=(100)
 [ "${COOP_1000:-1}" = 1 ] && classes+=(1000)
@@ -36,9 +47,12 @@ for c in "${classes[@]}"; do
 done
 for b in 1 16 64; do
   n=$(( b < 16 ? 16 : b * 2 ))
-  ours=$($bin bench --model "$model" --device cpu --batch "$b" --images "$n" --format json 2>/dev/null)
-  theirs=$(python3 scripts/bench_torch.py --model "$model" --batch "$b" --images "$n" --threads "$threads" 2>/dev/null | tail -1)
-  echo "{\"kind\": \"image\", \"ours\": $ours, \"torch\": $theirs}" >> "$out"
+  : > "$work/ours" ; : > "$work/theirs"
+  for i in $(seq "$repeats"); do
+    $bin bench --model "$model" --device cpu --batch "$b" --images "$n" --format json 2>/dev/null >> "$work/ours"
+    python3 scripts/bench_torch.py --model "$model" --batch "$b" --images "$n" --threads "$threads" 2>/dev/null | tail -1 >> "$work/theirs"
+  done
+  echo "{\"kind\": \"image\", \"ours\": $(median images_per_s < "$work/ours"), \"torch\": $(median images_per_s < "$work/theirs")}" >> "$out"
 done
 
 python3 - "$out" <<'PY'
