@@ -601,7 +601,6 @@ impl TrainStep for Pretrainer<'_> {
 mod tests {
     use super::*;
     use crate::clip::config::HiddenAct;
-    use crate::data::scenes::{generate, SceneConfig};
     use crate::train::epoch_loop::{run_until, TrainSet};
 
     fn small() -> ClipConfig {
@@ -612,31 +611,7 @@ mod tests {
     }
 
     fn pairs(model: &TrainableClip, n: usize) -> PairTensors {
-        let tok = crate::clip::ClipTokenizer::bundled(77).unwrap();
-        let cfg = SceneConfig {
-            size: 64,
-            max_objects: 1,
-            ..SceneConfig::default()
-        };
-        let scenes: Vec<_> = (0..n)
-            .map(|i| generate(3, i as u64, &cfg).unwrap())
-            .collect();
-        let pre = crate::clip::PreprocessConfig::clip(64);
-        let px: Vec<f32> = scenes
-            .iter()
-            .flat_map(|s| {
-                crate::clip::preprocess::preprocess(
-                    &image::DynamicImage::ImageRgb8(s.image.clone()),
-                    &pre,
-                )
-            })
-            .collect();
-        let pixels = Tensor::from_vec(px, (n, 3, 64, 64), &Device::Cpu).unwrap();
-        let ids = tok
-            .encode_batch(&scenes.iter().map(|s| s.caption.clone()).collect::<Vec<_>>())
-            .unwrap();
-        let _ = model;
-        PairTensors { pixels, ids }
+        crate::bench::scene_batch(&model.config, n, 3).unwrap()
     }
 
     #[test]

@@ -213,18 +213,10 @@ pub(super) fn attention_bwd(
     // Below, a row's own keys are the rows before it in its block.
     let (d, hd, p, pw) = (dm.d, dm.hd(), dm.p, dm.heads * dm.keys());
     let mut dqkv = vec![0f32; dm.rows() * 3 * d];
-    let (dpre, mut dcont) = dqkv.split_at_mut(p * 3 * d);
+    let (dpre, dcont) = dqkv.split_at_mut(p * 3 * d);
     // Continuations in parallel, one class per task: its own keys are written by it alone, the shared
     // prefix keys are summed in a per-task buffer and reduced after.
-    let mut blocks = Vec::with_capacity(dm.classes());
-    for (c, &len) in dm.len.iter().enumerate() {
-        let (block, rest) = std::mem::take(&mut dcont).split_at_mut(len * 3 * d);
-        let lo = queries.partition_point(|&r| r < dm.start[c]);
-        let hi = queries.partition_point(|&r| r < dm.start[c] + len);
-        blocks.push((dm.start[c], block, lo..hi));
-        dcont = rest;
-    }
-    let mut prefix_kv = blocks
+    let mut prefix_kv = sequence_blocks(dm, dcont, queries)
         .into_par_iter()
         .fold(
             || vec![0f32; p * 2 * d],
@@ -295,6 +287,24 @@ pub(super) fn attention_bwd(
     dqkv
 }
 
+/// The `[dq | dk | dv]` rows of each sequence (`rows`: every continuation row, `3D` wide), with its first
+/// row and the range of `queries` (ascending) that fall in it: one task's share of the backward.
+fn sequence_blocks<'a>(
+    dm: &Dims,
+    mut rows: &'a mut [f32],
+    queries: &[usize],
+) -> Vec<(usize, &'a mut [f32], std::ops::Range<usize>)> {
+    let mut blocks = Vec::with_capacity(dm.classes());
+    for (c, &len) in dm.len.iter().enumerate() {
+        let (block, rest) = std::mem::take(&mut rows).split_at_mut(len * 3 * dm.d);
+        let lo = queries.partition_point(|&r| r < dm.start[c]);
+        let hi = queries.partition_point(|&r| r < dm.start[c] + len);
+        blocks.push((dm.start[c], block, lo..hi));
+        rows = rest;
+    }
+    blocks
+}
+
 /// [`attention_bwd`] for blocks whose rows see their whole block (images) and no prefix: one task per
 /// block, which alone writes its rows' gradients.
 fn attention_bwd_full(
@@ -310,46 +320,39 @@ fn attention_bwd_full(
     }
     let (d, hd, pw) = (dm.d, dm.hd(), dm.heads * dm.keys());
     let mut dqkv = vec![0f32; dm.rows() * 3 * d];
-    let mut blocks = Vec::with_capacity(dm.classes());
-    let mut rest = dqkv.as_mut_slice();
-    for (c, &len) in dm.len.iter().enumerate() {
-        let (block, tail) = std::mem::take(&mut rest).split_at_mut(len * 3 * d);
-        let lo = queries.partition_point(|&r| r < dm.start[c]);
-        let hi = queries.partition_point(|&r| r < dm.start[c] + len);
-        blocks.push((dm.start[c], block, lo..hi));
-        rest = tail;
-    }
-    blocks.into_par_iter().for_each(|(first, block, qi)| {
-        let mut dq = vec![0f32; d];
-        for i in qi {
-            let r = queries[i];
-            dq.iter_mut().for_each(|v| *v = 0.0);
-            attention_row_bwd(
-                dm,
-                qkv,
-                &probs[i * pw..][..pw],
-                &dout[i * d..][..d],
-                r,
-                &mut dq,
-                &mut |key, h, q, go, ds, pk| {
-                    add_kv_row(
-                        &mut block[(key - first) * 3 * d + d..][..2 * d],
-                        d,
-                        hd,
-                        h,
-                        q,
-                        go,
-                        ds,
-                        pk,
-                    )
-                },
-            );
-            block[(r - first) * 3 * d..][..d]
-                .iter_mut()
-                .zip(&dq)
-                .for_each(|(a, b)| *a += b);
-        }
-    });
+    sequence_blocks(dm, &mut dqkv, queries)
+        .into_par_iter()
+        .for_each(|(first, block, qi)| {
+            let mut dq = vec![0f32; d];
+            for i in qi {
+                let r = queries[i];
+                dq.iter_mut().for_each(|v| *v = 0.0);
+                attention_row_bwd(
+                    dm,
+                    qkv,
+                    &probs[i * pw..][..pw],
+                    &dout[i * d..][..d],
+                    r,
+                    &mut dq,
+                    &mut |key, h, q, go, ds, pk| {
+                        add_kv_row(
+                            &mut block[(key - first) * 3 * d + d..][..2 * d],
+                            d,
+                            hd,
+                            h,
+                            q,
+                            go,
+                            ds,
+                            pk,
+                        )
+                    },
+                );
+                block[(r - first) * 3 * d..][..d]
+                    .iter_mut()
+                    .zip(&dq)
+                    .for_each(|(a, b)| *a += b);
+            }
+        });
     dqkv
 }
 
