@@ -1,6 +1,7 @@
 //! Both towers trained on these kernels: a forward that keeps its tape and a backward to every weight
-//! (blocks, norms, projections, the stems' embeddings), for pretraining. The contrastive loss on top
-//! stays a candle graph; between the two, the projected features are plain buffers.
+//! (blocks, norms, projections, the stems' embeddings), for pretraining. The contrastive loss on top is
+//! the caller's (FILIP's one pass on buffers, CLIP's a small candle graph); between the two, the
+//! projected features and their gradients are plain buffers.
 //!
 //! Through candle's autograd a pretraining step cost 2.6× PyTorch's (CLIP loss, the scenes preset, 2
 //! threads): every op allocates and zero-fills its output and its gradient, fresh pages fault in
