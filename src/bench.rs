@@ -477,7 +477,7 @@ pub struct SuiteReport {
     pub coop_fraction_of_sgemm_peak: Vec<(usize, f64)>,
     pub coop_peak_rss_mb: Option<f64>,
     /// Pretraining images/s on the `scenes` preset, batch 64: (loss, images/s).
-    pub pretrain_images_per_s: Vec<(String, f64)>,
+    pub pretrain_images_per_s: Vec<(crate::train::pretrain::PretrainLoss, f64)>,
     pub filip_1x100_ms: f64,
     pub ssvp_images_per_s: f64,
     pub loading_images_per_s: f64,
@@ -547,13 +547,17 @@ pub struct MachineReport {
     pub sgemm_gflops: f64,
 }
 
-/// Measures [`MachineReport`] (about a second).
+/// Measures [`MachineReport`] once a process (about a second; every benchmark of a run divides by the
+/// same peak).
 pub fn machine() -> MachineReport {
-    MachineReport {
-        isa: crate::device::cpu_kernels().into(),
-        threads: rayon::current_num_threads(),
-        sgemm_gflops: sgemm_peak_gflops(),
-    }
+    static MACHINE: std::sync::OnceLock<MachineReport> = std::sync::OnceLock::new();
+    MACHINE
+        .get_or_init(|| MachineReport {
+            isa: crate::device::cpu_kernels().into(),
+            threads: rayon::current_num_threads(),
+            sgemm_gflops: sgemm_peak_gflops(),
+        })
+        .clone()
 }
 
 /// The machine's fp32 GEMM peak as the kernels see it: the best rate of square products large enough
@@ -582,7 +586,7 @@ pub fn sgemm_peak_gflops() -> f64 {
 #[derive(Debug, Clone, Serialize)]
 pub struct PretrainBenchReport {
     pub preset: String,
-    pub loss: String,
+    pub loss: crate::train::pretrain::PretrainLoss,
     pub batch: usize,
     /// Untimed steps first (at least 1).
     pub warmup: usize,
@@ -629,7 +633,7 @@ pub fn scene_batch(
 }
 
 /// Times pretraining steps (forward, loss, backward, AdamW, clamp: what `pretrain` runs per batch) of a
-/// random-weight `config` on one generated batch, after one warm-up step. With `save_batch`, writes the
+/// random-weight `config` on one generated batch, after `warmup` untimed steps. With `save_batch`, writes the
 /// batch (pixels, ids padded with 0, lengths) and the initial weights' folder beside it, so a PyTorch
 /// script can time the same model on the same data (`scripts/bench_pretrain_torch.py`).
 pub fn pretrain_step(
@@ -648,16 +652,19 @@ pub fn pretrain_step(
     if let Some(dir) = save_batch {
         model.save_folder(&dir.join("model"), crate::clip::synth::Storage::F32)?;
         let len = data.ids.iter().map(Vec::len).max().unwrap_or(0);
-        let padded: Vec<u32> = data
+        // f32 holds these small integers exactly; the file format here is f32 only.
+        let ids: Vec<f32> = data
             .ids
             .iter()
-            .flat_map(|r| r.iter().copied().chain(std::iter::repeat(0)).take(len))
+            .flat_map(|r| {
+                r.iter()
+                    .map(|&v| v as f32)
+                    .chain(std::iter::repeat(0.0))
+                    .take(len)
+            })
             .collect();
-        let lens: Vec<u32> = data.ids.iter().map(|r| r.len() as u32).collect();
+        let lens: Vec<f32> = data.ids.iter().map(|r| r.len() as f32).collect();
         let dev = candle_core::Device::Cpu;
-        // f32 holds these small integers exactly; the file format here is f32 only.
-        let ids: Vec<f32> = padded.iter().map(|&v| v as f32).collect();
-        let lens: Vec<f32> = lens.iter().map(|&v| v as f32).collect();
         let tensors = [
             ("pixels", data.pixels.clone()),
             ("ids", Tensor::from_vec(ids, (batch, len), &dev)?),
@@ -684,11 +691,7 @@ pub fn pretrain_step(
     })?;
     Ok(PretrainBenchReport {
         preset: preset.into(),
-        loss: match loss {
-            crate::train::pretrain::PretrainLoss::Filip => "filip",
-            crate::train::pretrain::PretrainLoss::Clip => "clip",
-        }
-        .into(),
+        loss,
         batch,
         warmup: warmup.max(1),
         steps,

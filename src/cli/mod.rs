@@ -315,9 +315,7 @@ pub fn bench_pretrain(
     format: Format,
 ) -> Result<()> {
     let cfg = preset(preset_name)?;
-    let loss: promptscope::train::pretrain::PretrainLoss =
-        serde_json::from_value(serde_json::Value::String(loss.into()))
-            .map_err(|_| anyhow::anyhow!("--loss takes filip or clip, not '{loss}'"))?;
+    let loss = pretrain::parse_loss(loss)?;
     let r = promptscope::bench::pretrain_step(
         preset_name,
         &cfg,
@@ -333,7 +331,7 @@ pub fn bench_pretrain(
             outln!(
                 "pretraining '{}' with the {} loss, batch {} ({} text positions): {:.1} ms/step, {:.1} images/s over {} steps on {} ({} threads, sgemm peak {:.0} GFLOP/s); peak RSS {}",
                 r.preset,
-                r.loss,
+                serde_name(r.loss),
                 r.batch,
                 r.text_positions,
                 r.ms_per_step,
@@ -414,6 +412,7 @@ pub fn bench_suite(args: &ModelArgs, format: Format) -> Result<()> {
                 outln!("CoOp step, {c:>4} classes, M = 16 {ms:10.1} ms{share}");
             }
             for (loss, v) in &r.pretrain_images_per_s {
+                let loss = serde_name(loss);
                 outln!("pretraining 'scenes', {loss:<5} loss {v:10.1} images/s");
             }
             outln!(

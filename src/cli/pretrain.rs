@@ -64,10 +64,14 @@ pub struct PretrainArgs {
     pub format: Format,
 }
 
+/// `--loss` as given on the command line.
+pub fn parse_loss(name: &str) -> Result<PretrainLoss> {
+    serde_json::from_value(serde_json::Value::String(name.into()))
+        .map_err(|_| anyhow::anyhow!("--loss takes filip or clip, not '{name}'"))
+}
+
 pub fn pretrain(args: &PretrainArgs) -> Result<()> {
-    let loss: PretrainLoss =
-        serde_json::from_value(serde_json::Value::String(args.loss.clone()))
-            .map_err(|_| anyhow::anyhow!("--loss takes filip or clip, not '{}'", args.loss))?;
+    let loss = parse_loss(&args.loss)?;
     let optim = OptimConfig {
         lr: args.lr,
         momentum: 0.9,

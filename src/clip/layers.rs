@@ -546,9 +546,6 @@ impl EncoderLayer {
         let a = &self.self_attn;
         Ok(BlockWeights {
             ln1: self.layer_norm1.kernel_weights(),
-            q: a.q_proj().kernel_weights(),
-            k: a.k_proj().kernel_weights(),
-            v: a.v_proj().kernel_weights(),
             qkv: a.qkv()?,
             o: a.out_proj().kernel_weights(),
             ln2: self.layer_norm2.kernel_weights(),

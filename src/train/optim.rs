@@ -123,7 +123,7 @@ impl AdamW {
         let (b1, b2) = (Self::BETA1, Self::BETA2);
         let scale_m = 1f64 / (1f64 - b1.powi(self.t as i32));
         let scale_v = 1f64 / (1f64 - b2.powi(self.t as i32));
-        if let Some(()) = self.step_fused(p, g, lr, scale_m, scale_v)? {
+        if self.step_fused(p, g, lr, scale_m, scale_v)? {
             return Ok(());
         }
         let (m, v) = match self.moments.take() {
@@ -143,7 +143,7 @@ impl AdamW {
         Ok(())
     }
 
-    /// The same step as one pass over f32 CPU data (`None` elsewhere, for the op-by-op path): the
+    /// The same step as one pass over f32 CPU data (false elsewhere, for the op-by-op path): the
     /// same f32 operations in the same order as candle's ops compute them, so the same bits, without
     /// the ten intermediate tensors (a pretraining step's 3.3 M-entry token table made them a tenth
     /// of the step).
@@ -154,10 +154,10 @@ impl AdamW {
         lr: f64,
         scale_m: f64,
         scale_v: f64,
-    ) -> Result<Option<()>> {
+    ) -> Result<bool> {
         let cpu_f32 = |t: &Tensor| t.device().is_cpu() && t.dtype() == candle_core::DType::F32;
         if !cpu_f32(p.as_tensor()) || !cpu_f32(g) || g.shape() != p.shape() {
-            return Ok(None);
+            return Ok(false);
         }
         let (b1, b2) = (Self::BETA1, Self::BETA2);
         // candle's `t * s` and `t + s` are affine maps with f32 factors: v·mul + add.
@@ -187,7 +187,7 @@ impl AdamW {
             Tensor::from_vec(m, shape.clone(), &dev)?,
             Tensor::from_vec(v, shape, &dev)?,
         ));
-        Ok(Some(()))
+        Ok(true)
     }
 }
 

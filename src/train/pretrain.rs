@@ -338,9 +338,9 @@ impl<'a> Pretrainer<'a> {
         Ok((f64::from(loss.to_scalar::<f32>()?), right, g))
     }
 
-    /// [`Self::gradients`] on the kernels: both towers forward with their tapes, the loss as a candle
-    /// graph over the projected features (leaves here), then the towers' hand-written backward from the
-    /// features' gradients.
+    /// [`Self::gradients`] on the kernels: both towers forward with their tapes, the loss over the
+    /// projected features (FILIP's in one pass on buffers, CLIP's as a candle graph with the features as
+    /// leaves), then the towers' hand-written backward from the features' gradients.
     fn kernel_gradients(&self, rows: &[usize]) -> Result<(f64, usize, Vec<Tensor>)> {
         use crate::clip::kernels::cpu::{self as k, Readout};
         let m = &self.model.model;
@@ -545,9 +545,15 @@ fn name_tower_grads(
     };
     for (i, bg) in g.blocks.into_iter().enumerate() {
         let p = format!("{prefix}.encoder.layers.{i}");
-        linear(format!("{p}.self_attn.q_proj"), bg.q);
-        linear(format!("{p}.self_attn.k_proj"), bg.k);
-        linear(format!("{p}.self_attn.v_proj"), bg.v);
+        // The stacked [3D, D] gradient, split back into the three projections' rows.
+        let d = bg.ln1.weight.len();
+        for (i, proj) in ["q_proj", "k_proj", "v_proj"].into_iter().enumerate() {
+            let part = LinearGrads {
+                weight: bg.qkv.weight[i * d * d..][..d * d].to_vec(),
+                bias: bg.qkv.bias.as_ref().map(|b| b[i * d..][..d].to_vec()),
+            };
+            linear(format!("{p}.self_attn.{proj}"), part);
+        }
         linear(format!("{p}.self_attn.out_proj"), bg.o);
         linear(format!("{p}.mlp.fc1"), bg.fc1);
         linear(format!("{p}.mlp.fc2"), bg.fc2);

@@ -74,9 +74,6 @@ pub struct NormWeights {
 #[derive(Debug, Clone)]
 pub struct BlockWeights {
     pub ln1: NormWeights,
-    pub q: LinearWeights,
-    pub k: LinearWeights,
-    pub v: LinearWeights,
     /// q, k and v stacked (`[3D, D]`, `[3D]`): one product where three would each re-read the input.
     pub qkv: LinearWeights,
     pub o: LinearWeights,

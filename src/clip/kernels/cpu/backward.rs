@@ -28,9 +28,8 @@ pub struct NormGrads {
 #[derive(Debug, Clone, Default)]
 pub struct BlockGrads {
     pub ln1: NormGrads,
-    pub q: LinearGrads,
-    pub k: LinearGrads,
-    pub v: LinearGrads,
+    /// q, k and v stacked, as the weights' `qkv`.
+    pub qkv: LinearGrads,
     pub o: LinearGrads,
     pub ln2: NormGrads,
     pub fc1: LinearGrads,
@@ -93,9 +92,7 @@ impl BlockGrads {
     pub(super) fn zeros(l: &HeldLayer, d: usize) -> Self {
         Self {
             ln1: NormGrads::zeros(d),
-            q: LinearGrads::zeros(&l.q),
-            k: LinearGrads::zeros(&l.k),
-            v: LinearGrads::zeros(&l.v),
+            qkv: LinearGrads::zeros(&l.qkv),
             o: LinearGrads::zeros(&l.o),
             ln2: NormGrads::zeros(d),
             fc1: LinearGrads::zeros(&l.fc1),
@@ -198,20 +195,8 @@ pub(super) fn block_backward(
         dx = scatter(&dx, queries, rows, d);
     }
     if let Some(g) = grads {
-        // One [3D, D] product for the three projections' gradients, then split.
-        let mut qkv = LinearGrads::zeros(&l.qkv);
-        qkv.add(&dqkv, 3 * d, &renorm(&t.x_in, &l.ln1, d), rows, 3 * d);
-        for (i, lg) in [&mut g.q, &mut g.k, &mut g.v].into_iter().enumerate() {
-            lg.weight
-                .iter_mut()
-                .zip(&qkv.weight[i * d * d..][..d * d])
-                .for_each(|(a, b)| *a += b);
-            if let (Some(a), Some(b)) = (&mut lg.bias, &qkv.bias) {
-                a.iter_mut()
-                    .zip(&b[i * d..][..d])
-                    .for_each(|(a, b)| *a += b);
-            }
-        }
+        g.qkv
+            .add(&dqkv, 3 * d, &renorm(&t.x_in, &l.ln1, d), rows, 3 * d);
         g.ln1.add(&dh, &t.x_in, &t.stats1, d);
     }
     layer_norm_bwd(&dh, &t.x_in, &t.stats1, &l.ln1, d, &mut dx);

@@ -73,19 +73,15 @@ pub fn gemm_flops() -> u64 {
     kernels::GEMM_FLOPS.load(std::sync::atomic::Ordering::Relaxed)
 }
 
-/// Whether these kernels can run a tower whose weights are like `weights` with activation `act`: f32 on
-/// the CPU with an activation they implement (and `PROMPTSCOPE_CANDLE_OPS` unset), and frozen: they
-/// compute no weight gradients, so a tower being trained takes candle's ops.
+/// Whether these kernels can run a tower whose weights are like `weights` with activation `act`: what
+/// [`trains_here`] asks, and frozen weights: the inference passes compute no weight gradients, so a
+/// tower being trained goes through [`train`]'s passes or candle's ops.
 pub fn runs_here(weights: &Tensor, act: HiddenAct) -> bool {
-    !super::candle_ops_forced()
-        && !weights.track_op()
-        && weights.device().is_cpu()
-        && weights.dtype() == DType::F32
-        && matches!(act, HiddenAct::QuickGelu | HiddenAct::Gelu)
+    trains_here(weights, act) && !weights.track_op()
 }
 
 /// Whether [`train`]'s passes can train a tower whose weights are like `weights` with activation `act`:
-/// as [`runs_here`], for weights that are being trained.
+/// f32 on the CPU with an activation the kernels implement, and `PROMPTSCOPE_CANDLE_OPS` unset.
 pub fn trains_here(weights: &Tensor, act: HiddenAct) -> bool {
     !super::candle_ops_forced()
         && weights.device().is_cpu()

@@ -309,17 +309,12 @@ pub fn vision_backward(
 pub struct TextPass {
     tape: TowerTape,
     ids: Vec<u32>,
-    eot: Vec<usize>,
 }
 
 impl TextPass {
     /// The packed row of caption `b`'s token `j` (`j` ≤ its end-of-text position) in an `All` readout.
     pub fn row(&self, b: usize, j: usize) -> usize {
         self.tape.dims.start[b] + j
-    }
-
-    pub fn eot(&self) -> &[usize] {
-        &self.eot
     }
 }
 
@@ -347,6 +342,13 @@ pub fn text_forward(
     let (vocab, d) = token_embedding.dims2()?;
     let n_pos = positions.dim(0)?;
     let (tok, pos) = (Held::new(token_embedding)?, Held::new(positions)?);
+    if ids.len() != eot.len() {
+        candle_core::bail!(
+            "cpu kernels: {} captions but {} end-of-text positions",
+            ids.len(),
+            eot.len()
+        );
+    }
     let mut flat = Vec::new();
     for (row, &e) in ids.iter().zip(eot) {
         if e >= row.len() || e >= n_pos {
@@ -366,7 +368,7 @@ pub fn text_forward(
         tower.projection_dim()?,
     );
     let mut x = vec![0f32; flat.len() * d];
-    for (c, (&start, &len)) in dims.start.iter().zip(&dims.len).enumerate() {
+    for (&start, &len) in dims.start.iter().zip(&dims.len) {
         for j in 0..len {
             let id = flat[start + j] as usize;
             x[(start + j) * d..][..d]
@@ -375,17 +377,9 @@ pub fn text_forward(
                 .zip(&pos.data()[j * d..][..d])
                 .for_each(|((x, e), q)| *x = e + q);
         }
-        debug_assert_eq!(len, eot[c] + 1);
     }
     let (out, tape) = tower_forward(tower, dims, x, readout)?;
-    Ok((
-        out,
-        TextPass {
-            tape,
-            ids: flat,
-            eot: eot.to_vec(),
-        },
-    ))
+    Ok((out, TextPass { tape, ids: flat }))
 }
 
 /// Every text weight's gradient from `dout`, the gradient of what [`text_forward`] returned.

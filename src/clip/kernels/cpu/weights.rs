@@ -70,9 +70,6 @@ impl<'t> HeldNorm<'t> {
 
 pub(super) struct HeldLayer<'t> {
     pub(super) ln1: HeldNorm<'t>,
-    pub(super) q: HeldLinear<'t>,
-    pub(super) k: HeldLinear<'t>,
-    pub(super) v: HeldLinear<'t>,
     pub(super) qkv: HeldLinear<'t>,
     pub(super) o: HeldLinear<'t>,
     pub(super) ln2: HeldNorm<'t>,
@@ -84,9 +81,6 @@ impl<'t> HeldLayer<'t> {
     pub(super) fn new(l: &'t BlockWeights) -> Result<Self> {
         Ok(Self {
             ln1: HeldNorm::new(&l.ln1)?,
-            q: HeldLinear::new(&l.q)?,
-            k: HeldLinear::new(&l.k)?,
-            v: HeldLinear::new(&l.v)?,
             qkv: HeldLinear::new(&l.qkv)?,
             o: HeldLinear::new(&l.o)?,
             ln2: HeldNorm::new(&l.ln2)?,
