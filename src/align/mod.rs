@@ -4,13 +4,15 @@
 //!
 //! One job per file: [`pass`] runs the vision tower once keeping what the methods need, [`tokens`] turns
 //! that (and a prompt) into normalised tokens, [`filip`] scores a similarity matrix, [`classify`] ranks
-//! classes with it, [`ssvp`] selects patches, [`region`] measures where a map puts its mass.
+//! classes with it, [`ssvp`] selects patches, [`region`] measures where a map puts its mass, [`pointing`]
+//! and [`shape`] score maps and tokens on captioned scenes.
 
 pub mod classify;
 pub mod filip;
 pub mod pass;
 pub mod pointing;
 pub mod region;
+pub mod shape;
 pub mod ssvp;
 pub mod tokens;
 

@@ -210,7 +210,11 @@ pub fn pointing_game(
 }
 
 /// The mean map of the shape word's tokens: the word pieces just before the prompt's closing ".".
-fn shape_word_map(clip: &LoadedClip, a: &super::filip::Alignment, shape: &str) -> Result<Vec<f32>> {
+pub(crate) fn shape_word_map(
+    clip: &LoadedClip,
+    a: &super::filip::Alignment,
+    shape: &str,
+) -> Result<Vec<f32>> {
     let pieces = clip.tokenizer()?.encode_words(shape)?.len().max(1);
     let dot = a
         .text_tokens

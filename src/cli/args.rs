@@ -294,6 +294,22 @@ pub enum Verb {
         #[arg(long, value_enum, default_value = "text")]
         format: Format,
     },
+    /// Does the model see shape, or only colour? On scenes it never saw: a linear probe of the image
+    /// token at each object's place (8 shapes), same-colour pointing (the shape word's map must single
+    /// out the named one of several objects of one colour) and zero-shot over classes that differ only
+    /// in shape (global and token-wise scores).
+    ShapeCheck {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Scenes for each measure (the probe trains on as many again).
+        #[arg(long, default_value_t = 200)]
+        count: usize,
+        /// The scenes' seed (pretraining streams use others).
+        #[arg(long, default_value_t = 2000)]
+        seed: u64,
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+    },
     /// Write generated image–caption pairs (NNNNNN.png + .txt + .json with the objects, for masks): the
     /// captioned scenes FILIP/CLIP pretraining uses.
     SynthScenes {

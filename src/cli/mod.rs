@@ -1474,6 +1474,12 @@ pub fn run(verb: Verb) -> Result<()> {
             held_out,
             format,
         } => pretrain::pointing(&model, count, seed, held_out, format),
+        Verb::ShapeCheck {
+            model,
+            count,
+            seed,
+            format,
+        } => pretrain::shape_check(&model, count, seed, format),
         Verb::Sample { out, format } => sample(&out, format),
         Verb::Train(args) => train(&args),
         Verb::Eval(args) => eval(&args),

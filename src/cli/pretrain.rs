@@ -7,6 +7,7 @@ use anyhow::Result;
 use promptscope::data::scenes::read_pairs;
 use promptscope::train::config::PretrainStart;
 use promptscope::train::optim::OptimConfig;
+use promptscope::train::pairs::{PairSource, SceneStream, StreamRecipe};
 use promptscope::train::pretrain::{PretrainConfig, PretrainLoss};
 
 use super::{Bar, Format};
@@ -19,8 +20,19 @@ fn defaults() -> PretrainConfig {
 pub struct PretrainArgs {
     /// A folder of pairs: NAME.jpg + NAME.txt (as img2dataset writes), or images beside a captions.tsv /
     /// captions.jsonl (`promptscope synth-scenes` writes captioned scenes).
-    #[arg(long)]
-    pub data: PathBuf,
+    #[arg(long, required_unless_present = "scenes")]
+    pub data: Option<PathBuf>,
+    /// Instead of --data: this many generated scenes an epoch, drawn afresh every epoch (from
+    /// --scene-seed, the epoch and the index) beside the step, never all in memory, with the levers that
+    /// make colour insufficient (same-colour scenes, grey scenes, shape-first wording, minimal-pair twins,
+    /// shape-swapped captions as extra negatives: the shape-aware demo models' recipe).
+    #[arg(long, conflicts_with = "data")]
+    pub scenes: Option<usize>,
+    #[arg(long, default_value_t = 1, requires = "scenes")]
+    pub scene_seed: u64,
+    /// Stream scenes as the first demo models saw them (no levers, no twins, no negatives).
+    #[arg(long, requires = "scenes")]
+    pub plain_scenes: bool,
     /// The new model's folder (must not exist yet, or be empty).
     #[arg(long)]
     pub out: PathBuf,
@@ -99,23 +111,48 @@ pub fn pretrain(args: &PretrainArgs) -> Result<()> {
         (args.image_size, args.patch_size),
         &device,
     )?;
-    let pairs = read_pairs(&args.data)?;
     let bar = Bar::new();
-    let data = promptscope::run::pretrain::prepare(
-        &pairs,
-        model.config.vision_config.image_size,
-        &pre,
-        &tok,
-        &device,
-        &bar,
-    )?;
-    eprintln!(
-        "pretraining on {} pairs from {} ({} loss, {} epochs)",
-        pairs.len(),
-        args.data.display(),
-        args.loss,
-        args.epochs
-    );
+    let image_size = model.config.vision_config.image_size;
+    // What a checkpoint must match to be continued, besides the model: the data.
+    let (data, source): (Box<dyn PairSource>, serde_json::Value) = match (&args.data, args.scenes) {
+        (Some(dir), _) => {
+            let pairs = read_pairs(dir)?;
+            let data =
+                promptscope::run::pretrain::prepare(&pairs, image_size, &pre, &tok, &device, &bar)?;
+            eprintln!(
+                "pretraining on {} pairs from {} ({} loss, {} epochs)",
+                pairs.len(),
+                dir.display(),
+                args.loss,
+                args.epochs
+            );
+            (
+                Box::new(data),
+                serde_json::json!({ "data": dir, "pairs": pairs.len() }),
+            )
+        }
+        (None, Some(count)) => {
+            let recipe = if args.plain_scenes {
+                StreamRecipe {
+                    levers: Default::default(),
+                    minimal_pairs: 0.0,
+                    hard_negatives: false,
+                    ..StreamRecipe::shape_recipe(count, args.scene_seed)
+                }
+            } else {
+                StreamRecipe::shape_recipe(count, args.scene_seed)
+            };
+            eprintln!("pretraining on {count} generated scenes an epoch, drawn afresh every epoch ({} loss, {} epochs)", args.loss, args.epochs);
+            let json = serde_json::json!({ "scenes": recipe });
+            (
+                Box::new(SceneStream::new(recipe, image_size, tok, pre, &device)?),
+                json,
+            )
+        }
+        (None, None) => anyhow::bail!(
+            "give --data FOLDER (image–caption pairs) or --scenes COUNT (generated scenes)"
+        ),
+    };
     let json = args.format == Format::Json;
     let lines = super::output::Lines::default();
     let mut on_event = |e: promptscope::train::epoch_loop::TrainEvent| {
@@ -150,10 +187,10 @@ pub fn pretrain(args: &PretrainArgs) -> Result<()> {
             format!("init {}", d.display())
         });
     let v = &model.config.vision_config;
-    let run = serde_json::json!({ "start": start, "image_size": v.image_size, "patch_size": v.patch_size, "data": args.data, "pairs": pairs.len() });
+    let run = serde_json::json!({ "start": start, "image_size": v.image_size, "patch_size": v.patch_size, "source": source });
     let history = promptscope::run::pretrain::train(
         &model,
-        &data,
+        data.as_ref(),
         &config,
         &run,
         &args.out,
@@ -171,7 +208,7 @@ pub fn pretrain(args: &PretrainArgs) -> Result<()> {
     if json {
         outln!(
             "{}",
-            serde_json::json!({"out": args.out, "epochs": history.len(), "final_loss": last.map(|h| h.loss), "seconds": last.map(|h| h.elapsed_s)})
+            serde_json::json!({"out": args.out, "epochs": history.len(), "final_loss": last.map(|h| h.loss), "seconds": last.map(|h| h.elapsed_s), "run": run, "config": config})
         );
     } else {
         outln!(
@@ -252,6 +289,74 @@ pub fn pointing(
                     100.0 * r.random_object_share
                 );
             }
+        }
+    }
+    Ok(())
+}
+
+pub fn shape_check(
+    model: &super::ModelArgs,
+    count: usize,
+    seed: u64,
+    format: Format,
+) -> Result<()> {
+    use promptscope::align::shape::{same_colour_pointing, same_colour_scenes, shape_probe};
+    use promptscope::align::AlignMode;
+    use promptscope::data::scenes::{generate, SceneConfig};
+    let clip = super::load_model(model)?;
+    let size = clip.image_size() as u32;
+    let bar = Bar::new();
+    let cfg = SceneConfig {
+        size,
+        allow_held_out: true,
+        ..SceneConfig::default()
+    };
+    let draw = |seed: u64| -> promptscope::Result<Vec<_>> {
+        (0..count as u64).map(|i| generate(seed, i, &cfg)).collect()
+    };
+    let (train, test) = (draw(seed)?, draw(seed + 1)?);
+    let probe = shape_probe(&clip, &train, &test, AlignMode::Token, &bar)?;
+    let same = same_colour_scenes(seed + 2, count, size)?;
+    let pointing = [AlignMode::Token, AlignMode::Value]
+        .into_iter()
+        .map(|mode| same_colour_pointing(&clip, &same, mode, &bar))
+        .collect::<promptscope::Result<Vec<_>>>()?;
+    let zero_shot = promptscope::align::shape::shape_only_zero_shot(&clip, 10, seed + 3, &bar)?;
+    drop(bar);
+    match format {
+        Format::Json => outln!(
+            "{}",
+            serde_json::json!({ "probe": probe, "same_colour_pointing": pointing, "shape_only_zero_shot": zero_shot })
+        ),
+        Format::Text => {
+            outln!(
+                "shape probe (token at each object's place, {} training and {} test objects): {:.1}% (chance {:.1}%)",
+                probe.train_objects,
+                probe.test_objects,
+                100.0 * probe.accuracy,
+                100.0 * probe.chance
+            );
+            for r in &pointing {
+                outln!(
+                    "same-colour pointing, {} mode ({} objects in {} scenes): the shape word's map singles out the named object {:.1}% (chance {:.1}%); its peak within {:.1} px of it {:.1}% (a random patch {:.1}%)",
+                    r.mode,
+                    r.objects,
+                    r.scenes,
+                    100.0 * r.pick_rate,
+                    100.0 * r.pick_chance,
+                    promptscope::align::pointing::tolerance_px(size as usize),
+                    100.0 * r.point_rate,
+                    100.0 * r.point_chance
+                );
+            }
+            outln!(
+                "shape-only zero-shot ({} images, 8 shapes in mixed colours, \"{}\"): global {:.1}%, token-wise {:.1}% (chance {:.1}%)",
+                zero_shot.images,
+                zero_shot.template,
+                100.0 * zero_shot.global,
+                100.0 * zero_shot.tokenwise,
+                100.0 * zero_shot.chance
+            );
         }
     }
     Ok(())

@@ -97,6 +97,7 @@ pub fn write_scene_set(
                         allow_held_out: true,
                         only: Some((shape, colour)),
                         style,
+                        ..SceneConfig::default()
                     };
                     let mut scene = generate(seed, index, &cfg)?;
                     if set == SceneSet::WarmLight {
@@ -150,6 +151,7 @@ mod tests {
             allow_held_out: true,
             only: Some((0, 0)),
             style: Style::Outline,
+            ..SceneConfig::default()
         };
         let scene = generate(3, 0, &cfg).unwrap();
         let o = &scene.objects[0];

@@ -99,20 +99,36 @@ impl SceneObject {
         inside(self.shape, u, v)
     }
 
-    /// "a small red striped star", with the size and texture words only where asked for.
-    fn phrase(&self, size: bool, texture: bool) -> String {
+    /// "a small red striped star", with the size and texture words only where asked for; without its
+    /// colour word in a grey scene; "small star, red and striped" shape first.
+    fn phrase(&self, size: bool, texture: bool, colour: bool, shape_first: bool) -> String {
         let mut words = vec![];
         if size {
             words.push(if self.large { "large" } else { "small" });
         }
-        words.push(self.colour_name());
-        if texture && self.texture != Texture::Solid {
-            words.push(if self.texture == Texture::Striped {
+        let texture = (texture && self.texture != Texture::Solid).then_some(
+            if self.texture == Texture::Striped {
                 "striped"
             } else {
                 "dotted"
-            });
+            },
+        );
+        if shape_first {
+            words.push(self.shape_name());
+            let after: Vec<&str> = colour
+                .then_some(self.colour_name())
+                .into_iter()
+                .chain(texture)
+                .collect();
+            if after.is_empty() {
+                return words.join(" ");
+            }
+            return format!("{}, {}", words.join(" "), after.join(" and "));
         }
+        if colour {
+            words.push(self.colour_name());
+        }
+        words.extend(texture);
         words.push(self.shape_name());
         words.join(" ")
     }
@@ -195,6 +211,8 @@ pub struct SceneConfig {
     /// One object of this (shape, colour) and nothing else (classification sets).
     pub only: Option<(usize, usize)>,
     pub style: Style,
+    /// What makes colour insufficient (all zero: scenes as the first demo models saw them).
+    pub levers: ShapeLevers,
 }
 
 impl Default for SceneConfig {
@@ -205,12 +223,78 @@ impl Default for SceneConfig {
             allow_held_out: false,
             only: None,
             style: Style::Filled,
+            levers: ShapeLevers::default(),
         }
     }
 }
 
+/// The levers of METHODS §7a that make colour insufficient within a scene: a model trained on scenes
+/// where colour alone tells captions apart learns colour only (the first demo models did). Each is a
+/// share of scenes (or phrases); zero leaves a scene exactly as it was drawn without levers. The batch
+/// levers (minimal pairs, shape-swapped negatives) are `train::pairs::StreamRecipe`'s.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub struct ShapeLevers {
+    /// Scenes of two or more objects whose objects all take one colour (and differ in shape).
+    pub same_colour: f32,
+    /// Scenes drawn in grey, with captions that name no colour.
+    pub greyscale: f32,
+    /// Phrases that put the shape first ("a square, red"): a causal text tower's shape token must then
+    /// carry shape, not the colour it has already read.
+    pub shape_first: f32,
+}
+
+impl ShapeLevers {
+    /// The recipe of the shape-aware demo models.
+    pub fn shape_recipe() -> Self {
+        Self {
+            same_colour: 0.5,
+            greyscale: 0.2,
+            shape_first: 0.3,
+        }
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        for (name, v) in [
+            ("same-colour", self.same_colour),
+            ("greyscale", self.greyscale),
+            ("shape-first", self.shape_first),
+        ] {
+            if !(0.0..=1.0).contains(&v) {
+                return Err(Error::invalid(format!(
+                    "the {name} share must lie in [0, 1] (got {v})"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Which rendering of a scene: as drawn, or its minimal-pair twin (the same layout, background and
+/// caption template, every object's shape changed, or every colour permuted, the caption rewritten).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Variant {
+    #[default]
+    Original,
+    ShapeSwap,
+    HuePermuted,
+}
+
 /// Scene `index` of the stream `seed`.
 pub fn generate(seed: u64, index: u64, cfg: &SceneConfig) -> Result<Scene> {
+    generate_variant(seed, index, cfg, Variant::Original)
+}
+
+/// Scene `index` of the stream `seed`, or one of its twins. The levers' draws come from a generator of
+/// their own, so a scene without levers is the scene [`generate`] always drew, and a twin is its scene
+/// with only the objects' shapes (or colours) and so the caption's words changed.
+pub fn generate_variant(
+    seed: u64,
+    index: u64,
+    cfg: &SceneConfig,
+    variant: Variant,
+) -> Result<Scene> {
+    cfg.levers.validate()?;
     if cfg.size < 32 || cfg.max_objects == 0 {
         return Err(Error::invalid(format!(
             "scenes need images of at least 32 px and one object (got {} px, {})",
@@ -264,10 +348,38 @@ pub fn generate(seed: u64, index: u64, cfg: &SceneConfig) -> Result<Scene> {
             radius,
         });
     }
+    let mut levers = Rng::new(seed ^ index.wrapping_mul(0xd1b5_4a32_d192_ed03) ^ 0x1e7e45);
+    let roll = |rng: &mut Rng, share: f32| share > 0.0 && unit(rng) < share;
+    let allowed = |colour: usize, shape: usize| {
+        cfg.allow_held_out || cfg.only.is_some() || !HELD_OUT.contains(&(colour, shape))
+    };
+    if objects.len() >= 2 && roll(&mut levers, cfg.levers.same_colour) {
+        same_colour(&mut objects, &mut levers, &allowed);
+    }
+    let grey = roll(&mut levers, cfg.levers.greyscale);
+    match variant {
+        Variant::Original => {}
+        Variant::ShapeSwap => swap_shapes(&mut objects, &mut levers, &allowed),
+        // A grey scene has no colours to permute: its twin differs in shape.
+        Variant::HuePermuted if grey => swap_shapes(&mut objects, &mut levers, &allowed),
+        Variant::HuePermuted => permute_colours(&mut objects, &mut levers, &allowed),
+    }
     for o in &objects {
         draw_object(&mut image, o, cfg.style);
     }
-    let caption = caption(&objects, background, s, &mut rng);
+    if grey {
+        for p in image.pixels_mut() {
+            let l =
+                (0.299 * f32::from(p.0[0]) + 0.587 * f32::from(p.0[1]) + 0.114 * f32::from(p.0[2]))
+                    .round() as u8;
+            p.0 = [l; 3];
+        }
+    }
+    let wording = Wording {
+        colours: !grey,
+        shape_first: cfg.levers.shape_first,
+    };
+    let caption = caption(&objects, background, s, wording, &mut rng);
     Ok(Scene {
         image,
         objects,
@@ -278,6 +390,68 @@ pub fn generate(seed: u64, index: u64, cfg: &SceneConfig) -> Result<Scene> {
 
 fn unit(rng: &mut Rng) -> f32 {
     (rng.next_u64() >> 40) as f32 / 16_777_216.0
+}
+
+/// Every object takes one colour allowed with all their shapes, and the shapes become distinct: the
+/// scene can then be told from its caption only by shape.
+fn same_colour(objects: &mut [SceneObject], rng: &mut Rng, allowed: &dyn Fn(usize, usize) -> bool) {
+    let start = objects[0].colour;
+    let mut used: Vec<usize> = vec![];
+    for o in objects.iter_mut() {
+        if used.contains(&o.shape) {
+            let free: Vec<usize> = (0..SHAPES.len()).filter(|s| !used.contains(s)).collect();
+            o.shape = free[rng.range(0, free.len() as u32) as usize];
+        }
+        used.push(o.shape);
+    }
+    let colour = (0..COLOURS.len())
+        .map(|k| (start + k) % COLOURS.len())
+        .find(|&c| objects.iter().all(|o| allowed(c, o.shape)))
+        .unwrap_or(start);
+    for o in objects.iter_mut() {
+        o.colour = colour;
+    }
+}
+
+/// Every object's shape changes: two or more distinct shapes trade places (a red circle left of a blue
+/// square becomes a red square left of a blue circle, NegCLIP's swap), else each takes another shape.
+fn swap_shapes(objects: &mut [SceneObject], rng: &mut Rng, allowed: &dyn Fn(usize, usize) -> bool) {
+    let shapes: Vec<usize> = objects.iter().map(|o| o.shape).collect();
+    let n = shapes.len();
+    let rotated = |i: usize| shapes[(i + 1) % n];
+    let rotation_works =
+        n >= 2 && (0..n).all(|i| rotated(i) != shapes[i] && allowed(objects[i].colour, rotated(i)));
+    for i in 0..n {
+        objects[i].shape = if rotation_works {
+            rotated(i)
+        } else {
+            let other: Vec<usize> = (0..SHAPES.len())
+                .filter(|&s| s != shapes[i] && allowed(objects[i].colour, s))
+                .collect();
+            other[rng.range(0, other.len() as u32) as usize]
+        };
+    }
+}
+
+/// Every object's colour is mapped through one permutation of the palette that moves each of them.
+fn permute_colours(
+    objects: &mut [SceneObject],
+    rng: &mut Rng,
+    allowed: &dyn Fn(usize, usize) -> bool,
+) {
+    for _ in 0..64 {
+        let mut perm: Vec<usize> = (0..COLOURS.len()).collect();
+        rng.shuffle(&mut perm);
+        if objects
+            .iter()
+            .all(|o| perm[o.colour] != o.colour && allowed(perm[o.colour], o.shape))
+        {
+            for o in objects.iter_mut() {
+                o.colour = perm[o.colour];
+            }
+            return;
+        }
+    }
 }
 
 fn draw_background(bg: Background, size: u32, rng: &mut Rng) -> RgbImage {
@@ -386,11 +560,26 @@ fn draw_object(img: &mut RgbImage, o: &SceneObject, style: Style) {
     }
 }
 
+/// How a caption words its objects.
+#[derive(Debug, Clone, Copy)]
+struct Wording {
+    colours: bool,
+    shape_first: f32,
+}
+
 /// One of many templates, naming some or all objects.
-fn caption(objects: &[SceneObject], bg: Background, size: f32, rng: &mut Rng) -> String {
+fn caption(
+    objects: &[SceneObject],
+    bg: Background,
+    size: f32,
+    wording: Wording,
+    rng: &mut Rng,
+) -> String {
     let phrase = |o: &SceneObject, rng: &mut Rng| {
         let (size, texture) = (rng.range(0, 2) == 1, rng.range(0, 2) == 1);
-        o.phrase(size, texture)
+        // Drawn only when the lever is on, so captions without it are the ones drawn before it.
+        let first = wording.shape_first > 0.0 && unit(rng) < wording.shape_first;
+        o.phrase(size, texture, wording.colours, first)
     };
     let with_bg = rng.range(0, 3) == 0;
     let tail = if with_bg {
@@ -423,7 +612,7 @@ fn caption(objects: &[SceneObject], bg: Background, size: f32, rng: &mut Rng) ->
             let all = rest.is_empty() || rng.range(0, 2) == 0;
             let more = if all {
                 rest.iter()
-                    .map(|o| format!(" and a {}", o.phrase(false, false)))
+                    .map(|o| format!(" and a {}", o.phrase(false, false, wording.colours, false)))
                     .collect::<String>()
             } else {
                 String::new()
@@ -648,6 +837,140 @@ mod tests {
         assert!((0..300)
             .flat_map(|i| generate(7, i, &eval).unwrap().objects)
             .any(|o| HELD_OUT.contains(&(o.colour, o.shape))));
+    }
+
+    #[test]
+    fn levers_make_colour_insufficient_and_twins_change_only_shapes_or_colours() {
+        let all = SceneConfig {
+            size: 96,
+            levers: ShapeLevers {
+                same_colour: 1.0,
+                greyscale: 0.0,
+                shape_first: 1.0,
+            },
+            ..SceneConfig::default()
+        };
+        let colour_words = |c: &str| {
+            c.split([' ', ',', '.'])
+                .filter(|w| COLOURS.iter().any(|(n, _)| n == w))
+                .count()
+        };
+        for i in 0..200 {
+            let s = generate(11, i, &all).unwrap();
+            let shapes: std::collections::HashSet<usize> =
+                s.objects.iter().map(|o| o.shape).collect();
+            assert!(
+                s.objects.iter().all(|o| o.colour == s.objects[0].colour),
+                "{i}: one colour"
+            );
+            assert_eq!(shapes.len(), s.objects.len(), "{i}: distinct shapes");
+            assert!(s
+                .objects
+                .iter()
+                .all(|o| !HELD_OUT.contains(&(o.colour, o.shape))));
+            let o = &s.objects[0];
+            assert!(
+                s.caption.contains(&format!("{},", o.shape_name()))
+                    || s.caption.contains(&format!("{}.", o.shape_name()))
+                    || !s.caption.contains(o.colour_name()),
+                "{i}: shape first in '{}'",
+                s.caption
+            );
+            // A twin: the same places, sizes and caption template; every shape (or colour) changed.
+            for (variant, shapes_change) in
+                [(Variant::ShapeSwap, true), (Variant::HuePermuted, false)]
+            {
+                let t = generate_variant(11, i, &all, variant).unwrap();
+                assert_eq!(t.objects.len(), s.objects.len());
+                for (a, b) in s.objects.iter().zip(&t.objects) {
+                    assert_eq!(
+                        (a.cx, a.cy, a.radius, a.texture),
+                        (b.cx, b.cy, b.radius, b.texture)
+                    );
+                    assert_eq!(a.shape != b.shape, shapes_change, "{i} {variant:?}");
+                    assert_eq!(a.colour != b.colour, !shapes_change, "{i} {variant:?}");
+                    assert!(
+                        !HELD_OUT.contains(&(b.colour, b.shape)),
+                        "{i} {variant:?}: {b:?}"
+                    );
+                }
+                assert_ne!(t.caption, s.caption, "{i} {variant:?}");
+                assert_ne!(t.image, s.image, "{i} {variant:?}");
+                let words = |c: &str| c.split([' ', ',', '.']).count();
+                assert_eq!(
+                    words(&t.caption),
+                    words(&s.caption),
+                    "{} / {}",
+                    s.caption,
+                    t.caption
+                );
+            }
+        }
+        let grey = SceneConfig {
+            levers: ShapeLevers {
+                greyscale: 1.0,
+                ..ShapeLevers::default()
+            },
+            ..all.clone()
+        };
+        for i in 0..50 {
+            let s = generate(11, i, &grey).unwrap();
+            assert!(
+                s.image
+                    .pixels()
+                    .all(|p| p.0[0] == p.0[1] && p.0[1] == p.0[2]),
+                "{i}: grey"
+            );
+            assert_eq!(
+                colour_words(&s.caption),
+                0,
+                "{i}: '{}' names no colour",
+                s.caption
+            );
+            assert!(s.caption.contains(s.objects[0].shape_name()));
+            // A grey scene's twin differs in shape, whichever twin was asked for.
+            let t = generate_variant(11, i, &grey, Variant::HuePermuted).unwrap();
+            assert!(s
+                .objects
+                .iter()
+                .zip(&t.objects)
+                .all(|(a, b)| a.shape != b.shape));
+        }
+        // Shares in between: about that share of scenes.
+        let half = SceneConfig {
+            levers: ShapeLevers::shape_recipe(),
+            ..all.clone()
+        };
+        let n = 400;
+        let greys = (0..n)
+            .filter(|&i| colour_words(&generate(3, i, &half).unwrap().caption) == 0)
+            .count();
+        assert!(
+            (40..=130).contains(&greys),
+            "{greys} of {n} grey at a share of 0.2"
+        );
+        // No lever: the scene drawn before levers existed, whatever the twin draws.
+        let plain = SceneConfig {
+            size: 96,
+            ..SceneConfig::default()
+        };
+        assert_eq!(
+            generate(11, 5, &plain).unwrap().caption,
+            generate_variant(11, 5, &plain, Variant::Original)
+                .unwrap()
+                .caption
+        );
+        let bad = SceneConfig {
+            levers: ShapeLevers {
+                greyscale: 1.5,
+                ..ShapeLevers::default()
+            },
+            ..plain
+        };
+        assert!(generate(1, 1, &bad)
+            .unwrap_err()
+            .to_string()
+            .contains("greyscale"));
     }
 
     #[test]

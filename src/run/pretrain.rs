@@ -17,6 +17,7 @@ use crate::train::checkpoint::{Checkpoint, CheckpointSink};
 use crate::train::config::PretrainStart;
 use crate::train::coop::checkpoint_path;
 use crate::train::epoch_loop::{run_until, EpochStats, TrainEvent, TrainSet};
+use crate::train::pairs::PairSource;
 use crate::train::pretrain::{PairTensors, PretrainConfig, Pretrainer, TrainableClip};
 
 /// The model pretraining starts from, the tokenizer its captions take and the preprocessing its images
@@ -95,7 +96,7 @@ const CHECKPOINT_FORMAT: &str = "promptscope-pretrain-checkpoint/1";
 #[allow(clippy::too_many_arguments)]
 pub fn train(
     model: &TrainableClip,
-    data: &PairTensors,
+    data: &dyn PairSource,
     config: &PretrainConfig,
     run: &serde_json::Value,
     out: &Path,
@@ -138,7 +139,7 @@ pub fn train(
         meta,
     });
     let set = TrainSet {
-        items: data.ids.len(),
+        items: data.len(),
         views: 1,
     };
     run_until(

@@ -7,15 +7,16 @@ use candle_core::{DType, Tensor, D};
 use crate::clip::l2_normalize;
 use crate::error::{Error, Result};
 
-/// `½ (CE_j(τ·cos(f_i, g_j)) at i + CE_i(τ·cos(f_i, g_j)) at j)`, mean over the batch. `img`, `txt`
-/// `[b, P]`, not normalised.
+/// `½ (CE_j(τ·cos(f_i, g_j)) at i + CE_i(τ·cos(f_i, g_j)) at j)`, mean over the batch. `img` `[b, P]`,
+/// `txt` `[bt, P]`, not normalised: caption i is image i's, and captions past the b-th are hard negatives
+/// (NegCLIP): they join each image's choice of captions, and no image is chosen for them.
 pub fn clip_loss(img: &Tensor, txt: &Tensor, scale: &Tensor) -> Result<Tensor> {
     let b = img.dim(0)?;
     check_batch(b, txt.dim(0)?)?;
     let logits = l2_normalize(img)?
         .matmul(&l2_normalize(txt)?.t()?)?
         .broadcast_mul(scale)?;
-    symmetric_ce(&logits, &logits.t()?, b)
+    symmetric_ce(&logits, &logits.narrow(1, 0, b)?.t()?, b)
 }
 
 /// FILIP's token-wise scores of every image against every caption: `(s^I, s^T)`, each `[b_img, b_txt]`.
@@ -61,7 +62,8 @@ pub fn filip_scores(
     Ok((s_i, s_t))
 }
 
-/// `½ (CE over captions of τ·s^I at the image's own + CE over images of τ·s^T at the caption's own)`.
+/// `½ (CE over captions of τ·s^I at the image's own + CE over images of τ·s^T at the caption's own)`;
+/// captions past the b-th are negatives, as in [`clip_loss`].
 pub fn filip_loss(
     img_tokens: &Tensor,
     txt_tokens: &Tensor,
@@ -69,12 +71,18 @@ pub fn filip_loss(
     scale: &Tensor,
     top_fraction: f64,
 ) -> Result<Tensor> {
-    let b = img_tokens.dim(0)?;
-    check_batch(b, txt_tokens.dim(0)?)?;
+    check_batch(img_tokens.dim(0)?, txt_tokens.dim(0)?)?;
     let (s_i, s_t) = filip_scores(img_tokens, txt_tokens, txt_mask, top_fraction)?;
+    filip_loss_of_scores(&s_i, &s_t, scale)
+}
+
+/// FILIP's loss from its scores `[b, bt]` (see [`filip_loss`]).
+pub fn filip_loss_of_scores(s_i: &Tensor, s_t: &Tensor, scale: &Tensor) -> Result<Tensor> {
+    let (b, bt) = s_i.dims2()?;
+    check_batch(b, bt)?;
     symmetric_ce(
         &s_i.broadcast_mul(scale)?,
-        &s_t.t()?.broadcast_mul(scale)?,
+        &s_t.narrow(1, 0, b)?.t()?.broadcast_mul(scale)?,
         b,
     )
 }
@@ -97,9 +105,10 @@ pub struct FilipGrads {
     pub d_log_scale: f32,
 }
 
-/// `img` `[b, n1, p]` patch tokens, `txt` `[b, n2, p]` caption tokens of which caption j's first
-/// `eot[j] + 1` are real (the rest is padding and never read), neither normalised; `log_scale` the stored
-/// log-temperature; `top_fraction` as [`filip_scores`].
+/// `img` `[b, n1, p]` patch tokens, `txt` `[bt, n2, p]` caption tokens of which caption j's first
+/// `eot[j] + 1` are real (the rest is padding and never read), neither normalised; the captions past the
+/// b-th (`bt = eot.len()`) are negatives, as in [`filip_loss`]; `log_scale` the stored log-temperature;
+/// `top_fraction` as [`filip_scores`].
 #[allow(clippy::too_many_arguments)]
 pub fn filip_loss_with_grads(
     img: &[f32],
@@ -115,12 +124,16 @@ pub fn filip_loss_with_grads(
     use crate::clip::kernels::cpu::{gemm_f32, gemm_f32_tn};
     use rayon::prelude::*;
     crate::align::filip::check_fraction(top_fraction)?;
-    let b = eot.len();
-    check_batch(b, b)?;
-    if img.len() != b * n1 * p || txt.len() != b * n2 * p || eot.iter().any(|&e| e >= n2) || n1 == 0
+    let bt = eot.len();
+    let b = if n1 * p == 0 { 0 } else { img.len() / (n1 * p) };
+    check_batch(b, bt)?;
+    if img.len() != b * n1 * p
+        || txt.len() != bt * n2 * p
+        || eot.iter().any(|&e| e >= n2)
+        || n1 == 0
     {
         return Err(Error::invalid(format!(
-            "FILIP loss: {} image and {} caption values for a batch of {b} × ({n1} | {n2}) tokens of {p}",
+            "FILIP loss: {} image and {} caption values for {b} images and {bt} captions of ({n1} | {n2}) tokens of {p}",
             img.len(),
             txt.len()
         )));
@@ -143,7 +156,7 @@ pub fn filip_loss_with_grads(
     for (j, &e) in eot.iter().enumerate() {
         y[(j * n2 + e + 1) * p..(j + 1) * n2 * p].fill(0.0);
     }
-    let (rows, cols) = (b * n1, b * n2);
+    let (rows, cols) = (b * n1, bt * n2);
     let mut sim = vec![0f32; rows * cols];
     gemm_f32(&mut sim, cols, &x, p, &y, true, rows, p, cols, false);
 
@@ -161,10 +174,10 @@ pub fn filip_loss_with_grads(
         idx.truncate(kept_count(vals.len(), top_fraction));
         idx
     };
-    let pairs: Vec<Pair> = (0..b * b)
+    let pairs: Vec<Pair> = (0..b * bt)
         .into_par_iter()
         .map(|ij| {
-            let (i, j) = (ij / b, ij % b);
+            let (i, j) = (ij / bt, ij % bt);
             let real = eot[j] + 1;
             let at = |k: usize, r: usize| sim[(i * n1 + k) * cols + j * n2 + r];
             let best_r: Vec<(f32, usize)> = (0..n1)
@@ -203,36 +216,38 @@ pub fn filip_loss_with_grads(
     // Both cross-entropies over τ·s, and their gradients with respect to the scores.
     let tau = log_scale.exp();
     let (mut loss, mut d_log_scale) = (0f64, 0f32);
-    let mut d_si = vec![0f32; b * b];
-    let mut d_st = vec![0f32; b * b];
+    let mut d_si = vec![0f32; b * bt];
+    let mut d_st = vec![0f32; b * bt];
     for side in 0..2 {
+        // Side 0: image `row` against every caption (negatives too); side 1: the batch's caption `row`
+        // against every image.
+        let choices = if side == 0 { bt } else { b };
         for row in 0..b {
-            // Side 0: image `row` against every caption; side 1: caption `row` against every image.
             let logit = |c: usize| {
                 tau * if side == 0 {
-                    pairs[row * b + c].s_i
+                    pairs[row * bt + c].s_i
                 } else {
-                    pairs[c * b + row].s_t
+                    pairs[c * bt + row].s_t
                 }
             };
-            let m = (0..b).map(logit).fold(f32::NEG_INFINITY, f32::max);
-            let z: f32 = (0..b).map(|c| (logit(c) - m).exp()).sum();
+            let m = (0..choices).map(logit).fold(f32::NEG_INFINITY, f32::max);
+            let z: f32 = (0..choices).map(|c| (logit(c) - m).exp()).sum();
             loss += f64::from(m + z.ln() - logit(row));
-            for c in 0..b {
+            for c in 0..choices {
                 let g =
                     ((logit(c) - m).exp() / z - if c == row { 1.0 } else { 0.0 }) / b as f32 * 0.5;
                 d_log_scale += g * logit(c);
                 if side == 0 {
-                    d_si[row * b + c] = g * tau;
+                    d_si[row * bt + c] = g * tau;
                 } else {
-                    d_st[c * b + row] = g * tau;
+                    d_st[c * bt + row] = g * tau;
                 }
             }
         }
     }
     let right = (0..b)
         .filter(|&i| {
-            let row = &pairs[i * b..][..b];
+            let row = &pairs[i * bt..][..bt];
             let best = row.iter().map(|q| q.s_i).fold(f32::NEG_INFINITY, f32::max);
             row.iter().position(|q| q.s_i == best) == Some(i)
         })
@@ -241,7 +256,7 @@ pub fn filip_loss_with_grads(
     // The similarities' gradient: each kept maximum receives its mean's share.
     let mut dsim = vec![0f32; rows * cols];
     for (ij, pair) in pairs.iter().enumerate() {
-        let (i, j) = (ij / b, ij % b);
+        let (i, j) = (ij / bt, ij % bt);
         let gi = d_si[ij] / pair.img_win.len() as f32;
         for &(k, r) in &pair.img_win {
             dsim[(i * n1 + k) * cols + j * n2 + r] += gi;
@@ -282,14 +297,14 @@ pub fn filip_loss_with_grads(
 }
 
 fn check_batch(images: usize, captions: usize) -> Result<()> {
-    if images != captions || images == 0 {
-        return Err(Error::invalid(format!("a contrastive batch needs as many captions as images, and at least one (got {images} and {captions})")));
+    if captions < images || images == 0 {
+        return Err(Error::invalid(format!("a contrastive batch needs a caption for every image (and maybe negatives), and at least one image (got {images} images and {captions} captions)")));
     }
     Ok(())
 }
 
-/// `½ (CE(rows, arange) + CE(cols, arange))`: `rows[i, j]` scores image i against caption j, `cols[j, i]`
-/// caption j against image i.
+/// `½ (CE(rows, arange) + CE(cols, arange))`: `rows[i, j]` scores image i against caption j (negatives
+/// too), `cols[j, i]` the batch's caption j against image i.
 fn symmetric_ce(rows: &Tensor, cols: &Tensor, b: usize) -> Result<Tensor> {
     let target = Tensor::arange(0u32, b as u32, rows.device())?;
     let a = candle_nn::loss::cross_entropy(rows, &target)?;
@@ -330,16 +345,17 @@ mod tests {
     use super::*;
     use candle_core::{Device, Var};
 
-    /// The same maths in plain f64 loops, straight from METHODS §7.
+    /// The same maths in plain f64 loops, straight from METHODS §7: `b` images, `bt` ≥ `b` captions of
+    /// which those past the b-th are negatives (in the image side's choices only).
     fn reference(
         img: &[f64],
         txt: &[f64],
         mask: &[f64],
-        dims: (usize, usize, usize, usize),
+        dims: (usize, usize, usize, usize, usize),
         tau: f64,
         fraction: f64,
     ) -> f64 {
-        let (b, n1, n2, p) = dims;
+        let (b, bt, n1, n2, p) = dims;
         let norm = |v: &[f64]| -> Vec<f64> {
             let s = v.iter().map(|x| x * x).sum::<f64>().sqrt();
             v.iter().map(|x| x / s).collect()
@@ -352,9 +368,9 @@ mod tests {
             let k = crate::align::filip::kept_count(v.len(), fraction);
             v[..k].iter().sum::<f64>() / k as f64
         };
-        let (mut si, mut st) = (vec![vec![0.0; b]; b], vec![vec![0.0; b]; b]);
+        let (mut si, mut st) = (vec![vec![0.0; bt]; b], vec![vec![0.0; bt]; b]);
         for i in 0..b {
-            for j in 0..b {
+            for j in 0..bt {
                 let real: Vec<usize> = (0..n2).filter(|&r| mask[j * n2 + r] > 0.5).collect();
                 let s = |k: usize, r: usize| dot(&x[i * n1 + k], &y[j * n2 + r]);
                 si[i][j] = top((0..n1)
@@ -372,7 +388,7 @@ mod tests {
             lse - row[target]
         };
         let li: f64 = (0..b)
-            .map(|i| ce((0..b).map(|j| tau * si[i][j]).collect(), i))
+            .map(|i| ce((0..bt).map(|j| tau * si[i][j]).collect(), i))
             .sum::<f64>()
             / b as f64;
         let lt: f64 = (0..b)
@@ -388,63 +404,66 @@ mod tests {
     fn one_pass_filip_gradients_equal_candles_graph() {
         let (b, n1, n2, p) = (3, 5, 4, 6);
         let dev = Device::Cpu;
-        let eot = [3usize, 1, 2];
-        let img_v = pattern(b * n1 * p, 1);
-        let mut txt_v = pattern(b * n2 * p, 2);
-        for (j, &e) in eot.iter().enumerate() {
-            txt_v[(j * n2 + e + 1) * p..(j + 1) * n2 * p].fill(0.0);
-        }
-        for fraction in [1.0, 0.5, 0.25] {
-            let img = Var::from_vec(img_v.clone(), (b, n1, p), &dev).unwrap();
-            let txt = Var::from_vec(txt_v.clone(), (b, n2, p), &dev).unwrap();
-            let ls = Var::new(2.3f32, &dev).unwrap();
-            let mask: Vec<f32> = eot
-                .iter()
-                .flat_map(|&e| (0..n2).map(move |r| if r <= e { 1.0 } else { 0.0 }))
-                .collect();
-            let mask = Tensor::from_vec(mask, (b, n2), &dev).unwrap();
-            // candle's graph normalises the zero padding to NaN; give it ones there, which it masks.
-            let safe = txt
-                .as_tensor()
-                .broadcast_add(
-                    &(mask.ones_like().unwrap() - &mask)
-                        .unwrap()
-                        .unsqueeze(2)
-                        .unwrap(),
+        // Three captions (one per image), then the same with two negatives.
+        for eot in [&[3usize, 1, 2][..], &[3, 1, 2, 0, 3]] {
+            let bt = eot.len();
+            let img_v = pattern(b * n1 * p, 1);
+            let mut txt_v = pattern(bt * n2 * p, 2);
+            for (j, &e) in eot.iter().enumerate() {
+                txt_v[(j * n2 + e + 1) * p..(j + 1) * n2 * p].fill(0.0);
+            }
+            for fraction in [1.0, 0.5, 0.25] {
+                let img = Var::from_vec(img_v.clone(), (b, n1, p), &dev).unwrap();
+                let txt = Var::from_vec(txt_v.clone(), (bt, n2, p), &dev).unwrap();
+                let ls = Var::new(2.3f32, &dev).unwrap();
+                let mask: Vec<f32> = eot
+                    .iter()
+                    .flat_map(|&e| (0..n2).map(move |r| if r <= e { 1.0 } else { 0.0 }))
+                    .collect();
+                let mask = Tensor::from_vec(mask, (bt, n2), &dev).unwrap();
+                // candle's graph normalises the zero padding to NaN; give it ones there, which it masks.
+                let safe = txt
+                    .as_tensor()
+                    .broadcast_add(
+                        &(mask.ones_like().unwrap() - &mask)
+                            .unwrap()
+                            .unsqueeze(2)
+                            .unwrap(),
+                    )
+                    .unwrap();
+                let want = filip_loss(
+                    img.as_tensor(),
+                    &safe,
+                    &mask,
+                    &ls.as_tensor().exp().unwrap(),
+                    fraction,
                 )
                 .unwrap();
-            let want = filip_loss(
-                img.as_tensor(),
-                &safe,
-                &mask,
-                &ls.as_tensor().exp().unwrap(),
-                fraction,
-            )
-            .unwrap();
-            let grads = want.backward().unwrap();
-            let got =
-                filip_loss_with_grads(&img_v, n1, &txt_v, n2, &eot, p, 2.3, fraction).unwrap();
-            let close = |what: &str, a: &[f32], c: &[f32]| {
-                let scale = c.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
-                let diff = a.iter().zip(c).fold(0f32, |m, (u, v)| m.max((u - v).abs()));
-                assert!(
-                    diff <= 1e-5 * scale.max(1.0),
-                    "{what} (top {fraction}): {diff:e}"
+                let grads = want.backward().unwrap();
+                let got =
+                    filip_loss_with_grads(&img_v, n1, &txt_v, n2, eot, p, 2.3, fraction).unwrap();
+                let close = |what: &str, a: &[f32], c: &[f32]| {
+                    let scale = c.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
+                    let diff = a.iter().zip(c).fold(0f32, |m, (u, v)| m.max((u - v).abs()));
+                    assert!(
+                        diff <= 1e-5 * scale.max(1.0),
+                        "{what} (top {fraction}): {diff:e}"
+                    );
+                };
+                assert!((got.loss - f64::from(want.to_scalar::<f32>().unwrap())).abs() < 1e-5);
+                let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                close("image tokens", &got.d_img, &flat(grads.get(&img).unwrap()));
+                let mut d_txt = flat(grads.get(&txt).unwrap());
+                for (j, &e) in eot.iter().enumerate() {
+                    d_txt[(j * n2 + e + 1) * p..(j + 1) * n2 * p].fill(0.0);
+                }
+                close("caption tokens", &got.d_txt, &d_txt);
+                close(
+                    "log-temperature",
+                    &[got.d_log_scale],
+                    &flat(grads.get(&ls).unwrap()),
                 );
-            };
-            assert!((got.loss - f64::from(want.to_scalar::<f32>().unwrap())).abs() < 1e-5);
-            let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-            close("image tokens", &got.d_img, &flat(grads.get(&img).unwrap()));
-            let mut d_txt = flat(grads.get(&txt).unwrap());
-            for (j, &e) in eot.iter().enumerate() {
-                d_txt[(j * n2 + e + 1) * p..(j + 1) * n2 * p].fill(0.0);
             }
-            close("caption tokens", &got.d_txt, &d_txt);
-            close(
-                "log-temperature",
-                &[got.d_log_scale],
-                &flat(grads.get(&ls).unwrap()),
-            );
         }
     }
 
@@ -458,85 +477,93 @@ mod tests {
 
     #[test]
     fn filip_loss_and_its_gradient_follow_the_formula_with_padding_and_top_fraction() {
-        let (b, n1, n2, p) = (3, 5, 4, 6);
-        let dev = Device::Cpu;
-        let img = Var::from_vec(pattern(b * n1 * p, 1), (b, n1, p), &dev).unwrap();
-        let txt = Var::from_vec(pattern(b * n2 * p, 2), (b, n2, p), &dev).unwrap();
-        // Captions of 4, 2 and 3 tokens; the padding rows hold large values that must not count.
-        let mask_v = vec![1f32, 1., 1., 1., 1., 1., 0., 0., 1., 1., 1., 0.];
-        let mask = Tensor::from_vec(mask_v.clone(), (b, n2), &dev).unwrap();
-        let tau = 10.0;
-        let scale = Tensor::new(tau as f32, &dev).unwrap();
-        let as64 = |t: &Tensor| {
-            t.flatten_all()
-                .unwrap()
-                .to_vec1::<f32>()
-                .unwrap()
-                .iter()
-                .map(|&v| f64::from(v))
-                .collect::<Vec<_>>()
-        };
-        let mask64: Vec<f64> = mask_v.iter().map(|&v| f64::from(v)).collect();
-        for fraction in [1.0, 0.5] {
-            let loss =
-                filip_loss(img.as_tensor(), txt.as_tensor(), &mask, &scale, fraction).unwrap();
-            let want = reference(
-                &as64(img.as_tensor()),
-                &as64(txt.as_tensor()),
-                &mask64,
-                (b, n1, n2, p),
-                tau,
-                fraction,
-            );
-            let got = f64::from(loss.to_scalar::<f32>().unwrap());
-            // Measured ≤ 1.8e-7 on both the AVX-512 and AVX2+FMA kernels (f32 against f64): 50× margin.
-            crate::testing::within(
-                &format!("FILIP loss (top fraction {fraction}) vs the f64 formula"),
-                (got - want).abs(),
-                1e-5,
-            );
-            // Gradients against central differences of the f64 formula, a few entries of each input.
-            let grads = loss.backward().unwrap();
-            for (var, which) in [(&img, 0), (&txt, 1)] {
-                let g = as64(grads.get(var.as_tensor()).unwrap());
-                assert!(g.iter().all(|v| v.is_finite()));
-                for idx in [0, 7, 20, g.len() - 1] {
-                    let h = 1e-4;
-                    let at = |d: f64| {
-                        let (mut a, mut c) = (as64(img.as_tensor()), as64(txt.as_tensor()));
-                        if which == 0 {
-                            a[idx] += d
-                        } else {
-                            c[idx] += d
-                        }
-                        reference(&a, &c, &mask64, (b, n1, n2, p), tau, fraction)
-                    };
-                    let numeric = (at(h) - at(-h)) / (2.0 * h);
-                    // Measured ≤ 2.5e-8 (f32 autograd vs f64 central differences, h = 1e-4): 40× margin.
-                    crate::testing::within(
-                        &format!("FILIP gradient of input {which}[{idx}] vs finite differences"),
-                        (g[idx] - numeric).abs(),
-                        1e-6 * numeric.abs().max(1.0),
-                    );
+        // Three images and their captions, then with a fourth caption as a negative.
+        for bt in [3, 4] {
+            let (b, n1, n2, p) = (3, 5, 4, 6);
+            let dev = Device::Cpu;
+            let img = Var::from_vec(pattern(b * n1 * p, 1), (b, n1, p), &dev).unwrap();
+            let txt = Var::from_vec(pattern(bt * n2 * p, 2), (bt, n2, p), &dev).unwrap();
+            // Captions of 4, 2, 3 (and 1) tokens; the padding rows hold large values that must not count.
+            let mask_v = [
+                1f32, 1., 1., 1., 1., 1., 0., 0., 1., 1., 1., 0., 1., 0., 0., 0.,
+            ][..bt * n2]
+                .to_vec();
+            let mask = Tensor::from_vec(mask_v.clone(), (bt, n2), &dev).unwrap();
+            let tau = 10.0;
+            let scale = Tensor::new(tau as f32, &dev).unwrap();
+            let as64 = |t: &Tensor| {
+                t.flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap()
+                    .iter()
+                    .map(|&v| f64::from(v))
+                    .collect::<Vec<_>>()
+            };
+            let mask64: Vec<f64> = mask_v.iter().map(|&v| f64::from(v)).collect();
+            for fraction in [1.0, 0.5] {
+                let loss =
+                    filip_loss(img.as_tensor(), txt.as_tensor(), &mask, &scale, fraction).unwrap();
+                let want = reference(
+                    &as64(img.as_tensor()),
+                    &as64(txt.as_tensor()),
+                    &mask64,
+                    (b, bt, n1, n2, p),
+                    tau,
+                    fraction,
+                );
+                let got = f64::from(loss.to_scalar::<f32>().unwrap());
+                // Measured ≤ 1.8e-7 on both the AVX-512 and AVX2+FMA kernels (f32 against f64): 50× margin.
+                crate::testing::within(
+                    &format!("FILIP loss (top fraction {fraction}) vs the f64 formula"),
+                    (got - want).abs(),
+                    1e-5,
+                );
+                // Gradients against central differences of the f64 formula, a few entries of each input.
+                let grads = loss.backward().unwrap();
+                for (var, which) in [(&img, 0), (&txt, 1)] {
+                    let g = as64(grads.get(var.as_tensor()).unwrap());
+                    assert!(g.iter().all(|v| v.is_finite()));
+                    for idx in [0, 7, 20, g.len() - 1] {
+                        let h = 1e-4;
+                        let at = |d: f64| {
+                            let (mut a, mut c) = (as64(img.as_tensor()), as64(txt.as_tensor()));
+                            if which == 0 {
+                                a[idx] += d
+                            } else {
+                                c[idx] += d
+                            }
+                            reference(&a, &c, &mask64, (b, bt, n1, n2, p), tau, fraction)
+                        };
+                        let numeric = (at(h) - at(-h)) / (2.0 * h);
+                        // Measured ≤ 2.5e-8 (f32 autograd vs f64 central differences, h = 1e-4): 40× margin.
+                        crate::testing::within(
+                            &format!(
+                                "FILIP gradient of input {which}[{idx}] vs finite differences"
+                            ),
+                            (g[idx] - numeric).abs(),
+                            1e-6 * numeric.abs().max(1.0),
+                        );
+                    }
                 }
             }
+            // Padding never counts: changing a padded token changes nothing.
+            let mut t2 = as64(txt.as_tensor())
+                .iter()
+                .map(|&v| v as f32)
+                .collect::<Vec<_>>();
+            t2[(n2 + 3) * p] += 100.0;
+            let t2 = Tensor::from_vec(t2, (bt, n2, p), &dev).unwrap();
+            let a = filip_loss(img.as_tensor(), txt.as_tensor(), &mask, &scale, 1.0)
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            let c = filip_loss(img.as_tensor(), &t2, &mask, &scale, 1.0)
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert_eq!(a, c);
         }
-        // Padding never counts: changing a padded token changes nothing.
-        let mut t2 = as64(txt.as_tensor())
-            .iter()
-            .map(|&v| v as f32)
-            .collect::<Vec<_>>();
-        t2[(n2 + 3) * p] += 100.0;
-        let t2 = Tensor::from_vec(t2, (b, n2, p), &dev).unwrap();
-        let a = filip_loss(img.as_tensor(), txt.as_tensor(), &mask, &scale, 1.0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
-        let c = filip_loss(img.as_tensor(), &t2, &mask, &scale, 1.0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
-        assert_eq!(a, c);
     }
 
     #[test]
@@ -570,6 +597,45 @@ mod tests {
         assert!(clip_loss(&f, &g.narrow(0, 0, 3).unwrap(), &scale)
             .unwrap_err()
             .to_string()
-            .contains("as many captions as images"));
+            .contains("a caption for every image"));
+        // Extra captions are negatives: the image side gets more choices (its loss grows by exactly the
+        // added softmax mass), the caption side is unchanged.
+        let with = clip_loss(
+            &f,
+            &Tensor::cat(&[&f, &g.narrow(0, 0, 2).unwrap()], 0).unwrap(),
+            &scale,
+        )
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+        let norm = |t: &Tensor| crate::clip::l2_normalize(t).unwrap();
+        let sims: Vec<Vec<f32>> = norm(&f)
+            .matmul(
+                &norm(&Tensor::cat(&[&f, &g.narrow(0, 0, 2).unwrap()], 0).unwrap())
+                    .t()
+                    .unwrap(),
+            )
+            .unwrap()
+            .to_vec2()
+            .unwrap();
+        let image_side = |cols: usize| -> f64 {
+            (0..4)
+                .map(|i| {
+                    let row: Vec<f64> = sims[i][..cols]
+                        .iter()
+                        .map(|&v| 20.0 * f64::from(v))
+                        .collect();
+                    row.iter().map(|v| v.exp()).sum::<f64>().ln() - row[i]
+                })
+                .sum::<f64>()
+                / 4.0
+        };
+        let grew = f64::from(with - same);
+        crate::testing::within(
+            "CLIP loss with 2 negatives minus without, vs the image side's growth / 2",
+            (grew - 0.5 * (image_side(6) - image_side(4))).abs(),
+            1e-4,
+        );
+        assert!(grew > 0.0);
     }
 }

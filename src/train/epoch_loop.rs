@@ -70,6 +70,9 @@ pub trait TrainStep {
     /// Trains on `rows` (rows of the training features) at learning rate `lr`; returns the batch's loss
     /// and how many of its rows the model got right.
     fn step(&mut self, rows: &[usize], lr: f64) -> Result<(f64, usize)>;
+    /// `rows` are the next batch, called before the current one's [`Self::step`]: a trainer whose
+    /// batches cost something to make (drawn scenes) starts on them here, beside the step.
+    fn upcoming(&mut self, _rows: &[usize]) {}
     /// Validation accuracy after an epoch, and a second one where the method has it (MP-FGVC stage 1's
     /// image-to-text accuracy beside its head's).
     fn validate(&mut self) -> Result<(Option<f64>, Option<f64>)>;
@@ -213,8 +216,14 @@ pub fn run_until<T: TrainStep + ?Sized>(
         let batches = trainer.state().epoch_batches(set);
         let steps = batches.len();
         let (mut loss_sum, mut right, mut seen) = (0.0, 0, 0);
+        if let Some(first) = batches.first() {
+            trainer.upcoming(first);
+        }
         for (s, rows) in batches.iter().enumerate() {
             check(progress)?;
+            if let Some(next) = batches.get(s + 1) {
+                trainer.upcoming(next);
+            }
             let t = Instant::now();
             let (loss, c) = trainer.step(rows, lr)?;
             step_seconds += t.elapsed().as_secs_f64();

@@ -10,5 +10,6 @@ pub mod epoch_loop;
 pub mod features;
 pub mod mpfgvc;
 pub mod optim;
+pub mod pairs;
 pub mod pretrain;
 pub mod tip_adapter;

@@ -12,9 +12,11 @@ use serde::{Deserialize, Serialize};
 use super::checkpoint::{
     gradients_of, restore, snapshot, Checkpoint, CheckpointSink, ParamOptimizer,
 };
-use super::contrastive::{clip_loss, filip_loss_with_grads, filip_scores};
+use super::contrastive::{clip_loss, filip_loss_of_scores, filip_loss_with_grads, filip_scores};
 use super::epoch_loop::{EpochLoop, TrainStep};
 use super::optim::{AdamW, OptimConfig};
+pub use super::pairs::PairTensors;
+use super::pairs::{PairBatch, PairSource};
 use crate::clip::config::ClipConfig;
 use crate::clip::model::ClipModel;
 use crate::clip::synth::{parameter_shapes, Storage};
@@ -229,12 +231,6 @@ impl Default for PretrainConfig {
     }
 }
 
-/// The pairs as the towers take them: pixels `[N, 3, S, S]` and each caption's token ids.
-pub struct PairTensors {
-    pub pixels: Tensor,
-    pub ids: Vec<Vec<u32>>,
-}
-
 /// A pretraining run lent to the epoch loop.
 pub struct Pretrainer<'a> {
     pub model: &'a TrainableClip,
@@ -244,17 +240,20 @@ pub struct Pretrainer<'a> {
     pub checkpoint: Option<CheckpointSink>,
     params: Vec<(String, Var)>,
     opt: ParamOptimizer,
-    data: &'a PairTensors,
+    data: &'a dyn PairSource,
 }
 
 impl<'a> Pretrainer<'a> {
     pub fn new(
         model: &'a TrainableClip,
         config: PretrainConfig,
-        data: &'a PairTensors,
+        data: &'a dyn PairSource,
     ) -> Result<Self> {
-        if data.ids.len() != data.pixels.dim(0)? || data.ids.len() < 2 {
-            return Err(Error::invalid(format!("pretraining needs at least two pairs and a caption per image ({} images, {} captions)", data.pixels.dim(0)?, data.ids.len())));
+        if data.len() < 2 {
+            return Err(Error::invalid(format!(
+                "pretraining needs at least two pairs (got {})",
+                data.len()
+            )));
         }
         let params = model.named_vars();
         // No decay on gains, biases, embeddings and the temperature, as CLIP's recipe.
@@ -289,15 +288,25 @@ impl<'a> Pretrainer<'a> {
         restore("p", &self.params, &mut self.opt, &mut self.state, ckpt)
     }
 
+    /// The pairs `rows` of the current epoch.
+    pub fn batch(&self, rows: &[usize]) -> Result<PairBatch> {
+        self.data.batch(self.state.epoch, rows)
+    }
+
+    /// [`Self::loss_on`] the pairs `rows` of the current epoch.
+    pub fn loss(&self, rows: &[usize]) -> Result<(Tensor, usize)> {
+        self.loss_on(&self.batch(rows)?)
+    }
+
     /// The loss of a batch of pairs and how many images picked their own caption, as one candle graph
     /// (every tower op differentiable through candle's autograd): the reference the kernel path is
     /// checked against, and the path off the CPU.
-    pub fn loss(&self, rows: &[usize]) -> Result<(Tensor, usize)> {
-        let ids = self.batch_ids(rows);
+    pub fn loss_on(&self, batch: &PairBatch) -> Result<(Tensor, usize)> {
+        let ids = batch.all_ids();
         let m = &self.model.model;
         let filip = self.config.loss == PretrainLoss::Filip;
         let vision = m.vision.forward(
-            &self.batch_pixels(rows)?,
+            &batch.pixels,
             VisionRequest {
                 tokens: filip,
                 ..Default::default()
@@ -330,10 +339,15 @@ impl<'a> Pretrainer<'a> {
     /// (in [`TrainableClip::named_vars`] order): through the CPU kernels where they run, else candle's
     /// autograd over [`Self::loss`].
     pub fn gradients(&self, rows: &[usize]) -> Result<(f64, usize, Vec<Tensor>)> {
+        self.gradients_on(&self.batch(rows)?)
+    }
+
+    /// [`Self::gradients`] of a batch already drawn.
+    pub fn gradients_on(&self, batch: &PairBatch) -> Result<(f64, usize, Vec<Tensor>)> {
         if self.kernels_run() {
-            return self.kernel_gradients(rows);
+            return self.kernel_gradients(batch);
         }
-        let (loss, right) = self.loss(rows)?;
+        let (loss, right) = self.loss_on(batch)?;
         let g = gradients_of(&loss, &self.params)?;
         Ok((f64::from(loss.to_scalar::<f32>()?), right, g))
     }
@@ -341,14 +355,15 @@ impl<'a> Pretrainer<'a> {
     /// [`Self::gradients`] on the kernels: both towers forward with their tapes, the loss over the
     /// projected features (FILIP's in one pass on buffers, CLIP's as a candle graph with the features as
     /// leaves), then the towers' hand-written backward from the features' gradients.
-    fn kernel_gradients(&self, rows: &[usize]) -> Result<(f64, usize, Vec<Tensor>)> {
+    fn kernel_gradients(&self, batch: &PairBatch) -> Result<(f64, usize, Vec<Tensor>)> {
         use crate::clip::kernels::cpu::{self as k, Readout};
         let m = &self.model.model;
         let dev = &Device::Cpu;
         let filip = self.config.loss == PretrainLoss::Filip;
-        let ids = self.batch_ids(rows);
+        // The batch's captions, then its negatives (captions no image here belongs to).
+        let ids = batch.all_ids();
         let eot = m.text.eot_positions(&ids)?;
-        let b = rows.len();
+        let (b, bt) = (batch.ids.len(), ids.len());
         let p = m.config.projection_dim;
         let vc = &m.config.vision_config;
         let stem = k::VisionStem {
@@ -361,7 +376,7 @@ impl<'a> Pretrainer<'a> {
             image_size: vc.image_size,
         };
         let (vt, tt) = (m.vision.kernel_weights()?, m.text.kernel_weights()?);
-        let pixels: Vec<f32> = self.batch_pixels(rows)?.flatten_all()?.to_vec1()?;
+        let pixels: Vec<f32> = batch.pixels.flatten_all()?.to_vec1()?;
         let (readout_v, readout_t) = if filip {
             (Readout::All, Readout::All)
         } else {
@@ -377,7 +392,7 @@ impl<'a> Pretrainer<'a> {
                 .chunks(t * p)
                 .flat_map(|img| img[p..].iter().copied())
                 .collect();
-            let mut padded = vec![0f32; b * len * p];
+            let mut padded = vec![0f32; bt * len * p];
             for (bi, &e) in eot.iter().enumerate() {
                 for j in 0..=e {
                     padded[(bi * len + j) * p..][..p]
@@ -410,7 +425,7 @@ impl<'a> Pretrainer<'a> {
             (g.loss, g.right, d_img, d_txt, vec![g.d_log_scale])
         } else {
             let img = Var::from_vec(v_out, (b, p), dev)?;
-            let txt = Var::from_vec(t_out, (b, p), dev)?;
+            let txt = Var::from_vec(t_out, (bt, p), dev)?;
             let (loss, right) = self.contrastive(img.as_tensor(), txt.as_tensor(), &eot)?;
             let grads = loss.backward()?;
             let grad_of = |v: &Var| -> Result<Vec<f32>> {
@@ -475,25 +490,13 @@ impl<'a> Pretrainer<'a> {
         Ok((loss, right, g))
     }
 
-    fn batch_ids(&self, rows: &[usize]) -> Vec<Vec<u32>> {
-        rows.iter().map(|&r| self.data.ids[r].clone()).collect()
-    }
-
-    fn batch_pixels(&self, rows: &[usize]) -> Result<Tensor> {
-        let dev = self.data.pixels.device();
-        let idx: Vec<u32> = rows.iter().map(|&r| r as u32).collect();
-        Ok(self
-            .data
-            .pixels
-            .index_select(&Tensor::new(idx.as_slice(), dev)?, 0)?)
-    }
-
     /// The loss over the towers' outputs and how many images picked their own caption. FILIP: `img`
-    /// every image token `[b, T, P]` (class token first), `txt` every caption token `[b, len, P]` with
-    /// `eot` marking each caption's end (later tokens are padding); CLIP: the pooled features `[b, P]`.
+    /// every image token `[b, T, P]` (class token first), `txt` every caption token `[bt, len, P]` with
+    /// `eot` marking each caption's end (later tokens are padding); CLIP: the pooled features `[b, P]`,
+    /// `[bt, P]`. Captions past the b-th are negatives.
     fn contrastive(&self, img: &Tensor, txt: &Tensor, eot: &[usize]) -> Result<(Tensor, usize)> {
         let dev = img.device();
-        let b = eot.len();
+        let bt = eot.len();
         let scale = self.model.logit_scale.as_tensor().exp()?;
         let (loss, scores) = if self.config.loss == PretrainLoss::Filip {
             let img_tokens = img.narrow(1, 1, img.dim(1)? - 1)?;
@@ -502,12 +505,9 @@ impl<'a> Pretrainer<'a> {
                 .iter()
                 .flat_map(|&e| (0..len).map(move |t| if t <= e { 1.0 } else { 0.0 }))
                 .collect();
-            let mask = Tensor::from_vec(mask, (b, len), dev)?;
+            let mask = Tensor::from_vec(mask, (bt, len), dev)?;
             let (s_i, s_t) = filip_scores(&img_tokens, txt, &mask, self.config.top_fraction)?;
-            let target = Tensor::arange(0u32, b as u32, dev)?;
-            let a = candle_nn::loss::cross_entropy(&s_i.broadcast_mul(&scale)?, &target)?;
-            let c = candle_nn::loss::cross_entropy(&s_t.t()?.broadcast_mul(&scale)?, &target)?;
-            (((a + c)? * 0.5)?, s_i)
+            (filip_loss_of_scores(&s_i, &s_t, &scale)?, s_i)
         } else {
             let scores =
                 crate::clip::l2_normalize(img)?.matmul(&crate::clip::l2_normalize(txt)?.t()?)?;
@@ -581,6 +581,10 @@ fn name_tower_grads(
 impl TrainStep for Pretrainer<'_> {
     fn state(&mut self) -> &mut EpochLoop {
         &mut self.state
+    }
+
+    fn upcoming(&mut self, rows: &[usize]) {
+        self.data.prefetch(self.state.epoch, rows);
     }
 
     fn step(&mut self, rows: &[usize], lr: f64) -> Result<(f64, usize)> {

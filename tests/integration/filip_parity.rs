@@ -5,6 +5,7 @@
 
 use candle_core::{Device, Tensor};
 use promptscope::train::optim::OptimConfig;
+use promptscope::train::pairs::{PairBatch, PairSource};
 use promptscope::train::pretrain::{
     PairTensors, PretrainConfig, PretrainLoss, Pretrainer, TrainableClip,
 };
@@ -136,29 +137,68 @@ fn filip_loss_and_weight_gradients_match_pytorch() {
     }
 }
 
+/// A batch with extra captions no image belongs to (NegCLIP's hard negatives): each caption with its
+/// words in reverse order, for the first three.
+struct WithNegatives(PairTensors);
+
+impl PairSource for WithNegatives {
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn batch(&self, epoch: usize, rows: &[usize]) -> promptscope::Result<PairBatch> {
+        let mut b = self.0.batch(epoch, rows)?;
+        b.negatives = b
+            .ids
+            .iter()
+            .take(3)
+            .map(|ids| {
+                let (first, rest) = ids.split_first().unwrap();
+                let (last, words) = rest.split_last().unwrap();
+                std::iter::once(*first)
+                    .chain(words.iter().rev().copied())
+                    .chain(std::iter::once(*last))
+                    .collect()
+            })
+            .collect();
+        Ok(b)
+    }
+}
+
 /// Every weight's gradient from the CPU kernels' hand-written backward against candle's autograd over
-/// the same model and batch, both losses, all tokens and FILIP's top 25 %.
+/// the same model and batch, both losses, all tokens and FILIP's top 25 %, without and with extra text
+/// negatives.
 #[test]
 fn kernel_pretraining_gradients_equal_candles_for_every_weight() {
     let fx = reference();
     let (model, data) = tiny_model_and_batch(&fx);
     let rows: Vec<usize> = (0..data.ids.len()).collect();
     let vars = model.named_vars();
-    for (loss, fraction) in [
-        (PretrainLoss::Filip, 1.0),
-        (PretrainLoss::Filip, 0.25),
-        (PretrainLoss::Clip, 1.0),
+    let (_, plain) = tiny_model_and_batch(&fx);
+    let negatives = WithNegatives(plain);
+    for (loss, fraction, data) in [
+        (PretrainLoss::Filip, 1.0, &data as &dyn PairSource),
+        (PretrainLoss::Filip, 0.25, &data),
+        (PretrainLoss::Clip, 1.0, &data),
+        (PretrainLoss::Filip, 1.0, &negatives),
+        (PretrainLoss::Filip, 0.25, &negatives),
+        (PretrainLoss::Clip, 1.0, &negatives),
     ] {
+        let with = if data.batch(0, &rows).unwrap().negatives.is_empty() {
+            ""
+        } else {
+            ", with negatives"
+        };
         let config = config(loss, fraction, rows.len());
-        let t = Pretrainer::new(&model, config, &data).unwrap();
+        let t = Pretrainer::new(&model, config, data).unwrap();
         let (kernel_loss, kernel_right, kernel_grads) = t.gradients(&rows).unwrap();
         let (value, right) = t.loss(&rows).unwrap();
         assert_eq!(
             kernel_right, right,
-            "{loss:?}: images that picked their caption"
+            "{loss:?}{with}: images that picked their caption"
         );
         within(
-            &format!("{loss:?}, top {fraction}: loss"),
+            &format!("{loss:?}, top {fraction}{with}: loss"),
             (kernel_loss - f64::from(value.to_scalar::<f32>().unwrap())).abs(),
             1e-5,
         );
@@ -183,7 +223,7 @@ fn kernel_pretraining_gradients_equal_candles_for_every_weight() {
         for (((name, _), got), want) in vars.iter().zip(&kernel_grads).zip(&wants) {
             let got: Vec<f32> = got.flatten_all().unwrap().to_vec1().unwrap();
             within(
-                &format!("{loss:?}, top {fraction}: gradient of {name} (relative)"),
+                &format!("{loss:?}, top {fraction}{with}: gradient of {name} (relative)"),
                 relative_diff(&got, want, 0.01 * largest),
                 1e-4,
             );
