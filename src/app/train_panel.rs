@@ -82,6 +82,8 @@ fn adapter_form(ui: &mut egui::Ui, r: &mut AdapterRun) {
 /// The CoOp form's KgCoOp weight.
 pub const KG_FIELD: &str = "KgCoOp λ";
 pub const PAIRS_FIELD: &str = "Image–caption pairs";
+/// The checkbox that pretrains on generated scenes streamed each epoch instead of a folder.
+pub const SCENES_FIELD: &str = "Generated scenes, drawn afresh each epoch";
 pub const SHOT_CHOICES: [Option<usize>; 6] = [Some(1), Some(2), Some(4), Some(8), Some(16), None];
 
 #[derive(Default)]
@@ -231,21 +233,39 @@ impl TrainPanel {
 /// to fine-tune), the loss and the optimiser.
 fn pretrain_form(ui: &mut egui::Ui, p: &mut PretrainRun, state: &AppState) {
     use crate::train::config::PretrainStart;
+    use crate::train::pairs::StreamRecipe;
     use crate::train::pretrain::PretrainLoss;
-    let l = ui.label(PAIRS_FIELD);
-    let mut pairs = p.pairs.display().to_string();
+    let mut streamed = p.scenes.is_some();
     if ui
-        .add(
-            TextEdit::singleline(&mut pairs)
-                .hint_text("folder of NAME.jpg + NAME.txt")
-                .desired_width(f32::INFINITY),
-        )
-        .labelled_by(l.id)
+        .checkbox(&mut streamed, SCENES_FIELD)
+        .on_hover_text("Scenes drawn afresh every epoch beside the training step, never all in memory, with the levers that make colour insufficient (same-colour scenes, grey scenes, shape-first wording, minimal-pair twins, shape-swapped captions as negatives): the demo models' recipe")
         .changed()
     {
-        p.pairs = pairs.trim().into();
+        p.scenes = streamed.then(|| StreamRecipe::shape_recipe(4096, 1));
     }
-    ui.weak("A folder of NAME.jpg + NAME.txt (as img2dataset writes), or images beside captions.tsv / captions.jsonl; `promptscope synth-scenes` writes captioned scenes.");
+    if let Some(recipe) = &mut p.scenes {
+        ui.horizontal(|ui| {
+            ui.label("Scenes an epoch");
+            ui.add(DragValue::new(&mut recipe.count).range(2..=10_000_000));
+            ui.label("seed");
+            ui.add(DragValue::new(&mut recipe.seed));
+        });
+    } else {
+        let l = ui.label(PAIRS_FIELD);
+        let mut pairs = p.pairs.display().to_string();
+        if ui
+            .add(
+                TextEdit::singleline(&mut pairs)
+                    .hint_text("folder of NAME.jpg + NAME.txt")
+                    .desired_width(f32::INFINITY),
+            )
+            .labelled_by(l.id)
+            .changed()
+        {
+            p.pairs = pairs.trim().into();
+        }
+        ui.weak("A folder of NAME.jpg + NAME.txt (as img2dataset writes), or images beside captions.tsv / captions.jsonl; `promptscope synth-scenes` writes captioned scenes.");
+    }
     egui::Grid::new("pretrain_form")
         .num_columns(2)
         .spacing([12.0, 6.0])

@@ -332,13 +332,22 @@ impl Worker {
                 match &run {
                     RunConfig::Pretrain(p) => {
                         let device = candle_core::Device::Cpu;
-                        let pairs = crate::data::scenes::read_pairs(&p.pairs)?;
                         let (model, tok, pre) = pretrain_run::start_model(&p.start, p.config.seed, (None, None), &device)?;
-                        let tensors = pretrain_run::prepare(&pairs, model.config.vision_config.image_size, &pre, &tok, &device, &reporter)?;
-                        send(Event::TrainReady { job, train_images: pairs.len() });
+                        let size = model.config.vision_config.image_size;
+                        let (source, describe): (Box<dyn crate::train::pairs::PairSource>, _) = match &p.scenes {
+                            Some(recipe) => (
+                                Box::new(crate::train::pairs::SceneStream::new(recipe.clone(), size, tok, pre, &device)?),
+                                serde_json::json!({ "start": p.start, "scenes": recipe }),
+                            ),
+                            None => {
+                                let pairs = crate::data::scenes::read_pairs(&p.pairs)?;
+                                let tensors = pretrain_run::prepare(&pairs, size, &pre, &tok, &device, &reporter)?;
+                                (Box::new(tensors), serde_json::json!({ "start": p.start, "pairs": p.pairs, "count": pairs.len() }))
+                            }
+                        };
+                        send(Event::TrainReady { job, train_images: source.len() });
                         let storage = if p.fp16 { crate::clip::synth::Storage::F16 } else { crate::clip::synth::Storage::F32 };
-                        let describe = serde_json::json!({ "start": p.start, "pairs": p.pairs, "count": pairs.len() });
-                        let history = pretrain_run::train(&model, &tensors, &p.config, &describe, &out, storage, resume, &reporter, &mut |e| report(e, 0))?;
+                        let history = pretrain_run::train(&model, source.as_ref(), &p.config, &describe, &out, storage, resume, &reporter, &mut |e| report(e, 0))?;
                         let last = history.last();
                         Ok(TrainOutcome {
                             test_acc: last.map_or(0.0, |h| h.train_acc),

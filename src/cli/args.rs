@@ -156,6 +156,12 @@ pub enum Verb {
         /// The architecture (scenes, tiny, vit-b-32, ...).
         #[arg(long, default_value = "scenes")]
         preset: String,
+        /// Override the preset's input size (px), as `pretrain --image-size`.
+        #[arg(long)]
+        image_size: Option<usize>,
+        /// Override the preset's patch size (px), as `pretrain --patch-size`.
+        #[arg(long)]
+        patch_size: Option<usize>,
         /// filip or clip.
         #[arg(long, default_value = "filip")]
         loss: String,

@@ -305,8 +305,10 @@ pub fn bench_coop(
 }
 
 /// `bench-pretrain`: pretraining steps of a random-weight preset on a generated batch.
+#[allow(clippy::too_many_arguments)]
 pub fn bench_pretrain(
     preset_name: &str,
+    sizes: (Option<usize>, Option<usize>),
     loss: &str,
     batch: usize,
     warmup: usize,
@@ -314,17 +316,23 @@ pub fn bench_pretrain(
     save_batch: Option<&Path>,
     format: Format,
 ) -> Result<()> {
-    let cfg = preset(preset_name)?;
+    let mut cfg = preset(preset_name)?;
+    let v = &mut cfg.vision_config;
+    (v.image_size, v.patch_size) = (
+        sizes.0.unwrap_or(v.image_size),
+        sizes.1.unwrap_or(v.patch_size),
+    );
+    cfg.validate()
+        .map_err(|e| anyhow::anyhow!("--image-size / --patch-size: {e}"))?;
+    let name = match sizes {
+        (None, None) => preset_name.to_string(),
+        _ => format!(
+            "{preset_name} {}/{}",
+            cfg.vision_config.image_size, cfg.vision_config.patch_size
+        ),
+    };
     let loss = pretrain::parse_loss(loss)?;
-    let r = promptscope::bench::pretrain_step(
-        preset_name,
-        &cfg,
-        loss,
-        batch,
-        warmup,
-        steps,
-        save_batch,
-    )?;
+    let r = promptscope::bench::pretrain_step(&name, &cfg, loss, batch, warmup, steps, save_batch)?;
     match format {
         Format::Json => print_json(&r),
         Format::Text => {
@@ -1388,6 +1396,8 @@ pub fn run(verb: Verb) -> Result<()> {
         }
         Verb::BenchPretrain {
             preset,
+            image_size,
+            patch_size,
             loss,
             batch,
             warmup,
@@ -1396,6 +1406,7 @@ pub fn run(verb: Verb) -> Result<()> {
             format,
         } => bench_pretrain(
             &preset,
+            (image_size, patch_size),
             &loss,
             batch,
             warmup,

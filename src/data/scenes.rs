@@ -235,12 +235,12 @@ impl Default for SceneConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
 pub struct ShapeLevers {
     /// Scenes of two or more objects whose objects all take one colour (and differ in shape).
-    pub same_colour: f32,
+    pub same_colour: f64,
     /// Scenes drawn in grey, with captions that name no colour.
-    pub greyscale: f32,
+    pub greyscale: f64,
     /// Phrases that put the shape first ("a square, red"): a causal text tower's shape token must then
     /// carry shape, not the colour it has already read.
-    pub shape_first: f32,
+    pub shape_first: f64,
 }
 
 impl ShapeLevers {
@@ -349,7 +349,7 @@ pub fn generate_variant(
         });
     }
     let mut levers = Rng::new(seed ^ index.wrapping_mul(0xd1b5_4a32_d192_ed03) ^ 0x1e7e45);
-    let roll = |rng: &mut Rng, share: f32| share > 0.0 && unit(rng) < share;
+    let roll = |rng: &mut Rng, share: f64| share > 0.0 && f64::from(unit(rng)) < share;
     let allowed = |colour: usize, shape: usize| {
         cfg.allow_held_out || cfg.only.is_some() || !HELD_OUT.contains(&(colour, shape))
     };
@@ -564,7 +564,7 @@ fn draw_object(img: &mut RgbImage, o: &SceneObject, style: Style) {
 #[derive(Debug, Clone, Copy)]
 struct Wording {
     colours: bool,
-    shape_first: f32,
+    shape_first: f64,
 }
 
 /// One of many templates, naming some or all objects.
@@ -578,7 +578,7 @@ fn caption(
     let phrase = |o: &SceneObject, rng: &mut Rng| {
         let (size, texture) = (rng.range(0, 2) == 1, rng.range(0, 2) == 1);
         // Drawn only when the lever is on, so captions without it are the ones drawn before it.
-        let first = wording.shape_first > 0.0 && unit(rng) < wording.shape_first;
+        let first = wording.shape_first > 0.0 && f64::from(unit(rng)) < wording.shape_first;
         o.phrase(size, texture, wording.colours, first)
     };
     let with_bg = rng.range(0, 3) == 0;

@@ -404,6 +404,9 @@ pub enum PretrainStart {
 pub struct PretrainRun {
     /// A folder of image–caption pairs (`data::scenes::read_pairs`).
     pub pairs: PathBuf,
+    /// Instead of `pairs`: generated scenes drawn afresh every epoch (`train::pairs::SceneStream`).
+    #[serde(default)]
+    pub scenes: Option<super::pairs::StreamRecipe>,
     pub start: PretrainStart,
     pub config: PretrainConfig,
     /// Write the weights as f16 (half the size).
@@ -414,6 +417,7 @@ impl Default for PretrainRun {
     fn default() -> Self {
         Self {
             pairs: PathBuf::new(),
+            scenes: None,
             start: PretrainStart::Preset("scenes".into()),
             config: PretrainConfig::default(),
             fp16: true,
@@ -423,8 +427,12 @@ impl Default for PretrainRun {
 
 impl PretrainRun {
     pub fn validate(&self) -> Result<()> {
-        if self.pairs.as_os_str().is_empty() {
-            return Err(Error::invalid("choose a folder of image–caption pairs (NAME.jpg + NAME.txt, or captions.tsv / captions.jsonl)"));
+        match &self.scenes {
+            Some(recipe) => recipe.validate()?,
+            None if self.pairs.as_os_str().is_empty() => {
+                return Err(Error::invalid("choose a folder of image–caption pairs (NAME.jpg + NAME.txt, or captions.tsv / captions.jsonl), or generated scenes"));
+            }
+            None => {}
         }
         self.config.validate()
     }

@@ -80,9 +80,9 @@ pub struct StreamRecipe {
     pub max_objects: usize,
     pub levers: ShapeLevers,
     /// The share of a batch's slot pairs whose second slot is the first scene's twin.
-    pub minimal_pairs: f32,
+    pub minimal_pairs: f64,
     /// The share of twins that permute colours (the rest change shapes).
-    pub hue_twins: f32,
+    pub hue_twins: f64,
     /// One shape-swapped caption per image as an extra text negative (images whose shape twin is in
     /// the batch already have it).
     pub hard_negatives: bool,
@@ -203,7 +203,7 @@ impl StreamWorld {
         let mut out: Vec<(usize, Variant)> = rows.iter().map(|&r| (r, Variant::Original)).collect();
         for i in (1..rows.len()).step_by(2) {
             let mut rng = Rng::new(seed ^ (rows[i - 1] as u64).wrapping_mul(0xe703_7ed1_a0b4_28db));
-            let u = |rng: &mut Rng| (rng.next_u64() >> 40) as f32 / 16_777_216.0;
+            let u = |rng: &mut Rng| (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
             if self.recipe.minimal_pairs > 0.0 && u(&mut rng) < self.recipe.minimal_pairs {
                 let kind = if u(&mut rng) < self.recipe.hue_twins {
                     Variant::HuePermuted

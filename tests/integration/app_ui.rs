@@ -590,6 +590,50 @@ fn pretraining_runs_from_the_train_tab_stops_resumes_and_its_model_loads() {
     );
 }
 
+/// Pretraining on generated scenes streamed each epoch (no pairs folder), from the Train tab: the run
+/// says how many scenes an epoch holds, and the model it writes loads.
+#[test]
+fn pretraining_on_streamed_scenes_runs_from_the_train_tab() {
+    use promptscope::app::train_panel::{PRETRAIN_METHOD, SCENES_FIELD};
+    use promptscope::app::training::RunStatus;
+    let fx = fixture();
+    let mut h = loaded(&fx);
+    click(&mut h, "Train");
+    click(&mut h, PRETRAIN_METHOD);
+    click(&mut h, SCENES_FIELD);
+    click(&mut h, "the loaded model (fine-tune)");
+    {
+        let p = &mut h.state_mut().train.form.pretrain;
+        let recipe = p
+            .scenes
+            .as_mut()
+            .expect("the checkbox picks generated scenes");
+        assert!(
+            recipe.hard_negatives && recipe.minimal_pairs > 0.0,
+            "the shape recipe"
+        );
+        recipe.count = 16;
+        (p.config.optim.epochs, p.config.batch_size) = (2, 8);
+    }
+    click(&mut h, "Start training");
+    wait_for(&mut h, "the streamed pretraining run", |a| {
+        a.state
+            .runs
+            .first()
+            .is_some_and(|r| matches!(r.status, RunStatus::Finished | RunStatus::Failed(_)))
+    });
+    let run = &h.state().state.runs[0];
+    assert_eq!(
+        run.status,
+        RunStatus::Finished,
+        "{:?}",
+        h.state().state.errors
+    );
+    assert_eq!(run.epochs.len(), 2);
+    let out = run.outcome.as_ref().unwrap().prompts.clone();
+    assert!(out.join("model.safetensors").is_file(), "{}", out.display());
+}
+
 #[test]
 fn training_runs_live_pauses_stops_resumes_and_exports() {
     use promptscope::app::runs::RunKind;
