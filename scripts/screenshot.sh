@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Takes assets/screenshots/{compare,compare-base-to-novel,train,align,align-side-by-side,export}.png: the real app on the shipped FILIP demo model
+# Takes assets/screenshots/{compare,compare-base-to-novel,train,train-pretrain-scenes,align,align-side-by-side,export}.png: the real app on the shipped FILIP demo model
 # (assets/models/scenes-filip) and generated scene datasets, on a virtual X screen, drawn by wgpu on Mesa's software Vulkan (lavapipe), so no
 # display or GPU is needed. The Train shot is taken while training; the frame times of that run are
 # written to assets/screenshots/frame-times.json (median and p99 ms between frames, and of the app's
@@ -73,6 +73,10 @@ shoot compare-base-to-novel compare "$scratch/warm-light" --base-to-novel --auto
 wait_s=$wait_plain
 shoot train train "$scratch/warm-light" --autorun --epochs 100000
 cp "$scratch/frames-train.json" "$outdir/frame-times.json"
+# Pretraining on scenes streamed each epoch (the shape-aware recipe), live.
+wait_s=$((wait_plain + 12))
+shoot train-pretrain-scenes train "$scratch/warm-light" --method pretrain-scenes --autorun
+wait_s=$wait_plain
 shoot align align "$scratch/objects"
 shoot align-side-by-side align "$scratch/warm-light" --prompts "$scratch/prompts.safetensors" --side-by-side
 # The train shot's stopped run left its checkpoint in the runs folder: Export lists it.

@@ -61,6 +61,23 @@ pub fn tolerance_px(size: usize) -> f32 {
     15.0 * size as f32 / 224.0
 }
 
+/// The pointing game's rule for one object: whether the map's peak patch `peak` has its centre within
+/// `tol` px of the object's mask, and the share of patches that do (a random patch's chance).
+pub fn point_hit(mask: &[bool], size: usize, grid: usize, tol: f32, peak: usize) -> (bool, f64) {
+    let near = centres_near_mask(mask, size, grid, tol);
+    let share = near.iter().filter(|&&n| n).count() as f64 / near.len() as f64;
+    (near[peak], share)
+}
+
+/// `total / count`; 0 over nothing.
+pub fn mean_over(total: f64, count: usize) -> f64 {
+    if count == 0 {
+        0.0
+    } else {
+        total / count as f64
+    }
+}
+
 /// Per patch of a `grid`×`grid` layout: whether its centre lies within `tol` px of the mask.
 pub fn centres_near_mask(mask: &[bool], size: usize, grid: usize, tol: f32) -> Vec<bool> {
     let on: Vec<(f32, f32)> = (0..size * size)
@@ -167,19 +184,13 @@ pub fn pointing_game(
             mass += f64::from(mass_inside(&above_min(&map), cov)?);
             chance += cov.iter().filter(|&&c| c >= HIT_COVERAGE).count() as f64 / cov.len() as f64;
             hittable += usize::from(cov.iter().any(|&c| c >= HIT_COVERAGE));
-            let near = centres_near_mask(&masks[i], size, grid, tol);
-            point_hits += usize::from(near[best]);
-            point_chance += near.iter().filter(|&&n| n).count() as f64 / near.len() as f64;
+            let (hit, chance) = point_hit(&masks[i], size, grid, tol, best);
+            point_hits += usize::from(hit);
+            point_chance += chance;
         }
         progress.update("scenes", n + 1, scenes.len());
     }
-    let per = |v: f64| {
-        if objects == 0 {
-            0.0
-        } else {
-            v / objects as f64
-        }
-    };
+    let per = |v: f64| mean_over(v, objects);
     Ok(PointingReport {
         mode,
         scenes: scenes.len(),
@@ -194,16 +205,8 @@ pub fn pointing_game(
         point_rate: per(point_hits as f64),
         point_chance: per(point_chance),
         ssvp_k: k,
-        ssvp_object_share: if scenes.is_empty() {
-            0.0
-        } else {
-            ssvp_share / scenes.len() as f64
-        },
-        random_object_share: if scenes.is_empty() {
-            0.0
-        } else {
-            random_share / scenes.len() as f64
-        },
+        ssvp_object_share: mean_over(ssvp_share, scenes.len()),
+        random_object_share: mean_over(random_share, scenes.len()),
         by_shape,
         by_size,
     })

@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use super::filip::{align_pass, AlignConfig};
 use super::pass::VisionPass;
-use super::pointing::{centres_near_mask, mask_coverage, shape_word_map, tolerance_px};
+use super::pointing::{mask_coverage, mean_over, point_hit, shape_word_map, tolerance_px};
 use super::tokens::{image_tokens, AlignMode, TextSource};
 use crate::clip::preprocess::preprocess;
 use crate::clip::LoadedClip;
@@ -158,19 +158,13 @@ pub fn same_colour_pointing(
                 .enumerate()
                 .max_by(|x, y| x.1.total_cmp(y.1))
                 .map_or(0, |(k, _)| k);
-            let near = centres_near_mask(&masks[i], size, grid, tol);
-            point_hits += usize::from(near[peak]);
-            point_chance += near.iter().filter(|&&v| v).count() as f64 / near.len() as f64;
+            let (hit, chance) = point_hit(&masks[i], size, grid, tol, peak);
+            point_hits += usize::from(hit);
+            point_chance += chance;
         }
         progress.update("same-colour scenes", n + 1, scenes.len());
     }
-    let per = |v: f64| {
-        if objects == 0 {
-            0.0
-        } else {
-            v / objects as f64
-        }
-    };
+    let per = |v: f64| mean_over(v, objects);
     Ok(SameColourReport {
         mode,
         scenes: scenes.len(),

@@ -55,7 +55,10 @@ pub struct Startup {
     pub epochs: Option<usize>,
     pub prompts: Vec<PathBuf>,
     pub side_by_side: bool,
-    pub method: Option<crate::prompt::PromptMethodKind>,
+    /// The Train tab's method (prompts, adapters or pretraining).
+    pub method: Option<train_form::TrainKind>,
+    /// Pretraining starts on generated scenes streamed each epoch instead of a pairs folder.
+    pub pretrain_scenes: bool,
     pub super_category: Option<String>,
     /// Compare opens in its base-to-novel mode.
     pub base_to_novel: bool,
@@ -93,8 +96,12 @@ pub fn run(model: Option<String>, data: Option<PathBuf>, startup: Startup) -> an
             if startup.base_to_novel {
                 app.compare.mode = compare::CompareMode::BaseToNovel;
             }
-            if let Some(m) = startup.method {
-                app.train.form.kind = train_form::TrainKind::Prompts(m);
+            if let Some(kind) = startup.method {
+                app.train.form.kind = kind;
+            }
+            if startup.pretrain_scenes {
+                app.train.form.pretrain.scenes =
+                    Some(crate::train::pairs::StreamRecipe::shape_recipe(4096, 1));
             }
             if let Some(word) = startup.super_category {
                 app.train.form.mpfgvc.datp.super_category = word;

@@ -33,11 +33,15 @@ pub fn open_app(model: Option<String>, data: Option<PathBuf>, start: AppStart) -
         TabArg::Align => promptscope::app::Tab::Align,
         TabArg::Export => promptscope::app::Tab::Export,
     };
+    use promptscope::app::train_form::TrainKind;
+    use promptscope::prompt::PromptMethodKind;
     let method = start.method.map(|m| match m {
-        MethodArg::Coop => promptscope::prompt::PromptMethodKind::Coop,
-        MethodArg::Cocoop => promptscope::prompt::PromptMethodKind::Cocoop,
-        MethodArg::Mpfgvc => promptscope::prompt::PromptMethodKind::Datp,
+        MethodArg::Coop => TrainKind::Prompts(PromptMethodKind::Coop),
+        MethodArg::Cocoop => TrainKind::Prompts(PromptMethodKind::Cocoop),
+        MethodArg::Mpfgvc => TrainKind::Prompts(PromptMethodKind::Datp),
+        MethodArg::Pretrain | MethodArg::PretrainScenes => TrainKind::Pretrain,
     });
+    let scenes = matches!(start.method, Some(MethodArg::PretrainScenes));
     let startup = promptscope::app::Startup {
         tab,
         autorun: start.autorun,
@@ -46,6 +50,7 @@ pub fn open_app(model: Option<String>, data: Option<PathBuf>, start: AppStart) -
         side_by_side: start.side_by_side,
         base_to_novel: start.base_to_novel,
         method,
+        pretrain_scenes: scenes,
         super_category: start.super_category,
     };
     promptscope::app::run(model, data, startup)

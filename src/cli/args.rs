@@ -358,6 +358,10 @@ pub enum MethodArg {
     Coop,
     Cocoop,
     Mpfgvc,
+    /// Pretraining, from a folder of pairs.
+    Pretrain,
+    /// Pretraining on generated scenes streamed each epoch (the shape-aware recipe).
+    PretrainScenes,
 }
 
 /// The app's tabs, as `--tab` takes them.
