@@ -197,7 +197,8 @@ impl StreamWorld {
         self.recipe.seed ^ (epoch as u64 + 1).wrapping_mul(0xa076_1d64_78bd_642f)
     }
 
-    /// What slot `i` of a batch holds: scene `rows[i]`, or the twin of the scene in slot `i − 1`.
+    /// What slot `i` of a batch holds: scene `rows[i]`, or the twin of the scene in slot `i − 1` (scene
+    /// `rows[i]` then sits this epoch out; every epoch's scenes are new anyway).
     fn slots(&self, epoch: usize, rows: &[usize]) -> Vec<(usize, Variant)> {
         let seed = self.epoch_seed(epoch);
         let mut out: Vec<(usize, Variant)> = rows.iter().map(|&r| (r, Variant::Original)).collect();
