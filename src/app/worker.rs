@@ -334,16 +334,10 @@ impl Worker {
                         let device = candle_core::Device::Cpu;
                         let (model, tok, pre) = pretrain_run::start_model(&p.start, p.config.seed, (None, None), &device)?;
                         let size = model.config.vision_config.image_size;
-                        let (source, describe): (Box<dyn crate::train::pairs::PairSource>, _) = match &p.scenes {
-                            Some(recipe) => (
-                                Box::new(crate::train::pairs::SceneStream::new(recipe.clone(), size, tok, pre, &device)?),
-                                serde_json::json!({ "start": p.start, "scenes": recipe }),
-                            ),
-                            None => {
-                                let pairs = crate::data::scenes::read_pairs(&p.pairs)?;
-                                let tensors = pretrain_run::prepare(&pairs, size, &pre, &tok, &device, &reporter)?;
-                                (Box::new(tensors), serde_json::json!({ "start": p.start, "pairs": p.pairs, "count": pairs.len() }))
-                            }
+                        let source = pretrain_run::open_pairs(Some(&p.pairs), p.scenes.as_ref(), size, tok, pre, &device, &reporter)?;
+                        let describe = match &p.scenes {
+                            Some(recipe) => serde_json::json!({ "start": p.start, "scenes": recipe }),
+                            None => serde_json::json!({ "start": p.start, "pairs": p.pairs, "count": source.len() }),
                         };
                         send(Event::TrainReady { job, train_images: source.len() });
                         let storage = if p.fp16 { crate::clip::synth::Storage::F16 } else { crate::clip::synth::Storage::F32 };

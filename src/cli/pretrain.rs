@@ -4,10 +4,9 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
-use promptscope::data::scenes::read_pairs;
 use promptscope::train::config::PretrainStart;
 use promptscope::train::optim::OptimConfig;
-use promptscope::train::pairs::{PairSource, SceneStream, StreamRecipe};
+use promptscope::train::pairs::StreamRecipe;
 use promptscope::train::pretrain::{PretrainConfig, PretrainLoss};
 
 use super::{Bar, Format};
@@ -113,45 +112,44 @@ pub fn pretrain(args: &PretrainArgs) -> Result<()> {
     )?;
     let bar = Bar::new();
     let image_size = model.config.vision_config.image_size;
+    let recipe = args.scenes.map(|count| {
+        let shape = StreamRecipe::shape_recipe(count, args.scene_seed);
+        if args.plain_scenes {
+            StreamRecipe {
+                levers: Default::default(),
+                minimal_pairs: 0.0,
+                hard_negatives: false,
+                ..shape
+            }
+        } else {
+            shape
+        }
+    });
+    let data = promptscope::run::pretrain::open_pairs(
+        args.data.as_deref(),
+        recipe.as_ref(),
+        image_size,
+        tok,
+        pre,
+        &device,
+        &bar,
+    )?;
     // What a checkpoint must match to be continued, besides the model: the data.
-    let (data, source): (Box<dyn PairSource>, serde_json::Value) = match (&args.data, args.scenes) {
-        (Some(dir), _) => {
-            let pairs = read_pairs(dir)?;
-            let data =
-                promptscope::run::pretrain::prepare(&pairs, image_size, &pre, &tok, &device, &bar)?;
+    let source = match (&recipe, &args.data) {
+        (Some(recipe), _) => {
+            eprintln!("pretraining on {} generated scenes an epoch, drawn afresh every epoch ({} loss, {} epochs)", recipe.count, args.loss, args.epochs);
+            serde_json::json!({ "scenes": recipe })
+        }
+        (None, dir) => {
             eprintln!(
                 "pretraining on {} pairs from {} ({} loss, {} epochs)",
-                pairs.len(),
-                dir.display(),
+                data.len(),
+                dir.as_deref().unwrap_or(std::path::Path::new("")).display(),
                 args.loss,
                 args.epochs
             );
-            (
-                Box::new(data),
-                serde_json::json!({ "data": dir, "pairs": pairs.len() }),
-            )
+            serde_json::json!({ "data": dir, "pairs": data.len() })
         }
-        (None, Some(count)) => {
-            let recipe = if args.plain_scenes {
-                StreamRecipe {
-                    levers: Default::default(),
-                    minimal_pairs: 0.0,
-                    hard_negatives: false,
-                    ..StreamRecipe::shape_recipe(count, args.scene_seed)
-                }
-            } else {
-                StreamRecipe::shape_recipe(count, args.scene_seed)
-            };
-            eprintln!("pretraining on {count} generated scenes an epoch, drawn afresh every epoch ({} loss, {} epochs)", args.loss, args.epochs);
-            let json = serde_json::json!({ "scenes": recipe });
-            (
-                Box::new(SceneStream::new(recipe, image_size, tok, pre, &device)?),
-                json,
-            )
-        }
-        (None, None) => anyhow::bail!(
-            "give --data FOLDER (image–caption pairs) or --scenes COUNT (generated scenes)"
-        ),
     };
     let json = args.format == Format::Json;
     let lines = super::output::Lines::default();

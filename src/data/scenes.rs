@@ -254,18 +254,21 @@ impl ShapeLevers {
     }
 
     pub fn validate(&self) -> Result<()> {
-        for (name, v) in [
+        check_shares(&[
             ("same-colour", self.same_colour),
             ("greyscale", self.greyscale),
             ("shape-first", self.shape_first),
-        ] {
-            if !(0.0..=1.0).contains(&v) {
-                return Err(Error::invalid(format!(
-                    "the {name} share must lie in [0, 1] (got {v})"
-                )));
-            }
-        }
-        Ok(())
+        ])
+    }
+}
+
+/// Each named share lies in [0, 1].
+pub fn check_shares(shares: &[(&str, f64)]) -> Result<()> {
+    match shares.iter().find(|(_, v)| !(0.0..=1.0).contains(v)) {
+        Some((name, v)) => Err(Error::invalid(format!(
+            "the {name} share must lie in [0, 1] (got {v})"
+        ))),
+        None => Ok(()),
     }
 }
 

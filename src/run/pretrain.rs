@@ -17,7 +17,7 @@ use crate::train::checkpoint::{Checkpoint, CheckpointSink};
 use crate::train::config::PretrainStart;
 use crate::train::coop::checkpoint_path;
 use crate::train::epoch_loop::{run_until, EpochStats, TrainEvent, TrainSet};
-use crate::train::pairs::PairSource;
+use crate::train::pairs::{PairSource, SceneStream, StreamRecipe};
 use crate::train::pretrain::{PairTensors, PretrainConfig, Pretrainer, TrainableClip};
 
 /// The model pretraining starts from, the tokenizer its captions take and the preprocessing its images
@@ -84,6 +84,37 @@ pub fn prepare(
     let pixels = Tensor::from_vec(pixels, (pairs.len(), 3, image_size, image_size), device)?;
     let ids = tok.encode_batch(&pairs.iter().map(|p| p.caption.clone()).collect::<Vec<_>>())?;
     Ok(PairTensors { pixels, ids })
+}
+
+/// The pairs a run trains on: a folder's, read and preprocessed once ([`prepare`]), or generated scenes
+/// streamed each epoch; `image_size` is the model's input.
+pub fn open_pairs(
+    folder: Option<&Path>,
+    scenes: Option<&StreamRecipe>,
+    image_size: usize,
+    tok: ClipTokenizer,
+    pre: PreprocessConfig,
+    device: &Device,
+    progress: &dyn Progress,
+) -> Result<Box<dyn PairSource>> {
+    match (scenes, folder) {
+        (Some(recipe), _) => Ok(Box::new(SceneStream::new(
+            recipe.clone(),
+            image_size,
+            tok,
+            pre,
+            device,
+        )?)),
+        (None, Some(dir)) => {
+            let pairs = crate::data::scenes::read_pairs(dir)?;
+            Ok(Box::new(prepare(
+                &pairs, image_size, &pre, &tok, device, progress,
+            )?))
+        }
+        (None, None) => Err(crate::Error::invalid(
+            "give a folder of image–caption pairs or generated scenes",
+        )),
+    }
 }
 
 const CHECKPOINT_FORMAT: &str = "promptscope-pretrain-checkpoint/1";

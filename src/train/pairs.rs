@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::clip::preprocess::preprocess;
 use crate::clip::{ClipTokenizer, PreprocessConfig};
-use crate::data::scenes::{generate_variant, SceneConfig, ShapeLevers, Variant};
+use crate::data::scenes::{check_shares, generate_variant, SceneConfig, ShapeLevers, Variant};
 use crate::error::{Error, Result};
 use crate::rng::Rng;
 
@@ -59,6 +59,13 @@ impl PairSource for PairTensors {
     }
 
     fn batch(&self, _epoch: usize, rows: &[usize]) -> Result<PairBatch> {
+        if self.ids.len() != self.pixels.dim(0)? {
+            return Err(Error::invalid(format!(
+                "pretraining needs a caption per image ({} images, {} captions)",
+                self.pixels.dim(0)?,
+                self.ids.len()
+            )));
+        }
         let dev = self.pixels.device();
         let idx: Vec<u32> = rows.iter().map(|&r| r as u32).collect();
         Ok(PairBatch {
@@ -110,17 +117,10 @@ impl StreamRecipe {
                 self.count, self.max_objects
             )));
         }
-        for (name, v) in [
+        check_shares(&[
             ("minimal-pairs", self.minimal_pairs),
             ("hue-twins", self.hue_twins),
-        ] {
-            if !(0.0..=1.0).contains(&v) {
-                return Err(Error::invalid(format!(
-                    "the {name} share must lie in [0, 1] (got {v})"
-                )));
-            }
-        }
-        Ok(())
+        ])
     }
 }
 
