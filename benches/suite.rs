@@ -102,7 +102,7 @@ fn training(c: &mut Criterion) {
     promptscope::alloc::keep_freed_memory();
     let cfg = promptscope::clip::ClipConfig::scenes();
     let model = TrainableClip::init(&cfg, 0, &Device::Cpu).unwrap();
-    let data = promptscope::bench::scene_batch(&cfg, 64, 7).unwrap();
+    let data = promptscope::train::pretrain::PairTensors::scenes(&cfg, 64, 7).unwrap();
     let rows: Vec<usize> = (0..64).collect();
     let mut g = c.benchmark_group("pretrain_step_scenes_b64");
     g.sample_size(10);

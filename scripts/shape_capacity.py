@@ -63,19 +63,44 @@ def sincos_positions(grid, width):
     return torch.tensor(np.concatenate([np.zeros((1, width)), table]), dtype=torch.float32)
 
 
-def run(root, size, patch, steps, every, batch, lr, seed, threads, positions="random"):
+def mimetic(tower, heads, qk=(0.7, 0.7), vo=(0.4, 0.4)):
+    """Mimetic initialisation (Trockman & Kolter 2023, "Mimetic initialization of self-attention layers"):
+    each layer's W_q^T W_k starts near a*Z + b*I and W_v^T W_o^T near a*Z - b*I (Z Gaussian), the structure
+    trained ViTs' attention has; it sits inside the HF layout (only the q/k/v/out weights' values)."""
+    with torch.no_grad():
+        for layer in getattr(tower, "vision_model", tower).encoder.layers:
+            at = layer.self_attn
+            d = at.q_proj.weight.shape[0]
+            k = d // heads
+            for h in range(heads):
+                rows = slice(h * k, (h + 1) * k)
+                for (w1, w2, (a, b), sign) in ((at.q_proj, at.k_proj, qk, 1.0), (at.v_proj, at.out_proj, vo, -1.0)):
+                    m = a * torch.randn(d, d) / math.sqrt(d) + sign * b * torch.eye(d)
+                    u, sv, vt = torch.linalg.svd(m)
+                    root = sv[:k].sqrt()
+                    w1.weight[rows] = (u[:, :k] * root).T
+                    if w2 is at.k_proj:
+                        w2.weight[rows] = (vt[:k].T * root).T
+                    else:
+                        w2.weight[:, rows] = vt[:k].T * root
+
+
+def run(root, size, patch, steps, every, batch, lr, seed, threads, positions="random", init="default",
+        width=128, layers=6):
     torch.manual_seed(seed)
     torch.set_num_threads(threads)
     xtr, ytr, classes = load_split(root, "train", size)
     xva, yva, _ = load_split(root, "val", size)
     # The `scenes` preset's vision tower (src/clip/config.rs), only the grid varies.
-    cfg = CLIPVisionConfig(hidden_size=128, intermediate_size=512, num_hidden_layers=6, num_attention_heads=4,
+    cfg = CLIPVisionConfig(hidden_size=width, intermediate_size=4 * width, num_hidden_layers=layers, num_attention_heads=4,
                            image_size=size, patch_size=patch, hidden_act="quick_gelu", projection_dim=256)
     tower = CLIPVisionModel(cfg)
     if positions == "sincos":
         with torch.no_grad():
-            getattr(tower, "vision_model", tower).embeddings.position_embedding.weight.copy_(sincos_positions(size // patch, 128))
-    head = torch.nn.Linear(128, len(classes))
+            getattr(tower, "vision_model", tower).embeddings.position_embedding.weight.copy_(sincos_positions(size // patch, width))
+    if init == "mimetic":
+        mimetic(tower, 4)
+    head = torch.nn.Linear(width, len(classes))
     params = list(tower.parameters()) + list(head.parameters())
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.05)
     warm = max(1, steps // 20)
@@ -101,7 +126,7 @@ def run(root, size, patch, steps, every, batch, lr, seed, threads, positions="ra
                          == yva[i:i + 200]).sum().item() for i in range(0, len(yva), 200))
         acc = right / len(yva)
         curve.append(acc)
-        print(json.dumps({"grid": f"{size}/{patch}", "positions": positions, "lr": lr, "tokens": (size // patch) ** 2, "step": step,
+        print(json.dumps({"grid": f"{size}/{patch}", "positions": positions, "init": init, "lr": lr, "tokens": (size // patch) ** 2, "step": step,
                           "train_loss": round(loss.item(), 4), "val_acc": round(acc, 4),
                           "seconds": round(time.time() - start, 1)}), flush=True)
     return curve, time.time() - start
@@ -119,12 +144,15 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--positions", default="random", choices=["random", "sincos"],
                     help="position embeddings: transformers' random init, or 2-D sine-cosine")
+    ap.add_argument("--init", default="default", choices=["default", "mimetic"])
+    ap.add_argument("--width", type=int, default=128)
+    ap.add_argument("--layers", type=int, default=6)
     a = ap.parse_args()
     rows = []
     for g in a.grids.split(","):
         size, patch = (int(v) for v in g.split("/"))
-        curve, secs = run(a.data, size, patch, a.steps, a.every, a.batch, a.lr, a.seed, a.threads, a.positions)
-        rows.append((f"{g} ({a.positions} positions, lr {a.lr:g})", (size // patch) ** 2, curve, secs))
+        curve, secs = run(a.data, size, patch, a.steps, a.every, a.batch, a.lr, a.seed, a.threads, a.positions, a.init, a.width, a.layers)
+        rows.append((f"{g} ({a.positions} positions, {a.init} init, lr {a.lr:g})", (size // patch) ** 2, curve, secs))
     print(f"\n| image/patch | grid | val accuracy every {a.every} steps (batch {a.batch}) | best | time |")
     print("|---|---:|---|---:|---:|")
     for g, n, curve, secs in rows:

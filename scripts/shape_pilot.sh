@@ -9,7 +9,11 @@
 #   PROMPTSCOPE_DEMO_MODELS=OUT cargo test --test integration -- --include-ignored demo_claims
 # When a candidate meets every claim it replaces assets/models (and this becomes make_demo_models.sh).
 #
-# Usage: scripts/shape_pilot.sh OUT [EPOCHS] [SCENES_PER_EPOCH]   (LOSSES="filip clip" by default)
+# The dense shape loss (`--shape-labels`, every patch token names the shape the generator drew there) is
+# what moved the probe first (README, issue 26); both twins get it alike.
+#
+# Usage: scripts/shape_pilot.sh OUT [EPOCHS] [SCENES_PER_EPOCH]
+#   (LOSSES="filip clip", SHAPE_LABELS=2, BATCH=32 by default; SHAPE_LABELS=0 is the second candidate's recipe)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=${1:?give the folder to write the candidate models into}
@@ -17,6 +21,8 @@ epochs=${2:-80}
 scenes=${3:-4096}
 image_size=${IMAGE_SIZE:-64}
 patch_size=${PATCH_SIZE:-8}
+shape_labels=${SHAPE_LABELS:-2}
+batch=${BATCH:-32}
 cargo build --release --locked --bin promptscope
 bin=target/release/promptscope
 mkdir -p "$root"
@@ -27,14 +33,15 @@ for loss in ${LOSSES:-filip clip}; do
     # The last JSON line says what the run was: model, sizes, the stream's recipe, epochs.
     result=$("$bin" pretrain --scenes "$scenes" --scene-seed 1 --out "$out" --preset scenes \
         --image-size "$image_size" --patch-size "$patch_size" --loss "$loss" --epochs "$epochs" \
-        --batch-size 64 --lr 1e-3 --weight-decay 0.05 --seed 0 --fp16 --format json | tail -n 1)
+        --batch-size "$batch" --lr 1e-3 --weight-decay 0.05 --seed 0 --shape-labels "$shape_labels" \
+        --fp16 --format json | tail -n 1)
     echo "scenes-$loss: pretrained in $((SECONDS - start)) s"
     # Without the time it took and the output path, so the file is reproduced byte for byte too.
     result=$(python3 -c 'import json, sys; r = json.loads(sys.argv[1]); [r.pop(k) for k in ("seconds", "out")]; print(json.dumps(r, sort_keys=True))' "$result")
     note=$(case $loss in filip) echo "small demo model: pretrained on generated scenes with FILIP's token-wise loss (its word maps localise)";;
         clip) echo "small demo model: the same, with CLIP's pooled loss (the control: its word maps do not localise)";; esac)
-    printf '{"name": "scenes-%s", "loss": "%s", "note": "%s", "made_by": "scripts/shape_pilot.sh OUT %s %s", "pretraining": %s}\n' \
-        "$loss" "$loss" "$note" "$epochs" "$scenes" "$result" > "$out/promptscope_demo.json"
+    printf '{"name": "scenes-%s", "loss": "%s", "note": "%s", "made_by": "SHAPE_LABELS=%s BATCH=%s scripts/shape_pilot.sh OUT %s %s", "pretraining": %s}\n' \
+        "$loss" "$loss" "$note" "$shape_labels" "$batch" "$epochs" "$scenes" "$result" > "$out/promptscope_demo.json"
     "$bin" shape-check --model "$out"
     "$bin" pointing --model "$out" --count 200 --seed 1000
 done

@@ -599,39 +599,6 @@ pub struct PretrainBenchReport {
     pub peak_rss_mb: Option<f64>,
 }
 
-/// One batch of generated scene pairs for a model of `config`: pixels as the model takes them and each
-/// caption's ids (what `pretrain` feeds its steps, without the files).
-pub fn scene_batch(
-    config: &crate::clip::ClipConfig,
-    batch: usize,
-    seed: u64,
-) -> Result<crate::train::pretrain::PairTensors> {
-    use crate::data::scenes::{generate, SceneConfig};
-    let size = config.vision_config.image_size;
-    let cfg = SceneConfig {
-        size: size as u32,
-        ..SceneConfig::default()
-    };
-    let scenes = (0..batch)
-        .map(|i| generate(seed, i as u64, &cfg))
-        .collect::<Result<Vec<_>>>()?;
-    let pre = crate::clip::PreprocessConfig::clip(size);
-    let px: Vec<f32> = scenes
-        .iter()
-        .flat_map(|s| {
-            crate::clip::preprocess::preprocess(
-                &image::DynamicImage::ImageRgb8(s.image.clone()),
-                &pre,
-            )
-        })
-        .collect();
-    let pixels = Tensor::from_vec(px, (batch, 3, size, size), &candle_core::Device::Cpu)?;
-    let tok = crate::clip::ClipTokenizer::bundled(config.text_config.max_position_embeddings)?;
-    let captions: Vec<String> = scenes.into_iter().map(|s| s.caption).collect();
-    let ids = tok.encode_batch(&captions)?;
-    Ok(crate::train::pretrain::PairTensors { pixels, ids })
-}
-
 /// Times pretraining steps (forward, loss, backward, AdamW, clamp: what `pretrain` runs per batch) of a
 /// random-weight `config` on one generated batch, after `warmup` untimed steps. With `save_batch`, writes the
 /// batch (pixels, ids padded with 0, lengths) and the initial weights' folder beside it, so a PyTorch
@@ -648,7 +615,7 @@ pub fn pretrain_step(
     use crate::train::epoch_loop::TrainStep;
     use crate::train::pretrain::{PretrainConfig, Pretrainer, TrainableClip};
     let model = TrainableClip::init(config, 0, &candle_core::Device::Cpu)?;
-    let data = scene_batch(config, batch, 7)?;
+    let data = crate::train::pretrain::PairTensors::scenes(config, batch, 7)?;
     if let Some(dir) = save_batch {
         model.save_folder(&dir.join("model"), crate::clip::synth::Storage::F32)?;
         let len = data.ids.iter().map(Vec::len).max().unwrap_or(0);

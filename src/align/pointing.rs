@@ -20,7 +20,7 @@ use super::ssvp::{default_k, ssvp_from_pass};
 use super::tokens::{AlignMode, TextSource};
 use crate::clip::preprocess::preprocess;
 use crate::clip::LoadedClip;
-use crate::data::scenes::{Scene, SHAPES};
+use crate::data::scenes::{mask_coverage, Scene, SHAPES};
 use crate::error::{Error, Result};
 use crate::progress::{check, Progress};
 
@@ -95,20 +95,6 @@ pub fn centres_near_mask(mask: &[bool], size: usize, grid: usize, tol: f32) -> V
                 .any(|&(x, y)| (x - cx).powi(2) + (y - cy).powi(2) <= tol * tol)
         })
         .collect()
-}
-
-/// Per patch of a `grid`×`grid` layout over a `size`×`size` mask: the share of its pixels in the mask.
-pub fn mask_coverage(mask: &[bool], size: usize, grid: usize) -> Vec<f32> {
-    let mut cov = vec![0f32; grid * grid];
-    for y in 0..size {
-        for x in 0..size {
-            if mask[y * size + x] {
-                cov[(y * grid / size) * grid + x * grid / size] += 1.0;
-            }
-        }
-    }
-    let per_patch = (size * size) as f32 / (grid * grid) as f32;
-    cov.iter().map(|c| c / per_patch).collect()
 }
 
 /// The pointing game of `clip` on `scenes` (drawn at the model's input size).

@@ -12,11 +12,11 @@ use serde::Serialize;
 
 use super::filip::{align_pass, AlignConfig};
 use super::pass::VisionPass;
-use super::pointing::{mask_coverage, mean_over, point_hit, shape_word_map, tolerance_px};
+use super::pointing::{mean_over, point_hit, shape_word_map, tolerance_px};
 use super::tokens::{image_tokens, AlignMode, TextSource};
 use crate::clip::preprocess::preprocess;
 use crate::clip::LoadedClip;
-use crate::data::scenes::{generate, Scene, SceneConfig, ShapeLevers, SHAPES};
+use crate::data::scenes::{generate, mask_coverage, Scene, SceneConfig, ShapeLevers, SHAPES};
 use crate::error::{Error, Result};
 use crate::eval::linear_probe::LinearProbe;
 use crate::progress::{check, Progress};

@@ -102,6 +102,7 @@ pub fn run(model: Option<String>, data: Option<PathBuf>, startup: Startup) -> an
             if startup.pretrain_scenes {
                 app.train.form.pretrain.scenes =
                     Some(crate::train::pairs::StreamRecipe::shape_recipe(4096, 1));
+                app.train.form.pretrain.config.shape_labels = train_panel::SHAPE_LABELS_RECIPE;
             }
             if let Some(word) = startup.super_category {
                 app.train.form.mpfgvc.datp.super_category = word;

@@ -84,6 +84,9 @@ pub const KG_FIELD: &str = "KgCoOp λ";
 pub const PAIRS_FIELD: &str = "Image–caption pairs";
 /// The checkbox that pretrains on generated scenes streamed each epoch instead of a folder.
 pub const SCENES_FIELD: &str = "Generated scenes, drawn afresh each epoch";
+pub const SHAPE_LABELS_FIELD: &str = "Shape labels weight";
+/// The dense shape loss's weight in the demo models' recipe (`scripts/shape_pilot.sh`).
+pub const SHAPE_LABELS_RECIPE: f64 = 2.0;
 pub const SHOT_CHOICES: [Option<usize>; 6] = [Some(1), Some(2), Some(4), Some(8), Some(16), None];
 
 #[derive(Default)]
@@ -242,6 +245,8 @@ fn pretrain_form(ui: &mut egui::Ui, p: &mut PretrainRun, state: &AppState) {
         .changed()
     {
         p.scenes = streamed.then(|| StreamRecipe::shape_recipe(4096, 1));
+        // A folder's pairs have no patch labels; drawn scenes start with the demo recipe's weight.
+        p.config.shape_labels = if streamed { SHAPE_LABELS_RECIPE } else { 0.0 };
     }
     if let Some(recipe) = &mut p.scenes {
         ui.horizontal(|ui| {
@@ -249,6 +254,16 @@ fn pretrain_form(ui: &mut egui::Ui, p: &mut PretrainRun, state: &AppState) {
             ui.add(DragValue::new(&mut recipe.count).range(2..=10_000_000));
             ui.label("seed");
             ui.add(DragValue::new(&mut recipe.seed));
+        });
+        ui.horizontal(|ui| {
+            let l = ui.label(SHAPE_LABELS_FIELD);
+            ui.add(
+                DragValue::new(&mut p.config.shape_labels)
+                    .range(0.0..=20.0)
+                    .speed(0.1),
+            )
+            .labelled_by(l.id)
+            .on_hover_text("The weight of a dense shape loss beside the contrastive one: a head on every patch token learns which shape the generator drew there (not saved with the model). Shape is what a small model learns last from captions alone; 0 turns it off.");
         });
     } else {
         let l = ui.label(PAIRS_FIELD);

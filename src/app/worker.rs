@@ -333,8 +333,7 @@ impl Worker {
                     RunConfig::Pretrain(p) => {
                         let device = candle_core::Device::Cpu;
                         let (model, tok, pre) = pretrain_run::start_model(&p.start, p.config.seed, (None, None), &device)?;
-                        let size = model.config.vision_config.image_size;
-                        let source = pretrain_run::open_pairs(Some(&p.pairs), p.scenes.as_ref(), size, tok, pre, &device, &reporter)?;
+                        let source = pretrain_run::open_pairs(Some(&p.pairs), p.scenes.as_ref(), &model.config.vision_config, tok, pre, &device, &reporter)?;
                         let describe = match &p.scenes {
                             Some(recipe) => serde_json::json!({ "start": p.start, "scenes": recipe }),
                             None => serde_json::json!({ "start": p.start, "pairs": p.pairs, "count": source.len() }),

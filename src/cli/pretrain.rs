@@ -32,6 +32,10 @@ pub struct PretrainArgs {
     /// Stream scenes as the first demo models saw them (no levers, no twins, no negatives).
     #[arg(long, requires = "scenes")]
     pub plain_scenes: bool,
+    /// The weight of a dense shape loss beside the contrastive one: a linear head on every patch token
+    /// learns which shape the scene's generator drew there (the head is not saved). Needs --scenes.
+    #[arg(long, default_value_t = defaults().shape_labels, requires = "scenes")]
+    pub shape_labels: f64,
     /// The new model's folder (must not exist yet, or be empty).
     #[arg(long)]
     pub out: PathBuf,
@@ -97,6 +101,7 @@ pub fn pretrain(args: &PretrainArgs) -> Result<()> {
         optim,
         batch_size: args.batch_size,
         seed: args.seed,
+        shape_labels: args.shape_labels,
     };
     config.validate()?;
     let device = candle_core::Device::Cpu;
@@ -111,7 +116,6 @@ pub fn pretrain(args: &PretrainArgs) -> Result<()> {
         &device,
     )?;
     let bar = Bar::new();
-    let image_size = model.config.vision_config.image_size;
     let recipe = args.scenes.map(|count| {
         let shape = StreamRecipe::shape_recipe(count, args.scene_seed);
         if args.plain_scenes {
@@ -128,7 +132,7 @@ pub fn pretrain(args: &PretrainArgs) -> Result<()> {
     let data = promptscope::run::pretrain::open_pairs(
         args.data.as_deref(),
         recipe.as_ref(),
-        image_size,
+        &model.config.vision_config,
         tok,
         pre,
         &device,

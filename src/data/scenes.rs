@@ -188,6 +188,55 @@ impl Scene {
         }
         mask
     }
+
+    /// What each patch of a `grid`×`grid` layout shows: the index of the shape covering most of it where
+    /// that shape covers a quarter of it or more, else [`BACKGROUND_PATCH`]; every visible object
+    /// labels at least the patch it covers most, so a small one is never all background. Dense shape
+    /// labels for pretraining (`PretrainConfig::shape_labels`); the shape probe reads tokens at those
+    /// most-covered patches.
+    pub fn patch_shapes(&self, grid: usize) -> Vec<u32> {
+        let size = self.image.width() as usize;
+        let covs: Vec<Vec<f32>> = (0..self.objects.len())
+            .map(|i| mask_coverage(&self.mask(i), size, grid))
+            .collect();
+        let mut labels: Vec<u32> = (0..grid * grid)
+            .map(|k| {
+                covs.iter()
+                    .enumerate()
+                    .filter(|(_, c)| c[k] >= 0.25)
+                    .max_by(|a, b| a.1[k].total_cmp(&b.1[k]))
+                    .map_or(BACKGROUND_PATCH, |(i, _)| self.objects[i].shape as u32)
+            })
+            .collect();
+        for (i, c) in covs.iter().enumerate() {
+            let (k, &best) = c
+                .iter()
+                .enumerate()
+                .max_by(|a, b| a.1.total_cmp(b.1))
+                .expect("a grid has patches");
+            if best > 0.0 && labels[k] == BACKGROUND_PATCH {
+                labels[k] = self.objects[i].shape as u32;
+            }
+        }
+        labels
+    }
+}
+
+/// The label of a patch no object covers enough (after the 8 shapes' indices).
+pub const BACKGROUND_PATCH: u32 = SHAPES.len() as u32;
+
+/// Per patch of a `grid`×`grid` layout over a `size`×`size` mask: the share of its pixels in the mask.
+pub fn mask_coverage(mask: &[bool], size: usize, grid: usize) -> Vec<f32> {
+    let mut cov = vec![0f32; grid * grid];
+    for y in 0..size {
+        for x in 0..size {
+            if mask[y * size + x] {
+                cov[(y * grid / size) * grid + x * grid / size] += 1.0;
+            }
+        }
+    }
+    let per_patch = (size * size) as f32 / (grid * grid) as f32;
+    cov.iter().map(|c| c / per_patch).collect()
 }
 
 /// How objects are drawn: filled as in pretraining, or as thin outlines (a rendering shift, like
@@ -1004,6 +1053,58 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn patch_labels_name_the_shape_each_patch_shows_and_every_object_somewhere() {
+        let cfg = SceneConfig {
+            size: 64,
+            ..SceneConfig::default()
+        };
+        let grid = 8;
+        let (mut object_patches, mut background) = (0, 0);
+        for i in 0..60 {
+            let s = generate(4, i, &cfg).unwrap();
+            let labels = s.patch_shapes(grid);
+            assert_eq!(labels.len(), grid * grid);
+            let covs: Vec<Vec<f32>> = (0..s.objects.len())
+                .map(|k| mask_coverage(&s.mask(k), 64, grid))
+                .collect();
+            for (k, &label) in labels.iter().enumerate() {
+                let most = covs
+                    .iter()
+                    .enumerate()
+                    .max_by(|a, b| a.1[k].total_cmp(&b.1[k]))
+                    .map(|(o, c)| (o, c[k]));
+                match most {
+                    // Mostly one object's: its shape.
+                    Some((o, c)) if c >= 0.25 => {
+                        assert_eq!(label, s.objects[o].shape as u32, "scene {i} patch {k}");
+                        object_patches += 1;
+                    }
+                    // Touched by nothing: background.
+                    Some((_, c)) if c == 0.0 => {
+                        assert_eq!(label, BACKGROUND_PATCH, "scene {i} patch {k}");
+                        background += 1;
+                    }
+                    None => unreachable!("a scene has an object"),
+                    _ => {}
+                }
+            }
+            // Every visible object, however small, names at least one patch.
+            for (o, c) in covs.iter().enumerate() {
+                if c.iter().any(|&v| v > 0.0) {
+                    assert!(
+                        labels.contains(&(s.objects[o].shape as u32)),
+                        "scene {i}: object {o} labels no patch"
+                    );
+                }
+            }
+        }
+        assert!(
+            object_patches > 100 && background > 1000,
+            "{object_patches} {background}"
+        );
     }
 
     #[test]

@@ -87,11 +87,11 @@ pub fn prepare(
 }
 
 /// The pairs a run trains on: a folder's, read and preprocessed once ([`prepare`]), or generated scenes
-/// streamed each epoch; `image_size` is the model's input.
+/// streamed each epoch (with their patch labels), for a model of this vision tower.
 pub fn open_pairs(
     folder: Option<&Path>,
     scenes: Option<&StreamRecipe>,
-    image_size: usize,
+    vision: &crate::clip::config::VisionConfig,
     tok: ClipTokenizer,
     pre: PreprocessConfig,
     device: &Device,
@@ -100,7 +100,8 @@ pub fn open_pairs(
     match (scenes, folder) {
         (Some(recipe), _) => Ok(Box::new(SceneStream::new(
             recipe.clone(),
-            image_size,
+            vision.image_size,
+            vision.grid(),
             tok,
             pre,
             device,
@@ -108,7 +109,12 @@ pub fn open_pairs(
         (None, Some(dir)) => {
             let pairs = crate::data::scenes::read_pairs(dir)?;
             Ok(Box::new(prepare(
-                &pairs, image_size, &pre, &tok, device, progress,
+                &pairs,
+                vision.image_size,
+                &pre,
+                &tok,
+                device,
+                progress,
             )?))
         }
         (None, None) => Err(crate::Error::invalid(

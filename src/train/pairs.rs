@@ -25,6 +25,9 @@ pub struct PairBatch {
     pub pixels: Tensor,
     pub ids: Vec<Vec<u32>>,
     pub negatives: Vec<Vec<u32>>,
+    /// What each image's patches show, `[b, grid²]` row-major (the shape index, or
+    /// [`crate::data::scenes::BACKGROUND_PATCH`]): drawn scenes know it, a folder of pairs does not.
+    pub patch_shapes: Option<Vec<u32>>,
 }
 
 impl PairBatch {
@@ -53,6 +56,33 @@ pub struct PairTensors {
     pub ids: Vec<Vec<u32>>,
 }
 
+impl PairTensors {
+    /// `n` generated scenes (stream `seed`, no levers) as in-memory pairs for a model of `config`:
+    /// pixels as the model takes them and each caption's ids (what `pretrain` feeds its steps, without
+    /// the files; the benches' and tests' batch).
+    pub fn scenes(config: &crate::clip::ClipConfig, n: usize, seed: u64) -> Result<Self> {
+        use crate::data::scenes::generate;
+        let size = config.vision_config.image_size;
+        let cfg = SceneConfig {
+            size: size as u32,
+            ..SceneConfig::default()
+        };
+        let scenes = (0..n)
+            .map(|i| generate(seed, i as u64, &cfg))
+            .collect::<Result<Vec<_>>>()?;
+        let pre = PreprocessConfig::clip(size);
+        let px: Vec<f32> = scenes
+            .iter()
+            .flat_map(|s| preprocess(&image::DynamicImage::ImageRgb8(s.image.clone()), &pre))
+            .collect();
+        let pixels = Tensor::from_vec(px, (n, 3, size, size), &Device::Cpu)?;
+        let tok = ClipTokenizer::bundled(config.text_config.max_position_embeddings)?;
+        let captions: Vec<String> = scenes.into_iter().map(|s| s.caption).collect();
+        let ids = tok.encode_batch(&captions)?;
+        Ok(Self { pixels, ids })
+    }
+}
+
 impl PairSource for PairTensors {
     fn len(&self) -> usize {
         self.ids.len()
@@ -74,6 +104,7 @@ impl PairSource for PairTensors {
                 .index_select(&Tensor::new(idx.as_slice(), dev)?, 0)?,
             ids: rows.iter().map(|&r| self.ids[r].clone()).collect(),
             negatives: vec![],
+            patch_shapes: None,
         })
     }
 }
@@ -129,6 +160,7 @@ struct Drawn {
     pixels: Vec<f32>,
     ids: Vec<Vec<u32>>,
     negatives: Vec<Vec<u32>>,
+    patch_shapes: Vec<u32>,
 }
 
 struct StreamWorld {
@@ -136,6 +168,8 @@ struct StreamWorld {
     scenes: SceneConfig,
     tokenizer: ClipTokenizer,
     preprocess: PreprocessConfig,
+    /// The model's patch grid side, for the scenes' patch labels.
+    grid: usize,
 }
 
 /// A batch being drawn, by (epoch, rows).
@@ -153,9 +187,11 @@ pub struct SceneStream {
 }
 
 impl SceneStream {
+    /// Scenes at `image_size` px for a model whose patch grid is `grid`×`grid`.
     pub fn new(
         recipe: StreamRecipe,
         image_size: usize,
+        grid: usize,
         tokenizer: ClipTokenizer,
         preprocess: PreprocessConfig,
         device: &Device,
@@ -173,6 +209,7 @@ impl SceneStream {
                 scenes,
                 tokenizer,
                 preprocess,
+                grid: grid.max(1),
             }),
             size: image_size,
             device: device.clone(),
@@ -220,11 +257,12 @@ impl StreamWorld {
     fn draw(&self, epoch: usize, rows: &[usize]) -> Result<Drawn> {
         let seed = self.epoch_seed(epoch);
         let slots = self.slots(epoch, rows);
-        let drawn: Vec<(Vec<f32>, String, Option<String>)> = slots
+        let drawn: Vec<(Vec<f32>, String, Option<String>, Vec<u32>)> = slots
             .par_iter()
             .enumerate()
             .map(|(i, &(row, variant))| {
                 let scene = generate_variant(seed, row as u64, &self.scenes, variant)?;
+                let labels = scene.patch_shapes(self.grid);
                 let pixels = preprocess(
                     &image::DynamicImage::ImageRgb8(scene.image),
                     &self.preprocess,
@@ -241,20 +279,22 @@ impl StreamWorld {
                     } else {
                         None
                     };
-                Ok((pixels, scene.caption, negative))
+                Ok((pixels, scene.caption, negative, labels))
             })
             .collect::<Result<_>>()?;
         let mut pixels = Vec::with_capacity(drawn.len() * drawn.first().map_or(0, |d| d.0.len()));
-        let (mut captions, mut negatives) = (vec![], vec![]);
-        for (px, caption, negative) in drawn {
+        let (mut captions, mut negatives, mut patch_shapes) = (vec![], vec![], vec![]);
+        for (px, caption, negative, labels) in drawn {
             pixels.extend(px);
             captions.push(caption);
             negatives.extend(negative);
+            patch_shapes.extend(labels);
         }
         Ok(Drawn {
             pixels,
             ids: self.tokenizer.encode_batch(&captions)?,
             negatives: self.tokenizer.encode_batch(&negatives)?,
+            patch_shapes,
         })
     }
 }
@@ -283,6 +323,7 @@ impl PairSource for SceneStream {
             pixels: Tensor::from_vec(drawn.pixels, (b, 3, self.size, self.size), &self.device)?,
             ids: drawn.ids,
             negatives: drawn.negatives,
+            patch_shapes: Some(drawn.patch_shapes),
         })
     }
 
@@ -309,6 +350,7 @@ mod tests {
         SceneStream::new(
             recipe,
             64,
+            8,
             ClipTokenizer::bundled(77).unwrap(),
             PreprocessConfig::clip(64),
             &Device::Cpu,
@@ -331,6 +373,18 @@ mod tests {
         let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
         assert_eq!(flat(&a.pixels), flat(&b.pixels));
         assert_eq!((&a.ids, &a.negatives), (&b.ids, &b.negatives));
+        // Every patch of every image labelled (8×8 patches of 8 px), the same both ways, some on objects.
+        let labels = a
+            .patch_shapes
+            .as_ref()
+            .expect("drawn scenes label their patches");
+        assert_eq!(labels.len(), 16 * 64);
+        assert_eq!(a.patch_shapes, b.patch_shapes);
+        let on_objects = labels
+            .iter()
+            .filter(|&&l| l != crate::data::scenes::BACKGROUND_PATCH)
+            .count();
+        assert!((16..16 * 64 / 2).contains(&on_objects), "{on_objects}");
         // Another epoch: other scenes at the same indices.
         let c = s.batch(1, &rows).unwrap();
         assert_ne!(a.ids, c.ids);

@@ -211,6 +211,12 @@ pub struct PretrainConfig {
     pub optim: OptimConfig,
     pub batch_size: usize,
     pub seed: u64,
+    /// The weight of a dense shape loss beside the contrastive one (0: none): a linear head on every
+    /// projected patch token names the shape that patch shows, as drawn scenes label them
+    /// (`Scene::patch_shapes`). Shape is what a small tower learns last from captions alone (issue 26,
+    /// METHODS §7a); the head is not part of the saved model.
+    #[serde(default)]
+    pub shape_labels: f64,
 }
 
 impl PretrainConfig {
@@ -218,6 +224,12 @@ impl PretrainConfig {
         crate::align::filip::check_fraction(self.top_fraction)?;
         if self.batch_size < 2 {
             return Err(Error::invalid("--batch-size must be at least 2: the loss contrasts each pair with the others in its batch"));
+        }
+        if !(self.shape_labels.is_finite() && self.shape_labels >= 0.0) {
+            return Err(Error::invalid(format!(
+                "--shape-labels must be a weight of 0 or more (got {})",
+                self.shape_labels
+            )));
         }
         if self.optim.epochs == 0 || !(self.optim.lr.is_finite() && self.optim.lr > 0.0) {
             return Err(Error::invalid(
@@ -244,6 +256,7 @@ impl Default for PretrainConfig {
             optim,
             batch_size: 32,
             seed: 0,
+            shape_labels: 0.0,
         }
     }
 }
@@ -255,10 +268,19 @@ pub struct Pretrainer<'a> {
     pub state: EpochLoop,
     /// Written after every epoch when set.
     pub checkpoint: Option<CheckpointSink>,
+    /// The model's variables, then the shape head's where there is one.
     params: Vec<(String, Var)>,
     opt: ParamOptimizer,
     data: &'a dyn PairSource,
+    /// The dense shape loss's head over projected patch tokens: weight `[classes, P]`, bias.
+    shape_head: Option<(Var, Var)>,
 }
+
+/// The shape head's names among a run's parameters (and in its checkpoints).
+const SHAPE_HEAD: [&str; 2] = ["shape_head.weight", "shape_head.bias"];
+/// A background patch weighs this much in the dense shape loss, an object's patch 1: most patches are
+/// background, and naming them is not the point.
+const BACKGROUND_WEIGHT: f32 = 0.2;
 
 impl<'a> Pretrainer<'a> {
     pub fn new(
@@ -272,7 +294,22 @@ impl<'a> Pretrainer<'a> {
                 data.len()
             )));
         }
-        let params = model.named_vars();
+        let mut params = model.named_vars();
+        let shape_head = if config.shape_labels > 0.0 {
+            // Zeros: the first steps' tower gradients come from the contrastive loss alone.
+            let classes = crate::data::scenes::BACKGROUND_PATCH as usize + 1;
+            let p = model.config.projection_dim;
+            let dev = model.logit_scale.device();
+            let head = (
+                Var::zeros((classes, p), DType::F32, dev)?,
+                Var::zeros(classes, DType::F32, dev)?,
+            );
+            params.push((SHAPE_HEAD[0].to_string(), head.0.clone()));
+            params.push((SHAPE_HEAD[1].to_string(), head.1.clone()));
+            Some(head)
+        } else {
+            None
+        };
         // No decay on gains, biases, embeddings and the temperature, as CLIP's recipe.
         let decays =
             |n: &str| n.ends_with(".weight") && !n.contains("norm") && !n.contains("embedding");
@@ -297,7 +334,63 @@ impl<'a> Pretrainer<'a> {
             params,
             opt,
             data,
+            shape_head,
         })
+    }
+
+    /// The batch's patch labels where the dense shape loss is on; an error where it is on and the
+    /// data cannot label patches.
+    fn patch_labels<'b>(&self, batch: &'b PairBatch) -> Result<Option<&'b [u32]>> {
+        match (&self.shape_head, &batch.patch_shapes) {
+            (None, _) => Ok(None),
+            (Some(_), Some(l)) => Ok(Some(l.as_slice())),
+            (Some(_), None) => Err(Error::invalid(
+                "the dense shape loss (--shape-labels) needs generated scenes (--scenes), whose patches \
+                 are labelled; a folder of pairs has no labels",
+            )),
+        }
+    }
+
+    /// `shape_labels` × the dense shape loss of patch tokens `[b, n, P]` (no class token).
+    fn shape_loss(&self, patches: &Tensor, labels: &[u32]) -> Result<Tensor> {
+        let (w, bias) = self
+            .shape_head
+            .as_ref()
+            .expect("called with the shape loss on");
+        let (b, n, p) = patches.dims3()?;
+        if labels.len() != b * n {
+            return Err(Error::invalid(format!(
+                "{} patch labels for {b} images of {n} patches",
+                labels.len()
+            )));
+        }
+        let dev = patches.device();
+        let logits = patches
+            .reshape((b * n, p))?
+            .matmul(&w.as_tensor().t()?)?
+            .broadcast_add(bias.as_tensor())?;
+        let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
+        let idx = Tensor::from_vec(labels.to_vec(), (b * n, 1), dev)?;
+        let nll = logp.gather(&idx, 1)?.squeeze(1)?.neg()?;
+        let weights: Vec<f32> = labels
+            .iter()
+            .map(|&l| {
+                if l == crate::data::scenes::BACKGROUND_PATCH {
+                    BACKGROUND_WEIGHT
+                } else {
+                    1.0
+                }
+            })
+            .collect();
+        let total: f32 = weights.iter().sum();
+        let weights = Tensor::from_vec(weights, b * n, dev)?;
+        Ok(((nll * weights)?.sum_all()? * (self.config.shape_labels / f64::from(total)))?)
+    }
+
+    /// What the run trains, in the order [`Self::gradients`] gives their gradients: the model's
+    /// variables, then the shape head's (`shape_head.weight`, `shape_head.bias`) where there is one.
+    pub fn parameters(&self) -> &[(String, Var)] {
+        &self.params
     }
 
     /// Continues from a checkpoint of this run (its weights, optimiser and loop state).
@@ -322,20 +415,29 @@ impl<'a> Pretrainer<'a> {
         let ids = batch.all_ids();
         let m = &self.model.model;
         let filip = self.config.loss == PretrainLoss::Filip;
+        let labels = self.patch_labels(batch)?;
         let vision = m.vision.forward(
             &batch.pixels,
             VisionRequest {
-                tokens: filip,
+                tokens: filip || labels.is_some(),
                 ..Default::default()
             },
         )?;
         let text = m.text.forward_ids(&ids, filip)?;
         let eot = m.text.eot_positions(&ids)?;
-        if filip {
+        let (loss, right) = if filip {
             let img = vision.tokens.as_ref().expect("asked for");
-            self.contrastive(img, text.tokens.as_ref().expect("asked for"), &eot)
+            self.contrastive(img, text.tokens.as_ref().expect("asked for"), &eot)?
         } else {
-            self.contrastive(&vision.pooled, &text.pooled, &eot)
+            self.contrastive(&vision.pooled, &text.pooled, &eot)?
+        };
+        match labels {
+            Some(labels) => {
+                let tokens = vision.tokens.as_ref().expect("asked for");
+                let patches = tokens.narrow(1, 1, tokens.dim(1)? - 1)?;
+                Ok(((loss + self.shape_loss(&patches, labels)?)?, right))
+            }
+            None => Ok((loss, right)),
         }
     }
 
@@ -394,10 +496,12 @@ impl<'a> Pretrainer<'a> {
         };
         let (vt, tt) = (m.vision.kernel_weights()?, m.text.kernel_weights()?);
         let pixels: Vec<f32> = batch.pixels.flatten_all()?.to_vec1()?;
-        let (readout_v, readout_t) = if filip {
-            (Readout::All, Readout::All)
-        } else {
-            (Readout::First, Readout::Last)
+        let labels = self.patch_labels(batch)?;
+        let (readout_v, readout_t) = match (filip, labels.is_some()) {
+            (true, _) => (Readout::All, Readout::All),
+            // CLIP with the shape loss: every token, the class token's row the pooled feature.
+            (false, true) => (Readout::All, Readout::Last),
+            (false, false) => (Readout::First, Readout::Last),
         };
         let (v_out, v_pass) = k::vision_forward(&stem, &vt, &pixels, b, readout_v)?;
         let (t_out, t_pass) = k::text_forward(&m.text.token_embedding, &tt, &ids, &eot, readout_t)?;
@@ -441,8 +545,16 @@ impl<'a> Pretrainer<'a> {
             }
             (g.loss, g.right, d_img, d_txt, vec![g.d_log_scale])
         } else {
-            let img = Var::from_vec(v_out, (b, p), dev)?;
-            let txt = Var::from_vec(t_out, (bt, p), dev)?;
+            let t = v_pass.tokens();
+            let pooled: Vec<f32> = match readout_v {
+                Readout::All => v_out
+                    .chunks(t * p)
+                    .flat_map(|img| img[..p].to_vec())
+                    .collect(),
+                _ => v_out.clone(),
+            };
+            let img = Var::from_vec(pooled, (b, p), dev)?;
+            let txt = Var::from_vec(t_out.clone(), (bt, p), dev)?;
             let (loss, right) = self.contrastive(img.as_tensor(), txt.as_tensor(), &eot)?;
             let grads = loss.backward()?;
             let grad_of = |v: &Var| -> Result<Vec<f32>> {
@@ -451,17 +563,58 @@ impl<'a> Pretrainer<'a> {
                     None => vec![0f32; v.elem_count()],
                 })
             };
+            let d_pooled = grad_of(&img)?;
+            let d_img = match readout_v {
+                Readout::All => {
+                    let mut d = vec![0f32; b * t * p];
+                    for (dst, src) in d.chunks_mut(t * p).zip(d_pooled.chunks(p)) {
+                        dst[..p].copy_from_slice(src);
+                    }
+                    d
+                }
+                _ => d_pooled,
+            };
             (
                 f64::from(loss.to_scalar::<f32>()?),
                 right,
-                grad_of(&img)?,
+                d_img,
                 grad_of(&txt)?,
                 grad_of(&self.model.logit_scale)?,
             )
         };
+        let (mut loss, mut d_img) = (loss, d_img);
+        let mut named = std::collections::HashMap::new();
+        if let Some(labels) = labels {
+            // The dense shape loss as a candle graph over the patch tokens (a leaf), its gradient
+            // added to the contrastive one's.
+            let t = v_pass.tokens();
+            let patches: Vec<f32> = v_out
+                .chunks(t * p)
+                .flat_map(|img| img[p..].iter().copied())
+                .collect();
+            let patches = Var::from_vec(patches, (b, t - 1, p), dev)?;
+            let shape = self.shape_loss(patches.as_tensor(), labels)?;
+            let grads = shape.backward()?;
+            loss += f64::from(shape.to_scalar::<f32>()?);
+            if let Some(g) = grads.get(patches.as_tensor()) {
+                let g: Vec<f32> = g.flatten_all()?.to_vec1()?;
+                for (dst, src) in d_img.chunks_mut(t * p).zip(g.chunks((t - 1) * p)) {
+                    for (d, s) in dst[p..].iter_mut().zip(src) {
+                        *d += s;
+                    }
+                }
+            }
+            let (w, bias) = self.shape_head.as_ref().expect("labels only with the head");
+            for (name, var) in SHAPE_HEAD.iter().zip([w, bias]) {
+                let g = match grads.get(var.as_tensor()) {
+                    Some(g) => g.flatten_all()?.to_vec1()?,
+                    None => vec![0f32; var.elem_count()],
+                };
+                named.insert(name.to_string(), g);
+            }
+        }
         let vg = k::vision_backward(&stem, &vt, &v_pass, &d_img)?;
         let tg = k::text_backward(&m.text.token_embedding, &tt, &t_pass, &d_txt)?;
-        let mut named = std::collections::HashMap::new();
         named.insert("logit_scale".to_string(), d_scale);
         name_tower_grads(
             &mut named,
@@ -638,7 +791,7 @@ mod tests {
     }
 
     fn pairs(model: &TrainableClip, n: usize) -> PairTensors {
-        crate::bench::scene_batch(&model.config, n, 3).unwrap()
+        PairTensors::scenes(&model.config, n, 3).unwrap()
     }
 
     /// Fine-tuning starts from a folder stored in f16 (as the demo models are) as from one in f32: every
@@ -710,6 +863,7 @@ mod tests {
                     optim,
                     batch_size: 8,
                     seed: 1,
+                    shape_labels: 0.0,
                 },
                 &data,
             )

@@ -56,6 +56,7 @@ fn config(loss: PretrainLoss, top_fraction: f64, batch_size: usize) -> PretrainC
         optim: OptimConfig::default(),
         batch_size,
         seed: 0,
+        shape_labels: 0.0,
     }
 }
 
@@ -165,17 +166,35 @@ impl PairSource for WithNegatives {
     }
 }
 
+/// A batch whose patches are labelled (as drawn scenes' are), for the dense shape loss: a fixed mix of
+/// the 8 shapes and background.
+struct WithPatchLabels(PairTensors, usize);
+
+impl PairSource for WithPatchLabels {
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn batch(&self, epoch: usize, rows: &[usize]) -> promptscope::Result<PairBatch> {
+        let mut b = self.0.batch(epoch, rows)?;
+        let n = rows.len() * self.1;
+        b.patch_shapes = Some((0..n).map(|i| ((i * 7 + 3) % 11).min(8) as u32).collect());
+        Ok(b)
+    }
+}
+
 /// Every weight's gradient from the CPU kernels' hand-written backward against candle's autograd over
 /// the same model and batch, both losses, all tokens and FILIP's top 25 %, without and with extra text
-/// negatives.
+/// negatives, and with the dense shape loss (its head's gradients too).
 #[test]
 fn kernel_pretraining_gradients_equal_candles_for_every_weight() {
     let fx = reference();
     let (model, data) = tiny_model_and_batch(&fx);
     let rows: Vec<usize> = (0..data.ids.len()).collect();
-    let vars = model.named_vars();
     let (_, plain) = tiny_model_and_batch(&fx);
     let negatives = WithNegatives(plain);
+    let grid = model.config.vision_config.grid();
+    let labelled = WithPatchLabels(tiny_model_and_batch(&fx).1, grid * grid);
     for (loss, fraction, data) in [
         (PretrainLoss::Filip, 1.0, &data as &dyn PairSource),
         (PretrainLoss::Filip, 0.25, &data),
@@ -183,14 +202,34 @@ fn kernel_pretraining_gradients_equal_candles_for_every_weight() {
         (PretrainLoss::Filip, 1.0, &negatives),
         (PretrainLoss::Filip, 0.25, &negatives),
         (PretrainLoss::Clip, 1.0, &negatives),
+        (PretrainLoss::Filip, 1.0, &labelled),
+        (PretrainLoss::Clip, 1.0, &labelled),
     ] {
-        let with = if data.batch(0, &rows).unwrap().negatives.is_empty() {
-            ""
-        } else {
-            ", with negatives"
+        let batch = data.batch(0, &rows).unwrap();
+        let with = match (batch.negatives.is_empty(), batch.patch_shapes.is_some()) {
+            (_, true) => ", with the shape loss",
+            (false, _) => ", with negatives",
+            _ => "",
         };
-        let config = config(loss, fraction, rows.len());
+        let mut config = config(loss, fraction, rows.len());
+        if batch.patch_shapes.is_some() {
+            config.shape_labels = 0.7;
+        }
         let t = Pretrainer::new(&model, config, data).unwrap();
+        // The head starts at zero (no gradient reaches the tower through it): start it elsewhere.
+        for (name, var) in t
+            .parameters()
+            .iter()
+            .filter(|(n, _)| n.starts_with("shape_head"))
+        {
+            let n = var.elem_count();
+            let values: Vec<f32> = (0..n)
+                .map(|i| ((i * 37 % 17) as f32 - 8.0) * 0.01)
+                .collect();
+            var.set(&Tensor::from_vec(values, var.shape(), &Device::Cpu).unwrap())
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+        }
+        let vars = t.parameters().to_vec();
         let (kernel_loss, kernel_right, kernel_grads) = t.gradients(&rows).unwrap();
         let (value, right) = t.loss(&rows).unwrap();
         assert_eq!(
