@@ -505,14 +505,19 @@ impl<'a> Pretrainer<'a> {
         };
         let (v_out, v_pass) = k::vision_forward(&stem, &vt, &pixels, b, readout_v)?;
         let (t_out, t_pass) = k::text_forward(&m.text.token_embedding, &tt, &ids, &eot, readout_t)?;
+        let t = v_pass.tokens();
+        // Rows a pass reads out per image, and the patch tokens (both losses that use them share one copy).
+        let rows = if matches!(readout_v, Readout::All) {
+            t
+        } else {
+            1
+        };
+        let patches = (rows == t).then(|| patch_rows(&v_out, t, p));
         let (loss, right, d_img, d_txt, d_scale) = if filip {
             // The loss on plain buffers (`filip_loss_with_grads`, checked against `contrastive`'s
             // graph): patch tokens without the class token, captions padded to the longest.
-            let (t, len) = (v_pass.tokens(), eot.iter().max().map_or(0, |e| e + 1));
-            let patches: Vec<f32> = v_out
-                .chunks(t * p)
-                .flat_map(|img| img[p..].iter().copied())
-                .collect();
+            let len = eot.iter().max().map_or(0, |e| e + 1);
+            let patches = patches.as_deref().expect("FILIP reads out every token");
             let mut padded = vec![0f32; bt * len * p];
             for (bi, &e) in eot.iter().enumerate() {
                 for j in 0..=e {
@@ -522,7 +527,7 @@ impl<'a> Pretrainer<'a> {
             }
             let log_scale = self.model.logit_scale.as_tensor().to_scalar::<f32>()?;
             let g = filip_loss_with_grads(
-                &patches,
+                patches,
                 t - 1,
                 &padded,
                 len,
@@ -533,9 +538,7 @@ impl<'a> Pretrainer<'a> {
             )?;
             // Back to the passes' layouts: the class tokens get nothing, the captions are packed.
             let mut d_img = vec![0f32; b * t * p];
-            for (dst, src) in d_img.chunks_mut(t * p).zip(g.d_img.chunks((t - 1) * p)) {
-                dst[p..].copy_from_slice(src);
-            }
+            add_patch_grads(&mut d_img, &g.d_img, t, p);
             let mut d_txt = vec![0f32; t_out_rows(&eot) * p];
             for (bi, &e) in eot.iter().enumerate() {
                 for j in 0..=e {
@@ -545,16 +548,13 @@ impl<'a> Pretrainer<'a> {
             }
             (g.loss, g.right, d_img, d_txt, vec![g.d_log_scale])
         } else {
-            let t = v_pass.tokens();
-            let pooled: Vec<f32> = match readout_v {
-                Readout::All => v_out
-                    .chunks(t * p)
-                    .flat_map(|img| img[..p].to_vec())
-                    .collect(),
-                _ => v_out.clone(),
-            };
+            // The class token's row of each image is the pooled feature, whatever the readout.
+            let pooled: Vec<f32> = v_out
+                .chunks(rows * p)
+                .flat_map(|img| img[..p].iter().copied())
+                .collect();
             let img = Var::from_vec(pooled, (b, p), dev)?;
-            let txt = Var::from_vec(t_out.clone(), (bt, p), dev)?;
+            let txt = Var::from_vec(t_out, (bt, p), dev)?;
             let (loss, right) = self.contrastive(img.as_tensor(), txt.as_tensor(), &eot)?;
             let grads = loss.backward()?;
             let grad_of = |v: &Var| -> Result<Vec<f32>> {
@@ -563,17 +563,10 @@ impl<'a> Pretrainer<'a> {
                     None => vec![0f32; v.elem_count()],
                 })
             };
-            let d_pooled = grad_of(&img)?;
-            let d_img = match readout_v {
-                Readout::All => {
-                    let mut d = vec![0f32; b * t * p];
-                    for (dst, src) in d.chunks_mut(t * p).zip(d_pooled.chunks(p)) {
-                        dst[..p].copy_from_slice(src);
-                    }
-                    d
-                }
-                _ => d_pooled,
-            };
+            let mut d_img = vec![0f32; b * rows * p];
+            for (dst, src) in d_img.chunks_mut(rows * p).zip(grad_of(&img)?.chunks(p)) {
+                dst[..p].copy_from_slice(src);
+            }
             (
                 f64::from(loss.to_scalar::<f32>()?),
                 right,
@@ -587,22 +580,13 @@ impl<'a> Pretrainer<'a> {
         if let Some(labels) = labels {
             // The dense shape loss as a candle graph over the patch tokens (a leaf), its gradient
             // added to the contrastive one's.
-            let t = v_pass.tokens();
-            let patches: Vec<f32> = v_out
-                .chunks(t * p)
-                .flat_map(|img| img[p..].iter().copied())
-                .collect();
+            let patches = patches.expect("the shape loss reads out every token");
             let patches = Var::from_vec(patches, (b, t - 1, p), dev)?;
             let shape = self.shape_loss(patches.as_tensor(), labels)?;
             let grads = shape.backward()?;
             loss += f64::from(shape.to_scalar::<f32>()?);
             if let Some(g) = grads.get(patches.as_tensor()) {
-                let g: Vec<f32> = g.flatten_all()?.to_vec1()?;
-                for (dst, src) in d_img.chunks_mut(t * p).zip(g.chunks((t - 1) * p)) {
-                    for (d, s) in dst[p..].iter_mut().zip(src) {
-                        *d += s;
-                    }
-                }
+                add_patch_grads(&mut d_img, &g.flatten_all()?.to_vec1()?, t, p);
             }
             let (w, bias) = self.shape_head.as_ref().expect("labels only with the head");
             for (name, var) in SHAPE_HEAD.iter().zip([w, bias]) {
@@ -690,6 +674,24 @@ impl<'a> Pretrainer<'a> {
             .filter(|(i, p)| **p as usize == *i)
             .count();
         Ok((loss, right))
+    }
+}
+
+/// Each image's patch tokens without its class token: `[b, t, p]` → `[b, t − 1, p]`.
+fn patch_rows(tokens: &[f32], t: usize, p: usize) -> Vec<f32> {
+    tokens
+        .chunks(t * p)
+        .flat_map(|img| img[p..].iter().copied())
+        .collect()
+}
+
+/// Adds the patch tokens' gradients `[b, t − 1, p]` into a pass's layout `[b, t, p]`; the class tokens'
+/// rows are left as they are.
+fn add_patch_grads(d: &mut [f32], g: &[f32], t: usize, p: usize) {
+    for (dst, src) in d.chunks_mut(t * p).zip(g.chunks((t - 1) * p)) {
+        for (d, s) in dst[p..].iter_mut().zip(src) {
+            *d += s;
+        }
     }
 }
 
