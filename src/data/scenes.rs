@@ -1083,7 +1083,7 @@ mod tests {
                         object_patches += 1;
                     }
                     // Touched by nothing: background.
-                    Some((_, c)) if c == 0.0 => {
+                    Some((_, c)) if c <= 0.0 => {
                         assert_eq!(label, BACKGROUND_PATCH, "scene {i} patch {k}");
                         background += 1;
                     }

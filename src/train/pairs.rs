@@ -172,6 +172,9 @@ struct StreamWorld {
     grid: usize,
 }
 
+/// One slot's scene as drawn: pixels, caption, its hard negative, its patch labels.
+type DrawnScene = (Vec<f32>, String, Option<String>, Vec<u32>);
+
 /// A batch being drawn, by (epoch, rows).
 type Pending = ((usize, Vec<usize>), JoinHandle<Result<Drawn>>);
 
@@ -257,7 +260,7 @@ impl StreamWorld {
     fn draw(&self, epoch: usize, rows: &[usize]) -> Result<Drawn> {
         let seed = self.epoch_seed(epoch);
         let slots = self.slots(epoch, rows);
-        let drawn: Vec<(Vec<f32>, String, Option<String>, Vec<u32>)> = slots
+        let drawn: Vec<DrawnScene> = slots
             .par_iter()
             .enumerate()
             .map(|(i, &(row, variant))| {
