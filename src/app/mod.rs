@@ -100,9 +100,7 @@ pub fn run(model: Option<String>, data: Option<PathBuf>, startup: Startup) -> an
                 app.train.form.kind = kind;
             }
             if startup.pretrain_scenes {
-                app.train.form.pretrain.scenes =
-                    Some(crate::train::pairs::StreamRecipe::shape_recipe(4096, 1));
-                app.train.form.pretrain.config.shape_labels = train_panel::SHAPE_LABELS_RECIPE;
+                app.train.form.pretrain.use_demo_recipe();
             }
             if let Some(word) = startup.super_category {
                 app.train.form.mpfgvc.datp.super_category = word;

@@ -85,8 +85,6 @@ pub const PAIRS_FIELD: &str = "Image–caption pairs";
 /// The checkbox that pretrains on generated scenes streamed each epoch instead of a folder.
 pub const SCENES_FIELD: &str = "Generated scenes, drawn afresh each epoch";
 pub const SHAPE_LABELS_FIELD: &str = "Shape labels weight";
-/// The dense shape loss's weight in the demo models' recipe (`scripts/shape_pilot.sh`).
-pub const SHAPE_LABELS_RECIPE: f64 = 2.0;
 pub const SHOT_CHOICES: [Option<usize>; 6] = [Some(1), Some(2), Some(4), Some(8), Some(16), None];
 
 #[derive(Default)]
@@ -236,7 +234,6 @@ impl TrainPanel {
 /// to fine-tune), the loss and the optimiser.
 fn pretrain_form(ui: &mut egui::Ui, p: &mut PretrainRun, state: &AppState) {
     use crate::train::config::PretrainStart;
-    use crate::train::pairs::StreamRecipe;
     use crate::train::pretrain::PretrainLoss;
     let mut streamed = p.scenes.is_some();
     if ui
@@ -244,9 +241,12 @@ fn pretrain_form(ui: &mut egui::Ui, p: &mut PretrainRun, state: &AppState) {
         .on_hover_text("Scenes drawn afresh every epoch beside the training step, never all in memory, with the levers that make colour insufficient (same-colour scenes, grey scenes, shape-first wording, minimal-pair twins, shape-swapped captions as negatives): the demo models' recipe")
         .changed()
     {
-        p.scenes = streamed.then(|| StreamRecipe::shape_recipe(4096, 1));
-        // A folder's pairs have no patch labels; drawn scenes start with the demo recipe's weight.
-        p.config.shape_labels = if streamed { SHAPE_LABELS_RECIPE } else { 0.0 };
+        if streamed {
+            p.use_demo_recipe();
+        } else {
+            // A folder's pairs have no patch labels.
+            (p.scenes, p.config.shape_labels) = (None, 0.0);
+        }
     }
     if let Some(recipe) = &mut p.scenes {
         ui.horizontal(|ui| {

@@ -259,7 +259,8 @@ impl ClipConfig {
     }
 
     /// The demo models' architecture (pretrained here on captioned scenes): the real 49,408-token
-    /// vocabulary at a narrow text width, a 7×7 patch grid at 112 px, FILIP's projection width 256.
+    /// vocabulary at a narrow text width, an 8×8 grid of 8 px patches at 64 px (8 px patches keep the
+    /// edges shape needs; `scripts/shape_capacity.py`), FILIP's projection width 256.
     pub fn scenes() -> Self {
         let act = HiddenAct::QuickGelu;
         Self {
@@ -280,8 +281,8 @@ impl ClipConfig {
                 intermediate_size: 512,
                 num_hidden_layers: 6,
                 num_attention_heads: 4,
-                image_size: 112,
-                patch_size: 16,
+                image_size: 64,
+                patch_size: 8,
                 num_channels: 3,
                 hidden_act: act,
                 layer_norm_eps: 1e-5,

@@ -426,6 +426,13 @@ impl Default for PretrainRun {
 }
 
 impl PretrainRun {
+    /// Generated scenes and the settings the demo models were pretrained with (the loss, the start and
+    /// the storage stay the user's).
+    pub fn use_demo_recipe(&mut self) {
+        self.scenes = Some(super::pairs::StreamRecipe::shape_recipe(4096, 1));
+        self.config = super::pretrain::PretrainConfig::demo_recipe(self.config.loss);
+    }
+
     pub fn validate(&self) -> Result<()> {
         match &self.scenes {
             Some(recipe) => recipe.validate()?,

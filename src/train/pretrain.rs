@@ -240,6 +240,27 @@ impl PretrainConfig {
     }
 }
 
+impl PretrainConfig {
+    /// The shipped demo models' recipe, which `scripts/make_demo_models.sh` spells out as flags (and
+    /// `promptscope_demo.json` records): AdamW at 1e-3 with weight decay 0.05, batch 32, 140 epochs of
+    /// streamed scenes, the dense shape loss at weight 4 (issue 26 in README: what made them see shape).
+    pub fn demo_recipe(loss: PretrainLoss) -> Self {
+        Self {
+            loss,
+            optim: OptimConfig {
+                lr: 1e-3,
+                weight_decay: 0.05,
+                warmup_lr: 1e-4,
+                epochs: 140,
+                ..Self::default().optim
+            },
+            batch_size: 32,
+            shape_labels: 4.0,
+            ..Self::default()
+        }
+    }
+}
+
 impl Default for PretrainConfig {
     fn default() -> Self {
         let optim = OptimConfig {

@@ -594,10 +594,9 @@ fn pretraining_runs_from_the_train_tab_stops_resumes_and_its_model_loads() {
 /// says how many scenes an epoch holds, and the model it writes loads.
 #[test]
 fn pretraining_on_streamed_scenes_runs_from_the_train_tab() {
-    use promptscope::app::train_panel::{
-        PRETRAIN_METHOD, SCENES_FIELD, SHAPE_LABELS_FIELD, SHAPE_LABELS_RECIPE,
-    };
+    use promptscope::app::train_panel::{PRETRAIN_METHOD, SCENES_FIELD, SHAPE_LABELS_FIELD};
     use promptscope::app::training::RunStatus;
+    use promptscope::train::pretrain::PretrainConfig;
     let fx = fixture();
     let mut h = loaded(&fx);
     click(&mut h, "Train");
@@ -607,12 +606,12 @@ fn pretraining_on_streamed_scenes_runs_from_the_train_tab() {
         "a folder of pairs has no patch labels to learn from"
     );
     click(&mut h, SCENES_FIELD);
-    // Drawn scenes label their patches: the dense shape loss is offered, at the demo recipe's weight.
+    // Drawn scenes label their patches: the dense shape loss is offered, and the form holds the demo
+    // models' recipe (the loss stays the one picked).
     assert!(h.query_by_label(SHAPE_LABELS_FIELD).is_some());
-    assert_eq!(
-        h.state().train.form.pretrain.config.shape_labels,
-        SHAPE_LABELS_RECIPE
-    );
+    let config = &h.state().train.form.pretrain.config;
+    assert_eq!(config, &PretrainConfig::demo_recipe(config.loss));
+    assert!(config.shape_labels > 0.0);
     click(&mut h, "the loaded model (fine-tune)");
     {
         let p = &mut h.state_mut().train.form.pretrain;

@@ -213,3 +213,151 @@ fn coop_beats_the_best_template(set: SceneSet, templates: &[&str]) {
         best.0
     );
 }
+
+/// SsVP's claim: the patches it keeps (the top-K by similarity to the prompt) lie on the objects far more
+/// often than K patches picked at random, on at least one shipped model. Accuracy with SsVP on and off
+/// is reported for both, on classes that differ only in shape.
+#[test]
+#[ignore = "issue 26: the shipped demo models see colour, not shape, yet (scripts/shape_pilot.sh trains the candidates; run these with --ignored on them)"]
+fn ssvp_keeps_the_objects_patches() {
+    let scratch = tempfile::tempdir().unwrap();
+    let root = scratch.path().join("shapes");
+    let mut best = 0.0f64;
+    for name in ["scenes-filip", "scenes-clip"] {
+        let clip = demo(name);
+        let cfg = SceneConfig {
+            size: clip.image_size() as u32,
+            ..SceneConfig::default()
+        };
+        let scenes: Vec<_> = (0..100).map(|i| generate(1000, i, &cfg).unwrap()).collect();
+        let p = pointing_game(&clip, &scenes, AlignMode::Token, &Silent).unwrap();
+        assert!(p.random_object_share > 0.0 && p.ssvp_k > 0);
+        best = best.max(p.ssvp_object_share / p.random_object_share);
+        if !root.exists() {
+            write_scene_set(
+                &root,
+                SceneSet::Shapes,
+                (0, 0, 10),
+                clip.image_size() as u32,
+                5,
+            )
+            .unwrap();
+        }
+        let ds = DatasetFolder::open(&root).unwrap();
+        let prompts = ClassPrompts::Template {
+            template: "a photo of a {}.",
+            class_names: &ds.class_names,
+        };
+        let cfg = CompareConfig {
+            ssvp_k: Some(p.ssvp_k),
+            ..CompareConfig::default()
+        };
+        let r = compare_accuracy(&clip, ds.eval_samples(), &prompts, &cfg, &Silent).unwrap();
+        println!(
+            "{name}: SsVP's top-{} patches on an object {:.1}% (random {:.1}%); shape-only accuracy global {:.3}, token-wise {:.3}, SsVP {:?}",
+            p.ssvp_k,
+            100.0 * p.ssvp_object_share,
+            100.0 * p.random_object_share,
+            r.global_accuracy,
+            r.tokenwise_accuracy,
+            r.ssvp_accuracy
+        );
+        assert!(r.ssvp_accuracy.is_some());
+    }
+    assert!(
+        best >= 2.0,
+        "SsVP's patches lie on objects at most {best:.2}x as often as random ones"
+    );
+}
+
+/// MP-FGVC's claim, on a fine-grained set for these models: sub-categories of "shape" that differ only in
+/// form (a circle, a ring and a hexagon; a square and a diamond), in any colour, so the colour the models
+/// learned first is no help. Over three seeds, stage 2 (VLFM fusion) beats stage 1 (DaTP prompts, or its
+/// linear head), and both beat zero-shot on the same test images. Frozen towers (stage 1 trains the
+/// prompts and the head on cached features) and 256 training images a class: with 16 or 128, stage 1
+/// already fits its training set and VLFM, trained on it, only overfits (0.5 to 2 points over stage 1 at
+/// 128, behind it at 16).
+#[test]
+#[ignore = "issue 26: the shipped demo models see colour, not shape, yet (scripts/shape_pilot.sh trains the candidates; run these with --ignored on them)"]
+fn mp_fgvc_stages_beat_zero_shot_on_shapes_over_three_seeds() {
+    use promptscope::eval::zeroshot::{class_weights, logits};
+    use promptscope::prompt::datp::DatpConfig;
+    use promptscope::run::mpfgvc as pipeline;
+    use promptscope::train::config::MpFgvcRun;
+    use promptscope::train::mpfgvc::{OptimizerKind, StageConfig};
+    use promptscope::train::optim::OptimConfig;
+    let scratch = tempfile::tempdir().unwrap();
+    let root = scratch.path().join("shapes");
+    let clip = demo("scenes-filip");
+    write_scene_set(
+        &root,
+        SceneSet::Shapes,
+        (256, 16, 25),
+        clip.image_size() as u32,
+        11,
+    )
+    .unwrap();
+    let ds = DatasetFolder::open(&root).unwrap();
+    let stage = |lr: f64, epochs: usize| StageConfig {
+        optim: OptimConfig {
+            lr,
+            momentum: 0.9,
+            weight_decay: 5e-4,
+            warmup_epochs: 1,
+            warmup_lr: 1e-5,
+            epochs,
+        },
+        batch_size: Some(32),
+        optimizer: OptimizerKind::AdamW,
+    };
+    let weights = class_weights(
+        &clip,
+        &ds.class_names,
+        &["a photo of a {}.".into()],
+        &Silent,
+    )
+    .unwrap();
+    for seed in 1..=3 {
+        let run = MpFgvcRun {
+            shots: None,
+            seed,
+            split_seed: 0,
+            datp: DatpConfig {
+                n_ctx: 4,
+                super_category: "shape".into(),
+                seed,
+            },
+            train_blocks: 0,
+            stage1: stage(0.003, 50),
+            stage2: stage(0.003, 50),
+        };
+        let rd = pipeline::prepare(&clip, &ds, &run, None, &Silent).unwrap();
+        // With frozen towers stage 1's inputs are the test images' features.
+        let zs = logits(&rd.test.inputs, &weights, clip.logit_scale()).unwrap();
+        let right = zs
+            .iter()
+            .zip(&rd.test.labels)
+            .filter(|(l, &y)| {
+                l.iter()
+                    .enumerate()
+                    .max_by(|a, b| a.1.total_cmp(b.1))
+                    .map(|(k, _)| k)
+                    == Some(y)
+            })
+            .count();
+        let zero_shot = right as f64 / zs.len() as f64;
+        let o = pipeline::train(&clip, &ds, &rd, &run, None, false, &Silent, &mut |_| {}).unwrap();
+        let t = &o.metrics.test;
+        let (stage1, stage2) = (t.stage1_i2t.max(t.stage1_head), t.stage2.unwrap());
+        println!(
+            "MP-FGVC on shapes, seed {seed} ({} test images): zero-shot {zero_shot:.3}; stage 1 image-to-text {:.3}, linear head {:.3}; stage 2 VLFM {stage2:.3}",
+            t.images, t.stage1_i2t, t.stage1_head
+        );
+        assert_eq!(t.images, 8 * 25);
+        assert!(stage2 > stage1, "seed {seed}: {t:?}");
+        assert!(
+            stage1 > zero_shot,
+            "seed {seed}: zero-shot {zero_shot:.3}, {t:?}"
+        );
+    }
+}
