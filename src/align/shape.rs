@@ -16,40 +16,10 @@ use super::pointing::{mean_over, point_hit, shape_word_map, tolerance_px};
 use super::tokens::{image_tokens, AlignMode, TextSource};
 use crate::clip::preprocess::preprocess;
 use crate::clip::LoadedClip;
-use crate::data::scenes::{generate, mask_coverage, Scene, SceneConfig, ShapeLevers, SHAPES};
+use crate::data::scenes::{mask_coverage, Scene, SHAPES};
 use crate::error::{Error, Result};
 use crate::eval::linear_probe::LinearProbe;
 use crate::progress::{check, Progress};
-
-/// `count` scenes of two or three objects, all of one colour and of distinct shapes, from stream `seed`
-/// at `size` px; held-out colour–shape pairs included (a model is tested on what it never saw too).
-pub fn same_colour_scenes(seed: u64, count: usize, size: u32) -> Result<Vec<Scene>> {
-    let cfg = SceneConfig {
-        size,
-        allow_held_out: true,
-        levers: ShapeLevers {
-            same_colour: 1.0,
-            ..ShapeLevers::default()
-        },
-        ..SceneConfig::default()
-    };
-    let mut out = Vec::with_capacity(count);
-    for i in 0.. {
-        if out.len() == count {
-            break;
-        }
-        if i > 20 * count as u64 + 100 {
-            return Err(Error::invalid(
-                "could not draw enough scenes of two objects",
-            ));
-        }
-        let s = generate(seed, i, &cfg)?;
-        if s.objects.len() >= 2 {
-            out.push(s);
-        }
-    }
-    Ok(out)
-}
 
 #[derive(Debug, Clone, Serialize)]
 pub struct SameColourReport {
@@ -101,7 +71,7 @@ fn object_patch(scene: &Scene, i: usize, grid: usize) -> (usize, Vec<f32>) {
     (best, cov)
 }
 
-/// Same-colour pointing of `clip` on `scenes` (see [`same_colour_scenes`]).
+/// Same-colour pointing of `clip` on `scenes` (see [`crate::data::scenes::same_colour_scenes`]).
 pub fn same_colour_pointing(
     clip: &LoadedClip,
     scenes: &[Scene],

@@ -330,6 +330,10 @@ pub enum Verb {
         /// Include the held-out colour–shape pairs (for evaluating composition; pretraining leaves them out).
         #[arg(long)]
         held_out: bool,
+        /// Only scenes of two or three objects of one colour and distinct shapes (held-out pairs
+        /// included), where a map must know shape to find the named object (`shape-check`'s scenes).
+        #[arg(long)]
+        same_colour: bool,
     },
     /// Write the sample dataset (scene objects under a warm colour cast, a class per colour) into a folder
     /// and run zero-shot on it with the shipped FILIP demo model.

@@ -1462,18 +1462,28 @@ pub fn run(verb: Verb) -> Result<()> {
             seed,
             size,
             held_out,
+            same_colour,
         } => {
-            use promptscope::data::scenes::{write_pairs, SceneConfig};
-            write_pairs(
-                &out,
-                count,
-                seed,
-                &SceneConfig {
-                    size,
-                    allow_held_out: held_out,
-                    ..SceneConfig::default()
-                },
-            )?;
+            use promptscope::data::scenes::{
+                same_colour_scenes, write_pairs, write_scenes, SceneConfig,
+            };
+            if same_colour {
+                write_scenes(
+                    &out,
+                    same_colour_scenes(seed, count, size)?.into_iter().map(Ok),
+                )?;
+            } else {
+                write_pairs(
+                    &out,
+                    count,
+                    seed,
+                    &SceneConfig {
+                        size,
+                        allow_held_out: held_out,
+                        ..SceneConfig::default()
+                    },
+                )?;
+            }
             eprintln!("wrote {count} captioned scenes to {}", out.display());
             Ok(())
         }

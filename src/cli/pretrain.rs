@@ -302,8 +302,9 @@ pub fn shape_check(
     seed: u64,
     format: Format,
 ) -> Result<()> {
-    use promptscope::align::shape::{same_colour_pointing, same_colour_scenes, shape_probe};
+    use promptscope::align::shape::{same_colour_pointing, shape_probe};
     use promptscope::align::AlignMode;
+    use promptscope::data::scenes::same_colour_scenes;
     use promptscope::data::scenes::{generate, SceneConfig};
     let clip = super::load_model(model)?;
     let size = clip.image_size() as u32;

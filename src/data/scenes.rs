@@ -733,9 +733,15 @@ fn number_word(n: usize) -> &'static str {
 /// Writes `n` pairs as `NNNNNN.png` + `NNNNNN.txt` (the layout img2dataset writes) and `NNNNNN.json`
 /// (the objects, for masks), into `dir`.
 pub fn write_pairs(dir: &Path, n: usize, seed: u64, cfg: &SceneConfig) -> Result<()> {
+    let scenes = (0..n as u64).map(|i| generate(seed, i, cfg));
+    write_scenes(dir, scenes)
+}
+
+/// Writes `scenes` as a folder of pairs: NNNNNN.png, its caption (.txt) and its objects (.json).
+pub fn write_scenes(dir: &Path, scenes: impl IntoIterator<Item = Result<Scene>>) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    for i in 0..n {
-        let scene = generate(seed, i as u64, cfg)?;
+    for (i, scene) in scenes.into_iter().enumerate() {
+        let scene = scene?;
         let stem = dir.join(format!("{i:06}"));
         let png = stem.with_extension("png");
         scene
@@ -747,6 +753,36 @@ pub fn write_pairs(dir: &Path, n: usize, seed: u64, cfg: &SceneConfig) -> Result
         write_atomic(&stem.with_extension("json"), meta.to_string().as_bytes())?;
     }
     Ok(())
+}
+
+/// `count` scenes of two or three objects, all of one colour and of distinct shapes, from stream `seed`
+/// at `size` px; held-out colour–shape pairs included (a model is tested on what it never saw too).
+pub fn same_colour_scenes(seed: u64, count: usize, size: u32) -> Result<Vec<Scene>> {
+    let cfg = SceneConfig {
+        size,
+        allow_held_out: true,
+        levers: ShapeLevers {
+            same_colour: 1.0,
+            ..ShapeLevers::default()
+        },
+        ..SceneConfig::default()
+    };
+    let mut out = Vec::with_capacity(count);
+    for i in 0.. {
+        if out.len() == count {
+            break;
+        }
+        if i > 20 * count as u64 + 100 {
+            return Err(Error::invalid(
+                "could not draw enough scenes of two objects",
+            ));
+        }
+        let s = generate(seed, i, &cfg)?;
+        if s.objects.len() >= 2 {
+            out.push(s);
+        }
+    }
+    Ok(out)
 }
 
 /// An image and its caption, as read from a folder of pairs.

@@ -125,7 +125,7 @@ pub fn filip_loss_with_grads(
     use rayon::prelude::*;
     crate::align::filip::check_fraction(top_fraction)?;
     let bt = eot.len();
-    let b = if n1 * p == 0 { 0 } else { img.len() / (n1 * p) };
+    let b = img.len().checked_div(n1 * p).unwrap_or(0);
     check_batch(b, bt)?;
     if img.len() != b * n1 * p
         || txt.len() != bt * n2 * p

@@ -7,11 +7,11 @@ use std::path::PathBuf;
 use candle_core::Device;
 use promptscope::align::classify::{compare_accuracy, ClassPrompts, CompareConfig};
 use promptscope::align::pointing::pointing_game;
-use promptscope::align::shape::{same_colour_pointing, same_colour_scenes, shape_only_zero_shot};
+use promptscope::align::shape::{same_colour_pointing, shape_only_zero_shot};
 use promptscope::align::AlignMode;
 use promptscope::clip::LoadedClip;
 use promptscope::data::scene_sets::{is_held_out, write_scene_set, SceneSet};
-use promptscope::data::scenes::{generate, SceneConfig};
+use promptscope::data::scenes::{generate, same_colour_scenes, SceneConfig};
 use promptscope::data::DatasetFolder;
 use promptscope::progress::Silent;
 

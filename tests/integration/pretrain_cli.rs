@@ -283,3 +283,38 @@ fn pretraining_stopped_and_resumed_ends_byte_for_byte_where_an_uninterrupted_run
     );
     assert!(!ckpt.exists(), "a finished run removes its checkpoint");
 }
+
+/// `synth-scenes --same-colour` writes the scenes the shape measures use: two or three objects of one
+/// colour and distinct shapes in each, with captions and object lists like any pairs folder.
+#[test]
+fn same_colour_scenes_hold_objects_of_one_colour_and_distinct_shapes() {
+    let s = Scratch {
+        dir: tempfile::tempdir().unwrap(),
+    };
+    let dir = s.p("same");
+    ok(&promptscope(&[
+        "synth-scenes",
+        "--out",
+        &dir,
+        "--count",
+        "12",
+        "--size",
+        "64",
+        "--same-colour",
+    ]));
+    for i in 0..12 {
+        let stem = std::path::Path::new(&dir).join(format!("{i:06}"));
+        assert!(stem.with_extension("png").is_file() && stem.with_extension("txt").is_file());
+        let meta: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(stem.with_extension("json")).unwrap()).unwrap();
+        let objects = meta["objects"].as_array().unwrap();
+        assert!(objects.len() >= 2, "{meta}");
+        let colours: std::collections::HashSet<_> =
+            objects.iter().map(|o| o["colour"].to_string()).collect();
+        let shapes: std::collections::HashSet<_> =
+            objects.iter().map(|o| o["shape"].to_string()).collect();
+        assert_eq!(colours.len(), 1, "{meta}");
+        assert_eq!(shapes.len(), objects.len(), "{meta}");
+    }
+    assert!(!std::path::Path::new(&dir).join("000012.png").exists());
+}
