@@ -42,7 +42,7 @@ for loss in ${LOSSES:-filip clip}; do
     # Without the time it took and the output path, so the file is reproduced byte for byte too.
     result=$(python3 -c 'import json, sys; r = json.loads(sys.argv[1]); [r.pop(k) for k in ("seconds", "out")]; print(json.dumps(r, sort_keys=True))' "$result")
     note=$(case $loss in filip) echo "small demo model: pretrained on generated scenes with FILIP's token-wise loss (its word maps localise, shape words included)";;
-        clip) echo "small demo model: the same, with CLIP's pooled loss (the control: its word maps do not localise)";; esac)
+        clip) echo "small demo model: the same recipe with CLIP's pooled loss (the control for FILIP's token-wise loss)";; esac)
     printf '{"name": "scenes-%s", "loss": "%s", "note": "%s", "made_by": "%s", "pretraining": %s}\n' \
         "$loss" "$loss" "$note" "$made_by" "$result" > "$out/promptscope_demo.json"
     "$bin" shape-check --model "$out"

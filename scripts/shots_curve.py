@@ -1,16 +1,16 @@
 #!/usr/bin/env python3
-"""CoOp's Fig. 3 in miniature: test accuracy against shots (1/2/4/8/16) on the sample warm-light set (scene
-objects under a warm colour cast, a class per colour: a rendering shift from what the demo model was
-pretrained on), for CoOp (one unified context), CoOp with class-specific contexts (CSC), KgCoOp (λ = 8),
+"""CoOp's Fig. 3 in miniature: test accuracy against shots (1/2/4/8/16) on a rendering shift from what the
+demo model was pretrained on: the warm-light set (scene objects under a warm colour cast, a class per
+colour) or the outlines set (shapes drawn as outlines, a class per shape), for CoOp (one unified context), CoOp with class-specific contexts (CSC), KgCoOp (λ = 8),
 CoCoOp (its recipe: "a photo of a", 10 epochs, batch 1), a linear probe on the image features, Tip-Adapter, Tip-Adapter-F, CLIP-Adapter, and zero-shot with each
 hand-crafted template (the best one drawn as the line). Three seeds per point, mean ± std; each run's
 wall time and peak memory (max RSS of its process) are recorded too.
 
-    cargo build --release && python3 scripts/shots_curve.py [--model scenes-filip] [--seeds 1,2,3]
+    cargo build --release && python3 scripts/shots_curve.py [--kind outlines] [--model scenes-filip] [--seeds 1,2,3]
     python3 scripts/shots_curve.py --only CoCoOp      # rerun some methods, keep the other runs of OUT.json
 
-Writes assets/figures/warm-light-shots.json (every run) and, when matplotlib is installed,
-assets/figures/warm-light-shots.png.
+Writes assets/figures/KIND-shots.json (every run) and, when matplotlib is installed,
+assets/figures/KIND-shots.png.
 """
 import argparse
 import json
@@ -22,7 +22,11 @@ import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(ROOT, "target", "release", "promptscope")
-TEMPLATES = ["a {}.", "a {} shape.", "a photo of a {} shape.", "a photo of a {} object.", "a {} object in warm light."]
+# The hand-crafted prompts a user would try first on each set (the claims' tests use the same ones).
+KINDS = {
+    "warm-light": ("Colours under warm light", ["a {}.", "a {} shape.", "a photo of a {} shape.", "a photo of a {} object.", "a {} object in warm light."]),
+    "outlines": ("Shapes drawn as outlines", ["a {}.", "a {} shape.", "a photo of a {}.", "an outline of a {}.", "a drawing of a {} shape."]),
+}
 SHOTS = [1, 2, 4, 8, 16]
 
 
@@ -43,13 +47,16 @@ def run(*args):
 
 def main():
     ap = argparse.ArgumentParser()
+    ap.add_argument("--kind", default="warm-light", choices=sorted(KINDS))
     ap.add_argument("--model", default="scenes-filip")
     ap.add_argument("--seeds", default="1,2,3")
-    ap.add_argument("--out", default=os.path.join(ROOT, "assets", "figures", "warm-light-shots"))
+    ap.add_argument("--out", help="default: assets/figures/KIND-shots")
     ap.add_argument("--replot", action="store_true", help="redraw the table and plot from OUT.json, running nothing")
     ap.add_argument("--only", help="comma-separated method names to (re)run; the other runs of OUT.json are kept")
     a = ap.parse_args()
     seeds = [int(s) for s in a.seeds.split(",")]
+    title, templates = KINDS[a.kind]
+    a.out = a.out or os.path.join(ROOT, "assets", "figures", f"{a.kind}-shots")
     results = {"model": a.model, "zero_shot": {}, "runs": []}
     only = set(a.only.split(",")) if a.only else None
     if a.replot or only:
@@ -60,9 +67,9 @@ def main():
     wanted = lambda method: only is None or method in only
     if not a.replot:
         with tempfile.TemporaryDirectory() as tmp:
-            data = os.path.join(tmp, "warm-light")
-            subprocess.run([BIN, "synth-dataset", "--kind", "warm-light", "--splits", "16,4,25", "--seed", "0", "--out", data], check=True)
-            for t in TEMPLATES if only is None else []:
+            data = os.path.join(tmp, a.kind)
+            subprocess.run([BIN, "synth-dataset", "--kind", a.kind, "--splits", "16,4,25", "--seed", "0", "--out", data], check=True)
+            for t in templates if only is None else []:
                 r = run("zero-shot", "--model", a.model, "--data", data, "--template", t)
                 results["zero_shot"][t] = r["accuracy"]
                 print(f"zero-shot {t!r}: {100 * r['accuracy']:.1f}%", file=sys.stderr)
@@ -130,7 +137,7 @@ def main():
     ax.set_xticks(SHOTS, [str(s) for s in SHOTS])
     ax.set_xlabel("shots per class")
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title(f"Colours under warm light, {a.model}")
+    ax.set_title(f"{title}, {results['model']}")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()

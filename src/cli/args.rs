@@ -278,8 +278,8 @@ pub enum Verb {
         /// and need --splits.
         #[arg(long, value_enum, default_value = "shapes")]
         kind: DatasetKind,
-        /// Image side in px for the scene kinds (the demo models take 112).
-        #[arg(long, default_value_t = 112)]
+        /// Image side in px for the scene kinds (default: the demo models' input size).
+        #[arg(long, default_value_t = promptscope::clip::ClipConfig::scenes().vision_config.image_size as u32)]
         size: u32,
     },
     /// Pretrain both towers of a CLIP on image–caption pairs with FILIP's or CLIP's loss.

@@ -474,7 +474,10 @@ pub fn sample(out: &Path, format: Format) -> Result<()> {
     use promptscope::data::scene_sets::{write_scene_set, SceneSet};
     let data = out.join("warm-light");
     if !data.is_dir() {
-        write_scene_set(&data, SceneSet::WarmLight, (16, 4, 25), 112, 0)?;
+        let size = promptscope::clip::ClipConfig::scenes()
+            .vision_config
+            .image_size as u32;
+        write_scene_set(&data, SceneSet::WarmLight, (16, 4, 25), size, 0)?;
     }
     // The shipped FILIP demo model; a random-weight one only where the checkout has no assets/models.
     let model = match promptscope::clip::demo::find("scenes-filip") {

@@ -577,7 +577,10 @@ fn the_first_hour_walkthrough_in_readme_works_on_the_demo_model_and_sample() {
     use promptscope::data::scene_sets::{write_scene_set, SceneSet};
     let scratch = tempfile::tempdir().unwrap();
     let sample = scratch.path().join("warm-light");
-    write_scene_set(&sample, SceneSet::WarmLight, (16, 4, 25), 112, 0).unwrap();
+    let size = promptscope::clip::ClipConfig::scenes()
+        .vision_config
+        .image_size as u32;
+    write_scene_set(&sample, SceneSet::WarmLight, (16, 4, 25), size, 0).unwrap();
     // 1. Load: the demo model by name and the sample folder (what scripts/run.sh opens).
     let mut app = PromptscopeApp::new_headless()
         .with_startup(Some("scenes-filip".into()), Some(sample.clone()));
