@@ -314,8 +314,6 @@ fn mp_fgvc_stages_beat_zero_shot_on_outlined_shapes_over_three_seeds() {
     use promptscope::prompt::datp::DatpConfig;
     use promptscope::run::mpfgvc as pipeline;
     use promptscope::train::config::MpFgvcRun;
-    use promptscope::train::mpfgvc::{OptimizerKind, StageConfig};
-    use promptscope::train::optim::OptimConfig;
     let scratch = tempfile::tempdir().unwrap();
     let root = scratch.path().join("shapes");
     let clip = demo("scenes-filip");
@@ -329,18 +327,7 @@ fn mp_fgvc_stages_beat_zero_shot_on_outlined_shapes_over_three_seeds() {
     .unwrap();
     let ds = DatasetFolder::open(&root).unwrap();
     let cache = scratch.path().join("cache");
-    let stage = |lr: f64, epochs: usize| StageConfig {
-        optim: OptimConfig {
-            lr,
-            momentum: 0.9,
-            weight_decay: 5e-4,
-            warmup_epochs: 1,
-            warmup_lr: 1e-5,
-            epochs,
-        },
-        batch_size: Some(32),
-        optimizer: OptimizerKind::AdamW,
-    };
+    let stage = crate::common::mpfgvc_stage;
     let weights = class_weights(
         &clip,
         &ds.class_names,

@@ -27,8 +27,9 @@ use promptscope::prompt::datp::DatpConfig;
 use promptscope::run::mpfgvc as pipeline;
 use promptscope::train::config::MpFgvcRun;
 use promptscope::train::coop::TrainEvent;
-use promptscope::train::mpfgvc::{OptimizerKind, StageConfig, StageEvent};
-use promptscope::train::optim::OptimConfig;
+use promptscope::train::mpfgvc::{OptimizerKind, StageEvent};
+
+use crate::common::mpfgvc_stage as stage;
 
 struct Setup {
     dir: tempfile::TempDir,
@@ -53,21 +54,6 @@ fn setup_with(write: impl FnOnce(&std::path::Path) -> promptscope::error::Result
     let clip = promptscope::clip::load(m.to_str().unwrap(), &Device::Cpu).unwrap();
     let data = DatasetFolder::open(&d).unwrap();
     Setup { dir, clip, data }
-}
-
-fn stage(lr: f64, epochs: usize) -> StageConfig {
-    StageConfig {
-        optim: OptimConfig {
-            lr,
-            momentum: 0.9,
-            weight_decay: 5e-4,
-            warmup_epochs: 1,
-            warmup_lr: 1e-5,
-            epochs,
-        },
-        batch_size: Some(32),
-        optimizer: OptimizerKind::AdamW,
-    }
 }
 
 fn run(train_blocks: usize, epochs1: usize, epochs2: usize) -> MpFgvcRun {

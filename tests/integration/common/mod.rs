@@ -225,3 +225,19 @@ pub fn optim_config(o: &serde_json::Value) -> promptscope::train::optim::OptimCo
         epochs: o["epochs"].as_u64().unwrap() as usize,
     }
 }
+
+/// An MP-FGVC stage as the tests train it: AdamW at `lr` for `epochs` after one warm-up epoch, batch 32.
+pub fn mpfgvc_stage(lr: f64, epochs: usize) -> promptscope::train::mpfgvc::StageConfig {
+    promptscope::train::mpfgvc::StageConfig {
+        optim: promptscope::train::optim::OptimConfig {
+            lr,
+            momentum: 0.9,
+            weight_decay: 5e-4,
+            warmup_epochs: 1,
+            warmup_lr: 1e-5,
+            epochs,
+        },
+        batch_size: Some(32),
+        optimizer: promptscope::train::mpfgvc::OptimizerKind::AdamW,
+    }
+}
