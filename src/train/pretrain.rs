@@ -238,9 +238,7 @@ impl PretrainConfig {
         }
         Ok(())
     }
-}
 
-impl PretrainConfig {
     /// The shipped demo models' recipe, which `scripts/make_demo_models.sh` spells out as flags (and
     /// `promptscope_demo.json` records): AdamW at 1e-3 with weight decay 0.05, batch 32, 140 epochs of
     /// streamed scenes, the dense shape loss at weight 4 (issue 26 in README: what made them see shape).

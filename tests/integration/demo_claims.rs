@@ -18,27 +18,62 @@ use promptscope::progress::Silent;
 /// A shipped demo model, or a candidate's of the same name in `PROMPTSCOPE_DEMO_MODELS` (the folder
 /// `scripts/make_demo_models.sh OUT` writes), so the claims can be checked on candidates before they ship.
 fn demo(name: &str) -> LoadedClip {
-    let root = std::env::var_os("PROMPTSCOPE_DEMO_MODELS").map_or_else(
-        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("assets/models"),
-        PathBuf::from,
-    );
-    let dir = root.join(name);
-    promptscope::clip::load::load_dir(&dir, name, &Device::Cpu)
+    promptscope::clip::load::load_dir(&demo_dir(name), name, &Device::Cpu)
         .unwrap_or_else(|e| panic!("the shipped demo model {name}: {e}"))
 }
 
-/// The pointing game of both shipped models on 200 unseen scenes (token mode).
+/// Where [`demo`] finds the model called `name`.
+fn demo_dir(name: &str) -> PathBuf {
+    std::env::var_os("PROMPTSCOPE_DEMO_MODELS")
+        .map_or_else(
+            || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("assets/models"),
+            PathBuf::from,
+        )
+        .join(name)
+}
+
+/// The recipe the app's Train tab offers (`PretrainConfig::demo_recipe`) is the one the shipped models
+/// were made with, as `scripts/make_demo_models.sh` recorded it in `promptscope_demo.json`, and the two
+/// differ only in the loss.
+#[test]
+fn the_shipped_models_were_made_with_the_recipe_the_app_offers() {
+    use promptscope::train::pretrain::{PretrainConfig, PretrainLoss};
+    for (name, loss) in [
+        ("scenes-filip", PretrainLoss::Filip),
+        ("scenes-clip", PretrainLoss::Clip),
+    ] {
+        let file = demo_dir(name).join("promptscope_demo.json");
+        let meta: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+        let made: PretrainConfig =
+            serde_json::from_value(meta["pretraining"]["config"].clone()).unwrap();
+        assert_eq!(
+            made,
+            PretrainConfig::demo_recipe(loss),
+            "{}",
+            file.display()
+        );
+        assert_eq!(meta["pretraining"]["epochs"], made.optim.epochs);
+    }
+}
+
+/// The pointing game of both shipped models on 200 unseen scenes (token mode), played once for the three
+/// tests that read it (they run in one process).
 fn pointing_of_both() -> (PointingReport, PointingReport) {
-    let (filip, clip) = (demo("scenes-filip"), demo("scenes-clip"));
-    let cfg = SceneConfig {
-        size: filip.image_size() as u32,
-        ..SceneConfig::default()
-    };
-    let scenes: Vec<_> = (0..200).map(|i| generate(1000, i, &cfg).unwrap()).collect();
-    let filip = pointing_game(&filip, &scenes, AlignMode::Token, &Silent).unwrap();
-    let clip = pointing_game(&clip, &scenes, AlignMode::Token, &Silent).unwrap();
-    println!("pointing (token mode) FILIP {filip:?}\nCLIP {clip:?}");
-    (filip, clip)
+    static BOTH: std::sync::OnceLock<(PointingReport, PointingReport)> = std::sync::OnceLock::new();
+    BOTH.get_or_init(|| {
+        let (filip, clip) = (demo("scenes-filip"), demo("scenes-clip"));
+        let cfg = SceneConfig {
+            size: filip.image_size() as u32,
+            ..SceneConfig::default()
+        };
+        let scenes: Vec<_> = (0..200).map(|i| generate(1000, i, &cfg).unwrap()).collect();
+        let filip = pointing_game(&filip, &scenes, AlignMode::Token, &Silent).unwrap();
+        let clip = pointing_game(&clip, &scenes, AlignMode::Token, &Silent).unwrap();
+        println!("pointing (token mode) FILIP {filip:?}\nCLIP {clip:?}");
+        (filip, clip)
+    })
+    .clone()
 }
 
 /// FILIP's visual claim: the object word's map peaks on the object after FILIP's loss, more often than
@@ -250,37 +285,23 @@ fn coop_beats_the_best_template(set: SceneSet, templates: &[&str]) {
 fn ssvp_keeps_the_objects_patches() {
     let scratch = tempfile::tempdir().unwrap();
     let root = scratch.path().join("shapes");
+    let size = demo("scenes-filip").image_size() as u32;
+    write_scene_set(&root, SceneSet::Shapes, (0, 0, 10), size, 5).unwrap();
+    let ds = DatasetFolder::open(&root).unwrap();
+    let prompts = ClassPrompts::Template {
+        template: "a photo of a {}.",
+        class_names: &ds.class_names,
+    };
+    let (filip, clip) = pointing_of_both();
     let mut best = 0.0f64;
-    for name in ["scenes-filip", "scenes-clip"] {
-        let clip = demo(name);
-        let cfg = SceneConfig {
-            size: clip.image_size() as u32,
-            ..SceneConfig::default()
-        };
-        let scenes: Vec<_> = (0..100).map(|i| generate(1000, i, &cfg).unwrap()).collect();
-        let p = pointing_game(&clip, &scenes, AlignMode::Token, &Silent).unwrap();
+    for (name, p) in [("scenes-filip", filip), ("scenes-clip", clip)] {
         assert!(p.random_object_share > 0.0 && p.ssvp_k > 0);
         best = best.max(p.ssvp_object_share / p.random_object_share);
-        if !root.exists() {
-            write_scene_set(
-                &root,
-                SceneSet::Shapes,
-                (0, 0, 10),
-                clip.image_size() as u32,
-                5,
-            )
-            .unwrap();
-        }
-        let ds = DatasetFolder::open(&root).unwrap();
-        let prompts = ClassPrompts::Template {
-            template: "a photo of a {}.",
-            class_names: &ds.class_names,
-        };
         let cfg = CompareConfig {
             ssvp_k: Some(p.ssvp_k),
             ..CompareConfig::default()
         };
-        let r = compare_accuracy(&clip, ds.eval_samples(), &prompts, &cfg, &Silent).unwrap();
+        let r = compare_accuracy(&demo(name), ds.eval_samples(), &prompts, &cfg, &Silent).unwrap();
         println!(
             "{name}: SsVP's top-{} patches on an object {:.1}% (random {:.1}%); shape-only accuracy global {:.3}, token-wise {:.3}, SsVP {:?}",
             p.ssvp_k,
@@ -310,10 +331,12 @@ fn ssvp_keeps_the_objects_patches() {
 /// training set and VLFM, trained on it, only overfits.
 #[test]
 fn mp_fgvc_stages_beat_zero_shot_on_outlined_shapes_over_three_seeds() {
-    use promptscope::eval::zeroshot::{class_weights, logits};
+    use candle_core::D;
+    use promptscope::eval::zeroshot::{class_weights, logits_tensor};
     use promptscope::prompt::datp::DatpConfig;
     use promptscope::run::mpfgvc as pipeline;
     use promptscope::train::config::MpFgvcRun;
+    use promptscope::train::mpfgvc::accuracy;
     let scratch = tempfile::tempdir().unwrap();
     let root = scratch.path().join("shapes");
     let clip = demo("scenes-filip");
@@ -352,19 +375,11 @@ fn mp_fgvc_stages_beat_zero_shot_on_outlined_shapes_over_three_seeds() {
         // The features cache serves seeds 2 and 3 (the same images, frozen towers).
         let rd = pipeline::prepare(&clip, &ds, &run, Some(&cache), &Silent).unwrap();
         // With frozen towers stage 1's inputs are the test images' features.
-        let zs = logits(&rd.test.inputs, &weights, clip.logit_scale()).unwrap();
-        let right = zs
-            .iter()
-            .zip(&rd.test.labels)
-            .filter(|(l, &y)| {
-                l.iter()
-                    .enumerate()
-                    .max_by(|a, b| a.1.total_cmp(b.1))
-                    .map(|(k, _)| k)
-                    == Some(y)
-            })
-            .count();
-        let zero_shot = right as f64 / zs.len() as f64;
+        let zs = logits_tensor(&rd.test.inputs, &weights, clip.logit_scale()).unwrap();
+        let zero_shot = accuracy(
+            &zs.argmax(D::Minus1).unwrap().to_vec1().unwrap(),
+            &rd.test.labels,
+        );
         let o = pipeline::train(&clip, &ds, &rd, &run, None, false, &Silent, &mut |_| {}).unwrap();
         let t = &o.metrics.test;
         let stage2 = t.stage2.unwrap();
