@@ -14,7 +14,7 @@
 #   PROMPTSCOPE_DEMO_MODELS=OUT cargo test --test integration demo_claims
 #
 # Usage: scripts/make_demo_models.sh [OUT] [EPOCHS] [SCENES_PER_EPOCH]
-#   (LOSSES="filip clip", SHAPE_LABELS=4, BATCH=32, IMAGE_SIZE=64, PATCH_SIZE=8 by default)
+#   (LOSSES="filip clip", SHAPE_LABELS=4, SHAPE_HEAD=projected, BATCH=32, IMAGE_SIZE=64, PATCH_SIZE=8 by default)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=${1:-assets/models}
@@ -24,11 +24,12 @@ image_size=${IMAGE_SIZE:-64}
 patch_size=${PATCH_SIZE:-8}
 shape_labels=${SHAPE_LABELS:-4}
 batch=${BATCH:-32}
+shape_head=${SHAPE_HEAD:-projected}
 cargo build --release --locked --bin promptscope
 bin=target/release/promptscope
 mkdir -p "$root"
 # The command that reproduces the folder, every setting spelled out.
-made_by="IMAGE_SIZE=$image_size PATCH_SIZE=$patch_size SHAPE_LABELS=$shape_labels BATCH=$batch scripts/make_demo_models.sh OUT $epochs $scenes"
+made_by="IMAGE_SIZE=$image_size PATCH_SIZE=$patch_size SHAPE_LABELS=$shape_labels SHAPE_HEAD=$shape_head BATCH=$batch scripts/make_demo_models.sh OUT $epochs $scenes"
 for loss in ${LOSSES:-filip clip}; do
     out=$root/scenes-$loss
     rm -rf "$out" "$out.ckpt"
@@ -37,6 +38,7 @@ for loss in ${LOSSES:-filip clip}; do
     result=$("$bin" pretrain --scenes "$scenes" --scene-seed 1 --out "$out" --preset scenes \
         --image-size "$image_size" --patch-size "$patch_size" --loss "$loss" --epochs "$epochs" \
         --batch-size "$batch" --lr 1e-3 --weight-decay 0.05 --seed 0 --shape-labels "$shape_labels" \
+        --shape-head "$shape_head" \
         --fp16 --format json | tail -n 1)
     echo "scenes-$loss: pretrained in $((SECONDS - start)) s"
     # Without the time it took and the output path, so the file is reproduced byte for byte too.

@@ -9,6 +9,7 @@
 
 pub mod classify;
 pub mod filip;
+pub mod maps;
 pub mod pass;
 pub mod pointing;
 pub mod region;

@@ -14,6 +14,7 @@ use candle_core::Tensor;
 use serde::Serialize;
 
 use super::filip::{align_pass, AlignConfig};
+use super::maps::{ImageMaps, MapMethod};
 use super::pass::VisionPass;
 use super::region::{above_min, mass_inside};
 use super::ssvp::{default_k, ssvp_from_pass};
@@ -120,20 +121,7 @@ pub fn pointing_game(
     let mut by_size = [(0usize, 0usize); 2];
     for (n, scene) in scenes.iter().enumerate() {
         check(progress)?;
-        if scene.image.width() as usize != size || scene.image.height() as usize != size {
-            return Err(Error::invalid(format!(
-                "scenes for the pointing game must be drawn at the model's {size} px, not {} px",
-                scene.image.width()
-            )));
-        }
-        let px = preprocess(
-            &image::DynamicImage::ImageRgb8(scene.image.clone()),
-            &clip.preprocess,
-        );
-        let pass = VisionPass::run(
-            &clip.model()?.vision,
-            &Tensor::from_vec(px, (1, 3, size, size), &clip.device)?,
-        )?;
+        let pass = VisionPass::run(&clip.model()?.vision, &scene_pixels(clip, scene)?)?;
         // Each object's mask and patch coverage, once per scene.
         let masks: Vec<Vec<bool>> = (0..scene.objects.len()).map(|i| scene.mask(i)).collect();
         let covs: Vec<Vec<f32>> = masks.iter().map(|m| mask_coverage(m, size, grid)).collect();
@@ -155,11 +143,7 @@ pub fn pointing_game(
             let a = align_pass(clip, &pass, &TextSource::Text(&prompt), &cfg)?;
             let map = shape_word_map(clip, &a, o.shape_name())?;
             let cov = &covs[i];
-            let best = map
-                .iter()
-                .enumerate()
-                .max_by(|x, y| x.1.total_cmp(y.1))
-                .map_or(0, |(k, _)| k);
+            let best = argmax(&map);
             objects += 1;
             let hit = usize::from(cov[best] >= HIT_COVERAGE);
             hits += hit;
@@ -204,18 +188,152 @@ pub(crate) fn shape_word_map(
     a: &super::filip::Alignment,
     shape: &str,
 ) -> Result<Vec<f32>> {
+    let cols = shape_columns(clip, &a.text_tokens, shape)?;
+    let maps: Vec<Vec<f32>> = cols.map(|r| a.word_map(r)).collect::<Result<_>>()?;
+    Ok(mean_map(&maps))
+}
+
+/// The columns of the shape word among a prompt's `tokens`: the word pieces before the closing ".".
+fn shape_columns(
+    clip: &LoadedClip,
+    tokens: &[String],
+    shape: &str,
+) -> Result<std::ops::Range<usize>> {
     let pieces = clip.tokenizer()?.encode_words(shape)?.len().max(1);
-    let dot = a
-        .text_tokens
+    let dot = tokens
         .iter()
         .rposition(|t| t.trim() == ".")
         .ok_or_else(|| Error::invalid("the pointing prompt lost its closing period"))?;
-    let cols: Vec<usize> = (dot.saturating_sub(pieces)..dot).collect();
-    let maps: Vec<Vec<f32>> = cols.iter().map(|&r| a.word_map(r)).collect::<Result<_>>()?;
-    let n = maps[0].len();
-    Ok((0..n)
+    Ok(dot.saturating_sub(pieces)..dot)
+}
+
+fn mean_map(maps: &[Vec<f32>]) -> Vec<f32> {
+    let n = maps.first().map_or(0, Vec::len);
+    (0..n)
         .map(|k| maps.iter().map(|m| m[k]).sum::<f32>() / maps.len() as f32)
-        .collect())
+        .collect()
+}
+
+/// One map method's score in the pointing game.
+#[derive(Debug, Clone, Serialize)]
+pub struct MethodScore {
+    pub method: MapMethod,
+    /// The peak within the tolerance of the object's mask.
+    pub point_hits: usize,
+    pub point_rate: f64,
+    /// The strict rule: the peak patch at least a quarter covered by the object.
+    pub hits: usize,
+    pub hit_rate: f64,
+    /// Milliseconds per map, a method run alone: its share of the image's pass and its own work.
+    pub ms_per_map: f64,
+}
+
+/// The pointing game of several map methods on the same scenes and prompts.
+#[derive(Debug, Clone, Serialize)]
+pub struct MethodsPointing {
+    pub scenes: usize,
+    pub objects: usize,
+    pub tolerance_px: f32,
+    /// A random patch: its centre near the object (the pointing game's baseline), and on it (strict).
+    pub point_chance: f64,
+    pub chance: f64,
+    pub methods: Vec<MethodScore>,
+}
+
+/// The pointing game of each of `methods` on `scenes` (drawn at the model's input size): for every
+/// object, the prompt "a {colour} {shape}." and the map of its shape word (per-word methods) or of the
+/// whole prompt (the others).
+pub fn pointing_by_method(
+    clip: &LoadedClip,
+    scenes: &[Scene],
+    methods: &[MapMethod],
+    progress: &dyn Progress,
+) -> Result<MethodsPointing> {
+    let size = clip.image_size();
+    let grid = clip.model()?.config.vision_config.grid();
+    let tol = tolerance_px(size);
+    let (mut objects, mut point_chance, mut chance) = (0usize, 0f64, 0f64);
+    let mut scores: Vec<MethodScore> = methods
+        .iter()
+        .map(|&method| MethodScore {
+            method,
+            point_hits: 0,
+            point_rate: 0.0,
+            hits: 0,
+            hit_rate: 0.0,
+            ms_per_map: 0.0,
+        })
+        .collect();
+    let mut seconds = vec![0f64; methods.len()];
+    for (n, scene) in scenes.iter().enumerate() {
+        check(progress)?;
+        let pixels = scene_pixels(clip, scene)?;
+        let image = ImageMaps::new(clip, &pixels, methods)?;
+        for (s, t) in seconds.iter_mut().zip(&image.image_seconds) {
+            *s += t;
+        }
+        for (i, o) in scene.objects.iter().enumerate() {
+            let prompt = format!("a {} {}.", o.colour_name(), o.shape_name());
+            let mask = scene.mask(i);
+            let cov = mask_coverage(&mask, size, grid);
+            let near = centres_near_mask(&mask, size, grid, tol);
+            objects += 1;
+            point_chance += near.iter().filter(|&&x| x).count() as f64 / near.len() as f64;
+            chance += cov.iter().filter(|&&c| c >= HIT_COVERAGE).count() as f64 / cov.len() as f64;
+            for (k, score) in scores.iter_mut().enumerate() {
+                let start = std::time::Instant::now();
+                let m = image.method_maps(k, &prompt)?;
+                let map = if m.method.per_word() {
+                    let cols = shape_columns(clip, &m.targets, o.shape_name())?;
+                    mean_map(&m.maps[cols])
+                } else {
+                    m.maps[0].clone()
+                };
+                seconds[k] += start.elapsed().as_secs_f64();
+                let peak = argmax(&map);
+                score.hits += usize::from(cov[peak] >= HIT_COVERAGE);
+                score.point_hits += usize::from(near[peak]);
+            }
+        }
+        progress.update("scenes", n + 1, scenes.len());
+    }
+    for (score, s) in scores.iter_mut().zip(&seconds) {
+        score.point_rate = mean_over(score.point_hits as f64, objects);
+        score.hit_rate = mean_over(score.hits as f64, objects);
+        score.ms_per_map = 1e3 * mean_over(*s, objects);
+    }
+    Ok(MethodsPointing {
+        scenes: scenes.len(),
+        objects,
+        tolerance_px: tol,
+        point_chance: mean_over(point_chance, objects),
+        chance: mean_over(chance, objects),
+        methods: scores,
+    })
+}
+
+/// A scene's pixels as the model takes them, `[1, 3, S, S]`; the scene must be drawn at its size.
+fn scene_pixels(clip: &LoadedClip, scene: &Scene) -> Result<Tensor> {
+    let size = clip.image_size();
+    if scene.image.width() as usize != size || scene.image.height() as usize != size {
+        return Err(Error::invalid(format!(
+            "scenes for the pointing game must be drawn at the model's {size} px, not {} px",
+            scene.image.width()
+        )));
+    }
+    let px = preprocess(
+        &image::DynamicImage::ImageRgb8(scene.image.clone()),
+        &clip.preprocess,
+    );
+    Ok(Tensor::from_vec(px, (1, 3, size, size), &clip.device)?)
+}
+
+/// The index of the largest value (the first on ties).
+fn argmax(map: &[f32]) -> usize {
+    map.iter()
+        .enumerate()
+        .max_by(|x, y| x.1.total_cmp(y.1))
+        .map_or(0, |(k, _)| k)
 }
 
 #[cfg(test)]

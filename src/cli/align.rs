@@ -7,6 +7,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::Tensor;
 use image::RgbImage;
 use promptscope::align::classify::{compare_accuracy, ClassPrompts, CompareConfig, TokenScore};
+use promptscope::align::maps::{ImageMaps, MapMethod};
 use promptscope::align::{align, ssvp, AlignConfig, AlignMode, TextSource};
 use promptscope::clip::preprocess::{load_image, resize_and_crop, to_chw};
 use promptscope::clip::LoadedClip;
@@ -15,7 +16,7 @@ use promptscope::render::heatmap::{outline_patches, overlay, overlay_labels, sav
 use promptscope::render::{Colormap, GridMap, HeatmapStyle};
 
 use super::{DataArgs, Format, ModelArgs};
-use crate::cli::{load_model, open_dataset, Bar};
+use crate::cli::{load_model, open_dataset, print_json, Bar};
 
 /// Where and how to draw a map.
 #[derive(clap::Args, Debug, Clone)]
@@ -112,6 +113,11 @@ pub struct AlignArgs {
     /// each patch aligns with best.
     #[arg(long)]
     pub word: Option<usize>,
+    /// Explanation-map methods to run instead of the token-wise alignment alone (repeatable, a
+    /// comma list, or `all`): token, maskclip, maskclip-clearclip, clearclip, sclip, naclip, gem,
+    /// surgery, rollout. The JSON is one object per method: method, grid, targets, maps (raw).
+    #[arg(long = "method")]
+    pub methods: Vec<String>,
     #[command(flatten)]
     pub png: PngArgs,
     #[arg(long, value_enum, default_value = "text")]
@@ -163,12 +169,6 @@ pub struct AlignEvalArgs {
     pub format: Format,
 }
 
-/// One JSON line on stdout; a closed pipe (`| head`) is an error, not a panic.
-fn print_json(v: &impl serde::Serialize) -> Result<()> {
-    outln!("{}", serde_json::to_string(v)?);
-    Ok(())
-}
-
 /// The model-input picture (for drawing) and its pixel tensor `[1, 3, H, W]`, from one decode.
 fn model_input(clip: &LoadedClip, path: &Path) -> Result<(RgbImage, Tensor)> {
     let img = load_image(path)?;
@@ -182,6 +182,10 @@ pub fn align_verb(args: &AlignArgs) -> Result<()> {
     args.png.check()?;
     // Checked before the model loads, so a bad flag fails at once.
     let cfg = args.tokens.config()?;
+    let methods = MapMethod::parse_list(&args.methods)?;
+    if !methods.is_empty() {
+        return methods_verb(args, &cfg, &methods);
+    }
     let file = args
         .prompts
         .as_ref()
@@ -433,6 +437,91 @@ pub fn align_eval_verb(args: &AlignEvalArgs) -> Result<()> {
                     100.0 * a
                 ),
                 None => outln!("  SsVP: the vision tower has a single block"),
+            }
+            Ok(())
+        }
+    }
+}
+
+/// `align --method`: the same image and text under each method, one pass shared.
+fn methods_verb(args: &AlignArgs, cfg: &AlignConfig, methods: &[MapMethod]) -> Result<()> {
+    let Some(text) = &args.text else {
+        bail!("--method maps a hand-crafted --text; a learned prompt (--prompts) is mapped by the token-wise alignment alone (drop --method)");
+    };
+    let clip = load_model(&args.model)?;
+    let (base, pixels) = model_input(&clip, &args.image)?;
+    let maps = ImageMaps::new(&clip, &pixels, methods)?.maps(text)?;
+    if let Some(path) = &args.png.png {
+        for m in &maps {
+            let target = if m.method.per_word() {
+                let Some(r) = args.word else {
+                    eprintln!("{}: no --word, so no PNG of its per-word maps", m.method);
+                    continue;
+                };
+                r
+            } else {
+                0
+            };
+            let map = m.map_of(target).with_context(|| {
+                format!("--word {target}: the text has {} tokens", m.targets.len())
+            })?;
+            let out = if maps.len() == 1 {
+                path.clone()
+            } else {
+                let stem = path.file_stem().unwrap_or_default().to_string_lossy();
+                path.with_file_name(format!("{stem}-{}.png", m.method))
+            };
+            save_png(
+                &overlay(&base, &GridMap::new(map, m.grid)?, &args.png.style())?,
+                &out,
+            )?;
+            eprintln!(
+                "wrote {} ({}, {:?})",
+                out.display(),
+                m.method,
+                m.targets[target]
+            );
+        }
+    }
+    match args.format {
+        Format::Json => {
+            for m in &maps {
+                let mut v = serde_json::to_value(m)?;
+                if m.method == MapMethod::Token {
+                    // The token-wise alignment's own fields, as plain `align` prints them.
+                    let a = align(&clip, &pixels, &TextSource::Text(text), cfg)?;
+                    v["sim"] = serde_json::to_value(&a.sim)?;
+                    v["s_i"] = serde_json::to_value(a.s_i)?;
+                    v["s_t"] = serde_json::to_value(a.s_t)?;
+                }
+                print_json(&v)?;
+            }
+            Ok(())
+        }
+        Format::Text => {
+            outln!(
+                "{} against {text:?}; {}×{} patches",
+                args.image.display(),
+                maps[0].grid[0],
+                maps[0].grid[1]
+            );
+            for m in &maps {
+                for (target, map) in m.targets.iter().zip(&m.maps) {
+                    let (best, hi) =
+                        map.iter()
+                            .enumerate()
+                            .fold(
+                                (0, f32::NEG_INFINITY),
+                                |b, (i, &v)| if v > b.1 { (i, v) } else { b },
+                            );
+                    let lo = map.iter().copied().fold(f32::INFINITY, f32::min);
+                    outln!(
+                        "{:18} {target:16} peak ({}, {})  range {lo:+.4} .. {hi:+.4}",
+                        m.method.name(),
+                        best / m.grid[1],
+                        best % m.grid[1]
+                    );
+                }
             }
             Ok(())
         }

@@ -297,6 +297,10 @@ pub enum Verb {
         /// Scenes may contain the colour–shape pairs held out of pretraining.
         #[arg(long)]
         held_out: bool,
+        /// Score these explanation-map methods instead (names, a comma list, or `all`): a table of
+        /// method × hit rate (15 px rule and strict) × ms per map.
+        #[arg(long)]
+        methods: Vec<String>,
         #[arg(long, value_enum, default_value = "text")]
         format: Format,
     },

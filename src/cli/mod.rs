@@ -97,7 +97,7 @@ pub fn parse_splits(s: &str) -> Result<(usize, usize, usize)> {
     }
 }
 
-fn print_json(v: &impl serde::Serialize) -> Result<()> {
+pub(crate) fn print_json(v: &impl serde::Serialize) -> Result<()> {
     outln!("{}", serde_json::to_string(v)?);
     Ok(())
 }
@@ -1496,8 +1496,9 @@ pub fn run(verb: Verb) -> Result<()> {
             count,
             seed,
             held_out,
+            methods,
             format,
-        } => pretrain::pointing(&model, count, seed, held_out, format),
+        } => pretrain::pointing(&model, count, seed, held_out, &methods, format),
         Verb::ShapeCheck {
             model,
             count,

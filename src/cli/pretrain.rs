@@ -7,7 +7,7 @@ use anyhow::Result;
 use promptscope::train::config::PretrainStart;
 use promptscope::train::optim::OptimConfig;
 use promptscope::train::pairs::StreamRecipe;
-use promptscope::train::pretrain::{PretrainConfig, PretrainLoss};
+use promptscope::train::pretrain::{PretrainConfig, PretrainLoss, ShapeHeadInput};
 
 use super::{Bar, Format};
 
@@ -36,6 +36,10 @@ pub struct PretrainArgs {
     /// learns which shape the scene's generator drew there (the head is not saved). Needs --scenes.
     #[arg(long, default_value_t = defaults().shape_labels, requires = "scenes")]
     pub shape_labels: f64,
+    /// Where the shape head reads the patch tokens: hidden (after post_layernorm; only the contrastive
+    /// loss trains the projection, so FILIP vs CLIP stays a comparison of their losses) or projected.
+    #[arg(long, value_enum, default_value_t = defaults().shape_head, requires = "scenes")]
+    pub shape_head: ShapeHeadInput,
     /// The new model's folder (must not exist yet, or be empty).
     #[arg(long)]
     pub out: PathBuf,
@@ -102,6 +106,7 @@ pub fn pretrain(args: &PretrainArgs) -> Result<()> {
         batch_size: args.batch_size,
         seed: args.seed,
         shape_labels: args.shape_labels,
+        shape_head: args.shape_head,
     };
     config.validate()?;
     let device = candle_core::Device::Cpu;
@@ -228,10 +233,13 @@ pub fn pointing(
     count: usize,
     seed: u64,
     held_out: bool,
+    methods: &[String],
     format: Format,
 ) -> Result<()> {
+    use promptscope::align::maps::MapMethod;
     use promptscope::align::AlignMode;
     use promptscope::data::scenes::{generate, SceneConfig};
+    let methods = MapMethod::parse_list(methods)?;
     let clip = super::load_model(model)?;
     let cfg = SceneConfig {
         size: clip.image_size() as u32,
@@ -242,6 +250,45 @@ pub fn pointing(
         .map(|i| generate(seed, i, &cfg))
         .collect::<promptscope::Result<Vec<_>>>()?;
     let bar = Bar::new();
+    if !methods.is_empty() {
+        let r = promptscope::align::pointing::pointing_by_method(&clip, &scenes, &methods, &bar)?;
+        drop(bar);
+        return match format {
+            Format::Json => super::print_json(&r),
+            Format::Text => {
+                outln!(
+                    "pointing game on {} scenes, {} objects (peak within {:.1} px of the object; strict: the peak patch at least a quarter on it)",
+                    r.scenes,
+                    r.objects,
+                    r.tolerance_px
+                );
+                outln!(
+                    "{:20} {:>9} {:>9} {:>11}",
+                    "method",
+                    "pointing",
+                    "strict",
+                    "ms per map"
+                );
+                outln!(
+                    "{:20} {:>8.1}% {:>8.1}% {:>11}",
+                    "random patch",
+                    100.0 * r.point_chance,
+                    100.0 * r.chance,
+                    "-"
+                );
+                for m in &r.methods {
+                    outln!(
+                        "{:20} {:>8.1}% {:>8.1}% {:>11.3}",
+                        m.method.name(),
+                        100.0 * m.point_rate,
+                        100.0 * m.hit_rate,
+                        m.ms_per_map
+                    );
+                }
+                Ok(())
+            }
+        };
+    }
     let reports = [AlignMode::Token, AlignMode::Value]
         .into_iter()
         .map(|mode| promptscope::align::pointing::pointing_game(&clip, &scenes, mode, &bar))

@@ -297,6 +297,29 @@ impl Attention {
             .0)
     }
 
+    /// q, k and v of `x` `[B, T, D]` split into heads `[B, H, T, head_dim]` (biases included): what
+    /// the explanation maps that replace a block's attention start from.
+    pub fn heads_qkv(&self, x: &Tensor) -> Result<[Tensor; 3]> {
+        let (b, t, _) = x.dims3()?;
+        Ok([
+            self.split_heads(&self.q_proj.forward(x)?, b, t)?,
+            self.split_heads(&self.k_proj.forward(x)?, b, t)?,
+            self.split_heads(&self.v_proj.forward(x)?, b, t)?,
+        ])
+    }
+
+    /// Heads `[B, H, T, head_dim]` merged back to `[B, T, D]` and through `out_proj`.
+    pub fn merge_heads(&self, o: &Tensor) -> Result<Tensor> {
+        let (b, h, t, hd) = o.dims4()?;
+        self.out_proj
+            .forward(&o.transpose(1, 2)?.reshape((b, t, h * hd))?)
+    }
+
+    /// `head_dim^-½`, the scale of the block's attention logits.
+    pub fn scale(&self) -> f64 {
+        (self.head_dim as f64).powf(-0.5)
+    }
+
     /// The value path alone: `out_proj(v_proj(x))` per token, without query-key mixing (MaskCLIP-style
     /// dense features for alignment maps).
     pub fn value_path(&self, x: &Tensor) -> Result<Tensor> {

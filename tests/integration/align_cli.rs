@@ -283,3 +283,108 @@ fn bad_input_fails_clearly() {
         "{e}"
     );
 }
+
+/// `align --method all --format json`: one object per method (JSON lines), each with its grid, targets
+/// and one raw map per target; `token` keeps the plain alignment's `sim`, `s_i` and `s_t`, and its maps
+/// are that matrix's columns.
+#[test]
+fn align_prints_every_method_as_one_json_object_each() {
+    let s = setup();
+    let out = align(&s, &["--text", "a photo of a dog.", "--method", "all"]);
+    let text = common::ok(&out);
+    let objects: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON object a line"))
+        .collect();
+    let names: Vec<&str> = objects
+        .iter()
+        .map(|o| o["method"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "token",
+            "maskclip",
+            "maskclip-clearclip",
+            "clearclip",
+            "sclip",
+            "naclip",
+            "gem",
+            "surgery",
+            "rollout"
+        ]
+    );
+    for o in &objects {
+        let grid: Vec<usize> = serde_json::from_value(o["grid"].clone()).unwrap();
+        let maps = o["maps"].as_array().unwrap();
+        assert_eq!(maps.len(), o["targets"].as_array().unwrap().len(), "{o}");
+        for m in maps {
+            let rows = m.as_array().unwrap();
+            assert_eq!(rows.len(), grid[0]);
+            assert!(rows.iter().all(|r| r.as_array().unwrap().len() == grid[1]));
+        }
+    }
+    let token = &objects[0];
+    assert_eq!(token["targets"][1], "photo");
+    let sim = common::flat(&token["sim"]);
+    let cols = token["targets"].as_array().unwrap().len();
+    let first_col: Vec<f32> = sim.iter().step_by(cols).copied().collect();
+    assert_eq!(common::flat(&token["maps"][0]), first_col);
+    assert!(token["s_i"].is_number() && token["s_t"].is_number());
+    assert_eq!(objects[1]["targets"], serde_json::json!(["<text>"]));
+}
+
+/// One method by name, a PNG of it, and a wrong name refused with the list of names.
+#[test]
+fn align_method_draws_its_map_and_refuses_unknown_names() {
+    let s = setup();
+    let png = s.p("gem.png");
+    let out = align(&s, &["--text", "a dog.", "--method", "gem", "--png", &png]);
+    let o: serde_json::Value = serde_json::from_str(common::ok(&out).trim()).unwrap();
+    assert_eq!(o["method"], "gem");
+    assert!(Path::new(&png).is_file());
+    let out = align(&s, &["--text", "a dog.", "--method", "gradcamm"]);
+    let err = error_line(&out);
+    assert!(
+        err.contains("unknown map method 'gradcamm'") && err.contains("naclip"),
+        "{err}"
+    );
+}
+
+/// `pointing --methods`: one score per method on the same scenes, the random baseline beside them.
+#[test]
+fn pointing_scores_each_method_asked_for() {
+    let s = setup();
+    let m = s.p("m");
+    let out = promptscope(&[
+        "pointing",
+        "--model",
+        &m,
+        "--device",
+        "cpu",
+        "--count",
+        "3",
+        "--methods",
+        "rollout,token",
+        "--methods",
+        "token",
+        "--format",
+        "json",
+    ]);
+    let r = ok_json(&out);
+    let methods = r["methods"].as_array().unwrap();
+    let names: Vec<&str> = methods
+        .iter()
+        .map(|m| m["method"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["rollout", "token"]);
+    let objects = r["objects"].as_u64().unwrap();
+    assert!(objects >= 3);
+    for m in methods {
+        let hits = m["point_hits"].as_u64().unwrap();
+        assert!(hits <= objects);
+        assert!((m["point_rate"].as_f64().unwrap() - hits as f64 / objects as f64).abs() < 1e-9);
+        assert!(m["ms_per_map"].as_f64().unwrap() > 0.0);
+    }
+    assert!(r["point_chance"].as_f64().unwrap() > 0.0);
+}

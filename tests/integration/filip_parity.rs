@@ -7,7 +7,7 @@ use candle_core::{Device, Tensor};
 use promptscope::train::optim::OptimConfig;
 use promptscope::train::pairs::{PairBatch, PairSource};
 use promptscope::train::pretrain::{
-    PairTensors, PretrainConfig, PretrainLoss, Pretrainer, TrainableClip,
+    PairTensors, PretrainConfig, PretrainLoss, Pretrainer, ShapeHeadInput, TrainableClip,
 };
 
 use crate::common::{fixtures, flat, model_dir, pattern_pixels, promptscope, within};
@@ -57,6 +57,7 @@ fn config(loss: PretrainLoss, top_fraction: f64, batch_size: usize) -> PretrainC
         batch_size,
         seed: 0,
         shape_labels: 0.0,
+        shape_head: ShapeHeadInput::Hidden,
     }
 }
 
@@ -195,25 +196,29 @@ fn kernel_pretraining_gradients_equal_candles_for_every_weight() {
     let negatives = WithNegatives(plain);
     let grid = model.config.vision_config.grid();
     let labelled = WithPatchLabels(tiny_model_and_batch(&fx).1, grid * grid);
-    for (loss, fraction, data) in [
-        (PretrainLoss::Filip, 1.0, &data as &dyn PairSource),
-        (PretrainLoss::Filip, 0.25, &data),
-        (PretrainLoss::Clip, 1.0, &data),
-        (PretrainLoss::Filip, 1.0, &negatives),
-        (PretrainLoss::Filip, 0.25, &negatives),
-        (PretrainLoss::Clip, 1.0, &negatives),
-        (PretrainLoss::Filip, 1.0, &labelled),
-        (PretrainLoss::Clip, 1.0, &labelled),
+    use ShapeHeadInput::{Hidden, Projected};
+    for (loss, fraction, data, head) in [
+        (PretrainLoss::Filip, 1.0, &data as &dyn PairSource, Hidden),
+        (PretrainLoss::Filip, 0.25, &data, Hidden),
+        (PretrainLoss::Clip, 1.0, &data, Hidden),
+        (PretrainLoss::Filip, 1.0, &negatives, Hidden),
+        (PretrainLoss::Filip, 0.25, &negatives, Hidden),
+        (PretrainLoss::Clip, 1.0, &negatives, Hidden),
+        (PretrainLoss::Filip, 1.0, &labelled, Projected),
+        (PretrainLoss::Clip, 1.0, &labelled, Projected),
+        (PretrainLoss::Filip, 1.0, &labelled, Hidden),
+        (PretrainLoss::Clip, 1.0, &labelled, Hidden),
     ] {
         let batch = data.batch(0, &rows).unwrap();
         let with = match (batch.negatives.is_empty(), batch.patch_shapes.is_some()) {
-            (_, true) => ", with the shape loss",
-            (false, _) => ", with negatives",
-            _ => "",
+            (_, true) => format!(", with the shape loss on {head:?} tokens"),
+            (false, _) => ", with negatives".to_string(),
+            _ => String::new(),
         };
         let mut config = config(loss, fraction, rows.len());
         if batch.patch_shapes.is_some() {
             config.shape_labels = 0.7;
+            config.shape_head = head;
         }
         let t = Pretrainer::new(&model, config, data).unwrap();
         // The head starts at zero (no gradient reaches the tower through it): start it elsewhere.

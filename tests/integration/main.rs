@@ -20,6 +20,7 @@ mod filip_parity;
 mod fused_ops;
 mod fuzz_loaders;
 mod kill_safety;
+mod maps_parity;
 mod mpfgvc_cli;
 mod mpfgvc_two_stage;
 mod overlay_gpu;

@@ -216,6 +216,7 @@ fn pretraining_stopped_and_resumed_ends_byte_for_byte_where_an_uninterrupted_run
         batch_size: 4,
         seed: 2,
         shape_labels: 0.0,
+        ..PretrainConfig::default()
     };
     let run = serde_json::json!({"test": 1});
     // Returns the run's history and how many epochs this call trained.

@@ -81,6 +81,7 @@ fn tower_backward(
     tower: &TowerWeights,
     tape: &TowerTape,
     dout: &[f32],
+    d_normed: Option<&[f32]>,
 ) -> Result<(Vec<f32>, TowerGrads)> {
     let layers = held_layers(tower)?;
     let (norm, proj) = (
@@ -110,6 +111,15 @@ fn tower_backward(
         d,
         false,
     );
+    if let Some(extra) = d_normed {
+        if extra.len() != dnormed.len() {
+            candle_core::bail!(
+                "cpu kernels: a gradient of {} values for {n} normed rows of {d}",
+                extra.len()
+            );
+        }
+        dnormed.iter_mut().zip(extra).for_each(|(a, g)| *a += g);
+    }
     grads
         .final_norm
         .add(&dnormed, &tape.final_in, &tape.final_stats, d);
@@ -168,6 +178,20 @@ impl VisionPass {
     /// Tokens per image (class token first).
     pub fn tokens(&self) -> usize {
         self.tape.dims.len.first().copied().unwrap_or(0)
+    }
+
+    /// The read-out rows after `post_layernorm`, before the projection `[n, D]`: what a head that
+    /// must not train the shared projection reads.
+    pub fn normed(&self, tower: &TowerWeights) -> Result<Vec<f32>> {
+        let d = self.tape.dims.d;
+        let mut normed = vec![0f32; self.tape.final_in.len()];
+        layer_norm_fwd(
+            &self.tape.final_in,
+            &HeldNorm::new(&tower.final_norm)?,
+            d,
+            &mut normed,
+        );
+        Ok(normed)
     }
 }
 
@@ -259,14 +283,16 @@ pub fn vision_forward(
     ))
 }
 
-/// Every vision weight's gradient from `dout`, the gradient of what [`vision_forward`] returned.
+/// Every vision weight's gradient from `dout`, the gradient of what [`vision_forward`] returned, plus
+/// `d_normed` where given: a gradient of [`VisionPass::normed`].
 pub fn vision_backward(
     stem: &VisionStem,
     tower: &TowerWeights,
     pass: &VisionPass,
     dout: &[f32],
+    d_normed: Option<&[f32]>,
 ) -> Result<VisionGrads> {
-    let (dx, tower_grads) = tower_backward(tower, &pass.tape, dout)?;
+    let (dx, tower_grads) = tower_backward(tower, &pass.tape, dout, d_normed)?;
     let dm = &pass.tape.dims;
     let (d, t, b) = (dm.d, pass.tokens(), pass.batch);
     let pre = HeldNorm::new(&stem.pre_norm)?;
@@ -389,7 +415,7 @@ pub fn text_backward(
     pass: &TextPass,
     dout: &[f32],
 ) -> Result<TextGrads> {
-    let (dx, tower_grads) = tower_backward(tower, &pass.tape, dout)?;
+    let (dx, tower_grads) = tower_backward(tower, &pass.tape, dout, None)?;
     let dm = &pass.tape.dims;
     let d = dm.d;
     let mut token = vec![0f32; token_embedding.elem_count()];

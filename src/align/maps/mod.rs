@@ -1,0 +1,434 @@
+//! Explanation maps: every answer the field gives to "where does the model see this text?", behind one
+//! interface (METHODS §9). A method turns one image and one text into maps over the patch grid; the
+//! forward-only methods share one vision pass ([`MapPass`]) across every text and method, and the
+//! image-side work of each method is done once per image ([`ImageMaps`]), the text side once per text.
+//!
+//! One file per kind of method: [`last_block`] replaces the last block's attention (MaskCLIP, ClearCLIP,
+//! SCLIP, NACLIP), [`parallel`] runs a second path beside the last blocks (GEM, CLIP Surgery),
+//! [`rollout`] multiplies the blocks' attention. FILIP's token-wise map is `align::filip`'s.
+
+pub mod last_block;
+pub mod parallel;
+pub mod rollout;
+
+use std::time::Instant;
+
+use candle_core::Tensor;
+use serde::{Deserialize, Serialize};
+
+use super::filip::{align_pass, AlignConfig};
+use super::pass::VisionPass;
+use super::tokens::TextSource;
+use crate::clip::vision::VisionTower;
+use crate::clip::{l2_normalize, LoadedClip};
+use crate::error::{Error, Result};
+
+/// Every map method, by the name the CLI, the app and the JSON use.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum MapMethod {
+    /// FILIP's token-wise similarity: each word token's cosine with each projected patch token.
+    Token,
+    /// MaskCLIP as its authors ship it: the last block's value path with its residual and MLP kept.
+    Maskclip,
+    /// "MaskCLIP" as ClearCLIP's code and later papers run it: the value path alone, no residual, no MLP.
+    MaskclipClearclip,
+    /// ClearCLIP: q–q self-attention in the last block, no residual, no MLP.
+    Clearclip,
+    /// SCLIP: q–q plus k–k self-attention in the last block, residual and MLP kept.
+    Sclip,
+    /// NACLIP: k–k self-attention plus a Gaussian neighbourhood prior, no residual, no MLP.
+    Naclip,
+    /// GEM: a parallel path over the last six blocks with q–q, k–k and v–v self-self attention.
+    Gem,
+    /// CLIP Surgery: a parallel v–v path over the last six blocks, the empty text's feature removed.
+    Surgery,
+    /// Attention rollout: the blocks' head-averaged attention (plus the residual) multiplied; the
+    /// same for every text, the prior the other methods must beat.
+    Rollout,
+}
+
+impl MapMethod {
+    pub const ALL: [MapMethod; 9] = [
+        Self::Token,
+        Self::Maskclip,
+        Self::MaskclipClearclip,
+        Self::Clearclip,
+        Self::Sclip,
+        Self::Naclip,
+        Self::Gem,
+        Self::Surgery,
+        Self::Rollout,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Token => "token",
+            Self::Maskclip => "maskclip",
+            Self::MaskclipClearclip => "maskclip-clearclip",
+            Self::Clearclip => "clearclip",
+            Self::Sclip => "sclip",
+            Self::Naclip => "naclip",
+            Self::Gem => "gem",
+            Self::Surgery => "surgery",
+            Self::Rollout => "rollout",
+        }
+    }
+
+    /// Methods as the command line names them: each item a name, a comma-separated list, or `all`;
+    /// repeats dropped, the order kept.
+    pub fn parse_list(items: &[String]) -> Result<Vec<MapMethod>> {
+        let mut out = Vec::new();
+        for name in items.iter().flat_map(|i| i.split(',')).map(str::trim) {
+            let found: Vec<MapMethod> = if name == "all" {
+                Self::ALL.to_vec()
+            } else {
+                vec![
+                    <Self as clap::ValueEnum>::from_str(name, true).map_err(|_| {
+                        Error::invalid(format!(
+                            "unknown map method '{name}': one of {}, or all",
+                            Self::ALL.map(Self::name).join(", ")
+                        ))
+                    })?,
+                ]
+            };
+            for m in found {
+                if !out.contains(&m) {
+                    out.push(m);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Whether the method maps each word of the text (else the whole prompt, `"<text>"`).
+    pub fn per_word(self) -> bool {
+        self == Self::Token
+    }
+
+    /// Whether the method's map ignores the text.
+    pub fn text_free(self) -> bool {
+        self == Self::Rollout
+    }
+
+    /// Why `clip` cannot run the method, if it cannot: every method reads CLIP's blocks, so another
+    /// family (SigLIP, Chinese-CLIP: loaded through their global features only) is refused with the reason.
+    pub fn unavailable(self, clip: &LoadedClip) -> Option<String> {
+        match clip.model() {
+            Err(_) => Some(format!(
+                "{} reads the vision blocks' attention and tokens; a {} model is loaded for its global features only",
+                self.name(),
+                clip.family().name()
+            )),
+            Ok(m) if m.vision.layers.is_empty() => {
+                Some("the vision tower has no blocks".to_string())
+            }
+            Ok(_) => None,
+        }
+    }
+}
+
+impl std::fmt::Display for MapMethod {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The target name of a prompt-level map.
+pub const WHOLE_TEXT: &str = "<text>";
+
+/// One method's maps of one image and one text: the `--format json` object of `align --method`
+/// (`maps` as one `rows × cols` nested array per target).
+#[derive(Debug, Clone)]
+pub struct MethodMaps {
+    pub method: MapMethod,
+    /// `[rows, cols]` of the patch grid.
+    pub grid: [usize; 2],
+    /// The text's tokens for a per-word method, else [`WHOLE_TEXT`].
+    pub targets: Vec<String>,
+    /// One map per target, raw (before any min–max), row-major over the grid.
+    pub maps: Vec<Vec<f32>>,
+}
+
+impl MethodMaps {
+    /// The map of `target` (a token's text or [`WHOLE_TEXT`]).
+    pub fn map_of(&self, target: usize) -> Option<&[f32]> {
+        self.maps.get(target).map(Vec::as_slice)
+    }
+}
+
+impl Serialize for MethodMaps {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let cols = self.grid[1].max(1);
+        let maps: Vec<Vec<&[f32]>> = self.maps.iter().map(|m| m.chunks(cols).collect()).collect();
+        let mut st = s.serialize_struct("MethodMaps", 4)?;
+        st.serialize_field("method", &self.method)?;
+        st.serialize_field("grid", &self.grid)?;
+        st.serialize_field("targets", &self.targets)?;
+        st.serialize_field("maps", &maps)?;
+        st.end()
+    }
+}
+
+/// One run of the vision tower keeping each block's input (and, when asked, each block's attention).
+#[derive(Debug, Clone)]
+pub struct MapPass {
+    /// `hidden[i]`: the hidden states `[B, T, D]` entering block i; `hidden[L]` the final ones.
+    pub hidden: Vec<Tensor>,
+    /// Every block's attention probabilities `[B, H, T, T]` when kept.
+    pub attention: Vec<Tensor>,
+}
+
+impl MapPass {
+    pub fn run(vision: &VisionTower, pixels: &Tensor, keep_attention: bool) -> Result<Self> {
+        if vision.layers.is_empty() {
+            return Err(Error::invalid("the vision tower has no blocks"));
+        }
+        let mut x = vision.embed(pixels)?;
+        let (mut hidden, mut attention) = (Vec::new(), Vec::new());
+        for layer in &vision.layers {
+            hidden.push(x.clone());
+            let (y, probs) = layer.forward(&x, None, keep_attention)?;
+            attention.extend(probs);
+            x = y;
+        }
+        hidden.push(x);
+        Ok(Self { hidden, attention })
+    }
+
+    /// The pass alignment's token maps read (`align::pass`), from the same hidden states.
+    pub fn vision_pass(&self) -> VisionPass {
+        let n = self.hidden.len() - 1;
+        VisionPass {
+            into_last: self.hidden[n - 1].clone(),
+            last: self.hidden[n].clone(),
+            penultimate_attention: (n >= 2)
+                .then(|| self.attention.get(n - 2).cloned())
+                .flatten(),
+        }
+    }
+}
+
+/// What one method has made of one image before any text is seen.
+enum ImageSide {
+    /// The image's pass, for FILIP's per-word maps.
+    Tokens(VisionPass),
+    /// Per-patch features `[N, P]`, L2-normalised: a prompt's map is their dot product with its feature.
+    Features(Tensor),
+    /// A map that does not depend on the text.
+    Fixed(Vec<f32>),
+}
+
+/// One image ready to be mapped against any text by each of `methods`.
+pub struct ImageMaps<'a> {
+    clip: &'a LoadedClip,
+    grid: usize,
+    sides: Vec<(MapMethod, ImageSide)>,
+    /// Surgery's redundant feature: the empty text's, normalised (computed once per image set).
+    empty: Option<Tensor>,
+    /// Seconds each method spent on the image side (its share of the shared pass included).
+    pub image_seconds: Vec<f64>,
+}
+
+impl<'a> ImageMaps<'a> {
+    /// One pass over `pixels` (`[1, 3, H, W]`, preprocessed), then each method's image side.
+    pub fn new(clip: &'a LoadedClip, pixels: &Tensor, methods: &[MapMethod]) -> Result<Self> {
+        if methods.is_empty() {
+            return Err(Error::invalid("no map method asked for"));
+        }
+        for m in methods {
+            if let Some(why) = m.unavailable(clip) {
+                return Err(Error::invalid(format!("{m}: {why}")));
+            }
+        }
+        if pixels.dims().first() != Some(&1) {
+            return Err(Error::invalid(format!(
+                "maps are made one image at a time (pixels {:?})",
+                pixels.dims()
+            )));
+        }
+        let model = clip.model()?;
+        let vision = &model.vision;
+        let start = Instant::now();
+        let pass = MapPass::run(vision, pixels, methods.contains(&MapMethod::Rollout))?;
+        let pass_seconds = start.elapsed().as_secs_f64();
+        let mut sides = Vec::with_capacity(methods.len());
+        let mut image_seconds = Vec::with_capacity(methods.len());
+        for &m in methods {
+            let start = Instant::now();
+            let side = match m {
+                MapMethod::Token => ImageSide::Tokens(pass.vision_pass()),
+                MapMethod::Rollout => ImageSide::Fixed(rollout::rollout(&pass.attention)?),
+                _ => {
+                    let feats = match m {
+                        MapMethod::Gem | MapMethod::Surgery => {
+                            parallel::features(vision, &pass, m)?
+                        }
+                        _ => last_block::features(vision, &pass, m)?,
+                    };
+                    // Drop the class token; each patch's feature L2-normalised.
+                    let n = feats.dim(1)?;
+                    ImageSide::Features(l2_normalize(&feats.narrow(1, 1, n - 1)?.squeeze(0)?)?)
+                }
+            };
+            sides.push((m, side));
+            image_seconds.push(pass_seconds + start.elapsed().as_secs_f64());
+        }
+        let empty = if methods.contains(&MapMethod::Surgery) {
+            Some(l2_normalize(&clip.text_features(&[String::new()])?)?.squeeze(0)?)
+        } else {
+            None
+        };
+        Ok(Self {
+            clip,
+            grid: model.config.vision_config.grid(),
+            sides,
+            empty,
+            image_seconds,
+        })
+    }
+
+    /// The maps of `text` by the `index`-th method alone (its own text encoding included: what a user
+    /// running that method pays).
+    pub fn method_maps(&self, index: usize, text: &str) -> Result<MethodMaps> {
+        let (m, side) = self
+            .sides
+            .get(index)
+            .ok_or_else(|| Error::invalid(format!("no method {index} of {}", self.sides.len())))?;
+        self.maps_by(*m, side, text, &OnceText::default())
+    }
+
+    /// Every method's maps of `text`, in the order the methods were given.
+    pub fn maps(&self, text: &str) -> Result<Vec<MethodMaps>> {
+        let prompt = OnceText::default();
+        self.sides
+            .iter()
+            .map(|(m, side)| self.maps_by(*m, side, text, &prompt))
+            .collect()
+    }
+
+    fn maps_by(
+        &self,
+        method: MapMethod,
+        side: &ImageSide,
+        text: &str,
+        prompt: &OnceText,
+    ) -> Result<MethodMaps> {
+        let (targets, maps) = match side {
+            ImageSide::Tokens(pass) => {
+                let a = align_pass(
+                    self.clip,
+                    pass,
+                    &TextSource::Text(text),
+                    &AlignConfig::default(),
+                )?;
+                let maps = (0..a.sim.cols)
+                    .map(|r| a.word_map(r))
+                    .collect::<Result<_>>()?;
+                (a.text_tokens, maps)
+            }
+            ImageSide::Features(f) => {
+                let mut t = prompt.feature(self.clip, text)?;
+                if method == MapMethod::Surgery {
+                    // CLIP Surgery's demo for one text without rival classes: the empty text's
+                    // feature is the redundant part, subtracted without renormalising.
+                    t = (t - self.empty.as_ref().expect("made with surgery"))?;
+                }
+                let map = f.matmul(&t.unsqueeze(1)?)?.squeeze(1)?.to_vec1()?;
+                (vec![WHOLE_TEXT.to_string()], vec![map])
+            }
+            ImageSide::Fixed(map) => (vec![WHOLE_TEXT.to_string()], vec![map.clone()]),
+        };
+        Ok(MethodMaps {
+            method,
+            grid: [self.grid, self.grid],
+            targets,
+            maps,
+        })
+    }
+}
+
+/// A prompt's pooled feature, L2-normalised, computed on first use and shared by the methods.
+#[derive(Default)]
+struct OnceText(std::cell::OnceCell<Tensor>);
+
+impl OnceText {
+    fn feature(&self, clip: &LoadedClip, text: &str) -> Result<Tensor> {
+        if let Some(t) = self.0.get() {
+            return Ok(t.clone());
+        }
+        if clip.tokenizer()?.encode_words(text)?.is_empty() {
+            return Err(Error::invalid(format!(
+                "the prompt {text:?} is empty: give a text such as \"a photo of a dog.\""
+            )));
+        }
+        let t = l2_normalize(&clip.text_features(&[text.to_string()])?)?.squeeze(0)?;
+        Ok(self.0.get_or_init(|| t).clone())
+    }
+}
+
+/// Softmax over the last dimension of `a aᵀ · scale` (plus `bias`), per head: the self-self attention
+/// the training-free methods put in place of q kᵀ.
+pub(crate) fn self_attention(a: &Tensor, scale: f64, bias: Option<&Tensor>) -> Result<Tensor> {
+    let mut logits = (a.matmul(&a.t()?)? * scale)?;
+    if let Some(b) = bias {
+        logits = logits.broadcast_add(b)?;
+    }
+    Ok(crate::clip::layers::softmax_last_dim(&logits)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn method_lists_take_names_commas_and_all() {
+        let list = |items: &[&str]| {
+            MapMethod::parse_list(&items.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+        };
+        assert_eq!(
+            list(&["gem,token", "gem", " rollout"]).unwrap(),
+            [MapMethod::Gem, MapMethod::Token, MapMethod::Rollout]
+        );
+        assert_eq!(
+            list(&["surgery", "all"]).unwrap().len(),
+            MapMethod::ALL.len()
+        );
+        assert_eq!(list(&["surgery", "all"]).unwrap()[0], MapMethod::Surgery);
+        assert!(list(&[]).unwrap().is_empty());
+        let err = list(&["token,masklip"]).unwrap_err().to_string();
+        assert!(
+            err.contains("'masklip'") && err.contains("maskclip-clearclip"),
+            "{err}"
+        );
+        // Every name parses back to its method.
+        for m in MapMethod::ALL {
+            assert_eq!(list(&[m.name()]).unwrap(), [m]);
+        }
+    }
+
+    #[test]
+    fn naclip_neighbourhood_is_one_on_the_diagonal_and_zero_for_the_class_token() {
+        let o = last_block::neighbourhood(3, 5.0, &candle_core::Device::Cpu).unwrap();
+        let o: Vec<Vec<f32>> = o.to_vec2().unwrap();
+        assert_eq!(o.len(), 10);
+        assert!(o[0].iter().all(|&v| v == 0.0) && o.iter().all(|r| r[0] == 0.0));
+        assert!((1..10).all(|i| o[i][i] == 1.0));
+        // Patches 0 and 8 of the 3×3 grid: two rows and two columns apart.
+        assert!((o[1][9] - (-8.0f32 / 50.0).exp()).abs() < 1e-7);
+        assert_eq!(o[2][4], o[4][2]);
+    }
+}
