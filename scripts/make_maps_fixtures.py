@@ -31,6 +31,16 @@ The ports (each method's reference, the file and the commit it follows):
 - rollout: hila-chefer/Transformer-Explainability @ c3e578f76b954e8528afeaaee26de3f07e3fe559,
   baselines/ViT/ViT_explanation_generator.py `compute_rollout_attention`: mean over heads, + I, rows
   normalised, later blocks on the left; the class token's row over the patches.
+- chefer: hila-chefer/Transformer-MM-Explainability @ f89ee2a948e29039213fd60443fe91c15ab9f1a2,
+  CLIP_explainability.ipynb `interpret`: one-hot on the diagonal of logits_per_image, cam =
+  clamp(grad * attn, 0).mean(heads), R = R + cam @ R from start_layer (-1: the last block); R[0, 1:].
+  Also "chefer@all": every block (start_layer 0).
+- gradcam: Cyang-Zhao/Grad-Eclip @ 5c1b5cc10ce68c9caaabd9711012e892257f9d49, `grad_cam`: the input of the
+  last block, the raw cosine, weights the gradient's mean over all tokens, ReLU(sum), patches. The
+  reference recomputes the last block with one head; this follows the model's own heads (the fix).
+- legrad: WalBouss/LeGrad @ a9edb031422d5f5829d9e6238a1e21feb1972c92, legrad/wrapper.py
+  `compute_legrad_clip` (layer_index=-2: the last two blocks), the sum of the layers' maps before
+  upsampling and min-max. Also "legrad@1": the last block only.
 Position embeddings are never resized (each model runs at its own input size).
 """
 import argparse
@@ -144,6 +154,60 @@ def rollout(attentions):
     return joint[0, 1:]
 
 
+def chefer(model, px, ids, start):
+    out = model(input_ids=torch.tensor([ids]), pixel_values=px, output_attentions=True)
+    score = out.logits_per_image[0, 0]
+    attns = out.vision_model_output.attentions
+    n = attns[0].shape[-1]
+    R = torch.eye(n)
+    start = len(attns) - 1 if start == -1 else start
+    for i, a in enumerate(attns):
+        if i < start:
+            continue
+        grad = torch.autograd.grad(score, [a], retain_graph=True)[0].detach()
+        cam = (grad * a.detach()).clamp(min=0).mean(dim=1)[0]
+        R = R + cam @ R
+    return R[0, 1:]
+
+
+def gradcam(model, px, t):
+    vm = model.vision_model
+    with torch.no_grad():
+        hs = vm(pixel_values=px, output_hidden_states=True).hidden_states
+    x_in = hs[-2].detach().requires_grad_(True)
+    blk, a = vm.encoder.layers[-1], vm.encoder.layers[-1].self_attn
+    y = blk.layer_norm1(x_in)
+    q, k, v = heads(a, a.q_proj(y)), heads(a, a.k_proj(y)), heads(a, a.v_proj(y))
+    A = torch.softmax((q * scale_of(a)) @ k.transpose(-1, -2), dim=-1)
+    h = x_in + merge_out(a, A @ v)
+    h = h + blk.mlp(blk.layer_norm2(h))
+    img = model.visual_projection(vm.post_layernorm(h)[:, 0])
+    c = (F.normalize(img, dim=-1) @ t)[0]
+    grad = torch.autograd.grad(c, x_in)[0]
+    w = grad.mean(dim=1, keepdim=True)
+    return F.relu((w * x_in).sum(-1))[0, 1:].detach()
+
+
+def legrad(model, px, t, layer_index):
+    vm = model.vision_model
+    layers = vm.encoder.layers
+    start = len(layers) + layer_index
+    feats = {}
+    hooks = [layers[l].register_forward_hook(lambda m, i, o, l=l: feats.__setitem__(l, o[0] if isinstance(o, tuple) else o)) for l in range(start, len(layers))]
+    try:
+        out = vm(pixel_values=px, output_attentions=True)
+    finally:
+        for h in hooks:
+            h.remove()
+    accum = 0
+    for l in range(start, len(layers)):
+        z = F.normalize(model.visual_projection(vm.post_layernorm(feats[l].mean(dim=1))), dim=-1)
+        s = (t[None] * z).sum()
+        grad = torch.autograd.grad(s, [out.attentions[l]], retain_graph=True)[0]
+        accum = accum + grad.clamp(min=0).mean(dim=1).mean(dim=1)[0, 1:]
+    return accum.detach()
+
+
 def text_feature(model, ids):
     out = model.get_text_features(input_ids=torch.tensor([ids]))
     out = out if torch.is_tensor(out) else out.pooler_output
@@ -175,6 +239,11 @@ def maps_of(model, tok, px):
         t_empty = F.normalize(text_feature(model, empty_ids), dim=-1)
         out["methods"]["surgery"] = [f32_list(f[1:] @ (t - t_empty))]
         out["methods"]["rollout"] = [f32_list(rollout(v.attentions))]
+    out["methods"]["chefer"] = [f32_list(chefer(model, px, ids, -1))]
+    out["methods"]["chefer@all"] = [f32_list(chefer(model, px, ids, 0))]
+    out["methods"]["gradcam"] = [f32_list(gradcam(model, px, t))]
+    out["methods"]["legrad"] = [f32_list(legrad(model, px, t, -2))]
+    out["methods"]["legrad@1"] = [f32_list(legrad(model, px, t, -1))]
     return out
 
 

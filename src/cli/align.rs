@@ -7,7 +7,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::Tensor;
 use image::RgbImage;
 use promptscope::align::classify::{compare_accuracy, ClassPrompts, CompareConfig, TokenScore};
-use promptscope::align::maps::{ImageMaps, MapMethod};
+use promptscope::align::maps::{ImageMaps, MapMethod, MapOptions};
 use promptscope::align::{align, ssvp, AlignConfig, AlignMode, TextSource};
 use promptscope::clip::preprocess::{load_image, resize_and_crop, to_chw};
 use promptscope::clip::LoadedClip;
@@ -115,9 +115,16 @@ pub struct AlignArgs {
     pub word: Option<usize>,
     /// Explanation-map methods to run instead of the token-wise alignment alone (repeatable, a
     /// comma list, or `all`): token, maskclip, maskclip-clearclip, clearclip, sclip, naclip, gem,
-    /// surgery, rollout. The JSON is one object per method: method, grid, targets, maps (raw).
+    /// surgery, rollout, chefer, gradcam, legrad. The JSON is one object per method: method, grid,
+    /// targets, maps (raw).
     #[arg(long = "method")]
     pub methods: Vec<String>,
+    /// Chefer's relevance over this many of the last blocks (its notebook: 1).
+    #[arg(long, default_value_t = MapOptions::default().chefer_blocks)]
+    pub chefer_blocks: usize,
+    /// LeGrad's K: the last blocks whose maps are summed (its default: 2).
+    #[arg(long, default_value_t = MapOptions::default().legrad_blocks)]
+    pub legrad_blocks: usize,
     #[command(flatten)]
     pub png: PngArgs,
     #[arg(long, value_enum, default_value = "text")]
@@ -450,7 +457,11 @@ fn methods_verb(args: &AlignArgs, cfg: &AlignConfig, methods: &[MapMethod]) -> R
     };
     let clip = load_model(&args.model)?;
     let (base, pixels) = model_input(&clip, &args.image)?;
-    let maps = ImageMaps::new(&clip, &pixels, methods)?.maps(text)?;
+    let options = MapOptions {
+        chefer_blocks: args.chefer_blocks,
+        legrad_blocks: args.legrad_blocks,
+    };
+    let maps = ImageMaps::with_options(&clip, &pixels, methods, options)?.maps(text)?;
     if let Some(path) = &args.png.png {
         for m in &maps {
             let target = if m.method.per_word() {

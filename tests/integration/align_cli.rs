@@ -311,7 +311,10 @@ fn align_prints_every_method_as_one_json_object_each() {
             "naclip",
             "gem",
             "surgery",
-            "rollout"
+            "rollout",
+            "chefer",
+            "gradcam",
+            "legrad"
         ]
     );
     for o in &objects {

@@ -6,7 +6,7 @@ use crate::common;
 
 use candle_core::Tensor;
 use common::*;
-use promptscope::align::maps::{ImageMaps, MapMethod, WHOLE_TEXT};
+use promptscope::align::maps::{ImageMaps, MapMethod, MapOptions, WHOLE_TEXT};
 use promptscope::clip::config::ClipConfig;
 use promptscope::clip::LoadedClip;
 
@@ -92,6 +92,25 @@ fn every_method_matches(preset: &str, config: ClipConfig) {
                 TOL,
             );
         }
+    }
+    // The gradient methods' settings: Chefer over every block, LeGrad over the last one.
+    let options = MapOptions {
+        chefer_blocks: config.vision_config.num_hidden_layers,
+        legrad_blocks: 1,
+    };
+    let methods = [MapMethod::Chefer, MapMethod::Legrad];
+    let image = ImageMaps::with_options(&clip, &pixels(&clip), &methods, options).unwrap();
+    for (m, key) in image
+        .maps(text)
+        .unwrap()
+        .iter()
+        .zip(["chefer@all", "legrad@1"])
+    {
+        within(
+            &format!("{preset} {key} (relative to its range)"),
+            relative(&m.maps[0], &flat(&r["methods"][key][0])),
+            TOL,
+        );
     }
 }
 

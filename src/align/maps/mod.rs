@@ -5,8 +5,10 @@
 //!
 //! One file per kind of method: [`last_block`] replaces the last block's attention (MaskCLIP, ClearCLIP,
 //! SCLIP, NACLIP), [`parallel`] runs a second path beside the last blocks (GEM, CLIP Surgery),
-//! [`rollout`] multiplies the blocks' attention. FILIP's token-wise map is `align::filip`'s.
+//! [`rollout`] multiplies the blocks' attention, [`gradient`] differentiates the score (Chefer,
+//! Grad-CAM, LeGrad). FILIP's token-wise map is `align::filip`'s.
 
+pub mod gradient;
 pub mod last_block;
 pub mod parallel;
 pub mod rollout;
@@ -58,10 +60,16 @@ pub enum MapMethod {
     /// Attention rollout: the blocks' head-averaged attention (plus the residual) multiplied; the
     /// same for every text, the prior the other methods must beat.
     Rollout,
+    /// Chefer's relevance: attention weighted by its gradient, propagated over the last blocks.
+    Chefer,
+    /// Grad-CAM on the tokens entering the last block.
+    Gradcam,
+    /// LeGrad: the gradient of each of the last blocks' scores with respect to its own attention.
+    Legrad,
 }
 
 impl MapMethod {
-    pub const ALL: [MapMethod; 9] = [
+    pub const ALL: [MapMethod; 12] = [
         Self::Token,
         Self::Maskclip,
         Self::MaskclipClearclip,
@@ -71,6 +79,9 @@ impl MapMethod {
         Self::Gem,
         Self::Surgery,
         Self::Rollout,
+        Self::Chefer,
+        Self::Gradcam,
+        Self::Legrad,
     ];
 
     pub fn name(self) -> &'static str {
@@ -84,6 +95,9 @@ impl MapMethod {
             Self::Gem => "gem",
             Self::Surgery => "surgery",
             Self::Rollout => "rollout",
+            Self::Chefer => "chefer",
+            Self::Gradcam => "gradcam",
+            Self::Legrad => "legrad",
         }
     }
 
@@ -118,6 +132,11 @@ impl MapMethod {
         self == Self::Token
     }
 
+    /// Whether the method needs a backward pass per text batch (else the forward pass is enough).
+    pub fn needs_backward(self) -> bool {
+        matches!(self, Self::Chefer | Self::Gradcam | Self::Legrad)
+    }
+
     /// Whether the method's map ignores the text.
     pub fn text_free(self) -> bool {
         self == Self::Rollout
@@ -143,6 +162,24 @@ impl MapMethod {
 impl std::fmt::Display for MapMethod {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.name())
+    }
+}
+
+/// The methods' settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MapOptions {
+    /// How many of the last blocks Chefer's relevance runs over (the notebook's `start_layer = -1`: 1).
+    pub chefer_blocks: usize,
+    /// LeGrad's K: how many of the last blocks' maps are summed (its `layer_index = -2`: 2).
+    pub legrad_blocks: usize,
+}
+
+impl Default for MapOptions {
+    fn default() -> Self {
+        Self {
+            chefer_blocks: 1,
+            legrad_blocks: 2,
+        }
     }
 }
 
@@ -230,12 +267,16 @@ enum ImageSide {
     Features(Tensor),
     /// A map that does not depend on the text.
     Fixed(Vec<f32>),
+    /// Made per text by a backward pass from the image's pass.
+    Gradient,
 }
 
 /// One image ready to be mapped against any text by each of `methods`.
 pub struct ImageMaps<'a> {
     clip: &'a LoadedClip,
     grid: usize,
+    pass: MapPass,
+    options: MapOptions,
     sides: Vec<(MapMethod, ImageSide)>,
     /// Surgery's redundant feature: the empty text's, normalised (computed once per image set).
     empty: Option<Tensor>,
@@ -244,8 +285,18 @@ pub struct ImageMaps<'a> {
 }
 
 impl<'a> ImageMaps<'a> {
-    /// One pass over `pixels` (`[1, 3, H, W]`, preprocessed), then each method's image side.
+    /// One pass over `pixels` (`[1, 3, H, W]`, preprocessed), then each method's image side, with
+    /// the methods' default settings.
     pub fn new(clip: &'a LoadedClip, pixels: &Tensor, methods: &[MapMethod]) -> Result<Self> {
+        Self::with_options(clip, pixels, methods, MapOptions::default())
+    }
+
+    pub fn with_options(
+        clip: &'a LoadedClip,
+        pixels: &Tensor,
+        methods: &[MapMethod],
+        options: MapOptions,
+    ) -> Result<Self> {
         if methods.is_empty() {
             return Err(Error::invalid("no map method asked for"));
         }
@@ -272,6 +323,7 @@ impl<'a> ImageMaps<'a> {
             let side = match m {
                 MapMethod::Token => ImageSide::Tokens(pass.vision_pass()),
                 MapMethod::Rollout => ImageSide::Fixed(rollout::rollout(&pass.attention)?),
+                m if m.needs_backward() => ImageSide::Gradient,
                 _ => {
                     let feats = match m {
                         MapMethod::Gem | MapMethod::Surgery => {
@@ -295,6 +347,8 @@ impl<'a> ImageMaps<'a> {
         Ok(Self {
             clip,
             grid: model.config.vision_config.grid(),
+            pass,
+            options,
             sides,
             empty,
             image_seconds,
@@ -351,6 +405,18 @@ impl<'a> ImageMaps<'a> {
                 (vec![WHOLE_TEXT.to_string()], vec![map])
             }
             ImageSide::Fixed(map) => (vec![WHOLE_TEXT.to_string()], vec![map.clone()]),
+            ImageSide::Gradient => {
+                let t = prompt.feature(self.clip, text)?.unsqueeze(0)?;
+                let mut maps = gradient::maps(
+                    &self.clip.model()?.vision,
+                    &self.pass,
+                    &t,
+                    f64::from(self.clip.logit_scale()),
+                    method,
+                    &self.options,
+                )?;
+                (vec![WHOLE_TEXT.to_string()], vec![maps.remove(0)])
+            }
         };
         Ok(MethodMaps {
             method,

@@ -1,0 +1,160 @@
+//! The methods that need a backward pass per text (METHODS §9), on candle's autograd over the frozen
+//! tower. A zero variable is added to each attention matrix (and to the hidden state entering the last
+//! block), so its gradient is the score's gradient with respect to that intermediate tensor, every
+//! path through later blocks included, as PyTorch's `autograd.grad(score, [attn])` gives it. Texts are
+//! batched: the image's hidden states are repeated per text and the per-text scores summed (one-hot
+//! on the diagonal), one backward for all of them.
+//! - Chefer relevance (hila-chefer/Transformer-MM-Explainability `CLIP_explainability.ipynb`,
+//!   `interpret`): s = logit_scale · cos; over the last `chefer_blocks` blocks (the notebook's
+//!   default: the last only) `R ← R + mean_h clamp₀(∂s/∂A ⊙ A) · R` from `R = I`; the map is `R[CLS,
+//!   patches]`.
+//! - Grad-CAM (Grad-ECLIP's `grad_cam`, Cyang-Zhao/Grad-Eclip): Z the hidden states entering the last
+//!   block, s the raw cosine, `w` the mean of ∂s/∂Z over every token (class token included),
+//!   `ReLU(Σ_c w_c Z_ic)` on the patches. The reference recomputes that block with a single head; this
+//!   runs the block as the model does (issue 27: follow the fixed version).
+//! - LeGrad (WalBouss/LeGrad `legrad/wrapper.py`, `compute_legrad_clip`): for each of the last
+//!   `legrad_blocks` blocks l, `z_l` = the normalised projection of `post_layernorm` of the mean of
+//!   block l's output tokens, `s_l = t̂ · z_l`, `clamp₀(∂s_l/∂A_l)` averaged over heads and query rows,
+//!   its patch columns; the blocks' maps summed.
+
+use candle_core::{DType, Module, Tensor, Var, D};
+
+use super::{MapMethod, MapOptions, MapPass};
+use crate::clip::l2_normalize;
+use crate::clip::layers::softmax_last_dim;
+use crate::clip::vision::VisionTower;
+use crate::error::{Error, Result};
+
+/// The tower from block `first` on, differentiable where the methods read it.
+struct Traced {
+    /// The hidden states entering the last block `[B, T, D]`, plus its zero variable.
+    into_last: Tensor,
+    into_last_var: Var,
+    /// Per traced block: its attention `[B, H, T, T]` (values), the zero variable added to it, its
+    /// output `[B, T, D]`.
+    blocks: Vec<(Tensor, Var, Tensor)>,
+}
+
+fn trace(vision: &VisionTower, pass: &MapPass, first: usize, texts: usize) -> Result<Traced> {
+    let n = vision.layers.len();
+    let h = &pass.hidden[first];
+    let (_, t, d) = h.dims3()?;
+    let mut x = h.broadcast_as((texts, t, d))?.contiguous()?;
+    let into_last_var = Var::zeros((texts, t, d), DType::F32, x.device())?;
+    let mut into_last = None;
+    let mut blocks = Vec::with_capacity(n - first);
+    for (l, block) in vision.layers.iter().enumerate().skip(first) {
+        if l == n - 1 {
+            into_last = Some(x.detach());
+            x = (x + into_last_var.as_tensor())?;
+        }
+        let att = &block.self_attn;
+        let [q, k, v] = att.heads_qkv(&block.layer_norm1.forward(&x)?)?;
+        let a = softmax_last_dim(&(q.matmul(&k.t()?)? * att.scale())?)?;
+        let zero = Var::zeros(a.shape(), DType::F32, a.device())?;
+        let a_traced = (&a + zero.as_tensor())?;
+        let y = (&x + att.merge_heads(&a_traced.matmul(&v)?)?)?;
+        x = (&y + block.mlp.forward(&block.layer_norm2.forward(&y)?)?)?;
+        blocks.push((a.detach(), zero, x.clone()));
+    }
+    Ok(Traced {
+        into_last: into_last.expect("the last block is traced"),
+        into_last_var,
+        blocks,
+    })
+}
+
+/// The gradient of `score` with respect to `var` (zeros where none reaches it).
+fn grad_of(score: &Tensor, var: &Var) -> Result<Tensor> {
+    let grads = score.backward()?;
+    Ok(match grads.get(var.as_tensor()) {
+        Some(g) => g.clone(),
+        None => var.as_tensor().zeros_like()?,
+    })
+}
+
+/// Σ_b cos(a_b, t_b) over rows of `[B, P]` features.
+fn diagonal_cosine(features: &Tensor, texts: &Tensor) -> Result<Tensor> {
+    Ok((l2_normalize(features)? * texts)?.sum_all()?)
+}
+
+/// The maps `[B][N]` of `method` for texts whose normalised features are `texts` `[B, P]`.
+pub fn maps(
+    vision: &VisionTower,
+    pass: &MapPass,
+    texts: &Tensor,
+    logit_scale: f64,
+    method: MapMethod,
+    opts: &MapOptions,
+) -> Result<Vec<Vec<f32>>> {
+    let n = vision.layers.len();
+    let b = texts.dim(0)?;
+    let depth = match method {
+        MapMethod::Chefer => opts.chefer_blocks,
+        MapMethod::Legrad => opts.legrad_blocks,
+        MapMethod::Gradcam => 1,
+        other => return Err(Error::invalid(format!("{other} needs no backward pass"))),
+    };
+    if depth == 0 || depth > n {
+        return Err(Error::invalid(format!(
+            "{method} over the last {depth} blocks: the vision tower has {n} (1 to {n})"
+        )));
+    }
+    let first = n - depth;
+    let traced = trace(vision, pass, first, b)?;
+    let pooled = |x: &Tensor| -> Result<Tensor> {
+        Ok(vision.projection.forward(
+            &vision
+                .post_layernorm
+                .forward(&x.narrow(1, 0, 1)?.squeeze(1)?)?,
+        )?)
+    };
+    let last = &traced.blocks.last().expect("at least one block").2;
+    let patch_rows = |m: Tensor| -> Result<Vec<Vec<f32>>> {
+        let t = m.dim(1)?;
+        Ok(m.narrow(1, 1, t - 1)?.to_vec2()?)
+    };
+    match method {
+        MapMethod::Chefer => {
+            let score = (diagonal_cosine(&pooled(last)?, texts)? * logit_scale)?;
+            let grads = score.backward()?;
+            let t = last.dim(1)?;
+            let eye = Tensor::eye(t, DType::F32, last.device())?;
+            let mut r = eye.unsqueeze(0)?.broadcast_as((b, t, t))?.contiguous()?;
+            for (a, zero, _) in &traced.blocks {
+                let g = grads
+                    .get(zero.as_tensor())
+                    .cloned()
+                    .unwrap_or(zero.as_tensor().zeros_like()?);
+                let cam = (g * a)?.relu()?.mean(1)?;
+                r = (&r + cam.matmul(&r)?)?;
+            }
+            patch_rows(r.narrow(1, 0, 1)?.squeeze(1)?)
+        }
+        MapMethod::Gradcam => {
+            let g = grad_of(
+                &diagonal_cosine(&pooled(last)?, texts)?,
+                &traced.into_last_var,
+            )?;
+            let w = g.mean_keepdim(1)?;
+            let cam = traced.into_last.broadcast_mul(&w)?.sum(D::Minus1)?.relu()?;
+            patch_rows(cam)
+        }
+        MapMethod::Legrad => {
+            let mut sum: Option<Tensor> = None;
+            for (_, zero, out) in &traced.blocks {
+                let z = vision
+                    .projection
+                    .forward(&vision.post_layernorm.forward(&out.mean(1)?)?)?;
+                let g = grad_of(&diagonal_cosine(&z, texts)?, zero)?;
+                let m = g.relu()?.mean(1)?.mean(1)?;
+                sum = Some(match sum {
+                    Some(s) => (s + m)?,
+                    None => m,
+                });
+            }
+            patch_rows(sum.expect("at least one block"))
+        }
+        _ => unreachable!("checked above"),
+    }
+}
