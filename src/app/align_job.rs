@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use candle_core::Tensor;
 
 use crate::align::filip::align_pass;
+use crate::align::maps::{ImageMaps, MapMethod, MapOptions, MethodMaps};
 use crate::align::pass::VisionPass;
 use crate::align::ssvp::ssvp_from_pass;
 use crate::align::{AlignConfig, Alignment, TextSource};
@@ -42,6 +43,24 @@ pub struct AlignRequest {
     /// (label, prompts file) to show side by side with the hand-crafted prompt: the map of `class`'s
     /// word under each.
     pub side_by_side: Option<Vec<(String, PathBuf)>>,
+    /// The explanation method of the main map (`Token`: the word maps of the token-wise alignment).
+    pub method: MapMethod,
+    /// Methods to draw side by side on the same image and text (Compare methods), in order.
+    pub compare: Vec<MapMethod>,
+    pub options: MapOptions,
+}
+
+impl AlignRequest {
+    /// The methods whose maps the view needs besides the token-wise alignment.
+    pub fn map_methods(&self) -> Vec<MapMethod> {
+        let mut out: Vec<MapMethod> = Vec::new();
+        for m in std::iter::once(self.method).chain(self.compare.iter().copied()) {
+            if !out.contains(&m) && (m != MapMethod::Token || !self.compare.is_empty()) {
+                out.push(m);
+            }
+        }
+        out
+    }
 }
 
 /// The map of the class word under one prompt, with how sure the model is of the class.
@@ -91,6 +110,19 @@ pub struct AlignView {
     pub class_prob: Option<f32>,
     /// The hand-crafted prompt first, then each learned file (or why that file could not be drawn).
     pub side_by_side: Vec<(String, std::result::Result<ClassMap, String>)>,
+    /// Each method of [`AlignRequest::map_methods`], with its maps of the prompt or why it could not
+    /// make them.
+    pub maps: Vec<(MapMethod, std::result::Result<MethodMaps, String>)>,
+}
+
+impl AlignView {
+    /// The maps `method` made, if it was asked for and succeeded.
+    pub fn maps_of(&self, method: MapMethod) -> Option<&MethodMaps> {
+        self.maps
+            .iter()
+            .find(|(m, _)| *m == method)
+            .and_then(|(_, r)| r.as_ref().ok())
+    }
 }
 
 pub fn run(clip: &LoadedClip, req: &AlignRequest) -> Result<AlignView> {
@@ -243,6 +275,32 @@ pub fn run(clip: &LoadedClip, req: &AlignRequest) -> Result<AlignView> {
             side_by_side.push((label.clone(), one.map_err(|e| e.to_string())));
         }
     }
+    let methods = req.map_methods();
+    let maps = if methods.is_empty() {
+        Vec::new()
+    } else {
+        match &req.prompt {
+            PromptChoice::Text(text) => {
+                match ImageMaps::with_options(clip, &pixels, &methods, req.options)
+                    .and_then(|image| image.maps(text))
+                {
+                    Ok(maps) => maps.into_iter().map(|m| (m.method, Ok(m))).collect(),
+                    Err(e) => methods.iter().map(|&m| (m, Err(e.to_string()))).collect(),
+                }
+            }
+            PromptChoice::Learned { .. } => methods
+                .iter()
+                .map(|&m| {
+                    (
+                        m,
+                        Err(format!(
+                            "{m} maps a hand-crafted text; a learned prompt is mapped token-wise"
+                        )),
+                    )
+                })
+                .collect(),
+        }
+    };
     let rgba = base
         .pixels()
         .flat_map(|p| [p[0], p[1], p[2], 255])
@@ -259,6 +317,7 @@ pub fn run(clip: &LoadedClip, req: &AlignRequest) -> Result<AlignView> {
         ssvp: selection,
         class_prob,
         side_by_side,
+        maps,
     })
 }
 

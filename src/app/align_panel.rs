@@ -1,5 +1,8 @@
 //! The Align tab: an image with the alignment map of one prompt word drawn over it by the GPU shader
-//! (click a word to switch), token / value mode, opacity, threshold and colormap; beside it SsVP's patch
+//! (click a word to switch), or the prompt's map under another explanation method (the *Method*
+//! picker: MaskCLIP, ClearCLIP, SCLIP, NACLIP, GEM, CLIP Surgery, rollout, Chefer, Grad-CAM, LeGrad),
+//! opacity, threshold and colormap; *Compare methods* draws 2–6 methods' maps of the same image and
+//! text in a grid, each on its own colour scale; beside the main map SsVP's patch
 //! attention with the kept patches outlined, a K slider, and the top-5 classes with and without SsVP.
 //! Side by side, the class word's map under the hand-crafted prompt and under each learned context,
 //! each with the class's probability, so a map of an absent object is not read as a detection.
@@ -8,7 +11,8 @@ use std::sync::Arc;
 
 use egui::{Color32, RichText, Sense, Stroke};
 
-use crate::align::{AlignConfig, AlignMode};
+use crate::align::maps::{MapMethod, MapOptions, MethodMaps};
+use crate::align::AlignConfig;
 use crate::render::{Colormap, GridMap, HeatmapStyle};
 
 use super::align_job::{named_word, AlignRequest, AlignView, ClassMap, PromptChoice};
@@ -40,6 +44,14 @@ pub struct AlignPanel {
     pub k: usize,
     pub word: usize,
     pub style: HeatmapStyle,
+    /// The main map's explanation method.
+    pub method: MapMethod,
+    /// Compare methods: the methods drawn in a grid (2–6 of them) when `compare_on`.
+    pub compare_on: bool,
+    pub compare: Vec<MapMethod>,
+    pub map_options: MapOptions,
+    /// The compare grid's maps uploaded for a view.
+    compare_overlays: Option<(u64, Vec<Option<Arc<OverlayData>>>)>,
     /// The tokens of the last prompt shown: a new prompt starts on its class word.
     shown_tokens: Vec<String>,
     /// The map uploaded to the GPU, rebuilt when the view or the word changes.
@@ -52,6 +64,17 @@ pub struct AlignPanel {
 }
 
 type CpuOverlays = std::collections::HashMap<u64, (u64, HeatmapStyle, egui::TextureHandle)>;
+
+/// The methods Compare methods opens with: FILIP's, a training-free one per family and a gradient one.
+const COMPARE_DEFAULT: [MapMethod; 4] = [
+    MapMethod::Token,
+    MapMethod::MaskclipClearclip,
+    MapMethod::Surgery,
+    MapMethod::Chefer,
+];
+
+/// How many maps the compare grid draws at most.
+pub const COMPARE_MAX: usize = 6;
 
 impl Default for AlignPanel {
     fn default() -> Self {
@@ -66,6 +89,11 @@ impl Default for AlignPanel {
             k: 0,
             word: 0,
             style: HeatmapStyle::default(),
+            method: MapMethod::Token,
+            compare_on: false,
+            compare: COMPARE_DEFAULT.to_vec(),
+            map_options: MapOptions::default(),
+            compare_overlays: None,
             shown_tokens: Vec::new(),
             overlays: None,
             side_overlays: None,
@@ -147,6 +175,13 @@ impl AlignPanel {
             // top-5 and probabilities are those of the prompt whose map is shown.
             templates: vec![self.text.clone()],
             side_by_side,
+            method: self.method,
+            compare: if self.compare_on {
+                self.compare.clone()
+            } else {
+                Vec::new()
+            },
+            options: self.map_options,
         })
     }
 
@@ -323,9 +358,29 @@ impl AlignPanel {
         });
         // Wraps rather than widening the tab past the window (the maps below size to the tab's width).
         ui.horizontal_wrapped(|ui| {
-            ui.label("Mode");
-            ui.radio_value(&mut self.config.mode, AlignMode::Token, "token").on_hover_text("FILIP: the model's output tokens");
-            ui.radio_value(&mut self.config.mode, AlignMode::Value, "value").on_hover_text("MaskCLIP: the last block's value path");
+            let l = ui.label("Method");
+            egui::ComboBox::from_id_salt("map method")
+                .selected_text(self.method.name())
+                .show_ui(ui, |ui| {
+                    for m in MapMethod::ALL {
+                        let why = state.model.as_ref().and_then(|l| m.unavailable(&l.clip));
+                        let r = ui.add_enabled(
+                            why.is_none(),
+                            egui::Button::selectable(self.method == m, m.name()),
+                        );
+                        let r = match &why {
+                            Some(why) => r.on_disabled_hover_text(why),
+                            None => r.on_hover_text(method_help(m)),
+                        };
+                        if r.clicked() {
+                            self.method = m;
+                        }
+                    }
+                })
+                .response
+                .labelled_by(l.id);
+            ui.checkbox(&mut self.compare_on, "Compare methods")
+                .on_hover_text("The same image and text under several methods, side by side, each on its own colour scale");
             ui.separator();
             let l = ui.label("Opacity");
             ui.add(egui::Slider::new(&mut self.style.opacity, 0.0..=1.0).fixed_decimals(2)).labelled_by(l.id);
@@ -343,6 +398,30 @@ impl AlignPanel {
             let l = ui.label("SsVP K");
             ui.add(egui::Slider::new(&mut self.k, 1..=n.max(1))).labelled_by(l.id);
         });
+        if self.compare_on {
+            ui.horizontal_wrapped(|ui| {
+                ui.label(format!("Compare (up to {COMPARE_MAX})"));
+                for m in MapMethod::ALL {
+                    let on = self.compare.contains(&m);
+                    let room = on || self.compare.len() < COMPARE_MAX;
+                    let why = state.model.as_ref().and_then(|l| m.unavailable(&l.clip));
+                    let mut checked = on;
+                    let r = ui.add_enabled(room && why.is_none(), egui::Checkbox::new(&mut checked, m.name()));
+                    let r = match why {
+                        Some(why) => r.on_disabled_hover_text(why),
+                        None if !room => r.on_disabled_hover_text(format!("At most {COMPARE_MAX} maps at once")),
+                        None => r.on_hover_text(method_help(m)),
+                    };
+                    if r.changed() {
+                        if checked {
+                            self.compare.push(m);
+                        } else {
+                            self.compare.retain(|&x| x != m);
+                        }
+                    }
+                }
+            });
+        }
     }
 
     fn view_ui(
@@ -380,12 +459,22 @@ impl AlignPanel {
             presence_ui(ui, class, p, view.global.first());
         }
         let key = (view.id, self.word);
+        let method_maps = (self.method != MapMethod::Token)
+            .then(|| view.maps.iter().find(|(m, _)| *m == self.method))
+            .flatten();
+        if let Some((m, Err(why))) = method_maps {
+            ui.colored_label(ui.visuals().error_fg_color, format!("{m}: {why}"));
+            return;
+        }
         if self
             .overlays
             .as_ref()
             .is_none_or(|(v, w, _, _)| (*v, *w) != key)
         {
-            let word = a.word_map(self.word).and_then(|m| GridMap::new(&m, a.grid));
+            let word = match method_maps {
+                Some((_, Ok(m))) => GridMap::new(&m.maps[0], m.grid),
+                _ => a.word_map(self.word).and_then(|m| GridMap::new(&m, a.grid)),
+            };
             let attention = GridMap::new(&view.ssvp.attention, view.ssvp.grid);
             match (word, attention) {
                 (Ok(word), Ok(attention)) => {
@@ -415,11 +504,13 @@ impl AlignPanel {
                 .available_width()
                 .min(cols[1].available_width())
                 .clamp(120.0, 512.0);
-            cols[0].strong(format!(
-                "\"{}\" ({} mode)",
-                super::glyphs::displayable(a.text_tokens.get(self.word).map_or("", String::as_str)),
-                a.mode
-            ));
+            match method_maps {
+                Some((m, _)) => cols[0].strong(format!("{m}: the whole prompt")),
+                None => cols[0].strong(format!(
+                    "\"{}\" (token-wise)",
+                    super::glyphs::displayable(a.text_tokens.get(self.word).map_or("", String::as_str)),
+                )),
+            };
             let word_map_lo_hi = (word_map.map.min, word_map.map.max);
             overlay_ui(
                 &mut cols[0],
@@ -433,8 +524,10 @@ impl AlignPanel {
                 "alignment map",
             );
             cols[0].weak(format!(
-                "similarity {:.3} … {:.3}",
-                word_map_lo_hi.0, word_map_lo_hi.1
+                "{} {:.3} … {:.3}",
+                if method_maps.is_some() { "map" } else { "similarity" },
+                word_map_lo_hi.0,
+                word_map_lo_hi.1
             ));
             cols[1].strong(format!(
                 "SsVP: {} of {} patches kept",
@@ -455,10 +548,116 @@ impl AlignPanel {
             cols[1].weak("penultimate block's class-token attention, kept patches outlined");
         });
         ui.add_space(6.0);
+        if !view.request.compare.is_empty() {
+            self.compare_ui(ui, view, gpu);
+            ui.add_space(6.0);
+        }
         ui.columns(2, |cols| {
             top5_ui(&mut cols[0], "Top-5, global feature", &view.global);
             top5_ui(&mut cols[1], "Top-5, SsVP feature", &view.with_ssvp);
         });
+    }
+
+    /// Compare methods: each asked method's map of the prompt (token-wise: the shown word's), in a
+    /// row, each normalised to its own range.
+    fn compare_ui(
+        &mut self,
+        ui: &mut egui::Ui,
+        view: &AlignView,
+        gpu: Option<egui_wgpu::wgpu::TextureFormat>,
+    ) {
+        let key = view.id * 1000 + self.word as u64;
+        let shown = |m: MapMethod| -> Option<(&MethodMaps, usize)> {
+            let maps = view.maps_of(m)?;
+            let target = if m.per_word() { self.word } else { 0 };
+            (target < maps.maps.len()).then_some((maps, target))
+        };
+        if self
+            .compare_overlays
+            .as_ref()
+            .is_none_or(|(k, _)| *k != key)
+        {
+            let overlays = view
+                .request
+                .compare
+                .iter()
+                .map(|&m| {
+                    let (maps, target) = shown(m)?;
+                    let map = GridMap::new(&maps.maps[target], maps.grid).ok()?;
+                    self.next_overlay_id += 1;
+                    Some(Arc::new(OverlayData {
+                        id: self.next_overlay_id,
+                        image: view.image.clone(),
+                        size: view.size,
+                        map,
+                    }))
+                })
+                .collect();
+            self.compare_overlays = Some((key, overlays));
+        }
+        let Some((_, overlays)) = self.compare_overlays.clone() else {
+            return;
+        };
+        ui.strong("Compare methods: the same image and text, each map on its own colour scale");
+        let n = view.request.compare.len().max(1);
+        ui.columns(n, |cols| {
+            let side = cols
+                .iter()
+                .map(|c| c.available_width())
+                .fold(f32::INFINITY, f32::min)
+                .clamp(80.0, 320.0);
+            for (i, (&m, overlay)) in view.request.compare.iter().zip(&overlays).enumerate() {
+                let ui = &mut cols[i];
+                ui.strong(m.name()).on_hover_text(method_help(m));
+                match (overlay, view.maps.iter().find(|(x, _)| *x == m)) {
+                    (Some(data), _) => {
+                        overlay_ui(
+                            ui,
+                            100 + i as u64,
+                            data,
+                            &self.style,
+                            gpu,
+                            &mut self.cpu_overlays,
+                            side,
+                            &[],
+                            &format!("{m} map"),
+                        );
+                        let what = match shown(m) {
+                            Some((maps, t)) if m.per_word() => format!(
+                                "word \"{}\"",
+                                super::glyphs::displayable(&maps.targets[t])
+                            ),
+                            _ => "whole prompt".to_string(),
+                        };
+                        ui.weak(format!("{what} · {:.3} … {:.3}", data.map.min, data.map.max));
+                    }
+                    (None, Some((_, Err(why)))) => {
+                        ui.colored_label(ui.visuals().error_fg_color, why);
+                    }
+                    (None, _) => {
+                        ui.weak("no map");
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// One line on what a method is, for its tooltip.
+fn method_help(m: MapMethod) -> &'static str {
+    match m {
+        MapMethod::Token => "FILIP token-wise: each word's cosine with each output patch token",
+        MapMethod::Maskclip => "MaskCLIP (official): the last block's value path, residual and MLP kept",
+        MapMethod::MaskclipClearclip => "MaskCLIP as ClearCLIP runs it: the value path alone (the former value mode)",
+        MapMethod::Clearclip => "ClearCLIP: q–q attention in the last block, no residual, no MLP",
+        MapMethod::Sclip => "SCLIP: q–q plus k–k attention in the last block",
+        MapMethod::Naclip => "NACLIP: k–k attention plus a Gaussian neighbourhood, no residual, no MLP",
+        MapMethod::Gem => "GEM: self-self attention path over the last six blocks",
+        MapMethod::Surgery => "CLIP Surgery: v–v path over the last six blocks, the empty text removed",
+        MapMethod::Rollout => "Attention rollout: the same for every text (a prior, not a pointer)",
+        MapMethod::Chefer => "Chefer: attention weighted by its gradient (one backward per text)",
+        MapMethod::Gradcam => "Grad-CAM on the tokens entering the last block (one backward per text)",
+        MapMethod::Legrad => "LeGrad: each last block's score gradient on its own attention",
     }
 }
 

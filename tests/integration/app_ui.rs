@@ -877,6 +877,66 @@ fn the_alignment_view_draws_the_chosen_words_heatmap_on_the_gpu() {
     assert_ne!(first.values, second.values, "two words, two maps");
 }
 
+/// The Method picker: choosing a method maps the whole prompt with it (the worker's map is the one the
+/// registry makes for the same image and text); Compare methods draws each chosen method's map in a
+/// grid, and unticking one removes it.
+#[test]
+fn the_method_picker_and_compare_grid_show_each_methods_map() {
+    use promptscope::align::maps::MapMethod;
+    let fx = fixture();
+    let mut h = loaded(&fx);
+    click(&mut h, "Align");
+    wait_idle(&mut h);
+    h.get_all_by_label("Method")
+        .find(|n| n.accesskit_node().role() == egui::accesskit::Role::ComboBox)
+        .expect("the method picker")
+        .click();
+    h.step();
+    h.step();
+    h.get_all_by_label("gem")
+        .find(|n| n.accesskit_node().role() == egui::accesskit::Role::Button)
+        .expect("gem in the method list")
+        .click();
+    h.step();
+    wait_idle(&mut h);
+    assert_eq!(h.state().align.method, MapMethod::Gem);
+    let view = h.state().state.align.as_ref().expect("a view");
+    assert_eq!(view.request.method, MapMethod::Gem);
+    let gem = view.maps_of(MapMethod::Gem).expect("gem's map").clone();
+    assert_eq!(gem.targets, ["<text>"]);
+    assert!(h.query_by_label_contains("gem: the whole prompt").is_some());
+    assert!(h.query_by_label("alignment map").is_some());
+
+    click(&mut h, "Compare methods");
+    wait_idle(&mut h);
+    let view = h.state().state.align.as_ref().expect("a view");
+    assert_eq!(view.request.compare.len(), 4);
+    for m in &view.request.compare {
+        assert!(view.maps_of(*m).is_some(), "{m}: {:?}", view.maps);
+        assert!(
+            h.query_by_label(&format!("{m} map")).is_some(),
+            "{m}'s map is not drawn"
+        );
+    }
+    // Each drawn map is its own method's, not the main one's.
+    let token = view.maps_of(MapMethod::Token).unwrap();
+    assert_eq!(token.targets, view.alignment.text_tokens);
+    assert_ne!(
+        view.maps_of(MapMethod::Surgery).unwrap().maps[0],
+        gem.maps[0]
+    );
+    h.get_all_by_label("chefer")
+        .find(|n| n.accesskit_node().role() == egui::accesskit::Role::CheckBox)
+        .expect("chefer's box")
+        .click();
+    h.step();
+    wait_idle(&mut h);
+    let view = h.state().state.align.as_ref().expect("a view");
+    assert!(!view.request.compare.contains(&MapMethod::Chefer));
+    assert!(h.query_by_label("chefer map").is_none());
+    h.check_accessibility();
+}
+
 /// Without a wgpu renderer the Align tab still shows both maps (drawn on the CPU).
 #[test]
 fn the_alignment_view_works_without_wgpu() {
