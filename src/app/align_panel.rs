@@ -50,6 +50,10 @@ pub struct AlignPanel {
     pub compare_on: bool,
     pub compare: Vec<MapMethod>,
     pub map_options: MapOptions,
+    /// Evaluate maps: how many scenes, from which seed, and whether every method (else the compared).
+    pub eval_count: usize,
+    pub eval_seed: u64,
+    pub eval_all: bool,
     /// The compare grid's maps uploaded for a view.
     compare_overlays: Option<(u64, Vec<Option<Arc<OverlayData>>>)>,
     /// The tokens of the last prompt shown: a new prompt starts on its class word.
@@ -93,6 +97,9 @@ impl Default for AlignPanel {
             compare_on: false,
             compare: COMPARE_DEFAULT.to_vec(),
             map_options: MapOptions::default(),
+            eval_count: 200,
+            eval_seed: 1000,
+            eval_all: true,
             compare_overlays: None,
             shown_tokens: Vec::new(),
             overlays: None,
@@ -218,6 +225,7 @@ impl AlignPanel {
             self.k = crate::align::ssvp::default_k(n);
         }
         self.controls_ui(ui, state, samples, sources, n, actions);
+        self.evaluate_ui(ui, state, actions);
         ui.separator();
         if let Some((req, why)) = &state.align_failed {
             if self.request(state, sources).as_ref() == Some(req) {
@@ -406,10 +414,15 @@ impl AlignPanel {
                     let room = on || self.compare.len() < COMPARE_MAX;
                     let why = state.model.as_ref().and_then(|l| m.unavailable(&l.clip));
                     let mut checked = on;
-                    let r = ui.add_enabled(room && why.is_none(), egui::Checkbox::new(&mut checked, m.name()));
+                    let r = ui.add_enabled(
+                        room && why.is_none(),
+                        egui::Checkbox::new(&mut checked, m.name()),
+                    );
                     let r = match why {
                         Some(why) => r.on_disabled_hover_text(why),
-                        None if !room => r.on_disabled_hover_text(format!("At most {COMPARE_MAX} maps at once")),
+                        None if !room => {
+                            r.on_disabled_hover_text(format!("At most {COMPARE_MAX} maps at once"))
+                        }
                         None => r.on_hover_text(method_help(m)),
                     };
                     if r.changed() {
@@ -508,7 +521,9 @@ impl AlignPanel {
                 Some((m, _)) => cols[0].strong(format!("{m}: the whole prompt")),
                 None => cols[0].strong(format!(
                     "\"{}\" (token-wise)",
-                    super::glyphs::displayable(a.text_tokens.get(self.word).map_or("", String::as_str)),
+                    super::glyphs::displayable(
+                        a.text_tokens.get(self.word).map_or("", String::as_str)
+                    ),
                 )),
             };
             let word_map_lo_hi = (word_map.map.min, word_map.map.max);
@@ -525,7 +540,11 @@ impl AlignPanel {
             );
             cols[0].weak(format!(
                 "{} {:.3} … {:.3}",
-                if method_maps.is_some() { "map" } else { "similarity" },
+                if method_maps.is_some() {
+                    "map"
+                } else {
+                    "similarity"
+                },
                 word_map_lo_hi.0,
                 word_map_lo_hi.1
             ));
@@ -623,13 +642,15 @@ impl AlignPanel {
                             &format!("{m} map"),
                         );
                         let what = match shown(m) {
-                            Some((maps, t)) if m.per_word() => format!(
-                                "word \"{}\"",
-                                super::glyphs::displayable(&maps.targets[t])
-                            ),
+                            Some((maps, t)) if m.per_word() => {
+                                format!("word \"{}\"", super::glyphs::displayable(&maps.targets[t]))
+                            }
                             _ => "whole prompt".to_string(),
                         };
-                        ui.weak(format!("{what} · {:.3} … {:.3}", data.map.min, data.map.max));
+                        ui.weak(format!(
+                            "{what} · {:.3} … {:.3}",
+                            data.map.min, data.map.max
+                        ));
                     }
                     (None, Some((_, Err(why)))) => {
                         ui.colored_label(ui.visuals().error_fg_color, why);
@@ -643,20 +664,118 @@ impl AlignPanel {
     }
 }
 
+impl AlignPanel {
+    /// The methods Evaluate maps scores: every one, or the compared ones (else the picked one).
+    pub fn eval_methods(&self) -> Vec<MapMethod> {
+        if self.eval_all {
+            MapMethod::ALL.to_vec()
+        } else if self.compare_on && !self.compare.is_empty() {
+            self.compare.clone()
+        } else {
+            vec![self.method]
+        }
+    }
+
+    /// Evaluate maps: the pointing game of the methods on generated scenes, as a cancellable job with
+    /// progress, then the table method × hit rate × ms per map.
+    fn evaluate_ui(&mut self, ui: &mut egui::Ui, state: &AppState, actions: &mut Vec<Action>) {
+        egui::CollapsingHeader::new("Evaluate maps")
+            .default_open(state.maps_eval.is_some() || state.evaluating_maps.is_some())
+            .show(ui, |ui| {
+                ui.weak("The pointing game: for every object of captioned scenes drawn at the model's size, does the map of its shape word (or of its whole prompt) peak on it? The same as `promptscope pointing --methods`.");
+                ui.horizontal_wrapped(|ui| {
+                    let l = ui.label("Scenes");
+                    ui.add(egui::DragValue::new(&mut self.eval_count).range(1..=5000))
+                        .labelled_by(l.id);
+                    let l = ui.label("seed");
+                    ui.add(egui::DragValue::new(&mut self.eval_seed)).labelled_by(l.id);
+                    ui.checkbox(&mut self.eval_all, "all methods")
+                        .on_hover_text("Untick to score only the compared methods (or the picked one)");
+                    match &state.evaluating_maps {
+                        Some(run) => {
+                            let frac = if run.total > 0 {
+                                run.done as f32 / run.total as f32
+                            } else {
+                                0.0
+                            };
+                            ui.add(
+                                egui::ProgressBar::new(frac)
+                                    .desired_width(160.0)
+                                    .text(format!("{} {}/{}", run.stage, run.done, run.total)),
+                            );
+                            if ui.button("Cancel evaluation").clicked() {
+                                actions.push(Action::CancelMapsEval);
+                            }
+                        }
+                        None => {
+                            if ui
+                                .button("Evaluate maps")
+                                .on_hover_text("Play the pointing game of the methods on generated scenes")
+                                .clicked()
+                            {
+                                actions.push(Action::EvaluateMaps(
+                                    super::maps_eval_job::MapsEvalRequest {
+                                        methods: self.eval_methods(),
+                                        count: self.eval_count,
+                                        seed: self.eval_seed,
+                                    },
+                                ));
+                            }
+                        }
+                    }
+                });
+                if let Some(r) = &state.maps_eval {
+                    ui.label(format!(
+                        "{} scenes, {} objects; peak within {:.1} px of the object (strict: the peak patch at least a quarter on it)",
+                        r.scenes, r.objects, r.tolerance_px
+                    ));
+                    egui::Grid::new("maps eval").striped(true).num_columns(4).show(ui, |ui| {
+                        for h in ["method", "pointing", "strict", "ms per map"] {
+                            ui.strong(h);
+                        }
+                        ui.end_row();
+                        ui.label("random patch");
+                        ui.label(format!("{:.1}%", 100.0 * r.point_chance));
+                        ui.label(format!("{:.1}%", 100.0 * r.chance));
+                        ui.label("–");
+                        ui.end_row();
+                        for m in &r.methods {
+                            ui.label(m.method.name()).on_hover_text(method_help(m.method));
+                            ui.label(RichText::new(format!("{:.1}%", 100.0 * m.point_rate)).monospace());
+                            ui.label(RichText::new(format!("{:.1}%", 100.0 * m.hit_rate)).monospace());
+                            ui.label(RichText::new(format!("{:.2}", m.ms_per_map)).monospace());
+                            ui.end_row();
+                        }
+                    });
+                }
+            });
+    }
+}
+
 /// One line on what a method is, for its tooltip.
 fn method_help(m: MapMethod) -> &'static str {
     match m {
         MapMethod::Token => "FILIP token-wise: each word's cosine with each output patch token",
-        MapMethod::Maskclip => "MaskCLIP (official): the last block's value path, residual and MLP kept",
-        MapMethod::MaskclipClearclip => "MaskCLIP as ClearCLIP runs it: the value path alone (the former value mode)",
+        MapMethod::Maskclip => {
+            "MaskCLIP (official): the last block's value path, residual and MLP kept"
+        }
+        MapMethod::MaskclipClearclip => {
+            "MaskCLIP as ClearCLIP runs it: the value path alone (the former value mode)"
+        }
         MapMethod::Clearclip => "ClearCLIP: q–q attention in the last block, no residual, no MLP",
         MapMethod::Sclip => "SCLIP: q–q plus k–k attention in the last block",
-        MapMethod::Naclip => "NACLIP: k–k attention plus a Gaussian neighbourhood, no residual, no MLP",
+        MapMethod::Naclip => {
+            "NACLIP: k–k attention plus a Gaussian neighbourhood, no residual, no MLP"
+        }
         MapMethod::Gem => "GEM: self-self attention path over the last six blocks",
-        MapMethod::Surgery => "CLIP Surgery: v–v path over the last six blocks, the empty text removed",
+        MapMethod::Surgery => {
+            "CLIP Surgery: v–v path over the last six blocks, the empty text removed"
+        }
         MapMethod::Rollout => "Attention rollout: the same for every text (a prior, not a pointer)",
         MapMethod::Chefer => "Chefer: attention weighted by its gradient (one backward per text)",
-        MapMethod::Gradcam => "Grad-CAM on the tokens entering the last block (one backward per text)",
+        MapMethod::Gradcam => {
+            "Grad-CAM on the tokens entering the last block (one backward per text)"
+        }
         MapMethod::Legrad => "LeGrad: each last block's score gradient on its own attention",
     }
 }

@@ -165,6 +165,11 @@ pub enum Event {
         job: JobId,
         result: Result<super::classify_job::Classified, Failure>,
     },
+    /// The pointing game of the Align tab's chosen map methods.
+    MapsEvaluated {
+        job: JobId,
+        result: Result<crate::align::pointing::MethodsPointing, Failure>,
+    },
 }
 
 pub struct LoadedModel {
@@ -287,4 +292,7 @@ pub enum Action {
         prompts: PathBuf,
         image: PathBuf,
     },
+    /// Play the pointing game of these map methods on generated scenes (Align's Evaluate maps).
+    EvaluateMaps(super::maps_eval_job::MapsEvalRequest),
+    CancelMapsEval,
 }

@@ -15,6 +15,7 @@ mod errors;
 pub mod events;
 mod export_panel;
 mod glyphs;
+pub mod maps_eval_job;
 pub mod overlay;
 pub mod prompts_job;
 pub mod runs;
@@ -483,6 +484,31 @@ impl PromptscopeApp {
             }
             Action::RunZeroShot(templates) => self.start_zero_shot(ctx, templates),
             Action::RunBaseToNovel(req) => self.start_base_to_novel(ctx, req),
+            Action::EvaluateMaps(req) => {
+                if self.state.evaluating_maps.is_some() {
+                    return;
+                }
+                let Some(model) = &self.state.model else {
+                    return self.state.error("Load a model before evaluating maps.");
+                };
+                let cancel = Arc::new(AtomicBool::new(false));
+                match self
+                    .worker
+                    .evaluate_maps(ctx, model.clip.clone(), req, cancel.clone())
+                {
+                    Ok(job) => {
+                        self.state.evaluating_maps = Some(RunningEval::new(job, cancel));
+                    }
+                    Err(e) => self
+                        .state
+                        .error(format!("Could not start evaluating maps: {e}")),
+                }
+            }
+            Action::CancelMapsEval => {
+                if let Some(run) = &self.state.evaluating_maps {
+                    run.cancel.store(true, Ordering::Relaxed);
+                }
+            }
             Action::CancelZeroShot => {
                 if let Some(run) = &self.state.zero_shot {
                     run.cancel.store(true, Ordering::Relaxed);

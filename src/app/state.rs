@@ -127,6 +127,9 @@ pub struct AppState {
     pub listing_runs: Option<JobId>,
     pub classifying: Option<JobId>,
     pub classified: Option<super::classify_job::Classified>,
+    /// Align's Evaluate maps under way, and its last table.
+    pub evaluating_maps: Option<RunningEval>,
+    pub maps_eval: Option<crate::align::pointing::MethodsPointing>,
     /// A few decoded images per class of the open dataset, for the side panel.
     pub thumbnails: Vec<Vec<egui::TextureHandle>>,
 }
@@ -143,6 +146,7 @@ impl AppState {
             && self.aligning.is_none()
             && self.listing_runs.is_none()
             && self.classifying.is_none()
+            && self.evaluating_maps.is_none()
     }
 
     /// Whether a picture of `path` is neither decoded (or known not to decode) nor on its way.
@@ -179,7 +183,8 @@ impl AppState {
                 done,
                 total,
             } => {
-                if let Some(run) = self.zero_shot.as_mut().filter(|r| r.job == job) {
+                let running = [self.zero_shot.as_mut(), self.evaluating_maps.as_mut()];
+                if let Some(run) = running.into_iter().flatten().find(|r| r.job == job) {
                     run.stage = stage;
                     run.done = done;
                     run.total = total;
@@ -350,7 +355,8 @@ impl AppState {
                     | self.exporting.take_if(|j| *j == job).is_some()
                     | self.aligning.take_if(|(j, _)| *j == job).is_some()
                     | self.listing_runs.take_if(|j| *j == job).is_some()
-                    | self.classifying.take_if(|j| *j == job).is_some();
+                    | self.classifying.take_if(|j| *j == job).is_some()
+                    | self.evaluating_maps.take_if(|r| r.job == job).is_some();
                 if mine {
                     self.error(message);
                 }
@@ -371,6 +377,15 @@ impl AppState {
                 match result {
                     Ok(c) => self.classified = Some(c),
                     Err(f) => self.fail(f, "Classifying the image"),
+                }
+            }
+            Event::MapsEvaluated { job, result } => {
+                if self.evaluating_maps.take_if(|r| r.job == job).is_none() {
+                    return;
+                }
+                match result {
+                    Ok(r) => self.maps_eval = Some(r),
+                    Err(f) => self.fail(f, "Evaluating maps"),
                 }
             }
             // Fill a text field, or need the egui context for textures: the app handles them.

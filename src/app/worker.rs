@@ -223,6 +223,22 @@ impl Worker {
         })
     }
 
+    /// Align's Evaluate maps: a cancellable pointing game with progress per scene.
+    pub fn evaluate_maps(
+        &mut self,
+        ctx: &egui::Context,
+        clip: Arc<LoadedClip>,
+        req: super::maps_eval_job::MapsEvalRequest,
+        cancel: Arc<AtomicBool>,
+    ) -> std::io::Result<JobId> {
+        self.evaluation(ctx, "evaluate maps", cancel, move |job, progress| {
+            Event::MapsEvaluated {
+                job,
+                result: super::maps_eval_job::run(&clip, &req, progress).map_err(Failure::from),
+            }
+        })
+    }
+
     pub fn classify(
         &mut self,
         ctx: &egui::Context,

@@ -937,6 +937,74 @@ fn the_method_picker_and_compare_grid_show_each_methods_map() {
     h.check_accessibility();
 }
 
+/// Evaluate maps: a worker job with progress that can be cancelled, whose table is the one
+/// `promptscope pointing --methods all` prints for the same scenes (all but the timings).
+#[test]
+fn evaluate_maps_runs_the_pointing_game_as_a_cancellable_job() {
+    let fx = fixture();
+    let mut h = loaded(&fx);
+    click(&mut h, "Align");
+    wait_idle(&mut h);
+    let button = |h: &mut Harness<'_, PromptscopeApp>, label: &str| {
+        h.get_all_by_label(label)
+            .find(|n| n.accesskit_node().role() == egui::accesskit::Role::Button)
+            .unwrap_or_else(|| panic!("a button {label}"))
+            .click();
+        h.step();
+        h.step();
+    };
+    h.get_by_label("Evaluate maps").click();
+    h.step();
+    h.step();
+    // A long evaluation, cancelled while it runs: no table, no error.
+    h.state_mut().align.eval_count = 3000;
+    button(&mut h, "Evaluate maps");
+    assert!(h.state().state.evaluating_maps.is_some());
+    assert!(h.query_by_label("Cancel evaluation").is_some());
+    button(&mut h, "Cancel evaluation");
+    wait_idle(&mut h);
+    assert!(h.state().state.maps_eval.is_none());
+    assert!(
+        h.state().state.errors.is_empty(),
+        "{:?}",
+        h.state().state.errors
+    );
+
+    h.state_mut().align.eval_count = 3;
+    button(&mut h, "Evaluate maps");
+    wait_idle(&mut h);
+    let table = h.state().state.maps_eval.clone().expect("a table");
+    assert_eq!(
+        table.methods.len(),
+        promptscope::align::maps::MapMethod::ALL.len()
+    );
+    assert!(h.query_by_label("random patch").is_some());
+    let out = crate::common::promptscope(&[
+        "pointing",
+        "--model",
+        fx.model.to_str().unwrap(),
+        "--device",
+        "cpu",
+        "--count",
+        "3",
+        "--seed",
+        "1000",
+        "--methods",
+        "all",
+        "--format",
+        "json",
+    ]);
+    let mut cli: serde_json::Value = serde_json::from_str(&crate::common::ok(&out)).unwrap();
+    let mut app = serde_json::to_value(&table).unwrap();
+    for v in [&mut cli, &mut app] {
+        for m in v["methods"].as_array_mut().unwrap() {
+            m.as_object_mut().unwrap().remove("ms_per_map");
+        }
+    }
+    assert_eq!(app, cli);
+    h.check_accessibility();
+}
+
 /// Without a wgpu renderer the Align tab still shows both maps (drawn on the CPU).
 #[test]
 fn the_alignment_view_works_without_wgpu() {

@@ -1,0 +1,38 @@
+//! Align's *Evaluate maps*, run on a worker thread: the pointing game of the chosen explanation
+//! methods on captioned scenes drawn at the model's size (each object's mask is known), exactly what
+//! `promptscope pointing --methods` plays with the same count and seed.
+
+use crate::align::maps::MapMethod;
+use crate::align::pointing::{pointing_by_method, MethodsPointing};
+use crate::clip::LoadedClip;
+use crate::data::scenes::{generate, SceneConfig};
+use crate::error::{Error, Result};
+use crate::progress::Progress;
+
+/// What to evaluate: the methods, and which scenes (`pointing`'s `--count` and `--seed`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct MapsEvalRequest {
+    pub methods: Vec<MapMethod>,
+    pub count: usize,
+    pub seed: u64,
+}
+
+pub fn run(
+    clip: &LoadedClip,
+    req: &MapsEvalRequest,
+    progress: &dyn Progress,
+) -> Result<MethodsPointing> {
+    if req.methods.is_empty() || req.count == 0 {
+        return Err(Error::invalid(
+            "choose at least one method and one scene to evaluate",
+        ));
+    }
+    let cfg = SceneConfig {
+        size: clip.image_size() as u32,
+        ..SceneConfig::default()
+    };
+    let scenes = (0..req.count as u64)
+        .map(|i| generate(req.seed, i, &cfg))
+        .collect::<Result<Vec<_>>>()?;
+    pointing_by_method(clip, &scenes, &req.methods, progress)
+}
