@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Takes assets/screenshots/{compare,compare-base-to-novel,train,train-pretrain-scenes,align,align-side-by-side,export}.png: the real app on the shipped FILIP demo model
+# Takes assets/screenshots/{compare,compare-base-to-novel,train,train-pretrain-scenes,align,align-side-by-side,align-compare,align-evaluate,export}.png: the real app on the shipped FILIP demo model
 # (assets/models/scenes-filip) and generated scene datasets, on a virtual X screen, drawn by wgpu on Mesa's software Vulkan (lavapipe), so no
 # display or GPU is needed. The Train shot is taken while training; the frame times of that run are
 # written to assets/screenshots/frame-times.json (median and p99 ms between frames, and of the app's
@@ -7,7 +7,8 @@
 #
 # Needs: xvfb-run (xvfb, xauth), ImageMagick's `import`, mesa-vulkan-drivers. On Debian/Ubuntu:
 #   apt-get install -y xvfb xauth imagemagick mesa-vulkan-drivers
-# Environment: PROFILE=release builds optimised (default: dev); WAIT=seconds to load (default 8).
+# Environment: PROFILE=release builds optimised (default: dev); WAIT=seconds to load (default 8);
+# ONLY=align-compare,align-evaluate retakes only the named pictures.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -59,6 +60,8 @@ wait "$app" 2>/dev/null || true
 
 shoot() { # picture name, tab, dataset, extra app arguments...
     local name=$1 tab=$2 data=$3; shift 3
+    # ONLY=name,name retakes just those pictures.
+    if [ -n "${ONLY:-}" ] && [[ ",$ONLY," != *",$name,"* ]]; then return 0; fi
     XDG_DATA_HOME="$scratch/data-$name" PROMPTSCOPE_CACHE="$scratch/cache" PROMPTSCOPE_RUNS="$scratch/runs" \
     PROMPTSCOPE_FRAME_LOG="$scratch/frames-$name.json" WGPU_BACKEND=${WGPU_BACKEND:-vulkan} \
         xvfb-run -a -s "-screen 0 1280x800x24" bash -c "$inner" screenshot "$bin" "$outdir/$name.png" "$wait_s" "$scratch/app-$name.log" "$data" "$tab" "$model" "$@"
@@ -79,6 +82,11 @@ shoot train-pretrain-scenes train "$scratch/warm-light" --method pretrain-scenes
 wait_s=$wait_plain
 shoot align align "$scratch/objects"
 shoot align-side-by-side align "$scratch/warm-light" --prompts "$scratch/prompts.safetensors" --side-by-side
+# Six explanation methods' maps of one image and prompt, and the pointing game of all twelve.
+shoot align-compare align "$scratch/objects" --compare-methods token,maskclip-clearclip,naclip,surgery,chefer,legrad
+wait_s=$((wait_plain + 20))
+shoot align-evaluate align "$scratch/objects" --autorun --evaluate-maps
+wait_s=$wait_plain
 # The train shot's stopped run left its checkpoint in the runs folder: Export lists it.
 shoot export export "$scratch/warm-light" --prompts "$scratch/prompts.safetensors"
 cp "$outdir/compare.png" "$outdir/main.png"

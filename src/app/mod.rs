@@ -33,6 +33,7 @@ use std::sync::Arc;
 
 use egui::{Align2, Color32, FontId, Id, LayerId, Order};
 
+pub use align_panel::COMPARE_MAX;
 use align_panel::{AlignPanel, LearnedSource};
 use compare::ComparePanel;
 use data_panel::DataPanel;
@@ -63,6 +64,10 @@ pub struct Startup {
     pub super_category: Option<String>,
     /// Compare opens in its base-to-novel mode.
     pub base_to_novel: bool,
+    /// Align opens comparing these map methods.
+    pub compare_methods: Vec<crate::align::maps::MapMethod>,
+    /// With `autorun` on Align: evaluate the maps.
+    pub evaluate_maps: bool,
 }
 
 /// The window's title: the model, and that it is a small demo model when it is one.
@@ -94,6 +99,11 @@ pub fn run(model: Option<String>, data: Option<PathBuf>, startup: Startup) -> an
             app.autorun = startup.autorun;
             app.startup_prompts = startup.prompts;
             app.align.side_by_side = startup.side_by_side;
+            if !startup.compare_methods.is_empty() {
+                app.align.compare_on = true;
+                app.align.compare = startup.compare_methods;
+            }
+            app.evaluate_maps_at_start = startup.evaluate_maps;
             if startup.base_to_novel {
                 app.compare.mode = compare::CompareMode::BaseToNovel;
             }
@@ -160,6 +170,8 @@ pub struct PromptscopeApp {
     thumbnail_job: Option<events::JobId>,
     /// Start the tab's job once a model and a dataset are loaded (`app --autorun`).
     pub autorun: bool,
+    /// Align's job for `autorun`: evaluate the maps (`app --evaluate-maps`).
+    pub evaluate_maps_at_start: bool,
     /// Prompts files to load once the model is there, one after the other (`app --prompts`).
     pub startup_prompts: Vec<PathBuf>,
     /// Frame intervals, written as statistics to `frame_log` ($PROMPTSCOPE_FRAME_LOG) every second.
@@ -196,6 +208,7 @@ impl PromptscopeApp {
             gpu_format: None,
             thumbnail_job: None,
             autorun: false,
+            evaluate_maps_at_start: false,
             startup_prompts: Vec::new(),
             frames: FrameTimes::default(),
             frame_log: None,
@@ -441,6 +454,13 @@ impl PromptscopeApp {
                     Ok(run) => actions.push(Action::StartTraining(Box::new(run))),
                     Err(e) => self.state.error(format!("Cannot start training: {e}")),
                 },
+                Tab::Align if self.evaluate_maps_at_start => {
+                    actions.push(Action::EvaluateMaps(maps_eval_job::MapsEvalRequest {
+                        methods: self.align.eval_methods(),
+                        count: self.align.eval_count,
+                        seed: self.align.eval_seed,
+                    }))
+                }
                 _ => {}
             }
         }

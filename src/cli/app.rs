@@ -23,10 +23,19 @@ pub struct AppStart {
     pub base_to_novel: bool,
     pub method: Option<MethodArg>,
     pub super_category: Option<String>,
+    pub compare_methods: Vec<promptscope::align::maps::MapMethod>,
+    pub evaluate_maps: bool,
 }
 
 #[cfg(feature = "gui")]
 pub fn open_app(model: Option<String>, data: Option<PathBuf>, start: AppStart) -> Result<()> {
+    if start.compare_methods.len() > promptscope::app::COMPARE_MAX {
+        anyhow::bail!(
+            "--compare-methods: at most {} methods side by side, not {}",
+            promptscope::app::COMPARE_MAX,
+            start.compare_methods.len()
+        );
+    }
     let tab = match start.tab {
         TabArg::Compare => promptscope::app::Tab::Compare,
         TabArg::Train => promptscope::app::Tab::Train,
@@ -52,6 +61,8 @@ pub fn open_app(model: Option<String>, data: Option<PathBuf>, start: AppStart) -
         method,
         pretrain_scenes: scenes,
         super_category: start.super_category,
+        compare_methods: start.compare_methods,
+        evaluate_maps: start.evaluate_maps,
     };
     promptscope::app::run(model, data, startup)
 }

@@ -74,6 +74,12 @@ pub enum Verb {
         /// Open Compare in its base-to-novel mode (with --autorun: run it with the remembered methods).
         #[arg(long)]
         base_to_novel: bool,
+        /// Open the Align tab comparing these map methods (a comma list or `all`, at most six).
+        #[arg(long)]
+        compare_methods: Option<String>,
+        /// With --autorun on the Align tab: evaluate the maps (the pointing game) at start-up.
+        #[arg(long)]
+        evaluate_maps: bool,
         /// The Train tab's method (default: the remembered one); with mpfgvc, --super-category names
         /// the word its prompts end with.
         #[arg(long, value_enum)]

@@ -1327,22 +1327,32 @@ pub fn run(verb: Verb) -> Result<()> {
             prompts,
             side_by_side,
             base_to_novel,
+            compare_methods,
+            evaluate_maps,
             method,
             super_category,
-        } => open_app(
-            model,
-            data,
-            AppStart {
-                tab,
-                autorun,
-                epochs,
-                prompts,
-                side_by_side,
-                base_to_novel,
-                method,
-                super_category,
-            },
-        ),
+        } => {
+            let compare_methods = match compare_methods {
+                Some(list) => promptscope::align::maps::MapMethod::parse_list(&[list])?,
+                None => Vec::new(),
+            };
+            open_app(
+                model,
+                data,
+                AppStart {
+                    tab,
+                    autorun,
+                    epochs,
+                    prompts,
+                    side_by_side,
+                    base_to_novel,
+                    method,
+                    super_category,
+                    compare_methods,
+                    evaluate_maps,
+                },
+            )
+        }
         Verb::Embed {
             model,
             texts,
