@@ -669,3 +669,21 @@ pub fn pretrain_step(
         peak_rss_mb: peak_rss_mb(),
     })
 }
+
+/// One explanation map of `method` from pixels: the image's pass, the method's image side, the text's
+/// feature and the method's text side (what a user running that method alone waits for), on a random
+/// image at the model's size. Milliseconds per map.
+pub fn map_ms(
+    clip: &LoadedClip,
+    method: crate::align::maps::MapMethod,
+    repeats: usize,
+) -> Result<f64> {
+    let s = clip.image_size();
+    let pixels = Tensor::randn(0f32, 1f32, (1, 3, s, s), &clip.device)?;
+    let secs = time_per_call(&clip.device, repeats, || {
+        crate::align::maps::ImageMaps::new(clip, &pixels, &[method])?
+            .maps("a photo of a golden retriever.")
+            .map(|_| ())
+    })?;
+    Ok(secs * 1e3)
+}

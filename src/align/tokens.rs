@@ -21,7 +21,8 @@ pub enum AlignMode {
     /// FILIP: every output token of the vision tower through `post_layernorm` and `visual_projection`.
     #[default]
     Token,
-    /// MaskCLIP-style dense features: for each token `x` of the hidden state entering the LAST block,
+    /// The ClearCLIP-era "MaskCLIP" (the map method `maskclip-clearclip`; MaskCLIP's own code keeps the
+    /// block's residual and MLP, `maskclip`): for each token `x` of the hidden state entering the LAST block,
     /// `out_proj(v_proj(layer_norm1(x)))` of that block — its value path with no query-key attention, no
     /// residual and no MLP — then `post_layernorm` and `visual_projection`. Without the attention each
     /// token keeps its own content instead of the global mix CLIP's last block gathers for the class

@@ -66,7 +66,8 @@ impl PngArgs {
 /// Which tokens are compared and how they are scored, shared by `align` and `align-eval`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct TokenArgs {
-    /// token: the model's output tokens (FILIP); value: the last block's value path (MaskCLIP-style).
+    /// token: the model's output tokens (FILIP); value: the last block's value path alone (MaskCLIP as
+    /// ClearCLIP runs it, the map method maskclip-clearclip; see --method for every method).
     #[arg(long, default_value = "token")]
     pub mode: AlignMode,
     /// Count the class token among the image tokens.

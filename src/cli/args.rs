@@ -185,6 +185,19 @@ pub enum Verb {
         #[arg(long, value_enum, default_value = "text")]
         format: Format,
     },
+    /// Time one explanation map per method (image pass, method, text) on a random image: ms per map, as
+    /// scripts/bench_maps_torch.py times the PyTorch ports on the same weights.
+    BenchMaps {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Methods (names, a comma list, or `all`).
+        #[arg(long, default_value = "all")]
+        methods: Vec<String>,
+        #[arg(long, default_value_t = 5)]
+        repeats: usize,
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+    },
     /// Time listing a dataset folder and drawing its splits (no image is decoded): how long a large
     /// dataset takes to open.
     BenchDataset {

@@ -1427,6 +1427,27 @@ pub fn run(verb: Verb) -> Result<()> {
             save_batch.as_deref(),
             format,
         ),
+        Verb::BenchMaps {
+            model,
+            methods,
+            repeats,
+            format,
+        } => {
+            let methods = promptscope::align::maps::MapMethod::parse_list(&methods)?;
+            let clip = load_model(&model)?;
+            let mut rows = Vec::new();
+            for m in methods {
+                let ms = promptscope::bench::map_ms(&clip, m, repeats)?;
+                if format == Format::Text {
+                    outln!("{:20} {ms:9.2} ms per map", m.name());
+                }
+                rows.push(serde_json::json!({ "method": m, "ms_per_map": ms }));
+            }
+            if format == Format::Json {
+                print_json(&rows)?;
+            }
+            Ok(())
+        }
         Verb::BenchDataset {
             data,
             shots,
