@@ -34,7 +34,8 @@ The ports (each method's reference, the file and the commit it follows):
 - chefer: hila-chefer/Transformer-MM-Explainability @ f89ee2a948e29039213fd60443fe91c15ab9f1a2,
   CLIP_explainability.ipynb `interpret`: one-hot on the diagonal of logits_per_image, cam =
   clamp(grad * attn, 0).mean(heads), R = R + cam @ R from start_layer (-1: the last block); R[0, 1:].
-  Also "chefer@all": every block (start_layer 0).
+  Also "chefer@all": every block (start_layer 0), and the text side (start_layer_text -1): the
+  end-of-text row of the text tower's relevance over the words, divided by its sum.
 - gradcam: Cyang-Zhao/Grad-Eclip @ 5c1b5cc10ce68c9caaabd9711012e892257f9d49, `grad_cam`: the input of the
   last block, the raw cosine, weights the gradient's mean over all tokens, ReLU(sum), patches. The
   reference recomputes the last block with one head; this follows the model's own heads (the fix).
@@ -154,20 +155,30 @@ def rollout(attentions):
     return joint[0, 1:]
 
 
-def chefer(model, px, ids, start):
+def chefer(model, px, ids, start, text_side=False):
     out = model(input_ids=torch.tensor([ids]), pixel_values=px, output_attentions=True)
     score = out.logits_per_image[0, 0]
-    attns = out.vision_model_output.attentions
-    n = attns[0].shape[-1]
-    R = torch.eye(n)
-    start = len(attns) - 1 if start == -1 else start
-    for i, a in enumerate(attns):
-        if i < start:
-            continue
-        grad = torch.autograd.grad(score, [a], retain_graph=True)[0].detach()
-        cam = (grad * a.detach()).clamp(min=0).mean(dim=1)[0]
-        R = R + cam @ R
-    return R[0, 1:]
+
+    def relevance(attns, start):
+        n = attns[0].shape[-1]
+        R = torch.eye(n)
+        start = len(attns) - 1 if start == -1 else start
+        for i, a in enumerate(attns):
+            if i < start:
+                continue
+            grad = torch.autograd.grad(score, [a], retain_graph=True)[0].detach()
+            cam = (grad * a.detach()).clamp(min=0).mean(dim=1)[0]
+            R = R + cam @ R
+        return R
+
+    image = relevance(out.vision_model_output.attentions, start)[0, 1:]
+    if not text_side:
+        return image
+    # show_heatmap_on_text: the end-of-text row over the words, normalised by its sum.
+    R_text = relevance(out.text_model_output.attentions, start)
+    eot = int(torch.tensor(ids).argmax())
+    words = R_text[eot, 1:eot]
+    return image, words / words.sum()
 
 
 def gradcam(model, px, t):
@@ -239,7 +250,9 @@ def maps_of(model, tok, px):
         t_empty = F.normalize(text_feature(model, empty_ids), dim=-1)
         out["methods"]["surgery"] = [f32_list(f[1:] @ (t - t_empty))]
         out["methods"]["rollout"] = [f32_list(rollout(v.attentions))]
-    out["methods"]["chefer"] = [f32_list(chefer(model, px, ids, -1))]
+    image, words = chefer(model, px, ids, -1, text_side=True)
+    out["methods"]["chefer"] = [f32_list(image)]
+    out["chefer_word_relevance"] = f32_list(words)
     out["methods"]["chefer@all"] = [f32_list(chefer(model, px, ids, 0))]
     out["methods"]["gradcam"] = [f32_list(gradcam(model, px, t))]
     out["methods"]["legrad"] = [f32_list(legrad(model, px, t, -2))]

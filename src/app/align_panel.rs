@@ -517,6 +517,14 @@ impl AlignPanel {
                 .available_width()
                 .min(cols[1].available_width())
                 .clamp(120.0, 512.0);
+            if let Some((_, Ok(MethodMaps { word_relevance: Some(words), .. }))) = method_maps {
+                let line: Vec<String> = words
+                    .iter()
+                    .map(|(t, r)| format!("{} {:.0}%", super::glyphs::displayable(t), 100.0 * r))
+                    .collect();
+                cols[0].label(format!("word relevance: {}", line.join(" · ")))
+                    .on_hover_text("Chefer's relevance on the text side: which words the image–text score rests on");
+            }
             match method_maps {
                 Some((m, _)) => cols[0].strong(format!("{m}: the whole prompt")),
                 None => cols[0].strong(format!(

@@ -518,6 +518,11 @@ fn methods_verb(args: &AlignArgs, cfg: &AlignConfig, methods: &[MapMethod]) -> R
                 maps[0].grid[1]
             );
             for m in &maps {
+                if let Some(words) = &m.word_relevance {
+                    let line: Vec<String> =
+                        words.iter().map(|(t, r)| format!("{t} {r:.3}")).collect();
+                    outln!("{:18} word relevance: {}", m.method.name(), line.join(", "));
+                }
                 for (target, map) in m.targets.iter().zip(&m.maps) {
                     let (best, hi) =
                         map.iter()

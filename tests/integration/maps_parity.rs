@@ -93,6 +93,19 @@ fn every_method_matches(preset: &str, config: ClipConfig) {
             );
         }
     }
+    // Chefer's text side: each word's relevance.
+    let chefer = maps.iter().find(|m| m.method == MapMethod::Chefer).unwrap();
+    let words = chefer
+        .word_relevance
+        .as_ref()
+        .expect("Chefer's word relevance");
+    assert_eq!(words.len(), ids.len() - 2);
+    let ours: Vec<f32> = words.iter().map(|w| w.1).collect();
+    within(
+        &format!("{preset} Chefer word relevance"),
+        f64::from(max_abs_diff(&ours, &flat(&r["chefer_word_relevance"]))),
+        TOL,
+    );
     // The gradient methods' settings: Chefer over every block, LeGrad over the last one.
     let options = MapOptions {
         chefer_blocks: config.vision_config.num_hidden_layers,

@@ -158,3 +158,69 @@ pub fn maps(
         _ => unreachable!("checked above"),
     }
 }
+
+/// Chefer's relevance of each word of `ids` (start token to end-of-text) to the image–text score, on
+/// the text tower: over its last `blocks` blocks `R ← R + mean_h clamp₀(∂s/∂A ⊙ A) · R` (the causal
+/// attention as the tower runs it), then the end-of-text row over the words between the start token and
+/// the end-of-text token, divided by its sum (the notebook's `show_heatmap_on_text`). `image`: the
+/// image's pooled feature `[P]`, normalised.
+pub fn text_relevance(
+    text: &crate::clip::text::TextTower,
+    ids: &[u32],
+    image: &Tensor,
+    logit_scale: f64,
+    blocks: usize,
+) -> Result<Vec<f32>> {
+    let n = text.layers.len();
+    if blocks == 0 || blocks > n {
+        return Err(Error::invalid(format!(
+            "Chefer's word relevance over the last {blocks} blocks: the text tower has {n} (1 to {n})"
+        )));
+    }
+    let (emb, eot) = text.embed_batch(&[ids.to_vec()])?;
+    let eot = eot[0];
+    if eot < 2 {
+        return Err(Error::invalid(
+            "the prompt has no words between its start and end tokens",
+        ));
+    }
+    let len = eot + 1;
+    let mut x = emb
+        .narrow(1, 0, len)?
+        .broadcast_add(&text.position_embedding.narrow(0, 0, len)?)?;
+    let mask = crate::clip::layers::causal_mask(len, x.device())?;
+    let first = n - blocks;
+    let mut traced = Vec::with_capacity(blocks);
+    for (l, block) in text.layers.iter().enumerate() {
+        if l < first {
+            x = block.forward(&x, Some(&mask), false)?.0;
+            continue;
+        }
+        let att = &block.self_attn;
+        let [q, k, v] = att.heads_qkv(&block.layer_norm1.forward(&x)?)?;
+        let a = softmax_last_dim(&(q.matmul(&k.t()?)? * att.scale())?.broadcast_add(&mask)?)?;
+        let zero = Var::zeros(a.shape(), DType::F32, a.device())?;
+        let y = (&x + att.merge_heads(&(&a + zero.as_tensor())?.matmul(&v)?)?)?;
+        x = (&y + block.mlp.forward(&block.layer_norm2.forward(&y)?)?)?;
+        traced.push((a.detach(), zero));
+    }
+    let pooled = text.projection.forward(
+        &text
+            .final_layer_norm
+            .forward(&x.narrow(1, eot, 1)?.squeeze(1)?)?,
+    )?;
+    let score = ((l2_normalize(&pooled)?.squeeze(0)? * image)?.sum_all()? * logit_scale)?;
+    let grads = score.backward()?;
+    let mut r = Tensor::eye(len, DType::F32, x.device())?;
+    for (a, zero) in &traced {
+        let g = grads
+            .get(zero.as_tensor())
+            .cloned()
+            .unwrap_or(zero.as_tensor().zeros_like()?);
+        let cam = (g * a)?.relu()?.mean(1)?.squeeze(0)?;
+        r = (&r + cam.matmul(&r)?)?;
+    }
+    let row: Vec<f32> = r.get(eot)?.narrow(0, 1, eot - 1)?.to_vec1()?;
+    let sum: f32 = row.iter().sum();
+    Ok(row.iter().map(|v| v / sum).collect())
+}

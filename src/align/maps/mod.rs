@@ -197,6 +197,9 @@ pub struct MethodMaps {
     pub targets: Vec<String>,
     /// One map per target, raw (before any min–max), row-major over the grid.
     pub maps: Vec<Vec<f32>>,
+    /// Chefer's: each word's relevance to the score on the text side (the words between the start and
+    /// end-of-text tokens, summing to 1).
+    pub word_relevance: Option<Vec<(String, f32)>>,
 }
 
 impl MethodMaps {
@@ -211,11 +214,18 @@ impl Serialize for MethodMaps {
         use serde::ser::SerializeStruct;
         let cols = self.grid[1].max(1);
         let maps: Vec<Vec<&[f32]>> = self.maps.iter().map(|m| m.chunks(cols).collect()).collect();
-        let mut st = s.serialize_struct("MethodMaps", 4)?;
+        let mut st = s.serialize_struct("MethodMaps", 5)?;
         st.serialize_field("method", &self.method)?;
         st.serialize_field("grid", &self.grid)?;
         st.serialize_field("targets", &self.targets)?;
         st.serialize_field("maps", &maps)?;
+        if let Some(words) = &self.word_relevance {
+            let words: Vec<serde_json::Value> = words
+                .iter()
+                .map(|(t, r)| serde_json::json!({ "token": t, "relevance": r }))
+                .collect();
+            st.serialize_field("word_relevance", &words)?;
+        }
         st.end()
     }
 }
@@ -381,6 +391,7 @@ impl<'a> ImageMaps<'a> {
         text: &str,
         prompt: &OnceText,
     ) -> Result<MethodMaps> {
+        let mut word_relevance = None;
         let (targets, maps) = match side {
             ImageSide::Tokens(pass) => {
                 let a = align_pass(
@@ -407,14 +418,30 @@ impl<'a> ImageMaps<'a> {
             ImageSide::Fixed(map) => (vec![WHOLE_TEXT.to_string()], vec![map.clone()]),
             ImageSide::Gradient => {
                 let t = prompt.feature(self.clip, text)?.unsqueeze(0)?;
-                let mut maps = gradient::maps(
-                    &self.clip.model()?.vision,
-                    &self.pass,
-                    &t,
-                    f64::from(self.clip.logit_scale()),
-                    method,
-                    &self.options,
-                )?;
+                let model = self.clip.model()?;
+                let scale = f64::from(self.clip.logit_scale());
+                let mut maps =
+                    gradient::maps(&model.vision, &self.pass, &t, scale, method, &self.options)?;
+                if method == MapMethod::Chefer {
+                    // The text side of the same relevance: which words the score rests on.
+                    let tok = self.clip.tokenizer()?;
+                    let ids = tok.encode(text)?;
+                    let image = l2_normalize(
+                        &model
+                            .vision
+                            .pool(&self.pass.hidden[self.pass.hidden.len() - 1])?,
+                    )?
+                    .squeeze(0)?;
+                    let blocks = self.options.chefer_blocks.min(model.text.layers.len());
+                    let r = gradient::text_relevance(&model.text, &ids, &image, scale, blocks)?;
+                    word_relevance = Some(
+                        ids[1..ids.len() - 1]
+                            .iter()
+                            .zip(r)
+                            .map(|(&id, r)| (tok.token_text(id), r))
+                            .collect(),
+                    );
+                }
                 (vec![WHOLE_TEXT.to_string()], vec![maps.remove(0)])
             }
         };
@@ -423,6 +450,7 @@ impl<'a> ImageMaps<'a> {
             grid: [self.grid, self.grid],
             targets,
             maps,
+            word_relevance,
         })
     }
 }
