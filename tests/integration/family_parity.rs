@@ -165,6 +165,32 @@ fn a_global_feature_family_runs_zero_shot_and_adapters_and_refuses_prompt_learni
     for needle in ["SigLIP", "token-level", "zero-shot", "Tip-Adapter"] {
         assert!(line.contains(needle), "{needle:?} not in {line:?}");
     }
+    // Every explanation map reads CLIP's blocks: refused with the reason, per method.
+    let image = std::fs::read_dir(tmp.path().join("d").join("test"))
+        .unwrap()
+        .flat_map(|c| std::fs::read_dir(c.unwrap().path()).unwrap())
+        .map(|f| f.unwrap().path())
+        .next()
+        .unwrap();
+    for (method, extra) in [("naclip", None), ("rollout", Some("class token"))] {
+        let line = error_line(&promptscope(&[
+            "align",
+            "--model",
+            model,
+            "--image",
+            image.to_str().unwrap(),
+            "--text",
+            "a dog.",
+            "--method",
+            method,
+        ]));
+        for needle in [method, "SigLIP", "global features only"]
+            .into_iter()
+            .chain(extra)
+        {
+            assert!(line.contains(needle), "{needle:?} not in {line:?}");
+        }
+    }
 }
 
 #[test]

@@ -137,6 +137,12 @@ impl MapMethod {
         matches!(self, Self::Chefer | Self::Gradcam | Self::Legrad)
     }
 
+    /// Whether the map is read off the class token's row (rollout, Chefer, Grad-CAM's score) or its
+    /// pooled feature (the rest score patch tokens against the text directly).
+    fn reads_class_token(self) -> bool {
+        matches!(self, Self::Rollout | Self::Chefer | Self::Gradcam)
+    }
+
     /// Whether the method's map ignores the text.
     pub fn text_free(self) -> bool {
         self == Self::Rollout
@@ -147,9 +153,15 @@ impl MapMethod {
     pub fn unavailable(self, clip: &LoadedClip) -> Option<String> {
         match clip.model() {
             Err(_) => Some(format!(
-                "{} reads the vision blocks' attention and tokens; a {} model is loaded for its global features only",
+                "{} reads the vision blocks' attention and tokens; promptscope runs {} models through \
+                 candle-transformers for their global features only, whose blocks it cannot reach{}",
                 self.name(),
-                clip.family().name()
+                clip.family().name(),
+                if self.reads_class_token() {
+                    " (and the method reads a class token, which SigLIP does not have: it pools with an attention head)"
+                } else {
+                    ""
+                }
             )),
             Ok(m) if m.vision.layers.is_empty() => {
                 Some("the vision tower has no blocks".to_string())
