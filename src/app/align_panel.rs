@@ -491,16 +491,10 @@ impl AlignPanel {
             let attention = GridMap::new(&view.ssvp.attention, view.ssvp.grid);
             match (word, attention) {
                 (Ok(word), Ok(attention)) => {
-                    let mut data = |map| {
-                        self.next_overlay_id += 1;
-                        Arc::new(OverlayData {
-                            id: self.next_overlay_id,
-                            image: view.image.clone(),
-                            size: view.size,
-                            map,
-                        })
-                    };
-                    let (w, s) = (data(word), data(attention));
+                    let (w, s) = (
+                        self.overlay_data(view, word),
+                        self.overlay_data(view, attention),
+                    );
                     self.overlays = Some((key.0, key.1, w, s));
                 }
                 (Err(e), _) | (_, Err(e)) => {
@@ -594,9 +588,10 @@ impl AlignPanel {
         gpu: Option<egui_wgpu::wgpu::TextureFormat>,
     ) {
         let key = view.id * 1000 + self.word as u64;
+        let word = self.word;
         let shown = |m: MapMethod| -> Option<(&MethodMaps, usize)> {
             let maps = view.maps_of(m)?;
-            let target = if m.per_word() { self.word } else { 0 };
+            let target = if m.per_word() { word } else { 0 };
             (target < maps.maps.len()).then_some((maps, target))
         };
         if self
@@ -611,13 +606,7 @@ impl AlignPanel {
                 .map(|&m| {
                     let (maps, target) = shown(m)?;
                     let map = GridMap::new(&maps.maps[target], maps.grid).ok()?;
-                    self.next_overlay_id += 1;
-                    Some(Arc::new(OverlayData {
-                        id: self.next_overlay_id,
-                        image: view.image.clone(),
-                        size: view.size,
-                        map,
-                    }))
+                    Some(self.overlay_data(view, map))
                 })
                 .collect();
             self.compare_overlays = Some((key, overlays));
@@ -673,6 +662,17 @@ impl AlignPanel {
 }
 
 impl AlignPanel {
+    /// `map` over the view's picture, with a fresh id (the GPU copy is keyed by it).
+    fn overlay_data(&mut self, view: &AlignView, map: GridMap) -> Arc<OverlayData> {
+        self.next_overlay_id += 1;
+        Arc::new(OverlayData {
+            id: self.next_overlay_id,
+            image: view.image.clone(),
+            size: view.size,
+            map,
+        })
+    }
+
     /// The methods Evaluate maps scores: every one, or the compared ones (else the picked one).
     pub fn eval_methods(&self) -> Vec<MapMethod> {
         if self.eval_all {
@@ -807,13 +807,7 @@ impl AlignPanel {
                 .map(|(_, m)| {
                     let m = m.as_ref().ok()?;
                     let map = GridMap::new(&m.map, m.grid).ok()?;
-                    self.next_overlay_id += 1;
-                    Some(Arc::new(OverlayData {
-                        id: self.next_overlay_id,
-                        image: view.image.clone(),
-                        size: view.size,
-                        map,
-                    }))
+                    Some(self.overlay_data(view, map))
                 })
                 .collect();
             self.side_overlays = Some((view.id, maps));
