@@ -272,8 +272,19 @@ pub fn pointing_by_method(
         for (s, t) in seconds.iter_mut().zip(&image.image_seconds) {
             *s += t;
         }
+        let prompts: Vec<String> = scene
+            .objects
+            .iter()
+            .map(|o| format!("a {} {}.", o.colour_name(), o.shape_name()))
+            .collect();
+        // Each method's maps of every object's prompt (the gradient methods in one batch).
+        let mut maps = Vec::with_capacity(methods.len());
+        for (k, s) in seconds.iter_mut().enumerate() {
+            let start = std::time::Instant::now();
+            maps.push(image.method_maps_many(k, &prompts)?);
+            *s += start.elapsed().as_secs_f64();
+        }
         for (i, o) in scene.objects.iter().enumerate() {
-            let prompt = format!("a {} {}.", o.colour_name(), o.shape_name());
             let mask = scene.mask(i);
             let cov = mask_coverage(&mask, size, grid);
             let near = centres_near_mask(&mask, size, grid, tol);
@@ -281,15 +292,13 @@ pub fn pointing_by_method(
             point_chance += near.iter().filter(|&&x| x).count() as f64 / near.len() as f64;
             chance += cov.iter().filter(|&&c| c >= HIT_COVERAGE).count() as f64 / cov.len() as f64;
             for (k, score) in scores.iter_mut().enumerate() {
-                let start = std::time::Instant::now();
-                let m = image.method_maps(k, &prompt)?;
+                let m = &maps[k][i];
                 let map = if m.method.per_word() {
                     let cols = shape_columns(clip, &m.targets, o.shape_name())?;
                     mean_map(&m.maps[cols])
                 } else {
                     m.maps[0].clone()
                 };
-                seconds[k] += start.elapsed().as_secs_f64();
                 let peak = argmax(&map);
                 score.hits += usize::from(cov[peak] >= HIT_COVERAGE);
                 score.point_hits += usize::from(near[peak]);

@@ -106,6 +106,22 @@ fn every_method_matches(preset: &str, config: ClipConfig) {
         f64::from(max_abs_diff(&ours, &flat(&r["chefer_word_relevance"]))),
         TOL,
     );
+    // The gradient methods batch their texts: one backward for several gives each text's own maps.
+    let texts = [text.to_string(), "a dog on the grass.".to_string()];
+    for (k, m) in MapMethod::ALL.iter().enumerate() {
+        let batched = image.method_maps_many(k, &texts).unwrap();
+        for (t, b) in texts.iter().zip(&batched) {
+            let alone = image.method_maps(k, t).unwrap();
+            assert_eq!(b.targets, alone.targets, "{m}");
+            let ours: Vec<f32> = b.maps.concat();
+            within(
+                &format!("{preset} {m}: batched vs alone, {t:?}"),
+                relative(&ours, &alone.maps.concat()),
+                TOL,
+            );
+            assert_eq!(b.word_relevance.is_some(), *m == MapMethod::Chefer);
+        }
+    }
     // The gradient methods' settings: Chefer over every block, LeGrad over the last one.
     let options = MapOptions {
         chefer_blocks: config.vision_config.num_hidden_layers,

@@ -387,6 +387,64 @@ impl<'a> ImageMaps<'a> {
         self.maps_by(*m, side, text, &OnceText::default())
     }
 
+    /// The maps of each of `texts` by the `index`-th method. A gradient method runs one backward pass
+    /// for all the texts (the image repeated per text, the scores' diagonal summed); the others map
+    /// text by text from the shared image side.
+    pub fn method_maps_many(&self, index: usize, texts: &[String]) -> Result<Vec<MethodMaps>> {
+        let (m, side) = self
+            .sides
+            .get(index)
+            .ok_or_else(|| Error::invalid(format!("no method {index} of {}", self.sides.len())))?;
+        if !matches!(side, ImageSide::Gradient) || texts.len() < 2 {
+            return texts
+                .iter()
+                .map(|t| self.maps_by(*m, side, t, &OnceText::default()))
+                .collect();
+        }
+        for t in texts {
+            check_prompt(self.clip, t)?;
+        }
+        let feats = l2_normalize(&self.clip.text_features(texts)?)?;
+        let model = self.clip.model()?;
+        let scale = f64::from(self.clip.logit_scale());
+        let maps = gradient::maps(&model.vision, &self.pass, &feats, scale, *m, &self.options)?;
+        texts
+            .iter()
+            .zip(maps)
+            .map(|(t, map)| {
+                Ok(MethodMaps {
+                    method: *m,
+                    grid: [self.grid, self.grid],
+                    targets: vec![WHOLE_TEXT.to_string()],
+                    maps: vec![map],
+                    word_relevance: self.word_relevance(*m, t)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Chefer's text side for `text` (None for the other methods).
+    fn word_relevance(&self, method: MapMethod, text: &str) -> Result<Option<Vec<(String, f32)>>> {
+        if method != MapMethod::Chefer {
+            return Ok(None);
+        }
+        let model = self.clip.model()?;
+        let tok = self.clip.tokenizer()?;
+        let ids = tok.encode(text)?;
+        let last = &self.pass.hidden[self.pass.hidden.len() - 1];
+        let image = l2_normalize(&model.vision.pool(last)?)?.squeeze(0)?;
+        let blocks = self.options.chefer_blocks.min(model.text.layers.len());
+        let scale = f64::from(self.clip.logit_scale());
+        let r = gradient::text_relevance(&model.text, &ids, &image, scale, blocks)?;
+        Ok(Some(
+            ids[1..ids.len() - 1]
+                .iter()
+                .zip(r)
+                .map(|(&id, r)| (tok.token_text(id), r))
+                .collect(),
+        ))
+    }
+
     /// Every method's maps of `text`, in the order the methods were given.
     pub fn maps(&self, text: &str) -> Result<Vec<MethodMaps>> {
         let prompt = OnceText::default();
@@ -434,26 +492,8 @@ impl<'a> ImageMaps<'a> {
                 let scale = f64::from(self.clip.logit_scale());
                 let mut maps =
                     gradient::maps(&model.vision, &self.pass, &t, scale, method, &self.options)?;
-                if method == MapMethod::Chefer {
-                    // The text side of the same relevance: which words the score rests on.
-                    let tok = self.clip.tokenizer()?;
-                    let ids = tok.encode(text)?;
-                    let image = l2_normalize(
-                        &model
-                            .vision
-                            .pool(&self.pass.hidden[self.pass.hidden.len() - 1])?,
-                    )?
-                    .squeeze(0)?;
-                    let blocks = self.options.chefer_blocks.min(model.text.layers.len());
-                    let r = gradient::text_relevance(&model.text, &ids, &image, scale, blocks)?;
-                    word_relevance = Some(
-                        ids[1..ids.len() - 1]
-                            .iter()
-                            .zip(r)
-                            .map(|(&id, r)| (tok.token_text(id), r))
-                            .collect(),
-                    );
-                }
+                // The text side of the same relevance: which words the score rests on.
+                word_relevance = self.word_relevance(method, text)?;
                 (vec![WHOLE_TEXT.to_string()], vec![maps.remove(0)])
             }
         };
@@ -476,14 +516,20 @@ impl OnceText {
         if let Some(t) = self.0.get() {
             return Ok(t.clone());
         }
-        if clip.tokenizer()?.encode_words(text)?.is_empty() {
-            return Err(Error::invalid(format!(
-                "the prompt {text:?} is empty: give a text such as \"a photo of a dog.\""
-            )));
-        }
+        check_prompt(clip, text)?;
         let t = l2_normalize(&clip.text_features(&[text.to_string()])?)?.squeeze(0)?;
         Ok(self.0.get_or_init(|| t).clone())
     }
+}
+
+/// An empty prompt has no word to map.
+fn check_prompt(clip: &LoadedClip, text: &str) -> Result<()> {
+    if clip.tokenizer()?.encode_words(text)?.is_empty() {
+        return Err(Error::invalid(format!(
+            "the prompt {text:?} is empty: give a text such as \"a photo of a dog.\""
+        )));
+    }
+    Ok(())
 }
 
 /// Softmax over the last dimension of `a aᵀ · scale` (plus `bias`), per head: the self-self attention
