@@ -188,13 +188,13 @@ pub(crate) fn shape_word_map(
     a: &super::filip::Alignment,
     shape: &str,
 ) -> Result<Vec<f32>> {
-    let cols = shape_columns(clip, &a.text_tokens, shape)?;
+    let cols = word_columns(clip, &a.text_tokens, shape)?;
     let maps: Vec<Vec<f32>> = cols.map(|r| a.word_map(r)).collect::<Result<_>>()?;
     Ok(mean_map(&maps))
 }
 
-/// The columns of the shape word among a prompt's `tokens`: the word pieces before the closing ".".
-fn shape_columns(
+/// The columns of `word` (a shape, a class name) among a prompt's `tokens`: its pieces before the closing ".".
+fn word_columns(
     clip: &LoadedClip,
     tokens: &[String],
     shape: &str,
@@ -240,12 +240,113 @@ pub struct MethodsPointing {
     pub methods: Vec<MethodScore>,
 }
 
+/// One image of the pointing game and what to point at in it.
+pub struct PointingImage {
+    /// `[1, 3, S, S]` at the model's input size.
+    pub pixels: Tensor,
+    pub targets: Vec<PointingTarget>,
+}
+
+/// One object: the prompt naming it, the word(s) of the prompt that name it (just before its closing
+/// "."), and its mask over the model's input (`S × S`, row-major).
+pub struct PointingTarget {
+    pub prompt: String,
+    pub word: String,
+    pub mask: Vec<bool>,
+}
+
+/// A drawn scene as the pointing game reads it: "a {colour} {shape}." per object, the shape word.
+pub fn scene_image(clip: &LoadedClip, scene: &Scene) -> Result<PointingImage> {
+    Ok(PointingImage {
+        pixels: scene_pixels(clip, scene)?,
+        targets: scene
+            .objects
+            .iter()
+            .enumerate()
+            .map(|(i, o)| PointingTarget {
+                prompt: format!("a {} {}.", o.colour_name(), o.shape_name()),
+                word: o.shape_name().to_string(),
+                mask: scene.mask(i),
+            })
+            .collect(),
+    })
+}
+
+/// An image with its mask (`data::masked`) as the pointing game reads it: "a photo of a {class}.",
+/// the class's words; the mask goes through the image's own resize and crop.
+pub fn masked_image(
+    clip: &LoadedClip,
+    m: &crate::data::masked::MaskedImage,
+) -> Result<PointingImage> {
+    use crate::clip::preprocess::{load_image, resize_and_crop};
+    let size = clip.image_size();
+    let img = load_image(&m.image)?;
+    let px = preprocess(&img, &clip.preprocess);
+    if px.len() != 3 * size * size {
+        return Err(Error::invalid(format!(
+            "{}: the model's preprocessing does not give a {size}×{size} input",
+            m.image.display()
+        )));
+    }
+    let mask_img = load_image(&m.mask)?;
+    if (mask_img.width(), mask_img.height()) != (img.width(), img.height()) {
+        return Err(Error::bad_file(
+            &m.mask,
+            format!(
+                "is {}×{}, its image {}×{}",
+                mask_img.width(),
+                mask_img.height(),
+                img.width(),
+                img.height()
+            ),
+            "give the mask the image's size",
+        ));
+    }
+    let mask: Vec<bool> = resize_and_crop(&mask_img, &clip.preprocess)
+        .pixels()
+        .map(|p| p[0] > 127)
+        .collect();
+    if !mask.iter().any(|&b| b) {
+        return Err(Error::bad_file(
+            &m.mask,
+            "has no object pixel inside the model's centre crop",
+            "mark the object in white, or drop the image from the set",
+        ));
+    }
+    Ok(PointingImage {
+        pixels: Tensor::from_vec(px, (1, 3, size, size), &clip.device)?,
+        targets: vec![PointingTarget {
+            prompt: format!("a photo of a {}.", m.class),
+            word: m.class.clone(),
+            mask,
+        }],
+    })
+}
+
 /// The pointing game of each of `methods` on `scenes` (drawn at the model's input size): for every
 /// object, the prompt "a {colour} {shape}." and the map of its shape word (per-word methods) or of the
 /// whole prompt (the others).
 pub fn pointing_by_method(
     clip: &LoadedClip,
     scenes: &[Scene],
+    methods: &[MapMethod],
+    progress: &dyn Progress,
+) -> Result<MethodsPointing> {
+    pointing_on(
+        clip,
+        scenes.len(),
+        &|i| scene_image(clip, &scenes[i]),
+        methods,
+        progress,
+    )
+}
+
+/// The pointing game of each of `methods` on `count` images, the i-th made by `image(i)` when its
+/// turn comes (so a folder is never all in memory).
+pub fn pointing_on(
+    clip: &LoadedClip,
+    count: usize,
+    image: &dyn Fn(usize) -> Result<PointingImage>,
     methods: &[MapMethod],
     progress: &dyn Progress,
 ) -> Result<MethodsPointing> {
@@ -265,36 +366,31 @@ pub fn pointing_by_method(
         })
         .collect();
     let mut seconds = vec![0f64; methods.len()];
-    for (n, scene) in scenes.iter().enumerate() {
+    for n in 0..count {
         check(progress)?;
-        let pixels = scene_pixels(clip, scene)?;
-        let image = ImageMaps::new(clip, &pixels, methods)?;
-        for (s, t) in seconds.iter_mut().zip(&image.image_seconds) {
+        let item = image(n)?;
+        let maps_of = ImageMaps::new(clip, &item.pixels, methods)?;
+        for (s, t) in seconds.iter_mut().zip(&maps_of.image_seconds) {
             *s += t;
         }
-        let prompts: Vec<String> = scene
-            .objects
-            .iter()
-            .map(|o| format!("a {} {}.", o.colour_name(), o.shape_name()))
-            .collect();
+        let prompts: Vec<String> = item.targets.iter().map(|t| t.prompt.clone()).collect();
         // Each method's maps of every object's prompt (the gradient methods in one batch).
         let mut maps = Vec::with_capacity(methods.len());
         for (k, s) in seconds.iter_mut().enumerate() {
             let start = std::time::Instant::now();
-            maps.push(image.method_maps_many(k, &prompts)?);
+            maps.push(maps_of.method_maps_many(k, &prompts)?);
             *s += start.elapsed().as_secs_f64();
         }
-        for (i, o) in scene.objects.iter().enumerate() {
-            let mask = scene.mask(i);
-            let cov = mask_coverage(&mask, size, grid);
-            let near = centres_near_mask(&mask, size, grid, tol);
+        for (i, target) in item.targets.iter().enumerate() {
+            let cov = mask_coverage(&target.mask, size, grid);
+            let near = centres_near_mask(&target.mask, size, grid, tol);
             objects += 1;
             point_chance += near.iter().filter(|&&x| x).count() as f64 / near.len() as f64;
             chance += cov.iter().filter(|&&c| c >= HIT_COVERAGE).count() as f64 / cov.len() as f64;
             for (k, score) in scores.iter_mut().enumerate() {
                 let m = &maps[k][i];
                 let map = if m.method.per_word() {
-                    let cols = shape_columns(clip, &m.targets, o.shape_name())?;
+                    let cols = word_columns(clip, &m.targets, &target.word)?;
                     mean_map(&m.maps[cols])
                 } else {
                     m.maps[0].clone()
@@ -304,7 +400,7 @@ pub fn pointing_by_method(
                 score.point_hits += usize::from(near[peak]);
             }
         }
-        progress.update("scenes", n + 1, scenes.len());
+        progress.update("images", n + 1, count);
     }
     for (score, s) in scores.iter_mut().zip(&seconds) {
         score.point_rate = mean_over(score.point_hits as f64, objects);
@@ -312,7 +408,7 @@ pub fn pointing_by_method(
         score.ms_per_map = 1e3 * mean_over(*s, objects);
     }
     Ok(MethodsPointing {
-        scenes: scenes.len(),
+        scenes: count,
         objects,
         tolerance_px: tol,
         point_chance: mean_over(point_chance, objects),

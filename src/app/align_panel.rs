@@ -54,6 +54,8 @@ pub struct AlignPanel {
     pub eval_count: usize,
     pub eval_seed: u64,
     pub eval_all: bool,
+    /// Evaluate on the open dataset's masked images instead of generated scenes.
+    pub eval_on_dataset: bool,
     /// The compare grid's maps uploaded for a view.
     compare_overlays: Option<(u64, Vec<Option<Arc<OverlayData>>>)>,
     /// The tokens of the last prompt shown: a new prompt starts on its class word.
@@ -100,6 +102,7 @@ impl Default for AlignPanel {
             eval_count: 200,
             eval_seed: 1000,
             eval_all: true,
+            eval_on_dataset: false,
             compare_overlays: None,
             shown_tokens: Vec::new(),
             overlays: None,
@@ -691,6 +694,17 @@ impl AlignPanel {
             .default_open(state.maps_eval.is_some() || state.evaluating_maps.is_some())
             .show(ui, |ui| {
                 ui.weak("The pointing game: for every object of captioned scenes drawn at the model's size, does the map of its shape word (or of its whole prompt) peak on it? The same as `promptscope pointing --methods`.");
+                let root = state.dataset.as_ref().map(|d| d.folder.root.clone());
+                ui.horizontal_wrapped(|ui| {
+                    ui.radio_value(&mut self.eval_on_dataset, false, "generated scenes");
+                    ui.add_enabled(
+                        root.is_some(),
+                        egui::RadioButton::new(self.eval_on_dataset, "the open dataset's masked images"),
+                    )
+                    .on_hover_text("Images with NAME.mask.png beside them (white on the object); the prompt is \"a photo of a {class}.\"")
+                    .clicked()
+                    .then(|| self.eval_on_dataset = true);
+                });
                 ui.horizontal_wrapped(|ui| {
                     let l = ui.label("Scenes");
                     ui.add(egui::DragValue::new(&mut self.eval_count).range(1..=5000))
@@ -726,6 +740,7 @@ impl AlignPanel {
                                         methods: self.eval_methods(),
                                         count: self.eval_count,
                                         seed: self.eval_seed,
+                                        masked: root.clone().filter(|_| self.eval_on_dataset),
                                     },
                                 ));
                             }

@@ -1,6 +1,7 @@
 //! Align's *Evaluate maps*, run on a worker thread: the pointing game of the chosen explanation
 //! methods on captioned scenes drawn at the model's size (each object's mask is known), exactly what
-//! `promptscope pointing --methods` plays with the same count and seed.
+//! `promptscope pointing --methods` plays with the same count and seed, or on the open dataset's images
+//! that have masks (`pointing --data`).
 
 use crate::align::maps::MapMethod;
 use crate::align::pointing::{pointing_by_method, MethodsPointing};
@@ -9,12 +10,14 @@ use crate::data::scenes::{generate, SceneConfig};
 use crate::error::{Error, Result};
 use crate::progress::Progress;
 
-/// What to evaluate: the methods, and which scenes (`pointing`'s `--count` and `--seed`).
+/// What to evaluate: the methods, and which scenes (`pointing`'s `--count` and `--seed`), or a folder
+/// of masked images instead.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MapsEvalRequest {
     pub methods: Vec<MapMethod>,
     pub count: usize,
     pub seed: u64,
+    pub masked: Option<std::path::PathBuf>,
 }
 
 pub fn run(
@@ -26,6 +29,17 @@ pub fn run(
         return Err(Error::invalid(
             "choose at least one method and one scene to evaluate",
         ));
+    }
+    if let Some(root) = &req.masked {
+        let images = crate::data::masked::masked_images(root)?;
+        let image = |i: usize| crate::align::pointing::masked_image(clip, &images[i]);
+        return crate::align::pointing::pointing_on(
+            clip,
+            images.len(),
+            &image,
+            &req.methods,
+            progress,
+        );
     }
     let cfg = SceneConfig {
         size: clip.image_size() as u32,

@@ -459,6 +459,7 @@ impl PromptscopeApp {
                         methods: self.align.eval_methods(),
                         count: self.align.eval_count,
                         seed: self.align.eval_seed,
+                        masked: None,
                     }))
                 }
                 _ => {}

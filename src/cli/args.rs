@@ -320,6 +320,10 @@ pub enum Verb {
         /// method × hit rate (15 px rule and strict) × ms per map.
         #[arg(long)]
         methods: Vec<String>,
+        /// With --methods: images with masks instead of generated scenes (ROOT/<class>/NAME.png beside
+        /// NAME.mask.png; the prompt "a photo of a {class}.").
+        #[arg(long, requires = "methods")]
+        data: Option<PathBuf>,
         #[arg(long, value_enum, default_value = "text")]
         format: Format,
     },

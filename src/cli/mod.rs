@@ -1528,8 +1528,17 @@ pub fn run(verb: Verb) -> Result<()> {
             seed,
             held_out,
             methods,
+            data,
             format,
-        } => pretrain::pointing(&model, count, seed, held_out, &methods, format),
+        } => pretrain::pointing(
+            &model,
+            count,
+            seed,
+            held_out,
+            &methods,
+            data.as_deref(),
+            format,
+        ),
         Verb::ShapeCheck {
             model,
             count,

@@ -234,12 +234,16 @@ pub fn pointing(
     seed: u64,
     held_out: bool,
     methods: &[String],
+    data: Option<&std::path::Path>,
     format: Format,
 ) -> Result<()> {
     use promptscope::align::maps::MapMethod;
     use promptscope::align::AlignMode;
     use promptscope::data::scenes::{generate, SceneConfig};
     let methods = MapMethod::parse_list(methods)?;
+    let masked = data
+        .map(promptscope::data::masked::masked_images)
+        .transpose()?;
     let clip = super::load_model(model)?;
     let cfg = SceneConfig {
         size: clip.image_size() as u32,
@@ -251,13 +255,23 @@ pub fn pointing(
         .collect::<promptscope::Result<Vec<_>>>()?;
     let bar = Bar::new();
     if !methods.is_empty() {
-        let r = promptscope::align::pointing::pointing_by_method(&clip, &scenes, &methods, &bar)?;
+        use promptscope::align::pointing::{masked_image, pointing_by_method, pointing_on};
+        let r = match &masked {
+            Some(m) => pointing_on(
+                &clip,
+                m.len(),
+                &|i| masked_image(&clip, &m[i]),
+                &methods,
+                &bar,
+            )?,
+            None => pointing_by_method(&clip, &scenes, &methods, &bar)?,
+        };
         drop(bar);
         return match format {
             Format::Json => super::print_json(&r),
             Format::Text => {
                 outln!(
-                    "pointing game on {} scenes, {} objects (peak within {:.1} px of the object; strict: the peak patch at least a quarter on it)",
+                    "pointing game on {} images, {} objects (peak within {:.1} px of the object; strict: the peak patch at least a quarter on it)",
                     r.scenes,
                     r.objects,
                     r.tolerance_px

@@ -49,7 +49,7 @@ pub fn class_name_from_dir(dir: &str) -> String {
     dir.replace('_', " ")
 }
 
-fn is_image(path: &Path) -> bool {
+pub(crate) fn is_image(path: &Path) -> bool {
     path.extension()
         .and_then(|e| e.to_str())
         .map(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))

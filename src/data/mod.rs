@@ -4,6 +4,7 @@ pub mod augment;
 pub mod classnames;
 pub mod fewshot;
 pub mod folder;
+pub mod masked;
 pub mod scene_sets;
 pub mod scenes;
 pub mod synth;

@@ -391,3 +391,72 @@ fn pointing_scores_each_method_asked_for() {
     }
     assert!(r["point_chance"].as_f64().unwrap() > 0.0);
 }
+
+/// `pointing --data`: images with masks (ROOT/<class>/NAME.png + NAME.mask.png) instead of scenes;
+/// an image without a mask is left out, a folder without any or a mask of another size is a clear error.
+#[test]
+fn pointing_reads_a_folder_of_masked_images() {
+    let s = setup();
+    let root = Path::new(&s.p("masked")).to_path_buf();
+    let draw = |path: &Path, w: u32, h: u32, x0: u32, white_only: bool| {
+        let img = image::RgbImage::from_fn(w, h, |x, y| {
+            let on = (x0..x0 + 60).contains(&x) && (80..140).contains(&y);
+            match (on, white_only) {
+                (true, _) => image::Rgb([255, 255, 255]),
+                (false, true) => image::Rgb([0, 0, 0]),
+                (false, false) => image::Rgb([40, 90, 160]),
+            }
+        });
+        img.save(path).unwrap();
+    };
+    for (class, x0) in [("red_square", 20), ("circle", 140)] {
+        let dir = root.join(class);
+        std::fs::create_dir_all(&dir).unwrap();
+        draw(&dir.join("a.png"), 224, 224, x0, false);
+        draw(&dir.join("a.mask.png"), 224, 224, x0, true);
+        // No mask: not part of the set.
+        draw(&dir.join("b.png"), 224, 224, x0, false);
+    }
+    let m = s.p("m");
+    let run = |data: &str| {
+        promptscope(&[
+            "pointing",
+            "--model",
+            &m,
+            "--device",
+            "cpu",
+            "--data",
+            data,
+            "--methods",
+            "token,rollout",
+            "--format",
+            "json",
+        ])
+    };
+    let r = ok_json(&run(root.to_str().unwrap()));
+    assert_eq!(r["scenes"], 2);
+    assert_eq!(r["objects"], 2);
+    assert_eq!(r["methods"].as_array().unwrap().len(), 2);
+    // A random patch near a 60 px square in a 224 px image (7×7 grid): a few patches of 49.
+    let chance = r["point_chance"].as_f64().unwrap();
+    assert!(chance > 0.02 && chance < 0.5, "{chance}");
+
+    let empty = s.p("no-masks");
+    std::fs::create_dir_all(Path::new(&empty).join("cat")).unwrap();
+    draw(
+        &Path::new(&empty).join("cat").join("x.png"),
+        64,
+        64,
+        0,
+        false,
+    );
+    let err = error_line(&run(&empty));
+    assert!(
+        err.contains("no image with a mask") && err.contains(".mask.png"),
+        "{err}"
+    );
+
+    draw(&root.join("circle").join("a.mask.png"), 100, 100, 0, true);
+    let err = error_line(&run(root.to_str().unwrap()));
+    assert!(err.contains("a.mask.png") && err.contains("size"), "{err}");
+}
