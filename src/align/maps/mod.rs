@@ -15,7 +15,7 @@ pub mod rollout;
 
 use std::time::Instant;
 
-use candle_core::Tensor;
+use candle_core::{Module, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::filip::{align_pass, AlignConfig};
@@ -257,6 +257,29 @@ impl MapPass {
             return Err(Error::invalid("the vision tower has no blocks"));
         }
         let mut x = vision.embed(pixels)?;
+        if crate::clip::kernels::cpu::runs_here(&vision.patch_weight, vision.config.hidden_act) {
+            // The CPU kernels' blocks (several times candle's ops here); the attention rollout reads
+            // is recomputed from each block's input, the query–key half of a block.
+            let hidden =
+                crate::clip::kernels::cpu::vision_hidden_states(&vision.kernel_weights()?, &x)?;
+            let attention = if keep_attention {
+                vision
+                    .layers
+                    .iter()
+                    .zip(&hidden)
+                    .map(|(layer, h)| {
+                        let att = &layer.self_attn;
+                        let [q, k, _] = att.heads_qkv(&layer.layer_norm1.forward(h)?)?;
+                        Ok(crate::clip::layers::softmax_last_dim(
+                            &(q.matmul(&k.t()?)? * att.scale())?,
+                        )?)
+                    })
+                    .collect::<Result<_>>()?
+            } else {
+                Vec::new()
+            };
+            return Ok(Self { hidden, attention });
+        }
         let (mut hidden, mut attention) = (Vec::new(), Vec::new());
         for layer in &vision.layers {
             hidden.push(x.clone());

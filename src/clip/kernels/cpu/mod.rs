@@ -128,6 +128,35 @@ pub fn vision_pooled_from(tower: &TowerWeights, hidden: &Tensor, from: usize) ->
     Tensor::from_vec(pooled, (b, proj_dim), hidden.device())
 }
 
+/// The hidden states entering every block, then the final ones (`L + 1` tensors `[B, T, D]`), from
+/// `x0` entering block 0: what the explanation maps read (`align::maps::MapPass`).
+pub fn vision_hidden_states(tower: &TowerWeights, x0: &Tensor) -> Result<Vec<Tensor>> {
+    let (b, t, d) = x0.dims3()?;
+    let layers: Vec<HeldLayer> = tower
+        .blocks
+        .iter()
+        .map(HeldLayer::new)
+        .collect::<Result<_>>()?;
+    let dm = Dims::blocks(
+        0,
+        vec![t; b],
+        false,
+        d,
+        tower.heads,
+        tower.intermediate,
+        tower.projection_dim()?,
+    );
+    let all: Vec<usize> = (0..dm.rows()).collect();
+    let mut x = x0.flatten_all()?.to_vec1::<f32>()?;
+    let mut out = vec![x0.clone()];
+    for l in &layers {
+        let (y, _) = block_forward(&dm, l, tower.act, x, &all, Keep::Nothing);
+        out.push(Tensor::from_vec(y.clone(), (b, t, d), x0.device())?);
+        x = y;
+    }
+    Ok(out)
+}
+
 /// Runs `layers` over every row of `x`, the last one only for the `readout` rows (ascending) the pooled
 /// feature reads; returns those rows' outputs `[readout, D]` and, unless `keep` is `Keep::Nothing`, each
 /// block's tape.
