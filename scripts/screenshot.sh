@@ -75,7 +75,7 @@ wait_s=$((wait_s + ${B2N_EXTRA_WAIT:-30}))
 shoot compare-base-to-novel compare "$scratch/warm-light" --base-to-novel --autorun
 wait_s=$wait_plain
 shoot train train "$scratch/warm-light" --autorun --epochs 100000
-cp "$scratch/frames-train.json" "$outdir/frame-times.json"
+if [ -f "$scratch/frames-train.json" ]; then cp "$scratch/frames-train.json" "$outdir/frame-times.json"; fi
 # Pretraining on scenes streamed each epoch (the shape-aware recipe), live.
 wait_s=$((wait_plain + 12))
 shoot train-pretrain-scenes train "$scratch/warm-light" --method pretrain-scenes --autorun
@@ -89,5 +89,7 @@ shoot align-evaluate align "$scratch/objects" --autorun --evaluate-maps
 wait_s=$wait_plain
 # The train shot's stopped run left its checkpoint in the runs folder: Export lists it.
 shoot export export "$scratch/warm-light" --prompts "$scratch/prompts.safetensors"
-cp "$outdir/compare.png" "$outdir/main.png"
-echo "frame times while training: $(cat "$outdir/frame-times.json")"
+if [ -z "${ONLY:-}" ]; then
+    cp "$outdir/compare.png" "$outdir/main.png"
+    echo "frame times while training: $(cat "$outdir/frame-times.json")"
+fi

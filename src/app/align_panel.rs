@@ -56,6 +56,8 @@ pub struct AlignPanel {
     pub eval_all: bool,
     /// Evaluate on the open dataset's masked images instead of generated scenes.
     pub eval_on_dataset: bool,
+    /// The evaluation job the header last opened itself for.
+    eval_opened_for: Option<super::events::JobId>,
     /// The compare grid's maps uploaded for a view.
     compare_overlays: Option<(u64, Vec<Option<Arc<OverlayData>>>)>,
     /// The tokens of the last prompt shown: a new prompt starts on its class word.
@@ -103,6 +105,7 @@ impl Default for AlignPanel {
             eval_seed: 1000,
             eval_all: true,
             eval_on_dataset: false,
+            eval_opened_for: None,
             compare_overlays: None,
             shown_tokens: Vec::new(),
             overlays: None,
@@ -474,6 +477,16 @@ impl AlignPanel {
         if let (Some(p), Some(class)) = (view.class_prob, &view.request.class) {
             presence_ui(ui, class, p, view.global.first());
         }
+        if !view.request.compare.is_empty() {
+            // Compare methods replaces the main map and SsVP's: the grid is what was asked for.
+            self.compare_ui(ui, view, gpu);
+            ui.add_space(6.0);
+            ui.columns(2, |cols| {
+                top5_ui(&mut cols[0], "Top-5, global feature", &view.global);
+                top5_ui(&mut cols[1], "Top-5, SsVP feature", &view.with_ssvp);
+            });
+            return;
+        }
         let key = (view.id, self.word);
         let method_maps = (self.method != MapMethod::Token)
             .then(|| view.maps.iter().find(|(m, _)| *m == self.method))
@@ -572,10 +585,6 @@ impl AlignPanel {
             cols[1].weak("penultimate block's class-token attention, kept patches outlined");
         });
         ui.add_space(6.0);
-        if !view.request.compare.is_empty() {
-            self.compare_ui(ui, view, gpu);
-            ui.add_space(6.0);
-        }
         ui.columns(2, |cols| {
             top5_ui(&mut cols[0], "Top-5, global feature", &view.global);
             top5_ui(&mut cols[1], "Top-5, SsVP feature", &view.with_ssvp);
@@ -690,8 +699,14 @@ impl AlignPanel {
     /// Evaluate maps: the pointing game of the methods on generated scenes, as a cancellable job with
     /// progress, then the table method × hit rate × ms per map.
     fn evaluate_ui(&mut self, ui: &mut egui::Ui, state: &AppState, actions: &mut Vec<Action>) {
+        // Opens by itself when an evaluation starts (one asked at start-up included), once per job.
+        let job = state.evaluating_maps.as_ref().map(|r| r.job);
+        let open = (job.is_some() && job != self.eval_opened_for).then_some(true);
+        if job.is_some() {
+            self.eval_opened_for = job;
+        }
         egui::CollapsingHeader::new("Evaluate maps")
-            .default_open(state.maps_eval.is_some() || state.evaluating_maps.is_some())
+            .open(open)
             .show(ui, |ui| {
                 ui.weak("The pointing game: for every object of captioned scenes drawn at the model's size, does the map of its shape word (or of its whole prompt) peak on it? The same as `promptscope pointing --methods`.");
                 let root = state.dataset.as_ref().map(|d| d.folder.root.clone());
