@@ -332,7 +332,9 @@ fn align_prints_every_method_as_one_json_object_each() {
     let sim = common::flat(&token["sim"]);
     let cols = token["targets"].as_array().unwrap().len();
     let first_col: Vec<f32> = sim.iter().step_by(cols).copied().collect();
-    assert_eq!(common::flat(&token["maps"][0]), first_col);
+    // The maps' pass runs the CPU kernels' blocks, plain `align` candle's ops: equal to rounding.
+    let diff = common::max_abs_diff(&common::flat(&token["maps"][0]), &first_col);
+    assert!(diff < 1e-5, "token's map vs the sim column: {diff}");
     assert!(token["s_i"].is_number() && token["s_t"].is_number());
     assert_eq!(objects[1]["targets"], serde_json::json!(["<text>"]));
 }
