@@ -629,11 +629,7 @@ impl AlignPanel {
         ui.strong("Compare methods: the same image and text, each map on its own colour scale");
         let n = view.request.compare.len().max(1);
         ui.columns(n, |cols| {
-            let side = cols
-                .iter()
-                .map(|c| c.available_width())
-                .fold(f32::INFINITY, f32::min)
-                .clamp(80.0, 320.0);
+            let side = narrowest(cols).clamp(80.0, 320.0);
             for (i, (&m, overlay)) in view.request.compare.iter().zip(&overlays).enumerate() {
                 let ui = &mut cols[i];
                 ui.strong(m.name()).on_hover_text(method_help(m));
@@ -790,6 +786,13 @@ impl AlignPanel {
     }
 }
 
+/// The width of the narrowest of a row's columns: the side each map in the row gets.
+fn narrowest(cols: &[egui::Ui]) -> f32 {
+    cols.iter()
+        .map(|c| c.available_width())
+        .fold(f32::INFINITY, f32::min)
+}
+
 /// One line on what a method is, for its tooltip.
 fn method_help(m: MapMethod) -> &'static str {
     match m {
@@ -852,11 +855,7 @@ impl AlignPanel {
         ));
         let n = view.side_by_side.len().max(1);
         ui.columns(n, |cols| {
-            let side = cols
-                .iter()
-                .map(|c| c.available_width())
-                .fold(f32::INFINITY, f32::min)
-                .clamp(120.0, 400.0);
+            let side = narrowest(cols).clamp(120.0, 400.0);
             for (i, ((label, result), overlay)) in
                 view.side_by_side.iter().zip(&overlays).enumerate()
             {
