@@ -341,6 +341,51 @@ pub fn pointing_by_method(
     )
 }
 
+/// The images the pointing game of map methods is played on.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PointingSet {
+    /// `count` captioned scenes of stream `seed` at the model's size (`held_out`: the colour–shape
+    /// pairs held out of pretraining may appear).
+    Scenes {
+        count: usize,
+        seed: u64,
+        held_out: bool,
+    },
+    /// The images with masks under a folder (`data::masked`).
+    Masked(std::path::PathBuf),
+}
+
+/// The pointing game of each of `methods` on `set`: what `pointing --methods` and the app's Evaluate
+/// maps play. Scenes are drawn one at a time as their turn comes.
+pub fn pointing_of_methods(
+    clip: &LoadedClip,
+    set: &PointingSet,
+    methods: &[MapMethod],
+    progress: &dyn Progress,
+) -> Result<MethodsPointing> {
+    match set {
+        PointingSet::Masked(root) => {
+            let images = crate::data::masked::masked_images(root)?;
+            let image = |i: usize| masked_image(clip, &images[i]);
+            pointing_on(clip, images.len(), &image, methods, progress)
+        }
+        &PointingSet::Scenes {
+            count,
+            seed,
+            held_out,
+        } => {
+            let cfg = crate::data::scenes::SceneConfig {
+                size: clip.image_size() as u32,
+                allow_held_out: held_out,
+                ..Default::default()
+            };
+            let image =
+                |i: usize| scene_image(clip, &crate::data::scenes::generate(seed, i as u64, &cfg)?);
+            pointing_on(clip, count, &image, methods, progress)
+        }
+    }
+}
+
 /// The pointing game of each of `methods` on `count` images, the i-th made by `image(i)` when its
 /// turn comes (so a folder is never all in memory).
 pub fn pointing_on(

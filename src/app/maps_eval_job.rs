@@ -4,9 +4,8 @@
 //! that have masks (`pointing --data`).
 
 use crate::align::maps::MapMethod;
-use crate::align::pointing::{pointing_by_method, MethodsPointing};
+use crate::align::pointing::{pointing_of_methods, MethodsPointing, PointingSet};
 use crate::clip::LoadedClip;
-use crate::data::scenes::{generate, SceneConfig};
 use crate::error::{Error, Result};
 use crate::progress::Progress;
 
@@ -30,23 +29,13 @@ pub fn run(
             "choose at least one method and one scene to evaluate",
         ));
     }
-    if let Some(root) = &req.masked {
-        let images = crate::data::masked::masked_images(root)?;
-        let image = |i: usize| crate::align::pointing::masked_image(clip, &images[i]);
-        return crate::align::pointing::pointing_on(
-            clip,
-            images.len(),
-            &image,
-            &req.methods,
-            progress,
-        );
-    }
-    let cfg = SceneConfig {
-        size: clip.image_size() as u32,
-        ..SceneConfig::default()
+    let set = match &req.masked {
+        Some(root) => PointingSet::Masked(root.clone()),
+        None => PointingSet::Scenes {
+            count: req.count,
+            seed: req.seed,
+            held_out: false,
+        },
     };
-    let scenes = (0..req.count as u64)
-        .map(|i| generate(req.seed, i, &cfg))
-        .collect::<Result<Vec<_>>>()?;
-    pointing_by_method(clip, &scenes, &req.methods, progress)
+    pointing_of_methods(clip, &set, &req.methods, progress)
 }

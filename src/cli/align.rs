@@ -7,6 +7,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::Tensor;
 use image::RgbImage;
 use promptscope::align::classify::{compare_accuracy, ClassPrompts, CompareConfig, TokenScore};
+use promptscope::align::filip::align_pass;
 use promptscope::align::maps::{ImageMaps, MapMethod, MapOptions};
 use promptscope::align::{align, ssvp, AlignConfig, AlignMode, TextSource};
 use promptscope::clip::preprocess::{load_image, resize_and_crop, to_chw};
@@ -462,7 +463,8 @@ fn methods_verb(args: &AlignArgs, cfg: &AlignConfig, methods: &[MapMethod]) -> R
         chefer_blocks: args.chefer_blocks,
         legrad_blocks: args.legrad_blocks,
     };
-    let maps = ImageMaps::with_options(&clip, &pixels, methods, options)?.maps(text)?;
+    let image = ImageMaps::with_options(&clip, &pixels, methods, options)?;
+    let maps = image.maps(text)?;
     if let Some(path) = &args.png.png {
         for m in &maps {
             let target = if m.method.per_word() {
@@ -500,8 +502,9 @@ fn methods_verb(args: &AlignArgs, cfg: &AlignConfig, methods: &[MapMethod]) -> R
             for m in &maps {
                 let mut v = serde_json::to_value(m)?;
                 if m.method == MapMethod::Token {
-                    // The token-wise alignment's own fields, as plain `align` prints them.
-                    let a = align(&clip, &pixels, &TextSource::Text(text), cfg)?;
+                    // The token-wise alignment's own fields, as plain `align` prints them, from
+                    // the maps' own vision pass.
+                    let a = align_pass(&clip, &image.vision_pass(), &TextSource::Text(text), cfg)?;
                     v["sim"] = serde_json::to_value(&a.sim)?;
                     v["s_i"] = serde_json::to_value(a.s_i)?;
                     v["s_t"] = serde_json::to_value(a.s_t)?;

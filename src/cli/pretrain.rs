@@ -238,34 +238,26 @@ pub fn pointing(
     format: Format,
 ) -> Result<()> {
     use promptscope::align::maps::MapMethod;
+    use promptscope::align::pointing::{pointing_of_methods, PointingSet};
     use promptscope::align::AlignMode;
     use promptscope::data::scenes::{generate, SceneConfig};
     let methods = MapMethod::parse_list(methods)?;
-    let masked = data
-        .map(promptscope::data::masked::masked_images)
-        .transpose()?;
-    let clip = super::load_model(model)?;
-    let cfg = SceneConfig {
-        size: clip.image_size() as u32,
-        allow_held_out: held_out,
-        ..SceneConfig::default()
+    let set = match data {
+        Some(root) => {
+            // Checked before the model loads, so a folder without masks fails at once.
+            promptscope::data::masked::masked_images(root)?;
+            PointingSet::Masked(root.to_path_buf())
+        }
+        None => PointingSet::Scenes {
+            count,
+            seed,
+            held_out,
+        },
     };
-    let scenes = (0..count as u64)
-        .map(|i| generate(seed, i, &cfg))
-        .collect::<promptscope::Result<Vec<_>>>()?;
+    let clip = super::load_model(model)?;
     let bar = Bar::new();
     if !methods.is_empty() {
-        use promptscope::align::pointing::{masked_image, pointing_by_method, pointing_on};
-        let r = match &masked {
-            Some(m) => pointing_on(
-                &clip,
-                m.len(),
-                &|i| masked_image(&clip, &m[i]),
-                &methods,
-                &bar,
-            )?,
-            None => pointing_by_method(&clip, &scenes, &methods, &bar)?,
-        };
+        let r = pointing_of_methods(&clip, &set, &methods, &bar)?;
         drop(bar);
         return match format {
             Format::Json => super::print_json(&r),
@@ -303,6 +295,14 @@ pub fn pointing(
             }
         };
     }
+    let cfg = SceneConfig {
+        size: clip.image_size() as u32,
+        allow_held_out: held_out,
+        ..SceneConfig::default()
+    };
+    let scenes = (0..count as u64)
+        .map(|i| generate(seed, i, &cfg))
+        .collect::<promptscope::Result<Vec<_>>>()?;
     let reports = [AlignMode::Token, AlignMode::Value]
         .into_iter()
         .map(|mode| promptscope::align::pointing::pointing_game(&clip, &scenes, mode, &bar))

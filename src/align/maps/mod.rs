@@ -143,11 +143,6 @@ impl MapMethod {
         matches!(self, Self::Rollout | Self::Chefer | Self::Gradcam)
     }
 
-    /// Whether the method's map ignores the text.
-    pub fn text_free(self) -> bool {
-        self == Self::Rollout
-    }
-
     /// Why `clip` cannot run the method, if it cannot: every method reads CLIP's blocks, so another
     /// family (SigLIP, Chinese-CLIP: loaded through their global features only) is refused with the reason.
     pub fn unavailable(self, clip: &LoadedClip) -> Option<String> {
@@ -323,7 +318,7 @@ pub struct ImageMaps<'a> {
     pass: MapPass,
     options: MapOptions,
     sides: Vec<(MapMethod, ImageSide)>,
-    /// Surgery's redundant feature: the empty text's, normalised (computed once per image set).
+    /// Surgery's redundant feature: the empty text's, normalised (computed with each image's maps).
     empty: Option<Tensor>,
     /// Seconds each method spent on the image side (its share of the shared pass included).
     pub image_seconds: Vec<f64>,
@@ -428,22 +423,45 @@ impl<'a> ImageMaps<'a> {
             check_prompt(self.clip, t)?;
         }
         let feats = l2_normalize(&self.clip.text_features(texts)?)?;
+        self.gradient_maps(*m, &feats, texts)
+    }
+
+    /// A gradient method's maps of `texts` whose normalised features are `feats` `[B, P]`, from one
+    /// backward pass, each with its word relevance where the method has one.
+    fn gradient_maps(
+        &self,
+        method: MapMethod,
+        feats: &Tensor,
+        texts: &[String],
+    ) -> Result<Vec<MethodMaps>> {
         let model = self.clip.model()?;
         let scale = f64::from(self.clip.logit_scale());
-        let maps = gradient::maps(&model.vision, &self.pass, &feats, scale, *m, &self.options)?;
+        let maps = gradient::maps(
+            &model.vision,
+            &self.pass,
+            feats,
+            scale,
+            method,
+            &self.options,
+        )?;
         texts
             .iter()
             .zip(maps)
             .map(|(t, map)| {
                 Ok(MethodMaps {
-                    method: *m,
+                    method,
                     grid: [self.grid, self.grid],
                     targets: vec![WHOLE_TEXT.to_string()],
                     maps: vec![map],
-                    word_relevance: self.word_relevance(*m, t)?,
+                    word_relevance: self.word_relevance(method, t)?,
                 })
             })
             .collect()
+    }
+
+    /// The image's vision pass, as the token-wise alignment reads it (`align::filip::align_pass`).
+    pub fn vision_pass(&self) -> VisionPass {
+        self.pass.vision_pass()
     }
 
     /// Chefer's text side for `text` (None for the other methods).
@@ -484,7 +502,6 @@ impl<'a> ImageMaps<'a> {
         text: &str,
         prompt: &OnceText,
     ) -> Result<MethodMaps> {
-        let mut word_relevance = None;
         let (targets, maps) = match side {
             ImageSide::Tokens(pass) => {
                 let a = align_pass(
@@ -511,13 +528,8 @@ impl<'a> ImageMaps<'a> {
             ImageSide::Fixed(map) => (vec![WHOLE_TEXT.to_string()], vec![map.clone()]),
             ImageSide::Gradient => {
                 let t = prompt.feature(self.clip, text)?.unsqueeze(0)?;
-                let model = self.clip.model()?;
-                let scale = f64::from(self.clip.logit_scale());
-                let mut maps =
-                    gradient::maps(&model.vision, &self.pass, &t, scale, method, &self.options)?;
-                // The text side of the same relevance: which words the score rests on.
-                word_relevance = self.word_relevance(method, text)?;
-                (vec![WHOLE_TEXT.to_string()], vec![maps.remove(0)])
+                let mut one = self.gradient_maps(method, &t, &[text.to_string()])?;
+                return Ok(one.remove(0));
             }
         };
         Ok(MethodMaps {
@@ -525,7 +537,7 @@ impl<'a> ImageMaps<'a> {
             grid: [self.grid, self.grid],
             targets,
             maps,
-            word_relevance,
+            word_relevance: None,
         })
     }
 }
