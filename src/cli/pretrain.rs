@@ -36,9 +36,10 @@ pub struct PretrainArgs {
     /// learns which shape the scene's generator drew there (the head is not saved). Needs --scenes.
     #[arg(long, default_value_t = defaults().shape_labels, requires = "scenes")]
     pub shape_labels: f64,
-    /// Where the shape head reads the patch tokens: hidden (after post_layernorm; only the contrastive
-    /// loss trains the projection, so FILIP vs CLIP stays a comparison of their losses) or projected.
-    #[arg(long, value_enum, default_value_t = defaults().shape_head, requires = "scenes")]
+    /// Where the shape head reads the patch tokens: projected (after visual_projection), hidden (after
+    /// post_layernorm; only the contrastive loss trains the projection) or block:N (standardised hidden
+    /// states entering block N; the blocks from N on learn from the contrastive loss alone).
+    #[arg(long, default_value_t = defaults().shape_head, requires = "scenes")]
     pub shape_head: ShapeHeadInput,
     /// The new model's folder (must not exist yet, or be empty).
     #[arg(long)]

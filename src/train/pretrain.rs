@@ -34,8 +34,8 @@ pub enum PretrainLoss {
 }
 
 /// Which patch tokens the dense shape loss's head reads.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum ShapeHeadInput {
     /// After `visual_projection`, in the space words are matched in (the first shape-aware models).
     /// The loss then teaches the shared projection where shapes are, for either loss: a CLIP twin's
@@ -47,6 +47,59 @@ pub enum ShapeHeadInput {
     /// only from the contrastive loss (README, issue 26: the CLIP twin then points less, 73.0 % vs
     /// 82.5 %, but FILIP loses more, 77.6 % vs 92.2 %, so the demo models keep `Projected`).
     Hidden,
+    /// The hidden states entering block `n` (0: the stem's output), standardised per token without
+    /// a gain or bias: the blocks from `n` on, the final norm and the projection learn from the
+    /// contrastive loss alone, as deep supervision of the tower's middle.
+    BlockInput(usize),
+}
+
+impl std::fmt::Display for ShapeHeadInput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Projected => f.write_str("projected"),
+            Self::Hidden => f.write_str("hidden"),
+            Self::BlockInput(n) => write!(f, "block:{n}"),
+        }
+    }
+}
+
+impl std::str::FromStr for ShapeHeadInput {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "projected" => Ok(Self::Projected),
+            "hidden" => Ok(Self::Hidden),
+            _ => s
+                .strip_prefix("block:")
+                .and_then(|n| n.parse().ok())
+                .map(Self::BlockInput)
+                .ok_or_else(|| {
+                    format!("`{s}`: expected projected, hidden or block:N (N a block index)")
+                }),
+        }
+    }
+}
+
+impl ShapeHeadInput {
+    /// The head's input width on `config`.
+    fn width(self, config: &ClipConfig) -> usize {
+        match self {
+            Self::Projected => config.projection_dim,
+            Self::Hidden | Self::BlockInput(_) => config.vision_config.hidden_size,
+        }
+    }
+}
+
+/// The per-token standardisation the `BlockInput` head reads through: layer norm without a gain or
+/// a bias, so no saved weight learns from the head.
+const BLOCK_INPUT_EPS: f64 = 1e-5;
+
+fn standardise(x: &Tensor) -> Result<Tensor> {
+    let mean = x.mean_keepdim(D::Minus1)?;
+    let centred = x.broadcast_sub(&mean)?;
+    let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
+    Ok(centred.broadcast_div(&(var + BLOCK_INPUT_EPS)?.sqrt()?)?)
 }
 
 /// CLIP's ceiling on the temperature, `ln 100` on the stored log.
@@ -337,10 +390,16 @@ impl<'a> Pretrainer<'a> {
         let shape_head = if config.shape_labels > 0.0 {
             // Zeros: the first steps' tower gradients come from the contrastive loss alone.
             let classes = crate::data::scenes::BACKGROUND_PATCH as usize + 1;
-            let p = match config.shape_head {
-                ShapeHeadInput::Projected => model.config.projection_dim,
-                ShapeHeadInput::Hidden => model.config.vision_config.hidden_size,
-            };
+            if let ShapeHeadInput::BlockInput(n) = config.shape_head {
+                let blocks = model.config.vision_config.num_hidden_layers;
+                if n >= blocks {
+                    return Err(Error::invalid(format!(
+                        "--shape-head block:{n}: the vision tower has {blocks} blocks (0 to {})",
+                        blocks.saturating_sub(1)
+                    )));
+                }
+            }
+            let p = config.shape_head.width(&model.config);
             let dev = model.logit_scale.device();
             let head = (
                 Var::zeros((classes, p), DType::F32, dev)?,
@@ -458,12 +517,16 @@ impl<'a> Pretrainer<'a> {
         let m = &self.model.model;
         let filip = self.config.loss == PretrainLoss::Filip;
         let labels = self.patch_labels(batch)?;
-        let hidden_head = labels.is_some() && self.config.shape_head == ShapeHeadInput::Hidden;
+        let hidden_into = match (labels.is_some(), self.config.shape_head) {
+            (true, ShapeHeadInput::Hidden) => Some(m.vision.layers.len()),
+            (true, ShapeHeadInput::BlockInput(n)) => Some(n),
+            _ => None,
+        };
         let vision = m.vision.forward(
             &batch.pixels,
             VisionRequest {
                 tokens: filip || labels.is_some(),
-                hidden_into: hidden_head.then_some(m.vision.layers.len()),
+                hidden_into,
                 ..Default::default()
             },
         )?;
@@ -477,11 +540,15 @@ impl<'a> Pretrainer<'a> {
         };
         match labels {
             Some(labels) => {
-                let tokens = if hidden_head {
-                    let h = vision.hidden.as_ref().expect("asked for");
-                    candle_core::Module::forward(&m.vision.post_layernorm, h)?
-                } else {
-                    vision.tokens.clone().expect("asked for")
+                let tokens = match self.config.shape_head {
+                    ShapeHeadInput::Projected => vision.tokens.clone().expect("asked for"),
+                    ShapeHeadInput::Hidden => candle_core::Module::forward(
+                        &m.vision.post_layernorm,
+                        vision.hidden.as_ref().expect("asked for"),
+                    )?,
+                    ShapeHeadInput::BlockInput(_) => {
+                        standardise(vision.hidden.as_ref().expect("asked for"))?
+                    }
                 };
                 let patches = tokens.narrow(1, 1, tokens.dim(1)? - 1)?;
                 Ok(((loss + self.shape_loss(&patches, labels)?)?, right))
@@ -626,33 +693,38 @@ impl<'a> Pretrainer<'a> {
         };
         let (mut loss, mut d_img) = (loss, d_img);
         let mut named = std::collections::HashMap::new();
-        // The shape head's gradient into the normed tokens, where it reads them there.
-        let mut d_normed = None;
+        // The shape head's gradient into the tokens it reads, where those are not the projected ones.
+        let mut d_head = None;
         if let Some(labels) = labels {
             // The dense shape loss as a candle graph over the patch tokens (a leaf), its gradient
             // added to the contrastive one's.
-            let (head_in, width) = match self.config.shape_head {
-                ShapeHeadInput::Projected => {
-                    (patches.expect("the shape loss reads out every token"), p)
-                }
-                ShapeHeadInput::Hidden => (
-                    patch_rows(&v_pass.normed(&vt)?, t, vc.hidden_size),
-                    vc.hidden_size,
+            let width = self.config.shape_head.width(&m.config);
+            let head_in = match self.config.shape_head {
+                ShapeHeadInput::Projected => patches.expect("the shape loss reads out every token"),
+                ShapeHeadInput::Hidden => patch_rows(&v_pass.normed(&vt)?, t, width),
+                ShapeHeadInput::BlockInput(n) => patch_rows(
+                    v_pass.block_input(n).expect("checked against the blocks"),
+                    t,
+                    width,
                 ),
             };
             let head_in = Var::from_vec(head_in, (b, t - 1, width), dev)?;
-            let shape = self.shape_loss(head_in.as_tensor(), labels)?;
+            // The standardisation is part of the head's graph, so the gradient is the raw states'.
+            let read = match self.config.shape_head {
+                ShapeHeadInput::BlockInput(_) => standardise(head_in.as_tensor())?,
+                _ => head_in.as_tensor().clone(),
+            };
+            let shape = self.shape_loss(&read, labels)?;
             let grads = shape.backward()?;
             loss += f64::from(shape.to_scalar::<f32>()?);
             if let Some(g) = grads.get(head_in.as_tensor()) {
                 let g = g.flatten_all()?.to_vec1()?;
-                match self.config.shape_head {
-                    ShapeHeadInput::Projected => add_patch_grads(&mut d_img, &g, t, p),
-                    ShapeHeadInput::Hidden => {
-                        let mut d = vec![0f32; b * t * width];
-                        add_patch_grads(&mut d, &g, t, width);
-                        d_normed = Some(d);
-                    }
+                if self.config.shape_head == ShapeHeadInput::Projected {
+                    add_patch_grads(&mut d_img, &g, t, p);
+                } else {
+                    let mut d = vec![0f32; b * t * width];
+                    add_patch_grads(&mut d, &g, t, width);
+                    d_head = Some(d);
                 }
             }
             let (w, bias) = self.shape_head.as_ref().expect("labels only with the head");
@@ -664,7 +736,11 @@ impl<'a> Pretrainer<'a> {
                 named.insert(name.to_string(), g);
             }
         }
-        let vg = k::vision_backward(&stem, &vt, &v_pass, &d_img, d_normed.as_deref())?;
+        let extra = d_head.as_deref().map(|grad| match self.config.shape_head {
+            ShapeHeadInput::BlockInput(block) => k::TokenGrad::BlockInput { block, grad },
+            _ => k::TokenGrad::Normed(grad),
+        });
+        let vg = k::vision_backward(&stem, &vt, &v_pass, &d_img, extra)?;
         let tg = k::text_backward(&m.text.token_embedding, &tt, &t_pass, &d_txt)?;
         named.insert("logit_scale".to_string(), d_scale);
         name_tower_grads(

@@ -196,7 +196,7 @@ fn kernel_pretraining_gradients_equal_candles_for_every_weight() {
     let negatives = WithNegatives(plain);
     let grid = model.config.vision_config.grid();
     let labelled = WithPatchLabels(tiny_model_and_batch(&fx).1, grid * grid);
-    use ShapeHeadInput::{Hidden, Projected};
+    use ShapeHeadInput::{BlockInput, Hidden, Projected};
     for (loss, fraction, data, head) in [
         (PretrainLoss::Filip, 1.0, &data as &dyn PairSource, Hidden),
         (PretrainLoss::Filip, 0.25, &data, Hidden),
@@ -208,6 +208,9 @@ fn kernel_pretraining_gradients_equal_candles_for_every_weight() {
         (PretrainLoss::Clip, 1.0, &labelled, Projected),
         (PretrainLoss::Filip, 1.0, &labelled, Hidden),
         (PretrainLoss::Clip, 1.0, &labelled, Hidden),
+        (PretrainLoss::Filip, 1.0, &labelled, BlockInput(1)),
+        (PretrainLoss::Clip, 1.0, &labelled, BlockInput(1)),
+        (PretrainLoss::Clip, 1.0, &labelled, BlockInput(0)),
     ] {
         let batch = data.batch(0, &rows).unwrap();
         let with = match (batch.negatives.is_empty(), batch.patch_shapes.is_some()) {

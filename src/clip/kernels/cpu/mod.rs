@@ -31,7 +31,7 @@ pub use self::backward::{BlockGrads, LinearGrads, NormGrads, TowerGrads};
 pub use self::text::forward_prefixed;
 pub use self::train::{
     text_backward, text_forward, vision_backward, vision_forward, Readout, TextGrads, TextPass,
-    VisionGrads, VisionPass, VisionStem,
+    TokenGrad, VisionGrads, VisionPass, VisionStem,
 };
 
 /// `out[m×n] (+)= a[m×k] · B` (B `[k×n]`, or `[n×k]` when `b_t`) through the kernels' GEMM: for

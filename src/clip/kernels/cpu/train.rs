@@ -76,12 +76,23 @@ fn tower_forward(
     ))
 }
 
-/// The gradient of the tower's input rows `[rows, D]` and of its weights from `dout` `[n, proj]`.
+/// A gradient from a loss that reads a tower's tokens somewhere other than its projected output
+/// (a head beside the contrastive loss).
+#[derive(Debug, Clone, Copy)]
+pub enum TokenGrad<'a> {
+    /// Of the read-out rows after the final norm, before the projection ([`VisionPass::normed`]).
+    Normed(&'a [f32]),
+    /// Of the hidden states entering block `block` `[rows, D]` ([`VisionPass::block_input`]).
+    BlockInput { block: usize, grad: &'a [f32] },
+}
+
+/// The gradient of the tower's input rows `[rows, D]` and of its weights from `dout` `[n, proj]`,
+/// plus `extra` where given.
 fn tower_backward(
     tower: &TowerWeights,
     tape: &TowerTape,
     dout: &[f32],
-    d_normed: Option<&[f32]>,
+    extra: Option<TokenGrad<'_>>,
 ) -> Result<(Vec<f32>, TowerGrads)> {
     let layers = held_layers(tower)?;
     let (norm, proj) = (
@@ -111,7 +122,7 @@ fn tower_backward(
         d,
         false,
     );
-    if let Some(extra) = d_normed {
+    if let Some(TokenGrad::Normed(extra)) = extra {
         if extra.len() != dnormed.len() {
             candle_core::bail!(
                 "cpu kernels: a gradient of {} values for {n} normed rows of {d}",
@@ -137,6 +148,19 @@ fn tower_backward(
     }
     let all: Vec<usize> = (0..dm.rows()).collect();
     let last = layers.len();
+    let into_block = match extra {
+        Some(TokenGrad::BlockInput { block, grad }) => {
+            if block >= last || grad.len() != dm.rows() * d {
+                candle_core::bail!(
+                    "cpu kernels: a gradient of {} values into block {block} of {last} ({} rows of {d})",
+                    grad.len(),
+                    dm.rows()
+                );
+            }
+            Some((block, grad))
+        }
+        _ => None,
+    };
     for (li, (l, t)) in layers.iter().zip(&tape.layers).enumerate().rev() {
         let queries: &[usize] = if li + 1 == last { &tape.readout } else { &all };
         dx = block_backward(
@@ -148,6 +172,9 @@ fn tower_backward(
             dx,
             Some(&mut grads.blocks[li]),
         );
+        if let Some((_, grad)) = into_block.filter(|&(b, _)| b == li) {
+            dx.iter_mut().zip(grad).for_each(|(a, g)| *a += g);
+        }
     }
     Ok((dx, grads))
 }
@@ -192,6 +219,12 @@ impl VisionPass {
             &mut normed,
         );
         Ok(normed)
+    }
+
+    /// The hidden states entering block `block` `[rows, D]` (block 0: the stem's output), where the
+    /// tape holds them.
+    pub fn block_input(&self, block: usize) -> Option<&[f32]> {
+        self.tape.layers.get(block).map(|t| t.x_in.as_slice())
     }
 }
 
@@ -284,15 +317,15 @@ pub fn vision_forward(
 }
 
 /// Every vision weight's gradient from `dout`, the gradient of what [`vision_forward`] returned, plus
-/// `d_normed` where given: a gradient of [`VisionPass::normed`].
+/// `extra` where given.
 pub fn vision_backward(
     stem: &VisionStem,
     tower: &TowerWeights,
     pass: &VisionPass,
     dout: &[f32],
-    d_normed: Option<&[f32]>,
+    extra: Option<TokenGrad<'_>>,
 ) -> Result<VisionGrads> {
-    let (dx, tower_grads) = tower_backward(tower, &pass.tape, dout, d_normed)?;
+    let (dx, tower_grads) = tower_backward(tower, &pass.tape, dout, extra)?;
     let dm = &pass.tape.dims;
     let (d, t, b) = (dm.d, pass.tokens(), pass.batch);
     let pre = HeldNorm::new(&stem.pre_norm)?;
