@@ -462,17 +462,30 @@ pub fn read_family(dir: &Path) -> Result<(Family, serde_json::Value)> {
     Ok((family, raw))
 }
 
-/// Memory-maps a safetensors file; a truncated or foreign file is reported, not trusted.
+/// Memory-maps a safetensors file; a truncated or foreign file, or one holding a NaN or an infinity,
+/// is reported, not trusted.
 pub fn mmap_weights(path: &Path, device: &Device) -> Result<VarBuilder<'static>> {
-    // SAFETY: the file is mapped read-only; as with every mmap-based loader, it must not be modified
-    // while the model is in use.
-    unsafe { VarBuilder::from_mmaped_safetensors(&[path], DType::F32, device) }.map_err(|e| {
+    let unreadable = |e: candle_core::Error| {
         Error::bad_file(
             path,
             format!("unreadable safetensors ({e})"),
             "the file is truncated or corrupt: download or copy it again",
         )
-    })
+    };
+    // SAFETY: the file is mapped read-only; as with every mmap-based loader, it must not be modified
+    // while the model is in use.
+    let mapped =
+        unsafe { candle_core::safetensors::MmapedSafetensors::new(path) }.map_err(unreadable)?;
+    let mut tensors = mapped.tensors();
+    tensors.sort_by(|a, b| a.0.cmp(&b.0));
+    for (name, view) in &tensors {
+        crate::tensor_file::check_finite(path, name, view)?;
+    }
+    Ok(VarBuilder::from_backend(
+        Box::new(mapped),
+        DType::F32,
+        device.clone(),
+    ))
 }
 
 /// A cheap identity for a model folder, recorded in exports and cache keys: sha256 over config.json,

@@ -30,6 +30,13 @@ pub fn read(path: &Path) -> Result<CoopCheckpoint> {
             .ok_or_else(|| bad(format!("its state_dict has no '{k}'")))
     };
     let ctx = get("ctx")?.to_dtype(candle_core::DType::F32)?;
+    let values: Vec<f32> = ctx.flatten_all()?.to_vec1()?;
+    if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+        return Err(bad(format!(
+            "its state_dict's 'ctx' {:?} holds a non-finite value (NaN or infinity) at element {i}",
+            ctx.dims()
+        )));
+    }
     let prefix = get("token_prefix")?;
     let (csc, n_ctx, width) = match ctx.dims() {
         [m, d] => (false, *m, *d),

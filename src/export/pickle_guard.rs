@@ -2,16 +2,39 @@
 //! function for its loader to call (`os.system` included). candle's reader never calls anything, but a
 //! file that *asks* to is not a checkpoint a user should trust either: before any tensor is read, every
 //! opcode of the pickle is walked (all protocols, 0–5) and every global it names must be one that tensor
-//! rebuilding needs. Anything else — another global, an opcode that builds objects by name (`INST`,
-//! `OBJ`), an extension-registry lookup, a `STACK_GLOBAL` whose names are not plain strings just pushed —
-//! refuses the file, naming what it asked for.
+//! rebuilding needs, or one of the inert classes a training checkpoint's optimiser and scheduler state
+//! holds (CoOp's trainer saves its SGD and its cosine schedule beside the weights). Nothing here is ever
+//! instantiated, so letting those names through keeps the guarantee; anything else — another global, an
+//! opcode that builds objects by name (`INST`, `OBJ`), an extension-registry lookup, a `STACK_GLOBAL`
+//! whose names are not plain strings just pushed — refuses the file, naming what it asked for.
 
 use std::io::Read;
 use std::path::Path;
 
 use crate::error::{Error, Result};
 
-/// `(module, name)` pairs torch.save writes for tensors, parameters and state dicts.
+/// torch's learning-rate schedulers, whose `state_dict()` may pickle another scheduler object (Dassl's
+/// warm-up wrappers keep their successor, and it its optimiser): plain data, no code.
+const SCHEDULERS: [&str; 15] = [
+    "LambdaLR",
+    "MultiplicativeLR",
+    "StepLR",
+    "MultiStepLR",
+    "ConstantLR",
+    "LinearLR",
+    "ExponentialLR",
+    "SequentialLR",
+    "CosineAnnealingLR",
+    "ChainedScheduler",
+    "ReduceLROnPlateau",
+    "CyclicLR",
+    "CosineAnnealingWarmRestarts",
+    "OneCycleLR",
+    "PolynomialLR",
+];
+
+/// `(module, name)` pairs torch.save writes for tensors, parameters, state dicts and the optimiser and
+/// scheduler objects a scheduler's state holds.
 fn allowed(module: &str, name: &str) -> bool {
     match module {
         "torch._utils" => matches!(
@@ -29,7 +52,14 @@ fn allowed(module: &str, name: &str) -> bool {
                 )
         }
         "torch.storage" => name == "UntypedStorage" || name == "TypedStorage",
-        "collections" => name == "OrderedDict",
+        "collections" => name == "OrderedDict" || name == "defaultdict",
+        // An optimiser's `state` is a `defaultdict(dict)`; protocol 2 spells builtins `__builtin__`.
+        "builtins" | "__builtin__" => name == "dict",
+        "torch.optim.lr_scheduler" => SCHEDULERS.contains(&name),
+        "torch.optim.sgd" => name == "SGD",
+        "torch.optim.adam" => name == "Adam",
+        "torch.optim.adamw" => name == "AdamW",
+        "torch.optim.rmsprop" => name == "RMSprop",
         _ => false,
     }
 }
@@ -185,8 +215,9 @@ impl Cursor<'_> {
     }
 }
 
-/// Checks every pickle inside a torch zip checkpoint (or a bare pickle file) before anything is read.
-pub fn check_checkpoint(path: &Path) -> Result<()> {
+/// Checks every pickle inside a torch zip checkpoint (or a bare pickle file) before anything is read:
+/// the globals they name, all trusted.
+pub fn check_checkpoint(path: &Path) -> Result<Vec<(String, String)>> {
     let fix = "promptscope reads only tensors from torch checkpoints; re-save it with torch.save(model.state_dict()) from code you trust";
     let bad = |why: String| Error::bad_file(path, format!("refused: {why}"), fix);
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
@@ -228,10 +259,11 @@ pub fn check_checkpoint(path: &Path) -> Result<()> {
             pickles.push(("pickle".into(), data));
         }
     }
+    let mut globals = Vec::new();
     for (name, data) in pickles {
-        check_pickle(&data).map_err(|why| bad(format!("{name}: {why}")))?;
+        globals.extend(check_pickle(&data).map_err(|why| bad(format!("{name}: {why}")))?);
     }
-    Ok(())
+    Ok(globals)
 }
 
 #[cfg(test)]
@@ -254,11 +286,17 @@ mod tests {
                 .len(),
             1
         );
+        for (m, n) in [("torch.optim.sgd", "SGD"), ("__builtin__", "dict")] {
+            assert_eq!(check_pickle(&calls(m, n)).unwrap(), [(m.into(), n.into())]);
+        }
         for (m, n) in [
             ("os", "system"),
             ("builtins", "eval"),
+            ("__builtin__", "getattr"),
             ("subprocess", "Popen"),
             ("torch", "load"),
+            ("torch.optim.lr_scheduler", "Callable"),
+            ("torch.optim.sgd", "sgd"),
         ] {
             let err = check_pickle(&calls(m, n)).unwrap_err();
             assert!(err.contains(&format!("{m}.{n}")), "{err}");

@@ -306,6 +306,11 @@ fn parse_cached(
     if hex(&Sha256::digest(t.data())) != digest {
         return Err("its values do not match their checksum (a corrupted file)".into());
     }
+    if let Some(i) = crate::tensor_file::first_non_finite(t.dtype(), t.data()) {
+        return Err(format!(
+            "\"{FEATURES}\" holds a non-finite value at element {i}"
+        ));
+    }
     let values: Vec<f32> = t
         .data()
         .chunks_exact(4)

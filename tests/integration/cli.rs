@@ -179,6 +179,43 @@ fn truncated_weights_are_a_clean_error() {
 }
 
 #[test]
+fn non_finite_weights_are_a_clean_error_naming_the_tensor() {
+    let tmp = tempfile::tempdir().unwrap();
+    tiny_model(tmp.path());
+    let w = tmp.path().join("model.safetensors");
+    let (tensors, meta) = promptscope::tensor_file::read_safetensors(&w).unwrap();
+    let bad = "text_model.final_layer_norm.weight";
+    let mut named: Vec<(&str, candle_core::Tensor)> = tensors
+        .iter()
+        .map(|(n, t)| (n.as_str(), t.clone()))
+        .collect();
+    for (name, t) in named.iter_mut().filter(|(n, _)| *n == bad) {
+        let mut v: Vec<f32> = t.to_vec1().unwrap();
+        v[3] = f32::INFINITY;
+        *t = candle_core::Tensor::new(v, &candle_core::Device::Cpu).unwrap();
+        assert_eq!(*name, bad);
+    }
+    std::fs::write(
+        &w,
+        promptscope::tensor_file::safetensors_bytes(&named, meta).unwrap(),
+    )
+    .unwrap();
+    let out = promptscope(&[
+        "embed",
+        "--model",
+        tmp.path().to_str().unwrap(),
+        "--text",
+        "x",
+    ]);
+    assert_clean_error(&out, &["model.safetensors", bad, "non-finite", "element 3"]);
+    // Read back as a prompts file or checkpoint would be, the same file is refused the same way.
+    let err = promptscope::tensor_file::read_safetensors(&w)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains(bad) && err.contains("non-finite"), "{err}");
+}
+
+#[test]
 fn weights_of_another_size_are_a_clean_error() {
     let tmp = tempfile::tempdir().unwrap();
     tiny_model(tmp.path());

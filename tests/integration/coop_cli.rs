@@ -203,10 +203,25 @@ fn a_checkpoint_whose_pickle_calls_os_system_is_refused() {
     );
 }
 
+/// The fixture is written as CoOp's trainer writes it: beside the weights, the SGD state and the
+/// warm-up scheduler's, which pickles a CosineAnnealingLR holding the optimiser and the Parameter.
 #[test]
 fn coop_checkpoint_imports_and_round_trips() {
     let s = setup();
     let fx = common::fixtures().join("coop_checkpoint");
+    let globals =
+        promptscope::export::pickle_guard::check_checkpoint(&fx.join("model.pth.tar-3")).unwrap();
+    for (module, name) in [
+        ("torch.optim.lr_scheduler", "CosineAnnealingLR"),
+        ("torch.optim.sgd", "SGD"),
+        ("collections", "defaultdict"),
+        ("torch._utils", "_rebuild_parameter"),
+    ] {
+        assert!(
+            globals.iter().any(|(m, n)| m == module && n == name),
+            "{module}.{name} not in the fixture's pickle: {globals:?}"
+        );
+    }
     let out = s.p("imported.safetensors");
     ok(&promptscope(&[
         "import-coop",
