@@ -254,7 +254,7 @@ impl AlignPanel {
                 self.side_by_side_ui(ui, view, gpu)
             }
             Some(view) => self.view_ui(ui, view, gpu, actions),
-            None if state.aligning.is_some() => {
+            None if state.jobs.aligning().is_some() => {
                 ui.horizontal(|ui| {
                     ui.spinner();
                     ui.label("aligning…");
@@ -696,7 +696,7 @@ impl AlignPanel {
     /// progress, then the table method × hit rate × ms per map.
     fn evaluate_ui(&mut self, ui: &mut egui::Ui, state: &AppState, actions: &mut Vec<Action>) {
         // Opens by itself when an evaluation starts (one asked at start-up included), once per job.
-        let job = state.evaluating_maps.as_ref().map(|r| r.job);
+        let job = state.jobs.maps_evaluation_job();
         let open = (job.is_some() && job != self.eval_opened_for).then_some(true);
         if job.is_some() {
             self.eval_opened_for = job;
@@ -724,7 +724,7 @@ impl AlignPanel {
                     ui.add(egui::DragValue::new(&mut self.eval_seed)).labelled_by(l.id);
                     ui.checkbox(&mut self.eval_all, "all methods")
                         .on_hover_text("Untick to score only the compared methods (or the picked one)");
-                    match &state.evaluating_maps {
+                    match state.jobs.maps_evaluation() {
                         Some(run) => {
                             let frac = if run.total > 0 {
                                 run.done as f32 / run.total as f32

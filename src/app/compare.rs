@@ -129,7 +129,7 @@ impl ComparePanel {
         ui.separator();
         match &state.report {
             Some(report) => report_ui(ui, report, &mut self.view, state, actions),
-            None if state.zero_shot.is_some() => {}
+            None if state.jobs.evaluation().is_some() => {}
             None if state.last_run_cancelled => {
                 ui.weak("The last run was cancelled.");
             }
@@ -152,17 +152,17 @@ impl ComparePanel {
             ui,
             templates.first(),
             missing,
-            state.zero_shot.is_some(),
+            state.jobs.evaluation().is_some(),
             actions,
         );
-        if let Some(running) = &state.zero_shot {
+        if let Some(running) = state.jobs.evaluation() {
             progress_ui(ui, running, actions);
         }
         ui.add_space(8.0);
         ui.separator();
         match &state.base_to_novel {
             Some(report) => super::base_to_novel_panel::report_ui(ui, report),
-            None if state.zero_shot.is_some() => {}
+            None if state.jobs.evaluation().is_some() => {}
             None if state.last_run_cancelled => {
                 ui.weak("The last run was cancelled.");
             }
@@ -212,7 +212,7 @@ impl ComparePanel {
             None
         };
         ui.horizontal_wrapped(|ui| {
-            let can_run = missing.is_none() && state.zero_shot.is_none();
+            let can_run = missing.is_none() && state.jobs.evaluation().is_none();
             let accent = ui.visuals().selection.bg_fill;
             let button = egui::Button::new(RichText::new(RUN_BUTTON).strong().color(Color32::WHITE)).fill(accent);
             if ui.add_enabled(can_run, button).clicked() {
@@ -248,7 +248,7 @@ impl ComparePanel {
                 (None, None) => {}
             }
         });
-        if let Some(running) = &state.zero_shot {
+        if let Some(running) = state.jobs.evaluation() {
             progress_ui(ui, running, actions);
         }
     }
@@ -374,7 +374,7 @@ fn learned_ui(ui: &mut egui::Ui, state: &AppState, actions: &mut Vec<Action>) {
     for p in &state.prompts {
         ui.horizontal(|ui| {
             if ui
-                .add_enabled(state.loading_prompts.is_none(), egui::Button::new("Reload"))
+                .add_enabled(!state.jobs.loading_prompts(), egui::Button::new("Reload"))
                 .on_hover_text(format!("Read {} again", p.label))
                 .clicked()
             {

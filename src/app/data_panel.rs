@@ -93,7 +93,7 @@ impl DataPanel {
             )
             .labelled_by(label.id);
         let submitted = field.lost_focus() && ui.input(|i| i.key_pressed(egui::Key::Enter));
-        let busy = state.loading_model.is_some();
+        let busy = state.jobs.loading_model().is_some();
         ui.horizontal(|ui| {
             if ui
                 .button("Browse…")
@@ -138,7 +138,7 @@ impl DataPanel {
             )
             .labelled_by(label.id);
         let submitted = field.lost_focus() && ui.input(|i| i.key_pressed(egui::Key::Enter));
-        let busy = state.opening_dataset.is_some();
+        let busy = state.jobs.opening_dataset().is_some();
         ui.horizontal(|ui| {
             if ui
                 .button("Browse…")

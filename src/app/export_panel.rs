@@ -183,7 +183,7 @@ impl ExportPanel {
                     .desired_width(420.0),
             )
             .labelled_by(l.id);
-            let busy = state.loading_prompts.is_some();
+            let busy = state.jobs.loading_prompts();
             if ui
                 .add_enabled(!busy, egui::Button::new("Open…"))
                 .on_hover_text("Choose a prompts file or a CoOp checkpoint")
@@ -220,7 +220,7 @@ impl ExportPanel {
         self.selected = self.selected.min(state.prompts.len() - 1);
         let p = &state.prompts[self.selected];
         ui.horizontal(|ui| {
-            let busy = state.classifying.is_some();
+            let busy = state.jobs.classifying();
             if ui
                 .add_enabled(!busy, egui::Button::new(CLASSIFY_BUTTON))
                 .on_hover_text("Top-5 classes of one image with these prompts")
@@ -259,7 +259,7 @@ impl ExportPanel {
         ui.horizontal(|ui| {
             ui.heading(RUNS_HEADING);
             if ui
-                .add_enabled(state.listing_runs.is_none(), egui::Button::new("Refresh"))
+                .add_enabled(!state.jobs.listing_runs(), egui::Button::new("Refresh"))
                 .clicked()
             {
                 actions.push(Action::ListRuns);

@@ -15,6 +15,7 @@ mod errors;
 pub mod events;
 mod export_panel;
 mod glyphs;
+pub mod jobs;
 pub mod maps_eval_job;
 pub mod overlay;
 pub mod prompts_job;
@@ -41,6 +42,7 @@ pub use events::Action;
 use events::Event;
 pub use events::PickTarget;
 use export_panel::ExportPanel;
+use jobs::Pending;
 use state::{AppState, RunningEval, Settings};
 use top_bar::TopBar;
 use train_panel::TrainPanel;
@@ -167,7 +169,6 @@ pub struct PromptscopeApp {
     pub align: AlignPanel,
     pub export: ExportPanel,
     worker: Worker,
-    thumbnail_job: Option<events::JobId>,
     /// Start the tab's job once a model and a dataset are loaded (`app --autorun`).
     pub autorun: bool,
     /// Align's job for `autorun`: evaluate the maps (`app --evaluate-maps`).
@@ -206,7 +207,6 @@ impl PromptscopeApp {
             export: ExportPanel::default(),
             worker: Worker::default(),
             gpu_format: None,
-            thumbnail_job: None,
             autorun: false,
             evaluate_maps_at_start: false,
             startup_prompts: Vec::new(),
@@ -277,9 +277,9 @@ impl PromptscopeApp {
         for event in self.worker.drain() {
             match event {
                 Event::Picked { target, path } => actions.extend(self.picked(target, path)),
-                Event::Images { job: _, images } => {
+                Event::Images { job, images } => {
+                    self.state.jobs.take(job);
                     for (path, image) in images {
-                        self.state.images_pending.remove(&path);
                         let texture = image.map(|img| {
                             ctx.load_texture(
                                 format!("image-{}", path.display()),
@@ -315,8 +315,10 @@ impl PromptscopeApp {
                     });
                 }
                 Event::Thumbnails { job, images } => {
-                    if self.thumbnail_job == Some(job) {
-                        self.thumbnail_job = None;
+                    // Only the open dataset's: one opened before it may still answer.
+                    let root = self.state.dataset.as_ref().map(|d| &d.folder.root);
+                    let taken = self.state.jobs.take(job);
+                    if matches!(&taken, Some(Pending::Thumbnails(r)) if Some(r) == root) {
                         self.state.thumbnails = images
                             .into_iter()
                             .enumerate()
@@ -336,12 +338,14 @@ impl PromptscopeApp {
                     }
                 }
                 Event::ModelLoaded { job, result } => {
-                    if let (Ok(_), Some((j, id))) = (&result, &self.state.loading_model) {
-                        if *j == job {
-                            state::remember(&mut self.data_panel.recent_models, id);
-                        }
+                    let loading = match self.state.jobs.get_mut(job) {
+                        Some(Pending::LoadModel(id)) => Some(id.clone()),
+                        _ => None,
+                    };
+                    let fresh = result.is_ok() && loading.is_some();
+                    if let (true, Some(id)) = (fresh, &loading) {
+                        state::remember(&mut self.data_panel.recent_models, id);
                     }
-                    let fresh = matches!((&result, &self.state.loading_model), (Ok(_), Some((j, _))) if *j == job);
                     self.state.apply(Event::ModelLoaded { job, result });
                     if let Some(model) = &self.state.model {
                         ctx.send_viewport_cmd(egui::ViewportCommand::Title(window_title(
@@ -365,8 +369,10 @@ impl PromptscopeApp {
                     }
                 }
                 Event::DatasetOpened { job, result } => {
-                    let opened = match (&result, &self.state.opening_dataset) {
-                        (Ok(_), Some((j, path))) if *j == job => Some(path.display().to_string()),
+                    let opened = match (&result, self.state.jobs.get_mut(job)) {
+                        (Ok(_), Some(Pending::OpenDataset(path))) => {
+                            Some(path.display().to_string())
+                        }
                         _ => None,
                     };
                     if let Some(path) = &opened {
@@ -374,10 +380,14 @@ impl PromptscopeApp {
                     }
                     self.state.apply(Event::DatasetOpened { job, result });
                     if let (Some(_), Some(ds)) = (opened, &self.state.dataset) {
-                        self.thumbnail_job = self
-                            .worker
-                            .thumbnails(&ctx, ds.folder.clone(), THUMBNAILS_PER_CLASS, 64)
-                            .ok();
+                        let started = self.worker.thumbnails(
+                            &ctx,
+                            ds.folder.clone(),
+                            THUMBNAILS_PER_CLASS,
+                            64,
+                        );
+                        let root = ds.folder.root.clone();
+                        self.state.start(started, Pending::Thumbnails(root));
                     }
                 }
                 other => self.state.apply(other),
@@ -415,7 +425,7 @@ impl PromptscopeApp {
                         .ui(ui, &self.state, &sources, self.gpu_format, &mut actions);
                     if let Some(req) = self.align.request(&self.state, &sources) {
                         let current = self.state.align.as_ref().map(|v| &v.request);
-                        let pending = self.state.aligning.as_ref().map(|(_, r)| r);
+                        let pending = self.state.jobs.aligning();
                         // A request that failed waits for the user (Retry, or another choice).
                         let failed = self.state.align_failed.as_ref().map(|(r, _)| r);
                         if current != Some(&req) && pending.is_none() && failed != Some(&req) {
@@ -479,12 +489,8 @@ impl PromptscopeApp {
                 if model.is_empty() {
                     return self.state.error("Enter a model folder or a hub id (such as openai/clip-vit-base-patch32) first.");
                 }
-                match self.worker.load_model(ctx, model.clone()) {
-                    Ok(job) => self.state.loading_model = Some((job, model)),
-                    Err(e) => self
-                        .state
-                        .error(format!("Could not start loading the model: {e}")),
-                }
+                let started = self.worker.load_model(ctx, model.clone());
+                self.state.start(started, Pending::LoadModel(model));
             }
             Action::OpenDataset(path) => {
                 if path.as_os_str().is_empty() {
@@ -492,12 +498,8 @@ impl PromptscopeApp {
                 }
                 let names = self.data_panel.classnames_path.trim();
                 let classnames = (!names.is_empty()).then(|| PathBuf::from(names));
-                match self.worker.open_dataset(ctx, path.clone(), classnames) {
-                    Ok(job) => self.state.opening_dataset = Some((job, path)),
-                    Err(e) => self
-                        .state
-                        .error(format!("Could not start opening the dataset: {e}")),
-                }
+                let started = self.worker.open_dataset(ctx, path.clone(), classnames);
+                self.state.start(started, Pending::OpenDataset(path));
             }
             Action::Browse(target) => {
                 let start = self.dialog_start(target);
@@ -506,32 +508,26 @@ impl PromptscopeApp {
             Action::RunZeroShot(templates) => self.start_zero_shot(ctx, templates),
             Action::RunBaseToNovel(req) => self.start_base_to_novel(ctx, req),
             Action::EvaluateMaps(req) => {
-                if self.state.evaluating_maps.is_some() {
+                if self.state.jobs.maps_evaluation().is_some() {
                     return;
                 }
                 let Some(model) = &self.state.model else {
                     return self.state.error("Load a model before evaluating maps.");
                 };
                 let cancel = Arc::new(AtomicBool::new(false));
-                match self
-                    .worker
-                    .evaluate_maps(ctx, model.clip.clone(), req, cancel.clone())
-                {
-                    Ok(job) => {
-                        self.state.evaluating_maps = Some(RunningEval::new(job, cancel));
-                    }
-                    Err(e) => self
-                        .state
-                        .error(format!("Could not start evaluating maps: {e}")),
-                }
+                let started =
+                    self.worker
+                        .evaluate_maps(ctx, model.clip.clone(), req, cancel.clone());
+                self.state
+                    .start(started, Pending::EvaluateMaps(RunningEval::new(cancel)));
             }
             Action::CancelMapsEval => {
-                if let Some(run) = &self.state.evaluating_maps {
+                if let Some(run) = self.state.jobs.maps_evaluation() {
                     run.cancel.store(true, Ordering::Relaxed);
                 }
             }
             Action::CancelZeroShot => {
-                if let Some(run) = &self.state.zero_shot {
+                if let Some(run) = self.state.jobs.evaluation() {
                     run.cancel.store(true, Ordering::Relaxed);
                 }
             }
@@ -562,24 +558,20 @@ impl PromptscopeApp {
                     .dataset
                     .as_ref()
                     .map(|d| d.folder.class_names.clone());
-                match self.worker.load_prompts(
+                let started = self.worker.load_prompts(
                     ctx,
                     model.clip.clone(),
                     path.clone(),
                     label,
                     names,
                     self.runs_dir.clone(),
-                ) {
-                    Ok(job) => self.state.loading_prompts = Some((job, path)),
-                    Err(e) => self
-                        .state
-                        .error(format!("Could not start loading prompts: {e}")),
-                }
+                );
+                self.state.start(started, Pending::LoadPrompts(path));
             }
-            Action::ExportRun { from, to } => match self.worker.export(ctx, from, to) {
-                Ok(job) => self.state.exporting = Some(job),
-                Err(e) => self.state.error(format!("Could not start the export: {e}")),
-            },
+            Action::ExportRun { from, to } => {
+                let started = self.worker.export(ctx, from, to);
+                self.state.start(started, Pending::Export);
+            }
             Action::ShowError(message) => self.state.error(message),
             Action::PickModel(m) => {
                 self.data_panel.model_path = m.clone();
@@ -593,12 +585,8 @@ impl PromptscopeApp {
                 let Some(model) = &self.state.model else {
                     return;
                 };
-                match self.worker.align(ctx, model.clip.clone(), (*req).clone()) {
-                    Ok(job) => self.state.aligning = Some((job, *req)),
-                    Err(e) => self
-                        .state
-                        .error(format!("Could not start the alignment: {e}")),
-                }
+                let started = self.worker.align(ctx, model.clip.clone(), (*req).clone());
+                self.state.start(started, Pending::Align(*req));
             }
             Action::PauseRun(n) => {
                 if let Some(run) = self.state.run_mut(n) {
@@ -643,12 +631,8 @@ impl PromptscopeApp {
                 if wanted.is_empty() {
                     return;
                 }
-                match self.worker.images(ctx, wanted.clone(), IMAGE_SIDE) {
-                    Ok(_) => self.state.images_pending.extend(wanted),
-                    Err(e) => self
-                        .state
-                        .error(format!("Could not start decoding images: {e}")),
-                }
+                let started = self.worker.images(ctx, wanted.clone(), IMAGE_SIDE);
+                self.state.start(started, Pending::Images(wanted));
             }
             Action::ListRuns => self.list_runs(ctx, None),
             Action::DeleteRun(path) => self.list_runs(ctx, Some(path)),
@@ -665,29 +649,20 @@ impl PromptscopeApp {
                         .state
                         .error("Load the model the prompts were trained with first.");
                 };
-                match self
+                let started = self
                     .worker
-                    .classify(ctx, model.clip.clone(), prompts, image)
-                {
-                    Ok(job) => self.state.classifying = Some(job),
-                    Err(e) => self
-                        .state
-                        .error(format!("Could not start classifying: {e}")),
-                }
+                    .classify(ctx, model.clip.clone(), prompts, image);
+                self.state.start(started, Pending::Classify);
             }
         }
     }
 
     fn list_runs(&mut self, ctx: &egui::Context, delete: Option<PathBuf>) {
-        if self.state.listing_runs.is_some() {
+        if self.state.jobs.listing_runs() {
             return;
         }
-        match self.worker.list_runs(ctx, self.runs_dir.clone(), delete) {
-            Ok(job) => self.state.listing_runs = Some(job),
-            Err(e) => self
-                .state
-                .error(format!("Could not list the runs folder: {e}")),
-        }
+        let started = self.worker.list_runs(ctx, self.runs_dir.clone(), delete);
+        self.state.start(started, Pending::ListRuns);
     }
 
     /// Where a file dialog opens: the field's current path, else a folder the user has just used.
@@ -870,7 +845,7 @@ impl PromptscopeApp {
     }
 
     fn start_base_to_novel(&mut self, ctx: &egui::Context, req: compare_job::BaseToNovelRequest) {
-        if self.state.zero_shot.is_some() {
+        if self.state.jobs.evaluation().is_some() {
             return;
         }
         let (Some(model), Some(dataset)) = (&self.state.model, &self.state.dataset) else {
@@ -888,7 +863,9 @@ impl PromptscopeApp {
             cancel.clone(),
         ) {
             Ok(job) => {
-                self.state.zero_shot = Some(RunningEval::new(job, cancel));
+                self.state
+                    .jobs
+                    .insert(job, Pending::Evaluate(RunningEval::new(cancel)));
                 self.state.last_run_cancelled = false;
             }
             Err(e) => self
@@ -898,7 +875,7 @@ impl PromptscopeApp {
     }
 
     fn start_zero_shot(&mut self, ctx: &egui::Context, templates: Vec<String>) {
-        if self.state.zero_shot.is_some() {
+        if self.state.jobs.evaluation().is_some() {
             return;
         }
         let (Some(model), Some(dataset)) = (&self.state.model, &self.state.dataset) else {
@@ -942,7 +919,9 @@ impl PromptscopeApp {
             cancel.clone(),
         ) {
             Ok(job) => {
-                self.state.zero_shot = Some(RunningEval::new(job, cancel));
+                self.state
+                    .jobs
+                    .insert(job, Pending::Evaluate(RunningEval::new(cancel)));
                 self.state.last_run_cancelled = false;
             }
             Err(e) => self.state.error(format!("Could not start zero-shot: {e}")),

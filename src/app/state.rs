@@ -15,6 +15,7 @@ use super::compare_job::Comparison;
 use super::prompts_job::LoadedPrompts;
 
 use super::events::{Event, Failure, JobId, LoadedModel, OpenedDataset};
+use super::jobs::{Jobs, Pending};
 use super::training::{RunStatus, TrainRecord};
 
 /// What is remembered between launches (eframe storage).
@@ -56,9 +57,8 @@ pub fn remember(list: &mut Vec<String>, item: &str) {
     list.truncate(RECENT);
 }
 
-/// A zero-shot run under way.
+/// An evaluation under way (Compare's runs, Align's Evaluate maps) and how far it got.
 pub struct RunningEval {
-    pub job: JobId,
     pub stage: String,
     pub done: usize,
     pub total: usize,
@@ -67,9 +67,8 @@ pub struct RunningEval {
 }
 
 impl RunningEval {
-    pub fn new(job: JobId, cancel: Arc<AtomicBool>) -> Self {
+    pub fn new(cancel: Arc<AtomicBool>) -> Self {
         RunningEval {
-            job,
             stage: "starting".into(),
             done: 0,
             total: 0,
@@ -99,59 +98,47 @@ pub struct AppState {
     pub base_to_novel: Option<crate::run::base_to_novel::Report>,
     /// Shown until dismissed, oldest first.
     pub errors: Vec<String>,
-    /// The model load under way, if any.
-    pub loading_model: Option<(JobId, String)>,
-    /// The dataset scan under way, if any.
-    pub opening_dataset: Option<(JobId, PathBuf)>,
-    pub zero_shot: Option<RunningEval>,
+    /// The worker jobs in flight, but training runs (their records hold their jobs).
+    pub jobs: Jobs,
     /// Set when the last zero-shot run was cancelled, so the panel can say so.
     pub last_run_cancelled: bool,
     /// Training runs, oldest first.
     pub runs: Vec<TrainRecord>,
     /// Learned prompts: finished runs' and files the user loaded.
     pub prompts: Vec<LoadedPrompts>,
-    pub loading_prompts: Option<(JobId, PathBuf)>,
-    pub exporting: Option<JobId>,
     pub last_export: Option<PathBuf>,
     pub align: Option<AlignView>,
-    pub aligning: Option<(JobId, AlignRequest)>,
     /// The last alignment that failed and why: it is not asked again until something in it changes or
     /// the user retries (a corrupt image would otherwise be re-sent every frame).
     pub align_failed: Option<(AlignRequest, String)>,
     /// Small pictures of single images (the Compare tab's class view) by path; None: did not decode.
     pub images: std::collections::HashMap<PathBuf, Option<egui::TextureHandle>>,
-    /// Images asked of the worker and not back yet.
-    pub images_pending: std::collections::HashSet<PathBuf>,
     /// The runs folder as last listed; None until listed.
     pub runs_on_disk: Option<Vec<super::runs::RunEntry>>,
-    pub listing_runs: Option<JobId>,
-    pub classifying: Option<JobId>,
     pub classified: Option<super::classify_job::Classified>,
-    /// Align's Evaluate maps under way, and its last table.
-    pub evaluating_maps: Option<RunningEval>,
+    /// Align's Evaluate maps' last table.
     pub maps_eval: Option<crate::align::pointing::MethodsPointing>,
     /// A few decoded images per class of the open dataset, for the side panel.
     pub thumbnails: Vec<Vec<egui::TextureHandle>>,
 }
 
 impl AppState {
-    /// True while no worker job is under way.
+    /// True while no job the user waits on is under way (pictures being decoded do not count).
     pub fn is_idle(&self) -> bool {
-        self.loading_model.is_none()
-            && self.opening_dataset.is_none()
-            && self.zero_shot.is_none()
-            && !self.is_training()
-            && self.loading_prompts.is_none()
-            && self.exporting.is_none()
-            && self.aligning.is_none()
-            && self.listing_runs.is_none()
-            && self.classifying.is_none()
-            && self.evaluating_maps.is_none()
+        self.jobs.none_holding_the_user() && !self.is_training()
+    }
+
+    /// Records a job the worker started as `pending`, or says why it could not start.
+    pub fn start(&mut self, started: std::io::Result<JobId>, pending: Pending) {
+        match started {
+            Ok(job) => self.jobs.insert(job, pending),
+            Err(e) => self.error(format!("Could not start {}: {e}", pending.doing())),
+        }
     }
 
     /// Whether a picture of `path` is neither decoded (or known not to decode) nor on its way.
     pub fn wants_image(&self, path: &std::path::Path) -> bool {
-        !self.images.contains_key(path) && !self.images_pending.contains(path)
+        !self.images.contains_key(path) && !self.jobs.image_pending(path)
     }
 
     pub fn is_training(&self) -> bool {
@@ -183,15 +170,16 @@ impl AppState {
                 done,
                 total,
             } => {
-                let running = [self.zero_shot.as_mut(), self.evaluating_maps.as_mut()];
-                if let Some(run) = running.into_iter().flatten().find(|r| r.job == job) {
+                if let Some(Pending::Evaluate(run) | Pending::EvaluateMaps(run)) =
+                    self.jobs.get_mut(job)
+                {
                     run.stage = stage;
                     run.done = done;
                     run.total = total;
                 }
             }
             Event::ModelLoaded { job, result } => {
-                let Some((_, id)) = self.loading_model.take_if(|(j, _)| *j == job) else {
+                let Some(Pending::LoadModel(id)) = self.jobs.take(job) else {
                     return;
                 };
                 match result {
@@ -204,7 +192,7 @@ impl AppState {
                 }
             }
             Event::DatasetOpened { job, result } => {
-                let Some((_, path)) = self.opening_dataset.take_if(|(j, _)| *j == job) else {
+                let Some(Pending::OpenDataset(path)) = self.jobs.take(job) else {
                     return;
                 };
                 match result {
@@ -218,9 +206,9 @@ impl AppState {
                 }
             }
             Event::BaseToNovelFinished { job, result } => {
-                if self.zero_shot.take_if(|r| r.job == job).is_none() {
+                let Some(Pending::Evaluate(_)) = self.jobs.take(job) else {
                     return;
-                }
+                };
                 match result {
                     Ok(report) => {
                         self.base_to_novel = Some(report);
@@ -231,9 +219,9 @@ impl AppState {
                 }
             }
             Event::ZeroShotFinished { job, result } => {
-                if self.zero_shot.take_if(|r| r.job == job).is_none() {
+                let Some(Pending::Evaluate(_)) = self.jobs.take(job) else {
                     return;
-                }
+                };
                 match result {
                     Ok(report) => {
                         self.report = Some(report);
@@ -244,7 +232,7 @@ impl AppState {
                 }
             }
             Event::PromptsLoaded { job, result } => {
-                let Some((_, path)) = self.loading_prompts.take_if(|(j, _)| *j == job) else {
+                let Some(Pending::LoadPrompts(path)) = self.jobs.take(job) else {
                     return;
                 };
                 match result {
@@ -257,16 +245,16 @@ impl AppState {
                 }
             }
             Event::Exported { job, result } => {
-                if self.exporting.take_if(|j| *j == job).is_none() {
+                let Some(Pending::Export) = self.jobs.take(job) else {
                     return;
-                }
+                };
                 match result {
                     Ok(path) => self.last_export = Some(path),
                     Err(f) => self.fail(f, "Export"),
                 }
             }
             Event::AlignDone { job, result } => {
-                let Some((_, request)) = self.aligning.take_if(|(j, _)| *j == job) else {
+                let Some(Pending::Align(request)) = self.jobs.take(job) else {
                     return;
                 };
                 match result {
@@ -347,49 +335,45 @@ impl AppState {
                     run.job = None;
                     run.status = RunStatus::Failed(message.clone());
                 });
-                let mine = was_run.is_some()
-                    | self.loading_model.take_if(|(j, _)| *j == job).is_some()
-                    | self.opening_dataset.take_if(|(j, _)| *j == job).is_some()
-                    | self.zero_shot.take_if(|r| r.job == job).is_some()
-                    | self.loading_prompts.take_if(|(j, _)| *j == job).is_some()
-                    | self.exporting.take_if(|j| *j == job).is_some()
-                    | self.aligning.take_if(|(j, _)| *j == job).is_some()
-                    | self.listing_runs.take_if(|j| *j == job).is_some()
-                    | self.classifying.take_if(|j| *j == job).is_some()
-                    | self.evaluating_maps.take_if(|r| r.job == job).is_some();
-                if mine {
+                // Exactly this job's entry goes: pictures it was decoding are asked again when wanted.
+                if was_run.is_some() | self.jobs.take(job).is_some() {
                     self.error(message);
                 }
             }
             Event::RunsListed { job, result } => {
-                if self.listing_runs.take_if(|j| *j == job).is_none() {
+                let Some(Pending::ListRuns) = self.jobs.take(job) else {
                     return;
-                }
+                };
                 match result {
                     Ok(runs) => self.runs_on_disk = Some(runs),
                     Err(f) => self.fail(f, "Listing the runs folder"),
                 }
             }
             Event::Classified { job, result } => {
-                if self.classifying.take_if(|j| *j == job).is_none() {
+                let Some(Pending::Classify) = self.jobs.take(job) else {
                     return;
-                }
+                };
                 match result {
                     Ok(c) => self.classified = Some(c),
                     Err(f) => self.fail(f, "Classifying the image"),
                 }
             }
             Event::MapsEvaluated { job, result } => {
-                if self.evaluating_maps.take_if(|r| r.job == job).is_none() {
+                let Some(Pending::EvaluateMaps(_)) = self.jobs.take(job) else {
                     return;
-                }
+                };
                 match result {
                     Ok(r) => self.maps_eval = Some(r),
                     Err(f) => self.fail(f, "Evaluating maps"),
                 }
             }
-            // Fill a text field, or need the egui context for textures: the app handles them.
-            Event::Picked { .. } | Event::Thumbnails { .. } | Event::Images { .. } => {}
+            // Pictures need the egui context to become textures: the app makes them, after taking the
+            // job's entry here.
+            Event::Thumbnails { job, .. } | Event::Images { job, .. } => {
+                self.jobs.take(job);
+            }
+            // Fills a text field: the app handles it.
+            Event::Picked { .. } => {}
         }
     }
 

@@ -21,8 +21,8 @@ impl TopBar {
             |ui| {
                 ui.label(RichText::new("promptscope").strong().size(16.0));
                 ui.separator();
-                match (&state.model, &state.loading_model) {
-                    (_, Some((_, id))) => {
+                match (&state.model, state.jobs.loading_model()) {
+                    (_, Some(id)) => {
                         ui.spinner();
                         ui.label(format!("loading {id}…"));
                     }

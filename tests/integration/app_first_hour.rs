@@ -187,7 +187,7 @@ fn compare_rejects_a_mismatched_prompts_file_in_its_own_column_and_rechecks_when
         .unwrap()
         .click();
     wait_for(&mut h, "the class's pictures", |a| {
-        a.state.images.len() == 3 && a.state.images_pending.is_empty()
+        a.state.images.len() == 3 && !a.state.jobs.images_pending()
     });
     assert!(
         h.state().state.images.values().all(Option::is_some),
@@ -311,7 +311,7 @@ fn a_failed_alignment_is_reported_once_and_waits_for_the_user() {
     for _ in 0..30 {
         h.step();
         assert!(
-            h.state().state.aligning.is_none(),
+            h.state().state.jobs.aligning().is_none(),
             "the failed request was sent again"
         );
     }
@@ -326,11 +326,11 @@ fn a_failed_alignment_is_reported_once_and_waits_for_the_user() {
     // Retry tries once more (and fails the same way, once).
     click(&mut h, "Retry");
     wait_for(&mut h, "the retried alignment", |a| {
-        a.state.aligning.is_none() && a.state.align_failed.is_some()
+        a.state.jobs.aligning().is_none() && a.state.align_failed.is_some()
     });
     for _ in 0..10 {
         h.step();
-        assert!(h.state().state.aligning.is_none());
+        assert!(h.state().state.jobs.aligning().is_none());
     }
     // The next image aligns.
     click(&mut h, "Next");
@@ -355,7 +355,7 @@ fn align_shows_the_class_word_under_each_prompt_side_by_side_with_its_probabilit
     open_prompts(&mut h, &learned);
     click(&mut h, "Align");
     wait_for(&mut h, "the first alignment", |a| {
-        a.state.align.is_some() && a.state.aligning.is_none()
+        a.state.align.is_some() && a.state.jobs.aligning().is_none()
     });
     assert!(h.query_all_by_label("Threshold").count() >= 1);
     let view = h.state().state.align.as_ref().unwrap();
@@ -371,7 +371,7 @@ fn align_shows_the_class_word_under_each_prompt_side_by_side_with_its_probabilit
             .align
             .as_ref()
             .is_some_and(|v| v.side_by_side.len() == 2)
-            && a.state.aligning.is_none()
+            && a.state.jobs.aligning().is_none()
     });
     let view = h.state().state.align.as_ref().unwrap();
     let labels: Vec<&str> = view.side_by_side.iter().map(|(l, _)| l.as_str()).collect();
@@ -403,7 +403,7 @@ fn align_shows_the_class_word_under_each_prompt_side_by_side_with_its_probabilit
             .align
             .as_ref()
             .is_some_and(|v| v.request.class.as_deref() == Some(classes[2].as_str()))
-            && a.state.aligning.is_none()
+            && a.state.jobs.aligning().is_none()
     });
     assert_eq!(labels_containing(&h, &format!("p({})", classes[2])), 2);
 
@@ -417,7 +417,7 @@ fn align_shows_the_class_word_under_each_prompt_side_by_side_with_its_probabilit
             .align
             .as_ref()
             .is_some_and(|v| v.request.image == png)
-            && a.state.aligning.is_none()
+            && a.state.jobs.aligning().is_none()
     });
     assert_eq!(h.state().tab, Tab::Align);
     assert!(labels_containing(&h, "dropped: nonsquare_320x213.png") == 1);
@@ -640,7 +640,7 @@ fn the_first_hour_walkthrough_in_readme_works_on_the_demo_model_and_sample() {
             .align
             .as_ref()
             .is_some_and(|v| v.side_by_side.len() == 2)
-            && a.state.aligning.is_none()
+            && a.state.jobs.aligning().is_none()
     });
     let view = h.state().state.align.as_ref().unwrap();
     assert!(view.side_by_side.iter().all(|(_, m)| m.is_ok()));
@@ -1000,7 +1000,10 @@ fn compares_base_to_novel_mode_reports_what_the_cli_does() {
     }
     h.step();
     click(&mut h, RUN_BASE_TO_NOVEL);
-    assert!(h.state().state.zero_shot.is_some(), "the run did not start");
+    assert!(
+        h.state().state.jobs.evaluation().is_some(),
+        "the run did not start"
+    );
     wait_idle(&mut h);
     let report = h
         .state()

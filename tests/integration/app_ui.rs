@@ -12,6 +12,7 @@ use eframe::Storage as _;
 use egui_kittest::kittest::{NodeT as _, Queryable};
 use egui_kittest::Harness;
 use promptscope::app::events::{Event, Failure};
+use promptscope::app::jobs::Pending;
 use promptscope::app::state::{AppState, RunningEval, Settings};
 use promptscope::app::PromptscopeApp;
 use promptscope::clip::{synth, ClipConfig, HiddenAct};
@@ -120,7 +121,7 @@ fn load_open_and_run_zero_shot_through_the_ui() {
 
     click(&mut h, "Run zero-shot");
     assert!(
-        h.state().state.zero_shot.is_some(),
+        h.state().state.jobs.evaluation().is_some(),
         "pressing Run did not start a run"
     );
     wait_idle(&mut h);
@@ -403,7 +404,9 @@ fn paths_and_templates_are_remembered_between_launches() {
 fn cancelled_and_superseded_results_are_handled() {
     let mut state = AppState::default();
     let cancel = Arc::new(AtomicBool::new(true));
-    state.zero_shot = Some(RunningEval::new(7, cancel));
+    state
+        .jobs
+        .insert(7, Pending::Evaluate(RunningEval::new(cancel)));
     // Progress and results of another job are ignored.
     state.apply(Event::Progress {
         job: 6,
@@ -411,12 +414,12 @@ fn cancelled_and_superseded_results_are_handled() {
         done: 1,
         total: 2,
     });
-    assert_eq!(state.zero_shot.as_ref().map(|r| r.done), Some(0));
+    assert_eq!(state.jobs.evaluation().map(|r| r.done), Some(0));
     state.apply(Event::ZeroShotFinished {
         job: 6,
         result: Err(Failure::Error("old".into())),
     });
-    assert!(state.zero_shot.is_some() && state.errors.is_empty());
+    assert!(state.jobs.evaluation().is_some() && state.errors.is_empty());
     // A cancelled run ends quietly.
     state.apply(Event::ZeroShotFinished {
         job: 7,
@@ -424,13 +427,47 @@ fn cancelled_and_superseded_results_are_handled() {
     });
     assert!(state.is_idle() && state.errors.is_empty() && state.last_run_cancelled);
     // A crashed job ends its task with a message.
-    state.loading_model = Some((8, "m".into()));
+    state.jobs.insert(8, Pending::LoadModel("m".into()));
     state.apply(Event::Crashed {
         job: 8,
         message: "internal error".into(),
     });
     assert!(state.is_idle());
     assert_eq!(state.errors, ["internal error"]);
+}
+
+/// A decode or thumbnail job that panicked clears exactly its own entry: its pictures are asked again
+/// the next time they are wanted, and the other jobs in flight stay.
+#[test]
+fn a_crashed_decode_or_thumbnail_job_is_asked_again() {
+    let mut state = AppState::default();
+    let picture = Path::new("class/a.png");
+    state
+        .jobs
+        .insert(9, Pending::Images(vec![picture.to_path_buf()]));
+    state
+        .jobs
+        .insert(10, Pending::Thumbnails(PathBuf::from("data")));
+    state.jobs.insert(11, Pending::LoadModel("m".into()));
+    assert!(!state.wants_image(picture), "asked once while on its way");
+    state.apply(Event::Crashed {
+        job: 9,
+        message: "internal error during images: boom".into(),
+    });
+    assert!(state.wants_image(picture), "not asked again after a crash");
+    assert_eq!(state.jobs.loading_model(), Some("m"));
+    state.apply(Event::Crashed {
+        job: 10,
+        message: "internal error during thumbnails: boom".into(),
+    });
+    assert_eq!(state.errors.len(), 2);
+    assert_eq!(state.jobs.loading_model(), Some("m"));
+    assert!(!state.is_idle(), "the model is still loading");
+    state.apply(Event::ModelLoaded {
+        job: 11,
+        result: Err(Failure::Cancelled),
+    });
+    assert!(state.is_idle());
 }
 
 /// An app with the fixture loaded, writing its runs and caches into the fixture's folder.
@@ -959,7 +996,7 @@ fn evaluate_maps_runs_the_pointing_game_as_a_cancellable_job() {
     // A long evaluation, cancelled while it runs: no table, no error.
     h.state_mut().align.eval_count = 3000;
     button(&mut h, "Evaluate maps");
-    assert!(h.state().state.evaluating_maps.is_some());
+    assert!(h.state().state.jobs.maps_evaluation().is_some());
     assert!(h.query_by_label("Cancel evaluation").is_some());
     button(&mut h, "Cancel evaluation");
     wait_idle(&mut h);
