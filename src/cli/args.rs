@@ -4,6 +4,9 @@
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use promptscope::data::classnames::Format as NamesFormat;
+use promptscope::prompt::coop::ClassPosition;
+use promptscope::train::pretrain::PretrainLoss;
 
 #[derive(Parser)]
 #[command(
@@ -168,9 +171,8 @@ pub enum Verb {
         /// Override the preset's patch size (px), as `pretrain --patch-size`.
         #[arg(long)]
         patch_size: Option<usize>,
-        /// filip or clip.
-        #[arg(long, default_value = "filip")]
-        loss: String,
+        #[arg(long, value_enum, default_value_t = PretrainLoss::Filip)]
+        loss: PretrainLoss,
         #[arg(long, default_value_t = 64)]
         batch: usize,
         /// Untimed steps first: the first steps grow the process's memory (page faults) as no later
@@ -245,10 +247,10 @@ pub enum Verb {
         classnames: PathBuf,
         /// How --classnames lists the classes: coop or plain (default: coop when every line starts with a
         /// folder name that has a digit, as WordNet ids do).
-        #[arg(long)]
-        classnames_format: Option<String>,
-        #[arg(long, default_value = "end")]
-        class_position: String,
+        #[arg(long, value_enum)]
+        classnames_format: Option<NamesFormat>,
+        #[arg(long, value_enum, default_value_t = ClassPosition::End)]
+        class_position: ClassPosition,
         #[arg(long)]
         out: PathBuf,
     },

@@ -11,7 +11,7 @@ use promptscope::train::coop::TrainEvent;
 use promptscope::train::mpfgvc::{OptimizerKind, StageConfig, StageEvent};
 
 use super::{DataArgs, Format, ModelArgs};
-use crate::cli::{interrupt, output, serde_name, Bar, CacheArgs, RunOutputArgs, BATCH, SHOTS};
+use crate::cli::{interrupt, output, Bar, CacheArgs, RunOutputArgs, BATCH, SHOTS};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct MpfgvcArgs {
@@ -69,10 +69,10 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = defaults().stage2.optim.lr)]
     pub lr2: f64,
     /// adamw, or sgd (CoOp's SGD with momentum 0.9).
-    #[arg(long, default_value_t = serde_name(defaults().stage1.optimizer))]
-    pub optim1: String,
-    #[arg(long, default_value_t = serde_name(defaults().stage2.optimizer))]
-    pub optim2: String,
+    #[arg(long, value_enum, default_value_t = defaults().stage1.optimizer)]
+    pub optim1: OptimizerKind,
+    #[arg(long, value_enum, default_value_t = defaults().stage2.optimizer)]
+    pub optim2: OptimizerKind,
     #[arg(long, default_value_t = defaults().stage1.optim.weight_decay)]
     pub weight_decay: f64,
     /// A number, or `full` for one batch of the whole train set.
@@ -110,10 +110,7 @@ impl TrainArgs {
     /// The library's defaults with every flag applied, validated as the app validates its form.
     pub fn to_run(&self) -> Result<MpFgvcRun> {
         let batch_size = BATCH.parse(&self.batch_size)?;
-        let stage = |lr: f64, epochs: usize, optim: &str, flag: &str| -> Result<StageConfig> {
-            let optimizer: OptimizerKind = optim
-                .parse()
-                .map_err(|e: String| anyhow::anyhow!("--{flag}: {e}"))?;
+        let stage = |lr: f64, epochs: usize, optimizer: OptimizerKind| -> Result<StageConfig> {
             let mut s = promptscope::train::config::stage(lr, epochs, optimizer, batch_size);
             s.optim.weight_decay = self.weight_decay;
             Ok(s)
@@ -128,8 +125,8 @@ impl TrainArgs {
             seed: self.seed,
         };
         run.train_blocks = self.train_blocks;
-        run.stage1 = stage(self.lr1, self.epochs1, &self.optim1, "optim1")?;
-        run.stage2 = stage(self.lr2, self.epochs2, &self.optim2, "optim2")?;
+        run.stage1 = stage(self.lr1, self.epochs1, self.optim1)?;
+        run.stage2 = stage(self.lr2, self.epochs2, self.optim2)?;
         run.validate()?;
         Ok(run)
     }

@@ -6,11 +6,15 @@ use anyhow::{bail, Context as _, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use promptscope::clip::encode::{image_features, text_features};
 use promptscope::clip::{ClipConfig, LoadedClip};
+use promptscope::data::classnames::Format as NamesFormat;
 use promptscope::data::DatasetFolder;
 use promptscope::eval::zeroshot;
 use promptscope::progress::Progress;
+use promptscope::prompt::coop::ClassPosition;
+use promptscope::train::config::Augment;
 use promptscope::train::config::{CoopRun, RunConfig};
 use promptscope::train::optim::{default_epochs, OptimConfig};
+use promptscope::train::pretrain::PretrainLoss;
 
 pub mod align;
 mod app;
@@ -309,7 +313,7 @@ pub fn bench_coop(
 pub fn bench_pretrain(
     preset_name: &str,
     sizes: (Option<usize>, Option<usize>),
-    loss: &str,
+    loss: PretrainLoss,
     batch: usize,
     warmup: usize,
     steps: usize,
@@ -331,7 +335,6 @@ pub fn bench_pretrain(
             cfg.vision_config.image_size, cfg.vision_config.patch_size
         ),
     };
-    let loss = pretrain::parse_loss(loss)?;
     let r = promptscope::bench::pretrain_step(&name, &cfg, loss, batch, warmup, steps, save_batch)?;
     match format {
         Format::Json => print_json(&r),
@@ -634,8 +637,8 @@ pub struct TrainArgs {
     /// Class-specific contexts.
     #[arg(long)]
     pub csc: bool,
-    #[arg(long, default_value_t = format!("{:?}", coop_defaults().coop.class_position).to_lowercase())]
-    pub class_position: String,
+    #[arg(long, value_enum, default_value_t = coop_defaults().coop.class_position)]
+    pub class_position: ClassPosition,
     /// Default: CoOp's 50/100/100/200/200 for 1/2/4/8/16 shots.
     #[arg(long)]
     pub epochs: Option<usize>,
@@ -653,8 +656,8 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = coop_defaults().train.optim.warmup_lr)]
     pub warmup_lr: f64,
     /// none, or crop-flip (CoOp's random resized crop + flip, as cached views).
-    #[arg(long, default_value_t = serde_name(coop_defaults().augment))]
-    pub augment: String,
+    #[arg(long, value_enum, default_value_t = coop_defaults().augment)]
+    pub augment: Augment,
     /// Cached augmented views per training image.
     #[arg(long, default_value_t = coop_defaults().views)]
     pub views: usize,
@@ -682,7 +685,7 @@ impl TrainArgs {
         run.coop.n_ctx = self.n_ctx;
         run.coop.ctx_init = self.ctx_init.clone();
         run.coop.csc = self.csc;
-        run.coop.class_position = self.class_position.parse().map_err(anyhow::Error::msg)?;
+        run.coop.class_position = self.class_position;
         run.train.optim = OptimConfig {
             lr: self.lr,
             momentum: self.momentum,
@@ -692,10 +695,7 @@ impl TrainArgs {
             epochs: self.epochs.unwrap_or_else(|| default_epochs(run.shots)),
         };
         run.train.batch_size = BATCH.parse(&self.batch_size)?;
-        run.augment = serde_json::from_value(serde_json::Value::String(self.augment.clone()))
-            .map_err(|_| {
-                anyhow::anyhow!("--augment takes none or crop-flip, not '{}'", self.augment)
-            })?;
+        run.augment = self.augment;
         run.views = self.views;
         run.template = self.template.clone();
         run.train.kg_lambda = self.kg_lambda;
@@ -973,17 +973,11 @@ pub fn import_coop(
     ckpt: &Path,
     args: &ModelArgs,
     classnames: &Path,
-    names_format: Option<&str>,
-    position: &str,
+    names_format: Option<NamesFormat>,
+    position: ClassPosition,
     out: &Path,
 ) -> Result<()> {
-    use promptscope::data::classnames::{read_names, Format as NamesFormat};
-    let names_format: Option<NamesFormat> = names_format
-        .map(|f| {
-            f.parse()
-                .map_err(|e: String| anyhow::anyhow!("--classnames-format {e}"))
-        })
-        .transpose()?;
+    use promptscope::data::classnames::read_names;
     let (names, read_as) = read_names(classnames, names_format)?;
     eprintln!(
         "{} class names from {} ({})",
@@ -994,7 +988,6 @@ pub fn import_coop(
             NamesFormat::Plain => "one name a line",
         }
     );
-    let position = position.parse().map_err(anyhow::Error::msg)?;
     let clip = load_model(args)?;
     let file = promptscope::export::coop_import::to_prompt_file(&clip, ckpt, &names, position)?;
     file.save(out)?;
@@ -1420,7 +1413,7 @@ pub fn run(verb: Verb) -> Result<()> {
         } => bench_pretrain(
             &preset,
             (image_size, patch_size),
-            &loss,
+            loss,
             batch,
             warmup,
             steps,
@@ -1565,8 +1558,8 @@ pub fn run(verb: Verb) -> Result<()> {
             &checkpoint,
             &model,
             &classnames,
-            classnames_format.as_deref(),
-            &class_position,
+            classnames_format,
+            class_position,
             &out,
         ),
         Verb::Classify(args) => classify::classify(&args),

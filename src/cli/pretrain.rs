@@ -9,7 +9,7 @@ use promptscope::train::optim::OptimConfig;
 use promptscope::train::pairs::StreamRecipe;
 use promptscope::train::pretrain::{PretrainConfig, PretrainLoss, ShapeHeadInput};
 
-use super::{Bar, Format};
+use super::{serde_name, Bar, Format};
 
 fn defaults() -> PretrainConfig {
     PretrainConfig::default()
@@ -45,8 +45,8 @@ pub struct PretrainArgs {
     #[arg(long)]
     pub out: PathBuf,
     /// filip (token-wise late interaction) or clip (pooled features).
-    #[arg(long, default_value_t = super::serde_name(defaults().loss))]
-    pub loss: String,
+    #[arg(long, value_enum, default_value_t = defaults().loss)]
+    pub loss: PretrainLoss,
     /// The architecture to start from random weights (scenes, tiny, vit-b-32, ...).
     #[arg(long, default_value = "scenes", conflicts_with = "init")]
     pub preset: String,
@@ -84,14 +84,8 @@ pub struct PretrainArgs {
     pub format: Format,
 }
 
-/// `--loss` as given on the command line.
-pub fn parse_loss(name: &str) -> Result<PretrainLoss> {
-    serde_json::from_value(serde_json::Value::String(name.into()))
-        .map_err(|_| anyhow::anyhow!("--loss takes filip or clip, not '{name}'"))
-}
-
 pub fn pretrain(args: &PretrainArgs) -> Result<()> {
-    let loss = parse_loss(&args.loss)?;
+    let loss = args.loss;
     let optim = OptimConfig {
         lr: args.lr,
         momentum: 0.9,
@@ -147,7 +141,7 @@ pub fn pretrain(args: &PretrainArgs) -> Result<()> {
     // What a checkpoint must match to be continued, besides the model: the data.
     let source = match (&recipe, &args.data) {
         (Some(recipe), _) => {
-            eprintln!("pretraining on {} generated scenes an epoch, drawn afresh every epoch ({} loss, {} epochs)", recipe.count, args.loss, args.epochs);
+            eprintln!("pretraining on {} generated scenes an epoch, drawn afresh every epoch ({} loss, {} epochs)", recipe.count, serde_name(args.loss), args.epochs);
             serde_json::json!({ "scenes": recipe })
         }
         (None, dir) => {
@@ -155,7 +149,7 @@ pub fn pretrain(args: &PretrainArgs) -> Result<()> {
                 "pretraining on {} pairs from {} ({} loss, {} epochs)",
                 data.len(),
                 dir.as_deref().unwrap_or(std::path::Path::new("")).display(),
-                args.loss,
+                serde_name(args.loss),
                 args.epochs
             );
             serde_json::json!({ "data": dir, "pairs": data.len() })

@@ -19,23 +19,12 @@ pub struct ClassName {
 }
 
 /// How a class-name file lists its classes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
     /// `<folder name> <class name>` per line (CoOp's `classnames.txt`).
     Coop,
     /// One class name per line, in class order.
     Plain,
-}
-
-impl std::str::FromStr for Format {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        match s {
-            "coop" => Ok(Format::Coop),
-            "plain" => Ok(Format::Plain),
-            other => Err(format!("takes coop or plain, not '{other}'")),
-        }
-    }
 }
 
 fn read_text(path: &Path) -> Result<String> {

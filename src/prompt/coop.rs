@@ -13,27 +13,13 @@ use crate::clip::ClipTokenizer;
 use crate::error::{Error, Result};
 use crate::rng::Rng;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum ClassPosition {
     #[default]
     End,
     Middle,
     Front,
-}
-
-impl std::str::FromStr for ClassPosition {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        match s {
-            "end" => Ok(Self::End),
-            "middle" => Ok(Self::Middle),
-            "front" => Ok(Self::Front),
-            other => Err(format!(
-                "unknown class position '{other}': end, middle or front"
-            )),
-        }
-    }
 }
 
 impl std::fmt::Display for ClassPosition {

@@ -16,7 +16,7 @@ use crate::prompt::coop::CoopConfig;
 use crate::prompt::datp::DatpConfig;
 use crate::prompt::{PromptMethod, PromptMethodKind};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum Augment {
     #[default]

@@ -36,7 +36,7 @@ use crate::train::optim::{AdamW, OptimConfig, Sgd};
 pub const TEMPERATURE: f64 = 0.07;
 
 /// Which update rule a stage uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum OptimizerKind {
     /// CoOp's SGD with momentum (`OptimConfig::momentum`, `weight_decay`). The library's default, as in
@@ -44,18 +44,8 @@ pub enum OptimizerKind {
     #[default]
     Sgd,
     /// AdamW (β = 0.9, 0.999; decoupled `weight_decay`); `momentum` is not used.
+    #[value(name = "adamw")]
     AdamW,
-}
-
-impl std::str::FromStr for OptimizerKind {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        match s {
-            "sgd" => Ok(Self::Sgd),
-            "adamw" => Ok(Self::AdamW),
-            other => Err(format!("unknown optimiser '{other}': sgd or adamw")),
-        }
-    }
 }
 
 /// How one stage is optimised.

@@ -24,7 +24,7 @@ use crate::clip::vision::VisionRequest;
 use crate::error::{Error, Result};
 use crate::rng::Rng;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum PretrainLoss {
     /// Token-wise late interaction over patch and word tokens.

@@ -231,9 +231,14 @@ fn a_learned_context_equal_to_words_aligns_like_the_text() {
         ctx_init: Some("a photo of a".into()),
         ..CoopConfig::default()
     };
-    for position in ["end", "middle", "front"] {
+    use promptscope::prompt::coop::ClassPosition;
+    for position in [
+        ClassPosition::End,
+        ClassPosition::Middle,
+        ClassPosition::Front,
+    ] {
         let cfg = CoopConfig {
-            class_position: position.parse().unwrap(),
+            class_position: position,
             ..cfg.clone()
         };
         let learner = PromptLearner::new(
@@ -255,7 +260,7 @@ fn a_learned_context_equal_to_words_aligns_like_the_text() {
         .unwrap();
         let labels: Vec<&str> = a.text_tokens.iter().map(String::as_str).collect();
         match position {
-            "end" => {
+            ClassPosition::End => {
                 assert_eq!(
                     labels,
                     [
@@ -278,7 +283,7 @@ fn a_learned_context_equal_to_words_aligns_like_the_text() {
                 .unwrap();
                 check("learned 'a photo of a' vs text", &a.sim.data, &t.sim.data);
             }
-            "middle" => assert_eq!(
+            ClassPosition::Middle => assert_eq!(
                 labels,
                 [
                     "[V1]",
@@ -291,7 +296,7 @@ fn a_learned_context_equal_to_words_aligns_like_the_text() {
                     "<|endoftext|>"
                 ]
             ),
-            _ => assert_eq!(
+            ClassPosition::Front => assert_eq!(
                 labels,
                 [
                     "golden",

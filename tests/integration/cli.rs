@@ -161,6 +161,46 @@ fn garbled_config_is_a_clean_error() {
     assert_clean_error(&out, &["config.json", "not a CLIP config"]);
 }
 
+/// Every flag whose value names one of the library's enums is typed: a wrong value is refused by clap
+/// before anything runs, with the list of the valid ones.
+#[test]
+fn enum_flags_reject_a_wrong_value_with_the_valid_ones() {
+    for (args, valid) in [
+        (&["train", "--augment"][..], "none, crop-flip"),
+        (&["train", "--class-position"][..], "end, middle, front"),
+        (
+            &["import-coop", "x", "--class-position"][..],
+            "end, middle, front",
+        ),
+        (
+            &["import-coop", "x", "--classnames-format"][..],
+            "coop, plain",
+        ),
+        (&["pretrain", "--loss"][..], "filip, clip"),
+        (&["bench-pretrain", "--loss"][..], "filip, clip"),
+        (&["mpfgvc", "train", "--optim1"][..], "sgd, adamw"),
+        (&["mpfgvc", "train", "--optim2"][..], "sgd, adamw"),
+    ] {
+        let mut full = args.to_vec();
+        full.push("bogus");
+        let out = promptscope(&full);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{full:?}: {stderr}");
+        assert!(
+            stderr.contains("invalid value 'bogus'")
+                && stderr.contains(&format!("[possible values: {valid}]")),
+            "{full:?}: {stderr}"
+        );
+    }
+    // --shape-head takes a block index too: its own parser says what it expects.
+    let out = promptscope(&["pretrain", "--shape-head", "block:x"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("expected projected, hidden or block:N"),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn truncated_weights_are_a_clean_error() {
     let tmp = tempfile::tempdir().unwrap();
