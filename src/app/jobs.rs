@@ -4,10 +4,43 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use super::align_job::AlignRequest;
 use super::events::JobId;
-use super::state::RunningEval;
+
+/// An evaluation under way (Compare's runs, Align's Evaluate maps) and how far it got.
+pub struct RunningEval {
+    pub stage: String,
+    pub done: usize,
+    pub total: usize,
+    /// Shared with the worker's `Progress`, which stops at the next batch once it is set.
+    pub cancel: Arc<AtomicBool>,
+}
+
+impl RunningEval {
+    pub fn new(cancel: Arc<AtomicBool>) -> Self {
+        RunningEval {
+            stage: "starting".into(),
+            done: 0,
+            total: 0,
+            cancel,
+        }
+    }
+
+    pub fn fraction(&self) -> f32 {
+        if self.total == 0 {
+            0.0
+        } else {
+            self.done as f32 / self.total as f32
+        }
+    }
+
+    pub fn cancel_requested(&self) -> bool {
+        self.cancel.load(Ordering::Relaxed)
+    }
+}
 
 /// What a job in flight was started for. Training runs are tracked by their [`super::state::TrainRecord`]s.
 pub enum Pending {

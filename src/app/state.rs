@@ -3,8 +3,6 @@
 //! can be driven and checked without a window.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -15,6 +13,7 @@ use super::compare_job::Comparison;
 use super::prompts_job::LoadedPrompts;
 
 use super::events::{Event, Failure, JobId, LoadedModel, OpenedDataset};
+pub use super::jobs::RunningEval;
 use super::jobs::{Jobs, Pending};
 use super::training::{RunStatus, TrainRecord};
 
@@ -55,38 +54,6 @@ pub fn remember(list: &mut Vec<String>, item: &str) {
     list.retain(|x| x != item);
     list.insert(0, item.to_string());
     list.truncate(RECENT);
-}
-
-/// An evaluation under way (Compare's runs, Align's Evaluate maps) and how far it got.
-pub struct RunningEval {
-    pub stage: String,
-    pub done: usize,
-    pub total: usize,
-    /// Shared with the worker's `Progress`, which stops at the next batch once it is set.
-    pub cancel: Arc<AtomicBool>,
-}
-
-impl RunningEval {
-    pub fn new(cancel: Arc<AtomicBool>) -> Self {
-        RunningEval {
-            stage: "starting".into(),
-            done: 0,
-            total: 0,
-            cancel,
-        }
-    }
-
-    pub fn fraction(&self) -> f32 {
-        if self.total == 0 {
-            0.0
-        } else {
-            self.done as f32 / self.total as f32
-        }
-    }
-
-    pub fn cancel_requested(&self) -> bool {
-        self.cancel.load(Ordering::Relaxed)
-    }
 }
 
 #[derive(Default)]
