@@ -77,9 +77,12 @@ pub fn check_finite(path: &Path, name: &str, view: &safetensors::tensor::TensorV
     }
 }
 
-/// [`check_finite`] over every tensor of a safetensors file already in memory.
-pub fn check_all_finite(path: &Path, st: &safetensors::SafeTensors) -> Result<()> {
-    let mut tensors = st.tensors();
+/// [`check_finite`] over every tensor of a file (as `SafeTensors::tensors` or a mapped file lists
+/// them), in name order so the error is the same however the file lists them.
+pub fn check_all_finite(
+    path: &Path,
+    mut tensors: Vec<(String, safetensors::tensor::TensorView<'_>)>,
+) -> Result<()> {
     tensors.sort_by(|a, b| a.0.cmp(&b.0));
     tensors
         .iter()
@@ -99,7 +102,7 @@ pub fn read_safetensors(path: &Path) -> Result<(HashMap<String, Tensor>, HashMap
     let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| bad(&e))?;
     let meta = header.metadata().clone().unwrap_or_default();
     let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| bad(&e))?;
-    check_all_finite(path, &st)?;
+    check_all_finite(path, st.tensors())?;
     let mut out = HashMap::new();
     for (name, view) in st.tensors() {
         let t = candle_core::safetensors::Load::load(&view, &Device::Cpu).map_err(|e| bad(&e))?;

@@ -102,6 +102,10 @@ impl Jobs {
         self.map.remove(&job)
     }
 
+    pub fn get(&self, job: JobId) -> Option<&Pending> {
+        self.map.get(&job)
+    }
+
     pub fn get_mut(&mut self, job: JobId) -> Option<&mut Pending> {
         self.map.get_mut(&job)
     }

@@ -338,7 +338,7 @@ impl PromptscopeApp {
                     }
                 }
                 Event::ModelLoaded { job, result } => {
-                    let loading = match self.state.jobs.get_mut(job) {
+                    let loading = match self.state.jobs.get(job) {
                         Some(Pending::LoadModel(id)) => Some(id.clone()),
                         _ => None,
                     };
@@ -369,7 +369,7 @@ impl PromptscopeApp {
                     }
                 }
                 Event::DatasetOpened { job, result } => {
-                    let opened = match (&result, self.state.jobs.get_mut(job)) {
+                    let opened = match (&result, self.state.jobs.get(job)) {
                         (Ok(_), Some(Pending::OpenDataset(path))) => {
                             Some(path.display().to_string())
                         }

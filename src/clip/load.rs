@@ -476,11 +476,7 @@ pub fn mmap_weights(path: &Path, device: &Device) -> Result<VarBuilder<'static>>
     // while the model is in use.
     let mapped =
         unsafe { candle_core::safetensors::MmapedSafetensors::new(path) }.map_err(unreadable)?;
-    let mut tensors = mapped.tensors();
-    tensors.sort_by(|a, b| a.0.cmp(&b.0));
-    for (name, view) in &tensors {
-        crate::tensor_file::check_finite(path, name, view)?;
-    }
+    crate::tensor_file::check_all_finite(path, mapped.tensors())?;
     Ok(VarBuilder::from_backend(
         Box::new(mapped),
         DType::F32,

@@ -151,7 +151,7 @@ impl TrainableClip {
         // Stored in any float type (the demo models are f16), trained in f32.
         let bytes = std::fs::read(&weights).map_err(|e| Error::io(&weights, e))?;
         let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| bad(e.to_string()))?;
-        crate::tensor_file::check_all_finite(&weights, &st)?;
+        crate::tensor_file::check_all_finite(&weights, st.tensors())?;
         let stored = candle_core::safetensors::load_buffer(&bytes, device)
             .map_err(|e| bad(e.to_string()))?;
         for (name, var) in model.named_vars() {

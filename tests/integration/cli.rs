@@ -132,14 +132,13 @@ fn zero_shot_json_reports_overall_per_class_and_per_image() {
 #[test]
 fn missing_config_is_a_clean_error() {
     let tmp = tempfile::tempdir().unwrap();
-    let out = promptscope(&[
-        "embed",
-        "--model",
-        tmp.path().to_str().unwrap(),
-        "--text",
-        "x",
-    ]);
+    let out = embed_x(tmp.path());
     assert_clean_error(&out, &["config.json", "not found"]);
+}
+
+/// `embed --text x` on the model folder `dir`: what the bad-folder tests load.
+fn embed_x(dir: &Path) -> Output {
+    promptscope(&["embed", "--model", dir.to_str().unwrap(), "--text", "x"])
 }
 
 #[test]
@@ -151,13 +150,7 @@ fn garbled_config_is_a_clean_error() {
         "{\"text_config\": {\"hidden_size\": \"big\"",
     )
     .unwrap();
-    let out = promptscope(&[
-        "embed",
-        "--model",
-        tmp.path().to_str().unwrap(),
-        "--text",
-        "x",
-    ]);
+    let out = embed_x(tmp.path());
     assert_clean_error(&out, &["config.json", "not a CLIP config"]);
 }
 
@@ -208,13 +201,7 @@ fn truncated_weights_are_a_clean_error() {
     let w = tmp.path().join("model.safetensors");
     let bytes = std::fs::read(&w).unwrap();
     std::fs::write(&w, &bytes[..bytes.len() / 2]).unwrap();
-    let out = promptscope(&[
-        "embed",
-        "--model",
-        tmp.path().to_str().unwrap(),
-        "--text",
-        "x",
-    ]);
+    let out = embed_x(tmp.path());
     assert_clean_error(&out, &["model.safetensors", "truncated"]);
 }
 
@@ -240,13 +227,7 @@ fn non_finite_weights_are_a_clean_error_naming_the_tensor() {
         promptscope::tensor_file::safetensors_bytes(&named, meta).unwrap(),
     )
     .unwrap();
-    let out = promptscope(&[
-        "embed",
-        "--model",
-        tmp.path().to_str().unwrap(),
-        "--text",
-        "x",
-    ]);
+    let out = embed_x(tmp.path());
     assert_clean_error(&out, &["model.safetensors", bad, "non-finite", "element 3"]);
     // Read back as a prompts file or checkpoint would be, the same file is refused the same way.
     let err = promptscope::tensor_file::read_safetensors(&w)
@@ -266,13 +247,7 @@ fn weights_of_another_size_are_a_clean_error() {
         serde_json::to_string(&cfg).unwrap(),
     )
     .unwrap();
-    let out = promptscope(&[
-        "embed",
-        "--model",
-        tmp.path().to_str().unwrap(),
-        "--text",
-        "x",
-    ]);
+    let out = embed_x(tmp.path());
     assert_clean_error(&out, &["model.safetensors", "does not match config.json"]);
 }
 
