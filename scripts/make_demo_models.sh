@@ -25,8 +25,11 @@ patch_size=${PATCH_SIZE:-8}
 shape_labels=${SHAPE_LABELS:-4}
 batch=${BATCH:-32}
 shape_head=${SHAPE_HEAD:-projected}
-cargo build --release --locked --bin promptscope
-bin=target/release/promptscope
+# PROMPTSCOPE_BIN: a binary built before, so a long run is not rebuilt under by later edits.
+if [ -z "${PROMPTSCOPE_BIN:-}" ]; then
+    cargo build --release --locked --bin promptscope
+fi
+bin=${PROMPTSCOPE_BIN:-target/release/promptscope}
 mkdir -p "$root"
 # The command that reproduces the folder, every setting spelled out.
 made_by="IMAGE_SIZE=$image_size PATCH_SIZE=$patch_size SHAPE_LABELS=$shape_labels SHAPE_HEAD=$shape_head BATCH=$batch scripts/make_demo_models.sh OUT $epochs $scenes"
