@@ -1,6 +1,6 @@
 //! `cargo bench`: the performance suite on a random-weight ViT-B/32 (openai/clip-vit-base-patch32's
 //! architecture) that the benchmark writes once under target/bench-models. The same operations as
-//! `promptscope bench --suite`, with criterion's statistics; PyTorch's side is in scripts/.
+//! `promptscope bench suite`, with criterion's statistics; PyTorch's side is in scripts/.
 
 use std::path::PathBuf;
 

@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
-"""The PyTorch side of `promptscope bench --suite`'s FILIP, SsVP and loading rows, on the same weights:
+"""The PyTorch side of `promptscope bench suite`'s FILIP, SsVP and loading rows, on the same weights:
 
 - FILIP: one image's 49 patch tokens against the word tokens of 100 prompts ("a photo of a <name>."),
   tokens computed beforehand, s_I and s_T over the top 25 %, their mean per prompt (ms per image);
 - SsVP: from a pass already run on 16 images, the class token's penultimate attention summed over heads,
   the top N/4 patches, the last block re-run on [CLS] + them, post-layernorm and projection (images/s);
-- loading: the JPEGs `promptscope bench --suite` wrote (PHOTOS) opened with PIL and turned into
+- loading: the JPEGs `promptscope bench suite` wrote (PHOTOS) opened with PIL and turned into
   pixel_values by transformers' CLIPImageProcessor, in one process (images/s).
 
     python3 scripts/bench_extras_torch.py --model DIR --photos DIR [--threads 2]

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # promptscope vs PyTorch (transformers) on the same random-weight ViT-B/32, same machine, same run:
-# the towers at each batch size, then FILIP, SsVP and JPEG loading (bench --suite vs bench_extras_torch.py).
+# the towers at each batch size, then FILIP, SsVP and JPEG loading (bench suite vs bench_extras_torch.py).
 #   scripts/bench_vs_torch.sh [batch ...]        (default: 1 16 64; needs python3 with torch + transformers)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,7 +13,7 @@ batches=("$@"); [ ${#batches[@]} -gt 0 ] || batches=(1 16 64)
 printf '%-8s %14s %14s %7s %16s %16s %7s\n' batch "ours img/s" "torch img/s" ratio "ours prompts/s" "torch prompts/s" ratio
 for b in "${batches[@]}"; do
   n=$(( b < 16 ? 16 : b * 2 ))
-  ours=$(RAYON_NUM_THREADS=$threads $bin bench --model "$model" --device cpu --batch "$b" --images "$n" --format json 2>/dev/null)
+  ours=$(RAYON_NUM_THREADS=$threads $bin bench towers --model "$model" --device cpu --batch "$b" --images "$n" --format json 2>/dev/null)
   theirs=$(python3 scripts/bench_torch.py --model "$model" --batch "$b" --images "$n" --threads "$threads" 2>/dev/null | tail -1)
   python3 - "$b" "$ours" "$theirs" <<'PY'
 import json, sys
@@ -25,7 +25,7 @@ done
 
 # FILIP, SsVP and JPEG loading (the suite writes the JPEGs both sides read).
 photos=${TMPDIR:-/tmp}/promptscope-bench-photos
-ours=$(RAYON_NUM_THREADS=$threads $bin bench --suite --model "$model" --device cpu --format json 2>/dev/null)
+ours=$(RAYON_NUM_THREADS=$threads $bin bench suite --model "$model" --device cpu --format json 2>/dev/null)
 theirs=$(python3 scripts/bench_extras_torch.py --model "$model" --photos "$photos" --threads "$threads" 2>/dev/null | tail -1)
 python3 - "$ours" "$theirs" <<'PY'
 import json, sys

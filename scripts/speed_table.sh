@@ -39,7 +39,7 @@ done
 classes=(100)
 [ "${COOP_1000:-1}" = 1 ] && classes+=(1000)
 for c in "${classes[@]}"; do
-  ours=$($bin bench --coop --model "$model" --device cpu --classes "$c" --batch 32 --steps 5 --format json 2>/dev/null)
+  ours=$($bin bench coop --model "$model" --device cpu --classes "$c" --batch 32 --steps 5 --format json 2>/dev/null)
   steps=$([ "$c" -ge 1000 ] && echo 1 || echo 3)
   theirs=$(python3 scripts/bench_coop_torch.py --model "$model" --classes "$c" --batch 32 --steps "$steps" \
     --threads "$threads" --modes truncated 2>/dev/null | tail -1)
@@ -49,7 +49,7 @@ for b in 1 16 64; do
   n=$(( b < 16 ? 16 : b * 2 ))
   : > "$work/ours" ; : > "$work/theirs"
   for i in $(seq "$repeats"); do
-    $bin bench --model "$model" --device cpu --batch "$b" --images "$n" --format json 2>/dev/null >> "$work/ours"
+    $bin bench towers --model "$model" --device cpu --batch "$b" --images "$n" --format json 2>/dev/null >> "$work/ours"
     python3 scripts/bench_torch.py --model "$model" --batch "$b" --images "$n" --threads "$threads" 2>/dev/null | tail -1 >> "$work/theirs"
   done
   echo "{\"kind\": \"image\", \"ours\": $(median images_per_s < "$work/ours"), \"torch\": $(median images_per_s < "$work/theirs")}" >> "$out"

@@ -20,9 +20,11 @@ pub mod prompt;
 pub mod render;
 pub mod rng;
 pub mod run;
+pub mod startup;
 pub mod tensor_file;
 #[doc(hidden)]
 pub mod testing;
 pub mod train;
+pub mod value_list;
 
 pub use error::{Error, Result};

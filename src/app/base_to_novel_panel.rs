@@ -3,7 +3,7 @@
 
 use egui::{Color32, DragValue, Grid, RichText};
 
-use crate::run::base_to_novel::{Method, Report, METHOD_NAMES};
+use crate::run::base_to_novel::{Method, MethodName, Report};
 
 use super::compare_job::BaseToNovelRequest;
 use super::events::Action;
@@ -13,18 +13,18 @@ pub const RUN_BASE_TO_NOVEL: &str = "Run base-to-novel";
 /// Heading above the table; tests wait for it.
 pub const B2N_HEADING: &str = "Base-to-novel accuracy";
 
-/// The methods' labels, in [`METHOD_NAMES`] order.
-const LABELS: [(&str, &str); 6] = [
-    ("CoOp", "CoOp's recipe for the shots: M = 16 random context, SGD 0.002, batch 32"),
-    ("KgCoOp", "CoOp plus λ = 8 times the pull of each class weight towards the template's"),
-    ("CoCoOp", "\"a photo of a\" context plus the meta-net's per-image shift; 10 epochs, batch 1 (slow: one text pass per image)"),
-    ("Tip-Adapter", "Training-free cache of the base shots (10 views); α, β searched on validation. Its cache holds no novel class, so it is zero-shot there"),
-    ("Tip-Adapter-F", "Tip-Adapter with its cache keys trained 20 epochs; zero-shot on novel classes for the same reason"),
-    ("CLIP-Adapter", "A residual MLP on the image feature, 200 epochs; it applies to novel classes too"),
+/// What each method's recipe is, in [`MethodName::ALL`] order.
+const HELP: [&str; 6] = [
+    "CoOp's recipe for the shots: M = 16 random context, SGD 0.002, batch 32",
+    "CoOp plus λ = 8 times the pull of each class weight towards the template's",
+    "\"a photo of a\" context plus the meta-net's per-image shift; 10 epochs, batch 1 (slow: one text pass per image)",
+    "Training-free cache of the base shots (10 views); α, β searched on validation. Its cache holds no novel class, so it is zero-shot there",
+    "Tip-Adapter with its cache keys trained 20 epochs; zero-shot on novel classes for the same reason",
+    "A residual MLP on the image feature, 200 epochs; it applies to novel classes too",
 ];
 
 pub struct BaseToNovelForm {
-    /// Ticked methods, in [`METHOD_NAMES`] order.
+    /// Ticked methods, in [`MethodName::ALL`] order.
     pub methods: [bool; 6],
     /// K per base class.
     pub shots: usize,
@@ -46,8 +46,8 @@ impl BaseToNovelForm {
     /// The request for the ticked methods with their papers' recipes, or why there is none.
     pub fn request(&self, template: Option<&String>) -> Result<BaseToNovelRequest, String> {
         let template = template.ok_or("Write a template for the zero-shot row.")?;
-        let methods: Vec<Method> = METHOD_NAMES
-            .iter()
+        let methods: Vec<Method> = MethodName::ALL
+            .into_iter()
             .zip(self.methods)
             .filter(|(_, on)| *on)
             .map(|(name, _)| Method::recipe(name, Some(self.shots), template, 0))
@@ -77,8 +77,13 @@ impl BaseToNovelForm {
              and, with the other half's names, on the novel ones; H is their harmonic mean. The first template gives the zero-shot row.",
         );
         ui.horizontal_wrapped(|ui| {
-            for ((label, help), on) in LABELS.iter().zip(self.methods.iter_mut()) {
-                ui.checkbox(on, *label).on_hover_text(*help);
+            for ((name, help), on) in MethodName::ALL
+                .iter()
+                .zip(HELP)
+                .zip(self.methods.iter_mut())
+            {
+                let label = name.label();
+                ui.checkbox(on, label).on_hover_text(help);
             }
         });
         let request = self.request(template);

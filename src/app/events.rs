@@ -111,10 +111,11 @@ pub enum Event {
         job: JobId,
         result: Result<AlignView, Failure>,
     },
-    /// Per class, a few small decoded images (files that fail to decode are left out).
+    /// Per class, a few small decoded images (files that fail to decode are left out), as textures:
+    /// the worker uploads them, so the frame that receives them does not.
     Thumbnails {
         job: JobId,
-        images: Vec<Vec<egui::ColorImage>>,
+        images: Vec<Vec<egui::TextureHandle>>,
     },
     /// Preparing a training run: split and image features.
     TrainProgress {
@@ -152,10 +153,10 @@ pub enum Event {
         target: PickTarget,
         path: PathBuf,
     },
-    /// Small decoded images by path (None: the file did not decode).
+    /// Small decoded images by path, as textures (None: the file did not decode).
     Images {
         job: JobId,
-        images: Vec<(PathBuf, Option<egui::ColorImage>)>,
+        images: Vec<(PathBuf, Option<egui::TextureHandle>)>,
     },
     RunsListed {
         job: JobId,
@@ -184,6 +185,12 @@ pub struct LoadedModel {
 pub struct OpenedDataset {
     pub folder: Arc<DatasetFolder>,
     pub summary: DatasetSummary,
+    /// The images every score is computed on (the test folder, or the split seed 0 sets aside), which
+    /// Align browses too; empty when the folder has none.
+    pub test: Vec<crate::data::Sample>,
+    /// Why the class-name file was not applied (it names another dataset's folders): the field is
+    /// cleared and the message shown.
+    pub classnames_dropped: Option<String>,
 }
 
 /// Image counts per class and split, computed once when the folder is opened rather than every frame.

@@ -4,6 +4,7 @@
 //! [`worker`]; the panels own their widget state, [`state::AppState`] owns what is loaded and computed.
 //! Nothing here needs a window, so tests drive the same code through `egui_kittest`.
 
+mod actions;
 pub mod align_job;
 mod align_panel;
 pub mod base_to_novel_panel;
@@ -14,8 +15,11 @@ mod data_panel;
 mod errors;
 pub mod events;
 mod export_panel;
+mod files;
+mod frame_times;
 mod glyphs;
 pub mod jobs;
+mod launch;
 pub mod maps_eval_job;
 pub mod overlay;
 pub mod prompts_job;
@@ -28,49 +32,27 @@ pub mod training;
 pub mod worker;
 
 use crate::train::config::RunConfig;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-
-use egui::{Align2, Color32, FontId, Id, LayerId, Order};
 
 pub use align_panel::COMPARE_MAX;
 use align_panel::{AlignPanel, LearnedSource};
 use compare::ComparePanel;
 use data_panel::DataPanel;
 pub use events::Action;
-use events::Event;
 pub use events::PickTarget;
 use export_panel::ExportPanel;
+pub use files::default_runs_dir;
+pub use frame_times::FrameTimes;
 use jobs::Pending;
-use state::{AppState, RunningEval, Settings};
+use state::{AfterEvent, AppState, RunningEval, Settings};
 use top_bar::TopBar;
 use train_panel::TrainPanel;
 use training::{RunStatus, TrainRecord};
 use worker::Worker;
 
-/// Opens the window. `model` and `data`, when given, are filled in and loaded at start-up; otherwise the
-/// paths of the last session are filled in.
-/// How the window opens: which tab, and whether to start that tab's job once loaded.
-#[derive(Debug, Clone, Default)]
-pub struct Startup {
-    pub tab: Tab,
-    pub autorun: bool,
-    pub epochs: Option<usize>,
-    pub prompts: Vec<PathBuf>,
-    pub side_by_side: bool,
-    /// The Train tab's method (prompts, adapters or pretraining).
-    pub method: Option<train_form::TrainKind>,
-    /// Pretraining starts on generated scenes streamed each epoch instead of a pairs folder.
-    pub pretrain_scenes: bool,
-    pub super_category: Option<String>,
-    /// Compare opens in its base-to-novel mode.
-    pub base_to_novel: bool,
-    /// Align opens comparing these map methods.
-    pub compare_methods: Vec<crate::align::maps::MapMethod>,
-    /// With `autorun` on Align: evaluate the maps.
-    pub evaluate_maps: bool,
-}
+pub use crate::startup::{StartMethod, Startup, Tab};
 
 /// The window's title: the model, and that it is a small demo model when it is one.
 pub fn window_title(clip: &crate::clip::LoadedClip) -> String {
@@ -80,7 +62,10 @@ pub fn window_title(clip: &crate::clip::LoadedClip) -> String {
     }
 }
 
-pub fn run(model: Option<String>, data: Option<PathBuf>, startup: Startup) -> anyhow::Result<()> {
+/// Opens the window as `startup` says. The model and dataset it names are filled in and loaded at
+/// start-up; otherwise the paths of the last session are filled in.
+pub fn run(startup: Startup) -> anyhow::Result<()> {
+    startup.validate()?;
     let options = eframe::NativeOptions {
         viewport: egui::ViewportBuilder::default()
             .with_title("promptscope")
@@ -95,7 +80,8 @@ pub fn run(model: Option<String>, data: Option<PathBuf>, startup: Startup) -> an
         "promptscope",
         options,
         Box::new(move |cc| {
-            let mut app = PromptscopeApp::new(cc.storage).with_startup(model, data);
+            let mut app = PromptscopeApp::new(cc.storage)
+                .with_startup(startup.model.clone(), startup.data.clone());
             app.gpu_format = cc.wgpu_render_state.as_ref().map(|rs| rs.target_format);
             app.tab = startup.tab;
             app.autorun = startup.autorun;
@@ -109,11 +95,8 @@ pub fn run(model: Option<String>, data: Option<PathBuf>, startup: Startup) -> an
             if startup.base_to_novel {
                 app.compare.mode = compare::CompareMode::BaseToNovel;
             }
-            if let Some(kind) = startup.method {
-                app.train.form.kind = kind;
-            }
-            if startup.pretrain_scenes {
-                app.train.form.pretrain.use_demo_recipe();
+            if let Some(method) = startup.method {
+                app.train.form.start_with(method);
             }
             if let Some(word) = startup.super_category {
                 app.train.form.mpfgvc.datp.super_category = word;
@@ -136,28 +119,6 @@ pub fn run(model: Option<String>, data: Option<PathBuf>, startup: Startup) -> an
 const THUMBNAILS_PER_CLASS: usize = 6;
 /// Side in px of the pictures in the Compare tab's class view.
 const IMAGE_SIDE: u32 = 96;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Tab {
-    #[default]
-    Compare,
-    Train,
-    Align,
-    Export,
-}
-
-impl Tab {
-    pub const ALL: [Tab; 4] = [Tab::Compare, Tab::Train, Tab::Align, Tab::Export];
-
-    pub fn label(self) -> &'static str {
-        match self {
-            Tab::Compare => "Compare",
-            Tab::Train => "Train",
-            Tab::Align => "Align",
-            Tab::Export => "Export",
-        }
-    }
-}
 
 pub struct PromptscopeApp {
     pub state: AppState,
@@ -275,132 +236,11 @@ impl PromptscopeApp {
         }
         let mut actions = std::mem::take(&mut self.pending);
         for event in self.worker.drain() {
-            match event {
-                Event::Picked { target, path } => actions.extend(self.picked(target, path)),
-                Event::Images { job, images } => {
-                    self.state.jobs.take(job);
-                    for (path, image) in images {
-                        let texture = image.map(|img| {
-                            ctx.load_texture(
-                                format!("image-{}", path.display()),
-                                img,
-                                egui::TextureOptions::LINEAR,
-                            )
-                        });
-                        self.state.images.insert(path, texture);
-                    }
-                }
-                Event::TrainFinished {
-                    job,
-                    result: Ok(outcome),
-                } => {
-                    if self.state.runs_on_disk.is_some() {
-                        actions.push(Action::ListRuns);
-                    }
-                    // A finished CoOp run's prompts join Compare, Align and Export.
-                    if let Some(run) = self
-                        .state
-                        .runs
-                        .iter()
-                        .find(|r| r.job == Some(job) && matches!(r.run, RunConfig::Coop(_)))
-                    {
-                        actions.push(Action::LoadPromptsAs(
-                            outcome.prompts.clone(),
-                            run.label.clone(),
-                        ));
-                    }
-                    self.state.apply(Event::TrainFinished {
-                        job,
-                        result: Ok(outcome),
-                    });
-                }
-                Event::Thumbnails { job, images } => {
-                    // Only the open dataset's: one opened before it may still answer.
-                    let root = self.state.dataset.as_ref().map(|d| &d.folder.root);
-                    let taken = self.state.jobs.take(job);
-                    if matches!(&taken, Some(Pending::Thumbnails(r)) if Some(r) == root) {
-                        self.state.thumbnails = images
-                            .into_iter()
-                            .enumerate()
-                            .map(|(c, imgs)| {
-                                imgs.into_iter()
-                                    .enumerate()
-                                    .map(|(i, img)| {
-                                        ctx.load_texture(
-                                            format!("thumb-{c}-{i}"),
-                                            img,
-                                            egui::TextureOptions::LINEAR,
-                                        )
-                                    })
-                                    .collect()
-                            })
-                            .collect();
-                    }
-                }
-                Event::ModelLoaded { job, result } => {
-                    let loading = match self.state.jobs.get(job) {
-                        Some(Pending::LoadModel(id)) => Some(id.clone()),
-                        _ => None,
-                    };
-                    let fresh = result.is_ok() && loading.is_some();
-                    if let (true, Some(id)) = (fresh, &loading) {
-                        state::remember(&mut self.data_panel.recent_models, id);
-                    }
-                    self.state.apply(Event::ModelLoaded { job, result });
-                    if let Some(model) = &self.state.model {
-                        ctx.send_viewport_cmd(egui::ViewportCommand::Title(window_title(
-                            &model.clip,
-                        )));
-                        // What the download fell back on (a missing tokenizer or preprocessing file) is said,
-                        // not silently assumed.
-                        let warnings: Vec<String> = if fresh {
-                            model
-                                .clip
-                                .warnings
-                                .iter()
-                                .map(|w| format!("Model '{}': {w}", model.clip.id))
-                                .collect()
-                        } else {
-                            Vec::new()
-                        };
-                        for w in warnings {
-                            self.state.error(w);
-                        }
-                    }
-                }
-                Event::DatasetOpened { job, result } => {
-                    let opened = match (&result, self.state.jobs.get(job)) {
-                        (Ok(_), Some(Pending::OpenDataset(path))) => {
-                            Some(path.display().to_string())
-                        }
-                        _ => None,
-                    };
-                    if let Some(path) = &opened {
-                        state::remember(&mut self.data_panel.recent_datasets, path);
-                    }
-                    self.state.apply(Event::DatasetOpened { job, result });
-                    if let (Some(_), Some(ds)) = (opened, &self.state.dataset) {
-                        let started = self.worker.thumbnails(
-                            &ctx,
-                            ds.folder.clone(),
-                            THUMBNAILS_PER_CLASS,
-                            64,
-                        );
-                        let root = ds.folder.root.clone();
-                        self.state.start(started, Pending::Thumbnails(root));
-                    }
-                }
-                other => self.state.apply(other),
+            for after in self.state.apply(event) {
+                self.after_event(after, &ctx, &mut actions);
             }
         }
-        let dropped: Vec<PathBuf> = ctx.input(|i| {
-            i.raw
-                .dropped_files
-                .iter()
-                .map(|f| f.path().to_path_buf())
-                .collect()
-        });
-        actions.extend(dropped.into_iter().map(Action::Dropped));
+        actions.extend(files::dropped(&ctx).into_iter().map(Action::Dropped));
 
         egui::Panel::top("top_bar").show(ui, |ui| self.top_bar.ui(ui, &self.state));
         egui::Panel::left("model_data")
@@ -423,14 +263,8 @@ impl PromptscopeApp {
                     let sources = self.learned_sources();
                     self.align
                         .ui(ui, &self.state, &sources, self.gpu_format, &mut actions);
-                    if let Some(req) = self.align.request(&self.state, &sources) {
-                        let current = self.state.align.as_ref().map(|v| &v.request);
-                        let pending = self.state.jobs.aligning();
-                        // A request that failed waits for the user (Retry, or another choice).
-                        let failed = self.state.align_failed.as_ref().map(|(r, _)| r);
-                        if current != Some(&req) && pending.is_none() && failed != Some(&req) {
-                            actions.push(Action::Align(Box::new(req)));
-                        }
+                    if let Some(req) = self.align.new_request(&self.state, &sources) {
+                        actions.push(Action::Align(Box::new(req)));
                     }
                 }
                 Tab::Export => self
@@ -438,7 +272,7 @@ impl PromptscopeApp {
                     .ui(ui, &self.state, &self.runs_dir, &mut actions),
             }
         });
-        drop_hint(&ctx);
+        files::drop_hint(&ctx);
         if self.state.is_training() {
             // Elapsed time, ETA and spinners move between worker events too.
             ctx.request_repaint_after(std::time::Duration::from_millis(33));
@@ -483,260 +317,38 @@ impl PromptscopeApp {
         }
     }
 
-    fn handle(&mut self, action: Action, ctx: &egui::Context) {
-        match action {
-            Action::LoadModel(model) => {
-                if model.is_empty() {
-                    return self.state.error("Enter a model folder or a hub id (such as openai/clip-vit-base-patch32) first.");
-                }
-                let started = self.worker.load_model(ctx, model.clone());
-                self.state.start(started, Pending::LoadModel(model));
-            }
-            Action::OpenDataset(path) => {
-                if path.as_os_str().is_empty() {
-                    return self.state.error("Enter a dataset folder first.");
-                }
-                let names = self.data_panel.classnames_path.trim();
-                let classnames = (!names.is_empty()).then(|| PathBuf::from(names));
-                let started = self.worker.open_dataset(ctx, path.clone(), classnames);
-                self.state.start(started, Pending::OpenDataset(path));
-            }
-            Action::Browse(target) => {
-                let start = self.dialog_start(target);
-                self.worker.pick(ctx, target, start);
-            }
-            Action::RunZeroShot(templates) => self.start_zero_shot(ctx, templates),
-            Action::RunBaseToNovel(req) => self.start_base_to_novel(ctx, req),
-            Action::EvaluateMaps(req) => {
-                if self.state.jobs.maps_evaluation().is_some() {
-                    return;
-                }
-                let Some(model) = &self.state.model else {
-                    return self.state.error("Load a model before evaluating maps.");
-                };
-                let cancel = Arc::new(AtomicBool::new(false));
-                let started =
-                    self.worker
-                        .evaluate_maps(ctx, model.clip.clone(), req, cancel.clone());
-                self.state
-                    .start(started, Pending::EvaluateMaps(RunningEval::new(cancel)));
-            }
-            Action::CancelMapsEval => {
-                if let Some(run) = self.state.jobs.maps_evaluation() {
-                    run.cancel.store(true, Ordering::Relaxed);
+    /// What an event left for the window and its panels (`AppState::apply` did the rest).
+    fn after_event(&mut self, after: AfterEvent, ctx: &egui::Context, actions: &mut Vec<Action>) {
+        match after {
+            AfterEvent::Picked { target, path } => actions.extend(self.picked(target, path)),
+            AfterEvent::ModelLoaded(id) => {
+                state::remember(&mut self.data_panel.recent_models, &id);
+                if let Some(model) = &self.state.model {
+                    let title = window_title(&model.clip);
+                    ctx.send_viewport_cmd(egui::ViewportCommand::Title(title));
                 }
             }
-            Action::CancelZeroShot => {
-                if let Some(run) = self.state.jobs.evaluation() {
-                    run.cancel.store(true, Ordering::Relaxed);
+            AfterEvent::DatasetOpened {
+                path,
+                classnames_dropped,
+            } => {
+                if classnames_dropped {
+                    self.data_panel.classnames_path.clear();
                 }
-            }
-            Action::DismissError(i) => {
-                if i < self.state.errors.len() {
-                    self.state.errors.remove(i);
-                }
-            }
-            Action::StartTraining(run) => self.start_training(ctx, *run),
-            Action::LoadPrompts(path) => {
-                let label = path.file_name().map_or_else(
-                    || path.display().to_string(),
-                    |f| f.to_string_lossy().into_owned(),
+                state::remember(
+                    &mut self.data_panel.recent_datasets,
+                    &path.display().to_string(),
                 );
-                self.handle(Action::LoadPromptsAs(path, label), ctx);
-            }
-            Action::LoadPromptsAs(path, label) => {
-                let Some(model) = &self.state.model else {
-                    return self
-                        .state
-                        .error("Load the model the prompts were trained with first.");
-                };
-                if path.as_os_str().is_empty() {
-                    return self.state.error("Enter the path of a prompts file first.");
-                }
-                let names = self
-                    .state
-                    .dataset
-                    .as_ref()
-                    .map(|d| d.folder.class_names.clone());
-                let started = self.worker.load_prompts(
-                    ctx,
-                    model.clip.clone(),
-                    path.clone(),
-                    label,
-                    names,
-                    self.runs_dir.clone(),
-                );
-                self.state.start(started, Pending::LoadPrompts(path));
-            }
-            Action::ExportRun { from, to } => {
-                let started = self.worker.export(ctx, from, to);
-                self.state.start(started, Pending::Export);
-            }
-            Action::ShowError(message) => self.state.error(message),
-            Action::PickModel(m) => {
-                self.data_panel.model_path = m.clone();
-                self.handle(Action::LoadModel(m), ctx);
-            }
-            Action::PickRecentDataset(d) => {
-                self.data_panel.dataset_path = d.clone();
-                self.handle(Action::OpenDataset(d.into()), ctx);
-            }
-            Action::Align(req) => {
-                let Some(model) = &self.state.model else {
-                    return;
-                };
-                let started = self.worker.align(ctx, model.clip.clone(), (*req).clone());
-                self.state.start(started, Pending::Align(*req));
-            }
-            Action::PauseRun(n) => {
-                if let Some(run) = self.state.run_mut(n) {
-                    run.control.pause.store(true, Ordering::Relaxed);
-                    if run.status == RunStatus::Training {
-                        run.status = RunStatus::Paused;
-                    }
+                if let Some(ds) = &self.state.dataset {
+                    let started =
+                        self.worker
+                            .thumbnails(ctx, ds.folder.clone(), THUMBNAILS_PER_CLASS, 64);
+                    let root = ds.folder.root.clone();
+                    self.state.start(started, Pending::Thumbnails(root));
                 }
             }
-            Action::ResumeRun(n) => self.resume_run(ctx, n),
-            Action::StopRun(n) => {
-                if let Some(run) = self.state.run_mut(n) {
-                    run.control.cancel.store(true, Ordering::Relaxed);
-                }
-            }
-            Action::ToggleRunVisible(n) => {
-                if let Some(run) = self.state.run_mut(n) {
-                    run.visible = !run.visible;
-                }
-            }
-            Action::Dropped(path) => match classify_drop(&path) {
-                Ok(target) => {
-                    if let Some(action) = self.picked(target, path) {
-                        self.handle(action, ctx);
-                    }
-                }
-                Err(message) => self.state.error(message),
-            },
-            Action::RetryAlign => self.state.align_failed = None,
-            Action::UnloadPrompts(path) => self.state.prompts.retain(|p| p.path != path),
-            Action::ReloadPrompts(path) => {
-                if let Some(p) = self.state.prompts.iter().find(|p| p.path == path) {
-                    let label = p.label.clone();
-                    self.handle(Action::LoadPromptsAs(path, label), ctx);
-                }
-            }
-            Action::WantImages(paths) => {
-                let wanted: Vec<PathBuf> = paths
-                    .into_iter()
-                    .filter(|p| self.state.wants_image(p))
-                    .collect();
-                if wanted.is_empty() {
-                    return;
-                }
-                let started = self.worker.images(ctx, wanted.clone(), IMAGE_SIDE);
-                self.state.start(started, Pending::Images(wanted));
-            }
-            Action::ListRuns => self.list_runs(ctx, None),
-            Action::DeleteRun(path) => self.list_runs(ctx, Some(path)),
-            Action::OpenRun(path) => {
-                if path.is_dir() {
-                    self.handle(Action::PickModel(path.display().to_string()), ctx);
-                } else {
-                    self.handle(Action::LoadPrompts(path), ctx);
-                }
-            }
-            Action::Classify { prompts, image } => {
-                let Some(model) = &self.state.model else {
-                    return self
-                        .state
-                        .error("Load the model the prompts were trained with first.");
-                };
-                let started = self
-                    .worker
-                    .classify(ctx, model.clip.clone(), prompts, image);
-                self.state.start(started, Pending::Classify);
-            }
+            AfterEvent::Then(action) => actions.push(action),
         }
-    }
-
-    fn list_runs(&mut self, ctx: &egui::Context, delete: Option<PathBuf>) {
-        if self.state.jobs.listing_runs() {
-            return;
-        }
-        let started = self.worker.list_runs(ctx, self.runs_dir.clone(), delete);
-        self.state.start(started, Pending::ListRuns);
-    }
-
-    /// Where a file dialog opens: the field's current path, else a folder the user has just used.
-    fn dialog_start(&self, target: PickTarget) -> Option<PathBuf> {
-        let non_empty = |s: &str| (!s.trim().is_empty()).then(|| PathBuf::from(s.trim()));
-        let dataset_dir = self.state.dataset.as_ref().map(|d| d.folder.root.clone());
-        match target {
-            PickTarget::Model => non_empty(&self.data_panel.model_path),
-            PickTarget::Dataset => non_empty(&self.data_panel.dataset_path),
-            PickTarget::ClassNames => non_empty(&self.data_panel.classnames_path).or(dataset_dir),
-            PickTarget::Prompts => {
-                non_empty(&self.export.load_path).or_else(|| self.export.export_dir(&self.state))
-            }
-            PickTarget::ExportRun(n) => Some(self.export.export_path(n, &self.state)),
-            PickTarget::Image | PickTarget::ClassifyImage => dataset_dir,
-        }
-    }
-
-    /// What a file dialog answered (or a test, standing in for one): handled on the next frame.
-    pub fn choose(&mut self, target: PickTarget, path: PathBuf) {
-        let action = self.picked(target, path);
-        self.pending.extend(action);
-    }
-
-    /// A path picked in a dialog or dropped: it fills its field and is used at once.
-    fn picked(&mut self, target: PickTarget, path: PathBuf) -> Option<Action> {
-        let shown = path.display().to_string();
-        Some(match target {
-            PickTarget::Model => {
-                self.data_panel.model_path = shown.clone();
-                Action::LoadModel(shown)
-            }
-            PickTarget::Dataset => {
-                self.data_panel.dataset_path = shown;
-                Action::OpenDataset(path)
-            }
-            PickTarget::ClassNames => {
-                self.data_panel.classnames_path = shown;
-                let dataset = self.data_panel.dataset_path.trim();
-                if dataset.is_empty() {
-                    return None;
-                }
-                Action::OpenDataset(dataset.into())
-            }
-            PickTarget::Prompts => {
-                self.export.load_path = shown;
-                Action::LoadPrompts(path)
-            }
-            PickTarget::ExportRun(n) => {
-                let from = self
-                    .state
-                    .runs
-                    .iter()
-                    .find(|r| r.number == n)?
-                    .outcome
-                    .as_ref()?
-                    .prompts
-                    .clone();
-                self.export.export_paths.insert(n, shown);
-                Action::ExportRun { from, to: path }
-            }
-            PickTarget::Image => {
-                self.tab = Tab::Align;
-                self.align.image_file = Some(path);
-                return None;
-            }
-            PickTarget::ClassifyImage => {
-                let prompts = self.state.prompts.get(self.export.selected)?.path.clone();
-                Action::Classify {
-                    prompts,
-                    image: path,
-                }
-            }
-        })
     }
 
     /// Learned prompts the Align tab can show: every loaded file, runs' included.
@@ -751,182 +363,6 @@ impl PromptscopeApp {
             })
             .collect()
     }
-
-    fn start_training(&mut self, ctx: &egui::Context, run: RunConfig) {
-        let pretraining = matches!(run, RunConfig::Pretrain(_));
-        let (clip, data) = (
-            self.state.model.as_ref().map(|m| m.clip.clone()),
-            self.state.dataset.as_ref().map(|d| d.folder.clone()),
-        );
-        if !pretraining && (clip.is_none() || data.is_none()) {
-            return self
-                .state
-                .error("Load a model and open a dataset before training.");
-        }
-        let number = self.state.runs.len() + 1;
-        // A fresh name per launch and run, so a new session never resumes an old session's checkpoint.
-        // Pretraining writes a model folder; the prompt methods a prompts file.
-        let stamp = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis());
-        let out = self.runs_dir.join(if pretraining {
-            format!("model-{stamp}-{number}")
-        } else {
-            format!("run-{stamp}-{number}.safetensors")
-        });
-        let mut record = TrainRecord::new(number, run.clone(), out.clone());
-        match self.worker.train(
-            ctx,
-            clip,
-            data,
-            run,
-            out,
-            false,
-            self.cache_dir.clone(),
-            record.control.clone(),
-        ) {
-            Ok(job) => {
-                record.job = Some(job);
-                self.state.runs.push(record);
-            }
-            Err(e) => self.state.error(format!("Could not start training: {e}")),
-        }
-    }
-
-    fn resume_run(&mut self, ctx: &egui::Context, n: usize) {
-        let (clip, folder) = (
-            self.state.model.as_ref().map(|m| m.clip.clone()),
-            self.state.dataset.as_ref().map(|d| d.folder.clone()),
-        );
-        let cache = self.cache_dir.clone();
-        let Some(run) = self.state.runs.iter_mut().find(|r| r.number == n) else {
-            return;
-        };
-        if !matches!(run.run, RunConfig::Pretrain(_)) && (clip.is_none() || folder.is_none()) {
-            return self
-                .state
-                .error("Load the model and dataset of this run before resuming it.");
-        }
-        run.control.pause.store(false, Ordering::Relaxed);
-        match run.status {
-            RunStatus::Paused => run.status = RunStatus::Training,
-            RunStatus::Stopped => {
-                run.rewind_to_checkpoint();
-                // Feature adapters keep no checkpoint: a stopped one starts over.
-                if matches!(run.run, RunConfig::Adapter(_)) {
-                    run.epochs.clear();
-                    run.steps.clear();
-                }
-                run.control = Default::default();
-                run.status = RunStatus::Preparing {
-                    stage: "resuming".into(),
-                    done: 0,
-                    total: 0,
-                };
-                match self.worker.train(
-                    ctx,
-                    clip,
-                    folder,
-                    run.run.clone(),
-                    run.out.clone(),
-                    true,
-                    cache,
-                    run.control.clone(),
-                ) {
-                    Ok(job) => run.job = Some(job),
-                    Err(e) => {
-                        run.status = RunStatus::Stopped;
-                        self.state.error(format!("Could not resume the run: {e}"));
-                    }
-                }
-            }
-            _ => {}
-        }
-    }
-
-    fn start_base_to_novel(&mut self, ctx: &egui::Context, req: compare_job::BaseToNovelRequest) {
-        if self.state.jobs.evaluation().is_some() {
-            return;
-        }
-        let (Some(model), Some(dataset)) = (&self.state.model, &self.state.dataset) else {
-            return self
-                .state
-                .error("Load a model and open a dataset before running base-to-novel.");
-        };
-        let cancel = Arc::new(AtomicBool::new(false));
-        match self.worker.base_to_novel(
-            ctx,
-            model.clip.clone(),
-            dataset.folder.clone(),
-            req,
-            self.cache_dir.clone(),
-            cancel.clone(),
-        ) {
-            Ok(job) => {
-                self.state
-                    .jobs
-                    .insert(job, Pending::Evaluate(RunningEval::new(cancel)));
-                self.state.last_run_cancelled = false;
-            }
-            Err(e) => self
-                .state
-                .error(format!("Could not start base-to-novel: {e}")),
-        }
-    }
-
-    fn start_zero_shot(&mut self, ctx: &egui::Context, templates: Vec<String>) {
-        if self.state.jobs.evaluation().is_some() {
-            return;
-        }
-        let (Some(model), Some(dataset)) = (&self.state.model, &self.state.dataset) else {
-            return self
-                .state
-                .error("Load a model and open a dataset before running zero-shot.");
-        };
-        if templates.is_empty() {
-            return self.state.error("Write at least one prompt template.");
-        }
-        if dataset.folder.eval_samples().is_empty() {
-            return self.state.error(format!(
-                "Dataset {}: its test split has no images to evaluate; add images to test/<class>/ or remove the empty test folder.",
-                dataset.folder.root.display()
-            ));
-        }
-        let cancel = Arc::new(AtomicBool::new(false));
-        // The probe and the adapters are fitted on the same K shots.
-        let shots = self
-            .compare
-            .probe_shots
-            .resolve(self.state.prompts.iter().map(|p| &p.meta));
-        let adapters = self.compare.adapter_methods();
-        let req = compare_job::CompareRequest {
-            templates,
-            learned: self
-                .state
-                .prompts
-                .iter()
-                .map(|p| (p.label.clone(), p.path.clone()))
-                .collect(),
-            linear_probe: self.compare.linear_probe.then_some(shots),
-            adapters: (!adapters.is_empty()).then_some((shots, adapters)),
-        };
-        match self.worker.compare(
-            ctx,
-            model.clip.clone(),
-            dataset.folder.clone(),
-            req,
-            self.cache_dir.clone(),
-            cancel.clone(),
-        ) {
-            Ok(job) => {
-                self.state
-                    .jobs
-                    .insert(job, Pending::Evaluate(RunningEval::new(cancel)));
-                self.state.last_run_cancelled = false;
-            }
-            Err(e) => self.state.error(format!("Could not start zero-shot: {e}")),
-        }
-    }
 }
 
 impl eframe::App for PromptscopeApp {
@@ -939,81 +375,6 @@ impl eframe::App for PromptscopeApp {
     }
 }
 
-/// Intervals between frames, split by whether a training run was under way, for the frame-time
-/// statistics (median and p99) the README reports.
-#[derive(Default)]
-pub struct FrameTimes {
-    last: Option<std::time::Instant>,
-    pub training_ms: Vec<f64>,
-    pub idle_ms: Vec<f64>,
-    /// Time spent laying out each frame while training (the app's own share of a frame).
-    pub training_build_ms: Vec<f64>,
-    written: Option<std::time::Instant>,
-}
-
-impl FrameTimes {
-    fn tick(&mut self, training: bool) {
-        let now = std::time::Instant::now();
-        if let Some(last) = self.last.replace(now) {
-            let ms = (now - last).as_secs_f64() * 1e3;
-            push_bounded(
-                if training {
-                    &mut self.training_ms
-                } else {
-                    &mut self.idle_ms
-                },
-                ms,
-            );
-        }
-    }
-
-    fn built(&mut self, ms: f64) {
-        push_bounded(&mut self.training_build_ms, ms);
-    }
-
-    /// (frames, median, p99) in ms.
-    pub fn stats(v: &[f64]) -> Option<(usize, f64, f64)> {
-        if v.is_empty() {
-            return None;
-        }
-        let mut s = v.to_vec();
-        s.sort_by(f64::total_cmp);
-        let at = |q: f64| s[((s.len() - 1) as f64 * q).round() as usize];
-        Some((s.len(), at(0.5), at(0.99)))
-    }
-
-    fn maybe_write(&mut self, path: &Path) {
-        let now = std::time::Instant::now();
-        if self
-            .written
-            .is_some_and(|w| now - w < std::time::Duration::from_secs(1))
-        {
-            return;
-        }
-        self.written = Some(now);
-        let json = |v: &[f64]| {
-            Self::stats(v).map_or(
-                serde_json::Value::Null,
-                |(n, med, p99)| serde_json::json!({"frames": n, "median_ms": med, "p99_ms": p99}),
-            )
-        };
-        let body = serde_json::json!({
-            "training": json(&self.training_ms),
-            "training_build": json(&self.training_build_ms),
-            "idle": json(&self.idle_ms),
-        });
-        let _ = crate::error::write_atomic(path, body.to_string().as_bytes());
-    }
-}
-
-/// Appends to a bounded history: the last ~10 minutes at 60 fps.
-fn push_bounded(v: &mut Vec<f64>, ms: f64) {
-    if v.len() >= 36_000 {
-        v.drain(..18_000);
-    }
-    v.push(ms);
-}
-
 /// Keeps a tab's layout within what is visible: wrapped rows and columns size to the visible width even
 /// when the panel's rectangle reaches past the window's edge (seen at 1280 px on the first frames).
 fn fit_visible_width(ui: &mut egui::Ui) {
@@ -1021,60 +382,4 @@ fn fit_visible_width(ui: &mut egui::Ui) {
     if visible > 0.0 && visible < ui.max_rect().width() {
         ui.set_max_width(visible);
     }
-}
-
-/// `$PROMPTSCOPE_RUNS`, else `runs/` beside the feature cache (`~/.cache/promptscope/runs`).
-pub fn default_runs_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("PROMPTSCOPE_RUNS").filter(|v| !v.is_empty()) {
-        return dir.into();
-    }
-    let features = crate::train::features::default_cache_dir();
-    features
-        .parent()
-        .map_or_else(|| features.join("runs"), |p| p.join("runs"))
-}
-
-/// A folder with a `config.json` is a model; any other folder is a dataset; an image file is aligned
-/// in the Align tab; a prompts file or CoOp checkpoint is loaded.
-fn classify_drop(path: &Path) -> Result<PickTarget, String> {
-    if path.is_dir() {
-        return Ok(if path.join("config.json").is_file() {
-            PickTarget::Model
-        } else {
-            PickTarget::Dataset
-        });
-    }
-    let ext = path
-        .extension()
-        .map(|e| e.to_string_lossy().to_ascii_lowercase())
-        .unwrap_or_default();
-    if path.is_file() && crate::data::folder::IMAGE_EXTENSIONS.contains(&ext.as_str()) {
-        return Ok(PickTarget::Image);
-    }
-    if path.is_file()
-        && (ext == "safetensors" || crate::export::coop_import::is_coop_checkpoint(path))
-    {
-        return Ok(PickTarget::Prompts);
-    }
-    Err(format!(
-        "{}: not something promptscope opens. Drop a model folder (with config.json), a dataset folder, an image, or a prompts file.",
-        path.display()
-    ))
-}
-
-/// While files are dragged over the window, says what dropping them does.
-fn drop_hint(ctx: &egui::Context) {
-    if ctx.input(|i| i.raw.hovered_files.is_empty()) {
-        return;
-    }
-    let painter = ctx.layer_painter(LayerId::new(Order::Foreground, Id::unique("drop_hint")));
-    let rect = ctx.content_rect();
-    painter.rect_filled(rect, 0.0, Color32::from_black_alpha(170));
-    painter.text(
-        rect.center(),
-        Align2::CENTER_CENTER,
-        "Drop a model folder, a dataset folder, an image (to align) or a prompts file",
-        FontId::proportional(22.0),
-        Color32::WHITE,
-    );
 }

@@ -12,10 +12,11 @@ use super::align_job::{AlignRequest, AlignView};
 use super::compare_job::Comparison;
 use super::prompts_job::LoadedPrompts;
 
-use super::events::{Event, Failure, JobId, LoadedModel, OpenedDataset};
+use super::events::{Action, Event, Failure, JobId, LoadedModel, OpenedDataset, PickTarget};
 pub use super::jobs::RunningEval;
 use super::jobs::{Jobs, Pending};
 use super::training::{RunStatus, TrainRecord};
+use crate::train::config::RunConfig;
 
 /// What is remembered between launches (eframe storage).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -127,9 +128,75 @@ impl AppState {
             self.errors.push(message);
         }
     }
+}
 
-    /// Folds one worker event into the state. Results of jobs that were superseded are dropped.
-    pub fn apply(&mut self, event: Event) {
+/// What an event asks of the app beyond the state: what only the window and its panels can do.
+#[derive(Debug)]
+pub enum AfterEvent {
+    /// A path chosen in a dialog: its field is filled and it is used.
+    Picked { target: PickTarget, path: PathBuf },
+    /// The model asked for is loaded: it is remembered among the recent ones and named in the title.
+    ModelLoaded(String),
+    /// The dataset asked for is open: it is remembered among the recent ones, its thumbnails decoded,
+    /// and a class-name file that did not fit it is cleared from its field.
+    DatasetOpened {
+        path: PathBuf,
+        classnames_dropped: bool,
+    },
+    /// Work to do next: a finished run's prompts to load, the runs list to refresh.
+    Then(Action),
+}
+
+impl AppState {
+    /// Folds one worker event into the state (results of jobs that were superseded are dropped) and
+    /// says what else the app must do about it. Every event goes through here.
+    pub fn apply(&mut self, event: Event) -> Vec<AfterEvent> {
+        let mut after = Vec::new();
+        match &event {
+            Event::Picked { target, path } => after.push(AfterEvent::Picked {
+                target: *target,
+                path: path.clone(),
+            }),
+            Event::ModelLoaded { job, result: Ok(_) } => {
+                if let Some(Pending::LoadModel(id)) = self.jobs.get(*job) {
+                    after.push(AfterEvent::ModelLoaded(id.clone()));
+                }
+            }
+            Event::DatasetOpened {
+                job,
+                result: Ok(ds),
+            } => {
+                if let Some(Pending::OpenDataset(path)) = self.jobs.get(*job) {
+                    after.push(AfterEvent::DatasetOpened {
+                        path: path.clone(),
+                        classnames_dropped: ds.classnames_dropped.is_some(),
+                    });
+                }
+            }
+            Event::TrainFinished {
+                job,
+                result: Ok(outcome),
+            } => {
+                if self.runs_on_disk.is_some() {
+                    after.push(AfterEvent::Then(Action::ListRuns));
+                }
+                // A finished CoOp run's prompts join Compare, Align and Export.
+                let coop =
+                    |r: &&TrainRecord| r.job == Some(*job) && matches!(r.run, RunConfig::Coop(_));
+                if let Some(run) = self.runs.iter().find(coop) {
+                    after.push(AfterEvent::Then(Action::LoadPromptsAs(
+                        outcome.prompts.clone(),
+                        run.label.clone(),
+                    )));
+                }
+            }
+            _ => {}
+        }
+        self.fold(event);
+        after
+    }
+
+    fn fold(&mut self, event: Event) {
         match event {
             Event::Progress {
                 job,
@@ -151,6 +218,11 @@ impl AppState {
                 };
                 match result {
                     Ok(model) => {
+                        // What a download fell back on (a missing tokenizer or preprocessing file) is
+                        // said, not silently assumed.
+                        for w in &model.clip.warnings {
+                            self.error(format!("Model '{}': {w}", model.clip.id));
+                        }
                         self.model = Some(model);
                         self.report = None;
                         self.base_to_novel = None;
@@ -164,6 +236,9 @@ impl AppState {
                 };
                 match result {
                     Ok(ds) => {
+                        if let Some(why) = &ds.classnames_dropped {
+                            self.error(why.clone());
+                        }
                         self.thumbnails.clear();
                         self.dataset = Some(ds);
                         self.report = None;
@@ -334,12 +409,18 @@ impl AppState {
                     Err(f) => self.fail(f, "Evaluating maps"),
                 }
             }
-            // Pictures need the egui context to become textures: the app makes them, after taking the
-            // job's entry here.
-            Event::Thumbnails { job, .. } | Event::Images { job, .. } => {
-                self.jobs.take(job);
+            Event::Thumbnails { job, images } => {
+                // Only the open dataset's: one opened before it may still answer.
+                let root = self.dataset.as_ref().map(|d| &d.folder.root);
+                if matches!(self.jobs.take(job), Some(Pending::Thumbnails(r)) if Some(&r) == root) {
+                    self.thumbnails = images;
+                }
             }
-            // Fills a text field: the app handles it.
+            Event::Images { job, images } => {
+                self.jobs.take(job);
+                self.images.extend(images);
+            }
+            // Fills a text field: the app does (`AfterEvent::Picked`).
             Event::Picked { .. } => {}
         }
     }

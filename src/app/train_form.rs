@@ -62,6 +62,20 @@ impl TrainForm {
         Ok(run)
     }
 
+    /// `app --method M`: the method the Train tab opens on.
+    pub fn start_with(&mut self, method: crate::startup::StartMethod) {
+        use crate::startup::StartMethod;
+        self.kind = match method {
+            StartMethod::Coop => TrainKind::Prompts(PromptMethodKind::Coop),
+            StartMethod::Cocoop => TrainKind::Prompts(PromptMethodKind::Cocoop),
+            StartMethod::Mpfgvc => TrainKind::Prompts(PromptMethodKind::Datp),
+            StartMethod::Pretrain | StartMethod::PretrainScenes => TrainKind::Pretrain,
+        };
+        if method == StartMethod::PretrainScenes {
+            self.pretrain.use_demo_recipe();
+        }
+    }
+
     /// `app --epochs N`: the chosen method's epochs (each stage's, for MP-FGVC).
     pub fn set_epochs(&mut self, epochs: usize) {
         match self.kind {

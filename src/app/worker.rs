@@ -10,12 +10,9 @@ use std::sync::Arc;
 use crate::clip::LoadedClip;
 use crate::data::DatasetFolder;
 use crate::progress::Reporter;
-use crate::run::coop as coop_run;
-use crate::run::mpfgvc as mpfgvc_run;
-use crate::run::pretrain as pretrain_run;
+use crate::run::execute::{execute, RunCtx, RunEvent, RunOutput};
 use crate::train::config::RunConfig;
 use crate::train::epoch_loop::TrainEvent;
-use crate::train::mpfgvc::StageEvent;
 
 use super::align_job::{self, AlignRequest};
 use super::compare_job::{self, CompareRequest};
@@ -71,18 +68,32 @@ impl Worker {
         ctx: &egui::Context,
         path: PathBuf,
         classnames: Option<PathBuf>,
+        another_dataset: bool,
     ) -> std::io::Result<JobId> {
         self.spawn(ctx, "open dataset", move |job, _| {
             let result = (|| {
                 let mut folder = DatasetFolder::open(&path)?;
+                let mut dropped = None;
                 if let Some(file) = &classnames {
-                    folder.apply_class_names(file)?;
+                    match folder.apply_class_names(file) {
+                        Ok(()) => {}
+                        // Opening another dataset, the file is most likely the last one's.
+                        Err(e) if another_dataset => dropped = Some(format!(
+                            "{e}. The class-name file was meant for another dataset: it was cleared, so {} uses its folder names; pick this dataset's file to name its classes.",
+                            path.display()
+                        )),
+                        Err(e) => return Err(e),
+                    }
                 }
-                Ok(folder)
+                Ok((folder, dropped))
             })()
-            .map(|folder| OpenedDataset {
+            .map(|(folder, classnames_dropped)| OpenedDataset {
                 summary: DatasetSummary::of(&folder),
+                test: crate::data::fewshot::test_split(&folder, 0)
+                    .map(|t| t.samples)
+                    .unwrap_or_default(),
                 folder: Arc::new(folder),
+                classnames_dropped,
             })
             .map_err(|e: crate::Error| Failure::from(e));
             Event::DatasetOpened { job, result }
@@ -192,11 +203,13 @@ impl Worker {
         paths: Vec<PathBuf>,
         side: u32,
     ) -> std::io::Result<JobId> {
+        let textures = ctx.clone();
         self.spawn(ctx, "images", move |job, _| {
             let images = paths
                 .into_iter()
                 .map(|p| {
-                    let img = small_image(&p, side);
+                    let name = format!("image-{}", p.display());
+                    let img = small_image(&p, side).map(|img| texture(&textures, name, img));
                     (p, img)
                 })
                 .collect();
@@ -271,14 +284,17 @@ impl Worker {
         per_class: usize,
         side: u32,
     ) -> std::io::Result<JobId> {
+        let textures = ctx.clone();
         self.spawn(ctx, "thumbnails", move |job, _| {
-            let mut images = vec![Vec::new(); data.num_classes()];
+            let mut images: Vec<Vec<egui::TextureHandle>> = vec![Vec::new(); data.num_classes()];
             for s in &data.all {
-                if images[s.label].len() >= per_class {
+                let class = &mut images[s.label];
+                if class.len() >= per_class {
                     continue;
                 }
                 if let Some(img) = small_image(&s.path, side) {
-                    images[s.label].push(img);
+                    let name = format!("thumb-{}-{}", s.label, class.len());
+                    class.push(texture(&textures, name, img));
                 }
             }
             Event::Thumbnails { job, images }
@@ -320,18 +336,39 @@ impl Worker {
             };
             let reporter = Reporter {
                 cancel: &control.cancel,
-                on_update: |stage: &str, done, total| send(Event::TrainProgress { job, stage: stage.to_string(), done, total }),
+                on_update: |stage: &str, done, total| {
+                    send(Event::TrainProgress {
+                        job,
+                        stage: stage.to_string(),
+                        done,
+                        total,
+                    })
+                },
             };
             // Every event, then (paused) a hold here, between steps, until resumed or stopped.
             let report = |event: TrainEvent, epoch_offset: usize| {
                 match event {
-                    TrainEvent::Step { epoch, step, steps, loss, .. } => send(Event::TrainStep { job, epoch: epoch + epoch_offset, step, steps, loss }),
+                    TrainEvent::Step {
+                        epoch,
+                        step,
+                        steps,
+                        loss,
+                        ..
+                    } => send(Event::TrainStep {
+                        job,
+                        epoch: epoch + epoch_offset,
+                        step,
+                        steps,
+                        loss,
+                    }),
                     TrainEvent::Epoch(mut stats) => {
                         stats.epoch += epoch_offset;
                         send(Event::TrainEpoch { job, stats })
                     }
                 }
-                while control.pause.load(Ordering::Relaxed) && !control.cancel.load(Ordering::Relaxed) {
+                while control.pause.load(Ordering::Relaxed)
+                    && !control.cancel.load(Ordering::Relaxed)
+                {
                     std::thread::sleep(std::time::Duration::from_millis(20));
                 }
             };
@@ -339,82 +376,32 @@ impl Worker {
                 if let Some(dir) = out.parent() {
                     std::fs::create_dir_all(dir).map_err(|e| crate::Error::io(dir, e))?;
                 }
-                let need = || -> crate::Result<(&LoadedClip, &DatasetFolder)> {
-                    match (&clip, &data) {
-                        (Some(c), Some(d)) => Ok((c, d)),
-                        _ => Err(crate::Error::invalid("load a model and open a dataset before training prompts")),
-                    }
+                let ctx = RunCtx {
+                    clip: clip.as_deref(),
+                    data: data.as_deref(),
+                    cache: cache.as_deref(),
+                    progress: &reporter,
                 };
-                match &run {
-                    RunConfig::Pretrain(p) => {
-                        let device = candle_core::Device::Cpu;
-                        let (model, tok, pre) = pretrain_run::start_model(&p.start, p.config.seed, (None, None), &device)?;
-                        let source = pretrain_run::open_pairs(Some(&p.pairs), p.scenes.as_ref(), &model.config.vision_config, tok, pre, &device, &reporter)?;
-                        let describe = match &p.scenes {
-                            Some(recipe) => serde_json::json!({ "start": p.start, "scenes": recipe }),
-                            None => serde_json::json!({ "start": p.start, "pairs": p.pairs, "count": source.len() }),
-                        };
-                        send(Event::TrainReady { job, train_images: source.len() });
-                        let storage = if p.fp16 { crate::clip::synth::Storage::F16 } else { crate::clip::synth::Storage::F32 };
-                        let history = pretrain_run::train(&model, source.as_ref(), &p.config, &describe, &out, storage, resume, &reporter, &mut |e| report(e, 0))?;
-                        let last = history.last();
-                        Ok(TrainOutcome {
-                            test_acc: last.map_or(0.0, |h| h.train_acc),
-                            summary: format!(
-                                "model written to {} · final loss {:.4} · in-batch retrieval {:.1}%",
-                                out.display(),
-                                last.map_or(f64::NAN, |h| h.loss),
-                                100.0 * last.map_or(0.0, |h| h.train_acc)
-                            ),
-                            train_seconds: last.map_or(0.0, |h| h.elapsed_s),
-                            prompts: out.clone(),
-                        })
+                let output = RunOutput {
+                    path: Some(out.clone()),
+                    resume,
+                };
+                let summary = execute(&run, &ctx, &output, &mut |e| match e {
+                    RunEvent::Ready { train_images, .. } => {
+                        send(Event::TrainReady { job, train_images })
                     }
-                    RunConfig::Adapter(run) => {
-                        // Feature-level: nothing is written (no checkpoint either: a stopped run starts over).
-                        let (clip, data) = need()?;
-                        let prepared = crate::run::tip::prepare(clip, data, run, cache.as_deref(), &reporter)?;
-                        send(Event::TrainReady { job, train_images: prepared.split.train.len() });
-                        let r = crate::run::tip::fit(clip, data, &prepared, run, &reporter, &mut |e| report(e, 0))?;
-                        let searched = r.searched.map_or(String::new(), |s| format!(" · α {:.2}, β {:.2}", s.alpha, s.beta));
-                        Ok(TrainOutcome {
-                            test_acc: r.test.accuracy,
-                            summary: format!("test {:.1}% (zero-shot {:.1}%){searched}", 100.0 * r.test.accuracy, 100.0 * r.zero_shot_test_acc),
-                            train_seconds: r.train_seconds,
-                            prompts: out.clone(),
-                        })
-                    }
-                    RunConfig::Coop(run) => {
-                        let (clip, data) = need()?;
-                        let rd = coop_run::prepare(clip, data, run, cache.as_deref(), &reporter)?;
-                        send(Event::TrainReady { job, train_images: rd.split.train.len() });
-                        let o = coop_run::train(clip, data, &rd, run, Some(&out), resume, &reporter, &mut |e| report(e, 0))?;
-                        let m = &o.metrics;
-                        Ok(TrainOutcome {
-                            test_acc: m.test_acc,
-                            summary: format!("test {:.1}% (hand-crafted {:.1}%) · {} epochs", 100.0 * m.test_acc, 100.0 * m.handcrafted_test_acc, m.epochs_run),
-                            train_seconds: m.train_seconds,
-                            prompts: out.clone(),
-                        })
-                    }
-                    RunConfig::MpFgvc(run) => {
-                        let (clip, data) = need()?;
-                        let rd = mpfgvc_run::prepare(clip, data, run, cache.as_deref(), &reporter)?;
-                        send(Event::TrainReady { job, train_images: rd.split.train.len() });
-                        let first = run.stage1.optim.epochs;
-                        let mut on_event = |e: StageEvent| report(e.event, if e.stage == 2 { first } else { 0 });
-                        let o = mpfgvc_run::train(clip, data, &rd, run, Some(&out), resume, &reporter, &mut on_event)?;
-                        let (m, t) = (&o.metrics, &o.metrics.test);
-                        let last = t.stage2.unwrap_or(t.stage1_i2t);
-                        let stage2 = t.stage2.map_or(String::new(), |a| format!("stage 2 {:.1}%, ", 100.0 * a));
-                        Ok(TrainOutcome {
-                            test_acc: last,
-                            summary: format!("test: {stage2}stage 1 {:.1}% (i2t), {:.1}% (head) · {} epochs", 100.0 * t.stage1_i2t, 100.0 * t.stage1_head, m.epochs1 + m.epochs2),
-                            train_seconds: m.stage1_seconds + m.stage2_seconds,
-                            prompts: out.clone(),
-                        })
-                    }
-                }
+                    RunEvent::Train {
+                        epoch_offset,
+                        event,
+                        ..
+                    } => report(event, epoch_offset),
+                })?;
+                Ok(TrainOutcome {
+                    test_acc: summary.headline(),
+                    summary: summary.line(),
+                    train_seconds: summary.seconds(),
+                    prompts: out.clone(),
+                })
             })()
             .map_err(Failure::from);
             Event::TrainFinished { job, result }
@@ -528,4 +515,9 @@ fn dialog(target: PickTarget, start: Option<PathBuf>) -> Option<PathBuf> {
             .add_filter("images", crate::data::folder::IMAGE_EXTENSIONS)
             .pick_file(),
     }
+}
+
+/// Uploads a decoded picture (egui takes textures from any thread).
+fn texture(ctx: &egui::Context, name: String, img: egui::ColorImage) -> egui::TextureHandle {
+    ctx.load_texture(name, img, egui::TextureOptions::LINEAR)
 }

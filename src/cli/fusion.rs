@@ -5,13 +5,14 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 use promptscope::prompt::datp::DatpConfig;
+use promptscope::run::execute::Report;
 use promptscope::run::mpfgvc::{self as pipeline, Accuracies};
 use promptscope::train::config::{MpFgvcRun, RunConfig};
-use promptscope::train::coop::TrainEvent;
-use promptscope::train::mpfgvc::{OptimizerKind, StageConfig, StageEvent};
+use promptscope::train::mpfgvc::{OptimizerKind, StageConfig};
 
+use super::args::{BatchSize, CacheArgs, RunOutputArgs, Shots};
+use super::{execute, output, Bar};
 use super::{DataArgs, Format, ModelArgs};
-use crate::cli::{interrupt, output, Bar, CacheArgs, RunOutputArgs, BATCH, SHOTS};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct MpfgvcArgs {
@@ -43,8 +44,8 @@ pub struct TrainArgs {
     #[arg(long)]
     pub super_category: String,
     /// Training images per class: a number, or all.
-    #[arg(long, default_value_t = SHOTS.text(defaults().shots))]
-    pub shots: String,
+    #[arg(long, default_value_t = Shots(defaults().shots))]
+    pub shots: Shots,
     /// Seed of the shots, the initialisations and the batch order.
     #[arg(long, default_value_t = defaults().seed)]
     pub seed: u64,
@@ -76,8 +77,8 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = defaults().stage1.optim.weight_decay)]
     pub weight_decay: f64,
     /// A number, or `full` for one batch of the whole train set.
-    #[arg(long, default_value_t = BATCH.text(defaults().stage1.batch_size))]
-    pub batch_size: String,
+    #[arg(long, default_value_t = BatchSize(defaults().stage1.batch_size))]
+    pub batch_size: BatchSize,
     #[command(flatten)]
     pub cache: CacheArgs,
     #[command(flatten)]
@@ -109,14 +110,14 @@ pub fn run(args: &MpfgvcArgs) -> Result<()> {
 impl TrainArgs {
     /// The library's defaults with every flag applied, validated as the app validates its form.
     pub fn to_run(&self) -> Result<MpFgvcRun> {
-        let batch_size = BATCH.parse(&self.batch_size)?;
+        let batch_size = self.batch_size.0;
         let stage = |lr: f64, epochs: usize, optimizer: OptimizerKind| -> Result<StageConfig> {
             let mut s = promptscope::train::config::stage(lr, epochs, optimizer, batch_size);
             s.optim.weight_decay = self.weight_decay;
             Ok(s)
         };
         let mut run = defaults();
-        run.shots = SHOTS.parse(&self.shots)?;
+        run.shots = self.shots.0;
         run.seed = self.seed;
         run.split_seed = self.split_seed;
         run.datp = DatpConfig {
@@ -133,70 +134,49 @@ impl TrainArgs {
 }
 
 fn train(args: &TrainArgs) -> Result<()> {
-    let run = args.to_run()?;
+    let run = RunConfig::MpFgvc(args.to_run()?);
     if args.output.dry_run {
-        outln!("{}", serde_json::to_string_pretty(&RunConfig::MpFgvc(run))?);
+        outln!("{}", serde_json::to_string_pretty(&run)?);
         return Ok(());
     }
     let ds = crate::cli::open_dataset(&args.data)?;
     let clip = crate::cli::load_model(&args.model)?;
-    let cache = args.cache.dir();
-    let rd = {
-        let bar = Bar::new();
-        pipeline::prepare(&clip, &ds, &run, cache.as_deref(), &bar)?
-    };
-    let blocks = format!(
-        "; training the last {} of {} vision blocks",
-        run.train_blocks,
-        clip.model()?.vision.layers.len()
-    );
-    crate::cli::report_split(&rd.split, ds.num_classes(), &blocks);
-    let bar = Bar::new();
     let json = args.output.format == Format::Json;
     let lines = output::Lines::default();
-    let mut on_event = |ev: StageEvent| {
-        if let TrainEvent::Epoch(s) = &ev.event {
+    let summary = execute(
+        &run,
+        Some(&clip),
+        Some(&ds),
+        args.cache.dir().as_deref(),
+        args.output.run_output(),
+        &mut |bar, e| {
+            let (s, i2t) = (e.stats, e.extra("val_acc_i2t"));
             if json {
                 lines.line(
-                    serde_json::json!({"stage": ev.stage, "epoch": s.epoch, "loss": s.loss, "lr": s.lr, "train_acc": s.train_acc, "val_acc": s.val_acc, "val_acc_i2t": ev.val_acc_i2t})
+                    serde_json::json!({"stage": e.stage, "epoch": s.epoch, "loss": s.loss, "lr": s.lr, "train_acc": s.train_acc, "val_acc": s.val_acc, "val_acc_i2t": i2t})
                 );
             } else {
                 let pct = |v: Option<f64>| v.map_or("-".into(), |v| format!("{:5.1}%", 100.0 * v));
                 bar.0.suspend(|| {
                     eprintln!(
                         "stage {} epoch {:>4}/{}  loss {:.4}  lr {:.2e}  train acc {:5.1}%  val acc {}{}",
-                        ev.stage,
+                        e.stage,
                         s.epoch + 1,
                         s.epochs,
                         s.loss,
                         s.lr,
                         100.0 * s.train_acc,
                         pct(s.val_acc),
-                        ev.val_acc_i2t.map_or(String::new(), |v| format!(" (image-to-text {:.1}%)", 100.0 * v))
+                        i2t.map_or(String::new(), |v| format!(" (image-to-text {:.1}%)", 100.0 * v))
                     )
                 });
             }
-        }
-    };
-    let outcome = pipeline::train(
-        &clip,
-        &ds,
-        &rd,
-        &run,
-        Some(&args.output.out),
-        args.output.resume,
-        &bar,
-        &mut on_event,
-    )
-    .map_err(|e| {
-        interrupt::resume_hint(
-            e,
-            &promptscope::train::coop::checkpoint_path(&args.output.out),
-        )
-    })?;
-    drop(bar);
+        },
+    )?;
     lines.finish()?;
-    let m = &outcome.metrics;
+    let Report::MpFgvc(m) = &summary.report else {
+        unreachable!("an MP-FGVC run reports MP-FGVC's metrics")
+    };
     if json {
         outln!(
             "{}",

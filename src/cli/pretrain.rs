@@ -4,12 +4,13 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
-use promptscope::train::config::PretrainStart;
+use promptscope::run::execute::Report;
+use promptscope::train::config::{PretrainRun, PretrainStart, RunConfig};
 use promptscope::train::optim::OptimConfig;
 use promptscope::train::pairs::StreamRecipe;
 use promptscope::train::pretrain::{PretrainConfig, PretrainLoss, ShapeHeadInput};
 
-use super::{serde_name, Bar, Format};
+use super::{Bar, Format};
 
 fn defaults() -> PretrainConfig {
     PretrainConfig::default()
@@ -104,18 +105,6 @@ pub fn pretrain(args: &PretrainArgs) -> Result<()> {
         shape_head: args.shape_head,
     };
     config.validate()?;
-    let device = candle_core::Device::Cpu;
-    let start = match &args.init {
-        Some(dir) => PretrainStart::Init(dir.clone()),
-        None => PretrainStart::Preset(args.preset.clone()),
-    };
-    let (model, tok, pre) = promptscope::run::pretrain::start_model(
-        &start,
-        args.seed,
-        (args.image_size, args.patch_size),
-        &device,
-    )?;
-    let bar = Bar::new();
     let recipe = args.scenes.map(|count| {
         let shape = StreamRecipe::shape_recipe(count, args.scene_seed);
         if args.plain_scenes {
@@ -129,83 +118,57 @@ pub fn pretrain(args: &PretrainArgs) -> Result<()> {
             shape
         }
     });
-    let data = promptscope::run::pretrain::open_pairs(
-        args.data.as_deref(),
-        recipe.as_ref(),
-        &model.config.vision_config,
-        tok,
-        pre,
-        &device,
-        &bar,
-    )?;
-    // What a checkpoint must match to be continued, besides the model: the data.
-    let source = match (&recipe, &args.data) {
-        (Some(recipe), _) => {
-            eprintln!("pretraining on {} generated scenes an epoch, drawn afresh every epoch ({} loss, {} epochs)", recipe.count, serde_name(args.loss), args.epochs);
-            serde_json::json!({ "scenes": recipe })
-        }
-        (None, dir) => {
-            eprintln!(
-                "pretraining on {} pairs from {} ({} loss, {} epochs)",
-                data.len(),
-                dir.as_deref().unwrap_or(std::path::Path::new("")).display(),
-                serde_name(args.loss),
-                args.epochs
-            );
-            serde_json::json!({ "data": dir, "pairs": data.len() })
-        }
+    let run = PretrainRun {
+        pairs: args.data.clone().unwrap_or_default(),
+        scenes: recipe,
+        start: match &args.init {
+            Some(dir) => PretrainStart::Init(dir.clone()),
+            None => PretrainStart::Preset(args.preset.clone()),
+        },
+        image_size: args.image_size,
+        patch_size: args.patch_size,
+        config,
+        fp16: args.fp16,
     };
     let json = args.format == Format::Json;
     let lines = super::output::Lines::default();
-    let mut on_event = |e: promptscope::train::epoch_loop::TrainEvent| {
-        let promptscope::train::epoch_loop::TrainEvent::Epoch(s) = e else {
-            return;
-        };
-        if json {
-            lines.line(serde_json::json!({"epoch": s.epoch, "loss": s.loss, "lr": s.lr, "batch_acc": s.train_acc}));
-        } else {
-            bar.0.suspend(|| {
-                eprintln!(
-                    "epoch {:>4}/{}  loss {:.4}  lr {:.2e}  in-batch retrieval {:5.1}%",
-                    s.epoch + 1,
-                    s.epochs,
-                    s.loss,
-                    s.lr,
-                    100.0 * s.train_acc
-                )
-            });
-        }
+    let output = promptscope::run::execute::RunOutput {
+        path: Some(args.out.clone()),
+        resume: args.resume,
     };
-    let storage = if args.fp16 {
-        promptscope::clip::synth::Storage::F16
-    } else {
-        promptscope::clip::synth::Storage::F32
-    };
-    // What a checkpoint must match to be continued: the model it started from and the data.
-    let start = args
-        .init
-        .as_ref()
-        .map_or(format!("preset {}", args.preset), |d| {
-            format!("init {}", d.display())
-        });
-    let v = &model.config.vision_config;
-    let run = serde_json::json!({ "start": start, "image_size": v.image_size, "patch_size": v.patch_size, "source": source });
-    let history = promptscope::run::pretrain::train(
-        &model,
-        data.as_ref(),
-        &config,
-        &run,
-        &args.out,
-        storage,
-        args.resume,
-        &bar,
-        &mut on_event,
-    )
-    .map_err(|e| {
-        super::interrupt::resume_hint(e, &promptscope::train::coop::checkpoint_path(&args.out))
-    })?;
-    drop(bar);
+    let summary = super::execute(
+        &RunConfig::Pretrain(run),
+        None,
+        None,
+        None,
+        output,
+        &mut |bar, e| {
+            let s = e.stats;
+            if json {
+                lines.line(serde_json::json!({"epoch": s.epoch, "loss": s.loss, "lr": s.lr, "batch_acc": s.train_acc}));
+            } else {
+                bar.0.suspend(|| {
+                    eprintln!(
+                        "epoch {:>4}/{}  loss {:.4}  lr {:.2e}  in-batch retrieval {:5.1}%",
+                        s.epoch + 1,
+                        s.epochs,
+                        s.loss,
+                        s.lr,
+                        100.0 * s.train_acc
+                    )
+                });
+            }
+        },
+    )?;
     lines.finish()?;
+    let Report::Pretrain {
+        history,
+        run,
+        config,
+    } = &summary.report
+    else {
+        unreachable!("a pretraining run reports its history")
+    };
     let last = history.last();
     if json {
         outln!(
@@ -223,15 +186,48 @@ pub fn pretrain(args: &PretrainArgs) -> Result<()> {
     Ok(())
 }
 
-pub fn pointing(
-    model: &super::ModelArgs,
-    count: usize,
-    seed: u64,
-    held_out: bool,
-    methods: &[String],
-    data: Option<&std::path::Path>,
-    format: Format,
-) -> Result<()> {
+#[derive(clap::Args, Debug, Clone)]
+pub struct PointingArgs {
+    #[command(flatten)]
+    pub model: super::ModelArgs,
+    #[arg(long, default_value_t = 200)]
+    pub count: usize,
+    /// The scenes' seed (pretraining used others: `synth-scenes --seed`).
+    #[arg(long, default_value_t = 1000)]
+    pub seed: u64,
+    /// Scenes may contain the colour–shape pairs held out of pretraining.
+    #[arg(long)]
+    pub held_out: bool,
+    /// Score these explanation-map methods instead (names, a comma list, or `all`): a table of
+    /// method × hit rate (15 px rule and strict) × ms per map.
+    #[arg(long)]
+    pub methods: Vec<String>,
+    /// With --methods: images with masks instead of generated scenes (ROOT/<class>/NAME.png beside
+    /// NAME.mask.png; the prompt "a photo of a {class}.").
+    #[arg(long, requires = "methods")]
+    pub data: Option<PathBuf>,
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: Format,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct ShapeCheckArgs {
+    #[command(flatten)]
+    pub model: super::ModelArgs,
+    /// Scenes for each measure (the probe trains on as many again).
+    #[arg(long, default_value_t = 200)]
+    pub count: usize,
+    /// The scenes' seed (pretraining streams use others).
+    #[arg(long, default_value_t = 2000)]
+    pub seed: u64,
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: Format,
+}
+
+pub fn pointing(a: &PointingArgs) -> Result<()> {
+    let (model, count, seed, held_out, methods, format) =
+        (&a.model, a.count, a.seed, a.held_out, &a.methods, a.format);
+    let data = a.data.as_deref();
     use promptscope::align::maps::MapMethod;
     use promptscope::align::pointing::{pointing_of_methods, PointingSet};
     use promptscope::align::AlignMode;
@@ -352,12 +348,8 @@ pub fn pointing(
     Ok(())
 }
 
-pub fn shape_check(
-    model: &super::ModelArgs,
-    count: usize,
-    seed: u64,
-    format: Format,
-) -> Result<()> {
+pub fn shape_check(a: &ShapeCheckArgs) -> Result<()> {
+    let (model, count, seed, format) = (&a.model, a.count, a.seed, a.format);
     use promptscope::align::shape::{same_colour_pointing, shape_probe};
     use promptscope::align::AlignMode;
     use promptscope::data::scenes::same_colour_scenes;

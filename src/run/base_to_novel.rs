@@ -108,22 +108,93 @@ pub enum Method {
     Adapter(AdapterRun),
 }
 
-/// The methods by the names the CLI and the app use for them, in the order of the papers' tables.
-pub const METHOD_NAMES: [&str; 6] = [
-    "coop",
-    "kgcoop",
-    "cocoop",
-    "tip-adapter",
-    "tip-adapter-f",
-    "clip-adapter",
-];
+/// The methods by the names the CLI and the app use for them (`coop`, `kgcoop`, `cocoop`,
+/// `tip-adapter`, `tip-adapter-f`, `clip-adapter`), in the order of the papers' tables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum MethodName {
+    Coop,
+    Kgcoop,
+    Cocoop,
+    TipAdapter,
+    TipAdapterF,
+    ClipAdapter,
+}
+
+impl MethodName {
+    pub const ALL: [MethodName; 6] = [
+        Self::Coop,
+        Self::Kgcoop,
+        Self::Cocoop,
+        Self::TipAdapter,
+        Self::TipAdapterF,
+        Self::ClipAdapter,
+    ];
+
+    /// The name the CLI takes and prints: `tip-adapter-f`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Coop => "coop",
+            Self::Kgcoop => "kgcoop",
+            Self::Cocoop => "cocoop",
+            Self::TipAdapter => "tip-adapter",
+            Self::TipAdapterF => "tip-adapter-f",
+            Self::ClipAdapter => "clip-adapter",
+        }
+    }
+
+    /// The name people read: `Tip-Adapter-F`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Coop => "CoOp",
+            Self::Kgcoop => "KgCoOp",
+            Self::Cocoop => "CoCoOp",
+            Self::TipAdapter => "Tip-Adapter",
+            Self::TipAdapterF => "Tip-Adapter-F",
+            Self::ClipAdapter => "CLIP-Adapter",
+        }
+    }
+
+    /// A feature adapter (trained on image features), not a prompt method.
+    pub fn is_adapter(self) -> bool {
+        matches!(
+            self,
+            Self::TipAdapter | Self::TipAdapterF | Self::ClipAdapter
+        )
+    }
+
+    /// A feature adapter with its paper's epochs, or `epochs` when given.
+    pub fn adapter(self, epochs: Option<usize>) -> Option<AdapterMethod> {
+        match self {
+            Self::TipAdapter => Some(AdapterMethod::TipAdapter),
+            Self::TipAdapterF => Some(AdapterMethod::TipAdapterF {
+                epochs: epochs.unwrap_or(20),
+            }),
+            Self::ClipAdapter => Some(AdapterMethod::ClipAdapter {
+                epochs: epochs.unwrap_or(200),
+            }),
+            _ => None,
+        }
+    }
+
+    /// Names as the CLI takes them (a comma list, or `all`), in order, each once.
+    pub fn parse_list(items: &[String]) -> Result<Vec<MethodName>> {
+        crate::value_list::parse_list(items, &Self::ALL, "base-to-novel method")
+    }
+}
+
+impl std::fmt::Display for MethodName {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 impl Method {
-    /// Method `name` (one of [`METHOD_NAMES`]) with its paper's recipe for `shots` per class: CoOp's
+    /// Method `name` with its paper's recipe for `shots` per class: CoOp's
     /// epochs for the shots (M = 16), KgCoOp with λ = 8, CoCoOp's (M = 4 "a photo of a", 10 epochs,
     /// batch 1), Tip-Adapter's 10 views, Tip-Adapter-F's 20 and CLIP-Adapter's 200 epochs.
     pub fn recipe(
-        name: &str,
+        name: MethodName,
         shots: Option<usize>,
         template: &str,
         split_seed: u64,
@@ -147,22 +218,14 @@ impl Method {
             })
         };
         Ok(match name {
-            "coop" => prompts(CoopRun::default()),
-            "kgcoop" => {
+            MethodName::Coop => prompts(CoopRun::default()),
+            MethodName::Kgcoop => {
                 let mut r = CoopRun::default();
                 r.train.kg_lambda = 8.0;
                 prompts(r)
             }
-            "cocoop" => prompts(CoopRun::cocoop_recipe()),
-            "tip-adapter" => adapter(AdapterMethod::TipAdapter),
-            "tip-adapter-f" => adapter(AdapterMethod::TipAdapterF { epochs: 20 }),
-            "clip-adapter" => adapter(AdapterMethod::ClipAdapter { epochs: 200 }),
-            other => {
-                return Err(Error::invalid(format!(
-                    "no base-to-novel method '{other}': choose from {}",
-                    METHOD_NAMES.join(", ")
-                )))
-            }
+            MethodName::Cocoop => prompts(CoopRun::cocoop_recipe()),
+            adapter_name => adapter(adapter_name.adapter(None).expect("the rest are adapters")),
         })
     }
 

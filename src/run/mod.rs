@@ -3,6 +3,7 @@
 
 pub mod base_to_novel;
 pub mod coop;
+pub mod execute;
 pub mod mpfgvc;
 pub mod pretrain;
 pub mod tip;

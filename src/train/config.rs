@@ -408,6 +408,11 @@ pub struct PretrainRun {
     #[serde(default)]
     pub scenes: Option<super::pairs::StreamRecipe>,
     pub start: PretrainStart,
+    /// A preset's input and patch size, when not its own (`pretrain --image-size / --patch-size`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_size: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub patch_size: Option<usize>,
     pub config: PretrainConfig,
     /// Write the weights as f16 (half the size).
     pub fp16: bool,
@@ -419,6 +424,8 @@ impl Default for PretrainRun {
             pairs: PathBuf::new(),
             scenes: None,
             start: PretrainStart::Preset("scenes".into()),
+            image_size: None,
+            patch_size: None,
             config: PretrainConfig::default(),
             fp16: true,
         }

@@ -772,6 +772,53 @@ fn a_classnames_file_names_the_class_folders() {
     assert_eq!(dataset_classes(&h), names);
 }
 
+/// A class-name file left in its field from one dataset does not keep another from opening: opening
+/// a dataset it does not fit clears the field, says why, and names the classes by their folders.
+#[test]
+fn a_classnames_file_for_another_dataset_is_cleared_when_the_dataset_changes() {
+    let fx = fixture();
+    let mut h = loaded(&fx);
+    let dirs = h
+        .state()
+        .state
+        .dataset
+        .as_ref()
+        .unwrap()
+        .folder
+        .class_dirs
+        .clone();
+    let file = fx._dir.path().join("classnames.txt");
+    let lines: Vec<String> = dirs.iter().map(|d| format!("{d} name of {d}")).collect();
+    std::fs::write(&file, lines.join("\n")).unwrap();
+    h.state_mut().choose(PickTarget::ClassNames, file.clone());
+    wait_idle(&mut h);
+    assert!(dataset_classes(&h).iter().all(|c| c.starts_with("name of")));
+    // Another dataset, with a class folder the file does not name.
+    let other = fx._dir.path().join("more-shapes");
+    promptscope::data::synth::write_dataset(&other, 4, 0, Some((2, 1, 2)), 3).unwrap();
+    h.state_mut().choose(PickTarget::Dataset, other.clone());
+    wait_idle(&mut h);
+    let ds = h.state().state.dataset.as_ref().unwrap();
+    assert_eq!(ds.folder.root, other, "the new dataset opened");
+    assert!(
+        ds.folder
+            .class_names
+            .iter()
+            .all(|c| !c.starts_with("name of")),
+        "named by its folders: {:?}",
+        ds.folder.class_names
+    );
+    assert!(
+        h.state().settings().classnames.is_empty(),
+        "the field is cleared"
+    );
+    let errors = &h.state().state.errors;
+    assert!(
+        errors.len() == 1 && errors[0].contains("classnames.txt") && errors[0].contains("cleared"),
+        "{errors:?}"
+    );
+}
+
 /// Tip-Adapter-F and CLIP-Adapter train from the Train tab on the same seam as CoOp: live epochs,
 /// pause / stop, and a stopped adapter (no checkpoint) starts over when resumed.
 #[test]

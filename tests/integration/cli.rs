@@ -173,6 +173,16 @@ fn enum_flags_reject_a_wrong_value_with_the_valid_ones() {
         (&["bench-pretrain", "--loss"][..], "filip, clip"),
         (&["mpfgvc", "train", "--optim1"][..], "sgd, adamw"),
         (&["mpfgvc", "train", "--optim2"][..], "sgd, adamw"),
+        (&["eval", "--on"][..], "test, val"),
+        (&["app", "--tab"][..], "compare, train, align, export"),
+        (
+            &["app", "--method"][..],
+            "coop, cocoop, mpfgvc, pretrain, pretrain-scenes",
+        ),
+        (
+            &["synth-dataset", "--kind"][..],
+            "shapes, crest, dimorphic, objects, scene-shapes, outlines, warm-light",
+        ),
     ] {
         let mut full = args.to_vec();
         full.push("bogus");
@@ -184,6 +194,26 @@ fn enum_flags_reject_a_wrong_value_with_the_valid_ones() {
                 && stderr.contains(&format!("[possible values: {valid}]")),
             "{full:?}: {stderr}"
         );
+    }
+    // Counts with a word for "every one" are typed too: a wrong one says both spellings.
+    for (args, expected) in [
+        (
+            &["train", "--shots", "bogus"][..],
+            "expected a number of images per class or 'all'",
+        ),
+        (
+            &["train", "--batch-size", "bogus"][..],
+            "expected a number of images per step or 'full'",
+        ),
+        (
+            &["synth-dataset", "--splits", "1,2"][..],
+            "expected three counts: train,val,test",
+        ),
+    ] {
+        let out = promptscope(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
     }
     // --shape-head takes a block index too: its own parser says what it expects.
     let out = promptscope(&["pretrain", "--shape-head", "block:x"]);

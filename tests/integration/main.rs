@@ -28,6 +28,7 @@ mod preprocess_parity;
 mod pretrain_cli;
 mod resample_pil;
 mod run_config;
+mod run_seam;
 mod shared_prefix;
 mod tip_parity;
 mod tokenizer_parity;

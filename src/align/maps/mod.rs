@@ -104,27 +104,7 @@ impl MapMethod {
     /// Methods as the command line names them: each item a name, a comma-separated list, or `all`;
     /// repeats dropped, the order kept.
     pub fn parse_list(items: &[String]) -> Result<Vec<MapMethod>> {
-        let mut out = Vec::new();
-        for name in items.iter().flat_map(|i| i.split(',')).map(str::trim) {
-            let found: Vec<MapMethod> = if name == "all" {
-                Self::ALL.to_vec()
-            } else {
-                vec![
-                    <Self as clap::ValueEnum>::from_str(name, true).map_err(|_| {
-                        Error::invalid(format!(
-                            "unknown map method '{name}': one of {}, or all",
-                            Self::ALL.map(Self::name).join(", ")
-                        ))
-                    })?,
-                ]
-            };
-            for m in found {
-                if !out.contains(&m) {
-                    out.push(m);
-                }
-            }
-        }
-        Ok(out)
+        crate::value_list::parse_list(items, &Self::ALL, "map method")
     }
 
     /// Whether the method maps each word of the text (else the whole prompt, `"<text>"`).

@@ -1,32 +1,10 @@
-//! The Train tab: a method (CoOp, or MP-FGVC's two stages) and every option the CLI has, start / pause /
-//! stop / resume, and live curves of loss (per step), learning rate and train / validation accuracy (per
-//! epoch) for every run, overlaid.
+//! The Train tab's forms: one per method (CoOp and its variants, MP-FGVC, feature adapters,
+//! pretraining), and the rows they share (shots, seeds, the optimiser).
 
-use egui::{Color32, DragValue, RichText, ScrollArea, TextEdit};
-use egui_plot::{Corner, Legend, Line, LineStyle, Plot, PlotPoints};
-
-use crate::prompt::coop::ClassPosition;
-use crate::prompt::PromptMethodKind;
-use crate::train::config::{
-    AdapterMethod, AdapterRun, Augment, CoopRun, MpFgvcRun, PretrainRun, RunConfig,
-};
-use crate::train::mpfgvc::OptimizerKind;
-use crate::train::optim::{default_epochs, OptimConfig};
-
-use super::events::Action;
-use super::state::AppState;
-use super::train_form::{TrainForm, TrainKind};
-use super::training::{RunStatus, TrainRecord};
-use crate::train::epoch_loop::EpochStats;
-
-pub const START_BUTTON: &str = "Start training";
-pub const PRETRAIN_METHOD: &str = "Pretrain (FILIP / CLIP)";
-/// Label of the pairs-folder field of the pretraining form.
-/// The method button of the feature adapters.
-pub const ADAPTER_METHOD: &str = "Feature adapters";
+use super::*;
 
 /// Tip-Adapter, Tip-Adapter-F or CLIP-Adapter, their shots, epochs, views and template.
-fn adapter_form(ui: &mut egui::Ui, r: &mut AdapterRun) {
+pub(super) fn adapter_form(ui: &mut egui::Ui, r: &mut AdapterRun) {
     ui.horizontal_wrapped(|ui| {
         let current = r.method;
         let epochs = r.epochs();
@@ -79,160 +57,9 @@ fn adapter_form(ui: &mut egui::Ui, r: &mut AdapterRun) {
         });
 }
 
-/// The CoOp form's KgCoOp weight.
-pub const KG_FIELD: &str = "KgCoOp λ";
-pub const PAIRS_FIELD: &str = "Image–caption pairs";
-/// The checkbox that pretrains on generated scenes streamed each epoch instead of a folder.
-pub const SCENES_FIELD: &str = "Generated scenes, drawn afresh each epoch";
-pub const SHAPE_LABELS_FIELD: &str = "Shape labels weight";
-pub const SHOT_CHOICES: [Option<usize>; 6] = [Some(1), Some(2), Some(4), Some(8), Some(16), None];
-
-#[derive(Default)]
-pub struct TrainPanel {
-    pub form: TrainForm,
-}
-
-/// A distinct colour per run number.
-pub fn run_colour(number: usize) -> Color32 {
-    let [r, g, b] = crate::render::colormap::CATEGORICAL
-        [(number.saturating_sub(1)) % crate::render::colormap::CATEGORICAL.len()];
-    Color32::from_rgb(r, g, b)
-}
-
-/// The series a run contributes to the plots: (plot, name, points). The plots draw exactly these, so
-/// tests read the curves' data here. An MP-FGVC run's stages are separate series on one epoch axis.
-pub fn series(run: &TrainRecord) -> Vec<(&'static str, String, Vec<[f64; 2]>)> {
-    let parts: Vec<(String, std::ops::Range<usize>)> = match &run.run {
-        RunConfig::Coop(_) | RunConfig::Pretrain(_) | RunConfig::Adapter(_) => {
-            vec![(String::new(), 0..usize::MAX)]
-        }
-        RunConfig::MpFgvc(m) => {
-            let first = m.stage1.optim.epochs;
-            vec![
-                ("stage 1 ".to_string(), 0..first),
-                ("stage 2 ".to_string(), first..usize::MAX),
-            ]
-        }
-    };
-    let mut out = Vec::new();
-    for (stage, range) in parts {
-        let e: Vec<&EpochStats> = run
-            .epochs
-            .iter()
-            .filter(|s| range.contains(&s.epoch))
-            .collect();
-        // Epoch k's statistics are drawn at its end, k + 1.
-        let at = |f: &dyn Fn(&EpochStats) -> Option<f64>| -> Vec<[f64; 2]> {
-            e.iter()
-                .filter_map(|s| f(s).map(|v| [(s.epoch + 1) as f64, v]))
-                .collect()
-        };
-        let steps = run
-            .steps
-            .iter()
-            .filter(|p| p[0] > range.start as f64 && p[0] <= range.end as f64)
-            .copied()
-            .collect();
-        let name = |what: &str| format!("{} {stage}{what}", run.label);
-        out.extend([
-            ("loss", name("step loss"), steps),
-            ("loss", name("epoch loss"), at(&|s| Some(s.loss))),
-            (
-                "accuracy",
-                name("train"),
-                at(&|s| Some(100.0 * s.train_acc)),
-            ),
-            (
-                "accuracy",
-                name("val"),
-                at(&|s| s.val_acc.map(|v| 100.0 * v)),
-            ),
-            ("lr", name("lr"), at(&|s| Some(s.lr))),
-        ]);
-    }
-    out
-}
-
-impl TrainPanel {
-    pub fn ui(&mut self, ui: &mut egui::Ui, state: &AppState, actions: &mut Vec<Action>) {
-        egui::Panel::left("train_form")
-            .resizable(true)
-            .default_size(300.0)
-            .show(ui, |ui| {
-                ScrollArea::vertical()
-                    .auto_shrink([false; 2])
-                    .show(ui, |ui| self.form_ui(ui, state, actions));
-            });
-        ScrollArea::vertical()
-            .auto_shrink([false; 2])
-            .show(ui, |ui| {
-                // Rows and plots fit the visible width (a wide row would widen the plots past the window's
-                // edge at 1280 px).
-                ui.set_max_width(ui.available_width());
-                runs_ui(ui, state, actions);
-                ui.separator();
-                plots_ui(ui, &state.runs);
-            });
-    }
-
-    fn form_ui(&mut self, ui: &mut egui::Ui, state: &AppState, actions: &mut Vec<Action>) {
-        let f = &mut self.form;
-        ui.heading("Method");
-        ui.horizontal_wrapped(|ui| {
-            for kind in PromptMethodKind::ALL {
-                ui.selectable_value(&mut f.kind, TrainKind::Prompts(kind), kind.label());
-            }
-            let hover = "Baselines on the image features: Tip-Adapter (training-free), Tip-Adapter-F, CLIP-Adapter";
-            ui.selectable_value(&mut f.kind, TrainKind::Adapters, ADAPTER_METHOD).on_hover_text(hover);
-            ui.selectable_value(&mut f.kind, TrainKind::Pretrain, PRETRAIN_METHOD)
-                .on_hover_text("Train both towers of a CLIP on image–caption pairs");
-        });
-        match f.kind {
-            TrainKind::Pretrain => pretrain_form(ui, &mut f.pretrain, state),
-            TrainKind::Adapters => adapter_form(ui, &mut f.adapter),
-            TrainKind::Prompts(PromptMethodKind::Coop) => coop_form(ui, &mut f.coop),
-            TrainKind::Prompts(PromptMethodKind::Cocoop) => coop_form(ui, &mut f.cocoop),
-            TrainKind::Prompts(PromptMethodKind::Datp) => mpfgvc_form(ui, &mut f.mpfgvc),
-        }
-        ui.add_space(8.0);
-        let run = f.to_run();
-        // Pretraining needs only its pairs (and a model only to fine-tune, which the form checks).
-        let global_only = state
-            .model
-            .as_ref()
-            .map(|m| m.clip.family())
-            .filter(|f| !f.token_level());
-        let pretraining = f.kind == TrainKind::Pretrain;
-        let missing = if state.model.is_none() && !pretraining {
-            Some("Load a model first.".to_string())
-        } else if let (Some(family), TrainKind::Prompts(method)) = (global_only, f.kind) {
-            Some(format!(
-                "{} learns prompts inside CLIP's text tower; the loaded {} model gives global features only. Choose {ADAPTER_METHOD}, or load a CLIP or FILIP model.",
-                method.label(),
-                family.name()
-            ))
-        } else if state.dataset.is_none() && !pretraining {
-            Some("Open a dataset first.".to_string())
-        } else {
-            run.as_ref().err().map(|e| e.to_string())
-        };
-        let accent = ui.visuals().selection.bg_fill;
-        let button = egui::Button::new(RichText::new(START_BUTTON).strong().color(Color32::WHITE))
-            .fill(accent);
-        if ui.add_enabled(missing.is_none(), button).clicked() {
-            if let Ok(run) = run {
-                actions.push(Action::StartTraining(Box::new(run)));
-            }
-        }
-        if let Some(why) = missing {
-            ui.weak(why);
-        }
-    }
-}
-
 /// Pretraining: the pairs, where to start (random weights of the demo architecture, or the loaded model
 /// to fine-tune), the loss and the optimiser.
-fn pretrain_form(ui: &mut egui::Ui, p: &mut PretrainRun, state: &AppState) {
+pub(super) fn pretrain_form(ui: &mut egui::Ui, p: &mut PretrainRun, state: &AppState) {
     use crate::train::config::PretrainStart;
     use crate::train::pretrain::PretrainLoss;
     let mut streamed = p.scenes.is_some();
@@ -365,7 +192,7 @@ fn pretrain_form(ui: &mut egui::Ui, p: &mut PretrainRun, state: &AppState) {
 }
 
 /// Shots per class, shared by both methods; `on_change` sees the new choice (CoOp resets its epochs).
-fn shots_ui(
+pub(super) fn shots_ui(
     ui: &mut egui::Ui,
     shots: &mut Option<usize>,
     mut on_change: impl FnMut(Option<usize>),
@@ -382,7 +209,12 @@ fn shots_ui(
 }
 
 /// An optional number with a checkbox for its `None` meaning (batch size: "full").
-fn optional_count(ui: &mut egui::Ui, value: &mut Option<usize>, none_label: &str, default: usize) {
+pub(super) fn optional_count(
+    ui: &mut egui::Ui,
+    value: &mut Option<usize>,
+    none_label: &str,
+    default: usize,
+) {
     ui.horizontal(|ui| {
         let mut none = value.is_none();
         if ui.checkbox(&mut none, none_label).changed() {
@@ -394,7 +226,7 @@ fn optional_count(ui: &mut egui::Ui, value: &mut Option<usize>, none_label: &str
     });
 }
 
-fn seed_rows(ui: &mut egui::Ui, seed: &mut u64, split_seed: &mut u64) -> bool {
+pub(super) fn seed_rows(ui: &mut egui::Ui, seed: &mut u64, split_seed: &mut u64) -> bool {
     ui.label("Seed");
     let changed = ui
         .add(DragValue::new(seed).range(0..=u32::MAX as u64))
@@ -408,7 +240,7 @@ fn seed_rows(ui: &mut egui::Ui, seed: &mut u64, split_seed: &mut u64) -> bool {
     changed
 }
 
-fn optim_rows(ui: &mut egui::Ui, o: &mut OptimConfig, momentum: bool) {
+pub(super) fn optim_rows(ui: &mut egui::Ui, o: &mut OptimConfig, momentum: bool) {
     ui.label("Learning rate");
     ui.add(
         DragValue::new(&mut o.lr)
@@ -453,7 +285,7 @@ fn optim_rows(ui: &mut egui::Ui, o: &mut OptimConfig, momentum: bool) {
 
 /// CoOp's form; with `r.cocoop`, CoCoOp's (one unified context before the class name, its own epochs,
 /// no KgCoOp term).
-fn coop_form(ui: &mut egui::Ui, r: &mut CoopRun) {
+pub(super) fn coop_form(ui: &mut egui::Ui, r: &mut CoopRun) {
     let cocoop = r.cocoop;
     if cocoop {
         ui.weak(
@@ -544,7 +376,7 @@ fn coop_form(ui: &mut egui::Ui, r: &mut CoopRun) {
     });
 }
 
-fn mpfgvc_form(ui: &mut egui::Ui, r: &mut MpFgvcRun) {
+pub(super) fn mpfgvc_form(ui: &mut egui::Ui, r: &mut MpFgvcRun) {
     shots_ui(ui, &mut r.shots, |_| {});
     egui::Grid::new("mpfgvc_form_grid").num_columns(2).spacing([8.0, 6.0]).show(ui, |ui| {
         let l = ui.label("Super-category");
@@ -582,173 +414,5 @@ fn mpfgvc_form(ui: &mut egui::Ui, r: &mut MpFgvcRun) {
             r.seed = seed;
             r.datp.seed = seed;
         }
-    });
-}
-
-fn runs_ui(ui: &mut egui::Ui, state: &AppState, actions: &mut Vec<Action>) {
-    if state.runs.is_empty() {
-        ui.weak(format!("No runs yet: set the options on the left and press {START_BUTTON}. Runs stay here so their curves can be compared."));
-        return;
-    }
-    for run in &state.runs {
-        ui.horizontal_wrapped(|ui| {
-            let mut visible = run.visible;
-            if ui
-                .checkbox(&mut visible, "")
-                .on_hover_text("Show in the plots")
-                .changed()
-            {
-                actions.push(Action::ToggleRunVisible(run.number));
-            }
-            ui.label(
-                RichText::new(&run.label)
-                    .color(run_colour(run.number))
-                    .strong(),
-            );
-            status_ui(ui, run, actions);
-        });
-    }
-}
-
-fn status_ui(ui: &mut egui::Ui, run: &TrainRecord, actions: &mut Vec<Action>) {
-    let n = run.number;
-    let epochs = run.run.total_epochs();
-    match &run.status {
-        RunStatus::Preparing { stage, done, total } => {
-            if ui.button("Stop").clicked() {
-                actions.push(Action::StopRun(n));
-            }
-            ui.spinner();
-            ui.label(if *total > 0 {
-                format!("{stage} {done}/{total}")
-            } else {
-                format!("{stage}…")
-            });
-        }
-        RunStatus::Training | RunStatus::Paused => {
-            let paused = matches!(run.status, RunStatus::Paused);
-            let done = run.epochs.len();
-            let eta = run
-                .epochs
-                .last()
-                .map_or(String::new(), |e| format!(" · ETA {}", seconds(e.eta_s)));
-            let speed = run
-                .throughput()
-                .map_or(String::new(), |t| format!(" · {t:.0} img/s"));
-            // Buttons first: text whose width changes every epoch would otherwise move them under the pointer.
-            if paused {
-                if ui.button("Resume").clicked() {
-                    actions.push(Action::ResumeRun(n));
-                }
-            } else if ui.button("Pause").clicked() {
-                actions.push(Action::PauseRun(n));
-            }
-            if ui.button("Stop").clicked() {
-                actions.push(Action::StopRun(n));
-            }
-            ui.add(
-                egui::ProgressBar::new(done as f32 / epochs.max(1) as f32)
-                    .desired_width(160.0)
-                    .text(format!("epoch {done}/{epochs}")),
-            );
-            ui.label(format!(
-                "{}{eta}{speed}",
-                if paused { "paused" } else { "training" }
-            ));
-        }
-        RunStatus::Stopped => {
-            ui.label(format!(
-                "stopped after {} of {epochs} epochs",
-                run.epochs.len()
-            ));
-            if ui
-                .button("Resume")
-                .on_hover_text("Continue from the last finished epoch")
-                .clicked()
-            {
-                actions.push(Action::ResumeRun(n));
-            }
-        }
-        RunStatus::Finished => {
-            if let Some(o) = &run.outcome {
-                ui.label(format!("{} in {}", o.summary, seconds(o.train_seconds)));
-            }
-        }
-        RunStatus::Failed(message) => {
-            ui.colored_label(ui.visuals().error_fg_color, format!("failed: {message}"));
-        }
-    }
-}
-
-fn seconds(s: f64) -> String {
-    if s >= 3600.0 {
-        format!(
-            "{:.0} h {:.0} min",
-            (s / 3600.0).floor(),
-            (s % 3600.0) / 60.0
-        )
-    } else if s >= 60.0 {
-        format!("{:.0} min {:.0} s", (s / 60.0).floor(), s % 60.0)
-    } else {
-        format!("{s:.1} s")
-    }
-}
-
-fn plots_ui(ui: &mut egui::Ui, runs: &[TrainRecord]) {
-    let shown: Vec<&TrainRecord> = runs.iter().filter(|r| r.visible).collect();
-    let height = ((ui.available_height() - 60.0) / 2.0).clamp(160.0, 320.0);
-    // Each legend in the corner its curves leave empty (loss falls to the right, accuracy rises); the
-    // narrow lr plot has none: its one curve per run has the run's colour, named in the list above.
-    let plot = |id: &'static str, y: &'static str, corner: Option<Corner>| {
-        let p = Plot::new(id)
-            .height(height)
-            .x_axis_label("epoch")
-            .y_axis_label(y)
-            .link_axis(egui::Id::unique("train_plots_x"), [true, false])
-            .auto_bounds([true, true]);
-        match corner {
-            Some(c) => p.legend(Legend::default().position(c)),
-            None => p,
-        }
-    };
-    let draw = |p: &mut egui_plot::PlotUi<'_>, which: &str| {
-        for run in &shown {
-            let colour = run_colour(run.number);
-            for (plot, name, points) in series(run) {
-                if plot != which || points.is_empty() {
-                    continue;
-                }
-                let faint = name.ends_with("step loss") || name.ends_with(" train");
-                // A later stage of the same run: same colour, dashed.
-                let style = if name.contains(" stage 2 ") {
-                    LineStyle::dashed_dense()
-                } else {
-                    LineStyle::Solid
-                };
-                let line = Line::new(name, PlotPoints::from(points))
-                    .color(if faint {
-                        colour.gamma_multiply(0.45)
-                    } else {
-                        colour
-                    })
-                    .style(style);
-                p.line(line.width(if faint { 1.0 } else { 2.0 }));
-            }
-        }
-    };
-    ui.strong("Loss");
-    plot("train_loss", "loss", Some(Corner::RightTop)).show(ui, |p| draw(p, "loss"));
-    ui.columns(2, |cols| {
-        cols[0].strong("Accuracy (%)");
-        plot("train_accuracy", "%", Some(Corner::RightBottom))
-            .include_y(0.0)
-            .include_y(100.0)
-            .height(height * 0.8)
-            .show(&mut cols[0], |p| draw(p, "accuracy"));
-        cols[1].strong("Learning rate");
-        plot("train_lr", "lr", None)
-            .include_y(0.0)
-            .height(height * 0.8)
-            .show(&mut cols[1], |p| draw(p, "lr"));
     });
 }
