@@ -136,28 +136,55 @@ pub fn coop_step(
     steps: usize,
 ) -> Result<CoopBenchReport> {
     let mut stepper = CoopStepper::new(clip, classes, n_ctx, batch, csc)?;
-    let text_positions = stepper.text_positions;
-    let steps = steps.max(1);
-    let flops = crate::clip::kernels::cpu::gemm_flops();
-    let secs = time_per_call(&clip.device, steps, || stepper.step())?;
-    let flops = crate::clip::kernels::cpu::gemm_flops() - flops;
-    Ok(CoopBenchReport {
-        model: clip.id.clone(),
-        device: crate::device::describe(&clip.device),
+    let shape = StepShape {
         classes,
         n_ctx,
         batch,
-        csc,
-        cocoop: false,
-        steps,
-        ms_per_step: secs * 1000.0,
-        text_positions,
-        peak_rss_mb: peak_rss_mb(),
-        gemm_gflop_per_step: 0.0,
-        machine: None,
-        fraction_of_sgemm_peak: None,
+        text_positions: stepper.text_positions,
+    };
+    CoopBenchReport::time(clip, shape, (csc, false), steps, || stepper.step())
+}
+
+/// What a timed CoOp-family step ran over.
+struct StepShape {
+    classes: usize,
+    n_ctx: usize,
+    batch: usize,
+    text_positions: usize,
+}
+
+impl CoopBenchReport {
+    /// Times `steps` calls of `step` (after one untimed) and reports them with the matrix products they
+    /// ran; `kind` is (CSC, CoCoOp).
+    fn time(
+        clip: &LoadedClip,
+        shape: StepShape,
+        (csc, cocoop): (bool, bool),
+        steps: usize,
+        step: impl FnMut() -> Result<()>,
+    ) -> Result<Self> {
+        let steps = steps.max(1);
+        let flops = crate::clip::kernels::cpu::gemm_flops();
+        let secs = time_per_call(&clip.device, steps, step)?;
+        let flops = crate::clip::kernels::cpu::gemm_flops() - flops;
+        Ok(CoopBenchReport {
+            model: clip.id.clone(),
+            device: crate::device::describe(&clip.device),
+            classes: shape.classes,
+            n_ctx: shape.n_ctx,
+            batch: shape.batch,
+            csc,
+            cocoop,
+            steps,
+            ms_per_step: secs * 1000.0,
+            text_positions: shape.text_positions,
+            peak_rss_mb: peak_rss_mb(),
+            gemm_gflop_per_step: 0.0,
+            machine: None,
+            fraction_of_sgemm_peak: None,
+        }
+        .with_machine(flops))
     }
-    .with_machine(flops))
 }
 
 /// Times CoCoOp training steps: the meta-net's shift for each of `batch` images, the `classes` prompts
@@ -193,9 +220,13 @@ pub fn cocoop_step(
     let mut trainer =
         Trainer::new(&clip.model()?.text, learner, config, clip.logit_scale()).with_meta_net(meta);
     let mut done = 0;
-    let steps = steps.max(1);
-    let flops = crate::clip::kernels::cpu::gemm_flops();
-    let secs = time_per_call(&clip.device, steps, || {
+    let shape = StepShape {
+        classes,
+        n_ctx,
+        batch,
+        text_positions,
+    };
+    CoopBenchReport::time(clip, shape, (false, true), steps, || {
         done += 1;
         trainer.run_until(
             &train,
@@ -205,25 +236,7 @@ pub fn cocoop_step(
             &crate::progress::Silent,
             &mut |_| {},
         )
-    })?;
-    let flops = crate::clip::kernels::cpu::gemm_flops() - flops;
-    Ok(CoopBenchReport {
-        model: clip.id.clone(),
-        device: crate::device::describe(&clip.device),
-        classes,
-        n_ctx,
-        batch,
-        csc: false,
-        cocoop: true,
-        steps,
-        ms_per_step: secs * 1000.0,
-        text_positions,
-        peak_rss_mb: peak_rss_mb(),
-        gemm_gflop_per_step: 0.0,
-        machine: None,
-        fraction_of_sgemm_peak: None,
-    }
-    .with_machine(flops))
+    })
 }
 
 /// What a timed training step runs on: `batch` random cached image features over `classes` labels, one

@@ -101,24 +101,37 @@ impl PromptscopeApp {
         ctx: &egui::Context,
         req: compare_job::BaseToNovelRequest,
     ) {
-        if self.state.jobs.evaluation().is_some() {
+        let Some((clip, folder, cancel)) = self.evaluation_inputs("base-to-novel") else {
             return;
+        };
+        let cache = self.cache_dir.clone();
+        let started = self
+            .worker
+            .base_to_novel(ctx, clip, folder, req, cache, cancel.clone());
+        self.started_evaluation(started, cancel);
+    }
+
+    /// What an evaluation (zero-shot, base-to-novel) runs on, and its stop flag; None, with a message
+    /// when something is missing, while none can start (one at a time).
+    fn evaluation_inputs(
+        &mut self,
+        what: &str,
+    ) -> Option<(
+        Arc<crate::clip::LoadedClip>,
+        Arc<crate::data::DatasetFolder>,
+        Arc<AtomicBool>,
+    )> {
+        if self.state.jobs.evaluation().is_some() {
+            return None;
         }
         let (Some(model), Some(dataset)) = (&self.state.model, &self.state.dataset) else {
-            return self
-                .state
-                .error("Load a model and open a dataset before running base-to-novel.");
+            self.state.error(format!(
+                "Load a model and open a dataset before running {what}."
+            ));
+            return None;
         };
         let cancel = Arc::new(AtomicBool::new(false));
-        let started = self.worker.base_to_novel(
-            ctx,
-            model.clip.clone(),
-            dataset.folder.clone(),
-            req,
-            self.cache_dir.clone(),
-            cancel.clone(),
-        );
-        self.started_evaluation(started, cancel);
+        Some((model.clip.clone(), dataset.folder.clone(), cancel))
     }
 
     /// Records a started evaluation (zero-shot, base-to-novel) in the job map, or says why it did not start.
@@ -135,24 +148,18 @@ impl PromptscopeApp {
     }
 
     pub(super) fn start_zero_shot(&mut self, ctx: &egui::Context, templates: Vec<String>) {
-        if self.state.jobs.evaluation().is_some() {
-            return;
-        }
-        let (Some(model), Some(dataset)) = (&self.state.model, &self.state.dataset) else {
-            return self
-                .state
-                .error("Load a model and open a dataset before running zero-shot.");
-        };
         if templates.is_empty() {
             return self.state.error("Write at least one prompt template.");
         }
-        if dataset.test.is_empty() {
+        if let Some(dataset) = self.state.dataset.as_ref().filter(|d| d.test.is_empty()) {
             return self.state.error(format!(
                 "Dataset {}: its test split has no images to evaluate; add images to test/<class>/ or remove the empty test folder.",
                 dataset.folder.root.display()
             ));
         }
-        let cancel = Arc::new(AtomicBool::new(false));
+        let Some((clip, folder, cancel)) = self.evaluation_inputs("zero-shot") else {
+            return;
+        };
         // The probe and the adapters are fitted on the same K shots.
         let shots = self
             .compare
@@ -170,14 +177,10 @@ impl PromptscopeApp {
             linear_probe: self.compare.linear_probe.then_some(shots),
             adapters: (!adapters.is_empty()).then_some((shots, adapters)),
         };
-        let started = self.worker.compare(
-            ctx,
-            model.clip.clone(),
-            dataset.folder.clone(),
-            req,
-            self.cache_dir.clone(),
-            cancel.clone(),
-        );
+        let cache = self.cache_dir.clone();
+        let started = self
+            .worker
+            .compare(ctx, clip, folder, req, cache, cancel.clone());
         self.started_evaluation(started, cancel);
     }
 }

@@ -206,6 +206,17 @@ pub struct RunOutputArgs {
     pub format: Format,
 }
 
+/// The model, the dataset and its few-shot split: what a verb that learns or scores on shots reads.
+#[derive(clap::Args, Debug, Clone)]
+pub struct FewShotInputs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub data: DataArgs,
+    #[command(flatten)]
+    pub split: SplitArgs,
+}
+
 #[derive(clap::Args, Debug, Clone)]
 pub struct SplitArgs {
     /// Images per class for training: 1, 2, 4, 8, 16, ... or all (default: 16 for train and

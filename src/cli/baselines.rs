@@ -6,17 +6,13 @@ use promptscope::progress::Progress;
 
 use promptscope::run::base_to_novel::MethodName;
 
-use super::args::{coop_defaults, CacheArgs, DataArgs, Format, ModelArgs, Shots, SplitArgs};
+use super::args::{coop_defaults, CacheArgs, DataArgs, FewShotInputs, Format, ModelArgs, Shots};
 use super::{load_model, open_dataset, print_json, Bar};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct ProbeArgs {
     #[command(flatten)]
-    pub model: ModelArgs,
-    #[command(flatten)]
-    pub data: DataArgs,
-    #[command(flatten)]
-    pub split: SplitArgs,
+    pub input: FewShotInputs,
     #[arg(long, default_value_t = 300)]
     pub iters: usize,
     #[arg(long, value_enum, default_value = "text")]
@@ -26,16 +22,16 @@ pub struct ProbeArgs {
 pub fn linear_probe(args: &ProbeArgs) -> Result<()> {
     use promptscope::eval::linear_probe::LinearProbe;
     use promptscope::train::features::extract;
-    let ds = open_dataset(&args.data)?;
-    let clip = load_model(&args.model)?;
+    let ds = open_dataset(&args.input.data)?;
+    let clip = load_model(&args.input.model)?;
     let split = promptscope::data::fewshot::few_shot(
         &ds,
-        args.split.shots_or(Some(16)),
-        args.split.seed,
-        args.split.split_seed,
+        args.input.split.shots_or(Some(16)),
+        args.input.split.seed,
+        args.input.split.split_seed,
     )?;
     let bar = Bar::new();
-    let cache = args.split.cache.dir();
+    let cache = args.input.split.cache.dir();
     let f = |s: &[promptscope::data::Sample]| extract(&clip, s, 0, 0, cache.as_deref(), &bar);
     let (train, val, test) = (f(&split.train)?, f(&split.val)?, f(&split.test)?);
     let (probe, search) = LinearProbe::search(
@@ -68,11 +64,7 @@ pub fn linear_probe(args: &ProbeArgs) -> Result<()> {
 #[derive(clap::Args, Debug, Clone)]
 pub struct AdapterArgs {
     #[command(flatten)]
-    pub model: ModelArgs,
-    #[command(flatten)]
-    pub data: DataArgs,
-    #[command(flatten)]
-    pub split: SplitArgs,
+    pub input: FewShotInputs,
     /// tip-adapter (training-free), tip-adapter-f (its cache keys trained) or clip-adapter.
     #[arg(long, default_value = "tip-adapter", value_parser = adapter_names())]
     pub method: MethodName,
@@ -105,22 +97,22 @@ pub fn adapter(args: &AdapterArgs) -> Result<()> {
         .adapter(args.epochs)
         .expect("--method takes adapters only");
     let tip = AdapterRun {
-        shots: args.split.shots_or(Some(16)),
-        seed: args.split.seed,
-        split_seed: args.split.split_seed,
+        shots: args.input.split.shots_or(Some(16)),
+        seed: args.input.split.seed,
+        split_seed: args.input.split.split_seed,
         views: args.views,
         template: args.template.clone(),
         method,
     };
     // The run's own checks, before the model loads.
     tip.validate()?;
-    let ds = open_dataset(&args.data)?;
-    let clip = load_model(&args.model)?;
+    let ds = open_dataset(&args.input.data)?;
+    let clip = load_model(&args.input.model)?;
     let summary = super::execute(
         &promptscope::train::config::RunConfig::Adapter(tip.clone()),
         Some(&clip),
         Some(&ds),
-        args.split.cache.dir().as_deref(),
+        args.input.split.cache.dir().as_deref(),
         promptscope::run::execute::RunOutput {
             path: None,
             resume: false,

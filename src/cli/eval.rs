@@ -10,7 +10,7 @@ use promptscope::data::classnames::Format as NamesFormat;
 use promptscope::eval::zeroshot;
 use promptscope::prompt::coop::ClassPosition;
 
-use super::args::{DataArgs, Format, ModelArgs, SplitArgs};
+use super::args::{DataArgs, FewShotInputs, Format, ModelArgs};
 use super::{load_model, open_dataset, print_json, Bar};
 
 #[derive(clap::Args, Debug, Clone)]
@@ -194,17 +194,13 @@ pub fn zero_shot(a: &ZeroShotArgs) -> Result<()> {
 #[derive(clap::Args, Debug, Clone)]
 pub struct EvalArgs {
     #[command(flatten)]
-    pub model: ModelArgs,
-    #[command(flatten)]
-    pub data: DataArgs,
+    pub input: FewShotInputs,
     /// A prompts file exported by `train` or `import-coop`.
     #[arg(long, conflicts_with = "templates")]
     pub prompts: Option<PathBuf>,
     /// Hand-crafted templates (several = ensemble; `@imagenet` = CLIP's 80 ImageNet templates).
     #[arg(long = "template")]
     pub templates: Vec<String>,
-    #[command(flatten)]
-    pub split: SplitArgs,
     /// Which images to score: test, or val (min(K, 4) per class with --shots K, all of val otherwise).
     #[arg(long = "on", value_enum, default_value_t = EvalOn::Test)]
     pub on: EvalOn,
@@ -253,38 +249,38 @@ pub enum EvalOn {
 pub fn eval(args: &EvalArgs) -> Result<()> {
     use promptscope::data::fewshot::{few_shot, test_split};
     use promptscope::train::features::extract;
-    let ds = open_dataset(&args.data)?;
+    let ds = open_dataset(&args.input.data)?;
     // The test images are the ones every evaluation shares (`test_split`); validation needs the shots.
     let (samples, split) = match args.on {
         EvalOn::Test => {
-            let t = test_split(&ds, args.split.split_seed)?;
+            let t = test_split(&ds, args.input.split.split_seed)?;
             (t.samples, t.description)
         }
         EvalOn::Val => {
             let f = few_shot(
                 &ds,
-                args.split.shots_or(None),
-                args.split.seed,
-                args.split.split_seed,
+                args.input.split.shots_or(None),
+                args.input.split.seed,
+                args.input.split.split_seed,
             )?;
             (
                 f.val,
                 format!(
                     "validation images (seed {}, split seed {})",
-                    args.split.seed, args.split.split_seed
+                    args.input.split.seed, args.input.split.split_seed
                 ),
             )
         }
     };
     let samples = &samples;
-    let clip = load_model(&args.model)?;
+    let clip = load_model(&args.input.model)?;
     let bar = Bar::new();
     let feats = extract(
         &clip,
         samples,
         0,
         0,
-        args.split.cache.dir().as_deref(),
+        args.input.split.cache.dir().as_deref(),
         &bar,
     )?;
     let (what, logits) = match &args.prompts {
@@ -295,7 +291,7 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
                     "{}: trained for classes {:?}, but {} has {:?}",
                     path.display(),
                     file.meta.class_names,
-                    args.data.data.display(),
+                    args.input.data.data.display(),
                     ds.class_names
                 );
             }

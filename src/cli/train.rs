@@ -6,9 +6,7 @@ use promptscope::prompt::coop::ClassPosition;
 use promptscope::train::config::{Augment, CoopRun, RunConfig};
 use promptscope::train::optim::{default_epochs, OptimConfig};
 
-use super::args::{
-    coop_defaults, BatchSize, DataArgs, Format, ModelArgs, RunOutputArgs, SplitArgs,
-};
+use super::args::{coop_defaults, BatchSize, FewShotInputs, Format, RunOutputArgs};
 use promptscope::run::execute::Report;
 
 use super::{execute, load_model, open_dataset, output, print_json};
@@ -16,11 +14,7 @@ use super::{execute, load_model, open_dataset, output, print_json};
 #[derive(clap::Args, Debug, Clone)]
 pub struct TrainArgs {
     #[command(flatten)]
-    pub model: ModelArgs,
-    #[command(flatten)]
-    pub data: DataArgs,
-    #[command(flatten)]
-    pub split: SplitArgs,
+    pub input: FewShotInputs,
     /// Context length M (random N(0, 0.02²) initialisation).
     #[arg(long, default_value_t = coop_defaults().coop.n_ctx, conflicts_with = "ctx_init")]
     pub n_ctx: usize,
@@ -72,9 +66,9 @@ pub struct TrainArgs {
 impl TrainArgs {
     /// The library's defaults with every flag applied, validated as the app validates its form.
     pub fn to_run(&self) -> Result<CoopRun> {
-        let mut run = coop_defaults().with_seed(self.split.seed);
-        run.shots = self.split.shots_or(run.shots);
-        run.split_seed = self.split.split_seed;
+        let mut run = coop_defaults().with_seed(self.input.split.seed);
+        run.shots = self.input.split.shots_or(run.shots);
+        run.split_seed = self.input.split.split_seed;
         run.coop.n_ctx = self.n_ctx;
         run.coop.ctx_init = self.ctx_init.clone();
         run.coop.csc = self.csc;
@@ -116,15 +110,15 @@ pub fn train(args: &TrainArgs) -> Result<()> {
         outln!("{}", serde_json::to_string_pretty(&run)?);
         return Ok(());
     }
-    let ds = open_dataset(&args.data)?;
-    let clip = load_model(&args.model)?;
+    let ds = open_dataset(&args.input.data)?;
+    let clip = load_model(&args.input.model)?;
     let json = args.output.format == Format::Json;
     let lines = output::Lines::default();
     let summary = execute(
         &run,
         Some(&clip),
         Some(&ds),
-        args.split.cache.dir().as_deref(),
+        args.input.split.cache.dir().as_deref(),
         args.output.run_output(),
         &mut |bar, e| {
             let s = e.stats;
