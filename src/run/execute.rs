@@ -4,8 +4,6 @@
 
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
-
 use crate::clip::LoadedClip;
 use crate::data::fewshot::FewShotSplit;
 use crate::data::DatasetFolder;
@@ -32,12 +30,7 @@ pub struct RunOutput {
     pub resume: bool,
 }
 
-/// A named number a run reports: `test_acc`, `val_acc_i2t`, `final_loss`, ...
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
-pub struct Metric {
-    pub name: &'static str,
-    pub value: f64,
-}
+pub use crate::train::epoch_loop::Metric;
 
 /// What a run says while it runs, besides progress.
 #[derive(Debug, Clone)]
@@ -278,14 +271,7 @@ pub fn execute(
                         stage: e.stage,
                         epoch_offset: if e.stage == 2 { first } else { 0 },
                         event: e.event,
-                        extra: e
-                            .val_acc_i2t
-                            .map(|value| Metric {
-                                name: "val_acc_i2t",
-                                value,
-                            })
-                            .into_iter()
-                            .collect(),
+                        extra: e.extra,
                     })
                 },
             )?;

@@ -12,7 +12,7 @@
 use candle_core::{Tensor, Var};
 use serde::{Deserialize, Serialize};
 
-use super::epoch_loop::{EpochLoop, TrainStep};
+use super::epoch_loop::{EpochLoop, TrainStep, Validation};
 use super::features::FeatureSet;
 use super::optim::{AdamW, OptimConfig, Sgd};
 use crate::clip::l2_normalize;
@@ -234,10 +234,10 @@ impl TrainStep for AdapterTrainer<'_> {
         Ok((f64::from(loss.to_scalar::<f32>()?), correct))
     }
 
-    fn validate(&mut self) -> Result<(Option<f64>, Option<f64>)> {
-        Ok(match self.val {
-            Some(v) if !v.labels.is_empty() => (Some(self.accuracy(v)?), None),
-            _ => (None, None),
-        })
+    fn validate(&mut self) -> Result<Validation> {
+        Ok(Validation::acc(match self.val {
+            Some(v) if !v.labels.is_empty() => Some(self.accuracy(v)?),
+            _ => None,
+        }))
     }
 }

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{Tensor, D};
 use serde::{Deserialize, Serialize};
 
-use super::epoch_loop::{self, EpochLoop, TrainSet, TrainStep};
+use super::epoch_loop::{self, EpochLoop, TrainSet, TrainStep, Validation};
 use super::optim::{OptimConfig, Sgd};
 use crate::clip::l2_normalize;
 use crate::clip::text::TextTower;
@@ -362,11 +362,11 @@ impl TrainStep for CoopStep<'_, '_> {
         Ok((f64::from(loss.to_scalar::<f32>()?), correct))
     }
 
-    fn validate(&mut self) -> Result<(Option<f64>, Option<f64>)> {
-        Ok(match self.val {
-            Some(v) if v.num_images() > 0 => (Some(self.trainer.accuracy(v)?), None),
-            _ => (None, None),
-        })
+    fn validate(&mut self) -> Result<Validation> {
+        Ok(Validation::acc(match self.val {
+            Some(v) if v.num_images() > 0 => Some(self.trainer.accuracy(v)?),
+            _ => None,
+        }))
     }
 
     fn end_epoch(&mut self) -> Result<()> {

@@ -73,9 +73,9 @@ pub trait TrainStep {
     /// `rows` are the next batch, called before the current one's [`Self::step`]: a trainer whose
     /// batches cost something to make (drawn scenes) starts on them here, beside the step.
     fn upcoming(&mut self, _rows: &[usize]) {}
-    /// Validation accuracy after an epoch, and a second one where the method has it (MP-FGVC stage 1's
-    /// image-to-text accuracy beside its head's).
-    fn validate(&mut self) -> Result<(Option<f64>, Option<f64>)>;
+    /// Validation after an epoch: the accuracy the history records, and the method's own named
+    /// metrics beside it (MP-FGVC stage 1's image-to-text accuracy beside its head's).
+    fn validate(&mut self) -> Result<Validation>;
     /// After every epoch, once its stats are in the history: where a trainer writes its checkpoint.
     fn end_epoch(&mut self) -> Result<()> {
         Ok(())
@@ -129,8 +129,38 @@ pub fn cross_entropy(
     Ok((loss, right as usize))
 }
 
-/// One epoch's event as a trainer reports it: the event, and the second validation accuracy if any.
-pub type OnEvent<'f> = dyn FnMut(TrainEvent, Option<f64>) + 'f;
+/// A named number a method reports: `val_acc_i2t`, `test_acc`, `final_loss`, ...
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Metric {
+    pub name: &'static str,
+    pub value: f64,
+}
+
+/// What a validation measured: the accuracy the loop records (None: no validation split), and the
+/// method's extra metrics.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Validation {
+    pub acc: Option<f64>,
+    pub extra: Vec<Metric>,
+}
+
+impl Validation {
+    /// Just the accuracy.
+    pub fn acc(acc: Option<f64>) -> Self {
+        Self {
+            acc,
+            extra: Vec::new(),
+        }
+    }
+}
+
+/// A metric by name among `metrics`.
+pub fn metric(metrics: &[Metric], name: &str) -> Option<f64> {
+    metrics.iter().find(|m| m.name == name).map(|m| m.value)
+}
+
+/// One event as a trainer reports it: the event, and at an epoch's end its validation's extra metrics.
+pub type OnEvent<'f> = dyn FnMut(TrainEvent, &[Metric]) + 'f;
 
 impl EpochLoop {
     pub fn new(optim: OptimConfig, batch_size: Option<usize>, seed: u64) -> Self {
@@ -195,7 +225,7 @@ pub fn run_until<T: TrainStep + ?Sized>(
     // Time inside `on_event` is the caller's (the app holds a paused run there), not training: it is left
     // out of the elapsed time, the ETA and so the rates shown from them.
     let outside = std::cell::Cell::new(std::time::Duration::ZERO);
-    let mut emit = |event: TrainEvent, extra: Option<f64>| {
+    let mut emit = |event: TrainEvent, extra: &[Metric]| {
         let t = Instant::now();
         on_event(event, extra);
         outside.set(outside.get() + t.elapsed());
@@ -250,10 +280,13 @@ pub fn run_until<T: TrainStep + ?Sized>(
                     loss,
                     lr,
                 },
-                None,
+                &[],
             );
         }
-        let (val_acc, val_extra) = trainer.validate()?;
+        let Validation {
+            acc: val_acc,
+            extra: val_extra,
+        } = trainer.validate()?;
         let state = trainer.state();
         state.epoch += 1;
         let trained = start.elapsed().saturating_sub(outside.get()).as_secs_f64();
@@ -272,7 +305,7 @@ pub fn run_until<T: TrainStep + ?Sized>(
         };
         state.history.push(stats.clone());
         progress.update(&label, state.epoch, epochs);
-        emit(TrainEvent::Epoch(stats), val_extra);
+        emit(TrainEvent::Epoch(stats), &val_extra);
         trainer.end_epoch()?;
     }
     Ok(())
@@ -340,8 +373,14 @@ mod tests {
             }
             Ok((self.steps as f64, rows.len() / 2))
         }
-        fn validate(&mut self) -> Result<(Option<f64>, Option<f64>)> {
-            Ok((Some(0.5), Some(0.25)))
+        fn validate(&mut self) -> Result<Validation> {
+            Ok(Validation {
+                acc: Some(0.5),
+                extra: vec![Metric {
+                    name: "second",
+                    value: 0.25,
+                }],
+            })
         }
         fn end_epoch(&mut self) -> Result<()> {
             self.ends += 1;
@@ -360,7 +399,7 @@ mod tests {
         let set = TrainSet { items: 4, views: 1 };
         let mut events = vec![];
         run_until(&mut t, set, 1, "", &crate::progress::Silent, &mut |e, x| {
-            events.push((e, x))
+            events.push((e, x.to_vec()))
         })
         .unwrap();
         assert_eq!(
@@ -374,7 +413,7 @@ mod tests {
             99,
             "",
             &crate::progress::Silent,
-            &mut |e, x| events.push((e, x)),
+            &mut |e, x| events.push((e, x.to_vec())),
         )
         .unwrap();
         assert_eq!((t.state.epoch, t.ends, t.steps), (3, 3, 6));
@@ -397,9 +436,13 @@ mod tests {
             (stats[2].train_acc, stats[2].val_acc, stats[2].eta_s),
             (0.5, Some(0.5), 0.0)
         );
+        // The extra metrics come with epochs, not steps.
         assert!(events
             .iter()
-            .all(|(e, x)| matches!(e, TrainEvent::Step { .. }) == x.is_none()));
+            .all(|(e, x)| matches!(e, TrainEvent::Step { .. }) == x.is_empty()));
+        assert!(events
+            .iter()
+            .any(|(_, x)| metric(x, "second") == Some(0.25)));
         assert_eq!(t.state.history.len(), 3);
     }
 

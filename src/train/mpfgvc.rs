@@ -29,7 +29,9 @@ use crate::progress::Progress;
 use crate::prompt::coop::PromptLearner;
 use crate::train::checkpoint::{restore, snapshot, ParamOptimizer};
 pub use crate::train::checkpoint::{Checkpoint, CheckpointSink};
-use crate::train::epoch_loop::{self, EpochLoop, TrainEvent, TrainSet, TrainStep};
+use crate::train::epoch_loop::{
+    self, EpochLoop, Metric, TrainEvent, TrainSet, TrainStep, Validation,
+};
 use crate::train::optim::{AdamW, OptimConfig, Sgd};
 
 /// The temperature of stage 1's image-to-text loss (the paper's fixed τ).
@@ -57,14 +59,25 @@ pub struct StageConfig {
     pub optimizer: OptimizerKind,
 }
 
+/// Stage 1's image-to-text (DaTP prompt) accuracy on the validation split, a named extra metric of its
+/// epochs.
+pub const VAL_ACC_I2T: &str = "val_acc_i2t";
+
 /// A CoOp training event tagged with its stage (1 or 2). For stage 1, `EpochStats::train_acc` and
-/// `val_acc` are the linear head's accuracy (the prediction `L_v` trains); `val_acc_i2t` is the
-/// image-to-text (DaTP prompt) accuracy on the validation split.
+/// `val_acc` are the linear head's accuracy (the prediction `L_v` trains); at an epoch's end `extra`
+/// holds [`VAL_ACC_I2T`].
 #[derive(Debug, Clone, Serialize)]
 pub struct StageEvent {
     pub stage: u8,
     pub event: TrainEvent,
-    pub val_acc_i2t: Option<f64>,
+    pub extra: Vec<Metric>,
+}
+
+impl StageEvent {
+    /// An extra metric by name.
+    pub fn extra(&self, name: &str) -> Option<f64> {
+        epoch_loop::metric(&self.extra, name)
+    }
 }
 
 /// One split as a stage sees it: an input row per image (stage-1 inputs, or stage-2 embeddings) and
@@ -283,11 +296,11 @@ fn run_stage(
         epochs,
         &format!("stage {number}"),
         progress,
-        &mut |event, val_acc_i2t| {
+        &mut |event, extra| {
             on_event(StageEvent {
                 stage: number,
                 event,
-                val_acc_i2t,
+                extra: extra.to_vec(),
             })
         },
     )
@@ -313,16 +326,19 @@ impl TrainStep for Stage1<'_> {
         Ok((f64::from(loss.to_scalar::<f32>()?), right))
     }
 
-    fn validate(&mut self) -> Result<(Option<f64>, Option<f64>)> {
+    fn validate(&mut self) -> Result<Validation> {
         match self.val {
             Some(v) if !v.is_empty() => {
                 let p = self.model.predict(&v.inputs, &crate::progress::Silent)?;
-                Ok((
-                    Some(accuracy(&p.head, &v.labels)),
-                    Some(accuracy(&p.i2t, &v.labels)),
-                ))
+                Ok(Validation {
+                    acc: Some(accuracy(&p.head, &v.labels)),
+                    extra: vec![Metric {
+                        name: VAL_ACC_I2T,
+                        value: accuracy(&p.i2t, &v.labels),
+                    }],
+                })
             }
-            _ => Ok((None, None)),
+            _ => Ok(Validation::default()),
         }
     }
 }
@@ -424,16 +440,13 @@ impl TrainStep for Stage2<'_> {
         Ok((f64::from(loss.to_scalar::<f32>()?), right))
     }
 
-    fn validate(&mut self) -> Result<(Option<f64>, Option<f64>)> {
+    fn validate(&mut self) -> Result<Validation> {
         match self.val {
-            Some(v) if !v.is_empty() => Ok((
-                Some(accuracy(
-                    &vlfm_predict(&self.vlfm, &v.inputs, &self.text)?,
-                    &v.labels,
-                )),
-                None,
-            )),
-            _ => Ok((None, None)),
+            Some(v) if !v.is_empty() => Ok(Validation::acc(Some(accuracy(
+                &vlfm_predict(&self.vlfm, &v.inputs, &self.text)?,
+                &v.labels,
+            )))),
+            _ => Ok(Validation::default()),
         }
     }
 }

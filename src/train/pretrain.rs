@@ -13,7 +13,7 @@ use super::checkpoint::{
     gradients_of, restore, snapshot, Checkpoint, CheckpointSink, ParamOptimizer,
 };
 use super::contrastive::{clip_loss, filip_loss_of_scores, filip_loss_with_grads, filip_scores};
-use super::epoch_loop::{EpochLoop, TrainStep};
+use super::epoch_loop::{EpochLoop, TrainStep, Validation};
 use super::optim::{AdamW, OptimConfig};
 pub use super::pairs::PairTensors;
 use super::pairs::{PairBatch, PairSource};
@@ -913,8 +913,8 @@ impl TrainStep for Pretrainer<'_> {
         Ok((loss, right))
     }
 
-    fn validate(&mut self) -> Result<(Option<f64>, Option<f64>)> {
-        Ok((None, None))
+    fn validate(&mut self) -> Result<Validation> {
+        Ok(Validation::default())
     }
 
     fn end_epoch(&mut self) -> Result<()> {

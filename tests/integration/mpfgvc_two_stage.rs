@@ -140,14 +140,14 @@ fn both_stages_learn_the_crest_and_stage_two_stays_level() {
     let rd = pipeline::prepare(&s.clip, &s.data, &run, None, &progress).unwrap();
     let mut epochs = [vec![], vec![]];
     let mut steps = [0, 0];
-    let mut on_event = |ev: StageEvent| match ev.event {
+    let mut on_event = |ev: StageEvent| match ev.event.clone() {
         TrainEvent::Step { steps: n, .. } => {
             assert_eq!(n, 256 / 32);
             steps[ev.stage as usize - 1] += 1;
         }
         TrainEvent::Epoch(e) => {
             // Stage 1 reports the image-to-text accuracy beside the head's; stage 2 has only VLFM's.
-            assert_eq!(ev.val_acc_i2t.is_some(), ev.stage == 1);
+            assert_eq!(ev.extra("val_acc_i2t").is_some(), ev.stage == 1);
             assert!(e.val_acc.is_some());
             epochs[ev.stage as usize - 1].push(e);
         }
