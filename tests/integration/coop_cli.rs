@@ -595,84 +595,31 @@ fn import_coop_reads_coops_classnames_format() {
     );
 }
 
-/// Sends SIGINT to `pid` (libc is not a dependency; `kill` is in every POSIX shell environment).
-fn interrupt(pid: u32) {
-    let status = Command::new("kill")
-        .args(["-INT", &pid.to_string()])
-        .status()
-        .expect("kill");
-    assert!(status.success());
-}
-
 #[test]
 fn ctrl_c_stops_training_keeps_the_checkpoint_and_exits_130() {
-    use std::io::BufRead;
-    use std::process::Stdio;
-    use std::time::{Duration, Instant};
     let s = setup();
     let (m, d, o, c) = (s.p("m"), s.p("d"), s.p("long.safetensors"), s.p("cache"));
-    let mut child = Command::new(env!("CARGO_BIN_EXE_promptscope"))
-        .args([
-            "train",
-            "--model",
-            &m,
-            "--data",
-            &d,
-            "--shots",
-            "2",
-            "--n-ctx",
-            "4",
-            "--epochs",
-            "100000",
-            "--batch-size",
-            "4",
-            "--augment",
-            "none",
-            "--cache",
-            &c,
-            "--out",
-            &o,
-        ])
-        .env("HF_ENDPOINT", "http://127.0.0.1:9")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    let stderr = child.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-        {
-            let _ = tx.send(line);
-        }
-    });
-    let mut seen = Vec::new();
-    // Interrupt once an epoch has finished, while the job polls for cancellation.
-    loop {
-        let line = rx
-            .recv_timeout(Duration::from_secs(120))
-            .unwrap_or_else(|_| panic!("no epoch line: {seen:?}"));
-        seen.push(line);
-        if seen.last().unwrap().starts_with("epoch") {
-            break;
-        }
-    }
-    interrupt(child.id());
-    let start = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if start.elapsed() > Duration::from_secs(10) {
-            child.kill().unwrap();
-            panic!("still running 10 s after Ctrl-C");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    seen.extend(rx.iter());
-    let stderr = seen.join("\n");
+    let (status, stderr) = common::ctrl_c_after_first_epoch(&[
+        "train",
+        "--model",
+        &m,
+        "--data",
+        &d,
+        "--shots",
+        "2",
+        "--n-ctx",
+        "4",
+        "--epochs",
+        "100000",
+        "--batch-size",
+        "4",
+        "--augment",
+        "none",
+        "--cache",
+        &c,
+        "--out",
+        &o,
+    ]);
     assert_eq!(status.code(), Some(130), "{stderr}");
     assert!(stderr.lines().any(|l| l == "cancelled"), "{stderr}");
     assert!(

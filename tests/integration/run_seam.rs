@@ -2,9 +2,7 @@
 //! tab starts it) and the reverse, ending bit for bit where an uninterrupted run of the same settings
 //! ends, for CoOp and for pretraining.
 
-use std::io::BufRead;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -66,40 +64,8 @@ fn in_app(
 
 /// Runs a CLI command and stops it with Ctrl-C once it has printed its first epoch line.
 fn in_cli_stopped(args: &[&str]) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_promptscope"))
-        .args(args)
-        .env("HF_ENDPOINT", "http://127.0.0.1:9")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Read on a thread to the end: a closed stderr would fail the run's next line.
-    let (tx, rx) = std::sync::mpsc::channel();
-    let stderr = child.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-        {
-            let _ = tx.send(line);
-        }
-    });
-    let mut seen = Vec::new();
-    while let Ok(line) = rx.recv_timeout(Duration::from_secs(120)) {
-        let epoch = line.starts_with("epoch");
-        seen.push(line);
-        if epoch {
-            let status = Command::new("kill")
-                .args(["-INT", &child.id().to_string()])
-                .status()
-                .unwrap();
-            assert!(status.success());
-            break;
-        }
-    }
-    let status = child.wait().unwrap();
-    seen.extend(rx.try_iter());
-    assert_eq!(status.code(), Some(130), "stopped by Ctrl-C: {seen:?}");
+    let (status, stderr) = crate::common::ctrl_c_after_first_epoch(args);
+    assert_eq!(status.code(), Some(130), "stopped by Ctrl-C: {stderr}");
 }
 
 fn bytes(p: impl AsRef<Path>) -> Vec<u8> {

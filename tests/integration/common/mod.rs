@@ -121,6 +121,62 @@ pub fn pattern_embeds(n: usize) -> Vec<f32> {
         .collect()
 }
 
+/// Runs the `promptscope` binary with `args` and presses Ctrl-C (SIGINT) once it has printed its first
+/// `epoch` line on stderr, while the job polls for cancellation. Returns how it exited (within 10 s of
+/// the Ctrl-C) and all it printed on stderr, which is read to its end on a thread (a closed stderr would
+/// fail the run's next line).
+pub fn ctrl_c_after_first_epoch(args: &[&str]) -> (std::process::ExitStatus, String) {
+    use std::io::BufRead;
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_promptscope"))
+        .args(args)
+        .env("HF_ENDPOINT", "http://127.0.0.1:9")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let mut seen = Vec::new();
+    loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(120))
+            .unwrap_or_else(|_| panic!("no epoch line: {seen:?}"));
+        seen.push(line);
+        if seen.last().unwrap().starts_with("epoch") {
+            break;
+        }
+    }
+    // libc is not a dependency; `kill` is in every POSIX shell environment.
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if start.elapsed() > Duration::from_secs(10) {
+            child.kill().unwrap();
+            panic!("still running 10 s after Ctrl-C");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    seen.extend(rx.iter());
+    (status, seen.join("\n"))
+}
+
 /// Runs the `promptscope` binary. Hub look-ups go to a closed local port, so they fail at once and never
 /// reach the network.
 pub fn promptscope(args: &[&str]) -> Output {
