@@ -50,7 +50,14 @@ impl BaseToNovelForm {
             .into_iter()
             .zip(self.methods)
             .filter(|(_, on)| *on)
-            .map(|(name, _)| Method::recipe(name, Some(self.shots), template, 0))
+            .map(|(name, _)| {
+                Method::recipe(
+                    name,
+                    Some(self.shots),
+                    template,
+                    super::compare_job::SPLIT_SEED,
+                )
+            })
             .collect::<crate::Result<_>>()
             .map_err(|e| e.to_string())?;
         if methods.is_empty() {

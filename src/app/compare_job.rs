@@ -139,6 +139,10 @@ pub struct Comparison {
     pub rejected: Vec<Rejected>,
 }
 
+/// The split seed the app scores with: the test split CoOp runs are evaluated on (`train --split-seed
+/// 0`) and the CLI's zero-shot scores, and the images Align browses.
+pub const SPLIT_SEED: u64 = 0;
+
 pub fn run(
     clip: &LoadedClip,
     data: &DatasetFolder,
@@ -149,9 +153,8 @@ pub fn run(
     if req.templates.is_empty() {
         return Err(Error::invalid("write at least one prompt template"));
     }
-    // The split CoOp runs are evaluated on (train --split-seed 0) and the CLI's zero-shot scores, so
-    // every row sees the same images as the commands do.
-    let split = test_split(data, 0)?;
+    // Every row sees the same images as the commands do.
+    let split = test_split(data, SPLIT_SEED)?;
     let (test_samples, split_name) = (split.samples, split.description);
     let names = &data.class_names;
     let test = extract(clip, &test_samples, 0, 0, cache, progress)?;

@@ -148,18 +148,23 @@ impl PromptscopeApp {
     }
 
     pub(super) fn start_zero_shot(&mut self, ctx: &egui::Context, templates: Vec<String>) {
-        if templates.is_empty() {
-            return self.state.error("Write at least one prompt template.");
-        }
-        if let Some(dataset) = self.state.dataset.as_ref().filter(|d| d.test.is_empty()) {
-            return self.state.error(format!(
-                "Dataset {}: its test split has no images to evaluate; add images to test/<class>/ or remove the empty test folder.",
-                dataset.folder.root.display()
-            ));
-        }
         let Some((clip, folder, cancel)) = self.evaluation_inputs("zero-shot") else {
             return;
         };
+        if templates.is_empty() {
+            return self.state.error("Write at least one prompt template.");
+        }
+        if self
+            .state
+            .dataset
+            .as_ref()
+            .is_some_and(|d| d.test.is_empty())
+        {
+            return self.state.error(format!(
+                "Dataset {}: its test split has no images to evaluate; add images to test/<class>/ or remove the empty test folder.",
+                folder.root.display()
+            ));
+        }
         // The probe and the adapters are fitted on the same K shots.
         let shots = self
             .compare

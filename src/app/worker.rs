@@ -89,7 +89,7 @@ impl Worker {
             })()
             .map(|(folder, classnames_dropped)| OpenedDataset {
                 summary: DatasetSummary::of(&folder),
-                test: crate::data::fewshot::test_split(&folder, 0)
+                test: crate::data::fewshot::test_split(&folder, compare_job::SPLIT_SEED)
                     .map(|t| t.samples)
                     .unwrap_or_default(),
                 folder: Arc::new(folder),
@@ -131,7 +131,7 @@ impl Worker {
                 &clip,
                 &data,
                 &req.template,
-                0,
+                compare_job::SPLIT_SEED,
                 &req.methods,
                 &req.seeds,
                 cache.as_deref(),

@@ -218,7 +218,8 @@ fn old_spelling(given: &[String]) -> Result<BenchMode> {
             .map(String::from)
             .chain(rest),
     )
-    .map_err(|e| anyhow::anyhow!("{}", e.render().to_string().trim_end()))?;
+    // A bad flag is clap's own error (its whole message, exit status 2), as for any other verb.
+    .unwrap_or_else(|e| e.exit());
     if mode != "towers" {
         eprintln!("note: bench's modes are subcommands now: `promptscope bench {mode} ...`");
     }

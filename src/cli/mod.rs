@@ -114,7 +114,7 @@ pub(crate) struct Epoch<'a> {
 impl Epoch<'_> {
     /// A named extra metric of the epoch (MP-FGVC's `val_acc_i2t`).
     pub fn extra(&self, name: &str) -> Option<f64> {
-        self.extra.iter().find(|m| m.name == name).map(|m| m.value)
+        promptscope::train::epoch_loop::metric(self.extra, name)
     }
 }
 

@@ -104,7 +104,6 @@ pub fn pretrain(args: &PretrainArgs) -> Result<()> {
         shape_labels: args.shape_labels,
         shape_head: args.shape_head,
     };
-    config.validate()?;
     let recipe = args.scenes.map(|count| {
         let shape = StreamRecipe::shape_recipe(count, args.scene_seed);
         if args.plain_scenes {

@@ -136,10 +136,7 @@ impl RunSummary {
 
     /// A metric by name.
     pub fn metric(&self, name: &str) -> Option<f64> {
-        self.metrics()
-            .into_iter()
-            .find(|m| m.name == name)
-            .map(|m| m.value)
+        crate::train::epoch_loop::metric(&self.metrics(), name)
     }
 
     /// The headline accuracy: the learned prompts' or adapter's on the test split, MP-FGVC's last
@@ -345,11 +342,10 @@ fn pretrain(
     let device = candle_core::Device::Cpu;
     let sizes = (p.image_size, p.patch_size);
     let (model, tok, pre) = super::pretrain::start_model(&p.start, p.config.seed, sizes, &device)?;
-    let folder =
-        (p.scenes.is_none() && !p.pairs.as_os_str().is_empty()).then_some(p.pairs.as_path());
     let vision = &model.config.vision_config;
+    // `validate` made sure there are scenes or a pairs folder; scenes come first.
     let data = super::pretrain::open_pairs(
-        folder,
+        Some(&p.pairs),
         p.scenes.as_ref(),
         vision,
         tok,
@@ -357,10 +353,8 @@ fn pretrain(
         &device,
         ctx.progress,
     )?;
-    let loss = match p.config.loss {
-        crate::train::pretrain::PretrainLoss::Filip => "filip",
-        crate::train::pretrain::PretrainLoss::Clip => "clip",
-    };
+    let loss = clap::ValueEnum::to_possible_value(&p.config.loss)
+        .map_or(String::new(), |v| v.get_name().to_string());
     let epochs = p.config.optim.epochs;
     let describe = match &p.scenes {
         Some(recipe) => format!("pretraining on {} generated scenes an epoch, drawn afresh every epoch ({loss} loss, {epochs} epochs)", recipe.count),

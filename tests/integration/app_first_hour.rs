@@ -16,7 +16,7 @@ use promptscope::clip::{synth, ClipConfig, HiddenAct};
 use promptscope::export::prompt_file::PromptFile;
 use promptscope::prompt::coop::{CoopConfig, PromptLearner};
 
-use super::app_ui::{click, fixture, labels_containing, loaded, wait_for, wait_idle};
+use super::app_ui::{click, fixture, labels_containing, loaded, wait_for, wait_idle, Fixture};
 
 /// A prompts file for `model` and `classes` with a random context (what it scores does not matter
 /// here, only that it is a real file of the real format), recorded as trained on `shots`.
@@ -77,6 +77,31 @@ fn dataset_classes(h: &Harness<'_, PromptscopeApp>) -> Vec<String> {
         .folder
         .class_names
         .clone()
+}
+
+/// The open dataset's class folders.
+fn class_dirs(h: &Harness<'_, PromptscopeApp>) -> Vec<String> {
+    h.state()
+        .state
+        .dataset
+        .as_ref()
+        .expect("a dataset")
+        .folder
+        .class_dirs
+        .clone()
+}
+
+/// Writes `lines` as a CoOp classnames.txt and picks it as the Class names dialog would, then waits.
+fn pick_classnames(
+    h: &mut Harness<'_, PromptscopeApp>,
+    fx: &Fixture,
+    lines: impl Iterator<Item = String>,
+) -> PathBuf {
+    let file = fx._dir.path().join("classnames.txt");
+    std::fs::write(&file, lines.collect::<Vec<_>>().join("\n")).unwrap();
+    h.state_mut().choose(PickTarget::ClassNames, file.clone());
+    wait_idle(h);
+    file
 }
 
 /// Loads a prompts file as the Export tab's Open… dialog would, and waits for it.
@@ -723,25 +748,13 @@ fn compare_and_the_cli_report_the_same_numbers_on_a_flat_folder_and_a_test_only_
 fn a_classnames_file_names_the_class_folders() {
     let fx = fixture();
     let mut h = loaded(&fx);
-    let dirs = h
-        .state()
-        .state
-        .dataset
-        .as_ref()
-        .unwrap()
-        .folder
-        .class_dirs
-        .clone();
+    let dirs = class_dirs(&h);
     let names = ["tench", "goldfish", "great white shark"];
-    let file = fx._dir.path().join("classnames.txt");
-    let lines: Vec<String> = dirs
-        .iter()
-        .zip(names)
-        .map(|(d, n)| format!("{d} {n}"))
-        .collect();
-    std::fs::write(&file, lines.join("\n")).unwrap();
-    h.state_mut().choose(PickTarget::ClassNames, file.clone());
-    wait_idle(&mut h);
+    let file = pick_classnames(
+        &mut h,
+        &fx,
+        dirs.iter().zip(names).map(|(d, n)| format!("{d} {n}")),
+    );
     assert!(
         h.state().state.errors.is_empty(),
         "{:?}",
@@ -778,20 +791,8 @@ fn a_classnames_file_names_the_class_folders() {
 fn a_classnames_file_for_another_dataset_is_cleared_when_the_dataset_changes() {
     let fx = fixture();
     let mut h = loaded(&fx);
-    let dirs = h
-        .state()
-        .state
-        .dataset
-        .as_ref()
-        .unwrap()
-        .folder
-        .class_dirs
-        .clone();
-    let file = fx._dir.path().join("classnames.txt");
-    let lines: Vec<String> = dirs.iter().map(|d| format!("{d} name of {d}")).collect();
-    std::fs::write(&file, lines.join("\n")).unwrap();
-    h.state_mut().choose(PickTarget::ClassNames, file.clone());
-    wait_idle(&mut h);
+    let dirs = class_dirs(&h);
+    pick_classnames(&mut h, &fx, dirs.iter().map(|d| format!("{d} name of {d}")));
     assert!(dataset_classes(&h).iter().all(|c| c.starts_with("name of")));
     // Another dataset, with a class folder the file does not name.
     let other = fx._dir.path().join("more-shapes");
