@@ -268,7 +268,6 @@ fn step_set(
             optim,
             batch_size: None,
             seed: 0,
-            kg_lambda: 0.0,
         },
     ))
 }

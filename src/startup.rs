@@ -33,6 +33,7 @@ impl Tab {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum StartMethod {
     Coop,
+    Kgcoop,
     Cocoop,
     Mpfgvc,
     /// Pretraining, from a folder of pairs.

@@ -217,7 +217,7 @@ impl PromptscopeApp {
         self.data_panel.classnames_path = settings.classnames;
         self.data_panel.recent_models = settings.recent_models;
         self.data_panel.recent_datasets = settings.recent_datasets;
-        self.train.form = settings.train;
+        self.train.form = settings.train.settled();
         self.compare.templates = if settings.templates.is_empty() {
             ComparePanel::default().templates
         } else {

@@ -3,6 +3,7 @@
 
 use anyhow::Result;
 use promptscope::progress::Progress;
+use promptscope::prompt::CoopVariant;
 
 use promptscope::run::base_to_novel::MethodName;
 
@@ -176,7 +177,7 @@ pub struct BaseToNovelArgs {
     #[arg(long)]
     pub epochs: Option<usize>,
     /// KgCoOp's λ (8 in its paper); 0 learns plain CoOp.
-    #[arg(long, default_value_t = coop_defaults().train.kg_lambda)]
+    #[arg(long, default_value_t = 0.0)]
     pub kg_lambda: f64,
     /// CoCoOp: a meta-net adds π(x) to the context per image. Its recipe unless given: context
     /// "a photo of a", 10 epochs, batch 1.
@@ -229,8 +230,10 @@ pub fn base_to_novel(args: &BaseToNovelArgs) -> Result<()> {
                     if let Some(b) = args.batch_size {
                         r.train.batch_size = Some(b.max(1));
                     }
-                    if r.train.kg_lambda > 0.0 && args.kg_lambda > 0.0 {
-                        r.train.kg_lambda = args.kg_lambda;
+                    if let (CoopVariant::Kgcoop { lambda }, true) =
+                        (&mut r.variant, args.kg_lambda > 0.0)
+                    {
+                        *lambda = args.kg_lambda;
                     }
                 }
                 Method::Adapter(r) => {

@@ -3,6 +3,7 @@
 
 use anyhow::Result;
 use promptscope::prompt::coop::ClassPosition;
+use promptscope::prompt::CoopVariant;
 use promptscope::train::config::{Augment, CoopRun, RunConfig};
 use promptscope::train::optim::{default_epochs, OptimConfig};
 
@@ -53,7 +54,7 @@ pub struct TrainArgs {
     pub template: String,
     /// KgCoOp: the weight λ of the pull of each learned class weight towards the template's (KgCoOp
     /// uses 8); 0 trains plain CoOp.
-    #[arg(long, default_value_t = coop_defaults().train.kg_lambda)]
+    #[arg(long, default_value_t = 0.0)]
     pub kg_lambda: f64,
     /// CoCoOp: a meta-net, trained with the context, adds π(x) to it for each image. Its recipe for
     /// what is not given: context "a photo of a", 10 epochs, batch 1. The export holds the meta-net.
@@ -85,10 +86,9 @@ impl TrainArgs {
         run.augment = self.augment;
         run.views = self.views;
         run.template = self.template.clone();
-        run.train.kg_lambda = self.kg_lambda;
+        run.variant = CoopVariant::from_flags(self.cocoop, self.kg_lambda);
         if self.cocoop {
             let recipe = CoopRun::cocoop_recipe();
-            run.cocoop = true;
             if self.ctx_init.is_none() && self.n_ctx == coop_defaults().coop.n_ctx {
                 (run.coop.ctx_init, run.coop.n_ctx) = (recipe.coop.ctx_init, recipe.coop.n_ctx);
             }

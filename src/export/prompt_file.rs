@@ -18,6 +18,7 @@ use crate::error::{write_atomic, Error, Result};
 use crate::export::model_check::{check_model, MadeOn};
 use crate::prompt::cocoop::MetaNet;
 use crate::prompt::coop::{CoopConfig, PromptLearner};
+use crate::prompt::CoopVariant;
 use crate::tensor_file::{read_safetensors, safetensors_bytes};
 use crate::train::coop::TrainConfig;
 use crate::train::coop::META_NAMES;
@@ -47,6 +48,9 @@ pub struct PromptMeta {
     /// The file holds CoCoOp's meta-net beside the context.
     #[serde(default)]
     pub cocoop: bool,
+    /// The CoOp-family member that learned the context (imports: CoOp, or CoCoOp with a meta-net).
+    #[serde(default)]
+    pub variant: CoopVariant,
 }
 
 pub struct PromptFile {
@@ -111,6 +115,7 @@ impl PromptFile {
                 metrics: serde_json::Value::Null,
                 source: "promptscope".into(),
                 cocoop: false,
+                variant: CoopVariant::Coop,
             },
             meta_net: None,
         })
@@ -136,6 +141,9 @@ impl PromptFile {
             .unwrap_or_default();
         let mut full = full;
         full["cocoop"] = serde_json::Value::Bool(self.meta_net.is_some());
+        if self.meta_net.is_some() {
+            full["variant"] = serde_json::to_value(CoopVariant::Cocoop).unwrap_or_default();
+        }
         meta.insert("cocoop".into(), self.meta_net.is_some().to_string());
         meta.insert("promptscope".into(), full.to_string());
         let mut tensors = vec![
@@ -164,8 +172,16 @@ impl PromptFile {
         let json = meta
             .get("promptscope")
             .ok_or_else(|| Error::bad_file(path, "has no promptscope metadata", fix))?;
-        let meta: PromptMeta = serde_json::from_str(json)
-            .map_err(|e| Error::bad_file(path, format!("has unreadable metadata ({e})"), fix))?;
+        let unreadable = |e: serde_json::Error| {
+            Error::bad_file(path, format!("has unreadable metadata ({e})"), fix)
+        };
+        let raw: serde_json::Value = serde_json::from_str(json).map_err(unreadable)?;
+        let mut meta: PromptMeta = serde_json::from_value(raw.clone()).map_err(unreadable)?;
+        if raw.get("variant").is_none() {
+            // Files from before the variant had its own entry kept KgCoOp's λ in the train config.
+            let kg_lambda = raw["train"]["kg_lambda"].as_f64().unwrap_or(0.0);
+            meta.variant = CoopVariant::from_flags(meta.cocoop, kg_lambda);
+        }
         let get = |k: &str| {
             tensors
                 .get(k)

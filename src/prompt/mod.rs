@@ -5,4 +5,4 @@ pub mod coop;
 pub mod datp;
 pub mod method;
 
-pub use method::{PromptMethod, PromptMethodKind};
+pub use method::{CoopVariant, PromptMethod, PromptMethodKind};

@@ -16,6 +16,7 @@ use crate::error::{Error, Result};
 use crate::eval::zeroshot;
 use crate::progress::Progress;
 use crate::prompt::coop::{CoopConfig, PromptLearner};
+use crate::prompt::CoopVariant;
 use crate::train::cocoop;
 use crate::train::config::{AdapterMethod, AdapterRun, CoopRun};
 use crate::train::coop::TrainEvent;
@@ -163,6 +164,18 @@ impl MethodName {
         )
     }
 
+    /// A member of the CoOp family, with its paper's setting (KgCoOp's λ = 8).
+    pub fn variant(self) -> Option<CoopVariant> {
+        match self {
+            Self::Coop => Some(CoopVariant::Coop),
+            Self::Kgcoop => Some(CoopVariant::Kgcoop {
+                lambda: CoopVariant::KG_LAMBDA,
+            }),
+            Self::Cocoop => Some(CoopVariant::Cocoop),
+            _ => None,
+        }
+    }
+
     /// A feature adapter with its paper's epochs, or `epochs` when given.
     pub fn adapter(self, epochs: Option<usize>) -> Option<AdapterMethod> {
         match self {
@@ -203,7 +216,7 @@ impl Method {
             r.shots = shots;
             r.split_seed = split_seed;
             r.template = template.to_string();
-            if !r.cocoop {
+            if r.variant != CoopVariant::Cocoop {
                 r.train.optim.epochs = crate::train::optim::default_epochs(shots);
             }
             Method::Prompts(r)
@@ -217,15 +230,10 @@ impl Method {
                 ..AdapterRun::default()
             })
         };
-        Ok(match name {
-            MethodName::Coop => prompts(CoopRun::default()),
-            MethodName::Kgcoop => {
-                let mut r = CoopRun::default();
-                r.train.kg_lambda = 8.0;
-                prompts(r)
-            }
-            MethodName::Cocoop => prompts(CoopRun::cocoop_recipe()),
-            adapter_name => adapter(adapter_name.adapter(None).expect("the rest are adapters")),
+        Ok(match (name.variant(), name.adapter(None)) {
+            (Some(variant), _) => prompts(CoopRun::recipe(variant)),
+            (None, Some(method)) => adapter(method),
+            (None, None) => unreachable!("every method is a CoOp variant or an adapter"),
         })
     }
 

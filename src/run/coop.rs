@@ -16,6 +16,7 @@ use crate::export::prompt_file::PromptFile;
 use crate::progress::Progress;
 use crate::prompt::cocoop::MetaNet;
 use crate::prompt::coop::PromptLearner;
+use crate::prompt::CoopVariant;
 use crate::train::config::{Augment, CoopRun};
 use crate::train::coop::{checkpoint_path, EpochStats, Features, TrainEvent, Trainer};
 use crate::train::features::extract;
@@ -124,21 +125,19 @@ pub fn train(
     let names = &data.class_names;
     let learner = PromptLearner::new(&clip.model()?.text, clip.tokenizer()?, names, &run.coop)?;
     let model = clip.model()?;
-    let mut trainer = Trainer::new(&model.text, learner, run.train.clone(), clip.logit_scale());
-    if run.cocoop {
-        let meta = MetaNet::new(
+    let trainer = Trainer::new(&model.text, learner, run.train.clone(), clip.logit_scale());
+    // The hand-crafted baseline's weights: KgCoOp's anchor while training, the baseline row after.
+    let hand = zeroshot::class_weights(clip, names, std::slice::from_ref(&run.template), progress)?;
+    let mut trainer = match run.variant {
+        CoopVariant::Coop => trainer,
+        CoopVariant::Kgcoop { lambda } => trainer.with_kg_anchor(hand.clone(), lambda)?,
+        CoopVariant::Cocoop => trainer.with_meta_net(MetaNet::new(
             clip.projection_dim(),
             model.config.text_config.hidden_size,
             run.seed,
             &clip.device,
-        )?;
-        trainer = trainer.with_meta_net(meta);
-    }
-    // The hand-crafted baseline's weights: KgCoOp's anchor while training, the baseline row after.
-    let hand = zeroshot::class_weights(clip, names, std::slice::from_ref(&run.template), progress)?;
-    if run.train.kg_lambda > 0.0 {
-        trainer.set_kg_anchor(hand.clone())?;
-    }
+        )?),
+    };
     let ckpt: Option<PathBuf> = out.map(checkpoint_path);
     if let (true, Some(c)) = (resume, &ckpt) {
         if c.is_file() {
@@ -186,6 +185,7 @@ pub fn train(
         let mut file = PromptFile::new(clip, &learner, weights.clone())?;
         file.meta_net = meta.as_ref().map(MetaNet::tensors);
         file.meta.train = Some(run.train.clone());
+        file.meta.variant = run.variant;
         file.meta.shots = run.shots;
         file.meta.augment = serde_json::to_value(run.augment)
             .ok()

@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 use crate::eval::zeroshot::DEFAULT_TEMPLATE;
 use crate::prompt::coop::CoopConfig;
 use crate::prompt::datp::DatpConfig;
-use crate::prompt::{PromptMethod, PromptMethodKind};
+use crate::prompt::{CoopVariant, PromptMethod, PromptMethodKind};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
@@ -25,8 +25,10 @@ pub enum Augment {
     CropFlip,
 }
 
-/// Everything that defines a CoOp run, shared by the CLI, the app and the export's metadata.
+/// Everything that defines a CoOp, KgCoOp or CoCoOp run, shared by the CLI, the app and the export's
+/// metadata.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(from = "CoopRunWire")]
 pub struct CoopRun {
     /// None: every training image.
     pub shots: Option<usize>,
@@ -39,11 +41,67 @@ pub struct CoopRun {
     pub augment: Augment,
     /// Cached augmented views per training image (with `augment = crop-flip`).
     pub views: usize,
-    /// The hand-crafted template reported beside the learned context.
+    /// The hand-crafted template reported beside the learned context (and KgCoOp's anchor).
     pub template: String,
-    /// CoCoOp: a meta-net, trained with the context, adds π(x) to every context token for each image.
+    /// CoOp, KgCoOp (with its λ) or CoCoOp.
+    pub variant: CoopVariant,
+}
+
+/// A `CoopRun` as it was written before and since the variant had its own field: exports, checkpoints'
+/// runs and remembered settings from before named CoCoOp `cocoop: true` and KgCoOp `train.kg_lambda > 0`.
+#[derive(Deserialize)]
+struct CoopRunWire {
+    shots: Option<usize>,
+    seed: u64,
+    split_seed: u64,
+    coop: CoopConfig,
+    train: TrainConfigWire,
+    augment: Augment,
+    views: usize,
+    template: String,
+    // Present means the variant itself: RON (the app's settings) writes it bare, not as `Some(..)`.
+    #[serde(default, deserialize_with = "present")]
+    variant: Option<CoopVariant>,
     #[serde(default)]
-    pub cocoop: bool,
+    cocoop: bool,
+}
+
+fn present<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Option<CoopVariant>, D::Error> {
+    CoopVariant::deserialize(d).map(Some)
+}
+
+#[derive(Deserialize)]
+struct TrainConfigWire {
+    optim: OptimConfig,
+    batch_size: Option<usize>,
+    seed: u64,
+    #[serde(default)]
+    kg_lambda: f64,
+}
+
+impl From<CoopRunWire> for CoopRun {
+    fn from(w: CoopRunWire) -> Self {
+        let t = w.train;
+        Self {
+            shots: w.shots,
+            seed: w.seed,
+            split_seed: w.split_seed,
+            coop: w.coop,
+            train: TrainConfig {
+                optim: t.optim,
+                batch_size: t.batch_size,
+                seed: t.seed,
+            },
+            augment: w.augment,
+            views: w.views,
+            template: w.template,
+            variant: w
+                .variant
+                .unwrap_or_else(|| CoopVariant::from_flags(w.cocoop, t.kg_lambda)),
+        }
+    }
 }
 
 /// CoOp's recipe: 16 shots, M = 16 random context, SGD at 0.002 with one warm-up epoch, cosine decay over
@@ -67,22 +125,40 @@ impl Default for CoopRun {
                 },
                 batch_size: Some(32),
                 seed,
-                kg_lambda: 0.0,
             },
             augment: Augment::CropFlip,
             views: 4,
             template: DEFAULT_TEMPLATE.to_string(),
-            cocoop: false,
+            variant: CoopVariant::Coop,
         }
     }
 }
 
 impl CoopRun {
+    /// The recipe of `variant`'s paper: CoOp's for CoOp and KgCoOp (whose paper keeps CoOp's settings),
+    /// `cocoop_recipe` for CoCoOp.
+    pub fn recipe(variant: CoopVariant) -> Self {
+        match variant {
+            CoopVariant::Cocoop => Self::cocoop_recipe(),
+            other => Self {
+                variant: other,
+                ..Self::default()
+            },
+        }
+    }
+
+    /// KgCoOp's recipe: CoOp's with λ = 8.
+    pub fn kgcoop_recipe() -> Self {
+        Self::recipe(CoopVariant::Kgcoop {
+            lambda: CoopVariant::KG_LAMBDA,
+        })
+    }
+
     /// CoCoOp's recipe (its `vit_b16_c4_ep10_batch1_ctxv1`): 16 shots, context "a photo of a" (M = 4),
     /// SGD at 0.002 with one warm-up epoch, 10 epochs, batch 1, random resized crop + flip.
     pub fn cocoop_recipe() -> Self {
         let mut r = Self {
-            cocoop: true,
+            variant: CoopVariant::Cocoop,
             ..Self::default()
         };
         r.coop.ctx_init = Some("a photo of a".into());
@@ -94,13 +170,7 @@ impl CoopRun {
 
     /// "CoCoOp", "KgCoOp λ=8" or "CoOp".
     pub fn method_name(&self) -> String {
-        if self.cocoop {
-            "CoCoOp".to_string()
-        } else if self.train.kg_lambda > 0.0 {
-            format!("KgCoOp λ={}", self.train.kg_lambda)
-        } else {
-            "CoOp".to_string()
-        }
+        self.variant.name()
     }
 
     /// Sets the shots and the seed everywhere it is used (shots, context initialisation, batch order).
@@ -133,20 +203,20 @@ impl CoopRun {
                 self.template
             )));
         }
-        if self.cocoop {
-            if self.coop.csc || self.coop.class_position != crate::prompt::coop::ClassPosition::End
+        match self.variant {
+            CoopVariant::Cocoop
+                if self.coop.csc
+                    || self.coop.class_position != crate::prompt::coop::ClassPosition::End =>
             {
                 return Err(Error::invalid("CoCoOp learns one context shared by the classes, with the class name at the end: turn off class-specific contexts (--csc) and use --class-position end"));
             }
-            if self.train.kg_lambda > 0.0 {
-                return Err(Error::invalid("CoCoOp and KgCoOp are separate methods: set KgCoOp's λ (--kg-lambda) to 0 for CoCoOp"));
+            CoopVariant::Kgcoop { lambda } if !(lambda > 0.0 && lambda.is_finite()) => {
+                return Err(Error::invalid(format!(
+                    "KgCoOp's λ (--kg-lambda) must be above 0 (its paper uses {}), not {lambda}; λ = 0 is plain CoOp",
+                    CoopVariant::KG_LAMBDA
+                )));
             }
-        }
-        if !(self.train.kg_lambda >= 0.0 && self.train.kg_lambda.is_finite()) {
-            return Err(Error::invalid(format!(
-                "KgCoOp's λ (--kg-lambda) must be 0 or more, not {}",
-                self.train.kg_lambda
-            )));
+            _ => {}
         }
         check_common(self.shots, &self.train.optim, self.train.batch_size, "")
     }
@@ -457,6 +527,7 @@ impl RunConfig {
     pub fn default_for(kind: PromptMethodKind) -> Self {
         match kind {
             PromptMethodKind::Coop => Self::Coop(CoopRun::default()),
+            PromptMethodKind::Kgcoop => Self::Coop(CoopRun::kgcoop_recipe()),
             PromptMethodKind::Cocoop => Self::Coop(CoopRun::cocoop_recipe()),
             PromptMethodKind::Datp => Self::MpFgvc(MpFgvcRun::default()),
         }
@@ -465,7 +536,10 @@ impl RunConfig {
     /// The prompt method a run learns (pretraining learns none).
     pub fn method(&self) -> Option<PromptMethod> {
         match self {
-            Self::Coop(r) => Some(PromptMethod::Coop(r.coop.clone())),
+            Self::Coop(r) => Some(PromptMethod::Coop {
+                config: r.coop.clone(),
+                variant: r.variant,
+            }),
             Self::MpFgvc(r) => Some(PromptMethod::Datp(r.datp.clone())),
             Self::Pretrain(_) | Self::Adapter(_) => None,
         }
@@ -530,7 +604,7 @@ impl RunConfig {
                     .shots()
                     .map_or("all shots".to_string(), |k| format!("{k}-shot"));
                 let kg = match self {
-                    Self::Coop(r) if r.cocoop || r.train.kg_lambda > 0.0 => {
+                    Self::Coop(r) if r.variant != CoopVariant::Coop => {
                         format!("{} · ", r.method_name())
                     }
                     _ => String::new(),
@@ -548,7 +622,7 @@ mod tests {
 
     #[test]
     fn defaults_are_valid_and_bad_settings_are_named() {
-        for kind in [PromptMethodKind::Coop, PromptMethodKind::Datp] {
+        for kind in PromptMethodKind::ALL {
             let mut r = RunConfig::default_for(kind);
             if let RunConfig::MpFgvc(m) = &mut r {
                 assert!(m
@@ -590,5 +664,60 @@ mod tests {
         let j = serde_json::to_value(&r).unwrap();
         assert_eq!(j["method"], "coop");
         assert_eq!(serde_json::from_value::<RunConfig>(j).unwrap(), r);
+        for kind in PromptMethodKind::ALL {
+            let r = RunConfig::default_for(kind);
+            let back: RunConfig =
+                serde_json::from_value(serde_json::to_value(&r).unwrap()).unwrap();
+            assert_eq!(back, r);
+        }
+    }
+
+    /// Runs written before the variant had its own field (exports' metadata, remembered settings) name
+    /// CoCoOp `cocoop: true` and KgCoOp `train.kg_lambda > 0`; they read back as the same method.
+    #[test]
+    fn runs_written_before_the_variant_field_read_back_as_their_method() {
+        let old = |variant: CoopVariant| {
+            let mut j = serde_json::to_value(CoopRun::recipe(variant)).unwrap();
+            let o = j.as_object_mut().unwrap();
+            o.remove("variant");
+            o.insert("cocoop".into(), (variant == CoopVariant::Cocoop).into());
+            let lambda = variant.kg_lambda().unwrap_or(0.0);
+            o["train"]["kg_lambda"] = lambda.into();
+            serde_json::from_value::<CoopRun>(j).unwrap()
+        };
+        for variant in [
+            CoopVariant::Coop,
+            CoopVariant::Kgcoop { lambda: 2.5 },
+            CoopVariant::Cocoop,
+        ] {
+            assert_eq!(old(variant), CoopRun::recipe(variant), "{variant:?}");
+        }
+        // The first exports had neither field.
+        let mut j = serde_json::to_value(CoopRun::default()).unwrap();
+        j.as_object_mut().unwrap().remove("variant");
+        assert_eq!(
+            serde_json::from_value::<CoopRun>(j).unwrap(),
+            CoopRun::default()
+        );
+    }
+
+    #[test]
+    fn each_variant_names_itself_and_kgcoop_needs_a_positive_lambda() {
+        let names: Vec<String> = PromptMethodKind::ALL[..3]
+            .iter()
+            .map(|&k| match RunConfig::default_for(k) {
+                RunConfig::Coop(r) => r.method_name(),
+                _ => unreachable!("the first three are the CoOp family"),
+            })
+            .collect();
+        assert_eq!(names, ["CoOp", "KgCoOp λ=8", "CoCoOp"]);
+        for bad in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+            let r = CoopRun::recipe(CoopVariant::Kgcoop { lambda: bad });
+            let err = r.validate().unwrap_err().to_string();
+            assert!(err.contains("--kg-lambda"), "{bad}: {err}");
+        }
+        assert!(RunConfig::default_for(PromptMethodKind::Kgcoop)
+            .describe()
+            .starts_with("KgCoOp λ=8 · 16-shot"));
     }
 }

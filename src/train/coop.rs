@@ -17,6 +17,7 @@ use crate::error::{write_atomic, Error, Result};
 use crate::progress::Progress;
 use crate::prompt::cocoop::MetaNet;
 use crate::prompt::coop::PromptLearner;
+use crate::prompt::CoopVariant;
 use crate::rng::Rng;
 
 pub use super::features::FeatureSet as Features;
@@ -28,10 +29,6 @@ pub struct TrainConfig {
     pub batch_size: Option<usize>,
     /// Seed of batch order and view choice.
     pub seed: u64,
-    /// KgCoOp's λ: the loss adds λ·(1 − mean_i cos(w_i, w_i^clip)), pulling each learned class weight
-    /// towards the hand-crafted prompt's (the knowledge CoOp forgets on unseen classes). 0: plain CoOp.
-    #[serde(default)]
-    pub kg_lambda: f64,
 }
 
 pub use super::epoch_loop::{EpochStats, TrainEvent};
@@ -44,10 +41,37 @@ pub struct Trainer<'a> {
     opt: Sgd,
     /// Next epoch, batch-order generator and history: what a checkpoint saves besides the context.
     pub state: EpochLoop,
-    /// KgCoOp's anchor: the hand-crafted prompt's normalised class weights `[C, P]`.
-    kg_anchor: Option<Tensor>,
-    /// CoCoOp's meta-net and one SGD per parameter of it.
-    meta: Option<(MetaNet, [Sgd; 4])>,
+    /// What the CoOp-family member adds to plain CoOp.
+    variant: Variant,
+}
+
+/// A `CoopVariant` with what its training needs.
+enum Variant {
+    Coop,
+    /// The hand-crafted prompt's normalised class weights `[C, P]` and λ.
+    Kgcoop {
+        anchor: Tensor,
+        lambda: f64,
+    },
+    /// The meta-net and one SGD per parameter of it.
+    Cocoop(MetaNet, [Sgd; 4]),
+}
+
+impl Variant {
+    fn name(&self) -> CoopVariant {
+        match self {
+            Self::Coop => CoopVariant::Coop,
+            Self::Kgcoop { lambda, .. } => CoopVariant::Kgcoop { lambda: *lambda },
+            Self::Cocoop(..) => CoopVariant::Cocoop,
+        }
+    }
+
+    fn meta(&self) -> Option<&MetaNet> {
+        match self {
+            Self::Cocoop(m, _) => Some(m),
+            _ => None,
+        }
+    }
 }
 
 /// Accuracy of `feats` (eval view) against normalised class weights.
@@ -75,32 +99,39 @@ impl<'a> Trainer<'a> {
             logit_scale,
             opt,
             state,
-            kg_anchor: None,
-            meta: None,
+            variant: Variant::Coop,
         }
+    }
+
+    /// Which member of the CoOp family this trainer trains.
+    pub fn variant(&self) -> CoopVariant {
+        self.variant.name()
     }
 
     /// CoCoOp: trains `meta` with the context; every image's logits then come from its own prompts.
     pub fn with_meta_net(mut self, meta: MetaNet) -> Self {
         let sgd = || Sgd::new(self.config.optim.momentum, self.config.optim.weight_decay);
-        self.meta = Some((meta, [sgd(), sgd(), sgd(), sgd()]));
+        self.variant = Variant::Cocoop(meta, [sgd(), sgd(), sgd(), sgd()]);
         self
     }
 
     pub fn meta_net(&self) -> Option<&MetaNet> {
-        self.meta.as_ref().map(|(m, _)| m)
+        self.variant.meta()
     }
 
     /// Takes the trained learner and meta-net.
     pub fn into_parts(self) -> (PromptLearner, Option<MetaNet>) {
-        (self.learner, self.meta.map(|(m, _)| m))
+        match self.variant {
+            Variant::Cocoop(m, _) => (self.learner, Some(m)),
+            _ => (self.learner, None),
+        }
     }
 
     /// Logits `[N, C]` (no gradient) of image features `[N, P]` (not normalised): against the class
     /// weights, or, with a meta-net, each image against its own prompts.
     pub fn logits(&self, feats: &Tensor) -> Result<Tensor> {
-        match &self.meta {
-            Some((m, _)) => {
+        match self.meta_net() {
+            Some(m) => {
                 super::cocoop::logits_detached(self.text, &self.learner, m, self.logit_scale, feats)
             }
             None => crate::eval::zeroshot::logits_tensor(
@@ -114,17 +145,15 @@ impl<'a> Trainer<'a> {
     /// Accuracy of `set`'s first views: against the class weights, or, with a meta-net, each image
     /// against its own prompts.
     pub fn accuracy(&self, set: &Features) -> Result<f64> {
-        match &self.meta {
-            Some((m, _)) => {
-                super::cocoop::accuracy(self.text, &self.learner, m, self.logit_scale, set)
-            }
+        match self.meta_net() {
+            Some(m) => super::cocoop::accuracy(self.text, &self.learner, m, self.logit_scale, set),
             None => accuracy(set, &self.class_weights()?, self.logit_scale),
         }
     }
 
-    /// KgCoOp's anchor (normalised class weights of the hand-crafted prompt), needed when
-    /// `config.kg_lambda > 0`.
-    pub fn set_kg_anchor(&mut self, hand_weights: Tensor) -> Result<()> {
+    /// KgCoOp: the loss adds λ·(1 − mean_i cos(w_i, w_i^clip)) towards `hand_weights`, the hand-crafted
+    /// prompt's normalised class weights `[C, P]`.
+    pub fn with_kg_anchor(mut self, hand_weights: Tensor, lambda: f64) -> Result<Self> {
         let want = (self.learner.class_names.len(), hand_weights.dim(1)?);
         if hand_weights.dims2()? != want {
             return Err(Error::invalid(format!(
@@ -132,8 +161,11 @@ impl<'a> Trainer<'a> {
                 hand_weights.dims()
             )));
         }
-        self.kg_anchor = Some(hand_weights.detach());
-        Ok(())
+        self.variant = Variant::Kgcoop {
+            anchor: hand_weights.detach(),
+            lambda,
+        };
+        Ok(self)
     }
 
     /// Normalised class weights `[C, P]` from the current context (no gradient).
@@ -188,7 +220,7 @@ impl<'a> Trainer<'a> {
         if let Some(b) = &self.opt.buf {
             tensors.push(("momentum_buf".into(), b.clone()));
         }
-        if let Some((m, opts)) = &self.meta {
+        if let Variant::Cocoop(m, opts) = &self.variant {
             for ((name, var), opt) in META_NAMES.iter().zip(m.vars()).zip(opts) {
                 tensors.push((format!("meta_net.{name}"), var.as_tensor().clone()));
                 if let Some(b) = &opt.buf {
@@ -214,6 +246,10 @@ impl<'a> Trainer<'a> {
             (
                 "coop_config".to_string(),
                 serde_json::to_string(&self.learner.config).unwrap_or_default(),
+            ),
+            (
+                "variant".to_string(),
+                serde_json::to_string(&self.variant()).unwrap_or_default(),
             ),
             (
                 "history".to_string(),
@@ -246,6 +282,25 @@ impl<'a> Trainer<'a> {
         if train_config != self.config {
             return Err(bad("was made with other training settings".into()));
         }
+        let variant = match meta.get("variant") {
+            Some(v) => serde_json::from_str(v).map_err(|e| bad(e.to_string()))?,
+            // Checkpoints from before the variant had its own entry: KgCoOp's λ sat in the train config,
+            // CoCoOp showed only by its meta-net.
+            None => CoopVariant::from_flags(
+                tensors.contains_key("meta_net.linear1.weight"),
+                serde_json::from_str::<serde_json::Value>(&get("train_config")?)
+                    .ok()
+                    .and_then(|c| c["kg_lambda"].as_f64())
+                    .unwrap_or(0.0),
+            ),
+        };
+        if variant != self.variant() {
+            return Err(bad(format!(
+                "is a {} checkpoint, and this run is {}",
+                variant.name(),
+                self.variant().name()
+            )));
+        }
         let coop: crate::prompt::coop::CoopConfig =
             serde_json::from_str(&get("coop_config")?).map_err(|e| bad(e.to_string()))?;
         if coop != self.learner.config {
@@ -262,35 +317,25 @@ impl<'a> Trainer<'a> {
             Some(b) => Some(b.to_device(&device)?),
             None => None,
         };
-        match (
-            &mut self.meta,
-            tensors.contains_key("meta_net.linear1.weight"),
-        ) {
-            (Some((m, opts)), true) => {
-                for ((name, var), opt) in META_NAMES.iter().zip(m.vars()).zip(opts.iter_mut()) {
-                    let key = format!("meta_net.{name}");
-                    let t = tensors
-                        .get(&key)
-                        .ok_or_else(|| bad(format!("has no {key} tensor")))?;
-                    if t.dims() != var.dims() {
-                        return Err(bad(format!(
-                            "{key} has shape {:?}, the meta-net {:?}",
-                            t.dims(),
-                            var.dims()
-                        )));
-                    }
-                    var.set(&t.to_device(&device)?)?;
-                    opt.buf = match tensors.get(&format!("{key}.momentum_buf")) {
-                        Some(b) => Some(b.to_device(&device)?),
-                        None => None,
-                    };
+        if let Variant::Cocoop(m, opts) = &mut self.variant {
+            for ((name, var), opt) in META_NAMES.iter().zip(m.vars()).zip(opts.iter_mut()) {
+                let key = format!("meta_net.{name}");
+                let t = tensors
+                    .get(&key)
+                    .ok_or_else(|| bad(format!("has no {key} tensor")))?;
+                if t.dims() != var.dims() {
+                    return Err(bad(format!(
+                        "{key} has shape {:?}, the meta-net {:?}",
+                        t.dims(),
+                        var.dims()
+                    )));
                 }
+                var.set(&t.to_device(&device)?)?;
+                opt.buf = match tensors.get(&format!("{key}.momentum_buf")) {
+                    Some(b) => Some(b.to_device(&device)?),
+                    None => None,
+                };
             }
-            (None, false) => {}
-            (Some(_), false) => {
-                return Err(bad("is a CoOp checkpoint, and this run is CoCoOp".into()))
-            }
-            (None, true) => return Err(bad("is a CoCoOp checkpoint, and this run is CoOp".into())),
         }
         self.state.epoch = get("epoch")?.parse().map_err(|_| bad("bad epoch".into()))?;
         self.state.rng = Rng::new(
@@ -320,7 +365,7 @@ impl TrainStep for CoopStep<'_, '_> {
     fn step(&mut self, rows: &[usize], lr: f64) -> Result<(f64, usize)> {
         let (t, train) = (&mut *self.trainer, self.train);
         let (feats, labels) = epoch_loop::batch(train, rows)?;
-        if let Some((meta, opts)) = &mut t.meta {
+        if let Variant::Cocoop(meta, opts) = &mut t.variant {
             let logits = super::cocoop::logits(t.text, &t.learner, meta, t.logit_scale, &feats)?;
             let (loss, correct) = epoch_loop::cross_entropy(&logits, &labels)?;
             let grads = loss.backward()?;
@@ -343,13 +388,8 @@ impl TrainStep for CoopStep<'_, '_> {
             &(img.matmul(&txt.t()?)? * f64::from(t.logit_scale))?,
             &labels,
         )?;
-        let lambda = t.config.kg_lambda;
-        if lambda > 0.0 {
-            let anchor = t.kg_anchor.as_ref().ok_or_else(|| {
-                Error::invalid(
-                    "KgCoOp (kg_lambda > 0) needs the hand-crafted class weights: set_kg_anchor",
-                )
-            })?;
+        if let Variant::Kgcoop { anchor, lambda } = &t.variant {
+            let lambda = *lambda;
             // 1 − mean_i cos(w_i, w_i^clip); both are unit vectors, so the cosine is their dot product.
             let cos = (&txt * anchor)?.sum(D::Minus1)?.mean_all()?;
             loss = (loss + cos.affine(-lambda, lambda)?)?;

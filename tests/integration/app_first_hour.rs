@@ -916,6 +916,42 @@ fn feature_adapters_train_from_the_train_tab_with_live_curves() {
     wait_for(&mut h, "the second stop", |a| !a.state.is_training());
 }
 
+/// KgCoOp is its own method in the Train tab: its form (and only its) has λ, and its run is recorded as
+/// KgCoOp in the run list and in the export.
+#[test]
+fn a_kgcoop_run_is_its_own_method_in_the_train_tab() {
+    use promptscope::app::train_panel::KG_FIELD;
+    use promptscope::prompt::CoopVariant;
+    let fx = fixture();
+    let mut h = loaded(&fx);
+    click(&mut h, "Train");
+    assert!(h.query_by_label(KG_FIELD).is_none(), "CoOp's form has no λ");
+    click(&mut h, "KgCoOp");
+    assert!(
+        h.query_by_label(KG_FIELD).is_some(),
+        "KgCoOp's form has its λ"
+    );
+    assert_eq!(
+        h.state().train.form.kgcoop.variant,
+        CoopVariant::Kgcoop { lambda: 8.0 },
+        "KgCoOp's recipe: λ = 8"
+    );
+    click(&mut h, "2-shot");
+    h.state_mut().train.form.kgcoop.views = 1;
+    h.state_mut().train.form.kgcoop.train.optim.epochs = 2;
+    click(&mut h, "Start training");
+    wait_for(&mut h, "the KgCoOp run", |a| {
+        !a.state.is_training() && !a.state.runs.is_empty()
+    });
+    wait_idle(&mut h);
+    let run = &h.state().state.runs[0];
+    assert!(run.label.contains("KgCoOp λ=8"), "{}", run.label);
+    let file =
+        PromptFile::load(&run.out).unwrap_or_else(|e| panic!("{e}: {:?}", h.state().state.errors));
+    assert_eq!(file.meta.variant, CoopVariant::Kgcoop { lambda: 8.0 });
+    h.check_accessibility();
+}
+
 /// CoCoOp trains from the Train tab like CoOp (live epochs, stop, resume from its checkpoint with the
 /// meta-net), its export holds the meta-net, and Compare scores it per image, as `promptscope eval` does.
 #[test]
@@ -926,7 +962,7 @@ fn a_cocoop_run_trains_from_the_train_tab_resumes_and_compare_scores_it_per_imag
     click(&mut h, "Train");
     click(&mut h, "CoCoOp");
     assert!(
-        h.state().train.form.cocoop.cocoop,
+        h.state().train.form.cocoop.variant == promptscope::prompt::CoopVariant::Cocoop,
         "the CoCoOp form edits a CoCoOp run"
     );
     assert_eq!(

@@ -177,7 +177,7 @@ fn enum_flags_reject_a_wrong_value_with_the_valid_ones() {
         (&["app", "--tab"][..], "compare, train, align, export"),
         (
             &["app", "--method"][..],
-            "coop, cocoop, mpfgvc, pretrain, pretrain-scenes",
+            "coop, kgcoop, cocoop, mpfgvc, pretrain, pretrain-scenes",
         ),
         (
             &["synth-dataset", "--kind"][..],

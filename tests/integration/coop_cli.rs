@@ -120,12 +120,11 @@ fn a_killed_run_resumes_to_the_same_result() {
                 },
                 batch_size: Some(4),
                 seed: 1,
-                kg_lambda: 0.0,
             },
             augment: Augment::CropFlip,
             views: 2,
             template: "a photo of a {}.".into(),
-            cocoop: false,
+            variant: Default::default(),
         }
     };
     let cache = s.dir.path().join("cache");
@@ -692,7 +691,35 @@ fn kgcoop_trains_from_the_cli_and_is_recorded() {
         "λ = 8 changes the trajectory"
     );
     let f = PromptFile::load(Path::new(&s.p("kg.safetensors"))).unwrap();
-    assert_eq!(f.meta.train.as_ref().unwrap().kg_lambda, 8.0);
+    assert_eq!(
+        f.meta.variant,
+        promptscope::prompt::CoopVariant::Kgcoop { lambda: 8.0 }
+    );
+    let run: promptscope::train::config::CoopRun =
+        serde_json::from_value(f.meta.metrics["run"].clone()).unwrap();
+    assert_eq!(run.method_name(), "KgCoOp λ=8");
+    // The same export as written before the variant had its own entry (λ inside the train config)
+    // reads back as KgCoOp.
+    let path = Path::new(&s.p("kg.safetensors")).to_path_buf();
+    let (tensors, mut meta) = promptscope::tensor_file::read_safetensors(&path).unwrap();
+    let mut full: serde_json::Value = serde_json::from_str(&meta["promptscope"]).unwrap();
+    full.as_object_mut().unwrap().remove("variant");
+    full["train"]["kg_lambda"] = 8.0.into();
+    meta.insert("promptscope".into(), full.to_string());
+    let tensors: Vec<(&str, candle_core::Tensor)> = tensors
+        .iter()
+        .map(|(k, t)| (k.as_str(), t.clone()))
+        .collect();
+    let old = s.p("old-kg.safetensors");
+    std::fs::write(
+        &old,
+        promptscope::tensor_file::safetensors_bytes(&tensors, meta).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        PromptFile::load(Path::new(&old)).unwrap().meta.variant,
+        promptscope::prompt::CoopVariant::Kgcoop { lambda: 8.0 }
+    );
     let bad = train(&s, "bad.safetensors", &["--kg-lambda=-1"]);
     assert!(
         error_line(&bad).contains("--kg-lambda"),

@@ -77,12 +77,11 @@ fn trajectory_matches(case: &str, cfg: CoopConfig, set_init: bool, kg_lambda: f6
             optim,
             batch_size: None,
             seed: 1,
-            kg_lambda,
         },
         clip.model().unwrap().logit_scale(),
     );
     if let Some(a) = anchor {
-        trainer.set_kg_anchor(a).unwrap();
+        trainer = trainer.with_kg_anchor(a, kg_lambda).unwrap();
     }
     let mut ctx_per_epoch = vec![];
     let mut losses = vec![];
@@ -246,7 +245,6 @@ fn cocoop_follows_pytorch() {
         optim,
         batch_size: None,
         seed: 1,
-        kg_lambda: 0.0,
     };
     let mut t = Trainer::new(
         &clip.model().unwrap().text,
@@ -299,4 +297,89 @@ fn cocoop_follows_pytorch() {
             1e-4,
         );
     }
+}
+
+/// A checkpoint records which CoOp-family member wrote it, so a KgCoOp checkpoint does not resume a CoOp
+/// run (or one with another λ) as if it were its own; checkpoints from before that entry existed
+/// (KgCoOp's λ inside the train config) still resume the run they came from.
+#[test]
+fn a_checkpoint_resumes_only_the_variant_that_wrote_it() {
+    use promptscope::prompt::CoopVariant;
+    let r = coop_reference();
+    let dir = model_dir("tiny", &reference());
+    let clip = promptscope::clip::load(dir.path().to_str().unwrap(), &device()).unwrap();
+    let classes: Vec<String> = serde_json::from_value(r["classes"].clone()).unwrap();
+    let text = &clip.model().unwrap().text;
+    let p = clip.model().unwrap().config.projection_dim;
+    let n = r["n_images"].as_u64().unwrap() as usize;
+    let train = Features {
+        feats: Tensor::from_vec(common::pattern(n * p, 5, 3, 53, 1.0), (n, p), &clip.device)
+            .unwrap(),
+        labels: serde_json::from_value(r["labels"].clone()).unwrap(),
+        views_per_image: 1,
+    };
+    let config = TrainConfig {
+        optim: promptscope::train::optim::OptimConfig {
+            epochs: 2,
+            ..Default::default()
+        },
+        batch_size: None,
+        seed: 1,
+    };
+    let anchor = promptscope::eval::zeroshot::class_weights(
+        &clip,
+        &classes,
+        &["a photo of a {}.".to_string()],
+        &promptscope::progress::Silent,
+    )
+    .unwrap();
+    let trainer = |variant: CoopVariant| {
+        let cfg = CoopConfig {
+            n_ctx: 4,
+            ..Default::default()
+        };
+        let learner = PromptLearner::new(text, clip.tokenizer().unwrap(), &classes, &cfg).unwrap();
+        let t = Trainer::new(text, learner, config.clone(), clip.logit_scale());
+        match variant {
+            CoopVariant::Kgcoop { lambda } => t.with_kg_anchor(anchor.clone(), lambda).unwrap(),
+            _ => t,
+        }
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let ckpt = tmp.path().join("kg.ckpt.safetensors");
+    let kg8 = CoopVariant::Kgcoop { lambda: 8.0 };
+    let mut first = trainer(kg8);
+    let cancel = AtomicBool::new(false);
+    let progress = promptscope::progress::Reporter {
+        cancel: &cancel,
+        on_update: |_: &str, _, _| {},
+    };
+    first
+        .run_until(&train, None, 1, Some(&ckpt), &progress, &mut |_| {})
+        .unwrap();
+    let refusal = |v: CoopVariant| trainer(v).resume(&ckpt).err().map(|e| e.to_string());
+    assert!(refusal(kg8).is_none(), "{:?}", refusal(kg8));
+    let coop = refusal(CoopVariant::Coop).expect("CoOp refuses KgCoOp's checkpoint");
+    assert!(
+        coop.contains("is a KgCoOp λ=8 checkpoint, and this run is CoOp"),
+        "{coop}"
+    );
+    assert!(refusal(CoopVariant::Kgcoop { lambda: 2.0 }).is_some());
+    // The same checkpoint as written before the variant entry: λ in the train config.
+    let (tensors, mut meta) = promptscope::tensor_file::read_safetensors(&ckpt).unwrap();
+    meta.remove("variant");
+    let mut train_config: serde_json::Value = serde_json::from_str(&meta["train_config"]).unwrap();
+    train_config["kg_lambda"] = 8.0.into();
+    meta.insert("train_config".into(), train_config.to_string());
+    let tensors: Vec<(&str, Tensor)> = tensors
+        .iter()
+        .map(|(k, t)| (k.as_str(), t.clone()))
+        .collect();
+    std::fs::write(
+        &ckpt,
+        promptscope::tensor_file::safetensors_bytes(&tensors, meta).unwrap(),
+    )
+    .unwrap();
+    assert!(refusal(kg8).is_none(), "{:?}", refusal(kg8));
+    assert!(refusal(CoopVariant::Coop).is_some());
 }

@@ -77,8 +77,11 @@ fn every_cli_option_is_a_field_the_form_edits() {
         "--kg-lambda",
         "8",
     ]);
-    let mut form = TrainForm::default();
-    let r = &mut form.coop;
+    let mut form = TrainForm {
+        kind: TrainKind::Prompts(PromptMethodKind::Kgcoop),
+        ..TrainForm::default()
+    };
+    let r = &mut form.kgcoop;
     *r = r.clone().with_seed(3);
     r.shots = Some(4);
     r.train.optim.epochs = default_epochs(Some(4));
@@ -91,7 +94,6 @@ fn every_cli_option_is_a_field_the_form_edits() {
     r.augment = Augment::None;
     r.train.optim.lr = 0.01;
     r.template = "a sketch of a {}.".into();
-    r.train.kg_lambda = 8.0;
     assert_eq!(cli, form.to_run().unwrap());
 }
 

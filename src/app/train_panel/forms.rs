@@ -159,11 +159,13 @@ pub(super) fn pretrain_form(ui: &mut egui::Ui, p: &mut PretrainRun, state: &AppS
             )
             .on_hover_text("FILIP's token selection: 0.25 keeps each side's top quarter");
             ui.end_row();
-            ui.label("Epochs");
-            ui.add(DragValue::new(&mut p.config.optim.epochs).range(1..=100_000));
+            let l = ui.label("Epochs");
+            ui.add(DragValue::new(&mut p.config.optim.epochs).range(1..=100_000))
+                .labelled_by(l.id);
             ui.end_row();
-            ui.label("Batch size");
-            ui.add(DragValue::new(&mut p.config.batch_size).range(2..=4096));
+            let l = ui.label("Batch size");
+            ui.add(DragValue::new(&mut p.config.batch_size).range(2..=4096))
+                .labelled_by(l.id);
             ui.end_row();
             ui.label("Learning rate");
             ui.add(
@@ -211,6 +213,7 @@ pub(super) fn shots_ui(
 /// An optional number with a checkbox for its `None` meaning (batch size: "full").
 pub(super) fn optional_count(
     ui: &mut egui::Ui,
+    label: egui::Id,
     value: &mut Option<usize>,
     none_label: &str,
     default: usize,
@@ -221,72 +224,79 @@ pub(super) fn optional_count(
             *value = if none { None } else { Some(default) };
         }
         if let Some(v) = value {
-            ui.add(DragValue::new(v).range(1..=4096));
+            ui.add(DragValue::new(v).range(1..=4096)).labelled_by(label);
         }
     });
 }
 
 pub(super) fn seed_rows(ui: &mut egui::Ui, seed: &mut u64, split_seed: &mut u64) -> bool {
-    ui.label("Seed");
+    let l = ui.label("Seed");
     let changed = ui
         .add(DragValue::new(seed).range(0..=u32::MAX as u64))
+        .labelled_by(l.id)
         .on_hover_text("Shots, initialisation and batch order")
         .changed();
     ui.end_row();
-    ui.label("Split seed");
+    let l = ui.label("Split seed");
     ui.add(DragValue::new(split_seed).range(0..=u32::MAX as u64))
+        .labelled_by(l.id)
         .on_hover_text("The train/val/test split derived for folders without split sub-folders");
     ui.end_row();
     changed
 }
 
 pub(super) fn optim_rows(ui: &mut egui::Ui, o: &mut OptimConfig, momentum: bool) {
-    ui.label("Learning rate");
+    let l = ui.label("Learning rate");
     ui.add(
         DragValue::new(&mut o.lr)
             .range(1e-7..=10.0)
             .speed(0.0005)
             .max_decimals(6),
-    );
+    )
+    .labelled_by(l.id);
     ui.end_row();
     if momentum {
-        ui.label("Momentum");
+        let l = ui.label("Momentum");
         ui.add(
             DragValue::new(&mut o.momentum)
                 .range(0.0..=0.999)
                 .speed(0.01),
-        );
+        )
+        .labelled_by(l.id);
         ui.end_row();
     }
-    ui.label("Weight decay");
+    let l = ui.label("Weight decay");
     ui.add(
         DragValue::new(&mut o.weight_decay)
             .range(0.0..=1.0)
             .speed(0.0001)
             .max_decimals(5),
-    );
+    )
+    .labelled_by(l.id);
     ui.end_row();
-    ui.label("Warm-up");
+    let l = ui.label("Warm-up");
     ui.horizontal(|ui| {
         ui.add(
             DragValue::new(&mut o.warmup_epochs)
                 .range(0..=100)
                 .suffix(" epochs at"),
-        );
+        )
+        .labelled_by(l.id);
         ui.add(
             DragValue::new(&mut o.warmup_lr)
                 .range(0.0..=10.0)
                 .speed(0.00001)
                 .max_decimals(7),
-        );
+        )
+        .labelled_by(l.id);
     });
     ui.end_row();
 }
 
-/// CoOp's form; with `r.cocoop`, CoCoOp's (one unified context before the class name, its own epochs,
-/// no KgCoOp term).
+/// The form of a CoOp-family run: CoOp's; KgCoOp's adds its λ; CoCoOp's has one unified context before
+/// the class name and its own epochs.
 pub(super) fn coop_form(ui: &mut egui::Ui, r: &mut CoopRun) {
-    let cocoop = r.cocoop;
+    let cocoop = r.variant == CoopVariant::Cocoop;
     if cocoop {
         ui.weak(
             "A meta-net (image width, a 16th of it, then text width) adds π(x) to every context token, so each image gets its own \
@@ -323,12 +333,12 @@ pub(super) fn coop_form(ui: &mut egui::Ui, r: &mut CoopRun) {
             r.coop.ctx_init = (!init.trim().is_empty()).then(|| init.trim().to_string());
         }
         ui.end_row();
-        ui.label("Context tokens M");
-        ui.add_enabled(r.coop.ctx_init.is_none(), DragValue::new(&mut r.coop.n_ctx).range(0..=64));
+        let l = ui.label("Context tokens M");
+        ui.add_enabled(r.coop.ctx_init.is_none(), DragValue::new(&mut r.coop.n_ctx).range(0..=64)).labelled_by(l.id);
         ui.end_row();
-        ui.label("Epochs");
+        let l = ui.label("Epochs");
         ui.horizontal(|ui| {
-            ui.add(DragValue::new(&mut r.train.optim.epochs).range(0..=2000));
+            ui.add(DragValue::new(&mut r.train.optim.epochs).range(0..=2000)).labelled_by(l.id);
             if cocoop {
                 if ui.small_button("CoCoOp's").on_hover_text("10").clicked() {
                     r.train.optim.epochs = CoopRun::cocoop_recipe().train.optim.epochs;
@@ -339,16 +349,16 @@ pub(super) fn coop_form(ui: &mut egui::Ui, r: &mut CoopRun) {
         });
         ui.end_row();
         optim_rows(ui, &mut r.train.optim, true);
-        ui.label("Batch size");
-        optional_count(ui, &mut r.train.batch_size, "full", 32);
+        let l = ui.label("Batch size");
+        optional_count(ui, l.id, &mut r.train.batch_size, "full", 32);
         ui.end_row();
-        ui.label("Augment");
+        let l = ui.label("Augment");
         ui.horizontal(|ui| {
             let mut on = r.augment == Augment::CropFlip;
             if ui.checkbox(&mut on, "crop + flip").changed() {
                 r.augment = if on { Augment::CropFlip } else { Augment::None };
             }
-            ui.add_enabled(on, DragValue::new(&mut r.views).range(1..=64).suffix(" views"));
+            ui.add_enabled(on, DragValue::new(&mut r.views).range(1..=64).suffix(" views")).labelled_by(l.id);
         });
         ui.end_row();
         let mut seed = r.seed;
@@ -359,20 +369,19 @@ pub(super) fn coop_form(ui: &mut egui::Ui, r: &mut CoopRun) {
         ui.add(TextEdit::singleline(&mut r.template).desired_width(150.0)).labelled_by(l.id)
             .on_hover_text("The hand-crafted template the learned context is compared with (and KgCoOp's anchor)");
         ui.end_row();
-        if cocoop {
-            return;
+        if let CoopVariant::Kgcoop { lambda } = &mut r.variant {
+            let l = ui.label(KG_FIELD);
+            ui.horizontal(|ui| {
+                ui.add(DragValue::new(lambda).range(0.1..=100.0).speed(0.1)).labelled_by(l.id).on_hover_text(
+                    "Pulls each learned class weight towards the baseline template's by λ·(1 − mean cos), keeping what CLIP \
+                     knows about classes it was not trained on.",
+                );
+                if ui.small_button("KgCoOp's").on_hover_text(format!("λ = {}", CoopVariant::KG_LAMBDA)).clicked() {
+                    *lambda = CoopVariant::KG_LAMBDA;
+                }
+            });
+            ui.end_row();
         }
-        let l = ui.label(KG_FIELD);
-        ui.horizontal(|ui| {
-            ui.add(egui::DragValue::new(&mut r.train.kg_lambda).range(0.0..=100.0).speed(0.1)).labelled_by(l.id).on_hover_text(
-                "KgCoOp: pulls each learned class weight towards the baseline template's by λ·(1 − mean cos), keeping what CLIP \
-                 knows about classes it was not trained on. 0 trains plain CoOp; KgCoOp uses 8.",
-            );
-            if ui.small_button("KgCoOp's").on_hover_text("λ = 8").clicked() {
-                r.train.kg_lambda = 8.0;
-            }
-        });
-        ui.end_row();
     });
 }
 
@@ -394,8 +403,8 @@ pub(super) fn mpfgvc_form(ui: &mut egui::Ui, r: &mut MpFgvcRun) {
             ui.strong(format!("Stage {n}"));
             ui.label(if n == 1 { "DaTP tokens, head, blocks: L_v + L_i2t" } else { "VLFM on cached embeddings" });
             ui.end_row();
-            ui.label("Epochs");
-            ui.add(DragValue::new(&mut stage.optim.epochs).range(0..=2000));
+            let l = ui.label("Epochs");
+            ui.add(DragValue::new(&mut stage.optim.epochs).range(0..=2000)).labelled_by(l.id);
             ui.end_row();
             ui.label("Optimiser");
             ui.horizontal(|ui| {
@@ -405,8 +414,8 @@ pub(super) fn mpfgvc_form(ui: &mut egui::Ui, r: &mut MpFgvcRun) {
             ui.end_row();
             let sgd = stage.optimizer == OptimizerKind::Sgd;
             optim_rows(ui, &mut stage.optim, sgd);
-            ui.label("Batch size");
-            optional_count(ui, &mut stage.batch_size, "full", 32);
+            let l = ui.label("Batch size");
+            optional_count(ui, l.id, &mut stage.batch_size, "full", 32);
             ui.end_row();
         }
         let mut seed = r.seed;

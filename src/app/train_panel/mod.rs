@@ -6,7 +6,7 @@ use egui::{Color32, DragValue, RichText, ScrollArea, TextEdit};
 use egui_plot::{Corner, Legend, Line, LineStyle, Plot, PlotPoints};
 
 use crate::prompt::coop::ClassPosition;
-use crate::prompt::PromptMethodKind;
+use crate::prompt::{CoopVariant, PromptMethodKind};
 use crate::train::config::{
     AdapterMethod, AdapterRun, Augment, CoopRun, MpFgvcRun, PretrainRun, RunConfig,
 };
@@ -141,9 +141,12 @@ impl TrainPanel {
         match f.kind {
             TrainKind::Pretrain => pretrain_form(ui, &mut f.pretrain, state),
             TrainKind::Adapters => adapter_form(ui, &mut f.adapter),
-            TrainKind::Prompts(PromptMethodKind::Coop) => coop_form(ui, &mut f.coop),
-            TrainKind::Prompts(PromptMethodKind::Cocoop) => coop_form(ui, &mut f.cocoop),
             TrainKind::Prompts(PromptMethodKind::Datp) => mpfgvc_form(ui, &mut f.mpfgvc),
+            TrainKind::Prompts(kind) => {
+                if let Some(r) = f.coop_run(kind) {
+                    coop_form(ui, r);
+                }
+            }
         }
         ui.add_space(8.0);
         let run = f.to_run();
