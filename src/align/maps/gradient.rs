@@ -27,46 +27,83 @@ use crate::error::{Error, Result};
 
 /// The tower from block `first` on, differentiable where the methods read it.
 struct Traced {
-    /// The hidden states entering the last block `[B, T, D]`, plus its zero variable.
-    into_last: Tensor,
-    into_last_var: Var,
+    /// Grad-CAM's: the hidden states entering the last block `[B, T, D]`, plus the zero variable
+    /// added to them.
+    into_last: Option<(Tensor, Var)>,
     /// Per traced block: its attention `[B, H, T, T]` (values), the zero variable added to it, its
     /// output `[B, T, D]`.
     blocks: Vec<(Tensor, Var, Tensor)>,
 }
 
-fn trace(vision: &VisionTower, pass: &MapPass, first: usize, texts: usize) -> Result<Traced> {
+/// How the last blocks are traced.
+#[derive(Clone, Copy, PartialEq)]
+enum Trace {
+    /// A zero variable on the hidden states entering the last block too (Grad-CAM).
+    IntoLast,
+    /// Only the attentions' zero variables (Chefer).
+    Attention,
+    /// Each block from a detached copy of its input, so a score read from block l's output reaches
+    /// block l's attention alone (LeGrad's per-block gradients from one backward).
+    Cut,
+}
+
+fn trace(
+    vision: &VisionTower,
+    pass: &MapPass,
+    first: usize,
+    texts: usize,
+    how: Trace,
+) -> Result<Traced> {
     let n = vision.layers.len();
     let h = &pass.hidden[first];
     let (_, t, d) = h.dims3()?;
     let mut x = h.broadcast_as((texts, t, d))?.contiguous()?;
-    let into_last_var = Var::zeros((texts, t, d), DType::F32, x.device())?;
     let mut into_last = None;
     let mut blocks = Vec::with_capacity(n - first);
     for (l, block) in vision.layers.iter().enumerate().skip(first) {
-        if l == n - 1 {
-            into_last = Some(x.detach());
-            x = (x + into_last_var.as_tensor())?;
+        if how == Trace::Cut {
+            x = x.detach();
+        }
+        if how == Trace::IntoLast && l == n - 1 {
+            let var = Var::zeros((texts, t, d), DType::F32, x.device())?;
+            into_last = Some((x.detach(), var.clone()));
+            x = (x + var.as_tensor())?;
         }
         let att = &block.self_attn;
-        let [q, k, v] = att.heads_qkv(&block.layer_norm1.forward(&x)?)?;
-        let a = softmax_last_dim(&(q.matmul(&k.t()?)? * att.scale())?)?;
+        // Where no gradient flows into the block's input, its attention and values are the pass's own
+        // (kept by the kernels), not recomputed.
+        let input_tracked = x.track_op();
+        let kept = pass.attention.get(l).and_then(Option::as_ref);
+        let (a, v) = match kept {
+            Some(kept) if !input_tracked && pass.qkv.get(l).is_some_and(Option::is_some) => {
+                let [_, _, v] = pass.heads_qkv(vision, l)?;
+                let grow = |z: &Tensor| -> Result<Tensor> {
+                    let (_, heads, rows, cols) = z.dims4()?;
+                    Ok(z.broadcast_as((texts, heads, rows, cols))?.contiguous()?)
+                };
+                (grow(kept)?, grow(&v)?)
+            }
+            _ => {
+                let [q, k, v] = att.heads_qkv(&block.layer_norm1.forward(&x)?)?;
+                (softmax_last_dim(&(q.matmul(&k.t()?)? * att.scale())?)?, v)
+            }
+        };
         let zero = Var::zeros(a.shape(), DType::F32, a.device())?;
         let a_traced = (&a + zero.as_tensor())?;
         let y = (&x + att.merge_heads(&a_traced.matmul(&v)?)?)?;
         x = (&y + block.mlp.forward(&block.layer_norm2.forward(&y)?)?)?;
         blocks.push((a.detach(), zero, x.clone()));
     }
-    Ok(Traced {
-        into_last: into_last.expect("the last block is traced"),
-        into_last_var,
-        blocks,
-    })
+    Ok(Traced { into_last, blocks })
 }
 
 /// The gradient of `score` with respect to `var` (zeros where none reaches it).
 fn grad_of(score: &Tensor, var: &Var) -> Result<Tensor> {
-    let grads = score.backward()?;
+    grad_in(&score.backward()?, var)
+}
+
+/// `var`'s gradient in `grads` (zeros where none reached it).
+fn grad_in(grads: &candle_core::backprop::GradStore, var: &Var) -> Result<Tensor> {
     Ok(match grads.get(var.as_tensor()) {
         Some(g) => g.clone(),
         None => var.as_tensor().zeros_like()?,
@@ -101,7 +138,12 @@ pub fn maps(
         )));
     }
     let first = n - depth;
-    let traced = trace(vision, pass, first, b)?;
+    let how = match method {
+        MapMethod::Gradcam => Trace::IntoLast,
+        MapMethod::Legrad => Trace::Cut,
+        _ => Trace::Attention,
+    };
+    let traced = trace(vision, pass, first, b, how)?;
     let pooled = |x: &Tensor| -> Result<Tensor> {
         Ok(vision.projection.forward(
             &vision
@@ -122,32 +164,39 @@ pub fn maps(
             let eye = Tensor::eye(t, DType::F32, last.device())?;
             let mut r = eye.unsqueeze(0)?.broadcast_as((b, t, t))?.contiguous()?;
             for (a, zero, _) in &traced.blocks {
-                let g = grads
-                    .get(zero.as_tensor())
-                    .cloned()
-                    .unwrap_or(zero.as_tensor().zeros_like()?);
-                let cam = (g * a)?.relu()?.mean(1)?;
+                let cam = (grad_in(&grads, zero)? * a)?.relu()?.mean(1)?;
                 r = (&r + cam.matmul(&r)?)?;
             }
             patch_rows(r.narrow(1, 0, 1)?.squeeze(1)?)
         }
         MapMethod::Gradcam => {
-            let g = grad_of(
-                &diagonal_cosine(&pooled(last)?, texts)?,
-                &traced.into_last_var,
-            )?;
+            let (into_last, var) = traced
+                .into_last
+                .as_ref()
+                .expect("Grad-CAM traces the last block's input");
+            let g = grad_of(&diagonal_cosine(&pooled(last)?, texts)?, var)?;
             let w = g.mean_keepdim(1)?;
-            let cam = traced.into_last.broadcast_mul(&w)?.sum(D::Minus1)?.relu()?;
+            let cam = into_last.broadcast_mul(&w)?.sum(D::Minus1)?.relu()?;
             patch_rows(cam)
         }
         MapMethod::Legrad => {
-            let mut sum: Option<Tensor> = None;
-            for (_, zero, out) in &traced.blocks {
+            // The blocks were traced cut apart, so the sum of the per-block scores has, at block l's
+            // attention, the gradient of block l's own score: one backward instead of one per block.
+            let mut score: Option<Tensor> = None;
+            for (_, _, out) in &traced.blocks {
                 let z = vision
                     .projection
                     .forward(&vision.post_layernorm.forward(&out.mean(1)?)?)?;
-                let g = grad_of(&diagonal_cosine(&z, texts)?, zero)?;
-                let m = g.relu()?.mean(1)?.mean(1)?;
+                let s = diagonal_cosine(&z, texts)?;
+                score = Some(match score {
+                    Some(sum) => (sum + s)?,
+                    None => s,
+                });
+            }
+            let grads = score.expect("at least one block").backward()?;
+            let mut sum: Option<Tensor> = None;
+            for (_, zero, _) in &traced.blocks {
+                let m = grad_in(&grads, zero)?.relu()?.mean(1)?.mean(1)?;
                 sum = Some(match sum {
                     Some(s) => (s + m)?,
                     None => m,
@@ -213,11 +262,7 @@ pub fn text_relevance(
     let grads = score.backward()?;
     let mut r = Tensor::eye(len, DType::F32, x.device())?;
     for (a, zero) in &traced {
-        let g = grads
-            .get(zero.as_tensor())
-            .cloned()
-            .unwrap_or(zero.as_tensor().zeros_like()?);
-        let cam = (g * a)?.relu()?.mean(1)?.squeeze(0)?;
+        let cam = (grad_in(&grads, zero)? * a)?.relu()?.mean(1)?.squeeze(0)?;
         r = (&r + cam.matmul(&r)?)?;
     }
     let row: Vec<f32> = r.get(eot)?.narrow(0, 1, eot - 1)?.to_vec1()?;

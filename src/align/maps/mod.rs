@@ -217,53 +217,89 @@ impl Serialize for MethodMaps {
     }
 }
 
-/// One run of the vision tower keeping each block's input (and, when asked, each block's attention).
+/// One run of the vision tower keeping each block's input (and, from a block on, its attention).
 #[derive(Debug, Clone)]
 pub struct MapPass {
     /// `hidden[i]`: the hidden states `[B, T, D]` entering block i; `hidden[L]` the final ones.
     pub hidden: Vec<Tensor>,
-    /// Every block's attention probabilities `[B, H, T, T]` when kept.
-    pub attention: Vec<Tensor>,
+    /// Block i's attention probabilities `[B, H, T, T]` where kept.
+    pub attention: Vec<Option<Tensor>>,
+    /// Block i's q, k and v `[B, T, 3·D]` (before the heads split) where the kernels kept them with its
+    /// attention; elsewhere `heads_qkv` recomputes them.
+    pub qkv: Vec<Option<Tensor>>,
 }
 
 impl MapPass {
-    pub fn run(vision: &VisionTower, pixels: &Tensor, keep_attention: bool) -> Result<Self> {
+    /// The pass over `pixels`, keeping the attention of every block from `keep_from` on (the tower's
+    /// depth or more: none).
+    pub fn run(vision: &VisionTower, pixels: &Tensor, keep_from: usize) -> Result<Self> {
         if vision.layers.is_empty() {
             return Err(Error::invalid("the vision tower has no blocks"));
         }
         let mut x = vision.embed(pixels)?;
         if crate::clip::kernels::cpu::runs_here(&vision.patch_weight, vision.config.hidden_act) {
-            // The CPU kernels' blocks (several times candle's ops here); the attention rollout reads
-            // is recomputed from each block's input, the query–key half of a block.
-            let hidden =
-                crate::clip::kernels::cpu::vision_hidden_states(&vision.kernel_weights()?, &x)?;
-            let attention = if keep_attention {
-                vision
-                    .layers
-                    .iter()
-                    .zip(&hidden)
-                    .map(|(layer, h)| {
-                        let att = &layer.self_attn;
-                        let [q, k, _] = att.heads_qkv(&layer.layer_norm1.forward(h)?)?;
-                        Ok(crate::clip::layers::softmax_last_dim(
-                            &(q.matmul(&k.t()?)? * att.scale())?,
-                        )?)
-                    })
-                    .collect::<Result<_>>()?
-            } else {
-                Vec::new()
-            };
-            return Ok(Self { hidden, attention });
+            // The CPU kernels' blocks (several times candle's ops here), keeping what the methods read
+            // of the attention from the same pass.
+            let (hidden, kept) = crate::clip::kernels::cpu::vision_hidden_states(
+                &vision.kernel_weights()?,
+                &x,
+                keep_from,
+            )?;
+            let (attention, qkv) = kept
+                .into_iter()
+                .map(|k| k.map(|k| (k.probs, k.qkv)).unzip())
+                .unzip();
+            return Ok(Self {
+                hidden,
+                attention,
+                qkv,
+            });
         }
         let (mut hidden, mut attention) = (Vec::new(), Vec::new());
-        for layer in &vision.layers {
+        for (i, layer) in vision.layers.iter().enumerate() {
             hidden.push(x.clone());
-            let (y, probs) = layer.forward(&x, None, keep_attention)?;
-            attention.extend(probs);
+            let (y, probs) = layer.forward(&x, None, i >= keep_from)?;
+            attention.push(probs);
             x = y;
         }
         hidden.push(x);
-        Ok(Self { hidden, attention })
+        Ok(Self {
+            hidden,
+            attention,
+            qkv: Vec::new(),
+        })
+    }
+
+    /// Every block's attention, for methods that read them all (rollout).
+    pub fn all_attention(&self) -> Result<Vec<Tensor>> {
+        self.attention
+            .iter()
+            .cloned()
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| Error::invalid("the pass kept not every block's attention"))
+    }
+
+    /// Block `i`'s q, k and v split into heads `[B, H, T, head_dim]`: kept from the pass where the
+    /// kernels ran it, else recomputed from the block's input.
+    pub fn heads_qkv(&self, vision: &VisionTower, i: usize) -> Result<[Tensor; 3]> {
+        let block = &vision.layers[i];
+        let att = &block.self_attn;
+        match self.qkv.get(i).and_then(Option::as_ref) {
+            Some(qkv) => {
+                let (b, t, d3) = qkv.dims3()?;
+                let d = d3 / 3;
+                let heads = vision.config.num_attention_heads;
+                let split = |j: usize| -> Result<Tensor> {
+                    Ok(qkv
+                        .narrow(2, j * d, d)?
+                        .reshape((b, t, heads, d / heads))?
+                        .transpose(1, 2)?
+                        .contiguous()?)
+                };
+                Ok([split(0)?, split(1)?, split(2)?])
+            }
+            None => Ok(att.heads_qkv(&block.layer_norm1.forward(&self.hidden[i])?)?),
+        }
     }
 
     /// The pass alignment's token maps read (`align::pass`), from the same hidden states.
@@ -273,7 +309,7 @@ impl MapPass {
             into_last: self.hidden[n - 1].clone(),
             last: self.hidden[n].clone(),
             penultimate_attention: (n >= 2)
-                .then(|| self.attention.get(n - 2).cloned())
+                .then(|| self.attention.get(n - 2).cloned().flatten())
                 .flatten(),
         }
     }
@@ -334,7 +370,21 @@ impl<'a> ImageMaps<'a> {
         let model = clip.model()?;
         let vision = &model.vision;
         let start = Instant::now();
-        let pass = MapPass::run(vision, pixels, methods.contains(&MapMethod::Rollout))?;
+        // Rollout reads every block's attention, GEM and CLIP Surgery their path's blocks' q, k and v,
+        // Chefer and LeGrad their traced blocks' attention and values.
+        let n = vision.layers.len();
+        let keep_from = methods
+            .iter()
+            .map(|m| match m {
+                MapMethod::Rollout => 0,
+                MapMethod::Gem | MapMethod::Surgery => n.saturating_sub(parallel::PATH_BLOCKS),
+                MapMethod::Chefer => n.saturating_sub(options.chefer_blocks),
+                MapMethod::Legrad => n.saturating_sub(options.legrad_blocks),
+                _ => n,
+            })
+            .min()
+            .unwrap_or(n);
+        let pass = MapPass::run(vision, pixels, keep_from)?;
         let pass_seconds = start.elapsed().as_secs_f64();
         let mut sides = Vec::with_capacity(methods.len());
         let mut image_seconds = Vec::with_capacity(methods.len());
@@ -342,7 +392,7 @@ impl<'a> ImageMaps<'a> {
             let start = Instant::now();
             let side = match m {
                 MapMethod::Token => ImageSide::Tokens(pass.vision_pass()),
-                MapMethod::Rollout => ImageSide::Fixed(rollout::rollout(&pass.attention)?),
+                MapMethod::Rollout => ImageSide::Fixed(rollout::rollout(&pass.all_attention()?)?),
                 m if m.needs_backward() => ImageSide::Gradient,
                 _ => {
                     let feats = match m {

@@ -29,11 +29,11 @@ pub fn features(vision: &VisionTower, pass: &MapPass, method: MapMethod) -> Resu
     for i in first..n {
         let block = &vision.layers[i];
         let att = &block.self_attn;
-        let hn = block.layer_norm1.forward(&pass.hidden[i])?;
-        let [q, k, v] = att.heads_qkv(&hn)?;
+        let [q, k, v] = pass.heads_qkv(vision, i)?;
         let mixed = match method {
             MapMethod::Gem => {
                 // One temperature per image: the mean over tokens of each token's full-width norm.
+                let hn = block.layer_norm1.forward(&pass.hidden[i])?;
                 let norms = hn.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?;
                 let t = norms.mean_all()?.to_scalar::<f32>()? as f64 * att.scale();
                 let mut sum: Option<Tensor> = None;

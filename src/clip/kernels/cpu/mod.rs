@@ -128,9 +128,22 @@ pub fn vision_pooled_from(tower: &TowerWeights, hidden: &Tensor, from: usize) ->
     Tensor::from_vec(pooled, (b, proj_dim), hidden.device())
 }
 
+/// What [`vision_hidden_states`] keeps of each block's attention besides its output.
+pub struct KeptAttention {
+    /// The attention probabilities `[B, H, T, T]`.
+    pub probs: Tensor,
+    /// q, k and v before the heads split (biases included, q not scaled) `[B, T, 3·D]`.
+    pub qkv: Tensor,
+}
+
 /// The hidden states entering every block, then the final ones (`L + 1` tensors `[B, T, D]`), from
-/// `x0` entering block 0: what the explanation maps read (`align::maps::MapPass`).
-pub fn vision_hidden_states(tower: &TowerWeights, x0: &Tensor) -> Result<Vec<Tensor>> {
+/// `x0` entering block 0, and the attention of every block from `keep_from` on (None before it), from
+/// the same pass: what the explanation maps read (`align::maps::MapPass`).
+pub fn vision_hidden_states(
+    tower: &TowerWeights,
+    x0: &Tensor,
+    keep_from: usize,
+) -> Result<(Vec<Tensor>, Vec<Option<KeptAttention>>)> {
     let (b, t, d) = x0.dims3()?;
     let layers: Vec<HeldLayer> = tower
         .blocks
@@ -149,12 +162,29 @@ pub fn vision_hidden_states(tower: &TowerWeights, x0: &Tensor) -> Result<Vec<Ten
     let all: Vec<usize> = (0..dm.rows()).collect();
     let mut x = x0.flatten_all()?.to_vec1::<f32>()?;
     let mut out = vec![x0.clone()];
-    for l in &layers {
-        let (y, _) = block_forward(&dm, l, tower.act, x, &all, Keep::Nothing);
+    let mut attention = Vec::with_capacity(layers.len());
+    for (i, l) in layers.iter().enumerate() {
+        let keep = if i >= keep_from {
+            Keep::ForInputs
+        } else {
+            Keep::Nothing
+        };
+        let (y, tape) = block_forward(&dm, l, tower.act, x, &all, keep);
         out.push(Tensor::from_vec(y.clone(), (b, t, d), x0.device())?);
+        attention.push(match tape {
+            Some(tape) => {
+                // The kernel keeps them per query row, `[B·T, H, T]`.
+                let probs = Tensor::from_vec(tape.probs, (b, t, tower.heads, t), x0.device())?;
+                Some(KeptAttention {
+                    probs: probs.transpose(1, 2)?.contiguous()?,
+                    qkv: Tensor::from_vec(tape.qkv, (b, t, 3 * d), x0.device())?,
+                })
+            }
+            None => None,
+        });
         x = y;
     }
-    Ok(out)
+    Ok((out, attention))
 }
 
 /// Runs `layers` over every row of `x`, the last one only for the `readout` rows (ascending) the pooled
