@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # System packages promptscope needs on Debian/Ubuntu, installed only when missing: a Vulkan driver (Mesa's
 # lavapipe renders on the CPU when there is no GPU), the X11 libraries winit opens at run time, and Xvfb
-# for headless windows (GUI tests, screenshots). The Rust toolchain comes from rustup.
+# for headless windows (GUI tests, screenshots), and Slurm with munge (the sweep test starts a one-node
+# cluster). The Rust toolchain comes from rustup.
 set -euo pipefail
-pkgs=(xvfb xauth mesa-vulkan-drivers libvulkan1 libegl1 libgl1 libxkbcommon-x11-0 libxcursor1 libxrandr2 libxi6 libx11-xcb1 fonts-dejavu-core)
+pkgs=(xvfb xauth mesa-vulkan-drivers libvulkan1 libegl1 libgl1 libxkbcommon-x11-0 libxcursor1 libxrandr2 libxi6 libx11-xcb1 fonts-dejavu-core
+  slurm-wlm munge)
 missing=()
 command -v python3 >/dev/null || pkgs+=(python3 python3-pip)
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done

@@ -95,6 +95,9 @@ pub enum Verb {
     /// CoCoOp's base-to-novel protocol: learn on the first half of the (sorted) classes, score base and
     /// novel classes and their harmonic mean, over seeds (mean ± std), beside zero-shot.
     BaseToNovel(baselines::BaseToNovelArgs),
+    /// A base-to-novel table as a manifest of tasks for a cluster: `sweep plan` writes it, `sweep run`
+    /// runs one task (Slurm array, Ray, Kubernetes Indexed Job, or a loop), `sweep collect` merges.
+    Sweep(super::sweep::SweepArgs),
     /// FILIP token-wise alignment of one image with one prompt: similarity matrix, s_I/s_T, word maps.
     Align(align::AlignArgs),
     /// SsVP: the patches the penultimate block's class token attends to most, and the image feature from them.

@@ -168,6 +168,52 @@ pub struct BaseToNovelArgs {
     pub seeds: Vec<u64>,
     #[arg(long, default_value_t = coop_defaults().split_seed)]
     pub split_seed: u64,
+    #[command(flatten)]
+    pub recipe: MethodFlags,
+    #[command(flatten)]
+    pub cache: CacheArgs,
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: Format,
+}
+
+pub fn base_to_novel(args: &BaseToNovelArgs) -> Result<()> {
+    use promptscope::run::base_to_novel::run;
+    let shots = args.shots.map_or(Some(16), |s| s.0);
+    let methods = args.recipe.recipes(shots, args.split_seed)?;
+    let ds = open_dataset(&args.data)?;
+    let clip = load_model(&args.model)?;
+    let bar = Bar::new();
+    let mut on_event = |method: &str, seed: u64, ev: promptscope::train::coop::TrainEvent| {
+        if let promptscope::train::coop::TrainEvent::Epoch(s) = ev {
+            bar.update(
+                &format!("{method} seed {seed}: epochs"),
+                s.epoch + 1,
+                s.epochs,
+            );
+        }
+    };
+    let report = run(
+        &clip,
+        &ds,
+        &args.recipe.template,
+        args.split_seed,
+        &methods,
+        &args.seeds,
+        args.cache.dir().as_deref(),
+        &bar,
+        &mut on_event,
+    )?;
+    drop(bar);
+    match args.format {
+        Format::Json => print_json(&report),
+        Format::Text => print_base_to_novel(&report),
+    }
+}
+
+/// The methods of a base-to-novel table and the flags that adjust their papers' recipes (shared by
+/// `base-to-novel` and `sweep plan`).
+#[derive(clap::Args, Debug, Clone)]
+pub struct MethodFlags {
     /// Context length M (ignored with --ctx-init).
     #[arg(long, default_value_t = coop_defaults().coop.n_ctx, conflicts_with = "ctx_init")]
     pub n_ctx: usize,
@@ -198,120 +244,104 @@ pub struct BaseToNovelArgs {
     /// The hand-crafted template: the zero-shot row, and KgCoOp's anchor.
     #[arg(long, default_value_t = coop_defaults().template)]
     pub template: String,
-    #[command(flatten)]
-    pub cache: CacheArgs,
-    #[arg(long, value_enum, default_value = "text")]
-    pub format: Format,
 }
 
-pub fn base_to_novel(args: &BaseToNovelArgs) -> Result<()> {
-    use promptscope::run::base_to_novel::{run, Method};
-    let shots = args.shots.map_or(Some(16), |s| s.0);
-    let names: Vec<MethodName> = match args.methods.as_slice() {
-        [] if args.cocoop => vec![MethodName::Cocoop],
-        [] if args.kg_lambda > 0.0 => vec![MethodName::Kgcoop],
-        [] => vec![MethodName::Coop],
-        given => MethodName::parse_list(given)?,
-    };
-    let methods: Vec<Method> = names
-        .into_iter()
-        .map(|name| {
-            let mut m = Method::recipe(name, shots, &args.template, args.split_seed)?;
-            match &mut m {
-                // The flags given adjust every prompt method's recipe.
-                Method::Prompts(r) => {
-                    if args.ctx_init.is_some() || args.n_ctx != coop_defaults().coop.n_ctx {
-                        r.coop.n_ctx = args.n_ctx;
-                        r.coop.ctx_init = args.ctx_init.clone();
+impl MethodFlags {
+    /// The methods named (or the one the flags describe), each with its paper's recipe for `shots`,
+    /// adjusted by the flags given.
+    pub fn recipes(
+        &self,
+        shots: Option<usize>,
+        split_seed: u64,
+    ) -> Result<Vec<promptscope::run::base_to_novel::Method>> {
+        use promptscope::run::base_to_novel::Method;
+        let args = self;
+        let names: Vec<MethodName> = match args.methods.as_slice() {
+            [] if args.cocoop => vec![MethodName::Cocoop],
+            [] if args.kg_lambda > 0.0 => vec![MethodName::Kgcoop],
+            [] => vec![MethodName::Coop],
+            given => MethodName::parse_list(given)?,
+        };
+        Ok(names
+            .into_iter()
+            .map(|name| {
+                let mut m = Method::recipe(name, shots, &args.template, split_seed)?;
+                match &mut m {
+                    // The flags given adjust every prompt method's recipe.
+                    Method::Prompts(r) => {
+                        if args.ctx_init.is_some() || args.n_ctx != coop_defaults().coop.n_ctx {
+                            r.coop.n_ctx = args.n_ctx;
+                            r.coop.ctx_init = args.ctx_init.clone();
+                        }
+                        if let Some(e) = args.epochs {
+                            r.train.optim.epochs = e;
+                        }
+                        if let Some(b) = args.batch_size {
+                            r.train.batch_size = Some(b.max(1));
+                        }
+                        if let (CoopVariant::Kgcoop { lambda }, true) =
+                            (&mut r.variant, args.kg_lambda > 0.0)
+                        {
+                            *lambda = args.kg_lambda;
+                        }
                     }
-                    if let Some(e) = args.epochs {
-                        r.train.optim.epochs = e;
-                    }
-                    if let Some(b) = args.batch_size {
-                        r.train.batch_size = Some(b.max(1));
-                    }
-                    if let (CoopVariant::Kgcoop { lambda }, true) =
-                        (&mut r.variant, args.kg_lambda > 0.0)
-                    {
-                        *lambda = args.kg_lambda;
+                    Method::Adapter(r) => {
+                        if let Some(v) = args.views {
+                            r.views = v;
+                        }
                     }
                 }
-                Method::Adapter(r) => {
-                    if let Some(v) = args.views {
-                        r.views = v;
-                    }
-                }
-            }
-            Ok(m)
-        })
-        .collect::<promptscope::Result<_>>()?;
-    let ds = open_dataset(&args.data)?;
-    let clip = load_model(&args.model)?;
-    let bar = Bar::new();
-    let mut on_event = |method: &str, seed: u64, ev: promptscope::train::coop::TrainEvent| {
-        if let promptscope::train::coop::TrainEvent::Epoch(s) = ev {
-            bar.update(
-                &format!("{method} seed {seed}: epochs"),
-                s.epoch + 1,
-                s.epochs,
-            );
-        }
-    };
-    let report = run(
-        &clip,
-        &ds,
-        &args.template,
-        args.split_seed,
-        &methods,
-        &args.seeds,
-        args.cache.dir().as_deref(),
-        &bar,
-        &mut on_event,
-    )?;
-    drop(bar);
-    match args.format {
-        Format::Json => print_json(&report),
-        Format::Text => {
-            let shots = report.shots.map_or("all".to_string(), |k| k.to_string());
-            outln!(
-                "base ({}): {}",
-                report.base_classes.len(),
-                report.base_classes.join(", ")
-            );
-            outln!(
-                "novel ({}): {}",
-                report.novel_classes.len(),
-                report.novel_classes.join(", ")
-            );
-            outln!(
-                "{shots} shots per base class, seeds {:?}; accuracy % (mean ± std over seeds)",
-                args.seeds
-            );
-            let width = report
-                .rows
-                .iter()
-                .map(|r| r.method.chars().count())
-                .max()
-                .unwrap_or(6)
-                .max(6);
-            outln!(
-                "  {:width$}  {:>13}  {:>13}  {:>13}",
-                "method",
-                "base",
-                "novel",
-                "H"
-            );
-            for r in &report.rows {
-                let cell = |m: f64, s: f64| format!("{:5.1} ± {:4.1}", 100.0 * m, 100.0 * s);
-                outln!(
-                    "  {:width$}  {:>13}  {:>13}  {:>13}",
-                    r.method,
-                    cell(r.mean.base, r.std.base),
-                    cell(r.mean.novel, r.std.novel),
-                    cell(r.mean.harmonic, r.std.harmonic)
-                );
-            }
-            Ok(())
-        }
+                Ok(m)
+            })
+            .collect::<promptscope::Result<_>>()?)
     }
+}
+
+/// The table as `base-to-novel` prints it: the halves, then mean ± std over seeds per method.
+pub fn print_base_to_novel(report: &promptscope::run::base_to_novel::Report) -> Result<()> {
+    let seeds: Vec<u64> = report
+        .rows
+        .first()
+        .map(|r| r.seeds.iter().map(|(s, _)| *s).collect())
+        .unwrap_or_default();
+    let shots = report.shots.map_or("all".to_string(), |k| k.to_string());
+    outln!(
+        "base ({}): {}",
+        report.base_classes.len(),
+        report.base_classes.join(", ")
+    );
+    outln!(
+        "novel ({}): {}",
+        report.novel_classes.len(),
+        report.novel_classes.join(", ")
+    );
+    outln!(
+        "{shots} shots per base class, seeds {:?}; accuracy % (mean ± std over seeds)",
+        seeds
+    );
+    let width = report
+        .rows
+        .iter()
+        .map(|r| r.method.chars().count())
+        .max()
+        .unwrap_or(6)
+        .max(6);
+    outln!(
+        "  {:width$}  {:>13}  {:>13}  {:>13}",
+        "method",
+        "base",
+        "novel",
+        "H"
+    );
+    for r in &report.rows {
+        let cell = |m: f64, s: f64| format!("{:5.1} ± {:4.1}", 100.0 * m, 100.0 * s);
+        outln!(
+            "  {:width$}  {:>13}  {:>13}  {:>13}",
+            r.method,
+            cell(r.mean.base, r.std.base),
+            cell(r.mean.novel, r.std.novel),
+            cell(r.mean.harmonic, r.std.harmonic)
+        );
+    }
+    Ok(())
 }

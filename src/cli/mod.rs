@@ -24,6 +24,7 @@ pub mod fusion;
 pub mod interrupt;
 pub mod output;
 pub mod pretrain;
+pub mod sweep;
 pub mod synth;
 pub mod train;
 
@@ -189,6 +190,7 @@ pub fn run(verb: Verb) -> Result<()> {
         Verb::LinearProbe(a) => baselines::linear_probe(&a),
         Verb::Adapter(a) => baselines::adapter(&a),
         Verb::BaseToNovel(a) => baselines::base_to_novel(&a),
+        Verb::Sweep(a) => sweep::sweep(&a),
         Verb::Align(a) => align::align_verb(&a),
         Verb::Ssvp(a) => align::ssvp_verb(&a),
         Verb::AlignEval(a) => align::align_eval_verb(&a),

@@ -7,7 +7,7 @@
 use std::path::Path;
 
 use candle_core::Tensor;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::clip::{l2_normalize, LoadedClip};
 use crate::data::fewshot::test_split;
@@ -32,7 +32,7 @@ pub fn split_classes(classes: usize) -> (Vec<usize>, Vec<usize>) {
 }
 
 /// Base, novel and harmonic-mean accuracy of one method and seed.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct BaseNovel {
     pub base: f64,
     pub novel: f64,
@@ -100,7 +100,7 @@ pub struct Report {
 }
 
 /// A method base-to-novel can learn on the base classes and score on both halves.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum Method {
     /// CoOp, KgCoOp or CoCoOp: the learned context carried to the novel class names.
@@ -237,6 +237,13 @@ impl Method {
         })
     }
 
+    pub fn validate(&self) -> Result<()> {
+        match self {
+            Method::Prompts(r) => r.validate(),
+            Method::Adapter(r) => r.validate(),
+        }
+    }
+
     pub fn name(&self) -> String {
         match self {
             Method::Prompts(r) => r.method_name(),
@@ -244,17 +251,238 @@ impl Method {
         }
     }
 
-    fn with_seed(&self, seed: u64) -> Self {
+    pub fn with_seed(&self, seed: u64) -> Self {
         match self {
             Method::Prompts(r) => Method::Prompts(r.clone().with_seed(seed)),
             Method::Adapter(r) => Method::Adapter(AdapterRun { seed, ..r.clone() }),
         }
     }
 
-    fn shots(&self) -> Option<usize> {
+    pub fn shots(&self) -> Option<usize> {
         match self {
             Method::Prompts(r) => r.shots,
             Method::Adapter(r) => r.shots,
+        }
+    }
+}
+
+/// The two halves of one dataset, their test images encoded and their zero-shot weights: what every
+/// method and seed of a base-to-novel table is scored against. A sweep opens one per task.
+pub struct Halves<'a> {
+    clip: &'a LoadedClip,
+    base: DatasetFolder,
+    novel: DatasetFolder,
+    base_test: (Vec<crate::data::Sample>, FeatureSet),
+    novel_test: (Vec<crate::data::Sample>, FeatureSet),
+    base_w: Tensor,
+    novel_w: Tensor,
+    template: String,
+    cache: Option<&'a Path>,
+}
+
+impl<'a> Halves<'a> {
+    pub fn open(
+        clip: &'a LoadedClip,
+        data: &DatasetFolder,
+        template: &str,
+        split_seed: u64,
+        cache: Option<&'a Path>,
+        progress: &dyn Progress,
+    ) -> Result<Self> {
+        if data.num_classes() < 2 {
+            return Err(Error::invalid("base-to-novel needs at least two classes"));
+        }
+        if !template.contains("{}") {
+            return Err(Error::invalid(format!(
+                "the template '{template}' has no {{}} for the class name"
+            )));
+        }
+        let (b, n) = split_classes(data.num_classes());
+        let (base, novel) = (data.subset(&b)?, data.subset(&n)?);
+        // The test images of each half, encoded once for every method and seed.
+        let test_of = |ds: &DatasetFolder| -> Result<(Vec<crate::data::Sample>, FeatureSet)> {
+            let t = test_split(ds, split_seed)?;
+            let f = extract(clip, &t.samples, 0, 0, cache, progress)?;
+            Ok((t.samples, f))
+        };
+        let (base_test, novel_test) = (test_of(&base)?, test_of(&novel)?);
+        let templates = [template.to_string()];
+        let weights_of = |ds: &DatasetFolder| {
+            zeroshot::class_weights(clip, &ds.class_names, &templates, progress)
+        };
+        let (base_w, novel_w) = (weights_of(&base)?, weights_of(&novel)?);
+        Ok(Self {
+            clip,
+            base,
+            novel,
+            base_test,
+            novel_test,
+            base_w,
+            novel_w,
+            template: template.to_string(),
+            cache,
+        })
+    }
+
+    pub fn base_classes(&self) -> &[String] {
+        &self.base.class_names
+    }
+
+    pub fn novel_classes(&self) -> &[String] {
+        &self.novel.class_names
+    }
+
+    /// The name of the zero-shot row: `zero-shot "a photo of a {}."`.
+    pub fn zero_shot_name(&self) -> String {
+        format!("zero-shot \"{}\"", self.template)
+    }
+
+    fn accuracy(
+        (samples, _): &(Vec<crate::data::Sample>, FeatureSet),
+        ds: &DatasetFolder,
+        logits: &Tensor,
+    ) -> Result<f64> {
+        Ok(evaluate_logits(&logits.to_vec2()?, samples, &ds.class_names).accuracy)
+    }
+
+    fn plain(&self, feats: &FeatureSet, w: &Tensor) -> Result<Tensor> {
+        zeroshot::logits_tensor(&feats.feats, w, self.clip.logit_scale())
+    }
+
+    /// Zero-shot CLIP with the template on both halves.
+    pub fn zero_shot(&self) -> Result<BaseNovel> {
+        Ok(BaseNovel::new(
+            Self::accuracy(
+                &self.base_test,
+                &self.base,
+                &self.plain(&self.base_test.1, &self.base_w)?,
+            )?,
+            Self::accuracy(
+                &self.novel_test,
+                &self.novel,
+                &self.plain(&self.novel_test.1, &self.novel_w)?,
+            )?,
+        ))
+    }
+
+    /// `method` (with its seed set) learned on the base half and scored on both. A prompt method with
+    /// `out` writes its prompts there and checkpoints beside them each epoch; with `resume` it continues
+    /// from that checkpoint.
+    pub fn score(
+        &self,
+        method: &Method,
+        out: Option<&Path>,
+        resume: bool,
+        progress: &dyn Progress,
+        events: &mut dyn FnMut(TrainEvent),
+    ) -> Result<BaseNovel> {
+        let (clip, base, novel) = (self.clip, &self.base, &self.novel);
+        let scale = clip.logit_scale();
+        Ok(match method {
+            Method::Prompts(seeded) => {
+                let rd = prepare(clip, base, seeded, self.cache, progress)?;
+                let outcome = train(clip, base, &rd, seeded, out, resume, progress, events)?;
+                // The learned context (M tokens, however it was initialised) with the novel names in it.
+                let cfg = CoopConfig {
+                    ctx_init: None,
+                    n_ctx: outcome.learner.n_ctx,
+                    ..seeded.coop.clone()
+                };
+                let text = &clip.model()?.text;
+                let mut on_novel =
+                    PromptLearner::new(text, clip.tokenizer()?, &novel.class_names, &cfg)?;
+                on_novel.set_ctx(outcome.learner.ctx.as_tensor())?;
+                match &outcome.meta {
+                    // CoCoOp: each test image against its own prompts, the novel ones with the same meta-net.
+                    Some(meta) => BaseNovel::new(
+                        cocoop::accuracy(text, &outcome.learner, meta, scale, &self.base_test.1)?,
+                        cocoop::accuracy(text, &on_novel, meta, scale, &self.novel_test.1)?,
+                    ),
+                    None => BaseNovel::new(
+                        Self::accuracy(
+                            &self.base_test,
+                            base,
+                            &self.plain(&self.base_test.1, &outcome.class_weights)?,
+                        )?,
+                        Self::accuracy(
+                            &self.novel_test,
+                            novel,
+                            &self.plain(
+                                &self.novel_test.1,
+                                &l2_normalize(&on_novel.text_features(text)?.detach())?,
+                            )?,
+                        )?,
+                    ),
+                }
+            }
+            Method::Adapter(seeded) => {
+                let prepared = tip::prepare(clip, base, seeded, self.cache, progress)?;
+                let fitted = tip::fit_adapter(
+                    clip,
+                    base.num_classes(),
+                    &prepared,
+                    seeded,
+                    progress,
+                    events,
+                )?;
+                let s = f64::from(scale);
+                BaseNovel::new(
+                    Self::accuracy(
+                        &self.base_test,
+                        base,
+                        &fitted
+                            .fitted
+                            .logits(&self.base_test.1.feats, &self.base_w, s)?,
+                    )?,
+                    Self::accuracy(
+                        &self.novel_test,
+                        novel,
+                        &fitted
+                            .fitted
+                            .logits_unseen(&self.novel_test.1.feats, &self.novel_w, s)?,
+                    )?,
+                )
+            }
+        })
+    }
+}
+
+/// What a base-to-novel run checks before any training, whoever runs its cells.
+pub fn check_methods(methods: &[Method], seeds: &[u64]) -> Result<()> {
+    if methods
+        .iter()
+        .any(|m| matches!(m, Method::Prompts(r) if r.coop.csc))
+    {
+        return Err(Error::invalid("class-specific contexts (--csc) have nothing to carry to novel classes: use a unified context for base-to-novel"));
+    }
+    if seeds.is_empty() {
+        return Err(Error::invalid("give at least one seed (--seeds 1,2,3)"));
+    }
+    for m in methods {
+        m.validate()?;
+    }
+    Ok(())
+}
+
+impl Report {
+    /// The table: the zero-shot row (the same for every seed), then one row per method over its seeds.
+    pub fn assemble(
+        halves: (Vec<String>, Vec<String>),
+        shots: Option<usize>,
+        zero_shot: (String, BaseNovel),
+        seeds: &[u64],
+        methods: Vec<(String, Vec<(u64, BaseNovel)>)>,
+    ) -> Self {
+        let mut rows = vec![Row::new(
+            zero_shot.0,
+            seeds.iter().map(|&s| (s, zero_shot.1)).collect(),
+        )];
+        rows.extend(methods.into_iter().map(|(name, r)| Row::new(name, r)));
+        Report {
+            base_classes: halves.0,
+            novel_classes: halves.1,
+            shots,
+            rows,
         }
     }
 }
@@ -276,136 +504,29 @@ pub fn run(
     if data.num_classes() < 2 {
         return Err(Error::invalid("base-to-novel needs at least two classes"));
     }
-    if methods
-        .iter()
-        .any(|m| matches!(m, Method::Prompts(r) if r.coop.csc))
-    {
-        return Err(Error::invalid("class-specific contexts (--csc) have nothing to carry to novel classes: use a unified context for base-to-novel"));
-    }
-    if seeds.is_empty() {
-        return Err(Error::invalid("give at least one seed (--seeds 1,2,3)"));
-    }
-    if !template.contains("{}") {
-        return Err(Error::invalid(format!(
-            "the template '{template}' has no {{}} for the class name"
-        )));
-    }
-    for m in methods {
-        match m {
-            Method::Prompts(r) => r.validate()?,
-            Method::Adapter(r) => r.validate()?,
-        }
-    }
-    let (b, n) = split_classes(data.num_classes());
-    let (base, novel) = (data.subset(&b)?, data.subset(&n)?);
-    // The test images of each half, encoded once for every method and seed.
-    let test_of = |ds: &DatasetFolder| -> Result<(Vec<crate::data::Sample>, FeatureSet)> {
-        let t = test_split(ds, split_seed)?;
-        let f = extract(clip, &t.samples, 0, 0, cache, progress)?;
-        Ok((t.samples, f))
-    };
-    let (base_test, novel_test) = (test_of(&base)?, test_of(&novel)?);
-    let accuracy = |(samples, _): &(Vec<crate::data::Sample>, FeatureSet),
-                    ds: &DatasetFolder,
-                    logits: &Tensor|
-     -> Result<f64> {
-        Ok(evaluate_logits(&logits.to_vec2()?, samples, &ds.class_names).accuracy)
-    };
-    let scale = clip.logit_scale();
-    let template = [template.to_string()];
-    let weights_of =
-        |ds: &DatasetFolder| zeroshot::class_weights(clip, &ds.class_names, &template, progress);
-    let (base_w, novel_w) = (weights_of(&base)?, weights_of(&novel)?);
-    let plain = |feats: &FeatureSet, w: &Tensor| -> Result<Tensor> {
-        zeroshot::logits_tensor(&feats.feats, w, scale)
-    };
-    let zero = BaseNovel::new(
-        accuracy(&base_test, &base, &plain(&base_test.1, &base_w)?)?,
-        accuracy(&novel_test, &novel, &plain(&novel_test.1, &novel_w)?)?,
-    );
-    let mut rows = vec![Row::new(
-        format!("zero-shot \"{}\"", template[0]),
-        seeds.iter().map(|&s| (s, zero)).collect(),
-    )];
+    check_methods(methods, seeds)?;
+    let halves = Halves::open(clip, data, template, split_seed, cache, progress)?;
+    let mut rows = Vec::new();
     for method in methods {
         let name = method.name();
         let mut per_seed = Vec::new();
         for &seed in seeds {
             let events = &mut |e| on_event(&name, seed, e);
-            let result = match method.with_seed(seed) {
-                Method::Prompts(seeded) => {
-                    let rd = prepare(clip, &base, &seeded, cache, progress)?;
-                    let outcome = train(clip, &base, &rd, &seeded, None, false, progress, events)?;
-                    // The learned context (M tokens, however it was initialised) with the novel names in it.
-                    let cfg = CoopConfig {
-                        ctx_init: None,
-                        n_ctx: outcome.learner.n_ctx,
-                        ..seeded.coop.clone()
-                    };
-                    let text = &clip.model()?.text;
-                    let mut on_novel =
-                        PromptLearner::new(text, clip.tokenizer()?, &novel.class_names, &cfg)?;
-                    on_novel.set_ctx(outcome.learner.ctx.as_tensor())?;
-                    match &outcome.meta {
-                        // CoCoOp: each test image against its own prompts, the novel ones with the same meta-net.
-                        Some(meta) => BaseNovel::new(
-                            cocoop::accuracy(text, &outcome.learner, meta, scale, &base_test.1)?,
-                            cocoop::accuracy(text, &on_novel, meta, scale, &novel_test.1)?,
-                        ),
-                        None => BaseNovel::new(
-                            accuracy(
-                                &base_test,
-                                &base,
-                                &plain(&base_test.1, &outcome.class_weights)?,
-                            )?,
-                            accuracy(
-                                &novel_test,
-                                &novel,
-                                &plain(
-                                    &novel_test.1,
-                                    &l2_normalize(&on_novel.text_features(text)?.detach())?,
-                                )?,
-                            )?,
-                        ),
-                    }
-                }
-                Method::Adapter(seeded) => {
-                    let prepared = tip::prepare(clip, &base, &seeded, cache, progress)?;
-                    let fitted = tip::fit_adapter(
-                        clip,
-                        base.num_classes(),
-                        &prepared,
-                        &seeded,
-                        progress,
-                        events,
-                    )?;
-                    let s = f64::from(scale);
-                    BaseNovel::new(
-                        accuracy(
-                            &base_test,
-                            &base,
-                            &fitted.fitted.logits(&base_test.1.feats, &base_w, s)?,
-                        )?,
-                        accuracy(
-                            &novel_test,
-                            &novel,
-                            &fitted
-                                .fitted
-                                .logits_unseen(&novel_test.1.feats, &novel_w, s)?,
-                        )?,
-                    )
-                }
-            };
+            let result = halves.score(&method.with_seed(seed), None, false, progress, events)?;
             per_seed.push((seed, result));
         }
-        rows.push(Row::new(name, per_seed));
+        rows.push((name, per_seed));
     }
-    Ok(Report {
-        base_classes: base.class_names.clone(),
-        novel_classes: novel.class_names.clone(),
-        shots: methods.first().and_then(Method::shots),
+    Ok(Report::assemble(
+        (
+            halves.base_classes().to_vec(),
+            halves.novel_classes().to_vec(),
+        ),
+        methods.first().and_then(Method::shots),
+        (halves.zero_shot_name(), halves.zero_shot()?),
+        seeds,
         rows,
-    })
+    ))
 }
 
 #[cfg(test)]

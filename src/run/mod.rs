@@ -6,4 +6,5 @@ pub mod coop;
 pub mod execute;
 pub mod mpfgvc;
 pub mod pretrain;
+pub mod sweep;
 pub mod tip;

@@ -30,6 +30,7 @@ mod resample_pil;
 mod run_config;
 mod run_seam;
 mod shared_prefix;
+mod sweep;
 mod tip_parity;
 mod tokenizer_parity;
 mod vlfm_parity;

@@ -1,0 +1,260 @@
+//! Sweeps as manifests: `sweep plan` → one `sweep run` per task (as an engine would start them) →
+//! `sweep collect` gives exactly the JSON `base-to-novel` prints for the same settings; finished tasks
+//! are skipped; the engine adapters' files match their golden copies.
+
+use crate::common;
+
+use common::{error_line, ok, promptscope, Scratch};
+
+const FLAGS: [&str; 12] = [
+    "--shots",
+    "2",
+    "--epochs",
+    "2",
+    "--n-ctx",
+    "4",
+    "--seeds",
+    "1,2",
+    "--methods",
+    "coop,tip-adapter",
+    "--template",
+    "a photo of a {}.",
+];
+
+fn setup() -> Scratch {
+    let s = Scratch::with_tiny_model();
+    promptscope::data::synth::write_dataset(&s.dir.path().join("d"), 5, 0, Some((4, 2, 3)), 5)
+        .unwrap();
+    s
+}
+
+#[test]
+fn a_sweep_run_task_by_task_collects_to_exactly_the_base_to_novel_report() {
+    let s = setup();
+    let (m, d, manifest) = (s.p("m"), s.p("d"), s.p("sweep.jsonl"));
+    let mut plan = vec!["sweep", "plan", "--model", &m, "--data", &d, "--no-cache"];
+    plan.extend(FLAGS);
+    plan.extend(["--out", &manifest]);
+    ok(&promptscope(&plan));
+    let lines: Vec<String> = std::fs::read_to_string(&manifest)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(lines.len(), 4, "2 methods × 2 seeds");
+    let ids: std::collections::HashSet<String> = lines
+        .iter()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(ids.len(), 4, "each task its own id");
+
+    // Collecting before every task ran names the missing ones.
+    let early = promptscope(&["sweep", "collect", "--manifest", &manifest]);
+    assert!(
+        error_line(&early).contains("4 of 4 tasks have no result yet (indices 0-3)"),
+        "{}",
+        error_line(&early)
+    );
+
+    // Tasks 0 and 1 by index, 2 and 3 as a Slurm array and a Kubernetes Indexed Job would start them.
+    for i in ["0", "1"] {
+        ok(&promptscope(&[
+            "sweep",
+            "run",
+            "--manifest",
+            &manifest,
+            "--index",
+            i,
+        ]));
+    }
+    for (key, i) in [("SLURM_ARRAY_TASK_ID", "2"), ("JOB_COMPLETION_INDEX", "3")] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_promptscope"))
+            .args(["sweep", "run", "--manifest", &manifest])
+            .env(key, i)
+            .output()
+            .unwrap();
+        ok(&out);
+    }
+    // A finished task is skipped, its result untouched.
+    let result = s.dir.path().join("sweep.results");
+    let first = std::fs::read_dir(&result)
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|x| x == "json"))
+        .unwrap();
+    let before = std::fs::read(&first).unwrap();
+    let again = promptscope(&["sweep", "run", "--manifest", &manifest, "--index", "0"]);
+    assert!(String::from_utf8_lossy(&again.stderr).contains("done already"));
+    assert_eq!(std::fs::read(&first).unwrap(), before);
+    let out_of_range = promptscope(&["sweep", "run", "--manifest", &manifest, "--index", "4"]);
+    assert!(error_line(&out_of_range).contains("task 4 of a manifest of 4"));
+
+    let collected = ok(&promptscope(&[
+        "sweep",
+        "collect",
+        "--manifest",
+        &manifest,
+        "--format",
+        "json",
+    ]));
+    let mut direct = vec!["base-to-novel", "--model", &m, "--data", &d, "--no-cache"];
+    direct.extend(FLAGS);
+    direct.extend(["--format", "json"]);
+    let reference = ok(&promptscope(&direct));
+    assert_eq!(
+        collected.lines().last().unwrap(),
+        reference.lines().last().unwrap(),
+        "collect's JSON is base-to-novel's, number for number"
+    );
+    let text = ok(&promptscope(&["sweep", "collect", "--manifest", &manifest]));
+    assert!(
+        text.contains("Tip-Adapter") && text.contains("CoOp"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_broken_manifest_or_a_missing_index_is_a_clear_error() {
+    let s = Scratch::with_tiny_model();
+    let manifest = s.p("bad.jsonl");
+    std::fs::write(&manifest, "{\"id\": 1}\n").unwrap();
+    let bad = promptscope(&["sweep", "run", "--manifest", &manifest, "--index", "0"]);
+    assert!(
+        error_line(&bad).contains("line 1 is not a sweep task"),
+        "{}",
+        error_line(&bad)
+    );
+    let s2 = setup();
+    let good = s2.p("sweep.jsonl");
+    ok(&promptscope(&[
+        "sweep",
+        "plan",
+        "--model",
+        &s2.p("m"),
+        "--data",
+        &s2.p("d"),
+        "--no-cache",
+        "--seeds",
+        "1",
+        "--out",
+        &good,
+    ]));
+    let no_index = std::process::Command::new(env!("CARGO_BIN_EXE_promptscope"))
+        .args(["sweep", "run", "--manifest", &good])
+        .env_remove("SLURM_ARRAY_TASK_ID")
+        .env_remove("JOB_COMPLETION_INDEX")
+        .output()
+        .unwrap();
+    assert!(
+        error_line(&no_index).contains("--index"),
+        "{}",
+        error_line(&no_index)
+    );
+}
+
+/// The sbatch script, the Ray driver and the Indexed Job, for a fixed manifest and binary, against
+/// `tests/fixtures/sweep/*` (`UPDATE_GOLDEN=1` rewrites them after a deliberate change).
+#[test]
+fn engine_files_match_their_golden_copies() {
+    let s = setup();
+    let manifest = s.dir.path().join("sweep.jsonl");
+    ok(&promptscope(&[
+        "sweep",
+        "plan",
+        "--model",
+        &s.p("m"),
+        "--data",
+        &s.p("d"),
+        "--no-cache",
+        "--methods",
+        "coop,kgcoop,cocoop",
+        "--out",
+        manifest.to_str().unwrap(),
+    ]));
+    // The golden copies have the manifest's folder as /sweeps.
+    let golden = common::fixtures().join("sweep");
+    for (verb, file, extra) in [
+        ("slurm", "sbatch.sh", vec!["--gpus", "1", "--parallel", "4"]),
+        ("ray", "ray_driver.py", vec!["--cpus", "4"]),
+        (
+            "k8s",
+            "indexed_job.yaml",
+            vec!["--image", "ghcr.io/example/promptscope:0.1", "--mem", "16G"],
+        ),
+    ] {
+        let mut args = vec![
+            "sweep",
+            verb,
+            "--manifest",
+            manifest.to_str().unwrap(),
+            "--bin",
+            "/opt/promptscope/bin/promptscope",
+        ];
+        args.extend(extra);
+        let text = ok(&promptscope(&args));
+        let dir = std::fs::canonicalize(s.dir.path()).unwrap();
+        let text = text.replace(dir.to_str().unwrap(), "/sweeps");
+        let path = golden.join(file);
+        if std::env::var_os("UPDATE_GOLDEN").is_some() {
+            std::fs::create_dir_all(&golden).unwrap();
+            std::fs::write(&path, &text).unwrap();
+        }
+        let want =
+            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert_eq!(text, want, "{verb}: differs from {}", path.display());
+        assert!(text.contains("9 tasks"), "3 methods × 3 seeds: {text}");
+    }
+}
+
+/// The sweep on a real Slurm (`scripts/slurm_sweep.sh`: a one-node cluster on this machine): 12 tasks
+/// as an array, one CoOp task cancelled with scancel once it has checkpointed, `collect` then naming
+/// it, its resubmission resuming, and the merged table identical to the same tasks run one by one in
+/// process. Needs root and Debian's slurm-wlm and munge (scripts/setup.sh installs them);
+/// `PROMPTSCOPE_SKIP_SLURM=1` skips it where neither can be had.
+#[test]
+fn a_slurm_array_with_a_cancelled_task_collects_to_the_in_process_table() {
+    let work = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new("bash")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/scripts/slurm_sweep.sh"
+        ))
+        .arg(env!("CARGO_BIN_EXE_promptscope"))
+        .arg(work.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if out.status.code() == Some(3) && std::env::var_os("PROMPTSCOPE_SKIP_SLURM").is_some() {
+        eprintln!("skipped (PROMPTSCOPE_SKIP_SLURM): {stderr}");
+        return;
+    }
+    assert!(out.status.success(), "slurm_sweep.sh failed: {stderr}");
+    let v: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap();
+    let cancelled = v["cancelled_index"].as_u64().unwrap();
+    assert!(v["tasks"].as_u64().unwrap() >= 12);
+    assert!(
+        v["collect_before_resubmit"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("(indices {cancelled})")),
+        "{}",
+        v["collect_before_resubmit"]
+    );
+    assert_eq!(v["slurm"], v["local"]);
+    assert_eq!(v["identical"], true);
+    assert_eq!(
+        v["slurm"].as_array().map(Vec::len),
+        Some(2),
+        "one table per shots value"
+    );
+    eprintln!(
+        "Slurm sweep of {} tasks: {} s; the same tasks one by one: {} s",
+        v["tasks"], v["slurm_s"], v["sequential_s"]
+    );
+}
