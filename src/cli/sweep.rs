@@ -119,8 +119,8 @@ pub fn sweep(args: &SweepArgs) -> Result<()> {
         SweepVerb::Plan(a) => plan(a),
         SweepVerb::Run(a) => run(a),
         SweepVerb::Collect(a) => collect(a),
-        SweepVerb::Slurm(a) => engine(a, |bin, m, n, r| sweep::slurm_script(bin, m, n, r)),
-        SweepVerb::Ray(a) => engine(a, |bin, m, n, r| sweep::ray_driver(bin, m, n, r)),
+        SweepVerb::Slurm(a) => engine(a, sweep::slurm_script),
+        SweepVerb::Ray(a) => engine(a, sweep::ray_driver),
         SweepVerb::K8s(a) => engine(&a.engine, |bin, m, n, r| {
             sweep::k8s_job(bin, m, n, r, &a.image)
         }),
