@@ -71,6 +71,9 @@ pub struct Startup {
     /// Open Compare in its base-to-novel mode (with --autorun: run it with the remembered methods).
     #[arg(long)]
     pub base_to_novel: bool,
+    /// A sweep's manifest (`sweep plan --out`) whose results open in Compare's base-to-novel mode.
+    #[arg(long)]
+    pub sweep: Option<PathBuf>,
     /// Open the Align tab comparing these map methods (a comma list, at most six).
     #[arg(long, value_enum, value_delimiter = ',')]
     pub compare_methods: Vec<MapMethod>,

@@ -166,6 +166,10 @@ impl PromptscopeApp {
                 self.state.start(started, Pending::Images(wanted));
             }
             Action::ListRuns => self.list_runs(ctx, None),
+            Action::OpenSweep(manifest) => {
+                let started = self.worker.open_sweep(ctx, manifest.clone());
+                self.state.start(started, Pending::OpenSweep(manifest));
+            }
             Action::DeleteRun(path) => self.list_runs(ctx, Some(path)),
             Action::OpenRun(path) => {
                 if path.is_dir() {

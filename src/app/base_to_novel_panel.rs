@@ -12,6 +12,7 @@ use super::state::AppState;
 pub const RUN_BASE_TO_NOVEL: &str = "Run base-to-novel";
 /// Heading above the table; tests wait for it.
 pub const B2N_HEADING: &str = "Base-to-novel accuracy";
+pub const OPEN_SWEEP: &str = "Open sweep results…";
 
 /// What each method's recipe is, in [`MethodName::ALL`] order.
 const HELP: [&str; 6] = [
@@ -127,6 +128,10 @@ impl BaseToNovelForm {
 /// The table: a row per method, base / novel / H as mean ± std, each seed's numbers on hover.
 pub fn report_ui(ui: &mut egui::Ui, report: &Report) {
     ui.heading(B2N_HEADING);
+    table_ui(ui, report, "base_to_novel_table");
+}
+
+fn table_ui(ui: &mut egui::Ui, report: &Report, id: impl std::hash::Hash + std::fmt::Debug) {
     let shots = report.shots.map_or("all".to_string(), |k| k.to_string());
     ui.weak(format!(
         "base ({}): {} · novel ({}): {} · {shots} shots per base class · accuracy % (mean ± std over seeds)",
@@ -136,7 +141,7 @@ pub fn report_ui(ui: &mut egui::Ui, report: &Report) {
         report.novel_classes.join(", ")
     ));
     ui.add_space(4.0);
-    Grid::new("base_to_novel_table")
+    Grid::new(id)
         .striped(true)
         .num_columns(4)
         .min_col_width(90.0)
@@ -166,6 +171,43 @@ pub fn report_ui(ui: &mut egui::Ui, report: &Report) {
                 ui.end_row();
             }
         });
+}
+
+/// The button that opens a sweep's results, and its tables: one per model, dataset and shots, merged as
+/// `sweep collect` merges them (no model or dataset needs to be loaded).
+pub fn sweep_ui(ui: &mut egui::Ui, state: &AppState, actions: &mut Vec<Action>) {
+    ui.add_space(8.0);
+    ui.horizontal_wrapped(|ui| {
+        if ui
+            .button(OPEN_SWEEP)
+            .on_hover_text("A manifest written by `promptscope sweep plan`, its tasks run on a cluster (`sweep slurm|ray|k8s`)")
+            .clicked()
+        {
+            actions.push(Action::Browse(super::events::PickTarget::Sweep));
+        }
+        if let Some((manifest, tables)) = &state.sweep {
+            ui.weak(format!("{}: {} tables", manifest.display(), tables.len()));
+        }
+    });
+    let Some((_, tables)) = &state.sweep else {
+        return;
+    };
+    for (i, t) in tables.iter().enumerate() {
+        ui.add_space(6.0);
+        let name = |p: &std::path::Path| {
+            p.file_name().map_or_else(
+                || p.display().to_string(),
+                |n| n.to_string_lossy().into_owned(),
+            )
+        };
+        ui.strong(format!(
+            "{} on {}",
+            name(std::path::Path::new(&t.model)),
+            name(&t.data)
+        ))
+        .on_hover_text(format!("{}\n{}", t.model, t.data.display()));
+        table_ui(ui, &t.report, ("sweep_table", i));
+    }
 }
 
 /// Whether the app can run base-to-novel now, and if not why.

@@ -166,10 +166,12 @@ impl ComparePanel {
             None if state.last_run_cancelled => {
                 ui.weak("The last run was cancelled.");
             }
+            None if state.sweep.is_some() => {}
             None => {
                 ui.weak(format!("No results yet: press {RUN_BASE_TO_NOVEL} to train the methods on the base classes."));
             }
         }
+        super::base_to_novel_panel::sweep_ui(ui, state, actions);
     }
 
     fn templates_ui(&mut self, ui: &mut egui::Ui) {

@@ -54,6 +54,8 @@ pub enum PickTarget {
     Image,
     /// One image to classify with the selected prompts (Export tab).
     ClassifyImage,
+    /// A sweep's manifest, whose results Compare shows.
+    Sweep,
 }
 
 impl PickTarget {
@@ -72,6 +74,7 @@ impl PickTarget {
             PickTarget::Prompts => "Open a prompts file or a CoOp checkpoint",
             PickTarget::ExportRun(_) => "Save the learned prompts",
             PickTarget::Image | PickTarget::ClassifyImage => "Choose an image",
+            PickTarget::Sweep => "Open a sweep's manifest (the .jsonl `sweep plan` wrote)",
         }
     }
 }
@@ -98,6 +101,12 @@ pub enum Event {
     BaseToNovelFinished {
         job: JobId,
         result: Result<crate::run::base_to_novel::Report, Failure>,
+    },
+    /// A sweep's results, merged per model, dataset and shots.
+    SweepOpened {
+        job: JobId,
+        manifest: PathBuf,
+        result: Result<Vec<crate::run::sweep::Table>, Failure>,
     },
     PromptsLoaded {
         job: JobId,
@@ -290,6 +299,8 @@ pub enum Action {
     WantImages(Vec<PathBuf>),
     /// Scan the runs folder again.
     ListRuns,
+    /// Show a sweep's merged results in Compare.
+    OpenSweep(PathBuf),
     /// Delete a run's files from the runs folder.
     DeleteRun(PathBuf),
     /// Load a run from the runs folder: its prompts into the app, or its model folder as the model.

@@ -21,6 +21,7 @@ impl PromptscopeApp {
             }
             PickTarget::ExportRun(n) => Some(self.export.export_path(n, &self.state)),
             PickTarget::Image | PickTarget::ClassifyImage => dataset_dir,
+            PickTarget::Sweep => self.state.sweep.as_ref().map(|(m, _)| m.clone()),
         }
     }
 
@@ -72,6 +73,7 @@ impl PromptscopeApp {
                 self.align.image_file = Some(path);
                 return None;
             }
+            PickTarget::Sweep => Action::OpenSweep(path),
             PickTarget::ClassifyImage => {
                 let prompts = self.state.prompts.get(self.export.selected)?.path.clone();
                 Action::Classify {

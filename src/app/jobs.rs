@@ -53,6 +53,8 @@ pub enum Pending {
     Export,
     Align(AlignRequest),
     ListRuns,
+    /// A sweep's results being merged.
+    OpenSweep(PathBuf),
     Classify,
     /// Align's Evaluate maps.
     EvaluateMaps(RunningEval),
@@ -73,6 +75,7 @@ impl Pending {
             Self::Export => "the export",
             Self::Align(_) => "the alignment",
             Self::ListRuns => "listing the runs folder",
+            Self::OpenSweep(_) => "opening the sweep",
             Self::Classify => "classifying",
             Self::EvaluateMaps(_) => "evaluating maps",
             Self::Images(_) => "decoding images",

@@ -95,6 +95,11 @@ pub fn run(startup: Startup) -> anyhow::Result<()> {
             if startup.base_to_novel {
                 app.compare.mode = compare::CompareMode::BaseToNovel;
             }
+            if let Some(manifest) = startup.sweep {
+                app.tab = Tab::Compare;
+                app.compare.mode = compare::CompareMode::BaseToNovel;
+                app.pending.push(Action::OpenSweep(manifest));
+            }
             if let Some(method) = startup.method {
                 app.train.form.start_with(method);
             }

@@ -64,6 +64,9 @@ pub struct AppState {
     pub report: Option<Comparison>,
     /// The last base-to-novel table of Compare's base-to-novel mode.
     pub base_to_novel: Option<crate::run::base_to_novel::Report>,
+    /// The sweep whose merged results Compare shows: its manifest and a table per model, dataset and
+    /// shots.
+    pub sweep: Option<(PathBuf, Vec<crate::run::sweep::Table>)>,
     /// Shown until dismissed, oldest first.
     pub errors: Vec<String>,
     /// The worker jobs in flight, but training runs (their records hold their jobs).
@@ -380,6 +383,19 @@ impl AppState {
                 // Exactly this job's entry goes: pictures it was decoding are asked again when wanted.
                 if was_run.is_some() | self.jobs.take(job).is_some() {
                     self.error(message);
+                }
+            }
+            Event::SweepOpened {
+                job,
+                manifest,
+                result,
+            } => {
+                let Some(Pending::OpenSweep(_)) = self.jobs.take(job) else {
+                    return;
+                };
+                match result {
+                    Ok(tables) => self.sweep = Some((manifest, tables)),
+                    Err(f) => self.fail(f, &format!("Opening the sweep {}", manifest.display())),
                 }
             }
             Event::RunsListed { job, result } => {

@@ -236,6 +236,15 @@ impl Worker {
         })
     }
 
+    /// A sweep's results merged into tables (`sweep collect`).
+    pub fn open_sweep(&mut self, ctx: &egui::Context, manifest: PathBuf) -> std::io::Result<JobId> {
+        self.spawn(ctx, "sweep", move |job, _| Event::SweepOpened {
+            job,
+            result: crate::run::sweep::collect(&manifest).map_err(Failure::from),
+            manifest,
+        })
+    }
+
     /// Align's Evaluate maps: a cancellable pointing game with progress per scene.
     pub fn evaluate_maps(
         &mut self,
@@ -514,6 +523,7 @@ fn dialog(target: PickTarget, start: Option<PathBuf>) -> Option<PathBuf> {
         PickTarget::Image | PickTarget::ClassifyImage => dialog
             .add_filter("images", crate::data::folder::IMAGE_EXTENSIONS)
             .pick_file(),
+        PickTarget::Sweep => dialog.add_filter("sweep manifest", &["jsonl"]).pick_file(),
     }
 }
 

@@ -1059,6 +1059,117 @@ fn a_cocoop_run_trains_from_the_train_tab_resumes_and_compare_scores_it_per_imag
     );
 }
 
+/// A sweep run elsewhere (here: by the CLI, task by task) opens in Compare's base-to-novel mode with no
+/// model or dataset loaded: its table shows the numbers `sweep collect` prints; a file that is not a
+/// manifest is an error naming it.
+#[test]
+fn a_sweeps_results_open_in_compare_as_sweep_collect_merges_them() {
+    use super::common::{ok, promptscope};
+    use promptscope::app::base_to_novel_panel::OPEN_SWEEP;
+    use promptscope::app::compare::BASE_TO_NOVEL_MODE;
+    use promptscope::app::events::PickTarget;
+    let dir = tempfile::tempdir().unwrap();
+    let (model, data) = (dir.path().join("m"), dir.path().join("d"));
+    synth::write_model_folder(&ClipConfig::tiny(HiddenAct::QuickGelu, 1e-5), &model).unwrap();
+    promptscope::data::synth::write_dataset(&data, 4, 0, Some((4, 2, 3)), 3).unwrap();
+    let manifest = dir.path().join("t.jsonl");
+    let m = manifest.to_str().unwrap();
+    ok(&promptscope(&[
+        "sweep",
+        "plan",
+        "--model",
+        model.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--shots",
+        "2",
+        "--seeds",
+        "1,2",
+        "--methods",
+        "coop,tip-adapter",
+        "--epochs",
+        "2",
+        "--n-ctx",
+        "4",
+        "--no-cache",
+        "--out",
+        m,
+    ]));
+    for i in ["0", "1", "2", "3"] {
+        ok(&promptscope(&[
+            "sweep",
+            "run",
+            "--manifest",
+            m,
+            "--index",
+            i,
+        ]));
+    }
+    let cli: serde_json::Value = serde_json::from_str(
+        ok(&promptscope(&[
+            "sweep",
+            "collect",
+            "--manifest",
+            m,
+            "--format",
+            "json",
+        ]))
+        .lines()
+        .last()
+        .unwrap(),
+    )
+    .unwrap();
+
+    let mut h = super::app_ui::harness(PromptscopeApp::new_headless());
+    click(&mut h, "Compare");
+    click(&mut h, BASE_TO_NOVEL_MODE);
+    assert!(h.query_by_label(OPEN_SWEEP).is_some());
+    h.state_mut().choose(PickTarget::Sweep, manifest.clone());
+    wait_idle(&mut h);
+    let (opened, tables) = h
+        .state()
+        .state
+        .sweep
+        .clone()
+        .unwrap_or_else(|| panic!("{:?}", h.state().state.errors));
+    assert_eq!(opened, manifest);
+    assert_eq!(tables.len(), 1);
+    assert_eq!(serde_json::to_value(&tables[0].report).unwrap(), cli);
+    for row in cli["rows"].as_array().unwrap() {
+        let cell = |k: &str| {
+            format!(
+                "{:.1} ± {:.1}",
+                100.0 * row["mean"][k].as_f64().unwrap(),
+                100.0 * row["std"][k].as_f64().unwrap()
+            )
+        };
+        // (CoOp's name is also its checkbox in the form above.)
+        assert!(
+            labels_containing(&h, row["method"].as_str().unwrap()) >= 1,
+            "{} row",
+            row["method"]
+        );
+        assert!(
+            labels_containing(&h, &cell("harmonic")) >= 1,
+            "{}",
+            cell("harmonic")
+        );
+    }
+    h.check_accessibility();
+
+    let not_a_manifest = dir.path().join("notes.jsonl");
+    std::fs::write(&not_a_manifest, "hello\n").unwrap();
+    h.state_mut().choose(PickTarget::Sweep, not_a_manifest);
+    wait_idle(&mut h);
+    let errors = &h.state().state.errors;
+    assert!(
+        errors.iter().any(|e| e.contains("Opening the sweep")
+            && e.contains("notes.jsonl")
+            && e.contains("line 1")),
+        "{errors:?}"
+    );
+}
+
 /// Compare's base-to-novel mode trains the ticked methods on the base half per seed and shows base,
 /// novel and H as the CLI's `base-to-novel` reports them, number for number.
 #[test]
