@@ -1059,6 +1059,14 @@ fn a_cocoop_run_trains_from_the_train_tab_resumes_and_compare_scores_it_per_imag
     );
 }
 
+/// A tiny random CLIP and a four-class shapes set (4/2/3 images per class) in `dir`.
+fn tiny_model_and_shapes(dir: &Path) -> (PathBuf, PathBuf) {
+    let (model, data) = (dir.join("m"), dir.join("d"));
+    synth::write_model_folder(&ClipConfig::tiny(HiddenAct::QuickGelu, 1e-5), &model).unwrap();
+    promptscope::data::synth::write_dataset(&data, 4, 0, Some((4, 2, 3)), 3).unwrap();
+    (model, data)
+}
+
 /// A sweep run elsewhere (here: by the CLI, task by task) opens in Compare's base-to-novel mode with no
 /// model or dataset loaded: its table shows the numbers `sweep collect` prints; a file that is not a
 /// manifest is an error naming it.
@@ -1067,11 +1075,8 @@ fn a_sweeps_results_open_in_compare_as_sweep_collect_merges_them() {
     use super::common::{ok, promptscope};
     use promptscope::app::base_to_novel_panel::OPEN_SWEEP;
     use promptscope::app::compare::BASE_TO_NOVEL_MODE;
-    use promptscope::app::events::PickTarget;
     let dir = tempfile::tempdir().unwrap();
-    let (model, data) = (dir.path().join("m"), dir.path().join("d"));
-    synth::write_model_folder(&ClipConfig::tiny(HiddenAct::QuickGelu, 1e-5), &model).unwrap();
-    promptscope::data::synth::write_dataset(&data, 4, 0, Some((4, 2, 3)), 3).unwrap();
+    let (model, data) = tiny_model_and_shapes(dir.path());
     let manifest = dir.path().join("t.jsonl");
     let m = manifest.to_str().unwrap();
     ok(&promptscope(&[
@@ -1177,9 +1182,7 @@ fn compares_base_to_novel_mode_reports_what_the_cli_does() {
     use promptscope::app::base_to_novel_panel::{B2N_HEADING, RUN_BASE_TO_NOVEL};
     use promptscope::app::compare::BASE_TO_NOVEL_MODE;
     let dir = tempfile::tempdir().unwrap();
-    let (model, data) = (dir.path().join("m"), dir.path().join("d"));
-    synth::write_model_folder(&ClipConfig::tiny(HiddenAct::QuickGelu, 1e-5), &model).unwrap();
-    promptscope::data::synth::write_dataset(&data, 4, 0, Some((4, 2, 3)), 3).unwrap();
+    let (model, data) = tiny_model_and_shapes(dir.path());
     let mut app = PromptscopeApp::new_headless()
         .with_startup(Some(model.display().to_string()), Some(data.clone()));
     app.cache_dir = None;

@@ -700,22 +700,14 @@ fn kgcoop_trains_from_the_cli_and_is_recorded() {
     assert_eq!(run.method_name(), "KgCoOp λ=8");
     // The same export as written before the variant had its own entry (λ inside the train config)
     // reads back as KgCoOp.
-    let path = Path::new(&s.p("kg.safetensors")).to_path_buf();
-    let (tensors, mut meta) = promptscope::tensor_file::read_safetensors(&path).unwrap();
-    let mut full: serde_json::Value = serde_json::from_str(&meta["promptscope"]).unwrap();
-    full.as_object_mut().unwrap().remove("variant");
-    full["train"]["kg_lambda"] = 8.0.into();
-    meta.insert("promptscope".into(), full.to_string());
-    let tensors: Vec<(&str, candle_core::Tensor)> = tensors
-        .iter()
-        .map(|(k, t)| (k.as_str(), t.clone()))
-        .collect();
     let old = s.p("old-kg.safetensors");
-    std::fs::write(
-        &old,
-        promptscope::tensor_file::safetensors_bytes(&tensors, meta).unwrap(),
-    )
-    .unwrap();
+    std::fs::copy(s.p("kg.safetensors"), &old).unwrap();
+    common::edit_safetensors_meta(Path::new(&old), |meta| {
+        let mut full: serde_json::Value = serde_json::from_str(&meta["promptscope"]).unwrap();
+        full.as_object_mut().unwrap().remove("variant");
+        full["train"]["kg_lambda"] = 8.0.into();
+        meta.insert("promptscope".into(), full.to_string());
+    });
     assert_eq!(
         PromptFile::load(Path::new(&old)).unwrap().meta.variant,
         promptscope::prompt::CoopVariant::Kgcoop { lambda: 8.0 }

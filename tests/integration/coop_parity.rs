@@ -366,20 +366,13 @@ fn a_checkpoint_resumes_only_the_variant_that_wrote_it() {
     );
     assert!(refusal(CoopVariant::Kgcoop { lambda: 2.0 }).is_some());
     // The same checkpoint as written before the variant entry: λ in the train config.
-    let (tensors, mut meta) = promptscope::tensor_file::read_safetensors(&ckpt).unwrap();
-    meta.remove("variant");
-    let mut train_config: serde_json::Value = serde_json::from_str(&meta["train_config"]).unwrap();
-    train_config["kg_lambda"] = 8.0.into();
-    meta.insert("train_config".into(), train_config.to_string());
-    let tensors: Vec<(&str, Tensor)> = tensors
-        .iter()
-        .map(|(k, t)| (k.as_str(), t.clone()))
-        .collect();
-    std::fs::write(
-        &ckpt,
-        promptscope::tensor_file::safetensors_bytes(&tensors, meta).unwrap(),
-    )
-    .unwrap();
+    common::edit_safetensors_meta(&ckpt, |meta| {
+        meta.remove("variant");
+        let mut train_config: serde_json::Value =
+            serde_json::from_str(&meta["train_config"]).unwrap();
+        train_config["kg_lambda"] = 8.0.into();
+        meta.insert("train_config".into(), train_config.to_string());
+    });
     assert!(refusal(kg8).is_none(), "{:?}", refusal(kg8));
     assert!(refusal(CoopVariant::Coop).is_some());
 }

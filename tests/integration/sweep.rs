@@ -21,6 +21,24 @@ const FLAGS: [&str; 12] = [
     "a photo of a {}.",
 ];
 
+/// `sweep plan` of the tiny model and dataset in `s`, writing `out`, with `extra` flags.
+fn plan(s: &Scratch, out: &str, extra: &[&str]) {
+    let (m, d) = (s.p("m"), s.p("d"));
+    let mut args = vec![
+        "sweep",
+        "plan",
+        "--model",
+        &m,
+        "--data",
+        &d,
+        "--no-cache",
+        "--out",
+        out,
+    ];
+    args.extend(extra);
+    ok(&promptscope(&args));
+}
+
 fn setup() -> Scratch {
     let s = Scratch::with_tiny_model();
     promptscope::data::synth::write_dataset(&s.dir.path().join("d"), 5, 0, Some((4, 2, 3)), 5)
@@ -32,10 +50,7 @@ fn setup() -> Scratch {
 fn a_sweep_run_task_by_task_collects_to_exactly_the_base_to_novel_report() {
     let s = setup();
     let (m, d, manifest) = (s.p("m"), s.p("d"), s.p("sweep.jsonl"));
-    let mut plan = vec!["sweep", "plan", "--model", &m, "--data", &d, "--no-cache"];
-    plan.extend(FLAGS);
-    plan.extend(["--out", &manifest]);
-    ok(&promptscope(&plan));
+    plan(&s, &manifest, &FLAGS);
     let lines: Vec<String> = std::fs::read_to_string(&manifest)
         .unwrap()
         .lines()
@@ -131,19 +146,7 @@ fn a_broken_manifest_or_a_missing_index_is_a_clear_error() {
     );
     let s2 = setup();
     let good = s2.p("sweep.jsonl");
-    ok(&promptscope(&[
-        "sweep",
-        "plan",
-        "--model",
-        &s2.p("m"),
-        "--data",
-        &s2.p("d"),
-        "--no-cache",
-        "--seeds",
-        "1",
-        "--out",
-        &good,
-    ]));
+    plan(&s2, &good, &["--seeds", "1"]);
     let no_index = std::process::Command::new(env!("CARGO_BIN_EXE_promptscope"))
         .args(["sweep", "run", "--manifest", &good])
         .env_remove("SLURM_ARRAY_TASK_ID")
@@ -163,19 +166,11 @@ fn a_broken_manifest_or_a_missing_index_is_a_clear_error() {
 fn engine_files_match_their_golden_copies() {
     let s = setup();
     let manifest = s.dir.path().join("sweep.jsonl");
-    ok(&promptscope(&[
-        "sweep",
-        "plan",
-        "--model",
-        &s.p("m"),
-        "--data",
-        &s.p("d"),
-        "--no-cache",
-        "--methods",
-        "coop,kgcoop,cocoop",
-        "--out",
+    plan(
+        &s,
         manifest.to_str().unwrap(),
-    ]));
+        &["--methods", "coop,kgcoop,cocoop"],
+    );
     // The golden copies have the manifest's folder as /sweeps.
     let golden = common::fixtures().join("sweep");
     for (verb, file, extra) in [

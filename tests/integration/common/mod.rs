@@ -297,3 +297,22 @@ pub fn mpfgvc_stage(lr: f64, epochs: usize) -> promptscope::train::mpfgvc::Stage
         optimizer: promptscope::train::mpfgvc::OptimizerKind::AdamW,
     }
 }
+
+/// Rewrites the metadata of the safetensors file at `path` in place (tensors unchanged): how the tests
+/// make a file as an older version wrote it.
+pub fn edit_safetensors_meta(
+    path: &std::path::Path,
+    edit: impl FnOnce(&mut std::collections::HashMap<String, String>),
+) {
+    let (tensors, mut meta) = promptscope::tensor_file::read_safetensors(path).unwrap();
+    edit(&mut meta);
+    let tensors: Vec<(&str, candle_core::Tensor)> = tensors
+        .iter()
+        .map(|(k, t)| (k.as_str(), t.clone()))
+        .collect();
+    std::fs::write(
+        path,
+        promptscope::tensor_file::safetensors_bytes(&tensors, meta).unwrap(),
+    )
+    .unwrap();
+}
