@@ -4,6 +4,7 @@
 use egui::{Color32, DragValue, Grid, RichText};
 
 use crate::run::base_to_novel::{Method, MethodName, Report};
+use crate::run::sweep::{Collected, ShotsTable};
 
 use super::compare_job::BaseToNovelRequest;
 use super::events::Action;
@@ -185,28 +186,83 @@ pub fn sweep_ui(ui: &mut egui::Ui, state: &AppState, actions: &mut Vec<Action>) 
         {
             actions.push(Action::Browse(super::events::PickTarget::Sweep));
         }
-        if let Some((manifest, tables)) = &state.sweep {
-            ui.weak(format!("{}: {} tables", manifest.display(), tables.len()));
+        if let Some((manifest, collected)) = &state.sweep {
+            let n = match collected {
+                Collected::BaseToNovel(t) => t.len(),
+                Collected::FewShot(t) => t.len(),
+            };
+            ui.weak(format!("{}: {n} tables", manifest.display()));
         }
     });
-    let Some((_, tables)) = &state.sweep else {
-        return;
+    let name = |p: &std::path::Path| {
+        p.file_name().map_or_else(
+            || p.display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        )
     };
-    for (i, t) in tables.iter().enumerate() {
+    let title = |ui: &mut egui::Ui, model: &str, data: &std::path::Path| {
         ui.add_space(6.0);
-        let name = |p: &std::path::Path| {
-            p.file_name().map_or_else(
-                || p.display().to_string(),
-                |n| n.to_string_lossy().into_owned(),
-            )
-        };
         ui.strong(format!(
             "{} on {}",
-            name(std::path::Path::new(&t.model)),
-            name(&t.data)
+            name(std::path::Path::new(model)),
+            name(data)
         ))
-        .on_hover_text(format!("{}\n{}", t.model, t.data.display()));
-        table_ui(ui, &t.report, ("sweep_table", i));
+        .on_hover_text(format!("{model}\n{}", data.display()));
+    };
+    match &state.sweep {
+        None => {}
+        Some((_, Collected::BaseToNovel(tables))) => {
+            for (i, t) in tables.iter().enumerate() {
+                title(ui, &t.model, &t.data);
+                table_ui(ui, &t.report, ("sweep_table", i));
+            }
+        }
+        Some((_, Collected::FewShot(tables))) => {
+            for (i, t) in tables.iter().enumerate() {
+                title(ui, &t.model, &t.data);
+                shots_ui(ui, t, i);
+            }
+        }
+    }
+}
+
+/// A few-shot sweep's table: test accuracy % (mean ± std over seeds), a row per method, a column per
+/// shots value, the template's zero-shot accuracy below.
+fn shots_ui(ui: &mut egui::Ui, t: &ShotsTable, i: usize) {
+    let mut shots: Vec<Option<usize>> = Vec::new();
+    let mut methods: Vec<&str> = Vec::new();
+    for r in &t.rows {
+        if !shots.contains(&r.shots) {
+            shots.push(r.shots);
+        }
+        if !methods.contains(&r.method.as_str()) {
+            methods.push(&r.method);
+        }
+    }
+    Grid::new(("sweep_shots", i))
+        .striped(true)
+        .num_columns(shots.len() + 1)
+        .show(ui, |ui| {
+            ui.strong("method");
+            for k in &shots {
+                ui.strong(k.map_or("all shots".to_string(), |k| format!("{k}-shot")));
+            }
+            ui.end_row();
+            for m in &methods {
+                ui.label(*m);
+                for k in &shots {
+                    match t.rows.iter().find(|r| r.method == *m && r.shots == *k) {
+                        Some(r) => {
+                            ui.label(format!("{:.1} ± {:.1}", 100.0 * r.mean, 100.0 * r.std))
+                        }
+                        None => ui.label("–"),
+                    };
+                }
+                ui.end_row();
+            }
+        });
+    for (template, acc) in &t.zero_shot {
+        ui.weak(format!("zero-shot \"{template}\": {:.1} %", 100.0 * acc));
     }
 }
 

@@ -106,7 +106,7 @@ pub enum Event {
     SweepOpened {
         job: JobId,
         manifest: PathBuf,
-        result: Result<Vec<crate::run::sweep::Table>, Failure>,
+        result: Result<crate::run::sweep::Collected, Failure>,
     },
     PromptsLoaded {
         job: JobId,

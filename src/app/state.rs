@@ -64,9 +64,8 @@ pub struct AppState {
     pub report: Option<Comparison>,
     /// The last base-to-novel table of Compare's base-to-novel mode.
     pub base_to_novel: Option<crate::run::base_to_novel::Report>,
-    /// The sweep whose merged results Compare shows: its manifest and a table per model, dataset and
-    /// shots.
-    pub sweep: Option<(PathBuf, Vec<crate::run::sweep::Table>)>,
+    /// The sweep whose merged results Compare shows: its manifest and its tables.
+    pub sweep: Option<(PathBuf, crate::run::sweep::Collected)>,
     /// Shown until dismissed, oldest first.
     pub errors: Vec<String>,
     /// The worker jobs in flight, but training runs (their records hold their jobs).

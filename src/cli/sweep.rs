@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Result;
 use promptscope::progress::Progress;
 use promptscope::run::base_to_novel::Halves;
-use promptscope::run::sweep::{self, Plan, Resources, TaskResult};
+use promptscope::run::sweep::{self, Collected, Outcome, Plan, Protocol, Resources, TaskResult};
 
 use super::args::{CacheArgs, Format, ModelArgs, Shots};
 use super::baselines::MethodFlags;
@@ -36,6 +36,10 @@ pub struct SweepArgs {
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct PlanArgs {
+    /// base-to-novel (CoCoOp's: learn on half the classes, score both halves) or few-shot (CoOp's: K
+    /// shots of every class, test accuracy).
+    #[arg(long, value_enum, default_value_t)]
+    pub protocol: Protocol,
     /// Models (a comma list): folders, hub ids or demo names.
     #[arg(long, value_delimiter = ',', required = true)]
     pub model: Vec<String>,
@@ -144,6 +148,7 @@ fn plan(a: &PlanArgs) -> Result<()> {
         .map(|&k| Ok((k, a.recipe.recipes(k, a.split_seed)?)))
         .collect::<Result<Vec<_>>>()?;
     let p = Plan {
+        protocol: a.protocol,
         models: a
             .model
             .iter()
@@ -193,60 +198,140 @@ fn run(a: &RunArgs) -> Result<()> {
         data.apply_class_names(file)?;
     }
     let bar = Bar::new();
-    let halves = Halves::open(
-        &clip,
-        &data,
-        &task.template,
-        task.split_seed,
-        task.cache.as_deref(),
-        &bar,
-    )?;
     let name = task.method.name();
-    let mut on_event = |ev: promptscope::train::coop::TrainEvent| {
-        if let promptscope::train::coop::TrainEvent::Epoch(s) = ev {
-            bar.update(
-                &format!("{name} seed {}: epochs", task.seed),
-                s.epoch + 1,
-                s.epochs,
-            );
+    let prompts = task.prompts_path(&a.manifest);
+    let outcome = match task.protocol {
+        Protocol::BaseToNovel => {
+            let halves = Halves::open(
+                &clip,
+                &data,
+                &task.template,
+                task.split_seed,
+                task.cache.as_deref(),
+                &bar,
+            )?;
+            let mut on_event = |ev: promptscope::train::coop::TrainEvent| {
+                if let promptscope::train::coop::TrainEvent::Epoch(s) = ev {
+                    bar.update(
+                        &format!("{name} seed {}: epochs", task.seed),
+                        s.epoch + 1,
+                        s.epochs,
+                    );
+                }
+            };
+            let result =
+                halves.score(&task.method, prompts.as_deref(), true, &bar, &mut on_event)?;
+            Outcome::BaseToNovel {
+                base_classes: halves.base_classes().to_vec(),
+                novel_classes: halves.novel_classes().to_vec(),
+                zero_shot: (halves.zero_shot_name(), halves.zero_shot()?),
+                result,
+            }
+        }
+        Protocol::FewShot => {
+            use promptscope::run::base_to_novel::Method;
+            use promptscope::run::execute::{execute, RunCtx, RunEvent, RunOutput};
+            use promptscope::train::config::RunConfig;
+            let run = match &task.method {
+                Method::Prompts(r) => RunConfig::Coop(r.clone()),
+                Method::Adapter(r) => RunConfig::Adapter(r.clone()),
+            };
+            let ctx = RunCtx {
+                clip: Some(&clip),
+                data: Some(&data),
+                cache: task.cache.as_deref(),
+                progress: &bar,
+            };
+            let out = RunOutput {
+                path: prompts.clone(),
+                resume: true,
+            };
+            let summary = execute(&run, &ctx, &out, &mut |ev| {
+                if let RunEvent::Train {
+                    event: promptscope::train::coop::TrainEvent::Epoch(s),
+                    ..
+                } = ev
+                {
+                    bar.update(
+                        &format!("{name} seed {}: epochs", task.seed),
+                        s.epoch + 1,
+                        s.epochs,
+                    );
+                }
+            })?;
+            let metric = |k: &str| {
+                summary
+                    .metric(k)
+                    .ok_or_else(|| anyhow::anyhow!("the run reported no {k}"))
+            };
+            let zero_shot =
+                metric("handcrafted_test_acc").or_else(|_| metric("zero_shot_test_acc"))?;
+            Outcome::FewShot {
+                zero_shot: (task.template.clone(), zero_shot),
+                test_acc: metric("test_acc")?,
+            }
         }
     };
-    let prompts = task.prompts_path(&a.manifest);
-    let result = halves.score(&task.method, prompts.as_deref(), true, &bar, &mut on_event)?;
     drop(bar);
+    let headline = match &outcome {
+        Outcome::BaseToNovel { result, .. } => format!(
+            "base {:.1}%, novel {:.1}%, H {:.1}%",
+            100.0 * result.base,
+            100.0 * result.novel,
+            100.0 * result.harmonic
+        ),
+        Outcome::FewShot { test_acc, .. } => format!("test {:.1}%", 100.0 * test_acc),
+    };
     TaskResult {
         id: task.id.clone(),
         method: name,
         seed: task.seed,
         shots: task.method.shots(),
-        base_classes: halves.base_classes().to_vec(),
-        novel_classes: halves.novel_classes().to_vec(),
-        zero_shot: (halves.zero_shot_name(), halves.zero_shot()?),
-        result,
+        outcome,
         seconds: started.elapsed().as_secs_f64(),
     }
     .write(&result_path)?;
     eprintln!(
-        "task {index} ({}): base {:.1}%, novel {:.1}%, H {:.1}% in {:.0} s",
+        "task {index} ({}): {headline} in {:.0} s",
         task.id,
-        100.0 * result.base,
-        100.0 * result.novel,
-        100.0 * result.harmonic,
         started.elapsed().as_secs_f64()
     );
     Ok(())
 }
 
 fn collect(a: &CollectArgs) -> Result<()> {
-    let tables = sweep::collect(&a.manifest)?;
-    match a.format {
+    match (sweep::collect(&a.manifest)?, a.format) {
         // One model and dataset: exactly what `base-to-novel --format json` prints.
-        Format::Json if tables.len() == 1 => print_json(&tables[0].report),
-        Format::Json => print_json(&tables),
-        Format::Text => {
+        (Collected::BaseToNovel(t), Format::Json) if t.len() == 1 => print_json(&t[0].report),
+        (c, Format::Json) => print_json(&c),
+        (Collected::BaseToNovel(tables), Format::Text) => {
             for t in &tables {
                 outln!("{} on {}", t.model, t.data.display());
                 super::baselines::print_base_to_novel(&t.report)?;
+            }
+            Ok(())
+        }
+        (Collected::FewShot(tables), Format::Text) => {
+            for t in &tables {
+                outln!(
+                    "{} on {}: test accuracy % (mean ± std over seeds)",
+                    t.model,
+                    t.data.display()
+                );
+                for r in &t.rows {
+                    let shots = r.shots.map_or("all".to_string(), |k| k.to_string());
+                    outln!(
+                        "  {:24} {:>4} shots  {:5.1} ± {:4.1}  (seeds {:?})",
+                        r.method,
+                        shots,
+                        100.0 * r.mean,
+                        100.0 * r.std,
+                        r.seeds
+                    );
+                }
+                for (template, acc) in &t.zero_shot {
+                    outln!("  zero-shot \"{template}\": {:.1}", 100.0 * acc);
+                }
             }
             Ok(())
         }

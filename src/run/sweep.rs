@@ -1,5 +1,7 @@
 //! Sweeps as manifests (METHODS §10): a table over models × datasets × methods × shots × seeds is one
-//! JSONL file, one task a line, each with a content-hash id. Any engine runs line `I` as its own
+//! JSONL file, one task a line, each with a content-hash id. Two protocols: CoCoOp's base-to-novel (a
+//! method learns on the base half, scored on both halves) and CoOp's few-shot (K shots of every class,
+//! scored on the test split). Any engine runs line `I` as its own
 //! process (`promptscope sweep run --manifest M --index I`; Slurm's `SLURM_ARRAY_TASK_ID`, a Kubernetes
 //! Indexed Job's `JOB_COMPLETION_INDEX`), writing one result file; `collect` merges them into the same
 //! report `base-to-novel` prints. Tasks are idempotent: a finished task is skipped, and a killed one
@@ -15,11 +17,26 @@ use sha2::{Digest, Sha256};
 use super::base_to_novel::{BaseNovel, Method, Report};
 use crate::error::{write_atomic, Error, Result};
 
+/// Which table a sweep fills.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default, clap::ValueEnum,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum Protocol {
+    /// CoCoOp's: learn on the base half of the classes, score base, novel and H.
+    #[default]
+    BaseToNovel,
+    /// CoOp's: K shots of every class, test accuracy (CoOp's Fig. 3 curves).
+    FewShot,
+}
+
 /// One cell of the table: one method with one seed on one model and dataset.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Task {
     /// The first 16 hex digits of the SHA-256 of the task's other fields (as JSON).
     pub id: String,
+    #[serde(default)]
+    pub protocol: Protocol,
     pub model: String,
     pub data: PathBuf,
     /// CoOp's classnames.txt for the dataset, if any.
@@ -38,6 +55,7 @@ pub struct Task {
 /// What `plan` crosses: every model × dataset × shots × method × seed.
 #[derive(Debug, Clone)]
 pub struct Plan {
+    pub protocol: Protocol,
     pub models: Vec<String>,
     pub data: Vec<PathBuf>,
     pub classnames: Option<PathBuf>,
@@ -83,7 +101,13 @@ pub fn plan(p: &Plan) -> Result<Vec<Task>> {
         ));
     }
     for (_, methods) in &p.methods {
-        super::base_to_novel::check_methods(methods, &p.seeds)?;
+        match p.protocol {
+            Protocol::BaseToNovel => super::base_to_novel::check_methods(methods, &p.seeds)?,
+            Protocol::FewShot if p.seeds.is_empty() => {
+                return Err(Error::invalid("give at least one seed (--seeds 1,2,3)"))
+            }
+            Protocol::FewShot => {}
+        }
     }
     let mut tasks = Vec::new();
     for model in &p.models {
@@ -94,6 +118,7 @@ pub fn plan(p: &Plan) -> Result<Vec<Task>> {
                         tasks.push(
                             Task {
                                 id: String::new(),
+                                protocol: p.protocol,
                                 model: model.clone(),
                                 data: data.clone(),
                                 classnames: p.classnames.clone(),
@@ -183,12 +208,26 @@ pub struct TaskResult {
     pub method: String,
     pub seed: u64,
     pub shots: Option<usize>,
-    pub base_classes: Vec<String>,
-    pub novel_classes: Vec<String>,
-    /// The zero-shot row's name and result (the same for every task on the model and dataset).
-    pub zero_shot: (String, BaseNovel),
-    pub result: BaseNovel,
+    pub outcome: Outcome,
     pub seconds: f64,
+}
+
+/// What a task measured, by protocol.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Outcome {
+    BaseToNovel {
+        base_classes: Vec<String>,
+        novel_classes: Vec<String>,
+        /// The zero-shot row's name and result (the same for every task on the model and dataset).
+        zero_shot: (String, BaseNovel),
+        result: BaseNovel,
+    },
+    FewShot {
+        /// The hand-crafted template and its zero-shot test accuracy on the same split.
+        zero_shot: (String, f64),
+        test_acc: f64,
+    },
 }
 
 impl TaskResult {
@@ -209,7 +248,7 @@ impl TaskResult {
     }
 }
 
-/// One model and dataset's table.
+/// One model and dataset's base-to-novel table.
 #[derive(Debug, Clone, Serialize)]
 pub struct Table {
     pub model: String,
@@ -217,9 +256,47 @@ pub struct Table {
     pub report: Report,
 }
 
-/// The tables of a manifest whose tasks have all finished, one per model, dataset and shots, in
-/// manifest order; the rows are the methods in planned order, their seeds in planned order.
-pub fn collect(manifest: &Path) -> Result<Vec<Table>> {
+/// One model and dataset's few-shot table: every run (as `scripts/shots_curve.py` records them) and
+/// per method and shots the mean ± std over seeds.
+#[derive(Debug, Clone, Serialize)]
+pub struct ShotsTable {
+    pub model: String,
+    pub data: PathBuf,
+    /// The template's zero-shot test accuracy.
+    pub zero_shot: HashMap<String, f64>,
+    pub runs: Vec<ShotsRun>,
+    pub rows: Vec<ShotsRow>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ShotsRun {
+    pub method: String,
+    pub shots: Option<usize>,
+    pub seed: u64,
+    pub test_acc: f64,
+    pub seconds: f64,
+}
+
+/// A method at one shots value over the seeds (sample standard deviation; 0 for one seed).
+#[derive(Debug, Clone, Serialize)]
+pub struct ShotsRow {
+    pub method: String,
+    pub shots: Option<usize>,
+    pub seeds: Vec<u64>,
+    pub mean: f64,
+    pub std: f64,
+}
+
+/// What `collect` merges a manifest into.
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum Collected {
+    BaseToNovel(Vec<Table>),
+    FewShot(Vec<ShotsTable>),
+}
+
+/// Every task's result, in manifest order; an error naming the tasks that have none yet.
+fn results(manifest: &Path) -> Result<Vec<(Task, TaskResult)>> {
     let tasks = read_manifest(manifest)?;
     let missing: Vec<usize> = tasks
         .iter()
@@ -236,43 +313,127 @@ pub fn collect(manifest: &Path) -> Result<Vec<Table>> {
             manifest.display()
         )));
     }
-    type Key = (String, PathBuf, Option<usize>);
-    let mut order: Vec<Key> = Vec::new();
-    let mut groups: HashMap<Key, Vec<TaskResult>> = HashMap::new();
-    for t in &tasks {
-        let r = TaskResult::read(&t.result_path(manifest))?;
-        let key = (t.model.clone(), t.data.clone(), r.shots);
-        if !groups.contains_key(&key) {
-            order.push(key.clone());
-        }
-        groups.entry(key).or_default().push(r);
-    }
-    order
+    tasks
         .into_iter()
-        .map(|key| {
-            let results = groups.remove(&key).unwrap_or_default();
-            let first = &results[0];
+        .map(|t| {
+            let r = TaskResult::read(&t.result_path(manifest))?;
+            Ok((t, r))
+        })
+        .collect()
+}
+
+/// `items` grouped by `key`, groups and members in their first order.
+fn grouped<T, K: PartialEq>(items: Vec<T>, key: impl Fn(&T) -> K) -> Vec<(K, Vec<T>)> {
+    let mut groups: Vec<(K, Vec<T>)> = Vec::new();
+    for item in items {
+        let k = key(&item);
+        match groups.iter_mut().find(|(g, _)| *g == k) {
+            Some((_, members)) => members.push(item),
+            None => groups.push((k, vec![item])),
+        }
+    }
+    groups
+}
+
+/// The tables of a manifest whose tasks have all finished: base-to-novel's, one per model, dataset and
+/// shots (rows: the methods in planned order, their seeds in planned order), or few-shot's, one per
+/// model and dataset.
+pub fn collect(manifest: &Path) -> Result<Collected> {
+    let all = results(manifest)?;
+    if all.iter().any(|(t, _)| t.protocol == Protocol::FewShot) {
+        return Ok(Collected::FewShot(collect_shots(all)?));
+    }
+    grouped(all, |(t, r)| (t.model.clone(), t.data.clone(), r.shots))
+        .into_iter()
+        .map(|((model, data, shots), results)| {
+            let results: Vec<TaskResult> = results.into_iter().map(|(_, r)| r).collect();
             let mut seeds: Vec<u64> = Vec::new();
             let mut rows: Vec<(String, Vec<(u64, BaseNovel)>)> = Vec::new();
+            let mut halves = None;
             for r in &results {
+                let Outcome::BaseToNovel {
+                    base_classes,
+                    novel_classes,
+                    zero_shot,
+                    result,
+                } = &r.outcome
+                else {
+                    return Err(Error::invalid("a manifest mixes protocols"));
+                };
+                halves.get_or_insert((
+                    base_classes.clone(),
+                    novel_classes.clone(),
+                    zero_shot.clone(),
+                ));
                 if !seeds.contains(&r.seed) {
                     seeds.push(r.seed);
                 }
                 match rows.iter_mut().find(|(m, _)| *m == r.method) {
-                    Some((_, per_seed)) => per_seed.push((r.seed, r.result)),
-                    None => rows.push((r.method.clone(), vec![(r.seed, r.result)])),
+                    Some((_, per_seed)) => per_seed.push((r.seed, *result)),
+                    None => rows.push((r.method.clone(), vec![(r.seed, *result)])),
                 }
             }
+            let (base, novel, zero_shot) = halves.expect("every group has a result");
             Ok(Table {
-                model: key.0,
-                data: key.1,
-                report: Report::assemble(
-                    (first.base_classes.clone(), first.novel_classes.clone()),
-                    key.2,
-                    first.zero_shot.clone(),
-                    &seeds,
-                    rows,
-                ),
+                model,
+                data,
+                report: Report::assemble((base, novel), shots, zero_shot, &seeds, rows),
+            })
+        })
+        .collect::<Result<Vec<_>>>()
+        .map(Collected::BaseToNovel)
+}
+
+fn collect_shots(all: Vec<(Task, TaskResult)>) -> Result<Vec<ShotsTable>> {
+    grouped(all, |(t, _)| (t.model.clone(), t.data.clone()))
+        .into_iter()
+        .map(|((model, data), results)| {
+            let results: Vec<TaskResult> = results.into_iter().map(|(_, r)| r).collect();
+            let mut zero_shot = HashMap::new();
+            let mut runs = Vec::new();
+            for r in &results {
+                let Outcome::FewShot {
+                    zero_shot: (template, acc),
+                    test_acc,
+                } = &r.outcome
+                else {
+                    return Err(Error::invalid("a manifest mixes protocols"));
+                };
+                zero_shot.insert(template.clone(), *acc);
+                runs.push(ShotsRun {
+                    method: r.method.clone(),
+                    shots: r.shots,
+                    seed: r.seed,
+                    test_acc: *test_acc,
+                    seconds: r.seconds,
+                });
+            }
+            let rows = grouped(runs.clone(), |x| (x.method.clone(), x.shots))
+                .into_iter()
+                .map(|((method, shots), rs)| {
+                    let accs: Vec<f64> = rs.iter().map(|x| x.test_acc).collect();
+                    let n = accs.len().max(1) as f64;
+                    let mean = accs.iter().sum::<f64>() / n;
+                    let std = if accs.len() < 2 {
+                        0.0
+                    } else {
+                        (accs.iter().map(|a| (a - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt()
+                    };
+                    ShotsRow {
+                        method,
+                        shots,
+                        seeds: rs.iter().map(|r| r.seed).collect(),
+                        mean,
+                        std,
+                    }
+                })
+                .collect();
+            Ok(ShotsTable {
+                model,
+                data,
+                zero_shot,
+                runs,
+                rows,
             })
         })
         .collect()

@@ -1131,13 +1131,16 @@ fn a_sweeps_results_open_in_compare_as_sweep_collect_merges_them() {
     assert!(h.query_by_label(OPEN_SWEEP).is_some());
     h.state_mut().choose(PickTarget::Sweep, manifest.clone());
     wait_idle(&mut h);
-    let (opened, tables) = h
+    let (opened, collected) = h
         .state()
         .state
         .sweep
         .clone()
         .unwrap_or_else(|| panic!("{:?}", h.state().state.errors));
     assert_eq!(opened, manifest);
+    let promptscope::run::sweep::Collected::BaseToNovel(tables) = collected else {
+        panic!("a base-to-novel sweep")
+    };
     assert_eq!(tables.len(), 1);
     assert_eq!(serde_json::to_value(&tables[0].report).unwrap(), cli);
     for row in cli["rows"].as_array().unwrap() {

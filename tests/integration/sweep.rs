@@ -133,6 +133,121 @@ fn a_sweep_run_task_by_task_collects_to_exactly_the_base_to_novel_report() {
     );
 }
 
+/// CoOp's few-shot protocol as a sweep: each task's test accuracy is what `train` (CoOp) and `adapter`
+/// (Tip-Adapter) report for the same shots and seed, and collect's rows are their mean ± std.
+#[test]
+fn a_few_shot_sweep_reports_what_train_and_adapter_do() {
+    let s = setup();
+    let manifest = s.p("shots.jsonl");
+    plan(
+        &s,
+        &manifest,
+        &[
+            "--protocol",
+            "few-shot",
+            "--shots",
+            "1,2",
+            "--seeds",
+            "1,2",
+            "--methods",
+            "coop,tip-adapter",
+            "--epochs",
+            "2",
+            "--n-ctx",
+            "4",
+        ],
+    );
+    for i in 0..8 {
+        ok(&promptscope(&[
+            "sweep",
+            "run",
+            "--manifest",
+            &manifest,
+            "--index",
+            &i.to_string(),
+        ]));
+    }
+    let v: serde_json::Value = serde_json::from_str(
+        ok(&promptscope(&[
+            "sweep",
+            "collect",
+            "--manifest",
+            &manifest,
+            "--format",
+            "json",
+        ]))
+        .lines()
+        .last()
+        .unwrap(),
+    )
+    .unwrap();
+    let table = &v[0];
+    assert_eq!(table["runs"].as_array().unwrap().len(), 8);
+    assert_eq!(
+        table["rows"].as_array().unwrap().len(),
+        4,
+        "2 methods × 2 shots"
+    );
+    let run_of = |method: &str, shots: u64, seed: u64| {
+        table["runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["method"] == method && r["shots"] == shots && r["seed"] == seed)
+            .unwrap_or_else(|| panic!("{method} {shots} {seed}: {table}"))["test_acc"]
+            .as_f64()
+            .unwrap()
+    };
+    let (m, d) = (s.p("m"), s.p("d"));
+    let verb = |args: &[&str]| -> serde_json::Value {
+        let mut full = args.to_vec();
+        full.extend([
+            "--model",
+            &m,
+            "--data",
+            &d,
+            "--no-cache",
+            "--format",
+            "json",
+        ]);
+        serde_json::from_str(ok(&promptscope(&full)).lines().last().unwrap()).unwrap()
+    };
+    let out = s.p("coop.safetensors");
+    let coop = verb(&[
+        "train", "--shots", "2", "--seed", "1", "--epochs", "2", "--n-ctx", "4", "--out", &out,
+    ]);
+    assert_eq!(
+        coop["summary"]["test_acc"].as_f64().unwrap(),
+        run_of("CoOp", 2, 1)
+    );
+    let tip = verb(&[
+        "adapter",
+        "--method",
+        "tip-adapter",
+        "--shots",
+        "1",
+        "--seed",
+        "2",
+    ]);
+    assert_eq!(
+        tip["accuracy"].as_f64().unwrap(),
+        run_of("Tip-Adapter", 1, 2)
+    );
+    let row = table["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["method"] == "CoOp" && r["shots"] == 2)
+        .unwrap();
+    let (a, b) = (run_of("CoOp", 2, 1), run_of("CoOp", 2, 2));
+    assert!((row["mean"].as_f64().unwrap() - (a + b) / 2.0).abs() < 1e-12);
+    let text = ok(&promptscope(&["sweep", "collect", "--manifest", &manifest]));
+    assert!(
+        text.contains("Tip-Adapter") && text.contains("zero-shot"),
+        "{text}"
+    );
+}
+
 #[test]
 fn a_broken_manifest_or_a_missing_index_is_a_clear_error() {
     let s = Scratch::with_tiny_model();
