@@ -106,7 +106,8 @@ pub fn plan(p: &Plan) -> Result<Vec<Task>> {
             Protocol::FewShot if p.seeds.is_empty() => {
                 return Err(Error::invalid("give at least one seed (--seeds 1,2,3)"))
             }
-            Protocol::FewShot => {}
+            // A bad recipe is refused when planned, not in every task on the cluster.
+            Protocol::FewShot => methods.iter().try_for_each(Method::validate)?,
         }
     }
     let mut tasks = Vec::new();

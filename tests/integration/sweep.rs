@@ -249,6 +249,41 @@ fn a_few_shot_sweep_reports_what_train_and_adapter_do() {
 }
 
 #[test]
+fn a_bad_recipe_is_refused_when_planned_under_either_protocol() {
+    let s = setup();
+    for protocol in ["base-to-novel", "few-shot"] {
+        let out = s.p(&format!("{protocol}.jsonl"));
+        let (m, d) = (s.p("m"), s.p("d"));
+        let bad = promptscope(&[
+            "sweep",
+            "plan",
+            "--protocol",
+            protocol,
+            "--model",
+            &m,
+            "--data",
+            &d,
+            "--no-cache",
+            "--methods",
+            "coop",
+            "--n-ctx",
+            "0",
+            "--out",
+            &out,
+        ]);
+        assert!(
+            error_line(&bad).contains("--n-ctx"),
+            "{protocol}: {}",
+            error_line(&bad)
+        );
+        assert!(
+            !std::path::Path::new(&out).exists(),
+            "{protocol}: no manifest written"
+        );
+    }
+}
+
+#[test]
 fn a_broken_manifest_or_a_missing_index_is_a_clear_error() {
     let s = Scratch::with_tiny_model();
     let manifest = s.p("bad.jsonl");
