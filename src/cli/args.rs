@@ -74,6 +74,9 @@ pub enum Verb {
     /// Time listing a dataset folder and drawing its splits (no image is decoded): how long a large
     /// dataset takes to open.
     BenchDataset(bench::BenchDatasetArgs),
+    /// Time reading WebDataset shards as pretraining streams them (shuffle, decode, preprocess,
+    /// tokenize; no model): images/s and peak memory, to set beside bench-pretrain's step images/s.
+    BenchShards(bench::BenchShardsArgs),
     /// Time the GPU heatmap overlay (shaders/heatmap.wgsl) drawing a 7×7 map over an image into a
     /// size×size target, each draw submitted and waited for.
     BenchOverlay(bench::BenchOverlayArgs),

@@ -133,6 +133,27 @@ pub struct BenchMapsArgs {
 }
 
 #[derive(clap::Args, Debug, Clone)]
+pub struct BenchShardsArgs {
+    /// Shards as `pretrain --data` takes them.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// The model input the images are preprocessed to (px).
+    #[arg(long, default_value_t = promptscope::clip::ClipConfig::scenes().vision_config.image_size)]
+    pub image_size: usize,
+    #[arg(long, default_value_t = 64)]
+    pub batch: usize,
+    /// Batches to read (default: one epoch).
+    #[arg(long)]
+    pub batches: Option<usize>,
+    #[arg(long, default_value_t = promptscope::train::config::ShardReading::default().shuffle_buffer)]
+    pub shuffle_buffer: usize,
+    #[command(flatten)]
+    pub cache: super::args::CacheArgs,
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: Format,
+}
+
+#[derive(clap::Args, Debug, Clone)]
 pub struct BenchDatasetArgs {
     #[arg(long)]
     pub data: PathBuf,
@@ -384,6 +405,60 @@ pub fn bench_dataset(a: &BenchDatasetArgs) -> Result<()> {
         Format::Json => print_json(&r),
         Format::Text => {
             outln!("{} classes, {files} images: listed in {listed:.2} s, split ({shots}-shot + test) in {split_s:.2} s", ds.num_classes());
+            Ok(())
+        }
+    }
+}
+
+/// `bench-shards`: an epoch (or --batches) of shards read as pretraining reads them, without a model.
+pub fn bench_shards(a: &BenchShardsArgs) -> Result<()> {
+    use promptscope::data::webdataset::{BadSamples, StreamOrder};
+    use promptscope::train::pairs::PairSource;
+    use promptscope::train::shard_pairs::ShardStream;
+    let t = std::time::Instant::now();
+    let cache = a.cache.dir();
+    let stream = ShardStream::open(
+        &a.data,
+        cache.as_deref(),
+        StreamOrder {
+            seed: 0,
+            buffer: a.shuffle_buffer,
+        },
+        BadSamples::Skip,
+        a.image_size,
+        promptscope::clip::ClipTokenizer::bundled(77)?,
+        promptscope::clip::PreprocessConfig::clip(a.image_size),
+        &candle_core::Device::Cpu,
+        &promptscope::progress::Silent,
+    )?;
+    let open_s = t.elapsed().as_secs_f64();
+    let batch = a.batch.max(1);
+    let batches = a.batches.unwrap_or(stream.len() / batch).max(1);
+    let rows: Vec<usize> = (0..batch).collect();
+    let t = std::time::Instant::now();
+    for _ in 0..batches {
+        stream.batch(0, &rows)?;
+    }
+    let read_s = t.elapsed().as_secs_f64();
+    let images = batches * batch;
+    let r = serde_json::json!({
+        "shards": stream.shards().shards.len(), "pairs": stream.len(), "open_seconds": open_s,
+        "images": images, "images_per_s": images as f64 / read_s, "image_size": a.image_size,
+        "shuffle_buffer": a.shuffle_buffer, "skipped": stream.skipped().map(|s| s.total()),
+        "peak_rss_mb": promptscope::bench::peak_rss_mb(), "threads": rayon::current_num_threads(),
+    });
+    match a.format {
+        Format::Json => print_json(&r),
+        Format::Text => {
+            outln!(
+                "{} pairs in {} shards (opened in {open_s:.2} s): read, decoded and preprocessed {images} at {:.0} images/s ({} px, buffer {}); peak RSS {}",
+                stream.len(),
+                stream.shards().shards.len(),
+                images as f64 / read_s,
+                a.image_size,
+                a.shuffle_buffer,
+                promptscope::bench::peak_rss_mb().map_or("n/a".into(), |m| format!("{m:.0} MiB"))
+            );
             Ok(())
         }
     }

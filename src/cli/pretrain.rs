@@ -4,8 +4,9 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
+use promptscope::data::webdataset::BadSamples;
 use promptscope::run::execute::Report;
-use promptscope::train::config::{PretrainRun, PretrainStart, RunConfig};
+use promptscope::train::config::{PretrainRun, PretrainStart, RunConfig, ShardReading};
 use promptscope::train::optim::OptimConfig;
 use promptscope::train::pairs::StreamRecipe;
 use promptscope::train::pretrain::{PretrainConfig, PretrainLoss, ShapeHeadInput};
@@ -18,10 +19,23 @@ fn defaults() -> PretrainConfig {
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct PretrainArgs {
-    /// A folder of pairs: NAME.jpg + NAME.txt (as img2dataset writes), or images beside a captions.tsv /
-    /// captions.jsonl (`promptscope synth-scenes` writes captioned scenes).
+    /// A folder of pairs: NAME.jpg + NAME.txt, or images beside a captions.tsv / captions.jsonl
+    /// (read into memory once). Or WebDataset shards, streamed: 'shards/{00000..00009}.tar', one .tar,
+    /// a folder of .tar files, or a folder of shard folders (img2dataset's layouts; `promptscope
+    /// synth-scenes --format webdataset` writes them).
     #[arg(long, required_unless_present = "scenes")]
     pub data: Option<PathBuf>,
+    /// Shards: the sample shuffle buffer (1 reads each shuffled shard in order). Memory holds this many
+    /// encoded samples.
+    #[arg(long, default_value_t = ShardReading::default().shuffle_buffer)]
+    pub shuffle_buffer: usize,
+    /// Shards: a sample without caption or image, a caption that is not UTF-8, an image that does not
+    /// decode, or a shard cut short is skipped and counted, or stops the run naming shard and key.
+    #[arg(long, value_enum, default_value_t = BadSamples::Skip)]
+    pub bad_samples: BadSamples,
+    /// Shards without a sizes.json are counted once; the counts are cached here.
+    #[command(flatten)]
+    pub cache: super::args::CacheArgs,
     /// Instead of --data: this many generated scenes an epoch, drawn afresh every epoch (from
     /// --scene-seed, the epoch and the index) beside the step, never all in memory, with the levers that
     /// make colour insufficient (same-colour scenes, grey scenes, shape-first wording, minimal-pair twins,
@@ -128,6 +142,10 @@ pub fn pretrain(args: &PretrainArgs) -> Result<()> {
         patch_size: args.patch_size,
         config,
         fp16: args.fp16,
+        shards: ShardReading {
+            shuffle_buffer: args.shuffle_buffer,
+            bad_samples: args.bad_samples,
+        },
     };
     let json = args.format == Format::Json;
     let lines = super::output::Lines::default();
@@ -135,11 +153,12 @@ pub fn pretrain(args: &PretrainArgs) -> Result<()> {
         path: Some(args.out.clone()),
         resume: args.resume,
     };
+    let cache = args.cache.dir();
     let summary = super::execute(
         &RunConfig::Pretrain(run),
         None,
         None,
-        None,
+        cache.as_deref(),
         output,
         &mut |bar, e| {
             let s = e.stats;
@@ -164,6 +183,7 @@ pub fn pretrain(args: &PretrainArgs) -> Result<()> {
         history,
         run,
         config,
+        skipped,
     } = &summary.report
     else {
         unreachable!("a pretraining run reports its history")
@@ -172,7 +192,7 @@ pub fn pretrain(args: &PretrainArgs) -> Result<()> {
     if json {
         outln!(
             "{}",
-            serde_json::json!({"out": args.out, "epochs": history.len(), "final_loss": last.map(|h| h.loss), "seconds": last.map(|h| h.elapsed_s), "run": run, "config": config})
+            serde_json::json!({"out": args.out, "epochs": history.len(), "final_loss": last.map(|h| h.loss), "seconds": last.map(|h| h.elapsed_s), "run": run, "config": config, "skipped": skipped})
         );
     } else {
         outln!(
@@ -181,6 +201,30 @@ pub fn pretrain(args: &PretrainArgs) -> Result<()> {
             history.len(),
             last.map_or(f64::NAN, |h| h.loss)
         );
+        if let Some(s) = skipped.as_ref().filter(|s| s.total() > 0) {
+            let kinds: Vec<String> = s
+                .by_kind
+                .iter()
+                .map(|(k, n)| {
+                    format!(
+                        "{n} {}",
+                        serde_json::to_value(k)
+                            .unwrap_or_default()
+                            .as_str()
+                            .unwrap_or("?")
+                            .replace('_', " ")
+                    )
+                })
+                .collect();
+            eprintln!(
+                "skipped {} samples of the shards: {}",
+                s.total(),
+                kinds.join(", ")
+            );
+            for e in &s.examples {
+                eprintln!("  {e}");
+            }
+        }
     }
     Ok(())
 }

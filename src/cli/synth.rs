@@ -91,6 +91,18 @@ pub struct SynthScenesArgs {
     /// included), where a map must know shape to find the named object (`shape-check`'s scenes).
     #[arg(long)]
     pub same_colour: bool,
+    /// folder (NNNNNN.png + .txt + .json) or webdataset (tar shards of --shard-size pairs, with a
+    /// sizes.json, as img2dataset writes them).
+    #[arg(long, value_enum, default_value = "folder")]
+    pub format: PairsFormat,
+    #[arg(long, default_value_t = 1000)]
+    pub shard_size: usize,
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PairsFormat {
+    Folder,
+    Webdataset,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -142,8 +154,21 @@ pub fn synth_dataset(args: &SynthDatasetArgs) -> Result<()> {
 }
 
 pub fn synth_scenes(args: &SynthScenesArgs) -> Result<()> {
-    use promptscope::data::scenes::{same_colour_scenes, write_pairs, write_scenes, SceneConfig};
-    if args.same_colour {
+    use promptscope::data::scenes::{
+        same_colour_scenes, write_pair_shards, write_pairs, write_scenes, SceneConfig,
+    };
+    let cfg = SceneConfig {
+        size: args.size,
+        allow_held_out: args.held_out,
+        ..SceneConfig::default()
+    };
+    if args.format == PairsFormat::Webdataset {
+        anyhow::ensure!(
+            !args.same_colour,
+            "--same-colour scenes are written as a folder: drop --format webdataset"
+        );
+        write_pair_shards(&args.out, args.count, args.seed, &cfg, args.shard_size)?;
+    } else if args.same_colour {
         write_scenes(
             &args.out,
             same_colour_scenes(args.seed, args.count, args.size)?
@@ -151,16 +176,7 @@ pub fn synth_scenes(args: &SynthScenesArgs) -> Result<()> {
                 .map(Ok),
         )?;
     } else {
-        write_pairs(
-            &args.out,
-            args.count,
-            args.seed,
-            &SceneConfig {
-                size: args.size,
-                allow_held_out: args.held_out,
-                ..SceneConfig::default()
-            },
-        )?;
+        write_pairs(&args.out, args.count, args.seed, &cfg)?;
     }
     eprintln!(
         "wrote {} captioned scenes to {}",

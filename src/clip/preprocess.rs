@@ -184,16 +184,37 @@ pub fn load_image(path: &Path) -> Result<DynamicImage> {
     load_image_within(path, max_image_side())
 }
 
+/// Decodes an image held in memory (a tar shard's member), with the checks and orientation of
+/// [`load_image`]; `name` is what an error calls it (`shard.tar:key.png`).
+pub fn load_image_bytes(bytes: &[u8], name: &Path) -> Result<DynamicImage> {
+    let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes));
+    // As `ImageReader::open` does: the name's extension, unless the content says otherwise (TGA has
+    // no magic bytes).
+    if let Ok(format) = image::ImageFormat::from_path(name) {
+        reader.set_format(format);
+    }
+    decode_within(reader, name, max_image_side())
+}
+
 fn load_image_within(path: &Path, limit: u32) -> Result<DynamicImage> {
+    let reader = image::ImageReader::open(path).map_err(|e| Error::Image {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    decode_within(reader, path, limit)
+}
+
+fn decode_within<R: std::io::BufRead + std::io::Seek>(
+    reader: image::ImageReader<R>,
+    path: &Path,
+    limit: u32,
+) -> Result<DynamicImage> {
     use image::ImageDecoder;
     let err = |e: &dyn std::fmt::Display| Error::Image {
         path: path.to_path_buf(),
         reason: e.to_string(),
     };
-    let reader = image::ImageReader::open(path)
-        .map_err(|e| err(&e))?
-        .with_guessed_format()
-        .map_err(|e| err(&e))?;
+    let reader = reader.with_guessed_format().map_err(|e| err(&e))?;
     let mut decoder = reader.into_decoder().map_err(|e| err(&e))?;
     // Refused from the header, before a pixel is decoded: a few-KB file can claim gigapixels.
     let (w, h) = decoder.dimensions();

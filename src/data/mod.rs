@@ -10,5 +10,6 @@ pub mod scenes;
 pub mod synth;
 pub mod synth_fine;
 pub mod synth_region;
+pub mod webdataset;
 
 pub use folder::{DatasetFolder, Sample, Split};

@@ -737,6 +737,31 @@ pub fn write_pairs(dir: &Path, n: usize, seed: u64, cfg: &SceneConfig) -> Result
     write_scenes(dir, scenes)
 }
 
+/// Writes `n` pairs as WebDataset shards of `per_shard` (`KEY.png`, `KEY.txt`, `KEY.json` with the
+/// objects), as img2dataset lays them out: the same scenes, captions and objects as [`write_pairs`].
+pub fn write_pair_shards(
+    dir: &Path,
+    n: usize,
+    seed: u64,
+    cfg: &SceneConfig,
+    per_shard: usize,
+) -> Result<()> {
+    super::webdataset::write_shards(dir, n, per_shard, &|i| {
+        let scene = generate(seed, i as u64, cfg)?;
+        let mut png = Vec::new();
+        scene
+            .image
+            .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+            .map_err(|e| Error::invalid(format!("encoding scene {i}: {e}")))?;
+        let meta = serde_json::json!({ "objects": scene.objects, "background": scene.background });
+        Ok(vec![
+            ("png", png),
+            ("txt", scene.caption.into_bytes()),
+            ("json", meta.to_string().into_bytes()),
+        ])
+    })
+}
+
 /// Writes `scenes` as a folder of pairs: NNNNNN.png, its caption (.txt) and its objects (.json).
 pub fn write_scenes(dir: &Path, scenes: impl IntoIterator<Item = Result<Scene>>) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;

@@ -88,6 +88,8 @@ pub enum Report {
         /// What the run is (start, sizes, data): what its checkpoint must match.
         run: serde_json::Value,
         config: PretrainConfig,
+        /// The shards' samples it could not use (None: not read from shards).
+        skipped: Option<crate::data::webdataset::Skipped>,
     },
     Adapter(super::tip::TipReport),
 }
@@ -326,6 +328,10 @@ pub fn pretrain_identity(
     };
     let source = match &p.scenes {
         Some(recipe) => serde_json::json!({ "scenes": recipe }),
+        // A stream's order is its shuffle buffer's too; a folder of pairs keeps its first record.
+        None if crate::data::webdataset::names_shards(&p.pairs) => {
+            serde_json::json!({ "data": p.pairs, "pairs": pairs, "shards": p.shards })
+        }
         None => serde_json::json!({ "data": p.pairs, "pairs": pairs }),
     };
     serde_json::json!({ "start": start, "image_size": vision.image_size, "patch_size": vision.patch_size, "source": source })
@@ -344,24 +350,21 @@ fn pretrain(
     let (model, tok, pre) = super::pretrain::start_model(&p.start, p.config.seed, sizes, &device)?;
     let vision = &model.config.vision_config;
     // `validate` made sure there are scenes or a pairs folder; scenes come first.
-    let data = super::pretrain::open_pairs(
-        Some(&p.pairs),
-        p.scenes.as_ref(),
-        vision,
-        tok,
-        pre,
-        &device,
-        ctx.progress,
-    )?;
+    let data = super::pretrain::open_pairs(p, vision, tok, pre, &device, ctx.cache, ctx.progress)?;
     let loss = clap::ValueEnum::to_possible_value(&p.config.loss)
         .map_or(String::new(), |v| v.get_name().to_string());
     let epochs = p.config.optim.epochs;
     let describe = match &p.scenes {
         Some(recipe) => format!("pretraining on {} generated scenes an epoch, drawn afresh every epoch ({loss} loss, {epochs} epochs)", recipe.count),
         None => format!(
-            "pretraining on {} pairs from {} ({loss} loss, {epochs} epochs)",
+            "pretraining on {} pairs from {}{} ({loss} loss, {epochs} epochs)",
             data.len(),
-            p.pairs.display()
+            p.pairs.display(),
+            if data.skipped().is_some() {
+                format!(", streamed through a shuffle buffer of {}", p.shards.shuffle_buffer)
+            } else {
+                String::new()
+            }
         ),
     };
     on_event(RunEvent::Ready {
@@ -388,6 +391,7 @@ fn pretrain(
             history,
             run: identity,
             config: p.config.clone(),
+            skipped: data.skipped(),
         },
     })
 }

@@ -11,14 +11,16 @@ use crate::clip::preprocess::{load_image, preprocess};
 use crate::clip::synth::Storage;
 use crate::clip::{ClipTokenizer, PreprocessConfig};
 use crate::data::scenes::CaptionPair;
+use crate::data::webdataset::StreamOrder;
 use crate::error::Result;
 use crate::progress::{check, Progress};
 use crate::train::checkpoint::{Checkpoint, CheckpointSink};
-use crate::train::config::PretrainStart;
+use crate::train::config::{PretrainRun, PretrainStart};
 use crate::train::coop::checkpoint_path;
 use crate::train::epoch_loop::{run_until, EpochStats, TrainEvent, TrainSet};
-use crate::train::pairs::{PairSource, SceneStream, StreamRecipe};
+use crate::train::pairs::{PairSource, SceneStream};
 use crate::train::pretrain::{PairTensors, PretrainConfig, Pretrainer, TrainableClip};
+use crate::train::shard_pairs::ShardStream;
 
 /// The model pretraining starts from, the tokenizer its captions take and the preprocessing its images
 /// take: random weights of a preset (optionally with another input and patch size; CLIP's preprocessing)
@@ -86,41 +88,61 @@ pub fn prepare(
     Ok(PairTensors { pixels, ids })
 }
 
-/// The pairs a run trains on: a folder's, read and preprocessed once ([`prepare`]), or generated scenes
-/// streamed each epoch (with their patch labels), for a model of this vision tower.
+/// The pairs a run trains on: generated scenes streamed each epoch (with their patch labels), shards
+/// streamed in each epoch's order (`run.pairs` names WebDataset shards), or a folder's pairs, read and
+/// preprocessed once ([`prepare`]); for a model of this vision tower. Shard counts are cached under
+/// `cache`.
 pub fn open_pairs(
-    folder: Option<&Path>,
-    scenes: Option<&StreamRecipe>,
+    run: &PretrainRun,
     vision: &crate::clip::config::VisionConfig,
     tok: ClipTokenizer,
     pre: PreprocessConfig,
     device: &Device,
+    cache: Option<&Path>,
     progress: &dyn Progress,
 ) -> Result<Box<dyn PairSource>> {
-    match (scenes, folder) {
-        (Some(recipe), _) => Ok(Box::new(SceneStream::new(
+    let dir = run.pairs.as_path();
+    if let Some(recipe) = &run.scenes {
+        return Ok(Box::new(SceneStream::new(
             recipe.clone(),
             vision.image_size,
             vision.grid(),
             tok,
             pre,
             device,
-        )?)),
-        (None, Some(dir)) => {
-            let pairs = crate::data::scenes::read_pairs(dir)?;
-            Ok(Box::new(prepare(
-                &pairs,
-                vision.image_size,
-                &pre,
-                &tok,
-                device,
-                progress,
-            )?))
-        }
-        (None, None) => Err(crate::Error::invalid(
-            "give a folder of image–caption pairs or generated scenes",
-        )),
+        )?));
     }
+    if dir.as_os_str().is_empty() {
+        return Err(crate::Error::invalid(
+            "give a folder of image–caption pairs, shards or generated scenes",
+        ));
+    }
+    if crate::data::webdataset::names_shards(dir) {
+        let order = StreamOrder {
+            seed: run.config.seed,
+            buffer: run.shards.shuffle_buffer,
+        };
+        return Ok(Box::new(ShardStream::open(
+            dir,
+            cache,
+            order,
+            run.shards.bad_samples,
+            vision.image_size,
+            tok,
+            pre,
+            device,
+            progress,
+        )?));
+    }
+    let pairs = crate::data::scenes::read_pairs(dir)?;
+    Ok(Box::new(prepare(
+        &pairs,
+        vision.image_size,
+        &pre,
+        &tok,
+        device,
+        progress,
+    )?))
 }
 
 const CHECKPOINT_FORMAT: &str = "promptscope-pretrain-checkpoint/1";

@@ -486,6 +486,26 @@ pub struct PretrainRun {
     pub config: PretrainConfig,
     /// Write the weights as f16 (half the size).
     pub fp16: bool,
+    /// Where `pairs` names WebDataset shards: how they are read.
+    #[serde(default)]
+    pub shards: ShardReading,
+}
+
+/// How shards are read: the shuffle buffer's size and what becomes of a broken sample.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ShardReading {
+    pub shuffle_buffer: usize,
+    pub bad_samples: crate::data::webdataset::BadSamples,
+}
+
+impl Default for ShardReading {
+    /// open_clip's sample shuffle buffer.
+    fn default() -> Self {
+        Self {
+            shuffle_buffer: 5000,
+            bad_samples: Default::default(),
+        }
+    }
 }
 
 impl Default for PretrainRun {
@@ -498,6 +518,7 @@ impl Default for PretrainRun {
             patch_size: None,
             config: PretrainConfig::default(),
             fp16: true,
+            shards: ShardReading::default(),
         }
     }
 }
@@ -517,6 +538,11 @@ impl PretrainRun {
                 return Err(Error::invalid("choose a folder of image–caption pairs (NAME.jpg + NAME.txt, or captions.tsv / captions.jsonl), or generated scenes"));
             }
             None => {}
+        }
+        if self.shards.shuffle_buffer == 0 {
+            return Err(Error::invalid(
+                "--shuffle-buffer must be at least 1 (1 reads each shard in order)",
+            ));
         }
         self.config.validate()
     }

@@ -12,4 +12,5 @@ pub mod mpfgvc;
 pub mod optim;
 pub mod pairs;
 pub mod pretrain;
+pub mod shard_pairs;
 pub mod tip_adapter;

@@ -44,10 +44,15 @@ pub trait PairSource: Send + Sync {
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
-    /// The pairs `rows` as drawn in `epoch`.
+    /// The pairs `rows` as drawn in `epoch`. A streamed source cannot be indexed: it gives the next
+    /// `rows.len()` pairs of the epoch's order.
     fn batch(&self, epoch: usize, rows: &[usize]) -> Result<PairBatch>;
     /// `rows` will be asked for next: a source that draws its pairs may start now.
     fn prefetch(&self, _epoch: usize, _rows: &[usize]) {}
+    /// The samples it could not use so far, where it reads data that may be broken (shards).
+    fn skipped(&self) -> Option<crate::data::webdataset::Skipped> {
+        None
+    }
 }
 
 /// The pairs as the towers take them, all in memory: pixels `[N, 3, S, S]` and each caption's token ids.

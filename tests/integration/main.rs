@@ -34,3 +34,4 @@ mod sweep;
 mod tip_parity;
 mod tokenizer_parity;
 mod vlfm_parity;
+mod webdataset;

@@ -204,6 +204,7 @@ fn a_pretraining_run_stopped_in_one_front_end_resumes_in_the_other_byte_for_byte
         patch_size: None,
         config: serde_json::from_value(summary["config"].clone()).unwrap(),
         fp16: false,
+        shards: Default::default(),
     });
     let weights = |dir: &str| bytes(Path::new(dir).join("model.safetensors"));
 
