@@ -183,14 +183,28 @@ impl RunSummary {
                     m.epochs1 + m.epochs2
                 )
             }
-            Report::Pretrain { history, .. } => {
+            Report::Pretrain {
+                history, skipped, ..
+            } => {
                 let last = history.last();
                 let folder = match &self.artifact {
                     Artifact::ModelFolder(p) => p.display().to_string(),
                     _ => String::new(),
                 };
+                // A skip is never silent: the first one is named.
+                let skipped =
+                    skipped
+                        .as_ref()
+                        .filter(|s| s.total() > 0)
+                        .map_or(String::new(), |s| {
+                            format!(
+                                " · skipped {} broken samples of the shards ({})",
+                                s.total(),
+                                s.examples.first().map_or("", String::as_str)
+                            )
+                        });
                 format!(
-                    "model written to {folder} · final loss {:.4} · in-batch retrieval {}",
+                    "model written to {folder} · final loss {:.4} · in-batch retrieval {}{skipped}",
                     last.map_or(f64::NAN, |h| h.loss),
                     pct(last.map_or(0.0, |h| h.train_acc))
                 )

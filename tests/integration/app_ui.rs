@@ -682,6 +682,85 @@ fn pretraining_on_streamed_scenes_runs_from_the_train_tab() {
     assert!(out.join("model.safetensors").is_file(), "{}", out.display());
 }
 
+/// Pretraining on WebDataset shards from the Train tab: a brace list typed as the pairs, the shuffle
+/// buffer and the broken-sample policy set in the form; a broken sample skipped is named in the run's
+/// summary, and with "stop the run" the run fails naming its shard and key.
+#[test]
+fn pretraining_on_shards_runs_from_the_train_tab_and_says_what_it_skipped() {
+    use promptscope::app::train_panel::{
+        BAD_SAMPLES_FAIL, PAIRS_FIELD, PRETRAIN_METHOD, SHUFFLE_BUFFER_FIELD,
+    };
+    use promptscope::app::training::RunStatus;
+    use promptscope::data::webdataset::{write_shards, BadSamples};
+    let fx = fixture();
+    let shards = fx._dir.path().join("shards");
+    write_shards(&shards, 16, 8, &|i| {
+        let img = image::RgbImage::from_pixel(32, 32, image::Rgb([(i * 15) as u8, 90, 40]));
+        let mut png = Vec::new();
+        img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+            .unwrap();
+        // Sample 5's caption is not UTF-8.
+        let caption = if i == 5 {
+            vec![0xff, 0xfe]
+        } else {
+            format!("a square number {i}").into_bytes()
+        };
+        Ok(vec![("png", png), ("txt", caption)])
+    })
+    .unwrap();
+    let mut h = loaded(&fx);
+    click(&mut h, "Train");
+    click(&mut h, PRETRAIN_METHOD);
+    let list = format!("{}/{{00000..00001}}.tar", shards.display());
+    type_into(&mut h, PAIRS_FIELD, &list);
+    assert!(h.query_by_label(SHUFFLE_BUFFER_FIELD).is_some());
+    {
+        let p = &mut h.state_mut().train.form.pretrain;
+        assert_eq!(p.pairs.to_str(), Some(list.as_str()));
+        assert_eq!(
+            p.shards.bad_samples,
+            BadSamples::Skip,
+            "skipping is the default"
+        );
+        p.shards.shuffle_buffer = 3;
+        (p.config.optim.epochs, p.config.batch_size) = (2, 4);
+    }
+    click(&mut h, "Start training");
+    let finished = |a: &promptscope::app::PromptscopeApp, i: usize| {
+        a.state
+            .runs
+            .get(i)
+            .is_some_and(|r| matches!(r.status, RunStatus::Finished | RunStatus::Failed(_)))
+    };
+    wait_for(&mut h, "the shard run", |a| finished(a, 0));
+    let run = &h.state().state.runs[0];
+    assert_eq!(
+        run.status,
+        RunStatus::Finished,
+        "{:?}",
+        h.state().state.errors
+    );
+    let summary = &run.outcome.as_ref().unwrap().summary;
+    assert!(
+        summary.contains("skipped 1 broken samples") && summary.contains("000000005"),
+        "{summary}"
+    );
+    click(&mut h, BAD_SAMPLES_FAIL);
+    assert_eq!(
+        h.state().train.form.pretrain.shards.bad_samples,
+        BadSamples::Fail
+    );
+    click(&mut h, "Start training");
+    wait_for(&mut h, "the strict shard run", |a| finished(a, 1));
+    let RunStatus::Failed(why) = &h.state().state.runs[1].status else {
+        panic!("{:?}", h.state().state.runs[1].status);
+    };
+    assert!(
+        why.contains("00000.tar") && why.contains("000000005") && why.contains("UTF-8"),
+        "{why}"
+    );
+}
+
 #[test]
 fn training_runs_live_pauses_stops_resumes_and_exports() {
     use promptscope::app::runs::RunKind;

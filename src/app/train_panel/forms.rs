@@ -57,6 +57,22 @@ pub(super) fn adapter_form(ui: &mut egui::Ui, r: &mut AdapterRun) {
         });
 }
 
+/// How shards are read: only shards look at it, a folder of pairs is read whole.
+fn shards_form(ui: &mut egui::Ui, s: &mut crate::train::config::ShardReading) {
+    use crate::data::webdataset::BadSamples;
+    ui.horizontal(|ui| {
+        let l = ui.label(SHUFFLE_BUFFER_FIELD);
+        ui.add(DragValue::new(&mut s.shuffle_buffer).range(1..=1_000_000))
+            .labelled_by(l.id)
+            .on_hover_text("Shards only: each next sample is drawn at random from this many (1 reads each shuffled shard in order); memory holds them encoded");
+        ui.label("broken samples:");
+        ui.radio_value(&mut s.bad_samples, BadSamples::Skip, "skip and count")
+            .on_hover_text("A sample without caption or image, a caption that is not UTF-8, an image that does not decode or a shard cut short is skipped; the run's summary counts them");
+        ui.radio_value(&mut s.bad_samples, BadSamples::Fail, BAD_SAMPLES_FAIL)
+            .on_hover_text("The run stops at the first broken sample, naming its shard and key");
+    });
+}
+
 /// Pretraining: the pairs, where to start (random weights of the demo architecture, or the loaded model
 /// to fine-tune), the loss and the optimiser.
 pub(super) fn pretrain_form(ui: &mut egui::Ui, p: &mut PretrainRun, state: &AppState) {
@@ -98,7 +114,7 @@ pub(super) fn pretrain_form(ui: &mut egui::Ui, p: &mut PretrainRun, state: &AppS
         if ui
             .add(
                 TextEdit::singleline(&mut pairs)
-                    .hint_text("folder of NAME.jpg + NAME.txt")
+                    .hint_text("folder of NAME.jpg + NAME.txt, or shards/{00000..00009}.tar")
                     .desired_width(f32::INFINITY),
             )
             .labelled_by(l.id)
@@ -106,7 +122,8 @@ pub(super) fn pretrain_form(ui: &mut egui::Ui, p: &mut PretrainRun, state: &AppS
         {
             p.pairs = pairs.trim().into();
         }
-        ui.weak("A folder of NAME.jpg + NAME.txt (as img2dataset writes), or images beside captions.tsv / captions.jsonl; `promptscope synth-scenes` writes captioned scenes.");
+        ui.weak("A folder of NAME.jpg + NAME.txt, or images beside captions.tsv / captions.jsonl (read into memory); or WebDataset shards (a brace list, a .tar, a folder of tars or of shard folders, as img2dataset writes them), streamed. `promptscope synth-scenes` writes captioned scenes either way.");
+        shards_form(ui, &mut p.shards);
     }
     egui::Grid::new("pretrain_form")
         .num_columns(2)

@@ -34,6 +34,8 @@ pub const ADAPTER_METHOD: &str = "Feature adapters";
 pub const KG_FIELD: &str = "KgCoOp λ";
 pub const PAIRS_FIELD: &str = "Image–caption pairs";
 /// The checkbox that pretrains on generated scenes streamed each epoch instead of a folder.
+pub const SHUFFLE_BUFFER_FIELD: &str = "Shuffle buffer";
+pub const BAD_SAMPLES_FAIL: &str = "stop the run";
 pub const SCENES_FIELD: &str = "Generated scenes, drawn afresh each epoch";
 pub const SHAPE_LABELS_FIELD: &str = "Shape labels weight";
 pub const SHOT_CHOICES: [Option<usize>; 6] = [Some(1), Some(2), Some(4), Some(8), Some(16), None];
