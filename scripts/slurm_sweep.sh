@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # A sweep on a real Slurm: starts a one-node cluster on this machine (munge, slurmctld and slurmd on
 # localhost; Debian's slurm-wlm and munge, as scripts/setup.sh installs them; needs root or sudo), plans a
-# base-to-novel sweep of 12 tasks, submits `promptscope sweep slurm`'s script as an array, cancels one
+# base-to-novel sweep of 12 tasks sharing a feature cache, submits `sweep slurm --features-slices 3`'s
+# extraction array and then, once it succeeded, `promptscope sweep slurm`'s script as an array, cancels one
 # running task with scancel, resubmits it, collects, then runs the same tasks one by one in-process in
 # another folder and collects again. Prints one JSON object: both tables' JSON, whether they are equal,
 # the cancelled index and the wall times. tests/integration/sweep.rs runs it.
@@ -77,13 +78,17 @@ sinfo -h -o %t | grep -qE '^(idle|mix|alloc)' || { log "the node did not come up
 plan() {
     mkdir -p "$1"
     "$bin" sweep plan --model "$work/m" --data "$work/d" --shots 1,2 --seeds 1,2,3 \
-        --methods coop,tip-adapter --epochs 60 --n-ctx 4 --no-cache --out "$1/table.jsonl" 2>/dev/null
+        --methods coop,tip-adapter --epochs 60 --n-ctx 4 "${@:2}" --out "$1/table.jsonl" 2>/dev/null
 }
-plan "$work/slurm"
-plan "$work/local"
+# The cluster's tasks share a feature cache that a features array fills first, slice by slice; the
+# in-process run has none, so the tables' equality covers the features read back from the cache.
+plan "$work/slurm" --cache "$work/slurm/cache"
+plan "$work/local" --no-cache
 tasks=$(wc -l < "$work/slurm/table.jsonl")
 "$bin" sweep slurm --manifest "$work/slurm/table.jsonl" --cpus 1 --mem 400M --parallel "$cpus" \
     --bin "$bin" --out "$work/slurm/table.sbatch" 2>/dev/null
+"$bin" sweep slurm --manifest "$work/slurm/table.jsonl" --cpus 1 --mem 400M --parallel "$cpus" \
+    --bin "$bin" --features-slices 3 --out "$work/slurm/features.sbatch" 2>/dev/null
 
 wait_array() {
     for _ in $(seq 900); do
@@ -93,7 +98,8 @@ wait_array() {
     log "array $1 did not finish"; squeue >&2; return 1
 }
 t0=$(date +%s.%N)
-job=$(sbatch --parsable "$work/slurm/table.sbatch")
+features=$(sbatch --parsable "$work/slurm/features.sbatch")
+job=$(sbatch --parsable --dependency="afterok:$features" "$work/slurm/table.sbatch")
 # Cancel a CoOp task once it has written a checkpoint (mid-run, with epochs done), then let the rest
 # finish; its resubmission resumes from that checkpoint.
 cancelled=""
@@ -110,6 +116,8 @@ for _ in $(seq 1200); do
 done
 [ -n "$cancelled" ] || { log "no CoOp task of array $job was seen with a checkpoint"; exit 5; }
 wait_array "$job"
+# Every slice of the folder reached the cache before any task ran (afterok), each encoding its own.
+encoded=$(cat "$work"/slurm/table.results/slurm-features-*.out 2>/dev/null | grep -c "encoded" || true)
 if [ -f "$work/slurm/table.results/$(sed -n "$((cancelled + 1))p" "$work/slurm/table.jsonl" | sed 's/.*"id":"\([0-9a-f]*\)".*/\1/').json" ]; then
     log "task $cancelled finished before scancel reached it"
 fi
@@ -127,13 +135,14 @@ done
 t3=$(date +%s.%N)
 "$bin" sweep collect --manifest "$work/local/table.jsonl" --format json 2>/dev/null | tail -1 > "$work/local.json"
 
-python3 - "$work" "$tasks" "$cancelled" "$t0" "$t1" "$t2" "$t3" "$missing" <<'EOF'
+python3 - "$work" "$tasks" "$cancelled" "$t0" "$t1" "$t2" "$t3" "$missing" "$encoded" <<'EOF'
 import json, sys
 work, tasks, cancelled = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 t0, t1, t2, t3 = map(float, sys.argv[4:8])
 slurm, local = open(f"{work}/slurm.json").read().strip(), open(f"{work}/local.json").read().strip()
 print(json.dumps({
     "tasks": tasks, "cancelled_index": cancelled, "collect_before_resubmit": sys.argv[8].strip(),
+    "feature_slices_done": int(sys.argv[9] or 0),
     "identical": slurm == local, "slurm_s": round(t1 - t0, 1), "sequential_s": round(t3 - t2, 1),
     "slurm": json.loads(slurm), "local": json.loads(local),
 }))

@@ -77,6 +77,10 @@ pub enum Verb {
     /// Time reading WebDataset shards as pretraining streams them (shuffle, decode, preprocess,
     /// tokenize; no model): images/s and peak memory, to set beside bench-pretrain's step images/s.
     BenchShards(bench::BenchShardsArgs),
+    /// Fill the shared feature cache with the eval-view image features of one slice of a dataset
+    /// folder (`--shard I/N`), so a sweep over a big folder splits extraction across cluster tasks;
+    /// every later run on any subset of the folder reads them.
+    Features(eval::FeaturesArgs),
     /// Time the GPU heatmap overlay (shaders/heatmap.wgsl) drawing a 7×7 map over an image into a
     /// size×size target, each draw submitted and waited for.
     BenchOverlay(bench::BenchOverlayArgs),

@@ -26,6 +26,59 @@ pub struct EmbedArgs {
 }
 
 #[derive(clap::Args, Debug, Clone)]
+pub struct FeaturesArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// A dataset folder: ROOT/<class>/<images>, or ROOT/train|val|test/<class>/<images> (every split).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// This task's slice of the folder's images, I/N.
+    #[arg(long, default_value = "0/1")]
+    pub shard: promptscope::train::features::Slice,
+    #[command(flatten)]
+    pub cache: super::args::CacheArgs,
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: Format,
+}
+
+/// `features --shard I/N`: slice I of the folder's images (every split, in the folder's order) encoded
+/// into the per-image feature store, images already there read instead.
+pub fn features(a: &FeaturesArgs) -> Result<()> {
+    let Some(cache) = a.cache.dir() else {
+        bail!("features fills the feature cache: drop --no-cache");
+    };
+    let ds = promptscope::data::DatasetFolder::open(&a.data)?;
+    let clip = load_model(&a.model)?;
+    let r = {
+        let bar = Bar::new();
+        promptscope::train::features::fill_slice(&clip, &ds, a.shard, &cache, &bar)?
+    };
+    print_slice(&r, a.format)
+}
+
+/// What `features` and `sweep features` print of a slice filled.
+pub fn print_slice(r: &promptscope::train::features::SliceReport, format: Format) -> Result<()> {
+    match format {
+        Format::Json => print_json(r),
+        Format::Text => {
+            outln!(
+                "slice {} of {}: images {}..{} of {}: {} encoded, {} already in the cache ({:.1} s) → {}",
+                r.shard,
+                r.data.display(),
+                r.first,
+                r.first + r.images,
+                r.folder_images,
+                r.computed,
+                r.reused,
+                r.seconds,
+                r.store.display()
+            );
+            Ok(())
+        }
+    }
+}
+
+#[derive(clap::Args, Debug, Clone)]
 pub struct ZeroShotArgs {
     #[command(flatten)]
     pub model: ModelArgs,

@@ -182,6 +182,7 @@ pub fn run(verb: Verb) -> Result<()> {
         Verb::BenchMaps(a) => bench::bench_maps(&a),
         Verb::BenchDataset(a) => bench::bench_dataset(&a),
         Verb::BenchShards(a) => bench::bench_shards(&a),
+        Verb::Features(a) => eval::features(&a),
         Verb::BenchOverlay(a) => bench::bench_overlay(&a),
         Verb::Train(a) => train::train(&a),
         Verb::Eval(a) => eval::eval(&a),

@@ -18,6 +18,9 @@ pub enum SweepVerb {
     Plan(PlanArgs),
     /// Run one task of a manifest (skipped when its result exists; resumed from its checkpoint).
     Run(RunArgs),
+    /// Before the tasks: fill the shared feature cache for one slice of one of the manifest's folders
+    /// (every folder and model of its tasks × --slices; the index as `run` takes it).
+    Features(FeaturesArgs),
     /// Merge the results into base-to-novel's tables (mean ± std over seeds, H).
     Collect(CollectArgs),
     /// Write an sbatch script running the manifest as a Slurm array.
@@ -78,6 +81,23 @@ pub struct RunArgs {
 }
 
 #[derive(clap::Args, Debug, Clone)]
+pub struct FeaturesArgs {
+    #[arg(long)]
+    pub manifest: PathBuf,
+    /// Slices each folder is cut into.
+    #[arg(long)]
+    pub slices: usize,
+    /// Which (folder, slice), from 0: folder index × slices + slice. Default: $SLURM_ARRAY_TASK_ID,
+    /// else $JOB_COMPLETION_INDEX.
+    #[arg(long)]
+    pub index: Option<usize>,
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: Format,
+}
+
+#[derive(clap::Args, Debug, Clone)]
 pub struct CollectArgs {
     #[arg(long)]
     pub manifest: PathBuf,
@@ -107,6 +127,10 @@ pub struct EngineArgs {
     /// Where to write the script (default: standard output).
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Slurm: write the feature-extraction array instead (every folder of the manifest cut into this
+    /// many slices), to submit before the sweep's.
+    #[arg(long)]
+    pub features_slices: Option<usize>,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -123,7 +147,11 @@ pub fn sweep(args: &SweepArgs) -> Result<()> {
         SweepVerb::Plan(a) => plan(a),
         SweepVerb::Run(a) => run(a),
         SweepVerb::Collect(a) => collect(a),
-        SweepVerb::Slurm(a) => engine(a, sweep::slurm_script),
+        SweepVerb::Features(a) => features(a),
+        SweepVerb::Slurm(a) => match a.features_slices {
+            Some(slices) => features_script(a, slices),
+            None => engine(a, sweep::slurm_script),
+        },
         SweepVerb::Ray(a) => engine(a, sweep::ray_driver),
         SweepVerb::K8s(a) => engine(&a.engine, |bin, m, n, r| {
             sweep::k8s_job(bin, m, n, r, &a.image)
@@ -336,6 +364,47 @@ fn collect(a: &CollectArgs) -> Result<()> {
             Ok(())
         }
     }
+}
+
+fn features(a: &FeaturesArgs) -> Result<()> {
+    let tasks = sweep::read_manifest(&a.manifest)?;
+    let targets = sweep::extraction_targets(&tasks);
+    anyhow::ensure!(
+        !targets.is_empty(),
+        "{}: no task shares a feature cache (planned with --no-cache): there is nothing to extract",
+        a.manifest.display()
+    );
+    anyhow::ensure!(a.slices > 0, "--slices must be at least 1");
+    let index = sweep::task_index(a.index, targets.len() * a.slices)?;
+    let target = &targets[index / a.slices];
+    let slice = promptscope::train::features::Slice {
+        index: index % a.slices,
+        of: a.slices,
+    };
+    let clip = load_model(&ModelArgs {
+        model: target.model.clone(),
+        device: a.device.clone(),
+    })?;
+    let ds = promptscope::data::DatasetFolder::open(&target.data)?;
+    let r = {
+        let bar = Bar::new();
+        promptscope::train::features::fill_slice(&clip, &ds, slice, &target.cache, &bar)?
+    };
+    super::eval::print_slice(&r, a.format)
+}
+
+fn features_script(a: &EngineArgs, slices: usize) -> Result<()> {
+    anyhow::ensure!(slices > 0, "--features-slices must be at least 1");
+    let tasks = sweep::read_manifest(&a.manifest)?;
+    let jobs = sweep::extraction_targets(&tasks).len() * slices;
+    anyhow::ensure!(
+        jobs > 0,
+        "{}: no task shares a feature cache (planned with --no-cache): there is nothing to extract",
+        a.manifest.display()
+    );
+    engine(a, |bin, m, _, r| {
+        sweep::slurm_features_script(bin, m, jobs, slices, r)
+    })
 }
 
 fn engine(a: &EngineArgs, write: impl Fn(&str, &Path, usize, &Resources) -> String) -> Result<()> {

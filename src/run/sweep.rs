@@ -515,6 +515,73 @@ pub fn slurm_script(bin: &str, manifest: &Path, tasks: usize, r: &Resources) -> 
     )
 }
 
+/// A folder a sweep's tasks read with one model through one shared cache: what `sweep features`
+/// extracts, slice by slice, before the tasks train.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExtractionTarget {
+    pub model: String,
+    pub data: PathBuf,
+    pub cache: PathBuf,
+}
+
+/// Each distinct (model, dataset, cache) of `tasks` that have a cache, in the manifest's order.
+pub fn extraction_targets(tasks: &[Task]) -> Vec<ExtractionTarget> {
+    let mut out: Vec<ExtractionTarget> = Vec::new();
+    for t in tasks {
+        if let Some(cache) = &t.cache {
+            let target = ExtractionTarget {
+                model: t.model.clone(),
+                data: t.data.clone(),
+                cache: cache.clone(),
+            };
+            if !out.contains(&target) {
+                out.push(target);
+            }
+        }
+    }
+    out
+}
+
+/// An sbatch script running a manifest's feature extraction as an array: every extraction target ×
+/// `slices` slices, one `sweep features` each. Submitted first, the sweep's array after it
+/// (`--dependency=afterok`), its tasks find their test and validation features in the cache.
+pub fn slurm_features_script(
+    bin: &str,
+    manifest: &Path,
+    jobs: usize,
+    slices: usize,
+    r: &Resources,
+) -> String {
+    let results = results_dir(manifest);
+    let gpus = if r.gpus > 0 {
+        format!("#SBATCH --gres=gpu:{}\n", r.gpus)
+    } else {
+        String::new()
+    };
+    format!(
+        "#!/bin/bash\n\
+         # promptscope sweep: feature extraction for {manifest}, {jobs} slices (`promptscope sweep slurm --features-slices {slices}` wrote this).\n\
+         # Submit it before the sweep: jid=$(sbatch --parsable THIS) && sbatch --dependency=afterok:$jid SWEEP.sbatch\n\
+         #SBATCH --job-name=promptscope-features\n\
+         #SBATCH --array=0-{last}%{parallel}\n\
+         #SBATCH --cpus-per-task={cpus}\n\
+         #SBATCH --mem={memory}\n\
+         {gpus}\
+         #SBATCH --output={out}/slurm-features-%A_%a.out\n\
+         #SBATCH --requeue\n\
+         export RAYON_NUM_THREADS=\"${{SLURM_CPUS_PER_TASK:-{cpus}}}\"\n\
+         exec {bin} sweep features --manifest {m} --slices {slices}\n",
+        manifest = manifest.display(),
+        last = jobs.saturating_sub(1),
+        parallel = r.parallel.max(1),
+        cpus = r.cpus.max(1),
+        memory = r.memory,
+        out = shell_quote(&results.display().to_string()),
+        bin = shell_quote(bin),
+        m = shell_quote(&manifest.display().to_string()),
+    )
+}
+
 /// A Ray driver: each task a remote function with the resources asked for, running `sweep run` as a
 /// subprocess, at most `parallel` in flight; exits non-zero if any task failed.
 pub fn ray_driver(bin: &str, manifest: &Path, tasks: usize, r: &Resources) -> String {

@@ -180,8 +180,13 @@ pub fn extract(
         None => None,
     };
     let feats = if views == 0 {
-        let paths: Vec<PathBuf> = samples.iter().map(|s| s.path.clone()).collect();
-        image_features(clip, &paths, BATCH, progress)?
+        match cache_dir {
+            Some(dir) => eval_features_through_store(clip, samples, dir, progress)?.0,
+            None => {
+                let paths: Vec<PathBuf> = samples.iter().map(|s| s.path.clone()).collect();
+                image_features(clip, &paths, BATCH, progress)?
+            }
+        }
     } else {
         augmented_features(clip, samples, views, seed, progress)?
     };
@@ -195,6 +200,134 @@ pub fn extract(
         labels,
         views_per_image: per_image,
     })
+}
+
+/// One slice of N: `I/N`, 0 ≤ I < N.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Slice {
+    pub index: usize,
+    pub of: usize,
+}
+
+impl std::str::FromStr for Slice {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        let parsed = s.split_once('/').and_then(|(i, n)| {
+            Some(Slice {
+                index: i.trim().parse().ok()?,
+                of: n.trim().parse().ok()?,
+            })
+        });
+        match parsed {
+            Some(slice) if slice.index < slice.of => Ok(slice),
+            Some(slice) => Err(format!(
+                "slice {} of {}: the index runs from 0 to {}",
+                slice.index,
+                slice.of,
+                slice.of.saturating_sub(1)
+            )),
+            None => Err(format!(
+                "'{s}' is not I/N (e.g. 3/16, or $SLURM_ARRAY_TASK_ID/16 in an array job)"
+            )),
+        }
+    }
+}
+
+impl Slice {
+    /// This slice's part of `n` items: contiguous, sizes differing by at most one.
+    pub fn range(&self, n: usize) -> std::ops::Range<usize> {
+        (n * self.index / self.of)..(n * (self.index + 1) / self.of)
+    }
+}
+
+/// What filling one slice did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SliceReport {
+    /// `I/N`.
+    pub shard: String,
+    pub data: PathBuf,
+    pub folder_images: usize,
+    /// The slice's first image (in the folder's order) and its size.
+    pub first: usize,
+    pub images: usize,
+    pub computed: usize,
+    pub reused: usize,
+    pub seconds: f64,
+    /// The per-image store it filled.
+    pub store: PathBuf,
+}
+
+/// Slice `slice` of every image of `ds` (all splits, in the folder's order) encoded (eval view) into
+/// the per-image store under `cache`; images already there are read instead.
+pub fn fill_slice(
+    clip: &LoadedClip,
+    ds: &crate::data::DatasetFolder,
+    slice: Slice,
+    cache: &Path,
+    progress: &dyn Progress,
+) -> Result<SliceReport> {
+    let range = slice.range(ds.all.len());
+    let samples = &ds.all[range.clone()];
+    let t = std::time::Instant::now();
+    let computed = if samples.is_empty() {
+        0
+    } else {
+        eval_features_through_store(clip, samples, cache, progress)?.1
+    };
+    Ok(SliceReport {
+        shard: format!("{}/{}", slice.index, slice.of),
+        data: ds.root.clone(),
+        folder_images: ds.all.len(),
+        first: range.start,
+        images: samples.len(),
+        computed,
+        reused: samples.len() - computed,
+        seconds: t.elapsed().as_secs_f64(),
+        store: super::feature_store::store_dir(cache, clip)?,
+    })
+}
+
+/// Eval-view features of `samples` through the per-image store under `cache`
+/// ([`super::feature_store`]): rows of images any earlier run or `features --shard` computed are read,
+/// the rest computed and added as a new pack. Returns the features and how many were computed.
+pub fn eval_features_through_store(
+    clip: &LoadedClip,
+    samples: &[Sample],
+    cache: &Path,
+    progress: &dyn Progress,
+) -> Result<(Tensor, usize)> {
+    use super::feature_store::{lookup, store_dir, write_pack, STORE_STAGE};
+    let dim = clip.projection_dim();
+    let digests = content_digests(samples)?;
+    let dir = store_dir(cache, clip)?;
+    let mut found = lookup(&dir, &digests, dim);
+    // Each image missing from the store once, however often the list holds it.
+    let mut todo: Vec<usize> = Vec::new();
+    let mut queued = std::collections::HashSet::new();
+    for (i, d) in digests.iter().enumerate() {
+        if !found.contains_key(d) && queued.insert(*d) {
+            todo.push(i);
+        }
+    }
+    if todo.is_empty() {
+        progress.update(STORE_STAGE, samples.len(), samples.len());
+    } else {
+        let paths: Vec<PathBuf> = todo.iter().map(|&i| samples[i].path.clone()).collect();
+        let computed = image_features(clip, &paths, BATCH, progress)?.to_device(&Device::Cpu)?;
+        let new: Vec<[u8; 32]> = todo.iter().map(|&i| digests[i]).collect();
+        if let Err(e) = write_pack(&dir, &new, &computed) {
+            eprintln!("warning: could not write to the feature cache ({e}); features will be recomputed next time");
+        }
+        for (d, row) in new.iter().zip(computed.to_vec2::<f32>()?) {
+            found.insert(*d, row);
+        }
+    }
+    let rows: Vec<f32> = digests
+        .iter()
+        .flat_map(|d| found[d].iter().copied())
+        .collect();
+    let feats = Tensor::from_vec(rows, (samples.len(), dim), &clip.device)?;
+    Ok((feats, todo.len()))
 }
 
 /// Where features are cached unless the user says otherwise: `$PROMPTSCOPE_CACHE`, else
@@ -232,19 +365,24 @@ pub fn cache_key(clip: &LoadedClip, samples: &[Sample], views: usize, seed: u64)
     field(format!("{:?}", clip.preprocess).as_bytes());
     field(&(views as u64).to_le_bytes());
     field(&(if views == 0 { 0 } else { seed }).to_le_bytes());
-    let contents: Vec<[u8; 32]> = samples
-        .par_iter()
-        .map(|s| {
-            let bytes = std::fs::read(&s.path).map_err(|e| Error::io(&s.path, e))?;
-            Ok(Sha256::digest(&bytes).into())
-        })
-        .collect::<Result<_>>()?;
+    let contents = content_digests(samples)?;
     field(&(samples.len() as u64).to_le_bytes());
     for (s, content) in samples.iter().zip(&contents) {
         field(content);
         field(&(s.label as u64).to_le_bytes());
     }
     Ok(hex(&h.finalize()))
+}
+
+/// Each sample's file content, hashed (in parallel).
+pub fn content_digests(samples: &[Sample]) -> Result<Vec<[u8; 32]>> {
+    samples
+        .par_iter()
+        .map(|s| {
+            let bytes = std::fs::read(&s.path).map_err(|e| Error::io(&s.path, e))?;
+            Ok(Sha256::digest(&bytes).into())
+        })
+        .collect()
 }
 
 fn hex(bytes: &[u8]) -> String {

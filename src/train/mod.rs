@@ -7,6 +7,7 @@ pub mod config;
 pub mod contrastive;
 pub mod coop;
 pub mod epoch_loop;
+pub mod feature_store;
 pub mod features;
 pub mod mpfgvc;
 pub mod optim;

@@ -354,6 +354,56 @@ fn engine_files_match_their_golden_copies() {
         assert_eq!(text, want, "{verb}: differs from {}", path.display());
         assert!(text.contains("9 tasks"), "3 methods × 3 seeds: {text}");
     }
+    // The feature-extraction array of a sweep that shares a cache: its one folder in 4 slices.
+    let cached = s.dir.path().join("cached.jsonl");
+    let cache = s.p("cache");
+    let (m, d) = (s.p("m"), s.p("d"));
+    ok(&promptscope(&[
+        "sweep",
+        "plan",
+        "--model",
+        &m,
+        "--data",
+        &d,
+        "--cache",
+        &cache,
+        "--out",
+        cached.to_str().unwrap(),
+        "--methods",
+        "coop",
+    ]));
+    let text = ok(&promptscope(&[
+        "sweep",
+        "slurm",
+        "--manifest",
+        cached.to_str().unwrap(),
+        "--bin",
+        "/opt/promptscope/bin/promptscope",
+        "--features-slices",
+        "4",
+    ]));
+    let dir = std::fs::canonicalize(s.dir.path()).unwrap();
+    let text = text.replace(dir.to_str().unwrap(), "/sweeps");
+    let path = golden.join("features.sbatch");
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(&path, &text).unwrap();
+    }
+    assert_eq!(text, std::fs::read_to_string(&path).unwrap());
+    assert!(
+        text.contains("--array=0-3%")
+            && text.contains("sweep features --manifest /sweeps/cached.jsonl --slices 4"),
+        "{text}"
+    );
+    // Without a shared cache there is nothing to extract.
+    let line = error_line(&promptscope(&[
+        "sweep",
+        "slurm",
+        "--manifest",
+        manifest.to_str().unwrap(),
+        "--features-slices",
+        "4",
+    ]));
+    assert!(line.contains("nothing to extract"), "{line}");
 }
 
 /// The sweep on a real Slurm (`scripts/slurm_sweep.sh`: a one-node cluster on this machine): 12 tasks
@@ -394,6 +444,10 @@ fn a_slurm_array_with_a_cancelled_task_collects_to_the_in_process_table() {
     assert_eq!(v["slurm"], v["local"]);
     assert_eq!(v["identical"], true);
     assert_eq!(
+        v["feature_slices_done"], 3,
+        "the features array ran its 3 slices before the sweep"
+    );
+    assert_eq!(
         v["slurm"].as_array().map(Vec::len),
         Some(2),
         "one table per shots value"
@@ -402,4 +456,110 @@ fn a_slurm_array_with_a_cancelled_task_collects_to_the_in_process_table() {
         "Slurm sweep of {} tasks: {} s; the same tasks one by one: {} s",
         v["tasks"], v["slurm_s"], v["sequential_s"]
     );
+}
+
+/// `features --shard I/N` splits a folder's extraction across tasks: the slices partition the folder,
+/// each fills the shared cache's per-image store, and any later subset (a split, a seed's shots) reads
+/// its features from there, equal to computing them afresh. A damaged pack is passed over and computed
+/// again.
+#[test]
+fn feature_shards_fill_the_cache_that_every_later_subset_reads() {
+    use promptscope::train::feature_store::STORE_STAGE;
+    use promptscope::train::features::extract;
+    let s = setup();
+    let (m, d, cache) = (s.p("m"), s.p("d"), s.p("cache"));
+    let run = |shard: &str| -> serde_json::Value {
+        let out = ok(&promptscope(&[
+            "features", "--model", &m, "--data", &d, "--shard", shard, "--cache", &cache,
+            "--format", "json",
+        ]));
+        serde_json::from_str(out.lines().last().unwrap()).unwrap()
+    };
+    let slices: Vec<serde_json::Value> = ["0/3", "1/3", "2/3"].iter().map(|s| run(s)).collect();
+    let total = slices[0]["folder_images"].as_u64().unwrap();
+    assert_eq!(total, 5 * (4 + 2 + 3), "every split of the folder");
+    let mut next = 0;
+    for slice in &slices {
+        assert_eq!(slice["first"].as_u64().unwrap(), next, "contiguous slices");
+        next += slice["images"].as_u64().unwrap();
+        assert_eq!(slice["computed"], slice["images"]);
+    }
+    assert_eq!(next, total, "the slices cover the folder");
+    let again = run("1/3");
+    assert_eq!(
+        (again["computed"].as_u64(), again["reused"].clone()),
+        (Some(0), slices[1]["images"].clone())
+    );
+
+    // Any subset: read from the store, nothing encoded, the features those images have.
+    let dev = candle_core::Device::Cpu;
+    let clip = promptscope::clip::load(&m, &dev).unwrap();
+    let ds = promptscope::data::DatasetFolder::open(std::path::Path::new(&d)).unwrap();
+    let subset: Vec<_> = ds
+        .test
+        .clone()
+        .unwrap()
+        .into_iter()
+        .chain(ds.train.clone().unwrap().into_iter().step_by(3))
+        .collect();
+    let stages = std::sync::Mutex::new(Vec::new());
+    let cancel = std::sync::atomic::AtomicBool::new(false);
+    let progress = promptscope::progress::Reporter {
+        cancel: &cancel,
+        on_update: |stage: &str, _, _| stages.lock().unwrap().push(stage.to_string()),
+    };
+    let stored = extract(
+        &clip,
+        &subset,
+        0,
+        3,
+        Some(std::path::Path::new(&cache)),
+        &progress,
+    )
+    .unwrap();
+    assert_eq!(stages.lock().unwrap().as_slice(), [STORE_STAGE]);
+    let fresh = extract(&clip, &subset, 0, 3, None, &promptscope::progress::Silent).unwrap();
+    let flat = |t: &candle_core::Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    assert!(common::max_abs_diff(&flat(&stored.feats), &flat(&fresh.feats)) < 1e-5);
+
+    // A pack cut short is passed over (with a warning) and its images encoded again.
+    let store = std::path::PathBuf::from(slices[0]["store"].as_str().unwrap());
+    for pack in std::fs::read_dir(&store).unwrap() {
+        let pack = pack.unwrap().path();
+        let bytes = std::fs::read(&pack).unwrap();
+        std::fs::write(&pack, &bytes[..bytes.len() / 2]).unwrap();
+    }
+    let out = promptscope(&[
+        "features", "--model", &m, "--data", &d, "--shard", "0/3", "--cache", &cache, "--format",
+        "json",
+    ]);
+    let redo: serde_json::Value = serde_json::from_str(ok(&out).lines().last().unwrap()).unwrap();
+    assert_eq!(redo["computed"], slices[0]["images"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("ignoring feature pack"));
+
+    for (bad, says) in [("3/3", "from 0 to 2"), ("1-3", "is not I/N")] {
+        let line = error_line_or_usage(&promptscope(&[
+            "features", "--model", &m, "--data", &d, "--shard", bad, "--cache", &cache,
+        ]));
+        assert!(line.contains(says), "{bad}: {line}");
+    }
+    let line = error_line(&promptscope(&[
+        "features",
+        "--model",
+        &m,
+        "--data",
+        &d,
+        "--no-cache",
+    ]));
+    assert!(line.contains("drop --no-cache"), "{line}");
+}
+
+/// A usage error (clap's exit code 2) or a run error: the message either way, never a panic.
+fn error_line_or_usage(out: &std::process::Output) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(
+        !out.status.success() && !stderr.contains("panicked"),
+        "{stderr}"
+    );
+    stderr
 }
