@@ -535,7 +535,7 @@ impl PretrainRun {
         match &self.scenes {
             Some(recipe) => recipe.validate()?,
             None if self.pairs.as_os_str().is_empty() => {
-                return Err(Error::invalid("choose a folder of image–caption pairs (NAME.jpg + NAME.txt, or captions.tsv / captions.jsonl), or generated scenes"));
+                return Err(Error::invalid("choose a folder of image–caption pairs (NAME.jpg + NAME.txt, or captions.tsv / captions.jsonl), WebDataset shards (shards/{00000..00009}.tar), or generated scenes"));
             }
             None => {}
         }
