@@ -486,7 +486,28 @@ fn shell_quote(s: &str) -> String {
 /// its index from `SLURM_ARRAY_TASK_ID`. `--requeue` lets a preempted task start again; it resumes from
 /// its checkpoint.
 pub fn slurm_script(bin: &str, manifest: &Path, tasks: usize, r: &Resources) -> String {
-    let results = results_dir(manifest);
+    sbatch_array(
+        &format!("# promptscope sweep: {tasks} tasks of {}, one array task each (`promptscope sweep slurm` wrote this).\n", manifest.display()),
+        "promptscope-sweep",
+        "slurm",
+        tasks,
+        r,
+        manifest,
+        &format!("{} sweep run --manifest {}", shell_quote(bin), shell_quote(&manifest.display().to_string())),
+    )
+}
+
+/// An sbatch array of `jobs` tasks, each `exec command`, its logs in the manifest's results folder as
+/// `{log}-%A_%a.out`.
+fn sbatch_array(
+    comment: &str,
+    name: &str,
+    log: &str,
+    jobs: usize,
+    r: &Resources,
+    manifest: &Path,
+    command: &str,
+) -> String {
     let gpus = if r.gpus > 0 {
         format!("#SBATCH --gres=gpu:{}\n", r.gpus)
     } else {
@@ -494,24 +515,21 @@ pub fn slurm_script(bin: &str, manifest: &Path, tasks: usize, r: &Resources) -> 
     };
     format!(
         "#!/bin/bash\n\
-         # promptscope sweep: {tasks} tasks of {manifest}, one array task each (`promptscope sweep slurm` wrote this).\n\
-         #SBATCH --job-name=promptscope-sweep\n\
+         {comment}\
+         #SBATCH --job-name={name}\n\
          #SBATCH --array=0-{last}%{parallel}\n\
          #SBATCH --cpus-per-task={cpus}\n\
          #SBATCH --mem={memory}\n\
          {gpus}\
-         #SBATCH --output={out}/slurm-%A_%a.out\n\
+         #SBATCH --output={out}/{log}-%A_%a.out\n\
          #SBATCH --requeue\n\
          export RAYON_NUM_THREADS=\"${{SLURM_CPUS_PER_TASK:-{cpus}}}\"\n\
-         exec {bin} sweep run --manifest {m}\n",
-        manifest = manifest.display(),
-        last = tasks.saturating_sub(1),
+         exec {command}\n",
+        last = jobs.saturating_sub(1),
         parallel = r.parallel.max(1),
         cpus = r.cpus.max(1),
         memory = r.memory,
-        out = shell_quote(&results.display().to_string()),
-        bin = shell_quote(bin),
-        m = shell_quote(&manifest.display().to_string()),
+        out = shell_quote(&results_dir(manifest).display().to_string()),
     )
 }
 
@@ -552,33 +570,24 @@ pub fn slurm_features_script(
     slices: usize,
     r: &Resources,
 ) -> String {
-    let results = results_dir(manifest);
-    let gpus = if r.gpus > 0 {
-        format!("#SBATCH --gres=gpu:{}\n", r.gpus)
-    } else {
-        String::new()
-    };
-    format!(
-        "#!/bin/bash\n\
-         # promptscope sweep: feature extraction for {manifest}, {jobs} slices (`promptscope sweep slurm --features-slices {slices}` wrote this).\n\
-         # Submit it before the sweep: jid=$(sbatch --parsable THIS) && sbatch --dependency=afterok:$jid SWEEP.sbatch\n\
-         #SBATCH --job-name=promptscope-features\n\
-         #SBATCH --array=0-{last}%{parallel}\n\
-         #SBATCH --cpus-per-task={cpus}\n\
-         #SBATCH --mem={memory}\n\
-         {gpus}\
-         #SBATCH --output={out}/slurm-features-%A_%a.out\n\
-         #SBATCH --requeue\n\
-         export RAYON_NUM_THREADS=\"${{SLURM_CPUS_PER_TASK:-{cpus}}}\"\n\
-         exec {bin} sweep features --manifest {m} --slices {slices}\n",
-        manifest = manifest.display(),
-        last = jobs.saturating_sub(1),
-        parallel = r.parallel.max(1),
-        cpus = r.cpus.max(1),
-        memory = r.memory,
-        out = shell_quote(&results.display().to_string()),
-        bin = shell_quote(bin),
-        m = shell_quote(&manifest.display().to_string()),
+    let comment = format!(
+        "# promptscope sweep: feature extraction for {}, {jobs} slices (`promptscope sweep slurm --features-slices {slices}` wrote this).\n\
+         # Submit it before the sweep: jid=$(sbatch --parsable THIS) && sbatch --dependency=afterok:$jid SWEEP.sbatch\n",
+        manifest.display()
+    );
+    let command = format!(
+        "{} sweep features --manifest {} --slices {slices}",
+        shell_quote(bin),
+        shell_quote(&manifest.display().to_string())
+    );
+    sbatch_array(
+        &comment,
+        "promptscope-features",
+        "slurm-features",
+        jobs,
+        r,
+        manifest,
+        &command,
     )
 }
 

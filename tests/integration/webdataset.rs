@@ -11,29 +11,42 @@ fn arg(p: &Path) -> String {
     p.to_str().unwrap().to_string()
 }
 
-/// `pretrain` of the tiny preset at 64 px on `data` into `out`; its model's bytes and its JSON report.
-fn pretrain(data: &str, out: &Path, extra: &[&str]) -> (Vec<u8>, serde_json::Value) {
-    let out_s = arg(out);
-    let mut args = vec![
+/// `pretrain` of the tiny preset at 64 px on `data` into `out`, `epochs` in batches of `batch`, no cache.
+fn tiny_args(data: &str, out: &Path, epochs: usize, batch: usize) -> Vec<String> {
+    [
         "pretrain",
         "--data",
         data,
         "--out",
-        &out_s,
+        &arg(out),
         "--preset",
         "tiny",
         "--image-size",
         "64",
         "--epochs",
-        "2",
+        &epochs.to_string(),
         "--batch-size",
-        "16",
+        &batch.to_string(),
         "--no-cache",
-        "--format",
-        "json",
-    ];
-    args.extend_from_slice(extra);
-    let stdout = ok(&promptscope(&args));
+    ]
+    .map(str::to_string)
+    .to_vec()
+}
+
+fn run(args: &[String]) -> std::process::Output {
+    promptscope(&args.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
+/// Two epochs in batches of 16 (JSON): the model's bytes and the report.
+fn pretrain(data: &str, out: &Path, extra: &[&str]) -> (Vec<u8>, serde_json::Value) {
+    let mut args = tiny_args(data, out, 2, 16);
+    args.extend(
+        ["--format", "json"]
+            .iter()
+            .chain(extra)
+            .map(|a| a.to_string()),
+    );
+    let stdout = ok(&run(&args));
     let report = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
     (
         std::fs::read(out.join("model.safetensors")).unwrap(),
@@ -55,24 +68,30 @@ fn unpack(shards: &Path, to: &Path) {
     }
 }
 
-#[test]
-fn pretraining_on_shards_equals_the_same_pairs_read_from_folders_bit_for_bit() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    let shards = d.join("shards");
+/// `synth-scenes --format webdataset`: `count` 64 px scenes in shards of `per_shard`, in `dir/shards`.
+fn synth_shards(dir: &Path, count: usize, per_shard: usize) -> PathBuf {
+    let shards = dir.join("shards");
     ok(&promptscope(&[
         "synth-scenes",
         "--out",
         &arg(&shards),
         "--count",
-        "120",
+        &count.to_string(),
         "--size",
         "64",
         "--format",
         "webdataset",
         "--shard-size",
-        "40",
+        &per_shard.to_string(),
     ]));
+    shards
+}
+
+#[test]
+fn pretraining_on_shards_equals_the_same_pairs_read_from_folders_bit_for_bit() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let shards = synth_shards(d, 120, 40);
     let sizes: serde_json::Value =
         serde_json::from_slice(&std::fs::read(shards.join("sizes.json")).unwrap()).unwrap();
     assert_eq!(
@@ -134,49 +153,23 @@ fn pretraining_on_shards_equals_the_same_pairs_read_from_folders_bit_for_bit() {
 fn a_stopped_shard_run_resumes_to_the_weights_of_an_uninterrupted_one() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let shards = d.join("shards");
-    ok(&promptscope(&[
-        "synth-scenes",
-        "--out",
-        &arg(&shards),
-        "--count",
-        "96",
-        "--size",
-        "64",
-        "--format",
-        "webdataset",
-        "--shard-size",
-        "32",
-    ]));
-    let (data, out) = (arg(&shards), arg(&d.join("stopped")));
-    let args = [
-        "pretrain",
-        "--data",
-        &data,
-        "--out",
-        &out,
-        "--preset",
-        "tiny",
-        "--image-size",
-        "64",
-        "--epochs",
-        "12",
-        "--batch-size",
-        "16",
-        "--shuffle-buffer",
-        "20",
-        "--no-cache",
-    ];
-    let (status, stderr) = ctrl_c_after_first_epoch(&args);
+    let shards = synth_shards(d, 96, 32);
+    let data = arg(&shards);
+    let args = |out: &Path| {
+        let mut a = tiny_args(&data, out, 12, 16);
+        a.extend(["--shuffle-buffer", "20"].map(str::to_string));
+        a
+    };
+    let stopped = args(&d.join("stopped"));
+    let (status, stderr) =
+        ctrl_c_after_first_epoch(&stopped.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(!status.success(), "{stderr}");
     assert!(d.join("stopped.ckpt").is_file(), "{stderr}");
-    let mut resumed = args.to_vec();
-    resumed.push("--resume");
-    ok(&promptscope(&resumed));
+    let mut resumed = stopped.clone();
+    resumed.push("--resume".into());
+    ok(&run(&resumed));
     let whole = d.join("whole");
-    let mut uninterrupted = args.to_vec();
-    uninterrupted[4] = whole.to_str().unwrap();
-    ok(&promptscope(&uninterrupted));
+    ok(&run(&args(&whole)));
     assert!(
         std::fs::read(d.join("stopped/model.safetensors")).unwrap()
             == std::fs::read(whole.join("model.safetensors")).unwrap()
@@ -235,6 +228,13 @@ fn broken_shard(dir: &Path, kind: &str) -> PathBuf {
     shard
 }
 
+/// One epoch in batches of 4, as a person runs it (text output).
+fn one_epoch(data: &str, out: &Path, extra: &[&str]) -> std::process::Output {
+    let mut args = tiny_args(data, out, 1, 4);
+    args.extend(extra.iter().map(|a| a.to_string()));
+    run(&args)
+}
+
 #[test]
 fn every_broken_sample_is_skipped_and_counted_or_refused_naming_its_shard_and_key() {
     let dir = tempfile::tempdir().unwrap();
@@ -260,22 +260,7 @@ fn every_broken_sample_is_skipped_and_counted_or_refused_naming_its_shard_and_ke
             "{kind}: {example}"
         );
         // The text report says so too: a skip is never silent.
-        let out = promptscope(&[
-            "pretrain",
-            "--data",
-            &data,
-            "--out",
-            &arg(&dir.path().join(format!("{kind}-text"))),
-            "--preset",
-            "tiny",
-            "--image-size",
-            "64",
-            "--epochs",
-            "1",
-            "--batch-size",
-            "4",
-            "--no-cache",
-        ]);
+        let out = one_epoch(&data, &dir.path().join(format!("{kind}-text")), &[]);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "{kind}: {stderr}");
         assert!(
@@ -284,24 +269,7 @@ fn every_broken_sample_is_skipped_and_counted_or_refused_naming_its_shard_and_ke
         );
         // Refused: an error naming the shard and the key, no model written, no panic.
         let fail_out = dir.path().join(format!("{kind}-fail"));
-        let out = promptscope(&[
-            "pretrain",
-            "--data",
-            &data,
-            "--out",
-            &arg(&fail_out),
-            "--preset",
-            "tiny",
-            "--image-size",
-            "64",
-            "--epochs",
-            "1",
-            "--batch-size",
-            "4",
-            "--no-cache",
-            "--bad-samples",
-            "fail",
-        ]);
+        let out = one_epoch(&data, &fail_out, &["--bad-samples", "fail"]);
         let line = error_line(&out);
         assert!(
             line.contains(&data)
