@@ -102,6 +102,30 @@ pub struct CoopBenchReport {
     /// `gemm_gflop_per_step / ms_per_step` over the machine's sgemm peak: how near the step runs to
     /// the fp32 limit.
     pub fraction_of_sgemm_peak: Option<f64>,
+    /// Where a timed step's wall time went (CPU kernels only).
+    pub breakdown: Option<StepBreakdown>,
+}
+
+/// One step's wall time by kind of work, as the CPU kernels time themselves, and how busy the threads
+/// were.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepBreakdown {
+    #[serde(flatten)]
+    pub parts: crate::clip::kernels::cpu::Breakdown,
+    /// The rest of the step: allocation, the loss, the optimizer, candle's ops around the towers.
+    pub other_ms: f64,
+    /// The process's CPU time over wall time × threads while the steps ran: what thread imbalance and
+    /// waiting leave of the machine.
+    pub cpu_utilisation: Option<f64>,
+}
+
+/// This process's user + system CPU time in seconds (Linux; `/proc/self/stat`, in clock ticks of 1/100 s).
+fn cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which may hold spaces) start after its closing parenthesis.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
 }
 
 impl CoopBenchReport {
@@ -163,10 +187,31 @@ impl CoopBenchReport {
         steps: usize,
         step: impl FnMut() -> Result<()>,
     ) -> Result<Self> {
+        use crate::clip::kernels::cpu::Breakdown;
         let steps = steps.max(1);
         let flops = crate::clip::kernels::cpu::gemm_flops();
-        let secs = time_per_call(&clip.device, steps, step)?;
+        // Snapshots at the first timed call, after the warm-up.
+        let (mut calls, mut before) = (0, None);
+        let mut step = step;
+        let secs = time_per_call(&clip.device, steps, || {
+            calls += 1;
+            if calls == 2 {
+                before = Some((Breakdown::now(), cpu_seconds()));
+            }
+            step()
+        })?;
         let flops = crate::clip::kernels::cpu::gemm_flops() - flops;
+        let breakdown = before.map(|(parts, cpu)| {
+            let parts = Breakdown::now().since(&parts, steps);
+            let threads = rayon::current_num_threads() as f64;
+            StepBreakdown {
+                parts,
+                other_ms: (secs * 1000.0 - parts.total_ms()).max(0.0),
+                cpu_utilisation: cpu
+                    .zip(cpu_seconds())
+                    .map(|(a, b)| (b - a) / (secs * steps as f64 * threads)),
+            }
+        });
         Ok(CoopBenchReport {
             model: clip.id.clone(),
             device: crate::device::describe(&clip.device),
@@ -182,6 +227,7 @@ impl CoopBenchReport {
             gemm_gflop_per_step: 0.0,
             machine: None,
             fraction_of_sgemm_peak: None,
+            breakdown: breakdown.filter(|b| b.parts.total_ms() > 0.0),
         }
         .with_machine(flops))
     }

@@ -329,6 +329,19 @@ fn step(a: &StepArgs, kind: StepKind) -> Result<()> {
                     m.threads
                 );
             }
+            if let Some(b) = &r.breakdown {
+                let p = &b.parts;
+                outln!(
+                    "where a step goes (ms): matrix products {:.0} ({:.0} GFLOP/s inside them), attention {:.0}, element-wise {:.0}, copies {:.0}, other {:.0}; CPU busy {}",
+                    p.matrix_products_ms,
+                    r.gemm_gflop_per_step / p.matrix_products_ms.max(1e-9) * 1000.0,
+                    p.attention_ms,
+                    p.elementwise_ms,
+                    p.copies_ms,
+                    b.other_ms,
+                    b.cpu_utilisation.map_or("n/a".into(), |u| format!("{:.0} %", 100.0 * u))
+                );
+            }
             Ok(())
         }
     }

@@ -6,6 +6,7 @@ use super::attention::attention_bwd;
 use super::kernels::{
     gelu_grad_mul, gelu_slice, layer_norm_bwd, layer_norm_fwd, matmul, matmul_tn, scatter,
 };
+use super::profile;
 use super::weights::{HeldLayer, HeldLinear, HeldNorm};
 use super::{Dims, LayerTape};
 use crate::clip::config::HiddenAct;
@@ -176,7 +177,9 @@ pub(super) fn block_backward(
     if let Some(g) = grads.as_deref_mut() {
         g.o.add(&dx, d, &t.att, q, d);
     }
-    let dqkv = attention_bwd(dm, &t.qkv, &t.probs, &datt, queries);
+    let dqkv = profile::timed(profile::Part::Attention, || {
+        attention_bwd(dm, &t.qkv, &t.probs, &datt, queries)
+    });
     drop(datt);
     let mut dh = vec![0f32; rows * d];
     matmul(

@@ -4,6 +4,7 @@
 use gemm::Parallelism;
 use rayon::prelude::*;
 
+use super::profile;
 use super::weights::{HeldLinear, HeldNorm};
 use crate::clip::config::HiddenAct;
 use crate::clip::kernels::{add_bias, row_chunk};
@@ -35,72 +36,74 @@ pub(super) fn matmul(
     n: usize,
     accumulate: bool,
 ) {
-    if m == 0 || n == 0 {
-        return;
-    }
-    GEMM_FLOPS.fetch_add(2 * (m * n * k) as u64, std::sync::atomic::Ordering::Relaxed);
-    assert!(
-        out.len() >= (m - 1) * out_rs + n && a.len() >= (m - 1) * a_rs + k && b.len() >= k * n,
-        "matmul: buffer too small"
-    );
-    let (b_rs, b_cs) = if b_t {
-        (1, k as isize)
-    } else {
-        (n as isize, 1)
-    };
-    let workers = rayon::current_num_threads();
-    // Few rows (one image is 50): gemm then runs on one thread and re-packs the whole weight from memory
-    // for little work. Panels of ~96 output columns as tasks instead: each packs only its slice of the
-    // weight, and the threads share them (batch 1: 6.9 → 16.4 img/s).
-    let split = if m < 128 && workers > 1 {
-        n.div_ceil(96).max(1)
-    } else {
-        1
-    };
-    let width = n.div_ceil(split);
-    let (po, pa, pb) = (
-        SharedOut(out.as_mut_ptr()),
-        a.as_ptr() as usize,
-        b.as_ptr() as usize,
-    );
-    (0..split).into_par_iter().for_each(move |part| {
-        let po = po;
-        let n0 = part * width;
-        let cols = width.min(n.saturating_sub(n0));
-        if cols == 0 {
+    profile::timed(profile::Part::MatrixProducts, || {
+        if m == 0 || n == 0 {
             return;
         }
-        let b0 = if b_t { n0 * k } else { n0 };
-        // SAFETY: the assert above keeps every index the strides reach inside the three slices; the
-        // parts write disjoint column ranges n0..n0+cols of `out`.
-        unsafe {
-            gemm::gemm(
-                m,
-                cols,
-                k,
-                po.0.add(n0),
-                1,
-                out_rs as isize,
-                accumulate,
-                pa as *const f32,
-                1,
-                a_rs as isize,
-                (pb as *const f32).add(b0),
-                b_cs,
-                b_rs,
-                1.0,
-                1.0,
-                false,
-                false,
-                false,
-                if split > 1 {
-                    Parallelism::None
-                } else {
-                    threads()
-                },
-            )
-        }
-    });
+        GEMM_FLOPS.fetch_add(2 * (m * n * k) as u64, std::sync::atomic::Ordering::Relaxed);
+        assert!(
+            out.len() >= (m - 1) * out_rs + n && a.len() >= (m - 1) * a_rs + k && b.len() >= k * n,
+            "matmul: buffer too small"
+        );
+        let (b_rs, b_cs) = if b_t {
+            (1, k as isize)
+        } else {
+            (n as isize, 1)
+        };
+        let workers = rayon::current_num_threads();
+        // Few rows (one image is 50): gemm then runs on one thread and re-packs the whole weight from memory
+        // for little work. Panels of ~96 output columns as tasks instead: each packs only its slice of the
+        // weight, and the threads share them (batch 1: 6.9 → 16.4 img/s).
+        let split = if m < 128 && workers > 1 {
+            n.div_ceil(96).max(1)
+        } else {
+            1
+        };
+        let width = n.div_ceil(split);
+        let (po, pa, pb) = (
+            SharedOut(out.as_mut_ptr()),
+            a.as_ptr() as usize,
+            b.as_ptr() as usize,
+        );
+        (0..split).into_par_iter().for_each(move |part| {
+            let po = po;
+            let n0 = part * width;
+            let cols = width.min(n.saturating_sub(n0));
+            if cols == 0 {
+                return;
+            }
+            let b0 = if b_t { n0 * k } else { n0 };
+            // SAFETY: the assert above keeps every index the strides reach inside the three slices; the
+            // parts write disjoint column ranges n0..n0+cols of `out`.
+            unsafe {
+                gemm::gemm(
+                    m,
+                    cols,
+                    k,
+                    po.0.add(n0),
+                    1,
+                    out_rs as isize,
+                    accumulate,
+                    pa as *const f32,
+                    1,
+                    a_rs as isize,
+                    (pb as *const f32).add(b0),
+                    b_cs,
+                    b_rs,
+                    1.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    if split > 1 {
+                        Parallelism::None
+                    } else {
+                        threads()
+                    },
+                )
+            }
+        });
+    })
 }
 
 /// `out[m×n] += aᵀ · b` for `a` `[k×m]` (row stride `a_rs`) and `b` `[k×n]` (row stride `b_rs`): a
@@ -116,56 +119,58 @@ pub(super) fn matmul_tn(
     k: usize,
     n: usize,
 ) {
-    if m == 0 || n == 0 || k == 0 {
-        return;
-    }
-    GEMM_FLOPS.fetch_add(2 * (m * n * k) as u64, std::sync::atomic::Ordering::Relaxed);
-    assert!(
-        out.len() >= m * n && a.len() >= (k - 1) * a_rs + m && b.len() >= (k - 1) * b_rs + n,
-        "matmul_tn: buffer too small"
-    );
-    // A weight gradient is a small output (a layer's [out, in]) summed over many rows: gemm splits its
-    // threads over the output, where there is little to split. The rows are split instead, each part
-    // summed on its own thread into its own buffer (a 128×128 gradient over 3,200 rows: 1 → 2 threads).
-    let workers = rayon::current_num_threads();
-    let parts = if workers > 1 && k >= 512 && m * n <= 1 << 20 {
-        workers.min(k / 256)
-    } else {
-        1
-    };
-    if parts <= 1 {
-        // SAFETY: the assert keeps every index the strides reach inside the three slices.
-        unsafe { gemm_tn(out, a, a_rs, b, b_rs, m, k, n, threads()) };
-        return;
-    }
-    let chunk = k.div_ceil(parts);
-    let partial: Vec<Vec<f32>> = (0..parts)
-        .into_par_iter()
-        .map(|part| {
-            let (k0, k1) = (part * chunk, ((part + 1) * chunk).min(k));
-            let mut acc = vec![0f32; m * n];
-            if k1 > k0 {
-                // SAFETY: rows k0..k1 of `a` and `b`, inside them by the assert above.
-                unsafe {
-                    gemm_tn(
-                        &mut acc,
-                        &a[k0 * a_rs..],
-                        a_rs,
-                        &b[k0 * b_rs..],
-                        b_rs,
-                        m,
-                        k1 - k0,
-                        n,
-                        Parallelism::None,
-                    )
-                };
-            }
-            acc
-        })
-        .collect();
-    for acc in partial {
-        out[..m * n].iter_mut().zip(&acc).for_each(|(o, v)| *o += v);
-    }
+    profile::timed(profile::Part::MatrixProducts, || {
+        if m == 0 || n == 0 || k == 0 {
+            return;
+        }
+        GEMM_FLOPS.fetch_add(2 * (m * n * k) as u64, std::sync::atomic::Ordering::Relaxed);
+        assert!(
+            out.len() >= m * n && a.len() >= (k - 1) * a_rs + m && b.len() >= (k - 1) * b_rs + n,
+            "matmul_tn: buffer too small"
+        );
+        // A weight gradient is a small output (a layer's [out, in]) summed over many rows: gemm splits its
+        // threads over the output, where there is little to split. The rows are split instead, each part
+        // summed on its own thread into its own buffer (a 128×128 gradient over 3,200 rows: 1 → 2 threads).
+        let workers = rayon::current_num_threads();
+        let parts = if workers > 1 && k >= 512 && m * n <= 1 << 20 {
+            workers.min(k / 256)
+        } else {
+            1
+        };
+        if parts <= 1 {
+            // SAFETY: the assert keeps every index the strides reach inside the three slices.
+            unsafe { gemm_tn(out, a, a_rs, b, b_rs, m, k, n, threads()) };
+            return;
+        }
+        let chunk = k.div_ceil(parts);
+        let partial: Vec<Vec<f32>> = (0..parts)
+            .into_par_iter()
+            .map(|part| {
+                let (k0, k1) = (part * chunk, ((part + 1) * chunk).min(k));
+                let mut acc = vec![0f32; m * n];
+                if k1 > k0 {
+                    // SAFETY: rows k0..k1 of `a` and `b`, inside them by the assert above.
+                    unsafe {
+                        gemm_tn(
+                            &mut acc,
+                            &a[k0 * a_rs..],
+                            a_rs,
+                            &b[k0 * b_rs..],
+                            b_rs,
+                            m,
+                            k1 - k0,
+                            n,
+                            Parallelism::None,
+                        )
+                    };
+                }
+                acc
+            })
+            .collect();
+        for acc in partial {
+            out[..m * n].iter_mut().zip(&acc).for_each(|(o, v)| *o += v);
+        }
+    })
 }
 
 /// `out[m×n] += aᵀ·b` through gemm (see [`matmul_tn`]).
@@ -221,7 +226,9 @@ pub(super) fn linear(
 ) {
     matmul(out, out_rs, x, k, l.w.data(), true, m, k, n, accumulate);
     if let Some(b) = &l.b {
-        add_bias(out, out_rs, b.data());
+        profile::timed(profile::Part::Elementwise, || {
+            add_bias(out, out_rs, b.data())
+        });
     }
 }
 
@@ -231,24 +238,26 @@ pub(super) fn layer_norm_fwd(
     d: usize,
     out: &mut [f32],
 ) -> Vec<(f32, f32)> {
-    let (w, b, eps) = (n.w.data(), n.b.data(), f64::from(n.eps));
-    let mut stats = vec![(0f32, 0f32); x.len() / d];
-    let rows = row_chunk(d);
-    out.par_chunks_mut(d * rows)
-        .zip(x.par_chunks(d * rows))
-        .zip(stats.par_chunks_mut(rows))
-        .for_each(|((out, x), stats)| {
-            for ((o, x), st) in out.chunks_mut(d).zip(x.chunks(d)).zip(stats.iter_mut()) {
-                let mean = lanes_sum(x, x, |v, _| v) / d as f32;
-                let var = lanes_sum(x, x, |v, _| (v - mean) * (v - mean)) / d as f32;
-                let rstd = (1.0 / (f64::from(var) + eps).sqrt()) as f32;
-                for i in 0..d {
-                    o[i] = (x[i] - mean) * rstd * w[i] + b[i];
+    profile::timed(profile::Part::Elementwise, || {
+        let (w, b, eps) = (n.w.data(), n.b.data(), f64::from(n.eps));
+        let mut stats = vec![(0f32, 0f32); x.len() / d];
+        let rows = row_chunk(d);
+        out.par_chunks_mut(d * rows)
+            .zip(x.par_chunks(d * rows))
+            .zip(stats.par_chunks_mut(rows))
+            .for_each(|((out, x), stats)| {
+                for ((o, x), st) in out.chunks_mut(d).zip(x.chunks(d)).zip(stats.iter_mut()) {
+                    let mean = lanes_sum(x, x, |v, _| v) / d as f32;
+                    let var = lanes_sum(x, x, |v, _| (v - mean) * (v - mean)) / d as f32;
+                    let rstd = (1.0 / (f64::from(var) + eps).sqrt()) as f32;
+                    for i in 0..d {
+                        o[i] = (x[i] - mean) * rstd * w[i] + b[i];
+                    }
+                    *st = (mean, rstd);
                 }
-                *st = (mean, rstd);
-            }
-        });
-    stats
+            });
+        stats
+    })
 }
 
 /// `dx += ∂LN/∂x · dy`.
@@ -260,29 +269,31 @@ pub(super) fn layer_norm_bwd(
     d: usize,
     dx: &mut [f32],
 ) {
-    let w = n.w.data();
-    let rows = row_chunk(d);
-    dx.par_chunks_mut(d * rows)
-        .zip(dy.par_chunks(d * rows))
-        .zip(x.par_chunks(d * rows))
-        .zip(stats.par_chunks(rows))
-        .for_each(|(((dx, dy), x), stats)| {
-            for (((dx, dy), x), &(mean, rstd)) in dx
-                .chunks_mut(d)
-                .zip(dy.chunks(d))
-                .zip(x.chunks(d))
-                .zip(stats)
-            {
-                let gw: Vec<f32> = dy.iter().zip(w).map(|(g, w)| g * w).collect();
-                let sum_g = lanes_sum(&gw, &gw, |g, _| g);
-                let sum_gx = lanes_sum(&gw, x, |g, x| g * (x - mean)) * rstd;
-                let (mean_g, mean_gx) = (sum_g / d as f32, sum_gx / d as f32);
-                for i in 0..d {
-                    let xhat = (x[i] - mean) * rstd;
-                    dx[i] += rstd * (gw[i] - mean_g - xhat * mean_gx);
+    profile::timed(profile::Part::Elementwise, || {
+        let w = n.w.data();
+        let rows = row_chunk(d);
+        dx.par_chunks_mut(d * rows)
+            .zip(dy.par_chunks(d * rows))
+            .zip(x.par_chunks(d * rows))
+            .zip(stats.par_chunks(rows))
+            .for_each(|(((dx, dy), x), stats)| {
+                for (((dx, dy), x), &(mean, rstd)) in dx
+                    .chunks_mut(d)
+                    .zip(dy.chunks(d))
+                    .zip(x.chunks(d))
+                    .zip(stats)
+                {
+                    let gw: Vec<f32> = dy.iter().zip(w).map(|(g, w)| g * w).collect();
+                    let sum_g = lanes_sum(&gw, &gw, |g, _| g);
+                    let sum_gx = lanes_sum(&gw, x, |g, x| g * (x - mean)) * rstd;
+                    let (mean_g, mean_gx) = (sum_g / d as f32, sum_gx / d as f32);
+                    for i in 0..d {
+                        let xhat = (x[i] - mean) * rstd;
+                        dx[i] += rstd * (gw[i] - mean_g - xhat * mean_gx);
+                    }
                 }
-            }
-        });
+            });
+    })
 }
 
 /// `e^x` to about 2 ulp (Cephes' `expf`: 2ⁿ by the exponent bits times a degree-6 polynomial on the
@@ -315,23 +326,27 @@ fn quick_gelu_grad(a: f32) -> f32 {
 
 /// `x ← act(x)` over a slice, in parallel, vectorised where the CPU has AVX2.
 pub(super) fn gelu_slice(act: HiddenAct, xs: &mut [f32]) {
-    xs.par_chunks_mut(16384).for_each(|xs| match act {
-        HiddenAct::QuickGelu => simd_map(xs, &[], |a, _| quick_gelu(a)),
-        _ => xs.iter_mut().for_each(|v| *v = gelu(act, *v)),
-    });
+    profile::timed(profile::Part::Elementwise, || {
+        xs.par_chunks_mut(16384).for_each(|xs| match act {
+            HiddenAct::QuickGelu => simd_map(xs, &[], |a, _| quick_gelu(a)),
+            _ => xs.iter_mut().for_each(|v| *v = gelu(act, *v)),
+        });
+    })
 }
 
 /// `g ← g · act'(a)` over slices, in parallel, vectorised where the CPU has AVX2.
 pub(super) fn gelu_grad_mul(act: HiddenAct, g: &mut [f32], a: &[f32]) {
-    g.par_chunks_mut(16384)
-        .zip(a.par_chunks(16384))
-        .for_each(|(g, a)| match act {
-            HiddenAct::QuickGelu => simd_map(g, a, |g, a| g * quick_gelu_grad(a)),
-            _ => g
-                .iter_mut()
-                .zip(a)
-                .for_each(|(g, &a)| *g *= gelu_grad(act, a)),
-        });
+    profile::timed(profile::Part::Elementwise, || {
+        g.par_chunks_mut(16384)
+            .zip(a.par_chunks(16384))
+            .for_each(|(g, a)| match act {
+                HiddenAct::QuickGelu => simd_map(g, a, |g, a| g * quick_gelu_grad(a)),
+                _ => g
+                    .iter_mut()
+                    .zip(a)
+                    .for_each(|(g, &a)| *g *= gelu_grad(act, a)),
+            });
+    })
 }
 
 /// `x[i] ← f(x[i], y[i])` (`y` empty: `f(x[i], 0)`), compiled a second time for AVX2+FMA and picked at
@@ -421,20 +436,24 @@ pub(super) fn add_scaled(acc: &mut [f32], x: &[f32], scale: f32) {
 
 /// `out[i] = x[rows[i]]` for rows of width `d`.
 pub(super) fn gather(x: &[f32], rows: &[usize], d: usize) -> Vec<f32> {
-    rows.iter()
-        .flat_map(|&r| &x[r * d..][..d])
-        .copied()
-        .collect()
+    profile::timed(profile::Part::Copies, || {
+        rows.iter()
+            .flat_map(|&r| &x[r * d..][..d])
+            .copied()
+            .collect()
+    })
 }
 
 /// `out[rows[i]] += x[i]` into a zeroed `[n, d]`.
 pub(super) fn scatter(x: &[f32], rows: &[usize], n: usize, d: usize) -> Vec<f32> {
-    let mut out = vec![0f32; n * d];
-    for (i, &r) in rows.iter().enumerate() {
-        out[r * d..][..d]
-            .iter_mut()
-            .zip(&x[i * d..][..d])
-            .for_each(|(a, b)| *a += b);
-    }
-    out
+    profile::timed(profile::Part::Copies, || {
+        let mut out = vec![0f32; n * d];
+        for (i, &r) in rows.iter().enumerate() {
+            out[r * d..][..d]
+                .iter_mut()
+                .zip(&x[i * d..][..d])
+                .for_each(|(a, b)| *a += b);
+        }
+        out
+    })
 }

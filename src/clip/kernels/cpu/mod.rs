@@ -15,6 +15,8 @@
 mod attention;
 mod backward;
 mod kernels;
+mod profile;
+mod row_attention;
 mod text;
 mod train;
 mod weights;
@@ -23,11 +25,13 @@ use candle_core::{DType, Result, Tensor};
 
 use self::attention::attention_fwd;
 use self::kernels::{gather, gelu_slice, layer_norm_fwd, linear};
+use self::profile::Part;
 use self::weights::{HeldLayer, HeldLinear, HeldNorm};
 use super::TowerWeights;
 use crate::clip::config::HiddenAct;
 
 pub use self::backward::{BlockGrads, LinearGrads, NormGrads, TowerGrads};
+pub use self::profile::Breakdown;
 pub use self::text::forward_prefixed;
 pub use self::train::{
     text_backward, text_forward, vision_backward, vision_forward, Readout, TextGrads, TextPass,
@@ -354,9 +358,9 @@ fn block_forward(
     let stats1 = layer_norm_fwd(&x, &l.ln1, d, &mut h);
     let mut qkv = vec![0f32; rows * 3 * d];
     linear(&mut qkv, 3 * d, &h, &l.qkv, rows, d, 3 * d, false);
-    let (att, probs) = attention_fwd(dm, &qkv, queries);
+    let (att, probs) = profile::timed(Part::Attention, || attention_fwd(dm, &qkv, queries));
     let mut x_mid = if q == rows {
-        x.clone()
+        profile::timed(Part::Copies, || x.clone())
     } else {
         gather(&x, queries, d)
     };
@@ -367,12 +371,12 @@ fn block_forward(
     linear(&mut pre_act, dm.inter, &h, &l.fc1, q, d, dm.inter, false);
     // The backward needs the pre-activation; without a tape the activation overwrites it.
     let mut u = if keep != Keep::Nothing {
-        pre_act.clone()
+        profile::timed(Part::Copies, || pre_act.clone())
     } else {
         std::mem::take(&mut pre_act)
     };
     gelu_slice(act, &mut u);
-    let mut x_out = x_mid.clone();
+    let mut x_out = profile::timed(Part::Copies, || x_mid.clone());
     linear(&mut x_out, d, &u, &l.fc2, q, dm.inter, d, true);
     let tape = (keep != Keep::Nothing).then(|| LayerTape {
         x_in: x,
