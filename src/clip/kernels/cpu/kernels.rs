@@ -40,51 +40,137 @@ pub(super) fn matmul(
         if m == 0 || n == 0 {
             return;
         }
-        GEMM_FLOPS.fetch_add(2 * (m * n * k) as u64, std::sync::atomic::Ordering::Relaxed);
         assert!(
-            out.len() >= (m - 1) * out_rs + n && a.len() >= (m - 1) * a_rs + k && b.len() >= k * n,
-            "matmul: buffer too small"
+            out.len() >= (m - 1) * out_rs + n,
+            "matmul: output buffer too small"
         );
-        let (b_rs, b_cs) = if b_t {
-            (1, k as isize)
-        } else {
-            (n as isize, 1)
-        };
-        let workers = rayon::current_num_threads();
-        // Few rows (one image is 50): gemm then runs on one thread and re-packs the whole weight from memory
-        // for little work. Panels of ~96 output columns as tasks instead: each packs only its slice of the
-        // weight, and the threads share them (batch 1: 6.9 → 16.4 img/s).
-        let split = if m < 128 && workers > 1 {
-            n.div_ceil(96).max(1)
-        } else {
-            1
-        };
-        let width = n.div_ceil(split);
-        let (po, pa, pb) = (
-            SharedOut(out.as_mut_ptr()),
-            a.as_ptr() as usize,
-            b.as_ptr() as usize,
-        );
-        (0..split).into_par_iter().for_each(move |part| {
+        // SAFETY: the assert keeps every write inside `out`.
+        unsafe {
+            matmul_raw(
+                out.as_mut_ptr(),
+                out_rs,
+                a,
+                a_rs,
+                b,
+                b_t,
+                (m, k, n),
+                accumulate,
+            )
+        }
+    })
+}
+
+/// `a[m×k] · B` (as [`matmul`]) into a new `[m×n]` buffer, which the product writes whole: no zero fill
+/// first (zeroing fresh buffers was 2 % of a CoOp step, on the calling thread alone).
+pub(super) fn matmul_new(
+    a: &[f32],
+    a_rs: usize,
+    b: &[f32],
+    b_t: bool,
+    m: usize,
+    k: usize,
+    n: usize,
+) -> Vec<f32> {
+    if m == 0 || n == 0 || k == 0 {
+        return vec![0f32; m * n];
+    }
+    profile::timed(profile::Part::MatrixProducts, || {
+        let mut out = Vec::with_capacity(m * n);
+        // SAFETY: the buffer holds m·n values; gemm without `read_dst` writes every element of its
+        // destination and reads none (its alpha is zero then), so all m·n are set before `set_len`.
+        unsafe {
+            matmul_raw(
+                out.spare_capacity_mut().as_mut_ptr().cast(),
+                n,
+                a,
+                a_rs,
+                b,
+                b_t,
+                (m, k, n),
+                false,
+            );
+            out.set_len(m * n);
+        }
+        out
+    })
+}
+
+/// [`matmul`] into a raw destination.
+///
+/// # Safety
+/// `out` must be valid for writes (and reads, when `accumulate`) of rows `0..m`, each `out_rs` apart
+/// and `n` wide, that no one else touches during the call.
+#[allow(clippy::too_many_arguments)]
+unsafe fn matmul_raw(
+    out: *mut f32,
+    out_rs: usize,
+    a: &[f32],
+    a_rs: usize,
+    b: &[f32],
+    b_t: bool,
+    (m, k, n): (usize, usize, usize),
+    accumulate: bool,
+) {
+    GEMM_FLOPS.fetch_add(2 * (m * n * k) as u64, std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        a.len() >= (m - 1) * a_rs + k && b.len() >= k * n,
+        "matmul: input buffer too small"
+    );
+    let (b_rs, b_cs) = if b_t {
+        (1, k as isize)
+    } else {
+        (n as isize, 1)
+    };
+    let workers = rayon::current_num_threads();
+    // How the product is cut into single-threaded tasks, (row parts, column parts):
+    // - few rows (one image is 50): gemm would run on one thread and re-pack the whole weight for
+    //   little work; panels of ~96 output columns instead, each packing only its slice of the weight
+    //   (batch 1: 6.9 → 16.4 img/s);
+    // - many rows: a band of rows a thread, each packing the weight itself. gemm's own threading
+    //   shares one packed weight between threads that wait for each other at every block of k: on
+    //   CoOp's narrow, deep products (617 × 2048 → 512) it ran at 131-136 GFLOP/s where row bands run
+    //   at 155-160 on the same two cores (the examples' gemm_shapes, criterion's `coop_gemm`).
+    let (row_parts, col_parts) = if workers <= 1 {
+        (1, 1)
+    } else if m < 128 {
+        (1, n.div_ceil(96).max(1))
+    } else if m >= 128 * workers {
+        (workers, 1)
+    } else {
+        (1, 1)
+    };
+    let par = if row_parts * col_parts > 1 {
+        Parallelism::None
+    } else {
+        threads()
+    };
+    let (height, width) = (m.div_ceil(row_parts), n.div_ceil(col_parts));
+    let (po, pa, pb) = (SharedOut(out), a.as_ptr() as usize, b.as_ptr() as usize);
+    (0..row_parts * col_parts)
+        .into_par_iter()
+        .for_each(move |part| {
             let po = po;
-            let n0 = part * width;
-            let cols = width.min(n.saturating_sub(n0));
-            if cols == 0 {
+            let (m0, n0) = ((part / col_parts) * height, (part % col_parts) * width);
+            let (rows, cols) = (
+                height.min(m.saturating_sub(m0)),
+                width.min(n.saturating_sub(n0)),
+            );
+            if rows == 0 || cols == 0 {
                 return;
             }
             let b0 = if b_t { n0 * k } else { n0 };
-            // SAFETY: the assert above keeps every index the strides reach inside the three slices; the
-            // parts write disjoint column ranges n0..n0+cols of `out`.
+            // SAFETY: the assert above keeps every index the strides reach inside the three slices;
+            // the parts write disjoint blocks (rows m0.., columns n0..) of `out`.
             unsafe {
                 gemm::gemm(
-                    m,
+                    rows,
                     cols,
                     k,
-                    po.0.add(n0),
+                    po.0.add(m0 * out_rs + n0),
                     1,
                     out_rs as isize,
                     accumulate,
-                    pa as *const f32,
+                    (pa as *const f32).add(m0 * a_rs),
                     1,
                     a_rs as isize,
                     (pb as *const f32).add(b0),
@@ -95,15 +181,10 @@ pub(super) fn matmul(
                     false,
                     false,
                     false,
-                    if split > 1 {
-                        Parallelism::None
-                    } else {
-                        threads()
-                    },
+                    par,
                 )
             }
         });
-    })
 }
 
 /// `out[m×n] += aᵀ · b` for `a` `[k×m]` (row stride `a_rs`) and `b` `[k×n]` (row stride `b_rs`): a
@@ -212,24 +293,47 @@ unsafe fn gemm_tn(
     )
 }
 
-/// `out[:, ..n] (+)= x · Wᵀ + b` for `x` `[m, k]` (row stride k).
-#[allow(clippy::too_many_arguments)]
-pub(super) fn linear(
-    out: &mut [f32],
-    out_rs: usize,
+/// `x · Wᵀ + b` for `x` `[m, k]` into a new `[m, n]` buffer.
+pub(super) fn linear_new(x: &[f32], l: &HeldLinear, m: usize, k: usize, n: usize) -> Vec<f32> {
+    let mut out = matmul_new(x, k, l.w.data(), true, m, k, n);
+    if let Some(b) = &l.b {
+        profile::timed(profile::Part::Elementwise, || {
+            add_bias(&mut out, n, b.data())
+        });
+    }
+    out
+}
+
+/// `residual + x · Wᵀ + b` for `x` `[m, k]` and `residual` `[m, n]`: the product into a fresh buffer,
+/// then the residual and bias in one pass. gemm accumulating into the residual (read back at every block
+/// of k) ran CoOp's deep fc2 product (2048 → 512) at 126 GFLOP/s where writing it fresh runs at 149.
+pub(super) fn linear_residual(
+    residual: &[f32],
     x: &[f32],
     l: &HeldLinear,
     m: usize,
     k: usize,
     n: usize,
-    accumulate: bool,
-) {
-    matmul(out, out_rs, x, k, l.w.data(), true, m, k, n, accumulate);
-    if let Some(b) = &l.b {
-        profile::timed(profile::Part::Elementwise, || {
-            add_bias(out, out_rs, b.data())
-        });
-    }
+) -> Vec<f32> {
+    let mut out = matmul_new(x, k, l.w.data(), true, m, k, n);
+    profile::timed(profile::Part::Elementwise, || {
+        let rows = row_chunk(n);
+        out.par_chunks_mut(n * rows)
+            .zip(residual.par_chunks(n * rows))
+            .for_each(|(out, res)| {
+                for (o, r) in out.chunks_mut(n).zip(res.chunks(n)) {
+                    match &l.b {
+                        Some(b) => o
+                            .iter_mut()
+                            .zip(r)
+                            .zip(b.data())
+                            .for_each(|((o, r), b)| *o += r + b),
+                        None => o.iter_mut().zip(r).for_each(|(o, r)| *o += r),
+                    }
+                }
+            });
+    });
+    out
 }
 
 pub(super) fn layer_norm_fwd(
@@ -310,7 +414,11 @@ fn exp_fast(x: f32) -> f32 {
         * r
         + 0.5;
     let p = p * (r * r) + r + 1.0;
-    p * f32::from_bits(((n as i32 + 127) << 23) as u32)
+    // SAFETY: `n` is a whole number in [-126, 128] (x is clamped above), so it converts exactly; `as i32`
+    // would saturate instead, which does not vectorise (eight scalar conversions per vector: the
+    // activation ran at half speed).
+    let n = unsafe { n.to_int_unchecked::<i32>() };
+    p * f32::from_bits(((n + 127) << 23) as u32)
 }
 
 #[inline(always)]
@@ -331,6 +439,25 @@ pub(super) fn gelu_slice(act: HiddenAct, xs: &mut [f32]) {
             HiddenAct::QuickGelu => simd_map(xs, &[], |a, _| quick_gelu(a)),
             _ => xs.iter_mut().for_each(|v| *v = gelu(act, *v)),
         });
+    })
+}
+
+/// `act(x)` into a new buffer (the backward keeps `x`).
+pub(super) fn gelu_new(act: HiddenAct, xs: &[f32]) -> Vec<f32> {
+    profile::timed(profile::Part::Elementwise, || {
+        let mut out = Vec::with_capacity(xs.len());
+        out.spare_capacity_mut()
+            .par_chunks_mut(16384)
+            .zip(xs.par_chunks(16384))
+            .for_each(|(out, xs)| match act {
+                HiddenAct::QuickGelu => simd_map_into(out, xs, quick_gelu),
+                _ => out.iter_mut().zip(xs).for_each(|(o, &x)| {
+                    o.write(gelu(act, x));
+                }),
+            });
+        // SAFETY: every chunk of the spare capacity was written above, and it holds xs.len() values.
+        unsafe { out.set_len(xs.len()) };
+        out
     })
 }
 
@@ -374,6 +501,34 @@ fn simd_map(x: &mut [f32], y: &[f32], f: impl Fn(f32, f32) -> f32 + Copy) {
         }
     }
     body(x, y, f)
+}
+
+/// `out[i] ← f(x[i])` into uninitialised memory, dispatched as [`simd_map`].
+#[inline(always)]
+fn simd_map_into(out: &mut [std::mem::MaybeUninit<f32>], x: &[f32], f: impl Fn(f32) -> f32 + Copy) {
+    #[inline(always)]
+    fn body(out: &mut [std::mem::MaybeUninit<f32>], x: &[f32], f: impl Fn(f32) -> f32 + Copy) {
+        out.iter_mut().zip(x).for_each(|(o, &v)| {
+            o.write(f(v));
+        });
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn avx2(
+            out: &mut [std::mem::MaybeUninit<f32>],
+            x: &[f32],
+            f: impl Fn(f32) -> f32 + Copy,
+        ) {
+            body(out, x, f)
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: the CPU has the features the function was compiled for.
+            return unsafe { avx2(out, x, f) };
+        }
+    }
+    body(out, x, f)
 }
 
 pub(super) fn gelu(act: HiddenAct, a: f32) -> f32 {

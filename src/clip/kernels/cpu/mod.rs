@@ -24,7 +24,7 @@ mod weights;
 use candle_core::{DType, Result, Tensor};
 
 use self::attention::attention_fwd;
-use self::kernels::{gather, gelu_slice, layer_norm_fwd, linear};
+use self::kernels::{gather, gelu_new, gelu_slice, layer_norm_fwd, linear_new, linear_residual};
 use self::profile::Part;
 use self::weights::{HeldLayer, HeldLinear, HeldNorm};
 use super::TowerWeights;
@@ -234,8 +234,7 @@ fn pool(
     let n = x.len() / d;
     let mut normed = vec![0f32; n * d];
     let stats = layer_norm_fwd(x, norm, d, &mut normed);
-    let mut pooled = vec![0f32; n * proj_dim];
-    linear(&mut pooled, proj_dim, &normed, proj, n, d, proj_dim, false);
+    let pooled = linear_new(&normed, proj, n, d, proj_dim);
     (pooled, stats)
 }
 
@@ -356,28 +355,25 @@ fn block_forward(
     let (d, rows, q) = (dm.d, dm.rows(), queries.len());
     let mut h = vec![0f32; rows * d];
     let stats1 = layer_norm_fwd(&x, &l.ln1, d, &mut h);
-    let mut qkv = vec![0f32; rows * 3 * d];
-    linear(&mut qkv, 3 * d, &h, &l.qkv, rows, d, 3 * d, false);
+    let qkv = linear_new(&h, &l.qkv, rows, d, 3 * d);
     let (att, probs) = profile::timed(Part::Attention, || attention_fwd(dm, &qkv, queries));
-    let mut x_mid = if q == rows {
-        profile::timed(Part::Copies, || x.clone())
+    let x_mid = if q == rows {
+        linear_residual(&x, &att, &l.o, q, d, d)
     } else {
-        gather(&x, queries, d)
+        linear_residual(&gather(&x, queries, d), &att, &l.o, q, d, d)
     };
-    linear(&mut x_mid, d, &att, &l.o, q, d, d, true);
     h.truncate(q * d);
     let stats2 = layer_norm_fwd(&x_mid, &l.ln2, d, &mut h);
-    let mut pre_act = vec![0f32; q * dm.inter];
-    linear(&mut pre_act, dm.inter, &h, &l.fc1, q, d, dm.inter, false);
+    let mut pre_act = linear_new(&h, &l.fc1, q, d, dm.inter);
     // The backward needs the pre-activation; without a tape the activation overwrites it.
-    let mut u = if keep != Keep::Nothing {
-        profile::timed(Part::Copies, || pre_act.clone())
+    let u = if keep != Keep::Nothing {
+        gelu_new(act, &pre_act)
     } else {
-        std::mem::take(&mut pre_act)
+        let mut u = std::mem::take(&mut pre_act);
+        gelu_slice(act, &mut u);
+        u
     };
-    gelu_slice(act, &mut u);
-    let mut x_out = profile::timed(Part::Copies, || x_mid.clone());
-    linear(&mut x_out, d, &u, &l.fc2, q, dm.inter, d, true);
+    let x_out = linear_residual(&x_mid, &u, &l.fc2, q, dm.inter, d);
     let tape = (keep != Keep::Nothing).then(|| LayerTape {
         x_in: x,
         stats1,

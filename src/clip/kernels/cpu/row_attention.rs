@@ -166,7 +166,16 @@ fn row_backward(
 
 /// Adds one key's contributions to its `[dk | dv]` row (`2D` wide).
 #[allow(clippy::too_many_arguments)]
-fn add_kv_row(kv: &mut [f32], d: usize, hd: usize, h: usize, q: &[f32], go: &[f32], ds: f32, pk: f32) {
+fn add_kv_row(
+    kv: &mut [f32],
+    d: usize,
+    hd: usize,
+    h: usize,
+    q: &[f32],
+    go: &[f32],
+    ds: f32,
+    pk: f32,
+) {
     add_scaled(&mut kv[h * hd..][..hd], q, ds);
     add_scaled(&mut kv[d + h * hd..][..hd], go, pk);
 }
@@ -258,7 +267,11 @@ pub(super) fn backward(
                 &probs[i * pw..][..pw],
                 &dout[i * d..][..d],
                 r,
-                if p > 0 { &mut ds_pre[i * pw..][..pw] } else { &mut [] },
+                if p > 0 {
+                    &mut ds_pre[i * pw..][..pw]
+                } else {
+                    &mut []
+                },
                 &mut dpre[r * 3 * d..][..d],
                 &mut dp_own,
                 &mut |_, _, _, _, _, _| unreachable!("a prefix row has no own keys"),
