@@ -149,5 +149,58 @@ fn training(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, towers, methods, training);
+/// The CoOp step's kernels on their own (issue 30), at the shapes of a C = 100, M = 16 step of ViT-B/32's
+/// text tower (501 rows: a 17-row prefix, then 100 classes of 4 or 5 rows).
+fn coop_kernels(c: &mut Criterion) {
+    use promptscope::clip::kernels::cpu::{bench_hooks, gemm_f32};
+    promptscope::alloc::keep_freed_memory();
+    let m = 501;
+    // Row bands a thread (`kernels::matmul`): forward products `x·Wᵀ`, backward `dy·W`.
+    let mut g = c.benchmark_group("coop_gemm");
+    for (k, n, b_t) in [
+        (512usize, 1536usize, true),
+        (512, 2048, true),
+        (2048, 512, true),
+        (2048, 512, false),
+        (1536, 512, false),
+    ] {
+        let a = vec![0.5f32; m * k];
+        let b = vec![0.25f32; k * n];
+        let mut out = vec![0f32; m * n];
+        g.throughput(Throughput::Elements((2 * m * k * n) as u64));
+        let name = format!("{m}x{k}_to_{n}_{}", if b_t { "fwd" } else { "bwd" });
+        g.bench_function(name, |bench| {
+            bench.iter(|| gemm_f32(&mut out, n, &a, k, &b, b_t, m, k, n, false))
+        });
+    }
+    g.finish();
+
+    let mut g = c.benchmark_group("coop_elementwise");
+    let xs: Vec<f32> = (0..m * 2048).map(|i| (i % 97) as f32 * 0.1 - 4.8).collect();
+    g.throughput(Throughput::Elements(xs.len() as u64));
+    g.bench_function("quick_gelu_501x2048", |bench| {
+        bench.iter(|| bench_hooks::quick_gelu(&xs))
+    });
+    g.finish();
+
+    let mut g = c.benchmark_group("coop_attention");
+    let (p, d, heads) = (17usize, 512usize, 8usize);
+    let lens: Vec<usize> = (0..100).map(|c| 4 + c % 2).collect();
+    let rows = p + lens.iter().sum::<usize>();
+    let qkv: Vec<f32> = (0..rows * 3 * d)
+        .map(|i| ((i % 89) as f32 - 44.0) * 0.01)
+        .collect();
+    let dout: Vec<f32> = (0..rows * d)
+        .map(|i| ((i % 53) as f32 - 26.0) * 0.01)
+        .collect();
+    g.bench_function("prefix17_100_classes_forward", |bench| {
+        bench.iter(|| bench_hooks::prefix_attention(p, &lens, d, heads, &qkv, None))
+    });
+    g.bench_function("prefix17_100_classes_forward_backward", |bench| {
+        bench.iter(|| bench_hooks::prefix_attention(p, &lens, d, heads, &qkv, Some(&dout)))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, towers, methods, training, coop_kernels);
 criterion_main!(benches);

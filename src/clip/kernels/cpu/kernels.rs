@@ -476,59 +476,46 @@ pub(super) fn gelu_grad_mul(act: HiddenAct, g: &mut [f32], a: &[f32]) {
     })
 }
 
-/// `x[i] ← f(x[i], y[i])` (`y` empty: `f(x[i], 0)`), compiled a second time for AVX2+FMA and picked at
-/// run time: the crate is built for baseline x86-64, where the loop would vectorise only 4 wide.
+/// Runs `f` compiled a second time for AVX2+FMA where the CPU has them: the crate is built for baseline
+/// x86-64, where loops vectorise only 4 wide and without FMA. `f` and what it inlines get the wider code,
+/// so it should call `#[inline]` helpers.
+#[inline(always)]
+pub(super) fn with_avx2<R>(f: impl FnOnce() -> R) -> R {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn avx2<R>(f: impl FnOnce() -> R) -> R {
+            f()
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: the CPU has the features the function was compiled for.
+            return unsafe { avx2(f) };
+        }
+    }
+    f()
+}
+
+/// `x[i] ← f(x[i], y[i])` (`y` empty: `f(x[i], 0)`), on AVX2 where the CPU has it.
 #[inline(always)]
 fn simd_map(x: &mut [f32], y: &[f32], f: impl Fn(f32, f32) -> f32 + Copy) {
-    #[inline(always)]
-    fn body(x: &mut [f32], y: &[f32], f: impl Fn(f32, f32) -> f32 + Copy) {
+    with_avx2(|| {
         if y.is_empty() {
             x.iter_mut().for_each(|v| *v = f(*v, 0.0));
         } else {
             x.iter_mut().zip(y).for_each(|(v, &w)| *v = f(*v, w));
         }
-    }
-    #[cfg(target_arch = "x86_64")]
-    {
-        #[target_feature(enable = "avx2,fma")]
-        unsafe fn avx2(x: &mut [f32], y: &[f32], f: impl Fn(f32, f32) -> f32 + Copy) {
-            body(x, y, f)
-        }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            // SAFETY: the CPU has the features the function was compiled for.
-            return unsafe { avx2(x, y, f) };
-        }
-    }
-    body(x, y, f)
+    })
 }
 
-/// `out[i] ← f(x[i])` into uninitialised memory, dispatched as [`simd_map`].
+/// `out[i] ← f(x[i])` into uninitialised memory, on AVX2 where the CPU has it.
 #[inline(always)]
 fn simd_map_into(out: &mut [std::mem::MaybeUninit<f32>], x: &[f32], f: impl Fn(f32) -> f32 + Copy) {
-    #[inline(always)]
-    fn body(out: &mut [std::mem::MaybeUninit<f32>], x: &[f32], f: impl Fn(f32) -> f32 + Copy) {
+    with_avx2(|| {
         out.iter_mut().zip(x).for_each(|(o, &v)| {
             o.write(f(v));
-        });
-    }
-    #[cfg(target_arch = "x86_64")]
-    {
-        #[target_feature(enable = "avx2,fma")]
-        unsafe fn avx2(
-            out: &mut [std::mem::MaybeUninit<f32>],
-            x: &[f32],
-            f: impl Fn(f32) -> f32 + Copy,
-        ) {
-            body(out, x, f)
-        }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            // SAFETY: the CPU has the features the function was compiled for.
-            return unsafe { avx2(out, x, f) };
-        }
-    }
-    body(out, x, f)
+        })
+    })
 }
 
 pub(super) fn gelu(act: HiddenAct, a: f32) -> f32 {
@@ -555,6 +542,7 @@ pub(super) fn gelu_grad(act: HiddenAct, a: f32) -> f32 {
 
 /// Sum of `f(a[i], b[i])` in 16 independent lanes: a plain running sum is one long chain of dependent
 /// additions the compiler may not reorder, four times slower on these 64- to 3072-wide rows.
+#[inline]
 pub(super) fn lanes_sum(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) -> f32 {
     let mut acc = [0f32; 16];
     let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
@@ -572,6 +560,7 @@ pub(super) fn lanes_sum(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) -> f3
     acc.iter().sum::<f32>() + tail
 }
 
+#[inline]
 pub(super) fn dot(a: &[f32], b: &[f32]) -> f32 {
     lanes_sum(a, b, |x, y| x * y)
 }
@@ -585,6 +574,7 @@ unsafe impl Send for SharedOut {}
 
 unsafe impl Sync for SharedOut {}
 
+#[inline]
 pub(super) fn add_scaled(acc: &mut [f32], x: &[f32], scale: f32) {
     acc.iter_mut().zip(x).for_each(|(a, b)| *a += scale * b);
 }

@@ -72,6 +72,37 @@ pub fn gemm_f32_tn(
     kernels::matmul_tn(out, a, a_rs, b, b_rs, m, k, n)
 }
 
+/// The CoOp step's kernels on their own, for `benches/suite.rs` (`coop_kernels`).
+#[doc(hidden)]
+pub mod bench_hooks {
+    use super::{row_attention, Dims};
+
+    /// quick-GELU of `xs` into a new buffer, as the forward keeps its input for the backward.
+    pub fn quick_gelu(xs: &[f32]) -> Vec<f32> {
+        super::kernels::gelu_new(crate::clip::config::HiddenAct::QuickGelu, xs)
+    }
+
+    /// Causal attention over a `p`-row prefix and sequences of `lens` rows (every row a query), width
+    /// `d` in `heads` heads, on `qkv` `[rows, 3d]`; with `dout`, also its backward. Returns the output.
+    pub fn prefix_attention(
+        p: usize,
+        lens: &[usize],
+        d: usize,
+        heads: usize,
+        qkv: &[f32],
+        dout: Option<&[f32]>,
+    ) -> Vec<f32> {
+        let eot: Vec<usize> = lens.iter().map(|l| p + l - 1).collect();
+        let dm = Dims::text(p, &eot, d, heads, 4 * d, d);
+        let all: Vec<usize> = (0..dm.rows()).collect();
+        let (out, probs) = row_attention::forward(&dm, qkv, &all);
+        match dout {
+            Some(g) => row_attention::backward(&dm, qkv, &probs, g, &all),
+            None => out,
+        }
+    }
+}
+
 /// Floating-point operations of the kernels' matrix products since the process started.
 pub fn gemm_flops() -> u64 {
     kernels::GEMM_FLOPS.load(std::sync::atomic::Ordering::Relaxed)

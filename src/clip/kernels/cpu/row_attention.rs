@@ -10,7 +10,7 @@
 use rayon::prelude::*;
 
 use super::attention::{key_ranges, sequence_blocks, strided_gemm, Strided};
-use super::kernels::{add_scaled, dot, SharedOut};
+use super::kernels::{add_scaled, dot, with_avx2, SharedOut};
 use super::Dims;
 
 /// The query rows' q vectors and their row stride: `qkv` itself when every row is a query, else a
@@ -68,27 +68,29 @@ pub(super) fn forward(dm: &Dims, qkv: &[f32], queries: &[usize]) -> (Vec<f32>, V
         .zip(probs.par_chunks_mut(pw))
         .zip(queries.par_iter())
         .for_each(|((out, probs), &r)| {
-            let (pre, own) = key_ranges(dm, r);
-            for h in 0..heads {
-                let q = &qkv[r * 3 * d + h * hd..][..hd];
-                let row = &mut probs[h * kw..][..p + own.len()];
-                // A prefix row sees the prefix only up to itself.
-                row[pre.end..p].fill(f32::NEG_INFINITY);
-                for (s, key) in row[p..].iter_mut().zip(own.clone()) {
-                    *s = dot(q, &qkv[key * 3 * d + d + h * hd..][..hd]) * scale;
+            with_avx2(|| {
+                let (pre, own) = key_ranges(dm, r);
+                for h in 0..heads {
+                    let q = &qkv[r * 3 * d + h * hd..][..hd];
+                    let row = &mut probs[h * kw..][..p + own.len()];
+                    // A prefix row sees the prefix only up to itself.
+                    row[pre.end..p].fill(f32::NEG_INFINITY);
+                    for (s, key) in row[p..].iter_mut().zip(own.clone()) {
+                        *s = dot(q, &qkv[key * 3 * d + d + h * hd..][..hd]) * scale;
+                    }
+                    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                    let mut sum = 0f32;
+                    for v in row.iter_mut() {
+                        *v = (*v - max).exp();
+                        sum += *v;
+                    }
+                    row.iter_mut().for_each(|v| *v /= sum);
+                    let o = &mut out[h * hd..][..hd];
+                    for (&pk, key) in row[p..].iter().zip(own.clone()) {
+                        add_scaled(o, &qkv[key * 3 * d + 2 * d + h * hd..][..hd], pk);
+                    }
                 }
-                let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let mut sum = 0f32;
-                for v in row.iter_mut() {
-                    *v = (*v - max).exp();
-                    sum += *v;
-                }
-                row.iter_mut().for_each(|v| *v /= sum);
-                let o = &mut out[h * hd..][..hd];
-                for (&pk, key) in row[p..].iter().zip(own.clone()) {
-                    add_scaled(o, &qkv[key * 3 * d + 2 * d + h * hd..][..hd], pk);
-                }
-            }
+            })
         });
     if p > 0 {
         // out_h += P[:, prefix] · V_prefix, a product a head.
@@ -135,37 +137,40 @@ fn row_backward(
     let (d, hd, kw, p) = (dm.d, dm.hd(), dm.keys(), dm.p);
     let scale = (hd as f32).powf(-0.5);
     let (pre, own) = key_ranges(dm, r);
-    for h in 0..dm.heads {
-        let pr = &probs[h * kw..][..p + own.len()];
-        let go = &dout[h * hd..][..hd];
-        dp_own.clear();
-        dp_own.extend(
-            own.clone()
-                .map(|key| dot(go, &qkv[key * 3 * d + 2 * d + h * hd..][..hd])),
-        );
-        let mut inner = dot(&pr[p..], dp_own);
-        if p > 0 {
-            let dsp = &mut ds[h * kw..][..p];
-            inner += dot(&pr[..pre.end], &dsp[..pre.end]);
-            dsp.iter_mut()
-                .zip(&pr[..p])
-                .for_each(|(g, &pk)| *g = pk * (*g - inner) * scale);
-        }
-        let q = &qkv[r * 3 * d + h * hd..][..hd];
-        for ((&pk, &dpk), key) in pr[p..].iter().zip(dp_own.iter()).zip(own.clone()) {
-            let g = pk * (dpk - inner) * scale;
-            add_scaled(
-                &mut dq[h * hd..][..hd],
-                &qkv[key * 3 * d + d + h * hd..][..hd],
-                g,
+    with_avx2(|| {
+        for h in 0..dm.heads {
+            let pr = &probs[h * kw..][..p + own.len()];
+            let go = &dout[h * hd..][..hd];
+            dp_own.clear();
+            dp_own.extend(
+                own.clone()
+                    .map(|key| dot(go, &qkv[key * 3 * d + 2 * d + h * hd..][..hd])),
             );
-            add_kv(key, h, q, go, g, pk);
+            let mut inner = dot(&pr[p..], dp_own);
+            if p > 0 {
+                let dsp = &mut ds[h * kw..][..p];
+                inner += dot(&pr[..pre.end], &dsp[..pre.end]);
+                dsp.iter_mut()
+                    .zip(&pr[..p])
+                    .for_each(|(g, &pk)| *g = pk * (*g - inner) * scale);
+            }
+            let q = &qkv[r * 3 * d + h * hd..][..hd];
+            for ((&pk, &dpk), key) in pr[p..].iter().zip(dp_own.iter()).zip(own.clone()) {
+                let g = pk * (dpk - inner) * scale;
+                add_scaled(
+                    &mut dq[h * hd..][..hd],
+                    &qkv[key * 3 * d + d + h * hd..][..hd],
+                    g,
+                );
+                add_kv(key, h, q, go, g, pk);
+            }
         }
-    }
+    })
 }
 
 /// Adds one key's contributions to its `[dk | dv]` row (`2D` wide).
 #[allow(clippy::too_many_arguments)]
+#[inline]
 fn add_kv_row(
     kv: &mut [f32],
     d: usize,
