@@ -76,6 +76,11 @@ for r in rows:
               f"**{t['ms_per_step'] / o['ms_per_step']:.2f}×** |")
         print(f"| ↳ its matrix products: {o['gemm_gflop_per_step']:.1f} GFLOP a step, rate over the sgemm peak | "
               f"{100 * o['fraction_of_sgemm_peak']:.0f} % | | |")
+        b = o.get("breakdown")
+        if b:
+            print(f"| ↳ where it goes (ms): matrix products {b['matrix_products_ms']:.0f}, attention {b['attention_ms']:.0f}, "
+                  f"element-wise {b['elementwise_ms']:.0f}, copies {b['copies_ms']:.0f}, other {b['other_ms']:.0f}; "
+                  f"CPU busy {100 * b['cpu_utilisation']:.0f} % | | | |")
     else:
         print(f"| image tower, batch {o['batch']} (images/s) | {o['images_per_s']:.2f} | {t['images_per_s']:.2f} | "
               f"**{o['images_per_s'] / t['images_per_s']:.2f}×** |")
