@@ -49,9 +49,6 @@ fn check(position: ClassPosition, ctx_init: Option<&str>, csc: bool) {
 }
 
 fn check_model(model: &str, position: ClassPosition, ctx_init: Option<&str>, csc: bool) {
-    let r = reference();
-    let dir = model_dir(model, &r);
-    let clip = promptscope::clip::load(dir.path().to_str().unwrap(), &device()).unwrap();
     // Names of 1 to 6 tokens, so continuations end at different positions.
     let names: Vec<String> = [
         "dog",
@@ -62,6 +59,19 @@ fn check_model(model: &str, position: ClassPosition, ctx_init: Option<&str>, csc
     .iter()
     .map(|s| s.to_string())
     .collect();
+    check_names(model, &names, position, ctx_init, csc);
+}
+
+fn check_names(
+    model: &str,
+    names: &[String],
+    position: ClassPosition,
+    ctx_init: Option<&str>,
+    csc: bool,
+) {
+    let r = reference();
+    let dir = model_dir(model, &r);
+    let clip = promptscope::clip::load(dir.path().to_str().unwrap(), &device()).unwrap();
     let cfg = CoopConfig {
         n_ctx: 6,
         ctx_init: ctx_init.map(str::to_string),
@@ -72,7 +82,7 @@ fn check_model(model: &str, position: ClassPosition, ctx_init: Option<&str>, csc
     let mut learner = PromptLearner::new(
         &clip.model().unwrap().text,
         clip.tokenizer().unwrap(),
-        &names,
+        names,
         &cfg,
     )
     .unwrap();
@@ -90,6 +100,19 @@ fn check_model(model: &str, position: ClassPosition, ctx_init: Option<&str>, csc
         rg,
         BOUND,
     );
+}
+
+/// Enough classes that the attention runs in several chunks of sequences (each with its share of the
+/// prefix keys' gradients, summed after), on every row and on the last block's end-of-text rows.
+#[test]
+fn many_classes_cut_into_attention_chunks_are_exact() {
+    let names: Vec<String> = (0..90)
+        .map(|i| {
+            ["dog", "golden retriever", "a very long class name"][i % 3].to_string()
+                + &" x".repeat(i % 4)
+        })
+        .collect();
+    check_names("tiny", &names, ClassPosition::End, None, false);
 }
 
 #[test]

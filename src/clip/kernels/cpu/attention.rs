@@ -128,24 +128,6 @@ pub(super) fn attention_bwd(
     row_attention::backward(dm, qkv, probs, dout, queries)
 }
 
-/// The `[dq | dk | dv]` rows of each sequence (`rows`: every continuation row, `3D` wide), with its first
-/// row and the range of `queries` (ascending) that fall in it: one task's share of the backward.
-pub(super) fn sequence_blocks<'a>(
-    dm: &Dims,
-    mut rows: &'a mut [f32],
-    queries: &[usize],
-) -> Vec<(usize, &'a mut [f32], std::ops::Range<usize>)> {
-    let mut blocks = Vec::with_capacity(dm.classes());
-    for (c, &len) in dm.len.iter().enumerate() {
-        let (block, rest) = std::mem::take(&mut rows).split_at_mut(len * 3 * dm.d);
-        let lo = queries.partition_point(|&r| r < dm.start[c]);
-        let hi = queries.partition_point(|&r| r < dm.start[c] + len);
-        blocks.push((dm.start[c], block, lo..hi));
-        rows = rest;
-    }
-    blocks
-}
-
 /// A matrix operand in memory: element (i, j) at `ptr + i·rs + j·cs`.
 #[derive(Clone, Copy)]
 pub(super) struct Strided {

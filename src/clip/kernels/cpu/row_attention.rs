@@ -9,8 +9,8 @@
 
 use rayon::prelude::*;
 
-use super::attention::{key_ranges, sequence_blocks, strided_gemm, Strided};
-use super::kernels::{add_scaled, dot, with_avx2, SharedOut};
+use super::attention::{key_ranges, strided_gemm, Strided};
+use super::kernels::{add_scaled, dot, with_avx2};
 use super::Dims;
 
 /// The query rows' q vectors and their row stride: `qkv` itself when every row is a query, else a
@@ -33,6 +33,73 @@ fn query_rows<'a>(
     (gathered, d)
 }
 
+/// A task's share of the queries: indices `i0..i1` of `queries`, and the rows of `qkv` whose
+/// gradients it alone writes, `r0..r1` (its sequences' rows; a prefix chunk's are the prefix rows).
+#[derive(Debug, Clone, Copy)]
+struct Chunk {
+    i0: usize,
+    i1: usize,
+    r0: usize,
+    r1: usize,
+}
+
+/// Cuts `queries` (ascending) into chunks of whole sequences: the prefix rows' queries first, then
+/// runs of sequences of about `Q / (4·threads)` queries (16 to 256), enough tasks to balance the
+/// threads and few enough rows for the cache.
+fn chunks(dm: &Dims, queries: &[usize]) -> Vec<Chunk> {
+    let nq = queries.len();
+    let target = (nq / (4 * rayon::current_num_threads().max(1))).clamp(16, 256);
+    let mut out = Vec::new();
+    let n_prefix = queries.partition_point(|&r| r < dm.p);
+    if n_prefix > 0 {
+        out.push(Chunk {
+            i0: 0,
+            i1: n_prefix,
+            r0: 0,
+            r1: dm.p,
+        });
+    }
+    let mut i0 = n_prefix;
+    let mut c0 = 0;
+    for c in 0..dm.classes() {
+        let end = dm.start[c] + dm.len[c];
+        let i1 = queries.partition_point(|&r| r < end);
+        if i1 - i0 >= target || c + 1 == dm.classes() {
+            if i1 > i0 {
+                out.push(Chunk {
+                    i0,
+                    i1,
+                    r0: dm.start[c0],
+                    r1: end,
+                });
+            }
+            i0 = i1;
+            c0 = c + 1;
+        }
+    }
+    out
+}
+
+/// Splits `buf` (rows of `width`) into the chunks' row ranges `range(chunk)`, in order.
+fn split_rows<'a>(
+    mut buf: &'a mut [f32],
+    chunks: &[Chunk],
+    width: usize,
+    range: impl Fn(&Chunk) -> (usize, usize),
+) -> Vec<&'a mut [f32]> {
+    let mut at = 0;
+    let mut parts = Vec::with_capacity(chunks.len());
+    for c in chunks {
+        let (r0, r1) = range(c);
+        let (_, rest) = std::mem::take(&mut buf).split_at_mut((r0 - at) * width);
+        let (part, rest) = rest.split_at_mut((r1 - r0) * width);
+        parts.push(part);
+        buf = rest;
+        at = r1;
+    }
+    parts
+}
+
 /// Attention of the query rows `queries` (ascending) over their keys (see [`key_ranges`]): the
 /// per-head output `[Q, D]` and the probabilities `[Q, heads, keys]`, a row's prefix keys in the first
 /// P columns (a prefix row's later rows 0) and its own keys after them.
@@ -44,75 +111,82 @@ pub(super) fn forward(dm: &Dims, qkv: &[f32], queries: &[usize]) -> (Vec<f32>, V
     let mut probs = vec![0f32; nq * pw];
     let mut gathered = Vec::new();
     let (qs, q_rs) = query_rows(dm, qkv, queries, &mut gathered);
-    if p > 0 {
-        // S[i, j] = scale · q_i · k_j for every query and prefix key j, a product a head.
-        let dst = SharedOut(probs.as_mut_ptr());
-        (0..heads).into_par_iter().for_each(move |h| {
-            let dst = dst;
-            // SAFETY: head h writes columns h·kw..h·kw+P of every row of `probs`, which no other head
-            // touches; the reads are rows of `qs` and the prefix rows of `qkv`, head h's columns.
-            unsafe {
-                strided_gemm(
-                    (nq, p, hd),
-                    dst.0.add(h * kw),
-                    pw,
-                    false,
-                    Strided::rows(qs[h * hd..].as_ptr(), q_rs),
-                    Strided::cols(qkv[d + h * hd..].as_ptr(), 3 * d),
-                    scale,
-                )
-            }
-        });
-    }
-    out.par_chunks_mut(d)
-        .zip(probs.par_chunks_mut(pw))
-        .zip(queries.par_iter())
-        .for_each(|((out, probs), &r)| {
-            with_avx2(|| {
-                let (pre, own) = key_ranges(dm, r);
-                for h in 0..heads {
-                    let q = &qkv[r * 3 * d + h * hd..][..hd];
-                    let row = &mut probs[h * kw..][..p + own.len()];
-                    // A prefix row sees the prefix only up to itself.
-                    row[pre.end..p].fill(f32::NEG_INFINITY);
-                    for (s, key) in row[p..].iter_mut().zip(own.clone()) {
-                        *s = dot(q, &qkv[key * 3 * d + d + h * hd..][..hd]) * scale;
-                    }
-                    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                    let mut sum = 0f32;
-                    for v in row.iter_mut() {
-                        *v = (*v - max).exp();
-                        sum += *v;
-                    }
-                    row.iter_mut().for_each(|v| *v /= sum);
-                    let o = &mut out[h * hd..][..hd];
-                    for (&pk, key) in row[p..].iter().zip(own.clone()) {
-                        add_scaled(o, &qkv[key * 3 * d + 2 * d + h * hd..][..hd], pk);
-                    }
+    let chunks = chunks(dm, queries);
+    let by_query = |c: &Chunk| (c.i0, c.i1);
+    split_rows(&mut out, &chunks, d, by_query)
+        .into_par_iter()
+        .zip(split_rows(&mut probs, &chunks, pw, by_query))
+        .zip(chunks.par_iter())
+        .for_each(|((out, probs), c)| {
+            let n = c.i1 - c.i0;
+            for h in (0..heads).filter(|_| p > 0) {
+                // S[i, j] = scale · q_i · k_j for the chunk's queries and every prefix key j.
+                // SAFETY: the chunk's rows of `probs`, head h's first P columns; reads inside `qs`
+                // and the prefix rows of `qkv`.
+                unsafe {
+                    strided_gemm(
+                        (n, p, hd),
+                        probs[h * kw..].as_mut_ptr(),
+                        pw,
+                        false,
+                        Strided::rows(qs[c.i0 * q_rs + h * hd..].as_ptr(), q_rs),
+                        Strided::cols(qkv[d + h * hd..].as_ptr(), 3 * d),
+                        scale,
+                    )
                 }
-            })
-        });
-    if p > 0 {
-        // out_h += P[:, prefix] · V_prefix, a product a head.
-        let dst = SharedOut(out.as_mut_ptr());
-        let probs = &probs;
-        (0..heads).into_par_iter().for_each(move |h| {
-            let dst = dst;
-            // SAFETY: head h writes its own columns of `out`; reads stay in `probs` and `qkv`.
-            unsafe {
-                strided_gemm(
-                    (nq, hd, p),
-                    dst.0.add(h * hd),
-                    d,
-                    true,
-                    Strided::rows(probs[h * kw..].as_ptr(), pw),
-                    Strided::rows(qkv[2 * d + h * hd..].as_ptr(), 3 * d),
-                    1.0,
-                )
+            }
+            for ((out, probs), &r) in out
+                .chunks_mut(d)
+                .zip(probs.chunks_mut(pw))
+                .zip(&queries[c.i0..c.i1])
+            {
+                with_avx2(|| softmax_row(dm, qkv, r, out, probs, scale));
+            }
+            for h in (0..heads).filter(|_| p > 0) {
+                // out_h += P[:, prefix] · V_prefix.
+                // SAFETY: the chunk's rows of `out`, head h's columns; reads inside `probs` and `qkv`.
+                unsafe {
+                    strided_gemm(
+                        (n, hd, p),
+                        out[h * hd..].as_mut_ptr(),
+                        d,
+                        true,
+                        Strided::rows(probs[h * kw..].as_ptr(), pw),
+                        Strided::rows(qkv[2 * d + h * hd..].as_ptr(), 3 * d),
+                        1.0,
+                    )
+                }
             }
         });
-    }
     (out, probs)
+}
+
+/// One query row `r`: its own keys' scores (the prefix's are in `probs` already), the softmax over
+/// both, and its own keys' values into `out`.
+#[inline]
+fn softmax_row(dm: &Dims, qkv: &[f32], r: usize, out: &mut [f32], probs: &mut [f32], scale: f32) {
+    let (d, hd, kw, p) = (dm.d, dm.hd(), dm.keys(), dm.p);
+    let (pre, own) = key_ranges(dm, r);
+    for h in 0..dm.heads {
+        let q = &qkv[r * 3 * d + h * hd..][..hd];
+        let row = &mut probs[h * kw..][..p + own.len()];
+        // A prefix row sees the prefix only up to itself.
+        row[pre.end..p].fill(f32::NEG_INFINITY);
+        for (s, key) in row[p..].iter_mut().zip(own.clone()) {
+            *s = dot(q, &qkv[key * 3 * d + d + h * hd..][..hd]) * scale;
+        }
+        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let mut sum = 0f32;
+        for v in row.iter_mut() {
+            *v = (*v - max).exp();
+            sum += *v;
+        }
+        row.iter_mut().for_each(|v| *v /= sum);
+        let o = &mut out[h * hd..][..hd];
+        for (&pk, key) in row[p..].iter().zip(own.clone()) {
+            add_scaled(o, &qkv[key * 3 * d + 2 * d + h * hd..][..hd], pk);
+        }
+    }
 }
 
 /// Receives one own key's gradient contributions: (key row, head, q, dout, ds, p).
@@ -198,172 +272,170 @@ pub(super) fn backward(
     let (nq, pw) = (queries.len(), heads * kw);
     let mut dqkv = vec![0f32; dm.rows() * 3 * d];
     let mut ds = vec![0f32; if p > 0 { nq * pw } else { 0 }];
-    if p > 0 {
-        // dP[i, j] = dout_i · v_j for every query and prefix key j, a product a head.
-        let dst = SharedOut(ds.as_mut_ptr());
-        (0..heads).into_par_iter().for_each(move |h| {
-            let dst = dst;
-            // SAFETY: head h writes columns h·kw..h·kw+P of every row of `ds` alone.
-            unsafe {
-                strided_gemm(
-                    (nq, p, hd),
-                    dst.0.add(h * kw),
-                    pw,
-                    false,
-                    Strided::rows(dout[h * hd..].as_ptr(), d),
-                    Strided::cols(qkv[2 * d + h * hd..].as_ptr(), 3 * d),
-                    1.0,
-                )
-            }
-        });
-    }
-    {
-        let (dpre, dcont) = dqkv.split_at_mut(p * 3 * d);
-        // The continuations, a sequence a task: its own keys' gradients are its rows alone.
-        let n_prefix_queries = queries.partition_point(|&r| r < p);
-        let (ds_pre, ds_cont) = ds.split_at_mut(if p > 0 { n_prefix_queries * pw } else { 0 });
-        let ds_cont = SharedOut(ds_cont.as_mut_ptr());
-        sequence_blocks(dm, dcont, queries)
-            .into_par_iter()
-            .for_each_init(Vec::new, move |dp_own, (first, block, qi)| {
-                let ds_cont = ds_cont;
-                let mut dq = vec![0f32; d];
-                for i in qi {
-                    let r = queries[i];
-                    let ds_row: &mut [f32] = if p > 0 {
-                        // SAFETY: row i of `ds` (after the prefix queries' rows) belongs to the
-                        // task that owns query i.
-                        unsafe {
-                            std::slice::from_raw_parts_mut(
-                                ds_cont.0.add((i - n_prefix_queries) * pw),
-                                pw,
-                            )
-                        }
-                    } else {
-                        &mut []
-                    };
-                    dq.fill(0.0);
-                    row_backward(
-                        dm,
-                        qkv,
-                        &probs[i * pw..][..pw],
-                        &dout[i * d..][..d],
-                        r,
-                        ds_row,
-                        &mut dq,
-                        dp_own,
-                        &mut |key, h, q, go, g, pk| {
-                            let row = &mut block[(key - first) * 3 * d + d..][..2 * d];
-                            add_kv_row(row, d, hd, h, q, go, g, pk);
-                        },
-                    );
-                    block[(r - first) * 3 * d..][..d]
-                        .iter_mut()
-                        .zip(&dq)
-                        .for_each(|(a, b)| *a += b);
+    let mut gathered = Vec::new();
+    let (qs, q_rs) = query_rows(dm, qkv, queries, &mut gathered);
+    let chunks = chunks(dm, queries);
+    let ds_parts: Vec<&mut [f32]> = if p > 0 {
+        split_rows(&mut ds, &chunks, pw, |c| (c.i0, c.i1))
+    } else {
+        chunks.iter().map(|_| Default::default()).collect()
+    };
+    // Each chunk returns its part of the prefix keys' and values' gradients, `[P, 2D]`, summed after.
+    let prefix_kv: Vec<Vec<f32>> = split_rows(&mut dqkv, &chunks, 3 * d, |c| (c.r0, c.r1))
+        .into_par_iter()
+        .zip(ds_parts)
+        .zip(chunks.par_iter())
+        .map(|((rows, ds), c)| {
+            let n = c.i1 - c.i0;
+            let mut kv = vec![0f32; if p > 0 { p * 2 * d } else { 0 }];
+            for h in (0..heads).filter(|_| p > 0) {
+                // dP[i, j] = dout_i · v_j for the chunk's queries and every prefix key j.
+                // SAFETY: the chunk's rows of `ds`, head h's first P columns.
+                unsafe {
+                    strided_gemm(
+                        (n, p, hd),
+                        ds[h * kw..].as_mut_ptr(),
+                        pw,
+                        false,
+                        Strided::rows(dout[c.i0 * d + h * hd..].as_ptr(), d),
+                        Strided::cols(qkv[2 * d + h * hd..].as_ptr(), 3 * d),
+                        1.0,
+                    )
                 }
-            });
-        // Prefix queries see prefix keys only: their whole gradient comes from the products below.
-        let mut dp_own = Vec::new();
-        for (i, &r) in queries.iter().enumerate().take(n_prefix_queries) {
-            row_backward(
-                dm,
-                qkv,
-                &probs[i * pw..][..pw],
-                &dout[i * d..][..d],
-                r,
-                if p > 0 {
-                    &mut ds_pre[i * pw..][..pw]
+            }
+            let (mut dq, mut dp_own) = (vec![0f32; d], Vec::new());
+            for (j, &r) in queries[c.i0..c.i1].iter().enumerate() {
+                let i = c.i0 + j;
+                let ds_row: &mut [f32] = if p > 0 {
+                    &mut ds[j * pw..][..pw]
                 } else {
                     &mut []
-                },
-                &mut dpre[r * 3 * d..][..d],
-                &mut dp_own,
-                &mut |_, _, _, _, _, _| unreachable!("a prefix row has no own keys"),
-            );
+                };
+                dq.fill(0.0);
+                row_backward(
+                    dm,
+                    qkv,
+                    &probs[i * pw..][..pw],
+                    &dout[i * d..][..d],
+                    r,
+                    ds_row,
+                    &mut dq,
+                    &mut dp_own,
+                    &mut |key, h, q, go, g, pk| {
+                        let row = &mut rows[(key - c.r0) * 3 * d + d..][..2 * d];
+                        add_kv_row(row, d, hd, h, q, go, g, pk);
+                    },
+                );
+                rows[(r - c.r0) * 3 * d..][..d]
+                    .iter_mut()
+                    .zip(&dq)
+                    .for_each(|(a, b)| *a += b);
+            }
+            if p > 0 {
+                prefix_products(
+                    dm,
+                    qkv,
+                    (qs, q_rs),
+                    probs,
+                    dout,
+                    queries,
+                    c,
+                    ds,
+                    rows,
+                    &mut kv,
+                );
+            }
+            kv
+        })
+        .collect();
+    for kv in prefix_kv.iter().filter(|kv| !kv.is_empty()) {
+        for key in 0..p {
+            dqkv[key * 3 * d + d..][..2 * d]
+                .iter_mut()
+                .zip(&kv[key * 2 * d..][..2 * d])
+                .for_each(|(a, b)| *a += b);
         }
-    }
-    if p > 0 {
-        prefix_products(dm, qkv, probs, dout, queries, &ds, &mut dqkv);
     }
     dqkv
 }
 
-/// The prefix keys' part of the backward, a head a task: `dq += dS·K_prefix` for every query,
-/// `dk_prefix += dSᵀ·Q` and `dv_prefix += Pᵀ·dout` summed over every query.
+/// One chunk's prefix-key part of the backward, a head at a time: `dq += dS·K_prefix` for its queries
+/// (into `rows`, its rows of dqkv), and into `kv` (`[P, 2D]`) `dk_prefix += dSᵀ·Q` and
+/// `dv_prefix += Pᵀ·dout` summed over its queries. `ds` is the chunk's rows of dS.
+#[allow(clippy::too_many_arguments)]
 fn prefix_products(
     dm: &Dims,
     qkv: &[f32],
+    (qs, q_rs): (&[f32], usize),
     probs: &[f32],
     dout: &[f32],
     queries: &[usize],
+    c: &Chunk,
     ds: &[f32],
-    dqkv: &mut [f32],
+    rows: &mut [f32],
+    kv: &mut [f32],
 ) {
     let (d, hd, kw, heads, p) = (dm.d, dm.hd(), dm.keys(), dm.heads, dm.p);
-    let (nq, pw) = (queries.len(), heads * kw);
-    let mut gathered = Vec::new();
-    let (qs, q_rs) = query_rows(dm, qkv, queries, &mut gathered);
+    let (n, pw) = (c.i1 - c.i0, heads * kw);
+    // When every row is a query, the chunk's queries are its rows in order, and dq goes straight into
+    // them; otherwise into a buffer, added to the query rows after.
     let every_row = queries.len() == dm.rows();
-    // Query rows that are not every row get their dq in a buffer, added to their rows after.
-    let mut dq_buf = vec![0f32; if every_row { 0 } else { nq * d }];
-    let (dq_dst, dq_rs) = if every_row {
-        (SharedOut(dqkv.as_mut_ptr()), 3 * d)
-    } else {
-        (SharedOut(dq_buf.as_mut_ptr()), d)
-    };
-    let kv_dst = SharedOut(dqkv.as_mut_ptr());
-    (0..heads).into_par_iter().for_each(move |h| {
-        let (dq_dst, kv_dst) = (dq_dst, kv_dst);
-        let ds_h = Strided::rows(ds[h * kw..].as_ptr(), pw);
-        let ds_h_t = Strided {
-            ptr: ds[h * kw..].as_ptr(),
-            rs: 1,
-            cs: pw,
+    let mut dq_buf = vec![0f32; if every_row { 0 } else { n * d }];
+    for h in 0..heads {
+        let (dq_dst, dq_rs) = if every_row {
+            (rows[h * hd..].as_mut_ptr(), 3 * d)
+        } else {
+            (dq_buf[h * hd..].as_mut_ptr(), d)
         };
-        let p_h_t = Strided {
-            ptr: probs[h * kw..].as_ptr(),
-            rs: 1,
-            cs: pw,
-        };
-        // SAFETY: head h writes only its own columns (of dq for the query rows, of dk and dv for the
-        // prefix rows); every read stays inside `ds`, `probs`, `dout`, `qs` and `qkv` by their strides.
+        let (ds_t, p_t) = (
+            Strided {
+                ptr: ds[h * kw..].as_ptr(),
+                rs: 1,
+                cs: pw,
+            },
+            Strided {
+                ptr: probs[c.i0 * pw + h * kw..].as_ptr(),
+                rs: 1,
+                cs: pw,
+            },
+        );
+        // SAFETY: the writes stay in the chunk's own `rows` (or `dq_buf`) and `kv`, head h's columns;
+        // the reads stay inside the chunk's rows of `ds`, `probs`, `dout` and `qs`, and the prefix rows
+        // of `qkv`.
         unsafe {
             strided_gemm(
-                (nq, hd, p),
-                dq_dst.0.add(h * hd),
+                (n, hd, p),
+                dq_dst,
                 dq_rs,
                 true,
-                ds_h,
+                Strided::rows(ds[h * kw..].as_ptr(), pw),
                 Strided::rows(qkv[d + h * hd..].as_ptr(), 3 * d),
                 1.0,
             );
             strided_gemm(
-                (p, hd, nq),
-                kv_dst.0.add(d + h * hd),
-                3 * d,
+                (p, hd, n),
+                kv[h * hd..].as_mut_ptr(),
+                2 * d,
                 true,
-                ds_h_t,
-                Strided::rows(qs[h * hd..].as_ptr(), q_rs),
+                ds_t,
+                Strided::rows(qs[c.i0 * q_rs + h * hd..].as_ptr(), q_rs),
                 1.0,
             );
             strided_gemm(
-                (p, hd, nq),
-                kv_dst.0.add(2 * d + h * hd),
-                3 * d,
+                (p, hd, n),
+                kv[d + h * hd..].as_mut_ptr(),
+                2 * d,
                 true,
-                p_h_t,
-                Strided::rows(dout[h * hd..].as_ptr(), d),
+                p_t,
+                Strided::rows(dout[c.i0 * d + h * hd..].as_ptr(), d),
                 1.0,
             );
         }
-    });
-    if !every_row {
-        for (g, &r) in dq_buf.chunks(d).zip(queries) {
-            dqkv[r * 3 * d..][..d]
-                .iter_mut()
-                .zip(g)
-                .for_each(|(a, b)| *a += b);
-        }
+    }
+    for (g, &r) in dq_buf.chunks(d).zip(&queries[c.i0..c.i1]) {
+        rows[(r - c.r0) * 3 * d..][..d]
+            .iter_mut()
+            .zip(g)
+            .for_each(|(a, b)| *a += b);
     }
 }
