@@ -1,7 +1,11 @@
 //! The CoOp step's products (C = 100: 501 rows) through the kernels' GEMM, each with its weight warm
 //! (the same weight twice) and cold (another of 12 weights, as a tower's layers, after a 128 MB pass
 //! that flushes the caches): what README's "Where a CoOp step goes" measures against the step.
+//! Then the same products cut between the threads two ways, warm: a band of rows a thread (what the
+//! kernels do at 501 rows) or a band of output columns a thread (each packs only its slice of the weight,
+//! and all of the input).
 //!   cargo run --release --example gemm_shapes
+use rayon::prelude::*;
 use std::time::Instant;
 fn main() {
     let shapes: Vec<(usize, usize, usize, bool)> = vec![
@@ -41,4 +45,91 @@ fn main() {
         );
     }
     println!("{}", junk[3]);
+    bands();
+}
+
+/// Medians of 7 rounds, each of 12 products over 4 weights, per (row parts × column parts).
+fn bands() {
+    let shapes = [
+        (501, 512, 1536, true),
+        (501, 512, 512, true),
+        (501, 512, 2048, true),
+        (501, 2048, 512, true),
+        (501, 1536, 512, false),
+        (501, 512, 512, false),
+        (501, 2048, 512, false),
+        (501, 512, 2048, false),
+    ];
+    let splits = [(2usize, 1usize), (1, 2), (1, 4)];
+    for (m, k, n, bt) in shapes {
+        let a: Vec<f32> = (0..m * k).map(|i| (i % 7) as f32 * 0.1).collect();
+        let bs: Vec<Vec<f32>> = (0..4)
+            .map(|l| (0..k * n).map(|i| ((i + l) % 5) as f32 * 0.1).collect())
+            .collect();
+        let mut c = vec![0f32; m * n];
+        let mut res = vec![vec![]; splits.len()];
+        for round in 0..7 {
+            for (si, &(rp, cp)) in splits.iter().enumerate() {
+                let reps = 12;
+                let t = Instant::now();
+                for r in 0..reps {
+                    prod(&mut c, &a, &bs[(r + round) % 4], (m, k, n), (rp, cp), bt);
+                }
+                res[si].push(2.0 * (m * n * k * reps) as f64 / 1e9 / t.elapsed().as_secs_f64());
+            }
+        }
+        let mut line = format!("m={m} k={k:4} n={n:4} b_t={bt:5} GFLOP/s:");
+        for (si, &(rp, cp)) in splits.iter().enumerate() {
+            res[si].sort_by(|a, b| a.total_cmp(b));
+            line += &format!("  {rp}x{cp} {:.0}", res[si][3]);
+        }
+        println!("{line}");
+    }
+}
+#[derive(Clone, Copy)]
+struct P(usize);
+
+unsafe impl Send for P {}
+unsafe impl Sync for P {}
+fn prod(
+    c: &mut [f32],
+    a: &[f32],
+    b: &[f32],
+    (m, k, n): (usize, usize, usize),
+    (rp, cp): (usize, usize),
+    bt: bool,
+) {
+    let (h, w) = (m.div_ceil(rp), n.div_ceil(cp));
+    let (po, pa, pb) = (
+        P(c.as_mut_ptr() as usize),
+        P(a.as_ptr() as usize),
+        P(b.as_ptr() as usize),
+    );
+    (0..rp * cp).into_par_iter().for_each(move |part| {
+        let (m0, n0) = ((part / cp) * h, (part % cp) * w);
+        let (rows, cols) = (h.min(m - m0), w.min(n - n0));
+        unsafe {
+            gemm::gemm(
+                rows,
+                cols,
+                k,
+                (po.0 as *mut f32).add(m0 * n + n0),
+                1,
+                n as isize,
+                false,
+                (pa.0 as *const f32).add(m0 * k),
+                1,
+                k as isize,
+                (pb.0 as *const f32).add(if bt { n0 * k } else { n0 }),
+                if bt { k as isize } else { 1 },
+                if bt { 1 } else { n as isize },
+                1.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            )
+        }
+    });
 }
