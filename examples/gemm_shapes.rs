@@ -5,8 +5,9 @@
 //! kernels do at 501 rows) or a band of output columns a thread (each packs only its slice of the weight,
 //! and all of the input).
 //!   cargo run --release --example gemm_shapes
-use rayon::prelude::*;
 use std::time::Instant;
+
+use promptscope::clip::kernels::cpu::{gemm_f32, gemm_f32_in_parts};
 fn main() {
     let shapes: Vec<(usize, usize, usize, bool)> = vec![
         (501, 2048, 512, true),
@@ -27,14 +28,14 @@ fn main() {
         let mut cold = 0.0;
         for r in 0..reps {
             let b = &bs[r % 12];
-            promptscope::clip::kernels::cpu::gemm_f32(&mut c, n, &a, k, b, bt, m, k, n, false);
+            gemm_f32(&mut c, n, &a, k, b, bt, m, k, n, false);
             let t = Instant::now();
-            promptscope::clip::kernels::cpu::gemm_f32(&mut c, n, &a, k, b, bt, m, k, n, false);
+            gemm_f32(&mut c, n, &a, k, b, bt, m, k, n, false);
             warm += t.elapsed().as_secs_f64();
             junk.iter_mut().for_each(|v| *v += 1.0);
             let b = &bs[(r + 5) % 12];
             let t = Instant::now();
-            promptscope::clip::kernels::cpu::gemm_f32(&mut c, n, &a, k, b, bt, m, k, n, false);
+            gemm_f32(&mut c, n, &a, k, b, bt, m, k, n, false);
             cold += t.elapsed().as_secs_f64();
         }
         let f = 2.0 * (m * n * k) as f64 * reps as f64 / 1e9;
@@ -73,7 +74,8 @@ fn bands() {
                 let reps = 12;
                 let t = Instant::now();
                 for r in 0..reps {
-                    prod(&mut c, &a, &bs[(r + round) % 4], (m, k, n), (rp, cp), bt);
+                    let b = &bs[(r + round) % 4];
+                    gemm_f32_in_parts(&mut c, &a, b, bt, (m, k, n), (rp, cp));
                 }
                 res[si].push(2.0 * (m * n * k * reps) as f64 / 1e9 / t.elapsed().as_secs_f64());
             }
@@ -85,51 +87,4 @@ fn bands() {
         }
         println!("{line}");
     }
-}
-#[derive(Clone, Copy)]
-struct P(usize);
-
-unsafe impl Send for P {}
-unsafe impl Sync for P {}
-fn prod(
-    c: &mut [f32],
-    a: &[f32],
-    b: &[f32],
-    (m, k, n): (usize, usize, usize),
-    (rp, cp): (usize, usize),
-    bt: bool,
-) {
-    let (h, w) = (m.div_ceil(rp), n.div_ceil(cp));
-    let (po, pa, pb) = (
-        P(c.as_mut_ptr() as usize),
-        P(a.as_ptr() as usize),
-        P(b.as_ptr() as usize),
-    );
-    (0..rp * cp).into_par_iter().for_each(move |part| {
-        let (m0, n0) = ((part / cp) * h, (part % cp) * w);
-        let (rows, cols) = (h.min(m - m0), w.min(n - n0));
-        unsafe {
-            gemm::gemm(
-                rows,
-                cols,
-                k,
-                (po.0 as *mut f32).add(m0 * n + n0),
-                1,
-                n as isize,
-                false,
-                (pa.0 as *const f32).add(m0 * k),
-                1,
-                k as isize,
-                (pb.0 as *const f32).add(if bt { n0 * k } else { n0 }),
-                if bt { k as isize } else { 1 },
-                if bt { 1 } else { n as isize },
-                1.0,
-                1.0,
-                false,
-                false,
-                false,
-                gemm::Parallelism::None,
-            )
-        }
-    });
 }

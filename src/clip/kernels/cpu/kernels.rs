@@ -36,6 +36,24 @@ pub(super) fn matmul(
     n: usize,
     accumulate: bool,
 ) {
+    let parts = band_parts(m, n);
+    matmul_in_parts(out, out_rs, a, a_rs, b, b_t, (m, k, n), accumulate, parts)
+}
+
+/// [`matmul`] cut into `parts` (row bands, column bands) single-threaded tasks, not those
+/// [`band_parts`] picks: what `examples/gemm_shapes` compares.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn matmul_in_parts(
+    out: &mut [f32],
+    out_rs: usize,
+    a: &[f32],
+    a_rs: usize,
+    b: &[f32],
+    b_t: bool,
+    (m, k, n): (usize, usize, usize),
+    accumulate: bool,
+    parts: (usize, usize),
+) {
     profile::timed(profile::Part::MatrixProducts, || {
         if m == 0 || n == 0 {
             return;
@@ -55,6 +73,7 @@ pub(super) fn matmul(
                 b_t,
                 (m, k, n),
                 accumulate,
+                parts,
             )
         }
     })
@@ -88,6 +107,7 @@ pub(super) fn matmul_new(
                 b_t,
                 (m, k, n),
                 false,
+                band_parts(m, n),
             );
             out.set_len(m * n);
         }
@@ -95,7 +115,29 @@ pub(super) fn matmul_new(
     })
 }
 
-/// [`matmul`] into a raw destination.
+/// How an `m`-row, `n`-column product is cut into single-threaded tasks: (row parts, column parts).
+fn band_parts(m: usize, n: usize) -> (usize, usize) {
+    let workers = rayon::current_num_threads();
+    // How the product is cut into single-threaded tasks, (row parts, column parts):
+    // - few rows (one image is 50): gemm would run on one thread and re-pack the whole weight for
+    //   little work; panels of ~96 output columns instead, each packing only its slice of the weight
+    //   (batch 1: 6.9 → 16.4 img/s);
+    // - many rows: a band of rows a thread, each packing the weight itself. gemm's own threading
+    //   shares one packed weight between threads that wait for each other at every block of k: on
+    //   CoOp's narrow, deep products (617 × 2048 → 512) it ran at 131-136 GFLOP/s where row bands run
+    //   at 155-160 on the same two cores (the examples' gemm_shapes, criterion's `coop_gemm`).
+    if workers <= 1 {
+        (1, 1)
+    } else if m < 128 {
+        (1, n.div_ceil(96).max(1))
+    } else if m >= 128 * workers {
+        (workers, 1)
+    } else {
+        (1, 1)
+    }
+}
+
+/// [`matmul_in_parts`] into a raw destination.
 ///
 /// # Safety
 /// `out` must be valid for writes (and reads, when `accumulate`) of rows `0..m`, each `out_rs` apart
@@ -110,6 +152,7 @@ unsafe fn matmul_raw(
     b_t: bool,
     (m, k, n): (usize, usize, usize),
     accumulate: bool,
+    (row_parts, col_parts): (usize, usize),
 ) {
     GEMM_FLOPS.fetch_add(2 * (m * n * k) as u64, std::sync::atomic::Ordering::Relaxed);
     assert!(
@@ -120,24 +163,6 @@ unsafe fn matmul_raw(
         (1, k as isize)
     } else {
         (n as isize, 1)
-    };
-    let workers = rayon::current_num_threads();
-    // How the product is cut into single-threaded tasks, (row parts, column parts):
-    // - few rows (one image is 50): gemm would run on one thread and re-pack the whole weight for
-    //   little work; panels of ~96 output columns instead, each packing only its slice of the weight
-    //   (batch 1: 6.9 → 16.4 img/s);
-    // - many rows: a band of rows a thread, each packing the weight itself. gemm's own threading
-    //   shares one packed weight between threads that wait for each other at every block of k: on
-    //   CoOp's narrow, deep products (617 × 2048 → 512) it ran at 131-136 GFLOP/s where row bands run
-    //   at 155-160 on the same two cores (the examples' gemm_shapes, criterion's `coop_gemm`).
-    let (row_parts, col_parts) = if workers <= 1 {
-        (1, 1)
-    } else if m < 128 {
-        (1, n.div_ceil(96).max(1))
-    } else if m >= 128 * workers {
-        (workers, 1)
-    } else {
-        (1, 1)
     };
     let par = if row_parts * col_parts > 1 {
         Parallelism::None

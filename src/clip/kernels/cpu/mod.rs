@@ -56,6 +56,19 @@ pub fn gemm_f32(
     kernels::matmul(out, out_rs, a, a_rs, b, b_t, m, k, n, accumulate)
 }
 
+/// [`gemm_f32`] (row-major `a` and `out`, no accumulate) cut into `parts` single-threaded tasks (row
+/// bands, column bands) instead of the kernels' own choice: for comparing the cuts.
+pub fn gemm_f32_in_parts(
+    out: &mut [f32],
+    a: &[f32],
+    b: &[f32],
+    b_t: bool,
+    (m, k, n): (usize, usize, usize),
+    parts: (usize, usize),
+) {
+    kernels::matmul_in_parts(out, n, a, k, b, b_t, (m, k, n), false, parts)
+}
+
 /// `out[m×n] += aᵀ·b` (`a` `[k×m]`, `b` `[k×n]`, row strides `a_rs`, `b_rs`): the weight-gradient
 /// product of the kernels' backward, for its benchmark.
 #[allow(clippy::too_many_arguments)]
