@@ -9,6 +9,7 @@ use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
 
 use super::config::HiddenAct;
+use super::kernels::cpu::PackedLinear;
 use super::kernels::{BlockWeights, LinearWeights, NormWeights, TowerWeights};
 
 /// `nn.Linear` applied over the last dimension, computed as one 2-D matmul whatever the batch shape
@@ -17,6 +18,8 @@ use super::kernels::{BlockWeights, LinearWeights, NormWeights, TowerWeights};
 pub struct Linear {
     weight: Tensor,
     bias: Option<Tensor>,
+    /// Filled by the CPU kernels on first use, when the weight is frozen (see [`Linear::kernel_weights`]).
+    packed: std::sync::Arc<PackedLinear>,
 }
 
 impl Linear {
@@ -27,7 +30,11 @@ impl Linear {
         } else {
             None
         };
-        Ok(Self { weight, bias })
+        Ok(Self {
+            weight,
+            bias,
+            packed: Default::default(),
+        })
     }
 
     pub fn weight(&self) -> &Tensor {
@@ -165,7 +172,12 @@ impl Attention {
                 [Some(a), Some(b), Some(c)] => Some(Tensor::cat(&[a, b, c], 0)?),
                 _ => None,
             };
-            Ok(LinearWeights { weight, bias })
+            let frozen = !self.q_proj.weight.is_variable();
+            Ok(LinearWeights {
+                weight,
+                bias,
+                packed: frozen.then(Default::default),
+            })
         };
         if self.q_proj.weight.is_variable() {
             return stack();
@@ -484,7 +496,11 @@ impl EncoderLayer {
 impl Linear {
     /// A linear map from its weight `[out, in]` and optional bias `[out]` (e.g. `Var`-backed tensors).
     pub fn from_parts(weight: Tensor, bias: Option<Tensor>) -> Self {
-        Self { weight, bias }
+        Self {
+            weight,
+            bias,
+            packed: Default::default(),
+        }
     }
 
     fn map_tensors(
@@ -497,7 +513,11 @@ impl Linear {
             Some(b) => Some(f(&format!("{prefix}.bias"), b)?),
             None => None,
         };
-        Ok(Self { weight, bias })
+        Ok(Self {
+            weight,
+            bias,
+            packed: Default::default(),
+        })
     }
 }
 
@@ -525,6 +545,7 @@ impl Linear {
         LinearWeights {
             weight: self.weight.clone(),
             bias: self.bias.clone(),
+            packed: (!self.weight.is_variable()).then(|| self.packed.clone()),
         }
     }
 }

@@ -60,6 +60,9 @@ pub(crate) fn add_bias(y: &mut [f32], y_rs: usize, bias: &[f32]) {
 pub struct LinearWeights {
     pub weight: Tensor,
     pub bias: Option<Tensor>,
+    /// The weight packed for the CPU micro-kernels, made on first use: only for frozen weights, whose
+    /// values never change under it.
+    pub packed: Option<std::sync::Arc<cpu::PackedLinear>>,
 }
 
 /// A layer norm's weights.

@@ -4,7 +4,7 @@
 
 use super::attention::attention_bwd;
 use super::kernels::{
-    gelu_grad_mul, gelu_slice, layer_norm_bwd, layer_norm_fwd, matmul_new, matmul_tn, scatter,
+    gelu_grad_mul, gelu_slice, layer_norm_bwd, layer_norm_fwd, linear_input_grad, matmul_tn, scatter,
 };
 use super::profile;
 use super::weights::{HeldLayer, HeldLinear, HeldNorm};
@@ -124,7 +124,7 @@ pub(super) fn block_backward(
 ) -> Vec<f32> {
     let (d, rows, q, inter) = (dm.d, dm.rows(), queries.len(), dm.inter);
     // MLP: x_out = x_mid + fc2(gelu(fc1(ln2(x_mid)))), on the query rows.
-    let mut da = matmul_new(&dx, d, l.fc2.w.data(), false, q, d, inter);
+    let mut da = linear_input_grad(&dx, &l.fc2, q, d, inter);
     if let Some(g) = grads.as_deref_mut() {
         let recomputed;
         let u = match &t.post_act {
@@ -139,7 +139,7 @@ pub(super) fn block_backward(
         g.fc2.add(&dx, d, u, q, d);
     }
     gelu_grad_mul(act, &mut da, &t.pre_act);
-    let dh = matmul_new(&da, inter, l.fc1.w.data(), false, q, inter, d);
+    let dh = linear_input_grad(&da, &l.fc1, q, inter, d);
     if let Some(g) = grads.as_deref_mut() {
         g.fc1
             .add(&da, inter, &renorm(&t.x_mid, &l.ln2, d), q, inter);
@@ -148,7 +148,7 @@ pub(super) fn block_backward(
     drop(da);
     layer_norm_bwd(&dh, &t.x_mid, &t.stats2, &l.ln2, d, &mut dx);
     // Attention: x_mid = x_in + out_proj(attn(ln1(x_in))); its keys and values come from every row.
-    let datt = matmul_new(&dx, d, l.o.w.data(), false, q, d, d);
+    let datt = linear_input_grad(&dx, &l.o, q, d, d);
     if let Some(g) = grads.as_deref_mut() {
         g.o.add(&dx, d, &t.att, q, d);
     }
@@ -156,7 +156,7 @@ pub(super) fn block_backward(
         attention_bwd(dm, &t.qkv, &t.probs, &datt, queries)
     });
     drop(datt);
-    let dh = matmul_new(&dqkv, 3 * d, l.qkv.w.data(), false, rows, 3 * d, d);
+    let dh = linear_input_grad(&dqkv, &l.qkv, rows, 3 * d, d);
     if q != rows {
         dx = scatter(&dx, queries, rows, d);
     }

@@ -4,6 +4,7 @@
 use gemm::Parallelism;
 use rayon::prelude::*;
 
+use super::packed::{matmul_packed_raw, packed_parts, PackedB};
 use super::profile;
 use super::weights::{HeldLinear, HeldNorm};
 use crate::clip::config::HiddenAct;
@@ -318,9 +319,59 @@ unsafe fn gemm_tn(
     )
 }
 
+/// `x · Wᵀ` for `x` `[m, k]` into a new `[m, n]` buffer: over the weight packed once where it is frozen.
+pub(super) fn linear_product(x: &[f32], l: &HeldLinear, m: usize, k: usize, n: usize) -> Vec<f32> {
+    match l.packed_forward() {
+        Some(p) => packed_new(x, k, p, m),
+        None => matmul_new(x, k, l.w.data(), true, m, k, n),
+    }
+}
+
+/// `dy · W` for `dy` `[m, out]` into a new `[m, inp]` buffer: the gradient to a linear layer's input.
+pub(super) fn linear_input_grad(
+    dy: &[f32],
+    l: &HeldLinear,
+    m: usize,
+    out: usize,
+    inp: usize,
+) -> Vec<f32> {
+    match l.packed_backward() {
+        Some(p) => packed_new(dy, out, p, m),
+        None => matmul_new(dy, out, l.w.data(), false, m, out, inp),
+    }
+}
+
+/// `a[m×k] · B` over a packed B into a new `[m×n]` buffer (written whole, as [`matmul_new`]).
+fn packed_new(a: &[f32], a_rs: usize, b: &PackedB, m: usize) -> Vec<f32> {
+    let (k, n) = (b.k(), b.n());
+    if m == 0 || n == 0 || k == 0 {
+        return vec![0f32; m * n];
+    }
+    profile::timed(profile::Part::MatrixProducts, || {
+        GEMM_FLOPS.fetch_add(2 * (m * n * k) as u64, std::sync::atomic::Ordering::Relaxed);
+        let mut out = Vec::with_capacity(m * n);
+        // SAFETY: the buffer holds m·n values; the first block of k overwrites every element of every
+        // panel's columns (k > 0), so all m·n are set before `set_len`.
+        unsafe {
+            matmul_packed_raw(
+                out.spare_capacity_mut().as_mut_ptr().cast(),
+                n,
+                a,
+                a_rs,
+                b,
+                m,
+                false,
+                packed_parts(m, b.panels()),
+            );
+            out.set_len(m * n);
+        }
+        out
+    })
+}
+
 /// `x · Wᵀ + b` for `x` `[m, k]` into a new `[m, n]` buffer.
 pub(super) fn linear_new(x: &[f32], l: &HeldLinear, m: usize, k: usize, n: usize) -> Vec<f32> {
-    let mut out = matmul_new(x, k, l.w.data(), true, m, k, n);
+    let mut out = linear_product(x, l, m, k, n);
     if let Some(b) = &l.b {
         profile::timed(profile::Part::Elementwise, || {
             add_bias(&mut out, n, b.data())
@@ -340,7 +391,7 @@ pub(super) fn linear_residual(
     k: usize,
     n: usize,
 ) -> Vec<f32> {
-    let mut out = matmul_new(x, k, l.w.data(), true, m, k, n);
+    let mut out = linear_product(x, l, m, k, n);
     profile::timed(profile::Part::Elementwise, || {
         let rows = row_chunk(n);
         out.par_chunks_mut(n * rows)

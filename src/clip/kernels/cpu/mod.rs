@@ -15,6 +15,7 @@
 mod attention;
 mod backward;
 mod kernels;
+mod packed;
 mod profile;
 mod row_attention;
 mod text;
@@ -30,6 +31,7 @@ use self::weights::{HeldLayer, HeldLinear, HeldNorm};
 use super::TowerWeights;
 use crate::clip::config::HiddenAct;
 
+pub use self::packed::PackedLinear;
 pub use self::backward::{BlockGrads, LinearGrads, NormGrads, TowerGrads};
 pub use self::profile::Breakdown;
 pub use self::text::forward_prefixed;

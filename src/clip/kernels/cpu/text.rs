@@ -6,7 +6,7 @@ use std::sync::Mutex;
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 
 use super::backward::block_backward;
-use super::kernels::{layer_norm_bwd, matmul_new, scatter};
+use super::kernels::{layer_norm_bwd, linear_input_grad, scatter};
 use super::weights::HeldTower;
 use super::{pool, run_blocks, Dims, Keep, LayerTape};
 use crate::clip::kernels::{contiguous_f32, TowerWeights};
@@ -84,7 +84,7 @@ fn backward(tower: &TowerWeights, tape: &Tape, dpooled: &[f32]) -> Result<(Vec<f
     let held = HeldTower::new(tower)?;
     let dm = &tape.dims;
     let (d, rows, act, c) = (dm.d, dm.rows(), tower.act, dm.classes());
-    let dnormed = matmul_new(dpooled, dm.proj, held.proj.w.data(), false, c, dm.proj, d);
+    let dnormed = linear_input_grad(dpooled, &held.proj, c, dm.proj, d);
     let mut dx = vec![0f32; c * d];
     layer_norm_bwd(
         &dnormed,

@@ -4,6 +4,7 @@ use std::ops::Deref;
 
 use candle_core::{CpuStorage, Result, Storage, Tensor};
 
+use super::packed::{PackedB, PackedLinear};
 use crate::clip::kernels::{BlockWeights, LinearWeights, NormWeights, TowerWeights};
 
 /// A weight tensor's f32 data, borrowed from candle's storage for as long as the guard lives.
@@ -41,6 +42,9 @@ impl<'t> Held<'t> {
 pub(super) struct HeldLinear<'t> {
     pub(super) w: Held<'t>,
     pub(super) b: Option<Held<'t>>,
+    packed: Option<&'t PackedLinear>,
+    /// `[out, in]` of `w`.
+    dims: (usize, usize),
 }
 
 impl<'t> HeldLinear<'t> {
@@ -48,7 +52,21 @@ impl<'t> HeldLinear<'t> {
         Ok(Self {
             w: Held::new(&l.weight)?,
             b: l.bias.as_ref().map(Held::new).transpose()?,
+            packed: l.packed.as_deref(),
+            dims: l.weight.dims2()?,
         })
+    }
+
+    /// `Wᵀ` packed for `x·Wᵀ`, where the weight is frozen and this CPU has the micro-kernels.
+    pub(super) fn packed_forward(&self) -> Option<&'t PackedB> {
+        let (out, inp) = self.dims;
+        self.packed?.forward(self.w.data(), out, inp)
+    }
+
+    /// `W` packed for `dy·W`.
+    pub(super) fn packed_backward(&self) -> Option<&'t PackedB> {
+        let (out, inp) = self.dims;
+        self.packed?.backward(self.w.data(), out, inp)
     }
 }
 
