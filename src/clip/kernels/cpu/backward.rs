@@ -4,7 +4,8 @@
 
 use super::attention::attention_bwd;
 use super::kernels::{
-    gelu_grad_mul, gelu_slice, layer_norm_bwd, layer_norm_fwd, linear_input_grad, matmul_tn, scatter,
+    gelu_grad_mul, gelu_slice, layer_norm_bwd, layer_norm_fwd, linear_input_grad, matmul_tn,
+    scatter,
 };
 use super::profile;
 use super::weights::{HeldLayer, HeldLinear, HeldNorm};

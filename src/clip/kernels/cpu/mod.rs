@@ -31,8 +31,8 @@ use self::weights::{HeldLayer, HeldLinear, HeldNorm};
 use super::TowerWeights;
 use crate::clip::config::HiddenAct;
 
-pub use self::packed::PackedLinear;
 pub use self::backward::{BlockGrads, LinearGrads, NormGrads, TowerGrads};
+pub use self::packed::PackedLinear;
 pub use self::profile::Breakdown;
 pub use self::text::forward_prefixed;
 pub use self::train::{

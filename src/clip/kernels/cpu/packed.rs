@@ -60,23 +60,28 @@ impl Kernels {
 /// feature, else AVX2+FMA); `None` elsewhere, where the products stay on `gemm::gemm`.
 fn kernels() -> Option<Kernels> {
     static PICKED: OnceLock<Option<Kernels>> = OnceLock::new();
-    *PICKED.get_or_init(|| {
-        #[cfg(all(feature = "avx512", target_arch = "x86_64"))]
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            return Some(Kernels {
-                table: &gemm_f32::microkernel::avx512f::f32::UKR,
-                lanes: 16,
-            });
-        }
-        #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("fma") {
-            return Some(Kernels {
-                table: &gemm_f32::microkernel::fma::f32::UKR,
-                lanes: 8,
-            });
-        }
-        None
-    })
+    *PICKED.get_or_init(|| available().first().copied())
+}
+
+/// Every micro-kernel set this CPU can run, widest first.
+fn available() -> Vec<Kernels> {
+    #[allow(unused_mut)]
+    let mut sets = Vec::new();
+    #[cfg(all(feature = "avx512", target_arch = "x86_64"))]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        sets.push(Kernels {
+            table: &gemm_f32::microkernel::avx512f::f32::UKR,
+            lanes: 16,
+        });
+    }
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("fma") {
+        sets.push(Kernels {
+            table: &gemm_f32::microkernel::fma::f32::UKR,
+            lanes: 8,
+        });
+    }
+    sets
 }
 
 /// A `[k×n]` right-hand operand in the micro-kernels' layout: panel `p` holds output columns
@@ -96,8 +101,14 @@ impl PackedB {
     /// Packs B given row-major as `[k×n]`, or as `[n×k]` when `b_t` (a torch `[out, in]` weight for
     /// `x·Wᵀ`). `None` when this CPU has no micro-kernel here.
     pub(crate) fn new(b: &[f32], b_t: bool, k: usize, n: usize) -> Option<Self> {
-        let kernels = kernels()?;
-        assert!(b.len() >= k * n, "PackedB: weight has fewer than k·n values");
+        Some(Self::with(kernels()?, b, b_t, k, n))
+    }
+
+    fn with(kernels: Kernels, b: &[f32], b_t: bool, k: usize, n: usize) -> Self {
+        assert!(
+            b.len() >= k * n,
+            "PackedB: weight has fewer than k·n values"
+        );
         let mr = kernels.mr();
         let panel = mr * k;
         let len = n.div_ceil(mr) * panel;
@@ -122,14 +133,14 @@ impl PackedB {
                     }
                 }
             });
-        Some(Self {
+        Self {
             k,
             n,
             mr,
             kernels,
             buf,
             start,
-        })
+        }
     }
 
     pub(crate) fn k(&self) -> usize {
@@ -163,7 +174,10 @@ impl std::fmt::Debug for PackedLinear {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PackedLinear")
             .field("forward", &self.forward.get().is_some_and(Option::is_some))
-            .field("backward", &self.backward.get().is_some_and(Option::is_some))
+            .field(
+                "backward",
+                &self.backward.get().is_some_and(Option::is_some),
+            )
             .finish()
     }
 }
@@ -264,21 +278,71 @@ unsafe fn task(
     // gemm's own blocking for this shape (its frame: m = output columns, n = rows).
     let params = gemm_common::cache::kernel_params((p1 - p0) * mr, r1 - r0, k, mr, NR, 4);
     let kc = params.kc.clamp(1, k);
-    let nc = if params.nc == 0 { r1 - r0 } else { params.nc.max(NR) };
+    let nc = if params.nc == 0 {
+        r1 - r0
+    } else {
+        params.nc.max(NR)
+    };
     let mc_panels = (params.mc / mr).max(1);
-    let mut packed_a = vec![0f32; kc * nc.min(r1 - r0).div_ceil(NR) * NR];
+    // Kept per thread between calls: a fresh zeroed buffer each call (6 MB a thread at C = 1000) was
+    // page faults and zeroing on every product, slower than gemm's own packing.
+    thread_local!(static PACKED_A: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) });
+    PACKED_A.with_borrow_mut(|packed_a| {
+        let need = kc * nc.min(r1 - r0).div_ceil(NR) * NR;
+        if packed_a.len() < need {
+            packed_a.resize(need, 0.0);
+        }
+        blocks(
+            out,
+            out_rs,
+            a,
+            a_rs,
+            b,
+            (r0, r1),
+            (p0, p1),
+            accumulate,
+            packed_a,
+            (kc, nc, mc_panels),
+        )
+    })
+}
+
+/// [`task`]'s loops, with its buffer for the packed rows and its block sizes.
+#[allow(clippy::too_many_arguments)]
+unsafe fn blocks(
+    out: *mut f32,
+    out_rs: usize,
+    a: &[f32],
+    a_rs: usize,
+    b: &PackedB,
+    (r0, r1): (usize, usize),
+    (p0, p1): (usize, usize),
+    accumulate: bool,
+    packed_a: &mut [f32],
+    (kc, nc, mc_panels): (usize, usize, usize),
+) {
+    let k = b.k;
     let mut rb = r0;
     while rb < r1 {
         let re = (rb + nc).min(r1);
         let mut k0 = 0;
         while k0 < k {
             let kb = kc.min(k - k0);
-            pack_rows(&mut packed_a, a, a_rs, (rb, re), (k0, kb));
+            pack_rows(packed_a, a, a_rs, (rb, re), (k0, kb));
             let status = u8::from(accumulate || k0 > 0);
             let mut pb = p0;
             while pb < p1 {
                 let pe = (pb + mc_panels).min(p1);
-                block(out, out_rs, &packed_a, b, (rb, re), (pb, pe), (k0, kb), status);
+                block(
+                    out,
+                    out_rs,
+                    packed_a,
+                    b,
+                    (rb, re),
+                    (pb, pe),
+                    (k0, kb),
+                    status,
+                );
                 pb = pe;
             }
             k0 += kb;
@@ -288,8 +352,18 @@ unsafe fn task(
 }
 
 /// Rows `r0..r1`, columns `k0..k0 + kb` of `a` into runs of `NR` rows, each `kb` steps of `NR` values.
-fn pack_rows(dst: &mut [f32], a: &[f32], a_rs: usize, (r0, r1): (usize, usize), (k0, kb): (usize, usize)) {
-    for (run, dst) in dst.chunks_mut(kb * NR).take((r1 - r0).div_ceil(NR)).enumerate() {
+fn pack_rows(
+    dst: &mut [f32],
+    a: &[f32],
+    a_rs: usize,
+    (r0, r1): (usize, usize),
+    (k0, kb): (usize, usize),
+) {
+    for (run, dst) in dst
+        .chunks_mut(kb * NR)
+        .take((r1 - r0).div_ceil(NR))
+        .enumerate()
+    {
         for r in 0..NR.min(r1 - r0 - run * NR) {
             let src = &a[(r0 + run * NR + r) * a_rs + k0..][..kb];
             for (kk, &v) in src.iter().enumerate() {
@@ -365,26 +439,50 @@ mod tests {
     /// a vector, k across several blocks, both operand layouts, every split, accumulating or not.
     #[test]
     fn packed_products_equal_a_plain_sum_at_every_edge() {
-        if kernels().is_none() {
-            return;
+        // every set this CPU has: an AVX-512 machine checks the AVX2+FMA panels too
+        for kernels in available() {
+            check_every_edge(kernels);
         }
-        for &(m, k, n) in &[(1, 1, 1), (7, 3, 5), (13, 700, 37), (50, 64, 130), (301, 1100, 97)] {
-            let a: Vec<f32> = (0..m * k).map(|i| ((i * 7919) % 13) as f32 * 0.1 - 0.6).collect();
-            let b: Vec<f32> = (0..k * n).map(|i| ((i * 104729) % 11) as f32 * 0.1 - 0.5).collect();
+    }
+
+    fn check_every_edge(kernels: Kernels) {
+        for &(m, k, n) in &[
+            (1, 1, 1),
+            (7, 3, 5),
+            (13, 700, 37),
+            (50, 64, 130),
+            (301, 1100, 97),
+        ] {
+            let a: Vec<f32> = (0..m * k)
+                .map(|i| ((i * 7919) % 13) as f32 * 0.1 - 0.6)
+                .collect();
+            let b: Vec<f32> = (0..k * n)
+                .map(|i| ((i * 104729) % 11) as f32 * 0.1 - 0.5)
+                .collect();
             for b_t in [false, true] {
                 let want = naive(&a, &b, b_t, m, k, n);
-                let packed = PackedB::new(&b, b_t, k, n).unwrap();
+                let packed = PackedB::with(kernels, &b, b_t, k, n);
                 for parts in [(1, 1), (2, 1), (1, 3), (3, 2)] {
                     for accumulate in [false, true] {
                         let mut out = vec![1f32; m * n];
                         unsafe {
-                            matmul_packed_raw(out.as_mut_ptr(), n, &a, k, &packed, m, accumulate, parts)
+                            matmul_packed_raw(
+                                out.as_mut_ptr(),
+                                n,
+                                &a,
+                                k,
+                                &packed,
+                                m,
+                                accumulate,
+                                parts,
+                            )
                         };
                         let bias = if accumulate { 1.0 } else { 0.0 };
                         for (i, (o, w)) in out.iter().zip(&want).enumerate() {
                             assert!(
                                 (o - w - bias).abs() <= 1e-4 * (1.0 + w.abs()),
-                                "{m}x{k}x{n} b_t={b_t} {parts:?} acc={accumulate}: [{i}] {o} vs {}",
+                                "{}-lane {m}x{k}x{n} b_t={b_t} {parts:?} acc={accumulate}: [{i}] {o} vs {}",
+                                kernels.lanes,
                                 w + bias
                             );
                         }
