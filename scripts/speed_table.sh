@@ -9,12 +9,15 @@
 #   scripts/speed_table.sh            (THREADS=2 by default; needs python3 with torch + transformers)
 #   COOP_1000=0 scripts/speed_table.sh  skips C = 1000 (PyTorch takes ~50 s a step there)
 #   REPEATS=N: runs of each pretraining and image-tower row (median reported; default 3)
+#   FEATURES="--no-default-features --features gui" CARGO_TARGET_DIR=target/avx2 scripts/speed_table.sh
+#     measures the AVX2+FMA kernels on a CPU that has AVX-512 (the table's machine line names the ISA)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 threads=${THREADS:-2}
 export RAYON_NUM_THREADS=$threads
-cargo build --release --quiet --bin promptscope
-bin=target/release/promptscope
+read -r -a features <<< "${FEATURES:-}"
+cargo build --release --quiet --bin promptscope "${features[@]}"
+bin=${CARGO_TARGET_DIR:-target}/release/promptscope
 model=${MODEL:-target/bench-models/vit-b-32}
 [ -d "$model" ] || $bin synth-model --preset vit-b-32 --out "$model" >/dev/null
 work=$(mktemp -d)

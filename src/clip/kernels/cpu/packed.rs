@@ -219,6 +219,7 @@ pub(crate) fn packed_parts(m: usize, panels: usize) -> (usize, usize) {
 /// # Safety
 /// `out` must be valid for writes (and reads, when `accumulate`) of rows `0..m`, each `out_rs` apart
 /// and `b.n()` wide, that no one else touches during the call.
+#[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn matmul_packed_raw(
     out: *mut f32,
     out_rs: usize,
