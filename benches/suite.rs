@@ -175,6 +175,26 @@ fn coop_kernels(c: &mut Criterion) {
     }
     g.finish();
 
+    // The same shapes over weights packed once (`kernels/cpu/packed.rs`), as the frozen tower runs them.
+    let mut g = c.benchmark_group("coop_packed");
+    for (k, n, b_t) in [
+        (512usize, 1536usize, true),
+        (512, 2048, true),
+        (2048, 512, true),
+        (2048, 512, false),
+        (1536, 512, false),
+    ] {
+        let a: Vec<f32> = (0..m * k).map(|i| (i % 31) as f32 * 0.01).collect();
+        let b = vec![0.25f32; k * n];
+        let Some(w) = bench_hooks::PackedWeight::new(&b, b_t, k, n) else {
+            break;
+        };
+        g.throughput(Throughput::Elements((2 * m * k * n) as u64));
+        let name = format!("{m}x{k}_to_{n}_{}", if b_t { "fwd" } else { "bwd" });
+        g.bench_function(name, |bench| bench.iter(|| w.product(&a, m)));
+    }
+    g.finish();
+
     let mut g = c.benchmark_group("coop_elementwise");
     let xs: Vec<f32> = (0..m * 2048).map(|i| (i % 97) as f32 * 0.1 - 4.8).collect();
     g.throughput(Throughput::Elements(xs.len() as u64));

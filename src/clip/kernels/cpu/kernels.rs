@@ -342,7 +342,7 @@ pub(super) fn linear_input_grad(
 }
 
 /// `a[m×k] · B` over a packed B into a new `[m×n]` buffer (written whole, as [`matmul_new`]).
-fn packed_new(a: &[f32], a_rs: usize, b: &PackedB, m: usize) -> Vec<f32> {
+pub(super) fn packed_new(a: &[f32], a_rs: usize, b: &PackedB, m: usize) -> Vec<f32> {
     let (k, n) = (b.k(), b.n());
     if m == 0 || n == 0 || k == 0 {
         return vec![0f32; m * n];

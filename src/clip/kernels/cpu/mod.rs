@@ -116,6 +116,22 @@ pub mod bench_hooks {
             None => out,
         }
     }
+
+    /// A frozen weight packed once, as a frozen linear layer keeps it (`None` where this CPU has no
+    /// micro-kernel for it).
+    pub struct PackedWeight(super::packed::PackedB);
+
+    impl PackedWeight {
+        /// B `[k×n]`, or `[n×k]` when `b_t` (a torch `[out, in]` weight for `x·Wᵀ`).
+        pub fn new(b: &[f32], b_t: bool, k: usize, n: usize) -> Option<Self> {
+            super::packed::PackedB::new(b, b_t, k, n).map(Self)
+        }
+
+        /// `a[m×k] · B` into a new buffer, split over the threads as the towers split it.
+        pub fn product(&self, a: &[f32], m: usize) -> Vec<f32> {
+            super::kernels::packed_new(a, self.0.k(), &self.0, m)
+        }
+    }
 }
 
 /// Floating-point operations of the kernels' matrix products since the process started.

@@ -4,7 +4,8 @@
 //! CoOp's 501-row products), each thread packed the whole weight itself: a CoOp step packed the text
 //! tower's 151 MB of weights four times (two threads, forward and backward). A frozen weight is packed
 //! here once, in the layout gemm's own micro-kernel reads (panels of `MR` output columns, `k` deep), and
-//! both threads read the same panels. Only the activations are packed per call, as gemm does.
+//! both threads read the same panels. The activations are read in place, as gemm itself reads an
+//! operand that is contiguous along k on x86.
 //!
 //! The micro-kernels are gemm's (`gemm-f32`, AVX2+FMA or AVX-512), so the arithmetic per output element
 //! is the same sequence of fused multiply-adds over the same blocks of `k`.
@@ -262,8 +263,10 @@ pub(crate) unsafe fn matmul_packed_raw(
 }
 
 /// One thread's block: rows `r0..r1` of the output, the columns of panels `p0..p1`. The loops are
-/// gemm's: blocks of k (`kc`) outside, the activation rows of a block packed into `NR`-row runs, then
-/// `mc` output columns at a time (their panels' block stays in L2) against one `NR`-row run (in L1).
+/// gemm's: blocks of k (`kc`) outside, then `mc` output columns at a time (their panels' block stays in
+/// L2) against `NR` activation rows at a time. The activation rows are read where they are, as gemm does
+/// on x86 for an operand contiguous along k: packing them was a scalar transpose at about one value a
+/// cycle, 5 % of a CoOp step's CPU time on AVX-512 (`perf`).
 #[allow(clippy::too_many_arguments)]
 unsafe fn task(
     out: *mut f32,
@@ -285,51 +288,12 @@ unsafe fn task(
         params.nc.max(NR)
     };
     let mc_panels = (params.mc / mr).max(1);
-    // Kept per thread between calls: a fresh zeroed buffer each call (6 MB a thread at C = 1000) was
-    // page faults and zeroing on every product, slower than gemm's own packing.
-    thread_local!(static PACKED_A: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) });
-    PACKED_A.with_borrow_mut(|packed_a| {
-        let need = kc * nc.min(r1 - r0).div_ceil(NR) * NR;
-        if packed_a.len() < need {
-            packed_a.resize(need, 0.0);
-        }
-        blocks(
-            out,
-            out_rs,
-            a,
-            a_rs,
-            b,
-            (r0, r1),
-            (p0, p1),
-            accumulate,
-            packed_a,
-            (kc, nc, mc_panels),
-        )
-    })
-}
-
-/// [`task`]'s loops, with its buffer for the packed rows and its block sizes.
-#[allow(clippy::too_many_arguments)]
-unsafe fn blocks(
-    out: *mut f32,
-    out_rs: usize,
-    a: &[f32],
-    a_rs: usize,
-    b: &PackedB,
-    (r0, r1): (usize, usize),
-    (p0, p1): (usize, usize),
-    accumulate: bool,
-    packed_a: &mut [f32],
-    (kc, nc, mc_panels): (usize, usize, usize),
-) {
-    let k = b.k;
     let mut rb = r0;
     while rb < r1 {
         let re = (rb + nc).min(r1);
         let mut k0 = 0;
         while k0 < k {
             let kb = kc.min(k - k0);
-            pack_rows(packed_a, a, a_rs, (rb, re), (k0, kb));
             let status = u8::from(accumulate || k0 > 0);
             let mut pb = p0;
             while pb < p1 {
@@ -337,7 +301,8 @@ unsafe fn blocks(
                 block(
                     out,
                     out_rs,
-                    packed_a,
+                    a,
+                    a_rs,
                     b,
                     (rb, re),
                     (pb, pe),
@@ -352,34 +317,13 @@ unsafe fn blocks(
     }
 }
 
-/// Rows `r0..r1`, columns `k0..k0 + kb` of `a` into runs of `NR` rows, each `kb` steps of `NR` values.
-fn pack_rows(
-    dst: &mut [f32],
-    a: &[f32],
-    a_rs: usize,
-    (r0, r1): (usize, usize),
-    (k0, kb): (usize, usize),
-) {
-    for (run, dst) in dst
-        .chunks_mut(kb * NR)
-        .take((r1 - r0).div_ceil(NR))
-        .enumerate()
-    {
-        for r in 0..NR.min(r1 - r0 - run * NR) {
-            let src = &a[(r0 + run * NR + r) * a_rs + k0..][..kb];
-            for (kk, &v) in src.iter().enumerate() {
-                dst[kk * NR + r] = v;
-            }
-        }
-    }
-}
-
-/// The micro-kernel over every run of packed rows and every panel `pb..pe`, one block of k.
+/// The micro-kernel over every `NR` rows of `r0..r1` and every panel `pb..pe`, one block of k.
 #[allow(clippy::too_many_arguments)]
 unsafe fn block(
     out: *mut f32,
     out_rs: usize,
-    packed_a: &[f32],
+    a: &[f32],
+    a_rs: usize,
     b: &PackedB,
     (r0, r1): (usize, usize),
     (pb, pe): (usize, usize),
@@ -389,7 +333,7 @@ unsafe fn block(
     let (n, mr, kernels) = (b.n, b.mr, b.kernels);
     for run in 0..(r1 - r0).div_ceil(NR) {
         let nrows = NR.min(r1 - r0 - run * NR);
-        let rhs = packed_a.as_ptr().add(run * kb * NR);
+        let rhs = a.as_ptr().add((r0 + run * NR) * a_rs + k0);
         let dst_row = out.add((r0 + run * NR) * out_rs);
         for p in pb..pe {
             let cols = mr.min(n - p * mr);
@@ -405,8 +349,8 @@ unsafe fn block(
                 out_rs as isize,
                 1,
                 mr as isize,
-                NR as isize,
                 1,
+                a_rs as isize,
                 1.0,
                 1.0,
                 status,
@@ -437,7 +381,8 @@ mod tests {
     }
 
     /// Every edge the panels have: rows not a multiple of NR, columns not a multiple of the panel or of
-    /// a vector, k across several blocks, both operand layouts, every split, accumulating or not.
+    /// a vector, k across several blocks, both operand layouts, every split, accumulating or not, and
+    /// input rows wider than k (the kernels read them in place).
     #[test]
     fn packed_products_equal_a_plain_sum_at_every_edge() {
         // every set this CPU has: an AVX-512 machine checks the AVX2+FMA panels too
@@ -460,7 +405,16 @@ mod tests {
             let b: Vec<f32> = (0..k * n)
                 .map(|i| ((i * 104729) % 11) as f32 * 0.1 - 0.5)
                 .collect();
-            for b_t in [false, true] {
+            // the same rows 5 columns apart, the gap poisoned
+            let a_rs = k + 5;
+            let mut wide = vec![f32::NAN; m * a_rs];
+            for (w, r) in wide.chunks_mut(a_rs).zip(a.chunks(k)) {
+                w[..k].copy_from_slice(r);
+            }
+            for (b_t, (rows, a_rs)) in [false, true]
+                .into_iter()
+                .flat_map(|t| [(t, (&a, k)), (t, (&wide, a_rs))])
+            {
                 let want = naive(&a, &b, b_t, m, k, n);
                 let packed = PackedB::with(kernels, &b, b_t, k, n);
                 for parts in [(1, 1), (2, 1), (1, 3), (3, 2)] {
@@ -470,8 +424,8 @@ mod tests {
                             matmul_packed_raw(
                                 out.as_mut_ptr(),
                                 n,
-                                &a,
-                                k,
+                                rows,
+                                a_rs,
                                 &packed,
                                 m,
                                 accumulate,
@@ -482,7 +436,7 @@ mod tests {
                         for (i, (o, w)) in out.iter().zip(&want).enumerate() {
                             assert!(
                                 (o - w - bias).abs() <= 1e-4 * (1.0 + w.abs()),
-                                "{}-lane {m}x{k}x{n} b_t={b_t} {parts:?} acc={accumulate}: [{i}] {o} vs {}",
+                                "{}-lane {m}x{k}x{n} a_rs={a_rs} b_t={b_t} {parts:?} acc={accumulate}: [{i}] {o} vs {}",
                                 kernels.lanes,
                                 w + bias
                             );
