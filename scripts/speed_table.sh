@@ -10,7 +10,8 @@
 #   COOP_1000=0 scripts/speed_table.sh  skips C = 1000 (PyTorch takes ~50 s a step there)
 #   REPEATS=N: runs of each pretraining and image-tower row (median reported; default 3)
 #   FEATURES="--no-default-features --features gui" CARGO_TARGET_DIR=target/avx2 scripts/speed_table.sh
-#     measures the AVX2+FMA kernels on a CPU that has AVX-512 (the table's machine line names the ISA)
+#     measures the AVX2+FMA kernels on a CPU that has AVX-512 (the table's machine line names the ISA),
+#     and holds PyTorch's kernels (ATen, MKL, oneDNN) to AVX2 too, as an AVX2 CPU would run them
 set -euo pipefail
 cd "$(dirname "$0")/.."
 threads=${THREADS:-2}
@@ -18,6 +19,9 @@ export RAYON_NUM_THREADS=$threads
 read -r -a features <<< "${FEATURES:-}"
 cargo build --release --quiet --bin promptscope "${features[@]}"
 bin=${CARGO_TARGET_DIR:-target}/release/promptscope
+if [[ "${FEATURES:-}" == *--no-default-features* && "${FEATURES:-}" != *avx512* ]]; then
+  export ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2 DNNL_MAX_CPU_ISA=AVX2
+fi
 model=${MODEL:-target/bench-models/vit-b-32}
 [ -d "$model" ] || $bin synth-model --preset vit-b-32 --out "$model" >/dev/null
 work=$(mktemp -d)
@@ -65,8 +69,10 @@ m = next(r["ours"]["machine"] for r in rows if r["kind"] == "pretrain")
 import subprocess
 cpu = subprocess.run(["sh", "-c", "grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"], capture_output=True, text=True).stdout.strip()
 torch = next(r["torch"].get("torch", "") for r in rows if r["kind"] == "pretrain")
+import os
+held = " held to AVX2 (`ATEN_CPU_CAPABILITY=avx2`, `MKL_ENABLE_INSTRUCTIONS=AVX2`)" if os.environ.get("ATEN_CPU_CAPABILITY") else ""
 print(f"Machine: {cpu}, {m['threads']} threads, **{m['isa']}** matrix kernels, measured sgemm peak "
-      f"**{m['sgemm_gflops']:.0f} GFLOP/s**; PyTorch {torch}, same threads.\n")
+      f"**{m['sgemm_gflops']:.0f} GFLOP/s**; PyTorch {torch}{held}, same threads.\n")
 print("| what | promptscope | PyTorch | ratio |")
 print("|---|---:|---:|---:|")
 for r in rows:
