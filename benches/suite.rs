@@ -155,15 +155,17 @@ fn coop_kernels(c: &mut Criterion) {
     use promptscope::clip::kernels::cpu::{bench_hooks, gemm_f32};
     promptscope::alloc::keep_freed_memory();
     let m = 501;
-    // Row bands a thread (`kernels::matmul`): forward products `x·Wᵀ`, backward `dy·W`.
-    let mut g = c.benchmark_group("coop_gemm");
-    for (k, n, b_t) in [
-        (512usize, 1536usize, true),
+    // (k, n, weight given as `[n×k]`): the step's forward products `x·Wᵀ` and backward `dy·W`.
+    const SHAPES: [(usize, usize, bool); 5] = [
+        (512, 1536, true),
         (512, 2048, true),
         (2048, 512, true),
         (2048, 512, false),
         (1536, 512, false),
-    ] {
+    ];
+    // Through `gemm` (packing both operands every call), a band of rows a thread (`kernels::matmul`).
+    let mut g = c.benchmark_group("coop_gemm");
+    for (k, n, b_t) in SHAPES {
         let a = vec![0.5f32; m * k];
         let b = vec![0.25f32; k * n];
         let mut out = vec![0f32; m * n];
@@ -177,13 +179,7 @@ fn coop_kernels(c: &mut Criterion) {
 
     // The same shapes over weights packed once (`kernels/cpu/packed.rs`), as the frozen tower runs them.
     let mut g = c.benchmark_group("coop_packed");
-    for (k, n, b_t) in [
-        (512usize, 1536usize, true),
-        (512, 2048, true),
-        (2048, 512, true),
-        (2048, 512, false),
-        (1536, 512, false),
-    ] {
+    for (k, n, b_t) in SHAPES {
         let a: Vec<f32> = (0..m * k).map(|i| (i % 31) as f32 * 0.01).collect();
         let b = vec![0.25f32; k * n];
         let Some(w) = bench_hooks::PackedWeight::new(&b, b_t, k, n) else {
