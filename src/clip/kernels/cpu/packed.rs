@@ -411,13 +411,13 @@ mod tests {
             for (w, r) in wide.chunks_mut(a_rs).zip(a.chunks(k)) {
                 w[..k].copy_from_slice(r);
             }
-            for (b_t, (rows, a_rs)) in [false, true]
-                .into_iter()
-                .flat_map(|t| [(t, (&a, k)), (t, (&wide, a_rs))])
-            {
+            for b_t in [false, true] {
                 let want = naive(&a, &b, b_t, m, k, n);
                 let packed = PackedB::with(kernels, &b, b_t, k, n);
-                for parts in [(1, 1), (2, 1), (1, 3), (3, 2)] {
+                for ((rows, a_rs), parts) in [(&a, k), (&wide, a_rs)]
+                    .into_iter()
+                    .flat_map(|rows| [(1, 1), (2, 1), (1, 3), (3, 2)].map(|p| (rows, p)))
+                {
                     for accumulate in [false, true] {
                         let mut out = vec![1f32; m * n];
                         unsafe {
