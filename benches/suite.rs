@@ -191,6 +191,25 @@ fn coop_kernels(c: &mut Criterion) {
     }
     g.finish();
 
+    // fc1 and its activation: the activation on each row as the product finishes it, or a pass after.
+    let mut g = c.benchmark_group("coop_fused");
+    let (k, n) = (512, 2048);
+    let a: Vec<f32> = (0..m * k).map(|i| (i % 31) as f32 * 0.01 - 0.15).collect();
+    let b: Vec<f32> = (0..k * n).map(|i| (i % 17) as f32 * 0.01 - 0.08).collect();
+    if let Some(w) = bench_hooks::PackedWeight::new(&b, true, k, n) {
+        g.throughput(Throughput::Elements((2 * m * k * n) as u64));
+        for fused in [false, true] {
+            let name = format!(
+                "fc1_quick_gelu_{m}x{k}_to_{n}_{}",
+                if fused { "fused" } else { "after" }
+            );
+            g.bench_function(name, |bench| {
+                bench.iter(|| w.product_quick_gelu(&a, m, fused))
+            });
+        }
+    }
+    g.finish();
+
     let mut g = c.benchmark_group("coop_elementwise");
     let xs: Vec<f32> = (0..m * 2048).map(|i| (i % 97) as f32 * 0.1 - 4.8).collect();
     g.throughput(Throughput::Elements(xs.len() as u64));

@@ -4,8 +4,8 @@
 
 use super::attention::attention_bwd;
 use super::kernels::{
-    gelu_grad_mul, gelu_slice, layer_norm_bwd, layer_norm_fwd, linear_input_grad, matmul_tn,
-    scatter,
+    gelu_grad_in_place, gelu_slice, layer_norm_bwd_row, layer_norm_fwd, linear_input_grad,
+    linear_input_grad_then, matmul_tn, scatter, SharedOut,
 };
 use super::profile;
 use super::weights::{HeldLayer, HeldLinear, HeldNorm};
@@ -125,7 +125,11 @@ pub(super) fn block_backward(
 ) -> Vec<f32> {
     let (d, rows, q, inter) = (dm.d, dm.rows(), queries.len(), dm.inter);
     // MLP: x_out = x_mid + fc2(gelu(fc1(ln2(x_mid)))), on the query rows.
-    let mut da = linear_input_grad(&dx, &l.fc2, q, d, inter);
+    // fc2's input gradient gets the activation's derivative as its rows finish.
+    let pre_act = &t.pre_act;
+    let da = linear_input_grad_then(&dx, &l.fc2, q, d, inter, &|r, row| {
+        gelu_grad_in_place(act, row, &pre_act[r * inter..][..inter])
+    });
     if let Some(g) = grads.as_deref_mut() {
         let recomputed;
         let u = match &t.post_act {
@@ -139,15 +143,19 @@ pub(super) fn block_backward(
         };
         g.fc2.add(&dx, d, u, q, d);
     }
-    gelu_grad_mul(act, &mut da, &t.pre_act);
-    let dh = linear_input_grad(&da, &l.fc1, q, inter, d);
+    // fc1's input gradient goes through the second layer norm into dx as its rows finish.
+    let dxs = SharedOut(dx.as_mut_ptr());
+    let dh = linear_input_grad_then(&da, &l.fc1, q, inter, d, &|r, row| {
+        // SAFETY: row r of dx (q rows), touched only by the task that finished row r.
+        let dx = unsafe { dxs.row(r * d, d) };
+        layer_norm_bwd_row(row, &t.x_mid[r * d..][..d], t.stats2[r], &l.ln2, dx)
+    });
     if let Some(g) = grads.as_deref_mut() {
         g.fc1
             .add(&da, inter, &renorm(&t.x_mid, &l.ln2, d), q, inter);
         g.ln2.add(&dh, &t.x_mid, &t.stats2, d);
     }
     drop(da);
-    layer_norm_bwd(&dh, &t.x_mid, &t.stats2, &l.ln2, d, &mut dx);
     // Attention: x_mid = x_in + out_proj(attn(ln1(x_in))); its keys and values come from every row.
     let datt = linear_input_grad(&dx, &l.o, q, d, d);
     if let Some(g) = grads.as_deref_mut() {
@@ -157,15 +165,20 @@ pub(super) fn block_backward(
         attention_bwd(dm, &t.qkv, &t.probs, &datt, queries)
     });
     drop(datt);
-    let dh = linear_input_grad(&dqkv, &l.qkv, rows, 3 * d, d);
     if q != rows {
         dx = scatter(&dx, queries, rows, d);
     }
+    // The qkv input gradient goes through the first layer norm into dx as its rows finish.
+    let dxs = SharedOut(dx.as_mut_ptr());
+    let dh = linear_input_grad_then(&dqkv, &l.qkv, rows, 3 * d, d, &|r, row| {
+        // SAFETY: row r of dx (every row), touched only by the task that finished row r.
+        let dx = unsafe { dxs.row(r * d, d) };
+        layer_norm_bwd_row(row, &t.x_in[r * d..][..d], t.stats1[r], &l.ln1, dx)
+    });
     if let Some(g) = grads {
         g.qkv
             .add(&dqkv, 3 * d, &renorm(&t.x_in, &l.ln1, d), rows, 3 * d);
         g.ln1.add(&dh, &t.x_in, &t.stats1, d);
     }
-    layer_norm_bwd(&dh, &t.x_in, &t.stats1, &l.ln1, d, &mut dx);
     dx
 }

@@ -4,11 +4,11 @@
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use super::packed::{matmul_packed_raw, packed_parts, PackedB};
+use super::packed::{matmul_packed_raw, packed_parts, PackedB, RowsDone};
 use super::profile;
 use super::weights::{HeldLinear, HeldNorm};
 use crate::clip::config::HiddenAct;
-use crate::clip::kernels::{add_bias, row_chunk};
+use crate::clip::kernels::row_chunk;
 
 pub(super) fn threads() -> Parallelism {
     match rayon::current_num_threads() {
@@ -319,12 +319,32 @@ unsafe fn gemm_tn(
     )
 }
 
-/// `x · Wᵀ` for `x` `[m, k]` into a new `[m, n]` buffer: over the weight packed once where it is frozen.
-pub(super) fn linear_product(x: &[f32], l: &HeldLinear, m: usize, k: usize, n: usize) -> Vec<f32> {
+/// `x · Wᵀ` for `x` `[m, k]` into a new `[m, n]` buffer, then `then` on each row: over the weight
+/// packed once where it is frozen.
+fn linear_product(
+    x: &[f32],
+    l: &HeldLinear,
+    m: usize,
+    k: usize,
+    n: usize,
+    then: RowsDone,
+) -> Vec<f32> {
     match l.packed_forward() {
-        Some(p) => packed_new(x, k, p, m),
-        None => matmul_new(x, k, l.w.data(), true, m, k, n),
+        Some(p) => packed_new(x, k, p, m, Some(then)),
+        None => rows_done(matmul_new(x, k, l.w.data(), true, m, k, n), n, then),
     }
+}
+
+/// `then` on each row of a finished product, in parallel (where the product could not run it itself).
+fn rows_done(mut out: Vec<f32>, n: usize, then: RowsDone) -> Vec<f32> {
+    if n > 0 {
+        profile::timed(profile::Part::Elementwise, || {
+            out.par_chunks_mut(n)
+                .enumerate()
+                .for_each(|(r, row)| then(r, row))
+        });
+    }
+    out
 }
 
 /// `dy · W` for `dy` `[m, out]` into a new `[m, inp]` buffer: the gradient to a linear layer's input.
@@ -335,23 +355,51 @@ pub(super) fn linear_input_grad(
     out: usize,
     inp: usize,
 ) -> Vec<f32> {
+    linear_input_grad_then(dy, l, m, out, inp, &|_, _| {})
+}
+
+/// [`linear_input_grad`], then `then` on each row while it is in cache.
+pub(super) fn linear_input_grad_then(
+    dy: &[f32],
+    l: &HeldLinear,
+    m: usize,
+    out: usize,
+    inp: usize,
+    then: RowsDone,
+) -> Vec<f32> {
     match l.packed_backward() {
-        Some(p) => packed_new(dy, out, p, m),
-        None => matmul_new(dy, out, l.w.data(), false, m, out, inp),
+        Some(p) => packed_new(dy, out, p, m, Some(then)),
+        None => rows_done(
+            matmul_new(dy, out, l.w.data(), false, m, out, inp),
+            inp,
+            then,
+        ),
     }
 }
 
-/// `a[m×k] · B` over a packed B into a new `[m×n]` buffer (written whole, as [`matmul_new`]).
-pub(super) fn packed_new(a: &[f32], a_rs: usize, b: &PackedB, m: usize) -> Vec<f32> {
+/// `a[m×k] · B` over a packed B into a new `[m×n]` buffer (written whole, as [`matmul_new`]), then
+/// `then` on each row.
+pub(super) fn packed_new(
+    a: &[f32],
+    a_rs: usize,
+    b: &PackedB,
+    m: usize,
+    then: Option<RowsDone>,
+) -> Vec<f32> {
     let (k, n) = (b.k(), b.n());
     if m == 0 || n == 0 || k == 0 {
-        return vec![0f32; m * n];
+        let out = vec![0f32; m * n];
+        return match then {
+            Some(f) => rows_done(out, n, f),
+            None => out,
+        };
     }
+    // Element-wise work run on the product's rows counts as the product's (it overlaps it).
     profile::timed(profile::Part::MatrixProducts, || {
         GEMM_FLOPS.fetch_add(2 * (m * n * k) as u64, std::sync::atomic::Ordering::Relaxed);
         let mut out = Vec::with_capacity(m * n);
         // SAFETY: the buffer holds m·n values; the first block of k overwrites every element of every
-        // panel's columns (k > 0), so all m·n are set before `set_len`.
+        // panel's columns (k > 0), so all m·n are set before `set_len` and before `then` reads a row.
         unsafe {
             matmul_packed_raw(
                 out.spare_capacity_mut().as_mut_ptr().cast(),
@@ -362,6 +410,7 @@ pub(super) fn packed_new(a: &[f32], a_rs: usize, b: &PackedB, m: usize) -> Vec<f
                 m,
                 false,
                 packed_parts(m, b.panels()),
+                then,
             );
             out.set_len(m * n);
         }
@@ -371,18 +420,30 @@ pub(super) fn packed_new(a: &[f32], a_rs: usize, b: &PackedB, m: usize) -> Vec<f
 
 /// `x · Wᵀ + b` for `x` `[m, k]` into a new `[m, n]` buffer.
 pub(super) fn linear_new(x: &[f32], l: &HeldLinear, m: usize, k: usize, n: usize) -> Vec<f32> {
-    let mut out = linear_product(x, l, m, k, n);
-    if let Some(b) = &l.b {
-        profile::timed(profile::Part::Elementwise, || {
-            add_bias(&mut out, n, b.data())
-        });
-    }
-    out
+    linear_then(x, l, m, k, n, |_, _| {})
 }
 
-/// `residual + x · Wᵀ + b` for `x` `[m, k]` and `residual` `[m, n]`: the product into a fresh buffer,
-/// then the residual and bias in one pass. gemm accumulating into the residual (read back at every block
-/// of k) ran CoOp's deep fc2 product (2048 → 512) at 126 GFLOP/s where writing it fresh runs at 149.
+/// `x · Wᵀ + b`, then `then(row, values)` on each row while it is still in cache.
+pub(super) fn linear_then(
+    x: &[f32],
+    l: &HeldLinear,
+    m: usize,
+    k: usize,
+    n: usize,
+    then: impl Fn(usize, &mut [f32]) + Sync,
+) -> Vec<f32> {
+    let bias = l.b.as_ref().map(|b| b.data());
+    linear_product(x, l, m, k, n, &|r, row: &mut [f32]| {
+        if let Some(b) = bias {
+            row.iter_mut().zip(b).for_each(|(v, b)| *v += b);
+        }
+        then(r, row)
+    })
+}
+
+/// `residual + x · Wᵀ + b` for `x` `[m, k]` and `residual` `[m, n]`: the residual and bias go onto each
+/// row as the product finishes it. gemm accumulating into the residual (read back at every block of k)
+/// ran CoOp's deep fc2 product (2048 → 512) at 126 GFLOP/s where writing it fresh runs at 149.
 pub(super) fn linear_residual(
     residual: &[f32],
     x: &[f32],
@@ -391,25 +452,65 @@ pub(super) fn linear_residual(
     k: usize,
     n: usize,
 ) -> Vec<f32> {
-    let mut out = linear_product(x, l, m, k, n);
-    profile::timed(profile::Part::Elementwise, || {
-        let rows = row_chunk(n);
-        out.par_chunks_mut(n * rows)
-            .zip(residual.par_chunks(n * rows))
-            .for_each(|(out, res)| {
-                for (o, r) in out.chunks_mut(n).zip(res.chunks(n)) {
-                    match &l.b {
-                        Some(b) => o
-                            .iter_mut()
-                            .zip(r)
-                            .zip(b.data())
-                            .for_each(|((o, r), b)| *o += r + b),
-                        None => o.iter_mut().zip(r).for_each(|(o, r)| *o += r),
-                    }
-                }
-            });
-    });
-    out
+    linear_residual_then(|r| &residual[r * n..][..n], x, l, m, k, n, |_, _| {})
+}
+
+/// [`linear_residual`] with output row `r`'s residual at `residual(r)`, then `then` on each row.
+pub(super) fn linear_residual_then<'a>(
+    residual: impl Fn(usize) -> &'a [f32] + Sync,
+    x: &[f32],
+    l: &HeldLinear,
+    m: usize,
+    k: usize,
+    n: usize,
+    then: impl Fn(usize, &mut [f32]) + Sync,
+) -> Vec<f32> {
+    let bias = l.b.as_ref().map(|b| b.data());
+    linear_product(x, l, m, k, n, &|r, o: &mut [f32]| {
+        let res = residual(r);
+        match bias {
+            Some(b) => o
+                .iter_mut()
+                .zip(res)
+                .zip(b)
+                .for_each(|((o, r), b)| *o += r + b),
+            None => o.iter_mut().zip(res).for_each(|(o, r)| *o += r),
+        }
+        then(r, o)
+    })
+}
+
+/// One row's layer norm into `out`: its (mean, 1/std).
+#[inline]
+pub(super) fn layer_norm_row(x: &[f32], n: &HeldNorm, out: &mut [f32]) -> (f32, f32) {
+    let (w, b, d) = (n.w.data(), n.b.data(), x.len());
+    let mean = lanes_sum(x, x, |v, _| v) / d as f32;
+    let var = lanes_sum(x, x, |v, _| (v - mean) * (v - mean)) / d as f32;
+    let rstd = (1.0 / (f64::from(var) + f64::from(n.eps)).sqrt()) as f32;
+    for i in 0..d {
+        out[i] = (x[i] - mean) * rstd * w[i] + b[i];
+    }
+    (mean, rstd)
+}
+
+/// One row's `dx += ∂LN/∂x · dy`, from the forward's `(mean, 1/std)`.
+#[inline]
+pub(super) fn layer_norm_bwd_row(
+    dy: &[f32],
+    x: &[f32],
+    (mean, rstd): (f32, f32),
+    n: &HeldNorm,
+    dx: &mut [f32],
+) {
+    let d = x.len();
+    let gw: Vec<f32> = dy.iter().zip(n.w.data()).map(|(g, w)| g * w).collect();
+    let sum_g = lanes_sum(&gw, &gw, |g, _| g);
+    let sum_gx = lanes_sum(&gw, x, |g, x| g * (x - mean)) * rstd;
+    let (mean_g, mean_gx) = (sum_g / d as f32, sum_gx / d as f32);
+    for i in 0..d {
+        let xhat = (x[i] - mean) * rstd;
+        dx[i] += rstd * (gw[i] - mean_g - xhat * mean_gx);
+    }
 }
 
 pub(super) fn layer_norm_fwd(
@@ -419,7 +520,6 @@ pub(super) fn layer_norm_fwd(
     out: &mut [f32],
 ) -> Vec<(f32, f32)> {
     profile::timed(profile::Part::Elementwise, || {
-        let (w, b, eps) = (n.w.data(), n.b.data(), f64::from(n.eps));
         let mut stats = vec![(0f32, 0f32); x.len() / d];
         let rows = row_chunk(d);
         out.par_chunks_mut(d * rows)
@@ -427,13 +527,7 @@ pub(super) fn layer_norm_fwd(
             .zip(stats.par_chunks_mut(rows))
             .for_each(|((out, x), stats)| {
                 for ((o, x), st) in out.chunks_mut(d).zip(x.chunks(d)).zip(stats.iter_mut()) {
-                    let mean = lanes_sum(x, x, |v, _| v) / d as f32;
-                    let var = lanes_sum(x, x, |v, _| (v - mean) * (v - mean)) / d as f32;
-                    let rstd = (1.0 / (f64::from(var) + eps).sqrt()) as f32;
-                    for i in 0..d {
-                        o[i] = (x[i] - mean) * rstd * w[i] + b[i];
-                    }
-                    *st = (mean, rstd);
+                    *st = layer_norm_row(x, n, o);
                 }
             });
         stats
@@ -450,27 +544,19 @@ pub(super) fn layer_norm_bwd(
     dx: &mut [f32],
 ) {
     profile::timed(profile::Part::Elementwise, || {
-        let w = n.w.data();
         let rows = row_chunk(d);
         dx.par_chunks_mut(d * rows)
             .zip(dy.par_chunks(d * rows))
             .zip(x.par_chunks(d * rows))
             .zip(stats.par_chunks(rows))
             .for_each(|(((dx, dy), x), stats)| {
-                for (((dx, dy), x), &(mean, rstd)) in dx
+                for (((dx, dy), x), &st) in dx
                     .chunks_mut(d)
                     .zip(dy.chunks(d))
                     .zip(x.chunks(d))
                     .zip(stats)
                 {
-                    let gw: Vec<f32> = dy.iter().zip(w).map(|(g, w)| g * w).collect();
-                    let sum_g = lanes_sum(&gw, &gw, |g, _| g);
-                    let sum_gx = lanes_sum(&gw, x, |g, x| g * (x - mean)) * rstd;
-                    let (mean_g, mean_gx) = (sum_g / d as f32, sum_gx / d as f32);
-                    for i in 0..d {
-                        let xhat = (x[i] - mean) * rstd;
-                        dx[i] += rstd * (gw[i] - mean_g - xhat * mean_gx);
-                    }
+                    layer_norm_bwd_row(dy, x, st, n, dx);
                 }
             });
     })
@@ -511,10 +597,8 @@ fn quick_gelu_grad(a: f32) -> f32 {
 /// `x ← act(x)` over a slice, in parallel, vectorised where the CPU has AVX2.
 pub(super) fn gelu_slice(act: HiddenAct, xs: &mut [f32]) {
     profile::timed(profile::Part::Elementwise, || {
-        xs.par_chunks_mut(16384).for_each(|xs| match act {
-            HiddenAct::QuickGelu => simd_map(xs, &[], |a, _| quick_gelu(a)),
-            _ => xs.iter_mut().for_each(|v| *v = gelu(act, *v)),
-        });
+        xs.par_chunks_mut(16384)
+            .for_each(|xs| gelu_in_place(act, xs));
     })
 }
 
@@ -525,31 +609,43 @@ pub(super) fn gelu_new(act: HiddenAct, xs: &[f32]) -> Vec<f32> {
         out.spare_capacity_mut()
             .par_chunks_mut(16384)
             .zip(xs.par_chunks(16384))
-            .for_each(|(out, xs)| match act {
-                HiddenAct::QuickGelu => simd_map_into(out, xs, quick_gelu),
-                _ => out.iter_mut().zip(xs).for_each(|(o, &x)| {
-                    o.write(gelu(act, x));
-                }),
-            });
+            .for_each(|(out, xs)| gelu_into(act, out, xs));
         // SAFETY: every chunk of the spare capacity was written above, and it holds xs.len() values.
         unsafe { out.set_len(xs.len()) };
         out
     })
 }
 
-/// `g ← g · act'(a)` over slices, in parallel, vectorised where the CPU has AVX2.
-pub(super) fn gelu_grad_mul(act: HiddenAct, g: &mut [f32], a: &[f32]) {
-    profile::timed(profile::Part::Elementwise, || {
-        g.par_chunks_mut(16384)
-            .zip(a.par_chunks(16384))
-            .for_each(|(g, a)| match act {
-                HiddenAct::QuickGelu => simd_map(g, a, |g, a| g * quick_gelu_grad(a)),
-                _ => g
-                    .iter_mut()
-                    .zip(a)
-                    .for_each(|(g, &a)| *g *= gelu_grad(act, a)),
-            });
-    })
+/// `x ← act(x)` on one thread.
+#[inline]
+pub(super) fn gelu_in_place(act: HiddenAct, xs: &mut [f32]) {
+    match act {
+        HiddenAct::QuickGelu => simd_map(xs, &[], |a, _| quick_gelu(a)),
+        _ => xs.iter_mut().for_each(|v| *v = gelu(act, *v)),
+    }
+}
+
+/// `out ← act(xs)` into uninitialised memory, on one thread.
+#[inline]
+pub(super) fn gelu_into(act: HiddenAct, out: &mut [std::mem::MaybeUninit<f32>], xs: &[f32]) {
+    match act {
+        HiddenAct::QuickGelu => simd_map_into(out, xs, quick_gelu),
+        _ => out.iter_mut().zip(xs).for_each(|(o, &x)| {
+            o.write(gelu(act, x));
+        }),
+    }
+}
+
+/// `g ← g · act'(a)` on one thread.
+#[inline]
+pub(super) fn gelu_grad_in_place(act: HiddenAct, g: &mut [f32], a: &[f32]) {
+    match act {
+        HiddenAct::QuickGelu => simd_map(g, a, |g, a| g * quick_gelu_grad(a)),
+        _ => g
+            .iter_mut()
+            .zip(a)
+            .for_each(|(g, &a)| *g *= gelu_grad(act, a)),
+    }
 }
 
 /// Runs `f` compiled a second time for AVX2+FMA where the CPU has them: the crate is built for baseline
@@ -642,13 +738,31 @@ pub(super) fn dot(a: &[f32], b: &[f32]) -> f32 {
 }
 
 /// A pointer that tasks writing disjoint parts of one buffer may share.
-#[derive(Clone, Copy)]
-pub(super) struct SharedOut(pub(super) *mut f32);
+pub(super) struct SharedOut<T = f32>(pub(super) *mut T);
 
-// SAFETY: only used by tasks that write disjoint elements (`attention_fwd_blocks`, `matmul`).
-unsafe impl Send for SharedOut {}
+impl<T> Clone for SharedOut<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
 
-unsafe impl Sync for SharedOut {}
+impl<T> Copy for SharedOut<T> {}
+
+// SAFETY: only used by tasks that write disjoint elements (attention, products, their row epilogues).
+unsafe impl<T: Send> Send for SharedOut<T> {}
+
+unsafe impl<T: Send> Sync for SharedOut<T> {}
+
+impl<T> SharedOut<T> {
+    /// The `len` values from `offset` on.
+    ///
+    /// # Safety
+    /// They must lie inside the buffer, and no one else may touch them while the slice lives.
+    #[allow(clippy::mut_from_ref)]
+    pub(super) unsafe fn row(&self, offset: usize, len: usize) -> &mut [T] {
+        std::slice::from_raw_parts_mut(self.0.add(offset), len)
+    }
+}
 
 #[inline]
 pub(super) fn add_scaled(acc: &mut [f32], x: &[f32], scale: f32) {

@@ -25,7 +25,10 @@ mod weights;
 use candle_core::{DType, Result, Tensor};
 
 use self::attention::attention_fwd;
-use self::kernels::{gather, gelu_new, gelu_slice, layer_norm_fwd, linear_new, linear_residual};
+use self::kernels::{
+    gather, gelu_in_place, gelu_into, layer_norm_fwd, layer_norm_row, linear_new, linear_residual,
+    linear_residual_then, linear_then, SharedOut,
+};
 use self::profile::Part;
 use self::weights::{HeldLayer, HeldLinear, HeldNorm};
 use super::TowerWeights;
@@ -129,7 +132,33 @@ pub mod bench_hooks {
 
         /// `a[m×k] · B` into a new buffer, split over the threads as the towers split it.
         pub fn product(&self, a: &[f32], m: usize) -> Vec<f32> {
-            super::kernels::packed_new(a, self.0.k(), &self.0, m)
+            super::kernels::packed_new(a, self.0.k(), &self.0, m, None)
+        }
+
+        /// The product and quick-GELU of it (a CoOp forward's fc1): with `fused`, the activation runs
+        /// on each row as the product finishes it (as the towers run it), else in a pass after.
+        pub fn product_quick_gelu(&self, a: &[f32], m: usize, fused: bool) -> (Vec<f32>, Vec<f32>) {
+            use super::kernels::{gelu_into, gelu_new, packed_new, SharedOut};
+            let act = crate::clip::config::HiddenAct::QuickGelu;
+            if !fused {
+                let pre = packed_new(a, self.0.k(), &self.0, m, None);
+                let post = gelu_new(act, &pre);
+                return (pre, post);
+            }
+            let n = self.0.n();
+            let mut post: Vec<f32> = Vec::with_capacity(m * n);
+            let ps = SharedOut(post.spare_capacity_mut().as_mut_ptr());
+            let pre = packed_new(
+                a,
+                self.0.k(),
+                &self.0,
+                m,
+                // SAFETY: row r of post's m·n spare values, written once.
+                Some(&|r, row| gelu_into(act, unsafe { ps.row(r * n, n) }, row)),
+            );
+            // SAFETY: every row was written as the product finished it.
+            unsafe { post.set_len(m * n) };
+            (pre, post)
         }
     }
 }
@@ -414,28 +443,43 @@ fn block_forward(
     queries: &[usize],
     keep: Keep,
 ) -> (Vec<f32>, Option<LayerTape>) {
-    let (d, rows, q) = (dm.d, dm.rows(), queries.len());
+    let (d, rows, q, inter) = (dm.d, dm.rows(), queries.len(), dm.inter);
     let mut h = vec![0f32; rows * d];
     let stats1 = layer_norm_fwd(&x, &l.ln1, d, &mut h);
     let qkv = linear_new(&h, &l.qkv, rows, d, 3 * d);
     let (att, probs) = profile::timed(Part::Attention, || attention_fwd(dm, &qkv, queries));
-    let x_mid = if q == rows {
-        linear_residual(&x, &att, &l.o, q, d, d)
-    } else {
-        linear_residual(&gather(&x, queries, d), &att, &l.o, q, d, d)
-    };
+    // The output projection's rows get the residual, the bias and the second layer norm as they finish.
     h.truncate(q * d);
-    let stats2 = layer_norm_fwd(&x_mid, &l.ln2, d, &mut h);
-    let mut pre_act = linear_new(&h, &l.fc1, q, d, dm.inter);
-    // The backward needs the pre-activation; without a tape the activation overwrites it.
-    let u = if keep != Keep::Nothing {
-        gelu_new(act, &pre_act)
-    } else {
-        let mut u = std::mem::take(&mut pre_act);
-        gelu_slice(act, &mut u);
-        u
+    let mut stats2 = vec![(0f32, 0f32); q];
+    let (hs, ss) = (SharedOut(h.as_mut_ptr()), SharedOut(stats2.as_mut_ptr()));
+    let residual = |r: usize| {
+        let at = if q == rows { r } else { queries[r] };
+        &x[at * d..][..d]
     };
-    let x_out = linear_residual(&x_mid, &u, &l.fc2, q, dm.inter, d);
+    let x_mid = linear_residual_then(residual, &att, &l.o, q, d, d, |r, row| {
+        // SAFETY: row r of h and stats2 (q rows each), each written by the one task that finished it.
+        unsafe { ss.row(r, 1)[0] = layer_norm_row(row, &l.ln2, hs.row(r * d, d)) }
+    });
+    // fc1's rows get the activation as they finish: into a buffer of its own when the backward needs
+    // the pre-activation, else over it.
+    let mut u: Vec<f32> = Vec::with_capacity(if keep != Keep::Nothing { q * inter } else { 0 });
+    let us = SharedOut(u.spare_capacity_mut().as_mut_ptr());
+    let mut pre_act = linear_then(&h, &l.fc1, q, d, inter, |r, row| {
+        if keep != Keep::Nothing {
+            // SAFETY: row r of u's q·inter spare values, written once by the task that finished it.
+            gelu_into(act, unsafe { us.row(r * inter, inter) }, row)
+        } else {
+            gelu_in_place(act, row)
+        }
+    });
+    let u = if keep != Keep::Nothing {
+        // SAFETY: every one of the q rows was written above.
+        unsafe { u.set_len(q * inter) };
+        u
+    } else {
+        std::mem::take(&mut pre_act)
+    };
+    let x_out = linear_residual(&x_mid, &u, &l.fc2, q, inter, d);
     let tape = (keep != Keep::Nothing).then(|| LayerTape {
         x_in: x,
         stats1,

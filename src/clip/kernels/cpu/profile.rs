@@ -13,11 +13,12 @@ use std::time::Instant;
 /// A kind of work.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Part {
-    /// GEMM calls, their packing included.
+    /// GEMM calls, their packing included, and the element-wise work done on their rows as they finish
+    /// (`packed::RowsDone`).
     MatrixProducts,
     /// Scores, softmax and the weighted values, forward and backward.
     Attention,
-    /// Layer norms, activations, biases, residual sums.
+    /// Layer norms, activations, biases, residual sums run as passes of their own.
     Elementwise,
     /// Gathers and scatters of rows, buffers filled with zeros.
     Copies,
